@@ -1,0 +1,1273 @@
+"""Microbenchmarks that measure what a calibration profile is fitted from (``simkit calibrate``).
+
+:func:`run_suite` measures, on one device (``"cpu"`` or ``"cuda"``):
+
+* ``gemm``: ``F.linear`` over the (tokens x in -> out) shapes LLM inference produces (tokens
+  1..4096 log-spaced; in/out from real model dims 2048..16384 and their TP shards), per dtype;
+* ``attn_prefill`` / ``attn_decode``: the attention block of :mod:`simkit.calibrate.validate`'s
+  model (KV-cache write + ``scaled_dot_product_attention`` with GQA + output reshape) over batch,
+  context, heads and KV heads;
+* ``elementwise``: the norm (RMSNorm and LayerNorm), SiLU*mul, residual add, RoPE, embedding
+  gather and sampling (argmax) kernels, the very functions the validation model runs;
+* ``mem_bw`` (stream copy/read/write of the device memory), ``copy`` (host memcpy; on CUDA also
+  device-to-device and host<->device pinned and pageable, both directions), ``launch`` (the fixed
+  cost of a tiny operator of each class) and, with ``ssd_dir``, ``ssd_read``/``ssd_write``
+  (:mod:`simkit.calibrate.ssd`).
+
+Every sample row carries ``flops`` and ``bytes_moved`` counted by :mod:`simkit.cost.ops` for the
+same shape (the row's shape columns are those ops.py puts in ``Op.shape``), so that a fitted
+efficiency = ideal / measured time is what the simulator divides by when it predicts. Each
+configuration is warmed up, then timed over several repetitions (each repetition long enough to
+average out timer resolution: an inner loop for tiny operators; CUDA events and synchronisation
+on a GPU); ``time_s`` is the median per call, ``time_s_p10``/``time_s_p90`` the spread, and
+``raw_times`` every repetition (';'-joined seconds per call). Inputs are random (never zero).
+
+torch is imported lazily inside functions: ``pip install simkit[calibrate]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import os
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simkit.errors import CalibrationError
+
+SAMPLE_COLUMNS = (
+    "op_class",
+    "op",
+    "dtype",
+    "m",
+    "n",
+    "k",
+    "numel",
+    "batch",
+    "tokens",
+    "ctx",
+    "heads",
+    "kv_heads",
+    "head_dim",
+    "bytes",
+    "flops",
+    "bytes_moved",
+    "time_s",
+    "time_s_p10",
+    "time_s_p90",
+    "reps",
+    "source",
+    "tp",
+)
+OPTIONAL_COLUMNS = ("block_size", "queue_depth", "pinned", "direction", "num_gpus", "threads", "raw_times")
+OP_CLASSES = (
+    "gemm",
+    "attn_prefill",
+    "attn_decode",
+    "elementwise",
+    "copy",
+    "ssd_read",
+    "ssd_write",
+    "mem_bw",
+    "launch",
+)
+DEFAULT_PROFILE_LICENSE = "Apache-2.0"
+
+ProgressFn = Callable[[str], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# torch access
+# ---------------------------------------------------------------------------------------------
+def require_torch() -> Any:
+    """Import torch or raise a CalibrationError that says how to get it."""
+    try:
+        import torch
+    except ImportError:
+        raise CalibrationError(
+            "calibration needs PyTorch, which is not installed: install simkit[calibrate] "
+            "(pip install 'simkit[calibrate]')"
+        ) from None
+    return torch
+
+
+TORCH_DTYPES = {
+    "fp32": "float32",
+    "tf32": "float32",
+    "fp16": "float16",
+    "bf16": "bfloat16",
+    "fp8": "float8_e4m3fn",
+}
+
+
+def torch_dtype(name: str) -> Any:
+    torch = require_torch()
+    if name not in TORCH_DTYPES:
+        raise CalibrationError(f"unsupported dtype {name!r} (expected one of {', '.join(TORCH_DTYPES)})")
+    dt = getattr(torch, TORCH_DTYPES[name], None)
+    if dt is None:
+        raise CalibrationError(f"dtype {name!r} is not available in torch {torch.__version__}")
+    return dt
+
+
+@contextlib.contextmanager
+def tf32_mode(enabled: bool) -> Any:
+    """Let fp32 matmuls use TF32 tensor cores (CUDA) only while ``enabled``."""
+    torch = require_torch()
+    old_mm = torch.backends.cuda.matmul.allow_tf32
+    old_cudnn = torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old_mm
+        torch.backends.cudnn.allow_tf32 = old_cudnn
+
+
+def rand(shape: Sequence[int], dtype: str, device: str, *, scale: float = 1.0) -> Any:
+    """Random (normal, never all-zero) data of ``dtype`` (fp8 is drawn in fp16 and cast)."""
+    torch = require_torch()
+    if dtype == "fp8":
+        return (torch.randn(*shape, device=device, dtype=torch.float16) * scale).to(torch_dtype("fp8"))
+    t = torch.randn(*shape, device=device, dtype=torch_dtype(dtype))
+    if scale != 1.0:
+        t.mul_(scale)
+    return t
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernels: one definition, used by the benchmarks and by the validation model
+# ---------------------------------------------------------------------------------------------
+def k_rmsnorm(x: Any, w: Any, eps: float = 1e-6) -> Any:
+    torch = require_torch()
+    fn = getattr(torch.nn.functional, "rms_norm", None)
+    if fn is not None:
+        return fn(x, (x.shape[-1],), w, eps)
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * w
+
+
+def k_layernorm(x: Any, w: Any, b: Any, eps: float = 1e-5) -> Any:
+    torch = require_torch()
+    return torch.nn.functional.layer_norm(x, (x.shape[-1],), w, b, eps)
+
+
+def k_silu_mul(gate_up: Any) -> Any:
+    """SwiGLU activation of a fused [gate | up] projection: silu(gate) * up."""
+    torch = require_torch()
+    g, u = gate_up.chunk(2, dim=-1)
+    return torch.nn.functional.silu(g) * u
+
+
+def k_add(x: Any, y: Any) -> Any:
+    return x + y
+
+
+def k_embedding(ids: Any, table: Any) -> Any:
+    torch = require_torch()
+    return torch.nn.functional.embedding(ids, table)
+
+
+def k_sampling(logits: Any) -> Any:
+    """Greedy sampling: the argmax over the vocabulary of each row."""
+    torch = require_torch()
+    return torch.argmax(logits, dim=-1)
+
+
+def rope_tables(max_pos: int, head_dim: int, dtype: str, device: str, base: float = 10000.0) -> tuple[Any, Any]:
+    torch = require_torch()
+    inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    ang = torch.outer(torch.arange(max_pos, device=device, dtype=torch.float32), inv)
+    dt = torch_dtype(dtype)
+    return torch.cos(ang).to(dt), torch.sin(ang).to(dt)
+
+
+def k_rope(qkv: Any, cos: Any, sin: Any, batch: int, seq: int, heads: int, kv_heads: int, head_dim: int, pos: int) -> tuple[Any, Any, Any]:
+    """Split a fused QKV projection (tokens x (heads+2kv)*d) into q, k, v of shape
+    (batch, seq, heads|kv_heads, d) and rotate q and k (rotate-half RoPE) at positions pos.."""
+    torch = require_torch()
+    x = qkv.view(batch, seq, heads + 2 * kv_heads, head_dim)
+    qk = x[:, :, : heads + kv_heads]
+    v = x[:, :, heads + kv_heads :]
+    half = head_dim // 2
+    c = cos[pos : pos + seq].view(1, seq, 1, half)
+    s = sin[pos : pos + seq].view(1, seq, 1, half)
+    x1, x2 = qk[..., :half], qk[..., half:]
+    out = torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
+    return out[:, :, :heads], out[:, :, heads:], v
+
+
+def _sdpa_gqa_supported() -> bool:
+    torch = require_torch()
+    try:
+        q = torch.zeros(1, 2, 1, 4)
+        k = torch.zeros(1, 1, 1, 4)
+        torch.nn.functional.scaled_dot_product_attention(q, k, k, enable_gqa=True)
+        return True
+    except (TypeError, RuntimeError):
+        return False
+
+
+_GQA: list[bool] = []
+
+
+def k_attention(q: Any, k: Any, v: Any, k_cache: Any, v_cache: Any, pos: int) -> Any:
+    """Attention of new tokens q (batch, seq, heads, d) with their k, v (batch, seq, kv_heads, d):
+    write k, v into the caches (batch, kv_heads, max_ctx, d) at ``pos``, attend over the cache
+    up to pos+seq (causal within the new tokens) and return (batch*seq, heads*d)."""
+    torch = require_torch()
+    F = torch.nn.functional
+    b, s, h, d = q.shape
+    kvh = k.shape[2]
+    k_cache[:, :, pos : pos + s] = k.transpose(1, 2)
+    v_cache[:, :, pos : pos + s] = v.transpose(1, 2)
+    kk = k_cache[:, :, : pos + s]
+    vv = v_cache[:, :, : pos + s]
+    qt = q.transpose(1, 2)
+    causal = s > 1
+    if s > 1 and pos > 0:
+        raise CalibrationError("chunked prefill over a filled cache is not benchmarked")
+    if h != kvh:
+        if not _GQA:
+            _GQA.append(_sdpa_gqa_supported())
+        if _GQA[0]:
+            o = F.scaled_dot_product_attention(qt, kk, vv, is_causal=causal, enable_gqa=True)
+        else:
+            rep = h // kvh
+            o = F.scaled_dot_product_attention(
+                qt, kk.repeat_interleave(rep, 1), vv.repeat_interleave(rep, 1), is_causal=causal
+            )
+    else:
+        o = F.scaled_dot_product_attention(qt, kk, vv, is_causal=causal)
+    return o.transpose(1, 2).reshape(b * s, h * d)
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Measurement:
+    times: list[float]
+    """Seconds per call, one value per repetition."""
+    inner: int = 1
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.times))
+
+    @property
+    def p10(self) -> float:
+        return float(np.percentile(self.times, 10))
+
+    @property
+    def p90(self) -> float:
+        return float(np.percentile(self.times, 90))
+
+    @property
+    def reps(self) -> int:
+        return len(self.times)
+
+    def raw(self) -> str:
+        return ";".join(f"{t:.6g}" for t in self.times)
+
+
+@dataclass
+class Timer:
+    """Times a callable on one device: warm-up, an inner loop making each repetition at least
+    ``min_rep_s`` long, then repetitions until ``budget_s`` is spent (between ``min_reps`` and
+    ``max_reps``). CUDA work is timed with events after a synchronisation."""
+
+    device: str = "cpu"
+    min_rep_s: float = 2e-3
+    budget_s: float = 0.3
+    min_reps: int = 5
+    max_reps: int = 25
+    warmup: int = 2
+    clock: str = "wall"
+    """"wall" (time.perf_counter) or "cpu" (the calling thread's CPU time, time.thread_time:
+    immune to other processes taking the CPU; valid only with one torch thread)."""
+
+    def now(self) -> float:
+        return time.thread_time() if self.clock == "cpu" else time.perf_counter()
+
+    def measure(self, fn: Callable[[], Any], *, budget_s: float | None = None, min_reps: int | None = None) -> Measurement:
+        budget = self.budget_s if budget_s is None else budget_s
+        lo = self.min_reps if min_reps is None else min_reps
+        if self.device == "cuda":
+            return self._measure_cuda(fn, budget, lo)
+        now = self.now
+        for _ in range(max(1, self.warmup - 1)):
+            fn()
+        t0 = now()
+        fn()
+        est = max(now() - t0, 1e-7)
+        inner = int(min(max(1, math.ceil(self.min_rep_s / est)), 2000))
+        reps = int(min(max(lo, budget // (inner * est)), self.max_reps))
+        times = []
+        for _ in range(reps):
+            t0 = now()
+            for _ in range(inner):
+                fn()
+            times.append((now() - t0) / inner)
+        return Measurement(times, inner)
+
+    def _measure_cuda(self, fn: Callable[[], Any], budget: float, lo: int) -> Measurement:
+        torch = require_torch()
+        for _ in range(self.warmup):
+            fn()
+        torch.cuda.synchronize()
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        est = max(s.elapsed_time(e) / 1e3, 1e-7)
+        inner = int(min(max(1, math.ceil(self.min_rep_s / est)), 2000))
+        reps = int(min(max(lo, budget // (inner * est)), self.max_reps))
+        times = []
+        for _ in range(reps):
+            s.record()
+            for _ in range(inner):
+                fn()
+            e.record()
+            torch.cuda.synchronize()
+            times.append(s.elapsed_time(e) / 1e3 / inner)
+        return Measurement(times, inner)
+
+
+# ---------------------------------------------------------------------------------------------
+# Suite configuration and progress
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SuiteSize:
+    """How much of each grid a run measures. ``tiny`` is the CI smoke test (seconds), ``quick``
+    about a minute on a 2-core machine, ``full`` several minutes."""
+
+    name: str
+    gemm_configs: int
+    gemm_max_s: float
+    """Largest estimated time of one GEMM call measured."""
+    attn_configs: int
+    attn_max_s: float
+    elem_configs: int
+    elem_max_numel: float
+    bw_sizes: tuple[int, ...]
+    ssd_file_mb: int
+    ssd_blocks: tuple[int, ...]
+    ssd_depths: tuple[int, ...]
+    budget_s: float
+    """Time budget of one configuration (sets the repetitions)."""
+    min_reps: int
+    max_reps: int
+    min_rep_s: float
+
+
+SIZES = {
+    "tiny": SuiteSize("tiny", 10, 0.004, 6, 0.004, 10, 2e5, (1 << 16, 1 << 22), 16, (1 << 12, 1 << 20), (1, 4), 0.03, 3, 5, 5e-4),
+    "quick": SuiteSize(
+        "quick", 60, 0.06, 24, 0.04, 44, 4e6, (1 << 14, 1 << 18, 1 << 22, 1 << 26), 64,
+        (1 << 12, 1 << 16, 1 << 20, 1 << 22), (1, 4, 16), 0.12, 5, 15, 2e-3,
+    ),
+    "full": SuiteSize(
+        "full", 150, 0.15, 64, 0.12, 120, 3.2e7,
+        (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24, 1 << 26, 1 << 28), 256,
+        (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22), (1, 2, 4, 8, 16), 0.3, 5, 25, 3e-3,
+    ),
+}
+
+
+@dataclass
+class Progress:
+    """One line per benchmark group on stderr: groups done/total, samples, elapsed, ETA."""
+
+    total_groups: int
+    planned_s: list[float]
+    out: ProgressFn
+    start: float = field(default_factory=time.perf_counter)
+    done: int = 0
+    spent_planned: float = 0.0
+
+    def group_done(self, name: str, n_samples: int, took_s: float) -> None:
+        self.done += 1
+        self.spent_planned += self.planned_s[self.done - 1] if self.done - 1 < len(self.planned_s) else 0.0
+        elapsed = time.perf_counter() - self.start
+        left_planned = sum(self.planned_s[self.done :])
+        ratio = elapsed / self.spent_planned if self.spent_planned > 0 else 1.0
+        eta = left_planned * ratio
+        self.out(
+            f"[{self.done}/{self.total_groups}] {name}: {n_samples} samples in {took_s:.1f} s "
+            f"(elapsed {elapsed:.0f} s, ETA {eta:.0f} s)"
+        )
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows: flops and bytes counted by simkit.cost.ops for the same shapes
+# ---------------------------------------------------------------------------------------------
+def _nan_row() -> dict[str, Any]:
+    row: dict[str, Any] = {c: np.nan for c in (*SAMPLE_COLUMNS, *OPTIONAL_COLUMNS)}
+    row["raw_times"] = ""
+    row["direction"] = ""
+    return row
+
+
+def make_row(
+    op_class: str,
+    op: str,
+    dtype: str,
+    meas: Measurement,
+    *,
+    flops: float,
+    bytes_moved: float,
+    source: str,
+    shape: dict[str, float] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    row = _nan_row()
+    row.update(
+        op_class=op_class,
+        op=op,
+        dtype=dtype,
+        flops=float(flops),
+        bytes_moved=float(bytes_moved),
+        bytes=float(extra.pop("bytes", bytes_moved)),
+        time_s=meas.median,
+        time_s_p10=meas.p10,
+        time_s_p90=meas.p90,
+        reps=meas.reps,
+        source=source,
+        tp=1,
+        raw_times=meas.raw(),
+    )
+    for key, val in (shape or {}).items():
+        if key in row:
+            row[key] = float(val)
+    row.update(extra)
+    return row
+
+
+def bench_model(
+    hidden: int = 4096,
+    heads: int = 32,
+    kv_heads: int = 8,
+    head_dim: int | None = None,
+    ffn: int = 14336,
+    vocab: int = 32000,
+    layers: int = 1,
+    norm: str = "rmsnorm",
+) -> Any:
+    """A Llama-architecture ModelSpec with the given dims (what ops.py counts FLOPs/bytes on)."""
+    from simkit.specs.model import ModelSpec
+
+    return ModelSpec(
+        name="bench",
+        family="llama",
+        num_layers=layers,
+        hidden_size=hidden,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        ffn_size=ffn,
+        gated_mlp=True,
+        activation="silu",
+        vocab_size=vocab,
+        norm=norm,  # type: ignore[arg-type]
+        positional="rope",
+        max_context=1 << 20,
+    )
+
+
+def precision(dtype: str) -> Any:
+    """Weights, activations and KV cache all in ``dtype`` (what a benchmark of that dtype runs)."""
+    from simkit.cost.ops import Precision
+
+    return Precision(weights=dtype, activations=dtype, kv_cache=dtype)
+
+
+def gemm_op(name: str, m: int, k: int, n: int, dtype: str) -> Any:
+    from simkit.cost.ops import _gemm
+
+    return _gemm(name, 1, float(m), float(k), float(n), precision(dtype))
+
+
+def elementwise_op(name: str, tokens: int, model: Any, dtype: str) -> Any:
+    """The ops.py operator ``name`` (input_norm, rope, mlp_act, residual_add, embedding,
+    sampling) for ``tokens`` tokens of ``model``."""
+    from simkit.cost.ops import token_ops
+
+    rows = tokens if name == "sampling" else 0
+    for op in token_ops(model, float(tokens), float(rows), 1, precision(dtype)):
+        if op.name == name:
+            return op
+    raise CalibrationError(f"ops.py has no operator {name!r} for this model")
+
+
+def attention_op(batch: int, seq: int, ctx: int, model: Any, dtype: str) -> Any:
+    from simkit.cost.ops import attention_ops
+
+    q = np.full(batch, float(seq))
+    c = np.full(batch, float(ctx))
+    ops = attention_ops(model, q, c, 1, precision(dtype))
+    return ops[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark groups
+# ---------------------------------------------------------------------------------------------
+# (hidden, q_dim, kv_dim, ffn, vocab) of real models whose projections we time (and TP shards)
+GEMM_MODELS = (
+    ("llama-3.2-1b", 2048, 2048, 512, 8192, 128256),
+    ("llama-3.2-3b", 3072, 3072, 1024, 8192, 128256),
+    ("llama-2-7b", 4096, 4096, 4096, 11008, 32000),
+    ("llama-3-8b", 4096, 4096, 1024, 14336, 128256),
+    ("llama-2-13b", 5120, 5120, 5120, 13824, 32000),
+    ("llama-3-70b", 8192, 8192, 1024, 28672, 128256),
+    ("llama-3.1-405b", 16384, 16384, 1024, 53248, 128256),
+)
+TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def gemm_shapes(max_dim: int = 16384, max_weight: float = 2**28) -> list[tuple[str, int, int]]:
+    """(op, in, out) of every projection of GEMM_MODELS under TP 1, 2, 4, 8 (both dims within
+    256..max_dim), deduplicated."""
+    seen: dict[tuple[int, int], str] = {}
+    for _, h, q, kv, f, v in GEMM_MODELS:
+        for tp in (1, 2, 4, 8):
+            for op, k, n in (
+                ("qkv_proj", h, (q + 2 * kv) // tp),
+                ("o_proj", q // tp, h),
+                ("mlp_up", h, 2 * f // tp),
+                ("mlp_down", f // tp, h),
+                ("lm_head", h, v // tp),
+            ):
+                n_max = 2 * max_dim if op == "lm_head" else max_dim
+                if 256 <= k <= max_dim and 256 <= n <= n_max and k * n <= max_weight:
+                    seen.setdefault((k, n), op)
+    return [(op, k, n) for (k, n), op in sorted(seen.items())]
+
+
+@dataclass
+class Bench:
+    torch: Any
+    device: str
+    size: SuiteSize
+    timer: Timer
+    source: str
+    rng: random.Random
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    rates: dict[str, float] = field(default_factory=dict)
+    """Rough FLOP/s per dtype from a probe GEMM (used to skip configurations over the time cap)."""
+    mem_bw: float = 10e9
+    cold_bytes: float = 64e6
+    """Twice the last-level cache: operands read once per step are rotated over this much memory."""
+    pools: dict[tuple[str, str], Any] = field(default_factory=dict)
+
+    def take(self, shape: Sequence[int], dtype: str, slot: str) -> Any:
+        """A random tensor of ``shape``: a view of a per-(dtype, slot) pool of random data that
+        grows as needed (drawing fresh random numbers per configuration would dominate the run)."""
+        numel = int(np.prod(shape)) if len(shape) else 1
+        key = (dtype, slot)
+        buf = self.pools.get(key)
+        if buf is None or buf.numel() < numel:
+            self.pools.pop(key, None)
+            size = max(numel, 1 << 16, 0 if buf is None else min(2 * buf.numel(), 1 << 28))
+            buf = rand((size,), dtype, self.device)
+            self.pools[key] = buf
+        return buf[:numel].view(*shape)
+
+    def sync(self) -> None:
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+    def measure(self, fn: Callable[[], Any], **kw: Any) -> Measurement:
+        return self.timer.measure(fn, **kw)
+
+    # ---- GEMM ------------------------------------------------------------------------------
+    def probe_rate(self, dtype: str) -> float:
+        torch = self.torch
+        m, k, n = (256, 1024, 1024) if self.size.name == "tiny" else (512, 2048, 2048)
+        a, w = self.take((m, k), dtype, "a"), self.take((n, k), dtype, "w")
+        fn = self._linear_fn(a, w, dtype)
+        with self._dtype_ctx(dtype):
+            meas = Timer(self.device, min_rep_s=1e-3, budget_s=0.05, min_reps=2, max_reps=3, clock=self.timer.clock).measure(fn)
+        del a, w
+        _ = torch
+        rate = 2.0 * m * k * n / max(meas.median, 1e-9)
+        self.rates[dtype] = rate
+        return rate
+
+    def _dtype_ctx(self, dtype: str) -> Any:
+        if self.device == "cuda":
+            return tf32_mode(dtype == "tf32")
+        return contextlib.nullcontext()
+
+    def _linear_fn(self, a: Any, w: Any, dtype: str) -> Callable[[], Any]:
+        """``F.linear(a, W)`` cycling through the weight copies ``w[i]`` (w is (copies, n, k)):
+        in a forward pass every weight is read once per step, after all the others, so weights
+        are timed cold (their copies together exceed the last-level cache) as inference sees them."""
+        torch = self.torch
+        ws = [w[i] for i in range(w.shape[0])] if w.dim() == 3 else [w]
+        it = itertools.cycle(ws)
+        if dtype == "fp8":
+            scale = torch.ones((), device=self.device, dtype=torch.float32)
+            wts = itertools.cycle([x.t() for x in ws])
+
+            def fp8() -> Any:
+                return torch._scaled_mm(a, next(wts), scale_a=scale, scale_b=scale, out_dtype=torch.float16)
+
+            return fp8
+        F = torch.nn.functional
+        return lambda: F.linear(a, next(it))
+
+    def copies(self, nbytes: float, cap: int = 64) -> int:
+        """How many copies of an ``nbytes`` operand together exceed twice the last-level cache."""
+        return int(min(cap, max(1, math.ceil(self.cold_bytes / max(nbytes, 1.0)))))
+
+    def gemm(self, dtype: str) -> int:
+        rate = self.rates.get(dtype) or self.probe_rate(dtype)
+        eb = {"fp8": 1, "fp16": 2, "bf16": 2}.get(dtype, 4)
+        cap = self.size.gemm_max_s
+        max_dim = 16384
+        shapes = gemm_shapes(max_dim=max_dim, max_weight=(2**28 if self.size.name == "full" else 2**26))
+        cands = []
+        for op, k, n in shapes:
+            for m in TOKENS:
+                est = max(2.0 * m * k * n / rate, (k * n + m * (k + n)) * eb / self.mem_bw) + 2e-5
+                if est <= cap and (m * (k + n) + k * n) * eb < 1.5e9:
+                    if dtype == "fp8" and (m % 16 or k % 16 or n % 16):
+                        continue
+                    cands.append((m, op, k, n, est))
+        if len(cands) < self.size.gemm_configs // 2:  # slow machine: take the cheapest shapes too
+            every = sorted(
+                ((m, op, k, n, max(2.0 * m * k * n / rate, k * n * eb / self.mem_bw)) for op, k, n in shapes for m in TOKENS),
+                key=lambda c: c[4],
+            )
+            cands = every[: self.size.gemm_configs]
+        chosen = _stratified(cands, self.size.gemm_configs, self.rng, key=lambda c: c[0])
+        for m, op, k, n, _ in chosen:
+            a = self.take((m, k), dtype, "a")
+            w = self.take((self.copies(k * n * eb), n, k), dtype, "w")
+            fn = self._linear_fn(a, w, dtype)
+            with self._dtype_ctx(dtype):
+                meas = self.measure(fn)
+            o = gemm_op(op, m, k, n, dtype)
+            self.rows.append(
+                make_row("gemm", op, dtype, meas, flops=o.flops, bytes_moved=o.bytes, source=self.source, shape=o.shape)
+            )
+            del a, w, fn
+        return len(chosen)
+
+    # ---- attention ---------------------------------------------------------------------------
+    ATTN_HEADS = ((32, 8, 128), (32, 32, 128), (8, 8, 128), (16, 2, 128), (8, 1, 128), (8, 8, 64), (4, 1, 128))
+    """(heads, kv_heads, head_dim) per GPU: Llama-3-8B/70B at TP 1..8, Llama-2-7B, small models."""
+
+    def attention(self, dtype: str, kind: str) -> int:
+        if dtype in ("fp8", "tf32"):
+            return 0
+        eb = 2 if dtype in ("fp16", "bf16") else 4
+        # rough attention FLOP/s: a fraction of the GEMM rate (CPU SDPA is far from GEMM speed)
+        rate = 0.15 * (self.rates.get(dtype) or self.probe_rate(dtype))
+        cap = self.size.attn_max_s
+        cands = []
+        if kind == "attn_prefill":
+            for b in (1, 2, 4, 8):
+                for s in (16, 32, 64, 128, 256, 512, 1024, 2048, 4096):
+                    for h, kvh, d in self.ATTN_HEADS:
+                        est = 2.0 * b * h * d * s * s / rate + 4e-5 * b
+                        if est <= cap:
+                            cands.append((b, s, h, kvh, d, est))
+        else:
+            for b in (1, 2, 4, 8, 16, 32, 64):
+                for c in (64, 128, 256, 512, 1024, 2048, 4096, 8192):
+                    for h, kvh, d in self.ATTN_HEADS:
+                        kv_bytes = 2.0 * b * kvh * c * d * eb
+                        est = max(4.0 * b * h * d * c / rate, kv_bytes / (0.1 * self.mem_bw)) + 2e-5
+                        if est <= cap and kv_bytes <= 6e8:
+                            cands.append((b, c, h, kvh, d, est))
+        chosen = _stratified(cands, self.size.attn_configs, self.rng, key=lambda c: (c[0], c[1] >= 512))
+        torch = self.torch
+        for b, s, h, kvh, d, _ in chosen:
+            model = bench_model(hidden=h * d, heads=h, kv_heads=kvh, head_dim=d, ffn=256)
+            if kind == "attn_prefill":
+                seq, pos, max_ctx = s, 0, s
+            else:
+                seq, pos, max_ctx = 1, s, s + 1
+            q = self.take((b, seq, h, d), dtype, "q")
+            k = self.take((b, seq, kvh, d), dtype, "k")
+            v = self.take((b, seq, kvh, d), dtype, "v")
+            # decode reads each layer's cache once per step: rotate copies so it is timed cold
+            n_cache = self.copies(2.0 * b * kvh * max_ctx * d * eb, cap=16) if kind == "attn_decode" else 1
+            kcs = self.take((n_cache, b, kvh, max_ctx, d), dtype, "kc")
+            vcs = self.take((n_cache, b, kvh, max_ctx, d), dtype, "vc")
+            caches = itertools.cycle([(kcs[i], vcs[i]) for i in range(n_cache)])
+
+            def fn(q: Any = q, k: Any = k, v: Any = v, caches: Any = caches, pos: int = pos) -> Any:
+                kc, vc = next(caches)
+                return k_attention(q, k, v, kc, vc, pos)
+
+            with torch.inference_mode():
+                meas = self.measure(fn)
+            o = attention_op(b, seq, pos, model, dtype)
+            self.rows.append(
+                make_row(kind, kind, dtype, meas, flops=o.flops, bytes_moved=o.bytes, source=self.source, shape=o.shape)
+            )
+            del q, k, v, kcs, vcs, caches, fn
+        return len(chosen)
+
+    # ---- elementwise -------------------------------------------------------------------------
+    ELEM_OPS = ("input_norm", "layernorm", "mlp_act", "residual_add", "rope", "embedding", "sampling")
+
+    def elementwise(self, dtype: str) -> int:
+        if dtype in ("fp8", "tf32"):
+            return 0
+        dev = self.device
+        cands = []
+        for op in self.ELEM_OPS:
+            for t in TOKENS:
+                for h, heads, kvh, d, f, vocab in (
+                    (2048, 32, 8, 64, 8192, 32000),
+                    (4096, 32, 8, 128, 14336, 128256),
+                    (4096, 32, 32, 128, 11008, 32000),
+                    (8192, 64, 8, 128, 28672, 128256),
+                    (1024, 8, 8, 128, 3584, 16000),
+                ):
+                    if op == "sampling":
+                        numel = t * vocab
+                        if t > 256:
+                            continue
+                    elif op == "mlp_act":
+                        numel = t * f
+                    elif op == "rope":
+                        numel = t * (heads + kvh) * d
+                    else:
+                        numel = t * h
+                    if numel <= self.size.elem_max_numel:
+                        cands.append((op, t, h, heads, kvh, d, f, vocab))
+        chosen = _stratified(cands, self.size.elem_configs, self.rng, key=lambda c: (c[0], c[1] >= 64))
+        torch = self.torch
+        for op, t, h, heads, kvh, d, f, vocab in chosen:
+            model = bench_model(
+                hidden=h, heads=heads, kv_heads=kvh, head_dim=d, ffn=f, vocab=vocab,
+                norm="layernorm" if op == "layernorm" else "rmsnorm",
+            )
+            fn = self._elem_fn(op, t, h, heads, kvh, d, f, vocab, dtype, dev)
+            with torch.inference_mode():
+                meas = self.measure(fn)
+            o = elementwise_op("input_norm" if op == "layernorm" else op, t, model, dtype)
+            shape = dict(o.shape)
+            shape["tokens"] = t
+            self.rows.append(
+                make_row("elementwise", op, dtype, meas, flops=o.flops, bytes_moved=o.bytes, source=self.source, shape=shape)
+            )
+        return len(chosen)
+
+    def _elem_fn(self, op: str, t: int, h: int, heads: int, kvh: int, d: int, f: int, vocab: int, dtype: str, dev: str) -> Callable[[], Any]:
+        torch = self.torch
+        if op == "input_norm":
+            x, w = self.take((t, h), dtype, "x"), self.take((h,), dtype, "w")
+            return lambda: k_rmsnorm(x, w)
+        if op == "layernorm":
+            x, w, b = self.take((t, h), dtype, "x"), self.take((h,), dtype, "w"), self.take((h,), dtype, "b")
+            return lambda: k_layernorm(x, w, b)
+        if op == "mlp_act":
+            gu = self.take((t, 2 * f), dtype, "x")
+            return lambda: k_silu_mul(gu)
+        if op == "residual_add":
+            x, y = self.take((t, h), dtype, "x"), self.take((t, h), dtype, "y")
+            return lambda: k_add(x, y)
+        if op == "rope":
+            qkv = self.take((t, (heads + 2 * kvh) * d), dtype, "x")
+            cos, sin = rope_tables(t, d, dtype, dev)
+            return lambda: k_rope(qkv, cos, sin, 1, t, heads, kvh, d, 0)
+        if op == "embedding":
+            rows = min(vocab, 8192)  # the gather's cost depends on tokens x hidden, not on the table
+            table = self.take((rows, h), dtype, "y")
+            ids = torch.randint(0, rows, (t,), device=dev)
+            return lambda: k_embedding(ids, table)
+        if op == "sampling":
+            logits = self.take((t, vocab), dtype, "x")
+            return lambda: k_sampling(logits)
+        raise CalibrationError(f"unknown elementwise benchmark {op!r}")
+
+    # ---- launch / dispatch overhead ----------------------------------------------------------
+    def launch(self, dtype: str) -> int:
+        """The fixed cost of one operator (dispatch + kernel launch): each canonical operator run on
+        a tiny input. ``op`` is the canonical name (its class is ``simkit.cost.ops.OP_CLASS[op]``):
+        qkv_proj (gemm), attn_prefill, attn_decode, and the elementwise residual_add, input_norm,
+        rope, mlp_act, embedding, sampling, each through the same kernel code as the benchmarks."""
+        dev, torch = self.device, self.torch
+        x = rand((1, 16), dtype, dev)
+        w = rand((16, 16), dtype, dev)
+        nw = rand((16,), dtype, dev)
+        q1 = rand((1, 1, 1, 16), dtype, dev)
+        q2 = rand((1, 2, 1, 16), dtype, dev)
+        kc = rand((1, 1, 3, 16), dtype, dev)
+        vc = rand((1, 1, 3, 16), dtype, dev)
+        qkv = rand((1, 48), dtype, dev)
+        cos, sin = rope_tables(4, 16, dtype, dev)
+        gu = rand((1, 32), dtype, dev)
+        table = rand((16, 16), dtype, dev)
+        ids = torch.randint(0, 16, (1,), device=dev)
+        benches: list[tuple[str, Callable[[], Any]]] = [
+            ("qkv_proj", lambda: torch.nn.functional.linear(x, w)),
+            ("attn_prefill", lambda: k_attention(q2, q2, q2, kc, vc, 0)),
+            ("attn_decode", lambda: k_attention(q1, q1, q1, kc, vc, 2)),
+            ("residual_add", lambda: k_add(x, x)),
+            ("input_norm", lambda: k_rmsnorm(x, nw)),
+            ("rope", lambda: k_rope(qkv, cos, sin, 1, 1, 1, 1, 16, 0)),
+            ("mlp_act", lambda: k_silu_mul(gu)),
+            ("embedding", lambda: k_embedding(ids, table)),
+            ("sampling", lambda: k_sampling(x)),
+        ]
+        t = Timer(self.device, min_rep_s=max(self.timer.min_rep_s, 2e-3), budget_s=self.timer.budget_s,
+                  min_reps=max(self.timer.min_reps, 7), max_reps=self.timer.max_reps, clock=self.timer.clock)
+        for name, fn in benches:
+            with torch.inference_mode():
+                meas = t.measure(fn)
+            self.rows.append(
+                make_row("launch", name, dtype, meas, flops=0.0, bytes_moved=0.0, source=self.source, bytes=0.0)
+            )
+        return len(benches)
+
+    # ---- memory bandwidth and copies ---------------------------------------------------------
+    def mem_bw_bench(self) -> int:
+        torch, dev = self.torch, self.device
+        n = 0
+        best = 0.0
+        for size in self.size.bw_sizes:
+            numel = size // 4
+            a = torch.rand(numel, device=dev, dtype=torch.float32) + 0.5
+            b = torch.empty_like(a)
+            for op, moved, fn in (
+                ("stream_copy", 2 * size, lambda a=a, b=b: b.copy_(a)),
+                ("stream_read", size, lambda a=a: torch.sum(a)),
+                ("stream_write", size, lambda b=b: b.fill_(1.5)),
+            ):
+                meas = self.measure(fn)
+                self.rows.append(
+                    make_row("mem_bw", op, "fp32", meas, flops=0.0, bytes_moved=moved, source=self.source,
+                             bytes=size, direction="d2d" if dev == "cuda" else "host")
+                )
+                if op == "stream_copy":
+                    best = moved / meas.median  # the largest buffer's: closest to DRAM
+                n += 1
+            del a, b
+        if best > 0:
+            self.mem_bw = best
+        return n
+
+    def copy_bench(self) -> int:
+        """Host memcpy over sizes (and, on CUDA, d2d and h2d/d2h pinned and pageable)."""
+        torch, dev = self.torch, self.device
+        n = 0
+        for size in self.size.bw_sizes:
+            numel = size // 4
+            src = torch.rand(numel, dtype=torch.float32) + 0.5
+            dst = torch.empty_like(src)
+            meas = self.measure(lambda src=src, dst=dst: dst.copy_(src))
+            self.rows.append(
+                make_row("copy", "memcpy", "fp32", meas, flops=0.0, bytes_moved=2 * size, source=self.source,
+                         bytes=size, direction="host", pinned=0)
+            )
+            n += 1
+            if dev == "cuda":
+                for pinned in (0, 1):
+                    h = torch.rand(numel, dtype=torch.float32, pin_memory=bool(pinned)) + 0.5
+                    d = torch.empty(numel, device="cuda", dtype=torch.float32)
+                    for direction, fn in (
+                        ("h2d", lambda h=h, d=d, p=pinned: d.copy_(h, non_blocking=bool(p))),
+                        ("d2h", lambda h=h, d=d, p=pinned: h.copy_(d, non_blocking=bool(p))),
+                    ):
+                        meas = self.measure(fn)
+                        self.rows.append(
+                            make_row("copy", direction, "fp32", meas, flops=0.0, bytes_moved=size,
+                                     source=self.source, bytes=size, direction=direction, pinned=pinned, num_gpus=1)
+                        )
+                        n += 1
+                    del h, d
+                d1 = torch.rand(numel, device="cuda", dtype=torch.float32)
+                d2 = torch.empty_like(d1)
+                meas = self.measure(lambda d1=d1, d2=d2: d2.copy_(d1))
+                self.rows.append(
+                    make_row("copy", "d2d", "fp32", meas, flops=0.0, bytes_moved=2 * size, source=self.source,
+                             bytes=size, direction="d2d", pinned=0, num_gpus=1)
+                )
+                n += 1
+                del d1, d2
+            del src, dst
+        return n
+
+
+def _stratified(cands: list[Any], count: int, rng: random.Random, key: Callable[[Any], Any]) -> list[Any]:
+    """Up to ``count`` candidates spread evenly over the strata ``key`` defines (round-robin over
+    strata, random within one), so every token count / group is represented."""
+    strata: dict[Any, list[Any]] = {}
+    for c in cands:
+        strata.setdefault(key(c), []).append(c)
+    for v in strata.values():
+        rng.shuffle(v)
+    keys = sorted(strata, key=str)
+    out: list[Any] = []
+    while len(out) < count and any(strata[k] for k in keys):
+        for k in keys:
+            if strata[k] and len(out) < count:
+                out.append(strata[k].pop())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Device facts
+# ---------------------------------------------------------------------------------------------
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def cpu_facts() -> dict[str, Any]:
+    """CPU model, cores, memory, clocks and vector extensions from /proc and /sys (Linux)."""
+    info: dict[str, Any] = {"name": platform.processor() or platform.machine()}
+    text = _read("/proc/cpuinfo") or ""
+    flags: set[str] = set()
+    mhz = []
+    for line in text.splitlines():
+        key, _, val = line.partition(":")
+        key, val = key.strip(), val.strip()
+        if key == "model name" and val:
+            info["name"] = val
+        elif key in ("flags", "Features") and not flags:
+            flags = set(val.split())
+        elif key == "cpu MHz":
+            with contextlib.suppress(ValueError):
+                mhz.append(float(val))
+    info["logical_cpus"] = os.cpu_count()
+    with contextlib.suppress(AttributeError, OSError):
+        info["affinity_cpus"] = len(os.sched_getaffinity(0))
+    cores = {line.split(":")[1].strip() for line in text.splitlines() if line.startswith("core id")}
+    sockets = {line.split(":")[1].strip() for line in text.splitlines() if line.startswith("physical id")}
+    if cores:
+        info["cores_per_socket"] = len(cores)
+    if sockets:
+        info["sockets"] = len(sockets)
+    if mhz:
+        info["clock_mhz"] = round(float(np.median(mhz)), 1)
+    mx = _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+    if mx and mx.isdigit():
+        info["max_clock_mhz"] = int(mx) / 1000.0
+    interesting = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile", "asimd", "sve", "bf16")
+    info["vector_flags"] = sorted(f for f in interesting if f in flags)
+    meminfo = _read("/proc/meminfo") or ""
+    for line in meminfo.splitlines():
+        if line.startswith("MemTotal:"):
+            info["memory_bytes"] = int(line.split()[1]) * 1024
+    for level, idx in (("l2_cache", 2), ("l3_cache", 3)):
+        size = _read(f"/sys/devices/system/cpu/cpu0/cache/index{idx}/size")
+        if size:
+            info[level] = size
+    l3 = info.get("l3_cache") or info.get("l2_cache")
+    if l3:
+        with contextlib.suppress(ValueError):
+            num = float(l3.rstrip("KMG"))
+            info["llc_bytes"] = int(num * {"K": 1024, "M": 1 << 20, "G": 1 << 30}.get(l3[-1], 1))
+    hyper = "hypervisor" in flags
+    info["virtualized"] = hyper
+    return info
+
+
+def _fast_bf16_cpu(flags: Iterable[str]) -> bool:
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16", "bf16"))
+
+
+def supported_dtypes(device: str, facts: dict[str, Any]) -> dict[str, bool]:
+    torch = require_torch()
+    if device == "cpu":
+        return {"fp32": True, "bf16": _fast_bf16_cpu(facts.get("vector_flags", ())), "fp16": "avx512_fp16" in facts.get("vector_flags", ()),
+                "tf32": False, "fp8": False}
+    major, _minor = torch.cuda.get_device_capability()
+    has_fp8 = major * 10 + _minor >= 89 and hasattr(torch, "_scaled_mm") and hasattr(torch, "float8_e4m3fn")
+    return {"fp32": True, "tf32": major >= 8, "fp16": True, "bf16": major >= 8, "fp8": bool(has_fp8)}
+
+
+def device_facts(device: str, threads: int) -> dict[str, Any]:
+    """What the profile records about the machine it was measured on."""
+    torch = require_torch()
+    facts: dict[str, Any] = {"kind": "cpu" if device == "cpu" else "gpu"}
+    cpu = cpu_facts()
+    facts["torch_version"] = torch.__version__
+    facts["python_version"] = platform.python_version()
+    facts["os"] = f"{platform.system()} {platform.release()}"
+    facts["threads"] = int(threads)
+    facts["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    if device == "cpu":
+        facts.update({k: v for k, v in cpu.items()})
+        facts["mkldnn"] = bool(torch.backends.mkldnn.is_available())
+        with contextlib.suppress(Exception):
+            facts["cpu_capability"] = str(torch.backends.cpu.get_cpu_capability())
+    else:
+        props = torch.cuda.get_device_properties(0)
+        facts["name"] = torch.cuda.get_device_name(0)
+        facts["memory_bytes"] = int(props.total_memory)
+        facts["sm_count"] = int(props.multi_processor_count)
+        facts["compute_capability"] = f"{props.major}.{props.minor}"
+        facts["cuda_version"] = torch.version.cuda
+        l2 = getattr(props, "L2_cache_size", 0) or 0
+        if l2:
+            facts["llc_bytes"] = int(l2)
+        facts["num_gpus"] = torch.cuda.device_count()
+        facts["host_cpu"] = cpu
+        facts.update(_nvidia_smi())
+    facts["dtype_support"] = supported_dtypes(device, cpu)
+    return facts
+
+
+def _nvidia_smi() -> dict[str, Any]:
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return {}
+    q = "driver_version,clocks.max.sm,clocks.max.mem,power.limit,pcie.link.gen.max,pcie.link.width.max"
+    try:
+        out = subprocess.run([exe, f"--query-gpu={q}", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if out.returncode != 0 or not out.stdout.strip():
+        return {}
+    vals = [v.strip() for v in out.stdout.splitlines()[0].split(",")]
+    keys = ("driver_version", "sm_clock_max_mhz", "mem_clock_max_mhz", "power_limit_w", "pcie_gen_max", "pcie_width_max")
+    return dict(zip(keys, vals))
+
+
+# ---------------------------------------------------------------------------------------------
+# The suite
+# ---------------------------------------------------------------------------------------------
+def check_clock(clock: str, device: str, threads: int) -> None:
+    if clock not in ("wall", "cpu"):
+        raise CalibrationError(f"unknown clock {clock!r} (expected wall or cpu)")
+    if clock == "cpu" and (device != "cpu" or threads != 1):
+        raise CalibrationError(
+            "--clock cpu times the calling thread's CPU time: it needs --device cpu and --threads 1 "
+            f"(got --device {device}, {threads} threads)"
+        )
+
+
+class LoadMonitor:
+    """How many CPU cores other processes kept busy (incl. hypervisor steal) while we measured:
+    the machine's busy time (/proc/stat) less this process's own CPU time, over the wall time."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.busy0 = _machine_busy_s()
+        self.own0 = _own_cpu_s()
+
+    def other_cores(self) -> float | None:
+        busy = _machine_busy_s()
+        if busy is None or self.busy0 is None:
+            return None
+        dt = time.perf_counter() - self.t0
+        if dt <= 0:
+            return None
+        return max(0.0, (busy - self.busy0 - (_own_cpu_s() - self.own0)) / dt)
+
+
+def _machine_busy_s() -> float | None:
+    text = _read("/proc/stat")
+    if not text or not text.startswith("cpu "):
+        return None
+    v = [float(x) for x in text.splitlines()[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal ...
+    busy = v[0] + v[1] + v[2] + (v[5] if len(v) > 5 else 0) + (v[6] if len(v) > 6 else 0) + (v[7] if len(v) > 7 else 0)
+    return busy / float(os.sysconf("SC_CLK_TCK"))
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def set_threads(threads: int | None) -> int:
+    torch = require_torch()
+    if threads is not None:
+        if threads < 1:
+            raise CalibrationError(f"--threads must be >= 1 (got {threads})")
+        torch.set_num_threads(int(threads))
+    return int(torch.get_num_threads())
+
+
+def measure_suite(
+    device: str = "cpu",
+    *,
+    quick: bool = False,
+    tiny: bool = False,
+    ssd_dir: str | os.PathLike[str] | None = None,
+    dtypes: Sequence[str] | None = None,
+    threads: int | None = None,
+    progress: ProgressFn | None = None,
+    catalog: str | None = None,
+    clock: str = "wall",
+    seed: int = 0,
+) -> tuple[Any, dict[str, Any]]:
+    """Run the benchmarks; return (samples DataFrame, device facts). Nothing is fitted here.
+
+    ``clock="cpu"`` times the calling thread's CPU time instead of wall time: on a machine that
+    other processes share it excludes the time they take the CPU away; it needs ``threads=1``."""
+    import pandas as pd
+
+    torch = require_torch()
+    if device not in ("cpu", "cuda"):
+        raise CalibrationError(f"unknown device {device!r} (expected cpu or cuda)")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CalibrationError("--device cuda but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
+    out = progress or _stderr
+    size = SIZES["tiny" if tiny else "quick" if quick else "full"]
+    nthreads = set_threads(threads)
+    check_clock(clock, device, nthreads)
+    facts = device_facts(device, nthreads)
+    facts["clock"] = clock
+    if catalog:
+        facts["catalog"] = catalog
+    support = facts["dtype_support"]
+    if dtypes is None:
+        order = ("fp32", "bf16") if device == "cpu" else ("fp16", "bf16", "tf32", "fp32", "fp8")
+        dts = [d for d in order if support.get(d)]
+    else:
+        dts = list(dtypes)
+        bad = [d for d in dts if not support.get(d)]
+        if bad:
+            raise CalibrationError(
+                f"dtype(s) {', '.join(bad)} not supported (fast) on this {device}: supported "
+                f"{', '.join(d for d, ok in support.items() if ok)}"
+            )
+    facts["dtypes"] = dts
+    source = f"simkit calibrate --device {device}{' --quick' if quick else ''}{' --tiny' if tiny else ''}"
+    timer = Timer(device, min_rep_s=size.min_rep_s, budget_s=size.budget_s, min_reps=size.min_reps,
+                  max_reps=size.max_reps, clock=clock)
+    bench = Bench(torch, device, size, timer, source, random.Random(seed))
+    bench.cold_bytes = 2.0 * float(facts.get("llc_bytes") or 32e6)
+    torch.manual_seed(seed)
+
+    groups: list[tuple[str, float, Callable[[], int]]] = []
+    scale = {"tiny": 0.12, "quick": 1.0, "full": 6.0}[size.name]
+    groups.append(("mem_bw", 2.0 * scale, bench.mem_bw_bench))
+    groups.append(("copy", 1.5 * scale, bench.copy_bench))
+    for dt in dts:
+        groups.append((f"launch {dt}", 1.0 * scale, lambda dt=dt: bench.launch(dt)))
+    for dt in dts:
+        groups.append((f"gemm {dt}", 10.0 * scale, lambda dt=dt: bench.gemm(dt)))
+        if dt not in ("fp8", "tf32"):
+            groups.append((f"attn_prefill {dt}", 4.0 * scale, lambda dt=dt: bench.attention(dt, "attn_prefill")))
+            groups.append((f"attn_decode {dt}", 4.0 * scale, lambda dt=dt: bench.attention(dt, "attn_decode")))
+            groups.append((f"elementwise {dt}", 5.0 * scale, lambda dt=dt: bench.elementwise(dt)))
+    if ssd_dir is not None:
+        from simkit.calibrate.ssd import ssd_bench
+
+        def run_ssd() -> int:
+            rows, ssd_facts = ssd_bench(
+                ssd_dir, file_mb=size.ssd_file_mb, block_sizes=size.ssd_blocks, queue_depths=size.ssd_depths,
+                budget_s=size.budget_s, min_reps=min(size.min_reps, 3), source=source,
+            )
+            bench.rows.extend(rows)
+            facts["ssd"] = ssd_facts
+            return len(rows)
+
+        groups.append(("ssd", 6.0 * scale, run_ssd))
+    prog = Progress(len(groups), [g[1] for g in groups], out)
+    load = LoadMonitor()
+    out(f"simkit calibrate: {size.name} suite on {facts.get('name')} ({device}, {nthreads} threads, dtypes {', '.join(dts)}), "
+        f"{len(groups)} groups, planned ~{sum(g[1] for g in groups):.0f} s")
+    for name, _, fn in groups:
+        t0 = time.perf_counter()
+        count = fn()
+        bench.pools.clear()
+        prog.group_done(name, count, time.perf_counter() - t0)
+    df = pd.DataFrame(bench.rows, columns=[*SAMPLE_COLUMNS, *OPTIONAL_COLUMNS])
+    facts.update(roofline_facts(df, dts))
+    other = load.other_cores()
+    if other is not None:
+        facts["other_load_cores"] = round(other, 2)
+        if other > 0.25:
+            out(f"warning: other processes kept {other:.1f} CPU cores busy while measuring; "
+                f"wall-clock samples are inflated{' (consider --threads 1 --clock cpu)' if clock == 'wall' else ''}")
+    facts["suite"] = size.name
+    facts["wall_s"] = round(time.perf_counter() - prog.start, 1)
+    return df, facts
+
+
+def roofline_facts(df: Any, dtypes: Sequence[str]) -> dict[str, Any]:
+    """The peaks a roofline over this profile uses: upper bounds of what was measured, so that
+    every fitted efficiency is <= 1 (a CPU's caches let small operators beat DRAM bandwidth).
+
+    ``peak_flops[dtype]``: the best FLOP/s of any operator in that dtype (a GEMM);
+    ``mem_bandwidth``: the best bytes/s of any operator or stream benchmark (cache-resident
+    included); ``dram_bandwidth``: the stream copy bandwidth of the largest buffer measured."""
+    out: dict[str, Any] = {}
+    comp = df[df.op_class.isin(["gemm", "attn_prefill", "attn_decode", "elementwise"])]
+    peak: dict[str, float] = {}
+    for dt in dtypes:
+        g = comp[(comp.dtype == dt) & (comp.flops > 0)]
+        if len(g):
+            peak[dt] = float((g.flops / g.time_s).max())
+    out["peak_flops"] = peak
+    mem = df[df.op_class.isin(["gemm", "attn_prefill", "attn_decode", "elementwise", "mem_bw"])]
+    mem = mem[mem.bytes_moved > 0]
+    if len(mem):
+        out["mem_bandwidth"] = float((mem.bytes_moved / mem.time_s).max())
+    bw = df[(df.op_class == "mem_bw") & (df.op == "stream_copy")]
+    if len(bw):
+        big = bw[bw.bytes == bw.bytes.max()]
+        out["dram_bandwidth"] = float((big.bytes_moved / big.time_s).median())
+    return out
+
+
+def run_suite(
+    device: str = "cpu",
+    quick: bool = False,
+    out_dir: str | os.PathLike[str] | None = None,
+    ssd_dir: str | os.PathLike[str] | None = None,
+    dtypes: Sequence[str] | None = None,
+    threads: int | None = None,
+    progress: ProgressFn | None = None,
+    *,
+    tiny: bool = False,
+    catalog: str | None = None,
+    name: str | None = None,
+    license: str = DEFAULT_PROFILE_LICENSE,
+    clock: str = "wall",
+) -> Any:
+    """Measure, fit every op class (``simkit.calibrate.fit.fit_profile``) and, with ``out_dir``,
+    save ``profile.yaml`` + ``samples.csv`` there. Returns the Profile."""
+    samples, facts = measure_suite(
+        device, quick=quick, tiny=tiny, ssd_dir=ssd_dir, dtypes=dtypes, threads=threads,
+        progress=progress, catalog=catalog, clock=clock,
+    )
+    from simkit.calibrate.fit import fit_profile
+
+    out = progress or _stderr
+    prof_name = name or (Path(out_dir).name if out_dir is not None else f"local-{device}")
+    t0 = time.perf_counter()
+    source = (
+        f"measured with `simkit calibrate --device {device}{' --quick' if quick else ''}` on "
+        f"{facts.get('name')} ({facts['threads']} threads, torch {facts['torch_version']}), {time.strftime('%Y-%m-%d')}"
+    )
+    profile = fit_profile(samples, facts, name=prof_name, source=source, license=license)
+    out(f"fitted profile {prof_name!r} in {time.perf_counter() - t0:.1f} s")
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        profile.save(out_dir)
+        out(f"wrote {Path(out_dir) / 'profile.yaml'} and {Path(out_dir) / 'samples.csv'}")
+    return profile

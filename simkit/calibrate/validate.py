@@ -1,0 +1,506 @@
+"""Real torch runs vs simkit's prediction (``simkit validate``).
+
+A small Llama-architecture model with random weights (RMSNorm, RoPE, GQA attention through
+``scaled_dot_product_attention`` with a real KV cache, SwiGLU MLP, LM head, greedy sampling) runs
+prefill (``batch`` sequences of ``context`` tokens from an empty cache) and decode steps (``batch``
+sequences each with ``context`` cached tokens, one new token) on this machine. Each step is warmed
+up and timed ``--repeats`` times (more for steps under a few ms); the median is compared with
+``total_time(time_ops(forward_ops(model, q, ctx), device, profile, dtype))`` for the same model
+and batch, the device being the profile's measured roofline (its ``peak_flops`` and
+``mem_bandwidth`` device facts) and the efficiencies the profile's fit.
+
+The model runs exactly the kernels the calibration measured (simkit.calibrate.bench ``k_*``),
+but at dims the calibration never timed: the calibration's GEMMs are projections of real models
+(dims 2048..16384 and their TP shards) while the default validation model has hidden 512, FFN
+1408 and vocabulary 4096, so every operator here is predicted by the fit, not looked up.
+
+A profile measured with another thread count, or lacking the dtype, is an error
+(CalibrationError), never a silent difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simkit.errors import CalibrationError, SimkitError
+
+DEFAULT_PROFILE = "calibration/profiles/ci-vm-cpu"
+FIDELITY_DATE = "2026-11-22"
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    layers: int = 2
+    hidden: int = 512
+    heads: int = 8
+    kv_heads: int = 8
+    ffn: int = 1408
+    vocab: int = 4096
+    batch_sizes: tuple[int, ...] = (1, 4, 16)
+    context_lens: tuple[int, ...] = (128, 512)
+    dtype: str | None = None
+    """None: bf16 when the profile has it, else fp32."""
+    repeats: int = 5
+    warmup: int = 2
+    min_time_s: float = 0.25
+    """Short steps are repeated until at least this long has been timed (noisy machines)."""
+    threads: int | None = None
+    phases: tuple[str, ...] = ("prefill", "decode")
+    clock: str | None = None
+    """"wall" or "cpu" (thread CPU time, one thread only); None: the clock the profile was measured with."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The torch model
+# ---------------------------------------------------------------------------------------------
+class TorchLlama:
+    """A Llama-architecture decoder with random weights, run with the calibration's kernels."""
+
+    def __init__(self, cfg: ValidationConfig, dtype: str, max_ctx: int, seed: int = 0) -> None:
+        from simkit.calibrate.bench import rand, require_torch, rope_tables
+
+        torch = require_torch()
+        torch.manual_seed(seed)
+        self.torch = torch
+        self.cfg = cfg
+        self.dtype = dtype
+        h, f, v = cfg.hidden, cfg.ffn, cfg.vocab
+        if h % cfg.heads:
+            raise CalibrationError(f"hidden ({h}) must be a multiple of heads ({cfg.heads})")
+        if cfg.heads % cfg.kv_heads:
+            raise CalibrationError(f"heads ({cfg.heads}) must be a multiple of kv heads ({cfg.kv_heads})")
+        self.d = d = h // cfg.heads
+        qkv = (cfg.heads + 2 * cfg.kv_heads) * d
+        s = 1.0 / math.sqrt(h)
+        self.embed = rand((v, h), dtype, "cpu")
+        self.layers = []
+        for _ in range(cfg.layers):
+            self.layers.append(
+                {
+                    "ln1": rand((h,), dtype, "cpu", scale=0.1).add_(1.0),
+                    "wqkv": rand((qkv, h), dtype, "cpu", scale=s),
+                    "wo": rand((h, cfg.heads * d), dtype, "cpu", scale=s),
+                    "ln2": rand((h,), dtype, "cpu", scale=0.1).add_(1.0),
+                    "wup": rand((2 * f, h), dtype, "cpu", scale=s),
+                    "wdown": rand((h, f), dtype, "cpu", scale=1.0 / math.sqrt(f)),
+                }
+            )
+        self.norm = rand((h,), dtype, "cpu", scale=0.1).add_(1.0)
+        self.lm_head = rand((v, h), dtype, "cpu", scale=s)
+        self.cos, self.sin = rope_tables(max_ctx + 1, d, dtype, "cpu")
+        self.max_ctx = max_ctx
+        self.cache: list[tuple[Any, Any]] = []
+        self.cache_batch = 0
+
+    def alloc_cache(self, batch: int) -> None:
+        """A KV cache per layer: (batch, kv_heads, max_ctx + 1, head_dim) for K and for V."""
+        from simkit.calibrate.bench import rand
+
+        cfg = self.cfg
+        if self.cache_batch == batch:
+            return
+        self.cache = []
+        self.cache_batch = 0
+        for _ in range(cfg.layers):
+            k = rand((batch, cfg.kv_heads, self.max_ctx + 1, self.d), self.dtype, "cpu")
+            v = rand((batch, cfg.kv_heads, self.max_ctx + 1, self.d), self.dtype, "cpu")
+            self.cache.append((k, v))
+        self.cache_batch = batch
+
+    def forward(self, ids: Any, pos: int) -> Any:
+        """One forward pass of ``ids`` (batch, seq) at positions pos..pos+seq; returns the next
+        token of each sequence (greedy). Writes K/V into the cache."""
+        from simkit.calibrate.bench import (
+            k_add,
+            k_attention,
+            k_embedding,
+            k_rmsnorm,
+            k_rope,
+            k_sampling,
+            k_silu_mul,
+        )
+
+        F = self.torch.nn.functional
+        cfg = self.cfg
+        b, s = ids.shape
+        x = k_embedding(ids.reshape(-1), self.embed)
+        for lw, (kc, vc) in zip(self.layers, self.cache):
+            hn = k_rmsnorm(x, lw["ln1"])
+            qkv = F.linear(hn, lw["wqkv"])
+            q, k, v = k_rope(qkv, self.cos, self.sin, b, s, cfg.heads, cfg.kv_heads, self.d, pos)
+            a = k_attention(q, k, v, kc, vc, pos)
+            x = k_add(x, F.linear(a, lw["wo"]))
+            hn = k_rmsnorm(x, lw["ln2"])
+            x = k_add(x, F.linear(k_silu_mul(F.linear(hn, lw["wup"])), lw["wdown"]))
+        x = k_rmsnorm(x, self.norm)
+        last = x.view(b, s, -1)[:, -1]
+        return k_sampling(F.linear(last, self.lm_head))
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction
+# ---------------------------------------------------------------------------------------------
+def model_spec(cfg: ValidationConfig) -> Any:
+    from simkit.calibrate.bench import bench_model
+
+    m = bench_model(hidden=cfg.hidden, heads=cfg.heads, kv_heads=cfg.kv_heads, ffn=cfg.ffn, vocab=cfg.vocab, layers=cfg.layers)
+    return m.model_copy(update={"name": "validation-llama", "max_context": 1 << 20})
+
+
+def profile_device(profile: Any) -> dict[str, Any]:
+    dev = getattr(profile, "device", None)
+    if dev is None:
+        raise CalibrationError("the profile records no device facts", where=str(getattr(profile, "path", "")))
+    return dev if isinstance(dev, dict) else dict(dev)
+
+
+def compute_device(profile: Any) -> Any:
+    """The CPU as the roofline sees it: the profile's measured peaks (upper bounds of what was
+    measured, so efficiencies stay <= 1), else the catalog CPU it names + its memory."""
+    from simkit.cost.device import ComputeDevice
+    from simkit.specs.hardware import PeakFlops
+
+    dev = profile_device(profile)
+    peaks = dev.get("peak_flops") or {}
+    bw = dev.get("mem_bandwidth")
+    if peaks and bw:
+        pf = PeakFlops.model_validate({k: f"{float(v):.6g} FLOPS" for k, v in peaks.items() if k in ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")} | ({} if "fp32" in peaks else {"fp32": f"{float(max(peaks.values())):.6g} FLOPS"}))
+        mem = float(dev.get("memory_bytes") or 0) or 1.0
+        return ComputeDevice(str(dev.get("catalog") or dev.get("name") or "cpu"), "cpu", pf, float(bw), mem, launch_overhead=0.0)
+    cat = dev.get("catalog")
+    if not cat:
+        raise CalibrationError("the profile has neither measured peaks (peak_flops, mem_bandwidth) nor a catalog CPU")
+    from simkit.specs.catalog import default_catalog
+
+    c = default_catalog()
+    cpu = c.get("cpu", cat)
+    dram = c.get("memory", cpu.memory_type)
+    return ComputeDevice.from_cpu(cpu, dram, 1, dram.capacity)
+
+
+def predict_step(spec: Any, q: Sequence[int], ctx: Sequence[int], device: Any, profile: Any, dtype: str) -> tuple[float, list[Any]]:
+    from simkit.cost.ops import Precision, forward_ops
+    from simkit.cost.roofline import time_ops, total_time
+
+    p = Precision(weights=dtype, activations=dtype, kv_cache=dtype)
+    ops = forward_ops(spec, np.asarray(q), np.asarray(ctx), tp=1, precision=p)
+    times = time_ops(ops, device, profile, dtype)
+    return total_time(times), times
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks and measurement
+# ---------------------------------------------------------------------------------------------
+def load_profile(path: str | Path) -> Any:
+    from simkit.specs.calibration import Profile
+
+    p = Path(path)
+    if not p.exists():
+        raise CalibrationError(
+            "calibration profile not found (run `simkit calibrate --device cpu --out DIR` first)", where=str(p)
+        )
+    return Profile.load(p)
+
+
+def check_profile(profile: Any, threads: int, dtype: str, clock: str | None = None) -> str:
+    """Raise CalibrationError unless the profile matches this run; return the clock to time with."""
+    dev = profile_device(profile)
+    where = str(getattr(profile, "path", "") or getattr(profile, "name", "profile"))
+    pclock = str(dev.get("clock") or "wall")
+    if clock is not None and clock != pclock:
+        raise CalibrationError(
+            f"clock mismatch: --clock {clock} but the profile was measured with the {pclock} clock",
+            where=where, key="device.clock",
+        )
+    kind = dev.get("kind")
+    if kind not in (None, "cpu"):
+        raise CalibrationError(f"the profile was measured on a {kind}, not this CPU", where=where, key="device.kind")
+    pt = dev.get("threads")
+    if pt is not None and int(pt) != int(threads):
+        raise CalibrationError(
+            f"thread mismatch: torch uses {threads} threads here but the profile was measured with {pt} "
+            f"(pass --threads {pt}, or recalibrate with --threads {threads})",
+            where=where,
+            key="device.threads",
+        )
+    have = profile_dtypes(profile)
+    if have and dtype not in have:
+        raise CalibrationError(
+            f"the profile has no {dtype} measurements (it has {', '.join(sorted(have))}): pass --dtype "
+            f"{sorted(have)[0]} or recalibrate with that dtype",
+            where=where,
+            key="device.dtypes",
+        )
+    if pclock == "cpu" and threads != 1:
+        raise CalibrationError("the profile was measured with the cpu clock, which needs --threads 1", where=where)
+    return pclock
+
+
+def profile_dtypes(profile: Any) -> set[str]:
+    dev = profile_device(profile)
+    dts = dev.get("dtypes")
+    if dts:
+        return set(dts)
+    getter = getattr(profile, "dtypes", None)
+    if callable(getter):
+        return set(getter())
+    if getter:
+        return set(getter)
+    return set()
+
+
+def _time_step(fn: Any, repeats: int, warmup: int, min_time_s: float) -> tuple[list[float], list[float]]:
+    """(wall seconds, this thread's CPU seconds) of each timed repetition."""
+    for _ in range(warmup):
+        fn()
+    wall: list[float] = []
+    cpu: list[float] = []
+    start = time.perf_counter()
+    while len(wall) < repeats or (time.perf_counter() - start < min_time_s and len(wall) < 200):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        fn()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.thread_time() - c0)
+    return wall, cpu
+
+
+@dataclass
+class Row:
+    phase: str
+    batch: int
+    context: int
+    measured_s: float
+    predicted_s: float
+    measured_p10_s: float
+    measured_p90_s: float
+    repeats: int
+    error: float
+    """(predicted - measured) / measured."""
+    breakdown: dict[str, float] = field(default_factory=dict)
+    """Predicted seconds per operator name (all occurrences)."""
+    wall_s: float = 0.0
+    """Median wall time (equals measured_s with the wall clock)."""
+
+    @property
+    def config(self) -> str:
+        return f"{self.phase} b={self.batch} ctx={self.context}"
+
+
+def run_validation(
+    cfg: ValidationConfig,
+    profile: Any,
+    *,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Measure every (phase, batch, context) of ``cfg`` and compare with the prediction."""
+    from simkit.calibrate.bench import LoadMonitor, require_torch, set_threads
+
+    torch = require_torch()
+    threads = set_threads(cfg.threads)
+    have = profile_dtypes(profile)
+    dtype = cfg.dtype or ("bf16" if "bf16" in have else "fp32")
+    clock = check_profile(profile, threads, dtype, cfg.clock)
+    device = compute_device(profile)
+    spec = model_spec(cfg)
+    out = progress or (lambda s: print(s, file=sys.stderr, flush=True))
+    max_ctx = max(cfg.context_lens)
+    model = TorchLlama(cfg, dtype, max_ctx)
+    rows: list[Row] = []
+    t_start = time.perf_counter()
+    load = LoadMonitor()
+    with torch.inference_mode():
+        for b in cfg.batch_sizes:
+            model.alloc_cache(b)
+            for c in cfg.context_lens:
+                for phase in cfg.phases:
+                    if phase == "prefill":
+                        ids = torch.randint(0, cfg.vocab, (b, c))
+                        q, ctx = [c] * b, [0] * b
+
+                        def step(ids: Any = ids) -> Any:
+                            return model.forward(ids, 0)
+                    else:
+                        ids = torch.randint(0, cfg.vocab, (b, 1))
+                        q, ctx = [1] * b, [c] * b
+
+                        def step(ids: Any = ids, c: int = c) -> Any:
+                            return model.forward(ids, c)
+
+                    wall, cpu = _time_step(step, cfg.repeats, cfg.warmup, cfg.min_time_s)
+                    times = cpu if clock == "cpu" else wall
+                    pred, optimes = predict_step(spec, q, ctx, device, profile, dtype)
+                    meas = float(np.median(times))
+                    wall_med = float(np.median(wall))
+                    br: dict[str, float] = {}
+                    for t in optimes:
+                        br[t.op.name] = br.get(t.op.name, 0.0) + t.time_s * t.op.count
+                    rows.append(
+                        Row(phase, b, c, meas, pred, float(np.percentile(times, 10)), float(np.percentile(times, 90)),
+                            len(times), (pred - meas) / meas, br, wall_med)
+                    )
+                    out(f"  {rows[-1].config}: measured {meas * 1e3:.2f} ms, predicted {pred * 1e3:.2f} ms ({rows[-1].error:+.1%})")
+    ape = np.abs([r.error for r in rows])
+    other = load.other_cores()
+    result = {
+        "median_ape": float(np.median(ape)),
+        "p90_ape": float(np.percentile(ape, 90)),
+        "dtype": dtype,
+        "threads": threads,
+        "clock": clock,
+        "profile": str(getattr(profile, "name", "")),
+        "model": {k: v for k, v in asdict(cfg).items() if k in ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab")},
+        "wall_s": round(time.perf_counter() - t_start, 1),
+        "other_load_cores": None if other is None else round(other, 2),
+        "date": time.strftime("%Y-%m-%d"),
+        "rows": [
+            {
+                "config": r.config,
+                "phase": r.phase,
+                "batch": r.batch,
+                "context": r.context,
+                "measured_s": r.measured_s,
+                "measured_wall_s": r.wall_s,
+                "measured_p10_s": r.measured_p10_s,
+                "measured_p90_s": r.measured_p90_s,
+                "predicted_s": r.predicted_s,
+                "repeats": r.repeats,
+                "error": r.error,
+                "abs_error": abs(r.error),
+                "predicted_breakdown_s": r.breakdown,
+            }
+            for r in rows
+        ],
+    }
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [
+        f"{'configuration':<26} {'measured ms':>12} {'predicted ms':>13} {'error':>8}",
+        "-" * 62,
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"{r['config']:<26} {r['measured_s'] * 1e3:>12.2f} {r['predicted_s'] * 1e3:>13.2f} {r['error']:>+8.1%}"
+        )
+    lines.append("-" * 62)
+    lines.append(
+        f"median |error| {result['median_ape']:.1%}, p90 |error| {result['p90_ape']:.1%} "
+        f"over {len(result['rows'])} configurations ({result['dtype']}, {result['threads']} thread(s), "
+        f"{result['clock']} clock, profile {result['profile']})"
+    )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return vals
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="simkit validate",
+        description="Run a small Llama-architecture model in torch on this machine and compare measured "
+        "prefill/decode step times with simkit's prediction from a calibration profile.",
+    )
+    p.add_argument("--device", choices=["cpu"], default="cpu", help="only cpu is supported (default cpu)")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--kv-heads", type=int, default=8)
+    p.add_argument("--ffn", type=int, default=1408)
+    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--batch-sizes", type=_ints, default=(1, 4, 16), help="comma-separated (default 1,4,16)")
+    p.add_argument("--context-lens", type=_ints, default=(128, 512), help="comma-separated (default 128,512)")
+    p.add_argument("--profile", default=DEFAULT_PROFILE, help=f"profile folder or profile.yaml (default {DEFAULT_PROFILE})")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: bf16 if the profile has it, else fp32")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (must match the profile's)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repetitions per step (median kept; default 5)")
+    p.add_argument("--phases", default="prefill,decode", help="prefill, decode or both (default)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default=None,
+                   help="wall time, or the thread's CPU time (one thread; immune to other processes); "
+                   "default: the clock the profile was measured with")
+    p.add_argument("--json", dest="json_path", default=None, help="write {median_ape, p90_ape, rows} here")
+    return p
+
+
+def config_from_args(a: argparse.Namespace) -> ValidationConfig:
+    phases = tuple(x.strip() for x in a.phases.split(",") if x.strip())
+    bad = [x for x in phases if x not in ("prefill", "decode")]
+    if bad or not phases:
+        raise CalibrationError(f"--phases takes prefill and/or decode (got {a.phases!r})")
+    for name in ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab", "repeats"):
+        if getattr(a, name) < 1:
+            raise CalibrationError(f"--{name.replace('_', '-')} must be >= 1")
+    return ValidationConfig(
+        layers=a.layers, hidden=a.hidden, heads=a.heads, kv_heads=a.kv_heads, ffn=a.ffn, vocab=a.vocab,
+        batch_sizes=tuple(a.batch_sizes), context_lens=tuple(a.context_lens), dtype=a.dtype,
+        repeats=a.repeats, threads=a.threads, phases=phases, clock=a.clock,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        profile = load_profile(args.profile)
+        result = run_validation(cfg, profile)
+    except SimkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.json_path:
+        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_path).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Fidelity report (benchmarks/fidelity.py)
+# ---------------------------------------------------------------------------------------------
+def cpu_validation_report(
+    profile: str | Path = DEFAULT_PROFILE,
+    cfg: ValidationConfig | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """The CPU section of the fidelity report: run the validation on this machine with the shipped
+    profile; returns (markdown text, result dict). Skips (with a note) without torch or profile."""
+    try:
+        from simkit.calibrate.bench import require_torch
+
+        require_torch()
+        prof = load_profile(profile)
+        result = run_validation(cfg or ValidationConfig(), prof, progress=lambda s: None)
+    except SimkitError as e:
+        text = f"## CPU validation\n\nSkipped: {e}\n"
+        return text, {"skipped": str(e)}
+    text = (
+        "## CPU validation\n\n"
+        f"Measured vs predicted step times of a small Llama model (layers {result['model']['layers']}, "
+        f"hidden {result['model']['hidden']}, heads {result['model']['heads']}/{result['model']['kv_heads']}, "
+        f"FFN {result['model']['ffn']}, vocab {result['model']['vocab']}) on this CPU with profile "
+        f"`{result['profile']}` ({result['dtype']}, {result['threads']} threads).\n\n"
+        "```\n" + format_table(result) + "\n```\n"
+    )
+    return text, result
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

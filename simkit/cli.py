@@ -1,0 +1,257 @@
+"""The ``simkit`` command line: thin, parses arguments and prints; the layers do the work.
+
+Every user error (bad YAML, unknown name, a plan that does not fit, a corrupt trace) is one
+line on stderr naming the file and key, with exit code 2. ``SIMKIT_DEBUG=1`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from simkit.errors import SimkitError
+
+
+def _fmt_ms(x: Any) -> str:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "-"
+    return "-" if v != v else f"{v * 1e3:,.1f} ms"
+
+
+def print_summary(s: dict[str, Any], out: Any = sys.stdout) -> None:
+    w = out.write
+    w(f"simkit: {s.get('model')} on {s.get('hardware')} ({s.get('device')}), policy {s.get('policy')}, "
+      f"tp={s.get('tp')} replicas={s.get('replicas')}\n")
+    w(f"  calibration      {s.get('calibration')}\n")
+    w(f"  requests         {s['requests_completed']} completed, {s['requests_rejected']} rejected, "
+      f"{s['requests_unfinished']} unfinished of {s['requests_total']}\n")
+    w(f"  makespan         {s['makespan_s']:.3f} s\n")
+    w(f"  TTFT p50/p90/p99 {_fmt_ms(s['ttft_p50_s'])} / {_fmt_ms(s['ttft_p90_s'])} / {_fmt_ms(s['ttft_p99_s'])}"
+      "  (includes queueing)\n")
+    w(f"  queue p50/p99    {_fmt_ms(s['queue_p50_s'])} / {_fmt_ms(s['queue_p99_s'])}\n")
+    w(f"  TPOT p50/p99     {_fmt_ms(s['tpot_p50_s'])} / {_fmt_ms(s['tpot_p99_s'])}\n")
+    w(f"  TBT p50/p99      {_fmt_ms(s['tbt_p50_s'])} / {_fmt_ms(s['tbt_p99_s'])}\n")
+    w(f"  E2E p50/p99      {_fmt_ms(s['e2e_p50_s'])} / {_fmt_ms(s['e2e_p99_s'])}\n")
+    w(f"  throughput       {s['output_tokens_per_s']:,.1f} output tok/s, {s['total_tokens_per_s']:,.1f} total tok/s\n")
+    if "goodput_requests_per_s" in s:
+        w(f"  goodput          {s['goodput_requests_per_s']:.3f} req/s within SLO "
+          f"({s['slo_attainment'] * 100:.1f}% of requests; SLO {'met' if s['slo_met'] else 'MISSED'})\n")
+    w(f"  KV cache         {s['kv_blocks_total']} blocks, mean use {s['kv_utilization_mean'] * 100:.1f}%, "
+      f"peak {s['kv_utilization_peak'] * 100:.1f}%, {s['preemptions']} preemptions, {s['swaps']} swaps\n")
+    if s.get("prefix_cache_hit_rate"):
+        tiers = ", ".join(f"{k} {v * 100:.1f}%" for k, v in s["prefix_cache_hit_rate_by_tier"].items() if v)
+        w(f"  prefix cache     {s['prefix_cache_hit_rate'] * 100:.1f}% of prompt tokens hit ({tiers})\n")
+    w(f"  cost             ${s['usd_per_million_output_tokens']:.3f} per million output tokens "
+      f"(${s['cost_per_hour_usd']:.2f}/h); energy {s['energy_per_output_token_j']:.3f} J/token\n")
+    w(f"  simulated in     {s['sim_wall_s']:.3f} s wall\n")
+
+
+# ---- subcommands -------------------------------------------------------------------------------
+def cmd_run(a: argparse.Namespace) -> int:
+    from simkit.scenario import load_scenario
+    from simkit.simulate import simulate, write_outputs
+
+    sc = load_scenario(a.scenario, a.set or [])
+    res = simulate(sc, trace=a.trace_out is not None)
+    for wmsg in res.warnings:
+        print(f"warning: {wmsg}", file=sys.stderr)
+    out = a.out or os.path.join("reports", sc.name)
+    paths = write_outputs(res, out, a.trace_out)
+    print_summary(res.summary)
+    print(f"  wrote            {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def cmd_schema(a: argparse.Namespace) -> int:
+    from simkit.scenario import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def _parse_tokens(text: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SimkitError(f"--tokens: expected a comma-separated list of integers, got {text!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise SimkitError(f"--tokens: expected integers >= 1, got {text!r}")
+    return vals
+
+
+def cmd_estimate_ops(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from simkit.cost.device import ComputeDevice
+    from simkit.cost.ops import Precision, forward_ops
+    from simkit.cost.roofline import time_ops
+    from simkit.specs.calibration import resolve_calibration
+    from simkit.specs.catalog import default_catalog, load_model
+
+    cat = default_catalog()
+    gpu = cat.get("gpu", a.gpu, key="--gpu")
+    model = load_model(a.model, key="--model")
+    if model.num_heads % a.tp:
+        raise SimkitError(f"--tp {a.tp} does not divide the {model.num_heads} heads of {model.name}")
+    device = ComputeDevice.from_gpu(gpu)
+    eff, info, warn = resolve_calibration(a.calibration, "gpu", gpu.name)
+    if warn:
+        print(f"warning: {warn}", file=sys.stderr)
+    prec = Precision(a.dtype, a.dtype if a.dtype not in ("int4",) else "fp16", a.dtype if a.dtype != "int4" else "fp16")
+    rows = []
+    for n in _parse_tokens(a.tokens):
+        ops = forward_ops(model, np.array([n]), np.array([0]), tp=a.tp, precision=prec, logits_rows=1)
+        for ot in time_ops(ops, device, eff, prec.compute):
+            measured = eff.is_measured(ot.op.op_class)
+            rows.append(
+                {
+                    "op": ot.op.name,
+                    "num_tokens": n,
+                    "tp": a.tp,
+                    "time_s": ot.time_s,
+                    "flops": ot.op.flops,
+                    "bytes": ot.op.bytes,
+                    "count": ot.op.count,
+                    "bound": ot.bound,
+                    "efficiency": ot.efficiency,
+                    "source": "measured" if measured else "default",
+                }
+            )
+    cols = ["op", "num_tokens", "tp", "time_s", "flops", "bytes"]
+    if a.format == "csv":
+        extra = ["count", "bound", "efficiency", "source"]
+        print(",".join(cols + extra))
+        for r in rows:
+            print(",".join(f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]) for c in cols + extra))
+    else:
+        print(f"# {model.name} on {gpu.name}, tp={a.tp}, {a.dtype}; calibration: {info}")
+        print("# time_s is one occurrence on one GPU; count = occurrences per forward pass; collectives excluded")
+        print(f"{'op':<16}{'tokens':>8}{'tp':>4}{'time_us':>12}{'GFLOP':>12}{'MB':>11}{'count':>7}  {'bound':<8}{'eff':>6}  source")
+        for r in rows:
+            print(f"{r['op']:<16}{r['num_tokens']:>8}{r['tp']:>4}{r['time_s'] * 1e6:>12.2f}{r['flops'] / 1e9:>12.3f}"
+                  f"{r['bytes'] / 1e6:>11.3f}{r['count']:>7}  {r['bound']:<8}{r['efficiency']:>6.2f}  {r['source']}")
+        unmeasured = sorted({r["op"] for r in rows if r["source"] == "default"})
+        if unmeasured:
+            print(f"# not measured (documented default efficiency): {', '.join(unmeasured)}")
+    return 0
+
+
+def cmd_catalog(a: argparse.Namespace) -> int:
+    from simkit.specs.catalog import default_catalog
+
+    cat = default_catalog()
+    if a.action == "list":
+        kinds = [a.kind] if a.kind else list(cat.items)
+        for k in kinds:
+            if k not in cat.items:
+                raise SimkitError(f"unknown kind {k!r} (expected one of {', '.join(cat.items)})")
+            names = cat.names(k)
+            if not names:
+                continue
+            print(f"{k} ({len(names)}):")
+            for n in names:
+                desc = getattr(cat.items[k][n], "description", "")
+                print(f"  {n:<28} {desc}")
+        return 0
+    if not a.name:
+        raise SimkitError("catalog show needs a NAME")
+    kind, item = cat.find(a.name)
+    from simkit.specs.yamlio import load_yaml
+
+    path = cat.file_of(kind, a.name)
+    print(f"# {kind} {a.name}  ({path})")
+    raw = load_yaml(path)
+    srcs = raw.get("sources", {}) or {}
+    for k, v in raw.items():
+        if k in ("sources", "kind", "name"):
+            continue
+        src = srcs.get(k)
+        print(f"{k}: {json.dumps(v) if not isinstance(v, str) else v}" + (f"    # source: {src}" if src else ""))
+    if kind == "model":
+        print(f"# derived: {item.num_params / 1e9:.3f} B parameters ({item.num_active_params / 1e9:.3f} B active), "
+              f"KV {item.kv_bytes_per_token(2.0) / 1024:.1f} KiB/token in 16-bit, {item.attention_kind}")
+    other = {k: v for k, v in srcs.items() if k not in raw}
+    for k, v in other.items():
+        print(f"# source for {k}: {v}")
+    return 0
+
+
+def cmd_calibrate(argv: list[str]) -> int:
+    if argv and argv[0] == "import-profiles":
+        from simkit.calibrate.vidur import main_import_profiles
+
+        return main_import_profiles(argv[1:])
+    from simkit.calibrate.cli_calibrate import main as cal_main
+
+    return cal_main(argv)
+
+
+def cmd_validate(argv: list[str]) -> int:
+    from simkit.calibrate.validate import main as val_main
+
+    return val_main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="simkit", description="Performance simulator and cost-model analyzer for LLM inference.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="simulate a scenario YAML")
+    r.add_argument("scenario")
+    r.add_argument("--out", help="output folder (default reports/<scenario name>)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a dotted key, e.g. plan.parallel.tp=2")
+    r.add_argument("--trace-out", help="write a Chrome-trace/Perfetto timeline JSON here")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("schema", help="print the scenario JSON Schema")
+    s.set_defaults(func=cmd_schema)
+
+    e = sub.add_parser("estimate", help="cost-model estimates")
+    esub = e.add_subparsers(dest="what", required=True)
+    eo = esub.add_parser("ops", help="per-operator times of one forward pass")
+    eo.add_argument("--gpu", required=True)
+    eo.add_argument("--model", required=True)
+    eo.add_argument("--tp", type=int, default=1)
+    eo.add_argument("--tokens", default="1,16,512")
+    eo.add_argument("--dtype", default="bf16", choices=["fp32", "fp16", "bf16", "fp8", "int8", "int4"])
+    eo.add_argument("--format", default="table", choices=["table", "csv"])
+    eo.add_argument("--calibration", default="auto", help="auto, none, or a profile path")
+    eo.set_defaults(func=cmd_estimate_ops)
+
+    c = sub.add_parser("catalog", help="list or show hardware and model catalog items")
+    c.add_argument("action", choices=["list", "show"])
+    c.add_argument("name", nargs="?")
+    c.add_argument("--kind", help="list only this kind (gpu, cpu, memory, ssd, link, node, model)")
+    c.set_defaults(func=cmd_catalog)
+
+    sub.add_parser("calibrate", help="run microbenchmarks (see simkit calibrate --help) or import-profiles", add_help=False)
+    sub.add_parser("validate", help="compare real torch runs with predictions (see simkit validate --help)", add_help=False)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args and args[0] == "calibrate":
+            return cmd_calibrate(args[1:])
+        if args and args[0] == "validate":
+            return cmd_validate(args[1:])
+        ns = build_parser().parse_args(args)
+        return int(ns.func(ns))
+    except SimkitError as e:
+        if os.environ.get("SIMKIT_DEBUG"):
+            raise
+        print(f"simkit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

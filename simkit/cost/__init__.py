@@ -1,0 +1,1 @@
+"""How long things TAKE: pure functions from shapes to FLOPs, bytes and seconds. No simulation state."""

@@ -1,0 +1,197 @@
+"""One forward pass of a batch on a plan -> seconds. Vectorised over token counts and cached.
+
+The engine never builds operator lists in its loop: it asks an :class:`IterationModel` for
+``step_time(q, ctx)`` (one mixed iteration) or ``decode_steps(B, kv0, k)`` (the times of ``k``
+consecutive decode iterations of an unchanged batch, in one numpy call). Token-dependent
+operators are tabulated once per token count and reused.
+
+Time of an iteration = sum over operators of count x (ideal / efficiency + launch overhead)
++ tensor-parallel collectives (two all-reduces of the activations per layer) + a fixed
+per-iteration host overhead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from simkit.cost.device import ComputeDevice
+from simkit.cost.efficiency import EfficiencyModel
+from simkit.cost.ops import Op, Precision, forward_ops, token_ops
+from simkit.cost.roofline import OpTime, time_ops
+from simkit.specs.model import ModelSpec
+
+NON_LAYER_OPS = ("embedding", "final_norm", "lm_head", "sampling")
+
+
+def _op_time_arrays(op: Op, device: ComputeDevice, eff: EfficiencyModel, dtype: str) -> np.ndarray:
+    """Seconds per occurrence of one operator whose numbers may be arrays (broadcast together)."""
+    flops = np.asarray(op.flops, dtype=np.float64)
+    byts = np.asarray(op.weight_bytes + op.act_bytes + op.kv_bytes, dtype=np.float64)
+    return _class_time(op.op_class, op.name, flops, byts, op.shape, device, eff, dtype)
+
+
+def _class_time(
+    op_class: str,
+    name: str,
+    flops: np.ndarray,
+    byts: np.ndarray,
+    shape: dict,
+    device: ComputeDevice,
+    eff: EfficiencyModel,
+    dtype: str,
+) -> np.ndarray:
+    pf, bw = device.peak_flops(dtype), device.mem_bandwidth
+    ideal = np.maximum(flops / pf, byts / bw)
+    sh = dict(shape)
+    sh["op"] = name
+    e = np.minimum(np.maximum(eff.efficiency(op_class, flops, byts, sh, pf, bw, dtype), 1e-4), 1.0)
+    t = ideal / e + eff.launch_overhead(op_class)
+    return np.where(flops + byts > 0, t, 0.0)
+
+
+@dataclass
+class IterationModel:
+    """Times forward passes of ``model`` on one GPU (or CPU) of a TP group, for a stage of
+    ``num_layers`` layers (pipeline parallelism), with the embedding on the first stage and the
+    LM head on the last."""
+
+    model: ModelSpec
+    device: ComputeDevice
+    efficiency: EfficiencyModel
+    precision: Precision
+    tp: int = 1
+    num_layers: int | None = None
+    first_stage: bool = True
+    last_stage: bool = True
+    allreduce_time: Callable[[np.ndarray], np.ndarray] | None = None
+    """Seconds of one all-reduce of the given bytes over the TP group (None when tp == 1)."""
+    iteration_overhead: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.dtype = self.precision.compute
+        self.layers = self.model.num_layers if self.num_layers is None else self.num_layers
+        self._body = np.zeros(1)  # body[T]: seconds of token ops for T tokens, excluding head
+        self._head = np.zeros(1)  # head[R]: seconds of lm_head + sampling for R rows
+        self._layer = np.zeros(1)  # layer[T]: per-layer seconds (for layer-by-layer execution)
+
+    # ---- tables ------------------------------------------------------------------------------
+    def _grow(self, n: int) -> None:
+        if n < len(self._body):
+            return
+        size = max(64, 1 << int(np.ceil(np.log2(n + 1))))
+        T = np.arange(size, dtype=np.float64)
+        ops = token_ops(self.model, T, T, self.tp, self.precision)
+        L = self.model.num_layers
+        per_layer = np.zeros(size)
+        nonlayer = np.zeros(size)
+        head = np.zeros(size)
+        for op in ops:
+            t = _op_time_arrays(op, self.device, self.efficiency, self.dtype) * op.count
+            if op.name in ("lm_head", "sampling"):
+                head += t
+            elif op.name in NON_LAYER_OPS:
+                nonlayer += t
+            else:
+                per_layer += t / L
+        if self.allreduce_time is not None and self.tp > 1:
+            act = T * self.model.hidden_size * self.precision.a_bytes
+            per_layer += 2.0 * np.where(T > 0, self.allreduce_time(act), 0.0)
+        per_layer[0] = nonlayer[0] = head[0] = 0.0
+        self._layer = per_layer
+        # the embedding (and the tiny final norm) are charged to the first stage
+        self._body = per_layer * self.layers + (nonlayer if self.first_stage else 0.0)
+        self._head = head if self.last_stage else np.zeros(size)
+
+    def body_time(self, tokens: np.ndarray | int) -> np.ndarray:
+        t = np.asarray(tokens, dtype=np.int64)
+        self._grow(int(t.max()) if t.size else 0)
+        return self._body[t]
+
+    def head_time(self, rows: np.ndarray | int) -> np.ndarray:
+        r = np.asarray(rows, dtype=np.int64)
+        self._grow(int(r.max()) if r.size else 0)
+        return self._head[r]
+
+    def layer_time(self, tokens: int) -> float:
+        self._grow(tokens)
+        return float(self._layer[tokens])
+
+    # ---- attention ---------------------------------------------------------------------------
+    def _attn_consts(self) -> tuple[float, float, float, float, float]:
+        m = self.model
+        heads = m.num_heads / self.tp
+        kvh = max(m.num_kv_heads / self.tp, 1.0)
+        return heads, kvh, float(m.d_head), self.precision.a_bytes, self.precision.kv_bytes
+
+    def decode_attention(self, batch: int, kv_tokens: np.ndarray | float) -> np.ndarray:
+        """Seconds of decode attention over all layers of the stage, for ``batch`` sequences whose
+        attended tokens sum to ``kv_tokens`` (an array: one entry per iteration)."""
+        kv = np.asarray(kv_tokens, dtype=np.float64)
+        heads, kvh, d, ab, kb = self._attn_consts()
+        flops = 4.0 * heads * d * kv
+        byts = 2.0 * batch * heads * d * ab + 2.0 * kv * kvh * d * kb + 2.0 * batch * kvh * d * kb
+        shape = {"tokens": float(batch), "ctx": kv, "batch": float(batch), "heads": heads, "kv_heads": kvh, "head_dim": d}
+        t = _class_time("attn_decode", "attn_decode", flops, byts, shape, self.device, self.efficiency, self.dtype)
+        return t * self.layers
+
+    def prefill_attention(self, q: np.ndarray, ctx: np.ndarray) -> float:
+        """Seconds of prefill attention (one varlen kernel per layer) over all layers of the stage."""
+        heads, kvh, d, ab, kb = self._attn_consts()
+        qf = q.astype(np.float64)
+        tokens = float(qf.sum())
+        pairs = float((qf * ctx + qf * (qf + 1.0) / 2.0).sum())
+        kv_tokens = float(ctx.sum()) + tokens
+        flops = np.asarray(4.0 * heads * d * pairs)
+        byts = np.asarray(2.0 * tokens * heads * d * ab + 2.0 * kv_tokens * kvh * d * kb + 2.0 * tokens * kvh * d * kb)
+        shape = {"tokens": tokens, "ctx": kv_tokens, "batch": float(len(q)), "heads": heads, "kv_heads": kvh, "head_dim": d, "pairs": pairs}
+        t = _class_time("attn_prefill", "attn_prefill", flops, byts, shape, self.device, self.efficiency, self.dtype)
+        return float(t) * self.layers
+
+    def attention_time(self, q: np.ndarray, ctx: np.ndarray) -> float:
+        q = np.asarray(q, dtype=np.int64)
+        ctx = np.asarray(ctx, dtype=np.int64)
+        is_dec = (q == 1) & (ctx > 0)
+        total = 0.0
+        nd = int(is_dec.sum())
+        if nd:
+            total += float(self.decode_attention(nd, float(ctx[is_dec].sum()) + nd))
+        if nd < len(q):
+            pre = ~is_dec
+            total += self.prefill_attention(q[pre], ctx[pre].astype(np.float64))
+        return total
+
+    # ---- iterations --------------------------------------------------------------------------
+    def step_time(self, q: np.ndarray, ctx: np.ndarray, logits_rows: int | None = None) -> float:
+        """Seconds of one iteration over sequences with ``q`` new tokens over ``ctx`` cached."""
+        q = np.asarray(q)
+        if q.size == 0:
+            return 0.0
+        rows = len(q) if logits_rows is None else logits_rows
+        t = float(self.body_time(int(q.sum()))) + float(self.head_time(rows))
+        return t + self.attention_time(q, ctx) + self.iteration_overhead
+
+    def decode_steps(self, batch: int, kv0: float, k: int) -> np.ndarray:
+        """Seconds of each of ``k`` consecutive decode iterations of ``batch`` sequences whose
+        contexts (tokens already cached) sum to ``kv0`` at the first iteration."""
+        kv = kv0 + batch + batch * np.arange(k, dtype=np.float64)  # each new token attends itself
+        fixed = float(self.body_time(batch)) + float(self.head_time(batch)) + self.iteration_overhead
+        return fixed + self.decode_attention(batch, kv)
+
+    def breakdown(self, q: np.ndarray, ctx: np.ndarray) -> list[OpTime]:
+        """Per-operator times for one iteration (for `simkit estimate ops` and reports)."""
+        ops = forward_ops(self.model, q, ctx, tp=self.tp, precision=self.precision)
+        return time_ops(ops, self.device, self.efficiency, self.dtype)
+
+    def split_layers(self, q: np.ndarray, ctx: np.ndarray, logits_rows: int | None = None) -> tuple[float, float, float]:
+        """(before, per_layer, after) seconds of one iteration, for layer-by-layer execution:
+        the sum before + layers * per_layer + after equals ``step_time``."""
+        q = np.asarray(q)
+        T = int(q.sum())
+        per_layer = self.layer_time(T) + self.attention_time(q, ctx) / max(self.layers, 1)
+        total = self.step_time(q, ctx, logits_rows)
+        before = float(self.body_time(T)) - self.layer_time(T) * self.layers + self.iteration_overhead
+        after = total - before - per_layer * self.layers
+        return before, per_layer, after

@@ -1,0 +1,1 @@
+"""What HAPPENS over time: SimPy processes, shared links, memory pools, replicas."""

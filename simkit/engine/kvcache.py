@@ -1,0 +1,171 @@
+"""Paged KV blocks on a replica's GPUs and the tiered prefix cache beside them.
+
+Blocks are counted per GPU of the replica (every GPU of a TP group holds its shard of each
+block). A request holds ``ceil(tokens / block_size)`` private blocks, minus the blocks it shares
+through the prefix cache. The prefix cache keys blocks of ``hash_tokens`` tokens by the
+request's prefix hashes (Mooncake ``hash_ids``); its HBM part lives in the same block pool
+(pinned while a running request uses it, evictable otherwise), and evicted entries are demoted
+to the next tier (DRAM, CXL, SSD as the node has them) in LRU order, then dropped.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+TIER_INDEX = {"hbm": 0, "dram": 1, "cxl": 2, "ssd": 3}
+
+
+@dataclass
+class PrefixCache:
+    """Tiered LRU cache of prefix blocks. Each entry is one hash block of ``hash_tokens`` tokens,
+    which occupies ``blocks_per_hash`` KV blocks when it sits in HBM."""
+
+    tiers: list[str]
+    """Tiers in use, fastest first; the first is always 'hbm'."""
+    capacity: dict[str, int]
+    """Entries each lower tier may hold (HBM's limit is the shared block pool)."""
+    blocks_per_hash: int
+    hbm: OrderedDict[int, int] = field(default_factory=OrderedDict)
+    """hash -> number of running requests using it (pinned while > 0)."""
+    lower: dict[str, OrderedDict[int, None]] = field(default_factory=dict)
+    pinned: int = 0
+    on_demote: Callable[[str, str, int], None] | None = None
+    """Called with (from_tier, to_tier, entries) when entries move down (for link traffic)."""
+    hits: dict[str, int] = field(default_factory=lambda: {t: 0 for t in TIER_INDEX})
+    lookups: int = 0
+    evictions: int = 0
+
+    def __post_init__(self) -> None:
+        for t in self.tiers[1:]:
+            self.lower.setdefault(t, OrderedDict())
+
+    @property
+    def hbm_blocks(self) -> int:
+        return len(self.hbm) * self.blocks_per_hash
+
+    @property
+    def unpinned_blocks(self) -> int:
+        return (len(self.hbm) - self.pinned) * self.blocks_per_hash
+
+    def where(self, h: int) -> str | None:
+        if h in self.hbm:
+            return "hbm"
+        for t in self.tiers[1:]:
+            if h in self.lower[t]:
+                return t
+        return None
+
+    def match(self, hashes: list[int]) -> list[str]:
+        """Tiers of the longest run of leading hashes present somewhere in the cache."""
+        out: list[str] = []
+        for h in hashes:
+            t = self.where(h)
+            if t is None:
+                break
+            out.append(t)
+        return out
+
+    def pin(self, h: int) -> None:
+        refs = self.hbm[h]
+        if refs == 0:
+            self.pinned += 1
+        self.hbm[h] = refs + 1
+        self.hbm.move_to_end(h)
+
+    def unpin(self, h: int) -> None:
+        refs = self.hbm.get(h)
+        if refs is None:
+            return
+        if refs == 1:
+            self.pinned -= 1
+        self.hbm[h] = max(refs - 1, 0)
+
+    def take_from_lower(self, h: int, tier: str) -> None:
+        del self.lower[tier][h]
+
+    def insert_hbm(self, h: int, pinned: bool) -> None:
+        """Add an entry to HBM (the caller has made room in the block pool)."""
+        self.hbm[h] = 1 if pinned else 0
+        if pinned:
+            self.pinned += 1
+
+    def evict_one(self) -> bool:
+        """Demote the least recently used unpinned HBM entry one tier down. False if none."""
+        for h, refs in self.hbm.items():
+            if refs == 0:
+                del self.hbm[h]
+                self.evictions += 1
+                self._push_down(h, 1)
+                return True
+        return False
+
+    def _push_down(self, h: int, level: int) -> None:
+        if level >= len(self.tiers):
+            return
+        tier = self.tiers[level]
+        cap = self.capacity.get(tier, 0)
+        if cap <= 0:
+            self._push_down(h, level + 1)
+            return
+        od = self.lower[tier]
+        if self.on_demote is not None:
+            self.on_demote(self.tiers[level - 1], tier, 1)
+        od[h] = None
+        od.move_to_end(h)
+        while len(od) > cap:
+            old, _ = od.popitem(last=False)
+            self._push_down(old, level + 1)
+
+
+@dataclass
+class KVBlockManager:
+    num_blocks: int
+    block_size: int
+    watermark_blocks: int = 0
+    used: int = 0
+    """Blocks held privately by requests."""
+    cache: PrefixCache | None = None
+    peak: int = 0
+
+    def blocks_for(self, tokens: int) -> int:
+        return -(-int(tokens) // self.block_size)
+
+    @property
+    def in_use(self) -> int:
+        """Blocks holding live data: private blocks plus every HBM prefix-cache entry."""
+        return self.used + (self.cache.hbm_blocks if self.cache else 0)
+
+    @property
+    def free(self) -> int:
+        return self.num_blocks - self.in_use
+
+    @property
+    def available(self) -> int:
+        """Blocks obtainable now (free plus evictable cache entries)."""
+        return self.free + (self.cache.unpinned_blocks if self.cache else 0)
+
+    def make_room(self, n: int) -> bool:
+        """Evict unpinned prefix entries until ``n`` blocks are free. False if impossible."""
+        while self.free < n:
+            if self.cache is None or not self.cache.evict_one():
+                return False
+        return True
+
+    def can_admit(self, n: int) -> bool:
+        return self.available - n >= self.watermark_blocks
+
+    def alloc(self, n: int) -> bool:
+        if n <= 0:
+            return True
+        if not self.make_room(n):
+            return False
+        self.used += n
+        self.peak = max(self.peak, self.in_use)
+        return True
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        if self.used < 0:
+            raise AssertionError("KV block accounting went negative")

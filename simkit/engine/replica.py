@@ -1,0 +1,483 @@
+"""A replica serving requests: the scheduling loop, KV accounting, fast-forwarded decoding.
+
+The event loop sees arrivals, admissions, completions and batch-composition changes, never
+operators or tokens: between two such events the decode iterations of an unchanged batch are
+costed in one vectorised call (:meth:`IterationModel.decode_steps`) and the replica sleeps
+until the first of (a request finishes, the KV cache needs a block it lacks, an arrival that
+the policy could admit). That is exactly equivalent to stepping one iteration at a time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import simpy
+
+from simkit.cost.iteration import IterationModel
+from simkit.engine.interfaces import BatchingPolicy, Step
+from simkit.engine.kvcache import TIER_INDEX, KVBlockManager
+from simkit.engine.resources import Link
+from simkit.engine.state import RequestTable, TBTHistogram
+
+
+@dataclass
+class ReplicaConfig:
+    block_size: int
+    kv_bytes_per_token: float
+    """KV bytes per token on one GPU of the replica (after TP sharding)."""
+    preemption: str = "recompute"
+    swap_blocks: int = 0
+    role: str = "both"
+    """both, prefill (disaggregated prefill side) or decode."""
+    hash_tokens: int = 512
+    num_gpus: int = 1
+    layerwise: bool = False
+    """Execute each iteration layer by layer (one event per layer) instead of as one step."""
+
+
+class IterationLog:
+    """Compact per-iteration table: one row per executed step or fast-forwarded run of
+    identical decode steps (``steps`` > 1)."""
+
+    COLS = ("replica", "start_s", "end_s", "steps", "prefill_tokens", "decode_seqs", "batch_size", "kv_blocks_used")
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.rows: list[tuple[Any, ...]] = []
+
+    def add(self, *row: Any) -> None:
+        if self.enabled:
+            self.rows.append(row)
+
+
+class Replica:
+    def __init__(
+        self,
+        env: simpy.Environment,
+        index: int,
+        table: RequestTable,
+        cost: IterationModel,
+        policy: BatchingPolicy,
+        kv: KVBlockManager,
+        cfg: ReplicaConfig,
+        tbt: TBTHistogram,
+        log: IterationLog,
+        next_arrival: Callable[[], float],
+        links: dict[str, Link] | None = None,
+        on_prefilled: Callable[[int, int], None] | None = None,
+        tracer: Any = None,
+    ) -> None:
+        self.env = env
+        self.index = index
+        self.table = table
+        self.cost = cost
+        self.policy = policy
+        self.kv = kv
+        self.cfg = cfg
+        self.tbt = tbt
+        self.log = log
+        self.next_arrival = next_arrival
+        self.links = links or {}
+        self.on_prefilled = on_prefilled
+        self.tracer = tracer
+        self.waiting: deque[int] = deque()
+        self.swapped: deque[int] = deque()
+        self.running: list[int] = []
+        self.shared: dict[int, list[int]] = {}
+        self.pending_fetch: list[simpy.Event] = []
+        self.outstanding = 0
+        self.busy_time = 0.0
+        self.swapped_blocks = 0
+        self.swap_outs = 0
+        self.preemptions = 0
+        self._idle = True
+        self._wake = env.event()
+        self.proc = env.process(self._loop())
+
+    # ---- queue ---------------------------------------------------------------------------------
+    def enqueue(self, i: int) -> None:
+        self.table.replica[i] = self.index
+        self.outstanding += 1
+        self.waiting.append(i)
+        if self._idle and not self._wake.triggered:
+            self._wake.succeed()
+
+    def prefix_match_len(self, i: int) -> int:
+        cache = self.kv.cache
+        if cache is None:
+            return 0
+        return len(cache.match(self._usable_hashes(i)))
+
+    def _usable_hashes(self, i: int) -> list[int]:
+        t = self.table
+        hs = t.reqs.hashes_of(i)
+        usable = min(len(hs), int(t.input[i] - 1) // self.cfg.hash_tokens)
+        return hs[:usable].tolist()
+
+    # ---- admission and KV ----------------------------------------------------------------------
+    def admit(self, i: int, reserve_tokens: int | None = None) -> bool:
+        """Allocate KV blocks for request ``i``'s prefill (or ``reserve_tokens``), using prefix-cache
+        hits; move it to running. False (and nothing changed) when it does not fit."""
+        t = self.table
+        kv = self.kv
+        cache = kv.cache
+        hashes: list[int] = []
+        tiers: list[str] = []
+        if cache is not None and t.kv_len[i] == 0 and self.cfg.role != "decode":
+            hashes = self._usable_hashes(i)
+            tiers = cache.match(hashes)
+            hashes = hashes[: len(tiers)]
+        hit_tokens = len(hashes) * self.cfg.hash_tokens
+        tokens = int(reserve_tokens if reserve_tokens is not None else max(t.target[i], t.kv_len[i]) + 1)
+        lower = sum(1 for x in tiers if x != "hbm")
+        need = kv.blocks_for(max(tokens - hit_tokens, 0)) + lower * cache.blocks_per_hash if cache else kv.blocks_for(tokens)
+        if not kv.can_admit(need):
+            return False
+        # pin HBM hits first so that making room cannot evict them
+        for h, tier in zip(hashes, tiers):
+            if tier == "hbm":
+                cache.pin(h)  # type: ignore[union-attr]
+        if not kv.make_room(need):
+            for h, tier in zip(hashes, tiers):
+                if tier == "hbm":
+                    cache.unpin(h)  # type: ignore[union-attr]
+            return False
+        priv = kv.blocks_for(max(tokens - hit_tokens, 0))
+        kv.alloc(priv)
+        t.blocks[i] = priv
+        fetched: dict[str, int] = {}
+        for h, tier in zip(hashes, tiers):
+            if tier != "hbm":
+                cache.take_from_lower(h, tier)  # type: ignore[union-attr]
+                cache.insert_hbm(h, pinned=True)  # type: ignore[union-attr]
+                fetched[tier] = fetched.get(tier, 0) + 1
+            cache.hits[tier] += 1  # type: ignore[union-attr]
+            t.hit_tier_tokens[i, TIER_INDEX[tier]] += self.cfg.hash_tokens
+        if cache is not None:
+            cache.lookups += 1
+        if fetched:
+            self._fetch(fetched)
+        self.shared[i] = hashes
+        t.shared_blocks[i] = len(hashes) * (cache.blocks_per_hash if cache else 0)
+        t.cached[i] = hit_tokens
+        if hit_tokens > t.kv_len[i]:
+            t.kv_len[i] = hit_tokens
+        if np.isnan(t.scheduled[i]):
+            t.scheduled[i] = self.env.now
+        self.running.append(i)
+        return True
+
+    def _fetch(self, fetched: dict[str, int]) -> None:
+        """Bring prefix entries up from lower tiers over the links on their path."""
+        per_hash = self.cfg.hash_tokens * self.cfg.kv_bytes_per_token
+        paths = {"dram": ["h2d"], "cxl": ["cxl_read", "h2d"], "ssd": ["nvme_read", "h2d"]}
+        for tier, n in fetched.items():
+            nbytes = n * per_hash * self.cfg.num_gpus
+            for link in paths[tier]:
+                if link in self.links:
+                    self.pending_fetch.append(self.links[link].transfer(nbytes, f"prefix {tier}->hbm"))
+
+    def demote_traffic(self, src: str, dst: str, entries: int) -> None:
+        per_hash = self.cfg.hash_tokens * self.cfg.kv_bytes_per_token * self.cfg.num_gpus
+        path = {("hbm", "dram"): ["d2h"], ("dram", "cxl"): ["cxl_write"], ("hbm", "cxl"): ["d2h", "cxl_write"],
+                ("dram", "ssd"): ["nvme_write"], ("cxl", "ssd"): ["nvme_write"], ("hbm", "ssd"): ["d2h", "nvme_write"]}
+        for link in path.get((src, dst), []):
+            if link in self.links:
+                self.links[link].transfer(entries * per_hash, f"prefix {src}->{dst}")
+
+    def _publish_prefix(self, i: int) -> None:
+        """After a prefill completes, its full prompt blocks become prefix-cache entries (as vLLM's
+        automatic prefix caching does), pinned by this request until it finishes."""
+        cache = self.kv.cache
+        if cache is None or self.cfg.role == "decode":
+            return
+        t = self.table
+        mine = self.shared.setdefault(i, [])
+        bph = cache.blocks_per_hash
+        for h in self._usable_hashes(i)[len(mine):]:
+            if t.blocks[i] < bph:
+                break
+            where = cache.where(h)
+            if where == "hbm":
+                cache.pin(h)  # someone published it meanwhile: share theirs, free ours
+                self.kv.release(bph)
+            else:
+                if where is not None:
+                    cache.take_from_lower(h, where)
+                self.kv.used -= bph
+                cache.insert_hbm(h, pinned=True)
+            t.blocks[i] -= bph
+            t.shared_blocks[i] += bph
+            mine.append(h)
+
+    def _release(self, i: int, finished: bool) -> None:
+        t = self.table
+        kv = self.kv
+        cache = kv.cache
+        for h in self.shared.pop(i, []):
+            cache.unpin(h)  # type: ignore[union-attr]
+        kv.release(int(t.blocks[i]))
+        t.blocks[i] = 0
+        t.shared_blocks[i] = 0
+
+    def _preempt_one(self) -> bool:
+        """Preempt the most recently admitted running request (recompute or swap)."""
+        if len(self.running) <= 1:
+            return False
+        i = self.running.pop()
+        t = self.table
+        t.preemptions[i] += 1
+        self.preemptions += 1
+        if self.cfg.preemption == "swap" and self.swapped_blocks + t.blocks[i] <= self.cfg.swap_blocks and not self.shared.get(i):
+            nbytes = float(t.blocks[i]) * self.cfg.block_size * self.cfg.kv_bytes_per_token * self.cfg.num_gpus
+            if "d2h" in self.links:
+                self.pending_fetch.append(self.links["d2h"].transfer(nbytes, "swap out"))
+            self.swapped_blocks += int(t.blocks[i])
+            self.kv.release(int(t.blocks[i]))
+            t.swaps[i] += 1
+            self.swap_outs += 1
+            self.swapped.append(i)
+            return True
+        self._release(i, finished=False)
+        t.target[i] = t.input[i] + max(t.gen[i] - 1, 0) if t.gen[i] > 0 else t.input[i]
+        # recompute: prompt and generated tokens are prefilled again (the last generated token
+        # is the next decode input, so it needs no KV)
+        t.kv_len[i] = 0
+        t.cached[i] = 0
+        self.waiting.appendleft(i)
+        return True
+
+    def swap_in_ready(self) -> None:
+        """Bring swapped requests back (FCFS) while their blocks fit."""
+        t = self.table
+        while self.swapped:
+            i = self.swapped[0]
+            need = int(t.blocks[i])
+            if not self.kv.can_admit(need) or not self.kv.alloc(need):
+                return
+            self.swapped.popleft()
+            self.swapped_blocks -= need
+            nbytes = float(need) * self.cfg.block_size * self.cfg.kv_bytes_per_token * self.cfg.num_gpus
+            if "h2d" in self.links:
+                self.pending_fetch.append(self.links["h2d"].transfer(nbytes, "swap in"))
+            self.running.append(i)
+
+    def decode_ready(self) -> np.ndarray:
+        """Running requests in decode phase, each with a KV slot reserved for its next token
+        (preempting the newest requests when blocks run out)."""
+        t = self.table
+        while True:
+            ids = np.fromiter(self.running, dtype=np.int64, count=len(self.running))
+            if ids.size == 0:
+                return ids
+            dec = ids[t.kv_len[ids] >= t.target[ids]]
+            grow = dec.size if dec.size <= self.kv.free else self._growth(dec, 1)
+            if grow <= self.kv.free or self.kv.make_room(grow):
+                self._grow_blocks(dec, 1)
+                return dec
+            if not self._preempt_one():
+                raise AssertionError("a lone request cannot grow its KV cache (admission should have prevented this)")
+
+    def _growth(self, ids: np.ndarray, steps: int) -> int:
+        t = self.table
+        if ids.size == 0:
+            return 0
+        bs = self.cfg.block_size
+        have = t.blocks[ids] + t.shared_blocks[ids]
+        need = -(-(t.kv_len[ids] + steps) // bs)
+        return int(np.maximum(need - have, 0).sum())
+
+    def _grow_blocks(self, ids: np.ndarray, steps: int) -> None:
+        t = self.table
+        if ids.size == 0:
+            return
+        bs = self.cfg.block_size
+        have = t.blocks[ids] + t.shared_blocks[ids]
+        need = -(-(t.kv_len[ids] + steps) // bs)
+        add = np.maximum(need - have, 0)
+        total = int(add.sum())
+        if total:
+            self.kv.make_room(total)
+            self.kv.alloc(total)
+            t.blocks[ids] += add
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def _loop(self):  # type: ignore[no-untyped-def]
+        env = self.env
+        t = self.table
+        while True:
+            if not self.running and not self.waiting and not self.swapped:
+                self._idle = True
+                self._wake = env.event()
+                yield self._wake
+                self._idle = False
+            step = self.policy.next_step(self)
+            if step.empty:
+                if self.waiting and not self.running and not self.swapped:
+                    # the head request can never fit: reject it rather than stall forever
+                    i = self.waiting.popleft()
+                    t.rejected[i] = True
+                    self.outstanding -= 1
+                    continue
+                if self.pending_fetch:
+                    yield simpy.AllOf(env, self.pending_fetch)
+                    self.pending_fetch = []
+                    continue
+                # waiting for something to arrive or finish elsewhere
+                self._idle = True
+                self._wake = env.event()
+                yield self._wake
+                self._idle = False
+                continue
+            if not step.prefill_ids and len(step.decode_ids) > 0:
+                yield from self._decode_run(step.decode_ids)
+            else:
+                yield from self._mixed_step(step)
+
+    def _wait_fetch(self, duration: float, steps: list[tuple[np.ndarray, np.ndarray, int]] | None = None):  # type: ignore[no-untyped-def]
+        """Compute for ``duration`` while pending transfers complete (layer-pipelined loads).
+
+        In layer-by-layer mode ``steps`` lists each iteration's (q, ctx, logits rows) and every
+        layer is its own event; with nothing contended the total equals ``duration``."""
+        env = self.env
+        start = env.now
+        pending, self.pending_fetch = self.pending_fetch, []
+        if self.cfg.layerwise and steps:
+            compute = env.process(self._layers(steps))
+        else:
+            compute = env.timeout(duration)
+        if pending:
+            yield simpy.AllOf(env, [compute, *pending])
+        else:
+            yield compute
+        self.busy_time += duration
+        return start
+
+    def _layers(self, steps: list[tuple[np.ndarray, np.ndarray, int]]):  # type: ignore[no-untyped-def]
+        env = self.env
+        n = self.cost.layers
+        for q, ctx, rows in steps:
+            before, per_layer, after = self.cost.split_layers(q, ctx, logits_rows=rows)
+            yield env.timeout(before)
+            for _ in range(n):
+                yield env.timeout(per_layer)
+            yield env.timeout(after)
+
+    def _mixed_step(self, step: Step):  # type: ignore[no-untyped-def]
+        env = self.env
+        t = self.table
+        pre = np.asarray(step.prefill_ids, dtype=np.int64)
+        pq = np.asarray(step.prefill_q, dtype=np.int64)
+        dec = step.decode_ids
+        completes = t.kv_len[pre] + pq >= t.target[pre]
+        q = np.concatenate([pq, np.ones(len(dec), dtype=np.int64)])
+        ctx = np.concatenate([t.kv_len[pre], t.kv_len[dec]])
+        rows = int(completes.sum()) + len(dec)
+        dur = self.cost.step_time(q, ctx, logits_rows=rows)
+        if len(dec):
+            self._grow_blocks(dec, 1)
+        start = yield from self._wait_fetch(dur, [(q, ctx, rows)] if self.cfg.layerwise else None)
+        now = env.now
+        if self.tracer is not None:
+            self.tracer.step(self.index, start, now, int(pq.sum()), len(dec))
+        self.log.add(self.index, start, now, 1, int(pq.sum()), len(dec), len(q), self.kv.in_use)
+        t.kv_len[pre] += pq
+        done_pre = pre[completes]
+        finished: list[int] = []
+        if done_pre.size:
+            first = np.isnan(t.first_token[done_pre])
+            t.first_token[done_pre[first]] = now
+            again = done_pre[~first]
+            if again.size:
+                self.tbt.push(now - t.last_token[again])
+            t.gen[done_pre] += 1
+            t.last_token[done_pre] = now
+            t.target[done_pre] = t.kv_len[done_pre]
+            if self.kv.cache is not None:
+                for i in done_pre.tolist():
+                    self._publish_prefix(i)
+            for i in done_pre.tolist():
+                if t.gen[i] >= t.output[i] or self.cfg.role == "prefill":
+                    finished.append(i)
+        if len(dec):
+            self.tbt.push(now - t.last_token[dec])
+            t.kv_len[dec] += 1
+            t.gen[dec] += 1
+            t.last_token[dec] = now
+            finished.extend(dec[t.gen[dec] >= t.output[dec]].tolist())
+        self._finish(finished)
+
+    def _finish(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        t = self.table
+        now = self.env.now
+        done = set(ids)
+        self.running = [i for i in self.running if i not in done]
+        for i in ids:
+            if self.cfg.role == "prefill" and t.gen[i] < t.output[i] and self.on_prefilled is not None:
+                # the KV leaves for a decode replica; blocks are freed once it has been sent
+                self.outstanding -= 1
+                self.on_prefilled(i, self.index)
+                continue
+            t.finish[i] = now
+            self.outstanding -= 1
+            self._release(i, finished=True)
+
+    def release_after_transfer(self, i: int) -> None:
+        self._release(i, finished=True)
+        if self._idle and not self._wake.triggered:
+            self._wake.succeed()
+
+    def _decode_run(self, dec: np.ndarray):  # type: ignore[no-untyped-def]
+        env = self.env
+        t = self.table
+        B = len(dec)
+        remaining = t.output[dec] - t.gen[dec]
+        s = int(remaining.min())
+        # KV growth bound: the largest s whose new blocks fit (cheap upper bound first)
+        avail = self.kv.available
+        if B * (s // self.cfg.block_size + 1) > avail and self._growth(dec, s) > avail:
+            lo, hi = 1, s
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if self._growth(dec, mid) <= avail:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            s = lo
+        kv0 = float(t.kv_len[dec].sum())
+        times = self.cost.decode_steps(B, kv0, s)
+        ends = np.cumsum(times)
+        if self.policy.admits_on_arrival or not self.running:
+            ta = self.next_arrival() - env.now
+            if ta < ends[-1]:
+                j = int(np.searchsorted(ends, ta, side="left"))
+                s = min(s, j + 1)
+                ends = ends[:s]
+                times = times[:s]
+        if self.swapped:
+            s = 1
+            ends, times = ends[:1], times[:1]
+        self._grow_blocks(dec, s)
+        steps = None
+        if self.cfg.layerwise:
+            ones = np.ones(B, dtype=np.int64)
+            steps = [(ones, t.kv_len[dec] + k, B) for k in range(s)]
+        start = yield from self._wait_fetch(float(ends[-1]), steps)
+        now = env.now
+        if self.tracer is not None:
+            self.tracer.step(self.index, start, now, 0, B, steps=s)
+        self.log.add(self.index, start, now, s, 0, B, B, self.kv.in_use)
+        # inter-token gaps: the first since each request's last token, then the step times
+        self.tbt.push(start + ends[0] - t.last_token[dec])
+        if s > 1:
+            self.tbt.push(times[1:], float(B))
+        t.kv_len[dec] += s
+        t.gen[dec] += s
+        t.last_token[dec] = now
+        self._finish(dec[t.gen[dec] >= t.output[dec]].tolist())

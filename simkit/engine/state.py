@@ -1,0 +1,119 @@
+"""Per-request state, columnar (one numpy array per field over all requests of a run)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simkit.workload.base import Requests
+
+
+class RequestTable:
+    """Columnar state of every request: what it asked for, how far it got, when things happened."""
+
+    def __init__(self, reqs: Requests) -> None:
+        n = len(reqs)
+        self.n = n
+        self.arrival = np.asarray(reqs.arrival_s, dtype=np.float64)
+        self.input = np.asarray(reqs.input_tokens, dtype=np.int64)
+        self.output = np.asarray(reqs.output_tokens, dtype=np.int64)
+        self.gen = np.zeros(n, dtype=np.int64)
+        """Tokens generated so far."""
+        self.kv_len = np.zeros(n, dtype=np.int64)
+        """Tokens whose K/V are in this request's cache (computed, hit, or received)."""
+        self.target = self.input.copy()
+        """Tokens to prefill before decoding: the prompt, or prompt + generated after a recompute."""
+        self.cached = np.zeros(n, dtype=np.int64)
+        """Prompt tokens served from the prefix cache (no prefill compute)."""
+        self.blocks = np.zeros(n, dtype=np.int64)
+        """KV blocks this request holds privately (prefix-cache blocks are counted by the cache)."""
+        self.shared_blocks = np.zeros(n, dtype=np.int64)
+        self.scheduled = np.full(n, np.nan)
+        self.first_token = np.full(n, np.nan)
+        self.finish = np.full(n, np.nan)
+        self.last_token = np.full(n, np.nan)
+        self.replica = np.full(n, -1, dtype=np.int32)
+        self.preemptions = np.zeros(n, dtype=np.int32)
+        self.swaps = np.zeros(n, dtype=np.int32)
+        self.rejected = np.zeros(n, dtype=bool)
+        self.hit_tier_tokens = np.zeros((n, 4), dtype=np.int64)
+        """Prefix-cache hit tokens per tier (hbm, dram, cxl, ssd)."""
+        self.reqs = reqs
+
+
+class TBTHistogram:
+    """Inter-token gaps aggregated in fine log-spaced bins (1% wide), so that percentiles of
+    millions of gaps cost constant memory. Percentiles are exact to within one bin (1%)."""
+
+    LO, HI, PER_DECADE = 1e-7, 1e4, 230  # 230 bins per decade -> ratio 1.01
+
+    BUF = 1 << 16
+
+    def __init__(self) -> None:
+        self.nbins = int(np.ceil(np.log10(self.HI / self.LO) * self.PER_DECADE)) + 2
+        self.counts = np.zeros(self.nbins, dtype=np.float64)
+        self.total = 0.0
+        self.sum = 0.0
+        self.max = 0.0
+        self._vals = np.empty(self.BUF)
+        self._wts = np.empty(self.BUF)
+        self._n = 0
+
+    def push(self, values: np.ndarray, weight: float = 1.0) -> None:
+        """Buffer gaps (cheap); they are binned in bulk when the buffer fills or on read."""
+        k = len(values)
+        if self._n + k > self.BUF:
+            self.flush()
+            if k > self.BUF:
+                self.add(values, weight)
+                return
+        n = self._n
+        self._vals[n : n + k] = values
+        self._wts[n : n + k] = weight
+        self._n = n + k
+
+    def push1(self, value: float, weight: float) -> None:
+        if self._n >= self.BUF:
+            self.flush()
+        self._vals[self._n] = value
+        self._wts[self._n] = weight
+        self._n += 1
+
+    def flush(self) -> None:
+        if self._n:
+            n, self._n = self._n, 0
+            self.add(self._vals[:n].copy(), self._wts[:n].copy())
+
+    def _bin(self, x: np.ndarray) -> np.ndarray:
+        b = (np.log10(np.maximum(x, self.LO) * (1.0 / self.LO)) * self.PER_DECADE).astype(np.int64) + 1
+        return np.minimum(b, self.nbins - 1)
+
+    def add(self, values: np.ndarray, weight: float | np.ndarray = 1.0) -> None:
+        v = np.asarray(values, dtype=np.float64)
+        if v.size == 0:
+            return
+        b = self._bin(v)
+        if np.ndim(weight) == 0:
+            w = float(weight)
+            self.counts += np.bincount(b, minlength=self.nbins) * w
+            self.total += w * v.size
+            self.sum += w * float(v.sum())
+        else:
+            wa = np.asarray(weight, dtype=np.float64)
+            self.counts += np.bincount(b, weights=wa, minlength=self.nbins)
+            self.total += float(wa.sum())
+            self.sum += float(v @ wa)
+        self.max = max(self.max, float(v.max()))
+
+    def percentile(self, p: float) -> float:
+        self.flush()
+        if self.total <= 0:
+            return float("nan")
+        c = np.cumsum(self.counts)
+        i = int(np.searchsorted(c, p / 100.0 * self.total, side="left"))
+        i = min(max(i, 1), self.nbins - 1)
+        # geometric centre of the bin
+        return float(self.LO * 10 ** ((i - 0.5) / self.PER_DECADE))
+
+    def mean(self) -> float:
+        self.flush()
+        return self.sum / self.total if self.total else float("nan")

@@ -1,0 +1,144 @@
+"""Per-request and per-iteration records -> the summary. Definitions live in docs/metrics.md.
+
+Every latency is measured from the request's arrival (so queueing is included) unless its name
+says otherwise; ``queue_*`` is arrival -> first scheduled alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from simkit.engine.state import RequestTable, TBTHistogram
+
+
+def _pct(x: np.ndarray, p: float) -> float:
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return float("nan")
+    return float(np.percentile(x, p))
+
+
+@dataclass
+class CostInputs:
+    price_per_hour: float
+    """$/h of the hardware the deployment occupies."""
+    num_gpus: int
+    idle_w: float
+    tdp_w: float
+    busy_s: float
+    """Sum over GPUs (or CPU sockets) of time spent computing."""
+    num_blocks: int
+    kv_time_weighted_used: float
+    kv_peak_used: int
+
+
+def summarize(table: RequestTable, tbt: TBTHistogram, cost: CostInputs, slo: Any, extra: dict[str, Any]) -> dict[str, Any]:
+    done = np.isfinite(table.finish)
+    n_done = int(done.sum())
+    n_rej = int(table.rejected.sum())
+    arr = table.arrival
+    ttft = (table.first_token - arr)[done]
+    e2e = (table.finish - arr)[done]
+    queue = (table.scheduled - arr)[done]
+    out = table.output[done]
+    multi = out > 1
+    tpot = ((table.finish - table.first_token)[done][multi]) / (out[multi] - 1)
+    t0 = float(arr.min()) if arr.size else 0.0
+    t_end = float(np.nanmax(table.finish)) if n_done else t0
+    makespan = max(t_end - t0, 0.0)
+    out_tokens = int(table.gen[done].sum())
+    in_tokens = int(table.input[done].sum())
+    s: dict[str, Any] = {
+        "requests_total": int(table.n),
+        "requests_completed": n_done,
+        "requests_rejected": n_rej,
+        "requests_unfinished": int(table.n - n_done - n_rej),
+        "makespan_s": makespan,
+    }
+    for p in (50, 90, 99):
+        s[f"ttft_p{p}_s"] = _pct(ttft, p)
+    s["ttft_mean_s"] = float(ttft.mean()) if ttft.size else float("nan")
+    for p in (50, 90, 99):
+        s[f"queue_p{p}_s"] = _pct(queue, p)
+    for p in (50, 90, 99):
+        s[f"tpot_p{p}_s"] = _pct(tpot, p)
+    s["tpot_mean_s"] = float(tpot.mean()) if tpot.size else float("nan")
+    for p in (50, 90, 99):
+        s[f"tbt_p{p}_s"] = tbt.percentile(p)
+    tbt.flush()
+    s["tbt_max_s"] = tbt.max if tbt.total else float("nan")
+    for p in (50, 90, 99):
+        s[f"e2e_p{p}_s"] = _pct(e2e, p)
+    s["output_tokens"] = out_tokens
+    s["input_tokens"] = in_tokens
+    s["output_tokens_per_s"] = out_tokens / makespan if makespan > 0 else float("nan")
+    s["total_tokens_per_s"] = (out_tokens + in_tokens) / makespan if makespan > 0 else float("nan")
+    s["requests_per_s"] = n_done / makespan if makespan > 0 else float("nan")
+    # goodput under the SLO: requests whose own TTFT and TPOT meet the per-request bounds
+    ttft_b = slo.ttft_s or min([v for v in (slo.ttft_p90_s, slo.ttft_p99_s) if v] or [math.inf])
+    tpot_b = slo.tpot_s or min([v for v in (slo.tpot_p90_s, slo.tpot_p99_s) if v] or [math.inf])
+    if math.isfinite(ttft_b) or math.isfinite(tpot_b):
+        req_tpot = np.where(out > 1, (table.finish - table.first_token)[done] / np.maximum(out - 1, 1), 0.0)
+        ok = (ttft <= ttft_b) & (req_tpot <= tpot_b)
+        s["slo_attainment"] = float(ok.mean()) if ok.size else float("nan")
+        s["goodput_requests_per_s"] = float(ok.sum()) / makespan if makespan > 0 else float("nan")
+        s["goodput_output_tokens_per_s"] = float(out[ok].sum()) / makespan if makespan > 0 else float("nan")
+        checks = {
+            "ttft_p90_s": (slo.ttft_p90_s, s["ttft_p90_s"]),
+            "ttft_p99_s": (slo.ttft_p99_s, s["ttft_p99_s"]),
+            "tpot_p90_s": (slo.tpot_p90_s, s["tpot_p90_s"]),
+            "tpot_p99_s": (slo.tpot_p99_s, s["tpot_p99_s"]),
+        }
+        s["slo_met"] = all(v <= b for b, v in checks.values() if b is not None)
+    # KV cache and prefix cache
+    s["kv_blocks_total"] = cost.num_blocks
+    s["kv_utilization_mean"] = cost.kv_time_weighted_used / cost.num_blocks if cost.num_blocks else float("nan")
+    s["kv_utilization_peak"] = cost.kv_peak_used / cost.num_blocks if cost.num_blocks else float("nan")
+    prompt = float(table.input[done].sum())
+    hits = table.hit_tier_tokens[done].sum(axis=0)
+    s["prefix_cache_hit_rate"] = float(hits.sum()) / prompt if prompt else 0.0
+    s["prefix_cache_hit_rate_by_tier"] = {
+        t: float(hits[k]) / prompt if prompt else 0.0 for k, t in enumerate(("hbm", "dram", "cxl", "ssd"))
+    }
+    s["preemptions"] = int(table.preemptions.sum())
+    s["swaps"] = int(table.swaps.sum())
+    # cost and energy (docs/metrics.md: idle power plus utilisation-weighted dynamic power)
+    hours = makespan / 3600.0
+    dollars = cost.price_per_hour * hours
+    s["cost_usd"] = dollars
+    s["cost_per_hour_usd"] = cost.price_per_hour
+    s["usd_per_million_output_tokens"] = dollars / out_tokens * 1e6 if out_tokens else float("nan")
+    energy = cost.num_gpus * cost.idle_w * makespan + (cost.tdp_w - cost.idle_w) * cost.busy_s
+    s["energy_j"] = energy
+    s["energy_per_output_token_j"] = energy / out_tokens if out_tokens else float("nan")
+    s["device_utilization"] = cost.busy_s / (cost.num_gpus * makespan) if makespan > 0 and cost.num_gpus else float("nan")
+    s.update(extra)
+    return s
+
+
+def requests_frame(table: RequestTable):  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "request_id": np.arange(table.n),
+            "replica": table.replica,
+            "arrival_s": table.arrival,
+            "scheduled_s": table.scheduled,
+            "first_token_s": table.first_token,
+            "finish_s": table.finish,
+            "input_tokens": table.input,
+            "output_tokens": table.output,
+            "generated_tokens": table.gen,
+            "prefix_hit_tokens": table.hit_tier_tokens.sum(axis=1),
+            "preemptions": table.preemptions,
+            "swaps": table.swaps,
+            "rejected": table.rejected,
+            "ttft_s": table.first_token - table.arrival,
+            "e2e_s": table.finish - table.arrival,
+        }
+    )

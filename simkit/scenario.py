@@ -1,0 +1,343 @@
+"""The scenario: plain data (YAML) -> a validated, immutable object. The one place the schema lives.
+
+A scenario is a nested mapping with top-level keys ``hardware``, ``model``, ``workload``,
+``plan``, ``calibration``, ``slo``, ``seed`` (``docs/scenario.md`` documents every key).
+:func:`apply_overrides` sets dotted keys (``plan.batching.max_num_seqs=64``) on the plain data
+before validation, so studies and sweeps are thin layers over the same call.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from simkit.errors import ScenarioError
+from simkit.specs.base import Bytes, Seconds, format_validation_error
+from simkit.specs.yamlio import load_yaml
+
+
+class _S(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+DtypeName = Literal["fp32", "fp16", "bf16", "fp8", "int8", "int4"]
+
+
+class FixedBatch(_S):
+    """A fixed batch of ``num_prompts`` prompts, all arriving at t=0."""
+
+    num_prompts: int = Field(ge=1)
+    input_tokens: int = Field(ge=1)
+    output_tokens: int = Field(ge=1)
+
+
+class LengthDist(_S):
+    dist: Literal["fixed", "uniform", "lognormal", "zipf"]
+    value: int | None = None
+    low: int | None = None
+    high: int | None = None
+    mean: float | None = None
+    median: float | None = None
+    sigma: float | None = None
+    a: float | None = None
+    max: int | None = None
+    min: int | None = None
+
+
+class TraceRef(_S):
+    path: str
+    format: Literal["auto", "azure", "burstgpt", "mooncake", "native"] = "auto"
+
+
+class Lengths(_S):
+    input: LengthDist | None = None
+    output: LengthDist | None = None
+    trace: TraceRef | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Lengths:
+        if self.trace is None and (self.input is None or self.output is None):
+            raise ValueError("give lengths.input and lengths.output, or lengths.trace")
+        return self
+
+
+class Arrival(_S):
+    process: Literal["poisson", "gamma", "fixed_rate", "all_at_once"]
+    rate: float | None = Field(default=None, gt=0)
+    """Requests per second (not needed for all_at_once)."""
+    cv: float | None = Field(default=None, gt=0)
+    """Coefficient of variation of inter-arrival gaps (gamma only; 1 = Poisson)."""
+
+    @model_validator(mode="after")
+    def _rate(self) -> Arrival:
+        if self.process != "all_at_once" and self.rate is None:
+            raise ValueError(f"arrival.rate is required for process {self.process!r}")
+        if self.process == "gamma" and self.cv is None:
+            raise ValueError("arrival.cv is required for process 'gamma'")
+        return self
+
+
+class Synthetic(_S):
+    num_requests: int = Field(ge=1)
+    arrival: Arrival
+    lengths: Lengths
+
+
+class TraceWorkload(TraceRef):
+    window: tuple[float, float] | None = None
+    """(start_s, end_s) on the trace's own clock, relative to its first request."""
+    rate_scale: float = Field(default=1.0, gt=0)
+    """Arrival-rate multiplier: 2.0 replays twice as fast."""
+    sample: int | None = Field(default=None, ge=1)
+    model_filter: str | None = None
+    on_bad_line: Literal["fail", "skip"] = "fail"
+    keep_failed: bool = False
+
+
+class Workload(_S):
+    batch: FixedBatch | None = None
+    synthetic: Synthetic | None = None
+    trace: TraceWorkload | None = None
+    limit: int | None = Field(default=None, ge=1)
+    """Keep the first N requests."""
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Workload:
+        given = [k for k in ("batch", "synthetic", "trace") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of workload.batch, workload.synthetic, workload.trace (got {given or 'none'})")
+        return self
+
+
+class Precision(_S):
+    weights: DtypeName = "bf16"
+    activations: Literal["fp32", "fp16", "bf16", "fp8", "int8"] = "bf16"
+    kv_cache: DtypeName = "bf16"
+    group_size: int = Field(default=128, ge=8)
+    """Group size of int4 quantisation (one fp16 scale and zero point per group)."""
+
+
+class Batching(_S):
+    policy: str = "continuous"
+    """Registered batching policy: static, continuous, chunked_prefill, disaggregated."""
+    max_num_seqs: int = Field(default=256, ge=1)
+    max_num_batched_tokens: int = Field(default=8192, ge=1)
+    chunk_size: int = Field(default=512, ge=1)
+    """Prefill chunk size (chunked_prefill)."""
+    batch_size: int | None = Field(default=None, ge=1)
+    """Static policy: sequences per batch (default: all waiting, up to max_num_seqs)."""
+    prefill_replicas: int = Field(default=1, ge=1)
+    """Disaggregated: replicas that only prefill; the rest of plan.parallel.replicas decode."""
+    kv_transfer_link: str = "network"
+    """Disaggregated: link kind the KV cache crosses from prefill to decode (nvlink, pcie, network)."""
+
+
+class KVCache(_S):
+    block_size: int = Field(default=16, ge=1)
+    num_blocks: int | None = Field(default=None, ge=1)
+    """Override the computed block count (real engines report their own)."""
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    watermark: float = Field(default=0.01, ge=0, lt=1)
+    preemption: Literal["recompute", "swap"] = "recompute"
+    swap_space: Bytes | None = None
+    """CPU memory for swapped blocks (default: 4 GiB per GPU, as vLLM)."""
+    activation_reserve: Bytes | None = None
+    """Memory held for activations and workspace (default: computed from max_num_batched_tokens)."""
+
+
+class PrefixCache(_S):
+    enabled: bool = False
+    tiers: list[Literal["hbm", "dram", "cxl", "ssd"]] = Field(default_factory=lambda: ["hbm", "dram", "cxl", "ssd"])
+    """Tiers the cache may use, fastest first; tiers the node lacks are skipped."""
+    capacity: dict[str, Bytes] = Field(default_factory=dict)
+    """Bytes of each lower tier given to the cache (default: half the DRAM/CXL, 10% of the SSD)."""
+
+
+class OffloadShare(_S):
+    gpu: float = Field(default=1.0, ge=0, le=1)
+    cpu: float = Field(default=0.0, ge=0, le=1)
+    cxl: float = Field(default=0.0, ge=0, le=1)
+    disk: float = Field(default=0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sum(self) -> OffloadShare:
+        s = self.gpu + self.cpu + self.cxl + self.disk
+        if abs(s - 1.0) > 1e-6:
+            raise ValueError(f"fractions gpu+cpu+cxl+disk must sum to 1 (got {s:g})")
+        return self
+
+
+class Offload(_S):
+    weights: OffloadShare = OffloadShare()
+    kv_cache: OffloadShare = OffloadShare()
+    activations: OffloadShare = OffloadShare()
+    gpu_batch_size: int | None = Field(default=None, ge=1)
+    num_gpu_batches: int = Field(default=1, ge=1)
+    overlap: bool = True
+    pinned: bool = True
+    cpu_attention: bool = False
+    compress_weights: bool = False
+    compress_kv: bool = False
+    resident_layers: int | None = Field(default=None, ge=0)
+    """Layer-wise streaming: keep this many layers resident in HBM, stream the rest."""
+
+    @property
+    def is_trivial(self) -> bool:
+        return self.weights.gpu == 1 and self.kv_cache.gpu == 1 and self.activations.gpu == 1 and not (
+            self.compress_weights or self.compress_kv or self.cpu_attention or self.resident_layers is not None
+        )
+
+
+class Parallel(_S):
+    tp: int = Field(default=1, ge=1)
+    pp: int = Field(default=1, ge=1)
+    replicas: int = Field(default=1, ge=1)
+    ep: int = Field(default=1, ge=1)
+    layer_split: list[int] | None = None
+    """Explicit layers per pipeline stage (default: even)."""
+
+
+class Execution(_S):
+    mode: Literal["auto", "one_step", "layer_by_layer"] = "auto"
+    """How an iteration is executed: as one compute step, or layer by layer with transfers
+    (auto: layer by layer only where the plan moves data during the pass)."""
+    iteration_overhead: Seconds = 0.0
+    """Fixed host-side time per iteration (scheduler, sampling bookkeeping), e.g. "2 ms"."""
+    device: Literal["gpu", "cpu"] = "gpu"
+    """Where the model computes; cpu on a node without GPUs."""
+
+
+class Plan(_S):
+    batching: Batching = Batching()
+    precision: Precision = Precision()
+    kv_cache: KVCache = KVCache()
+    prefix_cache: PrefixCache = PrefixCache()
+    offload: Offload = Offload()
+    parallel: Parallel = Parallel()
+    routing: str = "round_robin"
+    """Registered routing policy across replicas: round_robin, least_outstanding, prefix_aware."""
+    execution: Execution = Execution()
+
+
+class SLO(_S):
+    ttft_p90_s: float | None = Field(default=None, gt=0)
+    ttft_p99_s: float | None = Field(default=None, gt=0)
+    tpot_p90_s: float | None = Field(default=None, gt=0)
+    tpot_p99_s: float | None = Field(default=None, gt=0)
+    ttft_s: float | None = Field(default=None, gt=0)
+    """Per-request TTFT bound used for goodput (default: the tightest TTFT percentile bound)."""
+    tpot_s: float | None = Field(default=None, gt=0)
+    """Per-request TPOT bound used for goodput (default: the tightest TPOT percentile bound)."""
+
+
+class Scenario(_S):
+    name: str = "scenario"
+    description: str = ""
+    hardware: str | dict[str, Any]
+    """A node preset name, or a mapping {preset: NAME, <node field>: override, ...} or a full node."""
+    model: str
+    """A catalog model name, a model YAML path, or a Hugging Face config.json path."""
+    workload: Workload
+    plan: Plan = Plan()
+    calibration: str = "auto"
+    """auto (the profile matching the device, else datasheet defaults with a warning), none, or a path."""
+    slo: SLO = SLO()
+    seed: int = 0
+    source: str | None = Field(default=None, exclude=True)
+    """The file the scenario came from (set by load_scenario; relative paths resolve against it)."""
+
+    @field_validator("hardware")
+    @classmethod
+    def _hw(cls, v: Any) -> Any:
+        if isinstance(v, dict) and not v:
+            raise ValueError("hardware mapping is empty")
+        return v
+
+    def resolve_path(self, p: str) -> Path:
+        path = Path(p)
+        if path.is_absolute() or self.source is None:
+            return path
+        here = Path(self.source).parent / path
+        return here if here.exists() or not path.exists() else path
+
+
+# ---------------------------------------------------------------------------------------------
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``data`` with dotted keys set: ``["plan.parallel.tp=2", ...]`` or a dict."""
+    out = json.loads(json.dumps(data))
+    items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides]
+    for key, value in items:
+        parts = key.split(".")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            nxt = node.get(part) if isinstance(node, dict) else None
+            if nxt is None:
+                nxt = {}
+                node[part] = nxt
+            elif not isinstance(nxt, dict):
+                if part == "hardware" and isinstance(nxt, str):
+                    nxt = {"preset": nxt}
+                    node[part] = nxt
+                else:
+                    raise ScenarioError(
+                        f"cannot set {key!r}: {'.'.join(parts[: i + 1])} is a {type(nxt).__name__}, not a mapping",
+                        key=key,
+                    )
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def _split_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ScenarioError(f"override {text!r} must look like dotted.key=value")
+    k, v = text.split("=", 1)
+    k = k.strip()
+    if not k:
+        raise ScenarioError(f"override {text!r} has an empty key")
+    return k, _parse_value(v)
+
+
+def scenario_from_dict(data: Any, where: str | None = None) -> Scenario:
+    if not isinstance(data, dict):
+        raise ScenarioError("a scenario is a mapping of top-level keys (hardware, model, workload, plan, ...)", where=where)
+    try:
+        sc = Scenario.model_validate(data)
+    except ValidationError as e:
+        err = format_validation_error(e, where)
+        raise ScenarioError(err.message, where=where, key=err.key) from None
+    if where is not None:
+        sc = sc.model_copy(update={"source": where})
+    return sc
+
+
+def load_scenario_data(path: str | Path) -> dict[str, Any]:
+    data = load_yaml(path, error=ScenarioError)
+    if not isinstance(data, dict):
+        raise ScenarioError("a scenario is a mapping of top-level keys", where=str(path))
+    return data
+
+
+def load_scenario(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Scenario:
+    data = load_scenario_data(path)
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return scenario_from_dict(data, where=str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Scenario.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "simkit scenario"
+    return schema

@@ -1,0 +1,510 @@
+"""Scenario -> specs, policies and engine wired together -> run -> :class:`Result`.
+
+This is the one place that wires the layers: it resolves the hardware and model, loads the
+calibration, builds the cost model, checks the plan against memory, builds the workload,
+creates the SimPy environment with its replicas, links and router, runs it, and summarises.
+``simulate(scenario)`` is what the CLI, studies and sweeps call.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import simpy
+
+from simkit.cost.device import ComputeDevice
+from simkit.cost.efficiency import DatasheetEfficiency, EfficiencyModel
+from simkit.cost.iteration import IterationModel
+from simkit.cost.ops import Precision
+from simkit.engine.kvcache import KVBlockManager, PrefixCache
+from simkit.engine.replica import IterationLog, Replica, ReplicaConfig
+from simkit.engine.resources import Link
+from simkit.engine.state import RequestTable, TBTHistogram
+from simkit.errors import CapacityError, ScenarioError
+from simkit.metrics import CostInputs, summarize
+from simkit.policies.batching import BATCHING_POLICIES
+from simkit.policies.parallel import check_parallel
+from simkit.policies.routing import ROUTING_POLICIES
+from simkit.scenario import Scenario
+from simkit.specs.catalog import load_model
+from simkit.specs.model import ModelSpec
+from simkit.specs.node import Node, resolve_node
+from simkit.units import fmt_bytes
+from simkit.workload.base import Requests
+
+
+@dataclass
+class Result:
+    """What one simulation produced. ``summary`` is summary.json; the tables are columnar."""
+
+    scenario: Scenario
+    summary: dict[str, Any]
+    table: RequestTable
+    iterations: list[tuple[Any, ...]]
+    memory: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    trace_events: list[dict[str, Any]] | None = None
+
+    def requests_frame(self):  # type: ignore[no-untyped-def]
+        from simkit.metrics import requests_frame
+
+        return requests_frame(self.table)
+
+    def iterations_frame(self):  # type: ignore[no-untyped-def]
+        import pandas as pd
+
+        return pd.DataFrame(self.iterations, columns=list(IterationLog.COLS))
+
+
+# ---- building blocks -------------------------------------------------------------------------
+def build_workload(sc: Scenario) -> Requests:
+    w = sc.workload
+    where = sc.source
+    if w.batch is not None:
+        n = w.batch.num_prompts
+        reqs = Requests(
+            np.zeros(n),
+            np.full(n, w.batch.input_tokens, dtype=np.int64),
+            np.full(n, w.batch.output_tokens, dtype=np.int64),
+            meta={"source": "fixed batch"},
+        )
+    elif w.synthetic is not None:
+        from simkit.workload.synthetic import make_synthetic
+
+        spec = w.synthetic.model_dump(exclude_none=True)
+        lengths = spec["lengths"]
+        if "trace" in lengths:
+            lengths["trace"]["path"] = str(sc.resolve_path(lengths["trace"]["path"]))
+        reqs = make_synthetic(spec["num_requests"], spec["arrival"], lengths, seed=sc.seed)
+    else:
+        from simkit.workload.traces import read_trace
+
+        tr = w.trace
+        assert tr is not None
+        reqs = read_trace(
+            str(sc.resolve_path(tr.path)),
+            tr.format,
+            window=tr.window,
+            rate_scale=tr.rate_scale,
+            sample=tr.sample,
+            seed=sc.seed,
+            model_filter=tr.model_filter,
+            on_bad_line=tr.on_bad_line,
+            keep_failed=tr.keep_failed,
+        )
+    if w.limit is not None and len(reqs) > w.limit:
+        reqs = reqs.take(np.arange(w.limit))
+    if len(reqs) == 0:
+        raise ScenarioError("the workload has no requests", where=where, key="workload")
+    return reqs
+
+
+def resolve_calibration(sc: Scenario, device: ComputeDevice) -> tuple[EfficiencyModel, str, str | None]:
+    if sc.calibration == "none":
+        return DatasheetEfficiency(), "datasheet defaults (calibration: none)", None
+    from simkit.specs.calibration import resolve_calibration as _resolve
+
+    setting = sc.calibration
+    if setting != "auto":
+        setting = str(sc.resolve_path(setting))
+    return _resolve(setting, device.kind, device.name)
+
+
+def allreduce_fn(node: Node, tp: int, a_bytes: float):  # type: ignore[no-untyped-def]
+    """All-reduce seconds for a TP group on this node (ring over NVLink, else PCIe)."""
+    from simkit.cost.collectives import allreduce_time
+
+    link = node.link("gpu_to_gpu") or node.link("host_to_gpu")
+    assert link is not None
+    bw, lat = link.achieved_bandwidth, link.latency
+
+    def f(nbytes: np.ndarray) -> np.ndarray:
+        return allreduce_time(np.asarray(nbytes, dtype=np.float64), tp, bw, lat)
+
+    return f
+
+
+@dataclass
+class MemoryPlan:
+    weights_per_gpu: float
+    activations_per_gpu: float
+    kv_bytes_per_token_per_gpu: float
+    block_bytes: float
+    num_blocks: int
+    usable_per_gpu: float
+    tier: str
+
+
+def plan_memory(sc: Scenario, model: ModelSpec, device: ComputeDevice, prec: Precision, tp: int, pp: int) -> MemoryPlan:
+    kvp = sc.plan.kv_cache
+    where = sc.source
+    tier = "hbm" if device.kind == "gpu" else "dram"
+    weights = model.num_params * prec.w_bytes / (tp * pp)
+    kvh = max(model.num_kv_heads / tp, 1.0)
+    kv_tok = 2.0 * (model.num_layers / pp) * kvh * model.d_head * prec.kv_bytes
+    if kvp.activation_reserve is not None:
+        act = kvp.activation_reserve
+    else:
+        # peak activations of one pass: a few live [tokens x hidden/ffn] buffers plus logits
+        tokens = sc.plan.batching.max_num_batched_tokens
+        ffn = max(model.ffn_size, model.moe.expert_ffn_size if model.moe else 0) / tp
+        act = tokens * (4 * model.hidden_size + 2 * ffn) * prec.a_bytes
+        act += sc.plan.batching.max_num_seqs * model.vocab_size / tp * 4.0
+        act += 256 * 2**20  # CUDA context, cuBLAS workspace and allocator slack
+    usable = device.memory * kvp.gpu_memory_utilization
+    block_bytes = kvp.block_size * kv_tok
+    left = usable - weights - act
+    if left < block_bytes:
+        raise CapacityError(
+            f"{model.name} does not fit: {tier} needs {fmt_bytes(weights)} of weights + {fmt_bytes(act)} of activations "
+            f"per GPU (tp={tp}, pp={pp}, {prec.weights}) plus room for KV blocks, but has {fmt_bytes(usable)} "
+            f"usable ({fmt_bytes(device.memory)} x gpu_memory_utilization {kvp.gpu_memory_utilization}); "
+            "try more tensor/pipeline parallelism, a smaller dtype, or plan.offload",
+            where=where,
+            key=f"tier {tier}",
+        )
+    blocks = int(left // block_bytes)
+    if kvp.num_blocks is not None:
+        if kvp.num_blocks > blocks:
+            raise CapacityError(
+                f"plan.kv_cache.num_blocks={kvp.num_blocks} needs {fmt_bytes(kvp.num_blocks * block_bytes)} of {tier} "
+                f"but only {fmt_bytes(left)} is left after weights and activations ({blocks} blocks)",
+                where=where,
+                key="plan.kv_cache.num_blocks",
+            )
+        blocks = kvp.num_blocks
+    return MemoryPlan(weights, act, kv_tok, block_bytes, blocks, usable, tier)
+
+
+def _links(env: simpy.Environment, node: Node, gpus: int, trace: bool) -> dict[str, Link]:
+    """Per-replica link directions: bandwidth aggregated over the replica's GPUs for PCIe."""
+    out: dict[str, Link] = {}
+    h2g = node.link("host_to_gpu")
+    if h2g is not None and node.gpu is not None:
+        out["h2d"] = Link(env, "PCIe H2D", h2g.achieved_bandwidth * gpus, h2g.latency)
+        out["d2h"] = Link(env, "PCIe D2H", h2g.achieved_bandwidth * gpus, h2g.latency)
+    tiers = node.tiers()
+    if "ssd" in tiers:
+        t = tiers["ssd"]
+        nv = node.link("nvme")
+        cap = nv.achieved_bandwidth * len(node.ssd) if nv else float("inf")
+        out["nvme_read"] = Link(env, "NVMe read", min(t.read_bw, cap), t.latency)
+        out["nvme_write"] = Link(env, "NVMe write", min(t.write_bw, cap), t.latency)
+    if "cxl" in tiers:
+        t = tiers["cxl"]
+        cx = node.link("cxl")
+        cap = cx.achieved_bandwidth * len(node.cxl) if cx else float("inf")
+        out["cxl_read"] = Link(env, "CXL read", min(t.read_bw, cap), t.latency)
+        out["cxl_write"] = Link(env, "CXL write", min(t.write_bw, cap), t.latency)
+    net = node.link("network")
+    if net is not None:
+        out["network"] = Link(env, "network", net.achieved_bandwidth * max(node.num_nics, 1), net.latency)
+    gg = node.link("gpu_to_gpu")
+    if gg is not None:
+        out["nvlink"] = Link(env, "GPU-GPU", gg.achieved_bandwidth, gg.latency)
+    if trace:
+        for link in out.values():
+            link.intervals = []
+    return out
+
+
+class _Tracer:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def step(self, replica: int, start: float, end: float, prefill_tokens: int, decode: int, steps: int = 1) -> None:
+        name = "prefill+decode" if prefill_tokens and decode else ("prefill" if prefill_tokens else "decode")
+        self.events.append(
+            {
+                "name": name if steps == 1 else f"decode x{steps}",
+                "ph": "X",
+                "pid": replica,
+                "tid": "compute",
+                "ts": start * 1e6,
+                "dur": (end - start) * 1e6,
+                "args": {"prefill_tokens": prefill_tokens, "decode_seqs": decode, "steps": steps},
+            }
+        )
+
+
+# ---- the one call ----------------------------------------------------------------------------
+def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = False) -> Result:
+    wall0 = time.perf_counter()
+    warn: list[str] = []
+    where = sc.source
+    node = resolve_node(sc.hardware, where=where)
+    model = load_model(sc.model, where=where)
+    plan = sc.plan
+    par = plan.parallel
+    check_parallel(model, node, par, where=where)
+    if not plan.offload.is_trivial:
+        raise ScenarioError(
+            "offloaded execution (weights/KV/activations off the GPU, CPU attention, compression, layer streaming) "
+            "is not available in this build; remove plan.offload or keep every fraction on gpu",
+            where=where,
+            key="plan.offload",
+        )
+    use_cpu = plan.execution.device == "cpu" or node.gpu is None
+    if use_cpu:
+        device = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
+        if par.tp * par.pp * par.replicas > 1:
+            raise ScenarioError("tensor/pipeline parallelism and replicas need GPUs; this plan computes on the CPU", where=where, key="plan.parallel")
+    else:
+        assert node.gpu is not None
+        device = ComputeDevice.from_gpu(node.gpu)
+    eff, cal_info, cal_warn = resolve_calibration(sc, device)
+    if cal_warn:
+        warn.append(cal_warn)
+        warnings.warn(cal_warn, stacklevel=2)
+    pp = plan.precision
+    prec = Precision(pp.weights, pp.activations, pp.kv_cache, pp.group_size)
+    tp = par.tp
+    mem = plan_memory(sc, model, device, prec, tp, par.pp)
+    cost = IterationModel(
+        model,
+        device,
+        eff,
+        prec,
+        tp=tp,
+        allreduce_time=allreduce_fn(node, tp, prec.a_bytes) if tp > 1 else None,
+        iteration_overhead=plan.execution.iteration_overhead,
+    )
+    reqs = build_workload(sc)
+    table = RequestTable(reqs)
+    env = simpy.Environment()
+    tbt = TBTHistogram()
+    log = IterationLog(record_iterations)
+    tracer = _Tracer() if trace else None
+
+    bat = plan.batching
+    policy_name = bat.policy
+    disagg = policy_name == "disaggregated"
+    if not disagg and policy_name not in BATCHING_POLICIES:
+        raise ScenarioError(
+            f"unknown batching policy {policy_name!r} (expected one of {', '.join([*BATCHING_POLICIES, 'disaggregated'])})",
+            where=where,
+            key="plan.batching.policy",
+        )
+    if plan.routing not in ROUTING_POLICIES:
+        raise ScenarioError(
+            f"unknown routing policy {plan.routing!r} (expected one of {', '.join(ROUTING_POLICIES)})",
+            where=where,
+            key="plan.routing",
+        )
+    n_rep = par.replicas
+    if disagg and n_rep < 2:
+        raise ScenarioError(
+            "disaggregated serving needs plan.parallel.replicas >= 2 (prefill_replicas of them prefill, the rest decode)",
+            where=where,
+            key="plan.parallel.replicas",
+        )
+    if disagg and bat.prefill_replicas >= n_rep:
+        raise ScenarioError(
+            f"plan.batching.prefill_replicas ({bat.prefill_replicas}) must be < plan.parallel.replicas ({n_rep})",
+            where=where,
+            key="plan.batching.prefill_replicas",
+        )
+    gpus_per_replica = tp * par.pp
+    tiers = node.tiers()
+    pc = plan.prefix_cache
+    hash_tokens = reqs.prefix_block_tokens
+    if pc.enabled and hash_tokens % plan.kv_cache.block_size:
+        raise ScenarioError(
+            f"prefix blocks of {hash_tokens} tokens must be a multiple of plan.kv_cache.block_size ({plan.kv_cache.block_size})",
+            where=where,
+            key="plan.kv_cache.block_size",
+        )
+    if pc.enabled and not reqs.has_prefixes:
+        warn.append("plan.prefix_cache is enabled but the workload carries no prefix hashes: no hits are possible")
+    replicas: list[Replica] = []
+    arrivals = table.arrival
+    order = np.argsort(arrivals, kind="stable")
+    ptr = [0]
+
+    def next_arrival() -> float:
+        k = ptr[0]
+        return float(arrivals[order[k]]) if k < len(order) else float("inf")
+
+    swap_bytes = plan.kv_cache.swap_space if plan.kv_cache.swap_space is not None else 4 * 2**30 * gpus_per_replica
+    decode_router = ROUTING_POLICIES[plan.routing]()
+    n_prefill = bat.prefill_replicas if disagg else 0
+
+    def on_prefilled(i: int, src: int) -> None:
+        env.process(_ship_kv(i, src))
+
+    def _ship_kv(i: int, src: int):  # type: ignore[no-untyped-def]
+        link_kind = bat.kv_transfer_link
+        nbytes = float(table.kv_len[i]) * mem.kv_bytes_per_token_per_gpu * gpus_per_replica
+        link = replicas[src].links.get(link_kind)
+        if link is None:
+            raise ScenarioError(f"the node has no {link_kind!r} link for the KV transfer", where=where, key="plan.batching.kv_transfer_link")
+        yield link.transfer(nbytes, f"kv r{src}->decode")
+        replicas[src].release_after_transfer(i)
+        dec = replicas[n_prefill:]
+        k = decode_router.choose(i, dec)
+        table.target[i] = table.kv_len[i]
+        dec[k].enqueue(i)
+
+    for r in range(n_rep):
+        role = "both"
+        if disagg:
+            role = "prefill" if r < n_prefill else "decode"
+        pname = "prefill_only" if role == "prefill" else ("continuous" if disagg else policy_name)
+        policy = BATCHING_POLICIES[pname](**bat.model_dump())
+        cache = None
+        if pc.enabled and role != "decode":
+            per_hash = hash_tokens * mem.kv_bytes_per_token_per_gpu * gpus_per_replica
+            caps: dict[str, int] = {}
+            use = ["hbm"] + [t for t in pc.tiers if t != "hbm" and t in tiers]
+            for t in use[1:]:
+                default = tiers[t].capacity * (0.1 if t == "ssd" else 0.5) / n_rep
+                caps[t] = int(pc.capacity.get(t, default) // per_hash)
+            cache = PrefixCache(use, caps, hash_tokens // plan.kv_cache.block_size)
+        kv = KVBlockManager(
+            mem.num_blocks, plan.kv_cache.block_size, int(plan.kv_cache.watermark * mem.num_blocks), cache=cache
+        )
+        cfg = ReplicaConfig(
+            plan.kv_cache.block_size,
+            mem.kv_bytes_per_token_per_gpu,
+            plan.kv_cache.preemption,
+            int(swap_bytes // (mem.block_bytes * gpus_per_replica)),
+            role,
+            hash_tokens,
+            gpus_per_replica,
+            layerwise=plan.execution.mode == "layer_by_layer",
+        )
+        rep = Replica(env, r, table, cost, policy, kv, cfg, tbt, log, next_arrival, _links(env, node, gpus_per_replica, trace), on_prefilled if role == "prefill" else None, tracer)
+        if cache is not None:
+            cache.on_demote = rep.demote_traffic
+        replicas.append(rep)
+
+    front = replicas[:n_prefill] if disagg else replicas
+    router = ROUTING_POLICIES[plan.routing]()
+    max_tokens = bat.max_num_batched_tokens
+    max_ctx = model.max_context
+
+    def arrival_process():  # type: ignore[no-untyped-def]
+        for k in range(len(order)):
+            i = int(order[k])
+            dt = arrivals[i] - env.now
+            if dt > 0:
+                yield env.timeout(dt)
+            ptr[0] = k + 1
+            total = int(table.input[i] + table.output[i])
+            too_long = total > max_ctx or mem.num_blocks * plan.kv_cache.block_size < total
+            if not too_long and policy_name in ("continuous", "disaggregated") and table.input[i] > max_tokens:
+                too_long = True
+            if too_long:
+                table.rejected[i] = True
+                continue
+            front[router.choose(i, front)].enqueue(i)
+
+    env.process(arrival_process())
+    env.run()
+    sim_wall = time.perf_counter() - wall0
+
+    # KV utilisation, time-weighted, from the iteration log (or the peak when not recorded)
+    kv_tw = 0.0
+    if log.rows:
+        it = np.asarray([(r[1], r[2], r[7]) for r in log.rows], dtype=np.float64)
+        span = float(np.nanmax(table.finish)) if np.isfinite(table.finish).any() else 0.0
+        kv_tw = float(((it[:, 1] - it[:, 0]) * it[:, 2]).sum() / span / n_rep) if span > 0 else 0.0
+    busy = sum(r.busy_time for r in replicas) * gpus_per_replica
+    n_units = gpus_per_replica * n_rep
+    if use_cpu:
+        price = node.price_per_hour
+        idle_w, tdp_w, n_dev = node.cpu.tdp * 0.3, node.cpu.tdp, node.sockets
+        busy = sum(r.busy_time for r in replicas) * node.sockets
+    else:
+        assert node.gpu is not None
+        price = node.price_per_hour * n_units / max(node.num_gpus, 1)
+        idle_w, tdp_w, n_dev = node.gpu.idle_watts, node.gpu.tdp, n_units
+    link_stats = {}
+    for r in replicas:
+        for k, link in r.links.items():
+            st = link_stats.setdefault(k, {"bytes": 0.0, "busy_s": 0.0})
+            st["bytes"] += link.bytes_moved
+            st["busy_s"] += link.busy_time
+    extra = {
+        "sim_wall_s": sim_wall,
+        "model": model.name,
+        "hardware": node.name,
+        "device": device.name,
+        "calibration": cal_info,
+        "policy": policy_name,
+        "replicas": n_rep,
+        "tp": tp,
+        "pp": par.pp,
+        "gpus": n_units if not use_cpu else 0,
+        "kv_blocks_per_replica": mem.num_blocks,
+        "weights_bytes_per_gpu": mem.weights_per_gpu,
+        "link_bytes": {k: v["bytes"] for k, v in link_stats.items()},
+        "link_busy_s": {k: v["busy_s"] for k, v in link_stats.items()},
+        "seed": sc.seed,
+    }
+    summary = summarize(
+        table,
+        tbt,
+        CostInputs(price, n_dev, idle_w, tdp_w, busy, mem.num_blocks * n_rep, kv_tw * n_rep, max(r.kv.peak for r in replicas) * n_rep),
+        sc.slo,
+        extra,
+    )
+    summary["sim_wall_s"] = time.perf_counter() - wall0
+    memory = {
+        "tier": mem.tier,
+        "weights_per_gpu_bytes": mem.weights_per_gpu,
+        "activations_per_gpu_bytes": mem.activations_per_gpu,
+        "kv_block_bytes": mem.block_bytes,
+        "kv_blocks": mem.num_blocks,
+        "usable_per_gpu_bytes": mem.usable_per_gpu,
+    }
+    events = None
+    if tracer is not None:
+        events = list(tracer.events)
+        for r in replicas:
+            for k, link in r.links.items():
+                for s0, s1, tag, nb in link.intervals or []:
+                    events.append({"name": tag or k, "ph": "X", "pid": r.index, "tid": link.name, "ts": s0 * 1e6, "dur": (s1 - s0) * 1e6, "args": {"bytes": nb}})
+    return Result(sc, summary, table, log.rows, memory, warn, events)
+
+
+def write_outputs(result: Result, out_dir: str | Path, trace_out: str | Path | None = None) -> list[Path]:
+    """summary.json, requests.parquet, iterations.parquet (+ a Chrome trace when asked)."""
+    import json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    p = out / "summary.json"
+    p.write_text(json.dumps(_jsonable(result.summary), indent=2, sort_keys=True) + "\n")
+    paths.append(p)
+    p = out / "requests.parquet"
+    result.requests_frame().to_parquet(p, index=False)
+    paths.append(p)
+    p = out / "iterations.parquet"
+    result.iterations_frame().to_parquet(p, index=False)
+    paths.append(p)
+    if trace_out is not None and result.trace_events is not None:
+        tp = Path(trace_out)
+        tp.parent.mkdir(parents=True, exist_ok=True)
+        tp.write_text(json.dumps({"traceEvents": result.trace_events, "displayTimeUnit": "ms"}))
+        paths.append(tp)
+    return paths
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float | np.floating):
+        v = float(x)
+        return None if not np.isfinite(v) else v
+    if isinstance(x, np.integer):
+        return int(x)
+    return x

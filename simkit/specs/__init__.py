@@ -1,0 +1,1 @@
+"""What things ARE: immutable, validated descriptions of hardware, models and calibration profiles."""

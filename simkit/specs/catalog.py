@@ -1,0 +1,139 @@
+"""Find and load catalog items (``hw_specs/**.yaml``, ``workloads/models/*.yaml``) by name.
+
+One item per file; the file's ``kind`` key says what it is. The catalog is read once per
+process and cached. ``SIMKIT_CATALOG_PATH`` (os.pathsep-separated folders) adds user folders
+searched before the shipped ones, so a new GPU or model is one YAML file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from simkit.errors import SpecError
+from simkit.specs.base import Frozen, format_validation_error
+from simkit.specs.hardware import HW_KINDS
+from simkit.specs.model import ModelSpec
+from simkit.specs.yamlio import load_yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+KINDS: dict[str, type[Frozen]] = {**HW_KINDS, "model": ModelSpec}
+
+
+def repo_path(*parts: str) -> Path:
+    """A path inside the simkit data folders (hw_specs, workloads, calibration)."""
+    home = os.environ.get("SIMKIT_HOME")
+    root = Path(home) if home else REPO_ROOT
+    return root.joinpath(*parts)
+
+
+def parse_item(data: Any, where: str, kind: str | None = None) -> Frozen:
+    """Validate one catalog item (already-parsed YAML) into its spec class."""
+    if not isinstance(data, dict):
+        raise SpecError("expected a mapping of keys to values at the top level", where=where)
+    k = data.get("kind", kind)
+    if k not in KINDS:
+        raise SpecError(f"unknown kind {k!r} (expected one of {', '.join(KINDS)})", where=where, key="kind")
+    try:
+        return KINDS[k].model_validate(data)
+    except ValidationError as e:
+        raise format_validation_error(e, where) from None
+
+
+@dataclass
+class Catalog:
+    items: dict[str, dict[str, Frozen]] = field(default_factory=dict)
+    files: dict[tuple[str, str], Path] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, folders: list[Path]) -> Catalog:
+        cat = cls({k: {} for k in KINDS})
+        roots: dict[tuple[str, str], Path] = {}  # the searched folder each item came from
+        for folder in folders:
+            if not folder.is_dir():
+                continue
+            for path in sorted(folder.rglob("*.yaml")):
+                item = parse_item(load_yaml(path), str(path))
+                kind, name = item.kind, item.name  # type: ignore[attr-defined]
+                if name in cat.items[kind]:
+                    if roots[(kind, name)] == folder:  # same folder tree (any subfolder): a clash
+                        raise SpecError(
+                            f"duplicate {kind} name {name!r} (also in {cat.files[(kind, name)]})",
+                            where=str(path),
+                            key="name",
+                        )
+                    continue  # an earlier folder (user catalog) overrides the shipped item
+                cat.items[kind][name] = item
+                cat.files[(kind, name)] = path
+                roots[(kind, name)] = folder
+        return cat
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.items[kind])
+
+    def get(self, kind: str, name: str, *, where: str | None = None, key: str | None = None) -> Any:
+        try:
+            return self.items[kind][name]
+        except KeyError:
+            known = self.names(kind)
+            close = difflib.get_close_matches(name, known, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise SpecError(
+                f"unknown {kind} {name!r} (known: {', '.join(known)}){hint}", where=where, key=key
+            ) from None
+
+    def file_of(self, kind: str, name: str) -> Path:
+        return self.files[(kind, name)]
+
+    def find(self, name: str) -> tuple[str, Any]:
+        """Look a name up in every kind (for ``simkit catalog show NAME``)."""
+        hits = [(k, v[name]) for k, v in self.items.items() if name in v]
+        if not hits:
+            every = [n for v in self.items.values() for n in v]
+            close = difflib.get_close_matches(name, every, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise SpecError(f"no catalog item named {name!r}{hint}")
+        return hits[0]
+
+
+def _folders() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("SIMKIT_CATALOG_PATH", "").split(os.pathsep) if p]
+    return [*extra, repo_path("hw_specs"), repo_path("workloads", "models")]
+
+
+@lru_cache(maxsize=4)
+def _cached(key: tuple[str, ...]) -> Catalog:
+    return Catalog.load([Path(p) for p in key])
+
+
+def default_catalog() -> Catalog:
+    return _cached(tuple(str(p) for p in _folders()))
+
+
+def load_model(ref: str, *, where: str | None = None, key: str | None = "model") -> ModelSpec:
+    """A catalog model name, a path to a model YAML, or a path to a Hugging Face ``config.json``."""
+    p = Path(ref)
+    if ref.endswith(".json") or (p.is_dir() and (p / "config.json").exists()):
+        from simkit.specs.hf import model_from_hf_config
+
+        cfg_path = p / "config.json" if p.is_dir() else p
+        if not cfg_path.exists():
+            raise SpecError(f"Hugging Face config not found: {cfg_path}", where=where, key=key)
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise SpecError(f"malformed JSON: line {e.lineno}: {e.msg}", where=str(cfg_path)) from None
+        return model_from_hf_config(cfg, where=str(cfg_path))
+    if ref.endswith((".yaml", ".yml")):
+        item = parse_item(load_yaml(p), str(p), kind="model")
+        if not isinstance(item, ModelSpec):
+            raise SpecError(f"expected kind: model, got {item.kind!r}", where=str(p), key="kind")  # type: ignore[attr-defined]
+        return item
+    return default_catalog().get("model", ref, where=where, key=key)

@@ -1,0 +1,235 @@
+"""Hardware descriptions: GPUs, CPUs, memories, SSDs, links, and the nodes and clusters built from them.
+
+All quantities are SI floats (bytes, bytes/s, FLOP/s, s, W, $/h) once loaded. Each catalog file
+carries a ``sources`` map from field name to where the number comes from (datasheet, paper,
+measurement); ``simkit catalog show`` prints it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from simkit.specs.base import Bandwidth, Bytes, DollarsPerHour, FlopRate, Frozen, Seconds, Watts
+
+Dtype = Literal["fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4"]
+DTYPE_BYTES: dict[str, float] = {
+    "fp32": 4.0,
+    "tf32": 4.0,
+    "fp16": 2.0,
+    "bf16": 2.0,
+    "fp8": 1.0,
+    "int8": 1.0,
+    "int4": 0.5,
+}
+
+
+class PeakFlops(Frozen):
+    """Dense (no sparsity) peak compute per dtype; ``None`` where the chip has no such path."""
+
+    fp32: FlopRate
+    tf32: FlopRate | None = None
+    fp16: FlopRate | None = None
+    bf16: FlopRate | None = None
+    fp8: FlopRate | None = None
+    int8: FlopRate | None = None
+
+    def for_dtype(self, dtype: str) -> float:
+        """Peak FLOP/s used for matmuls in ``dtype``. int4 weights are dequantised to fp16/bf16."""
+        order = {
+            "int4": ("fp16", "bf16", "fp32"),
+            "fp8": ("fp8", "fp16", "bf16", "fp32"),
+            "int8": ("int8", "fp16", "bf16", "fp32"),
+            "bf16": ("bf16", "fp16", "fp32"),
+            "fp16": ("fp16", "bf16", "fp32"),
+            "tf32": ("tf32", "fp32"),
+            "fp32": ("fp32",),
+        }[dtype]
+        for d in order:
+            v = getattr(self, d)
+            if v:
+                return float(v)
+        return float(self.fp32)
+
+
+class PCIe(Frozen):
+    gen: int = Field(ge=1, le=6)
+    lanes: int = Field(ge=1, le=32)
+
+
+class GPUSpec(Frozen):
+    kind: Literal["gpu"] = "gpu"
+    name: str
+    description: str = ""
+    memory: Bytes = Field(gt=0)
+    memory_bandwidth: Bandwidth = Field(gt=0)
+    l2_cache: Bytes = Field(ge=0)
+    sm_count: int = Field(gt=0)
+    peak_flops: PeakFlops
+    pcie: PCIe
+    nvlink_bandwidth: Bandwidth | None = None
+    """Aggregate NVLink bandwidth per direction per GPU (bytes/s); None without NVLink."""
+    tdp: Watts = Field(gt=0)
+    idle_power: Watts | None = None
+    """Idle power; default 20% of TDP (see docs/metrics.md, energy)."""
+    price_per_hour: DollarsPerHour = Field(ge=0)
+    kernel_launch_overhead: Seconds = 4e-6
+    sources: dict[str, str]
+
+    @property
+    def idle_watts(self) -> float:
+        return self.idle_power if self.idle_power is not None else 0.2 * self.tdp
+
+
+class CPUSpec(Frozen):
+    """One CPU socket."""
+
+    kind: Literal["cpu"] = "cpu"
+    name: str
+    description: str = ""
+    cores: int = Field(gt=0)
+    threads: int = Field(gt=0)
+    base_clock_ghz: float = Field(gt=0)
+    peak_flops: PeakFlops
+    memory_channels: int = Field(gt=0)
+    memory_type: str
+    """Catalog name of the memory (DIMM set) a socket of this CPU drives."""
+    tdp: Watts = Field(gt=0)
+    price_per_hour: DollarsPerHour = Field(ge=0)
+    sources: dict[str, str]
+
+
+class MemorySpec(Frozen):
+    """A memory pool: the DRAM of one socket or one CXL Type-3 expander."""
+
+    kind: Literal["memory"] = "memory"
+    name: str
+    description: str = ""
+    technology: Literal["ddr4", "ddr5", "cxl", "hbm"]
+    capacity: Bytes = Field(gt=0)
+    bandwidth: Bandwidth = Field(gt=0)
+    """Sustained read bandwidth (bytes/s)."""
+    write_bandwidth: Bandwidth | None = None
+    latency: Seconds = Field(ge=0)
+    added_latency: Seconds = 0.0
+    """Latency over local DRAM (CXL expanders)."""
+    price_per_hour: DollarsPerHour = 0.0
+    sources: dict[str, str]
+
+    @property
+    def write_bw(self) -> float:
+        return self.write_bandwidth if self.write_bandwidth is not None else self.bandwidth
+
+
+class SSDSpec(Frozen):
+    kind: Literal["ssd"] = "ssd"
+    name: str
+    description: str = ""
+    pcie_gen: int = Field(ge=3, le=6)
+    capacity: Bytes = Field(gt=0)
+    read_bandwidth: Bandwidth = Field(gt=0)
+    write_bandwidth: Bandwidth = Field(gt=0)
+    read_latency: Seconds = Field(ge=0)
+    write_latency: Seconds = Field(ge=0)
+    price_per_hour: DollarsPerHour = 0.0
+    sources: dict[str, str]
+
+
+class LinkSpec(Frozen):
+    kind: Literal["link"] = "link"
+    name: str
+    description: str = ""
+    type: Literal["pcie", "nvlink", "cxl", "nvme", "network"]
+    bandwidth: Bandwidth = Field(gt=0)
+    """Theoretical bandwidth per direction (bytes/s)."""
+    achieved_bandwidth: Bandwidth = Field(gt=0)
+    """Typically achieved bandwidth per direction (bytes/s); what the simulator uses uncalibrated."""
+    latency: Seconds = Field(ge=0)
+    sources: dict[str, str]
+
+    @model_validator(mode="after")
+    def _achieved_le_theoretical(self) -> LinkSpec:
+        if self.achieved_bandwidth > self.bandwidth * 1.0001:
+            raise ValueError("achieved_bandwidth exceeds the theoretical bandwidth")
+        return self
+
+
+class DramConfig(Frozen):
+    type: str
+    """Catalog name of a ``memory`` spec (per socket)."""
+    capacity: Bytes | None = None
+    """Total DRAM of the node; default = the memory spec's capacity x sockets."""
+
+
+class DeviceCount(Frozen):
+    type: str
+    count: int = Field(default=1, ge=0)
+    capacity: Bytes | None = None
+    """Capacity of each device; default = the catalog's."""
+
+
+class NodeLinks(Frozen):
+    host_to_gpu: str | None = None
+    """PCIe link between host memory and each GPU (per direction)."""
+    gpu_to_gpu: str | None = None
+    """NVLink (or PCIe) between GPUs of this node."""
+    cxl: str | None = None
+    nvme: str | None = None
+    network: str | None = None
+
+
+class NodeSpec(Frozen):
+    kind: Literal["node"] = "node"
+    name: str
+    description: str = ""
+    gpu: str | None = None
+    num_gpus: int = Field(default=0, ge=0)
+    cpu: str
+    num_sockets: int = Field(default=1, ge=1)
+    dram: DramConfig
+    cxl: list[DeviceCount] = Field(default_factory=list)
+    ssd: list[DeviceCount] = Field(default_factory=list)
+    links: NodeLinks = NodeLinks()
+    num_nics: int = Field(default=0, ge=0)
+    host_price_per_hour: DollarsPerHour | None = None
+    """Price of everything but the GPUs; default: the CPU's price x sockets."""
+    sources: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _gpu_consistency(self) -> NodeSpec:
+        if (self.gpu is None) != (self.num_gpus == 0):
+            raise ValueError("give both 'gpu' and 'num_gpus' > 0, or neither (a CPU-only node)")
+        if self.gpu is not None and self.links.host_to_gpu is None:
+            raise ValueError("a node with GPUs needs links.host_to_gpu")
+        return self
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or " " in v:
+            raise ValueError("a catalog name is one word of letters, digits, '-', '.', '_'")
+        return v
+
+
+class ClusterSpec(Frozen):
+    """N identical nodes joined by a network (each node's NICs, bandwidth and latency per node)."""
+
+    kind: Literal["cluster"] = "cluster"
+    name: str
+    node: str
+    num_nodes: int = Field(ge=1)
+    network: str | None = None
+    """Catalog link of the inter-node network (per NIC); default the node's links.network."""
+    sources: dict[str, str] = Field(default_factory=dict)
+
+
+HW_KINDS: dict[str, type[Frozen]] = {
+    "gpu": GPUSpec,
+    "cpu": CPUSpec,
+    "memory": MemorySpec,
+    "ssd": SSDSpec,
+    "link": LinkSpec,
+    "node": NodeSpec,
+    "cluster": ClusterSpec,
+}

@@ -1,0 +1,133 @@
+"""A node resolved from a preset (plus overrides) into its parts, with SI numbers ready for the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from simkit.errors import SpecError
+from simkit.specs.base import format_validation_error
+from simkit.specs.catalog import Catalog, default_catalog
+from simkit.specs.hardware import CPUSpec, GPUSpec, LinkSpec, MemorySpec, NodeSpec, SSDSpec
+
+
+@dataclass(frozen=True)
+class Tier:
+    """A memory tier of a node as the engine sees it: a capacity pool with read/write bandwidth."""
+
+    name: str
+    """hbm (per GPU), dram, cxl, ssd."""
+    capacity: float
+    read_bw: float
+    write_bw: float
+    latency: float
+
+
+@dataclass(frozen=True)
+class Node:
+    spec: NodeSpec
+    gpu: GPUSpec | None
+    num_gpus: int
+    cpu: CPUSpec
+    sockets: int
+    dram: MemorySpec
+    dram_capacity: float
+    cxl: tuple[tuple[MemorySpec, float], ...]
+    ssd: tuple[tuple[SSDSpec, float], ...]
+    links: dict[str, LinkSpec] = field(default_factory=dict)
+    num_nics: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def price_per_hour(self) -> float:
+        host = self.spec.host_price_per_hour
+        if host is None:
+            host = self.cpu.price_per_hour * self.sockets
+        gpus = self.gpu.price_per_hour * self.num_gpus if self.gpu else 0.0
+        return float(host + gpus)
+
+    def tiers(self) -> dict[str, Tier]:
+        """The memory tiers this node has, fastest first (HBM is per GPU)."""
+        out: dict[str, Tier] = {}
+        if self.gpu is not None:
+            g = self.gpu
+            out["hbm"] = Tier("hbm", g.memory, g.memory_bandwidth, g.memory_bandwidth, 0.0)
+        d = self.dram
+        out["dram"] = Tier(
+            "dram", self.dram_capacity, d.bandwidth * self.sockets, d.write_bw * self.sockets, d.latency
+        )
+        if self.cxl:
+            cap = sum(c for _, c in self.cxl)
+            bw = sum(m.bandwidth for m, _ in self.cxl)
+            wbw = sum(m.write_bw for m, _ in self.cxl)
+            lat = max(m.latency + m.added_latency for m, _ in self.cxl)
+            out["cxl"] = Tier("cxl", cap, bw, wbw, lat)
+        if self.ssd:
+            cap = sum(c for _, c in self.ssd)
+            rbw = sum(s.read_bandwidth for s, _ in self.ssd)
+            wbw = sum(s.write_bandwidth for s, _ in self.ssd)
+            lat = max(s.read_latency for s, _ in self.ssd)
+            out["ssd"] = Tier("ssd", cap, rbw, wbw, lat)
+        return out
+
+    def link(self, kind: str) -> LinkSpec | None:
+        return self.links.get(kind)
+
+
+def resolve_node(hardware: str | dict[str, Any], catalog: Catalog | None = None, where: str | None = None) -> Node:
+    """Turn the scenario's ``hardware`` value into a :class:`Node`.
+
+    ``hardware`` is a node preset name, or a mapping ``{preset: NAME, field: value, ...}`` whose
+    fields override the preset's (e.g. ``num_gpus: 4`` or ``dram: {type: ddr5-4800-8ch, capacity: 1 TiB}``),
+    or a full inline node (``name``, ``cpu``, ``dram``, ...).
+    """
+    cat = catalog or default_catalog()
+    if isinstance(hardware, str):
+        spec: NodeSpec = cat.get("node", hardware, where=where, key="hardware")
+    else:
+        data = dict(hardware)
+        preset = data.pop("preset", None)
+        if preset is not None:
+            base = cat.get("node", preset, where=where, key="hardware.preset")
+            merged = base.model_dump(exclude_none=False)
+            for k, v in data.items():
+                if isinstance(v, dict) and isinstance(merged.get(k), dict):
+                    merged[k] = {**merged[k], **v}
+                else:
+                    merged[k] = v
+            merged.setdefault("name", f"{preset}-custom")
+            data = merged
+            if hardware.keys() - {"preset"}:
+                data["name"] = f"{preset}+custom"
+        data.setdefault("kind", "node")
+        data.setdefault("name", "inline-node")
+        try:
+            spec = NodeSpec.model_validate(data)
+        except ValidationError as e:
+            err = format_validation_error(e, where)
+            raise SpecError(err.message, where=where, key=f"hardware.{err.key}" if err.key else "hardware") from None
+    key = "hardware"
+    gpu = cat.get("gpu", spec.gpu, where=where, key=f"{key}.gpu") if spec.gpu else None
+    cpu = cat.get("cpu", spec.cpu, where=where, key=f"{key}.cpu")
+    dram = cat.get("memory", spec.dram.type, where=where, key=f"{key}.dram.type")
+    dram_cap = spec.dram.capacity if spec.dram.capacity is not None else dram.capacity * spec.num_sockets
+    cxl = []
+    for i, c in enumerate(spec.cxl):
+        m = cat.get("memory", c.type, where=where, key=f"{key}.cxl.{i}.type")
+        for _ in range(c.count):
+            cxl.append((m, c.capacity if c.capacity is not None else m.capacity))
+    ssd = []
+    for i, c in enumerate(spec.ssd):
+        s = cat.get("ssd", c.type, where=where, key=f"{key}.ssd.{i}.type")
+        for _ in range(c.count):
+            ssd.append((s, c.capacity if c.capacity is not None else s.capacity))
+    links = {}
+    for kind, name in spec.links.model_dump().items():
+        if name:
+            links[kind] = cat.get("link", name, where=where, key=f"{key}.links.{kind}")
+    return Node(spec, gpu, spec.num_gpus, cpu, spec.num_sockets, dram, dram_cap, tuple(cxl), tuple(ssd), links, spec.num_nics)

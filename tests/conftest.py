@@ -1,0 +1,35 @@
+import warnings
+
+import pytest
+
+from simkit.scenario import scenario_from_dict
+
+
+def make_scenario(**over):
+    """A small scenario dict with sensible defaults; keyword args replace top-level keys."""
+    data = {
+        "name": "test",
+        "hardware": "dgx-h100",
+        "model": "llama-2-7b",
+        "workload": {"batch": {"num_prompts": 8, "input_tokens": 128, "output_tokens": 16}},
+        "plan": {"precision": {"weights": "fp16", "activations": "fp16", "kv_cache": "fp16"}},
+        "calibration": "none",
+        "seed": 0,
+    }
+    data.update(over)
+    return data
+
+
+@pytest.fixture
+def scenario():
+    def build(**over):
+        return scenario_from_dict(make_scenario(**over))
+
+    return build
+
+
+@pytest.fixture(autouse=True)
+def _no_warning_noise():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield

@@ -1,0 +1,132 @@
+"""Engine invariants: conservation, determinism, layer-by-layer == one step, KV within capacity."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simkit.scenario import scenario_from_dict
+from simkit.simulate import simulate
+from tests.conftest import make_scenario
+
+
+def _syn(n=60, rate=20.0, inp=(64, 512), out=(4, 64), seed=0, **plan):
+    data = make_scenario(
+        workload={
+            "synthetic": {
+                "num_requests": n,
+                "arrival": {"process": "poisson", "rate": rate},
+                "lengths": {
+                    "input": {"dist": "uniform", "low": inp[0], "high": inp[1]},
+                    "output": {"dist": "uniform", "low": out[0], "high": out[1]},
+                },
+            }
+        },
+        seed=seed,
+    )
+    data["plan"].update(plan)
+    return scenario_from_dict(data)
+
+
+def test_fixed_batch_hand_computed(scenario):
+    """A fixed batch under static batching: one prefill iteration then (n-1) decode iterations,
+    each costed by the iteration model; nothing else takes time."""
+    sc = scenario(plan={"batching": {"policy": "static"}, "precision": {"weights": "fp16", "activations": "fp16", "kv_cache": "fp16"}})
+    res = simulate(sc)
+    from simkit.cost.device import ComputeDevice
+    from simkit.cost.efficiency import DatasheetEfficiency
+    from simkit.cost.iteration import IterationModel
+    from simkit.cost.ops import Precision
+    from simkit.specs.catalog import default_catalog, load_model
+
+    it = IterationModel(load_model("llama-2-7b"), ComputeDevice.from_gpu(default_catalog().get("gpu", "h100-sxm")),
+                        DatasheetEfficiency(), Precision("fp16", "fp16", "fp16"))
+    prefill = it.step_time(np.full(8, 128), np.zeros(8))
+    decode = it.decode_steps(8, 8 * 128, 15).sum()
+    s = res.summary
+    assert s["ttft_p50_s"] == pytest.approx(prefill, rel=1e-9)
+    assert s["makespan_s"] == pytest.approx(prefill + decode, rel=1e-9)
+    assert s["output_tokens"] == 8 * 16
+    assert s["tpot_p50_s"] == pytest.approx(decode / 15, rel=1e-9)
+
+
+@pytest.mark.parametrize("policy", ["static", "continuous", "chunked_prefill"])
+def test_conservation_and_exact_tokens(policy):
+    res = simulate(_syn(batching={"policy": policy, "max_num_seqs": 16, "max_num_batched_tokens": 2048, "chunk_size": 256}))
+    t = res.table
+    s = res.summary
+    assert s["requests_completed"] + s["requests_rejected"] + s["requests_unfinished"] == s["requests_total"] == 60
+    assert s["requests_unfinished"] == 0
+    done = np.isfinite(t.finish)
+    assert (t.gen[done] == t.output[done]).all()
+    assert (t.first_token[done] >= t.arrival[done]).all()
+    assert (t.finish[done] >= t.first_token[done]).all()
+
+
+def test_determinism():
+    a = simulate(_syn(seed=3)).summary
+    b = simulate(_syn(seed=3)).summary
+    a.pop("sim_wall_s"), b.pop("sim_wall_s")
+    assert a == b
+    c = simulate(_syn(seed=4)).summary
+    assert c["ttft_p50_s"] != a["ttft_p50_s"]
+
+
+@pytest.mark.parametrize("policy", ["static", "continuous", "chunked_prefill"])
+def test_layer_by_layer_equals_one_step(policy):
+    one = simulate(_syn(n=25, batching={"policy": policy, "chunk_size": 256}))
+    lay = simulate(_syn(n=25, batching={"policy": policy, "chunk_size": 256}, execution={"mode": "layer_by_layer"}))
+    np.testing.assert_allclose(lay.table.finish, one.table.finish, rtol=1e-9)
+    np.testing.assert_allclose(lay.table.first_token, one.table.first_token, rtol=1e-9)
+
+
+def test_preemption_under_kv_pressure_still_completes():
+    sc = _syn(n=40, rate=1000.0, inp=(200, 400), out=(100, 300), batching={"policy": "continuous", "max_num_seqs": 64},
+              kv_cache={"num_blocks": 120, "block_size": 16})
+    res = simulate(sc)
+    s = res.summary
+    assert s["preemptions"] > 0
+    assert s["requests_completed"] == 40
+    assert s["kv_utilization_peak"] <= 1.0
+
+
+def test_swap_preemption_moves_bytes_over_pcie():
+    sc = _syn(n=40, rate=1000.0, inp=(200, 400), out=(100, 300), batching={"policy": "continuous", "max_num_seqs": 64},
+              kv_cache={"num_blocks": 120, "block_size": 16, "preemption": "swap"})
+    s = simulate(sc).summary
+    assert s["swaps"] > 0 and s["requests_completed"] == 40
+    assert s["link_bytes"]["d2h"] > 0 and s["link_bytes"]["h2d"] > 0
+
+
+def test_request_that_cannot_fit_is_rejected():
+    sc = _syn(n=10, inp=(3000, 3500), out=(500, 1000))
+    s = simulate(sc).summary  # llama-2-7b has a 4096-token context
+    assert s["requests_rejected"] > 0
+    assert s["requests_completed"] + s["requests_rejected"] == 10
+
+
+def test_chunked_prefill_budget_respected():
+    res = simulate(_syn(batching={"policy": "chunked_prefill", "chunk_size": 128, "max_num_seqs": 32}))
+    it = res.iterations_frame()
+    assert (it.prefill_tokens + it.decode_seqs.where(it.steps == 1, 0) <= 128).all()
+
+
+@settings(max_examples=int(__import__("os").environ.get("SIMKIT_HYPOTHESIS_EXAMPLES", "12")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 30),
+    rate=st.floats(0.5, 500.0),
+    policy=st.sampled_from(["static", "continuous", "chunked_prefill"]),
+    blocks=st.integers(80, 400),
+    seed=st.integers(0, 1000),
+)
+def test_invariants_hypothesis(n, rate, policy, blocks, seed):
+    sc = _syn(n=n, rate=rate, inp=(16, 600), out=(1, 200), seed=seed,
+              batching={"policy": policy, "max_num_seqs": 8, "chunk_size": 64}, kv_cache={"num_blocks": blocks})
+    res = simulate(sc)
+    t, s = res.table, res.summary
+    assert s["requests_completed"] + s["requests_rejected"] == n
+    done = np.isfinite(t.finish)
+    assert (t.gen[done] == t.output[done]).all()
+    it = res.iterations_frame()
+    assert (it.kv_blocks_used <= blocks).all()
+    assert (t.blocks == 0).all()  # everything released at the end
