@@ -192,13 +192,29 @@ class Offload(_S):
         )
 
 
+class ExpertRouting(_S):
+    distribution: Literal["uniform", "zipf"] = "uniform"
+    """How tokens pick experts: uniformly, or with Zipf-distributed expert popularity."""
+    skew: float = Field(default=1.0, ge=0)
+    """Zipf exponent of expert popularity (zipf only; 0 = uniform)."""
+
+
 class Parallel(_S):
     tp: int = Field(default=1, ge=1)
+    """Tensor-parallel degree (GPUs per stage)."""
     pp: int = Field(default=1, ge=1)
+    """Pipeline stages per replica."""
     replicas: int = Field(default=1, ge=1)
+    """Data-parallel replicas behind the router."""
     ep: int = Field(default=1, ge=1)
+    """Expert-parallel degree of MoE layers: experts split into ``ep`` groups across a stage's
+    ``tp`` GPUs (ep must divide tp); each group's experts are sharded over tp/ep GPUs."""
     layer_split: list[int] | None = None
-    """Explicit layers per pipeline stage (default: even)."""
+    """Explicit layers per pipeline stage (default: as even as possible)."""
+    cross_node_tp: bool = False
+    """Allow a TP group to span nodes (its all-reduces then cross the network)."""
+    collective_algorithm: Literal["ring", "tree"] = "ring"
+    expert_routing: ExpertRouting = ExpertRouting()
 
 
 class Execution(_S):

@@ -22,13 +22,15 @@ from simkit.cost.efficiency import DatasheetEfficiency, EfficiencyModel
 from simkit.cost.iteration import IterationModel
 from simkit.cost.ops import Precision
 from simkit.engine.kvcache import KVBlockManager, PrefixCache
-from simkit.engine.replica import IterationLog, Replica, ReplicaConfig
+from simkit.engine.offload import OffloadExecutor
+from simkit.engine.replica import IterationLog, Replica, ReplicaConfig, ReplicaGroup, Stage
 from simkit.engine.resources import Link
 from simkit.engine.state import RequestTable, TBTHistogram
 from simkit.errors import CapacityError, ScenarioError
 from simkit.metrics import CostInputs, summarize
 from simkit.policies.batching import BATCHING_POLICIES
-from simkit.policies.parallel import check_parallel
+from simkit.policies.offload import build_offload_layout, check_offload_capacity
+from simkit.policies.parallel import Layout, check_parallel, expert_group_shares
 from simkit.policies.routing import ROUTING_POLICIES
 from simkit.scenario import Scenario
 from simkit.specs.catalog import load_model
@@ -104,7 +106,7 @@ def build_workload(sc: Scenario) -> Requests:
     return reqs
 
 
-def resolve_calibration(sc: Scenario, device: ComputeDevice) -> tuple[EfficiencyModel, str, str | None]:
+def resolve_calibration(sc: Scenario, device: ComputeDevice, quiet: bool = False) -> tuple[EfficiencyModel, str, str | None]:
     if sc.calibration == "none":
         return DatasheetEfficiency(), "datasheet defaults (calibration: none)", None
     from simkit.specs.calibration import resolve_calibration as _resolve
@@ -115,16 +117,29 @@ def resolve_calibration(sc: Scenario, device: ComputeDevice) -> tuple[Efficiency
     return _resolve(setting, device.kind, device.name)
 
 
-def allreduce_fn(node: Node, tp: int, a_bytes: float):  # type: ignore[no-untyped-def]
-    """All-reduce seconds for a TP group on this node (ring over NVLink, else PCIe)."""
-    from simkit.cost.collectives import allreduce_time
+def _group_link(node: Node, cross_node: bool) -> tuple[float, float, str]:
+    """(bandwidth per GPU, latency, kind) of the link a group of GPUs communicates over."""
+    if cross_node:
+        net = node.link("network")
+        assert net is not None
+        return net.achieved_bandwidth, net.latency, "network"
+    link = node.link("gpu_to_gpu")
+    if link is not None:
+        return link.achieved_bandwidth, link.latency, "nvlink"
+    pcie = node.link("host_to_gpu")
+    assert pcie is not None
+    return pcie.achieved_bandwidth, pcie.latency, "pcie"
 
-    link = node.link("gpu_to_gpu") or node.link("host_to_gpu")
-    assert link is not None
-    bw, lat = link.achieved_bandwidth, link.latency
+
+def comm_fn(kind: str, node: Node, n: int, cross_node: bool, algorithm: str = "ring"):  # type: ignore[no-untyped-def]
+    """Seconds of one collective of ``kind`` over ``n`` GPUs, as a function of bytes per GPU."""
+    from simkit.cost import collectives
+
+    bw, lat, link_kind = _group_link(node, cross_node)
+    fn = {"all_reduce": collectives.all_reduce_time, "all_to_all": collectives.all_to_all_time}[kind]
 
     def f(nbytes: np.ndarray) -> np.ndarray:
-        return allreduce_time(np.asarray(nbytes, dtype=np.float64), tp, bw, lat)
+        return fn(np.asarray(nbytes, dtype=np.float64), n, bw, lat, algorithm=algorithm)
 
     return f
 
@@ -140,13 +155,40 @@ class MemoryPlan:
     tier: str
 
 
-def plan_memory(sc: Scenario, model: ModelSpec, device: ComputeDevice, prec: Precision, tp: int, pp: int) -> MemoryPlan:
+def weights_per_gpu(model: ModelSpec, prec: Precision, tp: int, ep: int, layer_split: tuple[int, ...]) -> float:
+    """Bytes of weights on the most loaded GPU: the stage with the most layers (plus the
+    embedding on the first stage and the LM head on the last), sharded over ``tp`` GPUs; with
+    expert parallelism each GPU holds 1/ep of the experts, sharded tp/ep ways (= /tp overall)."""
+    per_layer = model.params_layers / model.num_layers
+    pp = len(layer_split)
+    stage_params = []
+    for k, n in enumerate(layer_split):
+        p = per_layer * n
+        if k == 0:
+            p += model.params_embedding
+        if k == pp - 1:
+            p += model.params_lm_head + model.norm_params
+        stage_params.append(p)
+    return max(stage_params) * prec.w_bytes / tp
+
+
+def plan_memory(
+    sc: Scenario,
+    model: ModelSpec,
+    device: ComputeDevice,
+    prec: Precision,
+    tp: int,
+    layer_split: tuple[int, ...],
+    ep: int = 1,
+    check: bool = True,
+) -> MemoryPlan:
     kvp = sc.plan.kv_cache
     where = sc.source
+    pp = len(layer_split)
     tier = "hbm" if device.kind == "gpu" else "dram"
-    weights = model.num_params * prec.w_bytes / (tp * pp)
+    weights = weights_per_gpu(model, prec, tp, ep, layer_split)
     kvh = max(model.num_kv_heads / tp, 1.0)
-    kv_tok = 2.0 * (model.num_layers / pp) * kvh * model.d_head * prec.kv_bytes
+    kv_tok = 2.0 * max(layer_split) * kvh * model.d_head * prec.kv_bytes
     if kvp.activation_reserve is not None:
         act = kvp.activation_reserve
     else:
@@ -159,6 +201,8 @@ def plan_memory(sc: Scenario, model: ModelSpec, device: ComputeDevice, prec: Pre
     usable = device.memory * kvp.gpu_memory_utilization
     block_bytes = kvp.block_size * kv_tok
     left = usable - weights - act
+    if not check:
+        return MemoryPlan(weights, act, kv_tok, block_bytes, 0, usable, tier)
     if left < block_bytes:
         raise CapacityError(
             f"{model.name} does not fit: {tier} needs {fmt_bytes(weights)} of weights + {fmt_bytes(act)} of activations "
@@ -217,6 +261,12 @@ class _Tracer:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
 
+    def stage(self, replica: int, stage: int, engine: int, start: float, end: float) -> None:
+        self.events.append(
+            {"name": f"micro-batch {engine}", "ph": "X", "pid": replica, "tid": f"stage {stage} compute",
+             "ts": start * 1e6, "dur": (end - start) * 1e6, "args": {"engine": engine}}
+        )
+
     def step(self, replica: int, start: float, end: float, prefill_tokens: int, decode: int, steps: int = 1) -> None:
         name = "prefill+decode" if prefill_tokens and decode else ("prefill" if prefill_tokens else "decode")
         self.events.append(
@@ -241,19 +291,16 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     model = load_model(sc.model, where=where)
     plan = sc.plan
     par = plan.parallel
-    check_parallel(model, node, par, where=where)
-    if not plan.offload.is_trivial:
-        raise ScenarioError(
-            "offloaded execution (weights/KV/activations off the GPU, CPU attention, compression, layer streaming) "
-            "is not available in this build; remove plan.offload or keep every fraction on gpu",
-            where=where,
-            key="plan.offload",
-        )
+    layout = check_parallel(model, node, par, where=where)
+    offloaded = not plan.offload.is_trivial
+    if offloaded and par.pp > 1:
+        raise ScenarioError("offloading with pipeline parallelism (pp > 1) is not supported; use tp or replicas", where=where, key="plan.offload")
     use_cpu = plan.execution.device == "cpu" or node.gpu is None
     if use_cpu:
         device = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
         if par.tp * par.pp * par.replicas > 1:
             raise ScenarioError("tensor/pipeline parallelism and replicas need GPUs; this plan computes on the CPU", where=where, key="plan.parallel")
+        layout = Layout(1, 1, 1, 1, (model.num_layers,), 0, 1)
     else:
         assert node.gpu is not None
         device = ComputeDevice.from_gpu(node.gpu)
@@ -264,15 +311,52 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     pp = plan.precision
     prec = Precision(pp.weights, pp.activations, pp.kv_cache, pp.group_size)
     tp = par.tp
-    mem = plan_memory(sc, model, device, prec, tp, par.pp)
-    cost = IterationModel(
-        model,
-        device,
-        eff,
-        prec,
-        tp=tp,
-        allreduce_time=allreduce_fn(node, tp, prec.a_bytes) if tp > 1 else None,
-        iteration_overhead=plan.execution.iteration_overhead,
+    off_layout = None
+    off_mem = None
+    if offloaded:
+        off_layout = build_offload_layout(plan.offload, model, prec, tp, use_cpu)
+        mem0 = plan_memory(sc, model, device, prec, tp, layout.layer_split, par.ep, check=False)
+        off_mem = check_offload_capacity(
+            off_layout, model, prec, node, tp, plan.kv_cache.block_size, mem0.activations_per_gpu * tp,
+            plan.kv_cache.gpu_memory_utilization, plan.kv_cache.num_blocks, where,
+        )
+        mem = MemoryPlan(
+            sum(v for k, v in off_mem.need.get("hbm" if not use_cpu else "dram", {}).items() if k.startswith("weights")) / tp,
+            mem0.activations_per_gpu,
+            mem0.kv_bytes_per_token_per_gpu,
+            mem0.block_bytes,
+            off_mem.num_blocks,
+            mem0.usable_per_gpu,
+            mem0.tier,
+        )
+    else:
+        mem = plan_memory(sc, model, device, prec, tp, layout.layer_split, par.ep)
+    cross_tp = layout.tp_spans_nodes(0, 0) if not use_cpu else False
+    ep_share = None
+    if par.ep > 1:
+        ep_share = float(expert_group_shares(model, par.ep, par.expert_routing.distribution, par.expert_routing.skew).max())
+    algo = par.collective_algorithm
+
+    def make_cost(layers: int | None = None, first: bool = True, last: bool = True) -> IterationModel:
+        return IterationModel(
+            model,
+            device,
+            eff,
+            prec,
+            tp=tp,
+            num_layers=layers,
+            first_stage=first,
+            last_stage=last,
+            allreduce_time=comm_fn("all_reduce", node, tp, cross_tp, algo) if tp > 1 else None,
+            iteration_overhead=plan.execution.iteration_overhead if first else 0.0,
+            ep=par.ep,
+            ep_share=ep_share,
+            alltoall_time=comm_fn("all_to_all", node, par.ep, cross_tp, algo) if par.ep > 1 else None,
+        )
+
+    cost = make_cost()
+    stage_costs = (
+        [make_cost(n, k == 0, k == par.pp - 1) for k, n in enumerate(layout.layer_split)] if par.pp > 1 else None
     )
     reqs = build_workload(sc)
     table = RequestTable(reqs)
@@ -321,7 +405,15 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         )
     if pc.enabled and not reqs.has_prefixes:
         warn.append("plan.prefix_cache is enabled but the workload carries no prefix hashes: no hits are possible")
-    replicas: list[Replica] = []
+    replicas: list[ReplicaGroup] = []
+    executors: list[OffloadExecutor] = []
+    cpu_cost = None
+    cpu_stream = None
+    if offloaded and plan.offload.cpu_attention and not use_cpu:
+        cpu_dev = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
+        cpu_eff, _, _ = resolve_calibration(sc, cpu_dev, quiet=True)
+        cpu_cost = IterationModel(model, cpu_dev, cpu_eff, prec, tp=1)
+        cpu_stream = simpy.Resource(env, capacity=1)
     arrivals = table.arrival
     order = np.argsort(arrivals, kind="stable")
     ptr = [0]
@@ -355,7 +447,6 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         if disagg:
             role = "prefill" if r < n_prefill else "decode"
         pname = "prefill_only" if role == "prefill" else ("continuous" if disagg else policy_name)
-        policy = BATCHING_POLICIES[pname](**bat.model_dump())
         cache = None
         if pc.enabled and role != "decode":
             per_hash = hash_tokens * mem.kv_bytes_per_token_per_gpu * gpus_per_replica
@@ -378,11 +469,41 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             gpus_per_replica,
             layerwise=plan.execution.mode == "layer_by_layer",
         )
-        rep = Replica(env, r, table, cost, policy, kv, cfg, tbt, log, next_arrival, _links(env, node, gpus_per_replica, trace), on_prefilled if role == "prefill" else None, tracer)
-        if cache is not None:
-            cache.on_demote = rep.demote_traffic
-        replicas.append(rep)
-
+        links = _links(env, node, gpus_per_replica, trace)
+        group = ReplicaGroup(r)
+        stages = None
+        if stage_costs is not None:
+            stages = []
+            for k, sc_k in enumerate(stage_costs):
+                link_out = None
+                if k < par.pp - 1:
+                    bw, lat, kind = _group_link(node, layout.pp_crosses_nodes(r, k))
+                    link_out = Link(env, f"PP {kind} {k}->{k + 1}", bw * tp, lat)
+                    if trace:
+                        link_out.intervals = []
+                    links[f"pp{k}"] = link_out
+                stages.append(Stage(sc_k, simpy.Resource(env, capacity=1), link_out, tp))
+        executor = None
+        if off_layout is not None:
+            executor = OffloadExecutor(
+                env, cost, off_layout, links, cpu_cost, cpu_stream if cpu_cost is not None else None,
+                plan.offload.gpu_batch_size, plan.offload.overlap, tracer=tracer, replica=r,
+            )
+            executors.append(executor)
+        engines = par.pp if stages is not None else 1
+        for v in range(engines):
+            bopts = bat.model_dump()
+            if offloaded and bopts["batch_size"] is None and plan.offload.gpu_batch_size:
+                bopts["batch_size"] = plan.offload.gpu_batch_size * plan.offload.num_gpu_batches
+            policy = BATCHING_POLICIES[pname](**bopts)
+            rep = Replica(
+                env, r, table, cost, policy, kv, cfg, tbt, log, next_arrival, links,
+                on_prefilled if role == "prefill" else None, tracer, group=group, stages=stages, engine_id=v,
+                offload=executor,
+            )
+            if cache is not None:
+                cache.on_demote = rep.demote_traffic
+        replicas.append(group)
     front = replicas[:n_prefill] if disagg else replicas
     router = ROUTING_POLICIES[plan.routing]()
     max_tokens = bat.max_num_batched_tokens
@@ -414,12 +535,13 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         it = np.asarray([(r[1], r[2], r[7]) for r in log.rows], dtype=np.float64)
         span = float(np.nanmax(table.finish)) if np.isfinite(table.finish).any() else 0.0
         kv_tw = float(((it[:, 1] - it[:, 0]) * it[:, 2]).sum() / span / n_rep) if span > 0 else 0.0
-    busy = sum(r.busy_time for r in replicas) * gpus_per_replica
+    engines_all = [e for g in replicas for e in g.engines]
+    busy = sum(e.busy_gpu_s for e in engines_all)
     n_units = gpus_per_replica * n_rep
     if use_cpu:
         price = node.price_per_hour
         idle_w, tdp_w, n_dev = node.cpu.tdp * 0.3, node.cpu.tdp, node.sockets
-        busy = sum(r.busy_time for r in replicas) * node.sockets
+        busy = sum(e.busy_time for e in engines_all) * node.sockets
     else:
         assert node.gpu is not None
         price = node.price_per_hour * n_units / max(node.num_gpus, 1)
@@ -430,7 +552,42 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             st = link_stats.setdefault(k, {"bytes": 0.0, "busy_s": 0.0})
             st["bytes"] += link.bytes_moved
             st["busy_s"] += link.busy_time
+    per_gpu = []
+    span = float(summary_span(table))
+    for g in replicas:
+        for k in range(layout.pp if not use_cpu else 1):
+            comp = sum(e.stage_busy[k] for e in g.engines) if layout.pp > 1 else sum(e.stage_busy[0] for e in g.engines)
+            comm = sum(e.stage_comm[k] for e in g.engines) if layout.pp > 1 else sum(e.stage_comm[0] for e in g.engines)
+            per_gpu.append(
+                {
+                    "replica": g.index,
+                    "stage": k,
+                    "gpus": [layout.gpu(g.index, k, t) for t in range(layout.tp)] if not use_cpu else [],
+                    "compute_s": comp - comm,
+                    "comm_s": comm,
+                    "idle_s": max(span - comp, 0.0),
+                }
+            )
+    tot_busy = sum(x["compute_s"] + x["comm_s"] for x in per_gpu)
+    resources: dict[str, dict[str, float]] = {}
+    comp_busy = sum(e.busy_time for e in engines_all) / max(len(replicas), 1)
+    resources["compute"] = {"busy_s": comp_busy, "utilization": comp_busy / span if span > 0 else 0.0}
+    for k, v in link_stats.items():
+        resources[k] = {
+            "busy_s": v["busy_s"] / n_rep,
+            "utilization": v["busy_s"] / n_rep / span if span > 0 else 0.0,
+            "bytes": v["bytes"],
+        }
+    if executors and cpu_cost is not None:
+        cb = sum(x.busy_cpu for x in executors)
+        resources["cpu_attention"] = {"busy_s": cb, "utilization": cb / span if span > 0 else 0.0}
+    bottleneck = max(resources, key=lambda k: resources[k]["busy_s"]) if resources else None
     extra = {
+        "resources": resources,
+        "bottleneck": bottleneck,
+        "offload_bytes": {k: sum((x.bytes_by_kind or {}).get(k, 0.0) for x in executors) for k in ("weights", "kv_read", "kv_write", "act_read", "act_write")} if executors else {},
+        "per_gpu": per_gpu,
+        "collective_share": sum(x["comm_s"] for x in per_gpu) / tot_busy if tot_busy > 0 else 0.0,
         "sim_wall_s": sim_wall,
         "model": model.name,
         "hardware": node.name,
@@ -450,7 +607,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     summary = summarize(
         table,
         tbt,
-        CostInputs(price, n_dev, idle_w, tdp_w, busy, mem.num_blocks * n_rep, kv_tw * n_rep, max(r.kv.peak for r in replicas) * n_rep),
+        CostInputs(price, n_dev, idle_w, tdp_w, busy, mem.num_blocks * n_rep, kv_tw * n_rep, max(g.engines[0].kv.peak for g in replicas) * n_rep),
         sc.slo,
         extra,
     )
@@ -471,6 +628,13 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
                 for s0, s1, tag, nb in link.intervals or []:
                     events.append({"name": tag or k, "ph": "X", "pid": r.index, "tid": link.name, "ts": s0 * 1e6, "dur": (s1 - s0) * 1e6, "args": {"bytes": nb}})
     return Result(sc, summary, table, log.rows, memory, warn, events)
+
+
+def summary_span(table: RequestTable) -> float:
+    done = np.isfinite(table.finish)
+    if not done.any():
+        return 0.0
+    return float(np.nanmax(table.finish) - table.arrival.min())
 
 
 def write_outputs(result: Result, out_dir: str | Path, trace_out: str | Path | None = None) -> list[Path]:

@@ -69,6 +69,11 @@ class IterationModel:
     allreduce_time: Callable[[np.ndarray], np.ndarray] | None = None
     """Seconds of one all-reduce of the given bytes over the TP group (None when tp == 1)."""
     iteration_overhead: float = 0.0
+    ep: int = 1
+    ep_share: float | None = None
+    """Share of routed tokens the most loaded expert group receives (default 1/ep)."""
+    alltoall_time: Callable[[np.ndarray], np.ndarray] | None = None
+    """Seconds of one all-to-all of the given bytes per GPU over the EP group (None when ep == 1)."""
 
     def __post_init__(self) -> None:
         self.dtype = self.precision.compute
@@ -76,6 +81,7 @@ class IterationModel:
         self._body = np.zeros(1)  # body[T]: seconds of token ops for T tokens, excluding head
         self._head = np.zeros(1)  # head[R]: seconds of lm_head + sampling for R rows
         self._layer = np.zeros(1)  # layer[T]: per-layer seconds (for layer-by-layer execution)
+        self._comm = np.zeros(1)  # comm[T]: seconds of collectives in one pass of the stage
 
     # ---- tables ------------------------------------------------------------------------------
     def _grow(self, n: int) -> None:
@@ -83,7 +89,7 @@ class IterationModel:
             return
         size = max(64, 1 << int(np.ceil(np.log2(n + 1))))
         T = np.arange(size, dtype=np.float64)
-        ops = token_ops(self.model, T, T, self.tp, self.precision)
+        ops = token_ops(self.model, T, T, self.tp, self.precision, self.ep, self.ep_share)
         L = self.model.num_layers
         per_layer = np.zeros(size)
         nonlayer = np.zeros(size)
@@ -96,9 +102,18 @@ class IterationModel:
                 nonlayer += t
             else:
                 per_layer += t / L
+        comm = np.zeros(size)
         if self.allreduce_time is not None and self.tp > 1:
             act = T * self.model.hidden_size * self.precision.a_bytes
-            per_layer += 2.0 * np.where(T > 0, self.allreduce_time(act), 0.0)
+            comm += 2.0 * np.where(T > 0, self.allreduce_time(act), 0.0)
+        if self.alltoall_time is not None and self.ep > 1 and self.model.moe is not None:
+            # dispatch and combine: each GPU exchanges its share of the routed tokens' activations
+            m = self.model.moe
+            a2a = T * m.top_k * self.model.hidden_size * self.precision.a_bytes / self.ep
+            comm += 2.0 * np.where(T > 0, self.alltoall_time(a2a), 0.0) * self.model.num_moe_layers / L
+        per_layer += comm
+        comm[0] = 0.0
+        self._comm = comm * self.layers
         per_layer[0] = nonlayer[0] = head[0] = 0.0
         self._layer = per_layer
         # the embedding (and the tiny final norm) are charged to the first stage
@@ -109,6 +124,11 @@ class IterationModel:
         t = np.asarray(tokens, dtype=np.int64)
         self._grow(int(t.max()) if t.size else 0)
         return self._body[t]
+
+    def comm_time(self, tokens: int) -> float:
+        """Seconds of collectives (TP all-reduces, EP all-to-alls) in one pass of ``tokens``."""
+        self._grow(tokens)
+        return float(self._comm[tokens])
 
     def head_time(self, rows: np.ndarray | int) -> np.ndarray:
         r = np.asarray(rows, dtype=np.int64)

@@ -230,7 +230,9 @@ def attention_ops(
     return ops
 
 
-def token_ops(model: ModelSpec, tokens: Any, logits_rows: Any, tp: int, p: Precision) -> list[Op]:
+def token_ops(
+    model: ModelSpec, tokens: Any, logits_rows: Any, tp: int, p: Precision, ep: int = 1, ep_share: float | None = None
+) -> list[Op]:
     """Every operator whose cost depends only on the number of tokens in the pass (not on context):
     projections, MLP/MoE, norms, RoPE, residual adds, embedding, LM head and sampling.
 
@@ -265,10 +267,15 @@ def token_ops(model: ModelSpec, tokens: Any, logits_rows: Any, tp: int, p: Preci
         m = model.moe
         n_moe = model.num_moe_layers
         ops.append(_gemm("moe_router", n_moe, T, h, m.num_experts, p))
-        fe = m.expert_ffn_size / tp
+        # expert parallelism: experts split into ep groups, each sharded over tp/ep GPUs; one GPU
+        # computes the tokens routed to its group (the most loaded group bounds the layer)
+        shard = tp / ep
+        share = (1.0 / ep) if ep_share is None else ep_share
+        fe = m.expert_ffn_size / shard
         per_expert_w = (up_mult + 1) * h * fe
-        touched = expected_experts_touched(T, m.num_experts, m.top_k)
-        routed = T * m.top_k
+        group_experts = m.num_experts / ep
+        routed = T * m.top_k * share
+        touched = expected_experts_touched(routed / m.top_k, int(group_experts), min(m.top_k, int(group_experts)))
         shared_ffn = (m.shared_expert_ffn_size or m.expert_ffn_size) / tp
         shared_w = m.num_shared_experts * (up_mult + 1) * h * shared_ffn
         flops = 2.0 * routed * per_expert_w + 2.0 * T * shared_w

@@ -39,6 +39,59 @@ class ReplicaConfig:
     """Execute each iteration layer by layer (one event per layer) instead of as one step."""
 
 
+@dataclass
+class Stage:
+    """One pipeline stage of a replica: its cost model, its GPUs' compute stream, and the link
+    its activations cross to the next stage (None for the last)."""
+
+    cost: IterationModel
+    stream: simpy.Resource
+    link_out: Link | None
+    tp: int
+
+
+class ReplicaGroup:
+    """The unit the router sees: one replica, run by one engine, or by ``pp`` virtual engines
+    (pipeline parallelism, vLLM style) that share its queue, KV blocks and stage streams, so
+    that several micro-batches are in flight in the pipeline at once."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.engines: list[Replica] = []
+        self.waiting: deque[int] = deque()
+        self.swapped: deque[int] = deque()
+
+    @property
+    def outstanding(self) -> int:
+        return sum(e.outstanding for e in self.engines)
+
+    def enqueue(self, i: int) -> None:
+        e0 = self.engines[0]
+        e0.table.replica[i] = self.index
+        e0.outstanding += 1
+        self.waiting.append(i)
+        self.wake_all()
+
+    def wake_all(self) -> None:
+        for e in self.engines:
+            if e._idle and not e._wake.triggered:
+                e._wake.succeed()
+
+    def busy(self) -> bool:
+        return any(e.running for e in self.engines) or bool(self.swapped)
+
+    def prefix_match_len(self, i: int) -> int:
+        return self.engines[0].prefix_match_len(i)
+
+    def release_after_transfer(self, i: int) -> None:
+        self.engines[0].release_after_transfer(i)
+        self.wake_all()
+
+    @property
+    def links(self) -> dict[str, Link]:
+        return self.engines[0].links
+
+
 class IterationLog:
     """Compact per-iteration table: one row per executed step or fast-forwarded run of
     identical decode steps (``steps`` > 1)."""
@@ -70,6 +123,10 @@ class Replica:
         links: dict[str, Link] | None = None,
         on_prefilled: Callable[[int, int], None] | None = None,
         tracer: Any = None,
+        group: ReplicaGroup | None = None,
+        stages: list[Stage] | None = None,
+        engine_id: int = 0,
+        offload: Any = None,
     ) -> None:
         self.env = env
         self.index = index
@@ -84,8 +141,20 @@ class Replica:
         self.links = links or {}
         self.on_prefilled = on_prefilled
         self.tracer = tracer
-        self.waiting: deque[int] = deque()
-        self.swapped: deque[int] = deque()
+        self.group = group if group is not None else ReplicaGroup(index)
+        self.group.engines.append(self)
+        self.waiting = self.group.waiting
+        self.swapped = self.group.swapped
+        self.stages = stages
+        self.offload = offload
+        """An OffloadExecutor when the plan streams weights/KV/activations, else None."""
+        self.engine_id = engine_id
+        self.stage_busy = [0.0] * (len(stages) if stages else 1)
+        self.stage_comm = [0.0] * (len(stages) if stages else 1)
+        self.comm_s = 0.0
+        """Seconds of those spent in collectives (TP all-reduce, EP all-to-all), per GPU."""
+        self.busy_gpu_s = 0.0
+        """GPU-seconds of compute (seconds x GPUs computing), for utilisation and energy."""
         self.running: list[int] = []
         self.shared: dict[int, list[int]] = {}
         self.pending_fetch: list[simpy.Event] = []
@@ -100,11 +169,7 @@ class Replica:
 
     # ---- queue ---------------------------------------------------------------------------------
     def enqueue(self, i: int) -> None:
-        self.table.replica[i] = self.index
-        self.outstanding += 1
-        self.waiting.append(i)
-        if self._idle and not self._wake.triggered:
-            self._wake.succeed()
+        self.group.enqueue(i)
 
     def prefix_match_len(self, i: int) -> int:
         cache = self.kv.cache
@@ -317,11 +382,11 @@ class Replica:
                 self._idle = False
             step = self.policy.next_step(self)
             if step.empty:
-                if self.waiting and not self.running and not self.swapped:
-                    # the head request can never fit: reject it rather than stall forever
+                if self.waiting and not self.group.busy() and not self.pending_fetch:
+                    # nothing runs anywhere in the replica, yet the head request cannot be
+                    # admitted: it can never fit, so reject it rather than stall forever
                     i = self.waiting.popleft()
                     t.rejected[i] = True
-                    self.outstanding -= 1
                     continue
                 if self.pending_fetch:
                     yield simpy.AllOf(env, self.pending_fetch)
@@ -346,7 +411,12 @@ class Replica:
         env = self.env
         start = env.now
         pending, self.pending_fetch = self.pending_fetch, []
-        if self.cfg.layerwise and steps:
+        busy0 = self.offload.busy_compute if self.offload is not None else 0.0
+        if self.offload is not None and steps:
+            compute = env.process(self._offloaded(steps))
+        elif self.stages is not None and steps:
+            compute = env.process(self._pipeline(steps))
+        elif self.cfg.layerwise and steps:
             compute = env.process(self._layers(steps))
         else:
             compute = env.timeout(duration)
@@ -354,8 +424,44 @@ class Replica:
             yield simpy.AllOf(env, [compute, *pending])
         else:
             yield compute
-        self.busy_time += duration
+        if self.offload is not None:
+            took = self.offload.busy_compute - busy0
+            self.busy_time += took
+            self.busy_gpu_s += took * self.cfg.num_gpus
+            self.stage_busy[0] += took
+        elif self.stages is None:
+            self.busy_time += duration
+            self.busy_gpu_s += duration * self.cfg.num_gpus
+            self.stage_busy[0] += duration
         return start
+
+    def _offloaded(self, steps: list[tuple[np.ndarray, np.ndarray, int]]):  # type: ignore[no-untyped-def]
+        assert self.offload is not None
+        for q, ctx, rows in steps:
+            yield from self.offload.run_step(q, ctx, rows)
+
+    def _pipeline(self, steps: list[tuple[np.ndarray, np.ndarray, int]]):  # type: ignore[no-untyped-def]
+        """Run iterations through the pipeline stages: each stage's stream is held for its share
+        of the layers, then the activations cross to the next stage's GPUs."""
+        env = self.env
+        assert self.stages is not None
+        for q, ctx, rows in steps:
+            act_bytes = float(np.sum(q)) * self.cost.model.hidden_size * self.cost.precision.a_bytes
+            for k, st in enumerate(self.stages):
+                with st.stream.request() as req:
+                    yield req
+                    dur = st.cost.step_time(q, ctx, logits_rows=rows)
+                    self.stage_busy[k] += dur
+                    self.stage_comm[k] += st.cost.comm_time(int(np.sum(q)))
+                    t0 = env.now
+                    yield env.timeout(dur)
+                    self.busy_time += dur
+                    self.busy_gpu_s += dur * st.tp
+                    if self.tracer is not None:
+                        self.tracer.stage(self.index, k, self.engine_id, t0, env.now)
+                if st.link_out is not None:
+                    # each TP rank sends its 1/tp slice of the activations in parallel
+                    yield st.link_out.transfer(act_bytes, f"pp {k}->{k + 1}")
 
     def _layers(self, steps: list[tuple[np.ndarray, np.ndarray, int]]):  # type: ignore[no-untyped-def]
         env = self.env
@@ -380,7 +486,10 @@ class Replica:
         dur = self.cost.step_time(q, ctx, logits_rows=rows)
         if len(dec):
             self._grow_blocks(dec, 1)
-        start = yield from self._wait_fetch(dur, [(q, ctx, rows)] if self.cfg.layerwise else None)
+        exact = self.cfg.layerwise or self.stages is not None or self.offload is not None
+        if self.stages is None:
+            self.stage_comm[0] += self.cost.comm_time(int(q.sum()))
+        start = yield from self._wait_fetch(dur, [(q, ctx, rows)] if exact else None)
         now = env.now
         if self.tracer is not None:
             self.tracer.step(self.index, start, now, int(pq.sum()), len(dec))
@@ -414,6 +523,8 @@ class Replica:
     def _finish(self, ids: list[int]) -> None:
         if not ids:
             return
+        if len(self.group.engines) > 1:
+            self.group.wake_all()
         t = self.table
         now = self.env.now
         done = set(ids)
@@ -430,8 +541,7 @@ class Replica:
 
     def release_after_transfer(self, i: int) -> None:
         self._release(i, finished=True)
-        if self._idle and not self._wake.triggered:
-            self._wake.succeed()
+        self.group.wake_all()
 
     def _decode_run(self, dec: np.ndarray):  # type: ignore[no-untyped-def]
         env = self.env
@@ -460,21 +570,27 @@ class Replica:
                 s = min(s, j + 1)
                 ends = ends[:s]
                 times = times[:s]
-        if self.swapped:
+        if self.swapped or self.stages is not None or self.offload is not None:
+            # a pipeline runs one iteration at a time: its micro-batches interleave in the stages
             s = 1
             ends, times = ends[:1], times[:1]
         self._grow_blocks(dec, s)
         steps = None
-        if self.cfg.layerwise:
+        if self.cfg.layerwise or self.stages is not None or self.offload is not None:
             ones = np.ones(B, dtype=np.int64)
             steps = [(ones, t.kv_len[dec] + k, B) for k in range(s)]
+        if self.stages is None:
+            self.stage_comm[0] += self.cost.comm_time(B) * s
         start = yield from self._wait_fetch(float(ends[-1]), steps)
         now = env.now
         if self.tracer is not None:
             self.tracer.step(self.index, start, now, 0, B, steps=s)
         self.log.add(self.index, start, now, s, 0, B, B, self.kv.in_use)
         # inter-token gaps: the first since each request's last token, then the step times
-        self.tbt.push(start + ends[0] - t.last_token[dec])
+        # inter-token gaps: the first since each request's last token (any wait for transfers or
+        # pipeline stages falls into it), then the step times
+        extra = max((now - start) - float(ends[-1]), 0.0)
+        self.tbt.push(start + float(ends[0]) + extra - t.last_token[dec])
         if s > 1:
             self.tbt.push(times[1:], float(B))
         t.kv_len[dec] += s

@@ -38,10 +38,16 @@ class Node:
     ssd: tuple[tuple[SSDSpec, float], ...]
     links: dict[str, LinkSpec] = field(default_factory=dict)
     num_nics: int = 0
+    num_nodes: int = 1
+    """Identical nodes in the deployment (a cluster), joined by ``links['network']``."""
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def total_gpus(self) -> int:
+        return self.num_gpus * self.num_nodes
 
     @property
     def price_per_hour(self) -> float:
@@ -87,10 +93,21 @@ def resolve_node(hardware: str | dict[str, Any], catalog: Catalog | None = None,
     or a full inline node (``name``, ``cpu``, ``dram``, ...).
     """
     cat = catalog or default_catalog()
+    num_nodes = 1
+    network: str | None = None
+    if isinstance(hardware, str) and hardware in cat.items["cluster"]:
+        cl = cat.get("cluster", hardware)
+        hardware = {"preset": cl.node}
+        num_nodes, network = cl.num_nodes, cl.network
     if isinstance(hardware, str):
         spec: NodeSpec = cat.get("node", hardware, where=where, key="hardware")
     else:
         data = dict(hardware)
+        if "num_nodes" in data:
+            num_nodes = data.pop("num_nodes")
+            if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 1:
+                raise SpecError(f"expected an integer >= 1, got {num_nodes!r}", where=where, key="hardware.num_nodes")
+        network = data.pop("network", network)
         preset = data.pop("preset", None)
         if preset is not None:
             base = cat.get("node", preset, where=where, key="hardware.preset")
@@ -130,4 +147,14 @@ def resolve_node(hardware: str | dict[str, Any], catalog: Catalog | None = None,
     for kind, name in spec.links.model_dump().items():
         if name:
             links[kind] = cat.get("link", name, where=where, key=f"{key}.links.{kind}")
-    return Node(spec, gpu, spec.num_gpus, cpu, spec.num_sockets, dram, dram_cap, tuple(cxl), tuple(ssd), links, spec.num_nics)
+    if network is not None:
+        links["network"] = cat.get("link", network, where=where, key=f"{key}.network")
+    if num_nodes > 1 and "network" not in links:
+        raise SpecError(
+            f"a cluster of {num_nodes} nodes needs a network link (hardware.network or the node's links.network)",
+            where=where,
+            key=f"{key}.network",
+        )
+    return Node(
+        spec, gpu, spec.num_gpus, cpu, spec.num_sockets, dram, dram_cap, tuple(cxl), tuple(ssd), links, spec.num_nics, num_nodes
+    )

@@ -1,0 +1,233 @@
+"""Offload plans: where weights, KV cache and activations live across HBM, DRAM, CXL and SSD,
+the bytes each layer moves, and whether a plan fits.
+
+Semantics (docs/scenario.md, plan.offload):
+- ``weights``: fractions of every streamed layer's weights per tier (FlexGen's wg/wc/wd, plus
+  cxl). With ``resident_layers: k`` the first k layers stay wholly in the compute device's
+  memory and the rest follow the fractions (if those are all gpu, streamed layers live in cpu).
+  The embedding and LM head follow the same fractions.
+- ``kv_cache``: fractions of every layer's KV per tier, split by KV heads (head-wise offload:
+  some heads' KV on the GPU, the rest where the fraction says); with ``cpu_attention`` the
+  off-GPU heads' decode attention runs on the CPU where that KV lives (only q and the
+  attention output cross PCIe), otherwise their KV is fetched for each layer.
+- ``activations``: fraction of the hidden states kept off-GPU between layers.
+- ``compress_weights`` / ``compress_kv``: group-wise 4-bit quantisation (one fp16 scale and zero
+  per group) of what is stored, dequantised on the GPU before use (an elementwise cost).
+- On a CPU-computing node the compute memory is DRAM: ``gpu`` and ``cpu`` both mean DRAM, and
+  only ``cxl`` and ``disk`` shares move.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simkit.cost.dtypes import bytes_per_element
+from simkit.cost.ops import Precision
+from simkit.errors import CapacityError
+from simkit.scenario import Offload
+from simkit.specs.model import ModelSpec
+from simkit.specs.node import Node
+from simkit.units import fmt_bytes
+
+TIERS = ("gpu", "cpu", "cxl", "disk")
+TIER_OF = {"gpu": "hbm", "cpu": "dram", "cxl": "cxl", "disk": "ssd"}
+# link directions a byte crosses from each tier into the compute device's memory (and back)
+READ_PATH = {"cpu": ("h2d",), "cxl": ("cxl_read", "h2d"), "disk": ("nvme_read", "h2d")}
+WRITE_PATH = {"cpu": ("d2h",), "cxl": ("d2h", "cxl_write"), "disk": ("d2h", "nvme_write")}
+CPU_READ_PATH = {"cpu": (), "cxl": ("cxl_read",), "disk": ("nvme_read",)}
+CPU_WRITE_PATH = {"cpu": (), "cxl": ("cxl_write",), "disk": ("nvme_write",)}
+
+
+@dataclass(frozen=True)
+class OffloadLayout:
+    """Bytes per layer per tier, derived from a plan, a model and a precision (per replica,
+    i.e. summed over a TP group's GPUs, which stream their shards in parallel)."""
+
+    plan: Offload
+    num_layers: int
+    resident_layers: int
+    layer_weight_bytes: float
+    """Stored bytes of one layer's weights (compressed if compress_weights)."""
+    layer_weight_elems: float
+    weight_frac: dict[str, float]
+    kv_frac: dict[str, float]
+    act_frac: dict[str, float]
+    kv_bytes_per_token_layer: float
+    """Stored KV bytes of one token in one layer (compressed if compress_kv)."""
+    compute_on_cpu: bool
+    pageable_factor: float = 1.0
+
+    def weight_bytes(self, layer: int) -> dict[str, float]:
+        """Off-device weight bytes of ``layer`` per tier (what must be streamed in each pass)."""
+        if layer < self.resident_layers:
+            return {}
+        return {t: self.layer_weight_bytes * f for t, f in self.weight_frac.items() if t != "gpu" and f > 0}
+
+    def kv_read_bytes(self, ctx_tokens: float) -> dict[str, float]:
+        """KV bytes per tier one layer must read for ``ctx_tokens`` cached tokens."""
+        return {t: ctx_tokens * self.kv_bytes_per_token_layer * f for t, f in self.kv_frac.items() if t != "gpu" and f > 0}
+
+    def kv_write_bytes(self, new_tokens: float) -> dict[str, float]:
+        return {t: new_tokens * self.kv_bytes_per_token_layer * f for t, f in self.kv_frac.items() if t != "gpu" and f > 0}
+
+    def read_path(self, tier: str) -> tuple[str, ...]:
+        return CPU_READ_PATH[tier] if self.compute_on_cpu else READ_PATH[tier]
+
+    def write_path(self, tier: str) -> tuple[str, ...]:
+        return CPU_WRITE_PATH[tier] if self.compute_on_cpu else WRITE_PATH[tier]
+
+    @property
+    def streams_anything(self) -> bool:
+        off_w = any(f > 0 for t, f in self.weight_frac.items() if t != "gpu") and self.resident_layers < self.num_layers
+        off_kv = any(f > 0 for t, f in self.kv_frac.items() if t != "gpu")
+        off_a = any(f > 0 for t, f in self.act_frac.items() if t != "gpu")
+        return off_w or off_kv or off_a
+
+
+def _fracs(share: object) -> dict[str, float]:
+    return {t: float(getattr(share, t)) for t in TIERS}
+
+
+def build_offload_layout(
+    plan: Offload, model: ModelSpec, prec: Precision, tp: int, compute_on_cpu: bool
+) -> OffloadLayout:
+    w_bytes = bytes_per_element("int4", prec.group_size) if plan.compress_weights else prec.w_bytes
+    kv_bytes = bytes_per_element("int4", prec.group_size) if plan.compress_kv else prec.kv_bytes
+    elems = model.params_layers / model.num_layers
+    wf = _fracs(plan.weights)
+    resident = plan.resident_layers or 0
+    if plan.resident_layers is not None and wf["gpu"] == 1.0:
+        wf = {"gpu": 0.0, "cpu": 1.0, "cxl": 0.0, "disk": 0.0}
+    kvf = _fracs(plan.kv_cache)
+    af = _fracs(plan.activations)
+    if compute_on_cpu:
+        # the compute memory is DRAM: gpu and cpu shares are the same place
+        for f in (wf, kvf, af):
+            f["gpu"] += f["cpu"]
+            f["cpu"] = 0.0
+    kvh = max(model.num_kv_heads / tp, 1.0) * tp  # replicated KV heads count on every GPU
+    kv_tok_layer = 2.0 * kvh * model.d_head * kv_bytes
+    return OffloadLayout(
+        plan,
+        model.num_layers,
+        min(resident, model.num_layers),
+        elems * w_bytes,
+        elems,
+        wf,
+        kvf,
+        af,
+        kv_tok_layer,
+        compute_on_cpu,
+        1.0 if plan.pinned else 0.6,
+    )
+
+
+@dataclass(frozen=True)
+class OffloadMemory:
+    """Bytes each tier must hold for a plan, and the KV blocks that fit."""
+
+    need: dict[str, dict[str, float]]
+    """tier -> owner -> bytes."""
+    capacity: dict[str, float]
+    num_blocks: int
+
+
+def check_offload_capacity(
+    lay: OffloadLayout,
+    model: ModelSpec,
+    prec: Precision,
+    node: Node,
+    tp: int,
+    block_tokens: int,
+    act_bytes_gpu: float,
+    gpu_util: float,
+    num_blocks: int | None,
+    where: str | None,
+) -> OffloadMemory:
+    """Place weights, activations and staging buffers; size the KV cache from what is left in
+    every tier that holds a share of it. Raise CapacityError naming the tier that overflows."""
+    tiers = node.tiers()
+    cap: dict[str, float] = {}
+    dev_tier = "dram" if lay.compute_on_cpu else "hbm"
+    for t in ("hbm", "dram", "cxl", "ssd"):
+        if t in tiers:
+            c = tiers[t].capacity
+            if t == "hbm":
+                c = c * gpu_util * tp  # a replica's GPUs together
+            cap[t] = c
+    need: dict[str, dict[str, float]] = {t: {} for t in cap}
+
+    def put(tier_key: str, owner: str, nbytes: float) -> None:
+        tier = dev_tier if tier_key == "gpu" else TIER_OF[tier_key]
+        if nbytes <= 0:
+            return
+        if tier not in cap:
+            raise CapacityError(
+                f"the plan puts {owner} ({fmt_bytes(nbytes)}) in {tier}, but {node.name} has no {tier} tier",
+                where=where,
+                key=f"tier {tier}",
+            )
+        need[tier][owner] = need[tier].get(owner, 0.0) + nbytes
+
+    L = lay.num_layers
+    emb_head = (model.params_embedding + model.params_lm_head + model.norm_params) * prec.w_bytes
+    resident_bytes = lay.resident_layers * lay.layer_weight_bytes
+    streamed = (L - lay.resident_layers) * lay.layer_weight_bytes
+    put("gpu", "weights (resident)", resident_bytes)
+    for t, f in lay.weight_frac.items():
+        put(t, "weights", streamed * f)
+        put(t, "embedding and LM head", emb_head * f)
+    if lay.streams_anything and not lay.compute_on_cpu:
+        # double-buffered staging of one layer's streamed weights on the GPU, and pinned host
+        # buffers for what comes from CXL or disk (it passes through DRAM)
+        off = sum(f for t, f in lay.weight_frac.items() if t != "gpu") * lay.layer_weight_bytes
+        put("gpu", "weight prefetch buffers", 2 * off)
+        via = sum(f for t, f in lay.weight_frac.items() if t in ("disk", "cxl")) * lay.layer_weight_bytes
+        if via > 0:
+            put("cpu", "pinned staging buffers", 2 * via)
+    elif lay.streams_anything:
+        off = sum(f for t, f in lay.weight_frac.items() if t in ("disk", "cxl")) * lay.layer_weight_bytes
+        put("gpu", "weight read buffers", 2 * off)
+    for t, f in lay.act_frac.items():
+        put(t, "activations", act_bytes_gpu * f if t != "gpu" else act_bytes_gpu)
+    for tier, owners in need.items():
+        used = sum(owners.values())
+        if used > cap[tier]:
+            detail = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in owners.items())
+            raise CapacityError(
+                f"the plan needs {fmt_bytes(used)} in {tier} ({detail}) but {node.name} has {fmt_bytes(cap[tier])}"
+                + (f" usable ({tp} GPU(s) x gpu_memory_utilization {gpu_util})" if tier == "hbm" else ""),
+                where=where,
+                key=f"tier {tier}",
+            )
+    # KV blocks: every tier holding a share of the KV bounds the block count
+    block_layer = block_tokens * lay.kv_bytes_per_token_layer * L
+    fit = []
+    for t, f in lay.kv_frac.items():
+        if f <= 0:
+            continue
+        tier = dev_tier if t == "gpu" else TIER_OF[t]
+        if tier not in cap:
+            raise CapacityError(f"the plan puts KV cache in {tier}, but {node.name} has no {tier} tier", where=where, key=f"tier {tier}")
+        left = cap[tier] - sum(need[tier].values())
+        fit.append((int(left // (block_layer * f)), tier, left))
+    blocks, tier, left = min(fit)
+    if blocks < 1:
+        raise CapacityError(
+            f"no room for a single KV block in {tier}: {fmt_bytes(max(left, 0))} left after weights and buffers",
+            where=where,
+            key=f"tier {tier}",
+        )
+    if num_blocks is not None:
+        if num_blocks > blocks:
+            raise CapacityError(
+                f"plan.kv_cache.num_blocks={num_blocks} needs more {tier} than is left ({blocks} blocks fit)",
+                where=where,
+                key="plan.kv_cache.num_blocks",
+            )
+        blocks = num_blocks
+    for t, f in lay.kv_frac.items():
+        if f > 0:
+            tier = dev_tier if t == "gpu" else TIER_OF[t]
+            need[tier]["kv cache"] = need[tier].get("kv cache", 0.0) + blocks * block_layer * f
+    return OffloadMemory(need, cap, blocks)
