@@ -182,6 +182,35 @@ def cmd_catalog(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_offload_plan(a: argparse.Namespace) -> int:
+    from simkit.policies.offload_opt import optimize
+    from simkit.scenario import load_scenario
+
+    sc = load_scenario(a.scenario, a.set or [])
+    cands = optimize(sc, prompt_len=a.prompt_len, gen_len=a.gen_len, objective=a.objective, top=a.top, confirm=a.confirm)
+    print(f"# offload plans for {sc.model} on {sc.hardware if isinstance(sc.hardware, str) else 'custom node'} "
+          f"(objective: {a.objective}); LP = linear-program estimate, sim = simulated")
+    hdr = f"{'rank':>4} {'gbs':>5} {'ngb':>4} {'cpu_attn':>8} {'int4_w':>6}  {'weights g/c/x/d':<22} {'kv g/c/x/d':<22} {'LP tok/s':>10} {'sim tok/s':>10}  bottleneck"
+    print(hdr)
+    for k, c in enumerate(cands, 1):
+        f = c.fractions
+        w = "/".join(f"{f['w'][t]:.2f}" for t in ("gpu", "cpu", "cxl", "disk"))
+        kv = "/".join(f"{f['c'][t]:.2f}" for t in ("gpu", "cpu", "cxl", "disk"))
+        sim = c.sim.get("output_tokens_per_s")
+        bott = c.sim.get("bottleneck", c.lp_bottleneck) if c.sim else c.lp_bottleneck
+        err = c.sim.get("error") if c.sim else None
+        print(f"{k:>4} {c.gpu_batch_size:>5} {c.num_gpu_batches:>4} {str(c.cpu_attention):>8} {str(c.compress_weights):>6}  "
+              f"{w:<22} {kv:<22} {c.lp_throughput:>10.3f} {(f'{sim:.3f}' if sim else '-'):>10}  {bott}"
+              + (f"  (simulation: {err})" if err else ""))
+    if a.json:
+        from pathlib import Path
+
+        Path(a.json).write_text(json.dumps([{"gpu_batch_size": c.gpu_batch_size, "num_gpu_batches": c.num_gpu_batches,
+                                            "offload": c.offload_dict(), "lp_throughput": c.lp_throughput,
+                                            "lp_bottleneck": c.lp_bottleneck, "sim": c.sim} for c in cands], indent=2))
+    return 0
+
+
 def cmd_calibrate(argv: list[str]) -> int:
     if argv and argv[0] == "import-profiles":
         from simkit.calibrate.vidur import main_import_profiles
@@ -193,6 +222,10 @@ def cmd_calibrate(argv: list[str]) -> int:
 
 
 def cmd_validate(argv: list[str]) -> int:
+    if "--offload" in argv:
+        from simkit.calibrate.validate_offload import main as off_main
+
+        return off_main([a for a in argv if a != "--offload"])
     from simkit.calibrate.validate import main as val_main
 
     return val_main(argv)
@@ -229,6 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("name", nargs="?")
     c.add_argument("--kind", help="list only this kind (gpu, cpu, memory, ssd, link, node, model)")
     c.set_defaults(func=cmd_catalog)
+
+    o = sub.add_parser("offload-plan", help="rank offload placements for a scenario (LP + simulation)")
+    o.add_argument("scenario")
+    o.add_argument("--set", action="append", metavar="KEY=VALUE")
+    o.add_argument("--objective", choices=["throughput", "latency"], default="throughput")
+    o.add_argument("--prompt-len", type=int)
+    o.add_argument("--gen-len", type=int)
+    o.add_argument("--top", type=int, default=8)
+    o.add_argument("--confirm", type=int, default=3, help="simulate this many of the best LP plans")
+    o.add_argument("--json", help="write the ranked plans as JSON here")
+    o.set_defaults(func=cmd_offload_plan)
 
     sub.add_parser("calibrate", help="run microbenchmarks (see simkit calibrate --help) or import-profiles", add_help=False)
     sub.add_parser("validate", help="compare real torch runs with predictions (see simkit validate --help)", add_help=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from simkit.errors import ScenarioError
 from simkit.specs.base import Bytes, Seconds, format_validation_error
@@ -265,6 +265,12 @@ class Scenario(_S):
     seed: int = 0
     source: str | None = Field(default=None, exclude=True)
     """The file the scenario came from (set by load_scenario; relative paths resolve against it)."""
+    _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def raw_data(self) -> dict[str, Any]:
+        """A copy of the plain data this scenario was validated from (human units intact), for
+        deriving variants with :func:`apply_overrides`."""
+        return json.loads(json.dumps(self._raw))
 
     @field_validator("hardware")
     @classmethod
@@ -335,6 +341,7 @@ def scenario_from_dict(data: Any, where: str | None = None) -> Scenario:
         raise ScenarioError(err.message, where=where, key=err.key) from None
     if where is not None:
         sc = sc.model_copy(update={"source": where})
+    sc._raw = json.loads(json.dumps(data))
     return sc
 
 

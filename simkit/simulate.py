@@ -20,6 +20,7 @@ import simpy
 from simkit.cost.device import ComputeDevice
 from simkit.cost.efficiency import DatasheetEfficiency, EfficiencyModel
 from simkit.cost.iteration import IterationModel
+from simkit.cost.memory import activation_bytes
 from simkit.cost.ops import Precision
 from simkit.engine.kvcache import KVBlockManager, PrefixCache
 from simkit.engine.offload import OffloadExecutor
@@ -192,12 +193,16 @@ def plan_memory(
     if kvp.activation_reserve is not None:
         act = kvp.activation_reserve
     else:
-        # peak activations of one pass: a few live [tokens x hidden/ffn] buffers plus logits
         tokens = sc.plan.batching.max_num_batched_tokens
-        ffn = max(model.ffn_size, model.moe.expert_ffn_size if model.moe else 0) / tp
-        act = tokens * (4 * model.hidden_size + 2 * ffn) * prec.a_bytes
-        act += sc.plan.batching.max_num_seqs * model.vocab_size / tp * 4.0
-        act += 256 * 2**20  # CUDA context, cuBLAS workspace and allocator slack
+        seqs = sc.plan.batching.max_num_seqs
+        off = sc.plan.offload
+        if not off.is_trivial and off.gpu_batch_size:
+            # an offloaded block computes one GPU batch at a time
+            w = sc.workload
+            longest = w.batch.input_tokens if w.batch is not None else tokens
+            tokens = min(tokens, off.gpu_batch_size * longest)
+            seqs = off.gpu_batch_size
+        act = activation_bytes(model, tokens, seqs, tp, prec)
     usable = device.memory * kvp.gpu_memory_utilization
     block_bytes = kvp.block_size * kv_tok
     left = usable - weights - act

@@ -1162,17 +1162,18 @@ def measure_suite(
     torch.manual_seed(seed)
 
     groups: list[tuple[str, float, Callable[[], int]]] = []
-    scale = {"tiny": 0.12, "quick": 1.0, "full": 6.0}[size.name]
-    groups.append(("mem_bw", 2.0 * scale, bench.mem_bw_bench))
-    groups.append(("copy", 1.5 * scale, bench.copy_bench))
+    # planned seconds per group (quick suite on a 2-core VM; the others scaled): only for the ETA
+    scale = {"tiny": 0.15, "quick": 1.0, "full": 7.0}[size.name]
+    groups.append(("mem_bw", 0.8 * scale, bench.mem_bw_bench))
+    groups.append(("copy", 0.4 * scale, bench.copy_bench))
     for dt in dts:
-        groups.append((f"launch {dt}", 1.0 * scale, lambda dt=dt: bench.launch(dt)))
+        groups.append((f"launch {dt}", 0.2 * scale, lambda dt=dt: bench.launch(dt)))
     for dt in dts:
-        groups.append((f"gemm {dt}", 10.0 * scale, lambda dt=dt: bench.gemm(dt)))
+        groups.append((f"gemm {dt}", 14.0 * scale, lambda dt=dt: bench.gemm(dt)))
         if dt not in ("fp8", "tf32"):
-            groups.append((f"attn_prefill {dt}", 4.0 * scale, lambda dt=dt: bench.attention(dt, "attn_prefill")))
+            groups.append((f"attn_prefill {dt}", 2.5 * scale, lambda dt=dt: bench.attention(dt, "attn_prefill")))
             groups.append((f"attn_decode {dt}", 4.0 * scale, lambda dt=dt: bench.attention(dt, "attn_decode")))
-            groups.append((f"elementwise {dt}", 5.0 * scale, lambda dt=dt: bench.elementwise(dt)))
+            groups.append((f"elementwise {dt}", 2.5 * scale, lambda dt=dt: bench.elementwise(dt)))
     if ssd_dir is not None:
         from simkit.calibrate.ssd import ssd_bench
 
@@ -1185,7 +1186,7 @@ def measure_suite(
             facts["ssd"] = ssd_facts
             return len(rows)
 
-        groups.append(("ssd", 6.0 * scale, run_ssd))
+        groups.append(("ssd", 3.5 * scale, run_ssd))
     prog = Progress(len(groups), [g[1] for g in groups], out)
     load = LoadMonitor()
     out(f"simkit calibrate: {size.name} suite on {facts.get('name')} ({device}, {nthreads} threads, dtypes {', '.join(dts)}), "

@@ -93,6 +93,7 @@ def resolve_node(hardware: str | dict[str, Any], catalog: Catalog | None = None,
     or a full inline node (``name``, ``cpu``, ``dram``, ...).
     """
     cat = catalog or default_catalog()
+    scale: dict[str, float] = {}
     num_nodes = 1
     network: str | None = None
     if isinstance(hardware, str) and hardware in cat.items["cluster"]:
@@ -108,10 +109,13 @@ def resolve_node(hardware: str | dict[str, Any], catalog: Catalog | None = None,
             if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 1:
                 raise SpecError(f"expected an integer >= 1, got {num_nodes!r}", where=where, key="hardware.num_nodes")
         network = data.pop("network", network)
+        scale = data.pop("bandwidth_scale", None) or {}
         preset = data.pop("preset", None)
         if preset is not None:
-            base = cat.get("node", preset, where=where, key="hardware.preset")
-            merged = base.model_dump(exclude_none=False)
+            cat.get("node", preset, where=where, key="hardware.preset")
+            from simkit.specs.yamlio import load_yaml
+
+            merged = dict(load_yaml(cat.file_of("node", preset)))
             for k, v in data.items():
                 if isinstance(v, dict) and isinstance(merged.get(k), dict):
                     merged[k] = {**merged[k], **v}
@@ -155,6 +159,36 @@ def resolve_node(hardware: str | dict[str, Any], catalog: Catalog | None = None,
             where=where,
             key=f"{key}.network",
         )
+    if scale:
+        gpu, dram, cxl, ssd, links = _apply_scale(scale, gpu, dram, cxl, ssd, links, where)
     return Node(
         spec, gpu, spec.num_gpus, cpu, spec.num_sockets, dram, dram_cap, tuple(cxl), tuple(ssd), links, spec.num_nics, num_nodes
     )
+
+
+SCALABLE = ("host_to_gpu", "gpu_to_gpu", "cxl", "nvme", "network", "hbm", "dram", "cxl_memory", "ssd")
+
+
+def _apply_scale(scale, gpu, dram, cxl, ssd, links, where):  # type: ignore[no-untyped-def]
+    """What-if bandwidth multipliers (``hardware.bandwidth_scale: {host_to_gpu: 2.0, ...}``)."""
+    for k, f in scale.items():
+        if k not in SCALABLE:
+            raise SpecError(f"unknown key (expected one of {', '.join(SCALABLE)})", where=where, key=f"hardware.bandwidth_scale.{k}")
+        if isinstance(f, bool) or not isinstance(f, int | float) or not f > 0:
+            raise SpecError(f"expected a number > 0, got {f!r}", where=where, key=f"hardware.bandwidth_scale.{k}")
+    links = dict(links)
+    for k in ("host_to_gpu", "gpu_to_gpu", "cxl", "nvme", "network"):
+        if k in scale and k in links:
+            ln = links[k]
+            links[k] = ln.model_copy(update={"bandwidth": ln.bandwidth * scale[k], "achieved_bandwidth": ln.achieved_bandwidth * scale[k]})
+    if "hbm" in scale and gpu is not None:
+        gpu = gpu.model_copy(update={"memory_bandwidth": gpu.memory_bandwidth * scale["hbm"]})
+    if "dram" in scale:
+        dram = dram.model_copy(update={"bandwidth": dram.bandwidth * scale["dram"], "write_bandwidth": dram.write_bw * scale["dram"]})
+    if "cxl_memory" in scale:
+        f = scale["cxl_memory"]
+        cxl = [(m.model_copy(update={"bandwidth": m.bandwidth * f, "write_bandwidth": m.write_bw * f}), c) for m, c in cxl]
+    if "ssd" in scale:
+        f = scale["ssd"]
+        ssd = [(d.model_copy(update={"read_bandwidth": d.read_bandwidth * f, "write_bandwidth": d.write_bandwidth * f}), c) for d, c in ssd]
+    return gpu, dram, cxl, ssd, links

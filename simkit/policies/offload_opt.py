@@ -1,0 +1,298 @@
+"""Placement optimiser: the best offload plan for a model, node and workload shape.
+
+For every candidate batch configuration (GPU batch size x number of GPU batches x CPU
+attention x weight compression) a linear program (FlexGen's formulation, solved with scipy's
+HiGHS) chooses the fractions of weights, KV cache and activations on each tier to minimise
+the time of one prefill plus ``gen_len - 1`` decode passes, subject to every tier's capacity.
+Per-layer time is a max over resources when transfers overlap compute (each resource's time
+is linear in the fractions) and their sum when they do not. The best candidates are then
+confirmed by simulating them (static batch of ``gpu_batch_size x num_gpu_batches`` prompts),
+which sees contention and the layer schedule exactly.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from simkit.cost.device import ComputeDevice
+from simkit.cost.dtypes import bytes_per_element
+from simkit.cost.iteration import IterationModel
+from simkit.cost.memory import activation_bytes
+from simkit.cost.ops import Precision
+from simkit.errors import ScenarioError
+from simkit.scenario import Scenario, apply_overrides, scenario_from_dict
+from simkit.specs.model import ModelSpec
+from simkit.specs.node import Node
+
+VARS = ("w", "c", "h")  # weights, cache, activations
+TIERS = ("gpu", "cpu", "cxl", "disk")
+
+
+@dataclass
+class Candidate:
+    gpu_batch_size: int
+    num_gpu_batches: int
+    cpu_attention: bool
+    compress_weights: bool
+    fractions: dict[str, dict[str, float]]
+    lp_time_s: float
+    lp_throughput: float
+    lp_bottleneck: str
+    sim: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch(self) -> int:
+        return self.gpu_batch_size * self.num_gpu_batches
+
+    def offload_dict(self) -> dict[str, Any]:
+        return {
+            "weights": self.fractions["w"],
+            "kv_cache": self.fractions["c"],
+            "activations": self.fractions["h"],
+            "gpu_batch_size": self.gpu_batch_size,
+            "num_gpu_batches": self.num_gpu_batches,
+            "cpu_attention": self.cpu_attention,
+            "compress_weights": self.compress_weights,
+            "overlap": True,
+        }
+
+
+def _bw(node: Node) -> dict[str, float]:
+    out: dict[str, float] = {}
+    h = node.link("host_to_gpu")
+    if h is not None:
+        out["h2d"] = out["d2h"] = h.achieved_bandwidth
+    tiers = node.tiers()
+    if "ssd" in tiers:
+        nv = node.link("nvme")
+        cap = nv.achieved_bandwidth * len(node.ssd) if nv else float("inf")
+        out["nvme_read"] = min(tiers["ssd"].read_bw, cap)
+        out["nvme_write"] = min(tiers["ssd"].write_bw, cap)
+    if "cxl" in tiers:
+        cx = node.link("cxl")
+        cap = cx.achieved_bandwidth * len(node.cxl) if cx else float("inf")
+        out["cxl_read"] = min(tiers["cxl"].read_bw, cap)
+        out["cxl_write"] = min(tiers["cxl"].write_bw, cap)
+    return out
+
+
+def solve_candidate(
+    model: ModelSpec,
+    node: Node,
+    cost: IterationModel,
+    cpu_cost: IterationModel | None,
+    prec: Precision,
+    prompt_len: int,
+    gen_len: int,
+    gbs: int,
+    ngb: int,
+    cpu_attention: bool,
+    compress: bool,
+    gpu_util: float = 0.9,
+) -> Candidate | None:
+    from scipy.optimize import linprog
+
+    tiers = node.tiers()
+    have = {"gpu": "hbm" in tiers, "cpu": True, "cxl": "cxl" in tiers, "disk": "ssd" in tiers}
+    L = model.num_layers
+    bls = gbs * ngb
+    wb = bytes_per_element("int4", prec.group_size) if compress else prec.w_bytes
+    W = model.params_layers / L * wb
+    kvtl = 2.0 * model.num_kv_heads * model.d_head * prec.kv_bytes
+    ctx_avg = prompt_len + gen_len / 2.0
+    KVd = bls * ctx_avg * kvtl
+    KVnew = bls * kvtl
+    KVpre = bls * prompt_len * kvtl
+    Hd = bls * model.hidden_size * prec.a_bytes
+    Hp = Hd * prompt_len
+    # compute per layer (decode and prefill), per GPU batch summed over the block
+    lin_d = cost.layer_time(gbs) * ngb
+    att_d = float(cost.decode_attention(gbs, gbs * (ctx_avg + 1))) / L * ngb
+    cpu_att_d = float(cpu_cost.decode_attention(gbs, gbs * (ctx_avg + 1))) / L * ngb if (cpu_cost and cpu_attention) else 0.0
+    lin_p = cost.layer_time(gbs * prompt_len) * ngb
+    att_p = cost.prefill_attention(np.full(gbs, prompt_len), np.zeros(gbs)) / L * ngb
+    deq = 0.0
+    if compress:
+        deq = model.params_layers / L * (0.5 + prec.a_bytes) / (cost.device.mem_bandwidth * 0.6)
+    bw = _bw(node)
+    # variable index: 12 fractions then T_pre, T_dec
+    idx = {(v, t): k for k, (v, t) in enumerate(itertools.product(VARS, TIERS))}
+    n = len(idx) + 2
+    TP, TD = n - 2, n - 1
+    A_ub: list[np.ndarray] = []
+    b_ub: list[float] = []
+    labels: list[tuple[str, str]] = []
+
+    def row(coefs: dict[int, float], const: float, which: int, label: str) -> None:
+        """coefs . x + const <= T_which  ->  coefs . x - T <= -const"""
+        r = np.zeros(n)
+        for k, c in coefs.items():
+            r[k] += c
+        r[which] -= 1.0
+        A_ub.append(r)
+        b_ub.append(-const)
+        labels.append((label, "pre" if which == TP else "dec"))
+
+    off = ("cpu", "cxl", "disk")
+    for which, KVr, KVw, H, lin, att, catt in (
+        (TD, KVd, KVnew, Hd, lin_d, att_d, cpu_att_d),
+        (TP, 0.0, KVpre, Hp, lin_p, att_p, 0.0),
+    ):
+        cpu_att = cpu_attention and which == TD
+        # GPU compute: linear layers, attention over GPU-resident KV (all of it unless CPU attention)
+        comp = {idx["c", "gpu"]: att} if cpu_att else {}
+        row(comp, lin + deq + (0.0 if cpu_att else att), which, "compute")
+        if cpu_att:
+            row({idx["c", t]: catt for t in off}, 0.0, which, "cpu_attention")
+        h2d = {idx["w", t]: W / bw.get("h2d", np.inf) for t in off}
+        for t in off:
+            if not cpu_att:
+                h2d[idx["c", t]] = h2d.get(idx["c", t], 0.0) + KVr / bw.get("h2d", np.inf)
+            h2d[idx["h", t]] = h2d.get(idx["h", t], 0.0) + H / bw.get("h2d", np.inf)
+        row(h2d, 0.0, which, "h2d")
+        d2h = {idx["c", t]: KVw / bw.get("d2h", np.inf) for t in off}
+        for t in off:
+            d2h[idx["h", t]] = d2h.get(idx["h", t], 0.0) + H / bw.get("d2h", np.inf)
+        row(d2h, 0.0, which, "d2h")
+        if "nvme_read" in bw:
+            row({idx["w", "disk"]: W / bw["nvme_read"], idx["c", "disk"]: KVr / bw["nvme_read"], idx["h", "disk"]: H / bw["nvme_read"]}, 0.0, which, "nvme_read")
+            row({idx["c", "disk"]: KVw / bw["nvme_write"], idx["h", "disk"]: H / bw["nvme_write"]}, 0.0, which, "nvme_write")
+        if "cxl_read" in bw:
+            row({idx["w", "cxl"]: W / bw["cxl_read"], idx["c", "cxl"]: KVr / bw["cxl_read"], idx["h", "cxl"]: H / bw["cxl_read"]}, 0.0, which, "cxl_read")
+            row({idx["c", "cxl"]: KVw / bw["cxl_write"], idx["h", "cxl"]: H / bw["cxl_write"]}, 0.0, which, "cxl_write")
+    # capacities (the same accounting as policies/offload.check_offload_capacity)
+    emb = (model.params_embedding + model.params_lm_head + model.norm_params) * prec.w_bytes
+    Wt = W * L + emb
+    KVpk = bls * (prompt_len + gen_len) * kvtl * L
+    Hpk = Hp
+    act = activation_bytes(model, gbs * prompt_len, gbs, 1, prec)
+    cap_rows = {
+        "gpu": (tiers["hbm"].capacity * gpu_util if "hbm" in tiers else 0.0) - act - 2 * W,
+        "cpu": tiers["dram"].capacity - 2 * W,
+        "cxl": tiers["cxl"].capacity if "cxl" in tiers else 0.0,
+        "disk": tiers["ssd"].capacity if "ssd" in tiers else 0.0,
+    }
+    for t in TIERS:
+        r = np.zeros(n)
+        r[idx["w", t]] = Wt
+        r[idx["c", t]] = KVpk
+        r[idx["h", t]] = Hpk
+        A_ub.append(r)
+        b_ub.append(cap_rows[t])
+        labels.append((f"capacity {t}", ""))
+    A_eq = []
+    b_eq = []
+    for v in VARS:
+        r = np.zeros(n)
+        for t in TIERS:
+            r[idx[v, t]] = 1.0
+        A_eq.append(r)
+        b_eq.append(1.0)
+    bounds = [(0.0, 1.0 if have[t] else 0.0) for (_, t) in idx] + [(0, None), (0, None)]
+    c = np.zeros(n)
+    c[TP] = L
+    c[TD] = L * (gen_len - 1)
+    res = linprog(c, A_ub=np.array(A_ub), b_ub=np.array(b_ub), A_eq=np.array(A_eq), b_eq=np.array(b_eq), bounds=bounds, method="highs")
+    if not res.success:
+        return None
+    x = res.x
+    fr = {v: {t: max(float(round(x[idx[v, t]], 4)), 0.0) for t in TIERS} for v in VARS}
+    for v in VARS:  # renormalise after rounding
+        s = sum(fr[v].values())
+        k = max(fr[v], key=lambda t: fr[v][t])
+        fr[v][k] = round(fr[v][k] + 1.0 - s, 6)
+    total = float(res.fun)
+    slack = np.array(A_ub) @ x - np.array(b_ub)
+    dec_rows = [k for k, (_, w) in enumerate(labels) if w == "dec"]
+    bott = labels[max(dec_rows, key=lambda k: slack[k])][0] if dec_rows else "compute"
+    return Candidate(gbs, ngb, cpu_attention, compress, fr, total, bls * gen_len / total if total > 0 else 0.0, bott)
+
+
+def optimize(
+    sc: Scenario,
+    *,
+    prompt_len: int | None = None,
+    gen_len: int | None = None,
+    objective: str = "throughput",
+    top: int = 5,
+    confirm: int = 3,
+    gpu_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128),
+    num_gpu_batches: tuple[int, ...] = (1, 2, 4, 8, 16),
+) -> list[Candidate]:
+    """Rank offload plans for the scenario's model and node; simulate the best ``confirm``."""
+    from simkit.simulate import resolve_calibration
+    from simkit.specs.catalog import load_model
+    from simkit.specs.node import resolve_node
+
+    node = resolve_node(sc.hardware, where=sc.source)
+    model = load_model(sc.model, where=sc.source)
+    if node.gpu is None:
+        raise ScenarioError("the placement optimiser plans GPU offloading; this node has no GPU", where=sc.source, key="hardware")
+    if prompt_len is None or gen_len is None:
+        w = sc.workload
+        if w.batch is None:
+            from simkit.simulate import build_workload
+
+            reqs = build_workload(sc)
+            prompt_len = prompt_len or int(np.mean(reqs.input_tokens))
+            gen_len = gen_len or int(np.mean(reqs.output_tokens))
+        else:
+            prompt_len = prompt_len or w.batch.input_tokens
+            gen_len = gen_len or w.batch.output_tokens
+    pp = sc.plan.precision
+    prec = Precision(pp.weights, pp.activations, pp.kv_cache, pp.group_size)
+    dev = ComputeDevice.from_gpu(node.gpu)
+    eff, _, _ = resolve_calibration(sc, dev)
+    cost = IterationModel(model, dev, eff, prec)
+    cdev = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
+    ceff, _, _ = resolve_calibration(sc, cdev, quiet=True)
+    cpu_cost = IterationModel(model, cdev, ceff, prec)
+    cands: list[Candidate] = []
+    for gbs, ngb, catt, comp in itertools.product(gpu_batch_sizes, num_gpu_batches, (False, True), (False, True)):
+        if objective == "latency" and ngb > 1:
+            continue
+        c = solve_candidate(model, node, cost, cpu_cost, prec, prompt_len, gen_len, gbs, ngb, catt, comp, sc.plan.kv_cache.gpu_memory_utilization)
+        if c is not None:
+            cands.append(c)
+    if not cands:
+        raise ScenarioError(
+            f"no offload plan fits {model.name} on {node.name} for prompts of {prompt_len} and {gen_len} generated tokens",
+            where=sc.source,
+            key="plan.offload",
+        )
+    if objective == "latency":
+        cands.sort(key=lambda c: (c.lp_time_s / c.num_gpu_batches, -c.lp_throughput))
+    else:
+        cands.sort(key=lambda c: -c.lp_throughput)
+    best = cands[:top]
+    for c in best[:confirm]:
+        c.sim = confirm_by_simulation(sc, c, prompt_len, gen_len)
+    # confirmed plans first, ranked by what the simulation saw; then the rest by the LP
+    ok = [c for c in best if c.sim.get("output_tokens_per_s")]
+    key = (lambda c: c.sim["makespan_s"]) if objective == "latency" else (lambda c: -c.sim["output_tokens_per_s"])
+    ok.sort(key=key)
+    return ok + [c for c in best if c not in ok]
+
+
+def confirm_by_simulation(sc: Scenario, c: Candidate, prompt_len: int, gen_len: int) -> dict[str, Any]:
+    from simkit.errors import SimkitError
+    from simkit.simulate import simulate
+
+    data = sc.raw_data()
+    data["workload"] = {"batch": {"num_prompts": c.batch, "input_tokens": prompt_len, "output_tokens": gen_len}}
+    data = apply_overrides(data, {"plan.offload": c.offload_dict(), "plan.batching.policy": "static", "plan.batching.batch_size": c.batch})
+    try:
+        res = simulate(scenario_from_dict(data, where=sc.source))
+    except SimkitError as e:
+        return {"error": str(e)}
+    s = res.summary
+    return {
+        "output_tokens_per_s": s["output_tokens_per_s"],
+        "makespan_s": s["makespan_s"],
+        "bottleneck": s["bottleneck"],
+        "utilization": {k: v["utilization"] for k, v in s["resources"].items()},
+    }
