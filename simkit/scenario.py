@@ -21,7 +21,7 @@ from simkit.specs.yamlio import load_yaml
 
 
 class _S(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 DtypeName = Literal["fp32", "fp16", "bf16", "fp8", "int8", "int4"]
@@ -31,32 +31,52 @@ class FixedBatch(_S):
     """A fixed batch of ``num_prompts`` prompts, all arriving at t=0."""
 
     num_prompts: int = Field(ge=1)
+    """Number of prompts."""
     input_tokens: int = Field(ge=1)
+    """Prompt length of each."""
     output_tokens: int = Field(ge=1)
+    """Tokens each generates."""
 
 
 class LengthDist(_S):
+    """A token-length distribution (see docs/traces.md for the parameterisations)."""
+
     dist: Literal["fixed", "uniform", "lognormal", "zipf"]
+    """fixed (value), uniform (low..high inclusive), lognormal (median or mean, sigma of ln X), zipf (a, max)."""
     value: int | None = None
+    """fixed: the length."""
     low: int | None = None
+    """uniform: smallest length."""
     high: int | None = None
+    """uniform: largest length."""
     mean: float | None = None
+    """lognormal: mean length (alternative to median)."""
     median: float | None = None
+    """lognormal: median length e^mu."""
     sigma: float | None = None
+    """lognormal: standard deviation of ln(length)."""
     a: float | None = None
+    """zipf: exponent (> 0)."""
     max: int | None = None
+    """Clamp lengths to at most this (required for zipf)."""
     min: int | None = None
+    """Clamp lengths to at least this (default 1)."""
 
 
 class TraceRef(_S):
     path: str
+    """Trace file; a relative path resolves against the scenario file's folder."""
     format: Literal["auto", "azure", "burstgpt", "mooncake", "native"] = "auto"
+    """Reader to use; auto sniffs the first lines."""
 
 
 class Lengths(_S):
     input: LengthDist | None = None
+    """Prompt lengths."""
     output: LengthDist | None = None
+    """Output lengths."""
     trace: TraceRef | None = None
+    """Resample (input, output) pairs jointly from this trace instead."""
 
     @model_validator(mode="after")
     def _one(self) -> Lengths:
@@ -67,6 +87,7 @@ class Lengths(_S):
 
 class Arrival(_S):
     process: Literal["poisson", "gamma", "fixed_rate", "all_at_once"]
+    """Arrival process: poisson, gamma (bursty, with cv), fixed_rate, or all_at_once (t=0)."""
     rate: float | None = Field(default=None, gt=0)
     """Requests per second (not needed for all_at_once)."""
     cv: float | None = Field(default=None, gt=0)
@@ -83,8 +104,11 @@ class Arrival(_S):
 
 class Synthetic(_S):
     num_requests: int = Field(ge=1)
+    """Requests to generate."""
     arrival: Arrival
+    """When they arrive."""
     lengths: Lengths
+    """How long their prompts and outputs are."""
 
 
 class TraceWorkload(TraceRef):
@@ -93,15 +117,22 @@ class TraceWorkload(TraceRef):
     rate_scale: float = Field(default=1.0, gt=0)
     """Arrival-rate multiplier: 2.0 replays twice as fast."""
     sample: int | None = Field(default=None, ge=1)
+    """Keep a seeded random sample of this many requests (time order kept)."""
     model_filter: str | None = None
+    """BurstGPT: keep rows of this Model (e.g. ChatGPT, GPT-4)."""
     on_bad_line: Literal["fail", "skip"] = "fail"
+    """A malformed line fails the run naming its line number, or is skipped and counted."""
     keep_failed: bool = False
+    """BurstGPT: keep failed requests (0 response tokens) as 1-token requests."""
 
 
 class Workload(_S):
     batch: FixedBatch | None = None
+    """A fixed batch at t=0."""
     synthetic: Synthetic | None = None
+    """Generated arrivals and lengths."""
     trace: TraceWorkload | None = None
+    """A replayed trace."""
     limit: int | None = Field(default=None, ge=1)
     """Keep the first N requests."""
 
@@ -115,8 +146,11 @@ class Workload(_S):
 
 class Precision(_S):
     weights: DtypeName = "bf16"
+    """Storage dtype of weights (int4 is group-quantised and dequantised for compute)."""
     activations: Literal["fp32", "fp16", "bf16", "fp8", "int8"] = "bf16"
+    """Dtype of activations; matmuls run in it (fp8/int8 only with fp8/int8 weights)."""
     kv_cache: DtypeName = "bf16"
+    """Storage dtype of the KV cache."""
     group_size: int = Field(default=128, ge=8)
     """Group size of int4 quantisation (one fp16 scale and zero point per group)."""
 
@@ -125,7 +159,9 @@ class Batching(_S):
     policy: str = "continuous"
     """Registered batching policy: static, continuous, chunked_prefill, disaggregated."""
     max_num_seqs: int = Field(default=256, ge=1)
+    """Most sequences running at once on a replica."""
     max_num_batched_tokens: int = Field(default=8192, ge=1)
+    """Most tokens in one iteration (continuous: prompts longer than this are rejected)."""
     chunk_size: int = Field(default=512, ge=1)
     """Prefill chunk size (chunked_prefill)."""
     batch_size: int | None = Field(default=None, ge=1)
@@ -138,11 +174,15 @@ class Batching(_S):
 
 class KVCache(_S):
     block_size: int = Field(default=16, ge=1)
+    """Tokens per KV block (paged attention)."""
     num_blocks: int | None = Field(default=None, ge=1)
     """Override the computed block count (real engines report their own)."""
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    """Fraction of each GPU's memory the engine may use (vLLM's gpu_memory_utilization)."""
     watermark: float = Field(default=0.01, ge=0, lt=1)
+    """Fraction of blocks kept free when admitting new requests."""
     preemption: Literal["recompute", "swap"] = "recompute"
+    """What happens to the newest running request when blocks run out: recompute its KV later, or swap it to CPU memory over PCIe."""
     swap_space: Bytes | None = None
     """CPU memory for swapped blocks (default: 4 GiB per GPU, as vLLM)."""
     activation_reserve: Bytes | None = None
@@ -151,6 +191,7 @@ class KVCache(_S):
 
 class PrefixCache(_S):
     enabled: bool = False
+    """Reuse KV of shared prompt prefixes (keyed by Mooncake hash_ids or native prefix_id)."""
     tiers: list[Literal["hbm", "dram", "cxl", "ssd"]] = Field(default_factory=lambda: ["hbm", "dram", "cxl", "ssd"])
     """Tiers the cache may use, fastest first; tiers the node lacks are skipped."""
     capacity: dict[str, Bytes] = Field(default_factory=dict)
@@ -159,9 +200,13 @@ class PrefixCache(_S):
 
 class OffloadShare(_S):
     gpu: float = Field(default=1.0, ge=0, le=1)
+    """Fraction in the compute device's memory (HBM; DRAM when computing on the CPU)."""
     cpu: float = Field(default=0.0, ge=0, le=1)
+    """Fraction in host DRAM."""
     cxl: float = Field(default=0.0, ge=0, le=1)
+    """Fraction in CXL memory."""
     disk: float = Field(default=0.0, ge=0, le=1)
+    """Fraction on NVMe SSD."""
 
     @model_validator(mode="after")
     def _sum(self) -> OffloadShare:
@@ -173,15 +218,25 @@ class OffloadShare(_S):
 
 class Offload(_S):
     weights: OffloadShare = OffloadShare()
+    """Where each streamed layer's weights live (fractions summing to 1)."""
     kv_cache: OffloadShare = OffloadShare()
+    """Where each layer's KV lives, split by KV heads (head-wise offload)."""
     activations: OffloadShare = OffloadShare()
+    """Where hidden states live between layers."""
     gpu_batch_size: int | None = Field(default=None, ge=1)
+    """Sequences computed together per layer (FlexGen's GPU batch)."""
     num_gpu_batches: int = Field(default=1, ge=1)
+    """GPU batches per block sharing one load of each layer's weights (zig-zag schedule)."""
     overlap: bool = True
+    """Prefetch the next layer's weights/KV while the current layer computes."""
     pinned: bool = True
+    """Pinned host buffers (pageable copies run at 60% of the link's achieved bandwidth)."""
     cpu_attention: bool = False
+    """Compute decode attention of off-GPU KV heads on the CPU, where that KV lives."""
     compress_weights: bool = False
+    """Store weights as group-wise int4 (dequantised on the GPU per layer)."""
     compress_kv: bool = False
+    """Store the KV cache as group-wise int4."""
     resident_layers: int | None = Field(default=None, ge=0)
     """Layer-wise streaming: keep this many layers resident in HBM, stream the rest."""
 
@@ -214,7 +269,9 @@ class Parallel(_S):
     cross_node_tp: bool = False
     """Allow a TP group to span nodes (its all-reduces then cross the network)."""
     collective_algorithm: Literal["ring", "tree"] = "ring"
+    """Algorithm the all-reduce and all-gather costs assume."""
     expert_routing: ExpertRouting = ExpertRouting()
+    """How tokens are routed to experts (MoE models)."""
 
 
 class Execution(_S):
@@ -229,21 +286,32 @@ class Execution(_S):
 
 class Plan(_S):
     batching: Batching = Batching()
+    """Batching and scheduling policy."""
     precision: Precision = Precision()
+    """Dtypes."""
     kv_cache: KVCache = KVCache()
+    """Paged KV cache."""
     prefix_cache: PrefixCache = PrefixCache()
+    """Tiered prefix cache."""
     offload: Offload = Offload()
+    """Placement of weights, KV and activations across tiers."""
     parallel: Parallel = Parallel()
+    """Tensor, pipeline, data and expert parallelism."""
     routing: str = "round_robin"
     """Registered routing policy across replicas: round_robin, least_outstanding, prefix_aware."""
     execution: Execution = Execution()
+    """How iterations execute, and on which device."""
 
 
 class SLO(_S):
     ttft_p90_s: float | None = Field(default=None, gt=0)
+    """Bound on the 90th-percentile TTFT (seconds)."""
     ttft_p99_s: float | None = Field(default=None, gt=0)
+    """Bound on the 99th-percentile TTFT (seconds)."""
     tpot_p90_s: float | None = Field(default=None, gt=0)
+    """Bound on the 90th-percentile TPOT (seconds)."""
     tpot_p99_s: float | None = Field(default=None, gt=0)
+    """Bound on the 99th-percentile TPOT (seconds)."""
     ttft_s: float | None = Field(default=None, gt=0)
     """Per-request TTFT bound used for goodput (default: the tightest TTFT percentile bound)."""
     tpot_s: float | None = Field(default=None, gt=0)
@@ -252,20 +320,30 @@ class SLO(_S):
 
 class Scenario(_S):
     name: str = "scenario"
+    """Names the run (default output folder reports/<name>)."""
     description: str = ""
+    """Free text."""
     hardware: str | dict[str, Any]
     """A node preset name, or a mapping {preset: NAME, <node field>: override, ...} or a full node."""
     model: str
     """A catalog model name, a model YAML path, or a Hugging Face config.json path."""
     workload: Workload
+    """What arrives: exactly one of batch, synthetic or trace."""
     plan: Plan = Plan()
+    """How the deployment serves it."""
     calibration: str = "auto"
     """auto (the profile matching the device, else datasheet defaults with a warning), none, or a path."""
     slo: SLO = SLO()
+    """Service-level objectives for goodput and slo_met."""
     seed: int = 0
-    source: str | None = Field(default=None, exclude=True)
-    """The file the scenario came from (set by load_scenario; relative paths resolve against it)."""
+    """Seed of every random choice (same inputs and seed, identical outputs)."""
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _source: str | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> str | None:
+        """The file the scenario came from (relative paths resolve against it)."""
+        return self._source
 
     def raw_data(self) -> dict[str, Any]:
         """A copy of the plain data this scenario was validated from (human units intact), for
@@ -339,8 +417,7 @@ def scenario_from_dict(data: Any, where: str | None = None) -> Scenario:
     except ValidationError as e:
         err = format_validation_error(e, where)
         raise ScenarioError(err.message, where=where, key=err.key) from None
-    if where is not None:
-        sc = sc.model_copy(update={"source": where})
+    sc._source = where
     sc._raw = json.loads(json.dumps(data))
     return sc
 

@@ -306,7 +306,9 @@ def run_validation(
     from simkit.calibrate.bench import LoadMonitor, require_torch, set_threads
 
     torch = require_torch()
-    threads = set_threads(cfg.threads)
+    pt = profile_device(profile).get("threads")
+    # no --threads: run with the profile's thread count; an explicit different one is an error below
+    threads = set_threads(cfg.threads if cfg.threads is not None else (int(pt) if pt else None))
     have = profile_dtypes(profile)
     dtype = cfg.dtype or ("bf16" if "bf16" in have else "fp32")
     clock = check_profile(profile, threads, dtype, cfg.clock)
@@ -432,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context-lens", type=_ints, default=(128, 512), help="comma-separated (default 128,512)")
     p.add_argument("--profile", default=DEFAULT_PROFILE, help=f"profile folder or profile.yaml (default {DEFAULT_PROFILE})")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: bf16 if the profile has it, else fp32")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (must match the profile's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: the profile's; a different count is an error)")
     p.add_argument("--repeats", type=int, default=5, help="timed repetitions per step (median kept; default 5)")
     p.add_argument("--phases", default="prefill,decode", help="prefill, decode or both (default)")
     p.add_argument("--clock", choices=["wall", "cpu"], default=None,

@@ -80,9 +80,14 @@ class DatasheetEfficiency:
         peak_bw: float,
         dtype: str,
     ) -> np.ndarray:
+        ec, em = self.compute[op_class], self.memory[op_class]
+        if np.ndim(flops) == 0 and np.ndim(bytes_) == 0:
+            f, b = float(flops), float(bytes_)
+            ideal_s = max(f / peak_flops, b / peak_bw)
+            actual_s = max(f / (peak_flops * ec), b / (peak_bw * em))
+            return np.float64(ideal_s / actual_s if actual_s > 0 else 1.0)
         flops = np.asarray(flops, dtype=np.float64)
         bytes_ = np.asarray(bytes_, dtype=np.float64)
-        ec, em = self.compute[op_class], self.memory[op_class]
         ideal = np.maximum(flops / peak_flops, bytes_ / peak_bw)
         actual = np.maximum(flops / (peak_flops * ec), bytes_ / (peak_bw * em))
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -30,7 +30,7 @@ def _op_time_arrays(op: Op, device: ComputeDevice, eff: EfficiencyModel, dtype: 
     """Seconds per occurrence of one operator whose numbers may be arrays (broadcast together)."""
     flops = np.asarray(op.flops, dtype=np.float64)
     byts = np.asarray(op.weight_bytes + op.act_bytes + op.kv_bytes, dtype=np.float64)
-    return _class_time(op.op_class, op.name, flops, byts, op.shape, device, eff, dtype)
+    return _class_time(op.op_class, op.name, flops, byts, dict(op.shape), device, eff, dtype)
 
 
 def _class_time(
@@ -44,11 +44,19 @@ def _class_time(
     dtype: str,
 ) -> np.ndarray:
     pf, bw = device.peak_flops(dtype), device.mem_bandwidth
+    shape["op"] = name
+    if flops.ndim == 0 and byts.ndim == 0:
+        f, b = float(flops), float(byts)
+        if f + b <= 0:
+            return np.float64(0.0)
+        e = float(eff.efficiency(op_class, flops, byts, shape, pf, bw, dtype))
+        e = min(max(e, 1e-4), 1.0)
+        return np.float64(max(f / pf, b / bw) / e + eff.launch_overhead(op_class))
     ideal = np.maximum(flops / pf, byts / bw)
-    sh = dict(shape)
-    sh["op"] = name
-    e = np.minimum(np.maximum(eff.efficiency(op_class, flops, byts, sh, pf, bw, dtype), 1e-4), 1.0)
+    e = np.minimum(np.maximum(eff.efficiency(op_class, flops, byts, shape, pf, bw, dtype), 1e-4), 1.0)
     t = ideal / e + eff.launch_overhead(op_class)
+    if t.ndim == 0:
+        return t if flops + byts > 0 else np.float64(0.0)
     return np.where(flops + byts > 0, t, 0.0)
 
 
@@ -193,11 +201,19 @@ class IterationModel:
         t = float(self.body_time(int(q.sum()))) + float(self.head_time(rows))
         return t + self.attention_time(q, ctx) + self.iteration_overhead
 
+    def fixed_step_time(self, batch: int) -> float:
+        """The part of a decode step of ``batch`` sequences that does not depend on context."""
+        if batch >= len(self._body):
+            self._grow(batch)
+        return float(self._body[batch] + self._head[batch]) + self.iteration_overhead
+
     def decode_steps(self, batch: int, kv0: float, k: int) -> np.ndarray:
         """Seconds of each of ``k`` consecutive decode iterations of ``batch`` sequences whose
         contexts (tokens already cached) sum to ``kv0`` at the first iteration."""
-        kv = kv0 + batch + batch * np.arange(k, dtype=np.float64)  # each new token attends itself
-        fixed = float(self.body_time(batch)) + float(self.head_time(batch)) + self.iteration_overhead
+        kv = (kv0 + batch) + float(batch) * np.arange(k, dtype=np.float64)  # each new token attends itself
+        if batch >= len(self._body):
+            self._grow(batch)
+        fixed = float(self._body[batch] + self._head[batch]) + self.iteration_overhead
         return fixed + self.decode_attention(batch, kv)
 
     def breakdown(self, q: np.ndarray, ctx: np.ndarray) -> list[OpTime]:

@@ -156,6 +156,8 @@ class Replica:
         self.busy_gpu_s = 0.0
         """GPU-seconds of compute (seconds x GPUs computing), for utilisation and energy."""
         self.running: list[int] = []
+        self._dec_cache: np.ndarray | None = None
+        """Running requests in decode phase, valid until the running set or a prefill changes."""
         self.shared: dict[int, list[int]] = {}
         self.pending_fetch: list[simpy.Event] = []
         self.outstanding = 0
@@ -234,6 +236,7 @@ class Replica:
         if np.isnan(t.scheduled[i]):
             t.scheduled[i] = self.env.now
         self.running.append(i)
+        self._dec_cache = None
         return True
 
     def _fetch(self, fetched: dict[str, int]) -> None:
@@ -294,6 +297,7 @@ class Replica:
         if len(self.running) <= 1:
             return False
         i = self.running.pop()
+        self._dec_cache = None
         t = self.table
         t.preemptions[i] += 1
         self.preemptions += 1
@@ -325,6 +329,7 @@ class Replica:
             if not self.kv.can_admit(need) or not self.kv.alloc(need):
                 return
             self.swapped.popleft()
+            self._dec_cache = None
             self.swapped_blocks -= need
             nbytes = float(need) * self.cfg.block_size * self.cfg.kv_bytes_per_token * self.cfg.num_gpus
             if "h2d" in self.links:
@@ -336,10 +341,13 @@ class Replica:
         (preempting the newest requests when blocks run out)."""
         t = self.table
         while True:
-            ids = np.fromiter(self.running, dtype=np.int64, count=len(self.running))
-            if ids.size == 0:
-                return ids
-            dec = ids[t.kv_len[ids] >= t.target[ids]]
+            dec = self._dec_cache
+            if dec is None:
+                ids = np.fromiter(self.running, dtype=np.int64, count=len(self.running))
+                if ids.size == 0:
+                    return ids
+                dec = ids[t.kv_len[ids] >= t.target[ids]]
+                self._dec_cache = dec
             grow = dec.size if dec.size <= self.kv.free else self._growth(dec, 1)
             if grow <= self.kv.free or self.kv.make_room(grow):
                 self._grow_blocks(dec, 1)
@@ -484,10 +492,8 @@ class Replica:
         ctx = np.concatenate([t.kv_len[pre], t.kv_len[dec]])
         rows = int(completes.sum()) + len(dec)
         dur = self.cost.step_time(q, ctx, logits_rows=rows)
-        if len(dec):
-            self._grow_blocks(dec, 1)
         exact = self.cfg.layerwise or self.stages is not None or self.offload is not None
-        if self.stages is None:
+        if self.stages is None and self.cost.tp > 1:
             self.stage_comm[0] += self.cost.comm_time(int(q.sum()))
         start = yield from self._wait_fetch(dur, [(q, ctx, rows)] if exact else None)
         now = env.now
@@ -496,6 +502,8 @@ class Replica:
         self.log.add(self.index, start, now, 1, int(pq.sum()), len(dec), len(q), self.kv.in_use)
         t.kv_len[pre] += pq
         done_pre = pre[completes]
+        if done_pre.size:
+            self._dec_cache = None
         finished: list[int] = []
         if done_pre.size:
             first = np.isnan(t.first_token[done_pre])
@@ -529,6 +537,7 @@ class Replica:
         now = self.env.now
         done = set(ids)
         self.running = [i for i in self.running if i not in done]
+        self._dec_cache = None
         for i in ids:
             if self.cfg.role == "prefill" and t.gen[i] < t.output[i] and self.on_prefilled is not None:
                 # the KV leaves for a decode replica; blocks are freed once it has been sent
@@ -547,8 +556,10 @@ class Replica:
         env = self.env
         t = self.table
         B = len(dec)
-        remaining = t.output[dec] - t.gen[dec]
-        s = int(remaining.min())
+        kv = t.kv_len[dec]
+        gen = t.gen[dec]
+        out = t.output[dec]
+        s = int((out - gen).min())
         # KV growth bound: the largest s whose new blocks fit (cheap upper bound first)
         avail = self.kv.available
         if B * (s // self.cfg.block_size + 1) > avail and self._growth(dec, s) > avail:
@@ -560,40 +571,51 @@ class Replica:
                 else:
                     hi = mid - 1
             s = lo
-        kv0 = float(t.kv_len[dec].sum())
-        times = self.cost.decode_steps(B, kv0, s)
+        exact = self.swapped or self.stages is not None or self.offload is not None
+        if exact:
+            # a pipeline or an offloaded plan runs one iteration at a time (micro-batches
+            # interleave in the stages; transfers contend)
+            s = 1
+        elif self.policy.admits_on_arrival or not self.running:
+            # only as many steps as it takes to reach the next arrival that could join
+            ta = self.next_arrival() - env.now
+            if ta < float("inf"):
+                # a step takes at least its context-independent part: bound the steps to cost
+                fixed = self.cost.fixed_step_time(B)
+                if fixed > 0:
+                    s = min(s, max(int(ta / fixed) + 2, 1))
+        times = self.cost.decode_steps(B, float(kv.sum()), s)
         ends = np.cumsum(times)
-        if self.policy.admits_on_arrival or not self.running:
+        if not exact and (self.policy.admits_on_arrival or not self.running):
             ta = self.next_arrival() - env.now
             if ta < ends[-1]:
                 j = int(np.searchsorted(ends, ta, side="left"))
                 s = min(s, j + 1)
                 ends = ends[:s]
                 times = times[:s]
-        if self.swapped or self.stages is not None or self.offload is not None:
-            # a pipeline runs one iteration at a time: its micro-batches interleave in the stages
-            s = 1
-            ends, times = ends[:1], times[:1]
-        self._grow_blocks(dec, s)
+        if s > 1:
+            self._grow_blocks(dec, s)  # decode_ready reserved the first step's slots
         steps = None
-        if self.cfg.layerwise or self.stages is not None or self.offload is not None:
+        if self.cfg.layerwise or exact:
             ones = np.ones(B, dtype=np.int64)
-            steps = [(ones, t.kv_len[dec] + k, B) for k in range(s)]
-        if self.stages is None:
+            steps = [(ones, kv + k, B) for k in range(s)]
+        if self.stages is None and self.cost.tp > 1:
             self.stage_comm[0] += self.cost.comm_time(B) * s
         start = yield from self._wait_fetch(float(ends[-1]), steps)
         now = env.now
         if self.tracer is not None:
             self.tracer.step(self.index, start, now, 0, B, steps=s)
         self.log.add(self.index, start, now, s, 0, B, B, self.kv.in_use)
-        # inter-token gaps: the first since each request's last token, then the step times
         # inter-token gaps: the first since each request's last token (any wait for transfers or
         # pipeline stages falls into it), then the step times
         extra = max((now - start) - float(ends[-1]), 0.0)
         self.tbt.push(start + float(ends[0]) + extra - t.last_token[dec])
         if s > 1:
             self.tbt.push(times[1:], float(B))
-        t.kv_len[dec] += s
-        t.gen[dec] += s
+        gen += s
+        t.kv_len[dec] = kv + s
+        t.gen[dec] = gen
         t.last_token[dec] = now
-        self._finish(dec[t.gen[dec] >= t.output[dec]].tolist())
+        fin = gen >= out
+        if fin.any():
+            self._finish(dec[fin].tolist())

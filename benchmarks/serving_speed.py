@@ -1,0 +1,122 @@
+"""Simulator speed and memory on the serving benchmarks of docs/performance.md.
+
+    .venv/bin/python benchmarks/serving_speed.py            # all cases
+    .venv/bin/python benchmarks/serving_speed.py azure16k   # one case
+
+Each case runs in a fresh subprocess (so start-up and peak RSS are its own) and prints wall
+seconds (start-up included: interpreter, imports, catalog, trace reading, simulation, summary),
+simulated requests per wall-second and peak RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TRACES = ROOT / "workloads" / "traces"
+
+CASES: dict[str, dict] = {
+    "azure16k-continuous": {
+        "name": "azure16k-continuous",
+        "hardware": "dgx-h100",
+        "model": "llama-2-7b",
+        "workload": {
+            "synthetic": {
+                "num_requests": 16000,
+                "arrival": {"process": "poisson", "rate": 8},
+                "lengths": {"trace": {"path": str(TRACES / "azure_conv_2023.csv"), "format": "azure"}},
+            }
+        },
+        "plan": {"batching": {"policy": "continuous", "max_num_seqs": 128, "max_num_batched_tokens": 4096}},
+    },
+    "azure16k-chunked": {
+        "name": "azure16k-chunked",
+        "hardware": "dgx-h100",
+        "model": "llama-2-7b",
+        "workload": {
+            "synthetic": {
+                "num_requests": 16000,
+                "arrival": {"process": "poisson", "rate": 8},
+                "lengths": {"trace": {"path": str(TRACES / "azure_conv_2023.csv"), "format": "azure"}},
+            }
+        },
+        "plan": {"batching": {"policy": "chunked_prefill", "chunk_size": 512, "max_num_seqs": 128, "max_num_batched_tokens": 4096}},
+    },
+    "mooncake-prefix": {
+        "name": "mooncake-prefix",
+        "hardware": "dgx-h100",
+        "model": "llama-3.1-8b",
+        "workload": {"trace": {"path": str(TRACES / "mooncake_synthetic_trace.jsonl"), "format": "mooncake"}},
+        "plan": {
+            "batching": {"policy": "chunked_prefill", "chunk_size": 2048, "max_num_seqs": 128},
+            "prefix_cache": {"enabled": True},
+        },
+    },
+    "synthetic-1m": {
+        "name": "synthetic-1m",
+        "hardware": "dgx-h100",
+        "model": "llama-2-7b",
+        "workload": {
+            "synthetic": {
+                "num_requests": 1_000_000,
+                "arrival": {"process": "poisson", "rate": 40},
+                "lengths": {
+                    "input": {"dist": "lognormal", "median": 400, "sigma": 0.9, "max": 3000},
+                    "output": {"dist": "lognormal", "median": 60, "sigma": 0.9, "max": 900},
+                },
+            }
+        },
+        "plan": {"batching": {"policy": "continuous", "max_num_seqs": 256, "max_num_batched_tokens": 8192}},
+    },
+}
+
+
+def _child(case: str) -> None:
+    t0 = time.perf_counter()
+    from simkit.scenario import scenario_from_dict
+    from simkit.simulate import simulate
+
+    big = case == "synthetic-1m"
+    data = dict(CASES[case])
+    if len(sys.argv) > 3:
+        data["calibration"] = sys.argv[3]
+    res = simulate(scenario_from_dict(data), record_iterations=not big)
+    wall = time.perf_counter() - t0
+    s = res.summary
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({
+        "case": case, "requests": s["requests_total"], "completed": s["requests_completed"], "sim_wall_s": s["sim_wall_s"],
+        "in_process_wall_s": wall, "peak_rss_bytes": rss, "ttft_p50_s": s["ttft_p50_s"], "tpot_p50_s": s["tpot_p50_s"],
+        "makespan_s": s["makespan_s"],
+    }))
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0] == "--child":
+        _child(argv[1])
+        return 0
+    cases = argv or list(CASES)
+    print(f"{'case':<22}{'requests':>10}{'wall s':>9}{'sim s':>8}{'req/wall-s':>12}{'peak RSS':>11}   simulated makespan")
+    for case in cases:
+        if case not in CASES:
+            print(f"unknown case {case!r}; known: {', '.join(CASES)}", file=sys.stderr)
+            return 2
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, __file__, "--child", case], capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - t0
+        if out.returncode != 0:
+            print(out.stderr, file=sys.stderr)
+            return 1
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{case:<22}{r['requests']:>10,}{wall:>9.2f}{r['sim_wall_s']:>8.2f}{r['requests'] / wall:>12,.0f}"
+              f"{r['peak_rss_bytes'] / 2**20:>9.0f} MB   {r['makespan_s']:,.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,67 @@
+"""Render the scenario schema as the key reference in docs/scenario.md (kept true by a test)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from simkit.scenario import json_schema
+
+
+def _type(node: dict[str, Any], defs: dict[str, Any]) -> str:
+    if "$ref" in node:
+        return "mapping"
+    if "anyOf" in node:
+        parts = [_type(x, defs) for x in node["anyOf"] if x.get("type") != "null"]
+        return " or ".join(dict.fromkeys(parts))
+    if "enum" in node:
+        return " \\| ".join(f"`{v}`" for v in node["enum"])
+    if "const" in node:
+        return f"`{node['const']}`"
+    t = node.get("type", "any")
+    if t == "array":
+        return f"list of {_type(node.get('items', {}), defs)}"
+    if t == "object":
+        return "mapping"
+    return {"integer": "int", "number": "number", "string": "string", "boolean": "bool"}.get(t, t)
+
+
+def _default(node: dict[str, Any]) -> str:
+    if "default" not in node:
+        return "required"
+    d = node["default"]
+    if isinstance(d, dict):
+        return "(see below)" if d else "{}"
+    return f"`{d}`" if d is not None else "none"
+
+
+def key_rows() -> list[tuple[str, str, str, str]]:
+    s = json_schema()
+    defs = s["$defs"]
+    rows: list[tuple[str, str, str, str]] = []
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        if "$ref" in node:
+            node = defs[node["$ref"].split("/")[-1]]
+        if "anyOf" in node:
+            for x in node["anyOf"]:
+                if "$ref" in x:
+                    walk(x, path)
+            return
+        for k, v in node.get("properties", {}).items():
+            key = f"{path}{k}"
+            rows.append((key, _type(v, defs), _default(v), " ".join(v.get("description", "").split())))
+            walk(v, key + ".")
+
+    walk(s, "")
+    return rows
+
+
+def render() -> str:
+    out = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, typ, default, desc in key_rows():
+        out.append(f"| `{key}` | {typ} | {default} | {desc.replace('|', '/')} |")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")

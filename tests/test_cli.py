@@ -1,0 +1,138 @@
+"""The command line: every example scenario runs; bad input is one clear line and exit code 2."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from simkit.cli import main
+from simkit.schema_doc import render
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = sorted((ROOT / "workloads" / "scenarios").glob("*.yaml"))
+
+
+def test_every_example_scenario_has_a_one_line_comment():
+    for p in SCENARIOS:
+        first = p.read_text().splitlines()[0]
+        assert first.startswith("# ") and len(first) > 20, p.name
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+def test_example_scenarios_run(path, tmp_path, capsys):
+    # a cut of each workload keeps CI fast; the scenario itself runs unmodified in `simkit run`
+    rc = main(["run", str(path), "--out", str(tmp_path), "--set", "workload.limit=60"])
+    assert rc == 0, capsys.readouterr().err
+    s = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s", "e2e_p50_s", "e2e_p99_s",
+                "output_tokens_per_s", "requests_completed", "requests_rejected", "makespan_s", "sim_wall_s"):
+        assert key in s
+    assert s["requests_completed"] > 0
+    assert (tmp_path / "requests.parquet").exists() and (tmp_path / "iterations.parquet").exists()
+
+
+def _err(args, capsys):
+    rc = main(args)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def _write(tmp_path, text, name="s.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+BASE = """
+hardware: dgx-h100
+model: llama-2-7b
+workload: {batch: {num_prompts: 2, input_tokens: 64, output_tokens: 4}}
+calibration: none
+"""
+
+
+def test_malformed_yaml(tmp_path, capsys):
+    err = _err(["run", _write(tmp_path, "hardware: [dgx\nmodel: x")], capsys)
+    assert "s.yaml" in err and "malformed YAML" in err and "line" in err
+
+
+def test_unknown_key(tmp_path, capsys):
+    err = _err(["run", _write(tmp_path, BASE + "plan: {batchng: {}}\n")], capsys)
+    assert "plan.batchng" in err and "unknown key" in err
+
+
+def test_unknown_gpu_and_model(tmp_path, capsys):
+    err = _err(["run", _write(tmp_path, BASE.replace("dgx-h100", "{preset: dgx-h100, gpu: h1000}"))], capsys)
+    assert "h1000" in err and "hardware.gpu" in err
+    err = _err(["run", _write(tmp_path, BASE.replace("llama-2-7b", "llama-9"))], capsys)
+    assert "unknown model 'llama-9'" in err and "model" in err
+
+
+def test_negative_or_unitless_bandwidth(tmp_path, capsys):
+    link = tmp_path / "cat" / "bad.yaml"
+    link.parent.mkdir()
+    link.write_text("kind: link\nname: bad\ntype: pcie\nbandwidth: 32\nachieved_bandwidth: '-1 GB/s'\nlatency: 1 us\nsources: {}\n")
+    import os
+
+    os.environ["SIMKIT_CATALOG_PATH"] = str(link.parent)
+    try:
+        err = _err(["catalog", "list"], capsys)
+    finally:
+        del os.environ["SIMKIT_CATALOG_PATH"]
+    assert "bad.yaml" in err and "bandwidth" in err and "no unit" in err
+
+
+def test_model_that_fits_nowhere(tmp_path, capsys):
+    err = _err(["run", _write(tmp_path, BASE.replace("llama-2-7b", "llama-3.1-405b"))], capsys)
+    assert "tier hbm" in err and "does not fit" in err
+
+
+def test_bad_override(tmp_path, capsys):
+    err = _err(["run", _write(tmp_path, BASE), "--set", "plan.parallel.tp=3"], capsys)
+    assert "plan.parallel.tp" in err
+
+
+def test_corrupt_trace_line(tmp_path, capsys):
+    trace = tmp_path / "t.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:47.0,abc,3\n")
+    sc = BASE.replace("workload: {batch: {num_prompts: 2, input_tokens: 64, output_tokens: 4}}", f"workload: {{trace: {{path: {trace}}}}}")
+    err = _err(["run", _write(tmp_path, sc)], capsys)
+    assert "t.csv" in err and "line 3" in err
+
+
+def test_estimate_ops_every_gpu_and_model(capsys):
+    from simkit.specs.catalog import default_catalog
+
+    cat = default_catalog()
+    for gpu in cat.names("gpu"):
+        for model in cat.names("model"):
+            tp = 1
+            assert main(["estimate", "ops", "--gpu", gpu, "--model", model, "--tp", str(tp), "--tokens", "1,512", "--format", "csv"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("op,num_tokens,tp,time_s,flops,bytes")
+
+
+def test_estimate_ops_table_marks_unmeasured(capsys):
+    assert main(["estimate", "ops", "--gpu", "h100-sxm", "--model", "llama-2-7b", "--tokens", "1,512"]) == 0
+    out = capsys.readouterr().out
+    assert "qkv_proj" in out and "attn_prefill" in out
+
+
+def test_catalog_show_prints_sources(capsys):
+    assert main(["catalog", "show", "h100-sxm"]) == 0
+    out = capsys.readouterr().out
+    assert "source:" in out and "3.35 TB/s" in out
+
+
+def test_schema_is_json(capsys):
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert "hardware" in schema["properties"]
+
+
+def test_docs_scenario_lists_every_key():
+    text = (ROOT / "docs" / "scenario.md").read_text()
+    assert render() in text, "docs/scenario.md is stale: regenerate its table with python -m simkit.schema_doc"
