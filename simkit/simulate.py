@@ -132,15 +132,29 @@ def _group_link(node: Node, cross_node: bool) -> tuple[float, float, str]:
     return pcie.achieved_bandwidth, pcie.latency, "pcie"
 
 
-def comm_fn(kind: str, node: Node, n: int, cross_node: bool, algorithm: str = "ring"):  # type: ignore[no-untyped-def]
-    """Seconds of one collective of ``kind`` over ``n`` GPUs, as a function of bytes per GPU."""
+def topology(node: Node) -> str:
+    """How a node's GPUs are wired, as calibration profiles key collectives: ``nvswitch`` (every
+    GPU to every GPU over NVLink through switches), ``pairwise_nvlink`` (NVLink bridges between
+    pairs), or ``pcie``."""
+    gg = node.link("gpu_to_gpu")
+    if gg is None or gg.type != "nvlink":
+        return "pcie"
+    return "nvswitch" if node.num_gpus >= 4 and "bridge" not in gg.name else "pairwise_nvlink"
+
+
+def comm_fn(kind: str, node: Node, n: int, cross_node: bool, algorithm: str = "ring", eff: Any = None):  # type: ignore[no-untyped-def]
+    """Seconds of one collective of ``kind`` over ``n`` GPUs, as a function of bytes per GPU:
+    the calibration profile's fitted model for this topology and GPU count where it has one,
+    else the alpha-beta model over the link's achieved bandwidth and latency."""
     from simkit.cost import collectives
 
     bw, lat, link_kind = _group_link(node, cross_node)
-    fn = {"all_reduce": collectives.all_reduce_time, "all_to_all": collectives.all_to_all_time}[kind]
+    fit = None
+    if not cross_node and eff is not None and hasattr(eff, "collective_fit"):
+        fit = eff.collective_fit(kind, topology(node), n)
 
     def f(nbytes: np.ndarray) -> np.ndarray:
-        return fn(np.asarray(nbytes, dtype=np.float64), n, bw, lat, algorithm=algorithm)
+        return collectives.collective_time(kind, np.asarray(nbytes, dtype=np.float64), n, bw, lat, algorithm, fit)
 
     return f
 
@@ -352,11 +366,11 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             num_layers=layers,
             first_stage=first,
             last_stage=last,
-            allreduce_time=comm_fn("all_reduce", node, tp, cross_tp, algo) if tp > 1 else None,
+            allreduce_time=comm_fn("all_reduce", node, tp, cross_tp, algo, eff) if tp > 1 else None,
             iteration_overhead=plan.execution.iteration_overhead if first else 0.0,
             ep=par.ep,
             ep_share=ep_share,
-            alltoall_time=comm_fn("all_to_all", node, par.ep, cross_tp, algo) if par.ep > 1 else None,
+            alltoall_time=comm_fn("all_to_all", node, par.ep, cross_tp, algo, eff) if par.ep > 1 else None,
         )
 
     cost = make_cost()

@@ -121,7 +121,7 @@ def test_samples_count_flops_and_bytes_as_ops_py(tiny_profile):
 
     df = pd.read_csv(tiny_profile / "samples.csv")
     g = df[df.op_class == "gemm"].iloc[0]
-    o = gemm_op(g.op, int(g.m), int(g.k), int(g.n), g.dtype)
+    o = gemm_op(g.op, int(g.m), int(g.k), int(g.n), g["dtype"])
     assert g.flops == pytest.approx(2 * g.m * g.n * g.k)
     assert g.flops == pytest.approx(o.flops) and g.bytes_moved == pytest.approx(o.bytes)
     for kind in ("attn_prefill", "attn_decode"):
@@ -133,12 +133,12 @@ def test_samples_count_flops_and_bytes_as_ops_py(tiny_profile):
             seq, ctx = int(a.tokens) // b, 0
         else:
             seq, ctx = 1, int(a.ctx) // b - 1
-        o = attention_op(b, seq, ctx, model, a.dtype)
+        o = attention_op(b, seq, ctx, model, a["dtype"])
         assert a.flops == pytest.approx(o.flops) and a.bytes_moved == pytest.approx(o.bytes)
     e = df[(df.op_class == "elementwise") & (df.op == "residual_add")]
     if len(e):
         r = e.iloc[0]
-        o = elementwise_op("residual_add", int(r.tokens), bench_model(hidden=int(r.numel) // int(r.tokens)), r.dtype)
+        o = elementwise_op("residual_add", int(r.tokens), bench_model(hidden=int(r.numel) // int(r.tokens)), r["dtype"])
         assert r.flops == pytest.approx(o.flops) and r.bytes_moved == pytest.approx(o.bytes)
 
 

@@ -1007,7 +1007,7 @@ def device_facts(device: str, threads: int) -> dict[str, Any]:
     torch = require_torch()
     facts: dict[str, Any] = {"kind": "cpu" if device == "cpu" else "gpu"}
     cpu = cpu_facts()
-    facts["torch_version"] = torch.__version__
+    facts["torch_version"] = str(torch.__version__)
     facts["python_version"] = platform.python_version()
     facts["os"] = f"{platform.system()} {platform.release()}"
     facts["threads"] = int(threads)
@@ -1206,7 +1206,25 @@ def measure_suite(
                 f"wall-clock samples are inflated{' (consider --threads 1 --clock cpu)' if clock == 'wall' else ''}")
     facts["suite"] = size.name
     facts["wall_s"] = round(time.perf_counter() - prog.start, 1)
-    return df, facts
+    return df, plain(facts)
+
+
+def plain(x: Any) -> Any:
+    """Plain Python types (YAML-safe): str subclasses such as torch's version to str, numpy
+    scalars to int/float/bool, tuples to lists."""
+    if isinstance(x, dict):
+        return {str(k): plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple | set):
+        return [plain(v) for v in x]
+    if isinstance(x, bool | np.bool_):
+        return bool(x)
+    if isinstance(x, int | np.integer):
+        return int(x)
+    if isinstance(x, float | np.floating):
+        return float(x)
+    if isinstance(x, str):
+        return str(x)
+    return x if x is None else str(x)
 
 
 def roofline_facts(df: Any, dtypes: Sequence[str]) -> dict[str, Any]:
