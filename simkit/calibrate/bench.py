@@ -538,6 +538,8 @@ GEMM_MODELS = (
     ("llama-3.1-405b", 16384, 16384, 1024, 53248, 128256),
 )
 TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+BIG_TOKENS = (*TOKENS, 8192)
+"""Tokens per pass: decode batches to long prefills; 8192 = a batch of prefills (time cap permitting)."""
 
 
 def gemm_shapes(max_dim: int = 16384, max_weight: float = 2**28) -> list[tuple[str, int, int]]:
@@ -557,6 +559,20 @@ def gemm_shapes(max_dim: int = 16384, max_weight: float = 2**28) -> list[tuple[s
                 if 256 <= k <= max_dim and 256 <= n <= n_max and k * n <= max_weight:
                     seen.setdefault((k, n), op)
     return [(op, k, n) for (k, n), op in sorted(seen.items())]
+
+
+ELEM_MODELS = (
+    # (hidden, heads, kv_heads, head_dim, ffn, vocab): the norms, activations, RoPE, embedding and
+    # sampling of Llama-3.2-1B, Llama-3-8B, Llama-2-7B, Llama-3-70B, a 1B-class model and two
+    # small models (GPT-2-small-like 768/3072/50257, Qwen2-0.5B-like 896/4864/151936)
+    (2048, 32, 8, 64, 8192, 32000),
+    (4096, 32, 8, 128, 14336, 128256),
+    (4096, 32, 32, 128, 11008, 32000),
+    (8192, 64, 8, 128, 28672, 128256),
+    (1024, 8, 8, 128, 3584, 16000),
+    (768, 12, 12, 64, 3072, 50257),
+    (896, 14, 2, 64, 4864, 151936),
+)
 
 
 @dataclass
@@ -644,7 +660,7 @@ class Bench:
         shapes = gemm_shapes(max_dim=max_dim, max_weight=(2**28 if self.size.name == "full" else 2**26))
         cands = []
         for op, k, n in shapes:
-            for m in TOKENS:
+            for m in BIG_TOKENS:
                 est = max(2.0 * m * k * n / rate, (k * n + m * (k + n)) * eb / self.mem_bw) + 2e-5
                 if est <= cap and (m * (k + n) + k * n) * eb < 1.5e9:
                     if dtype == "fp8" and (m % 16 or k % 16 or n % 16):
@@ -652,7 +668,7 @@ class Bench:
                     cands.append((m, op, k, n, est))
         if len(cands) < self.size.gemm_configs // 2:  # slow machine: take the cheapest shapes too
             every = sorted(
-                ((m, op, k, n, max(2.0 * m * k * n / rate, k * n * eb / self.mem_bw)) for op, k, n in shapes for m in TOKENS),
+                ((m, op, k, n, max(2.0 * m * k * n / rate, k * n * eb / self.mem_bw)) for op, k, n in shapes for m in BIG_TOKENS),
                 key=lambda c: c[4],
             )
             cands = every[: self.size.gemm_configs]
@@ -671,8 +687,12 @@ class Bench:
         return len(chosen)
 
     # ---- attention ---------------------------------------------------------------------------
-    ATTN_HEADS = ((32, 8, 128), (32, 32, 128), (8, 8, 128), (16, 2, 128), (8, 1, 128), (8, 8, 64), (4, 1, 128))
-    """(heads, kv_heads, head_dim) per GPU: Llama-3-8B/70B at TP 1..8, Llama-2-7B, small models."""
+    ATTN_HEADS = (
+        (32, 8, 128), (32, 32, 128), (8, 8, 128), (16, 2, 128), (8, 1, 128), (4, 1, 128),
+        (32, 8, 64), (8, 8, 64), (12, 12, 64), (14, 2, 64),
+    )  # fmt: skip
+    """(heads, kv_heads, head_dim) per GPU: Llama-3-8B/70B and Llama-2-7B at TP 1..8, Llama-3.2-1B,
+    GPT-2-small-like and Qwen2-0.5B-like small models."""
 
     def attention(self, dtype: str, kind: str) -> int:
         if dtype in ("fp8", "tf32"):
@@ -683,7 +703,7 @@ class Bench:
         cap = self.size.attn_max_s
         cands = []
         if kind == "attn_prefill":
-            for b in (1, 2, 4, 8):
+            for b in (1, 2, 4, 8, 16):
                 for s in (16, 32, 64, 128, 256, 512, 1024, 2048, 4096):
                     for h, kvh, d in self.ATTN_HEADS:
                         est = 2.0 * b * h * d * s * s / rate + 4e-5 * b
@@ -736,14 +756,8 @@ class Bench:
         dev = self.device
         cands = []
         for op in self.ELEM_OPS:
-            for t in TOKENS:
-                for h, heads, kvh, d, f, vocab in (
-                    (2048, 32, 8, 64, 8192, 32000),
-                    (4096, 32, 8, 128, 14336, 128256),
-                    (4096, 32, 32, 128, 11008, 32000),
-                    (8192, 64, 8, 128, 28672, 128256),
-                    (1024, 8, 8, 128, 3584, 16000),
-                ):
+            for t in BIG_TOKENS:
+                for h, heads, kvh, d, f, vocab in ELEM_MODELS:
                     if op == "sampling":
                         numel = t * vocab
                         if t > 256:
@@ -1056,6 +1070,36 @@ def _nvidia_smi() -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # The suite
 # ---------------------------------------------------------------------------------------------
+_ALLOCATOR: dict[str, Any] = {}
+
+
+def tune_allocator() -> str:
+    """Make host allocations reproducible (Linux/glibc): serve blocks up to 32 MiB from the heap
+    (``M_MMAP_THRESHOLD``) and never give freed heap memory back (``M_TRIM_THRESHOLD``).
+
+    glibc's default moves its mmap threshold with the allocation history, so the same operator
+    either reuses heap memory or page-faults fresh ``mmap`` pages on every call (a 4 MiB
+    temporary costs ~1-5 ms of faults in a VM): the same kernel then takes 1x or 10x as long
+    depending on what ran before. The calibration and the validation both call this, so the
+    kernels they time allocate the same way (serving engines use jemalloc/tcmalloc for the same
+    reason). Returns a description recorded in the device facts."""
+    if "desc" in _ALLOCATOR:
+        return str(_ALLOCATOR["desc"])
+    desc = "default"
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL("libc.so.6")
+            m_trim_threshold, m_mmap_threshold = -1, -3
+            if libc.mallopt(m_mmap_threshold, 32 << 20) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1:
+                desc = "glibc mallopt: M_MMAP_THRESHOLD=32MiB, M_TRIM_THRESHOLD=1GiB"
+        except (OSError, AttributeError):
+            pass
+    _ALLOCATOR["desc"] = desc
+    return desc
+
+
 def check_clock(clock: str, device: str, threads: int) -> None:
     if clock not in ("wall", "cpu"):
         raise CalibrationError(f"unknown clock {clock!r} (expected wall or cpu)")
@@ -1139,6 +1183,7 @@ def measure_suite(
     check_clock(clock, device, nthreads)
     facts = device_facts(device, nthreads)
     facts["clock"] = clock
+    facts["allocator"] = tune_allocator()
     if catalog:
         facts["catalog"] = catalog
     support = facts["dtype_support"]

@@ -454,7 +454,7 @@ def fit_forest(X: np.ndarray, y: np.ndarray, params: Mapping[str, Any] | None = 
         p["max_iter"] = 100
         p["max_leaf_nodes"] = 15
     p.update(params or {})
-    model = HistGradientBoostingRegressor(early_stopping=False, **p).fit(X, y)
+    model = HistGradientBoostingRegressor(**p).fit(X, y)
     return _forest_from_sklearn(model)
 
 
@@ -650,9 +650,9 @@ def leave_one_out(
     rows = []
     want = list(groups) if groups is not None else sorted(df[group_col].astype(str).unique())
     for g in want:
-        te_mask = (df[group_col].astype(str) == g).values
+        te_mask = (df[group_col].astype(str) == g).to_numpy(copy=True)
         if ops is not None:
-            te_mask &= df.op.isin(list(ops)).values
+            te_mask &= df.op.isin(list(ops)).to_numpy()
         tr = df[(df[group_col].astype(str) != g).values]
         te = df[te_mask]
         if len(te) == 0 or len(tr) == 0:

@@ -102,24 +102,23 @@ class TorchLlama:
         self.cache: list[tuple[Any, Any]] = []
         self.cache_batch = 0
 
-    def alloc_cache(self, batch: int) -> None:
+    def make_cache(self, batch: int) -> list[tuple[Any, Any]]:
         """A KV cache per layer: (batch, kv_heads, max_ctx + 1, head_dim) for K and for V."""
         from simkit.calibrate.bench import rand
 
         cfg = self.cfg
-        if self.cache_batch == batch:
-            return
-        self.cache = []
-        self.cache_batch = 0
-        for _ in range(cfg.layers):
-            k = rand((batch, cfg.kv_heads, self.max_ctx + 1, self.d), self.dtype, "cpu")
-            v = rand((batch, cfg.kv_heads, self.max_ctx + 1, self.d), self.dtype, "cpu")
-            self.cache.append((k, v))
-        self.cache_batch = batch
+        shape = (batch, cfg.kv_heads, self.max_ctx + 1, self.d)
+        return [(rand(shape, self.dtype, "cpu"), rand(shape, self.dtype, "cpu")) for _ in range(cfg.layers)]
 
-    def forward(self, ids: Any, pos: int) -> Any:
+    def alloc_cache(self, batch: int) -> None:
+        """Give the model a default KV cache for ``batch`` sequences (used when forward gets none)."""
+        if self.cache_batch != batch:
+            self.cache = self.make_cache(batch)
+            self.cache_batch = batch
+
+    def forward(self, ids: Any, pos: int, cache: list[tuple[Any, Any]] | None = None) -> Any:
         """One forward pass of ``ids`` (batch, seq) at positions pos..pos+seq; returns the next
-        token of each sequence (greedy). Writes K/V into the cache."""
+        token of each sequence (greedy). Writes K/V into ``cache`` (default: alloc_cache's)."""
         from simkit.calibrate.bench import (
             k_add,
             k_attention,
@@ -134,7 +133,7 @@ class TorchLlama:
         cfg = self.cfg
         b, s = ids.shape
         x = k_embedding(ids.reshape(-1), self.embed)
-        for lw, (kc, vc) in zip(self.layers, self.cache):
+        for lw, (kc, vc) in zip(self.layers, self.cache if cache is None else cache):
             hn = k_rmsnorm(x, lw["ln1"])
             qkv = F.linear(hn, lw["wqkv"])
             q, k, v = k_rope(qkv, self.cos, self.sin, b, s, cfg.heads, cfg.kv_heads, self.d, pos)
@@ -303,9 +302,10 @@ def run_validation(
     progress: Any = None,
 ) -> dict[str, Any]:
     """Measure every (phase, batch, context) of ``cfg`` and compare with the prediction."""
-    from simkit.calibrate.bench import LoadMonitor, require_torch, set_threads
+    from simkit.calibrate.bench import LoadMonitor, require_torch, set_threads, tune_allocator
 
     torch = require_torch()
+    allocator = tune_allocator()  # as the calibration did (see bench.tune_allocator)
     pt = profile_device(profile).get("threads")
     # no --threads: run with the profile's thread count; an explicit different one is an error below
     threads = set_threads(cfg.threads if cfg.threads is not None else (int(pt) if pt else None))
@@ -320,37 +320,54 @@ def run_validation(
     rows: list[Row] = []
     t_start = time.perf_counter()
     load = LoadMonitor()
+    # every configuration is warmed up, then their repetitions are interleaved round-robin over
+    # the whole run, so a slow period of the machine spreads over all of them instead of
+    # inflating one (short steps get more repetitions: at least min_time_s of timing each)
+    configs: list[tuple[str, int, int, Any, list[int], list[int]]] = []
     with torch.inference_mode():
         for b in cfg.batch_sizes:
-            model.alloc_cache(b)
+            cache = model.make_cache(b)
             for c in cfg.context_lens:
                 for phase in cfg.phases:
                     if phase == "prefill":
                         ids = torch.randint(0, cfg.vocab, (b, c))
-                        q, ctx = [c] * b, [0] * b
 
-                        def step(ids: Any = ids) -> Any:
-                            return model.forward(ids, 0)
+                        def step(ids: Any = ids, cache: Any = cache) -> Any:
+                            return model.forward(ids, 0, cache)
+
+                        configs.append((phase, b, c, step, [c] * b, [0] * b))
                     else:
                         ids = torch.randint(0, cfg.vocab, (b, 1))
-                        q, ctx = [1] * b, [c] * b
 
-                        def step(ids: Any = ids, c: int = c) -> Any:
-                            return model.forward(ids, c)
+                        def step(ids: Any = ids, c: int = c, cache: Any = cache) -> Any:
+                            return model.forward(ids, c, cache)
 
-                    wall, cpu = _time_step(step, cfg.repeats, cfg.warmup, cfg.min_time_s)
-                    times = cpu if clock == "cpu" else wall
-                    pred, optimes = predict_step(spec, q, ctx, device, profile, dtype)
-                    meas = float(np.median(times))
-                    wall_med = float(np.median(wall))
-                    br: dict[str, float] = {}
-                    for t in optimes:
-                        br[t.op.name] = br.get(t.op.name, 0.0) + t.time_s * t.op.count
-                    rows.append(
-                        Row(phase, b, c, meas, pred, float(np.percentile(times, 10)), float(np.percentile(times, 90)),
-                            len(times), (pred - meas) / meas, br, wall_med)
-                    )
-                    out(f"  {rows[-1].config}: measured {meas * 1e3:.2f} ms, predicted {pred * 1e3:.2f} ms ({rows[-1].error:+.1%})")
+                        configs.append((phase, b, c, step, [1] * b, [c] * b))
+        want = []
+        for cf in configs:
+            w, _ = _time_step(cf[3], 1, cfg.warmup, 0.0)
+            want.append(int(min(200, max(cfg.repeats, math.ceil(cfg.min_time_s / max(w[0], 1e-6))))))
+        rounds = max(want)
+        wall: list[list[float]] = [[] for _ in configs]
+        cpu: list[list[float]] = [[] for _ in configs]
+        for r in range(rounds):
+            for i, cf in enumerate(configs):
+                while len(wall[i]) < math.ceil((r + 1) * want[i] / rounds):
+                    w, c_ = _time_step(cf[3], 1, 0, 0.0)
+                    wall[i] += w
+                    cpu[i] += c_
+    for i, (phase, b, c, _, q, ctx) in enumerate(configs):
+        times = cpu[i] if clock == "cpu" else wall[i]
+        pred, optimes = predict_step(spec, q, ctx, device, profile, dtype)
+        meas = float(np.median(times))
+        br: dict[str, float] = {}
+        for t in optimes:
+            br[t.op.name] = br.get(t.op.name, 0.0) + t.time_s * t.op.count
+        rows.append(
+            Row(phase, b, c, meas, pred, float(np.percentile(times, 10)), float(np.percentile(times, 90)),
+                len(times), (pred - meas) / meas, br, float(np.median(wall[i])))
+        )
+        out(f"  {rows[-1].config}: measured {meas * 1e3:.2f} ms, predicted {pred * 1e3:.2f} ms ({rows[-1].error:+.1%})")
     ape = np.abs([r.error for r in rows])
     other = load.other_cores()
     result = {
@@ -359,6 +376,7 @@ def run_validation(
         "dtype": dtype,
         "threads": threads,
         "clock": clock,
+        "allocator": allocator,
         "profile": str(getattr(profile, "name", "")),
         "model": {k: v for k, v in asdict(cfg).items() if k in ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab")},
         "wall_s": round(time.perf_counter() - t_start, 1),

@@ -88,11 +88,9 @@ class DatasheetEfficiency:
             return np.float64(ideal_s / actual_s if actual_s > 0 else 1.0)
         flops = np.asarray(flops, dtype=np.float64)
         bytes_ = np.asarray(bytes_, dtype=np.float64)
-        ideal = np.maximum(flops / peak_flops, bytes_ / peak_bw)
-        actual = np.maximum(flops / (peak_flops * ec), bytes_ / (peak_bw * em))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            eff = np.where(actual > 0, ideal / actual, 1.0)
-        return eff
+        ideal = np.maximum(flops * (1.0 / peak_flops), bytes_ * (1.0 / peak_bw))
+        actual = np.maximum(flops * (1.0 / (peak_flops * ec)), bytes_ * (1.0 / (peak_bw * em)))
+        return np.divide(ideal, actual, out=np.ones_like(ideal), where=actual > 0)
 
     def launch_overhead(self, op_class: str) -> float:
         return self.overhead_s

@@ -149,10 +149,14 @@ class IterationModel:
 
     # ---- attention ---------------------------------------------------------------------------
     def _attn_consts(self) -> tuple[float, float, float, float, float]:
-        m = self.model
-        heads = m.num_heads / self.tp
-        kvh = max(m.num_kv_heads / self.tp, 1.0)
-        return heads, kvh, float(m.d_head), self.precision.a_bytes, self.precision.kv_bytes
+        c = self.__dict__.get("_consts")
+        if c is None:
+            m = self.model
+            heads = m.num_heads / self.tp
+            kvh = max(m.num_kv_heads / self.tp, 1.0)
+            c = (heads, kvh, float(m.d_head), self.precision.a_bytes, self.precision.kv_bytes)
+            self.__dict__["_consts"] = c
+        return c
 
     def decode_attention(self, batch: int, kv_tokens: np.ndarray | float) -> np.ndarray:
         """Seconds of decode attention over all layers of the stage, for ``batch`` sequences whose

@@ -336,9 +336,10 @@ class Replica:
                 self.pending_fetch.append(self.links["h2d"].transfer(nbytes, "swap in"))
             self.running.append(i)
 
-    def decode_ready(self) -> np.ndarray:
-        """Running requests in decode phase, each with a KV slot reserved for its next token
-        (preempting the newest requests when blocks run out)."""
+    def decode_ready(self, reserve: bool = True) -> np.ndarray:
+        """Running requests in decode phase, each with room for its next token (preempting the
+        newest requests when blocks run out). ``reserve`` allocates that room now (a policy that
+        admits more requests in the same step must); otherwise the decode run allocates it."""
         t = self.table
         while True:
             dec = self._dec_cache
@@ -350,7 +351,8 @@ class Replica:
                 self._dec_cache = dec
             grow = dec.size if dec.size <= self.kv.free else self._growth(dec, 1)
             if grow <= self.kv.free or self.kv.make_room(grow):
-                self._grow_blocks(dec, 1)
+                if reserve:
+                    self._grow_blocks(dec, 1)
                 return dec
             if not self._preempt_one():
                 raise AssertionError("a lone request cannot grow its KV cache (admission should have prevented this)")
@@ -495,7 +497,14 @@ class Replica:
         exact = self.cfg.layerwise or self.stages is not None or self.offload is not None
         if self.stages is None and self.cost.tp > 1:
             self.stage_comm[0] += self.cost.comm_time(int(q.sum()))
-        start = yield from self._wait_fetch(dur, [(q, ctx, rows)] if exact else None)
+        if not exact and not self.pending_fetch:
+            start = env.now
+            yield env.timeout(dur)
+            self.busy_time += dur
+            self.busy_gpu_s += dur * self.cfg.num_gpus
+            self.stage_busy[0] += dur
+        else:
+            start = yield from self._wait_fetch(dur, [(q, ctx, rows)] if exact else None)
         now = env.now
         if self.tracer is not None:
             self.tracer.step(self.index, start, now, int(pq.sum()), len(dec))
@@ -593,15 +602,23 @@ class Replica:
                 s = min(s, j + 1)
                 ends = ends[:s]
                 times = times[:s]
-        if s > 1:
-            self._grow_blocks(dec, s)  # decode_ready reserved the first step's slots
+        self._grow_blocks(dec, s)
         steps = None
         if self.cfg.layerwise or exact:
             ones = np.ones(B, dtype=np.int64)
             steps = [(ones, kv + k, B) for k in range(s)]
         if self.stages is None and self.cost.tp > 1:
             self.stage_comm[0] += self.cost.comm_time(B) * s
-        start = yield from self._wait_fetch(float(ends[-1]), steps)
+        if steps is None and not self.pending_fetch:
+            # the common case, inlined: nothing to wait for but the compute itself
+            start = env.now
+            dur = float(ends[-1])
+            yield env.timeout(dur)
+            self.busy_time += dur
+            self.busy_gpu_s += dur * self.cfg.num_gpus
+            self.stage_busy[0] += dur
+        else:
+            start = yield from self._wait_fetch(float(ends[-1]), steps)
         now = env.now
         if self.tracer is not None:
             self.tracer.step(self.index, start, now, 0, B, steps=s)

@@ -80,8 +80,7 @@ class ContinuousBatching:
                     break
         if pre:
             return Step(pre, q)
-        dec = r.decode_ready()
-        return Step(decode_ids=dec)
+        return Step(decode_ids=r.decode_ready(reserve=False))
 
 
 class ChunkedPrefill:
