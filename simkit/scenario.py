@@ -224,6 +224,13 @@ class OffloadShare(_S):
         return self
 
 
+class KVSpill(_S):
+    after_tokens: int = Field(ge=1)
+    """Tokens of each sequence whose KV stays in the compute device's memory; later ones spill."""
+    tier: Literal["cpu", "cxl", "disk"] = "cpu"
+    """Where the spilled KV lives (read back, or attended on the CPU, at every decode step)."""
+
+
 class Offload(_S):
     weights: OffloadShare = OffloadShare()
     """Where each streamed layer's weights live (fractions summing to 1)."""
@@ -247,12 +254,24 @@ class Offload(_S):
     """Store the KV cache as group-wise int4."""
     resident_layers: int | None = Field(default=None, ge=0)
     """Layer-wise streaming: keep this many layers resident in HBM, stream the rest."""
+    kv_spill: KVSpill | None = None
+    """Spill each sequence's KV beyond a length to a lower tier (long contexts)."""
 
     @property
     def is_trivial(self) -> bool:
         return self.weights.gpu == 1 and self.kv_cache.gpu == 1 and self.activations.gpu == 1 and not (
-            self.compress_weights or self.compress_kv or self.cpu_attention or self.resident_layers is not None
+            self.compress_weights
+            or self.compress_kv
+            or self.cpu_attention
+            or self.resident_layers is not None
+            or self.kv_spill is not None
         )
+
+    @model_validator(mode="after")
+    def _spill(self) -> Offload:
+        if self.kv_spill is not None and self.kv_cache.gpu != 1.0:
+            raise ValueError("kv_spill splits KV by position; combine it with kv_cache: {gpu: 1} (head-wise split) only")
+        return self
 
 
 class ExpertRouting(_S):

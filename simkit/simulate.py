@@ -487,6 +487,8 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             hash_tokens,
             gpus_per_replica,
             layerwise=plan.execution.mode == "layer_by_layer",
+            spill_after=off_layout.spill_after if off_layout is not None else None,
+            spill_capacity_tokens=off_mem.spill_tokens / n_rep if off_mem is not None else 0.0,
         )
         links = _links(env, node, gpus_per_replica, trace)
         group = ReplicaGroup(r)

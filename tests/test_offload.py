@@ -155,3 +155,27 @@ def test_cpu_server_streams_weights_from_ssd():
     s = simulate(scenario_from_dict(data)).summary
     assert s["resources"]["nvme_read"]["bytes"] > 0
     assert "h2d" not in s["resources"] or s["resources"]["h2d"]["bytes"] == 0
+
+
+def test_kv_spill_of_long_contexts():
+    """Positions beyond after_tokens live in DRAM: they take no HBM blocks, each decode step reads
+    them back over PCIe, and new tokens past the threshold are written there."""
+    from simkit.specs.catalog import load_model
+
+    m = load_model("llama-3.1-8b")
+    data = _offload_sc({"kv_spill": {"after_tokens": 1024, "tier": "cpu"}},
+                       hardware="h100-pcie-cxl-server", model="llama-3.1-8b", n=2, inp=3000, out=3)
+    res = simulate(scenario_from_dict(data))
+    s = res.summary
+    kvtl = 2 * m.num_kv_heads * m.d_head * 2.0
+    # prefill writes 2 x (3000 - 1024) spilled tokens; decode steps 1 and 2 read 1976 and 1977 per
+    # sequence and write one more each
+    assert s["offload_bytes"]["kv_write"] == pytest.approx((2 * 1976 + 2 * 2) * kvtl * m.num_layers)
+    assert s["offload_bytes"]["kv_read"] == pytest.approx(2 * (1976 + 1977) * kvtl * m.num_layers)
+    assert res.iterations_frame().kv_blocks_used.max() <= 2 * 1024 / 16
+    assert s["requests_completed"] == 2
+
+
+def test_kv_spill_requires_positional_only():
+    with pytest.raises(Exception, match="kv_spill"):
+        scenario_from_dict(_offload_sc({"kv_spill": {"after_tokens": 10}, "kv_cache": {"gpu": 0.5, "cpu": 0.5}}))

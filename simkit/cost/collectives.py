@@ -193,16 +193,16 @@ def fit_collective(
     merged: list[float] = []
     lo = 0.0
     for b in bounds:
-        cnt = int(((S > lo) & (S <= b)).sum())
+        cnt = int(((lo < S) & (b >= S)).sum())
         if cnt >= min_per_band or b == float("inf"):
             merged.append(b)
             lo = b
-    if len(merged) > 1 and int((S > merged[-2]).sum()) < min_per_band:
+    if len(merged) > 1 and int((merged[-2] < S).sum()) < min_per_band:
         merged.pop(-2)
     bands = []
     lo = 0.0
     for b in merged:
-        m = (S > lo) & (S <= b)
+        m = (lo < S) & (b >= S)
         if m.sum() >= 2:
             bw, lat = _fit_band(S[m], T[m], steps, factor)
         else:

@@ -70,6 +70,7 @@ class OffloadExecutor:
         if not cpu_attention:
             for _, ctx in groups:
                 evs += self._move(lay.kv_read_bytes(float(ctx.sum())), False, f"L{layer} kv", "kv_read")
+                evs += self._move(lay.spill_read_bytes(ctx), False, f"L{layer} spilled kv", "kv_read")
         return evs
 
     # ---- compute -----------------------------------------------------------------------------
@@ -100,6 +101,9 @@ class OffloadExecutor:
             full = float(c.decode_attention(nd, kv)) / c.layers
             if cpu_attention and self.cpu_cost is not None:
                 g = lay.kv_frac.get("gpu", 0.0)
+                if lay.spill_after is not None:
+                    # the spilled positions are attended where they live
+                    g = 1.0 - lay.spilled_tokens(ctx[is_dec]) / max(kv, 1.0)
                 attn_dev += full * g
                 cpu = float(self.cpu_cost.decode_attention(nd, kv)) / self.cpu_cost.layers * (1.0 - g)
             else:
@@ -156,6 +160,7 @@ class OffloadExecutor:
                          "ts": ls * 1e6, "dur": dev * 1e6, "args": {"tokens": T}}
                     )
                 w = self._move(lay.kv_write_bytes(T), True, f"L{layer} kv", "kv_write")
+                w += self._move(lay.spill_write_bytes(gq, gc), True, f"L{layer} spilled kv", "kv_write")
                 if act_off:
                     w += self._move({t: T * h_bytes * f for t, f in act_off.items()}, True, f"L{layer} act", "act_write")
                 if self.overlap:

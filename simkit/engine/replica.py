@@ -37,6 +37,10 @@ class ReplicaConfig:
     num_gpus: int = 1
     layerwise: bool = False
     """Execute each iteration layer by layer (one event per layer) instead of as one step."""
+    spill_after: int | None = None
+    """KV positions >= this live in a lower tier: they take no KV blocks here."""
+    spill_capacity_tokens: float = 0.0
+    """Tokens the spill tier can hold (reserved per request at admission)."""
 
 
 @dataclass
@@ -159,6 +163,8 @@ class Replica:
         self._dec_cache: np.ndarray | None = None
         """Running requests in decode phase, valid until the running set or a prefill changes."""
         self.shared: dict[int, list[int]] = {}
+        self.spill_used = 0.0
+        self.spill_held: dict[int, float] = {}
         self.pending_fetch: list[simpy.Event] = []
         self.outstanding = 0
         self.busy_time = 0.0
@@ -200,6 +206,13 @@ class Replica:
             hashes = hashes[: len(tiers)]
         hit_tokens = len(hashes) * self.cfg.hash_tokens
         tokens = int(reserve_tokens if reserve_tokens is not None else max(t.target[i], t.kv_len[i]) + 1)
+        spill = 0.0
+        if self.cfg.spill_after is not None:
+            # the spill tier holds the request's positions beyond the threshold, reserved whole
+            spill = float(max(int(t.input[i] + t.output[i]) - self.cfg.spill_after, 0))
+            if self.spill_used + spill > self.cfg.spill_capacity_tokens:
+                return False
+            tokens = min(tokens, self.cfg.spill_after)
         lower = sum(1 for x in tiers if x != "hbm")
         need = kv.blocks_for(max(tokens - hit_tokens, 0)) + lower * cache.blocks_per_hash if cache else kv.blocks_for(tokens)
         if not kv.can_admit(need):
@@ -216,6 +229,9 @@ class Replica:
         priv = kv.blocks_for(max(tokens - hit_tokens, 0))
         kv.alloc(priv)
         t.blocks[i] = priv
+        if spill:
+            self.spill_used += spill
+            self.spill_held[i] = spill
         fetched: dict[str, int] = {}
         for h, tier in zip(hashes, tiers):
             if tier != "hbm":
@@ -291,6 +307,8 @@ class Replica:
         kv.release(int(t.blocks[i]))
         t.blocks[i] = 0
         t.shared_blocks[i] = 0
+        if self.spill_held:
+            self.spill_used -= self.spill_held.pop(i, 0.0)
 
     def _preempt_one(self) -> bool:
         """Preempt the most recently admitted running request (recompute or swap)."""
@@ -363,7 +381,10 @@ class Replica:
             return 0
         bs = self.cfg.block_size
         have = t.blocks[ids] + t.shared_blocks[ids]
-        need = -(-(t.kv_len[ids] + steps) // bs)
+        tok = t.kv_len[ids] + steps
+        if self.cfg.spill_after is not None:
+            tok = np.minimum(tok, self.cfg.spill_after)
+        need = -(-tok // bs)
         return int(np.maximum(need - have, 0).sum())
 
     def _grow_blocks(self, ids: np.ndarray, steps: int) -> None:
@@ -372,7 +393,10 @@ class Replica:
             return
         bs = self.cfg.block_size
         have = t.blocks[ids] + t.shared_blocks[ids]
-        need = -(-(t.kv_len[ids] + steps) // bs)
+        tok = t.kv_len[ids] + steps
+        if self.cfg.spill_after is not None:
+            tok = np.minimum(tok, self.cfg.spill_after)
+        need = -(-tok // bs)
         add = np.maximum(need - have, 0)
         total = int(add.sum())
         if total:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from simkit.cost.dtypes import bytes_per_element
 from simkit.cost.ops import Precision
 from simkit.errors import CapacityError
@@ -56,6 +58,28 @@ class OffloadLayout:
     """Stored KV bytes of one token in one layer (compressed if compress_kv)."""
     compute_on_cpu: bool
     pageable_factor: float = 1.0
+    spill_after: int | None = None
+    """Positions >= this spill to ``spill_tier`` (None: no positional spill)."""
+    spill_tier: str = "cpu"
+
+    def spilled_tokens(self, ctx: np.ndarray) -> float:
+        """Cached tokens beyond the spill threshold, summed over sequences."""
+        if self.spill_after is None:
+            return 0.0
+        return float(np.maximum(np.asarray(ctx) - self.spill_after, 0).sum())
+
+    def spill_read_bytes(self, ctx: np.ndarray) -> dict[str, float]:
+        n = self.spilled_tokens(ctx)
+        return {self.spill_tier: n * self.kv_bytes_per_token_layer} if n > 0 else {}
+
+    def spill_write_bytes(self, q: np.ndarray, ctx: np.ndarray) -> dict[str, float]:
+        """New tokens (positions ctx .. ctx+q-1) that land beyond the threshold."""
+        if self.spill_after is None:
+            return {}
+        q = np.asarray(q)
+        ctx = np.asarray(ctx)
+        n = float((np.maximum(ctx + q - np.maximum(ctx, self.spill_after), 0)).sum())
+        return {self.spill_tier: n * self.kv_bytes_per_token_layer} if n > 0 else {}
 
     def weight_bytes(self, layer: int) -> dict[str, float]:
         """Off-device weight bytes of ``layer`` per tier (what must be streamed in each pass)."""
@@ -81,7 +105,7 @@ class OffloadLayout:
         off_w = any(f > 0 for t, f in self.weight_frac.items() if t != "gpu") and self.resident_layers < self.num_layers
         off_kv = any(f > 0 for t, f in self.kv_frac.items() if t != "gpu")
         off_a = any(f > 0 for t, f in self.act_frac.items() if t != "gpu")
-        return off_w or off_kv or off_a
+        return off_w or off_kv or off_a or self.spill_after is not None
 
 
 def _fracs(share: object) -> dict[str, float]:
@@ -119,6 +143,8 @@ def build_offload_layout(
         kv_tok_layer,
         compute_on_cpu,
         1.0 if plan.pinned else 0.6,
+        plan.kv_spill.after_tokens if plan.kv_spill is not None else None,
+        plan.kv_spill.tier if plan.kv_spill is not None else "cpu",
     )
 
 
@@ -130,6 +156,8 @@ class OffloadMemory:
     """tier -> owner -> bytes."""
     capacity: dict[str, float]
     num_blocks: int
+    spill_tokens: float = 0.0
+    """Tokens of spilled KV (all layers) the spill tier can hold."""
 
 
 def check_offload_capacity(
@@ -230,4 +258,14 @@ def check_offload_capacity(
         if f > 0:
             tier = dev_tier if t == "gpu" else TIER_OF[t]
             need[tier]["kv cache"] = need[tier].get("kv cache", 0.0) + blocks * block_layer * f
-    return OffloadMemory(need, cap, blocks)
+    spill_tokens = 0.0
+    if lay.spill_after is not None:
+        tier = dev_tier if (lay.compute_on_cpu and lay.spill_tier == "cpu") else TIER_OF[lay.spill_tier]
+        if tier not in cap:
+            raise CapacityError(f"kv_spill goes to {tier}, but {node.name} has no {tier} tier", where=where, key=f"tier {tier}")
+        left = cap[tier] - sum(need[tier].values())
+        spill_tokens = max(left, 0.0) / (lay.kv_bytes_per_token_layer * L)
+        if spill_tokens < 1:
+            raise CapacityError(f"no room for spilled KV in {tier}: {fmt_bytes(max(left, 0))} left", where=where, key=f"tier {tier}")
+        need[tier]["spilled kv cache (max)"] = spill_tokens * lay.kv_bytes_per_token_layer * L
+    return OffloadMemory(need, cap, blocks, spill_tokens)
