@@ -92,6 +92,13 @@ class DatasheetEfficiency:
         actual = np.maximum(flops * (1.0 / (peak_flops * ec)), bytes_ * (1.0 / (peak_bw * em)))
         return np.divide(ideal, actual, out=np.ones_like(ideal), where=actual > 0)
 
+    def roofline_time(self, op_class: str, flops: np.ndarray, bytes_: np.ndarray, peak_flops: float, peak_bw: float) -> np.ndarray:
+        """Seconds per operator: max(F / (peak x compute eff), B / (bw x memory eff)) + overhead.
+        The same as ideal / efficiency(...) + launch_overhead(...), computed directly (hot path)."""
+        ec, em = self.compute[op_class], self.memory[op_class]
+        t = np.maximum(flops * (1.0 / (peak_flops * ec)), bytes_ * (1.0 / (peak_bw * em)))
+        return t + self.overhead_s
+
     def launch_overhead(self, op_class: str) -> float:
         return self.overhead_s
 

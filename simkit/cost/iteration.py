@@ -42,8 +42,20 @@ def _class_time(
     device: ComputeDevice,
     eff: EfficiencyModel,
     dtype: str,
+    peaks: tuple[float, float] | None = None,
+    positive: bool = False,
 ) -> np.ndarray:
-    pf, bw = device.peak_flops(dtype), device.mem_bandwidth
+    """Seconds per occurrence. ``peaks`` (peak FLOP/s, bandwidth) saves looking them up;
+    ``positive`` promises every operator does some work (no zero-size masking needed)."""
+    pf, bw = peaks if peaks is not None else (device.peak_flops(dtype), device.mem_bandwidth)
+    fast = getattr(eff, "roofline_time", None)
+    if fast is not None:
+        # efficiency models with a closed form (datasheet defaults) skip the efficiency detour
+        t = fast(op_class, flops, byts, pf, bw)
+        if t is not None:
+            if positive:
+                return t
+            return np.where(flops + byts > 0, t, 0.0) if np.ndim(t) else (t if flops + byts > 0 else np.float64(0.0))
     shape["op"] = name
     if flops.ndim == 0 and byts.ndim == 0:
         f, b = float(flops), float(byts)
@@ -90,6 +102,7 @@ class IterationModel:
         self._head = np.zeros(1)  # head[R]: seconds of lm_head + sampling for R rows
         self._layer = np.zeros(1)  # layer[T]: per-layer seconds (for layer-by-layer execution)
         self._comm = np.zeros(1)  # comm[T]: seconds of collectives in one pass of the stage
+        self._peaks = (self.device.peak_flops(self.dtype), self.device.mem_bandwidth)
 
     # ---- tables ------------------------------------------------------------------------------
     def _grow(self, n: int) -> None:
@@ -166,7 +179,9 @@ class IterationModel:
         flops = 4.0 * heads * d * kv
         byts = 2.0 * batch * heads * d * ab + 2.0 * kv * kvh * d * kb + 2.0 * batch * kvh * d * kb
         shape = {"tokens": float(batch), "ctx": kv, "batch": float(batch), "heads": heads, "kv_heads": kvh, "head_dim": d}
-        t = _class_time("attn_decode", "attn_decode", flops, byts, shape, self.device, self.efficiency, self.dtype)
+        t = _class_time(
+            "attn_decode", "attn_decode", flops, byts, shape, self.device, self.efficiency, self.dtype, self._peaks, True
+        )
         return t * self.layers
 
     def prefill_attention(self, q: np.ndarray, ctx: np.ndarray) -> float:
@@ -179,7 +194,9 @@ class IterationModel:
         flops = np.asarray(4.0 * heads * d * pairs)
         byts = np.asarray(2.0 * tokens * heads * d * ab + 2.0 * kv_tokens * kvh * d * kb + 2.0 * tokens * kvh * d * kb)
         shape = {"tokens": tokens, "ctx": kv_tokens, "batch": float(len(q)), "heads": heads, "kv_heads": kvh, "head_dim": d, "pairs": pairs}
-        t = _class_time("attn_prefill", "attn_prefill", flops, byts, shape, self.device, self.efficiency, self.dtype)
+        t = _class_time(
+            "attn_prefill", "attn_prefill", flops, byts, shape, self.device, self.efficiency, self.dtype, self._peaks, True
+        )
         return float(t) * self.layers
 
     def attention_time(self, q: np.ndarray, ctx: np.ndarray) -> float:

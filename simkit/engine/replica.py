@@ -387,18 +387,20 @@ class Replica:
         need = -(-tok // bs)
         return int(np.maximum(need - have, 0).sum())
 
-    def _grow_blocks(self, ids: np.ndarray, steps: int) -> None:
+    def _grow_blocks(self, ids: np.ndarray, steps: int, kv: np.ndarray | None = None) -> None:
+        """Allocate the blocks ``ids`` need to hold ``steps`` more tokens each (``kv``: their
+        current KV lengths, if the caller has gathered them)."""
         t = self.table
         if ids.size == 0:
             return
         bs = self.cfg.block_size
         have = t.blocks[ids] + t.shared_blocks[ids]
-        tok = t.kv_len[ids] + steps
+        tok = (t.kv_len[ids] if kv is None else kv) + steps
         if self.cfg.spill_after is not None:
             tok = np.minimum(tok, self.cfg.spill_after)
-        need = -(-tok // bs)
-        add = np.maximum(need - have, 0)
-        total = int(add.sum())
+        add = -(-tok // bs) - have
+        np.maximum(add, 0, out=add)
+        total = int(np.add.reduce(add))
         if total:
             self.kv.make_room(total)
             self.kv.alloc(total)
@@ -626,7 +628,7 @@ class Replica:
                 s = min(s, j + 1)
                 ends = ends[:s]
                 times = times[:s]
-        self._grow_blocks(dec, s)
+        self._grow_blocks(dec, s, kv)
         steps = None
         if self.cfg.layerwise or exact:
             ones = np.ones(B, dtype=np.int64)
