@@ -245,7 +245,7 @@ class Offload(_S):
     overlap: bool = True
     """Prefetch the next layer's weights/KV while the current layer computes."""
     pinned: bool = True
-    """Pinned host buffers (pageable copies run at 60% of the link's achieved bandwidth)."""
+    """Pinned host buffers (pageable copies run at the measured pageable/pinned ratio, or 60% uncalibrated)."""
     cpu_attention: bool = False
     """Compute decode attention of off-GPU KV heads on the CPU, where that KV lives."""
     compress_weights: bool = False
@@ -256,6 +256,10 @@ class Offload(_S):
     """Layer-wise streaming: keep this many layers resident in HBM, stream the rest."""
     kv_spill: KVSpill | None = None
     """Spill each sequence's KV beyond a length to a lower tier (long contexts)."""
+    io_block_size: Bytes = 4 * 2**20
+    """Size of each SSD read/write the streaming issues (selects the calibrated SSD bandwidth)."""
+    io_queue_depth: int = Field(default=8, ge=1)
+    """SSD requests in flight while streaming (selects the calibrated SSD bandwidth)."""
 
     @property
     def is_trivial(self) -> bool:

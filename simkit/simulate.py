@@ -244,9 +244,44 @@ def plan_memory(
     return MemoryPlan(weights, act, kv_tok, block_bytes, blocks, usable, tier)
 
 
-def _links(env: simpy.Environment, node: Node, gpus: int, trace: bool) -> dict[str, Link]:
-    """Per-replica link directions: bandwidth aggregated over the replica's GPUs for PCIe."""
+def measured_links(eff: Any, io_block: float, io_depth: int) -> dict[str, tuple[float, float]]:
+    """Link bandwidths and latencies a calibration profile measured on this machine, keyed like
+    the engine's links: SSD reads/writes at the streaming block size and queue depth (the
+    closest measured configuration), and pinned host<->device copies."""
+    out: dict[str, tuple[float, float]] = {}
+    ssd = getattr(eff, "ssd", None) or {}
+    for d, key in (("read", "nvme_read"), ("write", "nvme_write")):
+        entry = ssd.get(d)
+        if not entry:
+            continue
+        table = entry.get("by_block_and_depth") or []
+        if table:
+            best = min(
+                table,
+                key=lambda r: (abs(np.log2(r["block_size"] / io_block)), abs(np.log2(r["queue_depth"] / io_depth))),
+            )
+            out[key] = (float(best["bandwidth"]), float(best["latency"]))
+        elif entry.get("bandwidth"):
+            out[key] = (float(entry["bandwidth"]), float(entry.get("latency", 0.0)))
+    links = getattr(eff, "links", None) or {}
+    for name, key in (("h2d_pinned", "h2d"), ("d2h_pinned", "d2h")):
+        e = links.get(name)
+        if e and e.get("bandwidth"):
+            out[key] = (float(e["bandwidth"]), float(e.get("latency", 0.0)))
+    for name, key in (("h2d_pageable", "h2d_pageable"), ("d2h_pageable", "d2h_pageable")):
+        e = links.get(name)
+        if e and e.get("bandwidth"):
+            out[key] = (float(e["bandwidth"]), float(e.get("latency", 0.0)))
+    return out
+
+
+def _links(
+    env: simpy.Environment, node: Node, gpus: int, trace: bool, measured: dict[str, tuple[float, float]] | None = None
+) -> dict[str, Link]:
+    """Per-replica link directions: bandwidth aggregated over the replica's GPUs for PCIe; a
+    calibration profile's measurements of this machine replace the catalog's figures."""
     out: dict[str, Link] = {}
+    measured = measured or {}
     h2g = node.link("host_to_gpu")
     if h2g is not None and node.gpu is not None:
         out["h2d"] = Link(env, "PCIe H2D", h2g.achieved_bandwidth * gpus, h2g.latency)
@@ -270,6 +305,10 @@ def _links(env: simpy.Environment, node: Node, gpus: int, trace: bool) -> dict[s
     gg = node.link("gpu_to_gpu")
     if gg is not None:
         out["nvlink"] = Link(env, "GPU-GPU", gg.achieved_bandwidth, gg.latency)
+    for key, (bw, lat) in measured.items():
+        if key in out:
+            scale = gpus if key in ("h2d", "d2h") else 1
+            out[key] = Link(env, out[key].name + " (measured)", bw * scale, lat)
     if trace:
         for link in out.values():
             link.intervals = []
@@ -333,7 +372,9 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     off_layout = None
     off_mem = None
     if offloaded:
-        off_layout = build_offload_layout(plan.offload, model, prec, tp, use_cpu)
+        lm = measured_links(eff, plan.offload.io_block_size, plan.offload.io_queue_depth)
+        pageable = lm["h2d_pageable"][0] / lm["h2d"][0] if "h2d_pageable" in lm and "h2d" in lm else None
+        off_layout = build_offload_layout(plan.offload, model, prec, tp, use_cpu, pageable)
         mem0 = plan_memory(sc, model, device, prec, tp, layout.layer_split, par.ep, check=False)
         off_mem = check_offload_capacity(
             off_layout, model, prec, node, tp, plan.kv_cache.block_size, mem0.activations_per_gpu * tp,
@@ -426,6 +467,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         warn.append("plan.prefix_cache is enabled but the workload carries no prefix hashes: no hits are possible")
     replicas: list[ReplicaGroup] = []
     executors: list[OffloadExecutor] = []
+    link_meas = measured_links(eff, plan.offload.io_block_size, plan.offload.io_queue_depth)
     cpu_cost = None
     cpu_stream = None
     if offloaded and plan.offload.cpu_attention and not use_cpu:
@@ -490,7 +532,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             spill_after=off_layout.spill_after if off_layout is not None else None,
             spill_capacity_tokens=off_mem.spill_tokens / n_rep if off_mem is not None else 0.0,
         )
-        links = _links(env, node, gpus_per_replica, trace)
+        links = _links(env, node, gpus_per_replica, trace, link_meas)
         group = ReplicaGroup(r)
         stages = None
         if stage_costs is not None:
@@ -621,6 +663,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         "gpus": n_units if not use_cpu else 0,
         "kv_blocks_per_replica": mem.num_blocks,
         "weights_bytes_per_gpu": mem.weights_per_gpu,
+        "measured_links": sorted(k for k in link_meas if not k.endswith("_pageable")),
         "link_bytes": {k: v["bytes"] for k, v in link_stats.items()},
         "link_busy_s": {k: v["busy_s"] for k, v in link_stats.items()},
         "seed": sc.seed,

@@ -56,7 +56,7 @@ def _class_time(
             if positive:
                 return t
             return np.where(flops + byts > 0, t, 0.0) if np.ndim(t) else (t if flops + byts > 0 else np.float64(0.0))
-    shape["op"] = name
+    shape["op"] = np.full(np.shape(flops), name, dtype=object) if np.ndim(flops) else np.asarray(name, dtype=object)
     if flops.ndim == 0 and byts.ndim == 0:
         f, b = float(flops), float(byts)
         if f + b <= 0:

@@ -113,7 +113,7 @@ def _fracs(share: object) -> dict[str, float]:
 
 
 def build_offload_layout(
-    plan: Offload, model: ModelSpec, prec: Precision, tp: int, compute_on_cpu: bool
+    plan: Offload, model: ModelSpec, prec: Precision, tp: int, compute_on_cpu: bool, pageable_factor: float | None = None
 ) -> OffloadLayout:
     w_bytes = bytes_per_element("int4", prec.group_size) if plan.compress_weights else prec.w_bytes
     kv_bytes = bytes_per_element("int4", prec.group_size) if plan.compress_kv else prec.kv_bytes
@@ -142,7 +142,7 @@ def build_offload_layout(
         af,
         kv_tok_layer,
         compute_on_cpu,
-        1.0 if plan.pinned else 0.6,
+        1.0 if plan.pinned else (pageable_factor if pageable_factor is not None else 0.6),
         plan.kv_spill.after_tokens if plan.kv_spill is not None else None,
         plan.kv_spill.tier if plan.kv_spill is not None else "cpu",
     )
