@@ -90,7 +90,7 @@ def tiny_profile(tmp_path_factory):
     ssd = tmp_path_factory.mktemp("ssd")
     try:
         rc = main(["--device", "cpu", "--tiny", "--out", str(out), "--ssd-dir", str(ssd), "--threads", "1",
-                   "--catalog", "generic-2core-vm"])
+                   "--dtypes", "fp32", "--catalog", "generic-2core-vm"])
     finally:
         torch.set_num_threads(n)
     assert rc == 0
@@ -110,7 +110,8 @@ def test_calibrate_writes_profile_and_samples(tiny_profile):
     assert {"gemm", "attn_prefill", "attn_decode", "elementwise", "copy", "mem_bw", "launch", "ssd_read", "ssd_write"} <= classes
     assert (df.time_s > 0).all()
     assert (df.time_s_p10 <= df.time_s * (1 + 1e-9)).all() and (df.time_s <= df.time_s_p90 * (1 + 1e-9)).all()
-    assert set(df[df.op_class == "gemm"].dtype) >= {"fp32"}
+    assert set(df[df.op_class == "gemm"].dtype) == {"fp32"}
+    assert (df.raw_times.astype(str).str.split(";").str.len() == df.reps.astype(int)).all()
 
 
 @pytest.mark.torch
@@ -165,8 +166,9 @@ def test_validate_tiny_config_end_to_end(tiny_profile, tmp_path, keep_threads, c
     from simkit.calibrate.validate import main
 
     out = tmp_path / "val.json"
+    # no --threads: the profile's thread count (1) is used
     rc = main(["--device", "cpu", *TINY_MODEL, "--batch-sizes", "1,2", "--context-lens", "16", "--profile",
-               str(tiny_profile), "--threads", "1", "--dtype", "fp32", "--repeats", "2", "--json", str(out)])
+               str(tiny_profile), "--dtype", "fp32", "--repeats", "2", "--json", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
     assert "median |error|" in text and "prefill b=2 ctx=16" in text
@@ -197,12 +199,9 @@ def test_validate_missing_dtype_is_an_error(tiny_profile, keep_threads):
     from simkit.calibrate.validate import ValidationConfig, load_profile, run_validation
 
     prof = load_profile(tiny_profile)
-    have = set(prof.device["dtypes"])
-    missing = "bf16" if "bf16" not in have else None
-    if missing is None:
-        pytest.skip("the tiny profile has every CPU dtype")
+    assert prof.device["dtypes"] == ["fp32"]  # calibrated with --dtypes fp32
     with pytest.raises(CalibrationError, match="bf16"):
-        run_validation(ValidationConfig(threads=1, dtype=missing, batch_sizes=(1,), context_lens=(8,)), prof)
+        run_validation(ValidationConfig(threads=1, dtype="bf16", batch_sizes=(1,), context_lens=(8,)), prof)
 
 
 @pytest.mark.torch

@@ -122,9 +122,11 @@ def test_prediction_is_the_offloaded_scenario(tmp_path):
 
     p = tmp_path / "m.yaml"
     p.write_text(yaml.safe_dump(vo.model_yaml(TINY, 2, 64)))
-    d = vo.scenario_dict(str(p), "fp32", 2, 1, 2, 16, 3, "none")
+    d = vo.scenario_dict(str(p), "fp32", 2, 1, 2, 16, 3, "none", 1 << 20, 4)
     assert d["hardware"] == "ci-vm" and d["plan"]["execution"]["device"] == "cpu"
-    assert d["plan"]["offload"] == {"weights": {"gpu": 0, "disk": 1}, "resident_layers": 1, "overlap": True}
+    assert d["plan"]["offload"] == {
+        "weights": {"gpu": 0, "disk": 1}, "resident_layers": 1, "overlap": True, "io_block_size": "1048576 B", "io_queue_depth": 4,
+    }
     assert d["plan"]["batching"]["policy"] == "static"
     pr0 = vo.predict(str(p), "fp32", 2, 0, 2, 16, 3, "none")
     pr2 = vo.predict(str(p), "fp32", 2, 2, 2, 16, 3, "none")

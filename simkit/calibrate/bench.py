@@ -22,6 +22,14 @@ average out timer resolution: an inner loop for tiny operators; CUDA events and 
 on a GPU); ``time_s`` is the median per call, ``time_s_p10``/``time_s_p90`` the spread, and
 ``raw_times`` every repetition (';'-joined seconds per call). Inputs are random (never zero).
 
+Conditions are those of inference: GEMM weights (and decode KV caches) are timed cold, cycling
+through copies that together exceed twice the last-level cache, since a forward pass reads each
+layer's weights once per step; activations are hot (the previous operator just wrote them). The
+host allocator is pinned (:func:`tune_allocator`) so the same kernel allocates the same way in
+the benchmark and in a model. ``clock="cpu"`` (one thread) times the thread's CPU time instead of
+the wall clock, for machines that other processes share; the device facts record the clock, the
+threads, the allocator and how many cores other processes kept busy meanwhile.
+
 torch is imported lazily inside functions: ``pip install simkit[calibrate]``.
 """
 
@@ -375,11 +383,11 @@ class SuiteSize:
 SIZES = {
     "tiny": SuiteSize("tiny", 10, 0.004, 6, 0.004, 10, 2e5, (1 << 16, 1 << 22), 16, (1 << 12, 1 << 20), (1, 4), 0.03, 3, 5, 5e-4),
     "quick": SuiteSize(
-        "quick", 60, 0.06, 24, 0.04, 44, 4e6, (1 << 14, 1 << 18, 1 << 22, 1 << 26), 64,
+        "quick", 60, 0.06, 28, 0.04, 44, 4e6, (1 << 14, 1 << 18, 1 << 22, 1 << 26), 64,
         (1 << 12, 1 << 16, 1 << 20, 1 << 22), (1, 4, 16), 0.12, 5, 15, 2e-3,
     ),
     "full": SuiteSize(
-        "full", 150, 0.15, 64, 0.12, 120, 3.2e7,
+        "full", 150, 0.15, 84, 0.12, 120, 3.2e7,
         (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24, 1 << 26, 1 << 28), 256,
         (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22), (1, 2, 4, 8, 16), 0.3, 5, 25, 3e-3,
     ),
@@ -672,7 +680,10 @@ class Bench:
                 key=lambda c: c[4],
             )
             cands = every[: self.size.gemm_configs]
-        chosen = _stratified(cands, self.size.gemm_configs, self.rng, key=lambda c: c[0])
+        # strata: every token count x short/long rows (k) x narrow/wide outputs (n), so that the
+        # small TP shards (whose short rows reach a fraction of the bandwidth of long ones) are
+        # measured at decode batch sizes too
+        chosen = _stratified(cands, self.size.gemm_configs, self.rng, key=lambda c: (c[0], c[2] <= 1024, c[3] <= 2048))
         for m, op, k, n, _ in chosen:
             a = self.take((m, k), dtype, "a")
             w = self.take((self.copies(k * n * eb), n, k), dtype, "w")
@@ -689,10 +700,12 @@ class Bench:
     # ---- attention ---------------------------------------------------------------------------
     ATTN_HEADS = (
         (32, 8, 128), (32, 32, 128), (8, 8, 128), (16, 2, 128), (8, 1, 128), (4, 1, 128),
+        (24, 8, 128), (12, 4, 128), (12, 2, 128), (16, 8, 128),
         (32, 8, 64), (8, 8, 64), (12, 12, 64), (14, 2, 64),
     )  # fmt: skip
-    """(heads, kv_heads, head_dim) per GPU: Llama-3-8B/70B and Llama-2-7B at TP 1..8, Llama-3.2-1B,
-    GPT-2-small-like and Qwen2-0.5B-like small models."""
+    """(heads, kv_heads, head_dim) per GPU: Llama-3-8B/70B and Llama-2-7B at TP 1..8, Llama-3.2-3B
+    (24/8) and its TP-2 shard, Qwen2-1.5B (12/2), a GQA-2 model (16/8), Llama-3.2-1B, GPT-2-small-
+    like and Qwen2-0.5B-like small models: GQA group sizes 1, 2, 3, 4, 6, 7 and 8."""
 
     def attention(self, dtype: str, kind: str) -> int:
         if dtype in ("fp8", "tf32"):
@@ -717,7 +730,8 @@ class Bench:
                         est = max(4.0 * b * h * d * c / rate, kv_bytes / (0.1 * self.mem_bw)) + 2e-5
                         if est <= cap and kv_bytes <= 6e8:
                             cands.append((b, c, h, kvh, d, est))
-        chosen = _stratified(cands, self.size.attn_configs, self.rng, key=lambda c: (c[0], c[1] >= 512))
+        # strata: every (heads, kv heads, head dim) x short/long context; batch and context at random
+        chosen = _stratified(cands, self.size.attn_configs, self.rng, key=lambda c: (c[2], c[3], c[4], c[1] >= 512))
         torch = self.torch
         for b, s, h, kvh, d, _ in chosen:
             model = bench_model(hidden=h * d, heads=h, kv_heads=kvh, head_dim=d, ffn=256)
@@ -952,6 +966,9 @@ def _read(path: str) -> str | None:
         return None
 
 
+_CPUINFO_KEYS = {"vendor_id": "vendor", "cpu family": "cpu_family", "model": "cpu_model", "stepping": "cpu_stepping", "microcode": "microcode"}
+
+
 def cpu_facts() -> dict[str, Any]:
     """CPU model, cores, memory, clocks and vector extensions from /proc and /sys (Linux)."""
     info: dict[str, Any] = {"name": platform.processor() or platform.machine()}
@@ -965,6 +982,8 @@ def cpu_facts() -> dict[str, Any]:
             info["name"] = val
         elif key in ("flags", "Features") and not flags:
             flags = set(val.split())
+        elif key in _CPUINFO_KEYS and _CPUINFO_KEYS[key] not in info:
+            info[_CPUINFO_KEYS[key]] = val
         elif key == "cpu MHz":
             with contextlib.suppress(ValueError):
                 mhz.append(float(val))
@@ -1324,9 +1343,13 @@ def run_suite(
     out = progress or _stderr
     prof_name = name or (Path(out_dir).name if out_dir is not None else f"local-{device}")
     t0 = time.perf_counter()
+    flags = "".join(
+        f" {flag}" for flag, on in (("--quick", quick), ("--tiny", tiny), (f"--threads {facts['threads']}", threads is not None),
+                                    (f"--clock {clock}", clock != "wall"), ("--ssd-dir DIR", ssd_dir is not None)) if on
+    )
     source = (
-        f"measured with `simkit calibrate --device {device}{' --quick' if quick else ''}` on "
-        f"{facts.get('name')} ({facts['threads']} threads, torch {facts['torch_version']}), {time.strftime('%Y-%m-%d')}"
+        f"measured with `simkit calibrate --device {device}{flags}` on {facts.get('name')} "
+        f"({facts['threads']} torch thread(s), {clock} clock, torch {facts['torch_version']}), {time.strftime('%Y-%m-%d')}"
     )
     profile = fit_profile(samples, facts, name=prof_name, source=source, license=license)
     out(f"fitted profile {prof_name!r} in {time.perf_counter() - t0:.1f} s")

@@ -63,12 +63,16 @@ ELEMENTWISE_KIND = {
 }
 
 GBM_PARAMS: dict[str, Any] = {
-    "max_iter": 200,
-    "learning_rate": 0.08,
+    "max_iter": 100,
+    "learning_rate": 0.15,
     "max_leaf_nodes": 31,
+    "max_depth": 8,
     "min_samples_leaf": 20,
     "l2_regularization": 5.0,
     "max_features": 0.5,
+    "early_stopping": True,
+    "validation_fraction": 0.1,
+    "n_iter_no_change": 10,
     "random_state": 0,
 }
 """Residual trees' hyper-parameters (chosen by leave-one-model-out error on the Vidur data)."""
@@ -83,6 +87,14 @@ _DTYPE_FALLBACK = {
     "tf32": ("tf32", "fp32"),
     "fp32": ("fp32", "tf32"),
 }
+
+
+def sig(x: float, digits: int = 6) -> float:
+    """``x`` rounded to ``digits`` significant digits (what profile.yaml stores exactly)."""
+    x = float(x)
+    if x == 0 or not math.isfinite(x):
+        return x
+    return float(f"{x:.{digits - 1}e}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,17 +222,21 @@ def _lg(x: np.ndarray) -> np.ndarray:
     return np.log2(np.maximum(x, 1e-30))
 
 
-def feature_names(op_class: str, kinds: Sequence[str] = ()) -> list[str]:
+def feature_names(op_class: str, kinds: Sequence[str] = (), with_tokens: bool = False) -> list[str]:
     if op_class == "gemm":
-        names = ["log_m", "log_n", "log_k", "log_ai", "log_ideal", "log_peak", "log_nk", "log_n_over_k"]
+        names = ["log_m", "log_n", "log_k", "log_mnk", "log_mn_nk_mk", "log_shape_intensity", "log_peak", "log_nk",
+                 "log_n_over_k"]  # fmt: skip
         for tm, tn in GEMM_TILES:
             names += [f"wave_fill_{tm}x{tn}", f"log_tiles_{tm}x{tn}"]
         return names
     if op_class == "elementwise":
-        return [f"kind_{k}" for k in kinds] + ["log_numel", "log_bytes", "log_bytes_per_el", "log_flops_per_el", "log_ideal", "log_peak"]
+        names = [f"kind_{k}" for k in kinds] + ["log_numel", "log_peak"]
+        if with_tokens:
+            names += ["log_tokens", "log_row_length", "row_wave_fill", "log_row_waves"]
+        return names
     return [
         "log_tokens", "log_ctx", "log_batch", "log_heads", "log_kv_heads", "log_head_dim",
-        "log_ctx_per_token", "log_ai", "log_ideal", "log_peak",
+        "log_ctx_per_token", "log_score_elements", "log_kv_elements", "log_peak",
     ]  # fmt: skip
 
 
@@ -232,20 +248,25 @@ def features(
     peak: np.ndarray,
     roof: Roof,
     kinds: Sequence[str] = (),
+    with_tokens: bool = False,
 ) -> np.ndarray:
-    """The (N, F) feature matrix of ``op_class`` operators (see :func:`feature_names`)."""
-    F = np.asarray(flops, dtype=np.float64).reshape(-1)
-    B = np.asarray(bytes_, dtype=np.float64).reshape(-1)
-    n = F.shape[0]
-    ideal = roof.ideal(F, B, peak)
-    lideal = _lg(ideal)
-    lpeak = _lg(np.broadcast_to(peak, (n,)))
+    """The (N, F) residual feature matrix of ``op_class`` operators (see :func:`feature_names`).
+
+    Features depend on the operator's *shape* (and the dtype's peak) only, never on its FLOPs or
+    bytes: those enter through the roofline base alone, so for a fixed shape the predicted time
+    grows with FLOPs and with bytes (int4 weights of the same GEMM take less time, more FLOPs
+    more). ``flops`` only gives the row count. Elementwise kernels run one thread block per token
+    row (norms, activation): with ``with_tokens`` the features add the row count
+    (``shape["tokens"]``), the row length and how the rows fill the SMs."""
+    n = np.asarray(flops).reshape(-1).shape[0]
+    lpeak = _lg(np.broadcast_to(np.asarray(peak, dtype=np.float64), (n,)))
+    sm = float(max(roof.sm_count, 1))
     if op_class == "gemm":
         m = _col(shape, "m", n)
         nn = _col(shape, "n", n)
         k = _col(shape, "k", n)
-        cols = [_lg(m), _lg(nn), _lg(k), _lg(F / np.maximum(B, 1.0)), lideal, lpeak, _lg(nn * k), _lg(nn / k)]
-        sm = float(max(roof.sm_count, 1))
+        io = nn * k + m * k + m * nn
+        cols = [_lg(m), _lg(nn), _lg(k), _lg(m * nn * k), _lg(io), _lg(m * nn * k / io), lpeak, _lg(nn * k), _lg(nn / k)]
         for tm, tn in GEMM_TILES:
             tiles = np.ceil(m / tm) * np.ceil(nn / tn)
             w = tiles / sm
@@ -261,14 +282,20 @@ def features(
             )
             for kd in kinds:
                 cols.append((kind_of == kd).astype(np.float64))
-        cols += [_lg(numel), _lg(B), _lg(B / numel), _lg(np.maximum(F, 0.0) / numel + 1e-3), lideal, lpeak]
+        cols += [_lg(numel), lpeak]
+        if with_tokens:
+            tok = _col(shape, "tokens", n)
+            w = tok / sm
+            cols += [_lg(tok), _lg(numel / tok), w / np.ceil(w), _lg(np.ceil(w))]
         return np.column_stack(cols)
     tokens = _col(shape, "tokens", n)
     ctx = _col(shape, "ctx", n)
+    heads = _col(shape, "heads", n)
+    kvh = _col(shape, "kv_heads", n)
+    d = _col(shape, "head_dim", n)
     cols = [
-        _lg(tokens), _lg(ctx), _lg(_col(shape, "batch", n)), _lg(_col(shape, "heads", n)),
-        _lg(_col(shape, "kv_heads", n)), _lg(_col(shape, "head_dim", n)), _lg(ctx / tokens),
-        _lg(F / np.maximum(B, 1.0)), lideal, lpeak,
+        _lg(tokens), _lg(ctx), _lg(_col(shape, "batch", n)), _lg(heads), _lg(kvh), _lg(d),
+        _lg(ctx / tokens), _lg(tokens * ctx * heads * d), _lg(ctx * kvh * d), lpeak,
     ]  # fmt: skip
     return np.column_stack(cols)
 
@@ -316,15 +343,18 @@ def fit_base(flops: np.ndarray, bytes_: np.ndarray, time_s: np.ndarray, peak: np
     lt = np.log(T)
     t_min = float(np.min(T))
 
-    def model(p: np.ndarray) -> RooflineBase:
-        return RooflineBase(float(p[0]) ** 2, float(np.exp(p[1])), float(np.exp(p[2])), float(np.exp(p[3])))
+    def model(p: np.ndarray, digits: int | None = None) -> RooflineBase:
+        vals = [float(p[0]) ** 2, float(np.exp(p[1])), float(np.exp(p[2])), float(np.exp(p[3]))]
+        if digits:
+            vals = [sig(v, digits) for v in vals]
+        return RooflineBase(*vals)
 
     def resid(p: np.ndarray) -> np.ndarray:
         return np.log(np.maximum(model(p).time(F, B, peak, bw), 1e-300)) - lt
 
     x0 = np.array([math.sqrt(max(0.5 * t_min, 1e-9)), math.log(0.6), math.log(0.7), math.log(3.0)])
     r = least_squares(resid, x0, loss="soft_l1", f_scale=0.05, bounds=([0, -12, -12, -1.5], [1.0, 3, 3, 3.5]))
-    return model(r.x)
+    return model(r.x, digits=6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,10 +481,15 @@ def fit_forest(X: np.ndarray, y: np.ndarray, params: Mapping[str, Any] | None = 
     n = len(y)
     p["min_samples_leaf"] = int(max(3, min(p["min_samples_leaf"], n // 40)))
     if n < 400:
-        p["max_iter"] = 100
         p["max_leaf_nodes"] = 15
+        p["early_stopping"] = False
     p.update(params or {})
-    model = HistGradientBoostingRegressor(**p).fit(X, y)
+    # one thread: the fits are small (< 1 s), and OpenMP threads spin-waiting on a shared machine
+    # cost far more than they gain; results do not depend on it
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        model = HistGradientBoostingRegressor(**p).fit(X, y)
     return _forest_from_sklearn(model)
 
 
@@ -463,7 +498,7 @@ def fit_forest(X: np.ndarray, y: np.ndarray, params: Mapping[str, Any] | None = 
 # ---------------------------------------------------------------------------------------------
 SHAPE_KEYS = {
     "gemm": ("m", "n", "k"),
-    "elementwise": ("numel",),
+    "elementwise": ("numel", "tokens"),
     "attn_prefill": ("tokens", "ctx", "batch", "heads", "kv_heads", "head_dim"),
     "attn_decode": ("tokens", "ctx", "batch", "heads", "kv_heads", "head_dim"),
 }
@@ -479,84 +514,129 @@ class ClassModel:
     forest: Forest | None = None
     kinds: tuple[str, ...] = ()
     launch_overhead: float = 0.0
+    forest_tokens: Forest | None = None
+    """Elementwise only: trees that also see the token (row) count, used when the operator's
+    shape carries ``tokens``; ``forest`` serves shapes without it."""
     fit_error: dict[str, float] = field(default_factory=dict)
     _memo: dict[tuple[Any, ...], float] = field(default_factory=dict, init=False, repr=False)
+    _eff_memo: dict[tuple[Any, ...], float] = field(default_factory=dict, init=False, repr=False)
 
     MEMO_MAX = 200_000
 
     def _raw_time(self, flops: np.ndarray, bytes_: np.ndarray, shape: Mapping[str, Any], peak: np.ndarray) -> np.ndarray:
         t = self.base.time(flops, bytes_, peak, self.roof.mem_bandwidth)
-        if self.forest is None:
+        if self.forest is None and self.forest_tokens is None:
             return t
-        if self.op_class == "elementwise" and self.kinds:
-            ops = shape.get("op")
+        if self.op_class == "elementwise":
             n = len(flops)
-            names = [str(o) for o in ops] if ops is not None else [""] * n
-            known = np.array([ELEMENTWISE_KIND.get(o, o) in self.kinds for o in names])
-            X = features(self.op_class, flops, bytes_, shape, peak, self.roof, self.kinds)
-            r = self.forest.predict(X)
-            if not known.all():
-                # an operator whose kernel was never measured: the mean over the measured kinds
-                nk = len(self.kinds)
-                idx = np.flatnonzero(~known)
-                Xu = np.repeat(X[idx], nk, axis=0)
-                Xu[:, :nk] = np.tile(np.eye(nk), (len(idx), 1))
-                r[idx] = self.forest.predict(Xu).reshape(len(idx), nk).mean(axis=1)
+            tok = shape.get("tokens")
+            has_tok = (
+                np.isfinite(np.asarray(tok, dtype=np.float64)) & (np.asarray(tok, dtype=np.float64) > 0)
+                if tok is not None and self.forest_tokens is not None
+                else np.zeros(n, dtype=bool)
+            )
+            r = np.zeros(n)
+            for use_tok, forest in ((False, self.forest), (True, self.forest_tokens)):
+                idx = np.flatnonzero(has_tok == use_tok)
+                if len(idx) == 0 or forest is None:
+                    continue
+                sub = {k: (np.asarray(v)[idx] if np.ndim(v) else v) for k, v in shape.items()}
+                r[idx] = self._elementwise_residual(forest, flops[idx], bytes_[idx], sub, peak[idx], use_tok)
         else:
             r = self.forest.predict(features(self.op_class, flops, bytes_, shape, peak, self.roof))
         return t * np.exp(r)
 
+    def _elementwise_residual(self, forest: Forest, flops: np.ndarray, bytes_: np.ndarray, shape: Mapping[str, Any],
+                              peak: np.ndarray, with_tokens: bool) -> np.ndarray:  # fmt: skip
+        n = len(flops)
+        ops = shape.get("op")
+        names = [str(o) for o in ops] if ops is not None else [""] * n
+        X = features("elementwise", flops, bytes_, shape, peak, self.roof, self.kinds, with_tokens)
+        r = forest.predict(X)
+        known = np.array([ELEMENTWISE_KIND.get(o, o) in self.kinds for o in names], dtype=bool)
+        if self.kinds and not known.all():
+            # an operator whose kernel was never measured: the mean over the measured kinds
+            nk = len(self.kinds)
+            idx = np.flatnonzero(~known)
+            Xu = np.repeat(X[idx], nk, axis=0)
+            Xu[:, :nk] = np.tile(np.eye(nk), (len(idx), 1))
+            r[idx] = forest.predict(Xu).reshape(len(idx), nk).mean(axis=1)
+        return r
+
+    def _keys(self, F: np.ndarray, B: np.ndarray, shape: Mapping[str, Any], dts: list[str]) -> list[tuple[Any, ...]]:
+        n = F.shape[0]
+        cols: list[list[Any]] = [dts, F.tolist(), B.tolist()]
+        for k in SHAPE_KEYS[self.op_class]:
+            v = shape.get(k)
+            cols.append([None] * n if v is None else np.broadcast_to(np.asarray(v, dtype=np.float64).reshape(-1), (n,)).tolist())
+        if self.op_class == "elementwise":
+            ops = shape.get("op")
+            cols.append([""] * n if ops is None else [str(o) for o in ops])
+        return list(zip(*cols))
+
+    def _subset(self, shape: Mapping[str, Any], idx: np.ndarray, n: int) -> dict[str, Any]:
+        sub: dict[str, Any] = {}
+        for k in SHAPE_KEYS[self.op_class]:
+            if k in shape and shape[k] is not None:
+                sub[k] = np.broadcast_to(np.asarray(shape[k], dtype=np.float64).reshape(-1), (n,))[idx]
+        if "op" in shape and shape["op"] is not None:
+            sub["op"] = np.asarray(shape["op"], dtype=object).reshape(-1)[idx]
+        return sub
+
     def predict_time(
-        self, flops: np.ndarray, bytes_: np.ndarray, shape: Mapping[str, Any], dtype: str | Sequence[str]
-    ) -> np.ndarray:
+        self, flops: np.ndarray, bytes_: np.ndarray, shape: Mapping[str, Any], dtype: str | Sequence[str],
+        memo: bool = True,
+    ) -> np.ndarray:  # fmt: skip
         """Predicted seconds per operator, launch overhead included (memoised per shape)."""
         F = np.atleast_1d(np.asarray(flops, dtype=np.float64))
         B = np.atleast_1d(np.asarray(bytes_, dtype=np.float64))
         n = F.shape[0]
         dts = [str(dtype)] * n if isinstance(dtype, str) else [str(d) for d in dtype]
-        keys_used = SHAPE_KEYS[self.op_class]
-        cols = [np.broadcast_to(np.asarray(shape.get(k, np.nan), dtype=np.float64).reshape(-1), (n,)) for k in keys_used]
-        ops = shape.get("op")
-        opcol = [str(o) for o in ops] if (ops is not None and self.op_class == "elementwise") else [""] * n
-        keys = [(dts[i], F[i], B[i], opcol[i], *(c[i] for c in cols)) for i in range(n)]
-        memo = self._memo
-        out = np.empty(n)
-        miss = []
-        for i, key in enumerate(keys):
-            v = memo.get(key)
-            if v is None:
-                miss.append(i)
-            else:
-                out[i] = v
+        if not memo:
+            return self._raw_time(F, B, self._subset(shape, np.arange(n), n), self.roof.peaks(dts))
+        keys = self._keys(F, B, shape, dts)
+        table = self._memo
+        vals = [table.get(k) for k in keys]
+        miss = [i for i, v in enumerate(vals) if v is None]
         if miss:
             mi = np.asarray(miss)
-            sub = {k: np.asarray(cols[j])[mi] for j, k in enumerate(keys_used)}
-            if self.op_class == "elementwise":
-                sub["op"] = np.asarray(opcol, dtype=object)[mi]
-            peak = self.roof.peaks([dts[i] for i in miss])
-            t = self._raw_time(F[mi], B[mi], sub, peak)
-            out[mi] = t
-            if len(memo) > self.MEMO_MAX:
-                memo.clear()
+            t = self._raw_time(F[mi], B[mi], self._subset(shape, mi, n), self.roof.peaks([dts[i] for i in miss]))
+            if len(table) > self.MEMO_MAX:
+                table.clear()
             for j, i in enumerate(miss):
-                memo[keys[i]] = float(t[j])
-        return out
+                vals[i] = table[keys[i]] = float(t[j])
+        return np.array(vals, dtype=np.float64)
 
     def efficiency(self, flops: np.ndarray, bytes_: np.ndarray, shape: Mapping[str, Any], dtype: str) -> np.ndarray:
-        """ideal / (predicted - launch overhead), the ideal at the profile's own roofline."""
+        """ideal / (predicted - launch overhead), the ideal at the profile's own roofline
+        (memoised per shape: a repeated call costs a dictionary lookup per operator)."""
         F = np.atleast_1d(np.asarray(flops, dtype=np.float64))
         B = np.atleast_1d(np.asarray(bytes_, dtype=np.float64))
-        t = self.predict_time(F, B, shape, dtype)
-        ideal = self.roof.ideal(F, B, self.roof.peak(dtype))
-        busy = np.maximum(t - self.launch_overhead, 1e-15)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            eff = np.where(ideal > 0, ideal / busy, 1.0)
-        return np.clip(eff, 1e-6, 1.0)
+        n = F.shape[0]
+        dts = [str(dtype)] * n
+        keys = self._keys(F, B, shape, dts)
+        table = self._eff_memo
+        vals = [table.get(k) for k in keys]
+        miss = [i for i, v in enumerate(vals) if v is None]
+        if miss:
+            mi = np.asarray(miss)
+            t = self._raw_time(F[mi], B[mi], self._subset(shape, mi, n), self.roof.peaks([dts[i] for i in miss]))
+            ideal = self.roof.ideal(F[mi], B[mi], self.roof.peak(dtype))
+            busy = np.maximum(t - self.launch_overhead, 1e-15)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                eff = np.clip(np.where(ideal > 0, ideal / busy, 1.0), 1e-6, 1.0)
+            if len(table) > self.MEMO_MAX:
+                table.clear()
+            for j, i in enumerate(miss):
+                vals[i] = table[keys[i]] = float(eff[j])
+        return np.array(vals, dtype=np.float64)
 
     # ---- persistence -------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {
-            "kind": "roofline base x gradient-boosted residual trees" if self.forest is not None else "roofline base",
+            "kind": "roofline base x gradient-boosted residual trees"
+            if (self.forest is not None or self.forest_tokens is not None)
+            else "roofline base",
             "base": self.base.to_dict(),
         }
         if self.forest is not None:
@@ -570,6 +650,17 @@ class ClassModel:
             }
             if self.kinds:
                 d["residual"]["kernel_kinds"] = list(self.kinds)
+            if self.forest_tokens is not None:
+                d["residual_with_tokens"] = {
+                    "file": "models.json",
+                    "key": f"{self.op_class}_tokens",
+                    "trees": self.forest_tokens.n_trees,
+                    "max_depth": self.forest_tokens.depth,
+                    "used_when": "the operator's shape gives tokens (rows); else the residual above",
+                    "features": feature_names(self.op_class, self.kinds, with_tokens=True),
+                }
+                if self.kinds:
+                    d["residual_with_tokens"]["kernel_kinds"] = list(self.kinds)
         return d
 
 
@@ -599,8 +690,19 @@ def _shape_of(df: Any, op_class: str) -> dict[str, np.ndarray]:
     return shape
 
 
-def fit_class(df: Any, op_class: str, roof: Roof, *, trees: bool | None = None, params: Mapping[str, Any] | None = None) -> ClassModel:
-    """Fit one class on its prepared rows (see :func:`prepare`)."""
+def fit_class(
+    df: Any,
+    op_class: str,
+    roof: Roof,
+    *,
+    trees: bool | None = None,
+    params: Mapping[str, Any] | None = None,
+    score: bool = True,
+    fallback: bool = True,
+) -> ClassModel:
+    """Fit one class on its prepared rows (see :func:`prepare`). ``score``: compute the in-sample
+    error; ``fallback``: for elementwise rows with token counts, also fit the trees used for shapes
+    without one (leave-one-out evaluation skips both)."""
     if len(df) == 0:
         raise CalibrationError(f"no usable samples of class {op_class!r}")
     F = df.flops.values.astype(float)
@@ -612,19 +714,23 @@ def fit_class(df: Any, op_class: str, roof: Roof, *, trees: bool | None = None, 
     shape = _shape_of(df, op_class)
     if op_class == "elementwise":
         kinds = tuple(sorted({ELEMENTWISE_KIND.get(o, o) for o in shape.get("op", [])}))
-    forest = None
+    cm = ClassModel(op_class, roof, base, None, kinds)
     use_trees = (len(df) >= MIN_SAMPLES_FOR_TREES) if trees is None else trees
     if use_trees:
-        X = features(op_class, F, B, shape, peak, roof, kinds)
         y = np.log(T / base.time(F, B, peak, roof.mem_bandwidth))
-        forest = fit_forest(X, y, params)
-    cm = ClassModel(op_class, roof, base, forest, kinds)
-    # launch overhead: the base's fixed cost, but never more than what the fastest operators
-    # leave over their ideal time (so efficiency stays meaningful for tiny operators)
+        tok = shape.get("tokens")
+        with_tok = op_class == "elementwise" and tok is not None and bool(np.all(np.isfinite(tok) & (tok > 0)))
+        if with_tok:
+            cm.forest_tokens = fit_forest(features(op_class, F, B, shape, peak, roof, kinds, True), y, params)
+        if not with_tok or fallback:
+            cm.forest = fit_forest(features(op_class, F, B, shape, peak, roof, kinds), y, params)
+    # launch overhead: the base's fixed cost, but never more than what 99% of the operators
+    # leave over their ideal time (so ideal/efficiency + overhead reproduces tiny operators too)
     slack = T - roof.ideal(F, B, peak)
-    cm.launch_overhead = float(max(0.0, min(base.launch_s, np.quantile(slack, 0.05))))
-    pred = cm.predict_time(F, B, shape, list(df.dtype.values))
-    cm.fit_error = ape_stats(pred, T)
+    cm.launch_overhead = sig(max(0.0, min(base.launch_s, float(np.quantile(slack, 0.01)))))
+    if score:
+        pred = cm.predict_time(F, B, shape, list(df.dtype.values), memo=False)
+        cm.fit_error = ape_stats(pred, T)
     return cm
 
 
@@ -657,8 +763,8 @@ def leave_one_out(
         te = df[te_mask]
         if len(te) == 0 or len(tr) == 0:
             continue
-        cm = fit_class(tr, op_class, roof)
-        pred = cm.predict_time(te.flops.values, te.bytes_moved.values, _shape_of(te, op_class), list(te.dtype.values))
+        cm = fit_class(tr, op_class, roof, score=False, fallback=False)
+        pred = cm.predict_time(te.flops.values, te.bytes_moved.values, _shape_of(te, op_class), list(te.dtype.values), memo=False)
         row: dict[str, Any] = {"group": g, **ape_stats(pred, te.time_s.values)}
         if datasheet:
             row.update(datasheet_error(te, op_class, roof))
@@ -824,6 +930,7 @@ def fit_profile(
             raise CalibrationError(f"samples lack the column {col!r}")
     dev = dict(device)
     roof = roof_from_device(dev, samples=samples)
+    roof = Roof({k: sig(v) for k, v in roof.peak_flops.items()}, sig(roof.mem_bandwidth), roof.sm_count)
     dev.setdefault("kind", "gpu")
     dev["peak_flops"] = {k: float(v) for k, v in roof.peak_flops.items()}
     dev["mem_bandwidth"] = float(roof.mem_bandwidth)
@@ -841,7 +948,7 @@ def fit_profile(
     ds = DatasheetEfficiency()
     for cls, cm in models.items():
         if cls in launch:
-            cm.launch_overhead = float(launch[cls])
+            cm.launch_overhead = sig(launch[cls])
     overheads = {cls: (models[cls].launch_overhead if cls in models else ds.launch_overhead(cls)) for cls in OP_CLASSES}
     note_map = dict(notes or {})
     for cls in OP_CLASSES:

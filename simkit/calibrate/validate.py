@@ -3,19 +3,24 @@
 A small Llama-architecture model with random weights (RMSNorm, RoPE, GQA attention through
 ``scaled_dot_product_attention`` with a real KV cache, SwiGLU MLP, LM head, greedy sampling) runs
 prefill (``batch`` sequences of ``context`` tokens from an empty cache) and decode steps (``batch``
-sequences each with ``context`` cached tokens, one new token) on this machine. Each step is warmed
-up and timed ``--repeats`` times (more for steps under a few ms); the median is compared with
+sequences each with ``context`` cached tokens, one new token) on this machine. Every step is
+warmed up, then the repetitions of all configurations are interleaved round-robin over the run
+(at least ``--repeats`` each, more for short steps), so a slow period of a shared machine is
+spread over every configuration; the median is compared with
 ``total_time(time_ops(forward_ops(model, q, ctx), device, profile, dtype))`` for the same model
-and batch, the device being the profile's measured roofline (its ``peak_flops`` and
-``mem_bandwidth`` device facts) and the efficiencies the profile's fit.
+and batch, the device being the profile's roofline (its ``peak_flops``/``mem_bandwidth`` device
+facts, which the fitted efficiencies refer to) and the efficiencies the profile's fit.
 
 The model runs exactly the kernels the calibration measured (simkit.calibrate.bench ``k_*``),
 but at dims the calibration never timed: the calibration's GEMMs are projections of real models
-(dims 2048..16384 and their TP shards) while the default validation model has hidden 512, FFN
-1408 and vocabulary 4096, so every operator here is predicted by the fit, not looked up.
+(dims 2048..16384 and their TP shards, 256..16384) while the default validation model has hidden
+512, QKV 1536, FFN 1408 and vocabulary 4096, so every operator here is predicted by the fit, not
+looked up.
 
-A profile measured with another thread count, or lacking the dtype, is an error
-(CalibrationError), never a silent difference.
+The run must match the profile: its thread count (default: the profile's; a different
+``--threads`` is a CalibrationError), a dtype it measured, and its clock (``wall``, or ``cpu``:
+the thread's CPU time, for one thread on a machine other processes share). Both the calibration
+and the validation set the same allocator policy (:func:`simkit.calibrate.bench.tune_allocator`).
 """
 
 from __future__ import annotations
@@ -501,26 +506,42 @@ def cpu_validation_report(
     profile: str | Path = DEFAULT_PROFILE,
     cfg: ValidationConfig | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """The CPU section of the fidelity report: run the validation on this machine with the shipped
-    profile; returns (markdown text, result dict). Skips (with a note) without torch or profile."""
+    """The CPU section of the fidelity report: ``simkit validate --device cpu`` with the shipped
+    profile on this machine (the default model, batch sizes 1/4/16, contexts 128/512, bf16 and
+    fp32 when the profile has them). Returns (markdown text, {dtype: result}); skips with a note
+    (no exception) without torch or without the profile. Restores torch's thread count."""
     try:
         from simkit.calibrate.bench import require_torch
 
-        require_torch()
+        torch = require_torch()
         prof = load_profile(profile)
-        result = run_validation(cfg or ValidationConfig(), prof, progress=lambda s: None)
     except SimkitError as e:
-        text = f"## CPU validation\n\nSkipped: {e}\n"
-        return text, {"skipped": str(e)}
-    text = (
-        "## CPU validation\n\n"
-        f"Measured vs predicted step times of a small Llama model (layers {result['model']['layers']}, "
-        f"hidden {result['model']['hidden']}, heads {result['model']['heads']}/{result['model']['kv_heads']}, "
-        f"FFN {result['model']['ffn']}, vocab {result['model']['vocab']}) on this CPU with profile "
-        f"`{result['profile']}` ({result['dtype']}, {result['threads']} threads).\n\n"
-        "```\n" + format_table(result) + "\n```\n"
-    )
-    return text, result
+        return f"## CPU validation\n\nSkipped: {e}\n", {"skipped": str(e)}
+    n_threads = torch.get_num_threads()
+    results: dict[str, Any] = {}
+    parts = ["## CPU validation\n"]
+    try:
+        base = cfg or ValidationConfig()
+        dts = [base.dtype] if base.dtype else [d for d in ("bf16", "fp32") if d in profile_dtypes(prof)]
+        for dt in dts:
+            try:
+                res = run_validation(ValidationConfig(**{**asdict(base), "dtype": dt}), prof, progress=lambda s: None)
+            except SimkitError as e:
+                parts.append(f"{dt}: skipped: {e}\n")
+                results[dt] = {"skipped": str(e)}
+                continue
+            results[dt] = res
+            m = res["model"]
+            parts.append(
+                f"Measured vs predicted step times of a small Llama model (layers {m['layers']}, hidden {m['hidden']}, "
+                f"heads {m['heads']}/{m['kv_heads']}, FFN {m['ffn']}, vocab {m['vocab']}; dims the calibration never "
+                f"timed) on this CPU with profile `{res['profile']}` ({res['dtype']}, {res['threads']} thread(s), "
+                f"{res['clock']} clock; other processes kept {res['other_load_cores']} cores busy). "
+                f"Command: `simkit validate --device cpu --dtype {dt}`.\n\n```\n{format_table(res)}\n```\n"
+            )
+    finally:
+        torch.set_num_threads(n_threads)
+    return "\n".join(parts), results
 
 
 if __name__ == "__main__":

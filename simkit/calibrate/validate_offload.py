@@ -100,10 +100,12 @@ class OffloadConfig:
     """torch threads; None: the profile's thread count, else torch's default."""
     directory: str | None = None
     """Where the weight file lives; None: a temporary folder on the repository's filesystem."""
-    block_bytes: int = 0
-    """Bytes per read request of the reader (0: one request per layer region)."""
-    io_depth: int = 1
-    """Read requests the reader keeps in flight (threads issuing ``block_bytes`` reads)."""
+    block_bytes: int = 4 << 20
+    """Bytes per read request of the reader (0: one request per layer region); the scenario's
+    ``plan.offload.io_block_size``."""
+    io_depth: int = 8
+    """Read requests the reader keeps in flight (threads issuing ``block_bytes`` reads); the
+    scenario's ``plan.offload.io_queue_depth``."""
     direct: bool | None = None
     """None: O_DIRECT, falling back loudly; True: require O_DIRECT; False: force the fallback."""
     seed: int = 0
@@ -715,7 +717,10 @@ def model_yaml(cfg: OffloadConfig, num_layers: int, max_ctx: int) -> dict[str, A
     }
 
 
-def scenario_dict(model_path: str, dtype: str, layers: int, resident: int, batch: int, context: int, decode_tokens: int, calibration: str) -> dict[str, Any]:
+def scenario_dict(
+    model_path: str, dtype: str, layers: int, resident: int, batch: int, context: int, decode_tokens: int, calibration: str,
+    io_block: int = 4 << 20, io_depth: int = 8,
+) -> dict[str, Any]:
     return {
         "name": f"validate-offload L{layers} R{resident} b{batch} ctx{context}",
         "hardware": HARDWARE,
@@ -726,7 +731,10 @@ def scenario_dict(model_path: str, dtype: str, layers: int, resident: int, batch
             "execution": {"device": "cpu"},
             "precision": {"weights": dtype, "activations": dtype, "kv_cache": dtype},
             "batching": {"policy": "static"},
-            "offload": {"weights": {"gpu": 0, "disk": 1}, "resident_layers": resident, "overlap": True},
+            "offload": {
+                "weights": {"gpu": 0, "disk": 1}, "resident_layers": resident, "overlap": True,
+                "io_block_size": f"{int(io_block)} B", "io_queue_depth": int(io_depth),
+            },
         },
     }
 
@@ -740,13 +748,18 @@ class Predicted:
     nvme_read_bw: float = 0.0
 
 
-def predict(model_path: str, dtype: str, layers: int, resident: int, batch: int, context: int, decode_tokens: int, calibration: str) -> Predicted:
+def predict(
+    model_path: str, dtype: str, layers: int, resident: int, batch: int, context: int, decode_tokens: int, calibration: str,
+    io_block: int = 4 << 20, io_depth: int = 8,
+) -> Predicted:
     import warnings
 
     from simkit.scenario import scenario_from_dict
     from simkit.simulate import simulate
 
-    sc = scenario_from_dict(scenario_dict(model_path, dtype, layers, resident, batch, context, decode_tokens, calibration))
+    sc = scenario_from_dict(
+        scenario_dict(model_path, dtype, layers, resident, batch, context, decode_tokens, calibration, io_block, io_depth)
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = simulate(sc, record_iterations=False)
@@ -773,6 +786,7 @@ def run_offload_validation(
     progress: Callable[[str], None] | None = None,
     keep_file: bool = False,
 ) -> dict[str, Any]:
+    """Measure every configuration of ``cfg``, then predict them (:func:`add_predictions`)."""
     from simkit.calibrate.bench import LoadMonitor, require_torch, set_threads
 
     cfg.check()
@@ -811,55 +825,47 @@ def run_offload_validation(
     try:
         t0 = time.perf_counter()
         wf, _ = write_weight_file(cfg, max_layers, dtype, path)
+        # what the reader issues, as the scenario's plan.offload.io_block_size / io_queue_depth
+        io_block = min(cfg.block_bytes or wf.layer_stride, wf.layer_stride)
+        io_depth = min(cfg.io_depth, -(-wf.layer_stride // io_block))
         out(
             f"weight file {path} ({fstype or 'unknown fs'}): {max_layers} layers x {wf.layer_stride / 2**20:.1f} MiB "
             f"({dtype}) + {wf.extra_stride / 2**20:.1f} MiB embedding/norm/LM head, written in {time.perf_counter() - t0:.1f} s"
         )
-        with tempfile.TemporaryDirectory(prefix="simkit-offload-models-") as mdir:
-            for L in cfg.layers:
-                mpath = Path(mdir) / f"model-{L}.yaml"
-                import yaml
-
-                mpath.write_text(yaml.safe_dump(model_yaml(cfg, L, max_ctx), sort_keys=False))
-                for R in cfg.resident:
-                    if R > L:
-                        continue
-                    w = StreamedWeights(wf, L, R, direct=cfg.direct, block_bytes=cfg.block_bytes, io_depth=cfg.io_depth, quiet=bool(io_mode))
-                    io_mode, note = w.io_mode, w.reader.note
-                    try:
-                        model = OffloadLlama(cfg, w, dtype, max_ctx)
-                        for b in cfg.batch_sizes:
-                            for c in cfg.context_lens:
-                                m = measure(model, b, c, cfg.decode_tokens, cfg.repeats, cfg.warmup, cfg.seed)
-                                p = predict(str(mpath), dtype, L, R, b, c, cfg.decode_tokens, calibration)
-                                for phase, meas, pred, rd, wt in (
-                                    ("prefill", m.prefill_s, p.prefill_s, m.prefill_read_s, m.prefill_wait_s),
-                                    ("decode", m.decode_s, p.decode_s, m.decode_read_s, m.decode_wait_s),
-                                ):
-                                    err = (pred - meas) / meas
-                                    rows.append(
-                                        {
-                                            "config": f"{phase} L={L} R={R} b={b} ctx={c}",
-                                            "phase": phase,
-                                            "layers": L,
-                                            "resident": R,
-                                            "batch": b,
-                                            "context": c,
-                                            "measured_s": meas,
-                                            "measured_all_s": m.prefill_all if phase == "prefill" else m.decode_all,
-                                            "predicted_s": pred,
-                                            "error": err,
-                                            "abs_error": abs(err),
-                                            "streamed_bytes_per_pass": m.bytes_per_pass,
-                                            "reader_read_s": rd,
-                                            "compute_wait_s": wt,
-                                            "predicted_nvme_read_bw": p.nvme_read_bw,
-                                        }
-                                    )
-                                    out(f"  {rows[-1]['config']}: measured {meas * 1e3:.1f} ms, predicted {pred * 1e3:.1f} ms ({err:+.1%})")
-                        read_log += w.read_log
-                    finally:
-                        w.close()
+        for L in cfg.layers:
+            for R in cfg.resident:
+                if R > L:
+                    continue
+                w = StreamedWeights(wf, L, R, direct=cfg.direct, block_bytes=cfg.block_bytes, io_depth=cfg.io_depth, quiet=bool(io_mode))
+                io_mode, note = w.io_mode, w.reader.note
+                try:
+                    model = OffloadLlama(cfg, w, dtype, max_ctx)
+                    for b in cfg.batch_sizes:
+                        for c in cfg.context_lens:
+                            m = measure(model, b, c, cfg.decode_tokens, cfg.repeats, cfg.warmup, cfg.seed)
+                            for phase, meas, alls, rd, wt in (
+                                ("prefill", m.prefill_s, m.prefill_all, m.prefill_read_s, m.prefill_wait_s),
+                                ("decode", m.decode_s, m.decode_all, m.decode_read_s, m.decode_wait_s),
+                            ):
+                                rows.append(
+                                    {
+                                        "config": f"{phase} L={L} R={R} b={b} ctx={c}",
+                                        "phase": phase,
+                                        "layers": L,
+                                        "resident": R,
+                                        "batch": b,
+                                        "context": c,
+                                        "measured_s": meas,
+                                        "measured_all_s": alls,
+                                        "streamed_bytes_per_pass": m.bytes_per_pass,
+                                        "reader_read_s": rd,
+                                        "compute_wait_s": wt,
+                                    }
+                                )
+                                out(f"  {rows[-1]['config']}: measured {meas * 1e3:.1f} ms (reader {rd * 1e3:.1f} ms, compute waited {wt * 1e3:.1f} ms)")
+                    read_log += w.read_log
+                finally:
+                    w.close()
     finally:
         if not keep_file:
             with contextlib.suppress(OSError):
@@ -868,20 +874,19 @@ def run_offload_validation(
                 shutil.rmtree(directory, ignore_errors=True)
     if not rows:
         raise CalibrationError("no configuration to run (every --resident exceeds every --layers)")
-    ape = np.abs([r["error"] for r in rows])
     reads = np.asarray([b / t for t, b in read_log if t > 0]) if read_log else np.zeros(0)
     other = mon.other_cores()
-    return {
-        "median_ape": float(np.median(ape)),
-        "p90_ape": float(np.percentile(ape, 90)),
+    result = {
+        "median_ape": float("nan"),
+        "p90_ape": float("nan"),
         "rows": rows,
         "dtype": dtype,
         "threads": threads,
         "io_mode": io_mode,
         "io_note": note,
         "filesystem": fstype,
-        "block_bytes": cfg.block_bytes or wf.layer_stride,
-        "io_depth": cfg.io_depth,
+        "io_block_size": io_block,
+        "io_queue_depth": io_depth,
         "reader_bandwidth_median": float(np.median(reads)) if reads.size else None,
         "reader_bandwidth_p10": float(np.percentile(reads, 10)) if reads.size else None,
         "reader_bandwidth_p90": float(np.percentile(reads, 90)) if reads.size else None,
@@ -898,6 +903,54 @@ def run_offload_validation(
         "date": time.strftime("%Y-%m-%d"),
         "torch_version": torch.__version__,
     }
+    return add_predictions(result, progress=out)
+
+
+def add_predictions(result: dict[str, Any], calibration: str | None = None, *, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Predict every measured row of ``result`` with simkit (in place; also returned) and set the
+    errors and their median/p90. ``calibration`` overrides the result's. A simulator failure is
+    recorded (``prediction_failed``) rather than raised, so the measurements are kept."""
+    import yaml
+
+    out = progress or _log
+    cal = calibration or result["calibration"]
+    result["calibration"] = cal
+    result.pop("prediction_failed", None)
+    m = result["model"]
+    cfg = OffloadConfig(hidden=m["hidden"], heads=m["heads"], kv_heads=m["kv_heads"], ffn=m["ffn"], vocab=m["vocab"])
+    max_ctx = max(r["context"] for r in result["rows"]) + int(result["decode_tokens"])
+    cache: dict[tuple[int, int, int, int], Predicted] = {}
+    with tempfile.TemporaryDirectory(prefix="simkit-offload-models-") as mdir:
+        for r in result["rows"]:
+            key = (r["layers"], r["resident"], r["batch"], r["context"])
+            if key not in cache:
+                mpath = Path(mdir) / f"model-{r['layers']}.yaml"
+                if not mpath.exists():
+                    mpath.write_text(yaml.safe_dump(model_yaml(cfg, r["layers"], max_ctx), sort_keys=False))
+                try:
+                    cache[key] = predict(
+                        str(mpath), result["dtype"], *key, int(result["decode_tokens"]), cal,
+                        int(result["io_block_size"]), int(result["io_queue_depth"]),
+                    )
+                except SimkitError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - a simulator bug must not lose the measurements
+                    msg = f"simkit.simulate raised {type(e).__name__}: {e}"
+                    bar = "!" * 100
+                    out(f"{bar}\nPREDICTION FAILED for {r['config']}: {msg}\n{bar}")
+                    result["prediction_failed"] = msg
+                    cache[key] = Predicted(float("nan"), float("nan"), cal)
+            p = cache[key]
+            pred = p.prefill_s if r["phase"] == "prefill" else p.decode_s
+            err = (pred - r["measured_s"]) / r["measured_s"]
+            r.update(
+                predicted_s=pred, error=err, abs_error=abs(err), predicted_nvme_read_bw=p.nvme_read_bw,
+                predicted_compute_busy_s=float(p.resources.get("compute", {}).get("busy_s", float("nan"))),
+            )
+    ape = np.abs([r["error"] for r in result["rows"]])
+    result["median_ape"] = float(np.median(ape))
+    result["p90_ape"] = float(np.percentile(ape, 90))
+    return result
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -909,10 +962,13 @@ def format_table(result: dict[str, Any]) -> str:
     bw = result.get("reader_bandwidth_median")
     lines.append(
         f"median |error| {result['median_ape']:.1%}, p90 |error| {result['p90_ape']:.1%} over {len(result['rows'])} "
-        f"configurations ({result['dtype']}, {result['threads']} torch threads, {result['io_mode']} reads"
+        f"configurations ({result['dtype']}, {result['threads']} torch thread(s), {result['io_mode']} reads of "
+        f"{result['io_block_size'] / 2**20:g} MiB x {result['io_queue_depth']} in flight"
         + (f" at {bw / 1e6:.0f} MB/s median per layer" if bw else "")
         + f", calibration {result['calibration']})"
     )
+    if result.get("prediction_failed"):
+        lines.append(f"PREDICTION FAILED: {result['prediction_failed']}")
     return "\n".join(lines)
 
 
@@ -959,13 +1015,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default=DEFAULT_PROFILE, help=f"calibration profile folder, or none (default {DEFAULT_PROFILE})")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: bf16 if the profile calibrated it, else fp32")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the profile's)")
-    p.add_argument("--block", type=_bytes, default=0, help="bytes per read request (default 0: one request per layer)")
-    p.add_argument("--io-depth", type=int, default=1, help="read requests in flight (with --block; default 1)")
+    p.add_argument("--block", type=_bytes, default=4 << 20, help="bytes per read request (default 4MiB; 0: one request per layer)")
+    p.add_argument("--io-depth", type=int, default=8, help="read requests in flight (default 8)")
     p.add_argument("--buffered", action="store_true", help="skip O_DIRECT: buffered reads with fadvise(DONTNEED) before each")
     p.add_argument("--repeats", type=int, default=3, help="timed generations per configuration (median kept; default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed generations first (default 1)")
     p.add_argument("--json", dest="json_path", default=None, help="write {median_ape, p90_ape, rows} here")
     p.add_argument("--keep-file", action="store_true", help="keep the weight file")
+    p.add_argument("--from-json", default=None, metavar="FILE",
+                   help="do not measure: re-predict the measurements stored in FILE (a --json output), with --profile "
+                   "if given explicitly, else the calibration stored there")
     return p
 
 
@@ -984,17 +1043,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_in = args_in[1:]
     args = build_parser().parse_args(args_in)
     try:
-        cfg = config_from_args(args)
-        result = run_offload_validation(cfg, args.profile, keep_file=args.keep_file)
+        if args.from_json:
+            result = json.loads(Path(args.from_json).read_text())
+            cal = None
+            if "--profile" in args_in:
+                facts = read_profile_facts(args.profile)
+                cal = "none" if facts is None else str(Path(facts["_path"]).parent.resolve())
+            add_predictions(result, cal)
+        else:
+            cfg = config_from_args(args)
+            result = run_offload_validation(cfg, args.profile, keep_file=args.keep_file)
+            result["command"] = "simkit validate --offload " + " ".join(args_in)
     except SimkitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result["command"] = "simkit validate --offload " + " ".join(args_in)
     print(format_table(result))
     if args.json_path:
         Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_path).write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return 1 if result.get("prediction_failed") else 0
 
 
 if __name__ == "__main__":

@@ -156,18 +156,23 @@ def all_to_all_time(nbytes: Any, num_gpus: int, bandwidth: float, latency: float
 # ---------------------------------------------------------------------------------------------
 # Fitting
 # ---------------------------------------------------------------------------------------------
-def _fit_band(S: np.ndarray, T: np.ndarray, steps: float, factor: float) -> tuple[float, float]:
-    """Least squares on relative error of T = steps*lat + factor*S/bw; returns (bw, lat)."""
+def _fit_band(S: np.ndarray, T: np.ndarray, steps: float, factor: float, bw_cap: float | None = None) -> tuple[float, float]:
+    """Non-negative least squares on the relative error of ``T = steps*lat + factor*S/bw``;
+    returns (bw, lat). A latency-bound band (time flat in size: a fitted bandwidth above 4x
+    ``bw_cap``, the large messages' bandwidth) gets ``bw_cap`` and a refitted latency."""
+    from scipy.optimize import nnls
+
     A = np.column_stack([np.full_like(S, steps), factor * S]) / T[:, None]
-    x, *_ = np.linalg.lstsq(A, np.ones_like(T), rcond=None)
-    lat, inv_bw = float(x[0]), float(x[1])
-    if inv_bw <= 0 or not np.isfinite(inv_bw):
-        # latency-bound band: the largest message's time over its bytes bounds the bandwidth
-        lat = float(np.median(T)) / max(steps, 1.0)
-        inv_bw = 1e-15
-    elif lat < 0:
-        inv_bw = float(np.sum(factor * S / T) / np.sum((factor * S / T) ** 2))
-        lat = 0.0
+    scale = np.array([1e-6, 1e-11])  # condition the columns: latency ~us, 1/bw ~1e-11 s/B
+    x, _ = nnls(A * scale, np.ones_like(T))
+    lat, inv_bw = float(x[0] * scale[0]), float(x[1] * scale[1])
+    if bw_cap is not None and (inv_bw <= 0 or 1.0 / inv_bw > 4.0 * bw_cap):
+        inv_bw = 1.0 / bw_cap
+        y = 1.0 - factor * S * inv_bw / T
+        a = steps / T
+        lat = max(float(np.dot(a, y) / np.dot(a, a)), 0.0) if steps > 0 else 0.0
+    if inv_bw <= 0:
+        inv_bw = float(np.max(T / (factor * S)))
     return 1.0 / inv_bw, lat
 
 
@@ -199,15 +204,14 @@ def fit_collective(
             lo = b
     if len(merged) > 1 and int((merged[-2] < S).sum()) < min_per_band:
         merged.pop(-2)
+    big = np.quantile(S, 0.5) <= S
+    bw_all, _ = _fit_band(S[big], T[big], steps, factor)
     bands = []
     lo = 0.0
     for b in merged:
         m = (lo < S) & (b >= S)
-        if m.sum() >= 2:
-            bw, lat = _fit_band(S[m], T[m], steps, factor)
-        else:
-            bw, lat = _fit_band(S, T, steps, factor)
-        bands.append((b, bw, lat))
+        bw, lat = _fit_band(S[m], T[m], steps, factor, bw_all) if m.sum() >= 2 else _fit_band(S, T, steps, factor)
+        bands.append((b, float(f"{bw:.5e}"), float(f"{lat:.5e}")))
         lo = b
     fit = CollectiveFit(kind, int(num_gpus), algorithm, tuple(bands))
     pred = collective_time(kind, S, num_gpus, 1.0, 0.0, algorithm, fit)

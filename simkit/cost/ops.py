@@ -141,14 +141,24 @@ def _gemm(name: str, count: int, m: float, k: float, n: float, p: Precision, n_w
     )
 
 
-def _elementwise(name: str, count: int, numel: float, reads: float, writes: float, flops_per: float, p: Precision, extra_bytes: float = 0.0) -> Op:
+def _elementwise(
+    name: str,
+    count: int,
+    numel: Any,
+    reads: float,
+    writes: float,
+    flops_per: float,
+    p: Precision,
+    extra_bytes: Any = 0.0,
+    tokens: Any = None,
+) -> Op:
     return Op(
         name,
         count,
         flops=flops_per * numel,
         weight_bytes=extra_bytes,
         act_bytes=(reads + writes) * numel * p.a_bytes,
-        shape={"numel": numel},
+        shape={"numel": numel} if tokens is None else {"numel": numel, "tokens": tokens},
     )
 
 
@@ -242,26 +252,26 @@ def token_ops(
     L = model.num_layers
     T = tokens if isinstance(tokens, np.ndarray) else float(tokens)
     ops: list[Op] = [
-        _elementwise("embedding", 1, T * h, 0.0, 1.0, 0.0, p, extra_bytes=T * h * p.w_bytes),
-        _elementwise("input_norm", L, T * h, 1.0, 1.0, 5.0, p, extra_bytes=model.norm_params * p.a_bytes),
+        _elementwise("embedding", 1, T * h, 0.0, 1.0, 0.0, p, extra_bytes=T * h * p.w_bytes, tokens=T),
+        _elementwise("input_norm", L, T * h, 1.0, 1.0, 5.0, p, extra_bytes=model.norm_params * p.a_bytes, tokens=T),
         _gemm("qkv_proj", L, T, h, (model.q_dim + 2 * model.kv_dim) / tp, p),
     ]
     if model.positional in ("rope", "partial_rope"):
         rot = (model.q_dim + model.kv_dim) / tp
         if model.positional == "partial_rope":
             rot *= 0.5
-        ops.append(_elementwise("rope", L, T * rot, 1.0, 1.0, 3.0, p))
+        ops.append(_elementwise("rope", L, T * rot, 1.0, 1.0, 3.0, p, tokens=T))
     ops.append(_gemm("o_proj", L, T, model.q_dim / tp, h, p))
     if not model.parallel_attn_mlp:
         ops.append(
-            _elementwise("post_attn_norm", L, T * h, 1.0, 1.0, 5.0, p, extra_bytes=model.norm_params * p.a_bytes)
+            _elementwise("post_attn_norm", L, T * h, 1.0, 1.0, 5.0, p, extra_bytes=model.norm_params * p.a_bytes, tokens=T)
         )
     n_dense = model.num_dense_layers
     up_mult = 2 if model.gated_mlp else 1
     if n_dense:
         f = model.ffn_size / tp
         ops.append(_gemm("mlp_up", n_dense, T, h, up_mult * f, p))
-        ops.append(_elementwise("mlp_act", n_dense, T * f, float(up_mult), 1.0, 8.0, p))
+        ops.append(_elementwise("mlp_act", n_dense, T * f, float(up_mult), 1.0, 8.0, p, tokens=T))
         ops.append(_gemm("mlp_down", n_dense, T, f, h, p))
     if model.moe is not None and model.num_moe_layers:
         m = model.moe
@@ -295,12 +305,12 @@ def token_ops(
             )
         )
     adds = 1 if model.parallel_attn_mlp else 2
-    ops.append(_elementwise("residual_add", adds * L, T * h, 2.0, 1.0, 1.0, p))
-    ops.append(_elementwise("final_norm", 1, T * h, 1.0, 1.0, 5.0, p, extra_bytes=model.norm_params * p.a_bytes))
+    ops.append(_elementwise("residual_add", adds * L, T * h, 2.0, 1.0, 1.0, p, tokens=T))
+    ops.append(_elementwise("final_norm", 1, T * h, 1.0, 1.0, 5.0, p, extra_bytes=model.norm_params * p.a_bytes, tokens=T))
     R = logits_rows if isinstance(logits_rows, np.ndarray) else float(logits_rows)
     if isinstance(R, np.ndarray) or R > 0:
         ops.append(_gemm("lm_head", 1, R, h, model.vocab_size / tp, p))
-        ops.append(_elementwise("sampling", 1, R * model.vocab_size / tp, 1.0, 0.0, 3.0, p))
+        ops.append(_elementwise("sampling", 1, R * model.vocab_size / tp, 1.0, 0.0, 3.0, p, tokens=R))
     return ops
 
 

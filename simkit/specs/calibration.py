@@ -70,20 +70,21 @@ MODELS_FILE = "models.json"
 
 
 def _plain(x: Any) -> Any:
-    """YAML-safe plain Python (numpy scalars -> float/int, tuples -> lists, 6 significant digits
-    are kept exactly: floats are written with repr)."""
+    """YAML-safe plain Python: numpy scalars -> float/int, tuples -> lists, floats rounded to 6
+    significant digits (every number a fitted model computes with is rounded so at fit time)."""
     if isinstance(x, Mapping):
         return {(int(k) if isinstance(k, np.integer) else k): _plain(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
         return [_plain(v) for v in x]
     if isinstance(x, np.integer):
         return int(x)
-    if isinstance(x, np.floating):
-        return float(x)
-    if isinstance(x, np.bool_):
+    if isinstance(x, np.bool_ | bool):
         return bool(x)
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
+    if isinstance(x, np.floating | float):
+        x = float(x)
+        if not math.isfinite(x):
+            return None
+        return float(f"{x:.5e}") if x != 0 else 0.0
     return x
 
 
@@ -186,7 +187,7 @@ class Profile:
             "license": self.license,
             "samples": SAMPLES_FILE,
         }
-        if any(cm.forest is not None for cm in self.models.values()):
+        if self._forests():
             d["models"] = MODELS_FILE
         d["efficiency"] = eff
         d["launch_overhead"] = {cls: self.launch_overhead(cls) for cls in OP_CLASSES}
@@ -197,6 +198,15 @@ class Profile:
         if self.threads is not None:
             d["threads"] = int(self.threads)
         return _plain(d)
+
+    def _forests(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for cls, cm in self.models.items():
+            if cm.forest is not None:
+                out[cls] = cm.forest
+            if getattr(cm, "forest_tokens", None) is not None:
+                out[f"{cls}_tokens"] = cm.forest_tokens
+        return out
 
     def save(self, directory: str | Path) -> Path:
         """Write profile.yaml, samples.csv (and models.json) into ``directory``; returns the YAML path."""
@@ -209,7 +219,7 @@ class Profile:
         (out / PROFILE_FILE).write_text(f"# simkit calibration profile (see simkit/specs/calibration.py)\n{text}", encoding="utf-8")
         if self.samples is not None:
             self.samples.to_csv(out / SAMPLES_FILE, index=False, float_format="%.9g")
-        forests = {cls: cm.forest.to_json() for cls, cm in self.models.items() if cm.forest is not None}
+        forests = {key: fo.to_json() for key, fo in self._forests().items()}
         if forests:
             with open(out / MODELS_FILE, "w", encoding="utf-8") as f:
                 f.write("{\n")
@@ -225,7 +235,7 @@ class Profile:
     def load(cls, path: str | Path, *, with_samples: bool = True) -> Profile:
         """Read a profile folder or its profile.yaml. Every problem raises CalibrationError naming
         the file and the key."""
-        from simkit.calibrate.fit import ClassModel, Forest, RooflineBase, roof_from_device
+        from simkit.calibrate.fit import ClassModel, Forest, RooflineBase, feature_names, roof_from_device
         from simkit.specs.yamlio import load_yaml
 
         p = Path(path)
@@ -263,9 +273,16 @@ class Profile:
             samples = _read_samples(f.parent / samples_rel, where)
         forests: dict[str, Any] = {}
         measured = [c for c in OP_CLASSES if isinstance(eff.get(c), dict) and eff[c].get("measured")]
+        wanted: dict[str, str] = {}  # models.json key -> where in profile.yaml it is named
+        for c in measured:
+            model = eff[c].get("model")
+            if not isinstance(model, dict):
+                continue
+            for sect in ("residual", "residual_with_tokens"):
+                if isinstance(model.get(sect), dict):
+                    wanted[str(model[sect].get("key", c if sect == "residual" else f"{c}_tokens"))] = f"efficiency.{c}.model.{sect}"
         models_rel = data.get("models")
-        needs_trees = [c for c in measured if isinstance(eff[c].get("model"), dict) and "residual" in eff[c]["model"]]
-        if needs_trees:
+        if wanted:
             if not models_rel:
                 raise CalibrationError("efficiency models name residual trees but the profile has no 'models' file", where=where, key="models")
             mf = f.parent / str(models_rel)
@@ -275,13 +292,15 @@ class Profile:
                 raise CalibrationError(f"models file not found: {mf}", where=str(mf)) from None
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
                 raise CalibrationError(f"cannot read the fitted models ({e.__class__.__name__}: {e})", where=str(mf)) from None
-            for c in needs_trees:
-                if c not in raw:
-                    raise CalibrationError(f"no trees for class {c!r}", where=str(mf), key=c)
+            if not isinstance(raw, dict):
+                raise CalibrationError("expected a mapping of model keys to trees", where=str(mf))
+            for key, named_at in wanted.items():
+                if key not in raw:
+                    raise CalibrationError(f"no trees {key!r} (named at {named_at} of {f.name})", where=str(mf), key=key)
                 try:
-                    forests[c] = Forest.from_json(raw[c])
-                except (KeyError, TypeError, ValueError) as e:
-                    raise CalibrationError(f"malformed trees ({e.__class__.__name__}: {e})", where=str(mf), key=c) from None
+                    forests[key] = Forest.from_json(raw[key])
+                except (KeyError, TypeError, ValueError, IndexError) as e:
+                    raise CalibrationError(f"malformed trees ({e.__class__.__name__}: {e})", where=str(mf), key=key) from None
         try:
             roof = roof_from_device(device)
         except CalibrationError as e:
@@ -310,8 +329,20 @@ class Profile:
                 raise CalibrationError("required key is missing", where=where, key=f"efficiency.{c}.model.base.{e.args[0]}") from None
             except (TypeError, ValueError) as e:
                 raise CalibrationError(f"expected numbers ({e})", where=where, key=f"efficiency.{c}.model.base") from None
-            kinds = tuple((model.get("residual") or {}).get("kernel_kinds") or ())
-            cm = ClassModel(c, roof, base, forests.get(c), kinds)
+            res = model.get("residual") or {}
+            res_tok = model.get("residual_with_tokens") or {}
+            kinds = tuple(res.get("kernel_kinds") or res_tok.get("kernel_kinds") or ())
+            for sect, sec, tok in (("residual", res, False), ("residual_with_tokens", res_tok, True)):
+                if sec and "features" in sec and list(sec["features"]) != feature_names(c, kinds, tok):
+                    raise CalibrationError(
+                        "the residual trees were fitted on other features than this simkit computes "
+                        f"({len(sec['features'])} vs {len(feature_names(c, kinds, tok))}): refit the profile",
+                        where=where,
+                        key=f"efficiency.{c}.model.{sect}.features",
+                    )
+            cm = ClassModel(c, roof, base, forests.get(str(res.get("key", c))) if res else None, kinds)
+            if res_tok:
+                cm.forest_tokens = forests.get(str(res_tok.get("key", f"{c}_tokens")))
             cm.launch_overhead = float(overhead.get(c, base.launch_s))
             fe = need(entry, "fit_error", f"efficiency.{c}.", dict)
             cm.fit_error = dict(fe)

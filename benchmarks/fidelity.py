@@ -1,0 +1,175 @@
+"""Fidelity of simkit's cost model against measurements it was not fitted on.
+
+    python benchmarks/fidelity.py            # or: make fidelity
+
+(a) GPU operators, leave-one-model-out (LOMO): for each shipped Vidur profile (H100, A100, A40)
+    and each of its five models, fit the efficiency model on the other four models' samples and
+    predict every linear layer (qkv_proj, o_proj, mlp_up, mlp_down) of the left-out one at every
+    token count (1..4096) and TP degree (1/2/4/8); the same for the elementwise operators (norms,
+    activation, RoPE, residual add, embedding). Next to it the error of the datasheet defaults
+    (``DatasheetEfficiency``: a fixed fraction of peak, what simkit uses without a profile).
+(b) Collectives: alpha-beta fits of the Vidur NCCL timings per topology / collective / GPU count,
+    scored on message sizes they were not fitted on (fit on the small half, predict the large
+    half and vice versa, with one (bandwidth, latency) pair), and on a random 20% held out from
+    the per-size-band fit the profiles store.
+
+Errors are absolute percentage errors |predicted / measured - 1|: median and 90th percentile.
+Reads only the shipped profiles' samples.csv (calibration/profiles/*-vidur); about a minute and a
+half on a 2-core machine. ``gpu_fidelity_report()`` returns (text, dict) for reuse.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+GPUS = (("h100", "h100-sxm"), ("a100", "a100-80gb-sxm"), ("a40", "a40"))
+TARGET_MEDIAN, TARGET_P90 = 0.05, 0.12
+
+
+def _pct(x: float) -> str:
+    return f"{100.0 * x:5.1f}%"
+
+
+def load_vidur_profile(catalog: str) -> tuple[Any, dict[str, Any]]:
+    """(samples DataFrame, device facts) of the shipped profile ``<catalog>-vidur``."""
+    import pandas as pd
+    import yaml
+
+    from simkit.specs.catalog import repo_path
+
+    d = repo_path("calibration", "profiles", f"{catalog}-vidur")
+    head = yaml.safe_load((d / "profile.yaml").read_text())
+    samples = pd.read_csv(d / head.get("samples", "samples.csv"), low_memory=False)
+    return samples, dict(head["device"])
+
+
+def lomo(samples: Any, device: dict[str, Any], op_class: str, ops: tuple[str, ...] | None) -> Any:
+    from simkit.calibrate.vidur import lomo_table
+
+    return lomo_table(samples, device, op_class, ops)
+
+
+def _held_out(op: str, p: int, S: np.ndarray, T: np.ndarray, train: np.ndarray, test: np.ndarray, bands: bool) -> np.ndarray:
+    """|error| on ``test`` of a fit on ``train`` (one band, or the profiles' size bands)."""
+    from simkit.cost.collectives import DEFAULT_BAND_EDGES, collective_time, fit_collective
+
+    f = fit_collective(op, S[train], T[train], p, edges=DEFAULT_BAND_EDGES if bands else None)
+    return np.abs(collective_time(op, S[test], p, 1.0, 0.0, fit=f) / T[test] - 1.0)
+
+
+def collective_fidelity(samples: Any, seed: int = 0) -> list[dict[str, Any]]:
+    """Per (topology, collective, GPUs): errors on held-out message sizes (see the module doc)."""
+    rows = []
+    df = samples[samples.op_class == "collective"]
+    rng = np.random.default_rng(seed)
+    for (topo, op, p), g in df.groupby(["topology", "op", "num_gpus"]):
+        S = g["bytes"].to_numpy(float)
+        T = g["time_s"].to_numpy(float)
+        p = int(p)
+        med = np.median(S)
+        small, large = med >= S, med < S
+
+        op = str(op)
+        e_sl = _held_out(op, p, S, T, small, large, bands=False)
+        e_ls = _held_out(op, p, S, T, large, small, bands=False)
+        test = rng.random(len(S)) < 0.2
+        e_rand = _held_out(op, p, S, T, ~test, test, bands=True)
+        rows.append(
+            {
+                "topology": str(topo), "collective": str(op), "num_gpus": p, "n": int(len(S)),
+                "small_to_large": (float(np.median(e_sl)), float(np.quantile(e_sl, 0.9))),
+                "large_to_small": (float(np.median(e_ls)), float(np.quantile(e_ls, 0.9))),
+                "random_20pct": (float(np.median(e_rand)), float(np.quantile(e_rand, 0.9))),
+            }
+        )  # fmt: skip
+    return rows
+
+
+def gpu_fidelity_report(progress: bool = True) -> tuple[str, dict[str, Any]]:
+    """The GPU sections of docs/fidelity.md: (markdown text, results dict)."""
+    from simkit.calibrate.vidur import LINEAR
+
+    t0 = time.perf_counter()
+    out: list[str] = []
+    res: dict[str, Any] = {"lomo": {}, "collectives": {}}
+    out.append("## (a) GPU operators: leave-one-model-out (Vidur measurements, fp16)\n")
+    out.append(
+        "Fit on four models, predict every row of the fifth (all token counts 1..4096, all TP degrees). "
+        f"Goal for linear layers: median <= {TARGET_MEDIAN:.0%} and p90 <= {TARGET_P90:.0%} for each "
+        "left-out model on each GPU. `datasheet` = the documented defaults without calibration.\n"
+    )
+    out.append("| GPU | left-out model | linear n | linear median | linear p90 | datasheet median | datasheet p90 "
+               "| elementwise median | elementwise p90 | datasheet median | datasheet p90 | goal met |")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|")
+    for _gpu, catalog in GPUS:
+        t1 = time.perf_counter()
+        samples, device = load_vidur_profile(catalog)
+        lin = lomo(samples, device, "gemm", LINEAR).set_index("group")
+        ew = lomo(samples, device, "elementwise", None).set_index("group")
+        res["lomo"][catalog] = {}
+        for model in lin.index:
+            a, e = lin.loc[model], ew.loc[model]
+            ok = a.median_ape <= TARGET_MEDIAN and a.p90_ape <= TARGET_P90
+            res["lomo"][catalog][model] = {
+                "linear": {"median_ape": a.median_ape, "p90_ape": a.p90_ape, "n": int(a.n),
+                           "datasheet_median_ape": a.datasheet_median_ape, "datasheet_p90_ape": a.datasheet_p90_ape},
+                "elementwise": {"median_ape": e.median_ape, "p90_ape": e.p90_ape, "n": int(e.n),
+                                "datasheet_median_ape": e.datasheet_median_ape, "datasheet_p90_ape": e.datasheet_p90_ape},
+                "goal_met": bool(ok),
+            }  # fmt: skip
+            out.append(
+                f"| {catalog} | {model} | {int(a.n)} | {_pct(a.median_ape)} | {_pct(a.p90_ape)} | "
+                f"{_pct(a.datasheet_median_ape)} | {_pct(a.datasheet_p90_ape)} | {_pct(e.median_ape)} | {_pct(e.p90_ape)} | "
+                f"{_pct(e.datasheet_median_ape)} | {_pct(e.datasheet_p90_ape)} | {'yes' if ok else 'no'} |"
+            )
+        if progress:
+            print(f"[fidelity] {catalog}: leave-one-model-out in {time.perf_counter() - t1:.0f} s", file=sys.stderr, flush=True)
+        coll = collective_fidelity(samples)
+        res["collectives"][catalog] = coll
+    n_ok = sum(v["goal_met"] for g in res["lomo"].values() for v in g.values())
+    n_all = sum(len(g) for g in res["lomo"].values())
+    out.append(f"\nLinear-layer goal met for {n_ok} of {n_all} (GPU, left-out model) pairs.\n")
+
+    out.append("## (b) Collectives: alpha-beta fits on held-out message sizes (Vidur NCCL timings)\n")
+    out.append(
+        "`small->large`: one (bandwidth, latency) fitted on the smaller half of the sizes, scored on the larger half; "
+        "`large->small` the reverse; `random 20%`: the per-size-band fit stored in the profiles, scored on a random "
+        "20% of sizes held out. Median / p90 APE. `_internode`: GPUs on different nodes.\n"
+    )
+    out.append("| GPU | topology | collective | GPUs | n | small->large | large->small | random 20% |")
+    out.append("|---|---|---|---:|---:|---:|---:|---:|")
+    for catalog, rows in res["collectives"].items():
+        for r in rows:
+            f = " / ".join
+            out.append(
+                f"| {catalog} | {r['topology']} | {r['collective']} | {r['num_gpus']} | {r['n']} | "
+                f"{f(_pct(x).strip() for x in r['small_to_large'])} | {f(_pct(x).strip() for x in r['large_to_small'])} | "
+                f"{f(_pct(x).strip() for x in r['random_20pct'])} |"
+            )
+    res["wall_s"] = time.perf_counter() - t0
+    out.append(f"\n(GPU sections computed in {res['wall_s']:.0f} s.)\n")
+    return "\n".join(out), res
+
+
+def main() -> int:
+    text, _ = gpu_fidelity_report()
+    print("# simkit fidelity\n")
+    print(text)
+    from simkit.calibrate.validate import cpu_validation_report
+
+    cpu_text, _ = cpu_validation_report()
+    print(cpu_text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
