@@ -936,8 +936,9 @@ def add_predictions(result: dict[str, Any], calibration: str | None = None, *, p
                     raise
                 except Exception as e:  # noqa: BLE001 - a simulator bug must not lose the measurements
                     msg = f"simkit.simulate raised {type(e).__name__}: {e}"
-                    bar = "!" * 100
-                    out(f"{bar}\nPREDICTION FAILED for {r['config']}: {msg}\n{bar}")
+                    if "prediction_failed" not in result:
+                        bar = "!" * 100
+                        out(f"{bar}\nPREDICTION FAILED ({r['config']} and maybe others): {msg}\n{bar}")
                     result["prediction_failed"] = msg
                     cache[key] = Predicted(float("nan"), float("nan"), cal)
             p = cache[key]
