@@ -20,33 +20,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT / "workloads" / "traces"
 
+
+
+def _azure16k(name: str, batching: dict) -> dict:
+    """16,000 requests, lengths resampled from the Azure 2023 conversation trace, Poisson 8 req/s,
+    Llama-2-7B on one H100 SXM."""
+    return {
+        "name": name,
+        "hardware": "dgx-h100",
+        "model": "llama-2-7b",
+        "workload": {
+            "synthetic": {
+                "num_requests": 16000,
+                "arrival": {"process": "poisson", "rate": 8},
+                "lengths": {"trace": {"path": str(TRACES / "azure_conv_2023.csv"), "format": "azure"}},
+            }
+        },
+        "plan": {"batching": batching},
+    }
+
+
 CASES: dict[str, dict] = {
-    "azure16k-continuous": {
-        "name": "azure16k-continuous",
-        "hardware": "dgx-h100",
-        "model": "llama-2-7b",
-        "workload": {
-            "synthetic": {
-                "num_requests": 16000,
-                "arrival": {"process": "poisson", "rate": 8},
-                "lengths": {"trace": {"path": str(TRACES / "azure_conv_2023.csv"), "format": "azure"}},
-            }
-        },
-        "plan": {"batching": {"policy": "continuous", "max_num_seqs": 128, "max_num_batched_tokens": 4096}},
-    },
-    "azure16k-chunked": {
-        "name": "azure16k-chunked",
-        "hardware": "dgx-h100",
-        "model": "llama-2-7b",
-        "workload": {
-            "synthetic": {
-                "num_requests": 16000,
-                "arrival": {"process": "poisson", "rate": 8},
-                "lengths": {"trace": {"path": str(TRACES / "azure_conv_2023.csv"), "format": "azure"}},
-            }
-        },
-        "plan": {"batching": {"policy": "chunked_prefill", "chunk_size": 512, "max_num_seqs": 128, "max_num_batched_tokens": 4096}},
-    },
+    "azure16k-continuous": _azure16k("azure16k-continuous", {"policy": "continuous", "max_num_seqs": 128, "max_num_batched_tokens": 4096}),
+    "azure16k-chunked": _azure16k(
+        "azure16k-chunked", {"policy": "chunked_prefill", "chunk_size": 512, "max_num_seqs": 128, "max_num_batched_tokens": 4096}
+    ),
     "mooncake-prefix": {
         "name": "mooncake-prefix",
         "hardware": "dgx-h100",
@@ -55,6 +53,8 @@ CASES: dict[str, dict] = {
         "plan": {
             "batching": {"policy": "chunked_prefill", "chunk_size": 2048, "max_num_seqs": 128},
             "prefix_cache": {"enabled": True},
+            "parallel": {"replicas": 8},
+            "routing": "prefix_aware",
         },
     },
     "synthetic-1m": {

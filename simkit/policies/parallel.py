@@ -116,30 +116,26 @@ def check_parallel(model: ModelSpec, node: Node, par: Parallel, where: str | Non
     return lay
 
 
-def expert_group_shares(model: ModelSpec, ep: int, distribution: str, skew: float) -> np.ndarray:
-    """Expected share of routed tokens each of the ``ep`` expert groups receives.
-
-    Uniform routing gives 1/ep each. Zipf routing gives expert of popularity rank r a share
-    proportional to r^-skew; experts are placed on groups round-robin by rank (a balanced
-    placement), so the shares differ only through the skew."""
+def expert_popularity(model: ModelSpec, distribution: str, skew: float) -> np.ndarray:
+    """Probability that a routed token picks each expert: uniform, or Zipf (rank r gets r^-skew)."""
     assert model.moe is not None
     E = model.moe.num_experts
     if distribution == "uniform" or skew == 0:
-        p = np.full(E, 1.0 / E)
-    else:
-        p = np.arange(1, E + 1, dtype=np.float64) ** (-skew)
-        p /= p.sum()
-    groups = np.arange(E) % ep
-    return np.bincount(groups, weights=p, minlength=ep)
+        return np.full(E, 1.0 / E)
+    p = np.arange(1, E + 1, dtype=np.float64) ** (-skew)
+    return p / p.sum()
+
+
+def expert_group_shares(model: ModelSpec, ep: int, distribution: str, skew: float) -> np.ndarray:
+    """Expected share of routed tokens each of the ``ep`` expert groups receives.
+
+    Experts are placed on groups round-robin by popularity rank (a balanced placement), so with
+    uniform routing every group gets 1/ep and skew shows up only through the popular experts."""
+    p = expert_popularity(model, distribution, skew)
+    return np.bincount(np.arange(len(p)) % ep, weights=p, minlength=ep)
 
 
 def expert_loads(model: ModelSpec, distribution: str, skew: float, tokens: float) -> np.ndarray:
     """Expected tokens routed to each expert for ``tokens`` tokens (top-k routing)."""
     assert model.moe is not None
-    E = model.moe.num_experts
-    if distribution == "uniform" or skew == 0:
-        p = np.full(E, 1.0 / E)
-    else:
-        p = np.arange(1, E + 1, dtype=np.float64) ** (-skew)
-        p /= p.sum()
-    return p * tokens * model.moe.top_k
+    return expert_popularity(model, distribution, skew) * tokens * model.moe.top_k
