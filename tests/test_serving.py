@@ -151,10 +151,11 @@ def test_energy_and_cost_are_consistent():
     blocks=st.integers(150, 500),
     preemption=st.sampled_from(["recompute", "swap"]),
     policy=st.sampled_from(["continuous", "chunked_prefill"]),
-    prefixes=st.integers(1, 4),
+    prefixes=st.integers(1, 6),
+    dram_entries=st.integers(0, 6),
     seed=st.integers(0, 99),
 )
-def test_prefix_and_preemption_invariants(tmp_path_factory, n, blocks, preemption, policy, prefixes, seed):
+def test_prefix_and_preemption_invariants(tmp_path_factory, n, blocks, preemption, policy, prefixes, dram_entries, seed):
     rng = np.random.default_rng(seed)
     rows = []
     t = 0.0
@@ -165,7 +166,10 @@ def test_prefix_and_preemption_invariants(tmp_path_factory, n, blocks, preemptio
     path = _native_trace(tmp_path_factory.mktemp("t"), rows)
     data = make_scenario(workload={"trace": {"path": path, "format": "native"}})
     data["plan"].update({"batching": {"policy": policy, "chunk_size": 512, "max_num_seqs": 8},
-                         "kv_cache": {"num_blocks": blocks, "preemption": preemption}, "prefix_cache": {"enabled": True}})
+                         "kv_cache": {"num_blocks": blocks, "preemption": preemption},
+                         # tiny lower tiers force demotions and drops (llama-2-7b: 256 MiB per 512-token entry)
+                         "prefix_cache": {"enabled": True, "tiers": ["hbm", "dram", "ssd"],
+                                          "capacity": {"dram": f"{dram_entries * 256} MiB", "ssd": "512 MiB"}}})
     res = simulate(scenario_from_dict(data))
     tb, s = res.table, res.summary
     assert s["requests_completed"] + s["requests_rejected"] == n

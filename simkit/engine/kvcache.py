@@ -82,6 +82,10 @@ class PrefixCache:
             self.pinned -= 1
         self.hbm[h] = max(refs - 1, 0)
 
+    def touch(self, h: int, tier: str) -> None:
+        """Mark a lower-tier entry most recently used (it is about to be fetched)."""
+        self.lower[tier].move_to_end(h)
+
     def take_from_lower(self, h: int, tier: str) -> None:
         del self.lower[tier][h]
 

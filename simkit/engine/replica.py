@@ -213,19 +213,40 @@ class Replica:
             if self.spill_used + spill > self.cfg.spill_capacity_tokens:
                 return False
             tokens = min(tokens, self.cfg.spill_after)
-        lower = sum(1 for x in tiers if x != "hbm")
-        need = kv.blocks_for(max(tokens - hit_tokens, 0)) + lower * cache.blocks_per_hash if cache else kv.blocks_for(tokens)
-        if not kv.can_admit(need):
-            return False
-        # pin HBM hits first so that making room cannot evict them
-        for h, tier in zip(hashes, tiers):
-            if tier == "hbm":
-                cache.pin(h)  # type: ignore[union-attr]
-        if not kv.make_room(need):
+        if cache is None:
+            need = kv.blocks_for(tokens)
+            if not kv.can_admit(need) or not kv.make_room(need):
+                return False
+        else:
+            bph = cache.blocks_per_hash
+            lower = sum(1 for x in tiers if x != "hbm")
+            need = kv.blocks_for(max(tokens - hit_tokens, 0)) + lower * bph
+            if not kv.can_admit(need):
+                return False
+            # pin HBM hits and refresh lower-tier hits so that making room evicts neither
             for h, tier in zip(hashes, tiers):
                 if tier == "hbm":
-                    cache.unpin(h)  # type: ignore[union-attr]
-            return False
+                    cache.pin(h)
+                else:
+                    cache.touch(h, tier)
+            ok = kv.make_room(need)
+            # making room demotes entries down the tiers and may drop the oldest: keep the
+            # leading hits that are still somewhere, at the tier they are now in
+            now_tiers = cache.match(hashes)
+            if len(now_tiers) < len(hashes) or now_tiers != tiers:
+                for h, tier in zip(hashes[len(now_tiers):], tiers[len(now_tiers):]):
+                    if tier == "hbm":
+                        cache.unpin(h)
+                hashes, tiers = hashes[: len(now_tiers)], now_tiers
+                hit_tokens = len(hashes) * self.cfg.hash_tokens
+                lower = sum(1 for x in tiers if x != "hbm")
+                need = kv.blocks_for(max(tokens - hit_tokens, 0)) + lower * bph
+                ok = kv.make_room(need) and cache.match(hashes) == tiers
+            if not ok:
+                for h, tier in zip(hashes, tiers):
+                    if tier == "hbm":
+                        cache.unpin(h)
+                return False
         priv = kv.blocks_for(max(tokens - hit_tokens, 0))
         kv.alloc(priv)
         t.blocks[i] = priv
