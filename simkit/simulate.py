@@ -633,8 +633,14 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             )
     tot_busy = sum(x["compute_s"] + x["comm_s"] for x in per_gpu)
     resources: dict[str, dict[str, float]] = {}
-    comp_busy = sum(e.busy_time for e in engines_all) / max(len(replicas), 1)
-    resources["compute"] = {"busy_s": comp_busy, "utilization": comp_busy / span if span > 0 else 0.0}
+    # compute: per GPU group (a replica's stage), averaged; the busiest group's utilisation too
+    group_busy = [x["compute_s"] + x["comm_s"] for x in per_gpu] or [0.0]
+    comp_busy = float(np.mean(group_busy))
+    resources["compute"] = {
+        "busy_s": comp_busy,
+        "utilization": comp_busy / span if span > 0 else 0.0,
+        "max_utilization": max(group_busy) / span if span > 0 else 0.0,
+    }
     for k, v in link_stats.items():
         resources[k] = {
             "busy_s": v["busy_s"] / n_rep,
