@@ -363,6 +363,10 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         assert node.gpu is not None
         device = ComputeDevice.from_gpu(node.gpu)
     eff, cal_info, cal_warn = resolve_calibration(sc, device)
+    prof_dev = getattr(eff, "device", None)
+    if isinstance(prof_dev, dict):
+        # time operators against the roofline the profile's efficiencies were fitted to
+        device = device.calibrated(prof_dev)
     if cal_warn:
         warn.append(cal_warn)
         warnings.warn(cal_warn, stacklevel=2)
@@ -473,6 +477,8 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     if offloaded and plan.offload.cpu_attention and not use_cpu:
         cpu_dev = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
         cpu_eff, _, _ = resolve_calibration(sc, cpu_dev, quiet=True)
+        if isinstance(getattr(cpu_eff, "device", None), dict):
+            cpu_dev = cpu_dev.calibrated(cpu_eff.device)
         cpu_cost = IterationModel(model, cpu_dev, cpu_eff, prec, tp=1)
         cpu_stream = simpy.Resource(env, capacity=1)
     arrivals = table.arrival

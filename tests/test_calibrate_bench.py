@@ -228,3 +228,38 @@ def test_validation_model_matches_forward_ops(keep_threads):
         assert nxt.shape == (2,)
         nxt = m.forward(nxt.view(2, 1), 8)
         assert nxt.shape == (2,)
+
+
+@pytest.mark.torch
+def test_cpu_validation_report(tiny_profile, tmp_path, keep_threads):
+    from simkit.calibrate.validate import ValidationConfig, cpu_validation_report
+
+    torch = pytest.importorskip("torch")
+    n = torch.get_num_threads()
+    cfg = ValidationConfig(layers=1, hidden=128, heads=4, kv_heads=2, ffn=256, vocab=512, batch_sizes=(1,),
+                           context_lens=(16,), repeats=2, min_time_s=0.0)
+    text, res = cpu_validation_report(tiny_profile, cfg)
+    assert "## CPU validation" in text and "median |error|" in text
+    assert set(res) == {"fp32"} and math.isfinite(res["fp32"]["median_ape"])
+    assert torch.get_num_threads() == n  # restored
+    text, res = cpu_validation_report(tmp_path / "no-such-profile", cfg)
+    assert "Skipped" in text and "skipped" in res
+
+
+def test_shipped_cpu_profile_loads_and_predicts():
+    """calibration/profiles/ci-vm-cpu (measured on the CI VM) is a valid profile of catalog CPU
+    generic-2core-vm and predicts finite operator times (no torch needed)."""
+    from simkit.calibrate.validate import DEFAULT_PROFILE, compute_device, model_spec, predict_step
+    from simkit.calibrate.validate import ValidationConfig as VC
+    from simkit.specs.calibration import Profile
+    from simkit.specs.catalog import repo_path
+
+    prof = Profile.load(repo_path(*DEFAULT_PROFILE.split("/")))
+    assert prof.device["kind"] == "cpu" and prof.device["catalog"] == "generic-2core-vm"
+    assert {"fp32", "bf16"} <= set(prof.device["dtypes"])
+    assert all(prof.is_measured(c) for c in ("gemm", "elementwise", "attn_prefill", "attn_decode"))
+    assert prof.ssd and prof.device["ssd"]["direct_io"] in (True, False)
+    dev = compute_device(prof)
+    for q, ctx in (([128, 128], [0, 0]), ([1] * 4, [512] * 4)):
+        t, times = predict_step(model_spec(VC()), q, ctx, dev, prof, "bf16")
+        assert 0 < t < 10 and all(math.isfinite(x.time_s) for x in times)

@@ -130,3 +130,28 @@ def test_invariants_hypothesis(n, rate, policy, blocks, seed):
     it = res.iterations_frame()
     assert (it.kv_blocks_used <= blocks).all()
     assert (t.blocks == 0).all()  # everything released at the end
+
+
+def test_calibrated_cpu_scenario_matches_operator_sum():
+    """On the CI VM's CPU with its shipped profile, the engine's prefill time equals the
+    calibrated cost model's operator sum at the profile's roofline (what `simkit validate` uses)."""
+    from simkit.cost.device import ComputeDevice
+    from simkit.cost.ops import Precision, forward_ops
+    from simkit.cost.roofline import time_ops, total_time
+    from simkit.specs.calibration import load_cached
+    from simkit.specs.catalog import default_catalog, load_model
+
+    data = make_scenario(hardware="ci-vm", workload={"batch": {"num_prompts": 1, "input_tokens": 64, "output_tokens": 2}},
+                         calibration="auto")
+    data["plan"] = {"batching": {"policy": "static"}, "execution": {"device": "cpu"},
+                    "precision": {"weights": "bf16", "activations": "bf16", "kv_cache": "bf16"}}
+    res = simulate(scenario_from_dict(data))
+    assert "ci-vm-cpu" in res.summary["calibration"]
+    prof = load_cached("calibration/profiles/ci-vm-cpu")
+    cat = default_catalog()
+    node = cat.get("node", "ci-vm")
+    cpu = cat.get("cpu", node.cpu)
+    dev = ComputeDevice.from_cpu(cpu, cat.get("memory", node.dram.type), node.num_sockets, 1e12).calibrated(prof.device)
+    ops = forward_ops(load_model("llama-2-7b"), [64], [0], precision=Precision("bf16", "bf16", "bf16"))
+    expected = total_time(time_ops(ops, dev, prof, "bf16"))
+    assert res.summary["ttft_p50_s"] == pytest.approx(expected, rel=1e-6)

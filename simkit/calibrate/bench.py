@@ -1129,6 +1129,26 @@ def check_clock(clock: str, device: str, threads: int) -> None:
         )
 
 
+def speed_probe(device: str = "cpu", clock: str = "wall") -> float:
+    """Seconds of a fixed reference workload on ``device`` (an fp32 256x1024x1024 GEMM plus a
+    16 MiB copy; median of 9 repetitions). Recorded by the calibration and measured again by the
+    validation: their ratio shows how fast the machine runs now compared with when it was
+    calibrated (on a shared VM the host's other tenants move this by 10% and more)."""
+    torch = require_torch()
+    g = torch.Generator(device="cpu").manual_seed(1234)
+    a = torch.randn(256, 1024, generator=g).to(device)
+    w = torch.randn(1024, 1024, generator=g).to(device)
+    src = torch.rand(1 << 22, generator=g).to(device)
+    dst = torch.empty_like(src)
+
+    def work() -> None:
+        torch.nn.functional.linear(a, w)
+        dst.copy_(src)
+
+    timer = Timer(device, min_rep_s=0.0, budget_s=0.0, min_reps=9, max_reps=9, warmup=2, clock=clock)
+    return timer.measure(work).median
+
+
 class LoadMonitor:
     """How many CPU cores other processes kept busy (incl. hypervisor steal) while we measured:
     the machine's busy time (/proc/stat) less this process's own CPU time, over the wall time."""
@@ -1253,6 +1273,7 @@ def measure_suite(
         groups.append(("ssd", 3.5 * scale, run_ssd))
     prog = Progress(len(groups), [g[1] for g in groups], out)
     load = LoadMonitor()
+    probe0 = speed_probe(device, clock)
     out(f"simkit calibrate: {size.name} suite on {facts.get('name')} ({device}, {nthreads} threads, dtypes {', '.join(dts)}), "
         f"{len(groups)} groups, planned ~{sum(g[1] for g in groups):.0f} s")
     for name, _, fn in groups:
@@ -1262,6 +1283,9 @@ def measure_suite(
         prog.group_done(name, count, time.perf_counter() - t0)
     df = pd.DataFrame(bench.rows, columns=[*SAMPLE_COLUMNS, *OPTIONAL_COLUMNS])
     facts.update(roofline_facts(df, dts))
+    probe1 = speed_probe(device, clock)
+    facts["speed_probe_s"] = float(0.5 * (probe0 + probe1))
+    facts["speed_probe_start_end_s"] = [float(probe0), float(probe1)]
     other = load.other_cores()
     if other is not None:
         facts["other_load_cores"] = round(other, 2)

@@ -307,7 +307,7 @@ def run_validation(
     progress: Any = None,
 ) -> dict[str, Any]:
     """Measure every (phase, batch, context) of ``cfg`` and compare with the prediction."""
-    from simkit.calibrate.bench import LoadMonitor, require_torch, set_threads, tune_allocator
+    from simkit.calibrate.bench import LoadMonitor, require_torch, set_threads, speed_probe, tune_allocator
 
     torch = require_torch()
     allocator = tune_allocator()  # as the calibration did (see bench.tune_allocator)
@@ -325,6 +325,7 @@ def run_validation(
     rows: list[Row] = []
     t_start = time.perf_counter()
     load = LoadMonitor()
+    probe0 = speed_probe("cpu", clock)
     # every configuration is warmed up, then their repetitions are interleaved round-robin over
     # the whole run, so a slow period of the machine spreads over all of them instead of
     # inflating one (short steps get more repetitions: at least min_time_s of timing each)
@@ -373,6 +374,8 @@ def run_validation(
                 len(times), (pred - meas) / meas, br, float(np.median(wall[i])))
         )
         out(f"  {rows[-1].config}: measured {meas * 1e3:.2f} ms, predicted {pred * 1e3:.2f} ms ({rows[-1].error:+.1%})")
+    probe = 0.5 * (probe0 + speed_probe("cpu", clock))
+    ref = profile_device(profile).get("speed_probe_s")
     ape = np.abs([r.error for r in rows])
     other = load.other_cores()
     result = {
@@ -386,6 +389,10 @@ def run_validation(
         "model": {k: v for k, v in asdict(cfg).items() if k in ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab")},
         "wall_s": round(time.perf_counter() - t_start, 1),
         "other_load_cores": None if other is None else round(other, 2),
+        "speed_probe_s": probe,
+        # > 1: the machine runs faster now than when the profile was measured (reference kernel,
+        # bench.speed_probe); predictions assume the calibrated speed
+        "speed_vs_calibration": (float(ref) / probe) if ref else None,
         "date": time.strftime("%Y-%m-%d"),
         "rows": [
             {
@@ -424,6 +431,12 @@ def format_table(result: dict[str, Any]) -> str:
         f"over {len(result['rows'])} configurations ({result['dtype']}, {result['threads']} thread(s), "
         f"{result['clock']} clock, profile {result['profile']})"
     )
+    sv = result.get("speed_vs_calibration")
+    if sv:
+        lines.append(
+            f"machine speed now vs at calibration (reference kernel): x{sv:.2f}; other processes kept "
+            f"{result.get('other_load_cores')} cores busy"
+        )
     return "\n".join(lines)
 
 

@@ -61,7 +61,7 @@ def _class_time(
         f, b = float(flops), float(byts)
         if f + b <= 0:
             return np.float64(0.0)
-        e = float(eff.efficiency(op_class, flops, byts, shape, pf, bw, dtype))
+        e = float(np.asarray(eff.efficiency(op_class, flops, byts, shape, pf, bw, dtype)).reshape(-1)[0])
         e = min(max(e, 1e-4), 1.0)
         return np.float64(max(f / pf, b / bw) / e + eff.launch_overhead(op_class))
     ideal = np.maximum(flops / pf, byts / bw)
