@@ -419,6 +419,8 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         )
 
     cost = make_cost()
+    # tabulate every token count an iteration can have, once
+    cost.reserve(max(plan.batching.max_num_batched_tokens, plan.batching.chunk_size) + plan.batching.max_num_seqs)
     stage_costs = (
         [make_cost(n, k == 0, k == par.pp - 1) for k, n in enumerate(layout.layer_split)] if par.pp > 1 else None
     )

@@ -105,10 +105,14 @@ class IterationModel:
         self._peaks = (self.device.peak_flops(self.dtype), self.device.mem_bandwidth)
 
     # ---- tables ------------------------------------------------------------------------------
-    def _grow(self, n: int) -> None:
+    def reserve(self, n: int) -> None:
+        """Tabulate token counts up to ``n`` now (one evaluation instead of several growths)."""
+        self._grow(n, exact=True)
+
+    def _grow(self, n: int, exact: bool = False) -> None:
         if n < len(self._body):
             return
-        size = max(64, 1 << int(np.ceil(np.log2(n + 1))))
+        size = n + 1 if exact else max(64, int((n + 1) * 1.5), len(self._body) * 2)
         T = np.arange(size, dtype=np.float64)
         ops = token_ops(self.model, T, T, self.tp, self.precision, self.ep, self.ep_share)
         L = self.model.num_layers

@@ -139,6 +139,13 @@ class Profile:
             return self._default.efficiency(op_class, flops, bytes_, shape, peak_flops, peak_bw, dtype)
         return cm.efficiency(flops, bytes_, shape, dtype)
 
+    def roofline_time(self, op_class: str, flops: Any, bytes_: Any, peak_flops: float, peak_bw: float) -> Any:
+        """Closed-form seconds for classes this profile did not measure (the datasheet defaults);
+        None for measured classes, whose time needs the fitted model."""
+        if op_class in self.models:
+            return None
+        return self._default.roofline_time(op_class, flops, bytes_, peak_flops, peak_bw)
+
     def predict_time(self, op_class: str, flops: Any, bytes_: Any, shape: Mapping[str, Any], dtype: str) -> np.ndarray:
         """Seconds per operator at the profile's own roofline (launch overhead included)."""
         cm = self.models.get(op_class)
