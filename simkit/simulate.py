@@ -255,14 +255,19 @@ def measured_links(eff: Any, io_block: float, io_depth: int) -> dict[str, tuple[
         if not entry:
             continue
         table = entry.get("by_block_and_depth") or []
+        # the device's own latency (4 KiB at queue depth 1); a row's latency includes the
+        # queueing delay that its bandwidth already accounts for, so it must not be added again
+        base_lat = float(entry.get("latency", 0.0))
         if table:
-            best = min(
-                table,
-                key=lambda r: (abs(np.log2(r["block_size"] / io_block)), abs(np.log2(r["queue_depth"] / io_depth))),
-            )
-            out[key] = (float(best["bandwidth"]), float(best["latency"]))
+            # the measured block size closest to the streaming one; the best bandwidth reached
+            # with at most io_depth requests in flight (more in flight never slows a sequential
+            # stream, so dips between queue depths are measurement noise)
+            blk = min({r["block_size"] for r in table}, key=lambda b: abs(np.log2(b / io_block)))
+            rows = [r for r in table if r["block_size"] == blk]
+            rows_ok = [r for r in rows if r["queue_depth"] <= io_depth] or rows
+            out[key] = (float(max(r["bandwidth"] for r in rows_ok)), base_lat)
         elif entry.get("bandwidth"):
-            out[key] = (float(entry["bandwidth"]), float(entry.get("latency", 0.0)))
+            out[key] = (float(entry["bandwidth"]), base_lat)
     links = getattr(eff, "links", None) or {}
     for name, key in (("h2d_pinned", "h2d"), ("d2h_pinned", "d2h")):
         e = links.get(name)

@@ -141,7 +141,7 @@ def test_end_to_end_tiny(tmp_path, capsys):
     t0 = time.perf_counter()
     rc = vo.main(
         ["--offload", "--layers", "2", "--hidden", "256", "--heads", "4", "--kv-heads", "4", "--ffn", "512", "--vocab", "1024",
-         "--batch-sizes", "1", "--context-lens", "16", "--resident", "0,1", "--decode-tokens", "3", "--repeats", "1",
+         "--batch-sizes", "1", "--context-lens", "16", "--resident", "0,1", "--decode-tokens", "3", "--repeats", "1", "--rounds", "2",
          "--dir", str(tmp_path / "w"), "--profile", "none", "--json", str(out)]
     )
     assert rc == 0
@@ -153,6 +153,7 @@ def test_end_to_end_tiny(tmp_path, capsys):
     assert res["io_mode"] in ("direct", "buffered+fadvise")
     assert res["dtype"] == "fp32" and res["calibration"] == "none"
     assert len(res["rows"]) == 4  # 2 resident counts x (prefill, decode)
+    assert all(len(r["measured_all_s"]) == 2 for r in res["rows"])  # 2 rounds x 1 repeat
     for r in res["rows"]:
         for k in ("measured_s", "predicted_s"):
             assert math.isfinite(r[k]) and r[k] > 0
@@ -160,7 +161,30 @@ def test_end_to_end_tiny(tmp_path, capsys):
         assert r["phase"] in ("prefill", "decode")
         assert r["streamed_bytes_per_pass"] == (2 - r["resident"]) * res["model"]["layer_stride"]
     assert 0 <= res["median_ape"] <= res["p90_ape"] or math.isclose(res["median_ape"], res["p90_ape"])
+    assert res["ssd_bench_read_bandwidth_now"] > 0 and res["reader_bandwidth_median"] > 0
+    assert res["io_block_size"] % vo.ALIGN == 0 and res["io_queue_depth"] >= 1
     assert not list((tmp_path / "w").glob("*.bin"))  # the weight file is removed
+    # re-predicting the stored measurements gives the same predictions
+    rc = vo.main(["--from-json", str(out), "--json", str(tmp_path / "again.json")])
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert rc == 0 and [r["predicted_s"] for r in again["rows"]] == pytest.approx([r["predicted_s"] for r in res["rows"]])
+
+
+def test_prediction_with_the_shipped_cpu_profile(tmp_path):
+    """The calibrated path (profile efficiencies, measured SSD link) simulates without error."""
+    import yaml
+
+    prof = vo.read_profile_facts(vo.DEFAULT_PROFILE)
+    if prof is None:
+        pytest.skip(f"no profile at {vo.DEFAULT_PROFILE}")
+    dtype = "bf16" if "bf16" in vo.profile_dtypes(prof) else "fp32"
+    p = tmp_path / "m.yaml"
+    p.write_text(yaml.safe_dump(vo.model_yaml(TINY, 2, 64)))
+    cal = str(os.path.dirname(prof["_path"]))
+    for resident in (0, 2):
+        pr = vo.predict(str(p), dtype, 2, resident, 2, 16, 3, cal)
+        assert math.isfinite(pr.prefill_s) and pr.prefill_s > 0
+        assert math.isfinite(pr.decode_s) and pr.decode_s > 0
 
 
 def test_bad_arguments():

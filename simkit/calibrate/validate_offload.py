@@ -22,9 +22,12 @@ It then runs for real on the CPU with the weights streamed from that file layer 
 
 Prefill (``batch`` x ``context`` tokens from an empty cache, up to the first sampled token) and
 decode (``batch`` sequences, one new token each over a real KV cache) are timed with the wall
-clock: after a warm-up generation, ``--repeats`` generations of ``--decode-tokens`` tokens; the
-prefill time is the median over repeats of the prefill step, the per-token decode time the median
-over repeats of the mean decode step (what simkit's TPOT is).
+clock: after a warm-up generation, ``--repeats`` generations of ``--decode-tokens`` tokens, in
+``--rounds`` passes over all configurations (so drifts of a shared disk spread over all of them);
+the prefill time is the median of the prefill steps, the per-token decode time the median of the
+generations' mean decode step (what simkit's TPOT is). The reader's achieved bandwidth is
+recorded, and the calibration's own SSD benchmark is re-run at the reader's block size and queue
+depth afterwards, so a stale profile figure shows.
 
 The prediction is :func:`simkit.simulate.simulate` on a scenario for the same configuration:
 hardware ``ci-vm``, ``plan.execution.device: cpu``, the same model dims (a temporary model YAML),
@@ -93,6 +96,9 @@ class OffloadConfig:
     decode_tokens: int = 8
     """Tokens generated per request (the first by prefill, the rest by decode steps)."""
     repeats: int = 3
+    """Timed generations per configuration per round."""
+    rounds: int = 3
+    """Passes over all configurations (the measurement is the median over rounds x repeats)."""
     warmup: int = 1
     dtype: str | None = None
     """fp32 or bf16; None: what the profile calibrated (bf16 when it has it, else fp32)."""
@@ -115,7 +121,7 @@ class OffloadConfig:
         return self.hidden // self.heads
 
     def check(self) -> None:
-        for name in ("hidden", "heads", "kv_heads", "ffn", "vocab", "repeats", "decode_tokens"):
+        for name in ("hidden", "heads", "kv_heads", "ffn", "vocab", "repeats", "rounds", "decode_tokens"):
             if getattr(self, name) < 1:
                 raise CalibrationError(f"--{name.replace('_', '-')} must be >= 1")
         if self.decode_tokens < 2:
@@ -785,8 +791,12 @@ def run_offload_validation(
     *,
     progress: Callable[[str], None] | None = None,
     keep_file: bool = False,
+    ssd_check: bool = True,
 ) -> dict[str, Any]:
-    """Measure every configuration of ``cfg``, then predict them (:func:`add_predictions`)."""
+    """Measure every configuration of ``cfg``, then predict them (:func:`add_predictions`).
+    With ``ssd_check``, right after the measurements the calibration's own SSD benchmark
+    (:func:`simkit.calibrate.ssd.ssd_bench`, random offsets) runs once more at the reader's block
+    size and queue depth in the same folder, so a stale or noisy profile figure shows."""
     from simkit.calibrate.bench import LoadMonitor, require_torch, set_threads
 
     cfg.check()
@@ -832,40 +842,56 @@ def run_offload_validation(
             f"weight file {path} ({fstype or 'unknown fs'}): {max_layers} layers x {wf.layer_stride / 2**20:.1f} MiB "
             f"({dtype}) + {wf.extra_stride / 2**20:.1f} MiB embedding/norm/LM head, written in {time.perf_counter() - t0:.1f} s"
         )
-        for L in cfg.layers:
-            for R in cfg.resident:
-                if R > L:
-                    continue
-                w = StreamedWeights(wf, L, R, direct=cfg.direct, block_bytes=cfg.block_bytes, io_depth=cfg.io_depth, quiet=bool(io_mode))
-                io_mode, note = w.io_mode, w.reader.note
-                try:
-                    model = OffloadLlama(cfg, w, dtype, max_ctx)
-                    for b in cfg.batch_sizes:
-                        for c in cfg.context_lens:
-                            m = measure(model, b, c, cfg.decode_tokens, cfg.repeats, cfg.warmup, cfg.seed)
-                            for phase, meas, alls, rd, wt in (
-                                ("prefill", m.prefill_s, m.prefill_all, m.prefill_read_s, m.prefill_wait_s),
-                                ("decode", m.decode_s, m.decode_all, m.decode_read_s, m.decode_wait_s),
-                            ):
-                                rows.append(
-                                    {
-                                        "config": f"{phase} L={L} R={R} b={b} ctx={c}",
-                                        "phase": phase,
-                                        "layers": L,
-                                        "resident": R,
-                                        "batch": b,
-                                        "context": c,
-                                        "measured_s": meas,
-                                        "measured_all_s": alls,
-                                        "streamed_bytes_per_pass": m.bytes_per_pass,
-                                        "reader_read_s": rd,
-                                        "compute_wait_s": wt,
-                                    }
+        # rounds: every configuration once per round, so slow drifts of the (shared, virtual) disk
+        # spread over all configurations instead of biasing one; medians over rounds x repeats
+        acc: dict[tuple[int, int, int, int], list[Measured]] = {}
+        for rnd in range(cfg.rounds):
+            if cfg.rounds > 1:
+                out(f"round {rnd + 1}/{cfg.rounds}")
+            for L in cfg.layers:
+                for R in cfg.resident:
+                    if R > L:
+                        continue
+                    w = StreamedWeights(wf, L, R, direct=cfg.direct, block_bytes=cfg.block_bytes, io_depth=cfg.io_depth, quiet=bool(io_mode))
+                    io_mode, note = w.io_mode, w.reader.note
+                    try:
+                        model = OffloadLlama(cfg, w, dtype, max_ctx)
+                        for b in cfg.batch_sizes:
+                            for c in cfg.context_lens:
+                                m = measure(model, b, c, cfg.decode_tokens, cfg.repeats, cfg.warmup, cfg.seed)
+                                acc.setdefault((L, R, b, c), []).append(m)
+                                out(
+                                    f"  L={L} R={R} b={b} ctx={c}: prefill {m.prefill_s * 1e3:.1f} ms, decode {m.decode_s * 1e3:.1f} ms/token "
+                                    f"(reader {m.decode_read_s * 1e3:.1f} ms/pass, compute waited {m.decode_wait_s * 1e3:.1f} ms/pass)"
                                 )
-                                out(f"  {rows[-1]['config']}: measured {meas * 1e3:.1f} ms (reader {rd * 1e3:.1f} ms, compute waited {wt * 1e3:.1f} ms)")
-                    read_log += w.read_log
-                finally:
-                    w.close()
+                        read_log += w.read_log
+                    finally:
+                        w.close()
+        for (L, R, b, c), ms in acc.items():
+            for phase in ("prefill", "decode"):
+                alls = [x for m in ms for x in (m.prefill_all if phase == "prefill" else m.decode_all)]
+                rows.append(
+                    {
+                        "config": f"{phase} L={L} R={R} b={b} ctx={c}",
+                        "phase": phase,
+                        "layers": L,
+                        "resident": R,
+                        "batch": b,
+                        "context": c,
+                        "measured_s": float(np.median(alls)),
+                        "measured_all_s": alls,
+                        "streamed_bytes_per_pass": ms[0].bytes_per_pass,
+                        "reader_read_s": float(np.median([m.prefill_read_s if phase == "prefill" else m.decode_read_s for m in ms])),
+                        "compute_wait_s": float(np.median([m.prefill_wait_s if phase == "prefill" else m.decode_wait_s for m in ms])),
+                    }
+                )
+        ssd_now = None
+        if ssd_check:
+            from simkit.calibrate.ssd import ssd_bench
+
+            srows, _ = ssd_bench(directory, file_mb=256, block_sizes=(io_block,), queue_depths=(io_depth,), budget_s=0.5, direct=cfg.direct)
+            ssd_now = next((r["bytes_moved"] / r["time_s"] for r in srows if r["op_class"] == "ssd_read"), None)
+            out(f"ssd_bench now (random {io_block / 2**20:g} MiB reads, queue depth {io_depth}): {ssd_now / 1e9:.2f} GB/s" if ssd_now else "ssd_bench: no read sample")
     finally:
         if not keep_file:
             with contextlib.suppress(OSError):
@@ -890,12 +916,14 @@ def run_offload_validation(
         "reader_bandwidth_median": float(np.median(reads)) if reads.size else None,
         "reader_bandwidth_p10": float(np.percentile(reads, 10)) if reads.size else None,
         "reader_bandwidth_p90": float(np.percentile(reads, 90)) if reads.size else None,
+        "ssd_bench_read_bandwidth_now": ssd_now,
         "calibration": calibration,
         "hardware": HARDWARE,
         "model": {k: v for k, v in asdict(cfg).items() if k in ("hidden", "heads", "kv_heads", "ffn", "vocab")}
         | {"layers": list(cfg.layers), "layer_bytes": wf.layer_payload, "layer_stride": wf.layer_stride},
         "decode_tokens": cfg.decode_tokens,
         "repeats": cfg.repeats,
+        "rounds": cfg.rounds,
         "loadavg_start": [round(x, 2) for x in load0],
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "other_load_cores": None if other is None else round(other, 2),
@@ -968,8 +996,31 @@ def format_table(result: dict[str, Any]) -> str:
         + (f" at {bw / 1e6:.0f} MB/s median per layer" if bw else "")
         + f", calibration {result['calibration']})"
     )
+    sim_bw = [r.get("predicted_nvme_read_bw") or 0.0 for r in result["rows"]]
+    now = result.get("ssd_bench_read_bandwidth_now")
+    if bw or max(sim_bw, default=0.0) > 0 or now:
+        lines.append(
+            "SSD read bandwidth: reader achieved "
+            + (f"{bw / 1e9:.2f} GB/s (p10 {result['reader_bandwidth_p10'] / 1e9:.2f}, p90 {result['reader_bandwidth_p90'] / 1e9:.2f})" if bw else "n/a")
+            + (f"; simulator used {max(sim_bw) / 1e9:.2f} GB/s" if max(sim_bw, default=0.0) > 0 else "")
+            + (f"; calibration's ssd_bench re-run now: {now / 1e9:.2f} GB/s" if now else "")
+        )
     if result.get("prediction_failed"):
         lines.append(f"PREDICTION FAILED: {result['prediction_failed']}")
+    return "\n".join(lines)
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The rows of ``result`` as a Markdown table (for docs/fidelity.md)."""
+    lines = [
+        "| configuration | measured ms | predicted ms | error | reader ms/pass | compute waited ms/pass |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['config']} | {r['measured_s'] * 1e3:.1f} | {r['predicted_s'] * 1e3:.1f} | {r['error']:+.1%} | "
+            f"{r.get('reader_read_s', 0.0) * 1e3:.1f} | {r.get('compute_wait_s', 0.0) * 1e3:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -1020,9 +1071,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--io-depth", type=int, default=8, help="read requests in flight (default 8)")
     p.add_argument("--buffered", action="store_true", help="skip O_DIRECT: buffered reads with fadvise(DONTNEED) before each")
     p.add_argument("--repeats", type=int, default=3, help="timed generations per configuration (median kept; default 3)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="passes over all configurations; measured = median over rounds x repeats (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed generations first (default 1)")
     p.add_argument("--json", dest="json_path", default=None, help="write {median_ape, p90_ape, rows} here")
     p.add_argument("--keep-file", action="store_true", help="keep the weight file")
+    p.add_argument("--no-ssd-check", action="store_true",
+                   help="skip re-running the calibration's SSD benchmark at the reader's block size and depth after measuring")
     p.add_argument("--from-json", default=None, metavar="FILE",
                    help="do not measure: re-predict the measurements stored in FILE (a --json output), with --profile "
                    "if given explicitly, else the calibration stored there")
@@ -1033,7 +1088,7 @@ def config_from_args(a: argparse.Namespace) -> OffloadConfig:
     return OffloadConfig(
         layers=tuple(a.layers), hidden=a.hidden, heads=a.heads, kv_heads=a.kv_heads, ffn=a.ffn, vocab=a.vocab,
         batch_sizes=tuple(a.batch_sizes), context_lens=tuple(a.context_lens), resident=tuple(a.resident),
-        decode_tokens=a.decode_tokens, repeats=a.repeats, warmup=a.warmup, dtype=a.dtype, threads=a.threads,
+        decode_tokens=a.decode_tokens, repeats=a.repeats, rounds=a.rounds, warmup=a.warmup, dtype=a.dtype, threads=a.threads,
         directory=a.directory, block_bytes=a.block, io_depth=a.io_depth, direct=False if a.buffered else None,
     )
 
@@ -1053,7 +1108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             add_predictions(result, cal)
         else:
             cfg = config_from_args(args)
-            result = run_offload_validation(cfg, args.profile, keep_file=args.keep_file)
+            result = run_offload_validation(cfg, args.profile, keep_file=args.keep_file, ssd_check=not args.no_ssd_check)
             result["command"] = "simkit validate --offload " + " ".join(args_in)
     except SimkitError as e:
         print(f"error: {e}", file=sys.stderr)

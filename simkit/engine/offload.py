@@ -128,16 +128,26 @@ class OffloadExecutor:
         act_off = {t: f for t, f in lay.act_frac.items() if t != "gpu" and f > 0}
         dequant_w = self._dequant_time(lay.layer_weight_elems) if lay.plan.compress_weights else 0.0
         pending_writes: list[simpy.Event] = []
-        t0 = env.now
-        prefetch = self._fetch(0, groups, cpu_attention)
+        ready: dict[int, simpy.Event] = {}
+        computed: dict[int, simpy.Event] = {}
+        if self.overlap:
+            # one reader streams the layers that need data in order into BUFFERS staging buffers:
+            # a layer's fetch starts once the previous fetch is done and its buffer is free (the
+            # layer BUFFERS places earlier has finished computing)
+            needing = [lay_i for lay_i in range(L) if self._needs_fetch(lay_i, groups, cpu_attention)]
+            ready = {lay_i: env.event() for lay_i in needing}
+            computed = {lay_i: env.event() for lay_i in needing}
+            env.process(self._reader(needing, groups, cpu_attention, ready, computed))
         yield env.timeout(before)
         self.busy_compute += before
         for layer in range(L):
-            if prefetch:
-                yield simpy.AllOf(env, prefetch)
-            prefetch = []
-            if self.overlap and layer + 1 < L:
-                prefetch = self._fetch(layer + 1, groups, cpu_attention)
+            if self.overlap:
+                if layer in ready:
+                    yield ready[layer]
+            else:
+                evs = self._fetch(layer, groups, cpu_attention)
+                if evs:
+                    yield simpy.AllOf(env, evs)
             if layer >= lay.resident_layers and dequant_w:
                 yield env.timeout(dequant_w)
                 self.busy_compute += dequant_w
@@ -167,13 +177,33 @@ class OffloadExecutor:
                     pending_writes += w
                 elif w:
                     yield simpy.AllOf(env, w)
-            if not self.overlap and layer + 1 < L:
-                prefetch = self._fetch(layer + 1, groups, cpu_attention)
+            if layer in computed:
+                computed[layer].succeed()
         yield env.timeout(after)
         self.busy_compute += after
         if pending_writes:
             yield simpy.AllOf(env, pending_writes)
-        _ = t0
+
+    BUFFERS = 2
+    """Staging buffers for streamed layers (double buffering; check_offload_capacity reserves them)."""
+
+    def _needs_fetch(self, layer: int, groups: list[tuple[np.ndarray, np.ndarray]], cpu_attention: bool) -> bool:
+        lay = self.layout
+        if lay.weight_bytes(layer):
+            return True
+        if cpu_attention:
+            return False
+        return any(lay.kv_read_bytes(float(c.sum())) or lay.spill_read_bytes(c) for _, c in groups)
+
+    def _reader(self, needing, groups, cpu_attention, ready, computed):  # type: ignore[no-untyped-def]
+        env = self.env
+        for k, layer in enumerate(needing):
+            if k >= self.BUFFERS:
+                yield computed[needing[k - self.BUFFERS]]
+            evs = self._fetch(layer, groups, cpu_attention)
+            if evs:
+                yield simpy.AllOf(env, evs)
+            ready[layer].succeed()
 
     def _on_cpu(self, seconds: float) -> Generator[simpy.Event, Any, None]:
         assert self.cpu_stream is not None
