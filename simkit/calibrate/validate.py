@@ -125,13 +125,9 @@ class TorchLlama:
         """One forward pass of ``ids`` (batch, seq) at positions pos..pos+seq; returns the next
         token of each sequence (greedy). Writes K/V into ``cache`` (default: alloc_cache's)."""
         from simkit.calibrate.bench import (
-            k_add,
-            k_attention,
             k_embedding,
             k_rmsnorm,
-            k_rope,
             k_sampling,
-            k_silu_mul,
         )
 
         F = self.torch.nn.functional
@@ -139,16 +135,24 @@ class TorchLlama:
         b, s = ids.shape
         x = k_embedding(ids.reshape(-1), self.embed)
         for lw, (kc, vc) in zip(self.layers, self.cache if cache is None else cache):
-            hn = k_rmsnorm(x, lw["ln1"])
-            qkv = F.linear(hn, lw["wqkv"])
-            q, k, v = k_rope(qkv, self.cos, self.sin, b, s, cfg.heads, cfg.kv_heads, self.d, pos)
-            a = k_attention(q, k, v, kc, vc, pos)
-            x = k_add(x, F.linear(a, lw["wo"]))
-            hn = k_rmsnorm(x, lw["ln2"])
-            x = k_add(x, F.linear(k_silu_mul(F.linear(hn, lw["wup"])), lw["wdown"]))
+            x = layer_forward(F, x, lw, kc, vc, self.cos, self.sin, b, s, cfg, self.d, pos)
         x = k_rmsnorm(x, self.norm)
         last = x.view(b, s, -1)[:, -1]
         return k_sampling(F.linear(last, self.lm_head))
+
+
+def layer_forward(F: Any, x: Any, lw: dict, kc: Any, vc: Any, cos: Any, sin: Any, b: int, s: int, cfg: Any, d: int, pos: int) -> Any:
+    """One Llama block (RMSNorm, QKV, RoPE, attention over the KV cache, O, RMSNorm, SwiGLU MLP,
+    residual adds) with the kernels the calibration times; shared by both validations."""
+    from simkit.calibrate.bench import k_add, k_attention, k_rmsnorm, k_rope, k_silu_mul
+
+    hn = k_rmsnorm(x, lw["ln1"])
+    qkv = F.linear(hn, lw["wqkv"])
+    q, k, v = k_rope(qkv, cos, sin, b, s, cfg.heads, cfg.kv_heads, d, pos)
+    a = k_attention(q, k, v, kc, vc, pos)
+    x = k_add(x, F.linear(a, lw["wo"]))
+    hn = k_rmsnorm(x, lw["ln2"])
+    return k_add(x, F.linear(k_silu_mul(F.linear(hn, lw["wup"])), lw["wdown"]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -579,7 +579,8 @@ class OffloadLlama:
     def logits(self, ids: Any, pos: int) -> Any:
         """One forward pass of ``ids`` (batch, seq) at positions pos..: the last position's logits
         of each sequence (batch, vocab). Writes K/V into the cache."""
-        from simkit.calibrate.bench import k_add, k_attention, k_embedding, k_rmsnorm, k_rope, k_silu_mul
+        from simkit.calibrate.bench import k_embedding, k_rmsnorm
+        from simkit.calibrate.validate import layer_forward
 
         F = self.torch.nn.functional
         cfg = self.cfg
@@ -590,13 +591,7 @@ class OffloadLlama:
         for i in range(w.num_layers):
             lw = w.layer(i)
             kc, vc = self.cache[i]
-            hn = k_rmsnorm(x, lw["ln1"])
-            qkv = F.linear(hn, lw["wqkv"])
-            q, k, v = k_rope(qkv, self.cos, self.sin, b, s, cfg.heads, cfg.kv_heads, self.d, pos)
-            a = k_attention(q, k, v, kc, vc, pos)
-            x = k_add(x, F.linear(a, lw["wo"]))
-            hn = k_rmsnorm(x, lw["ln2"])
-            x = k_add(x, F.linear(k_silu_mul(F.linear(hn, lw["wup"])), lw["wdown"]))
+            x = layer_forward(F, x, lw, kc, vc, self.cos, self.sin, b, s, cfg, self.d, pos)
             w.release(i)
         x = k_rmsnorm(x, w.extra["norm"])
         last = x.view(b, s, -1)[:, -1]
