@@ -695,14 +695,8 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         extra,
     )
     summary["sim_wall_s"] = time.perf_counter() - wall0
-    memory = {
-        "tier": mem.tier,
-        "weights_per_gpu_bytes": mem.weights_per_gpu,
-        "activations_per_gpu_bytes": mem.activations_per_gpu,
-        "kv_block_bytes": mem.block_bytes,
-        "kv_blocks": mem.num_blocks,
-        "usable_per_gpu_bytes": mem.usable_per_gpu,
-    }
+    memory = account_memory(node, mem, off_mem, tiers, n_rep, gpus_per_replica, use_cpu, pc, swap_bytes, replicas)
+    summary["memory"] = memory
     events = None
     if tracer is not None:
         events = list(tracer.events)
@@ -710,7 +704,48 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             for k, link in r.links.items():
                 for s0, s1, tag, nb in link.intervals or []:
                     events.append({"name": tag or k, "ph": "X", "pid": r.index, "tid": link.name, "ts": s0 * 1e6, "dur": (s1 - s0) * 1e6, "args": {"bytes": nb}})
-    return Result(sc, summary, table, log.rows, memory, warn, events)
+    return Result(sc, summary, table, log.rows, memory, warn, events)  # memory: per tier, by owner
+
+
+def account_memory(node, mem, off_mem, tiers, n_rep, gpus_per_replica, use_cpu, pc, swap_bytes, replicas):  # type: ignore[no-untyped-def]
+    """Every tier as a MemoryPool holding each owner's bytes (whole deployment), as summary.json's
+    ``memory``: {tier: {capacity_bytes, used_bytes, peak_bytes, by_owner}}. Raises CapacityError
+    if an allocation does not fit (the plan checks should have caught it first)."""
+    from simkit.engine.resources import MemoryPool
+
+    pools: dict[str, MemoryPool] = {}
+    for name, tier in tiers.items():
+        cap = tier.capacity * (node.num_gpus * node.num_nodes if name == "hbm" else node.num_nodes)
+        pools[name] = MemoryPool(name, cap)
+    dev = "dram" if use_cpu else "hbm"
+    n_dev = n_rep * (1 if use_cpu else gpus_per_replica)
+    if off_mem is None:
+        pools[dev].alloc("weights", mem.weights_per_gpu * n_dev)
+        pools[dev].alloc("activations and workspace", mem.activations_per_gpu * n_dev)
+        pools[dev].alloc("kv cache", mem.num_blocks * mem.block_bytes * n_dev)
+    else:
+        for tier, owners in off_mem.need.items():
+            for owner, nbytes in owners.items():
+                pools[tier].alloc(owner, nbytes * n_rep)
+    if not use_cpu and "dram" in pools and swap_bytes and any(e.cfg.preemption == "swap" for g in replicas for e in g.engines):
+        pools["dram"].alloc("kv swap space", swap_bytes * n_rep)
+    if pc.enabled:
+        for g in replicas:
+            cache = g.engines[0].kv.cache
+            if cache is None:
+                continue
+            per_hash = cache.blocks_per_hash * mem.block_bytes * gpus_per_replica
+            for tier, n in cache.capacity.items():
+                if tier in pools:
+                    pools[tier].alloc("prefix cache", n * per_hash)
+    return {
+        name: {
+            "capacity_bytes": p.capacity,
+            "used_bytes": p.used,
+            "by_owner": {k: v for k, v in p.used_by.items() if v > 0},
+        }
+        for name, p in pools.items()
+    }
 
 
 def summary_span(table: RequestTable) -> float:

@@ -155,3 +155,15 @@ def test_calibrated_cpu_scenario_matches_operator_sum():
     ops = forward_ops(load_model("llama-2-7b"), [64], [0], precision=Precision("bf16", "bf16", "bf16"))
     expected = total_time(time_ops(ops, dev, prof, "bf16"))
     assert res.summary["ttft_p50_s"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_memory_accounted_by_owner_within_capacity():
+    data = make_scenario(model="llama-3-8b")
+    data["plan"].update({"prefix_cache": {"enabled": True}, "kv_cache": {"preemption": "swap"}, "parallel": {"replicas": 2}})
+    s = simulate(scenario_from_dict(data)).summary
+    mem = s["memory"]
+    assert {"weights", "kv cache", "activations and workspace"} <= set(mem["hbm"]["by_owner"])
+    assert {"kv swap space", "prefix cache"} <= set(mem["dram"]["by_owner"])
+    for tier in mem.values():
+        assert tier["used_bytes"] <= tier["capacity_bytes"]
+        assert sum(tier["by_owner"].values()) == pytest.approx(tier["used_bytes"])
