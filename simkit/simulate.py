@@ -425,7 +425,12 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
 
     cost = make_cost()
     # tabulate every token count an iteration can have, once
-    cost.reserve(max(plan.batching.max_num_batched_tokens, plan.batching.chunk_size) + plan.batching.max_num_seqs)
+    b = plan.batching
+    if b.policy == "chunked_prefill":
+        most = min(b.chunk_size, b.max_num_batched_tokens)  # decodes and chunks share the budget
+    else:
+        most = max(b.max_num_batched_tokens, b.max_num_seqs)
+    cost.reserve(most)
     stage_costs = (
         [make_cost(n, k == 0, k == par.pp - 1) for k, n in enumerate(layout.layer_split)] if par.pp > 1 else None
     )

@@ -160,6 +160,8 @@ class Replica:
         self.busy_gpu_s = 0.0
         """GPU-seconds of compute (seconds x GPUs computing), for utilisation and energy."""
         self.running: list[int] = []
+        self.prefilling: list[int] = []
+        """Running requests whose prefill is not complete, in admission order."""
         self._dec_cache: np.ndarray | None = None
         """Running requests in decode phase, valid until the running set or a prefill changes."""
         self.shared: dict[int, list[int]] = {}
@@ -273,6 +275,8 @@ class Replica:
         if np.isnan(t.scheduled[i]):
             t.scheduled[i] = self.env.now
         self.running.append(i)
+        if t.kv_len[i] < t.target[i]:
+            self.prefilling.append(i)
         self._dec_cache = None
         return True
 
@@ -336,6 +340,8 @@ class Replica:
         if len(self.running) <= 1:
             return False
         i = self.running.pop()
+        if i in self.prefilling:
+            self.prefilling.remove(i)
         self._dec_cache = None
         t = self.table
         t.preemptions[i] += 1
@@ -369,6 +375,8 @@ class Replica:
                 return
             self.swapped.popleft()
             self._dec_cache = None
+            if t.kv_len[i] < t.target[i]:
+                self.prefilling.append(i)
             self.swapped_blocks -= need
             nbytes = float(need) * self.cfg.block_size * self.cfg.kv_bytes_per_token * self.cfg.num_gpus
             if "h2d" in self.links:
@@ -560,6 +568,8 @@ class Replica:
         done_pre = pre[completes]
         if done_pre.size:
             self._dec_cache = None
+            finished_pre = set(done_pre.tolist())
+            self.prefilling = [i for i in self.prefilling if i not in finished_pre]
         finished: list[int] = []
         if done_pre.size:
             first = np.isnan(t.first_token[done_pre])

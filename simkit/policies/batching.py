@@ -99,7 +99,7 @@ class ChunkedPrefill:
         pre: list[int] = []
         q: list[int] = []
         # requests already admitted but not fully prefilled go first
-        for i in r.running:
+        for i in r.prefilling:
             if budget <= 0:
                 break
             rem = int(t.target[i] - t.kv_len[i])
