@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from simkit.errors import CalibrationError
+from simkit.specs.hardware import DTYPE_FALLBACK
 
 OP_CLASSES = ("gemm", "elementwise", "attn_prefill", "attn_decode")
 
@@ -78,15 +79,6 @@ GBM_PARAMS: dict[str, Any] = {
 """Residual trees' hyper-parameters (chosen by leave-one-model-out error on the Vidur data)."""
 
 MIN_SAMPLES_FOR_TREES = 30
-_DTYPE_FALLBACK = {
-    "int4": ("fp16", "bf16", "fp32"),
-    "int8": ("int8", "fp16", "bf16", "fp32"),
-    "fp8": ("fp8", "fp16", "bf16", "fp32"),
-    "bf16": ("bf16", "fp16", "fp32"),
-    "fp16": ("fp16", "bf16", "fp32"),
-    "tf32": ("tf32", "fp32"),
-    "fp32": ("fp32", "tf32"),
-}
 
 
 def sig(x: float, digits: int = 6) -> float:
@@ -125,7 +117,7 @@ class Roof:
         d = str(dtype or "")
         if d in self.peak_flops:
             return float(self.peak_flops[d])
-        for alt in _DTYPE_FALLBACK.get(d, ()):
+        for alt in DTYPE_FALLBACK.get(d, ()):
             if alt in self.peak_flops:
                 return float(self.peak_flops[alt])
         return float(max(self.peak_flops.values()))

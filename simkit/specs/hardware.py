@@ -25,6 +25,19 @@ DTYPE_BYTES: dict[str, float] = {
 }
 
 
+DTYPE_FALLBACK: dict[str, tuple[str, ...]] = {
+    "int4": ("fp16", "bf16", "fp32"),
+    "fp8": ("fp8", "fp16", "bf16", "fp32"),
+    "int8": ("int8", "fp16", "bf16", "fp32"),
+    "bf16": ("bf16", "fp16", "fp32"),
+    "fp16": ("fp16", "bf16", "fp32"),
+    "tf32": ("tf32", "fp32"),
+    "fp32": ("fp32", "tf32"),
+}
+"""The peak a matmul in each dtype runs at, in order of preference, when a chip (or a
+calibration profile) lacks that dtype's own peak; int4 weights are dequantised to 16-bit."""
+
+
 class PeakFlops(Frozen):
     """Dense (no sparsity) peak compute per dtype; ``None`` where the chip has no such path."""
 
@@ -37,15 +50,7 @@ class PeakFlops(Frozen):
 
     def for_dtype(self, dtype: str) -> float:
         """Peak FLOP/s used for matmuls in ``dtype``. int4 weights are dequantised to fp16/bf16."""
-        order = {
-            "int4": ("fp16", "bf16", "fp32"),
-            "fp8": ("fp8", "fp16", "bf16", "fp32"),
-            "int8": ("int8", "fp16", "bf16", "fp32"),
-            "bf16": ("bf16", "fp16", "fp32"),
-            "fp16": ("fp16", "bf16", "fp32"),
-            "tf32": ("tf32", "fp32"),
-            "fp32": ("fp32",),
-        }[dtype]
+        order = DTYPE_FALLBACK[dtype]
         for d in order:
             v = getattr(self, d)
             if v:
