@@ -402,8 +402,10 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         mem = plan_memory(sc, model, device, prec, tp, layout.layer_split, par.ep)
     cross_tp = layout.tp_spans_nodes(0, 0) if not use_cpu else False
     ep_share = None
+    group_shares: list[float] = []
     if par.ep > 1:
-        ep_share = float(expert_group_shares(model, par.ep, par.expert_routing.distribution, par.expert_routing.skew).max())
+        group_shares = expert_group_shares(model, par.ep, par.expert_routing.distribution, par.expert_routing.skew).tolist()
+        ep_share = max(group_shares)
     algo = par.collective_algorithm
 
     def make_cost(layers: int | None = None, first: bool = True, last: bool = True) -> IterationModel:
@@ -674,6 +676,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         "bottleneck": bottleneck,
         "offload_bytes": {k: sum((x.bytes_by_kind or {}).get(k, 0.0) for x in executors) for k in ("weights", "kv_read", "kv_write", "act_read", "act_write")} if executors else {},
         "per_gpu": per_gpu,
+        "expert_group_shares": group_shares,
         "collective_share": sum(x["comm_s"] for x in per_gpu) / tot_busy if tot_busy > 0 else 0.0,
         "sim_wall_s": sim_wall,
         "model": model.name,

@@ -125,6 +125,8 @@ def test_expert_parallel_and_skew():
     skew = simulate(_sc(model="mixtral-8x7b", tp=4, ep=4, expert_routing={"distribution": "zipf", "skew": 1.2})).summary
     assert uni["requests_completed"] == skew["requests_completed"] == 30
     assert skew["makespan_s"] >= uni["makespan_s"]
+    assert uni["expert_group_shares"] == pytest.approx([0.25] * 4)
+    assert max(skew["expert_group_shares"]) > 0.25
 
 
 def test_expert_group_shares():

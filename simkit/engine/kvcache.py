@@ -33,9 +33,6 @@ class PrefixCache:
     pinned: int = 0
     on_demote: Callable[[str, str, int], None] | None = None
     """Called with (from_tier, to_tier, entries) when entries move down (for link traffic)."""
-    hits: dict[str, int] = field(default_factory=lambda: {t: 0 for t in TIER_INDEX})
-    lookups: int = 0
-    evictions: int = 0
 
     def __post_init__(self) -> None:
         for t in self.tiers[1:]:
@@ -100,7 +97,6 @@ class PrefixCache:
         for h, refs in self.hbm.items():
             if refs == 0:
                 del self.hbm[h]
-                self.evictions += 1
                 self._push_down(h, 1)
                 return True
         return False

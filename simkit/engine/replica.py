@@ -171,8 +171,6 @@ class Replica:
         self.outstanding = 0
         self.busy_time = 0.0
         self.swapped_blocks = 0
-        self.swap_outs = 0
-        self.preemptions = 0
         self._idle = True
         self._wake = env.event()
         self.proc = env.process(self._loop())
@@ -261,10 +259,7 @@ class Replica:
                 cache.take_from_lower(h, tier)  # type: ignore[union-attr]
                 cache.insert_hbm(h, pinned=True)  # type: ignore[union-attr]
                 fetched[tier] = fetched.get(tier, 0) + 1
-            cache.hits[tier] += 1  # type: ignore[union-attr]
             t.hit_tier_tokens[i, TIER_INDEX[tier]] += self.cfg.hash_tokens
-        if cache is not None:
-            cache.lookups += 1
         if fetched:
             self._fetch(fetched)
         self.shared[i] = hashes
@@ -345,7 +340,6 @@ class Replica:
         self._dec_cache = None
         t = self.table
         t.preemptions[i] += 1
-        self.preemptions += 1
         if self.cfg.preemption == "swap" and self.swapped_blocks + t.blocks[i] <= self.cfg.swap_blocks and not self.shared.get(i):
             nbytes = float(t.blocks[i]) * self.cfg.block_size * self.cfg.kv_bytes_per_token * self.cfg.num_gpus
             if "d2h" in self.links:
@@ -353,7 +347,6 @@ class Replica:
             self.swapped_blocks += int(t.blocks[i])
             self.kv.release(int(t.blocks[i]))
             t.swaps[i] += 1
-            self.swap_outs += 1
             self.swapped.append(i)
             return True
         self._release(i, finished=False)

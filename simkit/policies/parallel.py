@@ -134,8 +134,3 @@ def expert_group_shares(model: ModelSpec, ep: int, distribution: str, skew: floa
     p = expert_popularity(model, distribution, skew)
     return np.bincount(np.arange(len(p)) % ep, weights=p, minlength=ep)
 
-
-def expert_loads(model: ModelSpec, distribution: str, skew: float, tokens: float) -> np.ndarray:
-    """Expected tokens routed to each expert for ``tokens`` tokens (top-k routing)."""
-    assert model.moe is not None
-    return expert_popularity(model, distribution, skew) * tokens * model.moe.top_k
