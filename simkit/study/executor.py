@@ -24,7 +24,7 @@ import yaml
 
 from simkit.errors import SimkitError, StudyError
 from simkit.study.progress import Progress
-from simkit.study.store import RunStore, atomic_write
+from simkit.study.store import LABELS_FILE, RunStore, atomic_write
 
 EXECUTORS = ("local", "ray")
 RESERVED_COLUMNS = ("variant", "repeat", "run_id", "status", "error", "warnings")
@@ -149,7 +149,8 @@ def execute(
     ``jobs`` <= 1 runs in this process; more uses a pool of that many processes. ``executor='ray'``
     submits to Ray (``address``: None = the initialised or auto-detected instance, else started
     locally; ``"local"`` = a new local instance; ``"auto"`` or ``"ray://host:10001"`` = a cluster).
-    ``on_row`` is called in this process after each stored row.
+    Each run's folder gets its files, ``labels.json`` (the names of its label columns) and, last,
+    its row. ``on_row`` is called in this process after each stored row.
     """
     if executor not in EXECUTORS:
         raise StudyError(f"unknown executor {executor!r} (expected one of {', '.join(EXECUTORS)})")
@@ -159,8 +160,10 @@ def execute(
     bar = Progress(len(todo), reused, enabled=progress)
     bar.start()
 
-    def finish(run_id: str, row: dict[str, Any], files: dict[str, bytes]) -> None:
-        store.put_files(run_id, files)
+    def finish(t: Task, row: dict[str, Any], files: dict[str, bytes]) -> None:
+        run_id = t.run_id
+        labels = (json.dumps(sorted(t.labels)) + "\n").encode("utf-8")
+        store.put_files(run_id, {**files, LABELS_FILE: labels})
         store.put(run_id, row)
         stats.ran += 1
         ok = row.get("status") == "ok"
@@ -175,14 +178,14 @@ def execute(
             pass
         elif executor == "ray":
             for t, (row, files) in _run_ray(todo, keep_tables, address):
-                finish(t.run_id, row, files)
+                finish(t, row, files)
         elif jobs <= 1 or len(todo) == 1:
             for t in todo:
                 row, files = _simulate_task(t, keep_tables)
-                finish(t.run_id, row, files)
+                finish(t, row, files)
         else:
             for t, (row, files) in _run_pool(todo, keep_tables, min(jobs, len(todo))):
-                finish(t.run_id, row, files)
+                finish(t, row, files)
     finally:
         bar.close()
     stats.wall_s = time.perf_counter() - t0

@@ -4,6 +4,7 @@ Layout (``docs/study.md``)::
 
     FOLDER/runs/<run_id>/scenario.yaml   the fully resolved scenario of the run
     FOLDER/runs/<run_id>/summary.json    its summary (+ requests.parquet, iterations.parquet when kept)
+    FOLDER/runs/<run_id>/labels.json     the names of the row's label columns (axis keys, variant, repeat)
     FOLDER/runs/<run_id>/row.json        its result row, written LAST: the run is finished iff it exists
 
 Every file is written to a temporary name and renamed into place (``os.replace`` is atomic), so
@@ -25,6 +26,7 @@ from typing import Any
 from simkit.errors import StudyError
 
 ROW_FILE = "row.json"
+LABELS_FILE = "labels.json"
 TABLE_FILES = ("requests.parquet", "iterations.parquet")
 
 
