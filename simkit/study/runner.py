@@ -62,7 +62,7 @@ class _Rows:
                     metrics.setdefault(k)
                     row[k] = v
             out.append(row)
-        return out, list(metrics)
+        return out, sorted(metrics)
 
 
 def rows_frame(rows: list[dict[str, Any]], columns: list[str]) -> Any:
