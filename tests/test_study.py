@@ -81,6 +81,8 @@ def test_run_store_roundtrip(tmp_path):
     st.put("r2", {"run_id": "r2", "status": "error", "error": "no"})
     assert st.done() == {"r1", "r2"}
     assert [r["run_id"] for r in st.rows()] == ["r1", "r2"]
+    st.put("r3", {"run_id": "r3", "a": 1}, labels=["a"])
+    assert st.labels("r3") == ["a"] and st.row("r3") == {"run_id": "r3", "a": 1} and st.labels("r1") == []
     assert st.rows()[0]["x"] == 1.5
     assert not [p for p in tmp_path.rglob("*.tmp")]
 
