@@ -138,6 +138,7 @@ def test_ranges_with_units(tmp_path):
     vals = lambda k: list(dict.fromkeys(t.labels[k] for t in tasks))  # noqa: E731
     assert vals("plan.execution.iteration_overhead") == ["1 ms", "10 ms", "100 ms"]
     assert vals("workload.synthetic.arrival.rate") == [2, 6, 10]
+    assert all(isinstance(v, int) for v in vals("workload.synthetic.arrival.rate"))
     assert vals("plan.kv_cache.gpu_memory_utilization") == [0.5, 0.7, 0.9]
     assert vals("plan.batching.max_num_seqs") == [2, 5, 15, 40]
     assert all(isinstance(v, int) for v in vals("plan.batching.max_num_seqs"))
@@ -537,3 +538,68 @@ def test_shipped_examples_run(tmp_path, name):
 
 def test_every_shipped_example_is_tested():
     assert sorted(p.name for p in (ROOT / "workloads" / "studies").glob("*.yaml")) == sorted(CUTS)
+
+
+# ---- properties --------------------------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from simkit.study.spec import Range, axis_values  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(lo=st.floats(0.001, 1000), factor=st.floats(1.5, 1000), count=st.integers(2, 30),
+       scale=st.sampled_from(["linear", "log"]), unit=st.sampled_from(["ms", "GiB", "GB/s"]))
+def test_unit_range_points_property(lo, factor, count, scale, unit):
+    hi = lo * factor
+    text = f"{lo:.6g} {unit}..{hi:.6g} {unit}"
+    rng, spec = Range.parse({"range": text, "count": count, "scale": scale}, "k")
+    try:
+        pts = rng.points(spec, "k")
+    except StudyError as e:  # 6 significant digits can merge neighbouring points: refused, not silently merged
+        assert "repeated values" in e.message
+        return
+    assert len(pts) == count and pts[0] == f"{float(f'{lo:.6g}'):.6g} {unit}" and pts[-1] == f"{float(f'{hi:.6g}'):.6g} {unit}"
+    parse = {"ms": lambda s: float(s.split()[0]), "GiB": lambda s: float(s.split()[0]), "GB/s": lambda s: float(s.split()[0])}[unit]
+    vals = [parse(p) for p in pts]
+    assert vals == sorted(vals) and len(set(vals)) == count
+
+
+@settings(max_examples=60, deadline=None)
+@given(lo=st.integers(0, 100), span=st.integers(1, 500), step=st.integers(1, 50))
+def test_integer_step_range_property(lo, span, step):
+    pts = axis_values({"range": f"{lo}..{lo + span}", "step": step}, "k")
+    assert pts == list(range(lo, lo + span + 1, step))
+    assert all(isinstance(p, int) for p in pts)
+
+
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(1, 4), min_size=1, max_size=3), n_variants=st.integers(0, 3), repeat=st.integers(1, 3))
+def test_run_count_and_ids_property(tmp_path_factory, sizes, n_variants, repeat):
+    keys = ["plan.batching.max_num_seqs", "plan.kv_cache.block_size", "plan.batching.max_num_batched_tokens"]
+    grid = {keys[i]: [2 ** (4 + j) for j in range(n)] for i, n in enumerate(sizes)}
+    variants = {f"v{i}": {"plan.kv_cache.watermark": 0.01 * (i + 1)} for i in range(n_variants)}
+    tmp = tmp_path_factory.mktemp("prop")
+    st_ = load_study(write_study(tmp, {"base": tiny_base(), "variants": variants, "axes": {"grid": grid}, "repeat": repeat}))
+    tasks = st_.tasks()
+    n = 1
+    for s in sizes:
+        n *= s
+    assert len(tasks) == n * max(1, n_variants) * repeat
+    assert len({t.run_id for t in tasks}) == len(tasks)  # every combination is a distinct scenario
+    assert len({json.dumps(t.labels, sort_keys=True) for t in tasks}) == len(tasks)
+
+
+def test_cli_dry_run_and_set(tmp_path, capsys, count_sims):
+    p = write_study(tmp_path, {"base": tiny_base(), "axes": {"grid": {"plan.batching.max_num_seqs": [4, 8, 16]}}})
+    out = tmp_path / "out"
+    assert main(["study", str(p), "--out", str(out), "--dry-run"]) == 0
+    assert "3 runs (3 distinct scenarios), 0 already in" in capsys.readouterr().out and count_sims == []
+    assert main(["study", str(p), "--out", str(out), "--jobs", "1", "--no-progress", "--set", "workload.synthetic.num_requests=3"]) == 0
+    assert len(count_sims) == 3 and all(c["workload"]["synthetic"]["num_requests"] == 3 for c in count_sims)
+    assert set(load(out)["requests_total"]) == {3}
+    capsys.readouterr()
+    assert main(["study", str(p), "--out", str(out), "--dry-run", "--set", "workload.synthetic.num_requests=3"]) == 0
+    assert "3 already in" in capsys.readouterr().out
+    assert main(["study", str(p), "--out", str(out), "--set", "plan.parallel.tpp=2"]) == 2
+    assert "set.plan.parallel.tpp" in capsys.readouterr().err

@@ -146,7 +146,7 @@ class Range:
             raise StudyError(f"integer must be true or false, got {integer!r}", key=key)
         if integer and kind != "number":
             raise StudyError("integer: true is only for ranges of plain numbers", key=key)
-        if kind == "number" and float(lo).is_integer() and float(hi).is_integer() and "." not in text and "e" not in text.lower():
+        if kind == "number" and all(re.fullmatch(r"\s*[-+]?\d+\s*", t) for t in (lo_t, hi_t)):
             integer = integer or None  # type: ignore[assignment]  # None: integers if every point is whole
         return cls(lo, hi, kind, unit, per, scale, integer), spec
 
