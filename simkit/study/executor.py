@@ -247,7 +247,9 @@ def _run_ray(todo: list[Task], keep_tables: bool, address: str | None) -> Iterat
         raise StudyError("--executor ray needs Ray: pip install 'simkit[ray]'") from None
     started = False
     if not ray.is_initialized():
-        env = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}} if os.environ.get("PYTHONPATH") else None
+        # a local instance's workers import simkit from where this process does
+        local = address in (None, "local") and not os.environ.get("RAY_ADDRESS")
+        env = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}} if local and os.environ.get("PYTHONPATH") else None
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env=env)
         except Exception as e:  # connection errors come as various exception types

@@ -35,7 +35,7 @@ class _Rows:
         self.by_id: dict[str, dict[str, Any]] = {}
         wanted = {t.run_id for t in tasks}
         for rid in store.done() & wanted:
-            doc = store._doc(rid)
+            doc = store.record(rid)
             old = set(doc.get("labels", []))
             self.by_id[rid] = {k: v for k, v in doc["row"].items() if k not in old}
 

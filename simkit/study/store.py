@@ -94,7 +94,8 @@ class RunStore:
         doc = {"row": row, "labels": sorted(labels)}
         atomic_write(self._dir(run_id) / ROW_FILE, (json.dumps(doc, sort_keys=True) + "\n").encode("utf-8"))
 
-    def _doc(self, run_id: str) -> dict[str, Any]:
+    def record(self, run_id: str) -> dict[str, Any]:
+        """The stored document of a finished run: ``{"row": ..., "labels": [...]}``."""
         p = self.run_dir(run_id) / ROW_FILE
         try:
             doc = json.loads(p.read_text(encoding="utf-8"))
@@ -107,11 +108,11 @@ class RunStore:
 
     def row(self, run_id: str) -> dict[str, Any]:
         """The stored row of a finished run."""
-        return self._doc(run_id)["row"]
+        return self.record(run_id)["row"]
 
     def labels(self, run_id: str) -> list[str]:
         """The names of the label columns the row was stored with."""
-        return list(self._doc(run_id).get("labels", []))
+        return list(self.record(run_id).get("labels", []))
 
     def rows(self) -> list[dict[str, Any]]:
         """Every stored row, ordered by run id."""
