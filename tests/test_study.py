@@ -393,9 +393,12 @@ def test_ray_gives_identical_results(tmp_path, ray_local):
     assert run_study(p, tmp_path / "ray", executor="ray", progress=False).stats.ran == 0
 
 
-def test_kill_9_then_restart_loses_and_duplicates_nothing(tmp_path):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_kill_9_then_restart_loses_and_duplicates_nothing(tmp_path, jobs):
     """A real `simkit study` process killed with SIGKILL mid-study, then started again: every run
-    finished before the kill is kept (not recomputed), the others run exactly once."""
+    finished before the kill is kept (not recomputed), the others run exactly once, and no worker
+    process outlives the killed study."""
+    psutil = pytest.importorskip("psutil")
     p = write_study(tmp_path, {"base": tiny_base(workload={"synthetic": {
         "num_requests": 200, "arrival": {"process": "poisson", "rate": 20},
         "lengths": {"input": {"dist": "fixed", "value": 256}, "output": {"dist": "fixed", "value": 64}}}}),
@@ -403,29 +406,33 @@ def test_kill_9_then_restart_loses_and_duplicates_nothing(tmp_path):
     out = tmp_path / "out"
     log = tmp_path / "sims.log"
     wrapper = tmp_path / "wrapper.py"
-    wrapper.write_text(
+    wrapper.write_text(  # counts the simulations of this process (with --jobs 1 every run is one)
         "import sys\nimport simkit.simulate as s\nreal = s.simulate\n"
         "def counting(sc, **kw):\n"
         f"    r = real(sc, **kw)\n    open({str(log)!r}, 'a').write(sc.raw_data()['name'] + ' done\\n')\n    return r\n"
-        "s.simulate = counting\nfrom simkit.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+        "s.simulate = counting\nfrom simkit.cli import main\nif __name__ == '__main__':\n    sys.exit(main(sys.argv[1:]))\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, str(wrapper), "study", str(p), "--out", str(out), "--jobs", "1", "--no-progress"]
+    cmd = [sys.executable, str(wrapper), "study", str(p), "--out", str(out), "--jobs", str(jobs), "--no-progress"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     store = RunStore(out)
     deadline = time.time() + 240
     while len(store.done()) < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
+    children = psutil.Process(proc.pid).children(recursive=True)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    _, alive = psutil.wait_procs(children, timeout=20)
+    assert not alive, f"processes outlived the killed study: {alive}"
     done_at_kill = store.done()
     assert 3 <= len(done_at_kill) < 12, "the study finished before it could be killed; make runs longer"
     snapshot = {r: (out / "runs" / r / "row.json").read_bytes() for r in done_at_kill}
     log.write_text("")
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
-    ran_again = len(log.read_text().splitlines())
-    assert ran_again == 12 - len(done_at_kill)
+    assert f"{12 - len(done_at_kill)} simulated now (0 failed), {len(done_at_kill)} reused" in res.stdout
+    if jobs == 1:
+        assert len(log.read_text().splitlines()) == 12 - len(done_at_kill)
     df = load(out)
     assert len(df) == 12 and df["run_id"].is_unique and set(df["status"]) == {"ok"}
     for r, b in snapshot.items():

@@ -203,6 +203,34 @@ def execute(
     return stats
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed process not yet reaped is a zombie: dead for our purpose
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _worker_init(parent: int) -> None:
+    """Pool workers exit when the study process is gone (killed with -9, say) instead of
+    lingering on an empty task queue."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if not _alive(parent):
+                os._exit(1)
+
+    threading.Thread(target=watch, name="simkit-parent-watch", daemon=True).start()
+
+
 def _run_pool(todo: list[Task], keep_tables: bool, jobs: int, store: RunStore) -> Iterator[tuple[Task, tuple[dict[str, Any], dict[str, bytes]]]]:
     """Local worker processes; each writes its run's files into the store itself (this process
     writes only the rows), so file I/O is spread over the workers."""
@@ -217,7 +245,7 @@ def _run_pool(todo: list[Task], keep_tables: bool, jobs: int, store: RunStore) -
     window = 2 * jobs
     it = iter(todo)
     running: dict[Future[Any], Task] = {}
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
     try:
         while True:
             while len(running) < window:
