@@ -3,12 +3,14 @@
     .venv/bin/python benchmarks/study_overhead.py                 # 1,000 tiny runs, jobs 1 and all cores
     .venv/bin/python benchmarks/study_overhead.py --runs 200 --jobs 1,2
 
-A tiny scenario (Llama-2-7B on one H100, 12 Poisson requests, datasheet efficiencies) is swept
-over ``--runs`` distinct arrival rates. It prints: the single-run time (``simulate`` in this
-process, warm, median of 20), the time to expand and validate the study, and for each jobs
-value the wall time of the whole study against the ideal ``runs x single-run time / jobs``,
-with the overhead per run measured against the runs' own simulate() time. Then the same study
-again, resumed: every run is reused. On a busy machine use the ratios of one run, not absolutes.
+A tiny scenario (Llama-2-7B on one H100, 12 Poisson requests, datasheet efficiencies) is run
+``--runs`` times with different seeds (the same work each time). It prints the single-run time two
+ways: ``simulate()`` in this process, warm (median of 20), and ``simkit run`` as a command (a fresh
+process: start-up included, median of 3). Then, for each jobs value, the study's wall time
+against the ideal ``runs x in-process single-run time / jobs``, and the overhead per run: the
+study's wall time times jobs, less the runs' own simulate() time (their ``sim_wall_s``), per run.
+Then the finished study again: every run is reused. On a busy machine compare ratios from one
+invocation, not absolute times.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +38,7 @@ BASE = {
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--jobs", default=f"1,{os.cpu_count() or 1}")
     a = ap.parse_args()
@@ -42,47 +46,58 @@ def main() -> None:
     from simkit.simulate import simulate
     from simkit.study.runner import run_study
     from simkit.study.spec import load_study
+    from simkit.study.store import RunStore
 
     sc = scenario_from_dict(BASE)
     simulate(sc)
-    single = []
+    single, single_cpu = [], []
     for _ in range(20):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         simulate(sc)
         single.append(time.perf_counter() - t)
-    one = statistics.median(single)
-    print(f"single run (in-process, warm, median of 20): {one * 1e3:.1f} ms")
+        single_cpu.append(time.process_time() - c)
+    one, one_cpu = statistics.median(single), statistics.median(single_cpu)
     tmp = Path(tempfile.mkdtemp(prefix="simkit-study-bench-"))
     try:
-        study = tmp / "study.yaml"
-        study.write_text(yaml.safe_dump({"name": "overhead", "base": BASE, "axes": {"grid": {
-            "workload.synthetic.arrival.rate": {"range": "1..50", "count": a.runs}}}}))
-        from simkit.study.store import RunStore
-
+        (tmp / "tiny.yaml").write_text(yaml.safe_dump(BASE))
+        cli = []
+        for i in range(3):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "simkit.cli", "run", str(tmp / "tiny.yaml"), "--out", str(tmp / f"cli{i}")],
+                           check=True, capture_output=True)
+            cli.append(time.perf_counter() - t)
+        print(f"single run: simulate() in-process, warm {one * 1e3:.1f} ms wall, {one_cpu * 1e3:.1f} ms CPU (median of 20); "
+              f"`simkit run` command {statistics.median(cli):.2f} s (median of 3)")
         store = RunStore(tmp / "store-bench")
         files = {"scenario.yaml": yaml.safe_dump(BASE).encode(), "summary.json": b"{}" * 2000}
         t = time.perf_counter()
         for i in range(200):
             store.put_files(f"r{i}", files)
             store.put(f"r{i}", {"run_id": f"r{i}", "x": 1.0})
-        print(f"storing one run's files and row (3 files, atomic): {(time.perf_counter() - t) / 200 * 1e3:.2f} ms")
+        print(f"storing one run's folder, files and row (atomic): {(time.perf_counter() - t) / 200 * 1e3:.2f} ms")
+        study = tmp / "study.yaml"
+        study.write_text(yaml.safe_dump({"name": "overhead", "base": BASE, "axes": {"grid": {
+            "seed": {"range": f"0..{a.runs - 1}", "step": 1}}}}))
         t = time.perf_counter()
         n = len(load_study(study).tasks())
         prep = time.perf_counter() - t
         print(f"expand + validate + hash {n} runs: {prep:.2f} s ({prep / n * 1e3:.2f} ms per run)")
-        print("ideal = runs x single-run time / jobs; sim = the runs' own simulate() wall time (sim_wall_s) / jobs;")
-        print("overhead = (wall x jobs - sum of sim_wall_s) / runs: what the study adds per run")
-        print(f"{'jobs':>4} {'wall_s':>8} {'ideal_s':>8} {'wall/ideal':>10} {'sim_s':>8} {'overhead_ms/run':>16}")
+        print(f"{'jobs':>4} {'wall_s':>8} {'ideal_s':>8} {'wall/ideal':>10} {'sim_s/jobs':>10} {'overhead_ms/run':>16}")
+        out = tmp / "out"
         for jobs in [int(j) for j in a.jobs.split(",")]:
             out = tmp / f"out{jobs}"
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             r = run_study(study, out, jobs=jobs, progress=False)
-            wall = time.perf_counter() - t
+            wall, cpu = time.perf_counter() - t, time.process_time() - c
+
             assert r.stats.ran == n and r.stats.failed == 0, r.stats
             ideal = n * one / jobs
             sim = sum(row["sim_wall_s"] for row in r.rows)
-            print(f"{jobs:>4} {wall:>8.2f} {ideal:>8.2f} {wall / ideal:>10.2f} {sim / jobs:>8.2f} "
+            print(f"{jobs:>4} {wall:>8.2f} {ideal:>8.2f} {wall / ideal:>10.2f} {sim / jobs:>10.2f} "
                   f"{(wall * jobs - sim) / n * 1e3:>16.2f}")
+            if jobs == 1:  # everything ran in this process: CPU time is robust to other load on the machine
+                print(f"     (CPU time of that study {cpu:.2f} s = {n} x ({one_cpu * 1e3:.1f} ms simulate + "
+                      f"{(cpu / n - one_cpu) * 1e3:.2f} ms overhead), one-time imports included)")
         t = time.perf_counter()
         r = run_study(study, out, jobs=1, progress=False)
         print(f"resume of the finished study: {time.perf_counter() - t:.2f} s ({r.stats.reused} reused, {r.stats.ran} run)")
