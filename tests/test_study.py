@@ -389,8 +389,17 @@ def test_ray_gives_identical_results(tmp_path, ray_local):
     for rid in load(tmp_path / "ray")["run_id"]:
         for f in ("scenario.yaml", "requests.parquet"):
             assert (tmp_path / "ray" / "runs" / rid / f).read_bytes() == (tmp_path / "local" / "runs" / rid / f).read_bytes()
-    # resuming on Ray recomputes nothing
+    # resuming on Ray recomputes nothing; the command line reaches the same instance
     assert run_study(p, tmp_path / "ray", executor="ray", progress=False).stats.ran == 0
+    assert main(["study", str(p), "--out", str(tmp_path / "cli"), "--executor", "ray", "--no-progress"]) == 0
+    pd.testing.assert_frame_equal(_metrics_frame(tmp_path / "local"), _metrics_frame(tmp_path / "cli"))
+
+
+def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    p = write_study(tmp_path, {"base": tiny_base(), "axes": {"grid": {"plan.batching.max_num_seqs": [4]}}})
+    with pytest.raises(StudyError, match=r"simkit\[ray\]"):
+        run_study(p, tmp_path / "out", executor="ray", progress=False)
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
