@@ -358,7 +358,7 @@ def test_summary_without_tables_matches_a_plain_run(tmp_path):
 
 def _metrics_frame(folder: Path) -> pd.DataFrame:
     df = load(folder)
-    return df.drop(columns=["sim_wall_s"]).sort_values("run_id").reset_index(drop=True)
+    return df.drop(columns=["sim_wall_s"], errors="ignore").sort_values("run_id").reset_index(drop=True)
 
 
 def test_process_pool_gives_the_same_rows(tmp_path):
