@@ -619,3 +619,26 @@ def test_cli_dry_run_and_set(tmp_path, capsys, count_sims):
     assert "3 already in" in capsys.readouterr().out
     assert main(["study", str(p), "--out", str(out), "--set", "plan.parallel.tpp=2"]) == 2
     assert "set.plan.parallel.tpp" in capsys.readouterr().err
+
+
+def test_stored_scenario_reproduces_the_run(tmp_path, monkeypatch):
+    """runs/<run_id>/scenario.yaml is self-contained: `simkit run` on it, from another folder,
+    gives the stored summary (relative trace paths were made absolute)."""
+    import shutil
+
+    (tmp_path / "sc").mkdir()
+    shutil.copy(ROOT / "workloads/traces/burstgpt_sample.csv", tmp_path / "sc" / "trace.csv")
+    (tmp_path / "sc" / "base.yaml").write_text(yaml.safe_dump(tiny_base(workload={"trace": {"path": "trace.csv"}, "limit": 20})))
+    p = write_study(tmp_path, {"base": "sc/base.yaml", "axes": {"grid": {"plan.batching.max_num_seqs": [2, 16]}}})
+    run_study(p, tmp_path / "out", progress=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for rid in load(tmp_path / "out")["run_id"]:
+        d = tmp_path / "out" / "runs" / rid
+        assert main(["run", str(d / "scenario.yaml"), "--out", str(elsewhere / rid)]) == 0
+        a = json.loads((d / "summary.json").read_text())
+        b = json.loads((elsewhere / rid / "summary.json").read_text())
+        a.pop("sim_wall_s", None)
+        b.pop("sim_wall_s", None)
+        assert a == b
