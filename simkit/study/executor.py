@@ -104,12 +104,12 @@ def _simulate_task(task: Task, keep_tables: bool = False, write_to: str | None =
     row["warnings"] = json.dumps(msgs)
     if res is not None:
         summary = simmod._jsonable(res.summary)
-        if keep_tables:
+        files["summary.json"] = (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        if keep_tables:  # the run's tables, as simkit run writes them
             with tempfile.TemporaryDirectory(prefix="simkit-run-") as tmp:
                 for p in simmod.write_outputs(res, tmp):
-                    files.setdefault(p.name, p.read_bytes())
-        else:
-            files["summary.json"] = (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8")
+                    if p.suffix == ".parquet":
+                        files[p.name] = p.read_bytes()
         metrics = {k: v for k, v in flatten(summary).items() if k not in row}
         row = {**row, **metrics}
     row = {**{k: v for k, v in task.labels.items() if k not in row}, **row}
