@@ -61,7 +61,7 @@ class Result:
     def iterations_frame(self):  # type: ignore[no-untyped-def]
         import pandas as pd
 
-        return pd.DataFrame(self.iterations, columns=list(IterationLog.COLS))
+        return pd.DataFrame(iteration_columns(self.iterations))
 
 
 # ---- building blocks -------------------------------------------------------------------------
@@ -773,11 +773,13 @@ def write_outputs(result: Result, out_dir: str | Path, trace_out: str | Path | N
     p = out / "summary.json"
     p.write_text(json.dumps(_jsonable(result.summary), indent=2, sort_keys=True) + "\n")
     paths.append(p)
+    from simkit.metrics import requests_columns
+
     p = out / "requests.parquet"
-    result.requests_frame().to_parquet(p, index=False)
+    _write_parquet(requests_columns(result.table), p)
     paths.append(p)
     p = out / "iterations.parquet"
-    result.iterations_frame().to_parquet(p, index=False)
+    _write_parquet(iteration_columns(result.iterations), p)
     paths.append(p)
     if trace_out is not None and result.trace_events is not None:
         tp = Path(trace_out)
@@ -785,6 +787,24 @@ def write_outputs(result: Result, out_dir: str | Path, trace_out: str | Path | N
         tp.write_text(json.dumps({"traceEvents": result.trace_events, "displayTimeUnit": "ms"}))
         paths.append(tp)
     return paths
+
+
+def iteration_columns(rows: list[tuple[Any, ...]]) -> dict[str, np.ndarray]:
+    """The per-iteration table's columns (iterations.parquet), typed like the table pandas
+    infers from the rows (int64 counts, float64 times)."""
+    cols: dict[str, np.ndarray] = {}
+    for k, name in enumerate(IterationLog.COLS):
+        kind = np.float64 if name.endswith("_s") else np.int64
+        cols[name] = np.fromiter((r[k] for r in rows), dtype=kind, count=len(rows))
+    return cols
+
+
+def _write_parquet(columns: dict[str, np.ndarray], path: Path) -> None:
+    """A table of numpy columns as Parquet, with pyarrow alone (pandas is not needed to write)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({k: pa.array(v) for k, v in columns.items()}), path)
 
 
 def _jsonable(x: Any) -> Any:
