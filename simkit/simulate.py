@@ -22,6 +22,7 @@ from simkit.cost.efficiency import DatasheetEfficiency, EfficiencyModel
 from simkit.cost.iteration import IterationModel
 from simkit.cost.memory import activation_bytes
 from simkit.cost.ops import Precision
+from simkit.engine.fast import FastReplica, fast_path_reason
 from simkit.engine.kvcache import KVBlockManager, PrefixCache
 from simkit.engine.offload import OffloadExecutor
 from simkit.engine.replica import IterationLog, Replica, ReplicaConfig, ReplicaGroup, Stage
@@ -346,7 +347,12 @@ class _Tracer:
 
 
 # ---- the one call ----------------------------------------------------------------------------
-def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = False) -> Result:
+def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = False, engine: str = "auto") -> Result:
+    """Run a scenario. ``engine``: ``auto`` runs the fast exact path where it covers the plan
+    (:mod:`simkit.engine.fast`) and the reference engine elsewhere; ``reference`` always runs the
+    reference engine (``summary["engine_path"]`` says which ran, and why)."""
+    if engine not in ("auto", "reference"):
+        raise ScenarioError(f"expected engine 'auto' or 'reference', got {engine!r}", where=sc.source, key="engine")
     wall0 = time.perf_counter()
     warn: list[str] = []
     where = sc.source
@@ -523,6 +529,12 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         table.target[i] = table.kv_len[i]
         dec[k].enqueue(i)
 
+    slow_reason = "requested" if engine == "reference" else fast_path_reason(
+        policy_name, pc.enabled, plan.kv_cache.preemption, offloaded, par.pp,
+        plan.execution.mode == "layer_by_layer", off_layout is not None and off_layout.spill_after is not None, trace,
+    )
+    engine_cls = Replica if slow_reason else FastReplica
+    engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
     for r in range(n_rep):
         role = "both"
         if disagg:
@@ -579,7 +591,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             if offloaded and bopts["batch_size"] is None and plan.offload.gpu_batch_size:
                 bopts["batch_size"] = plan.offload.gpu_batch_size * plan.offload.num_gpu_batches
             policy = BATCHING_POLICIES[pname](**bopts)
-            rep = Replica(
+            rep = engine_cls(
                 env, r, table, cost, policy, kv, cfg, tbt, log, next_arrival, links,
                 on_prefilled if role == "prefill" else None, tracer, group=group, stages=stages, engine_id=v,
                 offload=executor,
@@ -610,6 +622,10 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
 
     env.process(arrival_process())
     env.run()
+    for g in replicas:
+        for e in g.engines:
+            if isinstance(e, FastReplica):
+                e.sync()
     sim_wall = time.perf_counter() - wall0
 
     # KV utilisation, time-weighted, from the iteration log (or the peak when not recorded)
@@ -679,6 +695,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         "expert_group_shares": group_shares,
         "collective_share": sum(x["comm_s"] for x in per_gpu) / tot_busy if tot_busy > 0 else 0.0,
         "sim_wall_s": sim_wall,
+        "engine_path": engine_path,
         "model": model.name,
         "hardware": node.name,
         "device": device.name,

@@ -1,0 +1,387 @@
+"""The fast exact path of the serving loop: the same decisions as :class:`Replica`, with O(1)
+running totals per step instead of per-request numpy work.
+
+The reference loop gathers every decoding request's KV length, generated count and block count
+from the request table at every step, and scatters them back. Here a replica keeps its decoding
+requests as offsets from a per-replica decode clock ``D`` (decode iterations executed by the
+replica): a request that joined the decode set at clock ``D0`` with ``kv0`` cached tokens has
+``kv0 - D0 + D`` of them now, so the batch's KV sum is ``sum(offsets) + B * D``. The first request
+to finish is the top of a heap of finishing clocks. KV block growth is counted without touching
+requests: a request needs its next block at a clock ``n0`` fixed when it joins, then every
+``block_size`` steps, so the blocks a run needs are counted from per-residue bucket counts
+(``n0 mod block_size``) plus the few requests that have not reached their first boundary yet.
+Inter-token gaps of a step go to the histogram once per group of requests whose last token
+came at the same time (all of the batch but the newest members), with the group size as weight.
+The request table is brought up to date for a request when it leaves the decode set (finish,
+preemption) and for all of them when the run ends (:meth:`FastReplica.sync`).
+
+Everything else is the reference engine's own code (the policies, admission, the event loop,
+the cost model calls with the same arguments), so per-request times are bit-for-bit those of
+:class:`Replica`; ``tests/test_fast_engine.py`` checks that on random scenarios. Plans the fast
+path does not cover run on the reference engine, and ``summary.json`` says which path ran and
+why (``engine_path``). Covered: ``continuous`` and ``chunked_prefill`` batching, any number of
+replicas and any routing, recompute preemption. Not covered (reference engine): static
+batching, disaggregated serving, prefix caching, swap preemption, KV spill, offloading,
+pipeline parallelism, layer-by-layer execution and Chrome traces.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import insort
+from typing import Any
+
+import numpy as np
+
+from simkit.engine.interfaces import Step
+from simkit.engine.replica import Replica
+
+
+class _DecodeSet:
+    """What :meth:`FastReplica.decode_ready` hands a policy: only its size is read."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def fast_path_reason(
+    policy: str,
+    prefix_cache: bool,
+    preemption: str,
+    offloaded: bool,
+    pp: int,
+    layerwise: bool,
+    spill: bool,
+    trace: bool,
+) -> str | None:
+    """None when the fast path covers the plan, else why it runs on the reference engine."""
+    if policy not in ("continuous", "chunked_prefill"):
+        return f"batching policy {policy}"
+    if prefix_cache:
+        return "prefix caching"
+    if preemption != "recompute":
+        return f"{preemption} preemption"
+    if offloaded:
+        return "offloading"
+    if pp > 1:
+        return "pipeline parallelism"
+    if layerwise:
+        return "layer-by-layer execution"
+    if spill:
+        return "KV spill"
+    if trace:
+        return "Chrome trace output"
+    return None
+
+
+class FastReplica(Replica):
+    """A :class:`Replica` whose decoding requests are kept as running totals (see the module
+    docstring). Only the plans :func:`fast_path_reason` accepts may use it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        bs = self.cfg.block_size
+        self._D = 0
+        """Decode clock: decode iterations this replica has executed."""
+        self._Xa = 0
+        """Clock up to which the decoding requests' KV blocks are allocated (>= D)."""
+        self._info: dict[int, list[Any]] = {}
+        """request -> [offset, join clock, generated at join, blocks at join, n0, last token at
+        join, finishing clock]."""
+        self._sum_off = 0
+        self._fin: list[tuple[int, int]] = []
+        self._cnt = [0] * bs
+        """Requests past their first block boundary, by n0 mod block_size."""
+        self._n_active = 0
+        self._pending: list[tuple[int, int]] = []
+        """(n0, request) of requests that have not reached their first block boundary, sorted."""
+        self._fresh: dict[float, int] = {}
+        """last-token time -> count, of requests that joined since the last decode step."""
+        self._last_dec = 0.0
+        """End time of the last step that decoded the whole decode set."""
+
+    # ---- the decode set ----------------------------------------------------------------------
+    def _join(self, i: int) -> None:
+        t = self.table
+        D = self._D
+        kv = int(t.kv_len[i])
+        have = int(t.blocks[i]) + int(t.shared_blocks[i])
+        off = kv - D
+        n0 = have * self.cfg.block_size - off
+        gen = int(t.gen[i])
+        lt = float(t.last_token[i])
+        fin = D + int(t.output[i]) - gen
+        self._info[i] = [off, D, gen, int(t.blocks[i]), n0, lt, fin]
+        self._sum_off += off
+        heapq.heappush(self._fin, (fin, i))
+        if n0 <= self._Xa:
+            self._cnt[n0 % self.cfg.block_size] += 1
+            self._n_active += 1
+        else:
+            insort(self._pending, (n0, i))
+        self._fresh[lt] = self._fresh.get(lt, 0) + 1
+
+    def _extra(self, n0: int) -> int:
+        """Blocks a request with first boundary ``n0`` has gained since it joined."""
+        x = self._Xa - n0
+        return -(-x // self.cfg.block_size) if x > 0 else 0
+
+    def _write(self, i: int, info: list[Any]) -> None:
+        """Write decoding request ``i``'s state to the request table."""
+        off, d0, g0, b0, n0, lt, _ = info
+        t = self.table
+        D = self._D
+        t.kv_len[i] = off + D
+        t.gen[i] = g0 + D - d0
+        t.last_token[i] = lt if D == d0 else self._last_dec
+        t.blocks[i] = b0 + self._extra(n0)
+
+    def _leave(self, i: int) -> None:
+        """Write request ``i``'s state to the table and drop it from the decode set."""
+        info = self._info.pop(i)
+        self._write(i, info)
+        off, d0, _, _, n0, lt, _ = info
+        D = self._D
+        self._sum_off -= off
+        if n0 <= self._Xa:
+            self._cnt[n0 % self.cfg.block_size] -= 1
+            self._n_active -= 1
+        else:
+            self._pending.remove((n0, i))
+        if D == d0:
+            c = self._fresh[lt] - 1
+            if c:
+                self._fresh[lt] = c
+            else:
+                del self._fresh[lt]
+
+    def sync(self) -> None:
+        """Bring the request table up to date for every request still decoding."""
+        for i, info in self._info.items():
+            self._write(i, info)
+
+    def _growth_to(self, X: int) -> int:
+        a = self._Xa
+        if X <= a:
+            return 0
+        bs = self.cfg.block_size
+        L = X - a
+        g = self._n_active * (L // bs)
+        r = L % bs
+        if r:
+            cnt = self._cnt
+            for j in range(a, a + r):
+                g += cnt[j % bs]
+        for n0, _ in self._pending:
+            if n0 >= X:
+                break
+            g += -(-(X - n0) // bs)
+        return g
+
+    def _alloc_to(self, X: int) -> None:
+        """Allocate the blocks the decode set needs up to clock ``X`` (as ``_grow_blocks``)."""
+        total = self._growth_to(X)
+        if total:
+            self.kv.make_room(total)
+            self.kv.alloc(total)
+        if X > self._Xa:
+            self._Xa = X
+            pend = self._pending
+            bs = self.cfg.block_size
+            k = 0
+            while k < len(pend) and pend[k][0] <= X:
+                self._cnt[pend[k][0] % bs] += 1
+                k += 1
+            if k:
+                self._n_active += k
+                del pend[:k]
+
+    def _top_finish(self) -> int:
+        fin = self._fin
+        info = self._info
+        while True:
+            f, i = fin[0]
+            e = info.get(i)
+            if e is not None and e[6] == f:
+                return f
+            heapq.heappop(fin)
+
+    def _pop_finished(self) -> list[int]:
+        """Requests whose finishing clock is the current one, removed from the decode set."""
+        out: list[int] = []
+        fin = self._fin
+        info = self._info
+        D = self._D
+        while fin:
+            f, i = fin[0]
+            e = info.get(i)
+            if e is None or e[6] != f:
+                heapq.heappop(fin)
+                continue
+            if f > D:
+                break
+            heapq.heappop(fin)
+            out.append(i)
+        for i in out:
+            self._leave(i)
+        return out
+
+    def _tbt_groups(self, base: float) -> None:
+        """Push the gap ``base - last token`` of every decoding request, grouped."""
+        push = self.tbt.push1
+        n_old = len(self._info) - sum(self._fresh.values())
+        if n_old:
+            push(base - self._last_dec, float(n_old))
+        for lt, c in self._fresh.items():
+            push(base - lt, float(c))
+
+    # ---- overrides of the reference engine ---------------------------------------------------
+    def admit(self, i: int, reserve_tokens: int | None = None) -> bool:
+        ok = super().admit(i, reserve_tokens)
+        if ok and self.table.kv_len[i] >= self.table.target[i]:
+            self._join(i)
+        return ok
+
+    def _preempt_one(self) -> bool:
+        if len(self.running) > 1 and self.running[-1] in self._info:
+            self._leave(self.running[-1])
+        return super()._preempt_one()
+
+    def decode_ready(self, reserve: bool = True) -> Any:
+        while True:
+            B = len(self._info)
+            if B == 0:
+                return _DecodeSet(0)
+            free = self.kv.free
+            grow = B if B <= free else self._growth_to(self._D + 1)
+            if grow <= free or self.kv.make_room(grow):
+                if reserve:
+                    self._alloc_to(self._D + 1)
+                return _DecodeSet(B)
+            if not self._preempt_one():
+                raise AssertionError("a lone request cannot grow its KV cache (admission should have prevented this)")
+
+    def _mixed_step(self, step: Step):  # type: ignore[no-untyped-def]
+        env = self.env
+        t = self.table
+        pre = step.prefill_ids
+        pq = step.prefill_q
+        B = len(step.decode_ids)
+        kv_pre = [int(t.kv_len[i]) for i in pre]
+        completes = [kv_pre[k] + pq[k] >= int(t.target[i]) for k, i in enumerate(pre)]
+        n_pq = len(pq)
+        q = np.ones(n_pq + B, dtype=np.int64)
+        q[:n_pq] = pq
+        ctx = np.empty(n_pq + B, dtype=np.int64)
+        ctx[:n_pq] = kv_pre
+        if B:
+            # decode attention depends on the decoding requests' contexts through their sum
+            # (IterationModel.attention_time): one entry carries it, the others one token each
+            ctx[n_pq] = self._sum_off + B * self._D - (B - 1)
+            ctx[n_pq + 1 :] = 1
+        rows = sum(completes) + B
+        dur = self.cost.step_time(q, ctx, logits_rows=rows)
+        if self.cost.tp > 1:
+            self.stage_comm[0] += self.cost.comm_time(int(q.sum()))
+        n_tok = int(sum(pq))
+        if not self.pending_fetch:
+            start = env.now
+            yield env.timeout(dur)
+            self.busy_time += dur
+            self.busy_gpu_s += dur * self.cfg.num_gpus
+            self.stage_busy[0] += dur
+        else:
+            start = yield from self._wait_fetch(dur, None)
+        now = env.now
+        self.log.add(self.index, start, now, 1, n_tok, B, n_pq + B, self.kv.in_use)
+        finished: list[int] = []
+        done_pre: list[int] = []
+        for k, i in enumerate(pre):
+            t.kv_len[i] = kv_pre[k] + pq[k]
+            if completes[k]:
+                done_pre.append(i)
+        if done_pre:
+            gone = set(done_pre)
+            self.prefilling = [i for i in self.prefilling if i not in gone]
+            for i in done_pre:
+                if np.isnan(t.first_token[i]):
+                    t.first_token[i] = now
+                else:
+                    self.tbt.push1(now - float(t.last_token[i]), 1.0)
+                t.gen[i] += 1
+                t.last_token[i] = now
+                t.target[i] = t.kv_len[i]
+        if B:
+            self._tbt_groups(now)
+            self._D += 1
+            self._last_dec = now
+            self._fresh = {}
+            dec_done = self._pop_finished()
+        else:
+            dec_done = []
+        for i in done_pre:
+            if t.gen[i] >= t.output[i]:
+                finished.append(i)
+            else:
+                self._join(i)
+        finished.extend(dec_done)
+        self._finish(finished)
+
+    def _decode_run(self, dec: Any):  # type: ignore[no-untyped-def]
+        env = self.env
+        B = len(self._info)
+        D = self._D
+        s = self._top_finish() - D
+        bs = self.cfg.block_size
+        avail = self.kv.available
+        if B * (s // bs + 1) > avail and self._growth_to(D + s) > avail:
+            lo, hi = 1, s
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if self._growth_to(D + mid) <= avail:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            s = lo
+        ta = self.next_arrival() - env.now
+        if ta < float("inf"):
+            fixed = self.cost.fixed_step_time(B)
+            if fixed > 0:
+                s = min(s, max(int(ta / fixed) + 2, 1))
+        times = self.cost.decode_steps(B, float(self._sum_off + B * D), s)
+        ends = np.cumsum(times)
+        ta = self.next_arrival() - env.now
+        if ta < ends[-1]:
+            j = int(np.searchsorted(ends, ta, side="left"))
+            s = min(s, j + 1)
+            ends = ends[:s]
+            times = times[:s]
+        self._alloc_to(D + s)
+        if self.cost.tp > 1:
+            self.stage_comm[0] += self.cost.comm_time(B) * s
+        dur = float(ends[-1])
+        if not self.pending_fetch:
+            start = env.now
+            yield env.timeout(dur)
+            self.busy_time += dur
+            self.busy_gpu_s += dur * self.cfg.num_gpus
+            self.stage_busy[0] += dur
+        else:
+            start = yield from self._wait_fetch(dur, None)
+        now = env.now
+        self.log.add(self.index, start, now, s, 0, B, B, self.kv.in_use)
+        extra = max((now - start) - dur, 0.0)
+        self._tbt_groups(start + float(ends[0]) + extra)
+        if s > 1:
+            self.tbt.push(times[1:], float(B))
+        self._D = D + s
+        self._last_dec = now
+        self._fresh = {}
+        done = self._pop_finished()
+        if done:
+            self._finish(done)
