@@ -817,11 +817,28 @@ def iteration_columns(rows: list[tuple[Any, ...]]) -> dict[str, np.ndarray]:
 
 
 def _write_parquet(columns: dict[str, np.ndarray], path: Path) -> None:
-    """A table of numpy columns as Parquet, with pyarrow alone (pandas is not needed to write)."""
+    """A table of numpy columns as Parquet, with pyarrow alone: arrays are built from their
+    buffers (pyarrow's converters import pandas to look for frames). NaN floats are written as
+    nulls, as pandas' writer does."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({k: pa.array(v) for k, v in columns.items()}), path)
+    arrays = []
+    for v in columns.values():
+        v = np.ascontiguousarray(v)
+        valid = None
+        nulls = 0
+        if v.dtype == np.bool_:
+            typ, data = pa.bool_(), np.packbits(v, bitorder="little")
+        else:
+            typ, data = pa.from_numpy_dtype(v.dtype), v
+            if v.dtype.kind == "f":
+                nan = np.isnan(v)
+                nulls = int(nan.sum())
+                if nulls:
+                    valid = pa.py_buffer(np.packbits(~nan, bitorder="little"))
+        arrays.append(pa.Array.from_buffers(typ, len(v), [valid, pa.py_buffer(data)], null_count=nulls))
+    pq.write_table(pa.Table.from_arrays(arrays, names=list(columns)), path)
 
 
 def _jsonable(x: Any) -> Any:

@@ -89,7 +89,7 @@ class FastReplica(Replica):
         self._D = 0
         """Decode clock: decode iterations this replica has executed."""
         self._Xa = 0
-        """Clock up to which the decoding requests' KV blocks are allocated (>= D)."""
+        """Clock up to which the decoding requests' KV blocks are allocated (>= the decode clock)."""
         self._info: dict[int, list[Any]] = {}
         """request -> [offset, join clock, generated at join, blocks at join, n0, last token at
         join, finishing clock]."""
@@ -108,15 +108,15 @@ class FastReplica(Replica):
     # ---- the decode set ----------------------------------------------------------------------
     def _join(self, i: int) -> None:
         t = self.table
-        D = self._D
+        clock = self._D
         kv = int(t.kv_len[i])
         have = int(t.blocks[i]) + int(t.shared_blocks[i])
-        off = kv - D
+        off = kv - clock
         n0 = have * self.cfg.block_size - off
         gen = int(t.gen[i])
         lt = float(t.last_token[i])
-        fin = D + int(t.output[i]) - gen
-        self._info[i] = [off, D, gen, int(t.blocks[i]), n0, lt, fin]
+        fin = clock + int(t.output[i]) - gen
+        self._info[i] = [off, clock, gen, int(t.blocks[i]), n0, lt, fin]
         self._sum_off += off
         heapq.heappush(self._fin, (fin, i))
         if n0 <= self._Xa:
@@ -135,10 +135,10 @@ class FastReplica(Replica):
         """Write decoding request ``i``'s state to the request table."""
         off, d0, g0, b0, n0, lt, _ = info
         t = self.table
-        D = self._D
-        t.kv_len[i] = off + D
-        t.gen[i] = g0 + D - d0
-        t.last_token[i] = lt if D == d0 else self._last_dec
+        clock = self._D
+        t.kv_len[i] = off + clock
+        t.gen[i] = g0 + clock - d0
+        t.last_token[i] = lt if clock == d0 else self._last_dec
         t.blocks[i] = b0 + self._extra(n0)
 
     def _leave(self, i: int) -> None:
@@ -146,14 +146,14 @@ class FastReplica(Replica):
         info = self._info.pop(i)
         self._write(i, info)
         off, d0, _, _, n0, lt, _ = info
-        D = self._D
+        clock = self._D
         self._sum_off -= off
         if n0 <= self._Xa:
             self._cnt[n0 % self.cfg.block_size] -= 1
             self._n_active -= 1
         else:
             self._pending.remove((n0, i))
-        if D == d0:
+        if clock == d0:
             c = self._fresh[lt] - 1
             if c:
                 self._fresh[lt] = c
@@ -165,12 +165,12 @@ class FastReplica(Replica):
         for i, info in self._info.items():
             self._write(i, info)
 
-    def _growth_to(self, X: int) -> int:
+    def _growth_to(self, upto: int) -> int:
         a = self._Xa
-        if X <= a:
+        if upto <= a:
             return 0
         bs = self.cfg.block_size
-        L = X - a
+        L = upto - a
         g = self._n_active * (L // bs)
         r = L % bs
         if r:
@@ -178,23 +178,23 @@ class FastReplica(Replica):
             for j in range(a, a + r):
                 g += cnt[j % bs]
         for n0, _ in self._pending:
-            if n0 >= X:
+            if n0 >= upto:
                 break
-            g += -(-(X - n0) // bs)
+            g += -(-(upto - n0) // bs)
         return g
 
-    def _alloc_to(self, X: int) -> None:
-        """Allocate the blocks the decode set needs up to clock ``X`` (as ``_grow_blocks``)."""
-        total = self._growth_to(X)
+    def _alloc_to(self, upto: int) -> None:
+        """Allocate the blocks the decode set needs up to clock ``upto`` (as ``_grow_blocks``)."""
+        total = self._growth_to(upto)
         if total:
             self.kv.make_room(total)
             self.kv.alloc(total)
-        if X > self._Xa:
-            self._Xa = X
+        if upto > self._Xa:
+            self._Xa = upto
             pend = self._pending
             bs = self.cfg.block_size
             k = 0
-            while k < len(pend) and pend[k][0] <= X:
+            while k < len(pend) and pend[k][0] <= upto:
                 self._cnt[pend[k][0] % bs] += 1
                 k += 1
             if k:
@@ -216,19 +216,20 @@ class FastReplica(Replica):
         out: list[int] = []
         fin = self._fin
         info = self._info
-        D = self._D
+        clock = self._D
         while fin:
             f, i = fin[0]
             e = info.get(i)
             if e is None or e[6] != f:
                 heapq.heappop(fin)
                 continue
-            if f > D:
+            if f > clock:
                 break
             heapq.heappop(fin)
-            out.append(i)
-        for i in out:
-            self._leave(i)
+            # a request preempted and decoding again may have an equal stale entry: leave once
+            if i in info:
+                self._leave(i)
+                out.append(i)
         return out
 
     def _tbt_groups(self, base: float) -> None:
@@ -254,15 +255,15 @@ class FastReplica(Replica):
 
     def decode_ready(self, reserve: bool = True) -> Any:
         while True:
-            B = len(self._info)
-            if B == 0:
+            nb = len(self._info)
+            if nb == 0:
                 return _DecodeSet(0)
             free = self.kv.free
-            grow = B if B <= free else self._growth_to(self._D + 1)
+            grow = nb if nb <= free else self._growth_to(self._D + 1)
             if grow <= free or self.kv.make_room(grow):
                 if reserve:
                     self._alloc_to(self._D + 1)
-                return _DecodeSet(B)
+                return _DecodeSet(nb)
             if not self._preempt_one():
                 raise AssertionError("a lone request cannot grow its KV cache (admission should have prevented this)")
 
@@ -271,20 +272,20 @@ class FastReplica(Replica):
         t = self.table
         pre = step.prefill_ids
         pq = step.prefill_q
-        B = len(step.decode_ids)
+        nb = len(step.decode_ids)
         kv_pre = [int(t.kv_len[i]) for i in pre]
         completes = [kv_pre[k] + pq[k] >= int(t.target[i]) for k, i in enumerate(pre)]
         n_pq = len(pq)
-        q = np.ones(n_pq + B, dtype=np.int64)
+        q = np.ones(n_pq + nb, dtype=np.int64)
         q[:n_pq] = pq
-        ctx = np.empty(n_pq + B, dtype=np.int64)
+        ctx = np.empty(n_pq + nb, dtype=np.int64)
         ctx[:n_pq] = kv_pre
-        if B:
+        if nb:
             # decode attention depends on the decoding requests' contexts through their sum
             # (IterationModel.attention_time): one entry carries it, the others one token each
-            ctx[n_pq] = self._sum_off + B * self._D - (B - 1)
+            ctx[n_pq] = self._sum_off + nb * self._D - (nb - 1)
             ctx[n_pq + 1 :] = 1
-        rows = sum(completes) + B
+        rows = sum(completes) + nb
         dur = self.cost.step_time(q, ctx, logits_rows=rows)
         if self.cost.tp > 1:
             self.stage_comm[0] += self.cost.comm_time(int(q.sum()))
@@ -298,7 +299,7 @@ class FastReplica(Replica):
         else:
             start = yield from self._wait_fetch(dur, None)
         now = env.now
-        self.log.add(self.index, start, now, 1, n_tok, B, n_pq + B, self.kv.in_use)
+        self.log.add(self.index, start, now, 1, n_tok, nb, n_pq + nb, self.kv.in_use)
         finished: list[int] = []
         done_pre: list[int] = []
         for k, i in enumerate(pre):
@@ -316,7 +317,7 @@ class FastReplica(Replica):
                 t.gen[i] += 1
                 t.last_token[i] = now
                 t.target[i] = t.kv_len[i]
-        if B:
+        if nb:
             self._tbt_groups(now)
             self._D += 1
             self._last_dec = now
@@ -334,26 +335,26 @@ class FastReplica(Replica):
 
     def _decode_run(self, dec: Any):  # type: ignore[no-untyped-def]
         env = self.env
-        B = len(self._info)
-        D = self._D
-        s = self._top_finish() - D
+        nb = len(self._info)
+        clock = self._D
+        s = self._top_finish() - clock
         bs = self.cfg.block_size
         avail = self.kv.available
-        if B * (s // bs + 1) > avail and self._growth_to(D + s) > avail:
+        if nb * (s // bs + 1) > avail and self._growth_to(clock + s) > avail:
             lo, hi = 1, s
             while lo < hi:
                 mid = (lo + hi + 1) // 2
-                if self._growth_to(D + mid) <= avail:
+                if self._growth_to(clock + mid) <= avail:
                     lo = mid
                 else:
                     hi = mid - 1
             s = lo
         ta = self.next_arrival() - env.now
         if ta < float("inf"):
-            fixed = self.cost.fixed_step_time(B)
+            fixed = self.cost.fixed_step_time(nb)
             if fixed > 0:
                 s = min(s, max(int(ta / fixed) + 2, 1))
-        times = self.cost.decode_steps(B, float(self._sum_off + B * D), s)
+        times = self.cost.decode_steps(nb, float(self._sum_off + nb * clock), s)
         ends = np.cumsum(times)
         ta = self.next_arrival() - env.now
         if ta < ends[-1]:
@@ -361,9 +362,9 @@ class FastReplica(Replica):
             s = min(s, j + 1)
             ends = ends[:s]
             times = times[:s]
-        self._alloc_to(D + s)
+        self._alloc_to(clock + s)
         if self.cost.tp > 1:
-            self.stage_comm[0] += self.cost.comm_time(B) * s
+            self.stage_comm[0] += self.cost.comm_time(nb) * s
         dur = float(ends[-1])
         if not self.pending_fetch:
             start = env.now
@@ -374,12 +375,12 @@ class FastReplica(Replica):
         else:
             start = yield from self._wait_fetch(dur, None)
         now = env.now
-        self.log.add(self.index, start, now, s, 0, B, B, self.kv.in_use)
+        self.log.add(self.index, start, now, s, 0, nb, nb, self.kv.in_use)
         extra = max((now - start) - dur, 0.0)
         self._tbt_groups(start + float(ends[0]) + extra)
         if s > 1:
-            self.tbt.push(times[1:], float(B))
-        self._D = D + s
+            self.tbt.push(times[1:], float(nb))
+        self._D = clock + s
         self._last_dec = now
         self._fresh = {}
         done = self._pop_finished()
