@@ -223,3 +223,11 @@ def test_simkit_run_imports_no_heavy_library(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert "HEAVY [] 0" in out.stdout, out.stdout + out.stderr
     assert (tmp_path / "requests.parquet").exists()
+
+
+@given(st.lists(st.integers(1, 5000), min_size=1, max_size=300))
+def test_stand_in_contexts_keep_sum_and_maximum(ctx):
+    from simkit.engine.fast import stand_in_contexts
+
+    got = stand_in_contexts(len(ctx), sum(ctx), max(ctx))
+    assert len(got) == len(ctx) and int(got.sum()) == sum(ctx) and int(got.max()) == max(ctx) and got.min() >= 1

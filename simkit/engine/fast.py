@@ -49,6 +49,19 @@ class _DecodeSet:
         return self.n
 
 
+def stand_in_contexts(n: int, total: int, longest: int) -> np.ndarray:
+    """``n`` contexts in [1, longest] with sum ``total`` and maximum ``longest`` (the first), for
+    ``n`` real contexts in [1, longest] with that sum and maximum."""
+    out = np.empty(n, dtype=np.int64)
+    out[0] = longest
+    k = n - 1
+    if k:
+        rest = total - longest
+        out[1:] = rest // k
+        out[1 : 1 + rest % k] += 1
+    return out
+
+
 def fast_path_reason(
     policy: str,
     prefix_cache: bool,
@@ -95,6 +108,8 @@ class FastReplica(Replica):
         join, finishing clock]."""
         self._sum_off = 0
         self._fin: list[tuple[int, int]] = []
+        self._long: list[tuple[int, int]] = []
+        """(-offset, request): the longest decoding context is the top's offset + clock."""
         self._cnt = [0] * bs
         """Requests past their first block boundary, by n0 mod block_size."""
         self._n_active = 0
@@ -104,6 +119,7 @@ class FastReplica(Replica):
         """last-token time -> count, of requests that joined since the last decode step."""
         self._last_dec = 0.0
         """End time of the last step that decoded the whole decode set."""
+        self._prefill_memo: dict[tuple[Any, ...], float] = {}
 
     # ---- the decode set ----------------------------------------------------------------------
     def _join(self, i: int) -> None:
@@ -119,6 +135,7 @@ class FastReplica(Replica):
         self._info[i] = [off, clock, gen, int(t.blocks[i]), n0, lt, fin]
         self._sum_off += off
         heapq.heappush(self._fin, (fin, i))
+        heapq.heappush(self._long, (-off, i))
         if n0 <= self._Xa:
             self._cnt[n0 % self.cfg.block_size] += 1
             self._n_active += 1
@@ -211,6 +228,16 @@ class FastReplica(Replica):
                 return f
             heapq.heappop(fin)
 
+    def _longest_offset(self) -> int:
+        long = self._long
+        info = self._info
+        while True:
+            neg, i = long[0]
+            e = info.get(i)
+            if e is not None and e[0] == -neg:
+                return -neg
+            heapq.heappop(long)
+
     def _pop_finished(self) -> list[int]:
         """Requests whose finishing clock is the current one, removed from the decode set."""
         out: list[int] = []
@@ -281,12 +308,18 @@ class FastReplica(Replica):
         ctx = np.empty(n_pq + nb, dtype=np.int64)
         ctx[:n_pq] = kv_pre
         if nb:
-            # decode attention depends on the decoding requests' contexts through their sum
-            # (IterationModel.attention_time): one entry carries it, the others one token each
-            ctx[n_pq] = self._sum_off + nb * self._D - (nb - 1)
-            ctx[n_pq + 1 :] = 1
+            # decode attention sees the decoding requests' contexts through their sum and their
+            # maximum (IterationModel.attention_time): stand-ins with the same sum and maximum
+            ctx[n_pq:] = stand_in_contexts(nb, self._sum_off + nb * self._D, self._longest_offset() + self._D)
         rows = sum(completes) + nb
-        dur = self.cost.step_time(q, ctx, logits_rows=rows)
+        if nb:
+            dur = self.cost.step_time(q, ctx, logits_rows=rows)
+        else:
+            # a prefill-only step's time is a pure function of its prompts: memoised
+            key = (tuple(pq), tuple(kv_pre), rows)
+            dur = self._prefill_memo.get(key)
+            if dur is None:
+                dur = self._prefill_memo[key] = self.cost.step_time(q, ctx, logits_rows=rows)
         if self.cost.tp > 1:
             self.stage_comm[0] += self.cost.comm_time(int(q.sum()))
         n_tok = int(sum(pq))
@@ -355,17 +388,20 @@ class FastReplica(Replica):
             if fixed > 0:
                 s = min(s, max(int(ta / fixed) + 2, 1))
         times = self.cost.decode_steps(nb, float(self._sum_off + nb * clock), s)
-        ends = np.cumsum(times)
-        ta = self.next_arrival() - env.now
-        if ta < ends[-1]:
-            j = int(np.searchsorted(ends, ta, side="left"))
-            s = min(s, j + 1)
-            ends = ends[:s]
-            times = times[:s]
+        if s == 1:
+            first = dur = float(times[0])  # np.cumsum of one value is that value
+        else:
+            ends = np.cumsum(times)
+            ta = self.next_arrival() - env.now
+            if ta < float(ends[-1]):
+                j = int(np.searchsorted(ends, ta, side="left"))
+                s = min(s, j + 1)
+                ends = ends[:s]
+                times = times[:s]
+            first, dur = float(ends[0]), float(ends[-1])
         self._alloc_to(clock + s)
         if self.cost.tp > 1:
             self.stage_comm[0] += self.cost.comm_time(nb) * s
-        dur = float(ends[-1])
         if not self.pending_fetch:
             start = env.now
             yield env.timeout(dur)
@@ -377,7 +413,7 @@ class FastReplica(Replica):
         now = env.now
         self.log.add(self.index, start, now, s, 0, nb, nb, self.kv.in_use)
         extra = max((now - start) - dur, 0.0)
-        self._tbt_groups(start + float(ends[0]) + extra)
+        self._tbt_groups(start + first + extra)
         if s > 1:
             self.tbt.push(times[1:], float(nb))
         self._D = clock + s
