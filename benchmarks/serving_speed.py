@@ -29,9 +29,9 @@ TRACES = ROOT / "workloads" / "traces"
 
 
 
-def _azure16k(name: str, batching: dict) -> dict:
-    """16,000 requests, lengths resampled from the Azure 2023 conversation trace, Poisson 8 req/s,
-    Llama-2-7B on one H100 SXM."""
+def _azure16k(name: str, batching: dict, replicas: int = 1) -> dict:
+    """16,000 requests, lengths resampled from the Azure 2023 conversation trace, Poisson 8 req/s
+    per replica, Llama-2-7B on H100 SXMs (least-outstanding routing over several replicas)."""
     return {
         "name": name,
         "hardware": "dgx-h100",
@@ -39,11 +39,12 @@ def _azure16k(name: str, batching: dict) -> dict:
         "workload": {
             "synthetic": {
                 "num_requests": 16000,
-                "arrival": {"process": "poisson", "rate": 8},
+                "arrival": {"process": "poisson", "rate": 8 * replicas},
                 "lengths": {"trace": {"path": str(TRACES / "azure_conv_2023.csv"), "format": "azure"}},
             }
         },
-        "plan": {"batching": batching},
+        "plan": {"batching": batching, "parallel": {"replicas": replicas}}
+        | ({"routing": "least_outstanding"} if replicas > 1 else {}),
     }
 
 
@@ -51,6 +52,9 @@ CASES: dict[str, dict] = {
     "azure16k-continuous": _azure16k("azure16k-continuous", {"policy": "continuous", "max_num_seqs": 128, "max_num_batched_tokens": 4096}),
     "azure16k-chunked": _azure16k(
         "azure16k-chunked", {"policy": "chunked_prefill", "chunk_size": 512, "max_num_seqs": 128, "max_num_batched_tokens": 4096}
+    ),
+    "azure16k-3replicas": _azure16k(
+        "azure16k-3replicas", {"policy": "continuous", "max_num_seqs": 128, "max_num_batched_tokens": 4096}, 3
     ),
     "mooncake-prefix": {
         "name": "mooncake-prefix",
