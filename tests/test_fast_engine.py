@@ -231,3 +231,24 @@ def test_stand_in_contexts_keep_sum_and_maximum(ctx):
 
     got = stand_in_contexts(len(ctx), sum(ctx), max(ctx))
     assert len(got) == len(ctx) and int(got.sum()) == sum(ctx) and int(got.max()) == max(ctx) and got.min() >= 1
+
+
+def test_forest_predict_equals_a_plain_tree_walk():
+    """The vectorised tree evaluation (used to build cost tables) against walking each tree."""
+    from simkit.specs.calibration import Profile
+
+    prof = Profile.load(ROOT / "calibration" / "profiles" / "h100-sxm-vidur", with_samples=False)
+    forest = prof.models["gemm"].forest
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, int(forest.feature.max()) + 1)) * 4.0
+    X[::7, 0] = np.nan
+    got = forest.predict(X)
+    Xc = np.nan_to_num(X, nan=0.0, posinf=1e30, neginf=-1e30)
+    for r in range(len(X)):
+        leaves = []
+        for root in forest.roots:
+            k = int(root)
+            while forest.feature[k] >= 0:
+                k = int(forest.left[k] if Xc[r, forest.feature[k]] <= forest.threshold[k] else forest.right[k])
+            leaves.append(forest.value[k])
+        assert got[r] == forest.baseline + np.asarray(leaves).sum()
