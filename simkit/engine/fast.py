@@ -119,7 +119,7 @@ class FastReplica(Replica):
         """last-token time -> count, of requests that joined since the last decode step."""
         self._last_dec = 0.0
         """End time of the last step that decoded the whole decode set."""
-        self._prefill_memo: dict[tuple[Any, ...], float] = {}
+        self._prefill_memo: dict[tuple[int, int, int], float] = {}
 
     # ---- the decode set ----------------------------------------------------------------------
     def _join(self, i: int) -> None:
@@ -135,7 +135,13 @@ class FastReplica(Replica):
         self._info[i] = [off, clock, gen, int(t.blocks[i]), n0, lt, fin]
         self._sum_off += off
         heapq.heappush(self._fin, (fin, i))
-        heapq.heappush(self._long, (-off, i))
+        long = self._long
+        heapq.heappush(long, (-off, i))
+        if len(long) > 2 * len(self._info) + 64:
+            # stale entries of departed requests pile up when nothing reads the maximum
+            # (continuous batching): keep the heap proportional to the batch
+            long[:] = [(-e[0], k) for k, e in self._info.items()]
+            heapq.heapify(long)
         if n0 <= self._Xa:
             self._cnt[n0 % self.cfg.block_size] += 1
             self._n_active += 1
@@ -312,14 +318,18 @@ class FastReplica(Replica):
             # maximum (IterationModel.attention_time): stand-ins with the same sum and maximum
             ctx[n_pq:] = stand_in_contexts(nb, self._sum_off + nb * self._D, self._longest_offset() + self._D)
         rows = sum(completes) + nb
-        if nb:
+        if nb or n_pq != 1:
             dur = self.cost.step_time(q, ctx, logits_rows=rows)
         else:
-            # a prefill-only step's time is a pure function of its prompts: memoised
-            key = (tuple(pq), tuple(kv_pre), rows)
-            dur = self._prefill_memo.get(key)
+            # the time of a step prefilling one prompt is a pure function of (tokens, cached
+            # tokens, rows), and prompt lengths repeat: memoised (bounded)
+            memo = self._prefill_memo
+            key = (pq[0], kv_pre[0], rows)
+            dur = memo.get(key)
             if dur is None:
-                dur = self._prefill_memo[key] = self.cost.step_time(q, ctx, logits_rows=rows)
+                if len(memo) >= 100_000:
+                    memo.clear()
+                dur = memo[key] = self.cost.step_time(q, ctx, logits_rows=rows)
         if self.cost.tp > 1:
             self.stage_comm[0] += self.cost.comm_time(int(q.sum()))
         n_tok = int(sum(pq))
