@@ -828,6 +828,14 @@ def _write_parquet(columns: dict[str, np.ndarray], path: Path) -> None:
         v = np.ascontiguousarray(v)
         valid = None
         nulls = 0
+        if v.dtype.kind in "OU":
+            # strings (large_string, as pandas writes them): offsets into their UTF-8 bytes
+            enc = [str(x).encode() for x in v.tolist()]
+            offsets = np.zeros(len(enc) + 1, dtype=np.int64)
+            np.cumsum([len(x) for x in enc], out=offsets[1:])
+            buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(enc))]
+            arrays.append(pa.Array.from_buffers(pa.large_string(), len(v), buffers))
+            continue
         if v.dtype == np.bool_:
             typ, data = pa.bool_(), np.packbits(v, bitorder="little")
         else:

@@ -252,3 +252,25 @@ def test_forest_predict_equals_a_plain_tree_walk():
                 k = int(forest.left[k] if Xc[r, forest.feature[k]] <= forest.threshold[k] else forest.right[k])
             leaves.append(forest.value[k])
         assert got[r] == forest.baseline + np.asarray(leaves).sum()
+
+
+def test_parquet_writer_matches_pandas(tmp_path):
+    """Outputs written from buffers (no pandas) read back as pandas' own writer's do."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from simkit.simulate import _write_parquet
+
+    cols = {
+        "i64": np.arange(5, dtype=np.int64),
+        "i32": np.array([3, -1, 0, 7, 2], dtype=np.int32),
+        "f": np.array([0.5, np.nan, 1e-9, -2.0, np.nan]),
+        "b": np.array([True, False, True, True, False]),
+        "s": np.array(["", "never_fits", "abc", "é", "x"], dtype=object),
+    }
+    _write_parquet(cols, tmp_path / "ours.parquet")
+    pd.DataFrame(cols).to_parquet(tmp_path / "pandas.parquet", index=False)
+    ours, theirs = pq.read_table(tmp_path / "ours.parquet"), pq.read_table(tmp_path / "pandas.parquet")
+    assert ours.schema.remove_metadata() == theirs.schema.remove_metadata()
+    assert ours.equals(theirs.replace_schema_metadata(None))
+    assert pd.read_parquet(tmp_path / "ours.parquet").equals(pd.read_parquet(tmp_path / "pandas.parquet"))
