@@ -166,9 +166,12 @@ class FastReplica(Replica):
 
     def _leave(self, i: int) -> None:
         """Write request ``i``'s state to the table and drop it from the decode set."""
-        info = self._info.pop(i)
-        self._write(i, info)
-        off, d0, _, _, n0, lt, _ = info
+        self._write(i, self._info[i])
+        self._drop(i)
+
+    def _drop(self, i: int) -> None:
+        """Drop request ``i`` from the decode set (its table row is already up to date)."""
+        off, d0, _, _, n0, lt, _ = self._info.pop(i)
         clock = self._D
         self._sum_off -= off
         if n0 <= self._Xa:
@@ -282,9 +285,16 @@ class FastReplica(Replica):
         return ok
 
     def _preempt_one(self) -> bool:
-        if len(self.running) > 1 and self.running[-1] in self._info:
-            self._leave(self.running[-1])
-        return super()._preempt_one()
+        # the reference preempts the newest running request, reading its table row: bring the
+        # row up to date first, and drop the request from the decode set if it was preempted
+        i = self.running[-1] if self.running else -1
+        info = self._info.get(i)
+        if info is not None:
+            self._write(i, info)
+        done = super()._preempt_one()
+        if done and info is not None:
+            self._drop(i)
+        return done
 
     def decode_ready(self, reserve: bool = True) -> Any:
         while True:
