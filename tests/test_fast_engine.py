@@ -74,7 +74,7 @@ def assert_same_run(sc) -> tuple[dict, dict]:
     policy=st.sampled_from(["continuous", "chunked_prefill"]),
     seqs=st.integers(1, 64),
     tokens=st.integers(256, 4096),
-    chunk=st.integers(16, 1024),
+    chunk=st.integers(0, 1024),
     blocks=st.integers(40, 600),
     block_size=st.sampled_from([8, 16, 32]),
     watermark=st.sampled_from([0.0, 0.01, 0.05]),
@@ -85,7 +85,8 @@ def test_fast_path_equals_reference(n, rate, inp, out, seed, replicas, routing, 
                                     block_size, watermark, calibration, tp):  # fmt: skip
     inp = (inp[0], inp[0] + inp[1])
     out = (out[0], out[0] + out[1])
-    batching = {"policy": policy, "max_num_seqs": seqs, "max_num_batched_tokens": tokens, "chunk_size": chunk}
+    # a chunk budget below max_num_seqs is refused (the decodes of a full batch must fit)
+    batching = {"policy": policy, "max_num_seqs": seqs, "max_num_batched_tokens": tokens, "chunk_size": seqs + chunk}
     kv = {"num_blocks": blocks, "block_size": block_size, "watermark": watermark}
     sc = _scenario(n, rate, inp, out, seed, replicas, routing, batching, kv, calibration, tp)
     _, fast = assert_same_run(sc)
