@@ -275,3 +275,56 @@ def test_parquet_writer_matches_pandas(tmp_path):
     assert ours.schema.remove_metadata() == theirs.schema.remove_metadata()
     assert ours.equals(theirs.replace_schema_metadata(None))
     assert pd.read_parquet(tmp_path / "ours.parquet").equals(pd.read_parquet(tmp_path / "pandas.parquet"))
+
+
+def _azure_pandas(path):
+    from simkit.workload import traces as T
+
+    header = T._read_header(path)
+    c = T._resolve_columns(path, header, T.AzureReader.COLUMNS)
+
+    def convert(df, lines, sink):
+        checks = T._Checks(len(df))
+        ns = T._datetime_ns(df, c["TIMESTAMP"], checks)
+        inp = T._int_column(df, c["ContextTokens"], checks, minimum=1, what="a positive integer")
+        out = T._int_column(df, c["GeneratedTokens"], checks, minimum=0, what="an integer >= 0")
+        good = checks.report(lines, sink)
+        return {"ns": ns[good], "inp": inp[good], "out": out[good]}
+
+    return T._collect_csv(path, header, T._BadLines(path, "fail"), convert)
+
+
+@pytest.mark.parametrize("name", ["azure_conv_2023.csv", "azure_code_2023_sample.csv"])
+def test_plain_azure_trace_read_without_pandas_equals_pandas(name):
+    from simkit.workload import traces as T
+
+    path = ROOT / "workloads" / "traces" / name
+    fast = T._azure_plain(path, T._read_header(path))
+    assert fast is not None
+    slow = _azure_pandas(path)
+    assert fast[1] == slow[1]
+    for k, v in slow[0].items():
+        assert fast[0][k].dtype == v.dtype and np.array_equal(fast[0][k], v), k
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["2023-11-16 18:15:50+00:00,396,109", "2023-11-16 18:15:50.1,0,3", "2023-11-16 18:15:50,x,3", "", "2023-11-16,4,5"],
+)
+def test_odd_azure_lines_take_the_pandas_path(tmp_path, line):
+    from simkit.errors import TraceError
+    from simkit.workload import traces as T
+
+    path = tmp_path / "t.csv"
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n" + line + "\n")
+    assert T._azure_plain(path, T._read_header(path)) is None
+    try:
+        expected = _azure_pandas(path)
+    except TraceError as e:
+        with pytest.raises(TraceError, match="line 3"):
+            T.read_trace(path, "azure")
+        assert "line 3" in str(e)
+    else:
+        got = T.read_trace(path, "azure")
+        assert np.array_equal(got.input_tokens, expected[0]["inp"])
+        assert np.array_equal(got.output_tokens, expected[0]["out"])

@@ -488,9 +488,10 @@ def _header_names(head_text: str) -> set[str]:
         return set()
 
 
-_AZURE_LINE = re.compile(
-    rb"(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d{1,9})?),([1-9]\d{0,17}),(\d{1,18})(\r?)\n"
-)
+_AZURE_FIELDS = (rb"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d{1,9})?", rb"[1-9]\d{0,17}", rb"\d{1,18}")
+"""A plain Azure line's timestamp (no time zone), ContextTokens >= 1 and GeneratedTokens >= 0."""
+_AZURE_LINE = re.compile(b"(%s),(%s),(%s)\r?\n" % _AZURE_FIELDS)
+_AZURE_BODY = re.compile(b"(?:%s,%s,%s\r?\n)*" % _AZURE_FIELDS)
 
 
 def _azure_plain(path: Path, header: list[str]) -> tuple[dict[str, np.ndarray], int] | None:
@@ -509,13 +510,13 @@ def _azure_plain(path: Path, header: list[str]) -> tuple[dict[str, np.ndarray], 
     body = data[nl + 1 :]
     if body and not body.endswith(b"\n"):
         body += b"\n"
-    rows = _AZURE_LINE.findall(body)
-    if sum(len(a) + len(b) + len(c) + len(r) + 3 for a, b, c, r in rows) != len(body):
+    if _AZURE_BODY.fullmatch(body) is None:
         return None  # some line is not of the plain form
+    rows = _AZURE_LINE.findall(body)
     if not rows:
         return {}, 0
-    ts, inp, out, _ = zip(*rows)
-    ns = np.array([t.decode() for t in ts], dtype="datetime64[ns]").astype(np.int64)
+    ts, inp, out = zip(*rows)
+    ns = np.array(ts).astype("datetime64[ns]").astype(np.int64)
     return (
         {"ns": ns, "inp": np.array(inp, dtype=np.int64), "out": np.array(out, dtype=np.int64)},
         len(rows),
