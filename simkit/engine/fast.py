@@ -29,12 +29,18 @@ from __future__ import annotations
 
 import heapq
 from bisect import insort
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import simpy
 
-from simkit.engine.interfaces import Step
-from simkit.engine.replica import Replica
+from simkit.cost.iteration import IterationModel
+from simkit.engine.interfaces import BatchingPolicy, Step
+from simkit.engine.kvcache import KVBlockManager
+from simkit.engine.replica import IterationLog, Replica, ReplicaConfig, ReplicaGroup, Stage
+from simkit.engine.resources import Link
+from simkit.engine.state import RequestTable, TBTHistogram
 
 
 class _DecodeSet:
@@ -96,8 +102,30 @@ class FastReplica(Replica):
     """A :class:`Replica` whose decoding requests are kept as running totals (see the module
     docstring). Only the plans :func:`fast_path_reason` accepts may use it."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        env: simpy.Environment,
+        index: int,
+        table: RequestTable,
+        cost: IterationModel,
+        policy: BatchingPolicy,
+        kv: KVBlockManager,
+        cfg: ReplicaConfig,
+        tbt: TBTHistogram,
+        log: IterationLog,
+        next_arrival: Callable[[], float],
+        links: dict[str, Link] | None = None,
+        on_prefilled: Callable[[int, int], None] | None = None,
+        tracer: Any = None,
+        group: ReplicaGroup | None = None,
+        stages: list[Stage] | None = None,
+        engine_id: int = 0,
+        offload: Any = None,
+    ) -> None:
+        super().__init__(
+            env, index, table, cost, policy, kv, cfg, tbt, log, next_arrival, links, on_prefilled, tracer,
+            group=group, stages=stages, engine_id=engine_id, offload=offload,
+        )
         bs = self.cfg.block_size
         self._D = 0
         """Decode clock: decode iterations this replica has executed."""
