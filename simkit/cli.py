@@ -49,7 +49,7 @@ def print_summary(s: dict[str, Any], out: Any = sys.stdout) -> None:
         w(f"  prefix cache     {s['prefix_cache_hit_rate'] * 100:.1f}% of prompt tokens hit ({tiers})\n")
     w(f"  cost             ${s['usd_per_million_output_tokens']:.3f} per million output tokens "
       f"(${s['cost_per_hour_usd']:.2f}/h); energy {s['energy_per_output_token_j']:.3f} J/token\n")
-    w(f"  simulated in     {s['sim_wall_s']:.3f} s wall\n")
+    w(f"  simulated in     {s['sim_wall_s']:.3f} s wall, engine path: {s['engine_path']}\n")
 
 
 # ---- subcommands -------------------------------------------------------------------------------

@@ -223,6 +223,7 @@ def test_simkit_run_imports_no_heavy_library(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert "HEAVY [] 0" in out.stdout, out.stdout + out.stderr
+    assert "engine path: fast" in out.stdout  # the run's output says which engine ran
     assert (tmp_path / "requests.parquet").exists()
 
 
