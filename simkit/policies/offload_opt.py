@@ -222,8 +222,10 @@ def optimize(
     confirm: int = 3,
     gpu_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128),
     num_gpu_batches: tuple[int, ...] = (1, 2, 4, 8, 16),
+    compress: tuple[bool, ...] = (False, True),
 ) -> list[Candidate]:
-    """Rank offload plans for the scenario's model and node; simulate the best ``confirm``."""
+    """Rank offload plans for the scenario's model and node; simulate the best ``confirm``.
+    ``compress`` lists the choices of 4-bit compression the search may take."""
     from simkit.simulate import resolve_calibration
     from simkit.specs.catalog import load_model
     from simkit.specs.node import resolve_node
@@ -256,7 +258,7 @@ def optimize(
         cdev = cdev.calibrated(ceff.device)
     cpu_cost = IterationModel(model, cdev, ceff, prec)
     cands: list[Candidate] = []
-    for gbs, ngb, catt, comp in itertools.product(gpu_batch_sizes, num_gpu_batches, (False, True), (False, True)):
+    for gbs, ngb, catt, comp in itertools.product(gpu_batch_sizes, num_gpu_batches, (False, True), compress):
         if objective == "latency" and ngb > 1:
             continue
         c = solve_candidate(model, node, cost, cpu_cost, prec, prompt_len, gen_len, gbs, ngb, catt, comp, sc.plan.kv_cache.gpu_memory_utilization)
