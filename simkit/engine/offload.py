@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import simpy
 
-from simkit.cost.iteration import IterationModel, _class_time
+from simkit.cost.iteration import IterationModel
+from simkit.cost.offload import OffloadCompute
 from simkit.engine.resources import Link
 from simkit.policies.offload import OffloadLayout
 
@@ -43,9 +44,15 @@ class OffloadExecutor:
     bytes_by_kind: dict[str, float] | None = None
     tracer: Any = None
     replica: int = 0
+    compute: OffloadCompute | None = None
+    """Per-layer compute costs (default: from ``cost`` and ``cpu_cost``)."""
+    kv_store_slowdown: dict[str, float] | None = None
+    """Link direction -> how much slower KV-cache stores run than plain copies on it (measured)."""
 
     def __post_init__(self) -> None:
         self.bytes_by_kind = {"weights": 0.0, "kv_read": 0.0, "kv_write": 0.0, "act_read": 0.0, "act_write": 0.0}
+        if self.compute is None:
+            self.compute = OffloadCompute(self.cost, self.cpu_cost)
 
     # ---- transfers ---------------------------------------------------------------------------
     def _move(self, by_tier: dict[str, float], write: bool, tag: str, kind: str) -> list[simpy.Event]:
@@ -61,6 +68,8 @@ class OffloadExecutor:
                 if link is None:
                     continue
                 eff_bytes = nbytes / self.layout.pageable_factor if hop in ("h2d", "d2h") else nbytes
+                if kind == "kv_write" and self.kv_store_slowdown:
+                    eff_bytes *= self.kv_store_slowdown.get(hop, 1.0)
                 evs.append(link.transfer(eff_bytes, f"{tag} {tier}"))
         return evs
 
@@ -74,43 +83,38 @@ class OffloadExecutor:
         return evs
 
     # ---- compute -----------------------------------------------------------------------------
-    def _dequant_time(self, elems: float) -> float:
-        """GPU time to dequantise ``elems`` int4 values into 16-bit (an elementwise pass)."""
-        if elems <= 0:
-            return 0.0
-        c = self.cost
-        byts = elems * (0.5 + c.precision.a_bytes)
-        return float(
-            _class_time("elementwise", "dequantize", np.asarray(4.0 * elems), np.asarray(byts), {"numel": elems}, c.device, c.efficiency, c.dtype)
-        )
-
     def _group_compute(self, q: np.ndarray, ctx: np.ndarray, cpu_attention: bool) -> tuple[float, float]:
         """(device seconds, CPU seconds) of one layer for one GPU batch."""
-        c = self.cost
+        oc = self.compute
+        assert oc is not None
         lay = self.layout
         T = int(q.sum())
-        layer = c.layer_time(T)
         is_dec = (q == 1) & (ctx > 0)
+        layer = oc.linear(T, decode=bool(is_dec.all()))
         attn_dev = 0.0
         cpu = 0.0
         if (~is_dec).any():
-            attn_dev += c.prefill_attention(q[~is_dec], ctx[~is_dec].astype(np.float64)) / c.layers
+            attn_dev += oc.prefill_attention(q[~is_dec], ctx[~is_dec].astype(np.float64))
         if is_dec.any():
             nd = int(is_dec.sum())
             kv = float(ctx[is_dec].sum()) + nd
-            full = float(c.decode_attention(nd, kv)) / c.layers
-            if cpu_attention and self.cpu_cost is not None:
+            full = oc.decode_attention(nd, kv)
+            if cpu_attention:
                 g = lay.kv_frac.get("gpu", 0.0)
                 if lay.spill_after is not None:
                     # the spilled positions are attended where they live
                     g = 1.0 - lay.spilled_tokens(ctx[is_dec]) / max(kv, 1.0)
                 attn_dev += full * g
-                cpu = float(self.cpu_cost.decode_attention(nd, kv)) / self.cpu_cost.layers * (1.0 - g)
+                cpu = oc.cpu_decode_attention(nd, kv) * (1.0 - g)
             else:
                 attn_dev += full
         extra = 0.0
+        if lay.plan.compress_weights:
+            # compressed weights are dequantised for every GPU batch that uses them
+            extra += oc.dequant(lay.layer_weight_elems)
         if lay.plan.compress_kv:
-            extra += self._dequant_time(float(ctx.sum()) * lay.kv_bytes_per_token_layer * 2)
+            # the cached KV is dequantised to be attended, the new KV quantised to be stored
+            extra += oc.dequant((float(ctx.sum()) + T) * lay.kv_elems_per_token_layer)
         return layer + attn_dev + extra, cpu
 
     def run_step(self, q: np.ndarray, ctx: np.ndarray, rows: int) -> Generator[simpy.Event, Any, None]:
@@ -126,7 +130,6 @@ class OffloadExecutor:
         before, _, after = c.split_layers(q, ctx, logits_rows=rows)
         h_bytes = c.model.hidden_size * c.precision.a_bytes
         act_off = {t: f for t, f in lay.act_frac.items() if t != "gpu" and f > 0}
-        dequant_w = self._dequant_time(lay.layer_weight_elems) if lay.plan.compress_weights else 0.0
         pending_writes: list[simpy.Event] = []
         ready: dict[int, simpy.Event] = {}
         computed: dict[int, simpy.Event] = {}
@@ -148,9 +151,6 @@ class OffloadExecutor:
                 evs = self._fetch(layer, groups, cpu_attention)
                 if evs:
                     yield simpy.AllOf(env, evs)
-            if layer >= lay.resident_layers and dequant_w:
-                yield env.timeout(dequant_w)
-                self.busy_compute += dequant_w
             for gq, gc in groups:
                 T = float(gq.sum())
                 if act_off:

@@ -61,6 +61,8 @@ class OffloadLayout:
     spill_after: int | None = None
     """Positions >= this spill to ``spill_tier`` (None: no positional spill)."""
     spill_tier: str = "cpu"
+    kv_elems_per_token_layer: float = 0.0
+    """KV values of one token in one layer (keys and values, all KV heads of the replica)."""
 
     def spilled_tokens(self, ctx: np.ndarray) -> float:
         """Cached tokens beyond the spill threshold, summed over sequences."""
@@ -145,6 +147,7 @@ def build_offload_layout(
         1.0 if plan.pinned else (pageable_factor if pageable_factor is not None else 0.6),
         plan.kv_spill.after_tokens if plan.kv_spill is not None else None,
         plan.kv_spill.tier if plan.kv_spill is not None else "cpu",
+        2.0 * kvh * model.d_head,
     )
 
 
