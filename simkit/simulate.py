@@ -31,7 +31,7 @@ from simkit.engine.state import RequestTable, TBTHistogram
 from simkit.errors import CapacityError, ScenarioError
 from simkit.metrics import CostInputs, summarize
 from simkit.policies.batching import BATCHING_POLICIES
-from simkit.policies.offload import build_offload_layout, check_offload_capacity
+from simkit.policies.offload import build_offload_layout, check_offload_capacity, offload_gpu_usable
 from simkit.policies.parallel import Layout, check_parallel, expert_group_shares
 from simkit.policies.routing import ROUTING_POLICIES
 from simkit.scenario import Scenario
@@ -437,7 +437,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         mem0 = plan_memory(sc, model, device, prec, tp, layout.layer_split, par.ep, check=False)
         off_mem = check_offload_capacity(
             off_layout, model, prec, node, tp, plan.kv_cache.block_size, mem0.activations_per_gpu * tp,
-            plan.kv_cache.gpu_memory_utilization, plan.kv_cache.num_blocks, where,
+            offload_gpu_usable(device.memory, plan.kv_cache, plan.batching.policy == "static"), plan.kv_cache.num_blocks, where,
         )
         mem = MemoryPlan(
             sum(v for k, v in off_mem.need.get("hbm" if not use_cpu else "dram", {}).items() if k.startswith("weights")) / tp,

@@ -23,6 +23,7 @@ from simkit.cost.dtypes import bytes_per_element
 from simkit.cost.iteration import IterationModel
 from simkit.cost.memory import activation_bytes
 from simkit.cost.offload import OffloadCompute
+from simkit.policies.offload import offload_gpu_usable
 from simkit.cost.ops import Precision
 from simkit.errors import ScenarioError
 from simkit.scenario import Scenario, apply_overrides, scenario_from_dict
@@ -82,7 +83,7 @@ def solve_candidate(
     ngb: int,
     cpu_attention: bool,
     compress: bool,
-    gpu_util: float = 0.9,
+    gpu_usable: float | None = None,
     compute: OffloadCompute | None = None,
     measured_links: dict[str, tuple[float, float]] | None = None,
 ) -> Candidate | None:
@@ -167,7 +168,7 @@ def solve_candidate(
     Hpk = Hp
     act = activation_bytes(model, gbs * prompt_len, gbs, 1, prec)
     cap_rows = {
-        "gpu": (tiers["hbm"].capacity * gpu_util if "hbm" in tiers else 0.0) - act - 2 * W,
+        "gpu": ((tiers["hbm"].capacity * 0.9 if gpu_usable is None else gpu_usable) if "hbm" in tiers else 0.0) - act - 2 * W,
         "cpu": tiers["dram"].capacity - 2 * W,
         "cxl": tiers["cxl"].capacity if "cxl" in tiers else 0.0,
         "disk": tiers["ssd"].capacity if "ssd" in tiers else 0.0,
@@ -257,11 +258,13 @@ def optimize(
 
     oc = offload_compute(node, cost, cpu_cost, False)
     lm = measured_links(eff, sc.plan.offload.io_block_size, sc.plan.offload.io_queue_depth)
+    # the candidates run as static batches (confirm_by_simulation): the same memory rule
+    usable = offload_gpu_usable(node.gpu.memory, sc.plan.kv_cache, static=True)[0]
     cands: list[Candidate] = []
     for gbs, ngb, catt, comp in itertools.product(gpu_batch_sizes, num_gpu_batches, (False, True), compress):
         if objective == "latency" and ngb > 1:
             continue
-        c = solve_candidate(model, node, cost, cpu_cost, prec, prompt_len, gen_len, gbs, ngb, catt, comp, sc.plan.kv_cache.gpu_memory_utilization, oc, lm)
+        c = solve_candidate(model, node, cost, cpu_cost, prec, prompt_len, gen_len, gbs, ngb, catt, comp, usable, oc, lm)
         if c is not None:
             cands.append(c)
     if not cands:
