@@ -85,8 +85,12 @@ def a6000_offload(row: dict[str, Any]) -> dict[str, Any]:
         # FlexGen ran --pin-weight 0; ZeRO-Inference --pin-memory 1 without KV offload, 0 with it
         "pinned": (not flexgen) and not kv_off,
     }
-    if flexgen and kv_off:
-        # FlexGen's --percent 0 100 0 100 0 100: activations live on the CPU as well
+    if flexgen:
+        # FlexGen's runs (run_*_a6000.sh) keep the KV cache and activations on the CPU
+        # (--percent 0 100 0 100 0 100; a batch of 280 has 209 GB of OPT-30B KV): its "KV cache
+        # offload" column is --cpu-cache-compute, attention on the CPU where the KV lives;
+        # without it the KV is fetched to the GPU for every layer
+        off["kv_cache"] = {"gpu": 0.0, "cpu": 1.0}
         off["activations"] = {"gpu": 0.0, "cpu": 1.0}
     return off
 
@@ -122,6 +126,10 @@ def simulate_row(row: dict[str, Any]) -> dict[str, Any]:
         res = simulate(scenario_from_dict(data, where=f"<{row['id']}>"))
     except SimkitError as e:
         return {"throughput": float("nan"), "plan": f"refused: {e}"}
+    blocks = int(w["batch"]) * -(-(prompt + gen) // 16)
+    if res.summary["kv_blocks_total"] < blocks:
+        # the batch would run as several static batches: not the configuration published
+        return {"throughput": float("nan"), "plan": f"KV for the batch does not fit ({res.summary['kv_blocks_total']} < {blocks} blocks)"}
     return {"throughput": float(res.summary["output_tokens_per_s"]), "plan": _a6000_plan(data["plan"]["offload"])}
 
 

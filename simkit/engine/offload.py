@@ -83,8 +83,9 @@ class OffloadExecutor:
         return evs
 
     # ---- compute -----------------------------------------------------------------------------
-    def _group_compute(self, q: np.ndarray, ctx: np.ndarray, cpu_attention: bool) -> tuple[float, float]:
-        """(device seconds, CPU seconds) of one layer for one GPU batch."""
+    def _group_compute(self, q: np.ndarray, ctx: np.ndarray, cpu_attention: bool) -> tuple[float, float, float]:
+        """(device seconds, CPU seconds, of the device seconds those of attention) of one layer
+        for one GPU batch."""
         oc = self.compute
         assert oc is not None
         lay = self.layout
@@ -115,7 +116,7 @@ class OffloadExecutor:
         if lay.plan.compress_kv:
             # the cached KV is dequantised to be attended, the new KV quantised to be stored
             extra += oc.dequant((float(ctx.sum()) + T) * lay.kv_elems_per_token_layer)
-        return layer + attn_dev + extra, cpu
+        return layer + attn_dev + extra, cpu, attn_dev
 
     def run_step(self, q: np.ndarray, ctx: np.ndarray, rows: int) -> Generator[simpy.Event, Any, None]:
         env = self.env
@@ -157,10 +158,14 @@ class OffloadExecutor:
                     ev = self._move({t: T * h_bytes * f for t, f in act_off.items()}, False, f"L{layer} act", "act_read")
                     if ev:
                         yield simpy.AllOf(env, ev)
-                dev, cpu = self._group_compute(gq, gc, cpu_attention)
+                dev, cpu, attn_dev = self._group_compute(gq, gc, cpu_attention)
                 ls = env.now
                 if cpu > 0 and self.cpu_stream is not None:
-                    yield simpy.AllOf(env, [env.timeout(dev), env.process(self._on_cpu(cpu))])
+                    # attention sits between the QKV projection and the output projection: the
+                    # CPU's share runs alongside the GPU's share of the heads, not alongside the
+                    # linear layers that produce its input and consume its output
+                    yield env.timeout(dev - attn_dev)
+                    yield simpy.AllOf(env, [env.timeout(attn_dev), env.process(self._on_cpu(cpu))])
                 else:
                     yield env.timeout(dev)
                 self.busy_compute += dev

@@ -140,11 +140,13 @@ def solve_candidate(
         (TP, 0.0, KVpre, Hp, lin_p, att_p, 0.0),
     ):
         cpu_att = cpu_attention and which == TD
-        # GPU compute: linear layers, attention over GPU-resident KV (all of it unless CPU attention)
+        # GPU compute: linear layers, attention over GPU-resident KV (all of it unless CPU
+        # attention). CPU attention sits between the GPU's QKV and output projections, so its
+        # time adds to the layer's (an upper bound of the simulator's max with the GPU's heads)
         comp = {idx["c", "gpu"]: att} if cpu_att else {}
-        row(comp, lin + deq + (0.0 if cpu_att else att), which, "compute")
         if cpu_att:
-            row({idx["c", t]: catt for t in off}, 0.0, which, "cpu_attention")
+            comp.update({idx["c", t]: catt for t in off})
+        row(comp, lin + deq + (0.0 if cpu_att else att), which, "compute")
         h2d = {idx["w", t]: W / bw.get("h2d", np.inf) for t in off}
         for t in off:
             if not cpu_att:
