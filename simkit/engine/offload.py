@@ -70,8 +70,19 @@ class OffloadExecutor:
                 eff_bytes = nbytes / self.layout.pageable_factor if hop in ("h2d", "d2h") else nbytes
                 if kind == "kv_write" and self.kv_store_slowdown:
                     eff_bytes *= self.kv_store_slowdown.get(hop, 1.0)
-                evs.append(link.transfer(eff_bytes, f"{tag} {tier}"))
+                if hop in ("h2d", "d2h") and self.layout.pageable_factor < 1.0 and self.cpu_stream is not None:
+                    # a pageable copy is staged through a pinned bounce buffer by the host thread
+                    # that issued it: it holds the host, so it cannot overlap CPU attention
+                    evs.append(self.env.process(self._host_staged(link, eff_bytes, f"{tag} {tier}")))
+                else:
+                    evs.append(link.transfer(eff_bytes, f"{tag} {tier}"))
         return evs
+
+    def _host_staged(self, link: Link, nbytes: float, tag: str) -> Generator[simpy.Event, Any, None]:
+        assert self.cpu_stream is not None
+        with self.cpu_stream.request() as req:
+            yield req
+            yield link.transfer(nbytes, tag)
 
     def _fetch(self, layer: int, groups: list[tuple[np.ndarray, np.ndarray]], cpu_attention: bool) -> list[simpy.Event]:
         lay = self.layout
@@ -134,7 +145,14 @@ class OffloadExecutor:
         pending_writes: list[simpy.Event] = []
         ready: dict[int, simpy.Event] = {}
         computed: dict[int, simpy.Event] = {}
-        if self.overlap:
+        # Pageable copies are staged by the host thread that issues them, ahead of the layer it
+        # then launches: in a decode step (short GPU kernels, nothing queued to hide behind) the
+        # next layer's copy and this layer's compute run one after the other, as FlexGen's cost
+        # model of its own runtime has it (T_gen = ctog + max(other terms)). A prefill's long
+        # kernels keep the GPU busy while the host copies, so the prefetch still overlaps there.
+        decode_only = bool(((q == 1) & (ctx > 0)).all())
+        prefetch = self.overlap and not (lay.pageable_factor < 1.0 and decode_only)
+        if prefetch:
             # one reader streams the layers that need data in order into BUFFERS staging buffers:
             # a layer's fetch starts once the previous fetch is done and its buffer is free (the
             # layer BUFFERS places earlier has finished computing)
@@ -145,7 +163,7 @@ class OffloadExecutor:
         yield env.timeout(before)
         self.busy_compute += before
         for layer in range(L):
-            if self.overlap:
+            if prefetch:
                 if layer in ready:
                     yield ready[layer]
             else:
