@@ -25,7 +25,7 @@ import simpy
 from simkit.cost.iteration import IterationModel
 from simkit.cost.offload import OffloadCompute
 from simkit.engine.resources import Link
-from simkit.policies.offload import OffloadLayout
+from simkit.policies.offload import CPU_READ_PATH, OffloadLayout
 
 
 @dataclass
@@ -55,14 +55,22 @@ class OffloadExecutor:
             self.compute = OffloadCompute(self.cost, self.cpu_cost)
 
     # ---- transfers ---------------------------------------------------------------------------
-    def _move(self, by_tier: dict[str, float], write: bool, tag: str, kind: str) -> list[simpy.Event]:
+    def _move(self, by_tier: dict[str, float], write: bool, tag: str, kind: str, to_host: bool = False) -> list[simpy.Event]:
+        """Transfer events of ``by_tier`` bytes into (or out of) the compute device's memory;
+        ``to_host``: into host DRAM instead (KV attended on the CPU: a disk or CXL share is read
+        into DRAM, a DRAM share moves nowhere)."""
         evs: list[simpy.Event] = []
         for tier, nbytes in by_tier.items():
             if nbytes <= 0:
                 continue
+            if to_host:
+                path = CPU_READ_PATH[tier]
+                if not path:
+                    continue
+            else:
+                path = self.layout.write_path(tier) if write else self.layout.read_path(tier)
             assert self.bytes_by_kind is not None
             self.bytes_by_kind[kind] += nbytes
-            path = self.layout.write_path(tier) if write else self.layout.read_path(tier)
             for hop in path:
                 link = self.links.get(hop)
                 if link is None:
@@ -87,10 +95,11 @@ class OffloadExecutor:
     def _fetch(self, layer: int, groups: list[tuple[np.ndarray, np.ndarray]], cpu_attention: bool) -> list[simpy.Event]:
         lay = self.layout
         evs = self._move(lay.weight_bytes(layer), False, f"L{layer} weights", "weights")
-        if not cpu_attention:
-            for _, ctx in groups:
-                evs += self._move(lay.kv_read_bytes(float(ctx.sum())), False, f"L{layer} kv", "kv_read")
-                evs += self._move(lay.spill_read_bytes(ctx), False, f"L{layer} spilled kv", "kv_read")
+        for _, ctx in groups:
+            # attended on the GPU: the off-GPU KV crosses to it; attended on the CPU: the KV on
+            # disk (or CXL) is still read into DRAM for every step
+            evs += self._move(lay.kv_read_bytes(float(ctx.sum())), False, f"L{layer} kv", "kv_read", to_host=cpu_attention)
+            evs += self._move(lay.spill_read_bytes(ctx), False, f"L{layer} spilled kv", "kv_read", to_host=cpu_attention)
         return evs
 
     # ---- compute -----------------------------------------------------------------------------
@@ -214,9 +223,10 @@ class OffloadExecutor:
         lay = self.layout
         if lay.weight_bytes(layer):
             return True
+        tiers = {t for _, c in groups for t in (*lay.kv_read_bytes(float(c.sum())), *lay.spill_read_bytes(c))}
         if cpu_attention:
-            return False
-        return any(lay.kv_read_bytes(float(c.sum())) or lay.spill_read_bytes(c) for _, c in groups)
+            tiers = {t for t in tiers if CPU_READ_PATH[t]}
+        return bool(tiers)
 
     def _reader(self, needing, groups, cpu_attention, ready, computed):  # type: ignore[no-untyped-def]
         env = self.env
