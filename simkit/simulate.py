@@ -21,8 +21,8 @@ from simkit.cost.device import ComputeDevice
 from simkit.cost.efficiency import DatasheetEfficiency, EfficiencyModel
 from simkit.cost.iteration import IterationModel
 from simkit.cost.memory import activation_bytes
-from simkit.cost.ops import Precision
 from simkit.cost.offload import OffloadCompute
+from simkit.cost.ops import Precision
 from simkit.engine.kvcache import KVBlockManager, PrefixCache
 from simkit.engine.offload import OffloadExecutor
 from simkit.engine.replica import IterationLog, Replica, ReplicaConfig, ReplicaGroup, Stage

@@ -14,8 +14,10 @@ from simkit.policies.offload import CUDA_CONTEXT_BYTES, offload_gpu_usable
 from simkit.scenario import KVCache, scenario_from_dict
 from simkit.simulate import kv_store_slowdown, link_rates, simulate
 from simkit.specs.node import resolve_node
-GiB = 2.0**30
+
 from tests.conftest import make_scenario
+
+GiB = 2.0**30
 
 
 def _sc(offload, hardware="gcp-t4-vm", model="opt-6.7b", n=4, inp=64, out=4, **plan):
@@ -78,7 +80,7 @@ def test_measured_rates_apply_to_streaming_plans_only():
     node = resolve_node("gcp-t4-vm")
     assert node.spec.measured is not None and node.spec.measured.cpu_attention_flops == pytest.approx(0.0123e12)
     # host attention efficiency is FlexGen's measurement on that VM's CPU
-    assert HOST_ATTENTION_EFFICIENCY == pytest.approx(0.0123e12 / node.cpu.peak_flops.fp32, rel=0.03)
+    assert pytest.approx(0.0123e12 / node.cpu.peak_flops.fp32, rel=0.03) == HOST_ATTENTION_EFFICIENCY
 
 
 # ---- memory: what a static offloaded run may use ------------------------------------------------------
@@ -194,6 +196,8 @@ def test_kv_on_disk_attended_on_the_cpu_is_read_from_disk_every_step():
 def test_cpu_attention_runs_between_the_projections_not_beside_them():
     # all KV on the CPU: the layer takes linear + CPU attention, never their max
     node = resolve_node("gcp-t4-vm")
+    import simpy
+
     from simkit.cost.device import ComputeDevice
     from simkit.cost.efficiency import DatasheetEfficiency
     from simkit.cost.iteration import IterationModel
@@ -202,7 +206,6 @@ def test_cpu_attention_runs_between_the_projections_not_beside_them():
     from simkit.policies.offload import build_offload_layout
     from simkit.scenario import Offload
     from simkit.specs.catalog import load_model
-    import simpy
 
     model = load_model("opt-6.7b")
     prec = Precision("fp16", "fp16", "fp16", 128)

@@ -23,9 +23,9 @@ from simkit.cost.dtypes import bytes_per_element
 from simkit.cost.iteration import IterationModel
 from simkit.cost.memory import activation_bytes
 from simkit.cost.offload import OffloadCompute
-from simkit.policies.offload import offload_gpu_usable
 from simkit.cost.ops import Precision
 from simkit.errors import ScenarioError
+from simkit.policies.offload import offload_gpu_usable
 from simkit.scenario import Scenario, apply_overrides, scenario_from_dict
 from simkit.specs.model import ModelSpec
 from simkit.specs.node import Node
