@@ -14,7 +14,6 @@ from simkit.policies.offload import CUDA_CONTEXT_BYTES, offload_gpu_usable
 from simkit.scenario import KVCache, scenario_from_dict
 from simkit.simulate import kv_store_slowdown, link_rates, simulate
 from simkit.specs.node import resolve_node
-
 from tests.conftest import make_scenario
 
 GiB = 2.0**30
