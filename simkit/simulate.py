@@ -345,9 +345,9 @@ def kv_store_slowdown(rates: dict[str, tuple[float, float]]) -> dict[str, float]
 def offload_compute(node: Node, cost: IterationModel, cpu_cost: IterationModel | None, plain: bool) -> OffloadCompute:
     """The per-layer costs of an offloaded plan on ``node`` (shared by the simulator and the
     placement optimiser). The rates a node preset measured (``measured:``, e.g. FlexGen's of
-    the T4 VM) are those of an offloading runtime streaming layer by layer: they apply to plans
-    that stream, not to ``plain`` ones (computing on the CPU, or nothing leaves the GPU), which
-    keep the cost model of a non-offloaded run."""
+    the T4 VM) are those of an offloading runtime running layer by layer: they apply to every
+    plan the offload executor runs on a GPU (not to ``plain`` ones computing on the CPU); a plan
+    without plan.offload keeps the cost model of a non-offloaded run."""
     return OffloadCompute(cost, cpu_cost, None if plain else node.spec.measured, node.cpu.peak_flops.fp32 * node.sockets)
 
 
@@ -621,7 +621,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             executor = OffloadExecutor(
                 env, cost, off_layout, links, cpu_cost, cpu_stream if cpu_cost is not None else None,
                 plan.offload.gpu_batch_size, plan.offload.overlap, tracer=tracer, replica=r,
-                compute=offload_compute(node, cost, cpu_cost, use_cpu or not off_layout.streams_anything),
+                compute=offload_compute(node, cost, cpu_cost, use_cpu),
                 kv_store_slowdown=kv_store_slowdown(link_rates(node, gpus_per_replica, link_meas)),
             )
             executors.append(executor)

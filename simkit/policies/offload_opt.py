@@ -44,6 +44,7 @@ class Candidate:
     lp_time_s: float
     lp_throughput: float
     lp_bottleneck: str
+    num_layers: int = 0
     sim: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -60,6 +61,9 @@ class Candidate:
             "cpu_attention": self.cpu_attention,
             "compress_weights": self.compress_weights,
             "overlap": True,
+            # an all-GPU plan still runs layer by layer in the offloading runtime (as FlexGen runs
+            # it), on the costs the LP priced it with
+            "resident_layers": None if self.fractions["w"]["gpu"] < 1.0 else self.num_layers,
         }
 
 
@@ -208,7 +212,7 @@ def solve_candidate(
     slack = np.array(A_ub) @ x - np.array(b_ub)
     dec_rows = [k for k, (_, w) in enumerate(labels) if w == "dec"]
     bott = labels[max(dec_rows, key=lambda k: slack[k])][0] if dec_rows else "compute"
-    return Candidate(gbs, ngb, cpu_attention, compress, fr, total, bls * gen_len / total if total > 0 else 0.0, bott)
+    return Candidate(gbs, ngb, cpu_attention, compress, fr, total, bls * gen_len / total if total > 0 else 0.0, bott, L)
 
 
 def optimize(
