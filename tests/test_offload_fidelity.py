@@ -222,3 +222,44 @@ def test_cpu_attention_runs_between_the_projections_not_beside_them():
     env.run()
     before, _, after = cost.split_layers(q, ctx, logits_rows=8)
     assert env.now == pytest.approx(before + after + 32 * (dev + cpu_s), rel=1e-9)
+
+
+# ---- the published-systems benchmark ---------------------------------------------------------------
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "offload_published.py"
+    spec = importlib.util.spec_from_file_location("offload_published", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_benchmark_rewrites_only_its_own_section(tmp_path, monkeypatch):
+    bench = _bench()
+    doc = tmp_path / "fidelity.md"
+    doc.write_text("# Fidelity\n\n## Before\nkeep me\n\n" + bench.SECTION + "\n\nold table\n\n## After\nkeep me too\n")
+    monkeypatch.setattr(bench, "DOC", doc)
+    bench.write_doc("new table")
+    text = doc.read_text()
+    assert "new table" in text and "old table" not in text
+    assert "## Before\nkeep me" in text and "## After\nkeep me too" in text
+    assert text.count(bench.SECTION) == 1
+
+
+def test_benchmark_runs_the_a6000_rows_as_published():
+    bench = _bench()
+    row = {"policy": "4-bit weights, no KV offload; weights offloaded to cpu", "workload": {"batch": 280}, "system": "FlexGen"}
+    off = bench.a6000_offload(row)
+    # FlexGen kept KV and activations on the CPU (--percent 0 100 0 100 0 100), pageable weights
+    assert off["kv_cache"] == {"gpu": 0.0, "cpu": 1.0} and off["activations"] == {"gpu": 0.0, "cpu": 1.0}
+    assert off["compress_weights"] and not off["cpu_attention"] and not off["pinned"]
+    zero = bench.a6000_offload({"policy": "no weight quant, KV offload; weights offloaded to disk", "workload": {"batch": 32},
+                                "system": "ZeRO-Inference"})
+    assert zero["weights"] == {"gpu": 0.0, "disk": 1.0} and zero["cpu_attention"] and not zero["compress_weights"]
+    row = {"id": "zeroinf_a6000_zero_4-bit_weights_no_KV_offload_opt-30b", "model": {"name": "OPT-30B"}, "system": "ZeRO-Inference",
+           "policy": "4-bit weights, no KV offload; weights offloaded to cpu", "workload": {"prompt_len": 512, "gen_len": 32, "batch": 24}}
+    got = bench.simulate_row(row)
+    assert got["throughput"] > 0 and "pinned" in got["plan"]
