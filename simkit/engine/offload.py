@@ -11,6 +11,11 @@ concurrently (pipelined DMA), so the slower hop bounds it.
 
 The sequences of a step are split into GPU batches of ``gpu_batch_size`` (FlexGen's zig-zag
 block): each layer's weights are loaded once and used by every GPU batch in turn.
+
+Per-layer costs come from cost/offload.OffloadCompute (shared with the placement LP). CPU
+attention runs between a layer's QKV and output projections; KV on disk or CXL attended on the
+CPU is read into DRAM every step; pageable copies are staged by the host thread (they do not
+overlap CPU attention, and in decode steps they do not overlap compute). docs/offloading.md.
 """
 
 from __future__ import annotations
