@@ -290,6 +290,7 @@ def link_rates(node: Node, gpus: int, measured: dict[str, tuple[float, float]] |
     ``d2h_kv`` / ``nvme_write_kv``: the rate of KV-cache stores where the machine was measured
     to store KV slower than plain copies (strided writes into the host cache)."""
     out: dict[str, tuple[float, float]] = {}
+    measured_keys: set[str] = set()
     meas = node.spec.measured
     h2g = node.link("host_to_gpu")
     if h2g is not None and node.gpu is not None:
@@ -299,6 +300,7 @@ def link_rates(node: Node, gpus: int, measured: dict[str, tuple[float, float]] |
             for key, v in (("h2d", meas.h2d_bandwidth), ("d2h", meas.d2h_bandwidth), ("d2h_kv", meas.d2h_kv_bandwidth)):
                 if v is not None:
                     out[key] = (v * gpus, h2g.latency)
+                    measured_keys.add(key)
     tiers = node.tiers()
     if "ssd" in tiers:
         t = tiers["ssd"]
@@ -311,6 +313,7 @@ def link_rates(node: Node, gpus: int, measured: dict[str, tuple[float, float]] |
                            ("nvme_write_kv", meas.ssd_kv_write_bandwidth)):
                 if v is not None:
                     out[key] = (v, t.latency)
+                    measured_keys.add(key)
     if "cxl" in tiers:
         t = tiers["cxl"]
         cx = node.link("cxl")
@@ -326,9 +329,44 @@ def link_rates(node: Node, gpus: int, measured: dict[str, tuple[float, float]] |
     for key, (bw, lat) in (measured or {}).items():
         if key in out:
             out[key] = (bw * (gpus if key in ("h2d", "d2h") else 1), lat)
+            measured_keys.add(key)
             if key in ("d2h", "nvme_write"):
                 out.pop(f"{key}_kv", None)  # the profile measured this machine's stores itself
+    if node.bandwidth_scale:
+        # what-if multipliers: the catalog figures above already carry them; a measured rate
+        # (node preset or profile) scales as the modelled bottleneck of its path does
+        for key in measured_keys & out.keys():
+            bw, lat = out[key]
+            out[key] = (bw * _what_if_ratio(node, key), lat)
     return out
+
+
+def _what_if_ratio(node: Node, key: str) -> float:
+    """How much ``hardware.bandwidth_scale`` speeds up link direction ``key``: the factor of the
+    link, or for a path through two parts (SSD drive and its link, CXL memory and its link) the
+    change of the slower of the two, computed on the catalog figures."""
+    s = node.bandwidth_scale
+
+    def f(k: str) -> float:
+        return float(s.get(k, 1.0))
+
+    if key in ("h2d", "d2h", "d2h_kv"):
+        return f("host_to_gpu")
+    if key == "nvlink":
+        return f("gpu_to_gpu")
+    if key == "network":
+        return f("network")
+    tiers = node.tiers()
+    for prefix, tier, link, k_tier, k_link, parts in (
+        ("nvme_", "ssd", "nvme", "ssd", "nvme", len(node.ssd)), ("cxl_", "cxl", "cxl", "cxl_memory", "cxl", len(node.cxl)),
+    ):
+        if key.startswith(prefix) and tier in tiers:
+            t = tiers[tier]
+            part = t.read_bw if key.endswith("read") else t.write_bw
+            ln = node.link(link)
+            cap = ln.achieved_bandwidth * parts if ln else float("inf")
+            return min(part, cap) / min(part / f(k_tier), cap / f(k_link))
+    return 1.0
 
 
 KV_STORE_RATES = {"d2h": "d2h_kv", "nvme_write": "nvme_write_kv"}

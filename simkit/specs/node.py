@@ -40,6 +40,9 @@ class Node:
     num_nics: int = 0
     num_nodes: int = 1
     """Identical nodes in the deployment (a cluster), joined by ``links['network']``."""
+    bandwidth_scale: dict[str, float] = field(default_factory=dict)
+    """The what-if multipliers applied (``hardware.bandwidth_scale``); the catalog figures above
+    already carry them, measured rates get them in ``simulate.link_rates``."""
 
     @property
     def name(self) -> str:
@@ -162,7 +165,8 @@ def resolve_node(hardware: str | dict[str, Any], catalog: Catalog | None = None,
     if scale:
         gpu, dram, cxl, ssd, links = _apply_scale(scale, gpu, dram, cxl, ssd, links, where)
     return Node(
-        spec, gpu, spec.num_gpus, cpu, spec.num_sockets, dram, dram_cap, tuple(cxl), tuple(ssd), links, spec.num_nics, num_nodes
+        spec, gpu, spec.num_gpus, cpu, spec.num_sockets, dram, dram_cap, tuple(cxl), tuple(ssd), links, spec.num_nics, num_nodes,
+        {k: float(v) for k, v in scale.items()},
     )
 
 
