@@ -110,7 +110,7 @@ def build_workload(sc: Scenario) -> Requests:
 def resolve_calibration(sc: Scenario, device: ComputeDevice, quiet: bool = False) -> tuple[EfficiencyModel, str, str | None]:
     if sc.calibration == "none":
         return DatasheetEfficiency(), "datasheet defaults (calibration: none)", None
-    from simkit.specs.calibration import resolve_calibration as _resolve
+    from simkit.cost.profile import resolve_calibration as _resolve
 
     setting = sc.calibration
     if setting != "auto":
@@ -142,7 +142,7 @@ def topology(node: Node) -> str:
     return "nvswitch" if node.num_gpus >= 4 and "bridge" not in gg.name else "pairwise_nvlink"
 
 
-def comm_fn(kind: str, node: Node, n: int, cross_node: bool, algorithm: str = "ring", eff: Any = None):  # type: ignore[no-untyped-def]
+def comm_fn(kind: str, node: Node, n: int, cross_node: bool, algorithm: str = "ring", eff: EfficiencyModel | None = None):  # type: ignore[no-untyped-def]
     """Seconds of one collective of ``kind`` over ``n`` GPUs, as a function of bytes per GPU:
     the calibration profile's fitted model for this topology and GPU count where it has one,
     else the alpha-beta model over the link's achieved bandwidth and latency."""
@@ -150,7 +150,7 @@ def comm_fn(kind: str, node: Node, n: int, cross_node: bool, algorithm: str = "r
 
     bw, lat, link_kind = _group_link(node, cross_node)
     fit = None
-    if not cross_node and eff is not None and hasattr(eff, "collective_fit"):
+    if not cross_node and eff is not None:
         fit = eff.collective_fit(kind, topology(node), n)
 
     def f(nbytes: np.ndarray) -> np.ndarray:
@@ -244,12 +244,12 @@ def plan_memory(
     return MemoryPlan(weights, act, kv_tok, block_bytes, blocks, usable, tier)
 
 
-def measured_links(eff: Any, io_block: float, io_depth: int) -> dict[str, tuple[float, float]]:
+def measured_links(eff: EfficiencyModel, io_block: float, io_depth: int) -> dict[str, tuple[float, float]]:
     """Link bandwidths and latencies a calibration profile measured on this machine, keyed like
     the engine's links: SSD reads/writes at the streaming block size and queue depth (the
     closest measured configuration), and pinned host<->device copies."""
     out: dict[str, tuple[float, float]] = {}
-    ssd = getattr(eff, "ssd", None) or {}
+    ssd = eff.measured_ssd()
     for d, key in (("read", "nvme_read"), ("write", "nvme_write")):
         entry = ssd.get(d)
         if not entry:
@@ -268,7 +268,7 @@ def measured_links(eff: Any, io_block: float, io_depth: int) -> dict[str, tuple[
             out[key] = (float(max(r["bandwidth"] for r in rows_ok)), base_lat)
         elif entry.get("bandwidth"):
             out[key] = (float(entry["bandwidth"]), base_lat)
-    links = getattr(eff, "links", None) or {}
+    links = eff.measured_links()
     for name, key in (("h2d_pinned", "h2d"), ("d2h_pinned", "d2h")):
         e = links.get(name)
         if e and e.get("bandwidth"):
@@ -368,8 +368,8 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         assert node.gpu is not None
         device = ComputeDevice.from_gpu(node.gpu)
     eff, cal_info, cal_warn = resolve_calibration(sc, device)
-    prof_dev = getattr(eff, "device", None)
-    if isinstance(prof_dev, dict):
+    prof_dev = eff.measured_device()
+    if prof_dev is not None:
         # time operators against the roofline the profile's efficiencies were fitted to
         device = device.calibrated(prof_dev)
     if cal_warn:
@@ -491,8 +491,9 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     if offloaded and plan.offload.cpu_attention and not use_cpu:
         cpu_dev = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
         cpu_eff, _, _ = resolve_calibration(sc, cpu_dev, quiet=True)
-        if isinstance(getattr(cpu_eff, "device", None), dict):
-            cpu_dev = cpu_dev.calibrated(cpu_eff.device)
+        cpu_prof_dev = cpu_eff.measured_device()
+        if cpu_prof_dev is not None:
+            cpu_dev = cpu_dev.calibrated(cpu_prof_dev)
         cpu_cost = IterationModel(model, cpu_dev, cpu_eff, prec, tp=1)
         cpu_stream = simpy.Resource(env, capacity=1)
     arrivals = table.arrival

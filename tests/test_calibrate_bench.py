@@ -251,7 +251,7 @@ def test_shipped_cpu_profile_loads_and_predicts():
     generic-2core-vm and predicts finite operator times (no torch needed)."""
     from simkit.calibrate.validate import DEFAULT_PROFILE, compute_device, model_spec, predict_step
     from simkit.calibrate.validate import ValidationConfig as VC
-    from simkit.specs.calibration import Profile
+    from simkit.cost.profile import Profile
     from simkit.specs.catalog import repo_path
 
     prof = Profile.load(repo_path(*DEFAULT_PROFILE.split("/")))

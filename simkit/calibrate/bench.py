@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from simkit.errors import CalibrationError
+from simkit.specs.calibration import KERNEL_ISA_FLAGS, make_fingerprint
 
 SAMPLE_COLUMNS = (
     "op_class",
@@ -1001,8 +1002,7 @@ def cpu_facts() -> dict[str, Any]:
     mx = _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
     if mx and mx.isdigit():
         info["max_clock_mhz"] = int(mx) / 1000.0
-    interesting = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile", "asimd", "sve", "bf16")
-    info["vector_flags"] = sorted(f for f in interesting if f in flags)
+    info["vector_flags"] = sorted(f for f in KERNEL_ISA_FLAGS if f in flags)
     meminfo = _read("/proc/meminfo") or ""
     for line in meminfo.splitlines():
         if line.startswith("MemTotal:"):
@@ -1064,7 +1064,22 @@ def device_facts(device: str, threads: int) -> dict[str, Any]:
         facts["host_cpu"] = cpu
         facts.update(_nvidia_smi())
     facts["dtype_support"] = supported_dtypes(device, cpu)
+    facts["fingerprint"] = make_fingerprint(facts["kind"], facts)
     return facts
+
+
+def local_cpu_fingerprint(threads: int | None) -> dict[str, Any]:
+    """This machine's CPU fingerprint (see simkit.specs.calibration) without importing torch:
+    its version comes from the installed package metadata; ``threads`` unknown when None."""
+    import importlib.metadata
+
+    facts: dict[str, Any] = dict(cpu_facts())
+    facts["threads"] = threads
+    try:
+        facts["torch_version"] = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        facts["torch_version"] = None
+    return make_fingerprint("cpu", facts)
 
 
 def _nvidia_smi() -> dict[str, Any]:
@@ -1379,6 +1394,8 @@ def run_suite(
     out(f"fitted profile {prof_name!r} in {time.perf_counter() - t0:.1f} s")
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        profile.save(out_dir)
+        from simkit.calibrate.store import save_profile
+
+        save_profile(profile, out_dir)
         out(f"wrote {Path(out_dir) / 'profile.yaml'} and {Path(out_dir) / 'samples.csv'}")
     return profile

@@ -210,7 +210,7 @@ def predict_step(spec: Any, q: Sequence[int], ctx: Sequence[int], device: Any, p
 # Checks and measurement
 # ---------------------------------------------------------------------------------------------
 def load_profile(path: str | Path) -> Any:
-    from simkit.specs.calibration import Profile
+    from simkit.cost.profile import Profile
 
     p = Path(path)
     if not p.exists():

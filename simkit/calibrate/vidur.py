@@ -47,8 +47,11 @@ from typing import Any
 import numpy as np
 
 from simkit.errors import CalibrationError, SimkitError
+from simkit.specs.calibration import make_fingerprint
 
 GPU_CATALOG = {"h100": "h100-sxm", "a100": "a100-80gb-sxm", "a40": "a40"}
+GPU_DEVICE_NAME = {"h100": "NVIDIA H100 80GB HBM3", "a100": "NVIDIA A100-SXM4-80GB", "a40": "NVIDIA A40"}
+"""The names torch/nvidia-smi report for the products Vidur measured (H100 SXM 80 GB, A100 SXM 80 GB, A40)."""
 GPU_DESCRIPTION = {
     "h100": "NVIDIA H100 80GB HBM3 (SXM), as measured by the Vidur project",
     "a100": "NVIDIA A100 80GB (SXM), as measured by the Vidur project",
@@ -237,6 +240,14 @@ def device_facts(gpu: str) -> dict[str, Any]:
     facts["mem_bandwidth"] = roof.mem_bandwidth
     facts["sm_count"] = roof.sm_count
     facts["roofline_source"] = f"datasheet peaks of catalog GPU {GPU_CATALOG[gpu]} (hw_specs/gpus)"
+    from simkit.specs.catalog import default_catalog
+
+    item = default_catalog().get("gpu", GPU_CATALOG[gpu])
+    # what is known of the measured GPUs (the product, hence its SM count and memory); Vidur does not
+    # publish clocks, driver, CUDA or torch versions: those stay unknown
+    facts["fingerprint"] = make_fingerprint(
+        "gpu", {"name": GPU_DEVICE_NAME[gpu], "sm_count": item.sm_count, "memory_bytes": int(item.memory)}
+    )
     return facts
 
 
@@ -301,7 +312,9 @@ def import_vidur(root: str | Path, gpu: str, out_dir: str | Path | None = None, 
     prof = fit_profile(df, dev, name=name, source=SOURCE, license=LICENSE, notes=notes, cross_validation=cv)
     say(f"{gpu}: fitted in {time.perf_counter() - t0:.1f} s")
     if out_dir is not None:
-        path = prof.save(out_dir)
+        from simkit.calibrate.store import save_profile
+
+        path = save_profile(prof, out_dir)
         say(f"{gpu}: wrote {path}")
     return prof
 

@@ -48,14 +48,12 @@ def _class_time(
     """Seconds per occurrence. ``peaks`` (peak FLOP/s, bandwidth) saves looking them up;
     ``positive`` promises every operator does some work (no zero-size masking needed)."""
     pf, bw = peaks if peaks is not None else (device.peak_flops(dtype), device.mem_bandwidth)
-    fast = getattr(eff, "roofline_time", None)
-    if fast is not None:
-        # efficiency models with a closed form (datasheet defaults) skip the efficiency detour
-        t = fast(op_class, flops, byts, pf, bw)
-        if t is not None:
-            if positive:
-                return t
-            return np.where(flops + byts > 0, t, 0.0) if np.ndim(t) else (t if flops + byts > 0 else np.float64(0.0))
+    # efficiency models with a closed form (datasheet defaults) skip the efficiency detour
+    t = eff.roofline_time(op_class, flops, byts, pf, bw)
+    if t is not None:
+        if positive:
+            return t
+        return np.where(flops + byts > 0, t, 0.0) if np.ndim(t) else (t if flops + byts > 0 else np.float64(0.0))
     shape["op"] = np.full(np.shape(flops), name, dtype=object) if np.ndim(flops) else np.asarray(name, dtype=object)
     if flops.ndim == 0 and byts.ndim == 0:
         f, b = float(flops), float(byts)
