@@ -247,10 +247,11 @@ def plan_memory(
 def measured_links(eff: EfficiencyModel, io_block: float, io_depth: int) -> dict[str, tuple[float, float]]:
     """Link bandwidths and latencies a calibration profile measured on this machine, keyed like
     the engine's links: SSD reads/writes at the streaming block size and queue depth (the
-    closest measured configuration), and pinned host<->device copies."""
+    closest measured configuration; reads from the sequential-read benchmark where the profile
+    has it, since streamed weights are read sequentially), and pinned host<->device copies."""
     out: dict[str, tuple[float, float]] = {}
     ssd = eff.measured_ssd()
-    for d, key in (("read", "nvme_read"), ("write", "nvme_write")):
+    for d, key in (("seq_read" if ssd.get("seq_read") else "read", "nvme_read"), ("write", "nvme_write")):
         entry = ssd.get(d)
         if not entry:
             continue

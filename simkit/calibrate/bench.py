@@ -11,7 +11,7 @@
   gather and sampling (argmax) kernels, the very functions the validation model runs;
 * ``mem_bw`` (stream copy/read/write of the device memory), ``copy`` (host memcpy; on CUDA also
   device-to-device and host<->device pinned and pageable, both directions), ``launch`` (the fixed
-  cost of a tiny operator of each class) and, with ``ssd_dir``, ``ssd_read``/``ssd_write``
+  cost of a tiny operator of each class) and, with ``ssd_dir``, ``ssd_read``/``ssd_write``/``ssd_seq_read``
   (:mod:`simkit.calibrate.ssd`).
 
 Every sample row carries ``flops`` and ``bytes_moved`` counted by :mod:`simkit.cost.ops` for the
@@ -50,34 +50,10 @@ from typing import Any
 
 import numpy as np
 
+from simkit.calibrate.samples import OPTIONAL_COLUMNS, SAMPLE_COLUMNS, Measurement, make_row
 from simkit.errors import CalibrationError
 from simkit.specs.calibration import KERNEL_ISA_FLAGS, make_fingerprint
 
-SAMPLE_COLUMNS = (
-    "op_class",
-    "op",
-    "dtype",
-    "m",
-    "n",
-    "k",
-    "numel",
-    "batch",
-    "tokens",
-    "ctx",
-    "heads",
-    "kv_heads",
-    "head_dim",
-    "bytes",
-    "flops",
-    "bytes_moved",
-    "time_s",
-    "time_s_p10",
-    "time_s_p90",
-    "reps",
-    "source",
-    "tp",
-)
-OPTIONAL_COLUMNS = ("block_size", "queue_depth", "pinned", "direction", "num_gpus", "threads", "raw_times")
 OP_CLASSES = (
     "gemm",
     "attn_prefill",
@@ -85,6 +61,7 @@ OP_CLASSES = (
     "elementwise",
     "copy",
     "ssd_read",
+    "ssd_seq_read",
     "ssd_write",
     "mem_bw",
     "launch",
@@ -265,32 +242,6 @@ def k_attention(q: Any, k: Any, v: Any, k_cache: Any, v_cache: Any, pos: int) ->
 # Timing
 # ---------------------------------------------------------------------------------------------
 @dataclass
-class Measurement:
-    times: list[float]
-    """Seconds per call, one value per repetition."""
-    inner: int = 1
-
-    @property
-    def median(self) -> float:
-        return float(np.median(self.times))
-
-    @property
-    def p10(self) -> float:
-        return float(np.percentile(self.times, 10))
-
-    @property
-    def p90(self) -> float:
-        return float(np.percentile(self.times, 90))
-
-    @property
-    def reps(self) -> int:
-        return len(self.times)
-
-    def raw(self) -> str:
-        return ";".join(f"{t:.6g}" for t in self.times)
-
-
-@dataclass
 class Timer:
     """Times a callable on one device: warm-up, an inner loop making each repetition at least
     ``min_rep_s`` long, then repetitions until ``budget_s`` is spent (between ``min_reps`` and
@@ -426,48 +377,6 @@ def _stderr(msg: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Rows: flops and bytes counted by simkit.cost.ops for the same shapes
 # ---------------------------------------------------------------------------------------------
-def _nan_row() -> dict[str, Any]:
-    row: dict[str, Any] = {c: np.nan for c in (*SAMPLE_COLUMNS, *OPTIONAL_COLUMNS)}
-    row["raw_times"] = ""
-    row["direction"] = ""
-    return row
-
-
-def make_row(
-    op_class: str,
-    op: str,
-    dtype: str,
-    meas: Measurement,
-    *,
-    flops: float,
-    bytes_moved: float,
-    source: str,
-    shape: dict[str, float] | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    row = _nan_row()
-    row.update(
-        op_class=op_class,
-        op=op,
-        dtype=dtype,
-        flops=float(flops),
-        bytes_moved=float(bytes_moved),
-        bytes=float(extra.pop("bytes", bytes_moved)),
-        time_s=meas.median,
-        time_s_p10=meas.p10,
-        time_s_p90=meas.p90,
-        reps=meas.reps,
-        source=source,
-        tp=1,
-        raw_times=meas.raw(),
-    )
-    for key, val in (shape or {}).items():
-        if key in row:
-            row[key] = float(val)
-    row.update(extra)
-    return row
-
-
 def bench_model(
     hidden: int = 4096,
     heads: int = 32,
@@ -1144,11 +1053,13 @@ def check_clock(clock: str, device: str, threads: int) -> None:
         )
 
 
-def speed_probe(device: str = "cpu", clock: str = "wall") -> float:
+def drift_probe(device: str = "cpu", clock: str = "wall") -> float:
     """Seconds of a fixed reference workload on ``device`` (an fp32 256x1024x1024 GEMM plus a
-    16 MiB copy; median of 9 repetitions). Recorded by the calibration and measured again by the
-    validation: their ratio shows how fast the machine runs now compared with when it was
-    calibrated (on a shared VM the host's other tenants move this by 10% and more)."""
+    16 MiB copy; median of 9 repetitions), run at the start and the end of a calibration: their
+    ratio shows whether the machine's speed drifted while it was measured (on a shared VM the
+    host's other tenants move it by 10% and more). Whether a profile fits the machine *now* is
+    :func:`simkit.calibrate.probe.speed_probe`'s job (it times the kernels the profile predicts,
+    in every dtype)."""
     torch = require_torch()
     g = torch.Generator(device="cpu").manual_seed(1234)
     a = torch.randn(256, 1024, generator=g).to(device)
@@ -1288,7 +1199,7 @@ def measure_suite(
         groups.append(("ssd", 3.5 * scale, run_ssd))
     prog = Progress(len(groups), [g[1] for g in groups], out)
     load = LoadMonitor()
-    probe0 = speed_probe(device, clock)
+    probe0 = drift_probe(device, clock)
     out(f"simkit calibrate: {size.name} suite on {facts.get('name')} ({device}, {nthreads} threads, dtypes {', '.join(dts)}), "
         f"{len(groups)} groups, planned ~{sum(g[1] for g in groups):.0f} s")
     for name, _, fn in groups:
@@ -1298,7 +1209,7 @@ def measure_suite(
         prog.group_done(name, count, time.perf_counter() - t0)
     df = pd.DataFrame(bench.rows, columns=[*SAMPLE_COLUMNS, *OPTIONAL_COLUMNS])
     facts.update(roofline_facts(df, dts))
-    probe1 = speed_probe(device, clock)
+    probe1 = drift_probe(device, clock)
     facts["speed_probe_s"] = float(0.5 * (probe0 + probe1))
     facts["speed_probe_start_end_s"] = [float(probe0), float(probe1)]
     other = load.other_cores()

@@ -356,9 +356,9 @@ def fit_memory(samples: Any) -> dict[str, Any]:
 
 
 def fit_ssd(samples: Any) -> dict[str, Any]:
-    """``ssd_read``/``ssd_write`` rows (bytes moved per repetition, time per repetition, block
+    """``ssd_read``/``ssd_write``/``ssd_seq_read`` rows (-> ``read``/``write``/``seq_read``) (bytes moved per repetition, time per repetition, block
     size, queue depth) -> bandwidth and per-request latency per (block size, queue depth)."""
-    df = samples[samples.op_class.isin(["ssd_read", "ssd_write"])]
+    df = samples[samples.op_class.isin(["ssd_read", "ssd_write", "ssd_seq_read"])]
     out: dict[str, Any] = {}
     for cls, g in df.groupby("op_class"):
         key = str(cls).split("_", 1)[1]

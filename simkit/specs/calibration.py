@@ -31,7 +31,7 @@ A profile is a folder::
     launch_overhead: {gemm: s, elementwise: s, attn_prefill: s, attn_decode: s}
     links: {h2d_pinned: {bandwidth, latency, fit_error}, ...}      # optional
     memory: {stream_copy: {bandwidth, latency, ...}, ...}          # optional
-    ssd: {read: {...}, write: {...}}                               # optional
+    ssd: {read: {...}, write: {...}, seq_read: {...}}              # optional
     collectives: {TOPOLOGY: {KIND: {NUM_GPUS: {algorithm, bands, fit_error}}}}   # optional
     threads: N                                                     # optional
     host_overhead: {per_iteration_s, per_sequence_s, source}      # optional (see below)
@@ -43,7 +43,8 @@ reps, source, tp`` plus optional ``block_size, queue_depth, pinned, direction, n
 roofline counts for compute operators; ``bytes`` the payload of copies, SSD I/O and collectives.
 Row classes: the four operator classes; ``launch`` (op = canonical operator, time = fixed cost);
 ``copy`` (op memcpy/h2d/d2h/d2d with ``direction`` and ``pinned``); ``link`` (op = link kind);
-``mem_bw`` (stream_copy/read/write); ``ssd_read``/``ssd_write`` (bytes per repetition, time per
+``mem_bw`` (stream_copy/read/write); ``ssd_read``/``ssd_write``/``ssd_seq_read`` (random reads, random writes, sequential
+reads; bytes per repetition, time per
 repetition, ``block_size``, ``queue_depth``); ``collective`` (op = all_reduce/send_recv/...,
 ``bytes`` per GPU, ``num_gpus``, ``topology``).
 
