@@ -22,6 +22,7 @@ from simkit.cost.efficiency import DatasheetEfficiency, EfficiencyModel
 from simkit.cost.iteration import IterationModel
 from simkit.cost.memory import activation_bytes
 from simkit.cost.ops import Precision
+from simkit.cost.profile import Profile
 from simkit.engine.kvcache import KVBlockManager, PrefixCache
 from simkit.engine.offload import OffloadExecutor
 from simkit.engine.replica import IterationLog, Replica, ReplicaConfig, ReplicaGroup, Stage
@@ -34,6 +35,7 @@ from simkit.policies.offload import build_offload_layout, check_offload_capacity
 from simkit.policies.parallel import Layout, check_parallel, expert_group_shares
 from simkit.policies.routing import ROUTING_POLICIES
 from simkit.scenario import Scenario
+from simkit.specs.calibration import NO_HOST_OVERHEAD, HostOverhead
 from simkit.specs.catalog import load_model
 from simkit.specs.model import ModelSpec
 from simkit.specs.node import Node, resolve_node
@@ -116,6 +118,14 @@ def resolve_calibration(sc: Scenario, device: ComputeDevice, quiet: bool = False
     if setting != "auto":
         setting = str(sc.resolve_path(setting))
     return _resolve(setting, device.kind, device.name)
+
+
+def host_overhead(scenario_value: float | None, eff: EfficiencyModel) -> HostOverhead:
+    """The host time per iteration: the scenario's ``plan.execution.iteration_overhead`` when set
+    (a fixed term), else the calibration profile's ``host_overhead``, else none."""
+    if scenario_value is not None:
+        return HostOverhead(float(scenario_value), 0.0, "plan.execution.iteration_overhead")
+    return eff.host_overhead() or NO_HOST_OVERHEAD
 
 
 def _group_link(node: Node, cross_node: bool) -> tuple[float, float, str]:
@@ -376,6 +386,13 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     if cal_warn:
         warn.append(cal_warn)
         warnings.warn(cal_warn, stacklevel=2)
+    if use_cpu and isinstance(eff, Profile):
+        # a profile of this very machine: check at start-up that it still runs at the profile's
+        # speed (simkit.calibrate.probe; stderr only, so results stay byte-identical)
+        from simkit.calibrate.probe import startup_check
+
+        for msg in startup_check(eff):
+            warnings.warn(msg, stacklevel=2)
     pp = plan.precision
     prec = Precision(pp.weights, pp.activations, pp.kv_cache, pp.group_size)
     tp = par.tp
@@ -409,6 +426,8 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         ep_share = max(group_shares)
     algo = par.collective_algorithm
 
+    host = host_overhead(plan.execution.iteration_overhead, eff)
+
     def make_cost(layers: int | None = None, first: bool = True, last: bool = True) -> IterationModel:
         return IterationModel(
             model,
@@ -420,7 +439,8 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             first_stage=first,
             last_stage=last,
             allreduce_time=comm_fn("all_reduce", node, tp, cross_tp, algo, eff) if tp > 1 else None,
-            iteration_overhead=plan.execution.iteration_overhead if first else 0.0,
+            iteration_overhead=host.per_iteration_s if first else 0.0,
+            per_seq_overhead=host.per_sequence_s if first else 0.0,
             ep=par.ep,
             ep_share=ep_share,
             alltoall_time=comm_fn("all_to_all", node, par.ep, cross_tp, algo, eff) if par.ep > 1 else None,

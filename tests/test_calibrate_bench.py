@@ -42,8 +42,8 @@ def test_ssd_bench_on_tmp(tmp_path, direct):
         tmp_path / "ssd", file_mb=4, block_sizes=(4096, 1 << 20), queue_depths=(1, 2), budget_s=0.02, min_reps=2,
         direct=direct,
     )
-    assert {r["op_class"] for r in rows} == {"ssd_read", "ssd_write"}
-    assert len(rows) == 2 * 2 * 2
+    assert {r["op_class"] for r in rows} == {"ssd_read", "ssd_write", "ssd_seq_read"}
+    assert len(rows) == 3 * 2 * 2
     for r in rows:
         assert r["time_s"] > 0 and math.isfinite(r["time_s"])
         assert r["time_s_p10"] <= r["time_s"] <= r["time_s_p90"]
@@ -56,7 +56,7 @@ def test_ssd_bench_on_tmp(tmp_path, direct):
     assert isinstance(facts["direct_io"], bool)
     if direct is False:
         assert facts["direct_io"] is False  # the buffered + fadvise(DONTNEED) fallback
-    assert facts["read_bandwidth"] > 0 and facts["write_bandwidth"] > 0
+    assert facts["read_bandwidth"] > 0 and facts["write_bandwidth"] > 0 and facts["seq_read_bandwidth"] > 0
     assert facts["filesystem"] == filesystem_of(tmp_path)
     assert not list((tmp_path / "ssd").iterdir())  # the scratch file is removed
 

@@ -6,8 +6,10 @@ consecutive decode iterations of an unchanged batch, in one numpy call). Token-d
 operators are tabulated once per token count and reused.
 
 Time of an iteration = sum over operators of count x (ideal / efficiency + launch overhead)
-+ tensor-parallel collectives (two all-reduces of the activations per layer) + a fixed
-per-iteration host overhead.
++ tensor-parallel collectives (two all-reduces of the activations per layer) + the host
+overhead of the iteration, ``iteration_overhead + per_seq_overhead x sequences in the batch``
+(scheduling, sampling, detokenisation and Python work of a real engine that a roofline of the
+device alone misses; :meth:`IterationModel.host_time` is the one place it is computed).
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ class IterationModel:
     allreduce_time: Callable[[np.ndarray], np.ndarray] | None = None
     """Seconds of one all-reduce of the given bytes over the TP group (None when tp == 1)."""
     iteration_overhead: float = 0.0
+    """Host seconds per iteration (the fixed part of the host overhead)."""
+    per_seq_overhead: float = 0.0
+    """Host seconds per sequence in the iteration's batch (the part that grows with the batch)."""
     ep: int = 1
     ep_share: float | None = None
     """Share of routed tokens the most loaded expert group receives (default 1/ep)."""
@@ -215,6 +220,10 @@ class IterationModel:
         return total
 
     # ---- iterations --------------------------------------------------------------------------
+    def host_time(self, num_seqs: int) -> float:
+        """Host seconds of one iteration over ``num_seqs`` sequences (see the module docstring)."""
+        return self.iteration_overhead + self.per_seq_overhead * num_seqs
+
     def step_time(self, q: np.ndarray, ctx: np.ndarray, logits_rows: int | None = None) -> float:
         """Seconds of one iteration over sequences with ``q`` new tokens over ``ctx`` cached."""
         q = np.asarray(q)
@@ -222,13 +231,13 @@ class IterationModel:
             return 0.0
         rows = len(q) if logits_rows is None else logits_rows
         t = float(self.body_time(int(q.sum()))) + float(self.head_time(rows))
-        return t + self.attention_time(q, ctx) + self.iteration_overhead
+        return t + self.attention_time(q, ctx) + self.host_time(len(q))
 
     def fixed_step_time(self, batch: int) -> float:
         """The part of a decode step of ``batch`` sequences that does not depend on context."""
         if batch >= len(self._body):
             self._grow(batch)
-        return float(self._body[batch] + self._head[batch]) + self.iteration_overhead
+        return float(self._body[batch] + self._head[batch]) + self.host_time(batch)
 
     def decode_steps(self, batch: int, kv0: float, k: int) -> np.ndarray:
         """Seconds of each of ``k`` consecutive decode iterations of ``batch`` sequences whose
@@ -236,7 +245,7 @@ class IterationModel:
         kv = (kv0 + batch) + float(batch) * np.arange(k, dtype=np.float64)  # each new token attends itself
         if batch >= len(self._body):
             self._grow(batch)
-        fixed = float(self._body[batch] + self._head[batch]) + self.iteration_overhead
+        fixed = float(self._body[batch] + self._head[batch]) + self.host_time(batch)
         return fixed + self.decode_attention(batch, kv)
 
     def breakdown(self, q: np.ndarray, ctx: np.ndarray) -> list[OpTime]:
@@ -251,6 +260,6 @@ class IterationModel:
         T = int(q.sum())
         per_layer = self.layer_time(T) + self.attention_time(q, ctx) / max(self.layers, 1)
         total = self.step_time(q, ctx, logits_rows)
-        before = float(self.body_time(T)) - self.layer_time(T) * self.layers + self.iteration_overhead
+        before = float(self.body_time(T)) - self.layer_time(T) * self.layers + self.host_time(len(q))
         after = total - before - per_layer * self.layers
         return before, per_layer, after
