@@ -66,6 +66,8 @@ def profile_to_dict(prof: Profile) -> dict[str, Any]:
             d[key] = val
     if prof.threads is not None:
         d["threads"] = int(prof.threads)
+    if prof.host is not None:
+        d["host_overhead"] = prof.host.to_dict()
     return _plain(d)
 
 
