@@ -56,6 +56,8 @@ def test_make_fingerprint_normalises_and_marks_unknowns():
     assert fp["cpu_family"] == "26" and fp["isa"] == ["avx2", "avx512f"] and fp["logical_cpus"] == 2
     assert fp["cpu_model"] == UNKNOWN and fp["threads"] == UNKNOWN
     assert set(fp) == set(spec_cal.CPU_FINGERPRINT_KEYS)
+    gpu = make_fingerprint("gpu", {"name": "NVIDIA L4", "sm_clock_max_mhz": "[N/A]", "sm_count": 58})
+    assert gpu["sm_clock_max_mhz"] == UNKNOWN and gpu["sm_count"] == 58
 
 
 def test_compare_fingerprints_names_differences_and_skips_unknowns():

@@ -123,7 +123,13 @@ def make_fingerprint(kind: str, facts: Mapping[str, Any]) -> dict[str, Any]:
     src = dict(facts)
     if "isa" not in src and "vector_flags" in src:
         src["isa"] = src["vector_flags"]
-    return {k: _norm(k, src.get(k)) for k in fingerprint_keys(kind)}
+    out = {}
+    for k in fingerprint_keys(kind):
+        try:
+            out[k] = _norm(k, src.get(k))
+        except (TypeError, ValueError):  # e.g. nvidia-smi's "[N/A]" for a clock
+            out[k] = UNKNOWN
+    return out
 
 
 def parse_fingerprint(raw: Any, kind: str, where: str) -> dict[str, Any]:
