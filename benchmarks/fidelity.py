@@ -182,7 +182,7 @@ def host_overhead_report(model_name: str = "llama-3.1-8b", catalog: str = "h100-
     bare = IterationModel(model, dev, eff, prec)
     full = IterationModel(model, dev, eff, prec, iteration_overhead=a, per_seq_overhead=b)
     rows = []
-    out = [f"| batch | device step ms | host ms | step with host ms | host share | tokens/s without | tokens/s with |",
+    out = ["| batch | device step ms | host ms | step with host ms | host share | tokens/s without | tokens/s with |",
            "|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for B in batches:
         q, ctx = np.ones(B, dtype=np.int64), np.full(B, context, dtype=np.int64)
