@@ -32,7 +32,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 GPUS = (("h100", "h100-sxm"), ("a100", "a100-80gb-sxm"), ("a40", "a40"))
-TARGET_MEDIAN, TARGET_P90 = 0.05, 0.12
+TARGET_MEDIAN, TARGET_P90 = 0.03, 0.08
+"""Goal for linear layers of a left-out model (issue 15: median 3%, p90 8%; was 5% / 12%)."""
 
 
 def _pct(x: float) -> str:
