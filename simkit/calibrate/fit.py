@@ -22,15 +22,14 @@ left out of the fit is predicted with a lower error by base+trees than by the ba
 trees alone, or by k-nearest-neighbours in (log m, log n, log k) (which wins only where the
 left-out model shares exact shapes with another one). Fitting is deterministic (fixed seed).
 
-Persistence: the base parameters are written into ``profile.yaml``; the trees into
-``models.json`` beside it (plain JSON arrays: feature, threshold, left, right, value per node),
-evaluated here with numpy (no scikit-learn needed to load or use a profile). Predictions are
-memoised per distinct operator shape, so a simulator calling with the same shapes again pays a
-dictionary lookup (a few microseconds per call); a new shape costs one vectorised pass over the
-trees.
+This module only fits. The features, the base, the trees and the fitted class models are
+evaluated by :mod:`simkit.cost.profile` (numpy only: no scikit-learn needed to load or use a
+profile; predictions memoised per distinct operator shape), and written by
+:mod:`simkit.calibrate.store`: the base parameters into ``profile.yaml``, the trees into
+``models.json`` beside it (plain JSON arrays: feature, threshold, left, right, value per node).
 
 ``fit_profile`` is the single entry point from raw samples (``simkit.calibrate.bench`` rows, or
-the Vidur import) to a :class:`simkit.specs.calibration.Profile`: it fits every class present
+the Vidur import) to a :class:`simkit.cost.profile.Profile`: it fits every class present
 (operator classes, launch overhead, copies/links, memory streams, SSD, collectives) and leaves
 absent ones as documented defaults.
 """
@@ -409,7 +408,7 @@ def fit_profile(
     cross_validation: Mapping[str, Any] | None = None,
 ) -> Any:
     """Fit every class present in ``samples`` (a DataFrame in the samples.csv format) and return a
-    :class:`simkit.specs.calibration.Profile`. Classes without samples keep the datasheet defaults
+    :class:`simkit.cost.profile.Profile`. Classes without samples keep the datasheet defaults
     (``measured: false``). ``notes`` adds a note per class; ``cross_validation`` per class is stored
     as is (see simkit.calibrate.vidur)."""
     from simkit.cost.efficiency import DatasheetEfficiency

@@ -3,7 +3,7 @@
 The cost model times every operator as ``ideal / efficiency + launch_overhead`` where
 ``ideal = max(flops / peak_flops, bytes / peak_bandwidth)`` (see roofline.py). An
 :class:`EfficiencyModel` answers ``efficiency(...)`` for arrays of operators of one class; a
-calibration profile provides a fitted one (simkit.calibrate.fit), and :class:`DatasheetEfficiency`
+calibration profile provides a fitted one (simkit.cost.profile.Profile), and :class:`DatasheetEfficiency`
 is the documented default used when no profile matches.
 
 Operator classes: ``gemm``, ``attn_prefill``, ``attn_decode``, ``elementwise``; link classes

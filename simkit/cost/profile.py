@@ -559,7 +559,7 @@ class Profile(EfficiencyModel):
     samples: Any = None
     """The raw samples (pandas DataFrame)."""
     models: dict[str, Any] = field(default_factory=dict)
-    """Fitted :class:`simkit.calibrate.fit.ClassModel` per measured op class."""
+    """Fitted :class:`ClassModel` per measured op class."""
     overheads: dict[str, float] = field(default_factory=dict)
     """Launch overhead (s) per op class (``launch_overhead`` in the YAML)."""
     notes: dict[str, str] = field(default_factory=dict)
@@ -651,7 +651,7 @@ class Profile(EfficiencyModel):
             return None
         return CollectiveFit.from_dict(kind, int(num_gpus), entry)
 
-    # ---- YAML (writing: simkit.calibrate.store) --------------------------------------------------------------------------------
+    # ---- YAML (writing: simkit.calibrate.store) ------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, *, with_samples: bool = True) -> Profile:
         """Read a profile folder or its profile.yaml. Every problem raises CalibrationError naming
