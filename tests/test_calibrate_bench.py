@@ -107,11 +107,28 @@ def test_calibrate_writes_profile_and_samples(tiny_profile):
     for c in REQUIRED:
         assert c in df.columns, c
     classes = set(df.op_class)
-    assert {"gemm", "attn_prefill", "attn_decode", "elementwise", "copy", "mem_bw", "launch", "ssd_read", "ssd_write"} <= classes
+    assert {"gemm", "attn_prefill", "attn_decode", "elementwise", "copy", "mem_bw", "launch", "ssd_read", "ssd_write",
+            "ssd_seq_read"} <= classes
     assert (df.time_s > 0).all()
     assert (df.time_s_p10 <= df.time_s * (1 + 1e-9)).all() and (df.time_s <= df.time_s_p90 * (1 + 1e-9)).all()
     assert set(df[df.op_class == "gemm"].dtype) == {"fp32"}
     assert (df.raw_times.astype(str).str.split(";").str.len() == df.reps.astype(int)).all()
+
+
+@pytest.mark.torch
+def test_calibrated_profile_carries_this_machines_fingerprint(tiny_profile):
+    """The profile `simkit calibrate` writes identifies this machine: the probe's fingerprint
+    check matches, and it describes catalog generic-2core-vm well enough for calibration: auto."""
+    from simkit.calibrate.bench import local_cpu_fingerprint
+    from simkit.calibrate.probe import fingerprint_check
+    from simkit.cost.profile import Profile
+    from simkit.specs.calibration import compare_fingerprints
+
+    prof = Profile.load(tiny_profile)
+    assert prof.fingerprint == local_cpu_fingerprint(1)
+    assert fingerprint_check(prof, 1).matches
+    assert "seq_read" in prof.ssd and prof.device["ssd"]["seq_read_bandwidth"] > 0
+    assert compare_fingerprints(prof.fingerprint, {"logical_cpus": 2}).matches == (prof.fingerprint["logical_cpus"] == 2)
 
 
 @pytest.mark.torch
