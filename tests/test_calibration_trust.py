@@ -269,3 +269,25 @@ def test_streamed_reads_use_the_sequential_read_benchmark():
     assert measured_links(prof, float(1 << 20), 4)["nvme_read"][0] == pytest.approx(3e9)
     prof.ssd = {k: v for k, v in ssd.items() if k != "seq_read"}  # older profiles: random reads
     assert measured_links(prof, float(1 << 20), 4)["nvme_read"][0] == pytest.approx(1e9)
+
+
+def test_startup_check_probes_a_local_profile_once(monkeypatch):
+    """`simkit run` on a CPU whose profile is this machine's: the probe runs once per process and
+    profile, warns when the speed differs, and SIMKIT_SPEED_PROBE=0 turns it off."""
+    from simkit.calibrate import probe
+
+    prof = Profile.load(CPU_PROFILE, with_samples=False)
+    if probe.fingerprint_check(prof, None).hardware_differs():
+        pytest.skip("this machine is not the CI VM the shipped CPU profile describes")
+    pytest.importorskip("torch")
+    calls = []
+    slow = probe.ProbeResult((probe.ProbeRow("bf16", "batch", 32, 2048, 1536, 2e-3, 1e-3),), 1, "cpu", 0.1)
+    monkeypatch.setattr(probe, "speed_probe", lambda p: calls.append(p) or slow)
+    monkeypatch.setattr(probe, "_DONE", {})
+    monkeypatch.setenv(probe.PROBE_ENV, "0")
+    assert probe.startup_check(prof) == [] and not calls
+    monkeypatch.setattr(probe, "_DONE", {})
+    monkeypatch.delenv(probe.PROBE_ENV)
+    first = probe.startup_check(prof)
+    assert len(first) == 1 and "bf16 GEMMs run 2.00x slower" in first[0]
+    assert probe.startup_check(prof) == first and len(calls) == 1
