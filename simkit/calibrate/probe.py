@@ -111,9 +111,6 @@ class ProbeResult:
             out.setdefault(r.dtype, []).append(math.log(r.ratio))
         return {d: float(math.exp(np.mean(v))) for d, v in out.items()}
 
-    def worst(self) -> ProbeRow:
-        return max(self.rows, key=lambda r: abs(math.log(r.ratio)))
-
     @property
     def matches(self) -> bool:
         """Every dtype's mean ratio within :data:`TOLERANCE` of 1 (one shape alone, e.g. the
@@ -185,7 +182,7 @@ def speed_probe(profile: Profile, *, threads: int | None = None, clock: str | No
             tdt = torch.bfloat16 if dt == "bf16" else torch.float32
             eb = 2 if dt == "bf16" else 4
             # one pool of weights per dtype, twice the last-level cache, sliced into the copies
-            # (a random 64 KiB tile repeated: filling 64 MiB with fresh random numbers would cost
+            # (a random tile of TILE values repeated: filling 64 MiB with fresh random numbers would cost
             # more than the whole probe, and GEMM speed does not depend on the values)
             rows_ = -(-(int(2.0 * llc / eb) + max(k * n for _, _, k, n in shapes)) // TILE)
             pool = torch.empty((rows_, TILE), dtype=tdt)
