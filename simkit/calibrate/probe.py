@@ -68,16 +68,15 @@ def fingerprint_check(profile: Profile, threads: int | None) -> FingerprintMatch
 
 
 def mismatch_message(profile: Profile, match: FingerprintMatch | None) -> str | None:
-    """A loud one-paragraph warning when the profile's fingerprint differs from this machine's
-    (or is missing), naming what differs and the command that calibrates; None when it matches."""
-    where = str(profile.path or profile.name)
+    """What is wrong when the profile's fingerprint differs from this machine's (or is missing),
+    naming what differs and the command that calibrates; None when it matches."""
     cmd = "simkit calibrate --device cpu --quick --out calibration/profiles/local-cpu"
     if match is None:
-        return (f"WARNING: calibration profile {profile.name!r} ({where}) has no device fingerprint, so nothing shows "
-                f"it describes this machine; measure this machine with `{cmd}`")  # fmt: skip
+        return (f"calibration profile {profile.name!r} has no device fingerprint, so nothing shows it describes this "
+                f"machine; measure this machine with `{cmd}`")  # fmt: skip
     if match.matches:
         return None
-    return (f"WARNING: calibration profile {profile.name!r} ({where}) was measured on another machine: "
+    return (f"calibration profile {profile.name!r} was measured on another machine: "
             f"{match.describe()}. Its predictions describe that machine, not this one; measure this machine with `{cmd}`")  # fmt: skip
 
 

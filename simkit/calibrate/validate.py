@@ -328,9 +328,10 @@ def run_validation(
     match = fingerprint_check(profile, threads)
     mismatch = mismatch_message(profile, match)
     if mismatch and not cfg.force:
-        raise CalibrationError(f"{mismatch}; pass --force to validate it here anyway", key="device.fingerprint")
+        raise CalibrationError(f"{mismatch}; pass --force to validate it here anyway",
+                               where=str(getattr(profile, "path", "") or ""), key="device.fingerprint")  # fmt: skip
     if mismatch:
-        out(mismatch)
+        out(f"WARNING: {mismatch} (--force: validating anyway)")
     probe = speed_probe(profile, threads=threads, clock=clock)
     out(probe.summary())
     if probe.message():
