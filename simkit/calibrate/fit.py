@@ -112,6 +112,9 @@ def fit_base(flops: np.ndarray, bytes_: np.ndarray, time_s: np.ndarray, peak: np
     return model(r.x, digits=6)
 
 
+# ---------------------------------------------------------------------------------------------
+# Stage 2: residual trees (evaluated by simkit.cost.profile.Forest)
+# ---------------------------------------------------------------------------------------------
 def _forest_from_sklearn(model: Any) -> Forest:
     """Flatten a fitted HistGradientBoostingRegressor (squared error, no categorical features)."""
     feats, thr, left, right, val, roots = [], [], [], [], [], []
