@@ -291,3 +291,28 @@ def test_startup_check_probes_a_local_profile_once(monkeypatch):
     first = probe.startup_check(prof)
     assert len(first) == 1 and "bf16 GEMMs run 2.00x slower" in first[0]
     assert probe.startup_check(prof) == first and len(calls) == 1
+
+
+def test_fast_and_reference_engines_agree_with_a_per_sequence_host_overhead(tmp_path):
+    """A profile's per-sequence host term reaches both engine paths identically (both time
+    iterations through IterationModel.host_time)."""
+    from tests.test_fast_engine import _scenario, assert_same_run
+
+    d = copy_profile(PROFILES / "h100-sxm-vidur", tmp_path / "h100-host")
+    f = d / "profile.yaml"
+    data = yaml.safe_load(f.read_text())
+    data["host_overhead"] = {"per_iteration_s": 4e-3, "per_sequence_s": 5e-4, "source": "test"}
+    f.write_text(yaml.safe_dump(data, sort_keys=False))
+    sc = _scenario(30, 50.0, (20, 400), (5, 60), 3, 1, "round_robin", {"policy": "continuous", "max_num_seqs": 16}, {},
+                   calibration=str(d))  # fmt: skip
+    ref, fast = assert_same_run(sc)
+    base = _scenario(30, 50.0, (20, 400), (5, 60), 3, 1, "round_robin", {"policy": "continuous", "max_num_seqs": 16}, {},
+                     calibration=str(PROFILES / "h100-sxm-vidur"))  # fmt: skip
+    assert fast["engine_path"].startswith("fast")
+    assert simulate_summary(base)["makespan_s"] < ref["makespan_s"]
+
+
+def simulate_summary(sc):
+    from simkit.simulate import simulate
+
+    return simulate(sc).summary
