@@ -152,6 +152,9 @@ def comm_fn(kind: str, node: Node, n: int, cross_node: bool, algorithm: str = "r
     fit = None
     if not cross_node and eff is not None and hasattr(eff, "collective_fit"):
         fit = eff.collective_fit(kind, topology(node), n)
+        if fit is not None:
+            # measured on the unscaled link: a what-if bandwidth scales its bands
+            fit = fit.scaled(node.scale_of("gpu_to_gpu" if node.link("gpu_to_gpu") is not None else "host_to_gpu"))
 
     def f(nbytes: np.ndarray) -> np.ndarray:
         return collectives.collective_time(kind, np.asarray(nbytes, dtype=np.float64), n, bw, lat, algorithm, fit)
@@ -280,6 +283,23 @@ def measured_links(eff: Any, io_block: float, io_depth: int) -> dict[str, tuple[
     return out
 
 
+def _measured_link_scale(node: Node, key: str) -> float:
+    """The what-if multiplier (``hardware.bandwidth_scale``) for a link a calibration profile
+    measured on the unscaled machine: PCIe copies scale with ``host_to_gpu``; SSD streams by
+    how much the scaled catalog path (the drives' bandwidth, capped by their NVMe links)
+    speeds up over the unscaled one."""
+    if key in ("h2d", "d2h", "h2d_pageable", "d2h_pageable"):
+        return node.scale_of("host_to_gpu")
+    if key in ("nvme_read", "nvme_write") and node.ssd:
+        t = node.tiers()["ssd"]
+        drive = t.read_bw if key == "nvme_read" else t.write_bw
+        nv = node.link("nvme")
+        cap = nv.achieved_bandwidth * len(node.ssd) if nv else float("inf")
+        s_ssd, s_nv = node.scale_of("ssd"), node.scale_of("nvme")
+        return min(drive, cap) / min(drive / s_ssd, cap / s_nv)
+    return 1.0
+
+
 def _links(
     env: simpy.Environment, node: Node, gpus: int, trace: bool, measured: dict[str, tuple[float, float]] | None = None
 ) -> dict[str, Link]:
@@ -312,7 +332,7 @@ def _links(
         out["nvlink"] = Link(env, "GPU-GPU", gg.achieved_bandwidth, gg.latency)
     for key, (bw, lat) in measured.items():
         if key in out:
-            scale = gpus if key in ("h2d", "d2h") else 1
+            scale = (gpus if key in ("h2d", "d2h") else 1) * _measured_link_scale(node, key)
             out[key] = Link(env, out[key].name + " (measured)", bw * scale, lat)
     if trace:
         for link in out.values():
@@ -368,10 +388,9 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         assert node.gpu is not None
         device = ComputeDevice.from_gpu(node.gpu)
     eff, cal_info, cal_warn = resolve_calibration(sc, device)
-    prof_dev = getattr(eff, "device", None)
-    if isinstance(prof_dev, dict):
-        # time operators against the roofline the profile's efficiencies were fitted to
-        device = device.calibrated(prof_dev)
+    # time operators against the roofline the profile's efficiencies were fitted to, scaled by
+    # the scenario's what-if multipliers
+    device = device.for_profile(eff, node.scale)
     if cal_warn:
         warn.append(cal_warn)
         warnings.warn(cal_warn, stacklevel=2)
@@ -491,8 +510,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     if offloaded and plan.offload.cpu_attention and not use_cpu:
         cpu_dev = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
         cpu_eff, _, _ = resolve_calibration(sc, cpu_dev, quiet=True)
-        if isinstance(getattr(cpu_eff, "device", None), dict):
-            cpu_dev = cpu_dev.calibrated(cpu_eff.device)
+        cpu_dev = cpu_dev.for_profile(cpu_eff, node.scale)
         cpu_cost = IterationModel(model, cpu_dev, cpu_eff, prec, tp=1)
         cpu_stream = simpy.Resource(env, capacity=1)
     arrivals = table.arrival

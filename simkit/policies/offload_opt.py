@@ -247,13 +247,11 @@ def optimize(
     prec = Precision(pp.weights, pp.activations, pp.kv_cache, pp.group_size)
     dev = ComputeDevice.from_gpu(node.gpu)
     eff, _, _ = resolve_calibration(sc, dev)
-    if isinstance(getattr(eff, "device", None), dict):
-        dev = dev.calibrated(eff.device)
+    dev = dev.for_profile(eff, node.scale)
     cost = IterationModel(model, dev, eff, prec)
     cdev = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
     ceff, _, _ = resolve_calibration(sc, cdev, quiet=True)
-    if isinstance(getattr(ceff, "device", None), dict):
-        cdev = cdev.calibrated(ceff.device)
+    cdev = cdev.for_profile(ceff, node.scale)
     cpu_cost = IterationModel(model, cdev, ceff, prec)
     cands: list[Candidate] = []
     for gbs, ngb, catt, comp in itertools.product(gpu_batch_sizes, num_gpu_batches, (False, True), (False, True)):

@@ -1,0 +1,117 @@
+"""Simulation semantics that must match real engines and move the right way (issue 10)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simkit.scenario import scenario_from_dict
+from simkit.simulate import simulate
+from tests.conftest import make_scenario
+
+
+def _whatif(cal: str, hw: object, tp: int = 2) -> dict:
+    data = make_scenario(
+        model="llama-2-7b", hardware=hw, calibration=cal,
+        workload={"batch": {"num_prompts": 8, "input_tokens": 512, "output_tokens": 24}},
+    )  # fmt: skip
+    data["plan"]["parallel"] = {"tp": tp}
+    return simulate(scenario_from_dict(data)).summary
+
+
+_BASE: dict[str, dict] = {}
+
+
+def _base(cal: str) -> dict:
+    if cal not in _BASE:
+        _BASE[cal] = _whatif(cal, "dgx-h100")
+    return _BASE[cal]
+
+
+# what each what-if bounds in this workload (8 prompts of 512 tokens, TP=2 over NVLink):
+# decode is HBM-bound, prefill compute-bound, every layer all-reduces over NVLink; the
+# single node has no network traffic and no CXL or SSD in the path
+_MATTERS = {
+    ("bandwidth_scale", "hbm"): ("tpot_mean_s",),
+    ("bandwidth_scale", "gpu_to_gpu"): ("ttft_mean_s", "tpot_mean_s"),
+    ("flops_scale", "gpu"): ("ttft_mean_s",),
+}
+_IDLE = {("bandwidth_scale", "network"), ("bandwidth_scale", "nvme"), ("bandwidth_scale", "cxl_memory"), ("flops_scale", "cpu")}
+
+
+@settings(max_examples=24, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    what=st.sampled_from(sorted(_MATTERS) + sorted(_IDLE)),
+    factor=st.sampled_from([0.1, 0.5, 0.8, 1.25, 2.0, 8.0]),
+    cal=st.sampled_from(["auto", "none"]),
+)
+def test_whatif_scales_move_results_with_and_without_calibration(what, factor, cal):
+    """Any bandwidth or FLOP/s what-if that matters to the workload moves the result in the
+    right direction (faster hardware -> lower latency), calibrated (the H100 profile) or not;
+    one that does not matter changes nothing."""
+    section, key = what
+    base = _base(cal)
+    s = _whatif(cal, {"preset": "dgx-h100", section: {key: factor}})
+    if cal == "auto":
+        assert "h100-sxm-vidur" in s["calibration"]
+    if what in _IDLE:
+        for m in ("ttft_mean_s", "tpot_mean_s", "makespan_s"):
+            assert s[m] == base[m], (what, m)
+        return
+    for m in _MATTERS[what]:
+        if factor > 1:
+            assert s[m] < base[m] * (1 - 1e-6), (what, factor, m, s[m], base[m])
+        else:
+            assert s[m] > base[m] * (1 + 1e-6), (what, factor, m, s[m], base[m])
+
+
+def test_calibrated_whatif_keeps_the_fitted_efficiency():
+    """Under a profile a memory-bound what-if scales the memory-bound part: halving HBM
+    bandwidth roughly doubles a decode step of a small batch (not exactly: launch overheads
+    and the compute-bound LM head do not scale)."""
+    base = _whatif("auto", "dgx-h100", tp=1)
+    slow = _whatif("auto", {"preset": "dgx-h100", "bandwidth_scale": {"hbm": 0.5}}, tp=1)
+    assert 1.6 < slow["tpot_mean_s"] / base["tpot_mean_s"] < 2.0
+
+
+def test_fitted_collectives_scale_with_the_link():
+    from simkit.cost.collectives import CollectiveFit, collective_time
+
+    fit = CollectiveFit("all_reduce", 8, "ring", ((256e3, 50e9, 20e-6), (float("inf"), 300e9, 30e-6)))
+    big, small = np.array([64e6]), np.array([1e3])
+    t1 = collective_time("all_reduce", big, 8, 1.0, 0.0, fit=fit)
+    t2 = collective_time("all_reduce", big, 8, 1.0, 0.0, fit=fit.scaled(2.0))
+    assert t2[0] < t1[0] and t2[0] > t1[0] / 2  # the bandwidth term halves, latency stays
+    assert collective_time("all_reduce", small, 8, 1.0, 0.0, fit=fit.scaled(2.0))[0] < collective_time("all_reduce", small, 8, 1.0, 0.0, fit=fit)[0]
+    assert fit.scaled(1.0) is fit
+
+
+def test_flops_scale_is_validated():
+    from simkit.errors import SimkitError
+
+    for bad, key in (({"tpu": 2.0}, "hardware.flops_scale.tpu"), ({"gpu": 0}, "hardware.flops_scale.gpu"), ({"gpu": True}, "hardware.flops_scale.gpu")):
+        with pytest.raises(SimkitError) as e:
+            _whatif("none", {"preset": "dgx-h100", "flops_scale": bad})
+        assert e.value.key == key
+
+
+def test_measured_links_scale_with_whatifs():
+    """The CPU profile measured this VM's SSD: a faster drive is still faster under it; a faster
+    NVMe link does not matter (the virtual drive is slower than its link)."""
+
+    def run(hw: object) -> float:
+        d = make_scenario(hardware=hw, calibration="auto", workload={"batch": {"num_prompts": 1, "input_tokens": 64, "output_tokens": 2}})
+        d["plan"] = {"batching": {"policy": "static"}, "execution": {"device": "cpu"},
+                     "offload": {"weights": {"gpu": 0, "cpu": 0.5, "disk": 0.5}},
+                     "precision": {"weights": "bf16", "activations": "bf16", "kv_cache": "bf16"}}  # fmt: skip
+        s = simulate(scenario_from_dict(d)).summary
+        assert "nvme_read" in s["measured_links"]
+        return s["makespan_s"]
+
+    base = run("ci-vm")
+    assert run({"preset": "ci-vm", "bandwidth_scale": {"ssd": 2.0}}) < base
+    assert run({"preset": "ci-vm", "bandwidth_scale": {"ssd": 0.5}}) > base
+    assert run({"preset": "ci-vm", "bandwidth_scale": {"nvme": 2.0}}) == base
+    assert run({"preset": "ci-vm", "flops_scale": {"cpu": 2.0}}) < base
