@@ -618,11 +618,15 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
                 yield env.timeout(dt)
             ptr[0] = k + 1
             total = int(table.input[i] + table.output[i])
-            too_long = total > max_ctx or mem.num_blocks * plan.kv_cache.block_size < total
-            if not too_long and policy_name in ("continuous", "disaggregated") and table.input[i] > max_tokens:
-                too_long = True
-            if too_long:
-                table.rejected[i] = True
+            reason = None
+            if total > max_ctx:
+                reason = "exceeds_max_context"
+            elif mem.num_blocks * plan.kv_cache.block_size < total:
+                reason = "exceeds_kv_capacity"
+            elif policy_name in ("continuous", "disaggregated") and table.input[i] > max_tokens:
+                reason = "prompt_exceeds_token_budget"
+            if reason is not None:
+                table.reject(i, reason)
                 continue
             front[router.choose(i, front)].enqueue(i)
 
@@ -721,6 +725,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         extra,
     )
     summary["sim_wall_s"] = time.perf_counter() - wall0
+    warn.extend(run_warnings(summary))
     memory = account_memory(node, mem, off_mem, tiers, n_rep, gpus_per_replica, use_cpu, pc, swap_bytes, replicas)
     summary["memory"] = memory
     events = None
@@ -731,6 +736,24 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
                 for s0, s1, tag, nb in link.intervals or []:
                     events.append({"name": tag or k, "ph": "X", "pid": r.index, "tid": link.name, "ts": s0 * 1e6, "dur": (s1 - s0) * 1e6, "args": {"bytes": nb}})
     return Result(sc, summary, table, log.rows, memory, warn, events)  # memory: per tier, by owner
+
+
+def run_warnings(summary: dict[str, Any]) -> list[str]:
+    """What a reader of the summary must not miss: rejected requests and an overloaded run."""
+    out = []
+    if summary["requests_rejected"]:
+        why = ", ".join(f"{k} {v}" for k, v in summary["rejection_reasons"].items())
+        out.append(
+            f"{summary['requests_rejected']} of {summary['requests_total']} requests were rejected ({why}); "
+            "they count as missing the SLO (requests table: reject_reason)"
+        )
+    if summary["overloaded"]:
+        out.append(
+            f"the run is overloaded: the wait for admission grows by {summary['queue_growth']:.2f} s and the time in "
+            f"the system by {summary['e2e_growth']:.2f} s per second of arrivals (more requests arrive than the deployment serves, so the backlog grows without bound and "
+            "latency percentiles depend on how long the trace is); add capacity or lower the rate"
+        )
+    return out
 
 
 def account_memory(node, mem, off_mem, tiers, n_rep, gpus_per_replica, use_cpu, pc, swap_bytes, replicas):  # type: ignore[no-untyped-def]

@@ -115,3 +115,63 @@ def test_measured_links_scale_with_whatifs():
     assert run({"preset": "ci-vm", "bandwidth_scale": {"ssd": 0.5}}) > base
     assert run({"preset": "ci-vm", "bandwidth_scale": {"nvme": 2.0}}) == base
     assert run({"preset": "ci-vm", "flops_scale": {"cpu": 2.0}}) < base
+
+
+# ---- rejections, SLO and overload ----------------------------------------------------------
+def test_rejected_requests_miss_the_slo_and_are_counted_by_reason():
+    """Requests longer than the model's context are rejected; they count as not meeting the SLO
+    (attainment over every submitted request, and percentile bounds with them as infinite)."""
+    from simkit.specs.catalog import load_model
+
+    ctx = load_model("llama-2-7b").max_context
+    data = make_scenario()
+    data["workload"] = {"synthetic": {"num_requests": 40, "arrival": {"process": "poisson", "rate": 4},
+                                      "lengths": {"input": {"dist": "fixed", "value": 256},
+                                                  "output": {"dist": "fixed", "value": 16}}}}  # fmt: skip
+    data["slo"] = {"ttft_p90_s": 10.0, "tpot_p99_s": 10.0}
+    ok = simulate(scenario_from_dict(data)).summary
+    assert ok["slo_attainment"] == 1.0 and ok["slo_met"] and ok["rejection_reasons"] == {}
+    data["workload"]["synthetic"]["lengths"]["input"] = {"dist": "uniform", "low": 100, "high": ctx + 1000}
+    res = simulate(scenario_from_dict(data))
+    s = res.summary
+    n_rej = s["requests_rejected"]
+    assert 0 < n_rej < 40
+    assert s["rejection_reasons"] == {"exceeds_max_context": n_rej}
+    assert s["slo_attainment"] == pytest.approx(s["requests_completed"] / 40)
+    assert s["slo_met"] is False  # more than 1% missing: the p99 TPOT bound cannot hold
+    df = res.requests_frame()
+    assert (df["reject_reason"] == "exceeds_max_context").sum() == n_rej
+    assert set(df.loc[~df["rejected"], "reject_reason"]) == {""}
+    assert any("rejected" in w and "exceeds_max_context" in w for w in res.warnings)
+
+
+def test_percentile_with_missing_requests():
+    from simkit.metrics import _pct_missing
+
+    x = np.arange(1.0, 101.0)
+    assert _pct_missing(x, 0, 90) == pytest.approx(np.percentile(x, 90))
+    assert _pct_missing(x, 5, 90) == pytest.approx(np.percentile(np.concatenate([x, np.full(5, 1e9)]), 90))
+    assert _pct_missing(x, 5, 99) == float("inf")
+    assert _pct_missing(np.array([]), 3, 50) == float("inf")
+
+
+@pytest.mark.parametrize("rate,overloaded", [(4, False), (40, True)])
+def test_overload_warning(rate, overloaded):
+    """Quickstart serves ~13 req/s on one H100: 4 req/s is stable, 40 req/s builds a backlog."""
+    from simkit.scenario import load_scenario
+
+    sc = load_scenario("workloads/scenarios/quickstart.yaml", [f"workload.synthetic.arrival.rate={rate}", "workload.synthetic.num_requests=400"])
+    res = simulate(sc, record_iterations=False)
+    s = res.summary
+    assert s["overloaded"] is overloaded
+    assert any("overloaded" in w for w in res.warnings) is overloaded
+    if overloaded:
+        # the wait grows by about offered / served - 1 per second of arrivals
+        assert max(s["queue_growth"], s["e2e_growth"]) > 0.5
+    else:
+        assert abs(s["queue_growth"]) < 0.01 and abs(s["e2e_growth"]) < 0.05
+
+
+def test_batch_at_time_zero_is_not_overloaded():
+    s = simulate(scenario_from_dict(make_scenario(workload={"batch": {"num_prompts": 64, "input_tokens": 128, "output_tokens": 8}}))).summary
+    assert s["queue_growth"] == 0.0 and s["e2e_growth"] == 0.0 and not s["overloaded"]

@@ -444,7 +444,8 @@ class Replica:
                     # nothing runs anywhere in the replica, yet the head request cannot be
                     # admitted: it can never fit, so reject it rather than stall forever
                     i = self.waiting.popleft()
-                    t.rejected[i] = True
+                    t.reject(i, "never_fits")
+                    self.outstanding -= 1
                     continue
                 if self.pending_fetch:
                     yield simpy.AllOf(env, self.pending_fetch)
