@@ -6,7 +6,6 @@ import numpy as np
 
 from simkit.workload.base import Requests
 
-
 REJECT_REASONS = ("", "exceeds_max_context", "exceeds_kv_capacity", "prompt_exceeds_token_budget", "never_fits")
 """Codes of :attr:`RequestTable.reject_reason` (0: not rejected). ``exceeds_max_context``: prompt
 + output is longer than the model's context; ``exceeds_kv_capacity``: longer than the replica's
