@@ -175,3 +175,33 @@ def test_overload_warning(rate, overloaded):
 def test_batch_at_time_zero_is_not_overloaded():
     s = simulate(scenario_from_dict(make_scenario(workload={"batch": {"num_prompts": 64, "input_tokens": 128, "output_tokens": 8}}))).summary
     assert s["queue_growth"] == 0.0 and s["e2e_growth"] == 0.0 and not s["overloaded"]
+
+
+# ---- bottleneck ------------------------------------------------------------------------------
+def _tp_run(par: dict) -> dict:
+    d = make_scenario(model="llama-3-70b", hardware={"preset": "dgx-h100", "num_nodes": 2},
+                      workload={"batch": {"num_prompts": 16, "input_tokens": 512, "output_tokens": 64}})  # fmt: skip
+    d["plan"]["parallel"] = par
+    return simulate(scenario_from_dict(d)).summary
+
+
+def test_bottleneck_is_collectives_when_tp_crosses_nodes():
+    s = _tp_run({"tp": 16, "cross_node_tp": True})
+    assert s["collective_share"] > 0.5
+    assert s["bottleneck"] == "collectives"
+    assert s["resources"]["collectives"]["link"] == "network"
+    # and compute inside one node, where NVLink all-reduces are a minor share
+    s = _tp_run({"tp": 8})
+    assert s["collective_share"] < 0.5 and s["bottleneck"] == "compute"
+    assert s["resources"]["collectives"]["link"] == "nvlink"
+
+
+def test_bottleneck_is_the_busiest_resource():
+    from simkit.simulate import bottleneck_of
+
+    res = {"compute": {"busy_s": 10.0}, "collectives": {"busy_s": 6.0}, "h2d": {"busy_s": 5.0}}
+    assert bottleneck_of(res, [4.0, 3.0], [6.0, 6.0]) == "collectives"
+    assert bottleneck_of(res, [7.0], [3.0]) == "compute"
+    res["h2d"]["busy_s"] = 8.0
+    assert bottleneck_of(res, [7.0], [3.0]) == "h2d"
+    assert bottleneck_of({}, [], []) is None
