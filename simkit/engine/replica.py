@@ -331,8 +331,13 @@ class Replica:
             self.spill_used -= self.spill_held.pop(i, 0.0)
 
     def _preempt_one(self) -> bool:
-        """Preempt the most recently admitted running request (recompute or swap)."""
-        if len(self.running) <= 1:
+        """Preempt the most recently admitted running request (recompute or swap). A lone
+        request is preempted only when another pipeline engine of the replica runs requests
+        that hold the shared blocks (they will free them); the last request of the replica is
+        never preempted."""
+        if not self.running:
+            return False
+        if len(self.running) == 1 and not any(e.running for e in self.group.engines if e is not self):
             return False
         i = self.running.pop()
         if i in self.prefilling:
