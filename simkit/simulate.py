@@ -477,6 +477,16 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             where=where,
             key="plan.routing",
         )
+    if policy_name == "chunked_prefill" and min(bat.chunk_size, bat.max_num_batched_tokens) < bat.max_num_seqs:
+        # every running request decodes one token per iteration inside the budget: decodes alone
+        # must never exceed it (vLLM refuses max_num_batched_tokens < max_num_seqs too)
+        raise ScenarioError(
+            f"chunked_prefill's token budget min(chunk_size, max_num_batched_tokens) = "
+            f"{min(bat.chunk_size, bat.max_num_batched_tokens)} is below max_num_seqs ({bat.max_num_seqs}): the decodes "
+            "of a full batch would not fit one iteration; raise chunk_size or lower max_num_seqs",
+            where=where,
+            key="plan.batching.chunk_size" if bat.chunk_size <= bat.max_num_batched_tokens else "plan.batching.max_num_batched_tokens",
+        )
     n_rep = par.replicas
     if disagg and n_rep < 2:
         raise ScenarioError(

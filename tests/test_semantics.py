@@ -237,3 +237,67 @@ def test_kv_block_seconds_integrates_the_level():
     kv.release(40)
     assert kv.block_seconds(5.0) == pytest.approx(10 * 2 + 40 * 1)
     assert kv.peak == 40
+
+
+# ---- preemption and chunked prefill ---------------------------------------------------------
+def _tight(policy: str, preemption: str, **bat: int) -> object:
+    data = make_scenario(model="llama-2-7b", workload={"synthetic": {
+        "num_requests": 40, "arrival": {"process": "poisson", "rate": 50},
+        "lengths": {"input": {"dist": "uniform", "low": 200, "high": 600}, "output": {"dist": "uniform", "low": 100, "high": 300}}}})  # fmt: skip
+    data["plan"]["batching"] = {"policy": policy, **bat}
+    data["plan"]["kv_cache"] = {"num_blocks": 160, "preemption": preemption}
+    return simulate(scenario_from_dict(data))
+
+
+@pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
+def test_recompute_restores_exactly_the_kv_decoding_had(policy):
+    """After a recompute preemption the prefill covers the prompt and every generated token
+    (it samples the next one), so a request ends with KV = prompt + output - 1 like one that was
+    never preempted (it was one token short, and the prefill credited a token it re-derived)."""
+    res = _tight(policy, "recompute", chunk_size=512, max_num_seqs=64)
+    t = res.table
+    assert res.summary["preemptions"] > 0
+    done = np.isfinite(t.finish)
+    assert done.all()
+    assert (t.gen == t.output).all()
+    np.testing.assert_array_equal(t.kv_len[done], t.input[done] + t.output[done] - 1)
+    # the recomputed tokens: prompt + generated-so-far per preemption, on top of every prompt once
+    pre = res.iterations_frame()["prefill_tokens"].sum()
+    assert pre > t.input.sum()
+
+
+def test_chunked_prefill_never_exceeds_its_token_budget():
+    res = _tight("chunked_prefill", "recompute", chunk_size=96, max_num_seqs=64)
+    it = res.iterations_frame()
+    assert (it["prefill_tokens"] + it["decode_seqs"] <= 96).all()
+    assert res.summary["requests_completed"] == 40
+
+
+def test_chunked_prefill_refuses_a_budget_below_max_num_seqs():
+    from simkit.errors import ScenarioError
+
+    with pytest.raises(ScenarioError) as e:
+        _tight("chunked_prefill", "recompute", chunk_size=32, max_num_seqs=64)
+    assert e.value.key == "plan.batching.chunk_size"
+
+
+def test_swaps_run_before_the_forward_pass_not_under_it():
+    """vLLM issues swap-out/in on the model's stream before the forward pass: no compute
+    interval of a replica overlaps one of its swap transfers."""
+    data = make_scenario(model="llama-2-7b", workload={"synthetic": {
+        "num_requests": 40, "arrival": {"process": "poisson", "rate": 50},
+        "lengths": {"input": {"dist": "uniform", "low": 200, "high": 600}, "output": {"dist": "uniform", "low": 100, "high": 300}}}})  # fmt: skip
+    data["plan"]["batching"] = {"policy": "continuous", "max_num_seqs": 64}
+    data["plan"]["kv_cache"] = {"num_blocks": 160, "preemption": "swap"}
+    res = simulate(scenario_from_dict(data), trace=True)
+    assert res.summary["swaps"] > 0
+    ev = res.trace_events
+    compute = sorted((e["ts"], e["ts"] + e["dur"]) for e in ev if e["tid"] == "compute")
+    swaps = [(e["ts"], e["ts"] + e["dur"]) for e in ev if str(e["name"]).startswith("swap")]
+    assert swaps
+    starts = np.array([c[0] for c in compute])
+    ends = np.array([c[1] for c in compute])
+    for s0, s1 in swaps:
+        overlap = np.minimum(ends, s1) - np.maximum(starts, s0)
+        assert (overlap <= 1e-6).all(), (s0, s1)
+    assert (res.table.gen == res.table.output).all()

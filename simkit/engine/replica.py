@@ -168,6 +168,10 @@ class Replica:
         self.spill_used = 0.0
         self.spill_held: dict[int, float] = {}
         self.pending_fetch: list[simpy.Event] = []
+        """Prefix-cache fetches in flight: they overlap the next step's compute (layer-pipelined)."""
+        self.pending_swap: list[simpy.Event] = []
+        """Swap-outs and swap-ins in flight: the next step waits for them before its forward pass
+        (vLLM issues the swaps on the model's stream ahead of the forward)."""
         self.outstanding = 0
         self.busy_time = 0.0
         self.swapped_blocks = 0
@@ -348,16 +352,18 @@ class Replica:
         if self.cfg.preemption == "swap" and self.swapped_blocks + t.blocks[i] <= self.cfg.swap_blocks and not self.shared.get(i):
             nbytes = float(t.blocks[i]) * self.cfg.block_size * self.cfg.kv_bytes_per_token * self.cfg.num_gpus
             if "d2h" in self.links:
-                self.pending_fetch.append(self.links["d2h"].transfer(nbytes, "swap out"))
+                self.pending_swap.append(self.links["d2h"].transfer(nbytes, "swap out"))
             self.swapped_blocks += int(t.blocks[i])
             self.kv.release(int(t.blocks[i]))
             t.swaps[i] += 1
             self.swapped.append(i)
             return True
         self._release(i, finished=False)
-        t.target[i] = t.input[i] + max(t.gen[i] - 1, 0) if t.gen[i] > 0 else t.input[i]
-        # recompute: prompt and generated tokens are prefilled again (the last generated token
-        # is the next decode input, so it needs no KV)
+        # recompute (as vLLM): the prompt and every generated token are prefilled again, the last
+        # generated one included (it is the input whose forward pass samples the next token, so
+        # the completing prefill credits one new token and leaves KV = input + generated - 1
+        # behind it, as decoding does)
+        t.target[i] = t.input[i] + t.gen[i]
         t.kv_len[i] = 0
         t.cached[i] = 0
         self.waiting.appendleft(i)
@@ -378,7 +384,7 @@ class Replica:
             self.swapped_blocks -= need
             nbytes = float(need) * self.cfg.block_size * self.cfg.kv_bytes_per_token * self.cfg.num_gpus
             if "h2d" in self.links:
-                self.pending_fetch.append(self.links["h2d"].transfer(nbytes, "swap in"))
+                self.pending_swap.append(self.links["h2d"].transfer(nbytes, "swap in"))
             self.running.append(i)
 
     def decode_ready(self, reserve: bool = True) -> np.ndarray:
@@ -445,16 +451,17 @@ class Replica:
                 self._idle = False
             step = self.policy.next_step(self)
             if step.empty:
-                if self.waiting and not self.group.busy() and not self.pending_fetch:
+                if self.waiting and not self.group.busy() and not self.pending_fetch and not self.pending_swap:
                     # nothing runs anywhere in the replica, yet the head request cannot be
                     # admitted: it can never fit, so reject it rather than stall forever
                     i = self.waiting.popleft()
                     t.reject(i, "never_fits")
                     self.outstanding -= 1
                     continue
-                if self.pending_fetch:
-                    yield simpy.AllOf(env, self.pending_fetch)
+                if self.pending_fetch or self.pending_swap:
+                    yield simpy.AllOf(env, self.pending_fetch + self.pending_swap)
                     self.pending_fetch = []
+                    self.pending_swap = []
                     continue
                 # waiting for something to arrive or finish elsewhere
                 self._idle = True
@@ -462,6 +469,10 @@ class Replica:
                 yield self._wake
                 self._idle = False
                 continue
+            if self.pending_swap:
+                # the step's swaps run before its forward pass, on the same stream
+                yield simpy.AllOf(env, self.pending_swap)
+                self.pending_swap = []
             if not step.prefill_ids and len(step.decode_ids) > 0:
                 yield from self._decode_run(step.decode_ids)
             else:

@@ -9,6 +9,8 @@
 - ``chunked_prefill``: Sarathi-Serve-style. Each iteration has a token budget of
   ``min(chunk_size, max_num_batched_tokens)``: every running decode takes one token, and the rest
   goes to prefill chunks (the oldest partially-prefilled request first, then new admissions).
+  The budget must be >= ``max_num_seqs`` (checked when the scenario is simulated, as vLLM
+  does), so decodes alone never exceed it and no iteration runs more tokens than the budget.
 - ``disaggregated``: prefill and decode on separate replicas (see simulate.py); the prefill
   replicas run ``prefill_only`` and decode replicas run ``continuous`` over requests whose KV
   arrives over the configured link.
