@@ -747,6 +747,15 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     )
     summary["sim_wall_s"] = time.perf_counter() - wall0
     warn.extend(run_warnings(summary))
+    longest_by = {c: max(e.max_context[c] for e in engines_all) for c in ("attn_prefill", "attn_decode")}
+    summary["max_context_tokens"] = max(longest_by.values())
+    for cls, top in sorted(measured_context(eff).items()):
+        longest = longest_by[cls]
+        if longest > top:
+            warn.append(
+                f"sequences attended up to {longest} tokens, beyond the {int(top)} tokens per sequence the calibration "
+                f"profile measured for {cls}: its time there is extrapolated by the fitted model"
+            )
     memory = account_memory(node, mem, off_mem, tiers, n_rep, gpus_per_replica, use_cpu, pc, swap_bytes, replicas)
     summary["memory"] = memory
     events = None
@@ -770,6 +779,35 @@ def bottleneck_of(resources: dict[str, dict[str, float]], group_kernels: list[fl
     if "collectives" in resources:
         busy["collectives"] = max(group_comm, default=0.0)
     return max(busy, key=lambda k: busy[k]) if busy else None
+
+
+_MEASURED_CONTEXT: dict[str, dict[str, float]] = {}
+
+
+def measured_context(eff: Any) -> dict[str, float]:
+    """The longest context per sequence (tokens attended) a calibration profile measured, per
+    attention class it measured (``attn_decode``, ``attn_prefill``); {} for datasheet models.
+    Read from the profile's samples (its ``ctx`` column sums the batch's contexts)."""
+    import csv
+
+    path = getattr(eff, "path", None)
+    classes = [c for c in ("attn_decode", "attn_prefill") if eff.is_measured(c)]
+    if path is None or not classes:
+        return {}
+    f = Path(path).parent / "samples.csv"
+    key = str(f)
+    if key not in _MEASURED_CONTEXT:
+        out: dict[str, float] = {}
+        try:
+            with open(f, encoding="utf-8", newline="") as fh:
+                for row in csv.DictReader(fh):
+                    c = row.get("op_class")
+                    if c in classes and row.get("ctx") and row.get("batch"):
+                        out[c] = max(out.get(c, 0.0), float(row["ctx"]) / max(float(row["batch"]), 1.0))
+        except (OSError, ValueError, UnicodeDecodeError):
+            out = {}
+        _MEASURED_CONTEXT[key] = out
+    return _MEASURED_CONTEXT[key]
 
 
 def run_warnings(summary: dict[str, Any]) -> list[str]:

@@ -33,7 +33,7 @@ class _TwoLayerCost:
     def prefill_attention(self, q, ctx):
         return 0.0
 
-    def decode_attention(self, b, kv):
+    def decode_attention(self, b, kv, longest=None):
         return 0.0
 
 

@@ -301,3 +301,63 @@ def test_swaps_run_before_the_forward_pass_not_under_it():
         overlap = np.minimum(ends, s1) - np.maximum(starts, s0)
         assert (overlap <= 1e-6).all(), (s0, s1)
     assert (res.table.gen == res.table.output).all()
+
+
+# ---- decode attention over a context distribution -------------------------------------------
+def _cost(model: str = "llama-3.1-8b", gpu: str = "h100-sxm"):  # type: ignore[no-untyped-def]
+    from simkit.cost.device import ComputeDevice
+    from simkit.cost.efficiency import DatasheetEfficiency
+    from simkit.cost.iteration import IterationModel
+    from simkit.cost.ops import Precision
+    from simkit.specs.catalog import default_catalog, load_model
+
+    dev = ComputeDevice.from_gpu(default_catalog().get("gpu", gpu))
+    return IterationModel(load_model(model), dev, DatasheetEfficiency(), Precision("fp16", "fp16", "fp16"))
+
+
+def test_one_long_sequence_is_a_straggler():
+    """64 decodes, one at 128k tokens and 63 at 1k, cost more than 64 of equal length with the
+    same total context: each sequence's blocks read its own context, the longest last."""
+    it = _cost()
+    ones = np.ones(64, dtype=np.int64)
+    skew = np.array([131072] + [1024] * 63)
+    flat = np.full(64, int(skew.sum() // 64))
+    flat[: int(skew.sum() - flat.sum())] += 1
+    assert flat.sum() == skew.sum()
+    t_skew, t_flat = it.attention_time(ones, skew), it.attention_time(ones, flat)
+    assert t_skew > 2 * t_flat
+    # the fast-forward path agrees with single steps, and one step of the long sequence alone
+    # is never dearer than the batch it straggles in
+    fast = it.decode_steps(64, float(skew.sum()), 4, float(skew.max()))
+    slow = [it.step_time(ones, skew + k) for k in range(4)]
+    np.testing.assert_allclose(fast, slow, rtol=1e-9)
+    assert it.attention_time(np.ones(1, dtype=np.int64), skew[:1]) <= t_skew
+
+
+def test_equal_and_small_batches_keep_the_sum_model():
+    it = _cost()
+    # a small batch splits every context over many blocks: the sum governs
+    few = np.array([131072, 1024, 1024])
+    assert it.straggler_tokens(3, few.max() + 1) == 0.0
+    # equal contexts: the straggler bound never exceeds the sum for a batch that fills the GPU
+    for b in (64, 128, 256):
+        assert it.straggler_tokens(b, 4097.0) <= b * 4097.0
+    cpu = _cost()
+    from dataclasses import replace
+
+    cpu.device = replace(cpu.device, sm_count=0)
+    assert cpu.straggler_tokens(64, 1e6) == 0.0
+
+
+def test_contexts_beyond_the_calibrated_range_warn():
+    """The CPU profile measured decode attention up to ~8k tokens per sequence."""
+    d = make_scenario(model="llama-3.1-8b", hardware="ci-vm", calibration="auto",
+                      workload={"batch": {"num_prompts": 1, "input_tokens": 600, "output_tokens": 2}})  # fmt: skip
+    d["plan"] = {"batching": {"policy": "static"}, "execution": {"device": "cpu"},
+                 "precision": {"weights": "bf16", "activations": "bf16", "kv_cache": "bf16"}}  # fmt: skip
+    res = simulate(scenario_from_dict(d))
+    assert not any("beyond" in w for w in res.warnings)
+    d["workload"]["batch"]["input_tokens"] = 9000
+    res = simulate(scenario_from_dict(d))
+    assert res.summary["max_context_tokens"] == 9001
+    assert any("attn_decode" in w and "beyond the 8193 tokens" in w for w in res.warnings)

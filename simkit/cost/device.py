@@ -19,13 +19,18 @@ class ComputeDevice:
     memory: float
     launch_overhead: float
     sockets: int = 1
+    sm_count: int = 0
+    """Streaming multiprocessors of a GPU (0: not modelled, e.g. a CPU): how many sequences'
+    decode attention runs at once (see IterationModel.decode_attention)."""
 
     def peak_flops(self, dtype: str) -> float:
         return self.peak.for_dtype(dtype) * self.sockets
 
     @classmethod
     def from_gpu(cls, gpu: GPUSpec) -> ComputeDevice:
-        return cls(gpu.name, "gpu", gpu.peak_flops, gpu.memory_bandwidth, gpu.memory, gpu.kernel_launch_overhead)
+        return cls(
+            gpu.name, "gpu", gpu.peak_flops, gpu.memory_bandwidth, gpu.memory, gpu.kernel_launch_overhead, sm_count=gpu.sm_count
+        )
 
     def calibrated(self, profile_device: dict, flops_scale: float = 1.0, bw_scale: float = 1.0) -> ComputeDevice:
         """This device with the roofline a calibration profile measured it against (the peaks

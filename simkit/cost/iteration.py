@@ -175,10 +175,34 @@ class IterationModel:
             self.__dict__["_consts"] = c
         return c
 
-    def decode_attention(self, batch: int, kv_tokens: np.ndarray | float) -> np.ndarray:
+    def straggler_tokens(self, batch: int, longest: np.ndarray | float) -> np.ndarray | float:
+        """The attended tokens that ``batch`` sequences would have to sum to for the longest of
+        them (``longest`` attended tokens) to cost what it does on its own.
+
+        Decode attention kernels (FlashAttention-2's split-KV decode, vLLM's paged attention)
+        give each (sequence, KV head) one thread block when the batch has enough of them to fill
+        the GPU (``batch x kv heads >= 0.8 x SMs``: FlashAttention's split heuristic then keeps
+        one split): blocks run at a fair share of the bandwidth, 1/SMs, so the iteration cannot
+        end before the longest sequence's block has read its whole context, however short the
+        others are. That takes as long as reading ``longest x SMs / kv heads`` tokens with the
+        whole GPU. Smaller batches split every sequence's context over many blocks and balance
+        (0 here: the sum governs). 0 on devices without a known SM count (CPUs)."""
+        sms = self.device.sm_count
+        if sms <= 0:
+            return 0.0
+        kvh = self._attn_consts()[1]
+        if batch * kvh < 0.8 * sms:
+            return 0.0
+        return np.asarray(longest, dtype=np.float64) * (sms / kvh)
+
+    def decode_attention(self, batch: int, kv_tokens: np.ndarray | float, longest: np.ndarray | float | None = None) -> np.ndarray:
         """Seconds of decode attention over all layers of the stage, for ``batch`` sequences whose
-        attended tokens sum to ``kv_tokens`` (an array: one entry per iteration)."""
+        attended tokens sum to ``kv_tokens`` (an array: one entry per iteration), the longest
+        attending ``longest`` tokens (then costed as the straggler it is, if it is one: see
+        :meth:`straggler_tokens`; None: sequences of equal length)."""
         kv = np.asarray(kv_tokens, dtype=np.float64)
+        if longest is not None:
+            kv = np.maximum(kv, self.straggler_tokens(batch, longest))
         heads, kvh, d, ab, kb = self._attn_consts()
         flops = 4.0 * heads * d * kv
         byts = 2.0 * batch * heads * d * ab + 2.0 * kv * kvh * d * kb + 2.0 * batch * kvh * d * kb
@@ -210,7 +234,8 @@ class IterationModel:
         total = 0.0
         nd = int(is_dec.sum())
         if nd:
-            total += float(self.decode_attention(nd, float(ctx[is_dec].sum()) + nd))
+            dctx = ctx[is_dec]
+            total += float(self.decode_attention(nd, float(dctx.sum()) + nd, float(dctx.max()) + 1.0))
         if nd < len(q):
             pre = ~is_dec
             total += self.prefill_attention(q[pre], ctx[pre].astype(np.float64))
@@ -232,14 +257,17 @@ class IterationModel:
             self._grow(batch)
         return float(self._body[batch] + self._head[batch]) + self.iteration_overhead
 
-    def decode_steps(self, batch: int, kv0: float, k: int) -> np.ndarray:
+    def decode_steps(self, batch: int, kv0: float, k: int, longest0: float | None = None) -> np.ndarray:
         """Seconds of each of ``k`` consecutive decode iterations of ``batch`` sequences whose
-        contexts (tokens already cached) sum to ``kv0`` at the first iteration."""
-        kv = (kv0 + batch) + float(batch) * np.arange(k, dtype=np.float64)  # each new token attends itself
+        contexts (tokens already cached) sum to ``kv0`` at the first iteration, the longest
+        being ``longest0`` (None: all of equal length)."""
+        steps = np.arange(k, dtype=np.float64)
+        kv = (kv0 + batch) + float(batch) * steps  # each new token attends itself
+        longest = None if longest0 is None else (longest0 + 1.0) + steps
         if batch >= len(self._body):
             self._grow(batch)
         fixed = float(self._body[batch] + self._head[batch]) + self.iteration_overhead
-        return fixed + self.decode_attention(batch, kv)
+        return fixed + self.decode_attention(batch, kv, longest)
 
     def breakdown(self, q: np.ndarray, ctx: np.ndarray) -> list[OpTime]:
         """Per-operator times for one iteration (for `simkit estimate ops` and reports)."""

@@ -175,6 +175,8 @@ class Replica:
         self.outstanding = 0
         self.busy_time = 0.0
         self.swapped_blocks = 0
+        self.max_context = {"attn_prefill": 0, "attn_decode": 0}
+        """The longest context (tokens attended by one sequence) a prefill / a decode had."""
         self._idle = True
         self._wake = env.event()
         self.proc = env.process(self._loop())
@@ -558,6 +560,11 @@ class Replica:
         q = np.concatenate([pq, np.ones(len(dec), dtype=np.int64)])
         ctx = np.concatenate([t.kv_len[pre], t.kv_len[dec]])
         rows = int(completes.sum()) + len(dec)
+        mc = self.max_context
+        if pre.size:
+            mc["attn_prefill"] = max(mc["attn_prefill"], int((t.kv_len[pre] + pq).max()))
+        if len(dec):
+            mc["attn_decode"] = max(mc["attn_decode"], int(t.kv_len[dec].max()) + 1)
         dur = self.cost.step_time(q, ctx, logits_rows=rows)
         exact = self.cfg.layerwise or self.stages is not None or self.offload is not None
         if self.stages is None and self.cost.tp > 1:
@@ -660,7 +667,7 @@ class Replica:
                 fixed = self.cost.fixed_step_time(B)
                 if fixed > 0:
                     s = min(s, max(int(ta / fixed) + 2, 1))
-        times = self.cost.decode_steps(B, float(kv.sum()), s)
+        times = self.cost.decode_steps(B, float(kv.sum()), s, float(kv.max()))
         ends = np.cumsum(times)
         if not exact and (self.policy.admits_on_arrival or not self.running):
             ta = self.next_arrival() - env.now
@@ -670,6 +677,7 @@ class Replica:
                 ends = ends[:s]
                 times = times[:s]
         self._grow_blocks(dec, s, kv)
+        self.max_context["attn_decode"] = max(self.max_context["attn_decode"], int(kv.max()) + s)
         steps = None
         if self.cfg.layerwise or exact:
             ones = np.ones(B, dtype=np.int64)
