@@ -549,7 +549,8 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         dec = replicas[n_prefill:]
         k = decode_router.choose(i, dec)
         table.target[i] = table.kv_len[i]
-        dec[k].enqueue(i)
+        table.handoff[i] = env.now
+        dec[k].hand_off(i)
 
     for r in range(n_rep):
         role = "both"

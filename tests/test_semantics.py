@@ -361,3 +361,30 @@ def test_contexts_beyond_the_calibrated_range_warn():
     res = simulate(scenario_from_dict(d))
     assert res.summary["max_context_tokens"] == 9001
     assert any("attn_decode" in w and "beyond the 8193 tokens" in w for w in res.warnings)
+
+
+# ---- disaggregated hand-offs ------------------------------------------------------------------
+def test_kv_hand_off_joins_decode_at_the_next_iteration():
+    """A request whose KV reaches a decode replica that is fast-forwarding a long decode run
+    joins at the next iteration: its second token comes at most one step in progress plus one
+    step after the hand-off (it used to wait for the next trace arrival or the first finish of
+    the batch, then ran a 0-token prefill that stalled the other decodes)."""
+    data = make_scenario(model="llama-3-8b", workload={"synthetic": {
+        "num_requests": 80, "arrival": {"process": "poisson", "rate": 40},
+        "lengths": {"input": {"dist": "uniform", "low": 200, "high": 2000}, "output": {"dist": "lognormal", "median": 8, "sigma": 1.5, "max": 600}}}})  # fmt: skip
+    data["plan"]["batching"] = {"policy": "disaggregated", "prefill_replicas": 1, "kv_transfer_link": "nvlink"}
+    data["plan"]["parallel"] = {"replicas": 2}
+    res = simulate(scenario_from_dict(data))
+    t = res.table
+    assert (t.gen == t.output).all() and np.isfinite(t.handoff[t.output > 1]).all()
+    it = res.iterations_frame()
+    dec = it[it["replica"] == 1]
+    assert (dec["prefill_tokens"] == 0).all()  # hand-offs are decodes, not 0-token prefills
+    step = float(((dec["end_s"] - dec["start_s"]) / dec["steps"]).max())
+    two = (t.output == 2) & np.isfinite(t.handoff)
+    assert two.sum() >= 3
+    delay = t.finish[two] - t.handoff[two]
+    assert (delay <= 2 * step + 1e-9).all(), (delay.max(), step)
+    # no decode stalls: every inter-token gap is within a step of the decode replica or a
+    # hand-off wait (the prefill replica produces only first tokens)
+    assert res.summary["tbt_max_s"] <= 2 * step + float(np.nanmax(t.handoff - t.first_token)) + 1e-9

@@ -81,6 +81,16 @@ class ReplicaGroup:
             if e._idle and not e._wake.triggered:
                 e._wake.succeed()
 
+    def hand_off(self, i: int) -> None:
+        """A request whose KV arrived from a prefill replica (disaggregated serving): queue it
+        and cut short any fast-forwarded decode run, so that it joins the batch at the next
+        iteration (as vLLM/DistServe schedule it), not when the run would have ended."""
+        self.enqueue(i)
+        for e in self.engines:
+            if e._fast_forward:
+                e._fast_forward = False
+                e.proc.interrupt("kv hand-off")
+
     def busy(self) -> bool:
         return any(e.running for e in self.engines) or bool(self.swapped)
 
@@ -179,6 +189,8 @@ class Replica:
         """The longest context (tokens attended by one sequence) a prefill / a decode had."""
         self._idle = True
         self._wake = env.event()
+        self._fast_forward = False
+        """True while a multi-step decode run may be cut short by a hand-off (Process.interrupt)."""
         self.proc = env.process(self._loop())
 
     # ---- queue ---------------------------------------------------------------------------------
@@ -688,7 +700,17 @@ class Replica:
             # the common case, inlined: nothing to wait for but the compute itself
             start = env.now
             dur = float(ends[-1])
-            yield env.timeout(dur)
+            self._fast_forward = s > 1 and self.cfg.role == "decode"
+            try:
+                yield env.timeout(dur)
+            except simpy.Interrupt:
+                # a KV hand-off arrived: finish the iteration in progress, then stop
+                s = min(int(np.searchsorted(ends, env.now - start, side="left")) + 1, s)
+                ends = ends[:s]
+                times = times[:s]
+                dur = float(ends[-1])
+                yield env.timeout(max(start + dur - env.now, 0.0))
+            self._fast_forward = False
             self.busy_time += dur
             self.busy_gpu_s += dur * self.cfg.num_gpus
             self.stage_busy[0] += dur

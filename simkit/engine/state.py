@@ -42,6 +42,8 @@ class RequestTable:
         self.preemptions = np.zeros(n, dtype=np.int32)
         self.swaps = np.zeros(n, dtype=np.int32)
         self.rejected = np.zeros(n, dtype=bool)
+        self.handoff = np.full(n, np.nan)
+        """When the request's KV reached its decode replica (disaggregated serving)."""
         self.reject_reason = np.zeros(n, dtype=np.int8)
         """Index into :data:`REJECT_REASONS` (0 for requests that were not rejected)."""
         self.hit_tier_tokens = np.zeros((n, 4), dtype=np.int64)
