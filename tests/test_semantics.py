@@ -388,3 +388,60 @@ def test_kv_hand_off_joins_decode_at_the_next_iteration():
     # no decode stalls: every inter-token gap is within a step of the decode replica or a
     # hand-off wait (the prefill replica produces only first tokens)
     assert res.summary["tbt_max_s"] <= 2 * step + float(np.nanmax(t.handoff - t.first_token)) + 1e-9
+
+
+# ---- achieved FLOP/s never above the device's peak -------------------------------------------
+def _ci_vm_device():  # type: ignore[no-untyped-def]
+    from simkit.cost.device import ComputeDevice
+    from simkit.specs.calibration import load_cached
+    from simkit.specs.catalog import default_catalog
+
+    prof = load_cached("calibration/profiles/ci-vm-cpu")
+    cat = default_catalog()
+    node = cat.get("node", "ci-vm")
+    dev = ComputeDevice.from_cpu(cat.get("cpu", node.cpu), cat.get("memory", node.dram.type), node.num_sockets, 1e12)
+    return dev, prof
+
+
+def test_calibrated_device_takes_the_profiles_peak_for_every_dtype():
+    """A catalog peak for a dtype the profile did not measure must not replace the one the
+    profile's efficiencies refer to (fp16 on a CPU measured in bf16 runs at the bf16 peak, not
+    at a higher catalog fp16 figure)."""
+    from dataclasses import replace
+
+    from simkit.calibrate.fit import roof_from_device
+
+    dev, prof = _ci_vm_device()
+    fast = replace(dev, peak=dev.peak.model_copy(update={"fp16": 5e12, "int8": 9e12}))
+    cal = fast.calibrated(prof.device)
+    roof = roof_from_device(prof.device)
+    for d in ("fp32", "tf32", "fp16", "bf16", "fp8", "int8"):
+        assert cal.peak_flops(d) == pytest.approx(roof.peak(d)), d
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    model=st.sampled_from(["llama-2-7b", "phi-2", "mixtral-8x7b", "opt-6.7b"]),
+    dtype=st.sampled_from(["fp32", "bf16", "fp16", "fp8"]),
+    n=st.integers(1, 48),
+    decode=st.booleans(),
+    q=st.integers(1, 1024),
+    ctx=st.integers(0, 8000),
+)
+def test_simulated_flops_never_exceed_the_profiles_peak(model, dtype, n, decode, q, ctx):
+    """On ci-vm with its CPU profile, an iteration's FLOPs / its simulated time <= the peak the
+    profile measured for the dtype (the roofline every fitted efficiency is relative to)."""
+    from simkit.calibrate.fit import roof_from_device
+    from simkit.cost.iteration import IterationModel
+    from simkit.cost.ops import Precision, forward_ops
+    from simkit.specs.catalog import load_model
+
+    dev, prof = _ci_vm_device()
+    dev = dev.calibrated(prof.device)
+    m = load_model(model)
+    p = Precision(dtype, dtype, dtype)
+    it = IterationModel(m, dev, prof, p)
+    qa = np.ones(n, dtype=np.int64) if decode else np.full(n, q, dtype=np.int64)
+    ca = np.full(n, ctx, dtype=np.int64)
+    flops = sum(o.flops * o.count for o in forward_ops(m, qa, ca, precision=p))
+    assert flops / it.step_time(qa, ca) <= roof_from_device(prof.device).peak(p.compute) * (1 + 1e-9)

@@ -43,7 +43,7 @@ class ComputeDevice:
         catalog figures stay)."""
         from dataclasses import replace
 
-        from simkit.specs.hardware import PeakFlops
+        from simkit.specs.hardware import DTYPE_FALLBACK, PeakFlops
 
         if profile_device.get("catalog") not in (None, self.name) or profile_device.get("kind") != self.kind:
             return self
@@ -51,11 +51,17 @@ class ComputeDevice:
         bw = profile_device.get("mem_bandwidth")
         if not peaks and not bw:
             return self
-        # self's peaks already carry flops_scale; the profile's are of the unscaled device
-        merged = {k: getattr(self.peak, k) for k in ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")}
-        merged.update({k: float(v) * flops_scale for k, v in peaks.items() if k in merged and v})
-        # the profile's peaks are for the whole measured device: per socket for from_cpu's scaling
-        per = {k: (v / self.sockets if v is not None and k in peaks else v) for k, v in merged.items()}
+        # every dtype runs at the peak the profile's own roofline gives it (its fallback chain,
+        # e.g. fp16 -> bf16 on a CPU measured in bf16 and fp32): the fitted efficiencies are
+        # relative to that peak, so a catalog figure for a dtype the profile lacks must not
+        # replace it (that would time operators faster than the profile's measured peak).
+        # self's peaks already carry flops_scale; the profile's are of the unscaled device.
+        prof = {k: float(v) * flops_scale for k, v in peaks.items() if v}
+        per: dict[str, float | None] = {}
+        for k in ("fp32", "tf32", "fp16", "bf16", "fp8", "int8"):
+            hit = next((prof[d] for d in DTYPE_FALLBACK.get(k, (k,)) if d in prof), None)
+            # the profile's peaks are for the whole measured device: per socket for from_cpu's scaling
+            per[k] = hit / self.sockets if hit is not None else getattr(self.peak, k)
         return replace(
             self, peak=PeakFlops.model_construct(**per), mem_bandwidth=float(bw) * bw_scale if bw else self.mem_bandwidth
         )
