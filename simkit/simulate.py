@@ -512,6 +512,14 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         )
     if pc.enabled and not reqs.has_prefixes:
         warn.append("plan.prefix_cache is enabled but the workload carries no prefix hashes: no hits are possible")
+    # a sliding-window model keeps the window (plus the block being filled) per sequence
+    kv_cap = model.sliding_window + plan.kv_cache.block_size if model.sliding_window is not None else None
+    if kv_cap is not None and offloaded:
+        warn.append(
+            f"{model.name} attends a sliding window of {model.sliding_window} tokens, but plan.offload places, "
+            "streams and sizes the KV of the whole context (as FlexGen does): KV traffic and capacity are those of "
+            "full attention"
+        )
     replicas: list[ReplicaGroup] = []
     executors: list[OffloadExecutor] = []
     link_meas = measured_links(eff, plan.offload.io_block_size, plan.offload.io_queue_depth)
@@ -581,6 +589,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             layerwise=plan.execution.mode == "layer_by_layer",
             spill_after=off_layout.spill_after if off_layout is not None else None,
             spill_capacity_tokens=off_mem.spill_tokens / n_rep if off_mem is not None else 0.0,
+            kv_cap_tokens=kv_cap,
         )
         links = _links(env, node, gpus_per_replica, trace, link_meas)
         group = ReplicaGroup(r)
@@ -633,7 +642,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             reason = None
             if total > max_ctx:
                 reason = "exceeds_max_context"
-            elif mem.num_blocks * plan.kv_cache.block_size < total:
+            elif mem.num_blocks * plan.kv_cache.block_size < (total if kv_cap is None else min(total, kv_cap)):
                 reason = "exceeds_kv_capacity"
             elif policy_name in ("continuous", "disaggregated") and table.input[i] > max_tokens:
                 reason = "prompt_exceeds_token_budget"

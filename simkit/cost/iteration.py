@@ -212,13 +212,32 @@ class IterationModel:
         )
         return t * self.layers
 
+    def decode_context(self, ctx: np.ndarray) -> tuple[float, float]:
+        """(sum, max) over decoding sequences of the tokens each attends: its cached context plus
+        itself, at most the model's sliding window."""
+        a = np.asarray(ctx, dtype=np.float64) + 1.0
+        w = self.model.sliding_window
+        if w is not None:
+            a = np.minimum(a, float(w))
+        return float(a.sum()), float(a.max())
+
     def prefill_attention(self, q: np.ndarray, ctx: np.ndarray) -> float:
         """Seconds of prefill attention (one varlen kernel per layer) over all layers of the stage."""
         heads, kvh, d, ab, kb = self._attn_consts()
         qf = q.astype(np.float64)
         tokens = float(qf.sum())
-        pairs = float((qf * ctx + qf * (qf + 1.0) / 2.0).sum())
-        kv_tokens = float(ctx.sum()) + tokens
+        w = self.model.sliding_window
+        if w is None:
+            pairs = float((qf * ctx + qf * (qf + 1.0) / 2.0).sum())
+            kv_tokens = float(ctx.sum()) + tokens
+        else:
+            # query position p attends min(p, w) keys: pairs = S(ctx + q) - S(ctx)
+            def S(n: np.ndarray) -> np.ndarray:
+                return np.where(n <= w, n * (n + 1.0) / 2.0, w * (w + 1.0) / 2.0 + (n - w) * w)
+
+            c = np.asarray(ctx, dtype=np.float64)
+            pairs = float((S(c + qf) - S(c)).sum())
+            kv_tokens = float(np.minimum(c, w).sum()) + tokens
         flops = np.asarray(4.0 * heads * d * pairs)
         byts = np.asarray(2.0 * tokens * heads * d * ab + 2.0 * kv_tokens * kvh * d * kb + 2.0 * tokens * kvh * d * kb)
         shape = {"tokens": tokens, "ctx": kv_tokens, "batch": float(len(q)), "heads": heads, "kv_heads": kvh, "head_dim": d, "pairs": pairs}
@@ -234,8 +253,8 @@ class IterationModel:
         total = 0.0
         nd = int(is_dec.sum())
         if nd:
-            dctx = ctx[is_dec]
-            total += float(self.decode_attention(nd, float(dctx.sum()) + nd, float(dctx.max()) + 1.0))
+            kv, longest = self.decode_context(ctx[is_dec])
+            total += float(self.decode_attention(nd, kv, longest))
         if nd < len(q):
             pre = ~is_dec
             total += self.prefill_attention(q[pre], ctx[pre].astype(np.float64))
@@ -257,13 +276,26 @@ class IterationModel:
             self._grow(batch)
         return float(self._body[batch] + self._head[batch]) + self.iteration_overhead
 
-    def decode_steps(self, batch: int, kv0: float, k: int, longest0: float | None = None) -> np.ndarray:
+    def decode_steps(
+        self, batch: int, kv0: float, k: int, longest0: float | None = None, contexts: np.ndarray | None = None
+    ) -> np.ndarray:
         """Seconds of each of ``k`` consecutive decode iterations of ``batch`` sequences whose
         contexts (tokens already cached) sum to ``kv0`` at the first iteration, the longest
-        being ``longest0`` (None: all of equal length)."""
+        being ``longest0`` (None: all of equal length). With a sliding-window model, pass the
+        ``contexts`` themselves: each sequence attends at most the window."""
         steps = np.arange(k, dtype=np.float64)
         kv = (kv0 + batch) + float(batch) * steps  # each new token attends itself
         longest = None if longest0 is None else (longest0 + 1.0) + steps
+        w = self.model.sliding_window
+        if w is not None and contexts is not None:
+            # at step j sequence i attends min(c_i + 1 + j, w): sum the uncapped ones (sorted
+            # prefix sums) and w for the rest, for every step at once
+            c = np.sort(np.asarray(contexts, dtype=np.float64)) + 1.0
+            cs = np.concatenate([[0.0], np.cumsum(c)])
+            n_unc = np.searchsorted(c, w - steps, side="left")
+            kv = cs[n_unc] + n_unc * steps + (batch - n_unc) * float(w)
+            if longest is not None:
+                longest = np.minimum(longest, float(w))
         if batch >= len(self._body):
             self._grow(batch)
         fixed = float(self._body[batch] + self._head[batch]) + self.iteration_overhead

@@ -98,7 +98,7 @@ class OffloadExecutor:
         if is_dec.any():
             nd = int(is_dec.sum())
             kv = float(ctx[is_dec].sum()) + nd
-            full = float(c.decode_attention(nd, kv, float(ctx[is_dec].max()) + 1.0)) / c.layers
+            full = float(c.decode_attention(nd, *c.decode_context(ctx[is_dec]))) / c.layers
             if cpu_attention and self.cpu_cost is not None:
                 g = lay.kv_frac.get("gpu", 0.0)
                 if lay.spill_after is not None:

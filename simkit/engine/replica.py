@@ -41,6 +41,9 @@ class ReplicaConfig:
     """KV positions >= this live in a lower tier: they take no KV blocks here."""
     spill_capacity_tokens: float = 0.0
     """Tokens the spill tier can hold (reserved per request at admission)."""
+    kv_cap_tokens: int | None = None
+    """Most tokens a sequence keeps in its KV blocks (a sliding-window model: the window plus
+    the block being filled, as vLLM's block manager recycles the oldest block)."""
 
 
 @dataclass
@@ -225,6 +228,8 @@ class Replica:
         hit_tokens = len(hashes) * self.cfg.hash_tokens
         tokens = int(reserve_tokens if reserve_tokens is not None else max(t.target[i], t.kv_len[i]) + 1)
         spill = 0.0
+        if self.cfg.kv_cap_tokens is not None:
+            tokens = min(tokens, self.cfg.kv_cap_tokens)
         if self.cfg.spill_after is not None:
             # the spill tier holds the request's positions beyond the threshold, reserved whole
             spill = float(max(int(t.input[i] + t.output[i]) - self.cfg.spill_after, 0))
@@ -431,6 +436,8 @@ class Replica:
         tok = t.kv_len[ids] + steps
         if self.cfg.spill_after is not None:
             tok = np.minimum(tok, self.cfg.spill_after)
+        if self.cfg.kv_cap_tokens is not None:
+            tok = np.minimum(tok, self.cfg.kv_cap_tokens)
         need = -(-tok // bs)
         return int(np.maximum(need - have, 0).sum())
 
@@ -445,6 +452,8 @@ class Replica:
         tok = (t.kv_len[ids] if kv is None else kv) + steps
         if self.cfg.spill_after is not None:
             tok = np.minimum(tok, self.cfg.spill_after)
+        if self.cfg.kv_cap_tokens is not None:
+            tok = np.minimum(tok, self.cfg.kv_cap_tokens)
         add = -(-tok // bs) - have
         np.maximum(add, 0, out=add)
         total = int(np.add.reduce(add))
@@ -679,7 +688,7 @@ class Replica:
                 fixed = self.cost.fixed_step_time(B)
                 if fixed > 0:
                     s = min(s, max(int(ta / fixed) + 2, 1))
-        times = self.cost.decode_steps(B, float(kv.sum()), s, float(kv.max()))
+        times = self.cost.decode_steps(B, float(kv.sum()), s, float(kv.max()), kv)
         ends = np.cumsum(times)
         if not exact and (self.policy.admits_on_arrival or not self.running):
             ta = self.next_arrival() - env.now
