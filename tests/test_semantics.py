@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -467,7 +469,7 @@ def test_hf_sliding_window_is_read():
 def _sw_model(tmp_path, window: int | None) -> str:  # type: ignore[no-untyped-def]
     import yaml
 
-    m = yaml.safe_load(open("workloads/models/llama-3-8b.yaml"))
+    m = yaml.safe_load(Path("workloads/models/llama-3-8b.yaml").read_text())
     m.update({"name": f"sw-{window}", "max_context": 32768})
     if window is not None:
         m["sliding_window"] = window
