@@ -477,6 +477,14 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             where=where,
             key="plan.routing",
         )
+    if policy_name in ("continuous", "disaggregated") and bat.max_num_batched_tokens < bat.max_num_seqs:
+        raise ScenarioError(
+            f"max_num_batched_tokens ({bat.max_num_batched_tokens}) is below max_num_seqs ({bat.max_num_seqs}): the "
+            "decodes of a full batch would exceed one iteration's token budget (vLLM refuses this too); raise "
+            "max_num_batched_tokens or lower max_num_seqs",
+            where=where,
+            key="plan.batching.max_num_batched_tokens",
+        )
     if policy_name == "chunked_prefill" and min(bat.chunk_size, bat.max_num_batched_tokens) < bat.max_num_seqs:
         # every running request decodes one token per iteration inside the budget: decodes alone
         # must never exceed it (vLLM refuses max_num_batched_tokens < max_num_seqs too)

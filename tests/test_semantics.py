@@ -513,3 +513,15 @@ def test_sliding_window_bounds_kv_and_attention(tmp_path):
     # prefill: a long prompt attends at most the window per query
     long_p = it.prefill_attention(np.array([8000]), np.array([0.0]))
     assert long_p < _cost("llama-3-8b").prefill_attention(np.array([8000]), np.array([0.0]))
+
+
+def test_continuous_refuses_a_token_budget_below_max_num_seqs():
+    from simkit.errors import ScenarioError
+
+    for policy in ("continuous", "disaggregated"):
+        data = make_scenario()
+        data["plan"]["batching"] = {"policy": policy, "max_num_seqs": 64, "max_num_batched_tokens": 32}
+        data["plan"]["parallel"] = {"replicas": 2}
+        with pytest.raises(ScenarioError) as e:
+            simulate(scenario_from_dict(data))
+        assert e.value.key == "plan.batching.max_num_batched_tokens"
