@@ -211,6 +211,27 @@ def cmd_offload_plan(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(a: argparse.Namespace) -> int:
+    from simkit.search import load_spec, print_table, run_search, write_search
+    from simkit.search.hints import vllm_hint
+    from simkit.search.store import RunStore
+
+    spec = load_spec(a.spec)
+    if a.top is not None:
+        spec.top = a.top
+    out = a.out or os.path.join("reports", f"search-{spec.name}")
+    res = run_search(spec, RunStore(out), exhaustive=a.exhaustive, progress=not a.no_progress)
+    paths = write_search(res, out)
+    print_table(res, sys.stdout)
+    if res.best is not None:
+        from simkit.scenario import load_scenario
+
+        print(vllm_hint(load_scenario(os.path.join(out, "best.yaml"))), end="")
+    print(f"wrote {', '.join(str(p) for p in paths if p.parent == paths[0].parent)} and {os.path.join(out, 'best')}/"
+          if res.best is not None else f"wrote {', '.join(str(p) for p in paths)}")
+    return 0 if res.best is not None else 1
+
+
 def cmd_calibrate(argv: list[str]) -> int:
     if argv and argv[0] == "import-profiles":
         from simkit.calibrate.vidur import main_import_profiles
@@ -273,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--confirm", type=int, default=3, help="simulate this many of the best LP plans")
     o.add_argument("--json", help="write the ranked plans as JSON here")
     o.set_defaults(func=cmd_offload_plan)
+
+    se = sub.add_parser("search", help="find the best deployment plan over a space of scenarios (docs/search.md)")
+    se.add_argument("spec", help="search YAML: base, space, constraints, objective")
+    se.add_argument("--out", help="output folder (default reports/search-<name>); rerunning resumes")
+    se.add_argument("--top", type=int, help="rank this many plans (overrides the file's top)")
+    se.add_argument("--exhaustive", action="store_true", help="simulate every candidate that passes screening (no pruning)")
+    se.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    se.set_defaults(func=cmd_search)
 
     sub.add_parser("calibrate", help="run microbenchmarks (see simkit calibrate --help) or import-profiles", add_help=False)
     sub.add_parser("validate", help="compare real torch runs with predictions (see simkit validate --help)", add_help=False)
