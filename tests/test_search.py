@@ -397,3 +397,21 @@ def test_write_search_without_feasible(tmp_path: Path) -> None:
     paths = write_search(res, tmp_path / "o")
     assert (tmp_path / "o" / "candidates.parquet") in paths
     assert res.best is None
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in Path("workloads/scenarios").glob("*.yaml")))
+def test_bounds_hold_on_shipped_scenarios(path: str) -> None:
+    """Every shipped scenario (pipeline, offload, MoE, chunked, disaggregated, CPU, prefix
+    cache, traces), shortened: screening agrees with the simulator and the bounds hold."""
+    from simkit.scenario import apply_overrides, load_scenario_data
+    from simkit.search.run import _check_bounds
+    from simkit.search.screen import Screener
+
+    data = apply_overrides(load_scenario_data(path), {"workload.limit": 12})
+    s = Screener(str(Path(path).resolve()), cost_metrics=False).screen(data, {})
+    row = evaluate(data, str(Path(path).resolve()))
+    if not s.ok:
+        assert row["status"] == "error" or s.category == "rejects every request", s.reason
+        return
+    assert row["status"] == "ok", row.get("error")
+    assert _check_bounds(s, row) == []
