@@ -64,6 +64,7 @@ class Screener:
         self._cal: dict[tuple[str, str, str], Any] = {}
         self._work: dict[str, Any] = {}
         self._floor: dict[str, tuple[float, float]] = {}
+        self._devices: dict[tuple[int, bool, str], tuple[Any, Any]] = {}
         self._offload: dict[str, Any] = {}
         self.unpriced: set[str] = set()
 
@@ -105,10 +106,10 @@ class Screener:
                 self._cal[k] = resolve_calibration(sc, device, quiet=True)[0]
         return self._cal[k]
 
-    def _workload(self, sc: Scenario) -> Any:
+    def _workload(self, sc: Scenario, raw: Any) -> Any:
         from simkit.simulate import build_workload
 
-        k = json.dumps([sc.workload.model_dump(mode="json"), sc.seed, sc.source], sort_keys=True)
+        k = json.dumps([raw, sc.seed, sc.source], sort_keys=True)  # plain data: cheap to serialise
         if k not in self._work:
             reqs = build_workload(sc)
             self._work[k] = reqs
@@ -178,15 +179,20 @@ class Screener:
             raise ScenarioError("offloading with pipeline parallelism (pp > 1) is not supported", where=where, key="plan.offload")
         use_cpu = plan.execution.device == "cpu" or node.gpu is None
         if use_cpu:
-            device = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
             if par.tp * par.pp * par.replicas > 1:
                 raise ScenarioError("tensor/pipeline parallelism and replicas need GPUs", where=where, key="plan.parallel")
             layout = Layout(1, 1, 1, 1, (model.num_layers,), 0, 1)
-        else:
-            device = ComputeDevice.from_gpu(node.gpu)
-        eff = self._calibration(sc, device)
-        if isinstance(getattr(eff, "device", None), dict):
-            device = device.calibrated(eff.device)
+        dk = (id(node), use_cpu, sc.calibration)
+        if dk not in self._devices:
+            if use_cpu:
+                device = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
+            else:
+                device = ComputeDevice.from_gpu(node.gpu)
+            eff = self._calibration(sc, device)
+            if isinstance(getattr(eff, "device", None), dict):
+                device = device.calibrated(eff.device)
+            self._devices[dk] = (device, eff)
+        device, eff = self._devices[dk]
         pp_ = plan.precision
         prec = Precision(pp_.weights, pp_.activations, pp_.kv_cache, pp_.group_size)
         tp = par.tp
@@ -213,7 +219,7 @@ class Screener:
             raise ScenarioError("disaggregated serving needs plan.parallel.replicas >= 2", where=where, key="plan.parallel.replicas")
         if disagg and bat.prefill_replicas >= n_rep:
             raise ScenarioError("plan.batching.prefill_replicas must be < plan.parallel.replicas", where=where, key="plan.batching.prefill_replicas")
-        reqs = self._workload(sc)
+        reqs = self._workload(sc, data.get("workload"))
         if plan.prefix_cache.enabled and reqs.prefix_block_tokens % plan.kv_cache.block_size:
             raise ScenarioError("prefix blocks must be a multiple of plan.kv_cache.block_size", where=where, key="plan.kv_cache.block_size")
         # ---- exact facts ----
