@@ -252,6 +252,12 @@ def cmd_validate(argv: list[str]) -> int:
     return val_main(argv)
 
 
+def cmd_study(argv: list[str]) -> int:
+    from simkit.study.cli import main as study_main
+
+    return study_main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="simkit", description="Performance simulator and cost-model analyzer for LLM inference.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -305,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("calibrate", help="run microbenchmarks (see simkit calibrate --help) or import-profiles", add_help=False)
     sub.add_parser("validate", help="compare real torch runs with predictions (see simkit validate --help)", add_help=False)
+    sub.add_parser("study", help="run a what-if study YAML, or `study show DIR` (see simkit study --help)", add_help=False)
     return p
 
 
@@ -315,6 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_calibrate(args[1:])
         if args and args[0] == "validate":
             return cmd_validate(args[1:])
+        if args and args[0] == "study":
+            return cmd_study(args[1:])
         ns = build_parser().parse_args(args)
         return int(ns.func(ns))
     except SimkitError as e:

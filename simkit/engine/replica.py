@@ -105,8 +105,11 @@ class IterationLog:
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self.rows: list[tuple[Any, ...]] = []
+        self.kv_block_seconds = 0.0
+        """Sum over steps of duration x KV blocks in use (kept whether or not rows are recorded)."""
 
     def add(self, *row: Any) -> None:
+        self.kv_block_seconds += (row[2] - row[1]) * row[7]
         if self.enabled:
             self.rows.append(row)
 
