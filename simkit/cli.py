@@ -214,7 +214,7 @@ def cmd_offload_plan(a: argparse.Namespace) -> int:
 def cmd_search(a: argparse.Namespace) -> int:
     from simkit.search import load_spec, print_table, run_search, write_search
     from simkit.search.hints import vllm_hint
-    from simkit.search.store import RunStore
+    from simkit.study.store import RunStore
 
     spec = load_spec(a.spec)
     if a.top is not None:

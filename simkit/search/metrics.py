@@ -99,19 +99,3 @@ def derive(s: dict[str, Any]) -> dict[str, float]:
         "goodput_output_tokens_per_usd": _div(good, price) * 3600.0,
         "tokens_per_s_per_user": _div(1.0, s.get("tpot_p50_s")),
     }
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dicts flattened as ``a.b``; lists stored as JSON strings (the runs.parquet rule)."""
-    import json
-
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        name = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, name + "."))
-        elif isinstance(v, list | tuple):
-            out[name] = json.dumps(v, sort_keys=True)
-        else:
-            out[name] = v
-    return out

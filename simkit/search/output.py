@@ -184,9 +184,9 @@ def write_search(res: SearchResult, out: str | Path) -> list[Path]:
         p.write_text(f"# best plan of search {res.spec.name!r} (candidate {best.cid}); `simkit run` reproduces it\n"
                      + yaml.safe_dump(pd_, sort_keys=False))
         paths.append(p)
-        from simkit.scenario import load_scenario
-
         import warnings
+
+        from simkit.scenario import load_scenario
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

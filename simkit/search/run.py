@@ -12,38 +12,32 @@ from __future__ import annotations
 import math
 import sys
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from simkit.errors import SimkitError
 from simkit.scenario import apply_overrides, scenario_from_dict
-from simkit.search.metrics import derive, flatten
+from simkit.search.metrics import derive
 from simkit.search.screen import Screened, Screener
 from simkit.search.spec import Constraint, SearchError, SearchSpec
-from simkit.search.store import RunStore, scenario_hash
+from simkit.study.store import RunStore, scenario_hash
 
 COST_METRICS = ("cost_usd", "cost_per_hour_usd", "usd_per_million_output_tokens", "output_tokens_per_usd",
                 "goodput_output_tokens_per_usd", "max_rate_rps_per_usd_hour")
 
 
 def evaluate(data: dict[str, Any], where: str) -> dict[str, Any]:
-    """Simulate one complete scenario: ``{"status": "ok", <summary metrics flattened>, <derived>}``
-    or ``{"status": "error", "error": message}``. The one place a search simulates."""
-    from simkit.simulate import simulate
+    """Simulate one complete scenario through the study executor's ``run_task``: the row has
+    ``status`` (ok|error), ``error``, the summary metrics flattened (``a.b``) and the search's
+    derived metrics. The one place a search simulates."""
+    from simkit.study.executor import Task, run_task
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            res = simulate(scenario_from_dict(data, where=where), record_iterations=False)
-    except SimkitError as e:
-        return {"status": "error", "error": (f"{e.key}: " if e.key else "") + e.message}
-    s = dict(res.summary)
-    s.pop("sim_wall_s", None)
-    row = {"status": "ok", "error": "", **flatten(s)}
-    row.update(derive(s))
+    rid = scenario_hash(data)
+    row = run_task(Task(rid, data, str(Path(where).parent), {}, source=where))
+    if row.get("status") == "ok":
+        row.update(derive(row))
     return row
 
 
@@ -186,8 +180,8 @@ def run_search(
         cap_rate = _base_rate(spec, live[0].screen.data or spec.base)
     sign = -1.0 if spec.maximize else 1.0
     order = sorted(live, key=lambda c: (sign * optimistic(spec, c.screen), c.index))
-    store = store if store is not None else RunStore(None)
-    done_ids = store.done()
+    done_ids = store.done() if store is not None else set()
+    memo: dict[str, dict[str, Any]] = {}
     top: list[tuple[tuple[float, int], Cand]] = []
     sims = 0
     reused = 0
@@ -198,13 +192,20 @@ def run_search(
     def run_one(data: dict[str, Any]) -> dict[str, Any]:
         nonlocal sims, reused
         rid = scenario_hash(data)
-        if rid in done_ids:
+        if rid in memo:
+            return memo[rid]
+        if rid in done_ids and store is not None:
             reused += 1
-            return store.get(rid)
-        row = evaluator(data, spec.where)
-        sims += 1
-        store.put(rid, row)
-        done_ids.add(rid)
+            row = store.row(rid)
+        else:
+            row = evaluator(data, spec.where)
+            sims += 1
+            if store is not None:
+                from simkit.study.executor import scenario_yaml
+
+                store.put_files(rid, {"scenario.yaml": scenario_yaml(data)})
+                store.put(rid, row)
+        memo[rid] = row
         return row
 
     try:
