@@ -219,8 +219,8 @@ def print_table(res: SearchResult, stream: TextIO) -> None:
     spec = res.spec
     sense = "max" if spec.maximize else "min"
     w(f"search {spec.name!r}: {len(res.cands)} candidates, {sum(c.simulated for c in res.cands)} simulated "
-      f"({res.simulations} new, {res.reused} reused), {sum(c.pruned for c in res.cands)} pruned by bound, "
-      f"{res.wall_s:.1f} s\n")
+      f"({res.simulations} simulations run, {res.reused} reused from an earlier run), "
+      f"{sum(c.pruned for c in res.cands)} pruned by bound, {res.wall_s:.1f} s\n")
     w(f"objective: {sense}imize {spec.objective}"
       + (f"; constraints: {', '.join(c.label() for c in spec.constraints)}" if spec.constraints else "") + "\n")
     metrics = [spec.objective, *[m for m in TABLE_METRICS if m != spec.objective]]

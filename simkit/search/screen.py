@@ -251,6 +251,7 @@ class Screener:
             rejected |= reqs.input_tokens > bat.max_num_batched_tokens
         adm = ~rejected
         exact["requests_rejected"] = int(rejected.sum())
+        exact["requests_unfinished"] = 0  # the engine runs until no admitted request is left
         lo: dict[str, float] = {}
         hi: dict[str, float] = {}
         if not adm.any():
