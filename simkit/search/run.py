@@ -413,4 +413,11 @@ def closest_miss(res: SearchResult) -> str | None:
             best_v = v
     lim = ", ".join(x.label() for x in cons)
     close = f"; the closest plan reached {metric} = {best_v:.4g}" if best_v is not None else ""
+    if best_v is None and cons:
+        # nothing simulated: the bounds proved it; say how far the best bound is
+        side = [c.screen.lo.get(metric) if cons[0].bound == "max" else c.screen.hi.get(metric) for c in res.cands]
+        vals = [v for v in side if v is not None]
+        if vals:
+            v = min(vals) if cons[0].bound == "max" else max(vals)
+            close = f"; no plan can reach it: the best possible is {metric} {'>=' if cons[0].bound == 'max' else '<='} {v:.4g}"
     return f"constraint {lim} removed the most plans ({n}){close}"
