@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from simkit.cli import main
 from simkit.search import SearchError, parse_spec, run_search, write_search
@@ -75,8 +77,9 @@ def _key(res: Any, c: Any) -> tuple[float, int]:
 )
 def test_branch_and_bound_equals_exhaustive(tmp_path: Path, objective: dict, constraints: dict) -> None:
     spec = spec_of(tmp_path, objective=objective, constraints=constraints)
-    ex = run_search(spec, exhaustive=True)
-    bb = run_search(spec)
+    store = RunStore(tmp_path / "runs")  # the branch-and-bound run reuses the exhaustive run's simulations
+    ex = run_search(spec, store, exhaustive=True)
+    bb = run_search(spec, store)
     assert ex.bound_violations == [] and bb.bound_violations == []
     assert ex.best is not None and bb.best is not None
     assert [c.cid for c in bb.top] == [c.cid for c in ex.top]
@@ -95,6 +98,48 @@ def test_branch_and_bound_equals_exhaustive(tmp_path: Path, objective: dict, con
             assert evaluate(c.screen.data or {}, spec.where)["status"] == "error" or c.category == "rejects every request"
     # every simulated plan respects its bounds (checked inside the search) and pruning paid off
     assert sum(c.simulated for c in bb.cands) <= sum(c.simulated for c in ex.cands)
+
+
+def test_branch_and_bound_equals_exhaustive_layouts_and_policies(tmp_path: Path) -> None:
+    """Pipeline stages, replicas, static / chunked / continuous batching and int4 weights."""
+    spec = spec_of(
+        tmp_path,
+        space={"gpu": ["a100-80gb-sxm", "l4"], "layout": {"max_gpus": 4, "tp": [1, 2], "pp": [1, 2], "replicas": [1, 2]},
+               "plan.batching.policy": ["static", "chunked_prefill"], "precision": ["int4"]},
+        objective={"maximize": "output_tokens_per_usd"},
+        constraints={"tpot_p90_s": {"max": 0.08}},
+        top=2,
+    )
+    store = RunStore(tmp_path / "runs")  # the branch-and-bound run reuses the exhaustive run's simulations
+    ex = run_search(spec, store, exhaustive=True)
+    bb = run_search(spec, store)
+    assert ex.bound_violations == [] and bb.bound_violations == []
+    assert [c.cid for c in bb.top] == [c.cid for c in ex.top]
+    assert sum(c.pruned for c in bb.cands) > 0
+    nth = _key(ex, ex.top[-1])
+    by_id = {c.cid: c for c in ex.cands}
+    for c in bb.cands:
+        if c.pruned and by_id[c.cid].feasible:
+            assert _key(ex, by_id[c.cid]) > nth
+
+
+@settings(max_examples=60, deadline=None)
+@given(thr=st.floats(0.51, 19.9), lo=st.floats(0.05, 0.5), tol=st.floats(0.001, 0.2))
+def test_bisect_rate_property(thr: float, lo: float, tol: float) -> None:
+    r, capped, n = bisect_rate(lambda x: x <= thr, lo, 20.0, tol)
+    assert r is not None and not capped
+    assert r <= thr < r * (1 + tol)
+    assert n <= 3 + math.ceil(math.log2((20.0 - lo) / (tol * lo)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(a=st.integers(1, 50), n=st.integers(0, 30), step=st.integers(1, 7))
+def test_integer_ranges(a: int, n: int, step: int) -> None:
+    from simkit.search.spec import _range
+
+    vals = _range("k", {"from": a, "to": a + n, "step": step})
+    assert vals == list(range(a, a + n + 1, step))
+    assert all(isinstance(v, int) for v in vals)
 
 
 def test_pruning_prunes(tmp_path: Path) -> None:
@@ -416,3 +461,18 @@ def test_bounds_hold_on_shipped_scenarios(path: str) -> None:
         return
     assert row["status"] == "ok", row.get("error")
     assert _check_bounds(s, row) == []
+
+
+def test_best_yaml_paths_resolve_from_the_output_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A base with a relative trace path: best.yaml in another folder still finds the trace."""
+    repo = Path.cwd()
+    sp = tmp_path / "s.yaml"
+    sp.write_text(yaml.safe_dump({"base": str(repo / "workloads/scenarios/azure-conv-continuous.yaml"),
+                                  "space": {"workload.limit": [20], "plan.batching.max_num_seqs": [32, 64]},
+                                  "objective": {"minimize": "ttft_p90_s"}}, sort_keys=False))
+    out = tmp_path / "deep" / "out"
+    assert main(["search", str(sp), "--out", str(out), "--no-progress"]) == 0
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert not Path(best["workload"]["trace"]["path"]).is_absolute()
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(out / "best.yaml"), "--out", str(tmp_path / "again")]) == 0
