@@ -1,6 +1,6 @@
 """Speed and exactness of `simkit search` on a plan space of >= 10,000 candidates.
 
-    python benchmarks/search_speed.py [SEARCH.yaml] [--audit N] [--seed S]
+    python benchmarks/search_speed.py [SEARCH.yaml] [--jobs J] [--audit N] [--seed S]
 
 Default search file: workloads/searches/fleet-10k.yaml (12,480 candidates: six GPU types x 26
 tp/pp/replica layouts on up to 8 GPUs x 5 batch sizes x 4 precisions x 2 batching policies x 2
@@ -10,7 +10,8 @@ pruned by the bound, and the wall and CPU seconds of screening and of the whole 
 ``--audit N`` then simulates N randomly chosen pruned candidates (seeded) and checks that none
 of them beats the N-th best plan the search returned and that every bound held: an empirical
 check of the pruning on top of the derivation in docs/search.md. Timings on a shared machine
-are noisy: CPU seconds are the steadier figure.
+are noisy: CPU seconds (of this process; with --jobs > 1 the workers' are not counted) are the
+steadier figure.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("search", nargs="?", default=str(ROOT / "workloads" / "searches" / "fleet-10k.yaml"))
     ap.add_argument("--audit", type=int, default=0, help="simulate this many pruned candidates and check them")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes simulating at once")
     a = ap.parse_args(argv)
 
     from simkit.search import load_spec, run_search
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     spec = load_spec(a.search)
     w0, c0 = time.perf_counter(), time.process_time()
-    res = run_search(spec)
+    res = run_search(spec, jobs=a.jobs)
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     n = len(res.cands)
     screened_out = sum(1 for c in res.cands if not c.screen.ok)

@@ -220,7 +220,9 @@ def cmd_search(a: argparse.Namespace) -> int:
     if a.top is not None:
         spec.top = a.top
     out = a.out or os.path.join("reports", f"search-{spec.name}")
-    res = run_search(spec, RunStore(out), exhaustive=a.exhaustive, progress=not a.no_progress)
+    if a.jobs < 1:
+        raise SimkitError(f"--jobs: expected an integer >= 1, got {a.jobs}")
+    res = run_search(spec, RunStore(out), exhaustive=a.exhaustive, progress=not a.no_progress, jobs=a.jobs)
     paths = write_search(res, out)
     print_table(res, sys.stdout)
     if res.best is not None:
@@ -306,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--out", help="output folder (default reports/search-<name>); rerunning resumes")
     se.add_argument("--top", type=int, help="rank this many plans (overrides the file's top)")
     se.add_argument("--exhaustive", action="store_true", help="simulate every candidate that passes screening (no pruning)")
+    se.add_argument("--jobs", type=int, default=1, help="simulate this many candidates at once in worker processes")
     se.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     se.set_defaults(func=cmd_search)
 

@@ -142,6 +142,15 @@ def test_integer_ranges(a: int, n: int, step: int) -> None:
     assert all(isinstance(v, int) for v in vals)
 
 
+def test_parallel_jobs_same_answer(tmp_path: Path) -> None:
+    spec = spec_of(tmp_path, constraints={"ttft_p90_s": {"max": 0.5}, "tpot_p90_s": {"max": 0.05}})
+    one = run_search(spec)
+    two = run_search(spec, RunStore(tmp_path / "two"), jobs=2)
+    assert [c.cid for c in two.top] == [c.cid for c in one.top]
+    assert [c.row[spec.objective] for c in two.top] == [c.row[spec.objective] for c in one.top]
+    assert len(RunStore(tmp_path / "two").done()) == two.simulations
+
+
 def test_pruning_prunes(tmp_path: Path) -> None:
     spec = spec_of(tmp_path, objective={"maximize": "output_tokens_per_s_per_gpu"}, top=1)
     res = run_search(spec)

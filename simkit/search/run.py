@@ -141,10 +141,13 @@ def run_search(
     *,
     exhaustive: bool = False,
     progress: bool = False,
+    jobs: int = 1,
     evaluator: Callable[[dict[str, Any], str], dict[str, Any]] = evaluate,
 ) -> SearchResult:
     """Screen, bound and simulate; see the module docstring. ``evaluator`` is the function that
-    simulates one scenario (tests count calls through it)."""
+    simulates one scenario (tests count calls through it). ``jobs`` > 1 simulates that many
+    candidates at once in worker processes (not in capacity mode): the answer is the same, a
+    few more candidates may be simulated than one process would."""
     t_start = time.perf_counter()
     uses_cost = spec.objective in COST_METRICS or any(c.metric in COST_METRICS for c in spec.constraints)
     scr = Screener(spec.where, uses_cost)
@@ -189,16 +192,19 @@ def run_search(
     prog = Progress(len(order), progress)
     exh = exhaustive
 
-    def run_one(data: dict[str, Any]) -> dict[str, Any]:
+    def run_one(data: dict[str, Any], row: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The row of one scenario: remembered, from the store, or simulated now (``row``: a
+        result a worker process computed, to be stored)."""
         nonlocal sims, reused
         rid = scenario_hash(data)
         if rid in memo:
             return memo[rid]
-        if rid in done_ids and store is not None:
+        if row is None and rid in done_ids and store is not None:
             reused += 1
             row = store.row(rid)
         else:
-            row = evaluator(data, spec.where)
+            if row is None:
+                row = evaluator(data, spec.where)
             sims += 1
             if store is not None:
                 from simkit.study.executor import scenario_yaml
@@ -208,49 +214,115 @@ def run_search(
         memo[rid] = row
         return row
 
+    def pruned(c: Cand) -> bool:
+        bkey = (sign * optimistic(spec, c.screen), c.index)
+        return not exh and len(top) >= spec.top and not bkey < top[-1][0]
+
+    def prune_rest(rest: list[Cand]) -> None:
+        for r in rest:
+            r.pruned = True
+            r.reason = f"pruned: its bound on {spec.objective} cannot beat the top {spec.top}"
+            r.category = "pruned by bound"
+
+    def settle(c: Cand, row: dict[str, Any]) -> None:
+        nonlocal exh
+        c.row = row
+        c.simulated = True
+        if row.get("status") != "ok":
+            c.reason = row.get("error", "simulation failed")
+            c.category = "simulation error"
+            return
+        if spec.capacity is None:
+            bad = _check_bounds(c.screen, row)
+            if bad:
+                violations.extend(f"{c.cid}: {b}" for b in bad)
+                exh = True  # never trust the bounds again in this search
+        v = _violations(spec.constraints, row)
+        if v:
+            c.reason = row.get("capacity_reason") or "; ".join(f"{x.metric} = {_fmt(row.get(x.metric))}, limit {x.value:g}" for x in v)
+            c.category = f"constraint {v[0].metric}"
+            return
+        val = _num(row.get(spec.objective))
+        if val is None:
+            c.reason = f"objective {spec.objective} is undefined for this plan"
+            c.category = "objective undefined"
+            return
+        c.feasible = True
+        top.append(((sign * val, c.index), c))
+        top.sort(key=lambda t: t[0])
+        del top[spec.top:]
+
     try:
-        for k, c in enumerate(order):
-            bkey = (sign * optimistic(spec, c.screen), c.index)
-            if not exh and len(top) >= spec.top and not bkey < top[-1][0]:
-                for rest in order[k:]:
-                    rest.pruned = True
-                    rest.reason = f"pruned: its bound on {spec.objective} cannot beat the top {spec.top}"
-                    rest.category = "pruned by bound"
-                break
-            assert c.screen.data is not None
-            if spec.capacity is not None:
-                row = _capacity_eval(spec, c, run_one, cap_rate)
-            else:
-                row = run_one(c.screen.data)
-            c.row = row
-            c.simulated = True
-            prog.update(sims + reused, len(order) - k - 1)
-            if row.get("status") != "ok":
-                c.reason = row.get("error", "simulation failed")
-                c.category = "simulation error"
-                continue
-            if spec.capacity is None:
-                bad = _check_bounds(c.screen, row)
-                if bad:
-                    violations.extend(f"{c.cid}: {b}" for b in bad)
-                    exh = True  # never trust the bounds again in this search
-            v = _violations(spec.constraints, row)
-            if v:
-                c.reason = row.get("capacity_reason") or "; ".join(f"{x.metric} = {_fmt(row.get(x.metric))}, limit {x.value:g}" for x in v)
-                c.category = f"constraint {v[0].metric}"
-                continue
-            val = _num(row.get(spec.objective))
-            if val is None:
-                c.reason = f"objective {spec.objective} is undefined for this plan"
-                c.category = "objective undefined"
-                continue
-            c.feasible = True
-            top.append(((sign * val, c.index), c))
-            top.sort(key=lambda t: t[0])
-            del top[spec.top:]
+        if jobs > 1 and spec.capacity is None:
+            _parallel(order, jobs, pruned, prune_rest, settle, run_one, memo, done_ids, evaluator, spec.where,
+                      lambda left: prog.update(sims + reused, left))
+        else:
+            for k, c in enumerate(order):
+                if pruned(c):
+                    prune_rest(order[k:])
+                    break
+                assert c.screen.data is not None
+                if spec.capacity is not None:
+                    row = _capacity_eval(spec, c, run_one, cap_rate)
+                else:
+                    row = run_one(c.screen.data)
+                settle(c, row)
+                prog.update(sims + reused, len(order) - k - 1)
     finally:
         prog.close()
     return SearchResult(spec, cands, [c for _, c in top], sims, reused, time.perf_counter() - t_start, violations, exh)
+
+
+def _parallel(
+    order: list[Cand],
+    jobs: int,
+    pruned: Callable[[Cand], bool],
+    prune_rest: Callable[[list[Cand]], None],
+    settle: Callable[[Cand, dict[str, Any]], None],
+    run_one: Callable[..., dict[str, Any]],
+    memo: dict[str, dict[str, Any]],
+    done_ids: set[str],
+    evaluator: Callable[[dict[str, Any], str], dict[str, Any]],
+    where: str,
+    update: Callable[[int], None],
+) -> None:
+    """Branch and bound with up to ``jobs`` simulations in flight. A candidate is submitted only
+    if it can still enter the top N; the top N only improves while others run, so whatever it
+    prunes stays pruned, and the result equals the sequential search's."""
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+
+    methods = mp.get_all_start_methods()
+    ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" in methods:
+        ctx.set_forkserver_preload(["simkit.search.run", "simkit.simulate"])
+    pending = list(reversed(order))
+    running: dict[Future[Any], Cand] = {}
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
+    try:
+        while True:
+            while len(running) < jobs and pending:
+                c = pending[-1]
+                if pruned(c):
+                    prune_rest(list(reversed(pending)))
+                    pending.clear()
+                    break
+                pending.pop()
+                assert c.screen.data is not None
+                if scenario_hash(c.screen.data) in memo or scenario_hash(c.screen.data) in done_ids:
+                    settle(c, run_one(c.screen.data))
+                    continue
+                running[pool.submit(evaluator, c.screen.data, where)] = c
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in sorted(finished, key=lambda f: running[f].index):
+                c = running.pop(f)
+                assert c.screen.data is not None
+                settle(c, run_one(c.screen.data, f.result()))
+            update(len(pending) + len(running))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _num(v: Any) -> float | None:
