@@ -81,6 +81,8 @@ def test_run_store_roundtrip(tmp_path):
     st.put("r2", {"run_id": "r2", "status": "error", "error": "no"})
     assert st.done() == {"r1", "r2"}
     assert [r["run_id"] for r in st.rows()] == ["r1", "r2"]
+    st.put("r3", {"run_id": "r3", "a": 1}, labels=["a"])
+    assert st.labels("r3") == ["a"] and st.row("r3") == {"run_id": "r3", "a": 1} and st.labels("r1") == []
     assert st.rows()[0]["x"] == 1.5
     assert not [p for p in tmp_path.rglob("*.tmp")]
 
@@ -136,6 +138,7 @@ def test_ranges_with_units(tmp_path):
     vals = lambda k: list(dict.fromkeys(t.labels[k] for t in tasks))  # noqa: E731
     assert vals("plan.execution.iteration_overhead") == ["1 ms", "10 ms", "100 ms"]
     assert vals("workload.synthetic.arrival.rate") == [2, 6, 10]
+    assert all(isinstance(v, int) for v in vals("workload.synthetic.arrival.rate"))
     assert vals("plan.kv_cache.gpu_memory_utilization") == [0.5, 0.7, 0.9]
     assert vals("plan.batching.max_num_seqs") == [2, 5, 15, 40]
     assert all(isinstance(v, int) for v in vals("plan.batching.max_num_seqs"))
@@ -355,7 +358,7 @@ def test_summary_without_tables_matches_a_plain_run(tmp_path):
 
 def _metrics_frame(folder: Path) -> pd.DataFrame:
     df = load(folder)
-    return df.drop(columns=["sim_wall_s"]).sort_values("run_id").reset_index(drop=True)
+    return df.drop(columns=["sim_wall_s"], errors="ignore").sort_values("run_id").reset_index(drop=True)
 
 
 def test_process_pool_gives_the_same_rows(tmp_path):
@@ -386,13 +389,25 @@ def test_ray_gives_identical_results(tmp_path, ray_local):
     for rid in load(tmp_path / "ray")["run_id"]:
         for f in ("scenario.yaml", "requests.parquet"):
             assert (tmp_path / "ray" / "runs" / rid / f).read_bytes() == (tmp_path / "local" / "runs" / rid / f).read_bytes()
-    # resuming on Ray recomputes nothing
+    # resuming on Ray recomputes nothing; the command line reaches the same instance
     assert run_study(p, tmp_path / "ray", executor="ray", progress=False).stats.ran == 0
+    assert main(["study", str(p), "--out", str(tmp_path / "cli"), "--executor", "ray", "--no-progress"]) == 0
+    pd.testing.assert_frame_equal(_metrics_frame(tmp_path / "local"), _metrics_frame(tmp_path / "cli"))
 
 
-def test_kill_9_then_restart_loses_and_duplicates_nothing(tmp_path):
+def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    p = write_study(tmp_path, {"base": tiny_base(), "axes": {"grid": {"plan.batching.max_num_seqs": [4]}}})
+    with pytest.raises(StudyError, match=r"simkit\[ray\]"):
+        run_study(p, tmp_path / "out", executor="ray", progress=False)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_kill_9_then_restart_loses_and_duplicates_nothing(tmp_path, jobs):
     """A real `simkit study` process killed with SIGKILL mid-study, then started again: every run
-    finished before the kill is kept (not recomputed), the others run exactly once."""
+    finished before the kill is kept (not recomputed), the others run exactly once, and no worker
+    process outlives the killed study."""
+    psutil = pytest.importorskip("psutil")
     p = write_study(tmp_path, {"base": tiny_base(workload={"synthetic": {
         "num_requests": 200, "arrival": {"process": "poisson", "rate": 20},
         "lengths": {"input": {"dist": "fixed", "value": 256}, "output": {"dist": "fixed", "value": 64}}}}),
@@ -400,29 +415,33 @@ def test_kill_9_then_restart_loses_and_duplicates_nothing(tmp_path):
     out = tmp_path / "out"
     log = tmp_path / "sims.log"
     wrapper = tmp_path / "wrapper.py"
-    wrapper.write_text(
+    wrapper.write_text(  # counts the simulations of this process (with --jobs 1 every run is one)
         "import sys\nimport simkit.simulate as s\nreal = s.simulate\n"
         "def counting(sc, **kw):\n"
         f"    r = real(sc, **kw)\n    open({str(log)!r}, 'a').write(sc.raw_data()['name'] + ' done\\n')\n    return r\n"
-        "s.simulate = counting\nfrom simkit.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+        "s.simulate = counting\nfrom simkit.cli import main\nif __name__ == '__main__':\n    sys.exit(main(sys.argv[1:]))\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, str(wrapper), "study", str(p), "--out", str(out), "--jobs", "1", "--no-progress"]
+    cmd = [sys.executable, str(wrapper), "study", str(p), "--out", str(out), "--jobs", str(jobs), "--no-progress"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     store = RunStore(out)
     deadline = time.time() + 240
     while len(store.done()) < 3 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
+    children = psutil.Process(proc.pid).children(recursive=True)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    _, alive = psutil.wait_procs(children, timeout=20)
+    assert not alive, f"processes outlived the killed study: {alive}"
     done_at_kill = store.done()
     assert 3 <= len(done_at_kill) < 12, "the study finished before it could be killed; make runs longer"
     snapshot = {r: (out / "runs" / r / "row.json").read_bytes() for r in done_at_kill}
     log.write_text("")
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
-    ran_again = len(log.read_text().splitlines())
-    assert ran_again == 12 - len(done_at_kill)
+    assert f"{12 - len(done_at_kill)} simulated now (0 failed), {len(done_at_kill)} reused" in res.stdout
+    if jobs == 1:
+        assert len(log.read_text().splitlines()) == 12 - len(done_at_kill)
     df = load(out)
     assert len(df) == 12 and df["run_id"].is_unique and set(df["status"]) == {"ok"}
     for r, b in snapshot.items():
@@ -535,3 +554,91 @@ def test_shipped_examples_run(tmp_path, name):
 
 def test_every_shipped_example_is_tested():
     assert sorted(p.name for p in (ROOT / "workloads" / "studies").glob("*.yaml")) == sorted(CUTS)
+
+
+# ---- properties --------------------------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from simkit.study.spec import Range, axis_values  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(lo=st.floats(0.001, 1000), factor=st.floats(1.5, 1000), count=st.integers(2, 30),
+       scale=st.sampled_from(["linear", "log"]), unit=st.sampled_from(["ms", "GiB", "GB/s"]))
+def test_unit_range_points_property(lo, factor, count, scale, unit):
+    hi = lo * factor
+    text = f"{lo:.6g} {unit}..{hi:.6g} {unit}"
+    rng, spec = Range.parse({"range": text, "count": count, "scale": scale}, "k")
+    try:
+        pts = rng.points(spec, "k")
+    except StudyError as e:  # 6 significant digits can merge neighbouring points: refused, not silently merged
+        assert "repeated values" in e.message
+        return
+    assert len(pts) == count and pts[0] == f"{float(f'{lo:.6g}'):.6g} {unit}" and pts[-1] == f"{float(f'{hi:.6g}'):.6g} {unit}"
+    parse = {"ms": lambda s: float(s.split()[0]), "GiB": lambda s: float(s.split()[0]), "GB/s": lambda s: float(s.split()[0])}[unit]
+    vals = [parse(p) for p in pts]
+    assert vals == sorted(vals) and len(set(vals)) == count
+
+
+@settings(max_examples=60, deadline=None)
+@given(lo=st.integers(0, 100), span=st.integers(1, 500), step=st.integers(1, 50))
+def test_integer_step_range_property(lo, span, step):
+    pts = axis_values({"range": f"{lo}..{lo + span}", "step": step}, "k")
+    assert pts == list(range(lo, lo + span + 1, step))
+    assert all(isinstance(p, int) for p in pts)
+
+
+@settings(max_examples=25, deadline=None)
+@given(sizes=st.lists(st.integers(1, 4), min_size=1, max_size=3), n_variants=st.integers(0, 3), repeat=st.integers(1, 3))
+def test_run_count_and_ids_property(tmp_path_factory, sizes, n_variants, repeat):
+    keys = ["plan.batching.max_num_seqs", "plan.kv_cache.block_size", "plan.batching.max_num_batched_tokens"]
+    grid = {keys[i]: [2 ** (4 + j) for j in range(n)] for i, n in enumerate(sizes)}
+    variants = {f"v{i}": {"plan.kv_cache.watermark": 0.01 * (i + 1)} for i in range(n_variants)}
+    tmp = tmp_path_factory.mktemp("prop")
+    st_ = load_study(write_study(tmp, {"base": tiny_base(), "variants": variants, "axes": {"grid": grid}, "repeat": repeat}))
+    tasks = st_.tasks()
+    n = 1
+    for s in sizes:
+        n *= s
+    assert len(tasks) == n * max(1, n_variants) * repeat
+    assert len({t.run_id for t in tasks}) == len(tasks)  # every combination is a distinct scenario
+    assert len({json.dumps(t.labels, sort_keys=True) for t in tasks}) == len(tasks)
+
+
+def test_cli_dry_run_and_set(tmp_path, capsys, count_sims):
+    p = write_study(tmp_path, {"base": tiny_base(), "axes": {"grid": {"plan.batching.max_num_seqs": [4, 8, 16]}}})
+    out = tmp_path / "out"
+    assert main(["study", str(p), "--out", str(out), "--dry-run"]) == 0
+    assert "3 runs (3 distinct scenarios), 0 already in" in capsys.readouterr().out and count_sims == []
+    assert main(["study", str(p), "--out", str(out), "--jobs", "1", "--no-progress", "--set", "workload.synthetic.num_requests=3"]) == 0
+    assert len(count_sims) == 3 and all(c["workload"]["synthetic"]["num_requests"] == 3 for c in count_sims)
+    assert set(load(out)["requests_total"]) == {3}
+    capsys.readouterr()
+    assert main(["study", str(p), "--out", str(out), "--dry-run", "--set", "workload.synthetic.num_requests=3"]) == 0
+    assert "3 already in" in capsys.readouterr().out
+    assert main(["study", str(p), "--out", str(out), "--set", "plan.parallel.tpp=2"]) == 2
+    assert "set.plan.parallel.tpp" in capsys.readouterr().err
+
+
+def test_stored_scenario_reproduces_the_run(tmp_path, monkeypatch):
+    """runs/<run_id>/scenario.yaml is self-contained: `simkit run` on it, from another folder,
+    gives the stored summary (relative trace paths were made absolute)."""
+    import shutil
+
+    (tmp_path / "sc").mkdir()
+    shutil.copy(ROOT / "workloads/traces/burstgpt_sample.csv", tmp_path / "sc" / "trace.csv")
+    (tmp_path / "sc" / "base.yaml").write_text(yaml.safe_dump(tiny_base(workload={"trace": {"path": "trace.csv"}, "limit": 20})))
+    p = write_study(tmp_path, {"base": "sc/base.yaml", "axes": {"grid": {"plan.batching.max_num_seqs": [2, 16]}}})
+    run_study(p, tmp_path / "out", progress=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for rid in load(tmp_path / "out")["run_id"]:
+        d = tmp_path / "out" / "runs" / rid
+        assert main(["run", str(d / "scenario.yaml"), "--out", str(elsewhere / rid)]) == 0
+        a = json.loads((d / "summary.json").read_text())
+        b = json.loads((elsewhere / rid / "summary.json").read_text())
+        a.pop("sim_wall_s", None)
+        b.pop("sim_wall_s", None)
+        assert a == b

@@ -24,7 +24,7 @@ import yaml
 
 from simkit.errors import SimkitError, StudyError
 from simkit.study.progress import Progress
-from simkit.study.store import LABELS_FILE, RunStore, atomic_write
+from simkit.study.store import RunStore, atomic_write
 
 EXECUTORS = ("local", "ray")
 RESERVED_COLUMNS = ("variant", "repeat", "run_id", "status", "error", "warnings")
@@ -71,13 +71,18 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def scenario_yaml(scenario: dict[str, Any]) -> bytes:
-    return yaml.safe_dump(scenario, sort_keys=False, allow_unicode=True).encode("utf-8")
+    return yaml.dump(scenario, Dumper=_DUMPER, sort_keys=False, allow_unicode=True).encode("utf-8")
 
 
-def _simulate_task(task: Task, keep_tables: bool = False) -> tuple[dict[str, Any], dict[str, bytes]]:
+def _simulate_task(task: Task, keep_tables: bool = False, write_to: str | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Simulate one task: (result row, {file name: bytes}). Never raises for a failing run: a
-    SimkitError (e.g. the plan does not fit) becomes ``status: error`` with its message."""
+    SimkitError (e.g. the plan does not fit) becomes ``status: error`` with its message. With
+    ``write_to`` (a folder this process can write), the files are written there (atomically)
+    and not returned."""
     import simkit.simulate as simmod  # looked up at call time (tests count calls)
     from simkit.scenario import scenario_from_dict
 
@@ -99,26 +104,32 @@ def _simulate_task(task: Task, keep_tables: bool = False) -> tuple[dict[str, Any
     row["warnings"] = json.dumps(msgs)
     if res is not None:
         summary = simmod._jsonable(res.summary)
-        if keep_tables:
+        files["summary.json"] = (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        if keep_tables:  # the run's tables, as simkit run writes them
             with tempfile.TemporaryDirectory(prefix="simkit-run-") as tmp:
                 for p in simmod.write_outputs(res, tmp):
-                    files.setdefault(p.name, p.read_bytes())
-        else:
-            files["summary.json"] = (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8")
+                    if p.suffix == ".parquet":
+                        files[p.name] = p.read_bytes()
         metrics = {k: v for k, v in flatten(summary).items() if k not in row}
         row = {**row, **metrics}
-    return {**{k: v for k, v in task.labels.items() if k not in row}, **row}, files
+    row = {**{k: v for k, v in task.labels.items() if k not in row}, **row}
+    if write_to is not None:
+        _write_files(Path(write_to), files)
+        files = {}
+    return row, files
+
+
+def _write_files(d: Path, files: dict[str, bytes]) -> None:
+    if not d.is_dir():
+        d.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        atomic_write(d / name, data)
 
 
 def run_task(task: Task, keep_tables: bool = False, out_dir: Path | None = None) -> dict[str, Any]:
     """Simulate one task and return its row: labels, run_id, status, error and the flattened
     summary metrics. With ``out_dir``, also write the run's files there."""
-    row, files = _simulate_task(task, keep_tables)
-    if out_dir is not None:
-        d = Path(out_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        for name, data in files.items():
-            atomic_write(d / name, data)
+    row, _ = _simulate_task(task, keep_tables, str(out_dir) if out_dir is not None else None)
     return row
 
 
@@ -149,8 +160,8 @@ def execute(
     ``jobs`` <= 1 runs in this process; more uses a pool of that many processes. ``executor='ray'``
     submits to Ray (``address``: None = the initialised or auto-detected instance, else started
     locally; ``"local"`` = a new local instance; ``"auto"`` or ``"ray://host:10001"`` = a cluster).
-    Each run's folder gets its files, ``labels.json`` (the names of its label columns) and, last,
-    its row. ``on_row`` is called in this process after each stored row.
+    Each run's folder gets its files and, last, its row (with the names of its label columns).
+    ``on_row`` is called in this process after each stored row.
     """
     if executor not in EXECUTORS:
         raise StudyError(f"unknown executor {executor!r} (expected one of {', '.join(EXECUTORS)})")
@@ -162,9 +173,9 @@ def execute(
 
     def finish(t: Task, row: dict[str, Any], files: dict[str, bytes]) -> None:
         run_id = t.run_id
-        labels = (json.dumps(sorted(t.labels)) + "\n").encode("utf-8")
-        store.put_files(run_id, {**files, LABELS_FILE: labels})
-        store.put(run_id, row)
+        if files:
+            store.put_files(run_id, files)
+        store.put(run_id, row, labels=list(t.labels))
         stats.ran += 1
         ok = row.get("status") == "ok"
         stats.ok += ok
@@ -184,7 +195,7 @@ def execute(
                 row, files = _simulate_task(t, keep_tables)
                 finish(t, row, files)
         else:
-            for t, (row, files) in _run_pool(todo, keep_tables, min(jobs, len(todo))):
+            for t, (row, files) in _run_pool(todo, keep_tables, min(jobs, len(todo)), store):
                 finish(t, row, files)
     finally:
         bar.close()
@@ -192,7 +203,37 @@ def execute(
     return stats
 
 
-def _run_pool(todo: list[Task], keep_tables: bool, jobs: int) -> Iterator[tuple[Task, tuple[dict[str, Any], dict[str, bytes]]]]:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed process not yet reaped is a zombie: dead for our purpose
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _worker_init(parent: int) -> None:
+    """Pool workers exit when the study process is gone (killed with -9, say) instead of
+    lingering on an empty task queue."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if not _alive(parent):
+                os._exit(1)
+
+    threading.Thread(target=watch, name="simkit-parent-watch", daemon=True).start()
+
+
+def _run_pool(todo: list[Task], keep_tables: bool, jobs: int, store: RunStore) -> Iterator[tuple[Task, tuple[dict[str, Any], dict[str, bytes]]]]:
+    """Local worker processes; each writes its run's files into the store itself (this process
+    writes only the rows), so file I/O is spread over the workers."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
@@ -204,14 +245,14 @@ def _run_pool(todo: list[Task], keep_tables: bool, jobs: int) -> Iterator[tuple[
     window = 2 * jobs
     it = iter(todo)
     running: dict[Future[Any], Task] = {}
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx)
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
     try:
         while True:
             while len(running) < window:
                 t = next(it, None)
                 if t is None:
                     break
-                running[pool.submit(_simulate_task, t, keep_tables)] = t
+                running[pool.submit(_simulate_task, t, keep_tables, str(store.run_dir(t.run_id)))] = t
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -234,7 +275,9 @@ def _run_ray(todo: list[Task], keep_tables: bool, address: str | None) -> Iterat
         raise StudyError("--executor ray needs Ray: pip install 'simkit[ray]'") from None
     started = False
     if not ray.is_initialized():
-        env = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}} if os.environ.get("PYTHONPATH") else None
+        # a local instance's workers import simkit from where this process does
+        local = address in (None, "local") and not os.environ.get("RAY_ADDRESS")
+        env = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}} if local and os.environ.get("PYTHONPATH") else None
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, runtime_env=env)
         except Exception as e:  # connection errors come as various exception types

@@ -12,7 +12,7 @@ from typing import Any
 from simkit.errors import StudyError
 from simkit.study.executor import RESERVED_COLUMNS, ExecStats, Task, execute
 from simkit.study.spec import Study, load_study
-from simkit.study.store import LABELS_FILE, RunStore, atomic_write
+from simkit.study.store import RunStore, atomic_write
 
 FLUSH_EVERY_S = 10.0
 
@@ -35,10 +35,9 @@ class _Rows:
         self.by_id: dict[str, dict[str, Any]] = {}
         wanted = {t.run_id for t in tasks}
         for rid in store.done() & wanted:
-            row = store.row(rid)
-            lp = store.run_dir(rid) / LABELS_FILE
-            old = json.loads(lp.read_text()) if lp.exists() else []
-            self.by_id[rid] = {k: v for k, v in row.items() if k not in old}
+            doc = store.record(rid)
+            old = set(doc.get("labels", []))
+            self.by_id[rid] = {k: v for k, v in doc["row"].items() if k not in old}
 
     def add(self, row: dict[str, Any], label_keys: list[str]) -> None:
         self.by_id[row["run_id"]] = {k: v for k, v in row.items() if k not in label_keys}
@@ -150,16 +149,19 @@ def run_study(
     n_ids = len(labels_of)
     _, metrics = rows.assemble(study.axis_keys)
     write_study_json(folder, study, metrics, len(tasks))
-    last = [time.perf_counter()]
+    last = [time.perf_counter(), 0.0]  # time of the last flush, and how long it took
 
     def flush() -> None:
+        t0 = time.perf_counter()
         r, m = rows.assemble(study.axis_keys)
         write_table(folder, r, study.axis_keys, m)
         last[0] = time.perf_counter()
+        last[1] = last[0] - t0
 
     def on_row(row: dict[str, Any]) -> None:
         rows.add(row, list(labels_of[row["run_id"]]))
-        if time.perf_counter() - last[0] >= FLUSH_EVERY_S and len(rows.by_id) < n_ids:
+        # rewrite runs.parquet every 10 s, or less often if writing it takes over 2% of the time
+        if time.perf_counter() - last[0] >= max(FLUSH_EVERY_S, 50 * last[1]) and len(rows.by_id) < n_ids:
             flush()
 
     try:

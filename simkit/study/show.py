@@ -133,6 +133,8 @@ def render(folder: str | Path, fmt: str = "table", metrics: list[str] | None = N
         line = []
         for c in shown:
             text = _cell(r.get(c))
+            if c == "error" and len(text) > 80:
+                text = text[:77] + "..."
             if c in metrics and baseline is not None and r.get("variant") != baseline and text != "-":
                 text += f" ({_delta(r.get(f'{c} vs baseline %'))})"
             line.append(text)

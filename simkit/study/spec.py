@@ -110,13 +110,19 @@ def _parse_end(text: str) -> tuple[float, str, str, float]:
 
 @dataclass(frozen=True)
 class Range:
+    """``{range: "LOW..HIGH", count|step, scale, integer}``; ends in SI units."""
+
     low: float
     high: float
     kind: str
+    """number, time, bandwidth, size, flop rate or power."""
     unit: str
+    """The unit text of the low end; points are written in it."""
     per_unit: float
+    """SI value of one ``unit``."""
     scale: str
-    integer: bool
+    integer: bool | None
+    """True: round to integers; None (integer ends): integers when every point is whole; False: floats."""
 
     @classmethod
     def parse(cls, spec: dict[str, Any], key: str) -> tuple[Range, dict[str, Any]]:
@@ -146,8 +152,8 @@ class Range:
             raise StudyError(f"integer must be true or false, got {integer!r}", key=key)
         if integer and kind != "number":
             raise StudyError("integer: true is only for ranges of plain numbers", key=key)
-        if kind == "number" and float(lo).is_integer() and float(hi).is_integer() and "." not in text and "e" not in text.lower():
-            integer = integer or None  # type: ignore[assignment]  # None: integers if every point is whole
+        if kind == "number" and all(re.fullmatch(r"\s*[-+]?\d+\s*", t) for t in (lo_t, hi_t)):
+            return cls(lo, hi, kind, unit, per, scale, integer or None), spec
         return cls(lo, hi, kind, unit, per, scale, integer), spec
 
     def value(self, si: float) -> Any:
@@ -175,7 +181,10 @@ class Range:
             if self.scale == "log":
                 raise StudyError("step is for linear ranges; give count for a log range", key=key)
             if isinstance(step, str):
-                s, kind, _, _ = _parse_end(step)
+                try:
+                    s, kind, _, _ = _parse_end(step)
+                except StudyError as e:
+                    raise StudyError(e.message, key=key) from None
                 if kind != self.kind:
                     raise StudyError(f"step {step!r} is a {kind}, the range is a {self.kind}", key=key)
             elif isinstance(step, int | float) and not isinstance(step, bool) and self.kind == "number":
@@ -200,8 +209,9 @@ class Range:
             si = math.exp(math.log(self.low) + (math.log(self.high) - math.log(self.low)) * u)
         else:
             si = self.low + (self.high - self.low) * u
-        v = self.value(si)
-        return float(v) if self.integer is None and isinstance(v, int) and not float(self.low).is_integer() else v
+        if self.kind == "number" and not self.integer:
+            return float(f"{si:.12g}")  # a random draw is a float unless integer: true
+        return self.value(si)
 
 
 def axis_values(v: Any, key: str) -> list[Any]:

@@ -4,8 +4,8 @@ Layout (``docs/study.md``)::
 
     FOLDER/runs/<run_id>/scenario.yaml   the fully resolved scenario of the run
     FOLDER/runs/<run_id>/summary.json    its summary (+ requests.parquet, iterations.parquet when kept)
-    FOLDER/runs/<run_id>/labels.json     the names of the row's label columns (axis keys, variant, repeat)
-    FOLDER/runs/<run_id>/row.json        its result row, written LAST: the run is finished iff it exists
+    FOLDER/runs/<run_id>/row.json        its result row (and the names of its label columns), written
+                                         LAST: the run is finished iff this file exists
 
 Every file is written to a temporary name and renamed into place (``os.replace`` is atomic), so
 a process killed at any moment (``kill -9`` included) leaves each file either absent or
@@ -20,13 +20,13 @@ import hashlib
 import json
 import os
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from simkit.errors import StudyError
 
 ROW_FILE = "row.json"
-LABELS_FILE = "labels.json"
 TABLE_FILES = ("requests.parquet", "iterations.parquet")
 
 
@@ -76,26 +76,43 @@ class RunStore:
         d = self.run_dir(run_id)
         return all((d / f).exists() for f in TABLE_FILES)
 
+    def _dir(self, run_id: str) -> Path:
+        d = self.run_dir(run_id)
+        if not d.is_dir():
+            d.mkdir(parents=True, exist_ok=True)
+        return d
+
     def put_files(self, run_id: str, files: dict[str, bytes]) -> None:
         """Store a run's files (scenario.yaml, summary.json, tables); call before :meth:`put`."""
-        d = self.run_dir(run_id)
-        d.mkdir(parents=True, exist_ok=True)
+        d = self._dir(run_id)
         for name, data in files.items():
             atomic_write(d / name, data)
 
-    def put(self, run_id: str, row: dict[str, Any]) -> None:
-        """Store the result row of a run (atomically); from now on the run counts as done."""
-        d = self.run_dir(run_id)
-        d.mkdir(parents=True, exist_ok=True)
-        atomic_write(d / ROW_FILE, (json.dumps(row, sort_keys=True, allow_nan=True) + "\n").encode("utf-8"))
+    def put(self, run_id: str, row: dict[str, Any], labels: Sequence[str] = ()) -> None:
+        """Store the result row of a run (atomically); from now on the run counts as done.
+        ``labels`` names the row's label columns (axis keys, variant, repeat), the rest being results."""
+        doc = {"row": row, "labels": sorted(labels)}
+        atomic_write(self._dir(run_id) / ROW_FILE, (json.dumps(doc, sort_keys=True) + "\n").encode("utf-8"))
 
-    def row(self, run_id: str) -> dict[str, Any]:
+    def record(self, run_id: str) -> dict[str, Any]:
+        """The stored document of a finished run: ``{"row": ..., "labels": [...]}``."""
         p = self.run_dir(run_id) / ROW_FILE
         try:
-            return json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
+            doc = json.loads(p.read_text(encoding="utf-8"))
+            if not isinstance(doc.get("row"), dict):
+                raise ValueError("no row")
+            return doc
+        except (OSError, ValueError, AttributeError) as e:
             raise StudyError(f"cannot read a stored run ({e.__class__.__name__}); delete its folder to recompute it",
                              where=str(p)) from None
+
+    def row(self, run_id: str) -> dict[str, Any]:
+        """The stored row of a finished run."""
+        return self.record(run_id)["row"]
+
+    def labels(self, run_id: str) -> list[str]:
+        """The names of the label columns the row was stored with."""
+        return list(self.record(run_id).get("labels", []))
 
     def rows(self) -> list[dict[str, Any]]:
         """Every stored row, ordered by run id."""
