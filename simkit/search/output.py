@@ -31,7 +31,7 @@ def candidate_rows(res: SearchResult) -> list[dict[str, Any]]:
         r["reason"] = c.reason
         r["simulated"] = bool(c.simulated)
         if c.simulated:
-            r.update({k: v for k, v in c.row.items() if k not in ("status", "error", "capacity_reason")})
+            r.update({k: v for k, v in c.row.items() if k not in ("status", "error", "capacity_reason", "sim_wall_s")})
         elif c.screen.ok or c.screen.exact:
             r.update(c.screen.exact)
         out.append(r)

@@ -36,6 +36,7 @@ def evaluate(data: dict[str, Any], where: str) -> dict[str, Any]:
 
     rid = scenario_hash(data)
     row = run_task(Task(rid, data, str(Path(where).parent), {}, source=where))
+    row.pop("sim_wall_s", None)  # wall-clock time: keeps the search's outputs deterministic
     if row.get("status") == "ok":
         row.update(derive(row))
     return row
