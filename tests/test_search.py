@@ -244,6 +244,10 @@ def test_resume_recomputes_nothing(tmp_path: Path) -> None:
     assert again.calls == full.calls - 3
     assert res.reused == 3
     assert [c.cid for c in res.top] == [c.cid for c in ref.top]
+    # the resumed search writes the same table as the uninterrupted one
+    write_search(ref, tmp_path / "w1")
+    write_search(res, tmp_path / "w2")
+    assert (tmp_path / "w1" / "candidates.parquet").read_bytes() == (tmp_path / "w2" / "candidates.parquet").read_bytes()
     done = Counter()
     run_search(spec, RunStore(tmp_path / "out"), evaluator=done)
     assert done.calls == 0

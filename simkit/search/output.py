@@ -41,11 +41,10 @@ def candidate_rows(res: SearchResult) -> list[dict[str, Any]]:
 def _frame(rows: list[dict[str, Any]], space: list[str]):  # type: ignore[no-untyped-def]
     import pandas as pd
 
-    cols: list[str] = [*space, *FIXED_COLS]
-    for r in rows:
-        for k in r:
-            if k not in cols:
-                cols.append(k)
+    fixed = [*space, *FIXED_COLS]
+    # metric columns in one order whether rows came from simulations or from the store
+    rest = sorted({k for r in rows for k in r} - set(fixed))
+    cols = fixed + rest
     df = pd.DataFrame(rows, columns=cols)
     for k in df.columns:
         if df[k].dtype == object:
