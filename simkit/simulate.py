@@ -22,6 +22,7 @@ from simkit.cost.efficiency import DatasheetEfficiency, EfficiencyModel
 from simkit.cost.iteration import IterationModel
 from simkit.cost.memory import activation_bytes
 from simkit.cost.ops import Precision
+from simkit.engine.fast import FastReplica, fast_path_reason
 from simkit.engine.kvcache import KVBlockManager, PrefixCache
 from simkit.engine.offload import OffloadExecutor
 from simkit.engine.replica import IterationLog, Replica, ReplicaConfig, ReplicaGroup, Stage
@@ -61,7 +62,7 @@ class Result:
     def iterations_frame(self):  # type: ignore[no-untyped-def]
         import pandas as pd
 
-        return pd.DataFrame(self.iterations, columns=list(IterationLog.COLS))
+        return pd.DataFrame(iteration_columns(self.iterations))
 
 
 # ---- building blocks -------------------------------------------------------------------------
@@ -346,7 +347,12 @@ class _Tracer:
 
 
 # ---- the one call ----------------------------------------------------------------------------
-def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = False) -> Result:
+def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = False, engine: str = "auto") -> Result:
+    """Run a scenario. ``engine``: ``auto`` runs the fast exact path where it covers the plan
+    (:mod:`simkit.engine.fast`) and the reference engine elsewhere; ``reference`` always runs the
+    reference engine (``summary["engine_path"]`` says which ran, and why)."""
+    if engine not in ("auto", "reference"):
+        raise ScenarioError(f"expected engine 'auto' or 'reference', got {engine!r}", where=sc.source, key="engine")
     wall0 = time.perf_counter()
     warn: list[str] = []
     where = sc.source
@@ -523,6 +529,12 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         table.target[i] = table.kv_len[i]
         dec[k].enqueue(i)
 
+    slow_reason = "requested" if engine == "reference" else fast_path_reason(
+        policy_name, pc.enabled, plan.kv_cache.preemption, offloaded, par.pp,
+        plan.execution.mode == "layer_by_layer", off_layout is not None and off_layout.spill_after is not None, trace,
+    )
+    engine_cls = Replica if slow_reason else FastReplica
+    engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
     for r in range(n_rep):
         role = "both"
         if disagg:
@@ -579,7 +591,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             if offloaded and bopts["batch_size"] is None and plan.offload.gpu_batch_size:
                 bopts["batch_size"] = plan.offload.gpu_batch_size * plan.offload.num_gpu_batches
             policy = BATCHING_POLICIES[pname](**bopts)
-            rep = Replica(
+            rep = engine_cls(
                 env, r, table, cost, policy, kv, cfg, tbt, log, next_arrival, links,
                 on_prefilled if role == "prefill" else None, tracer, group=group, stages=stages, engine_id=v,
                 offload=executor,
@@ -610,6 +622,10 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
 
     env.process(arrival_process())
     env.run()
+    for g in replicas:
+        for e in g.engines:
+            if isinstance(e, FastReplica):
+                e.sync()
     sim_wall = time.perf_counter() - wall0
 
     # KV utilisation, time-weighted over the iteration log (accumulated even when rows are not recorded)
@@ -676,6 +692,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         "expert_group_shares": group_shares,
         "collective_share": sum(x["comm_s"] for x in per_gpu) / tot_busy if tot_busy > 0 else 0.0,
         "sim_wall_s": sim_wall,
+        "engine_path": engine_path,
         "model": model.name,
         "hardware": node.name,
         "device": device.name,
@@ -770,11 +787,13 @@ def write_outputs(result: Result, out_dir: str | Path, trace_out: str | Path | N
     p = out / "summary.json"
     p.write_text(json.dumps(_jsonable(result.summary), indent=2, sort_keys=True) + "\n")
     paths.append(p)
+    from simkit.metrics import requests_columns
+
     p = out / "requests.parquet"
-    result.requests_frame().to_parquet(p, index=False)
+    _write_parquet(requests_columns(result.table), p)
     paths.append(p)
     p = out / "iterations.parquet"
-    result.iterations_frame().to_parquet(p, index=False)
+    _write_parquet(iteration_columns(result.iterations), p)
     paths.append(p)
     if trace_out is not None and result.trace_events is not None:
         tp = Path(trace_out)
@@ -782,6 +801,49 @@ def write_outputs(result: Result, out_dir: str | Path, trace_out: str | Path | N
         tp.write_text(json.dumps({"traceEvents": result.trace_events, "displayTimeUnit": "ms"}))
         paths.append(tp)
     return paths
+
+
+def iteration_columns(rows: list[tuple[Any, ...]]) -> dict[str, np.ndarray]:
+    """The per-iteration table's columns (iterations.parquet), typed like the table pandas
+    infers from the rows (int64 counts, float64 times)."""
+    cols: dict[str, np.ndarray] = {}
+    for k, name in enumerate(IterationLog.COLS):
+        kind = np.float64 if name.endswith("_s") else np.int64
+        cols[name] = np.fromiter((r[k] for r in rows), dtype=kind, count=len(rows))
+    return cols
+
+
+def _write_parquet(columns: dict[str, np.ndarray], path: Path) -> None:
+    """A table of numpy columns as Parquet, with pyarrow alone: arrays are built from their
+    buffers (pyarrow's converters import pandas to look for frames). NaN floats are written as
+    nulls, as pandas' writer does."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays = []
+    for v in columns.values():
+        v = np.ascontiguousarray(v)
+        valid = None
+        nulls = 0
+        if v.dtype.kind in "OU":
+            # strings (large_string, as pandas writes them): offsets into their UTF-8 bytes
+            enc = [str(x).encode() for x in v.tolist()]
+            offsets = np.zeros(len(enc) + 1, dtype=np.int64)
+            np.cumsum([len(x) for x in enc], out=offsets[1:])
+            buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(enc))]
+            arrays.append(pa.Array.from_buffers(pa.large_string(), len(v), buffers))
+            continue
+        if v.dtype == np.bool_:
+            typ, data = pa.bool_(), np.packbits(v, bitorder="little")
+        else:
+            typ, data = pa.from_numpy_dtype(v.dtype), v
+            if v.dtype.kind == "f":
+                nan = np.isnan(v)
+                nulls = int(nan.sum())
+                if nulls:
+                    valid = pa.py_buffer(np.packbits(~nan, bitorder="little"))
+        arrays.append(pa.Array.from_buffers(typ, len(v), [valid, pa.py_buffer(data)], null_count=nulls))
+    pq.write_table(pa.Table.from_arrays(arrays, names=list(columns)), path)
 
 
 def _jsonable(x: Any) -> Any:

@@ -19,8 +19,9 @@ import numpy as np
 
 from simkit.cost.device import ComputeDevice
 from simkit.cost.efficiency import EfficiencyModel
-from simkit.cost.ops import Op, Precision, forward_ops, token_ops
+from simkit.cost.ops import Op, Precision, forward_ops
 from simkit.cost.roofline import OpTime, time_ops
+from simkit.cost.tables import op_tables
 from simkit.specs.model import ModelSpec
 
 NON_LAYER_OPS = ("embedding", "final_norm", "lm_head", "sampling")
@@ -72,39 +73,6 @@ def _class_time(
     return np.where(flops + byts > 0, t, 0.0)
 
 
-_TABLES: dict[tuple, tuple] = {}
-_TABLES_MAX = 64
-
-
-def _token_tables(m: IterationModel, T: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(per_layer, non_layer, head) seconds of the token operators for every count in ``T``.
-    The same model, device, efficiency model, precision and sharding give the same tables, so
-    they are memoised per process (a search or study simulates many plans sharing them); the
-    model and efficiency model are held in the entry, so their ids cannot be reused while it lives."""
-    key = (id(m.model), repr(m.device), id(m.efficiency), m.precision, m.tp, m.ep, m.ep_share, len(T))
-    hit = _TABLES.get(key)
-    if hit is not None and hit[0] is m.efficiency and hit[4] is m.model:
-        return hit[1].copy(), hit[2].copy(), hit[3].copy()
-    ops = token_ops(m.model, T, T, m.tp, m.precision, m.ep, m.ep_share)
-    L = m.model.num_layers
-    size = len(T)
-    per_layer = np.zeros(size)
-    nonlayer = np.zeros(size)
-    head = np.zeros(size)
-    for op in ops:
-        t = _op_time_arrays(op, m.device, m.efficiency, m.dtype) * op.count
-        if op.name in ("lm_head", "sampling"):
-            head += t
-        elif op.name in NON_LAYER_OPS:
-            nonlayer += t
-        else:
-            per_layer += t / L
-    if len(_TABLES) >= _TABLES_MAX:
-        _TABLES.pop(next(iter(_TABLES)))
-    _TABLES[key] = (m.efficiency, per_layer.copy(), nonlayer.copy(), head.copy(), m.model)
-    return per_layer, nonlayer, head
-
-
 @dataclass
 class IterationModel:
     """Times forward passes of ``model`` on one GPU (or CPU) of a TP group, for a stage of
@@ -148,7 +116,7 @@ class IterationModel:
         size = n + 1 if exact else max(64, int((n + 1) * 1.5), len(self._body) * 2)
         T = np.arange(size, dtype=np.float64)
         L = self.model.num_layers
-        per_layer, nonlayer, head = _token_tables(self, T)
+        per_layer, nonlayer, head = op_tables(self, size)
         comm = np.zeros(size)
         if self.allreduce_time is not None and self.tp > 1:
             act = T * self.model.hidden_size * self.precision.a_bytes
