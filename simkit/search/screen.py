@@ -163,7 +163,7 @@ class Screener:
         from simkit.cost.ops import Precision
         from simkit.errors import ScenarioError
         from simkit.policies.batching import BATCHING_POLICIES
-        from simkit.policies.offload import build_offload_layout, check_offload_capacity
+        from simkit.policies.offload import build_offload_layout, check_offload_capacity, offload_gpu_usable
         from simkit.policies.parallel import Layout, check_parallel
         from simkit.policies.routing import ROUTING_POLICIES
         from simkit.simulate import measured_links, plan_memory
@@ -203,7 +203,7 @@ class Screener:
             mem0 = plan_memory(sc, model, device, prec, tp, layout.layer_split, par.ep, check=False)
             off_mem = check_offload_capacity(
                 off_layout, model, prec, node, tp, plan.kv_cache.block_size, mem0.activations_per_gpu * tp,
-                plan.kv_cache.gpu_memory_utilization, plan.kv_cache.num_blocks, where,
+                offload_gpu_usable(device.memory, plan.kv_cache, plan.batching.policy == "static"), plan.kv_cache.num_blocks, where,
             )
             num_blocks = off_mem.num_blocks
         else:
