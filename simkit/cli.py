@@ -24,7 +24,7 @@ def _fmt_ms(x: Any) -> str:
     return "-" if v != v else f"{v * 1e3:,.1f} ms"
 
 
-def print_summary(s: dict[str, Any], out: Any = sys.stdout) -> None:
+def print_summary(s: dict[str, Any], out: Any = sys.stdout, wall_s: float | None = None) -> None:
     w = out.write
     w(f"simkit: {s.get('model')} on {s.get('hardware')} ({s.get('device')}), policy {s.get('policy')}, "
       f"tp={s.get('tp')} replicas={s.get('replicas')}\n")
@@ -49,7 +49,8 @@ def print_summary(s: dict[str, Any], out: Any = sys.stdout) -> None:
         w(f"  prefix cache     {s['prefix_cache_hit_rate'] * 100:.1f}% of prompt tokens hit ({tiers})\n")
     w(f"  cost             ${s['usd_per_million_output_tokens']:.3f} per million output tokens "
       f"(${s['cost_per_hour_usd']:.2f}/h); energy {s['energy_per_output_token_j']:.3f} J/token\n")
-    w(f"  simulated in     {s['sim_wall_s']:.3f} s wall\n")
+    if wall_s is not None:
+        w(f"  simulated in     {wall_s:.3f} s wall\n")
 
 
 # ---- subcommands -------------------------------------------------------------------------------
@@ -62,9 +63,29 @@ def cmd_run(a: argparse.Namespace) -> int:
     for wmsg in res.warnings:
         print(f"warning: {wmsg}", file=sys.stderr)
     out = a.out or os.path.join("reports", sc.name)
-    paths = write_outputs(res, out, a.trace_out)
-    print_summary(res.summary)
+    paths = write_outputs(res, out, a.trace_out, command=_command_line(a))
+    print_summary(res.summary, wall_s=res.sim_wall_s)
     print(f"  wrote            {', '.join(str(p) for p in paths)}")
+    if a.report:
+        _write_report([out], a.report)
+    return 0
+
+
+def _command_line(a: argparse.Namespace) -> str:
+    import shlex
+
+    return "simkit " + " ".join(shlex.quote(x) for x in a.argv)
+
+
+def _write_report(dirs: list[str], out: str) -> None:
+    from simkit.report import write_report
+
+    p = write_report(dirs, out)
+    print(f"  report           {p}")
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    _write_report(a.dirs, a.output)
     return 0
 
 
@@ -240,7 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output folder (default reports/<scenario name>)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a dotted key, e.g. plan.parallel.tp=2")
     r.add_argument("--trace-out", help="write a Chrome-trace/Perfetto timeline JSON here")
+    r.add_argument("--report", metavar="FILE.html", help="also write an HTML report of the run here")
     r.set_defaults(func=cmd_run)
+
+    rp = sub.add_parser("report", help="one self-contained HTML page for run, study or search folders")
+    rp.add_argument("dirs", nargs="+", metavar="DIR", help="a run, study or search folder; two or more run folders compare")
+    rp.add_argument("-o", "--output", required=True, metavar="FILE.html")
+    rp.set_defaults(func=cmd_report)
 
     s = sub.add_parser("schema", help="print the scenario JSON Schema")
     s.set_defaults(func=cmd_schema)
@@ -287,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args and args[0] == "validate":
             return cmd_validate(args[1:])
         ns = build_parser().parse_args(args)
+        ns.argv = args
         return int(ns.func(ns))
     except SimkitError as e:
         if os.environ.get("SIMKIT_DEBUG"):
