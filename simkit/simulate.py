@@ -123,6 +123,24 @@ def resolve_calibration(sc: Scenario, device: ComputeDevice, quiet: bool = False
     return _resolve(setting, device.kind, device.name)
 
 
+def resolve_compute(sc: Scenario, node: Node) -> tuple[bool, ComputeDevice, EfficiencyModel, str, str | None]:
+    """(computes on the CPU?, the compute device, its efficiency model, the calibration's
+    description, a warning or None). With a profile, the device carries the roofline the
+    profile's efficiencies were fitted to."""
+    use_cpu = sc.plan.execution.device == "cpu" or node.gpu is None
+    if use_cpu:
+        device = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
+    else:
+        assert node.gpu is not None
+        device = ComputeDevice.from_gpu(node.gpu)
+    eff, cal_info, cal_warn = resolve_calibration(sc, device)
+    prof_dev = getattr(eff, "device", None)
+    if isinstance(prof_dev, dict):
+        # time operators against the roofline the profile's efficiencies were fitted to
+        device = device.calibrated(prof_dev)
+    return use_cpu, device, eff, cal_info, cal_warn
+
+
 def _group_link(node: Node, cross_node: bool) -> tuple[float, float, str]:
     """(bandwidth per GPU, latency, kind) of the link a group of GPUs communicates over."""
     if cross_node:
@@ -363,20 +381,11 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     offloaded = not plan.offload.is_trivial
     if offloaded and par.pp > 1:
         raise ScenarioError("offloading with pipeline parallelism (pp > 1) is not supported; use tp or replicas", where=where, key="plan.offload")
-    use_cpu = plan.execution.device == "cpu" or node.gpu is None
+    use_cpu, device, eff, cal_info, cal_warn = resolve_compute(sc, node)
     if use_cpu:
-        device = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
         if par.tp * par.pp * par.replicas > 1:
             raise ScenarioError("tensor/pipeline parallelism and replicas need GPUs; this plan computes on the CPU", where=where, key="plan.parallel")
         layout = Layout(1, 1, 1, 1, (model.num_layers,), 0, 1)
-    else:
-        assert node.gpu is not None
-        device = ComputeDevice.from_gpu(node.gpu)
-    eff, cal_info, cal_warn = resolve_calibration(sc, device)
-    prof_dev = getattr(eff, "device", None)
-    if isinstance(prof_dev, dict):
-        # time operators against the roofline the profile's efficiencies were fitted to
-        device = device.calibrated(prof_dev)
     if cal_warn:
         warn.append(cal_warn)
         warnings.warn(cal_warn, stacklevel=2)
