@@ -1,0 +1,80 @@
+"""matplotlib -> inline SVG, imported only when a report is drawn (never on ``simkit run``'s path).
+
+Figures use the object-oriented API (no pyplot state) and the SVG backend; text stays text
+(``svg.fonttype: none``, the browser's own sans-serif), ids are salted per figure so several
+SVGs share a page without clashes, and no date is embedded, so the same data give the same SVG.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Any
+
+from simkit.report.html import esc
+
+COLORS = ["#0969da", "#cf222e", "#1a7f37", "#9a6700", "#8250df", "#bc4c00", "#1b7c83", "#6e7781", "#bf3989", "#4d2d00"]
+_counter = [0]
+
+
+def figure(width: float = 9.5, height: float = 3.2, ncols: int = 1, nrows: int = 1, sharex: bool = False) -> tuple[Any, Any]:
+    """A new (Figure, axes) pair: axes is one Axes, or an array of them for a grid."""
+    import matplotlib
+
+    matplotlib.rcParams.update({
+        "svg.fonttype": "none",
+        "font.family": "sans-serif",
+        "font.size": 9,
+        "axes.titlesize": 10,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "axes.grid": True,
+        "grid.color": "#e6e8eb",
+        "grid.linewidth": 0.6,
+        "legend.fontsize": 8,
+        "legend.frameon": False,
+        "path.simplify": True,
+    })
+    from matplotlib.backends.backend_svg import FigureCanvasSVG
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasSVG(fig)
+    axes = fig.subplots(nrows, ncols, sharex=sharex, squeeze=False)
+    if nrows * ncols == 1:
+        return fig, axes[0, 0]
+    if nrows == 1 or ncols == 1:
+        return fig, axes.ravel()
+    return fig, axes
+
+
+def to_svg(fig: Any, title: str, alt: str) -> str:
+    """The figure as an inline ``<svg>``: role=img, an aria-label and a <title> (the alt text),
+    scaled by CSS, without the XML prologue."""
+    import matplotlib
+
+    _counter[0] += 1
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.hashsalt": f"simkit-fig-{_counter[0]}"}):
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+    text = buf.getvalue()
+    text = text[text.index("<svg"):]
+    label = f"{title}. {alt}"
+    text = re.sub(
+        r"<svg([^>]*?)\swidth=\"[^\"]*\"\s+height=\"[^\"]*\"",
+        lambda m: f'<svg{m.group(1)} role="img" aria-label="{esc(label)}"',
+        text,
+        count=1,
+    )
+    head_end = text.index(">") + 1
+    return text[:head_end] + f"<title>{esc(label)}</title>" + text[head_end:]
+
+
+def mark_slo(ax: Any, x: float, label: str, vertical: bool = True) -> None:
+    if vertical:
+        ax.axvline(x, color="#cf222e", linestyle="--", linewidth=1.1)
+        ax.annotate(label, (x, 0.02), xycoords=("data", "axes fraction"), rotation=90, fontsize=7.5, color="#cf222e",
+                    ha="right", va="bottom")
+    else:
+        ax.axhline(x, color="#cf222e", linestyle="--", linewidth=1.1)
+        ax.annotate(label, (0.01, x), xycoords=("axes fraction", "data"), fontsize=7.5, color="#cf222e", va="bottom")
