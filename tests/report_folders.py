@@ -71,6 +71,7 @@ def _one(overrides: dict[str, Any], runs_dir: Path, keep_tables: bool) -> dict[s
 def make_study(out: Path) -> Path:
     import pandas as pd
 
+    out.mkdir(parents=True, exist_ok=True)
     axes = {"plan.batching.max_num_seqs": [4, 16], "plan.parallel.tp": [1, 3]}  # tp=3 does not divide the heads: errors
     variants = {"continuous": {}, "chunked": {"plan.batching.policy": "chunked_prefill", "plan.batching.chunk_size": 256}}
     rows = []
@@ -93,6 +94,7 @@ def make_study(out: Path) -> Path:
 def make_search(out: Path) -> Path:
     import pandas as pd
 
+    out.mkdir(parents=True, exist_ok=True)
     space = {"plan.batching.max_num_seqs": [2, 4, 8, 32], "plan.batching.policy": ["continuous", "chunked_prefill"], "plan.parallel.tp": [1, 3]}
     limits = {"ttft_p90_s": 2.0, "tpot_p99_s": 0.010}
     rows = []

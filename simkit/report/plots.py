@@ -14,11 +14,13 @@ from typing import Any
 from simkit.report.html import esc
 
 COLORS = ["#0969da", "#cf222e", "#1a7f37", "#9a6700", "#8250df", "#bc4c00", "#1b7c83", "#6e7781", "#bf3989", "#4d2d00"]
-_counter = [0]
 
 
-def figure(width: float = 9.5, height: float = 3.2, ncols: int = 1, nrows: int = 1, sharex: bool = False) -> tuple[Any, Any]:
-    """A new (Figure, axes) pair: axes is one Axes, or an array of them for a grid."""
+def figure(width: float = 9.5, height: float = 3.2, ncols: int = 1, nrows: int = 1, sharex: bool = False, *,
+           left: float = 0.75, right: float = 0.2, top: float = 0.35, bottom: float = 0.5,
+           wspace: float = 0.25, hspace: float = 0.2) -> tuple[Any, Any]:
+    """A new (Figure, axes): one Axes, a 1-D array for a row or column, a 2-D array for a grid.
+    Margins are in inches and fixed (no layout engine: it doubles the drawing time)."""
     import matplotlib
 
     matplotlib.rcParams.update({
@@ -38,8 +40,10 @@ def figure(width: float = 9.5, height: float = 3.2, ncols: int = 1, nrows: int =
     from matplotlib.backends.backend_svg import FigureCanvasSVG
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), layout="constrained")
+    fig = Figure(figsize=(width, height))
     FigureCanvasSVG(fig)
+    fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height,
+                        wspace=wspace, hspace=hspace)
     axes = fig.subplots(nrows, ncols, sharex=sharex, squeeze=False)
     if nrows * ncols == 1:
         return fig, axes[0, 0]
@@ -51,15 +55,22 @@ def figure(width: float = 9.5, height: float = 3.2, ncols: int = 1, nrows: int =
 def to_svg(fig: Any, title: str, alt: str) -> str:
     """The figure as an inline ``<svg>``: role=img, an aria-label and a <title> (the alt text),
     scaled by CSS, without the XML prologue."""
+    import hashlib
+
     import matplotlib
 
-    _counter[0] += 1
     buf = io.StringIO()
-    with matplotlib.rc_context({"svg.hashsalt": f"simkit-fig-{_counter[0]}"}):
+    with matplotlib.rc_context({"svg.hashsalt": "simkit"}):
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     text = buf.getvalue()
     text = text[text.index("<svg"):]
+    text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, count=1, flags=re.S)  # RDF boilerplate
     label = f"{title}. {alt}"
+    # matplotlib numbers its ids per figure (axes_1, ...): prefix them so SVGs can share a page
+    p = "f" + hashlib.sha1((label + text).encode()).hexdigest()[:8] + "-"
+    text = re.sub(r'(\sid=")([^"]+")', lambda m: m.group(1) + p + m.group(2), text)
+    text = re.sub(r"url\(#", f"url(#{p}", text)
+    text = re.sub(r'href="#', f'href="#{p}', text)
     text = re.sub(
         r"<svg([^>]*?)\swidth=\"[^\"]*\"\s+height=\"[^\"]*\"",
         lambda m: f'<svg{m.group(1)} role="img" aria-label="{esc(label)}"',

@@ -384,7 +384,7 @@ def section_latency(page: Page, runs: list[Run]) -> None:
     if not have:
         return
     page.section("Latency distributions")
-    fig, axes = plots.figure(10.5, 3.3, ncols=3)
+    fig, axes = plots.figure(10.5, 3.3, ncols=3, left=0.65)
     bounds = per_request_bounds(have[0])
     pct = slo_bounds(have[0])
     rows: list[list[Any]] = []
@@ -430,7 +430,7 @@ def section_over_time(page: Page, runs: list[Run]) -> None:
         page.para("The run folder has no requests.parquet/iterations.parquet, so no time series can be drawn.")
         return
     page.section("Over time")
-    fig, axes = plots.figure(10.5, 6.4, nrows=3, sharex=True)
+    fig, axes = plots.figure(10.5, 6.4, nrows=3, sharex=True, hspace=0.12)
     rows: list[list[Any]] = []
     for i, (r, s) in enumerate(series):
         c = plots.COLORS[i % len(plots.COLORS)]
@@ -497,7 +497,7 @@ def section_utilisation(page: Page, runs: list[Run]) -> None:
                 names.append(key)
     if not names:
         return
-    fig, ax = plots.figure(10.5, 0.5 + 0.32 * len(names) * max(len(runs), 1) ** 0.6)
+    fig, ax = plots.figure(10.5, 0.95 + 0.3 * len(names) * max(len(runs), 1) ** 0.6, left=1.6)
     h = 0.8 / len(runs)
     rows = []
     y = np.arange(len(names))
@@ -549,7 +549,7 @@ def section_memory(page: Page, runs: list[Run]) -> None:
             for o in (mem[t].get("by_owner") or {}):
                 if o not in owners:
                     owners.append(o)
-        fig, ax = plots.figure(10.5, 1.0 + 0.42 * len(tiers))
+        fig, ax = plots.figure(10.5, 0.95 + 0.4 * len(tiers), left=0.7, right=2.3)
         left = np.zeros(len(tiers))
         rows = []
         for k, o in enumerate(owners):
@@ -571,7 +571,7 @@ def section_memory(page: Page, runs: list[Run]) -> None:
         ax.set_xlabel("% of the tier's capacity (whole deployment)")
         ax.set_title(("Memory held per tier, by owner" + (f" - {run.label}" if len(runs) > 1 else "")))
         if owners:
-            fig.legend(loc="outside lower center", ncols=min(len(owners), 6))
+            ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
         alt = "; ".join(f"{t}: {fmt_bytes(float(mem[t].get('used_bytes', 0)), 3)} of {fmt_bytes(float(mem[t].get('capacity_bytes', 0)), 3)}" for t in tiers)
         page.figure(plots.to_svg(fig, "Memory per tier", alt),
                     "Bytes each owner holds in each tier at the plan's allocation (KV cache = the blocks reserved, not only those in use; "
@@ -643,7 +643,7 @@ def section_operators(page: Page, run: Run) -> None:
     rows, desc, (device, dtype) = got
     batches = list(dict.fromkeys(r["batch"] for r in rows))
     classes = list(dict.fromkeys(r["class"] for r in rows))
-    fig, ax = plots.figure(10.5, 1.3 + 0.5 * len(batches))
+    fig, ax = plots.figure(10.5, 1.0 + 0.5 * len(batches), left=0.8, right=1.6)
     left = np.zeros(len(batches))
     for k, c in enumerate(classes):
         vals = np.array([sum(r["total_s"] for r in rows if r["batch"] == b and r["class"] == c) * 1e3 for b in batches])
@@ -656,7 +656,7 @@ def section_operators(page: Page, run: Run) -> None:
     ax.set_xlim(0, float(left.max()) * 1.2 if left.size and left.max() > 0 else 1)
     ax.set_xlabel("ms per forward pass (one GPU of the tensor-parallel group)")
     ax.set_title("Iteration time per operator class")
-    fig.legend(loc="outside lower center", ncols=min(len(classes), 6))
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
     alt = "; ".join(f"{b}: {left[i]:.2f} ms, " + ", ".join(
         f"{c} {sum(r['total_s'] for r in rows if r['batch'] == b and r['class'] == c) / max(left[i] / 1e3, 1e-30) * 100:.0f}%" for c in classes)
         for i, b in enumerate(batches))

@@ -182,7 +182,8 @@ def section_rejected(page: Page, meta: dict[str, Any], cands: Any) -> None:
         page.para("No plan was rejected.")
         return
     items = sorted(((str(k), int(v)) for k, v in by.items()), key=lambda kv: -kv[1])
-    fig, ax = plots.figure(10.5, 0.7 + 0.36 * len(items))
+    longest = max(len(k) for k, _ in items)
+    fig, ax = plots.figure(10.5, 0.95 + 0.32 * len(items), left=min(0.3 + 0.065 * min(longest, 70), 4.8))
     y = np.arange(len(items))
     ax.barh(y, [v for _, v in items], color="#cf222e", height=0.6)
     for yy, (_, v) in zip(y, items):

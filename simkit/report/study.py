@@ -111,7 +111,8 @@ def section_axes(page: Page, ok: Any, axes: list[str], variants: list[str], chos
     page.section("Metrics against each axis")
     cols = axes or ["variant"]
     nr, nc = len(chosen), len(cols)
-    fig, grid = plots.figure(min(3.4 * nc + 1.2, 13.5), 2.0 * nr + 0.6, nrows=nr, ncols=nc)
+    fig, grid = plots.figure(min(3.4 * nc + 1.2, 13.5), 2.1 * nr + 0.6, nrows=nr, ncols=nc, left=0.85, top=0.4, hspace=0.45,
+                             wspace=0.3)
     grid = np.asarray(grid, dtype=object).reshape(nr, nc)
     rows: list[list[Any]] = []
     alt = []
@@ -178,11 +179,11 @@ def section_deltas(page: Page, ok: Any, axes: list[str], variants: list[str], ba
     others = [v for v in variants if v != baseline]
     rows: list[list[Any]] = []
     summary_rows = []
-    fig, ax = plots.figure(10.5, 0.8 + 0.35 * len(chosen) * max(len(others), 1) ** 0.7)
+    fig, ax = plots.figure(10.5, 0.95 + 0.32 * len(chosen) * max(len(others), 1) ** 0.7, left=1.5)
     h = 0.8 / max(len(others), 1)
     for vi, var in enumerate(others):
         sub = ok[ok["variant"].astype(str) == var].set_index(keys)
-        joined = sub.join(base, how="inner", rsuffix="__base")
+        joined = sub.join(base.add_suffix("__base"), how="inner")
         med = []
         for m, label, kind in chosen:
             a = joined[m].to_numpy(np.float64)
