@@ -133,8 +133,14 @@ def load_sentence(run: Run) -> str | None:
     words = (f"Iterations carried {batch:,.1f} sequences on average (time-weighted) of the {limit} allowed; KV-cache use peaked at "
              f"{kv_peak * 100:.0f}%; on average {waiting:,.2f} requests waited for admission (queueing p99 {fmt_metric(q99, 's')})")
     if full or queue_bound:
-        return words + (". The deployment is saturated: requests wait for batch slots or KV blocks, so more capacity (GPUs, "
-                        "replicas, memory) would raise throughput and cut queueing.")
+        limits = []
+        if batch >= 0.9 * limit:
+            limits.append(f"batch slots (plan.batching.max_num_seqs = {limit})")
+        if kv_peak >= 0.9 or s.get("preemptions", 0) > 0:
+            limits.append(f"KV-cache blocks ({s.get('preemptions', 0)} preemptions)")
+        what = " and ".join(limits) or "the GPUs (iterations are long enough that arrivals pile up)"
+        return words + (f". The deployment is saturated: requests wait for {what}; more capacity (a larger batch limit if "
+                        "memory allows, more replicas or GPUs) would raise throughput and cut queueing.")
     return words + (". It is not saturated: the engine always had work but batches are small and little waiting happens, so "
                     "more load would raise throughput (at a higher TPOT) before anything queues.")
 
@@ -368,6 +374,8 @@ def section_headline(page: Page, runs: list[Run]) -> None:
                 deltas.append("-")
             elif float(b) == 0:
                 deltas.append("same" if float(v) == 0 else f"{float(v) - float(b):+.3g}")
+            elif abs(float(v) / float(b) - 1) > 1:
+                deltas.append(f"x{float(v) / float(b):,.1f}")
             else:
                 deltas.append(f"{(float(v) / float(b) - 1) * 100:+.1f}%")
         rows.append([label, *[fmt_metric(v, kind) for v in vals], *deltas])
