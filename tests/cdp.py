@@ -5,6 +5,7 @@ every network request, evaluate JavaScript, take a screenshot."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import select
@@ -55,10 +56,8 @@ class Browser:
         self.session: str | None = None
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.send("Browser.close", session=False, wait=False)
-        except OSError:
-            pass
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

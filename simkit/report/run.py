@@ -577,7 +577,7 @@ def section_memory(page: Page, runs: list[Run]) -> None:
         ax.invert_yaxis()
         ax.set_xlim(0, 125)
         ax.set_xlabel("% of the tier's capacity (whole deployment)")
-        ax.set_title(("Memory held per tier, by owner" + (f" - {run.label}" if len(runs) > 1 else "")))
+        ax.set_title("Memory held per tier, by owner" + (f" - {run.label}" if len(runs) > 1 else ""))
         if owners:
             ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
         alt = "; ".join(f"{t}: {fmt_bytes(float(mem[t].get('used_bytes', 0)), 3)} of {fmt_bytes(float(mem[t].get('capacity_bytes', 0)), 3)}" for t in tiers)

@@ -185,7 +185,7 @@ def section_deltas(page: Page, ok: Any, axes: list[str], variants: list[str], ba
         sub = ok[ok["variant"].astype(str) == var].set_index(keys)
         joined = sub.join(base.add_suffix("__base"), how="inner")
         med = []
-        for m, label, kind in chosen:
+        for m, label, _kind in chosen:
             a = joined[m].to_numpy(np.float64)
             b = joined[f"{m}__base"].to_numpy(np.float64)
             good = np.isfinite(a) & np.isfinite(b) & (b != 0)
