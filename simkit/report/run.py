@@ -115,6 +115,7 @@ def load_sentence(run: Run) -> str | None:
     s = run.summary
     if it is None or len(it) == 0 or sc is None:
         return None
+    judge = s.get("bottleneck") == "compute" and sc.workload.batch is None
     dur = (it["end_s"] - it["start_s"]).to_numpy(np.float64)
     if dur.sum() <= 0:
         return None
@@ -132,6 +133,10 @@ def load_sentence(run: Run) -> str | None:
     full = batch >= 0.9 * limit or kv_peak >= 0.9 or s.get("preemptions", 0) > 0
     words = (f"Iterations carried {batch:,.1f} sequences on average (time-weighted) of the {limit} allowed; KV-cache use peaked at "
              f"{kv_peak * 100:.0f}%; on average {waiting:,.2f} requests waited for admission (queueing p99 {fmt_metric(q99, 's')})")
+    if not judge:
+        if sc.workload.batch is not None:
+            return words + ". Every request arrives at once (a fixed batch), so there is no arrival rate to saturate."
+        return words + "."
     if full or queue_bound:
         limits = []
         if batch >= 0.9 * limit:
@@ -207,7 +212,7 @@ def topology_svg(run: Run) -> str | None:
     rows_g = max(math.ceil(ng / per_row), 1) if ng else 0
     shown_nodes = min(node.num_nodes, 2)
     inner_w = max(per_row * (gw + gap) + 20, 820)
-    node_h = 36 + rows_g * (gh + gap) + (30 if ng else 0) + 96
+    node_h = 36 + rows_g * (gh + gap) + (30 if ng else 0) + (96 if ng else 70)
     W = inner_w + 40
     H = shown_nodes * (node_h + 30) - 10 + (24 if node.num_nodes > 2 else 0)
     tiers = node.tiers()
@@ -254,13 +259,15 @@ def topology_svg(run: Run) -> str | None:
             if gg is not None and ng > 1:
                 line(20, hy - 4, 20 + min(ng, per_row) * (gw + gap) - gap, hy - 4, f"{gg.type} ({gg.name}) {fmt_bandwidth(gg.achieved_bandwidth, 3)} per direction", "#8250df")
             hy += 18
-        host_y = hy + 34
+        host_y = hy + (34 if ng else 0)
         h2g = node.link("host_to_gpu")
         if ng and h2g is not None:
             line(60, hy, 60, host_y, f"PCIe {fmt_bandwidth(h2g.achieved_bandwidth, 3)} per GPU per direction", "#0969da")
         dram = tiers["dram"]
-        box(20, host_y, 250, 62, "#ffffff", [f"host: {node.sockets} x {node.cpu.name}", f"DRAM {fmt_bytes(dram.capacity, 3)}",
-                                              f"{fmt_bandwidth(dram.read_bw, 3)}"])
+        cpu_compute = not owner and int(s.get("gpus", 0) or 0) == 0
+        box(20, host_y, 250, 62, plots.COLORS[0] + "33" if cpu_compute else "#ffffff",
+            [f"host: {node.sockets} x {node.cpu.name}", f"DRAM {fmt_bytes(dram.capacity, 3)} at {fmt_bandwidth(dram.read_bw, 3)}",
+             "computes the model" if cpu_compute else ""])
         x = 300
         if "cxl" in tiers:
             t = tiers["cxl"]
@@ -278,7 +285,8 @@ def topology_svg(run: Run) -> str | None:
             box(x, host_y, max(min(inner_w - x + 10, 240), 150), 62, "#ffffff",
                 ["network", f"{max(node.num_nics, 1)} x {net.name}", f"{fmt_bandwidth(net.achieved_bandwidth, 3)} each"])
         if n + 1 < shown_nodes:
-            out.append(f'<line x1="{W / 2:.0f}" y1="{y0 + node_h}" x2="{W / 2:.0f}" y2="{y0 + node_h + 30}" stroke="#bc4c00" stroke-width="3"/>')
+            line(W / 2, y0 + node_h, W / 2, y0 + node_h + 30,
+                 f"network {fmt_bandwidth(net.achieved_bandwidth, 3)} x {max(node.num_nics, 1)} per node" if net else "", "#bc4c00")
     if node.num_nodes > 2:
         out.append(f'<text x="20" y="{H - 8}">... {node.num_nodes} identical nodes in all, joined by the network</text>')
     out.append("</svg>")
@@ -299,7 +307,7 @@ def section_scenario(page: Page, runs: list[Run]) -> None:
             page.callout(f"scenario.yaml could not be read: {run.scenario_error}", warn=True)
         svg = topology_svg(run)
         if svg is not None:
-            page.figure(svg, "Hardware and placement: GPUs coloured by the replica that uses them, memory tiers and the links "
+            page.figure(svg, "Hardware and placement: the compute devices coloured by the replica that uses them, memory tiers and the links "
                         "between them (achieved bandwidths the simulator uses).", csv_text(["field", "value"], rows), "scenario")
         return
     header = ["", *[r.label for r in runs]]
@@ -398,12 +406,15 @@ def section_latency(page: Page, runs: list[Run]) -> None:
     rows: list[list[Any]] = []
     for k, (key, title) in enumerate((("ttft", "TTFT"), ("tpot", "TPOT"), ("e2e", "E2E latency"))):
         ax = axes[k]
+        lats = [request_latencies(r)[key] for r in have]
+        top = max((float(np.nanmax(v)) for v in lats if np.isfinite(v).any()), default=0.0)
+        scale, unit = (1.0, "s") if top >= 10 else (1e3, "ms")
         for i, r in enumerate(have):
-            lat = request_latencies(r)[key]
+            lat = lats[i]
             x, y = cdf(lat)
             if x.size:
-                ax.step(x * 1e3, y, where="post", color=plots.COLORS[i % len(plots.COLORS)], linewidth=1.4,
-                        label=r.label if len(have) > 1 else None)
+                ax.step(np.concatenate([[x[0]], x]) * scale, np.concatenate([[0.0], y]), where="post",
+                        color=plots.COLORS[i % len(plots.COLORS)], linewidth=1.4, label=r.label if len(have) > 1 else None)
             # the CSV holds each run's quantiles at 1% steps (the full per-request data is requests.parquet)
             if x.size:
                 for q in range(1, 101):
@@ -411,12 +422,12 @@ def section_latency(page: Page, runs: list[Run]) -> None:
         for bk, b in pct.items():
             if bk.startswith(key):
                 p = bk.split("_")[1]
-                plots.mark_slo(ax, b * 1e3, f"SLO {p} {b * 1e3:g} ms")
+                plots.mark_slo(ax, b * scale, f"SLO {p} {fmt_time(b)}")
                 ax.axhline(int(p[1:]) / 100, color="#cf222e", linewidth=0.6, linestyle=":")
         if key in bounds and not any(bk.startswith(key) and abs(v - bounds[key]) < 1e-12 for bk, v in pct.items()):
-            plots.mark_slo(ax, bounds[key] * 1e3, f"per-request bound {bounds[key] * 1e3:g} ms")
+            plots.mark_slo(ax, bounds[key] * scale, f"per-request bound {fmt_time(bounds[key])}")
         ax.set_title(title)
-        ax.set_xlabel("ms")
+        ax.set_xlabel(unit)
         ax.set_ylim(0, 1.02)
         if k == 0:
             ax.set_ylabel("fraction of requests")
@@ -488,12 +499,14 @@ def section_utilisation(page: Page, runs: list[Run]) -> None:
         ax.set_ylabel("busy %")
         ax.set_ylim(0, 105)
         ax.set_xlabel("simulated time (s)")
-        ax.set_title("Compute: share of each bin with an iteration in flight, per GPU group (replica)")
+        ax.set_title("Iterations in flight: share of each time bin, per GPU group (replica)")
         if k <= 12:
             ax.legend(loc="lower right", ncols=min(k, 6))
         alt = "; ".join(f"{r.label} replica {rep}: mean {float(np.mean(b)) * 100:.0f}%" for r, s in series for rep, b in list(s.busy.items())[:8])
-        page.figure(plots.to_svg(fig, "Compute utilisation over time per GPU group", alt),
+        page.figure(plots.to_svg(fig, "Iterations in flight over time per GPU group", alt),
                     "Fraction of each time bin in which the replica has an iteration in flight (with pipeline stages, any stage). "
+                    "An iteration in flight includes any wait for its transfers (offloading, layer-by-layer execution), so this can "
+                    "exceed the compute utilisation in the totals below, which counts computing only. "
                     "Links have totals only below: the run folder records their busy time, not a timeline (use --trace-out "
                     "for a per-transfer timeline). " + alt + ".",
                     csv_text(["run", "replica", "t_start_s", "t_end_s", "busy_fraction"], rows), "compute-over-time")
