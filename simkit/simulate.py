@@ -56,6 +56,14 @@ class Result:
     """Wall-clock seconds of ``simulate()`` (in provenance.json, not summary.json: not deterministic)."""
     calibration: dict[str, Any] = field(default_factory=dict)
     """The calibration used: setting, description, profile name/path and its measured fidelity."""
+    link_busy: list[tuple[int, str, float, float]] = field(default_factory=list)
+    """(replica, link, start_s, end_s) of every busy period of every link direction (links.parquet)."""
+
+    def links_frame(self):  # type: ignore[no-untyped-def]
+        import pandas as pd
+
+        return pd.DataFrame(self.link_busy, columns=["replica", "link", "start_s", "end_s"]).astype(
+            {"replica": "int64", "link": "str", "start_s": "float64", "end_s": "float64"})
 
     def requests_frame(self):  # type: ignore[no-untyped-def]
         from simkit.metrics import requests_frame
@@ -623,6 +631,10 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             front[router.choose(i, front)].enqueue(i)
 
     env.process(arrival_process())
+    if record_iterations:
+        for g in replicas:
+            for link in g.links.values():
+                link.busy_log = []
     env.run()
 
     # KV utilisation, time-weighted, from the iteration log (or the peak when not recorded)
@@ -723,8 +735,9 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             for k, link in r.links.items():
                 for s0, s1, tag, nb in link.intervals or []:
                     events.append({"name": tag or k, "ph": "X", "pid": r.index, "tid": link.name, "ts": s0 * 1e6, "dur": (s1 - s0) * 1e6, "args": {"bytes": nb}})
+    link_busy = [(g.index, k, s0, s1) for g in replicas for k, link in g.links.items() for s0, s1 in link.busy_log or []]
     return Result(sc, summary, table, log.rows, memory, warn, events,  # memory: per tier, by owner
-                  time.perf_counter() - wall0, calibration_provenance(sc, eff, cal_info))
+                  time.perf_counter() - wall0, calibration_provenance(sc, eff, cal_info), link_busy)
 
 
 def account_memory(node, mem, off_mem, tiers, n_rep, gpus_per_replica, use_cpu, pc, swap_bytes, replicas):  # type: ignore[no-untyped-def]
@@ -914,6 +927,9 @@ def write_outputs(
     paths.append(p)
     p = out / "iterations.parquet"
     result.iterations_frame().to_parquet(p, index=False)
+    paths.append(p)
+    p = out / "links.parquet"
+    result.links_frame().to_parquet(p, index=False)
     paths.append(p)
     p = out / "scenario.yaml"
     src = result.scenario.source or "(built in Python)"

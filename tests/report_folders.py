@@ -32,6 +32,16 @@ def make_run(out: Path, overrides: dict[str, Any] | None = None) -> Path:
     return out
 
 
+def make_offload_run(out: Path) -> Path:
+    """A tiny offloaded run (OPT-175B on a T4 streaming weights from SSD): links move data."""
+    from simkit.scenario import load_scenario
+
+    sc = load_scenario(ROOT / "workloads" / "scenarios" / "opt175b-t4-offload.yaml",
+                       ["workload.batch.num_prompts=4", "workload.batch.output_tokens=4", "plan.offload.gpu_batch_size=4"])
+    write_outputs(simulate(sc), out)
+    return out
+
+
 def flatten(summary: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """summary.json as one table row: nested dicts as a.b, lists as JSON strings."""
     out: dict[str, Any] = {}

@@ -96,3 +96,25 @@ def test_summary_json_is_identical_across_processes(tmp_path):
         )
         outs.append((out / "summary.json").read_bytes())
     assert outs[0] == outs[1]
+
+
+def test_links_parquet_holds_every_busy_period(tmp_path):
+    # an offloaded plan streams weights over NVMe and PCIe: the busy periods add up to link_busy_s
+    from simkit.simulate import simulate, write_outputs
+
+    sc = load_scenario(ROOT / "workloads/scenarios/opt175b-t4-offload.yaml",
+                       ["workload.batch.num_prompts=4", "workload.batch.output_tokens=4", "plan.offload.gpu_batch_size=4"])
+    res = simulate(sc)
+    write_outputs(res, tmp_path)
+    import pandas as pd
+
+    df = pd.read_parquet(tmp_path / "links.parquet")
+    assert list(df.columns) == ["replica", "link", "start_s", "end_s"] and len(df) > 10
+    assert (df["end_s"] > df["start_s"]).all()
+    busy = (df["end_s"] - df["start_s"]).groupby(df["link"]).sum()
+    for link, seconds in res.summary["link_busy_s"].items():
+        assert busy.get(link, 0.0) == pytest.approx(seconds, rel=1e-9, abs=1e-12), link
+    assert busy["nvme_read"] > 0
+    for _, d in df.groupby(["replica", "link"]):  # periods of one link direction are disjoint and in order
+        s, e = d["start_s"].to_numpy(), d["end_s"].to_numpy()
+        assert (s[1:] >= e[:-1]).all()

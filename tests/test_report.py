@@ -31,6 +31,7 @@ def folders(tmp_path_factory):
     out = {
         "run": rf.make_run(base / "run"),
         "run_b": rf.make_run(base / "run_b", {"plan.batching.max_num_seqs": 4}),
+        "offload": rf.make_offload_run(base / "offload"),
         "study": rf.make_study(base / "study"),
         "search": rf.make_search(base / "search"),
     }
@@ -88,6 +89,22 @@ def test_run_report(folders, tmp_path):
     assert "held-out median error" in html and "h100-sxm-vidur" in html  # fidelity of the profile
     assert "model: llama-2-7b" in html  # the resolved scenario YAML
     assert "@media print" in html
+
+
+def test_offloaded_run_report_shows_links_over_time(folders):
+    s = json.loads((folders["offload"] / "summary.json").read_text())
+    html = build_report([folders["offload"]])
+    check_single_file(html)
+    check_figures(html, 9)
+    fig = [f for f in figures(html) if "Link utilisation over time" in f]
+    assert len(fig) == 1
+    data = base64.b64decode(re.search(r'href="data:text/csv;base64,([^"]+)"', fig[0]).group(1)).decode()
+    rows = list(csv.DictReader(io.StringIO(data)))
+    for link in {r["link"] for r in rows}:  # the binned busy shares integrate back to the link's busy seconds
+        busy = sum(float(r["busy_fraction"]) * (float(r["t_end_s"]) - float(r["t_start_s"])) for r in rows if r["link"] == link)
+        assert busy == pytest.approx(s["link_busy_s"][link], rel=1e-6)
+    assert s["bottleneck"] == "nvme_read" and "The bottleneck is SSD read (NVMe)" in html
+    assert "Every request arrives at once" in html
 
 
 def test_run_report_numbers_match_the_summary(folders, tmp_path):

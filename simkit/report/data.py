@@ -71,6 +71,8 @@ class Run:
     summary: dict[str, Any]
     requests: Any = None
     iterations: Any = None
+    links: Any = None
+    """links.parquet: busy periods of every link direction, or None."""
     scenario_text: str | None = None
     scenario: Any = None
     """The validated Scenario of scenario.yaml, or None."""
@@ -87,6 +89,8 @@ def load_run(path: Path, label: str | None = None) -> Run:
         run.requests = read_parquet(path / "requests.parquet", REQUEST_COLS)
     if (path / "iterations.parquet").exists():
         run.iterations = read_parquet(path / "iterations.parquet", ITERATION_COLS)
+    if (path / "links.parquet").exists():
+        run.links = read_parquet(path / "links.parquet", ("replica", "link", "start_s", "end_s"))
     sp = path / "scenario.yaml"
     if sp.exists():
         from simkit.scenario import load_scenario
@@ -143,17 +147,21 @@ class Series:
     """Mean fraction of the KV blocks in use, over replicas."""
     busy: dict[int, np.ndarray]
     """Per replica, the fraction of time an iteration is in flight (clipped at 1)."""
+    links: dict[str, np.ndarray]
+    """Per link direction that moved data, its busy fraction averaged over replicas (links.parquet)."""
 
     @property
     def centers(self) -> np.ndarray:
         return (self.edges[:-1] + self.edges[1:]) / 2
 
     def csv_rows(self) -> tuple[list[str], list[list[Any]]]:
-        head = ["t_start_s", "t_end_s", "output_tokens_per_s", "queue_length", "running", "kv_use"] + [f"busy_replica_{r}" for r in self.busy]
+        head = (["t_start_s", "t_end_s", "output_tokens_per_s", "queue_length", "running", "kv_use"] + [f"busy_replica_{r}" for r in self.busy]
+                + [f"link_busy_{k}" for k in self.links])
         rows = []
         for i in range(len(self.edges) - 1):
             rows.append([float(self.edges[i]), float(self.edges[i + 1]), float(self.output_tokens_per_s[i]), float(self.queue_length[i]),
-                         float(self.running[i]), float(self.kv_use[i])] + [float(b[i]) for b in self.busy.values()])
+                         float(self.running[i]), float(self.kv_use[i])] + [float(b[i]) for b in self.busy.values()]
+                        + [float(b[i]) for b in self.links.values()])
         return head, rows
 
 
@@ -196,7 +204,14 @@ def run_series(run: Run, bins: int = 160) -> Series | None:
     for r in sorted(set(reps.tolist())):
         m = reps == r
         busy[int(r)] = np.clip(binned_integral(st[m], en[m], (en - st)[m], edges) / width, 0.0, 1.0)
-    return Series(edges, toks / width, queue, running, kv_use, busy)
+    links: dict[str, np.ndarray] = {}
+    lk = run.links
+    if lk is not None and len(lk):
+        for name in sorted(set(lk["link"].astype(str))):
+            d = lk[lk["link"].astype(str) == name]
+            ls, le = d["start_s"].to_numpy(np.float64), d["end_s"].to_numpy(np.float64)
+            links[name] = binned_integral(ls, le, le - ls, edges) / width / n_rep
+    return Series(edges, toks / width, queue, running, kv_use, busy, links)
 
 
 def cdf(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

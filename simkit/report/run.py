@@ -506,10 +506,9 @@ def section_utilisation(page: Page, runs: list[Run]) -> None:
         page.figure(plots.to_svg(fig, "Iterations in flight over time per GPU group", alt),
                     "Fraction of each time bin in which the replica has an iteration in flight (with pipeline stages, any stage). "
                     "An iteration in flight includes any wait for its transfers (offloading, layer-by-layer execution), so this can "
-                    "exceed the compute utilisation in the totals below, which counts computing only. "
-                    "Links have totals only below: the run folder records their busy time, not a timeline (use --trace-out "
-                    "for a per-transfer timeline). " + alt + ".",
+                    "exceed the compute utilisation in the totals below, which counts computing only. " + alt + ".",
                     csv_text(["run", "replica", "t_start_s", "t_end_s", "busy_fraction"], rows), "compute-over-time")
+        section_links_over_time(page, series)
     # totals
     names: list[str] = []
     for r in runs:
@@ -555,6 +554,37 @@ def section_utilisation(page: Page, runs: list[Run]) -> None:
                            [[g.get("replica"), g.get("stage"), ", ".join(str(x) for x in g.get("gpus") or []) or "CPU",
                              g.get("compute_s"), g.get("comm_s"), g.get("idle_s")] for g in pg[:64]],
                            [True, True, False, True, True, True], caption="Per GPU group"))
+
+
+def section_links_over_time(page: Page, series: list[tuple[Run, Any]]) -> None:
+    """Busy share over time of every link direction that moved data (from links.parquet)."""
+    used = [(r, s) for r, s in series if s.links]
+    if not used:
+        missing = [r.label for r, _ in series if r.links is None]
+        page.para("No link moved data in this run." if not missing else
+                  f"No links.parquet in {', '.join(missing)} (written by simkit run since this report existed): link totals only.")
+        return
+    fig, ax = plots.figure(10.5, 2.8)
+    rows: list[list[Any]] = []
+    styles = ["-", "--", ":", "-."]
+    k = 0
+    for i, (r, s) in enumerate(used):
+        for name, b in s.links.items():
+            ax.plot(s.centers, b * 100, color=plots.COLORS[k % len(plots.COLORS)], linewidth=1.1, linestyle=styles[i % len(styles)],
+                    label=(f"{r.label} " if len(used) > 1 else "") + RESOURCE_NAMES.get(name, name))
+            rows.extend([[r.label, name, float(s.edges[j]), float(s.edges[j + 1]), float(b[j])] for j in range(len(b))])
+            k += 1
+    ax.set_ylabel("busy %")
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("simulated time (s)")
+    ax.set_title("Links: share of each time bin with a transfer in flight, per link direction")
+    ax.legend(loc="lower right", ncols=min(k, 4))
+    alt = "; ".join(f"{r.label} {RESOURCE_NAMES.get(n, n)}: mean {float(np.mean(b)) * 100:.0f}%, peak {float(np.max(b)) * 100:.0f}%"
+                    for r, s in used for n, b in s.links.items())
+    page.figure(plots.to_svg(fig, "Link utilisation over time", alt),
+                "Busy share of each link direction that moved data (one direction of a link is one resource), averaged over "
+                "replicas, from links.parquet. " + alt + ".",
+                csv_text(["run", "link", "t_start_s", "t_end_s", "busy_fraction"], rows), "links-over-time")
 
 
 # ---- memory ---------------------------------------------------------------------------------
