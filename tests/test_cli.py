@@ -28,7 +28,7 @@ def test_example_scenarios_run(path, tmp_path, capsys):
                 "output_tokens_per_s", "requests_completed", "requests_rejected", "makespan_s"):
         assert key in s
     assert s["requests_completed"] > 0
-    for f in ("requests.parquet", "iterations.parquet", "scenario.yaml", "provenance.json"):
+    for f in ("requests.parquet", "iterations.parquet", "links.parquet", "scenario.yaml", "provenance.json"):
         assert (tmp_path / f).exists(), f
 
 
