@@ -230,3 +230,50 @@ def test_run_report_time(folders):
     cpu = float(r.stdout.strip())
     print(f"run report: {cpu:.2f} s CPU, {wall:.2f} s wall (with interpreter start)")
     assert cpu < 3.0
+
+
+def test_study_report_edge_cases(folders, tmp_path):
+    """A study without axes (variants only), and axes holding lists and unset values."""
+    import shutil
+
+    import pandas as pd
+
+    d = tmp_path / "variants_only"
+    shutil.copytree(folders["study"], d)
+    df = pd.read_parquet(d / "runs.parquet")
+    df = df[(df["plan.parallel.tp"] == 1) & (df["plan.batching.max_num_seqs"] == 16)]
+    df.to_parquet(d / "runs.parquet", index=False)
+    meta = json.loads((d / "study.json").read_text())
+    meta["axes"] = []
+    (d / "study.json").write_text(json.dumps(meta))
+    html = build_report([d])
+    check_single_file(html)
+    check_figures(html, 2)
+    assert ">Deltas against the baseline (continuous)</h2>" in html
+
+    e = tmp_path / "odd_axes"
+    shutil.copytree(folders["study"], e)
+    df = pd.read_parquet(e / "runs.parquet")
+    df["plan.parallel.layer_split"] = [[16, 16] if k % 2 else None for k in range(len(df))]
+    df.to_parquet(e / "runs.parquet", index=False)
+    meta = json.loads((e / "study.json").read_text())
+    meta["axes"].append("plan.parallel.layer_split")
+    (e / "study.json").write_text(json.dumps(meta))
+    html = build_report([e])
+    check_figures(html, 2)
+    assert "[16, 16]" in html and "(unset)" in html
+
+
+def test_run_folder_with_summary_only(folders, tmp_path):
+    """A run folder from before scenario.yaml/provenance.json existed, or a study's run without tables."""
+    import shutil
+
+    d = tmp_path / "old"
+    d.mkdir()
+    shutil.copy(folders["run"] / "summary.json", d / "summary.json")
+    html = build_report([d])
+    check_single_file(html)
+    check_figures(html, 2)  # resources and memory, from summary.json alone
+    assert "no requests.parquet/iterations.parquet" in html
+    assert "needs both" in html  # the operator breakdown says what it lacks
+    assert "(no provenance.json)" in html

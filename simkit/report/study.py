@@ -71,7 +71,18 @@ def load_study(path: Path) -> tuple[dict[str, Any], Any]:
     missing = [a for a in meta.get("axes") or [] if a not in df.columns]
     if missing:
         raise ReportError(f"axis column(s) {', '.join(missing)} named in study.json are missing", where=str(path / "runs.parquet"))
+    for a in meta.get("axes") or []:
+        col = df[a]
+        # lists, mappings and unset values become labels, so every axis value can be grouped and compared
+        if col.isna().any() or any(not isinstance(v, str | int | float | bool | np.generic) for v in col.dropna()):
+            df[a] = [("(unset)" if _unset(v) else json.dumps(v.tolist() if isinstance(v, np.ndarray) else v, default=str)
+                      if not isinstance(v, str | int | float | bool | np.generic) else str(v)) for v in col]
+    df["variant"] = df["variant"].fillna("").astype(str)
     return meta, df
+
+
+def _unset(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 def study_page(path: Path) -> str:
