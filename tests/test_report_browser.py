@@ -59,6 +59,14 @@ def test_report_renders_in_chromium(kind, reports, browser, tmp_path):
     shot = tmp_path / f"{kind}.png"
     browser.screenshot(shot)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    # printed: no navigation, figures still drawn, the folded YAML/JSON printed in full
+    browser.send("Emulation.setEmulatedMedia", {"media": "print"})
+    try:
+        assert browser.evaluate("getComputedStyle(document.querySelector('nav')).display") == "none"
+        assert all(f["w"] > 100 and f["h"] > 50 for f in json.loads(browser.evaluate(FIGURE_SIZES)))
+        assert browser.evaluate("[...document.querySelectorAll('details pre')].every(p => p.checkVisibility())")
+    finally:
+        browser.send("Emulation.setEmulatedMedia", {"media": ""})
 
 
 def test_the_checks_catch_a_bad_page(browser, tmp_path):

@@ -47,10 +47,10 @@ footer { margin-top: 40px; color: var(--muted); font-size: .85em; border-top: 1p
 @media print {
   body { max-width: none; padding: 0; font-size: 11pt; }
   nav, figcaption a, details > summary { display: none; }
-  details > * { display: block; }
+  details::details-content { content-visibility: visible; display: block; }
   a { color: inherit; text-decoration: none; }
   h2 { break-after: avoid; page-break-after: avoid; }
-  table, pre { break-inside: avoid; page-break-inside: avoid; }
+  table { break-inside: avoid; page-break-inside: avoid; }
   figure.half { width: 49%; }
 }
 """
