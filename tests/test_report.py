@@ -134,7 +134,7 @@ def test_comparison_report(folders, tmp_path):
     assert ">What differs</h2>" in html
     row = re.search(r"<tr><td[^>]*>plan\.batching\.max_num_seqs</td><td[^>]*>(\d+)</td><td[^>]*>(\d+)</td>", html)
     assert row and row.groups() == ("128", "4")
-    assert "run_b vs run" in html
+    assert "run_b vs run" in html.replace("<wbr>", "")
 
 
 def test_study_report(folders, tmp_path):
@@ -148,6 +148,8 @@ def test_study_report(folders, tmp_path):
 
 
 def test_search_report(folders, tmp_path):
+    import pandas as pd
+
     meta = json.loads((folders["search"] / "search.json").read_text())
     html = write_report([folders["search"]], tmp_path / "x.html").read_text()
     check_single_file(html)
@@ -157,7 +159,15 @@ def test_search_report(folders, tmp_path):
         assert f">{section}</h2>" in html, section
     for reason, n in meta["rejected_by_reason"].items():
         assert f"{reason}: {n}" in html
+    # plans pruned before simulation are not in rejected_by_reason: counted from their own reasons
+    cands = pd.read_parquet(folders["search"] / "candidates.parquet")
+    fig = [f for f in figures(html) if "Rejected plans by reason" in f][0]
+    counts = list(csv.DictReader(io.StringIO(base64.b64decode(re.search(r'base64,([^"]+)"', fig).group(1)).decode())))
+    assert sum(int(r["count"]) for r in counts) == int((~cands["feasible"]).sum())
+    assert any(r["reason"].startswith("invalid plan: tp=3 does not divide") for r in counts)
+    assert "TTFT p90 &lt;= 2.00 s; TPOT p99 &lt;= 10.0 ms" in html
     assert f"simkit run {folders['search'] / 'best.yaml'}" in html
+    assert f"simkit search searches/seqs.yaml --out {folders['search']}" in html
 
 
 def test_cli_report_and_run_report(folders, tmp_path, capsys):

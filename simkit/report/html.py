@@ -106,7 +106,9 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequenc
     out = ['<div class="wide"><table>']
     if caption:
         out.append(f"<caption>{esc(caption)}</caption>")
-    out.append("<thead><tr>" + "".join(f'<th class="{"num" if n else ""}">{esc(h)}</th>' for h, n in zip(header, numeric)) + "</tr></thead><tbody>")
+    # long dotted/underscored keys may break after their separators
+    heads = [re.sub(r"([._|])", r"\1<wbr>", esc(h)) for h in header]
+    out.append("<thead><tr>" + "".join(f'<th class="{"num" if n else ""}">{h}</th>' for h, n in zip(heads, numeric)) + "</tr></thead><tbody>")
     for i, r in enumerate(rows):
         cells = []
         for j, v in enumerate(r):

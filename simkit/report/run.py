@@ -49,7 +49,7 @@ def fmt_metric(v: Any, kind: str) -> str:
         return "-"
     v = float(v)
     if kind == "s":
-        return f"{v * 1e3:,.1f} ms" if v < 10 else f"{v:,.2f} s"
+        return f"{v * 1e3:,.1f} ms" if abs(v) < 1 else f"{v:,.2f} s"
     if kind == "frac":
         return f"{v * 100:.1f}%"
     if kind == "usd":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,10 @@ def objective(meta: dict[str, Any], where: str) -> tuple[str, str]:
 
 
 def _label(m: str) -> str:
-    return LABEL.get(m, m)
+    if m in LABEL:
+        return LABEL[m]
+    p = re.fullmatch(r"(ttft|tpot|tbt|e2e|queue)_p(\d+)_s", m)
+    return f"{p.group(1).upper() if p.group(1) != 'queue' else 'queueing'} p{p.group(2)}" if p else m
 
 
 def _kind(m: str) -> str:
@@ -54,7 +58,7 @@ def search_page(path: Path) -> str:
                 f"{len(cands)} candidate plans, {len(sim)} simulated, {len(feas)} feasible; winner {best_id or 'none'} - folder {path}")
     page.section("Overview")
     items = [("objective", f"{sense} {metric}"),
-             ("constraints", ", ".join(f"{k} {v}" for k, v in (meta.get("constraints") or {}).items())
+             ("constraints", "; ".join(constraint_text(k, v) for k, v in (meta.get("constraints") or {}).items())
               if isinstance(meta.get("constraints"), dict) else json.dumps(meta.get("constraints"))),
              ("search space", ", ".join(space) or "-"),
              ("candidates", f"{len(cands)}: {len(sim)} simulated, {len(cands) - len(sim)} pruned analytically, {len(feas)} feasible"),
@@ -95,6 +99,36 @@ def search_page(path: Path) -> str:
     return page.render()
 
 
+def constraint_text(metric: str, bound: Any) -> str:
+    """``{max: 0.5}`` on ttft_p90_s -> "TTFT p90 <= 500.0 ms"; other shapes as written."""
+    if isinstance(bound, dict) and set(bound) <= {"max", "min"}:
+        parts = []
+        if "min" in bound:
+            parts.append(f"{_label(metric)} >= {fmt_metric(bound['min'], _kind(metric))}")
+        if "max" in bound:
+            parts.append(f"{_label(metric)} <= {fmt_metric(bound['max'], _kind(metric))}")
+        return ", ".join(parts)
+    return f"{_label(metric)} {bound}"
+
+
+def constraint_bounds(meta: dict[str, Any], metric: str) -> list[tuple[str, float]]:
+    c = (meta.get("constraints") or {}).get(metric) if isinstance(meta.get("constraints"), dict) else None
+    if not isinstance(c, dict):
+        return []
+    return [(k, float(v)) for k, v in c.items() if k in ("max", "min") and isinstance(v, int | float)]
+
+
+def pareto_members(meta: dict[str, Any], pareto: Any, mx: str, my: str) -> set[str]:
+    """The candidates on the front of this pair: search.json's per-pair list where it has one
+    ({"x|y": [ids]}), else every row of pareto.parquet."""
+    per = meta.get("pareto")
+    if isinstance(per, dict):
+        for key in (f"{mx}|{my}", f"{my}|{mx}"):
+            if isinstance(per.get(key), list):
+                return {str(x) for x in per[key]}
+    return set(pareto["candidate_id"].astype(str))
+
+
 def pareto_pairs(meta: dict[str, Any], cands: Any, metric: str) -> list[tuple[str, str]]:
     pairs = []
     for p in meta.get("pareto_axes") or []:
@@ -111,12 +145,12 @@ def section_pareto(page: Page, meta: dict[str, Any], cands: Any, feas: Any, pare
         return
     sim = cands[cands["simulated"].astype(bool)]
     infeasible = sim[~sim["feasible"].astype(bool)]
-    pids = set(pareto["candidate_id"].astype(str))
     fig, axes = plots.figure(10.5 if len(pairs) < 3 else 13.5, 4.2, ncols=len(pairs))
     axes = [axes] if len(pairs) == 1 else list(axes)
     rows: list[list[Any]] = []
     alt = []
     for ax, (mx, my) in zip(axes, pairs):
+        pids = pareto_members(meta, pareto, mx, my)
         kx, ky = _kind(mx), _kind(my)
         sx = 1e3 if kx == "s" else 1.0
         sy = 1e3 if ky == "s" else 1.0
@@ -132,6 +166,14 @@ def section_pareto(page: Page, meta: dict[str, Any], cands: Any, feas: Any, pare
             if len(b):
                 ax.scatter(b[mx].astype(float) * sx, b[my].astype(float) * sy, marker="*", s=180, color="#bf8700", edgecolors="#24292f",
                            linewidths=0.6, zorder=5, label=f"winner {best_id}")
+        for m, scale_, vertical in ((mx, sx, True), (my, sy, False)):
+            for side, v in constraint_bounds(meta, m):
+                plots.mark_slo(ax, v * scale_, f"{side} {fmt_metric(v, _kind(m))}", vertical=vertical)
+        for m, scale_, setter in ((mx, sx, ax.set_xscale), (my, sy, ax.set_yscale)):
+            vals = sim[m].astype(float).to_numpy() * scale_
+            vals = vals[np.isfinite(vals) & (vals > 0)]
+            if vals.size and vals.max() / vals.min() > 100:
+                setter("log")
         ax.set_xlabel(_label(mx) + (" (ms)" if kx == "s" else ""))
         ax.set_ylabel(_label(my) + (" (ms)" if ky == "s" else ""))
         ax.legend(loc="best")
@@ -140,7 +182,7 @@ def section_pareto(page: Page, meta: dict[str, Any], cands: Any, feas: Any, pare
             rows.append([mx, my, str(r["candidate_id"]), bool(r["feasible"]), str(r["candidate_id"]) in pids, r[mx], r[my]])
     page.figure(plots.to_svg(fig, "Pareto front of the search", "; ".join(alt)),
                 "Every simulated candidate: grey feasible, red crosses infeasible (a constraint missed), blue the Pareto-optimal set, "
-                "the star the winner. " + "; ".join(alt) + ".",
+                "the star the winner; dashed red lines are constraint bounds on an axis' metric. " + "; ".join(alt) + ".",
                 csv_text(["x_metric", "y_metric", "candidate_id", "feasible", "pareto", "x", "y"], rows), "pareto")
 
 
@@ -178,10 +220,24 @@ def _nan(v: Any) -> bool:
 def section_rejected(page: Page, meta: dict[str, Any], cands: Any) -> None:
     page.section("Rejected plans")
     by = meta.get("rejected_by_reason") or {}
-    if not isinstance(by, dict) or not by:
+    if not isinstance(by, dict):
+        by = {}
+    items = sorted(((str(k), int(v)) for k, v in by.items()), key=lambda kv: -kv[1])
+    # candidates search.json does not count (e.g. pruned analytically), from their own reasons
+    infeasible = cands[~cands["feasible"].astype(bool)]
+    missing = len(infeasible) - sum(v for _, v in items)
+    if missing > 0:
+        unsim = infeasible[~infeasible["simulated"].astype(bool)]
+        if len(unsim) == missing:
+            extra: dict[str, int] = {}
+            for r in unsim["reason"].astype(str):
+                extra[r or "(no reason given)"] = extra.get(r or "(no reason given)", 0) + 1
+            items += sorted(extra.items(), key=lambda kv: -kv[1])
+        else:
+            items.append(("other (not counted in search.json; see the table)", missing))
+    if not items:
         page.para("No plan was rejected.")
         return
-    items = sorted(((str(k), int(v)) for k, v in by.items()), key=lambda kv: -kv[1])
     longest = max(len(k) for k, _ in items)
     fig, ax = plots.figure(10.5, 0.95 + 0.32 * len(items), left=min(0.3 + 0.065 * min(longest, 70), 4.8))
     y = np.arange(len(items))
