@@ -71,9 +71,10 @@ def to_svg(fig: Any, title: str, alt: str) -> str:
     text = re.sub(r'(\sid=")([^"]+")', lambda m: m.group(1) + p + m.group(2), text)
     text = re.sub(r"url\(#", f"url(#{p}", text)
     text = re.sub(r'href="#', f'href="#{p}', text)
+    # drop the fixed size (CSS scales the figure to the page) but never wider than drawn
     text = re.sub(
-        r"<svg([^>]*?)\swidth=\"[^\"]*\"\s+height=\"[^\"]*\"",
-        lambda m: f'<svg{m.group(1)} role="img" aria-label="{esc(label)}"',
+        r"<svg([^>]*?)\swidth=\"([\d.]+)pt\"\s+height=\"[^\"]*\"",
+        lambda m: f'<svg{m.group(1)} style="max-width: {float(m.group(2)) * 4 / 3:.0f}px" role="img" aria-label="{esc(label)}"',
         text,
         count=1,
     )

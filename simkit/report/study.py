@@ -121,10 +121,19 @@ def study_page(path: Path) -> str:
 def section_axes(page: Page, ok: Any, axes: list[str], variants: list[str], chosen: list[tuple[str, str, str]]) -> None:
     page.section("Metrics against each axis")
     cols = axes or ["variant"]
-    nr, nc = len(chosen), len(cols)
-    fig, grid = plots.figure(min(3.4 * nc + 1.2, 13.5), 2.1 * nr + 0.6, nrows=nr, ncols=nc, left=0.85, top=0.4, hspace=0.45,
-                             wspace=0.3)
+    wrap = len(cols) == 1  # one axis: the metrics wrap three to a row, each panel titled by its metric
+    if wrap:
+        nr, nc = math.ceil(len(chosen) / 3), min(len(chosen), 3)
+        fig, grid = plots.figure(3.5 * nc + 0.4, 2.5 * nr + 0.3, nrows=nr, ncols=nc, left=0.6, top=0.35, bottom=0.55,
+                                 hspace=0.6, wspace=0.3)
+    else:
+        nr, nc = len(chosen), len(cols)
+        fig, grid = plots.figure(min(3.4 * nc + 1.2, 13.5), 2.1 * nr + 0.6, nrows=nr, ncols=nc, left=0.85, top=0.4, hspace=0.45,
+                                 wspace=0.3)
     grid = np.asarray(grid, dtype=object).reshape(nr, nc)
+    if wrap:
+        for k in range(len(chosen), nr * nc):
+            grid[k // nc, k % nc].set_visible(False)
     rows: list[list[Any]] = []
     alt = []
     for j, axis in enumerate(cols):
@@ -134,7 +143,7 @@ def section_axes(page: Page, ok: Any, axes: list[str], variants: list[str], chos
             xs, numeric = _axis_values(ok[axis])
         pos = {v: float(v) for v in xs} if numeric else {v: float(k) for k, v in enumerate(xs)}
         for i, (m, label, kind) in enumerate(chosen):
-            ax = grid[i, j]
+            ax = grid[i // nc, i % nc] if wrap else grid[i, j]
             for vi, var in enumerate(variants):
                 sub = ok[ok["variant"].astype(str) == var] if var != "" else ok
                 if axis == "variant":
@@ -159,27 +168,31 @@ def section_axes(page: Page, ok: Any, axes: list[str], variants: list[str], chos
                     ax.plot(xv, mean, marker="o", markersize=3.5, color=c, linewidth=1.4, label=var or None)
                     if any(h > lo_ for h, lo_ in zip(hi, lo)):
                         ax.fill_between(xv, lo, hi, color=c, alpha=0.15, linewidth=0)
-            if i == 0:
+            ylab = f"{label}" + (f" ({_unit(kind)})" if _unit(kind) else "")
+            if wrap:
+                ax.set_title(ylab)
+                ax.set_xlabel(axis)
+            elif i == 0:
                 ax.set_title(axis)
             if not numeric:
                 ax.set_xticks(range(len(xs)), [str(x) for x in xs], rotation=20 if len(xs) > 4 else 0)
-            elif all(float(x) > 0 for x in xs) and len(xs) > 2 and max(float(x) for x in xs) / min(float(x) for x in xs) >= 16:
+            elif all(float(x) > 0 for x in xs) and len(xs) > 2 and max(float(x) for x in xs) / min(float(x) for x in xs) >= 4:
                 ax.set_xscale("log", base=2)
             if numeric and len(xs) <= 10:
                 ax.set_xticks([float(x) for x in xs], [str(x) for x in xs])
-            if i == nr - 1:
+            if not wrap and i == nr - 1:
                 ax.set_xlabel(axis)
-            if j == 0:
-                ax.set_ylabel(f"{label}" + (f" ({_unit(kind)})" if _unit(kind) else ""))
-            if i == 0 and j == nc - 1 and len(variants) > 1 and axis != "variant":
+            if not wrap and j == 0:
+                ax.set_ylabel(ylab)
+            if i == 0 and (wrap or j == nc - 1) and len(variants) > 1 and axis != "variant":
                 ax.legend(loc="best")
     for m, label, kind in chosen[:3]:
         best = ok.loc[ok[m].astype(float).idxmin()] if kind == "s" else ok.loc[ok[m].astype(float).idxmax()]
         alt.append(f"{'lowest' if kind == 's' else 'highest'} {label} {fmt_metric(best[m], kind)} at "
                    + ", ".join(f"{a}={best[a]}" for a in axes) + (f" ({best['variant']})" if best["variant"] else ""))
     page.figure(plots.to_svg(fig, "Each metric against each study axis", "; ".join(alt)),
-                "Rows: metrics; columns: axes. One line per variant at the mean over repeats and the other axes; the band spans their "
-                "minimum to maximum. " + "; ".join(alt) + ".",
+                ("One panel per metric. " if wrap else "Rows: metrics; columns: axes. ")
+                + "One line per variant at the mean over repeats and the other axes; the band spans their minimum to maximum. " + "; ".join(alt) + ".",
                 csv_text(["axis", "value", "variant", "metric", "mean", "min", "max", "runs"], rows), "metrics-by-axis")
 
 
