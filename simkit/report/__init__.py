@@ -32,10 +32,9 @@ def build_report(dirs: Sequence[str | Path]) -> str:
         from simkit.report.search import search_page
 
         return search_page(paths[0])
-    bad = [str(p) for p, k in zip(paths, kinds) if k != "run"]
+    bad = [(p, k) for p, k in zip(paths, kinds) if k != "run"]
     if bad:
-        raise ReportError(f"only run folders can be compared; {', '.join(bad)} is a {kinds[[str(p) for p in paths].index(bad[0])]} folder",
-                          where=bad[0])
+        raise ReportError(f"is a {bad[0][1]} folder; only run folders can be reported together (a comparison)", where=str(bad[0][0]))
     from simkit.report.pages import compare_page
 
     return compare_page([load_run(p, _label(p, paths)) for p in paths])

@@ -218,7 +218,6 @@ def topology_svg(run: Run) -> str | None:
     tiers = node.tiers()
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" role="img" aria-label="TITLE" font-family="sans-serif" font-size="11">',
            "<title>TITLE</title>"]
-    labels = []
 
     def box(x: float, y: float, w: float, h: float, fill: str, lines: list[str], stroke: str = "#57606a") -> None:
         out.append(f'<rect x="{x:.0f}" y="{y:.0f}" width="{w:.0f}" height="{h:.0f}" rx="5" fill="{fill}" stroke="{stroke}"/>')
@@ -291,9 +290,8 @@ def topology_svg(run: Run) -> str | None:
         out.append(f'<text x="20" y="{H - 8}">... {node.num_nodes} identical nodes in all, joined by the network</text>')
     out.append("</svg>")
     unused = node.total_gpus - len(used_gpus)
-    labels.append(f"{node.name}: {node.num_nodes} node(s) of {ng} {node.gpu.name if node.gpu else ''} GPUs"
-                  f"{'' if not ng else f', {len(used_gpus)} used by the plan, {unused} unused'}")
-    title = "Hardware and placement. " + "; ".join(labels)
+    title = (f"Hardware and placement. {node.name}: {node.num_nodes} node(s) of {ng} {node.gpu.name if node.gpu else ''} GPUs"
+             + (f", {len(used_gpus)} used by the plan, {unused} unused" if ng else ", computing on the CPUs"))
     return "\n".join(out).replace("TITLE", esc(title))
 
 
