@@ -89,6 +89,7 @@ def test_run_report(folders, tmp_path):
     assert "held-out median error" in html and "h100-sxm-vidur" in html  # fidelity of the profile
     assert "model: llama-2-7b" in html  # the resolved scenario YAML
     assert "@media print" in html
+    assert "HBM bandwidth used" in html and "% of 3.35 TB/s" in html  # H100 SXM datasheet bandwidth
 
 
 def test_offloaded_run_report_shows_links_over_time(folders):

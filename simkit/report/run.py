@@ -480,6 +480,8 @@ def section_over_time(page: Page, runs: list[Run]) -> None:
 # ---- utilisation ------------------------------------------------------------------------------
 def section_utilisation(page: Page, runs: list[Run]) -> None:
     page.section("Utilisation and bottleneck")
+    page.para("HBM: its capacity use is under Memory per tier and KV-cache use over time; the bandwidth a typical iteration uses is "
+              "under Where an iteration's time goes (the simulator times operators, it does not track HBM traffic as a resource).")
     for r in runs:
         page.callout((f"{r.label}: " if len(runs) > 1 else "") + bottleneck_sentence(r.summary) + " " + (load_sentence(r) or ""))
     series = [(r, run_series(r)) for r in runs]
@@ -746,6 +748,17 @@ def section_operators(page: Page, run: Run) -> None:
                 "Each operator of the typical decode (circles) and prefill (squares) iteration at its FLOPs/bytes and the FLOP/s the "
                 "cost model predicts (efficiency and launch overhead included); the distance below the roof is the efficiency. "
                 + alt + ".", data, "roofline")
+    use = []
+    for b in batches:
+        rb = [r for r in rows if r["batch"] == b]
+        t = sum(r["total_s"] for r in rb)
+        nbytes = sum(r["bytes"] * r["count"] for r in rb)
+        flops = sum(r["flops"] * r["count"] for r in rb)
+        if t > 0:
+            use.append([b, fmt_time(t, 3), f"{fmt_bandwidth(nbytes / t, 3)} ({nbytes / t / bw * 100:.0f}% of {fmt_bandwidth(bw, 3)})",
+                        f"{flops / t / 1e12:,.1f} TFLOP/s ({flops / t / pf * 100:.0f}% of peak)"])
+    page.raw(table(["typical iteration", "time (operators)", "HBM bandwidth used", "compute used"], use,
+                   caption="Memory bandwidth and compute a typical iteration uses (bytes and FLOPs of its operators over their time)"))
     top = sorted(rows, key=lambda r: -r["total_s"])[:12]
     page.raw(table(["batch", "operator", "class", "x per pass", "time per pass", "bound", "efficiency", "efficiency source"],
                    [[r["batch"].split(":")[0], r["op"], r["class"], r["count"], fmt_time(r["total_s"], 3), r["bound"],
