@@ -288,3 +288,15 @@ def test_run_folder_with_summary_only(folders, tmp_path):
     assert "no requests.parquet/iterations.parquet" in html
     assert "needs both" in html  # the operator breakdown says what it lacks
     assert "(no provenance.json)" in html
+
+
+def test_search_winner_without_scenario_yaml_uses_best_yaml(folders, tmp_path):
+    import shutil
+
+    d = tmp_path / "search"
+    shutil.copytree(folders["search"], d)
+    for f in ("scenario.yaml", "provenance.json"):
+        (d / "best" / f).unlink()
+    html = build_report([d])
+    check_figures(html, 9)  # the winner's topology and operator figures come from best.yaml
+    assert "Hardware and placement" in html and "Iteration time per operator class" in html

@@ -76,6 +76,17 @@ def search_page(path: Path) -> str:
     section_rejected(page, meta, cands)
     best_dir = path / "best"
     winner = load_run(best_dir, f"winner {best_id}") if (best_dir / "summary.json").exists() else None
+    best_yaml = path / "best.yaml"
+    if winner is not None and winner.scenario is None and best_yaml.exists():
+        # a best/ written without its scenario.yaml: the winning plan is best.yaml
+        from simkit.errors import SimkitError
+        from simkit.scenario import load_scenario
+
+        winner.scenario_text = best_yaml.read_text()
+        try:
+            winner.scenario = load_scenario(best_yaml)
+        except SimkitError as e:
+            winner.scenario_error = str(e)
     if winner is not None:
         from simkit.report.pages import run_sections
 
@@ -84,7 +95,6 @@ def search_page(path: Path) -> str:
         page.prefix = "Winner: "
         run_sections(page, winner)
         page.prefix = ""
-    best_yaml = path / "best.yaml"
     command = f"simkit run {best_yaml}" if best_yaml.exists() else None
     spec = meta.get("spec_file") or meta.get("search_file")
     if winner is not None:
