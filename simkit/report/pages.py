@@ -44,6 +44,7 @@ def compare_page(runs: list[Run]) -> str:
     sections.section_over_time(page, runs)
     sections.section_utilisation(page, runs)
     sections.section_memory(page, runs)
+    sections.section_operators_compare(page, runs)
     for r in runs:
         sections.section_provenance(page, r, title=f"Provenance - {r.label}")
     return page.render()

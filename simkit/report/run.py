@@ -562,7 +562,7 @@ def section_links_over_time(page: Page, series: list[tuple[Run, Any]]) -> None:
     if not used:
         missing = [r.label for r, _ in series if r.links is None]
         page.para("No link moved data in this run." if not missing else
-                  f"No links.parquet in {', '.join(missing)} (written by simkit run since this report existed): link totals only.")
+                  f"{', '.join(missing)}: no links.parquet (a run folder from an older simkit), so link totals only.")
         return
     fig, ax = plots.figure(10.5, 2.8)
     rows: list[list[Any]] = []
@@ -685,16 +685,32 @@ def operator_table(run: Run) -> tuple[list[dict[str, Any]], str, Any] | None:
     return rows, desc, (device, prec.compute)
 
 
-def section_operators(page: Page, run: Run) -> None:
+def section_operators_compare(page: Page, runs: list[Run]) -> None:
+    """The operator-class breakdown of each run's typical iterations, side by side."""
     page.section("Where an iteration's time goes")
-    got = operator_table(run)
-    if got is None:
-        page.para("No scenario.yaml or iteration log in this folder: the operator breakdown needs both.")
+    rows: list[dict[str, Any]] = []
+    for r in runs:
+        got = operator_table(r)
+        if got is None:
+            page.para(f"{r.label}: no scenario.yaml or iteration log, so no operator breakdown.")
+            continue
+        for row in got[0]:
+            rows.append({**row, "batch": f"{r.label}, {row['batch']}"})
+    if not rows:
         return
-    rows, desc, (device, dtype) = got
+    fig, ax, batches, left, classes = _class_stack(rows, [b.split(":")[0] for b in dict.fromkeys(r["batch"] for r in rows)])
+    alt = "; ".join(f"{b.split(':')[0]}: {left[i]:.2f} ms" for i, b in enumerate(batches))
+    head = ["batch", "op", "class", "count", "flops", "bytes", "time_s", "total_s", "bound", "efficiency", "measured"]
+    page.figure(plots.to_svg(fig, "Iteration time per operator class, per run", alt),
+                "The cost model's time for each run's typical decode and prefill iteration (see the single-run report for the "
+                "definition and the roofline). " + alt + ".", csv_text(head, [[r[h] for h in head] for r in rows]), "operators")
+
+
+def _class_stack(rows: list[dict[str, Any]], labels: list[str]) -> tuple[Any, Any, list[str], Any, list[str]]:
     batches = list(dict.fromkeys(r["batch"] for r in rows))
     classes = list(dict.fromkeys(r["class"] for r in rows))
-    fig, ax = plots.figure(10.5, 1.0 + 0.5 * len(batches), left=0.8, right=1.6)
+    longest = max(len(x) for x in labels)
+    fig, ax = plots.figure(10.5, 1.0 + 0.5 * len(batches), left=min(0.3 + 0.065 * longest, 3.5), right=1.6)
     left = np.zeros(len(batches))
     for k, c in enumerate(classes):
         vals = np.array([sum(r["total_s"] for r in rows if r["batch"] == b and r["class"] == c) * 1e3 for b in batches])
@@ -702,12 +718,23 @@ def section_operators(page: Page, run: Run) -> None:
         left += vals
     for i, t in enumerate(left):
         ax.text(t, i, f" {t:.2f} ms", va="center", fontsize=8)
-    ax.set_yticks(range(len(batches)), [b.split(":")[0] for b in batches])
+    ax.set_yticks(range(len(batches)), labels)
     ax.invert_yaxis()
     ax.set_xlim(0, float(left.max()) * 1.2 if left.size and left.max() > 0 else 1)
     ax.set_xlabel("ms per forward pass (one GPU of the tensor-parallel group)")
     ax.set_title("Iteration time per operator class")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return fig, ax, batches, left, classes
+
+
+def section_operators(page: Page, run: Run) -> None:
+    page.section("Where an iteration's time goes")
+    got = operator_table(run)
+    if got is None:
+        page.para("No scenario.yaml or iteration log in this folder: the operator breakdown needs both.")
+        return
+    rows, desc, (device, dtype) = got
+    fig, ax, batches, left, classes = _class_stack(rows, [b.split(":")[0] for b in dict.fromkeys(r["batch"] for r in rows)])
     alt = "; ".join(f"{b}: {left[i]:.2f} ms, " + ", ".join(
         f"{c} {sum(r['total_s'] for r in rows if r['batch'] == b and r['class'] == c) / max(left[i] / 1e3, 1e-30) * 100:.0f}%" for c in classes)
         for i, b in enumerate(batches))
