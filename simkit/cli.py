@@ -50,7 +50,9 @@ def print_summary(s: dict[str, Any], out: Any = None, wall_s: float | None = Non
     w(f"  cost             ${s['usd_per_million_output_tokens']:.3f} per million output tokens "
       f"(${s['cost_per_hour_usd']:.2f}/h); energy {s['energy_per_output_token_j']:.3f} J/token\n")
     if wall_s is not None:
-        w(f"  simulated in     {wall_s:.3f} s wall\n")
+        w(f"  simulated in     {wall_s:.3f} s wall, engine path: {s['engine_path']}\n")
+    else:
+        w(f"  engine path      {s['engine_path']}\n")
 
 
 # ---- subcommands -------------------------------------------------------------------------------
@@ -59,7 +61,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from simkit.simulate import simulate, write_outputs
 
     sc = load_scenario(a.scenario, a.set or [])
-    res = simulate(sc, trace=a.trace_out is not None)
+    res = simulate(sc, trace=a.trace_out is not None, engine=a.engine)
     for wmsg in res.warnings:
         print(f"warning: {wmsg}", file=sys.stderr)
     out = a.out or os.path.join("reports", sc.name)
@@ -261,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output folder (default reports/<scenario name>)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a dotted key, e.g. plan.parallel.tp=2")
     r.add_argument("--trace-out", help="write a Chrome-trace/Perfetto timeline JSON here")
+    r.add_argument("--engine", choices=["auto", "reference"], default="auto",
+                   help="reference: always the reference engine (default: the fast exact path where it applies)")
     r.add_argument("--report", metavar="FILE.html", help="also write an HTML report of the run here")
     r.set_defaults(func=cmd_run)
 

@@ -22,6 +22,7 @@ from simkit.cost.efficiency import DatasheetEfficiency, EfficiencyModel
 from simkit.cost.iteration import IterationModel
 from simkit.cost.memory import activation_bytes
 from simkit.cost.ops import Precision
+from simkit.engine.fast import FastReplica, fast_path_reason
 from simkit.engine.kvcache import KVBlockManager, PrefixCache
 from simkit.engine.offload import OffloadExecutor
 from simkit.engine.replica import IterationLog, Replica, ReplicaConfig, ReplicaGroup, Stage
@@ -62,8 +63,7 @@ class Result:
     def links_frame(self):  # type: ignore[no-untyped-def]
         import pandas as pd
 
-        return pd.DataFrame(self.link_busy, columns=["replica", "link", "start_s", "end_s"]).astype(
-            {"replica": "int64", "link": "str", "start_s": "float64", "end_s": "float64"})
+        return pd.DataFrame(link_columns(self.link_busy))
 
     def requests_frame(self):  # type: ignore[no-untyped-def]
         from simkit.metrics import requests_frame
@@ -73,7 +73,7 @@ class Result:
     def iterations_frame(self):  # type: ignore[no-untyped-def]
         import pandas as pd
 
-        return pd.DataFrame(self.iterations, columns=list(IterationLog.COLS))
+        return pd.DataFrame(iteration_columns(self.iterations))
 
 
 # ---- building blocks -------------------------------------------------------------------------
@@ -377,7 +377,12 @@ class _Tracer:
 
 
 # ---- the one call ----------------------------------------------------------------------------
-def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = False) -> Result:
+def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = False, engine: str = "auto") -> Result:
+    """Run a scenario. ``engine``: ``auto`` runs the fast exact path where it covers the plan
+    (:mod:`simkit.engine.fast`) and the reference engine elsewhere; ``reference`` always runs the
+    reference engine (``summary["engine_path"]`` says which ran, and why)."""
+    if engine not in ("auto", "reference"):
+        raise ScenarioError(f"expected engine 'auto' or 'reference', got {engine!r}", where=sc.source, key="engine")
     wall0 = time.perf_counter()
     warn: list[str] = []
     where = sc.source
@@ -545,6 +550,12 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         table.target[i] = table.kv_len[i]
         dec[k].enqueue(i)
 
+    slow_reason = "requested" if engine == "reference" else fast_path_reason(
+        policy_name, pc.enabled, plan.kv_cache.preemption, offloaded, par.pp,
+        plan.execution.mode == "layer_by_layer", off_layout is not None and off_layout.spill_after is not None, trace,
+    )
+    engine_cls = Replica if slow_reason else FastReplica
+    engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
     for r in range(n_rep):
         role = "both"
         if disagg:
@@ -601,7 +612,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             if offloaded and bopts["batch_size"] is None and plan.offload.gpu_batch_size:
                 bopts["batch_size"] = plan.offload.gpu_batch_size * plan.offload.num_gpu_batches
             policy = BATCHING_POLICIES[pname](**bopts)
-            rep = Replica(
+            rep = engine_cls(
                 env, r, table, cost, policy, kv, cfg, tbt, log, next_arrival, links,
                 on_prefilled if role == "prefill" else None, tracer, group=group, stages=stages, engine_id=v,
                 offload=executor,
@@ -636,6 +647,10 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             for link in g.links.values():
                 link.busy_log = []
     env.run()
+    for g in replicas:
+        for e in g.engines:
+            if isinstance(e, FastReplica):
+                e.sync()
 
     # KV utilisation, time-weighted, from the iteration log (or the peak when not recorded)
     kv_tw = 0.0
@@ -703,6 +718,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         "per_gpu": per_gpu,
         "expert_group_shares": group_shares,
         "collective_share": sum(x["comm_s"] for x in per_gpu) / tot_busy if tot_busy > 0 else 0.0,
+        "engine_path": engine_path,
         "model": model.name,
         "hardware": node.name,
         "device": device.name,
@@ -922,14 +938,16 @@ def write_outputs(
     p = out / "summary.json"
     p.write_text(json.dumps(_jsonable(result.summary), indent=2, sort_keys=True) + "\n")
     paths.append(p)
+    from simkit.metrics import requests_columns
+
     p = out / "requests.parquet"
-    result.requests_frame().to_parquet(p, index=False)
+    _write_parquet(requests_columns(result.table), p)
     paths.append(p)
     p = out / "iterations.parquet"
-    result.iterations_frame().to_parquet(p, index=False)
+    _write_parquet(iteration_columns(result.iterations), p)
     paths.append(p)
     p = out / "links.parquet"
-    result.links_frame().to_parquet(p, index=False)
+    _write_parquet(link_columns(result.link_busy), p)
     paths.append(p)
     p = out / "scenario.yaml"
     src = result.scenario.source or "(built in Python)"
@@ -956,6 +974,59 @@ def write_outputs(
         tp.write_text(json.dumps({"traceEvents": result.trace_events, "displayTimeUnit": "ms"}))
         paths.append(tp)
     return paths
+
+
+def iteration_columns(rows: list[tuple[Any, ...]]) -> dict[str, np.ndarray]:
+    """The per-iteration table's columns (iterations.parquet), typed like the table pandas
+    infers from the rows (int64 counts, float64 times)."""
+    cols: dict[str, np.ndarray] = {}
+    for k, name in enumerate(IterationLog.COLS):
+        kind = np.float64 if name.endswith("_s") else np.int64
+        cols[name] = np.fromiter((r[k] for r in rows), dtype=kind, count=len(rows))
+    return cols
+
+
+def link_columns(rows: list[tuple[int, str, float, float]]) -> dict[str, np.ndarray]:
+    """links.parquet's columns: replica, link, start_s, end_s of every busy period."""
+    return {
+        "replica": np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
+        "link": np.array([r[1] for r in rows], dtype=object),
+        "start_s": np.fromiter((r[2] for r in rows), dtype=np.float64, count=len(rows)),
+        "end_s": np.fromiter((r[3] for r in rows), dtype=np.float64, count=len(rows)),
+    }
+
+
+def _write_parquet(columns: dict[str, np.ndarray], path: Path) -> None:
+    """A table of numpy columns as Parquet, with pyarrow alone: arrays are built from their
+    buffers (pyarrow's converters import pandas to look for frames). NaN floats are written as
+    nulls, as pandas' writer does."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays = []
+    for v in columns.values():
+        v = np.ascontiguousarray(v)
+        valid = None
+        nulls = 0
+        if v.dtype.kind in "OU":
+            # strings (large_string, as pandas writes them): offsets into their UTF-8 bytes
+            enc = [str(x).encode() for x in v.tolist()]
+            offsets = np.zeros(len(enc) + 1, dtype=np.int64)
+            np.cumsum([len(x) for x in enc], out=offsets[1:])
+            buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(enc))]
+            arrays.append(pa.Array.from_buffers(pa.large_string(), len(v), buffers))
+            continue
+        if v.dtype == np.bool_:
+            typ, data = pa.bool_(), np.packbits(v, bitorder="little")
+        else:
+            typ, data = pa.from_numpy_dtype(v.dtype), v
+            if v.dtype.kind == "f":
+                nan = np.isnan(v)
+                nulls = int(nan.sum())
+                if nulls:
+                    valid = pa.py_buffer(np.packbits(~nan, bitorder="little"))
+        arrays.append(pa.Array.from_buffers(typ, len(v), [valid, pa.py_buffer(data)], null_count=nulls))
+    pq.write_table(pa.Table.from_arrays(arrays, names=list(columns)), path)
 
 
 def _jsonable(x: Any) -> Any:

@@ -372,6 +372,7 @@ class Forest:
     _thr: np.ndarray = field(init=False, repr=False)
     _left: np.ndarray = field(init=False, repr=False)
     _right: np.ndarray = field(init=False, repr=False)
+    _child: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         leaf = self.feature < 0
@@ -381,17 +382,19 @@ class Forest:
         self._thr = np.where(leaf, np.inf, self.threshold)
         self._left = np.where(leaf, idx, self.left).astype(np.intp)
         self._right = np.where(leaf, idx, self.right).astype(np.intp)
+        self._child = np.stack([self._left, self._right], axis=1).ravel()  # node k: 2k left, 2k+1 right
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        X = np.nan_to_num(np.asarray(X, dtype=np.float64), nan=0.0, posinf=1e30, neginf=-1e30)
+        X = np.ascontiguousarray(np.nan_to_num(np.asarray(X, dtype=np.float64), nan=0.0, posinf=1e30, neginf=-1e30))
         n = X.shape[0]
         if n == 0:
             return np.zeros(0)
         node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
-        rows = np.arange(n)[:, None]
+        flat = X.ravel()
+        row0 = (np.arange(n) * X.shape[1])[:, None]
         for _ in range(self.depth):
-            go_left = X[rows, self._feat[node]] <= self._thr[node]
-            node = np.where(go_left, self._left[node], self._right[node])
+            # x > threshold: right (x <= threshold: left; leaves have an infinite threshold)
+            node = self._child[2 * node + (flat[row0 + self._feat[node]] > self._thr[node])]
         return self.baseline + self.value[node].sum(axis=1)
 
     @property

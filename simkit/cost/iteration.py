@@ -19,8 +19,9 @@ import numpy as np
 
 from simkit.cost.device import ComputeDevice
 from simkit.cost.efficiency import EfficiencyModel
-from simkit.cost.ops import Op, Precision, forward_ops, token_ops
+from simkit.cost.ops import Op, Precision, forward_ops
 from simkit.cost.roofline import OpTime, time_ops
+from simkit.cost.tables import op_tables
 from simkit.specs.model import ModelSpec
 
 NON_LAYER_OPS = ("embedding", "final_norm", "lm_head", "sampling")
@@ -114,19 +115,8 @@ class IterationModel:
             return
         size = n + 1 if exact else max(64, int((n + 1) * 1.5), len(self._body) * 2)
         T = np.arange(size, dtype=np.float64)
-        ops = token_ops(self.model, T, T, self.tp, self.precision, self.ep, self.ep_share)
         L = self.model.num_layers
-        per_layer = np.zeros(size)
-        nonlayer = np.zeros(size)
-        head = np.zeros(size)
-        for op in ops:
-            t = _op_time_arrays(op, self.device, self.efficiency, self.dtype) * op.count
-            if op.name in ("lm_head", "sampling"):
-                head += t
-            elif op.name in NON_LAYER_OPS:
-                nonlayer += t
-            else:
-                per_layer += t / L
+        per_layer, nonlayer, head = op_tables(self, size)
         comm = np.zeros(size)
         if self.allreduce_time is not None and self.tp > 1:
             act = T * self.model.hidden_size * self.precision.a_bytes
