@@ -21,6 +21,7 @@ from simkit.cost.device import ComputeDevice
 from simkit.cost.efficiency import DatasheetEfficiency, EfficiencyModel
 from simkit.cost.iteration import IterationModel
 from simkit.cost.memory import activation_bytes
+from simkit.cost.offload import OffloadCompute
 from simkit.cost.ops import Precision
 from simkit.engine.fast import FastReplica, fast_path_reason
 from simkit.engine.kvcache import KVBlockManager, PrefixCache
@@ -31,7 +32,7 @@ from simkit.engine.state import RequestTable, TBTHistogram
 from simkit.errors import CapacityError, ScenarioError
 from simkit.metrics import CostInputs, summarize
 from simkit.policies.batching import BATCHING_POLICIES
-from simkit.policies.offload import build_offload_layout, check_offload_capacity
+from simkit.policies.offload import build_offload_layout, check_offload_capacity, offload_gpu_usable
 from simkit.policies.parallel import Layout, check_parallel, expert_group_shares
 from simkit.policies.routing import ROUTING_POLICIES
 from simkit.scenario import Scenario
@@ -311,40 +312,89 @@ def measured_links(eff: Any, io_block: float, io_depth: int) -> dict[str, tuple[
     return out
 
 
-def _links(
-    env: simpy.Environment, node: Node, gpus: int, trace: bool, measured: dict[str, tuple[float, float]] | None = None
-) -> dict[str, Link]:
-    """Per-replica link directions: bandwidth aggregated over the replica's GPUs for PCIe; a
-    calibration profile's measurements of this machine replace the catalog's figures."""
-    out: dict[str, Link] = {}
-    measured = measured or {}
+def link_rates(node: Node, gpus: int, measured: dict[str, tuple[float, float]] | None = None) -> dict[str, tuple[float, float]]:
+    """(bandwidth, latency) of every link direction of a replica of ``gpus`` GPUs, the one home
+    of these numbers for the simulator and the placement optimiser: the catalog's achieved
+    figures, replaced by what the node preset says was measured on that machine
+    (``measured:``), replaced in turn by a calibration profile's measurements (``measured``).
+    ``d2h_kv`` / ``nvme_write_kv``: the rate of KV-cache stores where the machine was measured
+    to store KV slower than plain copies (strided writes into the host cache)."""
+    out: dict[str, tuple[float, float]] = {}
+    meas = node.spec.measured
     h2g = node.link("host_to_gpu")
     if h2g is not None and node.gpu is not None:
-        out["h2d"] = Link(env, "PCIe H2D", h2g.achieved_bandwidth * gpus, h2g.latency)
-        out["d2h"] = Link(env, "PCIe D2H", h2g.achieved_bandwidth * gpus, h2g.latency)
+        out["h2d"] = (h2g.achieved_bandwidth * gpus, h2g.latency)
+        out["d2h"] = (h2g.achieved_bandwidth * gpus, h2g.latency)
+        if meas is not None:
+            for key, v in (("h2d", meas.h2d_bandwidth), ("d2h", meas.d2h_bandwidth), ("d2h_kv", meas.d2h_kv_bandwidth)):
+                if v is not None:
+                    out[key] = (v * gpus, h2g.latency)
     tiers = node.tiers()
     if "ssd" in tiers:
         t = tiers["ssd"]
         nv = node.link("nvme")
         cap = nv.achieved_bandwidth * len(node.ssd) if nv else float("inf")
-        out["nvme_read"] = Link(env, "NVMe read", min(t.read_bw, cap), t.latency)
-        out["nvme_write"] = Link(env, "NVMe write", min(t.write_bw, cap), t.latency)
+        out["nvme_read"] = (min(t.read_bw, cap), t.latency)
+        out["nvme_write"] = (min(t.write_bw, cap), t.latency)
+        if meas is not None:
+            for key, v in (("nvme_read", meas.ssd_read_bandwidth), ("nvme_write", meas.ssd_write_bandwidth),
+                           ("nvme_write_kv", meas.ssd_kv_write_bandwidth)):
+                if v is not None:
+                    out[key] = (v, t.latency)
     if "cxl" in tiers:
         t = tiers["cxl"]
         cx = node.link("cxl")
         cap = cx.achieved_bandwidth * len(node.cxl) if cx else float("inf")
-        out["cxl_read"] = Link(env, "CXL read", min(t.read_bw, cap), t.latency)
-        out["cxl_write"] = Link(env, "CXL write", min(t.write_bw, cap), t.latency)
+        out["cxl_read"] = (min(t.read_bw, cap), t.latency)
+        out["cxl_write"] = (min(t.write_bw, cap), t.latency)
     net = node.link("network")
     if net is not None:
-        out["network"] = Link(env, "network", net.achieved_bandwidth * max(node.num_nics, 1), net.latency)
+        out["network"] = (net.achieved_bandwidth * max(node.num_nics, 1), net.latency)
     gg = node.link("gpu_to_gpu")
     if gg is not None:
-        out["nvlink"] = Link(env, "GPU-GPU", gg.achieved_bandwidth, gg.latency)
-    for key, (bw, lat) in measured.items():
+        out["nvlink"] = (gg.achieved_bandwidth, gg.latency)
+    for key, (bw, lat) in (measured or {}).items():
         if key in out:
-            scale = gpus if key in ("h2d", "d2h") else 1
-            out[key] = Link(env, out[key].name + " (measured)", bw * scale, lat)
+            out[key] = (bw * (gpus if key in ("h2d", "d2h") else 1), lat)
+            if key in ("d2h", "nvme_write"):
+                out.pop(f"{key}_kv", None)  # the profile measured this machine's stores itself
+    return out
+
+
+KV_STORE_RATES = {"d2h": "d2h_kv", "nvme_write": "nvme_write_kv"}
+"""Link directions whose KV-cache stores run at their own measured rate (see link_rates)."""
+
+def kv_store_slowdown(rates: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Link direction -> (plain copy bandwidth / KV-store bandwidth), from link_rates."""
+    out = {}
+    for hop, kv_key in KV_STORE_RATES.items():
+        if hop in rates and kv_key in rates:
+            out[hop] = max(rates[hop][0] / rates[kv_key][0], 1.0)
+    return out
+
+
+def offload_compute(node: Node, cost: IterationModel, cpu_cost: IterationModel | None, plain: bool) -> OffloadCompute:
+    """The per-layer costs of an offloaded plan on ``node`` (shared by the simulator and the
+    placement optimiser). The rates a node preset measured (``measured:``, e.g. FlexGen's of
+    the T4 VM) are those of an offloading runtime running layer by layer: they apply to every
+    plan the offload executor runs on a GPU (not to ``plain`` ones computing on the CPU); a plan
+    without plan.offload keeps the cost model of a non-offloaded run."""
+    return OffloadCompute(cost, cpu_cost, None if plain else node.spec.measured, node.cpu.peak_flops.fp32 * node.sockets)
+
+
+_LINK_NAMES = {"h2d": "PCIe H2D", "d2h": "PCIe D2H", "nvme_read": "NVMe read", "nvme_write": "NVMe write",
+               "cxl_read": "CXL read", "cxl_write": "CXL write", "network": "network", "nvlink": "GPU-GPU"}
+
+
+def _links(
+    env: simpy.Environment, node: Node, gpus: int, trace: bool, measured: dict[str, tuple[float, float]] | None = None
+) -> dict[str, Link]:
+    """Per-replica link directions (link_rates), as engine links."""
+    out: dict[str, Link] = {}
+    for key, (bw, lat) in link_rates(node, gpus, measured).items():
+        if key in _LINK_NAMES:
+            tag = " (measured)" if measured and key in measured else ""
+            out[key] = Link(env, _LINK_NAMES[key] + tag, bw, lat)
     if trace:
         for link in out.values():
             link.intervals = []
@@ -414,7 +464,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         mem0 = plan_memory(sc, model, device, prec, tp, layout.layer_split, par.ep, check=False)
         off_mem = check_offload_capacity(
             off_layout, model, prec, node, tp, plan.kv_cache.block_size, mem0.activations_per_gpu * tp,
-            plan.kv_cache.gpu_memory_utilization, plan.kv_cache.num_blocks, where,
+            offload_gpu_usable(device.memory, plan.kv_cache, plan.batching.policy == "static"), plan.kv_cache.num_blocks, where,
         )
         mem = MemoryPlan(
             sum(v for k, v in off_mem.need.get("hbm" if not use_cpu else "dram", {}).items() if k.startswith("weights")) / tp,
@@ -604,6 +654,8 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             executor = OffloadExecutor(
                 env, cost, off_layout, links, cpu_cost, cpu_stream if cpu_cost is not None else None,
                 plan.offload.gpu_batch_size, plan.offload.overlap, tracer=tracer, replica=r,
+                compute=offload_compute(node, cost, cpu_cost, use_cpu),
+                kv_store_slowdown=kv_store_slowdown(link_rates(node, gpus_per_replica, link_meas)),
             )
             executors.append(executor)
         engines = par.pp if stages is not None else 1
