@@ -113,8 +113,8 @@ def cmd_estimate_ops(a: argparse.Namespace) -> int:
 
     from simkit.cost.device import ComputeDevice
     from simkit.cost.ops import Precision, forward_ops
+    from simkit.cost.profile import resolve_calibration
     from simkit.cost.roofline import time_ops
-    from simkit.specs.calibration import resolve_calibration
     from simkit.specs.catalog import default_catalog, load_model
 
     cat = default_catalog()

@@ -309,8 +309,9 @@ class Execution(_S):
     mode: Literal["auto", "one_step", "layer_by_layer"] = "auto"
     """How an iteration is executed: as one compute step, or layer by layer with transfers
     (auto: layer by layer only where the plan moves data during the pass)."""
-    iteration_overhead: Seconds = 0.0
-    """Fixed host-side time per iteration (scheduler, sampling bookkeeping), e.g. "2 ms"."""
+    iteration_overhead: Seconds | None = None
+    """Fixed host-side time per iteration (scheduler, sampling bookkeeping), e.g. "2 ms"; replaces
+    the calibration profile's ``host_overhead``. None: the profile's (none without one)."""
     device: Literal["gpu", "cpu"] = "gpu"
     """Where the model computes; cpu on a node without GPUs."""
 

@@ -23,6 +23,7 @@ from simkit.cost.iteration import IterationModel
 from simkit.cost.memory import activation_bytes
 from simkit.cost.offload import OffloadCompute
 from simkit.cost.ops import Precision
+from simkit.cost.profile import Profile
 from simkit.engine.fast import FastReplica, fast_path_reason
 from simkit.engine.kvcache import KVBlockManager, PrefixCache
 from simkit.engine.offload import OffloadExecutor
@@ -36,6 +37,7 @@ from simkit.policies.offload import build_offload_layout, check_offload_capacity
 from simkit.policies.parallel import Layout, check_parallel, expert_group_shares
 from simkit.policies.routing import ROUTING_POLICIES
 from simkit.scenario import Scenario
+from simkit.specs.calibration import NO_HOST_OVERHEAD, HostOverhead
 from simkit.specs.catalog import load_model
 from simkit.specs.model import ModelSpec
 from simkit.specs.node import Node, resolve_node
@@ -123,7 +125,7 @@ def build_workload(sc: Scenario) -> Requests:
 def resolve_calibration(sc: Scenario, device: ComputeDevice, quiet: bool = False) -> tuple[EfficiencyModel, str, str | None]:
     if sc.calibration == "none":
         return DatasheetEfficiency(), "datasheet defaults (calibration: none)", None
-    from simkit.specs.calibration import resolve_calibration as _resolve
+    from simkit.cost.profile import resolve_calibration as _resolve
 
     setting = sc.calibration
     if setting != "auto":
@@ -143,11 +145,19 @@ def resolve_compute(sc: Scenario, node: Node) -> tuple[bool, ComputeDevice, Effi
         assert node.gpu is not None
         device = ComputeDevice.from_gpu(node.gpu)
     eff, cal_info, cal_warn = resolve_calibration(sc, device)
-    prof_dev = getattr(eff, "device", None)
-    if isinstance(prof_dev, dict):
+    prof_dev = eff.measured_device()
+    if prof_dev is not None:
         # time operators against the roofline the profile's efficiencies were fitted to
         device = device.calibrated(prof_dev)
     return use_cpu, device, eff, cal_info, cal_warn
+
+
+def host_overhead(scenario_value: float | None, eff: EfficiencyModel) -> HostOverhead:
+    """The host time per iteration: the scenario's ``plan.execution.iteration_overhead`` when set
+    (a fixed term), else the calibration profile's ``host_overhead``, else none."""
+    if scenario_value is not None:
+        return HostOverhead(float(scenario_value), 0.0, "plan.execution.iteration_overhead")
+    return eff.host_overhead() or NO_HOST_OVERHEAD
 
 
 def _group_link(node: Node, cross_node: bool) -> tuple[float, float, str]:
@@ -174,7 +184,7 @@ def topology(node: Node) -> str:
     return "nvswitch" if node.num_gpus >= 4 and "bridge" not in gg.name else "pairwise_nvlink"
 
 
-def comm_fn(kind: str, node: Node, n: int, cross_node: bool, algorithm: str = "ring", eff: Any = None):  # type: ignore[no-untyped-def]
+def comm_fn(kind: str, node: Node, n: int, cross_node: bool, algorithm: str = "ring", eff: EfficiencyModel | None = None):  # type: ignore[no-untyped-def]
     """Seconds of one collective of ``kind`` over ``n`` GPUs, as a function of bytes per GPU:
     the calibration profile's fitted model for this topology and GPU count where it has one,
     else the alpha-beta model over the link's achieved bandwidth and latency."""
@@ -182,7 +192,7 @@ def comm_fn(kind: str, node: Node, n: int, cross_node: bool, algorithm: str = "r
 
     bw, lat, link_kind = _group_link(node, cross_node)
     fit = None
-    if not cross_node and eff is not None and hasattr(eff, "collective_fit"):
+    if not cross_node and eff is not None:
         fit = eff.collective_fit(kind, topology(node), n)
 
     def f(nbytes: np.ndarray) -> np.ndarray:
@@ -276,13 +286,14 @@ def plan_memory(
     return MemoryPlan(weights, act, kv_tok, block_bytes, blocks, usable, tier)
 
 
-def measured_links(eff: Any, io_block: float, io_depth: int) -> dict[str, tuple[float, float]]:
+def measured_links(eff: EfficiencyModel, io_block: float, io_depth: int) -> dict[str, tuple[float, float]]:
     """Link bandwidths and latencies a calibration profile measured on this machine, keyed like
     the engine's links: SSD reads/writes at the streaming block size and queue depth (the
-    closest measured configuration), and pinned host<->device copies."""
+    closest measured configuration; reads from the sequential-read benchmark where the profile
+    has it, since streamed weights are read sequentially), and pinned host<->device copies."""
     out: dict[str, tuple[float, float]] = {}
-    ssd = getattr(eff, "ssd", None) or {}
-    for d, key in (("read", "nvme_read"), ("write", "nvme_write")):
+    ssd = eff.measured_ssd()
+    for d, key in (("seq_read" if ssd.get("seq_read") else "read", "nvme_read"), ("write", "nvme_write")):
         entry = ssd.get(d)
         if not entry:
             continue
@@ -300,7 +311,7 @@ def measured_links(eff: Any, io_block: float, io_depth: int) -> dict[str, tuple[
             out[key] = (float(max(r["bandwidth"] for r in rows_ok)), base_lat)
         elif entry.get("bandwidth"):
             out[key] = (float(entry["bandwidth"]), base_lat)
-    links = getattr(eff, "links", None) or {}
+    links = eff.measured_links()
     for name, key in (("h2d_pinned", "h2d"), ("d2h_pinned", "d2h")):
         e = links.get(name)
         if e and e.get("bandwidth"):
@@ -452,6 +463,13 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     if cal_warn:
         warn.append(cal_warn)
         warnings.warn(cal_warn, stacklevel=2)
+    if use_cpu and isinstance(eff, Profile):
+        # a profile of this very machine: check at start-up that it still runs at the profile's
+        # speed (simkit.calibrate.probe; stderr only, so results stay byte-identical)
+        from simkit.calibrate.probe import startup_check
+
+        for msg in startup_check(eff):
+            warnings.warn(msg, stacklevel=2)
     pp = plan.precision
     prec = Precision(pp.weights, pp.activations, pp.kv_cache, pp.group_size)
     tp = par.tp
@@ -485,6 +503,8 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         ep_share = max(group_shares)
     algo = par.collective_algorithm
 
+    host = host_overhead(plan.execution.iteration_overhead, eff)
+
     def make_cost(layers: int | None = None, first: bool = True, last: bool = True) -> IterationModel:
         return IterationModel(
             model,
@@ -496,7 +516,8 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             first_stage=first,
             last_stage=last,
             allreduce_time=comm_fn("all_reduce", node, tp, cross_tp, algo, eff) if tp > 1 else None,
-            iteration_overhead=plan.execution.iteration_overhead if first else 0.0,
+            iteration_overhead=host.per_iteration_s if first else 0.0,
+            per_seq_overhead=host.per_sequence_s if first else 0.0,
             ep=par.ep,
             ep_share=ep_share,
             alltoall_time=comm_fn("all_to_all", node, par.ep, cross_tp, algo, eff) if par.ep > 1 else None,
@@ -568,8 +589,9 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     if offloaded and plan.offload.cpu_attention and not use_cpu:
         cpu_dev = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
         cpu_eff, _, _ = resolve_calibration(sc, cpu_dev, quiet=True)
-        if isinstance(getattr(cpu_eff, "device", None), dict):
-            cpu_dev = cpu_dev.calibrated(cpu_eff.device)
+        cpu_prof_dev = cpu_eff.measured_device()
+        if cpu_prof_dev is not None:
+            cpu_dev = cpu_dev.calibrated(cpu_prof_dev)
         cpu_cost = IterationModel(model, cpu_dev, cpu_eff, prec, tp=1)
         cpu_stream = simpy.Resource(env, capacity=1)
     arrivals = table.arrival

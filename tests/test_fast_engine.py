@@ -137,7 +137,7 @@ def _cost(calibration="none"):
     from simkit.cost.device import ComputeDevice
     from simkit.cost.iteration import IterationModel
     from simkit.cost.ops import Precision
-    from simkit.specs.calibration import resolve_calibration
+    from simkit.cost.profile import resolve_calibration
     from simkit.specs.catalog import load_model
     from simkit.specs.node import resolve_node
 
@@ -237,7 +237,7 @@ def test_stand_in_contexts_keep_sum_and_maximum(ctx):
 
 def test_forest_predict_equals_a_plain_tree_walk():
     """The vectorised tree evaluation (used to build cost tables) against walking each tree."""
-    from simkit.specs.calibration import Profile
+    from simkit.cost.profile import Profile
 
     prof = Profile.load(ROOT / "calibration" / "profiles" / "h100-sxm-vidur", with_samples=False)
     forest = prof.models["gemm"].forest

@@ -166,7 +166,8 @@ def test_search_report(folders, tmp_path):
     counts = list(csv.DictReader(io.StringIO(base64.b64decode(re.search(r'base64,([^"]+)"', fig).group(1)).decode())))
     assert sum(int(r["count"]) for r in counts) == int((~cands["feasible"]).sum())
     assert any(r["reason"].startswith("invalid plan: tp=3 does not divide") for r in counts)
-    assert "TTFT p90 &lt;= 2.00 s; TPOT p99 &lt;= 10.0 ms" in html
+    tpot_max = meta["constraints"]["tpot_p99_s"]["max"]
+    assert f"TTFT p90 &lt;= 5.00 s; TPOT p99 &lt;= {tpot_max * 1e3:,.1f} ms" in html
     assert f"simkit run {folders['search'] / 'best.yaml'}" in html
     assert f"simkit search searches/seqs.yaml --out {folders['search']}" in html
 

@@ -252,13 +252,15 @@ def optimize(
     prec = Precision(pp.weights, pp.activations, pp.kv_cache, pp.group_size)
     dev = ComputeDevice.from_gpu(node.gpu)
     eff, _, _ = resolve_calibration(sc, dev)
-    if isinstance(getattr(eff, "device", None), dict):
-        dev = dev.calibrated(eff.device)
+    prof_dev = eff.measured_device()
+    if prof_dev is not None:
+        dev = dev.calibrated(prof_dev)
     cost = IterationModel(model, dev, eff, prec)
     cdev = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
     ceff, _, _ = resolve_calibration(sc, cdev, quiet=True)
-    if isinstance(getattr(ceff, "device", None), dict):
-        cdev = cdev.calibrated(ceff.device)
+    cprof_dev = ceff.measured_device()
+    if cprof_dev is not None:
+        cdev = cdev.calibrated(cprof_dev)
     cpu_cost = IterationModel(model, cdev, ceff, prec)
     from simkit.simulate import measured_links, offload_compute
 
