@@ -480,8 +480,6 @@ def section_over_time(page: Page, runs: list[Run]) -> None:
 # ---- utilisation ------------------------------------------------------------------------------
 def section_utilisation(page: Page, runs: list[Run]) -> None:
     page.section("Utilisation and bottleneck")
-    page.para("HBM: its capacity use is under Memory per tier and KV-cache use over time; the bandwidth a typical iteration uses is "
-              "under Where an iteration's time goes (the simulator times operators, it does not track HBM traffic as a resource).")
     for r in runs:
         page.callout((f"{r.label}: " if len(runs) > 1 else "") + bottleneck_sentence(r.summary) + " " + (load_sentence(r) or ""))
     series = [(r, run_series(r)) for r in runs]
@@ -547,6 +545,8 @@ def section_utilisation(page: Page, runs: list[Run]) -> None:
                 "Busy time / makespan per resource: compute averaged over GPU groups; each link direction (one direction of a link "
                 "counts separately) summed over replicas and divided by the replica count; bytes moved at the bar's end. " + alt + ".",
                 csv_text(["run", "resource", "name", "busy_s", "utilization", "max_utilization", "bytes"], rows), "resources")
+    page.para("HBM: its capacity use is under Memory per tier and KV-cache use over time; the bandwidth a typical iteration uses is "
+              "under Where an iteration's time goes (the simulator times operators, it does not track HBM traffic as a resource).")
     if len(runs) == 1:
         pg = runs[0].summary.get("per_gpu") or []
         if pg:
@@ -663,7 +663,7 @@ def operator_table(run: Run) -> tuple[list[dict[str, Any]], str, Any] | None:
         return None
     from simkit.cost.ops import Precision, forward_ops
     from simkit.cost.roofline import time_ops
-    from simkit.simulate import resolve_compute
+    from simkit.simulate import host_overhead, resolve_compute
     from simkit.specs.catalog import load_model
     from simkit.specs.node import resolve_node
 
@@ -680,6 +680,11 @@ def operator_table(run: Run) -> tuple[list[dict[str, Any]], str, Any] | None:
             rows.append({"batch": label, "op": ot.op.name, "class": ot.op.op_class, "count": ot.op.count, "flops": ot.op.flops,
                          "bytes": ot.op.bytes, "time_s": ot.time_s, "total_s": ot.time_s * ot.op.count, "bound": ot.bound,
                          "efficiency": ot.efficiency, "measured": bool(eff.is_measured(ot.op.op_class))})
+        host = host_overhead(sc.plan.execution.iteration_overhead, eff)
+        if host.time(len(q)) > 0:
+            rows.append({"batch": label, "op": "host overhead", "class": "host", "count": 1, "flops": 0.0, "bytes": 0.0,
+                         "time_s": host.time(len(q)), "total_s": host.time(len(q)), "bound": "host", "efficiency": float("nan"),
+                         "measured": False, "source": host.source})
     desc = (f"{device.name}: {fmt_bandwidth(device.mem_bandwidth, 3)} memory bandwidth, "
             f"{device.peak_flops(prec.compute) / 1e12:,.0f} TFLOP/s {prec.compute}; tp={tp}, one GPU of the group")
     return rows, desc, (device, prec.compute)
@@ -741,8 +746,9 @@ def section_operators(page: Page, run: Run) -> None:
     head = ["batch", "op", "class", "count", "flops", "bytes", "time_s", "total_s", "bound", "efficiency", "measured"]
     data = csv_text(head, [[r[h] for h in head] for r in rows])
     page.figure(plots.to_svg(fig, "Iteration time per operator class", alt),
-                f"The cost model's time for a typical iteration of this run ({'; '.join(batches)}), on {desc}. Collectives, expert "
-                "all-to-alls and the per-iteration overhead are not included (their share is collective_share in summary.json). "
+                f"The cost model's time for a typical iteration of this run ({'; '.join(batches)}), on {desc}; 'host' is the "
+                "per-iteration host overhead (from plan.execution.iteration_overhead or the calibration profile). Collectives and "
+                "expert all-to-alls are not included (their share is collective_share in summary.json). "
                 + alt + ".", data, "operators")
     # roofline
     pf, bw = device.peak_flops(dtype), device.mem_bandwidth
@@ -777,19 +783,21 @@ def section_operators(page: Page, run: Run) -> None:
                 + alt + ".", data, "roofline")
     use = []
     for b in batches:
-        rb = [r for r in rows if r["batch"] == b]
+        rb = [r for r in rows if r["batch"] == b and r["class"] != "host"]
         t = sum(r["total_s"] for r in rb)
         nbytes = sum(r["bytes"] * r["count"] for r in rb)
         flops = sum(r["flops"] * r["count"] for r in rb)
         if t > 0:
             use.append([b, fmt_time(t, 3), f"{fmt_bandwidth(nbytes / t, 3)} ({nbytes / t / bw * 100:.0f}% of {fmt_bandwidth(bw, 3)})",
                         f"{flops / t / 1e12:,.1f} TFLOP/s ({flops / t / pf * 100:.0f}% of peak)"])
-    page.raw(table(["typical iteration", "time (operators)", "HBM bandwidth used", "compute used"], use,
+    page.raw(table(["typical iteration", "time (operators, host excluded)", "HBM bandwidth used", "compute used"], use,
                    caption="Memory bandwidth and compute a typical iteration uses (bytes and FLOPs of its operators over their time)"))
     top = sorted(rows, key=lambda r: -r["total_s"])[:12]
     page.raw(table(["batch", "operator", "class", "x per pass", "time per pass", "bound", "efficiency", "efficiency source"],
                    [[r["batch"].split(":")[0], r["op"], r["class"], r["count"], fmt_time(r["total_s"], 3), r["bound"],
-                     f"{r['efficiency'] * 100:.0f}%", "measured (profile)" if r["measured"] else "datasheet default"] for r in top],
+                     "-" if r["class"] == "host" else f"{r['efficiency'] * 100:.0f}%",
+                     "host overhead: " + str(r["source"]).split(":")[0][:60] if r["class"] == "host" else
+                     ("measured (profile)" if r["measured"] else "datasheet default")] for r in top],
                    [False, False, False, True, True, False, True, False], caption="The costliest operators"))
 
 
