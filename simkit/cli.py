@@ -124,6 +124,7 @@ def cmd_estimate_ops(a: argparse.Namespace) -> int:
         raise SimkitError(f"--tp {a.tp} does not divide the {model.num_heads} heads of {model.name}")
     device = ComputeDevice.from_gpu(gpu)
     eff, info, warn = resolve_calibration(a.calibration, "gpu", gpu.name)
+    device = device.for_profile(eff, {})  # the roofline the profile's efficiencies refer to
     if warn:
         print(f"warning: {warn}", file=sys.stderr)
     prec = Precision(a.dtype, a.dtype if a.dtype not in ("int4",) else "fp16", a.dtype if a.dtype != "int4" else "fp16")

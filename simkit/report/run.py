@@ -23,6 +23,7 @@ RESOURCE_NAMES = {
     "nvlink": "NVLink GPU-GPU",
     "network": "network",
     "cpu_attention": "CPU attention",
+    "collectives": "collectives (TP all-reduce, EP all-to-all)",
 }
 
 HEADLINE = [
@@ -91,7 +92,7 @@ def bottleneck_sentence(s: dict[str, Any]) -> str:
         return "No resource was busy (nothing ran)."
     span = float(s.get("makespan_s") or 0)
     ranked = sorted(res.items(), key=lambda kv: -float(kv[1].get("busy_s", 0)))
-    name = RESOURCE_NAMES.get(b, b)
+    name = RESOURCE_NAMES.get(b, b) + (f" over {res[b]['link']}" if b == "collectives" and res[b].get("link") else "")
     u = float(res[b].get("utilization", 0))
     text = f"The bottleneck is {name}: busy {u * 100:.0f}% of the {span:,.2f} s makespan"
     if b == "compute" and "max_utilization" in res[b]:
