@@ -26,6 +26,13 @@ RESOURCE_NAMES = {
     "collectives": "collectives (TP all-reduce, EP all-to-all)",
 }
 
+def rname(key: Any, summary: dict[str, Any] | None = None) -> str:
+    """A resource's name in words; compute is the CPUs' when the run computed on them."""
+    if key == "compute" and summary is not None and not summary.get("gpus"):
+        return "CPU compute"
+    return RESOURCE_NAMES.get(str(key), str(key))
+
+
 HEADLINE = [
     # (summary key, label, kind) kind: s = seconds (ms shown), r = rate, usd, j, frac, int
     ("ttft_p50_s", "TTFT p50", "s"), ("ttft_p90_s", "TTFT p90", "s"), ("ttft_p99_s", "TTFT p99", "s"),
@@ -92,7 +99,7 @@ def bottleneck_sentence(s: dict[str, Any]) -> str:
         return "No resource was busy (nothing ran)."
     span = float(s.get("makespan_s") or 0)
     ranked = sorted(res.items(), key=lambda kv: -float(kv[1].get("busy_s", 0)))
-    name = RESOURCE_NAMES.get(b, b) + (f" over {res[b]['link']}" if b == "collectives" and res[b].get("link") else "")
+    name = rname(b, s) + (f" over {res[b]['link']}" if b == "collectives" and res[b].get("link") else "")
     u = float(res[b].get("utilization", 0))
     text = f"The bottleneck is {name}: busy {u * 100:.0f}% of the {span:,.2f} s makespan"
     if b == "compute" and "max_utilization" in res[b]:
@@ -100,7 +107,7 @@ def bottleneck_sentence(s: dict[str, Any]) -> str:
     others = [(k, v) for k, v in ranked if k != b and float(v.get("busy_s", 0)) > 0]
     if others:
         k, v = others[0]
-        text += f"; next is {RESOURCE_NAMES.get(k, k)} at {float(v.get('utilization', 0)) * 100:.0f}%"
+        text += f"; next is {rname(k, s)} at {float(v.get('utilization', 0)) * 100:.0f}%"
     else:
         text += "; no other resource was used"
     text += "."
@@ -388,7 +395,7 @@ def section_headline(page: Page, runs: list[Run]) -> None:
         rows.append([label, *[fmt_metric(v, kind) for v in vals], *deltas])
     rows.append(["SLO met", *[("yes" if r.summary.get("slo_met") else "no") if "slo_met" in r.summary else "-" for r in runs],
                  *["" for _ in runs[1:]]])
-    rows.append(["bottleneck", *[RESOURCE_NAMES.get(str(r.summary.get("bottleneck")), str(r.summary.get("bottleneck"))) for r in runs],
+    rows.append(["bottleneck", *[rname(r.summary.get("bottleneck"), r.summary) for r in runs],
                  *["" for _ in runs[1:]]])
     page.raw(table(header, rows, [False] + [True] * (len(header) - 1)))
 
@@ -527,21 +534,21 @@ def section_utilisation(page: Page, runs: list[Run]) -> None:
                 label=r.label if len(runs) > 1 else None)
         for n in names:
             e = res.get(n, {})
-            rows.append([r.label, n, RESOURCE_NAMES.get(n, n), e.get("busy_s"), e.get("utilization"), e.get("max_utilization"), e.get("bytes")])
+            rows.append([r.label, n, rname(n, r.summary), e.get("busy_s"), e.get("utilization"), e.get("max_utilization"), e.get("bytes")])
         if len(runs) == 1:
             for yy, v, n in zip(y, vals, names):
                 extra = ""
                 if "bytes" in res.get(n, {}):
                     extra = f"  {fmt_bytes(float(res[n]['bytes']), 3)}"
                 ax.text(v + 1, yy, f"{v:.1f}%{extra}", va="center", fontsize=8)
-    ax.set_yticks(y, [RESOURCE_NAMES.get(n, n) for n in names])
+    ax.set_yticks(y, [rname(n, runs[0].summary) for n in names])
     ax.invert_yaxis()
     ax.set_xlim(0, 118)
     ax.set_xlabel("busy % of makespan")
     ax.set_title("Utilisation of every resource over the whole run")
     if len(runs) > 1:
         ax.legend(loc="lower right")
-    alt = "; ".join(f"{r.label}: bottleneck {RESOURCE_NAMES.get(str(r.summary.get('bottleneck')), r.summary.get('bottleneck'))}" for r in runs)
+    alt = "; ".join(f"{r.label}: bottleneck {rname(r.summary.get('bottleneck'), r.summary)}" for r in runs)
     page.figure(plots.to_svg(fig, "Resource utilisation totals", alt),
                 "Busy time / makespan per resource: compute averaged over GPU groups; each link direction (one direction of a link "
                 "counts separately) summed over replicas and divided by the replica count; bytes moved at the bar's end. " + alt + ".",
@@ -572,7 +579,7 @@ def section_links_over_time(page: Page, series: list[tuple[Run, Any]]) -> None:
     for i, (r, s) in enumerate(used):
         for name, b in s.links.items():
             ax.plot(s.centers, b * 100, color=plots.COLORS[k % len(plots.COLORS)], linewidth=1.1, linestyle=styles[i % len(styles)],
-                    label=(f"{r.label} " if len(used) > 1 else "") + RESOURCE_NAMES.get(name, name))
+                    label=(f"{r.label} " if len(used) > 1 else "") + rname(name))
             rows.extend([[r.label, name, float(s.edges[j]), float(s.edges[j + 1]), float(b[j])] for j in range(len(b))])
             k += 1
     ax.set_ylabel("busy %")
@@ -580,7 +587,7 @@ def section_links_over_time(page: Page, series: list[tuple[Run, Any]]) -> None:
     ax.set_xlabel("simulated time (s)")
     ax.set_title("Links: share of each time bin with a transfer in flight, per link direction")
     ax.legend(loc="lower right", ncols=min(k, 4))
-    alt = "; ".join(f"{r.label} {RESOURCE_NAMES.get(n, n)}: mean {float(np.mean(b)) * 100:.0f}%, peak {float(np.max(b)) * 100:.0f}%"
+    alt = "; ".join(f"{r.label} {rname(n)}: mean {float(np.mean(b)) * 100:.0f}%, peak {float(np.max(b)) * 100:.0f}%"
                     for r, s in used for n, b in s.links.items())
     page.figure(plots.to_svg(fig, "Link utilisation over time", alt),
                 "Busy share of each link direction that moved data (one direction of a link is one resource), averaged over "

@@ -15,7 +15,7 @@ from simkit.errors import ReportError
 from simkit.report import plots
 from simkit.report.data import load_run, read_json, read_parquet
 from simkit.report.html import Page, csv_text, data_link, esc, table
-from simkit.report.run import RESOURCE_NAMES, fmt_metric, section_provenance
+from simkit.report.run import fmt_metric, rname, section_provenance
 from simkit.report.study import PREFERRED
 
 CAND_COLS = ("candidate_id", "feasible", "reason", "simulated")
@@ -69,7 +69,7 @@ def search_page(path: Path) -> str:
         if len(row):
             r = row.iloc[0]
             page.callout(f"Winner {best_id}: " + ", ".join(f"{k}={r[k]}" for k in space) + f" - {_label(metric)} "
-                         f"{fmt_metric(r[metric], _kind(metric))}" + (f", bottleneck {RESOURCE_NAMES.get(str(r['bottleneck']), r['bottleneck'])}"
+                         f"{fmt_metric(r[metric], _kind(metric))}" + (f", bottleneck {rname(r['bottleneck'], {'gpus': r.get('gpus', 1)})}"
                                                                         if "bottleneck" in r else ""))
     section_pareto(page, meta, cands, feas, pareto, best_id)
     section_ranked(page, feas, space, sense, metric, meta)
@@ -212,7 +212,7 @@ def section_ranked(page: Page, feas: Any, space: list[str], sense: str, metric: 
     for k, (_, r) in enumerate(ranked.head(50).iterrows(), 1):
         b = r.get("bottleneck")
         util = r.get(f"resources.{b}.utilization") if isinstance(b, str) else None
-        bott = RESOURCE_NAMES.get(str(b), str(b)) + (f" ({float(util) * 100:.0f}% busy)" if util is not None and not _nan(util) else "")
+        bott = rname(b, {"gpus": r.get("gpus", 1)}) + (f" ({float(util) * 100:.0f}% busy)" if util is not None and not _nan(util) else "")
         rows.append([k, str(r["candidate_id"]), *[str(r[s]) for s in space], fmt_metric(r[metric], _kind(metric)),
                      *[fmt_metric(r[m], _kind(m)) for m in extra], bott if b is not None else "-"])
     page.raw(table(header, rows, [True, False, *[False] * len(space), True, *[True] * len(extra), False]))
