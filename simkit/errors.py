@@ -51,3 +51,7 @@ class CalibrationError(SimkitError):
 
 class ReportError(SimkitError):
     """A folder cannot be reported on: not a run, study or search folder, or a file in it is unreadable."""
+
+
+class StudyError(SimkitError):
+    """A study file (or its study folder) is invalid."""
