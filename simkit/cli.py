@@ -255,6 +255,8 @@ def cmd_search(a: argparse.Namespace) -> int:
         print(vllm_hint(load_scenario(os.path.join(out, "best.yaml"))), end="")
     print(f"wrote {', '.join(str(p) for p in paths if p.parent == paths[0].parent)} and {os.path.join(out, 'best')}/"
           if res.best is not None else f"wrote {', '.join(str(p) for p in paths)}")
+    if a.report:
+        _write_report([out], a.report)
     return 0 if res.best is not None else 1
 
 
@@ -342,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--exhaustive", action="store_true", help="simulate every candidate that passes screening (no pruning)")
     se.add_argument("--jobs", type=int, default=1, help="simulate this many candidates at once in worker processes")
     se.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    se.add_argument("--report", metavar="FILE.html", help="also write an HTML report of the search here")
     se.set_defaults(func=cmd_search)
 
     sub.add_parser("calibrate", help="run microbenchmarks (see simkit calibrate --help) or import-profiles", add_help=False)

@@ -150,3 +150,37 @@ def make_search(out: Path) -> Path:
     write_outputs(sims[best], out / "best")
     (out / "best.yaml").write_text(yaml.safe_dump(resolved_scenario_data(sims[best].scenario, out), sort_keys=False))
     return out
+
+
+def make_real_study(out: Path, report: Path | None = None) -> Path:
+    """A study folder written by `simkit study` itself (two axes values x two variants)."""
+    from simkit.cli import main
+
+    spec = out.parent / f"{out.name}-study.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "real-study",
+        "base": str(QUICK),
+        "set": {"workload.synthetic.num_requests": 30},
+        "variants": {"continuous": {}, "chunked": {"plan.batching.policy": "chunked_prefill"}},
+        "baseline": "continuous",
+        "axes": {"grid": {"plan.batching.max_num_seqs": [8, 32]}},
+    }, sort_keys=False))
+    args = ["study", str(spec), "--out", str(out), "--jobs", "1", "--no-progress"] + (["--report", str(report)] if report else [])
+    assert main(args) == 0
+    return out
+
+
+def make_real_search(out: Path, report: Path | None = None) -> Path:
+    """A search folder written by `simkit search` itself."""
+    from simkit.cli import main
+
+    spec = out.parent / f"{out.name}-search.yaml"
+    spec.write_text(yaml.safe_dump({
+        "base": str(QUICK),
+        "space": {"plan.parallel.tp": [1, 2], "plan.batching.max_num_seqs": [16, 64]},
+        "constraints": {"ttft_p90_s": {"max": 0.5}},
+        "objective": {"maximize": "output_tokens_per_s"},
+    }, sort_keys=False))
+    args = ["search", str(spec), "--out", str(out), "--no-progress"] + (["--report", str(report)] if report else [])
+    assert main(args) == 0
+    return out

@@ -301,3 +301,24 @@ def test_search_winner_without_scenario_yaml_uses_best_yaml(folders, tmp_path):
     html = build_report([d])
     check_figures(html, 9)  # the winner's topology and operator figures come from best.yaml
     assert "Hardware and placement" in html and "Iteration time per operator class" in html
+
+
+def test_reports_of_folders_made_by_simkit_study_and_search(tmp_path, capsys):
+    """The real commands' folders, reported through their own --report option and `simkit report`."""
+    study = rf.make_real_study(tmp_path / "study", report=tmp_path / "study.html")
+    html = (tmp_path / "study.html").read_text()
+    check_single_file(html)
+    check_figures(html, 2)
+    assert ">Metrics against each axis</h2>" in html and ">Deltas against the baseline (continuous)</h2>" in html
+    assert "held-out median error" in html  # the runs' calibration, from runs/<run_id>/
+    search = rf.make_real_search(tmp_path / "search", report=tmp_path / "search.html")
+    html = (tmp_path / "search.html").read_text()
+    check_single_file(html)
+    check_figures(html, 8)
+    meta = json.loads((search / "search.json").read_text())
+    assert f"The winner&#x27;s run ({meta['best_candidate_id']})" in html and ">Ranked plans</h2>" in html
+    assert "Hardware and placement" in html  # the winner's best/ carries its scenario.yaml
+    out = capsys.readouterr().out
+    assert f"report           {tmp_path / 'study.html'}" in out and f"report           {tmp_path / 'search.html'}" in out
+    for d in (study, search):
+        assert main(["report", str(d), "-o", str(tmp_path / "again.html")]) == 0

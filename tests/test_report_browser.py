@@ -33,6 +33,9 @@ def reports(tmp_path_factory):
         "compare": write_report([run, run_b], base / "compare.html"),
         "study": write_report([rf.make_study(base / "study")], base / "study.html"),
         "search": write_report([rf.make_search(base / "search")], base / "search.html"),
+        # folders written by the real commands
+        "simkit-study": write_report([rf.make_real_study(base / "real_study")], base / "real_study.html"),
+        "simkit-search": write_report([rf.make_real_search(base / "real_search")], base / "real_search.html"),
     }
 
 
@@ -43,7 +46,7 @@ def browser():
     b.close()
 
 
-@pytest.mark.parametrize("kind", ["run", "compare", "study", "search"])
+@pytest.mark.parametrize("kind", ["run", "compare", "study", "search", "simkit-study", "simkit-search"])
 def test_report_renders_in_chromium(kind, reports, browser, tmp_path):
     page = reports[kind]
     browser.open(page.resolve().as_uri())
