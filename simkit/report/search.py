@@ -256,6 +256,9 @@ def section_rejected(page: Page, meta: dict[str, Any], cands: Any) -> None:
         ax.text(v, yy, f" {v}", va="center", fontsize=8)
     ax.set_yticks(y, [k if len(k) <= 70 else k[:67] + "..." for k, _ in items])
     ax.invert_yaxis()
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("candidate plans")
     ax.set_title("Plans rejected, by reason")
     total = sum(v for _, v in items)
