@@ -252,7 +252,10 @@ class IterationModel:
         q = np.asarray(q)
         T = int(q.sum())
         per_layer = self.layer_time(T) + self.attention_time(q, ctx) / max(self.layers, 1)
-        total = self.step_time(q, ctx, logits_rows)
-        before = float(self.body_time(T)) - self.layer_time(T) * self.layers + self.iteration_overhead
-        after = total - before - per_layer * self.layers
+        # before: the non-layer body (embedding) and the host overhead; after: the LM head. Each is
+        # computed from its own table, never as a difference of totals, so round-off cannot make it
+        # negative (body - layers * layer is the non-layer part, >= 0 up to round-off)
+        before = max(float(self.body_time(T)) - self.layer_time(T) * self.layers, 0.0) + self.iteration_overhead
+        rows = len(q) if logits_rows is None else logits_rows
+        after = float(self.head_time(rows)) if q.size else 0.0
         return before, per_layer, after
