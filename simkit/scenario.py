@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -25,11 +24,11 @@ from pydantic import (
 
 from simkit.errors import ScenarioError
 from simkit.specs.base import Bytes, Seconds, format_validation_error
-from simkit.specs.yamlio import load_yaml
+from simkit.specs.yamlio import check_data, load_yaml, parse_yaml_value
 
 
 class _S(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True, strict=True, allow_inf_nan=False)
 
 
 DtypeName = Literal["fp32", "fp16", "bf16", "fp8", "int8", "int4"]
@@ -122,6 +121,18 @@ class Synthetic(_S):
 class TraceWorkload(TraceRef):
     window: tuple[float, float] | None = None
     """(start_s, end_s) on the trace's own clock, relative to its first request."""
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window_list(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v  # YAML has lists, not tuples
+
+    @field_validator("window")
+    @classmethod
+    def _window_order(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 <= v[0] < v[1]:
+            raise ValueError(f"expected [start_s, end_s] with 0 <= start_s < end_s, got {list(v)}")
+        return v
     rate_scale: float = Field(default=1.0, gt=0)
     """Arrival-rate multiplier: 2.0 replays twice as fast."""
     sample: int | None = Field(default=None, ge=1)
@@ -350,7 +361,7 @@ class SLO(_S):
 
 
 class Scenario(_S):
-    name: str = "scenario"
+    name: str = Field(default="scenario", min_length=1, max_length=128)
     """Names the run (default output folder reports/<name>)."""
     description: str = ""
     """Free text."""
@@ -397,17 +408,13 @@ class Scenario(_S):
 
 
 # ---------------------------------------------------------------------------------------------
-def _parse_value(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
     """Return a copy of ``data`` with dotted keys set: ``["plan.parallel.tp=2", ...]`` or a dict."""
-    out = json.loads(json.dumps(data))
+    out = json.loads(json.dumps(check_data(data, error=ScenarioError)))
     items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides]
+    items = [(k, check_data(v, error=ScenarioError, key=k)) for k, v in items]
     for key, value in items:
         parts = key.split(".")
         node = out
@@ -437,16 +444,17 @@ def _split_override(text: str) -> tuple[str, Any]:
     k = k.strip()
     if not k:
         raise ScenarioError(f"override {text!r} has an empty key")
-    return k, _parse_value(v)
+    return k, parse_yaml_value(v, key=k, error=ScenarioError)
 
 
 def scenario_from_dict(data: Any, where: str | None = None) -> Scenario:
     if not isinstance(data, dict):
         raise ScenarioError("a scenario is a mapping of top-level keys (hardware, model, workload, plan, ...)", where=where)
+    check_data(data, where, error=ScenarioError)
     try:
         sc = Scenario.model_validate(data)
     except ValidationError as e:
-        err = format_validation_error(e, where)
+        err = format_validation_error(e, where, Scenario)
         raise ScenarioError(err.message, where=where, key=err.key) from None
     sc._source = where
     sc._raw = json.loads(json.dumps(data))

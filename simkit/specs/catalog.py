@@ -44,7 +44,7 @@ def parse_item(data: Any, where: str, kind: str | None = None) -> Frozen:
     try:
         return KINDS[k].model_validate(data)
     except ValidationError as e:
-        raise format_validation_error(e, where) from None
+        raise format_validation_error(e, where, KINDS[k]) from None
 
 
 @dataclass
@@ -120,7 +120,11 @@ def default_catalog() -> Catalog:
 def load_model(ref: str, *, where: str | None = None, key: str | None = "model") -> ModelSpec:
     """A catalog model name, a path to a model YAML, or a path to a Hugging Face ``config.json``."""
     p = Path(ref)
-    if ref.endswith(".json") or (p.is_dir() and (p / "config.json").exists()):
+    try:
+        hf_dir = p.is_dir() and (p / "config.json").exists()
+    except OSError:  # not a usable path (e.g. a name longer than the file system allows): a catalog name
+        hf_dir = False
+    if ref.endswith(".json") or hf_dir:
         from simkit.specs.hf import model_from_hf_config
 
         cfg_path = p / "config.json" if p.is_dir() else p

@@ -130,7 +130,7 @@ def resolve_node(hardware: str | dict[str, Any], catalog: Catalog | None = None,
         try:
             spec = NodeSpec.model_validate(data)
         except ValidationError as e:
-            err = format_validation_error(e, where)
+            err = format_validation_error(e, where, NodeSpec)
             raise SpecError(err.message, where=where, key=f"hardware.{err.key}" if err.key else "hardware") from None
     key = "hardware"
     gpu = cat.get("gpu", spec.gpu, where=where, key=f"{key}.gpu") if spec.gpu else None
