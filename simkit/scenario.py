@@ -95,9 +95,9 @@ class Lengths(_S):
 class Arrival(_S):
     process: Literal["poisson", "gamma", "fixed_rate", "all_at_once"]
     """Arrival process: poisson, gamma (bursty, with cv), fixed_rate, or all_at_once (t=0)."""
-    rate: float | None = Field(default=None, gt=0)
-    """Requests per second (not needed for all_at_once)."""
-    cv: float | None = Field(default=None, gt=0)
+    rate: float | None = Field(default=None, ge=1e-6, le=1e7)
+    """Requests per second, 1e-6 to 1e7 (not needed for all_at_once)."""
+    cv: float | None = Field(default=None, gt=0, le=100)
     """Coefficient of variation of inter-arrival gaps (gamma only; 1 = Poisson)."""
 
     @model_validator(mode="after")
@@ -133,8 +133,8 @@ class TraceWorkload(TraceRef):
         if v is not None and not 0 <= v[0] < v[1]:
             raise ValueError(f"expected [start_s, end_s] with 0 <= start_s < end_s, got {list(v)}")
         return v
-    rate_scale: float = Field(default=1.0, gt=0)
-    """Arrival-rate multiplier: 2.0 replays twice as fast."""
+    rate_scale: float = Field(default=1.0, ge=1e-4, le=1e4)
+    """Arrival-rate multiplier, 1e-4 to 1e4: 2.0 replays twice as fast."""
     sample: int | None = Field(default=None, ge=1)
     """Keep a seeded random sample of this many requests (time order kept)."""
     model_filter: str | None = None

@@ -79,6 +79,8 @@ class Catalog:
         return sorted(self.items[kind])
 
     def get(self, kind: str, name: str, *, where: str | None = None, key: str | None = None) -> Any:
+        if not isinstance(name, str):
+            raise SpecError(f"expected the name of a catalog {kind}, got {name!r}", where=where, key=key)
         try:
             return self.items[kind][name]
         except KeyError:

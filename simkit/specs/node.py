@@ -110,6 +110,8 @@ def resolve_node(hardware: str | dict[str, Any], catalog: Catalog | None = None,
                 raise SpecError(f"expected an integer >= 1, got {num_nodes!r}", where=where, key="hardware.num_nodes")
         network = data.pop("network", network)
         scale = data.pop("bandwidth_scale", None) or {}
+        if not isinstance(scale, dict):
+            raise SpecError(f"expected a mapping of bandwidth names to factors, got {scale!r}", where=where, key="hardware.bandwidth_scale")
         preset = data.pop("preset", None)
         if preset is not None:
             cat.get("node", preset, where=where, key="hardware.preset")
@@ -167,6 +169,8 @@ def resolve_node(hardware: str | dict[str, Any], catalog: Catalog | None = None,
 
 
 SCALABLE = ("host_to_gpu", "gpu_to_gpu", "cxl", "nvme", "network", "hbm", "dram", "cxl_memory", "ssd")
+SCALE_RANGE = (1e-3, 1e3)
+"""What-if bandwidth factors outside this range describe no real hardware (and 1e-300 ends in NaN times)."""
 
 
 def _apply_scale(scale, gpu, dram, cxl, ssd, links, where):  # type: ignore[no-untyped-def]
@@ -174,8 +178,9 @@ def _apply_scale(scale, gpu, dram, cxl, ssd, links, where):  # type: ignore[no-u
     for k, f in scale.items():
         if k not in SCALABLE:
             raise SpecError(f"unknown key (expected one of {', '.join(SCALABLE)})", where=where, key=f"hardware.bandwidth_scale.{k}")
-        if isinstance(f, bool) or not isinstance(f, int | float) or not f > 0:
-            raise SpecError(f"expected a number > 0, got {f!r}", where=where, key=f"hardware.bandwidth_scale.{k}")
+        lo, hi = SCALE_RANGE
+        if isinstance(f, bool) or not isinstance(f, int | float) or not lo <= f <= hi:
+            raise SpecError(f"expected a number from {lo:g} to {hi:g}, got {f!r}", where=where, key=f"hardware.bandwidth_scale.{k}")
     links = dict(links)
     for k in ("host_to_gpu", "gpu_to_gpu", "cxl", "nvme", "network"):
         if k in scale and k in links:
