@@ -262,3 +262,11 @@ def test_split_layers_parts_are_non_negative_and_sum_to_the_step(seqs, rows):
     before, per, after = it.split_layers(q, ctx, logits_rows=rows)
     assert before >= 0 and per >= 0 and after >= 0
     assert before + per * it.layers + after == pytest.approx(it.step_time(q, ctx, rows), rel=1e-9)
+
+
+# ---- GPU memory is what CUDA can allocate --------------------------------------------------
+@pytest.mark.parametrize("gpu, mib", [("t4", 15360), ("l4", 23034), ("a40", 46068)])
+def test_ecc_gddr6_parts_hold_the_nvidia_smi_total(gpu, mib):
+    from simkit.specs.catalog import default_catalog
+
+    assert default_catalog().get("gpu", gpu).memory == mib * 2**20
