@@ -461,6 +461,37 @@ def scenario_from_dict(data: Any, where: str | None = None) -> Scenario:
     return sc
 
 
+def shipped_scenarios() -> list[str]:
+    """Names of the example scenarios that ship with simkit (``simkit run NAME`` finds them)."""
+    from simkit.specs.catalog import repo_path
+
+    return sorted(p.stem for p in repo_path("workloads", "scenarios").glob("*.yaml"))
+
+
+def find_scenario(path: str | Path) -> Path:
+    """A scenario file: ``path`` itself if it exists, else a shipped scenario of that name
+    (``quickstart``, ``quickstart.yaml`` or ``workloads/scenarios/quickstart.yaml``), so an
+    installed simkit runs its examples from any folder."""
+    from simkit.specs.catalog import repo_path
+
+    p = Path(path)
+    try:
+        if p.exists():
+            return p
+    except OSError:
+        return p
+    parts = p.parts
+    if len(parts) == 1:
+        for cand in (repo_path("workloads", "scenarios", p.name), repo_path("workloads", "scenarios", p.name + ".yaml")):
+            if cand.is_file():
+                return cand
+    elif not p.is_absolute():
+        cand = repo_path(*parts)
+        if cand.is_file():
+            return cand
+    raise ScenarioError(f"file not found (shipped scenarios: {', '.join(shipped_scenarios())})", where=str(p))
+
+
 def load_scenario_data(path: str | Path) -> dict[str, Any]:
     data = load_yaml(path, error=ScenarioError)
     if not isinstance(data, dict):
@@ -469,6 +500,7 @@ def load_scenario_data(path: str | Path) -> dict[str, Any]:
 
 
 def load_scenario(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Scenario:
+    path = find_scenario(path)
     data = load_scenario_data(path)
     if overrides:
         data = apply_overrides(data, overrides)

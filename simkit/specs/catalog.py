@@ -3,6 +3,10 @@
 One item per file; the file's ``kind`` key says what it is. The catalog is read once per
 process and cached. ``SIMKIT_CATALOG_PATH`` (os.pathsep-separated folders) adds user folders
 searched before the shipped ones, so a new GPU or model is one YAML file.
+
+The shipped data (``hw_specs``, ``workloads``, ``calibration``) is read from, in this order:
+``SIMKIT_HOME`` when set; the source checkout simkit runs from; else the copy an installed
+wheel carries as package data (``simkit/_data``, see ``setup.py``).
 """
 
 from __future__ import annotations
@@ -24,14 +28,27 @@ from simkit.specs.model import ModelSpec
 from simkit.specs.yamlio import load_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_DATA = "_data"
+"""Folder inside the installed ``simkit`` package that holds the shipped data folders."""
 KINDS: dict[str, type[Frozen]] = {**HW_KINDS, "model": ModelSpec}
+
+
+def data_root() -> Path:
+    """The folder holding ``hw_specs``, ``workloads`` and ``calibration``: ``SIMKIT_HOME`` if set,
+    else the checkout this simkit runs from, else the installed package's data."""
+    home = os.environ.get("SIMKIT_HOME")
+    if home:
+        return Path(home)
+    if (REPO_ROOT / "hw_specs").is_dir() and (REPO_ROOT / "pyproject.toml").is_file():
+        return REPO_ROOT
+    from importlib.resources import files
+
+    return Path(str(files("simkit").joinpath(PACKAGE_DATA)))
 
 
 def repo_path(*parts: str) -> Path:
     """A path inside the simkit data folders (hw_specs, workloads, calibration)."""
-    home = os.environ.get("SIMKIT_HOME")
-    root = Path(home) if home else REPO_ROOT
-    return root.joinpath(*parts)
+    return data_root().joinpath(*parts)
 
 
 def parse_item(data: Any, where: str, kind: str | None = None) -> Frozen:
