@@ -24,8 +24,8 @@ def _fmt_ms(x: Any) -> str:
     return "-" if v != v else f"{v * 1e3:,.1f} ms"
 
 
-def print_summary(s: dict[str, Any], out: Any = sys.stdout) -> None:
-    w = out.write
+def print_summary(s: dict[str, Any], out: Any = None) -> None:
+    w = (out or sys.stdout).write
     w(f"simkit: {s.get('model')} on {s.get('hardware')} ({s.get('device')}), policy {s.get('policy')}, "
       f"tp={s.get('tp')} replicas={s.get('replicas')}\n")
     w(f"  calibration      {s.get('calibration')}\n")
