@@ -177,11 +177,11 @@ class Precision(_S):
 class Batching(_S):
     policy: str = "continuous"
     """Registered batching policy: static, continuous, chunked_prefill, disaggregated."""
-    max_num_seqs: int = Field(default=256, ge=1)
+    max_num_seqs: int = Field(default=256, ge=1, le=2**20)
     """Most sequences running at once on a replica."""
-    max_num_batched_tokens: int = Field(default=8192, ge=1)
+    max_num_batched_tokens: int = Field(default=8192, ge=1, le=2**24)
     """Most tokens in one iteration (continuous: prompts longer than this are rejected)."""
-    chunk_size: int = Field(default=512, ge=1)
+    chunk_size: int = Field(default=512, ge=1, le=2**24)
     """Prefill chunk size (chunked_prefill)."""
     batch_size: int | None = Field(default=None, ge=1)
     """Static policy: sequences per batch (default: all waiting, up to max_num_seqs)."""
@@ -404,7 +404,10 @@ class Scenario(_S):
         if path.is_absolute() or self.source is None:
             return path
         here = Path(self.source).parent / path
-        return here if here.exists() or not path.exists() else path
+        try:
+            return here if here.exists() or not path.exists() else path
+        except OSError:  # not a usable path (e.g. too long): the reader names it
+            return here
 
 
 # ---------------------------------------------------------------------------------------------

@@ -221,8 +221,7 @@ def test_broken_pipe_is_quiet():
     )
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert p.stdout is not None
-    p.stdout.read(10)
-    p.stdout.close()  # the reader goes away, as `| head` does
+    p.stdout.close()  # the reader goes away before simkit writes (as `| head` does after a line)
     err = p.stderr.read().decode() if p.stderr else ""
     assert p.wait(timeout=60) == 141
     assert "Traceback" not in err and "BrokenPipe" not in err
@@ -236,7 +235,7 @@ def test_compression_with_a_gpu_calibration_profile(flag):
     assert s["requests_completed"] == 2 and np.isfinite(s["tpot_p50_s"])
 
 
-@pytest.mark.parametrize("chunk", [512, 10**8])
+@pytest.mark.parametrize("chunk", [512, 2**24])
 def test_kv_spill_to_cpu_never_schedules_a_negative_delay(chunk):
     sc = load_scenario(
         ROOT / "workloads/scenarios/cxl-long-context.yaml",

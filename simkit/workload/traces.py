@@ -1020,10 +1020,13 @@ def _check_utf8(path: Path) -> None:
 
 
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise TraceError("trace file not found", where=str(path))
-    if not path.is_file():
-        raise TraceError("trace path is not a file", where=str(path))
+    try:
+        if not path.exists():
+            raise TraceError("trace file not found", where=str(path))
+        if not path.is_file():
+            raise TraceError("trace path is not a file", where=str(path))
+    except OSError as e:
+        raise TraceError(f"cannot read the trace file ({e.strerror or e})", where=str(path)) from None
 
 
 def _as_int(value: Any) -> Any:
