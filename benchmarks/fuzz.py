@@ -444,6 +444,46 @@ def _model_case(rng: random.Random) -> dict:
             "notes": notes}
 
 
+HF_CONFIGS: list[dict[str, Any]] = [
+    {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008,
+     "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 32, "vocab_size": 32000,
+     "max_position_embeddings": 4096, "tie_word_embeddings": False, "hidden_act": "silu", "rms_norm_eps": 1e-5,
+     "_name_or_path": "meta-llama/Llama-2-7b-hf"},
+    {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336,
+     "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8, "vocab_size": 32000,
+     "max_position_embeddings": 32768, "num_local_experts": 8, "num_experts_per_tok": 2, "hidden_act": "silu",
+     "sliding_window": None, "_name_or_path": "mistralai/Mixtral-8x7B-v0.1"},
+]
+"""Hugging Face config.json files a model case may mutate instead of a catalog YAML."""
+
+
+def _hf_case(rng: random.Random) -> dict:
+    cfg = copy.deepcopy(rng.choice(HF_CONFIGS))
+    notes = [f"hf {cfg['model_type']}"]
+    invalid = False
+    for _ in range(rng.choice([1, 2])):
+        key = rng.choice(sorted(cfg))
+        old = cfg[key]
+        new = DELETE if rng.random() < 0.2 else rng.choice([v for v in BAD_VALUES if not isinstance(v, float) or math.isfinite(v)])
+        if new is DELETE:
+            cfg.pop(key)
+        else:
+            cfg[key] = new
+        invalid |= _clearly_invalid(old, new) and key in ("hidden_size", "intermediate_size", "num_attention_heads",
+                                                          "num_hidden_layers", "num_key_value_heads", "vocab_size",
+                                                          "max_position_embeddings", "num_local_experts", "num_experts_per_tok")
+        notes.append(f"{key}={'<deleted>' if new is DELETE else repr(new)[:40]}")
+    raw = json.dumps(cfg).encode()
+    if rng.random() < 0.1:
+        raw = raw[: rng.randrange(len(raw))] if rng.random() < 0.5 else raw.replace(b"{", b"{\xff", 1)
+        notes.append("corrupt JSON")
+    data = yaml.safe_load((ROOT / "workloads/scenarios/quickstart.yaml").read_text())
+    data["model"] = "@CONFIG@"
+    data["calibration"] = "none"
+    data["workload"]["limit"] = rng.choice([1, 2, 4])
+    return {"kind": "model", "data": data, "files": {"config.json": raw}, "invalid": invalid, "notes": notes}
+
+
 def _yaml_text_case(rng: random.Random) -> dict:
     src = rng.choice([p for p in SCENARIOS if p.stem not in HEAVY])
     data = yaml.safe_load(src.read_text())
@@ -502,8 +542,10 @@ def make_case(seed: int, index: int) -> dict:
         case = _scenario_case(rng)
     elif r < 0.8:
         case = _trace_case(rng)
-    elif r < 0.9:
+    elif r < 0.87:
         case = _model_case(rng)
+    elif r < 0.9:
+        case = _hf_case(rng)
     elif r < 0.96:
         case = _yaml_text_case(rng)
     else:
@@ -695,7 +737,10 @@ def run_case(case: dict, workdir: Path, timeout_s: float = 20.0) -> dict:
         out["message"] = str(e)
     except SimkitError as e:
         out["outcome"] = "clean"
-        out["named"] = bool(e.where or e.key or "line" in e.message)
+        # SimPy re-raises an error from inside a process as a new instance of its class, built
+        # from the message alone: the original (with where and key) is its __cause__
+        orig = e.__cause__ if isinstance(e.__cause__, SimkitError) else e
+        out["named"] = bool(orig.where or orig.key or "line" in orig.message)
         out["cause"] = type(e).__name__
         out["message"] = str(e)[:300]
     except RecursionError as e:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simkit.cli import main
-from simkit.errors import ScenarioError, SpecError, TraceError
+from simkit.errors import ScenarioError, SimkitError, SpecError, TraceError
 from simkit.scenario import apply_overrides, load_scenario, scenario_from_dict
 from simkit.simulate import simulate
 from simkit.specs.catalog import parse_item
@@ -269,3 +269,22 @@ def test_ecc_gddr6_parts_hold_the_nvidia_smi_total(gpu, mib):
     from simkit.specs.catalog import default_catalog
 
     assert default_catalog().get("gpu", gpu).memory == mib * 2**20
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("workload", {"trace": {"path": "t" * 300 + ".csv"}}), ("calibration", "c" * 300), ("model", "m" * 300 + ".json")],
+)
+def test_overlong_paths_are_clean_errors(key, value):
+    sc = scenario_from_dict(make_scenario(**{key: value}))
+    with pytest.raises(SimkitError):
+        simulate(sc)
+
+
+def test_hf_config_that_is_not_utf8(tmp_path):
+    from simkit.specs.catalog import load_model
+
+    p = tmp_path / "config.json"
+    p.write_bytes(b'{"model_type": "llama",\n "x": "\xff"}')
+    with pytest.raises(SpecError, match="line 2: not UTF-8"):
+        load_model(str(p))

@@ -246,7 +246,10 @@ class Profile:
         from simkit.specs.yamlio import load_yaml
 
         p = Path(path)
-        f = p / PROFILE_FILE if p.is_dir() else p
+        try:
+            f = p / PROFILE_FILE if p.is_dir() else p
+        except OSError:  # not a usable path (e.g. too long): load_yaml names it
+            f = p
         where = str(f)
         data = load_yaml(f, error=CalibrationError)
         if not isinstance(data, dict):
@@ -435,7 +438,10 @@ _CACHE: dict[tuple[str, float], Profile] = {}
 def load_cached(path: str | Path) -> Profile:
     """Profile.load, cached per file and modification time (samples are not read)."""
     p = Path(path)
-    f = p / PROFILE_FILE if p.is_dir() else p
+    try:
+        f = p / PROFILE_FILE if p.is_dir() else p
+    except OSError:  # not a usable path (e.g. too long): Profile.load names it
+        f = p
     try:
         key = (str(f.resolve()), f.stat().st_mtime)
     except OSError:

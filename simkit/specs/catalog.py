@@ -146,13 +146,24 @@ def load_model(ref: str, *, where: str | None = None, key: str | None = "model")
     if ref.endswith(".json") or hf_dir:
         from simkit.specs.hf import model_from_hf_config
 
-        cfg_path = p / "config.json" if p.is_dir() else p
-        if not cfg_path.exists():
+        cfg_path = p / "config.json" if hf_dir else p
+        try:
+            found = cfg_path.is_file()
+        except OSError:
+            found = False
+        if not found:
             raise SpecError(f"Hugging Face config not found: {cfg_path}", where=where, key=key)
         try:
-            cfg = json.loads(cfg_path.read_text())
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise SpecError(f"malformed JSON: line {e.lineno}: {e.msg}", where=str(cfg_path)) from None
+        except UnicodeDecodeError as e:
+            line = e.object[: e.start].count(b"\n") + 1
+            raise SpecError(f"line {line}: not UTF-8 text", where=str(cfg_path)) from None
+        except OSError as e:
+            raise SpecError(f"cannot read file ({e.strerror or e})", where=str(cfg_path)) from None
+        except RecursionError:
+            raise SpecError("malformed JSON: nested too deeply", where=str(cfg_path)) from None
         return model_from_hf_config(cfg, where=str(cfg_path))
     if ref.endswith((".yaml", ".yml")):
         item = parse_item(load_yaml(p), str(p), kind="model")
