@@ -585,16 +585,32 @@ def _sim_env(frame: Any) -> Any:
     return None
 
 
+def _tabulating(frame: Any) -> str | None:
+    """If the stack is inside a cost model's table growth (bounded work: one row per token count
+    up to a known size), say so."""
+    while frame is not None:
+        if frame.f_code.co_name == "_grow" and frame.f_code.co_filename.endswith("iteration.py"):
+            return f"tabulating the cost of {frame.f_locals.get('n')} token counts"
+        frame = frame.f_back
+    return None
+
+
 def _alarm(signum: int, frame: Any) -> None:
     """First alarm: note the simulated clock and allow GRACE_S more. Second: a run whose clock
-    moved is slow (progressing); one whose clock stood still, or that is not simulating, hangs."""
+    moved, or that is tabulating a cost model (finite work of known size), is slow; one whose
+    clock stood still, or that is not simulating, hangs."""
     env = _sim_env(frame)
+    bounded = _tabulating(frame)
+    if bounded:
+        _clock["bounded"] = bounded
     if "now" not in _clock:
         _clock["now"] = env.now if env is not None else None
         signal.setitimer(signal.ITIMER_REAL, GRACE_S)
         return
     if env is not None and _clock["now"] is not None and env.now > _clock["now"]:
         raise _Slow(f"simulated {_clock['now']:.3g} s in the budget, {env.now:.3g} s after the grace")
+    if "bounded" in _clock:
+        raise _Slow(_clock["bounded"])
     raise _Timeout
 
 
