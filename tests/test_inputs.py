@@ -288,3 +288,12 @@ def test_hf_config_that_is_not_utf8(tmp_path):
     p.write_bytes(b'{"model_type": "llama",\n "x": "\xff"}')
     with pytest.raises(SpecError, match="line 2: not UTF-8"):
         load_model(str(p))
+
+
+def test_error_from_inside_a_simpy_process_keeps_file_and_key():
+    sc = load_scenario(ROOT / "workloads/scenarios/disaggregated.yaml",
+                       ["plan.batching.kv_transfer_link=bogus", "workload.limit=2", "calibration=none"])
+    with pytest.raises(ScenarioError) as e:
+        simulate(sc)
+    assert e.value.key == "plan.batching.kv_transfer_link" and e.value.where and e.value.where.endswith("disaggregated.yaml")
+    assert str(e.value).count("disaggregated.yaml") == 1  # not repeated by the copy SimPy raises

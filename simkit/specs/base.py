@@ -45,9 +45,9 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, strict=True, allow_inf_nan=False)
 
 
-def _descend(t: Any, part: Any) -> Any:
-    """The annotation one step down ``t`` along a pydantic error location part (None: unknown)."""
-    for _ in range(8):  # unwrap Annotated / Optional / unions to a model or container
+def _unwrap(t: Any) -> Any:
+    """Annotated / Optional / union annotations down to a model (preferred) or container type."""
+    for _ in range(8):
         origin = get_origin(t)
         if origin is Annotated:
             t = get_args(t)[0]
@@ -57,6 +57,12 @@ def _descend(t: Any, part: Any) -> Any:
             t = (models or inner or [None])[0]
         else:
             break
+    return t
+
+
+def _descend(t: Any, part: Any) -> Any:
+    """The annotation one step down ``t`` along a pydantic error location part (None: unknown)."""
+    t = _unwrap(t)
     if isinstance(t, type) and issubclass(t, BaseModel):
         f = t.model_fields.get(str(part))
         return f.annotation if f is not None else None
@@ -76,15 +82,7 @@ def known_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]
         t = _descend(t, part)
         if t is None:
             return []
-    for _ in range(8):
-        origin = get_origin(t)
-        if origin is Annotated:
-            t = get_args(t)[0]
-        elif origin in (Union, UnionType):
-            models = [a for a in get_args(t) if isinstance(a, type) and issubclass(a, BaseModel)]
-            t = models[0] if models else None
-        else:
-            break
+    t = _unwrap(t)
     if isinstance(t, type) and issubclass(t, BaseModel):
         return list(t.model_fields)
     return []
