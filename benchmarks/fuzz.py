@@ -421,26 +421,27 @@ def _model_case(rng: random.Random) -> dict:
     src = rng.choice(MODELS)
     mdata = yaml.safe_load(src.read_text())
     notes = [f"model {src.stem}"]
-    invalid = False
+    state: dict[str, bool] = {}  # the last mutation of a key decides
+    original = copy.deepcopy(mdata)
     for _ in range(rng.choice([1, 1, 2])):
         keys = [k for k in mdata if k not in ("kind",)]
         if not keys:
             break
         key = rng.choice(keys)
-        old = mdata[key]
+        old = original.get(key)
         new = DELETE if rng.random() < 0.2 else rng.choice(BAD_VALUES)
         if new is DELETE:
             mdata.pop(key)
         else:
             mdata[key] = new
-        invalid |= _clearly_invalid(old, new)
+        state[key] = _clearly_invalid(old, new)
         notes.append(f"{key}={'<deleted>' if new is DELETE else repr(new)[:40]}")
     data = yaml.safe_load((ROOT / "workloads/scenarios/quickstart.yaml").read_text())
     data["model"] = "@MODEL@"
     data["hardware"] = rng.choice(["dgx-h100", "dgx-a100", "gcp-t4-vm", "cpu-server"])
     data["calibration"] = "none"
     data["workload"]["limit"] = rng.choice([1, 2, 4])
-    return {"kind": "model", "data": data, "files": {"model.yaml": yaml.safe_dump(mdata).encode()}, "invalid": invalid,
+    return {"kind": "model", "data": data, "files": {"model.yaml": yaml.safe_dump(mdata).encode()}, "invalid": any(state.values()),
             "notes": notes}
 
 
@@ -460,16 +461,17 @@ HF_CONFIGS: list[dict[str, Any]] = [
 def _hf_case(rng: random.Random) -> dict:
     cfg = copy.deepcopy(rng.choice(HF_CONFIGS))
     notes = [f"hf {cfg['model_type']}"]
-    invalid = False
+    state: dict[str, bool] = {}  # the last mutation of a key decides
+    original = copy.deepcopy(cfg)
     for _ in range(rng.choice([1, 2])):
         key = rng.choice(sorted(cfg))
-        old = cfg[key]
+        old = original.get(key)
         new = DELETE if rng.random() < 0.2 else rng.choice([v for v in BAD_VALUES if not isinstance(v, float) or math.isfinite(v)])
         if new is DELETE:
             cfg.pop(key)
         else:
             cfg[key] = new
-        invalid |= _clearly_invalid(old, new) and key in ("hidden_size", "intermediate_size", "num_attention_heads",
+        state[key] = _clearly_invalid(old, new) and key in ("hidden_size", "intermediate_size", "num_attention_heads",
                                                           "num_hidden_layers", "num_key_value_heads", "vocab_size",
                                                           "max_position_embeddings", "num_local_experts", "num_experts_per_tok")
         notes.append(f"{key}={'<deleted>' if new is DELETE else repr(new)[:40]}")
@@ -481,7 +483,7 @@ def _hf_case(rng: random.Random) -> dict:
     data["model"] = "@CONFIG@"
     data["calibration"] = "none"
     data["workload"]["limit"] = rng.choice([1, 2, 4])
-    return {"kind": "model", "data": data, "files": {"config.json": raw}, "invalid": invalid, "notes": notes}
+    return {"kind": "model", "data": data, "files": {"config.json": raw}, "invalid": any(state.values()), "notes": notes}
 
 
 def _yaml_text_case(rng: random.Random) -> dict:

@@ -25,6 +25,7 @@ from pydantic import (
 from simkit.errors import ScenarioError
 from simkit.specs.base import Bytes, Seconds, format_validation_error
 from simkit.specs.yamlio import check_data, load_yaml, parse_yaml_value
+from simkit.workload.base import MAX_TOKENS
 
 
 class _S(BaseModel):
@@ -37,11 +38,11 @@ DtypeName = Literal["fp32", "fp16", "bf16", "fp8", "int8", "int4"]
 class FixedBatch(_S):
     """A fixed batch of ``num_prompts`` prompts, all arriving at t=0."""
 
-    num_prompts: int = Field(ge=1)
+    num_prompts: int = Field(ge=1, le=10**7)
     """Number of prompts."""
-    input_tokens: int = Field(ge=1)
+    input_tokens: int = Field(ge=1, le=MAX_TOKENS)
     """Prompt length of each."""
-    output_tokens: int = Field(ge=1)
+    output_tokens: int = Field(ge=1, le=MAX_TOKENS)
     """Tokens each generates."""
 
 
@@ -50,11 +51,11 @@ class LengthDist(_S):
 
     dist: Literal["fixed", "uniform", "lognormal", "zipf"]
     """fixed (value), uniform (low..high inclusive), lognormal (median or mean, sigma of ln X), zipf (a, max)."""
-    value: int | None = None
+    value: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
     """fixed: the length."""
-    low: int | None = None
+    low: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
     """uniform: smallest length."""
-    high: int | None = None
+    high: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
     """uniform: largest length."""
     mean: float | None = None
     """lognormal: mean length (alternative to median)."""
@@ -64,9 +65,9 @@ class LengthDist(_S):
     """lognormal: standard deviation of ln(length)."""
     a: float | None = None
     """zipf: exponent (> 0)."""
-    max: int | None = None
+    max: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
     """Clamp lengths to at most this (required for zipf)."""
-    min: int | None = None
+    min: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
     """Clamp lengths to at least this (default 1)."""
 
 
@@ -97,7 +98,7 @@ class Arrival(_S):
     """Arrival process: poisson, gamma (bursty, with cv), fixed_rate, or all_at_once (t=0)."""
     rate: float | None = Field(default=None, ge=1e-6, le=1e7)
     """Requests per second, 1e-6 to 1e7 (not needed for all_at_once)."""
-    cv: float | None = Field(default=None, gt=0, le=100)
+    cv: float | None = Field(default=None, ge=1e-3, le=100)
     """Coefficient of variation of inter-arrival gaps (gamma only; 1 = Poisson)."""
 
     @model_validator(mode="after")
@@ -110,7 +111,7 @@ class Arrival(_S):
 
 
 class Synthetic(_S):
-    num_requests: int = Field(ge=1)
+    num_requests: int = Field(ge=1, le=10**7)
     """Requests to generate."""
     arrival: Arrival
     """When they arrive."""

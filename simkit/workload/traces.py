@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from simkit.errors import TraceError
-from simkit.workload.base import Requests
+from simkit.workload.base import MAX_TOKENS, Requests
 
 __all__ = [
     "TRACE_FORMATS",
@@ -186,7 +186,10 @@ def _int_column(df: pd.DataFrame, col: str, checks: _Checks, *, minimum: int, wh
     v = _numeric(s)
     with np.errstate(invalid="ignore"):
         bad = ~np.isfinite(v) | (v != np.floor(v)) | (v < minimum)
+        big = ~bad & (v > MAX_TOKENS)
     checks.flag(bad, f"expected {what} in column {col!r}", s)
+    checks.flag(big, f"expected at most {MAX_TOKENS:,} tokens in column {col!r}", s)
+    bad |= big
     out = np.where(bad, minimum, v)
     return out.astype(np.int64)
 
@@ -591,7 +594,7 @@ def _json_int(obj: dict, key: str, minimum: int) -> int | None:
         return None
     if isinstance(v, float) and v.is_integer():
         v = int(v)
-    if not isinstance(v, int) or not minimum <= v < 2**62:
+    if not isinstance(v, int) or not minimum <= v <= MAX_TOKENS:
         return None
     return v
 
