@@ -1,19 +1,26 @@
 """Simulator speed and memory on the serving benchmarks of docs/performance.md.
 
-    .venv/bin/python benchmarks/serving_speed.py            # all cases
-    .venv/bin/python benchmarks/serving_speed.py azure16k   # one case
+    .venv/bin/python benchmarks/serving_speed.py                        # all cases
+    .venv/bin/python benchmarks/serving_speed.py azure16k-continuous    # one case
+    .venv/bin/python benchmarks/serving_speed.py --engine reference ... # the reference engine
+    .venv/bin/python benchmarks/serving_speed.py --cold ...             # no cached cost tables
 
 Each case runs in a fresh subprocess (so start-up and peak RSS are its own) and prints wall
-seconds (start-up included: interpreter, imports, catalog, trace reading, simulation, summary),
-simulated requests per wall-second and peak RSS.
+seconds and CPU seconds of that process (start-up included: interpreter, imports, catalog,
+cost tables, trace reading, simulation, summary, teardown; CPU seconds are the robust figure on
+a shared machine), simulated requests per wall-second, peak RSS and the engine path that ran.
+``--cold`` points the cost-table cache at an empty folder (a new model or GPU);
+by default the user's cache is used, warmed by a first untimed run of the case.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,9 +29,9 @@ TRACES = ROOT / "workloads" / "traces"
 
 
 
-def _azure16k(name: str, batching: dict) -> dict:
-    """16,000 requests, lengths resampled from the Azure 2023 conversation trace, Poisson 8 req/s,
-    Llama-2-7B on one H100 SXM."""
+def _azure16k(name: str, batching: dict, replicas: int = 1) -> dict:
+    """16,000 requests, lengths resampled from the Azure 2023 conversation trace, Poisson 8 req/s
+    per replica, Llama-2-7B on H100 SXMs (least-outstanding routing over several replicas)."""
     return {
         "name": name,
         "hardware": "dgx-h100",
@@ -32,11 +39,12 @@ def _azure16k(name: str, batching: dict) -> dict:
         "workload": {
             "synthetic": {
                 "num_requests": 16000,
-                "arrival": {"process": "poisson", "rate": 8},
+                "arrival": {"process": "poisson", "rate": 8 * replicas},
                 "lengths": {"trace": {"path": str(TRACES / "azure_conv_2023.csv"), "format": "azure"}},
             }
         },
-        "plan": {"batching": batching},
+        "plan": {"batching": batching, "parallel": {"replicas": replicas}}
+        | ({"routing": "least_outstanding"} if replicas > 1 else {}),
     }
 
 
@@ -44,6 +52,9 @@ CASES: dict[str, dict] = {
     "azure16k-continuous": _azure16k("azure16k-continuous", {"policy": "continuous", "max_num_seqs": 128, "max_num_batched_tokens": 4096}),
     "azure16k-chunked": _azure16k(
         "azure16k-chunked", {"policy": "chunked_prefill", "chunk_size": 512, "max_num_seqs": 128, "max_num_batched_tokens": 4096}
+    ),
+    "azure16k-3replicas": _azure16k(
+        "azure16k-3replicas", {"policy": "continuous", "max_num_seqs": 128, "max_num_batched_tokens": 4096}, 3
     ),
     "mooncake-prefix": {
         "name": "mooncake-prefix",
@@ -85,14 +96,14 @@ def _child(case: str) -> None:
     data = dict(CASES[case])
     if len(sys.argv) > 3:
         data["calibration"] = sys.argv[3]
-    res = simulate(scenario_from_dict(data), record_iterations=not big)
+    res = simulate(scenario_from_dict(data), record_iterations=not big, engine=os.environ.get("SIMKIT_BENCH_ENGINE", "auto"))
     wall = time.perf_counter() - t0
     s = res.summary
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({
         "case": case, "requests": s["requests_total"], "completed": s["requests_completed"], "sim_wall_s": s["sim_wall_s"],
         "in_process_wall_s": wall, "peak_rss_bytes": rss, "ttft_p50_s": s["ttft_p50_s"], "tpot_p50_s": s["tpot_p50_s"],
-        "makespan_s": s["makespan_s"],
+        "makespan_s": s["makespan_s"], "engine_path": s["engine_path"],
     }))
 
 
@@ -100,21 +111,38 @@ def main(argv: list[str]) -> int:
     if argv and argv[0] == "--child":
         _child(argv[1])
         return 0
+    env = dict(os.environ)
+    if "--engine" in argv:
+        k = argv.index("--engine")
+        env["SIMKIT_BENCH_ENGINE"] = argv[k + 1]
+        argv = argv[:k] + argv[k + 2 :]
+    cold = "--cold" in argv
+    argv = [a for a in argv if a != "--cold"]
     cases = argv or list(CASES)
-    print(f"{'case':<22}{'requests':>10}{'wall s':>9}{'sim s':>8}{'req/wall-s':>12}{'peak RSS':>11}   simulated makespan")
+    print(f"{'case':<22}{'requests':>10}{'wall s':>9}{'CPU s':>8}{'sim s':>8}{'req/wall-s':>12}{'peak RSS':>11}"
+          "   simulated makespan, engine path")
     for case in cases:
         if case not in CASES:
             print(f"unknown case {case!r}; known: {', '.join(CASES)}", file=sys.stderr)
             return 2
-        t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, __file__, "--child", case], capture_output=True, text=True, check=False)
-        wall = time.perf_counter() - t0
+        cmd = [sys.executable, __file__, "--child", case]
+        with tempfile.TemporaryDirectory() as empty:
+            if cold:
+                env["SIMKIT_CACHE_DIR"] = empty
+            elif case != "synthetic-1m":
+                subprocess.run(cmd, capture_output=True, env=env, check=False)  # warm the table cache
+            cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+            wall = time.perf_counter() - t0
+            cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         if out.returncode != 0:
             print(out.stderr, file=sys.stderr)
             return 1
+        cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{case:<22}{r['requests']:>10,}{wall:>9.2f}{r['sim_wall_s']:>8.2f}{r['requests'] / wall:>12,.0f}"
-              f"{r['peak_rss_bytes'] / 2**20:>9.0f} MB   {r['makespan_s']:,.0f} s")
+        print(f"{case:<22}{r['requests']:>10,}{wall:>9.2f}{cpu:>8.2f}{r['sim_wall_s']:>8.2f}{r['requests'] / wall:>12,.0f}"
+              f"{r['peak_rss_bytes'] / 2**20:>9.0f} MB   {r['makespan_s']:,.0f} s, {r['engine_path']}")
     return 0
 
 

@@ -49,7 +49,7 @@ def print_summary(s: dict[str, Any], out: Any = None) -> None:
         w(f"  prefix cache     {s['prefix_cache_hit_rate'] * 100:.1f}% of prompt tokens hit ({tiers})\n")
     w(f"  cost             ${s['usd_per_million_output_tokens']:.3f} per million output tokens "
       f"(${s['cost_per_hour_usd']:.2f}/h); energy {s['energy_per_output_token_j']:.3f} J/token\n")
-    w(f"  simulated in     {s['sim_wall_s']:.3f} s wall\n")
+    w(f"  simulated in     {s['sim_wall_s']:.3f} s wall, engine path: {s['engine_path']}\n")
 
 
 # ---- subcommands -------------------------------------------------------------------------------
@@ -58,7 +58,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from simkit.simulate import simulate, write_outputs
 
     sc = load_scenario(a.scenario, a.set or [])
-    res = simulate(sc, trace=a.trace_out is not None)
+    res = simulate(sc, trace=a.trace_out is not None, engine=a.engine)
     for wmsg in res.warnings:
         print(f"warning: {wmsg}", file=sys.stderr)
     out = a.out or os.path.join("reports", sc.name)
@@ -90,8 +90,8 @@ def cmd_estimate_ops(a: argparse.Namespace) -> int:
 
     from simkit.cost.device import ComputeDevice
     from simkit.cost.ops import Precision, forward_ops
+    from simkit.cost.profile import resolve_calibration
     from simkit.cost.roofline import time_ops
-    from simkit.specs.calibration import resolve_calibration
     from simkit.specs.catalog import default_catalog, load_model
 
     cat = default_catalog()
@@ -255,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output folder (default reports/<scenario name>)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a dotted key, e.g. plan.parallel.tp=2")
     r.add_argument("--trace-out", help="write a Chrome-trace/Perfetto timeline JSON here")
+    r.add_argument("--engine", choices=["auto", "reference"], default="auto",
+                   help="reference: always the reference engine (default: the fast exact path where it applies)")
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("schema", help="print the scenario JSON Schema")

@@ -120,25 +120,28 @@ def summarize(table: RequestTable, tbt: TBTHistogram, cost: CostInputs, slo: Any
     return s
 
 
+def requests_columns(table: RequestTable) -> dict[str, np.ndarray]:
+    """The per-request table's columns (requests.parquet), in order."""
+    return {
+        "request_id": np.arange(table.n),
+        "replica": table.replica,
+        "arrival_s": table.arrival,
+        "scheduled_s": table.scheduled,
+        "first_token_s": table.first_token,
+        "finish_s": table.finish,
+        "input_tokens": table.input,
+        "output_tokens": table.output,
+        "generated_tokens": table.gen,
+        "prefix_hit_tokens": table.hit_tier_tokens.sum(axis=1),
+        "preemptions": table.preemptions,
+        "swaps": table.swaps,
+        "rejected": table.rejected,
+        "ttft_s": table.first_token - table.arrival,
+        "e2e_s": table.finish - table.arrival,
+    }
+
+
 def requests_frame(table: RequestTable):  # type: ignore[no-untyped-def]
     import pandas as pd
 
-    return pd.DataFrame(
-        {
-            "request_id": np.arange(table.n),
-            "replica": table.replica,
-            "arrival_s": table.arrival,
-            "scheduled_s": table.scheduled,
-            "first_token_s": table.first_token,
-            "finish_s": table.finish,
-            "input_tokens": table.input,
-            "output_tokens": table.output,
-            "generated_tokens": table.gen,
-            "prefix_hit_tokens": table.hit_tier_tokens.sum(axis=1),
-            "preemptions": table.preemptions,
-            "swaps": table.swaps,
-            "rejected": table.rejected,
-            "ttft_s": table.first_token - table.arrival,
-            "e2e_s": table.finish - table.arrival,
-        }
-    )
+    return pd.DataFrame(requests_columns(table))

@@ -198,7 +198,7 @@ class KVCache(_S):
     num_blocks: int | None = Field(default=None, ge=1)
     """Override the computed block count (real engines report their own)."""
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
-    """Fraction of each GPU's memory the engine may use (vLLM's gpu_memory_utilization)."""
+    """Fraction of each GPU's memory the engine may use (vLLM's gpu_memory_utilization). A static offloaded run that does not set it may use the GPU's memory less the CUDA context (docs/offloading.md)."""
     watermark: float = Field(default=0.01, ge=0, lt=1)
     """Fraction of blocks kept free when admitting new requests."""
     preemption: Literal["recompute", "swap"] = "recompute"
@@ -257,7 +257,7 @@ class Offload(_S):
     overlap: bool = True
     """Prefetch the next layer's weights/KV while the current layer computes."""
     pinned: bool = True
-    """Pinned host buffers (pageable copies run at the measured pageable/pinned ratio, or 60% uncalibrated)."""
+    """Pinned host buffers (pageable copies run at the measured pageable/pinned ratio, or 60% uncalibrated, and are staged by the host thread: docs/offloading.md)."""
     cpu_attention: bool = False
     """Compute decode attention of off-GPU KV heads on the CPU, where that KV lives."""
     compress_weights: bool = False
@@ -321,8 +321,9 @@ class Execution(_S):
     mode: Literal["auto", "one_step", "layer_by_layer"] = "auto"
     """How an iteration is executed: as one compute step, or layer by layer with transfers
     (auto: layer by layer only where the plan moves data during the pass)."""
-    iteration_overhead: Seconds = 0.0
-    """Fixed host-side time per iteration (scheduler, sampling bookkeeping), e.g. "2 ms"."""
+    iteration_overhead: Seconds | None = None
+    """Fixed host-side time per iteration (scheduler, sampling bookkeeping), e.g. "2 ms"; replaces
+    the calibration profile's ``host_overhead``. None: the profile's (none without one)."""
     device: Literal["gpu", "cpu"] = "gpu"
     """Where the model computes; cpu on a node without GPUs."""
 

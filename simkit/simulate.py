@@ -21,7 +21,10 @@ from simkit.cost.device import ComputeDevice
 from simkit.cost.efficiency import DatasheetEfficiency, EfficiencyModel
 from simkit.cost.iteration import IterationModel
 from simkit.cost.memory import activation_bytes
+from simkit.cost.offload import OffloadCompute
 from simkit.cost.ops import Precision
+from simkit.cost.profile import Profile
+from simkit.engine.fast import FastReplica, fast_path_reason
 from simkit.engine.kvcache import KVBlockManager, PrefixCache
 from simkit.engine.offload import OffloadExecutor
 from simkit.engine.replica import IterationLog, Replica, ReplicaConfig, ReplicaGroup, Stage
@@ -30,10 +33,11 @@ from simkit.engine.state import RequestTable, TBTHistogram
 from simkit.errors import CapacityError, ScenarioError
 from simkit.metrics import CostInputs, summarize
 from simkit.policies.batching import BATCHING_POLICIES
-from simkit.policies.offload import build_offload_layout, check_offload_capacity
+from simkit.policies.offload import build_offload_layout, check_offload_capacity, offload_gpu_usable
 from simkit.policies.parallel import Layout, check_parallel, expert_group_shares
 from simkit.policies.routing import ROUTING_POLICIES
 from simkit.scenario import Scenario
+from simkit.specs.calibration import NO_HOST_OVERHEAD, HostOverhead
 from simkit.specs.catalog import load_model
 from simkit.specs.model import ModelSpec
 from simkit.specs.node import Node, resolve_node
@@ -61,7 +65,7 @@ class Result:
     def iterations_frame(self):  # type: ignore[no-untyped-def]
         import pandas as pd
 
-        return pd.DataFrame(self.iterations, columns=list(IterationLog.COLS))
+        return pd.DataFrame(iteration_columns(self.iterations))
 
 
 # ---- building blocks -------------------------------------------------------------------------
@@ -110,12 +114,20 @@ def build_workload(sc: Scenario) -> Requests:
 def resolve_calibration(sc: Scenario, device: ComputeDevice, quiet: bool = False) -> tuple[EfficiencyModel, str, str | None]:
     if sc.calibration == "none":
         return DatasheetEfficiency(), "datasheet defaults (calibration: none)", None
-    from simkit.specs.calibration import resolve_calibration as _resolve
+    from simkit.cost.profile import resolve_calibration as _resolve
 
     setting = sc.calibration
     if setting != "auto":
         setting = str(sc.resolve_path(setting))
     return _resolve(setting, device.kind, device.name)
+
+
+def host_overhead(scenario_value: float | None, eff: EfficiencyModel) -> HostOverhead:
+    """The host time per iteration: the scenario's ``plan.execution.iteration_overhead`` when set
+    (a fixed term), else the calibration profile's ``host_overhead``, else none."""
+    if scenario_value is not None:
+        return HostOverhead(float(scenario_value), 0.0, "plan.execution.iteration_overhead")
+    return eff.host_overhead() or NO_HOST_OVERHEAD
 
 
 def _group_link(node: Node, cross_node: bool) -> tuple[float, float, str]:
@@ -142,7 +154,7 @@ def topology(node: Node) -> str:
     return "nvswitch" if node.num_gpus >= 4 and "bridge" not in gg.name else "pairwise_nvlink"
 
 
-def comm_fn(kind: str, node: Node, n: int, cross_node: bool, algorithm: str = "ring", eff: Any = None):  # type: ignore[no-untyped-def]
+def comm_fn(kind: str, node: Node, n: int, cross_node: bool, algorithm: str = "ring", eff: EfficiencyModel | None = None):  # type: ignore[no-untyped-def]
     """Seconds of one collective of ``kind`` over ``n`` GPUs, as a function of bytes per GPU:
     the calibration profile's fitted model for this topology and GPU count where it has one,
     else the alpha-beta model over the link's achieved bandwidth and latency."""
@@ -150,7 +162,7 @@ def comm_fn(kind: str, node: Node, n: int, cross_node: bool, algorithm: str = "r
 
     bw, lat, link_kind = _group_link(node, cross_node)
     fit = None
-    if not cross_node and eff is not None and hasattr(eff, "collective_fit"):
+    if not cross_node and eff is not None:
         fit = eff.collective_fit(kind, topology(node), n)
 
     def f(nbytes: np.ndarray) -> np.ndarray:
@@ -244,13 +256,14 @@ def plan_memory(
     return MemoryPlan(weights, act, kv_tok, block_bytes, blocks, usable, tier)
 
 
-def measured_links(eff: Any, io_block: float, io_depth: int) -> dict[str, tuple[float, float]]:
+def measured_links(eff: EfficiencyModel, io_block: float, io_depth: int) -> dict[str, tuple[float, float]]:
     """Link bandwidths and latencies a calibration profile measured on this machine, keyed like
     the engine's links: SSD reads/writes at the streaming block size and queue depth (the
-    closest measured configuration), and pinned host<->device copies."""
+    closest measured configuration; reads from the sequential-read benchmark where the profile
+    has it, since streamed weights are read sequentially), and pinned host<->device copies."""
     out: dict[str, tuple[float, float]] = {}
-    ssd = getattr(eff, "ssd", None) or {}
-    for d, key in (("read", "nvme_read"), ("write", "nvme_write")):
+    ssd = eff.measured_ssd()
+    for d, key in (("seq_read" if ssd.get("seq_read") else "read", "nvme_read"), ("write", "nvme_write")):
         entry = ssd.get(d)
         if not entry:
             continue
@@ -268,7 +281,7 @@ def measured_links(eff: Any, io_block: float, io_depth: int) -> dict[str, tuple[
             out[key] = (float(max(r["bandwidth"] for r in rows_ok)), base_lat)
         elif entry.get("bandwidth"):
             out[key] = (float(entry["bandwidth"]), base_lat)
-    links = getattr(eff, "links", None) or {}
+    links = eff.measured_links()
     for name, key in (("h2d_pinned", "h2d"), ("d2h_pinned", "d2h")):
         e = links.get(name)
         if e and e.get("bandwidth"):
@@ -280,40 +293,89 @@ def measured_links(eff: Any, io_block: float, io_depth: int) -> dict[str, tuple[
     return out
 
 
-def _links(
-    env: simpy.Environment, node: Node, gpus: int, trace: bool, measured: dict[str, tuple[float, float]] | None = None
-) -> dict[str, Link]:
-    """Per-replica link directions: bandwidth aggregated over the replica's GPUs for PCIe; a
-    calibration profile's measurements of this machine replace the catalog's figures."""
-    out: dict[str, Link] = {}
-    measured = measured or {}
+def link_rates(node: Node, gpus: int, measured: dict[str, tuple[float, float]] | None = None) -> dict[str, tuple[float, float]]:
+    """(bandwidth, latency) of every link direction of a replica of ``gpus`` GPUs, the one home
+    of these numbers for the simulator and the placement optimiser: the catalog's achieved
+    figures, replaced by what the node preset says was measured on that machine
+    (``measured:``), replaced in turn by a calibration profile's measurements (``measured``).
+    ``d2h_kv`` / ``nvme_write_kv``: the rate of KV-cache stores where the machine was measured
+    to store KV slower than plain copies (strided writes into the host cache)."""
+    out: dict[str, tuple[float, float]] = {}
+    meas = node.spec.measured
     h2g = node.link("host_to_gpu")
     if h2g is not None and node.gpu is not None:
-        out["h2d"] = Link(env, "PCIe H2D", h2g.achieved_bandwidth * gpus, h2g.latency)
-        out["d2h"] = Link(env, "PCIe D2H", h2g.achieved_bandwidth * gpus, h2g.latency)
+        out["h2d"] = (h2g.achieved_bandwidth * gpus, h2g.latency)
+        out["d2h"] = (h2g.achieved_bandwidth * gpus, h2g.latency)
+        if meas is not None:
+            for key, v in (("h2d", meas.h2d_bandwidth), ("d2h", meas.d2h_bandwidth), ("d2h_kv", meas.d2h_kv_bandwidth)):
+                if v is not None:
+                    out[key] = (v * gpus, h2g.latency)
     tiers = node.tiers()
     if "ssd" in tiers:
         t = tiers["ssd"]
         nv = node.link("nvme")
         cap = nv.achieved_bandwidth * len(node.ssd) if nv else float("inf")
-        out["nvme_read"] = Link(env, "NVMe read", min(t.read_bw, cap), t.latency)
-        out["nvme_write"] = Link(env, "NVMe write", min(t.write_bw, cap), t.latency)
+        out["nvme_read"] = (min(t.read_bw, cap), t.latency)
+        out["nvme_write"] = (min(t.write_bw, cap), t.latency)
+        if meas is not None:
+            for key, v in (("nvme_read", meas.ssd_read_bandwidth), ("nvme_write", meas.ssd_write_bandwidth),
+                           ("nvme_write_kv", meas.ssd_kv_write_bandwidth)):
+                if v is not None:
+                    out[key] = (v, t.latency)
     if "cxl" in tiers:
         t = tiers["cxl"]
         cx = node.link("cxl")
         cap = cx.achieved_bandwidth * len(node.cxl) if cx else float("inf")
-        out["cxl_read"] = Link(env, "CXL read", min(t.read_bw, cap), t.latency)
-        out["cxl_write"] = Link(env, "CXL write", min(t.write_bw, cap), t.latency)
+        out["cxl_read"] = (min(t.read_bw, cap), t.latency)
+        out["cxl_write"] = (min(t.write_bw, cap), t.latency)
     net = node.link("network")
     if net is not None:
-        out["network"] = Link(env, "network", net.achieved_bandwidth * max(node.num_nics, 1), net.latency)
+        out["network"] = (net.achieved_bandwidth * max(node.num_nics, 1), net.latency)
     gg = node.link("gpu_to_gpu")
     if gg is not None:
-        out["nvlink"] = Link(env, "GPU-GPU", gg.achieved_bandwidth, gg.latency)
-    for key, (bw, lat) in measured.items():
+        out["nvlink"] = (gg.achieved_bandwidth, gg.latency)
+    for key, (bw, lat) in (measured or {}).items():
         if key in out:
-            scale = gpus if key in ("h2d", "d2h") else 1
-            out[key] = Link(env, out[key].name + " (measured)", bw * scale, lat)
+            out[key] = (bw * (gpus if key in ("h2d", "d2h") else 1), lat)
+            if key in ("d2h", "nvme_write"):
+                out.pop(f"{key}_kv", None)  # the profile measured this machine's stores itself
+    return out
+
+
+KV_STORE_RATES = {"d2h": "d2h_kv", "nvme_write": "nvme_write_kv"}
+"""Link directions whose KV-cache stores run at their own measured rate (see link_rates)."""
+
+def kv_store_slowdown(rates: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Link direction -> (plain copy bandwidth / KV-store bandwidth), from link_rates."""
+    out = {}
+    for hop, kv_key in KV_STORE_RATES.items():
+        if hop in rates and kv_key in rates:
+            out[hop] = max(rates[hop][0] / rates[kv_key][0], 1.0)
+    return out
+
+
+def offload_compute(node: Node, cost: IterationModel, cpu_cost: IterationModel | None, plain: bool) -> OffloadCompute:
+    """The per-layer costs of an offloaded plan on ``node`` (shared by the simulator and the
+    placement optimiser). The rates a node preset measured (``measured:``, e.g. FlexGen's of
+    the T4 VM) are those of an offloading runtime running layer by layer: they apply to every
+    plan the offload executor runs on a GPU (not to ``plain`` ones computing on the CPU); a plan
+    without plan.offload keeps the cost model of a non-offloaded run."""
+    return OffloadCompute(cost, cpu_cost, None if plain else node.spec.measured, node.cpu.peak_flops.fp32 * node.sockets)
+
+
+_LINK_NAMES = {"h2d": "PCIe H2D", "d2h": "PCIe D2H", "nvme_read": "NVMe read", "nvme_write": "NVMe write",
+               "cxl_read": "CXL read", "cxl_write": "CXL write", "network": "network", "nvlink": "GPU-GPU"}
+
+
+def _links(
+    env: simpy.Environment, node: Node, gpus: int, trace: bool, measured: dict[str, tuple[float, float]] | None = None
+) -> dict[str, Link]:
+    """Per-replica link directions (link_rates), as engine links."""
+    out: dict[str, Link] = {}
+    for key, (bw, lat) in link_rates(node, gpus, measured).items():
+        if key in _LINK_NAMES:
+            tag = " (measured)" if measured and key in measured else ""
+            out[key] = Link(env, _LINK_NAMES[key] + tag, bw, lat)
     if trace:
         for link in out.values():
             link.intervals = []
@@ -346,7 +408,12 @@ class _Tracer:
 
 
 # ---- the one call ----------------------------------------------------------------------------
-def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = False) -> Result:
+def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = False, engine: str = "auto") -> Result:
+    """Run a scenario. ``engine``: ``auto`` runs the fast exact path where it covers the plan
+    (:mod:`simkit.engine.fast`) and the reference engine elsewhere; ``reference`` always runs the
+    reference engine (``summary["engine_path"]`` says which ran, and why)."""
+    if engine not in ("auto", "reference"):
+        raise ScenarioError(f"expected engine 'auto' or 'reference', got {engine!r}", where=sc.source, key="engine")
     wall0 = time.perf_counter()
     warn: list[str] = []
     where = sc.source
@@ -368,13 +435,20 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         assert node.gpu is not None
         device = ComputeDevice.from_gpu(node.gpu)
     eff, cal_info, cal_warn = resolve_calibration(sc, device)
-    prof_dev = getattr(eff, "device", None)
-    if isinstance(prof_dev, dict):
+    prof_dev = eff.measured_device()
+    if prof_dev is not None:
         # time operators against the roofline the profile's efficiencies were fitted to
         device = device.calibrated(prof_dev)
     if cal_warn:
         warn.append(cal_warn)
         warnings.warn(cal_warn, stacklevel=2)
+    if use_cpu and isinstance(eff, Profile):
+        # a profile of this very machine: check at start-up that it still runs at the profile's
+        # speed (simkit.calibrate.probe; stderr only, so results stay byte-identical)
+        from simkit.calibrate.probe import startup_check
+
+        for msg in startup_check(eff):
+            warnings.warn(msg, stacklevel=2)
     pp = plan.precision
     prec = Precision(pp.weights, pp.activations, pp.kv_cache, pp.group_size)
     tp = par.tp
@@ -387,7 +461,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         mem0 = plan_memory(sc, model, device, prec, tp, layout.layer_split, par.ep, check=False)
         off_mem = check_offload_capacity(
             off_layout, model, prec, node, tp, plan.kv_cache.block_size, mem0.activations_per_gpu * tp,
-            plan.kv_cache.gpu_memory_utilization, plan.kv_cache.num_blocks, where,
+            offload_gpu_usable(device.memory, plan.kv_cache, plan.batching.policy == "static"), plan.kv_cache.num_blocks, where,
         )
         mem = MemoryPlan(
             sum(v for k, v in off_mem.need.get("hbm" if not use_cpu else "dram", {}).items() if k.startswith("weights")) / tp,
@@ -408,6 +482,8 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         ep_share = max(group_shares)
     algo = par.collective_algorithm
 
+    host = host_overhead(plan.execution.iteration_overhead, eff)
+
     def make_cost(layers: int | None = None, first: bool = True, last: bool = True) -> IterationModel:
         return IterationModel(
             model,
@@ -419,7 +495,8 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             first_stage=first,
             last_stage=last,
             allreduce_time=comm_fn("all_reduce", node, tp, cross_tp, algo, eff) if tp > 1 else None,
-            iteration_overhead=plan.execution.iteration_overhead if first else 0.0,
+            iteration_overhead=host.per_iteration_s if first else 0.0,
+            per_seq_overhead=host.per_sequence_s if first else 0.0,
             ep=par.ep,
             ep_share=ep_share,
             alltoall_time=comm_fn("all_to_all", node, par.ep, cross_tp, algo, eff) if par.ep > 1 else None,
@@ -496,8 +573,9 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     if offloaded and plan.offload.cpu_attention and not use_cpu:
         cpu_dev = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
         cpu_eff, _, _ = resolve_calibration(sc, cpu_dev, quiet=True)
-        if isinstance(getattr(cpu_eff, "device", None), dict):
-            cpu_dev = cpu_dev.calibrated(cpu_eff.device)
+        cpu_prof_dev = cpu_eff.measured_device()
+        if cpu_prof_dev is not None:
+            cpu_dev = cpu_dev.calibrated(cpu_prof_dev)
         cpu_cost = IterationModel(model, cpu_dev, cpu_eff, prec, tp=1)
         cpu_stream = simpy.Resource(env, capacity=1)
     arrivals = table.arrival
@@ -528,6 +606,12 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         table.target[i] = table.kv_len[i]
         dec[k].enqueue(i)
 
+    slow_reason = "requested" if engine == "reference" else fast_path_reason(
+        policy_name, pc.enabled, plan.kv_cache.preemption, offloaded, par.pp,
+        plan.execution.mode == "layer_by_layer", off_layout is not None and off_layout.spill_after is not None, trace,
+    )
+    engine_cls = Replica if slow_reason else FastReplica
+    engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
     for r in range(n_rep):
         role = "both"
         if disagg:
@@ -576,6 +660,8 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             executor = OffloadExecutor(
                 env, cost, off_layout, links, cpu_cost, cpu_stream if cpu_cost is not None else None,
                 plan.offload.gpu_batch_size, plan.offload.overlap, tracer=tracer, replica=r,
+                compute=offload_compute(node, cost, cpu_cost, use_cpu),
+                kv_store_slowdown=kv_store_slowdown(link_rates(node, gpus_per_replica, link_meas)),
             )
             executors.append(executor)
         engines = par.pp if stages is not None else 1
@@ -584,7 +670,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             if offloaded and bopts["batch_size"] is None and plan.offload.gpu_batch_size:
                 bopts["batch_size"] = plan.offload.gpu_batch_size * plan.offload.num_gpu_batches
             policy = BATCHING_POLICIES[pname](**bopts)
-            rep = Replica(
+            rep = engine_cls(
                 env, r, table, cost, policy, kv, cfg, tbt, log, next_arrival, links,
                 on_prefilled if role == "prefill" else None, tracer, group=group, stages=stages, engine_id=v,
                 offload=executor,
@@ -615,6 +701,10 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
 
     env.process(arrival_process())
     env.run()
+    for g in replicas:
+        for e in g.engines:
+            if isinstance(e, FastReplica):
+                e.sync()
     sim_wall = time.perf_counter() - wall0
 
     # KV utilisation, time-weighted, from the iteration log (or the peak when not recorded)
@@ -684,6 +774,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         "expert_group_shares": group_shares,
         "collective_share": sum(x["comm_s"] for x in per_gpu) / tot_busy if tot_busy > 0 else 0.0,
         "sim_wall_s": sim_wall,
+        "engine_path": engine_path,
         "model": model.name,
         "hardware": node.name,
         "device": device.name,
@@ -779,11 +870,13 @@ def write_outputs(result: Result, out_dir: str | Path, trace_out: str | Path | N
     p = out / "summary.json"
     p.write_text(json.dumps(_jsonable(result.summary), indent=2, sort_keys=True) + "\n")
     paths.append(p)
+    from simkit.metrics import requests_columns
+
     p = out / "requests.parquet"
-    result.requests_frame().to_parquet(p, index=False)
+    _write_parquet(requests_columns(result.table), p)
     paths.append(p)
     p = out / "iterations.parquet"
-    result.iterations_frame().to_parquet(p, index=False)
+    _write_parquet(iteration_columns(result.iterations), p)
     paths.append(p)
     if trace_out is not None and result.trace_events is not None:
         tp = Path(trace_out)
@@ -791,6 +884,49 @@ def write_outputs(result: Result, out_dir: str | Path, trace_out: str | Path | N
         tp.write_text(json.dumps({"traceEvents": result.trace_events, "displayTimeUnit": "ms"}))
         paths.append(tp)
     return paths
+
+
+def iteration_columns(rows: list[tuple[Any, ...]]) -> dict[str, np.ndarray]:
+    """The per-iteration table's columns (iterations.parquet), typed like the table pandas
+    infers from the rows (int64 counts, float64 times)."""
+    cols: dict[str, np.ndarray] = {}
+    for k, name in enumerate(IterationLog.COLS):
+        kind = np.float64 if name.endswith("_s") else np.int64
+        cols[name] = np.fromiter((r[k] for r in rows), dtype=kind, count=len(rows))
+    return cols
+
+
+def _write_parquet(columns: dict[str, np.ndarray], path: Path) -> None:
+    """A table of numpy columns as Parquet, with pyarrow alone: arrays are built from their
+    buffers (pyarrow's converters import pandas to look for frames). NaN floats are written as
+    nulls, as pandas' writer does."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrays = []
+    for v in columns.values():
+        v = np.ascontiguousarray(v)
+        valid = None
+        nulls = 0
+        if v.dtype.kind in "OU":
+            # strings (large_string, as pandas writes them): offsets into their UTF-8 bytes
+            enc = [str(x).encode() for x in v.tolist()]
+            offsets = np.zeros(len(enc) + 1, dtype=np.int64)
+            np.cumsum([len(x) for x in enc], out=offsets[1:])
+            buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(enc))]
+            arrays.append(pa.Array.from_buffers(pa.large_string(), len(v), buffers))
+            continue
+        if v.dtype == np.bool_:
+            typ, data = pa.bool_(), np.packbits(v, bitorder="little")
+        else:
+            typ, data = pa.from_numpy_dtype(v.dtype), v
+            if v.dtype.kind == "f":
+                nan = np.isnan(v)
+                nulls = int(nan.sum())
+                if nulls:
+                    valid = pa.py_buffer(np.packbits(~nan, bitorder="little"))
+        arrays.append(pa.Array.from_buffers(typ, len(v), [valid, pa.py_buffer(data)], null_count=nulls))
+    pq.write_table(pa.Table.from_arrays(arrays, names=list(columns)), path)
 
 
 def _jsonable(x: Any) -> Any:

@@ -33,3 +33,17 @@ def _no_warning_noise():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_table_cache(tmp_path_factory):
+    """Cost tables cached by the tests go to a temporary folder, never the user's cache."""
+    import os
+
+    old = os.environ.get("SIMKIT_CACHE_DIR")
+    os.environ["SIMKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("simkit-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SIMKIT_CACHE_DIR", None)
+    else:
+        os.environ["SIMKIT_CACHE_DIR"] = old

@@ -42,8 +42,8 @@ def test_ssd_bench_on_tmp(tmp_path, direct):
         tmp_path / "ssd", file_mb=4, block_sizes=(4096, 1 << 20), queue_depths=(1, 2), budget_s=0.02, min_reps=2,
         direct=direct,
     )
-    assert {r["op_class"] for r in rows} == {"ssd_read", "ssd_write"}
-    assert len(rows) == 2 * 2 * 2
+    assert {r["op_class"] for r in rows} == {"ssd_read", "ssd_write", "ssd_seq_read"}
+    assert len(rows) == 3 * 2 * 2
     for r in rows:
         assert r["time_s"] > 0 and math.isfinite(r["time_s"])
         assert r["time_s_p10"] <= r["time_s"] <= r["time_s_p90"]
@@ -56,7 +56,7 @@ def test_ssd_bench_on_tmp(tmp_path, direct):
     assert isinstance(facts["direct_io"], bool)
     if direct is False:
         assert facts["direct_io"] is False  # the buffered + fadvise(DONTNEED) fallback
-    assert facts["read_bandwidth"] > 0 and facts["write_bandwidth"] > 0
+    assert facts["read_bandwidth"] > 0 and facts["write_bandwidth"] > 0 and facts["seq_read_bandwidth"] > 0
     assert facts["filesystem"] == filesystem_of(tmp_path)
     assert not list((tmp_path / "ssd").iterdir())  # the scratch file is removed
 
@@ -107,11 +107,28 @@ def test_calibrate_writes_profile_and_samples(tiny_profile):
     for c in REQUIRED:
         assert c in df.columns, c
     classes = set(df.op_class)
-    assert {"gemm", "attn_prefill", "attn_decode", "elementwise", "copy", "mem_bw", "launch", "ssd_read", "ssd_write"} <= classes
+    assert {"gemm", "attn_prefill", "attn_decode", "elementwise", "copy", "mem_bw", "launch", "ssd_read", "ssd_write",
+            "ssd_seq_read"} <= classes
     assert (df.time_s > 0).all()
     assert (df.time_s_p10 <= df.time_s * (1 + 1e-9)).all() and (df.time_s <= df.time_s_p90 * (1 + 1e-9)).all()
     assert set(df[df.op_class == "gemm"].dtype) == {"fp32"}
     assert (df.raw_times.astype(str).str.split(";").str.len() == df.reps.astype(int)).all()
+
+
+@pytest.mark.torch
+def test_calibrated_profile_carries_this_machines_fingerprint(tiny_profile):
+    """The profile `simkit calibrate` writes identifies this machine: the probe's fingerprint
+    check matches, and it describes catalog generic-2core-vm well enough for calibration: auto."""
+    from simkit.calibrate.bench import local_cpu_fingerprint
+    from simkit.calibrate.probe import fingerprint_check
+    from simkit.cost.profile import Profile
+    from simkit.specs.calibration import compare_fingerprints
+
+    prof = Profile.load(tiny_profile)
+    assert prof.fingerprint == local_cpu_fingerprint(1)
+    assert fingerprint_check(prof, 1).matches
+    assert "seq_read" in prof.ssd and prof.device["ssd"]["seq_read_bandwidth"] > 0
+    assert compare_fingerprints(prof.fingerprint, {"logical_cpus": 2}).matches == (prof.fingerprint["logical_cpus"] == 2)
 
 
 @pytest.mark.torch
@@ -251,7 +268,7 @@ def test_shipped_cpu_profile_loads_and_predicts():
     generic-2core-vm and predicts finite operator times (no torch needed)."""
     from simkit.calibrate.validate import DEFAULT_PROFILE, compute_device, model_spec, predict_step
     from simkit.calibrate.validate import ValidationConfig as VC
-    from simkit.specs.calibration import Profile
+    from simkit.cost.profile import Profile
     from simkit.specs.catalog import repo_path
 
     prof = Profile.load(repo_path(*DEFAULT_PROFILE.split("/")))

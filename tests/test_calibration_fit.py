@@ -15,10 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simkit.calibrate import fit
+from simkit.calibrate.store import save_profile
 from simkit.cost import collectives as coll
 from simkit.cost.efficiency import DatasheetEfficiency
+from simkit.cost.profile import Profile, resolve_calibration
 from simkit.errors import CalibrationError
-from simkit.specs.calibration import Profile, find_profile, resolve_calibration
+from simkit.specs.calibration import find_profile
 from simkit.specs.catalog import repo_path
 
 PROFILES = repo_path("calibration", "profiles")
@@ -99,7 +101,7 @@ def test_fit_recovers_known_efficiency_curve():
 
 def test_profile_round_trip_gives_equal_predictions(synthetic_profile: Profile, tmp_path: Path):
     prof = synthetic_profile
-    prof.save(tmp_path / "p")
+    save_profile(prof, tmp_path / "p")
     assert {p.name for p in (tmp_path / "p").iterdir()} == {"profile.yaml", "samples.csv", "models.json"}
     back = Profile.load(tmp_path / "p")
     rng = np.random.default_rng(3)
@@ -139,7 +141,7 @@ def test_profile_round_trip_gives_equal_predictions(synthetic_profile: Profile, 
 @pytest.fixture()
 def saved(synthetic_profile: Profile, tmp_path: Path) -> Path:
     d = tmp_path / "prof"
-    synthetic_profile.save(d)
+    save_profile(synthetic_profile, d)
     return d
 
 

@@ -137,8 +137,8 @@ def test_calibrated_cpu_scenario_matches_operator_sum():
     calibrated cost model's operator sum at the profile's roofline (what `simkit validate` uses)."""
     from simkit.cost.device import ComputeDevice
     from simkit.cost.ops import Precision, forward_ops
+    from simkit.cost.profile import load_cached
     from simkit.cost.roofline import time_ops, total_time
-    from simkit.specs.calibration import load_cached
     from simkit.specs.catalog import default_catalog, load_model
 
     data = make_scenario(hardware="ci-vm", workload={"batch": {"num_prompts": 1, "input_tokens": 64, "output_tokens": 2}},

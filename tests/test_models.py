@@ -19,6 +19,7 @@ CATALOG_MODELS = [
     "opt-30b",
     "opt-66b",
     "opt-175b",
+    "bloom-176b",
     "llama-2-7b",
     "llama-2-13b",
     "llama-2-70b",
@@ -197,9 +198,11 @@ def test_catalog_architecture_flags() -> None:
     assert phi.qkv_bias and phi.out_bias and phi.mlp_bias and phi.lm_head_bias and not phi.tied_embeddings
     qwen = _catalog_model("qwen-72b")
     assert qwen.qkv_bias and not qwen.out_bias and not qwen.mlp_bias
+    bloom = _catalog_model("bloom-176b")
+    assert bloom.positional == "alibi" and bloom.norm == "layernorm" and not bloom.gated_mlp
     for name in CATALOG_MODELS:
         m = _catalog_model(name)
-        assert m.tied_embeddings == name.startswith("opt-"), name
+        assert m.tied_embeddings == name.startswith(("opt-", "bloom-")), name
         assert (m.positional == "learned") == name.startswith("opt-"), name
 
 

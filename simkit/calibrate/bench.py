@@ -2,8 +2,8 @@
 
 :func:`run_suite` measures, on one device (``"cpu"`` or ``"cuda"``):
 
-* ``gemm``: ``F.linear`` over the (tokens x in -> out) shapes LLM inference produces (tokens
-  1..4096 log-spaced; in/out from real model dims 2048..16384 and their TP shards), per dtype;
+* ``gemm``: ``F.linear`` over the (tokens x in -> out) shapes LLM inference produces (tokens 1, 2, 3, 4, 6, 8, 12,
+  16..8192 in powers of two; in/out from real model dims 2048..16384 and their TP shards), per dtype;
 * ``attn_prefill`` / ``attn_decode``: the attention block of :mod:`simkit.calibrate.validate`'s
   model (KV-cache write + ``scaled_dot_product_attention`` with GQA + output reshape) over batch,
   context, heads and KV heads;
@@ -11,7 +11,7 @@
   gather and sampling (argmax) kernels, the very functions the validation model runs;
 * ``mem_bw`` (stream copy/read/write of the device memory), ``copy`` (host memcpy; on CUDA also
   device-to-device and host<->device pinned and pageable, both directions), ``launch`` (the fixed
-  cost of a tiny operator of each class) and, with ``ssd_dir``, ``ssd_read``/``ssd_write``
+  cost of a tiny operator of each class) and, with ``ssd_dir``, ``ssd_read``/``ssd_write``/``ssd_seq_read``
   (:mod:`simkit.calibrate.ssd`).
 
 Every sample row carries ``flops`` and ``bytes_moved`` counted by :mod:`simkit.cost.ops` for the
@@ -50,33 +50,10 @@ from typing import Any
 
 import numpy as np
 
+from simkit.calibrate.samples import OPTIONAL_COLUMNS, SAMPLE_COLUMNS, Measurement, make_row
 from simkit.errors import CalibrationError
+from simkit.specs.calibration import KERNEL_ISA_FLAGS, make_fingerprint
 
-SAMPLE_COLUMNS = (
-    "op_class",
-    "op",
-    "dtype",
-    "m",
-    "n",
-    "k",
-    "numel",
-    "batch",
-    "tokens",
-    "ctx",
-    "heads",
-    "kv_heads",
-    "head_dim",
-    "bytes",
-    "flops",
-    "bytes_moved",
-    "time_s",
-    "time_s_p10",
-    "time_s_p90",
-    "reps",
-    "source",
-    "tp",
-)
-OPTIONAL_COLUMNS = ("block_size", "queue_depth", "pinned", "direction", "num_gpus", "threads", "raw_times")
 OP_CLASSES = (
     "gemm",
     "attn_prefill",
@@ -84,6 +61,7 @@ OP_CLASSES = (
     "elementwise",
     "copy",
     "ssd_read",
+    "ssd_seq_read",
     "ssd_write",
     "mem_bw",
     "launch",
@@ -264,32 +242,6 @@ def k_attention(q: Any, k: Any, v: Any, k_cache: Any, v_cache: Any, pos: int) ->
 # Timing
 # ---------------------------------------------------------------------------------------------
 @dataclass
-class Measurement:
-    times: list[float]
-    """Seconds per call, one value per repetition."""
-    inner: int = 1
-
-    @property
-    def median(self) -> float:
-        return float(np.median(self.times))
-
-    @property
-    def p10(self) -> float:
-        return float(np.percentile(self.times, 10))
-
-    @property
-    def p90(self) -> float:
-        return float(np.percentile(self.times, 90))
-
-    @property
-    def reps(self) -> int:
-        return len(self.times)
-
-    def raw(self) -> str:
-        return ";".join(f"{t:.6g}" for t in self.times)
-
-
-@dataclass
 class Timer:
     """Times a callable on one device: warm-up, an inner loop making each repetition at least
     ``min_rep_s`` long, then repetitions until ``budget_s`` is spent (between ``min_reps`` and
@@ -383,7 +335,7 @@ class SuiteSize:
 SIZES = {
     "tiny": SuiteSize("tiny", 10, 0.004, 6, 0.004, 10, 2e5, (1 << 16, 1 << 22), 16, (1 << 12, 1 << 20), (1, 4), 0.03, 3, 5, 5e-4),
     "quick": SuiteSize(
-        "quick", 60, 0.06, 28, 0.04, 44, 4e6, (1 << 14, 1 << 18, 1 << 22, 1 << 26), 64,
+        "quick", 68, 0.06, 28, 0.04, 44, 4e6, (1 << 14, 1 << 18, 1 << 22, 1 << 26), 64,
         (1 << 12, 1 << 16, 1 << 20, 1 << 22), (1, 4, 16), 0.12, 5, 15, 2e-3,
     ),
     "full": SuiteSize(
@@ -425,48 +377,6 @@ def _stderr(msg: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Rows: flops and bytes counted by simkit.cost.ops for the same shapes
 # ---------------------------------------------------------------------------------------------
-def _nan_row() -> dict[str, Any]:
-    row: dict[str, Any] = {c: np.nan for c in (*SAMPLE_COLUMNS, *OPTIONAL_COLUMNS)}
-    row["raw_times"] = ""
-    row["direction"] = ""
-    return row
-
-
-def make_row(
-    op_class: str,
-    op: str,
-    dtype: str,
-    meas: Measurement,
-    *,
-    flops: float,
-    bytes_moved: float,
-    source: str,
-    shape: dict[str, float] | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    row = _nan_row()
-    row.update(
-        op_class=op_class,
-        op=op,
-        dtype=dtype,
-        flops=float(flops),
-        bytes_moved=float(bytes_moved),
-        bytes=float(extra.pop("bytes", bytes_moved)),
-        time_s=meas.median,
-        time_s_p10=meas.p10,
-        time_s_p90=meas.p90,
-        reps=meas.reps,
-        source=source,
-        tp=1,
-        raw_times=meas.raw(),
-    )
-    for key, val in (shape or {}).items():
-        if key in row:
-            row[key] = float(val)
-    row.update(extra)
-    return row
-
-
 def bench_model(
     hidden: int = 4096,
     heads: int = 32,
@@ -548,6 +458,11 @@ GEMM_MODELS = (
 TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 BIG_TOKENS = (*TOKENS, 8192)
 """Tokens per pass: decode batches to long prefills; 8192 = a batch of prefills (time cap permitting)."""
+GEMM_TOKENS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+"""GEMM rows: BIG_TOKENS plus the decode batches 3, 6 and 12. CPU GEMM libraries pick other
+kernels for a few rows that are not a power of two (fp32 on the CI VM's CPU: 9.6 ms at 3 rows of
+1280 -> 7168 against 6.5 ms at 2 and 7.4 ms at 4), which a grid of powers of two interpolates
+away."""
 
 
 def gemm_shapes(max_dim: int = 16384, max_weight: float = 2**28) -> list[tuple[str, int, int]]:
@@ -668,7 +583,7 @@ class Bench:
         shapes = gemm_shapes(max_dim=max_dim, max_weight=(2**28 if self.size.name == "full" else 2**26))
         cands = []
         for op, k, n in shapes:
-            for m in BIG_TOKENS:
+            for m in GEMM_TOKENS:
                 est = max(2.0 * m * k * n / rate, (k * n + m * (k + n)) * eb / self.mem_bw) + 2e-5
                 if est <= cap and (m * (k + n) + k * n) * eb < 1.5e9:
                     if dtype == "fp8" and (m % 16 or k % 16 or n % 16):
@@ -676,7 +591,7 @@ class Bench:
                     cands.append((m, op, k, n, est))
         if len(cands) < self.size.gemm_configs // 2:  # slow machine: take the cheapest shapes too
             every = sorted(
-                ((m, op, k, n, max(2.0 * m * k * n / rate, k * n * eb / self.mem_bw)) for op, k, n in shapes for m in BIG_TOKENS),
+                ((m, op, k, n, max(2.0 * m * k * n / rate, k * n * eb / self.mem_bw)) for op, k, n in shapes for m in GEMM_TOKENS),
                 key=lambda c: c[4],
             )
             cands = every[: self.size.gemm_configs]
@@ -1001,8 +916,7 @@ def cpu_facts() -> dict[str, Any]:
     mx = _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
     if mx and mx.isdigit():
         info["max_clock_mhz"] = int(mx) / 1000.0
-    interesting = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile", "asimd", "sve", "bf16")
-    info["vector_flags"] = sorted(f for f in interesting if f in flags)
+    info["vector_flags"] = sorted(f for f in KERNEL_ISA_FLAGS if f in flags)
     meminfo = _read("/proc/meminfo") or ""
     for line in meminfo.splitlines():
         if line.startswith("MemTotal:"):
@@ -1064,7 +978,22 @@ def device_facts(device: str, threads: int) -> dict[str, Any]:
         facts["host_cpu"] = cpu
         facts.update(_nvidia_smi())
     facts["dtype_support"] = supported_dtypes(device, cpu)
+    facts["fingerprint"] = make_fingerprint(facts["kind"], facts)
     return facts
+
+
+def local_cpu_fingerprint(threads: int | None) -> dict[str, Any]:
+    """This machine's CPU fingerprint (see simkit.specs.calibration) without importing torch:
+    its version comes from the installed package metadata; ``threads`` unknown when None."""
+    import importlib.metadata
+
+    facts: dict[str, Any] = dict(cpu_facts())
+    facts["threads"] = threads
+    try:
+        facts["torch_version"] = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        facts["torch_version"] = None
+    return make_fingerprint("cpu", facts)
 
 
 def _nvidia_smi() -> dict[str, Any]:
@@ -1129,11 +1058,13 @@ def check_clock(clock: str, device: str, threads: int) -> None:
         )
 
 
-def speed_probe(device: str = "cpu", clock: str = "wall") -> float:
+def drift_probe(device: str = "cpu", clock: str = "wall") -> float:
     """Seconds of a fixed reference workload on ``device`` (an fp32 256x1024x1024 GEMM plus a
-    16 MiB copy; median of 9 repetitions). Recorded by the calibration and measured again by the
-    validation: their ratio shows how fast the machine runs now compared with when it was
-    calibrated (on a shared VM the host's other tenants move this by 10% and more)."""
+    16 MiB copy; median of 9 repetitions), run at the start and the end of a calibration: their
+    ratio shows whether the machine's speed drifted while it was measured (on a shared VM the
+    host's other tenants move it by 10% and more). Whether a profile fits the machine *now* is
+    :func:`simkit.calibrate.probe.speed_probe`'s job (it times the kernels the profile predicts,
+    in every dtype)."""
     torch = require_torch()
     g = torch.Generator(device="cpu").manual_seed(1234)
     a = torch.randn(256, 1024, generator=g).to(device)
@@ -1273,7 +1204,7 @@ def measure_suite(
         groups.append(("ssd", 3.5 * scale, run_ssd))
     prog = Progress(len(groups), [g[1] for g in groups], out)
     load = LoadMonitor()
-    probe0 = speed_probe(device, clock)
+    probe0 = drift_probe(device, clock)
     out(f"simkit calibrate: {size.name} suite on {facts.get('name')} ({device}, {nthreads} threads, dtypes {', '.join(dts)}), "
         f"{len(groups)} groups, planned ~{sum(g[1] for g in groups):.0f} s")
     for name, _, fn in groups:
@@ -1283,7 +1214,7 @@ def measure_suite(
         prog.group_done(name, count, time.perf_counter() - t0)
     df = pd.DataFrame(bench.rows, columns=[*SAMPLE_COLUMNS, *OPTIONAL_COLUMNS])
     facts.update(roofline_facts(df, dts))
-    probe1 = speed_probe(device, clock)
+    probe1 = drift_probe(device, clock)
     facts["speed_probe_s"] = float(0.5 * (probe0 + probe1))
     facts["speed_probe_start_end_s"] = [float(probe0), float(probe1)]
     other = load.other_cores()
@@ -1379,6 +1310,8 @@ def run_suite(
     out(f"fitted profile {prof_name!r} in {time.perf_counter() - t0:.1f} s")
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        profile.save(out_dir)
+        from simkit.calibrate.store import save_profile
+
+        save_profile(profile, out_dir)
         out(f"wrote {Path(out_dir) / 'profile.yaml'} and {Path(out_dir) / 'samples.csv'}")
     return profile

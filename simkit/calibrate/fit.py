@@ -22,15 +22,14 @@ left out of the fit is predicted with a lower error by base+trees than by the ba
 trees alone, or by k-nearest-neighbours in (log m, log n, log k) (which wins only where the
 left-out model shares exact shapes with another one). Fitting is deterministic (fixed seed).
 
-Persistence: the base parameters are written into ``profile.yaml``; the trees into
-``models.json`` beside it (plain JSON arrays: feature, threshold, left, right, value per node),
-evaluated here with numpy (no scikit-learn needed to load or use a profile). Predictions are
-memoised per distinct operator shape, so a simulator calling with the same shapes again pays a
-dictionary lookup (a few microseconds per call); a new shape costs one vectorised pass over the
-trees.
+This module only fits. The features, the base, the trees and the fitted class models are
+evaluated by :mod:`simkit.cost.profile` (numpy only: no scikit-learn needed to load or use a
+profile; predictions memoised per distinct operator shape), and written by
+:mod:`simkit.calibrate.store`: the base parameters into ``profile.yaml``, the trees into
+``models.json`` beside it (plain JSON arrays: feature, threshold, left, right, value per node).
 
 ``fit_profile`` is the single entry point from raw samples (``simkit.calibrate.bench`` rows, or
-the Vidur import) to a :class:`simkit.specs.calibration.Profile`: it fits every class present
+the Vidur import) to a :class:`simkit.cost.profile.Profile`: it fits every class present
 (operator classes, launch overhead, copies/links, memory streams, SSD, collectives) and leaves
 absent ones as documented defaults.
 """
@@ -38,30 +37,26 @@ absent ones as documented defaults.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
+from simkit.cost.profile import (
+    ELEMENTWISE_KIND,
+    SHAPE_KEYS,
+    ClassModel,
+    Forest,
+    Profile,
+    Roof,
+    RooflineBase,
+    features,
+    roof_from_device,
+    sig,
+)
 from simkit.errors import CalibrationError
-from simkit.specs.hardware import DTYPE_FALLBACK
 
 OP_CLASSES = ("gemm", "elementwise", "attn_prefill", "attn_decode")
-
-# Elementwise kernel kinds: operators that run the same kernel share a kind.
-ELEMENTWISE_KIND = {
-    "input_norm": "norm",
-    "post_attn_norm": "norm",
-    "final_norm": "norm",
-    "rmsnorm": "norm",
-    "layernorm": "layernorm",
-    "mlp_act": "act",
-    "residual_add": "add",
-    "rope": "rope",
-    "embedding": "embedding",
-    "sampling": "sampling",
-}
 
 GBM_PARAMS: dict[str, Any] = {
     "max_iter": 100,
@@ -81,14 +76,6 @@ GBM_PARAMS: dict[str, Any] = {
 MIN_SAMPLES_FOR_TREES = 30
 
 
-def sig(x: float, digits: int = 6) -> float:
-    """``x`` rounded to ``digits`` significant digits (what profile.yaml stores exactly)."""
-    x = float(x)
-    if x == 0 or not math.isfinite(x):
-        return x
-    return float(f"{x:.{digits - 1}e}")
-
-
 # ---------------------------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------------------------
@@ -100,230 +87,6 @@ def ape_stats(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
         return {"median_ape": float("nan"), "p90_ape": float("nan"), "n": 0}
     e = np.abs(pred / meas - 1.0)
     return {"median_ape": float(np.median(e)), "p90_ape": float(np.quantile(e, 0.9)), "n": int(len(e))}
-
-
-# ---------------------------------------------------------------------------------------------
-# Device constants the features are computed with
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Roof:
-    """The roofline a profile's samples were normalised with (peaks per dtype, bandwidth, SMs)."""
-
-    peak_flops: Mapping[str, float]
-    mem_bandwidth: float
-    sm_count: int = 1
-
-    def peak(self, dtype: str) -> float:
-        d = str(dtype or "")
-        if d in self.peak_flops:
-            return float(self.peak_flops[d])
-        for alt in DTYPE_FALLBACK.get(d, ()):
-            if alt in self.peak_flops:
-                return float(self.peak_flops[alt])
-        return float(max(self.peak_flops.values()))
-
-    def peaks(self, dtypes: Sequence[str] | np.ndarray) -> np.ndarray:
-        cache: dict[str, float] = {}
-        out = np.empty(len(dtypes))
-        for i, d in enumerate(dtypes):
-            if d not in cache:
-                cache[d] = self.peak(d)
-            out[i] = cache[d]
-        return out
-
-    def ideal(self, flops: np.ndarray, bytes_: np.ndarray, peak: np.ndarray | float) -> np.ndarray:
-        return np.maximum(np.asarray(flops) / peak, np.asarray(bytes_) / self.mem_bandwidth)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "peak_flops": {k: float(v) for k, v in self.peak_flops.items()},
-            "mem_bandwidth": float(self.mem_bandwidth),
-            "sm_count": int(self.sm_count),
-        }
-
-
-def roof_from_device(device: Mapping[str, Any], samples: Any = None) -> Roof:
-    """Peaks for a device-facts dict: explicit ``peak_flops``/``mem_bandwidth`` (the CPU suite
-    records measured upper bounds), else the catalog item ``device.catalog`` names, else the best
-    rates seen in ``samples``."""
-    peaks = dict(device.get("peak_flops") or {})
-    bw = device.get("mem_bandwidth")
-    sm = device.get("sm_count")
-    cat_name = device.get("catalog")
-    kind = device.get("kind", "gpu")
-    if (not peaks or not bw or not sm) and cat_name:
-        try:
-            from simkit.specs.catalog import default_catalog
-
-            cat = default_catalog()
-            if kind == "gpu":
-                g = cat.get("gpu", str(cat_name))
-                if not peaks:
-                    peaks = {
-                        d: float(v)
-                        for d in ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")
-                        if (v := getattr(g.peak_flops, d)) is not None
-                    }
-                bw = bw or g.memory_bandwidth
-                sm = sm or g.sm_count
-            else:
-                c = cat.get("cpu", str(cat_name))
-                mem = cat.get("memory", c.memory_type)
-                if not peaks:
-                    peaks = {
-                        d: float(v)
-                        for d in ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")
-                        if (v := getattr(c.peak_flops, d)) is not None
-                    }
-                bw = bw or mem.bandwidth
-                sm = sm or c.cores
-        except Exception as e:  # a catalog problem must not hide behind a fitting error
-            if not (peaks and bw) and samples is None:
-                raise CalibrationError(f"cannot find the roofline of device {cat_name!r}: {e}") from None
-    if (not peaks or not bw) and samples is not None:
-        comp = samples[samples.op_class.isin(OP_CLASSES) & (samples.time_s > 0)]
-        if not peaks:
-            for dt, g in comp[comp.flops > 0].groupby("dtype"):
-                peaks[str(dt)] = float((g.flops / g.time_s).max())
-        if not bw:
-            mv = comp[comp.bytes_moved > 0]
-            bw = float((mv.bytes_moved / mv.time_s).max()) if len(mv) else 1e11
-    if not peaks or not bw:
-        raise CalibrationError("the device facts give no roofline (peak_flops and mem_bandwidth, or a catalog name)")
-    sm = sm or device.get("threads") or 1
-    return Roof({str(k): float(v) for k, v in peaks.items()}, float(bw), int(sm))
-
-
-# ---------------------------------------------------------------------------------------------
-# Features
-# ---------------------------------------------------------------------------------------------
-GEMM_TILES = ((64, 128), (64, 256), (128, 128), (128, 256), (256, 128), (256, 256))
-
-
-def _col(shape: Mapping[str, Any], key: str, n: int, default: float = 1.0) -> np.ndarray:
-    v = shape.get(key)
-    if v is None:
-        return np.full(n, default)
-    a = np.asarray(v, dtype=np.float64).reshape(-1)
-    if a.shape[0] != n:
-        a = np.broadcast_to(a, (n,)).astype(np.float64)
-    return np.where(np.isfinite(a) & (a > 0), a, default)
-
-
-def _lg(x: np.ndarray) -> np.ndarray:
-    return np.log2(np.maximum(x, 1e-30))
-
-
-def feature_names(op_class: str, kinds: Sequence[str] = (), with_tokens: bool = False) -> list[str]:
-    if op_class == "gemm":
-        names = ["log_m", "log_n", "log_k", "log_mnk", "log_mn_nk_mk", "log_shape_intensity", "log_peak", "log_nk",
-                 "log_n_over_k"]  # fmt: skip
-        for tm, tn in GEMM_TILES:
-            names += [f"wave_fill_{tm}x{tn}", f"log_tiles_{tm}x{tn}"]
-        return names
-    if op_class == "elementwise":
-        names = [f"kind_{k}" for k in kinds] + ["log_numel", "log_peak"]
-        if with_tokens:
-            names += ["log_tokens", "log_row_length", "row_wave_fill", "log_row_waves"]
-        return names
-    return [
-        "log_tokens", "log_ctx", "log_batch", "log_heads", "log_kv_heads", "log_head_dim",
-        "log_ctx_per_token", "log_score_elements", "log_kv_elements", "log_peak",
-    ]  # fmt: skip
-
-
-def features(
-    op_class: str,
-    flops: np.ndarray,
-    bytes_: np.ndarray,
-    shape: Mapping[str, Any],
-    peak: np.ndarray,
-    roof: Roof,
-    kinds: Sequence[str] = (),
-    with_tokens: bool = False,
-) -> np.ndarray:
-    """The (N, F) residual feature matrix of ``op_class`` operators (see :func:`feature_names`).
-
-    Features depend on the operator's *shape* (and the dtype's peak) only, never on its FLOPs or
-    bytes: those enter through the roofline base alone, so for a fixed shape the predicted time
-    grows with FLOPs and with bytes (int4 weights of the same GEMM take less time, more FLOPs
-    more). ``flops`` only gives the row count. Elementwise kernels run one thread block per token
-    row (norms, activation): with ``with_tokens`` the features add the row count
-    (``shape["tokens"]``), the row length and how the rows fill the SMs."""
-    n = np.asarray(flops).reshape(-1).shape[0]
-    lpeak = _lg(np.broadcast_to(np.asarray(peak, dtype=np.float64), (n,)))
-    sm = float(max(roof.sm_count, 1))
-    if op_class == "gemm":
-        m = _col(shape, "m", n)
-        nn = _col(shape, "n", n)
-        k = _col(shape, "k", n)
-        io = nn * k + m * k + m * nn
-        cols = [_lg(m), _lg(nn), _lg(k), _lg(m * nn * k), _lg(io), _lg(m * nn * k / io), lpeak, _lg(nn * k), _lg(nn / k)]
-        for tm, tn in GEMM_TILES:
-            tiles = np.ceil(m / tm) * np.ceil(nn / tn)
-            w = tiles / sm
-            cols += [w / np.ceil(w), _lg(tiles)]
-        return np.column_stack(cols)
-    if op_class == "elementwise":
-        numel = _col(shape, "numel", n)
-        ops = shape.get("op")
-        cols = []
-        if kinds:
-            kind_of = np.array(
-                [ELEMENTWISE_KIND.get(str(o), str(o)) for o in (ops if ops is not None else [""] * n)], dtype=object
-            )
-            for kd in kinds:
-                cols.append((kind_of == kd).astype(np.float64))
-        cols += [_lg(numel), lpeak]
-        if with_tokens:
-            tok = _col(shape, "tokens", n)
-            w = tok / sm
-            cols += [_lg(tok), _lg(numel / tok), w / np.ceil(w), _lg(np.ceil(w))]
-        return np.column_stack(cols)
-    tokens = _col(shape, "tokens", n)
-    ctx = _col(shape, "ctx", n)
-    heads = _col(shape, "heads", n)
-    kvh = _col(shape, "kv_heads", n)
-    d = _col(shape, "head_dim", n)
-    cols = [
-        _lg(tokens), _lg(ctx), _lg(_col(shape, "batch", n)), _lg(heads), _lg(kvh), _lg(d),
-        _lg(ctx / tokens), _lg(tokens * ctx * heads * d), _lg(ctx * kvh * d), lpeak,
-    ]  # fmt: skip
-    return np.column_stack(cols)
-
-
-# ---------------------------------------------------------------------------------------------
-# Stage 1: roofline base
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RooflineBase:
-    launch_s: float
-    compute_efficiency: float
-    memory_efficiency: float
-    sharpness: float
-
-    def time(self, flops: np.ndarray, bytes_: np.ndarray, peak: np.ndarray | float, bw: float) -> np.ndarray:
-        tc = np.asarray(flops, dtype=np.float64) / (peak * self.compute_efficiency)
-        tm = np.asarray(bytes_, dtype=np.float64) / (bw * self.memory_efficiency)
-        q = self.sharpness
-        # (tc^q + tm^q)^(1/q) computed stably
-        hi = np.maximum(np.maximum(tc, tm), 1e-300)
-        body = hi * ((tc / hi) ** q + (tm / hi) ** q) ** (1.0 / q)
-        return self.launch_s + body
-
-    def to_dict(self) -> dict[str, float]:
-        return {
-            "launch_s": float(self.launch_s),
-            "compute_efficiency": float(self.compute_efficiency),
-            "memory_efficiency": float(self.memory_efficiency),
-            "sharpness": float(self.sharpness),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RooflineBase:
-        return cls(
-            float(d["launch_s"]), float(d["compute_efficiency"]), float(d["memory_efficiency"]), float(d["sharpness"])
-        )
 
 
 def fit_base(flops: np.ndarray, bytes_: np.ndarray, time_s: np.ndarray, peak: np.ndarray, bw: float) -> RooflineBase:
@@ -350,98 +113,8 @@ def fit_base(flops: np.ndarray, bytes_: np.ndarray, time_s: np.ndarray, peak: np
 
 
 # ---------------------------------------------------------------------------------------------
-# Stage 2: residual trees, stored as plain arrays
+# Stage 2: residual trees (evaluated by simkit.cost.profile.Forest)
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class Forest:
-    """A sum of regression trees as flat arrays (all trees' nodes concatenated).
-
-    Node i: if ``feature[i] < 0`` it is a leaf with ``value[i]``; else go to ``left[i]`` when
-    ``x[feature[i]] <= threshold[i]``, to ``right[i]`` otherwise. ``roots[t]`` is tree t's root.
-    """
-
-    feature: np.ndarray
-    threshold: np.ndarray
-    left: np.ndarray
-    right: np.ndarray
-    value: np.ndarray
-    roots: np.ndarray
-    baseline: float
-    depth: int
-    _feat: np.ndarray = field(init=False, repr=False)
-    _thr: np.ndarray = field(init=False, repr=False)
-    _left: np.ndarray = field(init=False, repr=False)
-    _right: np.ndarray = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        leaf = self.feature < 0
-        idx = np.arange(len(self.feature))
-        # leaves loop onto themselves so every row can step `depth` times
-        self._feat = np.where(leaf, 0, self.feature).astype(np.intp)
-        self._thr = np.where(leaf, np.inf, self.threshold)
-        self._left = np.where(leaf, idx, self.left).astype(np.intp)
-        self._right = np.where(leaf, idx, self.right).astype(np.intp)
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        X = np.nan_to_num(np.asarray(X, dtype=np.float64), nan=0.0, posinf=1e30, neginf=-1e30)
-        n = X.shape[0]
-        if n == 0:
-            return np.zeros(0)
-        node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
-        rows = np.arange(n)[:, None]
-        for _ in range(self.depth):
-            go_left = X[rows, self._feat[node]] <= self._thr[node]
-            node = np.where(go_left, self._left[node], self._right[node])
-        return self.baseline + self.value[node].sum(axis=1)
-
-    @property
-    def n_trees(self) -> int:
-        return int(len(self.roots))
-
-    def to_json(self) -> dict[str, Any]:
-        trees = []
-        bounds = list(self.roots) + [len(self.feature)]
-        for t in range(len(self.roots)):
-            a, b = int(bounds[t]), int(bounds[t + 1])
-            trees.append(
-                {
-                    "feature": self.feature[a:b].astype(int).tolist(),
-                    "threshold": [float(x) if np.isfinite(x) else 0.0 for x in self.threshold[a:b]],
-                    "left": (self.left[a:b] - a).astype(int).tolist(),
-                    "right": (self.right[a:b] - a).astype(int).tolist(),
-                    "value": [float(x) for x in self.value[a:b]],
-                }
-            )
-        return {"baseline": float(self.baseline), "depth": int(self.depth), "trees": trees}
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> Forest:
-        feats, thr, left, right, val, roots = [], [], [], [], [], []
-        off = 0
-        for t in d["trees"]:
-            k = len(t["feature"])
-            if not (len(t["threshold"]) == len(t["left"]) == len(t["right"]) == len(t["value"]) == k):
-                raise ValueError("tree arrays of unequal length")
-            roots.append(off)
-            feats.append(np.asarray(t["feature"], dtype=np.int64))
-            thr.append(np.asarray(t["threshold"], dtype=np.float64))
-            left.append(np.asarray(t["left"], dtype=np.int64) + off)
-            right.append(np.asarray(t["right"], dtype=np.int64) + off)
-            val.append(np.asarray(t["value"], dtype=np.float64))
-            off += k
-        cat = np.concatenate
-        return cls(
-            cat(feats) if feats else np.zeros(0, np.int64),
-            cat(thr) if thr else np.zeros(0),
-            cat(left) if left else np.zeros(0, np.int64),
-            cat(right) if right else np.zeros(0, np.int64),
-            cat(val) if val else np.zeros(0),
-            np.asarray(roots, dtype=np.int64),
-            float(d["baseline"]),
-            int(d["depth"]),
-        )
-
-
 def _forest_from_sklearn(model: Any) -> Forest:
     """Flatten a fitted HistGradientBoostingRegressor (squared error, no categorical features)."""
     feats, thr, left, right, val, roots = [], [], [], [], [], []
@@ -483,178 +156,6 @@ def fit_forest(X: np.ndarray, y: np.ndarray, params: Mapping[str, Any] | None = 
     with threadpool_limits(limits=1):
         model = HistGradientBoostingRegressor(**p).fit(X, y)
     return _forest_from_sklearn(model)
-
-
-# ---------------------------------------------------------------------------------------------
-# One op class
-# ---------------------------------------------------------------------------------------------
-SHAPE_KEYS = {
-    "gemm": ("m", "n", "k"),
-    "elementwise": ("numel", "tokens"),
-    "attn_prefill": ("tokens", "ctx", "batch", "heads", "kv_heads", "head_dim"),
-    "attn_decode": ("tokens", "ctx", "batch", "heads", "kv_heads", "head_dim"),
-}
-
-
-@dataclass
-class ClassModel:
-    """The fitted time model of one operator class (base x residual trees)."""
-
-    op_class: str
-    roof: Roof
-    base: RooflineBase
-    forest: Forest | None = None
-    kinds: tuple[str, ...] = ()
-    launch_overhead: float = 0.0
-    forest_tokens: Forest | None = None
-    """Elementwise only: trees that also see the token (row) count, used when the operator's
-    shape carries ``tokens``; ``forest`` serves shapes without it."""
-    fit_error: dict[str, float] = field(default_factory=dict)
-    _memo: dict[tuple[Any, ...], float] = field(default_factory=dict, init=False, repr=False)
-    _eff_memo: dict[tuple[Any, ...], float] = field(default_factory=dict, init=False, repr=False)
-
-    MEMO_MAX = 200_000
-
-    def _raw_time(self, flops: np.ndarray, bytes_: np.ndarray, shape: Mapping[str, Any], peak: np.ndarray) -> np.ndarray:
-        t = self.base.time(flops, bytes_, peak, self.roof.mem_bandwidth)
-        if self.forest is None and self.forest_tokens is None:
-            return t
-        if self.op_class == "elementwise":
-            n = len(flops)
-            tok = shape.get("tokens")
-            has_tok = (
-                np.isfinite(np.asarray(tok, dtype=np.float64)) & (np.asarray(tok, dtype=np.float64) > 0)
-                if tok is not None and self.forest_tokens is not None
-                else np.zeros(n, dtype=bool)
-            )
-            r = np.zeros(n)
-            for use_tok, forest in ((False, self.forest), (True, self.forest_tokens)):
-                idx = np.flatnonzero(has_tok == use_tok)
-                if len(idx) == 0 or forest is None:
-                    continue
-                sub = {k: (np.asarray(v)[idx] if np.ndim(v) else v) for k, v in shape.items()}
-                r[idx] = self._elementwise_residual(forest, flops[idx], bytes_[idx], sub, peak[idx], use_tok)
-        else:
-            r = self.forest.predict(features(self.op_class, flops, bytes_, shape, peak, self.roof))
-        return t * np.exp(r)
-
-    def _elementwise_residual(self, forest: Forest, flops: np.ndarray, bytes_: np.ndarray, shape: Mapping[str, Any],
-                              peak: np.ndarray, with_tokens: bool) -> np.ndarray:  # fmt: skip
-        n = len(flops)
-        ops = shape.get("op")
-        names = [str(o) for o in np.broadcast_to(np.asarray(ops, dtype=object).reshape(-1), (n,))] if ops is not None else [""] * n
-        X = features("elementwise", flops, bytes_, shape, peak, self.roof, self.kinds, with_tokens)
-        r = forest.predict(X)
-        known = np.array([ELEMENTWISE_KIND.get(o, o) in self.kinds for o in names], dtype=bool)
-        if self.kinds and not known.all():
-            # an operator whose kernel was never measured: the mean over the measured kinds
-            nk = len(self.kinds)
-            idx = np.flatnonzero(~known)
-            Xu = np.repeat(X[idx], nk, axis=0)
-            Xu[:, :nk] = np.tile(np.eye(nk), (len(idx), 1))
-            r[idx] = forest.predict(Xu).reshape(len(idx), nk).mean(axis=1)
-        return r
-
-    def _keys(self, F: np.ndarray, B: np.ndarray, shape: Mapping[str, Any], dts: list[str]) -> list[tuple[Any, ...]]:
-        n = F.shape[0]
-        cols: list[list[Any]] = [dts, F.tolist(), B.tolist()]
-        for k in SHAPE_KEYS[self.op_class]:
-            v = shape.get(k)
-            cols.append([None] * n if v is None else np.broadcast_to(np.asarray(v, dtype=np.float64).reshape(-1), (n,)).tolist())
-        if self.op_class == "elementwise":
-            ops = shape.get("op")
-            # a scalar op name (one operator) is broadcast like the numeric shape keys
-            cols.append([""] * n if ops is None else [str(o) for o in np.broadcast_to(np.asarray(ops, dtype=object).reshape(-1), (n,))])
-        return list(zip(*cols))
-
-    def _subset(self, shape: Mapping[str, Any], idx: np.ndarray, n: int) -> dict[str, Any]:
-        sub: dict[str, Any] = {}
-        for k in SHAPE_KEYS[self.op_class]:
-            if k in shape and shape[k] is not None:
-                sub[k] = np.broadcast_to(np.asarray(shape[k], dtype=np.float64).reshape(-1), (n,))[idx]
-        if "op" in shape and shape["op"] is not None:
-            sub["op"] = np.asarray(shape["op"], dtype=object).reshape(-1)[idx]
-        return sub
-
-    def predict_time(
-        self, flops: np.ndarray, bytes_: np.ndarray, shape: Mapping[str, Any], dtype: str | Sequence[str],
-        memo: bool = True,
-    ) -> np.ndarray:  # fmt: skip
-        """Predicted seconds per operator, launch overhead included (memoised per shape)."""
-        F = np.atleast_1d(np.asarray(flops, dtype=np.float64))
-        B = np.atleast_1d(np.asarray(bytes_, dtype=np.float64))
-        n = F.shape[0]
-        dts = [str(dtype)] * n if isinstance(dtype, str) else [str(d) for d in dtype]
-        if not memo:
-            return self._raw_time(F, B, self._subset(shape, np.arange(n), n), self.roof.peaks(dts))
-        keys = self._keys(F, B, shape, dts)
-        table = self._memo
-        vals = [table.get(k) for k in keys]
-        miss = [i for i, v in enumerate(vals) if v is None]
-        if miss:
-            mi = np.asarray(miss)
-            t = self._raw_time(F[mi], B[mi], self._subset(shape, mi, n), self.roof.peaks([dts[i] for i in miss]))
-            if len(table) > self.MEMO_MAX:
-                table.clear()
-            for j, i in enumerate(miss):
-                vals[i] = table[keys[i]] = float(t[j])
-        return np.array(vals, dtype=np.float64)
-
-    def efficiency(self, flops: np.ndarray, bytes_: np.ndarray, shape: Mapping[str, Any], dtype: str) -> np.ndarray:
-        """ideal / (predicted - launch overhead), the ideal at the profile's own roofline
-        (memoised per shape: a repeated call costs a dictionary lookup per operator)."""
-        F = np.atleast_1d(np.asarray(flops, dtype=np.float64))
-        B = np.atleast_1d(np.asarray(bytes_, dtype=np.float64))
-        n = F.shape[0]
-        dts = [str(dtype)] * n
-        keys = self._keys(F, B, shape, dts)
-        table = self._eff_memo
-        vals = [table.get(k) for k in keys]
-        miss = [i for i, v in enumerate(vals) if v is None]
-        if miss:
-            mi = np.asarray(miss)
-            t = self._raw_time(F[mi], B[mi], self._subset(shape, mi, n), self.roof.peaks([dts[i] for i in miss]))
-            ideal = self.roof.ideal(F[mi], B[mi], self.roof.peak(dtype))
-            busy = np.maximum(t - self.launch_overhead, 1e-15)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                eff = np.clip(np.where(ideal > 0, ideal / busy, 1.0), 1e-6, 1.0)
-            if len(table) > self.MEMO_MAX:
-                table.clear()
-            for j, i in enumerate(miss):
-                vals[i] = table[keys[i]] = float(eff[j])
-        return np.array(vals, dtype=np.float64)
-
-    # ---- persistence -------------------------------------------------------------------------
-    def describe(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "kind": "roofline base x gradient-boosted residual trees"
-            if (self.forest is not None or self.forest_tokens is not None)
-            else "roofline base",
-            "base": self.base.to_dict(),
-        }
-        if self.forest is not None:
-            d["residual"] = {
-                "file": "models.json",
-                "key": self.op_class,
-                "trees": self.forest.n_trees,
-                "max_depth": self.forest.depth,
-                "target": "log(measured time / base time)",
-                "features": feature_names(self.op_class, self.kinds),
-            }
-            if self.kinds:
-                d["residual"]["kernel_kinds"] = list(self.kinds)
-            if self.forest_tokens is not None:
-                d["residual_with_tokens"] = {
-                    "file": "models.json",
-                    "key": f"{self.op_class}_tokens",
-                    "trees": self.forest_tokens.n_trees,
-                    "max_depth": self.forest_tokens.depth,
-                    "used_when": "the operator's shape gives tokens (rows); else the residual above",
-                    "features": feature_names(self.op_class, self.kinds, with_tokens=True),
-                }
-                if self.kinds:
-                    d["residual_with_tokens"]["kernel_kinds"] = list(self.kinds)
-        return d
 
 
 def prepare(samples: Any, op_class: str) -> Any:
@@ -857,9 +358,9 @@ def fit_memory(samples: Any) -> dict[str, Any]:
 
 
 def fit_ssd(samples: Any) -> dict[str, Any]:
-    """``ssd_read``/``ssd_write`` rows (bytes moved per repetition, time per repetition, block
+    """``ssd_read``/``ssd_write``/``ssd_seq_read`` rows (-> ``read``/``write``/``seq_read``) (bytes moved per repetition, time per repetition, block
     size, queue depth) -> bandwidth and per-request latency per (block size, queue depth)."""
-    df = samples[samples.op_class.isin(["ssd_read", "ssd_write"])]
+    df = samples[samples.op_class.isin(["ssd_read", "ssd_write", "ssd_seq_read"])]
     out: dict[str, Any] = {}
     for cls, g in df.groupby("op_class"):
         key = str(cls).split("_", 1)[1]
@@ -910,11 +411,10 @@ def fit_profile(
     cross_validation: Mapping[str, Any] | None = None,
 ) -> Any:
     """Fit every class present in ``samples`` (a DataFrame in the samples.csv format) and return a
-    :class:`simkit.specs.calibration.Profile`. Classes without samples keep the datasheet defaults
+    :class:`simkit.cost.profile.Profile`. Classes without samples keep the datasheet defaults
     (``measured: false``). ``notes`` adds a note per class; ``cross_validation`` per class is stored
     as is (see simkit.calibrate.vidur)."""
     from simkit.cost.efficiency import DatasheetEfficiency
-    from simkit.specs.calibration import Profile
 
     if samples is None or len(samples) == 0:
         raise CalibrationError("no samples to fit")

@@ -1,7 +1,9 @@
-"""SSD read/write bandwidth with direct I/O (the ``ssd_read``/``ssd_write`` samples of a profile).
+"""SSD read/write bandwidth with direct I/O (the ``ssd_read``/``ssd_write``/``ssd_seq_read``
+samples of a profile).
 
 A scratch file in the directory the user names is read and written at random block-aligned
-offsets with ``os.O_DIRECT`` (page-aligned ``mmap`` buffers, so the page cache is bypassed),
+offsets, and read sequentially (each reader streams its own contiguous share of the file, as an
+offloading engine streams weights) with ``os.O_DIRECT`` (page-aligned ``mmap`` buffers, so the page cache is bypassed),
 over block sizes 4 KiB..4 MiB and queue depths 1..16 (one thread per outstanding request;
 ``os.preadv``/``os.pwritev`` release the GIL). Where the filesystem refuses O_DIRECT (tmpfs,
 some overlay or network filesystems) the benchmark falls back to buffered I/O, ``fsync`` after
@@ -25,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from simkit.calibrate.samples import Measurement, make_row
 from simkit.errors import CalibrationError
 
 ALIGN = 4096
@@ -131,9 +134,20 @@ def _worker(fd: int, buf: mmap.mmap, offsets: Sequence[int], write: bool) -> int
     return done
 
 
-def _one_rep(f: ScratchFile, pool: ThreadPoolExecutor, bufs: list[mmap.mmap], block: int, depth: int, ops_per_thread: int, write: bool, rng: random.Random) -> tuple[float, int]:
+def _one_rep(f: ScratchFile, pool: ThreadPoolExecutor, bufs: list[mmap.mmap], block: int, depth: int, ops_per_thread: int,
+             write: bool, rng: random.Random, sequential: bool = False) -> tuple[float, int]:  # fmt: skip
+    """One repetition: ``depth`` threads each issue ``ops_per_thread`` requests of ``block`` bytes,
+    at random block offsets, or (``sequential``) consecutively through its own contiguous share of
+    the file from a random starting block, as a stream of weights is read."""
     slots = max(1, f.size // block)
-    plans = [[rng.randrange(slots) * block for _ in range(ops_per_thread)] for _ in range(depth)]
+    if sequential:
+        share = max(1, slots // depth)
+        plans = []
+        for i in range(depth):
+            start = rng.randrange(share)
+            plans.append([(i * share + (start + j) % share) * block for j in range(ops_per_thread)])
+    else:
+        plans = [[rng.randrange(slots) * block for _ in range(ops_per_thread)] for _ in range(depth)]
     if not write:
         f.drop_cache()
     t0 = time.perf_counter()
@@ -142,6 +156,11 @@ def _one_rep(f: ScratchFile, pool: ThreadPoolExecutor, bufs: list[mmap.mmap], bl
     if write and not f.direct:
         os.fsync(f.fd)  # buffered fallback: time until the data is on the device
     return time.perf_counter() - t0, moved
+
+
+SSD_CLASSES = ("ssd_read", "ssd_write", "ssd_seq_read")
+"""Random reads, random writes, and sequential reads (streamed weights: each reader walks its own
+contiguous share of the file)."""
 
 
 def ssd_bench(
@@ -156,20 +175,20 @@ def ssd_bench(
     source: str = "simkit calibrate",
     direct: bool | None = None,
     seed: int = 0,
+    classes: Sequence[str] = SSD_CLASSES,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Measure read and write bandwidth per (block size, queue depth); returns (sample rows,
     facts). ``direct=None`` tries O_DIRECT and falls back to buffered I/O; True requires it;
-    False forces the buffered path."""
-    from simkit.calibrate.bench import Measurement, make_row
-
+    False forces the buffered path. ``classes``: which of :data:`SSD_CLASSES` to measure."""
     rng = random.Random(seed)
     rows: list[dict[str, Any]] = []
     fstype = filesystem_of(directory)
     with ScratchFile(directory, file_mb << 20, direct=direct) as f:
         mode = "direct" if f.direct else "buffered"
         target = budget_s / max(min_reps, 1)
-        for write in (False, True):
-            cls = "ssd_write" if write else "ssd_read"
+        for cls in classes:
+            write = cls == "ssd_write"
+            seq = cls == "ssd_seq_read"
             for block in block_sizes:
                 if block > f.size or block % ALIGN:
                     continue
@@ -177,14 +196,14 @@ def ssd_bench(
                     bufs = [_aligned(block) for _ in range(depth)]
                     with ThreadPoolExecutor(max_workers=depth) as pool:
                         ops = max(1, min(4, f.size // (block * depth)))
-                        t, _ = _one_rep(f, pool, bufs, block, depth, ops, write, rng)  # warm-up + estimate
+                        t, _ = _one_rep(f, pool, bufs, block, depth, ops, write, rng, seq)  # warm-up + estimate
                         per_op = t / ops
                         ops = int(max(1, min(f.size // (block * depth), math.ceil(target / max(per_op, 1e-6)))))
                         times = []
                         volume = 0
                         t_start = time.perf_counter()
                         for r in range(max_reps):
-                            t, moved = _one_rep(f, pool, bufs, block, depth, ops, write, rng)
+                            t, moved = _one_rep(f, pool, bufs, block, depth, ops, write, rng, seq)
                             times.append(t)
                             volume = moved
                             if r + 1 >= min_reps and time.perf_counter() - t_start > budget_s:
@@ -213,6 +232,8 @@ def ssd_bench(
             facts["warning"] = "tmpfs is memory, not an SSD: these numbers are memory bandwidth"
     best_read = max((r["bytes_moved"] / r["time_s"] for r in rows if r["op_class"] == "ssd_read"), default=0.0)
     best_write = max((r["bytes_moved"] / r["time_s"] for r in rows if r["op_class"] == "ssd_write"), default=0.0)
+    best_seq = max((r["bytes_moved"] / r["time_s"] for r in rows if r["op_class"] == "ssd_seq_read"), default=0.0)
     facts["read_bandwidth"] = float(best_read)
+    facts["seq_read_bandwidth"] = float(best_seq)
     facts["write_bandwidth"] = float(best_write)
     return rows, facts

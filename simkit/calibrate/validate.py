@@ -63,6 +63,8 @@ class ValidationConfig:
     phases: tuple[str, ...] = ("prefill", "decode")
     clock: str | None = None
     """"wall" or "cpu" (thread CPU time, one thread only); None: the clock the profile was measured with."""
+    force: bool = False
+    """Validate even when the profile's device fingerprint differs from this machine's (warns)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +212,7 @@ def predict_step(spec: Any, q: Sequence[int], ctx: Sequence[int], device: Any, p
 # Checks and measurement
 # ---------------------------------------------------------------------------------------------
 def load_profile(path: str | Path) -> Any:
-    from simkit.specs.calibration import Profile
+    from simkit.cost.profile import Profile
 
     p = Path(path)
     if not p.exists():
@@ -311,7 +313,8 @@ def run_validation(
     progress: Any = None,
 ) -> dict[str, Any]:
     """Measure every (phase, batch, context) of ``cfg`` and compare with the prediction."""
-    from simkit.calibrate.bench import LoadMonitor, require_torch, set_threads, speed_probe, tune_allocator
+    from simkit.calibrate.bench import LoadMonitor, require_torch, set_threads, tune_allocator
+    from simkit.calibrate.probe import fingerprint_check, mismatch_message, speed_probe
 
     torch = require_torch()
     allocator = tune_allocator()  # as the calibration did (see bench.tune_allocator)
@@ -321,15 +324,25 @@ def run_validation(
     have = profile_dtypes(profile)
     dtype = cfg.dtype or ("bf16" if "bf16" in have else "fp32")
     clock = check_profile(profile, threads, dtype, cfg.clock)
+    out = progress or (lambda s: print(s, file=sys.stderr, flush=True))
+    match = fingerprint_check(profile, threads)
+    mismatch = mismatch_message(profile, match)
+    if mismatch and not cfg.force:
+        raise CalibrationError(f"{mismatch}; pass --force to validate it here anyway",
+                               where=str(getattr(profile, "path", "") or ""), key="device.fingerprint")  # fmt: skip
+    if mismatch:
+        out(f"WARNING: {mismatch} (--force: validating anyway)")
+    probe = speed_probe(profile, threads=threads, clock=clock)
+    out(probe.summary())
+    if probe.message():
+        out(probe.message())
     device = compute_device(profile)
     spec = model_spec(cfg)
-    out = progress or (lambda s: print(s, file=sys.stderr, flush=True))
     max_ctx = max(cfg.context_lens)
     model = TorchLlama(cfg, dtype, max_ctx)
     rows: list[Row] = []
     t_start = time.perf_counter()
     load = LoadMonitor()
-    probe0 = speed_probe("cpu", clock)
     # every configuration is warmed up, then their repetitions are interleaved round-robin over
     # the whole run, so a slow period of the machine spreads over all of them instead of
     # inflating one (short steps get more repetitions: at least min_time_s of timing each)
@@ -378,8 +391,6 @@ def run_validation(
                 len(times), (pred - meas) / meas, br, float(np.median(wall[i])))
         )
         out(f"  {rows[-1].config}: measured {meas * 1e3:.2f} ms, predicted {pred * 1e3:.2f} ms ({rows[-1].error:+.1%})")
-    probe = 0.5 * (probe0 + speed_probe("cpu", clock))
-    ref = profile_device(profile).get("speed_probe_s")
     ape = np.abs([r.error for r in rows])
     other = load.other_cores()
     result = {
@@ -393,10 +404,10 @@ def run_validation(
         "model": {k: v for k, v in asdict(cfg).items() if k in ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab")},
         "wall_s": round(time.perf_counter() - t_start, 1),
         "other_load_cores": None if other is None else round(other, 2),
-        "speed_probe_s": probe,
-        # > 1: the machine runs faster now than when the profile was measured (reference kernel,
-        # bench.speed_probe); predictions assume the calibrated speed
-        "speed_vs_calibration": (float(ref) / probe) if ref else None,
+        "fingerprint": {"matches": mismatch is None, "differs": [list(d) for d in match.differs] if match else None,
+                        "forced": bool(mismatch and cfg.force)},
+        # the profile's predicted / measured time of GEMMs in each dtype (> 1: this machine is faster)
+        "speed_probe": probe.to_dict(),
         "date": time.strftime("%Y-%m-%d"),
         "rows": [
             {
@@ -435,12 +446,16 @@ def format_table(result: dict[str, Any]) -> str:
         f"over {len(result['rows'])} configurations ({result['dtype']}, {result['threads']} thread(s), "
         f"{result['clock']} clock, profile {result['profile']})"
     )
-    sv = result.get("speed_vs_calibration")
-    if sv:
+    sp = result.get("speed_probe")
+    if sp:
+        per = ", ".join(f"{d} GEMM x{g:.2f}" for d, g in sp["by_dtype"].items())
         lines.append(
-            f"machine speed now vs at calibration (reference kernel): x{sv:.2f}; other processes kept "
+            f"machine speed vs profile prediction (GEMM probe, > 1 faster): {per}; other processes kept "
             f"{result.get('other_load_cores')} cores busy"
         )
+    fp = result.get("fingerprint")
+    if fp and fp.get("forced"):
+        lines.append("WARNING: the profile's device fingerprint differs from this machine (validated with --force)")
     return "\n".join(lines)
 
 
@@ -481,6 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clock", choices=["wall", "cpu"], default=None,
                    help="wall time, or the thread's CPU time (one thread; immune to other processes); "
                    "default: the clock the profile was measured with")
+    p.add_argument("--force", action="store_true",
+                   help="validate even if the profile's device fingerprint differs from this machine (warns)")
     p.add_argument("--json", dest="json_path", default=None, help="write {median_ape, p90_ape, rows} here")
     return p
 
@@ -496,7 +513,7 @@ def config_from_args(a: argparse.Namespace) -> ValidationConfig:
     return ValidationConfig(
         layers=a.layers, hidden=a.hidden, heads=a.heads, kv_heads=a.kv_heads, ffn=a.ffn, vocab=a.vocab,
         batch_sizes=tuple(a.batch_sizes), context_lens=tuple(a.context_lens), dtype=a.dtype,
-        repeats=a.repeats, threads=a.threads, phases=phases, clock=a.clock,
+        repeats=a.repeats, threads=a.threads, phases=phases, clock=a.clock, force=a.force,
     )
 
 

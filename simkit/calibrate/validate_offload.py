@@ -884,7 +884,8 @@ def run_offload_validation(
         if ssd_check:
             from simkit.calibrate.ssd import ssd_bench
 
-            srows, _ = ssd_bench(directory, file_mb=256, block_sizes=(io_block,), queue_depths=(io_depth,), budget_s=0.5, direct=cfg.direct)
+            srows, _ = ssd_bench(directory, file_mb=256, block_sizes=(io_block,), queue_depths=(io_depth,), budget_s=0.5, direct=cfg.direct,
+                                 classes=("ssd_read", "ssd_write"))
             ssd_now = next((r["bytes_moved"] / r["time_s"] for r in srows if r["op_class"] == "ssd_read"), None)
             out(f"ssd_bench now (random {io_block / 2**20:g} MiB reads, queue depth {io_depth}): {ssd_now / 1e9:.2f} GB/s" if ssd_now else "ssd_bench: no read sample")
     finally:

@@ -3,7 +3,7 @@
 The cost model times every operator as ``ideal / efficiency + launch_overhead`` where
 ``ideal = max(flops / peak_flops, bytes / peak_bandwidth)`` (see roofline.py). An
 :class:`EfficiencyModel` answers ``efficiency(...)`` for arrays of operators of one class; a
-calibration profile provides a fitted one (simkit.calibrate.fit), and :class:`DatasheetEfficiency`
+calibration profile provides a fitted one (simkit.cost.profile.Profile), and :class:`DatasheetEfficiency`
 is the documented default used when no profile matches.
 
 Operator classes: ``gemm``, ``attn_prefill``, ``attn_decode``, ``elementwise``; link classes
@@ -15,9 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from simkit.specs.calibration import HostOverhead
+
+if TYPE_CHECKING:
+    from simkit.cost.collectives import CollectiveFit
 
 OP_CLASSES = ("gemm", "attn_prefill", "attn_decode", "elementwise")
 
@@ -49,9 +54,37 @@ class EfficiencyModel(Protocol):
         """True when ``op_class`` comes from measurements rather than a documented default."""
         ...
 
+    def roofline_time(self, op_class: str, flops: np.ndarray, bytes_: np.ndarray, peak_flops: float,
+                      peak_bw: float) -> np.ndarray | None:  # fmt: skip
+        """Seconds per operator in closed form (``ideal / efficiency + launch_overhead``) for
+        classes that have one (a hot-path shortcut), else None: then the caller uses
+        :meth:`efficiency`."""
+        ...
+
+    def collective_fit(self, kind: str, topology: str, num_gpus: int) -> CollectiveFit | None:
+        """A measured collective model for this topology and GPU count, or None."""
+        ...
+
+    def measured_device(self) -> dict[str, Any] | None:
+        """The device facts (roofline peaks, fingerprint) the efficiencies refer to; None when
+        they refer to whatever device the caller times against (the datasheet defaults)."""
+        ...
+
+    def measured_links(self) -> Mapping[str, Any]:
+        """Measured copy/link bandwidths and latencies by kind (empty when none)."""
+        ...
+
+    def measured_ssd(self) -> Mapping[str, Any]:
+        """Measured SSD read/write bandwidth tables (empty when none)."""
+        ...
+
+    def host_overhead(self) -> HostOverhead | None:
+        """Host seconds per engine iteration, when this model knows them."""
+        ...
+
 
 @dataclass(frozen=True)
-class DatasheetEfficiency:
+class DatasheetEfficiency(EfficiencyModel):
     """Documented defaults: a fixed fraction of peak compute and of peak bandwidth per class.
 
     Values (compute, memory): gemm (0.70, 0.80), attn_prefill (0.50, 0.70), attn_decode
@@ -104,3 +137,18 @@ class DatasheetEfficiency:
 
     def is_measured(self, op_class: str) -> bool:
         return False
+
+    def collective_fit(self, kind: str, topology: str, num_gpus: int) -> CollectiveFit | None:
+        return None
+
+    def measured_device(self) -> dict[str, Any] | None:
+        return None
+
+    def measured_links(self) -> Mapping[str, Any]:
+        return {}
+
+    def measured_ssd(self) -> Mapping[str, Any]:
+        return {}
+
+    def host_overhead(self) -> HostOverhead | None:
+        return None

@@ -6,8 +6,10 @@ consecutive decode iterations of an unchanged batch, in one numpy call). Token-d
 operators are tabulated once per token count and reused.
 
 Time of an iteration = sum over operators of count x (ideal / efficiency + launch overhead)
-+ tensor-parallel collectives (two all-reduces of the activations per layer) + a fixed
-per-iteration host overhead.
++ tensor-parallel collectives (two all-reduces of the activations per layer) + the host
+overhead of the iteration, ``iteration_overhead + per_seq_overhead x sequences in the batch``
+(scheduling, sampling, detokenisation and Python work of a real engine that a roofline of the
+device alone misses; :meth:`IterationModel.host_time` is the one place it is computed).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import numpy as np
 
 from simkit.cost.device import ComputeDevice
 from simkit.cost.efficiency import EfficiencyModel
-from simkit.cost.ops import Op, Precision, forward_ops, token_ops
+from simkit.cost.ops import Op, Precision, forward_ops
 from simkit.cost.roofline import OpTime, time_ops
+from simkit.cost.tables import op_tables
 from simkit.specs.model import ModelSpec
 
 NON_LAYER_OPS = ("embedding", "final_norm", "lm_head", "sampling")
@@ -48,14 +51,12 @@ def _class_time(
     """Seconds per occurrence. ``peaks`` (peak FLOP/s, bandwidth) saves looking them up;
     ``positive`` promises every operator does some work (no zero-size masking needed)."""
     pf, bw = peaks if peaks is not None else (device.peak_flops(dtype), device.mem_bandwidth)
-    fast = getattr(eff, "roofline_time", None)
-    if fast is not None:
-        # efficiency models with a closed form (datasheet defaults) skip the efficiency detour
-        t = fast(op_class, flops, byts, pf, bw)
-        if t is not None:
-            if positive:
-                return t
-            return np.where(flops + byts > 0, t, 0.0) if np.ndim(t) else (t if flops + byts > 0 else np.float64(0.0))
+    # efficiency models with a closed form (datasheet defaults) skip the efficiency detour
+    t = eff.roofline_time(op_class, flops, byts, pf, bw)
+    if t is not None:
+        if positive:
+            return t
+        return np.where(flops + byts > 0, t, 0.0) if np.ndim(t) else (t if flops + byts > 0 else np.float64(0.0))
     shape["op"] = np.full(np.shape(flops), name, dtype=object) if np.ndim(flops) else np.asarray(name, dtype=object)
     if flops.ndim == 0 and byts.ndim == 0:
         f, b = float(flops), float(byts)
@@ -89,6 +90,9 @@ class IterationModel:
     allreduce_time: Callable[[np.ndarray], np.ndarray] | None = None
     """Seconds of one all-reduce of the given bytes over the TP group (None when tp == 1)."""
     iteration_overhead: float = 0.0
+    """Host seconds per iteration (the fixed part of the host overhead)."""
+    per_seq_overhead: float = 0.0
+    """Host seconds per sequence in the iteration's batch (the part that grows with the batch)."""
     ep: int = 1
     ep_share: float | None = None
     """Share of routed tokens the most loaded expert group receives (default 1/ep)."""
@@ -114,19 +118,8 @@ class IterationModel:
             return
         size = n + 1 if exact else max(64, int((n + 1) * 1.5), len(self._body) * 2)
         T = np.arange(size, dtype=np.float64)
-        ops = token_ops(self.model, T, T, self.tp, self.precision, self.ep, self.ep_share)
         L = self.model.num_layers
-        per_layer = np.zeros(size)
-        nonlayer = np.zeros(size)
-        head = np.zeros(size)
-        for op in ops:
-            t = _op_time_arrays(op, self.device, self.efficiency, self.dtype) * op.count
-            if op.name in ("lm_head", "sampling"):
-                head += t
-            elif op.name in NON_LAYER_OPS:
-                nonlayer += t
-            else:
-                per_layer += t / L
+        per_layer, nonlayer, head = op_tables(self, size)
         comm = np.zeros(size)
         if self.allreduce_time is not None and self.tp > 1:
             act = T * self.model.hidden_size * self.precision.a_bytes
@@ -217,6 +210,10 @@ class IterationModel:
         return total
 
     # ---- iterations --------------------------------------------------------------------------
+    def host_time(self, num_seqs: int) -> float:
+        """Host seconds of one iteration over ``num_seqs`` sequences (see the module docstring)."""
+        return self.iteration_overhead + self.per_seq_overhead * num_seqs
+
     def step_time(self, q: np.ndarray, ctx: np.ndarray, logits_rows: int | None = None) -> float:
         """Seconds of one iteration over sequences with ``q`` new tokens over ``ctx`` cached."""
         q = np.asarray(q)
@@ -224,13 +221,13 @@ class IterationModel:
             return 0.0
         rows = len(q) if logits_rows is None else logits_rows
         t = float(self.body_time(int(q.sum()))) + float(self.head_time(rows))
-        return t + self.attention_time(q, ctx) + self.iteration_overhead
+        return t + self.attention_time(q, ctx) + self.host_time(len(q))
 
     def fixed_step_time(self, batch: int) -> float:
         """The part of a decode step of ``batch`` sequences that does not depend on context."""
         if batch >= len(self._body):
             self._grow(batch)
-        return float(self._body[batch] + self._head[batch]) + self.iteration_overhead
+        return float(self._body[batch] + self._head[batch]) + self.host_time(batch)
 
     def decode_steps(self, batch: int, kv0: float, k: int) -> np.ndarray:
         """Seconds of each of ``k`` consecutive decode iterations of ``batch`` sequences whose
@@ -238,7 +235,7 @@ class IterationModel:
         kv = (kv0 + batch) + float(batch) * np.arange(k, dtype=np.float64)  # each new token attends itself
         if batch >= len(self._body):
             self._grow(batch)
-        fixed = float(self._body[batch] + self._head[batch]) + self.iteration_overhead
+        fixed = float(self._body[batch] + self._head[batch]) + self.host_time(batch)
         return fixed + self.decode_attention(batch, kv)
 
     def breakdown(self, q: np.ndarray, ctx: np.ndarray) -> list[OpTime]:
@@ -255,7 +252,7 @@ class IterationModel:
         # before: the non-layer body (embedding) and the host overhead; after: the LM head. Each is
         # computed from its own table, never as a difference of totals, so round-off cannot make it
         # negative (body - layers * layer is the non-layer part, >= 0 up to round-off)
-        before = max(float(self.body_time(T)) - self.layer_time(T) * self.layers, 0.0) + self.iteration_overhead
+        before = max(float(self.body_time(T)) - self.layer_time(T) * self.layers, 0.0) + self.host_time(len(q))
         rows = len(q) if logits_rows is None else logits_rows
         after = float(self.head_time(rows)) if q.size else 0.0
         return before, per_layer, after

@@ -11,6 +11,11 @@ concurrently (pipelined DMA), so the slower hop bounds it.
 
 The sequences of a step are split into GPU batches of ``gpu_batch_size`` (FlexGen's zig-zag
 block): each layer's weights are loaded once and used by every GPU batch in turn.
+
+Per-layer costs come from cost/offload.OffloadCompute (shared with the placement LP). CPU
+attention runs between a layer's QKV and output projections; KV on disk or CXL attended on the
+CPU is read into DRAM every step; pageable copies are staged by the host thread (they do not
+overlap CPU attention, and in decode steps they do not overlap compute). docs/offloading.md.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from typing import Any
 import numpy as np
 import simpy
 
-from simkit.cost.iteration import IterationModel, _class_time
+from simkit.cost.iteration import IterationModel
+from simkit.cost.offload import OffloadCompute
 from simkit.engine.resources import Link
-from simkit.policies.offload import OffloadLayout
+from simkit.policies.offload import CPU_READ_PATH, OffloadLayout
 
 
 @dataclass
@@ -43,75 +49,99 @@ class OffloadExecutor:
     bytes_by_kind: dict[str, float] | None = None
     tracer: Any = None
     replica: int = 0
+    compute: OffloadCompute | None = None
+    """Per-layer compute costs (default: from ``cost`` and ``cpu_cost``)."""
+    kv_store_slowdown: dict[str, float] | None = None
+    """Link direction -> how much slower KV-cache stores run than plain copies on it (measured)."""
 
     def __post_init__(self) -> None:
         self.bytes_by_kind = {"weights": 0.0, "kv_read": 0.0, "kv_write": 0.0, "act_read": 0.0, "act_write": 0.0}
+        if self.compute is None:
+            self.compute = OffloadCompute(self.cost, self.cpu_cost)
 
     # ---- transfers ---------------------------------------------------------------------------
-    def _move(self, by_tier: dict[str, float], write: bool, tag: str, kind: str) -> list[simpy.Event]:
+    def _move(self, by_tier: dict[str, float], write: bool, tag: str, kind: str, to_host: bool = False) -> list[simpy.Event]:
+        """Transfer events of ``by_tier`` bytes into (or out of) the compute device's memory;
+        ``to_host``: into host DRAM instead (KV attended on the CPU: a disk or CXL share is read
+        into DRAM, a DRAM share moves nowhere)."""
         evs: list[simpy.Event] = []
         for tier, nbytes in by_tier.items():
             if nbytes <= 0:
                 continue
+            if to_host:
+                path = CPU_READ_PATH[tier]
+                if not path:
+                    continue
+            else:
+                path = self.layout.write_path(tier) if write else self.layout.read_path(tier)
             assert self.bytes_by_kind is not None
             self.bytes_by_kind[kind] += nbytes
-            path = self.layout.write_path(tier) if write else self.layout.read_path(tier)
             for hop in path:
                 link = self.links.get(hop)
                 if link is None:
                     continue
                 eff_bytes = nbytes / self.layout.pageable_factor if hop in ("h2d", "d2h") else nbytes
-                evs.append(link.transfer(eff_bytes, f"{tag} {tier}"))
+                if kind == "kv_write" and self.kv_store_slowdown:
+                    eff_bytes *= self.kv_store_slowdown.get(hop, 1.0)
+                if hop in ("h2d", "d2h") and self.layout.pageable_factor < 1.0 and self.cpu_stream is not None:
+                    # a pageable copy is staged through a pinned bounce buffer by the host thread
+                    # that issued it: it holds the host, so it cannot overlap CPU attention
+                    evs.append(self.env.process(self._host_staged(link, eff_bytes, f"{tag} {tier}")))
+                else:
+                    evs.append(link.transfer(eff_bytes, f"{tag} {tier}"))
         return evs
+
+    def _host_staged(self, link: Link, nbytes: float, tag: str) -> Generator[simpy.Event, Any, None]:
+        assert self.cpu_stream is not None
+        with self.cpu_stream.request() as req:
+            yield req
+            yield link.transfer(nbytes, tag)
 
     def _fetch(self, layer: int, groups: list[tuple[np.ndarray, np.ndarray]], cpu_attention: bool) -> list[simpy.Event]:
         lay = self.layout
         evs = self._move(lay.weight_bytes(layer), False, f"L{layer} weights", "weights")
-        if not cpu_attention:
-            for _, ctx in groups:
-                evs += self._move(lay.kv_read_bytes(float(ctx.sum())), False, f"L{layer} kv", "kv_read")
-                evs += self._move(lay.spill_read_bytes(ctx), False, f"L{layer} spilled kv", "kv_read")
+        for _, ctx in groups:
+            # attended on the GPU: the off-GPU KV crosses to it; attended on the CPU: the KV on
+            # disk (or CXL) is still read into DRAM for every step
+            evs += self._move(lay.kv_read_bytes(float(ctx.sum())), False, f"L{layer} kv", "kv_read", to_host=cpu_attention)
+            evs += self._move(lay.spill_read_bytes(ctx), False, f"L{layer} spilled kv", "kv_read", to_host=cpu_attention)
         return evs
 
     # ---- compute -----------------------------------------------------------------------------
-    def _dequant_time(self, elems: float) -> float:
-        """GPU time to dequantise ``elems`` int4 values into 16-bit (an elementwise pass)."""
-        if elems <= 0:
-            return 0.0
-        c = self.cost
-        byts = elems * (0.5 + c.precision.a_bytes)
-        return float(
-            _class_time("elementwise", "dequantize", np.asarray(4.0 * elems), np.asarray(byts), {"numel": elems}, c.device, c.efficiency, c.dtype)
-        )
-
-    def _group_compute(self, q: np.ndarray, ctx: np.ndarray, cpu_attention: bool) -> tuple[float, float]:
-        """(device seconds, CPU seconds) of one layer for one GPU batch."""
-        c = self.cost
+    def _group_compute(self, q: np.ndarray, ctx: np.ndarray, cpu_attention: bool) -> tuple[float, float, float]:
+        """(device seconds, CPU seconds, of the device seconds those of attention) of one layer
+        for one GPU batch."""
+        oc = self.compute
+        assert oc is not None
         lay = self.layout
         T = int(q.sum())
-        layer = c.layer_time(T)
         is_dec = (q == 1) & (ctx > 0)
+        layer = oc.linear(T, decode=bool(is_dec.all()))
         attn_dev = 0.0
         cpu = 0.0
         if (~is_dec).any():
-            attn_dev += c.prefill_attention(q[~is_dec], ctx[~is_dec].astype(np.float64)) / c.layers
+            attn_dev += oc.prefill_attention(q[~is_dec], ctx[~is_dec].astype(np.float64))
         if is_dec.any():
             nd = int(is_dec.sum())
             kv = float(ctx[is_dec].sum()) + nd
-            full = float(c.decode_attention(nd, kv)) / c.layers
-            if cpu_attention and self.cpu_cost is not None:
+            full = oc.decode_attention(nd, kv)
+            if cpu_attention:
                 g = lay.kv_frac.get("gpu", 0.0)
                 if lay.spill_after is not None:
                     # the spilled positions are attended where they live
                     g = 1.0 - lay.spilled_tokens(ctx[is_dec]) / max(kv, 1.0)
                 attn_dev += full * g
-                cpu = float(self.cpu_cost.decode_attention(nd, kv)) / self.cpu_cost.layers * (1.0 - g)
+                cpu = oc.cpu_decode_attention(nd, kv) * (1.0 - g)
             else:
                 attn_dev += full
         extra = 0.0
+        if lay.plan.compress_weights:
+            # compressed weights are dequantised for every GPU batch that uses them
+            extra += oc.dequant(lay.layer_weight_elems)
         if lay.plan.compress_kv:
-            extra += self._dequant_time(float(ctx.sum()) * lay.kv_bytes_per_token_layer * 2)
-        return layer + attn_dev + extra, cpu
+            # the cached KV is dequantised to be attended, the new KV quantised to be stored
+            extra += oc.dequant((float(ctx.sum()) + T) * lay.kv_elems_per_token_layer)
+        return layer + attn_dev + extra, cpu, attn_dev
 
     def run_step(self, q: np.ndarray, ctx: np.ndarray, rows: int) -> Generator[simpy.Event, Any, None]:
         env = self.env
@@ -126,11 +156,17 @@ class OffloadExecutor:
         before, _, after = c.split_layers(q, ctx, logits_rows=rows)
         h_bytes = c.model.hidden_size * c.precision.a_bytes
         act_off = {t: f for t, f in lay.act_frac.items() if t != "gpu" and f > 0}
-        dequant_w = self._dequant_time(lay.layer_weight_elems) if lay.plan.compress_weights else 0.0
         pending_writes: list[simpy.Event] = []
         ready: dict[int, simpy.Event] = {}
         computed: dict[int, simpy.Event] = {}
-        if self.overlap:
+        # Pageable copies are staged by the host thread that issues them, ahead of the layer it
+        # then launches: in a decode step (short GPU kernels, nothing queued to hide behind) the
+        # next layer's copy and this layer's compute run one after the other, as FlexGen's cost
+        # model of its own runtime has it (T_gen = ctog + max(other terms)). A prefill's long
+        # kernels keep the GPU busy while the host copies, so the prefetch still overlaps there.
+        decode_only = bool(((q == 1) & (ctx > 0)).all())
+        prefetch = self.overlap and not (lay.pageable_factor < 1.0 and decode_only)
+        if prefetch:
             # one reader streams the layers that need data in order into BUFFERS staging buffers:
             # a layer's fetch starts once the previous fetch is done and its buffer is free (the
             # layer BUFFERS places earlier has finished computing)
@@ -141,26 +177,27 @@ class OffloadExecutor:
         yield env.timeout(before)
         self.busy_compute += before
         for layer in range(L):
-            if self.overlap:
+            if prefetch:
                 if layer in ready:
                     yield ready[layer]
             else:
                 evs = self._fetch(layer, groups, cpu_attention)
                 if evs:
                     yield simpy.AllOf(env, evs)
-            if layer >= lay.resident_layers and dequant_w:
-                yield env.timeout(dequant_w)
-                self.busy_compute += dequant_w
             for gq, gc in groups:
                 T = float(gq.sum())
                 if act_off:
                     ev = self._move({t: T * h_bytes * f for t, f in act_off.items()}, False, f"L{layer} act", "act_read")
                     if ev:
                         yield simpy.AllOf(env, ev)
-                dev, cpu = self._group_compute(gq, gc, cpu_attention)
+                dev, cpu, attn_dev = self._group_compute(gq, gc, cpu_attention)
                 ls = env.now
                 if cpu > 0 and self.cpu_stream is not None:
-                    yield simpy.AllOf(env, [env.timeout(dev), env.process(self._on_cpu(cpu))])
+                    # attention sits between the QKV projection and the output projection: the
+                    # CPU's share runs alongside the GPU's share of the heads, not alongside the
+                    # linear layers that produce its input and consume its output
+                    yield env.timeout(dev - attn_dev)
+                    yield simpy.AllOf(env, [env.timeout(attn_dev), env.process(self._on_cpu(cpu))])
                 else:
                     yield env.timeout(dev)
                 self.busy_compute += dev
@@ -191,9 +228,10 @@ class OffloadExecutor:
         lay = self.layout
         if lay.weight_bytes(layer):
             return True
+        tiers = {t for _, c in groups for t in (*lay.kv_read_bytes(float(c.sum())), *lay.spill_read_bytes(c))}
         if cpu_attention:
-            return False
-        return any(lay.kv_read_bytes(float(c.sum())) or lay.spill_read_bytes(c) for _, c in groups)
+            tiers = {t for t in tiers if CPU_READ_PATH[t]}
+        return bool(tiers)
 
     def _reader(self, needing, groups, cpu_attention, ready, computed):  # type: ignore[no-untyped-def]
         env = self.env

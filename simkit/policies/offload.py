@@ -26,7 +26,7 @@ import numpy as np
 from simkit.cost.dtypes import bytes_per_element
 from simkit.cost.ops import Precision
 from simkit.errors import CapacityError
-from simkit.scenario import Offload
+from simkit.scenario import KVCache, Offload
 from simkit.specs.model import ModelSpec
 from simkit.specs.node import Node
 from simkit.units import fmt_bytes
@@ -61,6 +61,8 @@ class OffloadLayout:
     spill_after: int | None = None
     """Positions >= this spill to ``spill_tier`` (None: no positional spill)."""
     spill_tier: str = "cpu"
+    kv_elems_per_token_layer: float = 0.0
+    """KV values of one token in one layer (keys and values, all KV heads of the replica)."""
 
     def spilled_tokens(self, ctx: np.ndarray) -> float:
         """Cached tokens beyond the spill threshold, summed over sequences."""
@@ -145,7 +147,27 @@ def build_offload_layout(
         1.0 if plan.pinned else (pageable_factor if pageable_factor is not None else 0.6),
         plan.kv_spill.after_tokens if plan.kv_spill is not None else None,
         plan.kv_spill.tier if plan.kv_spill is not None else "cpu",
+        2.0 * kvh * model.d_head,
     )
+
+
+CUDA_CONTEXT_BYTES = 287e6
+"""GPU memory the CUDA context of a PyTorch process holds outside its allocator: 287,047,680 bytes
+with lazy module loading (PyTorch >= 1.13 sets CUDA_MODULE_LOADING=LAZY; pytorch/pytorch PR #86509
+measured 666,632,192 bytes eager)."""
+
+
+def offload_gpu_usable(gpu_memory: float, kv: KVCache, static: bool) -> tuple[float, str]:
+    """Bytes of each GPU an offloaded plan may fill, and the rule that decided it.
+
+    A static offloaded run (FlexGen, ZeRO-Inference: one batch, every buffer planned ahead) may
+    use the GPU's memory as the driver reports it (ECC on) less the CUDA context: it keeps no KV
+    pool that grows, so a serving engine's headroom (``gpu_memory_utilization``, vLLM's 0.9 by
+    default) does not apply unless the scenario sets it. Other plans use memory x
+    ``gpu_memory_utilization``."""
+    if static and "gpu_memory_utilization" not in kv.model_fields_set:
+        return gpu_memory - CUDA_CONTEXT_BYTES, f"GPU memory less {fmt_bytes(CUDA_CONTEXT_BYTES)} of CUDA context (static offloaded run)"
+    return gpu_memory * kv.gpu_memory_utilization, f"x gpu_memory_utilization {kv.gpu_memory_utilization}"
 
 
 @dataclass(frozen=True)
@@ -168,7 +190,7 @@ def check_offload_capacity(
     tp: int,
     block_tokens: int,
     act_bytes_gpu: float,
-    gpu_util: float,
+    hbm_usable: tuple[float, str],
     num_blocks: int | None,
     where: str | None,
 ) -> OffloadMemory:
@@ -181,7 +203,7 @@ def check_offload_capacity(
         if t in tiers:
             c = tiers[t].capacity
             if t == "hbm":
-                c = c * gpu_util * tp  # a replica's GPUs together
+                c = hbm_usable[0] * tp  # a replica's GPUs together
             cap[t] = c
     need: dict[str, dict[str, float]] = {t: {} for t in cap}
 
@@ -224,7 +246,7 @@ def check_offload_capacity(
             detail = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in owners.items())
             raise CapacityError(
                 f"the plan needs {fmt_bytes(used)} in {tier} ({detail}) but {node.name} has {fmt_bytes(cap[tier])}"
-                + (f" usable ({tp} GPU(s) x gpu_memory_utilization {gpu_util})" if tier == "hbm" else ""),
+                + (f" usable ({tp} GPU(s), {hbm_usable[1]})" if tier == "hbm" else ""),
                 where=where,
                 key=f"tier {tier}",
             )

@@ -22,8 +22,10 @@ from simkit.cost.device import ComputeDevice
 from simkit.cost.dtypes import bytes_per_element
 from simkit.cost.iteration import IterationModel
 from simkit.cost.memory import activation_bytes
+from simkit.cost.offload import OffloadCompute
 from simkit.cost.ops import Precision
 from simkit.errors import ScenarioError
+from simkit.policies.offload import offload_gpu_usable
 from simkit.scenario import Scenario, apply_overrides, scenario_from_dict
 from simkit.specs.model import ModelSpec
 from simkit.specs.node import Node
@@ -42,6 +44,7 @@ class Candidate:
     lp_time_s: float
     lp_throughput: float
     lp_bottleneck: str
+    num_layers: int = 0
     sim: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -58,26 +61,18 @@ class Candidate:
             "cpu_attention": self.cpu_attention,
             "compress_weights": self.compress_weights,
             "overlap": True,
+            # an all-GPU plan still runs layer by layer in the offloading runtime (as FlexGen runs
+            # it), on the costs the LP priced it with
+            "resident_layers": None if self.fractions["w"]["gpu"] < 1.0 else self.num_layers,
         }
 
 
-def _bw(node: Node) -> dict[str, float]:
-    out: dict[str, float] = {}
-    h = node.link("host_to_gpu")
-    if h is not None:
-        out["h2d"] = out["d2h"] = h.achieved_bandwidth
-    tiers = node.tiers()
-    if "ssd" in tiers:
-        nv = node.link("nvme")
-        cap = nv.achieved_bandwidth * len(node.ssd) if nv else float("inf")
-        out["nvme_read"] = min(tiers["ssd"].read_bw, cap)
-        out["nvme_write"] = min(tiers["ssd"].write_bw, cap)
-    if "cxl" in tiers:
-        cx = node.link("cxl")
-        cap = cx.achieved_bandwidth * len(node.cxl) if cx else float("inf")
-        out["cxl_read"] = min(tiers["cxl"].read_bw, cap)
-        out["cxl_write"] = min(tiers["cxl"].write_bw, cap)
-    return out
+def _bw(node: Node, measured: dict[str, tuple[float, float]] | None = None) -> dict[str, float]:
+    """Bandwidth of each link direction: the simulator's own (simulate.link_rates), with KV
+    stores at their own rate where the machine was measured to store KV slower."""
+    from simkit.simulate import link_rates
+
+    return {k: bw for k, (bw, _) in link_rates(node, 1, measured).items()}
 
 
 def solve_candidate(
@@ -92,9 +87,13 @@ def solve_candidate(
     ngb: int,
     cpu_attention: bool,
     compress: bool,
-    gpu_util: float = 0.9,
+    gpu_usable: float | None = None,
+    compute: OffloadCompute | None = None,
+    measured_links: dict[str, tuple[float, float]] | None = None,
 ) -> Candidate | None:
     from scipy.optimize import linprog
+
+    from simkit.simulate import kv_store_slowdown, link_rates
 
     tiers = node.tiers()
     have = {"gpu": "hbm" in tiers, "cpu": True, "cxl": "cxl" in tiers, "disk": "ssd" in tiers}
@@ -110,15 +109,17 @@ def solve_candidate(
     Hd = bls * model.hidden_size * prec.a_bytes
     Hp = Hd * prompt_len
     # compute per layer (decode and prefill), per GPU batch summed over the block
-    lin_d = cost.layer_time(gbs) * ngb
-    att_d = float(cost.decode_attention(gbs, gbs * (ctx_avg + 1))) / L * ngb
-    cpu_att_d = float(cpu_cost.decode_attention(gbs, gbs * (ctx_avg + 1))) / L * ngb if (cpu_cost and cpu_attention) else 0.0
-    lin_p = cost.layer_time(gbs * prompt_len) * ngb
-    att_p = cost.prefill_attention(np.full(gbs, prompt_len), np.zeros(gbs)) / L * ngb
-    deq = 0.0
-    if compress:
-        deq = model.params_layers / L * (0.5 + prec.a_bytes) / (cost.device.mem_bandwidth * 0.6)
-    bw = _bw(node)
+    oc = compute or OffloadCompute(cost, cpu_cost)
+    lin_d = oc.linear(gbs, decode=True) * ngb
+    att_d = oc.decode_attention(gbs, gbs * (ctx_avg + 1)) * ngb
+    cpu_att_d = oc.cpu_decode_attention(gbs, gbs * (ctx_avg + 1)) * ngb if cpu_attention else 0.0
+    lin_p = oc.linear(gbs * prompt_len, decode=False) * ngb
+    att_p = oc.prefill_attention(np.full(gbs, prompt_len), np.zeros(gbs)) * ngb
+    # compressed weights are dequantised for every GPU batch (the simulator's rule, same cost)
+    deq = oc.dequant(model.params_layers / L) * ngb if compress else 0.0
+    bw = _bw(node, measured_links)
+    # KV stores at their own measured rate where the machine has one (simulate.kv_store_slowdown)
+    kv_slow = kv_store_slowdown(link_rates(node, 1, measured_links))
     # variable index: 12 fractions then T_pre, T_dec
     idx = {(v, t): k for k, (v, t) in enumerate(itertools.product(VARS, TIERS))}
     n = len(idx) + 2
@@ -143,24 +144,26 @@ def solve_candidate(
         (TP, 0.0, KVpre, Hp, lin_p, att_p, 0.0),
     ):
         cpu_att = cpu_attention and which == TD
-        # GPU compute: linear layers, attention over GPU-resident KV (all of it unless CPU attention)
+        # GPU compute: linear layers, attention over GPU-resident KV (all of it unless CPU
+        # attention). CPU attention sits between the GPU's QKV and output projections, so its
+        # time adds to the layer's (an upper bound of the simulator's max with the GPU's heads)
         comp = {idx["c", "gpu"]: att} if cpu_att else {}
-        row(comp, lin + deq + (0.0 if cpu_att else att), which, "compute")
         if cpu_att:
-            row({idx["c", t]: catt for t in off}, 0.0, which, "cpu_attention")
+            comp.update({idx["c", t]: catt for t in off})
+        row(comp, lin + deq + (0.0 if cpu_att else att), which, "compute")
         h2d = {idx["w", t]: W / bw.get("h2d", np.inf) for t in off}
         for t in off:
             if not cpu_att:
                 h2d[idx["c", t]] = h2d.get(idx["c", t], 0.0) + KVr / bw.get("h2d", np.inf)
             h2d[idx["h", t]] = h2d.get(idx["h", t], 0.0) + H / bw.get("h2d", np.inf)
         row(h2d, 0.0, which, "h2d")
-        d2h = {idx["c", t]: KVw / bw.get("d2h", np.inf) for t in off}
+        d2h = {idx["c", t]: KVw * kv_slow.get("d2h", 1.0) / bw.get("d2h", np.inf) for t in off}
         for t in off:
             d2h[idx["h", t]] = d2h.get(idx["h", t], 0.0) + H / bw.get("d2h", np.inf)
         row(d2h, 0.0, which, "d2h")
         if "nvme_read" in bw:
             row({idx["w", "disk"]: W / bw["nvme_read"], idx["c", "disk"]: KVr / bw["nvme_read"], idx["h", "disk"]: H / bw["nvme_read"]}, 0.0, which, "nvme_read")
-            row({idx["c", "disk"]: KVw / bw["nvme_write"], idx["h", "disk"]: H / bw["nvme_write"]}, 0.0, which, "nvme_write")
+            row({idx["c", "disk"]: KVw * kv_slow.get("nvme_write", 1.0) / bw["nvme_write"], idx["h", "disk"]: H / bw["nvme_write"]}, 0.0, which, "nvme_write")
         if "cxl_read" in bw:
             row({idx["w", "cxl"]: W / bw["cxl_read"], idx["c", "cxl"]: KVr / bw["cxl_read"], idx["h", "cxl"]: H / bw["cxl_read"]}, 0.0, which, "cxl_read")
             row({idx["c", "cxl"]: KVw / bw["cxl_write"], idx["h", "cxl"]: H / bw["cxl_write"]}, 0.0, which, "cxl_write")
@@ -171,7 +174,7 @@ def solve_candidate(
     Hpk = Hp
     act = activation_bytes(model, gbs * prompt_len, gbs, 1, prec)
     cap_rows = {
-        "gpu": (tiers["hbm"].capacity * gpu_util if "hbm" in tiers else 0.0) - act - 2 * W,
+        "gpu": ((tiers["hbm"].capacity * 0.9 if gpu_usable is None else gpu_usable) if "hbm" in tiers else 0.0) - act - 2 * W,
         "cpu": tiers["dram"].capacity - 2 * W,
         "cxl": tiers["cxl"].capacity if "cxl" in tiers else 0.0,
         "disk": tiers["ssd"].capacity if "ssd" in tiers else 0.0,
@@ -209,7 +212,7 @@ def solve_candidate(
     slack = np.array(A_ub) @ x - np.array(b_ub)
     dec_rows = [k for k, (_, w) in enumerate(labels) if w == "dec"]
     bott = labels[max(dec_rows, key=lambda k: slack[k])][0] if dec_rows else "compute"
-    return Candidate(gbs, ngb, cpu_attention, compress, fr, total, bls * gen_len / total if total > 0 else 0.0, bott)
+    return Candidate(gbs, ngb, cpu_attention, compress, fr, total, bls * gen_len / total if total > 0 else 0.0, bott, L)
 
 
 def optimize(
@@ -222,8 +225,10 @@ def optimize(
     confirm: int = 3,
     gpu_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128),
     num_gpu_batches: tuple[int, ...] = (1, 2, 4, 8, 16),
+    compress: tuple[bool, ...] = (False, True),
 ) -> list[Candidate]:
-    """Rank offload plans for the scenario's model and node; simulate the best ``confirm``."""
+    """Rank offload plans for the scenario's model and node; simulate the best ``confirm``.
+    ``compress`` lists the choices of 4-bit compression the search may take."""
     from simkit.simulate import resolve_calibration
     from simkit.specs.catalog import load_model
     from simkit.specs.node import resolve_node
@@ -247,19 +252,27 @@ def optimize(
     prec = Precision(pp.weights, pp.activations, pp.kv_cache, pp.group_size)
     dev = ComputeDevice.from_gpu(node.gpu)
     eff, _, _ = resolve_calibration(sc, dev)
-    if isinstance(getattr(eff, "device", None), dict):
-        dev = dev.calibrated(eff.device)
+    prof_dev = eff.measured_device()
+    if prof_dev is not None:
+        dev = dev.calibrated(prof_dev)
     cost = IterationModel(model, dev, eff, prec)
     cdev = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
     ceff, _, _ = resolve_calibration(sc, cdev, quiet=True)
-    if isinstance(getattr(ceff, "device", None), dict):
-        cdev = cdev.calibrated(ceff.device)
+    cprof_dev = ceff.measured_device()
+    if cprof_dev is not None:
+        cdev = cdev.calibrated(cprof_dev)
     cpu_cost = IterationModel(model, cdev, ceff, prec)
+    from simkit.simulate import measured_links, offload_compute
+
+    oc = offload_compute(node, cost, cpu_cost, False)
+    lm = measured_links(eff, sc.plan.offload.io_block_size, sc.plan.offload.io_queue_depth)
+    # the candidates run as static batches (confirm_by_simulation): the same memory rule
+    usable = offload_gpu_usable(node.gpu.memory, sc.plan.kv_cache, static=True)[0]
     cands: list[Candidate] = []
-    for gbs, ngb, catt, comp in itertools.product(gpu_batch_sizes, num_gpu_batches, (False, True), (False, True)):
+    for gbs, ngb, catt, comp in itertools.product(gpu_batch_sizes, num_gpu_batches, (False, True), compress):
         if objective == "latency" and ngb > 1:
             continue
-        c = solve_candidate(model, node, cost, cpu_cost, prec, prompt_len, gen_len, gbs, ngb, catt, comp, sc.plan.kv_cache.gpu_memory_utilization)
+        c = solve_candidate(model, node, cost, cpu_cost, prec, prompt_len, gen_len, gbs, ngb, catt, comp, usable, oc, lm)
         if c is not None:
             cands.append(c)
     if not cands:

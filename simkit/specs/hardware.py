@@ -184,6 +184,34 @@ class NodeLinks(Frozen):
     network: str | None = None
 
 
+class NodeMeasured(Frozen):
+    """What one machine was measured to deliver (replaces the catalog's typical figures for that
+    node wherever given; a calibration profile measured on the machine still takes precedence).
+    Every field is optional; ``source`` says who measured and how."""
+
+    source: str
+    h2d_bandwidth: Bandwidth | None = Field(default=None, gt=0)
+    """Host -> GPU copies (per GPU)."""
+    d2h_bandwidth: Bandwidth | None = Field(default=None, gt=0)
+    """GPU -> host copies (per GPU)."""
+    d2h_kv_bandwidth: Bandwidth | None = Field(default=None, gt=0)
+    """GPU -> host stores of new KV cache entries (strided copies into the host cache; default d2h_bandwidth)."""
+    ssd_read_bandwidth: Bandwidth | None = Field(default=None, gt=0)
+    """Reads from the node's SSD tier into DRAM (all devices together)."""
+    ssd_write_bandwidth: Bandwidth | None = Field(default=None, gt=0)
+    """Writes from DRAM to the SSD tier (all devices together)."""
+    ssd_kv_write_bandwidth: Bandwidth | None = Field(default=None, gt=0)
+    """Writes of new KV cache entries to the SSD tier (default ssd_write_bandwidth)."""
+    gpu_gemm_flops_prefill: FlopRate | None = Field(default=None, gt=0)
+    """Achieved FLOP/s of the GPU's linear layers over a prompt (many tokens per sequence)."""
+    gpu_gemm_flops_decode: FlopRate | None = Field(default=None, gt=0)
+    """Achieved FLOP/s of the GPU's linear layers in a decode step (one token per sequence)."""
+    gpu_attention_flops_prefill: FlopRate | None = Field(default=None, gt=0)
+    gpu_attention_flops_decode: FlopRate | None = Field(default=None, gt=0)
+    cpu_attention_flops: FlopRate | None = Field(default=None, gt=0)
+    """Achieved FLOP/s of decode attention computed on the host CPU (offloaded KV)."""
+
+
 class NodeSpec(Frozen):
     kind: Literal["node"] = "node"
     name: str
@@ -199,6 +227,8 @@ class NodeSpec(Frozen):
     num_nics: int = Field(default=0, ge=0)
     host_price_per_hour: DollarsPerHour | None = None
     """Price of everything but the GPUs; default: the CPU's price x sockets."""
+    measured: NodeMeasured | None = None
+    """Rates measured on this very machine (see NodeMeasured)."""
     sources: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")

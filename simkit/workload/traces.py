@@ -17,19 +17,22 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import warnings
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import pandas as pd
 
 from simkit.errors import TraceError
 from simkit.workload.base import MAX_TOKENS, Requests
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "TRACE_FORMATS",
@@ -134,6 +137,8 @@ class _BadLines:
 
 def _show(value: Any) -> str:
     """A raw cell value as it should appear in an error message."""
+    import pandas as pd
+
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return "an empty value"
     if isinstance(value, str) and not value.strip():
@@ -175,6 +180,8 @@ class _Checks:
 
 def _numeric(s: pd.Series) -> np.ndarray:
     """A column as float64, NaN where it is missing or not a number."""
+    import pandas as pd
+
     if pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype):
         return s.to_numpy(dtype=np.float64, na_value=np.nan)
     return pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
@@ -209,6 +216,8 @@ def _float_column(
 
 def _datetime_ns(df: pd.DataFrame, col: str, checks: _Checks) -> np.ndarray:
     """ISO-8601-ish timestamps (any fractional digits, optional UTC offset) as int64 ns since epoch."""
+    import pandas as pd
+
     s = df[col]
     if not (pd.api.types.is_string_dtype(s.dtype) or s.dtype == object):
         s = s.astype("string")
@@ -282,6 +291,8 @@ def _csv_chunks_pandas(
     the rows before one are handed out first, so the error names the first bad line). Without
     ``wide``, such a line raises :class:`_NeedSlowPath`.
     """
+    import pandas as pd
+
     skip = wide[0] if wide is not None else np.empty(0, np.int64)
     width = len(header)
     if wide is not None and sink is not None and sink.mode == "skip":
@@ -399,6 +410,8 @@ def _csv_chunks_slow(
 
 def _strings_frame(rows: list[list[str]], header: list[str]) -> pd.DataFrame:
     """Rows of strings as a frame of object columns (empty strings stay; converters coerce them)."""
+    import pandas as pd
+
     columns = [np.array(col, dtype=object) for col in zip(*rows)]
     return pd.DataFrame(dict(zip(range(len(header)), columns))).set_axis(header, axis=1)
 
@@ -484,6 +497,41 @@ def _header_names(head_text: str) -> set[str]:
         return set()
 
 
+_AZURE_FIELDS = (rb"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d{1,9})?", rb"[1-9]\d{0,17}", rb"\d{1,18}")
+"""A plain Azure line's timestamp (no time zone), ContextTokens >= 1 and GeneratedTokens >= 0."""
+_AZURE_LINE = re.compile(b"(%s),(%s),(%s)\r?\n" % _AZURE_FIELDS)
+_AZURE_BODY = re.compile(b"(?:%s,%s,%s\r?\n)*" % _AZURE_FIELDS)
+
+
+def _azure_plain(path: Path, header: list[str]) -> tuple[dict[str, np.ndarray], int] | None:
+    """The common case of an Azure trace read without pandas: exactly the three columns in the
+    documented order, every line ``YYYY-MM-DD HH:MM:SS[.fraction],<int >= 1>,<int >= 0>`` (no
+    time zone, no blank or odd lines). Gives the same columns as the pandas path; None for
+    anything else (that path then reads the file and reports bad lines)."""
+    if [h.strip() for h in header] != AzureReader.COLUMNS:
+        return None
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    nl = data.find(b"\n")
+    if nl < 0:
+        return None
+    body = data[nl + 1 :]
+    if body and not body.endswith(b"\n"):
+        body += b"\n"
+    if _AZURE_BODY.fullmatch(body) is None:
+        return None  # some line is not of the plain form
+    rows = _AZURE_LINE.findall(body)
+    if not rows:
+        return {}, 0
+    ts, inp, out = zip(*rows)
+    ns = np.array(ts).astype("datetime64[ns]").astype(np.int64)
+    return (
+        {"ns": ns, "inp": np.array(inp, dtype=np.int64), "out": np.array(out, dtype=np.int64)},
+        len(rows),
+    )
+
+
 @register_format
 class AzureReader(TraceReader):
     """Azure LLM inference trace 2023/2024: ``TIMESTAMP,ContextTokens,GeneratedTokens``."""
@@ -509,7 +557,11 @@ class AzureReader(TraceReader):
             good = checks.report(lines, sink)
             return {"ns": ns[good], "inp": inp[good], "out": out[good]}
 
-        cols, rows = _collect_csv(path, header, sink, convert)
+        fast = _azure_plain(path, header)
+        if fast is not None:
+            cols, rows = fast
+        else:
+            cols, rows = _collect_csv(path, header, sink, convert)
         ns = cols.get("ns", np.empty(0, np.int64))
         t_s = (ns - ns.min()) / 1e9 if len(ns) else np.empty(0)
         out = cols.get("out", np.empty(0, np.int64))
@@ -551,6 +603,8 @@ class BurstGPTReader(TraceReader):
             inp = _int_column(df, c["Request tokens"], checks, minimum=1, what="a positive integer")
             out = _int_column(df, c["Response tokens"], checks, minimum=0, what="an integer >= 0")
             good = checks.report(lines, sink)
+            import pandas as pd
+
             codes, uniques = pd.factorize(model_s[good])
             to_global = np.array([names.setdefault(u, len(names)) for u in uniques], dtype=np.int32)
             model = to_global[codes] if len(codes) else np.empty(0, np.int32)
@@ -766,6 +820,8 @@ class NativeReader(TraceReader):
                 ptok = _numeric(df[c["prefix_tokens"]])
                 # empty means "no prefix"; anything else must be a valid id
                 no_prefix = pid_s.isna().to_numpy()
+                import pandas as pd
+
                 if not pd.api.types.is_numeric_dtype(pid_s.dtype):
                     no_prefix = no_prefix | (pid_s.astype(str).str.strip() == "").to_numpy()
                 with np.errstate(invalid="ignore"):

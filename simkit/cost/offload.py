@@ -1,0 +1,100 @@
+"""Per-layer compute of an offloaded plan: the one home of these costs for the simulator
+(engine/offload.py) and the placement optimiser (policies/offload_opt.py).
+
+- Linear layers on the GPU: the roofline cost model, or, where the node preset carries rates
+  measured on that machine (``measured.gpu_gemm_flops_prefill/decode``), layer FLOPs at the
+  measured rate of the phase (never faster than the roofline).
+- Attention on the GPU: likewise (``gpu_attention_flops_prefill/decode``).
+- Decode attention on the host CPU (offloaded KV, ``cpu_attention``): ``measured.cpu_attention_flops``;
+  else a calibration profile's measured CPU attention; else the CPU's fp32 peak x
+  HOST_ATTENTION_EFFICIENCY (the efficiency FlexGen measured for its PyTorch CPU attention).
+- Group-wise int4 (de)compression on the GPU: an elementwise pass per tensor (see ``dequant``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simkit.cost.iteration import IterationModel, _class_time
+from simkit.specs.hardware import NodeMeasured
+
+HOST_ATTENTION_EFFICIENCY = 0.006
+"""Fraction of the host CPU's fp32 peak that offloading systems' CPU attention (PyTorch bmm/softmax
+over an fp16 KV cache, FlexGen's and ZeRO-Inference's) achieves: FlexGen measured 0.0123 TFLOP/s on
+the T4 VM's 16 Skylake cores (2.048 TFLOP/s fp32 peak) = 0.6%. Used where neither the node preset
+nor a calibration profile measured the host's attention speed."""
+
+@dataclass
+class OffloadCompute:
+    cost: IterationModel
+    """The GPU's (or, computing on the CPU, the CPU's) cost model."""
+    cpu_cost: IterationModel | None = None
+    """The host CPU's cost model (attention where the KV lives)."""
+    measured: NodeMeasured | None = None
+    """Rates measured on this node (hardware preset ``measured:``)."""
+    cpu_peak_flops: float = 0.0
+    """fp32 peak of the host CPU (for HOST_ATTENTION_EFFICIENCY)."""
+
+    @property
+    def _attn_width(self) -> float:
+        """Query heads x head dim per GPU of the stage."""
+        m = self.cost.model
+        return m.num_heads / self.cost.tp * m.d_head
+
+    def _layer_flops(self, tokens: float) -> float:
+        m = self.cost.model
+        return 2.0 * tokens * m.params_layers / m.num_layers / self.cost.tp
+
+    def linear(self, tokens: int, decode: bool) -> float:
+        """Seconds of one layer's non-attention operators for ``tokens`` tokens."""
+        t = self.cost.layer_time(tokens)
+        m = self.measured
+        rate = None if m is None else (m.gpu_gemm_flops_decode if decode else m.gpu_gemm_flops_prefill)
+        if rate and tokens > 0:
+            t = max(t, self._layer_flops(tokens) / rate)
+        return t
+
+    def decode_attention(self, batch: int, kv_tokens: float) -> float:
+        """Seconds of one layer's decode attention on the GPU."""
+        t = float(self.cost.decode_attention(batch, kv_tokens)) / self.cost.layers
+        rate = self.measured.gpu_attention_flops_decode if self.measured is not None else None
+        if rate:
+            t = max(t, 4.0 * self._attn_width * kv_tokens / rate)
+        return t
+
+    def prefill_attention(self, q: np.ndarray, ctx: np.ndarray) -> float:
+        """Seconds of one layer's prefill attention on the GPU."""
+        t = self.cost.prefill_attention(q, ctx) / self.cost.layers
+        rate = self.measured.gpu_attention_flops_prefill if self.measured is not None else None
+        if rate:
+            qf = np.asarray(q, dtype=np.float64)
+            pairs = float((qf * ctx + qf * (qf + 1.0) / 2.0).sum())
+            t = max(t, 4.0 * self._attn_width * pairs / rate)
+        return t
+
+    def cpu_decode_attention(self, batch: int, kv_tokens: float) -> float:
+        """Seconds of one layer's decode attention on the host CPU over ``kv_tokens`` cached tokens."""
+        flops = 4.0 * self.cost.model.num_heads * self.cost.model.d_head * kv_tokens
+        if self.measured is not None and self.measured.cpu_attention_flops:
+            return flops / self.measured.cpu_attention_flops
+        c = self.cpu_cost
+        if c is not None and c.efficiency.is_measured("attn_decode"):
+            return float(c.decode_attention(batch, kv_tokens)) / c.layers
+        if self.cpu_peak_flops > 0:
+            return flops / (self.cpu_peak_flops * HOST_ATTENTION_EFFICIENCY)
+        if c is not None:
+            return float(c.decode_attention(batch, kv_tokens)) / c.layers
+        return 0.0
+
+    def dequant(self, elems: float) -> float:
+        """GPU seconds to dequantise ``elems`` group-wise int4 values into 16-bit (or to quantise
+        them back): an elementwise pass reading the packed values and writing the 16-bit tensor."""
+        if elems <= 0:
+            return 0.0
+        c = self.cost
+        byts = elems * (0.5 + c.precision.a_bytes)
+        return float(
+            _class_time("elementwise", "dequantize", np.asarray(4.0 * elems), np.asarray(byts), {"numel": elems}, c.device, c.efficiency, c.dtype)
+        )

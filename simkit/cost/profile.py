@@ -1,0 +1,931 @@
+"""Calibration profiles as the cost model reads them: loading, evaluating and selecting them.
+
+A profile (schema: :mod:`simkit.specs.calibration`) holds, per operator class, a fitted time model
+(:class:`ClassModel`: a roofline base times residual regression trees over shape features) that
+this module evaluates with numpy alone; :class:`Profile` is an
+:class:`~simkit.cost.efficiency.EfficiencyModel`. Fitting lives in :mod:`simkit.calibrate.fit`
+and writing profiles in :mod:`simkit.calibrate.store`: nothing here measures, fits or writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simkit.cost.efficiency import OP_CLASSES, DatasheetEfficiency, EfficiencyModel
+from simkit.errors import CalibrationError
+from simkit.specs.calibration import (
+    PROFILE_FILE,
+    PROFILE_VERSION,
+    HostOverhead,
+    catalog_fingerprint,
+    compare_fingerprints,
+    find_profiles,
+    parse_fingerprint,
+    parse_host_overhead,
+    profiles_dir,
+)
+from simkit.specs.hardware import DTYPE_FALLBACK
+
+# Elementwise kernel kinds: operators that run the same kernel share a kind.
+ELEMENTWISE_KIND = {
+    "input_norm": "norm",
+    "post_attn_norm": "norm",
+    "final_norm": "norm",
+    "rmsnorm": "norm",
+    "layernorm": "layernorm",
+    "mlp_act": "act",
+    "residual_add": "add",
+    "rope": "rope",
+    "embedding": "embedding",
+    "sampling": "sampling",
+}
+
+
+def sig(x: float, digits: int = 6) -> float:
+    """``x`` rounded to ``digits`` significant digits (what profile.yaml stores exactly)."""
+    x = float(x)
+    if x == 0 or not math.isfinite(x):
+        return x
+    return float(f"{x:.{digits - 1}e}")
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Device constants the features are computed with
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Roof:
+    """The roofline a profile's samples were normalised with (peaks per dtype, bandwidth, SMs)."""
+
+    peak_flops: Mapping[str, float]
+    mem_bandwidth: float
+    sm_count: int = 1
+
+    def peak(self, dtype: str) -> float:
+        d = str(dtype or "")
+        if d in self.peak_flops:
+            return float(self.peak_flops[d])
+        for alt in DTYPE_FALLBACK.get(d, ()):
+            if alt in self.peak_flops:
+                return float(self.peak_flops[alt])
+        return float(max(self.peak_flops.values()))
+
+    def peaks(self, dtypes: Sequence[str] | np.ndarray) -> np.ndarray:
+        cache: dict[str, float] = {}
+        out = np.empty(len(dtypes))
+        for i, d in enumerate(dtypes):
+            if d not in cache:
+                cache[d] = self.peak(d)
+            out[i] = cache[d]
+        return out
+
+    def ideal(self, flops: np.ndarray, bytes_: np.ndarray, peak: np.ndarray | float) -> np.ndarray:
+        return np.maximum(np.asarray(flops) / peak, np.asarray(bytes_) / self.mem_bandwidth)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "peak_flops": {k: float(v) for k, v in self.peak_flops.items()},
+            "mem_bandwidth": float(self.mem_bandwidth),
+            "sm_count": int(self.sm_count),
+        }
+
+
+def roof_from_device(device: Mapping[str, Any], samples: Any = None) -> Roof:
+    """Peaks for a device-facts dict: explicit ``peak_flops``/``mem_bandwidth`` (the CPU suite
+    records measured upper bounds), else the catalog item ``device.catalog`` names, else the best
+    rates seen in ``samples``."""
+    peaks = dict(device.get("peak_flops") or {})
+    bw = device.get("mem_bandwidth")
+    sm = device.get("sm_count")
+    cat_name = device.get("catalog")
+    kind = device.get("kind", "gpu")
+    if (not peaks or not bw or not sm) and cat_name:
+        try:
+            from simkit.specs.catalog import default_catalog
+
+            cat = default_catalog()
+            if kind == "gpu":
+                g = cat.get("gpu", str(cat_name))
+                if not peaks:
+                    peaks = {
+                        d: float(v)
+                        for d in ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")
+                        if (v := getattr(g.peak_flops, d)) is not None
+                    }
+                bw = bw or g.memory_bandwidth
+                sm = sm or g.sm_count
+            else:
+                c = cat.get("cpu", str(cat_name))
+                mem = cat.get("memory", c.memory_type)
+                if not peaks:
+                    peaks = {
+                        d: float(v)
+                        for d in ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")
+                        if (v := getattr(c.peak_flops, d)) is not None
+                    }
+                bw = bw or mem.bandwidth
+                sm = sm or c.cores
+        except Exception as e:  # a catalog problem must not hide behind a fitting error
+            if not (peaks and bw) and samples is None:
+                raise CalibrationError(f"cannot find the roofline of device {cat_name!r}: {e}") from None
+    if (not peaks or not bw) and samples is not None:
+        comp = samples[samples.op_class.isin(OP_CLASSES) & (samples.time_s > 0)]
+        if not peaks:
+            for dt, g in comp[comp.flops > 0].groupby("dtype"):
+                peaks[str(dt)] = float((g.flops / g.time_s).max())
+        if not bw:
+            mv = comp[comp.bytes_moved > 0]
+            bw = float((mv.bytes_moved / mv.time_s).max()) if len(mv) else 1e11
+    if not peaks or not bw:
+        raise CalibrationError("the device facts give no roofline (peak_flops and mem_bandwidth, or a catalog name)")
+    sm = sm or device.get("threads") or 1
+    return Roof({str(k): float(v) for k, v in peaks.items()}, float(bw), int(sm))
+
+
+# ---------------------------------------------------------------------------------------------
+# Features
+# ---------------------------------------------------------------------------------------------
+GEMM_TILES = ((64, 128), (64, 256), (128, 128), (128, 256), (256, 128), (256, 256))
+
+
+def _col(shape: Mapping[str, Any], key: str, n: int, default: float = 1.0) -> np.ndarray:
+    v = shape.get(key)
+    if v is None:
+        return np.full(n, default)
+    a = np.asarray(v, dtype=np.float64).reshape(-1)
+    if a.shape[0] != n:
+        a = np.broadcast_to(a, (n,)).astype(np.float64)
+    return np.where(np.isfinite(a) & (a > 0), a, default)
+
+
+def _lg(x: np.ndarray) -> np.ndarray:
+    return np.log2(np.maximum(x, 1e-30))
+
+
+def feature_names(op_class: str, kinds: Sequence[str] = (), with_tokens: bool = False) -> list[str]:
+    if op_class == "gemm":
+        names = ["log_m", "log_n", "log_k", "log_mnk", "log_mn_nk_mk", "log_shape_intensity", "log_peak", "log_nk",
+                 "log_n_over_k"]  # fmt: skip
+        for tm, tn in GEMM_TILES:
+            names += [f"wave_fill_{tm}x{tn}", f"log_tiles_{tm}x{tn}"]
+        return names
+    if op_class == "elementwise":
+        names = [f"kind_{k}" for k in kinds] + ["log_numel", "log_peak"]
+        if with_tokens:
+            names += ["log_tokens", "log_row_length", "row_wave_fill", "log_row_waves"]
+        return names
+    return [
+        "log_tokens", "log_ctx", "log_batch", "log_heads", "log_kv_heads", "log_head_dim",
+        "log_ctx_per_token", "log_score_elements", "log_kv_elements", "log_peak",
+    ]  # fmt: skip
+
+
+def features(
+    op_class: str,
+    flops: np.ndarray,
+    bytes_: np.ndarray,
+    shape: Mapping[str, Any],
+    peak: np.ndarray,
+    roof: Roof,
+    kinds: Sequence[str] = (),
+    with_tokens: bool = False,
+) -> np.ndarray:
+    """The (N, F) residual feature matrix of ``op_class`` operators (see :func:`feature_names`).
+
+    Features depend on the operator's *shape* (and the dtype's peak) only, never on its FLOPs or
+    bytes: those enter through the roofline base alone, so for a fixed shape the predicted time
+    grows with FLOPs and with bytes (int4 weights of the same GEMM take less time, more FLOPs
+    more). ``flops`` only gives the row count. Elementwise kernels run one thread block per token
+    row (norms, activation): with ``with_tokens`` the features add the row count
+    (``shape["tokens"]``), the row length and how the rows fill the SMs."""
+    n = np.asarray(flops).reshape(-1).shape[0]
+    lpeak = _lg(np.broadcast_to(np.asarray(peak, dtype=np.float64), (n,)))
+    sm = float(max(roof.sm_count, 1))
+    if op_class == "gemm":
+        m = _col(shape, "m", n)
+        nn = _col(shape, "n", n)
+        k = _col(shape, "k", n)
+        io = nn * k + m * k + m * nn
+        cols = [_lg(m), _lg(nn), _lg(k), _lg(m * nn * k), _lg(io), _lg(m * nn * k / io), lpeak, _lg(nn * k), _lg(nn / k)]
+        for tm, tn in GEMM_TILES:
+            tiles = np.ceil(m / tm) * np.ceil(nn / tn)
+            w = tiles / sm
+            cols += [w / np.ceil(w), _lg(tiles)]
+        return np.column_stack(cols)
+    if op_class == "elementwise":
+        numel = _col(shape, "numel", n)
+        ops = shape.get("op")
+        cols = []
+        if kinds:
+            kind_of = np.array(
+                [ELEMENTWISE_KIND.get(str(o), str(o)) for o in (ops if ops is not None else [""] * n)], dtype=object
+            )
+            for kd in kinds:
+                cols.append((kind_of == kd).astype(np.float64))
+        cols += [_lg(numel), lpeak]
+        if with_tokens:
+            tok = _col(shape, "tokens", n)
+            w = tok / sm
+            cols += [_lg(tok), _lg(numel / tok), w / np.ceil(w), _lg(np.ceil(w))]
+        return np.column_stack(cols)
+    tokens = _col(shape, "tokens", n)
+    ctx = _col(shape, "ctx", n)
+    heads = _col(shape, "heads", n)
+    kvh = _col(shape, "kv_heads", n)
+    d = _col(shape, "head_dim", n)
+    cols = [
+        _lg(tokens), _lg(ctx), _lg(_col(shape, "batch", n)), _lg(heads), _lg(kvh), _lg(d),
+        _lg(ctx / tokens), _lg(tokens * ctx * heads * d), _lg(ctx * kvh * d), lpeak,
+    ]  # fmt: skip
+    return np.column_stack(cols)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: roofline base
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RooflineBase:
+    launch_s: float
+    compute_efficiency: float
+    memory_efficiency: float
+    sharpness: float
+
+    def time(self, flops: np.ndarray, bytes_: np.ndarray, peak: np.ndarray | float, bw: float) -> np.ndarray:
+        tc = np.asarray(flops, dtype=np.float64) / (peak * self.compute_efficiency)
+        tm = np.asarray(bytes_, dtype=np.float64) / (bw * self.memory_efficiency)
+        q = self.sharpness
+        # (tc^q + tm^q)^(1/q) computed stably
+        hi = np.maximum(np.maximum(tc, tm), 1e-300)
+        body = hi * ((tc / hi) ** q + (tm / hi) ** q) ** (1.0 / q)
+        return self.launch_s + body
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "launch_s": float(self.launch_s),
+            "compute_efficiency": float(self.compute_efficiency),
+            "memory_efficiency": float(self.memory_efficiency),
+            "sharpness": float(self.sharpness),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RooflineBase:
+        return cls(
+            float(d["launch_s"]), float(d["compute_efficiency"]), float(d["memory_efficiency"]), float(d["sharpness"])
+        )
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: residual trees, stored as plain arrays
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Forest:
+    """A sum of regression trees as flat arrays (all trees' nodes concatenated).
+
+    Node i: if ``feature[i] < 0`` it is a leaf with ``value[i]``; else go to ``left[i]`` when
+    ``x[feature[i]] <= threshold[i]``, to ``right[i]`` otherwise. ``roots[t]`` is tree t's root.
+    """
+
+    feature: np.ndarray
+    threshold: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    value: np.ndarray
+    roots: np.ndarray
+    baseline: float
+    depth: int
+    _feat: np.ndarray = field(init=False, repr=False)
+    _thr: np.ndarray = field(init=False, repr=False)
+    _left: np.ndarray = field(init=False, repr=False)
+    _right: np.ndarray = field(init=False, repr=False)
+    _child: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        leaf = self.feature < 0
+        idx = np.arange(len(self.feature))
+        # leaves loop onto themselves so every row can step `depth` times
+        self._feat = np.where(leaf, 0, self.feature).astype(np.intp)
+        self._thr = np.where(leaf, np.inf, self.threshold)
+        self._left = np.where(leaf, idx, self.left).astype(np.intp)
+        self._right = np.where(leaf, idx, self.right).astype(np.intp)
+        self._child = np.stack([self._left, self._right], axis=1).ravel()  # node k: 2k left, 2k+1 right
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        X = np.ascontiguousarray(np.nan_to_num(np.asarray(X, dtype=np.float64), nan=0.0, posinf=1e30, neginf=-1e30))
+        n = X.shape[0]
+        if n == 0:
+            return np.zeros(0)
+        node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
+        flat = X.ravel()
+        row0 = (np.arange(n) * X.shape[1])[:, None]
+        for _ in range(self.depth):
+            # x > threshold: right (x <= threshold: left; leaves have an infinite threshold)
+            node = self._child[2 * node + (flat[row0 + self._feat[node]] > self._thr[node])]
+        return self.baseline + self.value[node].sum(axis=1)
+
+    @property
+    def n_trees(self) -> int:
+        return int(len(self.roots))
+
+    def to_json(self) -> dict[str, Any]:
+        trees = []
+        bounds = list(self.roots) + [len(self.feature)]
+        for t in range(len(self.roots)):
+            a, b = int(bounds[t]), int(bounds[t + 1])
+            trees.append(
+                {
+                    "feature": self.feature[a:b].astype(int).tolist(),
+                    "threshold": [float(x) if np.isfinite(x) else 0.0 for x in self.threshold[a:b]],
+                    "left": (self.left[a:b] - a).astype(int).tolist(),
+                    "right": (self.right[a:b] - a).astype(int).tolist(),
+                    "value": [float(x) for x in self.value[a:b]],
+                }
+            )
+        return {"baseline": float(self.baseline), "depth": int(self.depth), "trees": trees}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Forest:
+        feats, thr, left, right, val, roots = [], [], [], [], [], []
+        off = 0
+        for t in d["trees"]:
+            k = len(t["feature"])
+            if not (len(t["threshold"]) == len(t["left"]) == len(t["right"]) == len(t["value"]) == k):
+                raise ValueError("tree arrays of unequal length")
+            roots.append(off)
+            feats.append(np.asarray(t["feature"], dtype=np.int64))
+            thr.append(np.asarray(t["threshold"], dtype=np.float64))
+            left.append(np.asarray(t["left"], dtype=np.int64) + off)
+            right.append(np.asarray(t["right"], dtype=np.int64) + off)
+            val.append(np.asarray(t["value"], dtype=np.float64))
+            off += k
+        cat = np.concatenate
+        return cls(
+            cat(feats) if feats else np.zeros(0, np.int64),
+            cat(thr) if thr else np.zeros(0),
+            cat(left) if left else np.zeros(0, np.int64),
+            cat(right) if right else np.zeros(0, np.int64),
+            cat(val) if val else np.zeros(0),
+            np.asarray(roots, dtype=np.int64),
+            float(d["baseline"]),
+            int(d["depth"]),
+        )
+
+
+
+# ---------------------------------------------------------------------------------------------
+# One op class
+# ---------------------------------------------------------------------------------------------
+SHAPE_KEYS = {
+    "gemm": ("m", "n", "k"),
+    "elementwise": ("numel", "tokens"),
+    "attn_prefill": ("tokens", "ctx", "batch", "heads", "kv_heads", "head_dim"),
+    "attn_decode": ("tokens", "ctx", "batch", "heads", "kv_heads", "head_dim"),
+}
+
+
+@dataclass
+class ClassModel:
+    """The fitted time model of one operator class (base x residual trees)."""
+
+    op_class: str
+    roof: Roof
+    base: RooflineBase
+    forest: Forest | None = None
+    kinds: tuple[str, ...] = ()
+    launch_overhead: float = 0.0
+    forest_tokens: Forest | None = None
+    """Elementwise only: trees that also see the token (row) count, used when the operator's
+    shape carries ``tokens``; ``forest`` serves shapes without it."""
+    fit_error: dict[str, float] = field(default_factory=dict)
+    _memo: dict[tuple[Any, ...], float] = field(default_factory=dict, init=False, repr=False)
+    _eff_memo: dict[tuple[Any, ...], float] = field(default_factory=dict, init=False, repr=False)
+
+    MEMO_MAX = 200_000
+
+    def _raw_time(self, flops: np.ndarray, bytes_: np.ndarray, shape: Mapping[str, Any], peak: np.ndarray) -> np.ndarray:
+        t = self.base.time(flops, bytes_, peak, self.roof.mem_bandwidth)
+        if self.forest is None and self.forest_tokens is None:
+            return t
+        if self.op_class == "elementwise":
+            n = len(flops)
+            tok = shape.get("tokens")
+            has_tok = (
+                np.isfinite(np.asarray(tok, dtype=np.float64)) & (np.asarray(tok, dtype=np.float64) > 0)
+                if tok is not None and self.forest_tokens is not None
+                else np.zeros(n, dtype=bool)
+            )
+            r = np.zeros(n)
+            for use_tok, forest in ((False, self.forest), (True, self.forest_tokens)):
+                idx = np.flatnonzero(has_tok == use_tok)
+                if len(idx) == 0 or forest is None:
+                    continue
+                sub = {k: (np.asarray(v)[idx] if np.ndim(v) else v) for k, v in shape.items()}
+                r[idx] = self._elementwise_residual(forest, flops[idx], bytes_[idx], sub, peak[idx], use_tok)
+        else:
+            r = self.forest.predict(features(self.op_class, flops, bytes_, shape, peak, self.roof))
+        return t * np.exp(r)
+
+    def _elementwise_residual(self, forest: Forest, flops: np.ndarray, bytes_: np.ndarray, shape: Mapping[str, Any],
+                              peak: np.ndarray, with_tokens: bool) -> np.ndarray:  # fmt: skip
+        n = len(flops)
+        ops = shape.get("op")
+        names = [str(o) for o in np.broadcast_to(np.asarray(ops, dtype=object).reshape(-1), (n,))] if ops is not None else [""] * n
+        X = features("elementwise", flops, bytes_, shape, peak, self.roof, self.kinds, with_tokens)
+        r = forest.predict(X)
+        known = np.array([ELEMENTWISE_KIND.get(o, o) in self.kinds for o in names], dtype=bool)
+        if self.kinds and not known.all():
+            # an operator whose kernel was never measured: the mean over the measured kinds
+            nk = len(self.kinds)
+            idx = np.flatnonzero(~known)
+            Xu = np.repeat(X[idx], nk, axis=0)
+            Xu[:, :nk] = np.tile(np.eye(nk), (len(idx), 1))
+            r[idx] = forest.predict(Xu).reshape(len(idx), nk).mean(axis=1)
+        return r
+
+    def _keys(self, F: np.ndarray, B: np.ndarray, shape: Mapping[str, Any], dts: list[str]) -> list[tuple[Any, ...]]:
+        n = F.shape[0]
+        cols: list[list[Any]] = [dts, F.tolist(), B.tolist()]
+        for k in SHAPE_KEYS[self.op_class]:
+            v = shape.get(k)
+            cols.append([None] * n if v is None else np.broadcast_to(np.asarray(v, dtype=np.float64).reshape(-1), (n,)).tolist())
+        if self.op_class == "elementwise":
+            ops = shape.get("op")
+            # a scalar op name (one operator) is broadcast like the numeric shape keys
+            cols.append([""] * n if ops is None else [str(o) for o in np.broadcast_to(np.asarray(ops, dtype=object).reshape(-1), (n,))])
+        return list(zip(*cols))
+
+    def _subset(self, shape: Mapping[str, Any], idx: np.ndarray, n: int) -> dict[str, Any]:
+        sub: dict[str, Any] = {}
+        for k in SHAPE_KEYS[self.op_class]:
+            if k in shape and shape[k] is not None:
+                sub[k] = np.broadcast_to(np.asarray(shape[k], dtype=np.float64).reshape(-1), (n,))[idx]
+        if "op" in shape and shape["op"] is not None:
+            sub["op"] = np.asarray(shape["op"], dtype=object).reshape(-1)[idx]
+        return sub
+
+    def predict_time(
+        self, flops: np.ndarray, bytes_: np.ndarray, shape: Mapping[str, Any], dtype: str | Sequence[str],
+        memo: bool = True,
+    ) -> np.ndarray:  # fmt: skip
+        """Predicted seconds per operator, launch overhead included (memoised per shape)."""
+        F = np.atleast_1d(np.asarray(flops, dtype=np.float64))
+        B = np.atleast_1d(np.asarray(bytes_, dtype=np.float64))
+        n = F.shape[0]
+        dts = [str(dtype)] * n if isinstance(dtype, str) else [str(d) for d in dtype]
+        if not memo:
+            return self._raw_time(F, B, self._subset(shape, np.arange(n), n), self.roof.peaks(dts))
+        keys = self._keys(F, B, shape, dts)
+        table = self._memo
+        vals = [table.get(k) for k in keys]
+        miss = [i for i, v in enumerate(vals) if v is None]
+        if miss:
+            mi = np.asarray(miss)
+            t = self._raw_time(F[mi], B[mi], self._subset(shape, mi, n), self.roof.peaks([dts[i] for i in miss]))
+            if len(table) > self.MEMO_MAX:
+                table.clear()
+            for j, i in enumerate(miss):
+                vals[i] = table[keys[i]] = float(t[j])
+        return np.array(vals, dtype=np.float64)
+
+    def efficiency(self, flops: np.ndarray, bytes_: np.ndarray, shape: Mapping[str, Any], dtype: str) -> np.ndarray:
+        """ideal / (predicted - launch overhead), the ideal at the profile's own roofline
+        (memoised per shape: a repeated call costs a dictionary lookup per operator)."""
+        F = np.atleast_1d(np.asarray(flops, dtype=np.float64))
+        B = np.atleast_1d(np.asarray(bytes_, dtype=np.float64))
+        n = F.shape[0]
+        dts = [str(dtype)] * n
+        keys = self._keys(F, B, shape, dts)
+        table = self._eff_memo
+        vals = [table.get(k) for k in keys]
+        miss = [i for i, v in enumerate(vals) if v is None]
+        if miss:
+            mi = np.asarray(miss)
+            t = self._raw_time(F[mi], B[mi], self._subset(shape, mi, n), self.roof.peaks([dts[i] for i in miss]))
+            ideal = self.roof.ideal(F[mi], B[mi], self.roof.peak(dtype))
+            busy = np.maximum(t - self.launch_overhead, 1e-15)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                eff = np.clip(np.where(ideal > 0, ideal / busy, 1.0), 1e-6, 1.0)
+            if len(table) > self.MEMO_MAX:
+                table.clear()
+            for j, i in enumerate(miss):
+                vals[i] = table[keys[i]] = float(eff[j])
+        return np.array(vals, dtype=np.float64)
+
+    # ---- persistence -------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "kind": "roofline base x gradient-boosted residual trees"
+            if (self.forest is not None or self.forest_tokens is not None)
+            else "roofline base",
+            "base": self.base.to_dict(),
+        }
+        if self.forest is not None:
+            d["residual"] = {
+                "file": "models.json",
+                "key": self.op_class,
+                "trees": self.forest.n_trees,
+                "max_depth": self.forest.depth,
+                "target": "log(measured time / base time)",
+                "features": feature_names(self.op_class, self.kinds),
+            }
+            if self.kinds:
+                d["residual"]["kernel_kinds"] = list(self.kinds)
+            if self.forest_tokens is not None:
+                d["residual_with_tokens"] = {
+                    "file": "models.json",
+                    "key": f"{self.op_class}_tokens",
+                    "trees": self.forest_tokens.n_trees,
+                    "max_depth": self.forest_tokens.depth,
+                    "used_when": "the operator's shape gives tokens (rows); else the residual above",
+                    "features": feature_names(self.op_class, self.kinds, with_tokens=True),
+                }
+                if self.kinds:
+                    d["residual_with_tokens"]["kernel_kinds"] = list(self.kinds)
+        return d
+
+
+
+@dataclass
+class Profile(EfficiencyModel):
+    """A loaded (or freshly fitted) calibration profile; an :class:`EfficiencyModel`."""
+
+    name: str
+    device: dict[str, Any]
+    source: str
+    license: str
+    samples: Any = None
+    """The raw samples (pandas DataFrame)."""
+    models: dict[str, Any] = field(default_factory=dict)
+    """Fitted :class:`ClassModel` per measured op class."""
+    overheads: dict[str, float] = field(default_factory=dict)
+    """Launch overhead (s) per op class (``launch_overhead`` in the YAML)."""
+    notes: dict[str, str] = field(default_factory=dict)
+    links: dict[str, Any] = field(default_factory=dict)
+    memory: dict[str, Any] = field(default_factory=dict)
+    ssd: dict[str, Any] = field(default_factory=dict)
+    collectives: dict[str, Any] = field(default_factory=dict)
+    threads: int | None = None
+    cross_validation: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    host: HostOverhead | None = None
+    """Host time per engine iteration (``host_overhead`` in the YAML); None: not in the profile."""
+    _default: DatasheetEfficiency = field(default_factory=DatasheetEfficiency, repr=False)
+
+    # ---- EfficiencyModel ---------------------------------------------------------------------
+    def is_measured(self, op_class: str) -> bool:
+        return op_class in self.models
+
+    def launch_overhead(self, op_class: str) -> float:
+        """Fixed seconds per operator launch of ``op_class``."""
+        return float(self.overheads.get(op_class, self._default.launch_overhead(op_class)))
+
+    def efficiency(
+        self,
+        op_class: str,
+        flops: np.ndarray,
+        bytes_: np.ndarray,
+        shape: Mapping[str, np.ndarray],
+        peak_flops: float,
+        peak_bw: float,
+        dtype: str,
+    ) -> np.ndarray:
+        """Fraction of the ideal roofline speed achieved. For measured classes the fitted model's
+        predicted time (minus the launch overhead) is turned into an efficiency against the
+        profile's own roofline (``device.peak_flops``/``device.mem_bandwidth``), so a caller whose
+        catalog peaks are those gets the fitted time back exactly; another dtype's peak scales it."""
+        cm = self.models.get(op_class)
+        if cm is None:
+            return self._default.efficiency(op_class, flops, bytes_, shape, peak_flops, peak_bw, dtype)
+        return cm.efficiency(flops, bytes_, shape, dtype)
+
+    def roofline_time(self, op_class: str, flops: Any, bytes_: Any, peak_flops: float, peak_bw: float) -> Any:
+        """Closed-form seconds for classes this profile did not measure (the datasheet defaults);
+        None for measured classes, whose time needs the fitted model."""
+        if op_class in self.models:
+            return None
+        return self._default.roofline_time(op_class, flops, bytes_, peak_flops, peak_bw)
+
+    def predict_time(self, op_class: str, flops: Any, bytes_: Any, shape: Mapping[str, Any], dtype: str) -> np.ndarray:
+        """Seconds per operator at the profile's own roofline (launch overhead included)."""
+        cm = self.models.get(op_class)
+        F = np.atleast_1d(np.asarray(flops, dtype=np.float64))
+        B = np.atleast_1d(np.asarray(bytes_, dtype=np.float64))
+        if cm is not None:
+            return cm.predict_time(F, B, shape, dtype)
+        roof = roof_from_device(self.device)
+        pf = roof.peak(dtype)
+        ideal = roof.ideal(F, B, pf)
+        eff = np.clip(self._default.efficiency(op_class, F, B, shape, pf, roof.mem_bandwidth, dtype), 1e-4, 1.0)
+        return ideal / eff + self.launch_overhead(op_class)
+
+    def measured_device(self) -> dict[str, Any] | None:
+        return self.device
+
+    def measured_links(self) -> Mapping[str, Any]:
+        return self.links
+
+    def measured_ssd(self) -> Mapping[str, Any]:
+        return self.ssd
+
+    def host_overhead(self) -> HostOverhead | None:
+        return self.host
+
+    @property
+    def fingerprint(self) -> dict[str, Any] | None:
+        """``device.fingerprint`` (normalised), or None for a profile written without one."""
+        fp = self.device.get("fingerprint")
+        return dict(fp) if isinstance(fp, Mapping) else None
+
+    def dtypes(self) -> list[str]:
+        return list(self.device.get("dtypes") or [])
+
+    def collective_fit(self, kind: str, topology: str, num_gpus: int) -> Any:
+        """The fitted :class:`~simkit.cost.collectives.CollectiveFit`, or None if not measured."""
+        from simkit.cost.collectives import CollectiveFit
+
+        entry = ((self.collectives.get(topology) or {}).get(kind) or {}).get(int(num_gpus))
+        if entry is None:
+            return None
+        return CollectiveFit.from_dict(kind, int(num_gpus), entry)
+
+    # ---- YAML (writing: simkit.calibrate.store) ------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, *, with_samples: bool = True) -> Profile:
+        """Read a profile folder or its profile.yaml. Every problem raises CalibrationError naming
+        the file and the key."""
+        from simkit.specs.yamlio import load_yaml
+
+        p = Path(path)
+        try:
+            f = p / PROFILE_FILE if p.is_dir() else p
+        except OSError:  # not a usable path (e.g. too long): load_yaml names it
+            f = p
+        where = str(f)
+        data = load_yaml(f, error=CalibrationError)
+        if not isinstance(data, dict):
+            raise CalibrationError("expected a mapping at the top level", where=where)
+
+        def need(d: Mapping[str, Any], key: str, path_: str, typ: type | tuple[type, ...] | None = None) -> Any:
+            if not isinstance(d, Mapping) or key not in d:
+                raise CalibrationError("required key is missing", where=where, key=f"{path_}{key}")
+            v = d[key]
+            if typ is not None and not isinstance(v, typ):
+                raise CalibrationError(f"expected {getattr(typ, '__name__', typ)}, got {type(v).__name__}", where=where, key=f"{path_}{key}")
+            return v
+
+        ver = need(data, "simkit_profile", "")
+        if ver != PROFILE_VERSION:
+            raise CalibrationError(f"unsupported profile version {ver!r} (this simkit reads {PROFILE_VERSION})", where=where, key="simkit_profile")
+        name = str(need(data, "name", ""))
+        device = need(data, "device", "", dict)
+        kind = need(device, "kind", "device.")
+        if kind not in ("gpu", "cpu"):
+            raise CalibrationError(f"expected gpu or cpu, got {kind!r}", where=where, key="device.kind")
+        if "fingerprint" in device:
+            device = {**device, "fingerprint": parse_fingerprint(device["fingerprint"], kind, where)}
+        host = parse_host_overhead(data["host_overhead"], where) if "host_overhead" in data else None
+        source = str(need(data, "source", ""))
+        lic = str(need(data, "license", ""))
+        eff = need(data, "efficiency", "", dict)
+        overhead = data.get("launch_overhead") or {}
+        if not isinstance(overhead, dict):
+            raise CalibrationError("expected a mapping of op class to seconds", where=where, key="launch_overhead")
+        samples = None
+        samples_rel = need(data, "samples", "", str)
+        if with_samples:
+            samples = _read_samples(f.parent / samples_rel, where)
+        forests: dict[str, Any] = {}
+        measured = [c for c in OP_CLASSES if isinstance(eff.get(c), dict) and eff[c].get("measured")]
+        wanted: dict[str, str] = {}  # models.json key -> where in profile.yaml it is named
+        for c in measured:
+            model = eff[c].get("model")
+            if not isinstance(model, dict):
+                continue
+            for sect in ("residual", "residual_with_tokens"):
+                if isinstance(model.get(sect), dict):
+                    wanted[str(model[sect].get("key", c if sect == "residual" else f"{c}_tokens"))] = f"efficiency.{c}.model.{sect}"
+        models_rel = data.get("models")
+        if wanted:
+            if not models_rel:
+                raise CalibrationError("efficiency models name residual trees but the profile has no 'models' file", where=where, key="models")
+            mf = f.parent / str(models_rel)
+            try:
+                raw = json.loads(mf.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise CalibrationError(f"models file not found: {mf}", where=str(mf)) from None
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise CalibrationError(f"cannot read the fitted models ({e.__class__.__name__}: {e})", where=str(mf)) from None
+            if not isinstance(raw, dict):
+                raise CalibrationError("expected a mapping of model keys to trees", where=str(mf))
+            for key, named_at in wanted.items():
+                if key not in raw:
+                    raise CalibrationError(f"no trees {key!r} (named at {named_at} of {f.name})", where=str(mf), key=key)
+                try:
+                    forests[key] = Forest.from_json(raw[key])
+                except (KeyError, TypeError, ValueError, IndexError) as e:
+                    raise CalibrationError(f"malformed trees ({e.__class__.__name__}: {e})", where=str(mf), key=key) from None
+        try:
+            roof = roof_from_device(device)
+        except CalibrationError as e:
+            raise CalibrationError(e.message, where=where, key="device.peak_flops") from None
+        models: dict[str, Any] = {}
+        notes: dict[str, str] = {}
+        cv: dict[str, Any] = {}
+        for c in OP_CLASSES:
+            entry = eff.get(c)
+            if entry is None:
+                notes[c] = "not in the profile: datasheet default efficiency"
+                continue
+            if not isinstance(entry, dict):
+                raise CalibrationError("expected a mapping", where=where, key=f"efficiency.{c}")
+            m = need(entry, "measured", f"efficiency.{c}.", bool)
+            notes[c] = str(entry.get("note", ""))
+            if "cross_validation" in entry:
+                cv[c] = entry["cross_validation"]
+            if not m:
+                continue
+            model = need(entry, "model", f"efficiency.{c}.", dict)
+            base_d = need(model, "base", f"efficiency.{c}.model.", dict)
+            try:
+                base = RooflineBase.from_dict(base_d)
+            except KeyError as e:
+                raise CalibrationError("required key is missing", where=where, key=f"efficiency.{c}.model.base.{e.args[0]}") from None
+            except (TypeError, ValueError) as e:
+                raise CalibrationError(f"expected numbers ({e})", where=where, key=f"efficiency.{c}.model.base") from None
+            res = model.get("residual") or {}
+            res_tok = model.get("residual_with_tokens") or {}
+            kinds = tuple(res.get("kernel_kinds") or res_tok.get("kernel_kinds") or ())
+            for sect, sec, tok in (("residual", res, False), ("residual_with_tokens", res_tok, True)):
+                if sec and "features" in sec and list(sec["features"]) != feature_names(c, kinds, tok):
+                    raise CalibrationError(
+                        "the residual trees were fitted on other features than this simkit computes "
+                        f"({len(sec['features'])} vs {len(feature_names(c, kinds, tok))}): refit the profile",
+                        where=where,
+                        key=f"efficiency.{c}.model.{sect}.features",
+                    )
+            cm = ClassModel(c, roof, base, forests.get(str(res.get("key", c))) if res else None, kinds)
+            if res_tok:
+                cm.forest_tokens = forests.get(str(res_tok.get("key", f"{c}_tokens")))
+            cm.launch_overhead = float(overhead.get(c, base.launch_s))
+            fe = need(entry, "fit_error", f"efficiency.{c}.", dict)
+            cm.fit_error = dict(fe)
+            models[c] = cm
+        prof = cls(
+            name=name,
+            device=dict(device),
+            source=source,
+            license=lic,
+            samples=samples,
+            models=models,
+            overheads={str(k): float(v) for k, v in overhead.items()},
+            notes=notes,
+            links=dict(data.get("links") or {}),
+            memory=dict(data.get("memory") or {}),
+            ssd=dict(data.get("ssd") or {}),
+            collectives=dict(data.get("collectives") or {}),
+            threads=data.get("threads"),
+            cross_validation=cv,
+            path=f,
+            host=host,
+        )
+        return prof
+
+
+
+
+def _read_samples(path: Path, where: str) -> Any:
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path, low_memory=False)
+    except FileNotFoundError:
+        raise CalibrationError(f"samples file not found: {path}", where=where, key="samples") from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise CalibrationError(f"unreadable samples ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})", where=str(path)) from None
+    for col in ("op_class", "time_s"):
+        if col not in df.columns:
+            raise CalibrationError(f"the samples lack the column {col!r}", where=str(path))
+    return df
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding and resolving profiles
+
+
+_CACHE: dict[tuple[str, float], Profile] = {}
+
+
+def load_cached(path: str | Path) -> Profile:
+    """Profile.load, cached per file and modification time (samples are not read)."""
+    p = Path(path)
+    try:
+        f = p / PROFILE_FILE if p.is_dir() else p
+    except OSError:  # not a usable path (e.g. too long): Profile.load names it
+        f = p
+    try:
+        key = (str(f.resolve()), f.stat().st_mtime)
+    except OSError:
+        return Profile.load(f, with_samples=False)
+    prof = _CACHE.get(key)
+    if prof is None:
+        prof = Profile.load(f, with_samples=False)
+        _CACHE[key] = prof
+    return prof
+
+
+def calibrate_command(device_kind: str, catalog_name: str) -> str:
+    """The command that measures a profile of ``catalog_name`` on the machine it runs on."""
+    dev = "cuda" if device_kind == "gpu" else "cpu"
+    return f"simkit calibrate --device {dev} --catalog {catalog_name} --out calibration/profiles/{catalog_name}-local"
+
+
+def _catalog_facts(device_kind: str, catalog_name: str) -> dict[str, Any]:
+    from simkit.specs.catalog import default_catalog
+
+    try:
+        item = default_catalog().get(device_kind, str(catalog_name))
+    except Exception:  # a device outside the default catalog: nothing to compare with
+        return {}
+    return catalog_fingerprint(device_kind, item)
+
+
+def resolve_calibration(setting: str, device_kind: str, catalog_name: str) -> tuple[EfficiencyModel, str, str | None]:
+    """The scenario key ``calibration: auto | none | <path>`` -> (model, description, warning).
+
+    ``auto``: the first shipped/user profile (name order) of this catalog device whose
+    ``device.fingerprint`` agrees with what the catalog says about the device (GPU: SM count and
+    memory; CPU: hardware threads); a profile whose fingerprint differs, or that has none, is not
+    used: the datasheet defaults are, with a warning naming what differs and the command that
+    calibrates. ``none``: the datasheet defaults. A path: that profile (errors if it is missing or
+    corrupt, or if it was measured on another device kind; warns if its catalog name or
+    fingerprint disagrees with the scenario's device)."""
+    s = str(setting).strip()
+    if s == "none":
+        return DatasheetEfficiency(), "datasheet defaults (calibration: none)", None
+    if s == "auto":
+        found = find_profiles(device_kind, catalog_name)
+        if not found:
+            return (
+                DatasheetEfficiency(),
+                "datasheet defaults (no calibration profile matches)",
+                f"no calibration profile for {device_kind} {catalog_name!r} in {profiles_dir()}: using datasheet "
+                f"default efficiencies (accuracy ~30%); run `{calibrate_command(device_kind, catalog_name)}` "
+                "or pass calibration: <path>",
+            )
+        target = _catalog_facts(device_kind, catalog_name)
+        rejected = []
+        for f, dev in found:
+            raw = dev.get("fingerprint")
+            if not isinstance(raw, Mapping):
+                rejected.append(f"{f.parent.name} has no device fingerprint")
+                continue
+            fp = parse_fingerprint(raw, device_kind, str(f))
+            m = compare_fingerprints(fp, target)
+            if m.matches:
+                prof = load_cached(f)
+                return prof, _describe(prof), None
+            rejected.append(f"{f.parent.name} differs from catalog {catalog_name} ({m.describe(f'catalog {catalog_name}')})")
+        return (
+            DatasheetEfficiency(),
+            "datasheet defaults (no calibration profile's fingerprint matches)",
+            f"WARNING: no calibration profile of {device_kind} {catalog_name!r} matches its device fingerprint: "
+            f"{'; '.join(rejected)}. Using datasheet default efficiencies (accuracy ~30%). Measure the device with "
+            f"`{calibrate_command(device_kind, catalog_name)}`, or pass calibration: <path> to use a profile anyway",
+        )
+    prof = load_cached(s)
+    dev_kind = prof.device.get("kind")
+    if dev_kind != device_kind:
+        raise CalibrationError(
+            f"the profile was measured on a {dev_kind}, but the scenario computes on a {device_kind}",
+            where=str(prof.path or s),
+            key="device.kind",
+        )
+    warn = None
+    cat = prof.device.get("catalog")
+    if cat and str(cat) != str(catalog_name):
+        warn = f"calibration profile {prof.name!r} was measured on {cat}, the scenario uses {catalog_name}"
+    elif prof.fingerprint is not None:
+        m = compare_fingerprints(prof.fingerprint, _catalog_facts(device_kind, catalog_name))
+        if not m.matches:
+            warn = (f"WARNING: calibration profile {prof.name!r} describes another {device_kind} than catalog "
+                    f"{catalog_name} ({m.describe(f'catalog {catalog_name}')}); measure it with "
+                    f"`{calibrate_command(device_kind, catalog_name)}`")  # fmt: skip
+    return prof, _describe(prof), warn
+
+
+def _describe(prof: Profile) -> str:
+    meas = [c for c in OP_CLASSES if prof.is_measured(c)]
+    unmeas = [c for c in OP_CLASSES if not prof.is_measured(c)]
+    s = f"profile {prof.name} ({prof.path})"
+    if meas:
+        s += f": measured {', '.join(meas)}"
+    if unmeas:
+        s += f"; datasheet defaults for {', '.join(unmeas)}"
+    return s

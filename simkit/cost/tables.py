@@ -1,0 +1,145 @@
+"""Per-token-count operator tables of an :class:`~simkit.cost.iteration.IterationModel`, and
+their on-disk cache.
+
+Building the tables evaluates every token-dependent operator (with a calibration profile: the
+fitted trees) at every token count up to the largest a batch can have, which costs most of a
+cold start. The result depends only on the model, the compute device (its peaks and bandwidth,
+what-if scales included), the efficiency model (a profile's fitted models, or the datasheet
+defaults), the precision, the tensor/expert-parallel layout, the table size and the software
+(simkit and numpy versions). The cache key is a SHA-256 over all of those, taken from the
+objects themselves (not file names or dates), so a cached table is never stale: changing any
+input gives another key. Entries are written atomically and verified (key and size) on load.
+
+Where: ``$SIMKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/simkit``, else ``~/.cache/simkit``;
+``SIMKIT_CACHE_DIR=`` (empty) turns the cache off. An efficiency model whose content cannot be
+fingerprinted (not a dataclass of plain values and arrays) is never cached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from simkit.cost.iteration import IterationModel
+
+FORMAT = 1
+"""Bumped whenever what the tables contain or how they are computed changes."""
+
+_SKIP_FIELDS = frozenset({"samples", "path", "notes", "cross_validation", "fit_error"})
+"""Profile fields that do not change a prediction (raw samples, where it was read from, prose)."""
+
+
+class _Unfingerprintable(Exception):
+    pass
+
+
+def cache_dir() -> Path | None:
+    """The table cache folder, or None when caching is off."""
+    env = os.environ.get("SIMKIT_CACHE_DIR")
+    if env is not None:
+        return Path(env) / "tables" if env.strip() else None
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "simkit" / "tables"
+
+
+def _feed(h: Any, x: Any) -> None:
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        h.update(f"<{type(x).__module__}.{type(x).__qualname__}>".encode())
+        for f in dataclasses.fields(x):
+            if f.name.startswith("_") or f.name in _SKIP_FIELDS:
+                continue
+            h.update(f.name.encode())
+            _feed(h, getattr(x, f.name))
+    elif isinstance(x, np.ndarray):
+        h.update(f"nd{x.dtype.str}{x.shape}".encode())
+        h.update(np.ascontiguousarray(x).tobytes())
+    elif isinstance(x, Mapping):
+        h.update(b"{")
+        for k in sorted(x, key=str):
+            h.update(repr(k).encode())
+            _feed(h, x[k])
+        h.update(b"}")
+    elif isinstance(x, list | tuple):
+        h.update(b"[")
+        for v in x:
+            _feed(h, v)
+        h.update(b"]")
+    elif x is None or isinstance(x, str | bool | int | float | np.integer | np.floating):
+        h.update(f"{type(x).__name__}:{x!r};".encode())
+    elif hasattr(x, "model_dump_json"):
+        h.update(f"<{type(x).__qualname__}>".encode() + x.model_dump_json().encode())
+    else:
+        raise _Unfingerprintable(type(x).__name__)
+
+
+def table_key(cost: IterationModel, size: int) -> str | None:
+    """The cache key of ``cost``'s operator tables of ``size`` entries; None if not cacheable."""
+    from simkit import __version__
+
+    h = hashlib.sha256()
+    try:
+        for part in (
+            FORMAT, __version__, np.__version__, size, cost.model, cost.device, cost.efficiency, cost.precision,
+            cost.tp, cost.ep, cost.ep_share,
+        ):
+            _feed(h, part)
+    except _Unfingerprintable:
+        return None
+    return h.hexdigest()
+
+
+def compute_op_tables(cost: IterationModel, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(per-layer, non-layer, head) seconds of the token-dependent operators for 0..size-1 tokens,
+    collectives excluded (they are added by the caller)."""
+    from simkit.cost.iteration import NON_LAYER_OPS, _op_time_arrays
+    from simkit.cost.ops import token_ops
+
+    T = np.arange(size, dtype=np.float64)
+    ops = token_ops(cost.model, T, T, cost.tp, cost.precision, cost.ep, cost.ep_share)
+    L = cost.model.num_layers
+    per_layer = np.zeros(size)
+    nonlayer = np.zeros(size)
+    head = np.zeros(size)
+    for op in ops:
+        t = _op_time_arrays(op, cost.device, cost.efficiency, cost.dtype) * op.count
+        if op.name in ("lm_head", "sampling"):
+            head += t
+        elif op.name in NON_LAYER_OPS:
+            nonlayer += t
+        else:
+            per_layer += t / L
+    return per_layer, nonlayer, head
+
+
+def op_tables(cost: IterationModel, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`compute_op_tables`, through the on-disk cache when it is on."""
+    folder = cache_dir()
+    key = table_key(cost, size) if folder is not None else None
+    if folder is None or key is None:
+        return compute_op_tables(cost, size)
+    path = folder / f"{key}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["key"]) == key and z["per_layer"].shape == (size,):
+                return z["per_layer"].copy(), z["nonlayer"].copy(), z["head"].copy()
+    except (OSError, KeyError, ValueError):
+        pass  # missing, partial or foreign: rebuild
+    tables = compute_op_tables(cost, size)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, key=np.array(key), per_layer=tables[0], nonlayer=tables[1], head=tables[2])
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only or full cache folder only costs the rebuild next time
+    return tables

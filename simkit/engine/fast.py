@@ -1,0 +1,472 @@
+"""The fast exact path of the serving loop: the same decisions as :class:`Replica`, with O(1)
+running totals per step instead of per-request numpy work.
+
+The reference loop gathers every decoding request's KV length, generated count and block count
+from the request table at every step, and scatters them back. Here a replica keeps its decoding
+requests as offsets from a per-replica decode clock ``D`` (decode iterations executed by the
+replica): a request that joined the decode set at clock ``D0`` with ``kv0`` cached tokens has
+``kv0 - D0 + D`` of them now, so the batch's KV sum is ``sum(offsets) + B * D``. The first request
+to finish is the top of a heap of finishing clocks. KV block growth is counted without touching
+requests: a request needs its next block at a clock ``n0`` fixed when it joins, then every
+``block_size`` steps, so the blocks a run needs are counted from per-residue bucket counts
+(``n0 mod block_size``) plus the few requests that have not reached their first boundary yet.
+Inter-token gaps of a step go to the histogram once per group of requests whose last token
+came at the same time (all of the batch but the newest members), with the group size as weight.
+The request table is brought up to date for a request when it leaves the decode set (finish,
+preemption) and for all of them when the run ends (:meth:`FastReplica.sync`).
+
+Everything else is the reference engine's own code (the policies, admission, the event loop,
+the cost model calls with the same arguments), so per-request times are bit-for-bit those of
+:class:`Replica`; ``tests/test_fast_engine.py`` checks that on random scenarios. Plans the fast
+path does not cover run on the reference engine, and ``summary.json`` says which path ran and
+why (``engine_path``). Covered: ``continuous`` and ``chunked_prefill`` batching, any number of
+replicas and any routing, recompute preemption. Not covered (reference engine): static
+batching, disaggregated serving, prefix caching, swap preemption, KV spill, offloading,
+pipeline parallelism, layer-by-layer execution and Chrome traces.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import insort
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import simpy
+
+from simkit.cost.iteration import IterationModel
+from simkit.engine.interfaces import BatchingPolicy, Step
+from simkit.engine.kvcache import KVBlockManager
+from simkit.engine.replica import IterationLog, Replica, ReplicaConfig, ReplicaGroup, Stage
+from simkit.engine.resources import Link
+from simkit.engine.state import RequestTable, TBTHistogram
+
+
+class _DecodeSet:
+    """What :meth:`FastReplica.decode_ready` hands a policy: only its size is read."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def stand_in_contexts(n: int, total: int, longest: int) -> np.ndarray:
+    """``n`` contexts in [1, longest] with sum ``total`` and maximum ``longest`` (the first), for
+    ``n`` real contexts in [1, longest] with that sum and maximum."""
+    out = np.empty(n, dtype=np.int64)
+    out[0] = longest
+    k = n - 1
+    if k:
+        rest = total - longest
+        out[1:] = rest // k
+        out[1 : 1 + rest % k] += 1
+    return out
+
+
+def fast_path_reason(
+    policy: str,
+    prefix_cache: bool,
+    preemption: str,
+    offloaded: bool,
+    pp: int,
+    layerwise: bool,
+    spill: bool,
+    trace: bool,
+) -> str | None:
+    """None when the fast path covers the plan, else why it runs on the reference engine."""
+    if policy not in ("continuous", "chunked_prefill"):
+        return f"batching policy {policy}"
+    if prefix_cache:
+        return "prefix caching"
+    if preemption != "recompute":
+        return f"{preemption} preemption"
+    if offloaded:
+        return "offloading"
+    if pp > 1:
+        return "pipeline parallelism"
+    if layerwise:
+        return "layer-by-layer execution"
+    if spill:
+        return "KV spill"
+    if trace:
+        return "Chrome trace output"
+    return None
+
+
+class FastReplica(Replica):
+    """A :class:`Replica` whose decoding requests are kept as running totals (see the module
+    docstring). Only the plans :func:`fast_path_reason` accepts may use it."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        index: int,
+        table: RequestTable,
+        cost: IterationModel,
+        policy: BatchingPolicy,
+        kv: KVBlockManager,
+        cfg: ReplicaConfig,
+        tbt: TBTHistogram,
+        log: IterationLog,
+        next_arrival: Callable[[], float],
+        links: dict[str, Link] | None = None,
+        on_prefilled: Callable[[int, int], None] | None = None,
+        tracer: Any = None,
+        group: ReplicaGroup | None = None,
+        stages: list[Stage] | None = None,
+        engine_id: int = 0,
+        offload: Any = None,
+    ) -> None:
+        super().__init__(
+            env, index, table, cost, policy, kv, cfg, tbt, log, next_arrival, links, on_prefilled, tracer,
+            group=group, stages=stages, engine_id=engine_id, offload=offload,
+        )
+        bs = self.cfg.block_size
+        self._D = 0
+        """Decode clock: decode iterations this replica has executed."""
+        self._Xa = 0
+        """Clock up to which the decoding requests' KV blocks are allocated (>= the decode clock)."""
+        self._info: dict[int, list[Any]] = {}
+        """request -> [offset, join clock, generated at join, blocks at join, n0, last token at
+        join, finishing clock]."""
+        self._sum_off = 0
+        self._fin: list[tuple[int, int]] = []
+        self._long: list[tuple[int, int]] = []
+        """(-offset, request): the longest decoding context is the top's offset + clock."""
+        self._cnt = [0] * bs
+        """Requests past their first block boundary, by n0 mod block_size."""
+        self._n_active = 0
+        self._pending: list[tuple[int, int]] = []
+        """(n0, request) of requests that have not reached their first block boundary, sorted."""
+        self._fresh: dict[float, int] = {}
+        """last-token time -> count, of requests that joined since the last decode step."""
+        self._last_dec = 0.0
+        """End time of the last step that decoded the whole decode set."""
+        self._prefill_memo: dict[tuple[int, int, int], float] = {}
+
+    # ---- the decode set ----------------------------------------------------------------------
+    def _join(self, i: int) -> None:
+        t = self.table
+        clock = self._D
+        kv = int(t.kv_len[i])
+        have = int(t.blocks[i]) + int(t.shared_blocks[i])
+        off = kv - clock
+        n0 = have * self.cfg.block_size - off
+        gen = int(t.gen[i])
+        lt = float(t.last_token[i])
+        fin = clock + int(t.output[i]) - gen
+        self._info[i] = [off, clock, gen, int(t.blocks[i]), n0, lt, fin]
+        self._sum_off += off
+        heapq.heappush(self._fin, (fin, i))
+        long = self._long
+        heapq.heappush(long, (-off, i))
+        if len(long) > 2 * len(self._info) + 64:
+            # stale entries of departed requests pile up when nothing reads the maximum
+            # (continuous batching): keep the heap proportional to the batch
+            long[:] = [(-e[0], k) for k, e in self._info.items()]
+            heapq.heapify(long)
+        if n0 <= self._Xa:
+            self._cnt[n0 % self.cfg.block_size] += 1
+            self._n_active += 1
+        else:
+            insort(self._pending, (n0, i))
+        self._fresh[lt] = self._fresh.get(lt, 0) + 1
+
+    def _extra(self, n0: int) -> int:
+        """Blocks a request with first boundary ``n0`` has gained since it joined."""
+        x = self._Xa - n0
+        return -(-x // self.cfg.block_size) if x > 0 else 0
+
+    def _write(self, i: int, info: list[Any]) -> None:
+        """Write decoding request ``i``'s state to the request table."""
+        off, d0, g0, b0, n0, lt, _ = info
+        t = self.table
+        clock = self._D
+        t.kv_len[i] = off + clock
+        t.gen[i] = g0 + clock - d0
+        t.last_token[i] = lt if clock == d0 else self._last_dec
+        t.blocks[i] = b0 + self._extra(n0)
+
+    def _leave(self, i: int) -> None:
+        """Write request ``i``'s state to the table and drop it from the decode set."""
+        self._write(i, self._info[i])
+        self._drop(i)
+
+    def _drop(self, i: int) -> None:
+        """Drop request ``i`` from the decode set (its table row is already up to date)."""
+        off, d0, _, _, n0, lt, _ = self._info.pop(i)
+        clock = self._D
+        self._sum_off -= off
+        if n0 <= self._Xa:
+            self._cnt[n0 % self.cfg.block_size] -= 1
+            self._n_active -= 1
+        else:
+            self._pending.remove((n0, i))
+        if clock == d0:
+            c = self._fresh[lt] - 1
+            if c:
+                self._fresh[lt] = c
+            else:
+                del self._fresh[lt]
+
+    def sync(self) -> None:
+        """Bring the request table up to date for every request still decoding."""
+        for i, info in self._info.items():
+            self._write(i, info)
+
+    def _growth_to(self, upto: int) -> int:
+        a = self._Xa
+        if upto <= a:
+            return 0
+        bs = self.cfg.block_size
+        L = upto - a
+        g = self._n_active * (L // bs)
+        r = L % bs
+        if r:
+            cnt = self._cnt
+            for j in range(a, a + r):
+                g += cnt[j % bs]
+        for n0, _ in self._pending:
+            if n0 >= upto:
+                break
+            g += -(-(upto - n0) // bs)
+        return g
+
+    def _alloc_to(self, upto: int) -> None:
+        """Allocate the blocks the decode set needs up to clock ``upto`` (as ``_grow_blocks``)."""
+        total = self._growth_to(upto)
+        if total:
+            self.kv.make_room(total)
+            self.kv.alloc(total)
+        if upto > self._Xa:
+            self._Xa = upto
+            pend = self._pending
+            bs = self.cfg.block_size
+            k = 0
+            while k < len(pend) and pend[k][0] <= upto:
+                self._cnt[pend[k][0] % bs] += 1
+                k += 1
+            if k:
+                self._n_active += k
+                del pend[:k]
+
+    def _top_finish(self) -> int:
+        fin = self._fin
+        info = self._info
+        while True:
+            f, i = fin[0]
+            e = info.get(i)
+            if e is not None and e[6] == f:
+                return f
+            heapq.heappop(fin)
+
+    def _longest_offset(self) -> int:
+        long = self._long
+        info = self._info
+        while True:
+            neg, i = long[0]
+            e = info.get(i)
+            if e is not None and e[0] == -neg:
+                return -neg
+            heapq.heappop(long)
+
+    def _pop_finished(self) -> list[int]:
+        """Requests whose finishing clock is the current one, removed from the decode set."""
+        out: list[int] = []
+        fin = self._fin
+        info = self._info
+        clock = self._D
+        while fin:
+            f, i = fin[0]
+            e = info.get(i)
+            if e is None or e[6] != f:
+                heapq.heappop(fin)
+                continue
+            if f > clock:
+                break
+            heapq.heappop(fin)
+            # a request preempted and decoding again may have an equal stale entry: leave once
+            if i in info:
+                self._leave(i)
+                out.append(i)
+        return out
+
+    def _tbt_groups(self, base: float) -> None:
+        """Push the gap ``base - last token`` of every decoding request, grouped."""
+        push = self.tbt.push1
+        n_old = len(self._info) - sum(self._fresh.values())
+        if n_old:
+            push(base - self._last_dec, float(n_old))
+        for lt, c in self._fresh.items():
+            push(base - lt, float(c))
+
+    # ---- overrides of the reference engine ---------------------------------------------------
+    def admit(self, i: int, reserve_tokens: int | None = None) -> bool:
+        ok = super().admit(i, reserve_tokens)
+        if ok and self.table.kv_len[i] >= self.table.target[i]:
+            self._join(i)
+        return ok
+
+    def _preempt_one(self) -> bool:
+        # the reference preempts the newest running request, reading its table row: bring the
+        # row up to date first, and drop the request from the decode set if it was preempted
+        i = self.running[-1] if self.running else -1
+        info = self._info.get(i)
+        if info is not None:
+            self._write(i, info)
+        done = super()._preempt_one()
+        if done and info is not None:
+            self._drop(i)
+        return done
+
+    def decode_ready(self, reserve: bool = True) -> Any:
+        while True:
+            nb = len(self._info)
+            if nb == 0:
+                return _DecodeSet(0)
+            free = self.kv.free
+            grow = nb if nb <= free else self._growth_to(self._D + 1)
+            if grow <= free or self.kv.make_room(grow):
+                if reserve:
+                    self._alloc_to(self._D + 1)
+                return _DecodeSet(nb)
+            if not self._preempt_one():
+                raise AssertionError("a lone request cannot grow its KV cache (admission should have prevented this)")
+
+    def _mixed_step(self, step: Step):  # type: ignore[no-untyped-def]
+        env = self.env
+        t = self.table
+        pre = step.prefill_ids
+        pq = step.prefill_q
+        nb = len(step.decode_ids)
+        kv_pre = [int(t.kv_len[i]) for i in pre]
+        completes = [kv_pre[k] + pq[k] >= int(t.target[i]) for k, i in enumerate(pre)]
+        n_pq = len(pq)
+        q = np.ones(n_pq + nb, dtype=np.int64)
+        q[:n_pq] = pq
+        ctx = np.empty(n_pq + nb, dtype=np.int64)
+        ctx[:n_pq] = kv_pre
+        if nb:
+            # decode attention sees the decoding requests' contexts through their sum and their
+            # maximum (IterationModel.attention_time): stand-ins with the same sum and maximum
+            ctx[n_pq:] = stand_in_contexts(nb, self._sum_off + nb * self._D, self._longest_offset() + self._D)
+        rows = sum(completes) + nb
+        if nb or n_pq != 1:
+            dur = self.cost.step_time(q, ctx, logits_rows=rows)
+        else:
+            # the time of a step prefilling one prompt is a pure function of (tokens, cached
+            # tokens, rows), and prompt lengths repeat: memoised (bounded)
+            memo = self._prefill_memo
+            key = (pq[0], kv_pre[0], rows)
+            dur = memo.get(key)
+            if dur is None:
+                if len(memo) >= 100_000:
+                    memo.clear()
+                dur = memo[key] = self.cost.step_time(q, ctx, logits_rows=rows)
+        if self.cost.tp > 1:
+            self.stage_comm[0] += self.cost.comm_time(int(q.sum()))
+        n_tok = int(sum(pq))
+        if not self.pending_fetch:
+            start = env.now
+            yield env.timeout(dur)
+            self.busy_time += dur
+            self.busy_gpu_s += dur * self.cfg.num_gpus
+            self.stage_busy[0] += dur
+        else:
+            start = yield from self._wait_fetch(dur, None)
+        now = env.now
+        self.log.add(self.index, start, now, 1, n_tok, nb, n_pq + nb, self.kv.in_use)
+        finished: list[int] = []
+        done_pre: list[int] = []
+        for k, i in enumerate(pre):
+            t.kv_len[i] = kv_pre[k] + pq[k]
+            if completes[k]:
+                done_pre.append(i)
+        if done_pre:
+            gone = set(done_pre)
+            self.prefilling = [i for i in self.prefilling if i not in gone]
+            for i in done_pre:
+                if np.isnan(t.first_token[i]):
+                    t.first_token[i] = now
+                else:
+                    self.tbt.push1(now - float(t.last_token[i]), 1.0)
+                t.gen[i] += 1
+                t.last_token[i] = now
+                t.target[i] = t.kv_len[i]
+        if nb:
+            self._tbt_groups(now)
+            self._D += 1
+            self._last_dec = now
+            self._fresh = {}
+            dec_done = self._pop_finished()
+        else:
+            dec_done = []
+        for i in done_pre:
+            if t.gen[i] >= t.output[i]:
+                finished.append(i)
+            else:
+                self._join(i)
+        finished.extend(dec_done)
+        self._finish(finished)
+
+    def _decode_run(self, dec: Any):  # type: ignore[no-untyped-def]
+        env = self.env
+        nb = len(self._info)
+        clock = self._D
+        s = self._top_finish() - clock
+        bs = self.cfg.block_size
+        avail = self.kv.available
+        if nb * (s // bs + 1) > avail and self._growth_to(clock + s) > avail:
+            lo, hi = 1, s
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if self._growth_to(clock + mid) <= avail:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            s = lo
+        ta = self.next_arrival() - env.now
+        if ta < float("inf"):
+            fixed = self.cost.fixed_step_time(nb)
+            if fixed > 0:
+                s = min(s, max(int(ta / fixed) + 2, 1))
+        times = self.cost.decode_steps(nb, float(self._sum_off + nb * clock), s)
+        if s == 1:
+            first = dur = float(times[0])  # np.cumsum of one value is that value
+        else:
+            ends = np.cumsum(times)
+            ta = self.next_arrival() - env.now
+            if ta < float(ends[-1]):
+                j = int(np.searchsorted(ends, ta, side="left"))
+                s = min(s, j + 1)
+                ends = ends[:s]
+                times = times[:s]
+            first, dur = float(ends[0]), float(ends[-1])
+        self._alloc_to(clock + s)
+        if self.cost.tp > 1:
+            self.stage_comm[0] += self.cost.comm_time(nb) * s
+        if not self.pending_fetch:
+            start = env.now
+            yield env.timeout(dur)
+            self.busy_time += dur
+            self.busy_gpu_s += dur * self.cfg.num_gpus
+            self.stage_busy[0] += dur
+        else:
+            start = yield from self._wait_fetch(dur, None)
+        now = env.now
+        self.log.add(self.index, start, now, s, 0, nb, nb, self.kv.in_use)
+        extra = max((now - start) - dur, 0.0)
+        self._tbt_groups(start + first + extra)
+        if s > 1:
+            self.tbt.push(times[1:], float(nb))
+        self._D = clock + s
+        self._last_dec = now
+        self._fresh = {}
+        done = self._pop_finished()
+        if done:
+            self._finish(done)

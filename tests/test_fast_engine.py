@@ -1,0 +1,332 @@
+"""The fast exact engine path against the reference engine (the oracle), bit for bit, and the
+start-up work around it: the cost-table cache and what ``simkit run`` imports."""
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simkit.scenario import scenario_from_dict
+from simkit.simulate import simulate
+from tests.conftest import make_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+
+COLUMNS = ("first_token", "finish", "scheduled", "last_token", "gen", "kv_len", "target", "blocks", "shared_blocks",
+           "cached", "preemptions", "swaps", "rejected", "replica", "hit_tier_tokens")  # fmt: skip
+
+
+def _scenario(n, rate, inp, out, seed, replicas, routing, batching, kv_cache, calibration="none", tp=1, **extra):
+    data = make_scenario(
+        workload={
+            "synthetic": {
+                "num_requests": n,
+                "arrival": {"process": "poisson", "rate": rate},
+                "lengths": {
+                    "input": {"dist": "uniform", "low": inp[0], "high": inp[1]},
+                    "output": {"dist": "uniform", "low": out[0], "high": out[1]},
+                },
+            }
+        },
+        seed=seed,
+        calibration=calibration,
+    )
+    data["plan"].update(
+        {"batching": batching, "kv_cache": kv_cache, "parallel": {"replicas": replicas, "tp": tp}, "routing": routing}
+    )
+    data["plan"].update(extra)
+    return scenario_from_dict(data)
+
+
+def assert_same_run(sc) -> tuple[dict, dict]:
+    """Run ``sc`` on both engines; every per-request column, every iteration row and every
+    summary number must be identical (bit for bit)."""
+    ref = simulate(sc, engine="reference")
+    fast = simulate(sc)
+    for col in COLUMNS:
+        a, b = getattr(ref.table, col), getattr(fast.table, col)
+        assert a.dtype == b.dtype
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), col
+    assert ref.iterations == fast.iterations
+    sa = {k: v for k, v in ref.summary.items() if k not in ("sim_wall_s", "engine_path")}
+    sb = {k: v for k, v in fast.summary.items() if k not in ("sim_wall_s", "engine_path")}
+    assert repr(sa) == repr(sb)
+    assert ref.summary["engine_path"] == "reference (requested)"
+    return ref.summary, fast.summary
+
+
+@settings(max_examples=int(os.environ.get("SIMKIT_HYPOTHESIS_EXAMPLES", "25")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@given(
+    n=st.integers(1, 60),
+    rate=st.floats(0.5, 400.0),
+    inp=st.tuples(st.integers(1, 300), st.integers(0, 1500)),
+    out=st.tuples(st.integers(1, 40), st.integers(0, 300)),
+    seed=st.integers(0, 10_000),
+    replicas=st.integers(1, 3),
+    routing=st.sampled_from(["round_robin", "least_outstanding", "prefix_aware"]),
+    policy=st.sampled_from(["continuous", "chunked_prefill"]),
+    seqs=st.integers(1, 64),
+    tokens=st.integers(256, 4096),
+    chunk=st.integers(0, 1024),
+    blocks=st.integers(40, 600),
+    block_size=st.sampled_from([8, 16, 32]),
+    watermark=st.sampled_from([0.0, 0.01, 0.05]),
+    calibration=st.sampled_from(["none", "auto"]),
+    tp=st.sampled_from([1, 2]),
+)
+def test_fast_path_equals_reference(n, rate, inp, out, seed, replicas, routing, policy, seqs, tokens, chunk, blocks,
+                                    block_size, watermark, calibration, tp):  # fmt: skip
+    inp = (inp[0], inp[0] + inp[1])
+    out = (out[0], out[0] + out[1])
+    # a chunk budget below max_num_seqs is refused (the decodes of a full batch must fit)
+    batching = {"policy": policy, "max_num_seqs": seqs, "max_num_batched_tokens": tokens, "chunk_size": seqs + chunk}
+    kv = {"num_blocks": blocks, "block_size": block_size, "watermark": watermark}
+    sc = _scenario(n, rate, inp, out, seed, replicas, routing, batching, kv, calibration, tp)
+    _, fast = assert_same_run(sc)
+    assert fast["engine_path"] == "fast"
+
+
+def test_fast_path_under_heavy_preemption():
+    # a KV pool far too small for the load: many recompute preemptions on both policies
+    for policy in ("continuous", "chunked_prefill"):
+        batching = {"policy": policy, "max_num_seqs": 48, "chunk_size": 256}
+        sc = _scenario(200, 200.0, (50, 900), (20, 400), 3, 2, "least_outstanding", batching, {"num_blocks": 120})
+        ref, fast = assert_same_run(sc)
+        assert ref["preemptions"] > 50
+        assert fast["engine_path"] == "fast"
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"batching": {"policy": "static", "max_num_seqs": 8}}, "batching policy static"),
+        ({"prefix_cache": {"enabled": True}}, "prefix caching"),
+        ({"kv_cache": {"num_blocks": 150, "preemption": "swap"}}, "swap preemption"),
+        ({"execution": {"mode": "layer_by_layer"}}, "layer-by-layer execution"),
+        ({"parallel": {"replicas": 3}, "batching": {"policy": "disaggregated", "prefill_replicas": 1}},
+         "batching policy disaggregated"),
+    ],
+)
+def test_uncovered_plans_fall_back_and_say_so(change, reason):
+    data = make_scenario(
+        workload={"synthetic": {"num_requests": 40, "arrival": {"process": "poisson", "rate": 30},
+                                "lengths": {"input": {"dist": "uniform", "low": 32, "high": 600},
+                                            "output": {"dist": "uniform", "low": 2, "high": 80}}}},
+    )  # fmt: skip
+    data["plan"].update(change)
+    ref, fast = assert_same_run(scenario_from_dict(data))
+    assert fast["engine_path"] == f"reference ({reason})"
+
+
+def test_unknown_engine_is_refused():
+    from simkit.errors import ScenarioError
+
+    with pytest.raises(ScenarioError, match="engine"):
+        simulate(scenario_from_dict(make_scenario()), engine="turbo")
+
+
+# ---- cost tables: cache ----------------------------------------------------------------------
+def _cost(calibration="none"):
+    from simkit.cost.device import ComputeDevice
+    from simkit.cost.iteration import IterationModel
+    from simkit.cost.ops import Precision
+    from simkit.cost.profile import resolve_calibration
+    from simkit.specs.catalog import load_model
+    from simkit.specs.node import resolve_node
+
+    node = resolve_node("dgx-h100")
+    dev = ComputeDevice.from_gpu(node.gpu)
+    if calibration == "none":
+        from simkit.cost.efficiency import DatasheetEfficiency
+
+        eff = DatasheetEfficiency()
+    else:
+        eff, _, _ = resolve_calibration(calibration, "gpu", dev.name)
+        dev = dev.calibrated(eff.device)
+    return IterationModel(load_model("llama-2-7b"), dev, eff, Precision("fp16", "fp16", "fp16"))
+
+
+def test_table_cache_hit_is_identical_and_keys_cover_every_input(tmp_path, monkeypatch):
+    from simkit.cost import tables
+    from simkit.cost.ops import Precision
+    from simkit.specs.catalog import load_model
+
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", str(tmp_path))
+    base = _cost("auto")
+    fresh = tables.compute_op_tables(base, 300)
+    first = tables.op_tables(base, 300)  # miss: computed and stored
+    assert len(list((tmp_path / "tables").glob("*.npz"))) == 1
+    again = tables.op_tables(_cost("auto"), 300)  # hit, from a new but equal cost model
+    for x, y, z in zip(fresh, first, again):
+        assert np.array_equal(x, y) and np.array_equal(x, z)
+    key = tables.table_key(base, 300)
+    assert tables.table_key(_cost("auto"), 300) == key
+    # every input the tables depend on changes the key
+    other_profile = _cost("auto")
+    cm = other_profile.efficiency.models["gemm"]
+    other_profile.efficiency.models["gemm"] = replace(cm, base=replace(cm.base, launch_s=cm.base.launch_s * 1.01))
+    variants = [
+        replace(base, model=load_model("llama-3-8b")),
+        replace(base, device=replace(base.device, mem_bandwidth=base.device.mem_bandwidth * 1.5)),
+        replace(base, precision=Precision("bf16", "bf16", "bf16")),
+        replace(base, precision=Precision("int4", "fp16", "fp16", 64)),
+        replace(base, tp=2),
+        replace(base, ep=2),
+        replace(base, ep_share=0.7),
+        _cost("none"),
+        other_profile,
+    ]
+    keys = {tables.table_key(v, 300) for v in variants}
+    assert key not in keys and len(keys) == len(variants)
+    assert tables.table_key(base, 301) != key
+    monkeypatch.setattr("simkit.__version__", "0.0.0-other")
+    assert tables.table_key(base, 300) != key
+
+
+def test_table_cache_can_be_turned_off_and_survives_a_bad_entry(tmp_path, monkeypatch):
+    from simkit.cost import tables
+
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", "")
+    assert tables.cache_dir() is None
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", str(tmp_path))
+    cost = _cost("none")
+    key = tables.table_key(cost, 100)
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / f"{key}.npz").write_bytes(b"not an npz file")
+    got = tables.op_tables(cost, 100)
+    for x, y in zip(got, tables.compute_op_tables(cost, 100)):
+        assert np.array_equal(x, y)
+    monkeypatch.delenv("SIMKIT_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert tables.cache_dir() == tmp_path / "xdg" / "simkit" / "tables"
+
+
+# ---- start-up: imports ---------------------------------------------------------------------
+def test_simkit_run_imports_no_heavy_library(tmp_path):
+    """`simkit run` on an Azure-trace scenario (outputs written) loads none of pandas, torch,
+    matplotlib, scikit-learn."""
+    code = (
+        "import sys\n"
+        "from simkit.cli import main\n"
+        f"rc = main(['run', 'workloads/scenarios/azure-conv-continuous.yaml', '--set', 'workload.limit=50', "
+        f"'--out', {str(tmp_path)!r}])\n"
+        "heavy = [m for m in ('pandas', 'torch', 'matplotlib', 'sklearn') if m in sys.modules]\n"
+        "print('HEAVY', heavy, rc)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert "HEAVY [] 0" in out.stdout, out.stdout + out.stderr
+    assert "engine path: fast" in out.stdout  # the run's output says which engine ran
+    assert (tmp_path / "requests.parquet").exists()
+
+
+@given(st.lists(st.integers(1, 5000), min_size=1, max_size=300))
+def test_stand_in_contexts_keep_sum_and_maximum(ctx):
+    from simkit.engine.fast import stand_in_contexts
+
+    got = stand_in_contexts(len(ctx), sum(ctx), max(ctx))
+    assert len(got) == len(ctx) and int(got.sum()) == sum(ctx) and int(got.max()) == max(ctx) and got.min() >= 1
+
+
+def test_forest_predict_equals_a_plain_tree_walk():
+    """The vectorised tree evaluation (used to build cost tables) against walking each tree."""
+    from simkit.cost.profile import Profile
+
+    prof = Profile.load(ROOT / "calibration" / "profiles" / "h100-sxm-vidur", with_samples=False)
+    forest = prof.models["gemm"].forest
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, int(forest.feature.max()) + 1)) * 4.0
+    X[::7, 0] = np.nan
+    got = forest.predict(X)
+    Xc = np.nan_to_num(X, nan=0.0, posinf=1e30, neginf=-1e30)
+    for r in range(len(X)):
+        leaves = []
+        for root in forest.roots:
+            k = int(root)
+            while forest.feature[k] >= 0:
+                k = int(forest.left[k] if Xc[r, forest.feature[k]] <= forest.threshold[k] else forest.right[k])
+            leaves.append(forest.value[k])
+        assert got[r] == forest.baseline + np.asarray(leaves).sum()
+
+
+def test_parquet_writer_matches_pandas(tmp_path):
+    """Outputs written from buffers (no pandas) read back as pandas' own writer's do."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from simkit.simulate import _write_parquet
+
+    cols = {
+        "i64": np.arange(5, dtype=np.int64),
+        "i32": np.array([3, -1, 0, 7, 2], dtype=np.int32),
+        "f": np.array([0.5, np.nan, 1e-9, -2.0, np.nan]),
+        "b": np.array([True, False, True, True, False]),
+        "s": np.array(["", "never_fits", "abc", "é", "x"], dtype=object),
+    }
+    _write_parquet(cols, tmp_path / "ours.parquet")
+    pd.DataFrame(cols).to_parquet(tmp_path / "pandas.parquet", index=False)
+    ours, theirs = pq.read_table(tmp_path / "ours.parquet"), pq.read_table(tmp_path / "pandas.parquet")
+    assert ours.schema.remove_metadata() == theirs.schema.remove_metadata()
+    assert ours.equals(theirs.replace_schema_metadata(None))
+    assert pd.read_parquet(tmp_path / "ours.parquet").equals(pd.read_parquet(tmp_path / "pandas.parquet"))
+
+
+def _azure_pandas(path):
+    from simkit.workload import traces as T
+
+    header = T._read_header(path)
+    c = T._resolve_columns(path, header, T.AzureReader.COLUMNS)
+
+    def convert(df, lines, sink):
+        checks = T._Checks(len(df))
+        ns = T._datetime_ns(df, c["TIMESTAMP"], checks)
+        inp = T._int_column(df, c["ContextTokens"], checks, minimum=1, what="a positive integer")
+        out = T._int_column(df, c["GeneratedTokens"], checks, minimum=0, what="an integer >= 0")
+        good = checks.report(lines, sink)
+        return {"ns": ns[good], "inp": inp[good], "out": out[good]}
+
+    return T._collect_csv(path, header, T._BadLines(path, "fail"), convert)
+
+
+@pytest.mark.parametrize("name", ["azure_conv_2023.csv", "azure_code_2023_sample.csv"])
+def test_plain_azure_trace_read_without_pandas_equals_pandas(name):
+    from simkit.workload import traces as T
+
+    path = ROOT / "workloads" / "traces" / name
+    fast = T._azure_plain(path, T._read_header(path))
+    assert fast is not None
+    slow = _azure_pandas(path)
+    assert fast[1] == slow[1]
+    for k, v in slow[0].items():
+        assert fast[0][k].dtype == v.dtype and np.array_equal(fast[0][k], v), k
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["2023-11-16 18:15:50+00:00,396,109", "2023-11-16 18:15:50.1,0,3", "2023-11-16 18:15:50,x,3", "", "2023-11-16,4,5"],
+)
+def test_odd_azure_lines_take_the_pandas_path(tmp_path, line):
+    from simkit.errors import TraceError
+    from simkit.workload import traces as T
+
+    path = tmp_path / "t.csv"
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n" + line + "\n")
+    assert T._azure_plain(path, T._read_header(path)) is None
+    try:
+        expected = _azure_pandas(path)
+    except TraceError as e:
+        with pytest.raises(TraceError, match="line 3"):
+            T.read_trace(path, "azure")
+        assert "line 3" in str(e)
+    else:
+        got = T.read_trace(path, "azure")  # in time order
+        order = np.argsort(expected[0]["ns"], kind="stable")
+        assert np.array_equal(got.input_tokens, expected[0]["inp"][order])
+        assert np.array_equal(got.output_tokens, expected[0]["out"][order])
