@@ -297,3 +297,11 @@ def test_error_from_inside_a_simpy_process_keeps_file_and_key():
         simulate(sc)
     assert e.value.key == "plan.batching.kv_transfer_link" and e.value.where and e.value.where.endswith("disaggregated.yaml")
     assert str(e.value).count("disaggregated.yaml") == 1  # not repeated by the copy SimPy raises
+
+
+@pytest.mark.parametrize("count", [b"99999999999999999999", b"3000000000"])  # beyond int64; beyond 2^31-1
+def test_absurd_token_counts_in_a_trace_are_bad_lines(tmp_path, count):
+    p = _azure(tmp_path, b"2023-11-16 18:15:46.68," + count + b",44\r\n2023-11-16 18:15:47.68,375,45\r\n")
+    with pytest.raises(TraceError, match="line 2"):
+        read_trace(p)
+    assert read_trace(p, on_bad_line="skip").input_tokens.tolist() == [375]

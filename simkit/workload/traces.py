@@ -525,11 +525,12 @@ def _azure_plain(path: Path, header: list[str]) -> tuple[dict[str, np.ndarray], 
     if not rows:
         return {}, 0
     ts, inp, out = zip(*rows)
+    years = np.array(ts, dtype="S4").astype(np.int64)
+    inp_a, out_a = np.array(inp, dtype=np.int64), np.array(out, dtype=np.int64)
+    if (years < 1678).any() or (years > 2261).any() or (inp_a > MAX_TOKENS).any() or (out_a > MAX_TOKENS).any():
+        return None  # outside datetime64[ns] (it would wrap silently) or absurd counts: the pandas path names the line
     ns = np.array(ts).astype("datetime64[ns]").astype(np.int64)
-    return (
-        {"ns": ns, "inp": np.array(inp, dtype=np.int64), "out": np.array(out, dtype=np.int64)},
-        len(rows),
-    )
+    return {"ns": ns, "inp": inp_a, "out": out_a}, len(rows)
 
 
 @register_format
