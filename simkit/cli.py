@@ -101,6 +101,7 @@ def cmd_estimate_ops(a: argparse.Namespace) -> int:
         raise SimkitError(f"--tp {a.tp} does not divide the {model.num_heads} heads of {model.name}")
     device = ComputeDevice.from_gpu(gpu)
     eff, info, warn = resolve_calibration(a.calibration, "gpu", gpu.name)
+    device = device.for_profile(eff, {})  # the roofline the profile's efficiencies refer to
     if warn:
         print(f"warning: {warn}", file=sys.stderr)
     prec = Precision(a.dtype, a.dtype if a.dtype not in ("int4",) else "fp16", a.dtype if a.dtype != "int4" else "fp16")
@@ -211,6 +212,29 @@ def cmd_offload_plan(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(a: argparse.Namespace) -> int:
+    from simkit.search import load_spec, print_table, run_search, write_search
+    from simkit.search.hints import vllm_hint
+    from simkit.study.store import RunStore
+
+    spec = load_spec(a.spec)
+    if a.top is not None:
+        spec.top = a.top
+    out = a.out or os.path.join("reports", f"search-{spec.name}")
+    if a.jobs < 1:
+        raise SimkitError(f"--jobs: expected an integer >= 1, got {a.jobs}")
+    res = run_search(spec, RunStore(out), exhaustive=a.exhaustive, progress=not a.no_progress, jobs=a.jobs)
+    paths = write_search(res, out)
+    print_table(res, sys.stdout)
+    if res.best is not None:
+        from simkit.scenario import load_scenario
+
+        print(vllm_hint(load_scenario(os.path.join(out, "best.yaml"))), end="")
+    print(f"wrote {', '.join(str(p) for p in paths if p.parent == paths[0].parent)} and {os.path.join(out, 'best')}/"
+          if res.best is not None else f"wrote {', '.join(str(p) for p in paths)}")
+    return 0 if res.best is not None else 1
+
+
 def cmd_calibrate(argv: list[str]) -> int:
     if argv and argv[0] == "import-profiles":
         from simkit.calibrate.vidur import main_import_profiles
@@ -229,6 +253,12 @@ def cmd_validate(argv: list[str]) -> int:
     from simkit.calibrate.validate import main as val_main
 
     return val_main(argv)
+
+
+def cmd_study(argv: list[str]) -> int:
+    from simkit.study.cli import main as study_main
+
+    return study_main(argv)
 
 
 def _count(minimum: int) -> Any:
@@ -291,8 +321,18 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--json", help="write the ranked plans as JSON here")
     o.set_defaults(func=cmd_offload_plan)
 
+    se = sub.add_parser("search", help="find the best deployment plan over a space of scenarios (docs/search.md)")
+    se.add_argument("spec", help="search YAML: base, space, constraints, objective")
+    se.add_argument("--out", help="output folder (default reports/search-<name>); rerunning resumes")
+    se.add_argument("--top", type=int, help="rank this many plans (overrides the file's top)")
+    se.add_argument("--exhaustive", action="store_true", help="simulate every candidate that passes screening (no pruning)")
+    se.add_argument("--jobs", type=int, default=1, help="simulate this many candidates at once in worker processes")
+    se.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    se.set_defaults(func=cmd_search)
+
     sub.add_parser("calibrate", help="run microbenchmarks (see simkit calibrate --help) or import-profiles", add_help=False)
     sub.add_parser("validate", help="compare real torch runs with predictions (see simkit validate --help)", add_help=False)
+    sub.add_parser("study", help="run a what-if study YAML, or `study show DIR` (see simkit study --help)", add_help=False)
     return p
 
 
@@ -303,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_calibrate(args[1:])
         if args and args[0] == "validate":
             return cmd_validate(args[1:])
+        if args and args[0] == "study":
+            return cmd_study(args[1:])
         ns = build_parser().parse_args(args)
         return int(ns.func(ns))
     except SimkitError as e:

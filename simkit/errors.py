@@ -49,3 +49,7 @@ class TraceError(SimkitError):
 
 class CalibrationError(SimkitError):
     """A calibration profile is missing, corrupt, or does not match the scenario."""
+
+
+class StudyError(SimkitError):
+    """A study file (or its study folder) is invalid."""

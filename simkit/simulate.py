@@ -164,6 +164,9 @@ def comm_fn(kind: str, node: Node, n: int, cross_node: bool, algorithm: str = "r
     fit = None
     if not cross_node and eff is not None:
         fit = eff.collective_fit(kind, topology(node), n)
+        if fit is not None:
+            # measured on the unscaled link: a what-if bandwidth scales its bands
+            fit = fit.scaled(node.scale_of("gpu_to_gpu" if node.link("gpu_to_gpu") is not None else "host_to_gpu"))
 
     def f(nbytes: np.ndarray) -> np.ndarray:
         return collectives.collective_time(kind, np.asarray(nbytes, dtype=np.float64), n, bw, lat, algorithm, fit)
@@ -293,6 +296,23 @@ def measured_links(eff: EfficiencyModel, io_block: float, io_depth: int) -> dict
     return out
 
 
+def _measured_link_scale(node: Node, key: str) -> float:
+    """The what-if multiplier (``hardware.bandwidth_scale``) for a link rate measured on the
+    unscaled machine (by a calibration profile, or in a node preset's ``measured:``): PCIe copies scale with ``host_to_gpu``; SSD streams by
+    how much the scaled catalog path (the drives' bandwidth, capped by their NVMe links)
+    speeds up over the unscaled one."""
+    if key in ("h2d", "d2h", "d2h_kv", "h2d_pageable", "d2h_pageable"):
+        return node.scale_of("host_to_gpu")
+    if key in ("nvme_read", "nvme_write", "nvme_write_kv") and node.ssd:
+        t = node.tiers()["ssd"]
+        drive = t.read_bw if key == "nvme_read" else t.write_bw
+        nv = node.link("nvme")
+        cap = nv.achieved_bandwidth * len(node.ssd) if nv else float("inf")
+        s_ssd, s_nv = node.scale_of("ssd"), node.scale_of("nvme")
+        return min(drive, cap) / min(drive / s_ssd, cap / s_nv)
+    return 1.0
+
+
 def link_rates(node: Node, gpus: int, measured: dict[str, tuple[float, float]] | None = None) -> dict[str, tuple[float, float]]:
     """(bandwidth, latency) of every link direction of a replica of ``gpus`` GPUs, the one home
     of these numbers for the simulator and the placement optimiser: the catalog's achieved
@@ -309,7 +329,7 @@ def link_rates(node: Node, gpus: int, measured: dict[str, tuple[float, float]] |
         if meas is not None:
             for key, v in (("h2d", meas.h2d_bandwidth), ("d2h", meas.d2h_bandwidth), ("d2h_kv", meas.d2h_kv_bandwidth)):
                 if v is not None:
-                    out[key] = (v * gpus, h2g.latency)
+                    out[key] = (v * gpus * _measured_link_scale(node, key), h2g.latency)
     tiers = node.tiers()
     if "ssd" in tiers:
         t = tiers["ssd"]
@@ -321,7 +341,7 @@ def link_rates(node: Node, gpus: int, measured: dict[str, tuple[float, float]] |
             for key, v in (("nvme_read", meas.ssd_read_bandwidth), ("nvme_write", meas.ssd_write_bandwidth),
                            ("nvme_write_kv", meas.ssd_kv_write_bandwidth)):
                 if v is not None:
-                    out[key] = (v, t.latency)
+                    out[key] = (v * _measured_link_scale(node, key), t.latency)
     if "cxl" in tiers:
         t = tiers["cxl"]
         cx = node.link("cxl")
@@ -336,7 +356,7 @@ def link_rates(node: Node, gpus: int, measured: dict[str, tuple[float, float]] |
         out["nvlink"] = (gg.achieved_bandwidth, gg.latency)
     for key, (bw, lat) in (measured or {}).items():
         if key in out:
-            out[key] = (bw * (gpus if key in ("h2d", "d2h") else 1), lat)
+            out[key] = (bw * (gpus if key in ("h2d", "d2h") else 1) * _measured_link_scale(node, key), lat)
             if key in ("d2h", "nvme_write"):
                 out.pop(f"{key}_kv", None)  # the profile measured this machine's stores itself
     return out
@@ -435,10 +455,9 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         assert node.gpu is not None
         device = ComputeDevice.from_gpu(node.gpu)
     eff, cal_info, cal_warn = resolve_calibration(sc, device)
-    prof_dev = eff.measured_device()
-    if prof_dev is not None:
-        # time operators against the roofline the profile's efficiencies were fitted to
-        device = device.calibrated(prof_dev)
+    # time operators against the roofline the profile's efficiencies were fitted to, scaled by
+    # the scenario's what-if multipliers
+    device = device.for_profile(eff, node.scale)
     if cal_warn:
         warn.append(cal_warn)
         warnings.warn(cal_warn, stacklevel=2)
@@ -540,6 +559,24 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             where=where,
             key="plan.routing",
         )
+    if policy_name in ("continuous", "disaggregated") and bat.max_num_batched_tokens < bat.max_num_seqs:
+        raise ScenarioError(
+            f"max_num_batched_tokens ({bat.max_num_batched_tokens}) is below max_num_seqs ({bat.max_num_seqs}): the "
+            "decodes of a full batch would exceed one iteration's token budget (vLLM refuses this too); raise "
+            "max_num_batched_tokens or lower max_num_seqs",
+            where=where,
+            key="plan.batching.max_num_batched_tokens",
+        )
+    if policy_name == "chunked_prefill" and min(bat.chunk_size, bat.max_num_batched_tokens) < bat.max_num_seqs:
+        # every running request decodes one token per iteration inside the budget: decodes alone
+        # must never exceed it (vLLM refuses max_num_batched_tokens < max_num_seqs too)
+        raise ScenarioError(
+            f"chunked_prefill's token budget min(chunk_size, max_num_batched_tokens) = "
+            f"{min(bat.chunk_size, bat.max_num_batched_tokens)} is below max_num_seqs ({bat.max_num_seqs}): the decodes "
+            "of a full batch would not fit one iteration; raise chunk_size or lower max_num_seqs",
+            where=where,
+            key="plan.batching.chunk_size" if bat.chunk_size <= bat.max_num_batched_tokens else "plan.batching.max_num_batched_tokens",
+        )
     n_rep = par.replicas
     if disagg and n_rep < 2:
         raise ScenarioError(
@@ -565,6 +602,14 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         )
     if pc.enabled and not reqs.has_prefixes:
         warn.append("plan.prefix_cache is enabled but the workload carries no prefix hashes: no hits are possible")
+    # a sliding-window model keeps the window (plus the block being filled) per sequence
+    kv_cap = model.sliding_window + plan.kv_cache.block_size if model.sliding_window is not None else None
+    if kv_cap is not None and offloaded:
+        warn.append(
+            f"{model.name} attends a sliding window of {model.sliding_window} tokens, but plan.offload places, "
+            "streams and sizes the KV of the whole context (as FlexGen does): KV traffic and capacity are those of "
+            "full attention"
+        )
     replicas: list[ReplicaGroup] = []
     executors: list[OffloadExecutor] = []
     link_meas = measured_links(eff, plan.offload.io_block_size, plan.offload.io_queue_depth)
@@ -573,9 +618,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     if offloaded and plan.offload.cpu_attention and not use_cpu:
         cpu_dev = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
         cpu_eff, _, _ = resolve_calibration(sc, cpu_dev, quiet=True)
-        cpu_prof_dev = cpu_eff.measured_device()
-        if cpu_prof_dev is not None:
-            cpu_dev = cpu_dev.calibrated(cpu_prof_dev)
+        cpu_dev = cpu_dev.for_profile(cpu_eff, node.scale)
         cpu_cost = IterationModel(model, cpu_dev, cpu_eff, prec, tp=1)
         cpu_stream = simpy.Resource(env, capacity=1)
     arrivals = table.arrival
@@ -604,11 +647,13 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         dec = replicas[n_prefill:]
         k = decode_router.choose(i, dec)
         table.target[i] = table.kv_len[i]
-        dec[k].enqueue(i)
+        table.handoff[i] = env.now
+        dec[k].hand_off(i)
 
     slow_reason = "requested" if engine == "reference" else fast_path_reason(
         policy_name, pc.enabled, plan.kv_cache.preemption, offloaded, par.pp,
         plan.execution.mode == "layer_by_layer", off_layout is not None and off_layout.spill_after is not None, trace,
+        model.sliding_window is not None,
     )
     engine_cls = Replica if slow_reason else FastReplica
     engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
@@ -627,7 +672,8 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
                 caps[t] = int(pc.capacity.get(t, default) // per_hash)
             cache = PrefixCache(use, caps, hash_tokens // plan.kv_cache.block_size)
         kv = KVBlockManager(
-            mem.num_blocks, plan.kv_cache.block_size, int(plan.kv_cache.watermark * mem.num_blocks), cache=cache
+            mem.num_blocks, plan.kv_cache.block_size, int(plan.kv_cache.watermark * mem.num_blocks), cache=cache,
+            clock=lambda: env.now,
         )
         cfg = ReplicaConfig(
             plan.kv_cache.block_size,
@@ -640,6 +686,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             layerwise=plan.execution.mode == "layer_by_layer",
             spill_after=off_layout.spill_after if off_layout is not None else None,
             spill_capacity_tokens=off_mem.spill_tokens / n_rep if off_mem is not None else 0.0,
+            kv_cap_tokens=kv_cap,
         )
         links = _links(env, node, gpus_per_replica, trace, link_meas)
         group = ReplicaGroup(r)
@@ -691,11 +738,15 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
                 yield env.timeout(dt)
             ptr[0] = k + 1
             total = int(table.input[i] + table.output[i])
-            too_long = total > max_ctx or mem.num_blocks * plan.kv_cache.block_size < total
-            if not too_long and policy_name in ("continuous", "disaggregated") and table.input[i] > max_tokens:
-                too_long = True
-            if too_long:
-                table.rejected[i] = True
+            reason = None
+            if total > max_ctx:
+                reason = "exceeds_max_context"
+            elif mem.num_blocks * plan.kv_cache.block_size < (total if kv_cap is None else min(total, kv_cap)):
+                reason = "exceeds_kv_capacity"
+            elif policy_name in ("continuous", "disaggregated") and table.input[i] > max_tokens:
+                reason = "prompt_exceeds_token_budget"
+            if reason is not None:
+                table.reject(i, reason)
                 continue
             front[router.choose(i, front)].enqueue(i)
 
@@ -707,12 +758,12 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
                 e.sync()
     sim_wall = time.perf_counter() - wall0
 
-    # KV utilisation, time-weighted, from the iteration log (or the peak when not recorded)
+    # KV utilisation, time-weighted: blocks in use integrated over the run by each replica's
+    # block pool (shared by a replica's pipeline engines, so each block counts once)
     kv_tw = 0.0
-    if log.rows:
-        it = np.asarray([(r[1], r[2], r[7]) for r in log.rows], dtype=np.float64)
-        span = float(np.nanmax(table.finish)) if np.isfinite(table.finish).any() else 0.0
-        kv_tw = float(((it[:, 1] - it[:, 0]) * it[:, 2]).sum() / span / n_rep) if span > 0 else 0.0
+    t_end = float(np.nanmax(table.finish)) if np.isfinite(table.finish).any() else 0.0
+    if t_end > 0:
+        kv_tw = sum(g.engines[0].kv.block_seconds(t_end) for g in replicas) / t_end / n_rep
     engines_all = [e for g in replicas for e in g.engines]
     busy = sum(e.busy_gpu_s for e in engines_all)
     n_units = gpus_per_replica * n_rep
@@ -765,7 +816,17 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     if executors and cpu_cost is not None:
         cb = sum(x.busy_cpu for x in executors)
         resources["cpu_attention"] = {"busy_s": cb, "utilization": cb / span if span > 0 else 0.0}
-    bottleneck = max(resources, key=lambda k: resources[k]["busy_s"]) if resources else None
+    # collectives (TP all-reduces, EP all-to-alls) occupy the GPUs' stream but are bound by the
+    # link they cross: a resource of their own
+    group_comm = [x["comm_s"] for x in per_gpu] or [0.0]
+    if max(group_comm) > 0:
+        resources["collectives"] = {
+            "busy_s": float(np.mean(group_comm)),
+            "utilization": float(np.mean(group_comm)) / span if span > 0 else 0.0,
+            "max_utilization": max(group_comm) / span if span > 0 else 0.0,
+            "link": _group_link(node, cross_tp)[2],
+        }
+    bottleneck = bottleneck_of(resources, [x["compute_s"] for x in per_gpu], group_comm)
     extra = {
         "resources": resources,
         "bottleneck": bottleneck,
@@ -800,6 +861,16 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         extra,
     )
     summary["sim_wall_s"] = time.perf_counter() - wall0
+    warn.extend(run_warnings(summary))
+    longest_by = {c: max(e.max_context[c] for e in engines_all) for c in ("attn_prefill", "attn_decode")}
+    summary["max_context_tokens"] = max(longest_by.values())
+    for cls, top in sorted(measured_context(eff).items()):
+        longest = longest_by[cls]
+        if longest > top:
+            warn.append(
+                f"sequences attended up to {longest} tokens, beyond the {int(top)} tokens per sequence the calibration "
+                f"profile measured for {cls}: its time there is extrapolated by the fitted model"
+            )
     memory = account_memory(node, mem, off_mem, tiers, n_rep, gpus_per_replica, use_cpu, pc, swap_bytes, replicas)
     summary["memory"] = memory
     events = None
@@ -810,6 +881,66 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
                 for s0, s1, tag, nb in link.intervals or []:
                     events.append({"name": tag or k, "ph": "X", "pid": r.index, "tid": link.name, "ts": s0 * 1e6, "dur": (s1 - s0) * 1e6, "args": {"bytes": nb}})
     return Result(sc, summary, table, log.rows, memory, warn, events)  # memory: per tier, by owner
+
+
+def bottleneck_of(resources: dict[str, dict[str, float]], group_kernels: list[float], group_comm: list[float]) -> str | None:
+    """The resource that bounds the run: the one busy longest. Compute counts the busiest GPU
+    group's kernel time without its collectives, ``collectives`` the busiest group's time in
+    collectives (bound by the link they cross), a link direction or the CPU attention stream
+    its busy seconds (docs/metrics.md)."""
+    busy = {k: v["busy_s"] for k, v in resources.items() if k not in ("compute", "collectives")}
+    if "compute" in resources:
+        busy["compute"] = max(group_kernels, default=0.0)
+    if "collectives" in resources:
+        busy["collectives"] = max(group_comm, default=0.0)
+    return max(busy, key=lambda k: busy[k]) if busy else None
+
+
+_MEASURED_CONTEXT: dict[str, dict[str, float]] = {}
+
+
+def measured_context(eff: Any) -> dict[str, float]:
+    """The longest context per sequence (tokens attended) a calibration profile measured, per
+    attention class it measured (``attn_decode``, ``attn_prefill``); {} for datasheet models.
+    Read from the profile's samples (its ``ctx`` column sums the batch's contexts)."""
+    import csv
+
+    path = getattr(eff, "path", None)
+    classes = [c for c in ("attn_decode", "attn_prefill") if eff.is_measured(c)]
+    if path is None or not classes:
+        return {}
+    f = Path(path).parent / "samples.csv"
+    key = str(f)
+    if key not in _MEASURED_CONTEXT:
+        out: dict[str, float] = {}
+        try:
+            with open(f, encoding="utf-8", newline="") as fh:
+                for row in csv.DictReader(fh):
+                    c = row.get("op_class")
+                    if c in classes and row.get("ctx") and row.get("batch"):
+                        out[c] = max(out.get(c, 0.0), float(row["ctx"]) / max(float(row["batch"]), 1.0))
+        except (OSError, ValueError, UnicodeDecodeError):
+            out = {}
+        _MEASURED_CONTEXT[key] = out
+    return _MEASURED_CONTEXT[key]
+
+
+def run_warnings(summary: dict[str, Any]) -> list[str]:
+    """What a reader of the summary must not miss: rejected requests and an overloaded run."""
+    out = []
+    if summary["requests_rejected"]:
+        why = ", ".join(f"{k} {v}" for k, v in summary["rejection_reasons"].items())
+        out.append(
+            f"{summary['requests_rejected']} of {summary['requests_total']} requests were rejected ({why}); "
+            "they count as missing the SLO (requests table: reject_reason)"
+        )
+    if summary["overloaded"]:
+        out.append(
+            f"the run is overloaded: the wait for admission grows by {summary['queue_growth']:.2f} s and the time in "
+            f"the system by {summary['e2e_growth']:.2f} s per second of arrivals (more requests arrive than the deployment serves, so the backlog grows without bound and "
+            "latency percentiles depend on how long the trace is); add capacity or lower the rate"
+        )
+    return out
 
 
 def account_memory(node, mem, off_mem, tiers, n_rep, gpus_per_replica, use_cpu, pc, swap_bytes, replicas):  # type: ignore[no-untyped-def]
