@@ -88,9 +88,22 @@ class OffloadCompute:
             t = max(t, 4.0 * self._attn_width * pairs / rate)
         return t
 
+    def _repeat_kv_factor(self) -> float:
+        """How much more memory traffic the host attention of a grouped-query model moves than
+        the multi-head attention its FLOP rate was measured on: Hugging Face's attention (which
+        ZeRO-Inference runs) materialises each KV head once per query head of its group
+        (``repeat_kv``: read the cache, write g copies) before the matmuls read those copies,
+        2 + 1/g element moves per query head and cached token against the one read of
+        multi-head attention. Host attention is memory-bound (FlexGen's measured rate is 0.6% of
+        the CPU's peak), so its time scales with these bytes."""
+        m = self.cost.model
+        if m.num_kv_heads >= m.num_heads:
+            return 1.0
+        return 2.0 + m.num_kv_heads / m.num_heads
+
     def cpu_decode_attention(self, batch: int, kv_tokens: float) -> float:
         """Seconds of one layer's decode attention on the host CPU over ``kv_tokens`` cached tokens."""
-        flops = 4.0 * self.cost.model.num_heads * self.cost.model.d_head * kv_tokens
+        flops = 4.0 * self.cost.model.num_heads * self.cost.model.d_head * kv_tokens * self._repeat_kv_factor()
         if self.measured is not None and self.measured.cpu_attention_flops:
             return flops / self.measured.cpu_attention_flops
         c = self.cpu_cost
