@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml constraints-dev.txt $(BIN)/python
-	$(BIN)/python -m pip install -q -c constraints-dev.txt -e ".[dev,calibrate]"
+	$(BIN)/python -m pip install -q -c constraints-dev.txt -e ".[dev,calibrate,ray]"
 	touch $(VENV)/.installed $@
 
 run: $(VENV)/.installed

@@ -24,8 +24,8 @@ def _fmt_ms(x: Any) -> str:
     return "-" if v != v else f"{v * 1e3:,.1f} ms"
 
 
-def print_summary(s: dict[str, Any], out: Any = sys.stdout) -> None:
-    w = out.write
+def print_summary(s: dict[str, Any], out: Any = None, wall_s: float | None = None) -> None:
+    w = (out or sys.stdout).write
     w(f"simkit: {s.get('model')} on {s.get('hardware')} ({s.get('device')}), policy {s.get('policy')}, "
       f"tp={s.get('tp')} replicas={s.get('replicas')}\n")
     w(f"  calibration      {s.get('calibration')}\n")
@@ -49,7 +49,10 @@ def print_summary(s: dict[str, Any], out: Any = sys.stdout) -> None:
         w(f"  prefix cache     {s['prefix_cache_hit_rate'] * 100:.1f}% of prompt tokens hit ({tiers})\n")
     w(f"  cost             ${s['usd_per_million_output_tokens']:.3f} per million output tokens "
       f"(${s['cost_per_hour_usd']:.2f}/h); energy {s['energy_per_output_token_j']:.3f} J/token\n")
-    w(f"  simulated in     {s['sim_wall_s']:.3f} s wall, engine path: {s['engine_path']}\n")
+    if wall_s is not None:
+        w(f"  simulated in     {wall_s:.3f} s wall, engine path: {s['engine_path']}\n")
+    else:
+        w(f"  engine path      {s['engine_path']}\n")
 
 
 # ---- subcommands -------------------------------------------------------------------------------
@@ -62,9 +65,29 @@ def cmd_run(a: argparse.Namespace) -> int:
     for wmsg in res.warnings:
         print(f"warning: {wmsg}", file=sys.stderr)
     out = a.out or os.path.join("reports", sc.name)
-    paths = write_outputs(res, out, a.trace_out)
-    print_summary(res.summary)
+    paths = write_outputs(res, out, a.trace_out, command=_command_line(a))
+    print_summary(res.summary, wall_s=res.sim_wall_s)
     print(f"  wrote            {', '.join(str(p) for p in paths)}")
+    if a.report:
+        _write_report([out], a.report)
+    return 0
+
+
+def _command_line(a: argparse.Namespace) -> str:
+    import shlex
+
+    return "simkit " + " ".join(shlex.quote(x) for x in a.argv)
+
+
+def _write_report(dirs: list[str], out: str) -> None:
+    from simkit.report import write_report
+
+    p = write_report(dirs, out)
+    print(f"  report           {p}")
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    _write_report(a.dirs, a.output)
     return 0
 
 
@@ -101,6 +124,7 @@ def cmd_estimate_ops(a: argparse.Namespace) -> int:
         raise SimkitError(f"--tp {a.tp} does not divide the {model.num_heads} heads of {model.name}")
     device = ComputeDevice.from_gpu(gpu)
     eff, info, warn = resolve_calibration(a.calibration, "gpu", gpu.name)
+    device = device.for_profile(eff, {})  # the roofline the profile's efficiencies refer to
     if warn:
         print(f"warning: {warn}", file=sys.stderr)
     prec = Precision(a.dtype, a.dtype if a.dtype not in ("int4",) else "fp16", a.dtype if a.dtype != "int4" else "fp16")
@@ -211,6 +235,31 @@ def cmd_offload_plan(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(a: argparse.Namespace) -> int:
+    from simkit.search import load_spec, print_table, run_search, write_search
+    from simkit.search.hints import vllm_hint
+    from simkit.study.store import RunStore
+
+    spec = load_spec(a.spec)
+    if a.top is not None:
+        spec.top = a.top
+    out = a.out or os.path.join("reports", f"search-{spec.name}")
+    if a.jobs < 1:
+        raise SimkitError(f"--jobs: expected an integer >= 1, got {a.jobs}")
+    res = run_search(spec, RunStore(out), exhaustive=a.exhaustive, progress=not a.no_progress, jobs=a.jobs)
+    paths = write_search(res, out)
+    print_table(res, sys.stdout)
+    if res.best is not None:
+        from simkit.scenario import load_scenario
+
+        print(vllm_hint(load_scenario(os.path.join(out, "best.yaml"))), end="")
+    print(f"wrote {', '.join(str(p) for p in paths if p.parent == paths[0].parent)} and {os.path.join(out, 'best')}/"
+          if res.best is not None else f"wrote {', '.join(str(p) for p in paths)}")
+    if a.report:
+        _write_report([out], a.report)
+    return 0 if res.best is not None else 1
+
+
 def cmd_calibrate(argv: list[str]) -> int:
     if argv and argv[0] == "import-profiles":
         from simkit.calibrate.vidur import main_import_profiles
@@ -231,6 +280,12 @@ def cmd_validate(argv: list[str]) -> int:
     return val_main(argv)
 
 
+def cmd_study(argv: list[str]) -> int:
+    from simkit.study.cli import main as study_main
+
+    return study_main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="simkit", description="Performance simulator and cost-model analyzer for LLM inference.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -242,7 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--trace-out", help="write a Chrome-trace/Perfetto timeline JSON here")
     r.add_argument("--engine", choices=["auto", "reference"], default="auto",
                    help="reference: always the reference engine (default: the fast exact path where it applies)")
+    r.add_argument("--report", metavar="FILE.html", help="also write an HTML report of the run here")
     r.set_defaults(func=cmd_run)
+
+    rp = sub.add_parser("report", help="one self-contained HTML page for run, study or search folders")
+    rp.add_argument("dirs", nargs="+", metavar="DIR", help="a run, study or search folder; two or more run folders compare")
+    rp.add_argument("-o", "--output", required=True, metavar="FILE.html")
+    rp.set_defaults(func=cmd_report)
 
     s = sub.add_parser("schema", help="print the scenario JSON Schema")
     s.set_defaults(func=cmd_schema)
@@ -276,8 +337,19 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--json", help="write the ranked plans as JSON here")
     o.set_defaults(func=cmd_offload_plan)
 
+    se = sub.add_parser("search", help="find the best deployment plan over a space of scenarios (docs/search.md)")
+    se.add_argument("spec", help="search YAML: base, space, constraints, objective")
+    se.add_argument("--out", help="output folder (default reports/search-<name>); rerunning resumes")
+    se.add_argument("--top", type=int, help="rank this many plans (overrides the file's top)")
+    se.add_argument("--exhaustive", action="store_true", help="simulate every candidate that passes screening (no pruning)")
+    se.add_argument("--jobs", type=int, default=1, help="simulate this many candidates at once in worker processes")
+    se.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    se.add_argument("--report", metavar="FILE.html", help="also write an HTML report of the search here")
+    se.set_defaults(func=cmd_search)
+
     sub.add_parser("calibrate", help="run microbenchmarks (see simkit calibrate --help) or import-profiles", add_help=False)
     sub.add_parser("validate", help="compare real torch runs with predictions (see simkit validate --help)", add_help=False)
+    sub.add_parser("study", help="run a what-if study YAML, or `study show DIR` (see simkit study --help)", add_help=False)
     return p
 
 
@@ -288,7 +360,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_calibrate(args[1:])
         if args and args[0] == "validate":
             return cmd_validate(args[1:])
+        if args and args[0] == "study":
+            return cmd_study(args[1:])
         ns = build_parser().parse_args(args)
+        ns.argv = args
         return int(ns.func(ns))
     except SimkitError as e:
         if os.environ.get("SIMKIT_DEBUG"):
@@ -297,6 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

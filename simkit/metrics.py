@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from simkit.engine.state import RequestTable, TBTHistogram
+from simkit.engine.state import REJECT_REASONS, RequestTable, TBTHistogram
 
 
 def _pct(x: np.ndarray, p: float) -> float:
@@ -20,6 +20,50 @@ def _pct(x: np.ndarray, p: float) -> float:
     if x.size == 0:
         return float("nan")
     return float(np.percentile(x, p))
+
+
+def _pct_missing(x: np.ndarray, missing: int, p: float) -> float:
+    """The ``p``-th percentile of ``x`` plus ``missing`` values of infinite latency (requests
+    that never completed): inf when the percentile falls among them."""
+    x = x[np.isfinite(x)]
+    n = x.size + missing
+    if n == 0:
+        return float("nan")
+    if missing == 0:
+        return float(np.percentile(x, p))
+    # numpy's linear method over the sorted values, the missing ones last (infinite)
+    rank = p / 100.0 * (n - 1)
+    lo, hi = math.floor(rank), math.ceil(rank)
+    if hi >= x.size:
+        return math.inf
+    v = np.sort(x)
+    return float(v[lo] + (rank - lo) * (v[hi] - v[lo]))
+
+
+OVERLOAD_GROWTH = 0.05
+"""Growth (seconds of extra delay per second of arrivals) above which a run is ``overloaded``."""
+
+MIN_OVERLOAD_REQUESTS = 20
+
+
+def delay_growth(arrival: np.ndarray, delay: np.ndarray) -> float:
+    """How fast a per-request delay rises over the arrivals: the requests are split by arrival
+    into halves, and growth is the rise of the median delay from the first half to the second
+    per second between the halves' mean arrival times. A stable system delays late arrivals as
+    much as early ones (growth ~0); one offered more than it serves builds a backlog, and the
+    delay grows by about offered rate / served rate - 1 per second. 0 when the arrivals span no
+    time (a batch at t=0) or there are fewer than 20 requests."""
+    ok = np.isfinite(delay)
+    a, w = arrival[ok], delay[ok]
+    if a.size < MIN_OVERLOAD_REQUESTS:
+        return 0.0
+    order = np.argsort(a, kind="stable")
+    a, w = a[order], w[order]
+    h = a.size // 2
+    dt = float(a[h:].mean() - a[:h].mean())
+    if dt <= 0:
+        return 0.0
+    return (float(np.median(w[h:])) - float(np.median(w[:h]))) / dt
 
 
 @dataclass
@@ -82,18 +126,29 @@ def summarize(table: RequestTable, tbt: TBTHistogram, cost: CostInputs, slo: Any
     ttft_b = slo.ttft_s or min([v for v in (slo.ttft_p90_s, slo.ttft_p99_s) if v] or [math.inf])
     tpot_b = slo.tpot_s or min([v for v in (slo.tpot_p90_s, slo.tpot_p99_s) if v] or [math.inf])
     if math.isfinite(ttft_b) or math.isfinite(tpot_b):
+        # every submitted request counts: a rejected (or unfinished) one does not meet the SLO
         req_tpot = np.where(out > 1, (table.finish - table.first_token)[done] / np.maximum(out - 1, 1), 0.0)
         ok = (ttft <= ttft_b) & (req_tpot <= tpot_b)
-        s["slo_attainment"] = float(ok.mean()) if ok.size else float("nan")
+        missing = int(table.n - n_done)
+        s["slo_attainment"] = float(ok.sum()) / table.n if table.n else float("nan")
         s["goodput_requests_per_s"] = float(ok.sum()) / makespan if makespan > 0 else float("nan")
         s["goodput_output_tokens_per_s"] = float(out[ok].sum()) / makespan if makespan > 0 else float("nan")
         checks = {
-            "ttft_p90_s": (slo.ttft_p90_s, s["ttft_p90_s"]),
-            "ttft_p99_s": (slo.ttft_p99_s, s["ttft_p99_s"]),
-            "tpot_p90_s": (slo.tpot_p90_s, s["tpot_p90_s"]),
-            "tpot_p99_s": (slo.tpot_p99_s, s["tpot_p99_s"]),
+            "ttft_p90_s": (slo.ttft_p90_s, _pct_missing(ttft, missing, 90)),
+            "ttft_p99_s": (slo.ttft_p99_s, _pct_missing(ttft, missing, 99)),
+            "tpot_p90_s": (slo.tpot_p90_s, _pct_missing(tpot, missing, 90)),
+            "tpot_p99_s": (slo.tpot_p99_s, _pct_missing(tpot, missing, 99)),
         }
         s["slo_met"] = all(v <= b for b, v in checks.values() if b is not None)
+    s["rejection_reasons"] = {
+        REJECT_REASONS[k]: int(c) for k, c in enumerate(np.bincount(table.reject_reason, minlength=len(REJECT_REASONS))) if k and c
+    }
+    # overload: the wait for admission, or the time in the system (a continuous batch absorbs a
+    # backlog into ever larger, slower batches before its waiting queue grows), rises over the run
+    admitted = ~table.rejected
+    s["queue_growth"] = delay_growth(arr[admitted], (table.scheduled - arr)[admitted])
+    s["e2e_growth"] = delay_growth(arr[done], (table.finish - arr)[done])
+    s["overloaded"] = bool(max(s["queue_growth"], s["e2e_growth"]) > OVERLOAD_GROWTH)
     # KV cache and prefix cache
     s["kv_blocks_total"] = cost.num_blocks
     s["kv_utilization_mean"] = cost.kv_time_weighted_used / cost.num_blocks if cost.num_blocks else float("nan")
@@ -136,6 +191,7 @@ def requests_columns(table: RequestTable) -> dict[str, np.ndarray]:
         "preemptions": table.preemptions,
         "swaps": table.swaps,
         "rejected": table.rejected,
+        "reject_reason": np.asarray(REJECT_REASONS, dtype=object)[table.reject_reason],
         "ttft_s": table.first_token - table.arrival,
         "e2e_s": table.finish - table.arrival,
     }

@@ -56,6 +56,17 @@ class Result:
     memory: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     trace_events: list[dict[str, Any]] | None = None
+    sim_wall_s: float = 0.0
+    """Wall-clock seconds of ``simulate()`` (in provenance.json, not summary.json: not deterministic)."""
+    calibration: dict[str, Any] = field(default_factory=dict)
+    """The calibration used: setting, description, profile name/path and its measured fidelity."""
+    link_busy: list[tuple[int, str, float, float]] = field(default_factory=list)
+    """(replica, link, start_s, end_s) of every busy period of every link direction (links.parquet)."""
+
+    def links_frame(self):  # type: ignore[no-untyped-def]
+        import pandas as pd
+
+        return pd.DataFrame(link_columns(self.link_busy))
 
     def requests_frame(self):  # type: ignore[no-untyped-def]
         from simkit.metrics import requests_frame
@@ -118,8 +129,26 @@ def resolve_calibration(sc: Scenario, device: ComputeDevice, quiet: bool = False
 
     setting = sc.calibration
     if setting != "auto":
-        setting = str(sc.resolve_path(setting))
+        # absolute, so the description (in summary.json) does not depend on how the path is spelt
+        setting = str(sc.resolve_path(setting).resolve())
     return _resolve(setting, device.kind, device.name)
+
+
+def resolve_compute(sc: Scenario, node: Node) -> tuple[bool, ComputeDevice, EfficiencyModel, str, str | None]:
+    """(computes on the CPU?, the compute device, its efficiency model, the calibration's
+    description, a warning or None). With a profile, the device carries the roofline the
+    profile's efficiencies were fitted to."""
+    use_cpu = sc.plan.execution.device == "cpu" or node.gpu is None
+    if use_cpu:
+        device = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
+    else:
+        assert node.gpu is not None
+        device = ComputeDevice.from_gpu(node.gpu)
+    eff, cal_info, cal_warn = resolve_calibration(sc, device)
+    # time operators against the roofline the profile's efficiencies were fitted to, scaled by
+    # the scenario's what-if multipliers
+    device = device.for_profile(eff, node.scale)
+    return use_cpu, device, eff, cal_info, cal_warn
 
 
 def host_overhead(scenario_value: float | None, eff: EfficiencyModel) -> HostOverhead:
@@ -164,6 +193,9 @@ def comm_fn(kind: str, node: Node, n: int, cross_node: bool, algorithm: str = "r
     fit = None
     if not cross_node and eff is not None:
         fit = eff.collective_fit(kind, topology(node), n)
+        if fit is not None:
+            # measured on the unscaled link: a what-if bandwidth scales its bands
+            fit = fit.scaled(node.scale_of("gpu_to_gpu" if node.link("gpu_to_gpu") is not None else "host_to_gpu"))
 
     def f(nbytes: np.ndarray) -> np.ndarray:
         return collectives.collective_time(kind, np.asarray(nbytes, dtype=np.float64), n, bw, lat, algorithm, fit)
@@ -293,6 +325,23 @@ def measured_links(eff: EfficiencyModel, io_block: float, io_depth: int) -> dict
     return out
 
 
+def _measured_link_scale(node: Node, key: str) -> float:
+    """The what-if multiplier (``hardware.bandwidth_scale``) for a link rate measured on the
+    unscaled machine (by a calibration profile, or in a node preset's ``measured:``): PCIe copies scale with ``host_to_gpu``; SSD streams by
+    how much the scaled catalog path (the drives' bandwidth, capped by their NVMe links)
+    speeds up over the unscaled one."""
+    if key in ("h2d", "d2h", "d2h_kv", "h2d_pageable", "d2h_pageable"):
+        return node.scale_of("host_to_gpu")
+    if key in ("nvme_read", "nvme_write", "nvme_write_kv") and node.ssd:
+        t = node.tiers()["ssd"]
+        drive = t.read_bw if key == "nvme_read" else t.write_bw
+        nv = node.link("nvme")
+        cap = nv.achieved_bandwidth * len(node.ssd) if nv else float("inf")
+        s_ssd, s_nv = node.scale_of("ssd"), node.scale_of("nvme")
+        return min(drive, cap) / min(drive / s_ssd, cap / s_nv)
+    return 1.0
+
+
 def link_rates(node: Node, gpus: int, measured: dict[str, tuple[float, float]] | None = None) -> dict[str, tuple[float, float]]:
     """(bandwidth, latency) of every link direction of a replica of ``gpus`` GPUs, the one home
     of these numbers for the simulator and the placement optimiser: the catalog's achieved
@@ -309,7 +358,7 @@ def link_rates(node: Node, gpus: int, measured: dict[str, tuple[float, float]] |
         if meas is not None:
             for key, v in (("h2d", meas.h2d_bandwidth), ("d2h", meas.d2h_bandwidth), ("d2h_kv", meas.d2h_kv_bandwidth)):
                 if v is not None:
-                    out[key] = (v * gpus, h2g.latency)
+                    out[key] = (v * gpus * _measured_link_scale(node, key), h2g.latency)
     tiers = node.tiers()
     if "ssd" in tiers:
         t = tiers["ssd"]
@@ -321,7 +370,7 @@ def link_rates(node: Node, gpus: int, measured: dict[str, tuple[float, float]] |
             for key, v in (("nvme_read", meas.ssd_read_bandwidth), ("nvme_write", meas.ssd_write_bandwidth),
                            ("nvme_write_kv", meas.ssd_kv_write_bandwidth)):
                 if v is not None:
-                    out[key] = (v, t.latency)
+                    out[key] = (v * _measured_link_scale(node, key), t.latency)
     if "cxl" in tiers:
         t = tiers["cxl"]
         cx = node.link("cxl")
@@ -336,7 +385,7 @@ def link_rates(node: Node, gpus: int, measured: dict[str, tuple[float, float]] |
         out["nvlink"] = (gg.achieved_bandwidth, gg.latency)
     for key, (bw, lat) in (measured or {}).items():
         if key in out:
-            out[key] = (bw * (gpus if key in ("h2d", "d2h") else 1), lat)
+            out[key] = (bw * (gpus if key in ("h2d", "d2h") else 1) * _measured_link_scale(node, key), lat)
             if key in ("d2h", "nvme_write"):
                 out.pop(f"{key}_kv", None)  # the profile measured this machine's stores itself
     return out
@@ -425,20 +474,11 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     offloaded = not plan.offload.is_trivial
     if offloaded and par.pp > 1:
         raise ScenarioError("offloading with pipeline parallelism (pp > 1) is not supported; use tp or replicas", where=where, key="plan.offload")
-    use_cpu = plan.execution.device == "cpu" or node.gpu is None
+    use_cpu, device, eff, cal_info, cal_warn = resolve_compute(sc, node)
     if use_cpu:
-        device = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
         if par.tp * par.pp * par.replicas > 1:
             raise ScenarioError("tensor/pipeline parallelism and replicas need GPUs; this plan computes on the CPU", where=where, key="plan.parallel")
         layout = Layout(1, 1, 1, 1, (model.num_layers,), 0, 1)
-    else:
-        assert node.gpu is not None
-        device = ComputeDevice.from_gpu(node.gpu)
-    eff, cal_info, cal_warn = resolve_calibration(sc, device)
-    prof_dev = eff.measured_device()
-    if prof_dev is not None:
-        # time operators against the roofline the profile's efficiencies were fitted to
-        device = device.calibrated(prof_dev)
     if cal_warn:
         warn.append(cal_warn)
         warnings.warn(cal_warn, stacklevel=2)
@@ -535,6 +575,24 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             where=where,
             key="plan.routing",
         )
+    if policy_name in ("continuous", "disaggregated") and bat.max_num_batched_tokens < bat.max_num_seqs:
+        raise ScenarioError(
+            f"max_num_batched_tokens ({bat.max_num_batched_tokens}) is below max_num_seqs ({bat.max_num_seqs}): the "
+            "decodes of a full batch would exceed one iteration's token budget (vLLM refuses this too); raise "
+            "max_num_batched_tokens or lower max_num_seqs",
+            where=where,
+            key="plan.batching.max_num_batched_tokens",
+        )
+    if policy_name == "chunked_prefill" and min(bat.chunk_size, bat.max_num_batched_tokens) < bat.max_num_seqs:
+        # every running request decodes one token per iteration inside the budget: decodes alone
+        # must never exceed it (vLLM refuses max_num_batched_tokens < max_num_seqs too)
+        raise ScenarioError(
+            f"chunked_prefill's token budget min(chunk_size, max_num_batched_tokens) = "
+            f"{min(bat.chunk_size, bat.max_num_batched_tokens)} is below max_num_seqs ({bat.max_num_seqs}): the decodes "
+            "of a full batch would not fit one iteration; raise chunk_size or lower max_num_seqs",
+            where=where,
+            key="plan.batching.chunk_size" if bat.chunk_size <= bat.max_num_batched_tokens else "plan.batching.max_num_batched_tokens",
+        )
     n_rep = par.replicas
     if disagg and n_rep < 2:
         raise ScenarioError(
@@ -560,6 +618,14 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         )
     if pc.enabled and not reqs.has_prefixes:
         warn.append("plan.prefix_cache is enabled but the workload carries no prefix hashes: no hits are possible")
+    # a sliding-window model keeps the window (plus the block being filled) per sequence
+    kv_cap = model.sliding_window + plan.kv_cache.block_size if model.sliding_window is not None else None
+    if kv_cap is not None and offloaded:
+        warn.append(
+            f"{model.name} attends a sliding window of {model.sliding_window} tokens, but plan.offload places, "
+            "streams and sizes the KV of the whole context (as FlexGen does): KV traffic and capacity are those of "
+            "full attention"
+        )
     replicas: list[ReplicaGroup] = []
     executors: list[OffloadExecutor] = []
     link_meas = measured_links(eff, plan.offload.io_block_size, plan.offload.io_queue_depth)
@@ -568,9 +634,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     if offloaded and plan.offload.cpu_attention and not use_cpu:
         cpu_dev = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
         cpu_eff, _, _ = resolve_calibration(sc, cpu_dev, quiet=True)
-        cpu_prof_dev = cpu_eff.measured_device()
-        if cpu_prof_dev is not None:
-            cpu_dev = cpu_dev.calibrated(cpu_prof_dev)
+        cpu_dev = cpu_dev.for_profile(cpu_eff, node.scale)
         cpu_cost = IterationModel(model, cpu_dev, cpu_eff, prec, tp=1)
         cpu_stream = simpy.Resource(env, capacity=1)
     arrivals = table.arrival
@@ -599,11 +663,13 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         dec = replicas[n_prefill:]
         k = decode_router.choose(i, dec)
         table.target[i] = table.kv_len[i]
-        dec[k].enqueue(i)
+        table.handoff[i] = env.now
+        dec[k].hand_off(i)
 
     slow_reason = "requested" if engine == "reference" else fast_path_reason(
         policy_name, pc.enabled, plan.kv_cache.preemption, offloaded, par.pp,
         plan.execution.mode == "layer_by_layer", off_layout is not None and off_layout.spill_after is not None, trace,
+        model.sliding_window is not None,
     )
     engine_cls = Replica if slow_reason else FastReplica
     engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
@@ -622,7 +688,8 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
                 caps[t] = int(pc.capacity.get(t, default) // per_hash)
             cache = PrefixCache(use, caps, hash_tokens // plan.kv_cache.block_size)
         kv = KVBlockManager(
-            mem.num_blocks, plan.kv_cache.block_size, int(plan.kv_cache.watermark * mem.num_blocks), cache=cache
+            mem.num_blocks, plan.kv_cache.block_size, int(plan.kv_cache.watermark * mem.num_blocks), cache=cache,
+            clock=lambda: env.now,
         )
         cfg = ReplicaConfig(
             plan.kv_cache.block_size,
@@ -635,6 +702,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             layerwise=plan.execution.mode == "layer_by_layer",
             spill_after=off_layout.spill_after if off_layout is not None else None,
             spill_capacity_tokens=off_mem.spill_tokens / n_rep if off_mem is not None else 0.0,
+            kv_cap_tokens=kv_cap,
         )
         links = _links(env, node, gpus_per_replica, trace, link_meas)
         group = ReplicaGroup(r)
@@ -686,28 +754,35 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
                 yield env.timeout(dt)
             ptr[0] = k + 1
             total = int(table.input[i] + table.output[i])
-            too_long = total > max_ctx or mem.num_blocks * plan.kv_cache.block_size < total
-            if not too_long and policy_name in ("continuous", "disaggregated") and table.input[i] > max_tokens:
-                too_long = True
-            if too_long:
-                table.rejected[i] = True
+            reason = None
+            if total > max_ctx:
+                reason = "exceeds_max_context"
+            elif mem.num_blocks * plan.kv_cache.block_size < (total if kv_cap is None else min(total, kv_cap)):
+                reason = "exceeds_kv_capacity"
+            elif policy_name in ("continuous", "disaggregated") and table.input[i] > max_tokens:
+                reason = "prompt_exceeds_token_budget"
+            if reason is not None:
+                table.reject(i, reason)
                 continue
             front[router.choose(i, front)].enqueue(i)
 
     env.process(arrival_process())
+    if record_iterations:
+        for g in replicas:
+            for link in g.links.values():
+                link.busy_log = []
     env.run()
     for g in replicas:
         for e in g.engines:
             if isinstance(e, FastReplica):
                 e.sync()
-    sim_wall = time.perf_counter() - wall0
 
-    # KV utilisation, time-weighted, from the iteration log (or the peak when not recorded)
+    # KV utilisation, time-weighted: blocks in use integrated over the run by each replica's
+    # block pool (shared by a replica's pipeline engines, so each block counts once)
     kv_tw = 0.0
-    if log.rows:
-        it = np.asarray([(r[1], r[2], r[7]) for r in log.rows], dtype=np.float64)
-        span = float(np.nanmax(table.finish)) if np.isfinite(table.finish).any() else 0.0
-        kv_tw = float(((it[:, 1] - it[:, 0]) * it[:, 2]).sum() / span / n_rep) if span > 0 else 0.0
+    t_end = float(np.nanmax(table.finish)) if np.isfinite(table.finish).any() else 0.0
+    if t_end > 0:
+        kv_tw = sum(g.engines[0].kv.block_seconds(t_end) for g in replicas) / t_end / n_rep
     engines_all = [e for g in replicas for e in g.engines]
     busy = sum(e.busy_gpu_s for e in engines_all)
     n_units = gpus_per_replica * n_rep
@@ -760,7 +835,17 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     if executors and cpu_cost is not None:
         cb = sum(x.busy_cpu for x in executors)
         resources["cpu_attention"] = {"busy_s": cb, "utilization": cb / span if span > 0 else 0.0}
-    bottleneck = max(resources, key=lambda k: resources[k]["busy_s"]) if resources else None
+    # collectives (TP all-reduces, EP all-to-alls) occupy the GPUs' stream but are bound by the
+    # link they cross: a resource of their own
+    group_comm = [x["comm_s"] for x in per_gpu] or [0.0]
+    if max(group_comm) > 0:
+        resources["collectives"] = {
+            "busy_s": float(np.mean(group_comm)),
+            "utilization": float(np.mean(group_comm)) / span if span > 0 else 0.0,
+            "max_utilization": max(group_comm) / span if span > 0 else 0.0,
+            "link": _group_link(node, cross_tp)[2],
+        }
+    bottleneck = bottleneck_of(resources, [x["compute_s"] for x in per_gpu], group_comm)
     extra = {
         "resources": resources,
         "bottleneck": bottleneck,
@@ -768,7 +853,6 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         "per_gpu": per_gpu,
         "expert_group_shares": group_shares,
         "collective_share": sum(x["comm_s"] for x in per_gpu) / tot_busy if tot_busy > 0 else 0.0,
-        "sim_wall_s": sim_wall,
         "engine_path": engine_path,
         "model": model.name,
         "hardware": node.name,
@@ -793,7 +877,16 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         sc.slo,
         extra,
     )
-    summary["sim_wall_s"] = time.perf_counter() - wall0
+    warn.extend(run_warnings(summary))
+    longest_by = {c: max(e.max_context[c] for e in engines_all) for c in ("attn_prefill", "attn_decode")}
+    summary["max_context_tokens"] = max(longest_by.values())
+    for cls, top in sorted(measured_context(eff).items()):
+        longest = longest_by[cls]
+        if longest > top:
+            warn.append(
+                f"sequences attended up to {longest} tokens, beyond the {int(top)} tokens per sequence the calibration "
+                f"profile measured for {cls}: its time there is extrapolated by the fitted model"
+            )
     memory = account_memory(node, mem, off_mem, tiers, n_rep, gpus_per_replica, use_cpu, pc, swap_bytes, replicas)
     summary["memory"] = memory
     events = None
@@ -803,7 +896,69 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             for k, link in r.links.items():
                 for s0, s1, tag, nb in link.intervals or []:
                     events.append({"name": tag or k, "ph": "X", "pid": r.index, "tid": link.name, "ts": s0 * 1e6, "dur": (s1 - s0) * 1e6, "args": {"bytes": nb}})
-    return Result(sc, summary, table, log.rows, memory, warn, events)  # memory: per tier, by owner
+    link_busy = [(g.index, k, s0, s1) for g in replicas for k, link in g.links.items() for s0, s1 in link.busy_log or []]
+    return Result(sc, summary, table, log.rows, memory, warn, events,  # memory: per tier, by owner
+                  time.perf_counter() - wall0, calibration_provenance(sc, eff, cal_info), link_busy)
+
+
+def bottleneck_of(resources: dict[str, dict[str, float]], group_kernels: list[float], group_comm: list[float]) -> str | None:
+    """The resource that bounds the run: the one busy longest. Compute counts the busiest GPU
+    group's kernel time without its collectives, ``collectives`` the busiest group's time in
+    collectives (bound by the link they cross), a link direction or the CPU attention stream
+    its busy seconds (docs/metrics.md)."""
+    busy = {k: v["busy_s"] for k, v in resources.items() if k not in ("compute", "collectives")}
+    if "compute" in resources:
+        busy["compute"] = max(group_kernels, default=0.0)
+    if "collectives" in resources:
+        busy["collectives"] = max(group_comm, default=0.0)
+    return max(busy, key=lambda k: busy[k]) if busy else None
+
+
+_MEASURED_CONTEXT: dict[str, dict[str, float]] = {}
+
+
+def measured_context(eff: Any) -> dict[str, float]:
+    """The longest context per sequence (tokens attended) a calibration profile measured, per
+    attention class it measured (``attn_decode``, ``attn_prefill``); {} for datasheet models.
+    Read from the profile's samples (its ``ctx`` column sums the batch's contexts)."""
+    import csv
+
+    path = getattr(eff, "path", None)
+    classes = [c for c in ("attn_decode", "attn_prefill") if eff.is_measured(c)]
+    if path is None or not classes:
+        return {}
+    f = Path(path).parent / "samples.csv"
+    key = str(f)
+    if key not in _MEASURED_CONTEXT:
+        out: dict[str, float] = {}
+        try:
+            with open(f, encoding="utf-8", newline="") as fh:
+                for row in csv.DictReader(fh):
+                    c = row.get("op_class")
+                    if c in classes and row.get("ctx") and row.get("batch"):
+                        out[c] = max(out.get(c, 0.0), float(row["ctx"]) / max(float(row["batch"]), 1.0))
+        except (OSError, ValueError, UnicodeDecodeError):
+            out = {}
+        _MEASURED_CONTEXT[key] = out
+    return _MEASURED_CONTEXT[key]
+
+
+def run_warnings(summary: dict[str, Any]) -> list[str]:
+    """What a reader of the summary must not miss: rejected requests and an overloaded run."""
+    out = []
+    if summary["requests_rejected"]:
+        why = ", ".join(f"{k} {v}" for k, v in summary["rejection_reasons"].items())
+        out.append(
+            f"{summary['requests_rejected']} of {summary['requests_total']} requests were rejected ({why}); "
+            "they count as missing the SLO (requests table: reject_reason)"
+        )
+    if summary["overloaded"]:
+        out.append(
+            f"the run is overloaded: the wait for admission grows by {summary['queue_growth']:.2f} s and the time in "
+            f"the system by {summary['e2e_growth']:.2f} s per second of arrivals (more requests arrive than the deployment serves, so the backlog grows without bound and "
+            "latency percentiles depend on how long the trace is); add capacity or lower the rate"
+        )
+    return out
 
 
 def account_memory(node, mem, off_mem, tiers, n_rep, gpus_per_replica, use_cpu, pc, swap_bytes, replicas):  # type: ignore[no-untyped-def]
@@ -854,9 +1009,133 @@ def summary_span(table: RequestTable) -> float:
     return float(np.nanmax(table.finish) - table.arrival.min())
 
 
-def write_outputs(result: Result, out_dir: str | Path, trace_out: str | Path | None = None) -> list[Path]:
-    """summary.json, requests.parquet, iterations.parquet (+ a Chrome trace when asked)."""
+def calibration_provenance(sc: Scenario, eff: Any, description: str) -> dict[str, Any]:
+    """What provenance.json records of the calibration: the scenario's setting, the description
+    summary.json carries, and for a profile its name, file and measured fidelity per operator
+    class (in-sample fit error and, where the profile has it, the leave-one-model-out errors that
+    docs/fidelity.md tabulates), as fractions."""
+    out: dict[str, Any] = {"setting": sc.calibration, "description": description, "profile": None, "path": None, "fidelity": {}}
+    models = getattr(eff, "models", None)
+    if not isinstance(models, dict) or not hasattr(eff, "cross_validation"):
+        return out
+    out["profile"] = getattr(eff, "name", None)
+    path = getattr(eff, "path", None)
+    out["path"] = str(Path(path).resolve()) if path is not None else None
+    for cls, cm in models.items():
+        entry: dict[str, Any] = {"fit_error": dict(getattr(cm, "fit_error", {}) or {})}
+        cv = (eff.cross_validation or {}).get(cls) or {}
+        per = cv.get("per_model") or {}
+        if per:
+            meds = [float(v["median_ape"]) for v in per.values() if "median_ape" in v]
+            p90s = [float(v["p90_ape"]) for v in per.values() if "p90_ape" in v]
+            entry["cross_validation"] = {
+                "method": cv.get("method", ""),
+                "scored": cv.get("scored", ""),
+                "median_ape_range": [min(meds), max(meds)] if meds else None,
+                "p90_ape_range": [min(p90s), max(p90s)] if p90s else None,
+                "per_model": {k: {kk: v[kk] for kk in ("median_ape", "p90_ape", "n") if kk in v} for k, v in per.items()},
+            }
+        out["fidelity"][cls] = entry
+    return out
+
+
+_PATH_KEYS = (("workload", "trace", "path"), ("workload", "synthetic", "lengths", "trace", "path"))
+
+
+def _unit_suffix(ann: Any) -> str | None:
+    """" B" or " s" for a size or duration field type (they must be written with a unit)."""
+    from typing import Annotated, Union, get_args, get_origin
+
+    from simkit.specs.base import Bytes, Seconds
+
+    origin = get_origin(ann)
+    if origin is Annotated:
+        meta = get_args(ann)[1:]
+        if any(m is Bytes.__metadata__[0] for m in meta):
+            return " B"
+        if any(m is Seconds.__metadata__[0] for m in meta):
+            return " s"
+        return None
+    if origin is Union or type(ann).__name__ == "UnionType":
+        for a in get_args(ann):
+            u = _unit_suffix(a)
+            if u:
+                return u
+    return None
+
+
+def _plain(value: Any, ann: Any) -> Any:
+    """A validated scenario object as plain YAML data that validates back to the same object:
+    None fields left out, sizes and durations written with their unit (repr keeps every digit)."""
+    from typing import Annotated, get_args, get_origin
+
+    from pydantic import BaseModel
+
+    if isinstance(value, BaseModel):
+        out = {}
+        for name, f in type(value).model_fields.items():
+            v = getattr(value, name)
+            if v is None:
+                continue
+            fa = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
+            out[name] = _plain(v, fa)
+        return out
+    if isinstance(value, dict):
+        inner = get_args(ann)[1] if get_origin(ann) is dict else None
+        if get_origin(ann) is Annotated:
+            base = get_args(ann)[0]
+            inner = get_args(base)[1] if get_origin(base) is dict else None
+        return {k: _plain(v, inner) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v, None) for v in value]
+    unit = _unit_suffix(ann) if ann is not None else None
+    if unit and isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{float(value)!r}{unit}"
+    return value
+
+
+def resolved_scenario_data(sc: Scenario, out_dir: str | Path) -> dict[str, Any]:
+    """The scenario with every default filled in (overrides already applied), as plain data a
+    file in ``out_dir`` can hold: trace and calibration paths are rewritten relative to
+    ``out_dir`` (they resolve against the scenario file's folder), a model file path becomes
+    absolute (model paths resolve against the working directory)."""
+    import os
+
+    data = _plain(sc, type(sc))
+    data["hardware"] = sc.raw_data().get("hardware", data["hardware"])
+    base = Path(out_dir).resolve()
+
+    def rel(p: str) -> str:
+        return os.path.relpath(sc.resolve_path(p).resolve(), base)
+
+    for keys in _PATH_KEYS:
+        node: Any = data
+        for k in keys[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict) and keys[-1] in node:
+            node[keys[-1]] = rel(node[keys[-1]])
+    if data.get("calibration") not in ("auto", "none"):
+        data["calibration"] = rel(data["calibration"])
+    m = data["model"]
+    if m.endswith((".json", ".yaml", ".yml")) or Path(m).is_dir():
+        data["model"] = str(Path(m).resolve())
+    return data
+
+
+def write_outputs(
+    result: Result, out_dir: str | Path, trace_out: str | Path | None = None, command: str | None = None
+) -> list[Path]:
+    """A run folder: summary.json (deterministic), requests.parquet, iterations.parquet,
+    scenario.yaml (the resolved scenario; ``simkit run DIR/scenario.yaml`` reproduces
+    summary.json), provenance.json (version, time, command, calibration, wall time), and a
+    Chrome trace when asked. ``command`` is the command line that made the run, if any."""
+    import datetime
     import json
+    import shlex
+
+    import yaml
+
+    from simkit import __version__
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -871,6 +1150,28 @@ def write_outputs(result: Result, out_dir: str | Path, trace_out: str | Path | N
     paths.append(p)
     p = out / "iterations.parquet"
     _write_parquet(iteration_columns(result.iterations), p)
+    paths.append(p)
+    p = out / "links.parquet"
+    _write_parquet(link_columns(result.link_busy), p)
+    paths.append(p)
+    p = out / "scenario.yaml"
+    src = result.scenario.source or "(built in Python)"
+    header = (f"# resolved scenario written by simkit {__version__} from {src}, every default filled in;\n"
+              f"# reproduce: simkit run {shlex.quote(str(p))}\n")
+    p.write_text(header + yaml.safe_dump(resolved_scenario_data(result.scenario, out), sort_keys=False, allow_unicode=True))
+    paths.append(p)
+    prov = {
+        "simkit_version": __version__,
+        "created_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": command,
+        "reproduce": f"simkit run {shlex.quote(str(p))} --out {shlex.quote(str(out))}",
+        "scenario_source": result.scenario.source,
+        "calibration": result.calibration,
+        "sim_wall_s": result.sim_wall_s,
+        "warnings": list(result.warnings),
+    }
+    p = out / "provenance.json"
+    p.write_text(json.dumps(_jsonable(prov), indent=2) + "\n")
     paths.append(p)
     if trace_out is not None and result.trace_events is not None:
         tp = Path(trace_out)
@@ -888,6 +1189,16 @@ def iteration_columns(rows: list[tuple[Any, ...]]) -> dict[str, np.ndarray]:
         kind = np.float64 if name.endswith("_s") else np.int64
         cols[name] = np.fromiter((r[k] for r in rows), dtype=kind, count=len(rows))
     return cols
+
+
+def link_columns(rows: list[tuple[int, str, float, float]]) -> dict[str, np.ndarray]:
+    """links.parquet's columns: replica, link, start_s, end_s of every busy period."""
+    return {
+        "replica": np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
+        "link": np.array([r[1] for r in rows], dtype=object),
+        "start_s": np.fromiter((r[2] for r in rows), dtype=np.float64, count=len(rows)),
+        "end_s": np.fromiter((r[3] for r in rows), dtype=np.float64, count=len(rows)),
+    }
 
 
 def _write_parquet(columns: dict[str, np.ndarray], path: Path) -> None:

@@ -102,7 +102,7 @@ def test_iteration_model_matches_operator_sum(llama7b, h100):
 def test_decode_steps_match_single_steps(llama7b, h100):
     it = IterationModel(llama7b, h100, DatasheetEfficiency(), P16)
     ctx = np.array([100, 200, 300, 400])
-    fast = it.decode_steps(4, float(ctx.sum()), 5)
+    fast = it.decode_steps(4, float(ctx.sum()), 5, float(ctx.max()))
     slow = [it.step_time(np.ones(4, dtype=int), ctx + k) for k in range(5)]
     np.testing.assert_allclose(fast, slow, rtol=1e-9)
 

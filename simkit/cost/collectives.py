@@ -83,6 +83,14 @@ class CollectiveFit:
         lat = np.array([b[2] for b in self.bands])[i]
         return bw, lat
 
+    def scaled(self, bandwidth_scale: float) -> CollectiveFit:
+        """This fit on a link ``bandwidth_scale`` times as fast (a what-if): every band's
+        effective bandwidth scales, its latency (protocol and launch) does not."""
+        if bandwidth_scale == 1.0:
+            return self
+        bands = tuple((u, bw * bandwidth_scale, lat) for u, bw, lat in self.bands)
+        return CollectiveFit(self.kind, self.num_gpus, self.algorithm, bands, self.fit_error)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "algorithm": self.algorithm,

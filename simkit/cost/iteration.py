@@ -168,10 +168,34 @@ class IterationModel:
             self.__dict__["_consts"] = c
         return c
 
-    def decode_attention(self, batch: int, kv_tokens: np.ndarray | float) -> np.ndarray:
+    def straggler_tokens(self, batch: int, longest: np.ndarray | float) -> np.ndarray | float:
+        """The attended tokens that ``batch`` sequences would have to sum to for the longest of
+        them (``longest`` attended tokens) to cost what it does on its own.
+
+        Decode attention kernels (FlashAttention-2's split-KV decode, vLLM's paged attention)
+        give each (sequence, KV head) one thread block when the batch has enough of them to fill
+        the GPU (``batch x kv heads >= 0.8 x SMs``: FlashAttention's split heuristic then keeps
+        one split): blocks run at a fair share of the bandwidth, 1/SMs, so the iteration cannot
+        end before the longest sequence's block has read its whole context, however short the
+        others are. That takes as long as reading ``longest x SMs / kv heads`` tokens with the
+        whole GPU. Smaller batches split every sequence's context over many blocks and balance
+        (0 here: the sum governs). 0 on devices without a known SM count (CPUs)."""
+        sms = self.device.sm_count
+        if sms <= 0:
+            return 0.0
+        kvh = self._attn_consts()[1]
+        if batch * kvh < 0.8 * sms:
+            return 0.0
+        return np.asarray(longest, dtype=np.float64) * (sms / kvh)
+
+    def decode_attention(self, batch: int, kv_tokens: np.ndarray | float, longest: np.ndarray | float | None = None) -> np.ndarray:
         """Seconds of decode attention over all layers of the stage, for ``batch`` sequences whose
-        attended tokens sum to ``kv_tokens`` (an array: one entry per iteration)."""
+        attended tokens sum to ``kv_tokens`` (an array: one entry per iteration), the longest
+        attending ``longest`` tokens (then costed as the straggler it is, if it is one: see
+        :meth:`straggler_tokens`; None: sequences of equal length)."""
         kv = np.asarray(kv_tokens, dtype=np.float64)
+        if longest is not None:
+            kv = np.maximum(kv, self.straggler_tokens(batch, longest))
         heads, kvh, d, ab, kb = self._attn_consts()
         flops = 4.0 * heads * d * kv
         byts = 2.0 * batch * heads * d * ab + 2.0 * kv * kvh * d * kb + 2.0 * batch * kvh * d * kb
@@ -181,13 +205,32 @@ class IterationModel:
         )
         return t * self.layers
 
+    def decode_context(self, ctx: np.ndarray) -> tuple[float, float]:
+        """(sum, max) over decoding sequences of the tokens each attends: its cached context plus
+        itself, at most the model's sliding window."""
+        a = np.asarray(ctx, dtype=np.float64) + 1.0
+        w = self.model.sliding_window
+        if w is not None:
+            a = np.minimum(a, float(w))
+        return float(a.sum()), float(a.max())
+
     def prefill_attention(self, q: np.ndarray, ctx: np.ndarray) -> float:
         """Seconds of prefill attention (one varlen kernel per layer) over all layers of the stage."""
         heads, kvh, d, ab, kb = self._attn_consts()
         qf = q.astype(np.float64)
         tokens = float(qf.sum())
-        pairs = float((qf * ctx + qf * (qf + 1.0) / 2.0).sum())
-        kv_tokens = float(ctx.sum()) + tokens
+        w = self.model.sliding_window
+        if w is None:
+            pairs = float((qf * ctx + qf * (qf + 1.0) / 2.0).sum())
+            kv_tokens = float(ctx.sum()) + tokens
+        else:
+            # query position p attends min(p, w) keys: pairs = S(ctx + q) - S(ctx)
+            def S(n: np.ndarray) -> np.ndarray:
+                return np.where(n <= w, n * (n + 1.0) / 2.0, w * (w + 1.0) / 2.0 + (n - w) * w)
+
+            c = np.asarray(ctx, dtype=np.float64)
+            pairs = float((S(c + qf) - S(c)).sum())
+            kv_tokens = float(np.minimum(c, w).sum()) + tokens
         flops = np.asarray(4.0 * heads * d * pairs)
         byts = np.asarray(2.0 * tokens * heads * d * ab + 2.0 * kv_tokens * kvh * d * kb + 2.0 * tokens * kvh * d * kb)
         shape = {"tokens": tokens, "ctx": kv_tokens, "batch": float(len(q)), "heads": heads, "kv_heads": kvh, "head_dim": d, "pairs": pairs}
@@ -203,7 +246,8 @@ class IterationModel:
         total = 0.0
         nd = int(is_dec.sum())
         if nd:
-            total += float(self.decode_attention(nd, float(ctx[is_dec].sum()) + nd))
+            kv, longest = self.decode_context(ctx[is_dec])
+            total += float(self.decode_attention(nd, kv, longest))
         if nd < len(q):
             pre = ~is_dec
             total += self.prefill_attention(q[pre], ctx[pre].astype(np.float64))
@@ -229,14 +273,30 @@ class IterationModel:
             self._grow(batch)
         return float(self._body[batch] + self._head[batch]) + self.host_time(batch)
 
-    def decode_steps(self, batch: int, kv0: float, k: int) -> np.ndarray:
+    def decode_steps(
+        self, batch: int, kv0: float, k: int, longest0: float | None = None, contexts: np.ndarray | None = None
+    ) -> np.ndarray:
         """Seconds of each of ``k`` consecutive decode iterations of ``batch`` sequences whose
-        contexts (tokens already cached) sum to ``kv0`` at the first iteration."""
-        kv = (kv0 + batch) + float(batch) * np.arange(k, dtype=np.float64)  # each new token attends itself
+        contexts (tokens already cached) sum to ``kv0`` at the first iteration, the longest
+        being ``longest0`` (None: all of equal length). With a sliding-window model, pass the
+        ``contexts`` themselves: each sequence attends at most the window."""
+        steps = np.arange(k, dtype=np.float64)
+        kv = (kv0 + batch) + float(batch) * steps  # each new token attends itself
+        longest = None if longest0 is None else (longest0 + 1.0) + steps
+        w = self.model.sliding_window
+        if w is not None and contexts is not None:
+            # at step j sequence i attends min(c_i + 1 + j, w): sum the uncapped ones (sorted
+            # prefix sums) and w for the rest, for every step at once
+            c = np.sort(np.asarray(contexts, dtype=np.float64)) + 1.0
+            cs = np.concatenate([[0.0], np.cumsum(c)])
+            n_unc = np.searchsorted(c, w - steps, side="left")
+            kv = cs[n_unc] + n_unc * steps + (batch - n_unc) * float(w)
+            if longest is not None:
+                longest = np.minimum(longest, float(w))
         if batch >= len(self._body):
             self._grow(batch)
         fixed = float(self._body[batch] + self._head[batch]) + self.host_time(batch)
-        return fixed + self.decode_attention(batch, kv)
+        return fixed + self.decode_attention(batch, kv, longest)
 
     def breakdown(self, q: np.ndarray, ctx: np.ndarray) -> list[OpTime]:
         """Per-operator times for one iteration (for `simkit estimate ops` and reports)."""

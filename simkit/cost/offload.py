@@ -70,9 +70,10 @@ class OffloadCompute:
             t = max(t, self._layer_flops(tokens) / rate)
         return t
 
-    def decode_attention(self, batch: int, kv_tokens: float) -> float:
-        """Seconds of one layer's decode attention on the GPU."""
-        t = float(self.cost.decode_attention(batch, kv_tokens)) / self.cost.layers
+    def decode_attention(self, batch: int, kv_tokens: float, longest: float | None = None) -> float:
+        """Seconds of one layer's decode attention on the GPU (``longest``: the longest sequence's
+        attended tokens, costed as a straggler by :meth:`IterationModel.decode_attention`)."""
+        t = float(self.cost.decode_attention(batch, kv_tokens, longest)) / self.cost.layers
         rate = self.measured.gpu_attention_flops_decode if self.measured is not None else None
         if rate:
             t = max(t, 4.0 * self._attn_width * kv_tokens / rate)

@@ -77,6 +77,7 @@ def fast_path_reason(
     layerwise: bool,
     spill: bool,
     trace: bool,
+    sliding_window: bool = False,
 ) -> str | None:
     """None when the fast path covers the plan, else why it runs on the reference engine."""
     if policy not in ("continuous", "chunked_prefill"):
@@ -95,6 +96,8 @@ def fast_path_reason(
         return "KV spill"
     if trace:
         return "Chrome trace output"
+    if sliding_window:
+        return "sliding-window model"
     return None
 
 
@@ -351,10 +354,15 @@ class FastReplica(Replica):
         q[:n_pq] = pq
         ctx = np.empty(n_pq + nb, dtype=np.int64)
         ctx[:n_pq] = kv_pre
+        mc = self.max_context
         if nb:
             # decode attention sees the decoding requests' contexts through their sum and their
             # maximum (IterationModel.attention_time): stand-ins with the same sum and maximum
-            ctx[n_pq:] = stand_in_contexts(nb, self._sum_off + nb * self._D, self._longest_offset() + self._D)
+            longest = self._longest_offset() + self._D
+            ctx[n_pq:] = stand_in_contexts(nb, self._sum_off + nb * self._D, longest)
+            mc["attn_decode"] = max(mc["attn_decode"], longest + 1)
+        if n_pq:
+            mc["attn_prefill"] = max(mc["attn_prefill"], max(kv_pre[k] + pq[k] for k in range(n_pq)))
         rows = sum(completes) + nb
         if nb or n_pq != 1:
             dur = self.cost.step_time(q, ctx, logits_rows=rows)
@@ -435,7 +443,8 @@ class FastReplica(Replica):
             fixed = self.cost.fixed_step_time(nb)
             if fixed > 0:
                 s = min(s, max(int(ta / fixed) + 2, 1))
-        times = self.cost.decode_steps(nb, float(self._sum_off + nb * clock), s)
+        longest = self._longest_offset() + clock
+        times = self.cost.decode_steps(nb, float(self._sum_off + nb * clock), s, float(longest))
         if s == 1:
             first = dur = float(times[0])  # np.cumsum of one value is that value
         else:
@@ -448,6 +457,7 @@ class FastReplica(Replica):
                 times = times[:s]
             first, dur = float(ends[0]), float(ends[-1])
         self._alloc_to(clock + s)
+        self.max_context["attn_decode"] = max(self.max_context["attn_decode"], longest + s)
         if self.cost.tp > 1:
             self.stage_comm[0] += self.cost.comm_time(nb) * s
         if not self.pending_fetch:

@@ -128,6 +128,27 @@ class KVBlockManager:
     """Blocks held privately by requests."""
     cache: PrefixCache | None = None
     peak: int = 0
+    clock: Callable[[], float] | None = None
+    """The simulated clock (``env.now``): with it, blocks in use are integrated over time."""
+    _area: float = 0.0
+    _t: float = 0.0
+
+    def _mark(self) -> None:
+        """Integrate blocks in use up to now. Called before every change of the pool; every
+        change of the HBM prefix cache happens at an instant with such a call, so the level now
+        is the one held since the last call."""
+        level = self.in_use
+        if level > self.peak:
+            self.peak = level
+        if self.clock is not None:
+            now = self.clock()
+            self._area += (now - self._t) * level
+            self._t = now
+
+    def block_seconds(self, until: float) -> float:
+        """Blocks in use integrated over time from 0 to ``until`` (block-seconds)."""
+        self._mark()
+        return self._area + max(until - self._t, 0.0) * self.in_use
 
     def blocks_for(self, tokens: int) -> int:
         return -(-int(tokens) // self.block_size)
@@ -148,6 +169,7 @@ class KVBlockManager:
 
     def make_room(self, n: int) -> bool:
         """Evict unpinned prefix entries until ``n`` blocks are free. False if impossible."""
+        self._mark()
         while self.free < n:
             if self.cache is None or not self.cache.evict_one():
                 return False
@@ -166,6 +188,7 @@ class KVBlockManager:
         return True
 
     def release(self, n: int) -> None:
+        self._mark()
         self.used -= n
         if self.used < 0:
             raise AssertionError("KV block accounting went negative")

@@ -124,7 +124,8 @@ class OffloadExecutor:
         if is_dec.any():
             nd = int(is_dec.sum())
             kv = float(ctx[is_dec].sum()) + nd
-            full = oc.decode_attention(nd, kv)
+            kv_att, longest = oc.cost.decode_context(ctx[is_dec])
+            full = oc.decode_attention(nd, kv_att, longest)
             if cpu_attention:
                 g = lay.kv_frac.get("gpu", 0.0)
                 if lay.spill_after is not None:

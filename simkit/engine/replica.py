@@ -41,6 +41,9 @@ class ReplicaConfig:
     """KV positions >= this live in a lower tier: they take no KV blocks here."""
     spill_capacity_tokens: float = 0.0
     """Tokens the spill tier can hold (reserved per request at admission)."""
+    kv_cap_tokens: int | None = None
+    """Most tokens a sequence keeps in its KV blocks (a sliding-window model: the window plus
+    the block being filled, as vLLM's block manager recycles the oldest block)."""
 
 
 @dataclass
@@ -80,6 +83,16 @@ class ReplicaGroup:
         for e in self.engines:
             if e._idle and not e._wake.triggered:
                 e._wake.succeed()
+
+    def hand_off(self, i: int) -> None:
+        """A request whose KV arrived from a prefill replica (disaggregated serving): queue it
+        and cut short any fast-forwarded decode run, so that it joins the batch at the next
+        iteration (as vLLM/DistServe schedule it), not when the run would have ended."""
+        self.enqueue(i)
+        for e in self.engines:
+            if e._fast_forward:
+                e._fast_forward = False
+                e.proc.interrupt("kv hand-off")
 
     def busy(self) -> bool:
         return any(e.running for e in self.engines) or bool(self.swapped)
@@ -168,11 +181,19 @@ class Replica:
         self.spill_used = 0.0
         self.spill_held: dict[int, float] = {}
         self.pending_fetch: list[simpy.Event] = []
+        """Prefix-cache fetches in flight: they overlap the next step's compute (layer-pipelined)."""
+        self.pending_swap: list[simpy.Event] = []
+        """Swap-outs and swap-ins in flight: the next step waits for them before its forward pass
+        (vLLM issues the swaps on the model's stream ahead of the forward)."""
         self.outstanding = 0
         self.busy_time = 0.0
         self.swapped_blocks = 0
+        self.max_context = {"attn_prefill": 0, "attn_decode": 0}
+        """The longest context (tokens attended by one sequence) a prefill / a decode had."""
         self._idle = True
         self._wake = env.event()
+        self._fast_forward = False
+        """True while a multi-step decode run may be cut short by a hand-off (Process.interrupt)."""
         self.proc = env.process(self._loop())
 
     # ---- queue ---------------------------------------------------------------------------------
@@ -207,6 +228,8 @@ class Replica:
         hit_tokens = len(hashes) * self.cfg.hash_tokens
         tokens = int(reserve_tokens if reserve_tokens is not None else max(t.target[i], t.kv_len[i]) + 1)
         spill = 0.0
+        if self.cfg.kv_cap_tokens is not None:
+            tokens = min(tokens, self.cfg.kv_cap_tokens)
         if self.cfg.spill_after is not None:
             # the spill tier holds the request's positions beyond the threshold, reserved whole
             spill = float(max(int(t.input[i] + t.output[i]) - self.cfg.spill_after, 0))
@@ -331,8 +354,13 @@ class Replica:
             self.spill_used -= self.spill_held.pop(i, 0.0)
 
     def _preempt_one(self) -> bool:
-        """Preempt the most recently admitted running request (recompute or swap)."""
-        if len(self.running) <= 1:
+        """Preempt the most recently admitted running request (recompute or swap). A lone
+        request is preempted only when another pipeline engine of the replica runs requests
+        that hold the shared blocks (they will free them); the last request of the replica is
+        never preempted."""
+        if not self.running:
+            return False
+        if len(self.running) == 1 and not any(e.running for e in self.group.engines if e is not self):
             return False
         i = self.running.pop()
         if i in self.prefilling:
@@ -343,16 +371,18 @@ class Replica:
         if self.cfg.preemption == "swap" and self.swapped_blocks + t.blocks[i] <= self.cfg.swap_blocks and not self.shared.get(i):
             nbytes = float(t.blocks[i]) * self.cfg.block_size * self.cfg.kv_bytes_per_token * self.cfg.num_gpus
             if "d2h" in self.links:
-                self.pending_fetch.append(self.links["d2h"].transfer(nbytes, "swap out"))
+                self.pending_swap.append(self.links["d2h"].transfer(nbytes, "swap out"))
             self.swapped_blocks += int(t.blocks[i])
             self.kv.release(int(t.blocks[i]))
             t.swaps[i] += 1
             self.swapped.append(i)
             return True
         self._release(i, finished=False)
-        t.target[i] = t.input[i] + max(t.gen[i] - 1, 0) if t.gen[i] > 0 else t.input[i]
-        # recompute: prompt and generated tokens are prefilled again (the last generated token
-        # is the next decode input, so it needs no KV)
+        # recompute (as vLLM): the prompt and every generated token are prefilled again, the last
+        # generated one included (it is the input whose forward pass samples the next token, so
+        # the completing prefill credits one new token and leaves KV = input + generated - 1
+        # behind it, as decoding does)
+        t.target[i] = t.input[i] + t.gen[i]
         t.kv_len[i] = 0
         t.cached[i] = 0
         self.waiting.appendleft(i)
@@ -373,7 +403,7 @@ class Replica:
             self.swapped_blocks -= need
             nbytes = float(need) * self.cfg.block_size * self.cfg.kv_bytes_per_token * self.cfg.num_gpus
             if "h2d" in self.links:
-                self.pending_fetch.append(self.links["h2d"].transfer(nbytes, "swap in"))
+                self.pending_swap.append(self.links["h2d"].transfer(nbytes, "swap in"))
             self.running.append(i)
 
     def decode_ready(self, reserve: bool = True) -> np.ndarray:
@@ -406,6 +436,8 @@ class Replica:
         tok = t.kv_len[ids] + steps
         if self.cfg.spill_after is not None:
             tok = np.minimum(tok, self.cfg.spill_after)
+        if self.cfg.kv_cap_tokens is not None:
+            tok = np.minimum(tok, self.cfg.kv_cap_tokens)
         need = -(-tok // bs)
         return int(np.maximum(need - have, 0).sum())
 
@@ -420,6 +452,8 @@ class Replica:
         tok = (t.kv_len[ids] if kv is None else kv) + steps
         if self.cfg.spill_after is not None:
             tok = np.minimum(tok, self.cfg.spill_after)
+        if self.cfg.kv_cap_tokens is not None:
+            tok = np.minimum(tok, self.cfg.kv_cap_tokens)
         add = -(-tok // bs) - have
         np.maximum(add, 0, out=add)
         total = int(np.add.reduce(add))
@@ -440,15 +474,17 @@ class Replica:
                 self._idle = False
             step = self.policy.next_step(self)
             if step.empty:
-                if self.waiting and not self.group.busy() and not self.pending_fetch:
+                if self.waiting and not self.group.busy() and not self.pending_fetch and not self.pending_swap:
                     # nothing runs anywhere in the replica, yet the head request cannot be
                     # admitted: it can never fit, so reject it rather than stall forever
                     i = self.waiting.popleft()
-                    t.rejected[i] = True
+                    t.reject(i, "never_fits")
+                    self.outstanding -= 1
                     continue
-                if self.pending_fetch:
-                    yield simpy.AllOf(env, self.pending_fetch)
+                if self.pending_fetch or self.pending_swap:
+                    yield simpy.AllOf(env, self.pending_fetch + self.pending_swap)
                     self.pending_fetch = []
+                    self.pending_swap = []
                     continue
                 # waiting for something to arrive or finish elsewhere
                 self._idle = True
@@ -456,6 +492,10 @@ class Replica:
                 yield self._wake
                 self._idle = False
                 continue
+            if self.pending_swap:
+                # the step's swaps run before its forward pass, on the same stream
+                yield simpy.AllOf(env, self.pending_swap)
+                self.pending_swap = []
             if not step.prefill_ids and len(step.decode_ids) > 0:
                 yield from self._decode_run(step.decode_ids)
             else:
@@ -541,6 +581,11 @@ class Replica:
         q = np.concatenate([pq, np.ones(len(dec), dtype=np.int64)])
         ctx = np.concatenate([t.kv_len[pre], t.kv_len[dec]])
         rows = int(completes.sum()) + len(dec)
+        mc = self.max_context
+        if pre.size:
+            mc["attn_prefill"] = max(mc["attn_prefill"], int((t.kv_len[pre] + pq).max()))
+        if len(dec):
+            mc["attn_decode"] = max(mc["attn_decode"], int(t.kv_len[dec].max()) + 1)
         dur = self.cost.step_time(q, ctx, logits_rows=rows)
         exact = self.cfg.layerwise or self.stages is not None or self.offload is not None
         if self.stages is None and self.cost.tp > 1:
@@ -643,7 +688,7 @@ class Replica:
                 fixed = self.cost.fixed_step_time(B)
                 if fixed > 0:
                     s = min(s, max(int(ta / fixed) + 2, 1))
-        times = self.cost.decode_steps(B, float(kv.sum()), s)
+        times = self.cost.decode_steps(B, float(kv.sum()), s, float(kv.max()), kv)
         ends = np.cumsum(times)
         if not exact and (self.policy.admits_on_arrival or not self.running):
             ta = self.next_arrival() - env.now
@@ -653,6 +698,7 @@ class Replica:
                 ends = ends[:s]
                 times = times[:s]
         self._grow_blocks(dec, s, kv)
+        self.max_context["attn_decode"] = max(self.max_context["attn_decode"], int(kv.max()) + s)
         steps = None
         if self.cfg.layerwise or exact:
             ones = np.ones(B, dtype=np.int64)
@@ -663,7 +709,17 @@ class Replica:
             # the common case, inlined: nothing to wait for but the compute itself
             start = env.now
             dur = float(ends[-1])
-            yield env.timeout(dur)
+            self._fast_forward = s > 1 and self.cfg.role == "decode"
+            try:
+                yield env.timeout(dur)
+            except simpy.Interrupt:
+                # a KV hand-off arrived: finish the iteration in progress, then stop
+                s = min(int(np.searchsorted(ends, env.now - start, side="left")) + 1, s)
+                ends = ends[:s]
+                times = times[:s]
+                dur = float(ends[-1])
+                yield env.timeout(max(start + dur - env.now, 0.0))
+            self._fast_forward = False
             self.busy_time += dur
             self.busy_gpu_s += dur * self.cfg.num_gpus
             self.stage_busy[0] += dur

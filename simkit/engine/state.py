@@ -6,6 +6,13 @@ import numpy as np
 
 from simkit.workload.base import Requests
 
+REJECT_REASONS = ("", "exceeds_max_context", "exceeds_kv_capacity", "prompt_exceeds_token_budget", "never_fits")
+"""Codes of :attr:`RequestTable.reject_reason` (0: not rejected). ``exceeds_max_context``: prompt
++ output is longer than the model's context; ``exceeds_kv_capacity``: longer than the replica's
+whole KV cache; ``prompt_exceeds_token_budget``: a prompt longer than one iteration's token budget
+under a policy that prefills prompts whole; ``never_fits``: the replica was idle and still could
+not admit it (docs/metrics.md)."""
+
 
 class RequestTable:
     """Columnar state of every request: what it asked for, how far it got, when things happened."""
@@ -35,9 +42,18 @@ class RequestTable:
         self.preemptions = np.zeros(n, dtype=np.int32)
         self.swaps = np.zeros(n, dtype=np.int32)
         self.rejected = np.zeros(n, dtype=bool)
+        self.handoff = np.full(n, np.nan)
+        """When the request's KV reached its decode replica (disaggregated serving)."""
+        self.reject_reason = np.zeros(n, dtype=np.int8)
+        """Index into :data:`REJECT_REASONS` (0 for requests that were not rejected)."""
         self.hit_tier_tokens = np.zeros((n, 4), dtype=np.int64)
         """Prefix-cache hit tokens per tier (hbm, dram, cxl, ssd)."""
         self.reqs = reqs
+
+    def reject(self, i: int, reason: str) -> None:
+        """Mark request ``i`` rejected for ``reason`` (one of :data:`REJECT_REASONS`)."""
+        self.rejected[i] = True
+        self.reject_reason[i] = REJECT_REASONS.index(reason)
 
 
 class TBTHistogram:

@@ -9,9 +9,13 @@
 - ``chunked_prefill``: Sarathi-Serve-style. Each iteration has a token budget of
   ``min(chunk_size, max_num_batched_tokens)``: every running decode takes one token, and the rest
   goes to prefill chunks (the oldest partially-prefilled request first, then new admissions).
+  The budget must be >= ``max_num_seqs`` (checked when the scenario is simulated, as vLLM
+  does), so decodes alone never exceed it and no iteration runs more tokens than the budget.
 - ``disaggregated``: prefill and decode on separate replicas (see simulate.py); the prefill
   replicas run ``prefill_only`` and decode replicas run ``continuous`` over requests whose KV
-  arrives over the configured link.
+  arrives over the configured link. A hand-off cuts short the decode replica's fast-forwarded
+  run (``Process.interrupt``) and joins the decode batch at the next iteration, as a decode
+  (its KV is complete: no prefill iteration, no stall of the other decodes).
 """
 
 from __future__ import annotations
@@ -73,6 +77,9 @@ class ContinuousBatching:
                     break
                 r.waiting.popleft()
                 need = int(t.target[i] - t.kv_len[i])
+                if need <= 0:
+                    # its KV is all here (a disaggregated hand-off): it joins the decodes
+                    continue
                 pre.append(i)
                 q.append(need)
                 budget -= need

@@ -256,15 +256,11 @@ def optimize(
     prec = Precision(pp.weights, pp.activations, pp.kv_cache, pp.group_size)
     dev = ComputeDevice.from_gpu(node.gpu)
     eff, _, _ = resolve_calibration(sc, dev)
-    prof_dev = eff.measured_device()
-    if prof_dev is not None:
-        dev = dev.calibrated(prof_dev)
+    dev = dev.for_profile(eff, node.scale)
     cost = IterationModel(model, dev, eff, prec)
     cdev = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
     ceff, _, _ = resolve_calibration(sc, cdev, quiet=True)
-    cprof_dev = ceff.measured_device()
-    if cprof_dev is not None:
-        cdev = cdev.calibrated(cprof_dev)
+    cdev = cdev.for_profile(ceff, node.scale)
     cpu_cost = IterationModel(model, cdev, ceff, prec)
     from simkit.simulate import measured_links, offload_compute
 

@@ -3,7 +3,8 @@
 The architecture is read from ``architectures[0]`` (or ``model_type`` when that is absent or
 unknown). Each supported family maps its own key names onto the spec; anything the spec cannot
 express is rejected with a :class:`SpecError` that names the config key, rather than silently
-mis-counted. What is not modelled: sliding windows, RoPE scaling (``max_context`` is the
+mis-counted. A ``sliding_window`` on every layer (Mistral-7B v0.1; Qwen2 with
+``use_sliding_window``) is read into the spec; what is not modelled: per-layer windows, RoPE scaling (``max_context`` is the
 config's ``max_position_embeddings``), the tiny Qwen2-MoE shared-expert gate (``hidden_size``
 parameters a layer), phi's optional q/k LayerNorms.
 """
@@ -146,6 +147,19 @@ def _llama_like(c: _Config, family: str) -> dict[str, Any]:
         bias = c.flag("attention_bias", False)
         out["qkv_bias"] = out["out_bias"] = bias
         out["mlp_bias"] = c.flag("mlp_bias", False)
+    if c.has("sliding_window") and c.flag("use_sliding_window", True):
+        window = c.integer("sliding_window")
+        layers = out["num_layers"]
+        # Qwen2: layers from max_window_layers on use the window (>= num_layers: none does)
+        first = c.integer("max_window_layers", default=0, positive=False) if family.startswith("qwen2") else 0
+        if 0 < first < layers:
+            raise c.fail(
+                f"a sliding window on layers {first}..{layers - 1} only is not modelled (simkit models a window on "
+                "every layer or none): set max_window_layers to 0 or num_hidden_layers",
+                "max_window_layers",
+            )
+        if first == 0 and window < out["max_context"]:
+            out["sliding_window"] = window
     return out
 
 

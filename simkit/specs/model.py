@@ -53,6 +53,11 @@ class ModelSpec(Frozen):
     lm_head_bias: bool = False
     parallel_attn_mlp: bool = False
     """Attention and MLP read the same normed input (GPT-J/phi-2 style): one norm per layer."""
+    sliding_window: int | None = Field(default=None, gt=0)
+    """Every layer attends only the last ``sliding_window`` tokens (Mistral-7B v0.1 style): a
+    sequence's attention reads at most that many cached tokens, and the engine keeps at most
+    that many (plus the block being filled) in its KV cache, as vLLM's block manager does.
+    None: full attention."""
     moe: MoESpec | None = None
     published_params: float | None = None
     """The parameter count the authors publish, for checking the arithmetic here."""

@@ -40,6 +40,14 @@ class Node:
     num_nics: int = 0
     num_nodes: int = 1
     """Identical nodes in the deployment (a cluster), joined by ``links['network']``."""
+    scale: dict[str, float] = field(default_factory=dict)
+    """The what-if multipliers already applied to the parts above (``hardware.bandwidth_scale``
+    keys, plus ``flops_gpu``/``flops_cpu`` from ``hardware.flops_scale``), so that figures a
+    calibration profile measured on the unscaled machine can be scaled the same way."""
+
+    def scale_of(self, key: str) -> float:
+        """The what-if multiplier of ``key`` (1.0 when not scaled)."""
+        return float(self.scale.get(key, 1.0))
 
     @property
     def name(self) -> str:
@@ -94,6 +102,7 @@ def resolve_node(hardware: str | dict[str, Any], catalog: Catalog | None = None,
     """
     cat = catalog or default_catalog()
     scale: dict[str, float] = {}
+    fscale: dict[str, float] = {}
     num_nodes = 1
     network: str | None = None
     if isinstance(hardware, str) and hardware in cat.items["cluster"]:
@@ -110,6 +119,7 @@ def resolve_node(hardware: str | dict[str, Any], catalog: Catalog | None = None,
                 raise SpecError(f"expected an integer >= 1, got {num_nodes!r}", where=where, key="hardware.num_nodes")
         network = data.pop("network", network)
         scale = data.pop("bandwidth_scale", None) or {}
+        fscale = data.pop("flops_scale", None) or {}
         preset = data.pop("preset", None)
         if preset is not None:
             cat.get("node", preset, where=where, key="hardware.preset")
@@ -161,9 +171,44 @@ def resolve_node(hardware: str | dict[str, Any], catalog: Catalog | None = None,
         )
     if scale:
         gpu, dram, cxl, ssd, links = _apply_scale(scale, gpu, dram, cxl, ssd, links, where)
+    applied = {k: float(v) for k, v in scale.items()}
+    if fscale:
+        gpu, cpu = _apply_flops_scale(fscale, gpu, cpu, where)
+        applied.update({f"flops_{k}": float(v) for k, v in fscale.items()})
     return Node(
-        spec, gpu, spec.num_gpus, cpu, spec.num_sockets, dram, dram_cap, tuple(cxl), tuple(ssd), links, spec.num_nics, num_nodes
+        spec, gpu, spec.num_gpus, cpu, spec.num_sockets, dram, dram_cap, tuple(cxl), tuple(ssd), links, spec.num_nics, num_nodes,
+        applied,
     )
+
+
+FLOPS_SCALABLE = ("gpu", "cpu")
+
+
+def _scale_factor(f: Any, key: str, where: str | None) -> float:
+    if isinstance(f, bool) or not isinstance(f, int | float) or not f > 0:
+        raise SpecError(f"expected a number > 0, got {f!r}", where=where, key=key)
+    return float(f)
+
+
+def _apply_flops_scale(scale, gpu, cpu, where):  # type: ignore[no-untyped-def]
+    """What-if compute multipliers (``hardware.flops_scale: {gpu: 2.0, cpu: 0.5}``): every
+    dtype's peak FLOP/s of that device times the factor."""
+    if not isinstance(scale, dict):
+        raise SpecError(f"expected a mapping of {' | '.join(FLOPS_SCALABLE)} to a factor, got {scale!r}", where=where, key="hardware.flops_scale")
+    for k, f in scale.items():
+        if k not in FLOPS_SCALABLE:
+            raise SpecError(f"unknown key (expected one of {', '.join(FLOPS_SCALABLE)})", where=where, key=f"hardware.flops_scale.{k}")
+        _scale_factor(f, f"hardware.flops_scale.{k}", where)
+
+    def scaled(peak, f):  # type: ignore[no-untyped-def]
+        vals = {d: (v * f if v is not None else None) for d, v in peak.model_dump().items()}
+        return peak.model_copy(update=vals)
+
+    if "gpu" in scale and gpu is not None:
+        gpu = gpu.model_copy(update={"peak_flops": scaled(gpu.peak_flops, float(scale["gpu"]))})
+    if "cpu" in scale:
+        cpu = cpu.model_copy(update={"peak_flops": scaled(cpu.peak_flops, float(scale["cpu"]))})
+    return gpu, cpu
 
 
 SCALABLE = ("host_to_gpu", "gpu_to_gpu", "cxl", "nvme", "network", "hbm", "dram", "cxl_memory", "ssd")
@@ -174,8 +219,7 @@ def _apply_scale(scale, gpu, dram, cxl, ssd, links, where):  # type: ignore[no-u
     for k, f in scale.items():
         if k not in SCALABLE:
             raise SpecError(f"unknown key (expected one of {', '.join(SCALABLE)})", where=where, key=f"hardware.bandwidth_scale.{k}")
-        if isinstance(f, bool) or not isinstance(f, int | float) or not f > 0:
-            raise SpecError(f"expected a number > 0, got {f!r}", where=where, key=f"hardware.bandwidth_scale.{k}")
+        _scale_factor(f, f"hardware.bandwidth_scale.{k}", where)
     links = dict(links)
     for k in ("host_to_gpu", "gpu_to_gpu", "cxl", "nvme", "network"):
         if k in scale and k in links:

@@ -1,0 +1,91 @@
+"""The serving-engine launch settings a simulated plan corresponds to, where they map: vLLM
+``serve`` flags. A hint, not a guarantee (docs/search.md lists what maps and what does not)."""
+
+from __future__ import annotations
+
+from simkit.scenario import Scenario
+
+_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+GIB = 2**30
+
+
+def vllm_flags(sc: Scenario) -> tuple[list[str], list[str]]:
+    """(flags, notes): ``vllm serve`` flags for the plan, and what has no vLLM equivalent."""
+    p = sc.plan
+    par, bat, prec, kv = p.parallel, p.batching, p.precision, p.kv_cache
+    flags: list[str] = [f"--tensor-parallel-size {par.tp}", f"--pipeline-parallel-size {par.pp}"]
+    notes: list[str] = []
+    if par.replicas > 1:
+        flags.append(f"--data-parallel-size {par.replicas}")
+        notes.append(f"{par.replicas} replicas: --data-parallel-size (recent vLLM), or {par.replicas} servers behind a load balancer "
+                     f"({p.routing} routing)")
+    if par.ep > 1:
+        flags.append("--enable-expert-parallel")
+    flags.append(f"--max-num-seqs {bat.max_num_seqs}")
+    if bat.policy == "chunked_prefill":
+        flags.append("--enable-chunked-prefill")
+        flags.append(f"--max-num-batched-tokens {min(bat.chunk_size, bat.max_num_batched_tokens)}")
+    else:
+        if bat.policy in ("continuous", "disaggregated"):
+            flags.append("--no-enable-chunked-prefill")
+        flags.append(f"--max-num-batched-tokens {bat.max_num_batched_tokens}")
+    if bat.policy == "static":
+        notes.append("static batching has no vLLM equivalent (vLLM batches continuously)")
+    if bat.policy == "disaggregated":
+        notes.append(f"disaggregated prefill ({bat.prefill_replicas} prefill replicas) needs vLLM's KV-transfer "
+                     "connector setup (--kv-transfer-config); not expressed as a single flag")
+    if prec.weights in _DTYPE:
+        flags.append(f"--dtype {_DTYPE[prec.weights]}")
+    elif prec.weights == "fp8":
+        flags.append("--quantization fp8")
+    elif prec.weights == "int4":
+        flags.append("--dtype float16")
+        notes.append(f"int4 weights (group size {prec.group_size}): serve an AWQ or GPTQ checkpoint (--quantization awq|gptq)")
+    elif prec.weights == "int8":
+        notes.append("int8 weights: serve a W8A8 (compressed-tensors) checkpoint")
+    if prec.kv_cache in ("fp8", "int8"):
+        flags.append("--kv-cache-dtype fp8")
+    if prec.kv_cache == "int4":
+        notes.append("int4 KV cache has no vLLM flag")
+    flags.append(f"--gpu-memory-utilization {kv.gpu_memory_utilization}")
+    flags.append(f"--block-size {kv.block_size}")
+    if kv.preemption == "swap":
+        swap = kv.swap_space if kv.swap_space is not None else 4 * GIB * par.tp * par.pp
+        flags.append(f"--swap-space {swap / GIB / max(par.tp * par.pp, 1):g}")
+    if p.prefix_cache.enabled:
+        flags.append("--enable-prefix-caching")
+        lower = [t for t in p.prefix_cache.tiers if t != "hbm"]
+        if lower:
+            notes.append(f"prefix cache tiers {lower} beyond HBM need a KV offloading connector (e.g. LMCache)")
+    else:
+        flags.append("--no-enable-prefix-caching")
+    off = p.offload
+    if not off.is_trivial:
+        w_off = 1.0 - off.weights.gpu
+        if w_off > 0:
+            from simkit.cost.ops import Precision
+            from simkit.specs.catalog import load_model
+
+            try:
+                model = load_model(sc.model, where=sc.source)
+                pr = Precision(prec.weights, prec.activations, prec.kv_cache, prec.group_size)
+                gb = model.num_params * pr.w_bytes / par.tp * w_off / GIB
+                flags.append(f"--cpu-offload-gb {gb:.0f}")
+            except Exception:  # noqa: BLE001 - a hint must never fail the search
+                notes.append(f"offload {w_off:.0%} of the weights with --cpu-offload-gb")
+        if off.kv_cache.gpu < 1 or off.cpu_attention or off.weights.disk or off.weights.cxl or off.kv_spill:
+            notes.append("KV-cache offload, CPU attention and SSD/CXL placement have no vLLM flag (FlexGen-style plan)")
+    return flags, notes
+
+
+def vllm_hint(sc: Scenario) -> str:
+    flags, notes = vllm_flags(sc)
+    lines = [
+        "# vLLM launch settings equivalent to the best plan, where they map (a hint: check them",
+        "# against your vLLM version; simkit simulated the plan, it did not run vLLM)",
+        f"vllm serve <Hugging Face id of {sc.model}> \\",
+    ]
+    lines += [f"  {f} \\" for f in flags[:-1]] + [f"  {flags[-1]}"]
+    for n in notes:
+        lines.append(f"# note: {n}")
+    return "\n".join(lines) + "\n"

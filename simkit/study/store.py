@@ -1,0 +1,119 @@
+"""The run store: one folder, one sub-folder per run, keyed by the hash of the resolved scenario.
+
+Layout (``docs/study.md``)::
+
+    FOLDER/runs/<run_id>/scenario.yaml   the fully resolved scenario of the run
+    FOLDER/runs/<run_id>/summary.json    its summary (+ requests.parquet, iterations.parquet when kept)
+    FOLDER/runs/<run_id>/row.json        its result row (and the names of its label columns), written
+                                         LAST: the run is finished iff this file exists
+
+Every file is written to a temporary name and renamed into place (``os.replace`` is atomic), so
+a process killed at any moment (``kill -9`` included) leaves each file either absent or
+complete: a run is either finished (``row.json`` present, with its other files) or not started.
+A run is stored once under its id, so rows are never duplicated. Nothing is fsync'ed: this
+survives killed processes, not a power cut of the machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from simkit.errors import StudyError
+
+ROW_FILE = "row.json"
+TABLE_FILES = ("requests.parquet", "iterations.parquet")
+
+
+def canonical_json(obj: Any) -> str:
+    """One spelling of plain data: sorted keys, no whitespace (the input of :func:`scenario_hash`)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def scenario_hash(resolved: dict[str, Any]) -> str:
+    """The id of a run: sha256 of the canonical JSON of its fully resolved scenario, 16 hex digits."""
+    return hashlib.sha256(canonical_json(resolved).encode("utf-8")).hexdigest()[:16]
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers (and a restart after a kill) see all or nothing."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class RunStore:
+    """A folder of finished runs; append-only and safe against a kill at any moment."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.runs_dir = self.folder / "runs"
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs_dir / run_id
+
+    def done(self) -> set[str]:
+        """Run ids with a stored result row (status ok or error)."""
+        if not self.runs_dir.is_dir():
+            return set()
+        out = set()
+        with os.scandir(self.runs_dir) as it:
+            for e in it:
+                if e.is_dir() and os.path.exists(os.path.join(e.path, ROW_FILE)):
+                    out.add(e.name)
+        return out
+
+    def has_tables(self, run_id: str) -> bool:
+        d = self.run_dir(run_id)
+        return all((d / f).exists() for f in TABLE_FILES)
+
+    def _dir(self, run_id: str) -> Path:
+        d = self.run_dir(run_id)
+        if not d.is_dir():
+            d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def put_files(self, run_id: str, files: dict[str, bytes]) -> None:
+        """Store a run's files (scenario.yaml, summary.json, tables); call before :meth:`put`."""
+        d = self._dir(run_id)
+        for name, data in files.items():
+            atomic_write(d / name, data)
+
+    def put(self, run_id: str, row: dict[str, Any], labels: Sequence[str] = ()) -> None:
+        """Store the result row of a run (atomically); from now on the run counts as done.
+        ``labels`` names the row's label columns (axis keys, variant, repeat), the rest being results."""
+        doc = {"row": row, "labels": sorted(labels)}
+        atomic_write(self._dir(run_id) / ROW_FILE, (json.dumps(doc, sort_keys=True) + "\n").encode("utf-8"))
+
+    def record(self, run_id: str) -> dict[str, Any]:
+        """The stored document of a finished run: ``{"row": ..., "labels": [...]}``."""
+        p = self.run_dir(run_id) / ROW_FILE
+        try:
+            doc = json.loads(p.read_text(encoding="utf-8"))
+            if not isinstance(doc.get("row"), dict):
+                raise ValueError("no row")
+            return doc
+        except (OSError, ValueError, AttributeError) as e:
+            raise StudyError(f"cannot read a stored run ({e.__class__.__name__}); delete its folder to recompute it",
+                             where=str(p)) from None
+
+    def row(self, run_id: str) -> dict[str, Any]:
+        """The stored row of a finished run."""
+        return self.record(run_id)["row"]
+
+    def labels(self, run_id: str) -> list[str]:
+        """The names of the label columns the row was stored with."""
+        return list(self.record(run_id).get("labels", []))
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every stored row, ordered by run id."""
+        return [self.row(r) for r in sorted(self.done())]

@@ -1,0 +1,494 @@
+"""simkit search: exactness of branch and bound against exhaustive simulation, a hand-checkable
+case, capacity-mode bisection, resume without recomputation, best.yaml reproduction, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simkit.cli import main
+from simkit.search import SearchError, parse_spec, run_search, write_search
+from simkit.search.run import bisect_rate, evaluate
+from simkit.study.store import RunStore
+
+BASE: dict[str, Any] = {
+    "name": "search-base",
+    "hardware": "dgx-h100",
+    "model": "llama-2-7b",
+    "workload": {
+        "synthetic": {
+            "num_requests": 40,
+            "arrival": {"process": "poisson", "rate": 20},
+            "lengths": {
+                "input": {"dist": "lognormal", "median": 256, "sigma": 0.6, "max": 1024},
+                "output": {"dist": "lognormal", "median": 64, "sigma": 0.6, "max": 256},
+            },
+        }
+    },
+    "plan": {"batching": {"policy": "continuous", "max_num_batched_tokens": 2048}},
+    "slo": {"ttft_p90_s": 0.5, "tpot_p90_s": 0.05},
+}
+
+SPACE = {
+    "gpu": ["h100-sxm", "a100-80gb-sxm", "l4"],
+    "plan.parallel.tp": [1, 2],
+    "plan.batching.max_num_seqs": [8, 64],
+    "precision": ["fp16", "fp8"],
+}
+
+
+def spec_of(tmp_path: Path, **kw: Any) -> Any:
+    data = {"base": BASE, "space": SPACE, "objective": {"minimize": "usd_per_million_output_tokens"}, "top": 3}
+    data.update(kw)
+    return parse_spec(data, where=str(tmp_path / "search.yaml"))
+
+
+class Counter:
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.calls = 0
+        self.stop_after = stop_after
+
+    def __call__(self, data: dict[str, Any], where: str) -> dict[str, Any]:
+        if self.stop_after is not None and self.calls >= self.stop_after:
+            raise KeyboardInterrupt
+        self.calls += 1
+        return evaluate(data, where)
+
+
+def _key(res: Any, c: Any) -> tuple[float, int]:
+    v = float(c.row[res.spec.objective])
+    return (-v if res.spec.maximize else v, c.index)
+
+
+@pytest.mark.parametrize(
+    "objective,constraints",
+    [
+        ({"minimize": "usd_per_million_output_tokens"}, {"ttft_p90_s": {"max": 0.5}, "tpot_p90_s": {"max": 0.05}}),
+        ({"maximize": "output_tokens_per_s_per_gpu"}, {}),
+        ({"maximize": "goodput_output_tokens_per_usd"}, {"tpot_p90_s": {"max": 0.05}}),
+    ],
+)
+def test_branch_and_bound_equals_exhaustive(tmp_path: Path, objective: dict, constraints: dict) -> None:
+    spec = spec_of(tmp_path, objective=objective, constraints=constraints)
+    store = RunStore(tmp_path / "runs")  # the branch-and-bound run reuses the exhaustive run's simulations
+    ex = run_search(spec, store, exhaustive=True)
+    bb = run_search(spec, store)
+    assert ex.bound_violations == [] and bb.bound_violations == []
+    assert ex.best is not None and bb.best is not None
+    assert [c.cid for c in bb.top] == [c.cid for c in ex.top]
+    assert bb.best.row[spec.objective] == ex.best.row[spec.objective]
+    # the pruned candidates' true values are no better than the N-th best
+    nth = _key(ex, ex.top[-1])
+    by_id = {c.cid: c for c in ex.cands}
+    pruned = [c for c in bb.cands if c.pruned]
+    for c in pruned:
+        e = by_id[c.cid]
+        if e.feasible:
+            assert _key(ex, e) > nth
+    # screening is sound: what it rejected, the simulator rejects too
+    for c in ex.cands:
+        if not c.screen.ok:
+            assert evaluate(c.screen.data or {}, spec.where)["status"] == "error" or c.category == "rejects every request"
+    # every simulated plan respects its bounds (checked inside the search) and pruning paid off
+    assert sum(c.simulated for c in bb.cands) <= sum(c.simulated for c in ex.cands)
+
+
+def test_branch_and_bound_equals_exhaustive_layouts_and_policies(tmp_path: Path) -> None:
+    """Pipeline stages, replicas, static / chunked / continuous batching and int4 weights."""
+    spec = spec_of(
+        tmp_path,
+        space={"gpu": ["a100-80gb-sxm", "l4"], "layout": {"max_gpus": 4, "tp": [1, 2], "pp": [1, 2], "replicas": [1, 2]},
+               "plan.batching.policy": ["static", "chunked_prefill"], "precision": ["int4"]},
+        objective={"maximize": "output_tokens_per_usd"},
+        constraints={"tpot_p90_s": {"max": 0.08}},
+        top=2,
+    )
+    store = RunStore(tmp_path / "runs")  # the branch-and-bound run reuses the exhaustive run's simulations
+    ex = run_search(spec, store, exhaustive=True)
+    bb = run_search(spec, store)
+    assert ex.bound_violations == [] and bb.bound_violations == []
+    assert [c.cid for c in bb.top] == [c.cid for c in ex.top]
+    assert sum(c.pruned for c in bb.cands) > 0
+    nth = _key(ex, ex.top[-1])
+    by_id = {c.cid: c for c in ex.cands}
+    for c in bb.cands:
+        if c.pruned and by_id[c.cid].feasible:
+            assert _key(ex, by_id[c.cid]) > nth
+
+
+@settings(max_examples=60, deadline=None)
+@given(thr=st.floats(0.51, 19.9), lo=st.floats(0.05, 0.5), tol=st.floats(0.001, 0.2))
+def test_bisect_rate_property(thr: float, lo: float, tol: float) -> None:
+    r, capped, n = bisect_rate(lambda x: x <= thr, lo, 20.0, tol)
+    assert r is not None and not capped
+    assert r <= thr < r * (1 + tol)
+    assert n <= 3 + math.ceil(math.log2((20.0 - lo) / (tol * lo)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(a=st.integers(1, 50), n=st.integers(0, 30), step=st.integers(1, 7))
+def test_integer_ranges(a: int, n: int, step: int) -> None:
+    from simkit.search.spec import _range
+
+    vals = _range("k", {"from": a, "to": a + n, "step": step})
+    assert vals == list(range(a, a + n + 1, step))
+    assert all(isinstance(v, int) for v in vals)
+
+
+def test_parallel_jobs_same_answer(tmp_path: Path) -> None:
+    spec = spec_of(tmp_path, constraints={"ttft_p90_s": {"max": 0.5}, "tpot_p90_s": {"max": 0.05}})
+    one = run_search(spec)
+    two = run_search(spec, RunStore(tmp_path / "two"), jobs=2)
+    assert [c.cid for c in two.top] == [c.cid for c in one.top]
+    assert [c.row[spec.objective] for c in two.top] == [c.row[spec.objective] for c in one.top]
+    assert len(RunStore(tmp_path / "two").done()) == two.simulations
+
+
+def test_pruning_prunes(tmp_path: Path) -> None:
+    spec = spec_of(tmp_path, objective={"maximize": "output_tokens_per_s_per_gpu"}, top=1)
+    res = run_search(spec)
+    assert sum(c.pruned for c in res.cands) > 0
+    assert res.simulations == sum(c.simulated for c in res.cands)
+
+
+def test_hand_checkable_dominated_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # "a100-pricey" is an A100 80GB SXM at $10/h: same speed, higher price, so it never wins;
+    # the cheapest plan is one A100 at exactly its catalog price of $1.79/h
+    cat = tmp_path / "cat"
+    cat.mkdir()
+    src = yaml.safe_load(Path("hw_specs/gpus/a100-80gb-sxm.yaml").read_text())
+    src.update(name="a100-pricey", price_per_hour="$10/h")
+    (cat / "a100-pricey.yaml").write_text(yaml.safe_dump(src))
+    monkeypatch.setenv("SIMKIT_CATALOG_PATH", str(cat))
+    # calibration none: both GPUs timed by the same datasheet model (auto would give the
+    # catalog A100 its measured profile and the copy datasheet defaults)
+    base = {**BASE, "calibration": "none"}
+    spec = spec_of(
+        tmp_path,
+        base=base,
+        space={"gpu": ["a100-pricey", "a100-80gb-sxm"], "plan.parallel.tp": [1, 2]},
+        objective={"minimize": "cost_per_hour_usd"},
+        constraints={},
+        top=2,
+    )
+    res = run_search(spec)
+    assert res.best is not None
+    assert res.best.labels == {"gpu": "a100-80gb-sxm", "plan.parallel.tp": 1}
+    assert res.best.row["cost_per_hour_usd"] == pytest.approx(1.79)
+    assert res.top[1].labels == {"gpu": "a100-80gb-sxm", "plan.parallel.tp": 2}
+    assert res.top[1].row["cost_per_hour_usd"] == pytest.approx(3.58)
+    # cost per hour is exact before simulating: the pricey GPU is never simulated
+    assert all(not c.simulated for c in res.cands if c.labels["gpu"] == "a100-pricey")
+    # and per million tokens the pricey one costs 10/1.79 times as much for the same layout
+    spec2 = spec_of(tmp_path, base=base, space={"gpu": ["a100-pricey", "a100-80gb-sxm"]}, constraints={}, top=2)
+    r2 = run_search(spec2, exhaustive=True)
+    a, b = (c.row["usd_per_million_output_tokens"] for c in sorted(r2.cands, key=lambda c: c.labels["gpu"]))
+    assert b == pytest.approx(a * 10 / 1.79, rel=1e-9)
+    assert r2.best is not None and r2.best.labels["gpu"] == "a100-80gb-sxm"
+
+
+def test_bisect_rate_converges() -> None:
+    for thr in (0.7, 3.3, 7.31, 19.9):
+        r, capped, n = bisect_rate(lambda x, t=thr: x <= t, 0.5, 20.0, 0.01)
+        assert r is not None and not capped
+        assert r <= thr < r * 1.01
+        assert n < 20
+    assert bisect_rate(lambda x: x <= 0.1, 0.5, 20.0, 0.01)[0] is None
+    assert bisect_rate(lambda x: True, 0.5, 20.0, 0.01)[:2] == (20.0, True)
+
+
+def test_capacity_mode(tmp_path: Path) -> None:
+    tol = 0.05
+    spec = spec_of(
+        tmp_path,
+        space={"gpu": ["h100-sxm", "l4"]},
+        constraints={"ttft_p90_s": {"max": 0.05}},
+        objective={"maximize": "max_rate_rps_per_usd_hour"},
+        capacity={"min_rate": 0.5, "max_rate": 200, "tolerance": tol},
+        top=2,
+    )
+    res = run_search(spec)
+    assert res.best is not None
+    h100 = next(c for c in res.cands if c.labels["gpu"] == "h100-sxm")
+    r = h100.row["max_rate_rps"]
+    assert 0.5 < r < 200
+    from simkit.scenario import apply_overrides
+
+    # the answer meets the constraint, and a rate tolerance above it does not
+    ok = evaluate(apply_overrides(h100.screen.data, {"workload.synthetic.arrival.rate": r}), spec.where)
+    bad = evaluate(apply_overrides(h100.screen.data, {"workload.synthetic.arrival.rate": r * (1 + tol)}), spec.where)
+    assert ok["ttft_p90_s"] <= 0.05
+    assert bad["ttft_p90_s"] > 0.05
+    assert h100.row["max_rate_rps_per_usd_hour"] == pytest.approx(r / 2.99)
+    l4 = next(c for c in res.cands if c.labels["gpu"] == "l4")
+    assert not l4.feasible and "even at min_rate 0.5" in l4.reason
+
+
+def test_resume_recomputes_nothing(tmp_path: Path) -> None:
+    spec = spec_of(tmp_path)
+    full = Counter()
+    ref = run_search(spec, RunStore(tmp_path / "ref"), evaluator=full)
+    assert full.calls > 4
+    stop = Counter(stop_after=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(spec, RunStore(tmp_path / "out"), evaluator=stop)
+    again = Counter()
+    res = run_search(spec, RunStore(tmp_path / "out"), evaluator=again)
+    assert again.calls == full.calls - 3
+    assert res.reused == 3
+    assert [c.cid for c in res.top] == [c.cid for c in ref.top]
+    # the resumed search writes the same table as the uninterrupted one
+    write_search(ref, tmp_path / "w1")
+    write_search(res, tmp_path / "w2")
+    assert (tmp_path / "w1" / "candidates.parquet").read_bytes() == (tmp_path / "w2" / "candidates.parquet").read_bytes()
+    done = Counter()
+    run_search(spec, RunStore(tmp_path / "out"), evaluator=done)
+    assert done.calls == 0
+
+
+def test_cli_writes_contract_and_best_reproduces(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pandas as pd
+
+    sp = tmp_path / "s.yaml"
+    sp.write_text(yaml.safe_dump({"base": BASE, "space": {"plan.parallel.tp": [1, 2], "plan.batching.max_num_seqs": [16, 64]},
+                                  "constraints": {"ttft_p90_s": {"max": 0.5}}, "objective": {"maximize": "output_tokens_per_s"}}, sort_keys=False))
+    out = tmp_path / "out"
+    assert main(["search", str(sp), "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "rank" in text and "vllm serve" in text and "--tensor-parallel-size" in text
+    df = pd.read_parquet(out / "candidates.parquet")
+    assert len(df) == 4
+    for col in ("plan.parallel.tp", "plan.batching.max_num_seqs", "candidate_id", "feasible", "reason", "simulated", "output_tokens_per_s"):
+        assert col in df.columns
+    info = json.loads((out / "search.json").read_text())
+    assert info["objective"] == {"maximize": "output_tokens_per_s"}
+    assert info["space"] == ["plan.parallel.tp", "plan.batching.max_num_seqs"]
+    assert (out / "pareto.csv").exists() and (out / "pareto.parquet").exists()
+    assert (out / "best" / "summary.json").exists() and (out / "vllm_hint.txt").exists()
+    best = df[df["candidate_id"] == info["best_candidate_id"]].iloc[0]
+    assert main(["run", str(out / "best.yaml"), "--out", str(tmp_path / "again")]) == 0
+    s = json.loads((tmp_path / "again" / "summary.json").read_text())
+    for m in ("output_tokens_per_s", "ttft_p90_s", "tpot_p90_s", "usd_per_million_output_tokens", "makespan_s"):
+        assert s[m] == pytest.approx(float(best[m]), rel=1e-12)
+    assert best["output_tokens_per_s"] == df[df["feasible"]]["output_tokens_per_s"].max()
+    # deterministic: the same search into another folder writes the same bytes
+    assert main(["search", str(sp), "--out", str(tmp_path / "out2"), "--no-progress"]) == 0
+    for name in ("candidates.parquet", "pareto.csv", "search.json", "best.yaml", "vllm_hint.txt"):
+        assert (out / name).read_bytes() == (tmp_path / "out2" / name).read_bytes(), name
+
+
+def test_base_path_relative_to_spec(tmp_path: Path) -> None:
+    (tmp_path / "sc").mkdir()
+    (tmp_path / "sc" / "base.yaml").write_text(yaml.safe_dump(BASE))
+    sp = tmp_path / "s.yaml"
+    sp.write_text(yaml.safe_dump({"base": "sc/base.yaml", "space": {"plan.batching.max_num_seqs": [16]},
+                                  "objective": {"minimize": "ttft_p90_s"}}, sort_keys=False))
+    assert main(["search", str(sp), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+
+
+def _err(tmp_path: Path, capsys: pytest.CaptureFixture[str], data: dict[str, Any]) -> str:
+    sp = tmp_path / "bad.yaml"
+    sp.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["search", str(sp), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.count("\n") == 0
+    return err
+
+
+def test_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ok = {"base": BASE, "space": {"plan.parallel.tp": [1]}, "objective": {"minimize": "ttft_p90_s"}}
+    assert "space is empty" in _err(tmp_path, capsys, {**ok, "space": {}})
+    assert "empty" in _err(tmp_path, capsys, {**ok, "space": {"plan.parallel.tp": []}})
+    e = _err(tmp_path, capsys, {**ok, "space": {"plan.paralel.tp": [1]}})
+    assert "unknown scenario key" in e and "plan.parallel" in e
+    e = _err(tmp_path, capsys, {**ok, "space": {"plan.batching.max_num_seq": [1]}})
+    assert "did you mean plan.batching.max_num_seqs" in e
+    e = _err(tmp_path, capsys, {**ok, "objective": {"minimize": "ttft_p95_s"}})
+    assert "unknown metric" in e and "objective" in e
+    e = _err(tmp_path, capsys, {**ok, "constraints": {"tpot_p90": {"max": 1}}})
+    assert "unknown metric" in e and "tpot_p90_s" in e
+    e = _err(tmp_path, capsys, {**ok, "constraints": {"tpot_p90_s": {"below": 1}}})
+    assert "{max: X}" in e
+    assert "did you mean constraints" in _err(tmp_path, capsys, {**ok, "constrains": {}})
+    e = _err(tmp_path, capsys, {**ok, "objective": "ttft_p90_s"})
+    assert "minimize" in e
+    assert "capacity mode needs" in _err(
+        tmp_path, capsys,
+        {**ok, "base": {**BASE, "workload": {"batch": {"num_prompts": 2, "input_tokens": 8, "output_tokens": 4}}},
+         "capacity": {"min_rate": 1, "max_rate": 2}},
+    )
+
+
+def test_unpriced_gpu_with_cost_objective(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    cat = tmp_path / "cat"
+    cat.mkdir()
+    src = yaml.safe_load(Path("hw_specs/gpus/a100-80gb-sxm.yaml").read_text())
+    src.update(name="a100-free", price_per_hour=0)
+    (cat / "a100-free.yaml").write_text(yaml.safe_dump(src))
+    monkeypatch.setenv("SIMKIT_CATALOG_PATH", str(cat))
+    data = {"base": BASE, "space": {"gpu": ["a100-free", "h100-sxm"]}, "objective": {"minimize": "usd_per_million_output_tokens"}}
+    e = _err(tmp_path, capsys, data)
+    assert "no price" in e and "a100-free" in e
+    # not a cost objective: fine
+    data["objective"] = {"minimize": "ttft_p90_s"}
+    sp = tmp_path / "ok.yaml"
+    sp.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["search", str(sp), "--out", str(tmp_path / "o2"), "--no-progress"]) == 0
+
+
+def test_no_plan_meets_constraints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sp = tmp_path / "s.yaml"
+    sp.write_text(yaml.safe_dump({"base": BASE, "space": {"gpu": ["l4", "a100-80gb-sxm"], "plan.parallel.tp": [1, 2]},
+                                  "constraints": {"tpot_p90_s": {"max": 0.001}, "gpus": {"max": 4}},
+                                  "objective": {"minimize": "cost_per_hour_usd"}}, sort_keys=False))
+    out = tmp_path / "o"
+    assert main(["search", str(sp), "--out", str(out), "--no-progress"]) == 1
+    text = capsys.readouterr().out
+    assert "no candidate meets the constraints" in text
+    assert "tpot_p90_s <= 0.001 removed the most plans (4)" in text
+    info = json.loads((out / "search.json").read_text())
+    assert info["best_candidate_id"] is None and "tpot_p90_s" in info["no_feasible_plan"]
+    assert not (out / "best.yaml").exists()
+
+
+def test_screening_rejects_what_does_not_fit(tmp_path: Path) -> None:
+    spec = spec_of(tmp_path, base={**BASE, "model": "llama-2-70b"},
+                   space={"gpu": ["l4", "h100-sxm"], "plan.parallel.tp": [1, 3, 4]}, constraints={})
+    res = run_search(spec, exhaustive=True)
+    cats = {(c.labels["gpu"], c.labels["plan.parallel.tp"]): c.category for c in res.cands}
+    assert cats[("l4", 1)] == "does not fit in memory"
+    assert cats[("h100-sxm", 3)] == "invalid layout"
+    assert cats[("h100-sxm", 4)] == ""
+    for c in res.cands:
+        if not c.screen.ok:
+            assert not c.simulated and evaluate(c.screen.data or {}, spec.where)["status"] == "error"
+
+
+def test_shorthands(tmp_path: Path) -> None:
+    spec = spec_of(tmp_path, space={"gpu": "all", "layout": {"max_gpus": 4}, "precision": ["fp16", "int4"],
+                                    "plan.batching.policy": "all", "plan.prefix_cache.enabled": "all",
+                                    "plan.batching.max_num_seqs": {"from": 16, "to": 64, "times": 2},
+                                    "plan.kv_cache.gpu_memory_utilization": {"from": 0.8, "to": 0.9, "step": 0.05}})
+    axes = {a.key: a for a in spec.axes}
+    from simkit.specs.catalog import default_catalog
+
+    assert axes["gpu"].labels == default_catalog().names("gpu")
+    assert axes["plan.batching.max_num_seqs"].labels == [16, 32, 64]
+    assert axes["plan.kv_cache.gpu_memory_utilization"].labels == [0.8, 0.85, 0.9]
+    assert axes["plan.prefix_cache.enabled"].labels == [False, True]
+    assert "disaggregated" in axes["plan.batching.policy"].labels
+    assert all(eval(lbl.replace(",", "*").replace("tp=", "").replace("pp=", "").replace("replicas=", "")) <= 4
+               for lbl in axes["layout"].labels)
+    l4 = axes["gpu"].overrides[axes["gpu"].labels.index("l4")]
+    assert l4["hardware.links.gpu_to_gpu"] is None and l4["hardware.links.host_to_gpu"] == "pcie-gen4-x16"
+    h100 = axes["gpu"].overrides[axes["gpu"].labels.index("h100-sxm")]
+    assert h100["hardware.links.gpu_to_gpu"] == "nvlink4"
+    assert spec.size == math.prod(len(a.labels) for a in spec.axes)
+
+
+def test_offload_optimized_candidate(tmp_path: Path) -> None:
+    base = yaml.safe_load(Path("workloads/scenarios/opt175b-t4-offload.yaml").read_text())
+    base.pop("plan", None)
+    base["model"] = "opt-6.7b"
+    base["workload"] = {"batch": {"num_prompts": 8, "input_tokens": 128, "output_tokens": 8}}
+    spec = parse_spec({"base": base, "space": {"offload": ["none", "optimized"]},
+                       "objective": {"maximize": "output_tokens_per_s"}},
+                      where=str(Path("workloads/scenarios/x.yaml").resolve()))
+    res = run_search(spec, exhaustive=True)
+    opt = next(c for c in res.cands if c.labels["offload"] == "optimized")
+    assert opt.screen.data is not None
+    assert opt.screen.data["plan"]["batching"]["policy"] == "static"
+    assert "gpu_batch_size" in opt.screen.data["plan"]["offload"]
+    assert opt.simulated and opt.row.get("status") == "ok"
+
+
+def test_metric_list_matches_summary() -> None:
+    from simkit.search.metrics import SUMMARY_METRICS
+
+    row = evaluate(BASE, "x.yaml")
+    scalars = {k for k, v in row.items() if "." not in k and isinstance(v, int | float | bool) and k not in ("status",)}
+    from simkit.search.metrics import DERIVED_METRICS
+
+    scalars -= set(DERIVED_METRICS)
+    assert scalars == set(SUMMARY_METRICS)
+
+
+def test_vllm_hint() -> None:
+    from simkit.scenario import scenario_from_dict
+    from simkit.search.hints import vllm_flags
+
+    sc = scenario_from_dict({**BASE, "plan": {"parallel": {"tp": 2, "pp": 2, "replicas": 3},
+                                               "batching": {"policy": "chunked_prefill", "max_num_seqs": 96, "chunk_size": 512},
+                                               "precision": {"weights": "fp8", "activations": "fp8", "kv_cache": "fp8"},
+                                               "prefix_cache": {"enabled": True}}})
+    flags, notes = vllm_flags(sc)
+    for f in ("--tensor-parallel-size 2", "--pipeline-parallel-size 2", "--max-num-seqs 96", "--enable-chunked-prefill",
+              "--max-num-batched-tokens 512", "--kv-cache-dtype fp8", "--enable-prefix-caching", "--data-parallel-size 3",
+              "--quantization fp8"):
+        assert f in flags
+    assert any("replicas" in n for n in notes)
+
+
+def test_spec_errors_are_search_errors(tmp_path: Path) -> None:
+    with pytest.raises(SearchError, match="range"):
+        spec_of(tmp_path, space={"plan.parallel.tp": {"from": 1}})
+    with pytest.raises(SearchError, match="'all' is not defined"):
+        spec_of(tmp_path, space={"plan.batching.max_num_seqs": "all"})
+    with pytest.raises(SearchError, match="unknown precision"):
+        spec_of(tmp_path, space={"precision": ["fp9"]})
+
+
+def test_example_search_file_parses() -> None:
+    from simkit.search import load_spec
+
+    for p in Path("workloads/searches").glob("*.yaml"):
+        s = load_spec(p)
+        assert s.size > 0
+
+
+def test_write_search_without_feasible(tmp_path: Path) -> None:
+    spec = spec_of(tmp_path, space={"plan.parallel.tp": [1]}, constraints={"ttft_p90_s": {"max": 1e-6}})
+    res = run_search(spec)
+    paths = write_search(res, tmp_path / "o")
+    assert (tmp_path / "o" / "candidates.parquet") in paths
+    assert res.best is None
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in Path("workloads/scenarios").glob("*.yaml")))
+def test_bounds_hold_on_shipped_scenarios(path: str) -> None:
+    """Every shipped scenario (pipeline, offload, MoE, chunked, disaggregated, CPU, prefix
+    cache, traces), shortened: screening agrees with the simulator and the bounds hold."""
+    from simkit.scenario import apply_overrides, load_scenario_data
+    from simkit.search.run import _check_bounds
+    from simkit.search.screen import Screener
+
+    data = apply_overrides(load_scenario_data(path), {"workload.limit": 12})
+    s = Screener(str(Path(path).resolve()), cost_metrics=False).screen(data, {})
+    row = evaluate(data, str(Path(path).resolve()))
+    if not s.ok:
+        assert row["status"] == "error" or s.category == "rejects every request", s.reason
+        return
+    assert row["status"] == "ok", row.get("error")
+    assert _check_bounds(s, row) == []
+
+
+def test_best_yaml_paths_resolve_from_the_output_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A base with a relative trace path: best.yaml in another folder still finds the trace."""
+    repo = Path.cwd()
+    sp = tmp_path / "s.yaml"
+    sp.write_text(yaml.safe_dump({"base": str(repo / "workloads/scenarios/azure-conv-continuous.yaml"),
+                                  "space": {"workload.limit": [20], "plan.batching.max_num_seqs": [32, 64]},
+                                  "objective": {"minimize": "ttft_p90_s"}}, sort_keys=False))
+    out = tmp_path / "deep" / "out"
+    assert main(["search", str(sp), "--out", str(out), "--no-progress"]) == 0
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert not Path(best["workload"]["trace"]["path"]).is_absolute()
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(out / "best.yaml"), "--out", str(tmp_path / "again")]) == 0
