@@ -82,6 +82,9 @@ def a6000_offload(row: dict[str, Any]) -> dict[str, Any]:
         "cpu_attention": kv_off,
         "compress_weights": quant,
         "overlap": True,
+        # FlexGen (de)compresses int4 with its PyTorch kernels; ZeRO-Inference's are not known
+        # to us, so its dequantisation stays the fused pass
+        "dequant": "unfused" if flexgen else "fused",
         # FlexGen ran --pin-weight 0; ZeRO-Inference --pin-memory 1 without KV offload, 0 with it
         "pinned": (not flexgen) and not kv_off,
     }
@@ -105,7 +108,8 @@ def simulate_row(row: dict[str, Any]) -> dict[str, Any]:
     if row["id"].startswith("flexgen_t4"):
         comp = row["system"] == "FlexGen (c)"
         data = _base(T4_NODE, model_name(row), 1, prompt, gen, 64)
-        data["plan"]["offload"] = {"weights": {"gpu": 0.0, "cpu": 1.0}}
+        # FlexGen (de)compresses int4 with its PyTorch kernels (plan.offload.dequant: unfused)
+        data["plan"]["offload"] = {"weights": {"gpu": 0.0, "cpu": 1.0}, "dequant": "unfused"}
         sc = scenario_from_dict(data, where=f"<{row['id']}>")
         cands = optimize(sc, prompt_len=prompt, gen_len=gen, compress=(comp,))
         best = next((c for c in cands if c.sim.get("output_tokens_per_s")), None)

@@ -264,6 +264,8 @@ class Offload(_S):
     """Store weights as group-wise int4 (dequantised on the GPU per layer)."""
     compress_kv: bool = False
     """Store the KV cache as group-wise int4."""
+    dequant: Literal["fused", "unfused"] = "fused"
+    """How int4 values are (de)compressed on the GPU: fused, one elementwise pass; unfused, FlexGen's PyTorch path (separate unpack, scale and offset kernels: docs/offloading.md)."""
     resident_layers: int | None = Field(default=None, ge=0)
     """Layer-wise streaming: keep this many layers resident in HBM, stream the rest."""
     kv_spill: KVSpill | None = None

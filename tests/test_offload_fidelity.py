@@ -59,20 +59,48 @@ def test_optimiser_and_simulator_share_link_rates():
 
 
 def test_optimiser_and_simulator_share_the_dequantisation_cost(monkeypatch):
-    calls: list[float] = []
+    calls: list[tuple[float, bool]] = []
     real = OffloadCompute.dequant
 
-    def spy(self, elems):
-        calls.append(elems)
-        return real(self, elems)
+    def spy(self, elems, unfused=False, quantise=False):
+        calls.append((elems, unfused))
+        return real(self, elems, unfused, quantise)
 
     monkeypatch.setattr(OffloadCompute, "dequant", spy)
-    sc = scenario_from_dict(_sc({"weights": {"gpu": 0.0, "cpu": 1.0}}))
+    sc = scenario_from_dict(_sc({"weights": {"gpu": 0.0, "cpu": 1.0}, "dequant": "unfused"}))
     cands = offload_opt.optimize(sc, prompt_len=32, gen_len=2, gpu_batch_sizes=(4,), num_gpu_batches=(1,), compress=(True,), confirm=0)
     lp_calls = len(calls)
-    assert lp_calls > 0 and all(c.compress_weights for c in cands)  # the LP priced it through OffloadCompute ...
+    # the LP priced it through OffloadCompute, with the scenario's (FlexGen's) kernels ...
+    assert lp_calls > 0 and all(c.compress_weights and c.dequant == "unfused" for c in cands)
+    assert all(u for _, u in calls)
     sim = offload_opt.confirm_by_simulation(sc, cands[0], 32, 2)
     assert sim.get("output_tokens_per_s") and len(calls) > lp_calls  # ... and so did the simulation
+    assert all(u for _, u in calls[lp_calls:])
+
+
+def test_unfused_dequantisation_is_slower_on_the_same_plan():
+    # FlexGen's PyTorch decompression moves 13 bytes per fp16 element, one fused pass 2.5
+    plan = {"weights": {"gpu": 1.0}, "compress_weights": True, "compress_kv": True}
+    fused = simulate(scenario_from_dict(_sc(plan))).summary
+    unfused = simulate(scenario_from_dict(_sc({**plan, "dequant": "unfused"}))).summary
+    assert unfused["makespan_s"] > fused["makespan_s"]
+    # without compression the setting has nothing to act on
+    plain = {"weights": {"gpu": 0.5, "cpu": 0.5}}
+    a = simulate(scenario_from_dict(_sc(plain))).summary["makespan_s"]
+    b = simulate(scenario_from_dict(_sc({**plain, "dequant": "unfused"}))).summary["makespan_s"]
+    assert a == b
+
+
+def test_host_attention_of_grouped_query_models_pays_repeat_kv():
+    from types import SimpleNamespace
+
+    def oc(kv_heads: int) -> OffloadCompute:
+        model = SimpleNamespace(num_heads=64, num_kv_heads=kv_heads, d_head=128)
+        return OffloadCompute(SimpleNamespace(model=model), None, None, 1e12)  # type: ignore[arg-type]
+
+    mha, gqa = oc(64).cpu_decode_attention(8, 4096.0), oc(8).cpu_decode_attention(8, 4096.0)
+    # read the 8 KV heads, write 64 copies, read the 64 copies: 2 + 1/8 moves per query head
+    assert gqa / mha == pytest.approx(2.0 + 8 / 64)
 
 
 def test_measured_rates_apply_to_streaming_plans_only():

@@ -26,6 +26,20 @@ over an fp16 KV cache, FlexGen's and ZeRO-Inference's) achieves: FlexGen measure
 the T4 VM's 16 Skylake cores (2.048 TFLOP/s fp32 peak) = 0.6%. Used where neither the node preset
 nor a calibration profile measured the host's attention speed."""
 
+UNFUSED_DEQUANT_BYTES_PER_ELEM_EXTRA = 3.0
+"""FlexGen's group-wise int4 decompression (flexgen/compression.py ``decompress``) runs six
+elementwise kernels per tensor: a right shift and a mask of the packed bytes (each reads and writes
+the N/2 packed bytes), two strided copies of those nibbles into the 16-bit output (read N/2 bytes,
+write N 16-bit values), then an in-place divide by the scale and an in-place add of the offset
+(each reads and writes the N 16-bit values). Bytes moved per output element: 3 + 5 x (16-bit
+size) = 13, against one fused pass's 0.5 + 2 = 2.5."""
+UNFUSED_QUANT_BYTES_PER_ELEM_EXTRA = 3.5
+"""FlexGen's compression (``compress``) per 16-bit element of size a: min and max over each group
+(read twice: 2a), subtract the offset, multiply by the scale, clamp and round (four read+write
+passes: 8a), cast to uint8 (a + 1), shift the even nibbles (1) and OR the pairs (1.5):
+3.5 + 11a bytes = 25.5 for fp16."""
+
+
 @dataclass
 class OffloadCompute:
     cost: IterationModel
@@ -75,9 +89,22 @@ class OffloadCompute:
             t = max(t, 4.0 * self._attn_width * pairs / rate)
         return t
 
+    def _repeat_kv_factor(self) -> float:
+        """How much more memory traffic the host attention of a grouped-query model moves than
+        the multi-head attention its FLOP rate was measured on: Hugging Face's attention (which
+        ZeRO-Inference runs) materialises each KV head once per query head of its group
+        (``repeat_kv``: read the cache, write g copies) before the matmuls read those copies,
+        2 + 1/g element moves per query head and cached token against the one read of
+        multi-head attention. Host attention is memory-bound (FlexGen's measured rate is 0.6% of
+        the CPU's peak), so its time scales with these bytes."""
+        m = self.cost.model
+        if m.num_kv_heads >= m.num_heads:
+            return 1.0
+        return 2.0 + m.num_kv_heads / m.num_heads
+
     def cpu_decode_attention(self, batch: int, kv_tokens: float) -> float:
         """Seconds of one layer's decode attention on the host CPU over ``kv_tokens`` cached tokens."""
-        flops = 4.0 * self.cost.model.num_heads * self.cost.model.d_head * kv_tokens
+        flops = 4.0 * self.cost.model.num_heads * self.cost.model.d_head * kv_tokens * self._repeat_kv_factor()
         if self.measured is not None and self.measured.cpu_attention_flops:
             return flops / self.measured.cpu_attention_flops
         c = self.cpu_cost
@@ -89,13 +116,21 @@ class OffloadCompute:
             return float(c.decode_attention(batch, kv_tokens)) / c.layers
         return 0.0
 
-    def dequant(self, elems: float) -> float:
-        """GPU seconds to dequantise ``elems`` group-wise int4 values into 16-bit (or to quantise
-        them back): an elementwise pass reading the packed values and writing the 16-bit tensor."""
+    def dequant(self, elems: float, unfused: bool = False, quantise: bool = False) -> float:
+        """GPU seconds to dequantise ``elems`` group-wise int4 values into 16-bit (``quantise``:
+        to quantise them): fused, one elementwise pass reading the packed values and writing the
+        16-bit tensor (either way); ``unfused``, the passes of FlexGen's PyTorch implementation
+        (UNFUSED_DEQUANT_BYTES_PER_ELEM_EXTRA, UNFUSED_QUANT_BYTES_PER_ELEM_EXTRA)."""
         if elems <= 0:
             return 0.0
         c = self.cost
-        byts = elems * (0.5 + c.precision.a_bytes)
+        a = c.precision.a_bytes
+        if not unfused:
+            byts = elems * (0.5 + a)
+        elif quantise:
+            byts = elems * (UNFUSED_QUANT_BYTES_PER_ELEM_EXTRA + 11.0 * a)
+        else:
+            byts = elems * (UNFUSED_DEQUANT_BYTES_PER_ELEM_EXTRA + 5.0 * a)
         return float(
             _class_time("elementwise", "dequantize", np.asarray(4.0 * elems), np.asarray(byts), {"numel": elems}, c.device, c.efficiency, c.dtype)
         )

@@ -136,12 +136,14 @@ class OffloadExecutor:
             else:
                 attn_dev += full
         extra = 0.0
+        unfused = lay.plan.dequant == "unfused"
         if lay.plan.compress_weights:
             # compressed weights are dequantised for every GPU batch that uses them
-            extra += oc.dequant(lay.layer_weight_elems)
+            extra += oc.dequant(lay.layer_weight_elems, unfused)
         if lay.plan.compress_kv:
             # the cached KV is dequantised to be attended, the new KV quantised to be stored
-            extra += oc.dequant((float(ctx.sum()) + T) * lay.kv_elems_per_token_layer)
+            extra += oc.dequant(float(ctx.sum()) * lay.kv_elems_per_token_layer, unfused)
+            extra += oc.dequant(T * lay.kv_elems_per_token_layer, unfused, quantise=True)
         return layer + attn_dev + extra, cpu, attn_dev
 
     def run_step(self, q: np.ndarray, ctx: np.ndarray, rows: int) -> Generator[simpy.Event, Any, None]:

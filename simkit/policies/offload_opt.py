@@ -45,6 +45,8 @@ class Candidate:
     lp_throughput: float
     lp_bottleneck: str
     num_layers: int = 0
+    dequant: str = "fused"
+    """plan.offload.dequant of the scenario searched (how compressed weights are dequantised)."""
     sim: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -60,6 +62,7 @@ class Candidate:
             "num_gpu_batches": self.num_gpu_batches,
             "cpu_attention": self.cpu_attention,
             "compress_weights": self.compress_weights,
+            "dequant": self.dequant,
             "overlap": True,
             # an all-GPU plan still runs layer by layer in the offloading runtime (as FlexGen runs
             # it), on the costs the LP priced it with
@@ -90,6 +93,7 @@ def solve_candidate(
     gpu_usable: float | None = None,
     compute: OffloadCompute | None = None,
     measured_links: dict[str, tuple[float, float]] | None = None,
+    dequant: str = "fused",
 ) -> Candidate | None:
     from scipy.optimize import linprog
 
@@ -116,7 +120,7 @@ def solve_candidate(
     lin_p = oc.linear(gbs * prompt_len, decode=False) * ngb
     att_p = oc.prefill_attention(np.full(gbs, prompt_len), np.zeros(gbs)) * ngb
     # compressed weights are dequantised for every GPU batch (the simulator's rule, same cost)
-    deq = oc.dequant(model.params_layers / L) * ngb if compress else 0.0
+    deq = oc.dequant(model.params_layers / L, dequant == "unfused") * ngb if compress else 0.0
     bw = _bw(node, measured_links)
     # KV stores at their own measured rate where the machine has one (simulate.kv_store_slowdown)
     kv_slow = kv_store_slowdown(link_rates(node, 1, measured_links))
@@ -212,7 +216,7 @@ def solve_candidate(
     slack = np.array(A_ub) @ x - np.array(b_ub)
     dec_rows = [k for k, (_, w) in enumerate(labels) if w == "dec"]
     bott = labels[max(dec_rows, key=lambda k: slack[k])][0] if dec_rows else "compute"
-    return Candidate(gbs, ngb, cpu_attention, compress, fr, total, bls * gen_len / total if total > 0 else 0.0, bott, L)
+    return Candidate(gbs, ngb, cpu_attention, compress, fr, total, bls * gen_len / total if total > 0 else 0.0, bott, L, dequant)
 
 
 def optimize(
@@ -268,7 +272,7 @@ def optimize(
     for gbs, ngb, catt, comp in itertools.product(gpu_batch_sizes, num_gpu_batches, (False, True), compress):
         if objective == "latency" and ngb > 1:
             continue
-        c = solve_candidate(model, node, cost, cpu_cost, prec, prompt_len, gen_len, gbs, ngb, catt, comp, usable, oc, lm)
+        c = solve_candidate(model, node, cost, cpu_cost, prec, prompt_len, gen_len, gbs, ngb, catt, comp, usable, oc, lm, sc.plan.offload.dequant)
         if c is not None:
             cands.append(c)
     if not cands:
