@@ -330,3 +330,72 @@ def test_odd_azure_lines_take_the_pandas_path(tmp_path, line):
         order = np.argsort(expected[0]["ns"], kind="stable")
         assert np.array_equal(got.input_tokens, expected[0]["inp"][order])
         assert np.array_equal(got.output_tokens, expected[0]["out"][order])
+
+
+# ---- scalar cost forms: bit-identical to the array forms -------------------------------------
+_COSTS: dict[str, object] = {}
+
+
+def _cost_cached(calibration: str):
+    if calibration not in _COSTS:
+        c = _cost(calibration)
+        c.reserve(4096)
+        _COSTS[calibration] = c
+    return _COSTS[calibration]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    calibration=st.sampled_from(["none", "auto"]),
+    pre=st.lists(st.tuples(st.integers(1, 600), st.integers(0, 5000)), max_size=4),
+    dec=st.lists(st.integers(1, 6000), max_size=200),
+    rows_cut=st.integers(0, 4),
+)
+def test_mixed_step_time_equals_step_time(calibration, pre, dec, rows_cut):
+    """The fast path's scalar iteration time is step_time's, bit for bit (or None, never a
+    different number), for any mix of prefill chunks and decodes."""
+    cost = _cost_cached(calibration)
+    pq = [q for q, _ in pre]
+    ctx = [c for _, c in pre]
+    if not pq and not dec:
+        assert cost.mixed_step_time(pq, ctx, 0, 0, 0, 0) is None
+        return
+    rows = max(len(pq) - rows_cut, 0) + len(dec)
+    got = cost.mixed_step_time(pq, ctx, len(dec), sum(dec), max(dec, default=0), rows)
+    want = cost.step_time(np.array(pq + [1] * len(dec)), np.array(ctx + dec), logits_rows=rows)
+    if any(q == 1 and c > 0 for q, c in pre):
+        assert got is None  # priced as a decode by step_time: left to the array form
+    else:
+        assert got == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    calibration=st.sampled_from(["none", "auto"]),
+    batch=st.integers(1, 300),
+    mean=st.integers(1, 4000),
+    extra=st.integers(0, 3000),
+    k=st.integers(1, 16),
+)
+def test_decode_step_times_equal_decode_steps(calibration, batch, mean, extra, k):
+    cost = _cost_cached(calibration)
+    kv0 = float(batch * mean + extra)
+    longest = float(mean + extra)
+    got = cost.decode_step_times(batch, kv0, k, longest)
+    want = cost.decode_steps(batch, kv0, k, longest)
+    assert got is not None and got == want.tolist()
+
+
+def test_scalar_cost_forms_decline_without_a_closed_form():
+    """An efficiency model without a closed form for attention (a measured class) gets None."""
+    from simkit.cost.efficiency import DatasheetEfficiency
+
+    class Fitted(DatasheetEfficiency):
+        def roofline_time(self, op_class, flops, bytes_, peak_flops, peak_bw):
+            return None if op_class.startswith("attn") else super().roofline_time(op_class, flops, bytes_, peak_flops, peak_bw)
+
+    cost = replace(_cost("none"), efficiency=Fitted())
+    cost.reserve(64)
+    assert cost.decode_step_times(4, 400.0, 3, 120.0) is None
+    assert cost.mixed_step_time([10], [0], 4, 400, 120, 5) is None
+    assert cost.mixed_step_time([10], [0], 0, 0, 0, 1) is None

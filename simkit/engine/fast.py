@@ -28,7 +28,7 @@ pipeline parallelism, layer-by-layer execution and Chrome traces.
 from __future__ import annotations
 
 import heapq
-from bisect import insort
+from bisect import bisect_left, insort
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +53,39 @@ class _DecodeSet:
 
     def __len__(self) -> int:
         return self.n
+
+
+class _RunSet:
+    """The running requests in admission order, as the reference's list (``append``, ``pop`` of
+    the newest, ``[-1]``, ``len``, iteration) with O(1) removal of any member (``discard``)."""
+
+    __slots__ = ("d",)
+
+    def __init__(self) -> None:
+        self.d: dict[int, None] = {}
+
+    def append(self, i: int) -> None:
+        self.d[i] = None
+
+    def pop(self) -> int:
+        return self.d.popitem()[0]
+
+    def discard(self, i: int) -> None:
+        self.d.pop(i, None)
+
+    def __getitem__(self, k: int) -> int:
+        if k != -1:
+            raise IndexError("only the newest running request ([-1]) is read")
+        return next(reversed(self.d))
+
+    def __len__(self) -> int:
+        return len(self.d)
+
+    def __bool__(self) -> bool:
+        return bool(self.d)
+
+    def __iter__(self) -> Any:
+        return iter(self.d)
 
 
 def stand_in_contexts(n: int, total: int, longest: int) -> np.ndarray:
@@ -151,6 +184,9 @@ class FastReplica(Replica):
         self._last_dec = 0.0
         """End time of the last step that decoded the whole decode set."""
         self._prefill_memo: dict[tuple[int, int, int], float] = {}
+        self.running = _RunSet()  # type: ignore[assignment]
+        self._no_fit: tuple[int, int | None, int] | None = None
+        """(request, reserve_tokens, blocks used) of the last admission that did not fit."""
 
     # ---- the decode set ----------------------------------------------------------------------
     def _join(self, i: int) -> None:
@@ -310,10 +346,40 @@ class FastReplica(Replica):
 
     # ---- overrides of the reference engine ---------------------------------------------------
     def admit(self, i: int, reserve_tokens: int | None = None) -> bool:
+        # without a prefix cache, an admission fails only on the block count (``can_admit``,
+        # before anything is touched) and the request's need does not change while it waits:
+        # it fails again until blocks are freed, so the reference's repeated checks are skipped
+        kv = self.kv
+        nf = self._no_fit
+        if nf is not None and nf[0] == i and nf[1] == reserve_tokens and kv.used >= nf[2]:
+            return False
         ok = super().admit(i, reserve_tokens)
-        if ok and self.table.kv_len[i] >= self.table.target[i]:
+        if not ok:
+            if kv.cache is None and kv.watermark_blocks >= 0 and self.cfg.spill_after is None:
+                self._no_fit = (i, reserve_tokens, kv.used)
+            return False
+        self._no_fit = None
+        if self.table.kv_len[i] >= self.table.target[i]:
             self._join(i)
-        return ok
+        return True
+
+    def _finish(self, ids: list[int]) -> None:
+        # the reference's _finish with O(1) removal from the running set (no prefill role here:
+        # disaggregated serving runs on the reference engine)
+        if not ids:
+            return
+        if len(self.group.engines) > 1:
+            self.group.wake_all()
+        t = self.table
+        now = self.env.now
+        run = self.running
+        for i in ids:
+            run.discard(i)  # type: ignore[attr-defined]
+        self._dec_cache = None
+        for i in ids:
+            t.finish[i] = now
+            self.outstanding -= 1
+            self._release(i, finished=True)
 
     def _preempt_one(self) -> bool:
         # the reference preempts the newest running request, reading its table row: bring the
@@ -341,6 +407,23 @@ class FastReplica(Replica):
             if not self._preempt_one():
                 raise AssertionError("a lone request cannot grow its KV cache (admission should have prevented this)")
 
+    def _step_time(self, pq: list[int], kv_pre: list[int], nb: int, dec_sum: int, longest: int, rows: int) -> float:
+        """``IterationModel.step_time`` of a mixed iteration: on scalars where it can
+        (``mixed_step_time``), else on arrays with stand-ins for the decoding requests' contexts
+        (same count, sum and maximum: all the cost model reads of them)."""
+        cost = self.cost
+        dur = cost.mixed_step_time(pq, kv_pre, nb, dec_sum, longest, rows)
+        if dur is not None:
+            return dur
+        n_pq = len(pq)
+        q = np.ones(n_pq + nb, dtype=np.int64)
+        q[:n_pq] = pq
+        ctx = np.empty(n_pq + nb, dtype=np.int64)
+        ctx[:n_pq] = kv_pre
+        if nb:
+            ctx[n_pq:] = stand_in_contexts(nb, dec_sum, longest)
+        return cost.step_time(q, ctx, logits_rows=rows)
+
     def _mixed_step(self, step: Step):  # type: ignore[no-untyped-def]
         env = self.env
         t = self.table
@@ -350,22 +433,19 @@ class FastReplica(Replica):
         kv_pre = [int(t.kv_len[i]) for i in pre]
         completes = [kv_pre[k] + pq[k] >= int(t.target[i]) for k, i in enumerate(pre)]
         n_pq = len(pq)
-        q = np.ones(n_pq + nb, dtype=np.int64)
-        q[:n_pq] = pq
-        ctx = np.empty(n_pq + nb, dtype=np.int64)
-        ctx[:n_pq] = kv_pre
         mc = self.max_context
+        dec_sum = longest = 0
         if nb:
             # decode attention sees the decoding requests' contexts through their sum and their
-            # maximum (IterationModel.attention_time): stand-ins with the same sum and maximum
+            # maximum (IterationModel.attention_time)
             longest = self._longest_offset() + self._D
-            ctx[n_pq:] = stand_in_contexts(nb, self._sum_off + nb * self._D, longest)
+            dec_sum = self._sum_off + nb * self._D
             mc["attn_decode"] = max(mc["attn_decode"], longest + 1)
         if n_pq:
             mc["attn_prefill"] = max(mc["attn_prefill"], max(kv_pre[k] + pq[k] for k in range(n_pq)))
         rows = sum(completes) + nb
         if nb or n_pq != 1:
-            dur = self.cost.step_time(q, ctx, logits_rows=rows)
+            dur = self._step_time(pq, kv_pre, nb, dec_sum, longest, rows)
         else:
             # the time of a step prefilling one prompt is a pure function of (tokens, cached
             # tokens, rows), and prompt lengths repeat: memoised (bounded)
@@ -375,10 +455,10 @@ class FastReplica(Replica):
             if dur is None:
                 if len(memo) >= 100_000:
                     memo.clear()
-                dur = memo[key] = self.cost.step_time(q, ctx, logits_rows=rows)
-        if self.cost.tp > 1:
-            self.stage_comm[0] += self.cost.comm_time(int(q.sum()))
+                dur = memo[key] = self._step_time(pq, kv_pre, nb, dec_sum, longest, rows)
         n_tok = int(sum(pq))
+        if self.cost.tp > 1:
+            self.stage_comm[0] += self.cost.comm_time(n_tok + nb)
         if not self.pending_fetch:
             start = env.now
             yield env.timeout(dur)
@@ -444,10 +524,29 @@ class FastReplica(Replica):
             if fixed > 0:
                 s = min(s, max(int(ta / fixed) + 2, 1))
         longest = self._longest_offset() + clock
-        times = self.cost.decode_steps(nb, float(self._sum_off + nb * clock), s, float(longest))
-        if s == 1:
+        kv0 = float(self._sum_off + nb * clock)
+        few = self.cost.decode_step_times(nb, kv0, s, float(longest)) if s <= 16 else None
+        if few is not None:
+            # a few steps on scalars: the running sum is np.cumsum's (sequential) sum
+            ends_l: list[float] = []
+            acc = 0.0
+            for x in few:
+                acc = x if not ends_l else acc + x
+                ends_l.append(acc)
+            if s > 1:
+                ta = self.next_arrival() - env.now
+                if ta < ends_l[-1]:
+                    j = bisect_left(ends_l, ta)
+                    s = min(s, j + 1)
+                    ends_l = ends_l[:s]
+                    few = few[:s]
+            times = few
+            first, dur = ends_l[0], ends_l[-1]
+        elif s == 1:
+            times = self.cost.decode_steps(nb, kv0, s, float(longest))
             first = dur = float(times[0])  # np.cumsum of one value is that value
         else:
+            times = self.cost.decode_steps(nb, kv0, s, float(longest))
             ends = np.cumsum(times)
             ta = self.next_arrival() - env.now
             if ta < float(ends[-1]):
@@ -473,7 +572,7 @@ class FastReplica(Replica):
         extra = max((now - start) - dur, 0.0)
         self._tbt_groups(start + first + extra)
         if s > 1:
-            self.tbt.push(times[1:], float(nb))
+            self.tbt.push(np.asarray(times[1:]), float(nb))
         self._D = clock + s
         self._last_dec = now
         self._fresh = {}
