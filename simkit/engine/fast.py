@@ -186,7 +186,8 @@ class FastReplica(Replica):
         self._prefill_memo: dict[tuple[int, int, int], float] = {}
         self.running = _RunSet()  # type: ignore[assignment]
         self._no_fit: tuple[int, int | None, int] | None = None
-        """(request, reserve_tokens, blocks used) of the last admission that did not fit."""
+        """(request, reserve_tokens, most blocks in use at which it fits) of the last admission
+        that did not fit for want of blocks."""
 
     # ---- the decode set ----------------------------------------------------------------------
     def _join(self, i: int) -> None:
@@ -346,17 +347,25 @@ class FastReplica(Replica):
 
     # ---- overrides of the reference engine ---------------------------------------------------
     def admit(self, i: int, reserve_tokens: int | None = None) -> bool:
-        # without a prefix cache, an admission fails only on the block count (``can_admit``,
-        # before anything is touched) and the request's need does not change while it waits:
-        # it fails again until blocks are freed, so the reference's repeated checks are skipped
+        # without a prefix cache or a spill tier, an admission fails only on the block count
+        # (``kv.can_admit``: free - need < watermark, checked before anything is touched), and a
+        # waiting request's need does not change: it fails again while the blocks in use stay
+        # above the level at which it would fit, so those repeated checks are skipped
         kv = self.kv
         nf = self._no_fit
-        if nf is not None and nf[0] == i and nf[1] == reserve_tokens and kv.used >= nf[2]:
+        if nf is not None and nf[0] == i and nf[1] == reserve_tokens and kv.used > nf[2]:
             return False
         ok = super().admit(i, reserve_tokens)
         if not ok:
-            if kv.cache is None and kv.watermark_blocks >= 0 and self.cfg.spill_after is None:
-                self._no_fit = (i, reserve_tokens, kv.used)
+            self._no_fit = None
+            if kv.cache is None and self.cfg.spill_after is None and kv.watermark_blocks >= 0:
+                t = self.table
+                tokens = int(reserve_tokens if reserve_tokens is not None else max(t.target[i], t.kv_len[i]) + 1)
+                if self.cfg.kv_cap_tokens is not None:
+                    tokens = min(tokens, self.cfg.kv_cap_tokens)
+                limit = kv.num_blocks - kv.blocks_for(tokens) - kv.watermark_blocks
+                if kv.used > limit:  # the reason it failed (guard: never remember anything else)
+                    self._no_fit = (i, reserve_tokens, limit)
             return False
         self._no_fit = None
         if self.table.kv_len[i] >= self.table.target[i]:
