@@ -416,6 +416,19 @@ class FastReplica(Replica):
             if not self._preempt_one():
                 raise AssertionError("a lone request cannot grow its KV cache (admission should have prevented this)")
 
+    def _elapse(self, dur: float):  # type: ignore[no-untyped-def]
+        """Let ``dur`` seconds of compute pass: ``yield env.timeout(dur)``, except that when no
+        event is scheduled up to the step's end (``env.peek()`` is later) nothing else can run
+        before this process resumes, so the clock is moved to the end directly, the same float
+        ``env.now + dur`` the timeout would fire at. Events at equal times keep their order
+        (``peek()`` equal to the end takes the event path), so every decision is the same."""
+        env = self.env
+        end = env.now + dur
+        if env.peek() > end:
+            env._now = end  # SimPy's clock (no public setter); the event queue is untouched
+            return
+        yield env.timeout(dur)
+
     def _step_time(self, pq: list[int], kv_pre: list[int], nb: int, dec_sum: int, longest: int, rows: int) -> float:
         """``IterationModel.step_time`` of a mixed iteration: on scalars where it can
         (``mixed_step_time``), else on arrays with stand-ins for the decoding requests' contexts
@@ -470,7 +483,7 @@ class FastReplica(Replica):
             self.stage_comm[0] += self.cost.comm_time(n_tok + nb)
         if not self.pending_fetch:
             start = env.now
-            yield env.timeout(dur)
+            yield from self._elapse(dur)
             self.busy_time += dur
             self.busy_gpu_s += dur * self.cfg.num_gpus
             self.stage_busy[0] += dur
@@ -570,7 +583,7 @@ class FastReplica(Replica):
             self.stage_comm[0] += self.cost.comm_time(nb) * s
         if not self.pending_fetch:
             start = env.now
-            yield env.timeout(dur)
+            yield from self._elapse(dur)
             self.busy_time += dur
             self.busy_gpu_s += dur * self.cfg.num_gpus
             self.stage_busy[0] += dur
