@@ -15,6 +15,13 @@ came at the same time (all of the batch but the newest members), with the group 
 The request table is brought up to date for a request when it leaves the decode set (finish,
 preemption) and for all of them when the run ends (:meth:`FastReplica.sync`).
 
+Per step, the iteration time is evaluated on Python floats (``IterationModel.decode_step_times``
+and ``mixed_step_time``: the same operations in the same order as the array forms, so the same
+bits) wherever the efficiency model prices attention in closed form; a step that no other event
+can interrupt (nothing scheduled before it ends) moves the clock without a SimPy event
+(:meth:`FastReplica._elapse`); an admission that failed for want of blocks is not re-checked
+until enough blocks are free; finished requests leave the running set in O(1).
+
 Everything else is the reference engine's own code (the policies, admission, the event loop,
 the cost model calls with the same arguments), so per-request times are bit-for-bit those of
 :class:`Replica`; ``tests/test_fast_engine.py`` checks that on random scenarios. Plans the fast
