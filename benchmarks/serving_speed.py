@@ -101,7 +101,7 @@ def _child(case: str) -> None:
     s = res.summary
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({
-        "case": case, "requests": s["requests_total"], "completed": s["requests_completed"], "sim_wall_s": s["sim_wall_s"],
+        "case": case, "requests": s["requests_total"], "completed": s["requests_completed"], "sim_wall_s": res.sim_wall_s,
         "in_process_wall_s": wall, "peak_rss_bytes": rss, "ttft_p50_s": s["ttft_p50_s"], "tpot_p50_s": s["tpot_p50_s"],
         "makespan_s": s["makespan_s"], "engine_path": s["engine_path"],
     }))

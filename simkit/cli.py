@@ -24,8 +24,8 @@ def _fmt_ms(x: Any) -> str:
     return "-" if v != v else f"{v * 1e3:,.1f} ms"
 
 
-def print_summary(s: dict[str, Any], out: Any = sys.stdout) -> None:
-    w = out.write
+def print_summary(s: dict[str, Any], out: Any = None, wall_s: float | None = None) -> None:
+    w = (out or sys.stdout).write
     w(f"simkit: {s.get('model')} on {s.get('hardware')} ({s.get('device')}), policy {s.get('policy')}, "
       f"tp={s.get('tp')} replicas={s.get('replicas')}\n")
     w(f"  calibration      {s.get('calibration')}\n")
@@ -49,7 +49,10 @@ def print_summary(s: dict[str, Any], out: Any = sys.stdout) -> None:
         w(f"  prefix cache     {s['prefix_cache_hit_rate'] * 100:.1f}% of prompt tokens hit ({tiers})\n")
     w(f"  cost             ${s['usd_per_million_output_tokens']:.3f} per million output tokens "
       f"(${s['cost_per_hour_usd']:.2f}/h); energy {s['energy_per_output_token_j']:.3f} J/token\n")
-    w(f"  simulated in     {s['sim_wall_s']:.3f} s wall, engine path: {s['engine_path']}\n")
+    if wall_s is not None:
+        w(f"  simulated in     {wall_s:.3f} s wall, engine path: {s['engine_path']}\n")
+    else:
+        w(f"  engine path      {s['engine_path']}\n")
 
 
 # ---- subcommands -------------------------------------------------------------------------------
@@ -62,9 +65,29 @@ def cmd_run(a: argparse.Namespace) -> int:
     for wmsg in res.warnings:
         print(f"warning: {wmsg}", file=sys.stderr)
     out = a.out or os.path.join("reports", sc.name)
-    paths = write_outputs(res, out, a.trace_out)
-    print_summary(res.summary)
+    paths = write_outputs(res, out, a.trace_out, command=_command_line(a))
+    print_summary(res.summary, wall_s=res.sim_wall_s)
     print(f"  wrote            {', '.join(str(p) for p in paths)}")
+    if a.report:
+        _write_report([out], a.report)
+    return 0
+
+
+def _command_line(a: argparse.Namespace) -> str:
+    import shlex
+
+    return "simkit " + " ".join(shlex.quote(x) for x in a.argv)
+
+
+def _write_report(dirs: list[str], out: str) -> None:
+    from simkit.report import write_report
+
+    p = write_report(dirs, out)
+    print(f"  report           {p}")
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    _write_report(a.dirs, a.output)
     return 0
 
 
@@ -232,6 +255,8 @@ def cmd_search(a: argparse.Namespace) -> int:
         print(vllm_hint(load_scenario(os.path.join(out, "best.yaml"))), end="")
     print(f"wrote {', '.join(str(p) for p in paths if p.parent == paths[0].parent)} and {os.path.join(out, 'best')}/"
           if res.best is not None else f"wrote {', '.join(str(p) for p in paths)}")
+    if a.report:
+        _write_report([out], a.report)
     return 0 if res.best is not None else 1
 
 
@@ -272,7 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--trace-out", help="write a Chrome-trace/Perfetto timeline JSON here")
     r.add_argument("--engine", choices=["auto", "reference"], default="auto",
                    help="reference: always the reference engine (default: the fast exact path where it applies)")
+    r.add_argument("--report", metavar="FILE.html", help="also write an HTML report of the run here")
     r.set_defaults(func=cmd_run)
+
+    rp = sub.add_parser("report", help="one self-contained HTML page for run, study or search folders")
+    rp.add_argument("dirs", nargs="+", metavar="DIR", help="a run, study or search folder; two or more run folders compare")
+    rp.add_argument("-o", "--output", required=True, metavar="FILE.html")
+    rp.set_defaults(func=cmd_report)
 
     s = sub.add_parser("schema", help="print the scenario JSON Schema")
     s.set_defaults(func=cmd_schema)
@@ -313,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--exhaustive", action="store_true", help="simulate every candidate that passes screening (no pruning)")
     se.add_argument("--jobs", type=int, default=1, help="simulate this many candidates at once in worker processes")
     se.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    se.add_argument("--report", metavar="FILE.html", help="also write an HTML report of the search here")
     se.set_defaults(func=cmd_search)
 
     sub.add_parser("calibrate", help="run microbenchmarks (see simkit calibrate --help) or import-profiles", add_help=False)
@@ -331,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args and args[0] == "study":
             return cmd_study(args[1:])
         ns = build_parser().parse_args(args)
+        ns.argv = args
         return int(ns.func(ns))
     except SimkitError as e:
         if os.environ.get("SIMKIT_DEBUG"):

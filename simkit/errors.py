@@ -49,5 +49,9 @@ class CalibrationError(SimkitError):
     """A calibration profile is missing, corrupt, or does not match the scenario."""
 
 
+class ReportError(SimkitError):
+    """A folder cannot be reported on: not a run, study or search folder, or a file in it is unreadable."""
+
+
 class StudyError(SimkitError):
     """A study file (or its study folder) is invalid."""

@@ -56,6 +56,17 @@ class Result:
     memory: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     trace_events: list[dict[str, Any]] | None = None
+    sim_wall_s: float = 0.0
+    """Wall-clock seconds of ``simulate()`` (in provenance.json, not summary.json: not deterministic)."""
+    calibration: dict[str, Any] = field(default_factory=dict)
+    """The calibration used: setting, description, profile name/path and its measured fidelity."""
+    link_busy: list[tuple[int, str, float, float]] = field(default_factory=list)
+    """(replica, link, start_s, end_s) of every busy period of every link direction (links.parquet)."""
+
+    def links_frame(self):  # type: ignore[no-untyped-def]
+        import pandas as pd
+
+        return pd.DataFrame(link_columns(self.link_busy))
 
     def requests_frame(self):  # type: ignore[no-untyped-def]
         from simkit.metrics import requests_frame
@@ -118,8 +129,26 @@ def resolve_calibration(sc: Scenario, device: ComputeDevice, quiet: bool = False
 
     setting = sc.calibration
     if setting != "auto":
-        setting = str(sc.resolve_path(setting))
+        # absolute, so the description (in summary.json) does not depend on how the path is spelt
+        setting = str(sc.resolve_path(setting).resolve())
     return _resolve(setting, device.kind, device.name)
+
+
+def resolve_compute(sc: Scenario, node: Node) -> tuple[bool, ComputeDevice, EfficiencyModel, str, str | None]:
+    """(computes on the CPU?, the compute device, its efficiency model, the calibration's
+    description, a warning or None). With a profile, the device carries the roofline the
+    profile's efficiencies were fitted to."""
+    use_cpu = sc.plan.execution.device == "cpu" or node.gpu is None
+    if use_cpu:
+        device = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
+    else:
+        assert node.gpu is not None
+        device = ComputeDevice.from_gpu(node.gpu)
+    eff, cal_info, cal_warn = resolve_calibration(sc, device)
+    # time operators against the roofline the profile's efficiencies were fitted to, scaled by
+    # the scenario's what-if multipliers
+    device = device.for_profile(eff, node.scale)
+    return use_cpu, device, eff, cal_info, cal_warn
 
 
 def host_overhead(scenario_value: float | None, eff: EfficiencyModel) -> HostOverhead:
@@ -445,19 +474,11 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     offloaded = not plan.offload.is_trivial
     if offloaded and par.pp > 1:
         raise ScenarioError("offloading with pipeline parallelism (pp > 1) is not supported; use tp or replicas", where=where, key="plan.offload")
-    use_cpu = plan.execution.device == "cpu" or node.gpu is None
+    use_cpu, device, eff, cal_info, cal_warn = resolve_compute(sc, node)
     if use_cpu:
-        device = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
         if par.tp * par.pp * par.replicas > 1:
             raise ScenarioError("tensor/pipeline parallelism and replicas need GPUs; this plan computes on the CPU", where=where, key="plan.parallel")
         layout = Layout(1, 1, 1, 1, (model.num_layers,), 0, 1)
-    else:
-        assert node.gpu is not None
-        device = ComputeDevice.from_gpu(node.gpu)
-    eff, cal_info, cal_warn = resolve_calibration(sc, device)
-    # time operators against the roofline the profile's efficiencies were fitted to, scaled by
-    # the scenario's what-if multipliers
-    device = device.for_profile(eff, node.scale)
     if cal_warn:
         warn.append(cal_warn)
         warnings.warn(cal_warn, stacklevel=2)
@@ -746,12 +767,15 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             front[router.choose(i, front)].enqueue(i)
 
     env.process(arrival_process())
+    if record_iterations:
+        for g in replicas:
+            for link in g.links.values():
+                link.busy_log = []
     env.run()
     for g in replicas:
         for e in g.engines:
             if isinstance(e, FastReplica):
                 e.sync()
-    sim_wall = time.perf_counter() - wall0
 
     # KV utilisation, time-weighted: blocks in use integrated over the run by each replica's
     # block pool (shared by a replica's pipeline engines, so each block counts once)
@@ -829,7 +853,6 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         "per_gpu": per_gpu,
         "expert_group_shares": group_shares,
         "collective_share": sum(x["comm_s"] for x in per_gpu) / tot_busy if tot_busy > 0 else 0.0,
-        "sim_wall_s": sim_wall,
         "engine_path": engine_path,
         "model": model.name,
         "hardware": node.name,
@@ -854,7 +877,6 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         sc.slo,
         extra,
     )
-    summary["sim_wall_s"] = time.perf_counter() - wall0
     warn.extend(run_warnings(summary))
     longest_by = {c: max(e.max_context[c] for e in engines_all) for c in ("attn_prefill", "attn_decode")}
     summary["max_context_tokens"] = max(longest_by.values())
@@ -874,7 +896,9 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             for k, link in r.links.items():
                 for s0, s1, tag, nb in link.intervals or []:
                     events.append({"name": tag or k, "ph": "X", "pid": r.index, "tid": link.name, "ts": s0 * 1e6, "dur": (s1 - s0) * 1e6, "args": {"bytes": nb}})
-    return Result(sc, summary, table, log.rows, memory, warn, events)  # memory: per tier, by owner
+    link_busy = [(g.index, k, s0, s1) for g in replicas for k, link in g.links.items() for s0, s1 in link.busy_log or []]
+    return Result(sc, summary, table, log.rows, memory, warn, events,  # memory: per tier, by owner
+                  time.perf_counter() - wall0, calibration_provenance(sc, eff, cal_info), link_busy)
 
 
 def bottleneck_of(resources: dict[str, dict[str, float]], group_kernels: list[float], group_comm: list[float]) -> str | None:
@@ -985,9 +1009,133 @@ def summary_span(table: RequestTable) -> float:
     return float(np.nanmax(table.finish) - table.arrival.min())
 
 
-def write_outputs(result: Result, out_dir: str | Path, trace_out: str | Path | None = None) -> list[Path]:
-    """summary.json, requests.parquet, iterations.parquet (+ a Chrome trace when asked)."""
+def calibration_provenance(sc: Scenario, eff: Any, description: str) -> dict[str, Any]:
+    """What provenance.json records of the calibration: the scenario's setting, the description
+    summary.json carries, and for a profile its name, file and measured fidelity per operator
+    class (in-sample fit error and, where the profile has it, the leave-one-model-out errors that
+    docs/fidelity.md tabulates), as fractions."""
+    out: dict[str, Any] = {"setting": sc.calibration, "description": description, "profile": None, "path": None, "fidelity": {}}
+    models = getattr(eff, "models", None)
+    if not isinstance(models, dict) or not hasattr(eff, "cross_validation"):
+        return out
+    out["profile"] = getattr(eff, "name", None)
+    path = getattr(eff, "path", None)
+    out["path"] = str(Path(path).resolve()) if path is not None else None
+    for cls, cm in models.items():
+        entry: dict[str, Any] = {"fit_error": dict(getattr(cm, "fit_error", {}) or {})}
+        cv = (eff.cross_validation or {}).get(cls) or {}
+        per = cv.get("per_model") or {}
+        if per:
+            meds = [float(v["median_ape"]) for v in per.values() if "median_ape" in v]
+            p90s = [float(v["p90_ape"]) for v in per.values() if "p90_ape" in v]
+            entry["cross_validation"] = {
+                "method": cv.get("method", ""),
+                "scored": cv.get("scored", ""),
+                "median_ape_range": [min(meds), max(meds)] if meds else None,
+                "p90_ape_range": [min(p90s), max(p90s)] if p90s else None,
+                "per_model": {k: {kk: v[kk] for kk in ("median_ape", "p90_ape", "n") if kk in v} for k, v in per.items()},
+            }
+        out["fidelity"][cls] = entry
+    return out
+
+
+_PATH_KEYS = (("workload", "trace", "path"), ("workload", "synthetic", "lengths", "trace", "path"))
+
+
+def _unit_suffix(ann: Any) -> str | None:
+    """" B" or " s" for a size or duration field type (they must be written with a unit)."""
+    from typing import Annotated, Union, get_args, get_origin
+
+    from simkit.specs.base import Bytes, Seconds
+
+    origin = get_origin(ann)
+    if origin is Annotated:
+        meta = get_args(ann)[1:]
+        if any(m is Bytes.__metadata__[0] for m in meta):
+            return " B"
+        if any(m is Seconds.__metadata__[0] for m in meta):
+            return " s"
+        return None
+    if origin is Union or type(ann).__name__ == "UnionType":
+        for a in get_args(ann):
+            u = _unit_suffix(a)
+            if u:
+                return u
+    return None
+
+
+def _plain(value: Any, ann: Any) -> Any:
+    """A validated scenario object as plain YAML data that validates back to the same object:
+    None fields left out, sizes and durations written with their unit (repr keeps every digit)."""
+    from typing import Annotated, get_args, get_origin
+
+    from pydantic import BaseModel
+
+    if isinstance(value, BaseModel):
+        out = {}
+        for name, f in type(value).model_fields.items():
+            v = getattr(value, name)
+            if v is None:
+                continue
+            fa = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
+            out[name] = _plain(v, fa)
+        return out
+    if isinstance(value, dict):
+        inner = get_args(ann)[1] if get_origin(ann) is dict else None
+        if get_origin(ann) is Annotated:
+            base = get_args(ann)[0]
+            inner = get_args(base)[1] if get_origin(base) is dict else None
+        return {k: _plain(v, inner) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v, None) for v in value]
+    unit = _unit_suffix(ann) if ann is not None else None
+    if unit and isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{float(value)!r}{unit}"
+    return value
+
+
+def resolved_scenario_data(sc: Scenario, out_dir: str | Path) -> dict[str, Any]:
+    """The scenario with every default filled in (overrides already applied), as plain data a
+    file in ``out_dir`` can hold: trace and calibration paths are rewritten relative to
+    ``out_dir`` (they resolve against the scenario file's folder), a model file path becomes
+    absolute (model paths resolve against the working directory)."""
+    import os
+
+    data = _plain(sc, type(sc))
+    data["hardware"] = sc.raw_data().get("hardware", data["hardware"])
+    base = Path(out_dir).resolve()
+
+    def rel(p: str) -> str:
+        return os.path.relpath(sc.resolve_path(p).resolve(), base)
+
+    for keys in _PATH_KEYS:
+        node: Any = data
+        for k in keys[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict) and keys[-1] in node:
+            node[keys[-1]] = rel(node[keys[-1]])
+    if data.get("calibration") not in ("auto", "none"):
+        data["calibration"] = rel(data["calibration"])
+    m = data["model"]
+    if m.endswith((".json", ".yaml", ".yml")) or Path(m).is_dir():
+        data["model"] = str(Path(m).resolve())
+    return data
+
+
+def write_outputs(
+    result: Result, out_dir: str | Path, trace_out: str | Path | None = None, command: str | None = None
+) -> list[Path]:
+    """A run folder: summary.json (deterministic), requests.parquet, iterations.parquet,
+    scenario.yaml (the resolved scenario; ``simkit run DIR/scenario.yaml`` reproduces
+    summary.json), provenance.json (version, time, command, calibration, wall time), and a
+    Chrome trace when asked. ``command`` is the command line that made the run, if any."""
+    import datetime
     import json
+    import shlex
+
+    import yaml
+
+    from simkit import __version__
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -1002,6 +1150,28 @@ def write_outputs(result: Result, out_dir: str | Path, trace_out: str | Path | N
     paths.append(p)
     p = out / "iterations.parquet"
     _write_parquet(iteration_columns(result.iterations), p)
+    paths.append(p)
+    p = out / "links.parquet"
+    _write_parquet(link_columns(result.link_busy), p)
+    paths.append(p)
+    p = out / "scenario.yaml"
+    src = result.scenario.source or "(built in Python)"
+    header = (f"# resolved scenario written by simkit {__version__} from {src}, every default filled in;\n"
+              f"# reproduce: simkit run {shlex.quote(str(p))}\n")
+    p.write_text(header + yaml.safe_dump(resolved_scenario_data(result.scenario, out), sort_keys=False, allow_unicode=True))
+    paths.append(p)
+    prov = {
+        "simkit_version": __version__,
+        "created_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": command,
+        "reproduce": f"simkit run {shlex.quote(str(p))} --out {shlex.quote(str(out))}",
+        "scenario_source": result.scenario.source,
+        "calibration": result.calibration,
+        "sim_wall_s": result.sim_wall_s,
+        "warnings": list(result.warnings),
+    }
+    p = out / "provenance.json"
+    p.write_text(json.dumps(_jsonable(prov), indent=2) + "\n")
     paths.append(p)
     if trace_out is not None and result.trace_events is not None:
         tp = Path(trace_out)
@@ -1019,6 +1189,16 @@ def iteration_columns(rows: list[tuple[Any, ...]]) -> dict[str, np.ndarray]:
         kind = np.float64 if name.endswith("_s") else np.int64
         cols[name] = np.fromiter((r[k] for r in rows), dtype=kind, count=len(rows))
     return cols
+
+
+def link_columns(rows: list[tuple[int, str, float, float]]) -> dict[str, np.ndarray]:
+    """links.parquet's columns: replica, link, start_s, end_s of every busy period."""
+    return {
+        "replica": np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
+        "link": np.array([r[1] for r in rows], dtype=object),
+        "start_s": np.fromiter((r[2] for r in rows), dtype=np.float64, count=len(rows)),
+        "end_s": np.fromiter((r[3] for r in rows), dtype=np.float64, count=len(rows)),
+    }
 
 
 def _write_parquet(columns: dict[str, np.ndarray], path: Path) -> None:

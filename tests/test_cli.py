@@ -25,10 +25,11 @@ def test_example_scenarios_run(path, tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     s = json.loads((tmp_path / "summary.json").read_text())
     for key in ("ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s", "e2e_p50_s", "e2e_p99_s",
-                "output_tokens_per_s", "requests_completed", "requests_rejected", "makespan_s", "sim_wall_s"):
+                "output_tokens_per_s", "requests_completed", "requests_rejected", "makespan_s"):
         assert key in s
     assert s["requests_completed"] > 0
-    assert (tmp_path / "requests.parquet").exists() and (tmp_path / "iterations.parquet").exists()
+    for f in ("requests.parquet", "iterations.parquet", "links.parquet", "scenario.yaml", "provenance.json"):
+        assert (tmp_path / f).exists(), f
 
 
 def _err(args, capsys):

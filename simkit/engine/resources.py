@@ -43,6 +43,8 @@ class Link:
         self.bytes_moved = 0.0
         self.intervals: list[tuple[float, float, str, float]] | None = None
         """(start, end, tag, bytes) per transfer when tracing is on."""
+        self.busy_log: list[list[float]] | None = None
+        """[start, end] of each busy period (adjacent ones merged) when recording is on."""
 
     def transfer(self, nbytes: float, tag: str = "") -> simpy.Event:
         """An event that fires when ``nbytes`` have crossed the link (latency included)."""
@@ -76,6 +78,11 @@ class Link:
             for f in self._flows:
                 f.remaining -= share
             self.busy_time += dt
+            if self.busy_log is not None:
+                if self.busy_log and self.busy_log[-1][1] == self._last:
+                    self.busy_log[-1][1] = now
+                else:
+                    self.busy_log.append([self._last, now])
         self._last = now
 
     def _reschedule(self) -> None:

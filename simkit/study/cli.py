@@ -34,6 +34,7 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="validate every run and print how many would run, without running")
     p.add_argument("--format", choices=["table", "csv", "json", "markdown"], default="table", help="format of the final table")
     p.add_argument("--metrics", help="comma-separated metric columns for the final table")
+    p.add_argument("--report", metavar="FILE.html", help="also write an HTML report of the study here (docs/report.md)")
     return p
 
 
@@ -95,4 +96,8 @@ def main(argv: Sequence[str]) -> int:
     for msg in sorted({r['error'] for r in errors})[:5]:
         print(f"  error: {msg}")
     print(f"  wrote            {res.folder / 'runs.parquet'}, {res.folder / 'study.json'}, {res.folder / 'runs'}/<run_id>/")
+    if a.report:
+        from simkit.report import write_report
+
+        print(f"  report           {write_report([res.folder], a.report)}")
     return 0
