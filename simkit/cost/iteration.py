@@ -107,6 +107,7 @@ class IterationModel:
         self._layer = np.zeros(1)  # layer[T]: per-layer seconds (for layer-by-layer execution)
         self._comm = np.zeros(1)  # comm[T]: seconds of collectives in one pass of the stage
         self._peaks = (self.device.peak_flops(self.dtype), self.device.mem_bandwidth)
+        self._dec1: dict[int, tuple] = {}  # batch -> constants of _decode_attention1
 
     # ---- tables ------------------------------------------------------------------------------
     def reserve(self, n: int) -> None:
@@ -303,13 +304,18 @@ class IterationModel:
         """:meth:`decode_attention` of one iteration (``kv``, ``longest``: attended tokens, as
         passed to it) with the same operations in the same order on scalars, so the result is
         bit-identical; None when the efficiency model has no closed form for decode attention."""
-        sms = self.device.sm_count
-        heads, kvh, d, ab, kb = self._attn_consts()
-        if sms > 0 and batch * kvh >= 0.8 * sms:
-            kv = max(kv, longest * (sms / kvh))
-        flops = 4.0 * heads * d * kv
-        byts = 2.0 * batch * heads * d * ab + 2.0 * kv * kvh * d * kb + 2.0 * batch * kvh * d * kb
-        t = self.efficiency.roofline_time("attn_decode", flops, byts, self._peaks[0], self._peaks[1])
+        c = self._dec1.get(batch)
+        if c is None:
+            sms = self.device.sm_count
+            heads, kvh, d, ab, kb = self._attn_consts()
+            # the batch-only factors of decode_attention's expressions, grouped as Python
+            # evaluates them there (left to right)
+            ratio = sms / kvh if sms > 0 and batch * kvh >= 0.8 * sms else None
+            c = self._dec1[batch] = (4.0 * heads * d, 2.0 * batch * heads * d * ab, 2.0 * batch * kvh * d * kb, ratio, kvh, d, kb)
+        f4, c1, c3, ratio, kvh, d, kb = c
+        if ratio is not None:
+            kv = max(kv, longest * ratio)
+        t = self.efficiency.roofline_time("attn_decode", f4 * kv, c1 + 2.0 * kv * kvh * d * kb + c3, self._peaks[0], self._peaks[1])
         if t is None:
             return None
         return float(t * self.layers)
