@@ -286,6 +286,21 @@ def cmd_study(argv: list[str]) -> int:
     return study_main(argv)
 
 
+def _count(minimum: int) -> Any:
+    """An argparse type: an integer >= ``minimum`` (argparse turns the error into exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {v}")
+        return v
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="simkit", description="Performance simulator and cost-model analyzer for LLM inference.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -313,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     eo = esub.add_parser("ops", help="per-operator times of one forward pass")
     eo.add_argument("--gpu", required=True)
     eo.add_argument("--model", required=True)
-    eo.add_argument("--tp", type=int, default=1)
+    eo.add_argument("--tp", type=_count(1), default=1)
     eo.add_argument("--tokens", default="1,16,512")
     eo.add_argument("--dtype", default="bf16", choices=["fp32", "fp16", "bf16", "fp8", "int8", "int4"])
     eo.add_argument("--format", default="table", choices=["table", "csv"])
@@ -330,10 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("scenario")
     o.add_argument("--set", action="append", metavar="KEY=VALUE")
     o.add_argument("--objective", choices=["throughput", "latency"], default="throughput")
-    o.add_argument("--prompt-len", type=int)
-    o.add_argument("--gen-len", type=int)
-    o.add_argument("--top", type=int, default=8)
-    o.add_argument("--confirm", type=int, default=3, help="simulate this many of the best LP plans")
+    o.add_argument("--prompt-len", type=_count(1))
+    o.add_argument("--gen-len", type=_count(1))
+    o.add_argument("--top", type=_count(1), default=8)
+    o.add_argument("--confirm", type=_count(0), default=3, help="simulate this many of the best LP plans")
     o.add_argument("--json", help="write the ranked plans as JSON here")
     o.set_defaults(func=cmd_offload_plan)
 
@@ -372,9 +387,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:
+        # the reader went away (``simkit catalog list | head``): stop quietly, as a shell tool does;
+        # stdout is pointed at /dev/null so the interpreter's final flush does not fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return 141
+    except OSError as e:  # a file the user named cannot be read or written (permissions, name too long, disk full)
+        if os.environ.get("SIMKIT_DEBUG"):
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"simkit: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -6,14 +6,16 @@ from __future__ import annotations
 class SimkitError(Exception):
     """A user-facing error: printed as one line by the CLI, with a non-zero exit code.
 
-    ``where`` is a file path (or other source), ``key`` a dotted key path inside it.
+    ``where`` is a file path (or other source), ``key`` a dotted key path inside it. ``args`` is
+    ``(message, where, key)``, so a copy made as ``type(e)(*e.args)`` (SimPy re-raises an error
+    from inside a process that way; pickling does too) keeps both.
     """
 
-    def __init__(self, message: str, *, where: str | None = None, key: str | None = None) -> None:
+    def __init__(self, message: str, where: str | None = None, key: str | None = None) -> None:
         self.message = message
         self.where = where
         self.key = key
-        super().__init__(self.__str__())
+        super().__init__(message, where, key)
 
     def __str__(self) -> str:
         parts = []

@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -25,11 +24,12 @@ from pydantic import (
 
 from simkit.errors import ScenarioError
 from simkit.specs.base import Bytes, Seconds, format_validation_error
-from simkit.specs.yamlio import load_yaml
+from simkit.specs.yamlio import check_data, load_yaml, parse_yaml_value
+from simkit.workload.base import MAX_TOKENS
 
 
 class _S(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True, strict=True, allow_inf_nan=False)
 
 
 DtypeName = Literal["fp32", "fp16", "bf16", "fp8", "int8", "int4"]
@@ -38,11 +38,11 @@ DtypeName = Literal["fp32", "fp16", "bf16", "fp8", "int8", "int4"]
 class FixedBatch(_S):
     """A fixed batch of ``num_prompts`` prompts, all arriving at t=0."""
 
-    num_prompts: int = Field(ge=1)
+    num_prompts: int = Field(ge=1, le=10**7)
     """Number of prompts."""
-    input_tokens: int = Field(ge=1)
+    input_tokens: int = Field(ge=1, le=MAX_TOKENS)
     """Prompt length of each."""
-    output_tokens: int = Field(ge=1)
+    output_tokens: int = Field(ge=1, le=MAX_TOKENS)
     """Tokens each generates."""
 
 
@@ -51,11 +51,11 @@ class LengthDist(_S):
 
     dist: Literal["fixed", "uniform", "lognormal", "zipf"]
     """fixed (value), uniform (low..high inclusive), lognormal (median or mean, sigma of ln X), zipf (a, max)."""
-    value: int | None = None
+    value: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
     """fixed: the length."""
-    low: int | None = None
+    low: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
     """uniform: smallest length."""
-    high: int | None = None
+    high: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
     """uniform: largest length."""
     mean: float | None = None
     """lognormal: mean length (alternative to median)."""
@@ -65,9 +65,9 @@ class LengthDist(_S):
     """lognormal: standard deviation of ln(length)."""
     a: float | None = None
     """zipf: exponent (> 0)."""
-    max: int | None = None
+    max: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
     """Clamp lengths to at most this (required for zipf)."""
-    min: int | None = None
+    min: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
     """Clamp lengths to at least this (default 1)."""
 
 
@@ -96,9 +96,9 @@ class Lengths(_S):
 class Arrival(_S):
     process: Literal["poisson", "gamma", "fixed_rate", "all_at_once"]
     """Arrival process: poisson, gamma (bursty, with cv), fixed_rate, or all_at_once (t=0)."""
-    rate: float | None = Field(default=None, gt=0)
-    """Requests per second (not needed for all_at_once)."""
-    cv: float | None = Field(default=None, gt=0)
+    rate: float | None = Field(default=None, ge=1e-6, le=1e7)
+    """Requests per second, 1e-6 to 1e7 (not needed for all_at_once)."""
+    cv: float | None = Field(default=None, ge=1e-3, le=100)
     """Coefficient of variation of inter-arrival gaps (gamma only; 1 = Poisson)."""
 
     @model_validator(mode="after")
@@ -111,7 +111,7 @@ class Arrival(_S):
 
 
 class Synthetic(_S):
-    num_requests: int = Field(ge=1)
+    num_requests: int = Field(ge=1, le=10**7)
     """Requests to generate."""
     arrival: Arrival
     """When they arrive."""
@@ -122,8 +122,20 @@ class Synthetic(_S):
 class TraceWorkload(TraceRef):
     window: tuple[float, float] | None = None
     """(start_s, end_s) on the trace's own clock, relative to its first request."""
-    rate_scale: float = Field(default=1.0, gt=0)
-    """Arrival-rate multiplier: 2.0 replays twice as fast."""
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window_list(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v  # YAML has lists, not tuples
+
+    @field_validator("window")
+    @classmethod
+    def _window_order(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 <= v[0] < v[1]:
+            raise ValueError(f"expected [start_s, end_s] with 0 <= start_s < end_s, got {list(v)}")
+        return v
+    rate_scale: float = Field(default=1.0, ge=1e-4, le=1e4)
+    """Arrival-rate multiplier, 1e-4 to 1e4: 2.0 replays twice as fast."""
     sample: int | None = Field(default=None, ge=1)
     """Keep a seeded random sample of this many requests (time order kept)."""
     model_filter: str | None = None
@@ -166,11 +178,11 @@ class Precision(_S):
 class Batching(_S):
     policy: str = "continuous"
     """Registered batching policy: static, continuous, chunked_prefill, disaggregated."""
-    max_num_seqs: int = Field(default=256, ge=1)
+    max_num_seqs: int = Field(default=256, ge=1, le=2**20)
     """Most sequences running at once on a replica."""
-    max_num_batched_tokens: int = Field(default=8192, ge=1)
+    max_num_batched_tokens: int = Field(default=8192, ge=1, le=2**24)
     """Most tokens in one iteration (continuous: prompts longer than this are rejected)."""
-    chunk_size: int = Field(default=512, ge=1)
+    chunk_size: int = Field(default=512, ge=1, le=2**24)
     """Prefill chunk size (chunked_prefill)."""
     batch_size: int | None = Field(default=None, ge=1)
     """Static policy: sequences per batch (default: all waiting, up to max_num_seqs)."""
@@ -351,7 +363,7 @@ class SLO(_S):
 
 
 class Scenario(_S):
-    name: str = "scenario"
+    name: str = Field(default="scenario", min_length=1, max_length=128)
     """Names the run (default output folder reports/<name>)."""
     description: str = ""
     """Free text."""
@@ -394,21 +406,20 @@ class Scenario(_S):
         if path.is_absolute() or self.source is None:
             return path
         here = Path(self.source).parent / path
-        return here if here.exists() or not path.exists() else path
+        try:
+            return here if here.exists() or not path.exists() else path
+        except OSError:  # not a usable path (e.g. too long): the reader names it
+            return here
 
 
 # ---------------------------------------------------------------------------------------------
-def _parse_value(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
     """Return a copy of ``data`` with dotted keys set: ``["plan.parallel.tp=2", ...]`` or a dict."""
-    out = json.loads(json.dumps(data))
+    out = json.loads(json.dumps(check_data(data, error=ScenarioError)))
     items = overrides.items() if isinstance(overrides, dict) else [_split_override(o) for o in overrides]
+    items = [(k, check_data(v, error=ScenarioError, key=k)) for k, v in items]
     for key, value in items:
         parts = key.split(".")
         node = out
@@ -438,20 +449,52 @@ def _split_override(text: str) -> tuple[str, Any]:
     k = k.strip()
     if not k:
         raise ScenarioError(f"override {text!r} has an empty key")
-    return k, _parse_value(v)
+    return k, parse_yaml_value(v, key=k, error=ScenarioError)
 
 
 def scenario_from_dict(data: Any, where: str | None = None) -> Scenario:
     if not isinstance(data, dict):
         raise ScenarioError("a scenario is a mapping of top-level keys (hardware, model, workload, plan, ...)", where=where)
+    check_data(data, where, error=ScenarioError)
     try:
         sc = Scenario.model_validate(data)
     except ValidationError as e:
-        err = format_validation_error(e, where)
+        err = format_validation_error(e, where, Scenario)
         raise ScenarioError(err.message, where=where, key=err.key) from None
     sc._source = where
     sc._raw = json.loads(json.dumps(data))
     return sc
+
+
+def shipped_scenarios() -> list[str]:
+    """Names of the example scenarios that ship with simkit (``simkit run NAME`` finds them)."""
+    from simkit.specs.catalog import repo_path
+
+    return sorted(p.stem for p in repo_path("workloads", "scenarios").glob("*.yaml"))
+
+
+def find_scenario(path: str | Path) -> Path:
+    """A scenario file: ``path`` itself if it exists, else a shipped scenario of that name
+    (``quickstart``, ``quickstart.yaml`` or ``workloads/scenarios/quickstart.yaml``), so an
+    installed simkit runs its examples from any folder."""
+    from simkit.specs.catalog import repo_path
+
+    p = Path(path)
+    try:
+        if p.exists():
+            return p
+    except OSError:
+        return p
+    parts = p.parts
+    if len(parts) == 1:
+        for cand in (repo_path("workloads", "scenarios", p.name), repo_path("workloads", "scenarios", p.name + ".yaml")):
+            if cand.is_file():
+                return cand
+    elif not p.is_absolute():
+        cand = repo_path(*parts)
+        if cand.is_file():
+            return cand
+    raise ScenarioError(f"file not found (shipped scenarios: {', '.join(shipped_scenarios())})", where=str(p))
 
 
 def load_scenario_data(path: str | Path) -> dict[str, Any]:
@@ -462,6 +505,7 @@ def load_scenario_data(path: str | Path) -> dict[str, Any]:
 
 
 def load_scenario(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Scenario:
+    path = find_scenario(path)
     data = load_scenario_data(path)
     if overrides:
         data = apply_overrides(data, overrides)

@@ -549,11 +549,16 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         most = min(b.chunk_size, b.max_num_batched_tokens)  # decodes and chunks share the budget
     else:
         most = max(b.max_num_batched_tokens, b.max_num_seqs)
-    cost.reserve(most)
     stage_costs = (
         [make_cost(n, k == 0, k == par.pp - 1) for k, n in enumerate(layout.layer_split)] if par.pp > 1 else None
     )
     reqs = build_workload(sc)
+    # no iteration holds more tokens than the whole workload's prompts plus one token per request
+    cost.reserve(min(most, int(reqs.input_tokens.sum()) + len(reqs)))
+    bad_lines = (reqs.meta.get("bad_lines") or {}).get("count", 0)
+    if bad_lines:
+        shown = ", ".join(str(x) for x in reqs.meta["bad_lines"].get("lines", []))
+        warn.append(f"trace {reqs.meta.get('source', '')}: {bad_lines} malformed line(s) skipped (on_bad_line: skip; first: {shown})")
     table = RequestTable(reqs)
     env = simpy.Environment()
     tbt = TBTHistogram()
@@ -869,6 +874,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         "link_bytes": {k: v["bytes"] for k, v in link_stats.items()},
         "link_busy_s": {k: v["busy_s"] for k, v in link_stats.items()},
         "seed": sc.seed,
+        "trace_bad_lines": int(bad_lines),
     }
     summary = summarize(
         table,

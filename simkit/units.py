@@ -23,6 +23,8 @@ _RE = re.compile(rf"^\s*{_NUM}\s*([A-Za-z/%$]*(?:/[A-Za-z]+)?)\s*$")
 
 
 def _split(text: str, kind: str) -> tuple[float, str]:
+    if not isinstance(text, str):
+        raise UnitError(f"cannot read {text!r} as a {kind} (expected a number followed by a unit)")
     m = _RE.match(text)
     if not m:
         raise UnitError(f"cannot read {text!r} as a {kind} (expected a number followed by a unit)")
@@ -119,6 +121,8 @@ def parse_time(text: str | int | float, *, allow_bare: bool = False) -> float:
         if not allow_bare:
             raise UnitError(f"time {text!r} has no unit (expected e.g. {_EXAMPLES['time']})")
         return _check(float(text), "time", str(text))
+    if not isinstance(text, str):
+        raise UnitError(f"cannot read {text!r} as a time (expected e.g. {_EXAMPLES['time']})")
     m = re.match(rf"^\s*{_NUM}\s*(ns|us|µs|ms|s|min|h)?\s*$", text)
     if not m:
         raise UnitError(f"cannot read {text!r} as a time (expected e.g. {_EXAMPLES['time']})")
@@ -145,6 +149,8 @@ def parse_price(text: str | int | float) -> float:
         raise UnitError(f"expected a price per hour, got {text!r}")
     if isinstance(text, int | float):
         return _check(float(text), "price", str(text))
+    if not isinstance(text, str):
+        raise UnitError(f"cannot read {text!r} as a price per hour (expected e.g. '$2.50/h')")
     m = re.match(rf"^\s*\$?\s*{_NUM}\s*(?:USD|\$)?\s*(?:/\s*(?:h|hr|hour))?\s*$", text)
     if not m:
         raise UnitError(f"cannot read {text!r} as a price per hour (expected e.g. '$2.50/h')")

@@ -642,3 +642,23 @@ def test_stored_scenario_reproduces_the_run(tmp_path, monkeypatch):
         a.pop("sim_wall_s", None)
         b.pop("sim_wall_s", None)
         assert a == b
+
+
+def test_bandwidth_scale_applies_to_measured_rates():
+    """'What if PCIe were twice as fast?' on a node whose link rates were measured (gcp-t4-vm's
+    `measured:` block): the measured rates scale too, instead of silently ignoring the what-if."""
+    from simkit.simulate import link_rates
+    from simkit.specs.node import resolve_node
+
+    base = link_rates(resolve_node("gcp-t4-vm"), 1)
+    assert resolve_node("gcp-t4-vm").spec.measured is not None
+    fast = link_rates(resolve_node({"preset": "gcp-t4-vm", "bandwidth_scale": {"host_to_gpu": 2.0}}), 1)
+    for k in ("h2d", "d2h", "d2h_kv"):
+        assert fast[k][0] == pytest.approx(2 * base[k][0])
+    for k in ("nvme_read", "nvme_write", "nvme_write_kv"):
+        assert fast[k] == base[k]
+    ssd = link_rates(resolve_node({"preset": "gcp-t4-vm", "bandwidth_scale": {"ssd": 3.0}}), 1)
+    assert ssd["nvme_read"][0] == pytest.approx(3 * base["nvme_read"][0]) and ssd["h2d"] == base["h2d"]
+    # the drive, not its link, is the modelled bottleneck of this node's SSD path: a faster link alone changes nothing
+    link = link_rates(resolve_node({"preset": "gcp-t4-vm", "bandwidth_scale": {"nvme": 3.0}}), 1)
+    assert link["nvme_read"] == base["nvme_read"]

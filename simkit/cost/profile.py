@@ -436,7 +436,7 @@ class ClassModel:
                               peak: np.ndarray, with_tokens: bool) -> np.ndarray:  # fmt: skip
         n = len(flops)
         ops = shape.get("op")
-        names = [str(o) for o in ops] if ops is not None else [""] * n
+        names = [str(o) for o in np.broadcast_to(np.asarray(ops, dtype=object).reshape(-1), (n,))] if ops is not None else [""] * n
         X = features("elementwise", flops, bytes_, shape, peak, self.roof, self.kinds, with_tokens)
         r = forest.predict(X)
         known = np.array([ELEMENTWISE_KIND.get(o, o) in self.kinds for o in names], dtype=bool)
@@ -457,7 +457,8 @@ class ClassModel:
             cols.append([None] * n if v is None else np.broadcast_to(np.asarray(v, dtype=np.float64).reshape(-1), (n,)).tolist())
         if self.op_class == "elementwise":
             ops = shape.get("op")
-            cols.append([""] * n if ops is None else [str(o) for o in ops])
+            # a scalar op name (one operator) is broadcast like the numeric shape keys
+            cols.append([""] * n if ops is None else [str(o) for o in np.broadcast_to(np.asarray(ops, dtype=object).reshape(-1), (n,))])
         return list(zip(*cols))
 
     def _subset(self, shape: Mapping[str, Any], idx: np.ndarray, n: int) -> dict[str, Any]:
@@ -662,7 +663,10 @@ class Profile(EfficiencyModel):
         from simkit.specs.yamlio import load_yaml
 
         p = Path(path)
-        f = p / PROFILE_FILE if p.is_dir() else p
+        try:
+            f = p / PROFILE_FILE if p.is_dir() else p
+        except OSError:  # not a usable path (e.g. too long): load_yaml names it
+            f = p
         where = str(f)
         data = load_yaml(f, error=CalibrationError)
         if not isinstance(data, dict):
@@ -821,7 +825,10 @@ _CACHE: dict[tuple[str, float], Profile] = {}
 def load_cached(path: str | Path) -> Profile:
     """Profile.load, cached per file and modification time (samples are not read)."""
     p = Path(path)
-    f = p / PROFILE_FILE if p.is_dir() else p
+    try:
+        f = p / PROFILE_FILE if p.is_dir() else p
+    except OSError:  # not a usable path (e.g. too long): Profile.load names it
+        f = p
     try:
         key = (str(f.resolve()), f.stat().st_mtime)
     except OSError:

@@ -54,6 +54,7 @@ SUMMARY_METRICS: dict[str, bool | None] = {
     "e2e_growth": False,
     "overloaded": False,
     "max_context_tokens": None,
+    "trace_bad_lines": False,
 }
 
 # metrics the search derives from summary.json (docs/search.md defines them)

@@ -3,6 +3,10 @@
 One item per file; the file's ``kind`` key says what it is. The catalog is read once per
 process and cached. ``SIMKIT_CATALOG_PATH`` (os.pathsep-separated folders) adds user folders
 searched before the shipped ones, so a new GPU or model is one YAML file.
+
+The shipped data (``hw_specs``, ``workloads``, ``calibration``) is read from, in this order:
+``SIMKIT_HOME`` when set; the source checkout simkit runs from; else the copy an installed
+wheel carries as package data (``simkit/_data``, see ``setup.py``).
 """
 
 from __future__ import annotations
@@ -24,14 +28,27 @@ from simkit.specs.model import ModelSpec
 from simkit.specs.yamlio import load_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_DATA = "_data"
+"""Folder inside the installed ``simkit`` package that holds the shipped data folders."""
 KINDS: dict[str, type[Frozen]] = {**HW_KINDS, "model": ModelSpec}
+
+
+def data_root() -> Path:
+    """The folder holding ``hw_specs``, ``workloads`` and ``calibration``: ``SIMKIT_HOME`` if set,
+    else the checkout this simkit runs from, else the installed package's data."""
+    home = os.environ.get("SIMKIT_HOME")
+    if home:
+        return Path(home)
+    if (REPO_ROOT / "hw_specs").is_dir() and (REPO_ROOT / "pyproject.toml").is_file():
+        return REPO_ROOT
+    from importlib.resources import files
+
+    return Path(str(files("simkit").joinpath(PACKAGE_DATA)))
 
 
 def repo_path(*parts: str) -> Path:
     """A path inside the simkit data folders (hw_specs, workloads, calibration)."""
-    home = os.environ.get("SIMKIT_HOME")
-    root = Path(home) if home else REPO_ROOT
-    return root.joinpath(*parts)
+    return data_root().joinpath(*parts)
 
 
 def parse_item(data: Any, where: str, kind: str | None = None) -> Frozen:
@@ -44,7 +61,7 @@ def parse_item(data: Any, where: str, kind: str | None = None) -> Frozen:
     try:
         return KINDS[k].model_validate(data)
     except ValidationError as e:
-        raise format_validation_error(e, where) from None
+        raise format_validation_error(e, where, KINDS[k]) from None
 
 
 @dataclass
@@ -79,6 +96,8 @@ class Catalog:
         return sorted(self.items[kind])
 
     def get(self, kind: str, name: str, *, where: str | None = None, key: str | None = None) -> Any:
+        if not isinstance(name, str):
+            raise SpecError(f"expected the name of a catalog {kind}, got {name!r}", where=where, key=key)
         try:
             return self.items[kind][name]
         except KeyError:
@@ -120,16 +139,31 @@ def default_catalog() -> Catalog:
 def load_model(ref: str, *, where: str | None = None, key: str | None = "model") -> ModelSpec:
     """A catalog model name, a path to a model YAML, or a path to a Hugging Face ``config.json``."""
     p = Path(ref)
-    if ref.endswith(".json") or (p.is_dir() and (p / "config.json").exists()):
+    try:
+        hf_dir = p.is_dir() and (p / "config.json").exists()
+    except OSError:  # not a usable path (e.g. a name longer than the file system allows): a catalog name
+        hf_dir = False
+    if ref.endswith(".json") or hf_dir:
         from simkit.specs.hf import model_from_hf_config
 
-        cfg_path = p / "config.json" if p.is_dir() else p
-        if not cfg_path.exists():
+        cfg_path = p / "config.json" if hf_dir else p
+        try:
+            found = cfg_path.is_file()
+        except OSError:
+            found = False
+        if not found:
             raise SpecError(f"Hugging Face config not found: {cfg_path}", where=where, key=key)
         try:
-            cfg = json.loads(cfg_path.read_text())
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise SpecError(f"malformed JSON: line {e.lineno}: {e.msg}", where=str(cfg_path)) from None
+        except UnicodeDecodeError as e:
+            line = e.object[: e.start].count(b"\n") + 1
+            raise SpecError(f"line {line}: not UTF-8 text", where=str(cfg_path)) from None
+        except OSError as e:
+            raise SpecError(f"cannot read file ({e.strerror or e})", where=str(cfg_path)) from None
+        except RecursionError:
+            raise SpecError("malformed JSON: nested too deeply", where=str(cfg_path)) from None
         return model_from_hf_config(cfg, where=str(cfg_path))
     if ref.endswith((".yaml", ".yml")):
         item = parse_item(load_yaml(p), str(p), kind="model")

@@ -455,4 +455,4 @@ def model_from_hf_config(cfg: dict[str, Any], where: str) -> ModelSpec:
     try:
         return ModelSpec.model_validate(fields)
     except ValidationError as e:
-        raise format_validation_error(e, where) from None
+        raise format_validation_error(e, where, ModelSpec) from None

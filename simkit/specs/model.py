@@ -15,7 +15,7 @@ class MoESpec(Frozen):
     top_k: int = Field(ge=1)
     expert_ffn_size: int = Field(gt=0)
     num_shared_experts: int = Field(default=0, ge=0)
-    shared_expert_ffn_size: int | None = None
+    shared_expert_ffn_size: int | None = Field(default=None, gt=0)
     """FFN size of each shared expert; default expert_ffn_size."""
     first_dense_layers: int = Field(default=0, ge=0)
     """Leading layers with a dense MLP of ``ffn_size`` (DeepSeek-MoE style)."""
@@ -36,7 +36,7 @@ class ModelSpec(Frozen):
     hidden_size: int = Field(gt=0)
     num_heads: int = Field(gt=0)
     num_kv_heads: int = Field(gt=0)
-    head_dim: int | None = None
+    head_dim: int | None = Field(default=None, gt=0)
     """Per-head dimension; default hidden_size / num_heads."""
     ffn_size: int = Field(gt=0)
     """Intermediate size of the dense MLP (per gate/up projection for gated MLPs)."""
@@ -59,7 +59,7 @@ class ModelSpec(Frozen):
     that many (plus the block being filled) in its KV cache, as vLLM's block manager does.
     None: full attention."""
     moe: MoESpec | None = None
-    published_params: float | None = None
+    published_params: float | None = Field(default=None, gt=0)
     """The parameter count the authors publish, for checking the arithmetic here."""
     sources: dict[str, str] = Field(default_factory=dict)
 
@@ -71,6 +71,8 @@ class ModelSpec(Frozen):
             )
         if self.head_dim is None and self.hidden_size % self.num_heads:
             raise ValueError("hidden_size is not a multiple of num_heads: give head_dim explicitly")
+        if self.moe is not None and self.moe.first_dense_layers > self.num_layers:
+            raise ValueError(f"moe.first_dense_layers ({self.moe.first_dense_layers}) exceeds num_layers ({self.num_layers})")
         return self
 
     # ---- derived shapes -------------------------------------------------------------------

@@ -119,6 +119,8 @@ def resolve_node(hardware: str | dict[str, Any], catalog: Catalog | None = None,
                 raise SpecError(f"expected an integer >= 1, got {num_nodes!r}", where=where, key="hardware.num_nodes")
         network = data.pop("network", network)
         scale = data.pop("bandwidth_scale", None) or {}
+        if not isinstance(scale, dict):
+            raise SpecError(f"expected a mapping of bandwidth names to factors, got {scale!r}", where=where, key="hardware.bandwidth_scale")
         fscale = data.pop("flops_scale", None) or {}
         preset = data.pop("preset", None)
         if preset is not None:
@@ -140,7 +142,7 @@ def resolve_node(hardware: str | dict[str, Any], catalog: Catalog | None = None,
         try:
             spec = NodeSpec.model_validate(data)
         except ValidationError as e:
-            err = format_validation_error(e, where)
+            err = format_validation_error(e, where, NodeSpec)
             raise SpecError(err.message, where=where, key=f"hardware.{err.key}" if err.key else "hardware") from None
     key = "hardware"
     gpu = cat.get("gpu", spec.gpu, where=where, key=f"{key}.gpu") if spec.gpu else None
@@ -182,11 +184,16 @@ def resolve_node(hardware: str | dict[str, Any], catalog: Catalog | None = None,
 
 
 FLOPS_SCALABLE = ("gpu", "cpu")
+SCALE_RANGE = (1e-3, 1e3)
+"""What-if bandwidth and FLOP/s factors outside this range describe no real hardware (and 1e-300 ends in NaN times)."""
 
 
 def _scale_factor(f: Any, key: str, where: str | None) -> float:
-    if isinstance(f, bool) or not isinstance(f, int | float) or not f > 0:
-        raise SpecError(f"expected a number > 0, got {f!r}", where=where, key=key)
+    """A what-if factor: a number within SCALE_RANGE (1e-300 ends in NaN times; no real
+    hardware is a million times faster)."""
+    lo, hi = SCALE_RANGE
+    if isinstance(f, bool) or not isinstance(f, int | float) or not lo <= f <= hi:
+        raise SpecError(f"expected a number from {lo:g} to {hi:g}, got {f!r}", where=where, key=key)
     return float(f)
 
 

@@ -1,4 +1,4 @@
-"""YAML reading with errors that name the file and the line."""
+"""YAML reading with errors that name the file and the line, and bounds on what a document may hold."""
 
 from __future__ import annotations
 
@@ -11,20 +11,70 @@ from simkit.errors import SpecError
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+MAX_NODES = 200_000
+"""Most values (mappings, lists and scalars, counted with aliases expanded) one document may hold:
+far above any scenario or catalog item, far below what a YAML alias bomb expands to."""
+INT_BOUND = 2**63
+"""Integers must lie strictly inside +-2^63 (numpy's int64), or they fail deep inside a run."""
+
+
+def check_data(data: Any, where: str | None = None, *, error: type[Exception] = SpecError, key: str | None = None) -> Any:
+    """Walk ``data`` (parsed YAML/JSON) and refuse documents that are too big once aliases are
+    expanded (YAML alias bombs, self-referencing aliases) or hold integers outside int64.
+
+    The walk stops at :data:`MAX_NODES` values, so its cost is bounded whatever the input.
+    Returns ``data`` unchanged."""
+    count = 0
+    stack: list[tuple[Any, str]] = [(data, key or "")]
+    while stack:
+        v, path = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise error(
+                f"document too large: more than {MAX_NODES:,} values once YAML aliases are expanded "
+                "(an alias bomb or a self-referencing alias?)",
+                where=where,
+                key=key,
+            )
+        if isinstance(v, dict):
+            stack.extend((x, f"{path}.{k}" if path else str(k)) for k, x in v.items())
+        elif isinstance(v, list | tuple):
+            stack.extend((x, f"{path}.{i}" if path else str(i)) for i, x in enumerate(v))
+        elif isinstance(v, int) and not isinstance(v, bool) and not -INT_BOUND < v < INT_BOUND:
+            raise error(f"integer {v} is out of range (|value| must be < 2^63)", where=where, key=path or None)
+    return data
+
 
 def load_yaml(path: str | Path, *, error: type[Exception] = SpecError) -> Any:
-    """Read one YAML document; malformed YAML or a missing file raises ``error`` naming the file."""
+    """Read one YAML document; malformed YAML, a missing or non-UTF-8 file, an alias bomb or an
+    out-of-range integer raises ``error`` naming the file."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise error(f"file not found: {p}", where=str(p)) from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise error(f"cannot read file ({e.__class__.__name__})", where=str(p)) from None
+    except UnicodeDecodeError as e:
+        line = e.object[: e.start].count(b"\n") + 1
+        raise error(f"line {line}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})", where=str(p)) from None
+    except OSError as e:
+        raise error(f"cannot read file ({e.strerror or e.__class__.__name__})", where=str(p)) from None
     try:
-        return yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader (C-accelerated when available)
+        data = yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader (C-accelerated when available)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         loc = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise error(f"malformed YAML: {loc}{problem}", where=str(p)) from None
+    except RecursionError:
+        raise error("malformed YAML: nested too deeply", where=str(p)) from None
+    return check_data(data, str(p), error=error)
+
+
+def parse_yaml_value(text: str, *, where: str | None = None, key: str | None = None, error: type[Exception] = SpecError) -> Any:
+    """One YAML value written on a command line (``--set key=VALUE``); text that is not valid
+    YAML stays a string. The same bounds as :func:`load_yaml` apply."""
+    try:
+        v = yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader
+    except (yaml.YAMLError, RecursionError):
+        return text
+    return check_data(v, where, error=error, key=key)

@@ -12,6 +12,10 @@ from typing import Any
 
 import numpy as np
 
+MAX_TOKENS = 2**31 - 1
+"""Most tokens one request may ask for (prompt or output): far beyond any context window, and
+small enough that a workload's token sums never overflow int64."""
+
 
 @dataclass(frozen=True, eq=False)
 class Requests:

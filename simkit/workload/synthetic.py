@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from simkit.errors import ScenarioError
-from simkit.workload.base import Requests
+from simkit.workload.base import MAX_TOKENS, Requests
 
 __all__ = ["ARRIVAL_PROCESSES", "LENGTH_DISTS", "make_synthetic", "sample_lengths"]
 
@@ -147,7 +147,7 @@ def _arrivals(n: int, spec: Any, rng: np.random.Generator, key: str) -> np.ndarr
     if process == "poisson":
         gaps = rng.exponential(1.0 / rate, size=gaps_n)
     else:
-        cv = _number(d, "cv", key, positive=True)
+        cv = _number(d, "cv", key, minimum=1e-3)  # below, 1/cv^2 overflows or the gaps are all equal
         shape = 1.0 / (cv * cv)
         gaps = rng.gamma(shape, 1.0 / (rate * shape), size=gaps_n)
     out = np.empty(n, dtype=np.float64)
@@ -209,7 +209,7 @@ def sample_lengths(
 
 
 def _clamp(raw: np.ndarray, cap: int | None) -> tuple[np.ndarray, int]:
-    hi = float(cap) if cap is not None else float(2**62)
+    hi = float(cap) if cap is not None else float(MAX_TOKENS)
     clamped = int(np.count_nonzero((raw < 1) | (raw > hi)))
     return np.clip(raw, 1.0, hi).astype(np.int64), clamped
 

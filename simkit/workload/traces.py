@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from simkit.errors import TraceError
-from simkit.workload.base import Requests
+from simkit.workload.base import MAX_TOKENS, Requests
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -193,7 +193,10 @@ def _int_column(df: pd.DataFrame, col: str, checks: _Checks, *, minimum: int, wh
     v = _numeric(s)
     with np.errstate(invalid="ignore"):
         bad = ~np.isfinite(v) | (v != np.floor(v)) | (v < minimum)
+        big = ~bad & (v > MAX_TOKENS)
     checks.flag(bad, f"expected {what} in column {col!r}", s)
+    checks.flag(big, f"expected at most {MAX_TOKENS:,} tokens in column {col!r}", s)
+    bad |= big
     out = np.where(bad, minimum, v)
     return out.astype(np.int64)
 
@@ -218,14 +221,21 @@ def _datetime_ns(df: pd.DataFrame, col: str, checks: _Checks) -> np.ndarray:
     s = df[col]
     if not (pd.api.types.is_string_dtype(s.dtype) or s.dtype == object):
         s = s.astype("string")
-    dt = pd.to_datetime(s, format="ISO8601", utc=True, errors="coerce")
+    dt = pd.to_datetime(s, format="ISO8601", utc=True, errors="coerce").dt.tz_convert(None)
+    # pandas keeps a coarser unit when a date lies outside nanoseconds' range (years 1677-2262)
+    with np.errstate(invalid="ignore"):
+        oob = ((dt < pd.Timestamp.min) | (dt > pd.Timestamp.max)).to_numpy()
     bad = dt.isna().to_numpy()
     checks.flag(
         bad,
         f"expected a timestamp like '2023-11-16 18:15:46.6805900' in column {col!r}",
         df[col],
     )
-    ns = dt.dt.tz_convert(None).dt.as_unit("ns").to_numpy(dtype="datetime64[ns]")
+    checks.flag(oob, f"expected a timestamp between years 1678 and 2261 in column {col!r}", df[col])
+    if oob.any():
+        dt = dt.mask(oob)
+        bad = bad | oob
+    ns = dt.dt.as_unit("ns").to_numpy(dtype="datetime64[ns]")
     ns = ns.astype(np.int64)
     ns[bad] = 0
     return ns
@@ -344,19 +354,18 @@ def _wide_lines(path: Path, width: int) -> tuple[np.ndarray, np.ndarray] | None:
     found_fields: list[np.ndarray] = []
     lines_before = 0  # complete lines in earlier blocks
     carry = 0  # commas of the unfinished line at the end of the earlier blocks
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            b = np.frombuffer(block, dtype=np.uint8)
-            if (b == ord('"')).any():
-                return None
-            nl = np.flatnonzero(b == ord("\n"))
-            per_line = np.bincount(np.searchsorted(nl, np.flatnonzero(b == ord(","))), minlength=len(nl) + 1)
-            per_line[0] += carry
-            wide = np.flatnonzero(per_line[:-1] >= width)
-            found_lines.append(wide + lines_before + 1)
-            found_fields.append(per_line[wide] + 1)
-            carry = int(per_line[-1])
-            lines_before += len(nl)
+    for block in _blocks(path):
+        b = np.frombuffer(block, dtype=np.uint8)
+        if (b == ord('"')).any():
+            return None
+        nl = _line_ends(b)
+        per_line = np.bincount(np.searchsorted(nl, np.flatnonzero(b == ord(","))), minlength=len(nl) + 1)
+        per_line[0] += carry
+        wide = np.flatnonzero(per_line[:-1] >= width)
+        found_lines.append(wide + lines_before + 1)
+        found_fields.append(per_line[wide] + 1)
+        carry = int(per_line[-1])
+        lines_before += len(nl)
     if carry >= width:
         found_lines.append(np.array([lines_before + 1]))
         found_fields.append(np.array([carry + 1]))
@@ -516,11 +525,12 @@ def _azure_plain(path: Path, header: list[str]) -> tuple[dict[str, np.ndarray], 
     if not rows:
         return {}, 0
     ts, inp, out = zip(*rows)
+    years = np.array(ts, dtype="S4").astype(np.int64)
+    inp_a, out_a = np.array(inp, dtype=np.int64), np.array(out, dtype=np.int64)
+    if (years < 1678).any() or (years > 2261).any() or (inp_a > MAX_TOKENS).any() or (out_a > MAX_TOKENS).any():
+        return None  # outside datetime64[ns] (it would wrap silently) or absurd counts: the pandas path names the line
     ns = np.array(ts).astype("datetime64[ns]").astype(np.int64)
-    return (
-        {"ns": ns, "inp": np.array(inp, dtype=np.int64), "out": np.array(out, dtype=np.int64)},
-        len(rows),
-    )
+    return {"ns": ns, "inp": inp_a, "out": out_a}, len(rows)
 
 
 @register_format
@@ -639,7 +649,7 @@ def _json_int(obj: dict, key: str, minimum: int) -> int | None:
         return None
     if isinstance(v, float) and v.is_integer():
         v = int(v)
-    if not isinstance(v, int) or not minimum <= v < 2**62:
+    if not isinstance(v, int) or not minimum <= v <= MAX_TOKENS:
         return None
     return v
 
@@ -1018,11 +1028,65 @@ def detect_format(path: str | Path) -> str:
     )
 
 
+def _line_ends(b: np.ndarray) -> np.ndarray:
+    """Offsets of the bytes that end a line: ``\\n``, and a ``\\r`` not followed by ``\\n`` (a bare
+    CR ends a line for pandas, the csv module and Python's text files alike, so every line
+    number simkit reports counts it too). ``b`` must not end in a ``\\r`` whose next byte is unread."""
+    cr = np.flatnonzero(b == ord("\r"))
+    if len(cr):
+        nxt = cr + 1
+        bare = cr[(nxt >= len(b)) | (b[np.minimum(nxt, len(b) - 1)] != ord("\n"))]
+        if len(bare):
+            return np.union1d(np.flatnonzero(b == ord("\n")), bare)
+    return np.flatnonzero(b == ord("\n"))
+
+
+def _blocks(path: Path, size: int = 1 << 24) -> Iterator[bytes]:
+    """The file's bytes in blocks that never end between a ``\\r`` and its ``\\n``."""
+    with open(path, "rb") as f:
+        while block := f.read(size):
+            if block.endswith(b"\r"):
+                block += f.read(1)
+            yield block
+
+
+def _check_utf8(path: Path) -> None:
+    """Refuse a file that is not UTF-8 text, naming the line and column of the first bad byte."""
+    import codecs
+
+    dec = codecs.getincrementaldecoder("utf-8")()
+    lines_before = 0
+    for block in _blocks(path):
+        try:
+            dec.decode(block)
+        except UnicodeDecodeError as e:
+            # e.start indexes into the decoder's buffer: earlier undecoded bytes plus this block
+            start = max(e.start - (len(e.object) - len(block)), 0)
+            b = np.frombuffer(block[:start], dtype=np.uint8)
+            ends = _line_ends(b)
+            col = start - (int(ends[-1]) + 1 if len(ends) else 0) + 1
+            raise TraceError(
+                f"not UTF-8 text (byte {block[start]:#04x} at column {col}); save the trace as UTF-8",
+                where=str(path),
+                key=f"line {lines_before + len(ends) + 1}",
+            ) from None
+        lines_before += len(_line_ends(np.frombuffer(block, dtype=np.uint8)))
+    try:
+        dec.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise TraceError(
+            "not UTF-8 text (the file ends inside a multi-byte character)", where=str(path), key=f"line {lines_before + 1}"
+        ) from None
+
+
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise TraceError("trace file not found", where=str(path))
-    if not path.is_file():
-        raise TraceError("trace path is not a file", where=str(path))
+    try:
+        if not path.exists():
+            raise TraceError("trace file not found", where=str(path))
+        if not path.is_file():
+            raise TraceError("trace path is not a file", where=str(path))
+    except OSError as e:
+        raise TraceError(f"cannot read the trace file ({e.strerror or e})", where=str(path)) from None
 
 
 def _as_int(value: Any) -> Any:
@@ -1134,6 +1198,8 @@ def read_trace(
         on_bad_line=on_bad_line,
         keep_failed=keep_failed,
     )
+    if not _is_parquet(p):
+        _check_utf8(p)
     fmt = format.lower() if isinstance(format, str) else format
     if fmt == "auto":
         fmt = detect_format(p)

@@ -1,0 +1,920 @@
+"""Fuzz simkit's inputs: every input must give a clean error or a result that holds the invariants.
+
+    .venv/bin/python benchmarks/fuzz.py --cases 10000            # the run docs/fuzzing.md reports
+    .venv/bin/python benchmarks/fuzz.py --cases 500 --workers 2  # a quick look
+    .venv/bin/python benchmarks/fuzz.py --case 1234              # replay one case, with its traceback
+
+Each case is built from ``(seed, index)`` alone (so any case can be replayed) by mutating one
+of: a shipped scenario (``workloads/scenarios/*.yaml``: wrong types, 0, -1, 1e30, NaN, inf,
+2^63, booleans, unknown enum values, deleted and unknown keys, plus valid alternatives that
+steer runs into other engine paths), a trace file of every format (corrupt, out-of-order,
+missing or extra fields, non-UTF-8 bytes, bare CRs, 10^7-token prompts), a model file, the
+scenario YAML text itself (non-UTF-8 bytes, truncation, alias bombs), or a CLI command line.
+Workloads are cut small (``workload.limit``) so a case takes well under a second.
+
+Outcomes:
+  clean       a SimkitError (the CLI's exit 2) or an argparse usage error; "unnamed" ones give
+              neither a file nor a key nor a line
+  ok          a result; its invariants are checked (see :func:`check_invariants`)
+  accepted    ok, although a mutation was clearly invalid (NaN, inf, negative, a bool or a
+              string for a number, an integer beyond int64)
+  traceback   any other exception (the cause is its type and innermost simkit frame)
+  slow        over the per-case time budget, but it finished within a grace period, or its
+              simulated clock still advanced during it (more work than the budget, not a hang)
+  hang        over budget and grace with the simulated clock standing still, or no answer at
+              all (the worker is killed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import multiprocessing as mp
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import yaml  # noqa: E402
+
+SCENARIOS = sorted((ROOT / "workloads" / "scenarios").glob("*.yaml"))
+MODELS = sorted((ROOT / "workloads" / "models").glob("*.yaml"))
+TRACES = {
+    "azure": ROOT / "workloads/traces/azure_code_2023_sample.csv",
+    "azure_conv": ROOT / "workloads/traces/azure_conv_2023_sample.csv",
+    "burstgpt": ROOT / "workloads/traces/burstgpt_sample.csv",
+    "mooncake": ROOT / "workloads/traces/mooncake_sample.jsonl",
+}
+TRACE_LINES = 30
+"""Data lines of each shipped trace a trace case starts from."""
+HEAVY = {"llama405b-two-nodes", "llama70b-tp4pp2", "mixtral-ep", "cxl-long-context", "disaggregated"}
+"""Scenarios that take a second or more even when cut small: mutated less often."""
+
+DELETE = object()
+INVALID = object()  # marker in the value table: this value is clearly invalid for a numeric key
+BAD_VALUES: list[Any] = [0, -1, 1e30, -1e30, float("nan"), float("inf"), -float("inf"), 2**63, -(2**63) - 1, 10**30,
+                         True, False, "", "x" * 300, "bogus", "1e30 GB/s", [], {}, [1, 2], None, 1e-300, 0.5, 10**7]
+"""What a mutation may write into any key."""
+
+# dotted keys worth setting to valid alternatives (engine paths), with the values to draw from
+ALTERNATIVES: dict[str, list[Any]] = {
+    "plan.batching.policy": ["static", "continuous", "chunked_prefill", "disaggregated", "bogus"],
+    "plan.batching.max_num_seqs": [1, 2, 4, 64, 4096],
+    "plan.batching.max_num_batched_tokens": [16, 256, 2048, 8192, 10**6],
+    "plan.batching.chunk_size": [16, 512, 10**6],
+    "plan.batching.batch_size": [1, 2, 8],
+    "plan.batching.prefill_replicas": [1, 2],
+    "plan.batching.kv_transfer_link": ["nvlink", "pcie", "network", "bogus"],
+    "plan.precision.weights": ["fp32", "fp16", "bf16", "fp8", "int8", "int4", "fp4"],
+    "plan.precision.activations": ["fp32", "fp16", "bf16", "fp8", "int8"],
+    "plan.precision.kv_cache": ["fp16", "fp8", "int8", "int4"],
+    "plan.kv_cache.block_size": [1, 8, 16, 256, 4096],
+    "plan.kv_cache.num_blocks": [1, 4, 64, 100000],
+    "plan.kv_cache.gpu_memory_utilization": [0.05, 0.5, 0.95, 1.0],
+    "plan.kv_cache.watermark": [0.0, 0.5, 0.99],
+    "plan.kv_cache.preemption": ["recompute", "swap"],
+    "plan.kv_cache.swap_space": ["0 GiB", "1 MiB", "64 GiB"],
+    "plan.prefix_cache.enabled": [True, False],
+    "plan.prefix_cache.tiers": [["hbm"], ["hbm", "dram"], ["ssd"], ["hbm", "dram", "cxl", "ssd"]],
+    "plan.offload.compress_weights": [True, False],
+    "plan.offload.compress_kv": [True, False],
+    "plan.offload.cpu_attention": [True, False],
+    "plan.offload.overlap": [True, False],
+    "plan.offload.pinned": [True, False],
+    "plan.offload.resident_layers": [0, 1, 8, 200],
+    "plan.offload.gpu_batch_size": [1, 4, 64],
+    "plan.offload.num_gpu_batches": [1, 2, 8],
+    "plan.offload.weights": [{"gpu": 0.5, "cpu": 0.5}, {"gpu": 0.2, "cpu": 0.3, "disk": 0.5}, {"gpu": 0.0, "cxl": 1.0}],
+    "plan.offload.kv_cache": [{"gpu": 0.5, "cpu": 0.5}, {"gpu": 0.0, "cpu": 1.0}],
+    "plan.offload.activations": [{"gpu": 0.5, "cpu": 0.5}],
+    "plan.offload.kv_spill": [{"after_tokens": 64, "tier": "cpu"}, {"after_tokens": 1, "tier": "cxl"}, {"after_tokens": 512, "tier": "disk"}],
+    "plan.offload.io_block_size": ["4 KiB", "4 MiB", "1 GiB"],
+    "plan.parallel.tp": [1, 2, 3, 4, 8, 16],
+    "plan.parallel.pp": [1, 2, 3, 4],
+    "plan.parallel.replicas": [1, 2, 3, 8],
+    "plan.parallel.ep": [1, 2, 8],
+    "plan.parallel.cross_node_tp": [True, False],
+    "plan.parallel.collective_algorithm": ["ring", "tree"],
+    "plan.parallel.expert_routing": [{"distribution": "zipf", "skew": 2.0}, {"distribution": "uniform"}],
+    "plan.routing": ["round_robin", "least_outstanding", "prefix_aware", "bogus"],
+    "plan.execution.mode": ["auto", "one_step", "layer_by_layer"],
+    "plan.execution.device": ["gpu", "cpu"],
+    "plan.execution.iteration_overhead": ["0 s", "2 ms", "1 s"],
+    "hardware": ["dgx-h100", "dgx-a100", "gcp-t4-vm", "ci-vm", "cpu-server", "h100-pcie-cxl-server", "rtx4090-workstation", "bogus"],
+    "hardware.bandwidth_scale": [{"hbm": 2.0}, {"hbm": 0.001}, {"host_to_gpu": 1000}, {"gpu_to_gpu": 0.01}, {"dram": 0.5}],
+    "hardware.num_gpus": [1, 2, 8],
+    "hardware.num_nodes": [1, 2, 4],
+    "model": ["llama-2-7b", "opt-6.7b", "mixtral-8x7b", "phi-2", "llama-3.1-70b", "deepseek-moe-16b", "bogus"],
+    "calibration": ["none", "auto", "bogus/profile.yaml"],
+    "slo": [{"ttft_s": 0.01, "tpot_s": 0.001}, {"ttft_p99_s": 10.0}],
+    "seed": [0, 1, 12345],
+    "workload.batch": [{"num_prompts": 3, "input_tokens": 10**7, "output_tokens": 2},
+                       {"num_prompts": 2, "input_tokens": 1, "output_tokens": 1},
+                       {"num_prompts": 4, "input_tokens": 4000, "output_tokens": 300}],
+    "workload.synthetic": [
+        {"num_requests": 6, "arrival": {"process": "gamma", "rate": 100, "cv": 4},
+         "lengths": {"input": {"dist": "zipf", "a": 1.5, "max": 10**7}, "output": {"dist": "uniform", "low": 1, "high": 64}}},
+        {"num_requests": 5, "arrival": {"process": "all_at_once"},
+         "lengths": {"input": {"dist": "fixed", "value": 10**7}, "output": {"dist": "fixed", "value": 3}}},
+        {"num_requests": 5, "arrival": {"process": "fixed_rate", "rate": 1e-6},
+         "lengths": {"input": {"dist": "lognormal", "mean": 300, "sigma": 3}, "output": {"dist": "fixed", "value": 1}}},
+    ],
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# building cases
+def _paths(node: Any, prefix: str = "") -> list[str]:
+    """Every dotted key path inside ``node`` (mappings and lists)."""
+    out = []
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+    for k, v in items:
+        p = f"{prefix}.{k}" if prefix else str(k)
+        out.append(p)
+        out.extend(_paths(v, p))
+    return out
+
+
+def _get(data: Any, path: str) -> Any:
+    node = data
+    for part in path.split("."):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node
+
+
+def _set(data: dict, path: str, value: Any) -> None:
+    # a path through a list with a non-numeric index, or through a scalar, leaves the case as it is
+    with contextlib.suppress(ValueError, TypeError, IndexError, KeyError):
+        _set_path(data, path, value)
+
+
+def _set_path(data: dict, path: str, value: Any) -> None:
+    parts = path.split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        key: Any = int(part) if isinstance(node, list) else part
+        nxt = node[key] if (isinstance(node, list) and key < len(node)) or (isinstance(node, dict) and key in node) else None
+        if not isinstance(nxt, dict | list):
+            if part == "hardware" and isinstance(nxt, str):
+                nxt = {"preset": nxt}
+            elif nxt is not None and i > 0:
+                return  # a scalar in the way: leave the case as it is
+            else:
+                nxt = {}
+            node[key] = nxt
+        node = nxt
+    last: Any = int(parts[-1]) if isinstance(node, list) else parts[-1]
+    if value is DELETE:
+        if isinstance(node, dict):
+            node.pop(last, None)
+        elif isinstance(node, list) and last < len(node):
+            node.pop(last)
+    elif isinstance(node, list):
+        if last < len(node):
+            node[last] = value
+    else:
+        node[last] = value
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _clearly_invalid(old: Any, new: Any) -> bool:
+    """A value no numeric key should accept in place of the number ``old``."""
+    if not _is_number(old) or new is DELETE:
+        return False
+    if isinstance(new, bool | str | list | dict):
+        return True
+    if isinstance(new, float) and not math.isfinite(new):
+        return True
+    if isinstance(new, int) and abs(new) >= 2**63:
+        return True
+    return _is_number(new) and new < 0
+
+
+def _absolute_trace_paths(data: dict, base: Path) -> None:
+    wl = data.get("workload")
+    if not isinstance(wl, dict):
+        return
+    for holder in (wl.get("trace"), ((wl.get("synthetic") or {}).get("lengths") or {}).get("trace")
+                   if isinstance(wl.get("synthetic"), dict) else None):
+        if isinstance(holder, dict) and isinstance(holder.get("path"), str):
+            holder["path"] = str((base / holder["path"]).resolve())
+
+
+def _small(rng: random.Random, data: dict) -> None:
+    """Cut the workload small and keep runs quick (most cases skip calibration's fitted model)."""
+    if isinstance(data.get("workload"), dict):
+        data["workload"]["limit"] = rng.choice([1, 2, 4, 8])
+    if rng.random() < 0.8:
+        data["calibration"] = "none"
+
+
+def _mutate_data(rng: random.Random, data: dict, notes: list[str]) -> bool:
+    """Apply 1-3 mutations; returns whether the result holds a clearly invalid value for a
+    numeric key (a later mutation of the same key, or of a mapping above it, undoes an earlier)."""
+    state: dict[str, bool] = {}
+
+    def mark(path: str, bad: bool) -> None:
+        for k in [k for k in state if k == path or k.startswith(path + ".")]:
+            del state[k]
+        state[path] = bad
+
+    for _ in range(rng.choice([1, 1, 2, 3])):
+        r = rng.random()
+        paths = [p for p in _paths(data) if not p.startswith("workload.limit")]
+        if r < 0.45 and paths:
+            path = rng.choice(paths)
+            try:
+                old = _get(data, path)
+            except (KeyError, IndexError, TypeError):
+                continue
+            new = DELETE if rng.random() < 0.12 else rng.choice(BAD_VALUES)
+            if isinstance(old, str) and rng.random() < 0.3:
+                new = old + "-bogus"
+            _set(data, path, new)
+            mark(path, _clearly_invalid(old, new))
+            notes.append(f"{path}={'<deleted>' if new is DELETE else repr(new)[:40]}")
+        elif r < 0.9:
+            key = rng.choice(sorted(ALTERNATIVES))
+            value = copy.deepcopy(rng.choice(ALTERNATIVES[key]))
+            _set(data, key, value)
+            mark(key, False)
+            notes.append(f"{key}={json.dumps(value)[:60]}")
+        elif r < 0.95 and paths:
+            path = rng.choice(paths)
+            parent, _, leaf = path.rpartition(".")
+            typo = leaf + "s" if rng.random() < 0.5 else leaf[:-1] or "x"
+            try:
+                _set(data, f"{parent}.{typo}" if parent else typo, 1)
+            except (TypeError, IndexError):
+                continue
+            notes.append(f"unknown key {typo!r} beside {leaf!r}")
+        else:
+            key = rng.choice(["plan.parallel.tp", "workload.batch.input_tokens", "plan.batching.max_num_batched_tokens",
+                              "plan.kv_cache.block_size", "plan.offload.num_gpu_batches", "seed"])
+            value = rng.choice([2**62, 10**12, 10**7, -5])
+            _set(data, key, value)
+            mark(key, value < 0 and key != "seed")
+            notes.append(f"{key}={value}")
+    return any(state.values())
+
+
+def _scenario_case(rng: random.Random) -> dict:
+    pool = [p for p in SCENARIOS if p.stem not in HEAVY or rng.random() < 0.3]
+    src = rng.choice(pool)
+    data = yaml.safe_load(src.read_text())
+    _absolute_trace_paths(data, src.parent)
+    notes: list[str] = [src.stem]
+    _small(rng, data)
+    invalid = _mutate_data(rng, data, notes)
+    if rng.random() < 0.05:
+        notes.append("limit removed")
+        data.get("workload", {}).pop("limit", None) if isinstance(data.get("workload"), dict) else None
+        if isinstance(data.get("workload"), dict) and "trace" in data["workload"]:
+            data["workload"]["limit"] = 8  # the shipped traces are too long to replay in full here
+    return {"kind": "scenario", "data": data, "invalid": invalid, "notes": notes}
+
+
+def _trace_lines(fmt: str) -> list[bytes]:
+    if fmt == "native":
+        rows = [b"arrival_s,input_tokens,output_tokens,prefix_id,prefix_tokens"]
+        rows += [f"{0.25 * i},{100 + 7 * i},{5 + i % 9},{i % 3 - 1},{(40 * i) % 90}".encode() for i in range(TRACE_LINES)]
+        return [r + b"\n" for r in rows]
+    with open(TRACES[fmt], "rb") as f:
+        return [next(f) for _ in range(TRACE_LINES + (0 if fmt == "mooncake" else 1))]
+
+
+FIELD_GARBAGE = ["", "abc", "-1", "0", "1e30", "nan", "inf", "4.5", "99999999999999999999", "10000000", "9999-01-01 00:00:00",
+                 "1677-01-01", '"quoted, comma"', "null", "[]", "{}", "true"]
+
+
+def _mutate_trace(rng: random.Random, lines: list[bytes], notes: list[str]) -> bytes:
+    lines = list(lines)
+    for _ in range(rng.choice([1, 1, 2, 3])):
+        if not lines:
+            break
+        i = rng.randrange(1, len(lines)) if len(lines) > 1 else 0
+        r = rng.random()
+        line = lines[i]
+        if r < 0.12:
+            j = rng.randrange(1, len(lines)) if len(lines) > 1 else 0
+            lines[i], lines[j] = lines[j], lines[i]
+            notes.append(f"swap lines {i + 1},{j + 1}")
+        elif r < 0.18:
+            lines = lines[:1] + lines[1:][::-1]
+            notes.append("data lines reversed")
+        elif r < 0.45:
+            body = line.rstrip(b"\r\n")
+            end = line[len(body):]
+            if body.startswith(b"{"):
+                try:
+                    obj = json.loads(body)
+                    key = rng.choice([*obj.keys(), "extra"])
+                    obj[key] = rng.choice([*FIELD_GARBAGE, None, -1, 1e30, 10**7, 2**70, [1, "a"], {"x": 1}, True])
+                    if rng.random() < 0.2:
+                        obj.pop(key, None)
+                    body = json.dumps(obj).encode()
+                    notes.append(f"line {i + 1}: {key}")
+                except ValueError:
+                    pass
+            else:
+                cells = body.split(b",")
+                k = rng.randrange(len(cells))
+                cells[k] = rng.choice(FIELD_GARBAGE).encode()
+                body = b",".join(cells)
+                notes.append(f"line {i + 1} field {k}")
+            lines[i] = body + end
+        elif r < 0.55:
+            body = line.rstrip(b"\r\n")
+            lines[i] = (body + b",7" if rng.random() < 0.5 else body.rsplit(b",", 1)[0]) + b"\n"
+            notes.append(f"line {i + 1} field count")
+        elif r < 0.63:
+            pos = rng.randrange(len(line) or 1)
+            lines[i] = line[:pos] + rng.choice([b"\xff", b"\xe9", b"\xc3", b"\x00"]) + line[pos:]
+            notes.append(f"line {i + 1} non-UTF-8 byte")
+        elif r < 0.71:
+            lines[i] = line.rstrip(b"\r\n") + rng.choice([b"\r", b"\r\n", b"\n\n", b"\r\r\n"])
+            notes.append(f"line {i + 1} line end")
+        elif r < 0.76:
+            lines = lines[: rng.randrange(1, len(lines) + 1)]
+            if lines and rng.random() < 0.5:
+                lines[-1] = lines[-1][: len(lines[-1]) // 2]
+            notes.append("truncated")
+        elif r < 0.8:
+            lines.insert(i, lines[0])
+            notes.append("header repeated")
+        elif r < 0.84:
+            lines[0] = b"\xef\xbb\xbf" + lines[0]
+            notes.append("BOM")
+        elif r < 0.88:
+            lines = [] if rng.random() < 0.5 else lines[:1]
+            notes.append("empty" if not lines else "header only")
+        elif r < 0.94:
+            body = line.rstrip(b"\r\n")
+            if body.startswith(b"{"):
+                try:
+                    obj = json.loads(body)
+                    obj["input_length"] = 10**7
+                    body = json.dumps(obj).encode()
+                except ValueError:
+                    pass
+            else:
+                cells = body.split(b",")
+                if len(cells) > 2:
+                    cells[-2 if len(cells) == 3 else 2] = b"10000000"
+                    body = b",".join(cells)
+            lines[i] = body + b"\n"
+            notes.append(f"line {i + 1} 10^7-token prompt")
+        else:
+            lines = [lines[0]] + [lines[i]] * 3 + lines[1:]
+            notes.append("duplicate timestamps")
+    return b"".join(lines)
+
+
+def _trace_case(rng: random.Random) -> dict:
+    fmt = rng.choice(["azure", "azure_conv", "burstgpt", "mooncake", "native"])
+    notes = [f"trace {fmt}"]
+    raw = _mutate_trace(rng, _trace_lines(fmt), notes)
+    ext = ".jsonl" if fmt == "mooncake" else ".csv"
+    base = yaml.safe_load((ROOT / "workloads/scenarios/burstgpt-sample.yaml").read_text())
+    reader = "azure" if fmt == "azure_conv" else fmt
+    tr: dict[str, Any] = {"path": "@TRACE@", "format": rng.choice(["auto", reader, reader, "azure", "native"])}
+    if rng.random() < 0.5:
+        tr["on_bad_line"] = "skip"
+    if rng.random() < 0.15:
+        tr["window"] = rng.choice([[0, 5], [1.5, 2.0], [0, 1e30], [100, 1000], [3, 1]])
+    if rng.random() < 0.15:
+        tr["rate_scale"] = rng.choice([0.001, 2.0, 1000, 1e-300])
+    if rng.random() < 0.1:
+        tr["sample"] = rng.choice([1, 3, 10**6])
+    if fmt == "burstgpt" and rng.random() < 0.3:
+        tr["keep_failed"] = True
+    if rng.random() < 0.2:  # lengths resampled from the trace instead
+        base["workload"] = {"synthetic": {"num_requests": 5, "arrival": {"process": "poisson", "rate": 5},
+                                          "lengths": {"trace": {"path": "@TRACE@", "format": tr["format"]}}}}
+    else:
+        base["workload"] = {"trace": tr}
+    if fmt == "mooncake" and rng.random() < 0.5:
+        base.setdefault("plan", {})["prefix_cache"] = {"enabled": True}
+    base["workload"]["limit"] = rng.choice([2, 4, 8])
+    base["calibration"] = "none"
+    notes.append(json.dumps(tr)[:100])
+    return {"kind": "trace", "data": base, "files": {"trace" + ext: raw}, "invalid": False, "notes": notes}
+
+
+def _model_case(rng: random.Random) -> dict:
+    src = rng.choice(MODELS)
+    mdata = yaml.safe_load(src.read_text())
+    notes = [f"model {src.stem}"]
+    state: dict[str, bool] = {}  # the last mutation of a key decides
+    original = copy.deepcopy(mdata)
+    for _ in range(rng.choice([1, 1, 2])):
+        keys = [k for k in mdata if k not in ("kind",)]
+        if not keys:
+            break
+        key = rng.choice(keys)
+        old = original.get(key)
+        new = DELETE if rng.random() < 0.2 else rng.choice(BAD_VALUES)
+        if new is DELETE:
+            mdata.pop(key)
+        else:
+            mdata[key] = new
+        state[key] = _clearly_invalid(old, new)
+        notes.append(f"{key}={'<deleted>' if new is DELETE else repr(new)[:40]}")
+    data = yaml.safe_load((ROOT / "workloads/scenarios/quickstart.yaml").read_text())
+    data["model"] = "@MODEL@"
+    data["hardware"] = rng.choice(["dgx-h100", "dgx-a100", "gcp-t4-vm", "cpu-server"])
+    data["calibration"] = "none"
+    data["workload"]["limit"] = rng.choice([1, 2, 4])
+    return {"kind": "model", "data": data, "files": {"model.yaml": yaml.safe_dump(mdata).encode()}, "invalid": any(state.values()),
+            "notes": notes}
+
+
+HF_CONFIGS: list[dict[str, Any]] = [
+    {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008,
+     "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 32, "vocab_size": 32000,
+     "max_position_embeddings": 4096, "tie_word_embeddings": False, "hidden_act": "silu", "rms_norm_eps": 1e-5,
+     "_name_or_path": "meta-llama/Llama-2-7b-hf"},
+    {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336,
+     "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8, "vocab_size": 32000,
+     "max_position_embeddings": 32768, "num_local_experts": 8, "num_experts_per_tok": 2, "hidden_act": "silu",
+     "sliding_window": None, "_name_or_path": "mistralai/Mixtral-8x7B-v0.1"},
+]
+"""Hugging Face config.json files a model case may mutate instead of a catalog YAML."""
+
+
+def _hf_case(rng: random.Random) -> dict:
+    cfg = copy.deepcopy(rng.choice(HF_CONFIGS))
+    notes = [f"hf {cfg['model_type']}"]
+    state: dict[str, bool] = {}  # the last mutation of a key decides
+    original = copy.deepcopy(cfg)
+    for _ in range(rng.choice([1, 2])):
+        key = rng.choice(sorted(cfg))
+        old = original.get(key)
+        new = DELETE if rng.random() < 0.2 else rng.choice([v for v in BAD_VALUES if not isinstance(v, float) or math.isfinite(v)])
+        if new is DELETE:
+            cfg.pop(key)
+        else:
+            cfg[key] = new
+        state[key] = _clearly_invalid(old, new) and key in ("hidden_size", "intermediate_size", "num_attention_heads",
+                                                          "num_hidden_layers", "num_key_value_heads", "vocab_size",
+                                                          "max_position_embeddings", "num_local_experts", "num_experts_per_tok")
+        notes.append(f"{key}={'<deleted>' if new is DELETE else repr(new)[:40]}")
+    raw = json.dumps(cfg).encode()
+    if rng.random() < 0.1:
+        raw = raw[: rng.randrange(len(raw))] if rng.random() < 0.5 else raw.replace(b"{", b"{\xff", 1)
+        notes.append("corrupt JSON")
+    data = yaml.safe_load((ROOT / "workloads/scenarios/quickstart.yaml").read_text())
+    data["model"] = "@CONFIG@"
+    data["calibration"] = "none"
+    data["workload"]["limit"] = rng.choice([1, 2, 4])
+    return {"kind": "model", "data": data, "files": {"config.json": raw}, "invalid": any(state.values()), "notes": notes}
+
+
+def _yaml_text_case(rng: random.Random) -> dict:
+    src = rng.choice([p for p in SCENARIOS if p.stem not in HEAVY])
+    data = yaml.safe_load(src.read_text())
+    _absolute_trace_paths(data, src.parent)
+    data["workload"]["limit"] = 2
+    data["calibration"] = "none"
+    text = yaml.safe_dump(data).encode()
+    r = rng.random()
+    if r < 0.3:
+        pos = rng.randrange(len(text))
+        text = text[:pos] + rng.choice([b"\xff", b"\xe9", b"\x80"]) + text[pos:]
+        note = "non-UTF-8 byte"
+    elif r < 0.55:
+        text = text[: rng.randrange(len(text))]
+        note = "truncated"
+    elif r < 0.8:
+        depth = rng.choice([3, 6, 9])
+        bomb = "".join(f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}" if i else "1"] * 9) + "]\n" for i in range(depth))
+        where = rng.choice(["hardware", "description", "extra"])
+        if where == "hardware":
+            text += f"hardware:\n  preset: dgx-h100\n{bomb}".encode()
+        else:
+            text += f"{where}:\n{bomb}".encode()
+        note = f"alias bomb depth {depth} in {where}"
+    else:
+        text = rng.choice([b"", b"[]", b"just text", b"a: [unclosed", b"\t- tab", b"x: &a [*a]\n", b"hardware: !!python/object:os.system x"])
+        note = "odd document"
+    overrides = ["seed=1"] if rng.random() < 0.5 else []
+    return {"kind": "yaml", "files": {"scenario.yaml": text}, "overrides": overrides, "invalid": False, "notes": [src.stem, note]}
+
+
+def _cli_case(rng: random.Random) -> dict:
+    which = rng.random()
+    if which < 0.6:
+        argv = ["estimate", "ops", "--gpu", rng.choice(["h100-sxm", "a40", "t4", "bogus"]),
+                "--model", rng.choice(["llama-2-7b", "mixtral-8x7b", "phi-2", "bogus"]),
+                "--tp", rng.choice(["0", "-1", "1", "2", "3", "8", "x", "99999999999999999999"]),
+                "--tokens", rng.choice(["1,16,512", "0", "-4", "1,10000000", "a,b", "", "1" * 25]),
+                "--dtype", rng.choice(["bf16", "fp8", "int4", "fp32"]),
+                "--calibration", rng.choice(["auto", "none", "bogus"])]
+    elif which < 0.8:
+        argv = ["catalog", rng.choice(["list", "show"]), *rng.choice([[], ["h100-sxm"], ["bogus"], ["x" * 300]]),
+                *rng.choice([[], ["--kind", "gpu"], ["--kind", "bogus"]])]
+    else:
+        argv = ["run", rng.choice(["quickstart", "nope", "x" * 300, str(ROOT)]), "--out", "@OUT@", "--set",
+                rng.choice(["workload.limit=1", "=3", "noequals", "plan..tp=2", "workload.limit=[&a [1], *a]"]),
+                "--set", "calibration=none"]
+    return {"kind": "cli", "argv": argv, "invalid": False, "notes": argv[:3]}
+
+
+def make_case(seed: int, index: int) -> dict:
+    """Case ``index`` of the run seeded ``seed`` (deterministic)."""
+    rng = random.Random(f"simkit-fuzz-{seed}-{index}")
+    r = rng.random()
+    if r < 0.55:
+        case = _scenario_case(rng)
+    elif r < 0.8:
+        case = _trace_case(rng)
+    elif r < 0.87:
+        case = _model_case(rng)
+    elif r < 0.9:
+        case = _hf_case(rng)
+    elif r < 0.96:
+        case = _yaml_text_case(rng)
+    else:
+        case = _cli_case(rng)
+    case["index"] = index
+    return case
+
+
+# ---------------------------------------------------------------------------------------------
+# running one case
+class _Timeout(Exception):
+    pass
+
+
+class _Slow(Exception):
+    pass
+
+
+GRACE_S = 40.0
+"""After the time budget, how long a run gets to finish or to show that its simulated clock
+still advances (tabulating a calibrated cost model for a 40k-token batch alone takes ~20 s)."""
+_clock: dict[str, Any] = {}
+
+
+def _sim_env(frame: Any) -> Any:
+    """The SimPy environment running in the interrupted stack, if any."""
+    import simpy
+
+    while frame is not None:
+        env = frame.f_locals.get("self")
+        if isinstance(env, simpy.Environment):
+            return env
+        env = frame.f_locals.get("env")
+        if isinstance(env, simpy.Environment):
+            return env
+        frame = frame.f_back
+    return None
+
+
+def _tabulating(frame: Any) -> str | None:
+    """If the stack is inside a cost model's table growth (bounded work: one row per token count
+    up to a known size), say so."""
+    while frame is not None:
+        if frame.f_code.co_name == "_grow" and frame.f_code.co_filename.endswith("iteration.py"):
+            return f"tabulating the cost of {frame.f_locals.get('n')} token counts"
+        frame = frame.f_back
+    return None
+
+
+def _alarm(signum: int, frame: Any) -> None:
+    """First alarm: note the simulated clock and allow GRACE_S more. Second: a run whose clock
+    moved, or that is tabulating a cost model (finite work of known size), is slow; one whose
+    clock stood still, or that is not simulating, hangs."""
+    env = _sim_env(frame)
+    bounded = _tabulating(frame)
+    if bounded:
+        _clock["bounded"] = bounded
+    if "now" not in _clock:
+        _clock["now"] = env.now if env is not None else None
+        signal.setitimer(signal.ITIMER_REAL, GRACE_S)
+        return
+    if env is not None and _clock["now"] is not None and env.now > _clock["now"]:
+        raise _Slow(f"simulated {_clock['now']:.3g} s in the budget, {env.now:.3g} s after the grace")
+    if "bounded" in _clock:
+        raise _Slow(_clock["bounded"])
+    raise _Timeout
+
+
+def _substitute(node: Any, table: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _substitute(v, table) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, table) for v in node]
+    if isinstance(node, str) and node in table:
+        return table[node]
+    return node
+
+
+def check_invariants(res: Any) -> list[str]:
+    """What a result must hold (each failure names the invariant)."""
+    import numpy as np
+
+    from simkit.specs.catalog import load_model
+    from simkit.specs.node import resolve_node
+
+    bad: list[str] = []
+    s = res.summary
+    t = res.table
+    n = t.n
+    done = np.isfinite(t.finish)
+    if s["requests_completed"] + s["requests_rejected"] + s["requests_unfinished"] != n or s["requests_total"] != n:
+        bad.append("completed + rejected + unfinished != submitted")
+    if s["requests_unfinished"] != 0:
+        bad.append("unfinished requests without a horizon")
+    if (done & t.rejected).any():
+        bad.append("a request both rejected and completed")
+    if not np.all(np.isfinite(t.arrival)) or (t.arrival < 0).any():
+        bad.append("negative or NaN arrival")
+    ft, fin, arr = t.first_token[done], t.finish[done], t.arrival[done]
+    if not (np.all(np.isfinite(ft)) and np.all(np.isfinite(fin))):
+        bad.append("NaN first-token time of a completed request")
+    eps = 1e-9
+    if (ft < arr - eps).any():
+        bad.append("first token before arrival")
+    if (fin < ft - eps).any():
+        bad.append("TTFT > E2E")
+    if (t.gen[done] != t.output[done]).any():
+        bad.append("completed request generated a different number of tokens")
+    for k, v in s.items():
+        if isinstance(v, float) and not isinstance(v, bool):
+            if math.isinf(v):
+                bad.append(f"infinite {k}")
+            elif v < 0 and k != "sim_wall_s":
+                bad.append(f"negative {k}")
+            elif math.isnan(v) and s["requests_completed"] and k.endswith("_s") and not k.startswith(("tpot", "tbt")):
+                bad.append(f"NaN {k} with completed requests")
+    for k in ("kv_utilization_peak", "kv_utilization_mean"):
+        if s.get(k, 0) > 1 + 1e-9:
+            bad.append(f"{k} > 1")
+    for tier, m in (s.get("memory") or {}).items():
+        cap = m.get("capacity_bytes", math.inf)
+        if m.get("used_bytes", 0) > cap * (1 + 1e-9) or m.get("peak_bytes", 0) > cap * (1 + 1e-9):
+            bad.append(f"memory over capacity in {tier}")
+    # physical bound: each output token needs 2 FLOPs per active parameter, at most at peak
+    sc = res.scenario
+    node = resolve_node(sc.hardware, where=sc.source)
+    model = load_model(sc.model, where=sc.source)
+    if node.gpu is not None and sc.plan.execution.device == "gpu":
+        pf = node.gpu.peak_flops
+        peak = max(v for v in (pf.fp32, pf.tf32, pf.fp16, pf.bf16, pf.fp8, pf.int8) if v) * node.total_gpus
+    else:
+        pf = node.cpu.peak_flops
+        peak = max(v for v in (pf.fp32, pf.tf32, pf.fp16, pf.bf16, pf.fp8, pf.int8) if v) * node.sockets * node.num_nodes
+    bound = peak / (2.0 * model.num_active_params)
+    if s["output_tokens_per_s"] > bound * 1.001:
+        bad.append("output tok/s above the peak-FLOP/s bound")
+    return bad
+
+
+def run_case(case: dict, workdir: Path, timeout_s: float = 20.0) -> dict:
+    """Run one case in this process (SIGALRM bounds it); returns its outcome."""
+    import warnings
+
+    from simkit.errors import SimkitError
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    table = {}
+    for name, raw in (case.get("files") or {}).items():
+        p = workdir / name
+        p.write_bytes(raw)
+        table["@" + name.split(".")[0].upper() + "@"] = str(p)
+    out: dict[str, Any] = {"index": case["index"], "kind": case["kind"], "notes": case["notes"]}
+    old = signal.signal(signal.SIGALRM, _alarm)
+    _clock.clear()
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if case["kind"] == "cli":
+                import contextlib
+                import io
+
+                from simkit.cli import main
+
+                buf = io.StringIO()
+                argv = [str(workdir / "out") if x == "@OUT@" else x for x in case["argv"]]
+                try:
+                    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+                        code = main(argv)
+                except SystemExit as e:
+                    code = e.code
+                out["outcome"] = "ok" if code == 0 else "clean" if code == 2 else "traceback"
+                if code not in (0, 2):
+                    out["cause"] = f"exit code {code}"
+                out["message"] = buf.getvalue()[-300:]
+                if code == 2:
+                    out["named"] = True
+                return out
+            from simkit.scenario import load_scenario
+            from simkit.simulate import simulate
+
+            path = workdir / "scenario.yaml"
+            if case["kind"] != "yaml":
+                path.write_text(yaml.safe_dump(_substitute(case["data"], table)))
+            sc = load_scenario(path, case.get("overrides") or None)
+            res = simulate(sc, record_iterations=False)
+            problems = check_invariants(res)
+            if problems:
+                out["outcome"] = "violation"
+                out["cause"] = "; ".join(sorted(set(problems)))
+            elif "now" in _clock:  # finished, but only in the grace period
+                out["outcome"] = "slow"
+                out["cause"] = ", ".join(case["notes"])[:120]
+                out["message"] = "finished after the time budget"
+            else:
+                out["outcome"] = "accepted" if case.get("invalid") else "ok"
+                if case.get("invalid"):
+                    out["cause"] = "invalid value accepted: " + ", ".join(case["notes"][1:])
+    except _Timeout:
+        out["outcome"] = "hang"
+        out["cause"] = "timeout: " + ", ".join(case["notes"])[:120]
+    except _Slow as e:
+        out["outcome"] = "slow"
+        out["cause"] = ", ".join(case["notes"])[:120]
+        out["message"] = str(e)
+    except SimkitError as e:
+        out["outcome"] = "clean"
+        # SimPy re-raises an error from inside a process as a new instance of its class, built
+        # from the message alone: the original (with where and key) is its __cause__
+        orig = e.__cause__ if isinstance(e.__cause__, SimkitError) else e
+        out["named"] = bool(orig.where or orig.key or "line" in orig.message)
+        out["cause"] = type(e).__name__
+        out["message"] = str(e)[:300]
+    except RecursionError as e:
+        out["outcome"] = "traceback"
+        out["cause"] = f"RecursionError {e}"[:120]
+    except Exception as e:  # noqa: BLE001 - classifying every failure is the point
+        tb = traceback.extract_tb(e.__traceback__)
+        frames = [f for f in tb if "/simkit/" in f.filename]
+        at = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+        out["outcome"] = "traceback"
+        out["cause"] = f"{type(e).__name__} @ {at}"
+        out["message"] = f"{type(e).__name__}: {e}"[:300]
+        out["traceback"] = "".join(traceback.format_exception(e))[-3000:]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the driver: worker processes, each case under a soft (SIGALRM) and a hard (kill) timeout
+WORKER_MEMORY = 6 * 2**30
+"""Address-space limit of a worker: a runaway allocation fails as MemoryError instead of
+starving the machine."""
+
+
+def _worker(conn: Any, workdir: str, timeout_s: float) -> None:
+    import resource
+
+    os.environ.pop("SIMKIT_DEBUG", None)
+    resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY, WORKER_MEMORY))
+    while True:
+        case = conn.recv()
+        if case is None:
+            return
+        try:
+            res = run_case(case, Path(workdir) / str(case["index"]), timeout_s)
+        except BaseException as e:  # noqa: BLE001 - report, never die silently
+            res = {"index": case["index"], "kind": case["kind"], "notes": case["notes"], "outcome": "traceback",
+                   "cause": f"{type(e).__name__} in the harness", "message": str(e)[:300]}
+        conn.send(res)
+
+
+def run_many(seed: int, indices: list[int], workers: int, timeout_s: float, progress: bool = True) -> list[dict]:
+    ctx = mp.get_context("fork")
+    results: list[dict] = []
+    todo = list(indices)
+    hard = timeout_s + GRACE_S + 30
+    with tempfile.TemporaryDirectory(prefix="simkit-fuzz-") as tmp:
+        slots: list[dict] = []
+
+        def spawn() -> dict:
+            a, b = ctx.Pipe()
+            p = ctx.Process(target=_worker, args=(b, tmp, timeout_s), daemon=True)
+            p.start()
+            return {"proc": p, "conn": a, "case": None, "since": 0.0}
+
+        slots = [spawn() for _ in range(max(1, workers))]
+        t0 = time.perf_counter()
+        shown = [0]
+        while todo or any(s["case"] is not None for s in slots):
+            for s in slots:
+                if s["case"] is None and todo:
+                    case = make_case(seed, todo.pop(0))
+                    s["case"], s["since"] = case, time.perf_counter()
+                    s["conn"].send(case)
+            ready = mp.connection.wait([s["conn"] for s in slots if s["case"] is not None], timeout=1.0)
+            for s in slots:
+                if s["case"] is None:
+                    continue
+                if s["conn"] in ready:
+                    try:
+                        results.append(s["conn"].recv())
+                    except EOFError:  # the worker died (e.g. killed for memory)
+                        c = s["case"]
+                        results.append({"index": c["index"], "kind": c["kind"], "notes": c["notes"], "outcome": "traceback",
+                                        "cause": "worker died", "message": f"exit code {s['proc'].exitcode}"})
+                        s.update(spawn())
+                    s["case"] = None
+                elif time.perf_counter() - s["since"] > hard:
+                    c = s["case"]
+                    s["proc"].kill()
+                    s["proc"].join()
+                    results.append({"index": c["index"], "kind": c["kind"], "notes": c["notes"], "outcome": "hang",
+                                    "cause": "hard timeout: " + ", ".join(c["notes"])[:120]})
+                    s.update(spawn())
+                    s["case"] = None
+            if progress and len(results) and len(results) % 250 == 0 and len(results) != shown[0]:
+                shown[0] = len(results)
+                bad = [f"{r['index']}:{r['outcome']}:{r.get('cause')}" for r in results if r["outcome"] not in ("ok", "clean")]
+                print(f"  {len(results)} cases, {time.perf_counter() - t0:.0f} s; not clean/ok: {bad[-5:]}", file=sys.stderr, flush=True)
+        for s in slots:
+            s["conn"].send(None)
+            s["proc"].join(timeout=5)
+    return sorted(results, key=lambda r: r["index"])
+
+
+def report(results: list[dict], show: int = 2) -> dict:
+    counts = Counter(r["outcome"] for r in results)
+    unnamed = sum(1 for r in results if r["outcome"] == "clean" and not r.get("named"))
+    by_cause: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        if r["outcome"] in ("traceback", "hang", "slow", "violation", "accepted"):
+            by_cause[r["outcome"]][r.get("cause", "?")].append(r["index"])
+    return {
+        "cases": len(results),
+        "clean_errors": counts["clean"],
+        "clean_errors_unnamed": unnamed,
+        "successes": counts["ok"],
+        "tracebacks": counts["traceback"],
+        "hangs": counts["hang"],
+        "slow": counts["slow"],
+        "invariant_violations": counts["violation"],
+        "invalid_accepted": counts["accepted"],
+        "by_kind": dict(Counter(r["kind"] for r in results)),
+        "causes": {o: {c: {"count": len(ix), "cases": ix[:show]} for c, ix in sorted(d.items(), key=lambda kv: -len(kv[1]))}
+                   for o, d in by_cause.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", type=int, default=1000)
+    ap.add_argument("--start", type=int, default=0, help="first case index")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--timeout", type=float, default=20.0, help="seconds per case before it counts as a hang")
+    ap.add_argument("--case", type=int, help="run this one case here and print everything about it")
+    ap.add_argument("--json", help="write the report (and every non-clean outcome) here")
+    ap.add_argument("--unnamed", type=int, default=0, help="also print this many clean errors that name nothing")
+    a = ap.parse_args(argv)
+    if a.case is not None:
+        case = make_case(a.seed, a.case)
+        print(json.dumps({k: v for k, v in case.items() if k != "files"}, indent=1, default=repr)[:4000])
+        with tempfile.TemporaryDirectory() as tmp:
+            res = run_case(case, Path(tmp), a.timeout)
+        print(json.dumps(res, indent=1)[:6000])
+        return 0
+    t0 = time.perf_counter()
+    results = run_many(a.seed, list(range(a.start, a.start + a.cases)), a.workers, a.timeout)
+    rep = report(results)
+    rep["wall_s"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps({k: v for k, v in rep.items() if k != "causes"}, indent=1))
+    for outcome, causes in rep["causes"].items():
+        print(f"{outcome}:")
+        for cause, info in causes.items():
+            print(f"  {info['count']:5d}  {cause}   (e.g. --case {info['cases'][0]})")
+    if a.unnamed:
+        for r in [r for r in results if r["outcome"] == "clean" and not r.get("named")][: a.unnamed]:
+            print(f"  unnamed: case {r['index']}: {r.get('message')}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"report": rep, "problems": [r for r in results if r["outcome"] not in ("ok", "clean")]},
+                                           indent=1, default=repr))
+    bad = rep["tracebacks"] + rep["hangs"] + rep["invariant_violations"] + rep["invalid_accepted"]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
