@@ -103,6 +103,39 @@ def test_fast_path_under_heavy_preemption():
         assert fast["engine_path"] == "fast"
 
 
+def test_shortcuts_are_exercised_and_exact(monkeypatch):
+    """Steps that advance the clock without a SimPy event, and admissions refused from memory,
+    both happen in these runs, and the runs equal the reference's bit for bit."""
+    from simkit.engine import fast as fast_mod
+    from simkit.engine.replica import Replica
+
+    seen = {"direct": 0, "event": 0, "fast_admit": 0, "checked_admit": 0}
+    elapse, fast_admit, base_admit = fast_mod.FastReplica._elapse, fast_mod.FastReplica.admit, Replica.admit
+
+    def counting_elapse(self, dur):
+        seen["direct" if self.env.peek() > self.env.now + dur else "event"] += 1
+        return elapse(self, dur)
+
+    def counting_fast_admit(self, i, reserve_tokens=None):
+        seen["fast_admit"] += 1
+        return fast_admit(self, i, reserve_tokens)
+
+    def counting_base_admit(self, i, reserve_tokens=None):
+        if isinstance(self, fast_mod.FastReplica):
+            seen["checked_admit"] += 1
+        return base_admit(self, i, reserve_tokens)
+
+    monkeypatch.setattr(fast_mod.FastReplica, "_elapse", counting_elapse)
+    monkeypatch.setattr(fast_mod.FastReplica, "admit", counting_fast_admit)
+    monkeypatch.setattr(Replica, "admit", counting_base_admit)
+    for policy, replicas in (("continuous", 1), ("chunked_prefill", 2)):
+        batching = {"policy": policy, "max_num_seqs": 48, "chunk_size": 256}
+        sc = _scenario(150, 20.0, (50, 900), (20, 200), 5, replicas, "least_outstanding", batching, {"num_blocks": 150})
+        assert_same_run(sc)
+    assert seen["direct"] > 0 and seen["event"] > 0, seen
+    assert seen["fast_admit"] > seen["checked_admit"] > 0, seen  # some refusals came from memory
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
@@ -330,3 +363,72 @@ def test_odd_azure_lines_take_the_pandas_path(tmp_path, line):
         order = np.argsort(expected[0]["ns"], kind="stable")
         assert np.array_equal(got.input_tokens, expected[0]["inp"][order])
         assert np.array_equal(got.output_tokens, expected[0]["out"][order])
+
+
+# ---- scalar cost forms: bit-identical to the array forms -------------------------------------
+_COSTS: dict[str, object] = {}
+
+
+def _cost_cached(calibration: str):
+    if calibration not in _COSTS:
+        c = _cost(calibration)
+        c.reserve(4096)
+        _COSTS[calibration] = c
+    return _COSTS[calibration]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    calibration=st.sampled_from(["none", "auto"]),
+    pre=st.lists(st.tuples(st.integers(1, 600), st.integers(0, 5000)), max_size=4),
+    dec=st.lists(st.integers(1, 6000), max_size=200),
+    rows_cut=st.integers(0, 4),
+)
+def test_mixed_step_time_equals_step_time(calibration, pre, dec, rows_cut):
+    """The fast path's scalar iteration time is step_time's, bit for bit (or None, never a
+    different number), for any mix of prefill chunks and decodes."""
+    cost = _cost_cached(calibration)
+    pq = [q for q, _ in pre]
+    ctx = [c for _, c in pre]
+    if not pq and not dec:
+        assert cost.mixed_step_time(pq, ctx, 0, 0, 0, 0) is None
+        return
+    rows = max(len(pq) - rows_cut, 0) + len(dec)
+    got = cost.mixed_step_time(pq, ctx, len(dec), sum(dec), max(dec, default=0), rows)
+    want = cost.step_time(np.array(pq + [1] * len(dec)), np.array(ctx + dec), logits_rows=rows)
+    if any(q == 1 and c > 0 for q, c in pre):
+        assert got is None  # priced as a decode by step_time: left to the array form
+    else:
+        assert got == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    calibration=st.sampled_from(["none", "auto"]),
+    batch=st.integers(1, 300),
+    mean=st.integers(1, 4000),
+    extra=st.integers(0, 3000),
+    k=st.integers(1, 16),
+)
+def test_decode_step_times_equal_decode_steps(calibration, batch, mean, extra, k):
+    cost = _cost_cached(calibration)
+    kv0 = float(batch * mean + extra)
+    longest = float(mean + extra)
+    got = cost.decode_step_times(batch, kv0, k, longest)
+    want = cost.decode_steps(batch, kv0, k, longest)
+    assert got is not None and got == want.tolist()
+
+
+def test_scalar_cost_forms_decline_without_a_closed_form():
+    """An efficiency model without a closed form for attention (a measured class) gets None."""
+    from simkit.cost.efficiency import DatasheetEfficiency
+
+    class Fitted(DatasheetEfficiency):
+        def roofline_time(self, op_class, flops, bytes_, peak_flops, peak_bw):
+            return None if op_class.startswith("attn") else super().roofline_time(op_class, flops, bytes_, peak_flops, peak_bw)
+
+    cost = replace(_cost("none"), efficiency=Fitted())
+    cost.reserve(64)
+    assert cost.decode_step_times(4, 400.0, 3, 120.0) is None
+    assert cost.mixed_step_time([10], [0], 4, 400, 120, 5) is None
+    assert cost.mixed_step_time([10], [0], 0, 0, 0, 1) is None

@@ -107,6 +107,7 @@ class IterationModel:
         self._layer = np.zeros(1)  # layer[T]: per-layer seconds (for layer-by-layer execution)
         self._comm = np.zeros(1)  # comm[T]: seconds of collectives in one pass of the stage
         self._peaks = (self.device.peak_flops(self.dtype), self.device.mem_bandwidth)
+        self._dec1: dict[int, tuple] = {}  # batch -> constants of _decode_attention1
 
     # ---- tables ------------------------------------------------------------------------------
     def reserve(self, n: int) -> None:
@@ -297,6 +298,83 @@ class IterationModel:
             self._grow(batch)
         fixed = float(self._body[batch] + self._head[batch]) + self.host_time(batch)
         return fixed + self.decode_attention(batch, kv, longest)
+
+    # ---- scalar forms for the fast engine path (the same arithmetic on Python floats) --------
+    def _decode_attention1(self, batch: int, kv: float, longest: float) -> float | None:
+        """:meth:`decode_attention` of one iteration (``kv``, ``longest``: attended tokens, as
+        passed to it) with the same operations in the same order on scalars, so the result is
+        bit-identical; None when the efficiency model has no closed form for decode attention."""
+        c = self._dec1.get(batch)
+        if c is None:
+            sms = self.device.sm_count
+            heads, kvh, d, ab, kb = self._attn_consts()
+            # the batch-only factors of decode_attention's expressions, grouped as Python
+            # evaluates them there (left to right)
+            ratio = sms / kvh if sms > 0 and batch * kvh >= 0.8 * sms else None
+            c = self._dec1[batch] = (4.0 * heads * d, 2.0 * batch * heads * d * ab, 2.0 * batch * kvh * d * kb, ratio, kvh, d, kb)
+        f4, c1, c3, ratio, kvh, d, kb = c
+        if ratio is not None:
+            kv = max(kv, longest * ratio)
+        t = self.efficiency.roofline_time("attn_decode", f4 * kv, c1 + 2.0 * kv * kvh * d * kb + c3, self._peaks[0], self._peaks[1])
+        if t is None:
+            return None
+        return float(t * self.layers)
+
+    def decode_step_times(self, batch: int, kv0: float, k: int, longest0: float) -> list[float] | None:
+        """:meth:`decode_steps` (``contexts`` None) as a list of Python floats, bit-identical,
+        for a few steps; None where the scalar form does not apply (sliding window, fitted
+        decode-attention efficiency): use :meth:`decode_steps`."""
+        if self.model.sliding_window is not None:
+            return None
+        if batch >= len(self._body):
+            self._grow(batch)
+        fixed = float(self._body[batch] + self._head[batch]) + self.host_time(batch)
+        base = kv0 + batch
+        fb = float(batch)
+        lo = longest0 + 1.0
+        out: list[float] = []
+        for j in range(k):
+            a = self._decode_attention1(batch, base + fb * j, lo + j)
+            if a is None:
+                return None
+            out.append(fixed + a)
+        return out
+
+    def mixed_step_time(
+        self, pq: list[int], ctx: list[int], nb: int, dec_sum: int, dec_longest: int, rows: int
+    ) -> float | None:
+        """:meth:`step_time` of an iteration prefilling ``pq`` tokens over ``ctx`` cached ones and
+        decoding ``nb`` sequences whose contexts sum to ``dec_sum`` (longest ``dec_longest``), on
+        scalars and bit-identical (the attended-token sums are of integers, exact in any order);
+        None where the scalar form does not apply: use :meth:`step_time`."""
+        n = len(pq) + nb
+        if n == 0 or self.model.sliding_window is not None:
+            return None
+        T = sum(pq) + nb
+        if len(self._body) <= T or len(self._head) <= rows:
+            t = float(self.body_time(T)) + float(self.head_time(rows))  # grows the tables as step_time does
+        else:
+            t = float(self._body[T]) + float(self._head[rows])
+        total = 0.0
+        if nb:
+            a = self._decode_attention1(nb, float(dec_sum + nb), dec_longest + 1.0)
+            if a is None:
+                return None
+            total += a
+        if pq:
+            if any(q == 1 and c > 0 for q, c in zip(pq, ctx)):
+                return None  # a one-token chunk over a cache is priced as a decode: not here
+            heads, kvh, d, ab, kb = self._attn_consts()
+            tokens = float(sum(pq))
+            pairs = float(sum(q * c + q * (q + 1) // 2 for q, c in zip(pq, ctx)))
+            kv_tokens = float(sum(ctx)) + tokens
+            flops = 4.0 * heads * d * pairs
+            byts = 2.0 * tokens * heads * d * ab + 2.0 * kv_tokens * kvh * d * kb + 2.0 * tokens * kvh * d * kb
+            p = self.efficiency.roofline_time("attn_prefill", flops, byts, self._peaks[0], self._peaks[1])
+            if p is None:
+                return None
+            total += float(p) * self.layers
+        return t + total + self.host_time(n)
 
     def breakdown(self, q: np.ndarray, ctx: np.ndarray) -> list[OpTime]:
         """Per-operator times for one iteration (for `simkit estimate ops` and reports)."""

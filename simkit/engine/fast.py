@@ -15,6 +15,13 @@ came at the same time (all of the batch but the newest members), with the group 
 The request table is brought up to date for a request when it leaves the decode set (finish,
 preemption) and for all of them when the run ends (:meth:`FastReplica.sync`).
 
+Per step, the iteration time is evaluated on Python floats (``IterationModel.decode_step_times``
+and ``mixed_step_time``: the same operations in the same order as the array forms, so the same
+bits) wherever the efficiency model prices attention in closed form; a step that no other event
+can interrupt (nothing scheduled before it ends) moves the clock without a SimPy event
+(:meth:`FastReplica._elapse`); an admission that failed for want of blocks is not re-checked
+until enough blocks are free; finished requests leave the running set in O(1).
+
 Everything else is the reference engine's own code (the policies, admission, the event loop,
 the cost model calls with the same arguments), so per-request times are bit-for-bit those of
 :class:`Replica`; ``tests/test_fast_engine.py`` checks that on random scenarios. Plans the fast
@@ -28,7 +35,7 @@ pipeline parallelism, layer-by-layer execution and Chrome traces.
 from __future__ import annotations
 
 import heapq
-from bisect import insort
+from bisect import bisect_left, insort
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +60,39 @@ class _DecodeSet:
 
     def __len__(self) -> int:
         return self.n
+
+
+class _RunSet:
+    """The running requests in admission order, as the reference's list (``append``, ``pop`` of
+    the newest, ``[-1]``, ``len``, iteration) with O(1) removal of any member (``discard``)."""
+
+    __slots__ = ("d",)
+
+    def __init__(self) -> None:
+        self.d: dict[int, None] = {}
+
+    def append(self, i: int) -> None:
+        self.d[i] = None
+
+    def pop(self) -> int:
+        return self.d.popitem()[0]
+
+    def discard(self, i: int) -> None:
+        self.d.pop(i, None)
+
+    def __getitem__(self, k: int) -> int:
+        if k != -1:
+            raise IndexError("only the newest running request ([-1]) is read")
+        return next(reversed(self.d))
+
+    def __len__(self) -> int:
+        return len(self.d)
+
+    def __bool__(self) -> bool:
+        return bool(self.d)
+
+    def __iter__(self) -> Any:
+        return iter(self.d)
 
 
 def stand_in_contexts(n: int, total: int, longest: int) -> np.ndarray:
@@ -151,6 +191,10 @@ class FastReplica(Replica):
         self._last_dec = 0.0
         """End time of the last step that decoded the whole decode set."""
         self._prefill_memo: dict[tuple[int, int, int], float] = {}
+        self.running = _RunSet()  # type: ignore[assignment]
+        self._no_fit: tuple[int, int | None, int] | None = None
+        """(request, reserve_tokens, most blocks in use at which it fits) of the last admission
+        that did not fit for want of blocks."""
 
     # ---- the decode set ----------------------------------------------------------------------
     def _join(self, i: int) -> None:
@@ -310,10 +354,48 @@ class FastReplica(Replica):
 
     # ---- overrides of the reference engine ---------------------------------------------------
     def admit(self, i: int, reserve_tokens: int | None = None) -> bool:
+        # without a prefix cache or a spill tier, an admission fails only on the block count
+        # (``kv.can_admit``: free - need < watermark, checked before anything is touched), and a
+        # waiting request's need does not change: it fails again while the blocks in use stay
+        # above the level at which it would fit, so those repeated checks are skipped
+        kv = self.kv
+        nf = self._no_fit
+        if nf is not None and nf[0] == i and nf[1] == reserve_tokens and kv.used > nf[2]:
+            return False
         ok = super().admit(i, reserve_tokens)
-        if ok and self.table.kv_len[i] >= self.table.target[i]:
+        if not ok:
+            self._no_fit = None
+            if kv.cache is None and self.cfg.spill_after is None and kv.watermark_blocks >= 0:
+                t = self.table
+                tokens = int(reserve_tokens if reserve_tokens is not None else max(t.target[i], t.kv_len[i]) + 1)
+                if self.cfg.kv_cap_tokens is not None:
+                    tokens = min(tokens, self.cfg.kv_cap_tokens)
+                limit = kv.num_blocks - kv.blocks_for(tokens) - kv.watermark_blocks
+                if kv.used > limit:  # the reason it failed (guard: never remember anything else)
+                    self._no_fit = (i, reserve_tokens, limit)
+            return False
+        self._no_fit = None
+        if self.table.kv_len[i] >= self.table.target[i]:
             self._join(i)
-        return ok
+        return True
+
+    def _finish(self, ids: list[int]) -> None:
+        # the reference's _finish with O(1) removal from the running set (no prefill role here:
+        # disaggregated serving runs on the reference engine)
+        if not ids:
+            return
+        if len(self.group.engines) > 1:
+            self.group.wake_all()
+        t = self.table
+        now = self.env.now
+        run = self.running
+        for i in ids:
+            run.discard(i)  # type: ignore[attr-defined]
+        self._dec_cache = None
+        for i in ids:
+            t.finish[i] = now
+            self.outstanding -= 1
+            self._release(i, finished=True)
 
     def _preempt_one(self) -> bool:
         # the reference preempts the newest running request, reading its table row: bring the
@@ -341,6 +423,36 @@ class FastReplica(Replica):
             if not self._preempt_one():
                 raise AssertionError("a lone request cannot grow its KV cache (admission should have prevented this)")
 
+    def _elapse(self, dur: float):  # type: ignore[no-untyped-def]
+        """Let ``dur`` seconds of compute pass: ``yield env.timeout(dur)``, except that when no
+        event is scheduled up to the step's end (``env.peek()`` is later) nothing else can run
+        before this process resumes, so the clock is moved to the end directly, the same float
+        ``env.now + dur`` the timeout would fire at. Events at equal times keep their order
+        (``peek()`` equal to the end takes the event path), so every decision is the same."""
+        env = self.env
+        end = env.now + dur
+        if env.peek() > end:
+            env._now = end  # SimPy's clock (no public setter); the event queue is untouched
+            return
+        yield env.timeout(dur)
+
+    def _step_time(self, pq: list[int], kv_pre: list[int], nb: int, dec_sum: int, longest: int, rows: int) -> float:
+        """``IterationModel.step_time`` of a mixed iteration: on scalars where it can
+        (``mixed_step_time``), else on arrays with stand-ins for the decoding requests' contexts
+        (same count, sum and maximum: all the cost model reads of them)."""
+        cost = self.cost
+        dur = cost.mixed_step_time(pq, kv_pre, nb, dec_sum, longest, rows)
+        if dur is not None:
+            return dur
+        n_pq = len(pq)
+        q = np.ones(n_pq + nb, dtype=np.int64)
+        q[:n_pq] = pq
+        ctx = np.empty(n_pq + nb, dtype=np.int64)
+        ctx[:n_pq] = kv_pre
+        if nb:
+            ctx[n_pq:] = stand_in_contexts(nb, dec_sum, longest)
+        return cost.step_time(q, ctx, logits_rows=rows)
+
     def _mixed_step(self, step: Step):  # type: ignore[no-untyped-def]
         env = self.env
         t = self.table
@@ -350,22 +462,19 @@ class FastReplica(Replica):
         kv_pre = [int(t.kv_len[i]) for i in pre]
         completes = [kv_pre[k] + pq[k] >= int(t.target[i]) for k, i in enumerate(pre)]
         n_pq = len(pq)
-        q = np.ones(n_pq + nb, dtype=np.int64)
-        q[:n_pq] = pq
-        ctx = np.empty(n_pq + nb, dtype=np.int64)
-        ctx[:n_pq] = kv_pre
         mc = self.max_context
+        dec_sum = longest = 0
         if nb:
             # decode attention sees the decoding requests' contexts through their sum and their
-            # maximum (IterationModel.attention_time): stand-ins with the same sum and maximum
+            # maximum (IterationModel.attention_time)
             longest = self._longest_offset() + self._D
-            ctx[n_pq:] = stand_in_contexts(nb, self._sum_off + nb * self._D, longest)
+            dec_sum = self._sum_off + nb * self._D
             mc["attn_decode"] = max(mc["attn_decode"], longest + 1)
         if n_pq:
             mc["attn_prefill"] = max(mc["attn_prefill"], max(kv_pre[k] + pq[k] for k in range(n_pq)))
         rows = sum(completes) + nb
         if nb or n_pq != 1:
-            dur = self.cost.step_time(q, ctx, logits_rows=rows)
+            dur = self._step_time(pq, kv_pre, nb, dec_sum, longest, rows)
         else:
             # the time of a step prefilling one prompt is a pure function of (tokens, cached
             # tokens, rows), and prompt lengths repeat: memoised (bounded)
@@ -375,13 +484,13 @@ class FastReplica(Replica):
             if dur is None:
                 if len(memo) >= 100_000:
                     memo.clear()
-                dur = memo[key] = self.cost.step_time(q, ctx, logits_rows=rows)
-        if self.cost.tp > 1:
-            self.stage_comm[0] += self.cost.comm_time(int(q.sum()))
+                dur = memo[key] = self._step_time(pq, kv_pre, nb, dec_sum, longest, rows)
         n_tok = int(sum(pq))
+        if self.cost.tp > 1:
+            self.stage_comm[0] += self.cost.comm_time(n_tok + nb)
         if not self.pending_fetch:
             start = env.now
-            yield env.timeout(dur)
+            yield from self._elapse(dur)
             self.busy_time += dur
             self.busy_gpu_s += dur * self.cfg.num_gpus
             self.stage_busy[0] += dur
@@ -444,10 +553,29 @@ class FastReplica(Replica):
             if fixed > 0:
                 s = min(s, max(int(ta / fixed) + 2, 1))
         longest = self._longest_offset() + clock
-        times = self.cost.decode_steps(nb, float(self._sum_off + nb * clock), s, float(longest))
-        if s == 1:
+        kv0 = float(self._sum_off + nb * clock)
+        few = self.cost.decode_step_times(nb, kv0, s, float(longest)) if s <= 16 else None
+        if few is not None:
+            # a few steps on scalars: the running sum is np.cumsum's (sequential) sum
+            ends_l: list[float] = []
+            acc = 0.0
+            for x in few:
+                acc = x if not ends_l else acc + x
+                ends_l.append(acc)
+            if s > 1:
+                ta = self.next_arrival() - env.now
+                if ta < ends_l[-1]:
+                    j = bisect_left(ends_l, ta)
+                    s = min(s, j + 1)
+                    ends_l = ends_l[:s]
+                    few = few[:s]
+            times = few
+            first, dur = ends_l[0], ends_l[-1]
+        elif s == 1:
+            times = self.cost.decode_steps(nb, kv0, s, float(longest))
             first = dur = float(times[0])  # np.cumsum of one value is that value
         else:
+            times = self.cost.decode_steps(nb, kv0, s, float(longest))
             ends = np.cumsum(times)
             ta = self.next_arrival() - env.now
             if ta < float(ends[-1]):
@@ -462,7 +590,7 @@ class FastReplica(Replica):
             self.stage_comm[0] += self.cost.comm_time(nb) * s
         if not self.pending_fetch:
             start = env.now
-            yield env.timeout(dur)
+            yield from self._elapse(dur)
             self.busy_time += dur
             self.busy_gpu_s += dur * self.cfg.num_gpus
             self.stage_busy[0] += dur
@@ -473,7 +601,7 @@ class FastReplica(Replica):
         extra = max((now - start) - dur, 0.0)
         self._tbt_groups(start + first + extra)
         if s > 1:
-            self.tbt.push(times[1:], float(nb))
+            self.tbt.push(np.asarray(times[1:]), float(nb))
         self._D = clock + s
         self._last_dec = now
         self._fresh = {}

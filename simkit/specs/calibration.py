@@ -252,6 +252,8 @@ def find_profiles(device_kind: str, catalog_name: str) -> list[tuple[Path, dict[
     match, in name order, with its device facts (read without parsing the fitted models)."""
     import yaml
 
+    from simkit.specs.yamlio import _LOADER
+
     root = profiles_dir()
     if not root.is_dir():
         return []
@@ -259,7 +261,7 @@ def find_profiles(device_kind: str, catalog_name: str) -> list[tuple[Path, dict[
     for f in sorted(root.glob(f"*/{PROFILE_FILE}")):
         try:
             head = _device_block(f)
-            dev = (yaml.safe_load(head) or {}).get("device") or {}
+            dev = (yaml.load(head, Loader=_LOADER) or {}).get("device") or {}  # noqa: S506 - a safe loader (libyaml when available)
         except (OSError, yaml.YAMLError, AttributeError):
             continue
         if str(dev.get("catalog")) == str(catalog_name) and str(dev.get("kind", device_kind)) == str(device_kind):
