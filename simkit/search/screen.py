@@ -189,8 +189,9 @@ class Screener:
             else:
                 device = ComputeDevice.from_gpu(node.gpu)
             eff = self._calibration(sc, device)
-            if isinstance(getattr(eff, "device", None), dict):
-                device = device.calibrated(eff.device)
+            # the same device simulate() times against: the profile's roofline times the
+            # scenario's what-if scales (ComputeDevice.for_profile)
+            device = device.for_profile(eff, node.scale)
             self._devices[dk] = (device, eff)
         device, eff = self._devices[dk]
         pp_ = plan.precision
