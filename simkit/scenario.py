@@ -330,6 +330,16 @@ class Execution(_S):
     """Where the model computes; cpu on a node without GPUs."""
 
 
+class FleetGroup(_S):
+    gpu: str = Field(min_length=1)
+    """Catalog GPU this group's replicas run on (the base node with its GPU, host link and
+    NVLink replaced, as the search's ``gpu`` shorthand does)."""
+    replicas: int = Field(default=1, ge=1)
+    """Replicas of this group behind the shared router."""
+    tp: int = Field(default=1, ge=1)
+    """Tensor-parallel degree of each of this group's replicas."""
+
+
 class Plan(_S):
     batching: Batching = Batching()
     """Batching and scheduling policy."""
@@ -347,6 +357,23 @@ class Plan(_S):
     """Registered routing policy across replicas: round_robin, least_outstanding, prefix_aware."""
     execution: Execution = Execution()
     """How iterations execute, and on which device."""
+    fleet: list[FleetGroup] | None = None
+    """A heterogeneous fleet: groups of replicas on different GPU types behind one router, e.g.
+    ``[{gpu: h100-sxm, replicas: 2}, {gpu: l4, replicas: 3}]``; replaces plan.parallel's tp,
+    pp and replicas (leave them at 1). None: plan.parallel.replicas identical replicas."""
+
+    @model_validator(mode="after")
+    def _fleet(self) -> Plan:
+        if self.fleet is None:
+            return self
+        if not self.fleet:
+            raise ValueError("plan.fleet: expected at least one group {gpu, replicas, tp}")
+        par = self.parallel
+        for k in ("replicas", "tp", "pp"):
+            if getattr(par, k) != 1:
+                raise ValueError(f"plan.fleet and plan.parallel.{k} = {getattr(par, k)} are mutually exclusive: "
+                                 "give each fleet group its own replicas and tp")
+        return self
 
 
 class SLO(_S):

@@ -36,11 +36,11 @@ from simkit.policies.batching import BATCHING_POLICIES
 from simkit.policies.offload import build_offload_layout, check_offload_capacity, offload_gpu_usable
 from simkit.policies.parallel import Layout, check_parallel, expert_group_shares
 from simkit.policies.routing import ROUTING_POLICIES
-from simkit.scenario import Scenario
+from simkit.scenario import Scenario, apply_overrides, scenario_from_dict
 from simkit.specs.calibration import NO_HOST_OVERHEAD, HostOverhead
 from simkit.specs.catalog import load_model
 from simkit.specs.model import ModelSpec
-from simkit.specs.node import Node, resolve_node
+from simkit.specs.node import Node, gpu_swap, resolve_node
 from simkit.units import fmt_bytes
 from simkit.workload.base import Requests
 
@@ -457,6 +457,75 @@ class _Tracer:
 
 
 # ---- the one call ----------------------------------------------------------------------------
+def fleet_scenarios(sc: Scenario) -> list[Scenario]:
+    """One scenario per ``plan.fleet`` group: the base node with the group's GPU put in
+    (:func:`simkit.specs.node.gpu_swap`) and the group's tp and replicas, no fleet."""
+    assert sc.plan.fleet is not None
+    out = []
+    for k, grp in enumerate(sc.plan.fleet):
+        over: dict[str, Any] = {f"hardware.{f}": v for f, v in gpu_swap(grp.gpu, key=f"plan.fleet[{k}].gpu").items()}
+        over.update({"plan.parallel.tp": grp.tp, "plan.parallel.replicas": grp.replicas, "plan.fleet": None})
+        out.append(scenario_from_dict(apply_overrides(sc.raw_data(), over), where=sc.source))
+    return out
+
+
+@dataclass
+class _Group:
+    """What one group of identical replicas runs on (one group without ``plan.fleet``)."""
+
+    gpu: str
+    replicas: int
+    node: Node
+    layout: Layout
+    device: ComputeDevice
+    eff: EfficiencyModel
+    cal_info: str
+    mem: MemoryPlan
+    cost: IterationModel
+    gpus_per_replica: int
+    link_meas: dict[str, tuple[float, float]]
+    swap_bytes: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def _fleet_group(sc: Scenario, gpu: str, model: ModelSpec, prec: Precision, algo: str, reserve: int, where: str | None) -> _Group:
+    """Set up a further fleet group as :func:`simulate` sets up the first (GPU, no offload, pp = 1,
+    ep = 1: the fleet's checks refuse the rest)."""
+    node = resolve_node(sc.hardware, where=where)
+    par = sc.plan.parallel
+    layout = check_parallel(model, node, par, where=where)
+    _, device, eff, cal_info, cal_warn = resolve_compute(sc, node)
+    mem = plan_memory(sc, model, device, prec, par.tp, layout.layer_split, par.ep)
+    host = host_overhead(sc.plan.execution.iteration_overhead, eff)
+    cross = layout.tp_spans_nodes(0, 0)
+    cost = IterationModel(
+        model, device, eff, prec, tp=par.tp,
+        allreduce_time=comm_fn("all_reduce", node, par.tp, cross, algo, eff) if par.tp > 1 else None,
+        iteration_overhead=host.per_iteration_s, per_seq_overhead=host.per_sequence_s,
+    )
+    cost.reserve(reserve)
+    kvc = sc.plan.kv_cache
+    swap = kvc.swap_space if kvc.swap_space is not None else 4 * 2**30 * par.tp
+    lm = measured_links(eff, sc.plan.offload.io_block_size, sc.plan.offload.io_queue_depth)
+    return _Group(gpu, par.replicas, node, layout, device, eff, cal_info, mem, cost, par.tp, lm, swap, [cal_warn] if cal_warn else [])
+
+
+def _fleet_memory(groups: list[_Group], pc: Any, rep_group: list[int], replicas: list[ReplicaGroup]) -> dict[str, Any]:
+    """summary.json's ``memory`` of a fleet: each group accounted as :func:`account_memory` does
+    (on its own node type), tiers summed over the groups."""
+    out: dict[str, Any] = {}
+    for k, g in enumerate(groups):
+        mine = [r for r in replicas if rep_group[r.index] == k]
+        part = account_memory(g.node, g.mem, None, g.node.tiers(), g.replicas, g.gpus_per_replica, False, pc, g.swap_bytes, mine)
+        for name, t in part.items():
+            acc = out.setdefault(name, {"capacity_bytes": 0.0, "used_bytes": 0.0, "by_owner": {}})
+            acc["capacity_bytes"] += t["capacity_bytes"]
+            acc["used_bytes"] += t["used_bytes"]
+            for owner, v in t["by_owner"].items():
+                acc["by_owner"][owner] = acc["by_owner"].get(owner, 0.0) + v
+    return out
+
+
 def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = False, engine: str = "auto") -> Result:
     """Run a scenario. ``engine``: ``auto`` runs the fast exact path where it covers the plan
     (:mod:`simkit.engine.fast`) and the reference engine elsewhere; ``reference`` always runs the
@@ -466,6 +535,10 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     wall0 = time.perf_counter()
     warn: list[str] = []
     where = sc.source
+    scenario = sc
+    fleet_sc = fleet_scenarios(sc) if sc.plan.fleet is not None else None
+    if fleet_sc is not None:
+        sc = fleet_sc[0]  # the first group runs through the single-node set-up below
     node = resolve_node(sc.hardware, where=where)
     model = load_model(sc.model, where=where)
     plan = sc.plan
@@ -554,7 +627,8 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     )
     reqs = build_workload(sc)
     # no iteration holds more tokens than the whole workload's prompts plus one token per request
-    cost.reserve(min(most, int(reqs.input_tokens.sum()) + len(reqs)))
+    reserve = min(most, int(reqs.input_tokens.sum()) + len(reqs))
+    cost.reserve(reserve)
     bad_lines = (reqs.meta.get("bad_lines") or {}).get("count", 0)
     if bad_lines:
         shown = ", ".join(str(x) for x in reqs.meta["bad_lines"].get("lines", []))
@@ -651,6 +725,21 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         return float(arrivals[order[k]]) if k < len(order) else float("inf")
 
     swap_bytes = plan.kv_cache.swap_space if plan.kv_cache.swap_space is not None else 4 * 2**30 * gpus_per_replica
+    groups = [_Group(scenario.plan.fleet[0].gpu if fleet_sc else "", n_rep, node, layout, device, eff, cal_info, mem, cost,
+                     gpus_per_replica, link_meas, swap_bytes)]
+    if fleet_sc is not None:
+        if disagg or offloaded or use_cpu or pc.enabled or par.ep > 1:
+            raise ScenarioError(
+                "plan.fleet supports GPU replicas without offloading, disaggregated batching, prefix caching or "
+                "expert parallelism", where=where, key="plan.fleet",
+            )
+        for grp, sc_k in zip(scenario.plan.fleet[1:], fleet_sc[1:], strict=True):
+            g = _fleet_group(sc_k, grp.gpu, model, prec, algo, reserve, where)
+            for w in g.warnings:
+                warn.append(w)
+                warnings.warn(w, stacklevel=2)
+            groups.append(g)
+        n_rep = sum(g.replicas for g in groups)
     decode_router = ROUTING_POLICIES[plan.routing]()
     n_prefill = bat.prefill_replicas if disagg else 0
 
@@ -678,7 +767,10 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     )
     engine_cls = Replica if slow_reason else FastReplica
     engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
+    rep_group = [k for k, g in enumerate(groups) for _ in range(g.replicas)]
     for r in range(n_rep):
+        gk = groups[rep_group[r]]
+        mem, cost, gpus_per_replica, swap_bytes = gk.mem, gk.cost, gk.gpus_per_replica, gk.swap_bytes
         role = "both"
         if disagg:
             role = "prefill" if r < n_prefill else "decode"
@@ -709,7 +801,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             spill_capacity_tokens=off_mem.spill_tokens / n_rep if off_mem is not None else 0.0,
             kv_cap_tokens=kv_cap,
         )
-        links = _links(env, node, gpus_per_replica, trace, link_meas)
+        links = _links(env, gk.node, gpus_per_replica, trace, gk.link_meas)
         group = ReplicaGroup(r)
         stages = None
         if stage_costs is not None:
@@ -746,7 +838,12 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             if cache is not None:
                 cache.on_demote = rep.demote_traffic
         replicas.append(group)
+    g0 = groups[0]
+    mem, cost, gpus_per_replica, swap_bytes = g0.mem, g0.cost, g0.gpus_per_replica, g0.swap_bytes
     front = replicas[:n_prefill] if disagg else replicas
+    # a fleet's replicas hold different KV: a request goes to the replicas that can hold it
+    front_caps = [groups[rep_group[g.index]].mem.num_blocks * plan.kv_cache.block_size for g in front]
+    most_cap, least_cap = max(front_caps), min(front_caps)
     router = ROUTING_POLICIES[plan.routing]()
     max_tokens = bat.max_num_batched_tokens
     max_ctx = model.max_context
@@ -762,14 +859,15 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             reason = None
             if total > max_ctx:
                 reason = "exceeds_max_context"
-            elif mem.num_blocks * plan.kv_cache.block_size < (total if kv_cap is None else min(total, kv_cap)):
+            elif most_cap < (kv_need := total if kv_cap is None else min(total, kv_cap)):
                 reason = "exceeds_kv_capacity"
             elif policy_name in ("continuous", "disaggregated") and table.input[i] > max_tokens:
                 reason = "prompt_exceeds_token_budget"
             if reason is not None:
                 table.reject(i, reason)
                 continue
-            front[router.choose(i, front)].enqueue(i)
+            fits = front if kv_need <= least_cap else [g for g, c in zip(front, front_caps, strict=True) if c >= kv_need]
+            fits[router.choose(i, fits)].enqueue(i)
 
     env.process(arrival_process())
     if record_iterations:
@@ -795,10 +893,19 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         price = node.price_per_hour
         idle_w, tdp_w, n_dev = node.cpu.tdp * 0.3, node.cpu.tdp, node.sockets
         busy = sum(e.busy_time for e in engines_all) * node.sockets
-    else:
+    elif fleet_sc is None:
         assert node.gpu is not None
         price = node.price_per_hour * n_units / max(node.num_gpus, 1)
         idle_w, tdp_w, n_dev = node.gpu.idle_watts, node.gpu.tdp, n_units
+    else:
+        # energy = sum over groups of (GPUs x idle W x makespan + (TDP - idle) x busy GPU-seconds),
+        # written as one fleet-wide idle power and one busy power above idle
+        n_units = n_dev = sum(g.gpus_per_replica * g.replicas for g in groups)
+        price = sum(g.node.price_per_hour * g.gpus_per_replica * g.replicas / max(g.node.num_gpus, 1) for g in groups)
+        g_busy = [sum(e.busy_gpu_s for r in replicas if rep_group[r.index] == k for e in r.engines) for k in range(len(groups))]
+        idle_w = sum(g.node.gpu.idle_watts * g.gpus_per_replica * g.replicas for g in groups if g.node.gpu) / n_dev
+        above = sum((g.node.gpu.tdp - g.node.gpu.idle_watts) * b for g, b in zip(groups, g_busy, strict=True) if g.node.gpu)
+        tdp_w = idle_w + (above / busy if busy > 0 else 0.0)
     link_stats = {}
     for r in replicas:
         for k, link in r.links.items():
@@ -808,6 +915,8 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     per_gpu = []
     span = float(summary_span(table))
     for g in replicas:
+        gl = groups[rep_group[g.index]]
+        local = g.index - sum(x.replicas for x in groups[: rep_group[g.index]])
         for k in range(layout.pp if not use_cpu else 1):
             comp = sum(e.stage_busy[k] for e in g.engines) if layout.pp > 1 else sum(e.stage_busy[0] for e in g.engines)
             comm = sum(e.stage_comm[k] for e in g.engines) if layout.pp > 1 else sum(e.stage_comm[0] for e in g.engines)
@@ -815,7 +924,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
                 {
                     "replica": g.index,
                     "stage": k,
-                    "gpus": [layout.gpu(g.index, k, t) for t in range(layout.tp)] if not use_cpu else [],
+                    "gpus": [gl.layout.gpu(local, k, t) for t in range(gl.layout.tp)] if not use_cpu else [],
                     "compute_s": comp - comm,
                     "comm_s": comm,
                     "idle_s": max(span - comp, 0.0),
@@ -876,24 +985,47 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         "seed": sc.seed,
         "trace_bad_lines": int(bad_lines),
     }
-    summary = summarize(
-        table,
-        tbt,
-        CostInputs(price, n_dev, idle_w, tdp_w, busy, mem.num_blocks * n_rep, kv_tw * n_rep, max(g.engines[0].kv.peak for g in replicas) * n_rep),
-        sc.slo,
-        extra,
-    )
+    kv_total = mem.num_blocks * n_rep
+    kv_peak = max(g.engines[0].kv.peak for g in replicas) * n_rep
+    if fleet_sc is not None:
+        kv_total = sum(g.mem.num_blocks * g.replicas for g in groups)
+        kv_peak = sum(max(r.engines[0].kv.peak for r in replicas if rep_group[r.index] == k) * g.replicas for k, g in enumerate(groups))
+        for key, val in (("hardware", "+".join(dict.fromkeys(g.node.name for g in groups))),
+                         ("device", "+".join(dict.fromkeys(g.device.name for g in groups))),
+                         ("tp", tp), ("kv_blocks_per_replica", mem.num_blocks), ("weights_bytes_per_gpu", mem.weights_per_gpu)):
+            extra[key] = val if key in ("hardware", "device") or all(
+                val == {"tp": g.gpus_per_replica, "kv_blocks_per_replica": g.mem.num_blocks, "weights_bytes_per_gpu": g.mem.weights_per_gpu}[key]
+                for g in groups) else None
+        served = np.bincount(np.asarray([rep_group[x] for x in table.replica[np.isfinite(table.finish)]], dtype=np.int64),
+                             minlength=len(groups))
+        extra["fleet"] = [
+            {
+                "gpu": g.gpu,
+                "replicas": g.replicas,
+                "tp": g.gpus_per_replica,
+                "device": g.device.name,
+                "calibration": g.cal_info,
+                "kv_blocks_per_replica": g.mem.num_blocks,
+                "cost_per_hour_usd": g.node.price_per_hour * g.gpus_per_replica * g.replicas / max(g.node.num_gpus, 1),
+                "requests_completed": int(served[k]),
+            }
+            for k, g in enumerate(groups)
+        ]
+    summary = summarize(table, tbt, CostInputs(price, n_dev, idle_w, tdp_w, busy, kv_total, kv_tw * n_rep, kv_peak), sc.slo, extra)
     warn.extend(run_warnings(summary))
     longest_by = {c: max(e.max_context[c] for e in engines_all) for c in ("attn_prefill", "attn_decode")}
     summary["max_context_tokens"] = max(longest_by.values())
-    for cls, top in sorted(measured_context(eff).items()):
+    for cls, top in sorted({k: v for g in reversed(groups) for k, v in measured_context(g.eff).items()}.items()):
         longest = longest_by[cls]
         if longest > top:
             warn.append(
                 f"sequences attended up to {longest} tokens, beyond the {int(top)} tokens per sequence the calibration "
                 f"profile measured for {cls}: its time there is extrapolated by the fitted model"
             )
-    memory = account_memory(node, mem, off_mem, tiers, n_rep, gpus_per_replica, use_cpu, pc, swap_bytes, replicas)
+    if fleet_sc is None:
+        memory = account_memory(node, mem, off_mem, tiers, n_rep, gpus_per_replica, use_cpu, pc, swap_bytes, replicas)
+    else:
+        memory = _fleet_memory(groups, pc, rep_group, replicas)
     summary["memory"] = memory
     events = None
     if tracer is not None:
@@ -903,7 +1035,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
                 for s0, s1, tag, nb in link.intervals or []:
                     events.append({"name": tag or k, "ph": "X", "pid": r.index, "tid": link.name, "ts": s0 * 1e6, "dur": (s1 - s0) * 1e6, "args": {"bytes": nb}})
     link_busy = [(g.index, k, s0, s1) for g in replicas for k, link in g.links.items() for s0, s1 in link.busy_log or []]
-    return Result(sc, summary, table, log.rows, memory, warn, events,  # memory: per tier, by owner
+    return Result(scenario, summary, table, log.rows, memory, warn, events,  # memory: per tier, by owner
                   time.perf_counter() - wall0, calibration_provenance(sc, eff, cal_info), link_busy)
 
 

@@ -224,24 +224,10 @@ def _values(key: str, v: Any, ann: Any) -> list[Any]:
 
 # ---- shorthands ----------------------------------------------------------------------------
 def gpu_hardware(name: str) -> dict[str, Any]:
-    """Overrides that put GPU ``name`` in the base node: the GPU, its PCIe host link and, if it
-    has NVLink, the catalog NVLink whose bandwidth is closest to the GPU's (else GPUs talk over
-    PCIe)."""
-    from simkit.specs.catalog import default_catalog
+    """Overrides that put GPU ``name`` in the base node (:func:`simkit.specs.node.gpu_swap`)."""
+    from simkit.specs.node import gpu_swap
 
-    cat = default_catalog()
-    gpu = cat.get("gpu", name, key="space.gpu")
-    links: dict[str, Any] = {}
-    pcie = f"pcie-gen{gpu.pcie.gen}-x{gpu.pcie.lanes}"
-    if pcie in cat.items["link"]:
-        links["host_to_gpu"] = pcie
-    if gpu.nvlink_bandwidth:
-        nvl = [v for v in cat.items["link"].values() if v.type == "nvlink"]
-        best = min(nvl, key=lambda ln: abs(math.log(ln.bandwidth / gpu.nvlink_bandwidth)))
-        links["gpu_to_gpu"] = best.name
-    else:
-        links["gpu_to_gpu"] = None
-    return {"hardware.gpu": name, **{f"hardware.links.{k}": v for k, v in links.items()}}
+    return {f"hardware.{k}": v for k, v in gpu_swap(name, key="space.gpu").items()}
 
 
 def _gpu_axis(key: str, v: Any) -> Axis:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -243,3 +244,23 @@ def _apply_scale(scale, gpu, dram, cxl, ssd, links, where):  # type: ignore[no-u
         f = scale["ssd"]
         ssd = [(d.model_copy(update={"read_bandwidth": d.read_bandwidth * f, "write_bandwidth": d.write_bandwidth * f}), c) for d, c in ssd]
     return gpu, dram, cxl, ssd, links
+
+
+def gpu_swap(name: str, catalog: Catalog | None = None, key: str = "gpu") -> dict[str, Any]:
+    """Node fields that put catalog GPU ``name`` in a node: the GPU, its PCIe host link and, if
+    it has NVLink, the catalog NVLink whose bandwidth is closest to the GPU's (else GPUs talk
+    over PCIe). Keys are node fields, dotted (``gpu``, ``links.host_to_gpu``, ...)."""
+
+    cat = catalog or default_catalog()
+    gpu = cat.get("gpu", name, key=key)
+    out: dict[str, Any] = {"gpu": name}
+    pcie = f"pcie-gen{gpu.pcie.gen}-x{gpu.pcie.lanes}"
+    if pcie in cat.items["link"]:
+        out["links.host_to_gpu"] = pcie
+    if gpu.nvlink_bandwidth:
+        nvl = [v for v in cat.items["link"].values() if v.type == "nvlink"]
+        best = min(nvl, key=lambda ln: abs(math.log(ln.bandwidth / gpu.nvlink_bandwidth)))
+        out["links.gpu_to_gpu"] = best.name
+    else:
+        out["links.gpu_to_gpu"] = None
+    return out
