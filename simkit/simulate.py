@@ -901,7 +901,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         # energy = sum over groups of (GPUs x idle W x makespan + (TDP - idle) x busy GPU-seconds),
         # written as one fleet-wide idle power and one busy power above idle
         n_units = n_dev = sum(g.gpus_per_replica * g.replicas for g in groups)
-        price = sum(g.node.price_per_hour * g.gpus_per_replica * g.replicas / max(g.node.num_gpus, 1) for g in groups)
+        price = sum(g.node.price_per_hour * (g.gpus_per_replica * g.replicas) / max(g.node.num_gpus, 1) for g in groups)
         g_busy = [sum(e.busy_gpu_s for r in replicas if rep_group[r.index] == k for e in r.engines) for k in range(len(groups))]
         idle_w = sum(g.node.gpu.idle_watts * g.gpus_per_replica * g.replicas for g in groups if g.node.gpu) / n_dev
         above = sum((g.node.gpu.tdp - g.node.gpu.idle_watts) * b for g, b in zip(groups, g_busy, strict=True) if g.node.gpu)
@@ -1006,7 +1006,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
                 "device": g.device.name,
                 "calibration": g.cal_info,
                 "kv_blocks_per_replica": g.mem.num_blocks,
-                "cost_per_hour_usd": g.node.price_per_hour * g.gpus_per_replica * g.replicas / max(g.node.num_gpus, 1),
+                "cost_per_hour_usd": g.node.price_per_hour * (g.gpus_per_replica * g.replicas) / max(g.node.num_gpus, 1),
                 "requests_completed": int(served[k]),
             }
             for k, g in enumerate(groups)

@@ -158,6 +158,31 @@ class Screener:
             cat = _category(e)
             return Screened(False, (f"{e.key}: " if e.key else "") + e.message, cat, data)
 
+    def _screen_fleet(self, sc: Scenario, data: dict[str, Any]) -> Screened:
+        """A ``plan.fleet`` candidate: each group screened as its own plan (memory fit, layout,
+        names); exact cost and GPU counts summed. No bounds: the single-plan bounds do not cover a
+        mix of speeds behind one router, so a fleet is never pruned by a bound, only simulated."""
+        from simkit.simulate import fleet_scenarios
+
+        assert sc.plan.fleet is not None
+        exact: dict[str, float] = {"cost_per_hour_usd": 0.0, "gpus": 0, "replicas": 0}
+        sub = Screened(False)
+        for k, (grp, sc_k) in enumerate(zip(sc.plan.fleet, fleet_scenarios(sc), strict=True)):
+            at = f"plan.fleet[{k}] ({grp.gpu})"
+            try:
+                sub = self._screen(sc_k, data)
+            except SearchError:
+                raise
+            except SimkitError as e:
+                return Screened(False, f"{at}: " + (f"{e.key}: " if e.key else "") + e.message, _category(e), data)
+            if not sub.ok and sub.category != "rejects every request":  # another group may serve them
+                return Screened(False, f"{at}: {sub.reason}", sub.category, data)
+            for m in exact:
+                exact[m] += sub.exact[m]
+        exact["requests_total"] = sub.exact["requests_total"]
+        exact["seed"] = sc.seed
+        return Screened(True, "", "", data, exact)
+
     def _screen(self, sc: Scenario, data: dict[str, Any]) -> Screened:
         from simkit.cost.device import ComputeDevice
         from simkit.cost.ops import Precision
@@ -168,6 +193,8 @@ class Screener:
         from simkit.policies.routing import ROUTING_POLICIES
         from simkit.simulate import measured_links, plan_memory
 
+        if sc.plan.fleet is not None:
+            return self._screen_fleet(sc, data)
         where = sc.source
         node = self._node(sc)
         model = self._model(sc)

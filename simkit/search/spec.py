@@ -27,7 +27,7 @@ class SearchError(SimkitError):
 
 
 TOP_KEYS = ("name", "base", "space", "constraints", "objective", "top", "pareto", "capacity")
-SHORTHANDS = ("gpu", "layout", "precision", "offload")
+SHORTHANDS = ("gpu", "layout", "precision", "offload", "fleet")
 PRECISIONS: dict[str, dict[str, str]] = {
     "bf16": {"weights": "bf16", "activations": "bf16", "kv_cache": "bf16"},
     "fp16": {"weights": "fp16", "activations": "fp16", "kv_cache": "fp16"},
@@ -261,6 +261,37 @@ def _layout_axis(v: Any) -> Axis:
     return Axis("layout", labels, overs)
 
 
+def _fleet_axis(v: Any) -> Axis:
+    """Every mix of replicas over the given GPU types (each with ``tp`` GPUs) with 1 to
+    ``max_gpus`` GPUs in all, as ``plan.fleet`` (one group per type with at least one replica)."""
+    from simkit.specs.catalog import default_catalog
+
+    if not isinstance(v, dict) or "gpus" not in v:
+        raise SearchError("fleet: expected a mapping {gpus: [GPU, ...], max_gpus: N, tp: T}", key="space.fleet")
+    extra = set(v) - {"gpus", "max_gpus", "tp"}
+    if extra:
+        raise SearchError(f"fleet: unknown key(s) {sorted(extra)} (expected gpus, max_gpus, tp)", key="space.fleet")
+    cat = default_catalog()
+    names = cat.names("gpu") if v["gpus"] == "all" else _values("fleet.gpus", v["gpus"], str)
+    for n in names:
+        cat.get("gpu", str(n), key="space.fleet.gpus")
+    if len(set(names)) != len(names):
+        raise SearchError("fleet.gpus: a GPU type is listed twice", key="space.fleet.gpus")
+    mx, tp = v.get("max_gpus", 4), v.get("tp", 1)
+    for k, x in (("max_gpus", mx), ("tp", tp)):
+        if not isinstance(x, int) or isinstance(x, bool) or x < 1:
+            raise SearchError(f"fleet.{k}: expected an integer >= 1, got {x!r}", key=f"space.fleet.{k}")
+    labels, overs = [], []
+    for counts in itertools.product(range(mx // tp + 1), repeat=len(names)):
+        if 0 < sum(counts) * tp <= mx:
+            groups = [{"gpu": str(n), "replicas": c, "tp": tp} for n, c in zip(names, counts, strict=True) if c]
+            labels.append("+".join(f"{g['gpu']}:{g['replicas']}" for g in groups))
+            overs.append({"plan.fleet": groups})
+    if not labels:
+        raise SearchError(f"fleet: no replica of tp={tp} fits in max_gpus={mx}", key="space.fleet")
+    return Axis("fleet", labels, overs)
+
+
 def _precision_axis(v: Any) -> Axis:
     names = list(PRECISIONS) if v == "all" else _values("precision", v, str)
     overs = []
@@ -330,6 +361,8 @@ def parse_spec(data: Any, where: str | None = None, base_dir: str | Path | None 
                 axes.append(_precision_axis(v))
             elif key == "offload":
                 axes.append(_offload_axis(v))
+            elif key == "fleet":
+                axes.append(_fleet_axis(v))
             elif "." not in key and key not in Scenario.model_fields:
                 close = difflib.get_close_matches(key, [*SHORTHANDS, *Scenario.model_fields], n=3)
                 hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -345,6 +378,9 @@ def parse_spec(data: Any, where: str | None = None, base_dir: str | Path | None 
     spec_keys = [a.key for a in axes]
     if "gpu" in spec_keys and "hardware.gpu" in spec_keys:
         raise SearchError("give the GPU axis once (gpu or hardware.gpu)", where=w, key="space")
+    clash = [k for k in spec_keys if k in ("gpu", "hardware.gpu", "layout", "plan.fleet") or k.startswith(("plan.parallel.tp", "plan.parallel.pp", "plan.parallel.replicas"))]
+    if "fleet" in spec_keys and clash:
+        raise SearchError(f"the fleet axis sets each group's GPU, tp and replicas: drop {', '.join(clash)}", where=w, key="space.fleet")
     # objective
     cap_raw = data.get("capacity")
     metrics = known_metrics(cap_raw is not None)
