@@ -998,7 +998,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
                 for g in groups) else None
         served = np.bincount(np.asarray([rep_group[x] for x in table.replica[np.isfinite(table.finish)]], dtype=np.int64),
                              minlength=len(groups))
-        extra["fleet"] = [
+        extra["fleet_groups"] = [
             {
                 "gpu": g.gpu,
                 "replicas": g.replicas,

@@ -3,7 +3,6 @@ exact for one group, on both engines, and as a search axis whose optimum equals 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +35,16 @@ def test_mixed_fleet_hand_checked() -> None:
     s = res.summary
     assert s["cost_per_hour_usd"] == pytest.approx(2.99 + 0.56)
     assert s["gpus"] == 2 and s["replicas"] == 2
-    assert [(g["gpu"], g["replicas"], g["requests_completed"]) for g in s["fleet"]] == [("h100-sxm", 1, 1), ("l4", 1, 1)]
+    assert [(g["gpu"], g["replicas"], g["requests_completed"]) for g in s["fleet_groups"]] == [("h100-sxm", 1, 1), ("l4", 1, 1)]
     assert s["device"] == "h100-sxm+l4"
     fin = {int(r): float(f) for r, f in zip(res.table.replica, res.table.finish, strict=True)}
     assert fin[1] > fin[0]  # replica 1 is the L4
     # each group's KV blocks are its own GPU's (as a plain single-GPU plan on that GPU has)
-    for g in s["fleet"]:
+    for g in s["fleet_groups"]:
         alone = scenario_from_dict(apply_overrides(data, {**{f"hardware.{k}": v for k, v in gpu_swap(g["gpu"]).items()},
                                                           "plan.fleet": None}))
         assert g["kv_blocks_per_replica"] == simulate(alone).summary["kv_blocks_per_replica"]
-    assert s["kv_blocks_total"] == sum(g["kv_blocks_per_replica"] for g in s["fleet"])
+    assert s["kv_blocks_total"] == sum(g["kv_blocks_per_replica"] for g in s["fleet_groups"])
     assert s["kv_blocks_per_replica"] is None  # differs between groups: no single number
 
 
@@ -57,10 +56,10 @@ def test_fleet_of_one_group_equals_the_plain_plan(gpu: str, replicas: int, tp: i
     fleet = simulate(scenario_from_dict(apply_overrides(data, {"plan.fleet": [{"gpu": gpu, "replicas": replicas, "tp": tp}]})))
     plain = simulate(scenario_from_dict(apply_overrides(
         data, {**{f"hardware.{k}": v for k, v in gpu_swap(gpu).items()}, "plan.parallel.replicas": replicas, "plan.parallel.tp": tp})))
-    a = {k: v for k, v in fleet.summary.items() if k not in ("sim_wall_s", "fleet")}
+    a = {k: v for k, v in fleet.summary.items() if k not in ("sim_wall_s", "fleet_groups")}
     b = {k: v for k, v in plain.summary.items() if k != "sim_wall_s"}
     assert repr(a) == repr(b)
-    assert fleet.summary["fleet"][0]["requests_completed"] == plain.summary["requests_completed"]
+    assert fleet.summary["fleet_groups"][0]["requests_completed"] == plain.summary["requests_completed"]
 
 
 @pytest.mark.parametrize("routing", ["round_robin", "least_outstanding"])
@@ -70,7 +69,7 @@ def test_mixed_fleet_fast_path_equals_reference(routing: str) -> None:
                    fleet=[{"gpu": "h100-sxm", "replicas": 1}, {"gpu": "l4", "replicas": 2}, {"gpu": "a100-80gb-sxm", "tp": 2}])
     _, fast = assert_same_run(sc)
     assert fast["engine_path"] == "fast"
-    assert sum(g["requests_completed"] for g in fast["fleet"]) == fast["requests_completed"] == 40
+    assert sum(g["requests_completed"] for g in fast["fleet_groups"]) == fast["requests_completed"] == 40
 
 
 def test_fleet_energy_and_cost_sum_the_groups() -> None:
@@ -79,7 +78,7 @@ def test_fleet_energy_and_cost_sum_the_groups() -> None:
     s = simulate(_fleet(H100_L4, routing="least_outstanding")).summary
     assert s["cost_per_hour_usd"] == pytest.approx(2 * 2.99 + 3 * 0.56)
     assert s["gpus"] == 5
-    assert [g["cost_per_hour_usd"] for g in s["fleet"]] == pytest.approx([2 * 2.99, 3 * 0.56])
+    assert [g["cost_per_hour_usd"] for g in s["fleet_groups"]] == pytest.approx([2 * 2.99, 3 * 0.56])
     # energy: each GPU idles at its own idle power for the makespan and draws TDP - idle while busy
     cat = default_catalog()
     kinds = ["h100-sxm"] * 2 + ["l4"] * 3
