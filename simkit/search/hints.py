@@ -15,6 +15,12 @@ def vllm_flags(sc: Scenario) -> tuple[list[str], list[str]]:
     par, bat, prec, kv = p.parallel, p.batching, p.precision, p.kv_cache
     flags: list[str] = [f"--tensor-parallel-size {par.tp}", f"--pipeline-parallel-size {par.pp}"]
     notes: list[str] = []
+    if p.fleet is not None:
+        tps = {g.tp for g in p.fleet}
+        flags = [f"--tensor-parallel-size {tps.pop()}"] if len(tps) == 1 else []
+        groups = ", ".join(f"{g.replicas} x {g.gpu} (--tensor-parallel-size {g.tp})" for g in p.fleet)
+        notes.append(f"a heterogeneous fleet: one vLLM server per replica ({groups}) behind a load balancer "
+                     f"({p.routing} routing), each with the other flags shown")
     if par.replicas > 1:
         flags.append(f"--data-parallel-size {par.replicas}")
         notes.append(f"{par.replicas} replicas: --data-parallel-size (recent vLLM), or {par.replicas} servers behind a load balancer "
