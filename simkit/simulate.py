@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from simkit.engine.offload import OffloadExecutor
 from simkit.engine.replica import IterationLog, Replica, ReplicaConfig, ReplicaGroup, Stage
 from simkit.engine.resources import Link
 from simkit.engine.state import RequestTable, TBTHistogram
-from simkit.errors import CapacityError, ScenarioError
+from simkit.errors import CapacityError, ScenarioError, SimkitError
 from simkit.metrics import CostInputs, summarize
 from simkit.policies.batching import BATCHING_POLICIES
 from simkit.policies.offload import build_offload_layout, check_offload_capacity, offload_gpu_usable
@@ -469,6 +471,18 @@ def fleet_scenarios(sc: Scenario) -> list[Scenario]:
     return out
 
 
+@contextmanager
+def _in_group(sc: Scenario, k: int) -> Iterator[None]:
+    """Name fleet group ``k`` in an error raised while setting it up (no-op without a fleet)."""
+    try:
+        yield
+    except SimkitError as e:
+        if sc.plan.fleet is None:
+            raise
+        at = f"plan.fleet[{k}]"
+        raise type(e)(f"{at} ({sc.plan.fleet[k].gpu}): {e.message}" + (f" (as {e.key})" if e.key else ""), e.where, at) from None
+
+
 @dataclass
 class _Group:
     """What one group of identical replicas runs on (one group without ``plan.fleet``)."""
@@ -538,12 +552,20 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     scenario = sc
     fleet_sc = fleet_scenarios(sc) if sc.plan.fleet is not None else None
     if fleet_sc is not None:
+        p0 = sc.plan
+        if (not p0.offload.is_trivial or p0.batching.policy == "disaggregated" or p0.execution.device == "cpu"
+                or p0.prefix_cache.enabled or p0.parallel.ep > 1):
+            raise ScenarioError(
+                "plan.fleet supports GPU replicas without offloading, disaggregated batching, prefix caching or "
+                "expert parallelism", where=where, key="plan.fleet",
+            )
         sc = fleet_sc[0]  # the first group runs through the single-node set-up below
     node = resolve_node(sc.hardware, where=where)
     model = load_model(sc.model, where=where)
     plan = sc.plan
     par = plan.parallel
-    layout = check_parallel(model, node, par, where=where)
+    with _in_group(scenario, 0):
+        layout = check_parallel(model, node, par, where=where)
     offloaded = not plan.offload.is_trivial
     if offloaded and par.pp > 1:
         raise ScenarioError("offloading with pipeline parallelism (pp > 1) is not supported; use tp or replicas", where=where, key="plan.offload")
@@ -586,7 +608,8 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             mem0.tier,
         )
     else:
-        mem = plan_memory(sc, model, device, prec, tp, layout.layer_split, par.ep)
+        with _in_group(scenario, 0):
+            mem = plan_memory(sc, model, device, prec, tp, layout.layer_split, par.ep)
     cross_tp = layout.tp_spans_nodes(0, 0) if not use_cpu else False
     ep_share = None
     group_shares: list[float] = []
@@ -728,13 +751,9 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     groups = [_Group(scenario.plan.fleet[0].gpu if fleet_sc else "", n_rep, node, layout, device, eff, cal_info, mem, cost,
                      gpus_per_replica, link_meas, swap_bytes)]
     if fleet_sc is not None:
-        if disagg or offloaded or use_cpu or pc.enabled or par.ep > 1:
-            raise ScenarioError(
-                "plan.fleet supports GPU replicas without offloading, disaggregated batching, prefix caching or "
-                "expert parallelism", where=where, key="plan.fleet",
-            )
-        for grp, sc_k in zip(scenario.plan.fleet[1:], fleet_sc[1:], strict=True):
-            g = _fleet_group(sc_k, grp.gpu, model, prec, algo, reserve, where)
+        for k, (grp, sc_k) in enumerate(zip(scenario.plan.fleet[1:], fleet_sc[1:], strict=True), start=1):
+            with _in_group(scenario, k):
+                g = _fleet_group(sc_k, grp.gpu, model, prec, algo, reserve, where)
             for w in g.warnings:
                 warn.append(w)
                 warnings.warn(w, stacklevel=2)

@@ -179,3 +179,20 @@ def test_mixed_fleet_example_runs(tmp_path: Path) -> None:
     row = rows[rows["fleet"] == "h100-sxm:1+a100-80gb-sxm:1"].iloc[0]  # the documented winner: a mix
     assert row["usd_per_million_output_tokens"] == again["usd_per_million_output_tokens"]
     assert rows[rows["feasible"]]["usd_per_million_output_tokens"].min() == again["usd_per_million_output_tokens"]
+
+
+def test_a_group_that_cannot_hold_the_model_is_named_by_screening_and_simulation(tmp_path: Path) -> None:
+    """Llama-2-13B in fp16 (about 26 GB of weights) fits an H100 but not an L4 (24 GB)."""
+    from simkit.search.screen import Screener
+
+    data = make_scenario(model="llama-2-13b")
+    data["plan"]["fleet"] = [{"gpu": "h100-sxm"}, {"gpu": "l4"}]
+    with pytest.raises(Exception) as e:
+        simulate(scenario_from_dict(data))
+    assert e.value.key == "plan.fleet[1]" and "(l4)" in e.value.message
+    scr = Screener(str(tmp_path / "s.yaml"), cost_metrics=True)
+    s = scr.screen(make_scenario(model="llama-2-13b"), {"plan.fleet": data["plan"]["fleet"]})
+    assert not s.ok and s.reason.startswith("plan.fleet[1] (l4)")
+    ok = scr.screen(make_scenario(model="llama-2-13b"), {"plan.fleet": [{"gpu": "h100-sxm", "replicas": 2}]})
+    assert ok.ok and ok.exact["cost_per_hour_usd"] == pytest.approx(2 * 2.99) and ok.exact["gpus"] == 2
+    assert ok.lo == {} and ok.hi == {}  # no bounds: never pruned
