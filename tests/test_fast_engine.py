@@ -93,6 +93,29 @@ def test_fast_path_equals_reference(n, rate, inp, out, seed, replicas, routing, 
     assert fast["engine_path"] == "fast"
 
 
+@settings(max_examples=int(os.environ.get("SIMKIT_HYPOTHESIS_EXAMPLES", "25")) // 2 + 1, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@given(
+    n=st.integers(1, 50),
+    rate=st.floats(1.0, 200.0),
+    seed=st.integers(0, 10_000),
+    groups=st.lists(st.tuples(st.sampled_from(["h100-sxm", "a100-80gb-sxm", "l4"]), st.integers(1, 2), st.sampled_from([1, 2])),
+                    min_size=1, max_size=3, unique_by=lambda g: g[0]),
+    routing=st.sampled_from(["round_robin", "least_outstanding", "prefix_aware"]),
+    policy=st.sampled_from(["continuous", "chunked_prefill"]),
+    seqs=st.integers(1, 32),
+    calibration=st.sampled_from(["none", "auto"]),
+)
+def test_fast_path_equals_reference_on_mixed_fleets(n, rate, seed, groups, routing, policy, seqs, calibration):
+    """plan.fleet: replicas of different GPUs (own cost model and KV blocks) behind one router."""
+    batching = {"policy": policy, "max_num_seqs": seqs, "max_num_batched_tokens": 2048, "chunk_size": seqs + 256}
+    fleet = [{"gpu": g, "replicas": r, "tp": t} for g, r, t in groups]
+    sc = _scenario(n, rate, (10, 900), (1, 120), seed, 1, routing, batching, {"block_size": 16}, calibration, fleet=fleet)
+    _, fast = assert_same_run(sc)
+    assert fast["engine_path"] == "fast"
+    assert sum(g["requests_completed"] for g in fast["fleet_groups"]) == fast["requests_completed"]
+
+
 def test_fast_path_under_heavy_preemption():
     # a KV pool far too small for the load: many recompute preemptions on both policies
     for policy in ("continuous", "chunked_prefill"):

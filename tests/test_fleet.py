@@ -15,7 +15,6 @@ from simkit.simulate import simulate
 from simkit.specs.node import gpu_swap
 from simkit.study.store import RunStore
 from tests.conftest import make_scenario
-from tests.test_fast_engine import _scenario, assert_same_run
 
 H100_L4 = [{"gpu": "h100-sxm", "replicas": 2}, {"gpu": "l4", "replicas": 3}]
 
@@ -60,16 +59,6 @@ def test_fleet_of_one_group_equals_the_plain_plan(gpu: str, replicas: int, tp: i
     b = {k: v for k, v in plain.summary.items() if k != "sim_wall_s"}
     assert repr(a) == repr(b)
     assert fleet.summary["fleet_groups"][0]["requests_completed"] == plain.summary["requests_completed"]
-
-
-@pytest.mark.parametrize("routing", ["round_robin", "least_outstanding"])
-def test_mixed_fleet_fast_path_equals_reference(routing: str) -> None:
-    batching = {"policy": "continuous", "max_num_seqs": 16, "max_num_batched_tokens": 2048}
-    sc = _scenario(40, 30.0, (20, 700), (2, 90), 3, 1, routing, batching, {"block_size": 16}, "auto",
-                   fleet=[{"gpu": "h100-sxm", "replicas": 1}, {"gpu": "l4", "replicas": 2}, {"gpu": "a100-80gb-sxm", "tp": 2}])
-    _, fast = assert_same_run(sc)
-    assert fast["engine_path"] == "fast"
-    assert sum(g["requests_completed"] for g in fast["fleet_groups"]) == fast["requests_completed"] == 40
 
 
 def test_fleet_energy_and_cost_sum_the_groups() -> None:
