@@ -29,6 +29,9 @@ def print_summary(s: dict[str, Any], out: Any = None, wall_s: float | None = Non
     w(f"simkit: {s.get('model')} on {s.get('hardware')} ({s.get('device')}), policy {s.get('policy')}, "
       f"tp={s.get('tp')} replicas={s.get('replicas')}\n")
     w(f"  calibration      {s.get('calibration')}\n")
+    for g in s.get("fleet_groups") or []:
+        w(f"  fleet group      {g['replicas']} x {g['gpu']} (tp={g['tp']}): {g['requests_completed']} requests, "
+          f"${g['cost_per_hour_usd']:.2f}/h\n")
     w(f"  requests         {s['requests_completed']} completed, {s['requests_rejected']} rejected, "
       f"{s['requests_unfinished']} unfinished of {s['requests_total']}\n")
     w(f"  makespan         {s['makespan_s']:.3f} s\n")
