@@ -1017,7 +1017,8 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
                 for g in groups) else None
         served = np.bincount(np.asarray([rep_group[x] for x in table.replica[np.isfinite(table.finish)]], dtype=np.int64),
                              minlength=len(groups))
-        extra["calibration"] = "; ".join(f"{g.gpu}: {g.cal_info}" for g in groups)
+        if len(groups) > 1:
+            extra["calibration"] = "; ".join(f"{g.gpu}: {g.cal_info}" for g in groups)
         extra["fleet_groups"] = [
             {
                 "gpu": g.gpu,
