@@ -759,6 +759,9 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
                 warnings.warn(w, stacklevel=2)
             groups.append(g)
         n_rep = sum(g.replicas for g in groups)
+        if len(groups) > 1 and plan.routing == "round_robin":
+            warn.append("plan.fleet mixes GPU types under round_robin routing, which sends every replica the same share "
+                        "of requests whatever its speed; least_outstanding balances by load")
     decode_router = ROUTING_POLICIES[plan.routing]()
     n_prefill = bat.prefill_replicas if disagg else 0
 

@@ -64,7 +64,10 @@ def test_fleet_of_one_group_equals_the_plain_plan(gpu: str, replicas: int, tp: i
 def test_fleet_energy_and_cost_sum_the_groups() -> None:
     from simkit.specs.catalog import default_catalog
 
-    s = simulate(_fleet(H100_L4, routing="least_outstanding")).summary
+    assert any("round_robin" in w for w in simulate(_fleet(H100_L4)).warnings)
+    res = simulate(_fleet(H100_L4, routing="least_outstanding"))
+    assert not any("round_robin" in w for w in res.warnings)
+    s = res.summary
     assert s["cost_per_hour_usd"] == pytest.approx(2 * 2.99 + 3 * 0.56)
     assert s["gpus"] == 5
     assert [g["cost_per_hour_usd"] for g in s["fleet_groups"]] == pytest.approx([2 * 2.99, 3 * 0.56])
