@@ -153,6 +153,37 @@ def resolve_compute(sc: Scenario, node: Node) -> tuple[bool, ComputeDevice, Effi
     return use_cpu, device, eff, cal_info, cal_warn
 
 
+def plan_replica_memory(
+    sc: Scenario, model: ModelSpec, node: Node, device: ComputeDevice, eff: EfficiencyModel, prec: Precision,
+    layout: Layout, use_cpu: bool,
+) -> tuple[MemoryPlan, Any, Any]:
+    """(memory plan of one replica's devices, offload layout or None, offload capacity check or
+    None): the one place that decides what fits, for simulate() and the plan search's screening.
+    Raises CapacityError naming the tier when the plan does not fit."""
+    plan = sc.plan
+    tp = plan.parallel.tp
+    if plan.offload.is_trivial:
+        return plan_memory(sc, model, device, prec, tp, layout.layer_split, plan.parallel.ep), None, None
+    lm = measured_links(eff, plan.offload.io_block_size, plan.offload.io_queue_depth)
+    pageable = lm["h2d_pageable"][0] / lm["h2d"][0] if "h2d_pageable" in lm and "h2d" in lm else None
+    off_layout = build_offload_layout(plan.offload, model, prec, tp, use_cpu, pageable)
+    mem0 = plan_memory(sc, model, device, prec, tp, layout.layer_split, plan.parallel.ep, check=False)
+    off_mem = check_offload_capacity(
+        off_layout, model, prec, node, tp, plan.kv_cache.block_size, mem0.activations_per_gpu * tp,
+        offload_gpu_usable(device.memory, plan.kv_cache, plan.batching.policy == "static"), plan.kv_cache.num_blocks, sc.source,
+    )
+    mem = MemoryPlan(
+        sum(v for k, v in off_mem.need.get("hbm" if not use_cpu else "dram", {}).items() if k.startswith("weights")) / tp,
+        mem0.activations_per_gpu,
+        mem0.kv_bytes_per_token_per_gpu,
+        mem0.block_bytes,
+        off_mem.num_blocks,
+        mem0.usable_per_gpu,
+        mem0.tier,
+    )
+    return mem, off_layout, off_mem
+
+
 def host_overhead(scenario_value: float | None, eff: EfficiencyModel) -> HostOverhead:
     """The host time per iteration: the scenario's ``plan.execution.iteration_overhead`` when set
     (a fixed term), else the calibration profile's ``host_overhead``, else none."""
@@ -509,7 +540,7 @@ def _fleet_group(sc: Scenario, gpu: str, model: ModelSpec, prec: Precision, algo
     par = sc.plan.parallel
     layout = check_parallel(model, node, par, where=where)
     _, device, eff, cal_info, cal_warn = resolve_compute(sc, node)
-    mem = plan_memory(sc, model, device, prec, par.tp, layout.layer_split, par.ep)
+    mem, _, _ = plan_replica_memory(sc, model, node, device, eff, prec, layout, False)  # no offload in a fleet
     host = host_overhead(sc.plan.execution.iteration_overhead, eff)
     cross = layout.tp_spans_nodes(0, 0)
     cost = IterationModel(
@@ -587,29 +618,8 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     pp = plan.precision
     prec = Precision(pp.weights, pp.activations, pp.kv_cache, pp.group_size)
     tp = par.tp
-    off_layout = None
-    off_mem = None
-    if offloaded:
-        lm = measured_links(eff, plan.offload.io_block_size, plan.offload.io_queue_depth)
-        pageable = lm["h2d_pageable"][0] / lm["h2d"][0] if "h2d_pageable" in lm and "h2d" in lm else None
-        off_layout = build_offload_layout(plan.offload, model, prec, tp, use_cpu, pageable)
-        mem0 = plan_memory(sc, model, device, prec, tp, layout.layer_split, par.ep, check=False)
-        off_mem = check_offload_capacity(
-            off_layout, model, prec, node, tp, plan.kv_cache.block_size, mem0.activations_per_gpu * tp,
-            offload_gpu_usable(device.memory, plan.kv_cache, plan.batching.policy == "static"), plan.kv_cache.num_blocks, where,
-        )
-        mem = MemoryPlan(
-            sum(v for k, v in off_mem.need.get("hbm" if not use_cpu else "dram", {}).items() if k.startswith("weights")) / tp,
-            mem0.activations_per_gpu,
-            mem0.kv_bytes_per_token_per_gpu,
-            mem0.block_bytes,
-            off_mem.num_blocks,
-            mem0.usable_per_gpu,
-            mem0.tier,
-        )
-    else:
-        with _in_group(scenario, 0):
-            mem = plan_memory(sc, model, device, prec, tp, layout.layer_split, par.ep)
+    with _in_group(scenario, 0):
+        mem, off_layout, off_mem = plan_replica_memory(sc, model, node, device, eff, prec, layout, use_cpu)
     cross_tp = layout.tp_spans_nodes(0, 0) if not use_cpu else False
     ep_share = None
     group_shares: list[float] = []

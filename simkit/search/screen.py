@@ -188,10 +188,9 @@ class Screener:
         from simkit.cost.ops import Precision
         from simkit.errors import ScenarioError
         from simkit.policies.batching import BATCHING_POLICIES
-        from simkit.policies.offload import build_offload_layout, check_offload_capacity, offload_gpu_usable
         from simkit.policies.parallel import Layout, check_parallel
         from simkit.policies.routing import ROUTING_POLICIES
-        from simkit.simulate import measured_links, plan_memory
+        from simkit.simulate import plan_replica_memory
 
         if sc.plan.fleet is not None:
             return self._screen_fleet(sc, data)
@@ -224,18 +223,7 @@ class Screener:
         pp_ = plan.precision
         prec = Precision(pp_.weights, pp_.activations, pp_.kv_cache, pp_.group_size)
         tp = par.tp
-        if offloaded:
-            lm = measured_links(eff, plan.offload.io_block_size, plan.offload.io_queue_depth)
-            pageable = lm["h2d_pageable"][0] / lm["h2d"][0] if "h2d_pageable" in lm and "h2d" in lm else None
-            off_layout = build_offload_layout(plan.offload, model, prec, tp, use_cpu, pageable)
-            mem0 = plan_memory(sc, model, device, prec, tp, layout.layer_split, par.ep, check=False)
-            off_mem = check_offload_capacity(
-                off_layout, model, prec, node, tp, plan.kv_cache.block_size, mem0.activations_per_gpu * tp,
-                offload_gpu_usable(device.memory, plan.kv_cache, plan.batching.policy == "static"), plan.kv_cache.num_blocks, where,
-            )
-            num_blocks = off_mem.num_blocks
-        else:
-            num_blocks = plan_memory(sc, model, device, prec, tp, layout.layer_split, par.ep).num_blocks
+        num_blocks = plan_replica_memory(sc, model, node, device, eff, prec, layout, use_cpu)[0].num_blocks
         bat = plan.batching
         disagg = bat.policy == "disaggregated"
         if not disagg and bat.policy not in BATCHING_POLICIES:
