@@ -660,7 +660,7 @@ def check_invariants(res: Any) -> list[str]:
         if isinstance(v, float) and not isinstance(v, bool):
             if math.isinf(v):
                 bad.append(f"infinite {k}")
-            elif v < 0 and k != "sim_wall_s":
+            elif v < 0 and k != "sim_wall_s" and not k.endswith("_growth"):  # growth: a signed slope
                 bad.append(f"negative {k}")
             elif math.isnan(v) and s["requests_completed"] and k.endswith("_s") and not k.startswith(("tpot", "tbt")):
                 bad.append(f"NaN {k} with completed requests")
