@@ -5,6 +5,20 @@ import pytest
 from simkit.scenario import scenario_from_dict
 
 
+def uniform_workload(n, rate, inp, out):
+    """A synthetic workload of ``n`` Poisson arrivals at ``rate``/s with uniform (low, high) lengths."""
+    return {
+        "synthetic": {
+            "num_requests": n,
+            "arrival": {"process": "poisson", "rate": rate},
+            "lengths": {
+                "input": {"dist": "uniform", "low": inp[0], "high": inp[1]},
+                "output": {"dist": "uniform", "low": out[0], "high": out[1]},
+            },
+        }
+    }
+
+
 def make_scenario(**over):
     """A small scenario dict with sensible defaults; keyword args replace top-level keys."""
     data = {

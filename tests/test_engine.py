@@ -7,21 +7,12 @@ from hypothesis import strategies as st
 
 from simkit.scenario import scenario_from_dict
 from simkit.simulate import simulate
-from tests.conftest import make_scenario
+from tests.conftest import make_scenario, uniform_workload
 
 
 def _syn(n=60, rate=20.0, inp=(64, 512), out=(4, 64), seed=0, **plan):
     data = make_scenario(
-        workload={
-            "synthetic": {
-                "num_requests": n,
-                "arrival": {"process": "poisson", "rate": rate},
-                "lengths": {
-                    "input": {"dist": "uniform", "low": inp[0], "high": inp[1]},
-                    "output": {"dist": "uniform", "low": out[0], "high": out[1]},
-                },
-            }
-        },
+        workload=uniform_workload(n, rate, inp, out),
         seed=seed,
     )
     data["plan"].update(plan)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from simkit.scenario import scenario_from_dict
 from simkit.simulate import simulate
-from tests.conftest import make_scenario
+from tests.conftest import make_scenario, uniform_workload
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,16 +24,7 @@ COLUMNS = ("first_token", "finish", "scheduled", "last_token", "gen", "kv_len", 
 
 def _scenario(n, rate, inp, out, seed, replicas, routing, batching, kv_cache, calibration="none", tp=1, **extra):
     data = make_scenario(
-        workload={
-            "synthetic": {
-                "num_requests": n,
-                "arrival": {"process": "poisson", "rate": rate},
-                "lengths": {
-                    "input": {"dist": "uniform", "low": inp[0], "high": inp[1]},
-                    "output": {"dist": "uniform", "low": out[0], "high": out[1]},
-                },
-            }
-        },
+        workload=uniform_workload(n, rate, inp, out),
         seed=seed,
         calibration=calibration,
     )

@@ -48,6 +48,11 @@ ELEMENTWISE_KIND = {
 }
 
 
+def _catalog_peaks(peak_flops: Any) -> dict[str, float]:
+    """dtype -> peak FLOP/s of a catalog device, for the dtypes it lists."""
+    return {d: float(v) for d in ("fp32", "tf32", "fp16", "bf16", "fp8", "int8") if (v := getattr(peak_flops, d)) is not None}
+
+
 def sig(x: float, digits: int = 6) -> float:
     """``x`` rounded to ``digits`` significant digits (what profile.yaml stores exactly)."""
     x = float(x)
@@ -113,23 +118,13 @@ def roof_from_device(device: Mapping[str, Any], samples: Any = None) -> Roof:
             cat = default_catalog()
             if kind == "gpu":
                 g = cat.get("gpu", str(cat_name))
-                if not peaks:
-                    peaks = {
-                        d: float(v)
-                        for d in ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")
-                        if (v := getattr(g.peak_flops, d)) is not None
-                    }
+                peaks = peaks or _catalog_peaks(g.peak_flops)
                 bw = bw or g.memory_bandwidth
                 sm = sm or g.sm_count
             else:
                 c = cat.get("cpu", str(cat_name))
                 mem = cat.get("memory", c.memory_type)
-                if not peaks:
-                    peaks = {
-                        d: float(v)
-                        for d in ("fp32", "tf32", "fp16", "bf16", "fp8", "int8")
-                        if (v := getattr(c.peak_flops, d)) is not None
-                    }
+                peaks = peaks or _catalog_peaks(c.peak_flops)
                 bw = bw or mem.bandwidth
                 sm = sm or c.cores
         except Exception as e:  # a catalog problem must not hide behind a fitting error

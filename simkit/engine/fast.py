@@ -423,6 +423,18 @@ class FastReplica(Replica):
             if not self._preempt_one():
                 raise AssertionError("a lone request cannot grow its KV cache (admission should have prevented this)")
 
+    def _compute(self, dur: float):  # type: ignore[no-untyped-def]
+        """Run ``dur`` seconds of compute (waiting for pending transfers when there are any) and
+        account it as busy time; returns the step's start time."""
+        if self.pending_fetch:
+            return (yield from self._wait_fetch(dur, None))
+        start = self.env.now
+        yield from self._elapse(dur)
+        self.busy_time += dur
+        self.busy_gpu_s += dur * self.cfg.num_gpus
+        self.stage_busy[0] += dur
+        return start
+
     def _elapse(self, dur: float):  # type: ignore[no-untyped-def]
         """Let ``dur`` seconds of compute pass: ``yield env.timeout(dur)``, except that when no
         event is scheduled up to the step's end (``env.peek()`` is later) nothing else can run
@@ -488,14 +500,7 @@ class FastReplica(Replica):
         n_tok = int(sum(pq))
         if self.cost.tp > 1:
             self.stage_comm[0] += self.cost.comm_time(n_tok + nb)
-        if not self.pending_fetch:
-            start = env.now
-            yield from self._elapse(dur)
-            self.busy_time += dur
-            self.busy_gpu_s += dur * self.cfg.num_gpus
-            self.stage_busy[0] += dur
-        else:
-            start = yield from self._wait_fetch(dur, None)
+        start = yield from self._compute(dur)
         now = env.now
         self.log.add(self.index, start, now, 1, n_tok, nb, n_pq + nb, self.kv.in_use)
         finished: list[int] = []
@@ -588,14 +593,7 @@ class FastReplica(Replica):
         self.max_context["attn_decode"] = max(self.max_context["attn_decode"], longest + s)
         if self.cost.tp > 1:
             self.stage_comm[0] += self.cost.comm_time(nb) * s
-        if not self.pending_fetch:
-            start = env.now
-            yield from self._elapse(dur)
-            self.busy_time += dur
-            self.busy_gpu_s += dur * self.cfg.num_gpus
-            self.stage_busy[0] += dur
-        else:
-            start = yield from self._wait_fetch(dur, None)
+        start = yield from self._compute(dur)
         now = env.now
         self.log.add(self.index, start, now, s, 0, nb, nb, self.kv.in_use)
         extra = max((now - start) - dur, 0.0)
