@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import yaml
 
 from simkit.search.metrics import known_metrics
-from simkit.search.run import Cand, SearchResult, closest_miss, rejected_by_reason, winner_data
+from simkit.search.run import Cand, SearchResult, finite_number, closest_miss, rejected_by_reason, winner_data
 
 FIXED_COLS = ("candidate_id", "feasible", "reason", "simulated")
 
@@ -62,7 +62,7 @@ def pareto_ids(res: SearchResult) -> dict[str, list[str]]:
     for a, b in res.spec.pareto:
         pts = []
         for c in feas:
-            va, vb = _num(c.row.get(a)), _num(c.row.get(b))
+            va, vb = finite_number(c.row.get(a)), finite_number(c.row.get(b))
             if va is None or vb is None:
                 continue
             pts.append(((va if dirs[a] else -va), (vb if dirs[b] else -vb), c))
@@ -75,14 +75,6 @@ def pareto_ids(res: SearchResult) -> dict[str, list[str]]:
                 front.append(x[2].cid)
         out[f"{a}|{b}"] = sorted(set(front))
     return out
-
-
-def _num(v: Any) -> float | None:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
 
 
 def portable(data: dict[str, Any], where: str, out_dir: Path) -> dict[str, Any]:
@@ -200,7 +192,7 @@ def write_search(res: SearchResult, out: str | Path) -> list[Path]:
 
 
 def _cell(v: Any, metric: str) -> str:
-    x = _num(v)
+    x = finite_number(v)
     if x is None:
         return "-" if not isinstance(v, str) else v
     if metric.endswith("_s") and not metric.endswith("_per_s"):

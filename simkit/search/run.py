@@ -243,7 +243,7 @@ def run_search(
             c.reason = row.get("capacity_reason") or "; ".join(f"{x.metric} = {_fmt(row.get(x.metric))}, limit {x.value:g}" for x in v)
             c.category = f"constraint {v[0].metric}"
             return
-        val = _num(row.get(spec.objective))
+        val = finite_number(row.get(spec.objective))
         if val is None:
             c.reason = f"objective {spec.objective} is undefined for this plan"
             c.category = "objective undefined"
@@ -326,7 +326,7 @@ def _parallel(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _num(v: Any) -> float | None:
+def finite_number(v: Any) -> float | None:
     try:
         x = float(v)
     except (TypeError, ValueError):
@@ -335,7 +335,7 @@ def _num(v: Any) -> float | None:
 
 
 def _fmt(v: Any) -> str:
-    x = _num(v)
+    x = finite_number(v)
     return "undefined" if x is None else f"{x:.4g}"
 
 
@@ -343,15 +343,15 @@ def _check_bounds(s: Screened, row: dict[str, Any]) -> list[str]:
     """Bounds a simulation broke (there should be none; a violation switches pruning off)."""
     bad = []
     for m, b in s.lo.items():
-        v = _num(row.get(m))
+        v = finite_number(row.get(m))
         if v is not None and v < b * (1 - 1e-9) - 1e-12:
             bad.append(f"{m} = {v:.6g} below its lower bound {b:.6g}")
     for m, b in s.hi.items():
-        v = _num(row.get(m))
+        v = finite_number(row.get(m))
         if v is not None and v > b * (1 + 1e-9) + 1e-12:
             bad.append(f"{m} = {v:.6g} above its upper bound {b:.6g}")
     for m, b in s.exact.items():
-        v = _num(row.get(m))
+        v = finite_number(row.get(m))
         if v is not None and abs(v - b) > 1e-9 * max(abs(b), 1.0):
             bad.append(f"{m} = {v:.6g}, screening said {b:.6g}")
     return bad
@@ -440,8 +440,8 @@ def _capacity_eval(spec: SearchSpec, c: Cand, run_one: Callable[[dict[str, Any]]
     row["max_rate_rps"] = r
     row["max_rate_capped"] = capped
     row["rate_rps"] = r
-    price = _num(row.get("cost_per_hour_usd"))
-    gpus = _num(row.get("gpus"))
+    price = finite_number(row.get("cost_per_hour_usd"))
+    gpus = finite_number(row.get("gpus"))
     row["max_rate_rps_per_usd_hour"] = r / price if price else math.nan
     row["max_rate_rps_per_gpu"] = r / gpus if gpus else math.nan
     return row
@@ -477,7 +477,7 @@ def closest_miss(res: SearchResult) -> str | None:
     cons = [x for x in res.spec.constraints if x.metric == metric]
     best_v = None
     for c in res.cands:
-        v = _num(c.row.get(metric)) if c.simulated else None
+        v = finite_number(c.row.get(metric)) if c.simulated else None
         if v is None and metric in c.screen.exact:
             v = float(c.screen.exact[metric])
         if v is None:
