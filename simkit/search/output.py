@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import yaml
 
 from simkit.search.metrics import known_metrics
-from simkit.search.run import Cand, SearchResult, finite_number, closest_miss, rejected_by_reason, winner_data
+from simkit.search.run import Cand, SearchResult, closest_miss, finite_number, rejected_by_reason, winner_data
 
 FIXED_COLS = ("candidate_id", "feasible", "reason", "simulated")
 
