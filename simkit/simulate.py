@@ -26,10 +26,11 @@ from simkit.cost.memory import activation_bytes
 from simkit.cost.offload import OffloadCompute
 from simkit.cost.ops import Precision
 from simkit.cost.profile import Profile
-from simkit.engine.fast import FastReplica, fast_path_reason
+from simkit.engine.engine import Engine, EngineConfig, IterationLog, Stage
+from simkit.engine.fast import FastEngine, fast_path_reason
 from simkit.engine.kvcache import KVBlockManager, PrefixCache
 from simkit.engine.offload import OffloadExecutor
-from simkit.engine.replica import IterationLog, Replica, ReplicaConfig, ReplicaGroup, Stage
+from simkit.engine.replica import Replica
 from simkit.engine.resources import Link
 from simkit.engine.state import RequestTable, TBTHistogram
 from simkit.errors import CapacityError, ScenarioError, SimkitError
@@ -555,7 +556,7 @@ def _fleet_group(sc: Scenario, gpu: str, model: ModelSpec, prec: Precision, algo
     return _Group(gpu, par.replicas, node, layout, device, eff, cal_info, mem, cost, par.tp, lm, swap, [cal_warn] if cal_warn else [])
 
 
-def _fleet_memory(groups: list[_Group], pc: Any, rep_group: list[int], replicas: list[ReplicaGroup]) -> dict[str, Any]:
+def _fleet_memory(groups: list[_Group], pc: Any, rep_group: list[int], replicas: list[Replica]) -> dict[str, Any]:
     """summary.json's ``memory`` of a fleet: each group accounted as :func:`account_memory` does
     (on its own node type), tiers summed over the groups."""
     out: dict[str, Any] = {}
@@ -615,8 +616,8 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
 
         for msg in startup_check(eff):
             warnings.warn(msg, stacklevel=2)
-    pp = plan.precision
-    prec = Precision(pp.weights, pp.activations, pp.kv_cache, pp.group_size)
+    precision = plan.precision
+    prec = Precision(precision.weights, precision.activations, precision.kv_cache, precision.group_size)
     tp = par.tp
     with _in_group(scenario, 0):
         mem, off_layout, off_mem = plan_replica_memory(sc, model, node, device, eff, prec, layout, use_cpu)
@@ -738,7 +739,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             "streams and sizes the KV of the whole context (as FlexGen does): KV traffic and capacity are those of "
             "full attention"
         )
-    replicas: list[ReplicaGroup] = []
+    replicas: list[Replica] = []
     executors: list[OffloadExecutor] = []
     link_meas = measured_links(eff, plan.offload.io_block_size, plan.offload.io_queue_depth)
     cpu_cost = None
@@ -797,7 +798,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         plan.execution.mode == "layer_by_layer", off_layout is not None and off_layout.spill_after is not None, trace,
         model.sliding_window is not None,
     )
-    engine_cls = Replica if slow_reason else FastReplica
+    engine_cls = Engine if slow_reason else FastEngine
     engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
     rep_group = [k for k, g in enumerate(groups) for _ in range(g.replicas)]
     for r in range(n_rep):
@@ -820,7 +821,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             mem.num_blocks, plan.kv_cache.block_size, int(plan.kv_cache.watermark * mem.num_blocks), cache=cache,
             clock=lambda: env.now,
         )
-        cfg = ReplicaConfig(
+        cfg = EngineConfig(
             plan.kv_cache.block_size,
             mem.kv_bytes_per_token_per_gpu,
             plan.kv_cache.preemption,
@@ -834,7 +835,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             kv_cap_tokens=kv_cap,
         )
         links = _links(env, gk.node, gpus_per_replica, trace, gk.link_meas)
-        group = ReplicaGroup(r)
+        rep = Replica(r)
         stages = None
         if stage_costs is not None:
             stages = []
@@ -862,14 +863,14 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             if offloaded and bopts["batch_size"] is None and plan.offload.gpu_batch_size:
                 bopts["batch_size"] = plan.offload.gpu_batch_size * plan.offload.num_gpu_batches
             policy = BATCHING_POLICIES[pname](**bopts)
-            rep = engine_cls(
+            eng = engine_cls(
                 env, r, table, cost, policy, kv, cfg, tbt, log, next_arrival, links,
-                on_prefilled if role == "prefill" else None, tracer, group=group, stages=stages, engine_id=v,
+                on_prefilled if role == "prefill" else None, tracer, replica=rep, stages=stages, engine_id=v,
                 offload=executor,
             )
             if cache is not None:
-                cache.on_demote = rep.demote_traffic
-        replicas.append(group)
+                cache.on_demote = eng.demote_traffic
+        replicas.append(rep)
     g0 = groups[0]
     mem, cost, gpus_per_replica, swap_bytes = g0.mem, g0.cost, g0.gpus_per_replica, g0.swap_bytes
     front = replicas[:n_prefill] if disagg else replicas
@@ -909,7 +910,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     env.run()
     for g in replicas:
         for e in g.engines:
-            if isinstance(e, FastReplica):
+            if isinstance(e, FastEngine):
                 e.sync()
 
     # KV utilisation, time-weighted: blocks in use integrated over the run by each replica's

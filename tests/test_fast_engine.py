@@ -121,10 +121,10 @@ def test_shortcuts_are_exercised_and_exact(monkeypatch):
     """Steps that advance the clock without a SimPy event, and admissions refused from memory,
     both happen in these runs, and the runs equal the reference's bit for bit."""
     from simkit.engine import fast as fast_mod
-    from simkit.engine.replica import Replica
+    from simkit.engine.engine import Engine
 
     seen = {"direct": 0, "event": 0, "fast_admit": 0, "checked_admit": 0}
-    elapse, fast_admit, base_admit = fast_mod.FastReplica._elapse, fast_mod.FastReplica.admit, Replica.admit
+    elapse, fast_admit, base_admit = fast_mod.FastEngine._elapse, fast_mod.FastEngine.admit, Engine.admit
 
     def counting_elapse(self, dur):
         seen["direct" if self.env.peek() > self.env.now + dur else "event"] += 1
@@ -135,13 +135,13 @@ def test_shortcuts_are_exercised_and_exact(monkeypatch):
         return fast_admit(self, i, reserve_tokens)
 
     def counting_base_admit(self, i, reserve_tokens=None):
-        if isinstance(self, fast_mod.FastReplica):
+        if isinstance(self, fast_mod.FastEngine):
             seen["checked_admit"] += 1
         return base_admit(self, i, reserve_tokens)
 
-    monkeypatch.setattr(fast_mod.FastReplica, "_elapse", counting_elapse)
-    monkeypatch.setattr(fast_mod.FastReplica, "admit", counting_fast_admit)
-    monkeypatch.setattr(Replica, "admit", counting_base_admit)
+    monkeypatch.setattr(fast_mod.FastEngine, "_elapse", counting_elapse)
+    monkeypatch.setattr(fast_mod.FastEngine, "admit", counting_fast_admit)
+    monkeypatch.setattr(Engine, "admit", counting_base_admit)
     for policy, replicas in (("continuous", 1), ("chunked_prefill", 2)):
         batching = {"policy": policy, "max_num_seqs": 48, "chunk_size": 256}
         sc = _scenario(150, 20.0, (50, 900), (20, 200), 5, replicas, "least_outstanding", batching, {"num_blocks": 150})

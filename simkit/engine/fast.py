@@ -1,4 +1,4 @@
-"""The fast exact path of the serving loop: the same decisions as :class:`Replica`, with O(1)
+"""The fast exact path of the serving loop: the same decisions as :class:`Engine`, with O(1)
 running totals per step instead of per-request numpy work.
 
 The reference loop gathers every decoding request's KV length, generated count and block count
@@ -13,18 +13,18 @@ requests: a request needs its next block at a clock ``n0`` fixed when it joins, 
 Inter-token gaps of a step go to the histogram once per group of requests whose last token
 came at the same time (all of the batch but the newest members), with the group size as weight.
 The request table is brought up to date for a request when it leaves the decode set (finish,
-preemption) and for all of them when the run ends (:meth:`FastReplica.sync`).
+preemption) and for all of them when the run ends (:meth:`FastEngine.sync`).
 
 Per step, the iteration time is evaluated on Python floats (``IterationModel.decode_step_times``
 and ``mixed_step_time``: the same operations in the same order as the array forms, so the same
 bits) wherever the efficiency model prices attention in closed form; a step that no other event
 can interrupt (nothing scheduled before it ends) moves the clock without a SimPy event
-(:meth:`FastReplica._elapse`); an admission that failed for want of blocks is not re-checked
+(:meth:`FastEngine._elapse`); an admission that failed for want of blocks is not re-checked
 until enough blocks are free; finished requests leave the running set in O(1).
 
 Everything else is the reference engine's own code (the policies, admission, the event loop,
 the cost model calls with the same arguments), so per-request times are bit-for-bit those of
-:class:`Replica`; ``tests/test_fast_engine.py`` checks that on random scenarios. Plans the fast
+:class:`Engine`; ``tests/test_fast_engine.py`` checks that on random scenarios. Plans the fast
 path does not cover run on the reference engine, and ``summary.json`` says which path ran and
 why (``engine_path``). Covered: ``continuous`` and ``chunked_prefill`` batching, any number of
 replicas and any routing, recompute preemption. Not covered (reference engine): static
@@ -43,15 +43,16 @@ import numpy as np
 import simpy
 
 from simkit.cost.iteration import IterationModel
+from simkit.engine.engine import Engine, EngineConfig, IterationLog, Stage
 from simkit.engine.interfaces import BatchingPolicy, Step
 from simkit.engine.kvcache import KVBlockManager
-from simkit.engine.replica import IterationLog, Replica, ReplicaConfig, ReplicaGroup, Stage
+from simkit.engine.replica import Replica
 from simkit.engine.resources import Link
 from simkit.engine.state import RequestTable, TBTHistogram
 
 
 class _DecodeSet:
-    """What :meth:`FastReplica.decode_ready` hands a policy: only its size is read."""
+    """What :meth:`FastEngine.decode_ready` hands a policy: only its size is read."""
 
     __slots__ = ("n",)
 
@@ -141,8 +142,8 @@ def fast_path_reason(
     return None
 
 
-class FastReplica(Replica):
-    """A :class:`Replica` whose decoding requests are kept as running totals (see the module
+class FastEngine(Engine):
+    """A :class:`Engine` whose decoding requests are kept as running totals (see the module
     docstring). Only the plans :func:`fast_path_reason` accepts may use it."""
 
     def __init__(
@@ -153,21 +154,21 @@ class FastReplica(Replica):
         cost: IterationModel,
         policy: BatchingPolicy,
         kv: KVBlockManager,
-        cfg: ReplicaConfig,
+        cfg: EngineConfig,
         tbt: TBTHistogram,
         log: IterationLog,
         next_arrival: Callable[[], float],
         links: dict[str, Link] | None = None,
         on_prefilled: Callable[[int, int], None] | None = None,
         tracer: Any = None,
-        group: ReplicaGroup | None = None,
+        replica: Replica | None = None,
         stages: list[Stage] | None = None,
         engine_id: int = 0,
         offload: Any = None,
     ) -> None:
         super().__init__(
             env, index, table, cost, policy, kv, cfg, tbt, log, next_arrival, links, on_prefilled, tracer,
-            group=group, stages=stages, engine_id=engine_id, offload=offload,
+            replica=replica, stages=stages, engine_id=engine_id, offload=offload,
         )
         bs = self.cfg.block_size
         self._D = 0
@@ -384,8 +385,8 @@ class FastReplica(Replica):
         # disaggregated serving runs on the reference engine)
         if not ids:
             return
-        if len(self.group.engines) > 1:
-            self.group.wake_all()
+        if len(self.replica.engines) > 1:
+            self.replica.wake_all()
         t = self.table
         now = self.env.now
         run = self.running

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
-    from simkit.engine.replica import Replica
+    from simkit.engine.engine import Engine
 
 
 @dataclass
@@ -36,5 +36,5 @@ class BatchingPolicy(Protocol):
     """Whether an arrival can join the running batch (continuous policies) or waits for the
     batch to drain (static). The engine stops fast-forwarding at arrivals only when True."""
 
-    def next_step(self, replica: Replica) -> Step:
+    def next_step(self, replica: Engine) -> Step:
         ...

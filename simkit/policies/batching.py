@@ -27,7 +27,7 @@ import numpy as np
 from simkit.engine.interfaces import Step
 
 if TYPE_CHECKING:
-    from simkit.engine.replica import Replica
+    from simkit.engine.engine import Engine
 
 
 class StaticBatching:
@@ -37,7 +37,7 @@ class StaticBatching:
     def __init__(self, max_num_seqs: int, batch_size: int | None, **_: object) -> None:
         self.batch_size = batch_size or max_num_seqs
 
-    def next_step(self, r: Replica) -> Step:
+    def next_step(self, r: Engine) -> Step:
         t = r.table
         if not r.running:
             while r.waiting and len(r.running) < self.batch_size:
@@ -61,7 +61,7 @@ class ContinuousBatching:
         self.max_num_seqs = max_num_seqs
         self.max_tokens = max_num_batched_tokens
 
-    def next_step(self, r: Replica) -> Step:
+    def next_step(self, r: Engine) -> Step:
         t = r.table
         r.swap_in_ready()
         pre: list[int] = []
@@ -98,7 +98,7 @@ class ChunkedPrefill:
         self.max_num_seqs = max_num_seqs
         self.budget = min(chunk_size, max_num_batched_tokens)
 
-    def next_step(self, r: Replica) -> Step:
+    def next_step(self, r: Engine) -> Step:
         t = r.table
         r.swap_in_ready()
         dec = r.decode_ready()
@@ -134,7 +134,7 @@ class PrefillOnly(ContinuousBatching):
 
     name = "prefill_only"
 
-    def next_step(self, r: Replica) -> Step:
+    def next_step(self, r: Engine) -> Step:
         s = super().next_step(r)
         return Step(s.prefill_ids, s.prefill_q)
 

@@ -252,8 +252,8 @@ def optimize(
         else:
             prompt_len = prompt_len or w.batch.input_tokens
             gen_len = gen_len or w.batch.output_tokens
-    pp = sc.plan.precision
-    prec = Precision(pp.weights, pp.activations, pp.kv_cache, pp.group_size)
+    precision = sc.plan.precision
+    prec = Precision(precision.weights, precision.activations, precision.kv_cache, precision.group_size)
     dev = ComputeDevice.from_gpu(node.gpu)
     eff, _, _ = resolve_calibration(sc, dev)
     dev = dev.for_profile(eff, node.scale)

@@ -678,8 +678,8 @@ def operator_table(run: Run) -> tuple[list[dict[str, Any]], str, Any] | None:
     node = resolve_node(sc.hardware, where=sc.source)
     model = load_model(sc.model, where=sc.source)
     _, device, eff, _, _ = resolve_compute(sc, node)
-    pp = sc.plan.precision
-    prec = Precision(pp.weights, pp.activations, pp.kv_cache, pp.group_size)
+    precision = sc.plan.precision
+    prec = Precision(precision.weights, precision.activations, precision.kv_cache, precision.group_size)
     tp = sc.plan.parallel.tp if device.kind == "gpu" else 1
     rows = []
     for label, q, ctx in batches:
