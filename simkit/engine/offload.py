@@ -30,7 +30,8 @@ import simpy
 from simkit.cost.iteration import IterationModel
 from simkit.cost.offload import OffloadCompute
 from simkit.engine.resources import Link
-from simkit.policies.offload import CPU_READ_PATH, OffloadLayout
+from simkit.policies.offload import OffloadLayout
+from simkit.specs.tiers import CPU_READ_PATH
 
 
 @dataclass

@@ -29,15 +29,8 @@ from simkit.errors import CapacityError
 from simkit.scenario import KVCache, Offload
 from simkit.specs.model import ModelSpec
 from simkit.specs.node import Node
+from simkit.specs.tiers import PLACES, read_path, tier_of, write_path
 from simkit.units import fmt_bytes
-
-TIERS = ("gpu", "cpu", "cxl", "disk")
-TIER_OF = {"gpu": "hbm", "cpu": "dram", "cxl": "cxl", "disk": "ssd"}
-# link directions a byte crosses from each tier into the compute device's memory (and back)
-READ_PATH = {"cpu": ("h2d",), "cxl": ("cxl_read", "h2d"), "disk": ("nvme_read", "h2d")}
-WRITE_PATH = {"cpu": ("d2h",), "cxl": ("d2h", "cxl_write"), "disk": ("d2h", "nvme_write")}
-CPU_READ_PATH = {"cpu": (), "cxl": ("cxl_read",), "disk": ("nvme_read",)}
-CPU_WRITE_PATH = {"cpu": (), "cxl": ("cxl_write",), "disk": ("nvme_write",)}
 
 
 @dataclass(frozen=True)
@@ -97,10 +90,10 @@ class OffloadLayout:
         return {t: new_tokens * self.kv_bytes_per_token_layer * f for t, f in self.kv_frac.items() if t != "gpu" and f > 0}
 
     def read_path(self, tier: str) -> tuple[str, ...]:
-        return CPU_READ_PATH[tier] if self.compute_on_cpu else READ_PATH[tier]
+        return read_path(tier, self.compute_on_cpu)
 
     def write_path(self, tier: str) -> tuple[str, ...]:
-        return CPU_WRITE_PATH[tier] if self.compute_on_cpu else WRITE_PATH[tier]
+        return write_path(tier, self.compute_on_cpu)
 
     @property
     def streams_anything(self) -> bool:
@@ -111,7 +104,7 @@ class OffloadLayout:
 
 
 def _fracs(share: object) -> dict[str, float]:
-    return {t: float(getattr(share, t)) for t in TIERS}
+    return {t: float(getattr(share, t)) for t in PLACES}
 
 
 def build_offload_layout(
@@ -198,7 +191,6 @@ def check_offload_capacity(
     every tier that holds a share of it. Raise CapacityError naming the tier that overflows."""
     tiers = node.tiers()
     cap: dict[str, float] = {}
-    dev_tier = "dram" if lay.compute_on_cpu else "hbm"
     for t in ("hbm", "dram", "cxl", "ssd"):
         if t in tiers:
             c = tiers[t].capacity
@@ -208,7 +200,7 @@ def check_offload_capacity(
     need: dict[str, dict[str, float]] = {t: {} for t in cap}
 
     def put(tier_key: str, owner: str, nbytes: float) -> None:
-        tier = dev_tier if tier_key == "gpu" else TIER_OF[tier_key]
+        tier = tier_of(tier_key, lay.compute_on_cpu)
         if nbytes <= 0:
             return
         if tier not in cap:
@@ -256,7 +248,7 @@ def check_offload_capacity(
     for t, f in lay.kv_frac.items():
         if f <= 0:
             continue
-        tier = dev_tier if t == "gpu" else TIER_OF[t]
+        tier = tier_of(t, lay.compute_on_cpu)
         if tier not in cap:
             raise CapacityError(f"the plan puts KV cache in {tier}, but {node.name} has no {tier} tier", where=where, key=f"tier {tier}")
         left = cap[tier] - sum(need[tier].values())
@@ -278,11 +270,11 @@ def check_offload_capacity(
         blocks = num_blocks
     for t, f in lay.kv_frac.items():
         if f > 0:
-            tier = dev_tier if t == "gpu" else TIER_OF[t]
+            tier = tier_of(t, lay.compute_on_cpu)
             need[tier]["kv cache"] = need[tier].get("kv cache", 0.0) + blocks * block_layer * f
     spill_tokens = 0.0
     if lay.spill_after is not None:
-        tier = dev_tier if (lay.compute_on_cpu and lay.spill_tier == "cpu") else TIER_OF[lay.spill_tier]
+        tier = tier_of(lay.spill_tier, lay.compute_on_cpu)
         if tier not in cap:
             raise CapacityError(f"kv_spill goes to {tier}, but {node.name} has no {tier} tier", where=where, key=f"tier {tier}")
         left = cap[tier] - sum(need[tier].values())

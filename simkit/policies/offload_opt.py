@@ -29,9 +29,9 @@ from simkit.policies.offload import offload_gpu_usable
 from simkit.scenario import Scenario, apply_overrides, scenario_from_dict
 from simkit.specs.model import ModelSpec
 from simkit.specs.node import Node
+from simkit.specs.tiers import LINK_DIRECTIONS, OFF_GPU, PLACES, READ_PATH, TIER_OF, WRITE_PATH, read_path
 
 VARS = ("w", "c", "h")  # weights, cache, activations
-TIERS = ("gpu", "cpu", "cxl", "disk")
 
 
 @dataclass
@@ -100,7 +100,7 @@ def solve_candidate(
     from simkit.simulate import kv_store_slowdown, link_rates
 
     tiers = node.tiers()
-    have = {"gpu": "hbm" in tiers, "cpu": True, "cxl": "cxl" in tiers, "disk": "ssd" in tiers}
+    have = {t: t == "cpu" or TIER_OF[t] in tiers for t in PLACES}
     L = model.num_layers
     bls = gbs * ngb
     wb = bytes_per_element("int4", prec.group_size) if compress else prec.w_bytes
@@ -125,7 +125,7 @@ def solve_candidate(
     # KV stores at their own measured rate where the machine has one (simulate.kv_store_slowdown)
     kv_slow = kv_store_slowdown(link_rates(node, 1, measured_links))
     # variable index: 12 fractions then T_pre, T_dec
-    idx = {(v, t): k for k, (v, t) in enumerate(itertools.product(VARS, TIERS))}
+    idx = {(v, t): k for k, (v, t) in enumerate(itertools.product(VARS, PLACES))}
     n = len(idx) + 2
     TP, TD = n - 2, n - 1
     A_ub: list[np.ndarray] = []
@@ -142,7 +142,6 @@ def solve_candidate(
         b_ub.append(-const)
         labels.append((label, "pre" if which == TP else "dec"))
 
-    off = ("cpu", "cxl", "disk")
     for which, KVr, KVw, H, lin, att, catt in (
         (TD, KVd, KVnew, Hd, lin_d, att_d, cpu_att_d),
         (TP, 0.0, KVpre, Hp, lin_p, att_p, 0.0),
@@ -153,24 +152,24 @@ def solve_candidate(
         # time adds to the layer's (an upper bound of the simulator's max with the GPU's heads)
         comp = {idx["c", "gpu"]: att} if cpu_att else {}
         if cpu_att:
-            comp.update({idx["c", t]: catt for t in off})
+            comp.update({idx["c", t]: catt for t in OFF_GPU})
         row(comp, lin + deq + (0.0 if cpu_att else att), which, "compute")
-        h2d = {idx["w", t]: W / bw.get("h2d", np.inf) for t in off}
-        for t in off:
-            if not cpu_att:
-                h2d[idx["c", t]] = h2d.get(idx["c", t], 0.0) + KVr / bw.get("h2d", np.inf)
-            h2d[idx["h", t]] = h2d.get(idx["h", t], 0.0) + H / bw.get("h2d", np.inf)
-        row(h2d, 0.0, which, "h2d")
-        d2h = {idx["c", t]: KVw * kv_slow.get("d2h", 1.0) / bw.get("d2h", np.inf) for t in off}
-        for t in off:
-            d2h[idx["h", t]] = d2h.get(idx["h", t], 0.0) + H / bw.get("d2h", np.inf)
-        row(d2h, 0.0, which, "d2h")
-        if "nvme_read" in bw:
-            row({idx["w", "disk"]: W / bw["nvme_read"], idx["c", "disk"]: KVr / bw["nvme_read"], idx["h", "disk"]: H / bw["nvme_read"]}, 0.0, which, "nvme_read")
-            row({idx["c", "disk"]: KVw * kv_slow.get("nvme_write", 1.0) / bw["nvme_write"], idx["h", "disk"]: H / bw["nvme_write"]}, 0.0, which, "nvme_write")
-        if "cxl_read" in bw:
-            row({idx["w", "cxl"]: W / bw["cxl_read"], idx["c", "cxl"]: KVr / bw["cxl_read"], idx["h", "cxl"]: H / bw["cxl_read"]}, 0.0, which, "cxl_read")
-            row({idx["c", "cxl"]: KVw / bw["cxl_write"], idx["h", "cxl"]: H / bw["cxl_write"]}, 0.0, which, "cxl_write")
+        # every link direction's time: the bytes that cross it on their path (specs/tiers.py),
+        # KV read into host DRAM instead when attended on the CPU
+        for hop in LINK_DIRECTIONS:
+            if hop not in bw:
+                continue
+            coefs: dict[int, float] = {}
+            for t in OFF_GPU:
+                if hop in READ_PATH[t]:
+                    coefs[idx["w", t]] = coefs.get(idx["w", t], 0.0) + W / bw[hop]
+                    coefs[idx["h", t]] = coefs.get(idx["h", t], 0.0) + H / bw[hop]
+                if hop in read_path(t, cpu_att):
+                    coefs[idx["c", t]] = coefs.get(idx["c", t], 0.0) + KVr / bw[hop]
+                if hop in WRITE_PATH[t]:
+                    coefs[idx["c", t]] = coefs.get(idx["c", t], 0.0) + KVw * kv_slow.get(hop, 1.0) / bw[hop]
+                    coefs[idx["h", t]] = coefs.get(idx["h", t], 0.0) + H / bw[hop]
+            row(coefs, 0.0, which, hop)
     # capacities (the same accounting as policies/offload.check_offload_capacity)
     emb = (model.params_embedding + model.params_lm_head + model.norm_params) * prec.w_bytes
     Wt = W * L + emb
@@ -183,7 +182,7 @@ def solve_candidate(
         "cxl": tiers["cxl"].capacity if "cxl" in tiers else 0.0,
         "disk": tiers["ssd"].capacity if "ssd" in tiers else 0.0,
     }
-    for t in TIERS:
+    for t in PLACES:
         r = np.zeros(n)
         r[idx["w", t]] = Wt
         r[idx["c", t]] = KVpk
@@ -195,7 +194,7 @@ def solve_candidate(
     b_eq = []
     for v in VARS:
         r = np.zeros(n)
-        for t in TIERS:
+        for t in PLACES:
             r[idx[v, t]] = 1.0
         A_eq.append(r)
         b_eq.append(1.0)
@@ -207,7 +206,7 @@ def solve_candidate(
     if not res.success:
         return None
     x = res.x
-    fr = {v: {t: max(float(round(x[idx[v, t]], 4)), 0.0) for t in TIERS} for v in VARS}
+    fr = {v: {t: max(float(round(x[idx[v, t]], 4)), 0.0) for t in PLACES} for v in VARS}
     for v in VARS:  # renormalise after rounding
         s = sum(fr[v].values())
         k = max(fr[v], key=lambda t: fr[v][t])
