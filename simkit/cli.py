@@ -202,7 +202,7 @@ def cmd_catalog(a: argparse.Namespace) -> int:
         print(f"{k}: {json.dumps(v) if not isinstance(v, str) else v}" + (f"    # source: {src}" if src else ""))
     if kind == "model":
         print(f"# derived: {item.num_params / 1e9:.3f} B parameters ({item.num_active_params / 1e9:.3f} B active), "
-              f"KV {item.kv_bytes_per_token(2.0) / 1024:.1f} KiB/token in 16-bit, {item.attention_kind}")
+              f"KV {item.kv_bytes_per_token(2.0, tp=1) / 1024:.1f} KiB/token in 16-bit, {item.attention_kind}")
     other = {k: v for k, v in srcs.items() if k not in raw}
     for k, v in other.items():
         print(f"# source for {k}: {v}")

@@ -280,8 +280,7 @@ def plan_memory(
     pp = len(layer_split)
     tier = "hbm" if device.kind == "gpu" else "dram"
     weights = weights_per_gpu(model, prec, tp, ep, layer_split)
-    kvh = max(model.num_kv_heads / tp, 1.0)
-    kv_tok = 2.0 * max(layer_split) * kvh * model.d_head * prec.kv_bytes
+    kv_tok = model.kv_bytes_per_token(prec.kv_bytes, tp, layers=max(layer_split))
     if kvp.activation_reserve is not None:
         act = kvp.activation_reserve
     else:

@@ -144,12 +144,12 @@ def test_moe_active_params() -> None:
 
 
 def test_kv_bytes_per_token() -> None:
-    assert _catalog_model("llama-2-7b").kv_bytes_per_token(2) == 2 * 32 * 4096 * 2 == 524_288
+    assert _catalog_model("llama-2-7b").kv_bytes_per_token(2, tp=1) == 2 * 32 * 4096 * 2 == 524_288
     l3 = _catalog_model("llama-3-70b")
     assert l3.attention_kind == "GQA"
-    assert l3.kv_bytes_per_token(2) == 2 * 80 * 8 * 128 * 2 == 327_680
-    assert _catalog_model("llama-3.1-405b").kv_bytes_per_token(2) == 2 * 126 * 8 * 128 * 2
-    assert _catalog_model("mixtral-8x7b").kv_bytes_per_token(1) == 2 * 32 * 8 * 128
+    assert l3.kv_bytes_per_token(2, tp=1) == 2 * 80 * 8 * 128 * 2 == 327_680
+    assert _catalog_model("llama-3.1-405b").kv_bytes_per_token(2, tp=1) == 2 * 126 * 8 * 128 * 2
+    assert _catalog_model("mixtral-8x7b").kv_bytes_per_token(1, tp=1) == 2 * 32 * 8 * 128
 
 
 @pytest.mark.parametrize(
@@ -537,7 +537,7 @@ def _derived(m: ModelSpec) -> dict[str, Any]:
         "params_attention_per_layer": m.params_attention_per_layer,
         "params_dense_mlp_per_layer": m.params_dense_mlp_per_layer,
         "params_moe_per_layer": m.params_moe_per_layer,
-        "kv_bytes_per_token": m.kv_bytes_per_token(2),
+        "kv_bytes_per_token": m.kv_bytes_per_token(2, tp=1),
         "weight_bytes": m.weight_bytes(2),
         "attention_kind": m.attention_kind,
         "shape": (m.num_layers, m.hidden_size, m.num_heads, m.num_kv_heads, m.d_head, m.ffn_size),
@@ -589,7 +589,7 @@ def test_hf_gemma_head_dim_and_tying() -> None:
     m = model_from_hf_config(GEMMA_7B_CONFIG, where="cfg.json")
     assert m.d_head == 256 and m.q_dim == 4096 != m.hidden_size
     assert m.tied_embeddings and m.gated_mlp and m.activation == "gelu"
-    assert m.kv_bytes_per_token(2) == 2 * 28 * 16 * 256 * 2
+    assert m.kv_bytes_per_token(2, tp=1) == 2 * 28 * 16 * 256 * 2
 
 
 def test_hf_qwen2_moe() -> None:

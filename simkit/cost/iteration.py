@@ -164,7 +164,7 @@ class IterationModel:
         if c is None:
             m = self.model
             heads = m.num_heads / self.tp
-            kvh = max(m.num_kv_heads / self.tp, 1.0)
+            kvh = m.kv_heads_per_gpu(self.tp)
             c = (heads, kvh, float(m.d_head), self.precision.a_bytes, self.precision.kv_bytes)
             self.__dict__["_consts"] = c
         return c

@@ -177,7 +177,7 @@ def attention_ops(
     q = np.asarray(q, dtype=np.float64)
     ctx = np.asarray(ctx, dtype=np.float64)
     heads = model.num_heads / tp
-    kv_heads = max(model.num_kv_heads / tp, 1.0)  # KV heads replicate when tp > num_kv_heads
+    kv_heads = model.kv_heads_per_gpu(tp)  # KV heads replicate when tp > num_kv_heads
     d = model.d_head
     L = model.num_layers
     ops: list[Op] = []

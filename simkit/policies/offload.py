@@ -124,8 +124,8 @@ def build_offload_layout(
         for f in (wf, kvf, af):
             f["gpu"] += f["cpu"]
             f["cpu"] = 0.0
-    kvh = max(model.num_kv_heads / tp, 1.0) * tp  # replicated KV heads count on every GPU
-    kv_tok_layer = 2.0 * kvh * model.d_head * kv_bytes
+    # the replica's TP group together (replicated KV heads count on every GPU)
+    kv_tok_layer = model.kv_bytes_per_token(kv_bytes, tp, layers=1) * tp
     return OffloadLayout(
         plan,
         model.num_layers,
@@ -140,7 +140,7 @@ def build_offload_layout(
         1.0 if plan.pinned else (pageable_factor if pageable_factor is not None else 0.6),
         plan.kv_spill.after_tokens if plan.kv_spill is not None else None,
         plan.kv_spill.tier if plan.kv_spill is not None else "cpu",
-        2.0 * kvh * model.d_head,
+        model.kv_bytes_per_token(1.0, tp, layers=1) * tp,  # elements: one byte each
     )
 
 

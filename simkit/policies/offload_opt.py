@@ -105,7 +105,7 @@ def solve_candidate(
     bls = gbs * ngb
     wb = bytes_per_element("int4", prec.group_size) if compress else prec.w_bytes
     W = model.params_layers / L * wb
-    kvtl = 2.0 * model.num_kv_heads * model.d_head * prec.kv_bytes
+    kvtl = model.kv_bytes_per_token(prec.kv_bytes, tp=1, layers=1)  # the LP plans one GPU (its cost model is tp=1)
     ctx_avg = prompt_len + gen_len / 2.0
     KVd = bls * ctx_avg * kvtl
     KVnew = bls * kvtl

@@ -205,9 +205,20 @@ class ModelSpec(Frozen):
             self.params_moe_per_layer - self.params_active_moe_per_layer
         )
 
-    def kv_bytes_per_token(self, dtype_bytes: float = 2.0) -> float:
-        """Bytes of K and V cache one token occupies across all layers."""
-        return 2.0 * self.num_layers * self.kv_dim * dtype_bytes
+    def kv_heads_per_gpu(self, tp: int) -> float:
+        """KV heads each GPU of a tensor-parallel group of ``tp`` holds: the heads split over the
+        GPUs, and replicated (one whole head each) when ``tp`` exceeds ``num_kv_heads``."""
+        return max(self.num_kv_heads / tp, 1.0)
+
+    def kv_bytes_per_token(self, dtype_bytes: float, tp: int, layers: int | None = None) -> float:
+        """Bytes of K and V cache one token occupies on EACH GPU of a tensor-parallel group of
+        ``tp`` GPUs, over ``layers`` layers (default: all of them), stored in ``dtype_bytes`` per
+        element (the KV precision's bytes; int4 groups included). KV heads replicate when
+        ``tp > num_kv_heads`` (:meth:`kv_heads_per_gpu`), so the group holds ``tp`` times this.
+        The one home of this number: the memory plan, the offload layout and optimiser, and
+        ``simkit models`` all use it."""
+        n = self.num_layers if layers is None else layers
+        return 2.0 * n * self.kv_heads_per_gpu(tp) * self.d_head * dtype_bytes
 
     def weight_bytes(self, dtype_bytes: float = 2.0) -> float:
         return self.num_params * dtype_bytes
