@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
@@ -23,14 +21,21 @@ from pydantic import (
 )
 
 from simkit.errors import ScenarioError
-from simkit.specs.base import Bytes, Seconds, format_validation_error
+from simkit.policies.batching import BATCHING_POLICIES, ContinuousBatching
+from simkit.policies.routing import ROUTING_POLICIES
+from simkit.specs.base import Bytes, Seconds, Section, format_validation_error
 from simkit.specs.yamlio import check_data, load_yaml, parse_yaml_value
 from simkit.workload.base import MAX_TOKENS
+from simkit.workload.traces import TRACE_FORMATS
+
+_S = Section
 
 
-class _S(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True, strict=True, allow_inf_nan=False)
+RoutingName = Literal[tuple(ROUTING_POLICIES)]  # type: ignore[valid-type]
+"""A registered routing policy's name (the schema follows policies/routing.py's registry)."""
 
+TraceFormat = Literal[("auto", *TRACE_FORMATS)]  # type: ignore[valid-type]
+"""``auto`` or a registered trace reader's name (the schema follows workload/traces.py's registry)."""
 
 DtypeName = Literal["fp32", "fp16", "bf16", "fp8", "int8", "int4"]
 
@@ -74,7 +79,7 @@ class LengthDist(_S):
 class TraceRef(_S):
     path: str
     """Trace file; a relative path resolves against the scenario file's folder."""
-    format: Literal["auto", "azure", "burstgpt", "mooncake", "native"] = "auto"
+    format: TraceFormat = "auto"
     """Reader to use; auto sniffs the first lines."""
 
 
@@ -175,22 +180,11 @@ class Precision(_S):
     """Group size of int4 quantisation (one fp16 scale and zero point per group)."""
 
 
-class Batching(_S):
-    policy: str = "continuous"
-    """Registered batching policy: static, continuous, chunked_prefill, disaggregated."""
-    max_num_seqs: int = Field(default=256, ge=1, le=2**20)
-    """Most sequences running at once on a replica."""
-    max_num_batched_tokens: int = Field(default=8192, ge=1, le=2**24)
-    """Most tokens in one iteration (continuous: prompts longer than this are rejected)."""
-    chunk_size: int = Field(default=512, ge=1, le=2**24)
-    """Prefill chunk size (chunked_prefill)."""
-    batch_size: int | None = Field(default=None, ge=1)
-    """Static policy: sequences per batch (default: all waiting, up to max_num_seqs)."""
-    prefill_replicas: int = Field(default=1, ge=1)
-    """Disaggregated: replicas that only prefill; the rest of plan.parallel.replicas decode."""
-    kv_transfer_link: str = "network"
-    """Disaggregated: link kind the KV cache crosses from prefill to decode (nvlink, pcie, network)."""
-
+BatchingOptions = Annotated[
+    Union[tuple(cls.Options for cls in BATCHING_POLICIES.values())],  # noqa: UP007 (built from the registry)
+    Field(discriminator="policy"),
+]
+"""``plan.batching``: the options of one registered batching policy, chosen by ``policy``."""
 
 class KVCache(_S):
     block_size: int = Field(default=16, ge=1)
@@ -341,8 +335,8 @@ class FleetGroup(_S):
 
 
 class Plan(_S):
-    batching: Batching = Batching()
-    """Batching and scheduling policy."""
+    batching: BatchingOptions = ContinuousBatching.Options()
+    """Batching and scheduling policy (policy, default continuous, and that policy's options)."""
     precision: Precision = Precision()
     """Dtypes."""
     kv_cache: KVCache = KVCache()
@@ -353,7 +347,7 @@ class Plan(_S):
     """Placement of weights, KV and activations across tiers."""
     parallel: Parallel = Parallel()
     """Tensor, pipeline, data and expert parallelism."""
-    routing: str = "round_robin"
+    routing: RoutingName = "round_robin"
     """Registered routing policy across replicas: round_robin, least_outstanding, prefix_aware."""
     execution: Execution = Execution()
     """How iterations execute, and on which device."""
@@ -361,6 +355,14 @@ class Plan(_S):
     """A heterogeneous fleet: groups of replicas on different GPU types behind one router, e.g.
     ``[{gpu: h100-sxm, replicas: 2}, {gpu: l4, replicas: 3}]``; replaces plan.parallel's tp,
     pp and replicas (leave them at 1). None: plan.parallel.replicas identical replicas."""
+
+    @field_validator("batching", mode="before")
+    @classmethod
+    def _default_policy(cls, v: Any) -> Any:
+        # a mapping without a policy is the default policy's options
+        if isinstance(v, dict) and "policy" not in v:
+            return {"policy": ContinuousBatching.name, **v}
+        return v
 
     @model_validator(mode="after")
     def _fleet(self) -> Plan:

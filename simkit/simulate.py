@@ -35,7 +35,7 @@ from simkit.engine.resources import Link
 from simkit.engine.state import RequestTable, TBTHistogram
 from simkit.errors import CapacityError, ScenarioError, SimkitError
 from simkit.metrics import CostInputs, summarize
-from simkit.policies.batching import BATCHING_POLICIES
+from simkit.policies.batching import build_policy
 from simkit.policies.offload import build_offload_layout, check_offload_capacity, offload_gpu_usable
 from simkit.policies.parallel import Layout, check_parallel, expert_group_shares
 from simkit.policies.routing import ROUTING_POLICIES
@@ -284,7 +284,7 @@ def plan_memory(
     if kvp.activation_reserve is not None:
         act = kvp.activation_reserve
     else:
-        tokens = sc.plan.batching.max_num_batched_tokens
+        tokens = sc.plan.batching.iteration_tokens()
         seqs = sc.plan.batching.max_num_seqs
         off = sc.plan.offload
         if not off.is_trivial and off.gpu_batch_size:
@@ -654,7 +654,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     if b.policy == "chunked_prefill":
         most = min(b.chunk_size, b.max_num_batched_tokens)  # decodes and chunks share the budget
     else:
-        most = max(b.max_num_batched_tokens, b.max_num_seqs)
+        most = max(b.iteration_tokens(), b.max_num_seqs)
     stage_costs = (
         [make_cost(n, k == 0, k == par.pp - 1) for k, n in enumerate(layout.layer_split)] if par.pp > 1 else None
     )
@@ -675,18 +675,6 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     bat = plan.batching
     policy_name = bat.policy
     disagg = policy_name == "disaggregated"
-    if not disagg and policy_name not in BATCHING_POLICIES:
-        raise ScenarioError(
-            f"unknown batching policy {policy_name!r} (expected one of {', '.join([*BATCHING_POLICIES, 'disaggregated'])})",
-            where=where,
-            key="plan.batching.policy",
-        )
-    if plan.routing not in ROUTING_POLICIES:
-        raise ScenarioError(
-            f"unknown routing policy {plan.routing!r} (expected one of {', '.join(ROUTING_POLICIES)})",
-            where=where,
-            key="plan.routing",
-        )
     if policy_name in ("continuous", "disaggregated") and bat.max_num_batched_tokens < bat.max_num_seqs:
         raise ScenarioError(
             f"max_num_batched_tokens ({bat.max_num_batched_tokens}) is below max_num_seqs ({bat.max_num_seqs}): the "
@@ -806,7 +794,6 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         role = "both"
         if disagg:
             role = "prefill" if r < n_prefill else "decode"
-        pname = "prefill_only" if role == "prefill" else ("continuous" if disagg else policy_name)
         cache = None
         if pc.enabled and role != "decode":
             per_hash = hash_tokens * mem.kv_bytes_per_token_per_gpu * gpus_per_replica
@@ -858,10 +845,10 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
             executors.append(executor)
         engines = par.pp if stages is not None else 1
         for v in range(engines):
-            bopts = bat.model_dump()
-            if offloaded and bopts["batch_size"] is None and plan.offload.gpu_batch_size:
-                bopts["batch_size"] = plan.offload.gpu_batch_size * plan.offload.num_gpu_batches
-            policy = BATCHING_POLICIES[pname](**bopts)
+            opts = bat
+            if offloaded and bat.policy == "static" and bat.batch_size is None and plan.offload.gpu_batch_size:
+                opts = bat.model_copy(update={"batch_size": plan.offload.gpu_batch_size * plan.offload.num_gpu_batches})
+            policy = build_policy(opts, role)
             eng = engine_cls(
                 env, r, table, cost, policy, kv, cfg, tbt, log, next_arrival, links,
                 on_prefilled if role == "prefill" else None, tracer, replica=rep, stages=stages, engine_id=v,
@@ -877,7 +864,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     front_caps = [groups[rep_group[g.index]].mem.num_blocks * plan.kv_cache.block_size for g in front]
     most_cap, least_cap = max(front_caps), min(front_caps)
     router = ROUTING_POLICIES[plan.routing]()
-    max_tokens = bat.max_num_batched_tokens
+    max_tokens = bat.iteration_tokens()
     max_ctx = model.max_context
 
     def arrival_process():  # type: ignore[no-untyped-def]

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from simkit.policies.batching import with_policy
 from simkit.scenario import scenario_from_dict
 from simkit.simulate import simulate
 from tests.conftest import make_scenario, uniform_workload
@@ -43,7 +44,7 @@ def test_fixed_batch_hand_computed(scenario):
 
 @pytest.mark.parametrize("policy", ["static", "continuous", "chunked_prefill"])
 def test_conservation_and_exact_tokens(policy):
-    res = simulate(_syn(batching={"policy": policy, "max_num_seqs": 16, "max_num_batched_tokens": 2048, "chunk_size": 256}))
+    res = simulate(_syn(batching=with_policy({"max_num_seqs": 16, "max_num_batched_tokens": 2048, "chunk_size": 256}, policy, {})))
     t = res.table
     s = res.summary
     assert s["requests_completed"] + s["requests_rejected"] + s["requests_unfinished"] == s["requests_total"] == 60
@@ -64,8 +65,8 @@ def test_determinism():
 
 @pytest.mark.parametrize("policy", ["static", "continuous", "chunked_prefill"])
 def test_layer_by_layer_equals_one_step(policy):
-    one = simulate(_syn(n=25, batching={"policy": policy, "chunk_size": 256}))
-    lay = simulate(_syn(n=25, batching={"policy": policy, "chunk_size": 256}, execution={"mode": "layer_by_layer"}))
+    one = simulate(_syn(n=25, batching=with_policy({"chunk_size": 256}, policy, {})))
+    lay = simulate(_syn(n=25, batching=with_policy({"chunk_size": 256}, policy, {}), execution={"mode": "layer_by_layer"}))
     np.testing.assert_allclose(lay.table.finish, one.table.finish, rtol=1e-9)
     np.testing.assert_allclose(lay.table.first_token, one.table.first_token, rtol=1e-9)
 
@@ -111,7 +112,7 @@ def test_chunked_prefill_budget_respected():
 )
 def test_invariants_hypothesis(n, rate, policy, blocks, seed):
     sc = _syn(n=n, rate=rate, inp=(16, 600), out=(1, 200), seed=seed,
-              batching={"policy": policy, "max_num_seqs": 8, "chunk_size": 64}, kv_cache={"num_blocks": blocks})
+              batching=with_policy({"max_num_seqs": 8, "chunk_size": 64}, policy, {}), kv_cache={"num_blocks": blocks})
     res = simulate(sc)
     t, s = res.table, res.summary
     assert s["requests_completed"] + s["requests_rejected"] == n

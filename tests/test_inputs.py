@@ -292,7 +292,8 @@ def test_hf_config_that_is_not_utf8(tmp_path):
 
 def test_error_from_inside_a_simpy_process_keeps_file_and_key():
     sc = load_scenario(ROOT / "workloads/scenarios/disaggregated.yaml",
-                       ["plan.batching.kv_transfer_link=bogus", "workload.limit=2", "calibration=none"])
+                       ["hardware.preset=lambda-a6000-workstation", "hardware.num_gpus=4",  # no NVLink
+                        "workload.limit=2", "calibration=none"])
     with pytest.raises(ScenarioError) as e:
         simulate(sc)
     assert e.value.key == "plan.batching.kv_transfer_link" and e.value.where and e.value.where.endswith("disaggregated.yaml")

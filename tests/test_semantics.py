@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from simkit.policies.batching import with_policy
 from simkit.scenario import scenario_from_dict
 from simkit.simulate import simulate
 from tests.conftest import make_scenario
@@ -249,7 +250,7 @@ def _tight(policy: str, preemption: str, **bat: int) -> object:
     data = make_scenario(model="llama-2-7b", workload={"synthetic": {
         "num_requests": 40, "arrival": {"process": "poisson", "rate": 50},
         "lengths": {"input": {"dist": "uniform", "low": 200, "high": 600}, "output": {"dist": "uniform", "low": 100, "high": 300}}}})  # fmt: skip
-    data["plan"]["batching"] = {"policy": policy, **bat}
+    data["plan"]["batching"] = with_policy(bat, policy, {})
     data["plan"]["kv_cache"] = {"num_blocks": 160, "preemption": preemption}
     return simulate(scenario_from_dict(data))
 

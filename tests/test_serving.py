@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from simkit.policies.batching import with_policy
 from simkit.scenario import scenario_from_dict
 from simkit.simulate import simulate, write_outputs
 from tests.conftest import make_scenario
@@ -108,7 +109,7 @@ def test_prefix_aware_routing_follows_the_cache(tmp_path):
 @pytest.mark.parametrize("policy", ["static", "continuous", "chunked_prefill"])
 def test_each_trace_format_with_each_policy(fmt, path, policy):
     data = make_scenario(model="llama-3.1-8b", workload={"trace": {"path": path, "format": fmt}, "limit": 40})
-    data["plan"]["batching"] = {"policy": policy, "max_num_batched_tokens": 65536, "chunk_size": 4096}
+    data["plan"]["batching"] = with_policy({"max_num_batched_tokens": 65536, "chunk_size": 4096}, policy, {})  # the options it has
     s = simulate(scenario_from_dict(data)).summary
     assert s["requests_completed"] + s["requests_rejected"] == s["requests_total"]
     assert s["requests_completed"] > 0
@@ -165,7 +166,7 @@ def test_prefix_and_preemption_invariants(tmp_path_factory, n, blocks, preemptio
         rows.append((round(t, 6), inp, int(rng.integers(1, 120)), int(rng.integers(0, prefixes)), 512 * int(rng.integers(0, inp // 512 + 1))))
     path = _native_trace(tmp_path_factory.mktemp("t"), rows)
     data = make_scenario(workload={"trace": {"path": path, "format": "native"}})
-    data["plan"].update({"batching": {"policy": policy, "chunk_size": 512, "max_num_seqs": 8},
+    data["plan"].update({"batching": with_policy({"chunk_size": 512, "max_num_seqs": 8}, policy, {}),
                          "kv_cache": {"num_blocks": blocks, "preemption": preemption},
                          # tiny lower tiers force demotions and drops (llama-2-7b: 256 MiB per 512-token entry)
                          "prefix_cache": {"enabled": True, "tiers": ["hbm", "dram", "ssd"],

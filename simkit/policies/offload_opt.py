@@ -25,6 +25,7 @@ from simkit.cost.memory import activation_bytes
 from simkit.cost.offload import OffloadCompute
 from simkit.cost.ops import Precision
 from simkit.errors import ScenarioError
+from simkit.policies.batching import with_policy
 from simkit.policies.offload import offload_gpu_usable
 from simkit.scenario import Scenario, apply_overrides, scenario_from_dict
 from simkit.specs.model import ModelSpec
@@ -300,7 +301,8 @@ def confirm_by_simulation(sc: Scenario, c: Candidate, prompt_len: int, gen_len: 
 
     data = sc.raw_data()
     data["workload"] = {"batch": {"num_prompts": c.batch, "input_tokens": prompt_len, "output_tokens": gen_len}}
-    data = apply_overrides(data, {"plan.offload": c.offload_dict(), "plan.batching.policy": "static", "plan.batching.batch_size": c.batch})
+    batching = with_policy((data.get("plan") or {}).get("batching") or {}, "static", {"batch_size": c.batch})
+    data = apply_overrides(data, {"plan.offload": c.offload_dict(), "plan.batching": batching})
     try:
         res = simulate(scenario_from_dict(data, where=sc.source))
     except SimkitError as e:

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from simkit.policies.batching import TokenBudgetOptions
 from simkit.report import plots
 from simkit.report.data import Run, cdf, request_latencies, run_series
 from simkit.report.html import Page, csv_text, esc, table
@@ -168,7 +169,8 @@ def scenario_rows(run: Run) -> list[tuple[str, str]]:
     if sc is not None:
         p = sc.plan
         b = p.batching
-        rows.append(("batching", f"{b.policy}, max {b.max_num_seqs} sequences, {b.max_num_batched_tokens} tokens per iteration"
+        rows.append(("batching", f"{b.policy}, max {b.max_num_seqs} sequences"
+                     + (f", {b.max_num_batched_tokens} tokens per iteration" if isinstance(b, TokenBudgetOptions) else "")
                      + (f", chunks of {b.chunk_size}" if b.policy == "chunked_prefill" else "")))
         rows.append(("precision", f"weights {p.precision.weights}, activations {p.precision.activations}, KV {p.precision.kv_cache}"))
         if p.parallel.ep > 1:

@@ -34,7 +34,7 @@ def vllm_flags(sc: Scenario) -> tuple[list[str], list[str]]:
     else:
         if bat.policy in ("continuous", "disaggregated"):
             flags.append("--no-enable-chunked-prefill")
-        flags.append(f"--max-num-batched-tokens {bat.max_num_batched_tokens}")
+        flags.append(f"--max-num-batched-tokens {bat.iteration_tokens()}")
     if bat.policy == "static":
         notes.append("static batching has no vLLM equivalent (vLLM batches continuously)")
     if bat.policy == "disaggregated":

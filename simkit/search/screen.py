@@ -118,6 +118,7 @@ class Screener:
     def offload_plan(self, data: dict[str, Any]) -> dict[str, Any]:
         """Overrides for the placement optimiser's best offload plan for this candidate
         (``offload: optimized``): its fractions, GPU batch and the static batch it runs."""
+        from simkit.policies.batching import with_policy
         from simkit.policies.offload_opt import optimize
 
         sc = scenario_from_dict(data, where=self.where)
@@ -126,14 +127,15 @@ class Screener:
         if k not in self._offload:
             try:
                 best = optimize(sc, top=1, confirm=0)[0]
-                self._offload[k] = {"plan.offload": best.offload_dict(), "plan.batching.policy": "static",
-                                    "plan.batching.batch_size": best.batch}
+                self._offload[k] = (best.offload_dict(), best.batch)
             except SimkitError as e:
                 self._offload[k] = e
         v = self._offload[k]
         if isinstance(v, SimkitError):
             raise v
-        return v
+        offload, batch = v
+        batching = (data.get("plan") or {}).get("batching") or {}
+        return {"plan.offload": offload, "plan.batching": with_policy(batching, "static", {"batch_size": batch})}
 
     # ---- one candidate -----------------------------------------------------------------------
     def screen(self, base: dict[str, Any], overrides: dict[str, Any], offload: str | None = None) -> Screened:
@@ -187,9 +189,7 @@ class Screener:
         from simkit.cost.device import ComputeDevice
         from simkit.cost.ops import Precision
         from simkit.errors import ScenarioError
-        from simkit.policies.batching import BATCHING_POLICIES
         from simkit.policies.parallel import Layout, check_parallel
-        from simkit.policies.routing import ROUTING_POLICIES
         from simkit.simulate import plan_replica_memory
 
         if sc.plan.fleet is not None:
@@ -226,10 +226,6 @@ class Screener:
         num_blocks = plan_replica_memory(sc, model, node, device, eff, prec, layout, use_cpu)[0].num_blocks
         bat = plan.batching
         disagg = bat.policy == "disaggregated"
-        if not disagg and bat.policy not in BATCHING_POLICIES:
-            raise ScenarioError(f"unknown batching policy {bat.policy!r}", where=where, key="plan.batching.policy")
-        if plan.routing not in ROUTING_POLICIES:
-            raise ScenarioError(f"unknown routing policy {plan.routing!r}", where=where, key="plan.routing")
         n_rep = par.replicas
         if disagg and n_rep < 2:
             raise ScenarioError("disaggregated serving needs plan.parallel.replicas >= 2", where=where, key="plan.parallel.replicas")
@@ -264,7 +260,7 @@ class Screener:
         total = reqs.input_tokens + reqs.output_tokens
         rejected = (total > model.max_context) | (num_blocks * plan.kv_cache.block_size < total)
         if bat.policy in ("continuous", "disaggregated"):
-            rejected |= reqs.input_tokens > bat.max_num_batched_tokens
+            rejected |= reqs.input_tokens > bat.iteration_tokens()
         adm = ~rejected
         exact["requests_rejected"] = int(rejected.sum())
         exact["requests_unfinished"] = 0  # the engine runs until no admitted request is left
@@ -275,7 +271,7 @@ class Screener:
                             "rejects every request", data, exact)
         # ---- bounds ----
         t_pass, t_stage = self._floors(model, device, prec, tp, par.ep, layout.layer_split)
-        seqs = max(bat.max_num_seqs, bat.batch_size or 0)
+        seqs = max(bat.max_num_seqs, (bat.batch_size if bat.policy == "static" else None) or 0)
         if offloaded and plan.offload.gpu_batch_size:
             seqs = max(seqs, plan.offload.gpu_batch_size * plan.offload.num_gpu_batches)
         arr = reqs.arrival_s

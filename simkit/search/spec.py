@@ -130,7 +130,7 @@ def _annotation_at(key: str) -> Any:
         ann = fields[part].annotation
         if part == "hardware" and i == 0:
             return ann
-        inner = _model_in(ann)
+        inner = _model_in(ann, parts[i + 1] if i < len(parts) - 1 else None)
         if i < len(parts) - 1:
             if inner is None:
                 raise SearchError(f"unknown scenario key {key!r}: {'.'.join(parts[: i + 1])} is not a mapping", key=f"space.{key}")
@@ -138,14 +138,18 @@ def _annotation_at(key: str) -> Any:
     return ann
 
 
-def _model_in(ann: Any) -> type[BaseModel] | None:
+def _model_in(ann: Any, child: str | None = None) -> type[BaseModel] | None:
+    """The model inside an annotation; of a union of models (``plan.batching``, one per
+    policy), the first that has the key ``child``."""
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return ann
+    found = None
     for a in typing.get_args(ann):
-        m = _model_in(a)
-        if m is not None:
+        m = _model_in(a, child)
+        if m is not None and (child is None or child in m.model_fields):
             return m
-    return None
+        found = found or m
+    return found
 
 
 def _all_values(key: str, ann: Any) -> list[Any]:
@@ -155,7 +159,7 @@ def _all_values(key: str, ann: Any) -> list[Any]:
     if key == "plan.batching.policy":
         from simkit.policies.batching import BATCHING_POLICIES
 
-        return [p for p in BATCHING_POLICIES if p != "prefill_only"] + ["disaggregated"]
+        return list(BATCHING_POLICIES)
     if key == "plan.routing":
         from simkit.policies.routing import ROUTING_POLICIES
 

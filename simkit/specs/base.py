@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import re
 from types import UnionType
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
@@ -45,6 +46,14 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, strict=True, allow_inf_nan=False)
 
 
+class Section(BaseModel):
+    """Base of a scenario section (scenario.py, and the options a policy declares): immutable,
+    unknown keys rejected, no type coercion, no NaN or infinity; attribute docstrings become the
+    field descriptions (the JSON Schema and docs/scenario.md's key table show them)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True, strict=True, allow_inf_nan=False)
+
+
 def _unwrap(t: Any) -> Any:
     """Annotated / Optional / union annotations down to a model (preferred) or container type."""
     for _ in range(8):
@@ -75,17 +84,61 @@ def _descend(t: Any, part: Any) -> Any:
     return None
 
 
+def _tagged_member(t: Any, part: Any) -> type[BaseModel] | None:
+    """The member of a discriminated union of models whose tag is ``part`` (pydantic puts the
+    tag in an error's location), else None."""
+    t = _unwrap_annotated(t)
+    if get_origin(t) not in (Union, UnionType) or not isinstance(part, str):
+        return None
+    for m in get_args(t):
+        if _tag_of(m) == part:
+            return m
+    return None
+
+
+def _walk(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], Any, dict[str, type[BaseModel]]]:
+    """(``loc`` without discriminated-union tags, the annotation it leads to (None: unknown),
+    and the members of the last tagged union passed, by tag)."""
+    t: Any = model
+    out: list[Any] = []
+    members: dict[str, type[BaseModel]] = {}
+    for part in loc:
+        member = _tagged_member(t, part) if t is not None else None
+        if member is not None:
+            members = {tag: m for m in get_args(_unwrap_annotated(t)) if (tag := _tag_of(m)) is not None}
+            t = member
+            continue
+        out.append(part)
+        t = _descend(t, part) if t is not None else None
+    return tuple(out), t, members
+
+
+def _unwrap_annotated(t: Any) -> Any:
+    while get_origin(t) is Annotated:
+        t = get_args(t)[0]
+    return t
+
+
+def _tag_of(m: Any) -> str | None:
+    """A model's discriminated-union tag: the value of its one-value Literal field."""
+    if isinstance(m, type) and issubclass(m, BaseModel):
+        for f in m.model_fields.values():
+            if get_origin(f.annotation) is Literal and len(get_args(f.annotation)) == 1:
+                return str(get_args(f.annotation)[0])
+    return None
+
+
 def known_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]:
     """The keys the mapping at ``loc`` inside ``model`` accepts (empty when it is free-form)."""
-    t: Any = model
-    for part in loc:
-        t = _descend(t, part)
-        if t is None:
-            return []
-    t = _unwrap(t)
+    t = _unwrap(_walk(model, loc)[1])
     if isinstance(t, type) and issubclass(t, BaseModel):
         return list(t.model_fields)
     return []
+
+
+def _did_you_mean(value: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(value, choices, n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else ""
 
 
 def format_validation_error(err: ValidationError, where: str | None, model: type[BaseModel] | None = None) -> SpecError:
@@ -97,25 +150,46 @@ def format_validation_error(err: ValidationError, where: str | None, model: type
     errors = err.errors()
     errors = sorted(errors, key=lambda e: e["type"] != "extra_forbidden")  # stable: a typo first
     first = errors[0]
-    loc = tuple(first["loc"])
+    raw_loc = tuple(first["loc"])
+    loc = _walk(model, raw_loc)[0] if model is not None else raw_loc
     key = ".".join(str(p) for p in loc) or None
     msg = first["msg"]
     grouped = 1
+    if first["type"] == "union_tag_invalid":
+        # an unknown name of a registry-built union (plan.batching.policy)
+        ctx = first.get("ctx", {})
+        field = str(ctx.get("discriminator", "")).strip("'")
+        tags = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
+        tag = str(ctx.get("tag", ""))
+        key = ".".join(str(p) for p in (*loc, field))
+        what = f"{loc[-1]} {field}" if loc else field
+        msg = f"unknown {what} {tag!r}{_did_you_mean(tag, tags)} (expected one of {', '.join(tags)})"
+        more = len(errors) - 1
+        if more:
+            msg += f" (and {more} more problem{'s' if more > 1 else ''})"
+        return SpecError(msg, where=where, key=key)
+    if first["type"] == "literal_error" and isinstance(first.get("input"), str):
+        msg += _did_you_mean(first["input"], re.findall(r"'([^']*)'", str(first.get("ctx", {}).get("expected", ""))))
     if first["type"] in ("missing", "extra_forbidden"):
-        same = [e for e in errors if e["type"] == first["type"] and tuple(e["loc"])[:-1] == loc[:-1]]
+        same = [e for e in errors if e["type"] == first["type"] and tuple(e["loc"])[:-1] == raw_loc[:-1]]
         names = [str(e["loc"][-1]) for e in same]
         grouped = len(same)
         if first["type"] == "missing":
             msg = "required key is missing" if grouped == 1 else f"required keys are missing: {', '.join(names)}"
         else:
             msg = "unknown key" if grouped == 1 else f"unknown keys: {', '.join(names)}"
-            known = known_keys(model, loc[:-1])
+            known = known_keys(model, raw_loc[:-1])
             hints = [f"{n} -> {', '.join(c)}" if grouped > 1 else ", ".join(c)
                      for n in names if (c := difflib.get_close_matches(n, known, n=3, cutoff=0.6))]
             if hints:
                 msg += f"; did you mean {'; '.join(hints)}?"
             elif known:
                 msg += f" (expected one of {', '.join(known)})"
+            members = _walk(model, raw_loc[:-1])[2]
+            tag = next((p for p in raw_loc[:-1] if isinstance(p, str) and p in members), None)
+            others = [t for t, m in members.items() if t != tag and all(n in m.model_fields for n in names)]
+            if tag is not None and others:
+                msg += f"; {'it is an option' if grouped == 1 else 'they are options'} of {', '.join(others)}, not of {tag}"
         if grouped > 1:
             key = ".".join(str(p) for p in loc[:-1]) or None
     elif msg.startswith("Value error, "):

@@ -414,8 +414,6 @@ class _Checker:
         self.models: dict[str, None] = {}
 
     def check(self, data: dict[str, Any], pt: Point) -> dict[str, Any]:
-        from simkit.policies.batching import BATCHING_POLICIES
-        from simkit.policies.routing import ROUTING_POLICIES
         from simkit.scenario import scenario_from_dict
         from simkit.specs.catalog import load_model
         from simkit.specs.node import resolve_node
@@ -432,13 +430,6 @@ class _Checker:
             if model not in self.models:
                 load_model(model, where=where)
                 self.models[model] = None
-            pol = sc.plan.batching.policy
-            if pol != "disaggregated" and pol not in BATCHING_POLICIES:
-                raise StudyError(f"unknown batching policy {pol!r} (expected one of {', '.join([*BATCHING_POLICIES, 'disaggregated'])})",
-                                 key="plan.batching.policy")
-            if sc.plan.routing not in ROUTING_POLICIES:
-                raise StudyError(f"unknown routing policy {sc.plan.routing!r} (expected one of {', '.join(ROUTING_POLICIES)})",
-                                 key="plan.routing")
             for key, p in _paths(data):
                 if key != "model" and not Path(p).exists():
                     raise StudyError(f"file not found: {p}", key=key)
