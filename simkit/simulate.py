@@ -1076,13 +1076,13 @@ def bottleneck_of(resources: dict[str, dict[str, float]], group_kernels: list[fl
 _MEASURED_CONTEXT: dict[str, dict[str, float]] = {}
 
 
-def measured_context(eff: Any) -> dict[str, float]:
+def measured_context(eff: EfficiencyModel) -> dict[str, float]:
     """The longest context per sequence (tokens attended) a calibration profile measured, per
     attention class it measured (``attn_decode``, ``attn_prefill``); {} for datasheet models.
     Read from the profile's samples (its ``ctx`` column sums the batch's contexts)."""
     import csv
 
-    path = getattr(eff, "path", None)
+    path = eff.path
     classes = [c for c in ("attn_decode", "attn_prefill") if eff.is_measured(c)]
     if path is None or not classes:
         return {}
@@ -1168,21 +1168,20 @@ def summary_span(table: RequestTable) -> float:
     return float(np.nanmax(table.finish) - table.arrival.min())
 
 
-def calibration_provenance(sc: Scenario, eff: Any, description: str) -> dict[str, Any]:
+def calibration_provenance(sc: Scenario, eff: EfficiencyModel, description: str) -> dict[str, Any]:
     """What provenance.json records of the calibration: the scenario's setting, the description
     summary.json carries, and for a profile its name, file and measured fidelity per operator
     class (in-sample fit error and, where the profile has it, the leave-one-model-out errors that
     docs/fidelity.md tabulates), as fractions."""
     out: dict[str, Any] = {"setting": sc.calibration, "description": description, "profile": None, "path": None, "fidelity": {}}
-    models = getattr(eff, "models", None)
-    if not isinstance(models, dict) or not hasattr(eff, "cross_validation"):
+    quality = eff.fit_quality()
+    if quality is None:
         return out
-    out["profile"] = getattr(eff, "name", None)
-    path = getattr(eff, "path", None)
-    out["path"] = str(Path(path).resolve()) if path is not None else None
-    for cls, cm in models.items():
-        entry: dict[str, Any] = {"fit_error": dict(getattr(cm, "fit_error", {}) or {})}
-        cv = (eff.cross_validation or {}).get(cls) or {}
+    out["profile"] = eff.name
+    out["path"] = str(Path(eff.path).resolve()) if eff.path is not None else None
+    for cls, q in quality.items():
+        entry: dict[str, Any] = {"fit_error": q.fit_error}
+        cv = q.cross_validation
         per = cv.get("per_model") or {}
         if per:
             meds = [float(v["median_ape"]) for v in per.values() if "median_ape" in v]

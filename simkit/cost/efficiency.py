@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -81,6 +82,27 @@ class EfficiencyModel(Protocol):
     def host_overhead(self) -> HostOverhead | None:
         """Host seconds per engine iteration, when this model knows them."""
         ...
+
+    @property
+    def path(self) -> Path | None:
+        """The calibration profile file this model was read from; None when it was not read
+        from one (datasheet defaults, a profile fitted in memory)."""
+        ...
+
+    def fit_quality(self) -> dict[str, FitQuality] | None:
+        """How well the model reproduces its measurements, per measured operator class; None
+        when it is not fitted to measurements (datasheet defaults)."""
+        ...
+
+
+@dataclass(frozen=True)
+class FitQuality:
+    """The measured fidelity of one fitted operator class (docs/fidelity.md)."""
+
+    fit_error: dict[str, float]
+    """In-sample errors of the fit (e.g. median and p90 absolute percentage error)."""
+    cross_validation: dict[str, Any]
+    """The leave-one-model-out cross-validation record ({} when the profile has none)."""
 
 
 @dataclass(frozen=True)
@@ -151,4 +173,11 @@ class DatasheetEfficiency(EfficiencyModel):
         return {}
 
     def host_overhead(self) -> HostOverhead | None:
+        return None
+
+    @property
+    def path(self) -> Path | None:
+        return None
+
+    def fit_quality(self) -> dict[str, FitQuality] | None:
         return None

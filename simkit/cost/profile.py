@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from simkit.cost.efficiency import OP_CLASSES, DatasheetEfficiency, EfficiencyModel
+from simkit.cost.efficiency import OP_CLASSES, DatasheetEfficiency, EfficiencyModel, FitQuality
 from simkit.errors import CalibrationError
 from simkit.specs.calibration import (
     PROFILE_FILE,
@@ -631,6 +631,9 @@ class Profile(EfficiencyModel):
 
     def host_overhead(self) -> HostOverhead | None:
         return self.host
+
+    def fit_quality(self) -> dict[str, FitQuality] | None:
+        return {c: FitQuality(dict(cm.fit_error), dict(self.cross_validation.get(c) or {})) for c, cm in self.models.items()}
 
     @property
     def fingerprint(self) -> dict[str, Any] | None:
