@@ -16,7 +16,6 @@ from typing import Any, ClassVar, Literal, get_args, get_origin
 
 import numpy as np
 import pytest
-from conftest import make_scenario, uniform_workload
 from pydantic import ValidationError
 
 from simkit.cost.efficiency import DatasheetEfficiency, EfficiencyModel, FitQuality
@@ -27,6 +26,7 @@ from simkit.policies.routing import ROUTING_POLICIES
 from simkit.scenario import Plan, TraceRef, scenario_from_dict
 from simkit.simulate import simulate
 from simkit.workload.traces import TRACE_FORMATS, detect_format, read_trace
+from tests.conftest import make_scenario, uniform_workload
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLES = {"both", "prefill", "decode"}

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from simkit.policies.batching import with_policy
 from simkit.scenario import scenario_from_dict
 from simkit.simulate import simulate
 from tests.conftest import make_scenario, uniform_workload
@@ -29,7 +30,7 @@ def _scenario(n, rate, inp, out, seed, replicas, routing, batching, kv_cache, ca
         calibration=calibration,
     )
     data["plan"].update(
-        {"batching": batching, "kv_cache": kv_cache, "parallel": {"replicas": replicas, "tp": tp}, "routing": routing}
+        {"batching": with_policy(batching, batching["policy"], {}), "kv_cache": kv_cache, "parallel": {"replicas": replicas, "tp": tp}, "routing": routing}
     )
     data["plan"].update(extra)
     return scenario_from_dict(data)
