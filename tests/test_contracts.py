@@ -112,6 +112,8 @@ def test_schema_batching_union_is_the_registry():
      "option of continuous, chunked_prefill, disaggregated, not of static"),
     ({"policy": "continuous", "chunk_size": 1024}, "plan.batching.chunk_size", "option of chunked_prefill, not of continuous"),
     ({"policy": "disaggregated", "kv_transfer_link": "pcie"}, "plan.batching.kv_transfer_link", "'network' or 'nvlink'"),
+    # the prefill side of disaggregation is not a policy of its own (alone, no request ever finished)
+    ({"policy": "prefill_only"}, "plan.batching.policy", "expected one of static, continuous, chunked_prefill, disaggregated"),
 ])
 def test_bad_batching_fails_at_load_with_key_path(batching, key, text):
     with pytest.raises(ScenarioError, match=re.escape(text)) as e:
