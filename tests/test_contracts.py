@@ -382,3 +382,21 @@ def test_tier_paths_cross_only_links_the_simulator_builds():
         if TIER_OF[place] in tiers:
             for hop in (*READ_PATH[place], *WRITE_PATH[place]):
                 assert hop in rates, (place, hop)
+
+
+def test_prefix_cache_moves_cross_the_tier_paths():
+    from simkit.scenario import load_scenario
+    from simkit.specs.tiers import tier_path
+
+    assert tier_path("dram", "hbm") == ("h2d",) and tier_path("ssd", "hbm") == ("nvme_read", "h2d")
+    assert tier_path("hbm", "dram") == ("d2h",) and tier_path("hbm", "ssd") == ("d2h", "nvme_write")
+    assert tier_path("dram", "cxl") == ("cxl_write",) and tier_path("dram", "ssd") == ("nvme_write",)
+    # CXL -> SSD goes through host DRAM: read from CXL, then written to the SSD (it used to cross
+    # only the NVMe write, as if the bytes came from nowhere)
+    assert tier_path("cxl", "ssd") == ("cxl_read", "nvme_write")
+    sc = load_scenario(ROOT / "workloads/scenarios/mooncake-prefix-cache.yaml", [
+        "hardware=h100-pcie-cxl-server", "plan.prefix_cache.tiers=[hbm, cxl, ssd]", "plan.prefix_cache.capacity={cxl: 1 GiB}",
+        "plan.parallel.replicas=1", "workload.limit=60", "calibration=none"])
+    b = simulate(sc).summary["link_bytes"]
+    # nothing is fetched back (no h2d), so CXL is read only by demotions to the SSD, which write the same bytes
+    assert b["h2d"] == 0 and b["nvme_write"] > 0 and b["cxl_read"] == b["nvme_write"]

@@ -22,6 +22,7 @@ from simkit.engine.kvcache import TIER_INDEX, KVBlockManager
 from simkit.engine.replica import Replica
 from simkit.engine.resources import Link
 from simkit.engine.state import RequestTable, TBTHistogram
+from simkit.specs.tiers import tier_path
 
 
 @dataclass
@@ -249,18 +250,15 @@ class Engine:
     def _fetch(self, fetched: dict[str, int]) -> None:
         """Bring prefix entries up from lower tiers over the links on their path."""
         per_hash = self.cfg.hash_tokens * self.cfg.kv_bytes_per_token
-        paths = {"dram": ["h2d"], "cxl": ["cxl_read", "h2d"], "ssd": ["nvme_read", "h2d"]}
         for tier, n in fetched.items():
             nbytes = n * per_hash * self.cfg.num_gpus
-            for link in paths[tier]:
+            for link in tier_path(tier, "hbm"):
                 if link in self.links:
                     self.pending_fetch.append(self.links[link].transfer(nbytes, f"prefix {tier}->hbm"))
 
     def demote_traffic(self, src: str, dst: str, entries: int) -> None:
         per_hash = self.cfg.hash_tokens * self.cfg.kv_bytes_per_token * self.cfg.num_gpus
-        path = {("hbm", "dram"): ["d2h"], ("dram", "cxl"): ["cxl_write"], ("hbm", "cxl"): ["d2h", "cxl_write"],
-                ("dram", "ssd"): ["nvme_write"], ("cxl", "ssd"): ["nvme_write"], ("hbm", "ssd"): ["d2h", "nvme_write"]}
-        for link in path.get((src, dst), []):
+        for link in tier_path(src, dst):
             if link in self.links:
                 self.links[link].transfer(entries * per_hash, f"prefix {src}->{dst}")
 

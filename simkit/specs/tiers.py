@@ -4,8 +4,8 @@ A scenario's ``plan.offload`` names places in FlexGen's words (``gpu``, ``cpu``,
 ``disk``); a node's memory tiers are ``hbm``, ``dram``, ``cxl`` and ``ssd`` (``Node.tiers``);
 the engine's links are directions keyed as ``simulate.link_rates`` keys them (``h2d``, ``d2h``,
 ``nvme_read``, ``nvme_write``, ``cxl_read``, ``cxl_write``). The maps below translate between
-them, for the simulator (policies/offload.py, engine/offload.py) and the placement optimiser
-(policies/offload_opt.py) alike.
+them, for the simulator (policies/offload.py, engine/offload.py, the prefix cache's moves in
+engine/engine.py) and the placement optimiser (policies/offload_opt.py) alike.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ CPU_READ_PATH: dict[str, tuple[str, ...]] = {"cpu": (), "cxl": ("cxl_read",), "d
 CPU_WRITE_PATH: dict[str, tuple[str, ...]] = {"cpu": (), "cxl": ("cxl_write",), "disk": ("nvme_write",)}
 """Link directions a byte crosses from host DRAM to a place."""
 
+PLACE_OF_TIER: dict[str, str] = {"dram": "cpu", "cxl": "cxl", "ssd": "disk"}
+"""A memory tier below the GPU's -> its placement key."""
+
 LINK_DIRECTIONS: tuple[str, ...] = ("h2d", "d2h", "nvme_read", "nvme_write", "cxl_read", "cxl_write")
 """Every link direction a path above uses, in the order the placement optimiser lists them."""
 
@@ -50,3 +53,17 @@ def read_path(place: str, to_cpu: bool) -> tuple[str, ...]:
 def write_path(place: str, from_cpu: bool) -> tuple[str, ...]:
     """Link directions from the compute memory (host DRAM when ``from_cpu``) to ``place``."""
     return CPU_WRITE_PATH[place] if from_cpu else WRITE_PATH[place]
+
+
+def tier_path(src: str, dst: str) -> tuple[str, ...]:
+    """Link directions bytes cross moving from memory tier ``src`` to tier ``dst`` (``hbm``,
+    ``dram``, ``cxl``, ``ssd``; the prefix cache's vocabulary): into or out of HBM over the read
+    and write paths above, and between lower tiers through host DRAM (read from ``src`` into DRAM,
+    written from DRAM to ``dst``)."""
+    if src == dst:
+        return ()
+    if dst == "hbm":
+        return READ_PATH[PLACE_OF_TIER[src]]
+    if src == "hbm":
+        return WRITE_PATH[PLACE_OF_TIER[dst]]
+    return CPU_READ_PATH[PLACE_OF_TIER[src]] + CPU_WRITE_PATH[PLACE_OF_TIER[dst]]
