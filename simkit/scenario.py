@@ -206,9 +206,9 @@ class KVCache(_S):
 class PrefixCache(_S):
     enabled: bool = False
     """Reuse KV of shared prompt prefixes (keyed by Mooncake hash_ids or native prefix_id)."""
-    tiers: list[Literal["hbm", "dram", "cxl", "ssd"]] = Field(default_factory=lambda: ["hbm", "dram", "cxl", "ssd"])
+    tiers: list[Literal["hbm", "dram", "cxl", "ssd"]] = ["hbm", "dram", "cxl", "ssd"]
     """Tiers the cache may use, fastest first; tiers the node lacks are skipped."""
-    capacity: dict[str, Bytes] = Field(default_factory=dict)
+    capacity: dict[str, Bytes] = {}
     """Bytes of each lower tier given to the cache (default: half the DRAM/CXL, 10% of the SSD)."""
 
 

@@ -25,9 +25,9 @@ def _type(node: dict[str, Any], defs: dict[str, Any]) -> str:
     return {"integer": "int", "number": "number", "string": "string", "boolean": "bool"}.get(t, t)
 
 
-def _default(node: dict[str, Any]) -> str:
+def _default(node: dict[str, Any], required: bool = True) -> str:
     if "default" not in node:
-        return "required"
+        return "required" if required else "(computed)"
     d = node["default"]
     if isinstance(d, dict):
         return "(see below)" if d else "{}"
@@ -50,9 +50,10 @@ def key_rows() -> list[tuple[str, str, str, str]]:
                 if "$ref" in x:
                     walk(x, path)
             return
+        req = set(node.get("required", []))
         for k, v in node.get("properties", {}).items():
             key = f"{path}{k}"
-            rows.append((key, _type(v, defs), _default(v), " ".join(v.get("description", "").split())))
+            rows.append((key, _type(v, defs), _default(v, k in req), " ".join(v.get("description", "").split())))
             walk(v, key + ".")
 
     def union(node: dict[str, Any], path: str) -> None:
