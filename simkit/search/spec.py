@@ -156,14 +156,10 @@ def _all_values(key: str, ann: Any) -> list[Any]:
     """What ``all`` means for a dotted key."""
     if key in ("plan.parallel.tp", "plan.parallel.pp", "plan.parallel.ep"):
         return list(POW2)
-    if key == "plan.batching.policy":
+    if key == "plan.batching.policy":  # the tag of the union of per-policy options
         from simkit.policies.batching import BATCHING_POLICIES
 
         return list(BATCHING_POLICIES)
-    if key == "plan.routing":
-        from simkit.policies.routing import ROUTING_POLICIES
-
-        return list(ROUTING_POLICIES)
     args = [a for a in typing.get_args(ann) if a is not type(None)]
     if ann is bool or bool in args:
         return [False, True]
