@@ -16,6 +16,8 @@ from typing import Any, ClassVar, Literal, get_args, get_origin
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from simkit.cost.efficiency import DatasheetEfficiency, EfficiencyModel, FitQuality
@@ -119,6 +121,25 @@ def test_bad_batching_fails_at_load_with_key_path(batching, key, text):
     with pytest.raises(ScenarioError, match=re.escape(text)) as e:
         scenario_from_dict(make_scenario(plan={"batching": batching}), where="s.yaml")
     assert e.value.key == key and e.value.where == "s.yaml"
+
+
+_INT_OPTIONS = sorted({k for cls in BATCHING_POLICIES.values() for k, f in cls.Options.model_fields.items()
+                       if k != "policy" and f.annotation in (int, int | None)})
+
+
+@settings(max_examples=60, deadline=None)
+@given(policy=st.sampled_from([*BATCHING_POLICIES, "prefill_only", "bogus"]),
+       options=st.dictionaries(st.sampled_from([*_INT_OPTIONS, "max_num_seq", "chunksize"]), st.integers(1, 10**5), max_size=4))
+def test_batching_options_load_exactly_when_the_policy_has_them(policy, options):
+    data = make_scenario(plan={"batching": {"policy": policy, **options}})
+    cls = BATCHING_POLICIES.get(policy)
+    if cls is not None and set(options) <= set(cls.Options.model_fields):
+        b = scenario_from_dict(data).plan.batching
+        assert isinstance(b, cls.Options) and all(getattr(b, k) == v for k, v in options.items())
+    else:
+        with pytest.raises(ScenarioError) as e:
+            scenario_from_dict(data)
+        assert e.value.key is not None and e.value.key.startswith("plan.batching")
 
 
 def test_batching_without_a_policy_is_continuous_and_dotted_overrides_keep_working():
