@@ -251,7 +251,6 @@ class Disaggregated:
     over requests whose KV arrives over ``kv_transfer_link`` (wired in simulate.py)."""
 
     name: ClassVar[str] = "disaggregated"
-    admits_on_arrival: ClassVar[bool] = True
     roles: ClassVar[tuple[Role, ...]] = ("prefill", "decode")
     Options: ClassVar[type[DisaggregatedOptions]] = DisaggregatedOptions
 
