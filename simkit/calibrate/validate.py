@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -509,12 +510,52 @@ def config_from_args(a: argparse.Namespace) -> ValidationConfig:
         raise CalibrationError(f"--phases takes prefill and/or decode (got {a.phases!r})")
     for name in ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab", "repeats"):
         if getattr(a, name) < 1:
-            raise CalibrationError(f"--{name.replace('_', '-')} must be >= 1")
+            raise CalibrationError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(a, name)})")
+    if a.heads % a.kv_heads:
+        raise CalibrationError(f"--heads ({a.heads}) must be a multiple of --kv-heads ({a.kv_heads})")
+    if a.hidden % a.heads or (a.hidden // a.heads) % 2:
+        raise CalibrationError(
+            f"--hidden ({a.hidden}) must be --heads ({a.heads}) x an even head size (RoPE rotates pairs)"
+        )
+    cpus = os.cpu_count() or 1
+    if a.threads is not None and not 1 <= a.threads <= cpus:
+        raise CalibrationError(f"--threads takes 1..{cpus} (this machine's logical CPUs), got {a.threads}")
+    # the real model holds its weights, a KV cache of the largest batch x context and a prefill's
+    # activations in memory: refuse a run that cannot fit instead of swapping or being killed
+    need = _validation_bytes(a)
+    avail = _available_bytes()
+    if avail is not None and need > 0.8 * avail:
+        raise CalibrationError(
+            f"--batch-sizes/--context-lens/--vocab need about {need / 1e9:.1f} GB for the largest step "
+            f"(weights, KV cache, prefill activations in fp32), more than 80% of the {avail / 1e9:.1f} GB available"
+        )
     return ValidationConfig(
         layers=a.layers, hidden=a.hidden, heads=a.heads, kv_heads=a.kv_heads, ffn=a.ffn, vocab=a.vocab,
         batch_sizes=tuple(a.batch_sizes), context_lens=tuple(a.context_lens), dtype=a.dtype,
         repeats=a.repeats, threads=a.threads, phases=phases, clock=a.clock, force=a.force,
     )
+
+
+def _validation_bytes(a: argparse.Namespace) -> float:
+    """Upper estimate of the validation model's memory (fp32 bytes): weights, the KV cache of the
+    largest batch at the longest context, and a prefill's activations (MLP, attention scores; logits of the last token only)."""
+    head = a.hidden // a.heads
+    qkv = a.hidden + 2 * a.kv_heads * head
+    weights = a.layers * (a.hidden * qkv + a.hidden * a.hidden + 3 * a.hidden * a.ffn) + 2 * a.vocab * a.hidden
+    b, c = max(a.batch_sizes), max(a.context_lens)
+    cache = 2 * a.layers * b * c * a.kv_heads * head
+    acts = b * c * (4 * a.hidden + 3 * a.ffn) + b * a.vocab + b * a.heads * c * c
+    return 4.0 * (weights + cache + acts)
+
+
+def _available_bytes() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024.0
+    except OSError:
+        return None
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

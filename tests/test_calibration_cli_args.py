@@ -1,0 +1,90 @@
+"""`simkit calibrate` and `simkit validate` refuse out-of-range options with one clear line (exit 2),
+before importing torch or measuring anything."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from simkit.calibrate import cli_calibrate, validate
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--threads", "0"], "--threads takes 1.."),
+        (["--threads", str((os.cpu_count() or 1) + 1)], "--threads takes 1.."),
+        (["--dtypes", ","], "--dtypes takes a comma-separated list of fp32, bf16"),
+        (["--dtypes", "fp32,fp33"], "got 'fp32,fp33'"),
+        (["--dtypes", "fp8"], "for --device cpu"),
+        (["--ssd-dir", "/nonexistent-simkit-dir"], "--ssd-dir '/nonexistent-simkit-dir' is not an existing folder"),
+        (["--catalog", "no-such-cpu"], "--catalog 'no-such-cpu' is not a cpu of the catalog"),
+        (["--catalog", "h100-sxm"], "is not a cpu of the catalog"),
+        (["--name", " "], "--name takes a non-empty profile name"),
+    ],
+)
+def test_calibrate_rejects_bad_options(extra: list[str], expected: str, capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    rc = cli_calibrate.main(["--device", "cpu", "--tiny", "--out", str(tmp_path / "p"), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("error: ") and expected in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "p").exists()  # nothing measured or written
+
+
+def test_calibrate_rejects_a_file_as_out(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert cli_calibrate.main(["--device", "cpu", "--tiny", "--out", str(f)]) == 2
+    assert "is a file; it takes a folder" in capsys.readouterr().err
+    assert f.read_text() == "x"
+
+
+def test_calibrate_accepts_in_range_options(tmp_path) -> None:
+    args = cli_calibrate.build_parser().parse_args(
+        ["--device", "cpu", "--threads", "1", "--dtypes", "bf16, fp32", "--ssd-dir", str(tmp_path),
+         "--catalog", "generic-2core-vm", "--out", str(tmp_path / "new")]
+    )
+    assert cli_calibrate.check_args(args) == (str(tmp_path / "new"), ["bf16", "fp32"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--heads", "7"], "--heads (7) must be a multiple of --kv-heads (8)"),
+        (["--kv-heads", "3"], "must be a multiple of --kv-heads (3)"),
+        (["--hidden", "500"], "--hidden (500) must be --heads (8) x an even head size"),
+        (["--hidden", "24", "--heads", "8", "--kv-heads", "8"], "even head size"),
+        (["--layers", "0"], "--layers must be >= 1 (got 0)"),
+        (["--repeats", "0"], "--repeats must be >= 1"),
+        (["--threads", "0"], "--threads takes 1.."),
+        (["--threads", str((os.cpu_count() or 1) + 1)], "--threads takes 1.."),
+        (["--phases", "warmup"], "--phases takes prefill and/or decode"),
+        (["--batch-sizes", "100000", "--context-lens", "100000"], "more than 80% of the"),
+    ],
+)
+def test_validate_rejects_bad_options(extra: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = validate.main(["--device", "cpu", "--profile", "/nonexistent-profile", *extra])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("error: ") and expected in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "1,x", ""])
+def test_validate_rejects_bad_lists(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        validate.main(["--batch-sizes", value])
+    assert e.value.code == 2
+    assert "--batch-sizes" in capsys.readouterr().err
+
+
+def test_validate_memory_estimate_grows_with_the_largest_step() -> None:
+    p = validate.build_parser()
+    small = validate._validation_bytes(p.parse_args(["--batch-sizes", "1", "--context-lens", "64"]))
+    big = validate._validation_bytes(p.parse_args(["--batch-sizes", "1,16", "--context-lens", "64,512"]))
+    assert 0 < small < big
+    # the default model's weights alone: 2 layers of hidden 512 / FFN 1408 and a 4096-token vocabulary, fp32
+    weights = 4 * (2 * (512 * 1536 + 512 * 512 + 3 * 512 * 1408) + 2 * 4096 * 512)
+    assert small > weights
