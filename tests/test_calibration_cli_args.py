@@ -88,3 +88,20 @@ def test_validate_memory_estimate_grows_with_the_largest_step() -> None:
     # the default model's weights alone: 2 layers of hidden 512 / FFN 1408 and a 4096-token vocabulary, fp32
     weights = 4 * (2 * (512 * 1536 + 512 * 512 + 3 * 512 * 1408) + 2 * 4096 * 512)
     assert small > weights
+
+
+def test_drift_compares_the_two_halves_of_the_repetitions() -> None:
+    assert validate.drift([1.0, 1.0, 1.0]) is None  # too few to split
+    assert validate.drift([1.0, 1.0, 1.0, 1.0]) == 0.0
+    # the machine slowed down by 20% half-way through
+    assert validate.drift([1.0, 1.02, 0.98, 1.2, 1.22, 1.18]) == pytest.approx(0.2)
+    # symmetric in sign: faster later is drift too
+    assert validate.drift([1.25, 1.25, 1.0, 1.0]) == pytest.approx(0.2)
+
+
+def test_table_reports_the_drift_when_measured() -> None:
+    row = {"config": "decode b=1 ctx=8", "measured_s": 0.01, "predicted_s": 0.011, "error": 0.1}
+    base = {"rows": [row], "median_ape": 0.1, "p90_ape": 0.1, "dtype": "fp32", "threads": 1, "clock": "cpu", "profile": "p"}
+    assert "drift" not in validate.format_table(base)
+    text = validate.format_table({**base, "drift_median": 0.031, "drift_p90": 0.12})
+    assert "measurement drift (second vs first half of each configuration's repetitions): median 3.1%, p90 12.0%" in text

@@ -285,6 +285,19 @@ def _time_step(fn: Any, repeats: int, warmup: int, min_time_s: float) -> tuple[l
     return wall, cpu
 
 
+def drift(times: Sequence[float]) -> float | None:
+    """How far this machine moved while one configuration was timed: ``|median of the second half
+    of its repetitions / median of the first half - 1|`` (repetitions in the order they ran, which
+    are interleaved with every other configuration over the whole run). None under 4 repetitions.
+
+    A prediction error smaller than this cannot be told apart from the machine's own drift: on a
+    shared machine the same kernel runs 10-20% slower or faster a minute later (docs/fidelity.md)."""
+    if len(times) < 4:
+        return None
+    h = len(times) // 2
+    return abs(float(np.median(times[h:])) / float(np.median(times[:h])) - 1.0)
+
+
 @dataclass
 class Row:
     phase: str
@@ -301,6 +314,8 @@ class Row:
     """Predicted seconds per operator name (all occurrences)."""
     wall_s: float = 0.0
     """Median wall time (equals measured_s with the wall clock)."""
+    drift: float | None = None
+    """See :func:`drift`."""
 
     @property
     def config(self) -> str:
@@ -389,14 +404,19 @@ def run_validation(
             br[t.op.name] = br.get(t.op.name, 0.0) + t.time_s * t.op.count
         rows.append(
             Row(phase, b, c, meas, pred, float(np.percentile(times, 10)), float(np.percentile(times, 90)),
-                len(times), (pred - meas) / meas, br, float(np.median(wall[i])))
+                len(times), (pred - meas) / meas, br, float(np.median(wall[i])), drift(times))
         )
         out(f"  {rows[-1].config}: measured {meas * 1e3:.2f} ms, predicted {pred * 1e3:.2f} ms ({rows[-1].error:+.1%})")
     ape = np.abs([r.error for r in rows])
+    drifts = [r.drift for r in rows if r.drift is not None]
     other = load.other_cores()
     result = {
         "median_ape": float(np.median(ape)),
         "p90_ape": float(np.percentile(ape, 90)),
+        # the measurement's own repeatability (first vs second half of each configuration's
+        # repetitions): errors below it are the machine's drift, not the model's
+        "drift_median": float(np.median(drifts)) if drifts else None,
+        "drift_p90": float(np.percentile(drifts, 90)) if drifts else None,
         "dtype": dtype,
         "threads": threads,
         "clock": clock,
@@ -424,6 +444,7 @@ def run_validation(
                 "repeats": r.repeats,
                 "error": r.error,
                 "abs_error": abs(r.error),
+                "drift": r.drift,
                 "predicted_breakdown_s": r.breakdown,
             }
             for r in rows
@@ -447,6 +468,11 @@ def format_table(result: dict[str, Any]) -> str:
         f"over {len(result['rows'])} configurations ({result['dtype']}, {result['threads']} thread(s), "
         f"{result['clock']} clock, profile {result['profile']})"
     )
+    if result.get("drift_median") is not None:
+        lines.append(
+            f"measurement drift (second vs first half of each configuration's repetitions): median "
+            f"{result['drift_median']:.1%}, p90 {result['drift_p90']:.1%}; errors within it are the machine's, not the model's"
+        )
     sp = result.get("speed_probe")
     if sp:
         per = ", ".join(f"{d} GEMM x{g:.2f}" for d, g in sp["by_dtype"].items())
