@@ -105,3 +105,28 @@ def test_table_reports_the_drift_when_measured() -> None:
     assert "drift" not in validate.format_table(base)
     text = validate.format_table({**base, "drift_median": 0.031, "drift_p90": 0.12})
     assert "measurement drift (second vs first half of each configuration's repetitions): median 3.1%, p90 12.0%" in text
+
+
+def test_quick_suite_samples_every_decode_row_count_several_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quick CPU suite's GEMM group picks, on top of one configuration per stratum, extra
+    few-row GEMMs, so the fit sees several samples of each decode batch size (the speed of a
+    memory-bound CPU GEMM changes with the exact row count). Selection only: nothing is timed."""
+    import random
+
+    from simkit.calibrate import bench
+    from simkit.calibrate.samples import Measurement
+
+    b = bench.Bench(None, "cpu", bench.SIZES["quick"], None, "test", random.Random(0))  # type: ignore[arg-type]
+    b.rates = {"bf16": 1e11}
+    b.mem_bw = 20e9
+    monkeypatch.setattr(bench.Bench, "take", lambda self, shape, dtype, slot: None)
+    monkeypatch.setattr(bench.Bench, "_linear_fn", lambda self, a, w, dtype: None)
+    monkeypatch.setattr(bench.Bench, "measure", lambda self, fn, **kw: Measurement([1e-3]))
+    n = b.gemm("bf16")
+    size = bench.SIZES["quick"]
+    assert n == len(b.rows) == size.gemm_configs + size.decode_gemm_configs
+    shapes = [(r["m"], r["k"], r["n"]) for r in b.rows]
+    assert len(set(shapes)) == len(shapes)  # no configuration twice
+    few = [m for m, _, _ in shapes if m <= 16]
+    for m in (1, 2, 3, 4, 6, 8, 12, 16):
+        assert few.count(m) >= 6, (m, few.count(m))

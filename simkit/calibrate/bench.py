@@ -330,18 +330,23 @@ class SuiteSize:
     min_reps: int
     max_reps: int
     min_rep_s: float
+    decode_gemm_configs: int = 0
+    """Extra GEMMs with a few rows (<= 16: decode batches), on top of ``gemm_configs``: on a CPU
+    these are memory-bound kernels whose speed changes with the exact row count (fp32: 3 rows
+    stream weights at about a third of the rate of 1 row) and the row length, so the fit needs
+    several samples of each count, not one per stratum."""
 
 
 SIZES = {
     "tiny": SuiteSize("tiny", 10, 0.004, 6, 0.004, 10, 2e5, (1 << 16, 1 << 22), 16, (1 << 12, 1 << 20), (1, 4), 0.03, 3, 5, 5e-4),
     "quick": SuiteSize(
         "quick", 68, 0.06, 28, 0.04, 44, 4e6, (1 << 14, 1 << 18, 1 << 22, 1 << 26), 64,
-        (1 << 12, 1 << 16, 1 << 20, 1 << 22), (1, 4, 16), 0.12, 5, 15, 2e-3,
+        (1 << 12, 1 << 16, 1 << 20, 1 << 22), (1, 4, 16), 0.12, 5, 15, 2e-3, 40,
     ),
     "full": SuiteSize(
         "full", 150, 0.15, 84, 0.12, 120, 3.2e7,
         (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24, 1 << 26, 1 << 28), 256,
-        (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22), (1, 2, 4, 8, 16), 0.3, 5, 25, 3e-3,
+        (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22), (1, 2, 4, 8, 16), 0.3, 5, 25, 3e-3, 80,
     ),
 }
 
@@ -599,6 +604,10 @@ class Bench:
         # small TP shards (whose short rows reach a fraction of the bandwidth of long ones) are
         # measured at decode batch sizes too
         chosen = _stratified(cands, self.size.gemm_configs, self.rng, key=lambda c: (c[0], c[2] <= 1024, c[3] <= 2048))
+        if self.device == "cpu" and self.size.decode_gemm_configs:
+            taken = {c[:4] for c in chosen}
+            few = [c for c in cands if c[0] <= 16 and c[:4] not in taken]
+            chosen += _stratified(few, self.size.decode_gemm_configs, self.rng, key=lambda c: (c[0], c[2] <= 1024))
         for m, op, k, n, _ in chosen:
             a = self.take((m, k), dtype, "a")
             w = self.take((self.copies(k * n * eb), n, k), dtype, "w")
@@ -1184,7 +1193,7 @@ def measure_suite(
     for dt in dts:
         groups.append((f"launch {dt}", 0.2 * scale, lambda dt=dt: bench.launch(dt)))
     for dt in dts:
-        groups.append((f"gemm {dt}", 14.0 * scale, lambda dt=dt: bench.gemm(dt)))
+        groups.append((f"gemm {dt}", 18.0 * scale, lambda dt=dt: bench.gemm(dt)))
         if dt not in ("fp8", "tf32"):
             groups.append((f"attn_prefill {dt}", 2.5 * scale, lambda dt=dt: bench.attention(dt, "attn_prefill")))
             groups.append((f"attn_decode {dt}", 4.0 * scale, lambda dt=dt: bench.attention(dt, "attn_decode")))
