@@ -4,6 +4,7 @@ before importing torch or measuring anything."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -130,3 +131,33 @@ def test_quick_suite_samples_every_decode_row_count_several_times(monkeypatch: p
     few = [m for m, _, _ in shapes if m <= 16]
     for m in (1, 2, 3, 4, 6, 8, 12, 16):
         assert few.count(m) >= 6, (m, few.count(m))
+
+
+def test_quick_suite_samples_decode_attention_over_batches_and_contexts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On top of one decode-attention configuration per head shape, the quick CPU suite times
+    batches 1..16 at short, medium and long contexts (some off the power-of-two grid)."""
+    import random
+
+    from simkit.calibrate import bench
+    from simkit.calibrate.samples import Measurement
+
+    class FakeTorch:
+        @staticmethod
+        def inference_mode() -> Any:
+            import contextlib
+
+            return contextlib.nullcontext()
+
+    b = bench.Bench(FakeTorch(), "cpu", bench.SIZES["quick"], None, "test", random.Random(0))  # type: ignore[arg-type]
+    b.rates = {"bf16": 1e11}
+    b.mem_bw = 20e9
+    monkeypatch.setattr(bench.Bench, "take", lambda self, shape, dtype, slot: [None] * (shape[0] if len(shape) == 5 else 1))
+    monkeypatch.setattr(bench.Bench, "measure", lambda self, fn, **kw: Measurement([1e-3]))
+    n = b.attention("bf16", "attn_decode")
+    size = bench.SIZES["quick"]
+    assert n == len(b.rows) == size.attn_configs + size.decode_attn_configs
+    extra = b.rows[size.attn_configs:]
+    cells = {(int(r["batch"]), 0 if r["ctx"] <= 128 * 1.4 else 1 if r["ctx"] <= 512 * 1.4 else 2) for r in extra}
+    assert {bb for bb, _ in cells} == {1, 2, 4, 8, 16}
+    assert {band for _, band in cells} == {0, 1, 2}
+    assert any(int(r["ctx"]) & (int(r["ctx"]) - 1) for r in extra)  # not all powers of two

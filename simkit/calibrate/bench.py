@@ -335,18 +335,22 @@ class SuiteSize:
     these are memory-bound kernels whose speed changes with the exact row count (fp32: 3 rows
     stream weights at about a third of the rate of 1 row) and the row length, so the fit needs
     several samples of each count, not one per stratum."""
+    decode_attn_configs: int = 0
+    """Extra decode-attention configurations on a CPU, on top of ``attn_configs`` (whose strata are
+    head shapes): spread over batch 1..16 x short/medium/long context, the batches and contexts a
+    CPU decodes at."""
 
 
 SIZES = {
     "tiny": SuiteSize("tiny", 10, 0.004, 6, 0.004, 10, 2e5, (1 << 16, 1 << 22), 16, (1 << 12, 1 << 20), (1, 4), 0.03, 3, 5, 5e-4),
     "quick": SuiteSize(
         "quick", 68, 0.06, 28, 0.04, 44, 4e6, (1 << 14, 1 << 18, 1 << 22, 1 << 26), 64,
-        (1 << 12, 1 << 16, 1 << 20, 1 << 22), (1, 4, 16), 0.12, 5, 15, 2e-3, 40,
+        (1 << 12, 1 << 16, 1 << 20, 1 << 22), (1, 4, 16), 0.12, 5, 15, 2e-3, 40, 15,
     ),
     "full": SuiteSize(
         "full", 150, 0.15, 84, 0.12, 120, 3.2e7,
         (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24, 1 << 26, 1 << 28), 256,
-        (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22), (1, 2, 4, 8, 16), 0.3, 5, 25, 3e-3, 80,
+        (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22), (1, 2, 4, 8, 16), 0.3, 5, 25, 3e-3, 80, 30,
     ),
 }
 
@@ -656,6 +660,13 @@ class Bench:
                             cands.append((b, c, h, kvh, d, est))
         # strata: every (heads, kv heads, head dim) x short/long context; batch and context at random
         chosen = _stratified(cands, self.size.attn_configs, self.rng, key=lambda c: (c[2], c[3], c[4], c[1] >= 512))
+        if kind == "attn_decode" and self.device == "cpu" and self.size.decode_attn_configs:
+            taken = set(chosen)
+            few = [c for c in cands if c[0] <= 16 and c not in taken]
+            extra = _stratified(few, self.size.decode_attn_configs, self.rng,
+                                key=lambda c: (c[0], 0 if c[1] <= 128 else 1 if c[1] <= 512 else 2))  # fmt: skip
+            # contexts off the power-of-two grid (a real batch's are anywhere): x0.7..1.4
+            chosen += [(b, int(c * self.rng.uniform(0.7, 1.4)), h, kvh, d, e) for b, c, h, kvh, d, e in extra]
         torch = self.torch
         for b, s, h, kvh, d, _ in chosen:
             model = bench_model(hidden=h * d, heads=h, kv_heads=kvh, head_dim=d, ffn=256)
@@ -1196,7 +1207,7 @@ def measure_suite(
         groups.append((f"gemm {dt}", 18.0 * scale, lambda dt=dt: bench.gemm(dt)))
         if dt not in ("fp8", "tf32"):
             groups.append((f"attn_prefill {dt}", 2.5 * scale, lambda dt=dt: bench.attention(dt, "attn_prefill")))
-            groups.append((f"attn_decode {dt}", 4.0 * scale, lambda dt=dt: bench.attention(dt, "attn_decode")))
+            groups.append((f"attn_decode {dt}", 5.0 * scale, lambda dt=dt: bench.attention(dt, "attn_decode")))
             groups.append((f"elementwise {dt}", 2.5 * scale, lambda dt=dt: bench.elementwise(dt)))
     if ssd_dir is not None:
         from simkit.calibrate.ssd import ssd_bench
