@@ -161,3 +161,40 @@ def test_quick_suite_samples_decode_attention_over_batches_and_contexts(monkeypa
     assert {bb for bb, _ in cells} == {1, 2, 4, 8, 16}
     assert {band for _, band in cells} == {0, 1, 2}
     assert any(int(r["ctx"]) & (int(r["ctx"]) - 1) for r in extra)  # not all powers of two
+
+
+def test_timer_runs_before_untimed_ahead_of_every_call() -> None:
+    """``Timer.measure(fn, before=...)`` times each call alone, right after ``before``: the
+    calibration times elementwise operators that way on a CPU (after streaming the LLC)."""
+    import time as _time
+
+    from simkit.calibrate.bench import Timer
+
+    log: list[str] = []
+
+    def before() -> None:
+        log.append("b")
+        _time.sleep(0.05)  # untimed: must not show in the samples
+
+    def fn() -> None:
+        log.append("f")
+
+    m = Timer("cpu", min_rep_s=1e-3, budget_s=0.05, min_reps=4, max_reps=6, clock="wall").measure(fn, before=before)
+    assert m.inner == 1 and 4 <= len(m.times) <= 6
+    assert "".join(log) == "bf" * (len(log) // 2)  # every call directly after before()
+    assert max(m.times) < 0.05
+
+
+def test_bench_evict_streams_the_cold_bytes() -> None:
+    torch = pytest.importorskip("torch")
+    import random
+
+    from simkit.calibrate import bench
+
+    b = bench.Bench(torch, "cpu", bench.SIZES["tiny"], None, "test", random.Random(0))  # type: ignore[arg-type]
+    b.cold_bytes = 4e6
+    b.evict()
+    buf = b.pools[("evict", "cpu")]
+    assert buf.numel() * buf.element_size() == 4_000_000
+    b.evict()
+    assert b.pools[("evict", "cpu")] is buf  # allocated once
