@@ -185,14 +185,14 @@ def test_timer_runs_before_untimed_ahead_of_every_call() -> None:
     assert max(m.times) < 0.05
 
 
-def test_bench_evict_streams_the_cold_bytes() -> None:
+def test_bench_evict_streams_one_llc() -> None:
     torch = pytest.importorskip("torch")
     import random
 
     from simkit.calibrate import bench
 
     b = bench.Bench(torch, "cpu", bench.SIZES["tiny"], None, "test", random.Random(0))  # type: ignore[arg-type]
-    b.cold_bytes = 4e6
+    b.cold_bytes = 8e6  # twice the last-level cache
     b.evict()
     buf = b.pools[("evict", "cpu")]
     assert buf.numel() * buf.element_size() == 4_000_000

@@ -601,14 +601,16 @@ class Bench:
         return lambda: F.linear(a, next(it))
 
     def evict(self) -> None:
-        """Stream ``cold_bytes`` (twice the last-level cache) through the CPU, as the GEMMs and
-        attention before an elementwise operator of a forward pass do. On the CI VM a small
-        operator takes 7-20x longer after that than in a loop of itself (RMSNorm of 8 x 896 bf16
-        tokens: 18 us repeated, 250 us after streaming 64 MB; measured inside decode steps 150-200
-        us; see docs/fidelity.md), so elementwise operators are timed after it on a CPU."""
+        """Stream one last-level cache's worth of data (half of ``cold_bytes``) through the CPU, as
+        the GEMMs and attention before an elementwise operator of a forward pass do. On the CI VM
+        (32 MiB L3) a small operator takes 5-15x longer after that than in a loop of itself
+        (RMSNorm of 3 x 1280 bf16 tokens: 18 us repeated; after streaming 8, 16, 24, 32, 64 MiB:
+        25, 34, 61, 192, 205 us; inside decode steps of small models 95 us), so elementwise
+        operators are timed after it on a CPU. One LLC, not two: a layer of a small model (30 MB)
+        leaves part of the cache warm, one of a 1B+ model (100+ MB) does not; see docs/fidelity.md."""
         buf = self.pools.get(("evict", "cpu"))
         if buf is None:
-            buf = self.torch.ones(int(self.cold_bytes) // 4, dtype=self.torch.float32)
+            buf = self.torch.ones(int(self.cold_bytes / 2) // 4, dtype=self.torch.float32)
             self.pools[("evict", "cpu")] = buf
         buf.sum()
 
