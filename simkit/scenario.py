@@ -256,6 +256,8 @@ class Offload(_S):
     """GPU batches per block sharing one load of each layer's weights (zig-zag schedule)."""
     overlap: bool = True
     """Prefetch the next layer's weights/KV while the current layer computes."""
+    decode_overlap: bool = True
+    """In decode steps, copy the next layer's weights/KV to the GPU while the current layer computes (false: the copy follows the compute, as FlexGen's runtime does: docs/offloading.md)."""
     pinned: bool = True
     """Pinned host buffers (pageable copies run at the measured pageable/pinned ratio, or 60% uncalibrated, and are staged by the host thread: docs/offloading.md)."""
     cpu_attention: bool = False

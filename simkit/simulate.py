@@ -29,7 +29,7 @@ from simkit.cost.profile import Profile
 from simkit.engine.engine import Engine, EngineConfig, IterationLog, Stage
 from simkit.engine.fast import FastEngine, fast_path_reason
 from simkit.engine.kvcache import KVBlockManager, PrefixCache
-from simkit.engine.offload import OffloadExecutor
+from simkit.engine.offload import COMPUTE_PARTS, OffloadExecutor
 from simkit.engine.replica import Replica
 from simkit.engine.resources import Link
 from simkit.engine.state import RequestTable, TBTHistogram
@@ -1007,6 +1007,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         "resources": resources,
         "bottleneck": bottleneck,
         "offload_bytes": {k: sum((x.bytes_by_kind or {}).get(k, 0.0) for x in executors) for k in ("weights", "kv_read", "kv_write", "act_read", "act_write")} if executors else {},
+        "offload_compute_s": {k: sum((x.compute_parts or {}).get(k, 0.0) for x in executors) / n_rep for k in COMPUTE_PARTS} if executors else {},
         "per_gpu": per_gpu,
         "expert_group_shares": group_shares,
         "collective_share": sum(x["comm_s"] for x in per_gpu) / tot_busy if tot_busy > 0 else 0.0,

@@ -30,7 +30,11 @@ import simpy
 from simkit.cost.iteration import IterationModel
 from simkit.cost.offload import OffloadCompute
 from simkit.engine.resources import Link
-from simkit.policies.offload import CPU_READ_PATH, OffloadLayout
+from simkit.policies.offload import CPU_READ_PATH, STAGED_TIERS, OffloadLayout
+
+COMPUTE_PARTS = ("linear", "gpu_attention", "dequant", "cpu_attention", "embedding_and_head")
+"""What an offloaded run's compute time is made of: the layers' linear operators, attention on
+the GPU, int4 (de)compression, attention on the host CPU, and the embedding / LM head."""
 
 
 @dataclass
@@ -53,17 +57,24 @@ class OffloadExecutor:
     """Per-layer compute costs (default: from ``cost`` and ``cpu_cost``)."""
     kv_store_slowdown: dict[str, float] | None = None
     """Link direction -> how much slower KV-cache stores run than plain copies on it (measured)."""
+    compute_parts: dict[str, float] | None = None
+    """Seconds of compute by part (COMPUTE_PARTS), for the breakdown of where a run's time goes."""
 
     def __post_init__(self) -> None:
         self.bytes_by_kind = {"weights": 0.0, "kv_read": 0.0, "kv_write": 0.0, "act_read": 0.0, "act_write": 0.0}
+        self.compute_parts = dict.fromkeys(COMPUTE_PARTS, 0.0)
         if self.compute is None:
             self.compute = OffloadCompute(self.cost, self.cpu_cost)
 
     # ---- transfers ---------------------------------------------------------------------------
-    def _move(self, by_tier: dict[str, float], write: bool, tag: str, kind: str, to_host: bool = False) -> list[simpy.Event]:
+    def _move(
+        self, by_tier: dict[str, float], write: bool, tag: str, kind: str, to_host: bool = False, gate: simpy.Event | None = None
+    ) -> list[simpy.Event]:
         """Transfer events of ``by_tier`` bytes into (or out of) the compute device's memory;
         ``to_host``: into host DRAM instead (KV attended on the CPU: a disk or CXL share is read
-        into DRAM, a DRAM share moves nowhere)."""
+        into DRAM, a DRAM share moves nowhere). A disk share passes through a pinned DRAM buffer
+        (STAGED_TIERS): its hops run one after the other. ``gate``: a host-to-GPU hop starts only
+        once it has fired (a decode step's copies that do not overlap compute)."""
         evs: list[simpy.Event] = []
         for tier, nbytes in by_tier.items():
             if nbytes <= 0:
@@ -76,6 +87,7 @@ class OffloadExecutor:
                 path = self.layout.write_path(tier) if write else self.layout.read_path(tier)
             assert self.bytes_by_kind is not None
             self.bytes_by_kind[kind] += nbytes
+            hops: list[tuple[str, Link, float]] = []
             for hop in path:
                 link = self.links.get(hop)
                 if link is None:
@@ -83,13 +95,38 @@ class OffloadExecutor:
                 eff_bytes = nbytes / self.layout.pageable_factor if hop in ("h2d", "d2h") else nbytes
                 if kind == "kv_write" and self.kv_store_slowdown:
                     eff_bytes *= self.kv_store_slowdown.get(hop, 1.0)
-                if hop in ("h2d", "d2h") and self.layout.pageable_factor < 1.0 and self.cpu_stream is not None:
-                    # a pageable copy is staged through a pinned bounce buffer by the host thread
-                    # that issued it: it holds the host, so it cannot overlap CPU attention
-                    evs.append(self.env.process(self._host_staged(link, eff_bytes, f"{tag} {tier}")))
-                else:
-                    evs.append(link.transfer(eff_bytes, f"{tag} {tier}"))
+                hops.append((hop, link, eff_bytes))
+            staged = tier in STAGED_TIERS and len(hops) > 1
+            gated = gate is not None and any(h == "h2d" for h, _, _ in hops)
+            if staged or gated:
+                evs.append(self.env.process(self._hops(hops, f"{tag} {tier}", staged, gate)))
+            else:
+                evs += [self._transfer(hop, link, b, f"{tag} {tier}") for hop, link, b in hops]
         return evs
+
+    def _transfer(self, hop: str, link: Link, nbytes: float, tag: str) -> simpy.Event:
+        if hop in ("h2d", "d2h") and self.layout.pageable_factor < 1.0 and self.cpu_stream is not None:
+            # a pageable copy is staged through a pinned bounce buffer by the host thread that
+            # issued it: it holds the host, so it cannot overlap CPU attention
+            return self.env.process(self._host_staged(link, nbytes, tag))
+        return link.transfer(nbytes, tag)
+
+    def _hops(
+        self, hops: list[tuple[str, Link, float]], tag: str, staged: bool, gate: simpy.Event | None
+    ) -> Generator[simpy.Event, Any, None]:
+        """One share's hops: in order when ``staged`` (store and forward through DRAM), else the
+        non-PCIe hops at once; a host-to-GPU hop waits for ``gate``."""
+        if not staged:
+            first = [self._transfer(h, link, b, tag) for h, link, b in hops if h != "h2d"]
+            if gate is not None:
+                yield gate
+            rest = [self._transfer(h, link, b, tag) for h, link, b in hops if h == "h2d"]
+            yield simpy.AllOf(self.env, first + rest)
+            return
+        for h, link, b in hops:
+            if h == "h2d" and gate is not None:
+                yield gate
+            yield self._transfer(h, link, b, tag)
 
     def _host_staged(self, link: Link, nbytes: float, tag: str) -> Generator[simpy.Event, Any, None]:
         assert self.cpu_stream is not None
@@ -97,14 +134,16 @@ class OffloadExecutor:
             yield req
             yield link.transfer(nbytes, tag)
 
-    def _fetch(self, layer: int, groups: list[tuple[np.ndarray, np.ndarray]], cpu_attention: bool) -> list[simpy.Event]:
+    def _fetch(
+        self, layer: int, groups: list[tuple[np.ndarray, np.ndarray]], cpu_attention: bool, gate: simpy.Event | None = None
+    ) -> list[simpy.Event]:
         lay = self.layout
-        evs = self._move(lay.weight_bytes(layer), False, f"L{layer} weights", "weights")
+        evs = self._move(lay.weight_bytes(layer), False, f"L{layer} weights", "weights", gate=gate)
         for _, ctx in groups:
             # attended on the GPU: the off-GPU KV crosses to it; attended on the CPU: the KV on
             # disk (or CXL) is still read into DRAM for every step
-            evs += self._move(lay.kv_read_bytes(float(ctx.sum())), False, f"L{layer} kv", "kv_read", to_host=cpu_attention)
-            evs += self._move(lay.spill_read_bytes(ctx), False, f"L{layer} spilled kv", "kv_read", to_host=cpu_attention)
+            evs += self._move(lay.kv_read_bytes(float(ctx.sum())), False, f"L{layer} kv", "kv_read", to_host=cpu_attention, gate=gate)
+            evs += self._move(lay.spill_read_bytes(ctx), False, f"L{layer} spilled kv", "kv_read", to_host=cpu_attention, gate=gate)
         return evs
 
     # ---- compute -----------------------------------------------------------------------------
@@ -144,6 +183,12 @@ class OffloadExecutor:
             # the cached KV is dequantised to be attended, the new KV quantised to be stored
             extra += oc.dequant(float(ctx.sum()) * lay.kv_elems_per_token_layer, unfused)
             extra += oc.dequant(T * lay.kv_elems_per_token_layer, unfused, quantise=True)
+        parts = self.compute_parts
+        assert parts is not None
+        parts["linear"] += layer
+        parts["gpu_attention"] += attn_dev
+        parts["dequant"] += extra
+        parts["cpu_attention"] += cpu
         return layer + attn_dev + extra, cpu, attn_dev
 
     def run_step(self, q: np.ndarray, ctx: np.ndarray, rows: int) -> Generator[simpy.Event, Any, None]:
@@ -162,23 +207,28 @@ class OffloadExecutor:
         pending_writes: list[simpy.Event] = []
         ready: dict[int, simpy.Event] = {}
         computed: dict[int, simpy.Event] = {}
-        # Pageable copies are staged by the host thread that issues them, ahead of the layer it
-        # then launches: in a decode step (short GPU kernels, nothing queued to hide behind) the
-        # next layer's copy and this layer's compute run one after the other, as FlexGen's cost
-        # model of its own runtime has it (T_gen = ctog + max(other terms)). A prefill's long
-        # kernels keep the GPU busy while the host copies, so the prefetch still overlaps there.
+        # In a decode step the next layer's host-to-GPU copies and this layer's compute run one
+        # after the other when the copies are pageable (the host thread that stages them is the
+        # one that launches the layer; a decode step's short kernels leave nothing queued to hide
+        # behind) or when the plan says its runtime does not overlap them (decode_overlap: false,
+        # FlexGen's: its cost model, fitted to its runs, has T_gen = ctog + max(other terms)).
+        # Reads from disk into DRAM still run ahead. A prefill's long kernels keep the GPU busy
+        # while the host copies, so the prefetch overlaps there.
         decode_only = bool(((q == 1) & (ctx > 0)).all())
-        prefetch = self.overlap and not (lay.pageable_factor < 1.0 and decode_only)
+        prefetch = self.overlap
+        gated = decode_only and (lay.pageable_factor < 1.0 or not lay.plan.decode_overlap)
         if prefetch:
             # one reader streams the layers that need data in order into BUFFERS staging buffers:
             # a layer's fetch starts once the previous fetch is done and its buffer is free (the
             # layer BUFFERS places earlier has finished computing)
             needing = [lay_i for lay_i in range(L) if self._needs_fetch(lay_i, groups, cpu_attention)]
             ready = {lay_i: env.event() for lay_i in needing}
-            computed = {lay_i: env.event() for lay_i in needing}
-            env.process(self._reader(needing, groups, cpu_attention, ready, computed))
+            computed = {lay_i: env.event() for lay_i in (range(L) if gated else needing)}
+            env.process(self._reader(needing, groups, cpu_attention, ready, computed, gated))
         yield env.timeout(before)
         self.busy_compute += before
+        assert self.compute_parts is not None
+        self.compute_parts["embedding_and_head"] += before + after
         for layer in range(L):
             if prefetch:
                 if layer in ready:
@@ -236,12 +286,14 @@ class OffloadExecutor:
             tiers = {t for t in tiers if CPU_READ_PATH[t]}
         return bool(tiers)
 
-    def _reader(self, needing, groups, cpu_attention, ready, computed):  # type: ignore[no-untyped-def]
+    def _reader(self, needing, groups, cpu_attention, ready, computed, gated=False):  # type: ignore[no-untyped-def]
         env = self.env
         for k, layer in enumerate(needing):
             if k >= self.BUFFERS:
                 yield computed[needing[k - self.BUFFERS]]
-            evs = self._fetch(layer, groups, cpu_attention)
+            # gated: the layer's host-to-GPU copies wait until the previous layer has computed
+            gate = computed[layer - 1] if gated and layer > 0 else None
+            evs = self._fetch(layer, groups, cpu_attention, gate)
             if evs:
                 yield simpy.AllOf(env, evs)
             ready[layer].succeed()

@@ -39,6 +39,11 @@ READ_PATH = {"cpu": ("h2d",), "cxl": ("cxl_read", "h2d"), "disk": ("nvme_read", 
 WRITE_PATH = {"cpu": ("d2h",), "cxl": ("d2h", "cxl_write"), "disk": ("d2h", "nvme_write")}
 CPU_READ_PATH = {"cpu": (), "cxl": ("cxl_read",), "disk": ("nvme_read",)}
 CPU_WRITE_PATH = {"cpu": (), "cxl": ("cxl_write",), "disk": ("nvme_write",)}
+STAGED_TIERS = ("disk",)
+"""Tiers whose bytes reach the GPU through a pinned DRAM buffer, one hop after the other (store
+and forward): neither FlexGen (a copy thread reads a file into a pinned relay buffer, then copies
+it to the GPU) nor ZeRO-Inference (NVMe reads into pinned swap buffers) reads disk to GPU
+directly. CXL memory is host memory the GPU's DMA reads as it streams."""
 
 
 @dataclass(frozen=True)
