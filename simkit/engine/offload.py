@@ -135,10 +135,13 @@ class OffloadExecutor:
             yield link.transfer(nbytes, tag)
 
     def _fetch(
-        self, layer: int, groups: list[tuple[np.ndarray, np.ndarray]], cpu_attention: bool, gate: simpy.Event | None = None
+        self, layer: int, groups: list[tuple[np.ndarray, np.ndarray]], cpu_attention: bool, gate: simpy.Event | None = None,
+        weights: bool = True,
     ) -> list[simpy.Event]:
+        """Transfers of ``layer``'s streamed weights (unless not ``weights``) and of the off-GPU
+        KV the GPU batches ``groups`` attend."""
         lay = self.layout
-        evs = self._move(lay.weight_bytes(layer), False, f"L{layer} weights", "weights", gate=gate)
+        evs = self._move(lay.weight_bytes(layer), False, f"L{layer} weights", "weights", gate=gate) if weights else []
         for _, ctx in groups:
             # attended on the GPU: the off-GPU KV crosses to it; attended on the CPU: the KV on
             # disk (or CXL) is still read into DRAM for every step
@@ -217,14 +220,31 @@ class OffloadExecutor:
         decode_only = bool(((q == 1) & (ctx > 0)).all())
         prefetch = self.overlap
         gated = decode_only and (lay.pageable_factor < 1.0 or not lay.plan.decode_overlap)
+        # Several GPU batches per layer run FlexGen's zig-zag block schedule
+        # (flex_opt.py generation_loop_overlap_multi_batch): each GPU batch is one step that
+        # ends with a device synchronisation; during step (layer j, batch k) the KV of batch k+1
+        # is loaded and the stores of batch k-1 complete, and the next layer's weights load
+        # during the layer's last batch only (they overlap 1/num_gpu_batches of its compute).
+        blocked = prefetch and len(groups) > 1
+        started: dict[tuple[int, int], simpy.Event] = {}
+        kv_ready: dict[tuple[int, int], simpy.Event] = {}
+        step_writes: list[list[simpy.Event]] = []
         if prefetch:
             # one reader streams the layers that need data in order into BUFFERS staging buffers:
             # a layer's fetch starts once the previous fetch is done and its buffer is free (the
             # layer BUFFERS places earlier has finished computing)
-            needing = [lay_i for lay_i in range(L) if self._needs_fetch(lay_i, groups, cpu_attention)]
+            if blocked:
+                G = len(groups)
+                started = {(li, gi): env.event() for li in range(L) for gi in range(G)}
+                needing = [li for li in range(L) if lay.weight_bytes(li)]
+                kv_steps = [(li, gi) for li in range(L) for gi in range(G) if self._needs_kv(groups[gi : gi + 1], cpu_attention)]
+                kv_ready = {st: env.event() for st in kv_steps}
+                env.process(self._kv_reader(kv_steps, groups, cpu_attention, kv_ready, started))
+            else:
+                needing = [li for li in range(L) if self._needs_fetch(li, groups, cpu_attention)]
             ready = {lay_i: env.event() for lay_i in needing}
             computed = {lay_i: env.event() for lay_i in (range(L) if gated else needing)}
-            env.process(self._reader(needing, groups, cpu_attention, ready, computed, gated))
+            env.process(self._reader(needing, [] if blocked else groups, cpu_attention, ready, computed, gated, started))
         yield env.timeout(before)
         self.busy_compute += before
         assert self.compute_parts is not None
@@ -237,8 +257,15 @@ class OffloadExecutor:
                 evs = self._fetch(layer, groups, cpu_attention)
                 if evs:
                     yield simpy.AllOf(env, evs)
-            for gq, gc in groups:
+            for gi, (gq, gc) in enumerate(groups):
                 T = float(gq.sum())
+                if blocked:
+                    if (layer, gi) in kv_ready:
+                        yield kv_ready[layer, gi]
+                    if len(step_writes) >= 2 and step_writes[-2]:
+                        # the stores issued after the batch before last were synchronised
+                        yield simpy.AllOf(env, step_writes[-2])
+                    started[layer, gi].succeed()
                 if act_off:
                     ev = self._move({t: T * h_bytes * f for t, f in act_off.items()}, False, f"L{layer} act", "act_read")
                     if ev:
@@ -263,6 +290,8 @@ class OffloadExecutor:
                 w += self._move(lay.spill_write_bytes(gq, gc), True, f"L{layer} spilled kv", "kv_write")
                 if act_off:
                     w += self._move({t: T * h_bytes * f for t, f in act_off.items()}, True, f"L{layer} act", "act_write")
+                if blocked:
+                    step_writes.append(w)
                 if self.overlap:
                     pending_writes += w
                 elif w:
@@ -278,19 +307,37 @@ class OffloadExecutor:
     """Staging buffers for streamed layers (double buffering; check_offload_capacity reserves them)."""
 
     def _needs_fetch(self, layer: int, groups: list[tuple[np.ndarray, np.ndarray]], cpu_attention: bool) -> bool:
+        return bool(self.layout.weight_bytes(layer)) or self._needs_kv(groups, cpu_attention)
+
+    def _needs_kv(self, groups: list[tuple[np.ndarray, np.ndarray]], cpu_attention: bool) -> bool:
+        """Whether attending ``groups`` moves any KV (to the GPU, or from disk/CXL into DRAM)."""
         lay = self.layout
-        if lay.weight_bytes(layer):
-            return True
         tiers = {t for _, c in groups for t in (*lay.kv_read_bytes(float(c.sum())), *lay.spill_read_bytes(c))}
         if cpu_attention:
             tiers = {t for t in tiers if CPU_READ_PATH[t]}
         return bool(tiers)
 
-    def _reader(self, needing, groups, cpu_attention, ready, computed, gated=False):  # type: ignore[no-untyped-def]
+    def _kv_reader(self, steps, groups, cpu_attention, kv_ready, started):  # type: ignore[no-untyped-def]
+        """Zig-zag block: the KV of step (layer, batch) loads while the step before it computes."""
+        G = len(groups)
+        for layer, gi in steps:
+            prev = (layer, gi - 1) if gi > 0 else (layer - 1, G - 1)
+            if prev[0] >= 0:
+                yield started[prev]
+            evs = self._fetch(layer, groups[gi : gi + 1], cpu_attention, weights=False)
+            if evs:
+                yield simpy.AllOf(self.env, evs)
+            kv_ready[layer, gi].succeed()
+
+    def _reader(self, needing, groups, cpu_attention, ready, computed, gated=False, started=None):  # type: ignore[no-untyped-def]
         env = self.env
+        last = max((gi for _, gi in started or {}), default=0)
         for k, layer in enumerate(needing):
             if k >= self.BUFFERS:
                 yield computed[needing[k - self.BUFFERS]]
+            if started and layer > 0:
+                # zig-zag block: the next layer's weights load during this layer's last batch
+                yield started[layer - 1, last]
             # gated: the layer's host-to-GPU copies wait until the previous layer has computed
             gate = computed[layer - 1] if gated and layer > 0 else None
             evs = self._fetch(layer, groups, cpu_attention, gate)

@@ -31,6 +31,9 @@ from simkit.specs.model import ModelSpec
 from simkit.specs.node import Node
 
 VARS = ("w", "c", "h")  # weights, cache, activations
+TIE_BREAK_S = 1e-9
+"""Seconds per layer and token charged per unit of a fraction on each tier below the GPU (x its
+rank: cpu 1, cxl 2, disk 3): breaks the LP's ties towards the faster tiers, far below any cost."""
 TIERS = ("gpu", "cpu", "cxl", "disk")
 
 
@@ -230,7 +233,12 @@ def solve_candidate(
     c = np.zeros(n)
     c[TP] = L
     c[TD] = L * (gen_len - 1)
-    res = linprog(c, A_ub=np.array(A_ub), b_ub=np.array(b_ub), A_eq=np.array(A_eq), b_eq=np.array(b_eq), bounds=bounds, method="highs")
+    # among placements equally fast, prefer the faster tiers (a share placed on disk for free
+    # when compute bounds the step still costs disk reads the LP's max() does not see)
+    tie = np.zeros(n)
+    for (_, t), k in idx.items():
+        tie[k] = TIE_BREAK_S * TIERS.index(t) * L * gen_len
+    res = linprog(c + tie, A_ub=np.array(A_ub), b_ub=np.array(b_ub), A_eq=np.array(A_eq), b_eq=np.array(b_eq), bounds=bounds, method="highs")
     if not res.success:
         return None
     x = res.x
@@ -239,7 +247,7 @@ def solve_candidate(
         s = sum(fr[v].values())
         k = max(fr[v], key=lambda t: fr[v][t])
         fr[v][k] = round(fr[v][k] + 1.0 - s, 6)
-    total = float(res.fun)
+    total = float(c @ x)
     slack = np.array(A_ub) @ x - np.array(b_ub)
     dec_rows = [k for k, (_, w) in enumerate(labels) if w == "dec"]
     bott = labels[max(dec_rows, key=lambda k: slack[k])][0] if dec_rows else "compute"
