@@ -9,7 +9,8 @@ every row:
   optimiser (``simkit offload-plan``) searches the same machine (``gcp-t4-vm``) and workload
   (prompt/generation length), uncompressed for "FlexGen" and with 4-bit compression for
   "FlexGen (c)", and simkit's best confirmed plan's simulated throughput is compared with the
-  published best.
+  published best. FlexGen's runtime is described by ``dequant: unfused`` (its PyTorch int4
+  kernels) and ``decode_overlap: false`` (its decode copies follow compute: docs/offloading.md).
 - ZeRO-Inference and FlexGen on one RTX A6000 (``zeroinf_a6000_*``): simulated as configured on
   ``lambda-a6000-workstation``: the stated batch (one GPU batch), weights on CPU or disk, 4-bit
   weights (group 64) or not, KV cache on the GPU or offloaded to the CPU (attention where the KV

@@ -198,7 +198,7 @@ class KVCache(_S):
     num_blocks: int | None = Field(default=None, ge=1)
     """Override the computed block count (real engines report their own)."""
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
-    """Fraction of each GPU's memory the engine may use (vLLM's gpu_memory_utilization). A static offloaded run that does not set it may use the GPU's memory less the CUDA context (docs/offloading.md)."""
+    """Fraction of each GPU's memory the engine may use (vLLM's gpu_memory_utilization). A static run (offloaded or not) that does not set it may use the GPU's memory less the CUDA context (docs/offloading.md)."""
     watermark: float = Field(default=0.01, ge=0, lt=1)
     """Fraction of blocks kept free when admitting new requests."""
     preemption: Literal["recompute", "swap"] = "recompute"

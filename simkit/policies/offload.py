@@ -169,9 +169,9 @@ measured 666,632,192 bytes eager)."""
 
 
 def offload_gpu_usable(gpu_memory: float, kv: KVCache, static: bool) -> tuple[float, str]:
-    """Bytes of each GPU an offloaded plan may fill, and the rule that decided it.
+    """Bytes of each GPU a run may fill, offloaded or not, and the rule that decided it.
 
-    A static offloaded run (FlexGen, ZeRO-Inference: one batch, every buffer planned ahead) may
+    A static run (FlexGen, ZeRO-Inference: one batch, every buffer planned ahead) may
     use the GPU's memory as the driver reports it (ECC on) less the CUDA context: it keeps no KV
     pool that grows, so a serving engine's headroom (``gpu_memory_utilization``, vLLM's 0.9 by
     default) does not apply unless the scenario sets it. Other plans use memory x
