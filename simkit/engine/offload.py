@@ -6,11 +6,13 @@ soon as layer i starts computing (double buffering), new KV and off-GPU activati
 back asynchronously, and a layer starts once both its inputs have arrived and the previous
 layer has finished. With overlap off every transfer completes before the compute that needs it
 and write-backs complete before the next layer. Transfers that share a link share its
-bandwidth (engine/resources.Link); a byte from CXL or disk crosses its own link and PCIe
-concurrently (pipelined DMA), so the slower hop bounds it.
+bandwidth (engine/resources.Link); a byte from CXL crosses its own link and PCIe concurrently
+(pipelined DMA), a byte from disk is staged through pinned DRAM (disk read, then PCIe copy).
 
 The sequences of a step are split into GPU batches of ``gpu_batch_size`` (FlexGen's zig-zag
-block): each layer's weights are loaded once and used by every GPU batch in turn.
+block): each layer's weights are loaded once and used by every GPU batch in turn; with several
+GPU batches the next layer's weights load during the layer's last batch and each batch's KV
+during the batch before it (FlexGen's schedule).
 
 Per-layer costs come from cost/offload.OffloadCompute (shared with the placement LP). CPU
 attention runs between a layer's QKV and output projections; KV on disk or CXL attended on the
