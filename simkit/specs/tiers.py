@@ -34,6 +34,12 @@ CPU_WRITE_PATH: dict[str, tuple[str, ...]] = {"cpu": (), "cxl": ("cxl_write",), 
 PLACE_OF_TIER: dict[str, str] = {"dram": "cpu", "cxl": "cxl", "ssd": "disk"}
 """A memory tier below the GPU's -> its placement key."""
 
+STAGED_TIERS: tuple[str, ...] = ("disk",)
+"""Places whose bytes reach the GPU through a pinned DRAM buffer, one hop after the other (store
+and forward): neither FlexGen (a copy thread reads a file into a pinned relay buffer, then copies
+it to the GPU) nor ZeRO-Inference (NVMe reads into pinned swap buffers) reads disk to GPU
+directly. CXL memory is host memory the GPU's DMA reads as it streams."""
+
 LINK_DIRECTIONS: tuple[str, ...] = ("h2d", "d2h", "nvme_read", "nvme_write", "cxl_read", "cxl_write")
 """Every link direction a path above uses, in the order the placement optimiser lists them."""
 
