@@ -388,11 +388,12 @@ def test_tier_paths_cross_only_links_the_simulator_builds():
         OFF_GPU,
         PLACES,
         READ_PATH,
+        STAGED_TIERS,
         TIER_OF,
         WRITE_PATH,
     )
 
-    assert set(PLACES) == set(TIER_OF) and set(OFF_GPU) == set(PLACES) - {"gpu"}
+    assert set(PLACES) == set(TIER_OF) and set(OFF_GPU) == set(PLACES) - {"gpu"} and set(STAGED_TIERS) <= set(OFF_GPU)
     for paths in (READ_PATH, WRITE_PATH, CPU_READ_PATH, CPU_WRITE_PATH):
         assert set(paths) == set(OFF_GPU)
         assert all(hop in LINK_DIRECTIONS for path in paths.values() for hop in path)
