@@ -422,15 +422,22 @@ def test_mixed_step_time_equals_step_time(calibration, pre, dec, rows_cut):
     batch=st.integers(1, 300),
     mean=st.integers(1, 4000),
     extra=st.integers(0, 3000),
-    k=st.integers(1, 16),
+    k=st.integers(1, 64),
+    cut=st.floats(0.0, 1.5),
 )
-def test_decode_step_times_equal_decode_steps(calibration, batch, mean, extra, k):
+def test_decode_step_times_equal_decode_steps(calibration, batch, mean, extra, k, cut):
+    """The scalar times and running ends equal decode_steps and np.cumsum bit for bit, and a
+    run cut at ``until`` stops at the first step whose end reaches it (searchsorted's cut)."""
     cost = _cost_cached(calibration)
     kv0 = float(batch * mean + extra)
     longest = float(mean + extra)
-    got = cost.decode_step_times(batch, kv0, k, longest)
     want = cost.decode_steps(batch, kv0, k, longest)
-    assert got is not None and got == want.tolist()
+    ends = np.cumsum(want)
+    got = cost.decode_step_times(batch, kv0, k, longest)
+    assert got is not None and got == (want.tolist(), ends.tolist())
+    until = float(ends[-1]) * cut
+    n = min(int(np.searchsorted(ends, until, side="left")) + 1, k)
+    assert cost.decode_step_times(batch, kv0, k, longest, until) == (want[:n].tolist(), ends[:n].tolist())
 
 
 def test_scalar_cost_forms_decline_without_a_closed_form():
@@ -440,6 +447,9 @@ def test_scalar_cost_forms_decline_without_a_closed_form():
     class Fitted(DatasheetEfficiency):
         def roofline_time(self, op_class, flops, bytes_, peak_flops, peak_bw):
             return None if op_class.startswith("attn") else super().roofline_time(op_class, flops, bytes_, peak_flops, peak_bw)
+
+        def roofline_coeffs(self, op_class, peak_flops, peak_bw):
+            return None if op_class.startswith("attn") else super().roofline_coeffs(op_class, peak_flops, peak_bw)
 
     cost = replace(_cost("none"), efficiency=Fitted())
     cost.reserve(64)

@@ -138,6 +138,7 @@ class IterationModel:
         # the embedding (and the tiny final norm) are charged to the first stage
         self._body = per_layer * self.layers + (nonlayer if self.first_stage else 0.0)
         self._head = head if self.last_stage else np.zeros(size)
+        self._dec1 = {}  # its constants read the tables
 
     def body_time(self, tokens: np.ndarray | int) -> np.ndarray:
         t = np.asarray(tokens, dtype=np.int64)
@@ -300,45 +301,72 @@ class IterationModel:
         return fixed + self.decode_attention(batch, kv, longest)
 
     # ---- scalar forms for the fast engine path (the same arithmetic on Python floats) --------
+    def _dec_consts(self, batch: int) -> tuple | None:
+        """Constants of one decode iteration of ``batch`` sequences on scalars: its
+        context-independent seconds (as :meth:`decode_steps` sums them), the batch-only factors
+        of :meth:`decode_attention`'s expressions grouped as Python evaluates them there (left to
+        right), and the decode-attention roofline coefficients; None when the efficiency model
+        has no closed form for decode attention."""
+        c = self._dec1.get(batch)
+        if c is None:
+            roof = self.efficiency.roofline_coeffs("attn_decode", self._peaks[0], self._peaks[1])
+            if roof is None:
+                return None
+            if batch >= len(self._body):
+                self._grow(batch)
+            sms = self.device.sm_count
+            heads, kvh, d, ab, kb = self._attn_consts()
+            ratio = sms / kvh if sms > 0 and batch * kvh >= 0.8 * sms else None
+            fixed = float(self._body[batch] + self._head[batch]) + self.host_time(batch)
+            c = self._dec1[batch] = (
+                4.0 * heads * d, 2.0 * batch * heads * d * ab, 2.0 * batch * kvh * d * kb, ratio, kvh, d, kb, *roof, fixed,
+            )
+        return c
+
     def _decode_attention1(self, batch: int, kv: float, longest: float) -> float | None:
         """:meth:`decode_attention` of one iteration (``kv``, ``longest``: attended tokens, as
         passed to it) with the same operations in the same order on scalars, so the result is
         bit-identical; None when the efficiency model has no closed form for decode attention."""
-        c = self._dec1.get(batch)
+        c = self._dec_consts(batch)
         if c is None:
-            sms = self.device.sm_count
-            heads, kvh, d, ab, kb = self._attn_consts()
-            # the batch-only factors of decode_attention's expressions, grouped as Python
-            # evaluates them there (left to right)
-            ratio = sms / kvh if sms > 0 and batch * kvh >= 0.8 * sms else None
-            c = self._dec1[batch] = (4.0 * heads * d, 2.0 * batch * heads * d * ab, 2.0 * batch * kvh * d * kb, ratio, kvh, d, kb)
-        f4, c1, c3, ratio, kvh, d, kb = c
+            return None
+        f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov, _ = c
         if ratio is not None:
             kv = max(kv, longest * ratio)
-        t = self.efficiency.roofline_time("attn_decode", f4 * kv, c1 + 2.0 * kv * kvh * d * kb + c3, self._peaks[0], self._peaks[1])
-        if t is None:
-            return None
-        return float(t * self.layers)
+        return (max(f4 * kv * cf, (c1 + 2.0 * kv * kvh * d * kb + c3) * cb) + ov) * self.layers
 
-    def decode_step_times(self, batch: int, kv0: float, k: int, longest0: float) -> list[float] | None:
-        """:meth:`decode_steps` (``contexts`` None) as a list of Python floats, bit-identical,
-        for a few steps; None where the scalar form does not apply (sliding window, fitted
+    def decode_step_times(
+        self, batch: int, kv0: float, k: int, longest0: float, until: float = float("inf")
+    ) -> tuple[list[float], list[float]] | None:
+        """:meth:`decode_steps` (``contexts`` None) on Python floats, bit-identical, with the
+        running sums of the times (``np.cumsum``'s, which adds sequentially): ``(times, ends)``
+        of the first ``k`` steps, or of fewer when a step's end reaches ``until`` (that step is
+        the last). None where the scalar form does not apply (sliding window, fitted
         decode-attention efficiency): use :meth:`decode_steps`."""
         if self.model.sliding_window is not None:
             return None
-        if batch >= len(self._body):
-            self._grow(batch)
-        fixed = float(self._body[batch] + self._head[batch]) + self.host_time(batch)
+        c = self._dec_consts(batch)
+        if c is None:
+            return None
+        f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov, fixed = c
+        layers = self.layers
         base = kv0 + batch
         fb = float(batch)
         lo = longest0 + 1.0
-        out: list[float] = []
+        times: list[float] = []
+        ends: list[float] = []
+        acc = 0.0
         for j in range(k):
-            a = self._decode_attention1(batch, base + fb * j, lo + j)
-            if a is None:
-                return None
-            out.append(fixed + a)
-        return out
+            kv = base + fb * j
+            if ratio is not None:
+                kv = max(kv, (lo + j) * ratio)
+            x = fixed + (max(f4 * kv * cf, (c1 + 2.0 * kv * kvh * d * kb + c3) * cb) + ov) * layers
+            acc = x if j == 0 else acc + x
+            times.append(x)
+            ends.append(acc)
+            if acc >= until:
+                break
+        return times, ends
 
     def mixed_step_time(
         self, pq: list[int], ctx: list[int], nb: int, dec_sum: int, dec_longest: int, rows: int
@@ -370,10 +398,11 @@ class IterationModel:
             kv_tokens = float(sum(ctx)) + tokens
             flops = 4.0 * heads * d * pairs
             byts = 2.0 * tokens * heads * d * ab + 2.0 * kv_tokens * kvh * d * kb + 2.0 * tokens * kvh * d * kb
-            p = self.efficiency.roofline_time("attn_prefill", flops, byts, self._peaks[0], self._peaks[1])
-            if p is None:
+            roof = self.efficiency.roofline_coeffs("attn_prefill", self._peaks[0], self._peaks[1])
+            if roof is None:
                 return None
-            total += float(p) * self.layers
+            cf, cb, ov = roof
+            total += (max(flops * cf, byts * cb) + ov) * self.layers
         return t + total + self.host_time(n)
 
     def breakdown(self, q: np.ndarray, ctx: np.ndarray) -> list[OpTime]:

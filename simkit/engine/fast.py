@@ -35,7 +35,7 @@ pipeline parallelism, layer-by-layer execution and Chrome traces.
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_left, insort
+from bisect import insort
 from collections.abc import Callable
 from typing import Any
 
@@ -560,22 +560,12 @@ class FastEngine(Engine):
                 s = min(s, max(int(ta / fixed) + 2, 1))
         longest = self._longest_offset() + clock
         kv0 = float(self._sum_off + nb * clock)
-        few = self.cost.decode_step_times(nb, kv0, s, float(longest)) if s <= 16 else None
+        # a run of a few dozen steps on scalars, stopping at the step that reaches the next
+        # arrival (the cut below, made as the steps are priced)
+        few = self.cost.decode_step_times(nb, kv0, s, float(longest), ta) if s <= 64 else None
         if few is not None:
-            # a few steps on scalars: the running sum is np.cumsum's (sequential) sum
-            ends_l: list[float] = []
-            acc = 0.0
-            for x in few:
-                acc = x if not ends_l else acc + x
-                ends_l.append(acc)
-            if s > 1:
-                ta = self.next_arrival() - env.now
-                if ta < ends_l[-1]:
-                    j = bisect_left(ends_l, ta)
-                    s = min(s, j + 1)
-                    ends_l = ends_l[:s]
-                    few = few[:s]
-            times = few
+            times, ends_l = few
+            s = len(times)
             first, dur = ends_l[0], ends_l[-1]
         elif s == 1:
             times = self.cost.decode_steps(nb, kv0, s, float(longest))
