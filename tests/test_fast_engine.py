@@ -121,33 +121,33 @@ def test_shortcuts_are_exercised_and_exact(monkeypatch):
     """Steps that advance the clock without a SimPy event, and admissions refused from memory,
     both happen in these runs, and the runs equal the reference's bit for bit."""
     from simkit.engine import fast as fast_mod
-    from simkit.engine.engine import Engine
 
-    seen = {"direct": 0, "event": 0, "fast_admit": 0, "checked_admit": 0}
-    elapse, fast_admit, base_admit = fast_mod.FastEngine._elapse, fast_mod.FastEngine.admit, Engine.admit
+    seen = {"direct": 0, "event": 0, "fast_admit": 0, "remembered": 0}
+    advance, fast_admit, remembered = fast_mod.FastEngine._advance, fast_mod.FastEngine.admit, fast_mod.FastEngine._refused_from_memory
 
-    def counting_elapse(self, dur):
-        seen["direct" if self.env.peek() > self.env.now + dur else "event"] += 1
-        return elapse(self, dur)
+    def counting_advance(self, dur):
+        out = advance(self, dur)
+        seen["direct" if out else "event"] += 1
+        return out
 
     def counting_fast_admit(self, i, reserve_tokens=None):
         seen["fast_admit"] += 1
         return fast_admit(self, i, reserve_tokens)
 
-    def counting_base_admit(self, i, reserve_tokens=None):
-        if isinstance(self, fast_mod.FastEngine):
-            seen["checked_admit"] += 1
-        return base_admit(self, i, reserve_tokens)
+    def counting_remembered(self, i, reserve_tokens):
+        out = remembered(self, i, reserve_tokens)
+        seen["remembered"] += out
+        return out
 
-    monkeypatch.setattr(fast_mod.FastEngine, "_elapse", counting_elapse)
+    monkeypatch.setattr(fast_mod.FastEngine, "_advance", counting_advance)
     monkeypatch.setattr(fast_mod.FastEngine, "admit", counting_fast_admit)
-    monkeypatch.setattr(Engine, "admit", counting_base_admit)
+    monkeypatch.setattr(fast_mod.FastEngine, "_refused_from_memory", counting_remembered)
     for policy, replicas in (("continuous", 1), ("chunked_prefill", 2)):
         batching = {"policy": policy, "max_num_seqs": 48, "chunk_size": 256}
         sc = _scenario(150, 20.0, (50, 900), (20, 200), 5, replicas, "least_outstanding", batching, {"num_blocks": 150})
         assert_same_run(sc)
     assert seen["direct"] > 0 and seen["event"] > 0, seen
-    assert seen["fast_admit"] > seen["checked_admit"] > 0, seen  # some refusals came from memory
+    assert seen["fast_admit"] > seen["remembered"] > 0, seen  # some refusals came from memory
 
 
 @pytest.mark.parametrize(

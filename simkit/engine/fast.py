@@ -19,7 +19,7 @@ Per step, the iteration time is evaluated on Python floats (``IterationModel.dec
 and ``mixed_step_time``: the same operations in the same order as the array forms, so the same
 bits) wherever the efficiency model prices attention in closed form; a step that no other event
 can interrupt (nothing scheduled before it ends) moves the clock without a SimPy event
-(:meth:`FastEngine._elapse`); an admission that failed for want of blocks is not re-checked
+(:meth:`FastEngine._advance`); an admission that failed for want of blocks is not re-checked
 until enough blocks are free; finished requests leave the running set in O(1).
 
 Everything else is the reference engine's own code (the policies, admission, the event loop,
@@ -63,37 +63,27 @@ class _DecodeSet:
         return self.n
 
 
-class _RunSet:
+class _RunSet(dict[int, None]):
     """The running requests in admission order, as the reference's list (``append``, ``pop`` of
-    the newest, ``[-1]``, ``len``, iteration) with O(1) removal of any member (``discard``)."""
+    the newest, ``[-1]``, ``len``, iteration, ``in``) with O(1) removal of any member
+    (``discard``); a dict underneath, so ``len`` and truth tests cost no Python call."""
 
-    __slots__ = ("d",)
-
-    def __init__(self) -> None:
-        self.d: dict[int, None] = {}
+    __slots__ = ()
 
     def append(self, i: int) -> None:
-        self.d[i] = None
+        self[i] = None
 
-    def pop(self) -> int:
-        return self.d.popitem()[0]
+    def pop(self) -> int:  # type: ignore[override]
+        return self.popitem()[0]
 
     def discard(self, i: int) -> None:
-        self.d.pop(i, None)
+        dict.pop(self, i, None)
 
-    def __getitem__(self, k: int) -> int:
-        if k != -1:
-            raise IndexError("only the newest running request ([-1]) is read")
-        return next(reversed(self.d))
+    def __getitem__(self, k: int) -> None:
+        raise TypeError("only the newest running request is read: use newest()")
 
-    def __len__(self) -> int:
-        return len(self.d)
-
-    def __bool__(self) -> bool:
-        return bool(self.d)
-
-    def __iter__(self) -> Any:
-        return iter(self.d)
+    def newest(self) -> int:
+        return next(reversed(self))
 
 
 def stand_in_contexts(n: int, total: int, longest: int) -> np.ndarray:
@@ -196,6 +186,8 @@ class FastEngine(Engine):
         self._no_fit: tuple[int, int | None, int] | None = None
         """(request, reserve_tokens, most blocks in use at which it fits) of the last admission
         that did not fit for want of blocks."""
+        if kv.cache is not None or cfg.spill_after is not None or cfg.kv_cap_tokens is not None or cfg.role != "both":
+            raise AssertionError("the fast path has no prefix cache, KV spill, KV cap or disaggregated role")
 
     # ---- the decode set ----------------------------------------------------------------------
     def _join(self, i: int) -> None:
@@ -355,30 +347,46 @@ class FastEngine(Engine):
 
     # ---- overrides of the reference engine ---------------------------------------------------
     def admit(self, i: int, reserve_tokens: int | None = None) -> bool:
-        # without a prefix cache or a spill tier, an admission fails only on the block count
-        # (``kv.can_admit``: free - need < watermark, checked before anything is touched), and a
-        # waiting request's need does not change: it fails again while the blocks in use stay
-        # above the level at which it would fit, so those repeated checks are skipped
-        kv = self.kv
-        nf = self._no_fit
-        if nf is not None and nf[0] == i and nf[1] == reserve_tokens and kv.used > nf[2]:
+        # The reference's admit without a prefix cache, a spill tier or a KV cap (none is on the
+        # fast path): the request's blocks are those of its tokens, and it fails only on the
+        # block count (``kv.can_admit``: free - need < watermark, checked before anything is
+        # touched). A waiting request's need does not change: it fails again while the blocks
+        # in use stay above the level at which it would fit, so those checks are skipped.
+        if self._refused_from_memory(i, reserve_tokens):
             return False
-        ok = super().admit(i, reserve_tokens)
-        if not ok:
+        kv = self.kv
+        t = self.table
+        kv_len = int(t.kv_len[i])
+        target = int(t.target[i])
+        tokens = reserve_tokens if reserve_tokens is not None else max(target, kv_len) + 1
+        need = kv.blocks_for(tokens)
+        if not kv.can_admit(need) or not kv.make_room(need):
             self._no_fit = None
-            if kv.cache is None and self.cfg.spill_after is None and kv.watermark_blocks >= 0:
-                t = self.table
-                tokens = int(reserve_tokens if reserve_tokens is not None else max(t.target[i], t.kv_len[i]) + 1)
-                if self.cfg.kv_cap_tokens is not None:
-                    tokens = min(tokens, self.cfg.kv_cap_tokens)
-                limit = kv.num_blocks - kv.blocks_for(tokens) - kv.watermark_blocks
-                if kv.used > limit:  # the reason it failed (guard: never remember anything else)
-                    self._no_fit = (i, reserve_tokens, limit)
+            limit = kv.num_blocks - need - kv.watermark_blocks
+            if kv.watermark_blocks >= 0 and kv.used > limit:  # why it failed (remember nothing else)
+                self._no_fit = (i, reserve_tokens, limit)
             return False
         self._no_fit = None
-        if self.table.kv_len[i] >= self.table.target[i]:
+        kv.alloc(need)
+        t.blocks[i] = need
+        self.shared[i] = []
+        t.shared_blocks[i] = 0
+        t.cached[i] = 0
+        if t.scheduled[i] != t.scheduled[i]:  # NaN: first admission
+            t.scheduled[i] = self.env.now
+        self.running.append(i)
+        if kv_len < target:
+            self.prefilling.append(i)
+        else:
             self._join(i)
+        self._dec_cache = None
         return True
+
+    def _refused_from_memory(self, i: int, reserve_tokens: int | None) -> bool:
+        """Whether admitting ``i`` fails as it did last time (the blocks in use are still above
+        the level at which it would fit)."""
+        nf = self._no_fit
+        return nf is not None and nf[0] == i and nf[1] == reserve_tokens and self.kv.used > nf[2]
 
     def _finish(self, ids: list[int]) -> None:
         # the reference's _finish with O(1) removal from the running set (no prefill role here:
@@ -401,7 +409,7 @@ class FastEngine(Engine):
     def _preempt_one(self) -> bool:
         # the reference preempts the newest running request, reading its table row: bring the
         # row up to date first, and drop the request from the decode set if it was preempted
-        i = self.running[-1] if self.running else -1
+        i = self.running.newest() if self.running else -1  # type: ignore[attr-defined]
         info = self._info.get(i)
         if info is not None:
             self._write(i, info)
@@ -430,24 +438,26 @@ class FastEngine(Engine):
         if self.pending_fetch:
             return (yield from self._wait_fetch(dur, None))
         start = self.env.now
-        yield from self._elapse(dur)
+        if not self._advance(dur):
+            yield self.env.timeout(dur)
         self.busy_time += dur
         self.busy_gpu_s += dur * self.cfg.num_gpus
         self.stage_busy[0] += dur
         return start
 
-    def _elapse(self, dur: float):  # type: ignore[no-untyped-def]
-        """Let ``dur`` seconds of compute pass: ``yield env.timeout(dur)``, except that when no
-        event is scheduled up to the step's end (``env.peek()`` is later) nothing else can run
-        before this process resumes, so the clock is moved to the end directly, the same float
-        ``env.now + dur`` the timeout would fire at. Events at equal times keep their order
+    def _advance(self, dur: float) -> bool:
+        """Let ``dur`` seconds of compute pass without an event where nothing can intervene:
+        when no event is scheduled up to the step's end (``env.peek()`` is later), nothing else
+        can run before this process would resume, so the clock is moved to the end directly (the
+        same float ``env.now + dur`` a timeout would fire at) and True is returned; else False
+        (the caller yields ``env.timeout(dur)``). Events at equal times keep their order
         (``peek()`` equal to the end takes the event path), so every decision is the same."""
         env = self.env
         end = env.now + dur
         if env.peek() > end:
             env._now = end  # SimPy's clock (no public setter); the event queue is untouched
-            return
-        yield env.timeout(dur)
+            return True
+        return False
 
     def _step_time(self, pq: list[int], kv_pre: list[int], nb: int, dec_sum: int, longest: int, rows: int) -> float:
         """``IterationModel.step_time`` of a mixed iteration: on scalars where it can
