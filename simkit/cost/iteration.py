@@ -108,6 +108,7 @@ class IterationModel:
         self._comm = np.zeros(1)  # comm[T]: seconds of collectives in one pass of the stage
         self._peaks = (self.device.peak_flops(self.dtype), self.device.mem_bandwidth)
         self._dec1: dict[int, tuple] = {}  # batch -> constants of _decode_attention1
+        self._fixed1: dict[int, float] = {}  # batch -> fixed_step_time
 
     # ---- tables ------------------------------------------------------------------------------
     def reserve(self, n: int) -> None:
@@ -138,7 +139,8 @@ class IterationModel:
         # the embedding (and the tiny final norm) are charged to the first stage
         self._body = per_layer * self.layers + (nonlayer if self.first_stage else 0.0)
         self._head = head if self.last_stage else np.zeros(size)
-        self._dec1 = {}  # its constants read the tables
+        self._dec1 = {}  # these read the tables
+        self._fixed1 = {}
 
     def body_time(self, tokens: np.ndarray | int) -> np.ndarray:
         t = np.asarray(tokens, dtype=np.int64)
@@ -271,9 +273,12 @@ class IterationModel:
 
     def fixed_step_time(self, batch: int) -> float:
         """The part of a decode step of ``batch`` sequences that does not depend on context."""
-        if batch >= len(self._body):
-            self._grow(batch)
-        return float(self._body[batch] + self._head[batch]) + self.host_time(batch)
+        t = self._fixed1.get(batch)
+        if t is None:
+            if batch >= len(self._body):
+                self._grow(batch)
+            t = self._fixed1[batch] = float(self._body[batch] + self._head[batch]) + self.host_time(batch)
+        return t
 
     def decode_steps(
         self, batch: int, kv0: float, k: int, longest0: float | None = None, contexts: np.ndarray | None = None
@@ -317,7 +322,7 @@ class IterationModel:
             sms = self.device.sm_count
             heads, kvh, d, ab, kb = self._attn_consts()
             ratio = sms / kvh if sms > 0 and batch * kvh >= 0.8 * sms else None
-            fixed = float(self._body[batch] + self._head[batch]) + self.host_time(batch)
+            fixed = self.fixed_step_time(batch)
             c = self._dec1[batch] = (
                 4.0 * heads * d, 2.0 * batch * heads * d * ab, 2.0 * batch * kvh * d * kb, ratio, kvh, d, kb, *roof, fixed,
             )

@@ -281,8 +281,7 @@ class FastEngine(Engine):
         """Allocate the blocks the decode set needs up to clock ``upto`` (as ``_grow_blocks``)."""
         total = self._growth_to(upto)
         if total:
-            self.kv.make_room(total)
-            self.kv.alloc(total)
+            self.kv.alloc(total)  # makes room first, as _grow_blocks's make_room + alloc
         if upto > self._Xa:
             self._Xa = upto
             pend = self._pending
@@ -517,20 +516,21 @@ class FastEngine(Engine):
         finished: list[int] = []
         done_pre: list[int] = []
         for k, i in enumerate(pre):
-            t.kv_len[i] = kv_pre[k] + pq[k]
+            kv = t.kv_len[i] = kv_pre[k] + pq[k]
             if completes[k]:
                 done_pre.append(i)
+                t.target[i] = kv
         if done_pre:
             gone = set(done_pre)
             self.prefilling = [i for i in self.prefilling if i not in gone]
             for i in done_pre:
-                if np.isnan(t.first_token[i]):
+                ft = t.first_token[i]
+                if ft != ft:  # NaN: the request's first token
                     t.first_token[i] = now
                 else:
                     self.tbt.push1(now - float(t.last_token[i]), 1.0)
                 t.gen[i] += 1
                 t.last_token[i] = now
-                t.target[i] = t.kv_len[i]
         if nb:
             self._tbt_groups(now)
             self._D += 1
