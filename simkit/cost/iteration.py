@@ -109,6 +109,8 @@ class IterationModel:
         self._peaks = (self.device.peak_flops(self.dtype), self.device.mem_bandwidth)
         self._dec1: dict[int, tuple] = {}  # batch -> constants of _decode_attention1
         self._fixed1: dict[int, float] = {}  # batch -> fixed_step_time
+        self._lists: tuple[list[float], list[float]] = ([], [])  # the body and head tables as lists
+        self._pre_roof: tuple[float, ...] | None = None  # prefill attention's roofline_coeffs (() if none)
 
     # ---- tables ------------------------------------------------------------------------------
     def reserve(self, n: int) -> None:
@@ -141,6 +143,7 @@ class IterationModel:
         self._head = head if self.last_stage else np.zeros(size)
         self._dec1 = {}  # these read the tables
         self._fixed1 = {}
+        self._lists = (self._body.tolist(), self._head.tolist())
 
     def body_time(self, tokens: np.ndarray | int) -> np.ndarray:
         t = np.asarray(tokens, dtype=np.int64)
@@ -380,35 +383,50 @@ class IterationModel:
         decoding ``nb`` sequences whose contexts sum to ``dec_sum`` (longest ``dec_longest``), on
         scalars and bit-identical (the attended-token sums are of integers, exact in any order);
         None where the scalar form does not apply: use :meth:`step_time`."""
-        n = len(pq) + nb
+        n_pq = len(pq)
+        n = n_pq + nb
         if n == 0 or self.model.sliding_window is not None:
             return None
-        T = sum(pq) + nb
-        if len(self._body) <= T or len(self._head) <= rows:
+        if n_pq == 1:
+            q0, c0 = pq[0], ctx[0]
+            if q0 == 1 and c0 > 0:
+                return None  # a one-token chunk over a cache is priced as a decode: not here
+            n_tok = q0
+        else:
+            if any(q == 1 and c > 0 for q, c in zip(pq, ctx)):
+                return None
+            n_tok = sum(pq)
+        T = n_tok + nb
+        lists = self._lists
+        if len(lists[0]) <= T or len(lists[1]) <= rows:
             t = float(self.body_time(T)) + float(self.head_time(rows))  # grows the tables as step_time does
         else:
-            t = float(self._body[T]) + float(self._head[rows])
+            t = lists[0][T] + lists[1][rows]
         total = 0.0
         if nb:
             a = self._decode_attention1(nb, float(dec_sum + nb), dec_longest + 1.0)
             if a is None:
                 return None
             total += a
-        if pq:
-            if any(q == 1 and c > 0 for q, c in zip(pq, ctx)):
-                return None  # a one-token chunk over a cache is priced as a decode: not here
+        if n_pq:
+            roof = self._pre_roof
+            if roof is None:
+                roof = self._pre_roof = self.efficiency.roofline_coeffs("attn_prefill", self._peaks[0], self._peaks[1]) or ()
+            if not roof:
+                return None
             heads, kvh, d, ab, kb = self._attn_consts()
-            tokens = float(sum(pq))
-            pairs = float(sum(q * c + q * (q + 1) // 2 for q, c in zip(pq, ctx)))
-            kv_tokens = float(sum(ctx)) + tokens
+            tokens = float(n_tok)
+            if n_pq == 1:
+                pairs = float(q0 * c0 + q0 * (q0 + 1) // 2)
+                kv_tokens = float(c0) + tokens
+            else:
+                pairs = float(sum(q * c + q * (q + 1) // 2 for q, c in zip(pq, ctx)))
+                kv_tokens = float(sum(ctx)) + tokens
             flops = 4.0 * heads * d * pairs
             byts = 2.0 * tokens * heads * d * ab + 2.0 * kv_tokens * kvh * d * kb + 2.0 * tokens * kvh * d * kb
-            roof = self.efficiency.roofline_coeffs("attn_prefill", self._peaks[0], self._peaks[1])
-            if roof is None:
-                return None
             cf, cb, ov = roof
             total += (max(flops * cf, byts * cb) + ov) * self.layers
-        return t + total + self.host_time(n)
+        return t + total + (self.iteration_overhead + self.per_seq_overhead * n)
 
     def breakdown(self, q: np.ndarray, ctx: np.ndarray) -> list[OpTime]:
         """Per-operator times for one iteration (for `simkit estimate ops` and reports)."""
