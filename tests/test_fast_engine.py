@@ -237,6 +237,38 @@ def test_table_cache_hit_is_identical_and_keys_cover_every_input(tmp_path, monke
     assert tables.table_key(base, 300) != key
 
 
+def test_table_cache_key_covers_the_code_that_computes_the_tables(tmp_path, monkeypatch):
+    """An edited cost formula (any source line of simkit/cost) misses the cache, version or not;
+    unreadable source turns the cache off rather than risk a stale table."""
+    from simkit.cost import tables
+
+    base = _cost("none")
+    key = tables.table_key(base, 300)
+    assert tables.code_digest() is not None and key is not None
+    src = tmp_path / "simkit"
+    (src / "cost").mkdir(parents=True)
+    (src / "specs").mkdir()
+    cost_dir = Path(tables.__file__).resolve().parent
+    for p in cost_dir.glob("*.py"):
+        (src / "cost" / p.name).write_bytes(p.read_bytes())
+    (src / "specs" / "model.py").write_bytes((cost_dir.parent / "specs" / "model.py").read_bytes())
+    monkeypatch.setattr(tables, "__file__", str(src / "cost" / "tables.py"))
+    tables.code_digest.cache_clear()
+    try:
+        assert tables.table_key(base, 300) == key  # the same source: the same key
+        ops = src / "cost" / "ops.py"
+        ops.write_text(ops.read_text() + "\n# an edit\n")
+        tables.code_digest.cache_clear()
+        assert tables.table_key(base, 300) not in (key, None)
+        ops.unlink()
+        (src / "cost" / "ops.py").mkdir()  # unreadable as a file
+        tables.code_digest.cache_clear()
+        assert tables.code_digest() is None and tables.table_key(base, 300) is None
+    finally:
+        monkeypatch.undo()
+        tables.code_digest.cache_clear()
+
+
 def test_table_cache_can_be_turned_off_and_survives_a_bad_entry(tmp_path, monkeypatch):
     from simkit.cost import tables
 

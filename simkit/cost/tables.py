@@ -6,9 +6,10 @@ fitted trees) at every token count up to the largest a batch can have, which cos
 cold start. The result depends only on the model, the compute device (its peaks and bandwidth,
 what-if scales included), the efficiency model (a profile's fitted models, or the datasheet
 defaults), the precision, the tensor/expert-parallel layout, the table size and the software
-(simkit and numpy versions). The cache key is a SHA-256 over all of those, taken from the
-objects themselves (not file names or dates), so a cached table is never stale: changing any
-input gives another key. Entries are written atomically and verified (key and size) on load.
+(simkit and numpy versions, and the source of the code that computes them). The cache key is
+a SHA-256 over all of those, taken from the objects themselves and the source text (not file
+names or dates), so a cached table is never stale: changing any input, or any line of
+``simkit/cost``, gives another key. Entries are written atomically and verified (key and size) on load.
 
 Where: ``$SIMKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/simkit``, else ``~/.cache/simkit``;
 ``SIMKIT_CACHE_DIR=`` (empty) turns the cache off. An efficiency model whose content cannot be
@@ -18,6 +19,7 @@ fingerprinted (not a dataclass of plain values and arrays) is never cached.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import tempfile
@@ -81,14 +83,33 @@ def _feed(h: Any, x: Any) -> None:
         raise _Unfingerprintable(type(x).__name__)
 
 
+@functools.cache
+def code_digest() -> str | None:
+    """SHA-256 of the source of the code that computes the tables (every module of
+    ``simkit.cost`` and the model spec), so that a changed formula misses the cache even when
+    nobody bumped :data:`FORMAT` or the version (a source checkout being edited); None when the
+    source cannot be read (then nothing is cached)."""
+    cost_dir = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    try:
+        for p in [*sorted(cost_dir.glob("*.py")), cost_dir.parent / "specs" / "model.py"]:
+            h.update(p.name.encode() + b"\0" + p.read_bytes())
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
 def table_key(cost: IterationModel, size: int) -> str | None:
     """The cache key of ``cost``'s operator tables of ``size`` entries; None if not cacheable."""
     from simkit import __version__
 
+    code = code_digest()
+    if code is None:
+        return None
     h = hashlib.sha256()
     try:
         for part in (
-            FORMAT, __version__, np.__version__, size, cost.model, cost.device, cost.efficiency, cost.precision,
+            FORMAT, code, __version__, np.__version__, size, cost.model, cost.device, cost.efficiency, cost.precision,
             cost.tp, cost.ep, cost.ep_share,
         ):
             _feed(h, part)
