@@ -368,9 +368,7 @@ class FastEngine(Engine):
         self._no_fit = None
         kv.alloc(need)
         t.blocks[i] = need
-        self.shared[i] = []
-        t.shared_blocks[i] = 0
-        t.cached[i] = 0
+        # no prefix cache: no shared blocks and no cached tokens (those columns stay 0)
         if t.scheduled[i] != t.scheduled[i]:  # NaN: first admission
             t.scheduled[i] = self.env.now
         self.running.append(i)
@@ -397,13 +395,17 @@ class FastEngine(Engine):
         t = self.table
         now = self.env.now
         run = self.running
+        self._dec_cache = None
+        # the reference releases each request's blocks in turn, all at this instant: one release
+        # of their sum integrates and peaks the same
+        freed = 0
         for i in ids:
             run.discard(i)  # type: ignore[attr-defined]
-        self._dec_cache = None
-        for i in ids:
             t.finish[i] = now
-            self.outstanding -= 1
-            self._release(i, finished=True)
+            freed += int(t.blocks[i])
+            t.blocks[i] = 0
+        self.outstanding -= len(ids)
+        self.kv.release(freed)
 
     def _preempt_one(self) -> bool:
         # the reference preempts the newest running request, reading its table row: bring the
