@@ -488,3 +488,38 @@ def test_scalar_cost_forms_decline_without_a_closed_form():
     assert cost.decode_step_times(4, 400.0, 3, 120.0) is None
     assert cost.mixed_step_time([10], [0], 4, 400, 120, 5) is None
     assert cost.mixed_step_time([10], [0], 0, 0, 0, 1) is None
+
+
+# ---- parsed-YAML cache (the catalog) ------------------------------------------------------------
+def test_yaml_file_cache_hits_misses_and_refuses_what_json_cannot_carry(tmp_path, monkeypatch):
+    from simkit.errors import SpecError
+    from simkit.specs.catalog import Catalog, _folders
+    from simkit.specs.yamlio import load_yaml, load_yaml_files
+
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", str(tmp_path / "cache"))
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("kind: x\nvalues: [1, 2.5, 1.0e-3, true, null]\nnested: {k: v}\n")
+    b.write_text("when: 2024-01-02\n")  # a date: JSON cannot carry it
+    entries = tmp_path / "cache" / "yaml"
+    assert load_yaml_files([a]) == [load_yaml(a)]
+    assert len(list(entries.glob("*.json"))) == 1
+    assert load_yaml_files([a]) == [load_yaml(a)]  # a hit: the same documents
+    a.write_text("kind: x\nvalues: [1, 2.5, 1.0e-3, true, 7]\nnested: {k: v}\n")  # edited: a miss
+    assert load_yaml_files([a]) == [load_yaml(a)] and load_yaml(a)["values"][-1] == 7
+    assert len(list(entries.glob("*.json"))) == 2
+    assert load_yaml_files([a, b]) == [load_yaml(a), load_yaml(b)]
+    assert len(list(entries.glob("*.json"))) == 2  # not cached: would not come back the same
+    for e in entries.glob("*.json"):
+        e.write_text("{damaged")
+    assert load_yaml_files([a]) == [load_yaml(a)]  # rebuilt
+    b.write_text("key: [unclosed\n")
+    with pytest.raises(SpecError, match="malformed YAML") as exc:
+        load_yaml_files([a, b])
+    assert str(b) in str(exc.value)
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", "")  # off: parsed every time, nothing written
+    assert load_yaml_files([a]) == [load_yaml(a)]
+    # the shipped catalog loads the same items through the cache, cold and warm
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", str(tmp_path / "cache2"))
+    cold, warm = Catalog.load(_folders()), Catalog.load(_folders())
+    assert cold.items == warm.items and cold.files == warm.files
+    assert len(list((tmp_path / "cache2" / "yaml").glob("*.json"))) == 1

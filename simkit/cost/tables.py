@@ -11,9 +11,10 @@ a SHA-256 over all of those, taken from the objects themselves and the source te
 names or dates), so a cached table is never stale: changing any input, or any line of
 ``simkit/cost``, gives another key. Entries are written atomically and verified (key and size) on load.
 
-Where: ``$SIMKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/simkit``, else ``~/.cache/simkit``;
-``SIMKIT_CACHE_DIR=`` (empty) turns the cache off. An efficiency model whose content cannot be
-fingerprinted (not a dataclass of plain values and arrays) is never cached.
+Where: ``tables/`` under the cache folder (:mod:`simkit.cachedir`: ``$SIMKIT_CACHE_DIR``, else
+``$XDG_CACHE_HOME/simkit``, else ``~/.cache/simkit``; ``SIMKIT_CACHE_DIR=`` (empty) turns it
+off). An efficiency model whose content cannot be fingerprinted (not a dataclass of plain
+values and arrays) is never cached.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import os
-import tempfile
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from simkit.cachedir import cache_root, write_atomic
 
 if TYPE_CHECKING:
     from simkit.cost.iteration import IterationModel
@@ -44,13 +46,9 @@ class _Unfingerprintable(Exception):
 
 
 def cache_dir() -> Path | None:
-    """The table cache folder, or None when caching is off."""
-    env = os.environ.get("SIMKIT_CACHE_DIR")
-    if env is not None:
-        return Path(env) / "tables" if env.strip() else None
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "simkit" / "tables"
+    """The table cache folder, or None when caching is off (:func:`simkit.cachedir.cache_root`)."""
+    root = cache_root()
+    return root / "tables" if root is not None else None
 
 
 def _feed(h: Any, x: Any) -> None:
@@ -155,12 +153,7 @@ def op_tables(cost: IterationModel, size: int) -> tuple[np.ndarray, np.ndarray, 
     except (OSError, KeyError, ValueError):
         pass  # missing, partial or foreign: rebuild
     tables = compute_op_tables(cost, size)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, key=np.array(key), per_layer=tables[0], nonlayer=tables[1], head=tables[2])
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only or full cache folder only costs the rebuild next time
+    buf = io.BytesIO()
+    np.savez(buf, key=np.array(key), per_layer=tables[0], nonlayer=tables[1], head=tables[2])
+    write_atomic(path, buf.getvalue())  # a read-only or full cache folder only costs the rebuild next time
     return tables
