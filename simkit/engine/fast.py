@@ -17,19 +17,23 @@ preemption) and for all of them when the run ends (:meth:`FastEngine.sync`).
 
 Per step, the iteration time is evaluated on Python floats (``IterationModel.decode_step_times``
 and ``mixed_step_time``: the same operations in the same order as the array forms, so the same
-bits) wherever the efficiency model prices attention in closed form; a step that no other event
+bits, with the roofline's coefficients taken once from ``EfficiencyModel.roofline_coeffs``)
+wherever the efficiency model prices attention in closed form; a decode run is priced only up
+to the step that reaches the next arrival (where the run is cut); a step that no other event
 can interrupt (nothing scheduled before it ends) moves the clock without a SimPy event
-(:meth:`FastEngine._advance`); an admission that failed for want of blocks is not re-checked
-until enough blocks are free; finished requests leave the running set in O(1).
+(:meth:`FastEngine._advance`); admission is the reference's without the prefix-cache, spill and
+KV-cap branches (none is on the fast path), and one that failed for want of blocks is not
+re-checked until enough blocks are free; finished requests leave the running set in O(1) and
+release their blocks in one call.
 
-Everything else is the reference engine's own code (the policies, admission, the event loop,
+Everything else is the reference engine's own code (the policies, the event loop, preemption,
 the cost model calls with the same arguments), so per-request times are bit-for-bit those of
 :class:`Engine`; ``tests/test_fast_engine.py`` checks that on random scenarios. Plans the fast
 path does not cover run on the reference engine, and ``summary.json`` says which path ran and
 why (``engine_path``). Covered: ``continuous`` and ``chunked_prefill`` batching, any number of
 replicas and any routing, recompute preemption. Not covered (reference engine): static
 batching, disaggregated serving, prefix caching, swap preemption, KV spill, offloading,
-pipeline parallelism, layer-by-layer execution and Chrome traces.
+pipeline parallelism, layer-by-layer execution, sliding-window models and Chrome traces.
 """
 
 from __future__ import annotations
