@@ -194,17 +194,16 @@ class FastEngine(Engine):
             raise AssertionError("the fast path has no prefix cache, KV spill, KV cap or disaggregated role")
 
     # ---- the decode set ----------------------------------------------------------------------
-    def _join(self, i: int) -> None:
+    def _join(self, i: int, kv: int, gen: int, lt: float) -> None:
+        """Request ``i`` joins the decode set with ``kv`` cached tokens, ``gen`` generated and its
+        last token at ``lt`` (its table row's values, which the caller has at hand)."""
         t = self.table
         clock = self._D
-        kv = int(t.kv_len[i])
-        have = int(t.blocks[i]) + int(t.shared_blocks[i])
+        blocks = int(t.blocks[i])  # no prefix cache on the fast path: no shared blocks
         off = kv - clock
-        n0 = have * self.cfg.block_size - off
-        gen = int(t.gen[i])
-        lt = float(t.last_token[i])
+        n0 = blocks * self.cfg.block_size - off
         fin = clock + int(t.output[i]) - gen
-        self._info[i] = [off, clock, gen, int(t.blocks[i]), n0, lt, fin]
+        self._info[i] = [off, clock, gen, blocks, n0, lt, fin]
         self._sum_off += off
         heapq.heappush(self._fin, (fin, i))
         long = self._long
@@ -379,7 +378,7 @@ class FastEngine(Engine):
         if kv_len < target:
             self.prefilling.append(i)
         else:
-            self._join(i)
+            self._join(i, kv_len, int(t.gen[i]), float(t.last_token[i]))
         self._dec_cache = None
         return True
 
@@ -520,23 +519,25 @@ class FastEngine(Engine):
         now = env.now
         self.log.add(self.index, start, now, 1, n_tok, nb, n_pq + nb, self.kv.in_use)
         finished: list[int] = []
-        done_pre: list[int] = []
+        done_pre: list[tuple[int, int, int]] = []  # (request, KV tokens, generated)
         for k, i in enumerate(pre):
             kv = t.kv_len[i] = kv_pre[k] + pq[k]
             if completes[k]:
-                done_pre.append(i)
+                done_pre.append((i, kv, 0))
                 t.target[i] = kv
         if done_pre:
-            gone = set(done_pre)
+            gone = {i for i, _, _ in done_pre}
             self.prefilling = [i for i in self.prefilling if i not in gone]
-            for i in done_pre:
+            for k, (i, kv, _) in enumerate(done_pre):
                 ft = t.first_token[i]
                 if ft != ft:  # NaN: the request's first token
                     t.first_token[i] = now
                 else:
                     self.tbt.push1(now - float(t.last_token[i]), 1.0)
-                t.gen[i] += 1
+                g = int(t.gen[i]) + 1
+                t.gen[i] = g
                 t.last_token[i] = now
+                done_pre[k] = (i, kv, g)
         if nb:
             self._tbt_groups(now)
             self._D += 1
@@ -545,11 +546,11 @@ class FastEngine(Engine):
             dec_done = self._pop_finished()
         else:
             dec_done = []
-        for i in done_pre:
-            if t.gen[i] >= t.output[i]:
+        for i, kv, g in done_pre:
+            if g >= t.output[i]:
                 finished.append(i)
             else:
-                self._join(i)
+                self._join(i, kv, g, now)
         finished.extend(dec_done)
         self._finish(finished)
 
