@@ -427,7 +427,7 @@ class FastEngine(Engine):
             nb = len(self._info)
             if nb == 0:
                 return _DecodeSet(0)
-            free = self.kv.free
+            free = self.kv.num_blocks - self.kv.used  # kv.free without a prefix cache
             grow = nb if nb <= free else self._growth_to(self._D + 1)
             if grow <= free or self.kv.make_room(grow):
                 if reserve:
@@ -517,7 +517,7 @@ class FastEngine(Engine):
             self.stage_comm[0] += self.cost.comm_time(n_tok + nb)
         start = yield from self._compute(dur)
         now = env.now
-        self.log.add(self.index, start, now, 1, n_tok, nb, n_pq + nb, self.kv.in_use)
+        self.log.add(self.index, start, now, 1, n_tok, nb, n_pq + nb, self.kv.used)  # kv.in_use without a prefix cache
         finished: list[int] = []
         done_pre: list[tuple[int, int, int]] = []  # (request, KV tokens, generated)
         for k, i in enumerate(pre):
@@ -560,7 +560,7 @@ class FastEngine(Engine):
         clock = self._D
         s = self._top_finish() - clock
         bs = self.cfg.block_size
-        avail = self.kv.available
+        avail = self.kv.num_blocks - self.kv.used  # kv.available without a prefix cache
         if nb * (s // bs + 1) > avail and self._growth_to(clock + s) > avail:
             lo, hi = 1, s
             while lo < hi:
@@ -603,7 +603,7 @@ class FastEngine(Engine):
             self.stage_comm[0] += self.cost.comm_time(nb) * s
         start = yield from self._compute(dur)
         now = env.now
-        self.log.add(self.index, start, now, s, 0, nb, nb, self.kv.in_use)
+        self.log.add(self.index, start, now, s, 0, nb, nb, self.kv.used)  # kv.in_use without a prefix cache
         extra = max((now - start) - dur, 0.0)
         self._tbt_groups(start + first + extra)
         if s > 1:
