@@ -523,3 +523,24 @@ def test_yaml_file_cache_hits_misses_and_refuses_what_json_cannot_carry(tmp_path
     cold, warm = Catalog.load(_folders()), Catalog.load(_folders())
     assert cold.items == warm.items and cold.files == warm.files
     assert len(list((tmp_path / "cache2" / "yaml").glob("*.json"))) == 1
+
+
+def test_cache_folders_are_pruned_least_recently_used_first(tmp_path):
+    import os
+
+    from simkit.cachedir import prune, touch, write_atomic
+
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    for k, name in enumerate(["a", "b", "c", "d"]):
+        p = folder / f"{name}.npz"
+        p.write_bytes(b"x" * 100)
+        os.utime(p, ns=(k * 10**9, k * 10**9))  # a oldest ... d newest
+    touch(folder / "a.npz")  # a hit: a is now the most recently used
+    (folder / "e.tmp").write_bytes(b"x" * 1000)  # another writer's partial entry: never counted or deleted
+    prune(folder, 250)
+    assert sorted(p.name for p in folder.iterdir()) == ["a.npz", "d.npz", "e.tmp"]
+    write_atomic(folder / "f.npz", b"y" * 200, max_bytes=250)  # the new entry is kept, the oldest go
+    assert sorted(p.name for p in folder.iterdir()) == ["e.tmp", "f.npz"]
+    prune(folder, 10**6)  # under the cap: nothing deleted
+    assert (folder / "f.npz").read_bytes() == b"y" * 200

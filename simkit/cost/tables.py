@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from simkit.cachedir import cache_root, write_atomic
+from simkit.cachedir import cache_root, touch, write_atomic
 
 if TYPE_CHECKING:
     from simkit.cost.iteration import IterationModel
@@ -149,7 +149,9 @@ def op_tables(cost: IterationModel, size: int) -> tuple[np.ndarray, np.ndarray, 
     try:
         with np.load(path, allow_pickle=False) as z:
             if str(z["key"]) == key and z["per_layer"].shape == (size,):
-                return z["per_layer"].copy(), z["nonlayer"].copy(), z["head"].copy()
+                hit = z["per_layer"].copy(), z["nonlayer"].copy(), z["head"].copy()
+                touch(path)
+                return hit
     except (OSError, KeyError, ValueError):
         pass  # missing, partial or foreign: rebuild
     tables = compute_op_tables(cost, size)

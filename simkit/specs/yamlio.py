@@ -84,7 +84,7 @@ def load_yaml_files(paths: list[Path], *, error: type[Exception] = SpecError) ->
     import json
     import sys
 
-    from simkit.cachedir import cache_root, write_atomic
+    from simkit.cachedir import cache_root, touch, write_atomic
 
     root = cache_root()
     texts: list[bytes] = []
@@ -102,6 +102,7 @@ def load_yaml_files(paths: list[Path], *, error: type[Exception] = SpecError) ->
         try:
             docs = json.loads(entry.read_bytes())
             if isinstance(docs, list) and len(docs) == len(paths):
+                touch(entry)
                 return docs
         except (OSError, ValueError):
             pass  # missing or damaged: parse
