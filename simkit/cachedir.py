@@ -18,13 +18,17 @@ MAX_FOLDER_BYTES = 1 << 30
 
 
 def cache_root() -> Path | None:
-    """The cache folder, or None when caching is off."""
+    """The cache folder, or None when caching is off (or there is no home folder to hold it)."""
     env = os.environ.get("SIMKIT_CACHE_DIR")
     if env is not None:
         return Path(env) if env.strip() else None
     xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "simkit"
+    if xdg:
+        return Path(xdg) / "simkit"
+    try:
+        return Path.home() / ".cache" / "simkit"
+    except RuntimeError:  # no HOME and no password-database entry (some containers)
+        return None
 
 
 def write_atomic(path: Path, data: bytes, max_bytes: int = MAX_FOLDER_BYTES) -> None:

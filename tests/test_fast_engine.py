@@ -544,3 +544,19 @@ def test_cache_folders_are_pruned_least_recently_used_first(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["e.tmp", "f.npz"]
     prune(folder, 10**6)  # under the cap: nothing deleted
     assert (folder / "f.npz").read_bytes() == b"y" * 200
+
+
+def test_cache_root_without_a_home_folder_turns_caching_off(monkeypatch):
+    from pathlib import Path as _Path
+
+    from simkit.cachedir import cache_root
+
+    def no_home() -> _Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("SIMKIT_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(_Path, "home", staticmethod(no_home))
+    assert cache_root() is None
+    monkeypatch.setenv("XDG_CACHE_HOME", "/tmp/xdg")
+    assert cache_root() == _Path("/tmp/xdg/simkit")
