@@ -271,9 +271,11 @@ class FastEngine(Engine):
         g = self._n_active * (L // bs)
         r = L % bs
         if r:
+            # the residues a, a+1, ..., a+r-1 (mod bs): one slice, or two where they wrap
             cnt = self._cnt
-            for j in range(a, a + r):
-                g += cnt[j % bs]
+            lo = a % bs
+            hi = lo + r
+            g += sum(cnt[lo:hi]) if hi <= bs else sum(cnt[lo:]) + sum(cnt[: hi - bs])
         for n0, _ in self._pending:
             if n0 >= upto:
                 break
