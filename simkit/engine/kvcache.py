@@ -137,7 +137,7 @@ class KVBlockManager:
         """Integrate blocks in use up to now. Called before every change of the pool; every
         change of the HBM prefix cache happens at an instant with such a call, so the level now
         is the one held since the last call."""
-        level = self.used if self.cache is None else self.used + self.cache.hbm_blocks
+        level = self.used if self.cache is None else self.used + self.cache.hbm_blocks  # in_use, inlined (hot)
         if level > self.peak:
             self.peak = level
         if self.clock is not None:
