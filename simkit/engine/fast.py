@@ -438,18 +438,13 @@ class FastEngine(Engine):
             if not self._preempt_one():
                 raise AssertionError("a lone request cannot grow its KV cache (admission should have prevented this)")
 
-    def _compute(self, dur: float):  # type: ignore[no-untyped-def]
-        """Run ``dur`` seconds of compute (waiting for pending transfers when there are any) and
-        account it as busy time; returns the step's start time."""
-        if self.pending_fetch:
-            return (yield from self._wait_fetch(dur, None))
-        start = self.env.now
-        if not self._advance(dur):
-            yield self.env.timeout(dur)
+    def _busy(self, dur: float) -> None:
+        """Account ``dur`` seconds of compute as busy time. (No step of the fast path waits for a
+        transfer: without a prefix cache or swapping nothing is ever fetched, so the reference's
+        ``_wait_fetch`` never applies, and a step is its compute.)"""
         self.busy_time += dur
         self.busy_gpu_s += dur * self.cfg.num_gpus
         self.stage_busy[0] += dur
-        return start
 
     def _advance(self, dur: float) -> bool:
         """Let ``dur`` seconds of compute pass without an event where nothing can intervene:
@@ -517,7 +512,10 @@ class FastEngine(Engine):
         n_tok = int(sum(pq))
         if self.cost.tp > 1:
             self.stage_comm[0] += self.cost.comm_time(n_tok + nb)
-        start = yield from self._compute(dur)
+        start = env.now
+        if not self._advance(dur):
+            yield env.timeout(dur)
+        self._busy(dur)
         now = env.now
         self.log.add(self.index, start, now, 1, n_tok, nb, n_pq + nb, self.kv.used)  # kv.in_use without a prefix cache
         finished: list[int] = []
@@ -603,7 +601,10 @@ class FastEngine(Engine):
         self.max_context["attn_decode"] = max(self.max_context["attn_decode"], longest + s)
         if self.cost.tp > 1:
             self.stage_comm[0] += self.cost.comm_time(nb) * s
-        start = yield from self._compute(dur)
+        start = env.now
+        if not self._advance(dur):
+            yield env.timeout(dur)
+        self._busy(dur)
         now = env.now
         self.log.add(self.index, start, now, s, 0, nb, nb, self.kv.used)  # kv.in_use without a prefix cache
         extra = max((now - start) - dur, 0.0)
