@@ -190,8 +190,9 @@ class FastEngine(Engine):
         self._no_fit: tuple[int, int | None, int] | None = None
         """(request, reserve_tokens, most blocks in use at which it fits) of the last admission
         that did not fit for want of blocks."""
-        if kv.cache is not None or cfg.spill_after is not None or cfg.kv_cap_tokens is not None or cfg.role != "both":
-            raise AssertionError("the fast path has no prefix cache, KV spill, KV cap or disaggregated role")
+        if (kv.cache is not None or cfg.spill_after is not None or cfg.kv_cap_tokens is not None or cfg.role != "both"
+                or kv.watermark_blocks < 0):  # fmt: skip
+            raise AssertionError("the fast path has no prefix cache, KV spill, KV cap, disaggregated role or negative watermark")
 
     # ---- the decode set ----------------------------------------------------------------------
     def _join(self, i: int, kv: int, gen: int, lt: float) -> None:
@@ -354,8 +355,10 @@ class FastEngine(Engine):
         # The reference's admit without a prefix cache, a spill tier or a KV cap (none is on the
         # fast path): the request's blocks are those of its tokens, and it fails only on the
         # block count (``kv.can_admit``: free - need < watermark, checked before anything is
-        # touched). A waiting request's need does not change: it fails again while the blocks
-        # in use stay above the level at which it would fit, so those checks are skipped.
+        # touched; with a watermark >= 0 it implies ``kv.make_room``, which without a cache only
+        # integrates the KV level up to now, as ``kv.alloc`` does at the same instant). A waiting
+        # request's need does not change: it fails again while the blocks in use stay above the
+        # level at which it would fit, so those checks are skipped.
         if self._refused_from_memory(i, reserve_tokens):
             return False
         kv = self.kv
@@ -364,11 +367,9 @@ class FastEngine(Engine):
         target = int(t.target[i])
         tokens = reserve_tokens if reserve_tokens is not None else max(target, kv_len) + 1
         need = kv.blocks_for(tokens)
-        if not kv.can_admit(need) or not kv.make_room(need):
-            self._no_fit = None
-            limit = kv.num_blocks - need - kv.watermark_blocks
-            if kv.watermark_blocks >= 0 and kv.used > limit:  # why it failed (remember nothing else)
-                self._no_fit = (i, reserve_tokens, limit)
+        limit = kv.num_blocks - need - kv.watermark_blocks  # the most blocks in use at which it fits
+        if kv.used > limit:
+            self._no_fit = (i, reserve_tokens, limit)
             return False
         self._no_fit = None
         kv.alloc(need)
