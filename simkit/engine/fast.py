@@ -484,8 +484,12 @@ class FastEngine(Engine):
         pre = step.prefill_ids
         pq = step.prefill_q
         nb = len(step.decode_ids)
-        kv_pre = [int(t.kv_len[i]) for i in pre]
-        completes = [kv_pre[k] + pq[k] >= int(t.target[i]) for k, i in enumerate(pre)]
+        kv_pre: list[int] = []
+        completes: list[bool] = []
+        for k, i in enumerate(pre):
+            kv = int(t.kv_len[i])
+            kv_pre.append(kv)
+            completes.append(kv + pq[k] >= int(t.target[i]))
         n_pq = len(pq)
         mc = self.max_context
         dec_sum = longest = 0

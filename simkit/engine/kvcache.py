@@ -186,7 +186,7 @@ class KVBlockManager:
         if not self.make_room(n):
             return False
         self.used += n
-        level = self.in_use
+        level = self.used if self.cache is None else self.used + self.cache.hbm_blocks  # in_use, inlined (hot)
         if level > self.peak:
             self.peak = level
         return True
