@@ -7,12 +7,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from simkit.cost.links import kv_store_slowdown, link_rates
 from simkit.cost.offload import HOST_ATTENTION_EFFICIENCY, OffloadCompute
 from simkit.errors import CapacityError
 from simkit.policies import offload_opt
 from simkit.policies.offload import CUDA_CONTEXT_BYTES, offload_gpu_usable
 from simkit.scenario import KVCache, scenario_from_dict
-from simkit.simulate import kv_store_slowdown, link_rates, simulate
+from simkit.simulate import simulate
 from simkit.specs.node import resolve_node
 from tests.conftest import make_scenario
 

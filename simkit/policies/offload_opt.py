@@ -73,7 +73,7 @@ class Candidate:
 def _bw(node: Node, measured: dict[str, tuple[float, float]] | None = None) -> dict[str, float]:
     """Bandwidth of each link direction: the simulator's own (simulate.link_rates), with KV
     stores at their own rate where the machine was measured to store KV slower."""
-    from simkit.simulate import link_rates
+    from simkit.cost.links import link_rates
 
     return {k: bw for k, (bw, _) in link_rates(node, 1, measured).items()}
 
@@ -97,7 +97,7 @@ def solve_candidate(
 ) -> Candidate | None:
     from scipy.optimize import linprog
 
-    from simkit.simulate import kv_store_slowdown, link_rates
+    from simkit.cost.links import kv_store_slowdown, link_rates
 
     tiers = node.tiers()
     have = {"gpu": "hbm" in tiers, "cpu": True, "cxl": "cxl" in tiers, "disk": "ssd" in tiers}
@@ -233,7 +233,7 @@ def optimize(
 ) -> list[Candidate]:
     """Rank offload plans for the scenario's model and node; simulate the best ``confirm``.
     ``compress`` lists the choices of 4-bit compression the search may take."""
-    from simkit.simulate import resolve_calibration
+    from simkit.deployment import resolve_calibration
     from simkit.specs.catalog import load_model
     from simkit.specs.node import resolve_node
 
@@ -244,7 +244,7 @@ def optimize(
     if prompt_len is None or gen_len is None:
         w = sc.workload
         if w.batch is None:
-            from simkit.simulate import build_workload
+            from simkit.deployment import build_workload
 
             reqs = build_workload(sc)
             prompt_len = prompt_len or int(np.mean(reqs.input_tokens))
@@ -262,7 +262,8 @@ def optimize(
     ceff, _, _ = resolve_calibration(sc, cdev, quiet=True)
     cdev = cdev.for_profile(ceff, node.scale)
     cpu_cost = IterationModel(model, cdev, ceff, prec)
-    from simkit.simulate import measured_links, offload_compute
+    from simkit.cost.links import measured_links
+    from simkit.cost.offload import offload_compute
 
     oc = offload_compute(node, cost, cpu_cost, False)
     lm = measured_links(eff, sc.plan.offload.io_block_size, sc.plan.offload.io_queue_depth)

@@ -97,7 +97,7 @@ class Screener:
         return v
 
     def _calibration(self, sc: Scenario, device: Any) -> Any:
-        from simkit.simulate import resolve_calibration
+        from simkit.deployment import resolve_calibration
 
         k = (sc.calibration, device.kind, device.name)
         if k not in self._cal:
@@ -107,7 +107,7 @@ class Screener:
         return self._cal[k]
 
     def _workload(self, sc: Scenario, raw: Any) -> Any:
-        from simkit.simulate import build_workload
+        from simkit.deployment import build_workload
 
         k = json.dumps([raw, sc.seed, sc.source], sort_keys=True)  # plain data: cheap to serialise
         if k not in self._work:
@@ -162,7 +162,7 @@ class Screener:
         """A ``plan.fleet`` candidate: each group screened as its own plan (memory fit, layout,
         names); exact cost and GPU counts summed. No bounds: the single-plan bounds do not cover a
         mix of speeds behind one router, so a fleet is never pruned by a bound, only simulated."""
-        from simkit.simulate import fleet_scenarios
+        from simkit.deployment import fleet_scenarios
 
         assert sc.plan.fleet is not None
         exact: dict[str, float] = {"cost_per_hour_usd": 0.0, "gpus": 0, "replicas": 0}
@@ -186,11 +186,11 @@ class Screener:
     def _screen(self, sc: Scenario, data: dict[str, Any]) -> Screened:
         from simkit.cost.device import ComputeDevice
         from simkit.cost.ops import Precision
+        from simkit.deployment import plan_replica_memory
         from simkit.errors import ScenarioError
         from simkit.policies.batching import BATCHING_POLICIES
         from simkit.policies.parallel import Layout, check_parallel
         from simkit.policies.routing import ROUTING_POLICIES
-        from simkit.simulate import plan_replica_memory
 
         if sc.plan.fleet is not None:
             return self._screen_fleet(sc, data)
