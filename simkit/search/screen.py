@@ -118,7 +118,7 @@ class Screener:
     def offload_plan(self, data: dict[str, Any]) -> dict[str, Any]:
         """Overrides for the placement optimiser's best offload plan for this candidate
         (``offload: optimized``): its fractions, GPU batch and the static batch it runs."""
-        from simkit.policies.offload_opt import optimize
+        from simkit.search.offload import optimize
 
         sc = scenario_from_dict(data, where=self.where)
         k = json.dumps([sc.hardware, sc.model, sc.plan.precision.model_dump(), sc.workload.model_dump(mode="json"),
