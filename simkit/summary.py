@@ -15,8 +15,7 @@ from simkit.deployment import Deployment, Group
 from simkit.engine.cluster import Cluster
 from simkit.engine.offload import OffloadExecutor
 from simkit.engine.replica import Replica
-from simkit.engine.state import RequestTable
-from simkit.metrics import CostInputs, summarize
+from simkit.metrics import CostInputs, run_makespan, run_window, summarize
 
 
 def summarize_run(
@@ -44,8 +43,8 @@ def summarize_run(
     # KV utilisation, time-weighted: blocks in use integrated over the run by each replica's
     # block pool (shared by a replica's pipeline engines, so each block counts once)
     kv_tw = 0.0
-    t_end = float(np.nanmax(table.finish)) if np.isfinite(table.finish).any() else 0.0
-    if t_end > 0:
+    t0, t_end = run_window(table)
+    if t_end > t0:  # from t = 0 to the last finish (docs/metrics.md)
         kv_tw = sum(g.engines[0].kv.block_seconds(t_end) for g in replicas) / t_end / n_rep
     engines_all = [e for g in replicas for e in g.engines]
     busy = sum(e.busy_gpu_s for e in engines_all)
@@ -74,7 +73,7 @@ def summarize_run(
             st["bytes"] += link.bytes_moved
             st["busy_s"] += link.busy_time
     per_gpu = []
-    span = float(summary_span(table))
+    span = run_makespan(table)
     for g in replicas:
         gl = groups[rep_group[g.index]]
         local = g.index - sum(x.replicas for x in groups[: rep_group[g.index]])
@@ -316,11 +315,4 @@ def _fleet_memory(groups: list[Group], pc: Any, rep_group: list[int], replicas: 
             for owner, v in t["by_owner"].items():
                 acc["by_owner"][owner] = acc["by_owner"].get(owner, 0.0) + v
     return out
-
-
-def summary_span(table: RequestTable) -> float:
-    done = np.isfinite(table.finish)
-    if not done.any():
-        return 0.0
-    return float(np.nanmax(table.finish) - table.arrival.min())
 
