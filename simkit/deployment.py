@@ -93,7 +93,9 @@ def build_workload(sc: Scenario) -> Requests:
     return reqs
 
 
-def resolve_calibration(sc: Scenario, device: ComputeDevice, quiet: bool = False) -> tuple[EfficiencyModel, str, str | None]:
+def resolve_calibration(sc: Scenario, device: ComputeDevice) -> tuple[EfficiencyModel, str, str | None]:
+    """(the efficiency model the scenario's ``calibration`` names for ``device``, its
+    description, a warning or None)."""
     if sc.calibration == "none":
         return DatasheetEfficiency(), "datasheet defaults (calibration: none)", None
     from simkit.cost.profile import resolve_calibration as _resolve
@@ -103,6 +105,16 @@ def resolve_calibration(sc: Scenario, device: ComputeDevice, quiet: bool = False
         # absolute, so the description (in summary.json) does not depend on how the path is spelt
         setting = str(sc.resolve_path(setting).resolve())
     return _resolve(setting, device.kind, device.name)
+
+
+def calibrated_device(
+    sc: Scenario, device: ComputeDevice, node: Node
+) -> tuple[ComputeDevice, EfficiencyModel, str, str | None]:
+    """The one home of "resolve the calibration, then calibrate the device": (the device timed
+    against the roofline the profile's efficiencies were fitted to, scaled by the scenario's
+    what-if multipliers; its efficiency model; the calibration's description; a warning or None)."""
+    eff, cal_info, cal_warn = resolve_calibration(sc, device)
+    return device.for_profile(eff, node.scale), eff, cal_info, cal_warn
 
 
 def resolve_compute(sc: Scenario, node: Node) -> tuple[bool, ComputeDevice, EfficiencyModel, str, str | None]:
@@ -115,10 +127,7 @@ def resolve_compute(sc: Scenario, node: Node) -> tuple[bool, ComputeDevice, Effi
     else:
         assert node.gpu is not None
         device = ComputeDevice.from_gpu(node.gpu)
-    eff, cal_info, cal_warn = resolve_calibration(sc, device)
-    # time operators against the roofline the profile's efficiencies were fitted to, scaled by
-    # the scenario's what-if multipliers
-    device = device.for_profile(eff, node.scale)
+    device, eff, cal_info, cal_warn = calibrated_device(sc, device, node)
     return use_cpu, device, eff, cal_info, cal_warn
 
 
@@ -567,8 +576,7 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
     cpu_cost = None
     if offloaded and plan.offload.cpu_attention and not use_cpu:
         cpu_dev = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
-        cpu_eff, _, _ = resolve_calibration(sc, cpu_dev, quiet=True)
-        cpu_dev = cpu_dev.for_profile(cpu_eff, node.scale)
+        cpu_dev, cpu_eff, _, _ = calibrated_device(sc, cpu_dev, node)
         cpu_cost = IterationModel(model, cpu_dev, cpu_eff, prec, tp=1)
 
     swap_bytes = plan.kv_cache.swap_space if plan.kv_cache.swap_space is not None else 4 * 2**30 * gpus_per_replica

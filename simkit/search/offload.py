@@ -32,7 +32,7 @@ def optimize(
 ) -> list[Candidate]:
     """Rank offload plans for the scenario's model and node; simulate the best ``confirm``.
     ``compress`` lists the choices of 4-bit compression the search may take."""
-    from simkit.deployment import resolve_calibration
+    from simkit.deployment import calibrated_device
     from simkit.specs.catalog import load_model
     from simkit.specs.node import resolve_node
 
@@ -54,12 +54,10 @@ def optimize(
     precision = sc.plan.precision
     prec = Precision(precision.weights, precision.activations, precision.kv_cache, precision.group_size)
     dev = ComputeDevice.from_gpu(node.gpu)
-    eff, _, _ = resolve_calibration(sc, dev)
-    dev = dev.for_profile(eff, node.scale)
+    dev, eff, _, _ = calibrated_device(sc, dev, node)
     cost = IterationModel(model, dev, eff, prec)
     cdev = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
-    ceff, _, _ = resolve_calibration(sc, cdev, quiet=True)
-    cdev = cdev.for_profile(ceff, node.scale)
+    cdev, ceff, _, _ = calibrated_device(sc, cdev, node)
     cpu_cost = IterationModel(model, cdev, ceff, prec)
     from simkit.cost.links import measured_links
     from simkit.cost.offload import offload_compute

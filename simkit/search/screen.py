@@ -103,7 +103,7 @@ class Screener:
         if k not in self._cal:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self._cal[k] = resolve_calibration(sc, device, quiet=True)[0]
+                self._cal[k] = resolve_calibration(sc, device)[0]
         return self._cal[k]
 
     def _workload(self, sc: Scenario, raw: Any) -> Any:
