@@ -11,7 +11,7 @@
   goes to prefill chunks (the oldest partially-prefilled request first, then new admissions).
   The budget must be >= ``max_num_seqs`` (checked when the scenario is simulated, as vLLM
   does), so decodes alone never exceed it and no iteration runs more tokens than the budget.
-- ``disaggregated``: prefill and decode on separate replicas (see simulate.py); the prefill
+- ``disaggregated``: prefill and decode on separate replicas (see engine/cluster.py); the prefill
   replicas run ``prefill_only`` and decode replicas run ``continuous`` over requests whose KV
   arrives over the configured link. A hand-off cuts short the decode replica's fast-forwarded
   run (``Process.interrupt``) and joins the decode batch at the next iteration, as a decode
@@ -144,5 +144,5 @@ BATCHING_POLICIES: dict[str, type] = {
     "continuous": ContinuousBatching,
     "chunked_prefill": ChunkedPrefill,
     "prefill_only": PrefillOnly,
-    # "disaggregated" is a deployment shape (simulate.py), built from prefill_only + continuous
+    # "disaggregated" is a deployment shape (deployment.py, engine/cluster.py), built from prefill_only + continuous
 }

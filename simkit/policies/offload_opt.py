@@ -67,7 +67,7 @@ class Candidate:
 
 
 def _bw(node: Node, measured: dict[str, tuple[float, float]] | None = None) -> dict[str, float]:
-    """Bandwidth of each link direction: the simulator's own (simulate.link_rates), with KV
+    """Bandwidth of each link direction: the simulator's own (cost/links.py: link_rates), with KV
     stores at their own rate where the machine was measured to store KV slower."""
     from simkit.cost.links import link_rates
 
