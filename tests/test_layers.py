@@ -16,8 +16,8 @@ PKG = Path(__file__).resolve().parents[1] / "simkit"
 LAYERS: dict[str, int] = {
     "simkit": 0, "simkit.units": 0, "simkit.errors": 0,
     "simkit.specs": 1,
-    "simkit.cost": 2, "simkit.workload": 2,
-    "simkit.calibrate": 3,
+    "simkit.cost": 2,
+    "simkit.calibrate": 3, "simkit.workload": 3,
     "simkit.engine": 4,
     "simkit.policies": 5,
     "simkit.scenario": 6, "simkit.metrics": 6,
