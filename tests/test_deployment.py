@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_scenario, uniform_workload
 
 from simkit.deployment import build_deployment, build_replicas
 from simkit.engine.cluster import Cluster
@@ -20,6 +19,7 @@ from simkit.scenario import scenario_from_dict
 from simkit.simulate import simulate
 from simkit.summary import summarize_run
 from simkit.workload.base import Requests
+from tests.conftest import make_scenario, uniform_workload
 
 
 def _run(dep, record_iterations: bool = True):  # type: ignore[no-untyped-def]
