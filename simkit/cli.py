@@ -249,6 +249,9 @@ def cmd_search(a: argparse.Namespace) -> int:
     out = a.out or os.path.join("reports", f"search-{spec.name}")
     if a.jobs < 1:
         raise SimkitError(f"--jobs: expected an integer >= 1, got {a.jobs}")
+    if a.jobs > 1 and spec.capacity is not None:
+        print(f"warning: --jobs {a.jobs} has no effect in capacity mode (each plan's bisection steps depend on "
+              "each other); simulating one at a time", file=sys.stderr)
     res = run_search(spec, RunStore(out), exhaustive=a.exhaustive, progress=not a.no_progress, jobs=a.jobs)
     paths = write_search(res, out)
     print_table(res, sys.stdout)

@@ -231,6 +231,15 @@ def test_capacity_mode(tmp_path: Path) -> None:
     assert not l4.feasible and "even at min_rate 0.5" in l4.reason
 
 
+def test_cli_says_jobs_has_no_effect_in_capacity_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sp = tmp_path / "s.yaml"
+    sp.write_text(yaml.safe_dump({"base": BASE, "space": {"gpu": ["h100-sxm"]}, "constraints": {"ttft_p90_s": {"max": 0.05}},
+                                  "objective": {"maximize": "max_rate_rps_per_usd_hour"},
+                                  "capacity": {"min_rate": 0.5, "max_rate": 50, "tolerance": 0.2}}, sort_keys=False))
+    assert main(["search", str(sp), "--out", str(tmp_path / "o"), "--no-progress", "--jobs", "2"]) == 0
+    assert "--jobs 2 has no effect in capacity mode" in capsys.readouterr().err
+
+
 def test_resume_recomputes_nothing(tmp_path: Path) -> None:
     spec = spec_of(tmp_path)
     full = Counter()

@@ -518,6 +518,26 @@ def test_sliding_window_bounds_kv_and_attention(tmp_path):
     assert long_p < _cost("llama-3-8b").prefill_attention(np.array([8000]), np.array([0.0]))
 
 
+def test_operator_breakdown_knows_the_sliding_window(tmp_path):
+    """`simkit estimate ops` and the report's operator table price attention with the window too:
+    their attention operators agree with the engine's iteration model."""
+    from simkit.cost.ops import Precision, forward_ops
+    from simkit.specs.catalog import load_model
+
+    sw, full = load_model(_sw_model(tmp_path, 1024)), load_model(_sw_model(tmp_path, None))
+    prec = Precision("fp16", "fp16", "fp16")
+
+    def attn(model, q, ctx):  # type: ignore[no-untyped-def]
+        return {o.name: o for o in forward_ops(model, np.array(q), np.array(ctx), tp=1, precision=prec) if o.name.startswith("attn")}
+
+    # a prompt of 8000 tokens: position p attends min(p, 1024) keys
+    w = 1024
+    assert attn(sw, [8000], [0])["attn_prefill"].flops == pytest.approx(attn(full, [8000], [0])["attn_prefill"].flops * (w * (w + 1) / 2 + (8000 - w) * w) / (8000 * 8001 / 2))
+    # decode over 20k tokens of context costs what a 1024-token context costs
+    assert attn(sw, [1, 1], [20000, 3000])["attn_decode"].flops == attn(sw, [1, 1], [1023, 1023])["attn_decode"].flops
+    assert attn(full, [1, 1], [20000, 3000])["attn_decode"].flops > attn(full, [1, 1], [1023, 1023])["attn_decode"].flops
+
+
 def test_continuous_refuses_a_token_budget_below_max_num_seqs():
     from simkit.errors import ScenarioError
 

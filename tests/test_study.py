@@ -73,6 +73,37 @@ def test_scenario_hash_is_canonical():
     assert scenario_hash(a) != scenario_hash({**a, "b": 2})
 
 
+def test_run_id_changes_when_inputs_change(tmp_path, monkeypatch):
+    """A stored run is reused only while nothing it depends on changed: an edited catalog file
+    (a user GPU YAML), a re-written trace, or a new simkit version give a new run id."""
+    import simkit
+    import simkit.study.store as store
+
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_time,input_tokens,output_tokens\n0.0,10,5\n")
+    data = {"model": "llama-2-7b", "workload": {"trace": {"path": str(trace)}}}
+    cat = tmp_path / "cat"
+    cat.mkdir()
+    gpu = yaml.safe_load((Path(__file__).resolve().parents[1] / "hw_specs" / "gpus" / "h100-sxm.yaml").read_text())
+    gpu["name"] = "my-gpu"
+    (cat / "my-gpu.yaml").write_text(yaml.safe_dump(gpu))
+    monkeypatch.setenv("SIMKIT_CATALOG_PATH", str(cat))
+    monkeypatch.setattr(store, "_FINGERPRINTS", {})
+    first = scenario_hash(data)
+    assert scenario_hash(data) == first  # stable while nothing changes
+    gpu["memory"] = "40 GiB"
+    (cat / "my-gpu.yaml").write_text(yaml.safe_dump(gpu))
+    monkeypatch.setattr(store, "_FINGERPRINTS", {})  # a new process
+    edited = scenario_hash(data)
+    assert edited != first
+    trace.write_text("arrival_time,input_tokens,output_tokens\n0.0,10,5\n1.0,20,5\n")
+    assert scenario_hash(data) != edited
+    after_trace = scenario_hash(data)
+    monkeypatch.setattr(simkit, "__version__", "99.0.0")
+    monkeypatch.setattr(store, "_FINGERPRINTS", {})
+    assert scenario_hash(data) != after_trace
+
+
 def test_run_store_roundtrip(tmp_path):
     st = RunStore(tmp_path)
     assert st.done() == set() and st.rows() == []

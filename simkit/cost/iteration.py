@@ -21,7 +21,7 @@ import numpy as np
 
 from simkit.cost.device import ComputeDevice
 from simkit.cost.efficiency import EfficiencyModel
-from simkit.cost.ops import Op, Precision, forward_ops
+from simkit.cost.ops import Op, Precision, forward_ops, prefill_attention_sums
 from simkit.cost.roofline import OpTime, time_ops
 from simkit.cost.tables import op_tables
 from simkit.specs.model import ModelSpec
@@ -220,18 +220,7 @@ class IterationModel:
         heads, kvh, d, ab, kb = self._attn_consts()
         qf = q.astype(np.float64)
         tokens = float(qf.sum())
-        w = self.model.sliding_window
-        if w is None:
-            pairs = float((qf * ctx + qf * (qf + 1.0) / 2.0).sum())
-            kv_tokens = float(ctx.sum()) + tokens
-        else:
-            # query position p attends min(p, w) keys: pairs = S(ctx + q) - S(ctx)
-            def S(n: np.ndarray) -> np.ndarray:
-                return np.where(n <= w, n * (n + 1.0) / 2.0, w * (w + 1.0) / 2.0 + (n - w) * w)
-
-            c = np.asarray(ctx, dtype=np.float64)
-            pairs = float((S(c + qf) - S(c)).sum())
-            kv_tokens = float(np.minimum(c, w).sum()) + tokens
+        pairs, kv_tokens = prefill_attention_sums(qf, np.asarray(ctx, dtype=np.float64), self.model.sliding_window)
         flops = np.asarray(4.0 * heads * d * pairs)
         byts = np.asarray(2.0 * tokens * heads * d * ab + 2.0 * kv_tokens * kvh * d * kb + 2.0 * tokens * kvh * d * kb)
         shape = {"tokens": tokens, "ctx": kv_tokens, "batch": float(len(q)), "heads": heads, "kv_heads": kvh, "head_dim": d, "pairs": pairs}

@@ -170,6 +170,21 @@ def expected_experts_touched(tokens: Any, num_experts: int, top_k: int) -> Any:
     return float(out) if out.ndim == 0 else out
 
 
+def prefill_attention_sums(q: np.ndarray, ctx: np.ndarray, window: int | None) -> tuple[float, float]:
+    """(query-key pairs, KV tokens read) of causal prefill chunks of ``q`` new tokens over ``ctx``
+    cached ones (float arrays). With a sliding ``window``, query position p attends min(p, window)
+    keys and at most ``window`` cached tokens are read."""
+    tokens = float(q.sum())
+    if window is None:
+        return float((q * ctx + q * (q + 1.0) / 2.0).sum()), float(ctx.sum()) + tokens
+    w = float(window)
+
+    def S(n: np.ndarray) -> np.ndarray:  # pairs of the first n positions: sum of min(p, w)
+        return np.where(n <= w, n * (n + 1.0) / 2.0, w * (w + 1.0) / 2.0 + (n - w) * w)
+
+    return float((S(ctx + q) - S(ctx)).sum()), float(np.minimum(ctx, w).sum()) + tokens
+
+
 def attention_ops(
     model: ModelSpec, q: np.ndarray, ctx: np.ndarray, tp: int, p: Precision
 ) -> list[Op]:
@@ -185,9 +200,8 @@ def attention_ops(
     pre = ~is_decode
     if pre.any():
         qp, cp = q[pre], ctx[pre]
-        # causal: token j of the chunk attends ctx + j + 1 keys
-        pairs = float(np.sum(qp * cp + qp * (qp + 1) / 2.0))
-        kv_tokens = float(np.sum(cp + qp))
+        # causal: token j of the chunk attends ctx + j + 1 keys (at most the sliding window)
+        pairs, kv_tokens = prefill_attention_sums(qp, cp, model.sliding_window)
         flops = 4.0 * heads * d * pairs
         kv_read = 2.0 * kv_tokens * kv_heads * d * p.kv_bytes
         kv_write = 2.0 * float(qp.sum()) * kv_heads * d * p.kv_bytes
@@ -213,6 +227,8 @@ def attention_ops(
         )
     if is_decode.any():
         cd = ctx[is_decode] + 1.0  # the new token attends to itself too
+        if model.sliding_window is not None:
+            cd = np.minimum(cd, float(model.sliding_window))
         b = float(is_decode.sum())
         kv_tokens = float(cd.sum())
         flops = 4.0 * heads * d * kv_tokens

@@ -36,8 +36,81 @@ def canonical_json(obj: Any) -> str:
 
 
 def scenario_hash(resolved: dict[str, Any]) -> str:
-    """The id of a run: sha256 of the canonical JSON of its fully resolved scenario, 16 hex digits."""
-    return hashlib.sha256(canonical_json(resolved).encode("utf-8")).hexdigest()[:16]
+    """The id of a run: sha256 of the canonical JSON of its fully resolved scenario and of what
+    else decides its result (:func:`inputs_fingerprint`: the simkit version, the catalog and
+    calibration files, and the files the scenario names), 16 hex digits. A stored run is reused
+    only when none of them changed, so a re-calibration, an edited GPU YAML or an upgrade
+    recomputes instead of returning a stale result."""
+    doc = {"scenario": resolved, "inputs": inputs_fingerprint(), "files": _named_files(resolved)}
+    return hashlib.sha256(canonical_json(doc).encode("utf-8")).hexdigest()[:16]
+
+
+_SMALL_FILE = 1 << 20
+"""Files up to this size are fingerprinted by content, larger ones (samples, traces) by size and
+modification time."""
+
+
+def _file_key(path: Path) -> list[Any]:
+    try:
+        st = path.stat()
+        if st.st_size <= _SMALL_FILE:
+            return [str(path), hashlib.sha256(path.read_bytes()).hexdigest()]
+        return [str(path), st.st_size, st.st_mtime_ns]
+    except OSError:
+        return [str(path), None]
+
+
+_FINGERPRINTS: dict[tuple[str, ...], str] = {}
+
+
+def inputs_fingerprint() -> str:
+    """sha256 over the simkit version and every catalog file (``hw_specs``, models,
+    ``SIMKIT_CATALOG_PATH``) and calibration profile file a run could read; computed once per
+    process for a given set of folders."""
+    from simkit import __version__
+    from simkit.specs.calibration import profiles_dir
+    from simkit.specs.catalog import _folders
+
+    roots = (*(str(f) for f in _folders()), str(profiles_dir()))
+    if roots not in _FINGERPRINTS:
+        h = hashlib.sha256(f"simkit {__version__}".encode())
+        for i, root in enumerate(roots):
+            folder = Path(root)
+            if not folder.is_dir():
+                continue
+            pattern = "*" if i == len(roots) - 1 else "*.yaml"
+            for f in sorted(folder.rglob(pattern)):
+                if f.is_file():
+                    h.update(canonical_json(_file_key(f)).encode("utf-8"))
+        _FINGERPRINTS[roots] = h.hexdigest()
+    return _FINGERPRINTS[roots]
+
+
+def _named_files(resolved: Any) -> list[list[Any]]:
+    """Fingerprints of the existing files a resolved scenario names (trace, model YAML or HF
+    config, calibration profile): any string value that is a path to a file."""
+    out: list[list[Any]] = []
+
+    def walk(x: Any) -> None:
+        if isinstance(x, dict):
+            for k in sorted(x):
+                walk(x[k])
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+        elif isinstance(x, str) and ("/" in x or "\\" in x) and len(x) < 4096:
+            p = Path(x)
+            try:
+                is_file = p.is_absolute() and p.is_file()
+            except OSError:
+                is_file = False
+            if is_file:
+                out.append(_file_key(p))
+            elif p.is_absolute() and p.is_dir() and (p / "profile.yaml").is_file():
+                out.extend(_file_key(f) for f in sorted(p.iterdir()) if f.is_file())
+
+    walk(resolved)
+    return out
 
 
 def atomic_write(path: Path, data: bytes) -> None:
