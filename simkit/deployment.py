@@ -318,7 +318,7 @@ class Group:
 
 
 def _fleet_group(sc: Scenario, gpu: str, model: ModelSpec, prec: Precision, algo: str, reserve: int, where: str | None) -> Group:
-    """Set up a further fleet group as :func:`simulate` sets up the first (GPU, no offload, pp = 1,
+    """Set up a further fleet group as :func:`build_deployment` sets up the first (GPU, no offload, pp = 1,
     ep = 1: the fleet's checks refuse the rest)."""
     node = resolve_node(sc.hardware, where=where)
     par = sc.plan.parallel

@@ -12,7 +12,13 @@ from __future__ import annotations
 import time
 
 from simkit.cost.links import link_rates
-from simkit.deployment import build_deployment, build_replicas, calibration_provenance, plan_replica_memory
+from simkit.deployment import (
+    build_deployment,
+    build_replicas,
+    calibration_provenance,
+    plan_memory,
+    plan_replica_memory,
+)
 from simkit.engine.cluster import Cluster
 from simkit.engine.state import RequestTable
 from simkit.errors import ScenarioError
@@ -20,7 +26,8 @@ from simkit.outputs import Result, write_outputs
 from simkit.scenario import Scenario
 from simkit.summary import summarize_run
 
-__all__ = ["Result", "link_rates", "plan_replica_memory", "simulate", "write_outputs"]
+# re-exported from their homes, for code that imports them from here
+__all__ = ["Result", "link_rates", "plan_memory", "plan_replica_memory", "simulate", "write_outputs"]
 
 
 def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = False, engine: str = "auto") -> Result:
