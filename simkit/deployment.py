@@ -389,8 +389,7 @@ class Deployment:
     stage_costs: list[IterationModel] | None
     cpu_cost: IterationModel | None
     reqs: Requests
-    kv_cap: int | None
-    """Tokens of KV a sequence keeps (a sliding window plus the block being filled), or None."""
+    admission: Admission
     group_shares: list[float]
     cross_tp: bool
     engine_cls: type[Engine]
@@ -414,6 +413,18 @@ class Deployment:
 def _warn(warn: list[str], msg: str) -> None:
     warn.append(msg)
     warnings.warn(msg, stacklevel=4)
+
+
+def plan_admission(sc: Scenario, model: ModelSpec) -> Admission:
+    """What the front door refuses for this plan (:class:`~simkit.engine.cluster.Admission`), for
+    the run and the plan search's screening: requests beyond the model's context; KV beyond a
+    replica's capacity, where a sliding-window model keeps the window (plus the block being
+    filled) per sequence; with continuous batching (also behind disaggregation), a prompt beyond
+    one iteration's token budget."""
+    bat = sc.plan.batching
+    kv_cap = model.sliding_window + sc.plan.kv_cache.block_size if model.sliding_window is not None else None
+    budget = bat.max_num_batched_tokens if bat.policy in ("continuous", "disaggregated") else None
+    return Admission(model.max_context, kv_cap, budget)
 
 
 def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = False) -> Deployment:
@@ -564,8 +575,8 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
         )
     if pc.enabled and not reqs.has_prefixes:
         warn.append("plan.prefix_cache is enabled but the workload carries no prefix hashes: no hits are possible")
-    # a sliding-window model keeps the window (plus the block being filled) per sequence
-    kv_cap = model.sliding_window + plan.kv_cache.block_size if model.sliding_window is not None else None
+    adm = plan_admission(sc, model)
+    kv_cap = adm.kv_cap_tokens
     if kv_cap is not None and offloaded:
         warn.append(
             f"{model.name} attends a sliding window of {model.sliding_window} tokens, but plan.offload places, "
@@ -599,7 +610,7 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
     )
     engine_cls = Engine if slow_reason else FastEngine
     engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
-    return Deployment(scenario, sc, model, prec, use_cpu, groups, off_layout, off_mem, stage_costs, cpu_cost, reqs, kv_cap,
+    return Deployment(scenario, sc, model, prec, use_cpu, groups, off_layout, off_mem, stage_costs, cpu_cost, reqs, adm,
                       group_shares, cross_tp, engine_cls, engine_path, warn)
 
 
@@ -656,7 +667,7 @@ def build_replicas(dep: Deployment, cluster: Cluster) -> list[OffloadExecutor]:
             layerwise=plan.execution.mode == "layer_by_layer",
             spill_after=off_layout.spill_after if off_layout is not None else None,
             spill_capacity_tokens=off_mem.spill_tokens / n_rep if off_mem is not None else 0.0,
-            kv_cap_tokens=dep.kv_cap,
+            kv_cap_tokens=dep.admission.kv_cap_tokens,
         )
         links = _links(env, gk.node, gpus_per_replica, trace, gk.link_meas)
         rep = Replica(r)
@@ -705,7 +716,5 @@ def build_replicas(dep: Deployment, cluster: Cluster) -> list[OffloadExecutor]:
                                 key="plan.batching.kv_transfer_link")
         handoff = HandOff(n_prefill, bat.kv_transfer_link, g0.mem.kv_bytes_per_token_per_gpu, g0.gpus_per_replica,
                           ROUTING_POLICIES[plan.routing]())
-    admission = Admission(dep.model.max_context, dep.kv_cap,
-                          bat.max_num_batched_tokens if policy_name in ("continuous", "disaggregated") else None)
-    cluster.serve(replicas, front_caps, ROUTING_POLICIES[plan.routing](), admission, handoff)
+    cluster.serve(replicas, front_caps, ROUTING_POLICIES[plan.routing](), dep.admission, handoff)
     return executors

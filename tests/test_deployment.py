@@ -5,9 +5,11 @@ definition."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from simkit.deployment import build_deployment, build_replicas
 from simkit.engine.cluster import Cluster
@@ -16,6 +18,7 @@ from simkit.errors import ScenarioError
 from simkit.metrics import run_makespan, run_window
 from simkit.outputs import jsonable
 from simkit.scenario import scenario_from_dict
+from simkit.search.screen import Screener
 from simkit.simulate import simulate
 from simkit.summary import summarize_run
 from simkit.workload.base import Requests
@@ -88,3 +91,31 @@ def test_makespan_and_utilisations_share_the_span() -> None:
     assert s["resources"]["compute"]["utilization"] == pytest.approx(s["resources"]["compute"]["busy_s"] / span, rel=1e-12)
     g = s["per_gpu"][0]
     assert g["idle_s"] == pytest.approx(max(span - g["compute_s"] - g["comm_s"], 0.0), rel=1e-12, abs=1e-12)
+
+
+def _sw_model(tmp_path: Path, window: int) -> str:
+    m = yaml.safe_load(Path("workloads/models/llama-3-8b.yaml").read_text())
+    m.update({"name": f"sw-{window}", "max_context": 32768, "sliding_window": window})
+    p = tmp_path / f"sw-{window}.yaml"
+    p.write_text(yaml.safe_dump(m))
+    return str(p)
+
+
+@pytest.mark.parametrize("window", [None, 1024])
+def test_the_screen_rejects_what_the_run_rejects(tmp_path: Path, window: int | None) -> None:
+    """One admission rule (deployment.plan_admission) for the run and the plan search's
+    screening; a sliding-window model keeps only the window of KV, so a request longer than the
+    KV cache still fits (the screening used to reject it, discarding a plan that serves it)."""
+    model = _sw_model(tmp_path, window) if window else "llama-3-8b"
+    lengths = {"input": {"dist": "uniform", "low": 200, "high": 5000}, "output": {"dist": "uniform", "low": 10, "high": 400}}
+    data = make_scenario(model=model, workload={"synthetic": {"num_requests": 60, "arrival": {"process": "poisson", "rate": 20},
+                                                              "lengths": lengths}})
+    data["plan"].update({"kv_cache": {"num_blocks": 250}, "batching": {"max_num_batched_tokens": 3000, "max_num_seqs": 64}})
+    res = simulate(scenario_from_dict(data))
+    dep = build_deployment(scenario_from_dict(data))
+    codes = dep.admission.rejections(res.table.input, res.table.output, 250 * 16)
+    np.testing.assert_array_equal(codes, res.table.reject_reason)
+    assert set(codes.tolist()) >= {0, 3} and (2 in codes) == (window is None)
+    screened = Screener("test", False).screen(data, {})
+    assert screened.ok
+    assert screened.exact["requests_rejected"] == res.summary["requests_rejected"]

@@ -16,7 +16,7 @@ import simpy
 from simkit.engine.engine import IterationLog
 from simkit.engine.fast import FastEngine
 from simkit.engine.replica import Replica
-from simkit.engine.state import RequestTable, TBTHistogram
+from simkit.engine.state import REJECT_REASONS, RequestTable, TBTHistogram
 
 
 class Router(Protocol):
@@ -34,6 +34,23 @@ class Admission:
     max_context: int
     kv_cap_tokens: int | None
     prompt_budget: int | None
+
+    def kv_need(self, total_tokens: np.ndarray) -> np.ndarray:
+        """Tokens of KV each request holds at most (its whole context, or the window)."""
+        return total_tokens if self.kv_cap_tokens is None else np.minimum(total_tokens, self.kv_cap_tokens)
+
+    def rejections(self, input_tokens: np.ndarray, output_tokens: np.ndarray, kv_capacity_tokens: int) -> np.ndarray:
+        """Every request's reject reason (an index into ``REJECT_REASONS``; 0: admitted), given
+        the KV capacity in tokens of the largest replica: the one home of these rules, for the
+        run and the plan search's screening."""
+        total = np.asarray(input_tokens, dtype=np.int64) + np.asarray(output_tokens, dtype=np.int64)
+        code = np.zeros(len(total), dtype=np.int64)
+        # later assignments take precedence: context, then KV capacity, then the token budget
+        if self.prompt_budget is not None:
+            code[np.asarray(input_tokens) > self.prompt_budget] = REJECT_REASONS.index("prompt_exceeds_token_budget")
+        code[self.kv_need(total) > kv_capacity_tokens] = REJECT_REASONS.index("exceeds_kv_capacity")
+        code[total > self.max_context] = REJECT_REASONS.index("exceeds_max_context")
+        return code
 
 
 @dataclass(frozen=True)
@@ -138,25 +155,19 @@ class Cluster:
         env, table, arrivals, order = self.env, self.table, self._arrivals, self._order
         adm, router, front, front_caps = self._admission, self._router, self._front, self._front_caps
         assert adm is not None and router is not None
-        most_cap, least_cap = max(front_caps), min(front_caps)
-        max_ctx, kv_cap, budget = adm.max_context, adm.kv_cap_tokens, adm.prompt_budget
+        least_cap = min(front_caps)
+        codes = adm.rejections(table.input, table.output, max(front_caps))
+        need = adm.kv_need(table.input + table.output)
         for k in range(len(order)):
             i = int(order[k])
             dt = arrivals[i] - env.now
             if dt > 0:
                 yield env.timeout(dt)
             self._ptr = k + 1
-            total = int(table.input[i] + table.output[i])
-            reason = None
-            if total > max_ctx:
-                reason = "exceeds_max_context"
-            elif most_cap < (kv_need := total if kv_cap is None else min(total, kv_cap)):
-                reason = "exceeds_kv_capacity"
-            elif budget is not None and table.input[i] > budget:
-                reason = "prompt_exceeds_token_budget"
-            if reason is not None:
-                table.reject(i, reason)
+            if codes[i]:
+                table.reject(i, REJECT_REASONS[codes[i]])
                 continue
+            kv_need = int(need[i])
             fits = front if kv_need <= least_cap else [g for g, c in zip(front, front_caps, strict=True) if c >= kv_need]
             fits[router.choose(i, fits)].enqueue(i)
 

@@ -186,7 +186,7 @@ class Screener:
     def _screen(self, sc: Scenario, data: dict[str, Any]) -> Screened:
         from simkit.cost.device import ComputeDevice
         from simkit.cost.ops import Precision
-        from simkit.deployment import plan_replica_memory
+        from simkit.deployment import plan_admission, plan_replica_memory
         from simkit.errors import ScenarioError
         from simkit.policies.batching import BATCHING_POLICIES
         from simkit.policies.parallel import Layout, check_parallel
@@ -260,11 +260,8 @@ class Screener:
             "requests_total": len(reqs),
             "seed": sc.seed,
         }
-        # ---- which requests the engine rejects on arrival (simulate's arrival_process) ----
-        total = reqs.input_tokens + reqs.output_tokens
-        rejected = (total > model.max_context) | (num_blocks * plan.kv_cache.block_size < total)
-        if bat.policy in ("continuous", "disaggregated"):
-            rejected |= reqs.input_tokens > bat.max_num_batched_tokens
+        # ---- which requests the engine rejects on arrival (deployment.plan_admission) ----
+        rejected = plan_admission(sc, model).rejections(reqs.input_tokens, reqs.output_tokens, num_blocks * plan.kv_cache.block_size) > 0
         adm = ~rejected
         exact["requests_rejected"] = int(rejected.sum())
         exact["requests_unfinished"] = 0  # the engine runs until no admitted request is left
