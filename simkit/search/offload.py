@@ -1,6 +1,6 @@
 """The offload placement search: the placement optimiser's LP (policies/offload_opt.py) run for a
 scenario's model, node and workload shape, its best candidates confirmed by simulating them.
-``simkit offload-opt`` and the plan search's ``offload: optimized`` call :func:`optimize`."""
+``simkit offload-plan`` and the plan search's ``offload: optimized`` call :func:`optimize`."""
 
 from __future__ import annotations
 
