@@ -1,6 +1,6 @@
 """simkit against published offloaded-inference throughputs (FlexGen, ZeRO-Inference).
 
-    python benchmarks/offload_published.py [--rows SUBSTRING] [--no-docs]
+    python benchmarks/offload_published.py [--rows SUBSTRING] [--no-docs] [--breakdown]
 
 Reads ``../shared/data/published/offload_results.yaml`` (see ../shared/data/README.md) and, for
 every row:
@@ -9,7 +9,8 @@ every row:
   optimiser (``simkit offload-plan``) searches the same machine (``gcp-t4-vm``) and workload
   (prompt/generation length), uncompressed for "FlexGen" and with 4-bit compression for
   "FlexGen (c)", and simkit's best confirmed plan's simulated throughput is compared with the
-  published best.
+  published best. FlexGen's runtime is described by ``dequant: unfused`` (its PyTorch int4
+  kernels) and ``decode_overlap: false`` (its decode copies follow compute: docs/offloading.md).
 - ZeRO-Inference and FlexGen on one RTX A6000 (``zeroinf_a6000_*``): simulated as configured on
   ``lambda-a6000-workstation``: the stated batch (one GPU batch), weights on CPU or disk, 4-bit
   weights (group 64) or not, KV cache on the GPU or offloaded to the CPU (attention where the KV
@@ -85,6 +86,9 @@ def a6000_offload(row: dict[str, Any]) -> dict[str, Any]:
         # FlexGen (de)compresses int4 with its PyTorch kernels; ZeRO-Inference's are not known
         # to us, so its dequantisation stays the fused pass
         "dequant": "unfused" if flexgen else "fused",
+        # FlexGen's decode step copies the next layer after computing this one (its cost model,
+        # fitted to its runs: T_gen = ctog + max(other terms)); ZeRO-Inference prefetches
+        "decode_overlap": not flexgen,
         # FlexGen ran --pin-weight 0; ZeRO-Inference --pin-memory 1 without KV offload, 0 with it
         "pinned": (not flexgen) and not kv_off,
     }
@@ -109,7 +113,8 @@ def simulate_row(row: dict[str, Any]) -> dict[str, Any]:
         comp = row["system"] == "FlexGen (c)"
         data = _base(T4_NODE, model_name(row), 1, prompt, gen, 64)
         # FlexGen (de)compresses int4 with its PyTorch kernels (plan.offload.dequant: unfused)
-        data["plan"]["offload"] = {"weights": {"gpu": 0.0, "cpu": 1.0}, "dequant": "unfused"}
+        # and its decode step copies the next layer after computing this one (decode_overlap)
+        data["plan"]["offload"] = {"weights": {"gpu": 0.0, "cpu": 1.0}, "dequant": "unfused", "decode_overlap": False}
         sc = scenario_from_dict(data, where=f"<{row['id']}>")
         cands = optimize(sc, prompt_len=prompt, gen_len=gen, compress=(comp,))
         best = next((c for c in cands if c.sim.get("output_tokens_per_s")), None)
@@ -121,7 +126,8 @@ def simulate_row(row: dict[str, Any]) -> dict[str, Any]:
             f"gbs={best.gpu_batch_size}x{best.num_gpu_batches} w={_frac(fr['w'])} kv={_frac(fr['c'])} "
             f"act={_frac(fr['h'])}{' cpu-attn' if best.cpu_attention else ''}{' int4' if best.compress_weights else ''}"
         )
-        return {"throughput": float(best.sim["output_tokens_per_s"]), "plan": plan}
+        return {"throughput": float(best.sim["output_tokens_per_s"]), "plan": plan,
+                "breakdown": breakdown(best.sim["makespan_s"], best.sim["busy_s"], best.sim["offload_compute_s"])}
     data = _base(A6000_NODE, model_name(row), int(w["batch"]), prompt, gen, GROUP_SIZE_A6000)
     data["plan"]["offload"] = a6000_offload(row)
     from simkit.errors import SimkitError
@@ -134,7 +140,26 @@ def simulate_row(row: dict[str, Any]) -> dict[str, Any]:
     if res.summary["kv_blocks_total"] < blocks:
         # the batch would run as several static batches: not the configuration published
         return {"throughput": float("nan"), "plan": f"KV for the batch does not fit ({res.summary['kv_blocks_total']} < {blocks} blocks)"}
-    return {"throughput": float(res.summary["output_tokens_per_s"]), "plan": _a6000_plan(data["plan"]["offload"])}
+    s = res.summary
+    return {"throughput": float(s["output_tokens_per_s"]), "plan": _a6000_plan(data["plan"]["offload"]),
+            "breakdown": breakdown(s["makespan_s"], {k: v["busy_s"] for k, v in s["resources"].items()}, s["offload_compute_s"])}
+
+
+BREAKDOWN_LINKS = (("h2d", "h2d"), ("d2h", "d2h"), ("nvme_read", "disk-r"), ("nvme_write", "disk-w"))
+BREAKDOWN_COMPUTE = (("linear", "lin"), ("gpu_attention", "gattn"), ("dequant", "deq"), ("cpu_attention", "cattn"))
+
+
+def breakdown(span: float, busy: dict[str, float], compute: dict[str, float]) -> str:
+    """Where a simulated run's time goes, in seconds: the run's span, each link direction's busy
+    time, the compute parts (engine/offload.COMPUTE_PARTS), and how much of the work overlapped
+    (1 - span / sum of the busy times of links, GPU compute and host attention)."""
+    parts = [f"span {span:.3g}s"]
+    parts += [f"{name} {busy[k]:.3g}" for k, name in BREAKDOWN_LINKS if busy.get(k)]
+    parts += [f"{name} {compute[k]:.3g}" for k, name in BREAKDOWN_COMPUTE if compute.get(k)]
+    total = sum(busy.get(k, 0.0) for k, _ in BREAKDOWN_LINKS) + sum(compute.values())
+    if total > 0:
+        parts.append(f"overlap {100 * max(1.0 - span / total, 0.0):.0f}%")
+    return " ".join(parts)
 
 
 def _frac(f: dict[str, float]) -> str:
@@ -161,7 +186,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def run(rows_filter: str | None = None) -> tuple[str, dict[str, Any]]:
+def run(rows_filter: str | None = None, breakdown_out: bool = False) -> tuple[str, dict[str, Any]]:
     import yaml
 
     d = yaml.safe_load(DATA.read_text())
@@ -173,8 +198,10 @@ def run(rows_filter: str | None = None) -> tuple[str, dict[str, Any]]:
         pub = float(r["metric"]["value"])
         err = s["throughput"] / pub - 1.0
         out.append({"id": r["id"], "system": system_of(r), "published": pub, "simkit": s["throughput"], "error": err,
-                    "plan": s["plan"], "seconds": time.perf_counter() - t0})
+                    "plan": s["plan"], "breakdown": s.get("breakdown", ""), "seconds": time.perf_counter() - t0})
         print(f"{r['id']:64s} {pub:9.3f} {s['throughput']:9.3f} {100 * err:+7.1f}%  {s['plan']}", file=sys.stderr, flush=True)
+        if breakdown_out:
+            print(f"{'':64s} {s.get('breakdown', '')}", file=sys.stderr, flush=True)
     return render(out), {"rows": out}
 
 
@@ -215,7 +242,7 @@ def write_doc(table: str) -> None:
     body = (
         f"{SECTION}\n\n"
         "Generated by `python benchmarks/offload_published.py` (re-running replaces this section; about\n"
-        "12 minutes on a loaded 2-core machine, most of it the OPT-175B plan searches). Published\n"
+        "6-12 minutes on a loaded 2-core machine, most of it the OPT-175B plan searches). Published\n"
         "throughputs from `../shared/data/published/offload_results.yaml`: FlexGen on a GCP T4 VM (simkit's\n"
         "best `offload-plan` on `gcp-t4-vm` vs FlexGen's best after its own policy search) and\n"
         "ZeRO-Inference / FlexGen on one RTX A6000 (`lambda-a6000-workstation`, simulated as configured).\n"
@@ -237,9 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", help="only rows whose id contains this")
     ap.add_argument("--no-docs", action="store_true", help="do not rewrite docs/fidelity.md")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="print where each row's simulated time goes (link busy times, compute parts, overlap)")
     ns = ap.parse_args(argv)
     t0 = time.perf_counter()
-    table, _ = run(ns.rows)
+    table, _ = run(ns.rows, ns.breakdown)
     print(table)
     print(f"({time.perf_counter() - t0:.0f} s)")
     if not ns.no_docs and ns.rows is None:

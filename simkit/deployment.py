@@ -210,6 +210,7 @@ def plan_memory(
 ) -> MemoryPlan:
     kvp = sc.plan.kv_cache
     where = sc.source
+    static = sc.plan.batching.policy == "static"
     pp = len(layer_split)
     tier = "hbm" if device.kind == "gpu" else "dram"
     weights = weights_per_gpu(model, prec, tp, ep, layer_split)
@@ -221,14 +222,23 @@ def plan_memory(
         tokens = sc.plan.batching.max_num_batched_tokens
         seqs = sc.plan.batching.max_num_seqs
         off = sc.plan.offload
+        w = sc.workload
+        longest = w.batch.input_tokens if w.batch is not None else tokens
         if not off.is_trivial and off.gpu_batch_size:
             # an offloaded block computes one GPU batch at a time
-            w = sc.workload
-            longest = w.batch.input_tokens if w.batch is not None else tokens
             tokens = min(tokens, off.gpu_batch_size * longest)
             seqs = off.gpu_batch_size
+        elif static and w.batch is not None:
+            # a static batch of a known workload: its prefill is the largest forward pass
+            seqs = min(seqs, sc.plan.batching.batch_size or w.batch.num_prompts)
+            tokens = min(tokens, seqs * longest)
         act = activation_bytes(model, tokens, seqs, tp, prec)
-    usable = device.memory * kvp.gpu_memory_utilization
+    if device.kind == "gpu":
+        # one rule for the GPU memory a run may fill, offloaded or not (a static run keeps no
+        # growing KV pool: policies/offload.offload_gpu_usable)
+        usable, usable_rule = offload_gpu_usable(device.memory, kvp, static)
+    else:
+        usable, usable_rule = device.memory * kvp.gpu_memory_utilization, f"x gpu_memory_utilization {kvp.gpu_memory_utilization}"
     block_bytes = kvp.block_size * kv_tok
     left = usable - weights - act
     if not check:
@@ -237,7 +247,7 @@ def plan_memory(
         raise CapacityError(
             f"{model.name} does not fit: {tier} needs {fmt_bytes(weights)} of weights + {fmt_bytes(act)} of activations "
             f"per GPU (tp={tp}, pp={pp}, {prec.weights}) plus room for KV blocks, but has {fmt_bytes(usable)} "
-            f"usable ({fmt_bytes(device.memory)} x gpu_memory_utilization {kvp.gpu_memory_utilization}); "
+            f"usable ({fmt_bytes(device.memory)}, {usable_rule}); "
             "try more tensor/pipeline parallelism, a smaller dtype, or plan.offload",
             where=where,
             key=f"tier {tier}",

@@ -198,7 +198,7 @@ class KVCache(_S):
     num_blocks: int | None = Field(default=None, ge=1)
     """Override the computed block count (real engines report their own)."""
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
-    """Fraction of each GPU's memory the engine may use (vLLM's gpu_memory_utilization). A static offloaded run that does not set it may use the GPU's memory less the CUDA context (docs/offloading.md)."""
+    """Fraction of each GPU's memory the engine may use (vLLM's gpu_memory_utilization). A static run (offloaded or not) that does not set it may use the GPU's memory less the CUDA context (docs/offloading.md)."""
     watermark: float = Field(default=0.01, ge=0, lt=1)
     """Fraction of blocks kept free when admitting new requests."""
     preemption: Literal["recompute", "swap"] = "recompute"
@@ -256,6 +256,8 @@ class Offload(_S):
     """GPU batches per block sharing one load of each layer's weights (zig-zag schedule)."""
     overlap: bool = True
     """Prefetch the next layer's weights/KV while the current layer computes."""
+    decode_overlap: bool = True
+    """In decode steps, copy the next layer's weights/KV to the GPU while the current layer computes (false: the copy follows the compute, as FlexGen's runtime does: docs/offloading.md)."""
     pinned: bool = True
     """Pinned host buffers (pageable copies run at the measured pageable/pinned ratio, or 60% uncalibrated, and are staged by the host thread: docs/offloading.md)."""
     cpu_attention: bool = False

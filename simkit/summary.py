@@ -13,7 +13,7 @@ import numpy as np
 from simkit.cost.links import group_link
 from simkit.deployment import Deployment, Group
 from simkit.engine.cluster import Cluster
-from simkit.engine.offload import OffloadExecutor
+from simkit.engine.offload import COMPUTE_PARTS, OffloadExecutor
 from simkit.engine.replica import Replica
 from simkit.metrics import CostInputs, run_makespan, run_window, summarize
 
@@ -124,6 +124,7 @@ def summarize_run(
         "resources": resources,
         "bottleneck": bottleneck,
         "offload_bytes": {k: sum((x.bytes_by_kind or {}).get(k, 0.0) for x in executors) for k in ("weights", "kv_read", "kv_write", "act_read", "act_write")} if executors else {},
+        "offload_compute_s": {k: sum((x.compute_parts or {}).get(k, 0.0) for x in executors) / n_rep for k in COMPUTE_PARTS} if executors else {},
         "per_gpu": per_gpu,
         "expert_group_shares": group_shares,
         "collective_share": sum(x["comm_s"] for x in per_gpu) / tot_busy if tot_busy > 0 else 0.0,

@@ -194,3 +194,26 @@ def test_bad_arguments():
         vo.OffloadConfig(decode_tokens=1).check()
     with pytest.raises(vo.CalibrationError):
         vo.OffloadConfig(block_bytes=1000).check()
+
+
+def test_default_dir_is_outside_the_package_and_skips_tmpfs(tmp_path, monkeypatch):
+    """The weight file's default folder: the system temporary folder on a disk, the current
+    folder when the temporary folder is tmpfs, never the package's own folder (a wheel's)."""
+    import os
+
+    from simkit.calibrate import validate_offload as vo
+
+    disk_tmp, cwd = tmp_path / "tmp", tmp_path / "cwd"
+    disk_tmp.mkdir()
+    cwd.mkdir()
+    monkeypatch.setattr(vo.tempfile, "gettempdir", lambda: str(disk_tmp))
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(vo, "filesystem_of", lambda p: "ext4")
+    d = vo._default_dir()
+    assert os.path.dirname(d) == str(disk_tmp.resolve())
+    monkeypatch.setattr(vo, "filesystem_of", lambda p: "tmpfs" if p.startswith(str(disk_tmp.resolve())) else "ext4")
+    d2 = vo._default_dir()
+    assert os.path.dirname(d2) == str(cwd.resolve())
+    monkeypatch.setattr(vo, "filesystem_of", lambda p: "tmpfs")
+    with pytest.raises(vo.CalibrationError, match="--dir"):
+        vo._default_dir()

@@ -260,12 +260,32 @@ class Timer:
     def now(self) -> float:
         return time.thread_time() if self.clock == "cpu" else time.perf_counter()
 
-    def measure(self, fn: Callable[[], Any], *, budget_s: float | None = None, min_reps: int | None = None) -> Measurement:
+    def measure(
+        self, fn: Callable[[], Any], *, budget_s: float | None = None, min_reps: int | None = None,
+        before: Callable[[], Any] | None = None,
+    ) -> Measurement:  # fmt: skip
+        """``before`` (CPU only): run, untimed, before every call, which is then timed alone (no
+        inner loop): the state a call finds in a forward pass rather than after itself."""
         budget = self.budget_s if budget_s is None else budget_s
         lo = self.min_reps if min_reps is None else min_reps
         if self.device == "cuda":
             return self._measure_cuda(fn, budget, lo)
         now = self.now
+        if before is not None:
+            for _ in range(max(1, self.warmup - 1)):
+                before()
+                fn()
+            t0 = now()
+            before()
+            fn()
+            reps = int(min(max(lo, budget // max(now() - t0, 1e-7)), self.max_reps))
+            times = []
+            for _ in range(reps):
+                before()
+                t0 = now()
+                fn()
+                times.append(now() - t0)
+            return Measurement(times, 1)
         for _ in range(max(1, self.warmup - 1)):
             fn()
         t0 = now()
@@ -330,18 +350,27 @@ class SuiteSize:
     min_reps: int
     max_reps: int
     min_rep_s: float
+    decode_gemm_configs: int = 0
+    """Extra GEMMs with a few rows (<= 16: decode batches), on top of ``gemm_configs``: on a CPU
+    these are memory-bound kernels whose speed changes with the exact row count (fp32: 3 rows
+    stream weights at about a third of the rate of 1 row) and the row length, so the fit needs
+    several samples of each count, not one per stratum."""
+    decode_attn_configs: int = 0
+    """Extra decode-attention configurations on a CPU, on top of ``attn_configs`` (whose strata are
+    head shapes): spread over batch 1..16 x short/medium/long context, the batches and contexts a
+    CPU decodes at."""
 
 
 SIZES = {
     "tiny": SuiteSize("tiny", 10, 0.004, 6, 0.004, 10, 2e5, (1 << 16, 1 << 22), 16, (1 << 12, 1 << 20), (1, 4), 0.03, 3, 5, 5e-4),
     "quick": SuiteSize(
         "quick", 68, 0.06, 28, 0.04, 44, 4e6, (1 << 14, 1 << 18, 1 << 22, 1 << 26), 64,
-        (1 << 12, 1 << 16, 1 << 20, 1 << 22), (1, 4, 16), 0.12, 5, 15, 2e-3,
+        (1 << 12, 1 << 16, 1 << 20, 1 << 22), (1, 4, 16), 0.12, 5, 15, 2e-3, 40, 15,
     ),
     "full": SuiteSize(
         "full", 150, 0.15, 84, 0.12, 120, 3.2e7,
         (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24, 1 << 26, 1 << 28), 256,
-        (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22), (1, 2, 4, 8, 16), 0.3, 5, 25, 3e-3,
+        (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22), (1, 2, 4, 8, 16), 0.3, 5, 25, 3e-3, 80, 30,
     ),
 }
 
@@ -571,6 +600,20 @@ class Bench:
         F = torch.nn.functional
         return lambda: F.linear(a, next(it))
 
+    def evict(self) -> None:
+        """Stream one last-level cache's worth of data (half of ``cold_bytes``) through the CPU, as
+        the GEMMs and attention before an elementwise operator of a forward pass do. On the CI VM
+        (32 MiB L3) a small operator takes 5-15x longer after that than in a loop of itself
+        (RMSNorm of 3 x 1280 bf16 tokens: 18 us repeated; after streaming 8, 16, 24, 32, 64 MiB:
+        25, 34, 61, 192, 205 us; inside decode steps of small models 95 us), so elementwise
+        operators are timed after it on a CPU. One LLC, not two: a layer of a small model (30 MB)
+        leaves part of the cache warm, one of a 1B+ model (100+ MB) does not; see docs/fidelity.md."""
+        buf = self.pools.get(("evict", "cpu"))
+        if buf is None:
+            buf = self.torch.ones(int(self.cold_bytes / 2) // 4, dtype=self.torch.float32)
+            self.pools[("evict", "cpu")] = buf
+        buf.sum()
+
     def copies(self, nbytes: float, cap: int = 64) -> int:
         """How many copies of an ``nbytes`` operand together exceed twice the last-level cache."""
         return int(min(cap, max(1, math.ceil(self.cold_bytes / max(nbytes, 1.0)))))
@@ -599,6 +642,10 @@ class Bench:
         # small TP shards (whose short rows reach a fraction of the bandwidth of long ones) are
         # measured at decode batch sizes too
         chosen = _stratified(cands, self.size.gemm_configs, self.rng, key=lambda c: (c[0], c[2] <= 1024, c[3] <= 2048))
+        if self.device == "cpu" and self.size.decode_gemm_configs:
+            taken = {c[:4] for c in chosen}
+            few = [c for c in cands if c[0] <= 16 and c[:4] not in taken]
+            chosen += _stratified(few, self.size.decode_gemm_configs, self.rng, key=lambda c: (c[0], c[2] <= 1024))
         for m, op, k, n, _ in chosen:
             a = self.take((m, k), dtype, "a")
             w = self.take((self.copies(k * n * eb), n, k), dtype, "w")
@@ -647,6 +694,13 @@ class Bench:
                             cands.append((b, c, h, kvh, d, est))
         # strata: every (heads, kv heads, head dim) x short/long context; batch and context at random
         chosen = _stratified(cands, self.size.attn_configs, self.rng, key=lambda c: (c[2], c[3], c[4], c[1] >= 512))
+        if kind == "attn_decode" and self.device == "cpu" and self.size.decode_attn_configs:
+            taken = set(chosen)
+            few = [c for c in cands if c[0] <= 16 and c not in taken]
+            extra = _stratified(few, self.size.decode_attn_configs, self.rng,
+                                key=lambda c: (c[0], 0 if c[1] <= 128 else 1 if c[1] <= 512 else 2))  # fmt: skip
+            # contexts off the power-of-two grid (a real batch's are anywhere): x0.7..1.4
+            chosen += [(b, int(c * self.rng.uniform(0.7, 1.4)), h, kvh, d, e) for b, c, h, kvh, d, e in extra]
         torch = self.torch
         for b, s, h, kvh, d, _ in chosen:
             model = bench_model(hidden=h * d, heads=h, kv_heads=kvh, head_dim=d, ffn=256)
@@ -708,7 +762,7 @@ class Bench:
             )
             fn = self._elem_fn(op, t, h, heads, kvh, d, f, vocab, dtype, dev)
             with torch.inference_mode():
-                meas = self.measure(fn)
+                meas = self.measure(fn, before=self.evict if dev == "cpu" else None)
             o = elementwise_op("input_norm" if op == "layernorm" else op, t, model, dtype)
             shape = dict(o.shape)
             shape["tokens"] = t
@@ -1184,10 +1238,10 @@ def measure_suite(
     for dt in dts:
         groups.append((f"launch {dt}", 0.2 * scale, lambda dt=dt: bench.launch(dt)))
     for dt in dts:
-        groups.append((f"gemm {dt}", 14.0 * scale, lambda dt=dt: bench.gemm(dt)))
+        groups.append((f"gemm {dt}", 18.0 * scale, lambda dt=dt: bench.gemm(dt)))
         if dt not in ("fp8", "tf32"):
             groups.append((f"attn_prefill {dt}", 2.5 * scale, lambda dt=dt: bench.attention(dt, "attn_prefill")))
-            groups.append((f"attn_decode {dt}", 4.0 * scale, lambda dt=dt: bench.attention(dt, "attn_decode")))
+            groups.append((f"attn_decode {dt}", 5.0 * scale, lambda dt=dt: bench.attention(dt, "attn_decode")))
             groups.append((f"elementwise {dt}", 2.5 * scale, lambda dt=dt: bench.elementwise(dt)))
     if ssd_dir is not None:
         from simkit.calibrate.ssd import ssd_bench

@@ -12,10 +12,15 @@ Also runnable as ``python -m simkit.calibrate.cli_calibrate``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from pathlib import Path
 
-from simkit.errors import SimkitError
+from simkit.errors import CalibrationError, SimkitError
+
+DTYPES = {"cpu": ("fp32", "bf16"), "cuda": ("fp16", "bf16", "tf32", "fp32", "fp8")}
+"""The dtypes the suite can measure on each device (whether this one is fast is checked later)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,12 +47,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> tuple[str, list[str] | None]:
+    """Every option's range, checked before anything is imported or measured -> (out, dtypes).
+    Raises CalibrationError naming the option and what it takes."""
+    out = args.out or f"calibration/profiles/local-{args.device}"
+    if Path(out).exists() and not Path(out).is_dir():
+        raise CalibrationError(f"--out {out!r} is a file; it takes a folder (created if missing)")
+    cpus = os.cpu_count() or 1
+    if args.threads is not None and not 1 <= args.threads <= cpus:
+        raise CalibrationError(
+            f"--threads takes 1..{cpus} (this machine's logical CPUs; more would time oversubscription), got {args.threads}"
+        )
+    dtypes = None
+    if args.dtypes is not None:
+        dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+        known = DTYPES[args.device]
+        bad = [d for d in dtypes if d not in known]
+        if not dtypes or bad:
+            raise CalibrationError(
+                f"--dtypes takes a comma-separated list of {', '.join(known)} for --device {args.device}, got {args.dtypes!r}"
+            )
+    if args.ssd_dir is not None and not Path(args.ssd_dir).is_dir():
+        raise CalibrationError(f"--ssd-dir {args.ssd_dir!r} is not an existing folder (the scratch file goes there)")
+    if args.catalog is not None:
+        from simkit.specs.catalog import default_catalog
+
+        kind = "gpu" if args.device == "cuda" else "cpu"
+        names = default_catalog().names(kind)
+        if args.catalog not in names:
+            raise CalibrationError(f"--catalog {args.catalog!r} is not a {kind} of the catalog (hw_specs/): one of {', '.join(names)}")
+    if args.name is not None and not args.name.strip():
+        raise CalibrationError("--name takes a non-empty profile name")
+    return out, dtypes
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        out, dtypes = check_args(args)
+    except SimkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     from simkit.calibrate.bench import run_suite
 
-    out = args.out or f"calibration/profiles/local-{args.device}"
-    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()] if args.dtypes else None
     t0 = time.perf_counter()
     try:
         profile = run_suite(

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -284,6 +285,19 @@ def _time_step(fn: Any, repeats: int, warmup: int, min_time_s: float) -> tuple[l
     return wall, cpu
 
 
+def drift(times: Sequence[float]) -> float | None:
+    """How far this machine moved while one configuration was timed: ``|median of the second half
+    of its repetitions / median of the first half - 1|`` (repetitions in the order they ran, which
+    are interleaved with every other configuration over the whole run). None under 4 repetitions.
+
+    A prediction error smaller than this cannot be told apart from the machine's own drift: on a
+    shared machine the same kernel runs 10-20% slower or faster a minute later (docs/fidelity.md)."""
+    if len(times) < 4:
+        return None
+    h = len(times) // 2
+    return abs(float(np.median(times[h:])) / float(np.median(times[:h])) - 1.0)
+
+
 @dataclass
 class Row:
     phase: str
@@ -300,6 +314,8 @@ class Row:
     """Predicted seconds per operator name (all occurrences)."""
     wall_s: float = 0.0
     """Median wall time (equals measured_s with the wall clock)."""
+    drift: float | None = None
+    """See :func:`drift`."""
 
     @property
     def config(self) -> str:
@@ -388,14 +404,19 @@ def run_validation(
             br[t.op.name] = br.get(t.op.name, 0.0) + t.time_s * t.op.count
         rows.append(
             Row(phase, b, c, meas, pred, float(np.percentile(times, 10)), float(np.percentile(times, 90)),
-                len(times), (pred - meas) / meas, br, float(np.median(wall[i])))
+                len(times), (pred - meas) / meas, br, float(np.median(wall[i])), drift(times))
         )
         out(f"  {rows[-1].config}: measured {meas * 1e3:.2f} ms, predicted {pred * 1e3:.2f} ms ({rows[-1].error:+.1%})")
     ape = np.abs([r.error for r in rows])
+    drifts = [r.drift for r in rows if r.drift is not None]
     other = load.other_cores()
     result = {
         "median_ape": float(np.median(ape)),
         "p90_ape": float(np.percentile(ape, 90)),
+        # the measurement's own repeatability (first vs second half of each configuration's
+        # repetitions): errors below it are the machine's drift, not the model's
+        "drift_median": float(np.median(drifts)) if drifts else None,
+        "drift_p90": float(np.percentile(drifts, 90)) if drifts else None,
         "dtype": dtype,
         "threads": threads,
         "clock": clock,
@@ -423,6 +444,7 @@ def run_validation(
                 "repeats": r.repeats,
                 "error": r.error,
                 "abs_error": abs(r.error),
+                "drift": r.drift,
                 "predicted_breakdown_s": r.breakdown,
             }
             for r in rows
@@ -446,6 +468,11 @@ def format_table(result: dict[str, Any]) -> str:
         f"over {len(result['rows'])} configurations ({result['dtype']}, {result['threads']} thread(s), "
         f"{result['clock']} clock, profile {result['profile']})"
     )
+    if result.get("drift_median") is not None:
+        lines.append(
+            f"measurement drift (second vs first half of each configuration's repetitions): median "
+            f"{result['drift_median']:.1%}, p90 {result['drift_p90']:.1%}; errors within it are the machine's, not the model's"
+        )
     sp = result.get("speed_probe")
     if sp:
         per = ", ".join(f"{d} GEMM x{g:.2f}" for d, g in sp["by_dtype"].items())
@@ -509,12 +536,52 @@ def config_from_args(a: argparse.Namespace) -> ValidationConfig:
         raise CalibrationError(f"--phases takes prefill and/or decode (got {a.phases!r})")
     for name in ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab", "repeats"):
         if getattr(a, name) < 1:
-            raise CalibrationError(f"--{name.replace('_', '-')} must be >= 1")
+            raise CalibrationError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(a, name)})")
+    if a.heads % a.kv_heads:
+        raise CalibrationError(f"--heads ({a.heads}) must be a multiple of --kv-heads ({a.kv_heads})")
+    if a.hidden % a.heads or (a.hidden // a.heads) % 2:
+        raise CalibrationError(
+            f"--hidden ({a.hidden}) must be --heads ({a.heads}) x an even head size (RoPE rotates pairs)"
+        )
+    cpus = os.cpu_count() or 1
+    if a.threads is not None and not 1 <= a.threads <= cpus:
+        raise CalibrationError(f"--threads takes 1..{cpus} (this machine's logical CPUs), got {a.threads}")
+    # the real model holds its weights, a KV cache of the largest batch x context and a prefill's
+    # activations in memory: refuse a run that cannot fit instead of swapping or being killed
+    need = _validation_bytes(a)
+    avail = _available_bytes()
+    if avail is not None and need > 0.8 * avail:
+        raise CalibrationError(
+            f"--batch-sizes/--context-lens/--vocab need about {need / 1e9:.1f} GB for the largest step "
+            f"(weights, KV cache, prefill activations in fp32), more than 80% of the {avail / 1e9:.1f} GB available"
+        )
     return ValidationConfig(
         layers=a.layers, hidden=a.hidden, heads=a.heads, kv_heads=a.kv_heads, ffn=a.ffn, vocab=a.vocab,
         batch_sizes=tuple(a.batch_sizes), context_lens=tuple(a.context_lens), dtype=a.dtype,
         repeats=a.repeats, threads=a.threads, phases=phases, clock=a.clock, force=a.force,
     )
+
+
+def _validation_bytes(a: argparse.Namespace) -> float:
+    """Upper estimate of the validation model's memory (fp32 bytes): weights, the KV cache of the
+    largest batch at the longest context, and a prefill's activations (MLP, attention scores; logits of the last token only)."""
+    head = a.hidden // a.heads
+    qkv = a.hidden + 2 * a.kv_heads * head
+    weights = a.layers * (a.hidden * qkv + a.hidden * a.hidden + 3 * a.hidden * a.ffn) + 2 * a.vocab * a.hidden
+    b, c = max(a.batch_sizes), max(a.context_lens)
+    cache = 2 * a.layers * b * c * a.kv_heads * head
+    acts = b * c * (4 * a.hidden + 3 * a.ffn) + b * a.vocab + b * a.heads * c * c
+    return 4.0 * (weights + cache + acts)
+
+
+def _available_bytes() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024.0
+    except OSError:
+        return None
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

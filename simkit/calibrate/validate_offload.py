@@ -774,10 +774,25 @@ def predict(
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
-def _default_dir() -> str:
-    from simkit.specs.catalog import REPO_ROOT
+IN_MEMORY_FILESYSTEMS = ("tmpfs", "ramfs")
 
-    return tempfile.mkdtemp(prefix=".simkit-offload-", dir=str(REPO_ROOT))
+
+def _default_dir() -> str:
+    """A fresh folder for the weight file on a disk: the system's temporary folder unless it is
+    in memory (tmpfs: nothing would be read from a disk), else the current folder, else the home
+    folder. Never inside the installed package or its data (a wheel's folder may be read-only)."""
+    tried = []
+    for base in (tempfile.gettempdir(), os.getcwd(), os.path.expanduser("~")):
+        real = os.path.realpath(base)
+        kind = filesystem_of(real)
+        tried.append(f"{real} ({kind or 'unknown filesystem'})")
+        if kind in IN_MEMORY_FILESYSTEMS or not os.access(real, os.W_OK):
+            continue
+        return tempfile.mkdtemp(prefix=".simkit-offload-", dir=real)
+    raise CalibrationError(
+        "no writable folder on a disk for the weight file (tried " + ", ".join(tried) + "); pass --dir",
+        key="--dir",
+    )
 
 
 def run_offload_validation(
@@ -1059,7 +1074,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context-lens", type=_ints, default=(128,), help="comma-separated (default 128)")
     p.add_argument("--resident", type=lambda s: _ints(s, 0), default=(0, 2), help="comma-separated resident layer counts (default 0,2)")
     p.add_argument("--decode-tokens", type=int, default=8, help="tokens generated per request (default 8: 7 decode steps)")
-    p.add_argument("--dir", dest="directory", default=None, help="folder for the weight file (default: a temporary folder in the repository, not tmpfs)")
+    p.add_argument("--dir", dest="directory", default=None, help="folder for the weight file (default: a new folder in the system temporary folder, or the current folder when that is tmpfs)")
     p.add_argument("--profile", default=DEFAULT_PROFILE, help=f"calibration profile folder, or none (default {DEFAULT_PROFILE})")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: bf16 if the profile calibrated it, else fp32")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the profile's)")

@@ -6,11 +6,13 @@ soon as layer i starts computing (double buffering), new KV and off-GPU activati
 back asynchronously, and a layer starts once both its inputs have arrived and the previous
 layer has finished. With overlap off every transfer completes before the compute that needs it
 and write-backs complete before the next layer. Transfers that share a link share its
-bandwidth (engine/resources.Link); a byte from CXL or disk crosses its own link and PCIe
-concurrently (pipelined DMA), so the slower hop bounds it.
+bandwidth (engine/resources.Link); a byte from CXL crosses its own link and PCIe concurrently
+(pipelined DMA), a byte from disk is staged through pinned DRAM (disk read, then PCIe copy).
 
 The sequences of a step are split into GPU batches of ``gpu_batch_size`` (FlexGen's zig-zag
-block): each layer's weights are loaded once and used by every GPU batch in turn.
+block): each layer's weights are loaded once and used by every GPU batch in turn; with several
+GPU batches the next layer's weights load during the layer's last batch and each batch's KV
+during the batch before it (FlexGen's schedule).
 
 Per-layer costs come from cost/offload.OffloadCompute (shared with the placement LP). CPU
 attention runs between a layer's QKV and output projections; KV on disk or CXL attended on the
@@ -30,7 +32,13 @@ import simpy
 from simkit.cost.iteration import IterationModel
 from simkit.cost.offload import OffloadCompute
 from simkit.engine.resources import Link
-from simkit.policies.offload import CPU_READ_PATH  # upward; specs/tiers.py (branch contracts) takes it
+
+# upward (tests/test_layers.py KNOWN_UPWARD): to the tier paths' one home, specs/tiers.py (branch contracts)
+from simkit.policies.offload import CPU_READ_PATH, STAGED_TIERS
+
+COMPUTE_PARTS = ("linear", "gpu_attention", "dequant", "cpu_attention", "embedding_and_head")
+"""What an offloaded run's compute time is made of: the layers' linear operators, attention on
+the GPU, int4 (de)compression, attention on the host CPU, and the embedding / LM head."""
 
 
 class OffloadSettings(Protocol):
@@ -44,6 +52,8 @@ class OffloadSettings(Protocol):
     def compress_kv(self) -> bool: ...
     @property
     def dequant(self) -> str: ...
+    @property
+    def decode_overlap(self) -> bool: ...
 
 
 class Placement(Protocol):
@@ -96,17 +106,24 @@ class OffloadExecutor:
     """Per-layer compute costs (default: from ``cost`` and ``cpu_cost``)."""
     kv_store_slowdown: dict[str, float] | None = None
     """Link direction -> how much slower KV-cache stores run than plain copies on it (measured)."""
+    compute_parts: dict[str, float] | None = None
+    """Seconds of compute by part (COMPUTE_PARTS), for the breakdown of where a run's time goes."""
 
     def __post_init__(self) -> None:
         self.bytes_by_kind = {"weights": 0.0, "kv_read": 0.0, "kv_write": 0.0, "act_read": 0.0, "act_write": 0.0}
+        self.compute_parts = dict.fromkeys(COMPUTE_PARTS, 0.0)
         if self.compute is None:
             self.compute = OffloadCompute(self.cost, self.cpu_cost)
 
     # ---- transfers ---------------------------------------------------------------------------
-    def _move(self, by_tier: dict[str, float], write: bool, tag: str, kind: str, to_host: bool = False) -> list[simpy.Event]:
+    def _move(
+        self, by_tier: dict[str, float], write: bool, tag: str, kind: str, to_host: bool = False, gate: simpy.Event | None = None
+    ) -> list[simpy.Event]:
         """Transfer events of ``by_tier`` bytes into (or out of) the compute device's memory;
         ``to_host``: into host DRAM instead (KV attended on the CPU: a disk or CXL share is read
-        into DRAM, a DRAM share moves nowhere)."""
+        into DRAM, a DRAM share moves nowhere). A disk share passes through a pinned DRAM buffer
+        (STAGED_TIERS): its hops run one after the other. ``gate``: a host-to-GPU hop starts only
+        once it has fired (a decode step's copies that do not overlap compute)."""
         evs: list[simpy.Event] = []
         for tier, nbytes in by_tier.items():
             if nbytes <= 0:
@@ -119,6 +136,7 @@ class OffloadExecutor:
                 path = self.layout.write_path(tier) if write else self.layout.read_path(tier)
             assert self.bytes_by_kind is not None
             self.bytes_by_kind[kind] += nbytes
+            hops: list[tuple[str, Link, float]] = []
             for hop in path:
                 link = self.links.get(hop)
                 if link is None:
@@ -126,13 +144,38 @@ class OffloadExecutor:
                 eff_bytes = nbytes / self.layout.pageable_factor if hop in ("h2d", "d2h") else nbytes
                 if kind == "kv_write" and self.kv_store_slowdown:
                     eff_bytes *= self.kv_store_slowdown.get(hop, 1.0)
-                if hop in ("h2d", "d2h") and self.layout.pageable_factor < 1.0 and self.cpu_stream is not None:
-                    # a pageable copy is staged through a pinned bounce buffer by the host thread
-                    # that issued it: it holds the host, so it cannot overlap CPU attention
-                    evs.append(self.env.process(self._host_staged(link, eff_bytes, f"{tag} {tier}")))
-                else:
-                    evs.append(link.transfer(eff_bytes, f"{tag} {tier}"))
+                hops.append((hop, link, eff_bytes))
+            staged = tier in STAGED_TIERS and len(hops) > 1
+            gated = gate is not None and any(h == "h2d" for h, _, _ in hops)
+            if staged or gated:
+                evs.append(self.env.process(self._hops(hops, f"{tag} {tier}", staged, gate)))
+            else:
+                evs += [self._transfer(hop, link, b, f"{tag} {tier}") for hop, link, b in hops]
         return evs
+
+    def _transfer(self, hop: str, link: Link, nbytes: float, tag: str) -> simpy.Event:
+        if hop in ("h2d", "d2h") and self.layout.pageable_factor < 1.0 and self.cpu_stream is not None:
+            # a pageable copy is staged through a pinned bounce buffer by the host thread that
+            # issued it: it holds the host, so it cannot overlap CPU attention
+            return self.env.process(self._host_staged(link, nbytes, tag))
+        return link.transfer(nbytes, tag)
+
+    def _hops(
+        self, hops: list[tuple[str, Link, float]], tag: str, staged: bool, gate: simpy.Event | None
+    ) -> Generator[simpy.Event, Any, None]:
+        """One share's hops: in order when ``staged`` (store and forward through DRAM), else the
+        non-PCIe hops at once; a host-to-GPU hop waits for ``gate``."""
+        if not staged:
+            first = [self._transfer(h, link, b, tag) for h, link, b in hops if h != "h2d"]
+            if gate is not None:
+                yield gate
+            rest = [self._transfer(h, link, b, tag) for h, link, b in hops if h == "h2d"]
+            yield simpy.AllOf(self.env, first + rest)
+            return
+        for h, link, b in hops:
+            if h == "h2d" and gate is not None:
+                yield gate
+            yield self._transfer(h, link, b, tag)
 
     def _host_staged(self, link: Link, nbytes: float, tag: str) -> Generator[simpy.Event, Any, None]:
         assert self.cpu_stream is not None
@@ -140,14 +183,19 @@ class OffloadExecutor:
             yield req
             yield link.transfer(nbytes, tag)
 
-    def _fetch(self, layer: int, groups: list[tuple[np.ndarray, np.ndarray]], cpu_attention: bool) -> list[simpy.Event]:
+    def _fetch(
+        self, layer: int, groups: list[tuple[np.ndarray, np.ndarray]], cpu_attention: bool, gate: simpy.Event | None = None,
+        weights: bool = True,
+    ) -> list[simpy.Event]:
+        """Transfers of ``layer``'s streamed weights (unless not ``weights``) and of the off-GPU
+        KV the GPU batches ``groups`` attend."""
         lay = self.layout
-        evs = self._move(lay.weight_bytes(layer), False, f"L{layer} weights", "weights")
+        evs = self._move(lay.weight_bytes(layer), False, f"L{layer} weights", "weights", gate=gate) if weights else []
         for _, ctx in groups:
             # attended on the GPU: the off-GPU KV crosses to it; attended on the CPU: the KV on
             # disk (or CXL) is still read into DRAM for every step
-            evs += self._move(lay.kv_read_bytes(float(ctx.sum())), False, f"L{layer} kv", "kv_read", to_host=cpu_attention)
-            evs += self._move(lay.spill_read_bytes(ctx), False, f"L{layer} spilled kv", "kv_read", to_host=cpu_attention)
+            evs += self._move(lay.kv_read_bytes(float(ctx.sum())), False, f"L{layer} kv", "kv_read", to_host=cpu_attention, gate=gate)
+            evs += self._move(lay.spill_read_bytes(ctx), False, f"L{layer} spilled kv", "kv_read", to_host=cpu_attention, gate=gate)
         return evs
 
     # ---- compute -----------------------------------------------------------------------------
@@ -187,6 +235,12 @@ class OffloadExecutor:
             # the cached KV is dequantised to be attended, the new KV quantised to be stored
             extra += oc.dequant(float(ctx.sum()) * lay.kv_elems_per_token_layer, unfused)
             extra += oc.dequant(T * lay.kv_elems_per_token_layer, unfused, quantise=True)
+        parts = self.compute_parts
+        assert parts is not None
+        parts["linear"] += layer
+        parts["gpu_attention"] += attn_dev
+        parts["dequant"] += extra
+        parts["cpu_attention"] += cpu
         return layer + attn_dev + extra, cpu, attn_dev
 
     def run_step(self, q: np.ndarray, ctx: np.ndarray, rows: int) -> Generator[simpy.Event, Any, None]:
@@ -205,23 +259,45 @@ class OffloadExecutor:
         pending_writes: list[simpy.Event] = []
         ready: dict[int, simpy.Event] = {}
         computed: dict[int, simpy.Event] = {}
-        # Pageable copies are staged by the host thread that issues them, ahead of the layer it
-        # then launches: in a decode step (short GPU kernels, nothing queued to hide behind) the
-        # next layer's copy and this layer's compute run one after the other, as FlexGen's cost
-        # model of its own runtime has it (T_gen = ctog + max(other terms)). A prefill's long
-        # kernels keep the GPU busy while the host copies, so the prefetch still overlaps there.
+        # In a decode step the next layer's host-to-GPU copies and this layer's compute run one
+        # after the other when the copies are pageable (the host thread that stages them is the
+        # one that launches the layer; a decode step's short kernels leave nothing queued to hide
+        # behind) or when the plan says its runtime does not overlap them (decode_overlap: false,
+        # FlexGen's: its cost model, fitted to its runs, has T_gen = ctog + max(other terms)).
+        # Reads from disk into DRAM still run ahead. A prefill's long kernels keep the GPU busy
+        # while the host copies, so the prefetch overlaps there.
         decode_only = bool(((q == 1) & (ctx > 0)).all())
-        prefetch = self.overlap and not (lay.pageable_factor < 1.0 and decode_only)
+        prefetch = self.overlap
+        gated = decode_only and (lay.pageable_factor < 1.0 or not lay.plan.decode_overlap)
+        # Several GPU batches per layer run FlexGen's zig-zag block schedule
+        # (flex_opt.py generation_loop_overlap_multi_batch): each GPU batch is one step that
+        # ends with a device synchronisation; during step (layer j, batch k) the KV of batch k+1
+        # is loaded and the stores of batch k-1 complete, and the next layer's weights load
+        # during the layer's last batch only (they overlap 1/num_gpu_batches of its compute).
+        blocked = prefetch and len(groups) > 1
+        started: dict[tuple[int, int], simpy.Event] = {}
+        kv_ready: dict[tuple[int, int], simpy.Event] = {}
+        step_writes: list[list[simpy.Event]] = []
         if prefetch:
             # one reader streams the layers that need data in order into BUFFERS staging buffers:
             # a layer's fetch starts once the previous fetch is done and its buffer is free (the
             # layer BUFFERS places earlier has finished computing)
-            needing = [lay_i for lay_i in range(L) if self._needs_fetch(lay_i, groups, cpu_attention)]
+            if blocked:
+                G = len(groups)
+                started = {(li, gi): env.event() for li in range(L) for gi in range(G)}
+                needing = [li for li in range(L) if lay.weight_bytes(li)]
+                kv_steps = [(li, gi) for li in range(L) for gi in range(G) if self._needs_kv(groups[gi : gi + 1], cpu_attention)]
+                kv_ready = {st: env.event() for st in kv_steps}
+                env.process(self._kv_reader(kv_steps, groups, cpu_attention, kv_ready, started))
+            else:
+                needing = [li for li in range(L) if self._needs_fetch(li, groups, cpu_attention)]
             ready = {lay_i: env.event() for lay_i in needing}
-            computed = {lay_i: env.event() for lay_i in needing}
-            env.process(self._reader(needing, groups, cpu_attention, ready, computed))
+            computed = {lay_i: env.event() for lay_i in (range(L) if gated else needing)}
+            env.process(self._reader(needing, [] if blocked else groups, cpu_attention, ready, computed, gated, started))
         yield env.timeout(before)
         self.busy_compute += before
+        assert self.compute_parts is not None
+        self.compute_parts["embedding_and_head"] += before + after
         for layer in range(L):
             if prefetch:
                 if layer in ready:
@@ -230,8 +306,15 @@ class OffloadExecutor:
                 evs = self._fetch(layer, groups, cpu_attention)
                 if evs:
                     yield simpy.AllOf(env, evs)
-            for gq, gc in groups:
+            for gi, (gq, gc) in enumerate(groups):
                 T = float(gq.sum())
+                if blocked:
+                    if (layer, gi) in kv_ready:
+                        yield kv_ready[layer, gi]
+                    if len(step_writes) >= 2 and step_writes[-2]:
+                        # the stores issued after the batch before last were synchronised
+                        yield simpy.AllOf(env, step_writes[-2])
+                    started[layer, gi].succeed()
                 if act_off:
                     ev = self._move({t: T * h_bytes * f for t, f in act_off.items()}, False, f"L{layer} act", "act_read")
                     if ev:
@@ -256,6 +339,8 @@ class OffloadExecutor:
                 w += self._move(lay.spill_write_bytes(gq, gc), True, f"L{layer} spilled kv", "kv_write")
                 if act_off:
                     w += self._move({t: T * h_bytes * f for t, f in act_off.items()}, True, f"L{layer} act", "act_write")
+                if blocked:
+                    step_writes.append(w)
                 if self.overlap:
                     pending_writes += w
                 elif w:
@@ -271,20 +356,40 @@ class OffloadExecutor:
     """Staging buffers for streamed layers (double buffering; check_offload_capacity reserves them)."""
 
     def _needs_fetch(self, layer: int, groups: list[tuple[np.ndarray, np.ndarray]], cpu_attention: bool) -> bool:
+        return bool(self.layout.weight_bytes(layer)) or self._needs_kv(groups, cpu_attention)
+
+    def _needs_kv(self, groups: list[tuple[np.ndarray, np.ndarray]], cpu_attention: bool) -> bool:
+        """Whether attending ``groups`` moves any KV (to the GPU, or from disk/CXL into DRAM)."""
         lay = self.layout
-        if lay.weight_bytes(layer):
-            return True
         tiers = {t for _, c in groups for t in (*lay.kv_read_bytes(float(c.sum())), *lay.spill_read_bytes(c))}
         if cpu_attention:
             tiers = {t for t in tiers if CPU_READ_PATH[t]}
         return bool(tiers)
 
-    def _reader(self, needing, groups, cpu_attention, ready, computed):  # type: ignore[no-untyped-def]
+    def _kv_reader(self, steps, groups, cpu_attention, kv_ready, started):  # type: ignore[no-untyped-def]
+        """Zig-zag block: the KV of step (layer, batch) loads while the step before it computes."""
+        G = len(groups)
+        for layer, gi in steps:
+            prev = (layer, gi - 1) if gi > 0 else (layer - 1, G - 1)
+            if prev[0] >= 0:
+                yield started[prev]
+            evs = self._fetch(layer, groups[gi : gi + 1], cpu_attention, weights=False)
+            if evs:
+                yield simpy.AllOf(self.env, evs)
+            kv_ready[layer, gi].succeed()
+
+    def _reader(self, needing, groups, cpu_attention, ready, computed, gated=False, started=None):  # type: ignore[no-untyped-def]
         env = self.env
+        last = max((gi for _, gi in started or {}), default=0)
         for k, layer in enumerate(needing):
             if k >= self.BUFFERS:
                 yield computed[needing[k - self.BUFFERS]]
-            evs = self._fetch(layer, groups, cpu_attention)
+            if started and layer > 0:
+                # zig-zag block: the next layer's weights load during this layer's last batch
+                yield started[layer - 1, last]
+            # gated: the layer's host-to-GPU copies wait until the previous layer has computed
+            gate = computed[layer - 1] if gated and layer > 0 else None
+            evs = self._fetch(layer, groups, cpu_attention, gate)
             if evs:
                 yield simpy.AllOf(env, evs)
             ready[layer].succeed()

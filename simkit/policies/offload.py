@@ -5,7 +5,8 @@ Semantics (docs/scenario.md, plan.offload):
 - ``weights``: fractions of every streamed layer's weights per tier (FlexGen's wg/wc/wd, plus
   cxl). With ``resident_layers: k`` the first k layers stay wholly in the compute device's
   memory and the rest follow the fractions (if those are all gpu, streamed layers live in cpu).
-  The embedding and LM head follow the same fractions.
+  The embedding and LM head follow the fractions as written (all-gpu fractions with
+  ``resident_layers`` keep them on the GPU, where every step uses them).
 - ``kv_cache``: fractions of every layer's KV per tier, split by KV heads (head-wise offload:
   some heads' KV on the GPU, the rest where the fraction says); with ``cpu_attention`` the
   off-GPU heads' decode attention runs on the CPU where that KV lives (only q and the
@@ -38,6 +39,11 @@ READ_PATH = {"cpu": ("h2d",), "cxl": ("cxl_read", "h2d"), "disk": ("nvme_read", 
 WRITE_PATH = {"cpu": ("d2h",), "cxl": ("d2h", "cxl_write"), "disk": ("d2h", "nvme_write")}
 CPU_READ_PATH = {"cpu": (), "cxl": ("cxl_read",), "disk": ("nvme_read",)}
 CPU_WRITE_PATH = {"cpu": (), "cxl": ("cxl_write",), "disk": ("nvme_write",)}
+STAGED_TIERS = ("disk",)
+"""Tiers whose bytes reach the GPU through a pinned DRAM buffer, one hop after the other (store
+and forward): neither FlexGen (a copy thread reads a file into a pinned relay buffer, then copies
+it to the GPU) nor ZeRO-Inference (NVMe reads into pinned swap buffers) reads disk to GPU
+directly. CXL memory is host memory the GPU's DMA reads as it streams."""
 
 
 class TierShares(Protocol):
@@ -119,6 +125,9 @@ class OffloadLayout:
     spill_tier: str = "cpu"
     kv_elems_per_token_layer: float = 0.0
     """KV values of one token in one layer (keys and values, all KV heads of the replica)."""
+    emb_frac: dict[str, float] | None = None
+    """Where the embedding and LM head live (the plan's weight fractions as written; default
+    ``weight_frac``)."""
 
     def spilled_tokens(self, ctx: np.ndarray) -> float:
         """Cached tokens beyond the spill threshold, summed over sequences."""
@@ -177,6 +186,7 @@ def build_offload_layout(
     kv_bytes = bytes_per_element("int4", prec.group_size) if plan.compress_kv else prec.kv_bytes
     elems = model.params_layers / model.num_layers
     wf = _fracs(plan.weights)
+    ef = dict(wf)
     resident = plan.resident_layers or 0
     if plan.resident_layers is not None and wf["gpu"] == 1.0:
         wf = {"gpu": 0.0, "cpu": 1.0, "cxl": 0.0, "disk": 0.0}
@@ -184,7 +194,7 @@ def build_offload_layout(
     af = _fracs(plan.activations)
     if compute_on_cpu:
         # the compute memory is DRAM: gpu and cpu shares are the same place
-        for f in (wf, kvf, af):
+        for f in (wf, ef, kvf, af):
             f["gpu"] += f["cpu"]
             f["cpu"] = 0.0
     kvh = max(model.num_kv_heads / tp, 1.0) * tp  # replicated KV heads count on every GPU
@@ -204,6 +214,7 @@ def build_offload_layout(
         plan.kv_spill.after_tokens if plan.kv_spill is not None else None,
         plan.kv_spill.tier if plan.kv_spill is not None else "cpu",
         2.0 * kvh * model.d_head,
+        ef,
     )
 
 
@@ -214,9 +225,9 @@ measured 666,632,192 bytes eager)."""
 
 
 def offload_gpu_usable(gpu_memory: float, kv: KVCachePlan, static: bool) -> tuple[float, str]:
-    """Bytes of each GPU an offloaded plan may fill, and the rule that decided it.
+    """Bytes of each GPU a run may fill, offloaded or not, and the rule that decided it.
 
-    A static offloaded run (FlexGen, ZeRO-Inference: one batch, every buffer planned ahead) may
+    A static run (FlexGen, ZeRO-Inference: one batch, every buffer planned ahead) may
     use the GPU's memory as the driver reports it (ECC on) less the CUDA context: it keeps no KV
     pool that grows, so a serving engine's headroom (``gpu_memory_utilization``, vLLM's 0.9 by
     default) does not apply unless the scenario sets it. Other plans use memory x
@@ -280,9 +291,10 @@ def check_offload_capacity(
     resident_bytes = lay.resident_layers * lay.layer_weight_bytes
     streamed = (L - lay.resident_layers) * lay.layer_weight_bytes
     put("gpu", "weights (resident)", resident_bytes)
+    for t, f in (lay.emb_frac or lay.weight_frac).items():
+        put(t, "embedding and LM head", emb_head * f)
     for t, f in lay.weight_frac.items():
         put(t, "weights", streamed * f)
-        put(t, "embedding and LM head", emb_head * f)
     if lay.streams_anything and not lay.compute_on_cpu:
         # double-buffered staging of one layer's streamed weights on the GPU, and pinned host
         # buffers for what comes from CXL or disk (it passes through DRAM)

@@ -27,6 +27,9 @@ from simkit.specs.model import ModelSpec
 from simkit.specs.node import Node
 
 VARS = ("w", "c", "h")  # weights, cache, activations
+TIE_BREAK_S = 1e-9
+"""Seconds per layer and token charged per unit of a fraction on each tier below the GPU (x its
+rank: cpu 1, cxl 2, disk 3): breaks the LP's ties towards the faster tiers, far below any cost."""
 TIERS = ("gpu", "cpu", "cxl", "disk")
 
 
@@ -43,6 +46,8 @@ class Candidate:
     num_layers: int = 0
     dequant: str = "fused"
     """plan.offload.dequant of the scenario searched (how compressed weights are dequantised)."""
+    decode_overlap: bool = True
+    """plan.offload.decode_overlap of the scenario searched (whether decode copies overlap compute)."""
     sim: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -60,6 +65,7 @@ class Candidate:
             "compress_weights": self.compress_weights,
             "dequant": self.dequant,
             "overlap": True,
+            "decode_overlap": self.decode_overlap,
             # an all-GPU plan still runs layer by layer in the offloading runtime (as FlexGen runs
             # it), on the costs the LP priced it with
             "resident_layers": None if self.fractions["w"]["gpu"] < 1.0 else self.num_layers,
@@ -90,6 +96,7 @@ def solve_candidate(
     compute: OffloadCompute | None = None,
     measured_links: dict[str, tuple[float, float]] | None = None,
     dequant: str = "fused",
+    decode_overlap: bool = True,
 ) -> Candidate | None:
     from scipy.optimize import linprog
 
@@ -139,6 +146,14 @@ def solve_candidate(
         labels.append((label, "pre" if which == TP else "dec"))
 
     off = ("cpu", "cxl", "disk")
+
+    def plus(*parts: dict[int, float]) -> dict[int, float]:
+        out: dict[int, float] = {}
+        for p in parts:
+            for k, v in p.items():
+                out[k] = out.get(k, 0.0) + v
+        return out
+
     for which, KVr, KVw, H, lin, att, catt in (
         (TD, KVd, KVnew, Hd, lin_d, att_d, cpu_att_d),
         (TP, 0.0, KVpre, Hp, lin_p, att_p, 0.0),
@@ -150,7 +165,8 @@ def solve_candidate(
         comp = {idx["c", "gpu"]: att} if cpu_att else {}
         if cpu_att:
             comp.update({idx["c", t]: catt for t in off})
-        row(comp, lin + deq + (0.0 if cpu_att else att), which, "compute")
+        comp_const = lin + deq + (0.0 if cpu_att else att)
+        row(comp, comp_const, which, "compute")
         h2d = {idx["w", t]: W / bw.get("h2d", np.inf) for t in off}
         for t in off:
             if not cpu_att:
@@ -161,9 +177,23 @@ def solve_candidate(
         for t in off:
             d2h[idx["h", t]] = d2h.get(idx["h", t], 0.0) + H / bw.get("d2h", np.inf)
         row(d2h, 0.0, which, "d2h")
+        disk_r: dict[int, float] = {}
         if "nvme_read" in bw:
-            row({idx["w", "disk"]: W / bw["nvme_read"], idx["c", "disk"]: KVr / bw["nvme_read"], idx["h", "disk"]: H / bw["nvme_read"]}, 0.0, which, "nvme_read")
-            row({idx["c", "disk"]: KVw * kv_slow.get("nvme_write", 1.0) / bw["nvme_write"], idx["h", "disk"]: H / bw["nvme_write"]}, 0.0, which, "nvme_write")
+            disk_r = {idx["w", "disk"]: W / bw["nvme_read"], idx["c", "disk"]: KVr / bw["nvme_read"], idx["h", "disk"]: H / bw["nvme_read"]}
+            disk_w = {idx["c", "disk"]: KVw * kv_slow.get("nvme_write", 1.0) / bw["nvme_write"], idx["h", "disk"]: H / bw["nvme_write"]}
+            row(disk_r, 0.0, which, "nvme_read")
+            row(disk_w, 0.0, which, "nvme_write")
+            # a disk share is staged through pinned DRAM (policies/offload.STAGED_TIERS): its
+            # disk read and its PCIe copy follow one another, as do the PCIe copy and disk write
+            staged = [idx[v, "disk"] for v in VARS]
+            row(plus(disk_r, {k: v for k, v in h2d.items() if k in staged}), 0.0, which, "nvme_read+h2d")
+            row(plus(disk_w, {k: v for k, v in d2h.items() if k in staged}), 0.0, which, "d2h+nvme_write")
+        if which == TD and not decode_overlap:
+            # the decode step's host-to-GPU copies follow the previous layer's compute and the
+            # disk reads that ran alongside it (engine/offload: gated copies)
+            row(plus(h2d, comp), comp_const, which, "h2d+compute")
+            if disk_r:
+                row(plus(h2d, disk_r), 0.0, which, "h2d+nvme_read")
         if "cxl_read" in bw:
             row({idx["w", "cxl"]: W / bw["cxl_read"], idx["c", "cxl"]: KVr / bw["cxl_read"], idx["h", "cxl"]: H / bw["cxl_read"]}, 0.0, which, "cxl_read")
             row({idx["c", "cxl"]: KVw / bw["cxl_write"], idx["h", "cxl"]: H / bw["cxl_write"]}, 0.0, which, "cxl_write")
@@ -199,7 +229,12 @@ def solve_candidate(
     c = np.zeros(n)
     c[TP] = L
     c[TD] = L * (gen_len - 1)
-    res = linprog(c, A_ub=np.array(A_ub), b_ub=np.array(b_ub), A_eq=np.array(A_eq), b_eq=np.array(b_eq), bounds=bounds, method="highs")
+    # among placements equally fast, prefer the faster tiers (a share placed on disk for free
+    # when compute bounds the step still costs disk reads the LP's max() does not see)
+    tie = np.zeros(n)
+    for (_, t), k in idx.items():
+        tie[k] = TIE_BREAK_S * TIERS.index(t) * L * gen_len
+    res = linprog(c + tie, A_ub=np.array(A_ub), b_ub=np.array(b_ub), A_eq=np.array(A_eq), b_eq=np.array(b_eq), bounds=bounds, method="highs")
     if not res.success:
         return None
     x = res.x
@@ -208,8 +243,9 @@ def solve_candidate(
         s = sum(fr[v].values())
         k = max(fr[v], key=lambda t: fr[v][t])
         fr[v][k] = round(fr[v][k] + 1.0 - s, 6)
-    total = float(res.fun)
+    total = float(c @ x)
     slack = np.array(A_ub) @ x - np.array(b_ub)
     dec_rows = [k for k, (_, w) in enumerate(labels) if w == "dec"]
     bott = labels[max(dec_rows, key=lambda k: slack[k])][0] if dec_rows else "compute"
-    return Candidate(gbs, ngb, cpu_attention, compress, fr, total, bls * gen_len / total if total > 0 else 0.0, bott, L, dequant)
+    return Candidate(gbs, ngb, cpu_attention, compress, fr, total, bls * gen_len / total if total > 0 else 0.0, bott, L, dequant, decode_overlap)
+

@@ -70,7 +70,10 @@ def optimize(
     for gbs, ngb, catt, comp in itertools.product(gpu_batch_sizes, num_gpu_batches, (False, True), compress):
         if objective == "latency" and ngb > 1:
             continue
-        c = solve_candidate(model, node, cost, cpu_cost, prec, prompt_len, gen_len, gbs, ngb, catt, comp, usable, oc, lm, sc.plan.offload.dequant)
+        c = solve_candidate(
+            model, node, cost, cpu_cost, prec, prompt_len, gen_len, gbs, ngb, catt, comp, usable, oc, lm, sc.plan.offload.dequant,
+            sc.plan.offload.decode_overlap,
+        )
         if c is not None:
             cands.append(c)
     if not cands:
@@ -110,4 +113,6 @@ def confirm_by_simulation(sc: Scenario, c: Candidate, prompt_len: int, gen_len: 
         "makespan_s": s["makespan_s"],
         "bottleneck": s["bottleneck"],
         "utilization": {k: v["utilization"] for k, v in s["resources"].items()},
+        "busy_s": {k: v["busy_s"] for k, v in s["resources"].items()},
+        "offload_compute_s": s.get("offload_compute_s", {}),
     }

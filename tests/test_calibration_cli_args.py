@@ -1,0 +1,200 @@
+"""`simkit calibrate` and `simkit validate` refuse out-of-range options with one clear line (exit 2),
+before importing torch or measuring anything."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from simkit.calibrate import cli_calibrate, validate
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--threads", "0"], "--threads takes 1.."),
+        (["--threads", str((os.cpu_count() or 1) + 1)], "--threads takes 1.."),
+        (["--dtypes", ","], "--dtypes takes a comma-separated list of fp32, bf16"),
+        (["--dtypes", "fp32,fp33"], "got 'fp32,fp33'"),
+        (["--dtypes", "fp8"], "for --device cpu"),
+        (["--ssd-dir", "/nonexistent-simkit-dir"], "--ssd-dir '/nonexistent-simkit-dir' is not an existing folder"),
+        (["--catalog", "no-such-cpu"], "--catalog 'no-such-cpu' is not a cpu of the catalog"),
+        (["--catalog", "h100-sxm"], "is not a cpu of the catalog"),
+        (["--name", " "], "--name takes a non-empty profile name"),
+    ],
+)
+def test_calibrate_rejects_bad_options(extra: list[str], expected: str, capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    rc = cli_calibrate.main(["--device", "cpu", "--tiny", "--out", str(tmp_path / "p"), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("error: ") and expected in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "p").exists()  # nothing measured or written
+
+
+def test_calibrate_rejects_a_file_as_out(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert cli_calibrate.main(["--device", "cpu", "--tiny", "--out", str(f)]) == 2
+    assert "is a file; it takes a folder" in capsys.readouterr().err
+    assert f.read_text() == "x"
+
+
+def test_calibrate_accepts_in_range_options(tmp_path) -> None:
+    args = cli_calibrate.build_parser().parse_args(
+        ["--device", "cpu", "--threads", "1", "--dtypes", "bf16, fp32", "--ssd-dir", str(tmp_path),
+         "--catalog", "generic-2core-vm", "--out", str(tmp_path / "new")]
+    )
+    assert cli_calibrate.check_args(args) == (str(tmp_path / "new"), ["bf16", "fp32"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--heads", "7"], "--heads (7) must be a multiple of --kv-heads (8)"),
+        (["--kv-heads", "3"], "must be a multiple of --kv-heads (3)"),
+        (["--hidden", "500"], "--hidden (500) must be --heads (8) x an even head size"),
+        (["--hidden", "24", "--heads", "8", "--kv-heads", "8"], "even head size"),
+        (["--layers", "0"], "--layers must be >= 1 (got 0)"),
+        (["--repeats", "0"], "--repeats must be >= 1"),
+        (["--threads", "0"], "--threads takes 1.."),
+        (["--threads", str((os.cpu_count() or 1) + 1)], "--threads takes 1.."),
+        (["--phases", "warmup"], "--phases takes prefill and/or decode"),
+        (["--batch-sizes", "100000", "--context-lens", "100000"], "more than 80% of the"),
+    ],
+)
+def test_validate_rejects_bad_options(extra: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = validate.main(["--device", "cpu", "--profile", "/nonexistent-profile", *extra])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("error: ") and expected in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "1,x", ""])
+def test_validate_rejects_bad_lists(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        validate.main(["--batch-sizes", value])
+    assert e.value.code == 2
+    assert "--batch-sizes" in capsys.readouterr().err
+
+
+def test_validate_memory_estimate_grows_with_the_largest_step() -> None:
+    p = validate.build_parser()
+    small = validate._validation_bytes(p.parse_args(["--batch-sizes", "1", "--context-lens", "64"]))
+    big = validate._validation_bytes(p.parse_args(["--batch-sizes", "1,16", "--context-lens", "64,512"]))
+    assert 0 < small < big
+    # the default model's weights alone: 2 layers of hidden 512 / FFN 1408 and a 4096-token vocabulary, fp32
+    weights = 4 * (2 * (512 * 1536 + 512 * 512 + 3 * 512 * 1408) + 2 * 4096 * 512)
+    assert small > weights
+
+
+def test_drift_compares_the_two_halves_of_the_repetitions() -> None:
+    assert validate.drift([1.0, 1.0, 1.0]) is None  # too few to split
+    assert validate.drift([1.0, 1.0, 1.0, 1.0]) == 0.0
+    # the machine slowed down by 20% half-way through
+    assert validate.drift([1.0, 1.02, 0.98, 1.2, 1.22, 1.18]) == pytest.approx(0.2)
+    # symmetric in sign: faster later is drift too
+    assert validate.drift([1.25, 1.25, 1.0, 1.0]) == pytest.approx(0.2)
+
+
+def test_table_reports_the_drift_when_measured() -> None:
+    row = {"config": "decode b=1 ctx=8", "measured_s": 0.01, "predicted_s": 0.011, "error": 0.1}
+    base = {"rows": [row], "median_ape": 0.1, "p90_ape": 0.1, "dtype": "fp32", "threads": 1, "clock": "cpu", "profile": "p"}
+    assert "drift" not in validate.format_table(base)
+    text = validate.format_table({**base, "drift_median": 0.031, "drift_p90": 0.12})
+    assert "measurement drift (second vs first half of each configuration's repetitions): median 3.1%, p90 12.0%" in text
+
+
+def test_quick_suite_samples_every_decode_row_count_several_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quick CPU suite's GEMM group picks, on top of one configuration per stratum, extra
+    few-row GEMMs, so the fit sees several samples of each decode batch size (the speed of a
+    memory-bound CPU GEMM changes with the exact row count). Selection only: nothing is timed."""
+    import random
+
+    from simkit.calibrate import bench
+    from simkit.calibrate.samples import Measurement
+
+    b = bench.Bench(None, "cpu", bench.SIZES["quick"], None, "test", random.Random(0))  # type: ignore[arg-type]
+    b.rates = {"bf16": 1e11}
+    b.mem_bw = 20e9
+    monkeypatch.setattr(bench.Bench, "take", lambda self, shape, dtype, slot: None)
+    monkeypatch.setattr(bench.Bench, "_linear_fn", lambda self, a, w, dtype: None)
+    monkeypatch.setattr(bench.Bench, "measure", lambda self, fn, **kw: Measurement([1e-3]))
+    n = b.gemm("bf16")
+    size = bench.SIZES["quick"]
+    assert n == len(b.rows) == size.gemm_configs + size.decode_gemm_configs
+    shapes = [(r["m"], r["k"], r["n"]) for r in b.rows]
+    assert len(set(shapes)) == len(shapes)  # no configuration twice
+    few = [m for m, _, _ in shapes if m <= 16]
+    for m in (1, 2, 3, 4, 6, 8, 12, 16):
+        assert few.count(m) >= 6, (m, few.count(m))
+
+
+def test_quick_suite_samples_decode_attention_over_batches_and_contexts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On top of one decode-attention configuration per head shape, the quick CPU suite times
+    batches 1..16 at short, medium and long contexts (some off the power-of-two grid)."""
+    import random
+
+    from simkit.calibrate import bench
+    from simkit.calibrate.samples import Measurement
+
+    class FakeTorch:
+        @staticmethod
+        def inference_mode() -> Any:
+            import contextlib
+
+            return contextlib.nullcontext()
+
+    b = bench.Bench(FakeTorch(), "cpu", bench.SIZES["quick"], None, "test", random.Random(0))  # type: ignore[arg-type]
+    b.rates = {"bf16": 1e11}
+    b.mem_bw = 20e9
+    monkeypatch.setattr(bench.Bench, "take", lambda self, shape, dtype, slot: [None] * (shape[0] if len(shape) == 5 else 1))
+    monkeypatch.setattr(bench.Bench, "measure", lambda self, fn, **kw: Measurement([1e-3]))
+    n = b.attention("bf16", "attn_decode")
+    size = bench.SIZES["quick"]
+    assert n == len(b.rows) == size.attn_configs + size.decode_attn_configs
+    extra = b.rows[size.attn_configs:]
+    cells = {(int(r["batch"]), 0 if r["ctx"] <= 128 * 1.4 else 1 if r["ctx"] <= 512 * 1.4 else 2) for r in extra}
+    assert {bb for bb, _ in cells} == {1, 2, 4, 8, 16}
+    assert {band for _, band in cells} == {0, 1, 2}
+    assert any(int(r["ctx"]) & (int(r["ctx"]) - 1) for r in extra)  # not all powers of two
+
+
+def test_timer_runs_before_untimed_ahead_of_every_call() -> None:
+    """``Timer.measure(fn, before=...)`` times each call alone, right after ``before``: the
+    calibration times elementwise operators that way on a CPU (after streaming the LLC)."""
+    import time as _time
+
+    from simkit.calibrate.bench import Timer
+
+    log: list[str] = []
+
+    def before() -> None:
+        log.append("b")
+        _time.sleep(0.05)  # untimed: must not show in the samples
+
+    def fn() -> None:
+        log.append("f")
+
+    m = Timer("cpu", min_rep_s=1e-3, budget_s=0.05, min_reps=4, max_reps=6, clock="wall").measure(fn, before=before)
+    assert m.inner == 1 and 4 <= len(m.times) <= 6
+    assert "".join(log) == "bf" * (len(log) // 2)  # every call directly after before()
+    assert max(m.times) < 0.05
+
+
+def test_bench_evict_streams_one_llc() -> None:
+    torch = pytest.importorskip("torch")
+    import random
+
+    from simkit.calibrate import bench
+
+    b = bench.Bench(torch, "cpu", bench.SIZES["tiny"], None, "test", random.Random(0))  # type: ignore[arg-type]
+    b.cold_bytes = 8e6  # twice the last-level cache
+    b.evict()
+    buf = b.pools[("evict", "cpu")]
+    assert buf.numel() * buf.element_size() == 4_000_000
+    b.evict()
+    assert b.pools[("evict", "cpu")] is buf  # allocated once
