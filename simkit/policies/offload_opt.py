@@ -125,7 +125,7 @@ def solve_candidate(
     # compressed weights are dequantised for every GPU batch (the simulator's rule, same cost)
     deq = oc.dequant(model.params_layers / L, dequant == "unfused") * ngb if compress else 0.0
     bw = _bw(node, measured_links)
-    # KV stores at their own measured rate where the machine has one (simulate.kv_store_slowdown)
+    # KV stores at their own measured rate where the machine has one (cost/links.kv_store_slowdown)
     kv_slow = kv_store_slowdown(link_rates(node, 1, measured_links))
     # variable index: 12 fractions then T_pre, T_dec
     idx = {(v, t): k for k, (v, t) in enumerate(itertools.product(VARS, TIERS))}
