@@ -11,7 +11,8 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
-DATA = ("hw_specs", "workloads/models", "workloads/scenarios", "workloads/traces", "calibration")
+DATA = ("hw_specs", "workloads/models", "workloads/scenarios", "workloads/searches", "workloads/studies", "workloads/traces",
+        "calibration")
 LICENCES = ("LICENSE",)
 
 

@@ -4,6 +4,9 @@
     .venv/bin/python benchmarks/serving_speed.py azure16k-continuous    # one case
     .venv/bin/python benchmarks/serving_speed.py --engine reference ... # the reference engine
     .venv/bin/python benchmarks/serving_speed.py --cold ...             # no cached cost tables
+    .venv/bin/python benchmarks/serving_speed.py --repeat 3 ...         # least CPU of 3 runs per case
+    .venv/bin/python benchmarks/serving_speed.py --against /tmp/old ... # another checkout's runs alternate
+                                                                        # with these; prints the ratio
 
 Each case runs in a fresh subprocess (so start-up and peak RSS are its own) and prints wall
 seconds and CPU seconds of that process (start-up included: interpreter, imports, catalog,
@@ -107,6 +110,27 @@ def _child(case: str) -> None:
     }))
 
 
+def _measure(script: Path, case: str, env: dict[str, str], cold: bool) -> tuple[float, float, dict]:
+    """(wall s, CPU s, the child's report) of one fresh process running ``case`` with ``script``
+    (a checkout's copy of this file, which imports that checkout's simkit through ``env``)."""
+    cmd = [sys.executable, str(script), "--child", case]
+    with tempfile.TemporaryDirectory() as empty:
+        env = dict(env)
+        if cold:
+            env["SIMKIT_CACHE_DIR"] = empty
+        elif case != "synthetic-1m":
+            subprocess.run(cmd, capture_output=True, env=env, check=False)  # warm the table cache
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        wall = time.perf_counter() - t0
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    return wall, cpu, json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "--child":
         _child(argv[1])
@@ -116,33 +140,51 @@ def main(argv: list[str]) -> int:
         k = argv.index("--engine")
         env["SIMKIT_BENCH_ENGINE"] = argv[k + 1]
         argv = argv[:k] + argv[k + 2 :]
+    repeat = 1
+    if "--repeat" in argv:
+        k = argv.index("--repeat")
+        repeat = int(argv[k + 1])
+        argv = argv[:k] + argv[k + 2 :]
+    against: Path | None = None
+    if "--against" in argv:
+        k = argv.index("--against")
+        against = Path(argv[k + 1]).resolve()
+        argv = argv[:k] + argv[k + 2 :]
+        if not (against / "benchmarks" / "serving_speed.py").is_file():
+            print(f"--against {against}: not a simkit checkout (no benchmarks/serving_speed.py)", file=sys.stderr)
+            return 2
     cold = "--cold" in argv
     argv = [a for a in argv if a != "--cold"]
     cases = argv or list(CASES)
-    print(f"{'case':<22}{'requests':>10}{'wall s':>9}{'CPU s':>8}{'sim s':>8}{'req/wall-s':>12}{'peak RSS':>11}"
-          "   simulated makespan, engine path")
     for case in cases:
         if case not in CASES:
             print(f"unknown case {case!r}; known: {', '.join(CASES)}", file=sys.stderr)
             return 2
-        cmd = [sys.executable, __file__, "--child", case]
-        with tempfile.TemporaryDirectory() as empty:
-            if cold:
-                env["SIMKIT_CACHE_DIR"] = empty
-            elif case != "synthetic-1m":
-                subprocess.run(cmd, capture_output=True, env=env, check=False)  # warm the table cache
-            cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-            t0 = time.perf_counter()
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-            wall = time.perf_counter() - t0
-            cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if out.returncode != 0:
-            print(out.stderr, file=sys.stderr)
-            return 1
-        cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{case:<22}{r['requests']:>10,}{wall:>9.2f}{cpu:>8.2f}{r['sim_wall_s']:>8.2f}{r['requests'] / wall:>12,.0f}"
-              f"{r['peak_rss_bytes'] / 2**20:>9.0f} MB   {r['makespan_s']:,.0f} s, {r['engine_path']}")
+    # (label, script, environment) of each tree measured; with --against, the other checkout's
+    # runs alternate with this one's, so that both see the same machine load
+    trees = [("", Path(__file__).resolve(), env)]
+    if against is not None:
+        trees.insert(0, ("against ", against / "benchmarks" / "serving_speed.py", env | {"PYTHONPATH": str(against)}))
+        trees[1] = ("this    ", trees[1][1], env | {"PYTHONPATH": str(ROOT)})
+    print(f"{'case':<30}{'requests':>10}{'wall s':>9}{'CPU s':>8}{'sim s':>8}{'req/wall-s':>12}{'peak RSS':>11}"
+          "   simulated makespan, engine path")
+    for case in cases:
+        best: dict[str, float] = {}
+        for _ in range(repeat):
+            for label, script, tree_env in trees:
+                try:
+                    wall, cpu, r = _measure(script, case, tree_env, cold)
+                except RuntimeError as e:
+                    print(e, file=sys.stderr)
+                    return 1
+                best[label] = min(best.get(label, float("inf")), cpu)
+                print(f"{label + case:<30}{r['requests']:>10,}{wall:>9.2f}{cpu:>8.2f}{r['sim_wall_s']:>8.2f}"
+                      f"{r['requests'] / wall:>12,.0f}{r['peak_rss_bytes'] / 2**20:>9.0f} MB   {r['makespan_s']:,.0f} s, "
+                      f"{r['engine_path']}")
+        if len(trees) > 1 or repeat > 1:
+            ratio = f", this / against: {best['this    '] / best['against ']:.2f}" if len(trees) > 1 else ""
+            print(f"  {case}: least CPU s of {repeat} run(s): " + ", ".join(f"{k.strip() or 'this'} {v:.2f}" for k, v in best.items())
+                  + ratio)
     return 0
 
 

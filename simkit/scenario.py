@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from simkit.errors import ScenarioError
+from simkit.errors import ScenarioError, SimkitError
 from simkit.specs.base import Bytes, Seconds, format_validation_error
 from simkit.specs.yamlio import check_data, load_yaml, parse_yaml_value
 from simkit.workload.base import MAX_TOKENS
@@ -497,17 +497,24 @@ def scenario_from_dict(data: Any, where: str | None = None) -> Scenario:
     return sc
 
 
-def shipped_scenarios() -> list[str]:
-    """Names of the example scenarios that ship with simkit (``simkit run NAME`` finds them)."""
+def shipped(folder: str) -> list[str]:
+    """Names of the examples that ship with simkit in ``workloads/<folder>`` (scenarios,
+    searches, studies): ``simkit run NAME``, ``simkit search NAME`` and ``simkit study NAME`` find them."""
     from simkit.specs.catalog import repo_path
 
-    return sorted(p.stem for p in repo_path("workloads", "scenarios").glob("*.yaml"))
+    return sorted(p.stem for p in repo_path("workloads", folder).glob("*.yaml"))
 
 
-def find_scenario(path: str | Path) -> Path:
-    """A scenario file: ``path`` itself if it exists, else a shipped scenario of that name
-    (``quickstart``, ``quickstart.yaml`` or ``workloads/scenarios/quickstart.yaml``), so an
-    installed simkit runs its examples from any folder."""
+def shipped_scenarios() -> list[str]:
+    """Names of the example scenarios that ship with simkit (``simkit run NAME`` finds them)."""
+    return shipped("scenarios")
+
+
+def find_shipped(path: str | Path, folder: str, what: str, error: type[SimkitError]) -> Path:
+    """``path`` itself if it exists, else the shipped example of that name in
+    ``workloads/<folder>`` (``quickstart``, ``quickstart.yaml`` or ``workloads/scenarios/quickstart.yaml``),
+    so an installed simkit runs its examples from any folder; else ``error`` naming the
+    shipped ones."""
     from simkit.specs.catalog import repo_path
 
     p = Path(path)
@@ -518,14 +525,19 @@ def find_scenario(path: str | Path) -> Path:
         return p
     parts = p.parts
     if len(parts) == 1:
-        for cand in (repo_path("workloads", "scenarios", p.name), repo_path("workloads", "scenarios", p.name + ".yaml")):
+        for cand in (repo_path("workloads", folder, p.name), repo_path("workloads", folder, p.name + ".yaml")):
             if cand.is_file():
                 return cand
     elif not p.is_absolute():
         cand = repo_path(*parts)
         if cand.is_file():
             return cand
-    raise ScenarioError(f"file not found (shipped scenarios: {', '.join(shipped_scenarios())})", where=str(p))
+    raise error(f"{what} not found (shipped {folder}: {', '.join(shipped(folder))})", where=str(p))
+
+
+def find_scenario(path: str | Path) -> Path:
+    """A scenario file: ``path`` itself, else a shipped scenario of that name (:func:`find_shipped`)."""
+    return find_shipped(path, "scenarios", "file", ScenarioError)
 
 
 def load_scenario_data(path: str | Path) -> dict[str, Any]:

@@ -121,33 +121,33 @@ def test_shortcuts_are_exercised_and_exact(monkeypatch):
     """Steps that advance the clock without a SimPy event, and admissions refused from memory,
     both happen in these runs, and the runs equal the reference's bit for bit."""
     from simkit.engine import fast as fast_mod
-    from simkit.engine.engine import Engine
 
-    seen = {"direct": 0, "event": 0, "fast_admit": 0, "checked_admit": 0}
-    elapse, fast_admit, base_admit = fast_mod.FastEngine._elapse, fast_mod.FastEngine.admit, Engine.admit
+    seen = {"direct": 0, "event": 0, "fast_admit": 0, "remembered": 0}
+    advance, fast_admit, remembered = fast_mod.FastEngine._advance, fast_mod.FastEngine.admit, fast_mod.FastEngine._refused_from_memory
 
-    def counting_elapse(self, dur):
-        seen["direct" if self.env.peek() > self.env.now + dur else "event"] += 1
-        return elapse(self, dur)
+    def counting_advance(self, dur):
+        out = advance(self, dur)
+        seen["direct" if out else "event"] += 1
+        return out
 
     def counting_fast_admit(self, i, reserve_tokens=None):
         seen["fast_admit"] += 1
         return fast_admit(self, i, reserve_tokens)
 
-    def counting_base_admit(self, i, reserve_tokens=None):
-        if isinstance(self, fast_mod.FastEngine):
-            seen["checked_admit"] += 1
-        return base_admit(self, i, reserve_tokens)
+    def counting_remembered(self, i, reserve_tokens):
+        out = remembered(self, i, reserve_tokens)
+        seen["remembered"] += out
+        return out
 
-    monkeypatch.setattr(fast_mod.FastEngine, "_elapse", counting_elapse)
+    monkeypatch.setattr(fast_mod.FastEngine, "_advance", counting_advance)
     monkeypatch.setattr(fast_mod.FastEngine, "admit", counting_fast_admit)
-    monkeypatch.setattr(Engine, "admit", counting_base_admit)
+    monkeypatch.setattr(fast_mod.FastEngine, "_refused_from_memory", counting_remembered)
     for policy, replicas in (("continuous", 1), ("chunked_prefill", 2)):
         batching = {"policy": policy, "max_num_seqs": 48, "chunk_size": 256}
         sc = _scenario(150, 20.0, (50, 900), (20, 200), 5, replicas, "least_outstanding", batching, {"num_blocks": 150})
         assert_same_run(sc)
     assert seen["direct"] > 0 and seen["event"] > 0, seen
-    assert seen["fast_admit"] > seen["checked_admit"] > 0, seen  # some refusals came from memory
+    assert seen["fast_admit"] > seen["remembered"] > 0, seen  # some refusals came from memory
 
 
 @pytest.mark.parametrize(
@@ -235,6 +235,38 @@ def test_table_cache_hit_is_identical_and_keys_cover_every_input(tmp_path, monke
     assert tables.table_key(base, 301) != key
     monkeypatch.setattr("simkit.__version__", "0.0.0-other")
     assert tables.table_key(base, 300) != key
+
+
+def test_table_cache_key_covers_the_code_that_computes_the_tables(tmp_path, monkeypatch):
+    """An edited cost formula (any source line of simkit/cost) misses the cache, version or not;
+    unreadable source turns the cache off rather than risk a stale table."""
+    from simkit.cost import tables
+
+    base = _cost("none")
+    key = tables.table_key(base, 300)
+    assert tables.code_digest() is not None and key is not None
+    src = tmp_path / "simkit"
+    (src / "cost").mkdir(parents=True)
+    (src / "specs").mkdir()
+    cost_dir = Path(tables.__file__).resolve().parent
+    for p in cost_dir.glob("*.py"):
+        (src / "cost" / p.name).write_bytes(p.read_bytes())
+    (src / "specs" / "model.py").write_bytes((cost_dir.parent / "specs" / "model.py").read_bytes())
+    monkeypatch.setattr(tables, "__file__", str(src / "cost" / "tables.py"))
+    tables.code_digest.cache_clear()
+    try:
+        assert tables.table_key(base, 300) == key  # the same source: the same key
+        ops = src / "cost" / "ops.py"
+        ops.write_text(ops.read_text() + "\n# an edit\n")
+        tables.code_digest.cache_clear()
+        assert tables.table_key(base, 300) not in (key, None)
+        ops.unlink()
+        (src / "cost" / "ops.py").mkdir()  # unreadable as a file
+        tables.code_digest.cache_clear()
+        assert tables.code_digest() is None and tables.table_key(base, 300) is None
+    finally:
+        monkeypatch.undo()
+        tables.code_digest.cache_clear()
 
 
 def test_table_cache_can_be_turned_off_and_survives_a_bad_entry(tmp_path, monkeypatch):
@@ -422,15 +454,22 @@ def test_mixed_step_time_equals_step_time(calibration, pre, dec, rows_cut):
     batch=st.integers(1, 300),
     mean=st.integers(1, 4000),
     extra=st.integers(0, 3000),
-    k=st.integers(1, 16),
+    k=st.integers(1, 64),
+    cut=st.floats(0.0, 1.5),
 )
-def test_decode_step_times_equal_decode_steps(calibration, batch, mean, extra, k):
+def test_decode_step_times_equal_decode_steps(calibration, batch, mean, extra, k, cut):
+    """The scalar times and running ends equal decode_steps and np.cumsum bit for bit, and a
+    run cut at ``until`` stops at the first step whose end reaches it (searchsorted's cut)."""
     cost = _cost_cached(calibration)
     kv0 = float(batch * mean + extra)
     longest = float(mean + extra)
-    got = cost.decode_step_times(batch, kv0, k, longest)
     want = cost.decode_steps(batch, kv0, k, longest)
-    assert got is not None and got == want.tolist()
+    ends = np.cumsum(want)
+    got = cost.decode_step_times(batch, kv0, k, longest)
+    assert got is not None and got == (want.tolist(), ends.tolist())
+    until = float(ends[-1]) * cut
+    n = min(int(np.searchsorted(ends, until, side="left")) + 1, k)
+    assert cost.decode_step_times(batch, kv0, k, longest, until) == (want[:n].tolist(), ends[:n].tolist())
 
 
 def test_scalar_cost_forms_decline_without_a_closed_form():
@@ -441,8 +480,83 @@ def test_scalar_cost_forms_decline_without_a_closed_form():
         def roofline_time(self, op_class, flops, bytes_, peak_flops, peak_bw):
             return None if op_class.startswith("attn") else super().roofline_time(op_class, flops, bytes_, peak_flops, peak_bw)
 
+        def roofline_coeffs(self, op_class, peak_flops, peak_bw):
+            return None if op_class.startswith("attn") else super().roofline_coeffs(op_class, peak_flops, peak_bw)
+
     cost = replace(_cost("none"), efficiency=Fitted())
     cost.reserve(64)
     assert cost.decode_step_times(4, 400.0, 3, 120.0) is None
     assert cost.mixed_step_time([10], [0], 4, 400, 120, 5) is None
     assert cost.mixed_step_time([10], [0], 0, 0, 0, 1) is None
+
+
+# ---- parsed-YAML cache (the catalog) ------------------------------------------------------------
+def test_yaml_file_cache_hits_misses_and_refuses_what_json_cannot_carry(tmp_path, monkeypatch):
+    from simkit.errors import SpecError
+    from simkit.specs.catalog import Catalog, _folders
+    from simkit.specs.yamlio import load_yaml, load_yaml_files
+
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", str(tmp_path / "cache"))
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("kind: x\nvalues: [1, 2.5, 1.0e-3, true, null]\nnested: {k: v}\n")
+    b.write_text("when: 2024-01-02\n")  # a date: JSON cannot carry it
+    entries = tmp_path / "cache" / "yaml"
+    assert load_yaml_files([a]) == [load_yaml(a)]
+    assert len(list(entries.glob("*.json"))) == 1
+    assert load_yaml_files([a]) == [load_yaml(a)]  # a hit: the same documents
+    a.write_text("kind: x\nvalues: [1, 2.5, 1.0e-3, true, 7]\nnested: {k: v}\n")  # edited: a miss
+    assert load_yaml_files([a]) == [load_yaml(a)] and load_yaml(a)["values"][-1] == 7
+    assert len(list(entries.glob("*.json"))) == 2
+    assert load_yaml_files([a, b]) == [load_yaml(a), load_yaml(b)]
+    assert len(list(entries.glob("*.json"))) == 2  # not cached: would not come back the same
+    for e in entries.glob("*.json"):
+        e.write_text("{damaged")
+    assert load_yaml_files([a]) == [load_yaml(a)]  # rebuilt
+    b.write_text("key: [unclosed\n")
+    with pytest.raises(SpecError, match="malformed YAML") as exc:
+        load_yaml_files([a, b])
+    assert str(b) in str(exc.value)
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", "")  # off: parsed every time, nothing written
+    assert load_yaml_files([a]) == [load_yaml(a)]
+    # the shipped catalog loads the same items through the cache, cold and warm
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", str(tmp_path / "cache2"))
+    cold, warm = Catalog.load(_folders()), Catalog.load(_folders())
+    assert cold.items == warm.items and cold.files == warm.files
+    assert len(list((tmp_path / "cache2" / "yaml").glob("*.json"))) == 1
+
+
+def test_cache_folders_are_pruned_least_recently_used_first(tmp_path):
+    import os
+
+    from simkit.cachedir import prune, touch, write_atomic
+
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    for k, name in enumerate(["a", "b", "c", "d"]):
+        p = folder / f"{name}.npz"
+        p.write_bytes(b"x" * 100)
+        os.utime(p, ns=(k * 10**9, k * 10**9))  # a oldest ... d newest
+    touch(folder / "a.npz")  # a hit: a is now the most recently used
+    (folder / "e.tmp").write_bytes(b"x" * 1000)  # another writer's partial entry: never counted or deleted
+    prune(folder, 250)
+    assert sorted(p.name for p in folder.iterdir()) == ["a.npz", "d.npz", "e.tmp"]
+    write_atomic(folder / "f.npz", b"y" * 200, max_bytes=250)  # the new entry is kept, the oldest go
+    assert sorted(p.name for p in folder.iterdir()) == ["e.tmp", "f.npz"]
+    prune(folder, 10**6)  # under the cap: nothing deleted
+    assert (folder / "f.npz").read_bytes() == b"y" * 200
+
+
+def test_cache_root_without_a_home_folder_turns_caching_off(monkeypatch):
+    from pathlib import Path as _Path
+
+    from simkit.cachedir import cache_root
+
+    def no_home() -> _Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("SIMKIT_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(_Path, "home", staticmethod(no_home))
+    assert cache_root() is None
+    monkeypatch.setenv("XDG_CACHE_HOME", "/tmp/xdg")
+    assert cache_root() == _Path("/tmp/xdg/simkit")

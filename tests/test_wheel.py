@@ -43,6 +43,7 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for must in ("simkit/_data/hw_specs/nodes/dgx-h100.yaml", "simkit/_data/workloads/models/llama-2-7b.yaml",
                  "simkit/_data/workloads/scenarios/quickstart.yaml", "simkit/_data/workloads/traces/burstgpt_sample.csv",
+                 "simkit/_data/workloads/searches/cheapest-llama7b.yaml", "simkit/_data/workloads/studies/rate-tp-prefix.yaml",
                  "simkit/_data/calibration/profiles/h100-sxm-vidur/profile.yaml", "simkit/_data/LICENSE",
                  "simkit/_data/calibration/LICENSE-vidur-MIT.txt",
                  "simkit/_data/workloads/traces/LICENSE-AzurePublicDataset-CC-BY-4.0.txt"):
@@ -80,6 +81,16 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
         summary = json.loads((out / "summary.json").read_text())
         assert summary["requests_completed"] == limit
         assert "_data/calibration/profiles" in summary["calibration"]  # the shipped profile, not defaults
+
+    # the shipped searches and studies run by name, their bases and traces from package data
+    study = simkit("study", "rate-tp-prefix", "--set", "workload.limit=10", "--out", str(work / "st"))
+    assert study.returncode == 0, study.stderr
+    assert (work / "st" / "runs.parquet").is_file()
+    search = simkit("search", "cheapest-llama7b", "--out", str(work / "se"), "--no-progress")
+    assert search.returncode == 0, search.stderr
+    assert (work / "se" / "best.yaml").is_file()
+    missing = simkit("search", "no-such-search")
+    assert missing.returncode == 2 and "shipped searches: " in missing.stderr and "cheapest-llama7b" in missing.stderr
 
     # a user catalog extends the shipped one
     user = tmp_path / "mine"

@@ -61,6 +61,12 @@ class EfficiencyModel(Protocol):
         :meth:`efficiency`."""
         ...
 
+    def roofline_coeffs(self, op_class: str, peak_flops: float, peak_bw: float) -> tuple[float, float, float] | None:
+        """``(cf, cb, overhead)`` with :meth:`roofline_time` ``= max(flops * cf, bytes * cb) +
+        overhead`` (the same operations, so the same bits) for classes that have a closed form,
+        else None. Lets a hot loop price an operator on Python floats."""
+        ...
+
     def collective_fit(self, kind: str, topology: str, num_gpus: int) -> CollectiveFit | None:
         """A measured collective model for this topology and GPU count, or None."""
         ...
@@ -128,9 +134,11 @@ class DatasheetEfficiency(EfficiencyModel):
     def roofline_time(self, op_class: str, flops: np.ndarray, bytes_: np.ndarray, peak_flops: float, peak_bw: float) -> np.ndarray:
         """Seconds per operator: max(F / (peak x compute eff), B / (bw x memory eff)) + overhead.
         The same as ideal / efficiency(...) + launch_overhead(...), computed directly (hot path)."""
-        ec, em = self.compute[op_class], self.memory[op_class]
-        t = np.maximum(flops * (1.0 / (peak_flops * ec)), bytes_ * (1.0 / (peak_bw * em)))
-        return t + self.overhead_s
+        cf, cb, overhead = self.roofline_coeffs(op_class, peak_flops, peak_bw)
+        return np.maximum(flops * cf, bytes_ * cb) + overhead
+
+    def roofline_coeffs(self, op_class: str, peak_flops: float, peak_bw: float) -> tuple[float, float, float]:
+        return 1.0 / (peak_flops * self.compute[op_class]), 1.0 / (peak_bw * self.memory[op_class]), self.overhead_s
 
     def launch_overhead(self, op_class: str) -> float:
         return self.overhead_s

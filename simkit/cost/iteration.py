@@ -108,6 +108,9 @@ class IterationModel:
         self._comm = np.zeros(1)  # comm[T]: seconds of collectives in one pass of the stage
         self._peaks = (self.device.peak_flops(self.dtype), self.device.mem_bandwidth)
         self._dec1: dict[int, tuple] = {}  # batch -> constants of _decode_attention1
+        self._fixed1: dict[int, float] = {}  # batch -> fixed_step_time
+        self._lists: tuple[list[float], list[float]] = ([], [])  # the body and head tables as lists
+        self._pre_roof: tuple[float, ...] | None = None  # prefill attention's roofline_coeffs (() if none)
 
     # ---- tables ------------------------------------------------------------------------------
     def reserve(self, n: int) -> None:
@@ -138,6 +141,9 @@ class IterationModel:
         # the embedding (and the tiny final norm) are charged to the first stage
         self._body = per_layer * self.layers + (nonlayer if self.first_stage else 0.0)
         self._head = head if self.last_stage else np.zeros(size)
+        self._dec1 = {}  # these read the tables
+        self._fixed1 = {}
+        self._lists = (self._body.tolist(), self._head.tolist())
 
     def body_time(self, tokens: np.ndarray | int) -> np.ndarray:
         t = np.asarray(tokens, dtype=np.int64)
@@ -259,9 +265,12 @@ class IterationModel:
 
     def fixed_step_time(self, batch: int) -> float:
         """The part of a decode step of ``batch`` sequences that does not depend on context."""
-        if batch >= len(self._body):
-            self._grow(batch)
-        return float(self._body[batch] + self._head[batch]) + self.host_time(batch)
+        t = self._fixed1.get(batch)
+        if t is None:
+            if batch >= len(self._body):
+                self._grow(batch)
+            t = self._fixed1[batch] = float(self._body[batch] + self._head[batch]) + self.host_time(batch)
+        return t
 
     def decode_steps(
         self, batch: int, kv0: float, k: int, longest0: float | None = None, contexts: np.ndarray | None = None
@@ -289,45 +298,72 @@ class IterationModel:
         return fixed + self.decode_attention(batch, kv, longest)
 
     # ---- scalar forms for the fast engine path (the same arithmetic on Python floats) --------
+    def _dec_consts(self, batch: int) -> tuple | None:
+        """Constants of one decode iteration of ``batch`` sequences on scalars: its
+        context-independent seconds (as :meth:`decode_steps` sums them), the batch-only factors
+        of :meth:`decode_attention`'s expressions grouped as Python evaluates them there (left to
+        right), and the decode-attention roofline coefficients; None when the efficiency model
+        has no closed form for decode attention."""
+        c = self._dec1.get(batch)
+        if c is None:
+            roof = self.efficiency.roofline_coeffs("attn_decode", self._peaks[0], self._peaks[1])
+            if roof is None:
+                return None
+            if batch >= len(self._body):
+                self._grow(batch)
+            sms = self.device.sm_count
+            heads, kvh, d, ab, kb = self._attn_consts()
+            ratio = sms / kvh if sms > 0 and batch * kvh >= 0.8 * sms else None
+            fixed = self.fixed_step_time(batch)
+            c = self._dec1[batch] = (
+                4.0 * heads * d, 2.0 * batch * heads * d * ab, 2.0 * batch * kvh * d * kb, ratio, kvh, d, kb, *roof, fixed,
+            )
+        return c
+
     def _decode_attention1(self, batch: int, kv: float, longest: float) -> float | None:
         """:meth:`decode_attention` of one iteration (``kv``, ``longest``: attended tokens, as
         passed to it) with the same operations in the same order on scalars, so the result is
         bit-identical; None when the efficiency model has no closed form for decode attention."""
-        c = self._dec1.get(batch)
+        c = self._dec_consts(batch)
         if c is None:
-            sms = self.device.sm_count
-            heads, kvh, d, ab, kb = self._attn_consts()
-            # the batch-only factors of decode_attention's expressions, grouped as Python
-            # evaluates them there (left to right)
-            ratio = sms / kvh if sms > 0 and batch * kvh >= 0.8 * sms else None
-            c = self._dec1[batch] = (4.0 * heads * d, 2.0 * batch * heads * d * ab, 2.0 * batch * kvh * d * kb, ratio, kvh, d, kb)
-        f4, c1, c3, ratio, kvh, d, kb = c
+            return None
+        f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov, _ = c
         if ratio is not None:
             kv = max(kv, longest * ratio)
-        t = self.efficiency.roofline_time("attn_decode", f4 * kv, c1 + 2.0 * kv * kvh * d * kb + c3, self._peaks[0], self._peaks[1])
-        if t is None:
-            return None
-        return float(t * self.layers)
+        return (max(f4 * kv * cf, (c1 + 2.0 * kv * kvh * d * kb + c3) * cb) + ov) * self.layers
 
-    def decode_step_times(self, batch: int, kv0: float, k: int, longest0: float) -> list[float] | None:
-        """:meth:`decode_steps` (``contexts`` None) as a list of Python floats, bit-identical,
-        for a few steps; None where the scalar form does not apply (sliding window, fitted
+    def decode_step_times(
+        self, batch: int, kv0: float, k: int, longest0: float, until: float = float("inf")
+    ) -> tuple[list[float], list[float]] | None:
+        """:meth:`decode_steps` (``contexts`` None) on Python floats, bit-identical, with the
+        running sums of the times (``np.cumsum``'s, which adds sequentially): ``(times, ends)``
+        of the first ``k`` steps, or of fewer when a step's end reaches ``until`` (that step is
+        the last). None where the scalar form does not apply (sliding window, fitted
         decode-attention efficiency): use :meth:`decode_steps`."""
         if self.model.sliding_window is not None:
             return None
-        if batch >= len(self._body):
-            self._grow(batch)
-        fixed = float(self._body[batch] + self._head[batch]) + self.host_time(batch)
+        c = self._dec_consts(batch)
+        if c is None:
+            return None
+        f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov, fixed = c
+        layers = self.layers
         base = kv0 + batch
         fb = float(batch)
         lo = longest0 + 1.0
-        out: list[float] = []
+        times: list[float] = []
+        ends: list[float] = []
+        acc = 0.0
         for j in range(k):
-            a = self._decode_attention1(batch, base + fb * j, lo + j)
-            if a is None:
-                return None
-            out.append(fixed + a)
-        return out
+            kv = base + fb * j
+            if ratio is not None:
+                kv = max(kv, (lo + j) * ratio)
+            x = fixed + (max(f4 * kv * cf, (c1 + 2.0 * kv * kvh * d * kb + c3) * cb) + ov) * layers
+            acc = x if j == 0 else acc + x
+            times.append(x)
+            ends.append(acc)
+            if acc >= until:
+                break
+        return times, ends
 
     def mixed_step_time(
         self, pq: list[int], ctx: list[int], nb: int, dec_sum: int, dec_longest: int, rows: int
@@ -336,34 +372,50 @@ class IterationModel:
         decoding ``nb`` sequences whose contexts sum to ``dec_sum`` (longest ``dec_longest``), on
         scalars and bit-identical (the attended-token sums are of integers, exact in any order);
         None where the scalar form does not apply: use :meth:`step_time`."""
-        n = len(pq) + nb
+        n_pq = len(pq)
+        n = n_pq + nb
         if n == 0 or self.model.sliding_window is not None:
             return None
-        T = sum(pq) + nb
-        if len(self._body) <= T or len(self._head) <= rows:
+        if n_pq == 1:
+            q0, c0 = pq[0], ctx[0]
+            if q0 == 1 and c0 > 0:
+                return None  # a one-token chunk over a cache is priced as a decode: not here
+            n_tok = q0
+        else:
+            if any(q == 1 and c > 0 for q, c in zip(pq, ctx)):
+                return None
+            n_tok = sum(pq)
+        T = n_tok + nb
+        lists = self._lists
+        if len(lists[0]) <= T or len(lists[1]) <= rows:
             t = float(self.body_time(T)) + float(self.head_time(rows))  # grows the tables as step_time does
         else:
-            t = float(self._body[T]) + float(self._head[rows])
+            t = lists[0][T] + lists[1][rows]
         total = 0.0
         if nb:
             a = self._decode_attention1(nb, float(dec_sum + nb), dec_longest + 1.0)
             if a is None:
                 return None
             total += a
-        if pq:
-            if any(q == 1 and c > 0 for q, c in zip(pq, ctx)):
-                return None  # a one-token chunk over a cache is priced as a decode: not here
+        if n_pq:
+            roof = self._pre_roof
+            if roof is None:
+                roof = self._pre_roof = self.efficiency.roofline_coeffs("attn_prefill", self._peaks[0], self._peaks[1]) or ()
+            if not roof:
+                return None
             heads, kvh, d, ab, kb = self._attn_consts()
-            tokens = float(sum(pq))
-            pairs = float(sum(q * c + q * (q + 1) // 2 for q, c in zip(pq, ctx)))
-            kv_tokens = float(sum(ctx)) + tokens
+            tokens = float(n_tok)
+            if n_pq == 1:
+                pairs = float(q0 * c0 + q0 * (q0 + 1) // 2)
+                kv_tokens = float(c0) + tokens
+            else:
+                pairs = float(sum(q * c + q * (q + 1) // 2 for q, c in zip(pq, ctx)))
+                kv_tokens = float(sum(ctx)) + tokens
             flops = 4.0 * heads * d * pairs
             byts = 2.0 * tokens * heads * d * ab + 2.0 * kv_tokens * kvh * d * kb + 2.0 * tokens * kvh * d * kb
-            p = self.efficiency.roofline_time("attn_prefill", flops, byts, self._peaks[0], self._peaks[1])
-            if p is None:
-                return None
-            total += float(p) * self.layers
-        return t + total + self.host_time(n)
+            cf, cb, ov = roof
+            total += (max(flops * cf, byts * cb) + ov) * self.layers
+        return t + total + (self.iteration_overhead + self.per_seq_overhead * n)
 
     def breakdown(self, q: np.ndarray, ctx: np.ndarray) -> list[OpTime]:
         """Per-operator times for one iteration (for `simkit estimate ops` and reports)."""

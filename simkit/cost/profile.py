@@ -607,6 +607,12 @@ class Profile(EfficiencyModel):
             return None
         return self._default.roofline_time(op_class, flops, bytes_, peak_flops, peak_bw)
 
+    def roofline_coeffs(self, op_class: str, peak_flops: float, peak_bw: float) -> tuple[float, float, float] | None:
+        """The datasheet defaults' coefficients for classes this profile did not measure, else None."""
+        if op_class in self.models:
+            return None
+        return self._default.roofline_coeffs(op_class, peak_flops, peak_bw)
+
     def predict_time(self, op_class: str, flops: Any, bytes_: Any, shape: Mapping[str, Any], dtype: str) -> np.ndarray:
         """Seconds per operator at the profile's own roofline (launch overhead included)."""
         cm = self.models.get(op_class)

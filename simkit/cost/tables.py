@@ -6,26 +6,30 @@ fitted trees) at every token count up to the largest a batch can have, which cos
 cold start. The result depends only on the model, the compute device (its peaks and bandwidth,
 what-if scales included), the efficiency model (a profile's fitted models, or the datasheet
 defaults), the precision, the tensor/expert-parallel layout, the table size and the software
-(simkit and numpy versions). The cache key is a SHA-256 over all of those, taken from the
-objects themselves (not file names or dates), so a cached table is never stale: changing any
-input gives another key. Entries are written atomically and verified (key and size) on load.
+(simkit and numpy versions, and the source of the code that computes them). The cache key is
+a SHA-256 over all of those, taken from the objects themselves and the source text (not file
+names or dates), so a cached table is never stale: changing any input, or any line of
+``simkit/cost``, gives another key. Entries are written atomically and verified (key and size) on load.
 
-Where: ``$SIMKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/simkit``, else ``~/.cache/simkit``;
-``SIMKIT_CACHE_DIR=`` (empty) turns the cache off. An efficiency model whose content cannot be
-fingerprinted (not a dataclass of plain values and arrays) is never cached.
+Where: ``tables/`` under the cache folder (:mod:`simkit.cachedir`: ``$SIMKIT_CACHE_DIR``, else
+``$XDG_CACHE_HOME/simkit``, else ``~/.cache/simkit``; ``SIMKIT_CACHE_DIR=`` (empty) turns it
+off). An efficiency model whose content cannot be fingerprinted (not a dataclass of plain
+values and arrays) is never cached.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
-import os
-import tempfile
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from simkit.cachedir import cache_root, touch, write_atomic
 
 if TYPE_CHECKING:
     from simkit.cost.iteration import IterationModel
@@ -42,13 +46,9 @@ class _Unfingerprintable(Exception):
 
 
 def cache_dir() -> Path | None:
-    """The table cache folder, or None when caching is off."""
-    env = os.environ.get("SIMKIT_CACHE_DIR")
-    if env is not None:
-        return Path(env) / "tables" if env.strip() else None
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "simkit" / "tables"
+    """The table cache folder, or None when caching is off (:func:`simkit.cachedir.cache_root`)."""
+    root = cache_root()
+    return root / "tables" if root is not None else None
 
 
 def _feed(h: Any, x: Any) -> None:
@@ -81,14 +81,33 @@ def _feed(h: Any, x: Any) -> None:
         raise _Unfingerprintable(type(x).__name__)
 
 
+@functools.cache
+def code_digest() -> str | None:
+    """SHA-256 of the source of the code that computes the tables (every module of
+    ``simkit.cost`` and the model spec), so that a changed formula misses the cache even when
+    nobody bumped :data:`FORMAT` or the version (a source checkout being edited); None when the
+    source cannot be read (then nothing is cached)."""
+    cost_dir = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    try:
+        for p in [*sorted(cost_dir.glob("*.py")), cost_dir.parent / "specs" / "model.py"]:
+            h.update(p.name.encode() + b"\0" + p.read_bytes())
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
 def table_key(cost: IterationModel, size: int) -> str | None:
     """The cache key of ``cost``'s operator tables of ``size`` entries; None if not cacheable."""
     from simkit import __version__
 
+    code = code_digest()
+    if code is None:
+        return None
     h = hashlib.sha256()
     try:
         for part in (
-            FORMAT, __version__, np.__version__, size, cost.model, cost.device, cost.efficiency, cost.precision,
+            FORMAT, code, __version__, np.__version__, size, cost.model, cost.device, cost.efficiency, cost.precision,
             cost.tp, cost.ep, cost.ep_share,
         ):
             _feed(h, part)
@@ -130,16 +149,13 @@ def op_tables(cost: IterationModel, size: int) -> tuple[np.ndarray, np.ndarray, 
     try:
         with np.load(path, allow_pickle=False) as z:
             if str(z["key"]) == key and z["per_layer"].shape == (size,):
-                return z["per_layer"].copy(), z["nonlayer"].copy(), z["head"].copy()
+                hit = z["per_layer"].copy(), z["nonlayer"].copy(), z["head"].copy()
+                touch(path)
+                return hit
     except (OSError, KeyError, ValueError):
         pass  # missing, partial or foreign: rebuild
     tables = compute_op_tables(cost, size)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, key=np.array(key), per_layer=tables[0], nonlayer=tables[1], head=tables[2])
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only or full cache folder only costs the rebuild next time
+    buf = io.BytesIO()
+    np.savez(buf, key=np.array(key), per_layer=tables[0], nonlayer=tables[1], head=tables[2])
+    write_atomic(path, buf.getvalue())  # a read-only or full cache folder only costs the rebuild next time
     return tables

@@ -17,25 +17,29 @@ preemption) and for all of them when the run ends (:meth:`FastEngine.sync`).
 
 Per step, the iteration time is evaluated on Python floats (``IterationModel.decode_step_times``
 and ``mixed_step_time``: the same operations in the same order as the array forms, so the same
-bits) wherever the efficiency model prices attention in closed form; a step that no other event
+bits, with the roofline's coefficients taken once from ``EfficiencyModel.roofline_coeffs``)
+wherever the efficiency model prices attention in closed form; a decode run is priced only up
+to the step that reaches the next arrival (where the run is cut); a step that no other event
 can interrupt (nothing scheduled before it ends) moves the clock without a SimPy event
-(:meth:`FastEngine._elapse`); an admission that failed for want of blocks is not re-checked
-until enough blocks are free; finished requests leave the running set in O(1).
+(:meth:`FastEngine._advance`); admission is the reference's without the prefix-cache, spill and
+KV-cap branches (none is on the fast path), and one that failed for want of blocks is not
+re-checked until enough blocks are free; finished requests leave the running set in O(1) and
+release their blocks in one call.
 
-Everything else is the reference engine's own code (the policies, admission, the event loop,
+Everything else is the reference engine's own code (the policies, the event loop, preemption,
 the cost model calls with the same arguments), so per-request times are bit-for-bit those of
 :class:`Engine`; ``tests/test_fast_engine.py`` checks that on random scenarios. Plans the fast
 path does not cover run on the reference engine, and ``summary.json`` says which path ran and
 why (``engine_path``). Covered: ``continuous`` and ``chunked_prefill`` batching, any number of
 replicas and any routing, recompute preemption. Not covered (reference engine): static
 batching, disaggregated serving, prefix caching, swap preemption, KV spill, offloading,
-pipeline parallelism, layer-by-layer execution and Chrome traces.
+pipeline parallelism, layer-by-layer execution, sliding-window models and Chrome traces.
 """
 
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_left, insort
+from bisect import insort
 from collections.abc import Callable
 from typing import Any
 
@@ -63,37 +67,27 @@ class _DecodeSet:
         return self.n
 
 
-class _RunSet:
+class _RunSet(dict[int, None]):
     """The running requests in admission order, as the reference's list (``append``, ``pop`` of
-    the newest, ``[-1]``, ``len``, iteration) with O(1) removal of any member (``discard``)."""
+    the newest, ``[-1]``, ``len``, iteration, ``in``) with O(1) removal of any member
+    (``discard``); a dict underneath, so ``len`` and truth tests cost no Python call."""
 
-    __slots__ = ("d",)
-
-    def __init__(self) -> None:
-        self.d: dict[int, None] = {}
+    __slots__ = ()
 
     def append(self, i: int) -> None:
-        self.d[i] = None
+        self[i] = None
 
-    def pop(self) -> int:
-        return self.d.popitem()[0]
+    def pop(self) -> int:  # type: ignore[override]
+        return self.popitem()[0]
 
     def discard(self, i: int) -> None:
-        self.d.pop(i, None)
+        dict.pop(self, i, None)
 
-    def __getitem__(self, k: int) -> int:
-        if k != -1:
-            raise IndexError("only the newest running request ([-1]) is read")
-        return next(reversed(self.d))
+    def __getitem__(self, k: int) -> None:
+        raise TypeError("only the newest running request is read: use newest()")
 
-    def __len__(self) -> int:
-        return len(self.d)
-
-    def __bool__(self) -> bool:
-        return bool(self.d)
-
-    def __iter__(self) -> Any:
-        return iter(self.d)
+    def newest(self) -> int:
+        return next(reversed(self))
 
 
 def stand_in_contexts(n: int, total: int, longest: int) -> np.ndarray:
@@ -196,19 +190,21 @@ class FastEngine(Engine):
         self._no_fit: tuple[int, int | None, int] | None = None
         """(request, reserve_tokens, most blocks in use at which it fits) of the last admission
         that did not fit for want of blocks."""
+        if (kv.cache is not None or cfg.spill_after is not None or cfg.kv_cap_tokens is not None or cfg.role != "both"
+                or kv.watermark_blocks < 0):  # fmt: skip
+            raise AssertionError("the fast path has no prefix cache, KV spill, KV cap, disaggregated role or negative watermark")
 
     # ---- the decode set ----------------------------------------------------------------------
-    def _join(self, i: int) -> None:
+    def _join(self, i: int, kv: int, gen: int, lt: float) -> None:
+        """Request ``i`` joins the decode set with ``kv`` cached tokens, ``gen`` generated and its
+        last token at ``lt`` (its table row's values, which the caller has at hand)."""
         t = self.table
         clock = self._D
-        kv = int(t.kv_len[i])
-        have = int(t.blocks[i]) + int(t.shared_blocks[i])
+        blocks = int(t.blocks[i])  # no prefix cache on the fast path: no shared blocks
         off = kv - clock
-        n0 = have * self.cfg.block_size - off
-        gen = int(t.gen[i])
-        lt = float(t.last_token[i])
+        n0 = blocks * self.cfg.block_size - off
         fin = clock + int(t.output[i]) - gen
-        self._info[i] = [off, clock, gen, int(t.blocks[i]), n0, lt, fin]
+        self._info[i] = [off, clock, gen, blocks, n0, lt, fin]
         self._sum_off += off
         heapq.heappush(self._fin, (fin, i))
         long = self._long
@@ -276,9 +272,11 @@ class FastEngine(Engine):
         g = self._n_active * (L // bs)
         r = L % bs
         if r:
+            # the residues a, a+1, ..., a+r-1 (mod bs): one slice, or two where they wrap
             cnt = self._cnt
-            for j in range(a, a + r):
-                g += cnt[j % bs]
+            lo = a % bs
+            hi = lo + r
+            g += sum(cnt[lo:hi]) if hi <= bs else sum(cnt[lo:]) + sum(cnt[: hi - bs])
         for n0, _ in self._pending:
             if n0 >= upto:
                 break
@@ -289,8 +287,7 @@ class FastEngine(Engine):
         """Allocate the blocks the decode set needs up to clock ``upto`` (as ``_grow_blocks``)."""
         total = self._growth_to(upto)
         if total:
-            self.kv.make_room(total)
-            self.kv.alloc(total)
+            self.kv.alloc(total)  # makes room first, as _grow_blocks's make_room + alloc
         if upto > self._Xa:
             self._Xa = upto
             pend = self._pending
@@ -355,30 +352,44 @@ class FastEngine(Engine):
 
     # ---- overrides of the reference engine ---------------------------------------------------
     def admit(self, i: int, reserve_tokens: int | None = None) -> bool:
-        # without a prefix cache or a spill tier, an admission fails only on the block count
-        # (``kv.can_admit``: free - need < watermark, checked before anything is touched), and a
-        # waiting request's need does not change: it fails again while the blocks in use stay
-        # above the level at which it would fit, so those repeated checks are skipped
-        kv = self.kv
-        nf = self._no_fit
-        if nf is not None and nf[0] == i and nf[1] == reserve_tokens and kv.used > nf[2]:
+        # The reference's admit without a prefix cache, a spill tier or a KV cap (none is on the
+        # fast path): the request's blocks are those of its tokens, and it fails only on the
+        # block count (``kv.can_admit``: free - need < watermark, checked before anything is
+        # touched; with a watermark >= 0 it implies ``kv.make_room``, which without a cache only
+        # integrates the KV level up to now, as ``kv.alloc`` does at the same instant). A waiting
+        # request's need does not change: it fails again while the blocks in use stay above the
+        # level at which it would fit, so those checks are skipped.
+        if self._refused_from_memory(i, reserve_tokens):
             return False
-        ok = super().admit(i, reserve_tokens)
-        if not ok:
-            self._no_fit = None
-            if kv.cache is None and self.cfg.spill_after is None and kv.watermark_blocks >= 0:
-                t = self.table
-                tokens = int(reserve_tokens if reserve_tokens is not None else max(t.target[i], t.kv_len[i]) + 1)
-                if self.cfg.kv_cap_tokens is not None:
-                    tokens = min(tokens, self.cfg.kv_cap_tokens)
-                limit = kv.num_blocks - kv.blocks_for(tokens) - kv.watermark_blocks
-                if kv.used > limit:  # the reason it failed (guard: never remember anything else)
-                    self._no_fit = (i, reserve_tokens, limit)
+        kv = self.kv
+        t = self.table
+        kv_len = int(t.kv_len[i])
+        target = int(t.target[i])
+        tokens = reserve_tokens if reserve_tokens is not None else max(target, kv_len) + 1
+        need = kv.blocks_for(tokens)
+        limit = kv.num_blocks - need - kv.watermark_blocks  # the most blocks in use at which it fits
+        if kv.used > limit:
+            self._no_fit = (i, reserve_tokens, limit)
             return False
         self._no_fit = None
-        if self.table.kv_len[i] >= self.table.target[i]:
-            self._join(i)
+        kv.alloc(need)
+        t.blocks[i] = need
+        # no prefix cache: no shared blocks and no cached tokens (those columns stay 0)
+        if t.scheduled[i] != t.scheduled[i]:  # NaN: first admission
+            t.scheduled[i] = self.env.now
+        self.running.append(i)
+        if kv_len < target:
+            self.prefilling.append(i)
+        else:
+            self._join(i, kv_len, int(t.gen[i]), float(t.last_token[i]))
+        self._dec_cache = None
         return True
+
+    def _refused_from_memory(self, i: int, reserve_tokens: int | None) -> bool:
+        """Whether admitting ``i`` fails as it did last time (the blocks in use are still above
+        the level at which it would fit)."""
+        nf = self._no_fit
+        return nf is not None and nf[0] == i and nf[1] == reserve_tokens and self.kv.used > nf[2]
 
     def _finish(self, ids: list[int]) -> None:
         # the reference's _finish with O(1) removal from the running set (no prefill role here:
@@ -390,18 +401,22 @@ class FastEngine(Engine):
         t = self.table
         now = self.env.now
         run = self.running
+        self._dec_cache = None
+        # the reference releases each request's blocks in turn, all at this instant: one release
+        # of their sum integrates and peaks the same
+        freed = 0
         for i in ids:
             run.discard(i)  # type: ignore[attr-defined]
-        self._dec_cache = None
-        for i in ids:
             t.finish[i] = now
-            self.outstanding -= 1
-            self._release(i, finished=True)
+            freed += int(t.blocks[i])
+            t.blocks[i] = 0
+        self.outstanding -= len(ids)
+        self.kv.release(freed)
 
     def _preempt_one(self) -> bool:
         # the reference preempts the newest running request, reading its table row: bring the
         # row up to date first, and drop the request from the decode set if it was preempted
-        i = self.running[-1] if self.running else -1
+        i = self.running.newest() if self.running else -1  # type: ignore[attr-defined]
         info = self._info.get(i)
         if info is not None:
             self._write(i, info)
@@ -415,7 +430,7 @@ class FastEngine(Engine):
             nb = len(self._info)
             if nb == 0:
                 return _DecodeSet(0)
-            free = self.kv.free
+            free = self.kv.num_blocks - self.kv.used  # kv.free without a prefix cache
             grow = nb if nb <= free else self._growth_to(self._D + 1)
             if grow <= free or self.kv.make_room(grow):
                 if reserve:
@@ -424,30 +439,27 @@ class FastEngine(Engine):
             if not self._preempt_one():
                 raise AssertionError("a lone request cannot grow its KV cache (admission should have prevented this)")
 
-    def _compute(self, dur: float):  # type: ignore[no-untyped-def]
-        """Run ``dur`` seconds of compute (waiting for pending transfers when there are any) and
-        account it as busy time; returns the step's start time."""
-        if self.pending_fetch:
-            return (yield from self._wait_fetch(dur, None))
-        start = self.env.now
-        yield from self._elapse(dur)
+    def _busy(self, dur: float) -> None:
+        """Account ``dur`` seconds of compute as busy time. (No step of the fast path waits for a
+        transfer: without a prefix cache or swapping nothing is ever fetched, so the reference's
+        ``_wait_fetch`` never applies, and a step is its compute.)"""
         self.busy_time += dur
         self.busy_gpu_s += dur * self.cfg.num_gpus
         self.stage_busy[0] += dur
-        return start
 
-    def _elapse(self, dur: float):  # type: ignore[no-untyped-def]
-        """Let ``dur`` seconds of compute pass: ``yield env.timeout(dur)``, except that when no
-        event is scheduled up to the step's end (``env.peek()`` is later) nothing else can run
-        before this process resumes, so the clock is moved to the end directly, the same float
-        ``env.now + dur`` the timeout would fire at. Events at equal times keep their order
+    def _advance(self, dur: float) -> bool:
+        """Let ``dur`` seconds of compute pass without an event where nothing can intervene:
+        when no event is scheduled up to the step's end (``env.peek()`` is later), nothing else
+        can run before this process would resume, so the clock is moved to the end directly (the
+        same float ``env.now + dur`` a timeout would fire at) and True is returned; else False
+        (the caller yields ``env.timeout(dur)``). Events at equal times keep their order
         (``peek()`` equal to the end takes the event path), so every decision is the same."""
         env = self.env
         end = env.now + dur
         if env.peek() > end:
             env._now = end  # SimPy's clock (no public setter); the event queue is untouched
-            return
-        yield env.timeout(dur)
+            return True
+        return False
 
     def _step_time(self, pq: list[int], kv_pre: list[int], nb: int, dec_sum: int, longest: int, rows: int) -> float:
         """``IterationModel.step_time`` of a mixed iteration: on scalars where it can
@@ -472,8 +484,12 @@ class FastEngine(Engine):
         pre = step.prefill_ids
         pq = step.prefill_q
         nb = len(step.decode_ids)
-        kv_pre = [int(t.kv_len[i]) for i in pre]
-        completes = [kv_pre[k] + pq[k] >= int(t.target[i]) for k, i in enumerate(pre)]
+        kv_pre: list[int] = []
+        completes: list[bool] = []
+        for k, i in enumerate(pre):
+            kv = int(t.kv_len[i])
+            kv_pre.append(kv)
+            completes.append(kv + pq[k] >= int(t.target[i]))
         n_pq = len(pq)
         mc = self.max_context
         dec_sum = longest = 0
@@ -501,26 +517,32 @@ class FastEngine(Engine):
         n_tok = int(sum(pq))
         if self.cost.tp > 1:
             self.stage_comm[0] += self.cost.comm_time(n_tok + nb)
-        start = yield from self._compute(dur)
+        start = env.now
+        if not self._advance(dur):
+            yield env.timeout(dur)
+        self._busy(dur)
         now = env.now
-        self.log.add(self.index, start, now, 1, n_tok, nb, n_pq + nb, self.kv.in_use)
+        self.log.add(self.index, start, now, 1, n_tok, nb, n_pq + nb, self.kv.used)  # kv.in_use without a prefix cache
         finished: list[int] = []
-        done_pre: list[int] = []
+        done_pre: list[tuple[int, int, int]] = []  # (request, KV tokens, generated)
         for k, i in enumerate(pre):
-            t.kv_len[i] = kv_pre[k] + pq[k]
+            kv = t.kv_len[i] = kv_pre[k] + pq[k]
             if completes[k]:
-                done_pre.append(i)
+                done_pre.append((i, kv, 0))
+                t.target[i] = kv
         if done_pre:
-            gone = set(done_pre)
+            gone = {i for i, _, _ in done_pre}
             self.prefilling = [i for i in self.prefilling if i not in gone]
-            for i in done_pre:
-                if np.isnan(t.first_token[i]):
+            for k, (i, kv, _) in enumerate(done_pre):
+                ft = t.first_token[i]
+                if ft != ft:  # NaN: the request's first token
                     t.first_token[i] = now
                 else:
                     self.tbt.push1(now - float(t.last_token[i]), 1.0)
-                t.gen[i] += 1
+                g = int(t.gen[i]) + 1
+                t.gen[i] = g
                 t.last_token[i] = now
-                t.target[i] = t.kv_len[i]
+                done_pre[k] = (i, kv, g)
         if nb:
             self._tbt_groups(now)
             self._D += 1
@@ -529,11 +551,11 @@ class FastEngine(Engine):
             dec_done = self._pop_finished()
         else:
             dec_done = []
-        for i in done_pre:
-            if t.gen[i] >= t.output[i]:
+        for i, kv, g in done_pre:
+            if g >= t.output[i]:
                 finished.append(i)
             else:
-                self._join(i)
+                self._join(i, kv, g, now)
         finished.extend(dec_done)
         self._finish(finished)
 
@@ -543,7 +565,7 @@ class FastEngine(Engine):
         clock = self._D
         s = self._top_finish() - clock
         bs = self.cfg.block_size
-        avail = self.kv.available
+        avail = self.kv.num_blocks - self.kv.used  # kv.available without a prefix cache
         if nb * (s // bs + 1) > avail and self._growth_to(clock + s) > avail:
             lo, hi = 1, s
             while lo < hi:
@@ -560,22 +582,12 @@ class FastEngine(Engine):
                 s = min(s, max(int(ta / fixed) + 2, 1))
         longest = self._longest_offset() + clock
         kv0 = float(self._sum_off + nb * clock)
-        few = self.cost.decode_step_times(nb, kv0, s, float(longest)) if s <= 16 else None
+        # a run of a few dozen steps on scalars, stopping at the step that reaches the next
+        # arrival (the cut below, made as the steps are priced)
+        few = self.cost.decode_step_times(nb, kv0, s, float(longest), ta) if s <= 64 else None
         if few is not None:
-            # a few steps on scalars: the running sum is np.cumsum's (sequential) sum
-            ends_l: list[float] = []
-            acc = 0.0
-            for x in few:
-                acc = x if not ends_l else acc + x
-                ends_l.append(acc)
-            if s > 1:
-                ta = self.next_arrival() - env.now
-                if ta < ends_l[-1]:
-                    j = bisect_left(ends_l, ta)
-                    s = min(s, j + 1)
-                    ends_l = ends_l[:s]
-                    few = few[:s]
-            times = few
+            times, ends_l = few
+            s = len(times)
             first, dur = ends_l[0], ends_l[-1]
         elif s == 1:
             times = self.cost.decode_steps(nb, kv0, s, float(longest))
@@ -594,9 +606,12 @@ class FastEngine(Engine):
         self.max_context["attn_decode"] = max(self.max_context["attn_decode"], longest + s)
         if self.cost.tp > 1:
             self.stage_comm[0] += self.cost.comm_time(nb) * s
-        start = yield from self._compute(dur)
+        start = env.now
+        if not self._advance(dur):
+            yield env.timeout(dur)
+        self._busy(dur)
         now = env.now
-        self.log.add(self.index, start, now, s, 0, nb, nb, self.kv.in_use)
+        self.log.add(self.index, start, now, s, 0, nb, nb, self.kv.used)  # kv.in_use without a prefix cache
         extra = max((now - start) - dur, 0.0)
         self._tbt_groups(start + first + extra)
         if s > 1:

@@ -137,7 +137,7 @@ class KVBlockManager:
         """Integrate blocks in use up to now. Called before every change of the pool; every
         change of the HBM prefix cache happens at an instant with such a call, so the level now
         is the one held since the last call."""
-        level = self.in_use
+        level = self.used if self.cache is None else self.used + self.cache.hbm_blocks  # in_use, inlined (hot)
         if level > self.peak:
             self.peak = level
         if self.clock is not None:
@@ -170,8 +170,10 @@ class KVBlockManager:
     def make_room(self, n: int) -> bool:
         """Evict unpinned prefix entries until ``n`` blocks are free. False if impossible."""
         self._mark()
+        if self.cache is None:
+            return self.num_blocks - self.used >= n
         while self.free < n:
-            if self.cache is None or not self.cache.evict_one():
+            if not self.cache.evict_one():
                 return False
         return True
 
@@ -184,7 +186,9 @@ class KVBlockManager:
         if not self.make_room(n):
             return False
         self.used += n
-        self.peak = max(self.peak, self.in_use)
+        level = self.used if self.cache is None else self.used + self.cache.hbm_blocks  # in_use, inlined (hot)
+        if level > self.peak:
+            self.peak = level
         return True
 
     def release(self, n: int) -> None:

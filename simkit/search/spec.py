@@ -457,8 +457,8 @@ def _check_metric(m: str, metrics: dict[str, Any], w: str | None, key: str) -> N
 
 
 def load_spec(path: str | Path) -> SearchSpec:
-    p = Path(path)
-    if not p.exists():
-        raise SearchError("search file not found", where=str(p))
+    from simkit.scenario import find_shipped
+
+    p = find_shipped(path, "searches", "search file", SearchError)
     data = load_yaml(p, error=SearchError)
     return parse_spec(data, where=str(p))

@@ -25,7 +25,7 @@ from simkit.errors import SpecError
 from simkit.specs.base import Frozen, format_validation_error
 from simkit.specs.hardware import HW_KINDS
 from simkit.specs.model import ModelSpec
-from simkit.specs.yamlio import load_yaml
+from simkit.specs.yamlio import load_yaml, load_yaml_files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DATA = "_data"
@@ -73,23 +73,22 @@ class Catalog:
     def load(cls, folders: list[Path]) -> Catalog:
         cat = cls({k: {} for k in KINDS})
         roots: dict[tuple[str, str], Path] = {}  # the searched folder each item came from
-        for folder in folders:
-            if not folder.is_dir():
-                continue
-            for path in sorted(folder.rglob("*.yaml")):
-                item = parse_item(load_yaml(path), str(path))
-                kind, name = item.kind, item.name  # type: ignore[attr-defined]
-                if name in cat.items[kind]:
-                    if roots[(kind, name)] == folder:  # same folder tree (any subfolder): a clash
-                        raise SpecError(
-                            f"duplicate {kind} name {name!r} (also in {cat.files[(kind, name)]})",
-                            where=str(path),
-                            key="name",
-                        )
-                    continue  # an earlier folder (user catalog) overrides the shipped item
-                cat.items[kind][name] = item
-                cat.files[(kind, name)] = path
-                roots[(kind, name)] = folder
+        found = [(folder, path) for folder in folders if folder.is_dir() for path in sorted(folder.rglob("*.yaml"))]
+        docs = load_yaml_files([path for _, path in found])
+        for (folder, path), doc in zip(found, docs, strict=True):
+            item = parse_item(doc, str(path))
+            kind, name = item.kind, item.name  # type: ignore[attr-defined]
+            if name in cat.items[kind]:
+                if roots[(kind, name)] == folder:  # same folder tree (any subfolder): a clash
+                    raise SpecError(
+                        f"duplicate {kind} name {name!r} (also in {cat.files[(kind, name)]})",
+                        where=str(path),
+                        key="name",
+                    )
+                continue  # an earlier folder (user catalog) overrides the shipped item
+            cat.items[kind][name] = item
+            cat.files[(kind, name)] = path
+            roots[(kind, name)] = folder
         return cat
 
     def names(self, kind: str) -> list[str]:

@@ -70,6 +70,54 @@ def load_yaml(path: str | Path, *, error: type[Exception] = SpecError) -> Any:
     return check_data(data, str(p), error=error)
 
 
+CACHE_FORMAT = 1
+"""Bumped whenever what :func:`load_yaml_files` caches changes."""
+
+
+def load_yaml_files(paths: list[Path], *, error: type[Exception] = SpecError) -> list[Any]:
+    """:func:`load_yaml` of every file in ``paths``, in order, through an on-disk cache of the
+    parsed documents (``yaml/`` under :func:`simkit.cachedir.cache_root`): the files are read
+    every time, and parsed only when their bytes (or their paths, or the YAML library) differ
+    from a cached set, whose SHA-256 keys the entry. Documents that JSON does not carry exactly
+    (non-string keys, dates, NaN) are not cached. Errors are those of :func:`load_yaml`."""
+    import hashlib
+    import json
+    import sys
+
+    from simkit.cachedir import cache_root, touch, write_atomic
+
+    root = cache_root()
+    texts: list[bytes] = []
+    h = hashlib.sha256(f"{CACHE_FORMAT};{yaml.__version__};{_LOADER.__name__};{sys.version}".encode())
+    if root is not None:
+        try:
+            for p in paths:
+                b = Path(p).read_bytes()
+                texts.append(b)
+                h.update(f"{p}\0{len(b)}\0".encode() + b)
+        except OSError:
+            root = None  # load_yaml names the file that cannot be read
+    entry = root / "yaml" / f"{h.hexdigest()}.json" if root is not None else None
+    if entry is not None:
+        try:
+            docs = json.loads(entry.read_bytes())
+            if isinstance(docs, list) and len(docs) == len(paths):
+                touch(entry)
+                return docs
+        except (OSError, ValueError):
+            pass  # missing or damaged: parse
+    docs = [load_yaml(p, error=error) for p in paths]
+    if entry is not None:
+        try:
+            blob = json.dumps(docs, allow_nan=False)
+            exact = json.loads(blob) == docs
+        except (TypeError, ValueError):
+            exact = False
+        if exact:
+            write_atomic(entry, blob.encode())
+    return docs
+
+
 def parse_yaml_value(text: str, *, where: str | None = None, key: str | None = None, error: type[Exception] = SpecError) -> Any:
     """One YAML value written on a command line (``--set key=VALUE``); text that is not valid
     YAML stays a string. The same bounds as :func:`load_yaml` apply."""

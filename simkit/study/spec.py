@@ -499,10 +499,10 @@ def _absolute_paths(data: dict[str, Any], sc: Any) -> dict[str, Any]:
 def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
     """Read and check a study file (the runs are expanded and validated by :meth:`Study.tasks`).
     ``overrides`` (``["workload.limit=50"]``, the CLI's ``--set``) are added to its ``set:``."""
-    from simkit.scenario import load_scenario_data
+    from simkit.scenario import find_shipped, load_scenario_data
     from simkit.specs.yamlio import load_yaml
 
-    p = Path(path)
+    p = find_shipped(path, "studies", "study file", StudyError)
     raw = load_yaml(p, error=StudyError)
     if raw is None or (isinstance(raw, dict) and not raw):
         raise StudyError("the study file is empty (expected base:, axes:, variants: ...)", where=str(p))

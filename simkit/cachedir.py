@@ -1,0 +1,81 @@
+"""Where simkit caches derived data (cost tables, the parsed catalog): one folder, one rule.
+
+``$SIMKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/simkit``, else ``~/.cache/simkit``;
+``SIMKIT_CACHE_DIR=`` (empty) turns every cache off. Each cache keys its entries by a SHA-256
+of everything the entry depends on, so an entry is never stale. Each cache's folder is kept
+under a size cap by deleting its least recently used entries (a hit refreshes an entry's
+modification time) when a new entry is written; deleting the folder only costs the rebuild.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+MAX_FOLDER_BYTES = 1 << 30
+"""Most bytes one cache folder (``tables/``, ``yaml/``) keeps: 1 GiB."""
+
+
+def cache_root() -> Path | None:
+    """The cache folder, or None when caching is off (or there is no home folder to hold it)."""
+    env = os.environ.get("SIMKIT_CACHE_DIR")
+    if env is not None:
+        return Path(env) if env.strip() else None
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return Path(xdg) / "simkit"
+    try:
+        return Path.home() / ".cache" / "simkit"
+    except RuntimeError:  # no HOME and no password-database entry (some containers)
+        return None
+
+
+def write_atomic(path: Path, data: bytes, max_bytes: int = MAX_FOLDER_BYTES) -> None:
+    """Write ``data`` to ``path`` through a temporary file in its folder (readers never see a
+    partial entry), then keep the folder within ``max_bytes`` (:func:`prune`). An unwritable
+    folder is ignored: the cache is only an optimisation."""
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        return
+    prune(path.parent, max_bytes, keep=path)
+
+
+def touch(path: Path) -> None:
+    """Mark a cache entry as just used (its modification time), for :func:`prune`."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
+def prune(folder: Path, max_bytes: int, keep: Path | None = None) -> None:
+    """Delete the least recently used entries of ``folder`` (oldest modification time first,
+    never ``keep``) until its entries hold at most ``max_bytes``."""
+    entries: list[tuple[int, int, str]] = []
+    try:
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.is_file(follow_symlinks=False) and not e.name.endswith(".tmp"):
+                    st = e.stat(follow_symlinks=False)
+                    entries.append((st.st_mtime_ns, st.st_size, e.path))
+    except OSError:
+        return
+    total = sum(size for _, size, _ in entries)
+    if total <= max_bytes:
+        return
+    for _, size, p in sorted(entries):
+        if keep is not None and p == str(keep):
+            continue
+        try:
+            os.unlink(p)
+        except OSError:
+            continue
+        total -= size
+        if total <= max_bytes:
+            return
