@@ -14,7 +14,7 @@ PKG = Path(__file__).resolve().parents[1] / "simkit"
 
 # (module prefix, layer), the longest matching prefix wins; lower layers never import higher ones
 LAYERS: dict[str, int] = {
-    "simkit": 0, "simkit.units": 0, "simkit.errors": 0,
+    "simkit": 0, "simkit.units": 0, "simkit.errors": 0, "simkit.cachedir": 0,
     "simkit.specs": 1,
     "simkit.cost": 2,
     "simkit.calibrate": 3, "simkit.workload": 3,
