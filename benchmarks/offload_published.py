@@ -103,8 +103,8 @@ def a6000_offload(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def simulate_row(row: dict[str, Any]) -> dict[str, Any]:
-    from simkit.policies.offload_opt import optimize
     from simkit.scenario import scenario_from_dict
+    from simkit.search.offload import optimize
     from simkit.simulate import simulate
 
     w = row["workload"]

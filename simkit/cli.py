@@ -210,8 +210,8 @@ def cmd_catalog(a: argparse.Namespace) -> int:
 
 
 def cmd_offload_plan(a: argparse.Namespace) -> int:
-    from simkit.policies.offload_opt import optimize
     from simkit.scenario import load_scenario
+    from simkit.search.offload import optimize
 
     sc = load_scenario(a.scenario, a.set or [])
     cands = optimize(sc, prompt_len=a.prompt_len, gen_len=a.gen_len, objective=a.objective, top=a.top, confirm=a.confirm)

@@ -80,6 +80,21 @@ class CostInputs:
     kv_peak_used: int
 
 
+def run_window(table: RequestTable) -> tuple[float, float]:
+    """(first arrival, last finish) of a run: the one definition of its time span, ``makespan_s``
+    (docs/metrics.md). The last finish is the first arrival when nothing finished (0 for no
+    requests)."""
+    t0 = float(table.arrival.min()) if table.n else 0.0
+    done = np.isfinite(table.finish)
+    return t0, (float(np.nanmax(table.finish)) if done.any() else t0)
+
+
+def run_makespan(table: RequestTable) -> float:
+    """``makespan_s``: last finish - first arrival (0 when nothing finished)."""
+    t0, t_end = run_window(table)
+    return max(t_end - t0, 0.0)
+
+
 def summarize(table: RequestTable, tbt: TBTHistogram, cost: CostInputs, slo: Any, extra: dict[str, Any]) -> dict[str, Any]:
     done = np.isfinite(table.finish)
     n_done = int(done.sum())
@@ -91,9 +106,7 @@ def summarize(table: RequestTable, tbt: TBTHistogram, cost: CostInputs, slo: Any
     out = table.output[done]
     multi = out > 1
     tpot = ((table.finish - table.first_token)[done][multi]) / (out[multi] - 1)
-    t0 = float(arr.min()) if arr.size else 0.0
-    t_end = float(np.nanmax(table.finish)) if n_done else t0
-    makespan = max(t_end - t0, 0.0)
+    makespan = run_makespan(table)
     out_tokens = int(table.gen[done].sum())
     in_tokens = int(table.input[done].sum())
     s: dict[str, Any] = {

@@ -13,8 +13,9 @@ from typing import Any
 import yaml
 
 from simkit.errors import SimkitError
+from simkit.outputs import resolved_scenario_data
 from simkit.scenario import apply_overrides, load_scenario_data, scenario_from_dict
-from simkit.simulate import resolved_scenario_data, simulate, write_outputs
+from simkit.simulate import simulate, write_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "workloads" / "scenarios" / "quickstart.yaml"

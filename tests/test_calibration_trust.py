@@ -233,7 +233,7 @@ def test_host_overhead_is_added_once_per_iteration():
 
 
 def test_scenario_overrides_the_profile_host_overhead():
-    from simkit.simulate import host_overhead
+    from simkit.deployment import host_overhead
 
     prof = Profile.load(PROFILES / "h100-sxm-vidur", with_samples=False)
     assert host_overhead(None, prof).per_iteration_s == pytest.approx(4e-3)
@@ -254,7 +254,7 @@ def test_bad_host_overhead_is_an_error_naming_the_key(raw, key):
 # Sequential SSD reads
 # ---------------------------------------------------------------------------------------------
 def test_streamed_reads_use_the_sequential_read_benchmark():
-    from simkit.simulate import measured_links
+    from simkit.cost.links import measured_links
 
     rows = []
     for cls, bw in (("ssd_read", 1e9), ("ssd_seq_read", 3e9), ("ssd_write", 2e9)):

@@ -379,7 +379,7 @@ def test_memory_plan_offload_layout_and_optimiser_use_the_one_kv_number():
 
 
 def test_tier_paths_cross_only_links_the_simulator_builds():
-    from simkit.simulate import link_rates
+    from simkit.cost.links import link_rates
     from simkit.specs.node import resolve_node
     from simkit.specs.tiers import (
         CPU_READ_PATH,

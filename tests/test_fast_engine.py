@@ -341,7 +341,7 @@ def test_parquet_writer_matches_pandas(tmp_path):
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from simkit.simulate import _write_parquet
+    from simkit.outputs import _write_parquet
 
     cols = {
         "i64": np.arange(5, dtype=np.int64),

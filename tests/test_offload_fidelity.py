@@ -7,12 +7,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from simkit.cost.links import kv_store_slowdown, link_rates
 from simkit.cost.offload import HOST_ATTENTION_EFFICIENCY, OffloadCompute
 from simkit.errors import CapacityError
 from simkit.policies import offload_opt
 from simkit.policies.offload import CUDA_CONTEXT_BYTES, offload_gpu_usable
 from simkit.scenario import KVCache, scenario_from_dict
-from simkit.simulate import kv_store_slowdown, link_rates, simulate
+from simkit.search.offload import confirm_by_simulation, optimize
+from simkit.simulate import simulate
 from simkit.specs.node import resolve_node
 from tests.conftest import make_scenario
 
@@ -68,12 +70,12 @@ def test_optimiser_and_simulator_share_the_dequantisation_cost(monkeypatch):
 
     monkeypatch.setattr(OffloadCompute, "dequant", spy)
     sc = scenario_from_dict(_sc({"weights": {"gpu": 0.0, "cpu": 1.0}, "dequant": "unfused"}))
-    cands = offload_opt.optimize(sc, prompt_len=32, gen_len=2, gpu_batch_sizes=(4,), num_gpu_batches=(1,), compress=(True,), confirm=0)
+    cands = optimize(sc, prompt_len=32, gen_len=2, gpu_batch_sizes=(4,), num_gpu_batches=(1,), compress=(True,), confirm=0)
     lp_calls = len(calls)
     # the LP priced it through OffloadCompute, with the scenario's (FlexGen's) kernels ...
     assert lp_calls > 0 and all(c.compress_weights and c.dequant == "unfused" for c in cands)
     assert all(u for _, u in calls)
-    sim = offload_opt.confirm_by_simulation(sc, cands[0], 32, 2)
+    sim = confirm_by_simulation(sc, cands[0], 32, 2)
     assert sim.get("output_tokens_per_s") and len(calls) > lp_calls  # ... and so did the simulation
     assert all(u for _, u in calls[lp_calls:])
 

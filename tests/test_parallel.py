@@ -60,7 +60,6 @@ def test_tp1_equals_single_gpu_and_pp1_equals_no_pp():
 
 def test_pipeline_single_request_latency():
     """One request through 2 stages: each iteration costs stage 0 + send + stage 1."""
-    from simkit.simulate import _group_link  # noqa: F401
 
     one = simulate(_sc(model="llama-3-8b", n=1, tp=1))
     two = simulate(_sc(model="llama-3-8b", n=1, tp=1, pp=2))
@@ -81,7 +80,7 @@ def test_pipeline_overlaps_micro_batches():
 
 def test_memory_per_gpu_divides():
     from simkit.cost.ops import Precision
-    from simkit.simulate import weights_per_gpu
+    from simkit.deployment import weights_per_gpu
     from simkit.specs.catalog import load_model
 
     m = load_model("llama-3-70b")

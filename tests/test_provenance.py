@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from simkit.cli import main
+from simkit.outputs import resolved_scenario_data
 from simkit.scenario import load_scenario
-from simkit.simulate import resolved_scenario_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = sorted((ROOT / "workloads" / "scenarios").glob("*.yaml"))

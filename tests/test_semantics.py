@@ -203,7 +203,7 @@ def test_bottleneck_is_collectives_when_tp_crosses_nodes():
 
 
 def test_bottleneck_is_the_busiest_resource():
-    from simkit.simulate import bottleneck_of
+    from simkit.summary import bottleneck_of
 
     res = {"compute": {"busy_s": 10.0}, "collectives": {"busy_s": 6.0}, "h2d": {"busy_s": 5.0}}
     assert bottleneck_of(res, [4.0, 3.0], [6.0, 6.0]) == "collectives"

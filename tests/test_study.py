@@ -18,6 +18,7 @@ import yaml
 import simkit.simulate as simmod
 from simkit.cli import main
 from simkit.errors import StudyError
+from simkit.outputs import jsonable
 from simkit.study import load
 from simkit.study.executor import Task, execute, flatten, run_task
 from simkit.study.progress import Progress
@@ -382,7 +383,7 @@ def test_summary_without_tables_matches_a_plain_run(tmp_path):
     row = run_task(Task(scenario_hash(data), data, str(tmp_path), {"x": 1}), out_dir=tmp_path / "r")
     full = simmod.simulate(scenario_from_dict(data))
     summ = json.loads((tmp_path / "r" / "summary.json").read_text())
-    full_json = simmod._jsonable(full.summary)
+    full_json = jsonable(full.summary)
     assert {k: v for k, v in summ.items() if k != "sim_wall_s"} == {k: v for k, v in full_json.items() if k != "sim_wall_s"}
     assert row["x"] == 1 and row["status"] == "ok" and row["output_tokens"] == full.summary["output_tokens"]
 
@@ -678,7 +679,7 @@ def test_stored_scenario_reproduces_the_run(tmp_path, monkeypatch):
 def test_bandwidth_scale_applies_to_measured_rates():
     """'What if PCIe were twice as fast?' on a node whose link rates were measured (gcp-t4-vm's
     `measured:` block): the measured rates scale too, instead of silently ignoring the what-if."""
-    from simkit.simulate import link_rates
+    from simkit.cost.links import link_rates
     from simkit.specs.node import resolve_node
 
     base = link_rates(resolve_node("gcp-t4-vm"), 1)

@@ -19,6 +19,7 @@ import numpy as np
 
 from simkit.cost.iteration import IterationModel, _class_time
 from simkit.specs.hardware import NodeMeasured
+from simkit.specs.node import Node
 
 HOST_ATTENTION_EFFICIENCY = 0.006
 """Fraction of the host CPU's fp32 peak that offloading systems' CPU attention (PyTorch bmm/softmax
@@ -134,3 +135,13 @@ class OffloadCompute:
         return float(
             _class_time("elementwise", "dequantize", np.asarray(4.0 * elems), np.asarray(byts), {"numel": elems}, c.device, c.efficiency, c.dtype)
         )
+
+
+def offload_compute(node: Node, cost: IterationModel, cpu_cost: IterationModel | None, plain: bool) -> OffloadCompute:
+    """The per-layer costs of an offloaded plan on ``node`` (shared by the simulator and the
+    placement optimiser). The rates a node preset measured (``measured:``, e.g. FlexGen's of
+    the T4 VM) are those of an offloading runtime running layer by layer: they apply to every
+    plan the offload executor runs on a GPU (not to ``plain`` ones computing on the CPU); a plan
+    without plan.offload keeps the cost model of a non-offloaded run."""
+    return OffloadCompute(cost, cpu_cost, None if plain else node.spec.measured, node.cpu.peak_flops.fp32 * node.sockets)
+

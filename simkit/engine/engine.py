@@ -149,6 +149,19 @@ class Engine:
     def enqueue(self, i: int) -> None:
         self.replica.enqueue(i)
 
+    def wake(self) -> None:
+        """Resume the loop if it waits for work (a request was queued, blocks or a KV transfer
+        were freed); a no-op while it runs."""
+        if self._idle and not self._wake.triggered:
+            self._wake.succeed()
+
+    def cut_fast_forward(self) -> None:
+        """End a fast-forwarded decode run now (``Process.interrupt``): a request handed off to
+        this replica then joins the batch at the next iteration, not when the run would end."""
+        if self._fast_forward:
+            self._fast_forward = False
+            self.proc.interrupt("kv hand-off")
+
     def prefix_match_len(self, i: int) -> int:
         cache = self.kv.cache
         if cache is None:

@@ -9,13 +9,13 @@ identical decode steps when the policy allows it.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from simkit.engine.engine import Engine
+from simkit.engine.state import RequestTable
 
 
 @dataclass
@@ -30,11 +30,35 @@ class Step:
         return not self.prefill_ids and len(self.decode_ids) == 0
 
 
+class EngineView(Protocol):
+    """What a batching policy sees of an engine (engine/engine.py's ``Engine`` and
+    ``FastEngine`` are ones): the request table, the replica's queues, the engine's running and
+    prefilling requests, and the calls that change them."""
+
+    table: RequestTable
+    waiting: deque[int]
+    swapped: deque[int]
+    running: list[int]
+    prefilling: list[int]
+
+    def admit(self, i: int, reserve_tokens: int | None = None) -> bool:
+        """Allocate request ``i``'s KV blocks and move it to running; False when it does not fit."""
+        ...
+
+    def decode_ready(self, reserve: bool = True) -> np.ndarray:
+        """The running requests ready to decode (with a block reserved for their next token)."""
+        ...
+
+    def swap_in_ready(self) -> None:
+        """Swap swapped-out requests back in while their blocks fit."""
+        ...
+
+
 class BatchingPolicy(Protocol):
     name: str
     admits_on_arrival: bool
     """Whether an arrival can join the running batch (continuous policies) or waits for the
     batch to drain (static). The engine stops fast-forwarding at arrivals only when True."""
 
-    def next_step(self, replica: Engine) -> Step:
+    def next_step(self, replica: EngineView) -> Step:
         ...

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import simpy
@@ -32,7 +32,6 @@ import simpy
 from simkit.cost.iteration import IterationModel
 from simkit.cost.offload import OffloadCompute
 from simkit.engine.resources import Link
-from simkit.policies.offload import OffloadLayout
 from simkit.specs.tiers import CPU_READ_PATH, STAGED_TIERS
 
 COMPUTE_PARTS = ("linear", "gpu_attention", "dequant", "cpu_attention", "embedding_and_head")
@@ -40,11 +39,56 @@ COMPUTE_PARTS = ("linear", "gpu_attention", "dequant", "cpu_attention", "embeddi
 the GPU, int4 (de)compression, attention on the host CPU, and the embedding / LM head."""
 
 
+class OffloadSettings(Protocol):
+    """The plan.offload switches the executor reads."""
+
+    @property
+    def cpu_attention(self) -> bool: ...
+    @property
+    def compress_weights(self) -> bool: ...
+    @property
+    def compress_kv(self) -> bool: ...
+    @property
+    def dequant(self) -> str: ...
+    @property
+    def decode_overlap(self) -> bool: ...
+
+
+class Placement(Protocol):
+    """What the executor needs of an offload placement (policies/offload.py's OffloadLayout is
+    one): the bytes each layer moves per tier, the link directions a tier's bytes cross, and the
+    plan's switches."""
+
+    @property
+    def plan(self) -> OffloadSettings: ...
+    @property
+    def kv_frac(self) -> dict[str, float]: ...
+    @property
+    def act_frac(self) -> dict[str, float]: ...
+    @property
+    def pageable_factor(self) -> float: ...
+    @property
+    def spill_after(self) -> int | None: ...
+    @property
+    def layer_weight_elems(self) -> float: ...
+    @property
+    def kv_elems_per_token_layer(self) -> float: ...
+
+    def weight_bytes(self, layer: int) -> dict[str, float]: ...
+    def kv_read_bytes(self, ctx_tokens: float) -> dict[str, float]: ...
+    def kv_write_bytes(self, new_tokens: float) -> dict[str, float]: ...
+    def spill_read_bytes(self, ctx: np.ndarray) -> dict[str, float]: ...
+    def spill_write_bytes(self, q: np.ndarray, ctx: np.ndarray) -> dict[str, float]: ...
+    def spilled_tokens(self, ctx: np.ndarray) -> float: ...
+    def read_path(self, tier: str) -> tuple[str, ...]: ...
+    def write_path(self, tier: str) -> tuple[str, ...]: ...
+
+
 @dataclass
 class OffloadExecutor:
     env: simpy.Environment
     cost: IterationModel
-    layout: OffloadLayout
+    layout: Placement
     links: dict[str, Link]
     cpu_cost: IterationModel | None = None
     """Cost model of the host CPU, for attention delegated to where the KV lives."""

@@ -36,8 +36,7 @@ class Replica:
 
     def wake_all(self) -> None:
         for e in self.engines:
-            if e._idle and not e._wake.triggered:
-                e._wake.succeed()
+            e.wake()
 
     def hand_off(self, i: int) -> None:
         """A request whose KV arrived from a prefill replica (disaggregated serving): queue it
@@ -45,9 +44,7 @@ class Replica:
         iteration (as vLLM/DistServe schedule it), not when the run would have ended."""
         self.enqueue(i)
         for e in self.engines:
-            if e._fast_forward:
-                e._fast_forward = False
-                e.proc.interrupt("kv hand-off")
+            e.cut_fast_forward()
 
     def busy(self) -> bool:
         return any(e.running for e in self.engines) or bool(self.swapped)

@@ -20,7 +20,7 @@ entry meets this contract.
   goes to prefill chunks (the oldest partially-prefilled request first, then new admissions).
   The budget must be >= ``max_num_seqs`` (checked when the scenario is simulated, as vLLM
   does), so decodes alone never exceed it and no iteration runs more tokens than the budget.
-- ``disaggregated``: prefill and decode on separate replicas (see simulate.py); the prefill
+- ``disaggregated``: prefill and decode on separate replicas (see engine/cluster.py); the prefill
   replicas run ``prefill_only`` and decode replicas run ``continuous`` over requests whose KV
   arrives over the configured link. A hand-off cuts short the decode replica's fast-forwarded
   run (``Process.interrupt``) and joins the decode batch at the next iteration, as a decode
@@ -248,7 +248,7 @@ class DisaggregatedOptions(TokenBudgetOptions):
 class Disaggregated:
     """Disaggregated serving (DistServe / Splitwise-style), a deployment shape: the first
     ``prefill_replicas`` replicas run :class:`PrefillOnly`, the rest :class:`ContinuousBatching`
-    over requests whose KV arrives over ``kv_transfer_link`` (wired in simulate.py)."""
+    over requests whose KV arrives over ``kv_transfer_link`` (wired in deployment.py and engine/cluster.py)."""
 
     name: ClassVar[str] = "disaggregated"
     roles: ClassVar[tuple[Role, ...]] = ("prefill", "decode")

@@ -21,17 +21,73 @@ Semantics (docs/scenario.md, plan.offload):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from simkit.cost.dtypes import bytes_per_element
 from simkit.cost.ops import Precision
 from simkit.errors import CapacityError
-from simkit.scenario import KVCache, Offload
 from simkit.specs.model import ModelSpec
 from simkit.specs.node import Node
 from simkit.specs.tiers import PLACES, read_path, tier_of, write_path
 from simkit.units import fmt_bytes
+
+
+class TierShares(Protocol):
+    """Fractions per placement tier (scenario.py's ``plan.offload.weights`` is one)."""
+
+    @property
+    def gpu(self) -> float: ...
+    @property
+    def cpu(self) -> float: ...
+    @property
+    def cxl(self) -> float: ...
+    @property
+    def disk(self) -> float: ...
+
+
+class KVSpillPlan(Protocol):
+    @property
+    def after_tokens(self) -> int: ...
+    @property
+    def tier(self) -> str: ...
+
+
+class OffloadPlan(Protocol):
+    """What an offload layout is made from (scenario.py's ``plan.offload`` is one)."""
+
+    @property
+    def weights(self) -> TierShares: ...
+    @property
+    def kv_cache(self) -> TierShares: ...
+    @property
+    def activations(self) -> TierShares: ...
+    @property
+    def resident_layers(self) -> int | None: ...
+    @property
+    def compress_weights(self) -> bool: ...
+    @property
+    def compress_kv(self) -> bool: ...
+    @property
+    def pinned(self) -> bool: ...
+    @property
+    def cpu_attention(self) -> bool: ...
+    @property
+    def dequant(self) -> str: ...
+    @property
+    def kv_spill(self) -> KVSpillPlan | None: ...
+
+
+class KVCachePlan(Protocol):
+    """The KV-cache settings the GPU-memory rule reads (scenario.py's ``plan.kv_cache`` is one)."""
+
+    @property
+    def gpu_memory_utilization(self) -> float: ...
+    @property
+    def model_fields_set(self) -> set[str]:
+        """The settings the scenario gave explicitly (pydantic's model_fields_set)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -39,7 +95,7 @@ class OffloadLayout:
     """Bytes per layer per tier, derived from a plan, a model and a precision (per replica,
     i.e. summed over a TP group's GPUs, which stream their shards in parallel)."""
 
-    plan: Offload
+    plan: OffloadPlan
     num_layers: int
     resident_layers: int
     layer_weight_bytes: float
@@ -112,7 +168,7 @@ def _fracs(share: object) -> dict[str, float]:
 
 
 def build_offload_layout(
-    plan: Offload, model: ModelSpec, prec: Precision, tp: int, compute_on_cpu: bool, pageable_factor: float | None = None
+    plan: OffloadPlan, model: ModelSpec, prec: Precision, tp: int, compute_on_cpu: bool, pageable_factor: float | None = None
 ) -> OffloadLayout:
     w_bytes = bytes_per_element("int4", prec.group_size) if plan.compress_weights else prec.w_bytes
     kv_bytes = bytes_per_element("int4", prec.group_size) if plan.compress_kv else prec.kv_bytes
@@ -156,7 +212,7 @@ with lazy module loading (PyTorch >= 1.13 sets CUDA_MODULE_LOADING=LAZY; pytorch
 measured 666,632,192 bytes eager)."""
 
 
-def offload_gpu_usable(gpu_memory: float, kv: KVCache, static: bool) -> tuple[float, str]:
+def offload_gpu_usable(gpu_memory: float, kv: KVCachePlan, static: bool) -> tuple[float, str]:
     """Bytes of each GPU a run may fill, offloaded or not, and the rule that decided it.
 
     A static run (FlexGen, ZeRO-Inference: one batch, every buffer planned ahead) may

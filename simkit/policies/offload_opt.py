@@ -18,16 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from simkit.cost.device import ComputeDevice
 from simkit.cost.dtypes import bytes_per_element
 from simkit.cost.iteration import IterationModel
 from simkit.cost.memory import activation_bytes
 from simkit.cost.offload import OffloadCompute
 from simkit.cost.ops import Precision
-from simkit.errors import ScenarioError
-from simkit.policies.batching import with_policy
-from simkit.policies.offload import offload_gpu_usable
-from simkit.scenario import Scenario, apply_overrides, scenario_from_dict
 from simkit.specs.model import ModelSpec
 from simkit.specs.node import Node
 from simkit.specs.tiers import OFF_GPU, PLACES, TIER_OF
@@ -78,9 +73,9 @@ class Candidate:
 
 
 def _bw(node: Node, measured: dict[str, tuple[float, float]] | None = None) -> dict[str, float]:
-    """Bandwidth of each link direction: the simulator's own (simulate.link_rates), with KV
+    """Bandwidth of each link direction: the simulator's own (cost/links.py: link_rates), with KV
     stores at their own rate where the machine was measured to store KV slower."""
-    from simkit.simulate import link_rates
+    from simkit.cost.links import link_rates
 
     return {k: bw for k, (bw, _) in link_rates(node, 1, measured).items()}
 
@@ -105,7 +100,7 @@ def solve_candidate(
 ) -> Candidate | None:
     from scipy.optimize import linprog
 
-    from simkit.simulate import kv_store_slowdown, link_rates
+    from simkit.cost.links import kv_store_slowdown, link_rates
 
     tiers = node.tiers()
     have = {t: t == "cpu" or TIER_OF[t] in tiers for t in PLACES}
@@ -130,7 +125,7 @@ def solve_candidate(
     # compressed weights are dequantised for every GPU batch (the simulator's rule, same cost)
     deq = oc.dequant(model.params_layers / L, dequant == "unfused") * ngb if compress else 0.0
     bw = _bw(node, measured_links)
-    # KV stores at their own measured rate where the machine has one (simulate.kv_store_slowdown)
+    # KV stores at their own measured rate where the machine has one (cost/links.kv_store_slowdown)
     kv_slow = kv_store_slowdown(link_rates(node, 1, measured_links))
     # variable index: 12 fractions then T_pre, T_dec
     idx = {(v, t): k for k, (v, t) in enumerate(itertools.product(VARS, PLACES))}
@@ -252,104 +247,3 @@ def solve_candidate(
     bott = labels[max(dec_rows, key=lambda k: slack[k])][0] if dec_rows else "compute"
     return Candidate(gbs, ngb, cpu_attention, compress, fr, total, bls * gen_len / total if total > 0 else 0.0, bott, L, dequant, decode_overlap)
 
-
-def optimize(
-    sc: Scenario,
-    *,
-    prompt_len: int | None = None,
-    gen_len: int | None = None,
-    objective: str = "throughput",
-    top: int = 5,
-    confirm: int = 3,
-    gpu_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128),
-    num_gpu_batches: tuple[int, ...] = (1, 2, 4, 8, 16),
-    compress: tuple[bool, ...] = (False, True),
-) -> list[Candidate]:
-    """Rank offload plans for the scenario's model and node; simulate the best ``confirm``.
-    ``compress`` lists the choices of 4-bit compression the search may take."""
-    from simkit.simulate import resolve_calibration
-    from simkit.specs.catalog import load_model
-    from simkit.specs.node import resolve_node
-
-    node = resolve_node(sc.hardware, where=sc.source)
-    model = load_model(sc.model, where=sc.source)
-    if node.gpu is None:
-        raise ScenarioError("the placement optimiser plans GPU offloading; this node has no GPU", where=sc.source, key="hardware")
-    if prompt_len is None or gen_len is None:
-        w = sc.workload
-        if w.batch is None:
-            from simkit.simulate import build_workload
-
-            reqs = build_workload(sc)
-            prompt_len = prompt_len or int(np.mean(reqs.input_tokens))
-            gen_len = gen_len or int(np.mean(reqs.output_tokens))
-        else:
-            prompt_len = prompt_len or w.batch.input_tokens
-            gen_len = gen_len or w.batch.output_tokens
-    precision = sc.plan.precision
-    prec = Precision(precision.weights, precision.activations, precision.kv_cache, precision.group_size)
-    dev = ComputeDevice.from_gpu(node.gpu)
-    eff, _, _ = resolve_calibration(sc, dev)
-    dev = dev.for_profile(eff, node.scale)
-    cost = IterationModel(model, dev, eff, prec)
-    cdev = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
-    ceff, _, _ = resolve_calibration(sc, cdev, quiet=True)
-    cdev = cdev.for_profile(ceff, node.scale)
-    cpu_cost = IterationModel(model, cdev, ceff, prec)
-    from simkit.simulate import measured_links, offload_compute
-
-    oc = offload_compute(node, cost, cpu_cost, False)
-    lm = measured_links(eff, sc.plan.offload.io_block_size, sc.plan.offload.io_queue_depth)
-    # the candidates run as static batches (confirm_by_simulation): the same memory rule
-    usable = offload_gpu_usable(node.gpu.memory, sc.plan.kv_cache, static=True)[0]
-    cands: list[Candidate] = []
-    for gbs, ngb, catt, comp in itertools.product(gpu_batch_sizes, num_gpu_batches, (False, True), compress):
-        if objective == "latency" and ngb > 1:
-            continue
-        c = solve_candidate(
-            model, node, cost, cpu_cost, prec, prompt_len, gen_len, gbs, ngb, catt, comp, usable, oc, lm, sc.plan.offload.dequant,
-            sc.plan.offload.decode_overlap,
-        )
-        if c is not None:
-            cands.append(c)
-    if not cands:
-        raise ScenarioError(
-            f"no offload plan fits {model.name} on {node.name} for prompts of {prompt_len} and {gen_len} generated tokens",
-            where=sc.source,
-            key="plan.offload",
-        )
-    if objective == "latency":
-        cands.sort(key=lambda c: (c.lp_time_s / c.num_gpu_batches, -c.lp_throughput))
-    else:
-        cands.sort(key=lambda c: -c.lp_throughput)
-    best = cands[:top]
-    for c in best[:confirm]:
-        c.sim = confirm_by_simulation(sc, c, prompt_len, gen_len)
-    # confirmed plans first, ranked by what the simulation saw; then the rest by the LP
-    ok = [c for c in best if c.sim.get("output_tokens_per_s")]
-    key = (lambda c: c.sim["makespan_s"]) if objective == "latency" else (lambda c: -c.sim["output_tokens_per_s"])
-    ok.sort(key=key)
-    return ok + [c for c in best if c not in ok]
-
-
-def confirm_by_simulation(sc: Scenario, c: Candidate, prompt_len: int, gen_len: int) -> dict[str, Any]:
-    from simkit.errors import SimkitError
-    from simkit.simulate import simulate
-
-    data = sc.raw_data()
-    data["workload"] = {"batch": {"num_prompts": c.batch, "input_tokens": prompt_len, "output_tokens": gen_len}}
-    batching = with_policy((data.get("plan") or {}).get("batching") or {}, "static", {"batch_size": c.batch})
-    data = apply_overrides(data, {"plan.offload": c.offload_dict(), "plan.batching": batching})
-    try:
-        res = simulate(scenario_from_dict(data, where=sc.source))
-    except SimkitError as e:
-        return {"error": str(e)}
-    s = res.summary
-    return {
-        "output_tokens_per_s": s["output_tokens_per_s"],
-        "makespan_s": s["makespan_s"],
-        "bottleneck": s["bottleneck"],
-        "utilization": {k: v["utilization"] for k, v in s["resources"].items()},
-        "busy_s": {k: v["busy_s"] for k, v in s["resources"].items()},
-        "offload_compute_s": s.get("offload_compute_s", {}),
-    }

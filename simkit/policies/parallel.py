@@ -10,13 +10,30 @@ different nodes (their activations then cross the network).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from simkit.errors import ScenarioError
-from simkit.scenario import Parallel
 from simkit.specs.model import ModelSpec
 from simkit.specs.node import Node
+
+
+class ParallelPlan(Protocol):
+    """What a layout is made from (scenario.py's ``plan.parallel`` is one)."""
+
+    @property
+    def tp(self) -> int: ...
+    @property
+    def pp(self) -> int: ...
+    @property
+    def replicas(self) -> int: ...
+    @property
+    def ep(self) -> int: ...
+    @property
+    def layer_split(self) -> list[int] | None: ...
+    @property
+    def cross_node_tp(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -56,7 +73,7 @@ def split_layers(num_layers: int, pp: int) -> tuple[int, ...]:
     return tuple(base + (1 if k < extra else 0) for k in range(pp))
 
 
-def check_parallel(model: ModelSpec, node: Node, par: Parallel, where: str | None = None) -> Layout:
+def check_parallel(model: ModelSpec, node: Node, par: ParallelPlan, where: str | None = None) -> Layout:
     """Reject layouts that cannot run, with a message saying why; return the layout."""
     key = "plan.parallel"
     if model.num_heads % par.tp:

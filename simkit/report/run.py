@@ -332,7 +332,7 @@ def scenario_differences(runs: list[Run]) -> list[list[Any]]:
         if r.scenario is None:
             flat.append({})
             continue
-        from simkit.simulate import resolved_scenario_data
+        from simkit.outputs import resolved_scenario_data
 
         flat.append(_flatten(resolved_scenario_data(r.scenario, r.path)))
     keys = sorted(set().union(*flat))
@@ -673,7 +673,7 @@ def operator_table(run: Run) -> tuple[list[dict[str, Any]], str, Any] | None:
         return None
     from simkit.cost.ops import Precision, forward_ops
     from simkit.cost.roofline import time_ops
-    from simkit.simulate import host_overhead, resolve_compute
+    from simkit.deployment import host_overhead, resolve_compute
     from simkit.specs.catalog import load_model
     from simkit.specs.node import resolve_node
 
@@ -836,7 +836,7 @@ def calibration_info(run: Run) -> dict[str, Any]:
         return dict(cal)
     if run.scenario is None:
         return {"description": run.summary.get("calibration")}
-    from simkit.simulate import calibration_provenance, resolve_compute
+    from simkit.deployment import calibration_provenance, resolve_compute
     from simkit.specs.node import resolve_node
 
     _, _, eff, info, _ = resolve_compute(run.scenario, resolve_node(run.scenario.hardware))

@@ -368,7 +368,7 @@ def _base_rate(spec: SearchSpec, data: dict[str, Any]) -> float:
             raise SearchError("capacity mode needs arrivals with a rate (workload.synthetic.arrival.rate)", where=spec.spec_path, key="capacity")
         return float(arr["rate"])
     if isinstance(w.get("trace"), dict):
-        from simkit.simulate import build_workload
+        from simkit.deployment import build_workload
 
         reqs = build_workload(scenario_from_dict(data, where=spec.where))
         span = float(reqs.arrival_s.max() - reqs.arrival_s.min())

@@ -97,17 +97,17 @@ class Screener:
         return v
 
     def _calibration(self, sc: Scenario, device: Any) -> Any:
-        from simkit.simulate import resolve_calibration
+        from simkit.deployment import resolve_calibration
 
         k = (sc.calibration, device.kind, device.name)
         if k not in self._cal:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self._cal[k] = resolve_calibration(sc, device, quiet=True)[0]
+                self._cal[k] = resolve_calibration(sc, device)[0]
         return self._cal[k]
 
     def _workload(self, sc: Scenario, raw: Any) -> Any:
-        from simkit.simulate import build_workload
+        from simkit.deployment import build_workload
 
         k = json.dumps([raw, sc.seed, sc.source], sort_keys=True)  # plain data: cheap to serialise
         if k not in self._work:
@@ -119,7 +119,7 @@ class Screener:
         """Overrides for the placement optimiser's best offload plan for this candidate
         (``offload: optimized``): its fractions, GPU batch and the static batch it runs."""
         from simkit.policies.batching import with_policy
-        from simkit.policies.offload_opt import optimize
+        from simkit.search.offload import optimize
 
         sc = scenario_from_dict(data, where=self.where)
         k = json.dumps([sc.hardware, sc.model, sc.plan.precision.model_dump(), sc.workload.model_dump(mode="json"),
@@ -164,7 +164,7 @@ class Screener:
         """A ``plan.fleet`` candidate: each group screened as its own plan (memory fit, layout,
         names); exact cost and GPU counts summed. No bounds: the single-plan bounds do not cover a
         mix of speeds behind one router, so a fleet is never pruned by a bound, only simulated."""
-        from simkit.simulate import fleet_scenarios
+        from simkit.deployment import fleet_scenarios
 
         assert sc.plan.fleet is not None
         exact: dict[str, float] = {"cost_per_hour_usd": 0.0, "gpus": 0, "replicas": 0}
@@ -188,9 +188,9 @@ class Screener:
     def _screen(self, sc: Scenario, data: dict[str, Any]) -> Screened:
         from simkit.cost.device import ComputeDevice
         from simkit.cost.ops import Precision
+        from simkit.deployment import plan_admission, plan_replica_memory
         from simkit.errors import ScenarioError
         from simkit.policies.parallel import Layout, check_parallel
-        from simkit.simulate import plan_replica_memory
 
         if sc.plan.fleet is not None:
             return self._screen_fleet(sc, data)
@@ -256,11 +256,8 @@ class Screener:
             "requests_total": len(reqs),
             "seed": sc.seed,
         }
-        # ---- which requests the engine rejects on arrival (simulate's arrival_process) ----
-        total = reqs.input_tokens + reqs.output_tokens
-        rejected = (total > model.max_context) | (num_blocks * plan.kv_cache.block_size < total)
-        if bat.policy in ("continuous", "disaggregated"):
-            rejected |= reqs.input_tokens > bat.iteration_tokens()
+        # ---- which requests the engine rejects on arrival (deployment.plan_admission) ----
+        rejected = plan_admission(sc, model).rejections(reqs.input_tokens, reqs.output_tokens, num_blocks * plan.kv_cache.block_size) > 0
         adm = ~rejected
         exact["requests_rejected"] = int(rejected.sum())
         exact["requests_unfinished"] = 0  # the engine runs until no admitted request is left

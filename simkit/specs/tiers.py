@@ -2,7 +2,7 @@
 
 A scenario's ``plan.offload`` names places in FlexGen's words (``gpu``, ``cpu``, ``cxl``,
 ``disk``); a node's memory tiers are ``hbm``, ``dram``, ``cxl`` and ``ssd`` (``Node.tiers``);
-the engine's links are directions keyed as ``simulate.link_rates`` keys them (``h2d``, ``d2h``,
+the engine's links are directions keyed as ``cost/links.link_rates`` keys them (``h2d``, ``d2h``,
 ``nvme_read``, ``nvme_write``, ``cxl_read``, ``cxl_write``). The maps below translate between
 them, for the simulator (policies/offload.py, engine/offload.py, the prefix cache's moves in
 engine/engine.py) and the placement optimiser (policies/offload_opt.py) alike.

@@ -84,6 +84,7 @@ def _simulate_task(task: Task, keep_tables: bool = False, write_to: str | None =
     ``write_to`` (a folder this process can write), the files are written there (atomically)
     and not returned."""
     import simkit.simulate as simmod  # looked up at call time (tests count calls)
+    from simkit.outputs import jsonable
     from simkit.scenario import scenario_from_dict
 
     where = task.source or str(Path(task.base_dir) / "scenario.yaml")
@@ -103,7 +104,7 @@ def _simulate_task(task: Task, keep_tables: bool = False, write_to: str | None =
     msgs = list(dict.fromkeys([str(w.message) for w in caught] + (res.warnings if res is not None else [])))
     row["warnings"] = json.dumps(msgs)
     if res is not None:
-        summary = simmod._jsonable(res.summary)
+        summary = jsonable(res.summary)
         files["summary.json"] = (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8")
         if keep_tables:  # the run's tables, as simkit run writes them
             with tempfile.TemporaryDirectory(prefix="simkit-run-") as tmp:

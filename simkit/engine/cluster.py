@@ -1,0 +1,186 @@
+"""The run loop of a deployment: one SimPy world in which an arrival process admits or rejects
+each request (context, KV capacity, token budget), a router sends it to a replica, prefill
+replicas hand their KV to decode replicas over a link (disaggregated serving), and a tracer
+records a Chrome trace. The replicas and their engines are built into the cluster's world by
+:mod:`simkit.deployment`; :meth:`Cluster.run` runs until every request is done."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import simpy
+
+from simkit.engine.engine import IterationLog
+from simkit.engine.fast import FastEngine
+from simkit.engine.replica import Replica
+from simkit.engine.state import REJECT_REASONS, RequestTable, TBTHistogram
+
+
+class Router(Protocol):
+    """A routing policy (policies/routing.py): the replica of ``replicas`` request ``i`` goes to."""
+
+    def choose(self, i: int, replicas: Sequence[Replica]) -> int: ...
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What the front door refuses (``table.reject`` reasons, docs/metrics.md): a request longer
+    than ``max_context``; one whose KV (capped at ``kv_cap_tokens`` for a sliding window) no
+    replica holds; with ``prompt_budget`` set, a prompt beyond one iteration's token budget."""
+
+    max_context: int
+    kv_cap_tokens: int | None
+    prompt_budget: int | None
+
+    def kv_need(self, total_tokens: np.ndarray) -> np.ndarray:
+        """Tokens of KV each request holds at most (its whole context, or the window)."""
+        return total_tokens if self.kv_cap_tokens is None else np.minimum(total_tokens, self.kv_cap_tokens)
+
+    def rejections(self, input_tokens: np.ndarray, output_tokens: np.ndarray, kv_capacity_tokens: int) -> np.ndarray:
+        """Every request's reject reason (an index into ``REJECT_REASONS``; 0: admitted), given
+        the KV capacity in tokens of the largest replica: the one home of these rules, for the
+        run and the plan search's screening."""
+        total = np.asarray(input_tokens, dtype=np.int64) + np.asarray(output_tokens, dtype=np.int64)
+        code = np.zeros(len(total), dtype=np.int64)
+        # later assignments take precedence: context, then KV capacity, then the token budget
+        if self.prompt_budget is not None:
+            code[np.asarray(input_tokens) > self.prompt_budget] = REJECT_REASONS.index("prompt_exceeds_token_budget")
+        code[self.kv_need(total) > kv_capacity_tokens] = REJECT_REASONS.index("exceeds_kv_capacity")
+        code[total > self.max_context] = REJECT_REASONS.index("exceeds_max_context")
+        return code
+
+
+@dataclass(frozen=True)
+class HandOff:
+    """Disaggregated serving: the first ``prefill_replicas`` replicas prefill, then ship each
+    request's KV (``kv_bytes_per_token_per_gpu`` x ``gpus`` bytes per token) over their ``link``
+    to the decode replica ``router`` picks."""
+
+    prefill_replicas: int
+    link: str
+    kv_bytes_per_token_per_gpu: float
+    gpus: int
+    router: Router
+
+
+class Tracer:
+    """Chrome-trace events of compute steps and pipeline stages (links add their own intervals)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def stage(self, replica: int, stage: int, engine: int, start: float, end: float) -> None:
+        self.events.append(
+            {"name": f"micro-batch {engine}", "ph": "X", "pid": replica, "tid": f"stage {stage} compute",
+             "ts": start * 1e6, "dur": (end - start) * 1e6, "args": {"engine": engine}}
+        )
+
+    def step(self, replica: int, start: float, end: float, prefill_tokens: int, decode: int, steps: int = 1) -> None:
+        name = "prefill+decode" if prefill_tokens and decode else ("prefill" if prefill_tokens else "decode")
+        self.events.append(
+            {
+                "name": name if steps == 1 else f"decode x{steps}",
+                "ph": "X",
+                "pid": replica,
+                "tid": "compute",
+                "ts": start * 1e6,
+                "dur": (end - start) * 1e6,
+                "args": {"prefill_tokens": prefill_tokens, "decode_seqs": decode, "steps": steps},
+            }
+        )
+
+
+
+class Cluster:
+    """One SimPy world serving ``table``'s requests: build replicas into it (``env``, ``tbt``,
+    ``log``, ``tracer``, :meth:`next_arrival` and :meth:`on_prefilled` are what engines are
+    built with), :meth:`serve` them, then :meth:`run`."""
+
+    def __init__(self, table: RequestTable, record_iterations: bool, trace: bool) -> None:
+        self.env = simpy.Environment()
+        self.table = table
+        self.tbt = TBTHistogram()
+        self.log = IterationLog(record_iterations)
+        self.tracer = Tracer() if trace else None
+        self.record_iterations = record_iterations
+        self._arrivals = table.arrival
+        self._order = np.argsort(self._arrivals, kind="stable")
+        self._ptr = 0
+        self.replicas: list[Replica] = []
+        self._front: list[Replica] = []
+        self._front_caps: list[int] = []
+        self._router: Router | None = None
+        self._admission: Admission | None = None
+        self._handoff: HandOff | None = None
+
+    def next_arrival(self) -> float:
+        """The arrival time of the next request not yet arrived (inf when none is left)."""
+        k = self._ptr
+        return float(self._arrivals[self._order[k]]) if k < len(self._order) else float("inf")
+
+    def serve(
+        self, replicas: list[Replica], front_caps: list[int], router: Router, admission: Admission, handoff: HandOff | None
+    ) -> None:
+        """Serve with ``replicas``: arrivals go to the front ones (the prefill replicas with
+        ``handoff``, else all), of KV capacity ``front_caps`` tokens each."""
+        self.replicas = replicas
+        self._front = replicas[: handoff.prefill_replicas] if handoff is not None else replicas
+        self._front_caps = front_caps
+        self._router = router
+        self._admission = admission
+        self._handoff = handoff
+
+    def on_prefilled(self, i: int, src: int) -> None:
+        """A prefill replica finished request ``i``'s prompt: ship its KV (disaggregated serving)."""
+        self.env.process(self._ship_kv(i, src))
+
+    def _ship_kv(self, i: int, src: int) -> Generator[Any, Any, None]:
+        h = self._handoff
+        assert h is not None
+        table, replicas = self.table, self.replicas
+        nbytes = float(table.kv_len[i]) * h.kv_bytes_per_token_per_gpu * h.gpus
+        link = replicas[src].links[h.link]
+        yield link.transfer(nbytes, f"kv r{src}->decode")
+        replicas[src].release_after_transfer(i)
+        dec = replicas[h.prefill_replicas:]
+        k = h.router.choose(i, dec)
+        table.target[i] = table.kv_len[i]
+        table.handoff[i] = self.env.now
+        dec[k].hand_off(i)
+
+    def _arrival_process(self) -> Generator[Any, Any, None]:
+        env, table, arrivals, order = self.env, self.table, self._arrivals, self._order
+        adm, router, front, front_caps = self._admission, self._router, self._front, self._front_caps
+        assert adm is not None and router is not None
+        least_cap = min(front_caps)
+        codes = adm.rejections(table.input, table.output, max(front_caps))
+        need = adm.kv_need(table.input + table.output)
+        for k in range(len(order)):
+            i = int(order[k])
+            dt = arrivals[i] - env.now
+            if dt > 0:
+                yield env.timeout(dt)
+            self._ptr = k + 1
+            if codes[i]:
+                table.reject(i, REJECT_REASONS[codes[i]])
+                continue
+            kv_need = int(need[i])
+            fits = front if kv_need <= least_cap else [g for g, c in zip(front, front_caps, strict=True) if c >= kv_need]
+            fits[router.choose(i, fits)].enqueue(i)
+
+    def run(self) -> None:
+        """Run until every request has finished or been rejected; fast engines write their
+        running totals back to the request table."""
+        self.env.process(self._arrival_process())
+        if self.record_iterations:
+            for g in self.replicas:
+                for link in g.links.values():
+                    link.busy_log = []
+        self.env.run()
+        for g in self.replicas:
+            for e in g.engines:
+                if isinstance(e, FastEngine):
+                    e.sync()
