@@ -143,7 +143,11 @@ class Engine:
         self._wake = env.event()
         self._fast_forward = False
         """True while a multi-step decode run may be cut short by a hand-off (Process.interrupt)."""
+        self._init_state()
         self.proc = env.process(self._loop())
+
+    def _init_state(self) -> None:
+        """Hook for subclasses (the fast engine's running totals); called before the process starts."""
 
     # ---- queue ---------------------------------------------------------------------------------
     def enqueue(self, i: int) -> None:

@@ -40,19 +40,12 @@ from __future__ import annotations
 
 import heapq
 from bisect import insort
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import simpy
 
-from simkit.cost.iteration import IterationModel
-from simkit.engine.engine import Engine, EngineConfig, IterationLog, Stage
-from simkit.engine.interfaces import BatchingPolicy, Step
-from simkit.engine.kvcache import KVBlockManager
-from simkit.engine.replica import Replica
-from simkit.engine.resources import Link
-from simkit.engine.state import RequestTable, TBTHistogram
+from simkit.engine.engine import Engine
+from simkit.engine.interfaces import Step
 
 
 class _DecodeSet:
@@ -140,30 +133,9 @@ class FastEngine(Engine):
     """A :class:`Engine` whose decoding requests are kept as running totals (see the module
     docstring). Only the plans :func:`fast_path_reason` accepts may use it."""
 
-    def __init__(
-        self,
-        env: simpy.Environment,
-        index: int,
-        table: RequestTable,
-        cost: IterationModel,
-        policy: BatchingPolicy,
-        kv: KVBlockManager,
-        cfg: EngineConfig,
-        tbt: TBTHistogram,
-        log: IterationLog,
-        next_arrival: Callable[[], float],
-        links: dict[str, Link] | None = None,
-        on_prefilled: Callable[[int, int], None] | None = None,
-        tracer: Any = None,
-        replica: Replica | None = None,
-        stages: list[Stage] | None = None,
-        engine_id: int = 0,
-        offload: Any = None,
-    ) -> None:
-        super().__init__(
-            env, index, table, cost, policy, kv, cfg, tbt, log, next_arrival, links, on_prefilled, tracer,
-            replica=replica, stages=stages, engine_id=engine_id, offload=offload,
-        )
+    def _init_state(self) -> None:
+        """The running totals (called by :class:`Engine` before its process starts)."""
+        cfg, kv = self.cfg, self.kv
         bs = self.cfg.block_size
         self._D = 0
         """Decode clock: decode iterations this replica has executed."""
