@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from simkit.cost.iteration import compute_op_tables
 from simkit.policies.batching import with_policy
 from simkit.scenario import scenario_from_dict
 from simkit.simulate import simulate
@@ -208,10 +209,10 @@ def test_table_cache_hit_is_identical_and_keys_cover_every_input(tmp_path, monke
 
     monkeypatch.setenv("SIMKIT_CACHE_DIR", str(tmp_path))
     base = _cost("auto")
-    fresh = tables.compute_op_tables(base, 300)
-    first = tables.op_tables(base, 300)  # miss: computed and stored
+    fresh = compute_op_tables(base, 300)
+    first = tables.op_tables(base, 300, compute_op_tables)  # miss: computed and stored
     assert len(list((tmp_path / "tables").glob("*.npz"))) == 1
-    again = tables.op_tables(_cost("auto"), 300)  # hit, from a new but equal cost model
+    again = tables.op_tables(_cost("auto"), 300, compute_op_tables)  # hit, from a new but equal cost model
     for x, y, z in zip(fresh, first, again):
         assert np.array_equal(x, y) and np.array_equal(x, z)
     key = tables.table_key(base, 300)
@@ -280,8 +281,8 @@ def test_table_cache_can_be_turned_off_and_survives_a_bad_entry(tmp_path, monkey
     key = tables.table_key(cost, 100)
     (tmp_path / "tables").mkdir()
     (tmp_path / "tables" / f"{key}.npz").write_bytes(b"not an npz file")
-    got = tables.op_tables(cost, 100)
-    for x, y in zip(got, tables.compute_op_tables(cost, 100)):
+    got = tables.op_tables(cost, 100, compute_op_tables)
+    for x, y in zip(got, compute_op_tables(cost, 100)):
         assert np.array_equal(x, y)
     monkeypatch.delenv("SIMKIT_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

@@ -32,11 +32,7 @@ KNOWN_UPWARD: set[tuple[str, str]] = set()
 """Upward imports not yet removed, each with its reason; the test fails when one disappears, so
 the list only shrinks."""
 
-KNOWN_CYCLES: set[str] = {
-    # tables.py builds an IterationModel's operator tables with iteration.py's operator pricing
-    # (a lazy import back); cost/iteration.py is being reworked for speed (issue 16)
-    "simkit.cost.iteration -> simkit.cost.tables -> simkit.cost.iteration",
-}
+KNOWN_CYCLES: set[str] = set()
 """Import cycles not yet broken, each with its reason (the test fails when one disappears)."""
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from simkit.cost.device import ComputeDevice
 from simkit.cost.efficiency import EfficiencyModel
-from simkit.cost.ops import Op, Precision, forward_ops, prefill_attention_sums
+from simkit.cost.ops import Op, Precision, forward_ops, prefill_attention_sums, token_ops
 from simkit.cost.roofline import OpTime, time_ops
 from simkit.cost.tables import op_tables
 from simkit.specs.model import ModelSpec
@@ -71,6 +71,26 @@ def _class_time(
     if t.ndim == 0:
         return t if flops + byts > 0 else np.float64(0.0)
     return np.where(flops + byts > 0, t, 0.0)
+
+
+def compute_op_tables(cost: IterationModel, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(per-layer, non-layer, head) seconds of the token-dependent operators for 0..size-1 tokens,
+    collectives excluded (they are added by the caller)."""
+    T = np.arange(size, dtype=np.float64)
+    ops = token_ops(cost.model, T, T, cost.tp, cost.precision, cost.ep, cost.ep_share)
+    L = cost.model.num_layers
+    per_layer = np.zeros(size)
+    nonlayer = np.zeros(size)
+    head = np.zeros(size)
+    for op in ops:
+        t = _op_time_arrays(op, cost.device, cost.efficiency, cost.dtype) * op.count
+        if op.name in ("lm_head", "sampling"):
+            head += t
+        elif op.name in NON_LAYER_OPS:
+            nonlayer += t
+        else:
+            per_layer += t / L
+    return per_layer, nonlayer, head
 
 
 @dataclass
@@ -123,7 +143,7 @@ class IterationModel:
         size = n + 1 if exact else max(64, int((n + 1) * 1.5), len(self._body) * 2)
         T = np.arange(size, dtype=np.float64)
         L = self.model.num_layers
-        per_layer, nonlayer, head = op_tables(self, size)
+        per_layer, nonlayer, head = op_tables(self, size, compute_op_tables)
         comm = np.zeros(size)
         if self.allreduce_time is not None and self.tp > 1:
             act = T * self.model.hidden_size * self.precision.a_bytes

@@ -23,7 +23,7 @@ import dataclasses
 import functools
 import hashlib
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,9 @@ from simkit.cachedir import cache_root, touch, write_atomic
 
 if TYPE_CHECKING:
     from simkit.cost.iteration import IterationModel
+
+Tables = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""(per-layer, non-layer, head) seconds per token count."""
 
 FORMAT = 1
 """Bumped whenever what the tables contain or how they are computed changes."""
@@ -116,35 +119,15 @@ def table_key(cost: IterationModel, size: int) -> str | None:
     return h.hexdigest()
 
 
-def compute_op_tables(cost: IterationModel, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(per-layer, non-layer, head) seconds of the token-dependent operators for 0..size-1 tokens,
-    collectives excluded (they are added by the caller)."""
-    from simkit.cost.iteration import NON_LAYER_OPS, _op_time_arrays
-    from simkit.cost.ops import token_ops
-
-    T = np.arange(size, dtype=np.float64)
-    ops = token_ops(cost.model, T, T, cost.tp, cost.precision, cost.ep, cost.ep_share)
-    L = cost.model.num_layers
-    per_layer = np.zeros(size)
-    nonlayer = np.zeros(size)
-    head = np.zeros(size)
-    for op in ops:
-        t = _op_time_arrays(op, cost.device, cost.efficiency, cost.dtype) * op.count
-        if op.name in ("lm_head", "sampling"):
-            head += t
-        elif op.name in NON_LAYER_OPS:
-            nonlayer += t
-        else:
-            per_layer += t / L
-    return per_layer, nonlayer, head
-
-
-def op_tables(cost: IterationModel, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`compute_op_tables`, through the on-disk cache when it is on."""
+def op_tables(
+    cost: IterationModel, size: int, compute: Callable[[IterationModel, int], Tables]
+) -> Tables:
+    """``compute(cost, size)`` (the iteration model's operator tables:
+    :func:`simkit.cost.iteration.compute_op_tables`), through the on-disk cache when it is on."""
     folder = cache_dir()
     key = table_key(cost, size) if folder is not None else None
     if folder is None or key is None:
-        return compute_op_tables(cost, size)
+        return compute(cost, size)
     path = folder / f"{key}.npz"
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -154,7 +137,7 @@ def op_tables(cost: IterationModel, size: int) -> tuple[np.ndarray, np.ndarray, 
                 return hit
     except (OSError, KeyError, ValueError):
         pass  # missing, partial or foreign: rebuild
-    tables = compute_op_tables(cost, size)
+    tables = compute(cost, size)
     buf = io.BytesIO()
     np.savez(buf, key=np.array(key), per_layer=tables[0], nonlayer=tables[1], head=tables[2])
     write_atomic(path, buf.getvalue())  # a read-only or full cache folder only costs the rebuild next time
