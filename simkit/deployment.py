@@ -184,7 +184,8 @@ class MemoryPlan:
 def weights_per_gpu(model: ModelSpec, prec: Precision, tp: int, ep: int, layer_split: tuple[int, ...]) -> float:
     """Bytes of weights on the most loaded GPU: the stage with the most layers (plus the
     embedding on the first stage and the LM head on the last), sharded over ``tp`` GPUs; with
-    expert parallelism each GPU holds 1/ep of the experts, sharded tp/ep ways (= /tp overall)."""
+    expert parallelism each GPU holds 1/ep of the experts, sharded tp/ep ways (= /tp overall). With
+    tp above the KV heads, each GPU also holds the K and V weights of one whole replicated head."""
     per_layer = model.params_layers / model.num_layers
     pp = len(layer_split)
     stage_params = []
@@ -194,6 +195,8 @@ def weights_per_gpu(model: ModelSpec, prec: Precision, tp: int, ep: int, layer_s
             p += model.params_embedding
         if k == pp - 1:
             p += model.params_lm_head + model.norm_params
+        if tp > model.num_kv_heads:  # every GPU holds the K and V weights of one whole (replicated) head
+            p += n * 2 * model.hidden_size * (model.kv_heads_per_gpu(tp) * model.d_head * tp - model.kv_dim)
         stage_params.append(p)
     return max(stage_params) * prec.w_bytes / tp
 

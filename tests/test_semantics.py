@@ -549,3 +549,34 @@ def test_continuous_refuses_a_token_budget_below_max_num_seqs():
         with pytest.raises(ScenarioError) as e:
             simulate(scenario_from_dict(data))
         assert e.value.key == "plan.batching.max_num_batched_tokens"
+
+
+# ---- KV heads replicated when tp exceeds them ----------------------------------------------------
+def test_replicated_kv_heads_cost_projection_work_and_weights(tmp_path):
+    """With tp > num_kv_heads every GPU holds and computes one whole KV head (as vLLM replicates
+    them): the K/V projection's output features and weights per GPU are d_head each, not
+    kv_dim / tp; up to tp = num_kv_heads nothing changes."""
+    import yaml
+
+    from simkit.cost.ops import Precision, token_ops
+    from simkit.deployment import weights_per_gpu
+    from simkit.specs.catalog import load_model
+
+    m = yaml.safe_load(Path("workloads/models/llama-3-8b.yaml").read_text())
+    m.update({"name": "gqa4", "num_kv_heads": 4})
+    path = tmp_path / "gqa4.yaml"
+    path.write_text(yaml.safe_dump(m))
+    model = load_model(str(path))
+    prec = Precision("fp16", "fp16", "fp16")
+
+    def qkv(tp: int):  # type: ignore[no-untyped-def]
+        return next(o for o in token_ops(model, 16.0, 16.0, tp, prec) if o.name == "qkv_proj")
+
+    d, h = model.d_head, model.hidden_size
+    assert qkv(4).shape["n"] == (model.q_dim + 2 * model.kv_dim) / 4  # split exactly
+    assert qkv(8).shape["n"] == model.q_dim / 8 + 2 * d  # one whole K and V head per GPU
+    assert qkv(8).flops > qkv(4).flops / 2
+    split = weights_per_gpu(model, prec, 4, 1, (model.num_layers,))
+    rep = weights_per_gpu(model, prec, 8, 1, (model.num_layers,))
+    extra = model.num_layers * 2 * h * (8 * d - model.kv_dim) * prec.w_bytes / 8
+    assert rep == pytest.approx(split * 4 / 8 + extra)

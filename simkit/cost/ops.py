@@ -170,6 +170,15 @@ def expected_experts_touched(tokens: Any, num_experts: int, top_k: int) -> Any:
     return float(out) if out.ndim == 0 else out
 
 
+def _qkv_out(model: ModelSpec, tp: int, kv_mats: int) -> float:
+    """Output features per GPU of the Q projection plus ``kv_mats`` K/V projections: split over
+    ``tp`` GPUs, with every GPU computing one whole KV head when ``tp`` exceeds the KV heads (the
+    heads replicate, as vLLM does; ModelSpec.kv_heads_per_gpu)."""
+    if tp <= model.num_kv_heads:
+        return (model.q_dim + kv_mats * model.kv_dim) / tp
+    return model.q_dim / tp + kv_mats * model.kv_heads_per_gpu(tp) * model.d_head
+
+
 def prefill_attention_sums(q: np.ndarray, ctx: np.ndarray, window: int | None) -> tuple[float, float]:
     """(query-key pairs, KV tokens read) of causal prefill chunks of ``q`` new tokens over ``ctx``
     cached ones (float arrays). With a sliding ``window``, query position p attends min(p, window)
@@ -270,10 +279,10 @@ def token_ops(
     ops: list[Op] = [
         _elementwise("embedding", 1, T * h, 0.0, 1.0, 0.0, p, extra_bytes=T * h * p.w_bytes, tokens=T),
         _elementwise("input_norm", L, T * h, 1.0, 1.0, 5.0, p, extra_bytes=model.norm_params * p.a_bytes, tokens=T),
-        _gemm("qkv_proj", L, T, h, (model.q_dim + 2 * model.kv_dim) / tp, p),
+        _gemm("qkv_proj", L, T, h, _qkv_out(model, tp, 2), p),
     ]
     if model.positional in ("rope", "partial_rope"):
-        rot = (model.q_dim + model.kv_dim) / tp
+        rot = _qkv_out(model, tp, 1)
         if model.positional == "partial_rope":
             rot *= 0.5
         ops.append(_elementwise("rope", L, T * rot, 1.0, 1.0, 3.0, p, tokens=T))
