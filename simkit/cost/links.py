@@ -27,12 +27,12 @@ def group_link(node: Node, cross_node: bool) -> tuple[float, float, str]:
 
 def topology(node: Node) -> str:
     """How a node's GPUs are wired, as calibration profiles key collectives: ``nvswitch`` (every
-    GPU to every GPU over NVLink through switches), ``pairwise_nvlink`` (NVLink bridges between
-    pairs), or ``pcie``."""
+    GPU to every GPU over NVLink through switches: the link's ``fabric: switch``, 4 GPUs or more),
+    ``pairwise_nvlink`` (``fabric: pairwise`` bridges between pairs, or fewer GPUs), or ``pcie``."""
     gg = node.link("gpu_to_gpu")
     if gg is None or gg.type != "nvlink":
         return "pcie"
-    return "nvswitch" if node.num_gpus >= 4 and "bridge" not in gg.name else "pairwise_nvlink"
+    return "nvswitch" if node.num_gpus >= 4 and gg.fabric == "switch" else "pairwise_nvlink"
 
 
 def comm_fn(kind: str, node: Node, n: int, cross_node: bool, algorithm: str = "ring", eff: EfficiencyModel | None = None):  # type: ignore[no-untyped-def]

@@ -151,12 +151,20 @@ class LinkSpec(Frozen):
     achieved_bandwidth: Bandwidth = Field(gt=0)
     """Typically achieved bandwidth per direction (bytes/s); what the simulator uses uncalibrated."""
     latency: Seconds = Field(ge=0)
+    fabric: Literal["switch", "pairwise"] | None = None
+    """NVLink only, and required there: ``switch`` (every GPU reaches every GPU through NVSwitch,
+    or all-to-all links) or ``pairwise`` (bridges between pairs of cards). Collectives are timed
+    by the topology it gives (calibration profiles key their fits by it)."""
     sources: dict[str, str]
 
     @model_validator(mode="after")
     def _achieved_le_theoretical(self) -> LinkSpec:
         if self.achieved_bandwidth > self.bandwidth * 1.0001:
             raise ValueError("achieved_bandwidth exceeds the theoretical bandwidth")
+        if self.type == "nvlink" and self.fabric is None:
+            raise ValueError("an nvlink link needs fabric: switch (NVSwitch / all-to-all) or pairwise (bridges between pairs)")
+        if self.type != "nvlink" and self.fabric is not None:
+            raise ValueError(f"fabric applies to nvlink links only (this link is {self.type})")
         return self
 
 
