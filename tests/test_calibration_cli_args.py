@@ -125,12 +125,38 @@ def test_quick_suite_samples_every_decode_row_count_several_times(monkeypatch: p
     monkeypatch.setattr(bench.Bench, "measure", lambda self, fn, **kw: Measurement([1e-3]))
     n = b.gemm("bf16")
     size = bench.SIZES["quick"]
-    assert n == len(b.rows) == size.gemm_configs + size.decode_gemm_configs
+    assert n == len(b.rows) == size.gemm_configs + size.decode_gemm_configs + size.wide_gemm_configs
     shapes = [(r["m"], r["k"], r["n"]) for r in b.rows]
     assert len(set(shapes)) == len(shapes)  # no configuration twice
     few = [m for m, _, _ in shapes if m <= 16]
     for m in (1, 2, 3, 4, 6, 8, 12, 16):
         assert few.count(m) >= 6, (m, few.count(m))
+
+
+def test_quick_suite_samples_many_row_gemms_with_weights_beyond_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The time cap keeps the grid's many-row GEMMs to weights that fit the last-level cache; the
+    quick CPU suite adds prefill-sized GEMMs (>= 64 rows) whose weights exceed one LLC, at short
+    and long rows, so the fit does not carry the few-row samples' large-weight slowdown to
+    prefill. Selection only: nothing is timed."""
+    import random
+
+    from simkit.calibrate import bench
+    from simkit.calibrate.samples import Measurement
+
+    monkeypatch.setattr(bench.Bench, "take", lambda self, shape, dtype, slot: None)
+    monkeypatch.setattr(bench.Bench, "_linear_fn", lambda self, a, w, dtype: None)
+    monkeypatch.setattr(bench.Bench, "measure", lambda self, fn, **kw: Measurement([1e-3]))
+    size = bench.SIZES["quick"]
+    for dtype, eb, rate in (("fp32", 4, 1e11), ("bf16", 2, 2e11)):
+        b = bench.Bench(None, "cpu", size, None, "test", random.Random(0))  # type: ignore[arg-type]
+        b.rates = {dtype: rate}
+        b.mem_bw = 90e9
+        b.cold_bytes = 64e6
+        b.gemm(dtype)
+        wide = [(r["m"], r["k"], r["n"]) for r in b.rows if r["m"] >= 64 and r["k"] * r["n"] * eb > 32e6]
+        assert len(wide) >= size.wide_gemm_configs, (dtype, wide)
+        assert {k <= 2048 for _, k, _ in wide} == {True, False}, (dtype, wide)
+        assert len({m for m, _, _ in wide}) >= 2, (dtype, wide)
 
 
 def test_quick_suite_samples_decode_attention_over_batches_and_contexts(monkeypatch: pytest.MonkeyPatch) -> None:

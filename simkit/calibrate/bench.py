@@ -359,18 +359,25 @@ class SuiteSize:
     """Extra decode-attention configurations on a CPU, on top of ``attn_configs`` (whose strata are
     head shapes): spread over batch 1..16 x short/medium/long context, the batches and contexts a
     CPU decodes at."""
+    wide_gemm_configs: int = 0
+    """Extra GEMMs on a CPU with many rows (>= 64) and weights larger than the last-level cache,
+    on top of ``gemm_configs``: the time cap keeps the grid's many-row GEMMs to weights that fit
+    the cache, so without these the residual trees learn a slowdown for large weights from the
+    few-row (DRAM-bound) samples only and carry it to prefill GEMMs, which the kernel blocks for
+    the cache and which run as fast with large weights as with small ones (fp32 on the CI VM:
+    prefill MLP up-projections predicted 14-36% too slow; docs/fidelity.md)."""
 
 
 SIZES = {
     "tiny": SuiteSize("tiny", 10, 0.004, 6, 0.004, 10, 2e5, (1 << 16, 1 << 22), 16, (1 << 12, 1 << 20), (1, 4), 0.03, 3, 5, 5e-4),
     "quick": SuiteSize(
         "quick", 68, 0.06, 28, 0.04, 44, 4e6, (1 << 14, 1 << 18, 1 << 22, 1 << 26), 64,
-        (1 << 12, 1 << 16, 1 << 20, 1 << 22), (1, 4, 16), 0.12, 5, 15, 2e-3, 40, 15,
+        (1 << 12, 1 << 16, 1 << 20, 1 << 22), (1, 4, 16), 0.12, 5, 15, 2e-3, 40, 15, wide_gemm_configs=8,
     ),
     "full": SuiteSize(
         "full", 150, 0.15, 84, 0.12, 120, 3.2e7,
         (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24, 1 << 26, 1 << 28), 256,
-        (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22), (1, 2, 4, 8, 16), 0.3, 5, 25, 3e-3, 80, 30,
+        (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22), (1, 2, 4, 8, 16), 0.3, 5, 25, 3e-3, 80, 30, wide_gemm_configs=12,
     ),
 }
 
@@ -646,6 +653,11 @@ class Bench:
             taken = {c[:4] for c in chosen}
             few = [c for c in cands if c[0] <= 16 and c[:4] not in taken]
             chosen += _stratified(few, self.size.decode_gemm_configs, self.rng, key=lambda c: (c[0], c[2] <= 1024))
+        if self.device == "cpu" and self.size.wide_gemm_configs:
+            taken = {c[:4] for c in chosen}
+            llc = self.cold_bytes / 2.0
+            wide = [c for c in cands if c[0] >= 64 and c[2] * c[3] * eb > llc and c[:4] not in taken]
+            chosen += _stratified(wide, self.size.wide_gemm_configs, self.rng, key=lambda c: (c[0], c[2] <= 2048))
         for m, op, k, n, _ in chosen:
             a = self.take((m, k), dtype, "a")
             w = self.take((self.copies(k * n * eb), n, k), dtype, "w")

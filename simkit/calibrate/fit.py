@@ -44,6 +44,7 @@ import numpy as np
 
 from simkit.cost.profile import (
     ELEMENTWISE_KIND,
+    FEW_ROWS,
     SHAPE_KEYS,
     ClassModel,
     Forest,
@@ -193,10 +194,13 @@ def fit_class(
     params: Mapping[str, Any] | None = None,
     score: bool = True,
     fallback: bool = True,
+    row_regimes: bool = False,
 ) -> ClassModel:
     """Fit one class on its prepared rows (see :func:`prepare`). ``score``: compute the in-sample
     error; ``fallback``: for elementwise rows with token counts, also fit the trees used for shapes
-    without one (leave-one-out evaluation skips both)."""
+    without one (leave-one-out evaluation skips both). ``row_regimes`` (GEMM on a CPU): one set of
+    residual trees for GEMMs with at most FEW_ROWS rows and one for longer ones, each fitted on
+    its own rows, when both have enough samples (one shared roofline base)."""
     if len(df) == 0:
         raise CalibrationError(f"no usable samples of class {op_class!r}")
     F = df.flops.values.astype(float)
@@ -216,8 +220,13 @@ def fit_class(
         with_tok = op_class == "elementwise" and tok is not None and bool(np.all(np.isfinite(tok) & (tok > 0)))
         if with_tok:
             cm.forest_tokens = fit_forest(features(op_class, F, B, shape, peak, roof, kinds, True), y, params)
-        if not with_tok or fallback:
-            cm.forest = fit_forest(features(op_class, F, B, shape, peak, roof, kinds), y, params)
+        X = features(op_class, F, B, shape, peak, roof, kinds)
+        many = shape["m"] > FEW_ROWS if (row_regimes and op_class == "gemm" and "m" in shape) else None
+        if many is not None and min(int(many.sum()), int((~many).sum())) >= MIN_SAMPLES_FOR_TREES:
+            cm.forest = fit_forest(X[~many], y[~many], params)
+            cm.forest_many_rows = fit_forest(X[many], y[many], params)
+        elif not with_tok or fallback:
+            cm.forest = fit_forest(X, y, params)
     # launch overhead: the base's fixed cost, but never more than what 99% of the operators
     # leave over their ideal time (so ideal/efficiency + overhead reproduces tiny operators too)
     slack = T - roof.ideal(F, B, peak)
@@ -436,7 +445,7 @@ def fit_profile(
     for cls in OP_CLASSES:
         df = prepare(samples, cls)
         if len(df) >= 3:
-            models[cls] = fit_class(df, cls, roof)
+            models[cls] = fit_class(df, cls, roof, row_regimes=dev.get("kind") == "cpu")
     launch = fit_launch(samples)
     ds = DatasheetEfficiency()
     for cls, cm in models.items():

@@ -78,6 +78,8 @@ def _forests(prof: Profile) -> dict[str, Any]:
             out[cls] = cm.forest
         if cm.forest_tokens is not None:
             out[f"{cls}_tokens"] = cm.forest_tokens
+        if cm.forest_many_rows is not None:
+            out[f"{cls}_many_rows"] = cm.forest_many_rows
     return out
 
 

@@ -147,6 +147,13 @@ def roof_from_device(device: Mapping[str, Any], samples: Any = None) -> Roof:
 # ---------------------------------------------------------------------------------------------
 # Features
 # ---------------------------------------------------------------------------------------------
+FEW_ROWS = 16
+"""CPU GEMMs with at most this many rows (decode batches) run other kernels than longer ones: the
+weights stream from DRAM (fp32 once per row or two on the CI VM's CPU), where GEMMs with more rows
+are blocked for the cache and compute-bound. A CPU profile fits one set of residual trees per
+regime (``residual`` for m <= FEW_ROWS, ``residual_many_rows`` above), so the few-row samples'
+slowdown on large weights is not carried to prefill GEMMs (docs/calibration.md)."""
+
 GEMM_TILES = ((64, 128), (64, 256), (128, 128), (128, 256), (256, 128), (256, 256))
 
 
@@ -398,6 +405,9 @@ class ClassModel:
     forest_tokens: Forest | None = None
     """Elementwise only: trees that also see the token (row) count, used when the operator's
     shape carries ``tokens``; ``forest`` serves shapes without it."""
+    forest_many_rows: Forest | None = None
+    """GEMM only (CPU profiles): trees for operators with more than FEW_ROWS rows (``shape["m"]``);
+    ``forest`` then serves m <= FEW_ROWS. None: ``forest`` serves every row count."""
     fit_error: dict[str, float] = field(default_factory=dict)
     _memo: dict[tuple[Any, ...], float] = field(default_factory=dict, init=False, repr=False)
     _eff_memo: dict[tuple[Any, ...], float] = field(default_factory=dict, init=False, repr=False)
@@ -424,7 +434,15 @@ class ClassModel:
                 sub = {k: (np.asarray(v)[idx] if np.ndim(v) else v) for k, v in shape.items()}
                 r[idx] = self._elementwise_residual(forest, flops[idx], bytes_[idx], sub, peak[idx], use_tok)
         else:
-            r = self.forest.predict(features(self.op_class, flops, bytes_, shape, peak, self.roof))
+            X = features(self.op_class, flops, bytes_, shape, peak, self.roof)
+            if self.forest_many_rows is None or self.forest is None:
+                r = (self.forest or self.forest_many_rows).predict(X)  # type: ignore[union-attr]
+            else:
+                many = _col(shape, "m", len(flops)) > FEW_ROWS
+                r = np.zeros(len(flops))
+                for sel, forest in ((~many, self.forest), (many, self.forest_many_rows)):
+                    if sel.any():
+                        r[sel] = forest.predict(X[sel])
         return t * np.exp(r)
 
     def _elementwise_residual(self, forest: Forest, flops: np.ndarray, bytes_: np.ndarray, shape: Mapping[str, Any],
@@ -517,7 +535,7 @@ class ClassModel:
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "kind": "roofline base x gradient-boosted residual trees"
-            if (self.forest is not None or self.forest_tokens is not None)
+            if (self.forest is not None or self.forest_tokens is not None or self.forest_many_rows is not None)
             else "roofline base",
             "base": self.base.to_dict(),
         }
@@ -543,6 +561,18 @@ class ClassModel:
                 }
                 if self.kinds:
                     d["residual_with_tokens"]["kernel_kinds"] = list(self.kinds)
+        if self.forest_many_rows is not None:
+            if "residual" in d:
+                d["residual"]["used_when"] = f"at most {FEW_ROWS} rows (m <= {FEW_ROWS}); residual_many_rows above"
+            d["residual_many_rows"] = {
+                "file": "models.json",
+                "key": f"{self.op_class}_many_rows",
+                "trees": self.forest_many_rows.n_trees,
+                "max_depth": self.forest_many_rows.depth,
+                "target": "log(measured time / base time)",
+                "used_when": f"more than {FEW_ROWS} rows (m > {FEW_ROWS})",
+                "features": feature_names(self.op_class),
+            }
         return d
 
 
@@ -712,9 +742,9 @@ class Profile(EfficiencyModel):
             model = eff[c].get("model")
             if not isinstance(model, dict):
                 continue
-            for sect in ("residual", "residual_with_tokens"):
+            for sect, dflt in (("residual", c), ("residual_with_tokens", f"{c}_tokens"), ("residual_many_rows", f"{c}_many_rows")):
                 if isinstance(model.get(sect), dict):
-                    wanted[str(model[sect].get("key", c if sect == "residual" else f"{c}_tokens"))] = f"efficiency.{c}.model.{sect}"
+                    wanted[str(model[sect].get("key", dflt))] = f"efficiency.{c}.model.{sect}"
         models_rel = data.get("models")
         if wanted:
             if not models_rel:
@@ -765,8 +795,11 @@ class Profile(EfficiencyModel):
                 raise CalibrationError(f"expected numbers ({e})", where=where, key=f"efficiency.{c}.model.base") from None
             res = model.get("residual") or {}
             res_tok = model.get("residual_with_tokens") or {}
+            res_many = model.get("residual_many_rows") or {}
+            if res_many and c != "gemm":
+                raise CalibrationError("only the gemm class has row regimes", where=where, key=f"efficiency.{c}.model.residual_many_rows")
             kinds = tuple(res.get("kernel_kinds") or res_tok.get("kernel_kinds") or ())
-            for sect, sec, tok in (("residual", res, False), ("residual_with_tokens", res_tok, True)):
+            for sect, sec, tok in (("residual", res, False), ("residual_with_tokens", res_tok, True), ("residual_many_rows", res_many, False)):
                 if sec and "features" in sec and list(sec["features"]) != feature_names(c, kinds, tok):
                     raise CalibrationError(
                         "the residual trees were fitted on other features than this simkit computes "
@@ -777,6 +810,8 @@ class Profile(EfficiencyModel):
             cm = ClassModel(c, roof, base, forests.get(str(res.get("key", c))) if res else None, kinds)
             if res_tok:
                 cm.forest_tokens = forests.get(str(res_tok.get("key", f"{c}_tokens")))
+            if res_many:
+                cm.forest_many_rows = forests.get(str(res_many.get("key", f"{c}_many_rows")))
             cm.launch_overhead = float(overhead.get(c, base.launch_s))
             fe = need(entry, "fit_error", f"efficiency.{c}.", dict)
             cm.fit_error = dict(fe)
