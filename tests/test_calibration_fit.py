@@ -363,3 +363,79 @@ def test_vidur_collectives_in_profiles(h100: Profile):
     f = h100.collective_fit("all_reduce", "nvswitch", 8)
     t = float(coll.all_reduce_time(128e6, 8, 1.0, 0.0, fit=f))
     assert 200e-6 < t < 600e-6  # Vidur measured ~340 us for 64M fp16 elements on 8 H100s
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU GEMMs: one set of residual trees per row regime
+# ---------------------------------------------------------------------------------------------
+CPU = {"kind": "cpu", "name": "synthetic-cpu", "peak_flops": {"fp32": 1e11}, "mem_bandwidth": 9e10, "sm_count": 1}
+
+
+def cpu_gemm_samples(rng: np.random.Generator, count: int, many_rows: bool, max_weight: float) -> pd.DataFrame:
+    """A CPU-like GEMM: with <= 16 rows the weights stream from memory once per row (slower when
+    they exceed a 32 MB cache); with more rows the kernel is compute-bound whatever the weights."""
+    m = np.round(2.0 ** rng.uniform(5, 11, count)) if many_rows else rng.choice([1.0, 2, 3, 4, 6, 8, 12, 16], count)
+    n = np.round(2.0 ** rng.uniform(9, 14, count))
+    k = np.minimum(np.round(2.0 ** rng.uniform(9, 13, count)), np.floor(max_weight / (4.0 * n)))
+    w = 4.0 * n * k
+    F, B = 2.0 * m * n * k, 4.0 * (n * k + m * k + m * n)
+    few_t = m * w / np.where(w > 32e6, 15e9, 40e9)
+    T = 2e-6 + np.where(m > 16, F / 9e10, few_t)
+    return pd.DataFrame({"op_class": "gemm", "op": "mlp_up", "dtype": "fp32", "m": m, "n": n, "k": k,
+                         "flops": F, "bytes_moved": B, "time_s": T, "source": "synthetic", "tp": 1})  # fmt: skip
+
+
+def test_cpu_profile_fits_gemm_residuals_per_row_regime(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    train = pd.concat([cpu_gemm_samples(rng, 300, False, 4e8), cpu_gemm_samples(rng, 300, True, 3e7)], ignore_index=True)
+    prof = fit.fit_profile(train, CPU, name="cpu", source="test", license="CC0")
+    cm = prof.models["gemm"]
+    assert cm.forest is not None and cm.forest_many_rows is not None
+    # prefill-sized GEMMs with weights beyond the cache (never sampled): compute-bound, as measured
+    test = cpu_gemm_samples(np.random.default_rng(6), 60, True, 2e8)
+    test = test[4.0 * test.n * test.k > 4e7]
+    shape = {k: test[k].values for k in "mnk"}
+    pred = prof.predict_time("gemm", test.flops.values, test.bytes_moved.values, shape, "fp32")
+    assert np.median(np.abs(pred / test.time_s.values - 1)) < 0.05
+    # few-row GEMMs keep their own trees (3 rows: three passes over the weights)
+    few = cpu_gemm_samples(np.random.default_rng(7), 60, False, 4e8)
+    sh = {k: few[k].values for k in "mnk"}
+    pf = prof.predict_time("gemm", few.flops.values, few.bytes_moved.values, sh, "fp32")
+    assert np.median(np.abs(pf / few.time_s.values - 1)) < 0.05
+    # saved and loaded: the same predictions; the YAML names the regimes
+    save_profile(prof, tmp_path / "c")
+    model = yaml.safe_load((tmp_path / "c" / "profile.yaml").read_text())["efficiency"]["gemm"]["model"]
+    assert model["residual_many_rows"]["used_when"] == "more than 16 rows (m > 16)"
+    assert model["residual"]["used_when"].startswith("at most 16 rows")
+    back = Profile.load(tmp_path / "c")
+    for sh_, t in ((shape, test), (sh, few)):
+        np.testing.assert_array_equal(
+            prof.predict_time("gemm", t.flops.values, t.bytes_moved.values, sh_, "fp32"),
+            back.predict_time("gemm", t.flops.values, t.bytes_moved.values, sh_, "fp32"),
+        )
+
+
+def test_gpu_profiles_keep_one_set_of_gemm_trees(synthetic_profile: Profile, saved: Path) -> None:
+    assert synthetic_profile.models["gemm"].forest_many_rows is None
+    model = yaml.safe_load((saved / "profile.yaml").read_text())["efficiency"]["gemm"]["model"]
+    assert "residual_many_rows" not in model and "used_when" not in model["residual"]
+
+
+def test_row_regimes_only_for_gemm(saved: Path) -> None:
+    def add(d: dict) -> None:
+        d["efficiency"]["elementwise"]["model"]["residual_many_rows"] = dict(d["efficiency"]["elementwise"]["model"]["residual"])
+
+    _edit(saved, add)
+    with pytest.raises(CalibrationError) as e:
+        Profile.load(saved)
+    assert "efficiency.elementwise.model.residual_many_rows" in str(e.value)
+
+
+def test_many_row_trees_need_the_few_row_ones(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    train = pd.concat([cpu_gemm_samples(rng, 60, False, 4e8), cpu_gemm_samples(rng, 60, True, 3e7)], ignore_index=True)
+    save_profile(fit.fit_profile(train, CPU, name="cpu", source="test", license="CC0"), tmp_path / "c")
+    _edit(tmp_path / "c", lambda d: d["efficiency"]["gemm"]["model"].pop("residual"))
+    with pytest.raises(CalibrationError) as e:
+        Profile.load(tmp_path / "c")
+    assert "efficiency.gemm.model.residual" in str(e.value) and "at most 16 rows" in str(e.value)

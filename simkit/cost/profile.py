@@ -435,8 +435,8 @@ class ClassModel:
                 r[idx] = self._elementwise_residual(forest, flops[idx], bytes_[idx], sub, peak[idx], use_tok)
         else:
             X = features(self.op_class, flops, bytes_, shape, peak, self.roof)
-            if self.forest_many_rows is None or self.forest is None:
-                r = (self.forest or self.forest_many_rows).predict(X)  # type: ignore[union-attr]
+            if self.forest_many_rows is None:
+                r = self.forest.predict(X)
             else:
                 many = _col(shape, "m", len(flops)) > FEW_ROWS
                 r = np.zeros(len(flops))
@@ -798,6 +798,9 @@ class Profile(EfficiencyModel):
             res_many = model.get("residual_many_rows") or {}
             if res_many and c != "gemm":
                 raise CalibrationError("only the gemm class has row regimes", where=where, key=f"efficiency.{c}.model.residual_many_rows")
+            if res_many and not res:
+                raise CalibrationError(f"residual_many_rows needs a residual (the trees for at most {FEW_ROWS} rows)",
+                                       where=where, key=f"efficiency.{c}.model.residual")  # fmt: skip
             kinds = tuple(res.get("kernel_kinds") or res_tok.get("kernel_kinds") or ())
             for sect, sec, tok in (("residual", res, False), ("residual_with_tokens", res_tok, True), ("residual_many_rows", res_many, False)):
                 if sec and "features" in sec and list(sec["features"]) != feature_names(c, kinds, tok):
