@@ -365,7 +365,7 @@ class SuiteSize:
     the cache, so without these the residual trees learn a slowdown for large weights from the
     few-row (DRAM-bound) samples only and carry it to prefill GEMMs, which the kernel blocks for
     the cache and which run as fast with large weights as with small ones (fp32 on the CI VM:
-    prefill MLP up-projections predicted 14-36% too slow; docs/fidelity.md)."""
+    prefill MLP up-projections predicted up to 36% too slow; docs/fidelity.md)."""
 
 
 SIZES = {
