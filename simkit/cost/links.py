@@ -127,23 +127,18 @@ def link_rates(node: Node, gpus: int, measured: dict[str, tuple[float, float]] |
                 if v is not None:
                     out[key] = (v * gpus * _measured_link_scale(node, key), h2g.latency)
     tiers = node.tiers()
-    if "ssd" in tiers:
-        t = tiers["ssd"]
-        nv = node.link("nvme")
-        cap = nv.achieved_bandwidth * len(node.ssd) if nv else float("inf")
-        out["nvme_read"] = (min(t.read_bw, cap), t.latency)
-        out["nvme_write"] = (min(t.write_bw, cap), t.latency)
-        if meas is not None:
-            for key, v in (("nvme_read", meas.ssd_read_bandwidth), ("nvme_write", meas.ssd_write_bandwidth),
-                           ("nvme_write_kv", meas.ssd_kv_write_bandwidth)):
-                if v is not None:
-                    out[key] = (v * _measured_link_scale(node, key), t.latency)
-    if "cxl" in tiers:
-        t = tiers["cxl"]
-        cx = node.link("cxl")
-        cap = cx.achieved_bandwidth * len(node.cxl) if cx else float("inf")
-        out["cxl_read"] = (min(t.read_bw, cap), t.latency)
-        out["cxl_write"] = (min(t.write_bw, cap), t.latency)
+    for tier, link, devices in (("ssd", "nvme", len(node.ssd)), ("cxl", "cxl", len(node.cxl))):
+        if tier in tiers:  # the tier's own read/write rates, capped by its links
+            t = tiers[tier]
+            lk = node.link(link)
+            cap = lk.achieved_bandwidth * devices if lk else float("inf")
+            out[f"{link}_read"] = (min(t.read_bw, cap), t.latency)
+            out[f"{link}_write"] = (min(t.write_bw, cap), t.latency)
+            if tier == "ssd" and meas is not None:
+                for key, v in (("nvme_read", meas.ssd_read_bandwidth), ("nvme_write", meas.ssd_write_bandwidth),
+                               ("nvme_write_kv", meas.ssd_kv_write_bandwidth)):
+                    if v is not None:
+                        out[key] = (v * _measured_link_scale(node, key), t.latency)
     net = node.link("network")
     if net is not None:
         out["network"] = (net.achieved_bandwidth * max(node.num_nics, 1), net.latency)

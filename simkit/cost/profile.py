@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -494,17 +494,22 @@ class ClassModel:
         dts = [str(dtype)] * n if isinstance(dtype, str) else [str(d) for d in dtype]
         if not memo:
             return self._raw_time(F, B, self._subset(shape, np.arange(n), n), self.roof.peaks(dts))
-        keys = self._keys(F, B, shape, dts)
-        table = self._memo
+        def compute(mi: np.ndarray) -> np.ndarray:
+            return self._raw_time(F[mi], B[mi], self._subset(shape, mi, n), self.roof.peaks([dts[i] for i in mi]))
+
+        return self._memoised(self._memo, self._keys(F, B, shape, dts), compute)
+
+    def _memoised(self, table: dict[Any, float], keys: list[Any], compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Values per key from ``table``; the missing ones from ``compute(indices)`` (stored; the
+        table is emptied when it outgrows MEMO_MAX)."""
         vals = [table.get(k) for k in keys]
         miss = [i for i, v in enumerate(vals) if v is None]
         if miss:
-            mi = np.asarray(miss)
-            t = self._raw_time(F[mi], B[mi], self._subset(shape, mi, n), self.roof.peaks([dts[i] for i in miss]))
+            out = compute(np.asarray(miss))
             if len(table) > self.MEMO_MAX:
                 table.clear()
             for j, i in enumerate(miss):
-                vals[i] = table[keys[i]] = float(t[j])
+                vals[i] = table[keys[i]] = float(out[j])
         return np.array(vals, dtype=np.float64)
 
     def efficiency(self, flops: np.ndarray, bytes_: np.ndarray, shape: Mapping[str, Any], dtype: str) -> np.ndarray:
@@ -514,22 +519,14 @@ class ClassModel:
         B = np.atleast_1d(np.asarray(bytes_, dtype=np.float64))
         n = F.shape[0]
         dts = [str(dtype)] * n
-        keys = self._keys(F, B, shape, dts)
-        table = self._eff_memo
-        vals = [table.get(k) for k in keys]
-        miss = [i for i, v in enumerate(vals) if v is None]
-        if miss:
-            mi = np.asarray(miss)
-            t = self._raw_time(F[mi], B[mi], self._subset(shape, mi, n), self.roof.peaks([dts[i] for i in miss]))
+        def compute(mi: np.ndarray) -> np.ndarray:
+            t = self._raw_time(F[mi], B[mi], self._subset(shape, mi, n), self.roof.peaks([dts[i] for i in mi]))
             ideal = self.roof.ideal(F[mi], B[mi], self.roof.peak(dtype))
             busy = np.maximum(t - self.launch_overhead, 1e-15)
             with np.errstate(invalid="ignore", divide="ignore"):
-                eff = np.clip(np.where(ideal > 0, ideal / busy, 1.0), 1e-6, 1.0)
-            if len(table) > self.MEMO_MAX:
-                table.clear()
-            for j, i in enumerate(miss):
-                vals[i] = table[keys[i]] = float(eff[j])
-        return np.array(vals, dtype=np.float64)
+                return np.clip(np.where(ideal > 0, ideal / busy, 1.0), 1e-6, 1.0)
+
+        return self._memoised(self._eff_memo, self._keys(F, B, shape, dts), compute)
 
     # ---- persistence -------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
