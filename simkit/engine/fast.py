@@ -21,7 +21,8 @@ bits, with the roofline's coefficients taken once from ``EfficiencyModel.rooflin
 wherever the efficiency model prices attention in closed form; a decode run is priced only up
 to the step that reaches the next arrival (where the run is cut); a step that no other event
 can interrupt (nothing scheduled before it ends) moves the clock without a SimPy event
-(:meth:`FastEngine._advance`); admission is the reference's without the prefix-cache, spill and
+(:meth:`FastEngine._advance`; :meth:`FastEngine._loop`, which takes the policy's decision through its ``fast_step`` hook as
+plain values); admission is the reference's without the prefix-cache, spill and
 KV-cap branches (none is on the fast path), and one that failed for want of blocks is not
 re-checked until enough blocks are free; finished requests leave the running set in O(1) and
 release their blocks in one call.
@@ -45,7 +46,6 @@ from typing import Any
 import numpy as np
 
 from simkit.engine.engine import Engine
-from simkit.engine.interfaces import Step
 
 
 class _DecodeSet:
@@ -411,14 +411,6 @@ class FastEngine(Engine):
             if not self._preempt_one():
                 raise AssertionError("a lone request cannot grow its KV cache (admission should have prevented this)")
 
-    def _busy(self, dur: float) -> None:
-        """Account ``dur`` seconds of compute as busy time. (No step of the fast path waits for a
-        transfer: without a prefix cache or swapping nothing is ever fetched, so the reference's
-        ``_wait_fetch`` never applies, and a step is its compute.)"""
-        self.busy_time += dur
-        self.busy_gpu_s += dur * self.cfg.num_gpus
-        self.stage_busy[0] += dur
-
     def _advance(self, dur: float) -> bool:
         """Let ``dur`` seconds of compute pass without an event where nothing can intervene:
         when no event is scheduled up to the step's end (``env.peek()`` is later), nothing else
@@ -450,12 +442,58 @@ class FastEngine(Engine):
             ctx[n_pq:] = stand_in_contexts(nb, dec_sum, longest)
         return cost.step_time(q, ctx, logits_rows=rows)
 
-    def _mixed_step(self, step: Step):  # type: ignore[no-untyped-def]
+    # ---- the loop ----------------------------------------------------------------------------
+    def _loop(self):  # type: ignore[no-untyped-def]
+        """The reference's loop (:meth:`Engine._loop`) with the policy's ``fast_step`` hook
+        (plain values, no :class:`Step`) and the step's work in plain calls around the one
+        place it may wait: a step that nothing can interrupt moves the clock without an event
+        (:meth:`_advance`), so a run of such steps is one Python loop, not one SimPy event and
+        generator per step. Nothing is ever fetched or swapped on the fast path (no prefix cache,
+        recompute preemption), so the reference's waits for transfers do not apply."""
         env = self.env
         t = self.table
-        pre = step.prefill_ids
-        pq = step.prefill_q
-        nb = len(step.decode_ids)
+        fast_step = self.policy.fast_step  # type: ignore[attr-defined]
+        replica = self.replica
+        while True:
+            if not self.running and not self.waiting:
+                self._idle = True
+                self._wake = env.event()
+                yield self._wake
+                self._idle = False
+            pre, q, nb = fast_step(self)
+            if pre:
+                dur = self._mixed_begin(pre, q, nb)
+            elif nb:
+                dur = self._decode_begin(nb)
+            else:
+                if self.waiting and not replica.busy():
+                    # nothing runs anywhere in the replica, yet the head request cannot be
+                    # admitted: it can never fit, so reject it rather than stall forever
+                    i = self.waiting.popleft()
+                    t.reject(i, "never_fits")
+                    self.outstanding -= 1
+                    continue
+                # waiting for something to arrive or finish elsewhere
+                self._idle = True
+                self._wake = env.event()
+                yield self._wake
+                self._idle = False
+                continue
+            start = env.now
+            if not self._advance(dur):
+                yield env.timeout(dur)
+            self.busy_time += dur
+            self.busy_gpu_s += dur * self.cfg.num_gpus
+            self.stage_busy[0] += dur
+            if pre:
+                self._mixed_end(start, pre, q, nb)
+            else:
+                self._decode_end(start, dur)
+
+    def _mixed_begin(self, pre: list[int], pq: list[int], nb: int) -> float:
+        """Price a mixed iteration (prefill chunks of ``pre``, and the ``nb`` decoding requests)
+        and note what its end needs; returns its seconds."""
+        t = self.table
         kv_pre: list[int] = []
         completes: list[bool] = []
         for k, i in enumerate(pre):
@@ -471,8 +509,7 @@ class FastEngine(Engine):
             longest = self._longest_offset() + self._D
             dec_sum = self._sum_off + nb * self._D
             mc["attn_decode"] = max(mc["attn_decode"], longest + 1)
-        if n_pq:
-            mc["attn_prefill"] = max(mc["attn_prefill"], max(kv_pre[k] + pq[k] for k in range(n_pq)))
+        mc["attn_prefill"] = max(mc["attn_prefill"], max(kv_pre[k] + pq[k] for k in range(n_pq)))
         rows = sum(completes) + nb
         if nb or n_pq != 1:
             dur = self._step_time(pq, kv_pre, nb, dec_sum, longest, rows)
@@ -481,20 +518,22 @@ class FastEngine(Engine):
             # tokens, rows), and prompt lengths repeat: memoised (bounded)
             memo = self._prefill_memo
             key = (pq[0], kv_pre[0], rows)
-            dur = memo.get(key)
+            dur = memo.get(key)  # type: ignore[assignment]
             if dur is None:
                 if len(memo) >= 100_000:
                     memo.clear()
                 dur = memo[key] = self._step_time(pq, kv_pre, nb, dec_sum, longest, rows)
-        n_tok = int(sum(pq))
+        self._mixed_ctx = (kv_pre, completes)
         if self.cost.tp > 1:
-            self.stage_comm[0] += self.cost.comm_time(n_tok + nb)
-        start = env.now
-        if not self._advance(dur):
-            yield env.timeout(dur)
-        self._busy(dur)
-        now = env.now
-        self.log.add(self.index, start, now, 1, n_tok, nb, n_pq + nb, self.kv.used)  # kv.in_use without a prefix cache
+            self.stage_comm[0] += self.cost.comm_time(int(sum(pq)) + nb)
+        return dur
+
+    def _mixed_end(self, start: float, pre: list[int], pq: list[int], nb: int) -> None:
+        """Apply a mixed iteration that ran from ``start`` to now."""
+        t = self.table
+        now = self.env.now
+        kv_pre, completes = self._mixed_ctx
+        self.log.add(self.index, start, now, 1, int(sum(pq)), nb, len(pq) + nb, self.kv.used)  # kv.in_use without a prefix cache
         finished: list[int] = []
         done_pre: list[tuple[int, int, int]] = []  # (request, KV tokens, generated)
         for k, i in enumerate(pre):
@@ -531,13 +570,15 @@ class FastEngine(Engine):
         finished.extend(dec_done)
         self._finish(finished)
 
-    def _decode_run(self, dec: Any):  # type: ignore[no-untyped-def]
-        env = self.env
-        nb = len(self._info)
+    def _decode_begin(self, nb: int) -> float:
+        """Price a run of decode iterations of the whole decode set (``nb`` requests), up to the
+        first of: a request finishes, the KV cache lacks a block, the step that reaches the next
+        arrival; allocate its blocks and note what its end needs; returns its seconds."""
         clock = self._D
         s = self._top_finish() - clock
         bs = self.cfg.block_size
-        avail = self.kv.num_blocks - self.kv.used  # kv.available without a prefix cache
+        kvm = self.kv
+        avail = kvm.num_blocks - kvm.used  # kv.available without a prefix cache
         if nb * (s // bs + 1) > avail and self._growth_to(clock + s) > avail:
             lo, hi = 1, s
             while lo < hi:
@@ -547,27 +588,27 @@ class FastEngine(Engine):
                 else:
                     hi = mid - 1
             s = lo
-        ta = self.next_arrival() - env.now
+        ta = self.next_arrival() - self.env.now
+        cost = self.cost
         if ta < float("inf"):
-            fixed = self.cost.fixed_step_time(nb)
+            fixed = cost.fixed_step_time(nb)
             if fixed > 0:
                 s = min(s, max(int(ta / fixed) + 2, 1))
         longest = self._longest_offset() + clock
         kv0 = float(self._sum_off + nb * clock)
         # a run of a few dozen steps on scalars, stopping at the step that reaches the next
         # arrival (the cut below, made as the steps are priced)
-        few = self.cost.decode_step_times(nb, kv0, s, float(longest), ta) if s <= 64 else None
+        few = cost.decode_step_times(nb, kv0, s, float(longest), ta) if s <= 64 else None
         if few is not None:
             times, ends_l = few
             s = len(times)
             first, dur = ends_l[0], ends_l[-1]
         elif s == 1:
-            times = self.cost.decode_steps(nb, kv0, s, float(longest))
+            times = cost.decode_steps(nb, kv0, s, float(longest))
             first = dur = float(times[0])  # np.cumsum of one value is that value
         else:
-            times = self.cost.decode_steps(nb, kv0, s, float(longest))
+            times = cost.decode_steps(nb, kv0, s, float(longest))
             ends = np.cumsum(times)
-            ta = self.next_arrival() - env.now
             if ta < float(ends[-1]):
                 j = int(np.searchsorted(ends, ta, side="left"))
                 s = min(s, j + 1)
@@ -575,20 +616,24 @@ class FastEngine(Engine):
                 times = times[:s]
             first, dur = float(ends[0]), float(ends[-1])
         self._alloc_to(clock + s)
-        self.max_context["attn_decode"] = max(self.max_context["attn_decode"], longest + s)
-        if self.cost.tp > 1:
-            self.stage_comm[0] += self.cost.comm_time(nb) * s
-        start = env.now
-        if not self._advance(dur):
-            yield env.timeout(dur)
-        self._busy(dur)
-        now = env.now
+        mc = self.max_context
+        if longest + s > mc["attn_decode"]:
+            mc["attn_decode"] = longest + s
+        if cost.tp > 1:
+            self.stage_comm[0] += cost.comm_time(nb) * s
+        self._run = (nb, s, times, first)
+        return dur
+
+    def _decode_end(self, start: float, dur: float) -> None:
+        """Apply a decode run that ran from ``start`` to now (``dur`` seconds of compute)."""
+        nb, s, times, first = self._run
+        now = self.env.now
         self.log.add(self.index, start, now, s, 0, nb, nb, self.kv.used)  # kv.in_use without a prefix cache
         extra = max((now - start) - dur, 0.0)
         self._tbt_groups(start + first + extra)
         if s > 1:
             self.tbt.push(np.asarray(times[1:]), float(nb))
-        self._D = clock + s
+        self._D += s
         self._last_dec = now
         self._fresh = {}
         done = self._pop_finished()
