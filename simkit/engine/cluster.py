@@ -108,7 +108,8 @@ class Cluster:
         self.record_iterations = record_iterations
         self._arrivals = table.arrival
         self._order = np.argsort(self._arrivals, kind="stable")
-        self._ptr = 0
+        self._next = float(self._arrivals[self._order[0]]) if len(self._order) else float("inf")
+        """The arrival time of the next request not yet arrived (inf when none is left)."""
         self.replicas: list[Replica] = []
         self._front: list[Replica] = []
         self._front_caps: list[int] = []
@@ -118,8 +119,7 @@ class Cluster:
 
     def next_arrival(self) -> float:
         """The arrival time of the next request not yet arrived (inf when none is left)."""
-        k = self._ptr
-        return float(self._arrivals[self._order[k]]) if k < len(self._order) else float("inf")
+        return self._next
 
     def serve(
         self, replicas: list[Replica], front_caps: list[int], router: Router, admission: Admission, handoff: HandOff | None
@@ -151,30 +151,49 @@ class Cluster:
         table.handoff[i] = self.env.now
         dec[k].hand_off(i)
 
+    def _arrivals_setup(self) -> tuple[np.ndarray, np.ndarray]:
+        """(request ids in arrival order, their arrival times); readies :meth:`_arrive`."""
+        table, adm, front_caps = self.table, self._admission, self._front_caps
+        assert adm is not None and self._router is not None
+        self._least_cap = min(front_caps)
+        self._codes = adm.rejections(table.input, table.output, max(front_caps))
+        self._need = adm.kv_need(table.input + table.output)
+        return self._order, self._arrivals[self._order]
+
+    def _arrive(self, i: int) -> bool:
+        """Request ``i`` arrives now: the front door rejects it (False) or the router queues it
+        at a front replica (True)."""
+        code = self._codes[i]
+        if code:
+            self.table.reject(i, REJECT_REASONS[code])
+            return False
+        front, router = self._front, self._router
+        kv_need = int(self._need[i])
+        fits = front if kv_need <= self._least_cap else [g for g, c in zip(front, self._front_caps, strict=True) if c >= kv_need]
+        fits[router.choose(i, fits)].enqueue(i)  # type: ignore[union-attr]
+        return True
+
     def _arrival_process(self) -> Generator[Any, Any, None]:
-        env, table, arrivals, order = self.env, self.table, self._arrivals, self._order
-        adm, router, front, front_caps = self._admission, self._router, self._front, self._front_caps
-        assert adm is not None and router is not None
-        least_cap = min(front_caps)
-        codes = adm.rejections(table.input, table.output, max(front_caps))
-        need = adm.kv_need(table.input + table.output)
-        for k in range(len(order)):
-            i = int(order[k])
-            dt = arrivals[i] - env.now
+        env = self.env
+        order, at = self._arrivals_setup()
+        n = len(order)
+        for k in range(n):
+            dt = at[k] - env.now
             if dt > 0:
                 yield env.timeout(dt)
-            self._ptr = k + 1
-            if codes[i]:
-                table.reject(i, REJECT_REASONS[codes[i]])
-                continue
-            kv_need = int(need[i])
-            fits = front if kv_need <= least_cap else [g for g, c in zip(front, front_caps, strict=True) if c >= kv_need]
-            fits[router.choose(i, fits)].enqueue(i)
+            self._next = float(at[k + 1]) if k + 1 < n else float("inf")
+            self._arrive(int(order[k]))
 
     def run(self) -> None:
         """Run until every request has finished or been rejected; fast engines write their
         running totals back to the request table."""
-        self.env.process(self._arrival_process())
+        only = self.replicas[0].engines if len(self.replicas) == 1 else []
+        if len(only) == 1 and isinstance(only[0], FastEngine) and self._handoff is None:
+            # one fast engine and nothing else in the world (its plan moves nothing over links:
+            # no prefix fetch, swap, hand-off, offload or pipeline): it takes the arrivals itself
+            only[0].feed = ArrivalFeed(self)
+        else:
+            self.env.process(self._arrival_process())
         if self.record_iterations:
             for g in self.replicas:
                 for link in g.links.values():
@@ -184,3 +203,79 @@ class Cluster:
             for e in g.engines:
                 if isinstance(e, FastEngine):
                     e.sync()
+
+
+class ArrivalFeed:
+    """The arrival process of a world whose only other process is one :class:`FastEngine`,
+    run by that engine inline instead of as SimPy events (``FastEngine.feed``).
+
+    It reproduces SimPy's order exactly. The arrival process (:meth:`Cluster._arrival_process`)
+    waits on a timeout for its next arrival (scheduled when it handled the previous one) and
+    handles every arrival due by then in one go. An event fires in the order (time, scheduling
+    order); here each wait the arrival process or the engine would schedule takes a number from
+    one counter (:meth:`ticket`), so the engine hands over to the feed exactly the arrivals SimPy
+    would have handled before it resumes: those due before its step's end, and at the end itself
+    those whose wait was scheduled before the engine's (:meth:`until`); when the engine idles, up
+    to the first that queues a request (:meth:`until_queued`), as its wake-up would. A step that
+    ends before the next arrival is due takes no ticket (the engine's ``_advance``), as it takes
+    no event there. The arrivals are handled by the same code (:meth:`Cluster._arrive`) at the
+    same simulated times (``env.now``), so the runs are the same bit for bit (tested)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.env = cluster.env
+        self.order, self.at = cluster._arrivals_setup()
+        self.n = len(self.order)
+        self.k = 0
+        """The next arrival to handle (an index into ``order``)."""
+        self.time: float = self.env.now
+        """When the arrival process resumes next (inf when it is done)."""
+        self.seq = 0
+        """Its scheduling order among the waits at ``time``."""
+        self._tickets = 1
+        self._started = False
+
+    def ticket(self) -> int:
+        """A scheduling number for a wait the engine schedules now (SimPy's event order)."""
+        self._tickets += 1
+        return self._tickets
+
+    def _resume(self) -> bool:
+        """Run the arrival process's resume at ``time``: handle the arrival its wait was for and
+        every later one already due, then wait for the next. True if one was queued."""
+        env, at, order, n, cl = self.env, self.at, self.order, self.n, self.cluster
+        env._now = self.time  # SimPy's clock (no public setter), as the process's wake-up sets it
+        queued = False
+        k = self.k
+        if self._started:
+            cl._next = float(at[k + 1]) if k + 1 < n else float("inf")
+            queued = cl._arrive(int(order[k]))
+            k += 1
+        self._started = True
+        while k < n:
+            dt = at[k] - env._now
+            if dt > 0:
+                self.k = k
+                self.time = env._now + dt  # as SimPy schedules a timeout
+                self.seq = self.ticket()
+                return queued
+            cl._next = float(at[k + 1]) if k + 1 < n else float("inf")
+            queued = cl._arrive(int(order[k])) or queued
+            k += 1
+        self.k = n
+        self.time = float("inf")
+        return queued
+
+    def until(self, end: float, seq: int) -> None:
+        """Handle the arrivals SimPy handles before an engine wait scheduled as ``seq`` fires
+        at ``end``."""
+        while self.time < end or (self.time == end and self.seq < seq):
+            self._resume()
+
+    def until_queued(self) -> bool:
+        """Handle arrivals up to the first resume that queues a request (the engine idles until
+        then); False when none is left to queue (the engine waits for ever, as in SimPy)."""
+        while self.time < float("inf"):
+            if self._resume():
+                return True
+        return False

@@ -41,23 +41,14 @@ from __future__ import annotations
 
 import heapq
 from bisect import insort
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from simkit.engine.engine import Engine
 
-
-class _DecodeSet:
-    """What :meth:`FastEngine.decode_ready` hands a policy: only its size is read."""
-
-    __slots__ = ("n",)
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
+if TYPE_CHECKING:
+    from simkit.engine.cluster import ArrivalFeed
 
 
 class _RunSet(dict[int, None]):
@@ -159,6 +150,9 @@ class FastEngine(Engine):
         """End time of the last step that decoded the whole decode set."""
         self._prefill_memo: dict[tuple[int, int, int], float] = {}
         self.running = _RunSet()  # type: ignore[assignment]
+        self.feed: ArrivalFeed | None = None
+        """The arrivals, when this engine is the world's only other process (set by
+        :meth:`Cluster.run`): handled inline instead of as SimPy events."""
         self._no_fit: tuple[int, int | None, int] | None = None
         """(request, reserve_tokens, most blocks in use at which it fits) of the last admission
         that did not fit for want of blocks."""
@@ -398,18 +392,32 @@ class FastEngine(Engine):
         return done
 
     def decode_ready(self, reserve: bool = True) -> Any:
+        """The reference's decode set as a ``range`` of its size (all a policy reads of it)."""
         while True:
             nb = len(self._info)
             if nb == 0:
-                return _DecodeSet(0)
+                return range(0)
             free = self.kv.num_blocks - self.kv.used  # kv.free without a prefix cache
             grow = nb if nb <= free else self._growth_to(self._D + 1)
             if grow <= free or self.kv.make_room(grow):
                 if reserve:
                     self._alloc_to(self._D + 1)
-                return _DecodeSet(nb)
+                return range(nb)
             if not self._preempt_one():
                 raise AssertionError("a lone request cannot grow its KV cache (admission should have prevented this)")
+
+    def _idle_wait(self):  # type: ignore[no-untyped-def]
+        """Wait until a request is queued (the reference's wait for ``_wake``). With a
+        :attr:`feed`, its arrivals are handled up to the first that queues one (only an
+        arrival wakes the one engine of a one-replica world), the clock at its time; when none
+        is left the engine waits for ever, as in SimPy."""
+        feed = self.feed
+        if feed is not None and feed.until_queued():
+            return
+        self._idle = True
+        self._wake = self.env.event()
+        yield self._wake
+        self._idle = False
 
     def _advance(self, dur: float) -> bool:
         """Let ``dur`` seconds of compute pass without an event where nothing can intervene:
@@ -417,9 +425,17 @@ class FastEngine(Engine):
         can run before this process would resume, so the clock is moved to the end directly (the
         same float ``env.now + dur`` a timeout would fire at) and True is returned; else False
         (the caller yields ``env.timeout(dur)``). Events at equal times keep their order
-        (``peek()`` equal to the end takes the event path), so every decision is the same."""
+        (``peek()`` equal to the end takes the event path), so every decision is the same.
+        With a :attr:`feed` (the world's only other process) its arrivals due before the step's
+        end are handled first, in SimPy's order (``ArrivalFeed.until``), and True is returned."""
         env = self.env
         end = env.now + dur
+        feed = self.feed
+        if feed is not None:
+            if feed.time <= end:
+                feed.until(end, feed.ticket())
+            env._now = end
+            return True
         if env.peek() > end:
             env._now = end  # SimPy's clock (no public setter); the event queue is untouched
             return True
@@ -456,10 +472,7 @@ class FastEngine(Engine):
         replica = self.replica
         while True:
             if not self.running and not self.waiting:
-                self._idle = True
-                self._wake = env.event()
-                yield self._wake
-                self._idle = False
+                yield from self._idle_wait()
             pre, q, nb = fast_step(self)
             if pre:
                 dur = self._mixed_begin(pre, q, nb)
@@ -474,10 +487,7 @@ class FastEngine(Engine):
                     self.outstanding -= 1
                     continue
                 # waiting for something to arrive or finish elsewhere
-                self._idle = True
-                self._wake = env.event()
-                yield self._wake
-                self._idle = False
+                yield from self._idle_wait()
                 continue
             start = env.now
             if not self._advance(dur):

@@ -153,7 +153,8 @@ class ContinuousBatching:
         """The one home of the decision: (prefill ids, their tokens, None) when prefilling, else
         ([], [], the decode set from ``r.decode_ready(reserve=False)``)."""
         t = r.table
-        r.swap_in_ready()
+        if r.swapped:
+            r.swap_in_ready()
         pre: list[int] = []
         q: list[int] = []
         budget = self.max_tokens
@@ -217,7 +218,8 @@ class ChunkedPrefill:
     def _decide(self, r: Engine) -> tuple[list[int], list[int], Any]:
         """The one home of the decision: (prefill ids, their chunks' tokens, the decode set)."""
         t = r.table
-        r.swap_in_ready()
+        if r.swapped:
+            r.swap_in_ready()
         dec = r.decode_ready()
         budget = self.budget - len(dec)
         pre: list[int] = []
