@@ -1,6 +1,7 @@
 """The fast exact engine path against the reference engine (the oracle), bit for bit, and the
 start-up work around it: the cost-table cache and what ``simkit run`` imports."""
 
+import json
 import os
 import subprocess
 import sys
@@ -358,6 +359,23 @@ def test_simkit_run_imports_no_heavy_library(tmp_path):
     assert "HEAVY [] 0" in out.stdout, out.stdout + out.stderr
     assert "engine path: fast" in out.stdout  # the run's output says which engine ran
     assert (tmp_path / "requests.parquet").exists()
+
+
+def test_simkit_run_process_skips_teardown_but_keeps_outputs_and_exit_codes(tmp_path):
+    """The `simkit run` process ends without the interpreter's teardown (``os._exit``) once its
+    outputs are written: every file is complete, stdout is all there, the exit code is kept
+    (0; 2 for bad input, which exits normally)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "simkit.cli", "run", "workloads/scenarios/quickstart.yaml", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.rstrip().splitlines()[-1].startswith("  wrote "), out.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "requests.parquet").num_rows == summary["requests_total"]
+    bad = subprocess.run([*cmd[:4], str(tmp_path / "missing.yaml")], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "missing.yaml" in bad.stderr
 
 
 @given(st.lists(st.integers(1, 5000), min_size=1, max_size=300))
