@@ -642,7 +642,7 @@ class FastEngine(Engine):
         extra = max((now - start) - dur, 0.0)
         self._tbt_groups(start + first + extra)
         if s > 1:
-            self.tbt.push(np.asarray(times[1:]), float(nb))
+            self.tbt.push(times[1:], float(nb))
         self._D += s
         self._last_dec = now
         self._fresh = {}
