@@ -234,33 +234,56 @@ class ArrivalFeed:
         """Its scheduling order among the waits at ``time``."""
         self._tickets = 1
         self._started = False
+        self._c0 = 0
+        self._at_c: list[float] = []
+        self._ids_c: list[int] = []
+        """Arrival times and request ids ``_c0`` ... as Python numbers, a chunk at a time (the
+        same float64 values, read without a numpy scalar per arrival)."""
+        self._load(0)
+
+    CHUNK = 4096
 
     def ticket(self) -> int:
         """A scheduling number for a wait the engine schedules now (SimPy's event order)."""
         self._tickets += 1
         return self._tickets
 
+    def _load(self, k: int) -> None:
+        """Make arrivals ``k`` ... (and the one after the chunk, for :attr:`Cluster._next`) the
+        current chunk."""
+        self._c0 = k
+        self._at_c = self.at[k : k + self.CHUNK + 1].tolist() + [float("inf")]
+        self._ids_c = self.order[k : k + self.CHUNK].tolist()
+
     def _resume(self) -> bool:
         """Run the arrival process's resume at ``time``: handle the arrival its wait was for and
         every later one already due, then wait for the next. True if one was queued."""
-        env, at, order, n, cl = self.env, self.at, self.order, self.n, self.cluster
-        env._now = self.time  # SimPy's clock (no public setter), as the process's wake-up sets it
+        env, n, cl = self.env, self.n, self.cluster
+        now = env._now = self.time  # SimPy's clock (no public setter), as the process's wake-up sets it
         queued = False
         k = self.k
         if self._started:
-            cl._next = float(at[k + 1]) if k + 1 < n else float("inf")
-            queued = cl._arrive(int(order[k]))
+            j = k - self._c0
+            cl._next = self._at_c[j + 1]
+            queued = cl._arrive(self._ids_c[j])
             k += 1
         self._started = True
         while k < n:
-            dt = at[k] - env._now
+            j = k - self._c0
+            if j >= self.CHUNK:
+                self._load(k)
+                j = 0
+            dt = self._at_c[j] - now
             if dt > 0:
                 self.k = k
-                self.time = env._now + dt  # as SimPy schedules a timeout
-                self.seq = self.ticket()
+                # as SimPy schedules the timeout: the clock plus (a numpy arrival time minus the
+                # clock), a numpy float, which the clock then is (the same value and type)
+                self.time = np.float64(now + dt)
+                self._tickets += 1
+                self.seq = self._tickets
                 return queued
-            cl._next = float(at[k + 1]) if k + 1 < n else float("inf")
-            queued = cl._arrive(int(order[k])) or queued
+            cl._next = self._at_c[j + 1]
+            queued = cl._arrive(self._ids_c[j]) or queued
             k += 1
         self.k = n
         self.time = float("inf")
