@@ -19,12 +19,17 @@ Per step, the iteration time is evaluated on Python floats (``IterationModel.dec
 and ``mixed_step_time``: the same operations in the same order as the array forms, so the same
 bits, with the roofline's coefficients taken once from ``EfficiencyModel.roofline_coeffs``)
 wherever the efficiency model prices attention in closed form; a decode run is priced only up
-to the step that reaches the next arrival (where the run is cut); a step that no other event
-can interrupt (nothing scheduled before it ends) moves the clock without a SimPy event
-(:meth:`FastEngine._advance`; :meth:`FastEngine._loop`, which takes the policy's decision through its ``fast_step`` hook as
-plain values); admission is the reference's without the prefix-cache, spill and
-KV-cap branches (none is on the fast path), and one that failed for want of blocks is not
-re-checked until enough blocks are free; finished requests leave the running set in O(1) and
+to the step that reaches the next arrival (where the run is cut); the loop
+(:meth:`FastEngine._loop`) takes the policy's decision through its ``fast_step`` hook as plain
+values (no ``Step`` per iteration) and a step that no other event can interrupt (nothing
+scheduled before it ends) moves the clock without a SimPy event (:meth:`FastEngine._advance`).
+In a world of one replica served by one fast engine, that engine also runs the arrival process
+itself (``ArrivalFeed`` in engine/cluster.py, set as :attr:`FastEngine.feed`): the arrivals due
+before a step ends are handled inline, in SimPy's order at equal times, so the whole run is one
+Python loop with no SimPy event at all; with several replicas, whose states the router reads at
+each arrival, arrivals stay SimPy events. Admission is the reference's without the prefix-cache,
+spill and KV-cap branches (none is on the fast path), and one that failed for want of blocks is
+not re-checked until enough blocks are free; finished requests leave the running set in O(1) and
 release their blocks in one call.
 
 Everything else is the reference engine's own code (the policies, the event loop, preemption,
