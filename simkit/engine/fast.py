@@ -511,10 +511,17 @@ class FastEngine(Engine):
         t = self.table
         kv_pre: list[int] = []
         completes: list[bool] = []
+        rows = nb  # logits rows: the decodes and the prefills that complete
+        top = 0  # the longest context a prefill chunk attends
         for k, i in enumerate(pre):
             kv = int(t.kv_len[i])
             kv_pre.append(kv)
-            completes.append(kv + pq[k] >= int(t.target[i]))
+            upto = kv + pq[k]
+            done = upto >= int(t.target[i])
+            completes.append(done)
+            rows += done
+            if upto > top:
+                top = upto
         n_pq = len(pq)
         mc = self.max_context
         dec_sum = longest = 0
@@ -523,9 +530,10 @@ class FastEngine(Engine):
             # maximum (IterationModel.attention_time)
             longest = self._longest_offset() + self._D
             dec_sum = self._sum_off + nb * self._D
-            mc["attn_decode"] = max(mc["attn_decode"], longest + 1)
-        mc["attn_prefill"] = max(mc["attn_prefill"], max(kv_pre[k] + pq[k] for k in range(n_pq)))
-        rows = sum(completes) + nb
+            if longest + 1 > mc["attn_decode"]:
+                mc["attn_decode"] = longest + 1
+        if top > mc["attn_prefill"]:
+            mc["attn_prefill"] = top
         if nb or n_pq != 1:
             dur = self._step_time(pq, kv_pre, nb, dec_sum, longest, rows)
         else:
