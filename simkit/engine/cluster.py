@@ -151,14 +151,13 @@ class Cluster:
         table.handoff[i] = self.env.now
         dec[k].hand_off(i)
 
-    def _arrivals_setup(self) -> tuple[np.ndarray, np.ndarray]:
-        """(request ids in arrival order, their arrival times); readies :meth:`_arrive`."""
+    def _arrivals_setup(self) -> None:
+        """Ready :meth:`_arrive` (the front door's verdicts and KV needs of every request)."""
         table, adm, front_caps = self.table, self._admission, self._front_caps
         assert adm is not None and self._router is not None
         self._least_cap = min(front_caps)
         self._codes = adm.rejections(table.input, table.output, max(front_caps))
         self._need = adm.kv_need(table.input + table.output)
-        return self._order, self._arrivals[self._order]
 
     def _arrive(self, i: int) -> bool:
         """Request ``i`` arrives now: the front door rejects it (False) or the router queues it
@@ -174,15 +173,16 @@ class Cluster:
         return True
 
     def _arrival_process(self) -> Generator[Any, Any, None]:
-        env = self.env
-        order, at = self._arrivals_setup()
+        env, arrivals, order = self.env, self._arrivals, self._order
+        self._arrivals_setup()
         n = len(order)
         for k in range(n):
-            dt = at[k] - env.now
+            i = int(order[k])
+            dt = arrivals[i] - env.now
             if dt > 0:
                 yield env.timeout(dt)
-            self._next = float(at[k + 1]) if k + 1 < n else float("inf")
-            self._arrive(int(order[k]))
+            self._next = float(arrivals[order[k + 1]]) if k + 1 < n else float("inf")
+            self._arrive(i)
 
     def run(self) -> None:
         """Run until every request has finished or been rejected; fast engines write their
@@ -224,8 +224,8 @@ class ArrivalFeed:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.env = cluster.env
-        self.order, self.at = cluster._arrivals_setup()
-        self.n = len(self.order)
+        cluster._arrivals_setup()
+        self.n = len(cluster._order)
         self.k = 0
         """The next arrival to handle (an index into ``order``)."""
         self.time: float = self.env.now
@@ -252,8 +252,9 @@ class ArrivalFeed:
         """Make arrivals ``k`` ... (and the one after the chunk, for :attr:`Cluster._next`) the
         current chunk."""
         self._c0 = k
-        self._at_c = self.at[k : k + self.CHUNK + 1].tolist() + [float("inf")]
-        self._ids_c = self.order[k : k + self.CHUNK].tolist()
+        ids = self.cluster._order[k : k + self.CHUNK + 1]
+        self._at_c = self.cluster._arrivals[ids].tolist() + [float("inf")]
+        self._ids_c = ids[: self.CHUNK].tolist()
 
     def _resume(self) -> bool:
         """Run the arrival process's resume at ``time``: handle the arrival its wait was for and
