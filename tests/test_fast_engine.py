@@ -161,12 +161,13 @@ def _native_trace(path: Path, times: np.ndarray, inp: np.ndarray, out: np.ndarra
 
 @pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_arrivals_at_step_ends_and_at_one_instant(tmp_path, policy, seed):
-    """A one-replica world's engine handles the arrivals itself (``ArrivalFeed``, no SimPy
-    event per arrival). Ties keep SimPy's order, bit for bit: arrivals at exactly the end of a
-    prefill step, with (its wait scheduled after the step's: handled after the engine resumes)
-    and without (before) another arrival during the step; several at one instant; some the
-    front door rejects. A prefill step is never cut by an arrival, so one added at its end or
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_arrivals_at_step_ends_and_at_one_instant(tmp_path, policy, seed, replicas):
+    """A world of fast engines runs on ``FastWorld`` (SimPy's order on a plain heap, the
+    arrivals as plain calls). Ties keep SimPy's order, bit for bit: arrivals at exactly the end
+    of a prefill step, with (its wait scheduled after the step's: handled after the engine
+    resumes) and without (before) another arrival during the step; several at one instant; some
+    the front door rejects. A prefill step is never cut by an arrival, so one added at its end or
     within it leaves the run up to the step's end as it was: the ends are taken from the run
     itself, one step at a time."""
     rng = np.random.default_rng(seed)
@@ -177,7 +178,8 @@ def test_arrivals_at_step_ends_and_at_one_instant(tmp_path, policy, seed):
     inp[rng.random(len(times)) < 0.05] = 5000  # beyond the context: rejected at the door
     out = rng.integers(1, 120, size=len(times))
     data = make_scenario(seed=seed)
-    data["plan"].update({"batching": with_policy(batching, policy, {}), "kv_cache": kv})
+    data["plan"].update({"batching": with_policy(batching, policy, {}), "kv_cache": kv,
+                         "parallel": {"replicas": replicas}, "routing": "round_robin"})  # fmt: skip
     tied: list[float] = []
     last = 0.0
     for k in range(8):

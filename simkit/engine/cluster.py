@@ -6,6 +6,7 @@ records a Chrome trace. The replicas and their engines are built into the cluste
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -187,52 +188,69 @@ class Cluster:
     def run(self) -> None:
         """Run until every request has finished or been rejected; fast engines write their
         running totals back to the request table."""
-        only = self.replicas[0].engines if len(self.replicas) == 1 else []
-        if len(only) == 1 and isinstance(only[0], FastEngine) and self._handoff is None:
-            # one fast engine and nothing else in the world (its plan moves nothing over links:
-            # no prefix fetch, swap, hand-off, offload or pipeline): it takes the arrivals itself
-            only[0].feed = ArrivalFeed(self)
+        engines = [e for g in self.replicas for e in g.engines]
+        world = None
+        if (self._handoff is None and all(len(g.engines) == 1 for g in self.replicas)
+                and all(isinstance(e, FastEngine) for e in engines)):  # fmt: skip
+            # fast engines and the arrivals only (their plans move nothing over links: no prefix
+            # fetch, swap, hand-off, offload or pipeline): SimPy's loop on a plain heap
+            world = FastWorld(self, engines)  # type: ignore[arg-type]
         else:
             self.env.process(self._arrival_process())
         if self.record_iterations:
             for g in self.replicas:
                 for link in g.links.values():
                     link.busy_log = []
-        self.env.run()
+        if world is not None:
+            world.run()
+        else:
+            self.env.run()
         for g in self.replicas:
             for e in g.engines:
                 if isinstance(e, FastEngine):
                     e.sync()
 
 
-class ArrivalFeed:
-    """The arrival process of a world whose only other process is one :class:`FastEngine`,
-    run by that engine inline instead of as SimPy events (``FastEngine.feed``).
+class FastWorld:
+    """The event loop of a world whose processes are the arrival process and fast engines only
+    (one per replica, no hand-off): SimPy's scheduling reproduced on a plain heap, with the
+    arrival process run as plain calls (no generator, no event object per arrival) and each
+    engine's loop resumed directly (``FastEngine.world``).
 
-    It reproduces SimPy's order exactly. The arrival process (:meth:`Cluster._arrival_process`)
-    waits on a timeout for its next arrival (scheduled when it handled the previous one) and
-    handles every arrival due by then in one go. An event fires in the order (time, scheduling
-    order); here each wait the arrival process or the engine would schedule takes a number from
-    one counter (:meth:`ticket`), so the engine hands over to the feed exactly the arrivals SimPy
-    would have handled before it resumes: those due before its step's end, and at the end itself
-    those whose wait was scheduled before the engine's (:meth:`until`); when the engine idles, up
-    to the first that queues a request (:meth:`until_queued`), as its wake-up would. A step that
-    ends before the next arrival is due takes no ticket (the engine's ``_advance``), as it takes
-    no event there. The arrivals are handled by the same code (:meth:`Cluster._arrive`) at the
-    same simulated times (``env.now``), so the runs are the same bit for bit (tested)."""
+    SimPy fires events in the order (time, priority, scheduling order); here each wait the
+    arrival process or an engine schedules is a heap entry ``(time, priority, ticket, who)``
+    with tickets from one counter, taken where SimPy would create the event: the processes'
+    start at time 0 (urgent, engines in the order they were built, then the arrival process),
+    an engine's step (a timeout), an idle engine's wake-up (taken while the arrival process
+    queues a request for it, before that process's next wait), the arrival process's wait for its
+    next arrival. A step with nothing scheduled before its end moves the clock without an entry
+    (the engine's ``_advance``), as it takes no event under SimPy. The arrivals are handled by
+    the same code (:meth:`Cluster._arrive`) at the same simulated times, and ``env.now`` is what
+    SimPy's clock would be at each point, so runs are the same bit for bit (tested against the
+    reference, with arrivals exactly at step ends and several at one instant)."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    URGENT, NORMAL = 0, 1
+
+    CHUNK = 4096
+
+    def __init__(self, cluster: Cluster, engines: list[FastEngine]) -> None:
         self.cluster = cluster
         self.env = cluster.env
         cluster._arrivals_setup()
         self.n = len(cluster._order)
         self.k = 0
-        """The next arrival to handle (an index into ``order``)."""
-        self.time: float = self.env.now
-        """When the arrival process resumes next (inf when it is done)."""
-        self.seq = 0
-        """Its scheduling order among the waits at ``time``."""
-        self._tickets = 1
+        """The next arrival to handle (an index into ``cluster._order``)."""
+        self._tickets = 0
+        self.heap: list[tuple[float, int, int, int]] = []
+        """Scheduled waits: (time, priority, ticket, engine index, or -1 for the arrivals)."""
+        self.loops = [e._loop() for e in engines]
+        """The engines' loops (generators), resumed by :meth:`run` (the SimPy processes the
+        engines created are never started: nothing runs ``env.run()``)."""
+        for w, e in enumerate(engines):
+            e.world = self
+            e.world_index = w
+            self.push(self.env.now, w, self.URGENT)
+        self.push(self.env.now, -1, self.URGENT)
         self._started = False
         self._c0 = 0
         self._at_c: list[float] = []
@@ -241,12 +259,26 @@ class ArrivalFeed:
         same float64 values, read without a numpy scalar per arrival)."""
         self._load(0)
 
-    CHUNK = 4096
-
-    def ticket(self) -> int:
-        """A scheduling number for a wait the engine schedules now (SimPy's event order)."""
+    def push(self, time: float, who: int, priority: int = 1) -> None:
+        """Schedule ``who`` (an engine's index, -1: the arrivals) to resume at ``time``."""
         self._tickets += 1
-        return self._tickets
+        heapq.heappush(self.heap, (time, priority, self._tickets, who))
+
+    def peek(self) -> float:
+        """The time of the next scheduled wait (inf when none), as ``env.peek()``."""
+        return self.heap[0][0] if self.heap else float("inf")
+
+    def run(self) -> None:
+        """Resume the earliest scheduled wait until none is left (``env.run()``)."""
+        heap, env, loops = self.heap, self.env, self.loops
+        pop = heapq.heappop
+        while heap:
+            time, _, _, who = pop(heap)
+            env._now = time  # SimPy's clock (no public setter), as a firing event sets it
+            if who < 0:
+                self._arrivals()
+            else:
+                next(loops[who])
 
     def _load(self, k: int) -> None:
         """Make arrivals ``k`` ... (and the one after the chunk, for :attr:`Cluster._next`) the
@@ -256,17 +288,16 @@ class ArrivalFeed:
         self._at_c = self.cluster._arrivals[ids].tolist() + [float("inf")]
         self._ids_c = ids[: self.CHUNK].tolist()
 
-    def _resume(self) -> bool:
-        """Run the arrival process's resume at ``time``: handle the arrival its wait was for and
-        every later one already due, then wait for the next. True if one was queued."""
-        env, n, cl = self.env, self.n, self.cluster
-        now = env._now = self.time  # SimPy's clock (no public setter), as the process's wake-up sets it
-        queued = False
+    def _arrivals(self) -> None:
+        """A resume of :meth:`Cluster._arrival_process` at ``env.now``: handle the arrival its
+        wait was for and every later one already due, then wait for the next."""
+        now = self.env._now
+        n, cl = self.n, self.cluster
         k = self.k
         if self._started:
             j = k - self._c0
             cl._next = self._at_c[j + 1]
-            queued = cl._arrive(self._ids_c[j])
+            cl._arrive(self._ids_c[j])
             k += 1
         self._started = True
         while k < n:
@@ -279,27 +310,9 @@ class ArrivalFeed:
                 self.k = k
                 # as SimPy schedules the timeout: the clock plus (a numpy arrival time minus the
                 # clock), a numpy float, which the clock then is (the same value and type)
-                self.time = np.float64(now + dt)
-                self._tickets += 1
-                self.seq = self._tickets
-                return queued
+                self.push(np.float64(now + dt), -1)
+                return
             cl._next = self._at_c[j + 1]
-            queued = cl._arrive(self._ids_c[j]) or queued
+            cl._arrive(self._ids_c[j])
             k += 1
         self.k = n
-        self.time = float("inf")
-        return queued
-
-    def until(self, end: float, seq: int) -> None:
-        """Handle the arrivals SimPy handles before an engine wait scheduled as ``seq`` fires
-        at ``end``."""
-        while self.time < end or (self.time == end and self.seq < seq):
-            self._resume()
-
-    def until_queued(self) -> bool:
-        """Handle arrivals up to the first resume that queues a request (the engine idles until
-        then); False when none is left to queue (the engine waits for ever, as in SimPy)."""
-        while self.time < float("inf"):
-            if self._resume():
-                return True
-        return False

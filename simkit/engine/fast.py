@@ -23,11 +23,11 @@ to the step that reaches the next arrival (where the run is cut); the loop
 (:meth:`FastEngine._loop`) takes the policy's decision through its ``fast_step`` hook as plain
 values (no ``Step`` per iteration) and a step that no other event can interrupt (nothing
 scheduled before it ends) moves the clock without a SimPy event (:meth:`FastEngine._advance`).
-In a world of one replica served by one fast engine, that engine also runs the arrival process
-itself (``ArrivalFeed`` in engine/cluster.py, set as :attr:`FastEngine.feed`): the arrivals due
-before a step ends are handled inline, in SimPy's order at equal times, so the whole run is one
-Python loop with no SimPy event at all; with several replicas, whose states the router reads at
-each arrival, arrivals stay SimPy events. Admission is the reference's without the prefix-cache,
+When every replica is served by one fast engine (no hand-off), SimPy's loop itself is replaced
+(``FastWorld`` in engine/cluster.py, set as :attr:`FastEngine.world`): the same order of events
+on a plain heap, the arrival process as plain calls, each engine's loop resumed directly, so a
+step or an arrival costs a heap entry instead of a SimPy event and a generator resume, and on
+one replica most steps need neither. Admission is the reference's without the prefix-cache,
 spill and KV-cap branches (none is on the fast path), and one that failed for want of blocks is
 not re-checked until enough blocks are free; finished requests leave the running set in O(1) and
 release their blocks in one call.
@@ -53,7 +53,7 @@ import numpy as np
 from simkit.engine.engine import Engine
 
 if TYPE_CHECKING:
-    from simkit.engine.cluster import ArrivalFeed
+    from simkit.engine.cluster import FastWorld
 
 
 class _RunSet(dict[int, None]):
@@ -155,9 +155,11 @@ class FastEngine(Engine):
         """End time of the last step that decoded the whole decode set."""
         self._prefill_memo: dict[tuple[int, int, int], float] = {}
         self.running = _RunSet()  # type: ignore[assignment]
-        self.feed: ArrivalFeed | None = None
-        """The arrivals, when this engine is the world's only other process (set by
-        :meth:`Cluster.run`): handled inline instead of as SimPy events."""
+        self.world: FastWorld | None = None
+        """The event loop that resumes this engine when the world holds only fast engines and
+        the arrivals (set by :class:`FastWorld`), else None (SimPy's)."""
+        self.world_index = -1
+        self._woken = False
         self._no_fit: tuple[int, int | None, int] | None = None
         """(request, reserve_tokens, most blocks in use at which it fits) of the last admission
         that did not fit for want of blocks."""
@@ -412,35 +414,42 @@ class FastEngine(Engine):
                 raise AssertionError("a lone request cannot grow its KV cache (admission should have prevented this)")
 
     def _idle_wait(self):  # type: ignore[no-untyped-def]
-        """Wait until a request is queued (the reference's wait for ``_wake``). With a
-        :attr:`feed`, its arrivals are handled up to the first that queues one (only an
-        arrival wakes the one engine of a one-replica world), the clock at its time; when none
-        is left the engine waits for ever, as in SimPy."""
-        feed = self.feed
-        if feed is not None and feed.until_queued():
-            return
+        """Wait until a request is queued for this engine (the reference's wait for ``_wake``);
+        in a :attr:`world`, until :meth:`wake` schedules this engine's loop again."""
         self._idle = True
-        self._wake = self.env.event()
-        yield self._wake
+        if self.world is not None:
+            self._woken = False
+            yield None
+        else:
+            self._wake = self.env.event()
+            yield self._wake
         self._idle = False
+
+    def wake(self) -> None:
+        if self.world is None:
+            super().wake()
+        elif self._idle and not self._woken:
+            # SimPy's wake-up event (``_wake.succeed()``): scheduled now, in creation order
+            self._woken = True
+            self.world.push(self.env._now, self.world_index)
 
     def _advance(self, dur: float) -> bool:
         """Let ``dur`` seconds of compute pass without an event where nothing can intervene:
-        when no event is scheduled up to the step's end (``env.peek()`` is later), nothing else
-        can run before this process would resume, so the clock is moved to the end directly (the
-        same float ``env.now + dur`` a timeout would fire at) and True is returned; else False
-        (the caller yields ``env.timeout(dur)``). Events at equal times keep their order
-        (``peek()`` equal to the end takes the event path), so every decision is the same.
-        With a :attr:`feed` (the world's only other process) its arrivals due before the step's
-        end are handled first, in SimPy's order (``ArrivalFeed.until``), and True is returned."""
+        when no event is scheduled up to the step's end (``env.peek()``, or the :attr:`world`'s,
+        is later), nothing else can run before this process would resume, so the clock is moved
+        to the end directly (the same float ``env.now + dur`` a timeout would fire at) and True
+        is returned; else False (the caller yields ``env.timeout(dur)``, or in a world yields
+        after this has scheduled the step's end). Events at equal times keep their order
+        (``peek()`` equal to the end takes the event path), so every decision is the same."""
         env = self.env
         end = env.now + dur
-        feed = self.feed
-        if feed is not None:
-            if feed.time <= end:
-                feed.until(end, feed.ticket())
-            env._now = end
-            return True
+        world = self.world
+        if world is not None:
+            if world.peek() > end:
+                env._now = end
+                return True
+            world.push(end, self.world_index)
+            return False
         if env.peek() > end:
             env._now = end  # SimPy's clock (no public setter); the event queue is untouched
             return True
@@ -496,7 +505,7 @@ class FastEngine(Engine):
                 continue
             start = env.now
             if not self._advance(dur):
-                yield env.timeout(dur)
+                yield env.timeout(dur) if self.world is None else None
             self.busy_time += dur
             self.busy_gpu_s += dur * self.cfg.num_gpus
             self.stage_busy[0] += dur
