@@ -160,15 +160,14 @@ class Cluster:
         self._codes = adm.rejections(table.input, table.output, max(front_caps))
         self._need = adm.kv_need(table.input + table.output)
 
-    def _arrive(self, i: int) -> bool:
-        """Request ``i`` arrives now: the front door rejects it (False) or the router queues it
-        at a front replica (True)."""
-        code = self._codes[i]
+    def _arrive(self, i: int, code: int, kv_need: int) -> bool:
+        """Request ``i`` arrives now (``code``, ``kv_need``: its entries of the front door's
+        verdicts and KV needs): the front door rejects it (False) or the router queues it at a
+        front replica (True)."""
         if code:
             self.table.reject(i, REJECT_REASONS[code])
             return False
         front, router = self._front, self._router
-        kv_need = int(self._need[i])
         fits = front if kv_need <= self._least_cap else [g for g, c in zip(front, self._front_caps, strict=True) if c >= kv_need]
         fits[router.choose(i, fits)].enqueue(i)  # type: ignore[union-attr]
         return True
@@ -183,7 +182,7 @@ class Cluster:
             if dt > 0:
                 yield env.timeout(dt)
             self._next = float(arrivals[order[k + 1]]) if k + 1 < n else float("inf")
-            self._arrive(i)
+            self._arrive(i, int(self._codes[i]), int(self._need[i]))
 
     def run(self) -> None:
         """Run until every request has finished or been rejected; fast engines write their
@@ -255,8 +254,11 @@ class FastWorld:
         self._c0 = 0
         self._at_c: list[float] = []
         self._ids_c: list[int] = []
-        """Arrival times and request ids ``_c0`` ... as Python numbers, a chunk at a time (the
-        same float64 values, read without a numpy scalar per arrival)."""
+        self._codes_c: list[int] = []
+        self._need_c: list[int] = []
+        """Arrival times, request ids, front-door verdicts and KV needs of arrivals ``_c0`` ... as
+        Python numbers, a chunk at a time (the same values, read without a numpy scalar per
+        arrival)."""
         self._load(0)
 
     def push(self, time: float, who: int, priority: int = 1) -> None:
@@ -284,9 +286,13 @@ class FastWorld:
         """Make arrivals ``k`` ... (and the one after the chunk, for :attr:`Cluster._next`) the
         current chunk."""
         self._c0 = k
-        ids = self.cluster._order[k : k + self.CHUNK + 1]
-        self._at_c = self.cluster._arrivals[ids].tolist() + [float("inf")]
-        self._ids_c = ids[: self.CHUNK].tolist()
+        cl = self.cluster
+        ids = cl._order[k : k + self.CHUNK + 1]
+        self._at_c = cl._arrivals[ids].tolist() + [float("inf")]
+        ids = ids[: self.CHUNK]
+        self._ids_c = ids.tolist()
+        self._codes_c = cl._codes[ids].tolist()
+        self._need_c = cl._need[ids].tolist()
 
     def _arrivals(self) -> None:
         """A resume of :meth:`Cluster._arrival_process` at ``env.now``: handle the arrival its
@@ -297,7 +303,7 @@ class FastWorld:
         if self._started:
             j = k - self._c0
             cl._next = self._at_c[j + 1]
-            cl._arrive(self._ids_c[j])
+            cl._arrive(self._ids_c[j], self._codes_c[j], self._need_c[j])
             k += 1
         self._started = True
         while k < n:
@@ -313,6 +319,6 @@ class FastWorld:
                 self.push(np.float64(now + dt), -1)
                 return
             cl._next = self._at_c[j + 1]
-            cl._arrive(self._ids_c[j])
+            cl._arrive(self._ids_c[j], self._codes_c[j], self._need_c[j])
             k += 1
         self.k = n
