@@ -512,7 +512,8 @@ away."""
 ROW_LENGTH_GRID = tuple(64 * round(512 * 2 ** (i / 4) / 64) for i in range(17))
 """Row lengths k of the few-row GEMMs (SuiteSize.row_length_rows): a geometric grid from 512 to
 8192, four steps per doubling, rounded to multiples of 64 (the kernels' vector and cache-line
-granularity), so that no row length between two sampled ones is more than 19% away from one."""
+granularity): adjacent lengths differ by at most 25%, so every k from 512 to 8192 is within 12%
+of a sampled one."""
 ROW_LENGTH_WIDTHS = (1024, 2048, 4096, 8192, 16384)
 """Output widths n cycled over the row-length grid (the widest that fits the time cap is used)."""
 
@@ -685,12 +686,13 @@ class Bench:
             wide = [c for c in cands if c[0] >= 64 and c[2] * c[3] * eb > llc and c[:4] not in taken]
             chosen += _stratified(wide, self.size.wide_gemm_configs, self.rng, key=lambda c: (c[0], c[2] <= 2048))
         if self.device == "cpu" and self.size.row_length_rows:
-            taken = {c[:4] for c in chosen}
+            have = {(c[0], c[2], c[3]) for c in chosen}
             for m, k, n0 in row_length_shapes(self.size.row_length_rows):
                 for n in [n0, *(w for w in reversed(ROW_LENGTH_WIDTHS) if w < n0)]:
                     est = max(2.0 * m * k * n / rate, (k * n + m * (k + n)) * eb / self.mem_bw) + 2e-5
-                    if est <= cap and (m, "row_length", k, n) not in taken:
-                        chosen.append((m, "row_length", k, n, est))
+                    if est <= cap:
+                        if (m, k, n) not in have:  # else the grid's shape is measured already
+                            chosen.append((m, "row_length", k, n, est))
                         break
         for m, op, k, n, _ in chosen:
             a = self.take((m, k), dtype, "a")
