@@ -120,3 +120,19 @@ def test_vidur_samples_name_phi2_kernels() -> None:
     assert {("input_norm", "layernorm"), ("mlp_act", "gelu_new"), ("residual_add", "add3"), ("rope", "partial_rope")} <= got
     assert set(phi[phi.op.isin(["qkv_proj", "embedding"])].kernel) == {""}
     assert set(df[df.source.str.contains("llama|Qwen|codellama", case=False)].kernel) == {""}
+
+
+def test_runs_warn_about_kernels_the_profile_has_no_kind_for() -> None:
+    from simkit.deployment import unmeasured_kernel_warning
+
+    h100 = Profile.load(ROOT / "calibration/profiles/h100-sxm-vidur", with_samples=False)
+    cpu = Profile.load(ROOT / "calibration/profiles/ci-vm-cpu", with_samples=False)
+    assert unmeasured_kernel_warning(h100, load_model("llama-2-70b")) is None
+    w = unmeasured_kernel_warning(h100, load_model("phi-2"))
+    assert w is not None and "add3, gelu_new, layernorm, partial_rope that model phi-2 runs" in w
+    assert "h100-sxm-vidur" in w and "Llama-style" in w
+    opt = load_model("opt-6.7b")
+    assert cpu.unmeasured_kernels(elementwise_kernels(opt)) == [elementwise_kernels(opt)["mlp_act"]]  # LayerNorm measured
+    from simkit.cost.efficiency import DatasheetEfficiency
+
+    assert unmeasured_kernel_warning(DatasheetEfficiency(), load_model("phi-2")) is None

@@ -667,6 +667,16 @@ class Profile(EfficiencyModel):
         eff = np.clip(self._default.efficiency(op_class, F, B, shape, pf, roof.mem_bandwidth, dtype), 1e-4, 1.0)
         return ideal / eff + self.launch_overhead(op_class)
 
+    def unmeasured_kernels(self, kernels: Mapping[str, str]) -> list[str]:
+        """The kernels of ``kernels`` (canonical operator -> kernel, as
+        :func:`simkit.cost.ops.elementwise_kernels` gives them for a model) that this profile's
+        fitted elementwise model has no kind for, so it predicts them as their canonical
+        operator's Llama-style kernel; empty when the elementwise class is not measured."""
+        cm = self.models.get("elementwise")
+        if cm is None or not cm.kinds:
+            return []
+        return sorted({k for op, k in kernels.items() if elementwise_kind(f"{op}@{k}", cm.kinds) != elementwise_kind(f"{op}@{k}")})
+
     def measured_device(self) -> dict[str, Any] | None:
         return self.device
 
