@@ -19,7 +19,7 @@ import simpy
 from simkit.cost.iteration import IterationModel
 from simkit.engine.interfaces import BatchingPolicy, Step
 from simkit.engine.kvcache import TIER_INDEX, KVBlockManager
-from simkit.engine.offload_fast import delay_until
+from simkit.engine.offload_fast import wake_at
 from simkit.engine.replica import Replica
 from simkit.engine.resources import Link
 from simkit.engine.state import RequestTable, TBTHistogram
@@ -507,7 +507,7 @@ class Engine:
             if end is None:
                 yield from self.offload.run_step(q, ctx, rows)
             else:
-                yield self.env.timeout(delay_until(self.env.now, end))
+                yield wake_at(self.env, end)
 
     def _pipeline(self, steps: list[tuple[np.ndarray, np.ndarray, int]]):  # type: ignore[no-untyped-def]
         """Run iterations through the pipeline stages: each stage's stream is held for its share

@@ -28,6 +28,7 @@ import heapq
 import math
 
 import numpy as np
+import simpy
 
 from simkit.engine.offload import Hop, OffloadExecutor, Placement, Share
 from simkit.engine.resources import Link
@@ -183,10 +184,17 @@ class _Net:
         """Process joins and wake-ups until every share of ``flows`` has arrived; when the last did."""
         joins = self.joins
         lanes = self.lanes.values()
+        left = list(reversed(flows))
+        last = -math.inf
         while True:
-            ends = [f.end() for f in flows]
-            if all(e == e for e in ends):
-                return max(ends)
+            while left:
+                e = left[-1].end()
+                if e != e:  # NaN: still in flight
+                    break
+                last = max(last, e)
+                left.pop()
+            if not left:
+                return last
             lane = min(lanes, key=_wake)
             j = joins[0][0] if joins else math.inf
             if lane.wake <= j:
@@ -322,12 +330,21 @@ class ClosedFormStep:
         return t + dev
 
 
-def delay_until(now: float, end: float) -> float:
-    """The delay ``d`` >= 0 with ``now + d == end`` in floats (so that a timeout lands on the
-    closed form's end time exactly, as the event path's last event does)."""
+def wake_at(env: simpy.Environment, end: float) -> simpy.Event:
+    """An event that fires at time ``end`` exactly (the closed form's end time, where the event
+    path's last event lands). ``env.timeout(d)`` fires at ``env.now + d`` rounded, and for a few
+    pairs of times no ``d`` gives ``end`` (round-half-even skips it): those are scheduled at the
+    absolute time directly."""
+    now = env.now
     d = max(end - now, 0.0)
     while now + d < end:
         d = math.nextafter(d, math.inf)
     while d > 0 and now + d > end:
         d = math.nextafter(d, 0.0)
-    return d
+    if now + d == end or end <= now:
+        return env.timeout(d)
+    ev = env.event()
+    ev._ok = True
+    ev._value = None
+    heapq.heappush(env._queue, (end, simpy.events.NORMAL, next(env._eid), ev))  # type: ignore[attr-defined]
+    return ev
