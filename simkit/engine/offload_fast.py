@@ -34,6 +34,10 @@ from simkit.engine.offload import Hop, OffloadExecutor, Placement, Share
 from simkit.engine.resources import Link
 from simkit.specs.tiers import CPU_READ_PATH
 
+LANE_ORDER: tuple[str, ...] = ("nvme_read", "cxl_read", "d2h", "h2d", "nvme_write", "cxl_write")
+"""The order in which a step's link directions are replayed: a staged share's later hop is on a
+direction after its earlier one (its join times are then known)."""
+
 
 def closed_form_reason(
     layout: Placement, cpu_attention: bool, replicas: int, trace: bool, prefix_cache: bool, preemption: str,
@@ -61,6 +65,12 @@ def closed_form_reason(
     if cpu_attention and layout.pageable_factor < 1.0:
         return "pageable copies staged by the host thread that runs CPU attention"
     tiers = tuple(CPU_READ_PATH)
+    paths = [p for t in tiers for p in (layout.read_path(t), CPU_READ_PATH[t], layout.write_path(t))]
+    for path in paths:
+        if any(h not in LANE_ORDER for h in path):
+            return f"link directions {', '.join(path)}"
+        if [LANE_ORDER.index(h) for h in path] != sorted(LANE_ORDER.index(h) for h in set(path)):
+            return f"a transfer's hops in the order {', '.join(path)}"
     reads = {h for t in tiers for h in (*layout.read_path(t), *CPU_READ_PATH[t])}
     writes = {h for t in tiers for h in layout.write_path(t)}
     if reads & writes:
@@ -71,31 +81,21 @@ def closed_form_reason(
 class _Flow:
     """One hop of one share: its bytes on one link direction."""
 
-    __slots__ = ("done", "gate", "nbytes", "remaining", "succ", "then")
+    __slots__ = ("done", "nbytes", "remaining")
 
-    def __init__(self, nbytes: float, then: list[Hop] | None, gate: float | None) -> None:
+    def __init__(self, nbytes: float) -> None:
         self.nbytes = nbytes
         self.remaining = nbytes
         self.done = math.nan
-        self.then = then
-        """The hops that follow this one (store and forward through DRAM), if any."""
-        self.gate = gate
-        """A host-to-GPU hop of the share starts no earlier than this."""
-        self.succ: _Flow | None = None
-
-    def end(self) -> float:
-        """When the share this hop starts has arrived (NaN while a hop of it is in flight)."""
-        f = self
-        while f.succ is not None:
-            f = f.succ
-        return math.nan if f.then is not None else f.done
 
 
 class _Lane:
     """One link direction's fair sharing, replayed with :class:`Link`'s arithmetic on the real
-    link's counters (busy time, busy periods, bytes moved)."""
+    link's counters (busy time, busy periods, bytes moved). Flows join in time order; a flow that
+    has the lane to itself is kept aside (:attr:`lone`) and replayed in one go, unless another
+    joins before it completes (then both share the lane as in ``Link``)."""
 
-    __slots__ = ("bw", "flows", "last", "link", "target", "wake")
+    __slots__ = ("bw", "flows", "last", "link", "lone", "target", "wake")
 
     def __init__(self, link: Link) -> None:
         self.link = link
@@ -104,6 +104,8 @@ class _Lane:
         self.last = 0.0
         self.wake = math.inf
         self.target: _Flow | None = None
+        self.lone: tuple[float, _Flow, float] | None = None
+        """(joined, flow, completes) of a flow alone on the lane, not yet replayed."""
 
     def _advance(self, now: float) -> None:
         dt = now - self.last
@@ -111,15 +113,18 @@ class _Lane:
             share = self.bw * dt / len(self.flows)
             for f in self.flows:
                 f.remaining -= share
-            link = self.link
-            link.busy_time += dt
-            log = link.busy_log
-            if log is not None:
-                if log and log[-1][1] == self.last:
-                    log[-1][1] = now
-                else:
-                    log.append([self.last, now])
+            self._busy(self.last, now, dt)
         self.last = now
+
+    def _busy(self, start: float, now: float, dt: float) -> None:
+        link = self.link
+        link.busy_time += dt
+        log = link.busy_log
+        if log is not None:
+            if log and log[-1][1] == start:
+                log[-1][1] = now
+            else:
+                log.append([start, now])
 
     def _reschedule(self, now: float) -> None:
         if not self.flows:
@@ -130,13 +135,13 @@ class _Lane:
         self.target = target
         self.wake = now + max(target.remaining, 0.0) * len(self.flows) / self.bw
 
-    def join(self, now: float, flow: _Flow) -> None:
+    def _join(self, now: float, flow: _Flow) -> None:
         self._advance(now)
         self.flows.append(flow)
         self._reschedule(now)
 
-    def fire(self) -> list[_Flow]:
-        """Complete the flows due at the next wake-up; the finished flows."""
+    def _fire(self) -> None:
+        """Complete the flows due at the next wake-up."""
         now = self.wake
         self._advance(now)
         slack = self.bw / len(self.flows) * 1e-9
@@ -147,83 +152,125 @@ class _Lane:
             f.done = now
             self.link.bytes_moved += f.nbytes
         self._reschedule(now)
-        return finished
+
+    def _close(self, at: float, flow: _Flow, wake: float) -> None:
+        """Replay a lone flow from ``at`` to ``wake`` (Link._advance, then its bytes)."""
+        dt = wake - at
+        if dt > 0:
+            self._busy(at, wake, dt)
+        self.last = wake
+        flow.done = wake
+        self.link.bytes_moved += flow.nbytes
+
+    def alone(self, at: float, nbytes: float) -> float:
+        """A flow that joins the idle lane at ``at`` and has it to itself until it completes: when
+        it completes (the link's counters updated)."""
+        wake = at + max(nbytes, 0.0) * 1 / self.bw
+        self._close(at, _Flow(nbytes), wake)
+        return wake
+
+    def add(self, at: float, nbytes: float) -> _Flow:
+        """A flow that joins at ``at``, no earlier than the lane's previous one (a wake-up at the
+        same instant comes first, as the event path orders them: it was scheduled first)."""
+        lone = self.lone
+        if lone is not None:
+            self.lone = None
+            if lone[2] <= at:
+                self._close(*lone)
+            else:
+                self._join(lone[0], lone[1])
+        while self.flows and self.wake <= at:
+            self._fire()
+        flow = _Flow(nbytes)
+        if self.flows:
+            self._join(at, flow)
+        else:
+            self.last = at
+            self.lone = (at, flow, at + max(nbytes, 0.0) * 1 / self.bw)
+        return flow
+
+    def drain(self) -> None:
+        """Complete every flow on the lane."""
+        if self.lone is not None:
+            lone, self.lone = self.lone, None
+            self._close(*lone)
+        while self.flows:
+            self._fire()
 
 
 def _remaining(f: _Flow) -> float:
     return f.remaining
 
 
-class _Net:
-    """The link directions one side of a step uses (its reads, or its writes): joins and
-    wake-ups are processed in time order, a wake-up before a join at the same instant (the order
-    the event path gives them: the wake-up was scheduled first)."""
+Issued = tuple[float, list[Share], float | None]
+"""(issue time, shares, gate: the time before which no host-to-GPU hop starts) of one transfer."""
 
-    __slots__ = ("joins", "lanes", "seq")
 
-    def __init__(self) -> None:
-        self.lanes: dict[str, _Lane] = {}
-        self.joins: list[tuple[float, int, _Lane, _Flow]] = []
-        self.seq = 0
+def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
+    """When the last share of ``issued`` has arrived. The link directions are replayed one after
+    the other (LANE_ORDER): each one's sharing depends only on when its flows join, and a staged
+    share's next hop joins when the previous one (on an earlier direction) has landed."""
+    joins: dict[str, list[tuple[float, int, float, list[Hop], float | None]]] = {}
+    seq = 0
+    last = -math.inf
 
-    def start(self, now: float, hops: list[Hop], gate: float | None) -> _Flow:
-        """Issue ``hops[0]`` at ``now`` (a host-to-GPU hop waits for ``gate``; the other hops
-        follow one after the other); its flow."""
+    def put(at: float, hops: list[Hop], gate: float | None) -> None:
+        nonlocal seq
         name, link, nbytes = hops[0]
-        if gate is not None and name == "h2d" and gate > now:
-            now = gate
-        flow = _Flow(nbytes, hops[1:] or None, gate)
-        lane = self.lanes.get(name)
-        if lane is None:
-            lane = self.lanes[name] = _Lane(link)
-        self.seq += 1
-        heapq.heappush(self.joins, (now + link.latency if link.latency else now, self.seq, lane, flow))
-        return flow
+        if gate is not None and name == "h2d" and gate > at:
+            at = gate
+        if name not in lanes:
+            lanes[name] = _Lane(link)
+        seq += 1
+        joins.setdefault(name, []).append((at + link.latency if link.latency else at, seq, nbytes, hops[1:], gate))
 
-    def finish(self, flows: list[_Flow]) -> float:
-        """Process joins and wake-ups until every share of ``flows`` has arrived; when the last did."""
-        joins = self.joins
-        lanes = self.lanes.values()
-        left = list(reversed(flows))
-        last = -math.inf
-        while True:
-            while left:
-                e = left[-1].end()
-                if e != e:  # NaN: still in flight
-                    break
-                last = max(last, e)
-                left.pop()
-            if not left:
-                return last
-            lane = min(lanes, key=_wake)
-            j = joins[0][0] if joins else math.inf
-            if lane.wake <= j:
-                if lane.wake == math.inf:
-                    raise AssertionError("closed-form offload step: a transfer never completes")
-                for f in lane.fire():
-                    if f.then is not None:
-                        # a store-and-forward share's next hop leaves once this one has landed
-                        f.succ = self.start(f.done, f.then, f.gate)
+    for at, plan, gate in issued:
+        for _, _, _, hops, staged in plan:
+            if not hops:
+                continue
+            if staged:
+                put(at, hops, gate)
             else:
-                at, _, jl, flow = heapq.heappop(joins)
-                jl.join(at, flow)
-
-
-def _wake(lane: _Lane) -> float:
-    return lane.wake
-
-
-def _issue(net: _Net, plan: list[Share], now: float, gate: float | None) -> list[_Flow]:
-    """Start every share of ``plan`` at ``now``: a staged share's first hop (the rest chained to
-    it), every hop of any other share at once."""
-    out: list[_Flow] = []
-    for _, _, _, hops, staged in plan:
-        if not hops:
+                for h in hops:
+                    put(at, [h], gate)
+    for name in LANE_ORDER:
+        js = joins.pop(name, None)
+        if js is None:
             continue
+        js.sort(key=_join_key)
+        lane = lanes[name]
+        flows = [(lane.add(at, nbytes), rest, gate) for at, _, nbytes, rest, gate in js]
+        lane.drain()
+        for f, rest, gate in flows:
+            if rest:
+                put(f.done, rest, gate)
+            elif f.done > last:
+                last = f.done
+    if joins:
+        raise AssertionError(f"closed-form offload step: link directions {sorted(joins)} are not in LANE_ORDER")
+    return last
+
+
+def _join_key(j: tuple[float, int, float, list[Hop], float | None]) -> tuple[float, int]:
+    return j[0], j[1]
+
+
+def _lone_hops(lanes: dict[str, _Lane], plan: list[Share]) -> list[tuple[_Lane, float, float, bool]] | None:
+    """(lane, latency, bytes, host-to-GPU) of every hop of ``plan`` when each is alone on its
+    link direction (no share staged, no two hops on one direction), else None."""
+    out: list[tuple[_Lane, float, float, bool]] = []
+    seen: set[str] = set()
+    for _, _, _, hops, staged in plan:
         if staged:
-            out.append(net.start(now, hops, gate))
-        else:
-            out += [net.start(now, [h], gate) for h in hops]
+            return None
+        for name, link, nbytes in hops:
+            if name in seen:
+                return None
+            seen.add(name)
+            lane = lanes.get(name)
+            if lane is None:
+                lane = lanes[name] = _Lane(link)
+            out.append((lane, link.latency, nbytes, name == "h2d"))
     return out
 
 
@@ -232,6 +279,7 @@ class ClosedFormStep:
 
     def __init__(self, ex: OffloadExecutor) -> None:
         self.ex = ex
+        self._wplans: dict[int, tuple[tuple[tuple[str, float], ...], list[Share]]] = {}
 
     def run(self, now: float, q: np.ndarray, ctx: np.ndarray, rows: int) -> float | None:
         """The end time of the step that starts at ``now``, with the executor's counters and the
@@ -258,19 +306,30 @@ class ClosedFormStep:
         for _, gc in groups:
             kv_plan += ex._plan_move(lay.kv_read_bytes(float(gc.sum())), False, "kv_read", to_host=cpu_attention)
             kv_plan += ex._plan_move(lay.spill_read_bytes(gc), False, "kv_read", to_host=cpu_attention)
-        fetch_plans: dict[tuple[tuple[str, float], ...], list[Share]] = {}
-        reads, writes = _Net(), _Net()
+        reads: dict[str, _Lane] = {}
+        writes: dict[str, _Lane] = {}
+        fetch_plans: dict[tuple[tuple[str, float], ...], tuple[list[Share], list[tuple[_Lane, float, float, bool]] | None]] = {}
 
         def fetch(layer: int, at: float, gate: float | None) -> float:
-            """When layer ``layer``'s weights and KV, issued at ``at``, have arrived."""
-            wb = lay.weight_bytes(layer)
-            key = tuple(wb.items())
-            plan = fetch_plans.get(key)
-            if plan is None:
-                plan = fetch_plans[key] = ex._plan_move(wb, False, "weights") + kv_plan
+            """When layer ``layer``'s weights and KV, issued at ``at``, have arrived (the reads'
+            lanes are idle when a fetch is issued: the reader waits for the previous one)."""
+            key, wplan = self._weights(layer)
+            got = fetch_plans.get(key)
+            if got is None:
+                plan = wplan + kv_plan
+                got = fetch_plans[key] = (plan, _lone_hops(reads, plan))
+            plan, lone = got
             ex.count(plan)
-            flows = _issue(reads, plan, at, gate)
-            return reads.finish(flows) if flows else at
+            if lone is None:
+                done = _solve(reads, [(at, plan, gate)])
+                return done if done > at else at
+            done = at
+            for lane, lat, nbytes, h2d in lone:
+                a = gate if h2d and gate is not None and gate > at else at
+                d = lane.alone(a + lat if lat else a, nbytes)
+                if d > done:
+                    done = d
+            return done
 
         t = now + before
         ex.busy_compute += before
@@ -282,11 +341,12 @@ class ClosedFormStep:
             decode_only = bool(((q == 1) & (ctx > 0)).all())
             gated = decode_only and (lay.pageable_factor < 1.0 or not lay.plan.decode_overlap)
             kv_moves = ex._needs_kv(groups, cpu_attention)
-            needing = [li for li in range(c.layers) if lay.weight_bytes(li) or kv_moves]
+            needing = [li for li in range(c.layers) if kv_moves or self._weights(li)[1]]
             index = {li: k for k, li in enumerate(needing)}
             computed: list[float] = []
-            pending: list[_Flow] = []
+            pending: list[Issued] = []
             r = now
+            w0 = writes_of[0]
             for layer in range(c.layers):
                 k = index.get(layer)
                 if k is not None:
@@ -296,26 +356,34 @@ class ClosedFormStep:
                     t = max(t, r)
                 t = self._compute(t, dev, cpu, attn, on_cpu)
                 ex.add_parts(cost)
-                ex.count(writes_of[0])
-                pending += _issue(writes, writes_of[0], t, None)
+                if w0:
+                    ex.count(w0)
+                    pending.append((t, w0, None))
                 computed.append(t)
             t = t + after
             ex.busy_compute += after
             if pending:
-                t = max(t, writes.finish(pending))
+                t = max(t, _solve(writes, pending))
             return t
         for layer in range(c.layers):
             t = max(t, fetch(layer, t, None))
             for cost, w in zip(costs, writes_of, strict=True):
                 t = self._compute(t, cost[0], cost[1], cost[2], on_cpu)
                 ex.add_parts(cost)
-                ex.count(w)
-                flows = _issue(writes, w, t, None)
-                if flows:
-                    t = max(t, writes.finish(flows))
+                if w:
+                    ex.count(w)
+                    t = max(t, _solve(writes, [(t, w, None)]))
         t = t + after
         ex.busy_compute += after
         return t
+
+    def _weights(self, layer: int) -> tuple[tuple[tuple[str, float], ...], list[Share]]:
+        """(key, shares) of ``layer``'s streamed weights (the same in every step)."""
+        got = self._wplans.get(layer)
+        if got is None:
+            wb = self.ex.layout.weight_bytes(layer)
+            got = self._wplans[layer] = (tuple(wb.items()), self.ex._plan_move(wb, False, "weights"))
+        return got
 
     def _compute(self, t: float, dev: float, cpu: float, attn: float, on_cpu: bool) -> float:
         """When one layer of one GPU batch that starts at ``t`` has computed."""
