@@ -155,19 +155,16 @@ class _Lane:
 
     def _close(self, at: float, flow: _Flow, wake: float) -> None:
         """Replay a lone flow from ``at`` to ``wake`` (Link._advance, then its bytes)."""
+        self.close(at, wake, flow.nbytes)
+        flow.done = wake
+
+    def close(self, at: float, wake: float, nbytes: float) -> None:
+        """Replay a flow of ``nbytes`` alone on the idle lane from ``at`` to ``wake``."""
         dt = wake - at
         if dt > 0:
             self._busy(at, wake, dt)
         self.last = wake
-        flow.done = wake
-        self.link.bytes_moved += flow.nbytes
-
-    def alone(self, at: float, nbytes: float) -> float:
-        """A flow that joins the idle lane at ``at`` and has it to itself until it completes: when
-        it completes (the link's counters updated)."""
-        wake = at + max(nbytes, 0.0) * 1 / self.bw
-        self._close(at, _Flow(nbytes), wake)
-        return wake
+        self.link.bytes_moved += nbytes
 
     def add(self, at: float, nbytes: float) -> _Flow:
         """A flow that joins at ``at``, no earlier than the lane's previous one (a wake-up at the
@@ -255,10 +252,13 @@ def _join_key(j: tuple[float, int, float, list[Hop], float | None]) -> tuple[flo
     return j[0], j[1]
 
 
-def _lone_hops(lanes: dict[str, _Lane], plan: list[Share]) -> list[tuple[_Lane, float, float, bool]] | None:
-    """(lane, latency, bytes, host-to-GPU) of every hop of ``plan`` when each is alone on its
-    link direction (no share staged, no two hops on one direction), else None."""
-    out: list[tuple[_Lane, float, float, bool]] = []
+Lone = tuple[_Lane, float, float, float, bool]
+
+
+def _lone_hops(lanes: dict[str, _Lane], plan: list[Share]) -> list[Lone] | None:
+    """(lane, latency, bytes, transfer seconds, host-to-GPU) of every hop of ``plan`` when each is
+    alone on its link direction (no share staged, no two hops on one direction), else None."""
+    out: list[Lone] = []
     seen: set[str] = set()
     for _, _, _, hops, staged in plan:
         if staged:
@@ -270,7 +270,8 @@ def _lone_hops(lanes: dict[str, _Lane], plan: list[Share]) -> list[tuple[_Lane, 
             lane = lanes.get(name)
             if lane is None:
                 lane = lanes[name] = _Lane(link)
-            out.append((lane, link.latency, nbytes, name == "h2d"))
+            # Link._reschedule's delay for a lone flow: max(remaining, 0) * 1 / bandwidth
+            out.append((lane, link.latency, nbytes, max(nbytes, 0.0) * 1 / lane.bw, name == "h2d"))
     return out
 
 
@@ -279,7 +280,9 @@ class ClosedFormStep:
 
     def __init__(self, ex: OffloadExecutor) -> None:
         self.ex = ex
-        self._wplans: dict[int, tuple[tuple[tuple[str, float], ...], list[Share]]] = {}
+        self._wplans: list[tuple[tuple[tuple[str, float], ...], list[Share]]] = []
+        self._streamed: list[int] = []
+        """The layers whose weights are streamed."""
 
     def run(self, now: float, q: np.ndarray, ctx: np.ndarray, rows: int) -> float | None:
         """The end time of the step that starts at ``now``, with the executor's counters and the
@@ -308,27 +311,35 @@ class ClosedFormStep:
             kv_plan += ex._plan_move(lay.spill_read_bytes(gc), False, "kv_read", to_host=cpu_attention)
         reads: dict[str, _Lane] = {}
         writes: dict[str, _Lane] = {}
-        fetch_plans: dict[tuple[tuple[str, float], ...], tuple[list[Share], list[tuple[_Lane, float, float, bool]] | None]] = {}
+        fetch_plans: dict[tuple[tuple[str, float], ...], tuple[list[Share], list[Lone] | None]] = {}
+        by_kind = ex.bytes_by_kind
+        assert by_kind is not None
+        wplans = self._weights()
 
         def fetch(layer: int, at: float, gate: float | None) -> float:
             """When layer ``layer``'s weights and KV, issued at ``at``, have arrived (the reads'
             lanes are idle when a fetch is issued: the reader waits for the previous one)."""
-            key, wplan = self._weights(layer)
+            key, wplan = wplans[layer]
             got = fetch_plans.get(key)
             if got is None:
                 plan = wplan + kv_plan
                 got = fetch_plans[key] = (plan, _lone_hops(reads, plan))
             plan, lone = got
-            ex.count(plan)
+            for kind, _, nbytes, _, _ in plan:
+                by_kind[kind] += nbytes
             if lone is None:
                 done = _solve(reads, [(at, plan, gate)])
                 return done if done > at else at
             done = at
-            for lane, lat, nbytes, h2d in lone:
+            for lane, lat, nbytes, dur, h2d in lone:
+                # alone on its direction: Link's join and wake-up, replayed in one go
                 a = gate if h2d and gate is not None and gate > at else at
-                d = lane.alone(a + lat if lat else a, nbytes)
-                if d > done:
-                    done = d
+                if lat:
+                    a = a + lat
+                wake = a + dur
+                lane.close(a, wake, nbytes)
+                if wake > done:
+                    done = wake
             return done
 
         t = now + before
@@ -341,7 +352,7 @@ class ClosedFormStep:
             decode_only = bool(((q == 1) & (ctx > 0)).all())
             gated = decode_only and (lay.pageable_factor < 1.0 or not lay.plan.decode_overlap)
             kv_moves = ex._needs_kv(groups, cpu_attention)
-            needing = [li for li in range(c.layers) if kv_moves or self._weights(li)[1]]
+            needing = list(range(c.layers)) if kv_moves else self._streamed
             index = {li: k for k, li in enumerate(needing)}
             computed: list[float] = []
             pending: list[Issued] = []
@@ -377,13 +388,15 @@ class ClosedFormStep:
         ex.busy_compute += after
         return t
 
-    def _weights(self, layer: int) -> tuple[tuple[tuple[str, float], ...], list[Share]]:
-        """(key, shares) of ``layer``'s streamed weights (the same in every step)."""
-        got = self._wplans.get(layer)
-        if got is None:
-            wb = self.ex.layout.weight_bytes(layer)
-            got = self._wplans[layer] = (tuple(wb.items()), self.ex._plan_move(wb, False, "weights"))
-        return got
+    def _weights(self) -> list[tuple[tuple[tuple[str, float], ...], list[Share]]]:
+        """(key, shares) of every layer's streamed weights (the same in every step)."""
+        if not self._wplans:
+            ex = self.ex
+            for layer in range(ex.cost.layers):
+                wb = ex.layout.weight_bytes(layer)
+                self._wplans.append((tuple(wb.items()), ex._plan_move(wb, False, "weights")))
+            self._streamed = [li for li in range(ex.cost.layers) if ex.layout.weight_bytes(li)]
+        return self._wplans
 
     def _compute(self, t: float, dev: float, cpu: float, attn: float, on_cpu: bool) -> float:
         """When one layer of one GPU batch that starts at ``t`` has computed."""
