@@ -234,8 +234,18 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
         js = joins.pop(name, None)
         if js is None:
             continue
-        js.sort(key=_join_key)
         lane = lanes[name]
+        if len(js) == 1 and not lane.flows and lane.lone is None:
+            # alone on the direction: Link's join and wake-up, replayed in one go
+            at, _, nbytes, rest, gate = js[0]
+            done = at + max(nbytes, 0.0) * 1 / lane.bw
+            lane.close(at, done, nbytes)
+            if rest:
+                put(done, rest, gate)
+            elif done > last:
+                last = done
+            continue
+        js.sort(key=_join_key)
         flows = [(lane.add(at, nbytes), rest, gate) for at, _, nbytes, rest, gate in js]
         lane.drain()
         for f, rest, gate in flows:
@@ -358,19 +368,39 @@ class ClosedFormStep:
             pending: list[Issued] = []
             r = now
             w0 = writes_of[0]
+            w_bytes = [(kind, nbytes) for kind, _, nbytes, _, _ in w0]
+            buffers = ex.BUFFERS
+            # the counters the layers add to, as locals (the same additions in the same order)
+            busy, busy_cpu = ex.busy_compute, ex.busy_cpu
+            lin, gpu_att, deq, cpu_att = parts["linear"], parts["gpu_attention"], parts["dequant"], parts["cpu_attention"]
+            split = cpu > 0 and on_cpu
             for layer in range(c.layers):
                 k = index.get(layer)
                 if k is not None:
-                    if k >= ex.BUFFERS:
-                        r = max(r, computed[needing[k - ex.BUFFERS]])
+                    if k >= buffers:
+                        r = max(r, computed[needing[k - buffers]])
                     r = max(r, fetch(layer, r, computed[layer - 1] if gated and layer > 0 else None))
-                    t = max(t, r)
-                t = self._compute(t, dev, cpu, attn, on_cpu)
-                ex.add_parts(cost)
+                    if r > t:
+                        t = r
+                # the layer's compute (_compute, inlined)
+                busy += dev
+                if split:
+                    t1 = t + (dev - attn)
+                    busy_cpu += cpu
+                    t = max(t1 + attn, t1 + cpu)
+                else:
+                    t = t + dev
+                lin += cost[3]
+                gpu_att += attn
+                deq += cost[4]
+                cpu_att += cpu
                 if w0:
-                    ex.count(w0)
+                    for kind, nbytes in w_bytes:
+                        by_kind[kind] += nbytes
                     pending.append((t, w0, None))
                 computed.append(t)
+            ex.busy_compute, ex.busy_cpu = busy, busy_cpu
+            parts["linear"], parts["gpu_attention"], parts["dequant"], parts["cpu_attention"] = lin, gpu_att, deq, cpu_att
             t = t + after
             ex.busy_compute += after
             if pending:
