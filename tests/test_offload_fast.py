@@ -74,6 +74,16 @@ def test_fallbacks_say_why(offload: dict, reason: str):
     _assert_same(ref, got)
 
 
+def test_shipped_kv_spill_scenario_is_closed_form_and_identical():
+    from simkit.scenario import load_scenario
+
+    sc = load_scenario("workloads/scenarios/cxl-long-context.yaml", {"workload.synthetic.num_requests": 6})
+    ref = simulate(sc, engine="reference")
+    got = simulate(sc)
+    assert got.summary["engine_path"] == "reference (offloading); offloaded steps in closed form"
+    _assert_same(ref, got)
+
+
 def test_several_gpu_batches_with_prefetch_run_event_by_event_and_match():
     # FlexGen's zig-zag block schedule is not in closed form: those steps take the event path
     off = {"weights": {"gpu": 0.0, "cpu": 1.0}, "kv_cache": {"gpu": 0.0, "cpu": 1.0}, "gpu_batch_size": 2, "num_gpu_batches": 2}
@@ -118,9 +128,10 @@ def _plans(draw: st.DrawFn) -> dict:
         out[b] = out.get(b, 0.0) + rest * (1.0 - split)
         return out
 
+    spill = draw(st.booleans())
     off: dict = {
         "weights": share(0.0),
-        "kv_cache": share(0.0),
+        "kv_cache": {"gpu": 1.0} if spill else share(0.0),
         "overlap": draw(st.booleans()),
         "decode_overlap": draw(st.booleans()),
         "pinned": draw(st.booleans()),
@@ -128,6 +139,8 @@ def _plans(draw: st.DrawFn) -> dict:
         "compress_weights": draw(st.booleans()),
         "compress_kv": draw(st.booleans()),
     }
+    if spill:
+        off["kv_spill"] = {"after_tokens": draw(st.sampled_from([8, 64, 200])), "tier": draw(st.sampled_from(tiers))}
     if draw(st.booleans()):
         off["resident_layers"] = draw(st.integers(0, 8))
     if draw(st.booleans()):

@@ -18,8 +18,9 @@ Covered: one GPU batch per step with prefetch (``overlap: true``), any number wi
 attention; ``decode_overlap: false``; pinned copies, and pageable ones without CPU attention (the
 host thread that stages pageable copies also runs CPU attention: a shared resource). Run event by
 event (:func:`closed_form_reason`, and a step with several GPU batches and prefetch): FlexGen's
-zig-zag block schedule, activations off the GPU, KV spill, Chrome traces, and plans where
-anything else uses the links or the host CPU during a step.
+zig-zag block schedule, activations off the GPU, Chrome traces, and plans where anything else
+uses the links or the host CPU during a step. KV spilled beyond a length (``kv_spill``) is
+covered: its reads and writes are shares like any other.
 """
 
 from __future__ import annotations
@@ -52,8 +53,6 @@ def closed_form_reason(
         return "pipeline stages"
     if any(f > 0 for t, f in layout.act_frac.items() if t != "gpu"):
         return "activations off the GPU"
-    if layout.spill_after is not None:
-        return "KV spill"
     if prefix_cache:
         return "prefix caching moves KV over the same links"
     if preemption == "swap":
@@ -314,7 +313,10 @@ class ClosedFormStep:
         parts = ex.compute_parts
         assert parts is not None
         costs = [ex.group_cost(gq, gc, cpu_attention) for gq, gc in groups]
-        writes_of = [ex._plan_move(lay.kv_write_bytes(float(gq.sum())), True, "kv_write") for gq, _ in groups]
+        writes_of = [
+            ex._plan_move(lay.kv_write_bytes(float(gq.sum())), True, "kv_write") + ex._plan_move(lay.spill_write_bytes(gq, gc), True, "kv_write")
+            for gq, gc in groups
+        ]
         kv_plan: list[Share] = []
         for _, gc in groups:
             kv_plan += ex._plan_move(lay.kv_read_bytes(float(gc.sum())), False, "kv_read", to_host=cpu_attention)
