@@ -34,6 +34,7 @@ def _assert_same(ref, got) -> None:  # type: ignore[no-untyped-def]
     sb = {k: v for k, v in got.summary.items() if k not in _SKIP}
     assert json.dumps(sa, sort_keys=True) == json.dumps(sb, sort_keys=True)
     assert ref.link_busy == got.link_busy
+    assert ref.iterations == got.iterations
 
 
 def _sc(offload: dict, hardware: str, n: int, inp: int, out: int, batching: dict, replicas: int = 1, rate: float | None = None):
@@ -173,6 +174,7 @@ def test_several_replicas(cpu_attention: bool, closed: bool):
     data = _sc(off, "dgx-h100", 12, 200, 5, {"policy": "continuous", "max_num_seqs": 4}, rate=20.0)
     data["model"] = "llama-2-13b"
     data["plan"]["parallel"] = {"replicas": 3}
+    data["plan"]["routing"] = "round_robin"  # identical replicas: steps that end at the same instants
     ref, got = _pair(data)
     want = "offloaded steps in closed form" if closed else "offloaded steps event by event (replicas share the host CPU)"
     assert got.summary["engine_path"].endswith(want)
