@@ -198,62 +198,83 @@ def _remaining(f: _Flow) -> float:
     return f.remaining
 
 
-Issued = tuple[float, list[Share], float | None]
-"""(issue time, shares, gate: the time before which no host-to-GPU hop starts) of one transfer."""
+Compiled = list[tuple[int, Link, list[tuple[float, float, list[Hop], bool]]]]
+"""A plan's first hops by link direction: (LANE_ORDER index, link, [(latency, bytes, the hops
+that follow, host-to-GPU)]), in LANE_ORDER (see :func:`_compile`)."""
+Issued = tuple[float, Compiled, float | None]
+"""(issue time, compiled shares, gate: the time before which no host-to-GPU hop starts) of one
+transfer."""
+_INDEX = {name: k for k, name in enumerate(LANE_ORDER)}
+
+
+def _compile(plan: list[Share]) -> Compiled:
+    """``plan``'s first hops grouped by link direction: a staged share's first hop (the rest
+    follow it one after the other), every hop of any other share."""
+    by: dict[int, tuple[Link, list[tuple[float, float, list[Hop], bool]]]] = {}
+    for _, _, _, hops, staged in plan:
+        for k, (name, link, nbytes) in enumerate(hops):
+            rest = hops[k + 1 :] if staged else []
+            by.setdefault(_INDEX[name], (link, []))[1].append((link.latency, nbytes, rest, name == "h2d"))
+            if staged:
+                break
+    return [(k, link, entries) for k, (link, entries) in sorted(by.items())]
 
 
 def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
     """When the last share of ``issued`` has arrived. The link directions are replayed one after
     the other (LANE_ORDER): each one's sharing depends only on when its flows join, and a staged
-    share's next hop joins when the previous one (on an earlier direction) has landed."""
-    joins: dict[str, list[tuple[float, int, float, list[Hop], float | None]]] = {}
+    share's next hop joins when the previous one (on an earlier direction) has landed. Joins at
+    one instant keep their issue order."""
+    slots: list[tuple[Link, list[tuple[float, int, float, list[Hop], float | None]]] | None] = [None] * len(LANE_ORDER)
     seq = 0
     last = -math.inf
-
-    def put(at: float, hops: list[Hop], gate: float | None) -> None:
-        nonlocal seq
-        name, link, nbytes = hops[0]
-        if gate is not None and name == "h2d" and gate > at:
-            at = gate
-        if name not in lanes:
-            lanes[name] = _Lane(link)
-        seq += 1
-        joins.setdefault(name, []).append((at + link.latency if link.latency else at, seq, nbytes, hops[1:], gate))
-
-    for at, plan, gate in issued:
-        for _, _, _, hops, staged in plan:
-            if not hops:
-                continue
-            if staged:
-                put(at, hops, gate)
-            else:
-                for h in hops:
-                    put(at, [h], gate)
-    for name in LANE_ORDER:
-        js = joins.pop(name, None)
-        if js is None:
+    for at, comp, gate in issued:
+        gated = gate is not None and gate > at
+        for k, link, entries in comp:
+            slot = slots[k]
+            if slot is None:
+                slot = slots[k] = (link, [])
+            js = slot[1]
+            for lat, nbytes, rest, h2d in entries:
+                a = gate if h2d and gated else at
+                seq += 1
+                js.append((a + lat if lat else a, seq, nbytes, rest, gate))  # type: ignore[arg-type]
+    for k, slot in enumerate(slots):
+        if slot is None:
             continue
-        lane = lanes[name]
+        link, js = slot
+        name = LANE_ORDER[k]
+        lane = lanes.get(name)
+        if lane is None:
+            lane = lanes[name] = _Lane(link)
+        landed: list[tuple[float, list[Hop], float | None]]
         if len(js) == 1 and not lane.flows and lane.lone is None:
             # alone on the direction: Link's join and wake-up, replayed in one go
-            at, _, nbytes, rest, gate = js[0]
+            at, _, nbytes, after, g = js[0]
             done = at + max(nbytes, 0.0) * 1 / lane.bw
             lane.close(at, done, nbytes)
-            if rest:
-                put(done, rest, gate)
-            elif done > last:
-                last = done
-            continue
-        js.sort(key=_join_key)
-        flows = [(lane.add(at, nbytes), rest, gate) for at, _, nbytes, rest, gate in js]
-        lane.drain()
-        for f, rest, gate in flows:
-            if rest:
-                put(f.done, rest, gate)
-            elif f.done > last:
-                last = f.done
-    if joins:
-        raise AssertionError(f"closed-form offload step: link directions {sorted(joins)} are not in LANE_ORDER")
+            landed = [(done, after, g)]
+        else:
+            js.sort(key=_join_key)
+            flows = [(lane.add(at, nbytes), after, g) for at, _, nbytes, after, g in js]
+            lane.drain()
+            landed = [(f.done, after, g) for f, after, g in flows]
+        for f_done, rest, gate in landed:
+            if not rest:
+                if f_done > last:
+                    last = f_done
+                continue
+            # a staged share's next hop leaves once this one has landed
+            nxt, nlink, nbytes = rest[0]
+            a = gate if nxt == "h2d" and gate is not None and gate > f_done else f_done
+            k2 = _INDEX[nxt]
+            if k2 <= k:
+                raise AssertionError(f"closed-form offload step: {nxt} after {name} is not in LANE_ORDER")
+            slot2 = slots[k2]
+            if slot2 is None:
+                slot2 = slots[k2] = (nlink, [])
+            seq += 1
+            slot2[1].append((a + nlink.latency if nlink.latency else a, seq, nbytes, rest[1:], gate))
     return last
 
 
@@ -323,7 +344,7 @@ class ClosedFormStep:
             kv_plan += ex._plan_move(lay.spill_read_bytes(gc), False, "kv_read", to_host=cpu_attention)
         reads: dict[str, _Lane] = {}
         writes: dict[str, _Lane] = {}
-        fetch_plans: dict[tuple[tuple[str, float], ...], tuple[list[Share], list[Lone] | None]] = {}
+        fetch_plans: dict[tuple[tuple[str, float], ...], tuple[list[Share], list[Lone] | None, Compiled]] = {}
         by_kind = ex.bytes_by_kind
         assert by_kind is not None
         wplans = self._weights()
@@ -335,12 +356,12 @@ class ClosedFormStep:
             got = fetch_plans.get(key)
             if got is None:
                 plan = wplan + kv_plan
-                got = fetch_plans[key] = (plan, _lone_hops(reads, plan))
-            plan, lone = got
+                got = fetch_plans[key] = (plan, _lone_hops(reads, plan), _compile(plan))
+            plan, lone, comp = got
             for kind, _, nbytes, _, _ in plan:
                 by_kind[kind] += nbytes
             if lone is None:
-                done = _solve(reads, [(at, plan, gate)])
+                done = _solve(reads, [(at, comp, gate)])
                 return done if done > at else at
             done = at
             for lane, lat, nbytes, dur, h2d in lone:
@@ -370,6 +391,7 @@ class ClosedFormStep:
             pending: list[Issued] = []
             r = now
             w0 = writes_of[0]
+            c0 = _compile(w0)
             w_bytes = [(kind, nbytes) for kind, _, nbytes, _, _ in w0]
             buffers = ex.BUFFERS
             # the counters the layers add to, as locals (the same additions in the same order)
@@ -399,7 +421,7 @@ class ClosedFormStep:
                 if w0:
                     for kind, nbytes in w_bytes:
                         by_kind[kind] += nbytes
-                    pending.append((t, w0, None))
+                    pending.append((t, c0, None))
                 computed.append(t)
             ex.busy_compute, ex.busy_cpu = busy, busy_cpu
             parts["linear"], parts["gpu_attention"], parts["dequant"], parts["cpu_attention"] = lin, gpu_att, deq, cpu_att
@@ -415,7 +437,7 @@ class ClosedFormStep:
                 ex.add_parts(cost)
                 if w:
                     ex.count(w)
-                    t = max(t, _solve(writes, [(t, w, None)]))
+                    t = max(t, _solve(writes, [(t, _compile(w), None)]))
         t = t + after
         ex.busy_compute += after
         return t
