@@ -617,10 +617,14 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
         # an offloaded step's layer pipeline: in closed form unless something else uses its links
         why = "requested" if engine == "reference" else closed_form_reason(
             off_layout, cpu_cost is not None, sum(g.replicas for g in groups), trace, pc.enabled, plan.kv_cache.preemption,
-            disagg, par.pp,
+            disagg, par.pp, plan.offload.overlap, plan.offload.num_gpu_batches,
         )
         closed = why is None
         engine_path += "; offloaded steps in closed form" if closed else f"; offloaded steps event by event ({why})"
+        gbs = plan.offload.gpu_batch_size
+        if closed and plan.offload.overlap and gbs is not None and not (policy_name == "static" and bat.batch_size is None):
+            # a step of more sequences than a GPU batch runs the zig-zag block schedule
+            engine_path += f", event by event for steps of more than {gbs} sequences"
     return Deployment(scenario, sc, model, prec, use_cpu, groups, off_layout, off_mem, stage_costs, cpu_cost, reqs, adm,
                       group_shares, cross_tp, engine_cls, engine_path, warn, closed)
 

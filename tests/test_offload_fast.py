@@ -89,7 +89,14 @@ def test_several_gpu_batches_with_prefetch_run_event_by_event_and_match():
     # FlexGen's zig-zag block schedule is not in closed form: those steps take the event path
     off = {"weights": {"gpu": 0.0, "cpu": 1.0}, "kv_cache": {"gpu": 0.0, "cpu": 1.0}, "gpu_batch_size": 2, "num_gpu_batches": 2}
     ref, got = _pair(_sc(off, "gcp-t4-vm", 4, 64, 4, {"policy": "static"}))
-    assert got.summary["engine_path"].endswith("offloaded steps in closed form")
+    assert got.summary["engine_path"].endswith(
+        "offloaded steps event by event (several GPU batches per layer: FlexGen's zig-zag block schedule)"
+    )
+    _assert_same(ref, got)
+    # serving with a GPU batch smaller than the batch: the larger steps run event by event
+    off = {"weights": {"gpu": 0.5, "cpu": 0.5}, "gpu_batch_size": 2}
+    ref, got = _pair(_sc(off, "gcp-t4-vm", 6, 64, 4, {"policy": "continuous", "max_num_seqs": 4}, rate=50.0))
+    assert got.summary["engine_path"].endswith("offloaded steps in closed form, event by event for steps of more than 2 sequences")
     _assert_same(ref, got)
 
 

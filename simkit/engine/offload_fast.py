@@ -13,8 +13,8 @@ advance layer by layer, and each link's fair sharing is replayed with ``Link``'s
 path produces, bit for bit, and so are the links' busy time, busy periods and bytes moved and the
 executor's byte and compute counters (tests/test_offload_fast.py checks it on random plans).
 
-Covered: one GPU batch per step with prefetch (``overlap: true``), any number without
-(``overlap: false``); weights and KV on any tier (disk staged through DRAM, CXL streamed); CPU
+Covered: one GPU batch per step with prefetch (``overlap: true``; a step of several runs event
+by event), any number without (``overlap: false``); weights and KV on any tier (disk staged through DRAM, CXL streamed); CPU
 attention; ``decode_overlap: false``; pinned copies, and pageable ones without CPU attention (the
 host thread that stages pageable copies also runs CPU attention: a shared resource). Run event by
 event (:func:`closed_form_reason`, and a step with several GPU batches and prefetch): FlexGen's
@@ -42,15 +42,17 @@ direction after its earlier one (its join times are then known)."""
 
 def closed_form_reason(
     layout: Placement, cpu_attention: bool, replicas: int, trace: bool, prefix_cache: bool, preemption: str,
-    disaggregated: bool, pp: int,
+    disaggregated: bool, pp: int, overlap: bool, gpu_batches: int,
 ) -> str | None:
     """None when :class:`ClosedFormStep` reproduces an offloaded plan's steps exactly, else why
     they run event by event. ``cpu_attention``: attention runs on the host CPU (a resource the
-    replicas share)."""
+    replicas share); ``overlap``, ``gpu_batches``: plan.offload's overlap and num_gpu_batches."""
     if trace:
         return "Chrome trace output"
     if pp > 1:
         return "pipeline stages"
+    if overlap and gpu_batches > 1:
+        return "several GPU batches per layer: FlexGen's zig-zag block schedule"
     if any(f > 0 for t, f in layout.act_frac.items() if t != "gpu"):
         return "activations off the GPU"
     if prefix_cache:
