@@ -13,14 +13,14 @@ advance layer by layer, and each link's fair sharing is replayed with ``Link``'s
 path produces, bit for bit, and so are the links' busy time, busy periods and bytes moved and the
 executor's byte and compute counters (tests/test_offload_fast.py checks it on random plans).
 
-Covered: one GPU batch per step with prefetch (``overlap: true``; a step of several runs event
-by event), any number without (``overlap: false``); weights and KV on any tier (disk staged through DRAM, CXL streamed); CPU
-attention; ``decode_overlap: false``; pinned copies, and pageable ones without CPU attention (the
-host thread that stages pageable copies also runs CPU attention: a shared resource). Run event by
-event (:func:`closed_form_reason`, and a step with several GPU batches and prefetch): FlexGen's
-zig-zag block schedule, activations off the GPU, Chrome traces, and plans where anything else
-uses the links or the host CPU during a step. KV spilled beyond a length (``kv_spill``) is
-covered: its reads and writes are shares like any other.
+Covered: weights and KV on any tier (disk staged through DRAM, CXL streamed), KV spilled beyond
+a length (``kv_spill``), resident layers, CPU attention, ``decode_overlap: false``, int4
+compression, pinned copies and pageable ones without CPU attention, one GPU batch per step with
+prefetch (``overlap: true``) and any number without. Run event by event
+(:func:`closed_form_reason`): FlexGen's zig-zag block schedule (several GPU batches per step
+with prefetch; in a serving run only the steps that have several), activations off the GPU,
+pageable copies with CPU attention (the host thread that stages them also runs CPU attention),
+Chrome traces, and plans where anything else uses the links or the host CPU during a step.
 """
 
 from __future__ import annotations
