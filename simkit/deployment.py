@@ -624,7 +624,7 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
         gbs = plan.offload.gpu_batch_size
         if closed and plan.offload.overlap and gbs is not None and not (policy_name == "static" and bat.batch_size is None):
             # a step of more sequences than a GPU batch runs the zig-zag block schedule
-            engine_path += f", event by event for steps of more than {gbs} sequences"
+            engine_path += f", event by event for steps of more sequences than gpu_batch_size ({gbs})"
     return Deployment(scenario, sc, model, prec, use_cpu, groups, off_layout, off_mem, stage_costs, cpu_cost, reqs, adm,
                       group_shares, cross_tp, engine_cls, engine_path, warn, closed)
 

@@ -249,18 +249,28 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
         lane = lanes.get(name)
         if lane is None:
             lane = lanes[name] = _Lane(link)
-        landed: list[tuple[float, list[Hop], float | None]]
-        if len(js) == 1 and not lane.flows and lane.lone is None:
-            # alone on the direction: Link's join and wake-up, replayed in one go
-            at, _, nbytes, after, g = js[0]
-            done = at + max(nbytes, 0.0) * 1 / lane.bw
-            lane.close(at, done, nbytes)
-            landed = [(done, after, g)]
-        else:
+        if len(js) > 1:
             js.sort(key=_join_key)
-            flows = [(lane.add(at, nbytes), after, g) for at, _, nbytes, after, g in js]
+        landed: list[tuple[float, list[Hop], float | None]] = []
+        n = len(js)
+        i = 0
+        if not lane.flows and lane.lone is None:
+            # flows alone on the idle direction, each landing no later than the next joins:
+            # Link's join and wake-up, replayed in one go
+            bw = lane.bw
+            while i < n:
+                at, _, nbytes, after, g = js[i]
+                done = at + max(nbytes, 0.0) * 1 / bw
+                if i + 1 < n and js[i + 1][0] < done:
+                    break
+                lane.close(at, done, nbytes)
+                landed.append((done, after, g))
+                i += 1
+        if i < n:
+            # the rest overlap: fair sharing, as Link replays it
+            flows = [(lane.add(at, nbytes), after, g) for at, _, nbytes, after, g in js[i:]]
             lane.drain()
-            landed = [(f.done, after, g) for f, after, g in flows]
+            landed += [(f.done, after, g) for f, after, g in flows]
         for f_done, rest, gate in landed:
             if not rest:
                 if f_done > last:
