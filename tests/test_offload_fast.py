@@ -4,6 +4,7 @@ per-request times, link counters and the whole summary equal bit for bit on rand
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -186,3 +187,43 @@ def test_several_replicas(cpu_attention: bool, closed: bool):
     want = "offloaded steps in closed form" if closed else "offloaded steps event by event (replicas share the host CPU)"
     assert got.summary["engine_path"].endswith(want)
     _assert_same(ref, got)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([0.0, 1e-3, 0.25, 1.0, 3.0]), st.sampled_from([1e3, 5e8, 1e9, 2.5e9, 7e9])),
+        min_size=1, max_size=8,
+    ),
+    st.sampled_from([0.0, 5e-6]),
+)
+def test_lane_replays_link_fair_sharing_bit_for_bit(joins: list[tuple[float, float]], latency: float):
+    """Flows joining one link direction at given offsets: the lane's completion times and the
+    link's busy time, busy periods and bytes equal the SimPy Link's exactly, overlaps included."""
+    import simpy
+
+    from simkit.engine.offload_fast import _Lane
+    from simkit.engine.resources import Link
+
+    starts = np.cumsum([gap for gap, _ in joins]).tolist()
+    env = simpy.Environment()
+    link = Link(env, "h2d", 10e9, latency)
+    link.busy_log = []
+    done: list[float] = [math.nan] * len(joins)
+
+    def flow(k: int, at: float, nbytes: float):  # type: ignore[no-untyped-def]
+        yield env.timeout(at)
+        yield link.transfer(nbytes)
+        done[k] = env.now
+
+    for k, (at, (_, nbytes)) in enumerate(zip(starts, joins, strict=True)):
+        env.process(flow(k, at, nbytes))
+    env.run()
+
+    twin = Link(simpy.Environment(), "h2d", 10e9, latency)
+    twin.busy_log = []
+    lane = _Lane(twin)
+    flows = [lane.add((at + latency if latency else at), nbytes) for at, (_, nbytes) in zip(starts, joins, strict=True)]
+    lane.drain()
+    assert [f.done for f in flows] == done
+    assert (twin.busy_time, twin.bytes_moved, twin.busy_log) == (link.busy_time, link.bytes_moved, link.busy_log)
