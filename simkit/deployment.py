@@ -11,6 +11,8 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -687,7 +689,7 @@ def build_replicas(dep: Deployment, cluster: Cluster) -> list[OffloadExecutor]:
             cache = PrefixCache(use, caps, hash_tokens // plan.kv_cache.block_size)
         kv = KVBlockManager(
             mem.num_blocks, plan.kv_cache.block_size, int(plan.kv_cache.watermark * mem.num_blocks), cache=cache,
-            clock=lambda: env.now,
+            clock=partial(attrgetter("_now"), env),  # env.now without two Python calls (hot: every KV change)
         )
         cfg = EngineConfig(
             plan.kv_cache.block_size,

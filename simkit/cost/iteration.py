@@ -372,15 +372,23 @@ class IterationModel:
         lo = longest0 + 1.0
         times: list[float] = []
         ends: list[float] = []
+        add_time, add_end = times.append, ends.append
+        # ``max(a, b)`` is written ``b if b > a else a`` (what max returns, without a call); the
+        # running sum starts at 0.0, and 0.0 + x is x exactly for a step time x > 0, so it is
+        # np.cumsum's (whose first element is the first time)
         acc = 0.0
         for j in range(k):
             kv = base + fb * j
             if ratio is not None:
-                kv = max(kv, (lo + j) * ratio)
-            x = fixed + (max(f4 * kv * cf, (c1 + 2.0 * kv * kvh * d * kb + c3) * cb) + ov) * layers
-            acc = x if j == 0 else acc + x
-            times.append(x)
-            ends.append(acc)
+                y = (lo + j) * ratio
+                if y > kv:
+                    kv = y
+            a = f4 * kv * cf
+            b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb
+            x = fixed + ((b if b > a else a) + ov) * layers
+            acc += x
+            add_time(x)
+            add_end(acc)
             if acc >= until:
                 break
         return times, ends

@@ -317,10 +317,15 @@ class FastEngine(Engine):
     def _tbt_groups(self, base: float) -> None:
         """Push the gap ``base - last token`` of every decoding request, grouped."""
         push = self.tbt.push1
-        n_old = len(self._info) - sum(self._fresh.values())
+        fresh = self._fresh
+        if not fresh:  # the usual decode run: every request's last token came at the last step
+            if self._info:
+                push(base - self._last_dec, float(len(self._info)))
+            return
+        n_old = len(self._info) - sum(fresh.values())
         if n_old:
             push(base - self._last_dec, float(n_old))
-        for lt, c in self._fresh.items():
+        for lt, c in fresh.items():
             push(base - lt, float(c))
 
     # ---- overrides of the reference engine ---------------------------------------------------
@@ -484,6 +489,8 @@ class FastEngine(Engine):
         t = self.table
         fast_step = self.policy.fast_step  # type: ignore[attr-defined]
         replica = self.replica
+        gpus = self.cfg.num_gpus
+        stage_busy = self.stage_busy
         while True:
             if not self.running and not self.waiting:
                 yield from self._idle_wait()
@@ -503,12 +510,12 @@ class FastEngine(Engine):
                 # waiting for something to arrive or finish elsewhere
                 yield from self._idle_wait()
                 continue
-            start = env.now
+            start = env._now
             if not self._advance(dur):
                 yield env.timeout(dur) if self.world is None else None
             self.busy_time += dur
-            self.busy_gpu_s += dur * self.cfg.num_gpus
-            self.stage_busy[0] += dur
+            self.busy_gpu_s += dur * gpus
+            stage_busy[0] += dur
             if pre:
                 self._mixed_end(start, pre, q, nb)
             else:
@@ -607,7 +614,15 @@ class FastEngine(Engine):
         first of: a request finishes, the KV cache lacks a block, the step that reaches the next
         arrival; allocate its blocks and note what its end needs; returns its seconds."""
         clock = self._D
-        s = self._top_finish() - clock
+        info = self._info
+        # the tops of the finishing and longest-context heaps, when valid (the usual case; else
+        # the methods drop the stale entries first)
+        f, i = self._fin[0]
+        e = info.get(i)
+        s = (f if e is not None and e[6] == f else self._top_finish()) - clock
+        neg, i = self._long[0]
+        e = info.get(i)
+        longest = (-neg if e is not None and e[0] == -neg else self._longest_offset()) + clock
         bs = self.cfg.block_size
         kvm = self.kv
         avail = kvm.num_blocks - kvm.used  # kv.available without a prefix cache
@@ -626,7 +641,6 @@ class FastEngine(Engine):
             fixed = cost.fixed_step_time(nb)
             if fixed > 0:
                 s = min(s, max(int(ta / fixed) + 2, 1))
-        longest = self._longest_offset() + clock
         kv0 = float(self._sum_off + nb * clock)
         # a run of a few dozen steps on scalars, stopping at the step that reaches the next
         # arrival (the cut below, made as the steps are priced)
@@ -647,7 +661,8 @@ class FastEngine(Engine):
                 ends = ends[:s]
                 times = times[:s]
             first, dur = float(ends[0]), float(ends[-1])
-        self._alloc_to(clock + s)
+        if clock + s > self._Xa:  # else the blocks are allocated already: _alloc_to does nothing
+            self._alloc_to(clock + s)
         mc = self.max_context
         if longest + s > mc["attn_decode"]:
             mc["attn_decode"] = longest + s
@@ -665,9 +680,10 @@ class FastEngine(Engine):
         self._tbt_groups(start + first + extra)
         if s > 1:
             self.tbt.push(times[1:], float(nb))
-        self._D += s
+        clock = self._D = self._D + s
         self._last_dec = now
         self._fresh = {}
-        done = self._pop_finished()
-        if done:
-            self._finish(done)
+        if self._fin[0][0] <= clock:  # else every entry finishes later: nothing is due
+            done = self._pop_finished()
+            if done:
+                self._finish(done)
