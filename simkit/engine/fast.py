@@ -598,7 +598,9 @@ class FastEngine(Engine):
             self._D += 1
             self._last_dec = now
             self._fresh = {}
-            dec_done = self._pop_finished()
+            # no valid entry is due when the heap's top finishes later (_pop_finished would only
+            # drop stale entries, which the heap's readers skip anyway)
+            dec_done = self._pop_finished() if self._fin[0][0] <= self._D else []
         else:
             dec_done = []
         for i, kv, g in done_pre:
@@ -607,7 +609,8 @@ class FastEngine(Engine):
             else:
                 self._join(i, kv, g, now)
         finished.extend(dec_done)
-        self._finish(finished)
+        if finished:
+            self._finish(finished)
 
     def _decode_begin(self, nb: int) -> float:
         """Price a run of decode iterations of the whole decode set (``nb`` requests), up to the
@@ -683,7 +686,7 @@ class FastEngine(Engine):
         clock = self._D = self._D + s
         self._last_dec = now
         self._fresh = {}
-        if self._fin[0][0] <= clock:  # else every entry finishes later: nothing is due
+        if self._fin[0][0] <= clock:  # else nothing is due (as in _mixed_end)
             done = self._pop_finished()
             if done:
                 self._finish(done)
