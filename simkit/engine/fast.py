@@ -258,7 +258,13 @@ class FastEngine(Engine):
 
     def _alloc_to(self, upto: int) -> None:
         """Allocate the blocks the decode set needs up to clock ``upto`` (as ``_grow_blocks``)."""
-        total = self._growth_to(upto)
+        a = self._Xa
+        if upto == a + 1:
+            # one step (every step of chunked prefill): :meth:`_growth_to` reduces to the
+            # residue ``a``'s count, as every pending request's first boundary is past ``a``
+            total = self._cnt[a % self.cfg.block_size]
+        else:
+            total = self._growth_to(upto)
         if total:
             self.kv.alloc(total)  # makes room first, as _grow_blocks's make_room + alloc
         if upto > self._Xa:
@@ -543,8 +549,10 @@ class FastEngine(Engine):
         dec_sum = longest = 0
         if nb:
             # decode attention sees the decoding requests' contexts through their sum and their
-            # maximum (IterationModel.attention_time)
-            longest = self._longest_offset() + self._D
+            # maximum (IterationModel.attention_time); the heap's top when valid (the usual case)
+            neg, i = self._long[0]
+            e = self._info.get(i)
+            longest = (-neg if e is not None and e[0] == -neg else self._longest_offset()) + self._D
             dec_sum = self._sum_off + nb * self._D
             if longest + 1 > mc["attn_decode"]:
                 mc["attn_decode"] = longest + 1
