@@ -30,7 +30,10 @@ step or an arrival costs a heap entry instead of a SimPy event and a generator r
 one replica most steps need neither. Admission is the reference's without the prefix-cache,
 spill and KV-cap branches (none is on the fast path), and one that failed for want of blocks is
 not re-checked until enough blocks are free; finished requests leave the running set in O(1) and
-release their blocks in one call.
+release their blocks in one call. Per event, the bookkeeping takes the common case inline: the
+heaps' tops are read directly when valid, the finished-request scan is skipped when the first
+finishing clock is later, one step's block growth is its residue's count, and SimPy's clock is
+read as ``env._now`` (what ``env.now`` returns, without a property call).
 
 Everything else is the reference engine's own code (the policies, the event loop, preemption,
 the cost model calls with the same arguments), so per-request times are bit-for-bit those of
@@ -360,7 +363,7 @@ class FastEngine(Engine):
         t.blocks[i] = need
         # no prefix cache: no shared blocks and no cached tokens (those columns stay 0)
         if t.scheduled[i] != t.scheduled[i]:  # NaN: first admission
-            t.scheduled[i] = self.env.now
+            t.scheduled[i] = self.env._now
         self.running.append(i)
         if kv_len < target:
             self.prefilling.append(i)
@@ -383,7 +386,7 @@ class FastEngine(Engine):
         if len(self.replica.engines) > 1:
             self.replica.wake_all()
         t = self.table
-        now = self.env.now
+        now = self.env._now
         run = self.running
         self._dec_cache = None
         # the reference releases each request's blocks in turn, all at this instant: one release
@@ -453,7 +456,7 @@ class FastEngine(Engine):
         after this has scheduled the step's end). Events at equal times keep their order
         (``peek()`` equal to the end takes the event path), so every decision is the same."""
         env = self.env
-        end = env.now + dur
+        end = env._now + dur
         world = self.world
         if world is not None:
             if world.peek() > end:
@@ -578,7 +581,7 @@ class FastEngine(Engine):
     def _mixed_end(self, start: float, pre: list[int], pq: list[int], nb: int) -> None:
         """Apply a mixed iteration that ran from ``start`` to now."""
         t = self.table
-        now = self.env.now
+        now = self.env._now
         kv_pre, completes = self._mixed_ctx
         self.log.add(self.index, start, now, 1, int(sum(pq)), nb, len(pq) + nb, self.kv.used)  # kv.in_use without a prefix cache
         finished: list[int] = []
@@ -646,7 +649,7 @@ class FastEngine(Engine):
                 else:
                     hi = mid - 1
             s = lo
-        ta = self.next_arrival() - self.env.now
+        ta = self.next_arrival() - self.env._now
         cost = self.cost
         if ta < float("inf"):
             fixed = cost.fixed_step_time(nb)
@@ -685,7 +688,7 @@ class FastEngine(Engine):
     def _decode_end(self, start: float, dur: float) -> None:
         """Apply a decode run that ran from ``start`` to now (``dur`` seconds of compute)."""
         nb, s, times, first = self._run
-        now = self.env.now
+        now = self.env._now
         self.log.add(self.index, start, now, s, 0, nb, nb, self.kv.used)  # kv.in_use without a prefix cache
         extra = max((now - start) - dur, 0.0)
         self._tbt_groups(start + first + extra)
