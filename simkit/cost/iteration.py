@@ -344,13 +344,20 @@ class IterationModel:
         """:meth:`decode_attention` of one iteration (``kv``, ``longest``: attended tokens, as
         passed to it) with the same operations in the same order on scalars, so the result is
         bit-identical; None when the efficiency model has no closed form for decode attention."""
-        c = self._dec_consts(batch)
+        c = self._dec1.get(batch)  # the usual case: known batch size (else computed, or None)
         if c is None:
-            return None
+            c = self._dec_consts(batch)
+            if c is None:
+                return None
         f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov, _ = c
+        # max(a, b) as ``b if b > a else a`` (what max returns, without a call)
         if ratio is not None:
-            kv = max(kv, longest * ratio)
-        return (max(f4 * kv * cf, (c1 + 2.0 * kv * kvh * d * kb + c3) * cb) + ov) * self.layers
+            y = longest * ratio
+            if y > kv:
+                kv = y
+        a = f4 * kv * cf
+        b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb
+        return ((b if b > a else a) + ov) * self.layers
 
     def decode_step_times(
         self, batch: int, kv0: float, k: int, longest0: float, until: float = float("inf")
@@ -442,7 +449,8 @@ class IterationModel:
             flops = 4.0 * heads * d * pairs
             byts = 2.0 * tokens * heads * d * ab + 2.0 * kv_tokens * kvh * d * kb + 2.0 * tokens * kvh * d * kb
             cf, cb, ov = roof
-            total += (max(flops * cf, byts * cb) + ov) * self.layers
+            fc, bc = flops * cf, byts * cb
+            total += ((bc if bc > fc else fc) + ov) * self.layers  # max(fc, bc), without a call
         return t + total + (self.iteration_overhead + self.per_seq_overhead * n)
 
     def breakdown(self, q: np.ndarray, ctx: np.ndarray) -> list[OpTime]:
