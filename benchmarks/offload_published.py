@@ -14,8 +14,9 @@ every row:
 - ZeRO-Inference and FlexGen on one RTX A6000 (``zeroinf_a6000_*``): simulated as configured on
   ``lambda-a6000-workstation``: the stated batch (one GPU batch), weights on CPU or disk, 4-bit
   weights (group 64) or not, KV cache on the GPU or offloaded to the CPU (attention where the KV
-  lives), the pinning the published runs used (``run_*_a6000.sh``: FlexGen ``--pin-weight 0``,
-  ZeRO-Inference ``--pin-memory 1`` without KV offload and 0 with it).
+  lives), the pinning the published runs used (``run_*_a6000.sh``: FlexGen ``--pin-weight 0``;
+  ZeRO-Inference ``--pin-memory 1`` for OPT-30B, OPT-66B and LLaMA-2-70B without KV offload,
+  0 for OPT-175B and BLOOM-176B and for every run with KV offload: ``ZERO_PINNED``).
 
 Throughput = generated tokens / (prefill + decode time), as both systems report it. Prints the
 table, the median and p90 absolute % error per system and overall, and the Spearman rank
@@ -46,6 +47,11 @@ GROUP_SIZE_A6000 = 64
 """Quantisation group of both systems' 4-bit weights (ZeRO-Inference README: default 64;
 FlexGen CompressionConfig(num_bits=4, group_size=64))."""
 TARGET_MEDIAN, TARGET_P90, TARGET_SPEARMAN = 0.15, 0.30, 0.9
+ZERO_PINNED = frozenset({"opt-30b", "opt-66b", "llama-2-70b"})
+"""Models whose ZeRO-Inference run without KV offload pinned its weights (``--pin-memory 1`` in
+DeepSpeedExamples zero_inference run_opt30b/run_opt66b/run_llama2_70b_a6000.sh); the OPT-175B
+and BLOOM-176B runs (run_opt175b/run_bloom175b_a6000.sh) and every KV-offload run used
+``--pin-memory 0`` (the script's default: pageable host memory)."""
 
 
 def model_name(row: dict[str, Any]) -> str:
@@ -68,7 +74,7 @@ def _base(hardware: str, model: str, batch: int, prompt: int, gen: int, group: i
 
 
 def a6000_offload(row: dict[str, Any]) -> dict[str, Any]:
-    """The plan.offload a ZeRO-Inference / FlexGen A6000 row ran (from its policy string and system)."""
+    """The plan.offload a ZeRO-Inference / FlexGen A6000 row ran (from its policy string, system and model)."""
     pol = str(row["policy"])
     batch = int(row["workload"]["batch"])
     flexgen = row["system"] == "FlexGen"
@@ -89,8 +95,8 @@ def a6000_offload(row: dict[str, Any]) -> dict[str, Any]:
         # FlexGen's decode step copies the next layer after computing this one (its cost model,
         # fitted to its runs: T_gen = ctog + max(other terms)); ZeRO-Inference prefetches
         "decode_overlap": not flexgen,
-        # FlexGen ran --pin-weight 0; ZeRO-Inference --pin-memory 1 without KV offload, 0 with it
-        "pinned": (not flexgen) and not kv_off,
+        # FlexGen ran --pin-weight 0; ZeRO-Inference as its scripts set --pin-memory (ZERO_PINNED)
+        "pinned": (not flexgen) and not kv_off and model_name(row) in ZERO_PINNED,
     }
     if flexgen:
         # FlexGen's runs (run_*_a6000.sh) keep the KV cache and activations on the CPU

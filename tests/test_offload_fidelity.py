@@ -295,6 +295,10 @@ def test_benchmark_runs_the_a6000_rows_as_published():
            "policy": "4-bit weights, no KV offload; weights offloaded to cpu", "workload": {"prompt_len": 512, "gen_len": 32, "batch": 24}}
     got = bench.simulate_row(row)
     assert got["throughput"] > 0 and "pinned" in got["plan"]
+    # OPT-175B and BLOOM-176B ran --pin-memory 0 (run_opt175b/run_bloom175b_a6000.sh)
+    for model in ("OPT-175B", "BLOOM-176B"):
+        big = dict(row, model={"name": model}, workload={"prompt_len": 512, "gen_len": 32, "batch": 8})
+        assert not bench.a6000_offload(big)["pinned"]
 
 
 # ---- staging, the zig-zag block schedule, decode copies that follow compute ----------------------------
