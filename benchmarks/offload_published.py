@@ -7,9 +7,11 @@ every row:
 
 - FlexGen on the GCP T4 VM (``flexgen_t4_*``): the policy is not published, so simkit's placement
   optimiser (``simkit offload-plan``) searches the same machine (``gcp-t4-vm``) and workload
-  (prompt/generation length), uncompressed for "FlexGen" and with 4-bit compression for
-  "FlexGen (c)", and simkit's best confirmed plan's simulated throughput is compared with the
-  published best. FlexGen's runtime is described by ``dequant: unfused`` (its PyTorch int4
+  (prompt/generation length), uncompressed for "FlexGen" and with 4-bit compression of the
+  weights, the KV cache or both for "FlexGen (c)" (its published policies, FlexGen
+  benchmark/flexgen/bench_suite.py, run --compress-weight --compress-cache, or --compress-cache
+  alone for OPT-30B), and simkit's best confirmed plan's simulated throughput is compared with
+  the published best. FlexGen's runtime is described by ``dequant: unfused`` (its PyTorch int4
   kernels) and ``decode_overlap: false`` (its decode copies follow compute: docs/offloading.md).
 - ZeRO-Inference and FlexGen on one RTX A6000 (``zeroinf_a6000_*``): simulated as configured on
   ``lambda-a6000-workstation``: the stated batch (one GPU batch), weights on CPU or disk, 4-bit
@@ -122,7 +124,13 @@ def simulate_row(row: dict[str, Any]) -> dict[str, Any]:
         # and its decode step copies the next layer after computing this one (decode_overlap)
         data["plan"]["offload"] = {"weights": {"gpu": 0.0, "cpu": 1.0}, "dequant": "unfused", "decode_overlap": False}
         sc = scenario_from_dict(data, where=f"<{row['id']}>")
-        cands = optimize(sc, prompt_len=prompt, gen_len=gen, compress=(comp,))
+        if comp:
+            # compressed weights (KV compressed or not), or the KV cache alone
+            cands = optimize(sc, prompt_len=prompt, gen_len=gen, compress=(True,), compress_kv=(False, True))
+            cands += optimize(sc, prompt_len=prompt, gen_len=gen, compress=(False,), compress_kv=(True,))
+            cands.sort(key=lambda c: -(c.sim.get("output_tokens_per_s") or 0.0))
+        else:
+            cands = optimize(sc, prompt_len=prompt, gen_len=gen, compress=(False,))
         best = next((c for c in cands if c.sim.get("output_tokens_per_s")), None)
         if best is None:
             errs = "; ".join(str(c.sim.get("error")) for c in cands[:3])
@@ -131,6 +139,7 @@ def simulate_row(row: dict[str, Any]) -> dict[str, Any]:
         plan = (
             f"gbs={best.gpu_batch_size}x{best.num_gpu_batches} w={_frac(fr['w'])} kv={_frac(fr['c'])} "
             f"act={_frac(fr['h'])}{' cpu-attn' if best.cpu_attention else ''}{' int4' if best.compress_weights else ''}"
+            f"{' kv-int4' if best.compress_kv else ''}"
         )
         return {"throughput": float(best.sim["output_tokens_per_s"]), "plan": plan,
                 "breakdown": breakdown(best.sim["makespan_s"], best.sim["busy_s"], best.sim["offload_compute_s"])}

@@ -359,3 +359,41 @@ def test_decode_copies_that_follow_compute_are_slower_and_the_lp_agrees():
     b = offload_opt.solve_candidate(*_lp_args(node), 8, 1, False, False, decode_overlap=False)
     assert a is not None and b is not None and b.lp_time_s >= a.lp_time_s
     assert b.offload_dict()["decode_overlap"] is False
+
+
+# ---- KV-cache compression in the search (FlexGen's --compress-cache) --------------------------------------
+def test_the_search_compresses_the_kv_cache_and_prices_it_like_the_simulator(monkeypatch):
+    """FlexGen (c)'s published policies compress the KV cache (bench_suite.py: --compress-cache):
+    the LP prices its quantisation and dequantisation through OffloadCompute (the simulator's
+    rule), passes compress_kv to the plans it confirms, and attends a compressed cache on the GPU."""
+    quantised: list[float] = []
+    real = OffloadCompute.dequant
+
+    def spy(self, elems, unfused=False, quantise=False):
+        if quantise:
+            quantised.append(elems)
+        return real(self, elems, unfused, quantise)
+
+    monkeypatch.setattr(OffloadCompute, "dequant", spy)
+    node = resolve_node("gcp-t4-vm")
+    plain = offload_opt.solve_candidate(*_lp_args(node), 8, 1, False, False)
+    assert plain is not None and not quantised  # weights only: nothing is quantised
+    ckv = offload_opt.solve_candidate(*_lp_args(node), 8, 1, False, False, compress_kv=True)
+    assert ckv is not None and quantised and ckv.offload_dict()["compress_kv"] is True
+    sc = scenario_from_dict(_sc({"weights": {"gpu": 0.0, "cpu": 1.0}, "dequant": "unfused"}))
+    cands = optimize(sc, prompt_len=64, gen_len=4, gpu_batch_sizes=(8,), num_gpu_batches=(1,), compress=(False,),
+                     compress_kv=(True,), confirm=1)
+    assert cands and all(c.compress_kv and not c.cpu_attention for c in cands)
+    assert cands[0].sim.get("output_tokens_per_s")
+    n = len(quantised)
+    assert confirm_by_simulation(sc, cands[0], 64, 4).get("output_tokens_per_s")
+    assert len(quantised) > n  # the simulation quantised the new KV too
+
+
+def test_kv_compression_is_faster_when_the_kv_streams_over_pcie():
+    # the KV in DRAM attended on the GPU: int4 moves 0.56 bytes per value instead of 2, which
+    # outweighs FlexGen's unfused (de)compression on the GPU (the bytes it saves were on the critical path)
+    off = {"weights": {"gpu": 1.0}, "kv_cache": {"gpu": 0.0, "cpu": 1.0}, "gpu_batch_size": 32, "dequant": "unfused"}
+    plain = _tps(off, n=32, inp=512, out=32)
+    comp = _tps({**off, "compress_kv": True}, n=32, inp=512, out=32)
+    assert comp > plain
