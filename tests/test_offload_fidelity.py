@@ -397,3 +397,21 @@ def test_kv_compression_is_faster_when_the_kv_streams_over_pcie():
     plain = _tps(off, n=32, inp=512, out=32)
     comp = _tps({**off, "compress_kv": True}, n=32, inp=512, out=32)
     assert comp > plain
+
+
+def test_offload_plan_cli_searches_a_compressed_kv_cache_on_request(tmp_path, capsys):
+    import yaml
+
+    from simkit.cli import main
+
+    path = tmp_path / "sc.yaml"
+    path.write_text(yaml.safe_dump(_sc({"weights": {"gpu": 0.0, "cpu": 1.0}})))
+    args = ["offload-plan", str(path), "--prompt-len", "64", "--gen-len", "4", "--top", "40", "--confirm", "0"]
+    assert main(args) == 0
+    plain = capsys.readouterr().out
+    assert "int4_kv" in plain and all(line.split()[5] == "False" for line in plain.splitlines()[2:])
+    assert main([*args, "--compress-kv"]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert any(line.split()[5] == "True" for line in rows)
+    # a compressed cache is attended on the GPU
+    assert not any(line.split()[3] == "True" and line.split()[5] == "True" for line in rows)
