@@ -301,6 +301,20 @@ def test_benchmark_runs_the_a6000_rows_as_published():
         assert not bench.a6000_offload(big)["pinned"]
 
 
+def test_flexgen_published_policies_map_to_plans_as_written():
+    bench = _bench()
+    off = bench.flexgen_policy_offload(bench.FLEXGEN_POLICIES["flexgen_t4_s256_n32_flexgen_opt-175b"], 96)
+    # --percent 0 50 0 0 0 100: weights half DRAM half disk, KV all on disk, activations in DRAM
+    assert off["weights"] == {"gpu": 0.0, "cpu": 0.5, "disk": 0.5}
+    assert off["kv_cache"] == {"gpu": 0.0, "cpu": 0.0, "disk": 1.0}
+    assert off["activations"] == {"gpu": 0.0, "cpu": 1.0, "disk": 0.0}
+    assert (off["gpu_batch_size"], off["num_gpu_batches"]) == (64, 8)
+    assert off["cpu_attention"] and not off["pinned"] and not off["compress_kv"] and "resident_layers" not in off
+    comp = bench.flexgen_policy_offload(bench.FLEXGEN_POLICIES["flexgen_t4_s256_n32_flexgen_c_opt-6.7b"], 32)
+    assert comp["compress_weights"] and comp["compress_kv"] and comp["resident_layers"] == 32 and not comp["overlap"]
+    assert all(p["percent"][0] + p["percent"][1] <= 100 for p in bench.FLEXGEN_POLICIES.values())
+
+
 # ---- staging, the zig-zag block schedule, decode copies that follow compute ----------------------------
 def _run(offload, **kw):
     return simulate(scenario_from_dict(_sc(offload, **kw))).summary
