@@ -277,7 +277,7 @@ class Engine:
         per_hash = self.cfg.hash_tokens * self.cfg.kv_bytes_per_token * self.cfg.num_gpus
         for link in tier_path(src, dst):
             if link in self.links:
-                self.links[link].transfer(entries * per_hash, f"prefix {src}->{dst}")
+                self.links[link].post(entries * per_hash, f"prefix {src}->{dst}")
 
     def _publish_prefix(self, i: int) -> None:
         """After a prefill completes, its full prompt blocks become prefix-cache entries (as vLLM's
