@@ -105,6 +105,8 @@ class Engine:
         self.log = log
         self.next_arrival = next_arrival
         self.links = links or {}
+        self._demote_paths: dict[tuple[str, str], list[Link]] = {}
+        """Links a prefix entry demoted from one tier to another crosses, by (from, to)."""
         self.on_prefilled = on_prefilled
         self.tracer = tracer
         self.replica = replica if replica is not None else Replica(index)
@@ -274,10 +276,14 @@ class Engine:
                     self.pending_fetch.append(self.links[link].transfer(nbytes, f"prefix {tier}->hbm"))
 
     def demote_traffic(self, src: str, dst: str, entries: int) -> None:
-        per_hash = self.cfg.hash_tokens * self.cfg.kv_bytes_per_token * self.cfg.num_gpus
-        for link in tier_path(src, dst):
-            if link in self.links:
-                self.links[link].post(entries * per_hash, f"prefix {src}->{dst}")
+        path = self._demote_paths.get((src, dst))
+        if path is None:
+            path = self._demote_paths[(src, dst)] = [self.links[k] for k in tier_path(src, dst) if k in self.links]
+        if path:
+            per_hash = self.cfg.hash_tokens * self.cfg.kv_bytes_per_token * self.cfg.num_gpus
+            tag = f"prefix {src}->{dst}"
+            for link in path:
+                link.post(entries * per_hash, tag)
 
     def _publish_prefix(self, i: int) -> None:
         """After a prefill completes, its full prompt blocks become prefix-cache entries (as vLLM's

@@ -22,7 +22,7 @@ from simkit.errors import CapacityError
 from simkit.units import fmt_bytes
 
 
-@dataclass
+@dataclass(slots=True)
 class _Flow:
     remaining: float
     done: simpy.Event | None
