@@ -174,11 +174,8 @@ class Engine:
             return 0
         return len(cache.match(self._usable_hashes(i)))
 
-    def _usable_hashes(self, i: int) -> list[int]:
-        t = self.table
-        hs = t.reqs.hashes_of(i)
-        usable = min(len(hs), int(t.input[i] - 1) // self.cfg.hash_tokens)
-        return hs[:usable].tolist()
+    def _usable_hashes(self, i: int) -> tuple[int, ...]:
+        return self.table.usable_hashes(i, self.cfg.hash_tokens)
 
     # ---- admission and KV ----------------------------------------------------------------------
     def admit(self, i: int, reserve_tokens: int | None = None) -> bool:
@@ -187,7 +184,7 @@ class Engine:
         t = self.table
         kv = self.kv
         cache = kv.cache
-        hashes: list[int] = []
+        hashes: tuple[int, ...] = ()
         tiers: list[str] = []
         if cache is not None and t.kv_len[i] == 0 and self.cfg.role != "decode":
             hashes = self._usable_hashes(i)
@@ -253,7 +250,7 @@ class Engine:
             t.hit_tier_tokens[i, TIER_INDEX[tier]] += self.cfg.hash_tokens
         if fetched:
             self._fetch(fetched)
-        self.shared[i] = hashes
+        self.shared[i] = list(hashes)
         t.shared_blocks[i] = len(hashes) * (cache.blocks_per_hash if cache else 0)
         t.cached[i] = hit_tokens
         if hit_tokens > t.kv_len[i]:

@@ -11,7 +11,7 @@ to the next tier (DRAM, CXL, SSD as the node has them) in LRU order, then droppe
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 TIER_INDEX = {"hbm": 0, "dram": 1, "cxl": 2, "ssd": 3}
@@ -54,7 +54,7 @@ class PrefixCache:
                 return t
         return None
 
-    def match(self, hashes: list[int]) -> list[str]:
+    def match(self, hashes: Sequence[int]) -> list[str]:
         """Tiers of the longest run of leading hashes present somewhere in the cache."""
         out: list[str] = []
         hbm = self.hbm

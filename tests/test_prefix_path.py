@@ -1,18 +1,24 @@
-"""The link's event-callback transfers against a SimPy process per transfer and per wake-up
-(the implementation they replaced): on random traffic, awaited and posted, bursts at one instant,
+"""Exact shortcuts of the prefix-caching path (docs/performance.md, prefix caching section).
+
+The link's event-callback transfers against a SimPy process per transfer and per wake-up (the
+implementation they replaced): on random traffic, awaited and posted, bursts at one instant,
 equal sizes, latency or none, every observable is identical bit for bit: when each awaited
 transfer ends and the value it reports, the order in which the waiting processes resume, the
-bytes moved, busy time, busy periods, per-transfer intervals and the clock when the world ends."""
+bytes moved, busy time, busy periods, per-transfer intervals and the clock when the world ends.
+The request table's remembered usable prefix hashes against computing them afresh."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import simpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simkit.engine.resources import Link
+from simkit.engine.state import RequestTable
+from simkit.workload.base import Requests
 
 
 @dataclass
@@ -152,3 +158,25 @@ def test_posted_transfers_share_the_link() -> None:
     env.run()
     assert done.value == 2.0
     assert link.bytes_moved == 2e9 and link.busy_time == 2.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 5000), st.integers(0, 12)), min_size=1, max_size=8),
+    st.lists(st.tuples(st.integers(0, 7), st.sampled_from([256, 512, 1024])), min_size=1, max_size=30),
+)
+def test_usable_hashes_remembered_answer_is_the_computed_one(reqs, queries) -> None:  # type: ignore[no-untyped-def]
+    """``RequestTable.usable_hashes`` (remembering its last answer for the router's replica
+    scan) answers every query as computing it afresh does, whatever the order of queries."""
+    lens = [n for _, n in reqs]
+    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    hashes = np.arange(int(offsets[-1]), dtype=np.int64) * 7 + 3
+    table = RequestTable(Requests(
+        np.zeros(len(reqs)), np.array([p for p, _ in reqs], dtype=np.int64), np.ones(len(reqs), dtype=np.int64),
+        prefix_hashes=hashes, prefix_offsets=offsets,
+    ))
+    for i, hash_tokens in queries:
+        i %= len(reqs)
+        whole = (reqs[i][0] - 1) // hash_tokens
+        expected = tuple(int(h) for h in hashes[offsets[i]: offsets[i + 1]][:whole])
+        assert table.usable_hashes(i, hash_tokens) == expected
