@@ -61,11 +61,14 @@ class _Transfer:
     def begin(self, _ev: simpy.Event) -> None:
         link = self.link
         if link.latency:
-            simpy.Timeout(link.env, link.latency).callbacks.append(self.enter)  # type: ignore[union-attr]
+            simpy.Timeout(link.env, link.latency).callbacks.append(self.arrive)  # type: ignore[union-attr]
         else:
-            self.enter(_ev)
+            self._enter(at_timeout=False)
 
-    def enter(self, _ev: simpy.Event) -> None:
+    def arrive(self, _ev: simpy.Event) -> None:
+        self._enter(at_timeout=True)
+
+    def _enter(self, at_timeout: bool) -> None:
         link = self.link
         inner = None
         if self.done is not None:
@@ -73,7 +76,7 @@ class _Transfer:
             inner.callbacks.append(self.finish)  # type: ignore[union-attr]
         link._advance()
         link._flows.append(_Flow(self.nbytes, inner, self))
-        link._reschedule()
+        link._reschedule(at_timeout)
 
     def finish(self, _ev: simpy.Event) -> None:
         link = self.link
@@ -97,7 +100,7 @@ class _Wake:
         self.version = version
         self.target = target
 
-    def arm(self, _ev: simpy.Event) -> None:
+    def arm(self, _ev: simpy.Event | None) -> None:
         simpy.Timeout(self.link.env, self.delay).callbacks.append(self.fire)  # type: ignore[union-attr]
 
     def fire(self, _ev: simpy.Event) -> None:
@@ -125,7 +128,7 @@ class _Wake:
                 ev.succeed()
             else:
                 f.xfer.finish(_ev)
-        link._reschedule()
+        link._reschedule(True)
 
 
 class Link:
@@ -184,14 +187,25 @@ class Link:
                     self.busy_log.append([self._last, now])
         self._last = now
 
-    def _reschedule(self) -> None:
+    def _reschedule(self, at_timeout: bool) -> None:
+        """Schedule a wake-up for the first flow to finish (older wake-ups go stale).
+        ``at_timeout``: called from the link's own timeout (a latency's end or a wake-up), whose
+        single callback this is. A wake-up process started there would take its first step at
+        the very next event (urgent, and no urgent event of this instant is left in the queue
+        while an ordinary one is processed), and nothing is scheduled in between, so its timeout
+        is scheduled here directly, in the same place in the queue. Otherwise (a transfer's start,
+        itself an urgent step) other urgent steps may come first: the wake-up starts urgently."""
         self._version += 1
         if not self._flows:
             return
         n = len(self._flows)
         target = min(self._flows, key=_REMAINING)
         delay = max(target.remaining, 0.0) * n / self.bandwidth
-        _urgent(self.env, _Wake(self, delay, self._version, target).arm)
+        wake = _Wake(self, delay, self._version, target)
+        if at_timeout:
+            wake.arm(None)
+        else:
+            _urgent(self.env, wake.arm)
 
     @property
     def active(self) -> int:
