@@ -242,12 +242,16 @@ class Engine:
             self.spill_used += spill
             self.spill_held[i] = spill
         fetched: dict[str, int] = {}
+        hits = [0, 0, 0, 0]  # per TIER_INDEX (integers: one sum per tier is the same number)
         for h, tier in zip(hashes, tiers):
             if tier != "hbm":
                 cache.take_from_lower(h, tier)  # type: ignore[union-attr]
                 cache.insert_hbm(h, pinned=True)  # type: ignore[union-attr]
                 fetched[tier] = fetched.get(tier, 0) + 1
-            t.hit_tier_tokens[i, TIER_INDEX[tier]] += self.cfg.hash_tokens
+            hits[TIER_INDEX[tier]] += 1
+        for k, n in enumerate(hits):
+            if n:
+                t.hit_tier_tokens[i, k] += n * self.cfg.hash_tokens
         if fetched:
             self._fetch(fetched)
         self.shared[i] = list(hashes)
@@ -291,8 +295,9 @@ class Engine:
         t = self.table
         mine = self.shared.setdefault(i, [])
         bph = cache.blocks_per_hash
+        blocks, shared = int(t.blocks[i]), int(t.shared_blocks[i])  # written back below
         for h in self._usable_hashes(i)[len(mine):]:
-            if t.blocks[i] < bph:
+            if blocks < bph:
                 break
             where = cache.where(h)
             if where == "hbm":
@@ -303,9 +308,11 @@ class Engine:
                     cache.take_from_lower(h, where)
                 self.kv.used -= bph
                 cache.insert_hbm(h, pinned=True)
-            t.blocks[i] -= bph
-            t.shared_blocks[i] += bph
+            blocks -= bph
+            shared += bph
             mine.append(h)
+        t.blocks[i] = blocks
+        t.shared_blocks[i] = shared
 
     def _release(self, i: int, finished: bool) -> None:
         t = self.table
