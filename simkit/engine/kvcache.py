@@ -37,6 +37,8 @@ class PrefixCache:
     def __post_init__(self) -> None:
         for t in self.tiers[1:]:
             self.lower.setdefault(t, OrderedDict())
+        self._lower_tiers: list[tuple[str, OrderedDict[int, None]]] = [(t, self.lower[t]) for t in self.tiers[1:]]
+        """(tier, its entries) of the lower tiers, fastest first."""
 
     @property
     def hbm_blocks(self) -> int:
@@ -49,8 +51,8 @@ class PrefixCache:
     def where(self, h: int) -> str | None:
         if h in self.hbm:
             return "hbm"
-        for t in self.tiers[1:]:
-            if h in self.lower[t]:
+        for t, entries in self._lower_tiers:
+            if h in entries:
                 return t
         return None
 
