@@ -136,7 +136,7 @@ class Link:
 
     A transfer and a wake-up of the link are chains of event callbacks, each step at the instant
     and in the queue order a SimPy process per transfer and per wake-up would take it (the
-    equivalence is tested against such processes in ``tests/test_resources.py``)."""
+    equivalence is tested against such processes in ``tests/test_prefix_path.py``)."""
 
     def __init__(self, env: simpy.Environment, name: str, bandwidth: float, latency: float = 0.0) -> None:
         if bandwidth <= 0:
