@@ -23,7 +23,7 @@ from simkit.cost.iteration import IterationModel
 from simkit.cost.links import comm_fn, group_link, kv_store_slowdown, link_rates, measured_links
 from simkit.cost.memory import activation_bytes
 from simkit.cost.offload import offload_compute
-from simkit.cost.ops import Precision
+from simkit.cost.ops import Precision, elementwise_kernels
 from simkit.cost.profile import Profile
 from simkit.engine.cluster import Admission, Cluster, HandOff
 from simkit.engine.engine import Engine, EngineConfig, Stage
@@ -348,7 +348,24 @@ def _fleet_group(sc: Scenario, gpu: str, model: ModelSpec, prec: Precision, algo
     kvc = sc.plan.kv_cache
     swap = kvc.swap_space if kvc.swap_space is not None else 4 * 2**30 * par.tp
     lm = measured_links(eff, sc.plan.offload.io_block_size, sc.plan.offload.io_queue_depth)
-    return Group(gpu, par.replicas, node, layout, device, eff, cal_info, mem, cost, par.tp, lm, swap, [cal_warn] if cal_warn else [])
+    kern_warn = unmeasured_kernel_warning(eff, model)
+    return Group(gpu, par.replicas, node, layout, device, eff, cal_info, mem, cost, par.tp, lm, swap,
+                 [w for w in (cal_warn, kern_warn) if w])  # fmt: skip
+
+
+def unmeasured_kernel_warning(eff: EfficiencyModel, model: ModelSpec) -> str | None:
+    """A warning when the calibration profile has not measured elementwise kernels ``model`` runs
+    (LayerNorm, GELU, ...: :func:`simkit.cost.ops.elementwise_kernels`) and so predicts them as the
+    Llama-style kernels of the same operators; None otherwise."""
+    if not isinstance(eff, Profile):
+        return None
+    missing = eff.unmeasured_kernels(elementwise_kernels(model))
+    if not missing:
+        return None
+    return (f"calibration profile {eff.name!r} has no fitted kind for the elementwise kernel(s) {', '.join(missing)} that "
+            f"model {model.name} runs: they are predicted as the Llama-style kernels of the same operators (RMSNorm, "
+            "SiLU-and-multiply, two-input add, full RoPE), whose times can differ (docs/fidelity.md, Elementwise); "
+            "a profile fitted on samples of them predicts them (docs/calibration.md, elementwise kernel kinds)")
 
 
 def calibration_provenance(sc: Scenario, eff: EfficiencyModel, description: str) -> dict[str, Any]:
@@ -470,6 +487,8 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
         layout = Layout(1, 1, 1, 1, (model.num_layers,), 0, 1)
     if cal_warn:
         _warn(warn, cal_warn)
+    if kern_warn := unmeasured_kernel_warning(eff, model):
+        _warn(warn, kern_warn)
     if use_cpu and isinstance(eff, Profile):
         # a profile of this very machine: check at start-up that it still runs at the profile's
         # speed (simkit.calibrate.probe; stderr only, so results stay byte-identical)

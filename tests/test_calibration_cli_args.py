@@ -125,12 +125,46 @@ def test_quick_suite_samples_every_decode_row_count_several_times(monkeypatch: p
     monkeypatch.setattr(bench.Bench, "measure", lambda self, fn, **kw: Measurement([1e-3]))
     n = b.gemm("bf16")
     size = bench.SIZES["quick"]
-    assert n == len(b.rows) == size.gemm_configs + size.decode_gemm_configs + size.wide_gemm_configs
+    grid = sum(r["op"] == "row_length" for r in b.rows)
+    assert 0 < grid <= len(bench.row_length_shapes(size.row_length_rows))
+    assert n == len(b.rows) == size.gemm_configs + size.decode_gemm_configs + size.wide_gemm_configs + grid
     shapes = [(r["m"], r["k"], r["n"]) for r in b.rows]
     assert len(set(shapes)) == len(shapes)  # no configuration twice
     few = [m for m, _, _ in shapes if m <= 16]
     for m in (1, 2, 3, 4, 6, 8, 12, 16):
         assert few.count(m) >= 6, (m, few.count(m))
+
+
+def test_cpu_suites_sample_few_row_gemms_over_a_geometric_grid_of_row_lengths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Few-row CPU GEMMs stream their weights at a per-row rate that grows with the row length k:
+    the quick and full CPU suites time rows 1-3 (full: every decode row count) at every k of a
+    geometric grid (four steps per doubling, 512..8192), so no k in that range is more than one
+    grid step from a sample. Selection only: nothing is timed."""
+    import random
+
+    from simkit.calibrate import bench
+    from simkit.calibrate.samples import Measurement
+
+    grid = bench.ROW_LENGTH_GRID
+    assert grid[0] == 512 and grid[-1] == 8192 and all(k % 64 == 0 for k in grid)
+    ratios = [b / a for a, b in zip(grid, grid[1:])]
+    assert max(ratios) <= 1.25 and min(ratios) > 1.05, ratios
+    monkeypatch.setattr(bench.Bench, "take", lambda self, shape, dtype, slot: None)
+    monkeypatch.setattr(bench.Bench, "_linear_fn", lambda self, a, w, dtype: None)
+    monkeypatch.setattr(bench.Bench, "measure", lambda self, fn, **kw: Measurement([1e-3]))
+    for name, rows in (("quick", (1, 2, 3)), ("full", (1, 2, 3, 4, 6, 8, 12, 16))):
+        size = bench.SIZES[name]
+        assert size.row_length_rows == rows
+        for dtype, rate in (("fp32", 1e11), ("bf16", 2e11)):
+            b = bench.Bench(None, "cpu", size, None, "test", random.Random(0))  # type: ignore[arg-type]
+            b.rates = {dtype: rate}
+            b.mem_bw = 20e9
+            b.gemm(dtype)
+            got = {(int(r["m"]), int(r["k"])) for r in b.rows}
+            assert {(m, k) for m in rows for k in grid} <= got, (name, dtype)
+            shapes = [(r["m"], r["k"], r["n"]) for r in b.rows]
+            assert len(set(shapes)) == len(shapes)  # no configuration twice
+    assert bench.SIZES["tiny"].row_length_rows == ()
 
 
 def test_quick_suite_samples_many_row_gemms_with_weights_beyond_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -366,6 +366,12 @@ class SuiteSize:
     few-row (DRAM-bound) samples only and carry it to prefill GEMMs, which the kernel blocks for
     the cache and which run as fast with large weights as with small ones (fp32 on the CI VM:
     prefill MLP up-projections predicted up to 36% too slow; docs/fidelity.md)."""
+    row_length_rows: tuple[int, ...] = ()
+    """CPU: row counts (<= FEW_ROWS) at which GEMMs are also measured at every row length k of
+    ROW_LENGTH_GRID, on top of the other GEMMs: the per-row streaming rate of few-row GEMMs grows
+    with k (fp32 on the CI VM, 1 row: 10 GB/s at k = 512, 17 at 1024, 19-23 at 3072-8192), and
+    the model projections' k values are mostly powers of two, so without these the residual trees
+    place a model's k = 1280 or 896 at the nearest sampled length (docs/fidelity.md)."""
 
 
 SIZES = {
@@ -373,11 +379,13 @@ SIZES = {
     "quick": SuiteSize(
         "quick", 68, 0.06, 28, 0.04, 44, 4e6, (1 << 14, 1 << 18, 1 << 22, 1 << 26), 64,
         (1 << 12, 1 << 16, 1 << 20, 1 << 22), (1, 4, 16), 0.12, 5, 15, 2e-3, 40, 15, wide_gemm_configs=8,
+        row_length_rows=(1, 2, 3),
     ),
     "full": SuiteSize(
         "full", 150, 0.15, 84, 0.12, 120, 3.2e7,
         (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24, 1 << 26, 1 << 28), 256,
         (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22), (1, 2, 4, 8, 16), 0.3, 5, 25, 3e-3, 80, 30, wide_gemm_configs=12,
+        row_length_rows=(1, 2, 3, 4, 6, 8, 12, 16),
     ),
 }
 
@@ -499,6 +507,25 @@ GEMM_TOKENS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096
 kernels for a few rows that are not a power of two (fp32 on the CI VM's CPU: 9.6 ms at 3 rows of
 1280 -> 7168 against 6.5 ms at 2 and 7.4 ms at 4), which a grid of powers of two interpolates
 away."""
+
+
+ROW_LENGTH_GRID = tuple(64 * round(512 * 2 ** (i / 4) / 64) for i in range(17))
+"""Row lengths k of the few-row GEMMs (SuiteSize.row_length_rows): a geometric grid from 512 to
+8192, four steps per doubling, rounded to multiples of 64 (the kernels' vector and cache-line
+granularity): adjacent lengths differ by at most 25%, so every k from 512 to 8192 is within 12%
+of a sampled one."""
+ROW_LENGTH_WIDTHS = (1024, 2048, 4096, 8192, 16384)
+"""Output widths n cycled over the row-length grid (the widest that fits the time cap is used)."""
+
+
+def row_length_shapes(rows: Sequence[int]) -> list[tuple[int, int, int]]:
+    """(m, k, n) of the row-length grid: every k of ROW_LENGTH_GRID at every row count of
+    ``rows``, n cycling through ROW_LENGTH_WIDTHS (narrower ones follow as fallbacks, in order)."""
+    out = []
+    for i, k in enumerate(ROW_LENGTH_GRID):
+        for j, m in enumerate(rows):
+            out.append((m, k, ROW_LENGTH_WIDTHS[(i + j) % len(ROW_LENGTH_WIDTHS)]))
+    return out
 
 
 def gemm_shapes(max_dim: int = 16384, max_weight: float = 2**28) -> list[tuple[str, int, int]]:
@@ -658,6 +685,15 @@ class Bench:
             llc = self.cold_bytes / 2.0
             wide = [c for c in cands if c[0] >= 64 and c[2] * c[3] * eb > llc and c[:4] not in taken]
             chosen += _stratified(wide, self.size.wide_gemm_configs, self.rng, key=lambda c: (c[0], c[2] <= 2048))
+        if self.device == "cpu" and self.size.row_length_rows:
+            have = {(c[0], c[2], c[3]) for c in chosen}
+            for m, k, n0 in row_length_shapes(self.size.row_length_rows):
+                for n in [n0, *(w for w in reversed(ROW_LENGTH_WIDTHS) if w < n0)]:
+                    est = max(2.0 * m * k * n / rate, (k * n + m * (k + n)) * eb / self.mem_bw) + 2e-5
+                    if est <= cap:
+                        if (m, k, n) not in have:  # else the grid's shape is measured already
+                            chosen.append((m, "row_length", k, n, est))
+                        break
         for m, op, k, n, _ in chosen:
             a = self.take((m, k), dtype, "a")
             w = self.take((self.copies(k * n * eb), n, k), dtype, "w")

@@ -51,6 +51,7 @@ from simkit.cost.profile import (
     Profile,
     Roof,
     RooflineBase,
+    elementwise_kind,
     features,
     roof_from_device,
     sig,
@@ -181,7 +182,11 @@ def prepare(samples: Any, op_class: str) -> Any:
 def _shape_of(df: Any, op_class: str) -> dict[str, np.ndarray]:
     shape = {k: df[k].astype(float).values for k in SHAPE_KEYS[op_class] if k in df}
     if "op" in df:
-        shape["op"] = df["op"].astype(str).values
+        ops = df["op"].astype(str).values
+        if "kernel" in df:  # samples of a non-default kernel (simkit.cost.ops.elementwise_kernels)
+            kern = df["kernel"].fillna("").astype(str).values
+            ops = np.array([f"{o}@{k}" if k else o for o, k in zip(ops, kern)], dtype=object)
+        shape["op"] = ops
     return shape
 
 
@@ -211,7 +216,7 @@ def fit_class(
     kinds: tuple[str, ...] = ()
     shape = _shape_of(df, op_class)
     if op_class == "elementwise":
-        kinds = tuple(sorted({ELEMENTWISE_KIND.get(o, o) for o in shape.get("op", [])}))
+        kinds = tuple(sorted({elementwise_kind(o) for o in shape.get("op", [])}))
     cm = ClassModel(op_class, roof, base, None, kinds)
     use_trees = (len(df) >= MIN_SAMPLES_FOR_TREES) if trees is None else trees
     if use_trees:

@@ -31,7 +31,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -212,6 +212,34 @@ def predict_step(spec: Any, q: Sequence[int], ctx: Sequence[int], device: Any, p
 # ---------------------------------------------------------------------------------------------
 # Checks and measurement
 # ---------------------------------------------------------------------------------------------
+def step_batch(phase: str, batch: int, context: int) -> tuple[list[int], list[int]]:
+    """(new tokens, cached tokens) per sequence of one validated step: a prefill of ``context``
+    tokens per sequence over an empty cache, or a decode step over ``context`` cached tokens."""
+    if phase == "prefill":
+        return [context] * batch, [0] * batch
+    return [1] * batch, [context] * batch
+
+
+def repredict(result: Mapping[str, Any], profile: Any) -> dict[str, Any]:
+    """Predict the steps a validation measured (its ``--json`` result) with another profile: the
+    same measurements scored against another model, which separates a model change from the
+    machine's drift between two runs. Returns {median_ape, p90_ape, errors} (signed errors in the
+    result's row order)."""
+    m = result["model"]
+    dtype = str(result["dtype"])
+    cfg = ValidationConfig(layers=int(m["layers"]), hidden=int(m["hidden"]), heads=int(m["heads"]),
+                           kv_heads=int(m["kv_heads"]), ffn=int(m["ffn"]), vocab=int(m["vocab"]))  # fmt: skip
+    spec = model_spec(cfg)
+    device = compute_device(profile)
+    errors = []
+    for row in result["rows"]:
+        q, ctx = step_batch(str(row["phase"]), int(row["batch"]), int(row["context"]))
+        pred, _ = predict_step(spec, q, ctx, device, profile, dtype)
+        errors.append(pred / float(row["measured_s"]) - 1.0)
+    ape = np.abs(errors)
+    return {"median_ape": float(np.median(ape)), "p90_ape": float(np.percentile(ape, 90)), "errors": errors}
+
+
 def load_profile(path: str | Path) -> Any:
     from simkit.cost.profile import Profile
 
@@ -374,14 +402,14 @@ def run_validation(
                         def step(ids: Any = ids, cache: Any = cache) -> Any:
                             return model.forward(ids, 0, cache)
 
-                        configs.append((phase, b, c, step, [c] * b, [0] * b))
+                        configs.append((phase, b, c, step, *step_batch(phase, b, c)))
                     else:
                         ids = torch.randint(0, cfg.vocab, (b, 1))
 
                         def step(ids: Any = ids, c: int = c, cache: Any = cache) -> Any:
                             return model.forward(ids, c, cache)
 
-                        configs.append((phase, b, c, step, [1] * b, [c] * b))
+                        configs.append((phase, b, c, step, *step_batch(phase, b, c)))
         want = []
         for cf in configs:
             w, _ = _time_step(cf[3], 1, cfg.warmup, 0.0)

@@ -31,6 +31,11 @@ add                         residual_add     numel=T h
 emb                         embedding        numel=T h
 ==========================  ===============  =======================================================
 
+The ``kernel`` column names the kernel where the model's config makes it differ from the
+Llama-style one (:func:`simkit.cost.ops.elementwise_kernels`): phi-2's norms are ``layernorm``,
+its activation ``gelu_new`` (not gated), its residual add ``add3`` (parallel attention/MLP
+block) and its RoPE ``partial_rope``; the fit treats each as a kernel kind of its own.
+
 Vidur has no attention timings in these files: the attention classes of the imported profiles
 stay on the datasheet defaults, ``measured: false``, and say so.
 """
@@ -172,7 +177,7 @@ def compute_samples(root: str | Path, gpu: str) -> Any:
                             "m": o.shape.get("m"), "n": o.shape.get("n"), "k": o.shape.get("k"),
                             "numel": o.shape.get("numel"), "tokens": float(T),
                             "flops": o.flops, "bytes_moved": o.bytes, "time_s": float(t_ms) * 1e-3,
-                            "source": src, "tp": int(tp), "vidur_op": vop,
+                            "source": src, "tp": int(tp), "vidur_op": vop, "kernel": o.kernel,
                         }
                     )  # fmt: skip
     return _frame(rows)
@@ -216,7 +221,7 @@ SAMPLE_COLUMNS = (
     "op_class", "op", "dtype", "m", "n", "k", "numel", "batch", "tokens", "ctx", "heads", "kv_heads",
     "head_dim", "bytes", "flops", "bytes_moved", "time_s", "time_s_p10", "time_s_p90", "reps", "source", "tp",
 )  # fmt: skip
-EXTRA_COLUMNS = ("num_gpus", "devices_per_node", "topology", "vidur_op")
+EXTRA_COLUMNS = ("num_gpus", "devices_per_node", "topology", "vidur_op", "kernel")
 
 
 def _frame(rows: list[dict[str, Any]]) -> Any:

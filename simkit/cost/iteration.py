@@ -33,7 +33,7 @@ def _op_time_arrays(op: Op, device: ComputeDevice, eff: EfficiencyModel, dtype: 
     """Seconds per occurrence of one operator whose numbers may be arrays (broadcast together)."""
     flops = np.asarray(op.flops, dtype=np.float64)
     byts = np.asarray(op.weight_bytes + op.act_bytes + op.kv_bytes, dtype=np.float64)
-    return _class_time(op.op_class, op.name, flops, byts, dict(op.shape), device, eff, dtype)
+    return _class_time(op.op_class, op.kernel_name, flops, byts, dict(op.shape), device, eff, dtype)
 
 
 def _class_time(

@@ -119,10 +119,20 @@ class Op:
     shape: dict[str, float] = field(default_factory=dict)
     """Shape features the efficiency model sees: m, n, k for matmuls; numel for elementwise;
     tokens, ctx, batch, heads, kv_heads, head_dim for attention."""
+    kernel: str = ""
+    """Elementwise operators whose kernel differs from the Llama-style one the canonical name
+    stands for (RMSNorm, SiLU-and-multiply, two-input add, full RoPE): the kernel the model's
+    config selects (see :func:`elementwise_kernels`); empty for the Llama-style kernel."""
 
     @property
     def op_class(self) -> str:
         return OP_CLASS[self.name]
+
+    @property
+    def kernel_name(self) -> str:
+        """What the efficiency model is told the operator is: ``name@kernel`` for a non-default
+        kernel (e.g. ``input_norm@layernorm``), else the canonical name."""
+        return f"{self.name}@{self.kernel}" if self.kernel else self.name
 
     @property
     def bytes(self) -> float:
@@ -151,6 +161,7 @@ def _elementwise(
     p: Precision,
     extra_bytes: Any = 0.0,
     tokens: Any = None,
+    kernel: str = "",
 ) -> Op:
     return Op(
         name,
@@ -159,7 +170,33 @@ def _elementwise(
         weight_bytes=extra_bytes,
         act_bytes=(reads + writes) * numel * p.a_bytes,
         shape={"numel": numel} if tokens is None else {"numel": numel, "tokens": tokens},
+        kernel=kernel,
     )
+
+
+_ACTIVATION_KERNEL = {"silu": "silu", "swiglu": "silu", "gelu": "gelu", "gelu_new": "gelu_new", "geglu": "gelu", "relu": "relu"}
+
+
+def elementwise_kernels(model: ModelSpec) -> dict[str, str]:
+    """Canonical elementwise operator -> the kernel ``model``'s config selects where it is not the
+    Llama-style one: ``layernorm`` norms (``norm: layernorm``; mean and variance, weight and bias),
+    the MLP activation ``gelu``/``gelu_new``/``relu``/``silu`` (non-gated: one input) or
+    ``gelu_mul``/``gelu_new_mul``/``relu_mul`` (gated, other than SiLU), ``add3`` (the parallel
+    attention/MLP block adds attention output, MLP output and residual in one step per layer) and
+    ``partial_rope`` (rotary embedding on part of each head). Operators absent here run the
+    Llama-style kernel (RMSNorm, SiLU-and-multiply, two-input add, full RoPE)."""
+    out: dict[str, str] = {}
+    if model.norm == "layernorm":
+        for n in ("input_norm", "post_attn_norm", "final_norm"):
+            out[n] = "layernorm"
+    act = _ACTIVATION_KERNEL[model.activation]
+    if not (model.gated_mlp and act == "silu"):
+        out["mlp_act"] = f"{act}_mul" if model.gated_mlp else act
+    if model.parallel_attn_mlp:
+        out["residual_add"] = "add3"
+    if model.positional == "partial_rope":
+        out["rope"] = "partial_rope"
+    return out
 
 
 def expected_experts_touched(tokens: Any, num_experts: int, top_k: int) -> Any:
@@ -276,27 +313,30 @@ def token_ops(
     h = model.hidden_size
     L = model.num_layers
     T = tokens if isinstance(tokens, np.ndarray) else float(tokens)
+    kern = elementwise_kernels(model)
+    norm_k = kern.get("input_norm", "")
     ops: list[Op] = [
         _elementwise("embedding", 1, T * h, 0.0, 1.0, 0.0, p, extra_bytes=T * h * p.w_bytes, tokens=T),
-        _elementwise("input_norm", L, T * h, 1.0, 1.0, 5.0, p, extra_bytes=model.norm_params * p.a_bytes, tokens=T),
+        _elementwise("input_norm", L, T * h, 1.0, 1.0, 5.0, p, extra_bytes=model.norm_params * p.a_bytes, tokens=T, kernel=norm_k),
         _gemm("qkv_proj", L, T, h, _qkv_out(model, tp, 2), p),
     ]
     if model.positional in ("rope", "partial_rope"):
         rot = _qkv_out(model, tp, 1)
         if model.positional == "partial_rope":
             rot *= 0.5
-        ops.append(_elementwise("rope", L, T * rot, 1.0, 1.0, 3.0, p, tokens=T))
+        ops.append(_elementwise("rope", L, T * rot, 1.0, 1.0, 3.0, p, tokens=T, kernel=kern.get("rope", "")))
     ops.append(_gemm("o_proj", L, T, model.q_dim / tp, h, p))
     if not model.parallel_attn_mlp:
         ops.append(
-            _elementwise("post_attn_norm", L, T * h, 1.0, 1.0, 5.0, p, extra_bytes=model.norm_params * p.a_bytes, tokens=T)
+            _elementwise("post_attn_norm", L, T * h, 1.0, 1.0, 5.0, p, extra_bytes=model.norm_params * p.a_bytes, tokens=T,
+                         kernel=norm_k)
         )
     n_dense = model.num_dense_layers
     up_mult = 2 if model.gated_mlp else 1
     if n_dense:
         f = model.ffn_size / tp
         ops.append(_gemm("mlp_up", n_dense, T, h, up_mult * f, p))
-        ops.append(_elementwise("mlp_act", n_dense, T * f, float(up_mult), 1.0, 8.0, p, tokens=T))
+        ops.append(_elementwise("mlp_act", n_dense, T * f, float(up_mult), 1.0, 8.0, p, tokens=T, kernel=kern.get("mlp_act", "")))
         ops.append(_gemm("mlp_down", n_dense, T, f, h, p))
     if model.moe is not None and model.num_moe_layers:
         m = model.moe
@@ -330,8 +370,9 @@ def token_ops(
             )
         )
     adds = 1 if model.parallel_attn_mlp else 2
-    ops.append(_elementwise("residual_add", adds * L, T * h, 2.0, 1.0, 1.0, p, tokens=T))
-    ops.append(_elementwise("final_norm", 1, T * h, 1.0, 1.0, 5.0, p, extra_bytes=model.norm_params * p.a_bytes, tokens=T))
+    ops.append(_elementwise("residual_add", adds * L, T * h, 2.0, 1.0, 1.0, p, tokens=T, kernel=kern.get("residual_add", "")))
+    ops.append(_elementwise("final_norm", 1, T * h, 1.0, 1.0, 5.0, p, extra_bytes=model.norm_params * p.a_bytes, tokens=T,
+                            kernel=norm_k))
     R = logits_rows if isinstance(logits_rows, np.ndarray) else float(logits_rows)
     if isinstance(R, np.ndarray) or R > 0:
         ops.append(_gemm("lm_head", 1, R, h, model.vocab_size / tp, p))

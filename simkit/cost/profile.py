@@ -33,7 +33,9 @@ from simkit.specs.calibration import (
 )
 from simkit.specs.hardware import DTYPE_FALLBACK
 
-# Elementwise kernel kinds: operators that run the same kernel share a kind.
+# Elementwise kernel kinds: operators that run the same kernel share a kind. The canonical names
+# stand for the Llama-style kernels; the kernels simkit.cost.ops.elementwise_kernels selects from a
+# model's config (operator name "<canonical>@<kernel>") are kinds of their own.
 ELEMENTWISE_KIND = {
     "input_norm": "norm",
     "post_attn_norm": "norm",
@@ -46,6 +48,20 @@ ELEMENTWISE_KIND = {
     "embedding": "embedding",
     "sampling": "sampling",
 }
+
+
+def elementwise_kind(op: str, kinds: Sequence[str] | None = None) -> str:
+    """The kernel kind of elementwise operator ``op`` (a canonical name, a benchmark's kernel name,
+    or ``<canonical>@<kernel>``). With ``kinds`` (the kinds a profile measured), a kernel the
+    profile never measured falls back to its canonical operator's kind, which is what profiles
+    fitted before kernels were distinguished predict for it."""
+    canon, _, kernel = str(op).partition("@")
+    if not kernel:
+        return ELEMENTWISE_KIND.get(canon, canon)
+    kind = ELEMENTWISE_KIND.get(kernel, kernel)
+    if kinds is not None and kind not in kinds:
+        return ELEMENTWISE_KIND.get(canon, canon)
+    return kind
 
 
 def _catalog_peaks(peak_flops: Any) -> dict[str, float]:
@@ -226,9 +242,7 @@ def features(
         ops = shape.get("op")
         cols = []
         if kinds:
-            kind_of = np.array(
-                [ELEMENTWISE_KIND.get(str(o), str(o)) for o in (ops if ops is not None else [""] * n)], dtype=object
-            )
+            kind_of = np.array([elementwise_kind(str(o), kinds) for o in (ops if ops is not None else [""] * n)], dtype=object)
             for kd in kinds:
                 cols.append((kind_of == kd).astype(np.float64))
         cols += [_lg(numel), lpeak]
@@ -452,7 +466,7 @@ class ClassModel:
         names = [str(o) for o in np.broadcast_to(np.asarray(ops, dtype=object).reshape(-1), (n,))] if ops is not None else [""] * n
         X = features("elementwise", flops, bytes_, shape, peak, self.roof, self.kinds, with_tokens)
         r = forest.predict(X)
-        known = np.array([ELEMENTWISE_KIND.get(o, o) in self.kinds for o in names], dtype=bool)
+        known = np.array([elementwise_kind(o, self.kinds) in self.kinds for o in names], dtype=bool)
         if self.kinds and not known.all():
             # an operator whose kernel was never measured: the mean over the measured kinds
             nk = len(self.kinds)
@@ -652,6 +666,16 @@ class Profile(EfficiencyModel):
         ideal = roof.ideal(F, B, pf)
         eff = np.clip(self._default.efficiency(op_class, F, B, shape, pf, roof.mem_bandwidth, dtype), 1e-4, 1.0)
         return ideal / eff + self.launch_overhead(op_class)
+
+    def unmeasured_kernels(self, kernels: Mapping[str, str]) -> list[str]:
+        """The kernels of ``kernels`` (canonical operator -> kernel, as
+        :func:`simkit.cost.ops.elementwise_kernels` gives them for a model) that this profile's
+        fitted elementwise model has no kind for, so it predicts them as their canonical
+        operator's Llama-style kernel; empty when the elementwise class is not measured."""
+        cm = self.models.get("elementwise")
+        if cm is None or not cm.kinds:
+            return []
+        return sorted({k for op, k in kernels.items() if elementwise_kind(f"{op}@{k}", cm.kinds) != elementwise_kind(f"{op}@{k}")})
 
     def measured_device(self) -> dict[str, Any] | None:
         return self.device

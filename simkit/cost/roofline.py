@@ -39,7 +39,7 @@ def time_ops(ops: Sequence[Op], device: ComputeDevice, eff: EfficiencyModel, dty
         byts = np.array([ops[i].bytes for i in idx])
         keys = set().union(*(ops[i].shape.keys() for i in idx))
         shape = {k: np.array([ops[i].shape.get(k, np.nan) for i in idx]) for k in keys}
-        shape["op"] = np.array([ops[i].name for i in idx])
+        shape["op"] = np.array([ops[i].kernel_name for i in idx])
         ideal = ideal_time(flops, byts, pf, bw)
         e = np.clip(eff.efficiency(cls, flops, byts, shape, pf, bw, dtype), 1e-4, 1.0)
         t = ideal / e + eff.launch_overhead(cls)

@@ -1,0 +1,63 @@
+"""Re-scoring a validation's measured steps with another profile (benchmarks/repredict_validation.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simkit.calibrate.validate import (
+    ValidationConfig,
+    compute_device,
+    load_profile,
+    model_spec,
+    predict_step,
+    repredict,
+    step_batch,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = ROOT / "calibration" / "profiles" / "ci-vm-cpu"
+
+
+def test_step_batch_is_what_a_validated_step_runs() -> None:
+    assert step_batch("prefill", 3, 96) == ([96, 96, 96], [0, 0, 0])
+    assert step_batch("decode", 2, 700) == ([1, 1], [700, 700])
+
+
+def _result(measured_scale: float) -> dict:
+    prof = load_profile(CPU)
+    model = {"layers": 2, "hidden": 256, "heads": 4, "kv_heads": 2, "ffn": 512, "vocab": 1000}
+    spec = model_spec(ValidationConfig(**model))
+    rows = []
+    for phase, b, c in (("prefill", 1, 64), ("decode", 3, 200), ("decode", 8, 50)):
+        pred, _ = predict_step(spec, *step_batch(phase, b, c), compute_device(prof), prof, "fp32")
+        rows.append({"phase": phase, "batch": b, "context": c, "measured_s": pred * measured_scale})
+    return {"model": model, "dtype": "fp32", "rows": rows}
+
+
+def test_repredict_scores_the_measured_steps_against_the_profile() -> None:
+    prof = load_profile(CPU)
+    assert repredict(_result(1.0), prof)["median_ape"] == pytest.approx(0.0, abs=1e-12)
+    r = repredict(_result(1.25), prof)  # every step measured 25% slower than predicted
+    assert r["errors"] == pytest.approx([1 / 1.25 - 1] * 3)
+    assert r["p90_ape"] == pytest.approx(0.2)
+
+
+def test_script_refits_without_an_operator_and_refuses_other_json(tmp_path: Path) -> None:
+    res = tmp_path / "r.json"
+    res.write_text(json.dumps(_result(1.0)))
+    script = ROOT / "benchmarks" / "repredict_validation.py"
+    out = subprocess.run([sys.executable, str(script), str(res), str(CPU), "--drop-op", "row_length"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert "no samples of operator 'row_length': not refitted" in lines[0]
+    assert "median 0.0%, p90 0.0%" in lines[1] and "d3/200 +0" in lines[1]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rows": []}))
+    out = subprocess.run([sys.executable, str(script), str(bad), str(CPU)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "not a `simkit validate --json` result" in out.stderr
