@@ -87,6 +87,51 @@ CASES: dict[str, dict] = {
         },
         "plan": {"batching": {"policy": "continuous", "max_num_seqs": 256, "max_num_batched_tokens": 8192}},
     },
+    # issue 16 part B: offloaded and pipeline-parallel plans (docs/performance.md, offload/PP)
+    "offload-static": {
+        "name": "offload-static",
+        "hardware": "gcp-t4-vm",
+        "model": "opt-175b",
+        "workload": {"batch": {"num_prompts": 32, "input_tokens": 512, "output_tokens": 128}},
+        "plan": {
+            "batching": {"policy": "static"},
+            "offload": {"weights": {"gpu": 0.0, "cpu": 0.35, "disk": 0.65}, "kv_cache": {"gpu": 0.0, "cpu": 1.0},
+                        "gpu_batch_size": 32, "cpu_attention": True},
+        },
+        "calibration": "none",
+    },
+    "offload-serving": {
+        "name": "offload-serving",
+        "hardware": "gcp-t4-vm",
+        "model": "opt-13b",
+        "workload": {
+            "synthetic": {
+                "num_requests": 400,
+                "arrival": {"process": "poisson", "rate": 0.5},
+                "lengths": {"input": {"dist": "lognormal", "median": 300, "sigma": 0.6, "max": 1500},
+                            "output": {"dist": "lognormal", "median": 60, "sigma": 0.6, "max": 400}},
+            }
+        },
+        "plan": {
+            "batching": {"policy": "continuous", "max_num_seqs": 16},
+            "offload": {"weights": {"gpu": 0.3, "cpu": 0.7}, "kv_cache": {"gpu": 1.0}},
+        },
+        "calibration": "none",
+    },
+    "pp4-serving": {
+        "name": "pp4-serving",
+        "hardware": "dgx-h100",
+        "model": "llama-3-70b",
+        "workload": {
+            "synthetic": {
+                "num_requests": 2000,
+                "arrival": {"process": "poisson", "rate": 4},
+                "lengths": {"trace": {"path": str(TRACES / "azure_conv_2023.csv"), "format": "azure"}},
+            }
+        },
+        "plan": {"batching": {"policy": "continuous", "max_num_seqs": 128, "max_num_batched_tokens": 8192},
+                 "parallel": {"tp": 2, "pp": 4}},
+    },
 }
 
 
@@ -164,7 +209,8 @@ def main(argv: list[str]) -> int:
     # runs alternate with this one's, so that both see the same machine load
     trees = [("", Path(__file__).resolve(), env)]
     if against is not None:
-        trees.insert(0, ("against ", against / "benchmarks" / "serving_speed.py", env | {"PYTHONPATH": str(against)}))
+        # this file's cases (the other checkout may not define them all) on the other checkout's simkit
+        trees.insert(0, ("against ", Path(__file__).resolve(), env | {"PYTHONPATH": str(against)}))
         trees[1] = ("this    ", trees[1][1], env | {"PYTHONPATH": str(ROOT)})
     print(f"{'case':<30}{'requests':>10}{'wall s':>9}{'CPU s':>8}{'sim s':>8}{'req/wall-s':>12}{'peak RSS':>11}"
           "   simulated makespan, engine path")

@@ -374,6 +374,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exit_without_teardown(code: int) -> None:
+    """End the process of a finished ``simkit run`` now: its outputs are written and closed
+    (``write_outputs``), so once stdout and stderr are flushed nothing is left to do but the
+    interpreter's teardown (freeing every object of the run: 0.05-0.2 s), which is skipped. If
+    flushing fails (the reader went away), the normal exit path handles it instead."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        return
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -385,7 +398,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_study(args[1:])
         ns = build_parser().parse_args(args)
         ns.argv = args
-        return int(ns.func(ns))
+        code = int(ns.func(ns))
+        if argv is None and ns.func is cmd_run:
+            _exit_without_teardown(code)
+        return code
     except SimkitError as e:
         if os.environ.get("SIMKIT_DEBUG"):
             raise

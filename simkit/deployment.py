@@ -30,6 +30,7 @@ from simkit.engine.engine import Engine, EngineConfig, Stage
 from simkit.engine.fast import FastEngine, fast_path_reason
 from simkit.engine.kvcache import KVBlockManager, PrefixCache
 from simkit.engine.offload import OffloadExecutor
+from simkit.engine.offload_fast import ClosedFormStep, closed_form_reason
 from simkit.engine.replica import Replica
 from simkit.engine.resources import Link
 from simkit.errors import CapacityError, ScenarioError, SimkitError
@@ -423,6 +424,8 @@ class Deployment:
     engine_cls: type[Engine]
     engine_path: str
     warnings: list[str] = field(default_factory=list)
+    offload_closed_form: bool = False
+    """The offloaded steps' times are computed in closed form (engine/offload_fast.py)."""
 
     @property
     def fleet(self) -> bool:
@@ -628,8 +631,21 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
     )
     engine_cls = Engine if slow_reason else FastEngine
     engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
+    closed = False
+    if off_layout is not None:
+        # an offloaded step's layer pipeline: in closed form unless something else uses its links
+        why = "requested" if engine == "reference" else closed_form_reason(
+            off_layout, cpu_cost is not None, sum(g.replicas for g in groups), trace, pc.enabled, plan.kv_cache.preemption,
+            disagg, par.pp, plan.offload.overlap, plan.offload.num_gpu_batches,
+        )
+        closed = why is None
+        engine_path += "; offloaded steps in closed form" if closed else f"; offloaded steps event by event ({why})"
+        gbs = plan.offload.gpu_batch_size
+        if closed and plan.offload.overlap and gbs is not None and not (policy_name == "static" and bat.batch_size is None):
+            # a step of more sequences than a GPU batch runs the zig-zag block schedule
+            engine_path += f", event by event for steps of more sequences than gpu_batch_size ({gbs})"
     return Deployment(scenario, sc, model, prec, use_cpu, groups, off_layout, off_mem, stage_costs, cpu_cost, reqs, adm,
-                      group_shares, cross_tp, engine_cls, engine_path, warn)
+                      group_shares, cross_tp, engine_cls, engine_path, warn, closed)
 
 
 def build_replicas(dep: Deployment, cluster: Cluster) -> list[OffloadExecutor]:
@@ -708,6 +724,8 @@ def build_replicas(dep: Deployment, cluster: Cluster) -> list[OffloadExecutor]:
                 compute=offload_compute(node, cost, cpu_cost, dep.use_cpu),
                 kv_store_slowdown=kv_store_slowdown(link_rates(node, gpus_per_replica, gk.link_meas)),
             )
+            if dep.offload_closed_form:
+                executor.closed_form = ClosedFormStep(executor)
             executors.append(executor)
         engines = par.pp if stages is not None else 1
         for v in range(engines):

@@ -1,6 +1,7 @@
 """The fast exact engine path against the reference engine (the oracle), bit for bit, and the
 start-up work around it: the cost-table cache and what ``simkit run`` imports."""
 
+import json
 import os
 import subprocess
 import sys
@@ -150,6 +151,60 @@ def test_shortcuts_are_exercised_and_exact(monkeypatch):
         assert_same_run(sc)
     assert seen["direct"] > 0 and seen["event"] > 0, seen
     assert seen["fast_admit"] > seen["remembered"] > 0, seen  # some refusals came from memory
+
+
+def _native_trace(path: Path, times: np.ndarray, inp: np.ndarray, out: np.ndarray) -> dict:
+    rows = "".join(f"{t!r},{i},{o}\n" for t, i, o in zip(times.tolist(), inp.tolist(), out.tolist()))
+    path.write_text("arrival_s,input_tokens,output_tokens\n" + rows)
+    return {"trace": {"path": str(path), "format": "native"}}
+
+
+@pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_arrivals_at_step_ends_and_at_one_instant(tmp_path, policy, seed, replicas):
+    """A world of fast engines runs on ``FastWorld`` (SimPy's order on a plain heap, the
+    arrivals as plain calls). Ties keep SimPy's order, bit for bit: arrivals at exactly the end
+    of a prefill step, with (its wait scheduled after the step's: handled after the engine
+    resumes) and without (before) another arrival during the step; several at one instant; some
+    the front door rejects. A prefill step is never cut by an arrival, so one added at its end or
+    within it leaves the run up to the step's end as it was: the ends are taken from the run
+    itself, one step at a time."""
+    rng = np.random.default_rng(seed)
+    batching = {"policy": policy, "max_num_seqs": 24, "chunk_size": 256}
+    kv = {"num_blocks": 220, "block_size": 16}
+    times = np.sort(np.concatenate([[0.0, 0.0], rng.uniform(0.0, 3.0, 60)]))
+    inp = rng.integers(1, 900, size=len(times))
+    inp[rng.random(len(times)) < 0.05] = 5000  # beyond the context: rejected at the door
+    out = rng.integers(1, 120, size=len(times))
+    data = make_scenario(seed=seed)
+    data["plan"].update({"batching": with_policy(batching, policy, {}), "kv_cache": kv,
+                         "parallel": {"replicas": replicas}, "routing": "round_robin"})  # fmt: skip
+    tied: list[float] = []
+    last = 0.0
+    for k in range(8):
+        data["workload"] = _native_trace(tmp_path / "ties.csv", times, inp, out)
+        rows = simulate(scenario_from_dict(data)).iterations
+        ends = {row[2] for row in rows}
+        assert all(t in ends for t in tied)  # every tie made so far is still one
+        later = [row for row in rows if row[4] > 0 and row[1] > last]
+        if len(later) < 3:
+            break
+        _, start, end = later[2][:3]
+        new = [end] * (1 + k % 3) + ([(start + end) / 2] if k % 2 else [])
+        times = np.concatenate([times, new])
+        order = np.argsort(times, kind="stable")
+        more = len(new)
+        inp = np.concatenate([inp, rng.integers(1, 900, size=more)])[order]
+        out = np.concatenate([out, rng.integers(1, 120, size=more)])[order]
+        times = times[order]
+        tied.append(end)
+        last = end
+    assert len(tied) >= 4
+    data["workload"] = _native_trace(tmp_path / "ties.csv", times, inp, out)
+    ref, fast = assert_same_run(scenario_from_dict(data))
+    assert fast["engine_path"] == "fast"
+    assert ref["requests_rejected"] > 0
 
 
 @pytest.mark.parametrize(
@@ -306,6 +361,23 @@ def test_simkit_run_imports_no_heavy_library(tmp_path):
     assert "HEAVY [] 0" in out.stdout, out.stdout + out.stderr
     assert "engine path: fast" in out.stdout  # the run's output says which engine ran
     assert (tmp_path / "requests.parquet").exists()
+
+
+def test_simkit_run_process_skips_teardown_but_keeps_outputs_and_exit_codes(tmp_path):
+    """The `simkit run` process ends without the interpreter's teardown (``os._exit``) once its
+    outputs are written: every file is complete, stdout is all there, the exit code is kept
+    (0; 2 for bad input, which exits normally)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "simkit.cli", "run", "workloads/scenarios/quickstart.yaml", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.rstrip().splitlines()[-1].startswith("  wrote "), out.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "requests.parquet").num_rows == summary["requests_total"]
+    bad = subprocess.run([*cmd[:4], str(tmp_path / "missing.yaml")], cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "missing.yaml" in bad.stderr
 
 
 @given(st.lists(st.integers(1, 5000), min_size=1, max_size=300))

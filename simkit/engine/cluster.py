@@ -6,6 +6,7 @@ records a Chrome trace. The replicas and their engines are built into the cluste
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -108,7 +109,8 @@ class Cluster:
         self.record_iterations = record_iterations
         self._arrivals = table.arrival
         self._order = np.argsort(self._arrivals, kind="stable")
-        self._ptr = 0
+        self._next = float(self._arrivals[self._order[0]]) if len(self._order) else float("inf")
+        """The arrival time of the next request not yet arrived (inf when none is left)."""
         self.replicas: list[Replica] = []
         self._front: list[Replica] = []
         self._front_caps: list[int] = []
@@ -118,8 +120,7 @@ class Cluster:
 
     def next_arrival(self) -> float:
         """The arrival time of the next request not yet arrived (inf when none is left)."""
-        k = self._ptr
-        return float(self._arrivals[self._order[k]]) if k < len(self._order) else float("inf")
+        return self._next
 
     def serve(
         self, replicas: list[Replica], front_caps: list[int], router: Router, admission: Admission, handoff: HandOff | None
@@ -151,36 +152,173 @@ class Cluster:
         table.handoff[i] = self.env.now
         dec[k].hand_off(i)
 
+    def _arrivals_setup(self) -> None:
+        """Ready :meth:`_arrive` (the front door's verdicts and KV needs of every request)."""
+        table, adm, front_caps = self.table, self._admission, self._front_caps
+        assert adm is not None and self._router is not None
+        self._least_cap = min(front_caps)
+        self._codes = adm.rejections(table.input, table.output, max(front_caps))
+        self._need = adm.kv_need(table.input + table.output)
+
+    def _arrive(self, i: int, code: int, kv_need: int) -> bool:
+        """Request ``i`` arrives now (``code``, ``kv_need``: its entries of the front door's
+        verdicts and KV needs): the front door rejects it (False) or the router queues it at a
+        front replica (True)."""
+        if code:
+            self.table.reject(i, REJECT_REASONS[code])
+            return False
+        front, router = self._front, self._router
+        fits = front if kv_need <= self._least_cap else [g for g, c in zip(front, self._front_caps, strict=True) if c >= kv_need]
+        fits[router.choose(i, fits)].enqueue(i)  # type: ignore[union-attr]
+        return True
+
     def _arrival_process(self) -> Generator[Any, Any, None]:
-        env, table, arrivals, order = self.env, self.table, self._arrivals, self._order
-        adm, router, front, front_caps = self._admission, self._router, self._front, self._front_caps
-        assert adm is not None and router is not None
-        least_cap = min(front_caps)
-        codes = adm.rejections(table.input, table.output, max(front_caps))
-        need = adm.kv_need(table.input + table.output)
-        for k in range(len(order)):
+        env, arrivals, order = self.env, self._arrivals, self._order
+        self._arrivals_setup()
+        n = len(order)
+        for k in range(n):
             i = int(order[k])
             dt = arrivals[i] - env.now
             if dt > 0:
                 yield env.timeout(dt)
-            self._ptr = k + 1
-            if codes[i]:
-                table.reject(i, REJECT_REASONS[codes[i]])
-                continue
-            kv_need = int(need[i])
-            fits = front if kv_need <= least_cap else [g for g, c in zip(front, front_caps, strict=True) if c >= kv_need]
-            fits[router.choose(i, fits)].enqueue(i)
+            self._next = float(arrivals[order[k + 1]]) if k + 1 < n else float("inf")
+            self._arrive(i, int(self._codes[i]), int(self._need[i]))
 
     def run(self) -> None:
         """Run until every request has finished or been rejected; fast engines write their
         running totals back to the request table."""
-        self.env.process(self._arrival_process())
+        engines = [e for g in self.replicas for e in g.engines]
+        world = None
+        if (self._handoff is None and all(len(g.engines) == 1 for g in self.replicas)
+                and all(isinstance(e, FastEngine) for e in engines)):  # fmt: skip
+            # fast engines and the arrivals only (their plans move nothing over links: no prefix
+            # fetch, swap, hand-off, offload or pipeline): SimPy's loop on a plain heap
+            world = FastWorld(self, engines)  # type: ignore[arg-type]
+        else:
+            self.env.process(self._arrival_process())
         if self.record_iterations:
             for g in self.replicas:
                 for link in g.links.values():
                     link.busy_log = []
-        self.env.run()
+        if world is not None:
+            world.run()
+        else:
+            self.env.run()
         for g in self.replicas:
             for e in g.engines:
                 if isinstance(e, FastEngine):
                     e.sync()
+
+
+class FastWorld:
+    """The event loop of a world whose processes are the arrival process and fast engines only
+    (one per replica, no hand-off): SimPy's scheduling reproduced on a plain heap, with the
+    arrival process run as plain calls (no generator, no event object per arrival) and each
+    engine's loop resumed directly (``FastEngine.world``).
+
+    SimPy fires events in the order (time, priority, scheduling order); here each wait the
+    arrival process or an engine schedules is a heap entry ``(time, priority, ticket, who)``
+    with tickets from one counter, taken where SimPy would create the event: the processes'
+    start at time 0 (urgent, engines in the order they were built, then the arrival process),
+    an engine's step (a timeout), an idle engine's wake-up (taken while the arrival process
+    queues a request for it, before that process's next wait), the arrival process's wait for its
+    next arrival. A step with nothing scheduled before its end moves the clock without an entry
+    (the engine's ``_advance``), as it takes no event under SimPy. The arrivals are handled by
+    the same code (:meth:`Cluster._arrive`) at the same simulated times, and ``env.now`` is what
+    SimPy's clock would be at each point, so runs are the same bit for bit (tested against the
+    reference, with arrivals exactly at step ends and several at one instant)."""
+
+    URGENT, NORMAL = 0, 1
+
+    CHUNK = 4096
+
+    def __init__(self, cluster: Cluster, engines: list[FastEngine]) -> None:
+        self.cluster = cluster
+        self.env = cluster.env
+        cluster._arrivals_setup()
+        self.n = len(cluster._order)
+        self.k = 0
+        """The next arrival to handle (an index into ``cluster._order``)."""
+        self._tickets = 0
+        self.heap: list[tuple[float, int, int, int]] = []
+        """Scheduled waits: (time, priority, ticket, engine index, or -1 for the arrivals)."""
+        self.loops = [e._loop() for e in engines]
+        """The engines' loops (generators), resumed by :meth:`run` (the SimPy processes the
+        engines created are never started: nothing runs ``env.run()``)."""
+        for w, e in enumerate(engines):
+            e.world = self
+            e.world_index = w
+            self.push(self.env.now, w, self.URGENT)
+        self.push(self.env.now, -1, self.URGENT)
+        self._started = False
+        self._c0 = 0
+        self._at_c: list[float] = []
+        self._ids_c: list[int] = []
+        self._codes_c: list[int] = []
+        self._need_c: list[int] = []
+        """Arrival times, request ids, front-door verdicts and KV needs of arrivals ``_c0`` ... as
+        Python numbers, a chunk at a time (the same values, read without a numpy scalar per
+        arrival)."""
+        self._load(0)
+
+    def push(self, time: float, who: int, priority: int = 1) -> None:
+        """Schedule ``who`` (an engine's index, -1: the arrivals) to resume at ``time``."""
+        self._tickets += 1
+        heapq.heappush(self.heap, (time, priority, self._tickets, who))
+
+    def peek(self) -> float:
+        """The time of the next scheduled wait (inf when none), as ``env.peek()``."""
+        return self.heap[0][0] if self.heap else float("inf")
+
+    def run(self) -> None:
+        """Resume the earliest scheduled wait until none is left (``env.run()``)."""
+        heap, env, loops = self.heap, self.env, self.loops
+        pop = heapq.heappop
+        while heap:
+            time, _, _, who = pop(heap)
+            env._now = time  # SimPy's clock (no public setter), as a firing event sets it
+            if who < 0:
+                self._arrivals()
+            else:
+                next(loops[who])
+
+    def _load(self, k: int) -> None:
+        """Make arrivals ``k`` ... (and the one after the chunk, for :attr:`Cluster._next`) the
+        current chunk."""
+        self._c0 = k
+        cl = self.cluster
+        ids = cl._order[k : k + self.CHUNK + 1]
+        self._at_c = cl._arrivals[ids].tolist() + [float("inf")]
+        ids = ids[: self.CHUNK]
+        self._ids_c = ids.tolist()
+        self._codes_c = cl._codes[ids].tolist()
+        self._need_c = cl._need[ids].tolist()
+
+    def _arrivals(self) -> None:
+        """A resume of :meth:`Cluster._arrival_process` at ``env.now``: handle the arrival its
+        wait was for and every later one already due, then wait for the next."""
+        now = self.env._now
+        n, cl = self.n, self.cluster
+        k = self.k
+        if self._started:
+            j = k - self._c0
+            cl._next = self._at_c[j + 1]
+            cl._arrive(self._ids_c[j], self._codes_c[j], self._need_c[j])
+            k += 1
+        self._started = True
+        while k < n:
+            j = k - self._c0
+            if j >= self.CHUNK:
+                self._load(k)
+                j = 0
+            dt = self._at_c[j] - now
+            if dt > 0:
+                self.k = k
+                # as SimPy schedules the timeout: the clock plus (a numpy arrival time minus the
+                # clock), a numpy float, which the clock then is (the same value and type)
+                self.push(np.float64(now + dt), -1)
+                return
+            cl._next = self._at_c[j + 1]
+            cl._arrive(self._ids_c[j], self._codes_c[j], self._need_c[j])
+            k += 1
+        self.k = n

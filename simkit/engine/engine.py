@@ -19,6 +19,7 @@ import simpy
 from simkit.cost.iteration import IterationModel
 from simkit.engine.interfaces import BatchingPolicy, Step
 from simkit.engine.kvcache import TIER_INDEX, KVBlockManager
+from simkit.engine.offload_fast import wake_at
 from simkit.engine.replica import Replica
 from simkit.engine.resources import Link
 from simkit.engine.state import RequestTable, TBTHistogram
@@ -507,9 +508,16 @@ class Engine:
         return start
 
     def _offloaded(self, steps: list[tuple[np.ndarray, np.ndarray, int]]):  # type: ignore[no-untyped-def]
+        """Run offloaded iterations: in closed form where the plan allows it (engine/offload_fast.py),
+        else layer by layer and transfer by transfer."""
         assert self.offload is not None
+        closed = self.offload.closed_form
         for q, ctx, rows in steps:
-            yield from self.offload.run_step(q, ctx, rows)
+            end = closed.run(self.env.now, q, ctx, rows) if closed is not None else None
+            if end is None:
+                yield from self.offload.run_step(q, ctx, rows)
+            else:
+                yield wake_at(self.env, end)
 
     def _pipeline(self, steps: list[tuple[np.ndarray, np.ndarray, int]]):  # type: ignore[no-untyped-def]
         """Run iterations through the pipeline stages: each stage's stream is held for its share

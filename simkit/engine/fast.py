@@ -19,11 +19,17 @@ Per step, the iteration time is evaluated on Python floats (``IterationModel.dec
 and ``mixed_step_time``: the same operations in the same order as the array forms, so the same
 bits, with the roofline's coefficients taken once from ``EfficiencyModel.roofline_coeffs``)
 wherever the efficiency model prices attention in closed form; a decode run is priced only up
-to the step that reaches the next arrival (where the run is cut); a step that no other event
-can interrupt (nothing scheduled before it ends) moves the clock without a SimPy event
-(:meth:`FastEngine._advance`); admission is the reference's without the prefix-cache, spill and
-KV-cap branches (none is on the fast path), and one that failed for want of blocks is not
-re-checked until enough blocks are free; finished requests leave the running set in O(1) and
+to the step that reaches the next arrival (where the run is cut); the loop
+(:meth:`FastEngine._loop`) takes the policy's decision through its ``fast_step`` hook as plain
+values (no ``Step`` per iteration) and a step that no other event can interrupt (nothing
+scheduled before it ends) moves the clock without a SimPy event (:meth:`FastEngine._advance`).
+When every replica is served by one fast engine (no hand-off), SimPy's loop itself is replaced
+(``FastWorld`` in engine/cluster.py, set as :attr:`FastEngine.world`): the same order of events
+on a plain heap, the arrival process as plain calls, each engine's loop resumed directly, so a
+step or an arrival costs a heap entry instead of a SimPy event and a generator resume, and on
+one replica most steps need neither. Admission is the reference's without the prefix-cache,
+spill and KV-cap branches (none is on the fast path), and one that failed for want of blocks is
+not re-checked until enough blocks are free; finished requests leave the running set in O(1) and
 release their blocks in one call.
 
 Everything else is the reference engine's own code (the policies, the event loop, preemption,
@@ -40,24 +46,14 @@ from __future__ import annotations
 
 import heapq
 from bisect import insort
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from simkit.engine.engine import Engine
-from simkit.engine.interfaces import Step
 
-
-class _DecodeSet:
-    """What :meth:`FastEngine.decode_ready` hands a policy: only its size is read."""
-
-    __slots__ = ("n",)
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
+if TYPE_CHECKING:
+    from simkit.engine.cluster import FastWorld
 
 
 class _RunSet(dict[int, None]):
@@ -159,6 +155,11 @@ class FastEngine(Engine):
         """End time of the last step that decoded the whole decode set."""
         self._prefill_memo: dict[tuple[int, int, int], float] = {}
         self.running = _RunSet()  # type: ignore[assignment]
+        self.world: FastWorld | None = None
+        """The event loop that resumes this engine when the world holds only fast engines and
+        the arrivals (set by :class:`FastWorld`), else None (SimPy's)."""
+        self.world_index = -1
+        self._woken = False
         self._no_fit: tuple[int, int | None, int] | None = None
         """(request, reserve_tokens, most blocks in use at which it fits) of the last admission
         that did not fit for want of blocks."""
@@ -398,36 +399,57 @@ class FastEngine(Engine):
         return done
 
     def decode_ready(self, reserve: bool = True) -> Any:
+        """The reference's decode set as a ``range`` of its size (all a policy reads of it)."""
         while True:
             nb = len(self._info)
             if nb == 0:
-                return _DecodeSet(0)
+                return range(0)
             free = self.kv.num_blocks - self.kv.used  # kv.free without a prefix cache
             grow = nb if nb <= free else self._growth_to(self._D + 1)
             if grow <= free or self.kv.make_room(grow):
                 if reserve:
                     self._alloc_to(self._D + 1)
-                return _DecodeSet(nb)
+                return range(nb)
             if not self._preempt_one():
                 raise AssertionError("a lone request cannot grow its KV cache (admission should have prevented this)")
 
-    def _busy(self, dur: float) -> None:
-        """Account ``dur`` seconds of compute as busy time. (No step of the fast path waits for a
-        transfer: without a prefix cache or swapping nothing is ever fetched, so the reference's
-        ``_wait_fetch`` never applies, and a step is its compute.)"""
-        self.busy_time += dur
-        self.busy_gpu_s += dur * self.cfg.num_gpus
-        self.stage_busy[0] += dur
+    def _idle_wait(self):  # type: ignore[no-untyped-def]
+        """Wait until a request is queued for this engine (the reference's wait for ``_wake``);
+        in a :attr:`world`, until :meth:`wake` schedules this engine's loop again."""
+        self._idle = True
+        if self.world is not None:
+            self._woken = False
+            yield None
+        else:
+            self._wake = self.env.event()
+            yield self._wake
+        self._idle = False
+
+    def wake(self) -> None:
+        if self.world is None:
+            super().wake()
+        elif self._idle and not self._woken:
+            # SimPy's wake-up event (``_wake.succeed()``): scheduled now, in creation order
+            self._woken = True
+            self.world.push(self.env._now, self.world_index)
 
     def _advance(self, dur: float) -> bool:
         """Let ``dur`` seconds of compute pass without an event where nothing can intervene:
-        when no event is scheduled up to the step's end (``env.peek()`` is later), nothing else
-        can run before this process would resume, so the clock is moved to the end directly (the
-        same float ``env.now + dur`` a timeout would fire at) and True is returned; else False
-        (the caller yields ``env.timeout(dur)``). Events at equal times keep their order
+        when no event is scheduled up to the step's end (``env.peek()``, or the :attr:`world`'s,
+        is later), nothing else can run before this process would resume, so the clock is moved
+        to the end directly (the same float ``env.now + dur`` a timeout would fire at) and True
+        is returned; else False (the caller yields ``env.timeout(dur)``, or in a world yields
+        after this has scheduled the step's end). Events at equal times keep their order
         (``peek()`` equal to the end takes the event path), so every decision is the same."""
         env = self.env
         end = env.now + dur
+        world = self.world
+        if world is not None:
+            if world.peek() > end:
+                env._now = end
+                return True
+            world.push(end, self.world_index)
+            return False
         if env.peek() > end:
             env._now = end  # SimPy's clock (no public setter); the event queue is untouched
             return True
@@ -450,18 +472,65 @@ class FastEngine(Engine):
             ctx[n_pq:] = stand_in_contexts(nb, dec_sum, longest)
         return cost.step_time(q, ctx, logits_rows=rows)
 
-    def _mixed_step(self, step: Step):  # type: ignore[no-untyped-def]
+    # ---- the loop ----------------------------------------------------------------------------
+    def _loop(self):  # type: ignore[no-untyped-def]
+        """The reference's loop (:meth:`Engine._loop`) with the policy's ``fast_step`` hook
+        (plain values, no :class:`Step`) and the step's work in plain calls around the one
+        place it may wait: a step that nothing can interrupt moves the clock without an event
+        (:meth:`_advance`), so a run of such steps is one Python loop, not one SimPy event and
+        generator per step. Nothing is ever fetched or swapped on the fast path (no prefix cache,
+        recompute preemption), so the reference's waits for transfers do not apply."""
         env = self.env
         t = self.table
-        pre = step.prefill_ids
-        pq = step.prefill_q
-        nb = len(step.decode_ids)
+        fast_step = self.policy.fast_step  # type: ignore[attr-defined]
+        replica = self.replica
+        while True:
+            if not self.running and not self.waiting:
+                yield from self._idle_wait()
+            pre, q, nb = fast_step(self)
+            if pre:
+                dur = self._mixed_begin(pre, q, nb)
+            elif nb:
+                dur = self._decode_begin(nb)
+            else:
+                if self.waiting and not replica.busy():
+                    # nothing runs anywhere in the replica, yet the head request cannot be
+                    # admitted: it can never fit, so reject it rather than stall forever
+                    i = self.waiting.popleft()
+                    t.reject(i, "never_fits")
+                    self.outstanding -= 1
+                    continue
+                # waiting for something to arrive or finish elsewhere
+                yield from self._idle_wait()
+                continue
+            start = env.now
+            if not self._advance(dur):
+                yield env.timeout(dur) if self.world is None else None
+            self.busy_time += dur
+            self.busy_gpu_s += dur * self.cfg.num_gpus
+            self.stage_busy[0] += dur
+            if pre:
+                self._mixed_end(start, pre, q, nb)
+            else:
+                self._decode_end(start, dur)
+
+    def _mixed_begin(self, pre: list[int], pq: list[int], nb: int) -> float:
+        """Price a mixed iteration (prefill chunks of ``pre``, and the ``nb`` decoding requests)
+        and note what its end needs; returns its seconds."""
+        t = self.table
         kv_pre: list[int] = []
         completes: list[bool] = []
+        rows = nb  # logits rows: the decodes and the prefills that complete
+        top = 0  # the longest context a prefill chunk attends
         for k, i in enumerate(pre):
             kv = int(t.kv_len[i])
             kv_pre.append(kv)
-            completes.append(kv + pq[k] >= int(t.target[i]))
+            upto = kv + pq[k]
+            done = upto >= int(t.target[i])
+            completes.append(done)
+            rows += done
+            if upto > top:
+                top = upto
         n_pq = len(pq)
         mc = self.max_context
         dec_sum = longest = 0
@@ -470,10 +539,10 @@ class FastEngine(Engine):
             # maximum (IterationModel.attention_time)
             longest = self._longest_offset() + self._D
             dec_sum = self._sum_off + nb * self._D
-            mc["attn_decode"] = max(mc["attn_decode"], longest + 1)
-        if n_pq:
-            mc["attn_prefill"] = max(mc["attn_prefill"], max(kv_pre[k] + pq[k] for k in range(n_pq)))
-        rows = sum(completes) + nb
+            if longest + 1 > mc["attn_decode"]:
+                mc["attn_decode"] = longest + 1
+        if top > mc["attn_prefill"]:
+            mc["attn_prefill"] = top
         if nb or n_pq != 1:
             dur = self._step_time(pq, kv_pre, nb, dec_sum, longest, rows)
         else:
@@ -481,20 +550,22 @@ class FastEngine(Engine):
             # tokens, rows), and prompt lengths repeat: memoised (bounded)
             memo = self._prefill_memo
             key = (pq[0], kv_pre[0], rows)
-            dur = memo.get(key)
+            dur = memo.get(key)  # type: ignore[assignment]
             if dur is None:
                 if len(memo) >= 100_000:
                     memo.clear()
                 dur = memo[key] = self._step_time(pq, kv_pre, nb, dec_sum, longest, rows)
-        n_tok = int(sum(pq))
+        self._mixed_ctx = (kv_pre, completes)
         if self.cost.tp > 1:
-            self.stage_comm[0] += self.cost.comm_time(n_tok + nb)
-        start = env.now
-        if not self._advance(dur):
-            yield env.timeout(dur)
-        self._busy(dur)
-        now = env.now
-        self.log.add(self.index, start, now, 1, n_tok, nb, n_pq + nb, self.kv.used)  # kv.in_use without a prefix cache
+            self.stage_comm[0] += self.cost.comm_time(int(sum(pq)) + nb)
+        return dur
+
+    def _mixed_end(self, start: float, pre: list[int], pq: list[int], nb: int) -> None:
+        """Apply a mixed iteration that ran from ``start`` to now."""
+        t = self.table
+        now = self.env.now
+        kv_pre, completes = self._mixed_ctx
+        self.log.add(self.index, start, now, 1, int(sum(pq)), nb, len(pq) + nb, self.kv.used)  # kv.in_use without a prefix cache
         finished: list[int] = []
         done_pre: list[tuple[int, int, int]] = []  # (request, KV tokens, generated)
         for k, i in enumerate(pre):
@@ -531,13 +602,15 @@ class FastEngine(Engine):
         finished.extend(dec_done)
         self._finish(finished)
 
-    def _decode_run(self, dec: Any):  # type: ignore[no-untyped-def]
-        env = self.env
-        nb = len(self._info)
+    def _decode_begin(self, nb: int) -> float:
+        """Price a run of decode iterations of the whole decode set (``nb`` requests), up to the
+        first of: a request finishes, the KV cache lacks a block, the step that reaches the next
+        arrival; allocate its blocks and note what its end needs; returns its seconds."""
         clock = self._D
         s = self._top_finish() - clock
         bs = self.cfg.block_size
-        avail = self.kv.num_blocks - self.kv.used  # kv.available without a prefix cache
+        kvm = self.kv
+        avail = kvm.num_blocks - kvm.used  # kv.available without a prefix cache
         if nb * (s // bs + 1) > avail and self._growth_to(clock + s) > avail:
             lo, hi = 1, s
             while lo < hi:
@@ -547,27 +620,27 @@ class FastEngine(Engine):
                 else:
                     hi = mid - 1
             s = lo
-        ta = self.next_arrival() - env.now
+        ta = self.next_arrival() - self.env.now
+        cost = self.cost
         if ta < float("inf"):
-            fixed = self.cost.fixed_step_time(nb)
+            fixed = cost.fixed_step_time(nb)
             if fixed > 0:
                 s = min(s, max(int(ta / fixed) + 2, 1))
         longest = self._longest_offset() + clock
         kv0 = float(self._sum_off + nb * clock)
         # a run of a few dozen steps on scalars, stopping at the step that reaches the next
         # arrival (the cut below, made as the steps are priced)
-        few = self.cost.decode_step_times(nb, kv0, s, float(longest), ta) if s <= 64 else None
+        few = cost.decode_step_times(nb, kv0, s, float(longest), ta) if s <= 64 else None
         if few is not None:
             times, ends_l = few
             s = len(times)
             first, dur = ends_l[0], ends_l[-1]
         elif s == 1:
-            times = self.cost.decode_steps(nb, kv0, s, float(longest))
+            times = cost.decode_steps(nb, kv0, s, float(longest))
             first = dur = float(times[0])  # np.cumsum of one value is that value
         else:
-            times = self.cost.decode_steps(nb, kv0, s, float(longest))
+            times = cost.decode_steps(nb, kv0, s, float(longest))
             ends = np.cumsum(times)
-            ta = self.next_arrival() - env.now
             if ta < float(ends[-1]):
                 j = int(np.searchsorted(ends, ta, side="left"))
                 s = min(s, j + 1)
@@ -575,20 +648,24 @@ class FastEngine(Engine):
                 times = times[:s]
             first, dur = float(ends[0]), float(ends[-1])
         self._alloc_to(clock + s)
-        self.max_context["attn_decode"] = max(self.max_context["attn_decode"], longest + s)
-        if self.cost.tp > 1:
-            self.stage_comm[0] += self.cost.comm_time(nb) * s
-        start = env.now
-        if not self._advance(dur):
-            yield env.timeout(dur)
-        self._busy(dur)
-        now = env.now
+        mc = self.max_context
+        if longest + s > mc["attn_decode"]:
+            mc["attn_decode"] = longest + s
+        if cost.tp > 1:
+            self.stage_comm[0] += cost.comm_time(nb) * s
+        self._run = (nb, s, times, first)
+        return dur
+
+    def _decode_end(self, start: float, dur: float) -> None:
+        """Apply a decode run that ran from ``start`` to now (``dur`` seconds of compute)."""
+        nb, s, times, first = self._run
+        now = self.env.now
         self.log.add(self.index, start, now, s, 0, nb, nb, self.kv.used)  # kv.in_use without a prefix cache
         extra = max((now - start) - dur, 0.0)
         self._tbt_groups(start + first + extra)
         if s > 1:
-            self.tbt.push(np.asarray(times[1:]), float(nb))
-        self._D = clock + s
+            self.tbt.push(times[1:], float(nb))
+        self._D += s
         self._last_dec = now
         self._fresh = {}
         done = self._pop_finished()

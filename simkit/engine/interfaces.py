@@ -55,6 +55,13 @@ class EngineView(Protocol):
 
 
 class BatchingPolicy(Protocol):
+    """A batching policy's step decision (``next_step``). A policy the fast engine
+    (engine/fast.py) runs also has the hook ``fast_step(replica) -> tuple[list[int], list[int],
+    int]``: the same decision (the same calls on the replica, in the same order) as plain values,
+    the requests to prefill, their tokens this iteration and how many running requests decode
+    (the size of ``replica.decode_ready``'s set), so that no :class:`Step` and no array of decode
+    ids is built per iteration. ``continuous`` and ``chunked_prefill`` have it."""
+
     name: str
     admits_on_arrival: bool
     """Whether an arrival can join the running batch (continuous policies) or waits for the
@@ -62,3 +69,4 @@ class BatchingPolicy(Protocol):
 
     def next_step(self, replica: EngineView) -> Step:
         ...
+

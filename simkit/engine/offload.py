@@ -39,6 +39,14 @@ COMPUTE_PARTS = ("linear", "gpu_attention", "dequant", "cpu_attention", "embeddi
 the GPU, int4 (de)compression, attention on the host CPU, and the embedding / LM head."""
 
 
+Hop = tuple[str, Link, float]
+"""(link direction, link, bytes that cross it) of one hop of a transfer."""
+Share = tuple[str, str, float, list[Hop], bool]
+"""(kind, tier, bytes, hops, staged) of one tier's share of a transfer (OffloadExecutor._plan_move)."""
+GroupCost = tuple[float, float, float, float, float]
+"""What :meth:`OffloadExecutor.group_cost` returns."""
+
+
 class OffloadSettings(Protocol):
     """The plan.offload switches the executor reads."""
 
@@ -106,6 +114,9 @@ class OffloadExecutor:
     """Link direction -> how much slower KV-cache stores run than plain copies on it (measured)."""
     compute_parts: dict[str, float] | None = None
     """Seconds of compute by part (COMPUTE_PARTS), for the breakdown of where a run's time goes."""
+    closed_form: Any = None
+    """An engine/offload_fast.ClosedFormStep when the steps' times are computed in closed form
+    (nothing else uses the links during a step), else None: each step runs event by event."""
 
     def __post_init__(self) -> None:
         self.bytes_by_kind = {"weights": 0.0, "kv_read": 0.0, "kv_write": 0.0, "act_read": 0.0, "act_write": 0.0}
@@ -114,15 +125,13 @@ class OffloadExecutor:
             self.compute = OffloadCompute(self.cost, self.cpu_cost)
 
     # ---- transfers ---------------------------------------------------------------------------
-    def _move(
-        self, by_tier: dict[str, float], write: bool, tag: str, kind: str, to_host: bool = False, gate: simpy.Event | None = None
-    ) -> list[simpy.Event]:
-        """Transfer events of ``by_tier`` bytes into (or out of) the compute device's memory;
-        ``to_host``: into host DRAM instead (KV attended on the CPU: a disk or CXL share is read
-        into DRAM, a DRAM share moves nowhere). A disk share passes through a pinned DRAM buffer
-        (STAGED_TIERS): its hops run one after the other. ``gate``: a host-to-GPU hop starts only
-        once it has fired (a decode step's copies that do not overlap compute)."""
-        evs: list[simpy.Event] = []
+    def _plan_move(self, by_tier: dict[str, float], write: bool, kind: str, to_host: bool = False) -> list[Share]:
+        """(kind, tier, bytes, hops, staged) of each share of ``by_tier`` bytes moved into (or out of)
+        the compute device's memory; ``to_host``: into host DRAM instead (KV attended on the CPU:
+        a disk or CXL share is read into DRAM, a DRAM share moves nowhere). A disk share passes
+        through a pinned DRAM buffer (STAGED_TIERS): its hops run one after the other
+        (``staged``). Every share listed counts under ``kind`` in :attr:`bytes_by_kind`."""
+        out: list[Share] = []
         for tier, nbytes in by_tier.items():
             if nbytes <= 0:
                 continue
@@ -132,9 +141,7 @@ class OffloadExecutor:
                     continue
             else:
                 path = self.layout.write_path(tier) if write else self.layout.read_path(tier)
-            assert self.bytes_by_kind is not None
-            self.bytes_by_kind[kind] += nbytes
-            hops: list[tuple[str, Link, float]] = []
+            hops: list[Hop] = []
             for hop in path:
                 link = self.links.get(hop)
                 if link is None:
@@ -143,7 +150,25 @@ class OffloadExecutor:
                 if kind == "kv_write" and self.kv_store_slowdown:
                     eff_bytes *= self.kv_store_slowdown.get(hop, 1.0)
                 hops.append((hop, link, eff_bytes))
-            staged = tier in STAGED_TIERS and len(hops) > 1
+            out.append((kind, tier, nbytes, hops, tier in STAGED_TIERS and len(hops) > 1))
+        return out
+
+    def count(self, plan: list[Share]) -> None:
+        """Add ``plan``'s bytes to :attr:`bytes_by_kind` (once per time it is moved)."""
+        by_kind = self.bytes_by_kind
+        assert by_kind is not None
+        for kind, _, nbytes, _, _ in plan:
+            by_kind[kind] += nbytes
+
+    def _move(
+        self, by_tier: dict[str, float], write: bool, tag: str, kind: str, to_host: bool = False, gate: simpy.Event | None = None
+    ) -> list[simpy.Event]:
+        """Transfer events of ``by_tier`` bytes (:meth:`_plan_move`). ``gate``: a host-to-GPU hop
+        starts only once it has fired (a decode step's copies that do not overlap compute)."""
+        evs: list[simpy.Event] = []
+        plan = self._plan_move(by_tier, write, kind, to_host)
+        self.count(plan)
+        for _, tier, _, hops, staged in plan:
             gated = gate is not None and any(h == "h2d" for h, _, _ in hops)
             if staged or gated:
                 evs.append(self.env.process(self._hops(hops, f"{tag} {tier}", staged, gate)))
@@ -159,7 +184,7 @@ class OffloadExecutor:
         return link.transfer(nbytes, tag)
 
     def _hops(
-        self, hops: list[tuple[str, Link, float]], tag: str, staged: bool, gate: simpy.Event | None
+        self, hops: list[Hop], tag: str, staged: bool, gate: simpy.Event | None
     ) -> Generator[simpy.Event, Any, None]:
         """One share's hops: in order when ``staged`` (store and forward through DRAM), else the
         non-PCIe hops at once; a host-to-GPU hop waits for ``gate``."""
@@ -199,7 +224,23 @@ class OffloadExecutor:
     # ---- compute -----------------------------------------------------------------------------
     def _group_compute(self, q: np.ndarray, ctx: np.ndarray, cpu_attention: bool) -> tuple[float, float, float]:
         """(device seconds, CPU seconds, of the device seconds those of attention) of one layer
-        for one GPU batch."""
+        for one GPU batch, added to the compute parts."""
+        cost = self.group_cost(q, ctx, cpu_attention)
+        self.add_parts(cost)
+        return cost[0], cost[1], cost[2]
+
+    def add_parts(self, cost: GroupCost) -> None:
+        """Add one layer's (one GPU batch's) compute, by part, to :attr:`compute_parts`."""
+        parts = self.compute_parts
+        assert parts is not None
+        parts["linear"] += cost[3]
+        parts["gpu_attention"] += cost[2]
+        parts["dequant"] += cost[4]
+        parts["cpu_attention"] += cost[1]
+
+    def group_cost(self, q: np.ndarray, ctx: np.ndarray, cpu_attention: bool) -> GroupCost:
+        """(device seconds, CPU seconds, device attention seconds, linear seconds, (de)quantisation
+        seconds) of one layer for one GPU batch (the same for every layer of a step)."""
         oc = self.compute
         assert oc is not None
         lay = self.layout
@@ -233,13 +274,7 @@ class OffloadExecutor:
             # the cached KV is dequantised to be attended, the new KV quantised to be stored
             extra += oc.dequant(float(ctx.sum()) * lay.kv_elems_per_token_layer, unfused)
             extra += oc.dequant(T * lay.kv_elems_per_token_layer, unfused, quantise=True)
-        parts = self.compute_parts
-        assert parts is not None
-        parts["linear"] += layer
-        parts["gpu_attention"] += attn_dev
-        parts["dequant"] += extra
-        parts["cpu_attention"] += cpu
-        return layer + attn_dev + extra, cpu, attn_dev
+        return layer + attn_dev + extra, cpu, attn_dev, layer, extra
 
     def run_step(self, q: np.ndarray, ctx: np.ndarray, rows: int) -> Generator[simpy.Event, Any, None]:
         env = self.env

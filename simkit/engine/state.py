@@ -83,34 +83,35 @@ class TBTHistogram:
         self.total = 0.0
         self.sum = 0.0
         self.max = 0.0
-        self._vals = np.empty(self.BUF)
-        self._wts = np.empty(self.BUF)
-        self._n = 0
+        self._vals: list[float] = []
+        self._wts: list[float] = []
+        """Gaps buffered as Python floats (appending to a list costs less than writing numpy
+        elements one by one), with their weights; binned in bulk by :meth:`flush`."""
 
-    def push(self, values: np.ndarray, weight: float = 1.0) -> None:
+    def push(self, values: np.ndarray | list[float], weight: float = 1.0) -> None:
         """Buffer gaps (cheap); they are binned in bulk when the buffer fills or on read."""
         k = len(values)
-        if self._n + k > self.BUF:
+        if len(self._vals) + k > self.BUF:
             self.flush()
             if k > self.BUF:
-                self.add(values, weight)
+                self.add(np.asarray(values, dtype=np.float64), weight)
                 return
-        n = self._n
-        self._vals[n : n + k] = values
-        self._wts[n : n + k] = weight
-        self._n = n + k
+        self._vals.extend(values.tolist() if isinstance(values, np.ndarray) else values)
+        self._wts.extend([weight] * k)
 
     def push1(self, value: float, weight: float) -> None:
-        if self._n >= self.BUF:
+        if len(self._vals) >= self.BUF:
             self.flush()
-        self._vals[self._n] = value
-        self._wts[self._n] = weight
-        self._n += 1
+        self._vals.append(value)
+        self._wts.append(weight)
 
     def flush(self) -> None:
-        if self._n:
-            n, self._n = self._n, 0
-            self.add(self._vals[:n].copy(), self._wts[:n].copy())
+        if self._vals:
+            v = np.array(self._vals, dtype=np.float64)
+            w = np.array(self._wts, dtype=np.float64)
+            self._vals = []
+            self._wts = []
+            self.add(v, w)
 
     def _bin(self, x: np.ndarray) -> np.ndarray:
         b = (np.log10(np.maximum(x, self.LO) * (1.0 / self.LO)) * self.PER_DECADE).astype(np.int64) + 1

@@ -139,8 +139,22 @@ class ContinuousBatching:
         return cls(options.max_num_seqs, options.max_num_batched_tokens)
 
     def next_step(self, r: Engine) -> Step:
+        pre, q, dec = self._decide(r)
+        return Step(pre, q) if dec is None else Step(decode_ids=dec)
+
+    def fast_step(self, r: Engine) -> tuple[list[int], list[int], int]:
+        """:meth:`next_step` as plain values (the fast engine's hook, no :class:`Step`): the
+        requests to prefill, their tokens, and how many decode (0 when prefilling: a decode
+        step only when nothing is admitted)."""
+        pre, q, dec = self._decide(r)
+        return pre, q, 0 if dec is None else len(dec)
+
+    def _decide(self, r: Engine) -> tuple[list[int], list[int], Any]:
+        """The one home of the decision: (prefill ids, their tokens, None) when prefilling, else
+        ([], [], the decode set from ``r.decode_ready(reserve=False)``)."""
         t = r.table
-        r.swap_in_ready()
+        if r.swapped:
+            r.swap_in_ready()
         pre: list[int] = []
         q: list[int] = []
         budget = self.max_tokens
@@ -163,8 +177,8 @@ class ContinuousBatching:
                 if budget <= 0:
                     break
         if pre:
-            return Step(pre, q)
-        return Step(decode_ids=r.decode_ready(reserve=False))
+            return pre, q, None
+        return pre, q, r.decode_ready(reserve=False)
 
 
 class ChunkedPrefillOptions(TokenBudgetOptions):
@@ -192,8 +206,20 @@ class ChunkedPrefill:
         return cls(options.max_num_seqs, options.max_num_batched_tokens, options.chunk_size)
 
     def next_step(self, r: Engine) -> Step:
+        pre, q, dec = self._decide(r)
+        return Step(pre, q, dec)
+
+    def fast_step(self, r: Engine) -> tuple[list[int], list[int], int]:
+        """:meth:`next_step` as plain values (the fast engine's hook, no :class:`Step`): the
+        requests to prefill, their chunks' tokens, and how many requests decode."""
+        pre, q, dec = self._decide(r)
+        return pre, q, len(dec)
+
+    def _decide(self, r: Engine) -> tuple[list[int], list[int], Any]:
+        """The one home of the decision: (prefill ids, their chunks' tokens, the decode set)."""
         t = r.table
-        r.swap_in_ready()
+        if r.swapped:
+            r.swap_in_ready()
         dec = r.decode_ready()
         budget = self.budget - len(dec)
         pre: list[int] = []
@@ -218,7 +244,7 @@ class ChunkedPrefill:
             pre.append(i)
             q.append(c)
             budget -= c
-        return Step(pre, q, dec)
+        return pre, q, dec
 
 
 class PrefillOnly(ContinuousBatching):
@@ -232,6 +258,10 @@ class PrefillOnly(ContinuousBatching):
     def next_step(self, r: Engine) -> Step:
         s = super().next_step(r)
         return Step(s.prefill_ids, s.prefill_q)
+
+    def fast_step(self, r: Engine) -> tuple[list[int], list[int], int]:
+        pre, q, _ = super().fast_step(r)
+        return pre, q, 0
 
 
 class DisaggregatedOptions(TokenBudgetOptions):

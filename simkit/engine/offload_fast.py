@@ -1,0 +1,497 @@
+"""An offloaded step's layer pipeline in plain floats: the times of the event path of
+engine/offload.py, without an event per layer or per transfer.
+
+:meth:`OffloadExecutor.run_step` runs a step as SimPy processes: a reader streams each layer's
+weights and KV over the links into two staging buffers while the layers compute, write-backs
+leave asynchronously, and transfers that share a link share its bandwidth (processor sharing,
+engine/resources.Link). When nothing outside the step uses those links during it (one replica
+on its links, no prefix-cache fetches, swaps or KV hand-offs on them, the host CPU not shared
+with another replica), the step's timeline is a function of the step alone, and
+:class:`ClosedFormStep` computes it directly: the reader's and the compute stream's clocks
+advance layer by layer, and each link's fair sharing is replayed with ``Link``'s arithmetic
+(the same float operations in the same order), so that the step's end time is the one the event
+path produces, bit for bit, and so are the links' busy time, busy periods and bytes moved and the
+executor's byte and compute counters (tests/test_offload_fast.py checks it on random plans).
+
+Covered: weights and KV on any tier (disk staged through DRAM, CXL streamed), KV spilled beyond
+a length (``kv_spill``), resident layers, CPU attention, ``decode_overlap: false``, int4
+compression, pinned copies and pageable ones without CPU attention, one GPU batch per step with
+prefetch (``overlap: true``) and any number without. Run event by event
+(:func:`closed_form_reason`): FlexGen's zig-zag block schedule (several GPU batches per step
+with prefetch; in a serving run only the steps that have several), activations off the GPU,
+pageable copies with CPU attention (the host thread that stages them also runs CPU attention),
+Chrome traces, and plans where anything else uses the links or the host CPU during a step.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import numpy as np
+import simpy
+
+from simkit.engine.offload import Hop, OffloadExecutor, Placement, Share
+from simkit.engine.resources import Link
+from simkit.specs.tiers import CPU_READ_PATH
+
+LANE_ORDER: tuple[str, ...] = ("nvme_read", "cxl_read", "d2h", "h2d", "nvme_write", "cxl_write")
+"""The order in which a step's link directions are replayed: a staged share's later hop is on a
+direction after its earlier one (its join times are then known)."""
+
+
+def closed_form_reason(
+    layout: Placement, cpu_attention: bool, replicas: int, trace: bool, prefix_cache: bool, preemption: str,
+    disaggregated: bool, pp: int, overlap: bool, gpu_batches: int,
+) -> str | None:
+    """None when :class:`ClosedFormStep` reproduces an offloaded plan's steps exactly, else why
+    they run event by event. ``cpu_attention``: attention runs on the host CPU (a resource the
+    replicas share); ``overlap``, ``gpu_batches``: plan.offload's overlap and num_gpu_batches."""
+    if trace:
+        return "Chrome trace output"
+    if pp > 1:
+        return "pipeline stages"
+    if overlap and gpu_batches > 1:
+        return "several GPU batches per layer: FlexGen's zig-zag block schedule"
+    if any(f > 0 for t, f in layout.act_frac.items() if t != "gpu"):
+        return "activations off the GPU"
+    if prefix_cache:
+        return "prefix caching moves KV over the same links"
+    if preemption == "swap":
+        return "swap preemption moves KV over the same links"
+    if disaggregated:
+        return "KV hand-offs over the same links"
+    if cpu_attention and replicas > 1:
+        return "replicas share the host CPU"
+    if cpu_attention and layout.pageable_factor < 1.0:
+        return "pageable copies staged by the host thread that runs CPU attention"
+    tiers = tuple(CPU_READ_PATH)
+    paths = [p for t in tiers for p in (layout.read_path(t), CPU_READ_PATH[t], layout.write_path(t))]
+    for path in paths:
+        if any(h not in LANE_ORDER for h in path):
+            return f"link directions {', '.join(path)}"
+        if [LANE_ORDER.index(h) for h in path] != sorted(LANE_ORDER.index(h) for h in set(path)):
+            return f"a transfer's hops in the order {', '.join(path)}"
+    reads = {h for t in tiers for h in (*layout.read_path(t), *CPU_READ_PATH[t])}
+    writes = {h for t in tiers for h in layout.write_path(t)}
+    if reads & writes:
+        return "reads and writes share a link direction"
+    return None
+
+
+class _Flow:
+    """One hop of one share: its bytes on one link direction."""
+
+    __slots__ = ("done", "nbytes", "remaining")
+
+    def __init__(self, nbytes: float) -> None:
+        self.nbytes = nbytes
+        self.remaining = nbytes
+        self.done = math.nan
+
+
+class _Lane:
+    """One link direction's fair sharing, replayed with :class:`Link`'s arithmetic on the real
+    link's counters (busy time, busy periods, bytes moved). Flows join in time order; a flow that
+    has the lane to itself is kept aside (:attr:`lone`) and replayed in one go, unless another
+    joins before it completes (then both share the lane as in ``Link``)."""
+
+    __slots__ = ("bw", "flows", "last", "link", "lone", "target", "wake")
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.bw = link.bandwidth
+        self.flows: list[_Flow] = []
+        self.last = 0.0
+        self.wake = math.inf
+        self.target: _Flow | None = None
+        self.lone: tuple[float, _Flow, float] | None = None
+        """(joined, flow, completes) of a flow alone on the lane, not yet replayed."""
+
+    def _advance(self, now: float) -> None:
+        dt = now - self.last
+        if self.flows and dt > 0:
+            share = self.bw * dt / len(self.flows)
+            for f in self.flows:
+                f.remaining -= share
+            self._busy(self.last, now, dt)
+        self.last = now
+
+    def _busy(self, start: float, now: float, dt: float) -> None:
+        link = self.link
+        link.busy_time += dt
+        log = link.busy_log
+        if log is not None:
+            if log and log[-1][1] == start:
+                log[-1][1] = now
+            else:
+                log.append([start, now])
+
+    def _reschedule(self, now: float) -> None:
+        if not self.flows:
+            self.wake = math.inf
+            self.target = None
+            return
+        target = min(self.flows, key=_remaining)
+        self.target = target
+        self.wake = now + max(target.remaining, 0.0) * len(self.flows) / self.bw
+
+    def _join(self, now: float, flow: _Flow) -> None:
+        self._advance(now)
+        self.flows.append(flow)
+        self._reschedule(now)
+
+    def _fire(self) -> None:
+        """Complete the flows due at the next wake-up."""
+        now = self.wake
+        self._advance(now)
+        slack = self.bw / len(self.flows) * 1e-9
+        target = self.target
+        finished = [f for f in self.flows if f is target or f.remaining <= slack]
+        self.flows = [f for f in self.flows if not (f is target or f.remaining <= slack)]
+        for f in finished:
+            f.done = now
+            self.link.bytes_moved += f.nbytes
+        self._reschedule(now)
+
+    def _close(self, at: float, flow: _Flow, wake: float) -> None:
+        """Replay a lone flow from ``at`` to ``wake`` (Link._advance, then its bytes)."""
+        self.close(at, wake, flow.nbytes)
+        flow.done = wake
+
+    def close(self, at: float, wake: float, nbytes: float) -> None:
+        """Replay a flow of ``nbytes`` alone on the idle lane from ``at`` to ``wake``."""
+        dt = wake - at
+        if dt > 0:
+            self._busy(at, wake, dt)
+        self.last = wake
+        self.link.bytes_moved += nbytes
+
+    def add(self, at: float, nbytes: float) -> _Flow:
+        """A flow that joins at ``at``, no earlier than the lane's previous one (a wake-up at the
+        same instant comes first, as the event path orders them: it was scheduled first)."""
+        lone = self.lone
+        if lone is not None:
+            self.lone = None
+            if lone[2] <= at:
+                self._close(*lone)
+            else:
+                self._join(lone[0], lone[1])
+        while self.flows and self.wake <= at:
+            self._fire()
+        flow = _Flow(nbytes)
+        if self.flows:
+            self._join(at, flow)
+        else:
+            self.last = at
+            self.lone = (at, flow, at + max(nbytes, 0.0) * 1 / self.bw)
+        return flow
+
+    def drain(self) -> None:
+        """Complete every flow on the lane."""
+        if self.lone is not None:
+            lone, self.lone = self.lone, None
+            self._close(*lone)
+        while self.flows:
+            self._fire()
+
+
+def _remaining(f: _Flow) -> float:
+    return f.remaining
+
+
+Compiled = list[tuple[int, Link, list[tuple[float, float, list[Hop], bool]]]]
+"""A plan's first hops by link direction: (LANE_ORDER index, link, [(latency, bytes, the hops
+that follow, host-to-GPU)]), in LANE_ORDER (see :func:`_compile`)."""
+Issued = tuple[float, Compiled, float | None]
+"""(issue time, compiled shares, gate: the time before which no host-to-GPU hop starts) of one
+transfer."""
+_INDEX = {name: k for k, name in enumerate(LANE_ORDER)}
+
+
+def _compile(plan: list[Share]) -> Compiled:
+    """``plan``'s first hops grouped by link direction: a staged share's first hop (the rest
+    follow it one after the other), every hop of any other share."""
+    by: dict[int, tuple[Link, list[tuple[float, float, list[Hop], bool]]]] = {}
+    for _, _, _, hops, staged in plan:
+        for k, (name, link, nbytes) in enumerate(hops):
+            rest = hops[k + 1 :] if staged else []
+            by.setdefault(_INDEX[name], (link, []))[1].append((link.latency, nbytes, rest, name == "h2d"))
+            if staged:
+                break
+    return [(k, link, entries) for k, (link, entries) in sorted(by.items())]
+
+
+def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
+    """When the last share of ``issued`` has arrived. The link directions are replayed one after
+    the other (LANE_ORDER): each one's sharing depends only on when its flows join, and a staged
+    share's next hop joins when the previous one (on an earlier direction) has landed. Joins at
+    one instant keep their issue order."""
+    slots: list[tuple[Link, list[tuple[float, int, float, list[Hop], float | None]]] | None] = [None] * len(LANE_ORDER)
+    seq = 0
+    last = -math.inf
+    for at, comp, gate in issued:
+        gated = gate is not None and gate > at
+        for k, link, entries in comp:
+            slot = slots[k]
+            if slot is None:
+                slot = slots[k] = (link, [])
+            js = slot[1]
+            for lat, nbytes, rest, h2d in entries:
+                a = gate if h2d and gated else at
+                seq += 1
+                js.append((a + lat if lat else a, seq, nbytes, rest, gate))  # type: ignore[arg-type]
+    for k, slot in enumerate(slots):
+        if slot is None:
+            continue
+        link, js = slot
+        name = LANE_ORDER[k]
+        lane = lanes.get(name)
+        if lane is None:
+            lane = lanes[name] = _Lane(link)
+        if len(js) > 1:
+            js.sort(key=_join_key)
+        landed: list[tuple[float, list[Hop], float | None]] = []
+        n = len(js)
+        i = 0
+        if not lane.flows and lane.lone is None:
+            # flows alone on the idle direction, each landing no later than the next joins:
+            # Link's join and wake-up, replayed in one go
+            bw = lane.bw
+            while i < n:
+                at, _, nbytes, after, g = js[i]
+                done = at + max(nbytes, 0.0) * 1 / bw
+                if i + 1 < n and js[i + 1][0] < done:
+                    break
+                lane.close(at, done, nbytes)
+                landed.append((done, after, g))
+                i += 1
+        if i < n:
+            # the rest overlap: fair sharing, as Link replays it
+            flows = [(lane.add(at, nbytes), after, g) for at, _, nbytes, after, g in js[i:]]
+            lane.drain()
+            landed += [(f.done, after, g) for f, after, g in flows]
+        for f_done, rest, gate in landed:
+            if not rest:
+                if f_done > last:
+                    last = f_done
+                continue
+            # a staged share's next hop leaves once this one has landed
+            nxt, nlink, nbytes = rest[0]
+            a = gate if nxt == "h2d" and gate is not None and gate > f_done else f_done
+            k2 = _INDEX[nxt]
+            if k2 <= k:
+                raise AssertionError(f"closed-form offload step: {nxt} after {name} is not in LANE_ORDER")
+            slot2 = slots[k2]
+            if slot2 is None:
+                slot2 = slots[k2] = (nlink, [])
+            seq += 1
+            slot2[1].append((a + nlink.latency if nlink.latency else a, seq, nbytes, rest[1:], gate))
+    return last
+
+
+def _join_key(j: tuple[float, int, float, list[Hop], float | None]) -> tuple[float, int]:
+    return j[0], j[1]
+
+
+Lone = tuple[_Lane, float, float, float, bool]
+
+
+def _lone_hops(lanes: dict[str, _Lane], plan: list[Share]) -> list[Lone] | None:
+    """(lane, latency, bytes, transfer seconds, host-to-GPU) of every hop of ``plan`` when each is
+    alone on its link direction (no share staged, no two hops on one direction), else None."""
+    out: list[Lone] = []
+    seen: set[str] = set()
+    for _, _, _, hops, staged in plan:
+        if staged:
+            return None
+        for name, link, nbytes in hops:
+            if name in seen:
+                return None
+            seen.add(name)
+            lane = lanes.get(name)
+            if lane is None:
+                lane = lanes[name] = _Lane(link)
+            # Link._reschedule's delay for a lone flow: max(remaining, 0) * 1 / bandwidth
+            out.append((lane, link.latency, nbytes, max(nbytes, 0.0) * 1 / lane.bw, name == "h2d"))
+    return out
+
+
+class ClosedFormStep:
+    """The end time of an offloaded step, as :meth:`OffloadExecutor.run_step` produces it."""
+
+    def __init__(self, ex: OffloadExecutor) -> None:
+        self.ex = ex
+        self._wplans: list[tuple[tuple[tuple[str, float], ...], list[Share]]] = []
+        self._streamed: list[int] = []
+        """The layers whose weights are streamed."""
+
+    def run(self, now: float, q: np.ndarray, ctx: np.ndarray, rows: int) -> float | None:
+        """The end time of the step that starts at ``now``, with the executor's counters and the
+        links' updated as the event path updates them; None (nothing changed) when the step needs
+        the event path (several GPU batches with prefetch: the zig-zag block schedule)."""
+        ex = self.ex
+        c = ex.cost
+        lay = ex.layout
+        q = np.asarray(q, dtype=np.int64)
+        ctx = np.asarray(ctx, dtype=np.int64)
+        gbs = ex.gpu_batch_size or len(q)
+        groups = [(q[k : k + gbs], ctx[k : k + gbs]) for k in range(0, len(q), gbs)]
+        prefetch = ex.overlap
+        if prefetch and len(groups) > 1:
+            return None
+        cpu_attention = bool(lay.plan.cpu_attention and ex.cpu_cost is not None)
+        on_cpu = ex.cpu_stream is not None
+        before, _, after = c.split_layers(q, ctx, logits_rows=rows)
+        parts = ex.compute_parts
+        assert parts is not None
+        costs = [ex.group_cost(gq, gc, cpu_attention) for gq, gc in groups]
+        writes_of = [
+            ex._plan_move(lay.kv_write_bytes(float(gq.sum())), True, "kv_write") + ex._plan_move(lay.spill_write_bytes(gq, gc), True, "kv_write")
+            for gq, gc in groups
+        ]
+        kv_plan: list[Share] = []
+        for _, gc in groups:
+            kv_plan += ex._plan_move(lay.kv_read_bytes(float(gc.sum())), False, "kv_read", to_host=cpu_attention)
+            kv_plan += ex._plan_move(lay.spill_read_bytes(gc), False, "kv_read", to_host=cpu_attention)
+        reads: dict[str, _Lane] = {}
+        writes: dict[str, _Lane] = {}
+        fetch_plans: dict[tuple[tuple[str, float], ...], tuple[list[Share], list[Lone] | None, Compiled]] = {}
+        by_kind = ex.bytes_by_kind
+        assert by_kind is not None
+        wplans = self._weights()
+
+        def fetch(layer: int, at: float, gate: float | None) -> float:
+            """When layer ``layer``'s weights and KV, issued at ``at``, have arrived (the reads'
+            lanes are idle when a fetch is issued: the reader waits for the previous one)."""
+            key, wplan = wplans[layer]
+            got = fetch_plans.get(key)
+            if got is None:
+                plan = wplan + kv_plan
+                got = fetch_plans[key] = (plan, _lone_hops(reads, plan), _compile(plan))
+            plan, lone, comp = got
+            for kind, _, nbytes, _, _ in plan:
+                by_kind[kind] += nbytes
+            if lone is None:
+                done = _solve(reads, [(at, comp, gate)])
+                return done if done > at else at
+            done = at
+            for lane, lat, nbytes, dur, h2d in lone:
+                # alone on its direction: Link's join and wake-up, replayed in one go
+                a = gate if h2d and gate is not None and gate > at else at
+                if lat:
+                    a = a + lat
+                wake = a + dur
+                lane.close(a, wake, nbytes)
+                if wake > done:
+                    done = wake
+            return done
+
+        t = now + before
+        ex.busy_compute += before
+        parts["embedding_and_head"] += before + after
+        if prefetch:
+            # one GPU batch: the reader streams the layers that need data into BUFFERS staging
+            # buffers; a decode step's host-to-GPU copies may wait for the previous layer (gated)
+            dev, cpu, attn, _, _ = cost = costs[0]
+            decode_only = bool(((q == 1) & (ctx > 0)).all())
+            gated = decode_only and (lay.pageable_factor < 1.0 or not lay.plan.decode_overlap)
+            kv_moves = ex._needs_kv(groups, cpu_attention)
+            needing = list(range(c.layers)) if kv_moves else self._streamed
+            index = {li: k for k, li in enumerate(needing)}
+            computed: list[float] = []
+            pending: list[Issued] = []
+            r = now
+            w0 = writes_of[0]
+            c0 = _compile(w0)
+            w_bytes = [(kind, nbytes) for kind, _, nbytes, _, _ in w0]
+            buffers = ex.BUFFERS
+            # the counters the layers add to, as locals (the same additions in the same order)
+            busy, busy_cpu = ex.busy_compute, ex.busy_cpu
+            lin, gpu_att, deq, cpu_att = parts["linear"], parts["gpu_attention"], parts["dequant"], parts["cpu_attention"]
+            split = cpu > 0 and on_cpu
+            for layer in range(c.layers):
+                k = index.get(layer)
+                if k is not None:
+                    if k >= buffers:
+                        r = max(r, computed[needing[k - buffers]])
+                    r = max(r, fetch(layer, r, computed[layer - 1] if gated and layer > 0 else None))
+                    if r > t:
+                        t = r
+                # the layer's compute (_compute, inlined)
+                busy += dev
+                if split:
+                    t1 = t + (dev - attn)
+                    busy_cpu += cpu
+                    t = max(t1 + attn, t1 + cpu)
+                else:
+                    t = t + dev
+                lin += cost[3]
+                gpu_att += attn
+                deq += cost[4]
+                cpu_att += cpu
+                if w0:
+                    for kind, nbytes in w_bytes:
+                        by_kind[kind] += nbytes
+                    pending.append((t, c0, None))
+                computed.append(t)
+            ex.busy_compute, ex.busy_cpu = busy, busy_cpu
+            parts["linear"], parts["gpu_attention"], parts["dequant"], parts["cpu_attention"] = lin, gpu_att, deq, cpu_att
+            t = t + after
+            ex.busy_compute += after
+            if pending:
+                t = max(t, _solve(writes, pending))
+            return t
+        for layer in range(c.layers):
+            t = max(t, fetch(layer, t, None))
+            for cost, w in zip(costs, writes_of, strict=True):
+                t = self._compute(t, cost[0], cost[1], cost[2], on_cpu)
+                ex.add_parts(cost)
+                if w:
+                    ex.count(w)
+                    t = max(t, _solve(writes, [(t, _compile(w), None)]))
+        t = t + after
+        ex.busy_compute += after
+        return t
+
+    def _weights(self) -> list[tuple[tuple[tuple[str, float], ...], list[Share]]]:
+        """(key, shares) of every layer's streamed weights (the same in every step)."""
+        if not self._wplans:
+            ex = self.ex
+            for layer in range(ex.cost.layers):
+                wb = ex.layout.weight_bytes(layer)
+                self._wplans.append((tuple(wb.items()), ex._plan_move(wb, False, "weights")))
+            self._streamed = [li for li in range(ex.cost.layers) if ex.layout.weight_bytes(li)]
+        return self._wplans
+
+    def _compute(self, t: float, dev: float, cpu: float, attn: float, on_cpu: bool) -> float:
+        """When one layer of one GPU batch that starts at ``t`` has computed."""
+        ex = self.ex
+        ex.busy_compute += dev
+        if cpu > 0 and on_cpu:
+            # the CPU's share of attention runs alongside the GPU's share of the heads, between
+            # the projections that produce its input and consume its output
+            t1 = t + (dev - attn)
+            ex.busy_cpu += cpu
+            return max(t1 + attn, t1 + cpu)
+        return t + dev
+
+
+def wake_at(env: simpy.Environment, end: float) -> simpy.Event:
+    """An event that fires at time ``end`` exactly (the closed form's end time, where the event
+    path's last event lands). ``env.timeout(d)`` fires at ``env.now + d`` rounded, and for a few
+    pairs of times no ``d`` gives ``end`` (round-half-even skips it): those are scheduled at the
+    absolute time directly."""
+    now = env.now
+    d = max(end - now, 0.0)
+    while now + d < end:
+        d = math.nextafter(d, math.inf)
+    while d > 0 and now + d > end:
+        d = math.nextafter(d, 0.0)
+    if now + d == end or end <= now:
+        return env.timeout(d)
+    ev = env.event()
+    ev._ok = True
+    ev._value = None
+    heapq.heappush(env._queue, (end, simpy.events.NORMAL, next(env._eid), ev))  # type: ignore[attr-defined]
+    return ev

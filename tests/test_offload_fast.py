@@ -1,0 +1,229 @@
+"""Offloaded steps in closed form (engine/offload_fast.py) against the event path (the oracle):
+per-request times, link counters and the whole summary equal bit for bit on random plans."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simkit.engine.offload_fast import wake_at
+from simkit.errors import SimkitError
+from simkit.scenario import scenario_from_dict
+from simkit.simulate import simulate
+from tests.conftest import make_scenario
+
+_SKIP = ("sim_wall_s", "engine_path")
+
+
+def _pair(data: dict) -> tuple:
+    """(event path, closed form) results of the same scenario."""
+    ref = simulate(scenario_from_dict(data), engine="reference")
+    got = simulate(scenario_from_dict(data))
+    return ref, got
+
+
+def _assert_same(ref, got) -> None:  # type: ignore[no-untyped-def]
+    for col in ("first_token", "finish", "last_token", "scheduled"):
+        a, b = getattr(ref.table, col), getattr(got.table, col)
+        assert np.array_equal(a, b, equal_nan=True), col
+    sa = {k: v for k, v in ref.summary.items() if k not in _SKIP}
+    sb = {k: v for k, v in got.summary.items() if k not in _SKIP}
+    assert json.dumps(sa, sort_keys=True) == json.dumps(sb, sort_keys=True)
+    assert ref.link_busy == got.link_busy
+    assert ref.iterations == got.iterations
+
+
+def _sc(offload: dict, hardware: str, n: int, inp: int, out: int, batching: dict, replicas: int = 1, rate: float | None = None):
+    workload: dict = (
+        {"batch": {"num_prompts": n, "input_tokens": inp, "output_tokens": out}}
+        if rate is None
+        else {"synthetic": {"num_requests": n, "arrival": {"process": "poisson", "rate": rate},
+                            "lengths": {"input": {"dist": "fixed", "value": inp}, "output": {"dist": "fixed", "value": out}}}}
+    )
+    data = make_scenario(hardware=hardware, model="phi-2", workload=workload)
+    data["plan"].update({"batching": batching, "offload": offload, "parallel": {"replicas": replicas}})
+    return data
+
+
+def test_shipped_offload_scenario_is_closed_form_and_identical():
+    from simkit.scenario import load_scenario
+
+    sc = load_scenario("workloads/scenarios/opt175b-t4-offload.yaml")
+    ref = simulate(sc, engine="reference")
+    got = simulate(sc)
+    assert got.summary["engine_path"] == "reference (batching policy static); offloaded steps in closed form"
+    assert ref.summary["engine_path"].endswith("offloaded steps event by event (requested)")
+    _assert_same(ref, got)
+
+
+@pytest.mark.parametrize(
+    ("offload", "reason"),
+    [
+        ({"weights": {"gpu": 0.5, "cpu": 0.5}, "activations": {"gpu": 0.5, "cpu": 0.5}}, "activations off the GPU"),
+        ({"weights": {"gpu": 0.5, "cpu": 0.5}, "cpu_attention": True, "kv_cache": {"gpu": 0.5, "cpu": 0.5}, "pinned": False},
+         "pageable copies staged by the host thread that runs CPU attention"),
+    ],
+)
+def test_fallbacks_say_why(offload: dict, reason: str):
+    data = _sc(offload, "gcp-t4-vm", 4, 64, 4, {"policy": "static"})
+    ref, got = _pair(data)
+    assert got.summary["engine_path"].endswith(f"offloaded steps event by event ({reason})")
+    _assert_same(ref, got)
+
+
+def test_shipped_kv_spill_scenario_is_closed_form_and_identical():
+    from simkit.scenario import load_scenario
+
+    sc = load_scenario("workloads/scenarios/cxl-long-context.yaml", {"workload.synthetic.num_requests": 6})
+    ref = simulate(sc, engine="reference")
+    got = simulate(sc)
+    assert got.summary["engine_path"] == "reference (offloading); offloaded steps in closed form"
+    _assert_same(ref, got)
+
+
+def test_several_gpu_batches_with_prefetch_run_event_by_event_and_match():
+    # FlexGen's zig-zag block schedule is not in closed form: those steps take the event path
+    off = {"weights": {"gpu": 0.0, "cpu": 1.0}, "kv_cache": {"gpu": 0.0, "cpu": 1.0}, "gpu_batch_size": 2, "num_gpu_batches": 2}
+    ref, got = _pair(_sc(off, "gcp-t4-vm", 4, 64, 4, {"policy": "static"}))
+    assert got.summary["engine_path"].endswith(
+        "offloaded steps event by event (several GPU batches per layer: FlexGen's zig-zag block schedule)"
+    )
+    _assert_same(ref, got)
+    # serving with a GPU batch smaller than the batch: the larger steps run event by event
+    off = {"weights": {"gpu": 0.5, "cpu": 0.5}, "gpu_batch_size": 2}
+    ref, got = _pair(_sc(off, "gcp-t4-vm", 6, 64, 4, {"policy": "continuous", "max_num_seqs": 4}, rate=50.0))
+    assert got.summary["engine_path"].endswith("offloaded steps in closed form, event by event for steps of more sequences than gpu_batch_size (2)")
+    _assert_same(ref, got)
+
+
+def test_wake_at_lands_exactly():
+    import simpy
+
+    # the last pair has no delay d with now + d == end: it is scheduled at the absolute time
+    for now, end in [(0.1, 0.3), (1e6 + 0.1, 1e6 + 0.30000000001), (3.0, 3.0), (1e-300, 2.5e-300)]:
+        env = simpy.Environment(initial_time=now)
+        seen: list[float] = []
+
+        def proc(env=env, end=end, seen=seen):  # type: ignore[no-untyped-def]
+            yield wake_at(env, end)
+            seen.append(env.now)
+
+        env.process(proc())
+        env.run()
+        assert seen == [end]
+
+
+_frac = st.sampled_from([0.0, 0.25, 0.5, 1.0])
+
+
+@st.composite
+def _plans(draw: st.DrawFn) -> dict:
+    hardware = draw(st.sampled_from(["gcp-t4-vm", "h100-pcie-cxl-server"]))
+    tiers = ["cpu", "disk"] if hardware == "gcp-t4-vm" else ["cpu", "cxl", "disk"]
+
+    def share(gpu_min: float) -> dict:
+        g = draw(st.sampled_from([x for x in (0.0, 0.5, 1.0) if x >= gpu_min]))
+        rest = 1.0 - g
+        a = draw(st.sampled_from(tiers))
+        b = draw(st.sampled_from(tiers))
+        split = draw(st.sampled_from([0.0, 0.5, 1.0]))
+        out = {"gpu": g}
+        out[a] = out.get(a, 0.0) + rest * split
+        out[b] = out.get(b, 0.0) + rest * (1.0 - split)
+        return out
+
+    spill = draw(st.booleans())
+    off: dict = {
+        "weights": share(0.0),
+        "kv_cache": {"gpu": 1.0} if spill else share(0.0),
+        "overlap": draw(st.booleans()),
+        "decode_overlap": draw(st.booleans()),
+        "pinned": draw(st.booleans()),
+        "cpu_attention": draw(st.booleans()),
+        "compress_weights": draw(st.booleans()),
+        "compress_kv": draw(st.booleans()),
+    }
+    if spill:
+        off["kv_spill"] = {"after_tokens": draw(st.sampled_from([8, 64, 200])), "tier": draw(st.sampled_from(tiers))}
+    if draw(st.booleans()):
+        off["resident_layers"] = draw(st.integers(0, 8))
+    if draw(st.booleans()):
+        off["gpu_batch_size"] = draw(st.integers(1, 4))
+        off["num_gpu_batches"] = draw(st.integers(1, 2))
+    static = draw(st.booleans())
+    n = draw(st.integers(1, 6))
+    inp = draw(st.sampled_from([16, 100, 300]))
+    out = draw(st.integers(1, 6))
+    if static:
+        return _sc(off, hardware, n, inp, out, {"policy": "static"})
+    batching = {"policy": draw(st.sampled_from(["continuous", "chunked_prefill"])), "max_num_seqs": draw(st.integers(1, 4))}
+    return _sc(off, hardware, n, inp, out, batching, rate=draw(st.sampled_from([0.5, 5.0, 50.0])))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(_plans())
+def test_closed_form_equals_event_path(data: dict):
+    try:
+        ref, got = _pair(data)
+    except SimkitError:
+        return  # a plan that does not fit, or is refused: both paths refuse it alike
+    _assert_same(ref, got)
+
+
+@pytest.mark.parametrize(("cpu_attention", "closed"), [(False, True), (True, False)])
+def test_several_replicas(cpu_attention: bool, closed: bool):
+    # each replica has its own links; CPU attention shares the host CPU, so it runs event by event
+    off = {"weights": {"gpu": 0.5, "cpu": 0.5}, "kv_cache": {"gpu": 0.5, "cpu": 0.5}, "cpu_attention": cpu_attention}
+    data = _sc(off, "dgx-h100", 12, 200, 5, {"policy": "continuous", "max_num_seqs": 4}, rate=20.0)
+    data["model"] = "llama-2-13b"
+    data["plan"]["parallel"] = {"replicas": 3}
+    data["plan"]["routing"] = "round_robin"  # identical replicas: steps that end at the same instants
+    ref, got = _pair(data)
+    want = "offloaded steps in closed form" if closed else "offloaded steps event by event (replicas share the host CPU)"
+    assert got.summary["engine_path"].endswith(want)
+    _assert_same(ref, got)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([0.0, 1e-3, 0.25, 1.0, 3.0]), st.sampled_from([1e3, 5e8, 1e9, 2.5e9, 7e9])),
+        min_size=1, max_size=8,
+    ),
+    st.sampled_from([0.0, 5e-6]),
+)
+def test_lane_replays_link_fair_sharing_bit_for_bit(joins: list[tuple[float, float]], latency: float):
+    """Flows joining one link direction at given offsets: the lane's completion times and the
+    link's busy time, busy periods and bytes equal the SimPy Link's exactly, overlaps included."""
+    import simpy
+
+    from simkit.engine.offload_fast import _Lane
+    from simkit.engine.resources import Link
+
+    starts = np.cumsum([gap for gap, _ in joins]).tolist()
+    env = simpy.Environment()
+    link = Link(env, "h2d", 10e9, latency)
+    link.busy_log = []
+    done: list[float] = [math.nan] * len(joins)
+
+    def flow(k: int, at: float, nbytes: float):  # type: ignore[no-untyped-def]
+        yield env.timeout(at)
+        yield link.transfer(nbytes)
+        done[k] = env.now
+
+    for k, (at, (_, nbytes)) in enumerate(zip(starts, joins, strict=True)):
+        env.process(flow(k, at, nbytes))
+    env.run()
+
+    twin = Link(simpy.Environment(), "h2d", 10e9, latency)
+    twin.busy_log = []
+    lane = _Lane(twin)
+    flows = [lane.add((at + latency if latency else at), nbytes) for at, (_, nbytes) in zip(starts, joins, strict=True)]
+    lane.drain()
+    assert [f.done for f in flows] == done
+    assert (twin.busy_time, twin.bytes_moved, twin.busy_log) == (link.busy_time, link.bytes_moved, link.busy_log)
