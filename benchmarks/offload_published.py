@@ -1,21 +1,29 @@
 """simkit against published offloaded-inference throughputs (FlexGen, ZeRO-Inference).
 
     python benchmarks/offload_published.py [--rows SUBSTRING] [--no-docs] [--breakdown]
+    python benchmarks/offload_published.py --policies
+
+``--policies`` simulates, instead, the policies FlexGen published for its prompt-256 T4 rows
+(``FLEXGEN_POLICIES``) exactly as configured, against the same published throughputs: it
+separates simkit's costs from its search (docs/offloading.md).
 
 Reads ``../shared/data/published/offload_results.yaml`` (see ../shared/data/README.md) and, for
 every row:
 
 - FlexGen on the GCP T4 VM (``flexgen_t4_*``): the policy is not published, so simkit's placement
   optimiser (``simkit offload-plan``) searches the same machine (``gcp-t4-vm``) and workload
-  (prompt/generation length), uncompressed for "FlexGen" and with 4-bit compression for
-  "FlexGen (c)", and simkit's best confirmed plan's simulated throughput is compared with the
-  published best. FlexGen's runtime is described by ``dequant: unfused`` (its PyTorch int4
+  (prompt/generation length), uncompressed for "FlexGen" and, for "FlexGen (c)", with the KV
+  cache in 4 bits and the weights in 4 bits or 16 as the search finds best (FlexGen
+  benchmark/flexgen/bench_suite.py: every published (c) policy runs --compress-cache, OPT-6.7B's
+  and OPT-175B's --compress-weight too), and simkit's best confirmed plan's simulated throughput
+  is compared with the published best. FlexGen's runtime is described by ``dequant: unfused`` (its PyTorch int4
   kernels) and ``decode_overlap: false`` (its decode copies follow compute: docs/offloading.md).
 - ZeRO-Inference and FlexGen on one RTX A6000 (``zeroinf_a6000_*``): simulated as configured on
   ``lambda-a6000-workstation``: the stated batch (one GPU batch), weights on CPU or disk, 4-bit
   weights (group 64) or not, KV cache on the GPU or offloaded to the CPU (attention where the KV
-  lives), the pinning the published runs used (``run_*_a6000.sh``: FlexGen ``--pin-weight 0``,
-  ZeRO-Inference ``--pin-memory 1`` without KV offload and 0 with it).
+  lives), the pinning the published runs used (``run_*_a6000.sh``: FlexGen ``--pin-weight 0``;
+  ZeRO-Inference ``--pin-memory 1`` for OPT-30B, OPT-66B and LLaMA-2-70B without KV offload,
+  0 for OPT-175B and BLOOM-176B and for every run with KV offload: ``ZERO_PINNED``).
 
 Throughput = generated tokens / (prefill + decode time), as both systems report it. Prints the
 table, the median and p90 absolute % error per system and overall, and the Spearman rank
@@ -46,6 +54,77 @@ GROUP_SIZE_A6000 = 64
 """Quantisation group of both systems' 4-bit weights (ZeRO-Inference README: default 64;
 FlexGen CompressionConfig(num_bits=4, group_size=64))."""
 TARGET_MEDIAN, TARGET_P90, TARGET_SPEARMAN = 0.15, 0.30, 0.9
+ZERO_PINNED = frozenset({"opt-30b", "opt-66b", "llama-2-70b"})
+"""Models whose ZeRO-Inference run without KV offload pinned its weights (``--pin-memory 1`` in
+DeepSpeedExamples zero_inference run_opt30b/run_opt66b/run_llama2_70b_a6000.sh); the OPT-175B
+and BLOOM-176B runs (run_opt175b/run_bloom175b_a6000.sh) and every KV-offload run used
+``--pin-memory 0`` (the script's default: pageable host memory)."""
+
+
+FLEXGEN_POLICIES: dict[str, dict[str, Any]] = {
+    "flexgen_t4_s256_n32_flexgen_opt-6.7b": {"percent": (100, 0, 100, 0, 100, 0), "gbs": 4, "ngb": 1, "overlap": False},
+    "flexgen_t4_s256_n32_flexgen_c_opt-6.7b": {"percent": (100, 0, 100, 0, 100, 0), "gbs": 128, "ngb": 1, "overlap": False,
+                                               "compress_weight": True, "compress_cache": True},
+    "flexgen_t4_s256_n32_flexgen_opt-30b": {"percent": (10, 90, 0, 100, 0, 100), "gbs": 160, "ngb": 2, "cpu": True},
+    "flexgen_t4_s256_n32_flexgen_c_opt-30b": {"percent": (0, 100, 0, 100, 0, 100), "gbs": 128, "ngb": 8, "compress_cache": True},
+    "flexgen_t4_s256_n32_flexgen_opt-175b": {"percent": (0, 50, 0, 0, 0, 100), "gbs": 64, "ngb": 8, "cpu": True, "pin_weight": False},
+    "flexgen_t4_s256_n32_flexgen_c_opt-175b": {"percent": (0, 100, 0, 100, 0, 100), "gbs": 96, "ngb": 3, "pin_weight": False,
+                                               "compress_weight": True, "compress_cache": True},
+}
+"""FlexGen's published policies for its prompt-256 / generation-32 T4 rows (FMInference/FlexGen
+benchmark/flexgen/bench_suite.py, whose comments give the rows' throughputs; OPT-30B (c)'s is
+commented out there). ``percent``: weights, KV cache and activations on the GPU and the CPU, the
+rest on disk (``--percent``); ``cpu``: ``--cpu-cache-compute`` (attention on the CPU);
+``pin_weight``: ``--pin-weight`` (default true); ``overlap``: ``--overlap`` (default true)."""
+
+
+def flexgen_policy_offload(pol: dict[str, Any], num_layers: int) -> dict[str, Any]:
+    """plan.offload of a FlexGen policy (FLEXGEN_POLICIES), run with FlexGen's kernels and decode
+    schedule; an all-GPU policy still runs layer by layer in the offloading runtime, as the
+    optimiser's all-GPU plans do (offload_opt.Candidate.offload_dict)."""
+    wg, wc, cg, cc, hg, hc = (v / 100.0 for v in pol["percent"])
+
+    def share(g: float, c: float) -> dict[str, float]:
+        return {"gpu": g, "cpu": c, "disk": round(1.0 - g - c, 6)}
+
+    off: dict[str, Any] = {
+        "weights": share(wg, wc),
+        "kv_cache": share(cg, cc),
+        "activations": share(hg, hc),
+        "gpu_batch_size": pol["gbs"],
+        "num_gpu_batches": pol["ngb"],
+        "cpu_attention": pol.get("cpu", False),
+        "compress_weights": pol.get("compress_weight", False),
+        "compress_kv": pol.get("compress_cache", False),
+        "pinned": pol.get("pin_weight", True),
+        "overlap": pol.get("overlap", True),
+        "dequant": "unfused",
+        "decode_overlap": False,
+    }
+    if wg == 1.0:
+        off["resident_layers"] = num_layers
+    return off
+
+
+def run_policies() -> str:
+    """FlexGen's published policies simulated as configured, against the published throughputs."""
+    import yaml
+
+    from simkit.scenario import scenario_from_dict
+    from simkit.simulate import simulate
+    from simkit.specs.catalog import load_model
+
+    rows = {r["id"]: r for r in yaml.safe_load(DATA.read_text())["rows"]}
+    lines = [f"{'row (FlexGen policy as published)':64s} {'published':>10s} {'simkit':>9s} {'error':>8s}", "-" * 96]
+    for rid, pol in FLEXGEN_POLICIES.items():
+        row = rows[rid]
+        w = row["workload"]
+        data = _base(T4_NODE, model_name(row), pol["gbs"] * pol["ngb"], int(w["prompt_len"]), int(w["gen_len"]), 64)
+        data["plan"]["offload"] = flexgen_policy_offload(pol, load_model(model_name(row)).num_layers)
+        tps = float(simulate(scenario_from_dict(data, where=f"<{rid}>")).summary["output_tokens_per_s"])
+        pub = float(row["metric"]["value"])
+        lines.append(f"{rid:64s} {pub:10.3f} {tps:9.3f} {100 * (tps / pub - 1.0):+7.1f}%")
+    return "\n".join(lines)
 
 
 def model_name(row: dict[str, Any]) -> str:
@@ -68,7 +147,7 @@ def _base(hardware: str, model: str, batch: int, prompt: int, gen: int, group: i
 
 
 def a6000_offload(row: dict[str, Any]) -> dict[str, Any]:
-    """The plan.offload a ZeRO-Inference / FlexGen A6000 row ran (from its policy string and system)."""
+    """The plan.offload a ZeRO-Inference / FlexGen A6000 row ran (from its policy string, system and model)."""
     pol = str(row["policy"])
     batch = int(row["workload"]["batch"])
     flexgen = row["system"] == "FlexGen"
@@ -89,8 +168,8 @@ def a6000_offload(row: dict[str, Any]) -> dict[str, Any]:
         # FlexGen's decode step copies the next layer after computing this one (its cost model,
         # fitted to its runs: T_gen = ctog + max(other terms)); ZeRO-Inference prefetches
         "decode_overlap": not flexgen,
-        # FlexGen ran --pin-weight 0; ZeRO-Inference --pin-memory 1 without KV offload, 0 with it
-        "pinned": (not flexgen) and not kv_off,
+        # FlexGen ran --pin-weight 0; ZeRO-Inference as its scripts set --pin-memory (ZERO_PINNED)
+        "pinned": (not flexgen) and not kv_off and model_name(row) in ZERO_PINNED,
     }
     if flexgen:
         # FlexGen's runs (run_*_a6000.sh) keep the KV cache and activations on the CPU
@@ -116,7 +195,10 @@ def simulate_row(row: dict[str, Any]) -> dict[str, Any]:
         # and its decode step copies the next layer after computing this one (decode_overlap)
         data["plan"]["offload"] = {"weights": {"gpu": 0.0, "cpu": 1.0}, "dequant": "unfused", "decode_overlap": False}
         sc = scenario_from_dict(data, where=f"<{row['id']}>")
-        cands = optimize(sc, prompt_len=prompt, gen_len=gen, compress=(comp,))
+        # FlexGen (c): the KV cache compressed, the weights as the search finds best (every
+        # published (c) policy runs --compress-cache; OPT-6.7B and OPT-175B's --compress-weight too)
+        cands = optimize(sc, prompt_len=prompt, gen_len=gen, compress=(False, True) if comp else (False,),
+                         compress_kv=(True,) if comp else (False,))
         best = next((c for c in cands if c.sim.get("output_tokens_per_s")), None)
         if best is None:
             errs = "; ".join(str(c.sim.get("error")) for c in cands[:3])
@@ -125,6 +207,7 @@ def simulate_row(row: dict[str, Any]) -> dict[str, Any]:
         plan = (
             f"gbs={best.gpu_batch_size}x{best.num_gpu_batches} w={_frac(fr['w'])} kv={_frac(fr['c'])} "
             f"act={_frac(fr['h'])}{' cpu-attn' if best.cpu_attention else ''}{' int4' if best.compress_weights else ''}"
+            f"{' kv-int4' if best.compress_kv else ''}"
         )
         return {"throughput": float(best.sim["output_tokens_per_s"]), "plan": plan,
                 "breakdown": breakdown(best.sim["makespan_s"], best.sim["busy_s"], best.sim["offload_compute_s"])}
@@ -266,8 +349,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-docs", action="store_true", help="do not rewrite docs/fidelity.md")
     ap.add_argument("--breakdown", action="store_true",
                     help="print where each row's simulated time goes (link busy times, compute parts, overlap)")
+    ap.add_argument("--policies", action="store_true",
+                    help="simulate FlexGen's published T4 policies as configured instead (FLEXGEN_POLICIES)")
     ns = ap.parse_args(argv)
     t0 = time.perf_counter()
+    if ns.policies:
+        print(run_policies())
+        print(f"({time.perf_counter() - t0:.0f} s)")
+        return 0
     table, _ = run(ns.rows, ns.breakdown)
     print(table)
     print(f"({time.perf_counter() - t0:.0f} s)")

@@ -214,10 +214,11 @@ def cmd_offload_plan(a: argparse.Namespace) -> int:
     from simkit.search.offload import optimize
 
     sc = load_scenario(a.scenario, a.set or [])
-    cands = optimize(sc, prompt_len=a.prompt_len, gen_len=a.gen_len, objective=a.objective, top=a.top, confirm=a.confirm)
+    cands = optimize(sc, prompt_len=a.prompt_len, gen_len=a.gen_len, objective=a.objective, top=a.top, confirm=a.confirm,
+                     compress_kv=(False, True) if a.compress_kv else (False,))
     print(f"# offload plans for {sc.model} on {sc.hardware if isinstance(sc.hardware, str) else 'custom node'} "
           f"(objective: {a.objective}); LP = linear-program estimate, sim = simulated")
-    hdr = f"{'rank':>4} {'gbs':>5} {'ngb':>4} {'cpu_attn':>8} {'int4_w':>6}  {'weights g/c/x/d':<22} {'kv g/c/x/d':<22} {'LP tok/s':>10} {'sim tok/s':>10}  bottleneck"
+    hdr = f"{'rank':>4} {'gbs':>5} {'ngb':>4} {'cpu_attn':>8} {'int4_w':>6} {'int4_kv':>7}  {'weights g/c/x/d':<22} {'kv g/c/x/d':<22} {'LP tok/s':>10} {'sim tok/s':>10}  bottleneck"
     print(hdr)
     for k, c in enumerate(cands, 1):
         f = c.fractions
@@ -226,7 +227,7 @@ def cmd_offload_plan(a: argparse.Namespace) -> int:
         sim = c.sim.get("output_tokens_per_s")
         bott = c.sim.get("bottleneck", c.lp_bottleneck) if c.sim else c.lp_bottleneck
         err = c.sim.get("error") if c.sim else None
-        print(f"{k:>4} {c.gpu_batch_size:>5} {c.num_gpu_batches:>4} {str(c.cpu_attention):>8} {str(c.compress_weights):>6}  "
+        print(f"{k:>4} {c.gpu_batch_size:>5} {c.num_gpu_batches:>4} {str(c.cpu_attention):>8} {str(c.compress_weights):>6} {str(c.compress_kv):>7}  "
               f"{w:<22} {kv:<22} {c.lp_throughput:>10.3f} {(f'{sim:.3f}' if sim else '-'):>10}  {bott}"
               + (f"  (simulation: {err})" if err else ""))
     if a.json:
@@ -356,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--top", type=_count(1), default=8)
     o.add_argument("--confirm", type=_count(0), default=3, help="simulate this many of the best LP plans")
     o.add_argument("--json", help="write the ranked plans as JSON here")
+    o.add_argument("--compress-kv", action="store_true",
+                   help="also search a 4-bit KV cache (FlexGen's --compress-cache; attended on the GPU)")
     o.set_defaults(func=cmd_offload_plan)
 
     se = sub.add_parser("search", help="find the best deployment plan over a space of scenarios (docs/search.md)")

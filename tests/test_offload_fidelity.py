@@ -295,6 +295,24 @@ def test_benchmark_runs_the_a6000_rows_as_published():
            "policy": "4-bit weights, no KV offload; weights offloaded to cpu", "workload": {"prompt_len": 512, "gen_len": 32, "batch": 24}}
     got = bench.simulate_row(row)
     assert got["throughput"] > 0 and "pinned" in got["plan"]
+    # OPT-175B and BLOOM-176B ran --pin-memory 0 (run_opt175b/run_bloom175b_a6000.sh)
+    for model in ("OPT-175B", "BLOOM-176B"):
+        big = dict(row, model={"name": model}, workload={"prompt_len": 512, "gen_len": 32, "batch": 8})
+        assert not bench.a6000_offload(big)["pinned"]
+
+
+def test_flexgen_published_policies_map_to_plans_as_written():
+    bench = _bench()
+    off = bench.flexgen_policy_offload(bench.FLEXGEN_POLICIES["flexgen_t4_s256_n32_flexgen_opt-175b"], 96)
+    # --percent 0 50 0 0 0 100: weights half DRAM half disk, KV all on disk, activations in DRAM
+    assert off["weights"] == {"gpu": 0.0, "cpu": 0.5, "disk": 0.5}
+    assert off["kv_cache"] == {"gpu": 0.0, "cpu": 0.0, "disk": 1.0}
+    assert off["activations"] == {"gpu": 0.0, "cpu": 1.0, "disk": 0.0}
+    assert (off["gpu_batch_size"], off["num_gpu_batches"]) == (64, 8)
+    assert off["cpu_attention"] and not off["pinned"] and not off["compress_kv"] and "resident_layers" not in off
+    comp = bench.flexgen_policy_offload(bench.FLEXGEN_POLICIES["flexgen_t4_s256_n32_flexgen_c_opt-6.7b"], 32)
+    assert comp["compress_weights"] and comp["compress_kv"] and comp["resident_layers"] == 32 and not comp["overlap"]
+    assert all(p["percent"][0] + p["percent"][1] <= 100 for p in bench.FLEXGEN_POLICIES.values())
 
 
 # ---- staging, the zig-zag block schedule, decode copies that follow compute ----------------------------
@@ -355,3 +373,59 @@ def test_decode_copies_that_follow_compute_are_slower_and_the_lp_agrees():
     b = offload_opt.solve_candidate(*_lp_args(node), 8, 1, False, False, decode_overlap=False)
     assert a is not None and b is not None and b.lp_time_s >= a.lp_time_s
     assert b.offload_dict()["decode_overlap"] is False
+
+
+# ---- KV-cache compression in the search (FlexGen's --compress-cache) --------------------------------------
+def test_the_search_compresses_the_kv_cache_and_prices_it_like_the_simulator(monkeypatch):
+    """FlexGen (c)'s published policies compress the KV cache (bench_suite.py: --compress-cache):
+    the LP prices its quantisation and dequantisation through OffloadCompute (the simulator's
+    rule), passes compress_kv to the plans it confirms, and attends a compressed cache on the GPU."""
+    quantised: list[float] = []
+    real = OffloadCompute.dequant
+
+    def spy(self, elems, unfused=False, quantise=False):
+        if quantise:
+            quantised.append(elems)
+        return real(self, elems, unfused, quantise)
+
+    monkeypatch.setattr(OffloadCompute, "dequant", spy)
+    node = resolve_node("gcp-t4-vm")
+    plain = offload_opt.solve_candidate(*_lp_args(node), 8, 1, False, False)
+    assert plain is not None and not quantised  # weights only: nothing is quantised
+    ckv = offload_opt.solve_candidate(*_lp_args(node), 8, 1, False, False, compress_kv=True)
+    assert ckv is not None and quantised and ckv.offload_dict()["compress_kv"] is True
+    sc = scenario_from_dict(_sc({"weights": {"gpu": 0.0, "cpu": 1.0}, "dequant": "unfused"}))
+    cands = optimize(sc, prompt_len=64, gen_len=4, gpu_batch_sizes=(8,), num_gpu_batches=(1,), compress=(False,),
+                     compress_kv=(True,), confirm=1)
+    assert cands and all(c.compress_kv and not c.cpu_attention for c in cands)
+    assert cands[0].sim.get("output_tokens_per_s")
+    n = len(quantised)
+    assert confirm_by_simulation(sc, cands[0], 64, 4).get("output_tokens_per_s")
+    assert len(quantised) > n  # the simulation quantised the new KV too
+
+
+def test_kv_compression_is_faster_when_the_kv_streams_over_pcie():
+    # the KV in DRAM attended on the GPU: int4 moves 0.56 bytes per value instead of 2, which
+    # outweighs FlexGen's unfused (de)compression on the GPU (the bytes it saves were on the critical path)
+    off = {"weights": {"gpu": 1.0}, "kv_cache": {"gpu": 0.0, "cpu": 1.0}, "gpu_batch_size": 32, "dequant": "unfused"}
+    plain = _tps(off, n=32, inp=512, out=32)
+    comp = _tps({**off, "compress_kv": True}, n=32, inp=512, out=32)
+    assert comp > plain
+
+
+def test_offload_plan_cli_searches_a_compressed_kv_cache_on_request(tmp_path, capsys):
+    import yaml
+
+    from simkit.cli import main
+
+    path = tmp_path / "sc.yaml"
+    path.write_text(yaml.safe_dump(_sc({"weights": {"gpu": 0.0, "cpu": 1.0}})))
+    args = ["offload-plan", str(path), "--prompt-len", "64", "--gen-len", "4", "--top", "40", "--confirm", "0"]
+    assert main(args) == 0
+    plain = capsys.readouterr().out
+    assert "int4_kv" in plain and all(line.split()[5] == "False" for line in plain.splitlines()[2:])
+    assert main([*args, "--compress-kv"]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert any(line.split()[5] == "True" for line in rows)
+    # a compressed cache is attended on the GPU
+    assert not any(line.split()[3] == "True" and line.split()[5] == "True" for line in rows)

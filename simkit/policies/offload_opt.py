@@ -1,7 +1,7 @@
 """Placement optimiser: the best offload plan for a model, node and workload shape.
 
 For every candidate batch configuration (GPU batch size x number of GPU batches x CPU
-attention x weight compression) a linear program (FlexGen's formulation, solved with scipy's
+attention x weight compression x KV-cache compression) a linear program (FlexGen's formulation, solved with scipy's
 HiGHS) chooses the fractions of weights, KV cache and activations on each tier to minimise
 the time of one prefill plus ``gen_len - 1`` decode passes, subject to every tier's capacity.
 Per-layer time is a max over resources when transfers overlap compute (each resource's time
@@ -48,6 +48,8 @@ class Candidate:
     """plan.offload.dequant of the scenario searched (how compressed weights are dequantised)."""
     decode_overlap: bool = True
     """plan.offload.decode_overlap of the scenario searched (whether decode copies overlap compute)."""
+    compress_kv: bool = False
+    """KV cache stored and moved as group-wise int4 (FlexGen's --compress-cache)."""
     sim: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -63,6 +65,7 @@ class Candidate:
             "num_gpu_batches": self.num_gpu_batches,
             "cpu_attention": self.cpu_attention,
             "compress_weights": self.compress_weights,
+            "compress_kv": self.compress_kv,
             "dequant": self.dequant,
             "overlap": True,
             "decode_overlap": self.decode_overlap,
@@ -97,6 +100,7 @@ def solve_candidate(
     measured_links: dict[str, tuple[float, float]] | None = None,
     dequant: str = "fused",
     decode_overlap: bool = True,
+    compress_kv: bool = False,
 ) -> Candidate | None:
     from scipy.optimize import linprog
 
@@ -108,7 +112,8 @@ def solve_candidate(
     bls = gbs * ngb
     wb = bytes_per_element("int4", prec.group_size) if compress else prec.w_bytes
     W = model.params_layers / L * wb
-    kvtl = model.kv_bytes_per_token(prec.kv_bytes, tp=1, layers=1)  # the LP plans one GPU (its cost model is tp=1)
+    kvb = bytes_per_element("int4", prec.group_size) if compress_kv else prec.kv_bytes
+    kvtl = model.kv_bytes_per_token(kvb, tp=1, layers=1)  # the LP plans one GPU (its cost model is tp=1)
     ctx_avg = prompt_len + gen_len / 2.0
     KVd = bls * ctx_avg * kvtl
     KVnew = bls * kvtl
@@ -124,6 +129,14 @@ def solve_candidate(
     att_p = oc.prefill_attention(np.full(gbs, prompt_len), np.zeros(gbs)) * ngb
     # compressed weights are dequantised for every GPU batch (the simulator's rule, same cost)
     deq = oc.dequant(model.params_layers / L, dequant == "unfused") * ngb if compress else 0.0
+    # compressed KV: the cached KV is dequantised to be attended and the new KV quantised to be
+    # stored, per GPU batch (the simulator's rule, same cost)
+    deq_kv_d = deq_kv_p = 0.0
+    if compress_kv:
+        kve = model.kv_bytes_per_token(1.0, tp=1, layers=1)  # KV values of one token in one layer
+        unf = dequant == "unfused"
+        deq_kv_d = (oc.dequant(gbs * ctx_avg * kve, unf) + oc.dequant(gbs * kve, unf, quantise=True)) * ngb
+        deq_kv_p = oc.dequant(gbs * prompt_len * kve, unf, quantise=True) * ngb
     bw = _bw(node, measured_links)
     # KV stores at their own measured rate where the machine has one (cost/links.kv_store_slowdown)
     kv_slow = kv_store_slowdown(link_rates(node, 1, measured_links))
@@ -152,9 +165,9 @@ def solve_candidate(
                 out[k] = out.get(k, 0.0) + v
         return out
 
-    for which, KVr, KVw, H, lin, att, catt in (
-        (TD, KVd, KVnew, Hd, lin_d, att_d, cpu_att_d),
-        (TP, 0.0, KVpre, Hp, lin_p, att_p, 0.0),
+    for which, KVr, KVw, H, lin, att, catt, deq_kv in (
+        (TD, KVd, KVnew, Hd, lin_d, att_d, cpu_att_d, deq_kv_d),
+        (TP, 0.0, KVpre, Hp, lin_p, att_p, 0.0, deq_kv_p),
     ):
         cpu_att = cpu_attention and which == TD
         # GPU compute: linear layers, attention over GPU-resident KV (all of it unless CPU
@@ -163,7 +176,7 @@ def solve_candidate(
         comp = {idx["c", "gpu"]: att} if cpu_att else {}
         if cpu_att:
             comp.update({idx["c", t]: catt for t in OFF_GPU})
-        comp_const = lin + deq + (0.0 if cpu_att else att)
+        comp_const = lin + deq + deq_kv + (0.0 if cpu_att else att)
         row(comp, comp_const, which, "compute")
         h2d = {idx["w", t]: W / bw.get("h2d", np.inf) for t in OFF_GPU}
         for t in OFF_GPU:
@@ -245,5 +258,8 @@ def solve_candidate(
     slack = np.array(A_ub) @ x - np.array(b_ub)
     dec_rows = [k for k, (_, w) in enumerate(labels) if w == "dec"]
     bott = labels[max(dec_rows, key=lambda k: slack[k])][0] if dec_rows else "compute"
-    return Candidate(gbs, ngb, cpu_attention, compress, fr, total, bls * gen_len / total if total > 0 else 0.0, bott, L, dequant, decode_overlap)
+    return Candidate(
+        gbs, ngb, cpu_attention, compress, fr, total, bls * gen_len / total if total > 0 else 0.0, bott, L, dequant, decode_overlap,
+        compress_kv,
+    )
 

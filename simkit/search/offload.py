@@ -30,9 +30,13 @@ def optimize(
     gpu_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128),
     num_gpu_batches: tuple[int, ...] = (1, 2, 4, 8, 16),
     compress: tuple[bool, ...] = (False, True),
+    compress_kv: tuple[bool, ...] = (False,),
 ) -> list[Candidate]:
     """Rank offload plans for the scenario's model and node; simulate the best ``confirm``.
-    ``compress`` lists the choices of 4-bit compression the search may take."""
+    ``compress`` lists the choices of 4-bit weight compression the search may take,
+    ``compress_kv`` those of 4-bit KV-cache compression (FlexGen's --compress-cache). A compressed
+    KV cache is attended on the GPU (dequantised there): FlexGen's compressed-cache policies do
+    not attend on the CPU, so CPU attention is searched with a 16-bit cache only."""
     from simkit.deployment import calibrated_device
     from simkit.specs.catalog import load_model
     from simkit.specs.node import resolve_node
@@ -68,12 +72,12 @@ def optimize(
     # the candidates run as static batches (confirm_by_simulation): the same memory rule
     usable = offload_gpu_usable(node.gpu.memory, sc.plan.kv_cache, static=True)[0]
     cands: list[Candidate] = []
-    for gbs, ngb, catt, comp in itertools.product(gpu_batch_sizes, num_gpu_batches, (False, True), compress):
-        if objective == "latency" and ngb > 1:
+    for gbs, ngb, catt, comp, ckv in itertools.product(gpu_batch_sizes, num_gpu_batches, (False, True), compress, compress_kv):
+        if (objective == "latency" and ngb > 1) or (catt and ckv):
             continue
         c = solve_candidate(
             model, node, cost, cpu_cost, prec, prompt_len, gen_len, gbs, ngb, catt, comp, usable, oc, lm, sc.plan.offload.dequant,
-            sc.plan.offload.decode_overlap,
+            sc.plan.offload.decode_overlap, ckv,
         )
         if c is not None:
             cands.append(c)
