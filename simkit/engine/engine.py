@@ -140,6 +140,8 @@ class Engine:
         self.outstanding = 0
         self.busy_time = 0.0
         self.swapped_blocks = 0
+        self.swap_refused: dict[str, int] = {}
+        """Preemptions a swap plan recomputed instead, by reason (the summary warns about them)."""
         self.max_context = {"attn_prefill": 0, "attn_decode": 0}
         """The longest context (tokens attended by one sequence) a prefill / a decode had."""
         self._idle = True
@@ -342,6 +344,16 @@ class Engine:
         self._dec_cache = None
         t = self.table
         t.preemptions[i] += 1
+        if self.cfg.preemption == "swap":
+            refused = (
+                "it held shared prefix-cache blocks"
+                if self.shared.get(i)
+                else "the swap space was full"
+                if self.swapped_blocks + t.blocks[i] > self.cfg.swap_blocks
+                else None
+            )
+            if refused is not None:
+                self.swap_refused[refused] = self.swap_refused.get(refused, 0) + 1
         if self.cfg.preemption == "swap" and self.swapped_blocks + t.blocks[i] <= self.cfg.swap_blocks and not self.shared.get(i):
             nbytes = float(t.blocks[i]) * self.cfg.block_size * self.cfg.kv_bytes_per_token * self.cfg.num_gpus
             if "d2h" in self.links:
