@@ -8,6 +8,9 @@ plans no shipped scenario does) and compare their summary.json byte for byte wit
 Long workloads are cut to 300 requests (``workload.limit``), so a full pass takes minutes, not
 hours. summary.json is written as ``simkit run`` writes it (:func:`simkit.simulate.write_outputs`
 holds the one serialisation); the tables are not compared (summary.json summarises them).
+summary.json names the calibration profile by its path, so ``save`` records the checkout it ran
+from (DIR/checkout.txt) and ``check`` replaces each side's checkout folder by ``<checkout>``
+before comparing: two checkouts of the same code compare identical.
 """
 
 from __future__ import annotations
@@ -64,6 +67,13 @@ def run_case(name: str, out: Path) -> Path:
     return out / name / "summary.json"
 
 
+def _neutral(summary: bytes, checkout: str | None) -> bytes:
+    """summary.json with the checkout folder it ran from replaced by ``<checkout>``."""
+    if not checkout:
+        return summary
+    return summary.replace(json.dumps(checkout)[1:-1].encode(), b"<checkout>")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2 or argv[0] not in ("save", "check"):
         print(__doc__)
@@ -75,6 +85,10 @@ def main(argv: list[str]) -> int:
         print(f"unknown case(s) {unknown}; expected some of {list(CASES)}")
         return 2
     bad = 0
+    if mode == "save":
+        base.mkdir(parents=True, exist_ok=True)
+        (base / "checkout.txt").write_text(str(ROOT))
+    saved_root = (base / "checkout.txt").read_text().strip() if (base / "checkout.txt").exists() else None
     for name in names:
         t0 = time.process_time()
         if mode == "save":
@@ -84,8 +98,8 @@ def main(argv: list[str]) -> int:
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            new = run_case(name, Path(tmp)).read_bytes()
-        old = (base / name / "summary.json").read_bytes()
+            new = _neutral(run_case(name, Path(tmp)).read_bytes(), str(ROOT))
+        old = _neutral((base / name / "summary.json").read_bytes(), saved_root)
         if new == old:
             print(f"{name}: identical ({time.process_time() - t0:.1f} CPU s)")
             continue

@@ -177,6 +177,7 @@ def summarize_run(
         ]
     summary = summarize(table, tbt, CostInputs(price, n_dev, idle_w, tdp_w, busy, kv_total, kv_tw * n_rep, kv_peak), sc.slo, extra)
     warn.extend(run_warnings(summary))
+    warn.extend(swap_warnings(engines_all, summary["preemptions"]))
     longest_by = {c: max(e.max_context[c] for e in engines_all) for c in ("attn_prefill", "attn_decode")}
     summary["max_context_tokens"] = max(longest_by.values())
     for cls, top in sorted({k: v for g in reversed(groups) for k, v in measured_context(g.eff).items()}.items()):
@@ -260,6 +261,23 @@ def run_warnings(summary: dict[str, Any]) -> list[str]:
             "latency percentiles depend on how long the trace is); add capacity or lower the rate"
         )
     return out
+
+
+def swap_warnings(engines: list[Any], preemptions: int) -> list[str]:
+    """A swap plan whose preemptions were (partly) recomputed instead: the setting did not take
+    full effect, and the reader must know why."""
+    refused: dict[str, int] = {}
+    for e in engines:
+        for why, n in e.swap_refused.items():
+            refused[why] = refused.get(why, 0) + n
+    if not refused:
+        return []
+    why = "; ".join(f"{n} because {k}" for k, n in sorted(refused.items()))
+    return [
+        f"plan.kv_cache.preemption is swap, but {sum(refused.values())} of {preemptions} preemptions recomputed "
+        f"the request instead ({why}): a request holding shared prefix-cache blocks is always recomputed, and a "
+        "full swap space (plan.kv_cache.swap_space) falls back to recompute"
+    ]
 
 
 def account_memory(node, mem, off_mem, tiers, n_rep, gpus_per_replica, use_cpu, pc, swap_bytes, replicas):  # type: ignore[no-untyped-def]

@@ -158,3 +158,18 @@ def test_memory_accounted_by_owner_within_capacity():
     for tier in mem.values():
         assert tier["used_bytes"] <= tier["capacity_bytes"]
         assert sum(tier["by_owner"].values()) == pytest.approx(tier["used_bytes"])
+
+
+def test_swap_plan_says_when_preemptions_recompute_instead():
+    # the plan asks for swap preemption; a swap space too small for any request makes every
+    # preemption recompute, and the run must say so rather than report swap silently
+    kv = {"num_blocks": 120, "block_size": 16, "preemption": "swap"}
+    res = simulate(_syn(n=40, rate=1000.0, inp=(200, 400), out=(100, 300), batching={"policy": "continuous", "max_num_seqs": 64}, kv_cache=kv))
+    assert res.summary["swaps"] > 0
+    assert not [w for w in res.warnings if "preemption is swap" in w]  # every preemption swapped
+    tiny = simulate(_syn(n=40, rate=1000.0, inp=(200, 400), out=(100, 300), batching={"policy": "continuous", "max_num_seqs": 64},
+                         kv_cache={**kv, "swap_space": "64 KiB"}))
+    s = tiny.summary
+    assert s["preemptions"] > 0 and s["swaps"] == 0
+    (w,) = [w for w in tiny.warnings if "preemption is swap" in w]
+    assert f"{s['preemptions']} of {s['preemptions']} preemptions recomputed" in w and "swap space was full" in w

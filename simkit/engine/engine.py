@@ -106,6 +106,8 @@ class Engine:
         self.log = log
         self.next_arrival = next_arrival
         self.links = links or {}
+        self._demote_paths: dict[tuple[str, str], list[Link]] = {}
+        """Links a prefix entry demoted from one tier to another crosses, by (from, to)."""
         self.on_prefilled = on_prefilled
         self.tracer = tracer
         self.replica = replica if replica is not None else Replica(index)
@@ -138,6 +140,8 @@ class Engine:
         self.outstanding = 0
         self.busy_time = 0.0
         self.swapped_blocks = 0
+        self.swap_refused: dict[str, int] = {}
+        """Preemptions a swap plan recomputed instead, by reason (the summary warns about them)."""
         self.max_context = {"attn_prefill": 0, "attn_decode": 0}
         """The longest context (tokens attended by one sequence) a prefill / a decode had."""
         self._idle = True
@@ -173,11 +177,8 @@ class Engine:
             return 0
         return len(cache.match(self._usable_hashes(i)))
 
-    def _usable_hashes(self, i: int) -> list[int]:
-        t = self.table
-        hs = t.reqs.hashes_of(i)
-        usable = min(len(hs), int(t.input[i] - 1) // self.cfg.hash_tokens)
-        return hs[:usable].tolist()
+    def _usable_hashes(self, i: int) -> tuple[int, ...]:
+        return self.table.usable_hashes(i, self.cfg.hash_tokens)
 
     # ---- admission and KV ----------------------------------------------------------------------
     def admit(self, i: int, reserve_tokens: int | None = None) -> bool:
@@ -186,7 +187,7 @@ class Engine:
         t = self.table
         kv = self.kv
         cache = kv.cache
-        hashes: list[int] = []
+        hashes: tuple[int, ...] = ()
         tiers: list[str] = []
         if cache is not None and t.kv_len[i] == 0 and self.cfg.role != "decode":
             hashes = self._usable_hashes(i)
@@ -244,15 +245,19 @@ class Engine:
             self.spill_used += spill
             self.spill_held[i] = spill
         fetched: dict[str, int] = {}
+        hits = [0, 0, 0, 0]  # per TIER_INDEX (integers: one sum per tier is the same number)
         for h, tier in zip(hashes, tiers):
             if tier != "hbm":
                 cache.take_from_lower(h, tier)  # type: ignore[union-attr]
                 cache.insert_hbm(h, pinned=True)  # type: ignore[union-attr]
                 fetched[tier] = fetched.get(tier, 0) + 1
-            t.hit_tier_tokens[i, TIER_INDEX[tier]] += self.cfg.hash_tokens
+            hits[TIER_INDEX[tier]] += 1
+        for k, n in enumerate(hits):
+            if n:
+                t.hit_tier_tokens[i, k] += n * self.cfg.hash_tokens
         if fetched:
             self._fetch(fetched)
-        self.shared[i] = hashes
+        self.shared[i] = list(hashes)
         t.shared_blocks[i] = len(hashes) * (cache.blocks_per_hash if cache else 0)
         t.cached[i] = hit_tokens
         if hit_tokens > t.kv_len[i]:
@@ -275,10 +280,14 @@ class Engine:
                     self.pending_fetch.append(self.links[link].transfer(nbytes, f"prefix {tier}->hbm"))
 
     def demote_traffic(self, src: str, dst: str, entries: int) -> None:
-        per_hash = self.cfg.hash_tokens * self.cfg.kv_bytes_per_token * self.cfg.num_gpus
-        for link in tier_path(src, dst):
-            if link in self.links:
-                self.links[link].transfer(entries * per_hash, f"prefix {src}->{dst}")
+        path = self._demote_paths.get((src, dst))
+        if path is None:
+            path = self._demote_paths[(src, dst)] = [self.links[k] for k in tier_path(src, dst) if k in self.links]
+        if path:
+            per_hash = self.cfg.hash_tokens * self.cfg.kv_bytes_per_token * self.cfg.num_gpus
+            tag = f"prefix {src}->{dst}"
+            for link in path:
+                link.post(entries * per_hash, tag)
 
     def _publish_prefix(self, i: int) -> None:
         """After a prefill completes, its full prompt blocks become prefix-cache entries (as vLLM's
@@ -289,8 +298,9 @@ class Engine:
         t = self.table
         mine = self.shared.setdefault(i, [])
         bph = cache.blocks_per_hash
+        blocks, shared = int(t.blocks[i]), int(t.shared_blocks[i])  # written back below
         for h in self._usable_hashes(i)[len(mine):]:
-            if t.blocks[i] < bph:
+            if blocks < bph:
                 break
             where = cache.where(h)
             if where == "hbm":
@@ -301,9 +311,11 @@ class Engine:
                     cache.take_from_lower(h, where)
                 self.kv.used -= bph
                 cache.insert_hbm(h, pinned=True)
-            t.blocks[i] -= bph
-            t.shared_blocks[i] += bph
+            blocks -= bph
+            shared += bph
             mine.append(h)
+        t.blocks[i] = blocks
+        t.shared_blocks[i] = shared
 
     def _release(self, i: int, finished: bool) -> None:
         t = self.table
@@ -332,6 +344,16 @@ class Engine:
         self._dec_cache = None
         t = self.table
         t.preemptions[i] += 1
+        if self.cfg.preemption == "swap":
+            refused = (
+                "it held shared prefix-cache blocks"
+                if self.shared.get(i)
+                else "the swap space was full"
+                if self.swapped_blocks + t.blocks[i] > self.cfg.swap_blocks
+                else None
+            )
+            if refused is not None:
+                self.swap_refused[refused] = self.swap_refused.get(refused, 0) + 1
         if self.cfg.preemption == "swap" and self.swapped_blocks + t.blocks[i] <= self.cfg.swap_blocks and not self.shared.get(i):
             nbytes = float(t.blocks[i]) * self.cfg.block_size * self.cfg.kv_bytes_per_token * self.cfg.num_gpus
             if "d2h" in self.links:

@@ -11,7 +11,7 @@ to the next tier (DRAM, CXL, SSD as the node has them) in LRU order, then droppe
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 TIER_INDEX = {"hbm": 0, "dram": 1, "cxl": 2, "ssd": 3}
@@ -37,6 +37,8 @@ class PrefixCache:
     def __post_init__(self) -> None:
         for t in self.tiers[1:]:
             self.lower.setdefault(t, OrderedDict())
+        self._lower_tiers: list[tuple[str, OrderedDict[int, None]]] = [(t, self.lower[t]) for t in self.tiers[1:]]
+        """(tier, its entries) of the lower tiers, fastest first."""
 
     @property
     def hbm_blocks(self) -> int:
@@ -49,15 +51,19 @@ class PrefixCache:
     def where(self, h: int) -> str | None:
         if h in self.hbm:
             return "hbm"
-        for t in self.tiers[1:]:
-            if h in self.lower[t]:
+        for t, entries in self._lower_tiers:
+            if h in entries:
                 return t
         return None
 
-    def match(self, hashes: list[int]) -> list[str]:
+    def match(self, hashes: Sequence[int]) -> list[str]:
         """Tiers of the longest run of leading hashes present somewhere in the cache."""
         out: list[str] = []
+        hbm = self.hbm
         for h in hashes:
+            if h in hbm:  # where(), inlined (hot: the router asks every replica)
+                out.append("hbm")
+                continue
             t = self.where(h)
             if t is None:
                 break
@@ -156,24 +162,31 @@ class KVBlockManager:
     @property
     def in_use(self) -> int:
         """Blocks holding live data: private blocks plus every HBM prefix-cache entry."""
-        return self.used + (self.cache.hbm_blocks if self.cache else 0)
+        cache = self.cache
+        return self.used if cache is None else self.used + len(cache.hbm) * cache.blocks_per_hash
 
     @property
     def free(self) -> int:
-        return self.num_blocks - self.in_use
+        cache = self.cache  # num_blocks - in_use, inlined (hot)
+        return self.num_blocks - (self.used if cache is None else self.used + len(cache.hbm) * cache.blocks_per_hash)
 
     @property
     def available(self) -> int:
         """Blocks obtainable now (free plus evictable cache entries)."""
-        return self.free + (self.cache.unpinned_blocks if self.cache else 0)
+        cache = self.cache
+        if cache is None:
+            return self.num_blocks - self.used
+        return self.num_blocks - (self.used + len(cache.hbm) * cache.blocks_per_hash) + cache.unpinned_blocks
 
     def make_room(self, n: int) -> bool:
         """Evict unpinned prefix entries until ``n`` blocks are free. False if impossible."""
         self._mark()
-        if self.cache is None:
+        cache = self.cache
+        if cache is None:
             return self.num_blocks - self.used >= n
-        while self.free < n:
-            if not self.cache.evict_one():
+        hbm, bph, evict = cache.hbm, cache.blocks_per_hash, cache.evict_one
+        while self.num_blocks - (self.used + len(hbm) * bph) < n:  # free < n
+            if not evict():
                 return False
         return True
 

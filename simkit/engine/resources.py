@@ -11,23 +11,132 @@ pool refuses to exceed its capacity.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 import simpy
+from simpy.events import URGENT
 
 from simkit.errors import CapacityError
 from simkit.units import fmt_bytes
 
 
-@dataclass
+@dataclass(slots=True)
 class _Flow:
     remaining: float
-    done: simpy.Event
-    tag: str
+    done: simpy.Event | None
+    """Fires the transfer's end step (None for a posted transfer: the link calls it)."""
+    xfer: _Transfer
+
+
+_REMAINING = attrgetter("remaining")
+
+
+def _urgent(env: simpy.Environment, callback: Callable[[simpy.Event], None]) -> None:
+    """Call ``callback`` where a new process would take its first step: an urgent event now (what
+    ``env.process`` schedules), so that the link's events keep the places in SimPy's queue that a
+    process per transfer and per wake-up gave them, without a generator and a process's events."""
+    ev = simpy.Event(env)
+    ev._ok = True
+    ev._value = None
+    ev.callbacks.append(callback)
+    env.schedule(ev, URGENT)
+
+
+class _Transfer:
+    """One transfer's steps: start (latency), join the link's flows, account the bytes and fire
+    ``done`` (None: nobody waits for it). Each step runs at the event a per-transfer process
+    would have resumed at."""
+
+    __slots__ = ("link", "nbytes", "tag", "done", "start")
+
+    def __init__(self, link: Link, nbytes: float, tag: str, done: simpy.Event | None) -> None:
+        self.link = link
+        self.nbytes = nbytes
+        self.tag = tag
+        self.done = done
+        self.start = link.env.now
+
+    def begin(self, _ev: simpy.Event) -> None:
+        link = self.link
+        if link.latency:
+            simpy.Timeout(link.env, link.latency).callbacks.append(self.arrive)  # type: ignore[union-attr]
+        else:
+            self._enter(at_timeout=False)
+
+    def arrive(self, _ev: simpy.Event) -> None:
+        self._enter(at_timeout=True)
+
+    def _enter(self, at_timeout: bool) -> None:
+        link = self.link
+        inner = None
+        if self.done is not None:
+            inner = simpy.Event(link.env)
+            inner.callbacks.append(self.finish)  # type: ignore[union-attr]
+        link._advance()
+        link._flows.append(_Flow(self.nbytes, inner, self))
+        link._reschedule(at_timeout)
+
+    def finish(self, _ev: simpy.Event) -> None:
+        link = self.link
+        now = link.env.now
+        link.bytes_moved += self.nbytes
+        if link.intervals is not None:
+            link.intervals.append((self.start, now, self.tag, self.nbytes))
+        if self.done is not None:
+            self.done.succeed(now - self.start)
+
+
+class _Wake:
+    """A wake-up of the link when its first flow should be done: armed where a wake-up process
+    would have started, stale once the link's flows changed (``version``)."""
+
+    __slots__ = ("link", "delay", "version", "target")
+
+    def __init__(self, link: Link, delay: float, version: int, target: _Flow) -> None:
+        self.link = link
+        self.delay = delay
+        self.version = version
+        self.target = target
+
+    def arm(self, _ev: simpy.Event | None) -> None:
+        simpy.Timeout(self.link.env, self.delay).callbacks.append(self.fire)  # type: ignore[union-attr]
+
+    def fire(self, _ev: simpy.Event) -> None:
+        link = self.link
+        if self.version != link._version:
+            return
+        link._advance()
+        # the target flow is done by construction (rounding aside); so is any flow within 1 ns
+        target = self.target
+        slack = link.bandwidth / len(link._flows) * 1e-9
+        finished = [f for f in link._flows if f is target or f.remaining <= slack]
+        link._flows = [f for f in link._flows if not (f is target or f.remaining <= slack)]
+        # a process per transfer took its end step at an event of its own, after this one, in
+        # this order; a posted transfer's end step touches nothing but the byte count and the
+        # intervals, so it is taken now unless an awaited transfer's end precedes it in the list
+        # (then it queues behind it, keeping the order of the sums)
+        queued = False
+        for f in finished:
+            if f.done is not None:
+                queued = True
+                f.done.succeed()
+            elif queued:
+                ev = simpy.Event(link.env)
+                ev.callbacks.append(f.xfer.finish)  # type: ignore[union-attr]
+                ev.succeed()
+            else:
+                f.xfer.finish(_ev)
+        link._reschedule(True)
 
 
 class Link:
-    """One direction of a link, with bandwidth shared fairly among concurrent transfers."""
+    """One direction of a link, with bandwidth shared fairly among concurrent transfers.
+
+    A transfer and a wake-up of the link are chains of event callbacks, each step at the instant
+    and in the queue order a SimPy process per transfer and per wake-up would take it (the
+    equivalence is tested against such processes in ``tests/test_prefix_path.py``)."""
 
     def __init__(self, env: simpy.Environment, name: str, bandwidth: float, latency: float = 0.0) -> None:
         if bandwidth <= 0:
@@ -53,22 +162,15 @@ class Link:
         if nbytes <= 0:
             done.succeed(0.0)
             return done
-        self.env.process(self._run(nbytes, done, tag))
+        _urgent(self.env, _Transfer(self, nbytes, tag, done).begin)
         return done
 
-    def _run(self, nbytes: float, done: simpy.Event, tag: str):  # type: ignore[no-untyped-def]
-        start = self.env.now
-        if self.latency:
-            yield self.env.timeout(self.latency)
-        inner = self.env.event()
-        self._advance()
-        self._flows.append(_Flow(nbytes, inner, tag))
-        self._reschedule()
-        yield inner
-        self.bytes_moved += nbytes
-        if self.intervals is not None:
-            self.intervals.append((start, self.env.now, tag, nbytes))
-        done.succeed(self.env.now - start)
+    def post(self, nbytes: float, tag: str = "") -> None:
+        """A transfer that nobody waits for (background traffic, e.g. prefix-cache demotions):
+        it shares the link like any other, without an event for its end."""
+        nbytes = float(nbytes)
+        if nbytes > 0:
+            _urgent(self.env, _Transfer(self, nbytes, tag, None).begin)
 
     def _advance(self) -> None:
         now = self.env.now
@@ -85,28 +187,25 @@ class Link:
                     self.busy_log.append([self._last, now])
         self._last = now
 
-    def _reschedule(self) -> None:
+    def _reschedule(self, at_timeout: bool) -> None:
+        """Schedule a wake-up for the first flow to finish (older wake-ups go stale).
+        ``at_timeout``: called from the link's own timeout (a latency's end or a wake-up), whose
+        single callback this is. A wake-up process started there would take its first step at
+        the very next event (urgent, and no urgent event of this instant is left in the queue
+        while an ordinary one is processed), and nothing is scheduled in between, so its timeout
+        is scheduled here directly, in the same place in the queue. Otherwise (a transfer's start,
+        itself an urgent step) other urgent steps may come first: the wake-up starts urgently."""
         self._version += 1
         if not self._flows:
             return
-        v = self._version
         n = len(self._flows)
-        target = min(self._flows, key=lambda f: f.remaining)
+        target = min(self._flows, key=_REMAINING)
         delay = max(target.remaining, 0.0) * n / self.bandwidth
-        self.env.process(self._wake(delay, v, target))
-
-    def _wake(self, delay: float, version: int, target: _Flow):  # type: ignore[no-untyped-def]
-        yield self.env.timeout(delay)
-        if version != self._version:
-            return
-        self._advance()
-        # the target flow is done by construction (rounding aside); so is any flow within 1 ns
-        slack = self.bandwidth / len(self._flows) * 1e-9
-        finished = [f for f in self._flows if f is target or f.remaining <= slack]
-        self._flows = [f for f in self._flows if not (f is target or f.remaining <= slack)]
-        for f in finished:
-            f.done.succeed()
-        self._reschedule()
+        wake = _Wake(self, delay, self._version, target)
+        if at_timeout:
+            wake.arm(None)
+        else:
+            _urgent(self.env, wake.arm)
 
     @property
     def active(self) -> int:

@@ -49,6 +49,19 @@ class RequestTable:
         self.hit_tier_tokens = np.zeros((n, 4), dtype=np.int64)
         """Prefix-cache hit tokens per tier (hbm, dram, cxl, ssd)."""
         self.reqs = reqs
+        self._hashes_memo: tuple[int, int, tuple[int, ...]] = (-1, 0, ())
+
+    def usable_hashes(self, i: int, hash_tokens: int) -> tuple[int, ...]:
+        """Request ``i``'s prefix hashes that a cache of ``hash_tokens``-token entries can serve:
+        those of the whole blocks before its last prompt token (whose forward pass is always
+        computed). The last answer is remembered: the prefix-aware router asks every replica."""
+        mi, mt, hashes = self._hashes_memo
+        if mi != i or mt != hash_tokens:
+            hs = self.reqs.hashes_of(i)
+            usable = min(len(hs), int(self.input[i] - 1) // hash_tokens)
+            hashes = tuple(hs[:usable].tolist())
+            self._hashes_memo = (i, hash_tokens, hashes)
+        return hashes
 
     def reject(self, i: int, reason: str) -> None:
         """Mark request ``i`` rejected for ``reason`` (one of :data:`REJECT_REASONS`)."""
