@@ -196,7 +196,7 @@ class KVCache(_S):
     watermark: float = Field(default=0.01, ge=0, lt=1)
     """Fraction of blocks kept free when admitting new requests."""
     preemption: Literal["recompute", "swap"] = "recompute"
-    """What happens to the newest running request when blocks run out: recompute its KV later, or swap it to CPU memory over PCIe."""
+    """What happens to the newest running request when blocks run out: recompute its KV later, or swap it to CPU memory over PCIe. With `swap`, a request holding shared prefix-cache blocks, or one whose blocks do not fit in the free swap space, is recomputed instead, and the run warns with the counts."""
     swap_space: Bytes | None = None
     """CPU memory for swapped blocks (default: 4 GiB per GPU, as vLLM)."""
     activation_reserve: Bytes | None = None
