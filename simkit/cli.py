@@ -349,12 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_catalog)
 
     o = sub.add_parser("offload-plan", help="rank offload placements for a scenario (LP + simulation)")
-    o.add_argument("scenario")
-    o.add_argument("--set", action="append", metavar="KEY=VALUE")
-    o.add_argument("--objective", choices=["throughput", "latency"], default="throughput")
-    o.add_argument("--prompt-len", type=_count(1))
-    o.add_argument("--gen-len", type=_count(1))
-    o.add_argument("--top", type=_count(1), default=8)
+    o.add_argument("scenario", help="a scenario YAML or the name of a shipped scenario")
+    o.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a dotted key, e.g. hardware=gcp-t4-vm")
+    o.add_argument("--objective", choices=["throughput", "latency"], default="throughput",
+                   help="rank by generated tokens per second (default) or by latency")
+    o.add_argument("--prompt-len", type=_count(1), help="prompt tokens per sequence (default: the workload's mean)")
+    o.add_argument("--gen-len", type=_count(1), help="generated tokens per sequence (default: the workload's mean)")
+    o.add_argument("--top", type=_count(1), default=8, help="how many ranked plans to print (default 8)")
     o.add_argument("--confirm", type=_count(0), default=3, help="simulate this many of the best LP plans")
     o.add_argument("--json", help="write the ranked plans as JSON here")
     o.add_argument("--compress-kv", action="store_true",
