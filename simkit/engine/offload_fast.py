@@ -12,6 +12,12 @@ advance layer by layer, and each link's fair sharing is replayed with ``Link``'s
 (the same float operations in the same order), so that the step's end time is the one the event
 path produces, bit for bit, and so are the links' busy time, busy periods and bytes moved and the
 executor's byte and compute counters (tests/test_offload_fast.py checks it on random plans).
+One exception, bounded: when a transfer completes at the very instant (equal floats) another
+joins the same link direction, the lane completes the first before the second joins, while the
+event path orders the two by when their events were scheduled; if it lets the join in first, the
+completing transfer's time differs by the rounding of its remainder (a few units in the last
+place, relative 1e-15), and later times on that link by as much. The random plans of the tests
+never met such a tie; the lane's own test checks the bound (relative 1e-12) where it draws one.
 
 Covered: weights and KV on any tier (disk staged through DRAM, CXL streamed), KV spilled beyond
 a length (``kv_spill``), resident layers, CPU attention, ``decode_overlap: false``, int4
