@@ -227,7 +227,7 @@ def test_lane_replays_link_fair_sharing_bit_for_bit(joins: list[tuple[float, flo
     flows = [lane.add((at + latency if latency else at), nbytes) for at, (_, nbytes) in zip(starts, joins, strict=True)]
     lane.drain()
     joined = {at + latency if latency else at for at in starts}
-    if not joined & set(done):
+    if not joined & ({f.done for f in flows} | set(done)):
         assert [f.done for f in flows] == done
         assert (twin.busy_time, twin.bytes_moved, twin.busy_log) == (link.busy_time, link.bytes_moved, link.busy_log)
         return
