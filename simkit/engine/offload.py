@@ -92,6 +92,13 @@ class Placement(Protocol):
     def write_path(self, tier: str) -> tuple[str, ...]: ...
 
 
+def gpu_batches(q: np.ndarray, ctx: np.ndarray, size: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A step's sequences (new tokens ``q``, contexts ``ctx``) split into GPU batches of ``size``
+    (None or 0: one batch), as the executor runs them one after the other per layer."""
+    gbs = size or len(q)
+    return [(q[k : k + gbs], ctx[k : k + gbs]) for k in range(0, len(q), gbs)]
+
+
 @dataclass
 class OffloadExecutor:
     env: simpy.Environment
@@ -283,8 +290,7 @@ class OffloadExecutor:
         L = c.layers
         q = np.asarray(q, dtype=np.int64)
         ctx = np.asarray(ctx, dtype=np.int64)
-        gbs = self.gpu_batch_size or len(q)
-        groups = [(q[k : k + gbs], ctx[k : k + gbs]) for k in range(0, len(q), gbs)]
+        groups = gpu_batches(q, ctx, self.gpu_batch_size)
         cpu_attention = bool(lay.plan.cpu_attention and self.cpu_cost is not None)
         before, _, after = c.split_layers(q, ctx, logits_rows=rows)
         h_bytes = c.model.hidden_size * c.precision.a_bytes

@@ -37,7 +37,7 @@ import math
 import numpy as np
 import simpy
 
-from simkit.engine.offload import Hop, OffloadExecutor, Placement, Share
+from simkit.engine.offload import Hop, OffloadExecutor, Placement, Share, gpu_batches
 from simkit.engine.resources import Link
 from simkit.specs.tiers import CPU_READ_PATH
 
@@ -341,8 +341,7 @@ class ClosedFormStep:
         lay = ex.layout
         q = np.asarray(q, dtype=np.int64)
         ctx = np.asarray(ctx, dtype=np.int64)
-        gbs = ex.gpu_batch_size or len(q)
-        groups = [(q[k : k + gbs], ctx[k : k + gbs]) for k in range(0, len(q), gbs)]
+        groups = gpu_batches(q, ctx, ex.gpu_batch_size)
         prefetch = ex.overlap
         if prefetch and len(groups) > 1:
             return None
