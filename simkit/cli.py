@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,7 +67,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     sc = load_scenario(a.scenario, a.set or [])
     res = simulate(sc, trace=a.trace_out is not None, engine=a.engine)
     for wmsg in res.warnings:
-        print(f"warning: {wmsg}", file=sys.stderr)
+        warn_line(wmsg)
     out = a.out or os.path.join("reports", sc.name)
     paths = write_outputs(res, out, a.trace_out, command=_command_line(a))
     print_summary(res.summary, wall_s=res.sim_wall_s)
@@ -129,7 +130,7 @@ def cmd_estimate_ops(a: argparse.Namespace) -> int:
     eff, info, warn = resolve_calibration(a.calibration, "gpu", gpu.name)
     device = device.for_profile(eff, {})  # the roofline the profile's efficiencies refer to
     if warn:
-        print(f"warning: {warn}", file=sys.stderr)
+        warn_line(warn)
     prec = Precision(a.dtype, a.dtype if a.dtype not in ("int4",) else "fp16", a.dtype if a.dtype != "int4" else "fp16")
     rows = []
     for n in _parse_tokens(a.tokens):
@@ -391,7 +392,34 @@ def _exit_without_teardown(code: int) -> None:
     os._exit(code)
 
 
+_SHOWN: set[str] = set()
+"""The warnings this command has printed (each is printed once, as one line)."""
+
+
+def warn_line(message: str) -> None:
+    """Print a warning as ``warning: <message>`` on stderr, unless this command printed it already
+    (a deployment warning is both a Python warning and a line of the result's warnings)."""
+    if message in _SHOWN:
+        return
+    _SHOWN.add(message)
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """warnings.showwarning for the command line: one line naming the problem, not the Python
+    source line that raised it."""
+    warn_line(str(message))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _SHOWN.clear()
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args and args[0] == "calibrate":

@@ -137,3 +137,24 @@ def test_schema_is_json(capsys):
 def test_docs_scenario_lists_every_key():
     text = (ROOT / "docs" / "scenario.md").read_text()
     assert render() in text, "docs/scenario.md is stale: regenerate its table with python -m simkit.schema_doc"
+
+
+def test_run_prints_each_warning_once_as_one_line(tmp_path):
+    # a deployment warning is both a Python warning and a line of the result's warnings: the
+    # command prints it once, as "warning: ...", without the Python source line that raised it
+    # (a subprocess: pytest's own warning capture would hide the raw display in-process)
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env.pop("PYTHONWARNINGS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "simkit.cli", "run", "cxl-long-context", "--out", str(tmp_path / "out"), "--set", "workload.limit=20"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "UserWarning" not in proc.stderr and "cli.py" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "no calibration profile for gpu 'h100-pcie'" in ln]
+    assert len(lines) == 1 and lines[0].startswith("warning: ")
