@@ -234,9 +234,11 @@ def plan_memory(
             tokens = min(tokens, off.gpu_batch_size * longest)
             seqs = off.gpu_batch_size
         elif static and w.batch is not None:
-            # a static batch of a known workload: its prefill is the largest forward pass
+            # a static batch of a known workload: its prefill, every prompt of the batch in one
+            # forward pass (the static policy schedules them together, with no token budget), is
+            # the largest forward pass
             seqs = min(seqs, sc.plan.batching.batch_size or w.batch.num_prompts)
-            tokens = min(tokens, seqs * longest)
+            tokens = seqs * longest
         act = activation_bytes(model, tokens, seqs, tp, prec)
     if device.kind == "gpu":
         # one rule for the GPU memory a run may fill, offloaded or not (a static run keeps no

@@ -173,3 +173,19 @@ def test_swap_plan_says_when_preemptions_recompute_instead():
     assert s["preemptions"] > 0 and s["swaps"] == 0
     (w,) = [w for w in tiny.warnings if "preemption is swap" in w]
     assert f"{s['preemptions']} of {s['preemptions']} preemptions recomputed" in w and "swap space was full" in w
+
+
+def test_static_batch_reserves_activations_for_its_whole_prefill():
+    # the static policy prefills every prompt of the batch in one forward pass: 32 x 1024 tokens,
+    # four times the 8192-token default, must be reserved (it was capped at 8192: a plan that
+    # does not fit looked as if it did)
+    from simkit.cost.memory import activation_bytes
+    from simkit.cost.ops import Precision
+    from simkit.specs.catalog import load_model
+
+    data = make_scenario(workload={"batch": {"num_prompts": 32, "input_tokens": 1024, "output_tokens": 8}})
+    data["plan"]["batching"] = {"policy": "static"}
+    s = simulate(scenario_from_dict(data)).summary
+    want = activation_bytes(load_model("llama-2-7b"), 32 * 1024, 32, 1, Precision("fp16", "fp16", "fp16"))
+    assert s["memory"]["hbm"]["by_owner"]["activations and workspace"] == pytest.approx(want)
+    assert want > activation_bytes(load_model("llama-2-7b"), 8192, 32, 1, Precision("fp16", "fp16", "fp16")) * 3

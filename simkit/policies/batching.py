@@ -75,9 +75,11 @@ class TokenBudgetOptions(BatchingOptions):
 
 
 class StaticOptions(BatchingOptions):
-    """Static (FlexGen-style) batches run to completion. It has no token budget: its
-    activations are sized for the default 8192 tokens per iteration unless
-    ``plan.kv_cache.activation_reserve`` says otherwise."""
+    """Static (FlexGen-style) batches run to completion. It has no token budget: a batch's
+    prompts are prefilled in one forward pass, so its activations are sized for the batch's
+    prompt tokens when the workload is a fixed batch (one GPU batch's when offloaded), else for
+    the default 8192 tokens per iteration, unless ``plan.kv_cache.activation_reserve`` says
+    otherwise."""
 
     policy: Literal["static"] = "static"
     """Registered batching policy: static."""
