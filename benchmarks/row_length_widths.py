@@ -8,7 +8,7 @@ at a narrow and a wide n) at ``--rows`` on this machine, then test GEMMs whose k
 count and clock. Refits the profile's samples with its own grid rows of ``--dtype`` replaced by the
 fresh grid's narrow widths, its wide widths, or both, and prints per fit the median and p90
 |error| on the test GEMMs and the signed mean error per row count. Every fit sees the same fresh
-timings, so the fits differ only in which grid samples they were given (docs/fidelity.md, 11:15-11:20
+timings, so the fits differ only in which grid samples they were given (docs/fidelity.md, 11:15-11:25
 UTC). About 15 s of fp32 grid GEMMs and 20 s of test GEMMs on the CI VM.
 """
 
