@@ -152,7 +152,7 @@ def test_cpu_suites_sample_few_row_gemms_over_a_geometric_grid_of_row_lengths(mo
     monkeypatch.setattr(bench.Bench, "take", lambda self, shape, dtype, slot: None)
     monkeypatch.setattr(bench.Bench, "_linear_fn", lambda self, a, w, dtype: None)
     monkeypatch.setattr(bench.Bench, "measure", lambda self, fn, **kw: Measurement([1e-3]))
-    for name, rows in (("quick", (1, 2, 3)), ("full", (1, 2, 3, 4, 6, 8, 12, 16))):
+    for name, rows in (("quick", (1, 2, 3, 8)), ("full", (1, 2, 3, 4, 6, 8, 12, 16))):
         size = bench.SIZES[name]
         assert size.row_length_rows == rows
         for dtype, rate in (("fp32", 1e11), ("bf16", 2e11)):
@@ -165,6 +165,36 @@ def test_cpu_suites_sample_few_row_gemms_over_a_geometric_grid_of_row_lengths(mo
             shapes = [(r["m"], r["k"], r["n"]) for r in b.rows]
             assert len(set(shapes)) == len(shapes)  # no configuration twice
     assert bench.SIZES["tiny"].row_length_rows == ()
+
+
+def test_row_length_grid_times_every_row_length_at_a_narrow_and_a_wide_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One output width per (rows, k) let the residual trees read a rate that k sets as one that n
+    sets (fp32, one row: the same 14 GB/s at k = 1216 for every n): the grid times each (rows, k)
+    at one narrow (<= 2048) and one wide (>= 4096) n where both fit the time cap. Selection only."""
+    import random
+
+    from simkit.calibrate import bench
+    from simkit.calibrate.samples import Measurement
+
+    shapes = bench.row_length_shapes((1, 2))
+    assert len(shapes) == 2 * 2 * len(bench.ROW_LENGTH_GRID)
+    for m in (1, 2):
+        for k in bench.ROW_LENGTH_GRID:
+            ns = sorted(n for mm, kk, n in shapes if (mm, kk) == (m, k))
+            assert len(ns) == 2 and ns[0] in bench.ROW_LENGTH_NARROW and ns[1] in bench.ROW_LENGTH_WIDE
+    monkeypatch.setattr(bench.Bench, "take", lambda self, shape, dtype, slot: None)
+    monkeypatch.setattr(bench.Bench, "_linear_fn", lambda self, a, w, dtype: None)
+    monkeypatch.setattr(bench.Bench, "measure", lambda self, fn, **kw: Measurement([1e-3]))
+    b = bench.Bench(None, "cpu", bench.SIZES["quick"], None, "test", random.Random(0))  # type: ignore[arg-type]
+    b.rates = {"fp32": 1e13}  # every grid shape within the cap: memory time only
+    b.mem_bw = 1e13
+    cfg = b.row_length_configs(1e13, 4, set())
+    got = [(m, k, n) for m, op, k, n, _ in cfg]
+    assert len(set(got)) == len(got) == len(bench.row_length_shapes(bench.SIZES["quick"].row_length_rows))
+    taken = {(1, 1024, 1024)}
+    assert (1, 1024, 1024) not in {(m, k, n) for m, _, k, n, _ in b.row_length_configs(1e13, 4, taken)}
+    b.time_gemms(cfg[:3], "fp32", 4)
+    assert [r["op"] for r in b.rows] == ["row_length"] * 3
 
 
 def test_quick_suite_samples_many_row_gemms_with_weights_beyond_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -371,7 +371,9 @@ class SuiteSize:
     ROW_LENGTH_GRID, on top of the other GEMMs: the per-row streaming rate of few-row GEMMs grows
     with k (fp32 on the CI VM, 1 row: 10 GB/s at k = 512, 17 at 1024, 19-23 at 3072-8192), and
     the model projections' k values are mostly powers of two, so without these the residual trees
-    place a model's k = 1280 or 896 at the nearest sampled length (docs/fidelity.md)."""
+    place a model's k = 1280 or 896 at the nearest sampled length (docs/fidelity.md). The quick
+    suite adds 8 rows to 1-3: without a grid there, the trees carried the slow rate of 3 rows at a
+    wide n to 5-12 rows (fp32 GEMMs at 8 and 12 rows predicted 13-15% too slow)."""
 
 
 SIZES = {
@@ -379,7 +381,7 @@ SIZES = {
     "quick": SuiteSize(
         "quick", 68, 0.06, 28, 0.04, 44, 4e6, (1 << 14, 1 << 18, 1 << 22, 1 << 26), 64,
         (1 << 12, 1 << 16, 1 << 20, 1 << 22), (1, 4, 16), 0.12, 5, 15, 2e-3, 40, 15, wide_gemm_configs=8,
-        row_length_rows=(1, 2, 3),
+        row_length_rows=(1, 2, 3, 8),
     ),
     "full": SuiteSize(
         "full", 150, 0.15, 84, 0.12, 120, 3.2e7,
@@ -514,17 +516,25 @@ ROW_LENGTH_GRID = tuple(64 * round(512 * 2 ** (i / 4) / 64) for i in range(17))
 8192, four steps per doubling, rounded to multiples of 64 (the kernels' vector and cache-line
 granularity): adjacent lengths differ by at most 25%, so every k from 512 to 8192 is within 12%
 of a sampled one."""
-ROW_LENGTH_WIDTHS = (1024, 2048, 4096, 8192, 16384)
-"""Output widths n cycled over the row-length grid (the widest that fits the time cap is used)."""
+ROW_LENGTH_NARROW = (1024, 2048)
+ROW_LENGTH_WIDE = (4096, 8192, 16384)
+ROW_LENGTH_WIDTHS = ROW_LENGTH_NARROW + ROW_LENGTH_WIDE
+"""Output widths n of the row-length grid: every (rows, k) is timed at one narrow and one wide n,
+each cycled over its list (a wide one over the time cap falls back to the next narrower width).
+One width per k let the residual trees read a rate set by k as one set by n (fp32 on the CI VM,
+one row: 14 GB/s at k = 1216 and 1280 for every n from 1024 to 16000, 16 at k = 1024; sampled at
+k = 1216 with n = 1024 only, the trees put the slow rate on narrow n and predicted k = 1280 with
+n = 1792..16000 at 15.5-16.3 GB/s; docs/fidelity.md)."""
 
 
 def row_length_shapes(rows: Sequence[int]) -> list[tuple[int, int, int]]:
     """(m, k, n) of the row-length grid: every k of ROW_LENGTH_GRID at every row count of
-    ``rows``, n cycling through ROW_LENGTH_WIDTHS (narrower ones follow as fallbacks, in order)."""
+    ``rows``, twice: n cycling through ROW_LENGTH_NARROW, then through ROW_LENGTH_WIDE."""
     out = []
     for i, k in enumerate(ROW_LENGTH_GRID):
         for j, m in enumerate(rows):
-            out.append((m, k, ROW_LENGTH_WIDTHS[(i + j) % len(ROW_LENGTH_WIDTHS)]))
+            out.append((m, k, ROW_LENGTH_NARROW[(i + j) % len(ROW_LENGTH_NARROW)]))
+            out.append((m, k, ROW_LENGTH_WIDE[(i + j) % len(ROW_LENGTH_WIDE)]))
     return out
 
 
@@ -686,14 +696,27 @@ class Bench:
             wide = [c for c in cands if c[0] >= 64 and c[2] * c[3] * eb > llc and c[:4] not in taken]
             chosen += _stratified(wide, self.size.wide_gemm_configs, self.rng, key=lambda c: (c[0], c[2] <= 2048))
         if self.device == "cpu" and self.size.row_length_rows:
-            have = {(c[0], c[2], c[3]) for c in chosen}
-            for m, k, n0 in row_length_shapes(self.size.row_length_rows):
-                for n in [n0, *(w for w in reversed(ROW_LENGTH_WIDTHS) if w < n0)]:
-                    est = max(2.0 * m * k * n / rate, (k * n + m * (k + n)) * eb / self.mem_bw) + 2e-5
-                    if est <= cap:
-                        if (m, k, n) not in have:  # else the grid's shape is measured already
-                            chosen.append((m, "row_length", k, n, est))
-                        break
+            chosen += self.row_length_configs(rate, eb, {(c[0], c[2], c[3]) for c in chosen})
+        return self.time_gemms(chosen, dtype, eb)
+
+    def row_length_configs(self, rate: float, eb: int, have: set[tuple[int, int, int]]) -> list[tuple[int, str, int, int, float]]:
+        """(m, "row_length", k, n, estimated s) of the row-length grid (row_length_shapes) within
+        the time cap, leaving out the (m, k, n) in ``have`` (measured already)."""
+        cap = self.size.gemm_max_s
+        have = set(have)
+        out = []
+        for m, k, n0 in row_length_shapes(self.size.row_length_rows):
+            for n in [n0, *(w for w in reversed(ROW_LENGTH_WIDTHS) if w < n0)]:
+                est = max(2.0 * m * k * n / rate, (k * n + m * (k + n)) * eb / self.mem_bw) + 2e-5
+                if est <= cap:
+                    if (m, k, n) not in have:  # else the shape is measured already
+                        have.add((m, k, n))
+                        out.append((m, "row_length", k, n, est))
+                    break
+        return out
+
+    def time_gemms(self, chosen: Sequence[tuple[int, str, int, int, float]], dtype: str, eb: int) -> int:
+        """Time the (m, op, k, n, _) GEMMs with cold weights; one sample row each."""
         for m, op, k, n, _ in chosen:
             a = self.take((m, k), dtype, "a")
             w = self.take((self.copies(k * n * eb), n, k), dtype, "w")
