@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import simpy
@@ -92,11 +92,15 @@ class Placement(Protocol):
     def write_path(self, tier: str) -> tuple[str, ...]: ...
 
 
-def gpu_batches(q: np.ndarray, ctx: np.ndarray, size: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """A step's sequences (new tokens ``q``, contexts ``ctx``) split into GPU batches of ``size``
-    (None or 0: one batch), as the executor runs them one after the other per layer."""
-    gbs = size or len(q)
-    return [(q[k : k + gbs], ctx[k : k + gbs]) for k in range(0, len(q), gbs)]
+class StepSetup(NamedTuple):
+    """What :meth:`OffloadExecutor.step_setup` derives from a step before timing it."""
+
+    q: np.ndarray
+    ctx: np.ndarray
+    groups: list[tuple[np.ndarray, np.ndarray]]
+    cpu_attention: bool
+    before: float
+    after: float
 
 
 @dataclass
@@ -283,16 +287,26 @@ class OffloadExecutor:
             extra += oc.dequant(T * lay.kv_elems_per_token_layer, unfused, quantise=True)
         return layer + attn_dev + extra, cpu, attn_dev, layer, extra
 
+    def step_setup(self, q: np.ndarray, ctx: np.ndarray, rows: int) -> StepSetup:
+        """How a step of sequences (new tokens ``q``, contexts ``ctx``, ``rows`` logits rows) runs:
+        its GPU batches (``gpu_batch_size`` each, one batch when unset, computed one after the
+        other per layer), whether attention runs on the host CPU, and the times before and after
+        the offloaded layers. One home for the event path and its closed form
+        (engine/offload_fast.py)."""
+        q = np.asarray(q, dtype=np.int64)
+        ctx = np.asarray(ctx, dtype=np.int64)
+        gbs = self.gpu_batch_size or len(q)
+        groups = [(q[k : k + gbs], ctx[k : k + gbs]) for k in range(0, len(q), gbs)]
+        cpu_attention = bool(self.layout.plan.cpu_attention and self.cpu_cost is not None)
+        before, _, after = self.cost.split_layers(q, ctx, logits_rows=rows)
+        return StepSetup(q, ctx, groups, cpu_attention, before, after)
+
     def run_step(self, q: np.ndarray, ctx: np.ndarray, rows: int) -> Generator[simpy.Event, Any, None]:
         env = self.env
         c = self.cost
         lay = self.layout
         L = c.layers
-        q = np.asarray(q, dtype=np.int64)
-        ctx = np.asarray(ctx, dtype=np.int64)
-        groups = gpu_batches(q, ctx, self.gpu_batch_size)
-        cpu_attention = bool(lay.plan.cpu_attention and self.cpu_cost is not None)
-        before, _, after = c.split_layers(q, ctx, logits_rows=rows)
+        q, ctx, groups, cpu_attention, before, after = self.step_setup(q, ctx, rows)
         h_bytes = c.model.hidden_size * c.precision.a_bytes
         act_off = {t: f for t, f in lay.act_frac.items() if t != "gpu" and f > 0}
         pending_writes: list[simpy.Event] = []

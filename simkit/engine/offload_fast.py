@@ -37,7 +37,7 @@ import math
 import numpy as np
 import simpy
 
-from simkit.engine.offload import Hop, OffloadExecutor, Placement, Share, gpu_batches
+from simkit.engine.offload import Hop, OffloadExecutor, Placement, Share
 from simkit.engine.resources import Link
 from simkit.specs.tiers import CPU_READ_PATH
 
@@ -339,15 +339,11 @@ class ClosedFormStep:
         ex = self.ex
         c = ex.cost
         lay = ex.layout
-        q = np.asarray(q, dtype=np.int64)
-        ctx = np.asarray(ctx, dtype=np.int64)
-        groups = gpu_batches(q, ctx, ex.gpu_batch_size)
+        q, ctx, groups, cpu_attention, before, after = ex.step_setup(q, ctx, rows)
         prefetch = ex.overlap
         if prefetch and len(groups) > 1:
             return None
-        cpu_attention = bool(lay.plan.cpu_attention and ex.cpu_cost is not None)
         on_cpu = ex.cpu_stream is not None
-        before, _, after = c.split_layers(q, ctx, logits_rows=rows)
         parts = ex.compute_parts
         assert parts is not None
         costs = [ex.group_cost(gq, gc, cpu_attention) for gq, gc in groups]
