@@ -193,11 +193,9 @@ def write_outputs(
 def iteration_columns(rows: list[tuple[Any, ...]]) -> dict[str, np.ndarray]:
     """The per-iteration table's columns (iterations.parquet), typed like the table pandas
     infers from the rows (int64 counts, float64 times)."""
-    cols: dict[str, np.ndarray] = {}
-    for k, name in enumerate(IterationLog.COLS):
-        kind = np.float64 if name.endswith("_s") else np.int64
-        cols[name] = np.fromiter((r[k] for r in rows), dtype=kind, count=len(rows))
-    return cols
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(IterationLog.COLS)
+    return {name: np.array(col, dtype=np.float64 if name.endswith("_s") else np.int64)
+            for name, col in zip(IterationLog.COLS, columns, strict=True)}
 
 
 def link_columns(rows: list[tuple[int, str, float, float]]) -> dict[str, np.ndarray]:

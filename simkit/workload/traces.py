@@ -499,7 +499,6 @@ def _header_names(head_text: str) -> set[str]:
 
 _AZURE_FIELDS = (rb"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d{1,9})?", rb"[1-9]\d{0,17}", rb"\d{1,18}")
 """A plain Azure line's timestamp (no time zone), ContextTokens >= 1 and GeneratedTokens >= 0."""
-_AZURE_LINE = re.compile(b"(%s),(%s),(%s)\r?\n" % _AZURE_FIELDS)
 _AZURE_BODY = re.compile(b"(?:%s,%s,%s\r?\n)*" % _AZURE_FIELDS)
 
 
@@ -521,16 +520,19 @@ def _azure_plain(path: Path, header: list[str]) -> tuple[dict[str, np.ndarray], 
         body += b"\n"
     if _AZURE_BODY.fullmatch(body) is None:
         return None  # some line is not of the plain form
-    rows = _AZURE_LINE.findall(body)
-    if not rows:
+    if not body:
         return {}, 0
-    ts, inp, out = zip(*rows)
+    # every line is three comma-free fields (checked above): split at commas and line ends
+    fields = body.replace(b"\r\n", b"\n").replace(b",", b"\n").split(b"\n")
+    del fields[-1]  # after the last line end
+    ts, inp, out = fields[0::3], fields[1::3], fields[2::3]
+    rows = len(ts)
     years = np.array(ts, dtype="S4").astype(np.int64)
     inp_a, out_a = np.array(inp, dtype=np.int64), np.array(out, dtype=np.int64)
     if (years < 1678).any() or (years > 2261).any() or (inp_a > MAX_TOKENS).any() or (out_a > MAX_TOKENS).any():
         return None  # outside datetime64[ns] (it would wrap silently) or absurd counts: the pandas path names the line
     ns = np.array(ts).astype("datetime64[ns]").astype(np.int64)
-    return {"ns": ns, "inp": inp_a, "out": out_a}, len(rows)
+    return {"ns": ns, "inp": inp_a, "out": out_a}, rows
 
 
 @register_format
