@@ -509,16 +509,8 @@ def _azure_plain(path: Path, header: list[str]) -> tuple[dict[str, np.ndarray], 
     anything else (that path then reads the file and reports bad lines)."""
     if [h.strip() for h in header] != AzureReader.COLUMNS:
         return None
-    data = path.read_bytes()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    nl = data.find(b"\n")
-    if nl < 0:
-        return None
-    body = data[nl + 1 :]
-    if body and not body.endswith(b"\n"):
-        body += b"\n"
-    if _AZURE_BODY.fullmatch(body) is None:
+    body = _body_bytes(path)
+    if body is None or _AZURE_BODY.fullmatch(body) is None:
         return None  # some line is not of the plain form
     if not body:
         return {}, 0
@@ -578,6 +570,62 @@ class AzureReader(TraceReader):
         )
 
 
+_BURST_MODEL = rb"[A-Za-z][A-Za-z0-9._-]{0,63}"
+"""A model name the plain BurstGPT path reads as pandas would: no spaces to strip, no quotes,
+not a number (it starts with a letter)."""
+_BURST_BODY = re.compile(rb"(?:\d{1,15},%s,[1-9]\d{0,17},\d{1,18},[^,\"\r\n]*,[^,\"\r\n]*\r?\n)*" % _BURST_MODEL)
+_BURST_NOT_NAMES = frozenset({"na", "nan", "null", "none", "true", "false", "inf", "infinity"})
+"""Names (any case) that pandas reads as missing, booleans or floats: left to the pandas path."""
+
+
+def _burstgpt_plain(path: Path, header: list[str]) -> tuple[dict[str, np.ndarray], int, list[str]] | None:
+    """The common case of a BurstGPT trace read without pandas: exactly the six columns in the
+    documented order, every line ``<integer seconds>,<model>,<int >= 1>,<int >= 0>,<total>,<log
+    type>`` with a plain model name (:data:`_BURST_MODEL`; neither total nor log type holds a
+    comma or a quote), no blank lines. Gives the same columns, row count and model names (in
+    order of first appearance) as the pandas path; None for anything else."""
+    if [h.strip() for h in header] != ["Timestamp", "Model", "Request tokens", "Response tokens", "Total tokens", "Log Type"]:
+        return None
+    body = _body_bytes(path)
+    if body is None or _BURST_BODY.fullmatch(body) is None:
+        return None
+    if not body:
+        return {}, 0, []
+    lines = body.replace(b"\r\n", b"\n").split(b"\n")
+    del lines[-1]  # after the last line end
+    fields = [line.split(b",", 4) for line in lines]
+    ts, model, inp, out = (list(c) for c in zip(*((f[0], f[1], f[2], f[3]) for f in fields), strict=True))
+    inp_a, out_a = np.array(inp, dtype=np.int64), np.array(out, dtype=np.int64)
+    if (inp_a > MAX_TOKENS).any() or (out_a > MAX_TOKENS).any():
+        return None  # the pandas path names the line
+    names = list(dict.fromkeys(model))
+    if any(n.decode().lower() in _BURST_NOT_NAMES for n in names):
+        return None
+    code = {n: i for i, n in enumerate(names)}
+    cols = {
+        "t": np.array(ts, dtype=np.int64).astype(np.float64),
+        "inp": inp_a,
+        "out": out_a,
+        "model": np.array([code[m] for m in model], dtype=np.int32),
+    }
+    return cols, len(lines), [n.decode() for n in names]
+
+
+def _body_bytes(path: Path) -> bytes | None:
+    """A CSV file's bytes after its header line (UTF-8 BOM dropped; a last line without a line
+    end gets one); None if the file has no line end at all."""
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    nl = data.find(b"\n")
+    if nl < 0:
+        return None
+    body = data[nl + 1 :]
+    if body and not body.endswith(b"\n"):
+        body += b"\n"
+    return body
+
+
 @register_format
 class BurstGPTReader(TraceReader):
     """BurstGPT: ``Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type``."""
@@ -613,7 +661,12 @@ class BurstGPTReader(TraceReader):
             model = to_global[codes] if len(codes) else np.empty(0, np.int32)
             return {"t": t[good], "inp": inp[good], "out": out[good], "model": model}
 
-        cols, rows = _collect_csv(path, header, sink, convert)
+        fast = _burstgpt_plain(path, header)
+        if fast is not None:
+            cols, rows, first_seen = fast
+            names.update((n, i) for i, n in enumerate(first_seen))
+        else:
+            cols, rows = _collect_csv(path, header, sink, convert)
         out = cols.get("out", np.empty(0, np.int64))
         failed = out == 0
         out[failed] = 1
