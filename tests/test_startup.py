@@ -119,3 +119,61 @@ def test_iteration_columns_are_typed_columns_of_the_rows() -> None:
         assert cols[name].dtype == kind and cols[name].tolist() == [r[k] for r in rows]
     empty = iteration_columns([])
     assert all(len(v) == 0 and v.dtype == cols[k].dtype for k, v in empty.items())
+
+
+def _parse_native(path: Path, plain: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """NativeReader.parse's columns as plain data (or its error), as :func:`_parse`."""
+    with monkeypatch.context() as m:
+        if not plain:
+            m.setattr(T, "_native_plain", lambda path, header: None)
+        try:
+            cols = T.NativeReader().parse(path, T.ReadOptions(on_bad_line="skip"))
+        except TraceError as e:
+            return str(e)
+    return {k: (v.dtype.str, v.tolist()) if isinstance(v, np.ndarray) else v for k, v in vars(cols).items()}
+
+
+def test_plain_native_shipped_trace_read_without_pandas_equals_pandas(monkeypatch: pytest.MonkeyPatch) -> None:
+    path = ROOT / "workloads" / "traces" / "shared_prefix_1rps.csv"
+    assert T._native_plain(path, T._read_header(path)) is not None
+    assert _parse_native(path, True, monkeypatch) == _parse_native(path, False, monkeypatch)
+
+
+_SECONDS = st.one_of(st.integers(0, 10**9).map(str),
+                     st.tuples(st.integers(0, 10**6), st.text("0123456789", min_size=1, max_size=8)).map(lambda t: f"{t[0]}.{t[1]}"),
+                     st.floats(0, 1e5).map(lambda x: f"{x:.6f}"))
+_PLAIN_NATIVE = st.tuples(_SECONDS, st.integers(1, 10**5).map(str), st.integers(1, 10**5).map(str),
+                          st.one_of(st.just(""), st.integers(0, 2**39 - 1).map(str)), st.integers(0, 10**5).map(str))
+_ODD_NATIVE = st.tuples(
+    st.sampled_from(["-1", "1e3", "", ".5", "5.", "1234567890123456", "0.12345678901234567", "nan", "1,5"]),
+    st.sampled_from(["0", "2.0", "99999999999", "", "x"]),
+    st.sampled_from(["0", "007", "1.5", ""]),
+    st.sampled_from(["3.0", str(2**39), "-1", "x"]),
+    st.sampled_from(["", "99999999", "1.5", "x"]),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(_PLAIN_NATIVE, min_size=0, max_size=12), odd=st.lists(st.tuples(st.integers(0, 12), _ODD_NATIVE, st.integers(0, 4)), max_size=2),
+       with_prefix=st.booleans(), crlf=st.booleans())
+def test_plain_native_reader_equals_pandas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows: list[tuple[str, ...]],
+                                           odd: list[tuple[int, tuple[str, ...], int]], with_prefix: bool, crlf: bool) -> None:
+    """Native CSV traces: the plain reader's columns (arrival seconds bit for bit) equal the pandas
+    path's; a file with an odd or invalid field is left to the pandas path."""
+    width = 5 if with_prefix else 3
+    fixed = []
+    for r in rows:  # prefix tokens within the prompt, so that the plain rows are valid
+        r = list(r)
+        r[4] = str(min(int(r[4]), int(r[1])))
+        fixed.append(tuple(r[:width]))
+    for at, row, field in odd:
+        base = list(fixed[at % len(fixed)]) if fixed else ["1.5", "10", "3", "7", "5"][:width]
+        base[field % width] = row[field % width]
+        fixed.insert(at % (len(fixed) + 1), tuple(base))
+    header = "arrival_s,input_tokens,output_tokens" + (",prefix_id,prefix_tokens" if with_prefix else "")
+    end = "\r\n" if crlf else "\n"
+    path = tmp_path / "t.csv"
+    path.write_bytes((header + end + "".join(",".join(r) + end for r in fixed)).encode())
+    if not odd and all(len(r[0].replace(".", "")) <= 15 for r in fixed):
+        assert T._native_plain(path, T._read_header(path)) is not None
+    assert _parse_native(path, True, monkeypatch) == _parse_native(path, False, monkeypatch)

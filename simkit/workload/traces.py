@@ -825,6 +825,53 @@ def native_prefix_hashes(
     return hashes, offsets
 
 
+_NATIVE_SECONDS = rb"(?:\d{1,15}|(?=[\d.]{3,16}[,\r\n])\d+\.\d+)"
+"""arrival_s of a plain native line: a plain decimal of at most 15 digits (pandas' parser and
+Python's give the same float for those: the digits and the power of ten are exact doubles)."""
+_NATIVE_BODY = re.compile(rb"(?:%s,[1-9]\d{0,17},[1-9]\d{0,17}\r?\n)*" % _NATIVE_SECONDS)
+_NATIVE_PREFIX_BODY = re.compile(rb"(?:%s,[1-9]\d{0,17},[1-9]\d{0,17},\d{0,12},\d{0,18}\r?\n)*" % _NATIVE_SECONDS)
+
+
+def _native_plain(path: Path, header: list[str]) -> tuple[dict[str, np.ndarray], int] | None:
+    """The common case of a native CSV trace read without pandas: exactly the columns
+    ``arrival_s,input_tokens,output_tokens[,prefix_id,prefix_tokens]`` in that order, every line
+    plain (:data:`_NATIVE_SECONDS`, counts >= 1, a prefix id of digits or nothing, prefix tokens
+    of digits), no blank lines, and every line valid (token counts within bounds, a prefix id
+    below 2**39 with its prefix tokens given and <= input_tokens). Gives the same columns and row
+    count as the pandas path; None for anything else (that path reads it and reports the lines)."""
+    names = [h.strip() for h in header]
+    if names == NativeReader.REQUIRED:
+        body_re, prefix = _NATIVE_BODY, False
+    elif names == NativeReader.REQUIRED + NativeReader.OPTIONAL:
+        body_re, prefix = _NATIVE_PREFIX_BODY, True
+    else:
+        return None
+    body = _body_bytes(path)
+    if body is None or body_re.fullmatch(body) is None:
+        return None
+    if not body:
+        return {}, 0
+    fields = body.replace(b"\r\n", b"\n").replace(b",", b"\n").split(b"\n")
+    del fields[-1]  # after the last line end
+    width = 5 if prefix else 3
+    t = np.array(fields[0::width], dtype=np.float64)
+    inp, out = np.array(fields[1::width], dtype=np.int64), np.array(fields[2::width], dtype=np.int64)
+    if (inp > MAX_TOKENS).any() or (out > MAX_TOKENS).any():
+        return None
+    cols = {"t": t, "inp": inp, "out": out}
+    if prefix:
+        pid_raw, ptok_raw = fields[3::width], fields[4::width]
+        has = np.array([len(x) > 0 for x in pid_raw], dtype=bool)
+        pid = np.array([x or b"0" for x in pid_raw], dtype=np.int64)
+        ptok = np.array([x or b"0" for x in ptok_raw], dtype=np.int64)
+        given = np.array([len(x) > 0 for x in ptok_raw], dtype=bool)
+        if (has & ((pid >= 2**_PREFIX_ID_BITS) | ~given | (ptok > inp))).any():
+            return None
+        cols["pid"] = np.where(has, pid, -1).astype(np.int64)
+        cols["ptok"] = np.where(has, ptok, 0).astype(np.int64)
+    return cols, len(t)
+
+
 @register_format
 class NativeReader(TraceReader):
     """simkit's own format: CSV or Parquet with ``arrival_s,input_tokens,output_tokens``
@@ -905,7 +952,10 @@ class NativeReader(TraceReader):
             good = checks.report(lines, sink)
             return {k: v[good] for k, v in cols.items()}
 
-        if parquet:
+        fast = None if parquet else _native_plain(path, header)
+        if fast is not None:
+            cols, rows = fast
+        elif parquet:
             cols, rows = self._collect_parquet(pf, c, sink, convert)
         else:
             cols, rows = _collect_csv(path, header, sink, convert)
