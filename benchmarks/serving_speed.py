@@ -56,6 +56,24 @@ def _azure16k(name: str, batching: dict, replicas: int = 1) -> dict:
 
 
 CASES: dict[str, dict] = {
+    # start-up dominated: workloads/scenarios/quickstart.yaml (200 requests)
+    "quickstart": {
+        "name": "quickstart",
+        "hardware": "dgx-h100",
+        "model": "llama-2-7b",
+        "workload": {
+            "synthetic": {
+                "num_requests": 200,
+                "arrival": {"process": "poisson", "rate": 8},
+                "lengths": {"input": {"dist": "lognormal", "median": 512, "sigma": 0.8, "max": 3072},
+                            "output": {"dist": "lognormal", "median": 128, "sigma": 0.8, "max": 1024}},
+            }
+        },
+        "plan": {"batching": {"policy": "continuous", "max_num_seqs": 128, "max_num_batched_tokens": 4096},
+                 "precision": {"weights": "fp16", "activations": "fp16", "kv_cache": "fp16"}},
+        "slo": {"ttft_p90_s": 0.5, "tpot_p99_s": 0.05},
+        "seed": 0,
+    },
     "azure16k-continuous": _azure16k("azure16k-continuous", {"policy": "continuous", "max_num_seqs": 128, "max_num_batched_tokens": 4096}),
     "azure16k-chunked": _azure16k(
         "azure16k-chunked", {"policy": "chunked_prefill", "chunk_size": 512, "max_num_seqs": 128, "max_num_batched_tokens": 4096}

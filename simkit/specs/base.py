@@ -68,20 +68,36 @@ class Section(BaseModel):
                 f.description = docs[name]
 
 
-_CLASS_DEFS: dict[tuple[str, int], list[ast.ClassDef]] = {}
-"""(source file, length of its text) -> every class statement in it (parsed once per file)."""
+_CLASS_DOCS: dict[tuple[str, int], list[tuple[str, int, int, dict[str, str]]]] = {}
+"""(source file, length of its text) -> (name, first line, last line, attribute docstrings) of
+every class statement in it; the file is parsed once and only these records are kept (a
+module's syntax tree is tens of thousands of objects that every later garbage collection
+would walk)."""
 
 
-def _class_defs(filename: str, lines: list[str]) -> list[ast.ClassDef]:
+def _class_docs(filename: str, lines: list[str]) -> list[tuple[str, int, int, dict[str, str]]]:
+    from inspect import cleandoc
+
     text = "".join(lines)
     key = (filename, len(text))
-    found = _CLASS_DEFS.get(key)
+    found = _CLASS_DOCS.get(key)
     if found is None:
         try:
             tree = ast.parse(text, filename)
         except (SyntaxError, ValueError):
             tree = ast.Module(body=[], type_ignores=[])
-        found = _CLASS_DEFS[key] = [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
+        found = []
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            docs: dict[str, str] = {}
+            for prev, stmt in zip(node.body, node.body[1:]):
+                if (isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name) and isinstance(stmt, ast.Expr)
+                        and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)):
+                    docs[prev.target.id] = cleandoc(stmt.value.value)
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            found.append((node.name, first, node.end_lineno or node.lineno, docs))
+        _CLASS_DOCS[key] = found
     return found
 
 
@@ -93,7 +109,6 @@ def attribute_docstrings(cls: type) -> dict[str, str]:
     frame is executing. Empty when the source is not available (as pydantic's)."""
     import linecache
     import sys
-    from inspect import cleandoc
 
     frame = sys._getframe(1)
     while frame is not None and frame.f_globals.get("__name__") != cls.__module__:
@@ -101,19 +116,10 @@ def attribute_docstrings(cls: type) -> dict[str, str]:
     if frame is None:
         return {}
     filename = frame.f_code.co_filename
-    lines = linecache.getlines(filename, frame.f_globals)
     line = frame.f_lineno
-    here = [n for n in _class_defs(filename, lines) if n.name == cls.__name__
-            and min([n.lineno, *(d.lineno for d in n.decorator_list)]) <= line <= (n.end_lineno or n.lineno)]
-    if not here:
-        return {}
-    node = max(here, key=lambda n: n.lineno)  # the innermost
-    docs: dict[str, str] = {}
-    for prev, stmt in zip(node.body, node.body[1:]):
-        if (isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name) and isinstance(stmt, ast.Expr)
-                and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)):
-            docs[prev.target.id] = cleandoc(stmt.value.value)
-    return docs
+    here = [(first, docs) for name, first, last, docs in _class_docs(filename, linecache.getlines(filename, frame.f_globals))
+            if name == cls.__name__ and first <= line <= last]
+    return dict(max(here, key=lambda h: h[0])[1]) if here else {}  # the innermost
 
 
 def _unwrap(t: Any) -> Any:
