@@ -215,11 +215,13 @@ def _run_cli(case: str, env: dict[str, str], warm: bool) -> tuple[float, float, 
         cmd = [sys.executable, "-m", "simkit.cli", "run", str(scenario), "--out", str(out)]
         if env.get("SIMKIT_BENCH_ENGINE", "auto") != "auto":
             cmd += ["--engine", env["SIMKIT_BENCH_ENGINE"]]
+        # run in the temporary folder: `python -m` puts the working folder first on sys.path,
+        # which must not shadow the checkout that env's PYTHONPATH names
         if warm:
-            subprocess.run(cmd, capture_output=True, env=env, check=False)  # warm the table cache
+            subprocess.run(cmd, capture_output=True, env=env, cwd=tmp, check=False)  # warm the table cache
         with open(Path(tmp) / "stderr", "w+") as err:
             t0 = time.perf_counter()
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=tmp)
             _, status, usage = os.wait4(proc.pid, 0)
             wall = time.perf_counter() - t0
             proc.returncode = os.waitstatus_to_exitcode(status)
