@@ -573,7 +573,9 @@ class AzureReader(TraceReader):
 _BURST_MODEL = rb"[A-Za-z][A-Za-z0-9._-]{0,63}"
 """A model name the plain BurstGPT path reads as pandas would: no spaces to strip, no quotes,
 not a number (it starts with a letter)."""
-_BURST_BODY = re.compile(rb"(?:\d{1,15},%s,[1-9]\d{0,17},\d{1,18},[^,\"\r\n]*,[^,\"\r\n]*\r?\n)*" % _BURST_MODEL)
+_BURST_TEXT = rb"[\x20\x21\x23-\x2b\x2d-\x7e]*"
+"""Total tokens and Log Type (not read): printable ASCII without a comma or a quote."""
+_BURST_BODY = re.compile(rb"(?:\d{1,15},%s,[1-9]\d{0,17},\d{1,18},%s,%s\r?\n)*" % (_BURST_MODEL, _BURST_TEXT, _BURST_TEXT))
 _BURST_NOT_NAMES = frozenset({"na", "nan", "null", "none", "true", "false", "inf", "infinity"})
 """Names (any case) that pandas reads as missing, booleans or floats: left to the pandas path."""
 
@@ -581,8 +583,8 @@ _BURST_NOT_NAMES = frozenset({"na", "nan", "null", "none", "true", "false", "inf
 def _burstgpt_plain(path: Path, header: list[str]) -> tuple[dict[str, np.ndarray], int, list[str]] | None:
     """The common case of a BurstGPT trace read without pandas: exactly the six columns in the
     documented order, every line ``<integer seconds>,<model>,<int >= 1>,<int >= 0>,<total>,<log
-    type>`` with a plain model name (:data:`_BURST_MODEL`; neither total nor log type holds a
-    comma or a quote), no blank lines. Gives the same columns, row count and model names (in
+    type>`` with a plain model name (:data:`_BURST_MODEL`; total and log type are
+    :data:`_BURST_TEXT`), no blank lines. Gives the same columns, row count and model names (in
     order of first appearance) as the pandas path; None for anything else."""
     if [h.strip() for h in header] != ["Timestamp", "Model", "Request tokens", "Response tokens", "Total tokens", "Log Type"]:
         return None
