@@ -22,6 +22,7 @@ def _parse(path: Path, plain: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
     """BurstGPTReader.parse's columns as plain data (or the error it raised), through the plain
     reader when it takes the file, else (``plain=False``) through the pandas path."""
     with monkeypatch.context() as m:
+        m.setattr(T, "_plain_first", lambda path: True)  # pandas is imported in this process
         if not plain:
             m.setattr(T, "_burstgpt_plain", lambda path, header: None)
         try:
@@ -124,6 +125,7 @@ def test_iteration_columns_are_typed_columns_of_the_rows() -> None:
 def _parse_native(path: Path, plain: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
     """NativeReader.parse's columns as plain data (or its error), as :func:`_parse`."""
     with monkeypatch.context() as m:
+        m.setattr(T, "_plain_first", lambda path: True)  # pandas is imported in this process
         if not plain:
             m.setattr(T, "_native_plain", lambda path, header: None)
         try:
@@ -177,3 +179,17 @@ def test_plain_native_reader_equals_pandas(tmp_path: Path, monkeypatch: pytest.M
     if not odd and all(len(r[0].replace(".", "")) <= 15 for r in fixed):
         assert T._native_plain(path, T._read_header(path)) is not None
     assert _parse_native(path, True, monkeypatch) == _parse_native(path, False, monkeypatch)
+
+
+def test_plain_readers_are_tried_on_small_files_before_pandas_is_imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past PLAIN_MAX_BYTES, or once pandas is imported, pandas' C parser reads faster."""
+    import sys
+
+    path = tmp_path / "t.csv"
+    path.write_text(BURST_HEADER + "1,GPT-4,3,0,3,API log\n")
+    assert "pandas" in sys.modules and not T._plain_first(path)
+    monkeypatch.delitem(sys.modules, "pandas")
+    assert T._plain_first(path)
+    monkeypatch.setattr(T, "PLAIN_MAX_BYTES", path.stat().st_size - 1)
+    assert not T._plain_first(path)
+    assert not T._plain_first(tmp_path / "missing.csv")
