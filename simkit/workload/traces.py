@@ -611,10 +611,10 @@ def _burstgpt_plain(path: Path, header: list[str]) -> tuple[dict[str, np.ndarray
         return None
     if not body:
         return {}, 0, []
-    lines = body.replace(b"\r\n", b"\n").split(b"\n")
-    del lines[-1]  # after the last line end
-    fields = [line.split(b",", 4) for line in lines]
-    ts, model, inp, out = (list(c) for c in zip(*((f[0], f[1], f[2], f[3]) for f in fields), strict=True))
+    # every line is six comma-free fields (checked above): split at commas and line ends
+    fields = body.replace(b"\r\n", b"\n").replace(b",", b"\n").split(b"\n")
+    del fields[-1]  # after the last line end
+    ts, model, inp, out = fields[0::6], fields[1::6], fields[2::6], fields[3::6]
     inp_a, out_a = np.array(inp, dtype=np.int64), np.array(out, dtype=np.int64)
     if (inp_a > MAX_TOKENS).any() or (out_a > MAX_TOKENS).any():
         return None  # the pandas path names the line
@@ -628,7 +628,7 @@ def _burstgpt_plain(path: Path, header: list[str]) -> tuple[dict[str, np.ndarray
         "out": out_a,
         "model": np.array([code[m] for m in model], dtype=np.int32),
     }
-    return cols, len(lines), [n.decode() for n in names]
+    return cols, len(ts), [n.decode() for n in names]
 
 
 def _body_bytes(path: Path) -> bytes | None:
