@@ -147,6 +147,12 @@ def plan_replica_memory(
         return plan_memory(sc, model, device, prec, tp, layout.layer_split, plan.parallel.ep), None, None
     lm = measured_links(eff, plan.offload.io_block_size, plan.offload.io_queue_depth)
     pageable = lm["h2d_pageable"][0] / lm["h2d"][0] if "h2d_pageable" in lm and "h2d" in lm else None
+    if use_cpu and plan.offload.host_kv_dtype == "fp32":
+        raise ScenarioError(
+            "host_kv_dtype: fp32 describes a GPU run's KV cache held in host DRAM; this plan computes on the CPU",
+            where=sc.source,
+            key="plan.offload.host_kv_dtype",
+        )
     off_layout = build_offload_layout(plan.offload, model, prec, tp, use_cpu, pageable)
     mem0 = plan_memory(sc, model, device, prec, tp, layout.layer_split, plan.parallel.ep, check=False)
     off_mem = check_offload_capacity(
