@@ -33,7 +33,7 @@ from simkit.engine.fast import FastEngine, fast_path_reason
 from simkit.engine.kvcache import KVBlockManager, PrefixCache
 from simkit.engine.offload import OffloadExecutor
 from simkit.engine.offload_fast import ClosedFormStep, closed_form_reason
-from simkit.engine.pipeline_fast import PipelineSchedule
+from simkit.engine.pipeline_fast import PipelineEngine, PipelineSchedule
 from simkit.engine.pipeline_fast import closed_form_reason as pipeline_reason
 from simkit.engine.replica import Replica
 from simkit.engine.resources import Link
@@ -749,7 +749,7 @@ def build_replicas(dep: Deployment, cluster: Cluster) -> list[OffloadExecutor]:
             if offloaded and bat.policy == "static" and bat.batch_size is None and plan.offload.gpu_batch_size:
                 opts = bat.model_copy(update={"batch_size": plan.offload.gpu_batch_size * plan.offload.num_gpu_batches})
             policy = build_policy(opts, role)
-            eng = dep.engine_cls(
+            eng = (PipelineEngine if pipe is not None else dep.engine_cls)(
                 env, r, table, cost, policy, kv, cfg, cluster.tbt, cluster.log, cluster.next_arrival, links,
                 cluster.on_prefilled if role == "prefill" else None, tracer, replica=rep, stages=stages, engine_id=v,
                 offload=executor,

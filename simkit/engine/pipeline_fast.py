@@ -32,11 +32,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import simpy
 
+from simkit.engine.engine import Engine
 from simkit.engine.offload_fast import wake_at
 
 if TYPE_CHECKING:
     from simkit.cost.iteration import IterationModel
-    from simkit.engine.engine import Engine, Stage
+    from simkit.engine.engine import Stage
 
 
 class PipelineConflict(Exception):  # noqa: N818 (a control-flow signal, not an error)
@@ -88,9 +89,33 @@ class PipelineSchedule:
         self.rep = [reps.setdefault((st.cost.layers, st.cost.first_stage, st.cost.last_stage), k) for k, st in enumerate(stages)]
         self.costs: list[IterationModel] = [st.cost for st in stages]
 
-    def _times(self, q: np.ndarray, ctx: np.ndarray, rows: int) -> list[float]:
+    def _times(self, q: np.ndarray, ctx: np.ndarray, rows: int, decode: tuple[int, int] | None = None) -> list[float]:
         """Each stage's ``step_time(q, ctx, logits_rows=rows)``, in its scalar form where it has
-        one (bit-identical), one evaluation per distinct stage."""
+        one (bit-identical), one evaluation per distinct stage. ``decode``: the iteration only
+        decodes, and its contexts sum to ``decode[0]``, the longest being ``decode[1]``."""
+        if decode is not None:
+            pq: list[int] = []
+            pc: list[int] = []
+            nb = len(q)
+            dsum, dmax = decode
+        else:
+            pq, pc, nb, dsum, dmax = self._split(q, ctx)
+        out: list[float] = []
+        costs = self.costs
+        for k, r in enumerate(self.rep):
+            if r < k:
+                out.append(out[r])
+                continue
+            cost = costs[k]
+            t = cost.mixed_step_time(pq, pc, nb, dsum, dmax, rows)
+            out.append(cost.step_time(q, ctx, logits_rows=rows) if t is None else t)
+        return out
+
+    @staticmethod
+    def _split(q: np.ndarray, ctx: np.ndarray) -> tuple[list[int], list[int], int, int, int]:
+        """An iteration as :meth:`IterationModel.mixed_step_time` takes it: the prefill chunks'
+        tokens and contexts, and the decodes' count, context sum and longest context (decodes
+        as ``attention_time`` counts them: one new token over a cache)."""
         is_dec = (q == 1) & (ctx > 0)
         nb = int(np.count_nonzero(is_dec))
         if nb == len(q):
@@ -105,22 +130,17 @@ class PipelineSchedule:
                 dsum, dmax = int(d.sum()), int(d.max())
             else:
                 dsum = dmax = 0
-        out: list[float] = []
-        for k, r in enumerate(self.rep):
-            if r < k:
-                out.append(out[r])
-                continue
-            cost = self.costs[k]
-            t = cost.mixed_step_time(pq, pc, nb, dsum, dmax, rows)
-            out.append(cost.step_time(q, ctx, logits_rows=rows) if t is None else t)
-        return out
+        return pq, pc, nb, dsum, dmax
 
-    def submit(self, eng: Engine, steps: list[tuple[np.ndarray, np.ndarray, int]]) -> simpy.Event:
+    def submit(
+        self, eng: Engine, steps: list[tuple[np.ndarray, np.ndarray, int]], decode: tuple[int, int] | None = None,
+    ) -> simpy.Event:
         """Schedule ``eng``'s iterations ``steps`` (each ``(q, ctx, logits rows)``) through the
         stages from now, with the engine's and the links' accounting; an event that fires when
         the last stage of the last iteration is done (as the event path's process does: one
         event after the stage's own timeout). Raises :class:`PipelineConflict` where the closed
-        form does not hold (the run is then abandoned, so nothing needs undoing)."""
+        form does not hold (the run is then abandoned, so nothing needs undoing). ``decode``:
+        as :meth:`_times` takes it (one iteration that only decodes)."""
         env = self.env
         stages, free_at, last_req, link_end = self.stages, self.free_at, self.last_req, self.link_end
         hidden, a_bytes = eng.cost.model.hidden_size, eng.cost.precision.a_bytes
@@ -131,7 +151,8 @@ class PipelineSchedule:
         for q, ctx, rows in steps:
             qsum = int(np.sum(q))
             act_bytes = float(qsum) * hidden * a_bytes
-            durs = self._times(q, ctx, rows)
+            durs = self._times(q, ctx, rows, decode)
+            comm: list[float] = []
             for k, st in enumerate(stages):
                 # FIFO stream: granted after every earlier request, when the last holder releases
                 if req < last_req[k] or (req == last_req[k] and not (first and k == 0)):
@@ -140,7 +161,9 @@ class PipelineSchedule:
                 dur = durs[k]
                 start = req if req >= free_at[k] else free_at[k]
                 stage_busy[k] += dur
-                stage_comm[k] += st.cost.comm_time(qsum)
+                c = comm[self.rep[k]] if self.rep[k] < k else st.cost.comm_time(qsum)
+                comm.append(c)
+                stage_comm[k] += c
                 end = start + dur
                 free_at[k] = end
                 eng.busy_time += dur
@@ -171,3 +194,48 @@ class PipelineSchedule:
         done = env.event()
         wake_at(env, req).callbacks.append(lambda _ev: done.succeed())
         return done
+
+
+class PipelineEngine(Engine):
+    """An :class:`Engine` of a pipelined replica whose stages run in closed form
+    (:class:`PipelineSchedule`): its decode iterations (one at a time, as every pipelined
+    iteration is) are costed on scalars, bit-identical to the reference engine's arrays."""
+
+    pipe: PipelineSchedule
+
+    def _decode_run(self, dec: np.ndarray):  # type: ignore[no-untyped-def]
+        """:meth:`Engine._decode_run` for a pipelined replica: one iteration (the growth bound on
+        a longer run does not apply), the replica-wide step time (the first inter-token gap is
+        measured against it) on scalars where :meth:`IterationModel.decode_step_times` has
+        them, the stages through :meth:`PipelineSchedule.submit`."""
+        env = self.env
+        t = self.table
+        B = len(dec)
+        kv = t.kv_len[dec]
+        gen = t.gen[dec]
+        out = t.output[dec]
+        ksum, kmax = int(kv.sum()), int(kv.max())
+        one = self.cost.decode_step_times(B, float(ksum), 1, float(kmax))
+        if one is None:
+            e0 = float(np.cumsum(self.cost.decode_steps(B, float(ksum), 1, float(kmax), kv))[0])
+        else:
+            e0 = one[1][0]
+        self._grow_blocks(dec, 1, kv)
+        mc = self.max_context
+        if kmax + 1 > mc["attn_decode"]:
+            mc["attn_decode"] = kmax + 1
+        start = env.now
+        # every context is > 0 for a decode (attention_time's test): then its sums are the stages'
+        hint = (ksum, kmax) if int(kv.min()) > 0 else None
+        yield self.pipe.submit(self, [(np.ones(B, dtype=np.int64), kv, B)], hint)
+        now = env.now
+        self.log.add(self.index, start, now, 1, 0, B, B, self.kv.in_use)
+        extra = max((now - start) - e0, 0.0)
+        self.tbt.push(start + e0 + extra - t.last_token[dec])
+        gen += 1
+        t.kv_len[dec] = kv + 1
+        t.gen[dec] = gen
+        t.last_token[dec] = now
+        fin = gen >= out
+        if fin.any():
+            self._finish(dec[fin].tolist())
