@@ -88,6 +88,7 @@ class PipelineSchedule:
         reps: dict[tuple[int, bool, bool], int] = {}
         self.rep = [reps.setdefault((st.cost.layers, st.cost.first_stage, st.cost.last_stage), k) for k, st in enumerate(stages)]
         self.costs: list[IterationModel] = [st.cost for st in stages]
+        self._plan = [(k, self.rep[k], st.cost, st.tp, st.link_out) for k, st in enumerate(stages)]
 
     def _times(self, q: np.ndarray, ctx: np.ndarray, rows: int, decode: tuple[int, int] | None = None) -> list[float]:
         """Each stage's ``step_time(q, ctx, logits_rows=rows)``, in its scalar form where it has
@@ -142,33 +143,34 @@ class PipelineSchedule:
         form does not hold (the run is then abandoned, so nothing needs undoing). ``decode``:
         as :meth:`_times` takes it (one iteration that only decodes)."""
         env = self.env
-        stages, free_at, last_req, link_end = self.stages, self.free_at, self.last_req, self.link_end
+        free_at, last_req, link_end = self.free_at, self.last_req, self.link_end
         hidden, a_bytes = eng.cost.model.hidden_size, eng.cost.precision.a_bytes
         stage_busy, stage_comm = eng.stage_busy, eng.stage_comm
+        busy, busy_gpu = eng.busy_time, eng.busy_gpu_s  # summed in the event path's order, stored below
         now = env.now
         req = now
         first = True
         for q, ctx, rows in steps:
-            qsum = int(np.sum(q))
+            qsum = len(q) if decode is not None else int(q.sum())
             act_bytes = float(qsum) * hidden * a_bytes
             durs = self._times(q, ctx, rows, decode)
             comm: list[float] = []
-            for k, st in enumerate(stages):
+            for k, r, cost, tp, link in self._plan:
                 # FIFO stream: granted after every earlier request, when the last holder releases
                 if req < last_req[k] or (req == last_req[k] and not (first and k == 0)):
                     raise PipelineConflict(self.replica, now, f"a micro-batch reaches stage {k} before or with an earlier one")
                 last_req[k] = req
                 dur = durs[k]
-                start = req if req >= free_at[k] else free_at[k]
+                f = free_at[k]
+                start = req if req >= f else f
                 stage_busy[k] += dur
-                c = comm[self.rep[k]] if self.rep[k] < k else st.cost.comm_time(qsum)
+                c = comm[r] if r < k else cost.comm_time(qsum)
                 comm.append(c)
                 stage_comm[k] += c
                 end = start + dur
                 free_at[k] = end
-                eng.busy_time += dur
-                eng.busy_gpu_s += dur * st.tp
-                link = st.link_out
+                busy += dur
+                busy_gpu += dur * tp
                 if link is None or act_bytes <= 0:
                     req = end
                     continue
@@ -191,6 +193,7 @@ class PipelineSchedule:
                 link.bytes_moved += act_bytes
                 req = land
             first = False
+        eng.busy_time, eng.busy_gpu_s = busy, busy_gpu
         done = env.event()
         wake_at(env, req).callbacks.append(lambda _ev: done.succeed())
         return done
