@@ -654,9 +654,7 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
             engine_path += f", event by event for steps of more sequences than gpu_batch_size ({gbs})"
     pipe = False
     if stage_costs is not None:
-        why = "requested" if engine == "reference" else pipeline_reason(
-            trace, pc.enabled, plan.kv_cache.preemption, bat.kv_transfer_link if disagg else None,
-        )
+        why = "requested" if engine == "reference" else pipeline_reason(trace, pc.enabled, plan.kv_cache.preemption)
         pipe = why is None
         engine_path += "; pipeline stages in closed form" if pipe else f"; pipeline stages event by event ({why})"
     return Deployment(scenario, sc, model, prec, use_cpu, groups, off_layout, off_mem, stage_costs, cpu_cost, reqs, adm,

@@ -82,6 +82,16 @@ def test_overtaking_micro_batch_reruns_event_by_event():
     _assert_same(ref, got)
 
 
+@pytest.mark.parametrize("kv_link", ["nvlink", "network"])
+def test_disaggregated_pipelines_identical(kv_link: str):
+    """Prefill and decode replicas, each PP 2 x TP 2 (uneven), the KV over NVLink or the network."""
+    data = _sc("dgx-h100", 2, 2, [12, 20], {"policy": "disaggregated", "prefill_replicas": 1, "kv_transfer_link": kv_link},
+               {"process": "poisson", "rate": 30.0}, 40, (100, 1500), (5, 50), replicas=2)
+    ref, got = _pair(data)
+    assert got.summary["engine_path"].endswith("; pipeline stages in closed form")
+    _assert_same(ref, got)
+
+
 @pytest.mark.parametrize(
     ("over", "reason"),
     [

@@ -54,17 +54,16 @@ class PipelineConflict(Exception):  # noqa: N818 (a control-flow signal, not an 
         return f"replica {self.replica} at t={self.now:.6g} s: {self.what}; the run was repeated event by event"
 
 
-def closed_form_reason(trace: bool, prefix_cache: bool, preemption: str, kv_link: str | None) -> str | None:
+def closed_form_reason(trace: bool, prefix_cache: bool, preemption: str) -> str | None:
     """None when :class:`PipelineSchedule` computes a pipelined plan's stages, else why they run
-    event by event. ``kv_link``: the disaggregated KV hand-off's link (None: not disaggregated)."""
+    event by event (the disaggregated KV hand-off crosses the network or NVLink, never a
+    pipeline link, so it does not matter here)."""
     if trace:
         return "Chrome trace output"
     if prefix_cache:
         return "prefix-cache fetches overlap the stages"
     if preemption == "swap":
         return "swap preemption waits for KV transfers"
-    if kv_link is not None and kv_link.startswith("pp"):
-        return "KV hand-offs over a pipeline link"
     return None
 
 
