@@ -121,11 +121,12 @@ def _plans(draw: st.DrawFn) -> dict:
     most = 16 if hw_kind == "two-nodes" else 8
     pp = draw(st.integers(2, 8))
     tp = draw(st.sampled_from([t for t in (1, 2, 4) if t * pp <= most]))
+    replicas = draw(st.integers(1, max(1, min(2, most // (tp * pp)))))
     hardware: str | dict = {
         "dgx-h100": "dgx-h100",
         "two-nodes": {"preset": "dgx-h100", "num_nodes": 2},
-        "pcie": {"preset": "rtx4090-workstation", "num_gpus": tp * pp},
-        "slow-pcie": {"preset": "rtx4090-workstation", "num_gpus": tp * pp,
+        "pcie": {"preset": "rtx4090-workstation", "num_gpus": tp * pp * replicas},
+        "slow-pcie": {"preset": "rtx4090-workstation", "num_gpus": tp * pp * replicas,
                       "links": {"host_to_gpu": "pcie-gen3-x4", "nvme": "pcie-gen4-x4"}},
     }[hw_kind]
     split = None
@@ -152,7 +153,6 @@ def _plans(draw: st.DrawFn) -> dict:
     inp = (lo, lo + draw(st.integers(0, 2000)))
     olo = draw(st.integers(1, 40))
     out = (olo, olo + draw(st.integers(0, 40)))
-    replicas = draw(st.integers(1, max(1, min(2, most // (tp * pp)))))
     blocks = draw(st.sampled_from([None, None, 400]))
     return _sc(hardware, pp, tp, split, batching, arrival, draw(st.integers(3, 24)), inp, out, replicas, blocks)
 
