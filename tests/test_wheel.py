@@ -80,7 +80,11 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
         assert run.returncode == 0, run.stderr
         summary = json.loads((out / "summary.json").read_text())
         assert summary["requests_completed"] == limit
-        assert "_data/calibration/profiles" in summary["calibration"]  # the shipped profile, not defaults
+        # the shipped profile from the installed package's data, not defaults (summary.json names it
+        # relative to the data folder, provenance.json by its absolute path)
+        assert "(calibration/profiles/" in summary["calibration"]
+        prov = json.loads((out / "provenance.json").read_text())
+        assert "_data/calibration/profiles" in prov["calibration"]["path"]
 
     # the shipped searches and studies run by name, their bases and traces from package data
     study = simkit("study", "rate-tp-prefix", "--set", "workload.limit=10", "--out", str(work / "st"))
