@@ -82,6 +82,19 @@ def test_overtaking_micro_batch_reruns_event_by_event():
     _assert_same(ref, got)
 
 
+@pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
+def test_preempting_pipelines_identical(policy: str):
+    """Few KV blocks shared by the replica's virtual engines: requests are preempted (recompute)
+    while other micro-batches are in flight."""
+    batching = {"policy": policy, "max_num_seqs": 32} | ({"chunk_size": 256} if policy == "chunked_prefill" else {})
+    data = _sc("dgx-h100", 4, 1, [5, 9, 9, 9], batching, {"process": "poisson", "rate": 100.0}, 60, (200, 800), (50, 200),
+               num_blocks=150)
+    ref, got = _pair(data)
+    assert got.summary["engine_path"].endswith("; pipeline stages in closed form")
+    assert int(got.table.preemptions.sum()) > 0
+    _assert_same(ref, got)
+
+
 @pytest.mark.parametrize("kv_link", ["nvlink", "network"])
 def test_disaggregated_pipelines_identical(kv_link: str):
     """Prefill and decode replicas, each PP 2 x TP 2 (uneven), the KV over NVLink or the network."""
