@@ -30,6 +30,7 @@ from simkit.cost.profile import Profile
 from simkit.engine.cluster import Admission, Cluster, HandOff
 from simkit.engine.engine import Engine, EngineConfig, Stage
 from simkit.engine.fast import FastEngine, fast_path_reason
+from simkit.engine.lean import fused_loop_reason
 from simkit.engine.kvcache import KVBlockManager, PrefixCache
 from simkit.engine.offload import OffloadExecutor
 from simkit.engine.offload_fast import ClosedFormStep, closed_form_reason
@@ -430,6 +431,9 @@ class Deployment:
     warnings: list[str] = field(default_factory=list)
     offload_closed_form: bool = False
     """The offloaded steps' times are computed in closed form (engine/offload_fast.py)."""
+    fused_loop: bool = False
+    """The run goes through the fused loop (engine/lean.py), falling back to the stepping fast
+    path if it stops."""
 
     @property
     def fleet(self) -> bool:
@@ -635,6 +639,10 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
     )
     engine_cls = Engine if slow_reason else FastEngine
     engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
+    fused = engine == "auto" and not slow_reason and fused_loop_reason(
+        policy_name, sum(g.replicas for g in groups), all(g.cost.closed_form_attention() for g in groups)) is None
+    if fused:
+        engine_path = "fast (fused loop)"
     closed = False
     if off_layout is not None:
         # an offloaded step's layer pipeline: in closed form unless something else uses its links
@@ -649,7 +657,7 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
             # a step of more sequences than a GPU batch runs the zig-zag block schedule
             engine_path += f", event by event for steps of more sequences than gpu_batch_size ({gbs})"
     return Deployment(scenario, sc, model, prec, use_cpu, groups, off_layout, off_mem, stage_costs, cpu_cost, reqs, adm,
-                      group_shares, cross_tp, engine_cls, engine_path, warn, closed)
+                      group_shares, cross_tp, engine_cls, engine_path, warn, closed, fused)
 
 
 def build_replicas(dep: Deployment, cluster: Cluster) -> list[OffloadExecutor]:

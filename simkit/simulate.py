@@ -10,6 +10,7 @@ routing, hand-offs), :mod:`simkit.summary` summarises it, :mod:`simkit.outputs` 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from simkit.cost.links import link_rates
 from simkit.deployment import (
@@ -32,15 +33,19 @@ __all__ = ["Result", "link_rates", "plan_memory", "plan_replica_memory", "simula
 
 def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = False, engine: str = "auto") -> Result:
     """Run a scenario. ``engine``: ``auto`` runs the fast exact path where it covers the plan
-    (:mod:`simkit.engine.fast`) and the reference engine elsewhere; ``reference`` always runs the
-    reference engine (``summary["engine_path"]`` says which ran, and why)."""
-    if engine not in ("auto", "reference"):
-        raise ScenarioError(f"expected engine 'auto' or 'reference', got {engine!r}", where=sc.source, key="engine")
+    (:mod:`simkit.engine.fast`; in one fused loop where :mod:`simkit.engine.lean` covers it) and
+    the reference engine elsewhere; ``stepping`` the fast path without the fused loop;
+    ``reference`` always the reference engine (``summary["engine_path"]`` says which ran, and
+    why)."""
+    if engine not in ("auto", "stepping", "reference"):
+        raise ScenarioError(f"expected engine 'auto', 'stepping' or 'reference', got {engine!r}", where=sc.source, key="engine")
     wall0 = time.perf_counter()
     dep = build_deployment(sc, engine, trace)
     cluster = Cluster(RequestTable(dep.reqs), record_iterations, trace)
     executors = build_replicas(dep, cluster)
-    cluster.run()
+    stopped = cluster.run(fused=dep.fused_loop)
+    if stopped is not None:
+        dep = replace(dep, engine_path=f"fast (the fused loop stopped at {stopped}: stepped)")
     summary, warn, events, link_busy = summarize_run(dep, cluster, executors)
     g0 = dep.groups[0]
     return Result(sc, summary, cluster.table, cluster.log.rows, summary["memory"], warn, events,

@@ -1,0 +1,537 @@
+"""The fused serving loop: a whole single-replica continuous-batching run in one function.
+
+:class:`~simkit.engine.fast.FastEngine` on :class:`~simkit.engine.cluster.FastWorld` already
+makes the reference engine's decisions with running totals, but an iteration still crosses a
+dozen Python calls (the policy's hook, admission, pricing, block growth, histogram, log, world
+heap). :func:`run_fused` makes the same decisions, in the same order, on local variables in one
+loop: the world's heap is two times (the arrival process's next wake and the step's end, ties
+broken by which was scheduled first, as SimPy does), the decode set is the fast engine's running
+totals (KV offsets from a decode clock, a heap of finishing clocks, a heap of offsets for the
+longest context, block growth counted per residue of the first block boundary), a decode run is
+priced by the scalar loop of :meth:`IterationModel.decode_step_times` inlined (the same
+operations in the same order), a single-prompt prefill step is memoised by its prompt length
+(the fast engine's memo), the KV level is integrated at the instants the block manager would
+integrate it, and the inter-token gaps go through a histogram's buffer flushed at the same
+points. Every float is produced by the same operations in the same order as on the stepping
+path, so every per-request time, histogram bin, iteration row and counter is the same bits
+(``tests/test_lean.py`` checks it against the stepping fast path and the reference engine).
+
+Domain (checked by :func:`fused_loop_reason` when the deployment is built): one replica of one
+engine, ``continuous`` batching, no prefix cache, recompute preemption, no offload, pipeline,
+layer-by-layer execution, KV spill, sliding window or Chrome trace, and an efficiency model with
+closed-form attention (the roofline coefficients). Within it, a run that meets something the loop
+does not model (a decode step whose KV blocks do not fit, which preempts; a prompt of no tokens;
+a step priced without the closed form) stops and writes nothing: the caller reruns the same
+scenario on the stepping path (deterministic, so the result is the one the stepping path gives)
+and says so in ``engine_path``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import insort
+from collections import deque
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from simkit.engine.state import REJECT_REASONS, TBTHistogram
+
+if TYPE_CHECKING:
+    from simkit.engine.cluster import Cluster
+    from simkit.engine.fast import FastEngine
+
+INF = float("inf")
+
+
+def fused_loop_reason(policy: str, replicas: int, closed_form: bool) -> str | None:
+    """None when :func:`run_fused` covers a plan the stepping fast path already covers (one engine
+    per replica), else why the stepping path runs it."""
+    if policy != "continuous":
+        return f"batching policy {policy}"
+    if replicas != 1:
+        return f"{replicas} replicas"
+    if not closed_form:
+        return "attention priced by a fitted efficiency model"
+    return None
+
+
+def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
+    """Run ``cluster`` (one replica served by ``engine``, continuous batching) to the end in one
+    loop and write what the stepping path would (the request table, the inter-token histogram,
+    the iteration log, the engine's counters and KV integrals). Returns None when done, or the
+    reason it stopped (then nothing has been written: run the stepping path)."""
+    table = cluster.table
+    cost = engine.cost
+    kvm = engine.kv
+    policy = engine.policy
+    if kvm.cache is not None or kvm.used or kvm.watermark_blocks < 0 or cluster.tbt.total or cluster.tbt._vals:
+        raise AssertionError("the fused loop starts from an empty replica without a prefix cache")
+    n = table.n
+    inp = table.input.tolist()
+    out = table.output.tolist()
+    if n and min(inp) < 1:
+        return "a prompt of no tokens"
+    cluster._arrivals_setup()
+    order = cluster._order
+    at = cluster._arrivals[order].tolist() + [INF]
+    ids = order.tolist()
+    codes = cluster._codes[order].tolist()
+
+    max_seqs = int(policy.max_num_seqs)  # type: ignore[attr-defined]
+    max_tokens = int(policy.max_tokens)  # type: ignore[attr-defined]
+    num_blocks = kvm.num_blocks
+    bs = kvm.block_size
+    wm = kvm.watermark_blocks
+    gpus = engine.cfg.num_gpus
+    index = engine.index
+    tp = cost.tp
+    comm_time = cost.comm_time
+    fixed_step_time = cost.fixed_step_time
+    mixed_step_time = cost.mixed_step_time
+    decode_constants = cost.decode_constants
+    layers = cost.layers
+    log_on = cluster.log.enabled
+    rows: list[tuple] = []
+    add_row = rows.append
+
+    nan = float("nan")
+    sched = [nan] * n
+    first_tok = [nan] * n
+    finish = [nan] * n
+    blocks_at_admit = [0] * n
+    never_fits: list[int] = []
+    enqueued = 0
+
+    # the KV block manager: blocks in use, their peak, and their integral over time (integrated
+    # at each change, as KVBlockManager._mark does)
+    used = 0
+    peak = 0
+    area = 0.0
+    t_mark = 0.0
+    # engine counters, accumulated in the stepping path's order
+    busy = 0.0
+    busy_gpu = 0.0
+    stage_comm = 0.0
+    mc_pre = 0
+    mc_dec = 0
+    # the inter-token histogram: its buffer, flushed where TBTHistogram's would be
+    hist = TBTHistogram()
+    BUF = hist.BUF
+    vals = hist._vals
+    wts = hist._wts
+
+    # the decode set (FastEngine's running totals)
+    D = 0
+    Xa = 0
+    info: dict[int, tuple[int, int, int]] = {}
+    """request -> (offset, n0, blocks at join)."""
+    sum_off = 0
+    fin_heap: list[tuple[int, int]] = []
+    long_heap: list[tuple[int, int]] = []
+    cnt = [0] * bs
+    n_active = 0
+    pending: list[tuple[int, int]] = []
+    fresh: list[list] = []
+    """[last-token time, count] of the requests that joined since the last decode step."""
+    last_dec = 0.0
+    prefill_memo: dict[int, float] = {}
+
+    waiting: deque[int] = deque()
+    nrun = 0
+
+    # the arrival process: the next arrival to handle (index into ``order``) and the time of its
+    # pending wake (inf when none is left)
+    ak = 0
+    nxt = at[0] if n else INF
+    """What ``Cluster.next_arrival()`` returns: the next arrival not yet arrived."""
+
+    def growth_to(upto: int) -> int:
+        if upto <= Xa:
+            return 0
+        L = upto - Xa
+        g = n_active * (L // bs)
+        r = L % bs
+        if r:
+            lo = Xa % bs
+            hi = lo + r
+            g += sum(cnt[lo:hi]) if hi <= bs else sum(cnt[lo:]) + sum(cnt[: hi - bs])
+        for n0, _ in pending:
+            if n0 >= upto:
+                break
+            g += -(-(upto - n0) // bs)
+        return g
+
+    # time 0: the engine starts (idle: nothing queued), then the arrival process, which handles
+    # the arrivals due at 0 and waits for the next
+    now = 0.0
+    aw = INF
+    woke = False
+    k = 0
+    while k < n:
+        dt = at[k] - now
+        if dt > 0:
+            aw = now + dt
+            break
+        nxt = at[k + 1]
+        i = ids[k]
+        c = codes[k]
+        if not c:  # (the front door's rejections are written at the end, from ``codes``)
+            enqueued += 1
+            waiting.append(i)
+            woke = True
+        k += 1
+    ak = k
+
+    while True:
+        if not nrun and not waiting:
+            # idle: the arrival process runs until it queues a request (the engine's wake-up is
+            # scheduled then, before the process's next wait, so the engine resumes at once)
+            woke = False
+            while not woke:
+                if aw == INF:
+                    break
+                now = aw
+                # the arrival its wait was for, then every later one already due
+                nxt = at[ak + 1]
+                if not codes[ak]:
+                    enqueued += 1
+                    waiting.append(ids[ak])
+                    woke = True
+                ak += 1
+                aw = INF
+                while ak < n:
+                    dt = at[ak] - now
+                    if dt > 0:
+                        aw = now + dt
+                        break
+                    nxt = at[ak + 1]
+                    if not codes[ak]:
+                        enqueued += 1
+                        waiting.append(ids[ak])
+                        woke = True
+                    ak += 1
+            if not woke:
+                break  # nothing left anywhere: the run is over
+
+        # ---- the policy's decision (ContinuousBatching._decide) --------------------------------
+        pre: list[int] = []
+        q: list[int] = []
+        budget = max_tokens
+        while waiting and nrun < max_seqs:
+            i = waiting[0]
+            need = inp[i]
+            if need > budget and pre:
+                break
+            nblk = -(-(need + 1) // bs)
+            if used > num_blocks - nblk - wm:
+                break
+            area += (now - t_mark) * used
+            t_mark = now
+            used += nblk
+            if used > peak:
+                peak = used
+            blocks_at_admit[i] = nblk
+            sched[i] = now
+            nrun += 1
+            waiting.popleft()
+            pre.append(i)
+            q.append(need)
+            budget -= need
+            if budget <= 0:
+                break
+
+        start = now
+        if pre:
+            # ---- a prefill step (whole prompts; no decodes in it) ------------------------------
+            n_pq = len(pre)
+            top = max(q)
+            if top > mc_pre:
+                mc_pre = top
+            if n_pq == 1:
+                q0 = q[0]
+                dur = prefill_memo.get(q0)  # type: ignore[assignment]
+                if dur is None:
+                    dur = mixed_step_time(q, [0], 0, 0, 0, 1)
+                    if dur is None:
+                        return "a step without the closed-form price"
+                    prefill_memo[q0] = dur
+            else:
+                dur = mixed_step_time(q, [0] * n_pq, 0, 0, 0, n_pq)
+                if dur is None:
+                    return "a step without the closed-form price"
+            ntok = sum(q)
+            if tp > 1:
+                stage_comm += comm_time(ntok)
+        elif nrun:
+            # ---- a decode run of the whole decode set (FastEngine.decode_ready, _decode_begin) --
+            nb = nrun
+            free = num_blocks - used
+            if nb > free and growth_to(D + 1) > free:
+                return "a decode step short of KV blocks (preemption)"
+            while True:
+                f, i = fin_heap[0]
+                if i in info:
+                    break
+                heapq.heappop(fin_heap)
+            s = f - D
+            while True:
+                neg, i = long_heap[0]
+                if i in info:
+                    break
+                heapq.heappop(long_heap)
+            longest = D - neg
+            avail = free
+            if nb * (s // bs + 1) > avail and growth_to(D + s) > avail:
+                lo, hi = 1, s
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    if growth_to(D + mid) <= avail:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                s = lo
+            ta = nxt - now
+            if ta < INF:
+                fixed = fixed_step_time(nb)
+                if fixed > 0:
+                    s = min(s, max(int(ta / fixed) + 2, 1))
+            kv0 = float(sum_off + nb * D)
+            consts = decode_constants(nb)
+            if consts is None:
+                return "a step without the closed-form price"
+            f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov, fixed = consts
+            # IterationModel.decode_step_times, inlined (the same operations in the same order)
+            base = kv0 + nb
+            fb = float(nb)
+            lo_ = longest + 1.0
+            times: list[float] = []
+            add_time = times.append
+            acc = 0.0
+            for j in range(s):
+                kv = base + fb * j
+                if ratio is not None:
+                    y = (lo_ + j) * ratio
+                    if y > kv:
+                        kv = y
+                a = f4 * kv * cf
+                b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb
+                x = fixed + ((b if b > a else a) + ov) * layers
+                acc += x
+                add_time(x)
+                if acc >= ta:
+                    break
+            s = len(times)
+            dur = acc
+            upto = D + s
+            if upto > Xa:
+                # FastEngine._alloc_to
+                total = cnt[Xa % bs] if upto == Xa + 1 else growth_to(upto)
+                if total:
+                    area += (now - t_mark) * used
+                    t_mark = now
+                    used += total
+                    if used > peak:
+                        peak = used
+                Xa = upto
+                kq = 0
+                while kq < len(pending) and pending[kq][0] <= upto:
+                    cnt[pending[kq][0] % bs] += 1
+                    kq += 1
+                if kq:
+                    n_active += kq
+                    del pending[:kq]
+            if longest + s > mc_dec:
+                mc_dec = longest + s
+            if tp > 1:
+                stage_comm += comm_time(nb) * s
+        else:
+            # nothing runs and the head request cannot be admitted: it never fits
+            i = waiting.popleft()
+            never_fits.append(i)
+            continue
+
+        # ---- the step runs from ``start`` to ``end`` while the arrival process runs ---------
+        end = now + dur
+        if aw <= end:
+            # the step's end is scheduled after the arrival process's pending wake: that wake
+            # comes first even at an equal time, later ones only when strictly earlier
+            first_wait = True
+            while aw < end or (first_wait and aw == end):
+                first_wait = False
+                now = aw
+                nxt = at[ak + 1]
+                if not codes[ak]:
+                    enqueued += 1
+                    waiting.append(ids[ak])
+                ak += 1
+                aw = INF
+                while ak < n:
+                    dt = at[ak] - now
+                    if dt > 0:
+                        aw = now + dt
+                        break
+                    nxt = at[ak + 1]
+                    if not codes[ak]:
+                        enqueued += 1
+                        waiting.append(ids[ak])
+                    ak += 1
+        now = end
+        busy += dur
+        busy_gpu += dur * gpus
+
+        if pre:
+            # ---- FastEngine._mixed_end (every prompt completes; no decodes) --------------------
+            if log_on:
+                add_row((index, start, now, 1, ntok, 0, n_pq, used))
+            done: list[int] = []
+            joined = 0
+            for i in pre:
+                first_tok[i] = now
+                if 1 >= out[i]:
+                    done.append(i)
+                    continue
+                # FastEngine._join with kv = the prompt, one token generated
+                off = inp[i] - D
+                nblk = blocks_at_admit[i]
+                n0 = nblk * bs - off
+                info[i] = (off, n0, nblk)
+                sum_off += off
+                heapq.heappush(fin_heap, (D + out[i] - 1, i))
+                heapq.heappush(long_heap, (-off, i))
+                if n0 <= Xa:
+                    cnt[n0 % bs] += 1
+                    n_active += 1
+                else:
+                    insort(pending, (n0, i))
+                joined += 1
+            if joined:
+                if len(long_heap) > 2 * len(info) + 64:
+                    long_heap[:] = [(-e[0], r) for r, e in info.items()]
+                    heapq.heapify(long_heap)
+                fresh.append([now, joined])
+            if done:
+                freed = 0
+                for i in done:
+                    finish[i] = now
+                    freed += blocks_at_admit[i]
+                nrun -= len(done)
+                area += (now - t_mark) * used
+                t_mark = now
+                used -= freed
+            continue
+
+        # ---- FastEngine._decode_end ------------------------------------------------------------
+        if log_on:
+            add_row((index, start, now, s, 0, nb, nb, used))
+        extra = (now - start) - dur
+        if extra < 0.0:
+            extra = 0.0
+        gap_end = start + times[0] + extra
+        # FastEngine._tbt_groups(gap_end), through the histogram's buffer (TBTHistogram.push1)
+        if not fresh:
+            if len(vals) >= BUF:
+                hist.flush()
+                vals, wts = hist._vals, hist._wts
+            vals.append(gap_end - last_dec)
+            wts.append(fb)
+        else:
+            n_old = nb
+            for e in fresh:
+                n_old -= e[1]
+            if n_old:
+                if len(vals) >= BUF:
+                    hist.flush()
+                    vals, wts = hist._vals, hist._wts
+                vals.append(gap_end - last_dec)
+                wts.append(float(n_old))
+            for lt, c in fresh:
+                if len(vals) >= BUF:
+                    hist.flush()
+                    vals, wts = hist._vals, hist._wts
+                vals.append(gap_end - lt)
+                wts.append(float(c))
+            fresh = []
+        if s > 1:
+            # TBTHistogram.push(times[1:], nb)
+            m = s - 1
+            if len(vals) + m > BUF:
+                hist.flush()
+                vals, wts = hist._vals, hist._wts
+                if m > BUF:
+                    hist.add(np.asarray(times[1:], dtype=np.float64), fb)
+                    m = 0
+            if m:
+                vals.extend(times[1:])
+                wts.extend([fb] * m)
+        D += s
+        last_dec = now
+        if fin_heap[0][0] <= D:
+            # FastEngine._pop_finished, then _finish (blocks released in one call)
+            done = []
+            freed = 0
+            while fin_heap:
+                f, i = fin_heap[0]
+                if i not in info:
+                    heapq.heappop(fin_heap)
+                    continue
+                if f > D:
+                    break
+                heapq.heappop(fin_heap)
+                off, n0, nblk = info.pop(i)
+                sum_off -= off
+                if n0 <= Xa:
+                    cnt[n0 % bs] -= 1
+                    n_active -= 1
+                else:
+                    pending.remove((n0, i))
+                x_ = Xa - n0
+                freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
+                finish[i] = now
+                done.append(i)
+            if done:
+                nrun -= len(done)
+                area += (now - t_mark) * used
+                t_mark = now
+                used -= freed
+
+    if waiting or nrun or ak < n:
+        raise AssertionError("the fused loop ended with requests left")
+
+    # ---- write what the stepping path writes -------------------------------------------------
+    t = table
+    fin_a = np.array(finish, dtype=np.float64)
+    t.scheduled[:] = np.array(sched, dtype=np.float64)
+    t.first_token[:] = np.array(first_tok, dtype=np.float64)
+    t.finish[:] = fin_a
+    served = ~np.isnan(fin_a)
+    t.last_token[served] = fin_a[served]
+    gen = np.maximum(t.output[served], 1)
+    t.gen[served] = gen
+    t.kv_len[served] = t.input[served] + gen - 1
+    code_a = cluster._codes
+    door = code_a > 0
+    t.replica[~door] = index
+    for i in np.flatnonzero(door).tolist():
+        t.reject(i, REJECT_REASONS[int(code_a[i])])
+    for i in never_fits:
+        t.reject(i, "never_fits")
+    h = cluster.tbt
+    h.counts, h.total, h.sum, h.max, h._vals, h._wts = hist.counts, hist.total, hist.sum, hist.max, hist._vals, hist._wts
+    if log_on:
+        cluster.log.rows.extend(rows)
+    kvm.used, kvm.peak, kvm._area, kvm._t = used, peak, area, t_mark
+    engine.busy_time += busy
+    engine.busy_gpu_s += busy_gpu
+    engine.stage_busy[0] += busy
+    engine.stage_comm[0] += stage_comm
+    mc = engine.max_context
+    mc["attn_prefill"] = max(mc["attn_prefill"], mc_pre)
+    mc["attn_decode"] = max(mc["attn_decode"], mc_dec)
+    engine.outstanding = enqueued - len(never_fits) - int(served.sum())
+    router = cluster._router
+    if hasattr(router, "_next"):
+        router._next += enqueued  # type: ignore[union-attr]  # round robin's turn, as if it had chosen
+    cluster._next = INF
+    engine.env._now = now
+    return None
