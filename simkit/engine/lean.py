@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from simkit.engine.state import REJECT_REASONS, TBTHistogram
+from simkit.engine.state import TBTHistogram
 
 if TYPE_CHECKING:
     from simkit.engine.cluster import Cluster
@@ -54,6 +54,26 @@ def fused_loop_reason(policy: str, replicas: int, closed_form: bool) -> str | No
     if not closed_form:
         return "attention priced by a fitted efficiency model"
     return None
+
+
+def _growth(upto: int, xa: int, n_active: int, cnt: list[int], pending: list[tuple[int, int]], bs: int) -> int:
+    """Blocks the decode set gains from clock ``xa`` (allocated up to) to ``upto``
+    (FastEngine._growth_to on the loop's state)."""
+    if upto <= xa:
+        return 0
+    L = upto - xa
+    g = n_active * (L // bs)
+    r = L % bs
+    if r:
+        # the residues xa, xa+1, ..., xa+r-1 (mod bs): one slice, or two where they wrap
+        lo = xa % bs
+        hi = lo + r
+        g += sum(cnt[lo:hi]) if hi <= bs else sum(cnt[lo:]) + sum(cnt[: hi - bs])
+    for n0, _ in pending:
+        if n0 >= upto:
+            break
+        g += -(-(upto - n0) // bs)
+    return g
 
 
 def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
@@ -136,6 +156,8 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
     """[last-token time, count] of the requests that joined since the last decode step."""
     last_dec = 0.0
     prefill_memo: dict[int, float] = {}
+    dec_memo: dict[int, tuple] = {}
+    """batch -> IterationModel.decode_constants(batch) and fixed_step_time(batch)."""
 
     waiting: deque[int] = deque()
     nrun = 0
@@ -145,22 +167,6 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
     ak = 0
     nxt = at[0] if n else INF
     """What ``Cluster.next_arrival()`` returns: the next arrival not yet arrived."""
-
-    def growth_to(upto: int) -> int:
-        if upto <= Xa:
-            return 0
-        L = upto - Xa
-        g = n_active * (L // bs)
-        r = L % bs
-        if r:
-            lo = Xa % bs
-            hi = lo + r
-            g += sum(cnt[lo:hi]) if hi <= bs else sum(cnt[lo:]) + sum(cnt[: hi - bs])
-        for n0, _ in pending:
-            if n0 >= upto:
-                break
-            g += -(-(upto - n0) // bs)
-        return g
 
     # time 0: the engine starts (idle: nothing queued), then the arrival process, which handles
     # the arrivals due at 0 and waits for the next
@@ -267,7 +273,7 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
             # ---- a decode run of the whole decode set (FastEngine.decode_ready, _decode_begin) --
             nb = nrun
             free = num_blocks - used
-            if nb > free and growth_to(D + 1) > free:
+            if nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
                 return "a decode step short of KV blocks (preemption)"
             while True:
                 f, i = fin_heap[0]
@@ -282,25 +288,26 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
                 heapq.heappop(long_heap)
             longest = D - neg
             avail = free
-            if nb * (s // bs + 1) > avail and growth_to(D + s) > avail:
+            if nb * (s // bs + 1) > avail and _growth(D + s, Xa, n_active, cnt, pending, bs) > avail:
                 lo, hi = 1, s
                 while lo < hi:
                     mid = (lo + hi + 1) // 2
-                    if growth_to(D + mid) <= avail:
+                    if _growth(D + mid, Xa, n_active, cnt, pending, bs) <= avail:
                         lo = mid
                     else:
                         hi = mid - 1
                 s = lo
-            ta = nxt - now
-            if ta < INF:
-                fixed = fixed_step_time(nb)
-                if fixed > 0:
-                    s = min(s, max(int(ta / fixed) + 2, 1))
-            kv0 = float(sum_off + nb * D)
-            consts = decode_constants(nb)
+            consts = dec_memo.get(nb)
             if consts is None:
-                return "a step without the closed-form price"
-            f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov, fixed = consts
+                consts = decode_constants(nb)
+                if consts is None:
+                    return "a step without the closed-form price"
+                consts = dec_memo[nb] = (*consts, fixed_step_time(nb))
+            f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov, fixed, fixed_step = consts
+            ta = nxt - now
+            if ta < INF and fixed_step > 0:
+                s = min(s, max(int(ta / fixed_step) + 2, 1))
+            kv0 = float(sum_off + nb * D)
             # IterationModel.decode_step_times, inlined (the same operations in the same order)
             base = kv0 + nb
             fb = float(nb)
@@ -326,7 +333,7 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
             upto = D + s
             if upto > Xa:
                 # FastEngine._alloc_to
-                total = cnt[Xa % bs] if upto == Xa + 1 else growth_to(upto)
+                total = cnt[Xa % bs] if upto == Xa + 1 else _growth(upto, Xa, n_active, cnt, pending, bs)
                 if total:
                     area += (now - t_mark) * used
                     t_mark = now
@@ -512,8 +519,8 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
     code_a = cluster._codes
     door = code_a > 0
     t.replica[~door] = index
-    for i in np.flatnonzero(door).tolist():
-        t.reject(i, REJECT_REASONS[int(code_a[i])])
+    t.rejected[door] = True  # table.reject, for all of them at once
+    t.reject_reason[door] = code_a[door]
     for i in never_fits:
         t.reject(i, "never_fits")
     h = cluster.tbt
