@@ -168,6 +168,15 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
     nxt = at[0] if n else INF
     """What ``Cluster.next_arrival()`` returns: the next arrival not yet arrived."""
 
+    # SimPy's clock is a numpy float from the first time a wait of the arrival process wakes the
+    # idle engine (FastWorld schedules it as SimPy does: ``np.float64``), and so is every time
+    # computed from it; the same values are Python floats here, and the values the KV manager and
+    # the clock keep are given that type at the end (their sums, hence the summary, are then the
+    # same objects as the stepping path's)
+    np_clock = False
+    marks = 0
+    """Changes of the KV level (each integrates it up to the change's time)."""
+    marks_at_switch = -1
     # time 0: the engine starts (idle: nothing queued), then the arrival process, which handles
     # the arrivals due at 0 and waits for the next
     now = 0.0
@@ -198,6 +207,9 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
                 if aw == INF:
                     break
                 now = aw
+                if not np_clock:
+                    np_clock = True
+                    marks_at_switch = marks
                 # the arrival its wait was for, then every later one already due
                 nxt = at[ak + 1]
                 if not codes[ak]:
@@ -234,6 +246,7 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
                 break
             area += (now - t_mark) * used
             t_mark = now
+            marks += 1
             used += nblk
             if used > peak:
                 peak = used
@@ -337,6 +350,7 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
                 if total:
                     area += (now - t_mark) * used
                     t_mark = now
+                    marks += 1
                     used += total
                     if used > peak:
                         peak = used
@@ -425,6 +439,7 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
                 nrun -= len(done)
                 area += (now - t_mark) * used
                 t_mark = now
+                marks += 1
                 used -= freed
             continue
 
@@ -500,6 +515,7 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
                 nrun -= len(done)
                 area += (now - t_mark) * used
                 t_mark = now
+                marks += 1
                 used -= freed
 
     if waiting or nrun or ak < n:
@@ -527,6 +543,8 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
     h.counts, h.total, h.sum, h.max, h._vals, h._wts = hist.counts, hist.total, hist.sum, hist.max, hist._vals, hist._wts
     if log_on:
         cluster.log.rows.extend(rows)
+    if np_clock and marks > marks_at_switch:
+        area, t_mark = np.float64(area), np.float64(t_mark)
     kvm.used, kvm.peak, kvm._area, kvm._t = used, peak, area, t_mark
     engine.busy_time += busy
     engine.busy_gpu_s += busy_gpu
@@ -540,5 +558,5 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
     if hasattr(router, "_next"):
         router._next += enqueued  # type: ignore[union-attr]  # round robin's turn, as if it had chosen
     cluster._next = INF
-    engine.env._now = now
+    engine.env._now = np.float64(now) if np_clock else now
     return None
