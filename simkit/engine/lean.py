@@ -159,6 +159,7 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
     dec_memo: dict[int, tuple] = {}
     """batch -> IterationModel.decode_constants(batch) and fixed_step_time(batch)."""
 
+    heappush, heappop = heapq.heappush, heapq.heappop
     waiting: deque[int] = deque()
     nrun = 0
 
@@ -264,11 +265,10 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
         if pre:
             # ---- a prefill step (whole prompts; no decodes in it) ------------------------------
             n_pq = len(pre)
-            top = max(q)
-            if top > mc_pre:
-                mc_pre = top
             if n_pq == 1:
-                q0 = q[0]
+                q0 = ntok = q[0]
+                if q0 > mc_pre:
+                    mc_pre = q0
                 dur = prefill_memo.get(q0)  # type: ignore[assignment]
                 if dur is None:
                     dur = mixed_step_time(q, [0], 0, 0, 0, 1)
@@ -276,10 +276,13 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
                         return "a step without the closed-form price"
                     prefill_memo[q0] = dur
             else:
+                top = max(q)
+                if top > mc_pre:
+                    mc_pre = top
                 dur = mixed_step_time(q, [0] * n_pq, 0, 0, 0, n_pq)
                 if dur is None:
                     return "a step without the closed-form price"
-            ntok = sum(q)
+                ntok = sum(q)
             if tp > 1:
                 stage_comm += comm_time(ntok)
         elif nrun:
@@ -288,17 +291,14 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
             free = num_blocks - used
             if nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
                 return "a decode step short of KV blocks (preemption)"
-            while True:
-                f, i = fin_heap[0]
-                if i in info:
-                    break
-                heapq.heappop(fin_heap)
-            s = f - D
+            # the first to finish (no stale entries: a request leaves the heap when it finishes,
+            # and never joins the decode set again without a preemption)
+            s = fin_heap[0][0] - D
             while True:
                 neg, i = long_heap[0]
                 if i in info:
                     break
-                heapq.heappop(long_heap)
+                heappop(long_heap)
             longest = D - neg
             avail = free
             if nb * (s // bs + 1) > avail and _growth(D + s, Xa, n_active, cnt, pending, bs) > avail:
@@ -319,7 +319,11 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
             f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov, fixed, fixed_step = consts
             ta = nxt - now
             if ta < INF and fixed_step > 0:
-                s = min(s, max(int(ta / fixed_step) + 2, 1))
+                cut = int(ta / fixed_step) + 2  # min(s, max(cut, 1)), without the calls
+                if cut < 1:
+                    cut = 1
+                if cut < s:
+                    s = cut
             kv0 = float(sum_off + nb * D)
             # IterationModel.decode_step_times, inlined (the same operations in the same order)
             base = kv0 + nb
@@ -328,19 +332,29 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
             times: list[float] = []
             add_time = times.append
             acc = 0.0
-            for j in range(s):
-                kv = base + fb * j
-                if ratio is not None:
+            if ratio is not None:
+                for j in range(s):
+                    kv = base + fb * j
                     y = (lo_ + j) * ratio
                     if y > kv:
                         kv = y
-                a = f4 * kv * cf
-                b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb
-                x = fixed + ((b if b > a else a) + ov) * layers
-                acc += x
-                add_time(x)
-                if acc >= ta:
-                    break
+                    a = f4 * kv * cf
+                    b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb
+                    x = fixed + ((b if b > a else a) + ov) * layers
+                    acc += x
+                    add_time(x)
+                    if acc >= ta:
+                        break
+            else:
+                for j in range(s):
+                    kv = base + fb * j
+                    a = f4 * kv * cf
+                    b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb
+                    x = fixed + ((b if b > a else a) + ov) * layers
+                    acc += x
+                    add_time(x)
+                    if acc >= ta:
+                        break
             s = len(times)
             dur = acc
             upto = D + s
@@ -418,8 +432,8 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
                 n0 = nblk * bs - off
                 info[i] = (off, n0, nblk)
                 sum_off += off
-                heapq.heappush(fin_heap, (D + out[i] - 1, i))
-                heapq.heappush(long_heap, (-off, i))
+                heappush(fin_heap, (D + out[i] - 1, i))
+                heappush(long_heap, (-off, i))
                 if n0 <= Xa:
                     cnt[n0 % bs] += 1
                     n_active += 1
@@ -492,14 +506,8 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
             # FastEngine._pop_finished, then _finish (blocks released in one call)
             done = []
             freed = 0
-            while fin_heap:
-                f, i = fin_heap[0]
-                if i not in info:
-                    heapq.heappop(fin_heap)
-                    continue
-                if f > D:
-                    break
-                heapq.heappop(fin_heap)
+            while fin_heap and fin_heap[0][0] <= D:
+                i = heappop(fin_heap)[1]
                 off, n0, nblk = info.pop(i)
                 sum_off -= off
                 if n0 <= Xa:
