@@ -30,8 +30,8 @@ from simkit.cost.profile import Profile
 from simkit.engine.cluster import Admission, Cluster, HandOff
 from simkit.engine.engine import Engine, EngineConfig, Stage
 from simkit.engine.fast import FastEngine, fast_path_reason
-from simkit.engine.lean import fused_loop_reason
 from simkit.engine.kvcache import KVBlockManager, PrefixCache
+from simkit.engine.lean import fused_loop_reason
 from simkit.engine.offload import OffloadExecutor
 from simkit.engine.offload_fast import ClosedFormStep, closed_form_reason
 from simkit.engine.replica import Replica
@@ -639,8 +639,7 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
     )
     engine_cls = Engine if slow_reason else FastEngine
     engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
-    fused = engine == "auto" and not slow_reason and fused_loop_reason(
-        policy_name, sum(g.replicas for g in groups), all(g.cost.closed_form_attention() for g in groups)) is None
+    fused = engine == "auto" and not slow_reason and fused_loop_reason(policy_name, sum(g.replicas for g in groups)) is None
     if fused:
         engine_path = "fast (fused loop)"
     closed = False

@@ -26,10 +26,10 @@ STOPPED_PREEMPTION = "fast (the fused loop stopped at a decode step short of KV 
 EXAMPLES = int(os.environ.get("SIMKIT_HYPOTHESIS_EXAMPLES", "25"))
 
 
-def _data(workload, seed, seqs, tokens, kv_cache, calibration="none", tp=1) -> dict:
+def _data(workload, seed, seqs, tokens, kv_cache, calibration="none", tp=1, policy="continuous", chunk=512) -> dict:
     data = make_scenario(workload=workload, seed=seed, calibration=calibration)
-    batching = {"policy": "continuous", "max_num_seqs": seqs, "max_num_batched_tokens": tokens}
-    data["plan"].update({"batching": with_policy(batching, "continuous", {}), "kv_cache": kv_cache,
+    batching = {"policy": policy, "max_num_seqs": seqs, "max_num_batched_tokens": tokens, "chunk_size": chunk}
+    data["plan"].update({"batching": with_policy(batching, policy, {}), "kv_cache": kv_cache,
                          "parallel": {"replicas": 1, "tp": tp}})  # fmt: skip
     return data
 
@@ -71,34 +71,39 @@ def run_three(sc, reference: bool = True) -> tuple[dict, dict]:
     watermark=st.sampled_from([0.0, 0.01, 0.05, 0.3]),
     calibration=st.sampled_from(["none", "auto"]),
     tp=st.sampled_from([1, 2]),
+    policy=st.sampled_from(["continuous", "chunked_prefill"]),
+    chunk=st.integers(0, 1024),
 )
 def test_fused_loop_equals_stepping_and_reference(n, rate, inp, out, seed, seqs, tokens, blocks, block_size, watermark,
-                                                  calibration, tp):  # fmt: skip
-    """Random single-replica continuous-batching runs, from idle to bursts (up to 2,000 req/s),
+                                                  calibration, tp, policy, chunk):  # fmt: skip
+    """Random single-replica runs of both policies, from idle to bursts (up to 2,000 req/s),
     with KV pools from nearly full (preemption: the fused loop stops and the run steps) to
     ample, prompts beyond the token budget or the pool (rejected at the door), a watermark
-    that makes the head request never fit, batch and token limits."""
+    that makes the head request never fit, batch and token limits, chunk budgets from the
+    batch limit (decodes alone fill a step) up, one-token chunks over a cache."""
     kv = {"num_blocks": blocks, "block_size": block_size, "watermark": watermark}
+    # a chunk budget below max_num_seqs is refused (the decodes of a full batch must fit)
     data = _data(uniform_workload(n, rate, (inp[0], inp[0] + inp[1]), (out[0], out[0] + out[1])), seed, seqs, tokens, kv,
-                 calibration, tp)  # fmt: skip
+                 calibration, tp, policy, seqs + chunk)  # fmt: skip
     fused, stepping = run_three(scenario_from_dict(data))
     assert fused["engine_path"] in (FUSED, STOPPED_PREEMPTION)
     if fused["engine_path"] == STOPPED_PREEMPTION:
         assert stepping["preemptions"] > 0
 
 
-def test_both_outcomes_and_rejections_are_exercised():
+@pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
+def test_both_outcomes_and_rejections_are_exercised(policy):
     """A pool far too small for the load stops the fused loop (the stepping path preempts); a
     large one runs it to the end; a high watermark rejects a request that never fits."""
     work = uniform_workload(150, 60.0, (50, 900), (20, 300))
-    small, _ = run_three(scenario_from_dict(_data(work, 3, 48, 4096, {"num_blocks": 120})))
+    small, _ = run_three(scenario_from_dict(_data(work, 3, 48, 4096, {"num_blocks": 120}, policy=policy, chunk=256)))
     assert small["engine_path"] == STOPPED_PREEMPTION and small["preemptions"] > 10
-    large, _ = run_three(scenario_from_dict(_data(work, 3, 48, 4096, {"num_blocks": 4000})))
+    large, _ = run_three(scenario_from_dict(_data(work, 3, 48, 4096, {"num_blocks": 4000}, policy=policy, chunk=256)))
     assert large["engine_path"] == FUSED and large["preemptions"] == 0
     # 70 blocks of 16 tokens minus a 30% watermark (21): a prompt needing 50-69 blocks passes the
     # door (it is within the pool) but can never be admitted
     lone = _data(uniform_workload(30, 5.0, (600, 1250), (1, 10)), 1, 8, 4096,
-                 {"num_blocks": 70, "block_size": 16, "watermark": 0.3})  # fmt: skip
+                 {"num_blocks": 70, "block_size": 16, "watermark": 0.3}, policy=policy)  # fmt: skip
     s, _ = run_three(scenario_from_dict(lone))
     assert s["engine_path"] == FUSED
     assert s["rejection_reasons"]["never_fits"] > 0 and s["rejection_reasons"]["exceeds_kv_capacity"] > 0
@@ -110,8 +115,9 @@ def _native_trace(path: Path, times: np.ndarray, inp: np.ndarray, out: np.ndarra
     return {"trace": {"path": str(path), "format": "native"}}
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4])
-def test_arrivals_at_step_ends_and_at_one_instant(tmp_path, seed):
+@pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_arrivals_at_step_ends_and_at_one_instant(tmp_path, seed, policy):
     """Ties of arrivals with step ends keep SimPy's order (the wake scheduled first comes
     first): arrivals added exactly at the end of steps (prefill steps and decode runs), with and
     without another arrival during the step, several at one instant, some rejected at the door.
@@ -122,7 +128,7 @@ def test_arrivals_at_step_ends_and_at_one_instant(tmp_path, seed):
     inp = rng.integers(1, 900, size=len(times))
     inp[rng.random(len(times)) < 0.05] = 5000  # beyond the context: rejected at the door
     out = rng.integers(1, 60, size=len(times))
-    data = _data({}, seed, 24, 4096, {"num_blocks": 2000, "block_size": 16})
+    data = _data({}, seed, 24, 4096, {"num_blocks": 2000, "block_size": 16}, policy=policy, chunk=256)
     added: set[float] = set()
     last = 0.0
     for k in range(12):
@@ -154,33 +160,58 @@ def test_arrivals_at_step_ends_and_at_one_instant(tmp_path, seed):
     assert tied_prefill >= 2 and tied_decode >= 2, (tied_prefill, tied_decode)
 
 
-def test_the_histogram_buffer_flushes_at_the_same_points(monkeypatch):
+@pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
+def test_the_histogram_buffer_flushes_at_the_same_points(monkeypatch, policy):
     """With a 64-gap buffer, gaps are binned in many flushes, some decode runs push more step
     times than the buffer holds (binned directly): bins, sum and maximum identical."""
     monkeypatch.setattr(TBTHistogram, "BUF", 64)
-    data = _data(uniform_workload(400, 30.0, (20, 300), (50, 400)), 11, 256, 8192, {"num_blocks": 6000})
+    data = _data(uniform_workload(400, 30.0, (20, 300), (50, 400)), 11, 256, 8192, {"num_blocks": 6000}, policy=policy)
+    fused, _ = run_three(scenario_from_dict(data))
+    assert fused["engine_path"] == FUSED
+
+
+@pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
+def test_attention_without_a_closed_form(monkeypatch, policy):
+    """An efficiency model that prices attention only through its fitted form (no roofline
+    coefficients): decode runs are priced on arrays, as on the stepping path."""
+    from simkit.cost.efficiency import DatasheetEfficiency
+
+    plain_time, plain_coeffs = DatasheetEfficiency.roofline_time, DatasheetEfficiency.roofline_coeffs
+
+    def roofline_time(self, op_class, flops, bytes_, peak_flops, peak_bw):
+        return None if op_class.startswith("attn") else plain_time(self, op_class, flops, bytes_, peak_flops, peak_bw)
+
+    def roofline_coeffs(self, op_class, peak_flops, peak_bw):
+        return None if op_class.startswith("attn") else plain_coeffs(self, op_class, peak_flops, peak_bw)
+
+    monkeypatch.setattr(DatasheetEfficiency, "roofline_time", roofline_time)
+    monkeypatch.setattr(DatasheetEfficiency, "roofline_coeffs", roofline_coeffs)
+    data = _data(uniform_workload(120, 25.0, (20, 900), (1, 200)), 5, 32, 4096, {"num_blocks": 3000}, policy=policy,
+                 chunk=128)  # fmt: skip
     fused, _ = run_three(scenario_from_dict(data))
     assert fused["engine_path"] == FUSED
 
 
 @pytest.mark.parametrize(
-    ("change", "reason"),
+    ("change", "reason", "path"),
     [
-        ({"batching": {"policy": "chunked_prefill", "max_num_seqs": 8}}, "batching policy chunked_prefill"),
-        ({"parallel": {"replicas": 2}}, "2 replicas"),
+        ({"batching": {"policy": "static", "max_num_seqs": 8}}, "batching policy static", "reference (batching policy static)"),
+        ({"parallel": {"replicas": 2}}, "2 replicas", "fast"),
+        ({"parallel": {"replicas": 2}, "batching": {"policy": "chunked_prefill"}}, "2 replicas", "fast"),
     ],
 )
-def test_outside_the_domain_the_stepping_path_runs(change, reason):
+def test_outside_the_domain_another_path_runs(change, reason, path):
     data = make_scenario(workload=uniform_workload(30, 20.0, (32, 600), (2, 80)))
     data["plan"].update(change)
     sc = scenario_from_dict(data)
-    assert simulate(sc).summary["engine_path"] == "fast"
-    assert fused_loop_reason(sc.plan.batching.policy, sc.plan.parallel.replicas, True) == reason
+    assert simulate(sc).summary["engine_path"] == path
+    assert fused_loop_reason(sc.plan.batching.policy, sc.plan.parallel.replicas) == reason
+    assert fused_loop_reason("chunked_prefill", 1) is None
 
 
-def test_fused_loop_reason():
-    assert fused_loop_reason("continuous", 1, True) is None
-    assert fused_loop_reason("continuous", 1, False) == "attention priced by a fitted efficiency model"
+def test_a_chrome_trace_runs_the_stepping_path():
+    sc = scenario_from_dict(make_scenario(workload=uniform_workload(20, 20.0, (32, 600), (2, 80))))
+    assert simulate(sc, trace=True).summary["engine_path"] == "reference (Chrome trace output)"
 
 
 def test_engine_stepping_is_a_choice_and_others_are_refused():

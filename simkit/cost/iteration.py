@@ -340,15 +340,6 @@ class IterationModel:
             )
         return c
 
-    def closed_form_attention(self) -> bool:
-        """Whether prefill and decode attention are priced in closed form (the efficiency model's
-        roofline coefficients, no sliding window): then :meth:`decode_constants` and
-        :meth:`mixed_step_time` price every step of a run without a fitted model or numpy."""
-        pf, bw = self._peaks
-        eff = self.efficiency
-        return (self.model.sliding_window is None and eff.roofline_coeffs("attn_decode", pf, bw) is not None
-                and eff.roofline_coeffs("attn_prefill", pf, bw) is not None)
-
     def decode_constants(self, batch: int) -> tuple | None:
         """The constants :meth:`decode_step_times` prices a decode iteration of ``batch``
         sequences with, ``(f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov, fixed)`` (see

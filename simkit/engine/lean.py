@@ -43,16 +43,16 @@ if TYPE_CHECKING:
 
 INF = float("inf")
 
+PREEMPTION = "a decode step short of KV blocks (preemption)"
 
-def fused_loop_reason(policy: str, replicas: int, closed_form: bool) -> str | None:
-    """None when :func:`run_fused` covers a plan the stepping fast path already covers (one engine
-    per replica), else why the stepping path runs it."""
-    if policy != "continuous":
+
+def fused_loop_reason(policy: str, replicas: int) -> str | None:
+    """None when :func:`run_fused` covers a plan the stepping fast path covers (one engine per
+    replica), else why the stepping path runs it."""
+    if policy not in ("continuous", "chunked_prefill"):
         return f"batching policy {policy}"
     if replicas != 1:
         return f"{replicas} replicas"
-    if not closed_form:
-        return "attention priced by a fitted efficiency model"
     return None
 
 
@@ -98,8 +98,10 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
     ids = order.tolist()
     codes = cluster._codes[order].tolist()
 
+    chunked = policy.name == "chunked_prefill"
     max_seqs = int(policy.max_num_seqs)  # type: ignore[attr-defined]
-    max_tokens = int(policy.max_tokens)  # type: ignore[attr-defined]
+    max_tokens = int(policy.max_tokens) if not chunked else 0  # type: ignore[attr-defined]
+    chunk_budget = int(policy.budget) if chunked else 0  # type: ignore[attr-defined]
     num_blocks = kvm.num_blocks
     bs = kvm.block_size
     wm = kvm.watermark_blocks
@@ -108,8 +110,9 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
     tp = cost.tp
     comm_time = cost.comm_time
     fixed_step_time = cost.fixed_step_time
-    mixed_step_time = cost.mixed_step_time
+    step_time = engine._step_time
     decode_constants = cost.decode_constants
+    decode_steps = cost.decode_steps
     layers = cost.layers
     log_on = cluster.log.enabled
     rows: list[tuple] = []
@@ -155,9 +158,15 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
     fresh: list[list] = []
     """[last-token time, count] of the requests that joined since the last decode step."""
     last_dec = 0.0
-    prefill_memo: dict[int, float] = {}
+    prefill_memo: dict[tuple[int, int, int], float] = {}
+    """(tokens, cached tokens, logits rows) -> seconds of a step prefilling one prompt alone."""
     dec_memo: dict[int, tuple] = {}
-    """batch -> IterationModel.decode_constants(batch) and fixed_step_time(batch)."""
+    """batch -> (IterationModel.decode_constants(batch) and fixed_step_time(batch), or None
+    without the closed form; fixed_step_time(batch))."""
+    prefilling: list[int] = []
+    """Admitted requests whose prompt is not all prefilled (chunked), in admission order."""
+    kvp = [0] * n if chunked else []
+    """Prompt tokens prefilled so far (chunked)."""
 
     heappush, heappop = heapq.heappush, heapq.heappop
     waiting: deque[int] = deque()
@@ -233,64 +242,145 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
             if not woke:
                 break  # nothing left anywhere: the run is over
 
-        # ---- the policy's decision (ContinuousBatching._decide) --------------------------------
+        # ---- the policy's decision -------------------------------------------------------------
+        nb = len(info)
         pre: list[int] = []
         q: list[int] = []
-        budget = max_tokens
-        while waiting and nrun < max_seqs:
-            i = waiting[0]
-            need = inp[i]
-            if need > budget and pre:
-                break
-            nblk = -(-(need + 1) // bs)
-            if used > num_blocks - nblk - wm:
-                break
-            area += (now - t_mark) * used
-            t_mark = now
-            marks += 1
-            used += nblk
-            if used > peak:
-                peak = used
-            blocks_at_admit[i] = nblk
-            sched[i] = now
-            nrun += 1
-            waiting.popleft()
-            pre.append(i)
-            q.append(need)
-            budget -= need
-            if budget <= 0:
-                break
+        if chunked:
+            # ChunkedPrefill._decide: the decode set, its next step's blocks reserved
+            # (FastEngine.decode_ready), then chunks of the admitted prompts, then admissions
+            if nb:
+                free = num_blocks - used
+                if nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
+                    return PREEMPTION
+                upto = D + 1
+                total = cnt[Xa % bs] if upto == Xa + 1 else _growth(upto, Xa, n_active, cnt, pending, bs)
+                if total:
+                    area += (now - t_mark) * used
+                    t_mark = now
+                    marks += 1
+                    used += total
+                    if used > peak:
+                        peak = used
+                if upto > Xa:
+                    Xa = upto
+                    kq = 0
+                    while kq < len(pending) and pending[kq][0] <= upto:
+                        cnt[pending[kq][0] % bs] += 1
+                        kq += 1
+                    if kq:
+                        n_active += kq
+                        del pending[:kq]
+            budget = chunk_budget - nb
+            for i in prefilling:
+                if budget <= 0:
+                    break
+                rem = inp[i] - kvp[i]
+                if rem > 0:
+                    c = rem if rem <= budget else budget
+                    pre.append(i)
+                    q.append(c)
+                    budget -= c
+            while budget > 0 and waiting and nrun < max_seqs:
+                i = waiting[0]
+                need = inp[i]
+                nblk = -(-(need + 1) // bs)
+                if used > num_blocks - nblk - wm:
+                    break
+                area += (now - t_mark) * used
+                t_mark = now
+                marks += 1
+                used += nblk
+                if used > peak:
+                    peak = used
+                blocks_at_admit[i] = nblk
+                sched[i] = now
+                nrun += 1
+                waiting.popleft()
+                prefilling.append(i)
+                c = need if need <= budget else budget
+                pre.append(i)
+                q.append(c)
+                budget -= c
+        else:
+            # ContinuousBatching._decide: whole prompts, first come first served, within the
+            # token budget and the batch limit (FastEngine.admit)
+            budget = max_tokens
+            while waiting and nrun < max_seqs:
+                i = waiting[0]
+                need = inp[i]
+                if need > budget and pre:
+                    break
+                nblk = -(-(need + 1) // bs)
+                if used > num_blocks - nblk - wm:
+                    break
+                area += (now - t_mark) * used
+                t_mark = now
+                marks += 1
+                used += nblk
+                if used > peak:
+                    peak = used
+                blocks_at_admit[i] = nblk
+                sched[i] = now
+                nrun += 1
+                waiting.popleft()
+                pre.append(i)
+                q.append(need)
+                budget -= need
+                if budget <= 0:
+                    break
+            if pre:
+                nb = 0  # a prefill step decodes nothing: decodes run only when nothing is admitted
 
         start = now
         if pre:
-            # ---- a prefill step (whole prompts; no decodes in it) ------------------------------
+            # ---- a step of prefill chunks (and, chunked, one decode step): FastEngine._mixed_begin
             n_pq = len(pre)
-            if n_pq == 1:
-                q0 = ntok = q[0]
-                if q0 > mc_pre:
-                    mc_pre = q0
-                dur = prefill_memo.get(q0)  # type: ignore[assignment]
-                if dur is None:
-                    dur = mixed_step_time(q, [0], 0, 0, 0, 1)
-                    if dur is None:
-                        return "a step without the closed-form price"
-                    prefill_memo[q0] = dur
+            if chunked:
+                kv_pre = [kvp[i] for i in pre]
+                completes: list[bool] = []
+                rows_ = nb
+                top = 0
+                for kk in range(n_pq):
+                    upto = kv_pre[kk] + q[kk]
+                    c = upto >= inp[pre[kk]]
+                    completes.append(c)
+                    rows_ += c
+                    if upto > top:
+                        top = upto
             else:
-                top = max(q)
-                if top > mc_pre:
-                    mc_pre = top
-                dur = mixed_step_time(q, [0] * n_pq, 0, 0, 0, n_pq)
-                if dur is None:
-                    return "a step without the closed-form price"
+                kv_pre = [0] * n_pq
+                rows_ = n_pq
+                top = q[0] if n_pq == 1 else max(q)
+            dec_sum = longest = 0
+            if nb:
+                while True:
+                    neg, i = long_heap[0]
+                    if i in info:
+                        break
+                    heappop(long_heap)
+                longest = D - neg
+                dec_sum = sum_off + nb * D
+                if longest + 1 > mc_dec:
+                    mc_dec = longest + 1
+            if top > mc_pre:
+                mc_pre = top
+            if nb or n_pq != 1:
+                dur = step_time(q, kv_pre, nb, dec_sum, longest, rows_)
                 ntok = sum(q)
+            else:
+                ntok = q[0]
+                key = (ntok, kv_pre[0], rows_)
+                dur = prefill_memo.get(key)  # type: ignore[assignment]
+                if dur is None:
+                    dur = prefill_memo[key] = step_time(q, kv_pre, 0, 0, 0, rows_)
             if tp > 1:
-                stage_comm += comm_time(ntok)
-        elif nrun:
+                stage_comm += comm_time(ntok + nb)
+        elif nb:
             # ---- a decode run of the whole decode set (FastEngine.decode_ready, _decode_begin) --
-            nb = nrun
             free = num_blocks - used
-            if nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
-                return "a decode step short of KV blocks (preemption)"
+            if not chunked and nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
+                return PREEMPTION
             # the first to finish (no stale entries: a request leaves the heap when it finishes,
             # and never joins the decode set again without a preemption)
             s = fin_heap[0][0] - D
@@ -300,23 +390,20 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
                     break
                 heappop(long_heap)
             longest = D - neg
-            avail = free
-            if nb * (s // bs + 1) > avail and _growth(D + s, Xa, n_active, cnt, pending, bs) > avail:
+            if nb * (s // bs + 1) > free and _growth(D + s, Xa, n_active, cnt, pending, bs) > free:
                 lo, hi = 1, s
                 while lo < hi:
                     mid = (lo + hi + 1) // 2
-                    if _growth(D + mid, Xa, n_active, cnt, pending, bs) <= avail:
+                    if _growth(D + mid, Xa, n_active, cnt, pending, bs) <= free:
                         lo = mid
                     else:
                         hi = mid - 1
                 s = lo
-            consts = dec_memo.get(nb)
-            if consts is None:
-                consts = decode_constants(nb)
-                if consts is None:
-                    return "a step without the closed-form price"
-                consts = dec_memo[nb] = (*consts, fixed_step_time(nb))
-            f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov, fixed, fixed_step = consts
+            memo = dec_memo.get(nb)
+            if memo is None:
+                c0 = decode_constants(nb)
+                memo = dec_memo[nb] = (None if c0 is None else (*c0, fixed_step_time(nb)), fixed_step_time(nb))
+            consts, fixed_step = memo
             ta = nxt - now
             if ta < INF and fixed_step > 0:
                 cut = int(ta / fixed_step) + 2  # min(s, max(cut, 1)), without the calls
@@ -325,38 +412,55 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
                 if cut < s:
                     s = cut
             kv0 = float(sum_off + nb * D)
-            # IterationModel.decode_step_times, inlined (the same operations in the same order)
-            base = kv0 + nb
             fb = float(nb)
-            lo_ = longest + 1.0
-            times: list[float] = []
-            add_time = times.append
-            acc = 0.0
-            if ratio is not None:
-                for j in range(s):
-                    kv = base + fb * j
-                    y = (lo_ + j) * ratio
-                    if y > kv:
-                        kv = y
-                    a = f4 * kv * cf
-                    b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb
-                    x = fixed + ((b if b > a else a) + ov) * layers
-                    acc += x
-                    add_time(x)
-                    if acc >= ta:
-                        break
+            if consts is not None:
+                # IterationModel.decode_step_times, inlined (the same operations in the same order)
+                f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov, fixed, _ = consts
+                base = kv0 + nb
+                lo_ = longest + 1.0
+                times: list[float] = []
+                add_time = times.append
+                acc = 0.0
+                if ratio is not None:
+                    for j in range(s):
+                        kv = base + fb * j
+                        y = (lo_ + j) * ratio
+                        if y > kv:
+                            kv = y
+                        a = f4 * kv * cf
+                        b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb
+                        x = fixed + ((b if b > a else a) + ov) * layers
+                        acc += x
+                        add_time(x)
+                        if acc >= ta:
+                            break
+                else:
+                    for j in range(s):
+                        kv = base + fb * j
+                        a = f4 * kv * cf
+                        b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb
+                        x = fixed + ((b if b > a else a) + ov) * layers
+                        acc += x
+                        add_time(x)
+                        if acc >= ta:
+                            break
+                s = len(times)
+                dur = acc
             else:
-                for j in range(s):
-                    kv = base + fb * j
-                    a = f4 * kv * cf
-                    b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb
-                    x = fixed + ((b if b > a else a) + ov) * layers
-                    acc += x
-                    add_time(x)
-                    if acc >= ta:
-                        break
-            s = len(times)
-            dur = acc
+                # a fitted decode-attention efficiency: FastEngine's array form
+                times_a = decode_steps(nb, kv0, s, float(longest))
+                if s == 1:
+                    dur = float(times_a[0])
+                else:
+                    ends = np.cumsum(times_a)
+                    if ta < float(ends[-1]):
+                        j = int(np.searchsorted(ends, ta, side="left"))
+                        if j + 1 < s:
+                            s = j + 1
+                        ends = ends[:s]
+                        times_a = times_a[:s]
+                    dur = float(ends[-1])
+                times = times_a.tolist()
             upto = D + s
             if upto > Xa:
                 # FastEngine._alloc_to
@@ -381,6 +485,8 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
             if tp > 1:
                 stage_comm += comm_time(nb) * s
         else:
+            if nrun:
+                return "an idle engine with requests running"
             # nothing runs and the head request cannot be admitted: it never fits
             i = waiting.popleft()
             never_fits.append(i)
@@ -416,15 +522,72 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
         busy_gpu += dur * gpus
 
         if pre:
-            # ---- FastEngine._mixed_end (every prompt completes; no decodes) --------------------
+            # ---- FastEngine._mixed_end -------------------------------------------------------------
             if log_on:
-                add_row((index, start, now, 1, ntok, 0, n_pq, used))
-            done: list[int] = []
-            joined = 0
-            for i in pre:
+                add_row((index, start, now, 1, ntok, nb, n_pq + nb, used))
+            if chunked:
+                done_pre = []
+                for kk in range(n_pq):
+                    i = pre[kk]
+                    kvp[i] = kv_pre[kk] + q[kk]
+                    if completes[kk]:
+                        done_pre.append(i)
+                if done_pre:
+                    gone = set(done_pre)
+                    prefilling = [i for i in prefilling if i not in gone]
+            else:
+                done_pre = pre
+            for i in done_pre:
                 first_tok[i] = now
-                if 1 >= out[i]:
-                    done.append(i)
+            n_fin = 0
+            freed = 0
+            if nb:
+                # FastEngine._tbt_groups(now), through the histogram's buffer (TBTHistogram.push1)
+                if not fresh:
+                    if len(vals) >= BUF:
+                        hist.flush()
+                        vals, wts = hist._vals, hist._wts
+                    vals.append(now - last_dec)
+                    wts.append(float(nb))
+                else:
+                    n_old = nb
+                    for e in fresh:
+                        n_old -= e[1]
+                    if n_old:
+                        if len(vals) >= BUF:
+                            hist.flush()
+                            vals, wts = hist._vals, hist._wts
+                        vals.append(now - last_dec)
+                        wts.append(float(n_old))
+                    for lt, c in fresh:
+                        if len(vals) >= BUF:
+                            hist.flush()
+                            vals, wts = hist._vals, hist._wts
+                        vals.append(now - lt)
+                        wts.append(float(c))
+                    fresh = []
+                D += 1
+                last_dec = now
+                # FastEngine._pop_finished
+                while fin_heap and fin_heap[0][0] <= D:
+                    i = heappop(fin_heap)[1]
+                    off, n0, nblk = info.pop(i)
+                    sum_off -= off
+                    if n0 <= Xa:
+                        cnt[n0 % bs] -= 1
+                        n_active -= 1
+                    else:
+                        pending.remove((n0, i))
+                    x_ = Xa - n0
+                    freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
+                    finish[i] = now
+                    n_fin += 1
+            joined = 0
+            for i in done_pre:
+                if out[i] <= 1:
+                    finish[i] = now
+                    freed += blocks_at_admit[i]
+                    n_fin += 1
                     continue
                 # FastEngine._join with kv = the prompt, one token generated
                 off = inp[i] - D
@@ -445,12 +608,9 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
                     long_heap[:] = [(-e[0], r) for r, e in info.items()]
                     heapq.heapify(long_heap)
                 fresh.append([now, joined])
-            if done:
-                freed = 0
-                for i in done:
-                    finish[i] = now
-                    freed += blocks_at_admit[i]
-                nrun -= len(done)
+            if n_fin:
+                # FastEngine._finish: the blocks of all of them released in one call
+                nrun -= n_fin
                 area += (now - t_mark) * used
                 t_mark = now
                 marks += 1
@@ -504,7 +664,7 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
         last_dec = now
         if fin_heap[0][0] <= D:
             # FastEngine._pop_finished, then _finish (blocks released in one call)
-            done = []
+            n_fin = 0
             freed = 0
             while fin_heap and fin_heap[0][0] <= D:
                 i = heappop(fin_heap)[1]
@@ -518,13 +678,12 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
                 x_ = Xa - n0
                 freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
                 finish[i] = now
-                done.append(i)
-            if done:
-                nrun -= len(done)
-                area += (now - t_mark) * used
-                t_mark = now
-                marks += 1
-                used -= freed
+                n_fin += 1
+            nrun -= n_fin
+            area += (now - t_mark) * used
+            t_mark = now
+            marks += 1
+            used -= freed
 
     if waiting or nrun or ak < n:
         raise AssertionError("the fused loop ended with requests left")
