@@ -193,6 +193,10 @@ class Cluster:
         engines = [e for g in self.replicas for e in g.engines]
         world = None
         stopped = None
+        if self.record_iterations:
+            for g in self.replicas:
+                for link in g.links.values():
+                    link.busy_log = []
         if (self._handoff is None and all(len(g.engines) == 1 for g in self.replicas)
                 and all(isinstance(e, FastEngine) for e in engines)):  # fmt: skip
             if fused and len(engines) == 1 and self.tracer is None:
@@ -204,10 +208,6 @@ class Cluster:
             world = FastWorld(self, engines)  # type: ignore[arg-type]
         else:
             self.env.process(self._arrival_process())
-        if self.record_iterations:
-            for g in self.replicas:
-                for link in g.links.values():
-                    link.busy_log = []
         if world is not None:
             world.run()
         else:
