@@ -1,29 +1,38 @@
-"""The fused serving loop: a whole single-replica continuous-batching run in one function.
+"""The fused serving loop: a whole single-replica run in one function.
 
 :class:`~simkit.engine.fast.FastEngine` on :class:`~simkit.engine.cluster.FastWorld` already
 makes the reference engine's decisions with running totals, but an iteration still crosses a
 dozen Python calls (the policy's hook, admission, pricing, block growth, histogram, log, world
 heap). :func:`run_fused` makes the same decisions, in the same order, on local variables in one
-loop: the world's heap is two times (the arrival process's next wake and the step's end, ties
-broken by which was scheduled first, as SimPy does), the decode set is the fast engine's running
-totals (KV offsets from a decode clock, a heap of finishing clocks, a heap of offsets for the
-longest context, block growth counted per residue of the first block boundary), a decode run is
-priced by the scalar loop of :meth:`IterationModel.decode_step_times` inlined (the same
-operations in the same order), a single-prompt prefill step is memoised by its prompt length
-(the fast engine's memo), the KV level is integrated at the instants the block manager would
-integrate it, and the inter-token gaps go through a histogram's buffer flushed at the same
-points. Every float is produced by the same operations in the same order as on the stepping
-path, so every per-request time, histogram bin, iteration row and counter is the same bits
-(``tests/test_lean.py`` checks it against the stepping fast path and the reference engine).
+loop:
 
-Domain (checked by :func:`fused_loop_reason` when the deployment is built): one replica of one
-engine, ``continuous`` batching, no prefix cache, recompute preemption, no offload, pipeline,
-layer-by-layer execution, KV spill, sliding window or Chrome trace, and an efficiency model with
-closed-form attention (the roofline coefficients). Within it, a run that meets something the loop
-does not model (a decode step whose KV blocks do not fit, which preempts; a prompt of no tokens;
-a step priced without the closed form) stops and writes nothing: the caller reruns the same
-scenario on the stepping path (deterministic, so the result is the one the stepping path gives)
-and says so in ``engine_path``.
+- the world's heap is two times: the arrival process's next wake (scheduled as FastWorld
+  schedules it, ``now + (arrival - now)``) and the running step's end; at an equal time the one
+  scheduled first comes first, as in SimPy (the wake pending when the step began, then the end);
+- the policies' decisions (``ContinuousBatching._decide``, ``ChunkedPrefill._decide``) and
+  admission (``FastEngine.admit``) are written out on the loop's variables;
+- the decode set is the fast engine's running totals (KV offsets from a decode clock, a heap of
+  finishing clocks, a heap of offsets for the longest context, block growth counted per residue
+  of each request's first block boundary);
+- a decode run is priced by the scalar loop of :meth:`IterationModel.decode_step_times`
+  inlined (the same operations in the same order; with a fitted decode-attention efficiency, by
+  :meth:`IterationModel.decode_steps` as the stepping path does), a step with prefill chunks by
+  the fast engine's own pricing (``FastEngine._step_time``, memoised for one prompt alone);
+- the KV level is integrated at the instants the block manager would integrate it, and the
+  inter-token gaps go through a histogram's buffer flushed at the same points.
+
+Every float is produced by the same operations in the same order as on the stepping path, so
+every per-request time, histogram bin, iteration row and counter is the same bits; the few
+values the stepping path holds as numpy floats (SimPy's clock after an arrival's wake, and the
+KV integral computed from it) are given that type at the end. ``tests/test_lean.py`` checks all
+of it against the stepping fast path and the reference engine.
+
+Domain (:func:`fused_loop_reason`, decided when the deployment is built): a plan the stepping
+fast path covers, on one replica, with ``continuous`` or ``chunked_prefill`` batching. Within it,
+a run that meets something the loop does not model (a decode step whose KV blocks do not fit,
+where the stepping path preempts; a prompt of no tokens) stops and writes nothing: the caller
+runs the same scenario on the stepping path (deterministic, so the result is the one the stepping
+path gives) and ``engine_path`` says so.
 """
 
 from __future__ import annotations
