@@ -229,3 +229,15 @@ def test_engine_stepping_is_a_choice_and_others_are_refused():
     assert simulate(sc, engine="stepping").summary["engine_path"] == "fast"
     with pytest.raises(ScenarioError, match="'auto', 'stepping' or 'reference'"):
         simulate(sc, engine="fused")
+
+
+@pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
+def test_without_an_iteration_log(policy):
+    """Studies run without the per-iteration table: the same requests and summary, no rows."""
+    sc = scenario_from_dict(_data(uniform_workload(200, 40.0, (20, 900), (1, 200)), 2, 32, 4096, {"num_blocks": 3000},
+                                  policy=policy))  # fmt: skip
+    fused = simulate(sc, record_iterations=False)
+    stepping = simulate(sc, record_iterations=False, engine="stepping")
+    assert fused.summary["engine_path"] == FUSED
+    assert fused.iterations == [] == stepping.iterations
+    assert_same(fused, stepping)
