@@ -167,6 +167,8 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
     fresh: list[list] = []
     """[last-token time, count] of the requests that joined since the last decode step."""
     last_dec = 0.0
+    prompt_memo: dict[int, float] = {}
+    """prompt tokens -> seconds of a continuous-batching step prefilling that prompt alone."""
     prefill_memo: dict[tuple[int, int, int], float] = {}
     """(tokens, cached tokens, logits rows) -> seconds of a step prefilling one prompt alone."""
     dec_memo: dict[int, tuple] = {}
@@ -253,9 +255,9 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
 
         # ---- the policy's decision -------------------------------------------------------------
         nb = len(info)
-        pre: list[int] = []
-        q: list[int] = []
         if chunked:
+            pre: list[int] = []
+            q: list[int] = []
             # ChunkedPrefill._decide: the decode set, its next step's blocks reserved
             # (FastEngine.decode_ready), then chunks of the admitted prompts, then admissions
             if nb:
@@ -314,6 +316,10 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
         else:
             # ContinuousBatching._decide: whole prompts, first come first served, within the
             # token budget and the batch limit (FastEngine.admit)
+            pre = q = []
+            if waiting and nrun < max_seqs:
+                pre = []
+                q = []
             budget = max_tokens
             while waiting and nrun < max_seqs:
                 i = waiting[0]
@@ -345,46 +351,59 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
         if pre:
             # ---- a step of prefill chunks (and, chunked, one decode step): FastEngine._mixed_begin
             n_pq = len(pre)
-            if chunked:
-                kv_pre = [kvp[i] for i in pre]
-                completes: list[bool] = []
-                rows_ = nb
-                top = 0
-                for kk in range(n_pq):
-                    upto = kv_pre[kk] + q[kk]
-                    c = upto >= inp[pre[kk]]
-                    completes.append(c)
-                    rows_ += c
-                    if upto > top:
-                        top = upto
-            else:
-                kv_pre = [0] * n_pq
-                rows_ = n_pq
-                top = q[0] if n_pq == 1 else max(q)
-            dec_sum = longest = 0
-            if nb:
-                while True:
-                    neg, i = long_heap[0]
-                    if i in info:
-                        break
-                    heappop(long_heap)
-                longest = D - neg
-                dec_sum = sum_off + nb * D
-                if longest + 1 > mc_dec:
-                    mc_dec = longest + 1
-            if top > mc_pre:
-                mc_pre = top
-            if nb or n_pq != 1:
-                dur = step_time(q, kv_pre, nb, dec_sum, longest, rows_)
-                ntok = sum(q)
-            else:
+            if not chunked and n_pq == 1:
+                # one whole prompt, nothing cached, one logits row (the usual prefill step of
+                # continuous batching): memoised by its length, as FastEngine memoises
+                # (tokens, 0, 1)
                 ntok = q[0]
-                key = (ntok, kv_pre[0], rows_)
-                dur = prefill_memo.get(key)  # type: ignore[assignment]
+                if ntok > mc_pre:
+                    mc_pre = ntok
+                dur = prompt_memo.get(ntok)  # type: ignore[assignment]
                 if dur is None:
-                    dur = prefill_memo[key] = step_time(q, kv_pre, 0, 0, 0, rows_)
-            if tp > 1:
-                stage_comm += comm_time(ntok + nb)
+                    dur = prompt_memo[ntok] = step_time(q, [0], 0, 0, 0, 1)
+                if tp > 1:
+                    stage_comm += comm_time(ntok)
+            else:
+                if chunked:
+                    kv_pre = [kvp[i] for i in pre]
+                    completes: list[bool] = []
+                    rows_ = nb
+                    top = 0
+                    for kk in range(n_pq):
+                        upto = kv_pre[kk] + q[kk]
+                        c = upto >= inp[pre[kk]]
+                        completes.append(c)
+                        rows_ += c
+                        if upto > top:
+                            top = upto
+                else:
+                    kv_pre = [0] * n_pq
+                    rows_ = n_pq
+                    top = max(q)
+                dec_sum = longest = 0
+                if nb:
+                    while True:
+                        neg, i = long_heap[0]
+                        if i in info:
+                            break
+                        heappop(long_heap)
+                    longest = D - neg
+                    dec_sum = sum_off + nb * D
+                    if longest + 1 > mc_dec:
+                        mc_dec = longest + 1
+                if top > mc_pre:
+                    mc_pre = top
+                if nb or n_pq != 1:
+                    dur = step_time(q, kv_pre, nb, dec_sum, longest, rows_)
+                    ntok = sum(q)
+                else:
+                    ntok = q[0]
+                    key = (ntok, kv_pre[0], rows_)
+                    dur = prefill_memo.get(key)  # type: ignore[assignment]
+                    if dur is None:
+                        dur = prefill_memo[key] = step_time(q, kv_pre, 0, 0, 0, rows_)
+                if tp > 1:
+                    stage_comm += comm_time(ntok + nb)
         elif nb:
             # ---- a decode run of the whole decode set (FastEngine.decode_ready, _decode_begin) --
             free = num_blocks - used
