@@ -38,6 +38,7 @@ path gives) and ``engine_path`` says so.
 from __future__ import annotations
 
 import heapq
+from array import array
 from bisect import insort
 from collections import deque
 from typing import TYPE_CHECKING
@@ -127,10 +128,12 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
     rows: list[tuple] = []
     add_row = rows.append
 
-    nan = float("nan")
-    sched = [nan] * n
-    first_tok = [nan] * n
-    finish = [nan] * n
+    # admission, first-token and finish times: C doubles (a third of a list's memory), viewed
+    # by numpy without a copy at the end
+    nans = array("d", [float("nan")])
+    sched = nans * n
+    first_tok = nans * n
+    finish = nans * n
     blocks_at_admit = [0] * n
     never_fits: list[int] = []
     enqueued = 0
@@ -718,9 +721,9 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
 
     # ---- write what the stepping path writes -------------------------------------------------
     t = table
-    fin_a = np.array(finish, dtype=np.float64)
-    t.scheduled[:] = np.array(sched, dtype=np.float64)
-    t.first_token[:] = np.array(first_tok, dtype=np.float64)
+    fin_a = np.frombuffer(finish, dtype=np.float64)
+    t.scheduled[:] = np.frombuffer(sched, dtype=np.float64)
+    t.first_token[:] = np.frombuffer(first_tok, dtype=np.float64)
     t.finish[:] = fin_a
     served = ~np.isnan(fin_a)
     t.last_token[served] = fin_a[served]
