@@ -87,16 +87,17 @@ def _growth(upto: int, xa: int, n_active: int, cnt: list[int], pending: list[tup
 
 
 def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
-    """Run ``cluster`` (one replica served by ``engine``, continuous batching) to the end in one
-    loop and write what the stepping path would (the request table, the inter-token histogram,
+    """Run ``cluster`` (one replica served by ``engine``, continuous or chunked-prefill batching)
+    to the end in one loop and write what the stepping path would (the request table, the inter-token histogram,
     the iteration log, the engine's counters and KV integrals). Returns None when done, or the
     reason it stopped (then nothing has been written: run the stepping path)."""
     table = cluster.table
     cost = engine.cost
     kvm = engine.kv
     policy = engine.policy
-    if kvm.cache is not None or kvm.used or kvm.watermark_blocks < 0 or cluster.tbt.total or cluster.tbt._vals:
-        raise AssertionError("the fused loop starts from an empty replica without a prefix cache")
+    if (kvm.cache is not None or kvm.used or kvm.watermark_blocks < 0 or cluster.tbt.total or cluster.tbt._vals
+            or policy.name not in ("continuous", "chunked_prefill")):  # fmt: skip
+        raise AssertionError("the fused loop starts from an empty replica without a prefix cache, batching continuously")
     n = table.n
     inp = table.input.tolist()
     out = table.output.tolist()
