@@ -122,6 +122,7 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
     comm_time = cost.comm_time
     fixed_step_time = cost.fixed_step_time
     step_time = engine._step_time
+    mixed_step_time = cost.mixed_step_time
     decode_constants = cost.decode_constants
     decode_steps = cost.decode_steps
     layers = cost.layers
@@ -368,9 +369,17 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
                 if tp > 1:
                     stage_comm += comm_time(ntok)
             else:
-                if chunked:
+                if chunked and n_pq == 1:
+                    i = pre[0]
+                    c = kvp[i]
+                    kv_pre = [c]
+                    top = c + q[0]
+                    c = top >= inp[i]
+                    completes = [c]
+                    rows_ = nb + c
+                elif chunked:
                     kv_pre = [kvp[i] for i in pre]
-                    completes: list[bool] = []
+                    completes = []
                     rows_ = nb
                     top = 0
                     for kk in range(n_pq):
@@ -398,8 +407,11 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
                 if top > mc_pre:
                     mc_pre = top
                 if nb or n_pq != 1:
-                    dur = step_time(q, kv_pre, nb, dec_sum, longest, rows_)
-                    ntok = sum(q)
+                    # FastEngine._step_time: on scalars, else on arrays
+                    dur = mixed_step_time(q, kv_pre, nb, dec_sum, longest, rows_)
+                    if dur is None:
+                        dur = step_time(q, kv_pre, nb, dec_sum, longest, rows_)
+                    ntok = sum(q) if n_pq != 1 else q[0]
                 else:
                     ntok = q[0]
                     key = (ntok, kv_pre[0], rows_)
@@ -557,7 +569,15 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
             # ---- FastEngine._mixed_end -------------------------------------------------------------
             if log_on:
                 add_row((index, start, now, 1, ntok, nb, n_pq + nb, used))
-            if chunked:
+            if chunked and n_pq == 1:
+                i = pre[0]
+                kvp[i] = top
+                if completes[0]:
+                    done_pre = [i]
+                    prefilling.remove(i)  # (the reference keeps the others in order)
+                else:
+                    done_pre = []
+            elif chunked:
                 done_pre = []
                 for kk in range(n_pq):
                     i = pre[kk]
