@@ -9,8 +9,8 @@ routing, hand-offs), :mod:`simkit.summary` summarises it, :mod:`simkit.outputs` 
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from dataclasses import replace
 
 from simkit.cost.links import link_rates
 from simkit.deployment import (
@@ -21,6 +21,7 @@ from simkit.deployment import (
     plan_replica_memory,
 )
 from simkit.engine.cluster import Cluster
+from simkit.engine.pipeline_fast import PipelineConflict
 from simkit.engine.state import RequestTable
 from simkit.errors import ScenarioError
 from simkit.outputs import Result, write_outputs
@@ -43,9 +44,19 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     dep = build_deployment(sc, engine, trace)
     cluster = Cluster(RequestTable(dep.reqs), record_iterations, trace)
     executors = build_replicas(dep, cluster)
-    stopped = cluster.run(fused=dep.fused_loop)
+    try:
+        stopped = cluster.run(fused=dep.fused_loop)
+    except PipelineConflict as exc:
+        # a micro-batch overtook another or shared a link with it: the stages' closed form does
+        # not hold for this run, so it runs again with the stages event by event (exact)
+        path = dep.engine_path.replace("; pipeline stages in closed form", f"; pipeline stages event by event ({exc.reason()})")
+        dep = dataclasses.replace(dep, pipeline_closed_form=False, engine_path=path)
+        cluster = Cluster(RequestTable(dep.reqs), record_iterations, trace)
+        executors = build_replicas(dep, cluster)
+        stopped = cluster.run()
     if stopped is not None:
-        dep = replace(dep, engine_path=f"fast (the fused loop stopped at {stopped}: stepped)")
+        # the fused loop stopped (and wrote nothing): the run was stepped
+        dep = dataclasses.replace(dep, engine_path=f"fast (the fused loop stopped at {stopped}: stepped)")
     summary, warn, events, link_busy = summarize_run(dep, cluster, executors)
     g0 = dep.groups[0]
     return Result(sc, summary, cluster.table, cluster.log.rows, summary["memory"], warn, events,
