@@ -190,7 +190,6 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
 
     # the arrival process: the next arrival to handle (index into ``order``) and the time of its
     # pending wake (inf when none is left)
-    ak = 0
     nxt = at[0] if n else INF
     """What ``Cluster.next_arrival()`` returns: the next arrival not yet arrived."""
 
@@ -207,22 +206,17 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
     # the arrivals due at 0 and waits for the next
     now = 0.0
     aw = INF
-    woke = False
-    k = 0
-    while k < n:
-        dt = at[k] - now
+    ak = 0
+    while ak < n:
+        dt = at[ak] - now
         if dt > 0:
             aw = now + dt
             break
-        nxt = at[k + 1]
-        i = ids[k]
-        c = codes[k]
-        if not c:  # (the front door's rejections are written at the end, from ``codes``)
+        nxt = at[ak + 1]
+        if not codes[ak]:  # (the front door's rejections are written at the end, from ``codes``)
             enqueued += 1
-            waiting.append(i)
-            woke = True
-        k += 1
-    ak = k
+            waiting.append(ids[ak])
+        ak += 1
 
     while True:
         if not nrun and not waiting:
