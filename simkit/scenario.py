@@ -412,8 +412,8 @@ class Scenario(_S):
     """auto (the profile matching the device, else datasheet defaults with a warning), none, or a path."""
     slo: SLO = SLO()
     """Service-level objectives for goodput and slo_met."""
-    seed: int = 0
-    """Seed of every random choice (same inputs and seed, identical outputs)."""
+    seed: int = Field(default=0, ge=0)
+    """Seed of every random choice (same inputs and seed, identical outputs); an integer >= 0."""
     _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
     _source: str | None = PrivateAttr(default=None)
 

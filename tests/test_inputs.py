@@ -47,6 +47,15 @@ def test_booleans_and_strings_are_not_numbers(key, value):
     assert e.value.key == key
 
 
+def test_negative_seed_is_refused_at_load_even_without_random_choices():
+    """A batch workload draws nothing at random, but seed=-1 is still a wrong input (a synthetic
+    workload of the same scenario would refuse it): refused when the scenario is loaded, naming
+    the top-level key."""
+    with pytest.raises(ScenarioError, match="greater than or equal to 0") as e:
+        scenario_from_dict(apply_overrides(make_scenario(), {"seed": -1}))
+    assert e.value.key == "seed"
+
+
 def test_integer_accepted_for_a_float_key():
     sc = scenario_from_dict(apply_overrides(make_scenario(), {"plan.kv_cache.gpu_memory_utilization": 1}))
     assert sc.plan.kv_cache.gpu_memory_utilization == 1.0

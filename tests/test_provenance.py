@@ -98,6 +98,32 @@ def test_summary_json_is_identical_across_processes(tmp_path):
     assert outs[0] == outs[1]
 
 
+def test_summary_json_names_a_shipped_profile_the_same_from_any_installation(tmp_path):
+    """summary.json names a shipped calibration profile relative to simkit's data folder, so the
+    same run gives the same bytes from another checkout or installation (here: another SIMKIT_HOME);
+    provenance.json keeps the absolute path."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for d in ("hw_specs", "workloads", "calibration"):
+        (home / d).symlink_to(ROOT / d)
+    outs = []
+    for k, extra in enumerate(({}, {"SIMKIT_HOME": str(home)})):
+        env = dict(os.environ, PYTHONPATH=str(ROOT)) | extra
+        out = tmp_path / f"r{k}"
+        subprocess.run(
+            [sys.executable, "-m", "simkit.cli", "run", str(ROOT / "workloads/scenarios/quickstart.yaml"), "--out", str(out),
+             "--set", "workload.synthetic.num_requests=20"],
+            check=True, capture_output=True, env=env, cwd=tmp_path,
+        )
+        outs.append(out)
+    summaries = [(o / "summary.json").read_bytes() for o in outs]
+    assert summaries[0] == summaries[1]
+    assert "(calibration/profiles/h100-sxm-vidur/profile.yaml)" in json.loads(summaries[0])["calibration"]
+    paths = [json.loads((o / "provenance.json").read_text())["calibration"]["path"] for o in outs]
+    shipped = (ROOT / "calibration/profiles/h100-sxm-vidur/profile.yaml").resolve()
+    assert all(Path(p).is_absolute() and Path(p).resolve() == shipped for p in paths)
+
+
 def test_links_parquet_holds_every_busy_period(tmp_path):
     # an offloaded plan streams weights over NVMe and PCIe: the busy periods add up to link_busy_s
     from simkit.simulate import simulate, write_outputs

@@ -202,6 +202,19 @@ def test_random_axes_are_seeded(tmp_path):
     assert c != a
 
 
+def test_negative_random_seed_is_a_clear_error(tmp_path, capsys):
+    """numpy refuses a negative seed with a traceback; the study refuses it at load, naming the key."""
+    study = {"base": tiny_base(), "axes": {"random": {"samples": 2, "seed": -1, "keys": {
+        "plan.batching.policy": ["continuous", "chunked_prefill"]}}}}
+    path = write_study(tmp_path, study)
+    with pytest.raises(StudyError, match="greater than or equal to 0") as e:
+        load_study(path)
+    assert e.value.key == "axes.random.seed"
+    assert main(["study", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "axes.random.seed" in err and "Traceback" not in err
+
+
 def test_base_path_relative_to_study_and_paths_made_absolute(tmp_path):
     (tmp_path / "sc").mkdir()
     (tmp_path / "sc" / "base.yaml").write_text(yaml.safe_dump(tiny_base(

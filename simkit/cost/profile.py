@@ -1027,10 +1027,26 @@ def resolve_calibration(setting: str, device_kind: str, catalog_name: str) -> tu
     return prof, _describe(prof), warn
 
 
+def _shown_path(path: Path | str | None) -> str:
+    """A profile's file as summary.json names it: a shipped profile relative to simkit's data folder
+    (``calibration/profiles/NAME/profile.yaml``), so that the same run gives the same bytes from
+    any checkout or installation; any other profile as given. provenance.json keeps the absolute
+    path."""
+    if path is None:
+        return "in memory"
+    from simkit.specs.catalog import data_root
+
+    root = data_root()
+    for p, r in ((Path(path), root), (Path(path).resolve(), root.resolve())):
+        if p.is_relative_to(r):
+            return p.relative_to(r).as_posix()
+    return str(path)
+
+
 def _describe(prof: Profile) -> str:
     meas = [c for c in OP_CLASSES if prof.is_measured(c)]
     unmeas = [c for c in OP_CLASSES if not prof.is_measured(c)]
-    s = f"profile {prof.name} ({prof.path})"
+    s = f"profile {prof.name} ({_shown_path(prof.path)})"
     if meas:
         s += f": measured {', '.join(meas)}"
     if unmeas:

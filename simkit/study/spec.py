@@ -34,8 +34,8 @@ class _S(BaseModel):
 class RandomAxes(_S):
     samples: int = Field(ge=1)
     """Number of random points to draw."""
-    seed: int = 0
-    """Seed of the draw (same seed, same points)."""
+    seed: int = Field(default=0, ge=0)
+    """Seed of the draw (same seed, same points); an integer >= 0."""
     keys: dict[str, Any]
     """Dotted key -> a list of choices (drawn uniformly) or a range mapping (drawn uniformly, in log space for scale: log)."""
 
