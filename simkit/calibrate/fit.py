@@ -79,7 +79,7 @@ MIN_SAMPLES_FOR_TREES = 30
 BASE_PER_DTYPE_CLASSES = ("attn_prefill", "attn_decode")
 """Classes fitted with a roofline base per dtype (ClassModel.base_by_dtype) when the samples hold
 more than one dtype: a CPU's attention kernels differ by dtype (bf16 decode attention on the CI VM
-runs at about a fifth of the fp32 speed, so one efficiency for both left leave-one-head-shape-out
+runs 1.4-6.7x slower than fp32, median 4.3x, so one efficiency for both left leave-one-head-shape-out
 errors of 20-27% median; docs/fidelity.md)."""
 MIN_SAMPLES_PER_DTYPE_BASE = 12
 """Fewest samples of every dtype for per-dtype bases (a base has 4 parameters)."""
