@@ -326,8 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output folder (default reports/<scenario name>)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a dotted key, e.g. plan.parallel.tp=2")
     r.add_argument("--trace-out", help="write a Chrome-trace/Perfetto timeline JSON here")
-    r.add_argument("--engine", choices=["auto", "reference"], default="auto",
-                   help="reference: always the reference engine (default: the fast exact path where it applies)")
+    r.add_argument("--engine", choices=["auto", "stepping", "reference"], default="auto",
+                   help="reference: always the reference engine; stepping: the fast path without its fused loop "
+                        "(default: the fast exact path where it applies)")
     r.add_argument("--report", metavar="FILE.html", help="also write an HTML report of the run here")
     r.set_defaults(func=cmd_run)
 
