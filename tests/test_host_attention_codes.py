@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.torch
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,6 +20,7 @@ def _bench():
     return mod
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("code", ["flexgen", "zero-opt", "zero-llama", "zero-bloom"])
 def test_each_code_computes_the_same_attention(code: str) -> None:
     torch = pytest.importorskip("torch")
@@ -40,6 +39,7 @@ def test_each_code_computes_the_same_attention(code: str) -> None:
         assert {"k repeat_kv", "v repeat_kv"} <= set(parts)
 
 
+@pytest.mark.torch
 def test_multi_head_codes_refuse_grouped_query_shapes() -> None:
     pytest.importorskip("torch")
     hb = _bench()
@@ -56,6 +56,7 @@ def test_model_bytes_are_simkits_byte_model() -> None:
     assert hb.model_bytes(64, 8, fp32_cache=True) == pytest.approx(8.5)  # LLaMA-2-70B: 4/8 + 4 + 4
 
 
+@pytest.mark.torch
 def test_every_code_is_timed_and_the_fresh_write_cost_measured() -> None:
     pytest.importorskip("torch")
     hb = _bench()
