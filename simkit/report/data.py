@@ -95,7 +95,9 @@ def load_run(path: Path, label: str | None = None) -> Run:
     if sp.exists():
         from simkit.scenario import load_scenario
 
-        run.scenario_text = sp.read_text()
+        raw = sp.read_bytes()
+        # shown as text even when it is not UTF-8; load_scenario below says what is wrong with it
+        run.scenario_text = raw.decode("utf-8", errors="replace")
         try:
             run.scenario = load_scenario(sp)
         except SimkitError as e:

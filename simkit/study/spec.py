@@ -32,8 +32,8 @@ class _S(BaseModel):
 
 
 class RandomAxes(_S):
-    samples: int = Field(ge=1)
-    """Number of random points to draw."""
+    samples: int = Field(ge=1, le=MAX_RUNS)
+    """Number of random points to draw (at most 1,000,000, the most runs a study may have)."""
     seed: int = Field(default=0, ge=0)
     """Seed of the draw (same seed, same points); an integer >= 0."""
     keys: dict[str, Any]
@@ -171,6 +171,8 @@ class Range:
         if count is not None:
             if isinstance(count, bool) or not isinstance(count, int) or count < 2:
                 raise StudyError(f"count must be an integer >= 2, got {count!r}", key=key)
+            if count > MAX_RUNS:
+                raise StudyError(f"count must be at most {MAX_RUNS}, got {count}", key=key)
             if self.scale == "log":
                 a, b = math.log(self.low), math.log(self.high)
                 si = [math.exp(a + (b - a) * i / (count - 1)) for i in range(count)]
