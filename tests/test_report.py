@@ -322,3 +322,16 @@ def test_reports_of_folders_made_by_simkit_study_and_search(tmp_path, capsys):
     assert f"report           {tmp_path / 'study.html'}" in out and f"report           {tmp_path / 'search.html'}" in out
     for d in (study, search):
         assert main(["report", str(d), "-o", str(tmp_path / "again.html")]) == 0
+
+
+def test_run_folder_with_a_scenario_yaml_that_is_not_utf8(folders, tmp_path):
+    """Found by benchmarks/fuzz.py: a scenario.yaml that is not UTF-8 raised UnicodeDecodeError.
+    The page is drawn; its scenario section says what is wrong with the file."""
+    import shutil
+
+    d = tmp_path / "r"
+    shutil.copytree(folders["run"], d)
+    (d / "scenario.yaml").write_bytes(b"\x00\xff\xfegarbage,{[\n")
+    html = build_report([d])
+    check_single_file(html)
+    assert "not UTF-8 text" in html

@@ -707,3 +707,21 @@ def test_bandwidth_scale_applies_to_measured_rates():
     # the drive, not its link, is the modelled bottleneck of this node's SSD path: a faster link alone changes nothing
     link = link_rates(resolve_node({"preset": "gcp-t4-vm", "bandwidth_scale": {"nvme": 3.0}}), 1)
     assert link["nvme_read"] == base["nvme_read"]
+
+
+@pytest.mark.parametrize("axes, key", [
+    ({"grid": {"workload.synthetic.arrival.rate": {"range": "1..100", "count": 10**9}}}, "axes.grid.workload.synthetic.arrival.rate"),
+    ({"random": {"samples": 10**9, "keys": {"seed": [1, 2]}}}, "axes.random.samples"),
+])
+def test_huge_axes_are_refused_before_they_are_expanded(tmp_path, capsys, axes, key):
+    """Found by benchmarks/fuzz.py: count: 10^9 built a billion points (MemoryError) and samples:
+    10^9 drew them one by one (a hang) before the study's run limit was checked."""
+    path = write_study(tmp_path, {"base": tiny_base(), "axes": axes})
+    t0 = time.perf_counter()
+    with pytest.raises(StudyError, match="1000000") as e:
+        load_study(path).tasks()
+    assert e.value.key == key
+    assert main(["study", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert key in err and "Traceback" not in err
+    assert time.perf_counter() - t0 < 10

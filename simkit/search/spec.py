@@ -467,7 +467,7 @@ def _capacity(c: Any, w: str | None) -> Capacity:
         raise SearchError(f"max_rate ({hi}) must exceed min_rate ({lo})", where=w, key="capacity.max_rate")
     if not 1e-6 <= tol < 1:
         raise SearchError(f"tolerance is relative, from 1e-6 to below 1 (e.g. 0.02 = 2%); got {tol}", where=w, key="capacity.tolerance")
-    steps = math.log2((hi - lo) / (tol * lo))
+    steps = math.log2(hi - lo) - math.log2(tol) - math.log2(lo)
     if steps > MAX_BISECTIONS:
         raise SearchError(f"bisecting from {lo:g} to {hi:g} req/s to within {tol:g} would take {math.ceil(steps)} simulations "
                           f"per plan (at most {MAX_BISECTIONS}): narrow the rates or loosen the tolerance", where=w, key="capacity")
