@@ -335,3 +335,20 @@ def test_run_folder_with_a_scenario_yaml_that_is_not_utf8(folders, tmp_path):
     html = build_report([d])
     check_single_file(html)
     assert "not UTF-8 text" in html
+
+
+@pytest.mark.parametrize("key, value", [("pp", float("nan")), ("replicas", "2"), ("gpus", -1), ("makespan_s", "x"),
+                                        ("resources", [1]), ("ttft_p90_s", [])])
+def test_run_summary_with_values_simkit_does_not_write(folders, tmp_path, capsys, key, value):
+    """Found by benchmarks/fuzz.py: summary.json with pp NaN raised ValueError (int of NaN) while
+    drawing the topology; such values are refused on load, naming the key."""
+    import shutil
+
+    d = tmp_path / "r"
+    shutil.copytree(folders["run"], d)
+    s = json.loads((d / "summary.json").read_text())
+    s[key] = value
+    (d / "summary.json").write_text(json.dumps(s))
+    assert main(["report", str(d), "-o", str(tmp_path / "o.html")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"summary.json: {key}: expected" in err, err

@@ -572,3 +572,20 @@ def test_metric_that_is_not_a_name_is_a_clear_error(tmp_path: Path, capsys: pyte
     ok = {"base": BASE, "space": {"plan.parallel.tp": [1]}}
     e = _err(tmp_path, capsys, {**ok, "objective": {"minimize": metric}})
     assert "objective" in e and "expected a metric name" in e
+
+
+def test_cli_top_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by benchmarks/fuzz.py: --top -1 indexed an empty ranking (IndexError)."""
+    sp = tmp_path / "s.yaml"
+    sp.write_text(yaml.safe_dump({"base": BASE, "space": {"plan.parallel.tp": [1]}, "objective": {"minimize": "ttft_p90_s"}}))
+    for bad in ("-1", "0"):
+        with pytest.raises(SystemExit) as e:
+            main(["search", str(sp), "--out", str(tmp_path / "o"), "--top", bad])
+        assert e.value.code == 2
+        assert "--top" in capsys.readouterr().err
+
+
+def test_precision_that_is_not_a_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by benchmarks/fuzz.py: precision: [[fp16]] raised TypeError (unhashable list)."""
+    e = _err(tmp_path, capsys, {"base": BASE, "space": {"precision": [["fp16"]]}, "objective": {"minimize": "ttft_p90_s"}})
+    assert "space.precision" in e and "unknown precision" in e

@@ -725,3 +725,19 @@ def test_huge_axes_are_refused_before_they_are_expanded(tmp_path, capsys, axes, 
     err = capsys.readouterr().err
     assert key in err and "Traceback" not in err
     assert time.perf_counter() - t0 < 10
+
+
+@pytest.mark.parametrize("name, data", [
+    ("study.json", b"[]"),
+    ("study.json", b"\x00\xff not UTF-8"),
+    ("study.json", b'{"axes": "x"}'),
+    ("study.json", b'{"axes": [], "repeat": "2"}'),
+    ("runs.parquet", b"\x00\xffgarbage"),
+])
+def test_show_on_a_corrupted_study_folder_is_one_line(finished_study, capsys, name, data):
+    """Found by benchmarks/fuzz.py: study.json holding a list raised AttributeError, one that is not
+    UTF-8 UnicodeDecodeError, and a corrupt runs.parquet a pyarrow error, all with a traceback."""
+    (finished_study / name).write_bytes(data)
+    assert main(["study", "show", str(finished_study)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and str(finished_study / name) in err, err

@@ -80,10 +80,40 @@ class Run:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
+SUMMARY_COUNTS = ("requests_total", "requests_completed", "requests_rejected", "gpus", "tp", "pp", "replicas", "preemptions",
+                  "kv_blocks_per_replica", "kv_blocks_total", "input_tokens", "output_tokens")
+"""summary.json keys a report reads as whole numbers >= 0."""
+SUMMARY_KINDS = {"resources": dict, "memory": dict, "link_busy_s": dict, "link_bytes": dict, "offload_compute_s": dict, "per_gpu": list}
+"""summary.json keys a report reads as mappings or lists."""
+
+
+def check_summary(summary: dict[str, Any], where: str) -> None:
+    """Refuse a summary.json whose values a report reads are not of the kind simkit writes
+    (a count that is not a whole number, a time or rate that is not a number >= 0, a mapping
+    that is not one), naming the key, instead of failing while drawing."""
+    for k, v in summary.items():
+        if v is None:
+            continue
+        if k in SUMMARY_COUNTS:
+            ok = isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            expected = "a whole number >= 0"
+        elif k in SUMMARY_KINDS:
+            ok = isinstance(v, SUMMARY_KINDS[k])
+            expected = "a mapping" if SUMMARY_KINDS[k] is dict else "a list"
+        elif k.endswith(("_s", "_per_s")) or k.startswith("kv_utilization"):
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and not v < 0
+            expected = "a number >= 0 (or NaN)"
+        else:
+            continue
+        if not ok:
+            raise ReportError(f"expected {expected}, got {v!r} (not a summary simkit wrote)", where=where, key=k)
+
+
 def load_run(path: Path, label: str | None = None) -> Run:
     summary = read_json(path / "summary.json")
     if not isinstance(summary, dict) or "requests_total" not in summary:
         raise ReportError("not a simkit summary (no requests_total)", where=str(path / "summary.json"))
+    check_summary(summary, str(path / "summary.json"))
     run = Run(path, label or path.name, summary)
     if (path / "requests.parquet").exists():
         run.requests = read_parquet(path / "requests.parquet", REQUEST_COLS)

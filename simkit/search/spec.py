@@ -314,7 +314,7 @@ def _precision_axis(v: Any) -> Axis:
     names = list(PRECISIONS) if v == "all" else _values("precision", v, str)
     overs = []
     for n in names:
-        if n not in PRECISIONS:
+        if not isinstance(n, str) or n not in PRECISIONS:
             close = difflib.get_close_matches(str(n), list(PRECISIONS), n=2)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise SearchError(f"unknown precision {n!r} (expected one of {', '.join(PRECISIONS)}){hint}", key="space.precision")
