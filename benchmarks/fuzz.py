@@ -847,9 +847,13 @@ def _mutate_search(rng: random.Random, data: dict, notes: list[str]) -> bool:
             if isinstance(old, str) and rng.random() < 0.3:
                 new = old + "-bogus"
             _set(data, path, new)
-            # numbers of the search file itself (top, constraint bounds, capacity rates) must be refused
-            if _clearly_invalid(old, new) and (path == "top" or path.startswith(("constraints.", "capacity."))):
-                invalid = True
+            # numbers of the search file itself must be refused: top and capacity rates when not > 0,
+            # constraint bounds when not finite numbers (a negative bound is a valid, if odd, limit;
+            # a boolean is read as 0 or 1)
+            if path == "top" or path.startswith("capacity."):
+                invalid |= _clearly_invalid(old, new)
+            elif path.startswith("constraints.") and _is_number(old) and new is not DELETE:
+                invalid |= isinstance(new, str | list | dict) or (isinstance(new, float) and not math.isfinite(new))
             notes.append(f"{path}={'<deleted>' if new is DELETE else repr(new)[:40]}")
         elif r < 0.6:
             key = rng.choice(sorted(SEARCH_SPACE_KEYS))
@@ -1205,7 +1209,8 @@ def _named(message: str, workdir: Path, argv: list[str]) -> bool:
     given = {t for a in argv[1:] for t in (a, str(Path(a))) if len(t.strip()) > 2}
     if "" in argv and line.startswith("simkit: error: .:"):  # an empty path is the current folder
         return True
-    return any(s in line for s in (str(workdir), str(ROOT), "--", "argument ", *given))
+    quoted = {f"'{a}'" for a in argv[1:] if a}
+    return any(s in line for s in (str(workdir), str(ROOT), "--", "argument ", *given, *quoted))
 
 
 def run_face_case(case: dict, workdir: Path, out: dict) -> None:
