@@ -315,3 +315,14 @@ def test_absurd_token_counts_in_a_trace_are_bad_lines(tmp_path, count):
     with pytest.raises(TraceError, match="line 2"):
         read_trace(p)
     assert read_trace(p, on_bad_line="skip").input_tokens.tolist() == [375]
+
+
+def test_a_key_given_twice_in_a_scenario_is_an_error(tmp_path):
+    """Plain YAML keeps the last of two equal keys silently; simkit's loader refuses them (found by
+    benchmarks/fuzz.py in a study file). Keys merged from an anchor (<<) may still be overridden."""
+    p = tmp_path / "s.yaml"
+    p.write_text("name: a\nmodel: llama-2-7b\nmodel: opt-6.7b\n")
+    with pytest.raises(SimkitError, match="line 3, column 1: duplicate key 'model'"):
+        load_yaml(p)
+    p.write_text("x: &d {a: 1, b: 2}\ny:\n  <<: *d\n  b: 3\n")
+    assert load_yaml(p) == {"x": {"a": 1, "b": 2}, "y": {"a": 1, "b": 3}}

@@ -352,3 +352,17 @@ def test_run_summary_with_values_simkit_does_not_write(folders, tmp_path, capsys
     assert main(["report", str(d), "-o", str(tmp_path / "o.html")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"summary.json: {key}: expected" in err, err
+
+
+def test_search_folder_with_a_best_yaml_that_is_not_utf8(folders, tmp_path):
+    """Found by benchmarks/fuzz.py: best.yaml that is not UTF-8 raised UnicodeDecodeError."""
+    import shutil
+
+    d = tmp_path / "s"
+    shutil.copytree(folders["search"], d)
+    if (d / "best" / "scenario.yaml").exists():
+        (d / "best" / "scenario.yaml").unlink()
+    (d / "best.yaml").write_bytes(b"\xff\xfe not UTF-8")
+    html = build_report([d])
+    check_single_file(html)
+    assert "not UTF-8 text" in html

@@ -741,3 +741,14 @@ def test_show_on_a_corrupted_study_folder_is_one_line(finished_study, capsys, na
     assert main(["study", "show", str(finished_study)]) == 2
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1 and str(finished_study / name) in err, err
+
+
+def test_a_key_given_twice_in_the_yaml_text_is_an_error(tmp_path, capsys):
+    """Found by benchmarks/fuzz.py: a second ``axes:`` mapping silently replaced the first (plain
+    YAML keeps the last value of a repeated key), so the study swept other keys than written."""
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"base": tiny_base()}) + "axes:\n  grid: {seed: [1, 2]}\naxes:\n  grid: {plan.parallel.tp: [1, 2]}\n")
+    with pytest.raises(StudyError, match="line [0-9]+, column 1: duplicate key 'axes'"):
+        load_study(path)
+    assert main(["study", str(path), "--dry-run", "--out", str(tmp_path / "out")]) == 2
+    assert "duplicate key 'axes'" in capsys.readouterr().err

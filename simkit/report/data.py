@@ -43,6 +43,12 @@ def read_json(path: Path) -> Any:
         raise ReportError(f"not valid JSON: {e}", where=str(path)) from None
 
 
+def read_text(path: Path) -> str:
+    """A text file shown on a page, even when it is not UTF-8 (undecodable bytes shown as U+FFFD;
+    whoever parses the file says what is wrong with it)."""
+    return path.read_bytes().decode("utf-8", errors="replace")
+
+
 def read_parquet(path: Path, required: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
     import pandas as pd
 
@@ -125,9 +131,7 @@ def load_run(path: Path, label: str | None = None) -> Run:
     if sp.exists():
         from simkit.scenario import load_scenario
 
-        raw = sp.read_bytes()
-        # shown as text even when it is not UTF-8; load_scenario below says what is wrong with it
-        run.scenario_text = raw.decode("utf-8", errors="replace")
+        run.scenario_text = read_text(sp)
         try:
             run.scenario = load_scenario(sp)
         except SimkitError as e:

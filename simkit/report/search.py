@@ -13,7 +13,7 @@ import numpy as np
 
 from simkit.errors import ReportError
 from simkit.report import plots
-from simkit.report.data import load_run, read_json, read_parquet
+from simkit.report.data import load_run, read_json, read_parquet, read_text
 from simkit.report.html import Page, csv_text, data_link, esc, table
 from simkit.report.run import fmt_metric, rname, section_provenance
 from simkit.report.study import PREFERRED
@@ -82,7 +82,7 @@ def search_page(path: Path) -> str:
         from simkit.errors import SimkitError
         from simkit.scenario import load_scenario
 
-        winner.scenario_text = best_yaml.read_text()
+        winner.scenario_text = read_text(best_yaml)
         try:
             winner.scenario = load_scenario(best_yaml)
         except SimkitError as e:
@@ -104,7 +104,7 @@ def search_page(path: Path) -> str:
     if spec:
         page.para(f"Reproduce the search: simkit search {spec} --out {path}")
     if best_yaml.exists():
-        page.pre(best_yaml.read_text(), "best.yaml (the winning plan as a complete scenario)")
+        page.pre(read_text(best_yaml), "best.yaml (the winning plan as a complete scenario)")
     page.pre(json.dumps(meta, indent=2), "search.json")
     return page.render()
 
