@@ -10,7 +10,6 @@ import yaml
 from simkit.errors import SpecError
 
 
-
 class _NoDuplicateKeys(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """The safe loader (C-accelerated when available), refusing a key given twice in one mapping:
     plain YAML keeps the last one silently (a study's second ``axes:`` would drop the first)."""
