@@ -366,3 +366,22 @@ def test_search_folder_with_a_best_yaml_that_is_not_utf8(folders, tmp_path):
     html = build_report([d])
     check_single_file(html)
     assert "not UTF-8 text" in html
+
+
+@pytest.mark.parametrize("table, column", [("iterations", "replica"), ("iterations", "start_s"), ("links", "end_s"),
+                                           ("requests", "replica")])
+def test_run_tables_with_values_simkit_does_not_write(folders, tmp_path, capsys, table, column):
+    """Found by benchmarks/fuzz.py: iterations.parquet with NaN replicas raised ValueError (int of
+    NaN) while binning; such tables are refused on load, naming the file and the column."""
+    import shutil
+
+    import pandas as pd
+
+    d = tmp_path / "r"
+    shutil.copytree(folders["offload"], d)
+    df = pd.read_parquet(d / f"{table}.parquet")
+    df[column] = float("nan")
+    df.to_parquet(d / f"{table}.parquet")
+    assert main(["report", str(d), "-o", str(tmp_path / "o.html")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{table}.parquet: column {column}" in err, err

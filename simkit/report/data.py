@@ -115,6 +115,20 @@ def check_summary(summary: dict[str, Any], where: str) -> None:
             raise ReportError(f"expected {expected}, got {v!r} (not a summary simkit wrote)", where=where, key=k)
 
 
+def check_table(df: Any, path: Path, ints: tuple[str, ...], finite: tuple[str, ...], replicas: bool = False) -> Any:
+    """Refuse a table whose columns are not of the kind simkit writes (counts as integers, times
+    finite, replica indices >= 0 where every row belongs to a replica), naming the column."""
+    for c in ints:
+        if df[c].dtype.kind not in "iu":
+            raise ReportError(f"column {c} holds {df[c].dtype} values; simkit writes integers", where=str(path))
+    for c in finite:
+        if df[c].dtype.kind not in "iuf" or not np.isfinite(df[c].to_numpy(dtype=float)).all():
+            raise ReportError(f"column {c} holds values that are not finite numbers", where=str(path))
+    if replicas and len(df) and int(df["replica"].min()) < 0:
+        raise ReportError("column replica holds negative values", where=str(path))
+    return df
+
+
 def load_run(path: Path, label: str | None = None) -> Run:
     summary = read_json(path / "summary.json")
     if not isinstance(summary, dict) or "requests_total" not in summary:
@@ -122,11 +136,15 @@ def load_run(path: Path, label: str | None = None) -> Run:
     check_summary(summary, str(path / "summary.json"))
     run = Run(path, label or path.name, summary)
     if (path / "requests.parquet").exists():
-        run.requests = read_parquet(path / "requests.parquet", REQUEST_COLS)
+        run.requests = check_table(read_parquet(path / "requests.parquet", REQUEST_COLS), path / "requests.parquet",
+                                   ("replica", "output_tokens"), ())
     if (path / "iterations.parquet").exists():
-        run.iterations = read_parquet(path / "iterations.parquet", ITERATION_COLS)
+        run.iterations = check_table(read_parquet(path / "iterations.parquet", ITERATION_COLS), path / "iterations.parquet",
+                                     ("replica", "steps", "prefill_tokens", "decode_seqs", "batch_size", "kv_blocks_used"),
+                                     ("start_s", "end_s"), replicas=True)
     if (path / "links.parquet").exists():
-        run.links = read_parquet(path / "links.parquet", ("replica", "link", "start_s", "end_s"))
+        run.links = check_table(read_parquet(path / "links.parquet", ("replica", "link", "start_s", "end_s")), path / "links.parquet",
+                                ("replica",), ("start_s", "end_s"), replicas=True)
     sp = path / "scenario.yaml"
     if sp.exists():
         from simkit.scenario import load_scenario
