@@ -5,11 +5,16 @@
     .venv/bin/python benchmarks/fuzz.py --case 1234              # replay one case, with its traceback
 
 Each case is built from ``(seed, index)`` alone (so any case can be replayed) by mutating one
-of: a shipped scenario (``workloads/scenarios/*.yaml``: wrong types, 0, -1, 1e30, NaN, inf,
+of the product's inputs (``--kinds inputs``): a shipped scenario (``workloads/scenarios/*.yaml``: wrong types, 0, -1, 1e30, NaN, inf,
 2^63, booleans, unknown enum values, deleted and unknown keys, plus valid alternatives that
 steer runs into other engine paths), a trace file of every format (corrupt, out-of-order,
 missing or extra fields, non-UTF-8 bytes, bare CRs, 10^7-token prompts), a model file, the
-scenario YAML text itself (non-UTF-8 bytes, truncation, alias bombs), or a CLI command line.
+scenario YAML text itself (non-UTF-8 bytes, truncation, alias bombs), or a CLI command line;
+or one of the faces users drive (``--kinds faces``): a what-if study file (validated with
+``--dry-run``, or a tiny study run, its folder corrupted, and run again to resume), a search file
+(a real search of a few 2-request candidates without calibration), an ``offload-plan`` command
+line, or a run, study or search folder corrupted or half-written and given to ``simkit report``.
+``--kinds all`` (the default) mixes both; its inputs cases are those of ``--kinds inputs``.
 Workloads are cut small (``workload.limit``) so a case takes well under a second.
 
 Outcomes:
@@ -607,17 +612,33 @@ def _study_source(rng: random.Random) -> dict:
     return data
 
 
+class _Marks:
+    """Which mutated keys hold a clearly invalid value: the last mutation of a key, or of a
+    mapping above it, decides."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, bool] = {}
+
+    def mark(self, path: str, bad: bool) -> None:
+        for k in [k for k in self.state if k == path or k.startswith(path + ".")]:
+            del self.state[k]
+        self.state[path] = bool(bad)
+
+    def any(self) -> bool:
+        return any(self.state.values())
+
+
 def _study_group(rng: random.Random, data: dict) -> str:
-    ax = data.setdefault("axes", {}) if isinstance(data.get("axes"), dict) else data.setdefault("axes", {})
-    if not isinstance(ax, dict):
-        data["axes"] = ax = {}
+    """An axis group to add to (``data['axes']`` made a mapping if a mutation replaced it)."""
+    if not isinstance(data.get("axes"), dict):
+        data["axes"] = {}
     return rng.choice(["grid", "grid", "zip", "list", "random"])
 
 
 def _mutate_study(rng: random.Random, data: dict, notes: list[str]) -> bool:
     """1-3 mutations of a study file; returns whether a clearly invalid value remains where
     validation must refuse it (a dry run that then succeeds is 'accepted')."""
-    invalid = False
+    marks = _Marks()
     for _ in range(rng.choice([1, 1, 2, 3])):
         r = rng.random()
         paths = [p for p in _paths(data) if not p.startswith("base.")]
@@ -632,10 +653,9 @@ def _mutate_study(rng: random.Random, data: dict, notes: list[str]) -> bool:
                 new = old + "-bogus"
             _set(data, path, new)
             # an axis value or a study count: a number there made invalid must be refused
-            if _clearly_invalid(old, new) and (path in ("repeat", "axes.random.samples", "axes.random.seed")
-                                               or path.endswith((".count", ".step"))
-                                               or _scenario_number(path)):
-                invalid = True
+            marks.mark(path, _clearly_invalid(old, new) and (path in ("repeat", "axes.random.samples", "axes.random.seed")
+                                                             or path.endswith((".count", ".step"))
+                                                             or _scenario_number(path)))
             notes.append(f"{path}={'<deleted>' if new is DELETE else repr(new)[:40]}")
         elif r < 0.55:  # a new axis, valid or not
             group = _study_group(rng, data)
@@ -646,6 +666,7 @@ def _mutate_study(rng: random.Random, data: dict, notes: list[str]) -> bool:
             else:
                 vals, note = _axis_value(rng)
             axes = data["axes"]
+            marks.mark(f"axes.{group}", False)
             if group == "list":
                 axes["list"] = [{key: v} for v in vals] if isinstance(vals, list) else [{key: vals}]
                 if not isinstance(vals, list) or not vals:
@@ -681,6 +702,8 @@ def _mutate_study(rng: random.Random, data: dict, notes: list[str]) -> bool:
                         grp[key] = vals
                         axes[w] = grp
             notes.append(f"{key} in {' and '.join(where)}")
+            for w in where:
+                marks.mark({"variant": "variants", "set": "set", "parent": "axes"}.get(w, f"axes.{w}"), False)
         elif r < 0.75:  # huge: refused or bounded quickly, never run
             which = rng.choice(["grid", "count", "samples", "repeat", "variants"])
             axes = data.setdefault("axes", {}) if isinstance(data.get("axes"), dict) else {}
@@ -697,6 +720,9 @@ def _mutate_study(rng: random.Random, data: dict, notes: list[str]) -> bool:
                 data["variants"] = {f"v{i}": {"plan.batching.max_num_seqs": i + 1} for i in range(2000)}
                 axes["grid"] = {"workload.synthetic.arrival.rate": {"range": "1..1000", "count": 1000}}
             notes.append(f"huge {which}")
+            marks.mark("axes", False)
+            marks.mark("repeat", False)
+            marks.mark("variants", False)
         elif r < 0.85:  # variants, baseline, repeat, keep
             which = rng.choice(["variant", "baseline", "repeat", "keep", "name"])
             if which == "variant":
@@ -705,9 +731,7 @@ def _mutate_study(rng: random.Random, data: dict, notes: list[str]) -> bool:
                 name = rng.choice(["v", "", "x" * 300, "a/b", "..", 5])
                 data["variants"] = {name: {key: val}, **({} if rng.random() < 0.5 else {"w": {}})}
                 notes.append(f"variants.{name!r}.{key}={val!r}"[:80])
-                old = _scenario_value(key)
-                if key in STUDY_KEYS_OK and _clearly_invalid(old, val):
-                    invalid = True
+                marks.mark("variants", key in STUDY_KEYS_OK and _clearly_invalid(_scenario_value(key), val))
             elif which == "baseline":
                 data["baseline"] = rng.choice(["bogus", "", 5, None, ["a"]])
                 notes.append(f"baseline={data['baseline']!r}")
@@ -716,7 +740,7 @@ def _mutate_study(rng: random.Random, data: dict, notes: list[str]) -> bool:
                 if rng.random() < 0.5:
                     data.setdefault("set", {})["seed"] = 4 if isinstance(data.get("set"), dict) else None
                 notes.append(f"repeat={data['repeat']!r}")
-                invalid |= _clearly_invalid(1, data["repeat"]) or data["repeat"] == 0
+                marks.mark("repeat", _clearly_invalid(1, data["repeat"]) or data["repeat"] == 0)
             elif which == "keep":
                 data["keep"] = rng.choice([{"tables": "yes"}, {"tables": 1}, {"bogus": True}, "all", None])
                 notes.append(f"keep={data['keep']!r}")
@@ -729,15 +753,17 @@ def _mutate_study(rng: random.Random, data: dict, notes: list[str]) -> bool:
                                        {"hardware": "dgx-h100", "model": "llama-2-7b", "workload": {"trace": {"path": "missing.csv"}}},
                                        str(ROOT / "workloads/studies/pcie-what-if.yaml")])
             notes.append(f"base={repr(data['base'])[:50]}")
+            marks.mark("base", False)
         else:  # set:
             key = rng.choice([*STUDY_KEYS_BAD, *STUDY_KEYS_OK, "workload.limit", "calibration"])
             val = copy.deepcopy(rng.choice([*BAD_VALUES, "bogus/profile.yaml"]))
             s = data.get("set") if isinstance(data.get("set"), dict) else {}
             data["set"] = {**s, key: val}
             notes.append(f"set.{key}={repr(val)[:30]}")
-            if _clearly_invalid(_scenario_value(key), val):
-                invalid = True
-    return invalid
+            if not isinstance(s, dict) or not s:
+                marks.mark("set", False)
+            marks.mark(f"set.{key}", _clearly_invalid(_scenario_value(key), val))
+    return marks.any()
 
 
 _SCENARIO_NUMBERS = {"plan.batching.max_num_seqs": 64, "plan.parallel.tp": 1, "hardware.bandwidth_scale.host_to_gpu": 1.0,
@@ -833,7 +859,7 @@ def _search_source(rng: random.Random) -> dict:
 
 
 def _mutate_search(rng: random.Random, data: dict, notes: list[str]) -> bool:
-    invalid = False
+    marks = _Marks()
     for _ in range(rng.choice([1, 1, 2, 3])):
         r = rng.random()
         paths = [p for p in _paths(data) if not p.startswith("base.")]
@@ -851,9 +877,11 @@ def _mutate_search(rng: random.Random, data: dict, notes: list[str]) -> bool:
             # constraint bounds when not finite numbers (a negative bound is a valid, if odd, limit;
             # a boolean is read as 0 or 1)
             if path == "top" or path.startswith("capacity."):
-                invalid |= _clearly_invalid(old, new)
+                marks.mark(path, _clearly_invalid(old, new))
             elif path.startswith("constraints.") and _is_number(old) and new is not DELETE:
-                invalid |= isinstance(new, str | list | dict) or (isinstance(new, float) and not math.isfinite(new))
+                marks.mark(path, isinstance(new, str | list | dict) or (isinstance(new, float) and not math.isfinite(new)))
+            else:
+                marks.mark(path, False)
             notes.append(f"{path}={'<deleted>' if new is DELETE else repr(new)[:40]}")
         elif r < 0.6:
             key = rng.choice(sorted(SEARCH_SPACE_KEYS))
@@ -870,11 +898,11 @@ def _mutate_search(rng: random.Random, data: dict, notes: list[str]) -> bool:
                                           5, None, {"max": float("inf")}, {"max": True}, [1]]))
             if rng.random() < 0.5 or not isinstance(data.get("constraints"), dict):
                 data["constraints"] = {m: c}
+                marks.mark("constraints", False)
             else:
                 data["constraints"][m] = c
             notes.append(f"constraints.{m}={c!r}")
-            if isinstance(c, dict) and any(isinstance(v, float) and not math.isfinite(v) for v in c.values()):
-                invalid = True
+            marks.mark(f"constraints.{m}", isinstance(c, dict) and any(isinstance(v, float) and not math.isfinite(v) for v in c.values()))
         elif r < 0.85:
             data["objective"] = copy.deepcopy(rng.choice([
                 {"minimize": rng.choice(METRIC_NAMES)}, {"maximize": rng.choice(METRIC_NAMES)}, {"minimize": ["gpus"]},
@@ -891,11 +919,11 @@ def _mutate_search(rng: random.Random, data: dict, notes: list[str]) -> bool:
                     {"min_rate": 1, "max_rate": 8, "tolerance": 1e-300}, {"min_rate": 1, "max_rate": 1e300, "tolerance": 0.5},
                     {"min_rate": 8, "max_rate": 1}, {"min_rate": 1e-300, "max_rate": 8}, {"max_rate": 8}, "yes",
                     {"min_rate": 1, "max_rate": 8, "tolerance": float("nan")}]))
-                invalid |= isinstance(data["capacity"], dict) and any(
-                    isinstance(v, float) and not math.isfinite(v) for v in data["capacity"].values())
+                marks.mark("capacity", isinstance(data["capacity"], dict) and any(
+                    isinstance(v, float) and not math.isfinite(v) for v in data["capacity"].values()))
             elif which == "top":
                 data["top"] = rng.choice([0, -1, 10**9, "5", 2.5, True, None])
-                invalid |= _clearly_invalid(5, data["top"]) or data["top"] == 0
+                marks.mark("top", _clearly_invalid(5, data["top"]) or data["top"] == 0)
             else:
                 data["name"] = rng.choice(["", "x" * 300, "../escape", "a/b", 5, None, ["x"]])
             notes.append(f"{which}={data.get(which)!r}"[:80])
@@ -906,7 +934,7 @@ def _mutate_search(rng: random.Random, data: dict, notes: list[str]) -> bool:
             if data["base"] == str(ROOT / "workloads/scenarios/opt175b-t4-offload.yaml"):
                 data["space"] = {"offload": ["optimized"], "calibration": ["none"]}
             notes.append(f"base={repr(data['base'])[:50]}")
-    return invalid
+    return marks.any()
 
 
 def _search_case(rng: random.Random) -> dict:
