@@ -385,3 +385,16 @@ def test_run_tables_with_values_simkit_does_not_write(folders, tmp_path, capsys,
     assert main(["report", str(d), "-o", str(tmp_path / "o.html")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{table}.parquet: column {column}" in err, err
+
+
+def test_run_provenance_that_simkit_did_not_write(folders, tmp_path, capsys):
+    """Found by benchmarks/fuzz.py: summary.json copied over provenance.json (calibration: "none")
+    raised ValueError in dict(); the key is named instead."""
+    import shutil
+
+    d = tmp_path / "r"
+    shutil.copytree(folders["run"], d)
+    shutil.copy(d / "summary.json", d / "provenance.json")
+    assert main(["report", str(d), "-o", str(tmp_path / "o.html")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "provenance.json: calibration: expected a mapping" in err, err

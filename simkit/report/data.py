@@ -157,6 +157,10 @@ def load_run(path: Path, label: str | None = None) -> Run:
     if (path / "provenance.json").exists():
         prov = read_json(path / "provenance.json")
         run.provenance = prov if isinstance(prov, dict) else {}
+        for k, kind in (("calibration", dict), ("warnings", list)):
+            if run.provenance.get(k) is not None and not isinstance(run.provenance[k], kind):
+                raise ReportError(f"expected {'a mapping' if kind is dict else 'a list'}, got {run.provenance[k]!r} "
+                                  "(not a provenance.json simkit wrote)", where=str(path / "provenance.json"), key=k)
     return run
 
 
