@@ -752,3 +752,22 @@ def test_a_key_given_twice_in_the_yaml_text_is_an_error(tmp_path, capsys):
         load_study(path)
     assert main(["study", str(path), "--dry-run", "--out", str(tmp_path / "out")]) == 2
     assert "duplicate key 'axes'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("axes", [{"grid": {"seed": [1, 2]}}, {"zip": {"seed": [1, 2]}}, {"random": {"samples": 2, "keys": {"seed": [1, 2]}}},
+                                  {"grid": {"plan.batching": [{"max_num_seqs": 8}]}}])
+def test_set_value_that_every_run_replaces_is_an_error(tmp_path, axes):
+    """Found by benchmarks/fuzz.py: set: (or --set) of a key an axis also sweeps was accepted, and
+    silently replaced in every run. A list axis, or a variant, may leave it in effect: allowed."""
+    key = "plan.batching.max_num_seqs" if "plan.batching" in axes.get("grid", {}) else "seed"
+    path = write_study(tmp_path, {"base": tiny_base(), "set": {key: 3}, "axes": axes})
+    with pytest.raises(StudyError, match="would never take effect") as e:
+        load_study(path).tasks()
+    assert e.value.key == f"set.{key}"
+    with pytest.raises(StudyError, match="would never take effect"):
+        load_study(write_study(tmp_path, {"base": tiny_base(), "axes": axes}, "b.yaml"), [f"{key}=3"]).tasks()
+    ok = write_study(tmp_path, {"base": tiny_base(), "set": {"seed": 3, "plan.parallel.tp": 1},
+                                "axes": {"list": [{"seed": 1}, {"plan.batching.max_num_seqs": 8}]},
+                                "variants": {"a": {}, "b": {"plan.parallel.tp": 2}}}, "c.yaml")
+    tasks = load_study(ok).tasks()
+    assert [(t.scenario["seed"], t.scenario["plan"]["parallel"]["tp"]) for t in tasks] == [(1, 1), (1, 2), (3, 1), (3, 2)]

@@ -318,6 +318,11 @@ class Study:
                     variant_keys[k] = f"variants.{name}"
         except StudyError as e:
             raise self._err(e.message, e.key) from None
+        for k in sp.set:  # a value every run replaces cannot take effect
+            for other, o in origins.items():
+                if o != "axes.list" and (k == other or k.startswith(other + ".")):
+                    raise self._err(f"every run sets it again through {o}.{other}, so this value (set: or --set) would never "
+                                    "take effect", f"set.{k}")
         if sp.baseline is not None and sp.baseline not in sp.variants:
             raise self._err(f"no variant named {sp.baseline!r} (variants: {', '.join(sp.variants) or 'none'})", "baseline")
         seeded = {**variant_keys, **origins}
