@@ -171,6 +171,12 @@ def a6000_offload(row: dict[str, Any]) -> dict[str, Any]:
         # FlexGen ran --pin-weight 0; ZeRO-Inference as its scripts set --pin-memory (ZERO_PINNED)
         "pinned": (not flexgen) and not kv_off and model_name(row) in ZERO_PINNED,
     }
+    if kv_off and not flexgen and not model_name(row).startswith("bloom"):
+        # ZeRO-Inference's Hugging Face fork (tjruwase/transformers kvcache-offload-cpu) allocates
+        # the host KV buffer of OPT and LLaMA with torch.empty (fp32, the default dtype) and
+        # attends it in fp32 in place; BLOOM's buffer takes the model's dtype (fp16) and is
+        # upcast at every step (key_layer.float()), as FlexGen's is
+        off["host_kv_dtype"] = "fp32"
     if flexgen:
         # FlexGen's runs (run_*_a6000.sh) keep the KV cache and activations on the CPU
         # (--percent 0 100 0 100 0 100; a batch of 280 has 209 GB of OPT-30B KV): its "KV cache

@@ -33,6 +33,8 @@ from simkit.engine.fast import FastEngine, fast_path_reason
 from simkit.engine.kvcache import KVBlockManager, PrefixCache
 from simkit.engine.offload import OffloadExecutor
 from simkit.engine.offload_fast import ClosedFormStep, closed_form_reason
+from simkit.engine.pipeline_fast import PipelineEngine, PipelineSchedule
+from simkit.engine.pipeline_fast import closed_form_reason as pipeline_reason
 from simkit.engine.replica import Replica
 from simkit.engine.resources import Link
 from simkit.errors import CapacityError, ScenarioError, SimkitError
@@ -147,6 +149,12 @@ def plan_replica_memory(
         return plan_memory(sc, model, device, prec, tp, layout.layer_split, plan.parallel.ep), None, None
     lm = measured_links(eff, plan.offload.io_block_size, plan.offload.io_queue_depth)
     pageable = lm["h2d_pageable"][0] / lm["h2d"][0] if "h2d_pageable" in lm and "h2d" in lm else None
+    if use_cpu and plan.offload.host_kv_dtype == "fp32":
+        raise ScenarioError(
+            "host_kv_dtype: fp32 describes a GPU run's KV cache held in host DRAM; this plan computes on the CPU",
+            where=sc.source,
+            key="plan.offload.host_kv_dtype",
+        )
     off_layout = build_offload_layout(plan.offload, model, prec, tp, use_cpu, pageable)
     mem0 = plan_memory(sc, model, device, prec, tp, layout.layer_split, plan.parallel.ep, check=False)
     off_mem = check_offload_capacity(
@@ -430,6 +438,8 @@ class Deployment:
     warnings: list[str] = field(default_factory=list)
     offload_closed_form: bool = False
     """The offloaded steps' times are computed in closed form (engine/offload_fast.py)."""
+    pipeline_closed_form: bool = False
+    """The pipeline stages' schedule is computed in closed form (engine/pipeline_fast.py)."""
 
     @property
     def fleet(self) -> bool:
@@ -648,8 +658,13 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
         if closed and plan.offload.overlap and gbs is not None and not (policy_name == "static" and bat.batch_size is None):
             # a step of more sequences than a GPU batch runs the zig-zag block schedule
             engine_path += f", event by event for steps of more sequences than gpu_batch_size ({gbs})"
+    pipe = False
+    if stage_costs is not None:
+        why = "requested" if engine == "reference" else pipeline_reason(trace, pc.enabled, plan.kv_cache.preemption)
+        pipe = why is None
+        engine_path += "; pipeline stages in closed form" if pipe else f"; pipeline stages event by event ({why})"
     return Deployment(scenario, sc, model, prec, use_cpu, groups, off_layout, off_mem, stage_costs, cpu_cost, reqs, adm,
-                      group_shares, cross_tp, engine_cls, engine_path, warn, closed)
+                      group_shares, cross_tp, engine_cls, engine_path, warn, closed, pipe)
 
 
 def build_replicas(dep: Deployment, cluster: Cluster) -> list[OffloadExecutor]:
@@ -720,6 +735,7 @@ def build_replicas(dep: Deployment, cluster: Cluster) -> list[OffloadExecutor]:
                         link_out.intervals = []
                     links[f"pp{k}"] = link_out
                 stages.append(Stage(sc_k, simpy.Resource(env, capacity=1), link_out, tp))
+        pipe = PipelineSchedule(env, stages, r) if stages is not None and dep.pipeline_closed_form else None
         executor = None
         if off_layout is not None:
             executor = OffloadExecutor(
@@ -737,11 +753,12 @@ def build_replicas(dep: Deployment, cluster: Cluster) -> list[OffloadExecutor]:
             if offloaded and bat.policy == "static" and bat.batch_size is None and plan.offload.gpu_batch_size:
                 opts = bat.model_copy(update={"batch_size": plan.offload.gpu_batch_size * plan.offload.num_gpu_batches})
             policy = build_policy(opts, role)
-            eng = dep.engine_cls(
+            eng = (PipelineEngine if pipe is not None else dep.engine_cls)(
                 env, r, table, cost, policy, kv, cfg, cluster.tbt, cluster.log, cluster.next_arrival, links,
                 cluster.on_prefilled if role == "prefill" else None, tracer, replica=rep, stages=stages, engine_id=v,
                 offload=executor,
             )
+            eng.pipe = pipe
             if cache is not None:
                 cache.on_demote = eng.demote_traffic
         replicas.append(rep)

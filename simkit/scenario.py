@@ -260,6 +260,8 @@ class Offload(_S):
     """Store weights as group-wise int4 (dequantised on the GPU per layer)."""
     compress_kv: bool = False
     """Store the KV cache as group-wise int4."""
+    host_kv_dtype: Literal["kv_cache", "fp32"] = "kv_cache"
+    """Element type of the KV cache held in host DRAM: ``kv_cache``, plan.precision.kv_cache; ``fp32``, 4 bytes (ZeRO-Inference's Hugging Face fork allocates its host cache in fp32: host capacity x2, CPU attention reads it without an upcast: docs/offloading.md). fp32 needs ``cpu_attention`` and the off-GPU KV in DRAM only."""
     dequant: Literal["fused", "unfused"] = "fused"
     """How int4 values are (de)compressed on the GPU: fused, one elementwise pass; unfused, FlexGen's PyTorch path (separate unpack, scale and offset kernels: docs/offloading.md)."""
     resident_layers: int | None = Field(default=None, ge=0)
@@ -285,6 +287,18 @@ class Offload(_S):
     def _spill(self) -> Offload:
         if self.kv_spill is not None and self.kv_cache.gpu != 1.0:
             raise ValueError("kv_spill splits KV by position; combine it with kv_cache: {gpu: 1} (head-wise split) only")
+        return self
+
+    @model_validator(mode="after")
+    def _host_kv(self) -> Offload:
+        if self.host_kv_dtype == "fp32" and not (
+            self.cpu_attention and self.kv_cache.cpu > 0 and self.kv_cache.cxl == 0 and self.kv_cache.disk == 0
+            and not self.compress_kv and self.kv_spill is None
+        ):
+            raise ValueError(
+                "host_kv_dtype: fp32 describes a host-DRAM KV cache attended on the CPU: it needs cpu_attention: true, "
+                "a kv_cache share in cpu and none in cxl or disk, no compress_kv and no kv_spill"
+            )
         return self
 
 

@@ -9,6 +9,7 @@ routing, hand-offs), :mod:`simkit.summary` summarises it, :mod:`simkit.outputs` 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from simkit.cost.links import link_rates
@@ -20,6 +21,7 @@ from simkit.deployment import (
     plan_replica_memory,
 )
 from simkit.engine.cluster import Cluster
+from simkit.engine.pipeline_fast import PipelineConflict
 from simkit.engine.state import RequestTable
 from simkit.errors import ScenarioError
 from simkit.outputs import Result, write_outputs
@@ -40,7 +42,16 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     dep = build_deployment(sc, engine, trace)
     cluster = Cluster(RequestTable(dep.reqs), record_iterations, trace)
     executors = build_replicas(dep, cluster)
-    cluster.run()
+    try:
+        cluster.run()
+    except PipelineConflict as exc:
+        # a micro-batch overtook another or shared a link with it: the stages' closed form does
+        # not hold for this run, so it runs again with the stages event by event (exact)
+        path = dep.engine_path.replace("; pipeline stages in closed form", f"; pipeline stages event by event ({exc.reason()})")
+        dep = dataclasses.replace(dep, pipeline_closed_form=False, engine_path=path)
+        cluster = Cluster(RequestTable(dep.reqs), record_iterations, trace)
+        executors = build_replicas(dep, cluster)
+        cluster.run()
     summary, warn, events, link_busy = summarize_run(dep, cluster, executors)
     g0 = dep.groups[0]
     return Result(sc, summary, cluster.table, cluster.log.rows, summary["memory"], warn, events,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from simkit.errors import SpecError
-from simkit.specs.catalog import default_catalog, load_model, repo_path
+from simkit.specs.catalog import default_catalog, load_model, parse_item, repo_path
 from simkit.specs.hf import model_from_hf_config
 from simkit.specs.model import ModelSpec
 
@@ -607,6 +607,30 @@ def test_hf_name(tmp_path: Path) -> None:
     assert load_model(str(_write_config(tmp_path / "my-mixtral", MIXTRAL_CONFIG))).name == "my-mixtral"
     local = {**OPT_6_7B_CONFIG, "_name_or_path": "/models/opt-6.7b/"}
     assert load_model(str(_write_config(tmp_path / "b", local))).name == "opt-6.7b"
+
+
+def test_hf_repo_from_name_or_path(tmp_path: Path) -> None:
+    """A config whose _name_or_path names a Hub repository carries it as hf_repo (the vLLM hint of
+    `simkit search` names it); a local folder does not."""
+    assert load_model(str(_write_config(tmp_path / "a", LLAMA_2_7B_CONFIG))).hf_repo == "meta-llama/Llama-2-7b-hf"
+    local = {**OPT_6_7B_CONFIG, "_name_or_path": "/models/opt-6.7b/"}
+    assert load_model(str(_write_config(tmp_path / "b", local))).hf_repo is None
+
+
+def test_catalog_models_name_their_hub_repository() -> None:
+    """Every catalog model whose weights are on the Hugging Face Hub names the repository its
+    architecture source cites (OPT-175B's weights are not on the Hub)."""
+    for name in CATALOG_MODELS:
+        m = _catalog_model(name)
+        if name == "opt-175b":
+            assert m.hf_repo is None
+        else:
+            assert m.hf_repo and m.hf_repo in m.sources["architecture"], name
+
+
+def test_hf_repo_must_be_owner_slash_name() -> None:
+    with pytest.raises(SpecError, match="hf_repo"):
+        parse_item({**_catalog_model("llama-2-7b").model_dump(), "hf_repo": "not a repo"}, where="m.yaml", kind="model")
 
 
 def test_hf_model_type_fallback() -> None:

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simkit.cost.links import kv_store_slowdown, link_rates
-from simkit.cost.offload import HOST_ATTENTION_EFFICIENCY, OffloadCompute
-from simkit.errors import CapacityError
+from simkit.cost.offload import HOST_ATTENTION_BW_EFFICIENCY, HOST_ATTENTION_REF_BYTES, OffloadCompute
+from simkit.errors import CapacityError, SimkitError
 from simkit.policies import offload_opt
 from simkit.policies.offload import CUDA_CONTEXT_BYTES, offload_gpu_usable
 from simkit.scenario import KVCache, scenario_from_dict
@@ -93,23 +93,74 @@ def test_unfused_dequantisation_is_slower_on_the_same_plan():
     assert a == b
 
 
-def test_host_attention_of_grouped_query_models_pays_repeat_kv():
+def _host_oc(kv_heads: int, measured_rate: float | None = None) -> OffloadCompute:
     from types import SimpleNamespace
 
-    def oc(kv_heads: int) -> OffloadCompute:
-        model = SimpleNamespace(num_heads=64, num_kv_heads=kv_heads, d_head=128)
-        return OffloadCompute(SimpleNamespace(model=model), None, None, 1e12)  # type: ignore[arg-type]
+    model = SimpleNamespace(num_heads=64, num_kv_heads=kv_heads, d_head=128)
+    cost = SimpleNamespace(model=model, precision=SimpleNamespace(kv_bytes=2.0))
+    measured = SimpleNamespace(cpu_attention_flops=measured_rate) if measured_rate else None
+    return OffloadCompute(cost, None, measured, 100e9)  # type: ignore[arg-type]
 
-    mha, gqa = oc(64).cpu_decode_attention(8, 4096.0), oc(8).cpu_decode_attention(8, 4096.0)
-    # read the 8 KV heads, write 64 copies, read the 64 copies: 2 + 1/8 moves per query head
-    assert gqa / mha == pytest.approx(2.0 + 8 / 64)
+
+def test_host_attention_time_is_the_bytes_each_attention_code_moves():
+    mha, gqa = _host_oc(64), _host_oc(8)
+    # FlexGen's mha_gen over an fp16 cache: upcast (read 2, write 4), fp32 bmm reads 4
+    assert mha.host_attention_bytes(2.0) == HOST_ATTENTION_REF_BYTES == 10.0
+    # ZeRO-Inference's OPT fork keeps the host cache in fp32 and reads it in place
+    assert mha.host_attention_bytes(4.0) == 4.0
+    # LLaMA's fork: fp32 cache, repeat_kv reads each KV value once and writes 8 copies, bmm reads them
+    assert gqa.host_attention_bytes(4.0) == pytest.approx(4 / 8 + 4 + 4)
+    # an fp16 grouped-query cache is upcast once per KV head, before repeat_kv
+    assert gqa.host_attention_bytes(2.0) == pytest.approx(6 / 8 + 4 / 8 + 4 + 4)
+    t16, t32 = mha.cpu_decode_attention(8, 4096.0), mha.cpu_decode_attention(8, 4096.0, fp32_cache=True)
+    assert t32 / t16 == pytest.approx(0.4)
+    assert gqa.cpu_decode_attention(8, 4096.0, fp32_cache=True) / t32 == pytest.approx(8.5 / 4)
+
+
+def test_measured_host_attention_rate_is_unchanged_for_the_code_it_was_measured_on():
+    oc = _host_oc(64, measured_rate=0.0123e12)
+    flops = 4.0 * 64 * 128 * 4096.0
+    assert oc.cpu_decode_attention(8, 4096.0) == flops / 0.0123e12
 
 
 def test_measured_rates_apply_to_streaming_plans_only():
     node = resolve_node("gcp-t4-vm")
     assert node.spec.measured is not None and node.spec.measured.cpu_attention_flops == pytest.approx(0.0123e12)
-    # host attention efficiency is FlexGen's measurement on that VM's CPU
-    assert pytest.approx(0.0123e12 / node.cpu.peak_flops.fp32, rel=0.03) == HOST_ATTENTION_EFFICIENCY
+    # the host-bandwidth estimate reproduces FlexGen's measurement on the VM it was made on
+    est = node.dram.bandwidth * node.sockets * HOST_ATTENTION_BW_EFFICIENCY * 2.0 / HOST_ATTENTION_REF_BYTES
+    assert est == pytest.approx(0.0123e12, rel=1e-9)
+
+
+def _a6000_kv_offload(host_kv_dtype: str, batch: int = 8) -> dict:
+    off = {"weights": {"gpu": 0.0, "cpu": 1.0}, "kv_cache": {"gpu": 0.0, "cpu": 1.0}, "gpu_batch_size": batch,
+           "cpu_attention": True, "pinned": False, "host_kv_dtype": host_kv_dtype}
+    return _sc(off, hardware="lambda-a6000-workstation", model="opt-30b", n=batch, inp=512, out=4)
+
+
+def test_fp32_host_kv_cache_takes_twice_the_dram_and_is_attended_without_upcast():
+    r16 = simulate(scenario_from_dict(_a6000_kv_offload("kv_cache")))
+    r32 = simulate(scenario_from_dict(_a6000_kv_offload("fp32")))
+    # the KV blocks DRAM holds halve (DRAM bounds the KV of an all-CPU cache)
+    assert r32.summary["kv_blocks_total"] == pytest.approx(r16.summary["kv_blocks_total"] / 2, abs=1)
+    c16, c32 = r16.summary["offload_compute_s"]["cpu_attention"], r32.summary["offload_compute_s"]["cpu_attention"]
+    assert c32 == pytest.approx(0.4 * c16, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"cpu_attention": False}, {"kv_cache": {"gpu": 0.0, "cpu": 0.5, "disk": 0.5}}, {"kv_cache": {"gpu": 1.0}}],
+)
+def test_fp32_host_kv_cache_needs_a_dram_cache_attended_on_the_cpu(change):
+    data = _a6000_kv_offload("fp32")
+    data["plan"]["offload"].update(change)
+    with pytest.raises(SimkitError, match="host_kv_dtype"):
+        simulate(scenario_from_dict(data))
+
+
+def test_the_search_refuses_an_fp32_host_kv_cache():
+    sc = scenario_from_dict(_a6000_kv_offload("fp32"))
+    with pytest.raises(SimkitError, match="host_kv_dtype"):
+        optimize(sc, prompt_len=512, gen_len=4)
 
 
 # ---- memory: what a static offloaded run may use ------------------------------------------------------
@@ -289,8 +340,13 @@ def test_benchmark_runs_the_a6000_rows_as_published():
     assert off["kv_cache"] == {"gpu": 0.0, "cpu": 1.0} and off["activations"] == {"gpu": 0.0, "cpu": 1.0}
     assert off["compress_weights"] and not off["cpu_attention"] and not off["pinned"]
     zero = bench.a6000_offload({"policy": "no weight quant, KV offload; weights offloaded to disk", "workload": {"batch": 32},
-                                "system": "ZeRO-Inference"})
+                                "system": "ZeRO-Inference", "model": {"name": "OPT-175B"}})
     assert zero["weights"] == {"gpu": 0.0, "disk": 1.0} and zero["cpu_attention"] and not zero["compress_weights"]
+    # the Hugging Face fork holds OPT's and LLaMA's host KV in fp32, BLOOM's in the model's fp16
+    assert zero["host_kv_dtype"] == "fp32"
+    bloom = bench.a6000_offload({"policy": "no weight quant, KV offload; weights offloaded to disk", "workload": {"batch": 32},
+                                 "system": "ZeRO-Inference", "model": {"name": "BLOOM-176B"}})
+    assert "host_kv_dtype" not in bloom
     row = {"id": "zeroinf_a6000_zero_4-bit_weights_no_KV_offload_opt-30b", "model": {"name": "OPT-30B"}, "system": "ZeRO-Inference",
            "policy": "4-bit weights, no KV offload; weights offloaded to cpu", "workload": {"prompt_len": 512, "gen_len": 32, "batch": 24}}
     got = bench.simulate_row(row)

@@ -271,7 +271,7 @@ def test_cli_writes_contract_and_best_reproduces(tmp_path: Path, capsys: pytest.
     out = tmp_path / "out"
     assert main(["search", str(sp), "--out", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
-    assert "rank" in text and "vllm serve" in text and "--tensor-parallel-size" in text
+    assert "rank" in text and "vllm serve meta-llama/Llama-2-7b-hf \\" in text and "--tensor-parallel-size" in text
     df = pd.read_parquet(out / "candidates.parquet")
     assert len(df) == 4
     for col in ("plan.parallel.tp", "plan.batching.max_num_seqs", "candidate_id", "feasible", "reason", "simulated", "output_tokens_per_s"):
@@ -589,3 +589,13 @@ def test_precision_that_is_not_a_name(tmp_path: Path, capsys: pytest.CaptureFixt
     """Found by benchmarks/fuzz.py: precision: [[fp16]] raised TypeError (unhashable list)."""
     e = _err(tmp_path, capsys, {"base": BASE, "space": {"precision": [["fp16"]]}, "objective": {"minimize": "ttft_p90_s"}})
     assert "space.precision" in e and "unknown precision" in e
+
+
+def test_vllm_hint_without_a_hub_repository_says_so() -> None:
+    from simkit.scenario import load_scenario
+    from simkit.search.hints import vllm_hint
+
+    sc = load_scenario(Path(__file__).resolve().parents[1] / "workloads/scenarios/opt175b-t4-offload.yaml")
+    hint = vllm_hint(sc)
+    assert "vllm serve <Hugging Face id of opt-175b>" in hint
+    assert "# note: model opt-175b names no Hugging Face repository (hf_repo in its model file)" in hint

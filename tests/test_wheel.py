@@ -80,7 +80,10 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
         assert run.returncode == 0, run.stderr
         summary = json.loads((out / "summary.json").read_text())
         assert summary["requests_completed"] == limit
-        assert "_data/calibration/profiles" in summary["calibration"]  # the shipped profile, not defaults
+        # the shipped profile, not defaults, named relative to the package's data folder
+        assert "(calibration/profiles/h100-sxm-vidur/profile.yaml)" in summary["calibration"]
+        prov = json.loads((out / "provenance.json").read_text())["calibration"]
+        assert "/_data/calibration/profiles/h100-sxm-vidur/profile.yaml" in prov["path"]  # the installed copy
 
     # the shipped searches and studies run by name, their bases and traces from package data
     study = simkit("study", "rate-tp-prefix", "--set", "workload.limit=10", "--out", str(work / "st"))

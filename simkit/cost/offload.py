@@ -5,9 +5,12 @@
   measured on that machine (``measured.gpu_gemm_flops_prefill/decode``), layer FLOPs at the
   measured rate of the phase (never faster than the roofline).
 - Attention on the GPU: likewise (``gpu_attention_flops_prefill/decode``).
-- Decode attention on the host CPU (offloaded KV, ``cpu_attention``): ``measured.cpu_attention_flops``;
-  else a calibration profile's measured CPU attention; else the CPU's fp32 peak x
-  HOST_ATTENTION_EFFICIENCY (the efficiency FlexGen measured for its PyTorch CPU attention).
+- Decode attention on the host CPU (offloaded KV, ``cpu_attention``): memory-bound, its time is
+  the host memory traffic of the attention code (HOST_ATTENTION_REF_BYTES per cached element for
+  FlexGen's code, less over an fp32 cache, more with grouped-query heads) at the rate of
+  ``measured.cpu_attention_flops`` (measured on FlexGen's code); else a calibration profile's
+  measured CPU attention; else the host DRAM's sustained bandwidth x
+  HOST_ATTENTION_BW_EFFICIENCY (what FlexGen's code reached on the T4 VM).
 - Group-wise int4 (de)compression on the GPU: an elementwise pass per tensor (see ``dequant``).
 """
 
@@ -21,11 +24,18 @@ from simkit.cost.iteration import IterationModel, _class_time
 from simkit.specs.hardware import NodeMeasured
 from simkit.specs.node import Node
 
-HOST_ATTENTION_EFFICIENCY = 0.006
-"""Fraction of the host CPU's fp32 peak that offloading systems' CPU attention (PyTorch bmm/softmax
-over an fp16 KV cache, FlexGen's and ZeRO-Inference's) achieves: FlexGen measured 0.0123 TFLOP/s on
-the T4 VM's 16 Skylake cores (2.048 TFLOP/s fp32 peak) = 0.6%. Used where neither the node preset
-nor a calibration profile measured the host's attention speed."""
+HOST_ATTENTION_COMPUTE_BYTES = 4.0
+"""Both offloading systems attend on the host in fp32 (FlexGen's mha_gen: ``k.float()``,
+``v.float()``; ZeRO-Inference's Hugging Face fork: ``query_states.float()``)."""
+HOST_ATTENTION_REF_BYTES = 10.0
+"""Host memory bytes FlexGen's CPU attention moves per cached element (flexgen/pytorch_backend.py
+mha_gen over an fp16 cache): the upcast ``k.float()`` / ``v.float()`` reads 2 and writes 4, the
+fp32 bmm reads the 4 again. Its measured rate (FlexGen's ``cpu_flops`` of the T4 VM) is this code's."""
+HOST_ATTENTION_BW_EFFICIENCY = 0.615
+"""Fraction of the host DRAM's sustained bandwidth that host attention's traffic reaches: FlexGen
+measured 0.0123 TFLOP/s on the T4 VM for its code, 2 FLOPs per cached element and
+HOST_ATTENTION_REF_BYTES bytes moved, i.e. 61.5 GB/s of the VM's 100 GB/s (gcp-t4-vm's DRAM).
+Used where neither the node preset nor a calibration profile measured the host's attention."""
 
 UNFUSED_DEQUANT_BYTES_PER_ELEM_EXTRA = 3.0
 """FlexGen's group-wise int4 decompression (flexgen/compression.py ``decompress``) runs six
@@ -49,8 +59,8 @@ class OffloadCompute:
     """The host CPU's cost model (attention where the KV lives)."""
     measured: NodeMeasured | None = None
     """Rates measured on this node (hardware preset ``measured:``)."""
-    cpu_peak_flops: float = 0.0
-    """fp32 peak of the host CPU (for HOST_ATTENTION_EFFICIENCY)."""
+    host_dram_bandwidth: float = 0.0
+    """Sustained bandwidth of the host's DRAM, bytes/s (for HOST_ATTENTION_BW_EFFICIENCY)."""
 
     @property
     def _attn_width(self) -> float:
@@ -90,29 +100,42 @@ class OffloadCompute:
             t = max(t, 4.0 * self._attn_width * pairs / rate)
         return t
 
-    def _repeat_kv_factor(self) -> float:
-        """How much more memory traffic the host attention of a grouped-query model moves than
-        the multi-head attention its FLOP rate was measured on: Hugging Face's attention (which
-        ZeRO-Inference runs) materialises each KV head once per query head of its group
-        (``repeat_kv``: read the cache, write g copies) before the matmuls read those copies,
-        2 + 1/g element moves per query head and cached token against the one read of
-        multi-head attention. Host attention is memory-bound (FlexGen's measured rate is 0.6% of
-        the CPU's peak), so its time scales with these bytes."""
+    def host_attention_bytes(self, cache_bytes: float) -> float:
+        """Host memory bytes the decode attention on the CPU moves per cached element and query
+        head, over a host KV cache of ``cache_bytes`` per element. Attention runs in fp32
+        (HOST_ATTENTION_COMPUTE_BYTES): a 16-bit cache is first upcast to fp32 copies (read
+        ``cache_bytes``, write 4: FlexGen's mha_gen, ZeRO-Inference's BLOOM); an fp32 cache is
+        read in place (ZeRO-Inference's OPT and LLaMA keep their host cache in fp32). A
+        grouped-query model's KV heads are then copied once per query head of their group
+        (Hugging Face's ``repeat_kv``: read 4 per KV element, write 4 per query head) before
+        the matmuls read 4 per query head."""
         m = self.cost.model
-        if m.num_kv_heads >= m.num_heads:
-            return 1.0
-        return 2.0 + m.num_kv_heads / m.num_heads
+        g = m.num_heads / m.num_kv_heads if m.num_kv_heads < m.num_heads else 1.0
+        f = HOST_ATTENTION_COMPUTE_BYTES
+        b = f
+        if cache_bytes != f:
+            b += (cache_bytes + f) / g
+        if g > 1.0:
+            b += f / g + f
+        return b
 
-    def cpu_decode_attention(self, batch: int, kv_tokens: float) -> float:
-        """Seconds of one layer's decode attention on the host CPU over ``kv_tokens`` cached tokens."""
-        flops = 4.0 * self.cost.model.num_heads * self.cost.model.d_head * kv_tokens * self._repeat_kv_factor()
+    def cpu_decode_attention(self, batch: int, kv_tokens: float, fp32_cache: bool = False) -> float:
+        """Seconds of one layer's decode attention on the host CPU over ``kv_tokens`` cached tokens
+        (``fp32_cache``: the host holds the cache in fp32). Host attention is memory-bound (FlexGen's
+        measured rate is 0.6% of the T4 VM's CPU peak), so its time is the bytes it moves
+        (:meth:`host_attention_bytes`) at the rate measured for FlexGen's code."""
+        flops = 4.0 * self.cost.model.num_heads * self.cost.model.d_head * kv_tokens
+        cache = HOST_ATTENTION_COMPUTE_BYTES if fp32_cache else self.cost.precision.kv_bytes
+        traffic = self.host_attention_bytes(cache) / HOST_ATTENTION_REF_BYTES
         if self.measured is not None and self.measured.cpu_attention_flops:
-            return flops / self.measured.cpu_attention_flops
+            return flops * traffic / self.measured.cpu_attention_flops
         c = self.cpu_cost
         if c is not None and c.efficiency.is_measured("attn_decode"):
             return float(c.decode_attention(batch, kv_tokens)) / c.layers
-        if self.cpu_peak_flops > 0:
-            return flops / (self.cpu_peak_flops * HOST_ATTENTION_EFFICIENCY)
+        if self.host_dram_bandwidth > 0:
+            # 2 FLOPs per cached element and query head, HOST_ATTENTION_REF_BYTES moved for them
+            rate = self.host_dram_bandwidth * HOST_ATTENTION_BW_EFFICIENCY * 2.0 / HOST_ATTENTION_REF_BYTES
+            return flops * traffic / rate
         if c is not None:
             return float(c.decode_attention(batch, kv_tokens)) / c.layers
         return 0.0
@@ -143,5 +166,5 @@ def offload_compute(node: Node, cost: IterationModel, cpu_cost: IterationModel |
     the T4 VM) are those of an offloading runtime running layer by layer: they apply to every
     plan the offload executor runs on a GPU (not to ``plain`` ones computing on the CPU); a plan
     without plan.offload keeps the cost model of a non-offloaded run."""
-    return OffloadCompute(cost, cpu_cost, None if plain else node.spec.measured, node.cpu.peak_flops.fp32 * node.sockets)
+    return OffloadCompute(cost, cpu_cost, None if plain else node.spec.measured, node.dram.bandwidth * node.sockets)
 

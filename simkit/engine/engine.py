@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import simpy
@@ -24,6 +24,9 @@ from simkit.engine.replica import Replica
 from simkit.engine.resources import Link
 from simkit.engine.state import RequestTable, TBTHistogram
 from simkit.specs.tiers import tier_path
+
+if TYPE_CHECKING:
+    from simkit.engine.pipeline_fast import PipelineSchedule
 
 
 @dataclass
@@ -117,6 +120,9 @@ class Engine:
         self.stages = stages
         self.offload = offload
         """An OffloadExecutor when the plan streams weights/KV/activations, else None."""
+        self.pipe: PipelineSchedule | None = None
+        """The replica's stage schedule in closed form (engine/pipeline_fast.py), when the
+        deployment chose it for a pipelined plan; None: the stages run event by event."""
         self.engine_id = engine_id
         self.stage_busy = [0.0] * (len(stages) if stages else 1)
         self.stage_comm = [0.0] * (len(stages) if stages else 1)
@@ -499,7 +505,7 @@ class Engine:
         if self.offload is not None and steps:
             compute = env.process(self._offloaded(steps))
         elif self.stages is not None and steps:
-            compute = env.process(self._pipeline(steps))
+            compute = self.pipe.submit(self, steps) if self.pipe is not None else env.process(self._pipeline(steps))
         elif self.cfg.layerwise and steps:
             compute = env.process(self._layers(steps))
         else:

@@ -76,6 +76,8 @@ class OffloadPlan(Protocol):
     @property
     def dequant(self) -> str: ...
     @property
+    def host_kv_dtype(self) -> str: ...
+    @property
     def kv_spill(self) -> KVSpillPlan | None: ...
 
 
@@ -307,6 +309,12 @@ def check_offload_capacity(
             )
     # KV blocks: every tier holding a share of the KV bounds the block count
     block_layer = block_tokens * lay.kv_bytes_per_token_layer * L
+    # a host cache held in fp32 (host_kv_dtype) takes 4 bytes a value in DRAM
+    host_block = block_tokens * lay.kv_elems_per_token_layer * 4.0 * L if lay.plan.host_kv_dtype == "fp32" else block_layer
+
+    def kv_block(t: str) -> float:
+        return host_block if t == "cpu" else block_layer
+
     fit = []
     for t, f in lay.kv_frac.items():
         if f <= 0:
@@ -315,7 +323,7 @@ def check_offload_capacity(
         if tier not in cap:
             raise CapacityError(f"the plan puts KV cache in {tier}, but {node.name} has no {tier} tier", where=where, key=f"tier {tier}")
         left = cap[tier] - sum(need[tier].values())
-        fit.append((int(left // (block_layer * f)), tier, left))
+        fit.append((int(left // (kv_block(t) * f)), tier, left))
     blocks, tier, left = min(fit)
     if blocks < 1:
         raise CapacityError(
@@ -334,7 +342,7 @@ def check_offload_capacity(
     for t, f in lay.kv_frac.items():
         if f > 0:
             tier = tier_of(t, lay.compute_on_cpu)
-            need[tier]["kv cache"] = need[tier].get("kv cache", 0.0) + blocks * block_layer * f
+            need[tier]["kv cache"] = need[tier].get("kv cache", 0.0) + blocks * kv_block(t) * f
     spill_tokens = 0.0
     if lay.spill_after is not None:
         tier = tier_of(lay.spill_tier, lay.compute_on_cpu)

@@ -85,12 +85,17 @@ def vllm_flags(sc: Scenario) -> tuple[list[str], list[str]]:
 
 
 def vllm_hint(sc: Scenario) -> str:
+    from simkit.specs.catalog import load_model
+
     flags, notes = vllm_flags(sc)
+    repo = load_model(sc.model, where=sc.source).hf_repo
     lines = [
         "# vLLM launch settings equivalent to the best plan, where they map (a hint: check them",
         "# against your vLLM version; simkit simulated the plan, it did not run vLLM)",
-        f"vllm serve <Hugging Face id of {sc.model}> \\",
+        f"vllm serve {repo or f'<Hugging Face id of {sc.model}>'} \\",
     ]
+    if repo is None:
+        notes.append(f"model {sc.model} names no Hugging Face repository (hf_repo in its model file)")
     lines += [f"  {f} \\" for f in flags[:-1]] + [f"  {flags[-1]}"]
     for n in notes:
         lines.append(f"# note: {n}")

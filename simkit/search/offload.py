@@ -70,6 +70,13 @@ def optimize(
     from simkit.cost.links import measured_links
     from simkit.cost.offload import offload_compute
 
+    if sc.plan.offload.host_kv_dtype != "kv_cache":
+        raise ScenarioError(
+            "the placement optimiser plans host KV caches in plan.precision.kv_cache; "
+            "simulate an fp32 host cache (host_kv_dtype: fp32) as an explicit plan.offload",
+            where=sc.source,
+            key="plan.offload.host_kv_dtype",
+        )
     oc = offload_compute(node, cost, cpu_cost, False)
     lm = measured_links(eff, sc.plan.offload.io_block_size, sc.plan.offload.io_queue_depth)
     # the candidates run as static batches (confirm_by_simulation): the same memory rule

@@ -11,6 +11,7 @@ parameters a layer), phi's optional q/k LayerNorms.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -437,6 +438,17 @@ def _name(cfg: dict[str, Any], where: str) -> str:
     return parent or "hf-model"
 
 
+_HUB_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _hub_repo(cfg: dict[str, Any]) -> str | None:
+    """``_name_or_path`` when it names a Hub repository (``owner/name``), not a local folder."""
+    raw = cfg.get("_name_or_path")
+    if isinstance(raw, str) and _HUB_REPO.match(raw.strip()) and not Path(raw.strip()).exists():
+        return raw.strip()
+    return None
+
+
 def model_from_hf_config(cfg: dict[str, Any], where: str) -> ModelSpec:
     """A ModelSpec from an already-parsed Hugging Face ``config.json`` (``where`` names the file)."""
     if not isinstance(cfg, dict):
@@ -451,6 +463,7 @@ def model_from_hf_config(cfg: dict[str, Any], where: str) -> ModelSpec:
         name=_name(cfg, where),
         description=f"imported from a Hugging Face config ({arch_name})",
         sources={"architecture": f"Hugging Face config {where}"},
+        hf_repo=_hub_repo(cfg),
     )
     try:
         return ModelSpec.model_validate(fields)

@@ -62,6 +62,9 @@ class ModelSpec(Frozen):
     published_params: float | None = Field(default=None, gt=0)
     """The parameter count the authors publish, for checking the arithmetic here."""
     sources: dict[str, str] = Field(default_factory=dict)
+    hf_repo: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+    """The Hugging Face Hub repository of the weights (``owner/name``, e.g. ``meta-llama/Llama-2-7b-hf``),
+    named in the vLLM launch hint of `simkit search`; None where the weights are not on the Hub."""
 
     @model_validator(mode="after")
     def _heads(self) -> ModelSpec:
