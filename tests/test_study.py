@@ -771,3 +771,14 @@ def test_set_value_that_every_run_replaces_is_an_error(tmp_path, axes):
                                 "variants": {"a": {}, "b": {"plan.parallel.tp": 2}}}, "c.yaml")
     tasks = load_study(ok).tasks()
     assert [(t.scenario["seed"], t.scenario["plan"]["parallel"]["tp"]) for t in tasks] == [(1, 1), (1, 2), (3, 1), (3, 2)]
+
+
+@pytest.mark.parametrize("key, value", [("repeat", True), ("repeat", "2"), ("repeat", 2.0), ("keep", {"tables": "yes"}),
+                                        ("axes", {"random": {"samples": True, "keys": {"seed": [1, 2]}}})])
+def test_study_keys_are_checked_strictly(tmp_path, key, value):
+    """Found by benchmarks/fuzz.py: repeat: true ran every point once (true read as 1); study keys
+    are now checked as strictly as scenario keys (no booleans or strings for numbers)."""
+    study = {"base": tiny_base(), "axes": {"grid": {"plan.parallel.tp": [1, 2]}}}
+    study[key] = value
+    with pytest.raises(StudyError):
+        load_study(write_study(tmp_path, study))

@@ -28,7 +28,8 @@ MAX_RUNS = 1_000_000
 
 
 class _S(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True, populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True, populate_by_name=True, strict=True,
+                              allow_inf_nan=False)
 
 
 class RandomAxes(_S):
