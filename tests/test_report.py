@@ -398,3 +398,18 @@ def test_run_provenance_that_simkit_did_not_write(folders, tmp_path, capsys):
     assert main(["report", str(d), "-o", str(tmp_path / "o.html")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "provenance.json: calibration: expected a mapping" in err, err
+
+
+@pytest.mark.parametrize("key", ["pareto_axes", "space", "pareto", "rejected_by_reason"])
+def test_search_json_that_simkit_did_not_write(folders, tmp_path, capsys, key):
+    """Found by benchmarks/fuzz.py: search.json with pareto_axes: 5 raised TypeError (not iterable)."""
+    import shutil
+
+    d = tmp_path / "s"
+    shutil.copytree(folders["search"], d)
+    meta = json.loads((d / "search.json").read_text())
+    meta[key] = 5
+    (d / "search.json").write_text(json.dumps(meta))
+    assert main(["report", str(d), "-o", str(tmp_path / "o.html")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"search.json: {key}: expected" in err, err

@@ -43,10 +43,19 @@ def _kind(m: str) -> str:
     return KIND.get(m, "s" if m.endswith("_s") else "r")
 
 
+SEARCH_JSON_KINDS: dict[str, type] = {"space": list, "pareto_axes": list, "pareto": dict,
+                                      "rejected_by_reason": dict}
+"""search.json keys the page reads as lists or mappings."""
+
+
 def search_page(path: Path) -> str:
     meta = read_json(path / "search.json")
     if not isinstance(meta, dict):
         raise ReportError("expected a mapping", where=str(path / "search.json"))
+    for k, kind in SEARCH_JSON_KINDS.items():
+        if meta.get(k) is not None and not isinstance(meta[k], kind):
+            raise ReportError(f"expected {'a mapping' if kind is dict else 'a list'}, got {meta[k]!r} (not a search.json simkit wrote)",
+                              where=str(path / "search.json"), key=k)
     sense, metric = objective(meta, str(path / "search.json"))
     cands = read_parquet(path / "candidates.parquet", CAND_COLS)
     pareto = read_parquet(path / "pareto.parquet", ("candidate_id",)) if (path / "pareto.parquet").exists() else cands.iloc[0:0]
