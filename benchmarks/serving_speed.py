@@ -7,11 +7,15 @@
     .venv/bin/python benchmarks/serving_speed.py --repeat 3 ...         # least CPU of 3 runs per case
     .venv/bin/python benchmarks/serving_speed.py --against /tmp/old ... # another checkout's runs alternate
                                                                         # with these; prints the ratio
+    .venv/bin/python benchmarks/serving_speed.py --cli ...              # through `simkit run`: outputs written
 
 Each case runs in a fresh subprocess (so start-up and peak RSS are its own) and prints wall
 seconds and CPU seconds of that process (start-up included: interpreter, imports, catalog,
 cost tables, trace reading, simulation, summary, teardown; CPU seconds are the robust figure on
-a shared machine), simulated requests per wall-second, peak RSS and the engine path that ran.
+a shared machine), the wall seconds of its imports, simulated requests per wall-second, peak RSS
+and the engine path that ran. By default a case runs ``simulate()`` (no outputs written);
+``--cli`` runs ``python -m simkit.cli run`` on the case instead, which also writes the run folder
+(Parquet tables and all) and ends as a user's run does (no interpreter teardown).
 ``--cold`` points the cost-table cache at an empty folder (a new model or GPU);
 by default the user's cache is used, warmed by a first untimed run of the case.
 """
@@ -52,6 +56,24 @@ def _azure16k(name: str, batching: dict, replicas: int = 1) -> dict:
 
 
 CASES: dict[str, dict] = {
+    # start-up dominated: workloads/scenarios/quickstart.yaml (200 requests)
+    "quickstart": {
+        "name": "quickstart",
+        "hardware": "dgx-h100",
+        "model": "llama-2-7b",
+        "workload": {
+            "synthetic": {
+                "num_requests": 200,
+                "arrival": {"process": "poisson", "rate": 8},
+                "lengths": {"input": {"dist": "lognormal", "median": 512, "sigma": 0.8, "max": 3072},
+                            "output": {"dist": "lognormal", "median": 128, "sigma": 0.8, "max": 1024}},
+            }
+        },
+        "plan": {"batching": {"policy": "continuous", "max_num_seqs": 128, "max_num_batched_tokens": 4096},
+                 "precision": {"weights": "fp16", "activations": "fp16", "kv_cache": "fp16"}},
+        "slo": {"ttft_p90_s": 0.5, "tpot_p99_s": 0.05},
+        "seed": 0,
+    },
     "azure16k-continuous": _azure16k("azure16k-continuous", {"policy": "continuous", "max_num_seqs": 128, "max_num_batched_tokens": 4096}),
     "azure16k-chunked": _azure16k(
         "azure16k-chunked", {"policy": "chunked_prefill", "chunk_size": 512, "max_num_seqs": 128, "max_num_batched_tokens": 4096}
@@ -140,6 +162,7 @@ def _child(case: str) -> None:
     from simkit.scenario import scenario_from_dict
     from simkit.simulate import simulate
 
+    import_s = time.perf_counter() - t0
     big = case == "synthetic-1m"
     data = dict(CASES[case])
     if len(sys.argv) > 3:
@@ -150,19 +173,22 @@ def _child(case: str) -> None:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({
         "case": case, "requests": s["requests_total"], "completed": s["requests_completed"], "sim_wall_s": res.sim_wall_s,
-        "in_process_wall_s": wall, "peak_rss_bytes": rss, "ttft_p50_s": s["ttft_p50_s"], "tpot_p50_s": s["tpot_p50_s"],
-        "makespan_s": s["makespan_s"], "engine_path": s["engine_path"],
+        "in_process_wall_s": wall, "import_s": import_s, "peak_rss_bytes": rss, "ttft_p50_s": s["ttft_p50_s"],
+        "tpot_p50_s": s["tpot_p50_s"], "makespan_s": s["makespan_s"], "engine_path": s["engine_path"],
     }))
 
 
-def _measure(script: Path, case: str, env: dict[str, str], cold: bool) -> tuple[float, float, dict]:
+def _measure(script: Path, case: str, env: dict[str, str], cold: bool, cli: bool) -> tuple[float, float, dict]:
     """(wall s, CPU s, the child's report) of one fresh process running ``case`` with ``script``
-    (a checkout's copy of this file, which imports that checkout's simkit through ``env``)."""
+    (a checkout's copy of this file, which imports that checkout's simkit through ``env``);
+    ``cli``: ``simkit run`` itself on the case written as a scenario YAML (see :func:`_run_cli`)."""
     cmd = [sys.executable, str(script), "--child", case]
     with tempfile.TemporaryDirectory() as empty:
         env = dict(env)
         if cold:
             env["SIMKIT_CACHE_DIR"] = empty
+        if cli:
+            return _run_cli(case, env, warm=not cold)
         elif case != "synthetic-1m":
             subprocess.run(cmd, capture_output=True, env=env, check=False)  # warm the table cache
         cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -174,6 +200,42 @@ def _measure(script: Path, case: str, env: dict[str, str], cold: bool) -> tuple[
         raise RuntimeError(out.stderr)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     return wall, cpu, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _run_cli(case: str, env: dict[str, str], warm: bool) -> tuple[float, float, dict]:
+    """``python -m simkit.cli run CASE.yaml --out DIR`` as a user runs it: the command line, the
+    run folder written (summary.json, the Parquet tables, scenario.yaml, provenance.json) and the
+    process's exit. The report is read from the run folder (import time not known: "-")."""
+    import yaml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        scenario = Path(tmp) / f"{case}.yaml"
+        scenario.write_text(yaml.safe_dump(CASES[case], sort_keys=False))
+        out = Path(tmp) / "out"
+        cmd = [sys.executable, "-m", "simkit.cli", "run", str(scenario), "--out", str(out)]
+        if env.get("SIMKIT_BENCH_ENGINE", "auto") != "auto":
+            cmd += ["--engine", env["SIMKIT_BENCH_ENGINE"]]
+        # run in the temporary folder: `python -m` puts the working folder first on sys.path,
+        # which must not shadow the checkout that env's PYTHONPATH names
+        if warm:
+            subprocess.run(cmd, capture_output=True, env=env, cwd=tmp, check=False)  # warm the table cache
+        with open(Path(tmp) / "stderr", "w+") as err:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=tmp)
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - t0
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            err.seek(0)
+            if proc.returncode != 0:
+                raise RuntimeError(err.read())
+        s = json.loads((out / "summary.json").read_text())
+        sim_wall_s = json.loads((out / "provenance.json").read_text())["sim_wall_s"]
+    report = {
+        "case": case, "requests": s["requests_total"], "completed": s["requests_completed"], "sim_wall_s": sim_wall_s,
+        "in_process_wall_s": wall, "import_s": None, "peak_rss_bytes": usage.ru_maxrss * 1024,
+        "ttft_p50_s": s["ttft_p50_s"], "tpot_p50_s": s["tpot_p50_s"], "makespan_s": s["makespan_s"], "engine_path": s["engine_path"],
+    }
+    return wall, usage.ru_utime + usage.ru_stime, report
 
 
 def main(argv: list[str]) -> int:
@@ -199,7 +261,8 @@ def main(argv: list[str]) -> int:
             print(f"--against {against}: not a simkit checkout (no benchmarks/serving_speed.py)", file=sys.stderr)
             return 2
     cold = "--cold" in argv
-    argv = [a for a in argv if a != "--cold"]
+    cli = "--cli" in argv
+    argv = [a for a in argv if a not in ("--cold", "--cli")]
     cases = argv or list(CASES)
     for case in cases:
         if case not in CASES:
@@ -212,19 +275,20 @@ def main(argv: list[str]) -> int:
         # this file's cases (the other checkout may not define them all) on the other checkout's simkit
         trees.insert(0, ("against ", Path(__file__).resolve(), env | {"PYTHONPATH": str(against)}))
         trees[1] = ("this    ", trees[1][1], env | {"PYTHONPATH": str(ROOT)})
-    print(f"{'case':<30}{'requests':>10}{'wall s':>9}{'CPU s':>8}{'sim s':>8}{'req/wall-s':>12}{'peak RSS':>11}"
+    print(f"{'case':<30}{'requests':>10}{'wall s':>9}{'CPU s':>8}{'import s':>9}{'sim s':>8}{'req/wall-s':>12}{'peak RSS':>11}"
           "   simulated makespan, engine path")
     for case in cases:
         best: dict[str, float] = {}
         for _ in range(repeat):
             for label, script, tree_env in trees:
                 try:
-                    wall, cpu, r = _measure(script, case, tree_env, cold)
+                    wall, cpu, r = _measure(script, case, tree_env, cold, cli)
                 except RuntimeError as e:
                     print(e, file=sys.stderr)
                     return 1
                 best[label] = min(best.get(label, float("inf")), cpu)
-                print(f"{label + case:<30}{r['requests']:>10,}{wall:>9.2f}{cpu:>8.2f}{r['sim_wall_s']:>8.2f}"
+                imp = "-" if r["import_s"] is None else f"{r['import_s']:.2f}"
+                print(f"{label + case:<30}{r['requests']:>10,}{wall:>9.2f}{cpu:>8.2f}{imp:>9}{r['sim_wall_s']:>8.2f}"
                       f"{r['requests'] / wall:>12,.0f}{r['peak_rss_bytes'] / 2**20:>9.0f} MB   {r['makespan_s']:,.0f} s, "
                       f"{r['engine_path']}")
         if len(trees) > 1 or repeat > 1:

@@ -31,6 +31,7 @@ from simkit.engine.cluster import Admission, Cluster, HandOff
 from simkit.engine.engine import Engine, EngineConfig, Stage
 from simkit.engine.fast import FastEngine, fast_path_reason
 from simkit.engine.kvcache import KVBlockManager, PrefixCache
+from simkit.engine.lean import fused_loop_reason
 from simkit.engine.offload import OffloadExecutor
 from simkit.engine.offload_fast import ClosedFormStep, closed_form_reason
 from simkit.engine.pipeline_fast import PipelineEngine, PipelineSchedule
@@ -440,6 +441,9 @@ class Deployment:
     """The offloaded steps' times are computed in closed form (engine/offload_fast.py)."""
     pipeline_closed_form: bool = False
     """The pipeline stages' schedule is computed in closed form (engine/pipeline_fast.py)."""
+    fused_loop: bool = False
+    """The run goes through the fused loop (engine/lean.py), falling back to the stepping fast
+    path if it stops."""
 
     @property
     def fleet(self) -> bool:
@@ -645,6 +649,9 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
     )
     engine_cls = Engine if slow_reason else FastEngine
     engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
+    fused = engine == "auto" and not slow_reason and fused_loop_reason(policy_name, sum(g.replicas for g in groups)) is None
+    if fused:
+        engine_path = "fast (fused loop)"
     closed = False
     if off_layout is not None:
         # an offloaded step's layer pipeline: in closed form unless something else uses its links
@@ -664,7 +671,7 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
         pipe = why is None
         engine_path += "; pipeline stages in closed form" if pipe else f"; pipeline stages event by event ({why})"
     return Deployment(scenario, sc, model, prec, use_cpu, groups, off_layout, off_mem, stage_costs, cpu_cost, reqs, adm,
-                      group_shares, cross_tp, engine_cls, engine_path, warn, closed, pipe)
+                      group_shares, cross_tp, engine_cls, engine_path, warn, closed, pipe, fused)
 
 
 def build_replicas(dep: Deployment, cluster: Cluster) -> list[OffloadExecutor]:

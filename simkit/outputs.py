@@ -193,11 +193,12 @@ def write_outputs(
 def iteration_columns(rows: list[tuple[Any, ...]]) -> dict[str, np.ndarray]:
     """The per-iteration table's columns (iterations.parquet), typed like the table pandas
     infers from the rows (int64 counts, float64 times)."""
-    cols: dict[str, np.ndarray] = {}
-    for k, name in enumerate(IterationLog.COLS):
-        kind = np.float64 if name.endswith("_s") else np.int64
-        cols[name] = np.fromiter((r[k] for r in rows), dtype=kind, count=len(rows))
-    return cols
+    from operator import itemgetter
+
+    # one pass over the rows per column, in C (map + itemgetter): no per-row Python frame and
+    # no transposed copy of the rows (which costs more than it saves on a million rows)
+    return {name: np.fromiter(map(itemgetter(k), rows), dtype=np.float64 if name.endswith("_s") else np.int64, count=len(rows))
+            for k, name in enumerate(IterationLog.COLS)}
 
 
 def link_columns(rows: list[tuple[int, str, float, float]]) -> dict[str, np.ndarray]:

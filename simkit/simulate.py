@@ -34,16 +34,18 @@ __all__ = ["Result", "link_rates", "plan_memory", "plan_replica_memory", "simula
 
 def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = False, engine: str = "auto") -> Result:
     """Run a scenario. ``engine``: ``auto`` runs the fast exact path where it covers the plan
-    (:mod:`simkit.engine.fast`) and the reference engine elsewhere; ``reference`` always runs the
-    reference engine (``summary["engine_path"]`` says which ran, and why)."""
-    if engine not in ("auto", "reference"):
-        raise ScenarioError(f"expected engine 'auto' or 'reference', got {engine!r}", where=sc.source, key="engine")
+    (:mod:`simkit.engine.fast`; in one fused loop where :mod:`simkit.engine.lean` covers it) and
+    the reference engine elsewhere; ``stepping`` the fast path without the fused loop;
+    ``reference`` always the reference engine (``summary["engine_path"]`` says which ran, and
+    why)."""
+    if engine not in ("auto", "stepping", "reference"):
+        raise ScenarioError(f"expected engine 'auto', 'stepping' or 'reference', got {engine!r}", where=sc.source, key="engine")
     wall0 = time.perf_counter()
     dep = build_deployment(sc, engine, trace)
     cluster = Cluster(RequestTable(dep.reqs), record_iterations, trace)
     executors = build_replicas(dep, cluster)
     try:
-        cluster.run()
+        stopped = cluster.run(fused=dep.fused_loop)
     except PipelineConflict as exc:
         # a micro-batch overtook another or shared a link with it: the stages' closed form does
         # not hold for this run, so it runs again with the stages event by event (exact)
@@ -51,7 +53,10 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
         dep = dataclasses.replace(dep, pipeline_closed_form=False, engine_path=path)
         cluster = Cluster(RequestTable(dep.reqs), record_iterations, trace)
         executors = build_replicas(dep, cluster)
-        cluster.run()
+        stopped = cluster.run()
+    if stopped is not None:
+        # the fused loop stopped (and wrote nothing): the run was stepped
+        dep = dataclasses.replace(dep, engine_path=f"fast (the fused loop stopped at {stopped}: stepped)")
     summary, warn, events, link_busy = summarize_run(dep, cluster, executors)
     g0 = dep.groups[0]
     return Result(sc, summary, cluster.table, cluster.log.rows, summary["memory"], warn, events,

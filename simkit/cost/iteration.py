@@ -340,6 +340,15 @@ class IterationModel:
             )
         return c
 
+    def decode_constants(self, batch: int) -> tuple | None:
+        """The constants :meth:`decode_step_times` prices a decode iteration of ``batch``
+        sequences with, ``(f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov, fixed)`` (see
+        :meth:`_dec_consts`), for a caller that inlines that loop (engine/lean.py); None where
+        the scalar form does not apply (sliding window, fitted decode-attention efficiency)."""
+        if self.model.sliding_window is not None:
+            return None
+        return self._dec_consts(batch)
+
     def _decode_attention1(self, batch: int, kv: float, longest: float) -> float | None:
         """:meth:`decode_attention` of one iteration (``kv``, ``longest``: attended tokens, as
         passed to it) with the same operations in the same order on scalars, so the result is

@@ -16,6 +16,7 @@ import simpy
 
 from simkit.engine.engine import IterationLog
 from simkit.engine.fast import FastEngine
+from simkit.engine.lean import run_fused
 from simkit.engine.replica import Replica
 from simkit.engine.state import REJECT_REASONS, RequestTable, TBTHistogram
 
@@ -184,22 +185,29 @@ class Cluster:
             self._next = float(arrivals[order[k + 1]]) if k + 1 < n else float("inf")
             self._arrive(i, int(self._codes[i]), int(self._need[i]))
 
-    def run(self) -> None:
+    def run(self, fused: bool = False) -> str | None:
         """Run until every request has finished or been rejected; fast engines write their
-        running totals back to the request table."""
+        running totals back to the request table. ``fused``: run the one fast engine of a
+        one-replica world in the fused loop (engine/lean.py, within its domain: the deployment
+        decides); returns None, or why the fused loop stopped (the run then stepped)."""
         engines = [e for g in self.replicas for e in g.engines]
         world = None
+        stopped = None
+        if self.record_iterations:
+            for g in self.replicas:
+                for link in g.links.values():
+                    link.busy_log = []
         if (self._handoff is None and all(len(g.engines) == 1 for g in self.replicas)
                 and all(isinstance(e, FastEngine) for e in engines)):  # fmt: skip
+            if fused and len(engines) == 1 and self.tracer is None:
+                stopped = run_fused(engines[0], self)  # type: ignore[arg-type]
+                if stopped is None:
+                    return None
             # fast engines and the arrivals only (their plans move nothing over links: no prefix
             # fetch, swap, hand-off, offload or pipeline): SimPy's loop on a plain heap
             world = FastWorld(self, engines)  # type: ignore[arg-type]
         else:
             self.env.process(self._arrival_process())
-        if self.record_iterations:
-            for g in self.replicas:
-                for link in g.links.values():
-                    link.busy_log = []
         if world is not None:
             world.run()
         else:
@@ -208,6 +216,7 @@ class Cluster:
             for e in g.engines:
                 if isinstance(e, FastEngine):
                     e.sync()
+        return stopped
 
 
 class FastWorld:

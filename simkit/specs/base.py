@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import difflib
 import re
 from types import UnionType
@@ -49,9 +50,76 @@ class Frozen(BaseModel):
 class Section(BaseModel):
     """Base of a scenario section (scenario.py, and the options a policy declares): immutable,
     unknown keys rejected, no type coercion, no NaN or infinity; attribute docstrings become the
-    field descriptions (the JSON Schema and docs/scenario.md's key table show them)."""
+    field descriptions (the JSON Schema and docs/scenario.md's key table show them).
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True, strict=True, allow_inf_nan=False)
+    The descriptions are those pydantic's ``use_attribute_docstrings`` gives, read by
+    :func:`attribute_docstrings` from one parse of each module's source instead of one source
+    search and parse per class (a quarter of ``simkit run``'s import time of simkit's own
+    modules); the validator is built on first use (``defer_build``), so that it sees them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False, defer_build=True)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        docs = attribute_docstrings(cls)
+        for name, f in cls.__pydantic_fields__.items():
+            if f.description is None and name in docs:
+                f.description = docs[name]
+
+
+_CLASS_DOCS: dict[tuple[str, int], list[tuple[str, int, int, dict[str, str]]]] = {}
+"""(source file, length of its text) -> (name, first line, last line, attribute docstrings) of
+every class statement in it; the file is parsed once and only these records are kept (a
+module's syntax tree is tens of thousands of objects that every later garbage collection
+would walk)."""
+
+
+def _class_docs(filename: str, lines: list[str]) -> list[tuple[str, int, int, dict[str, str]]]:
+    from inspect import cleandoc
+
+    text = "".join(lines)
+    key = (filename, len(text))
+    found = _CLASS_DOCS.get(key)
+    if found is None:
+        try:
+            tree = ast.parse(text, filename)
+        except (SyntaxError, ValueError):
+            tree = ast.Module(body=[], type_ignores=[])
+        found = []
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            docs: dict[str, str] = {}
+            for prev, stmt in zip(node.body, node.body[1:]):
+                if (isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name) and isinstance(stmt, ast.Expr)
+                        and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)):
+                    docs[prev.target.id] = cleandoc(stmt.value.value)
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            found.append((node.name, first, node.end_lineno or node.lineno, docs))
+        _CLASS_DOCS[key] = found
+    return found
+
+
+def attribute_docstrings(cls: type) -> dict[str, str]:
+    """Field name -> the docstring written under it in ``cls``'s class statement (a string
+    expression right after an annotated assignment, cleaned as :func:`inspect.cleandoc` does),
+    as pydantic's ``use_attribute_docstrings`` reads them. Called while the class is being
+    created: the class statement is the innermost one of that name around the line its module's
+    frame is executing. Empty when the source is not available (as pydantic's)."""
+    import linecache
+    import sys
+
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") != cls.__module__:
+        frame = frame.f_back
+    if frame is None:
+        return {}
+    filename = frame.f_code.co_filename
+    line = frame.f_lineno
+    here = [(first, docs) for name, first, last, docs in _class_docs(filename, linecache.getlines(filename, frame.f_globals))
+            if name == cls.__name__ and first <= line <= last]
+    return dict(max(here, key=lambda h: h[0])[1]) if here else {}  # the innermost
 
 
 def _unwrap(t: Any) -> Any:

@@ -1,0 +1,775 @@
+"""The fused serving loop: a whole single-replica run in one function.
+
+:class:`~simkit.engine.fast.FastEngine` on :class:`~simkit.engine.cluster.FastWorld` already
+makes the reference engine's decisions with running totals, but an iteration still crosses a
+dozen Python calls (the policy's hook, admission, pricing, block growth, histogram, log, world
+heap). :func:`run_fused` makes the same decisions, in the same order, on local variables in one
+loop:
+
+- the world's heap is two times: the arrival process's next wake (scheduled as FastWorld
+  schedules it, ``now + (arrival - now)``) and the running step's end; at an equal time the one
+  scheduled first comes first, as in SimPy (the wake pending when the step began, then the end);
+- the policies' decisions (``ContinuousBatching._decide``, ``ChunkedPrefill._decide``) and
+  admission (``FastEngine.admit``) are written out on the loop's variables;
+- the decode set is the fast engine's running totals (KV offsets from a decode clock, a heap of
+  finishing clocks, a heap of offsets for the longest context, block growth counted per residue
+  of each request's first block boundary);
+- a decode run is priced by the scalar loop of :meth:`IterationModel.decode_step_times`
+  inlined (the same operations in the same order; with a fitted decode-attention efficiency, by
+  :meth:`IterationModel.decode_steps` as the stepping path does), a step with prefill chunks by
+  the fast engine's own pricing (``FastEngine._step_time``, memoised for one prompt alone);
+- the KV level is integrated at the instants the block manager would integrate it, and the
+  inter-token gaps go through a histogram's buffer flushed at the same points.
+
+Every float is produced by the same operations in the same order as on the stepping path, so
+every per-request time, histogram bin, iteration row and counter is the same bits; the few
+values the stepping path holds as numpy floats (SimPy's clock after an arrival's wake, and the
+KV integral computed from it) are given that type at the end. ``tests/test_lean.py`` checks all
+of it against the stepping fast path and the reference engine.
+
+Domain (:func:`fused_loop_reason`, decided when the deployment is built): a plan the stepping
+fast path covers, on one replica, with ``continuous`` or ``chunked_prefill`` batching. Within it,
+a run that meets something the loop does not model (a decode step whose KV blocks do not fit,
+where the stepping path preempts; a prompt of no tokens) stops and writes nothing: the caller
+runs the same scenario on the stepping path (deterministic, so the result is the one the stepping
+path gives) and ``engine_path`` says so.
+"""
+
+from __future__ import annotations
+
+import heapq
+from array import array
+from bisect import insort
+from collections import deque
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from simkit.engine.state import TBTHistogram
+
+if TYPE_CHECKING:
+    from simkit.engine.cluster import Cluster
+    from simkit.engine.fast import FastEngine
+
+INF = float("inf")
+
+PREEMPTION = "a decode step short of KV blocks (preemption)"
+
+
+def fused_loop_reason(policy: str, replicas: int) -> str | None:
+    """None when :func:`run_fused` covers a plan the stepping fast path covers (one engine per
+    replica), else why the stepping path runs it."""
+    if policy not in ("continuous", "chunked_prefill"):
+        return f"batching policy {policy}"
+    if replicas != 1:
+        return f"{replicas} replicas"
+    return None
+
+
+def _growth(upto: int, xa: int, n_active: int, cnt: list[int], pending: list[tuple[int, int]], bs: int) -> int:
+    """Blocks the decode set gains from clock ``xa`` (allocated up to) to ``upto``
+    (FastEngine._growth_to on the loop's state)."""
+    if upto <= xa:
+        return 0
+    L = upto - xa
+    g = n_active * (L // bs)
+    r = L % bs
+    if r:
+        # the residues xa, xa+1, ..., xa+r-1 (mod bs): one slice, or two where they wrap
+        lo = xa % bs
+        hi = lo + r
+        g += sum(cnt[lo:hi]) if hi <= bs else sum(cnt[lo:]) + sum(cnt[: hi - bs])
+    for n0, _ in pending:
+        if n0 >= upto:
+            break
+        g += -(-(upto - n0) // bs)
+    return g
+
+
+def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
+    """Run ``cluster`` (one replica served by ``engine``, continuous or chunked-prefill batching)
+    to the end in one loop and write what the stepping path would (the request table, the inter-token histogram,
+    the iteration log, the engine's counters and KV integrals). Returns None when done, or the
+    reason it stopped (then nothing has been written: run the stepping path)."""
+    table = cluster.table
+    cost = engine.cost
+    kvm = engine.kv
+    policy = engine.policy
+    if (kvm.cache is not None or kvm.used or kvm.watermark_blocks < 0 or cluster.tbt.total or cluster.tbt._vals
+            or policy.name not in ("continuous", "chunked_prefill")):  # fmt: skip
+        raise AssertionError("the fused loop starts from an empty replica without a prefix cache, batching continuously")
+    n = table.n
+    inp = table.input.tolist()
+    out = table.output.tolist()
+    if n and min(inp) < 1:
+        return "a prompt of no tokens"
+    cluster._arrivals_setup()
+    order = cluster._order
+    at = cluster._arrivals[order].tolist() + [INF]
+    ids = order.tolist()
+    codes = cluster._codes[order].tolist()
+
+    chunked = policy.name == "chunked_prefill"
+    max_seqs = int(policy.max_num_seqs)  # type: ignore[attr-defined]
+    max_tokens = int(policy.max_tokens) if not chunked else 0  # type: ignore[attr-defined]
+    chunk_budget = int(policy.budget) if chunked else 0  # type: ignore[attr-defined]
+    num_blocks = kvm.num_blocks
+    bs = kvm.block_size
+    wm = kvm.watermark_blocks
+    gpus = engine.cfg.num_gpus
+    index = engine.index
+    tp = cost.tp
+    comm_time = cost.comm_time
+    fixed_step_time = cost.fixed_step_time
+    step_time = engine._step_time
+    mixed_step_time = cost.mixed_step_time
+    decode_constants = cost.decode_constants
+    decode_steps = cost.decode_steps
+    layers = cost.layers
+    log_on = cluster.log.enabled
+    rows: list[tuple] = []
+    add_row = rows.append
+
+    # admission, first-token and finish times: C doubles (a third of a list's memory), viewed
+    # by numpy without a copy at the end
+    nans = array("d", [float("nan")])
+    sched = nans * n
+    first_tok = nans * n
+    finish = nans * n
+    blocks_at_admit = [0] * n
+    never_fits: list[int] = []
+    enqueued = 0
+
+    # the KV block manager: blocks in use, their peak, and their integral over time (integrated
+    # at each change, as KVBlockManager._mark does)
+    used = 0
+    peak = 0
+    area = 0.0
+    t_mark = 0.0
+    # engine counters, accumulated in the stepping path's order
+    busy = 0.0
+    busy_gpu = 0.0
+    stage_comm = 0.0
+    mc_pre = 0
+    mc_dec = 0
+    # the inter-token histogram: its buffer, flushed where TBTHistogram's would be
+    hist = TBTHistogram()
+    BUF = hist.BUF
+    vals = hist._vals
+    wts = hist._wts
+
+    # the decode set (FastEngine's running totals)
+    D = 0
+    Xa = 0
+    info: dict[int, tuple[int, int, int]] = {}
+    """request -> (offset, n0, blocks at join)."""
+    sum_off = 0
+    fin_heap: list[tuple[int, int]] = []
+    long_heap: list[tuple[int, int]] = []
+    cnt = [0] * bs
+    n_active = 0
+    pending: list[tuple[int, int]] = []
+    fresh: list[list] = []
+    """[last-token time, count] of the requests that joined since the last decode step."""
+    last_dec = 0.0
+    prompt_memo: dict[int, float] = {}
+    """prompt tokens -> seconds of a continuous-batching step prefilling that prompt alone."""
+    prefill_memo: dict[tuple[int, int, int], float] = {}
+    """(tokens, cached tokens, logits rows) -> seconds of a step prefilling one prompt alone."""
+    dec_memo: dict[int, tuple] = {}
+    """batch -> (IterationModel.decode_constants(batch) and fixed_step_time(batch), or None
+    without the closed form; fixed_step_time(batch))."""
+    prefilling: list[int] = []
+    """Admitted requests whose prompt is not all prefilled (chunked), in admission order."""
+    kvp = [0] * n if chunked else []
+    """Prompt tokens prefilled so far (chunked)."""
+
+    heappush, heappop = heapq.heappush, heapq.heappop
+    waiting: deque[int] = deque()
+    nrun = 0
+
+    # the arrival process: the next arrival to handle (index into ``order``) and the time of its
+    # pending wake (inf when none is left)
+    nxt = at[0] if n else INF
+    """What ``Cluster.next_arrival()`` returns: the next arrival not yet arrived."""
+
+    # SimPy's clock is a numpy float from the first time a wait of the arrival process wakes the
+    # idle engine (FastWorld schedules it as SimPy does: ``np.float64``), and so is every time
+    # computed from it; the same values are Python floats here, and the values the KV manager and
+    # the clock keep are given that type at the end (their sums, hence the summary, are then the
+    # same objects as the stepping path's)
+    np_clock = False
+    marks = 0
+    """Changes of the KV level (each integrates it up to the change's time)."""
+    marks_at_switch = -1
+    # time 0: the engine starts (idle: nothing queued), then the arrival process, which handles
+    # the arrivals due at 0 and waits for the next
+    now = 0.0
+    aw = INF
+    ak = 0
+    while ak < n:
+        dt = at[ak] - now
+        if dt > 0:
+            aw = now + dt
+            break
+        nxt = at[ak + 1]
+        if not codes[ak]:  # (the front door's rejections are written at the end, from ``codes``)
+            enqueued += 1
+            waiting.append(ids[ak])
+        ak += 1
+
+    while True:
+        if not nrun and not waiting:
+            # idle: the arrival process runs until it queues a request (the engine's wake-up is
+            # scheduled then, before the process's next wait, so the engine resumes at once)
+            woke = False
+            while not woke:
+                if aw == INF:
+                    break
+                now = aw
+                if not np_clock:
+                    np_clock = True
+                    marks_at_switch = marks
+                # the arrival its wait was for, then every later one already due
+                nxt = at[ak + 1]
+                if not codes[ak]:
+                    enqueued += 1
+                    waiting.append(ids[ak])
+                    woke = True
+                ak += 1
+                aw = INF
+                while ak < n:
+                    dt = at[ak] - now
+                    if dt > 0:
+                        aw = now + dt
+                        break
+                    nxt = at[ak + 1]
+                    if not codes[ak]:
+                        enqueued += 1
+                        waiting.append(ids[ak])
+                        woke = True
+                    ak += 1
+            if not woke:
+                break  # nothing left anywhere: the run is over
+
+        # ---- the policy's decision -------------------------------------------------------------
+        nb = len(info)
+        if chunked:
+            pre: list[int] = []
+            q: list[int] = []
+            # ChunkedPrefill._decide: the decode set, its next step's blocks reserved
+            # (FastEngine.decode_ready), then chunks of the admitted prompts, then admissions
+            if nb:
+                free = num_blocks - used
+                if nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
+                    return PREEMPTION
+                upto = D + 1
+                total = cnt[Xa % bs] if upto == Xa + 1 else _growth(upto, Xa, n_active, cnt, pending, bs)
+                if total:
+                    area += (now - t_mark) * used
+                    t_mark = now
+                    marks += 1
+                    used += total
+                    if used > peak:
+                        peak = used
+                if upto > Xa:
+                    Xa = upto
+                    kq = 0
+                    while kq < len(pending) and pending[kq][0] <= upto:
+                        cnt[pending[kq][0] % bs] += 1
+                        kq += 1
+                    if kq:
+                        n_active += kq
+                        del pending[:kq]
+            budget = chunk_budget - nb
+            for i in prefilling:
+                if budget <= 0:
+                    break
+                rem = inp[i] - kvp[i]
+                if rem > 0:
+                    c = rem if rem <= budget else budget
+                    pre.append(i)
+                    q.append(c)
+                    budget -= c
+            while budget > 0 and waiting and nrun < max_seqs:
+                i = waiting[0]
+                need = inp[i]
+                nblk = -(-(need + 1) // bs)
+                if used > num_blocks - nblk - wm:
+                    break
+                area += (now - t_mark) * used
+                t_mark = now
+                marks += 1
+                used += nblk
+                if used > peak:
+                    peak = used
+                blocks_at_admit[i] = nblk
+                sched[i] = now
+                nrun += 1
+                waiting.popleft()
+                prefilling.append(i)
+                c = need if need <= budget else budget
+                pre.append(i)
+                q.append(c)
+                budget -= c
+        else:
+            # ContinuousBatching._decide: whole prompts, first come first served, within the
+            # token budget and the batch limit (FastEngine.admit)
+            pre = q = []
+            if waiting and nrun < max_seqs:
+                pre = []
+                q = []
+            budget = max_tokens
+            while waiting and nrun < max_seqs:
+                i = waiting[0]
+                need = inp[i]
+                if need > budget and pre:
+                    break
+                nblk = -(-(need + 1) // bs)
+                if used > num_blocks - nblk - wm:
+                    break
+                area += (now - t_mark) * used
+                t_mark = now
+                marks += 1
+                used += nblk
+                if used > peak:
+                    peak = used
+                blocks_at_admit[i] = nblk
+                sched[i] = now
+                nrun += 1
+                waiting.popleft()
+                pre.append(i)
+                q.append(need)
+                budget -= need
+                if budget <= 0:
+                    break
+            if pre:
+                nb = 0  # a prefill step decodes nothing: decodes run only when nothing is admitted
+
+        start = now
+        if pre:
+            # ---- a step of prefill chunks (and, chunked, one decode step): FastEngine._mixed_begin
+            n_pq = len(pre)
+            if not chunked and n_pq == 1:
+                # one whole prompt, nothing cached, one logits row (the usual prefill step of
+                # continuous batching): memoised by its length, as FastEngine memoises
+                # (tokens, 0, 1)
+                ntok = q[0]
+                if ntok > mc_pre:
+                    mc_pre = ntok
+                dur = prompt_memo.get(ntok)  # type: ignore[assignment]
+                if dur is None:
+                    dur = prompt_memo[ntok] = step_time(q, [0], 0, 0, 0, 1)
+                if tp > 1:
+                    stage_comm += comm_time(ntok)
+            else:
+                if chunked and n_pq == 1:
+                    i = pre[0]
+                    c = kvp[i]
+                    kv_pre = [c]
+                    top = c + q[0]
+                    c = top >= inp[i]
+                    completes = [c]
+                    rows_ = nb + c
+                elif chunked:
+                    kv_pre = [kvp[i] for i in pre]
+                    completes = []
+                    rows_ = nb
+                    top = 0
+                    for kk in range(n_pq):
+                        upto = kv_pre[kk] + q[kk]
+                        c = upto >= inp[pre[kk]]
+                        completes.append(c)
+                        rows_ += c
+                        if upto > top:
+                            top = upto
+                else:
+                    kv_pre = [0] * n_pq
+                    rows_ = n_pq
+                    top = max(q)
+                dec_sum = longest = 0
+                if nb:
+                    while True:
+                        neg, i = long_heap[0]
+                        if i in info:
+                            break
+                        heappop(long_heap)
+                    longest = D - neg
+                    dec_sum = sum_off + nb * D
+                    if longest + 1 > mc_dec:
+                        mc_dec = longest + 1
+                if top > mc_pre:
+                    mc_pre = top
+                if nb or n_pq != 1:
+                    # FastEngine._step_time: on scalars, else on arrays
+                    dur = mixed_step_time(q, kv_pre, nb, dec_sum, longest, rows_)
+                    if dur is None:
+                        dur = step_time(q, kv_pre, nb, dec_sum, longest, rows_)
+                    ntok = sum(q) if n_pq != 1 else q[0]
+                else:
+                    ntok = q[0]
+                    key = (ntok, kv_pre[0], rows_)
+                    dur = prefill_memo.get(key)  # type: ignore[assignment]
+                    if dur is None:
+                        dur = prefill_memo[key] = step_time(q, kv_pre, 0, 0, 0, rows_)
+                if tp > 1:
+                    stage_comm += comm_time(ntok + nb)
+        elif nb:
+            # ---- a decode run of the whole decode set (FastEngine.decode_ready, _decode_begin) --
+            free = num_blocks - used
+            if not chunked and nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
+                return PREEMPTION
+            # the first to finish (no stale entries: a request leaves the heap when it finishes,
+            # and never joins the decode set again without a preemption)
+            s = fin_heap[0][0] - D
+            while True:
+                neg, i = long_heap[0]
+                if i in info:
+                    break
+                heappop(long_heap)
+            longest = D - neg
+            if nb * (s // bs + 1) > free and _growth(D + s, Xa, n_active, cnt, pending, bs) > free:
+                lo, hi = 1, s
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    if _growth(D + mid, Xa, n_active, cnt, pending, bs) <= free:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                s = lo
+            memo = dec_memo.get(nb)
+            if memo is None:
+                c0 = decode_constants(nb)
+                memo = dec_memo[nb] = (None if c0 is None else (*c0, fixed_step_time(nb)), fixed_step_time(nb))
+            consts, fixed_step = memo
+            ta = nxt - now
+            if ta < INF and fixed_step > 0:
+                cut = int(ta / fixed_step) + 2  # min(s, max(cut, 1)), without the calls
+                if cut < 1:
+                    cut = 1
+                if cut < s:
+                    s = cut
+            kv0 = float(sum_off + nb * D)
+            fb = float(nb)
+            if consts is not None:
+                # IterationModel.decode_step_times, inlined (the same operations in the same order)
+                f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov, fixed, _ = consts
+                base = kv0 + nb
+                lo_ = longest + 1.0
+                times: list[float] = []
+                add_time = times.append
+                acc = 0.0
+                if ratio is not None:
+                    for j in range(s):
+                        kv = base + fb * j
+                        y = (lo_ + j) * ratio
+                        if y > kv:
+                            kv = y
+                        a = f4 * kv * cf
+                        b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb
+                        x = fixed + ((b if b > a else a) + ov) * layers
+                        acc += x
+                        add_time(x)
+                        if acc >= ta:
+                            break
+                else:
+                    for j in range(s):
+                        kv = base + fb * j
+                        a = f4 * kv * cf
+                        b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb
+                        x = fixed + ((b if b > a else a) + ov) * layers
+                        acc += x
+                        add_time(x)
+                        if acc >= ta:
+                            break
+                s = len(times)
+                dur = acc
+            else:
+                # a fitted decode-attention efficiency: FastEngine's array form
+                times_a = decode_steps(nb, kv0, s, float(longest))
+                if s == 1:
+                    dur = float(times_a[0])
+                else:
+                    ends = np.cumsum(times_a)
+                    if ta < float(ends[-1]):
+                        j = int(np.searchsorted(ends, ta, side="left"))
+                        if j + 1 < s:
+                            s = j + 1
+                        ends = ends[:s]
+                        times_a = times_a[:s]
+                    dur = float(ends[-1])
+                times = times_a.tolist()
+            upto = D + s
+            if upto > Xa:
+                # FastEngine._alloc_to
+                total = cnt[Xa % bs] if upto == Xa + 1 else _growth(upto, Xa, n_active, cnt, pending, bs)
+                if total:
+                    area += (now - t_mark) * used
+                    t_mark = now
+                    marks += 1
+                    used += total
+                    if used > peak:
+                        peak = used
+                Xa = upto
+                kq = 0
+                while kq < len(pending) and pending[kq][0] <= upto:
+                    cnt[pending[kq][0] % bs] += 1
+                    kq += 1
+                if kq:
+                    n_active += kq
+                    del pending[:kq]
+            if longest + s > mc_dec:
+                mc_dec = longest + s
+            if tp > 1:
+                stage_comm += comm_time(nb) * s
+        else:
+            if nrun:
+                return "an idle engine with requests running"
+            # nothing runs and the head request cannot be admitted: it never fits
+            i = waiting.popleft()
+            never_fits.append(i)
+            continue
+
+        # ---- the step runs from ``start`` to ``end`` while the arrival process runs ---------
+        end = now + dur
+        if aw <= end:
+            # the step's end is scheduled after the arrival process's pending wake: that wake
+            # comes first even at an equal time, later ones only when strictly earlier
+            first_wait = True
+            while aw < end or (first_wait and aw == end):
+                first_wait = False
+                now = aw
+                nxt = at[ak + 1]
+                if not codes[ak]:
+                    enqueued += 1
+                    waiting.append(ids[ak])
+                ak += 1
+                aw = INF
+                while ak < n:
+                    dt = at[ak] - now
+                    if dt > 0:
+                        aw = now + dt
+                        break
+                    nxt = at[ak + 1]
+                    if not codes[ak]:
+                        enqueued += 1
+                        waiting.append(ids[ak])
+                    ak += 1
+        now = end
+        busy += dur
+        busy_gpu += dur * gpus
+
+        if pre:
+            # ---- FastEngine._mixed_end -------------------------------------------------------------
+            if log_on:
+                add_row((index, start, now, 1, ntok, nb, n_pq + nb, used))
+            if chunked and n_pq == 1:
+                i = pre[0]
+                kvp[i] = top
+                if completes[0]:
+                    done_pre = [i]
+                    prefilling.remove(i)  # (the reference keeps the others in order)
+                else:
+                    done_pre = []
+            elif chunked:
+                done_pre = []
+                for kk in range(n_pq):
+                    i = pre[kk]
+                    kvp[i] = kv_pre[kk] + q[kk]
+                    if completes[kk]:
+                        done_pre.append(i)
+                if done_pre:
+                    gone = set(done_pre)
+                    prefilling = [i for i in prefilling if i not in gone]
+            else:
+                done_pre = pre
+            for i in done_pre:
+                first_tok[i] = now
+            n_fin = 0
+            freed = 0
+            if nb:
+                # FastEngine._tbt_groups(now), through the histogram's buffer (TBTHistogram.push1)
+                if not fresh:
+                    if len(vals) >= BUF:
+                        hist.flush()
+                        vals, wts = hist._vals, hist._wts
+                    vals.append(now - last_dec)
+                    wts.append(float(nb))
+                else:
+                    n_old = nb
+                    for e in fresh:
+                        n_old -= e[1]
+                    if n_old:
+                        if len(vals) >= BUF:
+                            hist.flush()
+                            vals, wts = hist._vals, hist._wts
+                        vals.append(now - last_dec)
+                        wts.append(float(n_old))
+                    for lt, c in fresh:
+                        if len(vals) >= BUF:
+                            hist.flush()
+                            vals, wts = hist._vals, hist._wts
+                        vals.append(now - lt)
+                        wts.append(float(c))
+                    fresh = []
+                D += 1
+                last_dec = now
+                # FastEngine._pop_finished
+                while fin_heap and fin_heap[0][0] <= D:
+                    i = heappop(fin_heap)[1]
+                    off, n0, nblk = info.pop(i)
+                    sum_off -= off
+                    if n0 <= Xa:
+                        cnt[n0 % bs] -= 1
+                        n_active -= 1
+                    else:
+                        pending.remove((n0, i))
+                    x_ = Xa - n0
+                    freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
+                    finish[i] = now
+                    n_fin += 1
+            joined = 0
+            for i in done_pre:
+                if out[i] <= 1:
+                    finish[i] = now
+                    freed += blocks_at_admit[i]
+                    n_fin += 1
+                    continue
+                # FastEngine._join with kv = the prompt, one token generated
+                off = inp[i] - D
+                nblk = blocks_at_admit[i]
+                n0 = nblk * bs - off
+                info[i] = (off, n0, nblk)
+                sum_off += off
+                heappush(fin_heap, (D + out[i] - 1, i))
+                heappush(long_heap, (-off, i))
+                if n0 <= Xa:
+                    cnt[n0 % bs] += 1
+                    n_active += 1
+                else:
+                    insort(pending, (n0, i))
+                joined += 1
+            if joined:
+                if len(long_heap) > 2 * len(info) + 64:
+                    long_heap[:] = [(-e[0], r) for r, e in info.items()]
+                    heapq.heapify(long_heap)
+                fresh.append([now, joined])
+            if n_fin:
+                # FastEngine._finish: the blocks of all of them released in one call
+                nrun -= n_fin
+                area += (now - t_mark) * used
+                t_mark = now
+                marks += 1
+                used -= freed
+            continue
+
+        # ---- FastEngine._decode_end ------------------------------------------------------------
+        if log_on:
+            add_row((index, start, now, s, 0, nb, nb, used))
+        extra = (now - start) - dur
+        if extra < 0.0:
+            extra = 0.0
+        gap_end = start + times[0] + extra
+        # FastEngine._tbt_groups(gap_end), through the histogram's buffer (TBTHistogram.push1)
+        if not fresh:
+            if len(vals) >= BUF:
+                hist.flush()
+                vals, wts = hist._vals, hist._wts
+            vals.append(gap_end - last_dec)
+            wts.append(fb)
+        else:
+            n_old = nb
+            for e in fresh:
+                n_old -= e[1]
+            if n_old:
+                if len(vals) >= BUF:
+                    hist.flush()
+                    vals, wts = hist._vals, hist._wts
+                vals.append(gap_end - last_dec)
+                wts.append(float(n_old))
+            for lt, c in fresh:
+                if len(vals) >= BUF:
+                    hist.flush()
+                    vals, wts = hist._vals, hist._wts
+                vals.append(gap_end - lt)
+                wts.append(float(c))
+            fresh = []
+        if s > 1:
+            # TBTHistogram.push(times[1:], nb)
+            m = s - 1
+            if len(vals) + m > BUF:
+                hist.flush()
+                vals, wts = hist._vals, hist._wts
+                if m > BUF:
+                    hist.add(np.asarray(times[1:], dtype=np.float64), fb)
+                    m = 0
+            if m:
+                vals.extend(times[1:])
+                wts.extend([fb] * m)
+        D += s
+        last_dec = now
+        if fin_heap[0][0] <= D:
+            # FastEngine._pop_finished, then _finish (blocks released in one call)
+            n_fin = 0
+            freed = 0
+            while fin_heap and fin_heap[0][0] <= D:
+                i = heappop(fin_heap)[1]
+                off, n0, nblk = info.pop(i)
+                sum_off -= off
+                if n0 <= Xa:
+                    cnt[n0 % bs] -= 1
+                    n_active -= 1
+                else:
+                    pending.remove((n0, i))
+                x_ = Xa - n0
+                freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
+                finish[i] = now
+                n_fin += 1
+            nrun -= n_fin
+            area += (now - t_mark) * used
+            t_mark = now
+            marks += 1
+            used -= freed
+
+    if waiting or nrun or ak < n:
+        raise AssertionError("the fused loop ended with requests left")
+
+    # ---- write what the stepping path writes -------------------------------------------------
+    t = table
+    fin_a = np.frombuffer(finish, dtype=np.float64)
+    t.scheduled[:] = np.frombuffer(sched, dtype=np.float64)
+    t.first_token[:] = np.frombuffer(first_tok, dtype=np.float64)
+    t.finish[:] = fin_a
+    served = ~np.isnan(fin_a)
+    t.last_token[served] = fin_a[served]
+    gen = np.maximum(t.output[served], 1)
+    t.gen[served] = gen
+    t.kv_len[served] = t.input[served] + gen - 1
+    code_a = cluster._codes
+    door = code_a > 0
+    t.replica[~door] = index
+    t.rejected[door] = True  # table.reject, for all of them at once
+    t.reject_reason[door] = code_a[door]
+    for i in never_fits:
+        t.reject(i, "never_fits")
+    h = cluster.tbt
+    h.counts, h.total, h.sum, h.max, h._vals, h._wts = hist.counts, hist.total, hist.sum, hist.max, hist._vals, hist._wts
+    if log_on:
+        cluster.log.rows.extend(rows)
+    if np_clock and marks > marks_at_switch:
+        area, t_mark = np.float64(area), np.float64(t_mark)
+    kvm.used, kvm.peak, kvm._area, kvm._t = used, peak, area, t_mark
+    engine.busy_time += busy
+    engine.busy_gpu_s += busy_gpu
+    engine.stage_busy[0] += busy
+    engine.stage_comm[0] += stage_comm
+    mc = engine.max_context
+    mc["attn_prefill"] = max(mc["attn_prefill"], mc_pre)
+    mc["attn_decode"] = max(mc["attn_decode"], mc_dec)
+    engine.outstanding = enqueued - len(never_fits) - int(served.sum())
+    router = cluster._router
+    if hasattr(router, "_next"):
+        router._next += enqueued  # type: ignore[union-attr]  # round robin's turn, as if it had chosen
+    cluster._next = INF
+    engine.env._now = np.float64(now) if np_clock else now
+    return None

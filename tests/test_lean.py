@@ -1,0 +1,243 @@
+"""The fused serving loop (engine/lean.py) against the stepping fast path and the reference
+engine (the oracles), bit for bit: every per-request column, every iteration row, every summary
+number; and its fallback (a run it stops is stepped, and says so)."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simkit.engine.lean import fused_loop_reason
+from simkit.engine.state import TBTHistogram
+from simkit.policies.batching import with_policy
+from simkit.scenario import scenario_from_dict
+from simkit.simulate import simulate
+from tests.conftest import make_scenario, uniform_workload
+
+COLUMNS = ("first_token", "finish", "scheduled", "last_token", "gen", "kv_len", "target", "blocks", "shared_blocks",
+           "cached", "preemptions", "swaps", "rejected", "reject_reason", "replica", "hit_tier_tokens")  # fmt: skip
+
+FUSED = "fast (fused loop)"
+STOPPED_PREEMPTION = "fast (the fused loop stopped at a decode step short of KV blocks (preemption): stepped)"
+
+
+
+def fast_path_of(replicas: int, preemptions: int) -> str:
+    """The ``engine_path`` of a plan on the fast path: one replica runs the fused loop, which
+    stops where the run would preempt (then the run steps); several replicas step."""
+    if replicas > 1:
+        return "fast"
+    return STOPPED_PREEMPTION if preemptions else FUSED
+
+
+EXAMPLES = int(os.environ.get("SIMKIT_HYPOTHESIS_EXAMPLES", "25"))
+
+
+def _data(workload, seed, seqs, tokens, kv_cache, calibration="none", tp=1, policy="continuous", chunk=512) -> dict:
+    data = make_scenario(workload=workload, seed=seed, calibration=calibration)
+    batching = {"policy": policy, "max_num_seqs": seqs, "max_num_batched_tokens": tokens, "chunk_size": chunk}
+    data["plan"].update({"batching": with_policy(batching, policy, {}), "kv_cache": kv_cache,
+                         "parallel": {"replicas": 1, "tp": tp}})  # fmt: skip
+    return data
+
+
+def assert_same(a, b) -> None:
+    for col in COLUMNS:
+        x, y = getattr(a.table, col), getattr(b.table, col)
+        assert x.dtype == y.dtype
+        assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), col
+    assert a.iterations == b.iterations
+    sa = {k: v for k, v in a.summary.items() if k not in ("sim_wall_s", "engine_path")}
+    sb = {k: v for k, v in b.summary.items() if k not in ("sim_wall_s", "engine_path")}
+    assert repr(sa) == repr(sb)
+
+
+def run_three(sc, reference: bool = True) -> tuple[dict, dict]:
+    """Run ``sc`` fused (auto), stepping and (optionally) on the reference engine; all equal."""
+    fused = simulate(sc)
+    stepping = simulate(sc, engine="stepping")
+    assert stepping.summary["engine_path"] == "fast"
+    assert_same(fused, stepping)
+    if reference:
+        ref = simulate(sc, engine="reference")
+        assert_same(fused, ref)
+    return fused.summary, stepping.summary
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(1, 80),
+    rate=st.floats(0.5, 2000.0),
+    inp=st.tuples(st.integers(1, 300), st.integers(0, 2500)),
+    out=st.tuples(st.integers(1, 40), st.integers(0, 300)),
+    seed=st.integers(0, 10_000),
+    seqs=st.integers(1, 96),
+    tokens=st.integers(256, 4096),
+    blocks=st.integers(40, 2000),
+    block_size=st.sampled_from([1, 8, 16, 32]),
+    watermark=st.sampled_from([0.0, 0.01, 0.05, 0.3]),
+    calibration=st.sampled_from(["none", "auto"]),
+    tp=st.sampled_from([1, 2]),
+    policy=st.sampled_from(["continuous", "chunked_prefill"]),
+    chunk=st.integers(0, 1024),
+)
+def test_fused_loop_equals_stepping_and_reference(n, rate, inp, out, seed, seqs, tokens, blocks, block_size, watermark,
+                                                  calibration, tp, policy, chunk):  # fmt: skip
+    """Random single-replica runs of both policies, from idle to bursts (up to 2,000 req/s),
+    with KV pools from nearly full (preemption: the fused loop stops and the run steps) to
+    ample, prompts beyond the token budget or the pool (rejected at the door), a watermark
+    that makes the head request never fit, batch and token limits, chunk budgets from the
+    batch limit (decodes alone fill a step) up, one-token chunks over a cache."""
+    kv = {"num_blocks": blocks, "block_size": block_size, "watermark": watermark}
+    # a chunk budget below max_num_seqs is refused (the decodes of a full batch must fit)
+    data = _data(uniform_workload(n, rate, (inp[0], inp[0] + inp[1]), (out[0], out[0] + out[1])), seed, seqs, tokens, kv,
+                 calibration, tp, policy, seqs + chunk)  # fmt: skip
+    fused, stepping = run_three(scenario_from_dict(data))
+    assert fused["engine_path"] == fast_path_of(1, stepping["preemptions"])
+
+
+@pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
+def test_both_outcomes_and_rejections_are_exercised(policy):
+    """A pool far too small for the load stops the fused loop (the stepping path preempts); a
+    large one runs it to the end; a high watermark rejects a request that never fits."""
+    work = uniform_workload(150, 60.0, (50, 900), (20, 300))
+    small, _ = run_three(scenario_from_dict(_data(work, 3, 48, 4096, {"num_blocks": 120}, policy=policy, chunk=256)))
+    assert small["engine_path"] == STOPPED_PREEMPTION and small["preemptions"] > 10
+    large, _ = run_three(scenario_from_dict(_data(work, 3, 48, 4096, {"num_blocks": 4000}, policy=policy, chunk=256)))
+    assert large["engine_path"] == FUSED and large["preemptions"] == 0
+    # 70 blocks of 16 tokens minus a 30% watermark (21): a prompt needing 50-69 blocks passes the
+    # door (it is within the pool) but can never be admitted
+    lone = _data(uniform_workload(30, 5.0, (600, 1250), (1, 10)), 1, 8, 4096,
+                 {"num_blocks": 70, "block_size": 16, "watermark": 0.3}, policy=policy)  # fmt: skip
+    s, _ = run_three(scenario_from_dict(lone))
+    assert s["engine_path"] == FUSED
+    assert s["rejection_reasons"]["never_fits"] > 0 and s["rejection_reasons"]["exceeds_kv_capacity"] > 0
+
+
+def _native_trace(path: Path, times: np.ndarray, inp: np.ndarray, out: np.ndarray) -> dict:
+    rows = "".join(f"{t!r},{i},{o}\n" for t, i, o in zip(times.tolist(), inp.tolist(), out.tolist()))
+    path.write_text("arrival_s,input_tokens,output_tokens\n" + rows)
+    return {"trace": {"path": str(path), "format": "native"}}
+
+
+@pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_arrivals_at_step_ends_and_at_one_instant(tmp_path, seed, policy):
+    """Ties of arrivals with step ends keep SimPy's order (the wake scheduled first comes
+    first): arrivals added exactly at the end of steps (prefill steps and decode runs), with and
+    without another arrival during the step, several at one instant, some rejected at the door.
+    Each round adds arrivals at an end taken from the previous run; the final run must still
+    have several of them exactly at the end of a prefill step and of a decode run."""
+    rng = np.random.default_rng(seed)
+    times = np.sort(np.concatenate([[0.0, 0.0], rng.uniform(0.0, 2.0, 50)]))
+    inp = rng.integers(1, 900, size=len(times))
+    inp[rng.random(len(times)) < 0.05] = 5000  # beyond the context: rejected at the door
+    out = rng.integers(1, 60, size=len(times))
+    data = _data({}, seed, 24, 4096, {"num_blocks": 2000, "block_size": 16}, policy=policy, chunk=256)
+    added: set[float] = set()
+    last = 0.0
+    for k in range(12):
+        data["workload"] = _native_trace(tmp_path / "ties.csv", times, inp, out)
+        rows = simulate(scenario_from_dict(data)).iterations
+        prefill = k % 2 == 0
+        later = [row for row in rows if row[1] > last and (row[4] > 0) == prefill]
+        if len(later) < 3:
+            break
+        _, start, end = later[2][:3]
+        # a prefill step is never cut by an arrival: one within it leaves its end in place
+        new = [end] * (1 + k % 3) + ([(start + end) / 2] if prefill and k % 4 == 2 else [])
+        times = np.concatenate([times, new])
+        order = np.argsort(times, kind="stable")
+        more = len(new)
+        inp = np.concatenate([inp, rng.integers(1, 900, size=more)])[order]
+        out = np.concatenate([out, rng.integers(1, 60, size=more)])[order]
+        times = times[order]
+        added.add(end)
+        last = end
+    data["workload"] = _native_trace(tmp_path / "ties.csv", times, inp, out)
+    sc = scenario_from_dict(data)
+    fused, _ = run_three(sc)
+    assert fused["engine_path"] == FUSED
+    assert fused["requests_rejected"] > 0
+    rows = simulate(sc).iterations
+    tied_prefill = sum(1 for row in rows if row[2] in added and row[4] > 0)
+    tied_decode = sum(1 for row in rows if row[2] in added and row[4] == 0)
+    assert tied_prefill >= 2 and tied_decode >= 2, (tied_prefill, tied_decode)
+
+
+@pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
+def test_the_histogram_buffer_flushes_at_the_same_points(monkeypatch, policy):
+    """With a 64-gap buffer, gaps are binned in many flushes, some decode runs push more step
+    times than the buffer holds (binned directly): bins, sum and maximum identical."""
+    monkeypatch.setattr(TBTHistogram, "BUF", 64)
+    data = _data(uniform_workload(400, 30.0, (20, 300), (50, 400)), 11, 256, 8192, {"num_blocks": 6000}, policy=policy)
+    fused, _ = run_three(scenario_from_dict(data))
+    assert fused["engine_path"] == FUSED
+
+
+@pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
+def test_attention_without_a_closed_form(monkeypatch, policy):
+    """An efficiency model that prices attention only through its fitted form (no roofline
+    coefficients): decode runs are priced on arrays, as on the stepping path."""
+    from simkit.cost.efficiency import DatasheetEfficiency
+
+    plain_time, plain_coeffs = DatasheetEfficiency.roofline_time, DatasheetEfficiency.roofline_coeffs
+
+    def roofline_time(self, op_class, flops, bytes_, peak_flops, peak_bw):
+        return None if op_class.startswith("attn") else plain_time(self, op_class, flops, bytes_, peak_flops, peak_bw)
+
+    def roofline_coeffs(self, op_class, peak_flops, peak_bw):
+        return None if op_class.startswith("attn") else plain_coeffs(self, op_class, peak_flops, peak_bw)
+
+    monkeypatch.setattr(DatasheetEfficiency, "roofline_time", roofline_time)
+    monkeypatch.setattr(DatasheetEfficiency, "roofline_coeffs", roofline_coeffs)
+    data = _data(uniform_workload(120, 25.0, (20, 900), (1, 200)), 5, 32, 4096, {"num_blocks": 3000}, policy=policy,
+                 chunk=128)  # fmt: skip
+    fused, _ = run_three(scenario_from_dict(data))
+    assert fused["engine_path"] == FUSED
+
+
+@pytest.mark.parametrize(
+    ("change", "reason", "path"),
+    [
+        ({"batching": {"policy": "static", "max_num_seqs": 8}}, "batching policy static", "reference (batching policy static)"),
+        ({"parallel": {"replicas": 2}}, "2 replicas", "fast"),
+        ({"parallel": {"replicas": 2}, "batching": {"policy": "chunked_prefill"}}, "2 replicas", "fast"),
+    ],
+)
+def test_outside_the_domain_another_path_runs(change, reason, path):
+    data = make_scenario(workload=uniform_workload(30, 20.0, (32, 600), (2, 80)))
+    data["plan"].update(change)
+    sc = scenario_from_dict(data)
+    assert simulate(sc).summary["engine_path"] == path
+    assert fused_loop_reason(sc.plan.batching.policy, sc.plan.parallel.replicas) == reason
+    assert fused_loop_reason("chunked_prefill", 1) is None
+
+
+def test_a_chrome_trace_runs_the_stepping_path():
+    sc = scenario_from_dict(make_scenario(workload=uniform_workload(20, 20.0, (32, 600), (2, 80))))
+    assert simulate(sc, trace=True).summary["engine_path"] == "reference (Chrome trace output)"
+
+
+def test_engine_stepping_is_a_choice_and_others_are_refused():
+    from simkit.errors import ScenarioError
+
+    sc = scenario_from_dict(make_scenario())
+    assert simulate(sc, engine="stepping").summary["engine_path"] == "fast"
+    with pytest.raises(ScenarioError, match="'auto', 'stepping' or 'reference'"):
+        simulate(sc, engine="fused")
+
+
+@pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
+def test_without_an_iteration_log(policy):
+    """Studies run without the per-iteration table: the same requests and summary, no rows."""
+    sc = scenario_from_dict(_data(uniform_workload(200, 40.0, (20, 900), (1, 200)), 2, 32, 4096, {"num_blocks": 3000},
+                                  policy=policy))  # fmt: skip
+    fused = simulate(sc, record_iterations=False)
+    stepping = simulate(sc, record_iterations=False, engine="stepping")
+    assert fused.summary["engine_path"] == FUSED
+    assert fused.iterations == [] == stepping.iterations
+    assert_same(fused, stepping)

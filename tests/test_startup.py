@@ -1,0 +1,195 @@
+"""Start-up of a `simkit run` process (issue 16, part D): the shortcuts taken before and after
+the simulation give exactly what the general paths give."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simkit.errors import TraceError
+from simkit.workload import traces as T
+
+ROOT = Path(__file__).resolve().parents[1]
+BURST_HEADER = "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+
+
+def _parse(path: Path, plain: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """BurstGPTReader.parse's columns as plain data (or the error it raised), through the plain
+    reader when it takes the file, else (``plain=False``) through the pandas path."""
+    with monkeypatch.context() as m:
+        m.setattr(T, "_plain_first", lambda path: True)  # pandas is imported in this process
+        if not plain:
+            m.setattr(T, "_burstgpt_plain", lambda path, header: None)
+        try:
+            cols = T.BurstGPTReader().parse(path, T.ReadOptions(on_bad_line="skip"))
+        except TraceError as e:
+            return str(e)
+    return {k: (v.dtype.str, v.tolist()) if isinstance(v, np.ndarray) else v for k, v in vars(cols).items()}
+
+
+def test_plain_burstgpt_sample_read_without_pandas_equals_pandas(monkeypatch: pytest.MonkeyPatch) -> None:
+    path = ROOT / "workloads" / "traces" / "burstgpt_sample.csv"
+    assert T._burstgpt_plain(path, T._read_header(path)) is not None
+    assert _parse(path, True, monkeypatch) == _parse(path, False, monkeypatch)
+
+
+_PLAIN_NAMES = st.sampled_from(["ChatGPT", "GPT-4", "llama_3.1-8b", "Claude"])
+_ODD_NAMES = st.sampled_from(["NA", "None", "true", "TRUE", "inf", "Infinity", " GPT-4", "GPT-4 ", "gpt 4", "4o", "é", "",
+                              '"GPT-4"'])
+_PLAIN_ROW = st.tuples(
+    st.integers(0, 10**6).map(str), _PLAIN_NAMES, st.integers(1, 10**5).map(str), st.integers(0, 10**5).map(str),
+    st.sampled_from(["", "12", "n/a"]), st.sampled_from(["Conversation log", "API log", ""]),
+)
+_ODD_ROW = st.tuples(
+    st.sampled_from(["1.5", "-3", "007", "", "x", "1e3"]),
+    _ODD_NAMES,
+    st.sampled_from(["0", "007", "2.0", "99999999999", "", "-1"]),
+    st.sampled_from(["00", "1.5", "", "x"]),
+    st.sampled_from(["", "12", "n/a"]),
+    st.sampled_from(["Conversation log", "API log", "", "a,b"]),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(_PLAIN_ROW, min_size=0, max_size=12), odd=st.lists(st.tuples(st.integers(0, 12), _ODD_ROW, st.integers(0, 5)), max_size=2),
+       crlf=st.booleans(), last_newline=st.booleans())
+def test_plain_burstgpt_reader_equals_pandas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows: list[tuple[str, ...]],
+                                             odd: list[tuple[int, tuple[str, ...], int]], crlf: bool, last_newline: bool) -> None:
+    """Any file the plain reader takes gives the pandas path's columns, row count and model names
+    (in order of first appearance); a file with an odd field is left to the pandas path, which
+    reads it as before."""
+    rows = list(rows)
+    for at, row, field in odd:  # one odd field in an otherwise plain row
+        base = list(rows[at % len(rows)]) if rows else ["1", "GPT-4", "2", "3", "5", "API log"]
+        base[field] = row[field]
+        rows.insert(at % (len(rows) + 1), tuple(base))
+    end = "\r\n" if crlf else "\n"
+    text = BURST_HEADER.replace("\n", end) + end.join(",".join(r) for r in rows) + (end if last_newline and rows else "")
+    path = tmp_path / "t.csv"
+    path.write_bytes(text.encode())
+    if not odd:
+        assert T._burstgpt_plain(path, T._read_header(path)) is not None
+    assert _parse(path, True, monkeypatch) == _parse(path, False, monkeypatch)
+
+
+def test_plain_burstgpt_reader_takes_plain_files_only(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    for body, plain in (("1,GPT-4,3,0,3,API log\n2,ChatGPT,5,7,,\n", True), ("1,GPT-4,0,5,5,API log\n", False),
+                        ("1.5,GPT-4,2,5,7,API log\n", False), ("1,NA,2,5,7,API log\n", False),
+                        ("1,GPT-4,2,5,7,API log\n\n", False), ('1,"GPT-4",2,5,7,API log\n', False)):
+        path.write_text(BURST_HEADER + body)
+        assert (T._burstgpt_plain(path, T._read_header(path)) is not None) == plain, body
+
+
+def test_section_field_descriptions_are_pydantics_attribute_docstrings() -> None:
+    """Every scenario section's field descriptions are what pydantic's own attribute-docstring
+    reader finds (simkit reads them from one parse of each module)."""
+    from pydantic._internal._docs_extraction import extract_docstrings_from_cls
+
+    import simkit.scenario  # noqa: F401 - defines the sections
+    import simkit.study.spec  # noqa: F401
+    from simkit.specs.base import Section
+
+    def subclasses(c: type) -> list[type]:
+        return [s for d in c.__subclasses__() for s in (d, *subclasses(d))]
+
+    seen = 0
+    for cls in subclasses(Section):
+        docs = extract_docstrings_from_cls(cls, use_inspect=True)
+        for name, f in cls.model_fields.items():
+            if name in docs and name in cls.__annotations__:
+                assert f.description == docs[name], f"{cls.__qualname__}.{name}"
+                seen += 1
+    assert seen > 100
+
+
+def test_iteration_columns_are_typed_columns_of_the_rows() -> None:
+    from simkit.engine.engine import IterationLog
+    from simkit.outputs import iteration_columns
+
+    rows = [(0, 0.5, 0.75, 1, 12, 3, 4, 9), (1, 0.75, 1.0, 20, 0, 4, 4, 11)]
+    cols = iteration_columns(rows)
+    assert list(cols) == list(IterationLog.COLS)
+    for k, name in enumerate(IterationLog.COLS):
+        kind = np.float64 if name.endswith("_s") else np.int64
+        assert cols[name].dtype == kind and cols[name].tolist() == [r[k] for r in rows]
+    empty = iteration_columns([])
+    assert all(len(v) == 0 and v.dtype == cols[k].dtype for k, v in empty.items())
+
+
+def _parse_native(path: Path, plain: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """NativeReader.parse's columns as plain data (or its error), as :func:`_parse`."""
+    with monkeypatch.context() as m:
+        m.setattr(T, "_plain_first", lambda path: True)  # pandas is imported in this process
+        if not plain:
+            m.setattr(T, "_native_plain", lambda path, header: None)
+        try:
+            cols = T.NativeReader().parse(path, T.ReadOptions(on_bad_line="skip"))
+        except TraceError as e:
+            return str(e)
+    return {k: (v.dtype.str, v.tolist()) if isinstance(v, np.ndarray) else v for k, v in vars(cols).items()}
+
+
+def test_plain_native_shipped_trace_read_without_pandas_equals_pandas(monkeypatch: pytest.MonkeyPatch) -> None:
+    path = ROOT / "workloads" / "traces" / "shared_prefix_1rps.csv"
+    assert T._native_plain(path, T._read_header(path)) is not None
+    assert _parse_native(path, True, monkeypatch) == _parse_native(path, False, monkeypatch)
+
+
+_SECONDS = st.one_of(st.integers(0, 10**9).map(str),
+                     st.tuples(st.integers(0, 10**6), st.text("0123456789", min_size=1, max_size=8)).map(lambda t: f"{t[0]}.{t[1]}"),
+                     st.floats(0, 1e5).map(lambda x: f"{x:.6f}"))
+_PLAIN_NATIVE = st.tuples(_SECONDS, st.integers(1, 10**5).map(str), st.integers(1, 10**5).map(str),
+                          st.one_of(st.just(""), st.integers(0, 2**39 - 1).map(str)), st.integers(0, 10**5).map(str))
+_ODD_NATIVE = st.tuples(
+    st.sampled_from(["-1", "1e3", "", ".5", "5.", "1234567890123456", "0.12345678901234567", "nan", "1,5"]),
+    st.sampled_from(["0", "2.0", "99999999999", "", "x"]),
+    st.sampled_from(["0", "007", "1.5", ""]),
+    st.sampled_from(["3.0", str(2**39), "-1", "x"]),
+    st.sampled_from(["", "99999999", "1.5", "x"]),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(_PLAIN_NATIVE, min_size=0, max_size=12), odd=st.lists(st.tuples(st.integers(0, 12), _ODD_NATIVE, st.integers(0, 4)), max_size=2),
+       with_prefix=st.booleans(), crlf=st.booleans())
+def test_plain_native_reader_equals_pandas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows: list[tuple[str, ...]],
+                                           odd: list[tuple[int, tuple[str, ...], int]], with_prefix: bool, crlf: bool) -> None:
+    """Native CSV traces: the plain reader's columns (arrival seconds bit for bit) equal the pandas
+    path's; a file with an odd or invalid field is left to the pandas path."""
+    width = 5 if with_prefix else 3
+    fixed = []
+    for r in rows:  # prefix tokens within the prompt, so that the plain rows are valid
+        r = list(r)
+        r[4] = str(min(int(r[4]), int(r[1])))
+        fixed.append(tuple(r[:width]))
+    for at, row, field in odd:
+        base = list(fixed[at % len(fixed)]) if fixed else ["1.5", "10", "3", "7", "5"][:width]
+        base[field % width] = row[field % width]
+        fixed.insert(at % (len(fixed) + 1), tuple(base))
+    header = "arrival_s,input_tokens,output_tokens" + (",prefix_id,prefix_tokens" if with_prefix else "")
+    end = "\r\n" if crlf else "\n"
+    path = tmp_path / "t.csv"
+    path.write_bytes((header + end + "".join(",".join(r) + end for r in fixed)).encode())
+    if not odd and all(len(r[0].replace(".", "")) <= 15 for r in fixed):
+        assert T._native_plain(path, T._read_header(path)) is not None
+    assert _parse_native(path, True, monkeypatch) == _parse_native(path, False, monkeypatch)
+
+
+def test_plain_readers_are_tried_on_small_files_before_pandas_is_imported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past PLAIN_MAX_BYTES, or once pandas is imported, pandas' C parser reads faster."""
+    import sys
+
+    path = tmp_path / "t.csv"
+    path.write_text(BURST_HEADER + "1,GPT-4,3,0,3,API log\n")
+    assert "pandas" in sys.modules and not T._plain_first(path)
+    monkeypatch.delitem(sys.modules, "pandas")
+    assert T._plain_first(path)
+    monkeypatch.setattr(T, "PLAIN_MAX_BYTES", path.stat().st_size - 1)
+    assert not T._plain_first(path)
+    assert not T._plain_first(tmp_path / "missing.csv")
