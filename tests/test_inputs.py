@@ -56,6 +56,15 @@ def test_negative_seed_is_refused_at_load_even_without_random_choices():
     assert e.value.key == "seed"
 
 
+def test_override_blocked_by_the_file_names_the_file(tmp_path, capsys):
+    """--set workload.limit=2 on a scenario whose workload is a number: the error names the file
+    (fuzzer, seed 5 case 806, faces kinds)."""
+    p = tmp_path / "s.yaml"
+    p.write_text("name: x\nhardware: dgx-h100\nmodel: llama-2-7b\nworkload: 3.5\n")
+    err = _err(["run", str(p), "--set", "workload.limit=2", "--out", str(tmp_path / "o")], capsys)
+    assert err.strip() == f"simkit: error: {p}: workload.limit: cannot set 'workload.limit': workload is a float, not a mapping"
+
+
 def test_integer_accepted_for_a_float_key():
     sc = scenario_from_dict(apply_overrides(make_scenario(), {"plan.kv_cache.gpu_memory_utilization": 1}))
     assert sc.plan.kv_cache.gpu_memory_utilization == 1.0
