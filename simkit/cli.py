@@ -218,6 +218,11 @@ def cmd_catalog(a: argparse.Namespace) -> int:
     return 0
 
 
+def _fractions_text(fr: dict[str, float]) -> str:
+    """gpu/cpu/cxl/disk shares as 0.00/1.00/...; the LP's -0.0 and round-off below zero print as 0.00."""
+    return "/".join(f"{max(fr[t], 0.0) + 0.0:.2f}" for t in ("gpu", "cpu", "cxl", "disk"))
+
+
 def cmd_offload_plan(a: argparse.Namespace) -> int:
     from simkit.scenario import load_scenario
     from simkit.search.offload import optimize
@@ -231,8 +236,7 @@ def cmd_offload_plan(a: argparse.Namespace) -> int:
     print(hdr)
     for k, c in enumerate(cands, 1):
         f = c.fractions
-        w = "/".join(f"{f['w'][t]:.2f}" for t in ("gpu", "cpu", "cxl", "disk"))
-        kv = "/".join(f"{f['c'][t]:.2f}" for t in ("gpu", "cpu", "cxl", "disk"))
+        w, kv = _fractions_text(f["w"]), _fractions_text(f["c"])
         sim = c.sim.get("output_tokens_per_s")
         bott = c.sim.get("bottleneck", c.lp_bottleneck) if c.sim else c.lp_bottleneck
         err = c.sim.get("error") if c.sim else None
