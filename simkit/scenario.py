@@ -78,7 +78,7 @@ class LengthDist(_S):
 
 class TraceRef(_S):
     path: str
-    """Trace file; a relative path resolves against the scenario file's folder."""
+    """Trace file; a relative path resolves against the scenario file's folder, else the working folder, else a shipped trace of that file name (workloads/traces)."""
     format: TraceFormat = "auto"
     """Reader to use; auto sniffs the first lines."""
 
