@@ -231,7 +231,8 @@ def cmd_offload_plan(a: argparse.Namespace) -> int:
     cands = optimize(sc, prompt_len=a.prompt_len, gen_len=a.gen_len, objective=a.objective, top=a.top, confirm=a.confirm,
                      compress_kv=(False, True) if a.compress_kv else (False,))
     print(f"# offload plans for {sc.model} on {sc.hardware if isinstance(sc.hardware, str) else 'custom node'} "
-          f"(objective: {a.objective}); LP = linear-program estimate, sim = simulated")
+          f"(objective: {a.objective}); LP = linear-program estimate, sim = simulated; tok/s at each plan's own batch "
+          "of gbs x ngb sequences")
     hdr = f"{'rank':>4} {'gbs':>5} {'ngb':>4} {'cpu_attn':>8} {'int4_w':>6} {'int4_kv':>7}  {'weights g/c/x/d':<22} {'kv g/c/x/d':<22} {'LP tok/s':>10} {'sim tok/s':>10}  bottleneck"
     print(hdr)
     for k, c in enumerate(cands, 1):
@@ -243,6 +244,10 @@ def cmd_offload_plan(a: argparse.Namespace) -> int:
         print(f"{k:>4} {c.gpu_batch_size:>5} {c.num_gpu_batches:>4} {str(c.cpu_attention):>8} {str(c.compress_weights):>6} {str(c.compress_kv):>7}  "
               f"{w:<22} {kv:<22} {c.lp_throughput:>10.3f} {(f'{sim:.3f}' if sim else '-'):>10}  {bott}"
               + (f"  (simulation: {err})" if err else ""))
+    batch = sc.workload.batch
+    if batch is not None and any(c.gpu_batch_size * c.num_gpu_batches != batch.num_prompts for c in cands):
+        warn_line(f"the workload is a fixed batch of {batch.num_prompts} prompts, but the tok/s above are for each plan's "
+                  "own batch (gbs x ngb sequences): `simkit run` a plan on the workload for its throughput there")
     if a.json:
         from pathlib import Path
 
