@@ -2,12 +2,16 @@
 
     python benchmarks/repredict_validation.py RESULT.json PROFILE [PROFILE ...]
     python benchmarks/repredict_validation.py RESULT.json PROFILE --drop-op row_length
+    python benchmarks/repredict_validation.py RESULT.json PROFILE --shared-attn-base
 
 Each PROFILE is a profile folder. ``--drop-op OP`` also refits each profile's own samples without
 the sample rows of operator OP (e.g. ``row_length``, the CPU suite's few-row GEMMs over a grid of
 row lengths) and scores that fit too, which isolates what those samples change from the machine's
-drift between runs (docs/fidelity.md, CPU validation). Prints one line per profile: median and
-p90 absolute error and the signed error per configuration.
+drift between runs (docs/fidelity.md, CPU validation). ``--shared-attn-base`` also refits each
+profile's own samples with one roofline base for every dtype of the attention classes (as profiles
+were fitted before 2026-11-30; simkit.calibrate.fit.BASE_PER_DTYPE_CLASSES) and scores that fit:
+what the per-dtype attention bases change on the same measurements. Prints one line per profile:
+median and p90 absolute error and the signed error per configuration.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ if str(ROOT) not in sys.path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from simkit.calibrate import fit
     from simkit.calibrate.fit import fit_profile
     from simkit.calibrate.validate import load_profile, repredict
     from simkit.errors import SimkitError
@@ -31,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("result", help="a `simkit validate --json` file")
     ap.add_argument("profiles", nargs="+", help="profile folders")
     ap.add_argument("--drop-op", default=None, help="also refit each profile without the samples of this operator")
+    ap.add_argument("--shared-attn-base", action="store_true",
+                    help="also refit each profile with one attention roofline base for all dtypes")
     a = ap.parse_args(argv)
     try:
         result = json.loads(Path(a.result).read_text(encoding="utf-8"))
@@ -50,6 +57,15 @@ def main(argv: list[str] | None = None) -> int:
                         fits.append((f"{path} without {a.drop_op} ({len(s) - len(kept)} samples)",
                                  fit_profile(kept, prof.device, name=f"{prof.name}-no-{a.drop_op}", source=prof.source,
                                              license=prof.license)))  # fmt: skip
+            if a.shared_attn_base:
+                per_dtype = fit.BASE_PER_DTYPE_CLASSES
+                fit.BASE_PER_DTYPE_CLASSES = ()
+                try:
+                    fits.append((f"{path} refitted, one attention base for all dtypes",
+                                 fit_profile(prof.samples, prof.device, name=f"{prof.name}-shared-attn-base", source=prof.source,
+                                             license=prof.license)))  # fmt: skip
+                finally:
+                    fit.BASE_PER_DTYPE_CLASSES = per_dtype
             for label, p in fits:
                 r = repredict(result, p)
                 errs = ", ".join(f"{c} {100 * e:+.0f}" for c, e in zip(cells, r["errors"]))

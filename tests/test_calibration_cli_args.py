@@ -251,6 +251,10 @@ def test_quick_suite_samples_decode_attention_over_batches_and_contexts(monkeypa
     assert {bb for bb, _ in cells} == {1, 2, 4, 8, 16}
     assert {band for _, band in cells} == {0, 1, 2}
     assert any(int(r["ctx"]) & (int(r["ctx"]) - 1) for r in extra)  # not all powers of two
+    # grouped-query (GQA) and plain head shapes at every batch: one stratum each per context band
+    grouped = {(int(r["batch"]), r["heads"] > r["kv_heads"]) for r in extra}
+    assert grouped == {(bb, g) for bb in (1, 2, 4, 8, 16) for g in (False, True)}
+    assert size.decode_attn_configs == 5 * 3 * 2
 
 
 def test_timer_runs_before_untimed_ahead_of_every_call() -> None:

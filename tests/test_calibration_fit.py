@@ -439,3 +439,93 @@ def test_many_row_trees_need_the_few_row_ones(tmp_path: Path) -> None:
     with pytest.raises(CalibrationError) as e:
         Profile.load(tmp_path / "c")
     assert "efficiency.gemm.model.residual" in str(e.value) and "at most 16 rows" in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention: a roofline base per dtype (a CPU runs other attention kernels per dtype)
+# ---------------------------------------------------------------------------------------------
+CPU_DEVICE = {"kind": "cpu", "name": "synthetic-cpu", "peak_flops": {"fp32": 1e11, "bf16": 2e11}, "mem_bandwidth": 5e10, "sm_count": 1}
+DECODE_RATE = {"fp32": 1.1e10, "bf16": 2.2e9}
+"""Effective FLOP/s of the synthetic decode attention per dtype: bf16 at a fifth of fp32's rate
+although its peak is twice fp32's (the CI VM's SDPA, docs/fidelity.md)."""
+
+
+def decode_attention_samples(rng: np.random.Generator, count: int, heads: tuple[tuple[int, int, int], ...]) -> pd.DataFrame:
+    rows = []
+    for _ in range(count):
+        h, kvh, d = heads[int(rng.integers(len(heads)))]
+        b = int(rng.choice([1, 2, 4, 8, 16]))
+        c = float(np.round(2.0 ** rng.uniform(6, 12)))
+        for dt, eb in (("fp32", 4), ("bf16", 2)):
+            kv_tokens = b * (c + 1.0)
+            F = 4.0 * h * d * kv_tokens
+            B = 2.0 * kv_tokens * kvh * d * eb
+            rows.append({"op_class": "attn_decode", "op": "attn_decode", "dtype": dt, "batch": b, "tokens": b, "ctx": kv_tokens,
+                         "heads": h, "kv_heads": kvh, "head_dim": d, "flops": F, "bytes_moved": B,
+                         "time_s": 5e-6 + F / DECODE_RATE[dt], "source": "synthetic"})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_attention_gets_a_base_per_dtype_and_predicts_unseen_head_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    train = decode_attention_samples(np.random.default_rng(0), 40, ((8, 8, 64), (32, 8, 128), (16, 2, 128), (4, 1, 128)))
+    test = decode_attention_samples(np.random.default_rng(1), 30, ((14, 2, 64), (10, 2, 128), (20, 4, 64)))  # never seen
+
+    def errors(prof: Profile) -> dict[str, float]:
+        cm = prof.models["attn_decode"]
+        out = {}
+        for dt in ("fp32", "bf16"):
+            t = test[test.dtype == dt]
+            shape = {k: t[k].values.astype(float) for k in ("tokens", "ctx", "batch", "heads", "kv_heads", "head_dim")}
+            pred = cm.predict_time(t.flops.values, t.bytes_moved.values, shape, dt)
+            out[dt] = float(np.median(np.abs(pred / t.time_s.values - 1)))
+        return out
+
+    prof = fit.fit_profile(train, CPU_DEVICE, name="perdtype", source="test", license="CC0")
+    cm = prof.models["attn_decode"]
+    assert set(cm.base_by_dtype) == {"fp32", "bf16"}
+    err = errors(prof)
+    assert max(err.values()) < 0.03, err
+    # one base for both dtypes cannot describe a kernel that is slower in bf16 than in fp32
+    monkeypatch.setattr(fit, "BASE_PER_DTYPE_CLASSES", ())
+    shared = fit.fit_profile(train, CPU_DEVICE, name="shared", source="test", license="CC0")
+    assert not shared.models["attn_decode"].base_by_dtype
+    err_shared = errors(shared)
+    assert max(err_shared.values()) > 3 * max(err.values()), (err, err_shared)
+    # saved and loaded: the same bases, the same predictions
+    save_profile(prof, tmp_path / "p")
+    back = Profile.load(tmp_path / "p")
+    assert back.models["attn_decode"].base_by_dtype == cm.base_by_dtype
+    assert errors(back) == err
+    text = (tmp_path / "p" / "profile.yaml").read_text()
+    assert "base_by_dtype:" in text
+
+
+def test_a_dtype_with_too_few_samples_keeps_the_shared_base():
+    df = decode_attention_samples(np.random.default_rng(2), 40, ((8, 8, 64), (32, 8, 128)))
+    few_bf16 = df[(df.dtype == "fp32") | (df.index < 2 * (fit.MIN_SAMPLES_PER_DTYPE_BASE - 1))]
+    assert 0 < int((few_bf16.dtype == "bf16").sum()) < fit.MIN_SAMPLES_PER_DTYPE_BASE
+    cm = fit.fit_class(fit.prepare(few_bf16, "attn_decode"), "attn_decode", fit.roof_from_device(CPU_DEVICE))
+    assert cm.base_by_dtype == {}
+
+
+def test_malformed_base_by_dtype_is_a_clear_error(tmp_path: Path):
+    prof = fit.fit_profile(decode_attention_samples(np.random.default_rng(3), 20, ((8, 8, 64),)), CPU_DEVICE,
+                           name="p", source="test", license="CC0")  # fmt: skip
+    save_profile(prof, tmp_path / "p")
+    path = tmp_path / "p" / "profile.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["efficiency"]["attn_decode"]["model"]["base_by_dtype"]["bf16"].pop("sharpness")
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(CalibrationError, match="required key is missing") as e:
+        Profile.load(tmp_path / "p")
+    assert "efficiency.attn_decode.model.base_by_dtype.bf16.sharpness" in str(e.value)
+    doc["efficiency"]["attn_decode"]["model"]["base_by_dtype"] = [1, 2]
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(CalibrationError, match="expected a mapping of dtype") as e:
+        Profile.load(tmp_path / "p")
+    assert str(path) in str(e.value)
+
+
+def test_profiles_fitted_before_per_dtype_bases_predict_as_before():
+    cpu = Profile.load(PROFILES / "ci-vm-cpu", with_samples=False)
+    assert all(not cm.base_by_dtype for cm in cpu.models.values())

@@ -100,14 +100,18 @@ def test_a_profile_without_the_kernel_predicts_it_exactly_as_the_canonical_opera
         ta = prof.predict_time("elementwise", 5.0 * numel, 4.0 * numel, a, "fp16")
         tb = prof.predict_time("elementwise", 5.0 * numel, 4.0 * numel, b, "fp16")
         assert np.array_equal(ta, tb), canon
-    phi = load_model("phi-2")
+    # the shipped Vidur profiles measured phi-2's kernels (its LayerNorm, GELU, three-way add and
+    # partial RoPE) but no ReLU: OPT's activation is predicted exactly as SiLU-and-multiply
     h100 = Profile.load(ROOT / "calibration/profiles/h100-sxm-vidur", with_samples=False)
-    assert "layernorm" not in h100.models["elementwise"].kinds
+    assert {"layernorm", "gelu_new", "add3", "partial_rope"} <= set(h100.models["elementwise"].kinds)
+    assert "relu" not in h100.models["elementwise"].kinds
     from simkit.cost.device import ComputeDevice
     from simkit.cost.roofline import time_ops
 
     dev = ComputeDevice.from_gpu(default_catalog().get("gpu", "h100-sxm"))
-    ops = forward_ops(phi, [1] * 8, [700] * 8, precision=FP16)
+    opt = load_model("opt-6.7b")
+    ops = [o for o in forward_ops(opt, [1] * 8, [700] * 8, precision=FP16) if o.name == "mlp_act"]
+    assert ops and ops[0].kernel.startswith("relu")
     plain = [dataclasses.replace(o, kernel="") for o in ops]
     assert [t.time_s for t in time_ops(ops, dev, h100, "fp16")] == [t.time_s for t in time_ops(plain, dev, h100, "fp16")]
 
@@ -128,11 +132,34 @@ def test_runs_warn_about_kernels_the_profile_has_no_kind_for() -> None:
     h100 = Profile.load(ROOT / "calibration/profiles/h100-sxm-vidur", with_samples=False)
     cpu = Profile.load(ROOT / "calibration/profiles/ci-vm-cpu", with_samples=False)
     assert unmeasured_kernel_warning(h100, load_model("llama-2-70b")) is None
-    w = unmeasured_kernel_warning(h100, load_model("phi-2"))
-    assert w is not None and "add3, gelu_new, layernorm, partial_rope that model phi-2 runs" in w
-    assert "h100-sxm-vidur" in w and "Llama-style" in w
+    assert unmeasured_kernel_warning(h100, load_model("phi-2")) is None  # its kernels are in the Vidur data
     opt = load_model("opt-6.7b")
+    relu = elementwise_kernels(opt)["mlp_act"]
+    w = unmeasured_kernel_warning(h100, opt)
+    assert w is not None and f"kernel(s) {relu} that model opt-6.7b runs" in w
+    assert "h100-sxm-vidur" in w and "Llama-style" in w
     assert cpu.unmeasured_kernels(elementwise_kernels(opt)) == [elementwise_kernels(opt)["mlp_act"]]  # LayerNorm measured
     from simkit.cost.efficiency import DatasheetEfficiency
 
     assert unmeasured_kernel_warning(DatasheetEfficiency(), load_model("phi-2")) is None
+
+
+def test_parallel_block_add_and_partial_rope_bytes() -> None:
+    """The parallel block's residual ``x + attn(x) + mlp(x)`` is two additions per layer (4 reads,
+    2 writes per element), and partial RoPE reads and writes the whole q and k tensors (the
+    pass-through part is copied): both are counted as such, per layer, whatever the model."""
+    llama = load_model("llama-2-7b")
+    par = llama.model_copy(update={"parallel_attn_mlp": True, "positional": "partial_rope"})
+    T, h, L = 64.0, float(llama.hidden_size), llama.num_layers
+    seq = {o.name: o for o in forward_ops(llama, [int(T)], [0], precision=FP16)}
+    pa = {o.name: o for o in forward_ops(par, [int(T)], [0], precision=FP16)}
+    add, add3 = seq["residual_add"], pa["residual_add"]
+    assert add.count == 2 * L and add.act_bytes == 3 * T * h * 2 and add.flops == T * h
+    assert add3.count == L and add3.kernel == "add3"
+    assert add3.act_bytes == 6 * T * h * 2 and add3.flops == 2 * T * h and add3.shape["numel"] == T * h
+    # per layer, the parallel block moves the same bytes as the sequential block's two adds
+    assert add3.count * add3.bytes == add.count * add.bytes
+    rope, prope = seq["rope"], pa["rope"]
+    assert prope.kernel == "partial_rope"
+    assert prope.shape["numel"] == rope.shape["numel"] == T * (llama.q_dim + llama.kv_dim)
+    assert prope.bytes == rope.bytes and prope.count == rope.count == L

@@ -61,3 +61,34 @@ def test_script_refits_without_an_operator_and_refuses_other_json(tmp_path: Path
     bad.write_text(json.dumps({"rows": []}))
     out = subprocess.run([sys.executable, str(script), str(bad), str(CPU)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "not a `simkit validate --json` result" in out.stderr
+
+
+
+def test_script_refits_with_one_attention_base(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--shared-attn-base scores a refit of the profile's own samples with one attention roofline
+    base for every dtype (as before 2026-11-30), next to the profile itself."""
+    import importlib.util
+
+    from simkit.calibrate import fit
+
+    res = tmp_path / "r.json"
+    res.write_text(json.dumps(_result(1.0)))
+    spec = importlib.util.spec_from_file_location("repredict_validation", ROOT / "benchmarks" / "repredict_validation.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main([str(res), str(CPU), "--shared-attn-base"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and "median 0.0%, p90 0.0%" in lines[0]
+    assert fit.BASE_PER_DTYPE_CLASSES == ("attn_prefill", "attn_decode")  # restored
+    prof = load_profile(CPU)
+    keep = fit.BASE_PER_DTYPE_CLASSES
+    fit.BASE_PER_DTYPE_CLASSES = ()
+    try:
+        shared = fit.fit_profile(prof.samples, prof.device, name="s", source="t", license="t")
+    finally:
+        fit.BASE_PER_DTYPE_CLASSES = keep
+    assert all(not cm.base_by_dtype for cm in shared.models.values())
+    r = repredict(_result(1.0), shared)
+    assert lines[1].startswith(f"{CPU} refitted, one attention base for all dtypes: median {100 * r['median_ape']:.1f}%, "
+                               f"p90 {100 * r['p90_ape']:.1f}%")  # fmt: skip

@@ -357,8 +357,8 @@ class SuiteSize:
     several samples of each count, not one per stratum."""
     decode_attn_configs: int = 0
     """Extra decode-attention configurations on a CPU, on top of ``attn_configs`` (whose strata are
-    head shapes): spread over batch 1..16 x short/medium/long context, the batches and contexts a
-    CPU decodes at."""
+    head shapes): spread over batch 1..16 x short/medium/long context x grouped-query (GQA) or
+    not, the batches and contexts a CPU decodes at."""
     wide_gemm_configs: int = 0
     """Extra GEMMs on a CPU with many rows (>= 64) and weights larger than the last-level cache,
     on top of ``gemm_configs``: the time cap keeps the grid's many-row GEMMs to weights that fit
@@ -380,13 +380,13 @@ SIZES = {
     "tiny": SuiteSize("tiny", 10, 0.004, 6, 0.004, 10, 2e5, (1 << 16, 1 << 22), 16, (1 << 12, 1 << 20), (1, 4), 0.03, 3, 5, 5e-4),
     "quick": SuiteSize(
         "quick", 68, 0.06, 28, 0.04, 44, 4e6, (1 << 14, 1 << 18, 1 << 22, 1 << 26), 64,
-        (1 << 12, 1 << 16, 1 << 20, 1 << 22), (1, 4, 16), 0.12, 5, 15, 2e-3, 40, 15, wide_gemm_configs=8,
+        (1 << 12, 1 << 16, 1 << 20, 1 << 22), (1, 4, 16), 0.12, 5, 15, 2e-3, 40, 30, wide_gemm_configs=8,
         row_length_rows=(1, 2, 3, 8),
     ),
     "full": SuiteSize(
         "full", 150, 0.15, 84, 0.12, 120, 3.2e7,
         (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24, 1 << 26, 1 << 28), 256,
-        (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22), (1, 2, 4, 8, 16), 0.3, 5, 25, 3e-3, 80, 30, wide_gemm_configs=12,
+        (1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22), (1, 2, 4, 8, 16), 0.3, 5, 25, 3e-3, 80, 60, wide_gemm_configs=12,
         row_length_rows=(1, 2, 3, 4, 6, 8, 12, 16),
     ),
 }
@@ -768,8 +768,11 @@ class Bench:
         if kind == "attn_decode" and self.device == "cpu" and self.size.decode_attn_configs:
             taken = set(chosen)
             few = [c for c in cands if c[0] <= 16 and c not in taken]
+            # strata: batch x short/medium/long context x grouped (GQA) or not: a CPU's decode
+            # attention costs per query head, whatever the KV heads (docs/fidelity.md), so both
+            # kinds of head shape are sampled at every batch and context band
             extra = _stratified(few, self.size.decode_attn_configs, self.rng,
-                                key=lambda c: (c[0], 0 if c[1] <= 128 else 1 if c[1] <= 512 else 2))  # fmt: skip
+                                key=lambda c: (c[0], 0 if c[1] <= 128 else 1 if c[1] <= 512 else 2, c[2] > c[3]))  # fmt: skip
             # contexts off the power-of-two grid (a real batch's are anywhere): x0.7..1.4
             chosen += [(b, int(c * self.rng.uniform(0.7, 1.4)), h, kvh, d, e) for b, c, h, kvh, d, e in extra]
         torch = self.torch

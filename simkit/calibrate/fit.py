@@ -76,6 +76,13 @@ GBM_PARAMS: dict[str, Any] = {
 """Residual trees' hyper-parameters (chosen by leave-one-model-out error on the Vidur data)."""
 
 MIN_SAMPLES_FOR_TREES = 30
+BASE_PER_DTYPE_CLASSES = ("attn_prefill", "attn_decode")
+"""Classes fitted with a roofline base per dtype (ClassModel.base_by_dtype) when the samples hold
+more than one dtype: a CPU's attention kernels differ by dtype (bf16 decode attention on the CI VM
+runs 1.4-6.7x slower than fp32, median 4.3x, so one efficiency for both left leave-one-head-shape-out
+errors of 20-27% median; docs/fidelity.md)."""
+MIN_SAMPLES_PER_DTYPE_BASE = 12
+"""Fewest samples of every dtype for per-dtype bases (a base has 4 parameters)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,9 +225,16 @@ def fit_class(
     if op_class == "elementwise":
         kinds = tuple(sorted({elementwise_kind(o) for o in shape.get("op", [])}))
     cm = ClassModel(op_class, roof, base, None, kinds)
+    dts = [str(d) for d in df.dtype.values]
+    if op_class in BASE_PER_DTYPE_CLASSES:
+        counts = {d: dts.count(d) for d in sorted(set(dts))}
+        if len(counts) > 1 and min(counts.values()) >= MIN_SAMPLES_PER_DTYPE_BASE:
+            for d in counts:
+                sel = df.dtype.values == d
+                cm.base_by_dtype[d] = fit_base(F[sel], B[sel], T[sel], peak[sel], roof.mem_bandwidth)
     use_trees = (len(df) >= MIN_SAMPLES_FOR_TREES) if trees is None else trees
     if use_trees:
-        y = np.log(T / base.time(F, B, peak, roof.mem_bandwidth))
+        y = np.log(T / cm.base_time(F, B, peak, dts))
         tok = shape.get("tokens")
         with_tok = op_class == "elementwise" and tok is not None and bool(np.all(np.isfinite(tok) & (tok > 0)))
         if with_tok:

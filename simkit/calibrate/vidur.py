@@ -24,10 +24,10 @@ attn_post_proj              o_proj           m=T, k=heads d / tp, n=h
 mlp_up_proj                 mlp_up           m=T, k=h, n=(2 if gated else 1) ffn / tp
 mlp_down_proj               mlp_down         m=T, k=ffn / tp, n=h
 mlp_act                     mlp_act          numel=T ffn / tp
-attn_rope                   rope             numel=T (heads + kv_heads) d / tp (x0.5 partial RoPE)
+attn_rope                   rope             numel=T (heads + kv_heads) d / tp (partial RoPE too)
 input_layernorm             input_norm       numel=T h
 post_attention_layernorm    post_attn_norm   numel=T h
-add                         residual_add     numel=T h
+add                         residual_add     numel=T h (parallel block: 2 additions' bytes)
 emb                         embedding        numel=T h
 ==========================  ===============  =======================================================
 

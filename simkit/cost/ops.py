@@ -182,8 +182,10 @@ def elementwise_kernels(model: ModelSpec) -> dict[str, str]:
     Llama-style one: ``layernorm`` norms (``norm: layernorm``; mean and variance, weight and bias),
     the MLP activation ``gelu``/``gelu_new``/``relu``/``silu`` (non-gated: one input) or
     ``gelu_mul``/``gelu_new_mul``/``relu_mul`` (gated, other than SiLU), ``add3`` (the parallel
-    attention/MLP block adds attention output, MLP output and residual in one step per layer) and
-    ``partial_rope`` (rotary embedding on part of each head). Operators absent here run the
+    attention/MLP block adds attention output, MLP output and residual once per layer: two
+    additions, counted as 4 reads and 2 writes per element) and ``partial_rope`` (rotary embedding
+    on part of each head; it reads and writes the whole q and k tensors, so its size is full
+    RoPE's). Operators absent here run the
     Llama-style kernel (RMSNorm, SiLU-and-multiply, two-input add, full RoPE)."""
     out: dict[str, str] = {}
     if model.norm == "layernorm":
@@ -321,10 +323,10 @@ def token_ops(
         _gemm("qkv_proj", L, T, h, _qkv_out(model, tp, 2), p),
     ]
     if model.positional in ("rope", "partial_rope"):
-        rot = _qkv_out(model, tp, 1)
-        if model.positional == "partial_rope":
-            rot *= 0.5
-        ops.append(_elementwise("rope", L, T * rot, 1.0, 1.0, 3.0, p, tokens=T, kernel=kern.get("rope", "")))
+        # partial RoPE rotates part of each head but the kernel reads and writes the whole q and k
+        # tensors (the pass-through part is copied), so it moves what full RoPE moves; its FLOPs
+        # are counted as full RoPE's too (an upper bound: the op is memory-bound)
+        ops.append(_elementwise("rope", L, T * _qkv_out(model, tp, 1), 1.0, 1.0, 3.0, p, tokens=T, kernel=kern.get("rope", "")))
     ops.append(_gemm("o_proj", L, T, model.q_dim / tp, h, p))
     if not model.parallel_attn_mlp:
         ops.append(
@@ -369,8 +371,12 @@ def token_ops(
                 {"m": tokens_per_expert, "n": up_mult * fe, "k": h, "experts": touched},
             )
         )
-    adds = 1 if model.parallel_attn_mlp else 2
-    ops.append(_elementwise("residual_add", adds * L, T * h, 2.0, 1.0, 1.0, p, tokens=T, kernel=kern.get("residual_add", "")))
+    if model.parallel_attn_mlp:
+        # x + attn(x) + mlp(x): one operator per layer made of two additions (4 reads, 2 writes
+        # and 2 FLOPs per element), which is what the parallel block's residual costs
+        ops.append(_elementwise("residual_add", L, T * h, 4.0, 2.0, 2.0, p, tokens=T, kernel=kern.get("residual_add", "")))
+    else:
+        ops.append(_elementwise("residual_add", 2 * L, T * h, 2.0, 1.0, 1.0, p, tokens=T))
     ops.append(_elementwise("final_norm", 1, T * h, 1.0, 1.0, 5.0, p, extra_bytes=model.norm_params * p.a_bytes, tokens=T,
                             kernel=norm_k))
     R = logits_rows if isinstance(logits_rows, np.ndarray) else float(logits_rows)

@@ -422,14 +422,31 @@ class ClassModel:
     forest_many_rows: Forest | None = None
     """GEMM only (CPU profiles): trees for operators with more than FEW_ROWS rows (``shape["m"]``);
     ``forest`` then serves m <= FEW_ROWS. None: ``forest`` serves every row count."""
+    base_by_dtype: dict[str, RooflineBase] = field(default_factory=dict)
+    """Attention classes: a roofline base per dtype where the samples had enough of each (a CPU
+    runs other attention kernels per dtype: bf16 decode attention at about 1% of the bf16 GEMM
+    peak, fp32 at several times that; docs/calibration.md); other dtypes use ``base``. The
+    residual trees are shared and fitted on ``log(time / base of the sample's dtype)``."""
     fit_error: dict[str, float] = field(default_factory=dict)
     _memo: dict[tuple[Any, ...], float] = field(default_factory=dict, init=False, repr=False)
     _eff_memo: dict[tuple[Any, ...], float] = field(default_factory=dict, init=False, repr=False)
 
     MEMO_MAX = 200_000
 
-    def _raw_time(self, flops: np.ndarray, bytes_: np.ndarray, shape: Mapping[str, Any], peak: np.ndarray) -> np.ndarray:
+    def base_time(self, flops: np.ndarray, bytes_: np.ndarray, peak: np.ndarray, dts: Sequence[str]) -> np.ndarray:
+        """The roofline base's time of each operator (the base of its dtype, if fitted)."""
         t = self.base.time(flops, bytes_, peak, self.roof.mem_bandwidth)
+        if self.base_by_dtype:
+            dt = np.asarray(dts, dtype=object)
+            for name, b in self.base_by_dtype.items():
+                sel = dt == name
+                if sel.any():
+                    t = np.where(sel, b.time(flops, bytes_, peak, self.roof.mem_bandwidth), t)
+        return t
+
+    def _raw_time(self, flops: np.ndarray, bytes_: np.ndarray, shape: Mapping[str, Any], peak: np.ndarray,
+                  dts: Sequence[str]) -> np.ndarray:  # fmt: skip
+        t = self.base_time(flops, bytes_, peak, dts)
         if self.forest is None and self.forest_tokens is None:
             return t
         if self.op_class == "elementwise":
@@ -507,9 +524,10 @@ class ClassModel:
         n = F.shape[0]
         dts = [str(dtype)] * n if isinstance(dtype, str) else [str(d) for d in dtype]
         if not memo:
-            return self._raw_time(F, B, self._subset(shape, np.arange(n), n), self.roof.peaks(dts))
+            return self._raw_time(F, B, self._subset(shape, np.arange(n), n), self.roof.peaks(dts), dts)
         def compute(mi: np.ndarray) -> np.ndarray:
-            return self._raw_time(F[mi], B[mi], self._subset(shape, mi, n), self.roof.peaks([dts[i] for i in mi]))
+            sub = [dts[i] for i in mi]
+            return self._raw_time(F[mi], B[mi], self._subset(shape, mi, n), self.roof.peaks(sub), sub)
 
         return self._memoised(self._memo, self._keys(F, B, shape, dts), compute)
 
@@ -534,7 +552,8 @@ class ClassModel:
         n = F.shape[0]
         dts = [str(dtype)] * n
         def compute(mi: np.ndarray) -> np.ndarray:
-            t = self._raw_time(F[mi], B[mi], self._subset(shape, mi, n), self.roof.peaks([dts[i] for i in mi]))
+            sub = [dts[i] for i in mi]
+            t = self._raw_time(F[mi], B[mi], self._subset(shape, mi, n), self.roof.peaks(sub), sub)
             ideal = self.roof.ideal(F[mi], B[mi], self.roof.peak(dtype))
             busy = np.maximum(t - self.launch_overhead, 1e-15)
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -550,6 +569,8 @@ class ClassModel:
             else "roofline base",
             "base": self.base.to_dict(),
         }
+        if self.base_by_dtype:
+            d["base_by_dtype"] = {k: b.to_dict() for k, b in sorted(self.base_by_dtype.items())}
         if self.forest is not None:
             d["residual"] = {
                 "file": "models.json",
@@ -586,6 +607,27 @@ class ClassModel:
             }
         return d
 
+
+
+def _bases_by_dtype(raw: Any, where: str, key: str) -> dict[str, RooflineBase]:
+    """``model.base_by_dtype`` of a profile class ({dtype: base mapping}; absent: none)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise CalibrationError("expected a mapping of dtype -> {launch_s, compute_efficiency, memory_efficiency, sharpness}",
+                               where=where, key=key)  # fmt: skip
+    out: dict[str, RooflineBase] = {}
+    for dt, d in raw.items():
+        if not isinstance(d, dict):
+            raise CalibrationError("expected a mapping {launch_s, compute_efficiency, memory_efficiency, sharpness}",
+                                   where=where, key=f"{key}.{dt}")  # fmt: skip
+        try:
+            out[str(dt)] = RooflineBase.from_dict(d)
+        except KeyError as e:
+            raise CalibrationError("required key is missing", where=where, key=f"{key}.{dt}.{e.args[0]}") from None
+        except (TypeError, ValueError) as e:
+            raise CalibrationError(f"expected numbers ({e})", where=where, key=f"{key}.{dt}") from None
+    return out
 
 
 @dataclass
@@ -814,6 +856,7 @@ class Profile(EfficiencyModel):
                 raise CalibrationError("required key is missing", where=where, key=f"efficiency.{c}.model.base.{e.args[0]}") from None
             except (TypeError, ValueError) as e:
                 raise CalibrationError(f"expected numbers ({e})", where=where, key=f"efficiency.{c}.model.base") from None
+            by_dtype = _bases_by_dtype(model.get("base_by_dtype"), where, f"efficiency.{c}.model.base_by_dtype")
             res = model.get("residual") or {}
             res_tok = model.get("residual_with_tokens") or {}
             res_many = model.get("residual_many_rows") or {}
@@ -832,6 +875,7 @@ class Profile(EfficiencyModel):
                         key=f"efficiency.{c}.model.{sect}.features",
                     )
             cm = ClassModel(c, roof, base, forests.get(str(res.get("key", c))) if res else None, kinds)
+            cm.base_by_dtype = by_dtype
             if res_tok:
                 cm.forest_tokens = forests.get(str(res_tok.get("key", f"{c}_tokens")))
             if res_many:

@@ -23,6 +23,7 @@ A profile is a folder::
       gemm:
         measured: true
         model: {kind, base: {launch_s, compute_efficiency, memory_efficiency, sharpness},
+                base_by_dtype: {DTYPE: {launch_s, ...}},   # optional (attention classes)
                 residual: {file, key, trees, features, ...}}
         fit_error: {median_ape: 0.03, p90_ape: 0.09, n: 16576}     # fractions, in-sample
         cross_validation: {method: leave-one-model-out, ...}       # optional
