@@ -5,11 +5,16 @@
     .venv/bin/python benchmarks/fuzz.py --case 1234              # replay one case, with its traceback
 
 Each case is built from ``(seed, index)`` alone (so any case can be replayed) by mutating one
-of: a shipped scenario (``workloads/scenarios/*.yaml``: wrong types, 0, -1, 1e30, NaN, inf,
+of the product's inputs (``--kinds inputs``): a shipped scenario (``workloads/scenarios/*.yaml``: wrong types, 0, -1, 1e30, NaN, inf,
 2^63, booleans, unknown enum values, deleted and unknown keys, plus valid alternatives that
 steer runs into other engine paths), a trace file of every format (corrupt, out-of-order,
 missing or extra fields, non-UTF-8 bytes, bare CRs, 10^7-token prompts), a model file, the
-scenario YAML text itself (non-UTF-8 bytes, truncation, alias bombs), or a CLI command line.
+scenario YAML text itself (non-UTF-8 bytes, truncation, alias bombs), or a CLI command line;
+or one of the faces users drive (``--kinds faces``): a what-if study file (validated with
+``--dry-run``, or a tiny study run, its folder corrupted, and run again to resume), a search file
+(a real search of a few 2-request candidates without calibration), an ``offload-plan`` command
+line, or a run, study or search folder corrupted or half-written and given to ``simkit report``.
+``--kinds all`` (the default) mixes both; its inputs cases are those of ``--kinds inputs``.
 Workloads are cut small (``workload.limit``) so a case takes well under a second.
 
 Outcomes:
@@ -536,8 +541,774 @@ def _cli_case(rng: random.Random) -> dict:
     return {"kind": "cli", "argv": argv, "invalid": False, "notes": argv[:3]}
 
 
-def make_case(seed: int, index: int) -> dict:
-    """Case ``index`` of the run seeded ``seed`` (deterministic)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# the product's faces: study files, search files, offload-plan command lines, report folders.
+# A face case is a list of steps run in one work folder: command lines (the CLI in this
+# process), copies of a small finished run, study or search folder, and corruptions of files.
+STUDIES = sorted((ROOT / "workloads" / "studies").glob("*.yaml"))
+SEARCHES = [ROOT / "workloads" / "searches" / f"{n}.yaml" for n in ("capacity-per-dollar", "cheapest-llama7b", "mixed-fleet")]
+"""Shipped searches a search case starts from (fleet-10k screens 12,480 candidates: too slow per case)."""
+QUICKSTART = ROOT / "workloads" / "scenarios" / "quickstart.yaml"
+
+STUDY_KEYS_OK: dict[str, list[Any]] = {
+    "plan.batching.max_num_seqs": [8, 16, 64],
+    "plan.parallel.tp": [1, 2],
+    "plan.kv_cache.preemption": ["recompute", "swap"],
+    "hardware.dram.capacity": ["64 GiB", "1 TiB"],
+    "hardware.bandwidth_scale.host_to_gpu": [0.5, 2.0],
+    "workload.synthetic.arrival.rate": [1, 4.5],
+    "plan.execution.iteration_overhead": ["1 ms", "0 s"],
+    "seed": [0, 3],
+}
+"""Dotted keys (and valid values) an axis may sweep."""
+STUDY_KEYS_BAD = ["plan.batching.max_num_seq", "bogus.key", "plan..tp", "", ".", "hardware.bogus", "variant", "run_id",
+                  "status", "plan", "workload.limit.x", "plan.parallel.tp.x", "x" * 300, "hardware.gpu.bogus"]
+"""Keys an axis, a variant or set: must refuse (unknown, malformed, reserved, a scalar's child)."""
+RANGE_TEXTS = ["5..1", "1..", "..5", "1..2..3", "a..b", "1 ms..5 GB", "0..10", "2..40", "1e30..1e31", "nan..5",
+               "-inf..inf", "1 GiB..0.5 TiB", "1..1", "1 ms..10 ms", "0.5..0.75", "-5..5", "1 bogus..2 bogus", ""]
+RANGE_COUNTS: list[Any] = [2, 3, 0, 1, -1, 1e30, True, "3", 2.5, 10**9, 10**12, float("nan"), None]
+RANGE_STEPS: list[Any] = [1, 0.5, 0, -1, float("nan"), float("inf"), "1 ms", 1e-30, "x", True, 10**9]
+
+
+def _axis_value(rng: random.Random) -> tuple[Any, str]:
+    """Values for one axis key: a list, or a range mapping (valid or not)."""
+    r = rng.random()
+    if r < 0.3:
+        vals = [copy.deepcopy(rng.choice(BAD_VALUES)) for _ in range(rng.choice([1, 2]))]
+        return vals, f"values {repr(vals)[:40]}"
+    if r < 0.4:
+        return [], "empty list"
+    rs: dict[str, Any] = {"range": rng.choice(RANGE_TEXTS)}
+    if rng.random() < 0.6:
+        rs["count"] = rng.choice(RANGE_COUNTS)
+    if rng.random() < 0.4:
+        rs["step"] = rng.choice(RANGE_STEPS)
+    if rng.random() < 0.3:
+        rs["scale"] = rng.choice(["log", "linear", "bogus", 1])
+    if rng.random() < 0.15:
+        rs["integer"] = rng.choice([True, False, "yes"])
+    if rng.random() < 0.05:
+        rs["bogus"] = 1
+    return rs, f"range {json.dumps(rs, default=repr)[:60]}"
+
+
+def _study_source(rng: random.Random) -> dict:
+    if rng.random() < 0.4:
+        data = {"name": "tiny", "base": str(QUICKSTART), "set": {"workload.limit": 2, "calibration": "none"},
+                "axes": {"grid": {"plan.batching.max_num_seqs": [8, 16]}}}
+        if rng.random() < 0.3:
+            data["variants"] = {"a": {}, "b": {"plan.parallel.tp": 2}}
+            data["baseline"] = "a"
+        return data
+    src = rng.choice(STUDIES)
+    data = yaml.safe_load(src.read_text())
+    if isinstance(data.get("base"), str):
+        data["base"] = str((src.parent / data["base"]).resolve())
+    elif isinstance(data.get("base"), dict):
+        _absolute_trace_paths(data["base"], src.parent)
+    data.setdefault("set", {})["workload.limit"] = 2
+    return data
+
+
+class _Marks:
+    """Which mutated keys hold a clearly invalid value: the last mutation of a key, or of a
+    mapping above it, decides."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, bool] = {}
+
+    def mark(self, path: str, bad: bool) -> None:
+        for k in [k for k in self.state if k == path or k.startswith(path + ".")]:
+            del self.state[k]
+        self.state[path] = bool(bad)
+
+    def any(self) -> bool:
+        return any(self.state.values())
+
+
+def _study_group(rng: random.Random, data: dict) -> str:
+    """An axis group to add to (``data['axes']`` made a mapping if a mutation replaced it)."""
+    if not isinstance(data.get("axes"), dict):
+        data["axes"] = {}
+    return rng.choice(["grid", "grid", "zip", "list", "random"])
+
+
+def _mutate_study(rng: random.Random, data: dict, notes: list[str]) -> bool:
+    """1-3 mutations of a study file; returns whether a clearly invalid value remains where
+    validation must refuse it (a dry run that then succeeds is 'accepted')."""
+    marks = _Marks()
+    for _ in range(rng.choice([1, 1, 2, 3])):
+        r = rng.random()
+        paths = [p for p in _paths(data) if not p.startswith("base.")]
+        if r < 0.3 and paths:  # any key: a bad value, deleted, or a typo
+            path = rng.choice(paths)
+            try:
+                old = _get(data, path)
+            except (KeyError, IndexError, TypeError):
+                continue
+            new = DELETE if rng.random() < 0.15 else copy.deepcopy(rng.choice(BAD_VALUES))
+            if isinstance(old, str) and rng.random() < 0.3:
+                new = old + "-bogus"
+            _set(data, path, new)
+            # an axis value or a study count: a number there made invalid must be refused
+            marks.mark(path, _clearly_invalid(old, new) and (path in ("repeat", "axes.random.samples", "axes.random.seed")
+                                                             or path.endswith((".count", ".step"))
+                                                             or _scenario_number(path)))
+            notes.append(f"{path}={'<deleted>' if new is DELETE else repr(new)[:40]}")
+        elif r < 0.55:  # a new axis, valid or not
+            group = _study_group(rng, data)
+            key = rng.choice(sorted(STUDY_KEYS_OK)) if rng.random() < 0.6 else rng.choice(STUDY_KEYS_BAD)
+            if rng.random() < 0.4 and key in STUDY_KEYS_OK:
+                vals: Any = list(STUDY_KEYS_OK[key])
+                note = "valid values"
+            else:
+                vals, note = _axis_value(rng)
+            axes = data["axes"]
+            marks.mark(f"axes.{group}", False)
+            if group == "list":
+                axes["list"] = [{key: v} for v in vals] if isinstance(vals, list) else [{key: vals}]
+                if not isinstance(vals, list) or not vals:
+                    axes["list"] = rng.choice([[], [{}], [{key: vals}], "x"])
+            elif group == "random":
+                axes["random"] = {"samples": rng.choice([1, 3, 0, -1, 10**9, 2.5, "3"]),
+                                  "seed": rng.choice([0, 5, -1, 2**62, 1.5, "x"]), "keys": {key: vals}}
+                note += f", random {axes['random']['samples']!r}/{axes['random']['seed']!r}"
+            else:
+                g = axes.get(group)
+                if not isinstance(g, dict):
+                    axes[group] = g = {}
+                g[key] = vals
+            notes.append(f"axes.{group}.{key}: {note}")
+        elif r < 0.65:  # one key in two places
+            key = rng.choice(sorted(STUDY_KEYS_OK))
+            vals = list(STUDY_KEYS_OK[key])
+            where = rng.sample(["grid", "zip", "variant", "set", "parent"], 2)
+            for w in where:
+                if w == "variant":
+                    data["variants"] = {"v1": {key: vals[0]}, "v2": {key: vals[-1]}}
+                elif w == "set":
+                    s = data.get("set") if isinstance(data.get("set"), dict) else {}
+                    data["set"] = {**s, key: vals[0]}
+                elif w == "parent":
+                    g = data.setdefault("axes", {}).setdefault("grid", {}) if isinstance(data.get("axes"), dict) else {}
+                    if isinstance(g, dict):
+                        g[key.rsplit(".", 1)[0] if "." in key else key] = [{"x": 1}]
+                else:
+                    axes = data.setdefault("axes", {}) if isinstance(data.get("axes"), dict) else {}
+                    if isinstance(axes, dict):
+                        grp = axes.get(w) if isinstance(axes.get(w), dict) else {}
+                        grp[key] = vals
+                        axes[w] = grp
+            notes.append(f"{key} in {' and '.join(where)}")
+            for w in where:
+                marks.mark({"variant": "variants", "set": "set", "parent": "axes"}.get(w, f"axes.{w}"), False)
+        elif r < 0.75:  # huge: refused or bounded quickly, never run
+            which = rng.choice(["grid", "count", "samples", "repeat", "variants"])
+            axes = data.setdefault("axes", {}) if isinstance(data.get("axes"), dict) else {}
+            if which == "grid":
+                axes["grid"] = {k: {"range": "1..1000", "count": 1000} for k in
+                                ("plan.batching.max_num_seqs", "workload.synthetic.arrival.rate", "hardware.bandwidth_scale.hbm")}
+            elif which == "count":
+                axes["grid"] = {"workload.synthetic.arrival.rate": {"range": "1..100", "count": rng.choice([10**7, 10**9, 10**15])}}
+            elif which == "samples":
+                axes["random"] = {"samples": rng.choice([10**7, 10**9, 10**15]), "keys": {"seed": [1, 2]}}
+            elif which == "repeat":
+                data["repeat"] = rng.choice([10**7, 10**12])
+            else:
+                data["variants"] = {f"v{i}": {"plan.batching.max_num_seqs": i + 1} for i in range(2000)}
+                axes["grid"] = {"workload.synthetic.arrival.rate": {"range": "1..1000", "count": 1000}}
+            notes.append(f"huge {which}")
+            marks.mark("axes", False)
+            marks.mark("repeat", False)
+            marks.mark("variants", False)
+        elif r < 0.85:  # variants, baseline, repeat, keep
+            which = rng.choice(["variant", "baseline", "repeat", "keep", "name"])
+            if which == "variant":
+                key = rng.choice([*STUDY_KEYS_BAD, *STUDY_KEYS_OK])
+                val = copy.deepcopy(rng.choice(BAD_VALUES + [1, "x"]))
+                name = rng.choice(["v", "", "x" * 300, "a/b", "..", 5])
+                data["variants"] = {name: {key: val}, **({} if rng.random() < 0.5 else {"w": {}})}
+                notes.append(f"variants.{name!r}.{key}={val!r}"[:80])
+                marks.mark("variants", key in STUDY_KEYS_OK and _clearly_invalid(_scenario_value(key), val))
+            elif which == "baseline":
+                data["baseline"] = rng.choice(["bogus", "", 5, None, ["a"]])
+                notes.append(f"baseline={data['baseline']!r}")
+            elif which == "repeat":
+                data["repeat"] = rng.choice([0, -1, 2, 3, 1.5, "2", True, None])
+                if rng.random() < 0.5:
+                    data.setdefault("set", {})["seed"] = 4 if isinstance(data.get("set"), dict) else None
+                notes.append(f"repeat={data['repeat']!r}")
+                marks.mark("repeat", _clearly_invalid(1, data["repeat"]) or data["repeat"] == 0)
+            elif which == "keep":
+                data["keep"] = rng.choice([{"tables": "yes"}, {"tables": 1}, {"bogus": True}, "all", None])
+                notes.append(f"keep={data['keep']!r}")
+            else:
+                data["name"] = rng.choice(["", "x" * 300, "../escape", "a/b", 5, None, ["x"], "tab\there"])
+                notes.append(f"name={data['name']!r}"[:60])
+        elif r < 0.93:  # base
+            data["base"] = rng.choice([str(ROOT / "workloads/scenarios/nope.yaml"), "nope.yaml", str(ROOT / "README.md"),
+                                       str(ROOT / "workloads"), "", 5, None, [], {"model": "bogus"}, "x" * 300,
+                                       {"hardware": "dgx-h100", "model": "llama-2-7b", "workload": {"trace": {"path": "missing.csv"}}},
+                                       str(ROOT / "workloads/studies/pcie-what-if.yaml")])
+            notes.append(f"base={repr(data['base'])[:50]}")
+            marks.mark("base", False)
+        else:  # set:
+            key = rng.choice([*STUDY_KEYS_BAD, *STUDY_KEYS_OK, "workload.limit", "calibration"])
+            val = copy.deepcopy(rng.choice([*BAD_VALUES, "bogus/profile.yaml"]))
+            s = data.get("set") if isinstance(data.get("set"), dict) else {}
+            data["set"] = {**s, key: val}
+            notes.append(f"set.{key}={repr(val)[:30]}")
+            if not isinstance(s, dict) or not s:
+                marks.mark("set", False)
+            marks.mark(f"set.{key}", _clearly_invalid(_scenario_value(key), val))
+    return marks.any()
+
+
+_SCENARIO_NUMBERS = {"plan.batching.max_num_seqs": 64, "plan.parallel.tp": 1, "hardware.bandwidth_scale.host_to_gpu": 1.0,
+                     "workload.synthetic.arrival.rate": 1.0, "seed": 0, "workload.limit": 2}
+
+
+def _scenario_value(key: str) -> Any:
+    """A valid value of the scenario key ``key`` (None when it is not a numeric key)."""
+    return _SCENARIO_NUMBERS.get(key)
+
+
+def _scenario_number(path: str) -> bool:
+    """``path`` holds a value of one of the numeric scenario keys (an axis value, a set: value)."""
+    return any(f".{k}." in f".{path}." for k in _SCENARIO_NUMBERS) and not path.endswith((".count", ".step", ".range"))
+
+
+def _study_case(rng: random.Random) -> dict:
+    data = _study_source(rng)
+    notes: list[str] = [str(data.get("name"))]
+    resume = rng.random() < 0.25 and data.get("name") == "tiny"
+    invalid = False
+    if not resume:
+        invalid = _mutate_study(rng, data, notes)
+    text = yaml.safe_dump(data, allow_unicode=True).encode()
+    if not resume and rng.random() < 0.06:  # the same key twice in one YAML mapping
+        text += b"axes:\n  grid:\n    seed: [1, 2]\n"
+        notes.append("axes given twice in the YAML text")
+    sets = []
+    if rng.random() < 0.1:
+        sets = ["--set", rng.choice(["workload.limit=0", "noequals", "=3", "workload.limit=1", "bogus.key=1",
+                                     "plan.parallel.tp=[1, 2]", "workload.limit=[&a [1], *a]"])]
+        notes.append(" ".join(sets))
+    steps: list[dict] = []
+    if not resume:
+        steps.append({"argv": ["study", "@DIR@/study.yaml", "--out", "@DIR@/out", "--dry-run", *sets]})
+        return {"kind": "study", "files": {"study.yaml": text}, "steps": steps, "invalid": invalid, "notes": notes}
+    # a tiny real study, a corruption of its folder, then the same study again (it resumes)
+    run = ["study", "@DIR@/study.yaml", "--out", "@DIR@/out", "--jobs", "1", "--no-progress"]
+    steps.append({"argv": run, "codes": [0]})
+    steps += _corruptions(rng, "study", "out", notes)
+    steps.append({"argv": run})
+    if rng.random() < 0.5:
+        steps.append({"argv": ["study", "show", "@DIR@/out", *rng.choice([[], ["--format", "json"], ["--metrics", "bogus,ttft_p90_s"],
+                                                                     ["--format", "csv", "--metrics", ","]])]})
+    if rng.random() < 0.3:
+        steps.append({"argv": ["report", "@DIR@/out", "-o", "@DIR@/report.html"]})
+    return {"kind": "study", "files": {"study.yaml": text}, "steps": steps, "invalid": False, "notes": notes}
+
+
+# ---- search files --------------------------------------------------------------------------
+SEARCH_SPACE_KEYS: dict[str, list[Any]] = {
+    "gpu": [["h100-sxm", "l4"], ["bogus"], "all", [], "h100-sxm", [5], [None]],
+    "layout": [{"max_gpus": 2}, {"max_gpus": 0}, {"max_gpus": 2**62}, {"max_gpus": 10**9, "tp": [1]}, {"tp": []}, "all",
+               {"max_gpus": 2, "bogus": 1}, [1, 2], {"max_gpus": 2.5}, {"max_gpus": 4, "replicas": [0, -1]}],
+    "precision": [["fp16", "fp8"], ["bogus"], "all", [], [["fp16"]]],
+    "offload": [["none"], ["bogus"], "all", ["optimized"]],
+    "fleet": [{"gpus": ["h100-sxm", "l4"], "max_gpus": 2}, {"gpus": "all", "max_gpus": 10**6}, {"gpus": ["l4"], "max_gpus": 2**62},
+              {"gpus": ["l4", "l4"]}, {"gpus": []}, {"gpus": ["l4"], "tp": 0}, {"max_gpus": 2}, "all",
+              {"gpus": ["l4"], "max_gpus": 3, "tp": 2.5}],
+    "plan.batching.max_num_seqs": [[8, 16], {"from": 8, "to": 64, "times": 2}, {"from": 1, "to": 10**9, "step": 1},
+                                   {"from": 1, "to": 1e300, "times": 1.0000001}, {"from": 64, "to": 8, "step": 1},
+                                   {"from": float("nan"), "to": 8}, {"from": 1, "to": float("inf"), "step": 1},
+                                   {"from": 1, "to": 8, "step": 0}, {"from": 1, "to": 8, "times": 1}, {"from": 1, "to": 8, "step": float("nan")},
+                                   {"from": 0, "to": 8, "times": 2}, {"from": 1, "to": 8, "times": float("inf")}, {"from": "1", "to": 8},
+                                   {"from": 1}, {"from": 1, "to": 2, "bogus": 1}, "all", [], [-1], [float("nan")]],
+    "plan.parallel.tp": [[1, 2], "all", [0], {"from": 1, "to": 4, "times": 2}],
+    "plan.batching.policy": ["all", ["bogus"], ["static", "continuous"]],
+    "plan.kv_cache.preemption": ["all", ["swap"]],
+    "plan.prefix_cache.enabled": ["all", [True]],
+    "workload.synthetic.arrival.rate": [[1, 8], {"from": 0.5, "to": 4, "times": 2}, [float("inf")], [0]],
+    "plan.batching.max_num_seq": [[8]],
+    "bogus": [[1]],
+    "plan..tp": [[1]],
+    "hardware.bogus": [[1]],
+    "plan.parallel.tp.x": [[1]],
+    "calibration": [["none"], ["bogus/profile.yaml"]],
+}
+METRIC_NAMES = ["ttft_p90_s", "tpot_p90_s", "usd_per_million_output_tokens", "output_tokens_per_s", "gpus", "cost_per_hour_usd",
+                "max_rate_rps", "bogus", "", "memory.hbm.used_bytes", "per_gpu", "bottleneck", "slo_attainment", "tokens_per_s_per_user"]
+
+
+def _search_source(rng: random.Random) -> dict:
+    base = yaml.safe_load(QUICKSTART.read_text())
+    base["workload"]["limit"] = 2
+    base["calibration"] = "none"
+    if rng.random() < 0.35:
+        return {"name": "tiny", "base": base, "space": {"plan.parallel.tp": [1, 2]},
+                "constraints": {"ttft_p90_s": {"max": 0.5}}, "objective": {"minimize": "usd_per_million_output_tokens"}, "top": 2}
+    src = rng.choice(SEARCHES)
+    data = yaml.safe_load(src.read_text())
+    data["base"] = base  # the shipped searches all start from quickstart: cut small, without calibration
+    return data
+
+
+def _mutate_search(rng: random.Random, data: dict, notes: list[str]) -> bool:
+    marks = _Marks()
+    for _ in range(rng.choice([1, 1, 2, 3])):
+        r = rng.random()
+        paths = [p for p in _paths(data) if not p.startswith("base.")]
+        if r < 0.3 and paths:
+            path = rng.choice(paths)
+            try:
+                old = _get(data, path)
+            except (KeyError, IndexError, TypeError):
+                continue
+            new = DELETE if rng.random() < 0.15 else copy.deepcopy(rng.choice(BAD_VALUES))
+            if isinstance(old, str) and rng.random() < 0.3:
+                new = old + "-bogus"
+            _set(data, path, new)
+            # numbers of the search file itself must be refused: top and capacity rates when not > 0,
+            # constraint bounds when not finite numbers (a negative bound is a valid, if odd, limit;
+            # a boolean is read as 0 or 1)
+            if path == "top" or path.startswith("capacity."):
+                marks.mark(path, _clearly_invalid(old, new))
+            elif path.startswith("constraints.") and _is_number(old) and new is not DELETE:
+                marks.mark(path, isinstance(new, str | list | dict) or (isinstance(new, float) and not math.isfinite(new)))
+            else:
+                marks.mark(path, False)
+            notes.append(f"{path}={'<deleted>' if new is DELETE else repr(new)[:40]}")
+        elif r < 0.6:
+            key = rng.choice(sorted(SEARCH_SPACE_KEYS))
+            val = copy.deepcopy(rng.choice(SEARCH_SPACE_KEYS[key]))
+            if not isinstance(data.get("space"), dict):
+                data["space"] = {}
+            if key in ("gpu", "layout", "fleet") and rng.random() < 0.7:  # keep the space small
+                data["space"] = {k: v for k, v in data["space"].items() if k not in ("gpu", "layout", "fleet", "plan.parallel.tp")}
+            data["space"][key] = val
+            notes.append(f"space.{key}={json.dumps(val, default=repr)[:60]}")
+        elif r < 0.75:
+            m = rng.choice(METRIC_NAMES)
+            c = copy.deepcopy(rng.choice([{"max": 1.0}, {"min": 0.5}, {"max": float("nan")}, {"max": "1"}, {}, {"between": 1},
+                                          5, None, {"max": float("inf")}, {"max": True}, [1]]))
+            if rng.random() < 0.5 or not isinstance(data.get("constraints"), dict):
+                data["constraints"] = {m: c}
+                marks.mark("constraints", False)
+            else:
+                data["constraints"][m] = c
+            notes.append(f"constraints.{m}={c!r}")
+            marks.mark(f"constraints.{m}", isinstance(c, dict) and any(isinstance(v, float) and not math.isfinite(v) for v in c.values()))
+        elif r < 0.85:
+            data["objective"] = copy.deepcopy(rng.choice([
+                {"minimize": rng.choice(METRIC_NAMES)}, {"maximize": rng.choice(METRIC_NAMES)}, {"minimize": ["gpus"]},
+                {"minimize": {"x": 1}}, {"minimize": "gpus", "maximize": "gpus"}, "gpus", None, {"bogus": "gpus"}, {"minimize": 5}]))
+            notes.append(f"objective={data['objective']!r}")
+        elif r < 0.92:
+            which = rng.choice(["pareto", "capacity", "top", "name"])
+            if which == "pareto":
+                data["pareto"] = copy.deepcopy(rng.choice([[["gpus"]], [["bogus", "gpus"]], "x", [["gpus", "gpus"]], [],
+                                                           [["bottleneck", "gpus"]], [[["gpus"], "gpus"]], [[5, 6]]]))
+            elif which == "capacity":
+                data["capacity"] = copy.deepcopy(rng.choice([
+                    {"min_rate": 0.5, "max_rate": 8}, {"min_rate": 0.5, "max_rate": float("inf")}, {"min_rate": 0, "max_rate": 8},
+                    {"min_rate": 1, "max_rate": 8, "tolerance": 1e-300}, {"min_rate": 1, "max_rate": 1e300, "tolerance": 0.5},
+                    {"min_rate": 8, "max_rate": 1}, {"min_rate": 1e-300, "max_rate": 8}, {"max_rate": 8}, "yes",
+                    {"min_rate": 1, "max_rate": 8, "tolerance": float("nan")}]))
+                marks.mark("capacity", isinstance(data["capacity"], dict) and any(
+                    isinstance(v, float) and not math.isfinite(v) for v in data["capacity"].values()))
+            elif which == "top":
+                data["top"] = rng.choice([0, -1, 10**9, "5", 2.5, True, None])
+                marks.mark("top", _clearly_invalid(5, data["top"]) or data["top"] == 0)
+            else:
+                data["name"] = rng.choice(["", "x" * 300, "../escape", "a/b", 5, None, ["x"]])
+            notes.append(f"{which}={data.get(which)!r}"[:80])
+        else:
+            data["base"] = copy.deepcopy(rng.choice([str(ROOT / "workloads/scenarios/nope.yaml"), "nope.yaml", str(ROOT / "README.md"),
+                                                     str(ROOT / "workloads"), "", 5, None, [], {"model": "bogus"}, "x" * 300,
+                                                     str(ROOT / "workloads/scenarios/opt175b-t4-offload.yaml")]))
+            if data["base"] == str(ROOT / "workloads/scenarios/opt175b-t4-offload.yaml"):
+                data["space"] = {"offload": ["optimized"], "calibration": ["none"]}
+            notes.append(f"base={repr(data['base'])[:50]}")
+    return marks.any()
+
+
+def _search_case(rng: random.Random) -> dict:
+    data = _search_source(rng)
+    notes: list[str] = [str(data.get("name") or "search")]
+    resume = rng.random() < 0.2 and data.get("name") == "tiny"
+    invalid = False if resume else _mutate_search(rng, data, notes)
+    text = yaml.safe_dump(data, allow_unicode=True).encode()
+    run = ["search", "@DIR@/search.yaml", "--out", "@DIR@/out", "--no-progress"]
+    if not resume and rng.random() < 0.15:
+        run += rng.choice([["--top", "0"], ["--top", "-1"], ["--top", "x"], ["--jobs", "0"], ["--jobs", "-2"], ["--exhaustive"],
+                           ["--top", "99999999999999999999"], ["--report", "@DIR@"]])
+        notes.append(" ".join(run[5:]))
+    steps: list[dict] = [{"argv": run, "codes": [0, 1, 2]}]  # 1: no plan meets the constraints
+    if resume:
+        steps[0]["codes"] = [0, 1]
+        steps += _corruptions(rng, "search", "out", notes)
+        steps.append({"argv": run, "codes": [0, 1, 2]})
+        if rng.random() < 0.3:
+            steps.append({"argv": ["report", "@DIR@/out", "-o", "@DIR@/report.html"]})
+    return {"kind": "search", "files": {"search.yaml": text}, "steps": steps, "invalid": invalid, "notes": notes}
+
+
+# ---- offload-plan command lines --------------------------------------------------------------
+def _offload_case(rng: random.Random) -> dict:
+    files: dict[str, bytes] = {}
+    scen = rng.choice(["opt175b-t4-offload", "opt175b-t4-offload", "cxl-long-context", "quickstart", "bogus", "@DIR@/scenario.yaml", "@DIR@"])
+    notes = [scen.replace("@DIR@/", "")]
+    invalid = False
+    if scen == "@DIR@/scenario.yaml":
+        data = yaml.safe_load((ROOT / "workloads/scenarios/opt175b-t4-offload.yaml").read_text())
+        data["workload"]["limit"] = 2
+        invalid = _mutate_data(rng, data, notes)
+        files["scenario.yaml"] = yaml.safe_dump(data).encode()
+    argv = ["offload-plan", scen, "--set", "workload.limit=2", "--set", "calibration=none",
+            "--confirm", rng.choice(["0", "1", "1", "2", "-1", "x", "1e3"])]
+    for opt, choices in (("--prompt-len", ["1", "512", "0", "-1", "1e30", "nan", "x", "10000000", str(2**63), "99999999999999999999"]),
+                         ("--gen-len", ["1", "32", "0", "-1", "inf", "x", "10000000", str(2**62)]),
+                         ("--top", ["1", "3", "0", "-5", "x", "1000000"]),
+                         ("--objective", ["throughput", "latency", "bogus", ""]),
+                         ("--json", ["@DIR@/plans.json", "@DIR@", "@DIR@/no/such/dir/p.json", "", "@DIR@/scenario.yaml/x.json"])):
+        if rng.random() < 0.35:
+            argv += [opt, rng.choice(choices)]
+    if rng.random() < 0.3:
+        argv.append("--compress-kv")
+    if rng.random() < 0.4:
+        argv += ["--set", rng.choice([
+            "plan.offload.gpu_batch_size=-1", "hardware=bogus", "model=phi-2", "hardware=cpu-server", "plan.precision.weights=int4",
+            "workload.batch.input_tokens=10000000", "plan.offload.weights={gpu: 2}", "plan.offload=null", "plan.batching.policy=continuous",
+            "hardware.dram.capacity=1 GiB", "hardware.num_gpus=0", "model=mixtral-8x7b", "hardware=dgx-h100", "noequals",
+            "plan.offload.num_gpu_batches=1000000", "workload.batch.num_prompts=1", "hardware.bandwidth_scale.host_to_gpu=1e-9",
+            "plan.offload.kv_spill={after_tokens: 1, tier: disk}", "workload={synthetic: {num_requests: 2}}"])]
+    notes.append(" ".join(argv[7:])[:100])
+    return {"kind": "offload", "files": files, "steps": [{"argv": argv}], "invalid": invalid, "notes": notes}
+
+
+# ---- report folders ----------------------------------------------------------------------------
+CORRUPT_FILES: dict[str, list[str]] = {
+    "run": ["summary.json", "requests.parquet", "iterations.parquet", "links.parquet", "scenario.yaml", "provenance.json"],
+    "study": ["runs.parquet", "study.json", "runs/*/row.json", "runs/*/summary.json", "runs/*/scenario.yaml", "runs", "runs/*"],
+    "search": ["candidates.parquet", "search.json", "pareto.parquet", "best.yaml", "best/summary.json", "runs/*/row.json",
+               "runs/*/scenario.yaml", "runs", "best"],
+}
+CORRUPT_OPS = ["delete", "truncate", "empty", "garbage", "json-kind", "json-key", "dir", "tmp", "swap", "nan"]
+
+
+def _corruptions(rng: random.Random, folder_kind: str, dest: str, notes: list[str]) -> list[dict]:
+    out = []
+    for _ in range(rng.choice([1, 1, 2])):
+        target = rng.choice(CORRUPT_FILES[folder_kind])
+        op = rng.choice(CORRUPT_OPS)
+        step: dict[str, Any] = {"corrupt": f"{dest}/{target}", "op": op}
+        if op == "json-key":
+            step["value"] = copy.deepcopy(rng.choice(BAD_VALUES))
+            step["pick"] = rng.random()
+            if rng.random() < 0.2:
+                step["value"] = "<deleted>"
+        elif op == "json-kind":
+            step["value"] = rng.choice(["[]", "{}", "null", "5", '"x"', "NaN", "{\"a\": Infinity}"])
+        elif op == "swap":
+            step["other"] = f"{dest}/{rng.choice(CORRUPT_FILES[folder_kind])}"
+        out.append(step)
+        notes.append(f"{op} {target}")
+    return out
+
+
+def _report_case(rng: random.Random) -> dict:
+    notes: list[str] = []
+    steps: list[dict] = []
+    r = rng.random()
+    out_opt = rng.choice(["@DIR@/r.html"] * 6 + ["@DIR@", "@DIR@/deep/er/r.html", "@DIR@/f/summary.json/r.html", "@DIR@/r.pdf"])
+    if r < 0.15:
+        folder = rng.choice(["@DIR@/none", "@DIR@/empty", "@DIR@/file.txt", str(ROOT), str(ROOT / "workloads/scenarios/quickstart.yaml"),
+                             "", "x" * 300])
+        notes.append(f"folder {folder.replace('@DIR@/', '')}"[:60])
+        steps.append({"mkdir": "empty"})
+        steps.append({"write": "file.txt", "data": "hello"})
+        steps.append({"argv": ["report", folder, "-o", out_opt]})
+        return {"kind": "report", "files": {}, "steps": steps, "invalid": False, "notes": notes}
+    kind = rng.choice(["run", "run", "study", "search"])
+    steps.append({"copy": kind, "to": "f"})
+    notes.append(f"{kind} folder")
+    if rng.random() < 0.85:
+        steps += _corruptions(rng, kind, "f", notes)
+    dirs = ["@DIR@/f"]
+    if rng.random() < 0.2:
+        other = rng.choice(["run", "study", "search"])
+        steps.append({"copy": other, "to": "g"})
+        dirs.append(rng.choice(["@DIR@/g", "@DIR@/f"]))
+        notes.append(f"with a {other} folder" if dirs[-1].endswith("g") else "the folder twice")
+    steps.append({"argv": ["report", *dirs, "-o", out_opt]})
+    if kind == "study" and rng.random() < 0.4:
+        steps.append({"argv": ["study", "show", "@DIR@/f"]})
+    if kind == "run" and rng.random() < 0.3:  # rerun a half-written run folder's scenario
+        steps.append({"argv": ["run", "@DIR@/f/scenario.yaml", "--out", "@DIR@/f2"]})
+    notes.append(out_opt.replace("@DIR@/", ""))
+    return {"kind": "report", "files": {}, "steps": steps, "invalid": False, "notes": notes}
+
+
+FACE_KINDS = ("study", "search", "offload", "report")
+INPUT_KINDS = ("scenario", "trace", "model", "yaml", "cli")
+KIND_SETS = ("inputs", "faces", "all")
+FACES_SHARE = 0.3
+"""Share of face cases in a run of all kinds."""
+
+
+def _face_case(seed: int, index: int) -> dict:
+    rng = random.Random(f"simkit-fuzz-faces-{seed}-{index}")
+    r = rng.random()
+    if r < 0.4:
+        case = _study_case(rng)
+    elif r < 0.65:
+        case = _search_case(rng)
+    elif r < 0.8:
+        case = _offload_case(rng)
+    else:
+        case = _report_case(rng)
+    case["index"] = index
+    return case
+
+
+# ---- running a face case -----------------------------------------------------------------------
+def _cli(argv: list[str]) -> tuple[int, str]:
+    """Run the CLI in this process: (exit code, what it printed)."""
+    import io
+
+    from simkit.cli import main
+
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            code = main(argv)
+    except SystemExit as e:  # argparse
+        code = e.code if isinstance(e.code, int) else 2
+    return int(code), buf.getvalue()
+
+
+def _base_folder(kind: str, where: Path) -> Path:
+    """A small finished run, study or search folder (made once per process under ``where``)."""
+    dest = where / kind
+    if (dest / ".complete").exists():
+        return dest
+    where.mkdir(parents=True, exist_ok=True)
+    if kind == "run":
+        argv = ["run", str(QUICKSTART), "--out", str(dest), "--set", "workload.limit=4", "--set", "calibration=none"]
+    elif kind == "study":
+        (where / "study.yaml").write_text(yaml.safe_dump(
+            {"name": "tiny", "base": str(QUICKSTART), "set": {"workload.limit": 2, "calibration": "none"},
+             "variants": {"a": {}, "b": {"plan.batching.max_num_seqs": 4}}, "axes": {"grid": {"plan.parallel.tp": [1, 2]}}}))
+        argv = ["study", str(where / "study.yaml"), "--out", str(dest), "--jobs", "1", "--no-progress"]
+    else:
+        base = yaml.safe_load(QUICKSTART.read_text())
+        base["workload"]["limit"] = 2
+        base["calibration"] = "none"
+        (where / "search.yaml").write_text(yaml.safe_dump(
+            {"name": "tiny", "base": base, "space": {"plan.parallel.tp": [1, 2], "plan.batching.max_num_seqs": [8, 16]},
+             "constraints": {"ttft_p90_s": {"max": 0.5}}, "objective": {"minimize": "usd_per_million_output_tokens"}, "top": 2}))
+        argv = ["search", str(where / "search.yaml"), "--out", str(dest), "--no-progress"]
+    code, text = _cli(argv)
+    if code != 0:
+        raise RuntimeError(f"making the {kind} folder failed ({code}): {text[-500:]}")
+    (dest / ".complete").write_text("")
+    return dest
+
+
+def _target(workdir: Path, rel: str) -> Path | None:
+    """``rel`` under ``workdir``; a ``*`` part picks the first match in name order."""
+    node = workdir
+    for part in rel.split("/"):
+        if part == "*":
+            if not node.is_dir():
+                return None
+            kids = sorted(node.iterdir())
+            if not kids:
+                return None
+            node = kids[0]
+        else:
+            node = node / part
+    return node if node.exists() else None
+
+
+def _corrupt(workdir: Path, step: dict) -> str:
+    """Apply one corruption; returns what was done (for the notes)."""
+    import shutil
+
+    p = _target(workdir, step["corrupt"])
+    if p is None:
+        return "nothing to corrupt"
+    op = step["op"]
+    if p.is_dir():
+        if op in ("delete", "empty"):
+            shutil.rmtree(p)
+            if op == "empty":
+                p.mkdir()
+        elif op in ("garbage", "dir", "json-kind"):
+            shutil.rmtree(p)
+            p.write_bytes(b"\x00\xffnot a folder")
+        else:
+            (p / "part.tmp").write_bytes(b"{\"half")
+        return f"{op} folder {p.name}"
+    raw = p.read_bytes()
+    if op == "delete":
+        p.unlink()
+    elif op == "truncate":
+        p.write_bytes(raw[: len(raw) // 2])
+    elif op == "empty":
+        p.write_bytes(b"")
+    elif op == "garbage":
+        p.write_bytes(b"\x00\xff\xfegarbage,{[\n" + raw[:7])
+    elif op == "json-kind":
+        p.write_text(step["value"])
+    elif op == "dir":
+        p.unlink()
+        p.mkdir()
+        (p / "x").write_text("x")
+    elif op == "tmp":
+        p.with_name(p.name + ".tmp").write_bytes(raw[: len(raw) // 3])
+    elif op == "swap":
+        other = _target(workdir, step["other"])
+        if other is not None and other.is_file():
+            p.write_bytes(other.read_bytes())
+    elif op in ("json-key", "nan"):
+        _edit_keys(p, raw, step)
+    return f"{op} {p.name}"
+
+
+def _edit_keys(p: Path, raw: bytes, step: dict) -> None:
+    """Set one top-level key (or column) of a JSON, YAML or Parquet file to a bad value, delete
+    it, or (op nan) set every number to NaN."""
+    if p.suffix == ".parquet":
+        import pandas as pd
+
+        try:
+            df = pd.read_parquet(p)
+        except Exception:  # noqa: BLE001 - already corrupt: leave it
+            return
+        if not len(df.columns):
+            return
+        if step["op"] == "nan":
+            for c in df.columns:
+                if df[c].dtype.kind in "fi":
+                    df[c] = float("nan")
+        else:
+            col = df.columns[int(step["pick"] * len(df.columns))]
+            v = step["value"]
+            if v == "<deleted>":
+                df = df.drop(columns=[col])
+            else:
+                df[col] = [v if isinstance(v, int | float | str | bool) and not (isinstance(v, int) and abs(v) >= 2**63)
+                           else json.dumps(v)] * len(df)
+        with contextlib.suppress(Exception):
+            df.to_parquet(p)
+        return
+    try:
+        data = yaml.safe_load(raw.decode()) if p.suffix in (".yaml", ".yml") else json.loads(raw)
+    except (ValueError, yaml.YAMLError, UnicodeDecodeError):
+        return
+    if not isinstance(data, dict) or not data:
+        return
+    if step["op"] == "nan":
+        data = {k: float("nan") if _is_number(v) else v for k, v in data.items()}
+    else:
+        key = sorted(data)[int(step["pick"] * len(data))]
+        if step["value"] == "<deleted>":
+            del data[key]
+        else:
+            data[key] = step["value"]
+    p.write_text(yaml.safe_dump(data) if p.suffix in (".yaml", ".yml") else json.dumps(data))
+
+
+def _subst(x: str, workdir: Path) -> str:
+    return x.replace("@DIR@", str(workdir))
+
+
+def _named(message: str, workdir: Path, argv: list[str]) -> bool:
+    """A clean error names a file (the case's own, a shipped one, one on the command line), an
+    option, or what it was given (a token of the command line, quoted or not)."""
+    last = [ln for ln in message.strip().splitlines() if ln.strip()][-1:] or [""]
+    line = last[0]
+    given = {t for a in argv[1:] for t in (a, str(Path(a))) if len(t.strip()) > 2}
+    if "" in argv and line.startswith("simkit: error: .:"):  # an empty path is the current folder
+        return True
+    quoted = {f"'{a}'" for a in argv[1:] if a}
+    return any(s in line for s in (str(workdir), str(ROOT), "--", "argument ", *given, *quoted))
+
+
+def run_face_case(case: dict, workdir: Path, out: dict) -> None:
+    """Run a face case's steps in ``workdir``; fills ``out`` (outcome, cause, message)."""
+    import shutil
+
+    for name, raw in (case.get("files") or {}).items():
+        (workdir / name).write_bytes(raw.replace(b"@DIR@", str(workdir).encode()))
+    bases = workdir.parent / f"_bases-{os.getpid()}"
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    codes: list[int] = []
+    unnamed = []
+    try:
+        for step in case["steps"]:
+            if "copy" in step:
+                shutil.copytree(_base_folder(step["copy"], bases), workdir / step["to"], ignore=shutil.ignore_patterns(".complete"))
+            elif "corrupt" in step:
+                _corrupt(workdir, step)
+            elif "mkdir" in step:
+                (workdir / step["mkdir"]).mkdir(exist_ok=True)
+            elif "write" in step:
+                (workdir / step["write"]).write_text(step["data"])
+            else:
+                argv = [_subst(x, workdir) for x in step["argv"]]
+                code, text = _cli(argv)
+                codes.append(code)
+                shown = " ".join(a.replace(str(workdir) + "/", "").replace(str(workdir), ".") for a in argv[:3])
+                if "internal error" in text:  # a study or search run that failed with a bug (recorded, not raised)
+                    out["outcome"] = "traceback"
+                    line = next(ln for ln in text.splitlines() if "internal error" in ln)
+                    out["cause"] = f"internal error in a run of `{shown}`: " + line.split("internal error:", 1)[1].strip()[:80]
+                    out["message"] = text[-300:]
+                    return
+                if code not in step.get("codes", [0, 2]):
+                    out["outcome"] = "traceback"
+                    out["cause"] = f"exit code {code} from `{shown}`"
+                    out["message"] = text[-300:]
+                    return
+                if code == 2:
+                    out["message"] = text.strip()[-300:]
+                    if not _named(text, workdir, argv):
+                        unnamed.append(text.strip()[-200:])
+    finally:
+        os.chdir(cwd)
+    if 2 in codes:
+        out["outcome"] = "clean"
+        out["named"] = not unnamed
+        out["cause"] = "exit 2"
+    elif case.get("invalid"):
+        out["outcome"] = "accepted"
+        out["cause"] = "invalid value accepted: " + ", ".join(case["notes"][1:])[:120]
+    else:
+        out["outcome"] = "ok"
+
+
+def make_case(seed: int, index: int, kinds: str = "all") -> dict:
+    """Case ``index`` of the run seeded ``seed`` (deterministic). ``kinds``: ``inputs`` (scenarios,
+    traces, model files, scenario text, command lines: the case streams of earlier runs,
+    unchanged), ``faces`` (study and search files, offload-plan command lines, report folders),
+    or ``all`` (a face case with probability FACES_SHARE, drawn from its own random stream, else
+    the inputs case of that index)."""
+    if kinds not in KIND_SETS:
+        raise ValueError(f"kinds: expected one of {', '.join(KIND_SETS)}, got {kinds!r}")
+    if kinds == "faces" or (kinds == "all" and random.Random(f"simkit-fuzz-pick-{seed}-{index}").random() < FACES_SHARE):
+        return _face_case(seed, index)
+    return _input_case(seed, index)
+
+
+def _input_case(seed: int, index: int) -> dict:
     rng = random.Random(f"simkit-fuzz-{seed}-{index}")
     r = rng.random()
     if r < 0.55:
@@ -706,6 +1477,9 @@ def run_case(case: dict, workdir: Path, timeout_s: float = 20.0) -> dict:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            if case["kind"] in FACE_KINDS:
+                run_face_case(case, workdir, out)
+                return out
             if case["kind"] == "cli":
                 import contextlib
                 import io
@@ -802,7 +1576,7 @@ def _worker(conn: Any, workdir: str, timeout_s: float) -> None:
         conn.send(res)
 
 
-def run_many(seed: int, indices: list[int], workers: int, timeout_s: float, progress: bool = True) -> list[dict]:
+def run_many(seed: int, indices: list[int], workers: int, timeout_s: float, progress: bool = True, kinds: str = "all") -> list[dict]:
     ctx = mp.get_context("fork")
     results: list[dict] = []
     todo = list(indices)
@@ -822,7 +1596,7 @@ def run_many(seed: int, indices: list[int], workers: int, timeout_s: float, prog
         while todo or any(s["case"] is not None for s in slots):
             for s in slots:
                 if s["case"] is None and todo:
-                    case = make_case(seed, todo.pop(0))
+                    case = make_case(seed, todo.pop(0), kinds)
                     s["case"], s["since"] = case, time.perf_counter()
                     s["conn"].send(case)
             ready = mp.connection.wait([s["conn"] for s in slots if s["case"] is not None], timeout=1.0)
@@ -886,19 +1660,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=20.0, help="seconds per case before it counts as a hang")
+    ap.add_argument("--kinds", choices=KIND_SETS, default="all",
+                    help="inputs: the cases of earlier runs (scenarios, traces, models, scenario text, command lines); "
+                    "faces: study and search files, offload-plan, report folders; all: both (default)")
     ap.add_argument("--case", type=int, help="run this one case here and print everything about it")
     ap.add_argument("--json", help="write the report (and every non-clean outcome) here")
     ap.add_argument("--unnamed", type=int, default=0, help="also print this many clean errors that name nothing")
     a = ap.parse_args(argv)
     if a.case is not None:
-        case = make_case(a.seed, a.case)
+        case = make_case(a.seed, a.case, a.kinds)
         print(json.dumps({k: v for k, v in case.items() if k != "files"}, indent=1, default=repr)[:4000])
         with tempfile.TemporaryDirectory() as tmp:
             res = run_case(case, Path(tmp), a.timeout)
         print(json.dumps(res, indent=1)[:6000])
         return 0
     t0 = time.perf_counter()
-    results = run_many(a.seed, list(range(a.start, a.start + a.cases)), a.workers, a.timeout)
+    results = run_many(a.seed, list(range(a.start, a.start + a.cases)), a.workers, a.timeout, kinds=a.kinds)
     rep = report(results)
     rep["wall_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps({k: v for k, v in rep.items() if k != "causes"}, indent=1))

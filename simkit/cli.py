@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     se = sub.add_parser("search", help="find the best deployment plan over a space of scenarios (docs/search.md)")
     se.add_argument("spec", help="search YAML: base, space, constraints, objective")
     se.add_argument("--out", help="output folder (default reports/search-<name>); rerunning resumes")
-    se.add_argument("--top", type=int, help="rank this many plans (overrides the file's top)")
+    se.add_argument("--top", type=_count(1), help="rank this many plans (overrides the file's top)")
     se.add_argument("--exhaustive", action="store_true", help="simulate every candidate that passes screening (no pruning)")
     se.add_argument("--jobs", type=int, default=1, help="simulate this many candidates at once in worker processes")
     se.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")

@@ -580,7 +580,12 @@ def load_scenario(path: str | Path, overrides: list[str] | dict[str, Any] | None
     path = find_scenario(path)
     data = load_scenario_data(path)
     if overrides:
-        data = apply_overrides(data, overrides)
+        try:
+            data = apply_overrides(data, overrides)
+        except ScenarioError as e:
+            if e.where is None:  # an override that the file's own content blocks: name the file
+                raise ScenarioError(e.message, where=str(path), key=e.key) from None
+            raise
     return scenario_from_dict(data, where=str(path))
 
 

@@ -1,8 +1,9 @@
 """A small-budget run of the fuzz harness (benchmarks/fuzz.py; docs/fuzzing.md has the long run).
 
 Hypothesis draws case indices; each case mutates a shipped scenario, a trace, a model file, the
-scenario text or a command line and must end in a clean error or in a result that holds the
-invariants, within the time budget."""
+scenario text or a command line (``inputs``), or a study file, a search file, an offload-plan
+command line or a run/study/search folder given to ``simkit report`` (``faces``), and must end in
+a clean error or in a result that holds the invariants, within the time budget."""
 
 import importlib.util
 import tempfile
@@ -21,9 +22,14 @@ _spec.loader.exec_module(fuzz)
 BUDGET_S = 20.0
 
 
-def _check(case: dict) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        res = fuzz.run_case(case, Path(tmp), BUDGET_S)
+def _check(case: dict, parent: Path | None = None) -> dict:
+    """Run ``case``; face cases run under ``parent`` so that the run, study and search folders a
+    report case copies are made once per session."""
+    if parent is not None:
+        res = fuzz.run_case(case, parent / str(case["index"]), BUDGET_S)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            res = fuzz.run_case(case, Path(tmp), BUDGET_S)
     detail = f"case {case['index']} ({', '.join(case['notes'])}): {res.get('cause')} {res.get('message', '')}"
     assert res["outcome"] in ("clean", "ok"), detail + "\n" + res.get("traceback", "")
     if res["outcome"] == "clean":
@@ -35,18 +41,46 @@ def _check(case: dict) -> dict:
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(st.integers(0, 10**9))
 def test_fuzzed_inputs_give_clean_errors_or_sound_results(index):
-    _check(fuzz.make_case(1, index))
+    _check(fuzz.make_case(1, index, "inputs"))
 
 
-def test_cases_are_reproducible():
-    a, b = fuzz.make_case(3, 77), fuzz.make_case(3, 77)
-    assert a == b or repr(a) == repr(b)  # NaN != NaN, so compare the text when floats are not equal
+@pytest.fixture(scope="module")
+def faces_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("faces")
 
 
-@pytest.mark.parametrize("kind", ["scenario", "trace", "model", "yaml", "cli"])
-def test_every_kind_of_case_runs(kind):
-    index = next(i for i in range(10_000) if fuzz.make_case(0, i)["kind"] == kind)
-    _check(fuzz.make_case(0, index))
+@pytest.mark.slow
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(st.integers(0, 10**9))
+def test_fuzzed_faces_give_clean_errors_or_sound_results(faces_dir, index):
+    """Study and search files, offload-plan command lines and report folders (the --kinds faces cases)."""
+    _check(fuzz.make_case(1, index, "faces"), faces_dir)
+
+
+@pytest.mark.parametrize("kinds", fuzz.KIND_SETS)
+def test_cases_are_reproducible(kinds):
+    for index in (77, 78, 79):
+        a, b = fuzz.make_case(3, index, kinds), fuzz.make_case(3, index, kinds)
+        assert a == b or repr(a) == repr(b)  # NaN != NaN, so compare the text when floats are not equal
+
+
+def test_all_kinds_keep_the_inputs_cases_of_earlier_runs():
+    """--kinds all draws face cases from their own stream: every other index is the inputs case
+    earlier runs (and docs/fuzzing.md's replays) had."""
+    kinds = []
+    for index in range(200):
+        case = fuzz.make_case(5, index, "all")
+        kinds.append(case["kind"] in fuzz.FACE_KINDS)
+        if not kinds[-1]:
+            assert repr(case) == repr(fuzz.make_case(5, index, "inputs"))
+    assert 0.15 < sum(kinds) / len(kinds) < 0.45
+
+
+@pytest.mark.parametrize("kind", [*fuzz.INPUT_KINDS, *fuzz.FACE_KINDS])
+def test_every_kind_of_case_runs(kind, faces_dir):
+    kinds = "faces" if kind in fuzz.FACE_KINDS else "inputs"
+    index = next(i for i in range(10_000) if fuzz.make_case(0, i, kinds)["kind"] == kind)
+    _check(fuzz.make_case(0, index, kinds), faces_dir if kinds == "faces" else None)
 
 
 def test_invariant_checker_catches_a_broken_result(scenario):

@@ -56,6 +56,15 @@ def test_negative_seed_is_refused_at_load_even_without_random_choices():
     assert e.value.key == "seed"
 
 
+def test_override_blocked_by_the_file_names_the_file(tmp_path, capsys):
+    """--set workload.limit=2 on a scenario whose workload is a number: the error names the file
+    (fuzzer, seed 5 case 806, faces kinds)."""
+    p = tmp_path / "s.yaml"
+    p.write_text("name: x\nhardware: dgx-h100\nmodel: llama-2-7b\nworkload: 3.5\n")
+    err = _err(["run", str(p), "--set", "workload.limit=2", "--out", str(tmp_path / "o")], capsys)
+    assert err.strip() == f"simkit: error: {p}: workload.limit: cannot set 'workload.limit': workload is a float, not a mapping"
+
+
 def test_integer_accepted_for_a_float_key():
     sc = scenario_from_dict(apply_overrides(make_scenario(), {"plan.kv_cache.gpu_memory_utilization": 1}))
     assert sc.plan.kv_cache.gpu_memory_utilization == 1.0
@@ -315,3 +324,14 @@ def test_absurd_token_counts_in_a_trace_are_bad_lines(tmp_path, count):
     with pytest.raises(TraceError, match="line 2"):
         read_trace(p)
     assert read_trace(p, on_bad_line="skip").input_tokens.tolist() == [375]
+
+
+def test_a_key_given_twice_in_a_scenario_is_an_error(tmp_path):
+    """Plain YAML keeps the last of two equal keys silently; simkit's loader refuses them (found by
+    benchmarks/fuzz.py in a study file). Keys merged from an anchor (<<) may still be overridden."""
+    p = tmp_path / "s.yaml"
+    p.write_text("name: a\nmodel: llama-2-7b\nmodel: opt-6.7b\n")
+    with pytest.raises(SimkitError, match="line 3, column 1: duplicate key 'model'"):
+        load_yaml(p)
+    p.write_text("x: &d {a: 1, b: 2}\ny:\n  <<: *d\n  b: 3\n")
+    assert load_yaml(p) == {"x": {"a": 1, "b": 2}, "y": {"a": 1, "b": 3}}

@@ -485,3 +485,19 @@ def test_offload_plan_cli_searches_a_compressed_kv_cache_on_request(tmp_path, ca
     assert any(line.split()[5] == "True" for line in rows)
     # a compressed cache is attended on the GPU
     assert not any(line.split()[3] == "True" and line.split()[5] == "True" for line in rows)
+
+
+@pytest.mark.parametrize("flag", ["--prompt-len", "--gen-len"])
+def test_offload_plan_refuses_lengths_beyond_the_context(tmp_path, capsys, flag):
+    """Found by benchmarks/fuzz.py: --prompt-len 10^20 tried to tabulate the cost of 10^21 tokens
+    (numpy: Maximum allowed size exceeded). Lengths past the model's context (which the engine
+    would reject) are refused, naming the file and what exceeds what."""
+    import yaml
+
+    from simkit.cli import main
+
+    path = tmp_path / "sc.yaml"
+    path.write_text(yaml.safe_dump(_sc({"weights": {"gpu": 0.0, "cpu": 1.0}})))
+    assert main(["offload-plan", str(path), flag, "99999999999999999999", "--confirm", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err and "context" in err, err

@@ -322,3 +322,94 @@ def test_reports_of_folders_made_by_simkit_study_and_search(tmp_path, capsys):
     assert f"report           {tmp_path / 'study.html'}" in out and f"report           {tmp_path / 'search.html'}" in out
     for d in (study, search):
         assert main(["report", str(d), "-o", str(tmp_path / "again.html")]) == 0
+
+
+def test_run_folder_with_a_scenario_yaml_that_is_not_utf8(folders, tmp_path):
+    """Found by benchmarks/fuzz.py: a scenario.yaml that is not UTF-8 raised UnicodeDecodeError.
+    The page is drawn; its scenario section says what is wrong with the file."""
+    import shutil
+
+    d = tmp_path / "r"
+    shutil.copytree(folders["run"], d)
+    (d / "scenario.yaml").write_bytes(b"\x00\xff\xfegarbage,{[\n")
+    html = build_report([d])
+    check_single_file(html)
+    assert "not UTF-8 text" in html
+
+
+@pytest.mark.parametrize("key, value", [("pp", float("nan")), ("replicas", "2"), ("gpus", -1), ("makespan_s", "x"),
+                                        ("resources", [1]), ("ttft_p90_s", [])])
+def test_run_summary_with_values_simkit_does_not_write(folders, tmp_path, capsys, key, value):
+    """Found by benchmarks/fuzz.py: summary.json with pp NaN raised ValueError (int of NaN) while
+    drawing the topology; such values are refused on load, naming the key."""
+    import shutil
+
+    d = tmp_path / "r"
+    shutil.copytree(folders["run"], d)
+    s = json.loads((d / "summary.json").read_text())
+    s[key] = value
+    (d / "summary.json").write_text(json.dumps(s))
+    assert main(["report", str(d), "-o", str(tmp_path / "o.html")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"summary.json: {key}: expected" in err, err
+
+
+def test_search_folder_with_a_best_yaml_that_is_not_utf8(folders, tmp_path):
+    """Found by benchmarks/fuzz.py: best.yaml that is not UTF-8 raised UnicodeDecodeError."""
+    import shutil
+
+    d = tmp_path / "s"
+    shutil.copytree(folders["search"], d)
+    if (d / "best" / "scenario.yaml").exists():
+        (d / "best" / "scenario.yaml").unlink()
+    (d / "best.yaml").write_bytes(b"\xff\xfe not UTF-8")
+    html = build_report([d])
+    check_single_file(html)
+    assert "not UTF-8 text" in html
+
+
+@pytest.mark.parametrize("table, column", [("iterations", "replica"), ("iterations", "start_s"), ("links", "end_s"),
+                                           ("requests", "replica")])
+def test_run_tables_with_values_simkit_does_not_write(folders, tmp_path, capsys, table, column):
+    """Found by benchmarks/fuzz.py: iterations.parquet with NaN replicas raised ValueError (int of
+    NaN) while binning; such tables are refused on load, naming the file and the column."""
+    import shutil
+
+    import pandas as pd
+
+    d = tmp_path / "r"
+    shutil.copytree(folders["offload"], d)
+    df = pd.read_parquet(d / f"{table}.parquet")
+    df[column] = float("nan")
+    df.to_parquet(d / f"{table}.parquet")
+    assert main(["report", str(d), "-o", str(tmp_path / "o.html")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{table}.parquet: column {column}" in err, err
+
+
+def test_run_provenance_that_simkit_did_not_write(folders, tmp_path, capsys):
+    """Found by benchmarks/fuzz.py: summary.json copied over provenance.json (calibration: "none")
+    raised ValueError in dict(); the key is named instead."""
+    import shutil
+
+    d = tmp_path / "r"
+    shutil.copytree(folders["run"], d)
+    shutil.copy(d / "summary.json", d / "provenance.json")
+    assert main(["report", str(d), "-o", str(tmp_path / "o.html")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "provenance.json: calibration: expected a mapping" in err, err
+
+
+@pytest.mark.parametrize("key", ["pareto_axes", "space", "pareto", "rejected_by_reason"])
+def test_search_json_that_simkit_did_not_write(folders, tmp_path, capsys, key):
+    """Found by benchmarks/fuzz.py: search.json with pareto_axes: 5 raised TypeError (not iterable)."""
+    import shutil
+
+    d = tmp_path / "s"
+    shutil.copytree(folders["search"], d)
+    meta = json.loads((d / "search.json").read_text())
+    meta[key] = 5
+    (d / "search.json").write_text(json.dumps(meta))
+    assert main(["report", str(d), "-o", str(tmp_path / "o.html")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"search.json: {key}: expected" in err, err

@@ -549,6 +549,69 @@ def test_bounds_hold_under_what_if_scales(tmp_path: Path) -> None:
     assert bb.best.row["output_tokens_per_s_per_gpu"] > min(c.row["output_tokens_per_s_per_gpu"] for c in ex.cands if c.simulated)
 
 
+def test_huge_or_non_finite_spaces_are_refused_before_any_candidate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by benchmarks/fuzz.py: a range of 10^9 values ran out of memory building the list, a NaN
+    or infinite end crashed in math.floor, a fleet or layout of 10^6+ GPUs never finished
+    enumerating, and a space of 10^15 candidates was screened one by one. Each is now one error
+    naming the key, raised before anything is enumerated."""
+    import time
+
+    ok = {"base": BASE, "space": {"plan.parallel.tp": [1]}, "objective": {"minimize": "ttft_p90_s"}}
+    t0 = time.perf_counter()
+    e = _err(tmp_path, capsys, {**ok, "space": {"plan.batching.max_num_seqs": {"from": 1, "to": 10**9, "step": 1}}})
+    assert "space.plan.batching.max_num_seqs" in e and "more than 100000 values" in e
+    e = _err(tmp_path, capsys, {**ok, "space": {"plan.batching.max_num_seqs": {"from": 1, "to": 1e300, "times": 1.0000001}}})
+    assert "more than 100000 values" in e
+    for bad in (float("nan"), float("inf")):
+        e = _err(tmp_path, capsys, {**ok, "space": {"plan.batching.max_num_seqs": {"from": 1, "to": bad, "step": 1}}})
+        assert "range to: expected a finite number" in e
+    e = _err(tmp_path, capsys, {**ok, "space": {"fleet": {"gpus": "all", "max_gpus": 10**6}}})
+    assert "space.fleet" in e and "mixes" in e
+    e = _err(tmp_path, capsys, {**ok, "space": {"layout": {"max_gpus": 2**62}}})
+    assert "space.layout.max_gpus" in e
+    big = {f"plan.batching.{k}": {"from": 1, "to": 99999, "step": 1} for k in ("max_num_seqs", "max_num_batched_tokens")}
+    e = _err(tmp_path, capsys, {**ok, "space": big})
+    assert "space" in e and "candidates" in e and "more than 1000000" in e
+    assert time.perf_counter() - t0 < 20
+
+
+def test_capacity_rates_must_be_finite_and_bisection_bounded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by benchmarks/fuzz.py: max_rate .inf was accepted, and a tolerance of 1e-300 made the
+    bisection loop for ever once the interval was below a float's resolution."""
+    ok = {"base": BASE, "space": {"plan.parallel.tp": [1]}, "objective": {"minimize": "ttft_p90_s"}}
+    e = _err(tmp_path, capsys, {**ok, "capacity": {"min_rate": 1, "max_rate": float("inf")}})
+    assert "capacity.max_rate" in e and "finite" in e
+    e = _err(tmp_path, capsys, {**ok, "capacity": {"min_rate": 1, "max_rate": 8, "tolerance": 1e-300}})
+    assert "capacity.tolerance" in e
+    e = _err(tmp_path, capsys, {**ok, "capacity": {"min_rate": 1e-300, "max_rate": 1e300, "tolerance": 0.5}})
+    assert "capacity" in e and "simulations per plan" in e
+
+
+@pytest.mark.parametrize("metric", [["gpus"], {"x": 1}, 5, None])
+def test_metric_that_is_not_a_name_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], metric: Any) -> None:
+    """Found by benchmarks/fuzz.py: {minimize: [gpus]} raised TypeError (unhashable), {maximize: -1e30} a TypeError in difflib."""
+    ok = {"base": BASE, "space": {"plan.parallel.tp": [1]}}
+    e = _err(tmp_path, capsys, {**ok, "objective": {"minimize": metric}})
+    assert "objective" in e and "expected a metric name" in e
+
+
+def test_cli_top_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by benchmarks/fuzz.py: --top -1 indexed an empty ranking (IndexError)."""
+    sp = tmp_path / "s.yaml"
+    sp.write_text(yaml.safe_dump({"base": BASE, "space": {"plan.parallel.tp": [1]}, "objective": {"minimize": "ttft_p90_s"}}))
+    for bad in ("-1", "0"):
+        with pytest.raises(SystemExit) as e:
+            main(["search", str(sp), "--out", str(tmp_path / "o"), "--top", bad])
+        assert e.value.code == 2
+        assert "--top" in capsys.readouterr().err
+
+
+def test_precision_that_is_not_a_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by benchmarks/fuzz.py: precision: [[fp16]] raised TypeError (unhashable list)."""
+    e = _err(tmp_path, capsys, {"base": BASE, "space": {"precision": [["fp16"]]}, "objective": {"minimize": "ttft_p90_s"}})
+    assert "space.precision" in e and "unknown precision" in e
+
+
 def test_vllm_hint_without_a_hub_repository_says_so() -> None:
     from simkit.scenario import load_scenario
     from simkit.search.hints import vllm_hint

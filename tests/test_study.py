@@ -720,3 +720,78 @@ def test_bandwidth_scale_applies_to_measured_rates():
     # the drive, not its link, is the modelled bottleneck of this node's SSD path: a faster link alone changes nothing
     link = link_rates(resolve_node({"preset": "gcp-t4-vm", "bandwidth_scale": {"nvme": 3.0}}), 1)
     assert link["nvme_read"] == base["nvme_read"]
+
+
+@pytest.mark.parametrize("axes, key", [
+    ({"grid": {"workload.synthetic.arrival.rate": {"range": "1..100", "count": 10**9}}}, "axes.grid.workload.synthetic.arrival.rate"),
+    ({"random": {"samples": 10**9, "keys": {"seed": [1, 2]}}}, "axes.random.samples"),
+])
+def test_huge_axes_are_refused_before_they_are_expanded(tmp_path, capsys, axes, key):
+    """Found by benchmarks/fuzz.py: count: 10^9 built a billion points (MemoryError) and samples:
+    10^9 drew them one by one (a hang) before the study's run limit was checked."""
+    path = write_study(tmp_path, {"base": tiny_base(), "axes": axes})
+    t0 = time.perf_counter()
+    with pytest.raises(StudyError, match="1000000") as e:
+        load_study(path).tasks()
+    assert e.value.key == key
+    assert main(["study", str(path), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert key in err and "Traceback" not in err
+    assert time.perf_counter() - t0 < 10
+
+
+@pytest.mark.parametrize("name, data", [
+    ("study.json", b"[]"),
+    ("study.json", b"\x00\xff not UTF-8"),
+    ("study.json", b'{"axes": "x"}'),
+    ("study.json", b'{"axes": [], "repeat": "2"}'),
+    ("runs.parquet", b"\x00\xffgarbage"),
+])
+def test_show_on_a_corrupted_study_folder_is_one_line(finished_study, capsys, name, data):
+    """Found by benchmarks/fuzz.py: study.json holding a list raised AttributeError, one that is not
+    UTF-8 UnicodeDecodeError, and a corrupt runs.parquet a pyarrow error, all with a traceback."""
+    (finished_study / name).write_bytes(data)
+    assert main(["study", "show", str(finished_study)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and str(finished_study / name) in err, err
+
+
+def test_a_key_given_twice_in_the_yaml_text_is_an_error(tmp_path, capsys):
+    """Found by benchmarks/fuzz.py: a second ``axes:`` mapping silently replaced the first (plain
+    YAML keeps the last value of a repeated key), so the study swept other keys than written."""
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"base": tiny_base()}) + "axes:\n  grid: {seed: [1, 2]}\naxes:\n  grid: {plan.parallel.tp: [1, 2]}\n")
+    with pytest.raises(StudyError, match="line [0-9]+, column 1: duplicate key 'axes'"):
+        load_study(path)
+    assert main(["study", str(path), "--dry-run", "--out", str(tmp_path / "out")]) == 2
+    assert "duplicate key 'axes'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("axes", [{"grid": {"seed": [1, 2]}}, {"zip": {"seed": [1, 2]}}, {"random": {"samples": 2, "keys": {"seed": [1, 2]}}},
+                                  {"grid": {"plan.batching": [{"max_num_seqs": 8}]}}])
+def test_set_value_that_every_run_replaces_is_an_error(tmp_path, axes):
+    """Found by benchmarks/fuzz.py: set: (or --set) of a key an axis also sweeps was accepted, and
+    silently replaced in every run. A list axis, or a variant, may leave it in effect: allowed."""
+    key = "plan.batching.max_num_seqs" if "plan.batching" in axes.get("grid", {}) else "seed"
+    path = write_study(tmp_path, {"base": tiny_base(), "set": {key: 3}, "axes": axes})
+    with pytest.raises(StudyError, match="would never take effect") as e:
+        load_study(path).tasks()
+    assert e.value.key == f"set.{key}"
+    with pytest.raises(StudyError, match="would never take effect"):
+        load_study(write_study(tmp_path, {"base": tiny_base(), "axes": axes}, "b.yaml"), [f"{key}=3"]).tasks()
+    ok = write_study(tmp_path, {"base": tiny_base(), "set": {"seed": 3, "plan.parallel.tp": 1},
+                                "axes": {"list": [{"seed": 1}, {"plan.batching.max_num_seqs": 8}]},
+                                "variants": {"a": {}, "b": {"plan.parallel.tp": 2}}}, "c.yaml")
+    tasks = load_study(ok).tasks()
+    assert [(t.scenario["seed"], t.scenario["plan"]["parallel"]["tp"]) for t in tasks] == [(1, 1), (1, 2), (3, 1), (3, 2)]
+
+
+@pytest.mark.parametrize("key, value", [("repeat", True), ("repeat", "2"), ("repeat", 2.0), ("keep", {"tables": "yes"}),
+                                        ("axes", {"random": {"samples": True, "keys": {"seed": [1, 2]}}})])
+def test_study_keys_are_checked_strictly(tmp_path, key, value):
+    """Found by benchmarks/fuzz.py: repeat: true ran every point once (true read as 1); study keys
+    are now checked as strictly as scenario keys (no booleans or strings for numbers)."""
+    study = {"base": tiny_base(), "axes": {"grid": {"plan.parallel.tp": [1, 2]}}}
+    study[key] = value
+    with pytest.raises(StudyError):
+        load_study(write_study(tmp_path, study))

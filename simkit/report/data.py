@@ -43,6 +43,12 @@ def read_json(path: Path) -> Any:
         raise ReportError(f"not valid JSON: {e}", where=str(path)) from None
 
 
+def read_text(path: Path) -> str:
+    """A text file shown on a page, even when it is not UTF-8 (undecodable bytes shown as U+FFFD;
+    whoever parses the file says what is wrong with it)."""
+    return path.read_bytes().decode("utf-8", errors="replace")
+
+
 def read_parquet(path: Path, required: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
     import pandas as pd
 
@@ -80,22 +86,70 @@ class Run:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
+SUMMARY_COUNTS = ("requests_total", "requests_completed", "requests_rejected", "gpus", "tp", "pp", "replicas", "preemptions",
+                  "kv_blocks_per_replica", "kv_blocks_total", "input_tokens", "output_tokens")
+"""summary.json keys a report reads as whole numbers >= 0."""
+SUMMARY_KINDS = {"resources": dict, "memory": dict, "link_busy_s": dict, "link_bytes": dict, "offload_compute_s": dict, "per_gpu": list}
+"""summary.json keys a report reads as mappings or lists."""
+
+
+def check_summary(summary: dict[str, Any], where: str) -> None:
+    """Refuse a summary.json whose values a report reads are not of the kind simkit writes
+    (a count that is not a whole number, a time or rate that is not a number >= 0, a mapping
+    that is not one), naming the key, instead of failing while drawing."""
+    for k, v in summary.items():
+        if v is None:
+            continue
+        if k in SUMMARY_COUNTS:
+            ok = isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            expected = "a whole number >= 0"
+        elif k in SUMMARY_KINDS:
+            ok = isinstance(v, SUMMARY_KINDS[k])
+            expected = "a mapping" if SUMMARY_KINDS[k] is dict else "a list"
+        elif k.endswith(("_s", "_per_s")) or k.startswith("kv_utilization"):
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and not v < 0
+            expected = "a number >= 0 (or NaN)"
+        else:
+            continue
+        if not ok:
+            raise ReportError(f"expected {expected}, got {v!r} (not a summary simkit wrote)", where=where, key=k)
+
+
+def check_table(df: Any, path: Path, ints: tuple[str, ...], finite: tuple[str, ...], replicas: bool = False) -> Any:
+    """Refuse a table whose columns are not of the kind simkit writes (counts as integers, times
+    finite, replica indices >= 0 where every row belongs to a replica), naming the column."""
+    for c in ints:
+        if df[c].dtype.kind not in "iu":
+            raise ReportError(f"column {c} holds {df[c].dtype} values; simkit writes integers", where=str(path))
+    for c in finite:
+        if df[c].dtype.kind not in "iuf" or not np.isfinite(df[c].to_numpy(dtype=float)).all():
+            raise ReportError(f"column {c} holds values that are not finite numbers", where=str(path))
+    if replicas and len(df) and int(df["replica"].min()) < 0:
+        raise ReportError("column replica holds negative values", where=str(path))
+    return df
+
+
 def load_run(path: Path, label: str | None = None) -> Run:
     summary = read_json(path / "summary.json")
     if not isinstance(summary, dict) or "requests_total" not in summary:
         raise ReportError("not a simkit summary (no requests_total)", where=str(path / "summary.json"))
+    check_summary(summary, str(path / "summary.json"))
     run = Run(path, label or path.name, summary)
     if (path / "requests.parquet").exists():
-        run.requests = read_parquet(path / "requests.parquet", REQUEST_COLS)
+        run.requests = check_table(read_parquet(path / "requests.parquet", REQUEST_COLS), path / "requests.parquet",
+                                   ("replica", "output_tokens"), ())
     if (path / "iterations.parquet").exists():
-        run.iterations = read_parquet(path / "iterations.parquet", ITERATION_COLS)
+        run.iterations = check_table(read_parquet(path / "iterations.parquet", ITERATION_COLS), path / "iterations.parquet",
+                                     ("replica", "steps", "prefill_tokens", "decode_seqs", "batch_size", "kv_blocks_used"),
+                                     ("start_s", "end_s"), replicas=True)
     if (path / "links.parquet").exists():
-        run.links = read_parquet(path / "links.parquet", ("replica", "link", "start_s", "end_s"))
+        run.links = check_table(read_parquet(path / "links.parquet", ("replica", "link", "start_s", "end_s")), path / "links.parquet",
+                                ("replica",), ("start_s", "end_s"), replicas=True)
     sp = path / "scenario.yaml"
     if sp.exists():
         from simkit.scenario import load_scenario
 
-        run.scenario_text = sp.read_text()
+        run.scenario_text = read_text(sp)
         try:
             run.scenario = load_scenario(sp)
         except SimkitError as e:
@@ -103,6 +157,10 @@ def load_run(path: Path, label: str | None = None) -> Run:
     if (path / "provenance.json").exists():
         prov = read_json(path / "provenance.json")
         run.provenance = prov if isinstance(prov, dict) else {}
+        for k, kind in (("calibration", dict), ("warnings", list)):
+            if run.provenance.get(k) is not None and not isinstance(run.provenance[k], kind):
+                raise ReportError(f"expected {'a mapping' if kind is dict else 'a list'}, got {run.provenance[k]!r} "
+                                  "(not a provenance.json simkit wrote)", where=str(path / "provenance.json"), key=k)
     return run
 
 

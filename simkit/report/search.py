@@ -13,7 +13,7 @@ import numpy as np
 
 from simkit.errors import ReportError
 from simkit.report import plots
-from simkit.report.data import load_run, read_json, read_parquet
+from simkit.report.data import load_run, read_json, read_parquet, read_text
 from simkit.report.html import Page, csv_text, data_link, esc, table
 from simkit.report.run import fmt_metric, rname, section_provenance
 from simkit.report.study import PREFERRED
@@ -43,10 +43,19 @@ def _kind(m: str) -> str:
     return KIND.get(m, "s" if m.endswith("_s") else "r")
 
 
+SEARCH_JSON_KINDS: dict[str, type] = {"space": list, "pareto_axes": list, "pareto": dict,
+                                      "rejected_by_reason": dict}
+"""search.json keys the page reads as lists or mappings."""
+
+
 def search_page(path: Path) -> str:
     meta = read_json(path / "search.json")
     if not isinstance(meta, dict):
         raise ReportError("expected a mapping", where=str(path / "search.json"))
+    for k, kind in SEARCH_JSON_KINDS.items():
+        if meta.get(k) is not None and not isinstance(meta[k], kind):
+            raise ReportError(f"expected {'a mapping' if kind is dict else 'a list'}, got {meta[k]!r} (not a search.json simkit wrote)",
+                              where=str(path / "search.json"), key=k)
     sense, metric = objective(meta, str(path / "search.json"))
     cands = read_parquet(path / "candidates.parquet", CAND_COLS)
     pareto = read_parquet(path / "pareto.parquet", ("candidate_id",)) if (path / "pareto.parquet").exists() else cands.iloc[0:0]
@@ -82,7 +91,7 @@ def search_page(path: Path) -> str:
         from simkit.errors import SimkitError
         from simkit.scenario import load_scenario
 
-        winner.scenario_text = best_yaml.read_text()
+        winner.scenario_text = read_text(best_yaml)
         try:
             winner.scenario = load_scenario(best_yaml)
         except SimkitError as e:
@@ -104,7 +113,7 @@ def search_page(path: Path) -> str:
     if spec:
         page.para(f"Reproduce the search: simkit search {spec} --out {path}")
     if best_yaml.exists():
-        page.pre(best_yaml.read_text(), "best.yaml (the winning plan as a complete scenario)")
+        page.pre(read_text(best_yaml), "best.yaml (the winning plan as a complete scenario)")
     page.pre(json.dumps(meta, indent=2), "search.json")
     return page.render()
 

@@ -56,6 +56,9 @@ def optimize(
         else:
             prompt_len = prompt_len or w.batch.input_tokens
             gen_len = gen_len or w.batch.output_tokens
+    if prompt_len + gen_len > model.max_context:  # the engine would reject every such request
+        raise ScenarioError(f"{prompt_len} prompt + {gen_len} generated tokens exceed {model.name}'s context of "
+                            f"{model.max_context} tokens", where=sc.source, key="prompt_len + gen_len")
     precision = sc.plan.precision
     prec = Precision(precision.weights, precision.activations, precision.kv_cache, precision.group_size)
     dev = ComputeDevice.from_gpu(node.gpu)

@@ -39,6 +39,12 @@ PRECISIONS: dict[str, dict[str, str]] = {
 }
 OFFLOAD_CHOICES = ("none", "optimized")
 POW2 = [1, 2, 4, 8]
+MAX_AXIS_VALUES = 100_000
+"""Most values one space key (a range, a layout, a fleet) may give."""
+MAX_CANDIDATES = 1_000_000
+"""Most candidates a space may hold (every one is screened): refused before any is built."""
+MAX_BISECTIONS = 64
+"""Most bisection steps capacity mode may need per plan (log2 of (max_rate - min_rate) / (tolerance x min_rate))."""
 DEFAULT_PARETO = [("output_tokens_per_s_per_gpu", "tokens_per_s_per_user"), ("cost_per_hour_usd", "ttft_p90_s")]
 
 
@@ -181,8 +187,8 @@ def _range(key: str, r: dict[str, Any]) -> list[Any]:
         )
     a, b = r["from"], r["to"]
     for name, v in (("from", a), ("to", b), *((k, r[k]) for k in ("step", "times") if k in r)):
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise SearchError(f"range {name}: expected a number, got {v!r}", key=f"space.{key}")
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise SearchError(f"range {name}: expected a finite number, got {v!r}", key=f"space.{key}")
     if b < a:
         raise SearchError(f"range to ({b}) is below from ({a})", key=f"space.{key}")
     out: list[Any] = []
@@ -193,6 +199,9 @@ def _range(key: str, r: dict[str, Any]) -> list[Any]:
             raise SearchError(f"range times: expected a factor > 1, got {f}", key=f"space.{key}")
         if a <= 0:
             raise SearchError("a geometric range needs from > 0", key=f"space.{key}")
+        steps = (math.log(b) - math.log(a)) / math.log(f)
+        if not steps < MAX_AXIS_VALUES:
+            raise SearchError(f"range has more than {MAX_AXIS_VALUES} values", key=f"space.{key}")
         v = a
         while v <= b * (1 + 1e-12):
             out.append(v)
@@ -201,12 +210,13 @@ def _range(key: str, r: dict[str, Any]) -> list[Any]:
         s = r.get("step", 1)
         if s <= 0:
             raise SearchError(f"range step: expected a number > 0, got {s}", key=f"space.{key}")
-        n = int(math.floor((b - a) / s + 1e-9)) + 1
+        steps = (b - a) / s
+        if not steps < MAX_AXIS_VALUES:
+            raise SearchError(f"range has more than {MAX_AXIS_VALUES} values", key=f"space.{key}")
+        n = int(math.floor(steps + 1e-9)) + 1
         out = [a + k * s for k in range(n)]
     if not ints:
         out = [float(round(x, 12)) for x in out]
-    if len(out) > 100_000:
-        raise SearchError(f"range has {len(out)} values (more than 100000)", key=f"space.{key}")
     return out
 
 
@@ -246,11 +256,14 @@ def _layout_axis(v: Any) -> Axis:
     if extra:
         raise SearchError(f"layout: unknown key(s) {sorted(extra)} (expected max_gpus, tp, pp, replicas)", key="space.layout")
     mx = v.get("max_gpus", 8)
-    if isinstance(mx, bool) or not isinstance(mx, int) or mx < 1:
-        raise SearchError(f"layout.max_gpus: expected an integer >= 1, got {mx!r}", key="space.layout.max_gpus")
+    if isinstance(mx, bool) or not isinstance(mx, int) or not 1 <= mx <= MAX_AXIS_VALUES:
+        raise SearchError(f"layout.max_gpus: expected an integer from 1 to {MAX_AXIS_VALUES}, got {mx!r}", key="space.layout.max_gpus")
     tps = _values("layout.tp", v.get("tp", [t for t in POW2 if t <= mx]), int)
     pps = _values("layout.pp", v.get("pp", [p for p in POW2 if p <= mx]), int)
     reps = _values("layout.replicas", v.get("replicas", list(range(1, mx + 1))), int)
+    if len(tps) * len(pps) * len(reps) > MAX_CANDIDATES:
+        raise SearchError(f"layout: {len(tps)} x {len(pps)} x {len(reps)} combinations of tp, pp and replicas "
+                          f"(more than {MAX_CANDIDATES})", key="space.layout")
     labels, overs = [], []
     for tp, pp, r in itertools.product(tps, pps, reps):
         if tp * pp * r <= mx:
@@ -281,6 +294,11 @@ def _fleet_axis(v: Any) -> Axis:
     for k, x in (("max_gpus", mx), ("tp", tp)):
         if not isinstance(x, int) or isinstance(x, bool) or x < 1:
             raise SearchError(f"fleet.{k}: expected an integer >= 1, got {x!r}", key=f"space.fleet.{k}")
+    # mixes of up to mx // tp replicas over the types: C(mx // tp + types, types) - 1 of them
+    mixes = math.comb(mx // tp + len(names), len(names)) - 1
+    if mixes > MAX_AXIS_VALUES:
+        raise SearchError(f"fleet: {mixes} mixes of {len(names)} GPU types with up to {mx} GPUs (more than {MAX_AXIS_VALUES}); "
+                          "lower max_gpus or list fewer GPUs", key="space.fleet")
     labels, overs = [], []
     for counts in itertools.product(range(mx // tp + 1), repeat=len(names)):
         if 0 < sum(counts) * tp <= mx:
@@ -296,7 +314,7 @@ def _precision_axis(v: Any) -> Axis:
     names = list(PRECISIONS) if v == "all" else _values("precision", v, str)
     overs = []
     for n in names:
-        if n not in PRECISIONS:
+        if not isinstance(n, str) or n not in PRECISIONS:
             close = difflib.get_close_matches(str(n), list(PRECISIONS), n=2)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise SearchError(f"unknown precision {n!r} (expected one of {', '.join(PRECISIONS)}){hint}", key="space.precision")
@@ -426,6 +444,9 @@ def parse_spec(data: Any, where: str | None = None, base_dir: str | Path | None 
         raise SearchError(f"{metric!r} has no better direction to optimise", where=w, key="objective")
     if spec.size == 0:
         raise SearchError("the space is empty", where=w, key="space")
+    if spec.size > MAX_CANDIDATES:
+        sizes = " x ".join(f"{len(a.labels)} ({a.key})" for a in axes)
+        raise SearchError(f"the space has {spec.size} candidates: {sizes} (more than {MAX_CANDIDATES})", where=w, key="space")
     # a quick check that the base with the first candidate's overrides is a valid mapping path
     _, over = next(spec.candidates())
     try:
@@ -440,16 +461,22 @@ def _capacity(c: Any, w: str | None) -> Capacity:
         raise SearchError("expected {min_rate: R, max_rate: R, tolerance: 0.02} (requests per second)", where=w, key="capacity")
     lo, hi, tol = c["min_rate"], c["max_rate"], c.get("tolerance", 0.02)
     for k, v in (("min_rate", lo), ("max_rate", hi), ("tolerance", tol)):
-        if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
-            raise SearchError(f"expected a number > 0, got {v!r}", where=w, key=f"capacity.{k}")
+        if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0 or not math.isfinite(v):
+            raise SearchError(f"expected a finite number > 0, got {v!r}", where=w, key=f"capacity.{k}")
     if hi <= lo:
         raise SearchError(f"max_rate ({hi}) must exceed min_rate ({lo})", where=w, key="capacity.max_rate")
-    if tol >= 1:
-        raise SearchError(f"tolerance is relative (e.g. 0.02 = 2%); got {tol}", where=w, key="capacity.tolerance")
+    if not 1e-6 <= tol < 1:
+        raise SearchError(f"tolerance is relative, from 1e-6 to below 1 (e.g. 0.02 = 2%); got {tol}", where=w, key="capacity.tolerance")
+    steps = math.log2(hi - lo) - math.log2(tol) - math.log2(lo)
+    if steps > MAX_BISECTIONS:
+        raise SearchError(f"bisecting from {lo:g} to {hi:g} req/s to within {tol:g} would take {math.ceil(steps)} simulations "
+                          f"per plan (at most {MAX_BISECTIONS}): narrow the rates or loosen the tolerance", where=w, key="capacity")
     return Capacity(float(lo), float(hi), float(tol))
 
 
-def _check_metric(m: str, metrics: dict[str, Any], w: str | None, key: str) -> None:
+def _check_metric(m: Any, metrics: dict[str, Any], w: str | None, key: str) -> None:
+    if not isinstance(m, str):
+        raise SearchError(f"expected a metric name, got {m!r}", where=w, key=key)
     if m not in metrics:
         close = difflib.get_close_matches(m, list(metrics), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""

@@ -9,7 +9,23 @@ import yaml
 
 from simkit.errors import SpecError
 
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+class _NoDuplicateKeys(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The safe loader (C-accelerated when available), refusing a key given twice in one mapping:
+    plain YAML keeps the last one silently (a study's second ``axes:`` would drop the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                k = (key_node.tag, key_node.value)
+                if k in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key_node.value!r}", key_node.start_mark)
+                seen.add(k)
+        return super().construct_mapping(node, deep=deep)
+
+
+_LOADER = _NoDuplicateKeys
 
 MAX_NODES = 200_000
 """Most values (mappings, lists and scalars, counted with aliases expanded) one document may hold:

@@ -22,17 +22,38 @@ def load_runs(folder: str | Path) -> Any:
     p = Path(folder) / "runs.parquet"
     if not p.exists():
         raise StudyError("no runs.parquet here (run `simkit study STUDY.yaml --out DIR` first)", where=str(folder))
-    return pd.read_parquet(p)
+    try:
+        return pd.read_parquet(p)
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise StudyError(f"not a readable Parquet file ({type(e).__name__}: {e}); run the study again to rewrite it",
+                         where=str(p)) from None
+
+
+_INFO_KINDS: dict[str, tuple[type, ...]] = {"axes": (list,), "variants": (list,), "baseline": (str, type(None)),
+                                            "repeat": (int,), "metrics": (list,)}
+"""study.json keys that ``study show`` reads, and what they must hold."""
 
 
 def load_info(folder: str | Path) -> dict[str, Any]:
     p = Path(folder) / "study.json"
     try:
-        return json.loads(p.read_text())
+        info = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise StudyError("no study.json here (not a study folder)", where=str(folder)) from None
     except json.JSONDecodeError as e:
         raise StudyError(f"malformed JSON: line {e.lineno}: {e.msg}", where=str(p)) from None
+    except UnicodeDecodeError as e:
+        raise StudyError(f"not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})", where=str(p)) from None
+    if not isinstance(info, dict):
+        raise StudyError(f"expected a JSON object (name, axes, variants, baseline, ...), got {type(info).__name__}", where=str(p))
+    for k, kinds in _INFO_KINDS.items():
+        v = info.get(k)
+        if k in info and (not isinstance(v, kinds) or isinstance(v, bool)
+                          or (k == "repeat" and v < 1)
+                          or (isinstance(v, list) and not all(isinstance(x, str) for x in v))):
+            raise StudyError(f"unexpected value {v!r} (not a study.json simkit wrote; run the study again to rewrite it)",
+                             where=str(p), key=k)
+    return info
 
 
 def summary_table(folder: str | Path, metrics: list[str] | None = None) -> tuple[list[str], list[dict[str, Any]], list[str]]:

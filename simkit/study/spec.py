@@ -28,12 +28,13 @@ MAX_RUNS = 1_000_000
 
 
 class _S(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True, populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True, populate_by_name=True, strict=True,
+                              allow_inf_nan=False)
 
 
 class RandomAxes(_S):
-    samples: int = Field(ge=1)
-    """Number of random points to draw."""
+    samples: int = Field(ge=1, le=MAX_RUNS)
+    """Number of random points to draw (at most 1,000,000, the most runs a study may have)."""
     seed: int = Field(default=0, ge=0)
     """Seed of the draw (same seed, same points); an integer >= 0."""
     keys: dict[str, Any]
@@ -171,6 +172,8 @@ class Range:
         if count is not None:
             if isinstance(count, bool) or not isinstance(count, int) or count < 2:
                 raise StudyError(f"count must be an integer >= 2, got {count!r}", key=key)
+            if count > MAX_RUNS:
+                raise StudyError(f"count must be at most {MAX_RUNS}, got {count}", key=key)
             if self.scale == "log":
                 a, b = math.log(self.low), math.log(self.high)
                 si = [math.exp(a + (b - a) * i / (count - 1)) for i in range(count)]
@@ -316,6 +319,11 @@ class Study:
                     variant_keys[k] = f"variants.{name}"
         except StudyError as e:
             raise self._err(e.message, e.key) from None
+        for k in sp.set:  # a value every run replaces cannot take effect
+            for other, o in origins.items():
+                if o != "axes.list" and (k == other or k.startswith(other + ".")):
+                    raise self._err(f"every run sets it again through {o}.{other}, so this value (set: or --set) would never "
+                                    "take effect", f"set.{k}")
         if sp.baseline is not None and sp.baseline not in sp.variants:
             raise self._err(f"no variant named {sp.baseline!r} (variants: {', '.join(sp.variants) or 'none'})", "baseline")
         seeded = {**variant_keys, **origins}
