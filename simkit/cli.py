@@ -218,6 +218,11 @@ def cmd_catalog(a: argparse.Namespace) -> int:
     return 0
 
 
+def _fractions_text(fr: dict[str, float]) -> str:
+    """gpu/cpu/cxl/disk shares as 0.00/1.00/...; the LP's -0.0 and round-off below zero print as 0.00."""
+    return "/".join(f"{max(fr[t], 0.0) + 0.0:.2f}" for t in ("gpu", "cpu", "cxl", "disk"))
+
+
 def cmd_offload_plan(a: argparse.Namespace) -> int:
     from simkit.scenario import load_scenario
     from simkit.search.offload import optimize
@@ -226,19 +231,23 @@ def cmd_offload_plan(a: argparse.Namespace) -> int:
     cands = optimize(sc, prompt_len=a.prompt_len, gen_len=a.gen_len, objective=a.objective, top=a.top, confirm=a.confirm,
                      compress_kv=(False, True) if a.compress_kv else (False,))
     print(f"# offload plans for {sc.model} on {sc.hardware if isinstance(sc.hardware, str) else 'custom node'} "
-          f"(objective: {a.objective}); LP = linear-program estimate, sim = simulated")
+          f"(objective: {a.objective}); LP = linear-program estimate, sim = simulated; tok/s at each plan's own batch "
+          "of gbs x ngb sequences")
     hdr = f"{'rank':>4} {'gbs':>5} {'ngb':>4} {'cpu_attn':>8} {'int4_w':>6} {'int4_kv':>7}  {'weights g/c/x/d':<22} {'kv g/c/x/d':<22} {'LP tok/s':>10} {'sim tok/s':>10}  bottleneck"
     print(hdr)
     for k, c in enumerate(cands, 1):
         f = c.fractions
-        w = "/".join(f"{f['w'][t]:.2f}" for t in ("gpu", "cpu", "cxl", "disk"))
-        kv = "/".join(f"{f['c'][t]:.2f}" for t in ("gpu", "cpu", "cxl", "disk"))
+        w, kv = _fractions_text(f["w"]), _fractions_text(f["c"])
         sim = c.sim.get("output_tokens_per_s")
         bott = c.sim.get("bottleneck", c.lp_bottleneck) if c.sim else c.lp_bottleneck
         err = c.sim.get("error") if c.sim else None
         print(f"{k:>4} {c.gpu_batch_size:>5} {c.num_gpu_batches:>4} {str(c.cpu_attention):>8} {str(c.compress_weights):>6} {str(c.compress_kv):>7}  "
               f"{w:<22} {kv:<22} {c.lp_throughput:>10.3f} {(f'{sim:.3f}' if sim else '-'):>10}  {bott}"
               + (f"  (simulation: {err})" if err else ""))
+    batch = sc.workload.batch
+    if batch is not None and any(c.gpu_batch_size * c.num_gpu_batches != batch.num_prompts for c in cands):
+        warn_line(f"the workload is a fixed batch of {batch.num_prompts} prompts, but the tok/s above are for each plan's "
+                  "own batch (gbs x ngb sequences): `simkit run` a plan on the workload for its throughput there")
     if a.json:
         from pathlib import Path
 

@@ -51,10 +51,35 @@ from simkit.policies.routing import ROUTING_POLICIES
 from simkit.scenario import Scenario, apply_overrides, scenario_from_dict
 from simkit.specs.calibration import NO_HOST_OVERHEAD, HostOverhead
 from simkit.specs.catalog import load_model
+from simkit.specs.hardware import DTYPE_FALLBACK, GPUSpec
 from simkit.specs.model import ModelSpec
 from simkit.specs.node import Node, gpu_swap, resolve_node
 from simkit.units import fmt_bytes
 from simkit.workload.base import Requests
+
+
+def _trace_path(sc: Scenario, path: str, key: str) -> Path:
+    """The trace file ``path`` names (:meth:`Scenario.resolve_path`); a missing one is an error
+    naming the scenario key, where relative paths were looked for and the shipped traces."""
+    from simkit.errors import TraceError
+    from simkit.specs.catalog import repo_path
+
+    found = sc.resolve_path(path)
+    try:
+        missing = not found.exists()
+    except OSError:  # not a usable path (e.g. too long): the reader names it
+        return found
+    if not missing:
+        return found
+    shipped = repo_path("workloads", "traces")
+    names = sorted(f.name for f in shipped.glob("*") if f.suffix in (".csv", ".jsonl", ".parquet")) if shipped.is_dir() else []
+    hint = ""
+    if not Path(path).is_absolute():
+        folder = (Path(sc.source).parent if sc.source is not None else Path.cwd()).resolve()
+        hint = f"; a relative path resolves against the scenario's folder ({folder}), then the working folder"
+    if names:
+        hint += f"; the shipped traces are in {shipped}: {', '.join(names)}"
+    raise TraceError(f"trace file {path} not found{hint}", where=sc.source, key=key)
 
 
 def build_workload(sc: Scenario) -> Requests:
@@ -74,7 +99,7 @@ def build_workload(sc: Scenario) -> Requests:
         spec = w.synthetic.model_dump(exclude_none=True)
         lengths = spec["lengths"]
         if "trace" in lengths:
-            lengths["trace"]["path"] = str(sc.resolve_path(lengths["trace"]["path"]))
+            lengths["trace"]["path"] = str(_trace_path(sc, lengths["trace"]["path"], "workload.synthetic.lengths.trace.path"))
         reqs = make_synthetic(spec["num_requests"], spec["arrival"], lengths, seed=sc.seed)
     else:
         from simkit.workload.traces import read_trace
@@ -82,7 +107,7 @@ def build_workload(sc: Scenario) -> Requests:
         tr = w.trace
         assert tr is not None
         reqs = read_trace(
-            str(sc.resolve_path(tr.path)),
+            str(_trace_path(sc, tr.path, "workload.trace.path")),
             tr.format,
             window=tr.window,
             rate_scale=tr.rate_scale,
@@ -367,6 +392,18 @@ def _fleet_group(sc: Scenario, gpu: str, model: ModelSpec, prec: Precision, algo
                  [w for w in (cal_warn, kern_warn) if w])  # fmt: skip
 
 
+def matmul_path_warning(gpu: GPUSpec, prec: Precision) -> str | None:
+    """A warning when ``gpu`` has no tensor-core path for the dtype the plan's matmuls run in
+    (fp8 on Ampere, bf16 on Turing): they are timed at the peak of the dtype it falls back to
+    (:data:`simkit.specs.hardware.DTYPE_FALLBACK`), with the plan's storage sizes; None otherwise."""
+    dtype = prec.compute
+    if dtype not in DTYPE_FALLBACK or getattr(gpu.peak_flops, dtype, None):
+        return None
+    used = next((d for d in DTYPE_FALLBACK[dtype] if getattr(gpu.peak_flops, d, None)), "fp32")
+    return (f"gpu {gpu.name} has no {dtype} matmul path: plan.precision's {dtype} matmuls are timed at its {used} peak, "
+            f"i.e. as {used} compute (weights and KV keep their plan.precision sizes)")
+
+
 def unmeasured_kernel_warning(eff: EfficiencyModel, model: ModelSpec) -> str | None:
     """A warning when the calibration profile has not measured elementwise kernels ``model`` runs
     (LayerNorm, GELU, ...: :func:`simkit.cost.ops.elementwise_kernels`) and so predicts them as the
@@ -519,6 +556,8 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
             warnings.warn(msg, stacklevel=3)
     precision = plan.precision
     prec = Precision(precision.weights, precision.activations, precision.kv_cache, precision.group_size)
+    if not use_cpu and node.gpu is not None and (path_warn := matmul_path_warning(node.gpu, prec)):
+        _warn(warn, path_warn)
     tp = par.tp
     with _in_group(scenario, 0):
         mem, off_layout, off_mem = plan_replica_memory(sc, model, node, device, eff, prec, layout, use_cpu)

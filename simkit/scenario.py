@@ -78,7 +78,7 @@ class LengthDist(_S):
 
 class TraceRef(_S):
     path: str
-    """Trace file; a relative path resolves against the scenario file's folder."""
+    """Trace file; a relative path resolves against the scenario file's folder, else the working folder, else a shipped trace of that file name (workloads/traces)."""
     format: TraceFormat = "auto"
     """Reader to use; auto sniffs the first lines."""
 
@@ -449,14 +449,27 @@ class Scenario(_S):
         return v
 
     def resolve_path(self, p: str) -> Path:
+        """A file the scenario names: an absolute path as is; a relative one against the scenario
+        file's folder, else the working folder; else, for a bare file name of a shipped trace
+        (``workloads/traces/``, e.g. ``azure_conv_2023.csv``), that trace. A path found nowhere
+        comes back as the first place looked, for the reader's error."""
         path = Path(p)
-        if path.is_absolute() or self.source is None:
+        if path.is_absolute():
             return path
-        here = Path(self.source).parent / path
+        here = path if self.source is None else Path(self.source).parent / path
         try:
-            return here if here.exists() or not path.exists() else path
+            for candidate in (here, path):
+                if candidate.exists():
+                    return candidate
+            if len(path.parts) == 1:
+                from simkit.specs.catalog import repo_path
+
+                shipped = repo_path("workloads", "traces", path.name)
+                if shipped.is_file():
+                    return shipped
         except OSError:  # not a usable path (e.g. too long): the reader names it
-            return here
+            pass
+        return here
 
 
 # ---------------------------------------------------------------------------------------------

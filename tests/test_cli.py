@@ -158,3 +158,30 @@ def test_run_prints_each_warning_once_as_one_line(tmp_path):
     assert "UserWarning" not in proc.stderr and "cli.py" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if "no calibration profile for gpu 'h100-pcie'" in ln]
     assert len(lines) == 1 and lines[0].startswith("warning: ")
+
+
+def test_offload_plan_prints_no_negative_fractions(tmp_path, capsys):
+    # the LP leaves round-off such as -1e-12 in its fractions: the table showed "1.00/-0.00/0.00/0.00"
+    import yaml
+
+    from simkit.cli import _fractions_text
+
+    assert _fractions_text({"gpu": 1.0, "cpu": -1e-12, "cxl": -0.0, "disk": 0.0}) == "1.00/0.00/0.00/0.00"
+    sc = {"name": "a6000-70b", "hardware": "lambda-a6000-workstation", "model": "llama-2-70b",
+          "workload": {"batch": {"num_prompts": 32, "input_tokens": 512, "output_tokens": 32}},
+          "plan": {"batching": {"policy": "static"}, "precision": {"weights": "fp16", "activations": "fp16", "kv_cache": "fp16"},
+                   "offload": {"weights": {"gpu": 0.0, "cpu": 1.0}, "kv_cache": {"gpu": 0.0, "cpu": 1.0}}},
+          "calibration": "none"}
+    path = tmp_path / "sc.yaml"
+    path.write_text(yaml.safe_dump(sc))
+    assert main(["offload-plan", str(path), "--confirm", "0"]) == 0
+    out, err = capsys.readouterr()
+    # the ranked plans run batches other than the workload's 32 prompts: the command says so
+    assert "warning: the workload is a fixed batch of 32 prompts, but the tok/s above are for each plan's own batch" in err
+    rows = out.splitlines()[2:]
+    assert all(int(line.split()[1]) * int(line.split()[2]) != 32 for line in rows)
+    assert len(rows) == 8
+    for line in rows:
+        fields = line.split()
+        shares = [float(x) for x in (*fields[6].split("/"), *fields[7].split("/"))]
+        assert all(x >= 0 for x in shares) and "-0.00" not in line

@@ -445,6 +445,27 @@ def test_vllm_hint() -> None:
     assert any("replicas" in n for n in notes)
 
 
+def test_vllm_hint_of_compressed_offloaded_weights() -> None:
+    # an offload plan with int4-compressed weights keeps int4 bytes off the GPU, and the hint says
+    # that vLLM needs an int4 checkpoint for it (it used to print the fp16 bytes and say nothing)
+    from simkit.cost.ops import Precision
+    from simkit.scenario import scenario_from_dict
+    from simkit.search.hints import GIB, vllm_flags
+    from simkit.specs.catalog import load_model
+
+    off = {"weights": {"gpu": 0.4, "cpu": 0.6}, "kv_cache": {"gpu": 0.0, "cpu": 1.0}, "gpu_batch_size": 8}
+    data = {"name": "hint", "hardware": "lambda-a6000-workstation", "model": "llama-2-70b",
+            "workload": {"batch": {"num_prompts": 8, "input_tokens": 64, "output_tokens": 4}},
+            "plan": {"batching": {"policy": "static"}, "precision": {"weights": "fp16", "activations": "fp16", "kv_cache": "fp16"},
+                     "offload": off}}
+    params = load_model("llama-2-70b").num_params
+    for compress, stored in ((False, "fp16"), (True, "int4")):
+        flags, notes = vllm_flags(scenario_from_dict({**data, "plan": {**data["plan"], "offload": {**off, "compress_weights": compress}}}))
+        gb = params * Precision(stored, "fp16", "fp16", 128).w_bytes * 0.6 / GIB
+        assert f"--cpu-offload-gb {gb:.0f}" in flags
+        assert any("AWQ or GPTQ" in n for n in notes) == compress
+
+
 def test_spec_errors_are_search_errors(tmp_path: Path) -> None:
     with pytest.raises(SearchError, match="range"):
         spec_of(tmp_path, space={"plan.parallel.tp": {"from": 1}})

@@ -535,6 +535,19 @@ def test_show_formats(finished_study, capsys):
     assert main(["study", "show", str(finished_study.parent)]) == 2
 
 
+def test_show_text_metrics(finished_study, capsys):
+    """A text metric (bottleneck, engine_path) shows its value, not "-", and gets no change column."""
+    df = load(finished_study)
+    cols, rows, _ = summary_table(finished_study, ["bottleneck", "ttft_p90_s"])
+    for r in rows:
+        sel = df[(df["variant"] == r["variant"]) & (df["workload.synthetic.arrival.rate"] == r["workload.synthetic.arrival.rate"])]
+        assert r["bottleneck"] == " / ".join(dict.fromkeys(sel["bottleneck"]))
+        assert r["bottleneck vs baseline %"] is None and r["ttft_p90_s vs baseline %"] is not None
+    assert main(["study", "show", str(finished_study), "--metrics", "engine_path"]) == 0
+    out = capsys.readouterr().out.splitlines()[2:]
+    assert len(out) == 4 and all(line.rstrip().endswith(df["engine_path"].iloc[0]) for line in out)
+
+
 def test_render_json_is_plain(finished_study):
     json.loads(render(finished_study, "json"))
 

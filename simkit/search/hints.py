@@ -67,6 +67,11 @@ def vllm_flags(sc: Scenario) -> tuple[list[str], list[str]]:
         flags.append("--no-enable-prefix-caching")
     off = p.offload
     if not off.is_trivial:
+        if off.compress_weights:
+            notes.append(f"weights stored as group-wise int4 (plan.offload.compress_weights; group size {prec.group_size}): "
+                         "serve an AWQ or GPTQ checkpoint (--quantization awq|gptq)")
+        if off.compress_kv:
+            notes.append("int4 KV cache (plan.offload.compress_kv) has no vLLM flag")
         w_off = 1.0 - off.weights.gpu
         if w_off > 0:
             from simkit.cost.ops import Precision
@@ -74,7 +79,8 @@ def vllm_flags(sc: Scenario) -> tuple[list[str], list[str]]:
 
             try:
                 model = load_model(sc.model, where=sc.source)
-                pr = Precision(prec.weights, prec.activations, prec.kv_cache, prec.group_size)
+                stored = "int4" if off.compress_weights else prec.weights  # the bytes the plan keeps off the GPU
+                pr = Precision(stored, prec.activations, prec.kv_cache, prec.group_size)
                 gb = model.num_params * pr.w_bytes / par.tp * w_off / GIB
                 flags.append(f"--cpu-offload-gb {gb:.0f}")
             except Exception:  # noqa: BLE001 - a hint must never fail the search

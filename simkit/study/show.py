@@ -85,6 +85,8 @@ def summary_table(folder: str | Path, metrics: list[str] | None = None) -> tuple
                 v = float(v)
             if isinstance(v, int | float) and not (isinstance(v, float) and math.isnan(v)):
                 g["vals"][m].append(float(v))
+            elif isinstance(v, str) and v:
+                g["vals"][m].append(v)
     rows = []
     for g in groups.values():
         row = dict(g["labels"])
@@ -93,8 +95,7 @@ def summary_table(folder: str | Path, metrics: list[str] | None = None) -> tuple
         row["status"] = "ok" if not g["errors"] else (f"{len(g['errors'])} error" if ok else "error")
         row["error"] = g["errors"][0] if g["errors"] else ""
         for m in metrics:
-            vs = g["vals"][m]
-            row[m] = sum(vs) / len(vs) if vs else None
+            row[m] = _combine(g["vals"][m])
         rows.append(row)
     if baseline is not None:
         base = {tuple(_key(r.get(a)) for a in axes): r for r in rows if r.get("variant") == baseline}
@@ -102,7 +103,8 @@ def summary_table(folder: str | Path, metrics: list[str] | None = None) -> tuple
             b = base.get(tuple(_key(r.get(a)) for a in axes))
             for m in metrics:
                 v, bv = r.get(m), b.get(m) if b is not None else None
-                r[f"{m} vs baseline %"] = (100.0 * (v - bv) / abs(bv)) if v is not None and bv not in (None, 0) else None
+                numbers = isinstance(v, float) and isinstance(bv, float)
+                r[f"{m} vs baseline %"] = (100.0 * (v - bv) / abs(bv)) if numbers and bv != 0 else None
     cols = [*keys, "runs", "status"]
     for m in metrics:
         cols.append(m)
@@ -114,6 +116,16 @@ def summary_table(folder: str | Path, metrics: list[str] | None = None) -> tuple
     if all(r["runs"] == 1 for r in rows):
         cols.remove("runs")
     return cols, rows, metrics
+
+
+def _combine(vals: list[Any]) -> Any:
+    """The mean of a metric's values over a point's repeats; a text metric (``bottleneck``,
+    ``engine_path``) its distinct values in first-seen order, joined by " / "."""
+    if not vals:
+        return None
+    if all(isinstance(v, float) for v in vals):
+        return sum(vals) / len(vals)
+    return " / ".join(dict.fromkeys(str(v) for v in vals))
 
 
 def _key(v: Any) -> str:
@@ -156,7 +168,7 @@ def render(folder: str | Path, fmt: str = "table", metrics: list[str] | None = N
             text = _cell(r.get(c))
             if c == "error" and len(text) > 80:
                 text = text[:77] + "..."
-            if c in metrics and baseline is not None and r.get("variant") != baseline and text != "-":
+            if c in metrics and baseline is not None and r.get("variant") != baseline and isinstance(r.get(c), float):
                 text += f" ({_delta(r.get(f'{c} vs baseline %'))})"
             line.append(text)
         cells.append(line)
