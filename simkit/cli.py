@@ -437,8 +437,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(argv)
 
 
+def _single_threaded_blas(command: str) -> None:
+    """Simulation is single-threaded: numpy's OpenBLAS would start a thread per core when numpy is
+    imported (about 0.1 s of another core's CPU per process, measured on a 2-vCPU VM) for no
+    matrix work simkit does there, and those threads compete with `--jobs` workers. One thread
+    unless the user chose otherwise; `calibrate` and `validate` keep the default (they time torch
+    kernels, not numpy's). Takes effect only before numpy is imported (a `simkit` process)."""
+    if command not in ("calibrate", "validate") and "numpy" not in sys.modules:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    _single_threaded_blas(args[0] if args else "")
     try:
         if args and args[0] == "calibrate":
             return cmd_calibrate(args[1:])

@@ -1,6 +1,9 @@
 """The command line: every example scenario runs; bad input is one clear line and exit code 2."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -185,3 +188,17 @@ def test_offload_plan_prints_no_negative_fractions(tmp_path, capsys):
         fields = line.split()
         shares = [float(x) for x in (*fields[6].split("/"), *fields[7].split("/"))]
         assert all(x >= 0 for x in shares) and "-0.00" not in line
+
+
+@pytest.mark.parametrize(("command", "preset", "expected"), [("run", None, "1"), ("search", None, "1"), ("run", "4", "4"),
+                                                             ("calibrate", None, None), ("validate", None, None)])
+def test_simkit_process_runs_numpy_blas_single_threaded(command, preset, expected):
+    """A `simkit` process (numpy not yet imported) asks OpenBLAS for one thread unless the user set
+    it; calibrate and validate keep the default."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"} | {"PYTHONPATH": str(ROOT)}
+    if preset is not None:
+        env["OPENBLAS_NUM_THREADS"] = preset
+    code = ("import os, sys; from simkit.cli import _single_threaded_blas; assert 'numpy' not in sys.modules; "
+            f"_single_threaded_blas({command!r}); print(os.environ.get('OPENBLAS_NUM_THREADS'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.strip()
+    assert out == str(expected)

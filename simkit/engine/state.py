@@ -131,7 +131,11 @@ class TBTHistogram:
             wa = np.asarray(weight, dtype=np.float64)
             self.counts += np.bincount(b, weights=wa, minlength=self.nbins)
             self.total += float(wa.sum())
-            self.sum += float(v @ wa)
+            # not ``v @ wa``: numpy hands a dot product to BLAS, whose threaded kernel splits long
+            # vectors across cores (the sum's bits then depend on the machine's core count, and
+            # its idle threads spin on the other cores); an elementwise product and numpy's
+            # pairwise sum give the same bits everywhere
+            self.sum += float((v * wa).sum())
         self.max = max(self.max, float(v.max()))
 
     def percentile(self, p: float) -> float:
