@@ -185,6 +185,9 @@ def _measure(script: Path, case: str, env: dict[str, str], cold: bool, cli: bool
     cmd = [sys.executable, str(script), "--child", case]
     with tempfile.TemporaryDirectory() as empty:
         env = dict(env)
+        # as a `simkit` process does (cli._single_threaded_blas): otherwise numpy's OpenBLAS
+        # threads spin at import, ~0.1 s of another core's CPU counted in the child's CPU seconds
+        env.setdefault("OPENBLAS_NUM_THREADS", "1")
         if cold:
             env["SIMKIT_CACHE_DIR"] = empty
         if cli:
