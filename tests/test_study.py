@@ -795,3 +795,17 @@ def test_study_keys_are_checked_strictly(tmp_path, key, value):
     study[key] = value
     with pytest.raises(StudyError):
         load_study(write_study(tmp_path, study))
+
+
+@pytest.mark.parametrize("labels", [5, "variant", [1, 2], {"a": 1}])
+def test_resume_over_a_stored_run_with_broken_labels_is_one_line(finished_study, capsys, labels):
+    """Found by benchmarks/fuzz.py (seed 132, case 270, --kinds faces): a stored run whose row.json
+    has ``labels`` that is not a list of names raised TypeError with a traceback on resume."""
+    row = next((finished_study / "runs").glob("*/row.json"))
+    doc = json.loads(row.read_text())
+    doc["labels"] = labels
+    row.write_text(json.dumps(doc))
+    study = finished_study.parent / "study.yaml"
+    assert main(["study", str(study), "--out", str(finished_study), "--no-progress", "--jobs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and str(row) in err and "delete its folder" in err, err

@@ -174,6 +174,9 @@ class RunStore:
             doc = json.loads(p.read_text(encoding="utf-8"))
             if not isinstance(doc.get("row"), dict):
                 raise ValueError("no row")
+            labels = doc.get("labels", [])
+            if not isinstance(labels, list) or not all(isinstance(k, str) for k in labels):
+                raise ValueError("labels is not a list of column names")
             return doc
         except (OSError, ValueError, AttributeError) as e:
             raise StudyError(f"cannot read a stored run ({e.__class__.__name__}); delete its folder to recompute it",
