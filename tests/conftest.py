@@ -1,5 +1,6 @@
 import warnings
 
+import numpy as np
 import pytest
 
 from simkit.scenario import scenario_from_dict
@@ -61,3 +62,44 @@ def _private_table_cache(tmp_path_factory):
         os.environ.pop("SIMKIT_CACHE_DIR", None)
     else:
         os.environ["SIMKIT_CACHE_DIR"] = old
+
+
+RESULT_COLUMNS = ("first_token", "finish", "scheduled", "last_token", "gen", "kv_len", "target", "blocks", "shared_blocks",
+                  "cached", "preemptions", "swaps", "rejected", "reject_reason", "replica", "hit_tier_tokens")  # fmt: skip
+"""Every per-request column of a result table the differential tests compare."""
+
+
+def assert_same_outputs(a, b, skip=("sim_wall_s", "engine_path")) -> None:  # type: ignore[no-untyped-def]
+    """Two simulation results are the same bits: every per-request column (same dtype), the
+    iteration log, the links' busy periods and every summary figure but ``skip`` (the differential
+    tests' oracle check: the reference engine against a fast path)."""
+    for col in RESULT_COLUMNS:
+        x, y = getattr(a.table, col), getattr(b.table, col)
+        assert x.dtype == y.dtype, col
+        assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), col
+    assert a.iterations == b.iterations
+    assert a.link_busy == b.link_busy
+    sa = _plain({k: v for k, v in a.summary.items() if k not in skip})
+    sb = _plain({k: v for k, v in b.summary.items() if k not in skip})
+    assert repr(sa) == repr(sb), _first_difference(sa, sb)
+
+
+def _plain(x):  # type: ignore[no-untyped-def]
+    """numpy scalars as Python numbers (the same value and bits; summary.json writes both alike)."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_plain(v) for v in x)
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def _first_difference(x, y, path: str = "summary") -> str:  # type: ignore[no-untyped-def]
+    if isinstance(x, dict) and isinstance(y, dict):
+        if list(x) != list(y):
+            return f"{path}: keys {list(x)} != {list(y)}"
+        for k in x:
+            d = _first_difference(x[k], y[k], f"{path}.{k}")
+            if d:
+                return d
+        return ""
+    return "" if repr(x) == repr(y) else f"{path}: {x!r} != {y!r}"

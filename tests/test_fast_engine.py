@@ -17,13 +17,11 @@ from simkit.cost.iteration import compute_op_tables
 from simkit.policies.batching import with_policy
 from simkit.scenario import scenario_from_dict
 from simkit.simulate import simulate
-from tests.conftest import make_scenario, uniform_workload
+from tests.conftest import assert_same_outputs, make_scenario, uniform_workload
 from tests.test_lean import fast_path_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
-COLUMNS = ("first_token", "finish", "scheduled", "last_token", "gen", "kv_len", "target", "blocks", "shared_blocks",
-           "cached", "preemptions", "swaps", "rejected", "replica", "hit_tier_tokens")  # fmt: skip
 
 
 def _scenario(n, rate, inp, out, seed, replicas, routing, batching, kv_cache, calibration="none", tp=1, **extra):
@@ -44,14 +42,7 @@ def assert_same_run(sc) -> tuple[dict, dict]:
     summary number must be identical (bit for bit)."""
     ref = simulate(sc, engine="reference")
     fast = simulate(sc)
-    for col in COLUMNS:
-        a, b = getattr(ref.table, col), getattr(fast.table, col)
-        assert a.dtype == b.dtype
-        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), col
-    assert ref.iterations == fast.iterations
-    sa = {k: v for k, v in ref.summary.items() if k not in ("sim_wall_s", "engine_path")}
-    sb = {k: v for k, v in fast.summary.items() if k not in ("sim_wall_s", "engine_path")}
-    assert repr(sa) == repr(sb)
+    assert_same_outputs(ref, fast)
     assert ref.summary["engine_path"] == "reference (requested)"
     return ref.summary, fast.summary
 

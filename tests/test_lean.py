@@ -15,10 +15,7 @@ from simkit.engine.state import TBTHistogram
 from simkit.policies.batching import with_policy
 from simkit.scenario import scenario_from_dict
 from simkit.simulate import simulate
-from tests.conftest import make_scenario, uniform_workload
-
-COLUMNS = ("first_token", "finish", "scheduled", "last_token", "gen", "kv_len", "target", "blocks", "shared_blocks",
-           "cached", "preemptions", "swaps", "rejected", "reject_reason", "replica", "hit_tier_tokens")  # fmt: skip
+from tests.conftest import assert_same_outputs, make_scenario, uniform_workload
 
 FUSED = "fast (fused loop)"
 STOPPED_PREEMPTION = "fast (the fused loop stopped at a decode step short of KV blocks (preemption): stepped)"
@@ -44,15 +41,7 @@ def _data(workload, seed, seqs, tokens, kv_cache, calibration="none", tp=1, poli
     return data
 
 
-def assert_same(a, b) -> None:
-    for col in COLUMNS:
-        x, y = getattr(a.table, col), getattr(b.table, col)
-        assert x.dtype == y.dtype
-        assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), col
-    assert a.iterations == b.iterations
-    sa = {k: v for k, v in a.summary.items() if k not in ("sim_wall_s", "engine_path")}
-    sb = {k: v for k, v in b.summary.items() if k not in ("sim_wall_s", "engine_path")}
-    assert repr(sa) == repr(sb)
+
 
 
 def run_three(sc, reference: bool = True) -> tuple[dict, dict]:
@@ -60,10 +49,10 @@ def run_three(sc, reference: bool = True) -> tuple[dict, dict]:
     fused = simulate(sc)
     stepping = simulate(sc, engine="stepping")
     assert stepping.summary["engine_path"] == "fast"
-    assert_same(fused, stepping)
+    assert_same_outputs(fused, stepping)
     if reference:
         ref = simulate(sc, engine="reference")
-        assert_same(fused, ref)
+        assert_same_outputs(fused, ref)
     return fused.summary, stepping.summary
 
 
@@ -240,4 +229,4 @@ def test_without_an_iteration_log(policy):
     stepping = simulate(sc, record_iterations=False, engine="stepping")
     assert fused.summary["engine_path"] == FUSED
     assert fused.iterations == [] == stepping.iterations
-    assert_same(fused, stepping)
+    assert_same_outputs(fused, stepping)

@@ -3,7 +3,6 @@ per-request times, link counters and the whole summary equal bit for bit on rand
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -15,9 +14,7 @@ from simkit.engine.offload_fast import wake_at
 from simkit.errors import SimkitError
 from simkit.scenario import scenario_from_dict
 from simkit.simulate import simulate
-from tests.conftest import make_scenario
-
-_SKIP = ("sim_wall_s", "engine_path")
+from tests.conftest import assert_same_outputs, make_scenario
 
 
 def _pair(data: dict) -> tuple:
@@ -27,15 +24,6 @@ def _pair(data: dict) -> tuple:
     return ref, got
 
 
-def _assert_same(ref, got) -> None:  # type: ignore[no-untyped-def]
-    for col in ("first_token", "finish", "last_token", "scheduled"):
-        a, b = getattr(ref.table, col), getattr(got.table, col)
-        assert np.array_equal(a, b, equal_nan=True), col
-    sa = {k: v for k, v in ref.summary.items() if k not in _SKIP}
-    sb = {k: v for k, v in got.summary.items() if k not in _SKIP}
-    assert json.dumps(sa, sort_keys=True) == json.dumps(sb, sort_keys=True)
-    assert ref.link_busy == got.link_busy
-    assert ref.iterations == got.iterations
 
 
 def _sc(offload: dict, hardware: str, n: int, inp: int, out: int, batching: dict, replicas: int = 1, rate: float | None = None):
@@ -58,7 +46,7 @@ def test_shipped_offload_scenario_is_closed_form_and_identical():
     got = simulate(sc)
     assert got.summary["engine_path"] == "reference (batching policy static); offloaded steps in closed form"
     assert ref.summary["engine_path"].endswith("offloaded steps event by event (requested)")
-    _assert_same(ref, got)
+    assert_same_outputs(ref, got)
 
 
 @pytest.mark.parametrize(
@@ -73,7 +61,7 @@ def test_fallbacks_say_why(offload: dict, reason: str):
     data = _sc(offload, "gcp-t4-vm", 4, 64, 4, {"policy": "static"})
     ref, got = _pair(data)
     assert got.summary["engine_path"].endswith(f"offloaded steps event by event ({reason})")
-    _assert_same(ref, got)
+    assert_same_outputs(ref, got)
 
 
 def test_shipped_kv_spill_scenario_is_closed_form_and_identical():
@@ -83,7 +71,7 @@ def test_shipped_kv_spill_scenario_is_closed_form_and_identical():
     ref = simulate(sc, engine="reference")
     got = simulate(sc)
     assert got.summary["engine_path"] == "reference (offloading); offloaded steps in closed form"
-    _assert_same(ref, got)
+    assert_same_outputs(ref, got)
 
 
 def test_several_gpu_batches_with_prefetch_run_event_by_event_and_match():
@@ -93,12 +81,12 @@ def test_several_gpu_batches_with_prefetch_run_event_by_event_and_match():
     assert got.summary["engine_path"].endswith(
         "offloaded steps event by event (several GPU batches per layer: FlexGen's zig-zag block schedule)"
     )
-    _assert_same(ref, got)
+    assert_same_outputs(ref, got)
     # serving with a GPU batch smaller than the batch: the larger steps run event by event
     off = {"weights": {"gpu": 0.5, "cpu": 0.5}, "gpu_batch_size": 2}
     ref, got = _pair(_sc(off, "gcp-t4-vm", 6, 64, 4, {"policy": "continuous", "max_num_seqs": 4}, rate=50.0))
     assert got.summary["engine_path"].endswith("offloaded steps in closed form, event by event for steps of more sequences than gpu_batch_size (2)")
-    _assert_same(ref, got)
+    assert_same_outputs(ref, got)
 
 
 def test_wake_at_lands_exactly():
@@ -172,7 +160,7 @@ def test_closed_form_equals_event_path(data: dict):
         ref, got = _pair(data)
     except SimkitError:
         return  # a plan that does not fit, or is refused: both paths refuse it alike
-    _assert_same(ref, got)
+    assert_same_outputs(ref, got)
 
 
 @pytest.mark.parametrize(("cpu_attention", "closed"), [(False, True), (True, False)])
@@ -186,7 +174,7 @@ def test_several_replicas(cpu_attention: bool, closed: bool):
     ref, got = _pair(data)
     want = "offloaded steps in closed form" if closed else "offloaded steps event by event (replicas share the host CPU)"
     assert got.summary["engine_path"].endswith(want)
-    _assert_same(ref, got)
+    assert_same_outputs(ref, got)
 
 
 @settings(max_examples=200, deadline=None)

@@ -5,18 +5,14 @@ event by event)."""
 
 from __future__ import annotations
 
-import json
-
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simkit.scenario import scenario_from_dict
 from simkit.simulate import simulate
-from tests.conftest import make_scenario
+from tests.conftest import assert_same_outputs, make_scenario
 
-_SKIP = ("sim_wall_s", "engine_path")
 _PATH = "reference (pipeline parallelism); pipeline stages"
 
 
@@ -27,15 +23,6 @@ def _pair(data: dict) -> tuple:
     return ref, got
 
 
-def _assert_same(ref, got) -> None:  # type: ignore[no-untyped-def]
-    for col in ("first_token", "finish", "last_token", "scheduled", "preemptions", "replica"):
-        a, b = getattr(ref.table, col), getattr(got.table, col)
-        assert np.array_equal(a, b, equal_nan=True), col
-    sa = {k: v for k, v in ref.summary.items() if k not in _SKIP}
-    sb = {k: v for k, v in got.summary.items() if k not in _SKIP}
-    assert json.dumps(sa, sort_keys=True) == json.dumps(sb, sort_keys=True)
-    assert ref.link_busy == got.link_busy
-    assert ref.iterations == got.iterations
 
 
 def _sc(
@@ -65,7 +52,7 @@ def test_pp4_is_closed_form_and_identical():
     ref, got = _pair(data)
     assert got.summary["engine_path"] == f"{_PATH} in closed form"
     assert ref.summary["engine_path"] == "reference (requested); pipeline stages event by event (requested)"
-    _assert_same(ref, got)
+    assert_same_outputs(ref, got)
 
 
 def test_overtaking_micro_batch_reruns_event_by_event():
@@ -79,7 +66,7 @@ def test_overtaking_micro_batch_reruns_event_by_event():
     path = got.summary["engine_path"]
     assert path.startswith(f"{_PATH} event by event (replica 0 at t="), path
     assert path.endswith("the run was repeated event by event)")
-    _assert_same(ref, got)
+    assert_same_outputs(ref, got)
 
 
 @pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
@@ -92,7 +79,7 @@ def test_preempting_pipelines_identical(policy: str):
     ref, got = _pair(data)
     assert got.summary["engine_path"].endswith("; pipeline stages in closed form")
     assert int(got.table.preemptions.sum()) > 0
-    _assert_same(ref, got)
+    assert_same_outputs(ref, got)
 
 
 @pytest.mark.parametrize("kv_link", ["nvlink", "network"])
@@ -102,7 +89,7 @@ def test_disaggregated_pipelines_identical(kv_link: str):
                {"process": "poisson", "rate": 30.0}, 40, (100, 1500), (5, 50), replicas=2)
     ref, got = _pair(data)
     assert got.summary["engine_path"].endswith("; pipeline stages in closed form")
-    _assert_same(ref, got)
+    assert_same_outputs(ref, got)
 
 
 @pytest.mark.parametrize(
@@ -118,7 +105,7 @@ def test_fallbacks_say_why(over: dict, reason: str):
     data["plan"].update(over)
     ref, got = _pair(data)
     assert got.summary["engine_path"].endswith(f"pipeline stages event by event ({reason})")
-    _assert_same(ref, got)
+    assert_same_outputs(ref, got)
 
 
 def test_trace_output_falls_back():
@@ -175,4 +162,4 @@ def _plans(draw: st.DrawFn) -> dict:
 def test_random_pipelined_plans_identical(data: dict):
     ref, got = _pair(data)
     assert "; pipeline stages " in got.summary["engine_path"]
-    _assert_same(ref, got)
+    assert_same_outputs(ref, got)
