@@ -1,4 +1,5 @@
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,3 +104,11 @@ def _first_difference(x, y, path: str = "summary") -> str:  # type: ignore[no-un
                 return d
         return ""
     return "" if repr(x) == repr(y) else f"{path}: {x!r} != {y!r}"
+
+
+def native_trace_workload(path: Path, times: np.ndarray, inp: np.ndarray, out: np.ndarray) -> dict:
+    """Write arrival times (exact: ``repr`` of each float) and lengths as a native trace at ``path``;
+    returns the scenario's ``workload`` mapping that replays it."""
+    rows = "".join(f"{t!r},{i},{o}\n" for t, i, o in zip(times.tolist(), inp.tolist(), out.tolist()))
+    path.write_text("arrival_s,input_tokens,output_tokens\n" + rows)
+    return {"trace": {"path": str(path), "format": "native"}}

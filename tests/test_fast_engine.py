@@ -17,7 +17,7 @@ from simkit.cost.iteration import compute_op_tables
 from simkit.policies.batching import with_policy
 from simkit.scenario import scenario_from_dict
 from simkit.simulate import simulate
-from tests.conftest import assert_same_outputs, make_scenario, uniform_workload
+from tests.conftest import assert_same_outputs, make_scenario, native_trace_workload, uniform_workload
 from tests.test_lean import fast_path_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,12 +145,6 @@ def test_shortcuts_are_exercised_and_exact(monkeypatch):
     assert seen["fast_admit"] > seen["remembered"] > 0, seen  # some refusals came from memory
 
 
-def _native_trace(path: Path, times: np.ndarray, inp: np.ndarray, out: np.ndarray) -> dict:
-    rows = "".join(f"{t!r},{i},{o}\n" for t, i, o in zip(times.tolist(), inp.tolist(), out.tolist()))
-    path.write_text("arrival_s,input_tokens,output_tokens\n" + rows)
-    return {"trace": {"path": str(path), "format": "native"}}
-
-
 @pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
 @pytest.mark.parametrize("replicas", [1, 2])
@@ -175,7 +169,7 @@ def test_arrivals_at_step_ends_and_at_one_instant(tmp_path, policy, seed, replic
     tied: list[float] = []
     last = 0.0
     for k in range(8):
-        data["workload"] = _native_trace(tmp_path / "ties.csv", times, inp, out)
+        data["workload"] = native_trace_workload(tmp_path / "ties.csv", times, inp, out)
         rows = simulate(scenario_from_dict(data)).iterations
         ends = {row[2] for row in rows}
         assert all(t in ends for t in tied)  # every tie made so far is still one
@@ -193,7 +187,7 @@ def test_arrivals_at_step_ends_and_at_one_instant(tmp_path, policy, seed, replic
         tied.append(end)
         last = end
     assert len(tied) >= 4
-    data["workload"] = _native_trace(tmp_path / "ties.csv", times, inp, out)
+    data["workload"] = native_trace_workload(tmp_path / "ties.csv", times, inp, out)
     ref, fast = assert_same_run(scenario_from_dict(data))
     assert fast["engine_path"] == fast_path_of(replicas, fast["preemptions"])
     assert ref["requests_rejected"] > 0

@@ -3,7 +3,6 @@ engine (the oracles), bit for bit: every per-request column, every iteration row
 number; and its fallback (a run it stops is stepped, and says so)."""
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from simkit.engine.state import TBTHistogram
 from simkit.policies.batching import with_policy
 from simkit.scenario import scenario_from_dict
 from simkit.simulate import simulate
-from tests.conftest import assert_same_outputs, make_scenario, uniform_workload
+from tests.conftest import assert_same_outputs, make_scenario, native_trace_workload, uniform_workload
 
 FUSED = "fast (fused loop)"
 STOPPED_PREEMPTION = "fast (the fused loop stopped at a decode step short of KV blocks (preemption): stepped)"
@@ -106,12 +105,6 @@ def test_both_outcomes_and_rejections_are_exercised(policy):
     assert s["rejection_reasons"]["never_fits"] > 0 and s["rejection_reasons"]["exceeds_kv_capacity"] > 0
 
 
-def _native_trace(path: Path, times: np.ndarray, inp: np.ndarray, out: np.ndarray) -> dict:
-    rows = "".join(f"{t!r},{i},{o}\n" for t, i, o in zip(times.tolist(), inp.tolist(), out.tolist()))
-    path.write_text("arrival_s,input_tokens,output_tokens\n" + rows)
-    return {"trace": {"path": str(path), "format": "native"}}
-
-
 @pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_arrivals_at_step_ends_and_at_one_instant(tmp_path, seed, policy):
@@ -129,7 +122,7 @@ def test_arrivals_at_step_ends_and_at_one_instant(tmp_path, seed, policy):
     added: set[float] = set()
     last = 0.0
     for k in range(12):
-        data["workload"] = _native_trace(tmp_path / "ties.csv", times, inp, out)
+        data["workload"] = native_trace_workload(tmp_path / "ties.csv", times, inp, out)
         rows = simulate(scenario_from_dict(data)).iterations
         prefill = k % 2 == 0
         later = [row for row in rows if row[1] > last and (row[4] > 0) == prefill]
@@ -146,7 +139,7 @@ def test_arrivals_at_step_ends_and_at_one_instant(tmp_path, seed, policy):
         times = times[order]
         added.add(end)
         last = end
-    data["workload"] = _native_trace(tmp_path / "ties.csv", times, inp, out)
+    data["workload"] = native_trace_workload(tmp_path / "ties.csv", times, inp, out)
     sc = scenario_from_dict(data)
     fused, _ = run_three(sc)
     assert fused["engine_path"] == FUSED
