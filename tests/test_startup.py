@@ -18,18 +18,25 @@ ROOT = Path(__file__).resolve().parents[1]
 BURST_HEADER = "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
 
 
-def _parse(path: Path, plain: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """BurstGPTReader.parse's columns as plain data (or the error it raised), through the plain
-    reader when it takes the file, else (``plain=False``) through the pandas path."""
+def _parse(path: Path, plain: bool, monkeypatch: pytest.MonkeyPatch, reader: type = T.BurstGPTReader,
+           plain_reader: str = "_burstgpt_plain") -> Any:
+    """``reader``'s parsed columns as plain data (or the error it raised), through the plain
+    reader (module function ``plain_reader``) when it takes the file, else (``plain=False``)
+    through the pandas path."""
     with monkeypatch.context() as m:
         m.setattr(T, "_plain_first", lambda path: True)  # pandas is imported in this process
         if not plain:
-            m.setattr(T, "_burstgpt_plain", lambda path, header: None)
+            m.setattr(T, plain_reader, lambda path, header: None)
         try:
-            cols = T.BurstGPTReader().parse(path, T.ReadOptions(on_bad_line="skip"))
+            cols = reader().parse(path, T.ReadOptions(on_bad_line="skip"))
         except TraceError as e:
             return str(e)
     return {k: (v.dtype.str, v.tolist()) if isinstance(v, np.ndarray) else v for k, v in vars(cols).items()}
+
+
+def _parse_native(path: Path, plain: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """NativeReader.parse's columns as plain data (or its error), as :func:`_parse`."""
+    return _parse(path, plain, monkeypatch, T.NativeReader, "_native_plain")
 
 
 def test_plain_burstgpt_sample_read_without_pandas_equals_pandas(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -120,19 +127,6 @@ def test_iteration_columns_are_typed_columns_of_the_rows() -> None:
         assert cols[name].dtype == kind and cols[name].tolist() == [r[k] for r in rows]
     empty = iteration_columns([])
     assert all(len(v) == 0 and v.dtype == cols[k].dtype for k, v in empty.items())
-
-
-def _parse_native(path: Path, plain: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """NativeReader.parse's columns as plain data (or its error), as :func:`_parse`."""
-    with monkeypatch.context() as m:
-        m.setattr(T, "_plain_first", lambda path: True)  # pandas is imported in this process
-        if not plain:
-            m.setattr(T, "_native_plain", lambda path, header: None)
-        try:
-            cols = T.NativeReader().parse(path, T.ReadOptions(on_bad_line="skip"))
-        except TraceError as e:
-            return str(e)
-    return {k: (v.dtype.str, v.tolist()) if isinstance(v, np.ndarray) else v for k, v in vars(cols).items()}
 
 
 def test_plain_native_shipped_trace_read_without_pandas_equals_pandas(monkeypatch: pytest.MonkeyPatch) -> None:

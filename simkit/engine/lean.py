@@ -86,6 +86,32 @@ def _growth(upto: int, xa: int, n_active: int, cnt: list[int], pending: list[tup
     return g
 
 
+def _tbt_fresh(hist: TBTHistogram, vals: list[float], wts: list[float], t: float, last_dec: float, nb: int,
+               fresh: list[tuple[float, int]]) -> tuple[list[float], list[float]]:
+    """FastEngine._tbt_groups(t) when sequences joined the decode set since its last step
+    (``fresh``: their first-token time and count): the older sequences' gap since ``last_dec``,
+    then each newcomer's, through the histogram's buffer as TBTHistogram.push1 does. Returns the
+    buffer's lists (a flush replaces them). The common case, no newcomers, stays inline in
+    :func:`run_fused`."""
+    buf = hist.BUF
+    n_old = nb
+    for e in fresh:
+        n_old -= e[1]
+    if n_old:
+        if len(vals) >= buf:
+            hist.flush()
+            vals, wts = hist._vals, hist._wts
+        vals.append(t - last_dec)
+        wts.append(float(n_old))
+    for lt, c in fresh:
+        if len(vals) >= buf:
+            hist.flush()
+            vals, wts = hist._vals, hist._wts
+        vals.append(t - lt)
+        wts.append(float(c))
+    return vals, wts
+
+
 def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
     """Run ``cluster`` (one replica served by ``engine``, continuous or chunked-prefill batching)
     to the end in one loop and write what the stepping path would (the request table, the inter-token histogram,
@@ -596,21 +622,7 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
                     vals.append(now - last_dec)
                     wts.append(float(nb))
                 else:
-                    n_old = nb
-                    for e in fresh:
-                        n_old -= e[1]
-                    if n_old:
-                        if len(vals) >= BUF:
-                            hist.flush()
-                            vals, wts = hist._vals, hist._wts
-                        vals.append(now - last_dec)
-                        wts.append(float(n_old))
-                    for lt, c in fresh:
-                        if len(vals) >= BUF:
-                            hist.flush()
-                            vals, wts = hist._vals, hist._wts
-                        vals.append(now - lt)
-                        wts.append(float(c))
+                    vals, wts = _tbt_fresh(hist, vals, wts, now, last_dec, nb, fresh)
                     fresh = []
                 D += 1
                 last_dec = now
@@ -678,21 +690,7 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
             vals.append(gap_end - last_dec)
             wts.append(fb)
         else:
-            n_old = nb
-            for e in fresh:
-                n_old -= e[1]
-            if n_old:
-                if len(vals) >= BUF:
-                    hist.flush()
-                    vals, wts = hist._vals, hist._wts
-                vals.append(gap_end - last_dec)
-                wts.append(float(n_old))
-            for lt, c in fresh:
-                if len(vals) >= BUF:
-                    hist.flush()
-                    vals, wts = hist._vals, hist._wts
-                vals.append(gap_end - lt)
-                wts.append(float(c))
+            vals, wts = _tbt_fresh(hist, vals, wts, gap_end, last_dec, nb, fresh)
             fresh = []
         if s > 1:
             # TBTHistogram.push(times[1:], nb)
