@@ -39,7 +39,9 @@ def test_t4_vm_links_are_flexgens_measurements():
     r = link_rates(node, 1)
     assert r["h2d"][0] == pytest.approx(12.89 * GiB)
     assert r["d2h"][0] == pytest.approx(4.82 * GiB)
-    assert r["nvme_read"][0] == pytest.approx(0.473 * GiB)
+    # the disk is read at its 4 devices' documented 2,640 MB/s, not at the cost model's fitted
+    # dtoc_bdw (0.473 GiB/s), which FlexGen's own published OPT-175B run contradicts
+    assert r["nvme_read"][0] == pytest.approx(4 * 660e6)
     assert r["nvme_write"][0] == pytest.approx(2.015 * GiB)
     slow = kv_store_slowdown(r)
     assert slow["d2h"] == pytest.approx(4.82 / 0.97)
@@ -369,6 +371,23 @@ def test_flexgen_published_policies_map_to_plans_as_written():
     comp = bench.flexgen_policy_offload(bench.FLEXGEN_POLICIES["flexgen_t4_s256_n32_flexgen_c_opt-6.7b"], 32)
     assert comp["compress_weights"] and comp["compress_kv"] and comp["resident_layers"] == 32 and not comp["overlap"]
     assert all(p["percent"][0] + p["percent"][1] <= 100 for p in bench.FLEXGEN_POLICIES.values())
+
+
+def test_flexgens_published_disk_policy_lands_with_the_documented_disk_rate():
+    """FlexGen's OPT-175B T4 policy (bench_suite.py: weights half on disk, KV cache on disk, CPU
+    attention; published 1.36 token/s) read ~8 GB from disk per layer and decode step: at the
+    cost model's fitted 0.473 GiB/s it ran 4.5x slower than published (as FlexGen's own cost
+    model predicts it, 0.30 token/s); at the disk's documented rate it lands."""
+    bench = _bench()
+    pol = bench.FLEXGEN_POLICIES["flexgen_t4_s256_n32_flexgen_opt-175b"]
+    pub = 1.36  # token/s: bench_suite.py's comment on this policy, the published row
+    data = bench._base(bench.T4_NODE, "opt-175b", pol["gbs"] * pol["ngb"], 256, 32, 64)
+    data["plan"]["offload"] = bench.flexgen_policy_offload(pol, 96)
+    got = float(simulate(scenario_from_dict(data)).summary["output_tokens_per_s"])
+    assert abs(got / pub - 1.0) < 0.3
+    data["hardware"] = {"preset": bench.T4_NODE, "measured": {"ssd_read_bandwidth": "0.473 GiB/s"}}
+    slow = float(simulate(scenario_from_dict(data)).summary["output_tokens_per_s"])
+    assert slow < 0.3 * pub
 
 
 # ---- staging, the zig-zag block schedule, decode copies that follow compute ----------------------------
