@@ -209,6 +209,18 @@ def test_eager_cuda_context_leaves_room_for_fewer_sequences_on_the_t4():
     assert (lazy - eager) * block_bytes == pytest.approx(666_632_192 - 287e6, abs=block_bytes)
 
 
+def test_the_optimiser_charges_staging_buffers_as_the_simulator_places_them():
+    """An all-GPU plan has no staging buffers in the capacity check; the LP charged two layers'
+    worth anyway, which (with the eager context) hid OPT-6.7B's 8-sequence all-GPU plan on a T4
+    that the simulator accepts."""
+    data = _sc({"weights": {"gpu": 0.0, "cpu": 1.0}, "decode_overlap": False}, n=1, inp=256, out=32)
+    data["plan"]["kv_cache"] = {"cuda_context": "eager"}
+    cands = optimize(scenario_from_dict(data), prompt_len=256, gen_len=32, compress=(False,), compress_kv=(False,))
+    best = next(c for c in cands if c.sim.get("output_tokens_per_s"))
+    assert (best.gpu_batch_size, best.num_gpu_batches) == (8, 1)
+    assert best.fractions["w"]["gpu"] == 1.0 and best.fractions["c"]["gpu"] == 1.0
+
+
 def test_policy_needing_more_than_90_percent_of_a_t4_is_accepted_when_static():
     # 90% of the T4's 15 GiB is 13.5 GiB; this OPT-13B plan needs 14.2 GiB of it (as FlexGen's
     # OPT-30B policies on that GPU did)
