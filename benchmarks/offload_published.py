@@ -17,8 +17,7 @@ every row:
   benchmark/flexgen/bench_suite.py: every published (c) policy runs --compress-cache, OPT-6.7B's
   and OPT-175B's --compress-weight too), and simkit's best confirmed plan's simulated throughput
   is compared with the published best. FlexGen's runtime is described by ``dequant: unfused`` (its PyTorch int4
-  kernels) and ``decode_overlap: false`` (its decode copies follow compute: docs/offloading.md), its
-  software stack by ``cuda_context: eager`` (CUDA 11.6: ``T4_CUDA_CONTEXT``).
+  kernels) and ``decode_overlap: false`` (its decode copies follow compute: docs/offloading.md).
 - ZeRO-Inference and FlexGen on one RTX A6000 (``zeroinf_a6000_*``): simulated as configured on
   ``lambda-a6000-workstation``: the stated batch (one GPU batch), weights on CPU or disk, 4-bit
   weights (group 64) or not, KV cache on the GPU or offloaded to the CPU (attention where the KV
@@ -50,10 +49,6 @@ DATA = ROOT.parent / "shared" / "data" / "published" / "offload_results.yaml"
 DOC = ROOT / "docs" / "fidelity.md"
 SECTION = "## Offloading against published systems (FlexGen, ZeRO-Inference)"
 T4_NODE = "gcp-t4-vm"
-T4_CUDA_CONTEXT = "eager"
-"""The CUDA context of FlexGen's T4 runs (plan.kv_cache.cuda_context): FlexGen's docs/gcp_setup.md
-installs CUDA 11.6 with driver 510.39.01 and PyTorch's cu116 wheels; lazy module loading needs
-CUDA 11.7 and a R515+ driver, so every module was loaded at start (667 MB, not 287)."""
 A6000_NODE = "lambda-a6000-workstation"
 GROUP_SIZE_A6000 = 64
 """Quantisation group of both systems' 4-bit weights (ZeRO-Inference README: default 64;
@@ -125,7 +120,6 @@ def run_policies() -> str:
         row = rows[rid]
         w = row["workload"]
         data = _base(T4_NODE, model_name(row), pol["gbs"] * pol["ngb"], int(w["prompt_len"]), int(w["gen_len"]), 64)
-        data["plan"]["kv_cache"] = {"cuda_context": T4_CUDA_CONTEXT}
         data["plan"]["offload"] = flexgen_policy_offload(pol, load_model(model_name(row)).num_layers)
         tps = float(simulate(scenario_from_dict(data, where=f"<{rid}>")).summary["output_tokens_per_s"])
         pub = float(row["metric"]["value"])
@@ -206,7 +200,6 @@ def simulate_row(row: dict[str, Any]) -> dict[str, Any]:
         # FlexGen (de)compresses int4 with its PyTorch kernels (plan.offload.dequant: unfused)
         # and its decode step copies the next layer after computing this one (decode_overlap)
         data["plan"]["offload"] = {"weights": {"gpu": 0.0, "cpu": 1.0}, "dequant": "unfused", "decode_overlap": False}
-        data["plan"]["kv_cache"] = {"cuda_context": T4_CUDA_CONTEXT}
         sc = scenario_from_dict(data, where=f"<{row['id']}>")
         # FlexGen (c): the KV cache compressed, the weights as the search finds best (every
         # published (c) policy runs --compress-cache; OPT-6.7B and OPT-175B's --compress-weight too)

@@ -279,9 +279,6 @@ def plan_memory(
         # growing KV pool: policies/offload.offload_gpu_usable)
         usable, usable_rule = offload_gpu_usable(device.memory, kvp, static)
     else:
-        if "cuda_context" in kvp.model_fields_set:
-            raise ScenarioError("plan.kv_cache.cuda_context sizes a GPU's memory; this run computes on the CPU",
-                                where=sc.source, key="plan.kv_cache.cuda_context")
         usable, usable_rule = device.memory * kvp.gpu_memory_utilization, f"x gpu_memory_utilization {kvp.gpu_memory_utilization}"
     block_bytes = kvp.block_size * kv_tok
     left = usable - weights - act

@@ -193,8 +193,6 @@ class KVCache(_S):
     """Override the computed block count (real engines report their own)."""
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     """Fraction of each GPU's memory the engine may use (vLLM's gpu_memory_utilization). A static run (offloaded or not) that does not set it may use the GPU's memory less the CUDA context (docs/offloading.md)."""
-    cuda_context: Literal["lazy", "eager"] = "lazy"
-    """The CUDA context a static run leaves out of GPU memory: ``lazy``, CUDA module loading on demand (CUDA >= 11.7 with a R515+ driver, PyTorch >= 1.13's default: 287 MB); ``eager``, every module loaded at start (older stacks: 667 MB). Needs static batching without gpu_memory_utilization (docs/offloading.md)."""
     watermark: float = Field(default=0.01, ge=0, lt=1)
     """Fraction of blocks kept free when admitting new requests."""
     preemption: Literal["recompute", "swap"] = "recompute"
@@ -381,18 +379,6 @@ class Plan(_S):
         if isinstance(v, dict) and "policy" not in v:
             return {"policy": ContinuousBatching.name, **v}
         return v
-
-    @model_validator(mode="after")
-    def _cuda_context(self) -> Plan:
-        kv = self.kv_cache
-        if "cuda_context" in kv.model_fields_set and (
-            self.batching.policy != "static" or "gpu_memory_utilization" in kv.model_fields_set
-        ):
-            raise ValueError(
-                "plan.kv_cache.cuda_context sizes the GPU memory of a static run that does not set "
-                "gpu_memory_utilization; with continuous batching or an explicit gpu_memory_utilization it cannot take effect"
-            )
-        return self
 
     @model_validator(mode="after")
     def _fleet(self) -> Plan:

@@ -208,25 +208,22 @@ def build_offload_layout(
     )
 
 
-CUDA_CONTEXT_BYTES: dict[str, float] = {"lazy": 287e6, "eager": 666_632_192.0}
-"""GPU memory the CUDA context of a PyTorch process holds outside its allocator
-(``plan.kv_cache.cuda_context``): 287,047,680 bytes with lazy module loading (CUDA 11.7+ with a
-R515+ driver; PyTorch >= 1.13 sets CUDA_MODULE_LOADING=LAZY), 666,632,192 loading every module at
-start (pytorch/pytorch PR #86509 measured both)."""
+CUDA_CONTEXT_BYTES = 287e6
+"""GPU memory the CUDA context of a PyTorch process holds outside its allocator: 287,047,680 bytes
+with lazy module loading (PyTorch >= 1.13 sets CUDA_MODULE_LOADING=LAZY; pytorch/pytorch PR #86509
+measured 666,632,192 bytes eager)."""
 
 
 def offload_gpu_usable(gpu_memory: float, kv: KVCachePlan, static: bool) -> tuple[float, str]:
     """Bytes of each GPU a run may fill, offloaded or not, and the rule that decided it.
 
     A static run (FlexGen, ZeRO-Inference: one batch, every buffer planned ahead) may
-    use the GPU's memory as the driver reports it (ECC on) less the CUDA context
-    (``plan.kv_cache.cuda_context``): it keeps no KV
+    use the GPU's memory as the driver reports it (ECC on) less the CUDA context: it keeps no KV
     pool that grows, so a serving engine's headroom (``gpu_memory_utilization``, vLLM's 0.9 by
     default) does not apply unless the scenario sets it. Other plans use memory x
     ``gpu_memory_utilization``."""
     if static and "gpu_memory_utilization" not in kv.model_fields_set:
-        ctx = CUDA_CONTEXT_BYTES[kv.cuda_context]
-        return gpu_memory - ctx, f"GPU memory less {fmt_bytes(ctx)} of {kv.cuda_context} CUDA context (static offloaded run)"
+        return gpu_memory - CUDA_CONTEXT_BYTES, f"GPU memory less {fmt_bytes(CUDA_CONTEXT_BYTES)} of CUDA context (static offloaded run)"
     return gpu_memory * kv.gpu_memory_utilization, f"x gpu_memory_utilization {kv.gpu_memory_utilization}"
 
 

@@ -214,12 +214,9 @@ def solve_candidate(
     KVpk = bls * (prompt_len + gen_len) * kvtl * L
     Hpk = Hp
     act = activation_bytes(model, gbs * prompt_len, gbs, 1, prec)
-    # staging, as check_offload_capacity places it: two GPU buffers of a layer's off-GPU weights,
-    # 2 W (1 - w_gpu) (none when every layer is resident), and two pinned DRAM buffers of its share
-    # from disk or CXL, 2 W (w_disk + w_cxl)
     cap_rows = {
         "gpu": ((tiers["hbm"].capacity * 0.9 if gpu_usable is None else gpu_usable) if "hbm" in tiers else 0.0) - act - 2 * W,
-        "cpu": tiers["dram"].capacity,
+        "cpu": tiers["dram"].capacity - 2 * W,
         "cxl": tiers["cxl"].capacity if "cxl" in tiers else 0.0,
         "disk": tiers["ssd"].capacity if "ssd" in tiers else 0.0,
     }
@@ -228,11 +225,6 @@ def solve_candidate(
         r[idx["w", t]] = Wt
         r[idx["c", t]] = KVpk
         r[idx["h", t]] = Hpk
-        if t == "gpu":
-            r[idx["w", "gpu"]] -= 2 * W
-        elif t == "cpu":
-            r[idx["w", "disk"]] += 2 * W
-            r[idx["w", "cxl"]] += 2 * W
         A_ub.append(r)
         b_ub.append(cap_rows[t])
         labels.append((f"capacity {t}", ""))
