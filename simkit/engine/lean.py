@@ -755,6 +755,7 @@ def run_fused(engines: list[FastEngine], cluster: Cluster) -> str | None:
     shared = (inp, table.output.tolist(), sched, first_tok, finish, [0] * n, [0] * n if chunked else [], never_fits, hist,
               rows)  # fmt: skip
     clock: list = [False, 0.0, False]
+    """[whether SimPy's clock is numpy, the clock when a replica last went idle, its type]."""
     queues: list[deque[int]] = [deque() for _ in engines]
     outst = [0] * n_rep
     loops = [_replica(e, queues[k], outst, shared, clock) for k, e in enumerate(engines)]
@@ -764,60 +765,88 @@ def run_fused(engines: list[FastEngine], cluster: Cluster) -> str | None:
     """Idle and not yet woken (a request queued for it schedules its wake-up)."""
     turn = getattr(router, "_next", 0)  # round robin's
     heappush, heappop = heapq.heappush, heapq.heappop
-    # FastWorld's heap after the engines' start: (time, ticket, who: a replica, or -1 for the
-    # arrival process, whose start at time 0 comes after the engines'); all later entries are
-    # scheduled with normal priority, so (time, ticket) is SimPy's order
-    heap: list[tuple[float, int, int]] = [(0.0, 0, -1)]
+    # FastWorld's heap, as (time, ticket, replica) of the replicas' step ends and wake-ups (SimPy's
+    # order: by time, then by the order they were scheduled in), with the arrival process's one
+    # pending wait held apart (``aw``, ``a_ticket``; its start at time 0 comes after the engines')
+    heap: list[tuple[float, int, int]] = []
+    aw = 0.0
+    a_ticket = 0
     ticket = 0
     started = False
+    np_clock = False
+    single = n_rep == 1
+    enqueued = 0
+    last_who = -1
+    """Who ran last: a replica (its clock is in ``clock``), or the arrival process (-1)."""
+    last_arrival = 0.0
     ak = 0
     """The next arrival to handle (an index into ``order``)."""
-    while heap:
-        now, _, who = heappop(heap)
+    # a replica's step end just scheduled (ticket taken) but kept out of the heap while only the
+    # arrival process comes before it, then resumed without a heap entry
+    p_who = -1
+    p_end = 0.0
+    p_ticket = 0
+    while True:
+        if p_who >= 0:
+            if heap and (heap[0][0] < p_end or (heap[0][0] == p_end and heap[0][1] < p_ticket)):
+                # another replica's event comes first: the end goes into the heap
+                heappush(heap, (p_end, p_ticket, p_who))
+                p_who = -1
+                continue
+            if aw < p_end or (aw == p_end and a_ticket < p_ticket):
+                now = aw
+                who = -1
+            else:
+                now = p_end
+                who = p_who
+                p_who = -1
+        elif heap and (heap[0][0] < aw or (heap[0][0] == aw and heap[0][1] < a_ticket)):
+            now, _, who = heappop(heap)
+        elif aw < INF:
+            now = aw
+            who = -1
+        else:
+            break
         if who >= 0:
             sleeping[who] = False
             try:
-                end = loops[who].send((now, at[ak], heap[0][0] if heap else INF))
+                end = loops[who].send((now, at[ak], (aw if aw < heap[0][0] else heap[0][0]) if heap else aw))
             except StopIteration as stop:
                 return stop.value  # type: ignore[no-any-return]
             if end is None:
                 sleeping[who] = True
+                last_who = who
             else:
                 ticket += 1
-                heappush(heap, (end, ticket, who))
+                p_end, p_ticket, p_who = end, ticket, who
             continue
         # ---- the arrival process (FastWorld._arrivals): the arrival its wait was for, then every
         # later one already due, then a wait for the next
-        if started:
-            clock[0] = True
-        clock[1] = now
-        clock[2] = clock[0]
+        last_who = -1
+        last_arrival = now
+        aw = INF
         first = started
+        if started and not np_clock:
+            np_clock = clock[0] = True  # from its first wait on, SimPy's clock is a numpy float
         started = True
         while ak < n:
             if not first:
                 dt = at[ak] - now
                 if dt > 0:
                     ticket += 1
-                    heappush(heap, (now + dt, ticket, -1))
+                    aw = now + dt
+                    a_ticket = ticket
                     break
             first = False
             if not codes[ak]:
                 # the router (Cluster._arrive): the replica, among those whose pool holds it
                 i = ids[ak]
                 if needs is None or needs[ak] <= least_cap:
-                    if least:
-                        k = outst.index(min(outst))
-                    else:
-                        k = turn % n_rep
-                        turn += 1
+                    k = 0 if single else outst.index(min(outst)) if least else (turn + enqueued) % n_rep
                 else:
                     fits = [k for k in range(n_rep) if caps[k] >= needs[ak]]
-                    if least:
-                        k = min(fits, key=outst.__getitem__)
-                    else:
-                        k = fits[turn % len(fits)]
-                        turn += 1
+                    k = min(fits, key=outst.__getitem__) if least else fits[(turn + enqueued) % len(fits)]
+                enqueued += 1
                 queues[k].append(i)
                 outst[k] += 1
                 rep[i] = k
@@ -828,7 +857,7 @@ def run_fused(engines: list[FastEngine], cluster: Cluster) -> str | None:
                     heappush(heap, (now, ticket, k))
             ak += 1
 
-    if ak < n or not all(sleeping) or any(queues):
+    if ak < n or heap or not all(sleeping) or any(queues):
         raise AssertionError("the fused loop ended with requests left")
     for lp in loops:
         try:
@@ -861,7 +890,10 @@ def run_fused(engines: list[FastEngine], cluster: Cluster) -> str | None:
     if cluster.log.enabled:
         cluster.log.rows.extend(rows)
     if hasattr(router, "_next"):
-        router._next = turn  # type: ignore[union-attr]  # round robin's turn, as if it had chosen
+        router._next = turn + enqueued  # type: ignore[union-attr]  # round robin's turn, as if it had chosen
     cluster._next = INF
-    cluster.env._now = np.float64(clock[1]) if clock[2] else clock[1]
+    if last_who >= 0:
+        cluster.env._now = np.float64(clock[1]) if clock[2] else clock[1]
+    else:
+        cluster.env._now = np.float64(last_arrival) if np_clock else last_arrival
     return None
