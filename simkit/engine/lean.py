@@ -767,12 +767,13 @@ def run_fused(engines: list[FastEngine], cluster: Cluster) -> str | None:
     heappush, heappop = heapq.heappush, heapq.heappop
     # FastWorld's heap, as (time, ticket, replica) of the replicas' step ends and wake-ups (SimPy's
     # order: by time, then by the order they were scheduled in), with the arrival process's one
-    # pending wait held apart (``aw``, ``a_ticket``; its start at time 0 comes after the engines')
+    # pending wait held apart (``aw``, ``a_ticket``): its start at time 0 (after the engines')
+    # handles the arrivals due then, else waits for the first (the same time: 0 + (t - 0) is t);
+    # either way the first arrival is the one its first event handles
     heap: list[tuple[float, int, int]] = []
-    aw = 0.0
+    aw = (at[0] if at[0] > 0 else 0.0) if n else INF
     a_ticket = 0
     ticket = 0
-    started = False
     np_clock = False
     single = n_rep == 1
     enqueued = 0
@@ -802,13 +803,13 @@ def run_fused(engines: list[FastEngine], cluster: Cluster) -> str | None:
                 p_who = -1
         elif heap and (heap[0][0] < aw or (heap[0][0] == aw and heap[0][1] < a_ticket)):
             now, _, who = heappop(heap)
+            sleeping[who] = False  # (a wake-up; else it was not)
         elif aw < INF:
             now = aw
             who = -1
         else:
             break
         if who >= 0:
-            sleeping[who] = False
             try:
                 end = loops[who].send((now, at[ak], (aw if aw < heap[0][0] else heap[0][0]) if heap else aw))
             except StopIteration as stop:
@@ -825,10 +826,9 @@ def run_fused(engines: list[FastEngine], cluster: Cluster) -> str | None:
         last_who = -1
         last_arrival = now
         aw = INF
-        first = started
-        if started and not np_clock:
-            np_clock = clock[0] = True  # from its first wait on, SimPy's clock is a numpy float
-        started = True
+        if not np_clock and now > 0:
+            np_clock = clock[0] = True  # a wait of the arrival process fired: a numpy float clock
+        first = True
         while ak < n:
             if not first:
                 dt = at[ak] - now
