@@ -145,6 +145,7 @@ def _replica(
     outst: list[int],
     shared: tuple[list[int], list[int], array, array, array, list[int], list[int], list[int], TBTHistogram, list[tuple]],
     clock: list,
+    arrivals: tuple[list[float], list[int], list[int]] | None,
 ) -> Generator[float | None, Resume | None, str | None]:
     """The serving loop of the replica ``engine`` serves (continuous or chunked-prefill batching)
     on local variables. It yields the end of a step that does not end strictly before the
@@ -159,7 +160,13 @@ def _replica(
     first-token and finish times, blocks at admission, prompt tokens prefilled (chunked),
     requests that never fit, the inter-token histogram and the iteration log, all of them
     indexed by request or appended in event order. ``clock``: [whether SimPy's clock is numpy
-    (an arrival's wake has fired), the time of the last event, whether it is a numpy float]."""
+    (an arrival's wake has fired), the time of the last event, whether it is a numpy float,
+    requests queued (alone)].
+
+    ``arrivals``: on a replica alone, the arrival times in order (and inf), request ids and
+    front-door verdicts: the loop is then the whole world (the router has one choice), and runs
+    the arrival process itself between its steps, as the lone replica's world would (the driver
+    only starts it and collects it), so that no step or arrival crosses a generator boundary."""
     inp, out, sched, first_tok, finish, blocks_at_admit, kvp, never_fits, hist, rows = shared
     cost = engine.cost
     kvm = engine.kv
@@ -242,19 +249,62 @@ def _replica(
     nxt = peek = INF
     vals = hist._vals
     wts = hist._wts
+    alone = arrivals is not None
+    if arrivals is not None:
+        # the arrival process (as in the driver): the next arrival to handle, its pending wait
+        # (its start at time 0 handles the arrivals due then, else waits for the first), and
+        # what Cluster.next_arrival() returns
+        at, ids, codes = arrivals
+        n = len(ids)
+        ak = 0
+        aw = peek = (at[0] if at[0] > 0 else 0.0) if n else INF
+        nxt = at[0]
+        enqueued = 0
     while True:
         if not nrun and not waiting:
-            clock[1] = now
-            clock[2] = np_clock
-            msg = yield None
-            if msg is None:
-                break  # the run is over
-            now, nxt, peek = msg
-            if not np_clock and clock[0]:
-                np_clock = True
-                marks_at_switch = marks
-            vals = hist._vals
-            wts = hist._wts
+            if alone:
+                # idle: the arrival process runs until it queues a request (the engine's wake-up
+                # is scheduled then, before the process's next wait, so the engine resumes at once)
+                woke = False
+                while not woke and aw < INF:
+                    now = aw
+                    if not np_clock and now > 0:
+                        np_clock = True  # a wait of the arrival process fired: a numpy float clock
+                        marks_at_switch = marks
+                    # the arrival its wait was for, then every later one already due
+                    nxt = at[ak + 1]
+                    if not codes[ak]:
+                        enqueued += 1
+                        waiting.append(ids[ak])
+                        woke = True
+                    ak += 1
+                    aw = INF
+                    while ak < n:
+                        dt = at[ak] - now
+                        if dt > 0:
+                            aw = now + dt
+                            break
+                        nxt = at[ak + 1]
+                        if not codes[ak]:
+                            enqueued += 1
+                            waiting.append(ids[ak])
+                            woke = True
+                        ak += 1
+                peek = aw
+            if not waiting:
+                clock[1] = now
+                clock[2] = np_clock
+                if alone:
+                    clock[3] = enqueued
+                msg = yield None
+                if msg is None:
+                    break  # the run is over
+                now, nxt, peek = msg
+                if not np_clock and clock[0]:
+                    np_clock = True
+                    marks_at_switch = marks
+                vals = hist._vals
+                wts = hist._wts
 
         # ---- the policy's decision -------------------------------------------------------------
         nb = len(info)
@@ -537,14 +587,39 @@ def _replica(
 
         # ---- the step runs from ``start`` to ``end`` (FastEngine._advance) ----------------------
         end = now + dur
-        if end >= peek:
+        if end < peek:
+            now = end
+        elif alone:
+            # the arrival process runs during the step: its pending wake comes first even at an
+            # equal time (scheduled before the step's end), later ones only when strictly earlier
+            first_wait = True
+            while aw < end or (first_wait and aw == end):
+                first_wait = False
+                now = aw
+                nxt = at[ak + 1]
+                if not codes[ak]:
+                    enqueued += 1
+                    waiting.append(ids[ak])
+                ak += 1
+                aw = INF
+                while ak < n:
+                    dt = at[ak] - now
+                    if dt > 0:
+                        aw = now + dt
+                        break
+                    nxt = at[ak + 1]
+                    if not codes[ak]:
+                        enqueued += 1
+                        waiting.append(ids[ak])
+                    ak += 1
+            peek = aw
+            now = end
+        else:
             # something is scheduled at or before the step's end: the driver schedules the end
             # after it and resumes this loop there (meanwhile other replicas and arrivals run)
             now, nxt, peek = yield end
             vals = hist._vals
             wts = hist._wts
-        else:
-            now = end
         busy += dur
         busy_gpu += dur * gpus
 
@@ -707,6 +782,8 @@ def _replica(
     mc = engine.max_context
     mc["attn_prefill"] = max(mc["attn_prefill"], mc_pre)
     mc["attn_decode"] = max(mc["attn_decode"], mc_dec)
+    if alone:
+        outst[ri] += enqueued  # (the driver counts what it queues; alone, the loop queued them)
     engine.outstanding = outst[ri]
     return None
 
@@ -746,7 +823,7 @@ def run_fused(engines: list[FastEngine], cluster: Cluster) -> str | None:
     sched = nans * n
     first_tok = nans * n
     finish = nans * n
-    rep = array("i", [-1]) * n
+    rep = array("i", [-1]) * (n if n_rep > 1 else 0)
     """The replica each request was queued at."""
     chunked = any(e.policy.name == "chunked_prefill" for e in engines)
     never_fits: list[int] = []
@@ -754,13 +831,19 @@ def run_fused(engines: list[FastEngine], cluster: Cluster) -> str | None:
     rows: list[tuple] = []
     shared = (inp, table.output.tolist(), sched, first_tok, finish, [0] * n, [0] * n if chunked else [], never_fits, hist,
               rows)  # fmt: skip
-    clock: list = [False, 0.0, False]
-    """[whether SimPy's clock is numpy, the clock when a replica last went idle, its type]."""
+    clock: list = [False, 0.0, False, 0]
+    """[whether SimPy's clock is numpy, the clock when a replica last went idle, its type, requests
+    a replica alone queued]."""
     queues: list[deque[int]] = [deque() for _ in engines]
     outst = [0] * n_rep
-    loops = [_replica(e, queues[k], outst, shared, clock) for k, e in enumerate(engines)]
+    single = n_rep == 1
+    loops = [_replica(e, queues[k], outst, shared, clock, (at, ids, codes) if single else None) for k, e in enumerate(engines)]
     for lp in loops:
-        next(lp)  # each replica starts idle (nothing is queued yet)
+        # each replica starts idle (nothing is queued yet); alone, it runs the whole world here
+        try:
+            next(lp)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
     sleeping = [True] * n_rep
     """Idle and not yet woken (a request queued for it schedules its wake-up)."""
     turn = getattr(router, "_next", 0)  # round robin's
@@ -771,16 +854,15 @@ def run_fused(engines: list[FastEngine], cluster: Cluster) -> str | None:
     # handles the arrivals due then, else waits for the first (the same time: 0 + (t - 0) is t);
     # either way the first arrival is the one its first event handles
     heap: list[tuple[float, int, int]] = []
-    aw = (at[0] if at[0] > 0 else 0.0) if n else INF
+    aw = (at[0] if at[0] > 0 else 0.0) if n and not single else INF
     a_ticket = 0
     ticket = 0
     np_clock = False
-    single = n_rep == 1
-    enqueued = 0
-    last_who = -1
+    enqueued = clock[3] if single else 0
+    last_who = 0 if single else -1
     """Who ran last: a replica (its clock is in ``clock``), or the arrival process (-1)."""
     last_arrival = 0.0
-    ak = 0
+    ak = n if single else 0
     """The next arrival to handle (an index into ``order``)."""
     # a replica's step end just scheduled (ticket taken) but kept out of the heap while only the
     # arrival process comes before it, then resumed without a heap entry
@@ -842,7 +924,7 @@ def run_fused(engines: list[FastEngine], cluster: Cluster) -> str | None:
                 # the router (Cluster._arrive): the replica, among those whose pool holds it
                 i = ids[ak]
                 if needs is None or needs[ak] <= least_cap:
-                    k = 0 if single else outst.index(min(outst)) if least else (turn + enqueued) % n_rep
+                    k = outst.index(min(outst)) if least else (turn + enqueued) % n_rep
                 else:
                     fits = [k for k in range(n_rep) if caps[k] >= needs[ak]]
                     k = min(fits, key=outst.__getitem__) if least else fits[(turn + enqueued) % len(fits)]
@@ -880,7 +962,7 @@ def run_fused(engines: list[FastEngine], cluster: Cluster) -> str | None:
     t.kv_len[served] = t.input[served] + gen - 1
     code_a = cluster._codes
     door = code_a > 0
-    t.replica[~door] = np.frombuffer(rep, dtype=np.int32)[~door]
+    t.replica[~door] = engines[0].index if single else np.frombuffer(rep, dtype=np.int32)[~door]
     t.rejected[door] = True  # table.reject, for all of them at once
     t.reject_reason[door] = code_a[door]
     for i in never_fits:
