@@ -19,7 +19,9 @@ heap). :func:`run_fused` makes the same decisions, in the same order, on local v
   requests queued or running, lowest index on ties; ``prefix_aware`` is the same without a
   prefix cache, and the fast path has none), among the replicas whose pool holds the request
   (a fleet's groups differ); the counts the router reads are the replicas' own, kept as they
-  change (queued by the driver, finished or never fitting in the replica's loop);
+  change (queued by the driver, finished or never fitting in the replica's loop); a replica
+  alone runs the arrival process in its own loop instead (the router has one choice), so that
+  no step or arrival crosses a generator boundary;
 - the policies' decisions (``ContinuousBatching._decide``, ``ChunkedPrefill._decide``) and
   admission (``FastEngine.admit``) are written out on the loop's variables;
 - the decode set is the fast engine's running totals (KV offsets from a decode clock, a heap of
