@@ -87,19 +87,22 @@ def test_fused_loop_equals_stepping_and_reference(n, rate, inp, out, seed, seqs,
     assert fused["engine_path"] == fast_path_of(stepping["preemptions"])
 
 
+@pytest.mark.parametrize("replicas", [1, 3])
 @pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
-def test_both_outcomes_and_rejections_are_exercised(policy):
+def test_both_outcomes_and_rejections_are_exercised(policy, replicas):
     """A pool far too small for the load stops the fused loop (the stepping path preempts); a
-    large one runs it to the end; a high watermark rejects a request that never fits."""
-    work = uniform_workload(150, 60.0, (50, 900), (20, 300))
-    small, _ = run_three(scenario_from_dict(_data(work, 3, 48, 4096, {"num_blocks": 120}, policy=policy, chunk=256)))
+    large one runs it to the end; a high watermark rejects a request that never fits (on one
+    replica, and on three behind least_outstanding routing)."""
+    work = uniform_workload(150 * replicas, 60.0 * replicas, (50, 900), (20, 300))
+    more = {"replicas": replicas, "routing": "least_outstanding"}
+    small, _ = run_three(scenario_from_dict(_data(work, 3, 48, 4096, {"num_blocks": 120}, policy=policy, chunk=256, **more)))
     assert small["engine_path"] == STOPPED_PREEMPTION and small["preemptions"] > 10
-    large, _ = run_three(scenario_from_dict(_data(work, 3, 48, 4096, {"num_blocks": 4000}, policy=policy, chunk=256)))
+    large, _ = run_three(scenario_from_dict(_data(work, 3, 48, 4096, {"num_blocks": 4000}, policy=policy, chunk=256, **more)))
     assert large["engine_path"] == FUSED and large["preemptions"] == 0
     # 70 blocks of 16 tokens minus a 30% watermark (21): a prompt needing 50-69 blocks passes the
     # door (it is within the pool) but can never be admitted
-    lone = _data(uniform_workload(30, 5.0, (600, 1250), (1, 10)), 1, 8, 4096,
-                 {"num_blocks": 70, "block_size": 16, "watermark": 0.3}, policy=policy)  # fmt: skip
+    lone = _data(uniform_workload(30 * replicas, 5.0 * replicas, (600, 1250), (1, 10)), 1, 8, 4096,
+                 {"num_blocks": 70, "block_size": 16, "watermark": 0.3}, policy=policy, **more)  # fmt: skip
     s, _ = run_three(scenario_from_dict(lone))
     assert s["engine_path"] == FUSED
     assert s["rejection_reasons"]["never_fits"] > 0 and s["rejection_reasons"]["exceeds_kv_capacity"] > 0
