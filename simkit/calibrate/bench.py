@@ -24,7 +24,10 @@ on a GPU); ``time_s`` is the median per call, ``time_s_p10``/``time_s_p90`` the 
 
 Conditions are those of inference: GEMM weights (and decode KV caches) are timed cold, cycling
 through copies that together exceed twice the last-level cache, since a forward pass reads each
-layer's weights once per step; activations are hot (the previous operator just wrote them). The
+layer's weights once per step; activations are hot (the previous operator just wrote them). On a
+CPU each elementwise operator is timed one call at a time right after the GEMM that precedes it in
+a decode layer (:meth:`Bench.predecessor`): small operators cost several times more there than in
+a loop of themselves. The
 host allocator is pinned (:func:`tune_allocator`) so the same kernel allocates the same way in
 the benchmark and in a model. ``clock="cpu"`` (one thread) times the thread's CPU time instead of
 the wall clock, for machines that other processes share; the device facts record the clock, the
