@@ -83,7 +83,14 @@ def _cells(text: str) -> list[tuple[int, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     from simkit.calibrate import bench
-    from simkit.calibrate.validate import TorchLlama, ValidationConfig, compute_device, load_profile, model_spec, predict_step
+    from simkit.calibrate.validate import (
+        TorchLlama,
+        ValidationConfig,
+        compute_device,
+        load_profile,
+        model_spec,
+        predict_step,
+    )
     from simkit.errors import SimkitError
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
