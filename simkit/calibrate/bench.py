@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -651,7 +651,7 @@ class Bench:
     # (hidden, heads, kv_heads, head_dim, ffn, vocab): the norms follow the residual add after the
     # MLP down-projection, RoPE the QKV projection, the activation the MLP up-projection, the
     # residual add the O projection; embedding (the next step) and sampling follow the LM head
-    PREDECESSOR = {
+    PREDECESSOR: ClassVar[dict[str, Callable[..., tuple[int, int]]]] = {
         "input_norm": lambda h, heads, kvh, d, f, v: (f, h),
         "layernorm": lambda h, heads, kvh, d, f, v: (f, h),
         "rope": lambda h, heads, kvh, d, f, v: (h, (heads + 2 * kvh) * d),
