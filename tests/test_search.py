@@ -464,6 +464,11 @@ def test_vllm_hint_of_compressed_offloaded_weights() -> None:
         gb = params * Precision(stored, "fp16", "fp16", 128).w_bytes * 0.6 / GIB
         assert f"--cpu-offload-gb {gb:.0f}" in flags
         assert any("AWQ or GPTQ" in n for n in notes) == compress
+        # a static batch runs gpu_batch_size x num_gpu_batches sequences at once, not max_num_seqs (256)
+        assert "--max-num-seqs 8" in flags
+    for batching, seqs in (({"policy": "static", "batch_size": 24}, 24), ({"policy": "static"}, 32)):
+        plan = {**data["plan"], "batching": batching, "offload": {**off, "num_gpu_batches": 4}}
+        assert f"--max-num-seqs {seqs}" in vllm_flags(scenario_from_dict({**data, "plan": plan}))[0]
 
 
 def test_spec_errors_are_search_errors(tmp_path: Path) -> None:
