@@ -128,7 +128,8 @@ def resolve_node(hardware: str | dict[str, Any], catalog: Catalog | None = None,
             cat.get("node", preset, where=where, key="hardware.preset")
             from simkit.specs.yamlio import load_yaml
 
-            merged = dict(load_yaml(cat.file_of("node", preset)))
+            base = dict(load_yaml(cat.file_of("node", preset)))
+            merged = dict(base)
             for k, v in data.items():
                 if isinstance(v, dict) and isinstance(merged.get(k), dict):
                     merged[k] = {**merged[k], **v}
@@ -136,7 +137,7 @@ def resolve_node(hardware: str | dict[str, Any], catalog: Catalog | None = None,
                     merged[k] = v
             merged.setdefault("name", f"{preset}-custom")
             data = merged
-            if hardware.keys() - {"preset"}:
+            if merged != base or scale or fscale or "network" in hardware:  # a change (not a restatement) of the preset
                 data["name"] = f"{preset}+custom"
         data.setdefault("kind", "node")
         data.setdefault("name", "inline-node")
