@@ -55,6 +55,7 @@ from bisect import insort
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import simpy
 
 from simkit.engine.engine import Engine
 
@@ -100,7 +101,6 @@ def stand_in_contexts(n: int, total: int, longest: int) -> np.ndarray:
 
 def fast_path_reason(
     policy: str,
-    prefix_cache: bool,
     preemption: str,
     offloaded: bool,
     pp: int,
@@ -112,8 +112,6 @@ def fast_path_reason(
     """None when the fast path covers the plan, else why it runs on the reference engine."""
     if policy not in ("continuous", "chunked_prefill"):
         return f"batching policy {policy}"
-    if prefix_cache:
-        return "prefix caching"
     if preemption != "recompute":
         return f"{preemption} preemption"
     if offloaded:
@@ -169,9 +167,10 @@ class FastEngine(Engine):
         self._no_fit: tuple[int, int | None, int] | None = None
         """(request, reserve_tokens, most blocks in use at which it fits) of the last admission
         that did not fit for want of blocks."""
-        if (kv.cache is not None or cfg.spill_after is not None or cfg.kv_cap_tokens is not None or cfg.role != "both"
-                or kv.watermark_blocks < 0):  # fmt: skip
-            raise AssertionError("the fast path has no prefix cache, KV spill, KV cap, disaggregated role or negative watermark")
+        if cfg.spill_after is not None or cfg.kv_cap_tokens is not None or cfg.role != "both" or kv.watermark_blocks < 0:
+            raise AssertionError("the fast path has no KV spill, KV cap, disaggregated role or negative watermark")
+        self._cached = kv.cache is not None
+        """A prefix cache: admission, publication and release go through its pins (see :meth:`admit`)."""
 
     # ---- the decode set ----------------------------------------------------------------------
     def _join(self, i: int, kv: int, gen: int, lt: float) -> None:
@@ -179,9 +178,11 @@ class FastEngine(Engine):
         last token at ``lt`` (its table row's values, which the caller has at hand)."""
         t = self.table
         clock = self._D
-        blocks = int(t.blocks[i])  # no prefix cache on the fast path: no shared blocks
+        blocks = int(t.blocks[i])
         off = kv - clock
-        n0 = blocks * self.cfg.block_size - off
+        # the blocks it holds: its own and those it shares through the prefix cache (fixed while
+        # it decodes: entries are published when a prefill completes, before it joins)
+        n0 = (blocks + int(t.shared_blocks[i])) * self.cfg.block_size - off
         fin = clock + int(t.output[i]) - gen
         self._info[i] = [off, clock, gen, blocks, n0, lt, fin]
         self._sum_off += off
@@ -349,6 +350,8 @@ class FastEngine(Engine):
         # integrates the KV level up to now, as ``kv.alloc`` does at the same instant). A waiting
         # request's need does not change: it fails again while the blocks in use stay above the
         # level at which it would fit, so those checks are skipped.
+        if self._cached:
+            return self._admit_cached(i, reserve_tokens)
         if self._refused_from_memory(i, reserve_tokens):
             return False
         kv = self.kv
@@ -375,6 +378,17 @@ class FastEngine(Engine):
         self._dec_cache = None
         return True
 
+    def _admit_cached(self, i: int, reserve_tokens: int | None) -> bool:
+        """Admission with a prefix cache: the reference's own (its lookups, pins, evictions and
+        demotions, fetches), then the request joins the decode set if its KV is all here."""
+        if not Engine.admit(self, i, reserve_tokens):
+            return False
+        t = self.table
+        kv_len = int(t.kv_len[i])
+        if kv_len >= int(t.target[i]):
+            self._join(i, kv_len, int(t.gen[i]), float(t.last_token[i]))
+        return True
+
     def _refused_from_memory(self, i: int, reserve_tokens: int | None) -> bool:
         """Whether admitting ``i`` fails as it did last time (the blocks in use are still above
         the level at which it would fit)."""
@@ -395,11 +409,18 @@ class FastEngine(Engine):
         # the reference releases each request's blocks in turn, all at this instant: one release
         # of their sum integrates and peaks the same
         freed = 0
+        cache = self.kv.cache
         for i in ids:
             run.discard(i)  # type: ignore[attr-defined]
             t.finish[i] = now
             freed += int(t.blocks[i])
             t.blocks[i] = 0
+            if cache is not None:
+                # the reference's _release: unpin the request's prefix entries (refcounts only:
+                # the blocks in use and the LRU order stay as they are)
+                for h in self.shared.pop(i, ()):
+                    cache.unpin(h)
+                t.shared_blocks[i] = 0
         self.outstanding -= len(ids)
         self.kv.release(freed)
 
@@ -421,7 +442,7 @@ class FastEngine(Engine):
             nb = len(self._info)
             if nb == 0:
                 return range(0)
-            free = self.kv.num_blocks - self.kv.used  # kv.free without a prefix cache
+            free = self.kv.free
             grow = nb if nb <= free else self._growth_to(self._D + 1)
             if grow <= free or self.kv.make_room(grow):
                 if reserve:
@@ -495,8 +516,10 @@ class FastEngine(Engine):
         (plain values, no :class:`Step`) and the step's work in plain calls around the one
         place it may wait: a step that nothing can interrupt moves the clock without an event
         (:meth:`_advance`), so a run of such steps is one Python loop, not one SimPy event and
-        generator per step. Nothing is ever fetched or swapped on the fast path (no prefix cache,
-        recompute preemption), so the reference's waits for transfers do not apply."""
+        generator per step. With a prefix cache, an admission may fetch entries from a lower tier
+        over the links: the next step waits for its compute and those transfers together (the
+        reference's ``_wait_fetch``), and an empty step waits for them as the reference does.
+        Nothing is ever swapped on the fast path (recompute preemption)."""
         env = self.env
         t = self.table
         fast_step = self.policy.fast_step  # type: ignore[attr-defined]
@@ -512,18 +535,27 @@ class FastEngine(Engine):
             elif nb:
                 dur = self._decode_begin(nb)
             else:
-                if self.waiting and not replica.busy():
+                if self.waiting and not replica.busy() and not self.pending_fetch:
                     # nothing runs anywhere in the replica, yet the head request cannot be
                     # admitted: it can never fit, so reject it rather than stall forever
                     i = self.waiting.popleft()
                     t.reject(i, "never_fits")
                     self.outstanding -= 1
                     continue
+                if self.pending_fetch:
+                    yield simpy.AllOf(env, self.pending_fetch)
+                    self.pending_fetch = []
+                    continue
                 # waiting for something to arrive or finish elsewhere
                 yield from self._idle_wait()
                 continue
             start = env._now
-            if not self._advance(dur):
+            if self.pending_fetch:
+                # the step's compute overlaps the prefix fetches its admissions started
+                # (Engine._wait_fetch: the same events in the same order)
+                pending, self.pending_fetch = self.pending_fetch, []
+                yield simpy.AllOf(env, [env.timeout(dur), *pending])
+            elif not self._advance(dur):
                 yield env.timeout(dur) if self.world is None else None
             self.busy_time += dur
             self.busy_gpu_s += dur * gpus
@@ -586,7 +618,7 @@ class FastEngine(Engine):
         t = self.table
         now = self.env._now
         kv_pre, completes = self._mixed_ctx
-        self.log.add(self.index, start, now, 1, int(sum(pq)), nb, len(pq) + nb, self.kv.used)  # kv.in_use without a prefix cache
+        self.log.add(self.index, start, now, 1, int(sum(pq)), nb, len(pq) + nb, self.kv.in_use)
         finished: list[int] = []
         done_pre: list[tuple[int, int, int]] = []  # (request, KV tokens, generated)
         for k, i in enumerate(pre):
@@ -607,6 +639,11 @@ class FastEngine(Engine):
                 t.gen[i] = g
                 t.last_token[i] = now
                 done_pre[k] = (i, kv, g)
+            if self._cached:
+                # the completed prompts' blocks become prefix-cache entries, in the reference's
+                # order, before they join the decode set (which counts the blocks they share)
+                for i, _, _ in done_pre:
+                    self._publish_prefix(i)
         if nb:
             self._tbt_groups(now)
             self._D += 1
@@ -642,7 +679,7 @@ class FastEngine(Engine):
         longest = (-neg if e is not None and e[0] == -neg else self._longest_offset()) + clock
         bs = self.cfg.block_size
         kvm = self.kv
-        avail = kvm.num_blocks - kvm.used  # kv.available without a prefix cache
+        avail = kvm.available
         if nb * (s // bs + 1) > avail and self._growth_to(clock + s) > avail:
             lo, hi = 1, s
             while lo < hi:
@@ -692,7 +729,7 @@ class FastEngine(Engine):
         """Apply a decode run that ran from ``start`` to now (``dur`` seconds of compute)."""
         nb, s, times, first = self._run
         now = self.env._now
-        self.log.add(self.index, start, now, s, 0, nb, nb, self.kv.used)  # kv.in_use without a prefix cache
+        self.log.add(self.index, start, now, s, 0, nb, nb, self.kv.in_use)
         extra = max((now - start) - dur, 0.0)
         self._tbt_groups(start + first + extra)
         if s > 1:
