@@ -1,0 +1,132 @@
+"""The fast engine with a prefix cache against the reference engine (docs/performance.md, prefix
+caching section): random Mooncake-style traces whose requests share prefix-block hashes, caches
+from a few entries (evicting and demoting at nearly every admission) to ample, HBM alone or with
+DRAM and SSD tiers below it, one or several replicas behind every router, continuous and chunked
+batching, recompute preemption, arrivals at one instant. Every per-request column, iteration row,
+link busy period and summary figure must be the same bits (``conftest.assert_same_outputs``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simkit.policies.batching import with_policy
+from simkit.scenario import scenario_from_dict
+from simkit.simulate import simulate
+from tests.conftest import assert_same_outputs, make_scenario
+
+HASH_TOKENS = 512
+"""Tokens per Mooncake hash block."""
+
+
+def _mooncake_trace(path: Path, seed: int, n: int, roots: int, rate_per_ms: float, burst: float) -> None:
+    """``n`` requests: each continues one of ``roots`` shared hash chains for a random number of
+    blocks, then has blocks of its own; arrivals in whole milliseconds (so several share an
+    instant), a fraction ``burst`` of them at the previous request's instant."""
+    rng = np.random.default_rng(seed)
+    chains = [[1_000 * (r + 1) + b for b in range(8)] for r in range(roots)]
+    t = 0
+    lines = []
+    fresh = 10**6
+    for _ in range(n):
+        if rng.random() >= burst:
+            t += int(rng.exponential(1.0 / rate_per_ms))
+        shared = int(rng.integers(0, 7))
+        own = int(rng.integers(0, 3))
+        hashes = chains[int(rng.integers(0, roots))][:shared] + list(range(fresh, fresh + own))
+        fresh += own
+        inp = max(len(hashes) * HASH_TOKENS - int(rng.integers(0, HASH_TOKENS)), 1)
+        inp += int(rng.integers(0, 40))
+        out = int(rng.integers(1, 120))
+        lines.append(json.dumps({"timestamp": t, "input_length": inp, "output_length": out, "hash_ids": hashes}))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _scenario(path: Path, replicas: int, routing: str, batching: dict, kv_tokens: int, block_size: int,
+              tiers: list[str], lower_entries: int, seed: int):  # type: ignore[no-untyped-def]
+    data = make_scenario(workload={"trace": {"path": str(path), "format": "mooncake"}}, seed=seed)
+    # one hash entry of llama-2-7b in fp16: 512 tokens x 32 layers x 2 x 4096 x 2 bytes
+    entry = HASH_TOKENS * 32 * 2 * 4096 * 2
+    data["plan"].update({
+        "batching": with_policy(batching, batching["policy"], {}),
+        "kv_cache": {"num_blocks": kv_tokens // block_size, "block_size": block_size},
+        "prefix_cache": {"enabled": True, "tiers": tiers,
+                         "capacity": {t: f"{lower_entries * entry} B" for t in tiers if t != "hbm"}},
+        "parallel": {"replicas": replicas},
+        "routing": routing,
+    })  # fmt: skip
+    return scenario_from_dict(data)
+
+
+def _same(sc) -> dict:  # type: ignore[no-untyped-def]
+    ref = simulate(sc, engine="reference")
+    fast = simulate(sc)
+    assert ref.summary["engine_path"] == "reference (requested)"
+    assert fast.summary["engine_path"] == "fast"
+    assert_same_outputs(ref, fast)
+    return fast.summary
+
+
+@settings(max_examples=int(os.environ.get("SIMKIT_HYPOTHESIS_EXAMPLES", "25")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 10**6),
+    n=st.integers(5, 60),
+    roots=st.integers(1, 4),
+    rate=st.sampled_from([0.002, 0.02, 0.2]),
+    burst=st.sampled_from([0.0, 0.3]),
+    replicas=st.integers(1, 3),
+    routing=st.sampled_from(["prefix_aware", "round_robin", "least_outstanding"]),
+    policy=st.sampled_from(["continuous", "chunked_prefill"]),
+    seqs=st.sampled_from([2, 8, 64]),
+    chunk=st.sampled_from([256, 1024]),
+    kv_tokens=st.sampled_from([4000, 8000, 20000, 60000]),
+    block_size=st.sampled_from([16, 32]),
+    tiers=st.sampled_from([["hbm"], ["hbm", "dram"], ["hbm", "dram", "ssd"]]),
+    lower_entries=st.sampled_from([1, 4, 50]),
+)
+def test_prefix_cache_fast_path_equals_reference(tmp_path, seed, n, roots, rate, burst, replicas, routing, policy, seqs,
+                                                 chunk, kv_tokens, block_size, tiers, lower_entries):  # fmt: skip
+    path = tmp_path / f"trace-{seed}-{n}.jsonl"
+    _mooncake_trace(path, seed, n, roots, rate, burst)
+    batching = {"policy": policy, "max_num_seqs": seqs, "max_num_batched_tokens": 4096}
+    if policy == "chunked_prefill":
+        batching["chunk_size"] = chunk
+    _same(_scenario(path, replicas, routing, batching, kv_tokens, block_size, tiers, lower_entries, seed))
+
+
+@pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
+@pytest.mark.parametrize(("tiers", "lower"), [(["hbm", "dram"], "dram"), (["hbm", "dram", "ssd"], "ssd")])
+def test_tiny_cache_evicts_demotes_fetches_and_preempts_exactly(tmp_path, policy, tiers, lower):
+    # a pool of about eight hash entries and a few entries in each tier below it: nearly every
+    # admission evicts, demotes (over D2H, then to the SSD) and drops; hits come back up over the
+    # links; requests are preempted
+    path = tmp_path / "t.jsonl"
+    _mooncake_trace(path, 7, 60, 2, 0.05, 0.3)
+    batching = {"policy": policy, "max_num_seqs": 64, "max_num_batched_tokens": 4096}
+    s = _same(_scenario(path, 2, "prefix_aware", batching, 4200, 16, tiers, 4, 0))
+    assert s["prefix_cache_hit_rate_by_tier"][lower] > 0
+    assert s["prefix_cache_hit_rate_by_tier"]["dram"] > 0
+    assert s["prefix_cache_hit_rate_by_tier"]["hbm"] > 0
+    assert s["preemptions"] > 0
+
+
+def test_mooncake_benchmark_trace_slice_runs_fast_and_exact(tmp_path):
+    # the first 300 requests of the shipped Mooncake trace on two replicas (as the mooncake-prefix
+    # benchmark, smaller): prefix-aware routing, chunked prefill, HBM then DRAM
+    src = Path(__file__).resolve().parents[1] / "workloads" / "traces" / "mooncake_synthetic_trace.jsonl"
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(src.read_text().splitlines(keepends=True)[:300]))
+    data = make_scenario(model="llama-3.1-8b", workload={"trace": {"path": str(path), "format": "mooncake"}})
+    data["plan"].update({
+        "batching": {"policy": "chunked_prefill", "chunk_size": 2048, "max_num_seqs": 128},
+        "prefix_cache": {"enabled": True}, "parallel": {"replicas": 2}, "routing": "prefix_aware",
+    })  # fmt: skip
+    s = _same(scenario_from_dict(data))
+    assert s["prefix_cache_hit_rate"] > 0
