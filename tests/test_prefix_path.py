@@ -16,7 +16,7 @@ import simpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simkit.engine.resources import Link
+from simkit.engine.resources import Link, settle_clock
 from simkit.engine.state import RequestTable
 from simkit.workload.base import Requests
 
@@ -136,6 +136,8 @@ def _world(kind: str, bandwidth: float, latency: float, clients: list[list[tuple
     for c, script in enumerate(clients):
         env.process(client(c, script))
     env.run()
+    if kind != "process":
+        settle_clock(env, [link])  # type: ignore[list-item]
     return seen, link.bytes_moved, link.busy_time, link.busy_log, link.intervals, env.now
 
 

@@ -18,6 +18,7 @@ from simkit.engine.engine import IterationLog
 from simkit.engine.fast import FastEngine
 from simkit.engine.lean import run_fused
 from simkit.engine.replica import Replica
+from simkit.engine.resources import settle_clock
 from simkit.engine.state import REJECT_REASONS, RequestTable, TBTHistogram
 
 
@@ -213,6 +214,7 @@ class Cluster:
             world.run()
         else:
             self.env.run()
+            settle_clock(self.env, (link for g in self.replicas for link in g.links.values()))
         for g in self.replicas:
             for e in g.engines:
                 if isinstance(e, FastEngine):

@@ -58,6 +58,8 @@ import numpy as np
 import simpy
 
 from simkit.engine.engine import Engine
+from simkit.engine.resources import Link
+from simkit.specs.tiers import tier_path
 
 if TYPE_CHECKING:
     from simkit.engine.cluster import FastWorld
@@ -170,6 +172,8 @@ class FastEngine(Engine):
         if cfg.spill_after is not None or cfg.kv_cap_tokens is not None or cfg.role != "both" or kv.watermark_blocks < 0:
             raise AssertionError("the fast path has no KV spill, KV cap, disaggregated role or negative watermark")
         self._cached = kv.cache is not None
+        self._demotes: dict[tuple[str, str], tuple[list[Link], float, str]] = {}
+        """(links, bytes per entry, tag) of prefix entries demoted from one tier to another."""
         """A prefix cache: admission, publication and release go through its pins (see :meth:`admit`)."""
 
     # ---- the decode set ----------------------------------------------------------------------
@@ -388,6 +392,19 @@ class FastEngine(Engine):
         if kv_len >= int(t.target[i]):
             self._join(i, kv_len, int(t.gen[i]), float(t.last_token[i]))
         return True
+
+    def demote_traffic(self, src: str, dst: str, entries: int) -> None:
+        """The reference's :meth:`Engine.demote_traffic` (the same posts, in the same order) with
+        each (from, to) pair's links, bytes per entry and tag worked out once."""
+        how = self._demotes.get((src, dst))
+        if how is None:
+            path = [self.links[k] for k in tier_path(src, dst) if k in self.links]
+            how = self._demotes[(src, dst)] = (
+                path, self.cfg.hash_tokens * self.cfg.kv_bytes_per_token * self.cfg.num_gpus, f"prefix {src}->{dst}"
+            )
+        path, per_hash, tag = how
+        for link in path:
+            link.post(entries * per_hash, tag)
 
     def _refused_from_memory(self, i: int, reserve_tokens: int | None) -> bool:
         """Whether admitting ``i`` fails as it did last time (the blocks in use are still above
