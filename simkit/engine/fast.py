@@ -459,7 +459,8 @@ class FastEngine(Engine):
             nb = len(self._info)
             if nb == 0:
                 return range(0)
-            free = self.kv.free
+            kvm = self.kv
+            free = kvm.free if self._cached else kvm.num_blocks - kvm.used  # kv.free, inlined without a cache
             grow = nb if nb <= free else self._growth_to(self._D + 1)
             if grow <= free or self.kv.make_room(grow):
                 if reserve:
@@ -635,7 +636,8 @@ class FastEngine(Engine):
         t = self.table
         now = self.env._now
         kv_pre, completes = self._mixed_ctx
-        self.log.add(self.index, start, now, 1, int(sum(pq)), nb, len(pq) + nb, self.kv.in_use)
+        kvm = self.kv
+        self.log.add(self.index, start, now, 1, int(sum(pq)), nb, len(pq) + nb, kvm.in_use if self._cached else kvm.used)
         finished: list[int] = []
         done_pre: list[tuple[int, int, int]] = []  # (request, KV tokens, generated)
         for k, i in enumerate(pre):
@@ -696,7 +698,7 @@ class FastEngine(Engine):
         longest = (-neg if e is not None and e[0] == -neg else self._longest_offset()) + clock
         bs = self.cfg.block_size
         kvm = self.kv
-        avail = kvm.available
+        avail = kvm.available if self._cached else kvm.num_blocks - kvm.used  # inlined without a cache
         if nb * (s // bs + 1) > avail and self._growth_to(clock + s) > avail:
             lo, hi = 1, s
             while lo < hi:
@@ -746,7 +748,8 @@ class FastEngine(Engine):
         """Apply a decode run that ran from ``start`` to now (``dur`` seconds of compute)."""
         nb, s, times, first = self._run
         now = self.env._now
-        self.log.add(self.index, start, now, s, 0, nb, nb, self.kv.in_use)
+        kvm = self.kv
+        self.log.add(self.index, start, now, s, 0, nb, nb, kvm.in_use if self._cached else kvm.used)
         extra = max((now - start) - dur, 0.0)
         self._tbt_groups(start + first + extra)
         if s > 1:
