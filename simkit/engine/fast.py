@@ -28,8 +28,13 @@ When every replica is served by one fast engine (no hand-off), SimPy's loop itse
 on a plain heap, the arrival process as plain calls, each engine's loop resumed directly, so a
 step or an arrival costs a heap entry instead of a SimPy event and a generator resume, and on
 one replica most steps need neither. Admission is the reference's without the prefix-cache,
-spill and KV-cap branches (none is on the fast path), and one that failed for want of blocks is
-not re-checked until enough blocks are free; finished requests leave the running set in O(1) and
+spill and KV-cap branches (spill and a KV cap are not on the fast path), and one that failed for
+want of blocks is not re-checked until enough blocks are free; with a prefix cache, admission is
+the reference's own (lookups, pins, evictions and demotions, fetches), completed prompts publish
+their blocks as the reference does before they join the decode set (whose block counts include
+the blocks a request shares), finishing requests unpin their entries, the pool's levels are read
+with the cache's entries, and a step waits for the fetches its admissions started; the links are
+SimPy resources, so such a run stays in SimPy's loop (no ``FastWorld``, no fused loop); finished requests leave the running set in O(1) and
 release their blocks in one call. Per event, the bookkeeping takes the common case inline: the
 heaps' tops are read directly when valid, the finished-request scan is skipped when the first
 finishing clock is later, one step's block growth is its residue's count, and SimPy's clock is
@@ -40,10 +45,10 @@ the cost model calls with the same arguments), so per-request times are bit-for-
 :class:`Engine`; ``tests/test_fast_engine.py`` checks that on random scenarios. Plans the fast
 path does not cover run on the reference engine, and ``summary.json`` says which path ran and
 why (``engine_path``). Covered: ``continuous`` and ``chunked_prefill`` batching, any number of
-replicas and any routing, recompute preemption. Not covered (reference engine): static
-batching, disaggregated serving, prefix caching, swap preemption, KV spill, offloading,
-pipeline parallelism, layer-by-layer execution, sliding-window models and Chrome traces.
-On one replica the run does not step through this class's loop: :mod:`simkit.engine.lean` makes
+replicas and any routing, recompute preemption, prefix caching. Not covered (reference engine):
+static batching, disaggregated serving, swap preemption, KV spill, offloading, pipeline
+parallelism, layer-by-layer execution, sliding-window models and Chrome traces.
+On one replica without a prefix cache the run does not step through this class's loop: :mod:`simkit.engine.lean` makes
 the same decisions in one fused function (this class's objects hold its parameters and receive
 its results), and steps through it only where that loop stops.
 """
