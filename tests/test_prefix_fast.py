@@ -1,9 +1,11 @@
-"""The fast engine with a prefix cache against the reference engine (docs/performance.md, prefix
-caching section): random Mooncake-style traces whose requests share prefix-block hashes, caches
-from a few entries (evicting and demoting at nearly every admission) to ample, HBM alone or with
-DRAM and SSD tiers below it, one or several replicas behind every router, continuous and chunked
-batching, recompute preemption, arrivals at one instant. Every per-request column, iteration row,
-link busy period and summary figure must be the same bits (``conftest.assert_same_outputs``)."""
+"""The fast engine on plans that move data over the links, against the reference engine
+(docs/performance.md, prefix caching section): prefix caching on random Mooncake-style traces
+whose requests share prefix-block hashes, caches from a few entries (evicting and demoting at
+nearly every admission) to ample, HBM alone or with DRAM and SSD tiers below it, one or several
+replicas behind every router, continuous and chunked batching, recompute or swap preemption,
+arrivals at one instant; and swap preemption on synthetic workloads, with swap space from none
+(every swap refused: recomputed) to ample. Every per-request column, iteration row, link busy
+period and summary figure must be the same bits (``conftest.assert_same_outputs``)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from hypothesis import strategies as st
 from simkit.policies.batching import with_policy
 from simkit.scenario import scenario_from_dict
 from simkit.simulate import simulate
-from tests.conftest import assert_same_outputs, make_scenario
+from tests.conftest import assert_same_outputs, make_scenario, uniform_workload
 
 HASH_TOKENS = 512
 """Tokens per Mooncake hash block."""
@@ -49,13 +51,13 @@ def _mooncake_trace(path: Path, seed: int, n: int, roots: int, rate_per_ms: floa
 
 
 def _scenario(path: Path, replicas: int, routing: str, batching: dict, kv_tokens: int, block_size: int,
-              tiers: list[str], lower_entries: int, seed: int):  # type: ignore[no-untyped-def]
+              tiers: list[str], lower_entries: int, seed: int, preemption: str = "recompute"):  # type: ignore[no-untyped-def]
     data = make_scenario(workload={"trace": {"path": str(path), "format": "mooncake"}}, seed=seed)
     # one hash entry of llama-2-7b in fp16: 512 tokens x 32 layers x 2 x 4096 x 2 bytes
     entry = HASH_TOKENS * 32 * 2 * 4096 * 2
     data["plan"].update({
         "batching": with_policy(batching, batching["policy"], {}),
-        "kv_cache": {"num_blocks": kv_tokens // block_size, "block_size": block_size},
+        "kv_cache": {"num_blocks": kv_tokens // block_size, "block_size": block_size, "preemption": preemption},
         "prefix_cache": {"enabled": True, "tiers": tiers,
                          "capacity": {t: f"{lower_entries * entry} B" for t in tiers if t != "hbm"}},
         "parallel": {"replicas": replicas},
@@ -90,15 +92,16 @@ def _same(sc) -> dict:  # type: ignore[no-untyped-def]
     block_size=st.sampled_from([16, 32]),
     tiers=st.sampled_from([["hbm"], ["hbm", "dram"], ["hbm", "dram", "ssd"]]),
     lower_entries=st.sampled_from([1, 4, 50]),
+    preemption=st.sampled_from(["recompute", "swap"]),
 )
 def test_prefix_cache_fast_path_equals_reference(tmp_path, seed, n, roots, rate, burst, replicas, routing, policy, seqs,
-                                                 chunk, kv_tokens, block_size, tiers, lower_entries):  # fmt: skip
+                                                 chunk, kv_tokens, block_size, tiers, lower_entries, preemption):  # fmt: skip
     path = tmp_path / f"trace-{seed}-{n}.jsonl"
     _mooncake_trace(path, seed, n, roots, rate, burst)
     batching = {"policy": policy, "max_num_seqs": seqs, "max_num_batched_tokens": 4096}
     if policy == "chunked_prefill":
         batching["chunk_size"] = chunk
-    _same(_scenario(path, replicas, routing, batching, kv_tokens, block_size, tiers, lower_entries, seed))
+    _same(_scenario(path, replicas, routing, batching, kv_tokens, block_size, tiers, lower_entries, seed, preemption))
 
 
 @pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
@@ -130,3 +133,49 @@ def test_mooncake_benchmark_trace_slice_runs_fast_and_exact(tmp_path):
     })  # fmt: skip
     s = _same(scenario_from_dict(data))
     assert s["prefix_cache_hit_rate"] > 0
+
+
+def _swap_scenario(n, rate, inp, out, seed, replicas, routing, batching, blocks, swap_blocks):  # type: ignore[no-untyped-def]
+    data = make_scenario(workload=uniform_workload(n, rate, inp, out), seed=seed)
+    # a block of llama-2-7b in fp16: 16 tokens x 32 layers x 2 x 4096 x 2 bytes
+    swap = f"{swap_blocks * 16 * 32 * 2 * 4096 * 2} B"
+    data["plan"].update({
+        "batching": with_policy(batching, batching["policy"], {}),
+        "kv_cache": {"num_blocks": blocks, "block_size": 16, "preemption": "swap", "swap_space": swap},
+        "parallel": {"replicas": replicas}, "routing": routing,
+    })  # fmt: skip
+    return scenario_from_dict(data)
+
+
+@settings(max_examples=int(os.environ.get("SIMKIT_HYPOTHESIS_EXAMPLES", "25")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+@given(
+    n=st.integers(1, 80),
+    rate=st.floats(0.5, 400.0),
+    inp=st.tuples(st.integers(1, 300), st.integers(0, 1200)),
+    out=st.tuples(st.integers(1, 40), st.integers(0, 300)),
+    seed=st.integers(0, 10_000),
+    replicas=st.integers(1, 3),
+    routing=st.sampled_from(["round_robin", "least_outstanding", "prefix_aware"]),
+    policy=st.sampled_from(["continuous", "chunked_prefill"]),
+    seqs=st.integers(1, 64),
+    blocks=st.integers(100, 600),
+    swap_blocks=st.sampled_from([0, 30, 200, 5000]),
+)
+def test_swap_preemption_fast_path_equals_reference(n, rate, inp, out, seed, replicas, routing, policy, seqs, blocks,
+                                                    swap_blocks):  # fmt: skip
+    batching = {"policy": policy, "max_num_seqs": seqs, "max_num_batched_tokens": 4096, "chunk_size": max(seqs, 512)}
+    inp = (inp[0], inp[0] + inp[1])
+    out = (out[0], out[0] + out[1])
+    _same(_swap_scenario(n, rate, inp, out, seed, replicas, routing, batching, blocks, swap_blocks))
+
+
+@pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_heavy_swapping_is_exact(policy, replicas):
+    # a pool far too small for the load, swap space for some of it: many swaps out and in over
+    # PCIe, and some preemptions recomputed for want of swap space
+    batching = {"policy": policy, "max_num_seqs": 64, "max_num_batched_tokens": 4096, "chunk_size": 512}
+    s = _same(_swap_scenario(150, 60.0, (100, 1200), (20, 300), 3, replicas, "least_outstanding", batching, 220, 40))
+    assert s["swaps"] >= 10
+    assert s["preemptions"] > s["swaps"]

@@ -108,7 +108,6 @@ def stand_in_contexts(n: int, total: int, longest: int) -> np.ndarray:
 
 def fast_path_reason(
     policy: str,
-    preemption: str,
     offloaded: bool,
     pp: int,
     layerwise: bool,
@@ -119,8 +118,6 @@ def fast_path_reason(
     """None when the fast path covers the plan, else why it runs on the reference engine."""
     if policy not in ("continuous", "chunked_prefill"):
         return f"batching policy {policy}"
-    if preemption != "recompute":
-        return f"{preemption} preemption"
     if offloaded:
         return "offloading"
     if pp > 1:
@@ -177,6 +174,9 @@ class FastEngine(Engine):
         if cfg.spill_after is not None or cfg.kv_cap_tokens is not None or cfg.role != "both" or kv.watermark_blocks < 0:
             raise AssertionError("the fast path has no KV spill, KV cap, disaggregated role or negative watermark")
         self._cached = kv.cache is not None
+        self.uses_links = self._cached or cfg.preemption == "swap"
+        """Whether its plan moves data over the replica's links (prefix fetches and demotions,
+        swaps): SimPy resources, so the run stays in SimPy's loop (no ``FastWorld``)."""
         self._demotes: dict[tuple[str, str], tuple[list[Link], float, str]] = {}
         """(links, bytes per entry, tag) of prefix entries demoted from one tier to another."""
         """A prefix cache: admission, publication and release go through its pins (see :meth:`admit`)."""
@@ -411,6 +411,17 @@ class FastEngine(Engine):
         for link in path:
             link.post(entries * per_hash, tag)
 
+    def swap_in_ready(self) -> None:
+        """The reference's swap-in; a request whose KV is all back joins the decode set."""
+        n = len(self.running)
+        super().swap_in_ready()
+        if len(self.running) > n:
+            t = self.table
+            for i in list(self.running)[n:]:
+                kv_len = int(t.kv_len[i])
+                if kv_len >= int(t.target[i]):
+                    self._join(i, kv_len, int(t.gen[i]), float(t.last_token[i]))
+
     def _refused_from_memory(self, i: int, reserve_tokens: int | None) -> bool:
         """Whether admitting ``i`` fails as it did last time (the blocks in use are still above
         the level at which it would fit)."""
@@ -550,28 +561,31 @@ class FastEngine(Engine):
         gpus = self.cfg.num_gpus
         stage_busy = self.stage_busy
         while True:
-            if not self.running and not self.waiting:
+            if not self.running and not self.waiting and not self.swapped:
                 yield from self._idle_wait()
             pre, q, nb = fast_step(self)
-            if pre:
-                dur = self._mixed_begin(pre, q, nb)
-            elif nb:
-                dur = self._decode_begin(nb)
-            else:
-                if self.waiting and not replica.busy() and not self.pending_fetch:
+            if not pre and not nb:
+                if self.waiting and not replica.busy() and not self.pending_fetch and not self.pending_swap:
                     # nothing runs anywhere in the replica, yet the head request cannot be
                     # admitted: it can never fit, so reject it rather than stall forever
                     i = self.waiting.popleft()
                     t.reject(i, "never_fits")
                     self.outstanding -= 1
                     continue
-                if self.pending_fetch:
-                    yield simpy.AllOf(env, self.pending_fetch)
+                if self.pending_fetch or self.pending_swap:
+                    yield simpy.AllOf(env, self.pending_fetch + self.pending_swap)
                     self.pending_fetch = []
+                    self.pending_swap = []
                     continue
                 # waiting for something to arrive or finish elsewhere
                 yield from self._idle_wait()
                 continue
+            if self.pending_swap:
+                # the step's swaps run before its forward pass, on the same stream (the step is
+                # priced after them, as the reference prices it)
+                yield simpy.AllOf(env, self.pending_swap)
+                self.pending_swap = []
+            dur = self._mixed_begin(pre, q, nb) if pre else self._decode_begin(nb)
             start = env._now
             if self.pending_fetch:
                 # the step's compute overlaps the prefix fetches its admissions started
@@ -713,8 +727,14 @@ class FastEngine(Engine):
                 else:
                     hi = mid - 1
             s = lo
-        ta = self.next_arrival() - self.env._now
         cost = self.cost
+        if self.swapped:
+            # requests wait in swap space: one iteration at a time, not cut at an arrival (the
+            # reference's "exact" decode run)
+            s = 1
+            ta = float("inf")
+        else:
+            ta = self.next_arrival() - self.env._now
         if ta < float("inf"):
             fixed = cost.fixed_step_time(nb)
             if fixed > 0:
