@@ -34,7 +34,10 @@ the reference's own (lookups, pins, evictions and demotions, fetches), completed
 their blocks as the reference does before they join the decode set (whose block counts include
 the blocks a request shares), finishing requests unpin their entries, the pool's levels are read
 with the cache's entries, and a step waits for the fetches its admissions started; the links are
-SimPy resources, so such a run stays in SimPy's loop (no ``FastWorld``, no fused loop); finished requests leave the running set in O(1) and
+SimPy resources, so such a run stays in SimPy's loop (no ``FastWorld``, no fused loop); swap
+preemption is the reference's own swap-out and swap-in (a request swapped back in with its KV
+whole rejoins the decode set), a step waits for its swaps before it is priced, and while
+requests wait in swap space the decode set runs one iteration at a time, as the reference's; finished requests leave the running set in O(1) and
 release their blocks in one call. Per event, the bookkeeping takes the common case inline: the
 heaps' tops are read directly when valid, the finished-request scan is skipped when the first
 finishing clock is later, one step's block growth is its residue's count, and SimPy's clock is
@@ -45,12 +48,12 @@ the cost model calls with the same arguments), so per-request times are bit-for-
 :class:`Engine`; ``tests/test_fast_engine.py`` checks that on random scenarios. Plans the fast
 path does not cover run on the reference engine, and ``summary.json`` says which path ran and
 why (``engine_path``). Covered: ``continuous`` and ``chunked_prefill`` batching, any number of
-replicas and any routing, recompute preemption, prefix caching. Not covered (reference engine):
-static batching, disaggregated serving, swap preemption, KV spill, offloading, pipeline
-parallelism, layer-by-layer execution, sliding-window models and Chrome traces.
-On one replica without a prefix cache the run does not step through this class's loop: :mod:`simkit.engine.lean` makes
-the same decisions in one fused function (this class's objects hold its parameters and receive
-its results), and steps through it only where that loop stops.
+replicas and any routing, recompute and swap preemption, prefix caching. Not covered (reference
+engine): static batching, disaggregated serving, KV spill, offloading, pipeline parallelism,
+layer-by-layer execution, sliding-window models and Chrome traces.
+On one replica without a prefix cache or swaps the run does not step through this class's loop:
+:mod:`simkit.engine.lean` makes the same decisions in one fused function (this class's objects
+hold its parameters and receive its results), and steps through it only where that loop stops.
 """
 
 from __future__ import annotations
