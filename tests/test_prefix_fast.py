@@ -179,3 +179,18 @@ def test_heavy_swapping_is_exact(policy, replicas):
     s = _same(_swap_scenario(150, 60.0, (100, 1200), (20, 300), 3, replicas, "least_outstanding", batching, 220, 40))
     assert s["swaps"] >= 10
     assert s["preemptions"] > s["swaps"]
+
+
+@pytest.mark.parametrize("change", [{"prefix_cache": {"enabled": True}}, {"kv_cache": {"num_blocks": 300, "preemption": "swap"}}])
+def test_pipelined_plans_with_link_traffic_stay_on_the_reference_engine(tmp_path, change):
+    # the fast engine runs pipeline stages only in closed form, which prefix fetches and swaps
+    # rule out: such a plan runs on the reference engine (and says so), with the same outputs
+    path = tmp_path / "p.jsonl"
+    _mooncake_trace(path, 3, 30, 2, 0.05, 0.2)
+    data = make_scenario(workload={"trace": {"path": str(path), "format": "mooncake"}})
+    data["plan"].update({"parallel": {"pp": 2}, "batching": {"policy": "continuous", "max_num_seqs": 32}} | change)
+    sc = scenario_from_dict(data)
+    ref = simulate(sc, engine="reference")
+    auto = simulate(sc)
+    assert auto.summary["engine_path"].startswith("reference (")
+    assert_same_outputs(ref, auto)
