@@ -37,8 +37,8 @@ with the cache's entries, and a step waits for the fetches its admissions starte
 SimPy resources, so such a run stays in SimPy's loop (no ``FastWorld``, no fused loop); swap
 preemption is the reference's own swap-out and swap-in (a request swapped back in with its KV
 whole rejoins the decode set), a step waits for its swaps before it is priced, and while
-requests wait in swap space the decode set runs one iteration at a time, as the reference's; finished requests leave the running set in O(1) and
-release their blocks in one call. Per event, the bookkeeping takes the common case inline: the
+requests wait in swap space the decode set runs one iteration at a time, as the reference's;
+finished requests leave the running set in O(1) and release their blocks in one call. Per event, the bookkeeping takes the common case inline: the
 heaps' tops are read directly when valid, the finished-request scan is skipped when the first
 finishing clock is later, one step's block growth is its residue's count, and SimPy's clock is
 read as ``env._now`` (what ``env.now`` returns, without a property call).
@@ -177,12 +177,12 @@ class FastEngine(Engine):
         if cfg.spill_after is not None or cfg.kv_cap_tokens is not None or cfg.role != "both" or kv.watermark_blocks < 0:
             raise AssertionError("the fast path has no KV spill, KV cap, disaggregated role or negative watermark")
         self._cached = kv.cache is not None
+        """A prefix cache: admission, publication and release go through its pins (see :meth:`admit`)."""
         self.uses_links = self._cached or cfg.preemption == "swap"
         """Whether its plan moves data over the replica's links (prefix fetches and demotions,
         swaps): SimPy resources, so the run stays in SimPy's loop (no ``FastWorld``)."""
         self._demotes: dict[tuple[str, str], tuple[list[Link], float, str]] = {}
         """(links, bytes per entry, tag) of prefix entries demoted from one tier to another."""
-        """A prefix cache: admission, publication and release go through its pins (see :meth:`admit`)."""
 
     # ---- the decode set ----------------------------------------------------------------------
     def _join(self, i: int, kv: int, gen: int, lt: float) -> None:
@@ -555,8 +555,9 @@ class FastEngine(Engine):
         (:meth:`_advance`), so a run of such steps is one Python loop, not one SimPy event and
         generator per step. With a prefix cache, an admission may fetch entries from a lower tier
         over the links: the next step waits for its compute and those transfers together (the
-        reference's ``_wait_fetch``), and an empty step waits for them as the reference does.
-        Nothing is ever swapped on the fast path (recompute preemption)."""
+        reference's ``_wait_fetch``), and an empty step waits for them as the reference does. With
+        swap preemption, a step waits for the swaps its decision started before it is priced (the
+        reference's wait before its forward pass)."""
         env = self.env
         t = self.table
         fast_step = self.policy.fast_step  # type: ignore[attr-defined]
