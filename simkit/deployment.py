@@ -684,13 +684,13 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
     slow_reason = "requested" if engine == "reference" else fast_path_reason(
         policy_name, offloaded, par.pp,
         plan.execution.mode == "layer_by_layer", off_layout is not None and off_layout.spill_after is not None, trace,
-        model.sliding_window is not None,
     )
     engine_cls = Engine if slow_reason else FastEngine
     engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
-    # the fused loop keeps no prefix cache and swaps nothing: such plans step the fast engine
+    # the fused loop keeps no prefix cache, swaps nothing and caps no sequence's KV (sliding
+    # window): such plans step the fast engine
     fused = (engine == "auto" and not slow_reason and not pc.enabled and plan.kv_cache.preemption == "recompute"
-             and fused_loop_reason(policy_name, sum(g.replicas for g in groups)) is None)
+             and kv_cap is None and fused_loop_reason(policy_name, sum(g.replicas for g in groups)) is None)
     if fused:
         engine_path = "fast (fused loop)"
     closed = False

@@ -194,3 +194,60 @@ def test_pipelined_plans_with_link_traffic_stay_on_the_reference_engine(tmp_path
     auto = simulate(sc)
     assert auto.summary["engine_path"].startswith("reference (")
     assert_same_outputs(ref, auto)
+
+
+def _sw_model(tmp_path: Path, window: int) -> str:
+    import yaml
+
+    m = yaml.safe_load((Path(__file__).resolve().parents[1] / "workloads/models/llama-3-8b.yaml").read_text())
+    m.update({"name": f"sw-{window}", "max_context": 32768, "sliding_window": window})
+    p = tmp_path / f"sw-{window}.yaml"
+    p.write_text(yaml.safe_dump(m))
+    return str(p)
+
+
+@settings(max_examples=int(os.environ.get("SIMKIT_HYPOTHESIS_EXAMPLES", "25")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+@given(
+    window=st.sampled_from([64, 200, 1024]),
+    n=st.integers(1, 60),
+    rate=st.floats(1.0, 300.0),
+    inp=st.tuples(st.integers(1, 600), st.integers(0, 2000)),
+    out=st.tuples(st.integers(1, 60), st.integers(0, 400)),
+    seed=st.integers(0, 10_000),
+    replicas=st.integers(1, 3),
+    routing=st.sampled_from(["round_robin", "least_outstanding"]),
+    policy=st.sampled_from(["continuous", "chunked_prefill"]),
+    seqs=st.integers(1, 64),
+    blocks=st.integers(60, 800),
+    block_size=st.sampled_from([8, 16, 32]),
+    preemption=st.sampled_from(["recompute", "swap"]),
+    prefix=st.booleans(),
+)
+def test_sliding_window_fast_path_equals_reference(tmp_path, window, n, rate, inp, out, seed, replicas, routing, policy,
+                                                   seqs, blocks, block_size, preemption, prefix):  # fmt: skip
+    data = make_scenario(model=_sw_model(tmp_path, window), seed=seed,
+                         workload=uniform_workload(n, rate, (inp[0], inp[0] + inp[1]), (out[0], out[0] + out[1])))
+    data["plan"].update({
+        "batching": with_policy({"policy": policy, "max_num_seqs": seqs, "max_num_batched_tokens": 4096,
+                                 "chunk_size": max(seqs, 256)}, policy, {}),
+        "kv_cache": {"num_blocks": blocks, "block_size": block_size, "preemption": preemption},
+        "parallel": {"replicas": replicas}, "routing": routing, "prefix_cache": {"enabled": prefix},
+    })  # fmt: skip
+    _same(scenario_from_dict(data))
+
+
+@pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
+def test_sliding_window_long_contexts_exact(tmp_path, policy):
+    # prompts below the window that decode far beyond it, with a pool that preempts: blocks grow
+    # up to the window's and stop, decode attention stops growing, and both engines agree bit
+    # for bit; then prompts longer than the window (admitted with the window's blocks)
+    for inp, blocks, preempted in (((20, 240), 500, True), ((200, 3000), 700, False)):
+        data = make_scenario(model=_sw_model(tmp_path, 256), workload=uniform_workload(80, 40.0, inp, (50, 900)))
+        data["plan"].update({
+            "batching": with_policy({"policy": policy, "max_num_seqs": 64, "max_num_batched_tokens": 4096,
+                                     "chunk_size": 512}, policy, {}),
+            "kv_cache": {"num_blocks": blocks, "block_size": 16},
+        })  # fmt: skip
+        s = _same(scenario_from_dict(data))
+        assert (s["preemptions"] > 20) == preempted

@@ -116,7 +116,6 @@ def fast_path_reason(
     layerwise: bool,
     spill: bool,
     trace: bool,
-    sliding_window: bool = False,
 ) -> str | None:
     """None when the fast path covers the plan, else why it runs on the reference engine."""
     if policy not in ("continuous", "chunked_prefill"):
@@ -131,8 +130,6 @@ def fast_path_reason(
         return "KV spill"
     if trace:
         return "Chrome trace output"
-    if sliding_window:
-        return "sliding-window model"
     return None
 
 
@@ -174,8 +171,18 @@ class FastEngine(Engine):
         self._no_fit: tuple[int, int | None, int] | None = None
         """(request, reserve_tokens, most blocks in use at which it fits) of the last admission
         that did not fit for want of blocks."""
-        if cfg.spill_after is not None or cfg.kv_cap_tokens is not None or cfg.role != "both" or kv.watermark_blocks < 0:
-            raise AssertionError("the fast path has no KV spill, KV cap, disaggregated role or negative watermark")
+        if cfg.spill_after is not None or cfg.role != "both" or kv.watermark_blocks < 0:
+            raise AssertionError("the fast path has no KV spill, disaggregated role or negative watermark")
+        self._cap_blocks = None if cfg.kv_cap_tokens is None else -(-cfg.kv_cap_tokens // bs)
+        """A sliding-window model: the most blocks a sequence holds (its window's, as the
+        reference's ``_growth`` caps the tokens), else None."""
+        self._window = self.cost.model.sliding_window is not None
+        """A sliding-window model: decode attention reads every context (:meth:`_contexts`)."""
+        self._m: dict[int, int] = {}
+        """With a KV cap: decoding request -> the blocks it may still gain after joining."""
+        self._caps: list[tuple[int, int]] = []
+        """With a KV cap: (clock of its last block boundary, request) of the requests counted in
+        the residue buckets, sorted: each leaves the buckets once the blocks are allocated past it."""
         self._cached = kv.cache is not None
         """A prefix cache: admission, publication and release go through its pins (see :meth:`admit`)."""
         self.uses_links = self._cached or cfg.preemption == "swap"
@@ -206,12 +213,29 @@ class FastEngine(Engine):
             # (continuous batching): keep the heap proportional to the batch
             long[:] = [(-e[0], k) for k, e in self._info.items()]
             heapq.heapify(long)
-        if n0 <= self._Xa:
+        if self._cap_blocks is not None:
+            m = self._m[i] = max(self._cap_blocks - blocks - int(t.shared_blocks[i]), 0)
+            if m == 0:
+                pass  # holds its window's blocks already: never grows, never counted
+            elif n0 <= self._Xa:
+                self._activate_capped(i, n0)
+            else:
+                insort(self._pending, (n0, i))
+        elif n0 <= self._Xa:
             self._cnt[n0 % self.cfg.block_size] += 1
             self._n_active += 1
         else:
             insort(self._pending, (n0, i))
         self._fresh[lt] = self._fresh.get(lt, 0) + 1
+
+    def _activate_capped(self, i: int, n0: int) -> None:
+        """Count request ``i`` (first boundary ``n0`` <= the allocation clock) in the residue
+        buckets until its last block boundary, unless the blocks are allocated past it already."""
+        last = n0 + (self._m[i] - 1) * self.cfg.block_size
+        if last >= self._Xa:
+            self._cnt[n0 % self.cfg.block_size] += 1
+            self._n_active += 1
+            insort(self._caps, (last, i))
 
     def _extra(self, n0: int) -> int:
         """Blocks a request with first boundary ``n0`` has gained since it joined."""
@@ -226,7 +250,8 @@ class FastEngine(Engine):
         t.kv_len[i] = off + clock
         t.gen[i] = g0 + clock - d0
         t.last_token[i] = lt if clock == d0 else self._last_dec
-        t.blocks[i] = b0 + self._extra(n0)
+        extra = self._extra(n0)
+        t.blocks[i] = b0 + (extra if self._cap_blocks is None else min(extra, self._m[i]))
 
     def _leave(self, i: int) -> None:
         """Write request ``i``'s state to the table and drop it from the decode set."""
@@ -238,7 +263,19 @@ class FastEngine(Engine):
         off, d0, _, _, n0, lt, _ = self._info.pop(i)
         clock = self._D
         self._sum_off -= off
-        if n0 <= self._Xa:
+        if self._cap_blocks is not None:
+            m = self._m.pop(i)
+            if m == 0:
+                pass
+            elif n0 > self._Xa:
+                self._pending.remove((n0, i))
+            else:
+                last = n0 + (m - 1) * self.cfg.block_size
+                if last >= self._Xa:  # still counted (else it left the buckets at its last boundary)
+                    self._cnt[n0 % self.cfg.block_size] -= 1
+                    self._n_active -= 1
+                    self._caps.remove((last, i))
+        elif n0 <= self._Xa:
             self._cnt[n0 % self.cfg.block_size] -= 1
             self._n_active -= 1
         else:
@@ -269,10 +306,23 @@ class FastEngine(Engine):
             lo = a % bs
             hi = lo + r
             g += sum(cnt[lo:hi]) if hi <= bs else sum(cnt[lo:]) + sum(cnt[: hi - bs])
-        for n0, _ in self._pending:
+        if self._cap_blocks is None:
+            for n0, _ in self._pending:
+                if n0 >= upto:
+                    break
+                g += -(-(upto - n0) // bs)
+            return g
+        # a KV cap: the buckets count the boundaries of the requests in them past their last one
+        # (every block_size clocks from it up to upto - 1): take those off
+        for last, _ in self._caps:
+            if last + bs > upto - 1:
+                break
+            g -= (upto - 1 - last) // bs
+        m = self._m
+        for n0, i in self._pending:
             if n0 >= upto:
                 break
-            g += -(-(upto - n0) // bs)
+            g += min(-(-(upto - n0) // bs), m[i])
         return g
 
     def _alloc_to(self, upto: int) -> None:
@@ -291,6 +341,20 @@ class FastEngine(Engine):
             pend = self._pending
             bs = self.cfg.block_size
             k = 0
+            if self._cap_blocks is not None:
+                while k < len(pend) and pend[k][0] <= upto:
+                    self._activate_capped(pend[k][1], pend[k][0])
+                    k += 1
+                del pend[:k]
+                caps = self._caps
+                j = 0
+                while j < len(caps) and caps[j][0] < upto:  # allocated past their last boundary
+                    self._cnt[(caps[j][0]) % bs] -= 1
+                    j += 1
+                if j:
+                    self._n_active -= j
+                    del caps[:j]
+                return
             while k < len(pend) and pend[k][0] <= upto:
                 self._cnt[pend[k][0] % bs] += 1
                 k += 1
@@ -371,6 +435,8 @@ class FastEngine(Engine):
         kv_len = int(t.kv_len[i])
         target = int(t.target[i])
         tokens = reserve_tokens if reserve_tokens is not None else max(target, kv_len) + 1
+        if self.cfg.kv_cap_tokens is not None:
+            tokens = min(tokens, self.cfg.kv_cap_tokens)  # a sliding window: the window's blocks
         need = kv.blocks_for(tokens)
         limit = kv.num_blocks - need - kv.watermark_blocks  # the most blocks in use at which it fits
         if kv.used > limit:
@@ -533,7 +599,8 @@ class FastEngine(Engine):
     def _step_time(self, pq: list[int], kv_pre: list[int], nb: int, dec_sum: int, longest: int, rows: int) -> float:
         """``IterationModel.step_time`` of a mixed iteration: on scalars where it can
         (``mixed_step_time``), else on arrays with stand-ins for the decoding requests' contexts
-        (same count, sum and maximum: all the cost model reads of them)."""
+        (same count, sum and maximum: all the cost model reads of them; a sliding-window model's
+        real contexts, :meth:`_contexts`)."""
         cost = self.cost
         dur = cost.mixed_step_time(pq, kv_pre, nb, dec_sum, longest, rows)
         if dur is not None:
@@ -544,8 +611,15 @@ class FastEngine(Engine):
         ctx = np.empty(n_pq + nb, dtype=np.int64)
         ctx[:n_pq] = kv_pre
         if nb:
-            ctx[n_pq:] = stand_in_contexts(nb, dec_sum, longest)
+            ctx[n_pq:] = self._contexts() if self._window else stand_in_contexts(nb, dec_sum, longest)
         return cost.step_time(q, ctx, logits_rows=rows)
+
+    def _contexts(self) -> np.ndarray | None:
+        """A sliding-window model's decoding contexts (each sequence attends at most the window,
+        so the cost reads them all: sums of integers, the same in any order), else None."""
+        if not self._window:
+            return None
+        return np.fromiter((e[0] for e in self._info.values()), dtype=np.int64, count=len(self._info)) + self._D
 
     # ---- the loop ----------------------------------------------------------------------------
     def _loop(self):  # type: ignore[no-untyped-def]
@@ -752,10 +826,10 @@ class FastEngine(Engine):
             s = len(times)
             first, dur = ends_l[0], ends_l[-1]
         elif s == 1:
-            times = cost.decode_steps(nb, kv0, s, float(longest))
+            times = cost.decode_steps(nb, kv0, s, float(longest), self._contexts())
             first = dur = float(times[0])  # np.cumsum of one value is that value
         else:
-            times = cost.decode_steps(nb, kv0, s, float(longest))
+            times = cost.decode_steps(nb, kv0, s, float(longest), self._contexts())
             ends = np.cumsum(times)
             if ta < float(ends[-1]):
                 j = int(np.searchsorted(ends, ta, side="left"))
