@@ -27,9 +27,12 @@ When every replica is served by one fast engine (no hand-off), SimPy's loop itse
 (``FastWorld`` in engine/cluster.py, set as :attr:`FastEngine.world`): the same order of events
 on a plain heap, the arrival process as plain calls, each engine's loop resumed directly, so a
 step or an arrival costs a heap entry instead of a SimPy event and a generator resume, and on
-one replica most steps need neither. Admission is the reference's without the prefix-cache,
-spill and KV-cap branches (spill and a KV cap are not on the fast path), and one that failed for
-want of blocks is not re-checked until enough blocks are free; with a prefix cache, admission is
+one replica most steps need neither. Admission is the reference's without the prefix-cache and
+spill branches (spill is not on the fast path), and one that failed for want of blocks is not
+re-checked until enough blocks are free; a sliding-window model caps a sequence's blocks at the
+window's (admission reserves at most those; a decoding request leaves the residue buckets at
+its last block boundary, and counts over a span subtract the boundaries past it) and its decode
+attention is priced on the real contexts (sums of integers: the same in any order); with a prefix cache, admission is
 the reference's own (lookups, pins, evictions and demotions, fetches), completed prompts publish
 their blocks as the reference does before they join the decode set (whose block counts include
 the blocks a request shares), finishing requests unpin their entries, the pool's levels are read
@@ -48,12 +51,13 @@ the cost model calls with the same arguments), so per-request times are bit-for-
 :class:`Engine`; ``tests/test_fast_engine.py`` checks that on random scenarios. Plans the fast
 path does not cover run on the reference engine, and ``summary.json`` says which path ran and
 why (``engine_path``). Covered: ``continuous`` and ``chunked_prefill`` batching, any number of
-replicas and any routing, recompute and swap preemption, prefix caching. Not covered (reference
-engine): static batching, disaggregated serving, KV spill, offloading, pipeline parallelism,
-layer-by-layer execution, sliding-window models and Chrome traces.
-On one replica without a prefix cache or swaps the run does not step through this class's loop:
-:mod:`simkit.engine.lean` makes the same decisions in one fused function (this class's objects
-hold its parameters and receive its results), and steps through it only where that loop stops.
+replicas and any routing, recompute and swap preemption, prefix caching, sliding-window models.
+Not covered (reference engine): static batching, disaggregated serving, KV spill, offloading,
+pipeline parallelism, layer-by-layer execution and Chrome traces.
+On one replica without a prefix cache, swaps or a sliding window the run does not step through
+this class's loop: :mod:`simkit.engine.lean` makes the same decisions in one fused function (this
+class's objects hold its parameters and receive its results), and steps through it only where
+that loop stops.
 """
 
 from __future__ import annotations
