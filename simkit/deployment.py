@@ -690,7 +690,7 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
     # the fused loop keeps no prefix cache, swaps nothing and caps no sequence's KV (sliding
     # window): such plans step the fast engine
     fused = (engine == "auto" and not slow_reason and not pc.enabled and plan.kv_cache.preemption == "recompute"
-             and kv_cap is None and fused_loop_reason(policy_name, sum(g.replicas for g in groups)) is None)
+             and kv_cap is None and fused_loop_reason(policy_name, plan.routing) is None)
     if fused:
         engine_path = "fast (fused loop)"
     closed = False

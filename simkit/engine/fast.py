@@ -54,10 +54,10 @@ why (``engine_path``). Covered: ``continuous`` and ``chunked_prefill`` batching,
 replicas and any routing, recompute and swap preemption, prefix caching, sliding-window models.
 Not covered (reference engine): static batching, disaggregated serving, KV spill, offloading,
 pipeline parallelism, layer-by-layer execution and Chrome traces.
-On one replica without a prefix cache, swaps or a sliding window the run does not step through
-this class's loop: :mod:`simkit.engine.lean` makes the same decisions in one fused function (this
-class's objects hold its parameters and receive its results), and steps through it only where
-that loop stops.
+With the stock routing policies, and without a prefix cache, swaps or a sliding window, the run
+does not step through this class's loop: :mod:`simkit.engine.lean` makes the same decisions in
+one fused loop (this class's objects hold its parameters and receive its results), and steps
+through it only where that loop stops.
 """
 
 from __future__ import annotations
