@@ -273,3 +273,41 @@ def test_parsed_trace_cache_is_never_stale(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("SIMKIT_CACHE_DIR", "")  # off: nothing written
     assert T.read_trace(trace, sample=1).input_tokens.size == 1
     assert len(list(entries.glob("*.bin"))) == n
+
+
+def test_class_docstring_cache_is_keyed_by_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attribute docstrings read from a module's source come from the on-disk cache only for
+    the same source text: an edited module is parsed again; a damaged entry is rebuilt."""
+    import subprocess
+    import sys
+
+    mod = tmp_path / "docmod.py"
+    cache = tmp_path / "cache"
+
+    def write(doc: str) -> None:
+        mod.write_text("from simkit.specs.base import Section\n\n\nclass A(Section):\n    x: int = 1\n"
+                       f'    """{doc}"""\n\n    class Inner(Section):\n        y: str = ""\n        """inner y"""\n')
+
+    def descriptions() -> list[str]:
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); import docmod\n"
+                "print(docmod.A.model_fields['x'].description, '|', docmod.A.Inner.model_fields['y'].description)")
+        env = {**__import__("os").environ, "SIMKIT_CACHE_DIR": str(cache)}
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env, check=True)
+        return [len(list((cache / "docs").glob("*.json"))), out.stdout.strip()]
+
+    write("first words")
+    assert descriptions() == [1, "first words | inner y"]
+    assert descriptions() == [1, "first words | inner y"]  # a hit
+    write("edited words")
+    assert descriptions() == [2, "edited words | inner y"]  # another source: another entry
+    for e in (cache / "docs").glob("*.json"):
+        e.write_text('[["A", 1, "x", {}]]')  # damaged (a line number that is not one)
+    assert descriptions() == [2, "edited words | inner y"]
+    # in-process: the cache gives what a parse gives, for every module of the scenario's sections
+    from simkit.specs import base
+
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", str(cache))
+    for path in (ROOT / "simkit" / "scenario.py", ROOT / "simkit" / "policies" / "batching.py"):
+        text = path.read_text()
+        assert base._disk_cached_class_docs(text, str(path)) == base._parse_class_docs(text, str(path))
+        assert base._disk_cached_class_docs(text, str(path)) == base._parse_class_docs(text, str(path))  # a hit
