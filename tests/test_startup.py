@@ -311,3 +311,60 @@ def test_class_docstring_cache_is_keyed_by_the_source(tmp_path: Path, monkeypatc
         text = path.read_text()
         assert base._disk_cached_class_docs(text, str(path)) == base._parse_class_docs(text, str(path))
         assert base._disk_cached_class_docs(text, str(path)) == base._parse_class_docs(text, str(path))  # a hit
+
+
+def _forests_data(prof: Any) -> dict[str, Any]:
+    """Every fitted forest of a profile as plain data (arrays with their dtypes)."""
+    from simkit.cost.profile import _FOREST_ARRAYS
+
+    out = {}
+    for c, m in sorted(prof.models.items()):
+        for attr in ("forest", "forest_tokens", "forest_many_rows"):
+            fo = getattr(m, attr, None)
+            if fo is not None:
+                out[f"{c}.{attr}"] = [(getattr(fo, a).dtype.str, getattr(fo, a).tolist()) for a in _FOREST_ARRAYS] + [fo.baseline, fo.depth]
+    return out
+
+
+def test_profile_forest_cache_gives_what_the_json_gives_and_is_never_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import shutil
+
+    from simkit.cost import profile as P
+    from simkit.errors import CalibrationError
+
+    src = ROOT / "calibration" / "profiles" / "h100-sxm-vidur"
+    prof_dir = tmp_path / "prof"
+    prof_dir.mkdir()
+    for name in ("profile.yaml", "models.json"):
+        shutil.copy(src / name, prof_dir / name)
+    entries = tmp_path / "cache" / "forests"
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", "")
+    fresh = _forests_data(P.Profile.load(prof_dir, with_samples=False))
+    assert len(fresh) >= 3
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", str(tmp_path / "cache"))
+    cold = _forests_data(P.Profile.load(prof_dir, with_samples=False))
+    assert len(list(entries.glob("*.npz"))) == 1
+    with monkeypatch.context() as m:  # a hit parses no JSON trees
+        m.setattr(P.Forest, "from_json", lambda d: pytest.fail("trees parsed on a cache hit"))
+        warm = _forests_data(P.Profile.load(prof_dir, with_samples=False))
+    assert fresh == cold == warm
+    # the models file edited in place: a miss, the edited trees
+    raw = json.loads((prof_dir / "models.json").read_text())
+    key = next(iter(raw))
+    raw[key]["baseline"] += 1.0
+    (prof_dir / "models.json").write_text(json.dumps(raw))
+    edited = _forests_data(P.Profile.load(prof_dir, with_samples=False))
+    assert edited != fresh and len(list(entries.glob("*.npz"))) == 2
+    monkeypatch.setattr(P, "FOREST_CACHE_FORMAT", P.FOREST_CACHE_FORMAT + 1)  # another key: rebuilt
+    assert _forests_data(P.Profile.load(prof_dir, with_samples=False)) == edited
+    assert len(list(entries.glob("*.npz"))) == 3
+    for e in entries.glob("*.npz"):
+        e.write_bytes(b"damaged")
+    assert _forests_data(P.Profile.load(prof_dir, with_samples=False)) == edited  # rebuilt
+    # a broken models file raises on every read, cached or not
+    (prof_dir / "models.json").write_text('{"gemm": ')
+    for _ in range(2):
+        with pytest.raises(CalibrationError, match="cannot read the fitted models") as exc:
+            P.Profile.load(prof_dir, with_samples=False)
+        assert exc.value.where == str(prof_dir / "models.json")
