@@ -19,16 +19,17 @@ def percentile_sorted(v: np.ndarray, p: float) -> float:
     """``float(np.percentile(v, p))`` (numpy's default ``linear`` method) of a sorted array of
     finite values, bit for bit: the same virtual index ``(n - 1) * (p / 100)``, the same two
     neighbours and numpy's two-sided interpolation (from the upper neighbour when the fraction
-    is at least 0.5). Without ``np.percentile``, whose ``np.unique`` call imports ``numpy.ma``
-    (~12 ms of every run's start-up; tests/test_metrics.py checks the bits against numpy)."""
+    is at least 0.5), for ``0 <= p <= 100``. Without ``np.percentile``, whose ``np.unique`` call
+    imports ``numpy.ma`` (~12 ms of every run's start-up; tests/test_startup.py checks the bits
+    against numpy)."""
+    if not 0 <= p <= 100:
+        raise ValueError(f"percentile {p!r} is outside [0, 100]")
     n = v.size
     if n == 0:
         return float("nan")
     virtual = (n - 1) * (p / 100)
     if virtual >= n - 1:
         return float(v[-1])
-    if virtual < 0:
-        return float(v[0])
     lo = math.floor(virtual)
     a, b = float(v[lo]), float(v[lo + 1])
     t = virtual - lo

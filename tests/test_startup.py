@@ -203,6 +203,16 @@ def test_percentile_of_sorted_values_is_numpys_bit_for_bit(values: list[float], 
     assert np.float64(got).tobytes() == np.float64(np.percentile(x, p)).tobytes()
 
 
+def test_percentile_outside_0_100_is_refused_as_numpy_refuses_it() -> None:
+    from simkit.metrics import percentile_sorted
+
+    for p in (-0.5, 100.5):
+        with pytest.raises(ValueError, match="outside"):
+            percentile_sorted(np.array([1.0, 2.0]), p)
+        with pytest.raises(ValueError):
+            np.percentile(np.array([1.0, 2.0]), p)
+
+
 def test_summary_percentiles_import_no_numpy_ma() -> None:
     """The summary's percentiles do not go through np.percentile (numpy 2's np.unique imports
     numpy.ma, ~12 ms of every run)."""
