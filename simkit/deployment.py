@@ -688,7 +688,7 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
     )
     engine_cls = Engine if slow_reason else FastEngine
     engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
-    fused = engine == "auto" and not slow_reason and fused_loop_reason(policy_name, sum(g.replicas for g in groups)) is None
+    fused = engine == "auto" and not slow_reason and fused_loop_reason(policy_name, plan.routing) is None
     if fused:
         engine_path = "fast (fused loop)"
     closed = False
