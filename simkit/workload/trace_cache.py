@@ -53,12 +53,16 @@ def entry(path: Path, parser: str) -> tuple[Path, str] | None:
     code = _code_digest()
     if root is None or code is None:
         return None
+    h = hashlib.sha256(f"{FORMAT};{code};{parser};{np.__version__};{sys.version}\0".encode())
+    size = 0
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:  # in blocks: a trace of gigabytes is never held whole
+            while block := f.read(1 << 20):
+                h.update(block)
+                size += len(block)
     except OSError:
         return None
-    h = hashlib.sha256(f"{FORMAT};{code};{parser};{np.__version__};{sys.version};{len(data)}\0".encode())
-    h.update(data)
+    h.update(f"\0{size}".encode())
     key = h.hexdigest()
     return root / "traces" / f"{key}.bin", key
 
