@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from operator import attrgetter
 from pathlib import Path
@@ -34,7 +34,7 @@ from simkit.engine.kvcache import KVBlockManager, PrefixCache
 from simkit.engine.lean import fused_loop_reason
 from simkit.engine.offload import OffloadExecutor
 from simkit.engine.offload_fast import ClosedFormStep, closed_form_reason
-from simkit.engine.pipeline_fast import PipelineEngine, PipelineSchedule
+from simkit.engine.pipeline_fast import PipelineConflict, PipelineEngine, PipelineFastEngine, PipelineSchedule
 from simkit.engine.pipeline_fast import closed_form_reason as pipeline_reason
 from simkit.engine.replica import Replica
 from simkit.engine.resources import Link
@@ -682,13 +682,14 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
             warn.append("plan.fleet mixes GPU types under round_robin routing, which sends every replica the same share "
                         "of requests whatever its speed; least_outstanding balances by load")
     slow_reason = "requested" if engine == "reference" else fast_path_reason(
-        policy_name, pc.enabled, plan.kv_cache.preemption, offloaded, par.pp,
+        policy_name, pc.enabled, plan.kv_cache.preemption, offloaded,
         plan.execution.mode == "layer_by_layer", off_layout is not None and off_layout.spill_after is not None, trace,
         model.sliding_window is not None,
     )
     engine_cls = Engine if slow_reason else FastEngine
     engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
-    fused = engine == "auto" and not slow_reason and fused_loop_reason(policy_name, sum(g.replicas for g in groups)) is None
+    fused = (engine == "auto" and not slow_reason and par.pp == 1
+             and fused_loop_reason(policy_name, sum(g.replicas for g in groups)) is None)
     if fused:
         engine_path = "fast (fused loop)"
     closed = False
@@ -711,6 +712,16 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
         engine_path += "; pipeline stages in closed form" if pipe else f"; pipeline stages event by event ({why})"
     return Deployment(scenario, sc, model, prec, use_cpu, groups, off_layout, off_mem, stage_costs, cpu_cost, reqs, adm,
                       group_shares, cross_tp, engine_cls, engine_path, warn, closed, pipe, fused)
+
+
+def without_pipeline_closed_form(dep: Deployment, conflict: PipelineConflict) -> Deployment:
+    """``dep`` to run again after ``conflict`` (a micro-batch overtook another or shared a link
+    with it): the stages event by event, on the reference engine where the fast one ran (it
+    schedules its stages only in closed form); ``engine_path`` names the conflict."""
+    fast = issubclass(dep.engine_cls, FastEngine)
+    path = "reference (pipeline parallelism)" + dep.engine_path[len("fast"):] if fast else dep.engine_path
+    path = path.replace("; pipeline stages in closed form", f"; pipeline stages event by event ({conflict.reason()})")
+    return replace(dep, pipeline_closed_form=False, engine_cls=Engine if fast else dep.engine_cls, engine_path=path)
 
 
 def build_replicas(dep: Deployment, cluster: Cluster) -> list[OffloadExecutor]:
@@ -799,7 +810,10 @@ def build_replicas(dep: Deployment, cluster: Cluster) -> list[OffloadExecutor]:
             if offloaded and bat.policy == "static" and bat.batch_size is None and plan.offload.gpu_batch_size:
                 opts = bat.model_copy(update={"batch_size": plan.offload.gpu_batch_size * plan.offload.num_gpu_batches})
             policy = build_policy(opts, role)
-            eng = (PipelineEngine if pipe is not None else dep.engine_cls)(
+            cls = dep.engine_cls
+            if pipe is not None:
+                cls = PipelineFastEngine if issubclass(cls, FastEngine) else PipelineEngine
+            eng = cls(
                 env, r, table, cost, policy, kv, cfg, cluster.tbt, cluster.log, cluster.next_arrival, links,
                 cluster.on_prefilled if role == "prefill" else None, tracer, replica=rep, stages=stages, engine_id=v,
                 offload=executor,

@@ -19,6 +19,7 @@ from simkit.deployment import (
     calibration_provenance,
     plan_memory,
     plan_replica_memory,
+    without_pipeline_closed_form,
 )
 from simkit.engine.cluster import Cluster
 from simkit.engine.pipeline_fast import PipelineConflict
@@ -49,8 +50,7 @@ def simulate(sc: Scenario, *, record_iterations: bool = True, trace: bool = Fals
     except PipelineConflict as exc:
         # a micro-batch overtook another or shared a link with it: the stages' closed form does
         # not hold for this run, so it runs again with the stages event by event (exact)
-        path = dep.engine_path.replace("; pipeline stages in closed form", f"; pipeline stages event by event ({exc.reason()})")
-        dep = dataclasses.replace(dep, pipeline_closed_form=False, engine_path=path)
+        dep = without_pipeline_closed_form(dep, exc)
         cluster = Cluster(RequestTable(dep.reqs), record_iterations, trace)
         executors = build_replicas(dep, cluster)
         stopped = cluster.run()

@@ -98,18 +98,34 @@ def stand_in_contexts(n: int, total: int, longest: int) -> np.ndarray:
     return out
 
 
+def stand_in_step(pq: list[int], kv_pre: list[int], nb: int, dec_sum: int, longest: int) -> tuple[np.ndarray, np.ndarray]:
+    """An iteration's ``(q, ctx)`` arrays as the cost model takes them: the prefill chunks
+    (``pq`` tokens over ``kv_pre`` cached ones), then ``nb`` decodes with stand-in contexts of
+    the real ones' sum and maximum (:func:`stand_in_contexts`: all the cost model reads)."""
+    n_pq = len(pq)
+    q = np.ones(n_pq + nb, dtype=np.int64)
+    q[:n_pq] = pq
+    ctx = np.empty(n_pq + nb, dtype=np.int64)
+    ctx[:n_pq] = kv_pre
+    if nb:
+        ctx[n_pq:] = stand_in_contexts(nb, dec_sum, longest)
+    return q, ctx
+
+
 def fast_path_reason(
     policy: str,
     prefix_cache: bool,
     preemption: str,
     offloaded: bool,
-    pp: int,
     layerwise: bool,
     spill: bool,
     trace: bool,
     sliding_window: bool = False,
 ) -> str | None:
-    """None when the fast path covers the plan, else why it runs on the reference engine."""
+    """None when the fast path covers the plan, else why it runs on the reference engine. A
+    pipelined plan it covers runs its stages in closed form (engine/pipeline_fast.py,
+    ``PipelineFastEngine``; a run whose micro-batches would overtake is repeated on the
+    reference engine with the stages event by event)."""
     if policy not in ("continuous", "chunked_prefill"):
         return f"batching policy {policy}"
     if prefix_cache:
@@ -118,8 +134,6 @@ def fast_path_reason(
         return f"{preemption} preemption"
     if offloaded:
         return "offloading"
-    if pp > 1:
-        return "pipeline parallelism"
     if layerwise:
         return "layer-by-layer execution"
     if spill:
@@ -480,13 +494,7 @@ class FastEngine(Engine):
         dur = cost.mixed_step_time(pq, kv_pre, nb, dec_sum, longest, rows)
         if dur is not None:
             return dur
-        n_pq = len(pq)
-        q = np.ones(n_pq + nb, dtype=np.int64)
-        q[:n_pq] = pq
-        ctx = np.empty(n_pq + nb, dtype=np.int64)
-        ctx[:n_pq] = kv_pre
-        if nb:
-            ctx[n_pq:] = stand_in_contexts(nb, dec_sum, longest)
+        q, ctx = stand_in_step(pq, kv_pre, nb, dec_sum, longest)
         return cost.step_time(q, ctx, logits_rows=rows)
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -536,6 +544,27 @@ class FastEngine(Engine):
     def _mixed_begin(self, pre: list[int], pq: list[int], nb: int) -> float:
         """Price a mixed iteration (prefill chunks of ``pre``, and the ``nb`` decoding requests)
         and note what its end needs; returns its seconds."""
+        kv_pre, rows, dec_sum, longest = self._mixed_gather(pre, pq, nb)
+        if nb or len(pq) != 1:
+            dur = self._step_time(pq, kv_pre, nb, dec_sum, longest, rows)
+        else:
+            # the time of a step prefilling one prompt is a pure function of (tokens, cached
+            # tokens, rows), and prompt lengths repeat: memoised (bounded)
+            memo = self._prefill_memo
+            key = (pq[0], kv_pre[0], rows)
+            dur = memo.get(key)  # type: ignore[assignment]
+            if dur is None:
+                if len(memo) >= 100_000:
+                    memo.clear()
+                dur = memo[key] = self._step_time(pq, kv_pre, nb, dec_sum, longest, rows)
+        if self.cost.tp > 1:
+            self.stage_comm[0] += self.cost.comm_time(int(sum(pq)) + nb)
+        return dur
+
+    def _mixed_gather(self, pre: list[int], pq: list[int], nb: int) -> tuple[list[int], int, int, int]:
+        """What pricing a mixed iteration reads: the prefill chunks' cached tokens, the logits
+        rows, the decoding requests' context sum and longest context; notes what its end needs
+        and the longest contexts attended."""
         t = self.table
         kv_pre: list[int] = []
         completes: list[bool] = []
@@ -550,7 +579,6 @@ class FastEngine(Engine):
             rows += done
             if upto > top:
                 top = upto
-        n_pq = len(pq)
         mc = self.max_context
         dec_sum = longest = 0
         if nb:
@@ -564,22 +592,8 @@ class FastEngine(Engine):
                 mc["attn_decode"] = longest + 1
         if top > mc["attn_prefill"]:
             mc["attn_prefill"] = top
-        if nb or n_pq != 1:
-            dur = self._step_time(pq, kv_pre, nb, dec_sum, longest, rows)
-        else:
-            # the time of a step prefilling one prompt is a pure function of (tokens, cached
-            # tokens, rows), and prompt lengths repeat: memoised (bounded)
-            memo = self._prefill_memo
-            key = (pq[0], kv_pre[0], rows)
-            dur = memo.get(key)  # type: ignore[assignment]
-            if dur is None:
-                if len(memo) >= 100_000:
-                    memo.clear()
-                dur = memo[key] = self._step_time(pq, kv_pre, nb, dec_sum, longest, rows)
         self._mixed_ctx = (kv_pre, completes)
-        if self.cost.tp > 1:
-            self.stage_comm[0] += self.cost.comm_time(int(sum(pq)) + nb)
-        return dur
+        return kv_pre, rows, dec_sum, longest
 
     def _mixed_end(self, start: float, pre: list[int], pq: list[int], nb: int) -> None:
         """Apply a mixed iteration that ran from ``start`` to now."""
