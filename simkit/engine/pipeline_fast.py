@@ -39,6 +39,7 @@ from simkit.engine.offload_fast import wake_at
 if TYPE_CHECKING:
     from simkit.cost.iteration import IterationModel
     from simkit.engine.engine import Stage
+    from simkit.engine.resources import Link
 
 
 class PipelineConflict(Exception):  # noqa: N818 (a control-flow signal, not an error)
@@ -91,6 +92,7 @@ class PipelineSchedule:
         self._plan = [(k, self.rep[k], st.cost, st.tp, st.link_out) for k, st in enumerate(stages)]
         self._terms: dict[int, tuple | None] = {}
         """Per decode batch size, what :meth:`_decode_times` prices with (see :meth:`_decode_terms`)."""
+        self._hop_memo: dict[int, tuple[float, list[tuple[int, Link | None, float, float]]]] = {}
         self._last_decode: tuple[int, int, int, float] | None = None
         """(batch, context sum, longest, replica-wide time) of the last decode iteration priced."""
 
@@ -249,6 +251,20 @@ class PipelineSchedule:
         self._last_decode = (nb, dec_sum, longest, fixed + inner * rep_layers)
         return out, comms
 
+    def _hops(self, eng: Engine, qsum: int) -> tuple[float, list[tuple[int, Link | None, float, float]]]:
+        """The activation bytes of ``qsum`` tokens and, per stage, ``(tp, outgoing link, its
+        latency, seconds the bytes take alone on it)`` (``bytes * 1 / bandwidth``, Link's
+        arithmetic); memoised per token count."""
+        got = self._hop_memo.get(qsum)
+        if got is None:
+            act_bytes = float(qsum) * eng.cost.model.hidden_size * eng.cost.precision.a_bytes
+            hops = [(tp, link, link.latency if link is not None else 0.0, act_bytes * 1 / link.bandwidth if link is not None else 0.0)
+                    for _, _, _, tp, link in self._plan]
+            if len(self._hop_memo) >= 100_000:
+                self._hop_memo.clear()
+            got = self._hop_memo[qsum] = (act_bytes, hops)
+        return got
+
     def _through(
         self, eng: Engine, now: float, req: float, first: bool, qsum: int, durs: list[float], comms: list[float],
     ) -> float:
@@ -256,12 +272,13 @@ class PipelineSchedule:
         ``comms``), requested at ``req``: the stages' and links' clocks, the engine's and links'
         accounting; returns when its last stage (or transfer) is done."""
         free_at, last_req, link_end = self.free_at, self.last_req, self.link_end
-        act_bytes = float(qsum) * eng.cost.model.hidden_size * eng.cost.precision.a_bytes
+        act_bytes, hops = self._hops(eng, qsum)
         stage_busy, stage_comm = eng.stage_busy, eng.stage_comm
         busy, busy_gpu = eng.busy_time, eng.busy_gpu_s  # summed in the event path's order, stored below
-        for k, _, _, tp, link in self._plan:
+        for k, (tp, link, lat, xfer) in enumerate(hops):
             # FIFO stream: granted after every earlier request, when the last holder releases
-            if req < last_req[k] or (req == last_req[k] and not (first and k == 0)):
+            lr = last_req[k]
+            if req <= lr and (req < lr or not (first and k == 0)):
                 raise PipelineConflict(self.replica, now, f"a micro-batch reaches stage {k} before or with an earlier one")
             last_req[k] = req
             dur = durs[k]
@@ -276,11 +293,11 @@ class PipelineSchedule:
             if link is None or act_bytes <= 0:
                 req = end
                 continue
-            enter = end + link.latency if link.latency else end
+            enter = end + lat if lat else end
             if enter <= link_end[k]:
                 raise PipelineConflict(self.replica, now, f"activations share the link after stage {k} with an earlier micro-batch's")
             # alone on the link: its wake-up is max(remaining, 0) * 1 / bandwidth after the entry
-            land = enter + act_bytes * 1 / link.bandwidth
+            land = enter + xfer
             link_end[k] = land
             # Link._advance at the entry (idle: only its clock moves) and at the wake-up (busy
             # since the entry), then the transfer's end step adds its bytes
