@@ -30,6 +30,7 @@ from simkit.cost.profile import Profile
 from simkit.engine.cluster import Admission, Cluster, HandOff
 from simkit.engine.engine import Engine, EngineConfig, Stage
 from simkit.engine.fast import FastEngine, fast_path_reason
+from simkit.engine.fast_offload import OffloadFastEngine, fast_offload_reason
 from simkit.engine.kvcache import KVBlockManager, PrefixCache
 from simkit.engine.lean import fused_loop_reason
 from simkit.engine.offload import OffloadExecutor
@@ -681,26 +682,30 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
         if len(groups) > 1 and plan.routing == "round_robin":
             warn.append("plan.fleet mixes GPU types under round_robin routing, which sends every replica the same share "
                         "of requests whatever its speed; least_outstanding balances by load")
-    slow_reason = "requested" if engine == "reference" else fast_path_reason(
-        policy_name, pc.enabled, plan.kv_cache.preemption, offloaded,
-        plan.execution.mode == "layer_by_layer", off_layout is not None and off_layout.spill_after is not None, trace,
-        model.sliding_window is not None,
-    )
-    engine_cls = Engine if slow_reason else FastEngine
-    engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
-    fused = (engine == "auto" and not slow_reason and par.pp == 1
-             and fused_loop_reason(policy_name, sum(g.replicas for g in groups)) is None)
-    if fused:
-        engine_path = "fast (fused loop)"
     closed = False
+    off_why = None
     if off_layout is not None:
         # an offloaded step's layer pipeline: in closed form unless something else uses its links
-        why = "requested" if engine == "reference" else closed_form_reason(
+        off_why = "requested" if engine == "reference" else closed_form_reason(
             off_layout, cpu_cost is not None, sum(g.replicas for g in groups), trace, pc.enabled, plan.kv_cache.preemption,
             disagg, par.pp, plan.offload.overlap, plan.offload.num_gpu_batches,
         )
-        closed = why is None
-        engine_path += "; offloaded steps in closed form" if closed else f"; offloaded steps event by event ({why})"
+        closed = off_why is None
+    slow_reason = "requested" if engine == "reference" else fast_path_reason(
+        policy_name, pc.enabled, plan.kv_cache.preemption,
+        plan.execution.mode == "layer_by_layer", off_layout is not None and off_layout.spill_after is not None, trace,
+        model.sliding_window is not None,
+    )
+    if slow_reason is None and off_layout is not None:
+        slow_reason = fast_offload_reason(closed, plan.offload.gpu_batch_size, bat.max_num_seqs)  # type: ignore[union-attr]
+    engine_cls: type[Engine] = Engine if slow_reason else OffloadFastEngine if off_layout is not None else FastEngine
+    engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
+    fused = (engine == "auto" and not slow_reason and par.pp == 1 and off_layout is None
+             and fused_loop_reason(policy_name, sum(g.replicas for g in groups)) is None)
+    if fused:
+        engine_path = "fast (fused loop)"
+    if off_layout is not None:
+        engine_path += "; offloaded steps in closed form" if closed else f"; offloaded steps event by event ({off_why})"
         gbs = plan.offload.gpu_batch_size
         if closed and plan.offload.overlap and gbs is not None and not (policy_name == "static" and bat.batch_size is None):
             # a step of more sequences than a GPU batch runs the zig-zag block schedule

@@ -198,13 +198,14 @@ class Cluster:
                 for link in g.links.values():
                     link.busy_log = []
         if (self._handoff is None and all(len(g.engines) == 1 for g in self.replicas)
-                and all(isinstance(e, FastEngine) for e in engines)):  # fmt: skip
+                and all(isinstance(e, FastEngine) and e.offload is None for e in engines)):  # fmt: skip
             if fused and len(engines) == 1 and self.tracer is None:
                 stopped = run_fused(engines[0], self)  # type: ignore[arg-type]
                 if stopped is None:
                     return None
             # fast engines and the arrivals only (their plans move nothing over links: no prefix
-            # fetch, swap, hand-off, offload or pipeline): SimPy's loop on a plain heap
+            # fetch, swap, hand-off, offload or pipeline; an offloaded step is a SimPy process):
+            # SimPy's loop on a plain heap
             world = FastWorld(self, engines)  # type: ignore[arg-type]
         else:
             self.env.process(self._arrival_process())

@@ -116,7 +116,6 @@ def fast_path_reason(
     policy: str,
     prefix_cache: bool,
     preemption: str,
-    offloaded: bool,
     layerwise: bool,
     spill: bool,
     trace: bool,
@@ -125,15 +124,14 @@ def fast_path_reason(
     """None when the fast path covers the plan, else why it runs on the reference engine. A
     pipelined plan it covers runs its stages in closed form (engine/pipeline_fast.py,
     ``PipelineFastEngine``; a run whose micro-batches would overtake is repeated on the
-    reference engine with the stages event by event)."""
+    reference engine with the stages event by event); an offloaded one runs
+    ``OffloadFastEngine`` where ``fast_offload.fast_offload_reason`` also accepts it."""
     if policy not in ("continuous", "chunked_prefill"):
         return f"batching policy {policy}"
     if prefix_cache:
         return "prefix caching"
     if preemption != "recompute":
         return f"{preemption} preemption"
-    if offloaded:
-        return "offloading"
     if layerwise:
         return "layer-by-layer execution"
     if spill:

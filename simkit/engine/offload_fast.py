@@ -378,12 +378,24 @@ class ClosedFormStep:
                 return done if done > at else at
             done = at
             for lane, lat, nbytes, dur, h2d in lone:
-                # alone on its direction: Link's join and wake-up, replayed in one go
+                # alone on its direction: Link's join and wake-up, replayed in one go (_Lane.close
+                # and _busy, inlined)
                 a = gate if h2d and gate is not None and gate > at else at
                 if lat:
                     a = a + lat
                 wake = a + dur
-                lane.close(a, wake, nbytes)
+                link = lane.link
+                dt = wake - a
+                if dt > 0:
+                    link.busy_time += dt
+                    log = link.busy_log
+                    if log is not None:
+                        if log and log[-1][1] == a:
+                            log[-1][1] = wake
+                        else:
+                            log.append([a, wake])
+                lane.last = wake
+                link.bytes_moved += nbytes
                 if wake > done:
                     done = wake
             return done
@@ -414,9 +426,14 @@ class ClosedFormStep:
             for layer in range(c.layers):
                 k = index.get(layer)
                 if k is not None:
+                    # ``r = max(r, x)`` written ``if x > r: r = x`` (the same value, without a call)
                     if k >= buffers:
-                        r = max(r, computed[needing[k - buffers]])
-                    r = max(r, fetch(layer, r, computed[layer - 1] if gated and layer > 0 else None))
+                        x = computed[needing[k - buffers]]
+                        if x > r:
+                            r = x
+                    x = fetch(layer, r, computed[layer - 1] if gated and layer > 0 else None)
+                    if x > r:
+                        r = x
                     if r > t:
                         t = r
                 # the layer's compute (_compute, inlined)
