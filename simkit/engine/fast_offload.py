@@ -23,9 +23,10 @@ from simkit.engine.fast import FastEngine, stand_in_contexts, stand_in_step
 
 def fast_offload_reason(closed_form: bool, gpu_batch_size: int | None, max_num_seqs: int) -> str | None:
     """None when :class:`OffloadFastEngine` runs an offloaded plan the fast path otherwise
-    covers, else why the reference engine does."""
+    covers, else why the reference engine does (``offloading`` where the steps run event by
+    event: the engine path names why they do)."""
     if not closed_form:
-        return "offloaded steps event by event"
+        return "offloading"
     if gpu_batch_size is not None and gpu_batch_size < max_num_seqs:
         return "offloading with several GPU batches per step"
     return None
