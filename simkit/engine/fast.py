@@ -40,9 +40,12 @@ the cost model calls with the same arguments), so per-request times are bit-for-
 :class:`Engine`; ``tests/test_fast_engine.py`` checks that on random scenarios. Plans the fast
 path does not cover run on the reference engine, and ``summary.json`` says which path ran and
 why (``engine_path``). Covered: ``continuous`` and ``chunked_prefill`` batching, any number of
-replicas and any routing, recompute preemption. Not covered (reference engine): static
-batching, disaggregated serving, prefix caching, swap preemption, KV spill, offloading,
-pipeline parallelism, layer-by-layer execution, sliding-window models and Chrome traces.
+replicas and any routing, recompute preemption; pipeline parallelism with the stages in closed
+form (``PipelineFastEngine``, engine/pipeline_fast.py) and offloaded plans whose steps run in
+closed form as one GPU batch (``OffloadFastEngine``, engine/fast_offload.py). Not covered
+(reference engine): static batching, disaggregated serving, prefix caching, swap preemption,
+KV spill, other offloaded plans, layer-by-layer execution, sliding-window models and Chrome
+traces.
 On one replica the run does not step through this class's loop: :mod:`simkit.engine.lean` makes
 the same decisions in one fused function (this class's objects hold its parameters and receive
 its results), and steps through it only where that loop stops.

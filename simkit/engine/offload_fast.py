@@ -256,7 +256,7 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
         if lane is None:
             lane = lanes[name] = _Lane(link)
         if len(js) > 1:
-            js.sort(key=_join_key)
+            js.sort()  # by (join time, issue order): the issue order is unique, so nothing after it is compared
         landed: list[tuple[float, list[Hop], float | None]] = []
         n = len(js)
         i = 0
@@ -294,10 +294,6 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
             seq += 1
             slot2[1].append((a + nlink.latency if nlink.latency else a, seq, nbytes, rest[1:], gate))
     return last
-
-
-def _join_key(j: tuple[float, int, float, list[Hop], float | None]) -> tuple[float, int]:
-    return j[0], j[1]
 
 
 Lone = tuple[_Lane, float, float, float, bool]

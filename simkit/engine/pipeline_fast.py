@@ -23,6 +23,16 @@ seconds and the links' busy seconds, busy periods and bytes are bit for bit the 
 When the ordering does not hold, :meth:`PipelineSchedule.submit` raises
 :class:`PipelineConflict` and ``simulate`` runs the scenario again with the stages event by
 event (``engine_path`` says so): the result is still exact, at the cost of the aborted run.
+
+A decode iteration's stages are priced together (:meth:`PipelineSchedule.submit_decode`): each
+stage's ``mixed_step_time`` is its body and head tables of the batch, its share of the layers
+times one attention term ``max(flops, bytes) + overhead`` and its host time, and that term
+(the stages and the replica share its constants) is computed once, with the same operations in
+the same order, for the stages and for the replica-wide step time the first inter-token gap is
+measured against. Continuous and chunked-prefill plans with recompute preemption run
+:class:`PipelineFastEngine` (the fast engine's running totals, engine/fast.py), the others
+:class:`PipelineEngine` (the reference engine's arrays); a repeated run takes the reference
+engine.
 """
 
 from __future__ import annotations
