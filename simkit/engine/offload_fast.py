@@ -264,12 +264,24 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
             # flows alone on the idle direction, each landing no later than the next joins:
             # Link's join and wake-up, replayed in one go
             bw = lane.bw
+            link = lane.link
+            log = link.busy_log
             while i < n:
                 at, _, nbytes, after, g = js[i]
-                done = at + max(nbytes, 0.0) * 1 / bw
+                done = at + (0.0 if 0.0 > nbytes else nbytes) * 1 / bw  # max(nbytes, 0.0), without a call
                 if i + 1 < n and js[i + 1][0] < done:
                     break
-                lane.close(at, done, nbytes)
+                # lane.close(at, done, nbytes), inlined
+                dt = done - at
+                if dt > 0:
+                    link.busy_time += dt
+                    if log is not None:
+                        if log and log[-1][1] == at:
+                            log[-1][1] = done
+                        else:
+                            log.append([at, done])
+                lane.last = done
+                link.bytes_moved += nbytes
                 landed.append((done, after, g))
                 i += 1
         if i < n:
