@@ -268,7 +268,7 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
             log = link.busy_log
             while i < n:
                 at, _, nbytes, after, g = js[i]
-                done = at + (0.0 if 0.0 > nbytes else nbytes) * 1 / bw  # max(nbytes, 0.0), without a call
+                done = at + (0.0 if nbytes < 0.0 else nbytes) * 1 / bw  # max(nbytes, 0.0), without a call
                 if i + 1 < n and js[i + 1][0] < done:
                     break
                 # lane.close(at, done, nbytes), inlined
