@@ -701,7 +701,7 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
     engine_cls: type[Engine] = Engine if slow_reason else OffloadFastEngine if off_layout is not None else FastEngine
     engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
     fused = (engine == "auto" and not slow_reason and par.pp == 1 and off_layout is None
-             and fused_loop_reason(policy_name, sum(g.replicas for g in groups)) is None)
+             and fused_loop_reason(policy_name, plan.routing) is None)
     if fused:
         engine_path = "fast (fused loop)"
     if off_layout is not None:

@@ -76,7 +76,7 @@ def test_fast_path_equals_reference(n, rate, inp, out, seed, replicas, routing, 
     kv = {"num_blocks": blocks, "block_size": block_size, "watermark": watermark}
     sc = _scenario(n, rate, inp, out, seed, replicas, routing, batching, kv, calibration, tp)
     _, fast = assert_same_run(sc)
-    assert fast["engine_path"] == fast_path_of(replicas, fast["preemptions"])
+    assert fast["engine_path"] == fast_path_of(fast["preemptions"])
 
 
 @settings(max_examples=int(os.environ.get("SIMKIT_HYPOTHESIS_EXAMPLES", "25")) // 2 + 1, deadline=None,
@@ -98,7 +98,7 @@ def test_fast_path_equals_reference_on_mixed_fleets(n, rate, seed, groups, routi
     fleet = [{"gpu": g, "replicas": r, "tp": t} for g, r, t in groups]
     sc = _scenario(n, rate, (10, 900), (1, 120), seed, 1, routing, batching, {"block_size": 16}, calibration, fleet=fleet)
     _, fast = assert_same_run(sc)
-    assert fast["engine_path"] == fast_path_of(sum(r for _, r, _ in groups), fast["preemptions"])
+    assert fast["engine_path"] == fast_path_of(fast["preemptions"])
     assert sum(g["requests_completed"] for g in fast["fleet_groups"]) == fast["requests_completed"]
 
 
@@ -109,7 +109,7 @@ def test_fast_path_under_heavy_preemption():
         sc = _scenario(200, 200.0, (50, 900), (20, 400), 3, 2, "least_outstanding", batching, {"num_blocks": 120})
         ref, fast = assert_same_run(sc)
         assert ref["preemptions"] > 50
-        assert fast["engine_path"] == fast_path_of(2, fast["preemptions"])
+        assert fast["engine_path"] == fast_path_of(fast["preemptions"])
 
 
 def test_shortcuts_are_exercised_and_exact(monkeypatch):
@@ -189,7 +189,7 @@ def test_arrivals_at_step_ends_and_at_one_instant(tmp_path, policy, seed, replic
     assert len(tied) >= 4
     data["workload"] = native_trace_workload(tmp_path / "ties.csv", times, inp, out)
     ref, fast = assert_same_run(scenario_from_dict(data))
-    assert fast["engine_path"] == fast_path_of(replicas, fast["preemptions"])
+    assert fast["engine_path"] == fast_path_of(fast["preemptions"])
     assert ref["requests_rejected"] > 0
 
 

@@ -187,8 +187,8 @@ class Cluster:
 
     def run(self, fused: bool = False) -> str | None:
         """Run until every request has finished or been rejected; fast engines write their
-        running totals back to the request table. ``fused``: run the one fast engine of a
-        one-replica world in the fused loop (engine/lean.py, within its domain: the deployment
+        running totals back to the request table. ``fused``: run the fast engines (one per
+        replica) in the fused loop (engine/lean.py, within its domain: the deployment
         decides); returns None, or why the fused loop stopped (the run then stepped)."""
         engines = [e for g in self.replicas for e in g.engines]
         world = None
@@ -199,8 +199,8 @@ class Cluster:
                     link.busy_log = []
         if (self._handoff is None and all(len(g.engines) == 1 for g in self.replicas)
                 and all(isinstance(e, FastEngine) and e.offload is None for e in engines)):  # fmt: skip
-            if fused and len(engines) == 1 and self.tracer is None:
-                stopped = run_fused(engines[0], self)  # type: ignore[arg-type]
+            if fused and self.tracer is None:
+                stopped = run_fused(engines, self)  # type: ignore[arg-type]
                 if stopped is None:
                     return None
             # fast engines and the arrivals only (their plans move nothing over links: no prefix

@@ -46,9 +46,9 @@ closed form as one GPU batch (``OffloadFastEngine``, engine/fast_offload.py). No
 (reference engine): static batching, disaggregated serving, prefix caching, swap preemption,
 KV spill, other offloaded plans, layer-by-layer execution, sliding-window models and Chrome
 traces.
-On one replica the run does not step through this class's loop: :mod:`simkit.engine.lean` makes
-the same decisions in one fused function (this class's objects hold its parameters and receive
-its results), and steps through it only where that loop stops.
+With the stock routing policies the run does not step through this class's loop:
+:mod:`simkit.engine.lean` makes the same decisions in one fused loop (this class's objects hold
+its parameters and receive its results), and steps through it only where that loop stops.
 """
 
 from __future__ import annotations

@@ -1,14 +1,27 @@
-"""The fused serving loop: a whole single-replica run in one function.
+"""The fused serving loop: a whole run of fast engines (one per replica) in one function.
 
 :class:`~simkit.engine.fast.FastEngine` on :class:`~simkit.engine.cluster.FastWorld` already
 makes the reference engine's decisions with running totals, but an iteration still crosses a
 dozen Python calls (the policy's hook, admission, pricing, block growth, histogram, log, world
-heap). :func:`run_fused` makes the same decisions, in the same order, on local variables in one
-loop:
+heap). :func:`run_fused` makes the same decisions, in the same order, on local variables:
 
-- the world's heap is two times: the arrival process's next wake (scheduled as FastWorld
-  schedules it, ``now + (arrival - now)``) and the running step's end; at an equal time the one
-  scheduled first comes first, as in SimPy (the wake pending when the step began, then the end);
+- each replica's serving loop is one generator (:func:`_replica`) whose locals are the replica's
+  state; it runs a step's decision, pricing and bookkeeping inline and yields only where the
+  stepping path would schedule an event: the end of a step that something else is scheduled
+  at or before (``FastEngine._advance``; a step that ends strictly first moves the clock in the
+  generator), or an idle wait;
+- the world's heap is FastWorld's: the arrival process's next wake (scheduled as FastWorld
+  schedules it, ``now + (arrival - now)``), each replica's pending step end or wake-up, ordered
+  by time, then by the order they were scheduled in (SimPy's order: a replica woken by an
+  arrival is scheduled while the arrival is handled, before the arrival process's next wait);
+- the arrival process and the router run in the driver (:func:`run_fused`): the front door's
+  verdicts, then ``round_robin`` (replicas in turn) or ``least_outstanding`` (the fewest
+  requests queued or running, lowest index on ties; ``prefix_aware`` is the same without a
+  prefix cache, and the fast path has none), among the replicas whose pool holds the request
+  (a fleet's groups differ); the counts the router reads are the replicas' own, kept as they
+  change (queued by the driver, finished or never fitting in the replica's loop); a replica
+  alone runs the arrival process in its own loop instead (the router has one choice), so that
+  no step or arrival crosses a generator boundary;
 - the policies' decisions (``ContinuousBatching._decide``, ``ChunkedPrefill._decide``) and
   admission (``FastEngine.admit``) are written out on the loop's variables;
 - the decode set is the fast engine's running totals (KV offsets from a decode clock, a heap of
@@ -16,19 +29,23 @@ loop:
   of each request's first block boundary);
 - a decode run is priced by the scalar loop of :meth:`IterationModel.decode_step_times`
   inlined (the same operations in the same order; with a fitted decode-attention efficiency, by
-  :meth:`IterationModel.decode_steps` as the stepping path does), a step with prefill chunks by
-  the fast engine's own pricing (``FastEngine._step_time``, memoised for one prompt alone);
+  :meth:`IterationModel.decode_steps` as the stepping path does), cut at the step that reaches
+  the next arrival (whichever replica it goes to), a step with prefill chunks by the fast
+  engine's own pricing (``FastEngine._step_time``, memoised for one prompt alone);
 - the KV level is integrated at the instants the block manager would integrate it, and the
-  inter-token gaps go through a histogram's buffer flushed at the same points.
+  inter-token gaps (one histogram for all replicas) go through its buffer flushed at the same
+  points, in the same order across replicas.
 
 Every float is produced by the same operations in the same order as on the stepping path, so
 every per-request time, histogram bin, iteration row and counter is the same bits; the few
-values the stepping path holds as numpy floats (SimPy's clock after an arrival's wake, and the
-KV integral computed from it) are given that type at the end. ``tests/test_lean.py`` checks all
-of it against the stepping fast path and the reference engine.
+values the stepping path holds as numpy floats (SimPy's clock after an arrival's wake, every
+time a replica computes from it once such a wake has resumed it, and the KV integral computed
+from those) are given that type at the end. ``tests/test_lean.py`` checks all of it against the
+stepping fast path and the reference engine.
 
 Domain (:func:`fused_loop_reason`, decided when the deployment is built): a plan the stepping
-fast path covers, on one replica, with ``continuous`` or ``chunked_prefill`` batching. Within it,
+fast path covers (one fast engine per replica, any number of replicas, a fleet of GPU types),
+with ``continuous`` or ``chunked_prefill`` batching and a router in :data:`ROUTERS`. Within it,
 a run that meets something the loop does not model (a decode step whose KV blocks do not fit,
 where the stepping path preempts; a prompt of no tokens) stops and writes nothing: the caller
 runs the same scenario on the stepping path (deterministic, so the result is the one the stepping
@@ -41,6 +58,7 @@ import heapq
 from array import array
 from bisect import insort
 from collections import deque
+from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -55,14 +73,19 @@ INF = float("inf")
 
 PREEMPTION = "a decode step short of KV blocks (preemption)"
 
+ROUTERS = {"round_robin": False, "least_outstanding": True, "prefix_aware": True}
+"""The routing policies the fused loop runs -> whether it picks the least outstanding replica
+(else replicas in turn). ``prefix_aware`` breaks ties of its prefix hits by least outstanding,
+and with no prefix cache (none on the fast path) every hit is 0."""
 
-def fused_loop_reason(policy: str, replicas: int) -> str | None:
+
+def fused_loop_reason(policy: str, routing: str) -> str | None:
     """None when :func:`run_fused` covers a plan the stepping fast path covers (one engine per
     replica), else why the stepping path runs it."""
     if policy not in ("continuous", "chunked_prefill"):
         return f"batching policy {policy}"
-    if replicas != 1:
-        return f"{replicas} replicas"
+    if routing not in ROUTERS:
+        return f"routing {routing}"
     return None
 
 
@@ -112,29 +135,44 @@ def _tbt_fresh(hist: TBTHistogram, vals: list[float], wts: list[float], t: float
     return vals, wts
 
 
-def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
-    """Run ``cluster`` (one replica served by ``engine``, continuous or chunked-prefill batching)
-    to the end in one loop and write what the stepping path would (the request table, the inter-token histogram,
-    the iteration log, the engine's counters and KV integrals). Returns None when done, or the
-    reason it stopped (then nothing has been written: run the stepping path)."""
-    table = cluster.table
+Resume = tuple[float, float, float]
+"""What the driver sends a replica's loop when it resumes it: the time (of its step's end or
+wake-up), the next arrival not yet arrived (``Cluster.next_arrival()``), and the time of the
+earliest event then scheduled (``FastWorld.peek()``)."""
+
+
+def _replica(
+    engine: FastEngine,
+    waiting: deque[int],
+    outst: list[int],
+    shared: tuple[list[int], list[int], array, array, array, list[int], list[int], list[int], TBTHistogram, list[tuple]],
+    clock: list,
+    arrivals: tuple[list[float], list[int], list[int]] | None,
+) -> Generator[float | None, Resume | None, str | None]:
+    """The serving loop of the replica ``engine`` serves (continuous or chunked-prefill batching)
+    on local variables. It yields the end of a step that does not end strictly before the
+    earliest scheduled event (the driver schedules it and resumes the loop there), or None to wait
+    idle until the driver wakes it (a request queued in ``waiting``); it is resumed with a
+    :data:`Resume`, and ends when sent None while idle (the run is over: it writes its counters
+    and KV integrals to ``engine``) or when it meets something it does not model (it returns why,
+    having written nothing).
+
+    ``outst[engine.index]``: the replica's outstanding requests, as the router reads them (the
+    driver adds those it queues). ``shared``: the prompt and output lengths, the admission,
+    first-token and finish times, blocks at admission, prompt tokens prefilled (chunked),
+    requests that never fit, the inter-token histogram and the iteration log, all of them
+    indexed by request or appended in event order. ``clock``: [whether SimPy's clock is numpy
+    (an arrival's wake has fired), the time of the last event, whether it is a numpy float,
+    requests queued (alone)].
+
+    ``arrivals``: on a replica alone, the arrival times in order (and inf), request ids and
+    front-door verdicts: the loop is then the whole world (the router has one choice), and runs
+    the arrival process itself between its steps, as the lone replica's world would (the driver
+    only starts it and collects it), so that no step or arrival crosses a generator boundary."""
+    inp, out, sched, first_tok, finish, blocks_at_admit, kvp, never_fits, hist, rows = shared
     cost = engine.cost
     kvm = engine.kv
     policy = engine.policy
-    if (kvm.cache is not None or kvm.used or kvm.watermark_blocks < 0 or cluster.tbt.total or cluster.tbt._vals
-            or policy.name not in ("continuous", "chunked_prefill")):  # fmt: skip
-        raise AssertionError("the fused loop starts from an empty replica without a prefix cache, batching continuously")
-    n = table.n
-    inp = table.input.tolist()
-    out = table.output.tolist()
-    if n and min(inp) < 1:
-        return "a prompt of no tokens"
-    cluster._arrivals_setup()
-    order = cluster._order
-    at = cluster._arrivals[order].tolist() + [INF]
-    ids = order.tolist()
-    codes = cluster._codes[order].tolist()
-
     chunked = policy.name == "chunked_prefill"
     max_seqs = int(policy.max_num_seqs)  # type: ignore[attr-defined]
     max_tokens = int(policy.max_tokens) if not chunked else 0  # type: ignore[attr-defined]
@@ -143,7 +181,7 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
     bs = kvm.block_size
     wm = kvm.watermark_blocks
     gpus = engine.cfg.num_gpus
-    index = engine.index
+    index = ri = engine.index
     tp = cost.tp
     comm_time = cost.comm_time
     fixed_step_time = cost.fixed_step_time
@@ -152,19 +190,8 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
     decode_constants = cost.decode_constants
     decode_steps = cost.decode_steps
     layers = cost.layers
-    log_on = cluster.log.enabled
-    rows: list[tuple] = []
+    log_on = engine.log.enabled
     add_row = rows.append
-
-    # admission, first-token and finish times: C doubles (a third of a list's memory), viewed
-    # by numpy without a copy at the end
-    nans = array("d", [float("nan")])
-    sched = nans * n
-    first_tok = nans * n
-    finish = nans * n
-    blocks_at_admit = [0] * n
-    never_fits: list[int] = []
-    enqueued = 0
 
     # the KV block manager: blocks in use, their peak, and their integral over time (integrated
     # at each change, as KVBlockManager._mark does)
@@ -178,11 +205,9 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
     stage_comm = 0.0
     mc_pre = 0
     mc_dec = 0
-    # the inter-token histogram: its buffer, flushed where TBTHistogram's would be
-    hist = TBTHistogram()
+    # the inter-token histogram's buffer (re-read at every resume: another replica may have
+    # flushed it), flushed where TBTHistogram's would be
     BUF = hist.BUF
-    vals = hist._vals
-    wts = hist._wts
 
     # the decode set (FastEngine's running totals)
     D = 0
@@ -207,76 +232,81 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
     without the closed form; fixed_step_time(batch))."""
     prefilling: list[int] = []
     """Admitted requests whose prompt is not all prefilled (chunked), in admission order."""
-    kvp = [0] * n if chunked else []
-    """Prompt tokens prefilled so far (chunked)."""
 
     heappush, heappop = heapq.heappush, heapq.heappop
-    waiting: deque[int] = deque()
     nrun = 0
 
-    # the arrival process: the next arrival to handle (index into ``order``) and the time of its
-    # pending wake (inf when none is left)
-    nxt = at[0] if n else INF
-    """What ``Cluster.next_arrival()`` returns: the next arrival not yet arrived."""
-
-    # SimPy's clock is a numpy float from the first time a wait of the arrival process wakes the
-    # idle engine (FastWorld schedules it as SimPy does: ``np.float64``), and so is every time
-    # computed from it; the same values are Python floats here, and the values the KV manager and
-    # the clock keep are given that type at the end (their sums, hence the summary, are then the
-    # same objects as the stepping path's)
+    # SimPy's clock is a numpy float from the first time a wait of the arrival process fires
+    # (FastWorld schedules it as SimPy does: ``np.float64``), and so is every time a replica
+    # computes from it once a wake-up at such a time has resumed it (its steps' ends, and the
+    # clock they set); the same values are Python floats here, and the values the KV manager
+    # keeps are given that type at the end (their sums, hence the summary, are then the same
+    # objects as the stepping path's)
     np_clock = False
     marks = 0
     """Changes of the KV level (each integrates it up to the change's time)."""
     marks_at_switch = -1
-    # time 0: the engine starts (idle: nothing queued), then the arrival process, which handles
-    # the arrivals due at 0 and waits for the next
+    # time 0: the engine starts idle (nothing is queued before the arrival process runs)
     now = 0.0
-    aw = INF
-    ak = 0
-    while ak < n:
-        dt = at[ak] - now
-        if dt > 0:
-            aw = now + dt
-            break
-        nxt = at[ak + 1]
-        if not codes[ak]:  # (the front door's rejections are written at the end, from ``codes``)
-            enqueued += 1
-            waiting.append(ids[ak])
-        ak += 1
-
+    nxt = peek = INF
+    vals = hist._vals
+    wts = hist._wts
+    alone = arrivals is not None
+    if arrivals is not None:
+        # the arrival process (as in the driver): the next arrival to handle, its pending wait
+        # (its start at time 0 handles the arrivals due then, else waits for the first), and
+        # what Cluster.next_arrival() returns
+        at, ids, codes = arrivals
+        n = len(ids)
+        ak = 0
+        aw = peek = (at[0] if at[0] > 0 else 0.0) if n else INF
+        nxt = at[0]
+        enqueued = 0
     while True:
         if not nrun and not waiting:
-            # idle: the arrival process runs until it queues a request (the engine's wake-up is
-            # scheduled then, before the process's next wait, so the engine resumes at once)
-            woke = False
-            while not woke:
-                if aw == INF:
-                    break
-                now = aw
-                if not np_clock:
-                    np_clock = True
-                    marks_at_switch = marks
-                # the arrival its wait was for, then every later one already due
-                nxt = at[ak + 1]
-                if not codes[ak]:
-                    enqueued += 1
-                    waiting.append(ids[ak])
-                    woke = True
-                ak += 1
-                aw = INF
-                while ak < n:
-                    dt = at[ak] - now
-                    if dt > 0:
-                        aw = now + dt
-                        break
+            if alone:
+                # idle: the arrival process runs until it queues a request (the engine's wake-up
+                # is scheduled then, before the process's next wait, so the engine resumes at once)
+                woke = False
+                while not woke and aw < INF:
+                    now = aw
+                    if not np_clock and now > 0:
+                        np_clock = True  # a wait of the arrival process fired: a numpy float clock
+                        marks_at_switch = marks
+                    # the arrival its wait was for, then every later one already due
                     nxt = at[ak + 1]
                     if not codes[ak]:
                         enqueued += 1
                         waiting.append(ids[ak])
                         woke = True
                     ak += 1
-            if not woke:
-                break  # nothing left anywhere: the run is over
+                    aw = INF
+                    while ak < n:
+                        dt = at[ak] - now
+                        if dt > 0:
+                            aw = now + dt
+                            break
+                        nxt = at[ak + 1]
+                        if not codes[ak]:
+                            enqueued += 1
+                            waiting.append(ids[ak])
+                            woke = True
+                        ak += 1
+                peek = aw
+            if not waiting:
+                clock[1] = now
+                clock[2] = np_clock
+                if alone:
+                    clock[3] = enqueued
+                msg = yield None
+                if msg is None:
+                    break  # the run is over
+                now, nxt, peek = msg
+                if not np_clock and clock[0]:
+                    np_clock = True
+                    marks_at_switch = marks
+                vals = hist._vals
+                wts = hist._wts
 
         # ---- the policy's decision -------------------------------------------------------------
         nb = len(info)
@@ -554,13 +584,16 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
             # nothing runs and the head request cannot be admitted: it never fits
             i = waiting.popleft()
             never_fits.append(i)
+            outst[ri] -= 1
             continue
 
-        # ---- the step runs from ``start`` to ``end`` while the arrival process runs ---------
+        # ---- the step runs from ``start`` to ``end`` (FastEngine._advance) ----------------------
         end = now + dur
-        if aw <= end:
-            # the step's end is scheduled after the arrival process's pending wake: that wake
-            # comes first even at an equal time, later ones only when strictly earlier
+        if end < peek:
+            now = end
+        elif alone:
+            # the arrival process runs during the step: its pending wake comes first even at an
+            # equal time (scheduled before the step's end), later ones only when strictly earlier
             first_wait = True
             while aw < end or (first_wait and aw == end):
                 first_wait = False
@@ -581,7 +614,14 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
                         enqueued += 1
                         waiting.append(ids[ak])
                     ak += 1
-        now = end
+            peek = aw
+            now = end
+        else:
+            # something is scheduled at or before the step's end: the driver schedules the end
+            # after it and resumes this loop there (meanwhile other replicas and arrivals run)
+            now, nxt, peek = yield end
+            vals = hist._vals
+            wts = hist._wts
         busy += dur
         busy_gpu += dur * gpus
 
@@ -669,6 +709,7 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
             if n_fin:
                 # FastEngine._finish: the blocks of all of them released in one call
                 nrun -= n_fin
+                outst[ri] -= n_fin
                 area += (now - t_mark) * used
                 t_mark = now
                 marks += 1
@@ -724,13 +765,191 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
                 finish[i] = now
                 n_fin += 1
             nrun -= n_fin
+            outst[ri] -= n_fin
             area += (now - t_mark) * used
             t_mark = now
             marks += 1
             used -= freed
 
-    if waiting or nrun or ak < n:
+    if waiting or nrun:
         raise AssertionError("the fused loop ended with requests left")
+    # ---- write what the stepping path writes of this replica ----------------------------------
+    if np_clock and marks > marks_at_switch:
+        area, t_mark = np.float64(area), np.float64(t_mark)
+    kvm.used, kvm.peak, kvm._area, kvm._t = used, peak, area, t_mark
+    engine.busy_time += busy
+    engine.busy_gpu_s += busy_gpu
+    engine.stage_busy[0] += busy
+    engine.stage_comm[0] += stage_comm
+    mc = engine.max_context
+    mc["attn_prefill"] = max(mc["attn_prefill"], mc_pre)
+    mc["attn_decode"] = max(mc["attn_decode"], mc_dec)
+    if alone:
+        outst[ri] += enqueued  # (the driver counts what it queues; alone, the loop queued them)
+    engine.outstanding = outst[ri]
+    return None
+
+
+def run_fused(engines: list[FastEngine], cluster: Cluster) -> str | None:
+    """Run ``cluster`` (its replicas served by ``engines``, one each, continuous or chunked-prefill
+    batching, routed by a policy in :data:`ROUTERS`) to the end and write what the stepping path
+    would (the request table, the inter-token histogram, the iteration log, the engines' counters
+    and KV integrals, the router's turn). Returns None when done, or the reason it stopped (then
+    nothing has been written: run the stepping path)."""
+    table = cluster.table
+    router = cluster._router
+    least = ROUTERS.get(getattr(router, "name", ""))
+    if (least is None or cluster.tbt.total or cluster.tbt._vals or cluster._handoff is not None
+            or any(e.kv.cache is not None or e.kv.used or e.kv.watermark_blocks < 0 or e.index != k
+                   or e.policy.name not in ("continuous", "chunked_prefill") for k, e in enumerate(engines))):  # fmt: skip
+        raise AssertionError("the fused loop starts from empty replicas without a prefix cache or a hand-off, batching "
+                             "continuously, routed by a policy it knows")
+    n = table.n
+    inp = table.input.tolist()
+    if n and min(inp) < 1:
+        return "a prompt of no tokens"
+    cluster._arrivals_setup()
+    order = cluster._order
+    at = cluster._arrivals[order].tolist() + [INF]
+    ids = order.tolist()
+    codes = cluster._codes[order].tolist()
+    n_rep = len(engines)
+    caps = cluster._front_caps
+    least_cap = cluster._least_cap
+    # a fleet's pools differ: a request whose KV exceeds the smallest goes to those that hold it
+    needs = cluster._need[order].tolist() if max(caps) > least_cap else None
+
+    # admission, first-token and finish times: C doubles (a third of a list's memory), viewed
+    # by numpy without a copy at the end
+    nans = array("d", [float("nan")])
+    sched = nans * n
+    first_tok = nans * n
+    finish = nans * n
+    rep = array("i", [-1]) * (n if n_rep > 1 else 0)
+    """The replica each request was queued at."""
+    chunked = any(e.policy.name == "chunked_prefill" for e in engines)
+    never_fits: list[int] = []
+    hist = TBTHistogram()
+    rows: list[tuple] = []
+    shared = (inp, table.output.tolist(), sched, first_tok, finish, [0] * n, [0] * n if chunked else [], never_fits, hist,
+              rows)  # fmt: skip
+    clock: list = [False, 0.0, False, 0]
+    """[whether SimPy's clock is numpy, the clock when a replica last went idle, its type, requests
+    a replica alone queued]."""
+    queues: list[deque[int]] = [deque() for _ in engines]
+    outst = [0] * n_rep
+    single = n_rep == 1
+    loops = [_replica(e, queues[k], outst, shared, clock, (at, ids, codes) if single else None) for k, e in enumerate(engines)]
+    for lp in loops:
+        # each replica starts idle (nothing is queued yet); alone, it runs the whole world here
+        try:
+            next(lp)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+    sleeping = [True] * n_rep
+    """Idle and not yet woken (a request queued for it schedules its wake-up)."""
+    turn = getattr(router, "_next", 0)  # round robin's
+    heappush, heappop = heapq.heappush, heapq.heappop
+    # FastWorld's heap, as (time, ticket, replica) of the replicas' step ends and wake-ups (SimPy's
+    # order: by time, then by the order they were scheduled in), with the arrival process's one
+    # pending wait held apart (``aw``, ``a_ticket``): its start at time 0 (after the engines')
+    # handles the arrivals due then, else waits for the first (the same time: 0 + (t - 0) is t);
+    # either way the first arrival is the one its first event handles
+    heap: list[tuple[float, int, int]] = []
+    aw = (at[0] if at[0] > 0 else 0.0) if n and not single else INF
+    a_ticket = 0
+    ticket = 0
+    np_clock = False
+    enqueued = clock[3] if single else 0
+    last_who = 0 if single else -1
+    """Who ran last: a replica (its clock is in ``clock``), or the arrival process (-1)."""
+    last_arrival = 0.0
+    ak = n if single else 0
+    """The next arrival to handle (an index into ``order``)."""
+    # a replica's step end just scheduled (ticket taken) but kept out of the heap while only the
+    # arrival process comes before it, then resumed without a heap entry
+    p_who = -1
+    p_end = 0.0
+    p_ticket = 0
+    while True:
+        if p_who >= 0:
+            if heap and (heap[0][0] < p_end or (heap[0][0] == p_end and heap[0][1] < p_ticket)):
+                # another replica's event comes first: the end goes into the heap
+                heappush(heap, (p_end, p_ticket, p_who))
+                p_who = -1
+                continue
+            if aw < p_end or (aw == p_end and a_ticket < p_ticket):
+                now = aw
+                who = -1
+            else:
+                now = p_end
+                who = p_who
+                p_who = -1
+        elif heap and (heap[0][0] < aw or (heap[0][0] == aw and heap[0][1] < a_ticket)):
+            now, _, who = heappop(heap)
+            sleeping[who] = False  # (a wake-up; else it was not)
+        elif aw < INF:
+            now = aw
+            who = -1
+        else:
+            break
+        if who >= 0:
+            try:
+                end = loops[who].send((now, at[ak], (aw if aw < heap[0][0] else heap[0][0]) if heap else aw))
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            if end is None:
+                sleeping[who] = True
+                last_who = who
+            else:
+                ticket += 1
+                p_end, p_ticket, p_who = end, ticket, who
+            continue
+        # ---- the arrival process (FastWorld._arrivals): the arrival its wait was for, then every
+        # later one already due, then a wait for the next
+        last_who = -1
+        last_arrival = now
+        aw = INF
+        if not np_clock and now > 0:
+            np_clock = clock[0] = True  # a wait of the arrival process fired: a numpy float clock
+        first = True
+        while ak < n:
+            if not first:
+                dt = at[ak] - now
+                if dt > 0:
+                    ticket += 1
+                    aw = now + dt
+                    a_ticket = ticket
+                    break
+            first = False
+            if not codes[ak]:
+                # the router (Cluster._arrive): the replica, among those whose pool holds it
+                i = ids[ak]
+                if needs is None or needs[ak] <= least_cap:
+                    k = outst.index(min(outst)) if least else (turn + enqueued) % n_rep
+                else:
+                    fits = [k for k in range(n_rep) if caps[k] >= needs[ak]]
+                    k = min(fits, key=outst.__getitem__) if least else fits[(turn + enqueued) % len(fits)]
+                enqueued += 1
+                queues[k].append(i)
+                outst[k] += 1
+                rep[i] = k
+                if sleeping[k]:
+                    # its wake-up, scheduled now, before the arrival process's next wait
+                    sleeping[k] = False
+                    ticket += 1
+                    heappush(heap, (now, ticket, k))
+            ak += 1
+
+    if ak < n or heap or not all(sleeping) or any(queues):
+        raise AssertionError("the fused loop ended with requests left")
+    for lp in loops:
+        try:
+            lp.send(None)
+        except StopIteration:
+            pass
+        else:
+            raise AssertionError("a replica's loop did not end")
 
     # ---- write what the stepping path writes -------------------------------------------------
     t = table
@@ -745,29 +964,20 @@ def run_fused(engine: FastEngine, cluster: Cluster) -> str | None:
     t.kv_len[served] = t.input[served] + gen - 1
     code_a = cluster._codes
     door = code_a > 0
-    t.replica[~door] = index
+    t.replica[~door] = engines[0].index if single else np.frombuffer(rep, dtype=np.int32)[~door]
     t.rejected[door] = True  # table.reject, for all of them at once
     t.reject_reason[door] = code_a[door]
     for i in never_fits:
         t.reject(i, "never_fits")
     h = cluster.tbt
     h.counts, h.total, h.sum, h.max, h._vals, h._wts = hist.counts, hist.total, hist.sum, hist.max, hist._vals, hist._wts
-    if log_on:
+    if cluster.log.enabled:
         cluster.log.rows.extend(rows)
-    if np_clock and marks > marks_at_switch:
-        area, t_mark = np.float64(area), np.float64(t_mark)
-    kvm.used, kvm.peak, kvm._area, kvm._t = used, peak, area, t_mark
-    engine.busy_time += busy
-    engine.busy_gpu_s += busy_gpu
-    engine.stage_busy[0] += busy
-    engine.stage_comm[0] += stage_comm
-    mc = engine.max_context
-    mc["attn_prefill"] = max(mc["attn_prefill"], mc_pre)
-    mc["attn_decode"] = max(mc["attn_decode"], mc_dec)
-    engine.outstanding = enqueued - len(never_fits) - int(served.sum())
-    router = cluster._router
     if hasattr(router, "_next"):
-        router._next += enqueued  # type: ignore[union-attr]  # round robin's turn, as if it had chosen
+        router._next = turn + enqueued  # type: ignore[union-attr]  # round robin's turn, as if it had chosen
     cluster._next = INF
-    engine.env._now = np.float64(now) if np_clock else now
+    if last_who >= 0:
+        cluster.env._now = np.float64(clock[1]) if clock[2] else clock[1]
+    else:
+        cluster.env._now = np.float64(last_arrival) if np_clock else last_arrival
     return None
