@@ -979,7 +979,7 @@ def _offload_case(rng: random.Random) -> dict:
         if rng.random() < 0.35:
             argv += [opt, rng.choice(choices)]
     if rng.random() < 0.3:
-        argv.append("--compress-kv")
+        argv.append(rng.choice(["--compress-kv", "--compress-weights"]))
     if rng.random() < 0.4:
         argv += ["--set", rng.choice([
             "plan.offload.gpu_batch_size=-1", "hardware=bogus", "model=phi-2", "hardware=cpu-server", "plan.precision.weights=int4",

@@ -225,14 +225,23 @@ def _fractions_text(fr: dict[str, float]) -> str:
 
 def cmd_offload_plan(a: argparse.Namespace) -> int:
     from simkit.scenario import load_scenario
-    from simkit.search.offload import optimize
+    from simkit.search.offload import compression_choices, optimize, workload_batch_limit
 
     sc = load_scenario(a.scenario, a.set or [])
+    comp_w, comp_kv = compression_choices(sc)
+    comp_w = (False, True) if a.compress_weights else comp_w
+    comp_kv = (False, True) if a.compress_kv else comp_kv
     cands = optimize(sc, prompt_len=a.prompt_len, gen_len=a.gen_len, objective=a.objective, top=a.top, confirm=a.confirm,
-                     compress_kv=(False, True) if a.compress_kv else (False,))
+                     compress=comp_w, compress_kv=comp_kv, max_batch=workload_batch_limit(sc))
     print(f"# offload plans for {sc.model} on {sc.hardware if isinstance(sc.hardware, str) else 'custom node'} "
           f"(objective: {a.objective}); LP = linear-program estimate, sim = simulated; tok/s at each plan's own batch "
-          "of gbs x ngb sequences")
+          "of gbs x ngb sequences"
+          + (f" (at most the workload's {workload_batch_limit(sc)} prompts)" if workload_batch_limit(sc) is not None else ""))
+    not_searched = [what for what, choices in (("weights", comp_w), ("KV cache", comp_kv)) if True not in choices]
+    if not_searched:
+        print(f"# 4-bit {' and '.join(not_searched)} not searched (16-bit as plan.precision says; "
+              f"{' / '.join(f for f, c in (('--compress-weights', comp_w), ('--compress-kv', comp_kv)) if True not in c)} "
+              "to search the quality trade)")
     hdr = f"{'rank':>4} {'gbs':>5} {'ngb':>4} {'cpu_attn':>8} {'int4_w':>6} {'int4_kv':>7}  {'weights g/c/x/d':<22} {'kv g/c/x/d':<22} {'LP tok/s':>10} {'sim tok/s':>10}  bottleneck"
     print(hdr)
     for k, c in enumerate(cands, 1):
@@ -377,8 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--top", type=_count(1), default=8, help="how many ranked plans to print (default 8)")
     o.add_argument("--confirm", type=_count(0), default=3, help="simulate this many of the best LP plans")
     o.add_argument("--json", help="write the ranked plans as JSON here")
+    o.add_argument("--compress-weights", action="store_true",
+                   help="also search group-wise 4-bit weights (FlexGen's --compress-weight; a quality trade "
+                        "plan.precision did not ask for; also enabled by plan.offload.compress_weights: true)")
     o.add_argument("--compress-kv", action="store_true",
-                   help="also search a 4-bit KV cache (FlexGen's --compress-cache; attended on the GPU)")
+                   help="also search a 4-bit KV cache (FlexGen's --compress-cache; attended on the GPU; also "
+                        "enabled by plan.offload.compress_kv: true)")
     o.set_defaults(func=cmd_offload_plan)
 
     se = sub.add_parser("search", help="find the best deployment plan over a space of scenarios (docs/search.md)")

@@ -389,8 +389,9 @@ def _fleet_group(sc: Scenario, gpu: str, model: ModelSpec, prec: Precision, algo
     swap = kvc.swap_space if kvc.swap_space is not None else 4 * 2**30 * par.tp
     lm = measured_links(eff, sc.plan.offload.io_block_size, sc.plan.offload.io_queue_depth)
     kern_warn = unmeasured_kernel_warning(eff, model)
+    path_warn = matmul_path_warning(node.gpu, prec) if node.gpu is not None else None
     return Group(gpu, par.replicas, node, layout, device, eff, cal_info, mem, cost, par.tp, lm, swap,
-                 [w for w in (cal_warn, kern_warn) if w])  # fmt: skip
+                 [w for w in (cal_warn, kern_warn, path_warn, node.price_warning()) if w])  # fmt: skip
 
 
 def matmul_path_warning(gpu: GPUSpec, prec: Precision) -> str | None:
@@ -546,6 +547,8 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
         layout = Layout(1, 1, 1, 1, (model.num_layers,), 0, 1)
     if cal_warn:
         _warn(warn, cal_warn)
+    if price_warn := node.price_warning():
+        _warn(warn, price_warn)
     if kern_warn := unmeasured_kernel_warning(eff, model):
         _warn(warn, kern_warn)
     if use_cpu and isinstance(eff, Profile):

@@ -280,3 +280,45 @@ def test_shipped_cpu_profile_loads_and_predicts():
     for q, ctx in (([128, 128], [0, 0]), ([1] * 4, [512] * 4)):
         t, times = predict_step(model_spec(VC()), q, ctx, dev, prof, "bf16")
         assert 0 < t < 10 and all(math.isfinite(x.time_s) for x in times)
+
+
+def _elementwise_before_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "elementwise_before.py"
+    spec = importlib.util.spec_from_file_location("elementwise_before", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.torch
+def test_elementwise_before_ab_writes_two_profiles_with_the_same_configurations(tiny_profile, tmp_path, keep_threads):
+    """benchmarks/elementwise_before.py re-times the profile's elementwise benchmarks after their
+    predecessor GEMM and after a read stream: the same configurations, every other sample kept."""
+    from simkit.calibrate.bench import SIZES
+    from simkit.calibrate.validate import load_profile
+
+    g, s = tmp_path / "after-gemm", tmp_path / "after-stream"
+    assert _elementwise_before_script().main([str(tiny_profile), "--out-gemm", str(g), "--out-stream", str(s)]) == 0
+    base = load_profile(tiny_profile).samples
+    cols = ["op", "dtype", "flops", "bytes_moved", "tokens"]
+    elem = []
+    for out in (g, s):
+        p = load_profile(out)
+        assert "elementwise" in p.models  # refitted
+        e = p.samples[p.samples.op_class == "elementwise"]
+        assert len(e) == SIZES["tiny"].elem_configs
+        elem.append(e[cols].reset_index(drop=True))
+        rest = p.samples[p.samples.op_class != "elementwise"]
+        assert len(rest) == int((base.op_class != "elementwise").sum())
+    assert elem[0].equals(elem[1])
+
+
+def test_elementwise_before_refuses_a_missing_profile(tmp_path, capsys):
+    rc = _elementwise_before_script().main([str(tmp_path / "none"), "--out-gemm", str(tmp_path / "g"), "--out-stream", str(tmp_path / "s")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "calibration profile not found" in err and len(err.strip().splitlines()) == 1

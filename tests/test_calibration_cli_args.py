@@ -279,16 +279,37 @@ def test_timer_runs_before_untimed_ahead_of_every_call() -> None:
     assert max(m.times) < 0.05
 
 
-def test_bench_evict_streams_one_llc() -> None:
+def test_elementwise_benchmarks_run_their_predecessor_gemm_first(monkeypatch) -> None:
+    """On a CPU each elementwise operator is timed right after the GEMM that precedes it in a
+    decode layer (one row by that GEMM's cold weights, capped at one last-level cache)."""
     torch = pytest.importorskip("torch")
     import random
 
     from simkit.calibrate import bench
+    from simkit.calibrate.samples import Measurement
 
     b = bench.Bench(torch, "cpu", bench.SIZES["tiny"], None, "test", random.Random(0))  # type: ignore[arg-type]
     b.cold_bytes = 8e6  # twice the last-level cache
-    b.evict()
-    buf = b.pools[("evict", "cpu")]
-    assert buf.numel() * buf.element_size() == 4_000_000
-    b.evict()
-    assert b.pools[("evict", "cpu")] is buf  # allocated once
+    dims = (896, 14, 2, 64, 4864, 12000)  # hidden, heads, kv heads, head dim, ffn, vocab
+    with torch.inference_mode():
+        # RoPE follows the QKV projection: 896 -> (14 + 2 x 2) x 64, 2.1 MB of bf16 weights
+        assert tuple(b.predecessor("rope", dims, "bf16")().shape) == (1, 1152)
+        assert tuple(b.predecessor("mlp_act", dims, "fp32")().shape[:1]) == (1,)
+        # the norms follow the MLP down-projection (4864 -> 896, 8.7 MB): capped at one LLC (4 MB)
+        norm = b.predecessor("input_norm", dims, "bf16")
+        assert tuple(norm().shape) == (1, 4_000_000 // (4864 * 2))
+    pool = b.pools[("bf16", "pw")]
+    assert pool.numel() * pool.element_size() >= 8e6  # copies cycled over twice the LLC: cold
+    assert b.PREDECESSOR["residual_add"](*dims) == (896, 896)  # the O projection
+    assert b.PREDECESSOR["sampling"](*dims) == (896, 12000)  # the LM head
+    assert set(b.PREDECESSOR) == set(b.ELEM_OPS)
+
+    befores: list[object] = []
+
+    def measure(self: object, fn: object, **kw: object) -> Measurement:
+        befores.append(kw.get("before"))
+        return Measurement([1e-4])
+
+    monkeypatch.setattr(bench.Bench, "measure", measure)
+    n = b.elementwise("bf16")
+    assert n == len(befores) > 0 and all(callable(x) for x in befores)

@@ -179,15 +179,56 @@ def test_offload_plan_prints_no_negative_fractions(tmp_path, capsys):
     path.write_text(yaml.safe_dump(sc))
     assert main(["offload-plan", str(path), "--confirm", "0"]) == 0
     out, err = capsys.readouterr()
-    # the ranked plans run batches other than the workload's 32 prompts: the command says so
-    assert "warning: the workload is a fixed batch of 32 prompts, but the tok/s above are for each plan's own batch" in err
-    rows = out.splitlines()[2:]
-    assert all(int(line.split()[1]) * int(line.split()[2]) != 32 for line in rows)
-    assert len(rows) == 8
+    assert out.splitlines()[1].startswith("# 4-bit weights and KV cache not searched")
+    rows = out.splitlines()[3:]
+    batches = [int(line.split()[1]) * int(line.split()[2]) for line in rows]
+    # a fixed batch of 32 prompts cannot fill a plan of more sequences: none is ranked; the best 8 run all 32
+    assert batches == [32] * 8 and "fixed batch" not in err
     for line in rows:
         fields = line.split()
         shares = [float(x) for x in (*fields[6].split("/"), *fields[7].split("/"))]
         assert all(x >= 0 for x in shares) and "-0.00" not in line
+    # further down, plans of fewer sequences are ranked by tok/s at their own batch: the command says so
+    assert main(["offload-plan", str(path), "--confirm", "0", "--top", "60"]) == 0
+    out, err = capsys.readouterr()
+    batches = [int(line.split()[1]) * int(line.split()[2]) for line in out.splitlines()[3:]]
+    assert max(batches) == 32 and min(batches) < 32
+    assert "warning: the workload is a fixed batch of 32 prompts, but the tok/s above are for each plan's own batch" in err
+
+
+def test_offload_plan_searches_int4_only_where_asked(tmp_path, capsys):
+    # fp16 plan.precision: the plans keep 16-bit weights and KV unless the user accepts the trade
+    # (--compress-weights / --compress-kv, or plan.offload.compress_weights / compress_kv: true)
+    import yaml
+
+    from simkit.scenario import load_scenario
+    from simkit.search.offload import compression_choices, optimize
+
+    sc = {"name": "a6000-70b", "hardware": "lambda-a6000-workstation", "model": "llama-2-70b",
+          "workload": {"batch": {"num_prompts": 32, "input_tokens": 512, "output_tokens": 32}},
+          "plan": {"batching": {"policy": "static"}, "offload": {"weights": {"gpu": 0.0, "cpu": 1.0}}},
+          "calibration": "none"}
+    path = tmp_path / "sc.yaml"
+    path.write_text(yaml.safe_dump(sc))
+
+    def int4_columns(argv):
+        assert main(["offload-plan", str(path), "--confirm", "0", "--top", "40", *argv]) == 0
+        out = capsys.readouterr().out
+        rows = [ln.split() for ln in out.splitlines() if ln and not ln.startswith(("#", "rank"))]
+        assert len(rows) == 40
+        return out, {(r[4], r[5]) for r in rows}
+
+    out, seen = int4_columns([])
+    assert seen == {("False", "False")} and "--compress-weights / --compress-kv to search" in out
+    out, seen = int4_columns(["--compress-weights"])
+    assert ("True", "False") in seen and all(kv == "False" for _, kv in seen) and "4-bit KV cache not searched" in out
+    out, seen = int4_columns(["--compress-weights", "--compress-kv"])
+    assert ("True", "False") in seen and any(kv == "True" for _, kv in seen) and "not searched" not in out
+    # the scenario's own plan.offload switches allow the same trades (the search's offload: optimized too)
+    sc["plan"]["offload"]["compress_weights"] = True
+    path.write_text(yaml.safe_dump(sc))
+    assert compression_choices(load_scenario(str(path))) == ((False, True), (False,))
+    assert any(c.compress_weights for c in optimize(load_scenario(str(path)), top=40, confirm=0))
 
 
 @pytest.mark.parametrize(("command", "preset", "expected"), [("run", None, "1"), ("search", None, "1"), ("run", "4", "4"),

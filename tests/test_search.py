@@ -464,6 +464,11 @@ def test_vllm_hint_of_compressed_offloaded_weights() -> None:
         gb = params * Precision(stored, "fp16", "fp16", 128).w_bytes * 0.6 / GIB
         assert f"--cpu-offload-gb {gb:.0f}" in flags
         assert any("AWQ or GPTQ" in n for n in notes) == compress
+        # a static batch runs gpu_batch_size x num_gpu_batches sequences at once, not max_num_seqs (256)
+        assert "--max-num-seqs 8" in flags
+    for batching, seqs in (({"policy": "static", "batch_size": 24}, 24), ({"policy": "static"}, 32)):
+        plan = {**data["plan"], "batching": batching, "offload": {**off, "num_gpu_batches": 4}}
+        assert f"--max-num-seqs {seqs}" in vllm_flags(scenario_from_dict({**data, "plan": plan}))[0]
 
 
 def test_spec_errors_are_search_errors(tmp_path: Path) -> None:
@@ -620,3 +625,25 @@ def test_vllm_hint_without_a_hub_repository_says_so() -> None:
     hint = vllm_hint(sc)
     assert "vllm serve <Hugging Face id of opt-175b>" in hint
     assert "# note: model opt-175b names no Hugging Face repository (hf_repo in its model file)" in hint
+
+
+def test_gpu_shorthand_names_the_node_by_what_changed() -> None:
+    # the `gpu` shorthand restating the preset's own GPU leaves the preset (its name, and so its
+    # calibration profile lookup and outputs) as it is; another GPU or a bandwidth scale is a custom node
+    from simkit.search.spec import gpu_hardware
+    from simkit.specs.node import resolve_node
+
+    def node(over: dict) -> str:
+        hw: dict = {"preset": "dgx-h100"}
+        for k, v in over.items():
+            *path, last = k.removeprefix("hardware.").split(".")
+            t = hw
+            for p in path:
+                t = t.setdefault(p, {})
+            t[last] = v
+        return resolve_node(hw).name
+
+    assert node(gpu_hardware("h100-sxm")) == "dgx-h100"
+    assert node(gpu_hardware("a100-80gb-sxm")) == "dgx-h100+custom"
+    assert node({"hardware.num_nodes": 1}) == "dgx-h100"
+    assert node({"hardware.bandwidth_scale.host_to_gpu": 2.0}) == "dgx-h100+custom"

@@ -580,3 +580,17 @@ def test_replicated_kv_heads_cost_projection_work_and_weights(tmp_path):
     rep = weights_per_gpu(model, prec, 8, 1, (model.num_layers,))
     extra = model.num_layers * 2 * h * (8 * d - model.kv_dim) * prec.w_bytes / 8
     assert rep == pytest.approx(split * 4 / 8 + extra)
+
+
+def test_overload_warning_names_which_delay_grows():
+    # the first 200 Azure conversation requests: nothing waits for admission, but the arrival rate
+    # doubles between the halves of the window (2.3 -> 5.3 req/s) and the batch grows with it; the
+    # warning must not claim a backlog that grows without bound
+    from simkit.summary import run_warnings
+
+    s = {"requests_rejected": 0, "overloaded": True, "queue_growth": 0.0003, "e2e_growth": 0.24}
+    (w,) = run_warnings(s)
+    assert "while the wait for admission does not" in w and "arrival rate rises" in w and "without bound" not in w
+    s |= {"queue_growth": 0.8, "e2e_growth": 0.7}
+    (w,) = run_warnings(s)
+    assert "the wait for admission grows by 0.80 s" in w and "without bound" in w

@@ -24,7 +24,10 @@ on a GPU); ``time_s`` is the median per call, ``time_s_p10``/``time_s_p90`` the 
 
 Conditions are those of inference: GEMM weights (and decode KV caches) are timed cold, cycling
 through copies that together exceed twice the last-level cache, since a forward pass reads each
-layer's weights once per step; activations are hot (the previous operator just wrote them). The
+layer's weights once per step; activations are hot (the previous operator just wrote them). On a
+CPU each elementwise operator is timed one call at a time right after the GEMM that precedes it in
+a decode layer (:meth:`Bench.predecessor`): small operators cost several times more there than in
+a loop of themselves. The
 host allocator is pinned (:func:`tune_allocator`) so the same kernel allocates the same way in
 the benchmark and in a model. ``clock="cpu"`` (one thread) times the thread's CPU time instead of
 the wall clock, for machines that other processes share; the device facts record the clock, the
@@ -46,7 +49,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -644,19 +647,36 @@ class Bench:
         F = torch.nn.functional
         return lambda: F.linear(a, next(it))
 
-    def evict(self) -> None:
-        """Stream one last-level cache's worth of data (half of ``cold_bytes``) through the CPU, as
-        the GEMMs and attention before an elementwise operator of a forward pass do. On the CI VM
-        (32 MiB L3) a small operator takes 5-15x longer after that than in a loop of itself
-        (RMSNorm of 3 x 1280 bf16 tokens: 18 us repeated; after streaming 8, 16, 24, 32, 64 MiB:
-        25, 34, 61, 192, 205 us; inside decode steps of small models 95 us), so elementwise
-        operators are timed after it on a CPU. One LLC, not two: a layer of a small model (30 MB)
-        leaves part of the cache warm, one of a 1B+ model (100+ MB) does not; see docs/fidelity.md."""
-        buf = self.pools.get(("evict", "cpu"))
-        if buf is None:
-            buf = self.torch.ones(int(self.cold_bytes / 2) // 4, dtype=self.torch.float32)
-            self.pools[("evict", "cpu")] = buf
-        buf.sum()
+    # (k, n) of the GEMM that precedes each elementwise operator in a decode layer of a model with
+    # (hidden, heads, kv_heads, head_dim, ffn, vocab): the norms follow the residual add after the
+    # MLP down-projection, RoPE the QKV projection, the activation the MLP up-projection, the
+    # residual add the O projection; embedding (the next step) and sampling follow the LM head
+    PREDECESSOR: ClassVar[dict[str, Callable[..., tuple[int, int]]]] = {
+        "input_norm": lambda h, heads, kvh, d, f, v: (f, h),
+        "layernorm": lambda h, heads, kvh, d, f, v: (f, h),
+        "rope": lambda h, heads, kvh, d, f, v: (h, (heads + 2 * kvh) * d),
+        "mlp_act": lambda h, heads, kvh, d, f, v: (h, 2 * f),
+        "residual_add": lambda h, heads, kvh, d, f, v: (heads * d, h),
+        "embedding": lambda h, heads, kvh, d, f, v: (h, v),
+        "sampling": lambda h, heads, kvh, d, f, v: (h, v),
+    }
+
+    def predecessor(self, op: str, dims: tuple[int, int, int, int, int, int], dtype: str) -> Callable[[], Any]:
+        """The GEMM that precedes elementwise operator ``op`` in a decode layer of a model with
+        ``dims`` (:attr:`PREDECESSOR`), as a callable: one row by that GEMM's weights, cold (cycled
+        over copies exceeding twice the last-level cache), the weights capped at one LLC (longer
+        streams change nothing more: RMSNorm of 3 x 1280 bf16 tokens after streaming 32 and 64 MiB,
+        192 and 205 us). A small operator costs several times more right after a GEMM than in a
+        loop of itself, and more than after a plain read stream of the same size (CI VM, RMSNorm of
+        8 x 896 bf16 tokens: 17 us in a loop, 118 us after summing one LLC (32 MiB), 228 us after a
+        GEMM streaming 17 MB of weights, about 230 us inside decode steps; docs/fidelity.md, CPU
+        validation): the elementwise benchmarks run it, untimed, before every call."""
+        k, n = self.PREDECESSOR[op](*dims)
+        eb = {"fp8": 1, "fp16": 2, "bf16": 2}.get(dtype, 4)
+        n = max(1, min(n, int(self.cold_bytes / 2.0) // (k * eb)))
+        w = self.take((self.copies(k * n * eb), n, k), dtype, "pw")
+        a = self.take((1, k), dtype, "pa")
+        return self._linear_fn(a, w, dtype)
 
     def copies(self, nbytes: float, cap: int = 64) -> int:
         """How many copies of an ``nbytes`` operand together exceed twice the last-level cache."""
@@ -835,8 +855,9 @@ class Bench:
                 norm="layernorm" if op == "layernorm" else "rmsnorm",
             )
             fn = self._elem_fn(op, t, h, heads, kvh, d, f, vocab, dtype, dev)
+            before = self.predecessor(op, (h, heads, kvh, d, f, vocab), dtype) if dev == "cpu" else None
             with torch.inference_mode():
-                meas = self.measure(fn, before=self.evict if dev == "cpu" else None)
+                meas = self.measure(fn, before=before)
             o = elementwise_op("input_norm" if op == "layernorm" else op, t, model, dtype)
             shape = dict(o.shape)
             shape["tokens"] = t

@@ -199,6 +199,15 @@ def solve_candidate(
             staged = [idx[v, "disk"] for v in VARS]
             row(plus(disk_r, {k: v for k, v in h2d.items() if k in staged}), 0.0, which, "nvme_read+h2d")
             row(plus(disk_w, {k: v for k, v in d2h.items() if k in staged}), 0.0, which, "d2h+nvme_write")
+        if ngb > 1:
+            # several GPU batches run FlexGen's zig-zag block schedule (engine/offload.py; its
+            # flex_opt.py syncs after every (layer, batch) step): the next layer's weights load
+            # alongside one batch's compute only, so the other batches' compute follows the load
+            zig = (ngb - 1) / ngb
+            w_load = {idx["w", t]: W / bw.get("h2d", np.inf) for t in OFF_GPU}
+            if "nvme_read" in bw:
+                w_load[idx["w", "disk"]] += W / bw["nvme_read"]  # staged through DRAM: read, then copy
+            row(plus(w_load, {k: v * zig for k, v in comp.items()}), comp_const * zig, which, "weights+compute")
         if which == TD and not decode_overlap:
             # the decode step's host-to-GPU copies follow the previous layer's compute and the
             # disk reads that ran alongside it (engine/offload: gated copies)

@@ -27,7 +27,11 @@ def vllm_flags(sc: Scenario) -> tuple[list[str], list[str]]:
                      f"({p.routing} routing)")
     if par.ep > 1:
         flags.append("--enable-expert-parallel")
-    flags.append(f"--max-num-seqs {bat.max_num_seqs}")
+    seqs = bat.max_num_seqs
+    if bat.policy == "static":  # the sequences a static batch runs at once (what the engine does)
+        off_batch = p.offload.gpu_batch_size * p.offload.num_gpu_batches if p.offload.gpu_batch_size else None
+        seqs = bat.batch_size or off_batch or seqs
+    flags.append(f"--max-num-seqs {seqs}")
     if bat.policy == "chunked_prefill":
         flags.append("--enable-chunked-prefill")
         flags.append(f"--max-num-batched-tokens {min(bat.chunk_size, bat.max_num_batched_tokens)}")

@@ -19,6 +19,20 @@ from simkit.policies.offload_opt import Candidate, solve_candidate
 from simkit.scenario import Scenario, apply_overrides, scenario_from_dict
 
 
+def compression_choices(sc: Scenario) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+    """The 4-bit compressions the placement search may choose for a scenario, weights and KV
+    cache: (False, True) where the scenario's ``plan.offload`` enables it (the user accepts the
+    quality trade), else (False,): 16-bit values as ``plan.precision`` says."""
+    off = sc.plan.offload
+    return ((False, True) if off.compress_weights else (False,)), ((False, True) if off.compress_kv else (False,))
+
+
+def workload_batch_limit(sc: Scenario) -> int | None:
+    """The largest batch a plan for this scenario can fill: a fixed batch's ``num_prompts``
+    (None for arrival-driven workloads, whose prompts keep coming)."""
+    return sc.workload.batch.num_prompts if sc.workload.batch is not None else None
+
+
 def optimize(
     sc: Scenario,
     *,
@@ -29,18 +43,28 @@ def optimize(
     confirm: int = 3,
     gpu_batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128),
     num_gpu_batches: tuple[int, ...] = (1, 2, 4, 8, 16),
-    compress: tuple[bool, ...] = (False, True),
-    compress_kv: tuple[bool, ...] = (False,),
+    compress: tuple[bool, ...] | None = None,
+    compress_kv: tuple[bool, ...] | None = None,
+    max_batch: int | None = None,
 ) -> list[Candidate]:
     """Rank offload plans for the scenario's model and node; simulate the best ``confirm``.
     ``compress`` lists the choices of 4-bit weight compression the search may take,
-    ``compress_kv`` those of 4-bit KV-cache compression (FlexGen's --compress-cache). A compressed
+    ``compress_kv`` those of 4-bit KV-cache compression (FlexGen's --compress-cache). By default
+    (None) they are what the scenario allows: a quality trade is searched only where the scenario's
+    ``plan.offload.compress_weights`` / ``compress_kv`` is true, else the plans keep
+    ``plan.precision``'s 16-bit weights and KV cache (:func:`compression_choices`). A compressed
     KV cache is attended on the GPU (dequantised there): FlexGen's compressed-cache policies do
-    not attend on the CPU, so CPU attention is searched with a 16-bit cache only."""
+    not attend on the CPU, so CPU attention is searched with a 16-bit cache only. ``max_batch``
+    drops the plans whose batch (``gbs x ngb`` sequences) is larger (a workload of that many
+    prompts cannot fill them: :func:`workload_batch_limit`)."""
     from simkit.deployment import calibrated_device
     from simkit.specs.catalog import load_model
     from simkit.specs.node import resolve_node
 
+    if compress is None or compress_kv is None:
+        allowed = compression_choices(sc)
+        compress = allowed[0] if compress is None else compress
+        compress_kv = allowed[1] if compress_kv is None else compress_kv
     node = resolve_node(sc.hardware, where=sc.source)
     model = load_model(sc.model, where=sc.source)
     if node.gpu is None:
@@ -83,7 +107,7 @@ def optimize(
     usable = offload_gpu_usable(node.gpu.memory, sc.plan.kv_cache, static=True)[0]
     cands: list[Candidate] = []
     for gbs, ngb, catt, comp, ckv in itertools.product(gpu_batch_sizes, num_gpu_batches, (False, True), compress, compress_kv):
-        if (objective == "latency" and ngb > 1) or (catt and ckv):
+        if (objective == "latency" and ngb > 1) or (catt and ckv) or (max_batch is not None and gbs * ngb > max_batch):
             continue
         c = solve_candidate(
             model, node, cost, cpu_cost, prec, prompt_len, gen_len, gbs, ngb, catt, comp, usable, oc, lm, sc.plan.offload.dequant,
@@ -93,7 +117,8 @@ def optimize(
             cands.append(c)
     if not cands:
         raise ScenarioError(
-            f"no offload plan fits {model.name} on {node.name} for prompts of {prompt_len} and {gen_len} generated tokens",
+            f"no offload plan fits {model.name} on {node.name} for prompts of {prompt_len} and {gen_len} generated tokens"
+            + (f" in a batch of at most {max_batch} sequences" if max_batch is not None else ""),
             where=sc.source,
             key="plan.offload",
         )

@@ -117,16 +117,19 @@ class Screener:
 
     def offload_plan(self, data: dict[str, Any]) -> dict[str, Any]:
         """Overrides for the placement optimiser's best offload plan for this candidate
-        (``offload: optimized``): its fractions, GPU batch and the static batch it runs."""
+        (``offload: optimized``): its fractions, GPU batch and the static batch it runs. The best
+        is what ``simkit offload-plan`` ranks first: of the linear program's three best plans,
+        the fastest in simulation (the LP's estimate can be optimistic by tens of percent)."""
         from simkit.policies.batching import with_policy
-        from simkit.search.offload import optimize
+        from simkit.search.offload import optimize, workload_batch_limit
 
         sc = scenario_from_dict(data, where=self.where)
         k = json.dumps([sc.hardware, sc.model, sc.plan.precision.model_dump(), sc.workload.model_dump(mode="json"),
-                        sc.plan.kv_cache.gpu_memory_utilization, sc.calibration], sort_keys=True)
+                        sc.plan.kv_cache.gpu_memory_utilization, sc.calibration, sc.plan.offload.compress_weights,
+                        sc.plan.offload.compress_kv], sort_keys=True)
         if k not in self._offload:
             try:
-                best = optimize(sc, top=1, confirm=0)[0]
+                best = optimize(sc, top=3, confirm=3, max_batch=workload_batch_limit(sc))[0]
                 self._offload[k] = (best.offload_dict(), best.batch)
             except SimkitError as e:
                 self._offload[k] = e

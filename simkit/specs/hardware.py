@@ -79,6 +79,10 @@ class GPUSpec(Frozen):
     idle_power: Watts | None = None
     """Idle power; default 20% of TDP (see docs/metrics.md, energy)."""
     price_per_hour: DollarsPerHour = Field(ge=0)
+    price_includes_host: bool = True
+    """Whether ``price_per_hour`` is a rental price that bundles the GPU's share of a host (as
+    the per-GPU prices of GPU clouds do) or the GPU alone (a hyperscaler's GPU price, the VM
+    priced separately): a node whose ``host_price_per_hour`` is 0 counts on the former."""
     kernel_launch_overhead: Seconds = 4e-6
     sources: dict[str, str]
 

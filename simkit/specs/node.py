@@ -66,6 +66,17 @@ class Node:
         gpus = self.gpu.price_per_hour * self.num_gpus if self.gpu else 0.0
         return float(host + gpus)
 
+    def price_warning(self) -> str | None:
+        """A warning when the node's price leaves out its host: a GPU priced alone
+        (``price_includes_host: false``) on a node whose ``host_price_per_hour`` is 0, i.e. one
+        that counts on a GPU price bundling the host (a `gpu` override of such a preset). None
+        otherwise."""
+        if self.gpu is None or self.gpu.price_includes_host or self.spec.host_price_per_hour != 0:
+            return None
+        return (f"gpu {self.gpu.name}'s price (${self.gpu.price_per_hour:.2f}/h) is the GPU alone, but node {self.name} "
+                "adds nothing for its host (host_price_per_hour: 0, as for a GPU price that bundles the host): $/token and "
+                "$/h leave out the host; set hardware.host_price_per_hour (e.g. the VM's price without the GPU)")
+
     def tiers(self) -> dict[str, Tier]:
         """The memory tiers this node has, fastest first (HBM is per GPU)."""
         out: dict[str, Tier] = {}
@@ -128,7 +139,8 @@ def resolve_node(hardware: str | dict[str, Any], catalog: Catalog | None = None,
             cat.get("node", preset, where=where, key="hardware.preset")
             from simkit.specs.yamlio import load_yaml
 
-            merged = dict(load_yaml(cat.file_of("node", preset)))
+            base = dict(load_yaml(cat.file_of("node", preset)))
+            merged = dict(base)
             for k, v in data.items():
                 if isinstance(v, dict) and isinstance(merged.get(k), dict):
                     merged[k] = {**merged[k], **v}
@@ -136,7 +148,7 @@ def resolve_node(hardware: str | dict[str, Any], catalog: Catalog | None = None,
                     merged[k] = v
             merged.setdefault("name", f"{preset}-custom")
             data = merged
-            if hardware.keys() - {"preset"}:
+            if merged != base or scale or fscale or "network" in hardware:  # a change (not a restatement) of the preset
                 data["name"] = f"{preset}+custom"
         data.setdefault("kind", "node")
         data.setdefault("name", "inline-node")
