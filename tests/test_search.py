@@ -646,4 +646,5 @@ def test_gpu_shorthand_names_the_node_by_what_changed() -> None:
     assert node(gpu_hardware("h100-sxm")) == "dgx-h100"
     assert node(gpu_hardware("a100-80gb-sxm")) == "dgx-h100+custom"
     assert node({"hardware.num_nodes": 1}) == "dgx-h100"
+    assert node({"hardware.num_nodes": 2}) == "dgx-h100+custom"
     assert node({"hardware.bandwidth_scale.host_to_gpu": 2.0}) == "dgx-h100+custom"

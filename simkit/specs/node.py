@@ -148,7 +148,7 @@ def resolve_node(hardware: str | dict[str, Any], catalog: Catalog | None = None,
                     merged[k] = v
             merged.setdefault("name", f"{preset}-custom")
             data = merged
-            if merged != base or scale or fscale or "network" in hardware:  # a change (not a restatement) of the preset
+            if merged != base or scale or fscale or "network" in hardware or hardware.get("num_nodes", 1) != 1:  # a change, not a restatement
                 data["name"] = f"{preset}+custom"
         data.setdefault("kind", "node")
         data.setdefault("name", "inline-node")
