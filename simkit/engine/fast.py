@@ -51,9 +51,13 @@ the cost model calls with the same arguments), so per-request times are bit-for-
 :class:`Engine`; ``tests/test_fast_engine.py`` checks that on random scenarios. Plans the fast
 path does not cover run on the reference engine, and ``summary.json`` says which path ran and
 why (``engine_path``). Covered: ``continuous`` and ``chunked_prefill`` batching, any number of
-replicas and any routing, recompute and swap preemption, prefix caching, sliding-window models.
-Not covered (reference engine): static batching, disaggregated serving, KV spill, offloading,
-pipeline parallelism, layer-by-layer execution and Chrome traces.
+replicas and any routing, recompute preemption; prefix caching, swap preemption and
+sliding-window models on replicas that are neither pipelined nor offloaded; pipeline parallelism
+with the stages in closed form (``PipelineFastEngine``, engine/pipeline_fast.py) and offloaded
+plans whose steps run in closed form as one GPU batch (``OffloadFastEngine``,
+engine/fast_offload.py). Not covered (reference engine): static batching, disaggregated serving,
+KV spill, other offloaded plans, layer-by-layer execution, Chrome traces, and prefix caching,
+swaps or sliding windows on pipelined or offloaded replicas.
 With the stock routing policies, and without a prefix cache, swaps or a sliding window, the run
 does not step through this class's loop: :mod:`simkit.engine.lean` makes the same decisions in
 one fused loop (this class's objects hold its parameters and receive its results), and steps
@@ -113,27 +117,52 @@ def stand_in_contexts(n: int, total: int, longest: int) -> np.ndarray:
     return out
 
 
+def stand_in_step(pq: list[int], kv_pre: list[int], nb: int, dec_sum: int, longest: int) -> tuple[np.ndarray, np.ndarray]:
+    """An iteration's ``(q, ctx)`` arrays as the cost model takes them: the prefill chunks
+    (``pq`` tokens over ``kv_pre`` cached ones), then ``nb`` decodes with stand-in contexts of
+    the real ones' sum and maximum (:func:`stand_in_contexts`: all the cost model reads)."""
+    n_pq = len(pq)
+    q = np.ones(n_pq + nb, dtype=np.int64)
+    q[:n_pq] = pq
+    ctx = np.empty(n_pq + nb, dtype=np.int64)
+    ctx[:n_pq] = kv_pre
+    if nb:
+        ctx[n_pq:] = stand_in_contexts(nb, dec_sum, longest)
+    return q, ctx
+
+
 def fast_path_reason(
     policy: str,
-    offloaded: bool,
-    pp: int,
+    prefix_cache: bool,
+    preemption: str,
     layerwise: bool,
     spill: bool,
     trace: bool,
+    sliding_window: bool = False,
+    staged: bool = False,
 ) -> str | None:
-    """None when the fast path covers the plan, else why it runs on the reference engine."""
+    """None when the fast path covers the plan, else why it runs on the reference engine. A
+    pipelined plan it covers runs its stages in closed form (engine/pipeline_fast.py,
+    ``PipelineFastEngine``; a run whose micro-batches would overtake is repeated on the
+    reference engine with the stages event by event); an offloaded one runs
+    ``OffloadFastEngine`` where ``fast_offload.fast_offload_reason`` also accepts it. Prefix
+    caching, swap preemption and sliding-window models are covered on replicas that are neither
+    pipelined nor offloaded (``staged``: those engines time their stages or steps in closed form,
+    which the links' fetches and swaps rule out)."""
     if policy not in ("continuous", "chunked_prefill"):
         return f"batching policy {policy}"
-    if offloaded:
-        return "offloading"
-    if pp > 1:
-        return "pipeline parallelism"
+    if prefix_cache and staged:
+        return "prefix caching"
+    if preemption != "recompute" and staged:
+        return f"{preemption} preemption"
     if layerwise:
         return "layer-by-layer execution"
     if spill:
         return "KV spill"
     if trace:
         return "Chrome trace output"
+    if sliding_window and staged:
+        return "sliding-window model"
     return None
 
 
@@ -609,13 +638,17 @@ class FastEngine(Engine):
         dur = cost.mixed_step_time(pq, kv_pre, nb, dec_sum, longest, rows)
         if dur is not None:
             return dur
-        n_pq = len(pq)
-        q = np.ones(n_pq + nb, dtype=np.int64)
-        q[:n_pq] = pq
-        ctx = np.empty(n_pq + nb, dtype=np.int64)
-        ctx[:n_pq] = kv_pre
-        if nb:
-            ctx[n_pq:] = self._contexts() if self._window else stand_in_contexts(nb, dec_sum, longest)
+        if self._window:
+            # a sliding window: the decoding requests' real contexts (each attends at most the window)
+            n_pq = len(pq)
+            q = np.ones(n_pq + nb, dtype=np.int64)
+            q[:n_pq] = pq
+            ctx = np.empty(n_pq + nb, dtype=np.int64)
+            ctx[:n_pq] = kv_pre
+            if nb:
+                ctx[n_pq:] = self._contexts()
+        else:
+            q, ctx = stand_in_step(pq, kv_pre, nb, dec_sum, longest)
         return cost.step_time(q, ctx, logits_rows=rows)
 
     def _contexts(self) -> np.ndarray | None:
@@ -687,6 +720,27 @@ class FastEngine(Engine):
     def _mixed_begin(self, pre: list[int], pq: list[int], nb: int) -> float:
         """Price a mixed iteration (prefill chunks of ``pre``, and the ``nb`` decoding requests)
         and note what its end needs; returns its seconds."""
+        kv_pre, rows, dec_sum, longest = self._mixed_gather(pre, pq, nb)
+        if nb or len(pq) != 1:
+            dur = self._step_time(pq, kv_pre, nb, dec_sum, longest, rows)
+        else:
+            # the time of a step prefilling one prompt is a pure function of (tokens, cached
+            # tokens, rows), and prompt lengths repeat: memoised (bounded)
+            memo = self._prefill_memo
+            key = (pq[0], kv_pre[0], rows)
+            dur = memo.get(key)  # type: ignore[assignment]
+            if dur is None:
+                if len(memo) >= 100_000:
+                    memo.clear()
+                dur = memo[key] = self._step_time(pq, kv_pre, nb, dec_sum, longest, rows)
+        if self.cost.tp > 1:
+            self.stage_comm[0] += self.cost.comm_time(int(sum(pq)) + nb)
+        return dur
+
+    def _mixed_gather(self, pre: list[int], pq: list[int], nb: int) -> tuple[list[int], int, int, int]:
+        """What pricing a mixed iteration reads: the prefill chunks' cached tokens, the logits
+        rows, the decoding requests' context sum and longest context; notes what its end needs
+        and the longest contexts attended."""
         t = self.table
         kv_pre: list[int] = []
         completes: list[bool] = []
@@ -701,7 +755,6 @@ class FastEngine(Engine):
             rows += done
             if upto > top:
                 top = upto
-        n_pq = len(pq)
         mc = self.max_context
         dec_sum = longest = 0
         if nb:
@@ -715,22 +768,8 @@ class FastEngine(Engine):
                 mc["attn_decode"] = longest + 1
         if top > mc["attn_prefill"]:
             mc["attn_prefill"] = top
-        if nb or n_pq != 1:
-            dur = self._step_time(pq, kv_pre, nb, dec_sum, longest, rows)
-        else:
-            # the time of a step prefilling one prompt is a pure function of (tokens, cached
-            # tokens, rows), and prompt lengths repeat: memoised (bounded)
-            memo = self._prefill_memo
-            key = (pq[0], kv_pre[0], rows)
-            dur = memo.get(key)  # type: ignore[assignment]
-            if dur is None:
-                if len(memo) >= 100_000:
-                    memo.clear()
-                dur = memo[key] = self._step_time(pq, kv_pre, nb, dec_sum, longest, rows)
         self._mixed_ctx = (kv_pre, completes)
-        if self.cost.tp > 1:
-            self.stage_comm[0] += self.cost.comm_time(int(sum(pq)) + nb)
-        return dur
+        return kv_pre, rows, dec_sum, longest
 
     def _mixed_end(self, start: float, pre: list[int], pq: list[int], nb: int) -> None:
         """Apply a mixed iteration that ran from ``start`` to now."""
