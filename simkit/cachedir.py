@@ -1,4 +1,5 @@
-"""Where simkit caches derived data (cost tables, the parsed catalog): one folder, one rule.
+"""Where simkit caches derived data (cost tables, the parsed catalog, parsed traces, calibration
+profiles' fitted trees, the scenario modules' attribute docstrings): one folder, one rule.
 
 ``$SIMKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/simkit``, else ``~/.cache/simkit``;
 ``SIMKIT_CACHE_DIR=`` (empty) turns every cache off. Each cache keys its entries by a SHA-256
@@ -14,7 +15,7 @@ import os
 from pathlib import Path
 
 MAX_FOLDER_BYTES = 1 << 30
-"""Most bytes one cache folder (``tables/``, ``yaml/``) keeps: 1 GiB."""
+"""Most bytes one cache folder (``tables/``, ``yaml/``, ``traces/``, ``forests/``, ``docs/``) keeps: 1 GiB."""
 
 
 def cache_root() -> Path | None:

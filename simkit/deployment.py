@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from operator import attrgetter
 from pathlib import Path
@@ -30,11 +30,12 @@ from simkit.cost.profile import Profile
 from simkit.engine.cluster import Admission, Cluster, HandOff
 from simkit.engine.engine import Engine, EngineConfig, Stage
 from simkit.engine.fast import FastEngine, fast_path_reason
+from simkit.engine.fast_offload import OffloadFastEngine, fast_offload_reason
 from simkit.engine.kvcache import KVBlockManager, PrefixCache
 from simkit.engine.lean import fused_loop_reason
 from simkit.engine.offload import OffloadExecutor
 from simkit.engine.offload_fast import ClosedFormStep, closed_form_reason
-from simkit.engine.pipeline_fast import PipelineEngine, PipelineSchedule
+from simkit.engine.pipeline_fast import PipelineConflict, PipelineEngine, PipelineFastEngine, PipelineSchedule
 from simkit.engine.pipeline_fast import closed_form_reason as pipeline_reason
 from simkit.engine.replica import Replica
 from simkit.engine.resources import Link
@@ -684,25 +685,33 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
         if len(groups) > 1 and plan.routing == "round_robin":
             warn.append("plan.fleet mixes GPU types under round_robin routing, which sends every replica the same share "
                         "of requests whatever its speed; least_outstanding balances by load")
-    slow_reason = "requested" if engine == "reference" else fast_path_reason(
-        policy_name, pc.enabled, plan.kv_cache.preemption, offloaded, par.pp,
-        plan.execution.mode == "layer_by_layer", off_layout is not None and off_layout.spill_after is not None, trace,
-        model.sliding_window is not None,
-    )
-    engine_cls = Engine if slow_reason else FastEngine
-    engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
-    fused = engine == "auto" and not slow_reason and fused_loop_reason(policy_name, plan.routing) is None
-    if fused:
-        engine_path = "fast (fused loop)"
     closed = False
+    off_why = None
     if off_layout is not None:
         # an offloaded step's layer pipeline: in closed form unless something else uses its links
-        why = "requested" if engine == "reference" else closed_form_reason(
+        off_why = "requested" if engine == "reference" else closed_form_reason(
             off_layout, cpu_cost is not None, sum(g.replicas for g in groups), trace, pc.enabled, plan.kv_cache.preemption,
             disagg, par.pp, plan.offload.overlap, plan.offload.num_gpu_batches,
         )
-        closed = why is None
-        engine_path += "; offloaded steps in closed form" if closed else f"; offloaded steps event by event ({why})"
+        closed = off_why is None
+    slow_reason = "requested" if engine == "reference" else fast_path_reason(
+        policy_name, pc.enabled, plan.kv_cache.preemption,
+        plan.execution.mode == "layer_by_layer", off_layout is not None and off_layout.spill_after is not None, trace,
+        model.sliding_window is not None, off_layout is not None or par.pp > 1,
+    )
+    if slow_reason is None and off_layout is not None:
+        slow_reason = fast_offload_reason(closed, plan.offload.gpu_batch_size, bat.max_num_seqs)  # type: ignore[union-attr]
+    engine_cls: type[Engine] = Engine if slow_reason else OffloadFastEngine if off_layout is not None else FastEngine
+    engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
+    # the fused loop keeps no prefix cache, swaps nothing and caps no sequence's KV (sliding
+    # window): such plans step the fast engine
+    fused = (engine == "auto" and not slow_reason and par.pp == 1 and off_layout is None and not pc.enabled
+             and plan.kv_cache.preemption == "recompute" and kv_cap is None
+             and fused_loop_reason(policy_name, plan.routing) is None)
+    if fused:
+        engine_path = "fast (fused loop)"
+    if off_layout is not None:
+        engine_path += "; offloaded steps in closed form" if closed else f"; offloaded steps event by event ({off_why})"
         gbs = plan.offload.gpu_batch_size
         if closed and plan.offload.overlap and gbs is not None and not (policy_name == "static" and bat.batch_size is None):
             # a step of more sequences than a GPU batch runs the zig-zag block schedule
@@ -714,6 +723,16 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
         engine_path += "; pipeline stages in closed form" if pipe else f"; pipeline stages event by event ({why})"
     return Deployment(scenario, sc, model, prec, use_cpu, groups, off_layout, off_mem, stage_costs, cpu_cost, reqs, adm,
                       group_shares, cross_tp, engine_cls, engine_path, warn, closed, pipe, fused)
+
+
+def without_pipeline_closed_form(dep: Deployment, conflict: PipelineConflict) -> Deployment:
+    """``dep`` to run again after ``conflict`` (a micro-batch overtook another or shared a link
+    with it): the stages event by event, on the reference engine where the fast one ran (it
+    schedules its stages only in closed form); ``engine_path`` names the conflict."""
+    fast = issubclass(dep.engine_cls, FastEngine)
+    path = "reference (pipeline parallelism)" + dep.engine_path[len("fast"):] if fast else dep.engine_path
+    path = path.replace("; pipeline stages in closed form", f"; pipeline stages event by event ({conflict.reason()})")
+    return replace(dep, pipeline_closed_form=False, engine_cls=Engine if fast else dep.engine_cls, engine_path=path)
 
 
 def build_replicas(dep: Deployment, cluster: Cluster) -> list[OffloadExecutor]:
@@ -802,7 +821,10 @@ def build_replicas(dep: Deployment, cluster: Cluster) -> list[OffloadExecutor]:
             if offloaded and bat.policy == "static" and bat.batch_size is None and plan.offload.gpu_batch_size:
                 opts = bat.model_copy(update={"batch_size": plan.offload.gpu_batch_size * plan.offload.num_gpu_batches})
             policy = build_policy(opts, role)
-            eng = (PipelineEngine if pipe is not None else dep.engine_cls)(
+            cls = dep.engine_cls
+            if pipe is not None:
+                cls = PipelineFastEngine if issubclass(cls, FastEngine) else PipelineEngine
+            eng = cls(
                 env, r, table, cost, policy, kv, cfg, cluster.tbt, cluster.log, cluster.next_arrival, links,
                 cluster.on_prefilled if role == "prefill" else None, tracer, replica=rep, stages=stages, engine_id=v,
                 offload=executor,

@@ -197,8 +197,6 @@ def test_arrivals_at_step_ends_and_at_one_instant(tmp_path, policy, seed, replic
     ("change", "reason"),
     [
         ({"batching": {"policy": "static", "max_num_seqs": 8}}, "batching policy static"),
-        ({"prefix_cache": {"enabled": True}}, "prefix caching"),
-        ({"kv_cache": {"num_blocks": 150, "preemption": "swap"}}, "swap preemption"),
         ({"execution": {"mode": "layer_by_layer"}}, "layer-by-layer execution"),
         ({"parallel": {"replicas": 3}, "batching": {"policy": "disaggregated", "prefill_replicas": 1}},
          "batching policy disaggregated"),

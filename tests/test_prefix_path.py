@@ -12,11 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 import simpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simkit.engine.resources import Link
+from simkit.engine.resources import Link, settle_clock
 from simkit.engine.state import RequestTable
 from simkit.workload.base import Requests
 
@@ -136,6 +137,8 @@ def _world(kind: str, bandwidth: float, latency: float, clients: list[list[tuple
     for c, script in enumerate(clients):
         env.process(client(c, script))
     env.run()
+    if kind != "process":
+        settle_clock(env, [link])  # type: ignore[list-item]
     return seen, link.bytes_moved, link.busy_time, link.busy_log, link.intervals, env.now
 
 
@@ -147,6 +150,27 @@ def _world(kind: str, bandwidth: float, latency: float, clients: list[list[tuple
 )
 def test_link_events_match_a_process_per_transfer(bandwidth: float, latency: float, clients) -> None:  # type: ignore[no-untyped-def]
     assert _world("callbacks", bandwidth, latency, clients) == _world("process", bandwidth, latency, clients)
+
+
+@pytest.mark.parametrize("latency", [0.0, 2e-4])
+def test_posts_of_one_instant_start_together_and_end_as_one_at_a_time(latency: float) -> None:
+    """Posts of one instant on a link that only carries posts take one start event (and one
+    latency timeout, one wake-up) between them, yet every observable, the clock the world ends
+    at included, is that of a process per transfer; an awaited transfer ends the batching."""
+    env = simpy.Environment()
+    link = Link(env, "l", 1e9, latency)
+    for k in range(5):
+        link.post(1e5 * (k + 1))
+    assert len(env._queue) == 1  # one start event for the five
+    posts = [[(0.0, 1e5, False, 5), (1e-4, 2.5e5, False, 3), (0.0, 1e6, False, 4)],
+             [(5e-5, 3e6, False, 2), (3e-4, 1e5, False, 4)]]  # fmt: skip
+    assert _world("callbacks", 1e9, latency, posts) == _world("process", 1e9, latency, posts)
+    mixed = [[(0.0, 1e5, False, 3), (1e-4, 2.5e5, True, 2), (0.0, 1e6, False, 4)]]
+    assert _world("callbacks", 1e9, latency, mixed) == _world("process", 1e9, latency, mixed)
+    link.transfer(1.0)
+    link.post(1.0)
+    link.post(1.0)
+    assert link.awaited and len(env._queue) == 4  # each start on its own once a transfer was awaited
 
 
 def test_posted_transfers_share_the_link() -> None:

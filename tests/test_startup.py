@@ -187,3 +187,206 @@ def test_plain_readers_are_tried_on_small_files_before_pandas_is_imported(tmp_pa
     monkeypatch.setattr(T, "PLAIN_MAX_BYTES", path.stat().st_size - 1)
     assert not T._plain_first(path)
     assert not T._plain_first(tmp_path / "missing.csv")
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    values=st.lists(st.one_of(st.floats(0, 1e4, allow_nan=False, allow_infinity=False), st.sampled_from([0.0, 1e-3, 0.5, 7.25])),
+                    min_size=1, max_size=60),
+    p=st.one_of(st.sampled_from([0, 50, 90, 99, 100, 99.9]), st.floats(0, 100, allow_nan=False)),
+)
+def test_percentile_of_sorted_values_is_numpys_bit_for_bit(values: list[float], p: float) -> None:
+    from simkit.metrics import percentile_sorted
+
+    x = np.array(values)
+    got = percentile_sorted(np.sort(x), p)
+    assert np.float64(got).tobytes() == np.float64(np.percentile(x, p)).tobytes()
+
+
+@settings(max_examples=400, deadline=None)
+@given(values=st.lists(st.one_of(st.floats(0, 1e4, allow_nan=False, allow_infinity=False), st.sampled_from([0.0, 1e-3, 0.5, 7.25])),
+                       min_size=1, max_size=60))
+def test_median_is_numpys_bit_for_bit(values: list[float]) -> None:
+    from simkit.metrics import median
+
+    x = np.array(values)
+    assert np.float64(median(x)).tobytes() == np.float64(np.median(x)).tobytes()
+
+
+def test_percentile_outside_0_100_is_refused_as_numpy_refuses_it() -> None:
+    from simkit.metrics import percentile_sorted
+
+    for p in (-0.5, 100.5):
+        with pytest.raises(ValueError, match="outside"):
+            percentile_sorted(np.array([1.0, 2.0]), p)
+        with pytest.raises(ValueError):
+            np.percentile(np.array([1.0, 2.0]), p)
+
+
+def test_a_run_imports_no_numpy_ma() -> None:
+    """A run's summary does not go through np.percentile or np.median (in numpy 2 they import
+    numpy.ma: np.unique's and the median's NaN checks, ~12 ms of every run)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom simkit.scenario import load_scenario\nfrom simkit.simulate import simulate\n"
+            "sc = load_scenario(sys.argv[1], ['workload.synthetic.num_requests=300'])\n"
+            "s = simulate(sc).summary\nassert s['ttft_p90_s'] > 0 and s['queue_growth'] == s['queue_growth']\n"
+            "print('numpy.ma' in sys.modules)")
+    scenario = str(ROOT / "workloads" / "scenarios" / "quickstart.yaml")
+    out = subprocess.run([sys.executable, "-c", code, scenario], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"
+
+
+def _requests_data(r: Any) -> dict[str, Any]:
+    """A read trace's fields as plain data, arrays with their dtypes (a cache hit must give these exactly)."""
+    return {k: (v.dtype.str, v.shape, v.tolist()) if isinstance(v, np.ndarray) else v for k, v in vars(r).items()}
+
+
+@pytest.mark.parametrize("name, fmt", [("azure_conv_2023.csv", "azure"), ("burstgpt_sample.csv", "auto"),
+                                       ("mooncake_sample.jsonl", "mooncake"), ("shared_prefix_1rps.csv", "auto")])
+def test_parsed_trace_cache_gives_what_a_parse_gives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, fmt: str) -> None:
+    path = ROOT / "workloads" / "traces" / name
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", "")  # off: parsed
+    fresh = _requests_data(T.read_trace(path, fmt, sample=0.5, seed=3))
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", str(tmp_path))
+    cold = _requests_data(T.read_trace(path, fmt, sample=0.5, seed=3))
+    assert len(list((tmp_path / "traces").glob("*.bin"))) == 1
+    with monkeypatch.context() as m:  # a hit does not parse
+        m.setattr(T.TraceReader, "parse", lambda *a: pytest.fail("parsed on a cache hit"))
+        for cls in T.TRACE_FORMATS.values():
+            m.setattr(cls, "parse", lambda *a: pytest.fail("parsed on a cache hit"))
+        warm = _requests_data(T.read_trace(path, fmt, sample=0.5, seed=3))
+    assert fresh == cold == warm
+
+
+def test_parsed_trace_cache_is_never_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from simkit.workload import trace_cache
+
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", str(tmp_path / "cache"))
+    entries = tmp_path / "cache" / "traces"
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,input_tokens,output_tokens\n0.0,10,5\n0.5,20,6\n")
+    first = T.read_trace(trace)
+    assert first.input_tokens.tolist() == [10, 20] and len(list(entries.glob("*.bin"))) == 1
+    trace.write_text("arrival_s,input_tokens,output_tokens\n0.0,10,5\n0.5,21,6\n")  # edited in place: a miss
+    assert T.read_trace(trace).input_tokens.tolist() == [10, 21] and len(list(entries.glob("*.bin"))) == 2
+    # another reader, or another version of the readers' source: another key
+    assert T.read_trace(trace, on_bad_line="skip").input_tokens.tolist() == [10, 21]
+    assert len(list(entries.glob("*.bin"))) == 3
+    monkeypatch.setattr(trace_cache, "_code_digest", lambda: "edited")
+    assert T.read_trace(trace).input_tokens.tolist() == [10, 21] and len(list(entries.glob("*.bin"))) == 4
+    # a damaged or truncated entry is parsed again and rewritten
+    for e in entries.glob("*.bin"):
+        e.write_bytes(e.read_bytes()[:-3])
+    assert T.read_trace(trace).input_tokens.tolist() == [10, 21]
+    for e in entries.glob("*.bin"):
+        e.write_bytes(b"{damaged")
+    assert T.read_trace(trace).input_tokens.tolist() == [10, 21]
+    # a file with bad lines is not stored: they are counted on every read
+    bad = tmp_path / "bad.csv"
+    bad.write_text("arrival_s,input_tokens,output_tokens\n0.0,10,5\n0.5,x,6\n")
+    n = len(list(entries.glob("*.bin")))
+    for _ in range(2):
+        assert T.read_trace(bad, on_bad_line="skip").meta["bad_lines"]["count"] == 1
+    assert len(list(entries.glob("*.bin"))) == n
+    with pytest.raises(TraceError, match="line 3"):
+        T.read_trace(bad)
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", "")  # off: nothing written
+    assert T.read_trace(trace, sample=1).input_tokens.size == 1
+    assert len(list(entries.glob("*.bin"))) == n
+
+
+def test_class_docstring_cache_is_keyed_by_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attribute docstrings read from a module's source come from the on-disk cache only for
+    the same source text: an edited module is parsed again; a damaged entry is rebuilt."""
+    import subprocess
+    import sys
+
+    mod = tmp_path / "docmod.py"
+    cache = tmp_path / "cache"
+
+    def write(doc: str) -> None:
+        mod.write_text("from simkit.specs.base import Section\n\n\nclass A(Section):\n    x: int = 1\n"
+                       f'    """{doc}"""\n\n    class Inner(Section):\n        y: str = ""\n        """inner y"""\n')
+
+    def descriptions() -> list[str]:
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); import docmod\n"
+                "print(docmod.A.model_fields['x'].description, '|', docmod.A.Inner.model_fields['y'].description)")
+        env = {**__import__("os").environ, "SIMKIT_CACHE_DIR": str(cache)}
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env, check=True)
+        return [len(list((cache / "docs").glob("*.json"))), out.stdout.strip()]
+
+    write("first words")
+    assert descriptions() == [1, "first words | inner y"]
+    assert descriptions() == [1, "first words | inner y"]  # a hit
+    write("edited words")
+    assert descriptions() == [2, "edited words | inner y"]  # another source: another entry
+    for e in (cache / "docs").glob("*.json"):
+        e.write_text('[["A", 1, "x", {}]]')  # damaged (a line number that is not one)
+    assert descriptions() == [2, "edited words | inner y"]
+    # in-process: the cache gives what a parse gives, for every module of the scenario's sections
+    from simkit.specs import base
+
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", str(cache))
+    for path in (ROOT / "simkit" / "scenario.py", ROOT / "simkit" / "policies" / "batching.py"):
+        text = path.read_text()
+        assert base._disk_cached_class_docs(text, str(path)) == base._parse_class_docs(text, str(path))
+        assert base._disk_cached_class_docs(text, str(path)) == base._parse_class_docs(text, str(path))  # a hit
+
+
+def _forests_data(prof: Any) -> dict[str, Any]:
+    """Every fitted forest of a profile as plain data (arrays with their dtypes)."""
+    from simkit.cost.profile import _FOREST_ARRAYS
+
+    out = {}
+    for c, m in sorted(prof.models.items()):
+        for attr in ("forest", "forest_tokens", "forest_many_rows"):
+            fo = getattr(m, attr, None)
+            if fo is not None:
+                out[f"{c}.{attr}"] = [(getattr(fo, a).dtype.str, getattr(fo, a).tolist()) for a in _FOREST_ARRAYS] + [fo.baseline, fo.depth]
+    return out
+
+
+def test_profile_forest_cache_gives_what_the_json_gives_and_is_never_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import shutil
+
+    from simkit.cost import profile as P
+    from simkit.errors import CalibrationError
+
+    src = ROOT / "calibration" / "profiles" / "h100-sxm-vidur"
+    prof_dir = tmp_path / "prof"
+    prof_dir.mkdir()
+    for name in ("profile.yaml", "models.json"):
+        shutil.copy(src / name, prof_dir / name)
+    entries = tmp_path / "cache" / "forests"
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", "")
+    fresh = _forests_data(P.Profile.load(prof_dir, with_samples=False))
+    assert len(fresh) >= 3
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", str(tmp_path / "cache"))
+    cold = _forests_data(P.Profile.load(prof_dir, with_samples=False))
+    assert len(list(entries.glob("*.npz"))) == 1
+    with monkeypatch.context() as m:  # a hit parses no JSON trees
+        m.setattr(P.Forest, "from_json", lambda d: pytest.fail("trees parsed on a cache hit"))
+        warm = _forests_data(P.Profile.load(prof_dir, with_samples=False))
+    assert fresh == cold == warm
+    # the models file edited in place: a miss, the edited trees
+    raw = json.loads((prof_dir / "models.json").read_text())
+    key = next(iter(raw))
+    raw[key]["baseline"] += 1.0
+    (prof_dir / "models.json").write_text(json.dumps(raw))
+    edited = _forests_data(P.Profile.load(prof_dir, with_samples=False))
+    assert edited != fresh and len(list(entries.glob("*.npz"))) == 2
+    monkeypatch.setattr(P, "FOREST_CACHE_FORMAT", P.FOREST_CACHE_FORMAT + 1)  # another key: rebuilt
+    assert _forests_data(P.Profile.load(prof_dir, with_samples=False)) == edited
+    assert len(list(entries.glob("*.npz"))) == 3
+    for e in entries.glob("*.npz"):
+        e.write_bytes(b"damaged")
+    assert _forests_data(P.Profile.load(prof_dir, with_samples=False)) == edited  # rebuilt
+    # a broken models file raises on every read, cached or not
+    (prof_dir / "models.json").write_text('{"gemm": ')
+    for _ in range(2):
+        with pytest.raises(CalibrationError, match="cannot read the fitted models") as exc:
+            P.Profile.load(prof_dir, with_samples=False)
+        assert exc.value.where == str(prof_dir / "models.json")

@@ -18,6 +18,7 @@ from simkit.engine.engine import IterationLog
 from simkit.engine.fast import FastEngine
 from simkit.engine.lean import run_fused
 from simkit.engine.replica import Replica
+from simkit.engine.resources import settle_clock
 from simkit.engine.state import REJECT_REASONS, RequestTable, TBTHistogram
 
 
@@ -198,13 +199,15 @@ class Cluster:
                 for link in g.links.values():
                     link.busy_log = []
         if (self._handoff is None and all(len(g.engines) == 1 for g in self.replicas)
-                and all(isinstance(e, FastEngine) for e in engines)):  # fmt: skip
+                and all(isinstance(e, FastEngine) and e.offload is None and not e.uses_links for e in engines)):  # fmt: skip
             if fused and self.tracer is None:
                 stopped = run_fused(engines, self)  # type: ignore[arg-type]
                 if stopped is None:
                     return None
             # fast engines and the arrivals only (their plans move nothing over links: no prefix
-            # fetch, swap, hand-off, offload or pipeline): SimPy's loop on a plain heap
+            # cache, swap, hand-off, offload or pipeline; an offloaded step is a SimPy process):
+            # SimPy's loop on a plain heap; with a prefix cache or swaps, data crosses the links,
+            # SimPy resources: SimPy's loop
             world = FastWorld(self, engines)  # type: ignore[arg-type]
         else:
             self.env.process(self._arrival_process())
@@ -212,6 +215,7 @@ class Cluster:
             world.run()
         else:
             self.env.run()
+            settle_clock(self.env, (link for g in self.replicas for link in g.links.values()))
         for g in self.replicas:
             for e in g.engines:
                 if isinstance(e, FastEngine):

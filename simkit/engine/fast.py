@@ -27,10 +27,21 @@ When every replica is served by one fast engine (no hand-off), SimPy's loop itse
 (``FastWorld`` in engine/cluster.py, set as :attr:`FastEngine.world`): the same order of events
 on a plain heap, the arrival process as plain calls, each engine's loop resumed directly, so a
 step or an arrival costs a heap entry instead of a SimPy event and a generator resume, and on
-one replica most steps need neither. Admission is the reference's without the prefix-cache,
-spill and KV-cap branches (none is on the fast path), and one that failed for want of blocks is
-not re-checked until enough blocks are free; finished requests leave the running set in O(1) and
-release their blocks in one call. Per event, the bookkeeping takes the common case inline: the
+one replica most steps need neither. Admission is the reference's without the prefix-cache and
+spill branches (spill is not on the fast path), and one that failed for want of blocks is not
+re-checked until enough blocks are free; a sliding-window model caps a sequence's blocks at the
+window's (admission reserves at most those; a decoding request leaves the residue buckets at
+its last block boundary, and counts over a span subtract the boundaries past it) and its decode
+attention is priced on the real contexts (sums of integers: the same in any order); with a prefix cache, admission is
+the reference's own (lookups, pins, evictions and demotions, fetches), completed prompts publish
+their blocks as the reference does before they join the decode set (whose block counts include
+the blocks a request shares), finishing requests unpin their entries, the pool's levels are read
+with the cache's entries, and a step waits for the fetches its admissions started; the links are
+SimPy resources, so such a run stays in SimPy's loop (no ``FastWorld``, no fused loop); swap
+preemption is the reference's own swap-out and swap-in (a request swapped back in with its KV
+whole rejoins the decode set), a step waits for its swaps before it is priced, and while
+requests wait in swap space the decode set runs one iteration at a time, as the reference's;
+finished requests leave the running set in O(1) and release their blocks in one call. Per event, the bookkeeping takes the common case inline: the
 heaps' tops are read directly when valid, the finished-request scan is skipped when the first
 finishing clock is later, one step's block growth is its residue's count, and SimPy's clock is
 read as ``env._now`` (what ``env.now`` returns, without a property call).
@@ -40,12 +51,17 @@ the cost model calls with the same arguments), so per-request times are bit-for-
 :class:`Engine`; ``tests/test_fast_engine.py`` checks that on random scenarios. Plans the fast
 path does not cover run on the reference engine, and ``summary.json`` says which path ran and
 why (``engine_path``). Covered: ``continuous`` and ``chunked_prefill`` batching, any number of
-replicas and any routing, recompute preemption. Not covered (reference engine): static
-batching, disaggregated serving, prefix caching, swap preemption, KV spill, offloading,
-pipeline parallelism, layer-by-layer execution, sliding-window models and Chrome traces.
-With the stock routing policies the run does not step through this class's loop:
-:mod:`simkit.engine.lean` makes the same decisions in one fused loop (this class's objects hold
-its parameters and receive its results), and steps through it only where that loop stops.
+replicas and any routing, recompute preemption; prefix caching, swap preemption and
+sliding-window models on replicas that are neither pipelined nor offloaded; pipeline parallelism
+with the stages in closed form (``PipelineFastEngine``, engine/pipeline_fast.py) and offloaded
+plans whose steps run in closed form as one GPU batch (``OffloadFastEngine``,
+engine/fast_offload.py). Not covered (reference engine): static batching, disaggregated serving,
+KV spill, other offloaded plans, layer-by-layer execution, Chrome traces, and prefix caching,
+swaps or sliding windows on pipelined or offloaded replicas.
+With the stock routing policies, and without a prefix cache, swaps or a sliding window, the run
+does not step through this class's loop: :mod:`simkit.engine.lean` makes the same decisions in
+one fused loop (this class's objects hold its parameters and receive its results), and steps
+through it only where that loop stops.
 """
 
 from __future__ import annotations
@@ -55,8 +71,11 @@ from bisect import insort
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import simpy
 
 from simkit.engine.engine import Engine
+from simkit.engine.resources import Link
+from simkit.specs.tiers import tier_path
 
 if TYPE_CHECKING:
     from simkit.engine.cluster import FastWorld
@@ -98,35 +117,51 @@ def stand_in_contexts(n: int, total: int, longest: int) -> np.ndarray:
     return out
 
 
+def stand_in_step(pq: list[int], kv_pre: list[int], nb: int, dec_sum: int, longest: int) -> tuple[np.ndarray, np.ndarray]:
+    """An iteration's ``(q, ctx)`` arrays as the cost model takes them: the prefill chunks
+    (``pq`` tokens over ``kv_pre`` cached ones), then ``nb`` decodes with stand-in contexts of
+    the real ones' sum and maximum (:func:`stand_in_contexts`: all the cost model reads)."""
+    n_pq = len(pq)
+    q = np.ones(n_pq + nb, dtype=np.int64)
+    q[:n_pq] = pq
+    ctx = np.empty(n_pq + nb, dtype=np.int64)
+    ctx[:n_pq] = kv_pre
+    if nb:
+        ctx[n_pq:] = stand_in_contexts(nb, dec_sum, longest)
+    return q, ctx
+
+
 def fast_path_reason(
     policy: str,
     prefix_cache: bool,
     preemption: str,
-    offloaded: bool,
-    pp: int,
     layerwise: bool,
     spill: bool,
     trace: bool,
     sliding_window: bool = False,
+    staged: bool = False,
 ) -> str | None:
-    """None when the fast path covers the plan, else why it runs on the reference engine."""
+    """None when the fast path covers the plan, else why it runs on the reference engine. A
+    pipelined plan it covers runs its stages in closed form (engine/pipeline_fast.py,
+    ``PipelineFastEngine``; a run whose micro-batches would overtake is repeated on the
+    reference engine with the stages event by event); an offloaded one runs
+    ``OffloadFastEngine`` where ``fast_offload.fast_offload_reason`` also accepts it. Prefix
+    caching, swap preemption and sliding-window models are covered on replicas that are neither
+    pipelined nor offloaded (``staged``: those engines time their stages or steps in closed form,
+    which the links' fetches and swaps rule out)."""
     if policy not in ("continuous", "chunked_prefill"):
         return f"batching policy {policy}"
-    if prefix_cache:
+    if prefix_cache and staged:
         return "prefix caching"
-    if preemption != "recompute":
+    if preemption != "recompute" and staged:
         return f"{preemption} preemption"
-    if offloaded:
-        return "offloading"
-    if pp > 1:
-        return "pipeline parallelism"
     if layerwise:
         return "layer-by-layer execution"
     if spill:
         return "KV spill"
     if trace:
         return "Chrome trace output"
-    if sliding_window:
+    if sliding_window and staged:
         return "sliding-window model"
     return None
 
@@ -169,9 +204,25 @@ class FastEngine(Engine):
         self._no_fit: tuple[int, int | None, int] | None = None
         """(request, reserve_tokens, most blocks in use at which it fits) of the last admission
         that did not fit for want of blocks."""
-        if (kv.cache is not None or cfg.spill_after is not None or cfg.kv_cap_tokens is not None or cfg.role != "both"
-                or kv.watermark_blocks < 0):  # fmt: skip
-            raise AssertionError("the fast path has no prefix cache, KV spill, KV cap, disaggregated role or negative watermark")
+        if cfg.spill_after is not None or cfg.role != "both" or kv.watermark_blocks < 0:
+            raise AssertionError("the fast path has no KV spill, disaggregated role or negative watermark")
+        self._cap_blocks = None if cfg.kv_cap_tokens is None else -(-cfg.kv_cap_tokens // bs)
+        """A sliding-window model: the most blocks a sequence holds (its window's, as the
+        reference's ``_growth`` caps the tokens), else None."""
+        self._window = self.cost.model.sliding_window is not None
+        """A sliding-window model: decode attention reads every context (:meth:`_contexts`)."""
+        self._m: dict[int, int] = {}
+        """With a KV cap: decoding request -> the blocks it may still gain after joining."""
+        self._caps: list[tuple[int, int]] = []
+        """With a KV cap: (clock of its last block boundary, request) of the requests counted in
+        the residue buckets, sorted: each leaves the buckets once the blocks are allocated past it."""
+        self._cached = kv.cache is not None
+        """A prefix cache: admission, publication and release go through its pins (see :meth:`admit`)."""
+        self.uses_links = self._cached or cfg.preemption == "swap"
+        """Whether its plan moves data over the replica's links (prefix fetches and demotions,
+        swaps): SimPy resources, so the run stays in SimPy's loop (no ``FastWorld``)."""
+        self._demotes: dict[tuple[str, str], tuple[list[Link], float, str]] = {}
+        """(links, bytes per entry, tag) of prefix entries demoted from one tier to another."""
 
     # ---- the decode set ----------------------------------------------------------------------
     def _join(self, i: int, kv: int, gen: int, lt: float) -> None:
@@ -179,9 +230,11 @@ class FastEngine(Engine):
         last token at ``lt`` (its table row's values, which the caller has at hand)."""
         t = self.table
         clock = self._D
-        blocks = int(t.blocks[i])  # no prefix cache on the fast path: no shared blocks
+        blocks = int(t.blocks[i])
         off = kv - clock
-        n0 = blocks * self.cfg.block_size - off
+        # the blocks it holds: its own and those it shares through the prefix cache (fixed while
+        # it decodes: entries are published when a prefill completes, before it joins)
+        n0 = (blocks + int(t.shared_blocks[i])) * self.cfg.block_size - off
         fin = clock + int(t.output[i]) - gen
         self._info[i] = [off, clock, gen, blocks, n0, lt, fin]
         self._sum_off += off
@@ -193,12 +246,29 @@ class FastEngine(Engine):
             # (continuous batching): keep the heap proportional to the batch
             long[:] = [(-e[0], k) for k, e in self._info.items()]
             heapq.heapify(long)
-        if n0 <= self._Xa:
+        if self._cap_blocks is not None:
+            m = self._m[i] = max(self._cap_blocks - blocks - int(t.shared_blocks[i]), 0)
+            if m == 0:
+                pass  # holds its window's blocks already: never grows, never counted
+            elif n0 <= self._Xa:
+                self._activate_capped(i, n0)
+            else:
+                insort(self._pending, (n0, i))
+        elif n0 <= self._Xa:
             self._cnt[n0 % self.cfg.block_size] += 1
             self._n_active += 1
         else:
             insort(self._pending, (n0, i))
         self._fresh[lt] = self._fresh.get(lt, 0) + 1
+
+    def _activate_capped(self, i: int, n0: int) -> None:
+        """Count request ``i`` (first boundary ``n0`` <= the allocation clock) in the residue
+        buckets until its last block boundary, unless the blocks are allocated past it already."""
+        last = n0 + (self._m[i] - 1) * self.cfg.block_size
+        if last >= self._Xa:
+            self._cnt[n0 % self.cfg.block_size] += 1
+            self._n_active += 1
+            insort(self._caps, (last, i))
 
     def _extra(self, n0: int) -> int:
         """Blocks a request with first boundary ``n0`` has gained since it joined."""
@@ -213,7 +283,8 @@ class FastEngine(Engine):
         t.kv_len[i] = off + clock
         t.gen[i] = g0 + clock - d0
         t.last_token[i] = lt if clock == d0 else self._last_dec
-        t.blocks[i] = b0 + self._extra(n0)
+        extra = self._extra(n0)
+        t.blocks[i] = b0 + (extra if self._cap_blocks is None else min(extra, self._m[i]))
 
     def _leave(self, i: int) -> None:
         """Write request ``i``'s state to the table and drop it from the decode set."""
@@ -225,7 +296,19 @@ class FastEngine(Engine):
         off, d0, _, _, n0, lt, _ = self._info.pop(i)
         clock = self._D
         self._sum_off -= off
-        if n0 <= self._Xa:
+        if self._cap_blocks is not None:
+            m = self._m.pop(i)
+            if m == 0:
+                pass
+            elif n0 > self._Xa:
+                self._pending.remove((n0, i))
+            else:
+                last = n0 + (m - 1) * self.cfg.block_size
+                if last >= self._Xa:  # still counted (else it left the buckets at its last boundary)
+                    self._cnt[n0 % self.cfg.block_size] -= 1
+                    self._n_active -= 1
+                    self._caps.remove((last, i))
+        elif n0 <= self._Xa:
             self._cnt[n0 % self.cfg.block_size] -= 1
             self._n_active -= 1
         else:
@@ -256,10 +339,23 @@ class FastEngine(Engine):
             lo = a % bs
             hi = lo + r
             g += sum(cnt[lo:hi]) if hi <= bs else sum(cnt[lo:]) + sum(cnt[: hi - bs])
-        for n0, _ in self._pending:
+        if self._cap_blocks is None:
+            for n0, _ in self._pending:
+                if n0 >= upto:
+                    break
+                g += -(-(upto - n0) // bs)
+            return g
+        # a KV cap: the buckets count the boundaries of the requests in them past their last one
+        # (every block_size clocks from it up to upto - 1): take those off
+        for last, _ in self._caps:
+            if last + bs > upto - 1:
+                break
+            g -= (upto - 1 - last) // bs
+        m = self._m
+        for n0, i in self._pending:
             if n0 >= upto:
                 break
-            g += -(-(upto - n0) // bs)
+            g += min(-(-(upto - n0) // bs), m[i])
         return g
 
     def _alloc_to(self, upto: int) -> None:
@@ -278,6 +374,20 @@ class FastEngine(Engine):
             pend = self._pending
             bs = self.cfg.block_size
             k = 0
+            if self._cap_blocks is not None:
+                while k < len(pend) and pend[k][0] <= upto:
+                    self._activate_capped(pend[k][1], pend[k][0])
+                    k += 1
+                del pend[:k]
+                caps = self._caps
+                j = 0
+                while j < len(caps) and caps[j][0] < upto:  # allocated past their last boundary
+                    self._cnt[(caps[j][0]) % bs] -= 1
+                    j += 1
+                if j:
+                    self._n_active -= j
+                    del caps[:j]
+                return
             while k < len(pend) and pend[k][0] <= upto:
                 self._cnt[pend[k][0] % bs] += 1
                 k += 1
@@ -349,6 +459,8 @@ class FastEngine(Engine):
         # integrates the KV level up to now, as ``kv.alloc`` does at the same instant). A waiting
         # request's need does not change: it fails again while the blocks in use stay above the
         # level at which it would fit, so those checks are skipped.
+        if self._cached:
+            return self._admit_cached(i, reserve_tokens)
         if self._refused_from_memory(i, reserve_tokens):
             return False
         kv = self.kv
@@ -356,6 +468,8 @@ class FastEngine(Engine):
         kv_len = int(t.kv_len[i])
         target = int(t.target[i])
         tokens = reserve_tokens if reserve_tokens is not None else max(target, kv_len) + 1
+        if self.cfg.kv_cap_tokens is not None:
+            tokens = min(tokens, self.cfg.kv_cap_tokens)  # a sliding window: the window's blocks
         need = kv.blocks_for(tokens)
         limit = kv.num_blocks - need - kv.watermark_blocks  # the most blocks in use at which it fits
         if kv.used > limit:
@@ -374,6 +488,41 @@ class FastEngine(Engine):
             self._join(i, kv_len, int(t.gen[i]), float(t.last_token[i]))
         self._dec_cache = None
         return True
+
+    def _admit_cached(self, i: int, reserve_tokens: int | None) -> bool:
+        """Admission with a prefix cache: the reference's own (its lookups, pins, evictions and
+        demotions, fetches), then the request joins the decode set if its KV is all here."""
+        if not Engine.admit(self, i, reserve_tokens):
+            return False
+        t = self.table
+        kv_len = int(t.kv_len[i])
+        if kv_len >= int(t.target[i]):
+            self._join(i, kv_len, int(t.gen[i]), float(t.last_token[i]))
+        return True
+
+    def demote_traffic(self, src: str, dst: str, entries: int) -> None:
+        """The reference's :meth:`Engine.demote_traffic` (the same posts, in the same order) with
+        each (from, to) pair's links, bytes per entry and tag worked out once."""
+        how = self._demotes.get((src, dst))
+        if how is None:
+            path = [self.links[k] for k in tier_path(src, dst) if k in self.links]
+            how = self._demotes[(src, dst)] = (
+                path, self.cfg.hash_tokens * self.cfg.kv_bytes_per_token * self.cfg.num_gpus, f"prefix {src}->{dst}"
+            )
+        path, per_hash, tag = how
+        for link in path:
+            link.post(entries * per_hash, tag)
+
+    def swap_in_ready(self) -> None:
+        """The reference's swap-in; a request whose KV is all back joins the decode set."""
+        n = len(self.running)
+        super().swap_in_ready()
+        if len(self.running) > n:
+            t = self.table
+            for i in list(self.running)[n:]:
+                kv_len = int(t.kv_len[i])
+                if kv_len >= int(t.target[i]):
+                    self._join(i, kv_len, int(t.gen[i]), float(t.last_token[i]))
 
     def _refused_from_memory(self, i: int, reserve_tokens: int | None) -> bool:
         """Whether admitting ``i`` fails as it did last time (the blocks in use are still above
@@ -395,11 +544,18 @@ class FastEngine(Engine):
         # the reference releases each request's blocks in turn, all at this instant: one release
         # of their sum integrates and peaks the same
         freed = 0
+        cache = self.kv.cache
         for i in ids:
             run.discard(i)  # type: ignore[attr-defined]
             t.finish[i] = now
             freed += int(t.blocks[i])
             t.blocks[i] = 0
+            if cache is not None:
+                # the reference's _release: unpin the request's prefix entries (refcounts only:
+                # the blocks in use and the LRU order stay as they are)
+                for h in self.shared.pop(i, ()):
+                    cache.unpin(h)
+                t.shared_blocks[i] = 0
         self.outstanding -= len(ids)
         self.kv.release(freed)
 
@@ -421,7 +577,8 @@ class FastEngine(Engine):
             nb = len(self._info)
             if nb == 0:
                 return range(0)
-            free = self.kv.num_blocks - self.kv.used  # kv.free without a prefix cache
+            kvm = self.kv
+            free = kvm.free if self._cached else kvm.num_blocks - kvm.used  # kv.free, inlined without a cache
             grow = nb if nb <= free else self._growth_to(self._D + 1)
             if grow <= free or self.kv.make_room(grow):
                 if reserve:
@@ -475,19 +632,31 @@ class FastEngine(Engine):
     def _step_time(self, pq: list[int], kv_pre: list[int], nb: int, dec_sum: int, longest: int, rows: int) -> float:
         """``IterationModel.step_time`` of a mixed iteration: on scalars where it can
         (``mixed_step_time``), else on arrays with stand-ins for the decoding requests' contexts
-        (same count, sum and maximum: all the cost model reads of them)."""
+        (same count, sum and maximum: all the cost model reads of them; a sliding-window model's
+        real contexts, :meth:`_contexts`)."""
         cost = self.cost
         dur = cost.mixed_step_time(pq, kv_pre, nb, dec_sum, longest, rows)
         if dur is not None:
             return dur
-        n_pq = len(pq)
-        q = np.ones(n_pq + nb, dtype=np.int64)
-        q[:n_pq] = pq
-        ctx = np.empty(n_pq + nb, dtype=np.int64)
-        ctx[:n_pq] = kv_pre
-        if nb:
-            ctx[n_pq:] = stand_in_contexts(nb, dec_sum, longest)
+        if self._window:
+            # a sliding window: the decoding requests' real contexts (each attends at most the window)
+            n_pq = len(pq)
+            q = np.ones(n_pq + nb, dtype=np.int64)
+            q[:n_pq] = pq
+            ctx = np.empty(n_pq + nb, dtype=np.int64)
+            ctx[:n_pq] = kv_pre
+            if nb:
+                ctx[n_pq:] = self._contexts()
+        else:
+            q, ctx = stand_in_step(pq, kv_pre, nb, dec_sum, longest)
         return cost.step_time(q, ctx, logits_rows=rows)
+
+    def _contexts(self) -> np.ndarray | None:
+        """A sliding-window model's decoding contexts (each sequence attends at most the window,
+        so the cost reads them all: sums of integers, the same in any order), else None."""
+        if not self._window:
+            return None
+        return np.fromiter((e[0] for e in self._info.values()), dtype=np.int64, count=len(self._info)) + self._D
 
     # ---- the loop ----------------------------------------------------------------------------
     def _loop(self):  # type: ignore[no-untyped-def]
@@ -495,8 +664,11 @@ class FastEngine(Engine):
         (plain values, no :class:`Step`) and the step's work in plain calls around the one
         place it may wait: a step that nothing can interrupt moves the clock without an event
         (:meth:`_advance`), so a run of such steps is one Python loop, not one SimPy event and
-        generator per step. Nothing is ever fetched or swapped on the fast path (no prefix cache,
-        recompute preemption), so the reference's waits for transfers do not apply."""
+        generator per step. With a prefix cache, an admission may fetch entries from a lower tier
+        over the links: the next step waits for its compute and those transfers together (the
+        reference's ``_wait_fetch``), and an empty step waits for them as the reference does. With
+        swap preemption, a step waits for the swaps its decision started before it is priced (the
+        reference's wait before its forward pass)."""
         env = self.env
         t = self.table
         fast_step = self.policy.fast_step  # type: ignore[attr-defined]
@@ -504,26 +676,38 @@ class FastEngine(Engine):
         gpus = self.cfg.num_gpus
         stage_busy = self.stage_busy
         while True:
-            if not self.running and not self.waiting:
+            if not self.running and not self.waiting and not self.swapped:
                 yield from self._idle_wait()
             pre, q, nb = fast_step(self)
-            if pre:
-                dur = self._mixed_begin(pre, q, nb)
-            elif nb:
-                dur = self._decode_begin(nb)
-            else:
-                if self.waiting and not replica.busy():
+            if not pre and not nb:
+                if self.waiting and not replica.busy() and not self.pending_fetch and not self.pending_swap:
                     # nothing runs anywhere in the replica, yet the head request cannot be
                     # admitted: it can never fit, so reject it rather than stall forever
                     i = self.waiting.popleft()
                     t.reject(i, "never_fits")
                     self.outstanding -= 1
                     continue
+                if self.pending_fetch or self.pending_swap:
+                    yield simpy.AllOf(env, self.pending_fetch + self.pending_swap)
+                    self.pending_fetch = []
+                    self.pending_swap = []
+                    continue
                 # waiting for something to arrive or finish elsewhere
                 yield from self._idle_wait()
                 continue
+            if self.pending_swap:
+                # the step's swaps run before its forward pass, on the same stream (the step is
+                # priced after them, as the reference prices it)
+                yield simpy.AllOf(env, self.pending_swap)
+                self.pending_swap = []
+            dur = self._mixed_begin(pre, q, nb) if pre else self._decode_begin(nb)
             start = env._now
-            if not self._advance(dur):
+            if self.pending_fetch:
+                # the step's compute overlaps the prefix fetches its admissions started
+                # (Engine._wait_fetch: the same events in the same order)
+                pending, self.pending_fetch = self.pending_fetch, []
+                yield simpy.AllOf(env, [env.timeout(dur), *pending])
+            elif not self._advance(dur):
                 yield env.timeout(dur) if self.world is None else None
             self.busy_time += dur
             self.busy_gpu_s += dur * gpus
@@ -536,6 +720,27 @@ class FastEngine(Engine):
     def _mixed_begin(self, pre: list[int], pq: list[int], nb: int) -> float:
         """Price a mixed iteration (prefill chunks of ``pre``, and the ``nb`` decoding requests)
         and note what its end needs; returns its seconds."""
+        kv_pre, rows, dec_sum, longest = self._mixed_gather(pre, pq, nb)
+        if nb or len(pq) != 1:
+            dur = self._step_time(pq, kv_pre, nb, dec_sum, longest, rows)
+        else:
+            # the time of a step prefilling one prompt is a pure function of (tokens, cached
+            # tokens, rows), and prompt lengths repeat: memoised (bounded)
+            memo = self._prefill_memo
+            key = (pq[0], kv_pre[0], rows)
+            dur = memo.get(key)  # type: ignore[assignment]
+            if dur is None:
+                if len(memo) >= 100_000:
+                    memo.clear()
+                dur = memo[key] = self._step_time(pq, kv_pre, nb, dec_sum, longest, rows)
+        if self.cost.tp > 1:
+            self.stage_comm[0] += self.cost.comm_time(int(sum(pq)) + nb)
+        return dur
+
+    def _mixed_gather(self, pre: list[int], pq: list[int], nb: int) -> tuple[list[int], int, int, int]:
+        """What pricing a mixed iteration reads: the prefill chunks' cached tokens, the logits
+        rows, the decoding requests' context sum and longest context; notes what its end needs
+        and the longest contexts attended."""
         t = self.table
         kv_pre: list[int] = []
         completes: list[bool] = []
@@ -550,7 +755,6 @@ class FastEngine(Engine):
             rows += done
             if upto > top:
                 top = upto
-        n_pq = len(pq)
         mc = self.max_context
         dec_sum = longest = 0
         if nb:
@@ -564,29 +768,16 @@ class FastEngine(Engine):
                 mc["attn_decode"] = longest + 1
         if top > mc["attn_prefill"]:
             mc["attn_prefill"] = top
-        if nb or n_pq != 1:
-            dur = self._step_time(pq, kv_pre, nb, dec_sum, longest, rows)
-        else:
-            # the time of a step prefilling one prompt is a pure function of (tokens, cached
-            # tokens, rows), and prompt lengths repeat: memoised (bounded)
-            memo = self._prefill_memo
-            key = (pq[0], kv_pre[0], rows)
-            dur = memo.get(key)  # type: ignore[assignment]
-            if dur is None:
-                if len(memo) >= 100_000:
-                    memo.clear()
-                dur = memo[key] = self._step_time(pq, kv_pre, nb, dec_sum, longest, rows)
         self._mixed_ctx = (kv_pre, completes)
-        if self.cost.tp > 1:
-            self.stage_comm[0] += self.cost.comm_time(int(sum(pq)) + nb)
-        return dur
+        return kv_pre, rows, dec_sum, longest
 
     def _mixed_end(self, start: float, pre: list[int], pq: list[int], nb: int) -> None:
         """Apply a mixed iteration that ran from ``start`` to now."""
         t = self.table
         now = self.env._now
         kv_pre, completes = self._mixed_ctx
-        self.log.add(self.index, start, now, 1, int(sum(pq)), nb, len(pq) + nb, self.kv.used)  # kv.in_use without a prefix cache
+        kvm = self.kv
+        self.log.add(self.index, start, now, 1, int(sum(pq)), nb, len(pq) + nb, kvm.in_use if self._cached else kvm.used)
         finished: list[int] = []
         done_pre: list[tuple[int, int, int]] = []  # (request, KV tokens, generated)
         for k, i in enumerate(pre):
@@ -607,6 +798,11 @@ class FastEngine(Engine):
                 t.gen[i] = g
                 t.last_token[i] = now
                 done_pre[k] = (i, kv, g)
+            if self._cached:
+                # the completed prompts' blocks become prefix-cache entries, in the reference's
+                # order, before they join the decode set (which counts the blocks they share)
+                for i, _, _ in done_pre:
+                    self._publish_prefix(i)
         if nb:
             self._tbt_groups(now)
             self._D += 1
@@ -642,7 +838,7 @@ class FastEngine(Engine):
         longest = (-neg if e is not None and e[0] == -neg else self._longest_offset()) + clock
         bs = self.cfg.block_size
         kvm = self.kv
-        avail = kvm.num_blocks - kvm.used  # kv.available without a prefix cache
+        avail = kvm.available if self._cached else kvm.num_blocks - kvm.used  # inlined without a cache
         if nb * (s // bs + 1) > avail and self._growth_to(clock + s) > avail:
             lo, hi = 1, s
             while lo < hi:
@@ -652,8 +848,14 @@ class FastEngine(Engine):
                 else:
                     hi = mid - 1
             s = lo
-        ta = self.next_arrival() - self.env._now
         cost = self.cost
+        if self.swapped:
+            # requests wait in swap space: one iteration at a time, not cut at an arrival (the
+            # reference's "exact" decode run)
+            s = 1
+            ta = float("inf")
+        else:
+            ta = self.next_arrival() - self.env._now
         if ta < float("inf"):
             fixed = cost.fixed_step_time(nb)
             if fixed > 0:
@@ -667,10 +869,10 @@ class FastEngine(Engine):
             s = len(times)
             first, dur = ends_l[0], ends_l[-1]
         elif s == 1:
-            times = cost.decode_steps(nb, kv0, s, float(longest))
+            times = cost.decode_steps(nb, kv0, s, float(longest), self._contexts())
             first = dur = float(times[0])  # np.cumsum of one value is that value
         else:
-            times = cost.decode_steps(nb, kv0, s, float(longest))
+            times = cost.decode_steps(nb, kv0, s, float(longest), self._contexts())
             ends = np.cumsum(times)
             if ta < float(ends[-1]):
                 j = int(np.searchsorted(ends, ta, side="left"))
@@ -692,7 +894,8 @@ class FastEngine(Engine):
         """Apply a decode run that ran from ``start`` to now (``dur`` seconds of compute)."""
         nb, s, times, first = self._run
         now = self.env._now
-        self.log.add(self.index, start, now, s, 0, nb, nb, self.kv.used)  # kv.in_use without a prefix cache
+        kvm = self.kv
+        self.log.add(self.index, start, now, s, 0, nb, nb, kvm.in_use if self._cached else kvm.used)
         extra = max((now - start) - dur, 0.0)
         self._tbt_groups(start + first + extra)
         if s > 1:

@@ -256,7 +256,7 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
         if lane is None:
             lane = lanes[name] = _Lane(link)
         if len(js) > 1:
-            js.sort(key=_join_key)
+            js.sort()  # by (join time, issue order): the issue order is unique, so nothing after it is compared
         landed: list[tuple[float, list[Hop], float | None]] = []
         n = len(js)
         i = 0
@@ -264,12 +264,24 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
             # flows alone on the idle direction, each landing no later than the next joins:
             # Link's join and wake-up, replayed in one go
             bw = lane.bw
+            link = lane.link
+            log = link.busy_log
             while i < n:
                 at, _, nbytes, after, g = js[i]
-                done = at + max(nbytes, 0.0) * 1 / bw
+                done = at + (0.0 if nbytes < 0.0 else nbytes) * 1 / bw  # max(nbytes, 0.0), without a call
                 if i + 1 < n and js[i + 1][0] < done:
                     break
-                lane.close(at, done, nbytes)
+                # lane.close(at, done, nbytes), inlined
+                dt = done - at
+                if dt > 0:
+                    link.busy_time += dt
+                    if log is not None:
+                        if log and log[-1][1] == at:
+                            log[-1][1] = done
+                        else:
+                            log.append([at, done])
+                lane.last = done
+                link.bytes_moved += nbytes
                 landed.append((done, after, g))
                 i += 1
         if i < n:
@@ -294,10 +306,6 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
             seq += 1
             slot2[1].append((a + nlink.latency if nlink.latency else a, seq, nbytes, rest[1:], gate))
     return last
-
-
-def _join_key(j: tuple[float, int, float, list[Hop], float | None]) -> tuple[float, int]:
-    return j[0], j[1]
 
 
 Lone = tuple[_Lane, float, float, float, bool]
@@ -378,12 +386,24 @@ class ClosedFormStep:
                 return done if done > at else at
             done = at
             for lane, lat, nbytes, dur, h2d in lone:
-                # alone on its direction: Link's join and wake-up, replayed in one go
+                # alone on its direction: Link's join and wake-up, replayed in one go (_Lane.close
+                # and _busy, inlined)
                 a = gate if h2d and gate is not None and gate > at else at
                 if lat:
                     a = a + lat
                 wake = a + dur
-                lane.close(a, wake, nbytes)
+                link = lane.link
+                dt = wake - a
+                if dt > 0:
+                    link.busy_time += dt
+                    log = link.busy_log
+                    if log is not None:
+                        if log and log[-1][1] == a:
+                            log[-1][1] = wake
+                        else:
+                            log.append([a, wake])
+                lane.last = wake
+                link.bytes_moved += nbytes
                 if wake > done:
                     done = wake
             return done
@@ -414,9 +434,14 @@ class ClosedFormStep:
             for layer in range(c.layers):
                 k = index.get(layer)
                 if k is not None:
+                    # ``r = max(r, x)`` written ``if x > r: r = x`` (the same value, without a call)
                     if k >= buffers:
-                        r = max(r, computed[needing[k - buffers]])
-                    r = max(r, fetch(layer, r, computed[layer - 1] if gated and layer > 0 else None))
+                        x = computed[needing[k - buffers]]
+                        if x > r:
+                            r = x
+                    x = fetch(layer, r, computed[layer - 1] if gated and layer > 0 else None)
+                    if x > r:
+                        r = x
                     if r > t:
                         t = r
                 # the layer's compute (_compute, inlined)

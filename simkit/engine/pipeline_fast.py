@@ -23,6 +23,16 @@ seconds and the links' busy seconds, busy periods and bytes are bit for bit the 
 When the ordering does not hold, :meth:`PipelineSchedule.submit` raises
 :class:`PipelineConflict` and ``simulate`` runs the scenario again with the stages event by
 event (``engine_path`` says so): the result is still exact, at the cost of the aborted run.
+
+A decode iteration's stages are priced together (:meth:`PipelineSchedule.submit_decode`): each
+stage's ``mixed_step_time`` is its body and head tables of the batch, its share of the layers
+times one attention term ``max(flops, bytes) + overhead`` and its host time, and that term
+(the stages and the replica share its constants) is computed once, with the same operations in
+the same order, for the stages and for the replica-wide step time the first inter-token gap is
+measured against. Continuous and chunked-prefill plans with recompute preemption run
+:class:`PipelineFastEngine` (the fast engine's running totals, engine/fast.py), the others
+:class:`PipelineEngine` (the reference engine's arrays); a repeated run takes the reference
+engine.
 """
 
 from __future__ import annotations
@@ -33,11 +43,13 @@ import numpy as np
 import simpy
 
 from simkit.engine.engine import Engine
+from simkit.engine.fast import FastEngine, stand_in_contexts, stand_in_step
 from simkit.engine.offload_fast import wake_at
 
 if TYPE_CHECKING:
     from simkit.cost.iteration import IterationModel
     from simkit.engine.engine import Stage
+    from simkit.engine.resources import Link
 
 
 class PipelineConflict(Exception):  # noqa: N818 (a control-flow signal, not an error)
@@ -88,6 +100,11 @@ class PipelineSchedule:
         self.rep = [reps.setdefault((st.cost.layers, st.cost.first_stage, st.cost.last_stage), k) for k, st in enumerate(stages)]
         self.costs: list[IterationModel] = [st.cost for st in stages]
         self._plan = [(k, self.rep[k], st.cost, st.tp, st.link_out) for k, st in enumerate(stages)]
+        self._terms: dict[int, tuple | None] = {}
+        """Per decode batch size, what :meth:`_decode_times` prices with (see :meth:`_decode_terms`)."""
+        self._hop_memo: dict[int, tuple[float, list[tuple[int, Link | None, float, float]]]] = {}
+        self._last_decode: tuple[int, int, int, float] | None = None
+        """(batch, context sum, longest, replica-wide time) of the last decode iteration priced."""
 
     def _times(self, q: np.ndarray, ctx: np.ndarray, rows: int, decode: tuple[int, int] | None = None) -> list[float]:
         """Each stage's ``step_time(q, ctx, logits_rows=rows)``, in its scalar form where it has
@@ -132,6 +149,14 @@ class PipelineSchedule:
                 dsum = dmax = 0
         return pq, pc, nb, dsum, dmax
 
+    def _comms(self, qsum: int) -> list[float]:
+        """Each stage's collective seconds in one pass of ``qsum`` tokens (one evaluation per
+        distinct stage)."""
+        out: list[float] = []
+        for k, r, cost, _, _ in self._plan:
+            out.append(out[r] if r < k else cost.comm_time(qsum))
+        return out
+
     def submit(
         self, eng: Engine, steps: list[tuple[np.ndarray, np.ndarray, int]], decode: tuple[int, int] | None = None,
     ) -> simpy.Event:
@@ -141,60 +166,169 @@ class PipelineSchedule:
         event after the stage's own timeout). Raises :class:`PipelineConflict` where the closed
         form does not hold (the run is then abandoned, so nothing needs undoing). ``decode``:
         as :meth:`_times` takes it (one iteration that only decodes)."""
-        env = self.env
-        free_at, last_req, link_end = self.free_at, self.last_req, self.link_end
-        hidden, a_bytes = eng.cost.model.hidden_size, eng.cost.precision.a_bytes
-        stage_busy, stage_comm = eng.stage_busy, eng.stage_comm
-        busy, busy_gpu = eng.busy_time, eng.busy_gpu_s  # summed in the event path's order, stored below
-        now = env.now
+        now = self.env.now
         req = now
         first = True
         for q, ctx, rows in steps:
             qsum = len(q) if decode is not None else int(q.sum())
-            act_bytes = float(qsum) * hidden * a_bytes
-            durs = self._times(q, ctx, rows, decode)
-            comm: list[float] = []
-            for k, r, cost, tp, link in self._plan:
-                # FIFO stream: granted after every earlier request, when the last holder releases
-                if req < last_req[k] or (req == last_req[k] and not (first and k == 0)):
-                    raise PipelineConflict(self.replica, now, f"a micro-batch reaches stage {k} before or with an earlier one")
-                last_req[k] = req
-                dur = durs[k]
-                f = free_at[k]
-                start = req if req >= f else f
-                stage_busy[k] += dur
-                c = comm[r] if r < k else cost.comm_time(qsum)
-                comm.append(c)
-                stage_comm[k] += c
-                end = start + dur
-                free_at[k] = end
-                busy += dur
-                busy_gpu += dur * tp
-                if link is None or act_bytes <= 0:
-                    req = end
-                    continue
-                enter = end + link.latency if link.latency else end
-                if enter <= link_end[k]:
-                    raise PipelineConflict(self.replica, now, f"activations share the link after stage {k} with an earlier micro-batch's")
-                # alone on the link: its wake-up is max(remaining, 0) * 1 / bandwidth after the entry
-                land = enter + act_bytes * 1 / link.bandwidth
-                link_end[k] = land
-                # Link._advance at the entry (idle: only its clock moves) and at the wake-up (busy
-                # since the entry), then the transfer's end step adds its bytes
-                link.busy_time += land - enter
-                log = link.busy_log
-                if log is not None:
-                    if log and log[-1][1] == enter:
-                        log[-1][1] = land
-                    else:
-                        log.append([enter, land])
-                link._last = land
-                link.bytes_moved += act_bytes
-                req = land
+            req = self._through(eng, now, req, first, qsum, self._times(q, ctx, rows, decode), self._comms(qsum))
             first = False
+        return self._done(req)
+
+    def submit_decode(self, eng: Engine, nb: int, dec_sum: int, longest: int) -> simpy.Event:
+        """:meth:`submit` of one iteration decoding ``nb`` sequences whose contexts (each > 0)
+        sum to ``dec_sum``, the longest being ``longest``; its stage times as
+        :meth:`_decode_times` gives them."""
+        now = self.env._now
+        durs, comms = self._decode_times(eng, nb, dec_sum, longest)
+        return self._done(self._through(eng, now, now, True, nb, durs, comms))
+
+    def decode_first(self, eng: Engine, nb: int, dec_sum: int, longest: int) -> float:
+        """The replica-wide time of one decode iteration (``eng.cost``'s
+        ``decode_steps(nb, dec_sum, 1, longest)[0]``), which the first inter-token gap of a
+        pipelined decode iteration is measured against; from the iteration's shared attention
+        term where :meth:`_decode_times` has just priced it (bit-identical), else from the
+        cost model."""
+        got = self._last_decode
+        if got is not None and got[0] == nb and got[1] == dec_sum and got[2] == longest:
+            return got[3]
+        cost = eng.cost
+        one = cost.decode_step_times(nb, float(dec_sum), 1, float(longest))
+        if one is not None:
+            return one[1][0]
+        return float(cost.decode_steps(nb, float(dec_sum), 1, float(longest))[0])
+
+    def _decode_terms(self, eng: Engine, nb: int) -> tuple | None:
+        """Per batch size: the decode-attention constants every distinct stage and the replica's
+        own cost model share (:meth:`IterationModel.decode_constants` without its fixed part),
+        each distinct stage's ``(body + head, layers, host)`` of ``nb`` tokens and rows, the
+        stages' collective seconds, and the replica's ``(fixed, layers)``; None where they are
+        not shared or have no scalar form (then :meth:`_times` prices each stage)."""
+        memo = self._terms
+        if nb in memo:
+            return memo[nb]
+        rep_cost = eng.cost
+        consts = rep_cost.decode_constants(nb)
+        got: tuple | None = None
+        if consts is not None:
+            stages: list[tuple[float, int, float] | None] = []
+            shared = True
+            for k, r, cost, _, _ in self._plan:
+                if r < k:
+                    stages.append(None)
+                    continue
+                c = cost.decode_constants(nb)
+                if c is None or c[:10] != consts[:10]:
+                    shared = False
+                    break
+                # mixed_step_time's decode-only terms: the body and head tables, the host time
+                bh = float(cost.body_time(nb)) + float(cost.head_time(nb))
+                stages.append((bh, cost.layers, cost.iteration_overhead + cost.per_seq_overhead * nb))
+            if shared:
+                got = (consts[:10], stages, self._comms(nb), consts[10], rep_cost.layers)
+        memo[nb] = got
+        return got
+
+    def _decode_times(self, eng: Engine, nb: int, dec_sum: int, longest: int) -> tuple[list[float], list[float]]:
+        """Each stage's time and collective seconds for one iteration decoding ``nb`` sequences:
+        :meth:`IterationModel.mixed_step_time`'s operations in its order, with the attention
+        term ``(max(a, b) + overhead)`` computed once for every stage (the stages and the
+        replica share its constants), and the replica-wide time as ``decode_step_times`` forms
+        it (kept for :meth:`decode_first`)."""
+        terms = self._decode_terms(eng, nb)
+        self._last_decode = None
+        if terms is None:
+            q = np.ones(nb, dtype=np.int64)
+            ctx = stand_in_contexts(nb, dec_sum, longest)
+            return self._times(q, ctx, nb, (dec_sum, longest)), self._comms(nb)
+        (f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov), stages, comms, fixed, rep_layers = terms
+        # _decode_attention1(nb, float(dec_sum + nb), longest + 1.0) up to its factor of layers
+        kv = float(dec_sum + nb)
+        if ratio is not None:
+            y = (longest + 1.0) * ratio
+            if y > kv:
+                kv = y
+        a = f4 * kv * cf
+        b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb
+        inner = (b if b > a else a) + ov
+        out: list[float] = []
+        for k, st in enumerate(stages):
+            if st is None:
+                out.append(out[self.rep[k]])
+            else:
+                bh, layers, host = st
+                out.append(bh + inner * layers + host)
+        self._last_decode = (nb, dec_sum, longest, fixed + inner * rep_layers)
+        return out, comms
+
+    def _hops(self, eng: Engine, qsum: int) -> tuple[float, list[tuple[int, Link | None, float, float]]]:
+        """The activation bytes of ``qsum`` tokens and, per stage, ``(tp, outgoing link, its
+        latency, seconds the bytes take alone on it)`` (``bytes * 1 / bandwidth``, Link's
+        arithmetic); memoised per token count."""
+        got = self._hop_memo.get(qsum)
+        if got is None:
+            act_bytes = float(qsum) * eng.cost.model.hidden_size * eng.cost.precision.a_bytes
+            hops = [(tp, link, link.latency if link is not None else 0.0, act_bytes * 1 / link.bandwidth if link is not None else 0.0)
+                    for _, _, _, tp, link in self._plan]
+            if len(self._hop_memo) >= 100_000:
+                self._hop_memo.clear()
+            got = self._hop_memo[qsum] = (act_bytes, hops)
+        return got
+
+    def _through(
+        self, eng: Engine, now: float, req: float, first: bool, qsum: int, durs: list[float], comms: list[float],
+    ) -> float:
+        """One iteration of ``qsum`` tokens through the stages (times ``durs``, collectives
+        ``comms``), requested at ``req``: the stages' and links' clocks, the engine's and links'
+        accounting; returns when its last stage (or transfer) is done."""
+        free_at, last_req, link_end = self.free_at, self.last_req, self.link_end
+        act_bytes, hops = self._hops(eng, qsum)
+        stage_busy, stage_comm = eng.stage_busy, eng.stage_comm
+        busy, busy_gpu = eng.busy_time, eng.busy_gpu_s  # summed in the event path's order, stored below
+        for k, (tp, link, lat, xfer) in enumerate(hops):
+            # FIFO stream: granted after every earlier request, when the last holder releases
+            lr = last_req[k]
+            if req <= lr and (req < lr or not (first and k == 0)):
+                raise PipelineConflict(self.replica, now, f"a micro-batch reaches stage {k} before or with an earlier one")
+            last_req[k] = req
+            dur = durs[k]
+            f = free_at[k]
+            start = req if req >= f else f
+            stage_busy[k] += dur
+            stage_comm[k] += comms[k]
+            end = start + dur
+            free_at[k] = end
+            busy += dur
+            busy_gpu += dur * tp
+            if link is None or act_bytes <= 0:
+                req = end
+                continue
+            enter = end + lat if lat else end
+            if enter <= link_end[k]:
+                raise PipelineConflict(self.replica, now, f"activations share the link after stage {k} with an earlier micro-batch's")
+            # alone on the link: its wake-up is max(remaining, 0) * 1 / bandwidth after the entry
+            land = enter + xfer
+            link_end[k] = land
+            # Link._advance at the entry (idle: only its clock moves) and at the wake-up (busy
+            # since the entry), then the transfer's end step adds its bytes
+            link.busy_time += land - enter
+            log = link.busy_log
+            if log is not None:
+                if log and log[-1][1] == enter:
+                    log[-1][1] = land
+                else:
+                    log.append([enter, land])
+            link._last = land
+            link.bytes_moved += act_bytes
+            req = land
         eng.busy_time, eng.busy_gpu_s = busy, busy_gpu
-        done = env.event()
-        wake_at(env, req).callbacks.append(lambda _ev: done.succeed())
+        return req
+
+    def _done(self, end: float) -> simpy.Event:
+        """An event that fires one event after the timeout ending at ``end`` (as the event
+        path's process resumes its engine)."""
+        done = self.env.event()
+        wake_at(self.env, end).callbacks.append(lambda _ev: done.succeed())
         return done
 
 
@@ -217,19 +351,20 @@ class PipelineEngine(Engine):
         gen = t.gen[dec]
         out = t.output[dec]
         ksum, kmax = int(kv.sum()), int(kv.max())
-        one = self.cost.decode_step_times(B, float(ksum), 1, float(kmax))
-        if one is None:
-            e0 = float(np.cumsum(self.cost.decode_steps(B, float(ksum), 1, float(kmax), kv))[0])
-        else:
-            e0 = one[1][0]
         self._grow_blocks(dec, 1, kv)
         mc = self.max_context
         if kmax + 1 > mc["attn_decode"]:
             mc["attn_decode"] = kmax + 1
         start = env.now
+        pipe = self.pipe
         # every context is > 0 for a decode (attention_time's test): then its sums are the stages'
-        hint = (ksum, kmax) if int(kv.min()) > 0 else None
-        yield self.pipe.submit(self, [(np.ones(B, dtype=np.int64), kv, B)], hint)
+        if int(kv.min()) > 0:
+            done = pipe.submit_decode(self, B, ksum, kmax)
+            e0 = pipe.decode_first(self, B, ksum, kmax)
+        else:
+            done = pipe.submit(self, [(np.ones(B, dtype=np.int64), kv, B)])
+            e0 = float(np.cumsum(self.cost.decode_steps(B, float(ksum), 1, float(kmax), kv))[0])
+        yield done
         now = env.now
         self.log.add(self.index, start, now, 1, 0, B, B, self.kv.in_use)
         extra = max((now - start) - e0, 0.0)
@@ -241,3 +376,62 @@ class PipelineEngine(Engine):
         fin = gen >= out
         if fin.any():
             self._finish(dec[fin].tolist())
+
+
+class PipelineFastEngine(FastEngine):
+    """A :class:`FastEngine` of a pipelined replica whose stages run in closed form
+    (:class:`PipelineSchedule`): the fast engine's decisions and running totals (the replica's
+    ``pp`` engines share its queue and KV blocks, each keeps its own decode set), one
+    iteration at a time as every pipelined iteration is, each scheduled through the stages at
+    the instant it is decided, then applied when its last stage is done: what
+    :class:`PipelineEngine` does with the reference engine's per-request arrays."""
+
+    pipe: PipelineSchedule
+
+    def _loop(self):  # type: ignore[no-untyped-def]
+        """:meth:`FastEngine._loop` with each iteration submitted to the stages (no replica-wide
+        pricing of a mixed iteration: the stages price it; no collectives on ``stage_comm[0]``:
+        the stages count theirs) and no clock moved without an event (the stages' end is one)."""
+        env = self.env
+        t = self.table
+        fast_step = self.policy.fast_step  # type: ignore[attr-defined]
+        replica = self.replica
+        pipe = self.pipe
+        mc = self.max_context
+        info = self._info
+        while True:
+            if not self.running and not self.waiting:
+                yield from self._idle_wait()
+            pre, q, nb = fast_step(self)
+            start = env._now
+            if pre:
+                kv_pre, rows, dec_sum, longest = self._mixed_gather(pre, q, nb)
+                qa, ctx = stand_in_step(q, kv_pre, nb, dec_sum, longest)
+                yield pipe.submit(self, [(qa, ctx, rows)])
+                self._mixed_end(start, pre, q, nb)
+            elif nb:
+                # FastEngine._decode_begin of one step: the decode set's context sum and longest
+                # context, its blocks for one more token
+                clock = self._D
+                neg, i = self._long[0]
+                e = info.get(i)
+                longest = (-neg if e is not None and e[0] == -neg else self._longest_offset()) + clock
+                dec_sum = self._sum_off + nb * clock
+                if clock + 1 > self._Xa:
+                    self._alloc_to(clock + 1)
+                if longest + 1 > mc["attn_decode"]:
+                    mc["attn_decode"] = longest + 1
+                done = pipe.submit_decode(self, nb, dec_sum, longest)
+                first = pipe.decode_first(self, nb, dec_sum, longest)
+                self._run = (nb, 1, None, first)
+                yield done
+                self._decode_end(start, first)
+            else:
+                if self.waiting and not replica.busy():
+                    # nothing runs anywhere in the replica, yet the head request cannot be
+                    # admitted: it can never fit, so reject it rather than stall forever
+                    i = self.waiting.popleft()
+                    t.reject(i, "never_fits")
+                    self.outstanding -= 1
+                    continue
+                yield from self._idle_wait()

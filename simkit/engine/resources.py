@@ -10,8 +10,9 @@ pool refuses to exceed its capacity.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from operator import attrgetter
 
@@ -88,6 +89,68 @@ class _Transfer:
             self.done.succeed(now - self.start)
 
 
+class _Posts:
+    """Transfers posted to a link at one instant while none of them has started: they take their
+    steps in one event each where a process per transfer took them in adjacent events.
+
+    On a link that carries only posted transfers (nobody waits for its events, so nothing outside
+    it depends on when they run), the steps of transfers posted at one instant, before the first
+    of them starts, follow each other in the link's own order with nothing of the link's between
+    them: their starts, their latencies' ends, and their joins (each but the last making the
+    wake-up the previous one armed stale, and itself stale before it is armed). So they are
+    taken together: one start event, one latency timeout, the joins in order, and one wake-up,
+    the last join's. The link's state goes through the same values in the same order. The
+    wake-ups not scheduled would have fired and done nothing; the latest time one would have
+    fired at is kept (:attr:`Link.horizon`: :func:`settle_clock` ends the world there, as SimPy's
+    clock would). Posts join a batch only while the link has never carried an awaited transfer
+    (:attr:`Link.awaited`): the wake-ups of such a link may end an awaited transfer, whose event
+    order then matters outside it."""
+
+    __slots__ = ("link", "xfers")
+
+    def __init__(self, link: Link, first: _Transfer) -> None:
+        self.link = link
+        self.xfers = [first]
+
+    def begin(self, _ev: simpy.Event) -> None:
+        link = self.link
+        if link._posts is self:
+            link._posts = None  # started: a later post at this instant starts after this one
+        if link.latency:
+            simpy.Timeout(link.env, link.latency).callbacks.append(self.arrive)  # type: ignore[union-attr]
+        else:
+            self._enter(at_timeout=False)
+
+    def arrive(self, _ev: simpy.Event) -> None:
+        self._enter(at_timeout=True)
+
+    def _enter(self, at_timeout: bool) -> None:
+        link = self.link
+        xfers = self.xfers
+        last = len(xfers) - 1
+        if last:
+            link._advance()
+            flows = link._flows
+            least = min(f.remaining for f in flows) if flows else math.inf
+            now, bw = link.env._now, link.bandwidth
+            horizon = link.horizon
+            for k in range(last):
+                # _Transfer._enter with the wake-up it arms known to be stale (the next join
+                # supersedes it before it is armed): the version moves on, the wake-up is not
+                # made; the time it would have fired at is _reschedule's (the least remaining
+                # bytes, kept as the flows join, times the flows over the bandwidth)
+                x = xfers[k]
+                flows.append(_Flow(x.nbytes, None, x))
+                link._version += 1
+                if x.nbytes < least:
+                    least = x.nbytes
+                end = now + max(least, 0.0) * len(flows) / bw
+                if end > horizon:
+                    horizon = end
+            link.horizon = horizon
+        xfers[last]._enter(at_timeout)
+
+
 class _Wake:
     """A wake-up of the link when its first flow should be done: armed where a wake-up process
     would have started, stale once the link's flows changed (``version``)."""
@@ -154,6 +217,13 @@ class Link:
         """(start, end, tag, bytes) per transfer when tracing is on."""
         self.busy_log: list[list[float]] | None = None
         """[start, end] of each busy period (adjacent ones merged) when recording is on."""
+        self.awaited = False
+        """Whether an awaited transfer ever used the link (then each post starts on its own)."""
+        self._posts: _Posts | None = None
+        """The posted transfers of this instant that have not started yet (see :class:`_Posts`)."""
+        self.horizon = 0.0
+        """The latest time a wake-up that was not scheduled (stale before it was armed) would have
+        fired at: SimPy's clock would end the world no earlier (:func:`settle_clock`)."""
 
     def transfer(self, nbytes: float, tag: str = "") -> simpy.Event:
         """An event that fires when ``nbytes`` have crossed the link (latency included)."""
@@ -162,6 +232,8 @@ class Link:
         if nbytes <= 0:
             done.succeed(0.0)
             return done
+        self.awaited = True
+        self._posts = None
         _urgent(self.env, _Transfer(self, nbytes, tag, done).begin)
         return done
 
@@ -169,8 +241,17 @@ class Link:
         """A transfer that nobody waits for (background traffic, e.g. prefix-cache demotions):
         it shares the link like any other, without an event for its end."""
         nbytes = float(nbytes)
-        if nbytes > 0:
-            _urgent(self.env, _Transfer(self, nbytes, tag, None).begin)
+        if nbytes <= 0:
+            return
+        xfer = _Transfer(self, nbytes, tag, None)
+        if self.awaited:
+            _urgent(self.env, xfer.begin)
+        elif self._posts is not None:
+            self._posts.xfers.append(xfer)
+        else:
+            posts = self._posts = _Posts(self, xfer)
+            _urgent(self.env, posts.begin)
+
 
     def _advance(self) -> None:
         now = self.env.now
@@ -210,6 +291,14 @@ class Link:
     @property
     def active(self) -> int:
         return len(self._flows)
+
+
+def settle_clock(env: simpy.Environment, links: Iterable[Link]) -> None:
+    """After ``env.run()``: put the clock where SimPy's would have ended, had the links scheduled
+    the wake-ups they knew to be stale (:attr:`Link.horizon`)."""
+    for link in links:
+        if link.horizon > env._now:
+            env._now = link.horizon
 
 
 @dataclass

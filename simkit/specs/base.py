@@ -68,36 +68,75 @@ class Section(BaseModel):
                 f.description = docs[name]
 
 
-_CLASS_DOCS: dict[tuple[str, int], list[tuple[str, int, int, dict[str, str]]]] = {}
-"""(source file, length of its text) -> (name, first line, last line, attribute docstrings) of
-every class statement in it; the file is parsed once and only these records are kept (a
-module's syntax tree is tens of thousands of objects that every later garbage collection
-would walk)."""
+ClassDocs = list[tuple[str, int, int, dict[str, str]]]
+"""(name, first line, last line, attribute docstrings) of every class statement of a module."""
+
+_CLASS_DOCS: dict[tuple[str, int], ClassDocs] = {}
+"""(source file, length of its text) -> its :data:`ClassDocs`; the file is parsed once and only
+these records are kept (a module's syntax tree is tens of thousands of objects that every later
+garbage collection would walk)."""
+
+DOCS_CACHE_FORMAT = 1
+"""Bumped whenever what the on-disk cache of :func:`_class_docs` holds changes."""
 
 
-def _class_docs(filename: str, lines: list[str]) -> list[tuple[str, int, int, dict[str, str]]]:
+def _parse_class_docs(text: str, filename: str) -> ClassDocs:
     from inspect import cleandoc
 
+    try:
+        tree = ast.parse(text, filename)
+    except (SyntaxError, ValueError):
+        tree = ast.Module(body=[], type_ignores=[])
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        docs: dict[str, str] = {}
+        for prev, stmt in zip(node.body, node.body[1:]):
+            if (isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name) and isinstance(stmt, ast.Expr)
+                    and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)):
+                docs[prev.target.id] = cleandoc(stmt.value.value)
+        first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+        found.append((node.name, first, node.end_lineno or node.lineno, docs))
+    return found
+
+
+def _class_docs(filename: str, lines: list[str]) -> ClassDocs:
+    """The :data:`ClassDocs` of the module whose source is ``lines``: parsed once per process, and
+    kept on disk between processes (``docs/`` under :func:`simkit.cachedir.cache_root`, keyed by a
+    SHA-256 of the source text and the Python version, so never stale): parsing the scenario's
+    modules cost ~10-20 ms of every `simkit run`'s imports."""
     text = "".join(lines)
     key = (filename, len(text))
     found = _CLASS_DOCS.get(key)
     if found is None:
-        try:
-            tree = ast.parse(text, filename)
-        except (SyntaxError, ValueError):
-            tree = ast.Module(body=[], type_ignores=[])
-        found = []
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.ClassDef):
-                continue
-            docs: dict[str, str] = {}
-            for prev, stmt in zip(node.body, node.body[1:]):
-                if (isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name) and isinstance(stmt, ast.Expr)
-                        and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)):
-                    docs[prev.target.id] = cleandoc(stmt.value.value)
-            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
-            found.append((node.name, first, node.end_lineno or node.lineno, docs))
-        _CLASS_DOCS[key] = found
+        found = _CLASS_DOCS[key] = _disk_cached_class_docs(text, filename)
+    return found
+
+
+def _disk_cached_class_docs(text: str, filename: str) -> ClassDocs:
+    import hashlib
+    import json
+    import sys
+
+    from simkit.cachedir import cache_root, touch, write_atomic
+
+    root = cache_root()
+    if root is None:
+        return _parse_class_docs(text, filename)
+    digest = hashlib.sha256(f"{DOCS_CACHE_FORMAT};{sys.version};{filename}\0{text}".encode("utf-8", "surrogatepass"))
+    entry = root / "docs" / f"{digest.hexdigest()}.json"
+    try:
+        data = json.loads(entry.read_bytes())
+        found = [(name, first, last, docs) for name, first, last, docs in data]
+        if all(isinstance(n, str) and type(a) is int and type(b) is int and isinstance(d, dict)
+               and all(isinstance(k, str) and isinstance(v, str) for k, v in d.items()) for n, a, b, d in found):
+            touch(entry)
+            return found
+    except (OSError, ValueError, TypeError):
+        pass  # missing or damaged: parse
+    found = _parse_class_docs(text, filename)
+    write_atomic(entry, json.dumps(found).encode())
     return found
 
 

@@ -485,8 +485,26 @@ class TraceReader:
     def read(self, path: str | Path, opts: ReadOptions) -> Requests:
         """Parse, then apply the option pipeline."""
         path = Path(path)
-        cols = self.parse(path, opts)
-        return _apply_options(cols, opts, path, self.name)
+        return _apply_options(_parse_cached(self, path, opts), opts, path, self.name)
+
+
+def _parse_cached(reader: TraceReader, path: Path, opts: ReadOptions) -> TraceColumns:
+    """``reader.parse(path, opts)`` through the on-disk cache of parsed traces
+    (:mod:`simkit.workload.trace_cache`) for this module's readers, when it is on; a parse that
+    found bad lines is not stored (they are reported on every read, as before)."""
+    from simkit.workload import trace_cache
+
+    where = None
+    if type(reader).__module__ == __name__:
+        where = trace_cache.entry(path, f"{type(reader).__qualname__};{reader.name};{opts.on_bad_line}")
+    if where is not None:
+        fields = trace_cache.load(*where)
+        if fields is not None:
+            return TraceColumns(**fields)
+    cols = reader.parse(path, opts)
+    if where is not None and cols.meta.get("bad_lines", {}).get("count", 0) == 0:
+        trace_cache.store(*where, vars(cols))
+    return cols
 
 
 def _header_names(head_text: str) -> set[str]:
