@@ -405,6 +405,19 @@ class FastEngine(Engine):
                 return f
             heapq.heappop(fin)
 
+    def _decode_shape(self, nb: int) -> tuple[int, int]:
+        """The ``nb`` decoding requests' context sum and longest context now (the longest-context
+        heap's top when valid, the usual case), noting the longest one more token in
+        ``max_context``: all decode attention reads of them (IterationModel.attention_time)."""
+        clock = self._D
+        neg, i = self._long[0]
+        e = self._info.get(i)
+        longest = (-neg if e is not None and e[0] == -neg else self._longest_offset()) + clock
+        mc = self.max_context
+        if longest + 1 > mc["attn_decode"]:
+            mc["attn_decode"] = longest + 1
+        return self._sum_off + nb * clock, longest
+
     def _longest_offset(self) -> int:
         long = self._long
         info = self._info
@@ -758,14 +771,7 @@ class FastEngine(Engine):
         mc = self.max_context
         dec_sum = longest = 0
         if nb:
-            # decode attention sees the decoding requests' contexts through their sum and their
-            # maximum (IterationModel.attention_time); the heap's top when valid (the usual case)
-            neg, i = self._long[0]
-            e = self._info.get(i)
-            longest = (-neg if e is not None and e[0] == -neg else self._longest_offset()) + self._D
-            dec_sum = self._sum_off + nb * self._D
-            if longest + 1 > mc["attn_decode"]:
-                mc["attn_decode"] = longest + 1
+            dec_sum, longest = self._decode_shape(nb)
         if top > mc["attn_prefill"]:
             mc["attn_prefill"] = top
         self._mixed_ctx = (kv_pre, completes)

@@ -46,8 +46,6 @@ class OffloadFastEngine(FastEngine):
         replica = self.replica
         cost = self.cost
         ex = self.offload
-        mc = self.max_context
-        info = self._info
         gpus = self.cfg.num_gpus
         stage_busy = self.stage_busy
         first = 0.0
@@ -65,15 +63,9 @@ class OffloadFastEngine(FastEngine):
                 # FastEngine._decode_begin of one step: the decode set's context sum and longest
                 # context, its blocks for one more token, the replica-wide step time (the first
                 # inter-token gap is measured against it)
-                clock = self._D
-                neg, i = self._long[0]
-                e = info.get(i)
-                longest = (-neg if e is not None and e[0] == -neg else self._longest_offset()) + clock
-                dec_sum = self._sum_off + nb * clock
-                if clock + 1 > self._Xa:
-                    self._alloc_to(clock + 1)
-                if longest + 1 > mc["attn_decode"]:
-                    mc["attn_decode"] = longest + 1
+                dec_sum, longest = self._decode_shape(nb)
+                if self._Xa < self._D + 1:
+                    self._alloc_to(self._D + 1)
                 one = cost.decode_step_times(nb, float(dec_sum), 1, float(longest))
                 first = one[1][0] if one is not None else float(cost.decode_steps(nb, float(dec_sum), 1, float(longest))[0])
                 if cost.tp > 1:

@@ -397,8 +397,6 @@ class PipelineFastEngine(FastEngine):
         fast_step = self.policy.fast_step  # type: ignore[attr-defined]
         replica = self.replica
         pipe = self.pipe
-        mc = self.max_context
-        info = self._info
         while True:
             if not self.running and not self.waiting:
                 yield from self._idle_wait()
@@ -412,15 +410,9 @@ class PipelineFastEngine(FastEngine):
             elif nb:
                 # FastEngine._decode_begin of one step: the decode set's context sum and longest
                 # context, its blocks for one more token
-                clock = self._D
-                neg, i = self._long[0]
-                e = info.get(i)
-                longest = (-neg if e is not None and e[0] == -neg else self._longest_offset()) + clock
-                dec_sum = self._sum_off + nb * clock
-                if clock + 1 > self._Xa:
-                    self._alloc_to(clock + 1)
-                if longest + 1 > mc["attn_decode"]:
-                    mc["attn_decode"] = longest + 1
+                dec_sum, longest = self._decode_shape(nb)
+                if self._Xa < self._D + 1:
+                    self._alloc_to(self._D + 1)
                 done = pipe.submit_decode(self, nb, dec_sum, longest)
                 first = pipe.decode_first(self, nb, dec_sum, longest)
                 self._run = (nb, 1, None, first)
