@@ -455,9 +455,18 @@ class Engine:
             t.blocks[ids] += add
 
     # ---- the loop ------------------------------------------------------------------------------
+    def _reject_never_fitting(self) -> bool:
+        """When nothing runs anywhere in the replica and nothing is being fetched or swapped, yet
+        the head request cannot be admitted, it can never fit: reject it (``never_fits``) rather
+        than stall forever. Returns whether it did."""
+        if self.waiting and not self.replica.busy() and not self.pending_fetch and not self.pending_swap:
+            self.table.reject(self.waiting.popleft(), "never_fits")
+            self.outstanding -= 1
+            return True
+        return False
+
     def _loop(self):  # type: ignore[no-untyped-def]
         env = self.env
-        t = self.table
         while True:
             if not self.running and not self.waiting and not self.swapped:
                 self._idle = True
@@ -466,12 +475,7 @@ class Engine:
                 self._idle = False
             step = self.policy.next_step(self)
             if step.empty:
-                if self.waiting and not self.replica.busy() and not self.pending_fetch and not self.pending_swap:
-                    # nothing runs anywhere in the replica, yet the head request cannot be
-                    # admitted: it can never fit, so reject it rather than stall forever
-                    i = self.waiting.popleft()
-                    t.reject(i, "never_fits")
-                    self.outstanding -= 1
+                if self._reject_never_fitting():
                     continue
                 if self.pending_fetch or self.pending_swap:
                     yield simpy.AllOf(env, self.pending_fetch + self.pending_swap)

@@ -683,9 +683,7 @@ class FastEngine(Engine):
         swap preemption, a step waits for the swaps its decision started before it is priced (the
         reference's wait before its forward pass)."""
         env = self.env
-        t = self.table
         fast_step = self.policy.fast_step  # type: ignore[attr-defined]
-        replica = self.replica
         gpus = self.cfg.num_gpus
         stage_busy = self.stage_busy
         while True:
@@ -693,12 +691,7 @@ class FastEngine(Engine):
                 yield from self._idle_wait()
             pre, q, nb = fast_step(self)
             if not pre and not nb:
-                if self.waiting and not replica.busy() and not self.pending_fetch and not self.pending_swap:
-                    # nothing runs anywhere in the replica, yet the head request cannot be
-                    # admitted: it can never fit, so reject it rather than stall forever
-                    i = self.waiting.popleft()
-                    t.reject(i, "never_fits")
-                    self.outstanding -= 1
+                if self._reject_never_fitting():
                     continue
                 if self.pending_fetch or self.pending_swap:
                     yield simpy.AllOf(env, self.pending_fetch + self.pending_swap)

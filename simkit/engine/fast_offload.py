@@ -41,9 +41,7 @@ class OffloadFastEngine(FastEngine):
         :meth:`Engine._wait_fetch` runs an offloaded step: the compute seconds are the
         executor's, and no clock moves without an event."""
         env = self.env
-        t = self.table
         fast_step = self.policy.fast_step  # type: ignore[attr-defined]
-        replica = self.replica
         cost = self.cost
         ex = self.offload
         gpus = self.cfg.num_gpus
@@ -75,12 +73,7 @@ class OffloadFastEngine(FastEngine):
                 ctx = stand_in_contexts(nb, dec_sum, longest)
                 rows = nb
             else:
-                if self.waiting and not replica.busy():
-                    # nothing runs anywhere in the replica, yet the head request cannot be
-                    # admitted: it can never fit, so reject it rather than stall forever
-                    i = self.waiting.popleft()
-                    t.reject(i, "never_fits")
-                    self.outstanding -= 1
+                if self._reject_never_fitting():
                     continue
                 yield from self._idle_wait()
                 continue

@@ -393,9 +393,7 @@ class PipelineFastEngine(FastEngine):
         pricing of a mixed iteration: the stages price it; no collectives on ``stage_comm[0]``:
         the stages count theirs) and no clock moved without an event (the stages' end is one)."""
         env = self.env
-        t = self.table
         fast_step = self.policy.fast_step  # type: ignore[attr-defined]
-        replica = self.replica
         pipe = self.pipe
         while True:
             if not self.running and not self.waiting:
@@ -419,11 +417,6 @@ class PipelineFastEngine(FastEngine):
                 yield done
                 self._decode_end(start, first)
             else:
-                if self.waiting and not replica.busy():
-                    # nothing runs anywhere in the replica, yet the head request cannot be
-                    # admitted: it can never fit, so reject it rather than stall forever
-                    i = self.waiting.popleft()
-                    t.reject(i, "never_fits")
-                    self.outstanding -= 1
+                if self._reject_never_fitting():
                     continue
                 yield from self._idle_wait()
