@@ -390,3 +390,40 @@ def test_profile_forest_cache_gives_what_the_json_gives_and_is_never_stale(tmp_p
         with pytest.raises(CalibrationError, match="cannot read the fitted models") as exc:
             P.Profile.load(prof_dir, with_samples=False)
         assert exc.value.where == str(prof_dir / "models.json")
+
+
+@pytest.mark.parametrize("own_process, collecting", [(True, True), (True, False), (False, True)])
+def test_run_command_collector_state(tmp_path: Path, own_process: bool, collecting: bool) -> None:
+    """`simkit run` in its own process turns the garbage collector off while it imports the run's
+    modules, then freezes the import-time heap and runs with the collector as it was (on unless
+    the process turned it off); called in a longer-lived process (``cli.main(argv)``), it leaves
+    the collector and the heap alone."""
+    import subprocess
+    import sys
+
+    code = (
+        "import gc, sys\nimport simkit.cli as cli\n"
+        f"if not {collecting}:\n    gc.disable()\n"
+        "class Spy:\n"  # notes the collector's state when cmd_run imports simkit.simulate
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'simkit.simulate':\n"
+        "            print('imports: enabled', gc.isenabled(), flush=True)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Spy())\n"
+        "summary = cli.print_summary\n"
+        "def after_run(*a, **k):\n"
+        "    print('run: enabled', gc.isenabled(), 'frozen', gc.get_freeze_count() > 0, flush=True)\n"
+        "    summary(*a, **k)\n"
+        "cli.print_summary = after_run\n"
+        "args = ['run', sys.argv[1], '--out', sys.argv[2], '--set', 'workload.synthetic.num_requests=20']\n"
+        f"if {own_process}:\n    sys.argv = ['simkit', *args]\n    cli.main()\n"
+        "else:\n    sys.exit(cli.main(args))\n"
+    )
+    scenario = str(ROOT / "workloads" / "scenarios" / "quickstart.yaml")
+    out = subprocess.run([sys.executable, "-c", code, scenario, str(tmp_path / "out")], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"imports: enabled {collecting and not own_process}"
+    assert lines[1] == f"run: enabled {collecting} frozen {own_process}"
+    assert (tmp_path / "out" / "summary.json").is_file()
