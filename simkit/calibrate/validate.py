@@ -357,7 +357,13 @@ def run_validation(
     progress: Any = None,
 ) -> dict[str, Any]:
     """Measure every (phase, batch, context) of ``cfg`` and compare with the prediction."""
-    from simkit.calibrate.bench import LoadMonitor, require_torch, set_threads, tune_allocator
+    from simkit.calibrate.bench import (
+        LoadMonitor,
+        gemm_timing_note,
+        require_torch,
+        set_threads,
+        tune_allocator,
+    )
     from simkit.calibrate.probe import fingerprint_check, mismatch_message, speed_probe
 
     torch = require_torch()
@@ -380,6 +386,9 @@ def run_validation(
     out(probe.summary())
     if probe.message():
         out(probe.message())
+    note = gemm_timing_note(dict(profile_device(profile)), dtype, str(getattr(profile, "name", "")))
+    if note:
+        out(note)
     device = compute_device(profile)
     spec = model_spec(cfg)
     max_ctx = max(cfg.context_lens)
@@ -438,6 +447,7 @@ def run_validation(
     ape = np.abs([r.error for r in rows])
     drifts = [r.drift for r in rows if r.drift is not None]
     other = load.other_cores()
+    steal = load.steal_cores()
     result = {
         "median_ape": float(np.median(ape)),
         "p90_ape": float(np.percentile(ape, 90)),
@@ -453,6 +463,9 @@ def run_validation(
         "model": {k: v for k, v in asdict(cfg).items() if k in ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab")},
         "wall_s": round(time.perf_counter() - t_start, 1),
         "other_load_cores": None if other is None else round(other, 2),
+        # of which the hypervisor's steal (other guests of the host; at 2 threads a kernel waits for it)
+        "steal_cores": None if steal is None else round(steal, 3),
+        "gemm_timing_note": note,
         "fingerprint": {"matches": mismatch is None, "differs": [list(d) for d in match.differs] if match else None,
                         "forced": bool(mismatch and cfg.force)},
         # the profile's predicted / measured time of GEMMs in each dtype (> 1: this machine is faster)
@@ -506,7 +519,7 @@ def format_table(result: dict[str, Any]) -> str:
         per = ", ".join(f"{d} GEMM x{g:.2f}" for d, g in sp["by_dtype"].items())
         lines.append(
             f"machine speed vs profile prediction (GEMM probe, > 1 faster): {per}; other processes kept "
-            f"{result.get('other_load_cores')} cores busy"
+            f"{result.get('other_load_cores')} cores busy (hypervisor steal {result.get('steal_cores')})"
         )
     fp = result.get("fingerprint")
     if fp and fp.get("forced"):
