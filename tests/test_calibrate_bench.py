@@ -176,9 +176,10 @@ def test_profile_records_device_facts(tiny_profile):
     assert "fp32" in dev["dtypes"]
     assert dev["peak_flops"]["fp32"] > 0 and dev["mem_bandwidth"] > 0
     assert isinstance(dev["ssd"]["direct_io"], bool)
-    from simkit.calibrate.bench import GEMM_TIMING
+    from simkit.calibrate.bench import GEMM_TIMING, OPENMP_ENV
 
     assert dev["gemm_timing"] == GEMM_TIMING  # how its few-row GEMMs were timed (bench.gemm_timing_note)
+    assert set(dev["openmp_env"]) == set(OPENMP_ENV)  # the OpenMP wait/placement settings (bench.openmp_env_note)
 
 
 @pytest.mark.torch

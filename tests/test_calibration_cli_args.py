@@ -413,3 +413,22 @@ def test_load_monitor_reports_steal_apart(monkeypatch) -> None:
     mon = bench.LoadMonitor()
     tick = float(os.sysconf("SC_CLK_TCK"))
     assert mon.steal_cores() == pytest.approx(50 / tick / 2.0)
+
+
+def test_openmp_env_note_names_what_differs(monkeypatch) -> None:
+    """With more than one thread, a profile measured under other OpenMP wait/placement settings
+    gets a warning naming each; one thread, equal settings or a profile that did not record them
+    (measured before they were recorded) get none."""
+    from simkit.calibrate import bench
+
+    for k in bench.OPENMP_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    rec = {**{k: "unset" for k in bench.OPENMP_ENV}, "OMP_WAIT_POLICY": "active"}
+    dev = {"kind": "cpu", "openmp_env": rec}
+    note = bench.openmp_env_note(dev, 2, "r8")
+    assert note is not None and "'r8'" in note and "OMP_WAIT_POLICY: profile active, now passive" in note
+    assert "KMP_BLOCKTIME" not in note
+    assert bench.openmp_env_note(dev, 1, "r8") is None
+    assert bench.openmp_env_note({"kind": "cpu", "openmp_env": bench.openmp_env()}, 2, "r8") is None
+    assert bench.openmp_env_note({"kind": "cpu"}, 2, "ci-vm-cpu") is None

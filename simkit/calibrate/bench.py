@@ -1237,6 +1237,32 @@ def supported_dtypes(device: str, facts: dict[str, Any]) -> dict[str, bool]:
     return {"fp32": True, "tf32": major >= 8, "fp16": True, "bf16": major >= 8, "fp8": bool(has_fp8)}
 
 
+OPENMP_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY")
+"""Environment variables that change how torch's OpenMP threads wait for work and where they run:
+with more than one thread a kernel's time depends on them (a thread that sleeps between kernels
+wakes late, one that spins keeps a vCPU busy); libgomp reads them once, at start-up."""
+
+
+def openmp_env() -> dict[str, str]:
+    """The OPENMP_ENV variables as this process was started with them ("unset" where not set)."""
+    return {k: os.environ.get(k, "unset") for k in OPENMP_ENV}
+
+
+def openmp_env_note(device: dict[str, Any], threads: int, name: str) -> str | None:
+    """A warning when CPU profile ``name`` (its ``device`` section) was measured with more than one
+    thread under other OpenMP wait/placement settings than this process runs with (profiles
+    measured before 2026-11-30 17:00 UTC did not record them: no note); None otherwise."""
+    rec = device.get("openmp_env")
+    if threads <= 1 or device.get("kind") != "cpu" or not isinstance(rec, dict):
+        return None
+    now = openmp_env()
+    diff = [f"{k}: profile {rec.get(k, 'unset')}, now {now[k]}" for k in OPENMP_ENV if str(rec.get(k, "unset")) != now[k]]
+    if not diff:
+        return None
+    return (f"WARNING: calibration profile {name!r} was measured with other OpenMP settings ({'; '.join(diff)}): with "
+            f"{threads} threads they change every kernel's time; run with the profile's settings")
+
+
 def device_facts(device: str, threads: int) -> dict[str, Any]:
     """What the profile records about the machine it was measured on."""
     torch = require_torch()
@@ -1246,6 +1272,8 @@ def device_facts(device: str, threads: int) -> dict[str, Any]:
     facts["python_version"] = platform.python_version()
     facts["os"] = f"{platform.system()} {platform.release()}"
     facts["threads"] = int(threads)
+    if device == "cpu":
+        facts["openmp_env"] = openmp_env()
     facts["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     if device == "cpu":
         facts.update({k: v for k, v in cpu.items()})

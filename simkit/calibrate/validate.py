@@ -360,6 +360,8 @@ def run_validation(
     from simkit.calibrate.bench import (
         LoadMonitor,
         gemm_timing_note,
+        openmp_env,
+        openmp_env_note,
         require_torch,
         set_threads,
         tune_allocator,
@@ -389,6 +391,9 @@ def run_validation(
     note = gemm_timing_note(dict(profile_device(profile)), dtype, str(getattr(profile, "name", "")))
     if note:
         out(note)
+    omp_note = openmp_env_note(dict(profile_device(profile)), threads, str(getattr(profile, "name", "")))
+    if omp_note:
+        out(omp_note)
     device = compute_device(profile)
     spec = model_spec(cfg)
     max_ctx = max(cfg.context_lens)
@@ -466,6 +471,8 @@ def run_validation(
         # of which the hypervisor's steal (other guests of the host; at 2 threads a kernel waits for it)
         "steal_cores": None if steal is None else round(steal, 3),
         "gemm_timing_note": note,
+        "openmp_env": openmp_env(),
+        "openmp_env_note": omp_note,
         "fingerprint": {"matches": mismatch is None, "differs": [list(d) for d in match.differs] if match else None,
                         "forced": bool(mismatch and cfg.force)},
         # the profile's predicted / measured time of GEMMs in each dtype (> 1: this machine is faster)
