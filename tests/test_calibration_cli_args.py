@@ -432,3 +432,35 @@ def test_openmp_env_note_names_what_differs(monkeypatch) -> None:
     assert bench.openmp_env_note(dev, 1, "r8") is None
     assert bench.openmp_env_note({"kind": "cpu", "openmp_env": bench.openmp_env()}, 2, "r8") is None
     assert bench.openmp_env_note({"kind": "cpu"}, 2, "ci-vm-cpu") is None
+
+
+def test_quick_suite_samples_every_elementwise_operator_at_prefill_token_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The elementwise samples are stratified by operator and by decode (< 64 tokens), short
+    prefill (64-511) and long prefill (>= 512) token counts, so every operator with candidates in
+    a band is sampled there (a prefill step's norms and RoPE run at 128-3200 tokens). Selection
+    only: nothing is timed."""
+    import random
+
+    from simkit.calibrate import bench
+    from simkit.calibrate.samples import Measurement
+
+    assert [bench.Bench.token_band(t) for t in (1, 63, 64, 511, 512, 8192)] == [0, 0, 1, 1, 2, 2]
+    monkeypatch.setattr(bench.Bench, "_elem_fn", lambda self, *a: None)
+    monkeypatch.setattr(bench.Bench, "predecessor", lambda self, op, dims, dtype: None)
+    monkeypatch.setattr(bench.Bench, "measure", lambda self, fn, **kw: Measurement([1e-4]))
+    b = bench.Bench(None, "cpu", bench.SIZES["quick"], None, "test", random.Random(0))  # type: ignore[arg-type]
+
+    class _NoGrad:
+        def inference_mode(self) -> Any:
+            import contextlib
+
+            return contextlib.nullcontext()
+
+    b.torch = _NoGrad()
+    assert b.elementwise("bf16") == bench.SIZES["quick"].elem_configs == len(b.rows)
+    bands: dict[str, set[int]] = {}
+    for r in b.rows:
+        bands.setdefault(r["op"], set()).add(bench.Bench.token_band(int(r["tokens"])))
+    assert set(bands) == set(bench.Bench.ELEM_OPS)
+    for op, got in bands.items():
+        assert got == ({0, 1} if op == "sampling" else {0, 1, 2}), (op, got)  # sampling: at most 256 tokens
