@@ -437,6 +437,11 @@ def run_validation(
                     w, c_ = _time_step(cf[3], 1, 0, 0.0)
                     wall[i] += w
                     cpu[i] += c_
+    # the probe again, right after the last step: how far the machine moved while the steps ran
+    # (at 2 threads on the CI VM the start probe read x0.83-0.97 in one run, x1.03-1.07 in the
+    # next; a change between the two probes of one run is the machine, not the model)
+    probe_end = speed_probe(profile, threads=threads, clock=clock)
+    out("at the end: " + probe_end.summary())
     for i, (phase, b, c, _, q, ctx) in enumerate(configs):
         times = cpu[i] if clock == "cpu" else wall[i]
         pred, optimes = predict_step(spec, q, ctx, device, profile, dtype)
@@ -477,6 +482,7 @@ def run_validation(
                         "forced": bool(mismatch and cfg.force)},
         # the profile's predicted / measured time of GEMMs in each dtype (> 1: this machine is faster)
         "speed_probe": probe.to_dict(),
+        "speed_probe_end": probe_end.to_dict(),
         "date": time.strftime("%Y-%m-%d"),
         "rows": [
             {
@@ -524,6 +530,9 @@ def format_table(result: dict[str, Any]) -> str:
     sp = result.get("speed_probe")
     if sp:
         per = ", ".join(f"{d} GEMM x{g:.2f}" for d, g in sp["by_dtype"].items())
+        end = result.get("speed_probe_end")
+        if end:
+            per += " at the start, " + ", ".join(f"{d} x{g:.2f}" for d, g in end["by_dtype"].items()) + " at the end"
         lines.append(
             f"machine speed vs profile prediction (GEMM probe, > 1 faster): {per}; other processes kept "
             f"{result.get('other_load_cores')} cores busy (hypervisor steal {result.get('steal_cores')})"
