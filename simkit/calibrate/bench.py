@@ -585,7 +585,7 @@ def gemm_layer(op: str, k: int, n: int) -> GemmLayer | None:
     return None
 
 
-GEMM_TIMING = "few-row bf16/fp16 GEMMs after their decode-layer predecessor"
+GEMM_TIMING = "few-row bf16 GEMMs after their decode-layer predecessor"
 """``device.gemm_timing`` of a CPU profile whose few-row GEMMs in GEMM_BEFORE_DTYPES were timed
 after their decode-layer predecessor (:meth:`Bench.gemm_predecessor`); profiles measured before
 (2026-11-30 17:00 UTC) lack the key: they timed them in a loop of themselves."""
@@ -743,18 +743,19 @@ class Bench:
         w = self.take((self.copies(k * n * eb), n, k), dtype, slot + "w")
         return self._linear_fn(self.take((m, k), dtype, slot + "a"), w, dtype)
 
-    GEMM_BEFORE_DTYPES = ("bf16", "fp16")
+    GEMM_BEFORE_DTYPES = ("bf16",)
     """Dtypes whose CPU ``F.linear`` goes through oneDNN's matmul, which packs the weights at every
-    call (``ONEDNN_VERBOSE=1``: ``brg_matmul`` with the weights in their plain layout): their
-    few-row GEMMs are timed after their layer predecessor. fp32 ``F.linear`` runs MKL's GEMM
+    call (bf16 on the CI VM, ``ONEDNN_VERBOSE=1``: ``brg_matmul`` with the weights in their plain
+    layout): their few-row GEMMs are timed after their layer predecessor. (fp16, which may take the
+    same path, could not be checked: the CI VM's CPU has no fast fp16.) fp32 ``F.linear`` runs MKL's GEMM
     without that per-call state; its projections inside decode steps were within the machine's
     noise of a loop of themselves (x0.93-1.30 over 1, 3 and 8 rows; docs/fidelity.md), and timing
     them after a predecessor moved the fp32 validations by noise only (17:00 section there)."""
 
     GEMM_BEFORE_CONTEXT = 256
-    """Cached tokens per sequence of the decode attention run before an O projection (a context in
-    the middle of the decode-attention grid; the attention's traffic evicts the O projection's
-    state whatever its length)."""
+    """Cached tokens per sequence of the decode attention run before an O projection: a context in
+    the middle of the decode-attention grid (the 2026-11-30 measurements used 300; other lengths
+    were not compared)."""
 
     def gemm_predecessor(self, op: str, m: int, k: int, n: int, dtype: str) -> Callable[[], Any] | None:
         """What precedes the projection ``op`` (``k -> n``, ``m`` rows) in a decode layer, as a
