@@ -265,8 +265,11 @@ def plan_memory(
         w = sc.workload
         longest = w.batch.input_tokens if w.batch is not None else tokens
         if not off.is_trivial and off.gpu_batch_size:
-            # an offloaded block computes one GPU batch at a time
-            tokens = min(tokens, off.gpu_batch_size * longest)
+            # an offloaded block computes one GPU batch at a time: a static batch of a known
+            # workload prefills each GPU batch's prompts in one forward pass (the placement
+            # optimiser sizes it so: policies/offload_opt.py)
+            g = off.gpu_batch_size * longest
+            tokens = g if static and w.batch is not None else min(tokens, g)
             seqs = off.gpu_batch_size
         elif static and w.batch is not None:
             # a static batch of a known workload: its prefill, every prompt of the batch in one

@@ -20,6 +20,7 @@ Semantics (docs/scenario.md, plan.offload):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -227,6 +228,55 @@ def offload_gpu_usable(gpu_memory: float, kv: KVCachePlan, static: bool) -> tupl
     return gpu_memory * kv.gpu_memory_utilization, f"x gpu_memory_utilization {kv.gpu_memory_utilization}"
 
 
+def placed_bytes(
+    weight_frac: Mapping[str, float],
+    emb_frac: Mapping[str, float],
+    act_frac: Mapping[str, float],
+    *,
+    layer_weight_bytes: float,
+    num_layers: int,
+    resident_layers: int,
+    emb_head_bytes: float,
+    act_bytes_gpu: float,
+    compute_on_cpu: bool,
+) -> list[tuple[str, str, float]]:
+    """(place, owner, bytes) of everything an offload plan holds besides its KV cache: the one
+    accounting of the simulator's capacity check (:func:`check_offload_capacity`) and of the
+    placement optimiser's capacity rows (policies/offload_opt.py), which reads it as the affine
+    function of the fractions it is (with ``resident_layers`` fixed).
+
+    - weights: the resident layers on the compute device; the streamed layers' bytes and the
+      embedding and LM head by their fractions;
+    - staging buffers, only while some layer streams: two of a layer's off-GPU weights on the GPU
+      (double buffering), and two of its disk and CXL share in pinned DRAM (it passes through
+      DRAM: specs/tiers.STAGED_TIERS); a CPU-computing node reads its disk and CXL share into two
+      DRAM buffers;
+    - activations: one GPU batch's forward pass on the compute device, and that much again times
+      the fraction kept on each other tier."""
+    out: list[tuple[str, str, float]] = []
+    streamed = num_layers - resident_layers
+    out.append(("gpu", "weights (resident)", resident_layers * layer_weight_bytes))
+    out += [(t, "embedding and LM head", emb_head_bytes * f) for t, f in emb_frac.items()]
+    out += [(t, "weights", streamed * layer_weight_bytes * f) for t, f in weight_frac.items()]
+    if streamed > 0:
+        via = sum(f for t, f in weight_frac.items() if t in ("disk", "cxl")) * layer_weight_bytes
+        if compute_on_cpu:
+            out.append(("gpu", "weight read buffers", 2 * via))
+        else:
+            off = sum(f for t, f in weight_frac.items() if t != "gpu") * layer_weight_bytes
+            out.append(("gpu", "weight prefetch buffers", 2 * off))
+            out.append(("cpu", "pinned staging buffers", 2 * via))
+    out += [(t, "activations", act_bytes_gpu * f if t != "gpu" else act_bytes_gpu) for t, f in act_frac.items()]
+    return out
+
+
+def static_kv_tokens(prompt_len: int, gen_len: int, block_tokens: int) -> int:
+    """KV positions one sequence of a static batch holds at its longest (prompt plus generated
+    tokens), in whole blocks of ``block_tokens``: what a static batch needs of the KV cache per
+    sequence to run at once (the placement optimiser's KV rows, the search's confirmation)."""
+    return -(-(prompt_len + gen_len) // block_tokens) * block_tokens
+
+
 @dataclass(frozen=True)
 class OffloadMemory:
     """Bytes each tier must hold for a plan, and the KV blocks that fit."""
@@ -275,28 +325,13 @@ def check_offload_capacity(
             )
         need[tier][owner] = need[tier].get(owner, 0.0) + nbytes
 
-    L = lay.num_layers
-    emb_head = (model.params_embedding + model.params_lm_head + model.norm_params) * prec.w_bytes
-    resident_bytes = lay.resident_layers * lay.layer_weight_bytes
-    streamed = (L - lay.resident_layers) * lay.layer_weight_bytes
-    put("gpu", "weights (resident)", resident_bytes)
-    for t, f in (lay.emb_frac or lay.weight_frac).items():
-        put(t, "embedding and LM head", emb_head * f)
-    for t, f in lay.weight_frac.items():
-        put(t, "weights", streamed * f)
-    if lay.streams_anything and not lay.compute_on_cpu:
-        # double-buffered staging of one layer's streamed weights on the GPU, and pinned host
-        # buffers for what comes from CXL or disk (it passes through DRAM)
-        off = sum(f for t, f in lay.weight_frac.items() if t != "gpu") * lay.layer_weight_bytes
-        put("gpu", "weight prefetch buffers", 2 * off)
-        via = sum(f for t, f in lay.weight_frac.items() if t in ("disk", "cxl")) * lay.layer_weight_bytes
-        if via > 0:
-            put("cpu", "pinned staging buffers", 2 * via)
-    elif lay.streams_anything:
-        off = sum(f for t, f in lay.weight_frac.items() if t in ("disk", "cxl")) * lay.layer_weight_bytes
-        put("gpu", "weight read buffers", 2 * off)
-    for t, f in lay.act_frac.items():
-        put(t, "activations", act_bytes_gpu * f if t != "gpu" else act_bytes_gpu)
+    for t, owner, nbytes in placed_bytes(
+        lay.weight_frac, lay.emb_frac or lay.weight_frac, lay.act_frac,
+        layer_weight_bytes=lay.layer_weight_bytes, num_layers=lay.num_layers, resident_layers=lay.resident_layers,
+        emb_head_bytes=(model.params_embedding + model.params_lm_head + model.norm_params) * prec.w_bytes,
+        act_bytes_gpu=act_bytes_gpu, compute_on_cpu=lay.compute_on_cpu,
+    ):
+        put(t, owner, nbytes)
     for tier, owners in need.items():
         used = sum(owners.values())
         if used > cap[tier]:
@@ -308,6 +343,7 @@ def check_offload_capacity(
                 key=f"tier {tier}",
             )
     # KV blocks: every tier holding a share of the KV bounds the block count
+    L = lay.num_layers
     block_layer = block_tokens * lay.kv_bytes_per_token_layer * L
     # a host cache held in fp32 (host_kv_dtype) takes 4 bytes a value in DRAM
     host_block = block_tokens * lay.kv_elems_per_token_layer * 4.0 * L if lay.plan.host_kv_dtype == "fp32" else block_layer

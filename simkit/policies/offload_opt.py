@@ -23,11 +23,18 @@ from simkit.cost.iteration import IterationModel
 from simkit.cost.memory import activation_bytes
 from simkit.cost.offload import OffloadCompute
 from simkit.cost.ops import Precision
+from simkit.policies.offload import placed_bytes, static_kv_tokens
 from simkit.specs.model import ModelSpec
 from simkit.specs.node import Node
 from simkit.specs.tiers import OFF_GPU, PLACES, TIER_OF
 
 VARS = ("w", "c", "h")  # weights, cache, activations
+FRACTION_DECIMALS = 4
+"""Decimals of the fractions a candidate's plan carries (the LP's solution, rounded)."""
+ROUNDING_SLACK = 2.5 * 10.0**-FRACTION_DECIMALS
+"""How much of an owner's bytes the rounding to FRACTION_DECIMALS may add to a tier: half a unit
+of the last decimal per fraction, plus the renormalisation (the rounding of the other two
+fractions of that owner, added to the largest): 2.5 units of it at most."""
 TIE_BREAK_S = 1e-9
 """Seconds per layer and token charged per unit of a fraction on each tier below the GPU (x its
 rank: cpu 1, cxl 2, disk 3): breaks the LP's ties towards the faster tiers, far below any cost."""
@@ -101,6 +108,8 @@ def solve_candidate(
     dequant: str = "fused",
     decode_overlap: bool = True,
     compress_kv: bool = False,
+    block_tokens: int = 16,
+    activation_reserve: float | None = None,
 ) -> Candidate | None:
     from scipy.optimize import linprog
 
@@ -217,25 +226,42 @@ def solve_candidate(
         if "cxl_read" in bw:
             row({idx["w", "cxl"]: W / bw["cxl_read"], idx["c", "cxl"]: KVr / bw["cxl_read"], idx["h", "cxl"]: H / bw["cxl_read"]}, 0.0, which, "cxl_read")
             row({idx["c", "cxl"]: KVw / bw["cxl_write"], idx["h", "cxl"]: H / bw["cxl_write"]}, 0.0, which, "cxl_write")
-    # capacities (the same accounting as policies/offload.check_offload_capacity)
+    # capacities: the simulator's accounting (policies/offload.placed_bytes, check_offload_capacity),
+    # an affine function of the fractions read off as a constant and one coefficient per fraction
     emb = (model.params_embedding + model.params_lm_head + model.norm_params) * prec.w_bytes
-    Wt = W * L + emb
-    KVpk = bls * (prompt_len + gen_len) * kvtl * L
-    Hpk = Hp
-    act = activation_bytes(model, gbs * prompt_len, gbs, 1, prec)
-    cap_rows = {
-        "gpu": ((tiers["hbm"].capacity * 0.9 if gpu_usable is None else gpu_usable) if "hbm" in tiers else 0.0) - act - 2 * W,
-        "cpu": tiers["dram"].capacity - 2 * W,
+    # one GPU batch's prefill (deployment.plan_memory's rule for a static offloaded batch), unless
+    # the scenario reserves a fixed amount (plan.kv_cache.activation_reserve)
+    act = activation_bytes(model, gbs * prompt_len, gbs, 1, prec) if activation_reserve is None else activation_reserve
+
+    def placed(x: dict[tuple[str, str], float]) -> dict[str, float]:
+        fr = {v: {t: x.get((v, t), 0.0) for t in PLACES} for v in VARS}
+        out = dict.fromkeys(PLACES, 0.0)
+        for t, _, nbytes in placed_bytes(fr["w"], fr["w"], fr["h"], layer_weight_bytes=W, num_layers=L, resident_layers=0,
+                                         emb_head_bytes=emb, act_bytes_gpu=act, compute_on_cpu=False):
+            out[t] += nbytes
+        return out
+
+    const = placed({})
+    # the KV cache: every sequence's prompt and generated tokens in whole blocks (the static batch
+    # the plan is confirmed with must fit at once)
+    KVpk = bls * static_kv_tokens(prompt_len, gen_len, block_tokens) * kvtl * L
+    cap = {
+        "gpu": ((tiers["hbm"].capacity * 0.9 if gpu_usable is None else gpu_usable) if "hbm" in tiers else 0.0),
+        "cpu": tiers["dram"].capacity,
         "cxl": tiers["cxl"].capacity if "cxl" in tiers else 0.0,
         "disk": tiers["ssd"].capacity if "ssd" in tiers else 0.0,
     }
     for t in PLACES:
         r = np.zeros(n)
-        r[idx["w", t]] = Wt
+        for v in ("w", "h"):
+            for t2 in PLACES:
+                r[idx[v, t2]] = placed({(v, t2): 1.0})[t] - const[t]
         r[idx["c", t]] = KVpk
-        r[idx["h", t]] = Hpk
+        # the fractions are written rounded to FRACTION_DECIMALS (and renormalised): room for what
+        # that may add to this tier
         A_ub.append(r)
-        b_ub.append(cap_rows[t])
+        movable = sum(abs(r[k]) for (_, t2), k in idx.items() if have[t2])  # fractions the bounds leave free
+        b_ub.append(cap[t] - const[t] - ROUNDING_SLACK * movable)
         labels.append((f"capacity {t}", ""))
     A_eq = []
     b_eq = []
@@ -258,7 +284,7 @@ def solve_candidate(
     if not res.success:
         return None
     x = res.x
-    fr = {v: {t: max(float(round(x[idx[v, t]], 4)), 0.0) for t in PLACES} for v in VARS}
+    fr = {v: {t: max(float(round(x[idx[v, t]], FRACTION_DECIMALS)), 0.0) for t in PLACES} for v in VARS}
     for v in VARS:  # renormalise after rounding
         s = sum(fr[v].values())
         k = max(fr[v], key=lambda t: fr[v][t])
