@@ -99,6 +99,7 @@ def flexgen_policy_offload(pol: dict[str, Any], num_layers: int) -> dict[str, An
         "pinned": pol.get("pin_weight", True),
         "overlap": pol.get("overlap", True),
         "dequant": "unfused",
+        "kv_dequant": "allocated",
         "decode_overlap": False,
     }
     if wg == 1.0:
@@ -165,6 +166,8 @@ def a6000_offload(row: dict[str, Any]) -> dict[str, Any]:
         # FlexGen (de)compresses int4 with its PyTorch kernels; ZeRO-Inference's are not known
         # to us, so its dequantisation stays the fused pass
         "dequant": "unfused" if flexgen else "fused",
+        # FlexGen decompresses its whole GPU-resident compressed KV cache (no A6000 row compresses it)
+        "kv_dequant": "allocated" if flexgen else "filled",
         # FlexGen's decode step copies the next layer after computing this one (its cost model,
         # fitted to its runs: T_gen = ctog + max(other terms)); ZeRO-Inference prefetches
         "decode_overlap": not flexgen,
@@ -199,7 +202,9 @@ def simulate_row(row: dict[str, Any]) -> dict[str, Any]:
         data = _base(T4_NODE, model_name(row), 1, prompt, gen, 64)
         # FlexGen (de)compresses int4 with its PyTorch kernels (plan.offload.dequant: unfused)
         # and its decode step copies the next layer after computing this one (decode_overlap)
-        data["plan"]["offload"] = {"weights": {"gpu": 0.0, "cpu": 1.0}, "dequant": "unfused", "decode_overlap": False}
+        # and decompresses its whole GPU-resident KV cache at every decode step (kv_dequant)
+        data["plan"]["offload"] = {"weights": {"gpu": 0.0, "cpu": 1.0}, "dequant": "unfused", "kv_dequant": "allocated",
+                                   "decode_overlap": False}
         sc = scenario_from_dict(data, where=f"<{row['id']}>")
         # FlexGen (c): the KV cache compressed, the weights as the search finds best (every
         # published (c) policy runs --compress-cache; OPT-6.7B and OPT-175B's --compress-weight too)

@@ -182,7 +182,18 @@ def plan_replica_memory(
             where=sc.source,
             key="plan.offload.host_kv_dtype",
         )
-    off_layout = build_offload_layout(plan.offload, model, prec, tp, use_cpu, pageable)
+    alloc = None
+    if plan.offload.kv_dequant == "allocated" and plan.offload.compress_kv:
+        if sc.workload.batch is None:
+            raise ScenarioError(
+                "kv_dequant: allocated dequantises the KV positions allocated for a fixed batch's prompt and generated "
+                "tokens; it needs workload.batch",
+                where=sc.source,
+                key="plan.offload.kv_dequant",
+            )
+        # FlexGen allocates prompt + generated - 1 positions per sequence (init_cache_one_gpu_batch)
+        alloc = sc.workload.batch.input_tokens + sc.workload.batch.output_tokens - 1
+    off_layout = build_offload_layout(plan.offload, model, prec, tp, use_cpu, pageable, alloc)
     mem0 = plan_memory(sc, model, device, prec, tp, layout.layer_split, plan.parallel.ep, check=False)
     off_mem = check_offload_capacity(
         off_layout, model, prec, node, tp, plan.kv_cache.block_size, mem0.activations_per_gpu * tp,

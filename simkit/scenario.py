@@ -264,6 +264,8 @@ class Offload(_S):
     """Element type of the KV cache held in host DRAM: ``kv_cache``, plan.precision.kv_cache; ``fp32``, 4 bytes (ZeRO-Inference's Hugging Face fork allocates its host cache in fp32: host capacity x2, CPU attention reads it without an upcast: docs/offloading.md). fp32 needs ``cpu_attention`` and the off-GPU KV in DRAM only."""
     dequant: Literal["fused", "unfused"] = "fused"
     """How int4 values are (de)compressed on the GPU: fused, one elementwise pass; unfused, FlexGen's PyTorch path (separate unpack, scale and offset kernels: docs/offloading.md)."""
+    kv_dequant: Literal["filled", "allocated"] = "filled"
+    """Which positions of a compressed KV cache's GPU share a decode step dequantises: filled, the cached ones; allocated, every position allocated for the sequence (prompt + generated - 1), as FlexGen's attention decompresses its whole GPU-resident cache before slicing it (docs/offloading.md); needs a fixed batch workload. No effect without compress_kv."""
     resident_layers: int | None = Field(default=None, ge=0)
     """Layer-wise streaming: keep this many layers resident in HBM, stream the rest."""
     kv_spill: KVSpill | None = None

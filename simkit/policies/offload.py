@@ -77,6 +77,8 @@ class OffloadPlan(Protocol):
     @property
     def dequant(self) -> str: ...
     @property
+    def kv_dequant(self) -> str: ...
+    @property
     def host_kv_dtype(self) -> str: ...
     @property
     def kv_spill(self) -> KVSpillPlan | None: ...
@@ -119,6 +121,9 @@ class OffloadLayout:
     emb_frac: dict[str, float] | None = None
     """Where the embedding and LM head live (the plan's weight fractions as written; default
     ``weight_frac``)."""
+    kv_alloc_tokens: int | None = None
+    """Positions a decoding sequence dequantises of the GPU share of a compressed KV cache: the
+    positions allocated for it (``kv_dequant: allocated``); None: the filled ones."""
 
     def spilled_tokens(self, ctx: np.ndarray) -> float:
         """Cached tokens beyond the spill threshold, summed over sequences."""
@@ -171,7 +176,8 @@ def _fracs(share: object) -> dict[str, float]:
 
 
 def build_offload_layout(
-    plan: OffloadPlan, model: ModelSpec, prec: Precision, tp: int, compute_on_cpu: bool, pageable_factor: float | None = None
+    plan: OffloadPlan, model: ModelSpec, prec: Precision, tp: int, compute_on_cpu: bool, pageable_factor: float | None = None,
+    kv_alloc_tokens: int | None = None,
 ) -> OffloadLayout:
     w_bytes = bytes_per_element("int4", prec.group_size) if plan.compress_weights else prec.w_bytes
     kv_bytes = bytes_per_element("int4", prec.group_size) if plan.compress_kv else prec.kv_bytes
@@ -206,6 +212,7 @@ def build_offload_layout(
         plan.kv_spill.tier if plan.kv_spill is not None else "cpu",
         model.kv_bytes_per_token(1.0, tp, layers=1) * tp,  # elements: one byte each
         ef,
+        kv_alloc_tokens if plan.compress_kv else None,
     )
 
 

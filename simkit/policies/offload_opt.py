@@ -57,6 +57,9 @@ class Candidate:
     """plan.offload.decode_overlap of the scenario searched (whether decode copies overlap compute)."""
     compress_kv: bool = False
     """KV cache stored and moved as group-wise int4 (FlexGen's --compress-cache)."""
+    kv_dequant: str = "filled"
+    """plan.offload.kv_dequant of the scenario searched (which positions of a compressed cache's GPU
+    share a decode step dequantises)."""
     sim: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -74,6 +77,7 @@ class Candidate:
             "compress_weights": self.compress_weights,
             "compress_kv": self.compress_kv,
             "dequant": self.dequant,
+            "kv_dequant": self.kv_dequant,
             "overlap": True,
             "decode_overlap": self.decode_overlap,
             # an all-GPU plan still runs layer by layer in the offloading runtime (as FlexGen runs
@@ -110,6 +114,7 @@ def solve_candidate(
     compress_kv: bool = False,
     block_tokens: int = 16,
     activation_reserve: float | None = None,
+    kv_dequant: str = "filled",
 ) -> Candidate | None:
     from scipy.optimize import linprog
 
@@ -146,6 +151,12 @@ def solve_candidate(
         unf = dequant == "unfused"
         deq_kv_d = (oc.dequant(gbs * ctx_avg * kve, unf) + oc.dequant(gbs * kve, unf, quantise=True)) * ngb
         deq_kv_p = oc.dequant(gbs * prompt_len * kve, unf, quantise=True) * ngb
+    # kv_dequant: allocated (FlexGen's mha_gen): the GPU share of the cache is dequantised over the
+    # positions allocated per sequence (prompt + generated - 1), not the filled ones
+    deq_kv_gpu = 0.0
+    if compress_kv and kv_dequant == "allocated":
+        alloc = prompt_len + gen_len - 1
+        deq_kv_gpu = (oc.dequant(gbs * alloc * kve, unf) - oc.dequant(gbs * ctx_avg * kve, unf)) * ngb
     bw = _bw(node, measured_links)
     # KV stores at their own measured rate where the machine has one (cost/links.kv_store_slowdown)
     kv_slow = kv_store_slowdown(link_rates(node, 1, measured_links))
@@ -185,6 +196,8 @@ def solve_candidate(
         comp = {idx["c", "gpu"]: att} if cpu_att else {}
         if cpu_att:
             comp.update({idx["c", t]: catt for t in OFF_GPU})
+        if which == TD and deq_kv_gpu:
+            comp[idx["c", "gpu"]] = comp.get(idx["c", "gpu"], 0.0) + deq_kv_gpu
         comp_const = lin + deq + deq_kv + (0.0 if cpu_att else att)
         row(comp, comp_const, which, "compute")
         h2d = {idx["w", t]: W / bw.get("h2d", np.inf) for t in OFF_GPU}
@@ -295,6 +308,6 @@ def solve_candidate(
     bott = labels[max(dec_rows, key=lambda k: slack[k])][0] if dec_rows else "compute"
     return Candidate(
         gbs, ngb, cpu_attention, compress, fr, total, bls * gen_len / total if total > 0 else 0.0, bott, L, dequant, decode_overlap,
-        compress_kv,
+        compress_kv, kv_dequant,
     )
 

@@ -112,7 +112,7 @@ def optimize(
         c = solve_candidate(
             model, node, cost, cpu_cost, prec, prompt_len, gen_len, gbs, ngb, catt, comp, usable, oc, lm, sc.plan.offload.dequant,
             sc.plan.offload.decode_overlap, ckv, sc.plan.kv_cache.block_size,
-            sc.plan.kv_cache.activation_reserve,
+            sc.plan.kv_cache.activation_reserve, sc.plan.offload.kv_dequant,
         )
         if c is not None:
             cands.append(c)
