@@ -195,8 +195,10 @@ def plan_replica_memory(
         alloc = sc.workload.batch.input_tokens + sc.workload.batch.output_tokens - 1
     off_layout = build_offload_layout(plan.offload, model, prec, tp, use_cpu, pageable, alloc)
     mem0 = plan_memory(sc, model, device, prec, tp, layout.layer_split, plan.parallel.ep, check=False)
+    # the hidden states of every GPU batch of a block live between layers where plan.offload.activations says
+    hidden = forward_pass_shape(sc)[0] * plan.offload.num_gpu_batches * model.hidden_size * prec.a_bytes * tp
     off_mem = check_offload_capacity(
-        off_layout, model, prec, node, tp, plan.kv_cache.block_size, mem0.activations_per_gpu * tp,
+        off_layout, model, prec, node, tp, plan.kv_cache.block_size, mem0.activations_per_gpu * tp, hidden,
         offload_gpu_usable(device.memory, plan.kv_cache, plan.batching.policy == "static"), plan.kv_cache.num_blocks, sc.source,
     )
     mem = MemoryPlan(
@@ -250,6 +252,27 @@ def weights_per_gpu(model: ModelSpec, prec: Precision, tp: int, ep: int, layer_s
     return max(stage_params) * prec.w_bytes / tp
 
 
+def forward_pass_shape(sc: Scenario) -> tuple[int, int]:
+    """(tokens, sequences) of the largest forward pass of one GPU, which sizes its activation
+    memory: an offloaded block computes one GPU batch at a time, and a static batch of a known
+    workload prefills every prompt of the batch (of a GPU batch when offloaded) in one forward pass
+    (the static policy schedules them together, with no token budget; the placement optimiser,
+    policies/offload_opt.py, sizes it so); else the policy's token budget."""
+    tokens = sc.plan.batching.iteration_tokens()
+    seqs = sc.plan.batching.max_num_seqs
+    off = sc.plan.offload
+    w = sc.workload
+    static = sc.plan.batching.policy == "static"
+    longest = w.batch.input_tokens if w.batch is not None else tokens
+    if not off.is_trivial and off.gpu_batch_size:
+        g = off.gpu_batch_size * longest
+        return (g if static and w.batch is not None else min(tokens, g)), off.gpu_batch_size
+    if static and w.batch is not None:
+        seqs = min(seqs, sc.plan.batching.batch_size or w.batch.num_prompts)
+        return seqs * longest, seqs
+    return tokens, seqs
+
+
 def plan_memory(
     sc: Scenario,
     model: ModelSpec,
@@ -270,24 +293,7 @@ def plan_memory(
     if kvp.activation_reserve is not None:
         act = kvp.activation_reserve
     else:
-        tokens = sc.plan.batching.iteration_tokens()
-        seqs = sc.plan.batching.max_num_seqs
-        off = sc.plan.offload
-        w = sc.workload
-        longest = w.batch.input_tokens if w.batch is not None else tokens
-        if not off.is_trivial and off.gpu_batch_size:
-            # an offloaded block computes one GPU batch at a time: a static batch of a known
-            # workload prefills each GPU batch's prompts in one forward pass (the placement
-            # optimiser sizes it so: policies/offload_opt.py)
-            g = off.gpu_batch_size * longest
-            tokens = g if static and w.batch is not None else min(tokens, g)
-            seqs = off.gpu_batch_size
-        elif static and w.batch is not None:
-            # a static batch of a known workload: its prefill, every prompt of the batch in one
-            # forward pass (the static policy schedules them together, with no token budget), is
-            # the largest forward pass
-            seqs = min(seqs, sc.plan.batching.batch_size or w.batch.num_prompts)
-            tokens = seqs * longest
+        tokens, seqs = forward_pass_shape(sc)
         act = activation_bytes(model, tokens, seqs, tp, prec)
     if device.kind == "gpu":
         # one rule for the GPU memory a run may fill, offloaded or not (a static run keeps no

@@ -79,6 +79,8 @@ class OffloadPlan(Protocol):
     @property
     def kv_dequant(self) -> str: ...
     @property
+    def num_gpu_batches(self) -> int: ...
+    @property
     def host_kv_dtype(self) -> str: ...
     @property
     def kv_spill(self) -> KVSpillPlan | None: ...
@@ -245,6 +247,8 @@ def placed_bytes(
     resident_layers: int,
     emb_head_bytes: float,
     act_bytes_gpu: float,
+    hidden_bytes: float,
+    num_gpu_batches: int,
     compute_on_cpu: bool,
 ) -> list[tuple[str, str, float]]:
     """(place, owner, bytes) of everything an offload plan holds besides its KV cache: the one
@@ -258,8 +262,11 @@ def placed_bytes(
       (double buffering), and two of its disk and CXL share in pinned DRAM (it passes through
       DRAM: specs/tiers.STAGED_TIERS); a CPU-computing node reads its disk and CXL share into two
       DRAM buffers;
-    - activations: one GPU batch's forward pass on the compute device, and that much again times
-      the fraction kept on each other tier."""
+    - activations: one GPU batch's forward pass (``act_bytes_gpu``, which holds that batch's
+      hidden states) on the compute device, and the hidden states of every GPU batch of a block
+      between layers (``hidden_bytes``, all ``num_gpu_batches`` of them: FlexGen keeps one per GPU
+      batch, flex_opt.py's hidden[k]) by the activations' fractions, less the computing batch's
+      on the compute device."""
     out: list[tuple[str, str, float]] = []
     streamed = num_layers - resident_layers
     out.append(("gpu", "weights (resident)", resident_layers * layer_weight_bytes))
@@ -273,7 +280,9 @@ def placed_bytes(
             off = sum(f for t, f in weight_frac.items() if t != "gpu") * layer_weight_bytes
             out.append(("gpu", "weight prefetch buffers", 2 * off))
             out.append(("cpu", "pinned staging buffers", 2 * via))
-    out += [(t, "activations", act_bytes_gpu * f if t != "gpu" else act_bytes_gpu) for t, f in act_frac.items()]
+    out.append(("gpu", "activations", act_bytes_gpu))
+    own = (num_gpu_batches - 1) / num_gpu_batches
+    out += [(t, "hidden states", hidden_bytes * f * (own if t == "gpu" else 1.0)) for t, f in act_frac.items()]
     return out
 
 
@@ -304,6 +313,7 @@ def check_offload_capacity(
     tp: int,
     block_tokens: int,
     act_bytes_gpu: float,
+    hidden_bytes: float,
     hbm_usable: tuple[float, str],
     num_blocks: int | None,
     where: str | None,
@@ -336,7 +346,8 @@ def check_offload_capacity(
         lay.weight_frac, lay.emb_frac or lay.weight_frac, lay.act_frac,
         layer_weight_bytes=lay.layer_weight_bytes, num_layers=lay.num_layers, resident_layers=lay.resident_layers,
         emb_head_bytes=(model.params_embedding + model.params_lm_head + model.norm_params) * prec.w_bytes,
-        act_bytes_gpu=act_bytes_gpu, compute_on_cpu=lay.compute_on_cpu,
+        act_bytes_gpu=act_bytes_gpu, hidden_bytes=hidden_bytes, num_gpu_batches=lay.plan.num_gpu_batches,
+        compute_on_cpu=lay.compute_on_cpu,
     ):
         put(t, owner, nbytes)
     for tier, owners in need.items():

@@ -250,7 +250,8 @@ def solve_candidate(
         fr = {v: {t: x.get((v, t), 0.0) for t in PLACES} for v in VARS}
         out = dict.fromkeys(PLACES, 0.0)
         for t, _, nbytes in placed_bytes(fr["w"], fr["w"], fr["h"], layer_weight_bytes=W, num_layers=L, resident_layers=0,
-                                         emb_head_bytes=emb, act_bytes_gpu=act, compute_on_cpu=False):
+                                         emb_head_bytes=emb, act_bytes_gpu=act, hidden_bytes=Hp,
+                                         num_gpu_batches=ngb, compute_on_cpu=False):
             out[t] += nbytes
         return out
 
