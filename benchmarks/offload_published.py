@@ -191,6 +191,7 @@ def a6000_offload(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def simulate_row(row: dict[str, Any]) -> dict[str, Any]:
+    from simkit.policies.offload import static_kv_blocks
     from simkit.scenario import scenario_from_dict
     from simkit.search.offload import optimize
     from simkit.simulate import simulate
@@ -227,10 +228,12 @@ def simulate_row(row: dict[str, Any]) -> dict[str, Any]:
     from simkit.errors import SimkitError
 
     try:
-        res = simulate(scenario_from_dict(data, where=f"<{row['id']}>"))
+        sc = scenario_from_dict(data, where=f"<{row['id']}>")
+        res = simulate(sc)
     except SimkitError as e:
         return {"throughput": float("nan"), "plan": f"refused: {e}"}
-    blocks = int(w["batch"]) * -(-(prompt + gen) // 16)
+    kvp = sc.plan.kv_cache
+    blocks = static_kv_blocks(int(w["batch"]), prompt, gen, kvp.block_size, kvp.watermark)
     if res.summary["kv_blocks_total"] < blocks:
         # the batch would run as several static batches: not the configuration published
         return {"throughput": float("nan"), "plan": f"KV for the batch does not fit ({res.summary['kv_blocks_total']} < {blocks} blocks)"}

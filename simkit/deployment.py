@@ -31,7 +31,7 @@ from simkit.engine.cluster import Admission, Cluster, HandOff
 from simkit.engine.engine import Engine, EngineConfig, Stage
 from simkit.engine.fast import FastEngine, fast_path_reason
 from simkit.engine.fast_offload import OffloadFastEngine, fast_offload_reason
-from simkit.engine.kvcache import KVBlockManager, PrefixCache
+from simkit.engine.kvcache import KVBlockManager, PrefixCache, watermark_blocks
 from simkit.engine.lean import fused_loop_reason
 from simkit.engine.offload import OffloadExecutor
 from simkit.engine.offload_fast import ClosedFormStep, closed_form_reason
@@ -793,7 +793,7 @@ def build_replicas(dep: Deployment, cluster: Cluster) -> list[OffloadExecutor]:
                 caps[t] = int(pc.capacity.get(t, default) // per_hash)
             cache = PrefixCache(use, caps, hash_tokens // plan.kv_cache.block_size)
         kv = KVBlockManager(
-            mem.num_blocks, plan.kv_cache.block_size, int(plan.kv_cache.watermark * mem.num_blocks), cache=cache,
+            mem.num_blocks, plan.kv_cache.block_size, watermark_blocks(mem.num_blocks, plan.kv_cache.watermark), cache=cache,
             clock=partial(attrgetter("_now"), env),  # env.now without two Python calls (hot: every KV change)
         )
         cfg = EngineConfig(

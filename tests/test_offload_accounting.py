@@ -6,9 +6,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from simkit.engine.kvcache import watermark_blocks
 from simkit.errors import ScenarioError
 from simkit.policies import offload_opt
-from simkit.policies.offload import placed_bytes, static_kv_tokens
+from simkit.policies.offload import placed_bytes, static_kv_blocks, static_kv_tokens
 from simkit.scenario import scenario_from_dict
 from simkit.search.offload import confirm_by_simulation, optimize
 from simkit.simulate import simulate
@@ -82,6 +83,25 @@ def test_static_kv_tokens_rounds_up_to_whole_blocks():
     assert static_kv_tokens(1, 1, 16) == 16
 
 
+@given(st.integers(1, 4096), st.integers(1, 2048), st.integers(1, 512), st.sampled_from([0.0, 0.01, 0.05, 0.3]))
+def test_static_kv_blocks_is_the_fewest_that_admit_the_batch(batch, prompt, gen, watermark):
+    need = batch * static_kv_tokens(prompt, gen, 16) // 16
+    n = static_kv_blocks(batch, prompt, gen, 16, watermark)
+    assert n - watermark_blocks(n, watermark) >= need
+    assert n == need or n - 1 - watermark_blocks(n - 1, watermark) < need
+
+
+def test_a_static_batch_below_the_watermark_runs_in_two_waves():
+    # the engine keeps the watermark free at admission: with exactly the batch's blocks it runs in waves
+    def run(blocks):
+        data = _sc({"weights": {"gpu": 0.5, "cpu": 0.5}}, n=128, inp=64, out=4)
+        data["plan"]["kv_cache"] = {"num_blocks": blocks}
+        return simulate(scenario_from_dict(data)).summary["makespan_s"]
+
+    need = 128 * static_kv_tokens(64, 4, 16) // 16
+    assert run(static_kv_blocks(128, 64, 4, 16, 0.01)) < run(need)
+
+
 def test_plans_packed_by_the_lp_fit_the_simulator_at_once():
     # batches whose KV cache does not fit on the GPU: the LP fills the GPU to its capacity row, and
     # the simulator (the same accounting) must then hold every confirmed plan's whole batch at once
@@ -104,7 +124,7 @@ def test_confirmation_refuses_a_batch_that_would_run_in_waves():
     sc = scenario_from_dict(_sc({"weights": {"gpu": 0.0, "cpu": 1.0}}, n=64, inp=256, out=4))
     got = confirm_by_simulation(sc, c, 256, 4)
     assert "output_tokens_per_s" not in got
-    assert "several waves" in got["error"] and "of the 1088 blocks" in got["error"]
+    assert "several waves" in got["error"] and "needs 1098 to run at once" in got["error"]
 
 
 # ---- FlexGen's whole-cache decompression ---------------------------------------------------------

@@ -28,6 +28,7 @@ import numpy as np
 
 from simkit.cost.dtypes import bytes_per_element
 from simkit.cost.ops import Precision
+from simkit.engine.kvcache import watermark_blocks
 from simkit.errors import CapacityError
 from simkit.specs.model import ModelSpec
 from simkit.specs.node import Node
@@ -288,9 +289,23 @@ def placed_bytes(
 
 def static_kv_tokens(prompt_len: int, gen_len: int, block_tokens: int) -> int:
     """KV positions one sequence of a static batch holds at its longest (prompt plus generated
-    tokens), in whole blocks of ``block_tokens``: what a static batch needs of the KV cache per
-    sequence to run at once (the placement optimiser's KV rows, the search's confirmation)."""
+    tokens), in whole blocks of ``block_tokens``."""
     return -(-(prompt_len + gen_len) // block_tokens) * block_tokens
+
+
+def static_kv_blocks(batch: int, prompt_len: int, gen_len: int, block_tokens: int, watermark: float) -> int:
+    """The fewest KV blocks with which a static batch of ``batch`` sequences is admitted at once:
+    every sequence's :func:`static_kv_tokens`, plus the blocks the engine keeps free at admission
+    (engine/kvcache.watermark_blocks of the pool). With fewer the simulation runs the batch in
+    several waves, streaming every layer's weights once per wave. The placement optimiser sizes
+    its KV rows by it and the search refuses a plan below it (search/offload.py)."""
+    need = batch * static_kv_tokens(prompt_len, gen_len, block_tokens) // block_tokens
+    n = need if watermark <= 0 else int(np.ceil(need / (1.0 - watermark)))
+    while n > need and n - 1 - watermark_blocks(n - 1, watermark) >= need:
+        n -= 1
+    while n - watermark_blocks(n, watermark) < need:
+        n += 1
+    return n
 
 
 @dataclass(frozen=True)

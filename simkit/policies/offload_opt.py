@@ -23,7 +23,7 @@ from simkit.cost.iteration import IterationModel
 from simkit.cost.memory import activation_bytes
 from simkit.cost.offload import OffloadCompute
 from simkit.cost.ops import Precision
-from simkit.policies.offload import placed_bytes, static_kv_tokens
+from simkit.policies.offload import placed_bytes, static_kv_blocks
 from simkit.specs.model import ModelSpec
 from simkit.specs.node import Node
 from simkit.specs.tiers import OFF_GPU, PLACES, TIER_OF
@@ -115,6 +115,7 @@ def solve_candidate(
     block_tokens: int = 16,
     activation_reserve: float | None = None,
     kv_dequant: str = "filled",
+    kv_watermark: float = 0.01,
 ) -> Candidate | None:
     from scipy.optimize import linprog
 
@@ -256,9 +257,9 @@ def solve_candidate(
         return out
 
     const = placed({})
-    # the KV cache: every sequence's prompt and generated tokens in whole blocks (the static batch
-    # the plan is confirmed with must fit at once)
-    KVpk = bls * static_kv_tokens(prompt_len, gen_len, block_tokens) * kvtl * L
+    # the KV cache: the blocks with which the static batch the plan is confirmed with is admitted
+    # at once (every sequence's prompt and generated tokens, and the engine's free watermark)
+    KVpk = static_kv_blocks(bls, prompt_len, gen_len, block_tokens, kv_watermark) * block_tokens * kvtl * L
     cap = {
         "gpu": ((tiers["hbm"].capacity * 0.9 if gpu_usable is None else gpu_usable) if "hbm" in tiers else 0.0),
         "cpu": tiers["dram"].capacity,

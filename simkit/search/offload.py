@@ -14,7 +14,7 @@ from simkit.cost.iteration import IterationModel
 from simkit.cost.ops import Precision
 from simkit.errors import ScenarioError
 from simkit.policies.batching import with_policy
-from simkit.policies.offload import offload_gpu_usable, static_kv_tokens
+from simkit.policies.offload import offload_gpu_usable, static_kv_blocks
 from simkit.policies.offload_opt import Candidate, solve_candidate
 from simkit.scenario import Scenario, apply_overrides, scenario_from_dict
 
@@ -112,7 +112,7 @@ def optimize(
         c = solve_candidate(
             model, node, cost, cpu_cost, prec, prompt_len, gen_len, gbs, ngb, catt, comp, usable, oc, lm, sc.plan.offload.dequant,
             sc.plan.offload.decode_overlap, ckv, sc.plan.kv_cache.block_size,
-            sc.plan.kv_cache.activation_reserve, sc.plan.offload.kv_dequant,
+            sc.plan.kv_cache.activation_reserve, sc.plan.offload.kv_dequant, sc.plan.kv_cache.watermark,
         )
         if c is not None:
             cands.append(c)
@@ -150,11 +150,12 @@ def confirm_by_simulation(sc: Scenario, c: Candidate, prompt_len: int, gen_len: 
     except SimkitError as e:
         return {"error": str(e)}
     s = res.summary
-    need = c.batch * static_kv_tokens(prompt_len, gen_len, sc.plan.kv_cache.block_size) // sc.plan.kv_cache.block_size
+    kvp = sc.plan.kv_cache
+    need = static_kv_blocks(c.batch, prompt_len, gen_len, kvp.block_size, kvp.watermark)
     if s["kv_blocks_total"] < need:
         # the simulation ran the batch in several static waves: not the plan the LP ranked
-        return {"error": f"KV cache for {s['kv_blocks_total']} of the {need} blocks the batch of {c.batch} needs at once "
-                         "(it would run in several waves); not confirmed"}
+        return {"error": f"KV cache of {s['kv_blocks_total']} blocks; the batch of {c.batch} needs {need} to run at once "
+                         f"(with the {kvp.watermark:g} watermark); it would run in several waves: not confirmed"}
     return {
         "output_tokens_per_s": s["output_tokens_per_s"],
         "makespan_s": s["makespan_s"],
