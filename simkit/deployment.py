@@ -199,7 +199,8 @@ def plan_replica_memory(
     hidden = forward_pass_shape(sc)[0] * plan.offload.num_gpu_batches * model.hidden_size * prec.a_bytes * tp
     off_mem = check_offload_capacity(
         off_layout, model, prec, node, tp, plan.kv_cache.block_size, mem0.activations_per_gpu * tp, hidden,
-        offload_gpu_usable(device.memory, plan.kv_cache, plan.batching.policy == "static"), plan.kv_cache.num_blocks, sc.source,
+        offload_gpu_usable(device.memory, plan.kv_cache, plan.batching.policy == "static", plan.execution.cuda_module_loading),
+        plan.kv_cache.num_blocks, sc.source,
     )
     mem = MemoryPlan(
         sum(v for k, v in off_mem.need.get("hbm" if not use_cpu else "dram", {}).items() if k.startswith("weights")) / tp,
@@ -298,7 +299,7 @@ def plan_memory(
     if device.kind == "gpu":
         # one rule for the GPU memory a run may fill, offloaded or not (a static run keeps no
         # growing KV pool: policies/offload.offload_gpu_usable)
-        usable, usable_rule = offload_gpu_usable(device.memory, kvp, static)
+        usable, usable_rule = offload_gpu_usable(device.memory, kvp, static, sc.plan.execution.cuda_module_loading)
     else:
         usable, usable_rule = device.memory * kvp.gpu_memory_utilization, f"x gpu_memory_utilization {kvp.gpu_memory_utilization}"
     block_bytes = kvp.block_size * kv_tok

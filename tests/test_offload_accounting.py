@@ -168,3 +168,41 @@ def test_optimiser_prices_allocated_dequantisation_as_the_simulator():
     # moves the compressed cache off the GPU (FlexGen copies an off-GPU share's filled part only)
     assert a.fractions["c"]["gpu"] == 1.0 and b.fractions["c"]["gpu"] == 0.0
     assert b.sim.get("output_tokens_per_s")
+
+
+# ---- FlexGen's own footprint: its LM-head copy and its CUDA context ------------------------------
+def _memory(offload, **execution):
+    data = _sc(offload, n=4, inp=256, out=32)
+    if execution:
+        data["plan"]["execution"] = execution
+    return simulate(scenario_from_dict(data)).summary
+
+
+def test_lm_head_copy_holds_a_second_token_embedding():
+    from simkit.specs.catalog import load_model
+
+    m = load_model("opt-6.7b")
+    assert m.params_lm_head == 0  # OPT ties its head to the token embedding
+    plan = {"weights": {"gpu": 0.5, "cpu": 0.5}}
+    a = _memory(plan)["memory"]
+    b = _memory({**plan, "lm_head_copy": True})["memory"]
+    extra = m.vocab_size * m.hidden_size * 2.0
+    for tier in ("hbm", "dram"):
+        got = b[tier]["by_owner"]["embedding and LM head"] - a[tier]["by_owner"]["embedding and LM head"]
+        assert got == pytest.approx(extra * 0.5)
+
+
+def test_lm_head_copy_needs_an_offloading_runtime():
+    with pytest.raises(ScenarioError, match="lm_head_copy"):
+        scenario_from_dict(_sc({"lm_head_copy": True}))
+
+
+def test_eager_cuda_modules_leave_less_of_a_static_run():
+    from simkit.policies.offload import CUDA_CONTEXT_BYTES, CUDA_CONTEXT_EAGER_BYTES
+    from simkit.specs.catalog import load_model
+
+    plan = {"weights": {"gpu": 0.5, "cpu": 0.5}}
+    lazy = _memory(plan)["kv_blocks_total"]
+    eager = _memory(plan, cuda_module_loading="eager")["kv_blocks_total"]
+    block = 16 * load_model("opt-6.7b").kv_bytes_per_token(2.0, 1)
+    assert lazy - eager == pytest.approx((CUDA_CONTEXT_EAGER_BYTES - CUDA_CONTEXT_BYTES) / block, abs=1.0)

@@ -82,6 +82,8 @@ class OffloadPlan(Protocol):
     @property
     def num_gpu_batches(self) -> int: ...
     @property
+    def lm_head_copy(self) -> bool: ...
+    @property
     def host_kv_dtype(self) -> str: ...
     @property
     def kv_spill(self) -> KVSpillPlan | None: ...
@@ -223,9 +225,22 @@ CUDA_CONTEXT_BYTES = 287e6
 """GPU memory the CUDA context of a PyTorch process holds outside its allocator: 287,047,680 bytes
 with lazy module loading (PyTorch >= 1.13 sets CUDA_MODULE_LOADING=LAZY; pytorch/pytorch PR #86509
 measured 666,632,192 bytes eager)."""
+CUDA_CONTEXT_EAGER_BYTES = 666_632_192.0
+"""The same context with every kernel module loaded at start (``plan.execution.cuda_module_loading:
+eager``: CUDA < 11.7 or PyTorch < 1.13; pytorch/pytorch PR #86509's measurement)."""
 
 
-def offload_gpu_usable(gpu_memory: float, kv: KVCachePlan, static: bool) -> tuple[float, str]:
+def embedding_head_bytes(model: ModelSpec, prec: Precision, lm_head_copy: bool) -> float:
+    """Bytes of the embedding, the LM head and the final norm as a run holds them: a tied head is
+    the embedding's tensor, unless the runtime loads its own copy (``plan.offload.lm_head_copy``:
+    FlexGen's OutputEmbed reads decoder.embed_tokens.weight again, flex_opt.py)."""
+    head = model.params_lm_head
+    if lm_head_copy and head == 0:
+        head = model.vocab_size * model.hidden_size
+    return (model.params_embedding + head + model.norm_params) * prec.w_bytes
+
+
+def offload_gpu_usable(gpu_memory: float, kv: KVCachePlan, static: bool, module_loading: str = "lazy") -> tuple[float, str]:
     """Bytes of each GPU a run may fill, offloaded or not, and the rule that decided it.
 
     A static run (FlexGen, ZeRO-Inference: one batch, every buffer planned ahead) may
@@ -234,7 +249,8 @@ def offload_gpu_usable(gpu_memory: float, kv: KVCachePlan, static: bool) -> tupl
     default) does not apply unless the scenario sets it. Other plans use memory x
     ``gpu_memory_utilization``."""
     if static and "gpu_memory_utilization" not in kv.model_fields_set:
-        return gpu_memory - CUDA_CONTEXT_BYTES, f"GPU memory less {fmt_bytes(CUDA_CONTEXT_BYTES)} of CUDA context (static offloaded run)"
+        ctx = CUDA_CONTEXT_EAGER_BYTES if module_loading == "eager" else CUDA_CONTEXT_BYTES
+        return gpu_memory - ctx, f"GPU memory less {fmt_bytes(ctx)} of CUDA context ({module_loading} modules; static run)"
     return gpu_memory * kv.gpu_memory_utilization, f"x gpu_memory_utilization {kv.gpu_memory_utilization}"
 
 
@@ -360,7 +376,7 @@ def check_offload_capacity(
     for t, owner, nbytes in placed_bytes(
         lay.weight_frac, lay.emb_frac or lay.weight_frac, lay.act_frac,
         layer_weight_bytes=lay.layer_weight_bytes, num_layers=lay.num_layers, resident_layers=lay.resident_layers,
-        emb_head_bytes=(model.params_embedding + model.params_lm_head + model.norm_params) * prec.w_bytes,
+        emb_head_bytes=embedding_head_bytes(model, prec, lay.plan.lm_head_copy),
         act_bytes_gpu=act_bytes_gpu, hidden_bytes=hidden_bytes, num_gpu_batches=lay.plan.num_gpu_batches,
         compute_on_cpu=lay.compute_on_cpu,
     ):

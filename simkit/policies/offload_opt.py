@@ -23,7 +23,7 @@ from simkit.cost.iteration import IterationModel
 from simkit.cost.memory import activation_bytes
 from simkit.cost.offload import OffloadCompute
 from simkit.cost.ops import Precision
-from simkit.policies.offload import placed_bytes, static_kv_blocks
+from simkit.policies.offload import embedding_head_bytes, placed_bytes, static_kv_blocks
 from simkit.specs.model import ModelSpec
 from simkit.specs.node import Node
 from simkit.specs.tiers import OFF_GPU, PLACES, TIER_OF
@@ -60,6 +60,8 @@ class Candidate:
     kv_dequant: str = "filled"
     """plan.offload.kv_dequant of the scenario searched (which positions of a compressed cache's GPU
     share a decode step dequantises)."""
+    lm_head_copy: bool = False
+    """plan.offload.lm_head_copy of the scenario searched (the runtime's own copy of a tied LM head)."""
     sim: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -78,6 +80,7 @@ class Candidate:
             "compress_kv": self.compress_kv,
             "dequant": self.dequant,
             "kv_dequant": self.kv_dequant,
+            "lm_head_copy": self.lm_head_copy,
             "overlap": True,
             "decode_overlap": self.decode_overlap,
             # an all-GPU plan still runs layer by layer in the offloading runtime (as FlexGen runs
@@ -116,6 +119,7 @@ def solve_candidate(
     activation_reserve: float | None = None,
     kv_dequant: str = "filled",
     kv_watermark: float = 0.01,
+    lm_head_copy: bool = False,
 ) -> Candidate | None:
     from scipy.optimize import linprog
 
@@ -242,7 +246,7 @@ def solve_candidate(
             row({idx["c", "cxl"]: KVw / bw["cxl_write"], idx["h", "cxl"]: H / bw["cxl_write"]}, 0.0, which, "cxl_write")
     # capacities: the simulator's accounting (policies/offload.placed_bytes, check_offload_capacity),
     # an affine function of the fractions read off as a constant and one coefficient per fraction
-    emb = (model.params_embedding + model.params_lm_head + model.norm_params) * prec.w_bytes
+    emb = embedding_head_bytes(model, prec, lm_head_copy)
     # one GPU batch's prefill (deployment.plan_memory's rule for a static offloaded batch), unless
     # the scenario reserves a fixed amount (plan.kv_cache.activation_reserve)
     act = activation_bytes(model, gbs * prompt_len, gbs, 1, prec) if activation_reserve is None else activation_reserve
@@ -310,6 +314,6 @@ def solve_candidate(
     bott = labels[max(dec_rows, key=lambda k: slack[k])][0] if dec_rows else "compute"
     return Candidate(
         gbs, ngb, cpu_attention, compress, fr, total, bls * gen_len / total if total > 0 else 0.0, bott, L, dequant, decode_overlap,
-        compress_kv, kv_dequant,
+        compress_kv, kv_dequant, lm_head_copy,
     )
 

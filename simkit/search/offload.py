@@ -104,7 +104,7 @@ def optimize(
     oc = offload_compute(node, cost, cpu_cost, False)
     lm = measured_links(eff, sc.plan.offload.io_block_size, sc.plan.offload.io_queue_depth)
     # the candidates run as static batches (confirm_by_simulation): the same memory rule
-    usable = offload_gpu_usable(node.gpu.memory, sc.plan.kv_cache, static=True)[0]
+    usable = offload_gpu_usable(node.gpu.memory, sc.plan.kv_cache, True, sc.plan.execution.cuda_module_loading)[0]
     cands: list[Candidate] = []
     for gbs, ngb, catt, comp, ckv in itertools.product(gpu_batch_sizes, num_gpu_batches, (False, True), compress, compress_kv):
         if (objective == "latency" and ngb > 1) or (catt and ckv) or (max_batch is not None and gbs * ngb > max_batch):
@@ -113,6 +113,7 @@ def optimize(
             model, node, cost, cpu_cost, prec, prompt_len, gen_len, gbs, ngb, catt, comp, usable, oc, lm, sc.plan.offload.dequant,
             sc.plan.offload.decode_overlap, ckv, sc.plan.kv_cache.block_size,
             sc.plan.kv_cache.activation_reserve, sc.plan.offload.kv_dequant, sc.plan.kv_cache.watermark,
+            sc.plan.offload.lm_head_copy,
         )
         if c is not None:
             cands.append(c)
