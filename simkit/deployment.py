@@ -195,8 +195,12 @@ def plan_replica_memory(
         alloc = sc.workload.batch.input_tokens + sc.workload.batch.output_tokens - 1
     off_layout = build_offload_layout(plan.offload, model, prec, tp, use_cpu, pageable, alloc)
     mem0 = plan_memory(sc, model, device, prec, tp, layout.layer_split, plan.parallel.ep, check=False)
-    # the hidden states of every GPU batch of a block live between layers where plan.offload.activations says
-    hidden = forward_pass_shape(sc)[0] * plan.offload.num_gpu_batches * model.hidden_size * prec.a_bytes * tp
+    # the hidden states of every GPU batch of a block (every prompt token of a known static batch)
+    # live between layers where plan.offload.activations says
+    tokens, seqs = forward_pass_shape(sc)
+    if sc.workload.batch is not None:
+        tokens = seqs * sc.workload.batch.input_tokens
+    hidden = tokens * plan.offload.num_gpu_batches * model.hidden_size * prec.a_bytes * tp
     off_mem = check_offload_capacity(
         off_layout, model, prec, node, tp, plan.kv_cache.block_size, mem0.activations_per_gpu * tp, hidden,
         offload_gpu_usable(device.memory, plan.kv_cache, plan.batching.policy == "static", plan.execution.cuda_module_loading),
@@ -254,11 +258,14 @@ def weights_per_gpu(model: ModelSpec, prec: Precision, tp: int, ep: int, layer_s
 
 
 def forward_pass_shape(sc: Scenario) -> tuple[int, int]:
-    """(tokens, sequences) of the largest forward pass of one GPU, which sizes its activation
-    memory: an offloaded block computes one GPU batch at a time, and a static batch of a known
-    workload prefills every prompt of the batch (of a GPU batch when offloaded) in one forward pass
-    (the static policy schedules them together, with no token budget; the placement optimiser,
-    policies/offload_opt.py, sizes it so); else the policy's token budget."""
+    """(tokens, sequences) of the forward pass that sizes one GPU's activation memory: an offloaded
+    block computes one GPU batch at a time, its prompts' tokens up to the policy's token budget
+    (the placement optimiser, policies/offload_opt.py, caps it alike: activation_bytes' 4 hidden
+    and 2 FFN rows per token overstate what a layer-by-layer runtime holds for a large GPU batch;
+    FlexGen's published OPT-30B policy, 160 prompts of 256 in one GPU batch on the T4, would need
+    7 GB by it); a static batch of a known workload otherwise prefills every prompt of the batch
+    in one pass (the static policy schedules them together, with no token budget); else the
+    policy's token budget."""
     tokens = sc.plan.batching.iteration_tokens()
     seqs = sc.plan.batching.max_num_seqs
     off = sc.plan.offload
@@ -266,8 +273,7 @@ def forward_pass_shape(sc: Scenario) -> tuple[int, int]:
     static = sc.plan.batching.policy == "static"
     longest = w.batch.input_tokens if w.batch is not None else tokens
     if not off.is_trivial and off.gpu_batch_size:
-        g = off.gpu_batch_size * longest
-        return (g if static and w.batch is not None else min(tokens, g)), off.gpu_batch_size
+        return min(tokens, off.gpu_batch_size * longest), off.gpu_batch_size
     if static and w.batch is not None:
         seqs = min(seqs, sc.plan.batching.batch_size or w.batch.num_prompts)
         return seqs * longest, seqs
