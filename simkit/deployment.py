@@ -260,10 +260,10 @@ def weights_per_gpu(model: ModelSpec, prec: Precision, tp: int, ep: int, layer_s
 def forward_pass_shape(sc: Scenario) -> tuple[int, int]:
     """(tokens, sequences) of the forward pass that sizes one GPU's activation memory: an offloaded
     block computes one GPU batch at a time, its prompts' tokens up to the policy's token budget
-    (the placement optimiser, policies/offload_opt.py, caps it alike: activation_bytes' 4 hidden
-    and 2 FFN rows per token overstate what a layer-by-layer runtime holds for a large GPU batch;
-    FlexGen's published OPT-30B policy, 160 prompts of 256 in one GPU batch on the T4, would need
-    7 GB by it); a static batch of a known workload otherwise prefills every prompt of the batch
+    (activation_bytes' 4 hidden and 2 FFN rows per token overstate what a layer-by-layer runtime
+    holds for a large GPU batch: FlexGen's published OPT-30B policy, 160 prompts of 256 in one GPU
+    batch on the T4, would need 7 GB by it; the placement optimiser, policies/offload_opt.py, sizes
+    the whole GPU batch, the stricter of the two); a static batch of a known workload otherwise prefills every prompt of the batch
     in one pass (the static policy schedules them together, with no token budget); else the
     policy's token budget."""
     tokens = sc.plan.batching.iteration_tokens()

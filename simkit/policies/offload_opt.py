@@ -23,7 +23,6 @@ from simkit.cost.iteration import IterationModel
 from simkit.cost.memory import activation_bytes
 from simkit.cost.offload import OffloadCompute
 from simkit.cost.ops import Precision
-from simkit.policies.batching import DEFAULT_MAX_NUM_BATCHED_TOKENS
 from simkit.policies.offload import embedding_head_bytes, placed_bytes, static_kv_blocks
 from simkit.specs.model import ModelSpec
 from simkit.specs.node import Node
@@ -121,7 +120,6 @@ def solve_candidate(
     kv_dequant: str = "filled",
     kv_watermark: float = 0.01,
     lm_head_copy: bool = False,
-    max_forward_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
 ) -> Candidate | None:
     from scipy.optimize import linprog
 
@@ -249,10 +247,13 @@ def solve_candidate(
     # capacities: the simulator's accounting (policies/offload.placed_bytes, check_offload_capacity),
     # an affine function of the fractions read off as a constant and one coefficient per fraction
     emb = embedding_head_bytes(model, prec, lm_head_copy)
-    # one GPU batch's prefill up to the static policy's token budget (deployment.forward_pass_shape),
-    # unless the scenario reserves a fixed amount (plan.kv_cache.activation_reserve)
-    fwd = min(gbs * prompt_len, max_forward_tokens)
-    act = activation_bytes(model, fwd, gbs, 1, prec) if activation_reserve is None else activation_reserve
+    # one GPU batch's whole prefill, unless the scenario reserves a fixed amount
+    # (plan.kv_cache.activation_reserve). The simulator caps it at the static policy's token budget
+    # (deployment.forward_pass_shape), so that published policies of large GPU batches run; the LP
+    # does not: activation_bytes overstates a layer-by-layer runtime's peak for large batches and
+    # understates it, capped, for larger ones (docs/offloading.md), and the stricter LP plans only
+    # what the simulation then holds
+    act = activation_bytes(model, gbs * prompt_len, gbs, 1, prec) if activation_reserve is None else activation_reserve
 
     def placed(x: dict[tuple[str, str], float]) -> dict[str, float]:
         fr = {v: {t: x.get((v, t), 0.0) for t in PLACES} for v in VARS}
