@@ -110,14 +110,18 @@ def test_slow_contended_link_cuts_decode_runs_and_requests_join_behind_their_blo
 
     monkeypatch.setattr(FastEngine, "_cuttable", counting_cuttable)
     monkeypatch.setattr(FastEngine, "_late_alloc", counting_late_alloc)
-    for link, scale, blocks in (("network", 0.02, 2000), ("nvlink", 0.002, 300)):
+    preempted = 0
+    for link, scale, blocks, rate in (("network", 0.02, 2000, 60.0), ("nvlink", 0.002, 300, 60.0),
+                                      ("nvlink", 0.05, 150, 200.0)):  # fmt: skip
         kv = {"num_blocks": blocks, "block_size": 16}
-        sc = _disagg(300, 60.0, (100, 1500), (50, 400), 7, 4, 1, "least_outstanding", link, scale, 64, 4096, kv)
+        sc = _disagg(300, rate, (100, 1500), (50, 400), 7, 4, 1, "least_outstanding", link, scale, 64, 4096, kv)
         ref, _ = assert_same_run(sc)
-        assert ref["requests_completed"] > 0
+        # every request fits a prefill replica: none is refused while its blocks are held by KV
+        # waiting for the link (the replica waits for the transfers to free them)
+        assert ref["requests_completed"] == 300, ref["rejection_reasons"]
+        preempted += ref["preemptions"]
     assert seen["cut"] > 10 and seen["late"] > 0, seen
-    # the last run preempted on the decode pool
-    assert ref["preemptions"] > 0
+    assert preempted > 0
 
 
 def _sw_model(tmp_path: Path) -> str:
@@ -149,4 +153,5 @@ def test_uncovered_disaggregated_plans_fall_back_and_say_so(tmp_path, change, re
     ref = simulate(sc, engine="reference")
     fast = simulate(sc)
     assert_same_outputs(ref, fast)
-    assert fast.summary["engine_path"] == f"reference ({reason})"
+    # (a pipelined plan adds how its stages ran)
+    assert fast.summary["engine_path"].startswith(f"reference ({reason})")

@@ -138,6 +138,7 @@ class Cluster:
 
     def on_prefilled(self, i: int, src: int) -> None:
         """A prefill replica finished request ``i``'s prompt: ship its KV (disaggregated serving)."""
+        self.replicas[src].sending += 1
         self.env.process(self._ship_kv(i, src))
 
     def _ship_kv(self, i: int, src: int) -> Generator[Any, Any, None]:
@@ -147,6 +148,7 @@ class Cluster:
         nbytes = float(table.kv_len[i]) * h.kv_bytes_per_token_per_gpu * h.gpus
         link = replicas[src].links[h.link]
         yield link.transfer(nbytes, f"kv r{src}->decode")
+        replicas[src].sending -= 1
         replicas[src].release_after_transfer(i)
         dec = replicas[h.prefill_replicas:]
         k = h.router.choose(i, dec)
