@@ -14,6 +14,7 @@ from simkit.engine.fast import FastEngine
 from simkit.scenario import load_scenario, scenario_from_dict
 from simkit.simulate import simulate
 from tests.conftest import assert_same_outputs, make_scenario, uniform_workload
+from tests.test_prefix_fast import _sw_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,16 +125,6 @@ def test_slow_contended_link_cuts_decode_runs_and_requests_join_behind_their_blo
     assert preempted > 0
 
 
-def _sw_model(tmp_path: Path) -> str:
-    import yaml
-
-    m = yaml.safe_load((ROOT / "workloads/models/llama-3-8b.yaml").read_text())
-    m.update({"name": "sw-512", "max_context": 32768, "sliding_window": 512})
-    p = tmp_path / "sw-512.yaml"
-    p.write_text(yaml.safe_dump(m))
-    return str(p)
-
-
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
@@ -146,7 +137,7 @@ def test_uncovered_disaggregated_plans_fall_back_and_say_so(tmp_path, change, re
     data["plan"].update({"batching": {"policy": "disaggregated", "prefill_replicas": 1, "kv_transfer_link": "nvlink"},
                          "parallel": {"replicas": 2}})  # fmt: skip
     if change.get("model"):
-        data["model"] = _sw_model(tmp_path)
+        data["model"] = _sw_model(tmp_path, 512)
     else:
         data["plan"].update(change)
     sc = scenario_from_dict(data)

@@ -151,7 +151,7 @@ def fast_path_reason(
     which the links' fetches and swaps rule out). Disaggregated serving is covered on replicas
     neither pipelined nor offloaded, for models without a sliding window (the prefill and decode
     pools' fast engines in SimPy's loop, the KV hand-off on the reference's own link)."""
-    if policy not in ("continuous", "chunked_prefill", "disaggregated"):
+    if policy not in ("static", "continuous", "chunked_prefill", "disaggregated") or (policy == "static" and staged):
         return f"batching policy {policy}"
     if policy == "disaggregated" and staged:
         return "disaggregated serving on pipelined or offloaded replicas"
@@ -218,6 +218,9 @@ class FastEngine(Engine):
         """Decoding requests whose next block boundary is behind the allocation clock (they joined
         after a decode run was cut short by a KV hand-off, which keeps the blocks allocated for the
         whole run): request -> that boundary, each allocated on its own until it reaches ``_Xa``."""
+        self._arrival_cut = bool(self.policy.admits_on_arrival)
+        """Whether a decode run stops at the step that reaches the next arrival (not static
+        batching, whose arrivals wait for the batch: the reference's ``_decode_run``)."""
         self._cut = cfg.role == "decode"
         self._prefill_role = cfg.role == "prefill"
         """A prefill replica of disaggregated serving: a completed prompt leaves for a decode replica."""
@@ -944,6 +947,8 @@ class FastEngine(Engine):
             # reference's "exact" decode run)
             s = 1
             ta = float("inf")
+        elif not self._arrival_cut:
+            ta = float("inf")  # static batching: the batch decodes until a request finishes
         else:
             ta = self.next_arrival() - self.env._now
         if ta < float("inf"):
