@@ -227,7 +227,8 @@ class Cluster:
 
 class FastWorld:
     """The event loop of a world whose processes are the arrival process and fast engines only
-    (one per replica, no hand-off): SimPy's scheduling reproduced on a plain heap, with the
+    (one per replica, no hand-off: disaggregated serving's KV transfers are SimPy events on the
+    links, so it runs in SimPy's loop): SimPy's scheduling reproduced on a plain heap, with the
     arrival process run as plain calls (no generator, no event object per arrival) and each
     engine's loop resumed directly (``FastEngine.world``).
 

@@ -52,12 +52,27 @@ the cost model calls with the same arguments), so per-request times are bit-for-
 path does not cover run on the reference engine, and ``summary.json`` says which path ran and
 why (``engine_path``). Covered: ``continuous`` and ``chunked_prefill`` batching, any number of
 replicas and any routing, recompute preemption; prefix caching, swap preemption and
-sliding-window models on replicas that are neither pipelined nor offloaded; pipeline parallelism
+sliding-window models on replicas that are neither pipelined nor offloaded; ``static`` batching
+on such replicas (the policy's ``fast_step``; a decode run is not cut at an arrival, which waits
+for the batch, as in the reference); disaggregated serving on such replicas, for models without
+a sliding window (below); pipeline parallelism
 with the stages in closed form (``PipelineFastEngine``, engine/pipeline_fast.py) and offloaded
 plans whose steps run in closed form as one GPU batch (``OffloadFastEngine``,
-engine/fast_offload.py). Not covered (reference engine): static batching, disaggregated serving,
+engine/fast_offload.py). Not covered (reference engine): static batching or disaggregated
+serving on pipelined or offloaded replicas, disaggregated serving of a sliding-window model,
 KV spill, other offloaded plans, layer-by-layer execution, Chrome traces, and prefix caching,
 swaps or sliding windows on pipelined or offloaded replicas.
+
+Disaggregated serving runs in SimPy's loop (the KV hand-off is the cluster's process over the
+replica's :class:`Link`, contended as the reference's, in the same events): a prefill replica's
+completed prompt leaves the running set and is handed off (``on_prefilled``) with its blocks
+held until the transfer ends (:meth:`Engine.release_after_transfer`); on a decode replica a
+hand-off interrupts a decode run of several steps (``cut_fast_forward``, the reference's
+``Process.interrupt``), which then ends with the step in progress while the blocks allocated
+for the whole run stay allocated (:meth:`FastEngine._cuttable`). The allocation clock is then
+ahead of the decode clock, and a request that joins with its next block boundary behind it is
+allocated on its own (:attr:`FastEngine._late`) until its boundary reaches that clock, where it
+joins the residue buckets.
 With the stock routing policies, and without a prefix cache, swaps or a sliding window, the run
 does not step through this class's loop: :mod:`simkit.engine.lean` makes the same decisions in
 one fused loop (this class's objects hold its parameters and receive its results), and steps
