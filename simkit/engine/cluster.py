@@ -249,6 +249,8 @@ class FastWorld:
     CHUNK = 4096
 
     def __init__(self, cluster: Cluster, engines: list[FastEngine]) -> None:
+        if any(e.cfg.role != "both" for e in engines):
+            raise AssertionError("FastWorld runs no disaggregated serving (its hand-offs are SimPy processes)")
         self.cluster = cluster
         self.env = cluster.env
         cluster._arrivals_setup()

@@ -237,9 +237,9 @@ class FastEngine(Engine):
         """Whether a decode run stops at the step that reaches the next arrival (not static
         batching, whose arrivals wait for the batch: the reference's ``_decode_run``)."""
         self._cut = cfg.role == "decode"
+        """A decode replica of disaggregated serving: its decode runs may be cut short by a hand-off."""
         self._prefill_role = cfg.role == "prefill"
         """A prefill replica of disaggregated serving: a completed prompt leaves for a decode replica."""
-        """A decode replica of disaggregated serving: its decode runs may be cut short by a hand-off."""
         self._ends: Any = None
         """The running sums of the times of the decode run in progress (to cut it at a hand-off)."""
         self._cap_blocks = None if cfg.kv_cap_tokens is None else -(-cfg.kv_cap_tokens // bs)
