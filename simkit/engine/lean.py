@@ -271,7 +271,6 @@ def _replica(
         ak = 0
         aw = peek = (at[0] if at[0] > 0 else 0.0) if n else INF
         nxt = at[0]
-        enqueued = 0
     while True:
         if not nrun and not waiting:
             if alone:
@@ -286,7 +285,6 @@ def _replica(
                     # the arrival its wait was for, then every later one already due
                     nxt = at[ak + 1]
                     if not codes[ak]:
-                        enqueued += 1
                         waiting.append(ids[ak])
                         woke = True
                     ak += 1
@@ -298,7 +296,6 @@ def _replica(
                             break
                         nxt = at[ak + 1]
                         if not codes[ak]:
-                            enqueued += 1
                             waiting.append(ids[ak])
                             woke = True
                         ak += 1
@@ -307,7 +304,8 @@ def _replica(
                 clock[1] = now
                 clock[2] = np_clock
                 if alone:
-                    clock[3] = enqueued
+                    # every arrival has been handled (an idle replica alone waits only at the end)
+                    clock[3] = codes.count(0)
                 msg = yield None
                 if msg is None:
                     break  # the run is over
@@ -662,7 +660,6 @@ def _replica(
                 now = aw
                 nxt = at[ak + 1]
                 if not codes[ak]:
-                    enqueued += 1
                     waiting.append(ids[ak])
                 ak += 1
                 aw = INF
@@ -673,7 +670,6 @@ def _replica(
                         break
                     nxt = at[ak + 1]
                     if not codes[ak]:
-                        enqueued += 1
                         waiting.append(ids[ak])
                     ak += 1
             peek = aw
@@ -855,7 +851,7 @@ def _replica(
     mc["attn_prefill"] = max(mc["attn_prefill"], mc_pre)
     mc["attn_decode"] = max(mc["attn_decode"], mc_dec)
     if alone:
-        outst[ri] += enqueued  # (the driver counts what it queues; alone, the loop queued them)
+        outst[ri] += clock[3]  # (the driver counts what it queues; alone, the loop queued them)
     engine.outstanding = outst[ri]
     return None
 
