@@ -338,11 +338,11 @@ def _replica(
                         peak = used
                 if upto > Xa:
                     Xa = upto
-                    kq = 0
-                    while kq < len(pending) and pending[kq][0] <= upto:
-                        cnt[pending[kq][0] % bs] += 1
-                        kq += 1
-                    if kq:
+                    if pending and pending[0][0] <= upto:
+                        kq = 0
+                        while kq < len(pending) and pending[kq][0] <= upto:
+                            cnt[pending[kq][0] % bs] += 1
+                            kq += 1
                         n_active += kq
                         del pending[:kq]
             budget = chunk_budget - nb
@@ -627,11 +627,11 @@ def _replica(
                     if used > peak:
                         peak = used
                 Xa = upto
-                kq = 0
-                while kq < len(pending) and pending[kq][0] <= upto:
-                    cnt[pending[kq][0] % bs] += 1
-                    kq += 1
-                if kq:
+                if pending and pending[0][0] <= upto:
+                    kq = 0
+                    while kq < len(pending) and pending[kq][0] <= upto:
+                        cnt[pending[kq][0] % bs] += 1
+                        kq += 1
                     n_active += kq
                     del pending[:kq]
             if longest + s > mc_dec:
