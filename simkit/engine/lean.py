@@ -492,7 +492,7 @@ def _replica(
                         if memo is None:
                             memo = dec_memo[nb] = _dec_memo(cost, nb)
                         consts = memo[0]
-                    if pre_c is not None and not one_tok and T < len(body) and rows_ < len(head) and (consts or not nb):
+                    if pre_c is not None and not one_tok and len(body) > T and len(head) > rows_ and (consts or not nb):
                         f4p, heads, kvh, d, ab, kb, cf, cb, ov = pre_c
                         t = body[T] + head[rows_]
                         total = 0.0
