@@ -30,8 +30,11 @@ heap). :func:`run_fused` makes the same decisions, in the same order, on local v
 - a decode run is priced by the scalar loop of :meth:`IterationModel.decode_step_times`
   inlined (the same operations in the same order; with a fitted decode-attention efficiency, by
   :meth:`IterationModel.decode_steps` as the stepping path does), cut at the step that reaches
-  the next arrival (whichever replica it goes to), a step with prefill chunks by the fast
-  engine's own pricing (``FastEngine._step_time``, memoised for one prompt alone);
+  the next arrival (whichever replica it goes to), a step with prefill chunks by
+  :meth:`IterationModel.mixed_step_time` inlined on the constants it exposes
+  (``prefill_constants``, ``decode_constants``, ``scalar_tables``; the same operations in the
+  same order), else as the fast engine prices it (``FastEngine._step_time``: a one-token chunk
+  over a cache, a step beyond the tables, no closed form), memoised for one prompt alone;
 - the KV level is integrated at the instants the block manager would integrate it, and the
   inter-token gaps (one histogram for all replicas) go through its buffer flushed at the same
   points, in the same order across replicas.
