@@ -648,3 +648,25 @@ def test_gpu_shorthand_names_the_node_by_what_changed() -> None:
     assert node({"hardware.num_nodes": 1}) == "dgx-h100"
     assert node({"hardware.num_nodes": 2}) == "dgx-h100+custom"
     assert node({"hardware.bandwidth_scale.host_to_gpu": 2.0}) == "dgx-h100+custom"
+
+
+def test_search_says_when_candidates_mix_measured_and_datasheet_efficiencies(tmp_path: Path,
+                                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """H100 (shipped profile) against L4 (none): the ranking compares a calibrated GPU with datasheet
+    defaults, and the printed table, search.json and the HTML report say so; one GPU says nothing."""
+    sp = tmp_path / "s.yaml"
+    sp.write_text(yaml.safe_dump({"base": BASE, "space": {"gpu": ["h100-sxm", "l4"]},
+                                  "objective": {"minimize": "usd_per_million_output_tokens"}}, sort_keys=False))
+    assert main(["search", str(sp), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: The candidates mix")]
+    assert len(notes) == 1 and "h100-sxm (h100-sxm-vidur)" in notes[0] and "l4 with the datasheet defaults" in notes[0]
+    info = json.loads((tmp_path / "out" / "search.json").read_text())
+    assert info["calibration_note"] == notes[0].removeprefix("note: ")
+    from simkit.report import write_report
+
+    assert info["calibration_note"].split(":")[0] in Path(write_report([tmp_path / "out"], tmp_path / "r.html")).read_text()
+    sp.write_text(yaml.safe_dump({"base": BASE, "space": {"gpu": ["h100-sxm", "a100-80gb-sxm"]},
+                                  "objective": {"minimize": "usd_per_million_output_tokens"}}, sort_keys=False))
+    assert main(["search", str(sp), "--out", str(tmp_path / "two"), "--no-progress"]) == 0
+    assert "note: The candidates mix" not in capsys.readouterr().out
+    assert "calibration_note" not in json.loads((tmp_path / "two" / "search.json").read_text())

@@ -809,3 +809,31 @@ def test_resume_over_a_stored_run_with_broken_labels_is_one_line(finished_study,
     assert main(["study", str(study), "--out", str(finished_study), "--no-progress", "--jobs", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and str(row) in err and "delete its folder" in err, err
+
+
+def test_show_says_when_runs_mix_measured_and_datasheet_efficiencies(tmp_path, capsys):
+    """A variant on a GPU without a profile compared with one whose profile is shipped: the
+    differences include the datasheet defaults' error, and `study show`, the study's final table
+    and its HTML report say so (a study on one calibration kind says nothing)."""
+    p = write_study(tmp_path, {"name": "gpus", "base": tiny_base(calibration="auto"),
+                               "variants": {"h100": {}, "h200": {"hardware": {"preset": "dgx-h100", "gpu": "h200"}}},
+                               "baseline": "h100"})
+    run_study(p, tmp_path / "out", progress=False)
+    assert main(["study", "show", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    note = [line for line in out.splitlines() if line.startswith("note:")]
+    assert len(note) == 1
+    assert "h100-sxm (h100-sxm-vidur) with a calibration profile" in note[0] and "h200 with the datasheet defaults" in note[0]
+    assert main(["study", "show", str(tmp_path / "out"), "--format", "markdown"]) == 0
+    assert "\nnote: The runs mix measured and datasheet efficiencies" in capsys.readouterr().out
+    assert main(["study", "show", str(tmp_path / "out"), "--format", "csv"]) == 0
+    assert "note" not in capsys.readouterr().out  # machine formats stay plain tables
+    from simkit.report import write_report
+
+    html = Path(write_report([tmp_path / "out"], tmp_path / "r.html")).read_text()
+    assert "The runs mix measured and datasheet efficiencies" in html
+    p2 = write_study(tmp_path, {"name": "same", "base": tiny_base(),
+                                "variants": {"h100": {}, "h200": {"hardware": {"preset": "dgx-h100", "gpu": "h200"}}}}, "same.yaml")
+    run_study(p2, tmp_path / "same", progress=False)
+    assert main(["study", "show", str(tmp_path / "same")]) == 0
+    assert "note:" not in capsys.readouterr().out  # calibration: none everywhere

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1107,3 +1108,41 @@ def _describe(prof: Profile) -> str:
     if unmeas:
         s += f"; datasheet defaults for {', '.join(unmeas)}"
     return s
+
+
+_SOURCE = re.compile(r"(?:^|; )(?:([\w.+-]+): )?(?:profile (\S+) \(|(datasheet defaults) \()")
+
+
+def efficiency_sources(description: str) -> list[tuple[str | None, str]]:
+    """(device, source) for every device a run's ``calibration`` text (summary.json) names:
+    source ``profile NAME`` or ``datasheet defaults``; the device is named only in a fleet's text
+    (``h100-sxm: profile ...; l4: datasheet defaults (...)``), else None."""
+    return [(m.group(1), f"profile {m.group(2)}" if m.group(2) else "datasheet defaults")
+            for m in _SOURCE.finditer(description)]
+
+
+def mixed_calibration_note(runs: Iterable[tuple[str | None, str | None]], what: str) -> str | None:
+    """A note for runs that are compared with each other (a study's points, a search's
+    candidates) when some were timed with a measured profile and others with the datasheet
+    defaults: their differences then include the calibration's error (datasheet defaults are
+    ~30% off, docs/fidelity.md), not only the hardware's or the plan's. ``runs``: (device,
+    calibration text) per run, the device as summary.json names it. None when every run used the
+    same kind of source."""
+    measured: dict[str, set[str]] = {}
+    datasheet: set[str] = set()
+    for device, text in runs:
+        if not text:
+            continue
+        for dev, src in efficiency_sources(str(text)):
+            d = dev or str(device or "?")
+            if src == "datasheet defaults":
+                datasheet.add(d)
+            else:
+                measured.setdefault(d, set()).add(src.removeprefix("profile "))
+    if not measured or not datasheet:
+        return None
+    prof = ", ".join(f"{d} ({' / '.join(sorted(p))})" for d, p in sorted(measured.items()))
+    return (f"The {what} mix measured and datasheet efficiencies: {prof} with a calibration profile; "
+            f"{', '.join(sorted(datasheet))} with the datasheet defaults (accuracy ~30%, docs/fidelity.md). Their "
+            f"differences include that error, not only the hardware's or the plan's; `simkit calibrate` on those "
+            f"devices compares like with like (docs/calibration.md)")

@@ -80,6 +80,8 @@ def search_page(path: Path) -> str:
             page.callout(f"Winner {best_id}: " + ", ".join(f"{k}={r[k]}" for k in space) + f" - {_label(metric)} "
                          f"{fmt_metric(r[metric], _kind(metric))}" + (f", bottleneck {rname(r['bottleneck'], {'gpus': r.get('gpus', 1)})}"
                                                                         if "bottleneck" in r else ""))
+    if isinstance(meta.get("calibration_note"), str):
+        page.callout(meta["calibration_note"], warn=True)
     section_pareto(page, meta, cands, feas, pareto, best_id)
     section_ranked(page, feas, space, sense, metric, meta)
     section_rejected(page, meta, cands)

@@ -107,6 +107,13 @@ def study_page(path: Path) -> str:
     if len(df) > len(ok):
         page.callout(f"{len(df) - len(ok)} run(s) failed; their errors are in the table of runs. Figures show the successful runs only.",
                      warn=True)
+    if "calibration" in df.columns:
+        from simkit.cost.profile import mixed_calibration_note
+
+        note = mixed_calibration_note(zip(df["device"] if "device" in df.columns else [None] * len(df), df["calibration"],
+                                          strict=True), "runs")
+        if note:
+            page.callout(note, warn=True)
     if not len(ok) or not chosen:
         page.para("No successful run with numeric metrics: nothing to plot.")
     else:

@@ -159,6 +159,9 @@ def write_search(res: SearchResult, out: str | Path) -> list[Path]:
     }
     if best is None:
         info["no_feasible_plan"] = closest_miss(res)
+    note = calibration_note(res)
+    if note:
+        info["calibration_note"] = note
     # merge constraints given as both max and min
     cons: dict[str, dict[str, float]] = {}
     for c in res.spec.constraints:
@@ -243,6 +246,17 @@ def print_table(res: SearchResult, stream: TextIO) -> None:
     if res.bound_violations:
         w(f"warning: {len(res.bound_violations)} simulated plans broke a bound; pruning was switched off after the first "
           f"(see search.json bound_violations)\n")
+    note = calibration_note(res)
+    if note:
+        w(f"note: {note}\n")
+
+
+def calibration_note(res: SearchResult) -> str | None:
+    """The note of :func:`simkit.cost.profile.mixed_calibration_note` over the simulated candidates."""
+    from simkit.cost.profile import mixed_calibration_note
+
+    return mixed_calibration_note(((c.row.get("device"), c.row.get("calibration")) for c in res.cands if c.simulated),
+                                  "candidates")
 
 
 def best_of(res: SearchResult) -> Cand | None:

@@ -176,7 +176,8 @@ def render(folder: str | Path, fmt: str = "table", metrics: list[str] | None = N
     if fmt == "markdown":
         lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
-        return "\n".join(lines) + "\n"
+        note = calibration_note(folder)
+        return "\n".join(lines) + "\n" + (f"\nnote: {note}\n" if note else "")
     widths = [max(len(h), *(len(row[i]) for row in cells)) if cells else len(h) for i, h in enumerate(heads)]
     title = f"# study {info.get('name')}: {len(rows)} points"
     if baseline is not None:
@@ -186,7 +187,19 @@ def render(folder: str | Path, fmt: str = "table", metrics: list[str] | None = N
     lines = [title, "  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip()]
     for row in cells:
         lines.append("  ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-    return "\n".join(lines) + "\n"
+    note = calibration_note(folder)
+    return "\n".join(lines) + "\n" + (f"note: {note}\n" if note else "")
+
+
+def calibration_note(folder: str | Path) -> str | None:
+    """The note of :func:`simkit.cost.profile.mixed_calibration_note` for a study's runs."""
+    from simkit.cost.profile import mixed_calibration_note
+
+    df = load_runs(folder)
+    if "calibration" not in df.columns:
+        return None
+    devices = df["device"] if "device" in df.columns else [None] * len(df)
+    return mixed_calibration_note(zip(devices, df["calibration"], strict=True), "runs")
 
 
 def _numeric(c: str) -> bool:
