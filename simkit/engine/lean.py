@@ -501,7 +501,7 @@ def _replica(
                         total = 0.0
                         if nb:
                             # IterationModel._decode_attention1(nb, float(dec_sum + nb), longest + 1.0)
-                            f4, c1, c3, ratio, kvh_, d_, kb_, cf_, cb_, ov_ = consts[:10]
+                            f4, c1, c3, ratio, kvh_, d_, kb_, cf_, cb_, ov_, _, _ = consts
                             kv = dec_sum + nb  # (an int: float arithmetic converts it exactly, as float() does)
                             if ratio is not None:
                                 y = (longest + 1.0) * ratio
