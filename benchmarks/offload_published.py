@@ -54,6 +54,9 @@ GROUP_SIZE_A6000 = 64
 """Quantisation group of both systems' 4-bit weights (ZeRO-Inference README: default 64;
 FlexGen CompressionConfig(num_bits=4, group_size=64))."""
 TARGET_MEDIAN, TARGET_P90, TARGET_SPEARMAN = 0.15, 0.30, 0.9
+FLEXGEN_T4_EXECUTION = {"cuda_module_loading": "eager"}
+"""FlexGen's T4 VM stack (FMInference/FlexGen docs/gcp_setup.md: CUDA 11.6, driver 510.39.01,
+PyTorch cu116 wheels) loads CUDA modules eagerly (lazy loading needs CUDA 11.7): a 667 MB context."""
 ZERO_PINNED = frozenset({"opt-30b", "opt-66b", "llama-2-70b"})
 """Models whose ZeRO-Inference run without KV offload pinned its weights (``--pin-memory 1`` in
 DeepSpeedExamples zero_inference run_opt30b/run_opt66b/run_llama2_70b_a6000.sh); the OPT-175B
@@ -99,6 +102,8 @@ def flexgen_policy_offload(pol: dict[str, Any], num_layers: int) -> dict[str, An
         "pinned": pol.get("pin_weight", True),
         "overlap": pol.get("overlap", True),
         "dequant": "unfused",
+        "kv_dequant": "allocated",
+        "lm_head_copy": True,
         "decode_overlap": False,
     }
     if wg == 1.0:
@@ -121,6 +126,7 @@ def run_policies() -> str:
         w = row["workload"]
         data = _base(T4_NODE, model_name(row), pol["gbs"] * pol["ngb"], int(w["prompt_len"]), int(w["gen_len"]), 64)
         data["plan"]["offload"] = flexgen_policy_offload(pol, load_model(model_name(row)).num_layers)
+        data["plan"]["execution"] = dict(FLEXGEN_T4_EXECUTION)
         tps = float(simulate(scenario_from_dict(data, where=f"<{rid}>")).summary["output_tokens_per_s"])
         pub = float(row["metric"]["value"])
         lines.append(f"{rid:64s} {pub:10.3f} {tps:9.3f} {100 * (tps / pub - 1.0):+7.1f}%")
@@ -165,6 +171,10 @@ def a6000_offload(row: dict[str, Any]) -> dict[str, Any]:
         # FlexGen (de)compresses int4 with its PyTorch kernels; ZeRO-Inference's are not known
         # to us, so its dequantisation stays the fused pass
         "dequant": "unfused" if flexgen else "fused",
+        # FlexGen decompresses its whole GPU-resident compressed KV cache (no A6000 row compresses it)
+        # and holds its own copy of OPT's tied LM head
+        "kv_dequant": "allocated" if flexgen else "filled",
+        "lm_head_copy": flexgen,
         # FlexGen's decode step copies the next layer after computing this one (its cost model,
         # fitted to its runs: T_gen = ctog + max(other terms)); ZeRO-Inference prefetches
         "decode_overlap": not flexgen,
@@ -188,6 +198,7 @@ def a6000_offload(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def simulate_row(row: dict[str, Any]) -> dict[str, Any]:
+    from simkit.policies.offload import static_kv_blocks
     from simkit.scenario import scenario_from_dict
     from simkit.search.offload import optimize
     from simkit.simulate import simulate
@@ -199,7 +210,11 @@ def simulate_row(row: dict[str, Any]) -> dict[str, Any]:
         data = _base(T4_NODE, model_name(row), 1, prompt, gen, 64)
         # FlexGen (de)compresses int4 with its PyTorch kernels (plan.offload.dequant: unfused)
         # and its decode step copies the next layer after computing this one (decode_overlap)
-        data["plan"]["offload"] = {"weights": {"gpu": 0.0, "cpu": 1.0}, "dequant": "unfused", "decode_overlap": False}
+        # and decompresses its whole GPU-resident KV cache at every decode step (kv_dequant), holds its
+        # own copy of OPT's tied LM head (lm_head_copy) and ran on CUDA 11.6 (FLEXGEN_T4_EXECUTION)
+        data["plan"]["offload"] = {"weights": {"gpu": 0.0, "cpu": 1.0}, "dequant": "unfused", "kv_dequant": "allocated",
+                                   "lm_head_copy": True, "decode_overlap": False}
+        data["plan"]["execution"] = dict(FLEXGEN_T4_EXECUTION)
         sc = scenario_from_dict(data, where=f"<{row['id']}>")
         # FlexGen (c): the KV cache compressed, the weights as the search finds best (every
         # published (c) policy runs --compress-cache; OPT-6.7B and OPT-175B's --compress-weight too)
@@ -222,10 +237,12 @@ def simulate_row(row: dict[str, Any]) -> dict[str, Any]:
     from simkit.errors import SimkitError
 
     try:
-        res = simulate(scenario_from_dict(data, where=f"<{row['id']}>"))
+        sc = scenario_from_dict(data, where=f"<{row['id']}>")
+        res = simulate(sc)
     except SimkitError as e:
         return {"throughput": float("nan"), "plan": f"refused: {e}"}
-    blocks = int(w["batch"]) * -(-(prompt + gen) // 16)
+    kvp = sc.plan.kv_cache
+    blocks = static_kv_blocks(int(w["batch"]), prompt, gen, kvp.block_size, kvp.watermark)
     if res.summary["kv_blocks_total"] < blocks:
         # the batch would run as several static batches: not the configuration published
         return {"throughput": float("nan"), "plan": f"KV for the batch does not fit ({res.summary['kv_blocks_total']} < {blocks} blocks)"}

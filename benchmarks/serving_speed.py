@@ -154,6 +154,37 @@ CASES: dict[str, dict] = {
         "plan": {"batching": {"policy": "continuous", "max_num_seqs": 128, "max_num_batched_tokens": 8192},
                  "parallel": {"tp": 2, "pp": 4}},
     },
+    # static batching (batches of up to 32 run to completion; arrivals wait for the batch)
+    "static-serving": {
+        "name": "static-serving",
+        "hardware": "dgx-h100",
+        "model": "llama-2-7b",
+        "workload": {
+            "synthetic": {
+                "num_requests": 4000,
+                "arrival": {"process": "poisson", "rate": 4},
+                "lengths": {"trace": {"path": str(TRACES / "azure_conv_2023.csv"), "format": "azure"}},
+            }
+        },
+        "plan": {"batching": {"policy": "static", "max_num_seqs": 32}},
+    },
+    # disaggregated serving: 1 prefill + 3 decode replicas, the KV handed off over NVLink
+    # (workloads/scenarios/disaggregated.yaml's deployment under the Azure conversation lengths)
+    "disaggregated": {
+        "name": "disaggregated",
+        "hardware": "dgx-h100",
+        "model": "llama-3-8b",
+        "workload": {
+            "synthetic": {
+                "num_requests": 8000,
+                "arrival": {"process": "poisson", "rate": 24},
+                "lengths": {"trace": {"path": str(TRACES / "azure_conv_2023.csv"), "format": "azure"}},
+            }
+        },
+        "plan": {"batching": {"policy": "disaggregated", "prefill_replicas": 1, "kv_transfer_link": "nvlink",
+                              "max_num_seqs": 128, "max_num_batched_tokens": 8192},
+                 "parallel": {"replicas": 4}, "routing": "least_outstanding"},
+    },
 }
 
 

@@ -1,7 +1,7 @@
-"""Every operator of real CPU decode steps, timed inside the step, against profiles' predictions.
+"""Every operator of real CPU decode (or prefill) steps, timed inside the step, against profiles' predictions.
 
     python benchmarks/step_operators.py PROFILE [PROFILE ...] --hidden 896 --heads 14 --kv-heads 2 \\
-        --ffn 4864 --vocab 12000 --layers 4 --cells 2/64,5/400,8/64 --dtype bf16
+        --ffn 4864 --vocab 12000 --layers 4 --cells 2/64,5/400,8/64 --dtype bf16 [--phase prefill]
 
 Runs the decode steps of `simkit validate`'s model (the same ``TorchLlama.forward``, the same
 kernels) for each batch/context cell, with every kernel call timed in place (thread CPU time, one
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         load_profile,
         model_spec,
         predict_step,
+        step_batch,
     )
     from simkit.errors import SimkitError
 
@@ -101,9 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kv-heads", type=int, required=True)
     ap.add_argument("--ffn", type=int, required=True)
     ap.add_argument("--vocab", type=int, default=12000)
-    ap.add_argument("--cells", default="2/64,8/400", help="decode BATCH/CONTEXT cells, comma-separated")
+    ap.add_argument("--cells", default="2/64,8/400", help="BATCH/CONTEXT cells, comma-separated")
+    ap.add_argument("--phase", choices=["decode", "prefill"], default="decode",
+                    help="decode: one new token per sequence over CONTEXT cached ones; prefill: CONTEXT tokens per sequence from an empty cache")
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
-    ap.add_argument("--seconds", type=float, default=2.0, help="seconds of decode steps per cell (at least 5 steps)")
+    ap.add_argument("--seconds", type=float, default=2.0, help="seconds of steps per cell (at least 5 steps)")
     a = ap.parse_args(argv)
     try:
         cells = _cells(a.cells)
@@ -121,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         tap = StepTap(a.layers)
         F = torch.nn.functional
         model.torch = types.SimpleNamespace(nn=types.SimpleNamespace(functional=types.SimpleNamespace(linear=tap.timed(tap.linear_name, F.linear))))
-        kernels = {"k_embedding": "embedding", "k_rope": "rope", "k_attention": "attn_decode", "k_add": "residual_add",
+        kernels = {"k_embedding": "embedding", "k_rope": "rope", "k_attention": f"attn_{a.phase}", "k_add": "residual_add",
                    "k_silu_mul": "mlp_act", "k_sampling": "sampling"}  # fmt: skip
         saved = {k: getattr(bench, k) for k in (*kernels, "k_rmsnorm")}
-        print(f"{a.dtype} decode steps, layers {a.layers} hidden {a.hidden} heads {a.heads}/{a.kv_heads} ffn {a.ffn} vocab {a.vocab}; "
+        print(f"{a.dtype} {a.phase} steps, layers {a.layers} hidden {a.hidden} heads {a.heads}/{a.kv_heads} ffn {a.ffn} vocab {a.vocab}; "
               f"ms per step, thread CPU time; predictions: {', '.join(p.name for p in profs)}")  # fmt: skip
         try:
             for k, name in kernels.items():
@@ -133,19 +136,23 @@ def main(argv: list[str] | None = None) -> int:
             with torch.inference_mode():
                 for b, c in cells:
                     cache = model.make_cache(b)
-                    ids = torch.randint(0, a.vocab, (b, 1))
+                    prefill = a.phase == "prefill"
+                    ids = torch.randint(0, a.vocab, (b, c if prefill else 1))
+                    pos = 0 if prefill else c
                     for _ in range(2):
                         tap.start_step()
-                        model.forward(ids, c, cache)
+                        model.forward(ids, pos, cache)
                     tap.times = {}
                     steps: list[float] = []
                     t_end = time.perf_counter() + a.seconds
                     while time.perf_counter() < t_end or len(steps) < 5:
                         tap.start_step()
                         s0 = time.thread_time()
-                        model.forward(ids, c, cache)
+                        model.forward(ids, pos, cache)
                         steps.append(time.thread_time() - s0)
-                    _report(b, c, steps, tap.times, [predict_step(spec, [1] * b, [c] * b, compute_device(p), p, a.dtype) for p in profs])
+                    q, ctx = step_batch(a.phase, b, c)
+                    preds = [predict_step(spec, q, ctx, compute_device(p), p, a.dtype) for p in profs]
+                    _report(a.phase, b, c, steps, tap.times, preds)
         finally:
             for k, fn in saved.items():
                 setattr(bench, k, fn)
@@ -155,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _report(b: int, c: int, steps: list[float], times: dict[str, float], preds: list[tuple[float, list[Any]]]) -> None:
+def _report(phase: str, b: int, c: int, steps: list[float], times: dict[str, float], preds: list[tuple[float, list[Any]]]) -> None:
     n = len(steps)
     mean = sum(steps) / n
     per_op = []
@@ -168,7 +175,7 @@ def _report(b: int, c: int, steps: list[float], times: dict[str, float], preds: 
     def cols(key: Callable[[dict[str, float]], float], meas: float) -> str:
         return " | ".join(f"{1e3 * key(d):8.3f} ({100 * (key(d) / meas - 1):+4.0f}%)" for d in per_op)
 
-    print(f"decode b={b} ctx={c}: {n} steps, mean {1e3 * mean:.2f} ms; predicted "
+    print(f"{phase} b={b} ctx={c}: {n} steps, mean {1e3 * mean:.2f} ms; predicted "
           + ", ".join(f"{1e3 * tot:.2f} ({100 * (tot / mean - 1):+.1f}%)" for tot, _ in preds))  # fmt: skip
     for name, t in sorted(times.items(), key=lambda kv: -kv[1]):
         print(f"  {name:15s} {1e3 * t / n:8.3f} | {cols(lambda d, name=name: d.get(name, float('nan')), t / n)}")

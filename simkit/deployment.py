@@ -31,7 +31,7 @@ from simkit.engine.cluster import Admission, Cluster, HandOff
 from simkit.engine.engine import Engine, EngineConfig, Stage
 from simkit.engine.fast import FastEngine, fast_path_reason
 from simkit.engine.fast_offload import OffloadFastEngine, fast_offload_reason
-from simkit.engine.kvcache import KVBlockManager, PrefixCache
+from simkit.engine.kvcache import KVBlockManager, PrefixCache, watermark_blocks
 from simkit.engine.lean import fused_loop_reason
 from simkit.engine.offload import OffloadExecutor
 from simkit.engine.offload_fast import ClosedFormStep, closed_form_reason
@@ -182,11 +182,29 @@ def plan_replica_memory(
             where=sc.source,
             key="plan.offload.host_kv_dtype",
         )
-    off_layout = build_offload_layout(plan.offload, model, prec, tp, use_cpu, pageable)
+    alloc = None
+    if plan.offload.kv_dequant == "allocated" and plan.offload.compress_kv:
+        if sc.workload.batch is None:
+            raise ScenarioError(
+                "kv_dequant: allocated dequantises the KV positions allocated for a fixed batch's prompt and generated "
+                "tokens; it needs workload.batch",
+                where=sc.source,
+                key="plan.offload.kv_dequant",
+            )
+        # FlexGen allocates prompt + generated - 1 positions per sequence (init_cache_one_gpu_batch)
+        alloc = sc.workload.batch.input_tokens + sc.workload.batch.output_tokens - 1
+    off_layout = build_offload_layout(plan.offload, model, prec, tp, use_cpu, pageable, alloc)
     mem0 = plan_memory(sc, model, device, prec, tp, layout.layer_split, plan.parallel.ep, check=False)
+    # the hidden states of every GPU batch of a block (every prompt token of a known static batch)
+    # live between layers where plan.offload.activations says
+    tokens, seqs = forward_pass_shape(sc)
+    if sc.workload.batch is not None:
+        tokens = seqs * sc.workload.batch.input_tokens
+    hidden = tokens * plan.offload.num_gpu_batches * model.hidden_size * prec.a_bytes * tp
     off_mem = check_offload_capacity(
-        off_layout, model, prec, node, tp, plan.kv_cache.block_size, mem0.activations_per_gpu * tp,
-        offload_gpu_usable(device.memory, plan.kv_cache, plan.batching.policy == "static"), plan.kv_cache.num_blocks, sc.source,
+        off_layout, model, prec, node, tp, plan.kv_cache.block_size, mem0.activations_per_gpu * tp, hidden,
+        offload_gpu_usable(device.memory, plan.kv_cache, plan.batching.policy == "static", plan.execution.cuda_module_loading),
+        plan.kv_cache.num_blocks, sc.source,
     )
     mem = MemoryPlan(
         sum(v for k, v in off_mem.need.get("hbm" if not use_cpu else "dram", {}).items() if k.startswith("weights")) / tp,
@@ -239,6 +257,29 @@ def weights_per_gpu(model: ModelSpec, prec: Precision, tp: int, ep: int, layer_s
     return max(stage_params) * prec.w_bytes / tp
 
 
+def forward_pass_shape(sc: Scenario) -> tuple[int, int]:
+    """(tokens, sequences) of the forward pass that sizes one GPU's activation memory: an offloaded
+    block computes one GPU batch at a time, its prompts' tokens up to the policy's token budget
+    (activation_bytes' 4 hidden and 2 FFN rows per token overstate what a layer-by-layer runtime
+    holds for a large GPU batch: FlexGen's published OPT-30B policy, 160 prompts of 256 in one GPU
+    batch on the T4, would need 7 GB by it; the placement optimiser, policies/offload_opt.py, sizes
+    the whole GPU batch, the stricter of the two); a static batch of a known workload otherwise prefills every prompt of the batch
+    in one pass (the static policy schedules them together, with no token budget); else the
+    policy's token budget."""
+    tokens = sc.plan.batching.iteration_tokens()
+    seqs = sc.plan.batching.max_num_seqs
+    off = sc.plan.offload
+    w = sc.workload
+    static = sc.plan.batching.policy == "static"
+    longest = w.batch.input_tokens if w.batch is not None else tokens
+    if not off.is_trivial and off.gpu_batch_size:
+        return min(tokens, off.gpu_batch_size * longest), off.gpu_batch_size
+    if static and w.batch is not None:
+        seqs = min(seqs, sc.plan.batching.batch_size or w.batch.num_prompts)
+        return seqs * longest, seqs
+    return tokens, seqs
+
+
 def plan_memory(
     sc: Scenario,
     model: ModelSpec,
@@ -259,26 +300,12 @@ def plan_memory(
     if kvp.activation_reserve is not None:
         act = kvp.activation_reserve
     else:
-        tokens = sc.plan.batching.iteration_tokens()
-        seqs = sc.plan.batching.max_num_seqs
-        off = sc.plan.offload
-        w = sc.workload
-        longest = w.batch.input_tokens if w.batch is not None else tokens
-        if not off.is_trivial and off.gpu_batch_size:
-            # an offloaded block computes one GPU batch at a time
-            tokens = min(tokens, off.gpu_batch_size * longest)
-            seqs = off.gpu_batch_size
-        elif static and w.batch is not None:
-            # a static batch of a known workload: its prefill, every prompt of the batch in one
-            # forward pass (the static policy schedules them together, with no token budget), is
-            # the largest forward pass
-            seqs = min(seqs, sc.plan.batching.batch_size or w.batch.num_prompts)
-            tokens = seqs * longest
+        tokens, seqs = forward_pass_shape(sc)
         act = activation_bytes(model, tokens, seqs, tp, prec)
     if device.kind == "gpu":
         # one rule for the GPU memory a run may fill, offloaded or not (a static run keeps no
         # growing KV pool: policies/offload.offload_gpu_usable)
-        usable, usable_rule = offload_gpu_usable(device.memory, kvp, static)
+        usable, usable_rule = offload_gpu_usable(device.memory, kvp, static, sc.plan.execution.cuda_module_loading)
     else:
         usable, usable_rule = device.memory * kvp.gpu_memory_utilization, f"x gpu_memory_utilization {kvp.gpu_memory_utilization}"
     block_bytes = kvp.block_size * kv_tok
@@ -773,7 +800,7 @@ def build_replicas(dep: Deployment, cluster: Cluster) -> list[OffloadExecutor]:
                 caps[t] = int(pc.capacity.get(t, default) // per_hash)
             cache = PrefixCache(use, caps, hash_tokens // plan.kv_cache.block_size)
         kv = KVBlockManager(
-            mem.num_blocks, plan.kv_cache.block_size, int(plan.kv_cache.watermark * mem.num_blocks), cache=cache,
+            mem.num_blocks, plan.kv_cache.block_size, watermark_blocks(mem.num_blocks, plan.kv_cache.watermark), cache=cache,
             clock=partial(attrgetter("_now"), env),  # env.now without two Python calls (hot: every KV change)
         )
         cfg = EngineConfig(

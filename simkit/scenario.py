@@ -264,6 +264,10 @@ class Offload(_S):
     """Element type of the KV cache held in host DRAM: ``kv_cache``, plan.precision.kv_cache; ``fp32``, 4 bytes (ZeRO-Inference's Hugging Face fork allocates its host cache in fp32: host capacity x2, CPU attention reads it without an upcast: docs/offloading.md). fp32 needs ``cpu_attention`` and the off-GPU KV in DRAM only."""
     dequant: Literal["fused", "unfused"] = "fused"
     """How int4 values are (de)compressed on the GPU: fused, one elementwise pass; unfused, FlexGen's PyTorch path (separate unpack, scale and offset kernels: docs/offloading.md)."""
+    lm_head_copy: bool = False
+    """Hold the LM head as its own copy where the model ties it to the token embedding (FlexGen's OutputEmbed loads decoder.embed_tokens.weight as a second tensor: docs/offloading.md); placed with the embedding. No effect on a model with an untied head."""
+    kv_dequant: Literal["filled", "allocated"] = "filled"
+    """Which positions of a compressed KV cache's GPU share a decode step dequantises: filled, the cached ones; allocated, every position allocated for the sequence (prompt + generated - 1), as FlexGen's attention decompresses its whole GPU-resident cache before slicing it (docs/offloading.md); needs a fixed batch workload. No effect without compress_kv."""
     resident_layers: int | None = Field(default=None, ge=0)
     """Layer-wise streaming: keep this many layers resident in HBM, stream the rest."""
     kv_spill: KVSpill | None = None
@@ -287,6 +291,12 @@ class Offload(_S):
     def _spill(self) -> Offload:
         if self.kv_spill is not None and self.kv_cache.gpu != 1.0:
             raise ValueError("kv_spill splits KV by position; combine it with kv_cache: {gpu: 1} (head-wise split) only")
+        return self
+
+    @model_validator(mode="after")
+    def _head_copy(self) -> Offload:
+        if self.lm_head_copy and self.is_trivial:
+            raise ValueError("lm_head_copy accounts an offloading runtime's memory (FlexGen's); it needs a non-trivial plan.offload")
         return self
 
     @model_validator(mode="after")
@@ -338,6 +348,8 @@ class Execution(_S):
     the calibration profile's ``host_overhead``. None: the profile's (none without one)."""
     device: Literal["gpu", "cpu"] = "gpu"
     """Where the model computes; cpu on a node without GPUs."""
+    cuda_module_loading: Literal["lazy", "eager"] = "lazy"
+    """How the run's CUDA runtime loads its kernels, which sizes the CUDA context a static run's GPU memory rule subtracts: lazy (PyTorch >= 1.13 on CUDA >= 11.7), 287 MB; eager (older stacks, e.g. FlexGen's documented CUDA 11.6 / PyTorch cu116 setup), 667 MB (docs/offloading.md)."""
 
 
 class FleetGroup(_S):

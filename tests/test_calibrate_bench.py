@@ -176,6 +176,10 @@ def test_profile_records_device_facts(tiny_profile):
     assert "fp32" in dev["dtypes"]
     assert dev["peak_flops"]["fp32"] > 0 and dev["mem_bandwidth"] > 0
     assert isinstance(dev["ssd"]["direct_io"], bool)
+    from simkit.calibrate.bench import GEMM_TIMING, OPENMP_ENV
+
+    assert dev["gemm_timing"] == GEMM_TIMING  # how its few-row GEMMs were timed (bench.gemm_timing_note)
+    assert set(dev["openmp_env"]) == set(OPENMP_ENV)  # the OpenMP wait/placement settings (bench.openmp_env_note)
 
 
 @pytest.mark.torch
@@ -197,6 +201,8 @@ def test_validate_tiny_config_end_to_end(tiny_profile, tmp_path, keep_threads, c
         assert math.isfinite(r["error"])
         assert r["abs_error"] == pytest.approx(abs(r["error"]))
     assert res["median_ape"] == pytest.approx(float(np.median([r["abs_error"] for r in res["rows"]])))
+    assert res["steal_cores"] is None or res["steal_cores"] >= 0  # the hypervisor's steal, apart
+    assert res["gemm_timing_note"] is None  # fp32: its GEMMs are timed in a loop either way
 
 
 @pytest.mark.torch
@@ -319,6 +325,53 @@ def test_elementwise_before_ab_writes_two_profiles_with_the_same_configurations(
 
 def test_elementwise_before_refuses_a_missing_profile(tmp_path, capsys):
     rc = _elementwise_before_script().main([str(tmp_path / "none"), "--out-gemm", str(tmp_path / "g"), "--out-stream", str(tmp_path / "s")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "calibration profile not found" in err and len(err.strip().splitlines()) == 1
+
+
+def _gemm_before_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gemm_before.py"
+    spec = importlib.util.spec_from_file_location("gemm_before", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.torch
+def test_gemm_before_ab_writes_two_profiles_with_the_same_configurations(tiny_profile, tmp_path, keep_threads):
+    """benchmarks/gemm_before.py re-times the profile's few-row GEMMs in a loop and after their
+    layer predecessor: the same configurations, every other sample kept, and only the second
+    profile says its GEMMs were timed the new way (device.gemm_timing)."""
+    from simkit.calibrate.bench import GEMM_TIMING
+    from simkit.calibrate.validate import load_profile
+    from simkit.cost.profile import FEW_ROWS
+
+    loop, layer = tmp_path / "loop", tmp_path / "layer"
+    assert _gemm_before_script().main([str(tiny_profile), "--out-loop", str(loop), "--out-layer", str(layer)]) == 0
+    base = load_profile(tiny_profile).samples
+    few_base = (base.op_class == "gemm") & (base.m <= FEW_ROWS)
+    assert few_base.sum() > 0
+    cols = ["op", "dtype", "m", "k", "n", "flops", "bytes_moved"]
+    few = []
+    for out in (loop, layer):
+        p = load_profile(out)
+        assert "gemm" in p.models  # refitted
+        s = p.samples
+        sel = (s.op_class == "gemm") & (s.m <= FEW_ROWS)
+        few.append(s[sel][cols].reset_index(drop=True))
+        assert len(s[~sel]) == int((~few_base).sum())
+    assert few[0].equals(few[1]) and len(few[0]) == int(few_base.sum())
+    assert "gemm_timing" not in load_profile(loop).device
+    assert load_profile(layer).device["gemm_timing"] == GEMM_TIMING
+
+
+def test_gemm_before_refuses_a_missing_profile(tmp_path, capsys):
+    rc = _gemm_before_script().main([str(tmp_path / "none"), "--out-loop", str(tmp_path / "l"), "--out-layer", str(tmp_path / "p")])
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "calibration profile not found" in err and len(err.strip().splitlines()) == 1

@@ -121,6 +121,7 @@ def test_quick_suite_samples_every_decode_row_count_several_times(monkeypatch: p
     b.rates = {"bf16": 1e11}
     b.mem_bw = 20e9
     monkeypatch.setattr(bench.Bench, "take", lambda self, shape, dtype, slot: None)
+    monkeypatch.setattr(bench.Bench, "gemm_predecessor", lambda self, op, m, k, n, dtype: None)  # selection only
     monkeypatch.setattr(bench.Bench, "_linear_fn", lambda self, a, w, dtype: None)
     monkeypatch.setattr(bench.Bench, "measure", lambda self, fn, **kw: Measurement([1e-3]))
     n = b.gemm("bf16")
@@ -150,6 +151,7 @@ def test_cpu_suites_sample_few_row_gemms_over_a_geometric_grid_of_row_lengths(mo
     ratios = [b / a for a, b in zip(grid, grid[1:])]
     assert max(ratios) <= 1.25 and min(ratios) > 1.05, ratios
     monkeypatch.setattr(bench.Bench, "take", lambda self, shape, dtype, slot: None)
+    monkeypatch.setattr(bench.Bench, "gemm_predecessor", lambda self, op, m, k, n, dtype: None)  # selection only
     monkeypatch.setattr(bench.Bench, "_linear_fn", lambda self, a, w, dtype: None)
     monkeypatch.setattr(bench.Bench, "measure", lambda self, fn, **kw: Measurement([1e-3]))
     for name, rows in (("quick", (1, 2, 3, 8)), ("full", (1, 2, 3, 4, 6, 8, 12, 16))):
@@ -183,6 +185,7 @@ def test_row_length_grid_times_every_row_length_at_a_narrow_and_a_wide_width(mon
             ns = sorted(n for mm, kk, n in shapes if (mm, kk) == (m, k))
             assert len(ns) == 2 and ns[0] in bench.ROW_LENGTH_NARROW and ns[1] in bench.ROW_LENGTH_WIDE
     monkeypatch.setattr(bench.Bench, "take", lambda self, shape, dtype, slot: None)
+    monkeypatch.setattr(bench.Bench, "gemm_predecessor", lambda self, op, m, k, n, dtype: None)  # selection only
     monkeypatch.setattr(bench.Bench, "_linear_fn", lambda self, a, w, dtype: None)
     monkeypatch.setattr(bench.Bench, "measure", lambda self, fn, **kw: Measurement([1e-3]))
     b = bench.Bench(None, "cpu", bench.SIZES["quick"], None, "test", random.Random(0))  # type: ignore[arg-type]
@@ -208,6 +211,7 @@ def test_quick_suite_samples_many_row_gemms_with_weights_beyond_the_cache(monkey
     from simkit.calibrate.samples import Measurement
 
     monkeypatch.setattr(bench.Bench, "take", lambda self, shape, dtype, slot: None)
+    monkeypatch.setattr(bench.Bench, "gemm_predecessor", lambda self, op, m, k, n, dtype: None)  # selection only
     monkeypatch.setattr(bench.Bench, "_linear_fn", lambda self, a, w, dtype: None)
     monkeypatch.setattr(bench.Bench, "measure", lambda self, fn, **kw: Measurement([1e-3]))
     size = bench.SIZES["quick"]
@@ -313,3 +317,150 @@ def test_elementwise_benchmarks_run_their_predecessor_gemm_first(monkeypatch) ->
     monkeypatch.setattr(bench.Bench, "measure", measure)
     n = b.elementwise("bf16")
     assert n == len(befores) > 0 and all(callable(x) for x in befores)
+
+
+def test_gemm_shapes_name_each_shape_after_a_layer_of_gemm_models() -> None:
+    """Every GEMM of the grid comes from a layer (model dims and TP degree) of GEMM_MODELS whose
+    projection of that name has that shape; the row-length grid's shapes come from none."""
+    from simkit.calibrate import bench
+
+    shapes = bench.gemm_shapes(max_dim=16384, max_weight=2**26)
+    assert shapes and len(set(shapes)) == len(shapes)
+    for op, k, n in shapes:
+        layer = bench.gemm_layer(op, k, n)
+        assert layer is not None and (op, k, n) in layer.projections()
+    one_b = bench.gemm_layer("o_proj", 256, 2048)  # Llama-3.2-1B at TP 8: 32 heads of 64 / 8
+    assert one_b is not None and (one_b.hidden, one_b.tp, one_b.head_dim) == (2048, 8, 64)
+    assert bench.gemm_layer("row_length", 1216, 4096) is None
+
+
+def test_few_row_bf16_gemms_run_their_layer_predecessor_first(monkeypatch) -> None:
+    """On a CPU the few-row bf16 GEMMs are timed after what precedes the projection in a decode
+    layer (Bench.gemm_predecessor); fp32 GEMMs, GEMMs with more than FEW_ROWS rows and GPU GEMMs
+    in a loop of themselves."""
+    torch = pytest.importorskip("torch")
+    import random
+
+    from simkit.calibrate import bench
+    from simkit.calibrate.samples import Measurement
+    from simkit.cost.profile import FEW_ROWS
+
+    b = bench.Bench(torch, "cpu", bench.SIZES["tiny"], None, "test", random.Random(0))  # type: ignore[arg-type]
+    b.cold_bytes = 8e6  # twice the last-level cache
+    calls: list[tuple[str, tuple[int, ...]]] = []
+    for name in ("k_attention", "k_add", "k_rmsnorm", "k_silu_mul"):
+        real = getattr(bench, name)
+
+        def spy(*a: Any, _real: Any = real, _name: str = name) -> Any:
+            out = _real(*a)
+            calls.append((_name, tuple(out.shape)))
+            return out
+
+        monkeypatch.setattr(bench, name, spy)
+    with torch.inference_mode():
+        # O projection of Llama-3.2-1B at TP 8 (256 -> 2048): decode attention of 3 sequences, 4 heads of 64
+        b.gemm_predecessor("o_proj", 3, 256, 2048, "bf16")()
+        assert calls == [("k_attention", (3, 256))]
+        calls.clear()
+        # MLP down of the same shard (1024 -> 2048) follows the up-projection (2048 -> 2048) and SiLU x mul
+        b.gemm_predecessor("mlp_down", 2, 1024, 2048, "bf16")()
+        assert calls == [("k_silu_mul", (2, 1024))]
+        calls.clear()
+        # a row-length grid GEMM: a GEMM writing k-wide rows, the residual add, the RMSNorm
+        b.gemm_predecessor("row_length", 8, 512, 4096, "bf16")()
+        assert calls == [("k_add", (8, 512)), ("k_rmsnorm", (8, 512))]
+    assert b.gemm_predecessor("row_length", 8, 512, 4096, "fp32") is None
+    assert b.gemm_predecessor("qkv_proj", FEW_ROWS + 1, 2048, 3072, "bf16") is None
+    gpu = bench.Bench(torch, "cuda", bench.SIZES["tiny"], None, "test", random.Random(0))  # type: ignore[arg-type]
+    assert gpu.gemm_predecessor("qkv_proj", 1, 2048, 3072, "bf16") is None
+
+    befores: list[tuple[int, object]] = []
+
+    def measure(self: object, fn: object, **kw: object) -> Measurement:
+        befores.append(kw.get("before"))  # type: ignore[arg-type]
+        return Measurement([1e-4])
+
+    monkeypatch.setattr(bench.Bench, "measure", measure)
+    chosen = [(1, "row_length", 512, 1024, 0.0), (64, "row_length", 512, 1024, 0.0)]
+    assert b.time_gemms(chosen, "bf16", 2) == 2
+    assert callable(befores[0]) and befores[1] is None
+    assert [r["m"] for r in b.rows] == [1, 64]
+
+
+def test_gemm_timing_note_names_profiles_measured_before_the_change() -> None:
+    """A CPU profile without device.gemm_timing (every profile measured before the few-row bf16
+    GEMMs were timed after their layer predecessor, the shipped ci-vm-cpu among them) gets a note
+    naming it and the command that re-measures; fp32 predictions and new profiles get none."""
+    from simkit.calibrate.bench import GEMM_TIMING, gemm_timing_note
+
+    old = {"kind": "cpu", "threads": 1}
+    note = gemm_timing_note(old, "bf16", "ci-vm-cpu")
+    assert note is not None and "'ci-vm-cpu'" in note and "simkit calibrate --device cpu" in note
+    assert gemm_timing_note(old, "fp32", "ci-vm-cpu") is None
+    assert gemm_timing_note({**old, "gemm_timing": GEMM_TIMING}, "bf16", "new") is None
+    assert gemm_timing_note({"kind": "cuda"}, "bf16", "h100") is None
+
+
+def test_load_monitor_reports_steal_apart(monkeypatch) -> None:
+    """The hypervisor's steal (/proc/stat's eighth field) is reported on its own, in cores."""
+    from simkit.calibrate import bench
+
+    stat = iter(["cpu  100 0 50 1000 0 0 0 10 0 0\n", "cpu  100 0 50 1000 0 0 0 10 0 0\n",
+                 "cpu  200 0 50 1100 0 0 0 60 0 0\n"])  # fmt: skip
+    monkeypatch.setattr(bench, "_read", lambda path: next(stat))
+    clock = iter([0.0, 2.0])
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    mon = bench.LoadMonitor()
+    tick = float(os.sysconf("SC_CLK_TCK"))
+    assert mon.steal_cores() == pytest.approx(50 / tick / 2.0)
+
+
+def test_openmp_env_note_names_what_differs(monkeypatch) -> None:
+    """With more than one thread, a profile measured under other OpenMP wait/placement settings
+    gets a warning naming each; one thread, equal settings or a profile that did not record them
+    (measured before they were recorded) get none."""
+    from simkit.calibrate import bench
+
+    for k in bench.OPENMP_ENV:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    rec = {**{k: "unset" for k in bench.OPENMP_ENV}, "OMP_WAIT_POLICY": "active"}
+    dev = {"kind": "cpu", "openmp_env": rec}
+    note = bench.openmp_env_note(dev, 2, "r8")
+    assert note is not None and "'r8'" in note and "OMP_WAIT_POLICY: profile active, now passive" in note
+    assert "KMP_BLOCKTIME" not in note
+    assert bench.openmp_env_note(dev, 1, "r8") is None
+    assert bench.openmp_env_note({"kind": "cpu", "openmp_env": bench.openmp_env()}, 2, "r8") is None
+    assert bench.openmp_env_note({"kind": "cpu"}, 2, "ci-vm-cpu") is None
+
+
+def test_quick_suite_samples_every_elementwise_operator_at_prefill_token_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The elementwise samples are stratified by operator and by decode (< 64 tokens), short
+    prefill (64-511) and long prefill (>= 512) token counts, so every operator with candidates in
+    a band is sampled there (a prefill step's norms and RoPE run at 128-3200 tokens). Selection
+    only: nothing is timed."""
+    import random
+
+    from simkit.calibrate import bench
+    from simkit.calibrate.samples import Measurement
+
+    assert [bench.Bench.token_band(t) for t in (1, 63, 64, 511, 512, 8192)] == [0, 0, 1, 1, 2, 2]
+    monkeypatch.setattr(bench.Bench, "_elem_fn", lambda self, *a: None)
+    monkeypatch.setattr(bench.Bench, "predecessor", lambda self, op, dims, dtype: None)
+    monkeypatch.setattr(bench.Bench, "measure", lambda self, fn, **kw: Measurement([1e-4]))
+    b = bench.Bench(None, "cpu", bench.SIZES["quick"], None, "test", random.Random(0))  # type: ignore[arg-type]
+
+    class _NoGrad:
+        def inference_mode(self) -> Any:
+            import contextlib
+
+            return contextlib.nullcontext()
+
+    b.torch = _NoGrad()
+    assert b.elementwise("bf16") == bench.SIZES["quick"].elem_configs == len(b.rows)
+    bands: dict[str, set[int]] = {}
+    for r in b.rows:
+        bands.setdefault(r["op"], set()).add(bench.Bench.token_band(int(r["tokens"])))
+    assert set(bands) == set(bench.Bench.ELEM_OPS)
+    for op, got in bands.items():
+        assert got == ({0, 1} if op == "sampling" else {0, 1, 2}), (op, got)  # sampling: at most 256 tokens

@@ -149,6 +149,10 @@ def test_validate_refuses_another_machines_profile_unless_forced(tmp_path):
     res = run_validation(ValidationConfig(**{**cfg.__dict__, "force": True}), odd, progress=said.append)
     assert res["fingerprint"]["forced"] is True and any("cpu_family" in s for s in said)
     assert set(res["speed_probe"]["by_dtype"]) == {"bf16", "fp32"}
+    assert set(res["speed_probe_end"]["by_dtype"]) == {"bf16", "fp32"}  # the probe again after the steps
+    # the shipped profile predates device.gemm_timing: it predicts as before and says so
+    assert res["dtype"] == "bf16" and "timed its few-row bf16 GEMMs in a loop" in res["gemm_timing_note"]
+    assert res["gemm_timing_note"] in said
 
 
 def test_speed_probe_sees_a_bf16_only_difference():

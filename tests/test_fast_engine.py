@@ -196,10 +196,7 @@ def test_arrivals_at_step_ends_and_at_one_instant(tmp_path, policy, seed, replic
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        ({"batching": {"policy": "static", "max_num_seqs": 8}}, "batching policy static"),
         ({"execution": {"mode": "layer_by_layer"}}, "layer-by-layer execution"),
-        ({"parallel": {"replicas": 3}, "batching": {"policy": "disaggregated", "prefill_replicas": 1}},
-         "batching policy disaggregated"),
     ],
 )
 def test_uncovered_plans_fall_back_and_say_so(change, reason):

@@ -206,7 +206,7 @@ def test_outside_the_domain_another_path_runs():
     data = make_scenario(workload=uniform_workload(30, 20.0, (32, 600), (2, 80)))
     data["plan"].update({"batching": {"policy": "static", "max_num_seqs": 8}, "parallel": {"replicas": 2}})
     sc = scenario_from_dict(data)
-    assert simulate(sc).summary["engine_path"] == "reference (batching policy static)"
+    assert simulate(sc).summary["engine_path"] == "fast"  # the stepping fast engine
     assert fused_loop_reason("static", "round_robin") == "batching policy static"
     # every routing policy there is runs in the fused loop; one it does not know would step
     for routing in ROUTING_POLICIES:

@@ -1,4 +1,4 @@
-"""benchmarks/step_operators.py: every operator of real decode steps against profiles' predictions."""
+"""benchmarks/step_operators.py: every operator of real decode and prefill steps against profiles' predictions."""
 
 from __future__ import annotations
 
@@ -38,22 +38,24 @@ def test_step_tap_names_calls_as_ops_py_does() -> None:
     assert tap.times == {"qkv_proj": 1.0, "input_norm": 1.0}  # each call's own clock difference
 
 
-def test_a_tiny_run_reports_every_operator_of_the_step(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+def test_a_tiny_run_reports_every_operator_of_the_step(phase: str, capsys: pytest.CaptureFixture[str]) -> None:
     torch = pytest.importorskip("torch")
     threads = torch.get_num_threads()
     mod = _script()
     args = [str(ROOT / "calibration" / "profiles" / "ci-vm-cpu"), "--layers", "1", "--hidden", "64", "--heads", "2",
-            "--kv-heads", "1", "--ffn", "128", "--vocab", "100", "--cells", "2/8", "--seconds", "0", "--dtype", "fp32"]  # fmt: skip
+            "--kv-heads", "1", "--ffn", "128", "--vocab", "100", "--cells", "2/8", "--seconds", "0", "--dtype", "fp32",
+            "--phase", phase]  # fmt: skip
     try:
         assert mod.main(args) == 0
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
-    ops = ("embedding", "input_norm", "qkv_proj", "rope", "attn_decode", "o_proj", "residual_add", "post_attn_norm",
+    ops = ("embedding", "input_norm", "qkv_proj", "rope", f"attn_{phase}", "o_proj", "residual_add", "post_attn_norm",
            "mlp_up", "mlp_act", "mlp_down", "final_norm", "lm_head", "sampling")  # fmt: skip
     lines = {line.split()[0] for line in out.splitlines()[2:]}
     assert lines == {*ops, "elementwise"}
-    assert "decode b=2 ctx=8: " in out and "nan" not in out  # every operator has a prediction
+    assert f"{phase} b=2 ctx=8: " in out and "nan" not in out  # every operator has a prediction
 
 
 @pytest.mark.parametrize(

@@ -382,7 +382,7 @@ class SuiteSize:
 SIZES = {
     "tiny": SuiteSize("tiny", 10, 0.004, 6, 0.004, 10, 2e5, (1 << 16, 1 << 22), 16, (1 << 12, 1 << 20), (1, 4), 0.03, 3, 5, 5e-4),
     "quick": SuiteSize(
-        "quick", 68, 0.06, 28, 0.04, 44, 4e6, (1 << 14, 1 << 18, 1 << 22, 1 << 26), 64,
+        "quick", 68, 0.06, 28, 0.04, 63, 4e6, (1 << 14, 1 << 18, 1 << 22, 1 << 26), 64,
         (1 << 12, 1 << 16, 1 << 20, 1 << 22), (1, 4, 16), 0.12, 5, 15, 2e-3, 40, 30, wide_gemm_configs=8,
         row_length_rows=(1, 2, 3, 8),
     ),
@@ -541,22 +541,78 @@ def row_length_shapes(rows: Sequence[int]) -> list[tuple[int, int, int]]:
     return out
 
 
+GEMM_HEAD_DIM = {"llama-3.2-1b": 64}
+"""Head size of the GEMM_MODELS whose heads are not 128 wide (the attention that precedes their O
+projection in a decode layer: :meth:`Bench.gemm_predecessor`)."""
+
+
+@dataclass(frozen=True)
+class GemmLayer:
+    """The decode layer a projection of GEMM_MODELS comes from: the model's dims and its TP degree."""
+
+    hidden: int
+    q_dim: int
+    kv_dim: int
+    ffn: int
+    vocab: int
+    tp: int
+    head_dim: int
+
+    def projections(self) -> tuple[tuple[str, int, int], ...]:
+        """(op, in, out) of the layer's projections (and the LM head) on one TP shard."""
+        h, q, kv, f, v, tp = self.hidden, self.q_dim, self.kv_dim, self.ffn, self.vocab, self.tp
+        return (
+            ("qkv_proj", h, (q + 2 * kv) // tp),
+            ("o_proj", q // tp, h),
+            ("mlp_up", h, 2 * f // tp),
+            ("mlp_down", f // tp, h),
+            ("lm_head", h, v // tp),
+        )
+
+
+def gemm_layers() -> list[GemmLayer]:
+    """Every (model, TP degree) of GEMM_MODELS, in the order gemm_shapes visits them."""
+    return [GemmLayer(h, q, kv, f, v, tp, GEMM_HEAD_DIM.get(name, 128))
+            for name, h, q, kv, f, v in GEMM_MODELS for tp in (1, 2, 4, 8)]  # fmt: skip
+
+
+def gemm_layer(op: str, k: int, n: int) -> GemmLayer | None:
+    """The first layer of :func:`gemm_layers` with projection ``op`` of shape ``k -> n`` (the one
+    :func:`gemm_shapes` names it after); None for shapes of no such projection (the row-length grid)."""
+    for layer in gemm_layers():
+        if (op, k, n) in layer.projections():
+            return layer
+    return None
+
+
+GEMM_TIMING = "few-row bf16 GEMMs after their decode-layer predecessor"
+"""``device.gemm_timing`` of a CPU profile whose few-row GEMMs in GEMM_BEFORE_DTYPES were timed
+after their decode-layer predecessor (:meth:`Bench.gemm_predecessor`); profiles measured before
+(2026-11-30 17:00 UTC) lack the key: they timed them in a loop of themselves."""
+
+
+def gemm_timing_note(device: dict[str, Any], dtype: str, name: str) -> str | None:
+    """A note for CPU profile ``name`` (its ``device`` section) predicting ``dtype``, when its
+    few-row GEMMs of that dtype were timed in a loop of themselves (measured before GEMM_TIMING):
+    such a profile predicts the small projections of a decode step too fast (O x1.2-1.4 and QKV
+    x1.05-1.15 inside steps on the CI VM); None when it has nothing to say."""
+    if device.get("kind") != "cpu" or dtype not in Bench.GEMM_BEFORE_DTYPES or device.get("gemm_timing") == GEMM_TIMING:
+        return None
+    return (f"note: calibration profile {name!r} timed its few-row {dtype} GEMMs in a loop of themselves (measured "
+            f"before they were timed after their decode-layer predecessor): it predicts a decode step's small "
+            f"projections too fast (the O projection by up to ~30%, docs/fidelity.md); re-measure with "
+            f"`simkit calibrate --device cpu --quick --threads 1 --clock cpu`")
+
+
 def gemm_shapes(max_dim: int = 16384, max_weight: float = 2**28) -> list[tuple[str, int, int]]:
     """(op, in, out) of every projection of GEMM_MODELS under TP 1, 2, 4, 8 (both dims within
     256..max_dim), deduplicated."""
     seen: dict[tuple[int, int], str] = {}
-    for _, h, q, kv, f, v in GEMM_MODELS:
-        for tp in (1, 2, 4, 8):
-            for op, k, n in (
-                ("qkv_proj", h, (q + 2 * kv) // tp),
-                ("o_proj", q // tp, h),
-                ("mlp_up", h, 2 * f // tp),
-                ("mlp_down", f // tp, h),
-                ("lm_head", h, v // tp),
-            ):
-                n_max = 2 * max_dim if op == "lm_head" else max_dim
-                if 256 <= k <= max_dim and 256 <= n <= n_max and k * n <= max_weight:
-                    seen.setdefault((k, n), op)
+    for layer in gemm_layers():
+        for op, k, n in layer.projections():
+            n_max = 2 * max_dim if op == "lm_head" else max_dim
+            if 256 <= k <= max_dim and 256 <= n <= n_max and k * n <= max_weight:
+                seen.setdefault((k, n), op)
     return [(op, k, n) for (k, n), op in sorted(seen.items())]
 
 
@@ -678,6 +734,88 @@ class Bench:
         a = self.take((1, k), dtype, "pa")
         return self._linear_fn(a, w, dtype)
 
+    def _cold_linear(self, m: int, k: int, n: int, dtype: str, slot: str) -> Callable[[], Any]:
+        """``F.linear`` of ``m`` rows by cold ``k -> n`` weights (cycled over copies exceeding twice
+        the LLC), the weights capped at one LLC (a longer stream evicts nothing more), on the
+        pools ``slot + "w"`` / ``slot + "a"``."""
+        eb = {"fp8": 1, "fp16": 2, "bf16": 2}.get(dtype, 4)
+        n = max(1, min(n, int(self.cold_bytes / 2.0) // (k * eb)))
+        w = self.take((self.copies(k * n * eb), n, k), dtype, slot + "w")
+        return self._linear_fn(self.take((m, k), dtype, slot + "a"), w, dtype)
+
+    GEMM_BEFORE_DTYPES = ("bf16",)
+    """Dtypes whose CPU ``F.linear`` goes through oneDNN's matmul, which packs the weights at every
+    call (bf16 on the CI VM, ``ONEDNN_VERBOSE=1``: ``brg_matmul`` with the weights in their plain
+    layout): their few-row GEMMs are timed after their layer predecessor. (fp16, which may take the
+    same path, could not be checked: the CI VM's CPU has no fast fp16.) fp32 ``F.linear`` runs MKL's GEMM
+    without that per-call state; its projections inside decode steps were within the machine's
+    noise of a loop of themselves (x0.93-1.30 over 1, 3 and 8 rows; docs/fidelity.md), and timing
+    them after a predecessor moved the fp32 validations by noise only (17:00 section there)."""
+
+    GEMM_BEFORE_CONTEXT = 256
+    """Cached tokens per sequence of the decode attention run before an O projection: a context in
+    the middle of the decode-attention grid (the 2026-11-30 measurements used 300; other lengths
+    were not compared)."""
+
+    def gemm_predecessor(self, op: str, m: int, k: int, n: int, dtype: str) -> Callable[[], Any] | None:
+        """What precedes the projection ``op`` (``k -> n``, ``m`` rows) in a decode layer, as a
+        callable run untimed before each timed call; None where the suite times it in a loop of
+        itself: GPUs, GEMMs with more than FEW_ROWS rows (another kernel, other trees) and dtypes
+        outside GEMM_BEFORE_DTYPES.
+
+        On a CPU a small bf16 projection costs more inside a decode step than in a loop of itself:
+        bf16 ``F.linear`` runs oneDNN's brg_matmul, which packs its weights at every call into its
+        own buffer; what ran before evicts that state (its code, the primitive, the packing
+        buffer) and a preceding GEMM of another shape replaces it (held-out model of
+        docs/fidelity.md, 2 and 8 rows: O projection x1.2-1.4 after decode attention, QKV
+        x1.04-1.05 after MLP down + add + RMSNorm). So each is timed after its predecessor in the
+        layer of GEMM_MODELS it comes from (:func:`gemm_layer`), with ``m`` rows, cold weights:
+
+        * ``qkv_proj``, ``lm_head``: the MLP down-projection, the residual add, the RMSNorm;
+        * ``o_proj``: decode attention of ``m`` sequences over GEMM_BEFORE_CONTEXT cached tokens,
+          the layer's head shape, KV caches cold;
+        * ``mlp_up``: the O projection, the residual add, the RMSNorm;
+        * ``mlp_down``: the MLP up-projection and the SiLU-and-multiply;
+        * anything else (the row-length grid): a GEMM writing ``k``-wide rows, the residual add
+          and the RMSNorm (a projection reading normalised hidden states, as QKV and MLP up do).
+        """
+        from simkit.cost.profile import FEW_ROWS
+
+        if self.device != "cpu" or m > FEW_ROWS or dtype not in self.GEMM_BEFORE_DTYPES:
+            return None
+        layer = gemm_layer(op, k, n)
+        if layer is not None and op == "o_proj":
+            d = layer.head_dim
+            heads, kvh = max(1, layer.q_dim // d // layer.tp), max(1, layer.kv_dim // d // layer.tp)
+            c = self.GEMM_BEFORE_CONTEXT
+            eb = {"fp8": 1, "fp16": 2, "bf16": 2}.get(dtype, 4)
+            q = self.take((m, 1, heads, d), dtype, "gq")
+            kk = self.take((m, 1, kvh, d), dtype, "gk")
+            v = self.take((m, 1, kvh, d), dtype, "gv")
+            n_cache = self.copies(2.0 * m * kvh * (c + 1) * d * eb, cap=16)
+            kcs = self.take((n_cache, m, kvh, c + 1, d), dtype, "gkc")
+            vcs = self.take((n_cache, m, kvh, c + 1, d), dtype, "gvc")
+            caches = itertools.cycle([(kcs[i], vcs[i]) for i in range(n_cache)])
+
+            def attention() -> Any:
+                kc, vc = next(caches)
+                return k_attention(q, kk, v, kc, vc, c)
+
+            return attention
+        if layer is not None and op == "mlp_down":
+            h, f2 = layer.hidden, 2 * layer.ffn // layer.tp
+            up = self._cold_linear(m, h, f2, dtype, "g")
+            gu = self.take((m, f2), dtype, "gx")
+            return lambda: (up(), k_silu_mul(gu))
+        if layer is not None and op == "mlp_up":
+            prev = self._cold_linear(m, layer.q_dim // layer.tp, layer.hidden, dtype, "g")
+        elif layer is not None and op in ("qkv_proj", "lm_head"):
+            prev = self._cold_linear(m, layer.ffn // layer.tp, layer.hidden, dtype, "g")
+        else:
+            prev = self._cold_linear(m, k, k, dtype, "g")
+        x, y, w = self.take((m, k), dtype, "gx"), self.take((m, k), dtype, "gy"), self.take((k,), dtype, "gn")
+        return lambda: (prev(), k_add(x, y), k_rmsnorm(x, w))
+
     def copies(self, nbytes: float, cap: int = 64) -> int:
         """How many copies of an ``nbytes`` operand together exceed twice the last-level cache."""
         return int(min(cap, max(1, math.ceil(self.cold_bytes / max(nbytes, 1.0)))))
@@ -736,13 +874,15 @@ class Bench:
         return out
 
     def time_gemms(self, chosen: Sequence[tuple[int, str, int, int, float]], dtype: str, eb: int) -> int:
-        """Time the (m, op, k, n, _) GEMMs with cold weights; one sample row each."""
+        """Time the (m, op, k, n, _) GEMMs with cold weights (on a CPU the few-row ones after their
+        predecessor in a decode layer: :meth:`gemm_predecessor`); one sample row each."""
         for m, op, k, n, _ in chosen:
             a = self.take((m, k), dtype, "a")
             w = self.take((self.copies(k * n * eb), n, k), dtype, "w")
             fn = self._linear_fn(a, w, dtype)
-            with self._dtype_ctx(dtype):
-                meas = self.measure(fn)
+            before = self.gemm_predecessor(op, m, k, n, dtype)
+            with self._dtype_ctx(dtype), (self.torch.inference_mode() if before is not None else contextlib.nullcontext()):
+                meas = self.measure(fn, before=before)
             o = gemm_op(op, m, k, n, dtype)
             self.rows.append(
                 make_row("gemm", op, dtype, meas, flops=o.flops, bytes_moved=o.bytes, source=self.source, shape=o.shape)
@@ -847,7 +987,11 @@ class Bench:
                         numel = t * h
                     if numel <= self.size.elem_max_numel:
                         cands.append((op, t, h, heads, kvh, d, f, vocab))
-        chosen = _stratified(cands, self.size.elem_configs, self.rng, key=lambda c: (c[0], c[1] >= 64))
+        # strata: every operator x decode (< 64 tokens), short-prefill (64-511) and long-prefill
+        # (>= 512) token counts: with two bands (< 64, >= 64) the quick suite's few samples per
+        # operator at >= 64 tokens were mostly at 64-128, and a prefill step's RoPE and norms at
+        # 128-3200 tokens were predicted 2-3.5x too fast (docs/fidelity.md, 2026-11-30 17:00)
+        chosen = _stratified(cands, self.size.elem_configs, self.rng, key=lambda c: (c[0], self.token_band(c[1])))
         torch = self.torch
         for op, t, h, heads, kvh, d, f, vocab in chosen:
             model = bench_model(
@@ -865,6 +1009,11 @@ class Bench:
                 make_row("elementwise", op, dtype, meas, flops=o.flops, bytes_moved=o.bytes, source=self.source, shape=shape)
             )
         return len(chosen)
+
+    @staticmethod
+    def token_band(tokens: int) -> int:
+        """The elementwise samples' token stratum: 0 decode (< 64), 1 short prefill (64-511), 2 long (>= 512)."""
+        return 0 if tokens < 64 else 1 if tokens < 512 else 2
 
     def _elem_fn(self, op: str, t: int, h: int, heads: int, kvh: int, d: int, f: int, vocab: int, dtype: str, dev: str) -> Callable[[], Any]:
         torch = self.torch
@@ -1098,6 +1247,32 @@ def supported_dtypes(device: str, facts: dict[str, Any]) -> dict[str, bool]:
     return {"fp32": True, "tf32": major >= 8, "fp16": True, "bf16": major >= 8, "fp8": bool(has_fp8)}
 
 
+OPENMP_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY")
+"""Environment variables that change how torch's OpenMP threads wait for work and where they run:
+with more than one thread a kernel's time depends on them (a thread that sleeps between kernels
+wakes late, one that spins keeps a vCPU busy); libgomp reads them once, at start-up."""
+
+
+def openmp_env() -> dict[str, str]:
+    """The OPENMP_ENV variables as this process was started with them ("unset" where not set)."""
+    return {k: os.environ.get(k, "unset") for k in OPENMP_ENV}
+
+
+def openmp_env_note(device: dict[str, Any], threads: int, name: str) -> str | None:
+    """A warning when CPU profile ``name`` (its ``device`` section) was measured with more than one
+    thread under other OpenMP wait/placement settings than this process runs with (profiles
+    measured before 2026-11-30 17:00 UTC did not record them: no note); None otherwise."""
+    rec = device.get("openmp_env")
+    if threads <= 1 or device.get("kind") != "cpu" or not isinstance(rec, dict):
+        return None
+    now = openmp_env()
+    diff = [f"{k}: profile {rec.get(k, 'unset')}, now {now[k]}" for k in OPENMP_ENV if str(rec.get(k, "unset")) != now[k]]
+    if not diff:
+        return None
+    return (f"WARNING: calibration profile {name!r} was measured with other OpenMP settings ({'; '.join(diff)}): with "
+            f"{threads} threads they change every kernel's time; run with the profile's settings")
+
+
 def device_facts(device: str, threads: int) -> dict[str, Any]:
     """What the profile records about the machine it was measured on."""
     torch = require_torch()
@@ -1107,6 +1282,8 @@ def device_facts(device: str, threads: int) -> dict[str, Any]:
     facts["python_version"] = platform.python_version()
     facts["os"] = f"{platform.system()} {platform.release()}"
     facts["threads"] = int(threads)
+    if device == "cpu":
+        facts["openmp_env"] = openmp_env()
     facts["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     if device == "cpu":
         facts.update({k: v for k, v in cpu.items()})
@@ -1231,12 +1408,24 @@ def drift_probe(device: str = "cpu", clock: str = "wall") -> float:
 
 class LoadMonitor:
     """How many CPU cores other processes kept busy (incl. hypervisor steal) while we measured:
-    the machine's busy time (/proc/stat) less this process's own CPU time, over the wall time."""
+    the machine's busy time (/proc/stat) less this process's own CPU time, over the wall time;
+    and, apart, the steal alone (:meth:`steal_cores`)."""
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
         self.busy0 = _machine_busy_s()
         self.own0 = _own_cpu_s()
+        self.steal0 = _steal_s()
+
+    def steal_cores(self) -> float | None:
+        """Cores' worth of time the hypervisor gave the VM's vCPUs to others (/proc/stat steal)
+        since the start: other guests of the host, which no process list inside the VM shows; a
+        multi-threaded kernel waits for a vCPU that is stolen (docs/calibration.md, 2 threads)."""
+        steal = _steal_s()
+        dt = time.perf_counter() - self.t0
+        if steal is None or self.steal0 is None or dt <= 0:
+            return None
+        return max(0.0, (steal - self.steal0) / dt)
 
     def other_cores(self) -> float | None:
         busy = _machine_busy_s()
@@ -1248,14 +1437,26 @@ class LoadMonitor:
         return max(0.0, (busy - self.busy0 - (_own_cpu_s() - self.own0)) / dt)
 
 
-def _machine_busy_s() -> float | None:
+def _cpu_times_s() -> list[float] | None:
+    """The machine's CPU times in seconds, all CPUs together (/proc/stat's first line: user nice
+    system idle iowait irq softirq steal ...); None where there is no /proc/stat."""
     text = _read("/proc/stat")
     if not text or not text.startswith("cpu "):
         return None
-    v = [float(x) for x in text.splitlines()[0].split()[1:]]
-    # user nice system idle iowait irq softirq steal ...
-    busy = v[0] + v[1] + v[2] + (v[5] if len(v) > 5 else 0) + (v[6] if len(v) > 6 else 0) + (v[7] if len(v) > 7 else 0)
-    return busy / float(os.sysconf("SC_CLK_TCK"))
+    tick = float(os.sysconf("SC_CLK_TCK"))
+    return [float(x) / tick for x in text.splitlines()[0].split()[1:]]
+
+
+def _machine_busy_s() -> float | None:
+    v = _cpu_times_s()
+    if v is None:
+        return None
+    return v[0] + v[1] + v[2] + sum(v[i] for i in (5, 6, 7) if len(v) > i)
+
+
+def _steal_s() -> float | None:
+    v = _cpu_times_s()
+    return v[7] if v is not None and len(v) > 7 else None
 
 
 def _own_cpu_s() -> float:
@@ -1367,12 +1568,17 @@ def measure_suite(
     facts["speed_probe_s"] = float(0.5 * (probe0 + probe1))
     facts["speed_probe_start_end_s"] = [float(probe0), float(probe1)]
     other = load.other_cores()
+    steal = load.steal_cores()
+    if steal is not None:
+        facts["steal_cores"] = round(steal, 3)
     if other is not None:
         facts["other_load_cores"] = round(other, 2)
         if other > 0.25:
             out(f"warning: other processes kept {other:.1f} CPU cores busy while measuring; "
                 f"wall-clock samples are inflated{' (consider --threads 1 --clock cpu)' if clock == 'wall' else ''}")
     facts["suite"] = size.name
+    if device == "cpu":
+        facts["gemm_timing"] = GEMM_TIMING
     facts["wall_s"] = round(time.perf_counter() - prog.start, 1)
     return df, plain(facts)
 

@@ -357,7 +357,15 @@ def run_validation(
     progress: Any = None,
 ) -> dict[str, Any]:
     """Measure every (phase, batch, context) of ``cfg`` and compare with the prediction."""
-    from simkit.calibrate.bench import LoadMonitor, require_torch, set_threads, tune_allocator
+    from simkit.calibrate.bench import (
+        LoadMonitor,
+        gemm_timing_note,
+        openmp_env,
+        openmp_env_note,
+        require_torch,
+        set_threads,
+        tune_allocator,
+    )
     from simkit.calibrate.probe import fingerprint_check, mismatch_message, speed_probe
 
     torch = require_torch()
@@ -380,6 +388,12 @@ def run_validation(
     out(probe.summary())
     if probe.message():
         out(probe.message())
+    note = gemm_timing_note(dict(profile_device(profile)), dtype, str(getattr(profile, "name", "")))
+    if note:
+        out(note)
+    omp_note = openmp_env_note(dict(profile_device(profile)), threads, str(getattr(profile, "name", "")))
+    if omp_note:
+        out(omp_note)
     device = compute_device(profile)
     spec = model_spec(cfg)
     max_ctx = max(cfg.context_lens)
@@ -423,6 +437,11 @@ def run_validation(
                     w, c_ = _time_step(cf[3], 1, 0, 0.0)
                     wall[i] += w
                     cpu[i] += c_
+    # the probe again, right after the last step: how far the machine moved while the steps ran
+    # (at 2 threads on the CI VM the start probe read x0.83-0.97 in one run, x1.03-1.07 in the
+    # next; a change between the two probes of one run is the machine, not the model)
+    probe_end = speed_probe(profile, threads=threads, clock=clock)
+    out("at the end: " + probe_end.summary())
     for i, (phase, b, c, _, q, ctx) in enumerate(configs):
         times = cpu[i] if clock == "cpu" else wall[i]
         pred, optimes = predict_step(spec, q, ctx, device, profile, dtype)
@@ -438,6 +457,7 @@ def run_validation(
     ape = np.abs([r.error for r in rows])
     drifts = [r.drift for r in rows if r.drift is not None]
     other = load.other_cores()
+    steal = load.steal_cores()
     result = {
         "median_ape": float(np.median(ape)),
         "p90_ape": float(np.percentile(ape, 90)),
@@ -453,10 +473,16 @@ def run_validation(
         "model": {k: v for k, v in asdict(cfg).items() if k in ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab")},
         "wall_s": round(time.perf_counter() - t_start, 1),
         "other_load_cores": None if other is None else round(other, 2),
+        # of which the hypervisor's steal (other guests of the host; at 2 threads a kernel waits for it)
+        "steal_cores": None if steal is None else round(steal, 3),
+        "gemm_timing_note": note,
+        "openmp_env": openmp_env(),
+        "openmp_env_note": omp_note,
         "fingerprint": {"matches": mismatch is None, "differs": [list(d) for d in match.differs] if match else None,
                         "forced": bool(mismatch and cfg.force)},
         # the profile's predicted / measured time of GEMMs in each dtype (> 1: this machine is faster)
         "speed_probe": probe.to_dict(),
+        "speed_probe_end": probe_end.to_dict(),
         "date": time.strftime("%Y-%m-%d"),
         "rows": [
             {
@@ -504,9 +530,12 @@ def format_table(result: dict[str, Any]) -> str:
     sp = result.get("speed_probe")
     if sp:
         per = ", ".join(f"{d} GEMM x{g:.2f}" for d, g in sp["by_dtype"].items())
+        end = result.get("speed_probe_end")
+        if end:
+            per += " at the start, " + ", ".join(f"{d} x{g:.2f}" for d, g in end["by_dtype"].items()) + " at the end"
         lines.append(
             f"machine speed vs profile prediction (GEMM probe, > 1 faster): {per}; other processes kept "
-            f"{result.get('other_load_cores')} cores busy"
+            f"{result.get('other_load_cores')} cores busy (hypervisor steal {result.get('steal_cores')})"
         )
     fp = result.get("fingerprint")
     if fp and fp.get("forced"):

@@ -138,6 +138,7 @@ class Cluster:
 
     def on_prefilled(self, i: int, src: int) -> None:
         """A prefill replica finished request ``i``'s prompt: ship its KV (disaggregated serving)."""
+        self.replicas[src].sending += 1
         self.env.process(self._ship_kv(i, src))
 
     def _ship_kv(self, i: int, src: int) -> Generator[Any, Any, None]:
@@ -147,6 +148,7 @@ class Cluster:
         nbytes = float(table.kv_len[i]) * h.kv_bytes_per_token_per_gpu * h.gpus
         link = replicas[src].links[h.link]
         yield link.transfer(nbytes, f"kv r{src}->decode")
+        replicas[src].sending -= 1
         replicas[src].release_after_transfer(i)
         dec = replicas[h.prefill_replicas:]
         k = h.router.choose(i, dec)
@@ -225,7 +227,8 @@ class Cluster:
 
 class FastWorld:
     """The event loop of a world whose processes are the arrival process and fast engines only
-    (one per replica, no hand-off): SimPy's scheduling reproduced on a plain heap, with the
+    (one per replica, no hand-off: disaggregated serving's KV transfers are SimPy events on the
+    links, so it runs in SimPy's loop): SimPy's scheduling reproduced on a plain heap, with the
     arrival process run as plain calls (no generator, no event object per arrival) and each
     engine's loop resumed directly (``FastEngine.world``).
 
@@ -246,6 +249,8 @@ class FastWorld:
     CHUNK = 4096
 
     def __init__(self, cluster: Cluster, engines: list[FastEngine]) -> None:
+        if any(e.cfg.role != "both" for e in engines):
+            raise AssertionError("FastWorld runs no disaggregated serving (its hand-offs are SimPy processes)")
         self.cluster = cluster
         self.env = cluster.env
         cluster._arrivals_setup()

@@ -52,12 +52,27 @@ the cost model calls with the same arguments), so per-request times are bit-for-
 path does not cover run on the reference engine, and ``summary.json`` says which path ran and
 why (``engine_path``). Covered: ``continuous`` and ``chunked_prefill`` batching, any number of
 replicas and any routing, recompute preemption; prefix caching, swap preemption and
-sliding-window models on replicas that are neither pipelined nor offloaded; pipeline parallelism
+sliding-window models on replicas that are neither pipelined nor offloaded; ``static`` batching
+on such replicas (the policy's ``fast_step``; a decode run is not cut at an arrival, which waits
+for the batch, as in the reference); disaggregated serving on such replicas, for models without
+a sliding window (below); pipeline parallelism
 with the stages in closed form (``PipelineFastEngine``, engine/pipeline_fast.py) and offloaded
 plans whose steps run in closed form as one GPU batch (``OffloadFastEngine``,
-engine/fast_offload.py). Not covered (reference engine): static batching, disaggregated serving,
+engine/fast_offload.py). Not covered (reference engine): static batching or disaggregated
+serving on pipelined or offloaded replicas, disaggregated serving of a sliding-window model,
 KV spill, other offloaded plans, layer-by-layer execution, Chrome traces, and prefix caching,
 swaps or sliding windows on pipelined or offloaded replicas.
+
+Disaggregated serving runs in SimPy's loop (the KV hand-off is the cluster's process over the
+replica's :class:`Link`, contended as the reference's, in the same events): a prefill replica's
+completed prompt leaves the running set and is handed off (``on_prefilled``) with its blocks
+held until the transfer ends (:meth:`Engine.release_after_transfer`); on a decode replica a
+hand-off interrupts a decode run of several steps (``cut_fast_forward``, the reference's
+``Process.interrupt``), which then ends with the step in progress while the blocks allocated
+for the whole run stay allocated (:meth:`FastEngine._cuttable`). The allocation clock is then
+ahead of the decode clock, and a request that joins with its next block boundary behind it is
+allocated on its own (:attr:`FastEngine._late`) until its boundary reaches that clock, where it
+joins the residue buckets.
 With the stock routing policies, and without a prefix cache, swaps or a sliding window, the run
 does not step through this class's loop: :mod:`simkit.engine.lean` makes the same decisions in
 one fused loop (this class's objects hold its parameters and receive its results), and steps
@@ -148,9 +163,15 @@ def fast_path_reason(
     ``OffloadFastEngine`` where ``fast_offload.fast_offload_reason`` also accepts it. Prefix
     caching, swap preemption and sliding-window models are covered on replicas that are neither
     pipelined nor offloaded (``staged``: those engines time their stages or steps in closed form,
-    which the links' fetches and swaps rule out)."""
-    if policy not in ("continuous", "chunked_prefill"):
+    which the links' fetches and swaps rule out). Disaggregated serving is covered on replicas
+    neither pipelined nor offloaded, for models without a sliding window (the prefill and decode
+    pools' fast engines in SimPy's loop, the KV hand-off on the reference's own link)."""
+    if policy not in ("static", "continuous", "chunked_prefill", "disaggregated") or (policy == "static" and staged):
         return f"batching policy {policy}"
+    if policy == "disaggregated" and staged:
+        return "disaggregated serving on pipelined or offloaded replicas"
+    if policy == "disaggregated" and sliding_window:
+        return "disaggregated serving of a sliding-window model"
     if prefix_cache and staged:
         return "prefix caching"
     if preemption != "recompute" and staged:
@@ -204,8 +225,23 @@ class FastEngine(Engine):
         self._no_fit: tuple[int, int | None, int] | None = None
         """(request, reserve_tokens, most blocks in use at which it fits) of the last admission
         that did not fit for want of blocks."""
-        if cfg.spill_after is not None or cfg.role != "both" or kv.watermark_blocks < 0:
-            raise AssertionError("the fast path has no KV spill, disaggregated role or negative watermark")
+        if cfg.spill_after is not None or kv.watermark_blocks < 0:
+            raise AssertionError("the fast path has no KV spill or negative watermark")
+        if cfg.role != "both" and cfg.kv_cap_tokens is not None:
+            raise AssertionError("the fast path has no disaggregated serving of a sliding-window model")
+        self._late: dict[int, int] = {}
+        """Decoding requests whose next block boundary is behind the allocation clock (they joined
+        after a decode run was cut short by a KV hand-off, which keeps the blocks allocated for the
+        whole run): request -> that boundary, each allocated on its own until it reaches ``_Xa``."""
+        self._arrival_cut = bool(self.policy.admits_on_arrival)
+        """Whether a decode run stops at the step that reaches the next arrival (not static
+        batching, whose arrivals wait for the batch: the reference's ``_decode_run``)."""
+        self._cut = cfg.role == "decode"
+        """A decode replica of disaggregated serving: its decode runs may be cut short by a hand-off."""
+        self._prefill_role = cfg.role == "prefill"
+        """A prefill replica of disaggregated serving: a completed prompt leaves for a decode replica."""
+        self._ends: Any = None
+        """The running sums of the times of the decode run in progress (to cut it at a hand-off)."""
         self._cap_blocks = None if cfg.kv_cap_tokens is None else -(-cfg.kv_cap_tokens // bs)
         """A sliding-window model: the most blocks a sequence holds (its window's, as the
         reference's ``_growth`` caps the tokens), else None."""
@@ -254,6 +290,8 @@ class FastEngine(Engine):
                 self._activate_capped(i, n0)
             else:
                 insort(self._pending, (n0, i))
+        elif n0 < self._Xa and self._cut:
+            self._late[i] = n0  # joins behind the blocks a cut decode run allocated ahead
         elif n0 <= self._Xa:
             self._cnt[n0 % self.cfg.block_size] += 1
             self._n_active += 1
@@ -283,7 +321,9 @@ class FastEngine(Engine):
         t.kv_len[i] = off + clock
         t.gen[i] = g0 + clock - d0
         t.last_token[i] = lt if clock == d0 else self._last_dec
-        extra = self._extra(n0)
+        b = self._late.get(i) if self._late else None
+        # a request behind a cut run's blocks has gained those up to its next boundary ``b``
+        extra = self._extra(n0) if b is None else (b - n0) // self.cfg.block_size
         t.blocks[i] = b0 + (extra if self._cap_blocks is None else min(extra, self._m[i]))
 
     def _leave(self, i: int) -> None:
@@ -308,6 +348,8 @@ class FastEngine(Engine):
                     self._cnt[n0 % self.cfg.block_size] -= 1
                     self._n_active -= 1
                     self._caps.remove((last, i))
+        elif self._late and i in self._late:
+            del self._late[i]
         elif n0 <= self._Xa:
             self._cnt[n0 % self.cfg.block_size] -= 1
             self._n_active -= 1
@@ -327,11 +369,12 @@ class FastEngine(Engine):
 
     def _growth_to(self, upto: int) -> int:
         a = self._Xa
+        late = self._late_growth(upto) if self._late else 0
         if upto <= a:
-            return 0
+            return late
         bs = self.cfg.block_size
         L = upto - a
-        g = self._n_active * (L // bs)
+        g = late + self._n_active * (L // bs)
         r = L % bs
         if r:
             # the residues a, a+1, ..., a+r-1 (mod bs): one slice, or two where they wrap
@@ -358,10 +401,40 @@ class FastEngine(Engine):
             g += min(-(-(upto - n0) // bs), m[i])
         return g
 
+    def _late_growth(self, upto: int) -> int:
+        """Blocks the requests behind a cut run's blocks (:attr:`_late`) gain up to clock ``upto``:
+        their boundaries ``b``, ``b + block_size``, ... before it."""
+        bs = self.cfg.block_size
+        return sum(-(-(upto - b) // bs) for b in self._late.values() if b < upto)
+
+    def _late_alloc(self, upto: int) -> None:
+        """After allocating up to clock ``upto``: move each request behind a cut run's blocks to
+        its next boundary past it; one at or past the allocation clock has every block before
+        that clock, as the residue buckets count their requests: it joins them."""
+        bs = self.cfg.block_size
+        xa = upto if upto > self._Xa else self._Xa
+        late = self._late
+        for i, b in list(late.items()):
+            if b < upto:
+                b += -(-(upto - b) // bs) * bs
+                late[i] = b
+            if b >= xa:
+                del late[i]
+                self._cnt[b % bs] += 1
+                self._n_active += 1
+
     def _alloc_to(self, upto: int) -> None:
         """Allocate the blocks the decode set needs up to clock ``upto`` (as ``_grow_blocks``)."""
         a = self._Xa
-        if upto == a + 1:
+        if self._late:
+            total = self._growth_to(upto)
+            if total:
+                self.kv.alloc(total)
+            self._late_alloc(upto)
+            if upto <= a:
+                return
+            total = 0  # allocated above: what follows moves the clock and the pending requests
+        elif upto == a + 1:
             # one step (every step of chunked prefill): :meth:`_growth_to` reduces to the
             # residue ``a``'s count, as every pending request's first boundary is past ``a``
             total = self._cnt[a % self.cfg.block_size]
@@ -544,12 +617,25 @@ class FastEngine(Engine):
         return nf is not None and nf[0] == i and nf[1] == reserve_tokens and self.kv.used > nf[2]
 
     def _finish(self, ids: list[int]) -> None:
-        # the reference's _finish with O(1) removal from the running set (no prefill role here:
-        # disaggregated serving runs on the reference engine)
+        # the reference's _finish with O(1) removal from the running set; on a prefill replica, a
+        # request with tokens left to generate is handed off (its blocks are freed once its KV
+        # has been sent: Engine.release_after_transfer)
         if not ids:
             return
         if len(self.replica.engines) > 1:
             self.replica.wake_all()
+        if self._prefill_role and self.on_prefilled is not None:
+            t = self.table
+            gone = [i for i in ids if t.gen[i] < t.output[i]]
+            if gone:
+                for i in gone:
+                    self.running.discard(i)  # type: ignore[attr-defined]
+                    self.outstanding -= 1
+                    self.on_prefilled(i, self.index)
+                ids = [i for i in ids if t.gen[i] >= t.output[i]]
+                if not ids:
+                    self._dec_cache = None
+                    return
         t = self.table
         now = self.env._now
         run = self.running
@@ -714,7 +800,11 @@ class FastEngine(Engine):
                 pending, self.pending_fetch = self.pending_fetch, []
                 yield simpy.AllOf(env, [env.timeout(dur), *pending])
             elif not self._advance(dur):
-                yield env.timeout(dur) if self.world is None else None
+                if self._cut and not pre and self._run[1] > 1:
+                    # a decode replica's run: a KV hand-off may cut it short (the reference's interrupt)
+                    dur = yield from self._cuttable(start, dur)
+                else:
+                    yield env.timeout(dur) if self.world is None else None
             self.busy_time += dur
             self.busy_gpu_s += dur * gpus
             stage_busy[0] += dur
@@ -722,6 +812,25 @@ class FastEngine(Engine):
                 self._mixed_end(start, pre, q, nb)
             else:
                 self._decode_end(start, dur)
+
+    def _cuttable(self, start: float, dur: float):  # type: ignore[no-untyped-def]
+        """Wait for a decode run of several steps that a KV hand-off may cut short, as the
+        reference's ``_decode_run`` (``cut_fast_forward`` interrupts it): then the run ends with
+        the step in progress (its blocks stay allocated for the whole run); returns its seconds."""
+        env = self.env
+        self._fast_forward = True
+        try:
+            yield env.timeout(dur)
+        except simpy.Interrupt:
+            nb, s, times, first = self._run
+            ends = self._ends
+            s = min(int(np.searchsorted(ends, env._now - start, side="left")) + 1, s)
+            ends = ends[:s]
+            dur = float(ends[-1])
+            self._run = (nb, s, times[:s], first)
+            yield env.timeout(max(start + dur - env._now, 0.0))
+        self._fast_forward = False
+        return dur
 
     def _mixed_begin(self, pre: list[int], pq: list[int], nb: int) -> float:
         """Price a mixed iteration (prefill chunks of ``pre``, and the ``nb`` decoding requests)
@@ -813,7 +922,7 @@ class FastEngine(Engine):
         else:
             dec_done = []
         for i, kv, g in done_pre:
-            if g >= t.output[i]:
+            if g >= t.output[i] or self._prefill_role:
                 finished.append(i)
             else:
                 self._join(i, kv, g, now)
@@ -853,6 +962,8 @@ class FastEngine(Engine):
             # reference's "exact" decode run)
             s = 1
             ta = float("inf")
+        elif not self._arrival_cut:
+            ta = float("inf")  # static batching: the batch decodes until a request finishes
         else:
             ta = self.next_arrival() - self.env._now
         if ta < float("inf"):
@@ -867,6 +978,7 @@ class FastEngine(Engine):
             times, ends_l = few
             s = len(times)
             first, dur = ends_l[0], ends_l[-1]
+            self._ends = ends_l
         elif s == 1:
             times = cost.decode_steps(nb, kv0, s, float(longest), self._contexts())
             first = dur = float(times[0])  # np.cumsum of one value is that value
@@ -879,7 +991,8 @@ class FastEngine(Engine):
                 ends = ends[:s]
                 times = times[:s]
             first, dur = float(ends[0]), float(ends[-1])
-        if clock + s > self._Xa:  # else the blocks are allocated already: _alloc_to does nothing
+            self._ends = ends
+        if clock + s > self._Xa or self._late:  # else the blocks are allocated already
             self._alloc_to(clock + s)
         mc = self.max_context
         if longest + s > mc["attn_decode"]:

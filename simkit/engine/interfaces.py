@@ -60,7 +60,8 @@ class BatchingPolicy(Protocol):
     int]``: the same decision (the same calls on the replica, in the same order) as plain values,
     the requests to prefill, their tokens this iteration and how many running requests decode
     (the size of ``replica.decode_ready``'s set), so that no :class:`Step` and no array of decode
-    ids is built per iteration. ``continuous`` and ``chunked_prefill`` have it."""
+    ids is built per iteration. ``static``, ``continuous`` and ``chunked_prefill`` have it (and
+    the prefill side of ``disaggregated``)."""
 
     name: str
     admits_on_arrival: bool

@@ -125,6 +125,12 @@ class PrefixCache:
             self._push_down(old, level + 1)
 
 
+def watermark_blocks(num_blocks: int, watermark: float) -> int:
+    """Blocks of a pool of ``num_blocks`` kept free at admission (``plan.kv_cache.watermark``, a
+    fraction of the pool): a request is admitted only if the free blocks after it stay above them."""
+    return int(watermark * num_blocks)
+
+
 @dataclass
 class KVBlockManager:
     num_blocks: int

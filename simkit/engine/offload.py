@@ -81,6 +81,8 @@ class Placement(Protocol):
     def layer_weight_elems(self) -> float: ...
     @property
     def kv_elems_per_token_layer(self) -> float: ...
+    @property
+    def kv_alloc_tokens(self) -> int | None: ...
 
     def weight_bytes(self, layer: int) -> dict[str, float]: ...
     def kv_read_bytes(self, ctx_tokens: float) -> dict[str, float]: ...
@@ -283,7 +285,12 @@ class OffloadExecutor:
             extra += oc.dequant(lay.layer_weight_elems, unfused)
         if lay.plan.compress_kv:
             # the cached KV is dequantised to be attended, the new KV quantised to be stored
-            extra += oc.dequant(float(ctx.sum()) * lay.kv_elems_per_token_layer, unfused)
+            kv_deq = float(ctx.sum())
+            if lay.kv_alloc_tokens is not None and is_dec.any():
+                # FlexGen's mha_gen decompresses the whole cache it allocated on the GPU, then
+                # slices the filled part; an off-GPU share arrives as its filled part
+                kv_deq += lay.kv_frac.get("gpu", 0.0) * (int(is_dec.sum()) * lay.kv_alloc_tokens - float(ctx[is_dec].sum()))
+            extra += oc.dequant(kv_deq * lay.kv_elems_per_token_layer, unfused)
             extra += oc.dequant(T * lay.kv_elems_per_token_layer, unfused, quantise=True)
         return layer + attn_dev + extra, cpu, attn_dev, layer, extra
 

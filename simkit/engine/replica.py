@@ -22,6 +22,9 @@ class Replica:
         self.engines: list[Engine] = []
         self.waiting: deque[int] = deque()
         self.swapped: deque[int] = deque()
+        self.sending = 0
+        """Requests whose KV this replica still holds while it crosses the link to a decode
+        replica (disaggregated serving): their blocks are freed when the transfer ends."""
 
     @property
     def outstanding(self) -> int:
@@ -47,7 +50,9 @@ class Replica:
             e.cut_fast_forward()
 
     def busy(self) -> bool:
-        return any(e.running for e in self.engines) or bool(self.swapped)
+        """Whether something here will free blocks or run: a running or swapped request, or KV
+        being sent to a decode replica."""
+        return any(e.running for e in self.engines) or bool(self.swapped) or self.sending > 0
 
     def prefix_match_len(self, i: int) -> int:
         return self.engines[0].prefix_match_len(i)

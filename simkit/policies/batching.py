@@ -103,6 +103,21 @@ class StaticBatching:
         return cls(options.max_num_seqs, options.batch_size)
 
     def next_step(self, r: Engine) -> Step:
+        pre, q = self._decide(r)
+        if pre or not r.running:
+            return Step(pre, q)
+        return Step(decode_ids=np.fromiter(r.running, dtype=np.int64, count=len(r.running)))
+
+    def fast_step(self, r: Engine) -> tuple[list[int], list[int], int]:
+        """:meth:`next_step` as plain values (the fast engine's hook, no :class:`Step`): the
+        requests to prefill, their tokens, and how many decode (the whole batch, once prefilled)."""
+        pre, q = self._decide(r)
+        return pre, q, 0 if pre else len(r.running)
+
+    def _decide(self, r: Engine) -> tuple[list[int], list[int]]:
+        """The one home of the decision: with no batch running, admit the next one (each
+        request's whole KV reserved); the batch's requests still to prefill and their tokens
+        (none: the batch, if any, decodes)."""
         t = r.table
         if not r.running:
             while r.waiting and len(r.running) < self.batch_size:
@@ -111,11 +126,9 @@ class StaticBatching:
                     break
                 r.waiting.popleft()
             if not r.running:
-                return Step()
+                return [], []
         pre = [i for i in r.running if t.kv_len[i] < t.target[i]]
-        if pre:
-            return Step(pre, [int(t.target[i] - t.kv_len[i]) for i in pre])
-        return Step(decode_ids=np.fromiter(r.running, dtype=np.int64, count=len(r.running)))
+        return pre, [int(t.target[i] - t.kv_len[i]) for i in pre]
 
 
 class ContinuousOptions(TokenBudgetOptions):

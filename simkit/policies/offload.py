@@ -20,6 +20,7 @@ Semantics (docs/scenario.md, plan.offload):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from simkit.cost.dtypes import bytes_per_element
 from simkit.cost.ops import Precision
+from simkit.engine.kvcache import watermark_blocks
 from simkit.errors import CapacityError
 from simkit.specs.model import ModelSpec
 from simkit.specs.node import Node
@@ -76,6 +78,12 @@ class OffloadPlan(Protocol):
     @property
     def dequant(self) -> str: ...
     @property
+    def kv_dequant(self) -> str: ...
+    @property
+    def num_gpu_batches(self) -> int: ...
+    @property
+    def lm_head_copy(self) -> bool: ...
+    @property
     def host_kv_dtype(self) -> str: ...
     @property
     def kv_spill(self) -> KVSpillPlan | None: ...
@@ -118,6 +126,9 @@ class OffloadLayout:
     emb_frac: dict[str, float] | None = None
     """Where the embedding and LM head live (the plan's weight fractions as written; default
     ``weight_frac``)."""
+    kv_alloc_tokens: int | None = None
+    """Positions a decoding sequence dequantises of the GPU share of a compressed KV cache: the
+    positions allocated for it (``kv_dequant: allocated``); None: the filled ones."""
 
     def spilled_tokens(self, ctx: np.ndarray) -> float:
         """Cached tokens beyond the spill threshold, summed over sequences."""
@@ -170,7 +181,8 @@ def _fracs(share: object) -> dict[str, float]:
 
 
 def build_offload_layout(
-    plan: OffloadPlan, model: ModelSpec, prec: Precision, tp: int, compute_on_cpu: bool, pageable_factor: float | None = None
+    plan: OffloadPlan, model: ModelSpec, prec: Precision, tp: int, compute_on_cpu: bool, pageable_factor: float | None = None,
+    kv_alloc_tokens: int | None = None,
 ) -> OffloadLayout:
     w_bytes = bytes_per_element("int4", prec.group_size) if plan.compress_weights else prec.w_bytes
     kv_bytes = bytes_per_element("int4", prec.group_size) if plan.compress_kv else prec.kv_bytes
@@ -205,6 +217,7 @@ def build_offload_layout(
         plan.kv_spill.tier if plan.kv_spill is not None else "cpu",
         model.kv_bytes_per_token(1.0, tp, layers=1) * tp,  # elements: one byte each
         ef,
+        kv_alloc_tokens if plan.compress_kv else None,
     )
 
 
@@ -212,9 +225,22 @@ CUDA_CONTEXT_BYTES = 287e6
 """GPU memory the CUDA context of a PyTorch process holds outside its allocator: 287,047,680 bytes
 with lazy module loading (PyTorch >= 1.13 sets CUDA_MODULE_LOADING=LAZY; pytorch/pytorch PR #86509
 measured 666,632,192 bytes eager)."""
+CUDA_CONTEXT_EAGER_BYTES = 666_632_192.0
+"""The same context with every kernel module loaded at start (``plan.execution.cuda_module_loading:
+eager``: CUDA < 11.7 or PyTorch < 1.13; pytorch/pytorch PR #86509's measurement)."""
 
 
-def offload_gpu_usable(gpu_memory: float, kv: KVCachePlan, static: bool) -> tuple[float, str]:
+def embedding_head_bytes(model: ModelSpec, prec: Precision, lm_head_copy: bool) -> float:
+    """Bytes of the embedding, the LM head and the final norm as a run holds them: a tied head is
+    the embedding's tensor, unless the runtime loads its own copy (``plan.offload.lm_head_copy``:
+    FlexGen's OutputEmbed reads decoder.embed_tokens.weight again, flex_opt.py)."""
+    head = model.params_lm_head
+    if lm_head_copy and head == 0:
+        head = model.vocab_size * model.hidden_size
+    return (model.params_embedding + head + model.norm_params) * prec.w_bytes
+
+
+def offload_gpu_usable(gpu_memory: float, kv: KVCachePlan, static: bool, module_loading: str = "lazy") -> tuple[float, str]:
     """Bytes of each GPU a run may fill, offloaded or not, and the rule that decided it.
 
     A static run (FlexGen, ZeRO-Inference: one batch, every buffer planned ahead) may
@@ -223,8 +249,79 @@ def offload_gpu_usable(gpu_memory: float, kv: KVCachePlan, static: bool) -> tupl
     default) does not apply unless the scenario sets it. Other plans use memory x
     ``gpu_memory_utilization``."""
     if static and "gpu_memory_utilization" not in kv.model_fields_set:
-        return gpu_memory - CUDA_CONTEXT_BYTES, f"GPU memory less {fmt_bytes(CUDA_CONTEXT_BYTES)} of CUDA context (static offloaded run)"
+        ctx = CUDA_CONTEXT_EAGER_BYTES if module_loading == "eager" else CUDA_CONTEXT_BYTES
+        return gpu_memory - ctx, f"GPU memory less {fmt_bytes(ctx)} of CUDA context ({module_loading} modules; static run)"
     return gpu_memory * kv.gpu_memory_utilization, f"x gpu_memory_utilization {kv.gpu_memory_utilization}"
+
+
+def placed_bytes(
+    weight_frac: Mapping[str, float],
+    emb_frac: Mapping[str, float],
+    act_frac: Mapping[str, float],
+    *,
+    layer_weight_bytes: float,
+    num_layers: int,
+    resident_layers: int,
+    emb_head_bytes: float,
+    act_bytes_gpu: float,
+    hidden_bytes: float,
+    num_gpu_batches: int,
+    compute_on_cpu: bool,
+) -> list[tuple[str, str, float]]:
+    """(place, owner, bytes) of everything an offload plan holds besides its KV cache: the one
+    accounting of the simulator's capacity check (:func:`check_offload_capacity`) and of the
+    placement optimiser's capacity rows (policies/offload_opt.py), which reads it as the affine
+    function of the fractions it is (with ``resident_layers`` fixed).
+
+    - weights: the resident layers on the compute device; the streamed layers' bytes and the
+      embedding and LM head by their fractions;
+    - staging buffers, only while some layer streams: two of a layer's off-GPU weights on the GPU
+      (double buffering), and two of its disk and CXL share in pinned DRAM (it passes through
+      DRAM: specs/tiers.STAGED_TIERS); a CPU-computing node reads its disk and CXL share into two
+      DRAM buffers;
+    - activations: one GPU batch's forward pass (``act_bytes_gpu``, which holds that batch's
+      hidden states) on the compute device, and the hidden states of every GPU batch of a block
+      between layers (``hidden_bytes``, all ``num_gpu_batches`` of them: FlexGen keeps one per GPU
+      batch, flex_opt.py's hidden[k]) by the activations' fractions, less the computing batch's
+      on the compute device."""
+    out: list[tuple[str, str, float]] = []
+    streamed = num_layers - resident_layers
+    out.append(("gpu", "weights (resident)", resident_layers * layer_weight_bytes))
+    out += [(t, "embedding and LM head", emb_head_bytes * f) for t, f in emb_frac.items()]
+    out += [(t, "weights", streamed * layer_weight_bytes * f) for t, f in weight_frac.items()]
+    if streamed > 0:
+        via = sum(f for t, f in weight_frac.items() if t in ("disk", "cxl")) * layer_weight_bytes
+        if compute_on_cpu:
+            out.append(("gpu", "weight read buffers", 2 * via))
+        else:
+            off = sum(f for t, f in weight_frac.items() if t != "gpu") * layer_weight_bytes
+            out.append(("gpu", "weight prefetch buffers", 2 * off))
+            out.append(("cpu", "pinned staging buffers", 2 * via))
+    out.append(("gpu", "activations", act_bytes_gpu))
+    own = (num_gpu_batches - 1) / num_gpu_batches
+    out += [(t, "hidden states", hidden_bytes * f * (own if t == "gpu" else 1.0)) for t, f in act_frac.items()]
+    return out
+
+
+def static_kv_tokens(prompt_len: int, gen_len: int, block_tokens: int) -> int:
+    """KV positions one sequence of a static batch holds at its longest (prompt plus generated
+    tokens), in whole blocks of ``block_tokens``."""
+    return -(-(prompt_len + gen_len) // block_tokens) * block_tokens
+
+
+def static_kv_blocks(batch: int, prompt_len: int, gen_len: int, block_tokens: int, watermark: float) -> int:
+    """The fewest KV blocks with which a static batch of ``batch`` sequences is admitted at once:
+    every sequence's :func:`static_kv_tokens`, plus the blocks the engine keeps free at admission
+    (engine/kvcache.watermark_blocks of the pool). With fewer the simulation runs the batch in
+    several waves, streaming every layer's weights once per wave. The placement optimiser sizes
+    its KV rows by it and the search refuses a plan below it (search/offload.py)."""
+    need = batch * static_kv_tokens(prompt_len, gen_len, block_tokens) // block_tokens
+    n = need if watermark <= 0 else int(np.ceil(need / (1.0 - watermark)))
+    while n > need and n - 1 - watermark_blocks(n - 1, watermark) >= need:
+        n -= 1
+    while n - watermark_blocks(n, watermark) < need:
+        n += 1
+    return n
 
 
 @dataclass(frozen=True)
@@ -247,6 +344,7 @@ def check_offload_capacity(
     tp: int,
     block_tokens: int,
     act_bytes_gpu: float,
+    hidden_bytes: float,
     hbm_usable: tuple[float, str],
     num_blocks: int | None,
     where: str | None,
@@ -275,28 +373,14 @@ def check_offload_capacity(
             )
         need[tier][owner] = need[tier].get(owner, 0.0) + nbytes
 
-    L = lay.num_layers
-    emb_head = (model.params_embedding + model.params_lm_head + model.norm_params) * prec.w_bytes
-    resident_bytes = lay.resident_layers * lay.layer_weight_bytes
-    streamed = (L - lay.resident_layers) * lay.layer_weight_bytes
-    put("gpu", "weights (resident)", resident_bytes)
-    for t, f in (lay.emb_frac or lay.weight_frac).items():
-        put(t, "embedding and LM head", emb_head * f)
-    for t, f in lay.weight_frac.items():
-        put(t, "weights", streamed * f)
-    if lay.streams_anything and not lay.compute_on_cpu:
-        # double-buffered staging of one layer's streamed weights on the GPU, and pinned host
-        # buffers for what comes from CXL or disk (it passes through DRAM)
-        off = sum(f for t, f in lay.weight_frac.items() if t != "gpu") * lay.layer_weight_bytes
-        put("gpu", "weight prefetch buffers", 2 * off)
-        via = sum(f for t, f in lay.weight_frac.items() if t in ("disk", "cxl")) * lay.layer_weight_bytes
-        if via > 0:
-            put("cpu", "pinned staging buffers", 2 * via)
-    elif lay.streams_anything:
-        off = sum(f for t, f in lay.weight_frac.items() if t in ("disk", "cxl")) * lay.layer_weight_bytes
-        put("gpu", "weight read buffers", 2 * off)
-    for t, f in lay.act_frac.items():
-        put(t, "activations", act_bytes_gpu * f if t != "gpu" else act_bytes_gpu)
+    for t, owner, nbytes in placed_bytes(
+        lay.weight_frac, lay.emb_frac or lay.weight_frac, lay.act_frac,
+        layer_weight_bytes=lay.layer_weight_bytes, num_layers=lay.num_layers, resident_layers=lay.resident_layers,
+        emb_head_bytes=embedding_head_bytes(model, prec, lay.plan.lm_head_copy),
+        act_bytes_gpu=act_bytes_gpu, hidden_bytes=hidden_bytes, num_gpu_batches=lay.plan.num_gpu_batches,
+        compute_on_cpu=lay.compute_on_cpu,
+    ):
+        put(t, owner, nbytes)
     for tier, owners in need.items():
         used = sum(owners.values())
         if used > cap[tier]:
@@ -308,6 +392,7 @@ def check_offload_capacity(
                 key=f"tier {tier}",
             )
     # KV blocks: every tier holding a share of the KV bounds the block count
+    L = lay.num_layers
     block_layer = block_tokens * lay.kv_bytes_per_token_layer * L
     # a host cache held in fp32 (host_kv_dtype) takes 4 bytes a value in DRAM
     host_block = block_tokens * lay.kv_elems_per_token_layer * 4.0 * L if lay.plan.host_kv_dtype == "fp32" else block_layer

@@ -23,11 +23,18 @@ from simkit.cost.iteration import IterationModel
 from simkit.cost.memory import activation_bytes
 from simkit.cost.offload import OffloadCompute
 from simkit.cost.ops import Precision
+from simkit.policies.offload import embedding_head_bytes, placed_bytes, static_kv_blocks
 from simkit.specs.model import ModelSpec
 from simkit.specs.node import Node
 from simkit.specs.tiers import OFF_GPU, PLACES, TIER_OF
 
 VARS = ("w", "c", "h")  # weights, cache, activations
+FRACTION_DECIMALS = 4
+"""Decimals of the fractions a candidate's plan carries (the LP's solution, rounded)."""
+ROUNDING_SLACK = 2.5 * 10.0**-FRACTION_DECIMALS
+"""How much of an owner's bytes the rounding to FRACTION_DECIMALS may add to a tier: half a unit
+of the last decimal per fraction, plus the renormalisation (the rounding of the other two
+fractions of that owner, added to the largest): 2.5 units of it at most."""
 TIE_BREAK_S = 1e-9
 """Seconds per layer and token charged per unit of a fraction on each tier below the GPU (x its
 rank: cpu 1, cxl 2, disk 3): breaks the LP's ties towards the faster tiers, far below any cost."""
@@ -50,6 +57,11 @@ class Candidate:
     """plan.offload.decode_overlap of the scenario searched (whether decode copies overlap compute)."""
     compress_kv: bool = False
     """KV cache stored and moved as group-wise int4 (FlexGen's --compress-cache)."""
+    kv_dequant: str = "filled"
+    """plan.offload.kv_dequant of the scenario searched (which positions of a compressed cache's GPU
+    share a decode step dequantises)."""
+    lm_head_copy: bool = False
+    """plan.offload.lm_head_copy of the scenario searched (the runtime's own copy of a tied LM head)."""
     sim: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -67,6 +79,8 @@ class Candidate:
             "compress_weights": self.compress_weights,
             "compress_kv": self.compress_kv,
             "dequant": self.dequant,
+            "kv_dequant": self.kv_dequant,
+            "lm_head_copy": self.lm_head_copy,
             "overlap": True,
             "decode_overlap": self.decode_overlap,
             # an all-GPU plan still runs layer by layer in the offloading runtime (as FlexGen runs
@@ -101,6 +115,11 @@ def solve_candidate(
     dequant: str = "fused",
     decode_overlap: bool = True,
     compress_kv: bool = False,
+    block_tokens: int = 16,
+    activation_reserve: float | None = None,
+    kv_dequant: str = "filled",
+    kv_watermark: float = 0.01,
+    lm_head_copy: bool = False,
 ) -> Candidate | None:
     from scipy.optimize import linprog
 
@@ -137,6 +156,12 @@ def solve_candidate(
         unf = dequant == "unfused"
         deq_kv_d = (oc.dequant(gbs * ctx_avg * kve, unf) + oc.dequant(gbs * kve, unf, quantise=True)) * ngb
         deq_kv_p = oc.dequant(gbs * prompt_len * kve, unf, quantise=True) * ngb
+    # kv_dequant: allocated (FlexGen's mha_gen): the GPU share of the cache is dequantised over the
+    # positions allocated per sequence (prompt + generated - 1), not the filled ones
+    deq_kv_gpu = 0.0
+    if compress_kv and kv_dequant == "allocated":
+        alloc = prompt_len + gen_len - 1
+        deq_kv_gpu = (oc.dequant(gbs * alloc * kve, unf) - oc.dequant(gbs * ctx_avg * kve, unf)) * ngb
     bw = _bw(node, measured_links)
     # KV stores at their own measured rate where the machine has one (cost/links.kv_store_slowdown)
     kv_slow = kv_store_slowdown(link_rates(node, 1, measured_links))
@@ -176,6 +201,8 @@ def solve_candidate(
         comp = {idx["c", "gpu"]: att} if cpu_att else {}
         if cpu_att:
             comp.update({idx["c", t]: catt for t in OFF_GPU})
+        if which == TD and deq_kv_gpu:
+            comp[idx["c", "gpu"]] = comp.get(idx["c", "gpu"], 0.0) + deq_kv_gpu
         comp_const = lin + deq + deq_kv + (0.0 if cpu_att else att)
         row(comp, comp_const, which, "compute")
         h2d = {idx["w", t]: W / bw.get("h2d", np.inf) for t in OFF_GPU}
@@ -217,25 +244,47 @@ def solve_candidate(
         if "cxl_read" in bw:
             row({idx["w", "cxl"]: W / bw["cxl_read"], idx["c", "cxl"]: KVr / bw["cxl_read"], idx["h", "cxl"]: H / bw["cxl_read"]}, 0.0, which, "cxl_read")
             row({idx["c", "cxl"]: KVw / bw["cxl_write"], idx["h", "cxl"]: H / bw["cxl_write"]}, 0.0, which, "cxl_write")
-    # capacities (the same accounting as policies/offload.check_offload_capacity)
-    emb = (model.params_embedding + model.params_lm_head + model.norm_params) * prec.w_bytes
-    Wt = W * L + emb
-    KVpk = bls * (prompt_len + gen_len) * kvtl * L
-    Hpk = Hp
-    act = activation_bytes(model, gbs * prompt_len, gbs, 1, prec)
-    cap_rows = {
-        "gpu": ((tiers["hbm"].capacity * 0.9 if gpu_usable is None else gpu_usable) if "hbm" in tiers else 0.0) - act - 2 * W,
-        "cpu": tiers["dram"].capacity - 2 * W,
+    # capacities: the simulator's accounting (policies/offload.placed_bytes, check_offload_capacity),
+    # an affine function of the fractions read off as a constant and one coefficient per fraction
+    emb = embedding_head_bytes(model, prec, lm_head_copy)
+    # one GPU batch's whole prefill, unless the scenario reserves a fixed amount
+    # (plan.kv_cache.activation_reserve). The simulator caps it at the static policy's token budget
+    # (deployment.forward_pass_shape), so that published policies of large GPU batches run; the LP
+    # does not: activation_bytes overstates a layer-by-layer runtime's peak for large batches and
+    # understates it, capped, for larger ones (docs/offloading.md), and the stricter LP plans only
+    # what the simulation then holds
+    act = activation_bytes(model, gbs * prompt_len, gbs, 1, prec) if activation_reserve is None else activation_reserve
+
+    def placed(x: dict[tuple[str, str], float]) -> dict[str, float]:
+        fr = {v: {t: x.get((v, t), 0.0) for t in PLACES} for v in VARS}
+        out = dict.fromkeys(PLACES, 0.0)
+        for t, _, nbytes in placed_bytes(fr["w"], fr["w"], fr["h"], layer_weight_bytes=W, num_layers=L, resident_layers=0,
+                                         emb_head_bytes=emb, act_bytes_gpu=act, hidden_bytes=Hp,
+                                         num_gpu_batches=ngb, compute_on_cpu=False):
+            out[t] += nbytes
+        return out
+
+    const = placed({})
+    # the KV cache: the blocks with which the static batch the plan is confirmed with is admitted
+    # at once (every sequence's prompt and generated tokens, and the engine's free watermark)
+    KVpk = static_kv_blocks(bls, prompt_len, gen_len, block_tokens, kv_watermark) * block_tokens * kvtl * L
+    cap = {
+        "gpu": ((tiers["hbm"].capacity * 0.9 if gpu_usable is None else gpu_usable) if "hbm" in tiers else 0.0),
+        "cpu": tiers["dram"].capacity,
         "cxl": tiers["cxl"].capacity if "cxl" in tiers else 0.0,
         "disk": tiers["ssd"].capacity if "ssd" in tiers else 0.0,
     }
     for t in PLACES:
         r = np.zeros(n)
-        r[idx["w", t]] = Wt
+        for v in ("w", "h"):
+            for t2 in PLACES:
+                r[idx[v, t2]] = placed({(v, t2): 1.0})[t] - const[t]
         r[idx["c", t]] = KVpk
-        r[idx["h", t]] = Hpk
+        # the fractions are written rounded to FRACTION_DECIMALS (and renormalised): room for what
+        # that may add to this tier
         A_ub.append(r)
-        b_ub.append(cap_rows[t])
+        movable = sum(abs(r[k]) for (_, t2), k in idx.items() if have[t2])  # fractions the bounds leave free
+        b_ub.append(cap[t] - const[t] - ROUNDING_SLACK * movable)
         labels.append((f"capacity {t}", ""))
     A_eq = []
     b_eq = []
@@ -258,7 +307,7 @@ def solve_candidate(
     if not res.success:
         return None
     x = res.x
-    fr = {v: {t: max(float(round(x[idx[v, t]], 4)), 0.0) for t in PLACES} for v in VARS}
+    fr = {v: {t: max(float(round(x[idx[v, t]], FRACTION_DECIMALS)), 0.0) for t in PLACES} for v in VARS}
     for v in VARS:  # renormalise after rounding
         s = sum(fr[v].values())
         k = max(fr[v], key=lambda t: fr[v][t])
@@ -269,6 +318,6 @@ def solve_candidate(
     bott = labels[max(dec_rows, key=lambda k: slack[k])][0] if dec_rows else "compute"
     return Candidate(
         gbs, ngb, cpu_attention, compress, fr, total, bls * gen_len / total if total > 0 else 0.0, bott, L, dequant, decode_overlap,
-        compress_kv,
+        compress_kv, kv_dequant, lm_head_copy,
     )
 

@@ -14,7 +14,7 @@ from simkit.cost.iteration import IterationModel
 from simkit.cost.ops import Precision
 from simkit.errors import ScenarioError
 from simkit.policies.batching import with_policy
-from simkit.policies.offload import offload_gpu_usable
+from simkit.policies.offload import offload_gpu_usable, static_kv_blocks
 from simkit.policies.offload_opt import Candidate, solve_candidate
 from simkit.scenario import Scenario, apply_overrides, scenario_from_dict
 
@@ -104,14 +104,16 @@ def optimize(
     oc = offload_compute(node, cost, cpu_cost, False)
     lm = measured_links(eff, sc.plan.offload.io_block_size, sc.plan.offload.io_queue_depth)
     # the candidates run as static batches (confirm_by_simulation): the same memory rule
-    usable = offload_gpu_usable(node.gpu.memory, sc.plan.kv_cache, static=True)[0]
+    usable = offload_gpu_usable(node.gpu.memory, sc.plan.kv_cache, True, sc.plan.execution.cuda_module_loading)[0]
     cands: list[Candidate] = []
     for gbs, ngb, catt, comp, ckv in itertools.product(gpu_batch_sizes, num_gpu_batches, (False, True), compress, compress_kv):
         if (objective == "latency" and ngb > 1) or (catt and ckv) or (max_batch is not None and gbs * ngb > max_batch):
             continue
         c = solve_candidate(
             model, node, cost, cpu_cost, prec, prompt_len, gen_len, gbs, ngb, catt, comp, usable, oc, lm, sc.plan.offload.dequant,
-            sc.plan.offload.decode_overlap, ckv,
+            sc.plan.offload.decode_overlap, ckv, sc.plan.kv_cache.block_size,
+            sc.plan.kv_cache.activation_reserve, sc.plan.offload.kv_dequant, sc.plan.kv_cache.watermark,
+            sc.plan.offload.lm_head_copy,
         )
         if c is not None:
             cands.append(c)
@@ -149,6 +151,12 @@ def confirm_by_simulation(sc: Scenario, c: Candidate, prompt_len: int, gen_len: 
     except SimkitError as e:
         return {"error": str(e)}
     s = res.summary
+    kvp = sc.plan.kv_cache
+    need = static_kv_blocks(c.batch, prompt_len, gen_len, kvp.block_size, kvp.watermark)
+    if s["kv_blocks_total"] < need:
+        # the simulation ran the batch in several static waves: not the plan the LP ranked
+        return {"error": f"KV cache of {s['kv_blocks_total']} blocks; the batch of {c.batch} needs {need} to run at once "
+                         f"(with the {kvp.watermark:g} watermark); it would run in several waves: not confirmed"}
     return {
         "output_tokens_per_s": s["output_tokens_per_s"],
         "makespan_s": s["makespan_s"],
