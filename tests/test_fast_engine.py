@@ -571,6 +571,11 @@ def test_scalar_cost_forms_decline_without_a_closed_form():
     assert cost.decode_step_times(4, 400.0, 3, 120.0) is None
     assert cost.mixed_step_time([10], [0], 4, 400, 120, 5) is None
     assert cost.mixed_step_time([10], [0], 0, 0, 0, 1) is None
+    assert cost.prefill_constants() is None and cost.decode_constants(4) is None
+    # with a closed form: the constants the fused loop inlines mixed_step_time with
+    plain = _cost("none")
+    f4, heads, kvh, d, ab, kb, cf, cb, ov = plain.prefill_constants()
+    assert f4 == 4.0 * heads * d and (cf, cb, ov) == plain.efficiency.roofline_coeffs("attn_prefill", *plain._peaks)
 
 
 # ---- parsed-YAML cache (the catalog) ------------------------------------------------------------
