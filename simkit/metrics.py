@@ -48,11 +48,14 @@ def median(x: np.ndarray) -> float:
     return (float(part[h - 1]) + float(part[h])) / 2.0
 
 
-def _pct(x: np.ndarray, p: float) -> float:
+def _pcts(x: np.ndarray, ps: tuple[float, ...]) -> list[float]:
+    """The ``ps``-th percentiles of the finite values of ``x`` (NaN when there are none), from
+    one sorted copy."""
     x = x[np.isfinite(x)]
     if x.size == 0:
-        return float("nan")
-    return percentile_sorted(np.sort(x), p)
+        return [float("nan")] * len(ps)
+    v = np.sort(x)
+    return [percentile_sorted(v, p) for p in ps]
 
 
 def _pct_missing(x: np.ndarray, missing: int, p: float) -> float:
@@ -149,20 +152,20 @@ def summarize(table: RequestTable, tbt: TBTHistogram, cost: CostInputs, slo: Any
         "requests_unfinished": int(table.n - n_done - n_rej),
         "makespan_s": makespan,
     }
-    for p in (50, 90, 99):
-        s[f"ttft_p{p}_s"] = _pct(ttft, p)
+    for p, v in zip((50, 90, 99), _pcts(ttft, (50, 90, 99)), strict=True):
+        s[f"ttft_p{p}_s"] = v
     s["ttft_mean_s"] = float(ttft.mean()) if ttft.size else float("nan")
-    for p in (50, 90, 99):
-        s[f"queue_p{p}_s"] = _pct(queue, p)
-    for p in (50, 90, 99):
-        s[f"tpot_p{p}_s"] = _pct(tpot, p)
+    for p, v in zip((50, 90, 99), _pcts(queue, (50, 90, 99)), strict=True):
+        s[f"queue_p{p}_s"] = v
+    for p, v in zip((50, 90, 99), _pcts(tpot, (50, 90, 99)), strict=True):
+        s[f"tpot_p{p}_s"] = v
     s["tpot_mean_s"] = float(tpot.mean()) if tpot.size else float("nan")
     for p in (50, 90, 99):
         s[f"tbt_p{p}_s"] = tbt.percentile(p)
     tbt.flush()
     s["tbt_max_s"] = tbt.max if tbt.total else float("nan")
-    for p in (50, 90, 99):
-        s[f"e2e_p{p}_s"] = _pct(e2e, p)
+    for p, v in zip((50, 90, 99), _pcts(e2e, (50, 90, 99)), strict=True):
+        s[f"e2e_p{p}_s"] = v
     s["output_tokens"] = out_tokens
     s["input_tokens"] = in_tokens
     s["output_tokens_per_s"] = out_tokens / makespan if makespan > 0 else float("nan")

@@ -400,6 +400,24 @@ def test_forest_predict_equals_a_plain_tree_walk():
         assert got[r] == forest.baseline + np.asarray(leaves).sum()
 
 
+def test_forest_predict_in_blocks_is_bit_identical():
+    """Many rows are walked a block at a time (cache-friendly): every row's prediction equals
+    predicting that row alone, across block boundaries."""
+    from simkit.cost.profile import Profile
+
+    prof = Profile.load(ROOT / "calibration" / "profiles" / "h100-sxm-vidur", with_samples=False)
+    for cls in ("gemm", "elementwise"):
+        forest = prof.models[cls].forest
+        n = 2 * forest.BLOCK_ROWS + 37
+        X = np.random.default_rng(2).normal(size=(n, int(forest.feature.max()) + 1)) * 4.0
+        X[::11, 0] = np.inf
+        got = forest.predict(X)
+        assert got.shape == (n,)
+        for r in (0, forest.BLOCK_ROWS - 1, forest.BLOCK_ROWS, 2 * forest.BLOCK_ROWS, n - 1):
+            assert got[r] == forest.predict(X[r:r + 1])[0]
+        assert np.array_equal(got[: forest.BLOCK_ROWS + 5], forest.predict(X[: forest.BLOCK_ROWS + 5]))
+
+
 def test_parquet_writer_matches_pandas(tmp_path):
     """Outputs written from buffers (no pandas) read back as pandas' own writer's do."""
     import pandas as pd
@@ -553,6 +571,11 @@ def test_scalar_cost_forms_decline_without_a_closed_form():
     assert cost.decode_step_times(4, 400.0, 3, 120.0) is None
     assert cost.mixed_step_time([10], [0], 4, 400, 120, 5) is None
     assert cost.mixed_step_time([10], [0], 0, 0, 0, 1) is None
+    assert cost.prefill_constants() is None and cost.decode_constants(4) is None
+    # with a closed form: the constants the fused loop inlines mixed_step_time with
+    plain = _cost("none")
+    f4, heads, kvh, d, ab, kb, cf, cb, ov = plain.prefill_constants()
+    assert f4 == 4.0 * heads * d and (cf, cb, ov) == plain.efficiency.roofline_coeffs("attn_prefill", *plain._peaks)
 
 
 # ---- parsed-YAML cache (the catalog) ------------------------------------------------------------

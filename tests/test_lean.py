@@ -188,6 +188,20 @@ def test_attention_without_a_closed_form(monkeypatch, policy):
     assert fused["engine_path"] == FUSED
 
 
+@pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
+def test_cost_tables_growing_during_the_run(monkeypatch, policy):
+    """Tables not reserved up front (they grow as steps need longer ones): a step beyond the
+    tables the loop prices inline is priced by ``mixed_step_time`` (which grows them), and the
+    loop reads the grown tables after it, as the stepping path reads them at every step."""
+    from simkit.cost.iteration import IterationModel
+
+    monkeypatch.setattr(IterationModel, "reserve", lambda self, n: None)
+    data = _data(uniform_workload(150, 40.0, (20, 1500), (1, 120)), 9, 48, 4096, {"num_blocks": 4000}, policy=policy,
+                 chunk=700)  # fmt: skip
+    fused, _ = run_three(scenario_from_dict(data), reference=False)
+    assert fused["engine_path"] == FUSED
+
+
 def test_outside_the_domain_another_path_runs():
     data = make_scenario(workload=uniform_workload(30, 20.0, (32, 600), (2, 80)))
     data["plan"].update({"batching": {"policy": "static", "max_num_seqs": 8}, "parallel": {"replicas": 2}})

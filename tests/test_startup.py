@@ -203,6 +203,24 @@ def test_percentile_of_sorted_values_is_numpys_bit_for_bit(values: list[float], 
     assert np.float64(got).tobytes() == np.float64(np.percentile(x, p)).tobytes()
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(st.one_of(st.floats(0, 1e4, allow_nan=False, allow_infinity=False),
+                              st.sampled_from([0.0, 0.5, float("nan"), float("inf"), -float("inf")])), max_size=60),
+)
+def test_summary_percentiles_from_one_sorted_copy_are_numpys(values: list[float]) -> None:
+    """The summary's p50/p90/p99 of a metric's finite values, from one sorted copy: numpy's,
+    bit for bit (NaN when no value is finite)."""
+    from simkit.metrics import _pcts
+
+    x = np.array(values, dtype=np.float64)
+    got = _pcts(x, (50, 90, 99))
+    fin = x[np.isfinite(x)]
+    for g, p in zip(got, (50, 90, 99), strict=True):
+        want = np.float64(np.percentile(fin, p)) if fin.size else np.float64("nan")
+        assert np.float64(g).tobytes() == want.tobytes()
+
+
 @settings(max_examples=400, deadline=None)
 @given(values=st.lists(st.one_of(st.floats(0, 1e4, allow_nan=False, allow_infinity=False), st.sampled_from([0.0, 1e-3, 0.5, 7.25])),
                        min_size=1, max_size=60))

@@ -129,8 +129,11 @@ class IterationModel:
         self._peaks = (self.device.peak_flops(self.dtype), self.device.mem_bandwidth)
         self._dec1: dict[int, tuple] = {}  # batch -> constants of _decode_attention1
         self._fixed1: dict[int, float] = {}  # batch -> fixed_step_time
-        self._lists: tuple[list[float], list[float]] = ([], [])  # the body and head tables as lists
-        self._pre_roof: tuple[float, ...] | None = None  # prefill attention's roofline_coeffs (() if none)
+        self.scalar_tables: tuple[list[float], list[float]] = ([], [])
+        """The body and head tables as lists (``body[T]``, ``head[R]``: what :meth:`mixed_step_time`
+        reads for T tokens and R logits rows), for a caller that inlines it (engine/lean.py);
+        every growth of the tables replaces them (read them again after any call that may grow)."""
+        self._pre_roof: tuple[float, ...] | None = None  # prefill_constants (() if none)
 
     # ---- tables ------------------------------------------------------------------------------
     def reserve(self, n: int) -> None:
@@ -163,7 +166,7 @@ class IterationModel:
         self._head = head if self.last_stage else np.zeros(size)
         self._dec1 = {}  # these read the tables
         self._fixed1 = {}
-        self._lists = (self._body.tolist(), self._head.tolist())
+        self.scalar_tables = (self._body.tolist(), self._head.tolist())
 
     def body_time(self, tokens: np.ndarray | int) -> np.ndarray:
         t = np.asarray(tokens, dtype=np.int64)
@@ -430,7 +433,7 @@ class IterationModel:
                 return None
             n_tok = sum(pq)
         T = n_tok + nb
-        lists = self._lists
+        lists = self.scalar_tables
         if len(lists[0]) <= T or len(lists[1]) <= rows:
             t = float(self.body_time(T)) + float(self.head_time(rows))  # grows the tables as step_time does
         else:
@@ -442,12 +445,10 @@ class IterationModel:
                 return None
             total += a
         if n_pq:
-            roof = self._pre_roof
-            if roof is None:
-                roof = self._pre_roof = self.efficiency.roofline_coeffs("attn_prefill", self._peaks[0], self._peaks[1]) or ()
-            if not roof:
+            pc = self.prefill_constants()
+            if pc is None:
                 return None
-            heads, kvh, d, ab, kb = self._attn_consts()
+            f4, heads, kvh, d, ab, kb, cf, cb, ov = pc
             tokens = float(n_tok)
             if n_pq == 1:
                 pairs = float(q0 * c0 + q0 * (q0 + 1) // 2)
@@ -455,12 +456,27 @@ class IterationModel:
             else:
                 pairs = float(sum(q * c + q * (q + 1) // 2 for q, c in zip(pq, ctx)))
                 kv_tokens = float(sum(ctx)) + tokens
-            flops = 4.0 * heads * d * pairs
+            # 4.0 * heads * d * pairs: ``f4`` is its first two products (left to right)
+            flops = f4 * pairs
             byts = 2.0 * tokens * heads * d * ab + 2.0 * kv_tokens * kvh * d * kb + 2.0 * tokens * kvh * d * kb
-            cf, cb, ov = roof
             fc, bc = flops * cf, byts * cb
             total += ((bc if bc > fc else fc) + ov) * self.layers  # max(fc, bc), without a call
         return t + total + (self.iteration_overhead + self.per_seq_overhead * n)
+
+    def prefill_constants(self) -> tuple[float, float, float, float, float, float, float, float, float] | None:
+        """The constants :meth:`mixed_step_time` prices prefill attention with on scalars,
+        ``(4.0 * heads * d, heads, kvh, d, a_bytes, kv_bytes, cf, cb, ov)`` (the attention shape
+        and the prefill-attention roofline coefficients), for a caller that inlines it
+        (engine/lean.py); None where the efficiency model has no closed form for prefill
+        attention, or for a sliding-window model (as :meth:`decode_constants`)."""
+        if self.model.sliding_window is not None:
+            return None
+        pc = self._pre_roof
+        if pc is None:
+            roof = self.efficiency.roofline_coeffs("attn_prefill", self._peaks[0], self._peaks[1])
+            heads, kvh, d, ab, kb = self._attn_consts()
+            pc = self._pre_roof = () if roof is None else (4.0 * heads * d, heads, kvh, d, ab, kb, *roof)
+        return pc or None
 
     def breakdown(self, q: np.ndarray, ctx: np.ndarray) -> list[OpTime]:
         """Per-operator times for one iteration (for `simkit estimate ops` and reports)."""

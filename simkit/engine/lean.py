@@ -30,8 +30,11 @@ heap). :func:`run_fused` makes the same decisions, in the same order, on local v
 - a decode run is priced by the scalar loop of :meth:`IterationModel.decode_step_times`
   inlined (the same operations in the same order; with a fitted decode-attention efficiency, by
   :meth:`IterationModel.decode_steps` as the stepping path does), cut at the step that reaches
-  the next arrival (whichever replica it goes to), a step with prefill chunks by the fast
-  engine's own pricing (``FastEngine._step_time``, memoised for one prompt alone);
+  the next arrival (whichever replica it goes to), a step with prefill chunks by
+  :meth:`IterationModel.mixed_step_time` inlined on the constants it exposes
+  (``prefill_constants``, ``decode_constants``, ``scalar_tables``; the same operations in the
+  same order), else as the fast engine prices it (``FastEngine._step_time``: a one-token chunk
+  over a cache, a step beyond the tables, no closed form), memoised for one prompt alone;
 - the KV level is integrated at the instants the block manager would integrate it, and the
   inter-token gaps (one histogram for all replicas) go through its buffer flushed at the same
   points, in the same order across replicas.
@@ -66,6 +69,7 @@ import numpy as np
 from simkit.engine.state import TBTHistogram
 
 if TYPE_CHECKING:
+    from simkit.cost.iteration import IterationModel
     from simkit.engine.cluster import Cluster
     from simkit.engine.fast import FastEngine
 
@@ -107,6 +111,14 @@ def _growth(upto: int, xa: int, n_active: int, cnt: list[int], pending: list[tup
             break
         g += -(-(upto - n0) // bs)
     return g
+
+
+def _dec_memo(cost: IterationModel, nb: int) -> tuple:
+    """What the loop memoises per decode batch size: (IterationModel.decode_constants(nb) and
+    fixed_step_time(nb), or None without the closed form; fixed_step_time(nb))."""
+    c0 = cost.decode_constants(nb)
+    fixed = cost.fixed_step_time(nb)
+    return (None if c0 is None else (*c0, fixed), fixed)
 
 
 def _tbt_fresh(hist: TBTHistogram, vals: list[float], wts: list[float], t: float, last_dec: float, nb: int,
@@ -184,10 +196,11 @@ def _replica(
     index = ri = engine.index
     tp = cost.tp
     comm_time = cost.comm_time
-    fixed_step_time = cost.fixed_step_time
     step_time = engine._step_time
     mixed_step_time = cost.mixed_step_time
-    decode_constants = cost.decode_constants
+    pre_c = cost.prefill_constants()
+    host_fixed = cost.iteration_overhead
+    host_seq = cost.per_seq_overhead
     decode_steps = cost.decode_steps
     layers = cost.layers
     log_on = engine.log.enabled
@@ -261,7 +274,6 @@ def _replica(
         ak = 0
         aw = peek = (at[0] if at[0] > 0 else 0.0) if n else INF
         nxt = at[0]
-        enqueued = 0
     while True:
         if not nrun and not waiting:
             if alone:
@@ -276,7 +288,6 @@ def _replica(
                     # the arrival its wait was for, then every later one already due
                     nxt = at[ak + 1]
                     if not codes[ak]:
-                        enqueued += 1
                         waiting.append(ids[ak])
                         woke = True
                     ak += 1
@@ -288,7 +299,6 @@ def _replica(
                             break
                         nxt = at[ak + 1]
                         if not codes[ak]:
-                            enqueued += 1
                             waiting.append(ids[ak])
                             woke = True
                         ak += 1
@@ -297,7 +307,8 @@ def _replica(
                 clock[1] = now
                 clock[2] = np_clock
                 if alone:
-                    clock[3] = enqueued
+                    # every arrival has been handled (an idle replica alone waits only at the end)
+                    clock[3] = codes.count(0)
                 msg = yield None
                 if msg is None:
                     break  # the run is over
@@ -330,11 +341,11 @@ def _replica(
                         peak = used
                 if upto > Xa:
                     Xa = upto
-                    kq = 0
-                    while kq < len(pending) and pending[kq][0] <= upto:
-                        cnt[pending[kq][0] % bs] += 1
-                        kq += 1
-                    if kq:
+                    if pending and pending[0][0] <= upto:
+                        kq = 0
+                        while kq < len(pending) and pending[kq][0] <= upto:
+                            cnt[pending[kq][0] % bs] += 1
+                            kq += 1
                         n_active += kq
                         del pending[:kq]
             budget = chunk_budget - nb
@@ -419,30 +430,47 @@ def _replica(
                 if tp > 1:
                     stage_comm += comm_time(ntok)
             else:
+                # the chunks' tokens, their prompt-attention pairs and cached tokens (integers:
+                # exact in any order), and whether one is a one-token chunk over a cache (priced
+                # as a decode: the array form's)
+                one_tok = False
                 if chunked and n_pq == 1:
                     i = pre[0]
-                    c = kvp[i]
-                    kv_pre = [c]
-                    top = c + q[0]
-                    c = top >= inp[i]
-                    completes = [c]
-                    rows_ = nb + c
-                elif chunked:
-                    kv_pre = [kvp[i] for i in pre]
-                    completes = []
-                    rows_ = nb
-                    top = 0
-                    for kk in range(n_pq):
-                        upto = kv_pre[kk] + q[kk]
-                        c = upto >= inp[pre[kk]]
-                        completes.append(c)
-                        rows_ += c
-                        if upto > top:
-                            top = upto
+                    c0 = kvp[i]
+                    ntok = q[0]
+                    top = c0 + ntok
+                    done1 = top >= inp[i]
+                    rows_ = nb + done1
+                    pairs = ntok * c0 + ntok * (ntok + 1) // 2
+                    ctx_sum = c0
+                    one_tok = ntok == 1 and c0 > 0
                 else:
-                    kv_pre = [0] * n_pq
-                    rows_ = n_pq
-                    top = max(q)
+                    ntok = pairs = ctx_sum = top = 0
+                    if chunked:
+                        kv_pre = [kvp[i] for i in pre]
+                        completes = []
+                        rows_ = nb
+                        for kk in range(n_pq):
+                            qk = q[kk]
+                            ck = kv_pre[kk]
+                            upto = ck + qk
+                            c = upto >= inp[pre[kk]]
+                            completes.append(c)
+                            rows_ += c
+                            if upto > top:
+                                top = upto
+                            ntok += qk
+                            pairs += qk * ck + qk * (qk + 1) // 2
+                            ctx_sum += ck
+                            if qk == 1 and ck > 0:
+                                one_tok = True
+                    else:
+                        rows_ = n_pq
+                        for qk in q:
+                            if qk > top:
+                                top = qk
+                            ntok += qk
+                            pairs += qk * (qk + 1) // 2
                 dec_sum = longest = 0
                 if nb:
                     while True:
@@ -457,17 +485,53 @@ def _replica(
                 if top > mc_pre:
                     mc_pre = top
                 if nb or n_pq != 1:
-                    # FastEngine._step_time: on scalars, else on arrays
-                    dur = mixed_step_time(q, kv_pre, nb, dec_sum, longest, rows_)
-                    if dur is None:
-                        dur = step_time(q, kv_pre, nb, dec_sum, longest, rows_)
-                    ntok = sum(q) if n_pq != 1 else q[0]
+                    # FastEngine._step_time: IterationModel.mixed_step_time inlined (the same
+                    # operations in the same order), else that call (or the array form)
+                    T = ntok + nb
+                    body, head = cost.scalar_tables
+                    consts = None
+                    if nb:
+                        memo = dec_memo.get(nb)
+                        if memo is None:
+                            memo = dec_memo[nb] = _dec_memo(cost, nb)
+                        consts = memo[0]
+                    if pre_c is not None and not one_tok and len(body) > T and len(head) > rows_ and (consts or not nb):
+                        f4p, heads, kvh, d, ab, kb, cf, cb, ov = pre_c
+                        t = body[T] + head[rows_]
+                        total = 0.0
+                        if nb:
+                            # IterationModel._decode_attention1(nb, float(dec_sum + nb), longest + 1.0)
+                            f4, c1, c3, ratio, kvh_, d_, kb_, cf_, cb_, ov_, _, _ = consts
+                            kv = dec_sum + nb  # (an int: float arithmetic converts it exactly, as float() does)
+                            if ratio is not None:
+                                y = (longest + 1.0) * ratio
+                                if y > kv:
+                                    kv = y
+                            a = f4 * kv * cf_
+                            b = (c1 + 2.0 * kv * kvh_ * d_ * kb_ + c3) * cb_
+                            total += ((b if b > a else a) + ov_) * layers
+                        # float(ntok), float(ctx_sum) + float(ntok), float(pairs) there: integers
+                        # below 2**53, which float arithmetic converts exactly (as float() does)
+                        kv_tokens = ctx_sum + ntok
+                        flops = f4p * pairs
+                        byts = 2.0 * ntok * heads * d * ab + 2.0 * kv_tokens * kvh * d * kb + 2.0 * ntok * kvh * d * kb
+                        fc = flops * cf
+                        bc = byts * cb
+                        total += ((bc if bc > fc else fc) + ov) * layers
+                        dur = t + total + (host_fixed + host_seq * (n_pq + nb))
+                    else:
+                        if chunked and n_pq == 1:
+                            kv_pre = [c0]
+                        elif not chunked:
+                            kv_pre = [0] * n_pq
+                        dur = mixed_step_time(q, kv_pre, nb, dec_sum, longest, rows_)
+                        if dur is None:
+                            dur = step_time(q, kv_pre, nb, dec_sum, longest, rows_)
                 else:
-                    ntok = q[0]
-                    key = (ntok, kv_pre[0], rows_)
+                    key = (ntok, c0, rows_)
                     dur = prefill_memo.get(key)  # type: ignore[assignment]
                     if dur is None:
-                        dur = prefill_memo[key] = step_time(q, kv_pre, 0, 0, 0, rows_)
+                        dur = prefill_memo[key] = step_time(q, [c0], 0, 0, 0, rows_)
                 if tp > 1:
                     stage_comm += comm_time(ntok + nb)
         elif nb:
@@ -495,8 +559,7 @@ def _replica(
                 s = lo
             memo = dec_memo.get(nb)
             if memo is None:
-                c0 = decode_constants(nb)
-                memo = dec_memo[nb] = (None if c0 is None else (*c0, fixed_step_time(nb)), fixed_step_time(nb))
+                memo = dec_memo[nb] = _dec_memo(cost, nb)
             consts, fixed_step = memo
             ta = nxt - now
             if ta < INF and fixed_step > 0:
@@ -567,11 +630,11 @@ def _replica(
                     if used > peak:
                         peak = used
                 Xa = upto
-                kq = 0
-                while kq < len(pending) and pending[kq][0] <= upto:
-                    cnt[pending[kq][0] % bs] += 1
-                    kq += 1
-                if kq:
+                if pending and pending[0][0] <= upto:
+                    kq = 0
+                    while kq < len(pending) and pending[kq][0] <= upto:
+                        cnt[pending[kq][0] % bs] += 1
+                        kq += 1
                     n_active += kq
                     del pending[:kq]
             if longest + s > mc_dec:
@@ -600,7 +663,6 @@ def _replica(
                 now = aw
                 nxt = at[ak + 1]
                 if not codes[ak]:
-                    enqueued += 1
                     waiting.append(ids[ak])
                 ak += 1
                 aw = INF
@@ -611,7 +673,6 @@ def _replica(
                         break
                     nxt = at[ak + 1]
                     if not codes[ak]:
-                        enqueued += 1
                         waiting.append(ids[ak])
                     ak += 1
             peek = aw
@@ -632,7 +693,7 @@ def _replica(
             if chunked and n_pq == 1:
                 i = pre[0]
                 kvp[i] = top
-                if completes[0]:
+                if done1:
                     done_pre = [i]
                     prefilling.remove(i)  # (the reference keeps the others in order)
                 else:
@@ -723,28 +784,36 @@ def _replica(
         if extra < 0.0:
             extra = 0.0
         gap_end = start + times[0] + extra
-        # FastEngine._tbt_groups(gap_end), through the histogram's buffer (TBTHistogram.push1)
-        if not fresh:
-            if len(vals) >= BUF:
-                hist.flush()
-                vals, wts = hist._vals, hist._wts
-            vals.append(gap_end - last_dec)
-            wts.append(fb)
+        # FastEngine._tbt_groups(gap_end), through the histogram's buffer (TBTHistogram.push1),
+        # then TBTHistogram.push(times[1:], nb)
+        if not fresh and len(vals) + s <= BUF:
+            # no flush on the way (push1 flushes a full buffer, push one that would overflow):
+            # the gap, then the later steps' times, as the run's times with the first replaced
+            k = len(vals)
+            vals += times
+            vals[k] = gap_end - last_dec
+            wts += [fb] * s
         else:
-            vals, wts = _tbt_fresh(hist, vals, wts, gap_end, last_dec, nb, fresh)
-            fresh = []
-        if s > 1:
-            # TBTHistogram.push(times[1:], nb)
-            m = s - 1
-            if len(vals) + m > BUF:
-                hist.flush()
-                vals, wts = hist._vals, hist._wts
-                if m > BUF:
-                    hist.add(np.asarray(times[1:], dtype=np.float64), fb)
-                    m = 0
-            if m:
-                vals.extend(times[1:])
-                wts.extend([fb] * m)
+            if not fresh:
+                if len(vals) >= BUF:
+                    hist.flush()
+                    vals, wts = hist._vals, hist._wts
+                vals.append(gap_end - last_dec)
+                wts.append(fb)
+            else:
+                vals, wts = _tbt_fresh(hist, vals, wts, gap_end, last_dec, nb, fresh)
+                fresh = []
+            if s > 1:
+                m = s - 1
+                if len(vals) + m > BUF:
+                    hist.flush()
+                    vals, wts = hist._vals, hist._wts
+                    if m > BUF:
+                        hist.add(np.asarray(times[1:], dtype=np.float64), fb)
+                        m = 0
+                if m:
+                    vals.extend(times[1:])
+                    wts.extend([fb] * m)
         D += s
         last_dec = now
         if fin_heap[0][0] <= D:
@@ -785,7 +854,7 @@ def _replica(
     mc["attn_prefill"] = max(mc["attn_prefill"], mc_pre)
     mc["attn_decode"] = max(mc["attn_decode"], mc_dec)
     if alone:
-        outst[ri] += enqueued  # (the driver counts what it queues; alone, the loop queued them)
+        outst[ri] += clock[3]  # (the driver counts what it queues; alone, the loop queued them)
     engine.outstanding = outst[ri]
     return None
 
