@@ -26,12 +26,8 @@ if str(ROOT) not in sys.path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import pandas as pd
-
     from simkit.calibrate import bench
-    from simkit.calibrate.fit import fit_profile
-    from simkit.calibrate.store import save_profile
-    from simkit.calibrate.validate import load_profile
+    from simkit.calibrate.retime import open_cpu_profile, write_refit
     from simkit.errors import SimkitError
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -41,30 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     try:
-        prof = load_profile(a.profile)
-        dev = dict(prof.device)
-        if dev.get("kind") != "cpu":
-            raise SimkitError(f"{a.profile}: not a CPU profile (device.kind {dev.get('kind')!r})")
-        for out in (a.out_gemm, a.out_stream):
-            if Path(out).is_file():
-                raise SimkitError(f"--out-gemm/--out-stream {out}: is a file, expected a folder")
-        torch = bench.require_torch()
-        threads = bench.set_threads(int(dev.get("threads") or 1))
-        clock = str(dev.get("clock") or "wall")
-        bench.check_clock(clock, "cpu", threads)
-        bench.tune_allocator()
-        size = bench.SIZES[str(dev.get("suite") or "quick")]
-        timer = bench.Timer("cpu", min_rep_s=size.min_rep_s, budget_s=size.budget_s, min_reps=size.min_reps,
-                            max_reps=size.max_reps, clock=clock)  # fmt: skip
-        llc = float(dev.get("llc_bytes") or 32e6)
-        stream = torch.ones(int(llc) // 4, dtype=torch.float32)
+        r = open_cpu_profile(a.profile, [a.out_gemm, a.out_stream], "--out-gemm/--out-stream")
+        prof = r.prof
+        stream = r.torch.ones(int(r.llc) // 4, dtype=r.torch.float32)
         rows: dict[str, list[dict[str, Any]]] = {"gemm": [], "stream": []}
         dtypes = [d for d in prof.dtypes() if d in ("fp32", "bf16")]
         for i, dt in enumerate(dtypes):
             order = ["gemm", "stream"] if i % 2 == 0 else ["stream", "gemm"]
             for how in order:
-                b = bench.Bench(torch, "cpu", size, timer, prof.source, random.Random(a.seed))
-                b.cold_bytes = 2.0 * llc
+                b = bench.Bench(r.torch, "cpu", r.size, r.timer, prof.source, random.Random(a.seed))
+                b.cold_bytes = 2.0 * r.llc
                 if how == "stream":
                     b.predecessor = lambda op, dims, dtype: stream.sum  # type: ignore[method-assign]
                 n = b.elementwise(dt)
@@ -74,10 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         s = prof.samples
         rest = s[s["op_class"].astype(str) != "elementwise"]
         for how, out in (("gemm", a.out_gemm), ("stream", a.out_stream)):
-            df = pd.concat([rest, pd.DataFrame(rows[how]).reindex(columns=s.columns)], ignore_index=True)
-            p = fit_profile(df, dev, name=Path(out).name, source=f"{prof.source}; elementwise re-timed after {how}", license=prof.license)
-            Path(out).mkdir(parents=True, exist_ok=True)
-            save_profile(p, out)
+            write_refit(r, rest, rows[how], out, r.dev, f"elementwise re-timed after {how}")
             print(f"wrote {out}", file=sys.stderr)
     except SimkitError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -29,9 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from simkit.calibrate import bench
-    from simkit.calibrate.fit import fit_profile
-    from simkit.calibrate.store import save_profile
-    from simkit.calibrate.validate import load_profile
+    from simkit.calibrate.retime import open_cpu_profile, write_refit
     from simkit.cost.profile import FEW_ROWS
     from simkit.errors import SimkitError
 
@@ -41,50 +39,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-layer", required=True, help="write the profile with few-row GEMMs timed after their layer predecessor here")
     a = ap.parse_args(argv)
     try:
-        prof = load_profile(a.profile)
-        dev = dict(prof.device)
-        if dev.get("kind") != "cpu":
-            raise SimkitError(f"{a.profile}: not a CPU profile (device.kind {dev.get('kind')!r})")
-        for out in (a.out_loop, a.out_layer):
-            if Path(out).is_file():
-                raise SimkitError(f"--out-loop/--out-layer {out}: is a file, expected a folder")
+        r = open_cpu_profile(a.profile, [a.out_loop, a.out_layer], "--out-loop/--out-layer")
+        prof, dev = r.prof, r.dev
         s = prof.samples
         if s is None or not len(s):
             raise SimkitError(f"{a.profile}: the profile has no samples.csv to re-measure")
-        torch = bench.require_torch()
-        threads = bench.set_threads(int(dev.get("threads") or 1))
-        clock = str(dev.get("clock") or "wall")
-        bench.check_clock(clock, "cpu", threads)
-        bench.tune_allocator()
-        size = bench.SIZES[str(dev.get("suite") or "quick")]
-        timer = bench.Timer("cpu", min_rep_s=size.min_rep_s, budget_s=size.budget_s, min_reps=size.min_reps,
-                            max_reps=size.max_reps, clock=clock)  # fmt: skip
-        llc = float(dev.get("llc_bytes") or 32e6)
         few = (s["op_class"].astype(str) == "gemm") & (pd.to_numeric(s["m"], errors="coerce") <= FEW_ROWS)
         rows: dict[str, list[dict[str, Any]]] = {"loop": [], "layer": []}
         dtypes = [d for d in prof.dtypes() if d in ("fp32", "bf16")]
         for i, dt in enumerate(dtypes):
             sel = s[few & (s["dtype"].astype(str) == dt)]
-            chosen = [(int(r.m), str(r.op), int(r.k), int(r.n), 0.0) for r in sel.itertuples()]
+            chosen = [(int(x.m), str(x.op), int(x.k), int(x.n), 0.0) for x in sel.itertuples()]
             eb = 2 if dt == "bf16" else 4
             for how in (["layer", "loop"] if i % 2 == 0 else ["loop", "layer"]):
-                b = bench.Bench(torch, "cpu", size, timer, prof.source, random.Random(0))
-                b.cold_bytes = 2.0 * llc
+                b = bench.Bench(r.torch, "cpu", r.size, r.timer, prof.source, random.Random(0))
+                b.cold_bytes = 2.0 * r.llc
                 if how == "loop":
                     b.gemm_predecessor = lambda op, m, k, n, dtype: None  # type: ignore[method-assign]
                 n = b.time_gemms(chosen, dt, eb)
                 rows[how].extend(b.rows)
                 print(f"{dt}: {n} few-row GEMMs timed {'in a loop' if how == 'loop' else 'after their layer predecessor'}",
                       file=sys.stderr, flush=True)  # fmt: skip
-        rest = s[~few]
         for how, out in (("loop", a.out_loop), ("layer", a.out_layer)):
-            df = pd.concat([rest, pd.DataFrame(rows[how]).reindex(columns=s.columns)], ignore_index=True)
             facts = {k: v for k, v in dev.items() if k != "gemm_timing"}
             if how == "layer":
                 facts["gemm_timing"] = bench.GEMM_TIMING
-            p = fit_profile(df, facts, name=Path(out).name, source=f"{prof.source}; few-row GEMMs re-timed ({how})", license=prof.license)
-            Path(out).mkdir(parents=True, exist_ok=True)
-            save_profile(p, out)
+            write_refit(r, s[~few], rows[how], out, facts, f"few-row GEMMs re-timed ({how})")
             print(f"wrote {out}", file=sys.stderr)
     except SimkitError as e:
         print(f"error: {e}", file=sys.stderr)
