@@ -27,6 +27,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -90,13 +91,7 @@ def read_o_direct(path: Path, threads: int, check: bool = False) -> tuple[int, f
             buf.close()
 
     try:
-        t = time.perf_counter()
-        ths = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-        for th in ths:
-            th.start()
-        for th in ths:
-            th.join()
-        sec = time.perf_counter() - t
+        sec = _timed_threads(worker, threads)
     finally:
         os.close(fd)
     if errors:
@@ -124,14 +119,20 @@ def read_mmap(path: Path, threads: int, check: bool = False) -> tuple[int, float
             if check:
                 sums[i] += int(buf[:n].sum(dtype=np.uint64))
 
+    sec = _timed_threads(worker, threads)
+    return sum(got), sec, sum(sums)
+
+
+def _timed_threads(worker: Callable[[int], None], threads: int) -> float:
+    """Wall seconds of ``worker(0..threads-1)`` run in as many threads, from the first start to the
+    last join."""
     t = time.perf_counter()
     ths = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
     for th in ths:
         th.start()
     for th in ths:
         th.join()
-    sec = time.perf_counter() - t
-    return sum(got), sec, sum(sums)
+    return time.perf_counter() - t
 
 
 PATHS = {"o_direct": read_o_direct, "mmap": read_mmap}
