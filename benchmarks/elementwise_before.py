@@ -28,6 +28,7 @@ if str(ROOT) not in sys.path:
 def main(argv: list[str] | None = None) -> int:
     from simkit.calibrate import bench
     from simkit.calibrate.retime import open_cpu_profile, write_refit
+    from simkit.calibrate.validate import load_profile
     from simkit.errors import SimkitError
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     try:
-        r = open_cpu_profile(a.profile, [a.out_gemm, a.out_stream], "--out-gemm/--out-stream")
+        r = open_cpu_profile(load_profile(a.profile), a.profile, [a.out_gemm, a.out_stream], "--out-gemm/--out-stream")
         prof = r.prof
         stream = r.torch.ones(int(r.llc) // 4, dtype=r.torch.float32)
         rows: dict[str, list[dict[str, Any]]] = {"gemm": [], "stream": []}

@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from simkit.calibrate import bench
     from simkit.calibrate.retime import open_cpu_profile, write_refit
+    from simkit.calibrate.validate import load_profile
     from simkit.cost.profile import FEW_ROWS
     from simkit.errors import SimkitError
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-layer", required=True, help="write the profile with few-row GEMMs timed after their layer predecessor here")
     a = ap.parse_args(argv)
     try:
-        r = open_cpu_profile(a.profile, [a.out_loop, a.out_layer], "--out-loop/--out-layer")
+        r = open_cpu_profile(load_profile(a.profile), a.profile, [a.out_loop, a.out_layer], "--out-loop/--out-layer")
         prof, dev = r.prof, r.dev
         s = prof.samples
         if s is None or not len(s):

@@ -26,14 +26,12 @@ class Retiming:
     """Last-level cache bytes of the profile's machine (32 MB if it did not record them)."""
 
 
-def open_cpu_profile(path: str, outs: list[str], flags: str) -> Retiming:
-    """The profile at ``path`` set up for re-timing; ``outs`` are the folders the variants will be
-    written to (``flags`` names their options in errors). SimkitError for a profile that is not a
-    CPU one or an output that is a file."""
+def open_cpu_profile(prof: Any, path: str, outs: list[str], flags: str) -> Retiming:
+    """The profile ``prof`` (loaded from ``path``) set up for re-timing; ``outs`` are the folders
+    the variants will be written to (``flags`` names their options in errors). SimkitError for a
+    profile that is not a CPU one or an output that is a file."""
     from simkit.calibrate import bench
-    from simkit.calibrate.validate import load_profile
 
-    prof = load_profile(path)
     dev = dict(prof.device)
     if dev.get("kind") != "cpu":
         raise SimkitError(f"{path}: not a CPU profile (device.kind {dev.get('kind')!r})")
