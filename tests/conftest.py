@@ -112,3 +112,17 @@ def native_trace_workload(path: Path, times: np.ndarray, inp: np.ndarray, out: n
     rows = "".join(f"{t!r},{i},{o}\n" for t, i, o in zip(times.tolist(), inp.tolist(), out.tolist()))
     path.write_text("arrival_s,input_tokens,output_tokens\n" + rows)
     return {"trace": {"path": str(path), "format": "native"}}
+
+
+def load_benchmark(name: str):  # type: ignore[no-untyped-def]
+    """The script ``benchmarks/<name>.py`` imported as a module (registered in sys.modules under
+    ``name``, so that its dataclasses and pickling find it), for tests of the benchmark tools."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod

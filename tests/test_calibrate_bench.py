@@ -16,6 +16,7 @@ import pytest
 
 from simkit.calibrate.ssd import filesystem_of, ssd_bench
 from simkit.errors import CalibrationError
+from tests.conftest import load_benchmark
 
 REQUIRED = (
     "op_class", "op", "dtype", "m", "n", "k", "numel", "batch", "tokens", "ctx", "heads", "kv_heads",
@@ -289,15 +290,7 @@ def test_shipped_cpu_profile_loads_and_predicts():
 
 
 def _elementwise_before_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "elementwise_before.py"
-    spec = importlib.util.spec_from_file_location("elementwise_before", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("elementwise_before")
 
 
 @pytest.mark.torch
@@ -331,15 +324,7 @@ def test_elementwise_before_refuses_a_missing_profile(tmp_path, capsys):
 
 
 def _gemm_before_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gemm_before.py"
-    spec = importlib.util.spec_from_file_location("gemm_before", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("gemm_before")
 
 
 @pytest.mark.torch

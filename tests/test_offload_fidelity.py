@@ -16,7 +16,7 @@ from simkit.scenario import KVCache, scenario_from_dict
 from simkit.search.offload import confirm_by_simulation, optimize
 from simkit.simulate import simulate
 from simkit.specs.node import resolve_node
-from tests.conftest import make_scenario
+from tests.conftest import load_benchmark, make_scenario
 
 GiB = 2.0**30
 
@@ -311,15 +311,7 @@ def test_cpu_attention_runs_between_the_projections_not_beside_them():
 
 # ---- the published-systems benchmark ---------------------------------------------------------------
 def _bench():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "offload_published.py"
-    spec = importlib.util.spec_from_file_location("offload_published", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("offload_published")
 
 
 def test_benchmark_rewrites_only_its_own_section(tmp_path, monkeypatch):

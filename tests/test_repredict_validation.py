@@ -18,6 +18,7 @@ from simkit.calibrate.validate import (
     repredict,
     step_batch,
 )
+from tests.conftest import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = ROOT / "calibration" / "profiles" / "ci-vm-cpu"
@@ -67,16 +68,12 @@ def test_script_refits_without_an_operator_and_refuses_other_json(tmp_path: Path
 def test_script_refits_with_one_attention_base(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--shared-attn-base scores a refit of the profile's own samples with one attention roofline
     base for every dtype (as before 2026-11-30), next to the profile itself."""
-    import importlib.util
 
     from simkit.calibrate import fit
 
     res = tmp_path / "r.json"
     res.write_text(json.dumps(_result(1.0)))
-    spec = importlib.util.spec_from_file_location("repredict_validation", ROOT / "benchmarks" / "repredict_validation.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("repredict_validation")
     assert mod.main([str(res), str(CPU), "--shared-attn-base"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and "median 0.0%, p90 0.0%" in lines[0]
