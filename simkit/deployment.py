@@ -95,9 +95,10 @@ def build_workload(sc: Scenario) -> Requests:
             meta={"source": "fixed batch"},
         )
     elif w.synthetic is not None:
+        from simkit.specs.validated import plain
         from simkit.workload.synthetic import make_synthetic
 
-        spec = w.synthetic.model_dump(exclude_none=True)
+        spec = plain(w.synthetic, exclude_none=True)  # model_dump(exclude_none=True) without building its serializer
         lengths = spec["lengths"]
         if "trace" in lengths:
             lengths["trace"]["path"] = str(_trace_path(sc, lengths["trace"]["path"], "workload.synthetic.lengths.trace.path"))

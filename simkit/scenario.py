@@ -24,6 +24,7 @@ from simkit.errors import ScenarioError, SimkitError
 from simkit.policies.batching import BATCHING_POLICIES, ContinuousBatching
 from simkit.policies.routing import ROUTING_POLICIES
 from simkit.specs.base import Bytes, Seconds, Section, format_validation_error
+from simkit.specs.validated import cached, constructed_default
 from simkit.specs.yamlio import check_data, load_yaml, parse_yaml_value
 from simkit.workload.base import MAX_TOKENS
 from simkit.workload.traces import TRACE_FORMATS
@@ -238,11 +239,11 @@ class KVSpill(_S):
 
 
 class Offload(_S):
-    weights: OffloadShare = OffloadShare()
+    weights: OffloadShare = constructed_default(OffloadShare)
     """Where each streamed layer's weights live (fractions summing to 1)."""
-    kv_cache: OffloadShare = OffloadShare()
+    kv_cache: OffloadShare = constructed_default(OffloadShare)
     """Where each layer's KV lives, split by KV heads (head-wise offload)."""
-    activations: OffloadShare = OffloadShare()
+    activations: OffloadShare = constructed_default(OffloadShare)
     """Where hidden states live between layers."""
     gpu_batch_size: int | None = Field(default=None, ge=1)
     """Sequences computed together per layer (FlexGen's GPU batch)."""
@@ -335,7 +336,7 @@ class Parallel(_S):
     """Allow a TP group to span nodes (its all-reduces then cross the network)."""
     collective_algorithm: Literal["ring", "tree"] = "ring"
     """Algorithm the all-reduce and all-gather costs assume."""
-    expert_routing: ExpertRouting = ExpertRouting()
+    expert_routing: ExpertRouting = constructed_default(ExpertRouting)
     """How tokens are routed to experts (MoE models)."""
 
 
@@ -363,21 +364,21 @@ class FleetGroup(_S):
 
 
 class Plan(_S):
-    batching: BatchingOptions = ContinuousBatching.Options()
+    batching: BatchingOptions = constructed_default(ContinuousBatching.Options)
     """Batching and scheduling policy (policy, default continuous, and that policy's options)."""
-    precision: Precision = Precision()
+    precision: Precision = constructed_default(Precision)
     """Dtypes."""
-    kv_cache: KVCache = KVCache()
+    kv_cache: KVCache = constructed_default(KVCache)
     """Paged KV cache."""
-    prefix_cache: PrefixCache = PrefixCache()
+    prefix_cache: PrefixCache = constructed_default(PrefixCache)
     """Tiered prefix cache."""
-    offload: Offload = Offload()
+    offload: Offload = constructed_default(Offload)
     """Placement of weights, KV and activations across tiers."""
-    parallel: Parallel = Parallel()
+    parallel: Parallel = constructed_default(Parallel)
     """Tensor, pipeline, data and expert parallelism."""
     routing: RoutingName = "round_robin"
     """Registered routing policy across replicas: round_robin, least_outstanding, prefix_aware."""
-    execution: Execution = Execution()
+    execution: Execution = constructed_default(Execution)
     """How iterations execute, and on which device."""
     fleet: list[FleetGroup] | None = None
     """A heterogeneous fleet: groups of replicas on different GPU types behind one router, e.g.
@@ -432,11 +433,11 @@ class Scenario(_S):
     """A catalog model name, a model YAML path, or a Hugging Face config.json path."""
     workload: Workload
     """What arrives: exactly one of batch, synthetic or trace."""
-    plan: Plan = Plan()
+    plan: Plan = constructed_default(Plan)
     """How the deployment serves it."""
     calibration: str = "auto"
     """auto (the profile matching the device, else datasheet defaults with a warning), none, or a path."""
-    slo: SLO = SLO()
+    slo: SLO = constructed_default(SLO)
     """Service-level objectives for goodput and slo_met."""
     seed: int = Field(default=0, ge=0)
     """Seed of every random choice (same inputs and seed, identical outputs); an integer >= 0."""
@@ -528,11 +529,21 @@ def scenario_from_dict(data: Any, where: str | None = None) -> Scenario:
     if not isinstance(data, dict):
         raise ScenarioError("a scenario is a mapping of top-level keys (hardware, model, workload, plan, ...)", where=where)
     check_data(data, where, error=ScenarioError)
+
+    def validate() -> Scenario:
+        try:
+            return Scenario.model_validate(data)
+        except ValidationError as e:
+            err = format_validation_error(e, where, Scenario)
+            raise ScenarioError(err.message, where=where, key=err.key) from None
+
     try:
-        sc = Scenario.model_validate(data)
-    except ValidationError as e:
-        err = format_validation_error(e, where, Scenario)
-        raise ScenarioError(err.message, where=where, key=err.key) from None
+        key = json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError):  # not JSON data (a YAML date, a non-string key): validated each time
+        sc = validate()
+    else:
+        # the validated scenario of this data, kept on disk (specs/validated.py): no validator built
+        sc = cached("scenarios", key, (Scenario,), validate)
     sc._source = where
     sc._raw = json.loads(json.dumps(data))
     return sc

@@ -44,7 +44,7 @@ class Frozen(BaseModel):
     """Base of every spec: immutable, unknown keys rejected, no type coercion (``true`` is not 1,
     "8" is not 8; an integer is still a valid float), no NaN or infinity."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, strict=True, allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, strict=True, allow_inf_nan=False, defer_build=True)
 
 
 class Section(BaseModel):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -25,7 +26,8 @@ from simkit.errors import SpecError
 from simkit.specs.base import Frozen, format_validation_error
 from simkit.specs.hardware import HW_KINDS
 from simkit.specs.model import ModelSpec
-from simkit.specs.yamlio import load_yaml, load_yaml_files
+from simkit.specs.validated import cached
+from simkit.specs.yamlio import load_yaml, load_yaml_files_keyed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DATA = "_data"
@@ -71,13 +73,33 @@ class Catalog:
 
     @classmethod
     def load(cls, folders: list[Path]) -> Catalog:
+        found = [(folder, path) for folder in folders if folder.is_dir() for path in sorted(folder.rglob("*.yaml"))]
+        docs, digest = load_yaml_files_keyed([path for _, path in found])
+
+        def validate() -> list[Frozen]:
+            parsed: list[Frozen] = []
+
+            def parse(i: int) -> Frozen:
+                parsed.append(parse_item(docs[i], str(found[i][1])))
+                return parsed[-1]
+
+            cls._assemble(found, parse)  # each item's errors in file order, as the duplicates'
+            return parsed
+
+        # the validated items of these files' bytes, kept on disk (specs/validated.py): no validator built
+        items = validate() if digest is None else cached("catalog", digest, tuple(KINDS.values()), validate)
+        return cls._assemble(found, items.__getitem__)
+
+    @classmethod
+    def _assemble(cls, found: list[tuple[Path, Path]], item: Callable[[int], Frozen]) -> Catalog:
+        """The catalog of the files ``found`` ((searched folder, file) pairs), ``item(i)`` being
+        the i-th file's item: a name given twice in one folder tree is an error; an earlier
+        folder (a user catalog) overrides a later one's item."""
         cat = cls({k: {} for k in KINDS})
         roots: dict[tuple[str, str], Path] = {}  # the searched folder each item came from
-        found = [(folder, path) for folder in folders if folder.is_dir() for path in sorted(folder.rglob("*.yaml"))]
-        docs = load_yaml_files([path for _, path in found])
-        for (folder, path), doc in zip(found, docs, strict=True):
-            item = parse_item(doc, str(path))
-            kind, name = item.kind, item.name  # type: ignore[attr-defined]
+        for i, (folder, path) in enumerate(found):
+            it = item(i)
+            kind, name = it.kind, it.name  # type: ignore[attr-defined]
             if name in cat.items[kind]:
                 if roots[(kind, name)] == folder:  # same folder tree (any subfolder): a clash
                     raise SpecError(
@@ -86,7 +108,7 @@ class Catalog:
                         key="name",
                     )
                 continue  # an earlier folder (user catalog) overrides the shipped item
-            cat.items[kind][name] = item
+            cat.items[kind][name] = it
             cat.files[(kind, name)] = path
             roots[(kind, name)] = folder
         return cat

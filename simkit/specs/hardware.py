@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from simkit.specs.base import Bandwidth, Bytes, DollarsPerHour, FlopRate, Frozen, Seconds, Watts
+from simkit.specs.validated import constructed_default
 
 Dtype = Literal["fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4"]
 DTYPE_BYTES: dict[str, float] = {
@@ -235,7 +236,7 @@ class NodeSpec(Frozen):
     dram: DramConfig
     cxl: list[DeviceCount] = Field(default_factory=list)
     ssd: list[DeviceCount] = Field(default_factory=list)
-    links: NodeLinks = NodeLinks()
+    links: NodeLinks = constructed_default(NodeLinks)
     num_nics: int = Field(default=0, ge=0)
     host_price_per_hour: DollarsPerHour | None = None
     """Price of everything but the GPUs; default: the CPU's price x sockets."""

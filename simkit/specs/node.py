@@ -12,6 +12,7 @@ from simkit.errors import SpecError
 from simkit.specs.base import format_validation_error
 from simkit.specs.catalog import Catalog, default_catalog
 from simkit.specs.hardware import CPUSpec, GPUSpec, LinkSpec, MemorySpec, NodeSpec, SSDSpec
+from simkit.specs.validated import plain
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ def resolve_node(hardware: str | dict[str, Any], catalog: Catalog | None = None,
         for _ in range(c.count):
             ssd.append((s, c.capacity if c.capacity is not None else s.capacity))
     links = {}
-    for kind, name in spec.links.model_dump().items():
+    for kind, name in plain(spec.links).items():
         if name:
             links[kind] = cat.get("link", name, where=where, key=f"{key}.links.{kind}")
     if network is not None:
@@ -221,7 +222,7 @@ def _apply_flops_scale(scale, gpu, cpu, where):  # type: ignore[no-untyped-def]
         _scale_factor(f, f"hardware.flops_scale.{k}", where)
 
     def scaled(peak, f):  # type: ignore[no-untyped-def]
-        vals = {d: (v * f if v is not None else None) for d, v in peak.model_dump().items()}
+        vals = {d: (v * f if v is not None else None) for d, v in plain(peak).items()}
         return peak.model_copy(update=vals)
 
     if "gpu" in scale and gpu is not None:

@@ -91,11 +91,20 @@ CACHE_FORMAT = 1
 
 
 def load_yaml_files(paths: list[Path], *, error: type[Exception] = SpecError) -> list[Any]:
+    """:func:`load_yaml_files_keyed` without the key."""
+    return load_yaml_files_keyed(paths, error=error)[0]
+
+
+def load_yaml_files_keyed(paths: list[Path], *, error: type[Exception] = SpecError) -> tuple[list[Any], str | None]:
     """:func:`load_yaml` of every file in ``paths``, in order, through an on-disk cache of the
     parsed documents (``yaml/`` under :func:`simkit.cachedir.cache_root`): the files are read
     every time, and parsed only when their bytes (or their paths, or the YAML library) differ
     from a cached set, whose SHA-256 keys the entry. Documents that JSON does not carry exactly
-    (non-string keys, dates, NaN) are not cached. Errors are those of :func:`load_yaml`."""
+    (non-string keys, dates, NaN) are not cached. Errors are those of :func:`load_yaml`.
+
+    Also returns the SHA-256 of the files' paths and bytes (and the YAML library) that keys the
+    entry, for caches of what is derived from the documents; None when caching is off or a file
+    cannot be read."""
     import hashlib
     import json
     import sys
@@ -119,19 +128,20 @@ def load_yaml_files(paths: list[Path], *, error: type[Exception] = SpecError) ->
             docs = json.loads(entry.read_bytes())
             if isinstance(docs, list) and len(docs) == len(paths):
                 touch(entry)
-                return docs
+                return docs, h.hexdigest()
         except (OSError, ValueError):
             pass  # missing or damaged: parse
     docs = [load_yaml(p, error=error) for p in paths]
-    if entry is not None:
-        try:
-            blob = json.dumps(docs, allow_nan=False)
-            exact = json.loads(blob) == docs
-        except (TypeError, ValueError):
-            exact = False
-        if exact:
-            write_atomic(entry, blob.encode())
-    return docs
+    if entry is None:
+        return docs, None
+    try:
+        blob = json.dumps(docs, allow_nan=False)
+        exact = json.loads(blob) == docs
+    except (TypeError, ValueError):
+        exact = False
+    if exact:
+        write_atomic(entry, blob.encode())
+    return docs, h.hexdigest()
 
 
 def parse_yaml_value(text: str, *, where: str | None = None, key: str | None = None, error: type[Exception] = SpecError) -> Any:
