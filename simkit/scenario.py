@@ -543,7 +543,7 @@ def scenario_from_dict(data: Any, where: str | None = None) -> Scenario:
         sc = validate()
     else:
         # the validated scenario of this data, kept on disk (specs/validated.py): no validator built
-        sc = cached("scenarios", key, (Scenario,), validate)
+        sc = cached("scenarios", key, (Scenario,), validate, lambda v: type(v) is Scenario)
     sc._source = where
     sc._raw = json.loads(json.dumps(data))
     return sc

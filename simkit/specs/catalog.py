@@ -87,7 +87,10 @@ class Catalog:
             return parsed
 
         # the validated items of these files' bytes, kept on disk (specs/validated.py): no validator built
-        items = validate() if digest is None else cached("catalog", digest, tuple(KINDS.values()), validate)
+        def fits(v: Any) -> bool:
+            return type(v) is list and len(v) == len(found) and all(isinstance(x, Frozen) for x in v)
+
+        items = validate() if digest is None else cached("catalog", digest, tuple(KINDS.values()), validate, fits)
         return cls._assemble(found, items.__getitem__)
 
     @classmethod

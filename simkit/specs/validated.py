@@ -193,11 +193,12 @@ def decode(data: Any, classes: dict[str, type[BaseModel]]) -> Any:
     return {k: decode(x, classes) for k, x in data["d"].items()}
 
 
-def cached(folder: str, key: str, roots: tuple[type[BaseModel], ...], build: Callable[[], T]) -> T:
+def cached(folder: str, key: str, roots: tuple[type[BaseModel], ...], build: Callable[[], T], fits: Callable[[Any], bool]) -> T:
     """``build()`` (validated objects: a model or plain values holding models of ``roots``),
     through the on-disk cache ``folder`` under :func:`simkit.cachedir.cache_root`: an entry is
     keyed by ``key`` (a digest of the input ``build`` validates) and :func:`schema_key` of
-    ``roots``. A missing or damaged entry is rebuilt; errors are ``build()``'s, unchanged; what
+    ``roots``; a decoded entry must pass ``fits`` (the shape ``build`` returns). A missing or
+    damaged entry is rebuilt; errors are ``build()``'s, unchanged (and not cached); what
     :func:`encode` does not carry exactly is not cached."""
     from simkit.cachedir import cache_root, touch, write_atomic
 
@@ -216,8 +217,9 @@ def cached(folder: str, key: str, roots: tuple[type[BaseModel], ...], build: Cal
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             pass  # damaged: rebuilt below
         else:
-            touch(entry)
-            return value  # type: ignore[no-any-return]
+            if fits(value):
+                touch(entry)
+                return value  # type: ignore[no-any-return]
     value = build()
     try:
         blob = json.dumps(encode(value), allow_nan=False, separators=(",", ":"))
