@@ -1,5 +1,6 @@
 """Where simkit caches derived data (cost tables, the parsed catalog, parsed traces, calibration
-profiles' fitted trees, the scenario modules' attribute docstrings): one folder, one rule.
+profiles' fitted trees, the scenario modules' attribute docstrings, the validated catalog items
+and scenarios): one folder, one rule.
 
 ``$SIMKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/simkit``, else ``~/.cache/simkit``;
 ``SIMKIT_CACHE_DIR=`` (empty) turns every cache off. Each cache keys its entries by a SHA-256
@@ -15,7 +16,8 @@ import os
 from pathlib import Path
 
 MAX_FOLDER_BYTES = 1 << 30
-"""Most bytes one cache folder (``tables/``, ``yaml/``, ``traces/``, ``forests/``, ``docs/``) keeps: 1 GiB."""
+"""Most bytes one cache folder (``tables/``, ``yaml/``, ``traces/``, ``forests/``, ``docs/``, ``catalog/``,
+``scenarios/``) keeps: 1 GiB."""
 
 
 def cache_root() -> Path | None:

@@ -142,9 +142,8 @@ def write_outputs(
     import json
     import shlex
 
-    import yaml
-
     from simkit import __version__
+    from simkit.specs.yamlio import dump_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,7 +166,7 @@ def write_outputs(
     src = result.scenario.source or "(built in Python)"
     header = (f"# resolved scenario written by simkit {__version__} from {src}, every default filled in;\n"
               f"# reproduce: simkit run {shlex.quote(str(p))}\n")
-    p.write_text(header + yaml.safe_dump(resolved_scenario_data(result.scenario, out), sort_keys=False, allow_unicode=True))
+    p.write_text(header + dump_text(resolved_scenario_data(result.scenario, out)))
     paths.append(p)
     prov = {
         "simkit_version": __version__,

@@ -251,9 +251,7 @@ def profiles_dir() -> Path:
 def find_profiles(device_kind: str, catalog_name: str) -> list[tuple[Path, dict[str, Any]]]:
     """Every profile.yaml under calibration/profiles/*/ whose device.kind and device.catalog
     match, in name order, with its device facts (read without parsing the fitted models)."""
-    import yaml
-
-    from simkit.specs.yamlio import _LOADER
+    from simkit.specs.yamlio import load_text
 
     root = profiles_dir()
     if not root.is_dir():
@@ -262,8 +260,8 @@ def find_profiles(device_kind: str, catalog_name: str) -> list[tuple[Path, dict[
     for f in sorted(root.glob(f"*/{PROFILE_FILE}")):
         try:
             head = _device_block(f)
-            dev = (yaml.load(head, Loader=_LOADER) or {}).get("device") or {}  # noqa: S506 - a safe loader (libyaml when available)
-        except (OSError, yaml.YAMLError, AttributeError):
+            dev = (load_text(head) or {}).get("device") or {}
+        except (OSError, ValueError, AttributeError):
             continue
         if str(dev.get("catalog")) == str(catalog_name) and str(dev.get("kind", device_kind)) == str(device_kind):
             out.append((f, dict(dev)))
