@@ -259,3 +259,122 @@ def test_duplicate_names_are_reported_in_file_order(tmp_path: Path, monkeypatch:
     with pytest.raises(SpecError, match="duplicate gpu name 'test-gpu'") as e:
         Catalog.load([folder])
     assert e.value.where == str(folder / "b.yaml")
+
+
+# --- the YAML parse and emit caches (specs/yamlio.py): a warm run imports no PyYAML -----------
+
+
+def _typed(v: Any) -> Any:
+    """``v`` with every value and key tagged by its type (``1 == 1.0 == True`` in Python)."""
+    if type(v) is dict:
+        return ("dict", [(_typed(k), _typed(x)) for k, x in v.items()])
+    if type(v) is list:
+        return ("list", [_typed(x) for x in v])
+    return (type(v).__name__, v)
+
+
+SHIPPED_YAML = sorted(p for folder in ("hw_specs", "workloads", "calibration") for p in Path(__file__).resolve().parents[1].joinpath(folder).rglob("*.yaml"))
+
+
+def test_parse_cache_gives_what_pyyaml_gives_for_every_shipped_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    from simkit.specs import yamlio
+
+    assert len(SHIPPED_YAML) > 50
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", str(tmp_path))
+    parsed = [yaml.load(p.read_text(encoding="utf-8"), Loader=yamlio.loader()) for p in SHIPPED_YAML]  # noqa: S506
+    for p, expected in zip(SHIPPED_YAML, parsed, strict=True):
+        assert _typed(load_yaml(p)) == _typed(expected), p  # a miss: parsed and kept
+    kept = len(list((tmp_path / "yaml").glob("*.json")))
+    assert kept == len({p.read_bytes() for p in SHIPPED_YAML}), "every shipped file is kept (profiles' integer keys as pairs)"
+    monkeypatch.setattr(yaml, "load", lambda *_a, **_k: pytest.fail("parsed again"))
+    for p, expected in zip(SHIPPED_YAML, parsed, strict=True):
+        assert _typed(load_yaml(p)) == _typed(expected), p  # a hit
+
+
+@pytest.mark.parametrize("damage", [b"", b"{", b'{"doc": 1, "x": 2}', b'{"pairs": {"q": 1}}', b'{"pairs": [{"p": 5}]}', b'{"other": 1}'])
+def test_damaged_parse_cache_entry_is_parsed_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: bytes) -> None:
+    from simkit.specs import yamlio
+
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", str(tmp_path))
+    f = tmp_path / "a.yaml"
+    f.write_text("a: 1\nb: {2: x}\n")
+    first = load_yaml(f)
+    (entry,) = (tmp_path / "yaml").glob("*.json")
+    entry.write_bytes(damage)
+    assert _typed(load_yaml(f)) == _typed(first) == _typed({"a": 1, "b": {2: "x"}})
+    assert _typed(yamlio.load_text(f.read_text())) == _typed(first)
+    assert json.loads(entry.read_bytes()) == {"pairs": {"p": [["a", 1], ["b", {"p": [[2, "x"]]}]]}}, "rewritten"
+
+
+def test_parse_cache_keeps_only_what_json_carries_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", str(tmp_path))
+    f = tmp_path / "a.yaml"
+    f.write_text("when: 2024-01-02\nn: 1\n")
+    import datetime
+
+    for _ in range(2):
+        assert load_yaml(f) == {"when": datetime.date(2024, 1, 2), "n": 1}
+    assert not list((tmp_path / "yaml").glob("*.json"))
+
+
+def test_parse_cache_key_follows_pyyaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another PyYAML (its ``__init__.py``, or its files: libyaml's extension) is another key."""
+    import importlib.util
+
+    from simkit.specs import yamlio
+
+    real = importlib.util.find_spec("yaml")
+    assert real is not None and real.origin is not None
+    keys = {yamlio.yaml_key()}
+    fake = tmp_path / "yaml"
+    fake.mkdir()
+    (fake / "__init__.py").write_bytes(Path(real.origin).read_bytes() + b"\n# another version\n")
+    spec = importlib.util.spec_from_file_location("yaml", fake / "__init__.py")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: spec if name == "yaml" else None)
+    for extra in (None, "_yaml.so"):
+        if extra:
+            (fake / extra).write_bytes(b"")
+        yamlio.yaml_key.cache_clear()
+        keys.add(yamlio.yaml_key())
+    monkeypatch.undo()
+    yamlio.yaml_key.cache_clear()
+    assert yamlio.yaml_key() in keys and len(keys) == 3
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_dump_cache_gives_what_pyyaml_emits(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    from simkit.outputs import resolved_scenario_data
+    from simkit.specs import yamlio
+
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", str(tmp_path))
+    path = find_scenario(name)
+    data = resolved_scenario_data(scenario_from_dict(load_scenario_data(path), where=str(path)), tmp_path / "out")
+    expected = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    assert yamlio.dump_text(data) == expected  # a miss
+    monkeypatch.setattr(yaml, "safe_dump", lambda *_a, **_k: pytest.fail("emitted again"))
+    assert yamlio.dump_text(data) == expected  # a hit
+    changed = {**data, "seed": data.get("seed", 0) + 1}
+    monkeypatch.undo()
+    assert yamlio.dump_text(changed) == yaml.safe_dump(changed, sort_keys=False, allow_unicode=True)
+
+
+def test_a_warm_run_imports_no_pyyaml_and_writes_the_same_files(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from simkit import cli; cli.main(['run', 'quickstart', '--out', sys.argv[1]]); "
+            "print('yaml' in sys.modules)")
+    env = {**os.environ, "SIMKIT_CACHE_DIR": str(tmp_path / "cache")}
+    root = Path(__file__).resolve().parents[1]
+    runs = [subprocess.run([sys.executable, "-c", code, str(tmp_path / f"out{i}")], capture_output=True, text=True, env=env, cwd=root,
+                           check=True) for i in range(2)]
+    assert runs[0].stdout.strip().endswith("True") and runs[1].stdout.strip().endswith("False")
+    for f in ("summary.json", "requests.parquet", "iterations.parquet", "links.parquet"):
+        assert (tmp_path / "out0" / f).read_bytes() == (tmp_path / "out1" / f).read_bytes(), f
+    lines = [(tmp_path / f"out{i}" / "scenario.yaml").read_text().splitlines() for i in range(2)]
+    assert lines[0][2:] == lines[1][2:] and lines[0][0] == lines[1][0]  # line 2 names the folder

@@ -156,7 +156,7 @@ def _read_entry(entry: Path | None) -> Any:
     elif "pairs" in data:
         try:
             doc = _from_pairs(data["pairs"])
-        except (TypeError, ValueError, RecursionError):
+        except (TypeError, ValueError, KeyError, RecursionError):
             return _MISS
     else:
         return _MISS
