@@ -378,3 +378,14 @@ def test_a_warm_run_imports_no_pyyaml_and_writes_the_same_files(tmp_path: Path) 
         assert (tmp_path / "out0" / f).read_bytes() == (tmp_path / "out1" / f).read_bytes(), f
     lines = [(tmp_path / f"out{i}" / "scenario.yaml").read_text().splitlines() for i in range(2)]
     assert lines[0][2:] == lines[1][2:] and lines[0][0] == lines[1][0]  # line 2 names the folder
+
+
+def test_parse_cache_keeps_scalar_keys_with_their_types(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", str(tmp_path))
+    f = tmp_path / "a.yaml"
+    f.write_text("~: a\n1: b\n1.5: c\nfalse: d\n'1': e\n")
+    first = load_yaml(f)
+    assert _typed(first) == _typed({None: "a", 1: "b", 1.5: "c", False: "d", "1": "e"})
+    assert _typed(load_yaml(f)) == _typed(first)  # a hit
+    (entry,) = (tmp_path / "yaml").glob("*.json")
+    assert "pairs" in json.loads(entry.read_bytes())

@@ -42,7 +42,9 @@ DollarsPerHour = Annotated[float, _unit(units.parse_price)]
 
 class Frozen(BaseModel):
     """Base of every spec: immutable, unknown keys rejected, no type coercion (``true`` is not 1,
-    "8" is not 8; an integer is still a valid float), no NaN or infinity."""
+    "8" is not 8; an integer is still a valid float), no NaN or infinity. The validator is built
+    on first use (``defer_build``): a run takes its catalog items from the cache of validated
+    ones (``specs/validated.py``) and builds none."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, strict=True, allow_inf_nan=False, defer_build=True)
 

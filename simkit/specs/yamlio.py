@@ -90,7 +90,9 @@ def check_data(data: Any, where: str | None = None, *, error: type[Exception] = 
 
 def load_yaml(path: str | Path, *, error: type[Exception] = SpecError) -> Any:
     """Read one YAML document; malformed YAML, a missing or non-UTF-8 file, an alias bomb or an
-    out-of-range integer raises ``error`` naming the file."""
+    out-of-range integer raises ``error`` naming the file. A document is parsed once per text:
+    it is kept in ``yaml/`` under :func:`simkit.cachedir.cache_root`, keyed by a SHA-256 of the
+    text and of PyYAML's files (:func:`yaml_key`), when JSON gives it back with every type."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -176,7 +178,7 @@ def _write_entry(entry: Path | None, doc: Any) -> None:
     try:
         if _json_exact(doc):
             blob = json.dumps({"doc": doc}, allow_nan=False)
-        elif _json_exact(doc, keys=(str, int, float, bool)):  # (a profile's collectives by GPU count)
+        elif _json_exact(doc, keys=(str, int, float, bool, type(None))):  # (a profile's collectives by GPU count)
             blob = json.dumps({"pairs": _to_pairs(doc)}, allow_nan=False)
         else:
             return
@@ -190,7 +192,7 @@ def _json_exact(v: Any, keys: tuple[type, ...] = (str,)) -> bool:
     mappings' keys being of ``keys`` (as pairs, :func:`_to_pairs`, when they are not all strings)."""
     t = type(v)
     if t is dict:
-        return all((k is None or type(k) in keys) and _json_exact(x, keys) for k, x in v.items())
+        return all(type(k) in keys and _json_exact(x, keys) for k, x in v.items())
     if t is list:
         return all(_json_exact(x, keys) for x in v)
     return v is None or t in (str, int, float, bool)
