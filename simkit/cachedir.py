@@ -13,11 +13,36 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 MAX_FOLDER_BYTES = 1 << 30
 """Most bytes one cache folder (``tables/``, ``yaml/``, ``traces/``, ``forests/``, ``docs/``, ``catalog/``,
 ``scenarios/``) keeps: 1 GiB."""
+
+
+_ONE_RUN = [False]
+
+
+@contextlib.contextmanager
+def one_run() -> Iterator[None]:
+    """Within it, the caches of what a single run reads and writes are used: the scenario file's
+    parse, the validated scenario, a calibration profile's parse, the emitted scenario.yaml.
+    ``simkit run`` (a fresh process: importing PyYAML and building validators cost more than the
+    run's own set-up) enters it; a longer process (a study, a search, a report over thousands of
+    run folders) does not: it builds each validator once anyway, and would write one entry per
+    run, each write scanning its folder (:func:`prune`)."""
+    before = _ONE_RUN[0]
+    _ONE_RUN[0] = True
+    try:
+        yield
+    finally:
+        _ONE_RUN[0] = before
+
+
+def in_one_run() -> bool:
+    """Whether :func:`one_run` is in effect."""
+    return _ONE_RUN[0]
 
 
 def cache_root() -> Path | None:

@@ -73,6 +73,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         # again (each full one cost ~20 ms). Not when called in a longer-lived process, whose
         # uncollected garbage would be frozen with it.
         gc.disable()
+    from simkit.cachedir import one_run
     from simkit.scenario import load_scenario
     from simkit.simulate import simulate, write_outputs
 
@@ -80,12 +81,13 @@ def cmd_run(a: argparse.Namespace) -> int:
         gc.freeze()
         if collecting:
             gc.enable()
-    sc = load_scenario(a.scenario, a.set or [])
-    res = simulate(sc, trace=a.trace_out is not None, engine=a.engine)
-    for wmsg in res.warnings:
-        warn_line(wmsg)
-    out = a.out or os.path.join("reports", sc.name)
-    paths = write_outputs(res, out, a.trace_out, command=_command_line(a))
+    with one_run():  # this run's YAML parses and validated scenario come from the cache folder
+        sc = load_scenario(a.scenario, a.set or [])
+        res = simulate(sc, trace=a.trace_out is not None, engine=a.engine)
+        for wmsg in res.warnings:
+            warn_line(wmsg)
+        out = a.out or os.path.join("reports", sc.name)
+        paths = write_outputs(res, out, a.trace_out, command=_command_line(a))
     print_summary(res.summary, wall_s=res.sim_wall_s)
     print(f"  wrote            {', '.join(str(p) for p in paths)}")
     if a.report:

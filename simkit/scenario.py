@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from simkit.cachedir import in_one_run
 from simkit.errors import ScenarioError, SimkitError
 from simkit.policies.batching import BATCHING_POLICIES, ContinuousBatching
 from simkit.policies.routing import ROUTING_POLICIES
@@ -538,11 +539,13 @@ def scenario_from_dict(data: Any, where: str | None = None) -> Scenario:
             raise ScenarioError(err.message, where=where, key=err.key) from None
 
     try:
-        key = json.dumps(data, allow_nan=False)
+        key = json.dumps(data, allow_nan=False) if in_one_run() else None
     except (TypeError, ValueError):  # not JSON data (a YAML date, a non-string key): validated each time
+        key = None
+    if key is None:
         sc = validate()
     else:
-        # the validated scenario of this data, kept on disk (specs/validated.py): no validator built
+        # `simkit run`: the validated scenario of this data, kept on disk (specs/validated.py): no validator built
         sc = cached("scenarios", key, (Scenario,), validate, lambda v: type(v) is Scenario)
     sc._source = where
     sc._raw = json.loads(json.dumps(data))

@@ -12,12 +12,23 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from simkit.cachedir import in_one_run, one_run
 from simkit.errors import ScenarioError, SpecError
 from simkit.scenario import Scenario, find_scenario, load_scenario_data, scenario_from_dict, shipped_scenarios
 from simkit.specs import validated
 from simkit.specs.base import Frozen, Section
 from simkit.specs.catalog import KINDS, Catalog, _folders, parse_item
 from simkit.specs.yamlio import load_yaml
+
+
+@pytest.fixture(autouse=True)
+def _one_run(request: pytest.FixtureRequest) -> Any:
+    """These tests are of the caches a single `simkit run` uses (cachedir.one_run)."""
+    if request.node.name.startswith("test_outside_one_run"):
+        yield
+        return
+    with one_run():
+        yield
 
 
 def assert_identical(a: Any, b: Any, where: str = "") -> None:
@@ -389,3 +400,29 @@ def test_parse_cache_keeps_scalar_keys_with_their_types(tmp_path: Path, monkeypa
     assert _typed(load_yaml(f)) == _typed(first)  # a hit
     (entry,) = (tmp_path / "yaml").glob("*.json")
     assert "pairs" in json.loads(entry.read_bytes())
+
+
+def test_outside_one_run_only_the_catalog_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A study, a search or a report (many scenarios in one process) writes no entry per scenario."""
+    from simkit.outputs import resolved_scenario_data
+    from simkit.specs import yamlio
+
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", str(tmp_path))
+    path = find_scenario("quickstart")
+    with one_run():
+        assert in_one_run()
+        with one_run():
+            pass
+        assert in_one_run()
+        reference = scenario_from_dict(load_scenario_data(path), where=str(path))
+    assert not in_one_run()
+    for folder in ("yaml", "scenarios"):
+        for f in (tmp_path / folder).glob("*.json"):
+            f.unlink()
+    sc = scenario_from_dict(load_scenario_data(path), where=str(path))
+    assert_identical(sc, reference)
+    yamlio.dump_text(resolved_scenario_data(sc, tmp_path / "out"))
+    assert not list((tmp_path / "scenarios").glob("*.json")) and not list((tmp_path / "yaml").glob("*.json"))
+    Catalog.load(_folders())
+    assert len(list((tmp_path / "catalog").glob("*.json"))) == 1
+    assert len(list((tmp_path / "yaml").glob("*.json"))) == 1  # the catalog's parsed files, one entry

@@ -90,9 +90,10 @@ def check_data(data: Any, where: str | None = None, *, error: type[Exception] = 
 
 def load_yaml(path: str | Path, *, error: type[Exception] = SpecError) -> Any:
     """Read one YAML document; malformed YAML, a missing or non-UTF-8 file, an alias bomb or an
-    out-of-range integer raises ``error`` naming the file. A document is parsed once per text:
-    it is kept in ``yaml/`` under :func:`simkit.cachedir.cache_root`, keyed by a SHA-256 of the
-    text and of PyYAML's files (:func:`yaml_key`), when JSON gives it back with every type."""
+    out-of-range integer raises ``error`` naming the file. Within :func:`simkit.cachedir.one_run`
+    a document is parsed once per text: it is kept in ``yaml/`` under
+    :func:`simkit.cachedir.cache_root`, keyed by a SHA-256 of the text and of PyYAML's files
+    (:func:`yaml_key`), when JSON gives it back with every type."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -131,9 +132,9 @@ def _text_entry(text: str) -> Path | None:
     :func:`simkit.cachedir.cache_root`), or None when caching is off."""
     import hashlib
 
-    from simkit.cachedir import cache_root
+    from simkit.cachedir import cache_root, in_one_run
 
-    root = cache_root()
+    root = cache_root() if in_one_run() else None
     if root is None:
         return None
     h = hashlib.sha256(f"text;{CACHE_FORMAT};{yaml_key()}\0".encode() + text.encode("utf-8", "surrogatepass"))
@@ -217,7 +218,8 @@ def _from_pairs(v: Any) -> Any:
 
 def load_text(text: str) -> Any:
     """One YAML document's text parsed with :func:`loader`, through the parse cache of
-    :func:`load_yaml`; malformed YAML raises ValueError (PyYAML's error as its cause)."""
+    :func:`load_yaml` (within :func:`simkit.cachedir.one_run`); malformed YAML raises ValueError
+    (PyYAML's error as its cause)."""
     entry = _text_entry(text)
     found = _read_entry(entry)
     if found is not _MISS:
@@ -237,14 +239,15 @@ def load_text(text: str) -> Any:
 
 
 def dump_text(data: Any) -> str:
-    """``yaml.safe_dump(data, sort_keys=False, allow_unicode=True)``, kept in the parse cache's
-    folder keyed by the data (plain values only: their ``repr`` is exact) and PyYAML's files."""
+    """``yaml.safe_dump(data, sort_keys=False, allow_unicode=True)``, kept (within
+    :func:`simkit.cachedir.one_run`) in the parse cache's folder keyed by the data (plain values
+    only: their ``repr`` is exact) and PyYAML's files."""
     import hashlib
     import json
 
-    from simkit.cachedir import cache_root, touch, write_atomic
+    from simkit.cachedir import cache_root, in_one_run, touch, write_atomic
 
-    root = cache_root()
+    root = cache_root() if in_one_run() else None
     entry = None
     if root is not None and _json_exact(data):
         h = hashlib.sha256(f"dump;{CACHE_FORMAT};{yaml_key()}\0{data!r}".encode("utf-8", "surrogatepass"))
