@@ -94,6 +94,12 @@ def load_yaml(path: str | Path, *, error: type[Exception] = SpecError) -> Any:
     a document is parsed once per text: it is kept in ``yaml/`` under
     :func:`simkit.cachedir.cache_root`, keyed by a SHA-256 of the text and of PyYAML's files
     (:func:`yaml_key`), when JSON gives it back with every type."""
+    return _load_yaml(path, error=error, keep=True)
+
+
+def _load_yaml(path: str | Path, *, error: type[Exception], keep: bool) -> Any:
+    """:func:`load_yaml`; ``keep``: through the parse cache (not for :func:`load_yaml_files`,
+    which keeps a set of files as one entry)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -104,7 +110,7 @@ def load_yaml(path: str | Path, *, error: type[Exception] = SpecError) -> Any:
         raise error(f"line {line}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})", where=str(p)) from None
     except OSError as e:
         raise error(f"cannot read file ({e.strerror or e.__class__.__name__})", where=str(p)) from None
-    entry = _text_entry(text)
+    entry = _text_entry(text) if keep else None
     found = _read_entry(entry)
     if found is not _MISS:
         return found
@@ -311,7 +317,7 @@ def load_yaml_files_keyed(paths: list[Path], *, error: type[Exception] = SpecErr
                 return docs, h.hexdigest()
         except (OSError, ValueError):
             pass  # missing or damaged: parse
-    docs = [load_yaml(p, error=error) for p in paths]
+    docs = [_load_yaml(p, error=error, keep=False) for p in paths]
     if entry is None:
         return docs, None
     try:
