@@ -245,6 +245,11 @@ def _replica(
     without the closed form; fixed_step_time(batch))."""
     prefilling: list[int] = []
     """Admitted requests whose prompt is not all prefilled (chunked), in admission order."""
+    run_i = -1
+    """The prompt of a step that may start a chunk run (chunked; -1: none): chunked alone, its
+    chunk filling the budget without completing it, priced by the inline form, with the tables
+    ``run_tabs``."""
+    run_tabs: tuple = ()
 
     heappush, heappop = heapq.heappush, heapq.heappop
     nrun = 0
@@ -379,13 +384,11 @@ def _replica(
                 pre.append(i)
                 q.append(c)
                 budget -= c
-        else:
+        elif waiting and nrun < max_seqs:
             # ContinuousBatching._decide: whole prompts, first come first served, within the
             # token budget and the batch limit (FastEngine.admit)
-            pre = q = []
-            if waiting and nrun < max_seqs:
-                pre = []
-                q = []
+            pre = []
+            q = []
             budget = max_tokens
             while waiting and nrun < max_seqs:
                 i = waiting[0]
@@ -412,6 +415,8 @@ def _replica(
                     break
             if pre:
                 nb = 0  # a prefill step decodes nothing: decodes run only when nothing is admitted
+        else:
+            pre = q = []  # (continuous batching with nothing to admit)
 
         start = now
         if pre:
@@ -519,6 +524,9 @@ def _replica(
                         bc = byts * cb
                         total += ((bc if bc > fc else fc) + ov) * layers
                         dur = t + total + (host_fixed + host_seq * (n_pq + nb))
+                        if chunked and n_pq == 1 and not done1 and ntok == chunk_budget - nb and ntok > 1:
+                            run_i = pre[0]
+                            run_tabs = cost.scalar_tables
                     else:
                         if chunked and n_pq == 1:
                             kv_pre = [c0]
@@ -722,6 +730,15 @@ def _replica(
                         vals, wts = hist._vals, hist._wts
                     vals.append(now - last_dec)
                     wts.append(float(nb))
+                elif len(fresh) == 1 and len(vals) + 2 <= BUF:
+                    # one group joined since (no flush on the way): _tbt_fresh's values inline
+                    lt, c = fresh[0]
+                    fresh = []
+                    if nb > c:
+                        vals.append(now - last_dec)
+                        wts.append(float(nb - c))
+                    vals.append(now - lt)
+                    wts.append(float(c))
                 else:
                     vals, wts = _tbt_fresh(hist, vals, wts, now, last_dec, nb, fresh)
                     fresh = []
@@ -775,6 +792,97 @@ def _replica(
                 t_mark = now
                 marks += 1
                 used -= freed
+            if run_i >= 0:
+                # ---- a chunk run: while the decode set keeps its size (no finish at the next step:
+                # no sequence joins during a run) and the prompt's remainder exceeds the same budget,
+                # the next step chunks that prompt alone by the same number of tokens (nothing else
+                # is chunked or admitted: no budget is left), so what the step's price takes from
+                # the batch size and the chunk is this step's, and only the cached tokens, the decode
+                # set's contexts and the clock move. The steps are made here while each ends
+                # strictly before the earliest scheduled event; the first that does not (or would
+                # preempt) is left to the next pass, which makes it as any step
+                i = run_i
+                run_i = -1
+                if len(info) == nb and inp[i] - kvp[i] > ntok and fin_heap[0][0] > D + 1 and cost.scalar_tables is run_tabs:
+                    tri = ntok * (ntok + 1) // 2
+                    b1 = 2.0 * ntok * heads * d * ab
+                    b3 = 2.0 * ntok * kvh * d * kb
+                    host = host_fixed + host_seq * (n_pq + nb)
+                    comm = comm_time(ntok + nb) if tp > 1 else 0.0
+                    fb = float(nb)
+                    n_rows = n_pq + nb
+                    f4, c1, c3, ratio, kvh_, d_, kb_, cf_, cb_, ov_, _, _ = consts
+                    while True:
+                        # ChunkedPrefill._decide: the decode set's next step's blocks (checked here,
+                        # reserved once the step is known to end in this pass)
+                        free = num_blocks - used
+                        if nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
+                            break
+                        # IterationModel.mixed_step_time inlined as above
+                        c0 = kvp[i]
+                        top = c0 + ntok
+                        while True:
+                            neg, j = long_heap[0]
+                            if j in info:
+                                break
+                            heappop(long_heap)
+                        longest = D - neg
+                        kv = sum_off + nb * D + nb
+                        if ratio is not None:
+                            y = (longest + 1.0) * ratio
+                            if y > kv:
+                                kv = y
+                        a = f4 * kv * cf_
+                        b = (c1 + 2.0 * kv * kvh_ * d_ * kb_ + c3) * cb_
+                        total = 0.0
+                        total += ((b if b > a else a) + ov_) * layers
+                        fc = f4p * (ntok * c0 + tri) * cf
+                        bc = (b1 + 2.0 * top * kvh * d * kb + b3) * cb
+                        total += ((bc if bc > fc else fc) + ov) * layers
+                        dur = t + total + host
+                        end = now + dur
+                        if end >= peek:
+                            break
+                        upto = D + 1
+                        total = cnt[Xa % bs] if upto == Xa + 1 else _growth(upto, Xa, n_active, cnt, pending, bs)
+                        if total:
+                            area += (now - t_mark) * used
+                            t_mark = now
+                            marks += 1
+                            used += total
+                            if used > peak:
+                                peak = used
+                        if upto > Xa:
+                            Xa = upto
+                            if pending and pending[0][0] <= upto:
+                                kq = 0
+                                while kq < len(pending) and pending[kq][0] <= upto:
+                                    cnt[pending[kq][0] % bs] += 1
+                                    kq += 1
+                                n_active += kq
+                                del pending[:kq]
+                        if longest + 1 > mc_dec:
+                            mc_dec = longest + 1
+                        if top > mc_pre:
+                            mc_pre = top
+                        stage_comm += comm
+                        # the step (FastEngine._advance, _mixed_end)
+                        start = now
+                        now = end
+                        busy += dur
+                        busy_gpu += dur * gpus
+                        if log_on:
+                            add_row((index, start, now, 1, ntok, nb, n_rows, used))
+                        kvp[i] = top
+                        if len(vals) >= BUF:
+                            hist.flush()
+                            vals, wts = hist._vals, hist._wts
+                        vals.append(now - last_dec)
+                        wts.append(fb)
+                        D += 1
+                        last_dec = now
+                        if inp[i] - top <= ntok or fin_heap[0][0] <= D + 1:
+                            break
             continue
 
         # ---- FastEngine._decode_end ------------------------------------------------------------
@@ -793,6 +901,20 @@ def _replica(
             vals += times
             vals[k] = gap_end - last_dec
             wts += [fb] * s
+        elif len(fresh) == 1 and len(vals) + s + 1 <= BUF:
+            # one group joined since the last decode step (the prefill step before this run), and
+            # no flush on the way: _tbt_fresh's values (the older sequences' gap, the newcomers'),
+            # then the later steps' times, as above
+            lt, c = fresh[0]
+            fresh = []
+            if nb > c:
+                vals.append(gap_end - last_dec)
+                wts.append(float(nb - c))
+            k = len(vals)
+            vals += times
+            vals[k] = gap_end - lt
+            wts.append(float(c))
+            wts += [fb] * (s - 1)
         else:
             if not fresh:
                 if len(vals) >= BUF:
