@@ -821,12 +821,9 @@ def _replica(
                         # IterationModel.mixed_step_time inlined as above
                         c0 = kvp[i]
                         top = c0 + ntok
-                        while True:
-                            neg, j = long_heap[0]
-                            if j in info:
-                                break
-                            heappop(long_heap)
-                        longest = D - neg
+                        # the longest context: the heap's top is current (no sequence has left the
+                        # decode set since the first step's pricing read it)
+                        longest = D - long_heap[0][0]
                         kv = sum_off + nb * D + nb
                         if ratio is not None:
                             y = (longest + 1.0) * ratio
