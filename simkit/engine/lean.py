@@ -550,11 +550,10 @@ def _replica(
             # the first to finish (no stale entries: a request leaves the heap when it finishes,
             # and never joins the decode set again without a preemption)
             s = fin_heap[0][0] - D
-            while True:
-                neg, i = long_heap[0]
-                if i in info:
-                    break
+            neg, i = long_heap[0]
+            while i not in info:
                 heappop(long_heap)
+                neg, i = long_heap[0]
             longest = D - neg
             if nb * (s // bs + 1) > free and _growth(D + s, Xa, n_active, cnt, pending, bs) > free:
                 lo, hi = 1, s
@@ -565,21 +564,17 @@ def _replica(
                     else:
                         hi = mid - 1
                 s = lo
-            memo = dec_memo.get(nb)
-            if memo is None:
-                memo = dec_memo[nb] = _dec_memo(cost, nb)
-            consts, fixed_step = memo
+            try:
+                consts, fixed_step = dec_memo[nb]
+            except KeyError:
+                consts, fixed_step = dec_memo[nb] = _dec_memo(cost, nb)
             ta = nxt - now
-            if ta < INF and fixed_step > 0:
-                cut = int(ta / fixed_step) + 2  # min(s, max(cut, 1)), without the calls
-                if cut < 1:
-                    cut = 1
-                if cut < s:
-                    s = cut
             kv0 = float(sum_off + nb * D)
             fb = float(nb)
             if consts is not None:
-                # IterationModel.decode_step_times, inlined (the same operations in the same order)
+                # IterationModel.decode_step_times, inlined (the same operations in the same order),
+                # ending at the step that reaches the next arrival (each step takes at least
+                # fixed_step, so the bound the array form below takes from it never binds here)
                 f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov, fixed, _ = consts
                 base = kv0 + nb
                 lo_ = longest + 1.0
@@ -612,7 +607,14 @@ def _replica(
                 s = len(times)
                 dur = acc
             else:
-                # a fitted decode-attention efficiency: FastEngine's array form
+                # a fitted decode-attention efficiency: FastEngine's array form, over no more steps
+                # than reach the next arrival
+                if ta < INF and fixed_step > 0:
+                    cut = int(ta / fixed_step) + 2  # min(s, max(cut, 1)), without the calls
+                    if cut < 1:
+                        cut = 1
+                    if cut < s:
+                        s = cut
                 times_a = decode_steps(nb, kv0, s, float(longest))
                 if s == 1:
                     dur = float(times_a[0])
