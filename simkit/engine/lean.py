@@ -478,11 +478,10 @@ def _replica(
                             pairs += qk * (qk + 1) // 2
                 dec_sum = longest = 0
                 if nb:
-                    while True:
-                        neg, i = long_heap[0]
-                        if i in info:
-                            break
+                    neg, i = long_heap[0]
+                    while i not in info:
                         heappop(long_heap)
+                        neg, i = long_heap[0]
                     longest = D - neg
                     dec_sum = sum_off + nb * D
                     if longest + 1 > mc_dec:
@@ -496,10 +495,11 @@ def _replica(
                     body, head = cost.scalar_tables
                     consts = None
                     if nb:
-                        memo = dec_memo.get(nb)
-                        if memo is None:
+                        try:
+                            consts = dec_memo[nb][0]
+                        except KeyError:
                             memo = dec_memo[nb] = _dec_memo(cost, nb)
-                        consts = memo[0]
+                            consts = memo[0]
                     if pre_c is not None and not one_tok and len(body) > T and len(head) > rows_ and (consts or not nb):
                         f4p, heads, kvh, d, ab, kb, cf, cb, ov = pre_c
                         t = body[T] + head[rows_]
