@@ -35,6 +35,14 @@ heap). :func:`run_fused` makes the same decisions, in the same order, on local v
   (``prefill_constants``, ``decode_constants``, ``scalar_tables``; the same operations in the
   same order), else as the fast engine prices it (``FastEngine._step_time``: a one-token chunk
   over a cache, a step beyond the tables, no closed form), memoised for one prompt alone;
+- a chunk run (chunked prefill): after a step that chunks one prompt alone by the whole budget
+  the decode set leaves, without completing it, priced inline, the next steps are that prompt's
+  chunks of the same size while the decode set keeps its size and the remainder exceeds the
+  budget (nothing else is chunked or admitted: no budget is left); an inner loop makes them
+  (the decode set's next blocks, the price with what depends only on the batch size and the
+  chunk taken from the first step, the step's bookkeeping) while each ends strictly before the
+  earliest scheduled event, and leaves to the next pass the first that does not, that would
+  preempt, or that a finish in the decode set ends;
 - the KV level is integrated at the instants the block manager would integrate it, and the
   inter-token gaps (one histogram for all replicas) go through its buffer flushed at the same
   points, in the same order across replicas.
