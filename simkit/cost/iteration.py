@@ -80,6 +80,44 @@ beyond (a static batch's whole-batch prefill: tens of thousands of tokens) is ev
 and remembered (:class:`simkit.cost.tables.SparseRows`), to the same float a dense row has."""
 
 
+def _ops_time_arrays(ops: list[Op], cost: IterationModel, n: int) -> list[np.ndarray]:
+    """:func:`_op_time_arrays` of each of ``ops`` (their numbers arrays of ``n`` token counts).
+    For a few token counts (rows beyond the dense tables) the operators of one fitted class are
+    evaluated in one call of the efficiency model (a call's fixed cost, not its rows, dominates
+    there); each operator's efficiency is its own (:meth:`EfficiencyModel.efficiency`), and the
+    rest is :func:`_class_time`'s array arithmetic on the operator's rows, so every float is the
+    one the operator alone gives."""
+    eff, dev, dtype = cost.efficiency, cost.device, cost.dtype
+    out: list[np.ndarray | None] = [None] * len(ops)
+    if n < 64:
+        pf, bw = dev.peak_flops(dtype), dev.mem_bandwidth
+        by_class: dict[str, list[int]] = {}
+        for i, op in enumerate(ops):
+            if np.ndim(op.flops) and eff.roofline_time(op.op_class, np.zeros(1), np.ones(1), pf, bw) is None:
+                by_class.setdefault(op.op_class, []).append(i)
+        for op_class, idx in by_class.items():
+            if len(idx) < 2:
+                continue
+            F = [np.broadcast_to(np.asarray(ops[i].flops, dtype=np.float64), (n,)) for i in idx]
+            B = [np.broadcast_to(np.asarray(ops[i].weight_bytes + ops[i].act_bytes + ops[i].kv_bytes, dtype=np.float64), (n,))
+                 for i in idx]  # fmt: skip
+            keys = sorted({k for i in idx for k in ops[i].shape})
+            # a key an operator lacks reads as absent (the profile's features treat NaN so)
+            shape: dict[str, np.ndarray] = {
+                k: np.concatenate([np.broadcast_to(np.asarray(ops[i].shape.get(k, np.nan), dtype=np.float64), (n,)) for i in idx])
+                for k in keys
+            }
+            shape["op"] = np.repeat(np.array([ops[i].kernel_name for i in idx], dtype=object), n)
+            e_all = eff.efficiency(op_class, np.concatenate(F), np.concatenate(B), shape, pf, bw, dtype)
+            for j, i in enumerate(idx):
+                flops, byts = F[j], B[j]
+                ideal = np.maximum(flops / pf, byts / bw)
+                e = np.minimum(np.maximum(e_all[j * n:(j + 1) * n], 1e-4), 1.0)
+                t = ideal / e + eff.launch_overhead(op_class)
+                out[i] = np.where(flops + byts > 0, t, 0.0)
+    return [t if t is not None else _op_time_arrays(op, dev, eff, dtype) for op, t in zip(ops, out)]
+
+
 def compute_op_tables(cost: IterationModel, size: int) -> Tables:
     """(per-layer, non-layer, head) seconds of the token-dependent operators for 0..size-1 tokens,
     collectives excluded (they are added by the caller)."""
@@ -96,8 +134,8 @@ def op_tables_at(cost: IterationModel, T: np.ndarray) -> Tables:
     per_layer = np.zeros(size)
     nonlayer = np.zeros(size)
     head = np.zeros(size)
-    for op in ops:
-        t = _op_time_arrays(op, cost.device, cost.efficiency, cost.dtype) * op.count
+    for op, t in zip(ops, _ops_time_arrays(ops, cost, size)):
+        t = t * op.count
         if op.name in ("lm_head", "sampling"):
             head += t
         elif op.name in NON_LAYER_OPS:

@@ -198,8 +198,10 @@ class SparseRows:
         ok = rec["check"] == self._check(rec)
         for t, r in zip(rec["tokens"][ok].tolist(), rec["rows"][ok].tolist()):
             self._rows.setdefault(t, tuple(r))
-        if whole * _RECORD.itemsize != len(data) or not ok.all():
-            # a torn or damaged record (a crash mid-write, another file's bytes): keep the good ones
+        if not ok.all():
+            # a damaged record (another file's bytes, or records shifted by a write a crash tore):
+            # keep the good ones. A partial record at the end is left alone: it may be another
+            # process's append in flight
             write_atomic(self._path, rec[ok].tobytes())
         else:
             touch(self._path)
