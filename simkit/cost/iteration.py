@@ -188,7 +188,9 @@ class IterationModel:
         self.scalar_tables: tuple[list[float], list[float]] = ([], [])
         """The body and head tables as lists (``body[T]``, ``head[R]``: what :meth:`mixed_step_time`
         reads for T tokens and R logits rows), for a caller that inlines it (engine/lean.py);
-        every growth of the tables replaces them (read them again after any call that may grow)."""
+        every growth of the tables replaces them (read them again after any call that may grow).
+        They hold the dense tables only: a count at or beyond their length (past DENSE_TOKENS)
+        is priced by :meth:`body_time` / :meth:`head_time`."""
         self._pre_roof: tuple[float, ...] | None = None  # prefill_constants (() if none)
 
     # ---- tables ------------------------------------------------------------------------------
