@@ -310,3 +310,11 @@ def test_sparse_and_dense_keys_differ_and_follow_the_inputs(h100_cost):
     assert tables.table_key(_fresh(h100_cost), None) == key
     assert tables.table_key(replace(h100_cost, tp=2), None) != key
     assert tables.table_key(replace(h100_cost, ep_share=0.5), None) != key
+
+
+def test_table_key_covers_the_processor_kind(h100_cost, monkeypatch):
+    """A cache folder shared by machines whose numpy loops round differently keeps their tables apart."""
+    key = tables.table_key(h100_cost, 300)
+    assert tables.machine().startswith(__import__("platform").machine() + ":")
+    monkeypatch.setattr(tables, "machine", lambda: "aarch64:ASIMD")
+    assert tables.table_key(h100_cost, 300) not in (key, None)

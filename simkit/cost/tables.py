@@ -8,7 +8,8 @@ are evaluated one block at a time as a run asks for them and kept in a sparse lo
 (:class:`SparseRows`). The result depends only on the model, the compute device (its peaks and bandwidth,
 what-if scales included), the efficiency model (a profile's fitted models, or the datasheet
 defaults), the precision, the tensor/expert-parallel layout, the table size and the software
-(simkit and numpy versions, and the source of the code that computes them). The cache key is
+(simkit and numpy versions, the source of the code that computes them, and the processor kind
+numpy's loops are compiled for: :func:`machine`). The cache key is
 a SHA-256 over all of those, taken from the objects themselves and the source text (not file
 names or dates), so a cached table is never stale: changing any input, or any line of
 ``simkit/cost`` (or of the spec modules it reads: :data:`DIGESTED`), gives another key. Dense
@@ -116,6 +117,23 @@ def code_digest() -> str | None:
     return h.hexdigest()
 
 
+@functools.cache
+def machine() -> str:
+    """The processor architecture and the SIMD features numpy dispatches its loops on: numpy's
+    vectorised exp, log and power may round differently on another instruction set, so a cache
+    folder shared by different machines (a network home) keeps one entry per kind."""
+    import platform
+
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as feats  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__ as feats
+        except ImportError:
+            feats = {}
+    return platform.machine() + ":" + ",".join(sorted(k for k, v in feats.items() if v))
+
+
 def table_key(cost: IterationModel, size: int | None) -> str | None:
     """The cache key of ``cost``'s operator tables of ``size`` entries (None: its sparse log of
     rows at any token count); None if not cacheable."""
@@ -127,7 +145,7 @@ def table_key(cost: IterationModel, size: int | None) -> str | None:
     h = hashlib.sha256()
     try:
         for part in (
-            FORMAT, code, __version__, np.__version__, "sparse" if size is None else size, cost.model, cost.device, cost.efficiency, cost.precision,
+            FORMAT, code, __version__, np.__version__, machine(), "sparse" if size is None else size, cost.model, cost.device, cost.efficiency, cost.precision,
             cost.tp, cost.ep, cost.ep_share,
         ):
             _feed(h, part)
