@@ -266,18 +266,22 @@ class IterationModel:
         for i, t in enumerate(missing):
             self._far[t] = (cols[0][i], cols[1][i], cols[2][i], cols[3][i])
 
+    def _far_row(self, k: int) -> tuple[np.float64, np.float64, np.float64, np.float64]:
+        """(body, head, per-layer, collectives) at token count ``k`` beyond the dense tables."""
+        row = self._far.get(k)
+        if row is None:
+            self._far_rows([k])
+            row = self._far[k]
+        return row
+
     def _lookup(self, col: int, idx: np.ndarray) -> np.ndarray:
         """Column ``col`` (0 body, 1 head, 2 per-layer, 3 collectives) at the token counts
         ``idx`` (an int64 array, any shape), dense or beyond."""
         top = int(idx.max()) if idx.size else 0
-        dense = (self._body, self._head, self._layer, self._comm)[col] if self._dense(top) else None
-        if dense is not None:
-            return dense[idx]
+        if self._dense(top):
+            return (self._body, self._head, self._layer, self._comm)[col][idx]
         if idx.ndim == 0:
-            k = int(idx)
-            if k not in self._far:
-                self._far_rows([k])
-            return self._far[k][col]
+            return self._far_row(int(idx))[col]
         far = idx >= len(self._body)
         self._far_rows(idx[far].tolist())
         out = np.empty(idx.shape)
@@ -287,25 +291,31 @@ class IterationModel:
 
     def _body_head(self, k: int) -> tuple[np.float64, np.float64]:
         """(body, head) seconds at token count (and logits rows) ``k``."""
-        if self._dense(k):
+        if k < len(self._body) or self._dense(k):
             return self._body[k], self._head[k]
-        if k not in self._far:
-            self._far_rows([k])
-        row = self._far[k]
+        row = self._far_row(k)
         return row[0], row[1]
 
     def body_time(self, tokens: np.ndarray | int) -> np.ndarray:
+        if type(tokens) is int and 0 <= tokens < len(self._body):
+            return self._body[tokens]  # the usual scalar case, without the array detour
         return self._lookup(0, np.asarray(tokens, dtype=np.int64))
 
     def comm_time(self, tokens: int) -> float:
         """Seconds of collectives (TP all-reduces, EP all-to-alls) in one pass of ``tokens``."""
-        return float(self._lookup(3, np.asarray(tokens, dtype=np.int64)))
+        if tokens < len(self._comm) or self._dense(tokens):
+            return float(self._comm[tokens])
+        return float(self._far_row(tokens)[3])
 
     def head_time(self, rows: np.ndarray | int) -> np.ndarray:
+        if type(rows) is int and 0 <= rows < len(self._head):
+            return self._head[rows]
         return self._lookup(1, np.asarray(rows, dtype=np.int64))
 
     def layer_time(self, tokens: int) -> float:
-        return float(self._lookup(2, np.asarray(tokens, dtype=np.int64)))
+        if tokens < len(self._layer) or self._dense(tokens):
+            return float(self._layer[tokens])
+        return float(self._far_row(tokens)[2])
 
     # ---- attention ---------------------------------------------------------------------------
     def _attn_consts(self) -> tuple[float, float, float, float, float]:

@@ -327,8 +327,7 @@ class Forest:
     _left: np.ndarray = field(init=False, repr=False)
     _right: np.ndarray = field(init=False, repr=False)
     _child: np.ndarray = field(init=False, repr=False)
-    _cut_feats: np.ndarray = field(init=False, repr=False)
-    _cuts: list[np.ndarray] = field(init=False, repr=False)
+    _cuts: list[tuple[int, np.ndarray]] | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         leaf = self.feature < 0
@@ -339,11 +338,15 @@ class Forest:
         self._left = np.where(leaf, idx, self.left).astype(np.intp)
         self._right = np.where(leaf, idx, self.right).astype(np.intp)
         self._child = np.stack([self._left, self._right], axis=1).ravel()  # node k: 2k left, 2k+1 right
-        # per feature a split reads, its thresholds sorted (for predict's grouping of rows)
-        split = ~leaf
-        used = np.unique(self.feature[split]).astype(np.intp)
-        self._cut_feats = used
-        self._cuts = [np.unique(self.threshold[split & (self.feature == f)]) for f in used]
+        self._cuts = None  # per feature a split reads, its thresholds sorted: see _split_points
+
+    def _split_points(self) -> list[tuple[int, np.ndarray]]:
+        """(feature, its thresholds sorted) for every feature a split reads (made on first use:
+        only a call of many rows needs them)."""
+        if self._cuts is None:
+            split = self.feature >= 0
+            self._cuts = [(int(f), np.unique(self.threshold[split & (self.feature == f)])) for f in np.unique(self.feature[split])]
+        return self._cuts
 
     BLOCK_ROWS = 2048
     """Rows walked through the trees at a time: the (rows x trees) node arrays of a block stay in
@@ -357,16 +360,17 @@ class Forest:
     def predict(self, X: np.ndarray) -> np.ndarray:
         X = np.ascontiguousarray(np.nan_to_num(np.asarray(X, dtype=np.float64), nan=0.0, posinf=1e30, neginf=-1e30))
         n = X.shape[0]
-        if n >= self.GROUP_ROWS and len(self._cut_feats):
+        cuts = self._split_points() if n >= self.GROUP_ROWS else []
+        if cuts:
             # A split sends a row right when its feature exceeds the threshold. Two rows that lie
             # between the same two consecutive thresholds of every feature the trees split on
             # (the same count of thresholds below the value, per feature) take the same branch at
             # every node, so they reach the same leaves and get the same sum, bit for bit: of a
             # run of consecutive such rows only the first is walked. A cost table's rows (one
             # per token count, the features smooth functions of it) form far fewer runs than rows.
-            codes = np.empty((n, len(self._cut_feats)), dtype=np.int32)
-            for j, (f, cuts) in enumerate(zip(self._cut_feats, self._cuts)):
-                codes[:, j] = np.searchsorted(cuts, X[:, f], side="left")
+            codes = np.empty((n, len(cuts)), dtype=np.int32)
+            for j, (f, c) in enumerate(cuts):
+                codes[:, j] = np.searchsorted(c, X[:, f], side="left")
             new_run = np.ones(n, dtype=bool)
             np.any(codes[1:] != codes[:-1], axis=1, out=new_run[1:])
             starts = np.flatnonzero(new_run)
