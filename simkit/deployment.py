@@ -635,6 +635,8 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
     # no iteration holds more tokens than the whole workload's prompts plus one token per request
     reserve = min(most, int(reqs.input_tokens.sum()) + len(reqs))
     cost.reserve(reserve)
+    for stage in stage_costs or ():
+        stage.reserve(reserve)  # the replica's table, read back from the cache (one key for all stages)
     bad_lines = (reqs.meta.get("bad_lines") or {}).get("count", 0)
     if bad_lines:
         shown = ", ".join(str(x) for x in reqs.meta["bad_lines"].get("lines", []))

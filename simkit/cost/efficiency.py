@@ -44,7 +44,10 @@ class EfficiencyModel(Protocol):
         peak_bw: float,
         dtype: str,
     ) -> np.ndarray:
-        """Fraction (0, 1] of the ideal roofline speed achieved, per operator."""
+        """Fraction (0, 1] of the ideal roofline speed achieved, per operator. Each operator's
+        value depends on its own numbers alone, never on the others in the call: the cost
+        tables evaluate token counts and operators in whatever grouping is cheapest
+        (cost/iteration.py) and rely on getting the same floats."""
         ...
 
     def launch_overhead(self, op_class: str) -> float:
