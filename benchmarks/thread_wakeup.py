@@ -2,6 +2,7 @@
 
     python benchmarks/thread_wakeup.py --threads 2                 # print the curve only
     python benchmarks/thread_wakeup.py PROFILE --out DIR           # PROFILE + the curve, written to DIR
+    python benchmarks/thread_wakeup.py PROFILE --out DIR --without # PROFILE without its curve (measures nothing)
 
 The measurement is the calibration suite's (``simkit.calibrate.bench.measure_thread_wakeup``, run
 by `simkit calibrate` at more than one thread): a small parallel region timed after serial gaps of
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -34,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="folder for the profile with the measured curve (needs PROFILE)")
     ap.add_argument("--threads", type=int, default=None, help="threads (default: the profile's)")
     ap.add_argument("--rounds", type=int, default=bench.WAKE_ROUNDS, help="timed regions per gap and thread count")
+    ap.add_argument("--without", action="store_true", help="write PROFILE without device.thread_wakeup to --out instead")
     a = ap.parse_args(argv)
     try:
         prof = None
@@ -47,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SimkitError("--out needs a PROFILE to add the curve to")
         if a.out and Path(a.out).is_file():
             raise SimkitError(f"--out {a.out}: is a file, expected a folder")
+        if a.without:
+            if prof is None or not a.out:
+                raise SimkitError("--without needs PROFILE and --out")
+            _save(prof, {k: v for k, v in prof.device.items() if k != "thread_wakeup"}, a.out, "without its thread wake-up")
+            return 0
         threads = a.threads or (int(prof.device.get("threads") or 1) if prof is not None else 2)
         if threads < 2 or a.rounds < 1:
             raise SimkitError(f"--threads must be >= 2 (got {threads}: one thread has no worker to wake) and --rounds >= 1")
@@ -62,18 +70,23 @@ def main(argv: list[str] | None = None) -> int:
         spin = "none measured" if wake.spin_s is None else f"{1e6 * wake.spin_s:.0f} us"
         print(f"wake-up latency {1e6 * wake.latency_s:.1f} us; workers sleep after a serial gap of about {spin}")
         if prof is not None and a.out:
-            from simkit.calibrate.store import save_profile
-
-            prof.device = {**prof.device, "thread_wakeup": raw}
-            prof.name = Path(a.out).name
-            prof.source = f"{prof.source}; thread wake-up measured by benchmarks/thread_wakeup.py"
-            Path(a.out).mkdir(parents=True, exist_ok=True)
-            save_profile(prof, a.out)
-            print(f"wrote {Path(a.out) / 'profile.yaml'}")
+            _save(prof, {**prof.device, "thread_wakeup": raw}, a.out, "thread wake-up measured by benchmarks/thread_wakeup.py")
     except SimkitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _save(prof: Any, device: dict[str, Any], out: str, what: str) -> None:
+    """``prof`` with ``device`` as its device facts, named after ``out`` and written there."""
+    from simkit.calibrate.store import save_profile
+
+    prof.device = device
+    prof.name = Path(out).name
+    prof.source = f"{prof.source}; {what}"
+    Path(out).mkdir(parents=True, exist_ok=True)
+    save_profile(prof, out)
+    print(f"wrote {Path(out) / 'profile.yaml'}")
 
 
 if __name__ == "__main__":
