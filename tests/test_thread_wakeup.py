@@ -64,6 +64,17 @@ def test_regions_pay_the_curve_at_the_serial_gap_before_them() -> None:
     assert out[0] == pytest.approx([0.0, 0.0])
 
 
+def test_layer_operators_pay_the_first_layers_gap_once() -> None:
+    # embedding (serial 300 us), per layer x4: norm (serial 50 us), QKV (parallel), add (serial 50 us); LM head
+    par = [False, False, True, False, True]
+    ts = [300e-6, 50e-6, 1e-3, 50e-6, 1e-3]
+    got = [float(x) for x in wakeup_extra(par, ts, WAKE, [1, 4, 4, 8, 1])]
+    first, rest = float(WAKE.excess(350e-6)), float(WAKE.excess(100e-6))
+    assert got == pytest.approx([0.0, 0.0, (first + 3 * rest) / 4, 0.0, float(WAKE.excess(50e-6))])
+    with pytest.raises(ValueError):
+        wakeup_extra(par, ts, WAKE, [1, 4])
+
+
 def test_which_operators_run_as_parallel_regions() -> None:
     assert bool(runs_parallel("gemm", {"m": 1}))
     assert bool(runs_parallel("attn_decode", {}))

@@ -103,9 +103,11 @@ def compute_op_tables(cost: IterationModel, size: int) -> tuple[np.ndarray, np.n
         at = next((j for j, i in enumerate(seq) if order[ops[i].name] > order["attn_decode"]), len(seq))
         par = [runs_parallel(ops[i].op_class, ops[i].shape) for i in seq]
         tim: list[Any] = [times[i] for i in seq]
+        cnt = [ops[i].count for i in seq]
         par.insert(at, np.asarray(True))
         tim.insert(at, 0.0)
-        extra = wakeup_extra(par, tim, wake)
+        cnt.insert(at, L)
+        extra = wakeup_extra(par, tim, wake, cnt)
         per_layer += extra.pop(at)
         for i, x in zip(seq, extra):
             op = ops[i]

@@ -55,7 +55,8 @@ def time_ops(ops: Sequence[Op], device: ComputeDevice, eff: EfficiencyModel, dty
     wake = eff.thread_wakeup()
     if wake is not None and res:
         # the OpenMP wake-up before each parallel region (simkit.cost.threads), in pass order
-        extra = wakeup_extra([runs_parallel(o.op.op_class, o.op.shape) for o in res], [o.time_s for o in res], wake)
+        extra = wakeup_extra([runs_parallel(o.op.op_class, o.op.shape) for o in res], [o.time_s for o in res], wake,
+                             [o.op.count for o in res])  # fmt: skip
         res = [replace(o, time_s=o.time_s + float(x)) if float(x) else o for o, x in zip(res, extra)]
     return res
 

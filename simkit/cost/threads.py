@@ -129,24 +129,47 @@ def runs_parallel(op_class: str, shape: Mapping[str, Any]) -> np.ndarray:
     return np.asarray(numel) >= GRAIN_SIZE
 
 
-def wakeup_extra(parallel: Sequence[Any], times: Sequence[Any], wake: ThreadWakeup) -> list[np.ndarray]:
+def wakeup_extra(parallel: Sequence[Any], times: Sequence[Any], wake: ThreadWakeup, counts: Sequence[int] | None = None) -> list[np.ndarray]:
     """Extra seconds per occurrence of each operator of one forward pass, in execution order:
     a parallel operator pays ``wake.excess`` of the serial time run since the previous parallel
-    one (its own and the serial operators' predicted times); serial ones pay nothing. The pass is
-    taken as one of a series run back to back (serving steps), so the serial operators at its end
-    count towards the gap before its first parallel one. ``parallel`` and ``times`` are per
-    operator, scalars or arrays of one shape (one entry per batch size)."""
+    one (the serial operators' predicted times); serial ones pay nothing. The pass is taken as
+    one of a series run back to back (serving steps), so the serial operators at its end count
+    towards the gap before its first parallel one. ``parallel`` and ``times`` are per operator,
+    scalars or arrays of one shape (one entry per batch size).
+
+    ``counts`` (occurrences per pass, as :class:`~simkit.cost.ops.Op.count`): the operators that
+    occur more than once are the layer block, run once per layer between the operators listed
+    before it (embedding, ...) and after it (final norm, LM head, ...); a block operator pays the
+    first layer's gap (after the operators before the block) once and the gap within the block
+    (after the previous layer's serial tail) on every other occurrence. Without ``counts`` every
+    operator occurs once."""
     n = len(times)
-    if len(parallel) != n:
-        raise ValueError("parallel and times must have one entry per operator")
+    if len(parallel) != n or (counts is not None and len(counts) != n):
+        raise ValueError("parallel, times and counts must have one entry per operator")
     par = [np.asarray(p, dtype=bool) for p in parallel]
     ts = [np.asarray(t, dtype=np.float64) for t in times]
-    gap: np.ndarray = np.zeros(np.broadcast_shapes(*(x.shape for x in par), *(x.shape for x in ts)) if n else ())
-    # the first pass only carries the serial tail around to the start
-    for i in range(n):
+    shape = np.broadcast_shapes(*(x.shape for x in par), *(x.shape for x in ts)) if n else ()
+    block = [i for i in range(n) if counts is not None and counts[i] > 1]
+    if block:
+        lo, hi = block[0], block[-1]
+        order = [*range(lo), *range(lo, hi + 1), *range(lo, hi + 1), *range(hi + 1, n)]  # two layers
+    else:
+        lo, hi, order = 0, -1, list(range(n))
+    gap: np.ndarray = np.zeros(shape)
+    # the first walk only carries the serial tail around to the start
+    for i in order:
         gap = np.where(par[i], 0.0, gap + ts[i])
-    out: list[np.ndarray] = []
-    for i in range(n):
-        out.append(np.where(par[i], wake.excess(gap), 0.0))
+    first: dict[int, np.ndarray] = {}
+    out: list[np.ndarray] = [np.zeros(shape) for _ in range(n)]
+    for i in order:
+        e = np.where(par[i], wake.excess(gap), 0.0)
+        if lo <= i <= hi and counts is not None:
+            if i not in first:
+                first[i] = e
+            else:  # the second layer: every layer after the first
+                c = max(int(counts[i]), 1)
+                out[i] = (first[i] + (c - 1) * e) / c
+        else:
+            out[i] = e
         gap = np.where(par[i], 0.0, gap + ts[i])
     return out
