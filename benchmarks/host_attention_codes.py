@@ -23,9 +23,11 @@ decode step (read from the systems' sources; docs/offloading.md names them):
 
 It prints, per code, nanoseconds per cached element and query head (the minimum over rounds,
 every code run once per round, interleaved) split by operation, the ratio to FlexGen's code and
-the ratio simkit's byte model gives; and the cost of writing a freshly allocated tensor (each
-large temporary above is one: glibc serves allocations above 32 MiB with mmap, so every first
-write page-faults and the kernel zero-fills the page) against writing a reused one.
+the ratio simkit's byte model gives (without the fresh temporaries' cost: simkit adds that at
+the node's measured first-touch rate, ``plan.offload.host_temporaries``); and the cost of
+writing a freshly allocated tensor (the forks' upcast and repeat_kv copies above are each one:
+glibc serves allocations above 32 MiB with mmap, so every first write page-faults and the kernel
+zero-fills the page) against writing a reused one (FlexGen's workspace).
 The machine is whatever runs this (measured figures are noisy on a shared machine; the ratios
 within one run are the figures to read).
 """
