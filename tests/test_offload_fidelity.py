@@ -200,6 +200,17 @@ def test_fresh_host_temporaries_cost_their_written_bytes_at_the_first_touch_rate
         _fresh_oc(64, None).cpu_decode_attention(96, kv, False, True)
 
 
+@settings(max_examples=60, deadline=None)
+@given(kv_heads=st.sampled_from([1, 8, 64]), kv=st.floats(1.0, 1e6), more=st.floats(1.0, 10.0), fp32=st.booleans())
+def test_fresh_temporaries_never_make_host_attention_faster(kv_heads, kv, more, fp32):
+    oc = _fresh_oc(kv_heads)
+    base, fresh = oc.cpu_decode_attention(8, kv, fp32), oc.cpu_decode_attention(8, kv, fp32, True)
+    assert fresh >= base
+    # a longer cache never has fewer fresh bytes per element (copies only cross the mmap threshold upwards)
+    cache = 4.0 if fp32 else 2.0
+    assert oc.host_attention_fresh_bytes(cache, kv * more) >= oc.host_attention_fresh_bytes(cache, kv)
+
+
 def _a6000_fresh(temporaries: str, cpu_attention: bool = True, hardware: str = "lambda-a6000-workstation") -> dict:
     off = {"weights": {"gpu": 0.0, "cpu": 1.0}, "kv_cache": {"gpu": 0.0, "cpu": 1.0}, "gpu_batch_size": 16,
            "cpu_attention": cpu_attention, "pinned": False, "host_temporaries": temporaries}
