@@ -232,10 +232,15 @@ def test_fresh_host_temporaries_slow_the_simulation_and_the_lp_alike(monkeypatch
         return real(self, batch, kv_tokens, fp32_cache, fresh_temporaries)
 
     monkeypatch.setattr(OffloadCompute, "cpu_decode_attention", spy)
-    cands = optimize(scenario_from_dict(_a6000_fresh("fresh")), prompt_len=512, gen_len=4, confirm=0)
+    cands = optimize(scenario_from_dict(_a6000_fresh("fresh")), prompt_len=512, gen_len=4, top=40, confirm=0)
     assert True in seen and all(seen)
-    assert all(c.host_temporaries == "fresh" for c in cands)
-    assert {c.offload_dict()["host_temporaries"] for c in cands} == {"fresh"}
+    # the plans attending on the CPU carry the setting to the simulation; the others run no host code
+    assert {c.cpu_attention for c in cands} == {True, False}
+    assert all(c.offload_dict()["host_temporaries"] == ("fresh" if c.cpu_attention else "workspace") for c in cands)
+    monkeypatch.undo()
+    for c in (next(c for c in cands if c.cpu_attention), next(c for c in cands if not c.cpu_attention)):
+        sim = confirm_by_simulation(scenario_from_dict(_a6000_fresh("fresh")), c, 512, 4)
+        assert sim.get("output_tokens_per_s"), sim
 
 
 def test_fresh_host_temporaries_are_refused_where_they_cannot_take_effect():

@@ -326,6 +326,7 @@ def solve_candidate(
     bott = labels[max(dec_rows, key=lambda k: slack[k])][0] if dec_rows else "compute"
     return Candidate(
         gbs, ngb, cpu_attention, compress, fr, total, bls * gen_len / total if total > 0 else 0.0, bott, L, dequant, decode_overlap,
-        compress_kv, kv_dequant, lm_head_copy, host_temporaries,
+        # only a plan attending on the CPU runs the host attention code whose copies it prices
+        compress_kv, kv_dequant, lm_head_copy, host_temporaries if cpu_attention else "workspace",
     )
 
