@@ -187,6 +187,12 @@ def a6000_offload(row: dict[str, Any]) -> dict[str, Any]:
         # attends it in fp32 in place; BLOOM's buffer takes the model's dtype (fp16) and is
         # upcast at every step (key_layer.float()), as FlexGen's is
         off["host_kv_dtype"] = "fp32"
+    if kv_off and not flexgen:
+        # the fork's attention writes its copies of the cached KV (BLOOM's .float(), LLaMA's
+        # repeat_kv) into new tensors every layer and step; FlexGen's --cpu-cache-compute copies
+        # into a workspace allocated once (flex_opt.py load_cache, path 1); OPT's fork reads its
+        # fp32 buffer in place and writes none
+        off["host_temporaries"] = "fresh"
     if flexgen:
         # FlexGen's runs (run_*_a6000.sh) keep the KV cache and activations on the CPU
         # (--percent 0 100 0 100 0 100; a batch of 280 has 209 GB of OPT-30B KV): its "KV cache
