@@ -609,3 +609,19 @@ def test_offload_plan_refuses_lengths_beyond_the_context(tmp_path, capsys, flag)
     assert main(["offload-plan", str(path), flag, "99999999999999999999", "--confirm", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(path) in err and "context" in err, err
+
+
+def test_rows_a_rate_was_inferred_from_exist_and_are_reported_apart():
+    """The summary's held-out line names rows of the published data (a typo would silently hold
+    nothing out) and leaves exactly those rows out."""
+    import yaml
+
+    bench = _bench()
+    ids = {r["id"] for r in yaml.safe_load(bench.DATA.read_text())["rows"]}
+    assert set(bench.INFERRED_FROM) <= ids
+    err = {i: 0.5 if i in bench.INFERRED_FROM else 0.1 for i in ids}
+    out = [{"id": i, "system": "s", "published": k + 1.0, "simkit": (k + 1.0) * (1 + err[i]), "error": err[i], "plan": ""}
+           for k, i in enumerate(sorted(ids))]
+    last = bench.render(out).splitlines()[-1]
+    assert last.startswith("rows no rate was inferred from")
+    assert f"n={len(ids) - len(bench.INFERRED_FROM):2d}" in last and "p90 |error|   10.0%" in last
