@@ -24,6 +24,7 @@ from simkit.specs.calibration import HostOverhead
 
 if TYPE_CHECKING:
     from simkit.cost.collectives import CollectiveFit
+    from simkit.cost.threads import ThreadWakeup
 
 OP_CLASSES = ("gemm", "attn_prefill", "attn_decode", "elementwise")
 
@@ -90,6 +91,11 @@ class EfficiencyModel(Protocol):
 
     def host_overhead(self) -> HostOverhead | None:
         """Host seconds per engine iteration, when this model knows them."""
+        ...
+
+    def thread_wakeup(self) -> ThreadWakeup | None:
+        """The measured cost of waking OpenMP worker threads before a parallel region
+        (simkit.cost.threads), or None: nothing to add (one thread, or not measured)."""
         ...
 
     @property
@@ -184,6 +190,9 @@ class DatasheetEfficiency(EfficiencyModel):
         return {}
 
     def host_overhead(self) -> HostOverhead | None:
+        return None
+
+    def thread_wakeup(self) -> ThreadWakeup | None:
         return None
 
     @property

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from simkit.cost.device import ComputeDevice
 from simkit.cost.efficiency import EfficiencyModel
-from simkit.cost.ops import Op, Precision, forward_ops, prefill_attention_sums, token_ops
+from simkit.cost.ops import OP_NAMES, Op, Precision, forward_ops, prefill_attention_sums, token_ops
 from simkit.cost.roofline import OpTime, time_ops
 from simkit.cost.tables import SparseRows, Tables, op_tables
+from simkit.cost.threads import runs_parallel, wakeup_extra
 from simkit.specs.model import ModelSpec
 
 NON_LAYER_OPS = ("embedding", "final_norm", "lm_head", "sampling")
@@ -134,14 +136,39 @@ def op_tables_at(cost: IterationModel, T: np.ndarray) -> Tables:
     per_layer = np.zeros(size)
     nonlayer = np.zeros(size)
     head = np.zeros(size)
-    for op, t in zip(ops, _ops_time_arrays(ops, cost, size)):
-        t = t * op.count
+    times = _ops_time_arrays(ops, cost, size)
+    for op, t1 in zip(ops, times):
+        t = t1 * op.count
         if op.name in ("lm_head", "sampling"):
             head += t
         elif op.name in NON_LAYER_OPS:
             nonlayer += t
         else:
             per_layer += t / L
+    wake = cost.efficiency.thread_wakeup()
+    if wake is not None:
+        # the OpenMP wake-up before each parallel region (simkit.cost.threads), walked in
+        # forward_ops' order with the attention (a parallel region, priced elsewhere) after RoPE;
+        # the LM head's gap is priced with as many rows as tokens (a decode step's)
+        order = {n: i for i, n in enumerate(OP_NAMES)}
+        seq = sorted(range(len(ops)), key=lambda i: order[ops[i].name])
+        at = next((j for j, i in enumerate(seq) if order[ops[i].name] > order["attn_decode"]), len(seq))
+        par = [runs_parallel(ops[i].op_class, ops[i].shape) for i in seq]
+        tim: list[Any] = [times[i] for i in seq]
+        cnt = [ops[i].count for i in seq]
+        par.insert(at, np.asarray(True))
+        tim.insert(at, 0.0)
+        cnt.insert(at, L)
+        extra = wakeup_extra(par, tim, wake, cnt)
+        per_layer += extra.pop(at)
+        for i, x in zip(seq, extra):
+            op = ops[i]
+            if op.name in ("lm_head", "sampling"):
+                head += x * op.count
+            elif op.name in NON_LAYER_OPS:
+                nonlayer += x * op.count
+            else:
+                per_layer += x * op.count / L
     return per_layer, nonlayer, head
 
 

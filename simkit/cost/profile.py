@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from simkit.cost.efficiency import OP_CLASSES, DatasheetEfficiency, EfficiencyModel, FitQuality
+from simkit.cost.threads import ThreadWakeup, parse_thread_wakeup
 from simkit.errors import CalibrationError
 from simkit.specs.calibration import (
     PROFILE_FILE,
@@ -783,6 +784,7 @@ class Profile(EfficiencyModel):
     host: HostOverhead | None = None
     """Host time per engine iteration (``host_overhead`` in the YAML); None: not in the profile."""
     _default: DatasheetEfficiency = field(default_factory=DatasheetEfficiency, repr=False)
+    _wakeup: tuple[Any, ThreadWakeup] | None = field(default=None, repr=False, compare=False)
 
     # ---- EfficiencyModel ---------------------------------------------------------------------
     def is_measured(self, op_class: str) -> bool:
@@ -859,6 +861,16 @@ class Profile(EfficiencyModel):
     def host_overhead(self) -> HostOverhead | None:
         return self.host
 
+    def thread_wakeup(self) -> ThreadWakeup | None:
+        """``device.thread_wakeup`` (simkit.cost.threads), parsed once; None when the profile has
+        none (measured at one thread, or before 2026-11-30 20:00 UTC: nothing is added)."""
+        raw = self.device.get("thread_wakeup")
+        if raw is None:
+            return None
+        if self._wakeup is None or self._wakeup[0] is not raw:
+            self._wakeup = (raw, parse_thread_wakeup(raw, str(self.path or self.name)))
+        return self._wakeup[1]
+
     def fit_quality(self) -> dict[str, FitQuality] | None:
         return {c: FitQuality(dict(cm.fit_error), dict(self.cross_validation.get(c) or {})) for c, cm in self.models.items()}
 
@@ -915,6 +927,8 @@ class Profile(EfficiencyModel):
             raise CalibrationError(f"expected gpu or cpu, got {kind!r}", where=where, key="device.kind")
         if "fingerprint" in device:
             device = {**device, "fingerprint": parse_fingerprint(device["fingerprint"], kind, where)}
+        if "thread_wakeup" in device:
+            parse_thread_wakeup(device["thread_wakeup"], where)
         host = parse_host_overhead(data["host_overhead"], where) if "host_overhead" in data else None
         source = str(need(data, "source", ""))
         lic = str(need(data, "license", ""))
