@@ -724,7 +724,7 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
     slow_reason = "requested" if engine == "reference" else fast_path_reason(
         policy_name, pc.enabled, plan.kv_cache.preemption,
         plan.execution.mode == "layer_by_layer", off_layout is not None and off_layout.spill_after is not None, trace,
-        model.sliding_window is not None, off_layout is not None or par.pp > 1,
+        model.sliding_window is not None, par.pp > 1, off_layout is not None,
     )
     if slow_reason is None and off_layout is not None:
         slow_reason = fast_offload_reason(closed, plan.offload.gpu_batch_size, bat.max_num_seqs)  # type: ignore[union-attr]
@@ -745,7 +745,8 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
             engine_path += f", event by event for steps of more sequences than gpu_batch_size ({gbs})"
     pipe = False
     if stage_costs is not None:
-        why = "requested" if engine == "reference" else pipeline_reason(trace, pc.enabled, plan.kv_cache.preemption)
+        why = "requested" if engine == "reference" else pipeline_reason(
+            trace, pc.enabled, plan.kv_cache.preemption, issubclass(engine_cls, FastEngine))
         pipe = why is None
         engine_path += "; pipeline stages in closed form" if pipe else f"; pipeline stages event by event ({why})"
     return Deployment(scenario, sc, model, prec, use_cpu, groups, off_layout, off_mem, stage_costs, cpu_cost, reqs, adm,

@@ -154,27 +154,31 @@ def fast_path_reason(
     spill: bool,
     trace: bool,
     sliding_window: bool = False,
-    staged: bool = False,
+    pipelined: bool = False,
+    offloaded: bool = False,
 ) -> str | None:
     """None when the fast path covers the plan, else why it runs on the reference engine. A
     pipelined plan it covers runs its stages in closed form (engine/pipeline_fast.py,
     ``PipelineFastEngine``; a run whose micro-batches would overtake is repeated on the
     reference engine with the stages event by event); an offloaded one runs
     ``OffloadFastEngine`` where ``fast_offload.fast_offload_reason`` also accepts it. Prefix
-    caching, swap preemption and sliding-window models are covered on replicas that are neither
-    pipelined nor offloaded (``staged``: those engines time their stages or steps in closed form,
-    which the links' fetches and swaps rule out). Disaggregated serving is covered on replicas
-    neither pipelined nor offloaded, for models without a sliding window (the prefill and decode
+    caching and swap preemption are covered on replicas that are not offloaded (a pipelined
+    replica's fetches and swaps cross other links than its stages' activations: the stages'
+    closed form holds, and a step waits for its fetches and swaps as the reference's does);
+    sliding-window models on replicas neither pipelined nor offloaded (those engines price
+    their steps on stand-in contexts). Disaggregated serving is covered on replicas neither
+    pipelined nor offloaded, for models without a sliding window (the prefill and decode
     pools' fast engines in SimPy's loop, the KV hand-off on the reference's own link)."""
+    staged = pipelined or offloaded
     if policy not in ("static", "continuous", "chunked_prefill", "disaggregated") or (policy == "static" and staged):
         return f"batching policy {policy}"
     if policy == "disaggregated" and staged:
         return "disaggregated serving on pipelined or offloaded replicas"
     if policy == "disaggregated" and sliding_window:
         return "disaggregated serving of a sliding-window model"
-    if prefix_cache and staged:
+    if prefix_cache and offloaded:
         return "prefix caching"
-    if preemption != "recompute" and staged:
+    if preemption != "recompute" and offloaded:
         return f"{preemption} preemption"
     if layerwise:
         return "layer-by-layer execution"

@@ -1,0 +1,166 @@
+"""The fast path on the plans that fell back to the reference engine until issue 16's eighth
+round, against the reference engine (the oracle): prefix caching and swap preemption on
+pipelined replicas (``PipelineFastEngine``, stages in closed form, waiting for the fetches and
+swaps as the reference's steps do). Random Mooncake-style traces whose requests share
+prefix-block hashes (caches from a few entries to ample, HBM alone or with DRAM and SSD below
+it), random synthetic workloads under memory pressure that forces swaps (swap space from none
+to ample), pipeline degrees 2-4 with even or uneven layer splits, one or several replicas
+behind every router, continuous and chunked batching. Every per-request column, iteration
+row, link busy period and summary figure must be the same bits
+(``conftest.assert_same_outputs``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simkit.policies.batching import with_policy
+from simkit.scenario import scenario_from_dict
+from simkit.simulate import simulate
+from tests.conftest import assert_same_outputs, make_scenario, uniform_workload
+from tests.test_prefix_fast import HASH_TOKENS, _mooncake_trace
+
+_EXAMPLES = int(os.environ.get("SIMKIT_HYPOTHESIS_EXAMPLES", "25"))
+_REPEATED = "reference (pipeline parallelism); pipeline stages event by event (replica "
+
+
+def _split(pp: int, cut: int) -> list[int] | None:
+    """Llama-2-7B's 32 layers over ``pp`` stages: even (``cut`` 0) or the first stage ``cut``
+    layers and the rest even."""
+    if cut == 0:
+        return None
+    rest = 32 - cut
+    return [cut] + [rest // (pp - 1) + (1 if k < rest % (pp - 1) else 0) for k in range(pp - 1)]
+
+
+def _same_pipelined(data: dict) -> dict:
+    """Run ``data`` on the reference engine and on the fast path: the fast path ran the stages in
+    closed form (or repeated the run event by event where a micro-batch overtook another, and
+    said so) and every output is the same bits. Returns the fast path's summary."""
+    ref = simulate(scenario_from_dict(data), engine="reference")
+    got = simulate(scenario_from_dict(data))
+    path = got.summary["engine_path"]
+    assert path == "fast; pipeline stages in closed form" or path.startswith(_REPEATED), path
+    assert_same_outputs(ref, got)
+    return got.summary
+
+
+def _pipelined_prefix(path: Path, pp: int, cut: int, replicas: int, routing: str, batching: dict, kv_tokens: int,
+                      block_size: int, tiers: list[str], lower_entries: int, preemption: str, seed: int) -> dict:  # fmt: skip
+    data = make_scenario(workload={"trace": {"path": str(path), "format": "mooncake"}}, seed=seed)
+    entry = HASH_TOKENS * 32 * 2 * 4096 * 2  # one hash entry of llama-2-7b in fp16, all stages
+    par: dict = {"replicas": replicas, "pp": pp}
+    split = _split(pp, cut)
+    if split is not None:
+        par["layer_split"] = split
+    data["plan"].update({
+        "batching": with_policy(batching, batching["policy"], {}),
+        "kv_cache": {"num_blocks": kv_tokens // block_size, "block_size": block_size, "preemption": preemption},
+        "prefix_cache": {"enabled": True, "tiers": tiers,
+                         "capacity": {t: f"{lower_entries * entry} B" for t in tiers if t != "hbm"}},
+        "parallel": par,
+        "routing": routing,
+    })  # fmt: skip
+    return data
+
+
+@settings(max_examples=_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 10**6),
+    n=st.integers(5, 40),
+    roots=st.integers(1, 4),
+    rate=st.sampled_from([0.002, 0.02, 0.2]),
+    burst=st.sampled_from([0.0, 0.3]),
+    pp=st.integers(2, 4),
+    cut=st.sampled_from([0, 0, 1, 5]),
+    replicas=st.integers(1, 2),
+    routing=st.sampled_from(["prefix_aware", "round_robin", "least_outstanding"]),
+    policy=st.sampled_from(["continuous", "chunked_prefill"]),
+    seqs=st.sampled_from([2, 8, 64]),
+    chunk=st.sampled_from([256, 1024]),
+    kv_tokens=st.sampled_from([4000, 8000, 60000]),
+    block_size=st.sampled_from([16, 32]),
+    tiers=st.sampled_from([["hbm"], ["hbm", "dram"], ["hbm", "dram", "ssd"]]),
+    lower_entries=st.sampled_from([1, 4, 50]),
+    preemption=st.sampled_from(["recompute", "swap"]),
+)
+def test_prefix_cache_on_pipelined_replicas_equals_reference(
+    tmp_path, seed, n, roots, rate, burst, pp, cut, replicas, routing, policy, seqs, chunk, kv_tokens, block_size,
+    tiers, lower_entries, preemption,
+):  # fmt: skip
+    path = tmp_path / f"trace-{seed}-{n}.jsonl"
+    _mooncake_trace(path, seed, n, roots, rate, burst)
+    batching = {"policy": policy, "max_num_seqs": seqs, "max_num_batched_tokens": 4096}
+    if policy == "chunked_prefill":
+        batching["chunk_size"] = chunk
+    _same_pipelined(_pipelined_prefix(path, pp, cut, replicas, routing, batching, kv_tokens, block_size, tiers,
+                                      lower_entries, preemption, seed))  # fmt: skip
+
+
+def test_tiny_pipelined_cache_fetches_demotes_and_preempts_exactly(tmp_path):
+    """A pool of a few hash entries over PP 2 and a few entries in DRAM and on the SSD below it:
+    admissions evict, demote and drop, hits come back up over the links while the stages run,
+    requests are preempted and swapped."""
+    path = tmp_path / "t.jsonl"
+    _mooncake_trace(path, 7, 60, 2, 0.05, 0.3)
+    batching = {"policy": "continuous", "max_num_seqs": 64, "max_num_batched_tokens": 4096}
+    s = _same_pipelined(_pipelined_prefix(path, 2, 0, 2, "prefix_aware", batching, 4200, 16, ["hbm", "dram", "ssd"], 4,
+                                          "swap", 0))  # fmt: skip
+    assert s["engine_path"] == "fast; pipeline stages in closed form"
+    assert s["prefix_cache_hit_rate_by_tier"]["ssd"] > 0
+    assert s["prefix_cache_hit_rate_by_tier"]["dram"] > 0
+    assert s["preemptions"] > 0
+
+
+def _pipelined_swaps(pp: int, cut: int, replicas: int, routing: str, policy: str, seqs: int, n: int, rate: float,
+                     inp: tuple[int, int], out: tuple[int, int], blocks: int, swap_gib: float | None) -> dict:  # fmt: skip
+    data = make_scenario(workload=uniform_workload(n, rate, inp, out))
+    par: dict = {"replicas": replicas, "pp": pp}
+    split = _split(pp, cut)
+    if split is not None:
+        par["layer_split"] = split
+    batching = {"policy": policy, "max_num_seqs": seqs} | ({"chunk_size": 256} if policy == "chunked_prefill" else {})
+    kv: dict = {"num_blocks": blocks, "preemption": "swap"}
+    if swap_gib is not None:
+        kv["swap_space"] = f"{swap_gib} GiB"
+    data["plan"].update({"batching": batching, "parallel": par, "kv_cache": kv, "routing": routing})
+    return data
+
+
+@settings(max_examples=_EXAMPLES, deadline=None)
+@given(
+    pp=st.integers(2, 4),
+    cut=st.sampled_from([0, 1, 7]),
+    replicas=st.integers(1, 2),
+    routing=st.sampled_from(["round_robin", "least_outstanding"]),
+    policy=st.sampled_from(["continuous", "chunked_prefill"]),
+    seqs=st.sampled_from([4, 16, 48]),
+    n=st.integers(4, 50),
+    rate=st.sampled_from([5.0, 50.0, 500.0]),
+    inp_lo=st.integers(1, 600),
+    out_lo=st.integers(1, 150),
+    blocks=st.sampled_from([60, 120, 400]),
+    swap_gib=st.sampled_from([None, 0.0, 0.01, 0.05]),
+)
+def test_swaps_on_pipelined_replicas_equal_reference(pp, cut, replicas, routing, policy, seqs, n, rate, inp_lo, out_lo,
+                                                     blocks, swap_gib):  # fmt: skip
+    # a request's KV at most its input + output tokens: at most 1200 + 300 = 94 blocks of 16
+    data = _pipelined_swaps(pp, cut, replicas, routing, policy, seqs, n, rate, (inp_lo, inp_lo + 600),
+                            (out_lo, out_lo + 150), blocks, swap_gib)  # fmt: skip
+    _same_pipelined(data)
+
+
+def test_pipelined_swaps_and_refusals_exactly():
+    """Few blocks over PP 4: requests are swapped out and back in while other micro-batches are
+    in flight; with a tiny swap space some swaps are refused (recomputed)."""
+    for swap_gib, refused in ((None, False), (0.2, True)):
+        s = _same_pipelined(_pipelined_swaps(4, 5, 1, "round_robin", "continuous", 32, 60, 100.0, (200, 800), (50, 200),
+                                             150, swap_gib))  # fmt: skip
+        assert s["engine_path"] == "fast; pipeline stages in closed form"
+        assert s["preemptions"] > 0
+        assert s["swaps"] > 0
+        # a refused swap is a recompute: fewer swaps than preemptions
+        assert (s["swaps"] < s["preemptions"]) == refused
