@@ -722,12 +722,11 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
         )
         closed = off_why is None
     slow_reason = "requested" if engine == "reference" else fast_path_reason(
-        policy_name, pc.enabled, plan.kv_cache.preemption,
-        plan.execution.mode == "layer_by_layer", off_layout is not None and off_layout.spill_after is not None, trace,
+        policy_name, plan.execution.mode == "layer_by_layer", off_layout is not None and off_layout.spill_after is not None, trace,
         model.sliding_window is not None, par.pp > 1, off_layout is not None,
     )
     if slow_reason is None and off_layout is not None:
-        slow_reason = fast_offload_reason(closed, plan.offload.gpu_batch_size, bat.max_num_seqs)  # type: ignore[union-attr]
+        slow_reason = fast_offload_reason(off_why, plan.offload.gpu_batch_size, bat.max_num_seqs)  # type: ignore[union-attr]
     engine_cls: type[Engine] = Engine if slow_reason else OffloadFastEngine if off_layout is not None else FastEngine
     engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
     # the fused loop keeps no prefix cache, swaps nothing and caps no sequence's KV (sliding

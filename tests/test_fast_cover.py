@@ -14,9 +14,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from simkit.engine.offload_fast import PREFIX_ON_LINKS, SWAPS_ON_LINKS
+from simkit.errors import SimkitError
 from simkit.policies.batching import with_policy
 from simkit.scenario import scenario_from_dict
 from simkit.simulate import simulate
@@ -164,3 +167,156 @@ def test_pipelined_swaps_and_refusals_exactly():
         assert s["swaps"] > 0
         # a refused swap is a recompute: fewer swaps than preemptions
         assert (s["swaps"] < s["preemptions"]) == refused
+
+
+_OFFLOADED = "fast; offloaded steps event by event ("
+_frac = st.sampled_from([0.0, 0.5, 1.0])
+
+
+@st.composite
+def _offload(draw: st.DrawFn, seqs: int) -> dict:
+    """A random plan.offload of llama-2-7b on a T4 or on an H100 with CXL: weights and KV split
+    between the GPU and a lower tier, with or without prefetch, pinned or pageable copies, CPU
+    attention, compression; one GPU batch per step."""
+    hardware = draw(st.sampled_from(["gcp-t4-vm", "h100-pcie-cxl-server"]))
+    tiers = ["cpu", "disk"] if hardware == "gcp-t4-vm" else ["cpu", "cxl", "disk"]
+
+    def share() -> dict:
+        g = draw(_frac)
+        out = {"gpu": g}
+        t = draw(st.sampled_from(tiers))
+        out[t] = out.get(t, 0.0) + 1.0 - g
+        return out
+
+    off: dict = {
+        "hardware": hardware,
+        "weights": share(),
+        "kv_cache": share(), "overlap": draw(st.booleans()), "decode_overlap": draw(st.booleans()),
+        "pinned": draw(st.booleans()), "cpu_attention": draw(st.booleans()), "compress_weights": draw(st.booleans()),
+        "compress_kv": draw(st.booleans()),
+    }
+    if hardware == "gcp-t4-vm" and off["weights"]["gpu"] > 0.5:
+        off["weights"] = {"gpu": 0.5, "cpu": 0.5}  # a T4 holds about half of llama-2-7b's weights
+    if draw(st.booleans()):
+        off["gpu_batch_size"] = seqs + draw(st.integers(0, 2))
+    return off
+
+
+def _same_offloaded(data: dict, reason: str) -> dict:
+    """Run ``data`` on the reference engine and on the fast path: the fast engine ran the steps
+    event by event for ``reason`` (or, for a plan that does not fit, both refused it alike) and
+    every output is the same bits. Returns the fast path's summary (None when refused)."""
+    try:
+        ref = simulate(scenario_from_dict(data), engine="reference")
+    except SimkitError:
+        with pytest.raises(SimkitError):
+            simulate(scenario_from_dict(data))
+        return {}
+    got = simulate(scenario_from_dict(data))
+    path = got.summary["engine_path"]
+    assert path == f"{_OFFLOADED}{reason})" or "offload" not in path, path  # all on the GPU: not offloaded
+    assert_same_outputs(ref, got)
+    return got.summary
+
+
+def _offloaded_scenario(off: dict, workload: dict, batching: dict, replicas: int, kv_cache: dict,
+                        prefix: dict | None, seed: int = 0) -> dict:  # fmt: skip
+    off = dict(off)
+    hardware = off.pop("hardware")
+    data = make_scenario(hardware=hardware if replicas == 1 else {"preset": hardware, "num_gpus": replicas},
+                         workload=workload, seed=seed)  # fmt: skip
+    data["plan"].update({"batching": with_policy(batching, batching["policy"], {}), "offload": off,
+                         "parallel": {"replicas": replicas}, "kv_cache": kv_cache})  # fmt: skip
+    if replicas > 1:
+        data["plan"]["routing"] = "least_outstanding"
+    if prefix is not None:
+        data["plan"]["prefix_cache"] = prefix
+    return data
+
+
+@settings(max_examples=_EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+@given(
+    data=st.data(),
+    seed=st.integers(0, 10**6),
+    n=st.integers(3, 24),
+    roots=st.integers(1, 3),
+    rate=st.sampled_from([0.002, 0.02, 0.2]),
+    burst=st.sampled_from([0.0, 0.3]),
+    replicas=st.integers(1, 2),
+    policy=st.sampled_from(["continuous", "chunked_prefill"]),
+    seqs=st.integers(1, 8),
+    kv_tokens=st.sampled_from([4000, 8000, 60000]),
+    tiers=st.sampled_from([["hbm"], ["hbm", "dram"], ["hbm", "dram", "ssd"]]),
+    lower_entries=st.sampled_from([1, 4, 50]),
+    preemption=st.sampled_from(["recompute", "swap"]),
+)
+def test_prefix_cache_on_offloaded_replicas_equals_reference(
+    tmp_path, data, seed, n, roots, rate, burst, replicas, policy, seqs, kv_tokens, tiers, lower_entries, preemption,
+):  # fmt: skip
+    path = tmp_path / f"trace-{seed}-{n}.jsonl"
+    _mooncake_trace(path, seed, n, roots, rate, burst)
+    batching = {"policy": policy, "max_num_seqs": seqs, "max_num_batched_tokens": 4096}
+    if policy == "chunked_prefill":
+        batching["chunk_size"] = 512
+    entry = HASH_TOKENS * 32 * 2 * 4096 * 2
+    prefix = {"enabled": True, "tiers": tiers, "capacity": {t: f"{lower_entries * entry} B" for t in tiers if t != "hbm"}}
+    sc = _offloaded_scenario(data.draw(_offload(seqs)), {"trace": {"path": str(path), "format": "mooncake"}}, batching,
+                             replicas, {"num_blocks": kv_tokens // 16, "preemption": preemption}, prefix, seed)  # fmt: skip
+    _same_offloaded(sc, PREFIX_ON_LINKS)
+
+
+@settings(max_examples=_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.data(),
+    replicas=st.integers(1, 2),
+    policy=st.sampled_from(["continuous", "chunked_prefill"]),
+    seqs=st.integers(1, 8),
+    n=st.integers(3, 30),
+    rate=st.sampled_from([0.5, 5.0, 50.0]),
+    inp_lo=st.integers(8, 400),
+    out_lo=st.integers(1, 60),
+    blocks=st.sampled_from([40, 80, 400]),
+    swap_gib=st.sampled_from([None, 0.0, 0.05, 0.5]),
+)
+def test_swaps_on_offloaded_replicas_equal_reference(data, replicas, policy, seqs, n, rate, inp_lo, out_lo, blocks,
+                                                     swap_gib):  # fmt: skip
+    batching = {"policy": policy, "max_num_seqs": seqs} | ({"chunk_size": 128} if policy == "chunked_prefill" else {})
+    kv: dict = {"num_blocks": blocks, "preemption": "swap"}
+    if swap_gib is not None:
+        kv["swap_space"] = f"{swap_gib} GiB"
+    workload = uniform_workload(n, rate, (inp_lo, inp_lo + 400), (out_lo, out_lo + 60))
+    _same_offloaded(_offloaded_scenario(data.draw(_offload(seqs)), workload, batching, replicas, kv, None),
+                    SWAPS_ON_LINKS)  # fmt: skip
+
+
+@pytest.mark.parametrize("tiers", [["hbm", "dram"], ["hbm", "dram", "ssd"]])
+def test_offloaded_prefix_fetches_and_swaps_exactly(tmp_path, tiers):
+    """Half the weights streamed from DRAM, a small pool and a few entries below it: hits come
+    back up over the links the step streams its weights on, requests are preempted (swapped,
+    or recomputed where they share prefix blocks)."""
+    path = tmp_path / "t.jsonl"
+    _mooncake_trace(path, 7, 40, 2, 0.05, 0.3)
+    off = {"hardware": "gcp-t4-vm", "weights": {"gpu": 0.5, "cpu": 0.5}, "kv_cache": {"gpu": 1.0}}
+    entry = HASH_TOKENS * 32 * 2 * 4096 * 2
+    prefix = {"enabled": True, "tiers": tiers, "capacity": {t: f"{4 * entry} B" for t in tiers if t != "hbm"}}
+    s = _same_offloaded(_offloaded_scenario(off, {"trace": {"path": str(path), "format": "mooncake"}},
+                                            {"policy": "continuous", "max_num_seqs": 8}, 1,
+                                            {"num_blocks": 260, "preemption": "swap"}, prefix), PREFIX_ON_LINKS)  # fmt: skip
+    assert s["engine_path"] == f"{_OFFLOADED}{PREFIX_ON_LINKS})"
+    assert s["prefix_cache_hit_rate_by_tier"]["dram"] > 0
+    assert s["preemptions"] > s["swaps"] > 0  # swapped, and recomputed where a request shared prefix blocks
+
+
+def test_several_gpu_batches_still_fall_back():
+    """A step of more sequences than gpu_batch_size splits them into GPU batches (the reference's
+    per-batch contexts): with swaps it stays on the reference engine, and says so."""
+    off = {"hardware": "gcp-t4-vm", "weights": {"gpu": 0.5, "cpu": 0.5}, "gpu_batch_size": 2}
+    data = _offloaded_scenario(off, uniform_workload(8, 20.0, (32, 128), (2, 8)), {"policy": "continuous", "max_num_seqs": 4},
+                               1, {"preemption": "swap"}, None)  # fmt: skip
+    ref = simulate(scenario_from_dict(data), engine="reference")
+    got = simulate(scenario_from_dict(data))
+    assert got.summary["engine_path"] == (
+        f"reference (offloading with several GPU batches per step); offloaded steps event by event ({SWAPS_ON_LINKS})"
+    )
+    assert_same_outputs(ref, got)

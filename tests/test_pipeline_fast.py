@@ -103,7 +103,10 @@ def test_disaggregated_pipelines_identical(kv_link: str):
     ],
 )
 def test_fallbacks_say_why(over: dict, reason: str):
-    data = _sc("dgx-h100", 2, 1, None, {"policy": "continuous", "max_num_seqs": 8}, {"process": "all_at_once"}, 6,
+    """The reference engine's pipelined replicas (here static batching's) run the stages event by
+    event with a prefix cache or swaps (the fast engine's run them in closed form:
+    tests/test_fast_cover.py)."""
+    data = _sc("dgx-h100", 2, 1, None, {"policy": "static", "batch_size": 4}, {"process": "all_at_once"}, 6,
                (32, 64), (2, 6))
     data["plan"].update(over)
     ref, got = _pair(data)

@@ -148,8 +148,6 @@ def stand_in_step(pq: list[int], kv_pre: list[int], nb: int, dec_sum: int, longe
 
 def fast_path_reason(
     policy: str,
-    prefix_cache: bool,
-    preemption: str,
     layerwise: bool,
     spill: bool,
     trace: bool,
@@ -161,12 +159,12 @@ def fast_path_reason(
     pipelined plan it covers runs its stages in closed form (engine/pipeline_fast.py,
     ``PipelineFastEngine``; a run whose micro-batches would overtake is repeated on the
     reference engine with the stages event by event); an offloaded one runs
-    ``OffloadFastEngine`` where ``fast_offload.fast_offload_reason`` also accepts it. Prefix
-    caching and swap preemption are covered on replicas that are not offloaded (a pipelined
-    replica's fetches and swaps cross other links than its stages' activations: the stages'
-    closed form holds, and a step waits for its fetches and swaps as the reference's does);
-    sliding-window models on replicas neither pipelined nor offloaded (those engines price
-    their steps on stand-in contexts). Disaggregated serving is covered on replicas neither
+    ``OffloadFastEngine`` where ``fast_offload.fast_offload_reason`` also accepts it (with a
+    prefix cache or swaps, its steps event by event). Prefix caching and swap preemption are
+    covered on any replica (a pipelined replica's fetches and swaps cross other links than its
+    stages' activations: the stages' closed form holds, and a step waits for its fetches and
+    swaps as the reference's does); sliding-window models on replicas neither pipelined nor
+    offloaded (those engines price their steps on stand-in contexts). Disaggregated serving is covered on replicas neither
     pipelined nor offloaded, for models without a sliding window (the prefill and decode
     pools' fast engines in SimPy's loop, the KV hand-off on the reference's own link)."""
     staged = pipelined or offloaded
@@ -176,10 +174,6 @@ def fast_path_reason(
         return "disaggregated serving on pipelined or offloaded replicas"
     if policy == "disaggregated" and sliding_window:
         return "disaggregated serving of a sliding-window model"
-    if prefix_cache and offloaded:
-        return "prefix caching"
-    if preemption != "recompute" and offloaded:
-        return f"{preemption} preemption"
     if layerwise:
         return "layer-by-layer execution"
     if spill:

@@ -46,6 +46,13 @@ LANE_ORDER: tuple[str, ...] = ("nvme_read", "cxl_read", "d2h", "h2d", "nvme_writ
 direction after its earlier one (its join times are then known)."""
 
 
+PREFIX_ON_LINKS = "prefix caching moves KV over the same links"
+SWAPS_ON_LINKS = "swap preemption moves KV over the same links"
+"""The reasons :func:`closed_form_reason` gives for the plans whose steps run event by event
+only because the replica's own prefix fetches, demotions or swaps contend for the step's links
+(``fast_offload.fast_offload_reason`` lets the fast engine run those steps)."""
+
+
 def closed_form_reason(
     layout: Placement, cpu_attention: bool, replicas: int, trace: bool, prefix_cache: bool, preemption: str,
     disaggregated: bool, pp: int, overlap: bool, gpu_batches: int,
@@ -62,9 +69,9 @@ def closed_form_reason(
     if any(f > 0 for t, f in layout.act_frac.items() if t != "gpu"):
         return "activations off the GPU"
     if prefix_cache:
-        return "prefix caching moves KV over the same links"
+        return PREFIX_ON_LINKS
     if preemption == "swap":
-        return "swap preemption moves KV over the same links"
+        return SWAPS_ON_LINKS
     if disaggregated:
         return "KV hand-offs over the same links"
     if cpu_attention and replicas > 1:
