@@ -18,13 +18,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from simkit.engine.fast import FastEngine
 from simkit.engine.offload_fast import PREFIX_ON_LINKS, SWAPS_ON_LINKS
 from simkit.errors import SimkitError
 from simkit.policies.batching import with_policy
 from simkit.scenario import scenario_from_dict
 from simkit.simulate import simulate
 from tests.conftest import assert_same_outputs, make_scenario, uniform_workload
-from tests.test_prefix_fast import HASH_TOKENS, _mooncake_trace
+from tests.test_prefix_fast import HASH_TOKENS, _mooncake_trace, _sw_model
 
 _EXAMPLES = int(os.environ.get("SIMKIT_HYPOTHESIS_EXAMPLES", "25"))
 _REPEATED = "reference (pipeline parallelism); pipeline stages event by event (replica "
@@ -320,3 +321,79 @@ def test_several_gpu_batches_still_fall_back():
         f"reference (offloading with several GPU batches per step); offloaded steps event by event ({SWAPS_ON_LINKS})"
     )
     assert_same_outputs(ref, got)
+
+
+def _disagg_window(model: str, n: int, rate: float, inp: tuple[int, int], out: tuple[int, int], seed: int,
+                   pools: tuple[int, int], routing: str, link: str, scale: float, seqs: int, kv_cache: dict,
+                   policy_tokens: int = 4096) -> dict:  # fmt: skip
+    """Disaggregated serving of ``model`` (a sliding-window one) on a DGX H100 whose hand-off
+    ``link`` runs at ``scale`` x its speed (small: hand-offs queue and cut decode runs short)."""
+    key = "network" if link == "network" else "gpu_to_gpu"
+    data = make_scenario(hardware={"preset": "dgx-h100", "bandwidth_scale": {key: scale}}, model=model,
+                         workload=uniform_workload(n, rate, inp, out), seed=seed)  # fmt: skip
+    data["plan"].update({
+        "batching": {"policy": "disaggregated", "prefill_replicas": pools[0], "kv_transfer_link": link,
+                     "max_num_seqs": seqs, "max_num_batched_tokens": max(policy_tokens, seqs)},
+        "parallel": {"replicas": sum(pools)},
+        "routing": routing,
+        "kv_cache": kv_cache,
+    })  # fmt: skip
+    return data
+
+
+def _same_fast(data: dict) -> dict:
+    """The reference engine and the fast path (``engine_path`` ``fast``) give the same bits."""
+    ref = simulate(scenario_from_dict(data), engine="reference")
+    got = simulate(scenario_from_dict(data))
+    assert got.summary["engine_path"] == "fast"
+    assert_same_outputs(ref, got)
+    return got.summary
+
+
+@settings(max_examples=_EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+@given(
+    window=st.sampled_from([64, 200, 1024]),
+    n=st.integers(1, 60),
+    rate=st.floats(1.0, 300.0),
+    inp=st.tuples(st.integers(1, 600), st.integers(0, 2000)),
+    out=st.tuples(st.integers(1, 60), st.integers(0, 400)),
+    seed=st.integers(0, 10_000),
+    pools=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    routing=st.sampled_from(["round_robin", "least_outstanding"]),
+    link=st.sampled_from(["network", "nvlink"]),
+    scale=st.sampled_from([1.0, 0.01, 0.001]),
+    seqs=st.integers(1, 64),
+    blocks=st.integers(60, 800),
+    block_size=st.sampled_from([8, 16, 32]),
+    preemption=st.sampled_from(["recompute", "swap"]),
+)
+def test_disaggregated_sliding_window_equals_reference(tmp_path, window, n, rate, inp, out, seed, pools, routing, link,
+                                                       scale, seqs, blocks, block_size, preemption):  # fmt: skip
+    kv = {"num_blocks": blocks, "block_size": block_size, "preemption": preemption}
+    _same_fast(_disagg_window(_sw_model(tmp_path, window), n, rate, (inp[0], inp[0] + inp[1]), (out[0], out[0] + out[1]),
+                              seed, pools, routing, link, scale, seqs, kv))  # fmt: skip
+
+
+def test_sliding_window_hand_offs_cut_runs_and_join_behind_capped_blocks(tmp_path, monkeypatch):
+    """A slow link: hand-offs arrive while decode runs are in flight, runs are cut short with
+    their blocks allocated for the whole run, and requests join behind those blocks
+    (``FastEngine._late``) while their blocks are capped at the window's; exact, with a pool
+    small enough that the decode pool preempts."""
+    seen = {"late_capped": 0}
+    late_alloc = FastEngine._late_alloc
+
+    def counting_late_alloc(self, upto):  # type: ignore[no-untyped-def]
+        seen["late_capped"] += self._cap_blocks is not None and bool(self._late)
+        late_alloc(self, upto)
+
+    monkeypatch.setattr(FastEngine, "_late_alloc", counting_late_alloc)
+    preempted = 0
+    for window, link, scale, blocks, rate in ((200, "network", 0.02, 2000, 60.0), (64, "nvlink", 0.002, 300, 60.0),
+                                              (1024, "nvlink", 0.05, 150, 200.0)):  # fmt: skip
+        kv = {"num_blocks": blocks, "block_size": 16}
+        s = _same_fast(_disagg_window(_sw_model(tmp_path, window), 300, rate, (100, 1500), (50, 400), 7, (1, 3),
+                                      "least_outstanding", link, scale, 64, kv))  # fmt: skip
+        preempted += s["preemptions"]
+    assert seen["late_capped"] > 0, seen
+    assert preempted > 0

@@ -168,12 +168,8 @@ def fast_path_reason(
     pipelined nor offloaded, for models without a sliding window (the prefill and decode
     pools' fast engines in SimPy's loop, the KV hand-off on the reference's own link)."""
     staged = pipelined or offloaded
-    if policy not in ("static", "continuous", "chunked_prefill", "disaggregated") or (policy == "static" and staged):
+    if policy not in ("static", "continuous", "chunked_prefill", "disaggregated"):
         return f"batching policy {policy}"
-    if policy == "disaggregated" and staged:
-        return "disaggregated serving on pipelined or offloaded replicas"
-    if policy == "disaggregated" and sliding_window:
-        return "disaggregated serving of a sliding-window model"
     if layerwise:
         return "layer-by-layer execution"
     if spill:
@@ -225,12 +221,11 @@ class FastEngine(Engine):
         that did not fit for want of blocks."""
         if cfg.spill_after is not None or kv.watermark_blocks < 0:
             raise AssertionError("the fast path has no KV spill or negative watermark")
-        if cfg.role != "both" and cfg.kv_cap_tokens is not None:
-            raise AssertionError("the fast path has no disaggregated serving of a sliding-window model")
         self._late: dict[int, int] = {}
         """Decoding requests whose next block boundary is behind the allocation clock (they joined
         after a decode run was cut short by a KV hand-off, which keeps the blocks allocated for the
-        whole run): request -> that boundary, each allocated on its own until it reaches ``_Xa``."""
+        whole run): request -> that boundary, each allocated on its own until it reaches ``_Xa``
+        (with a KV cap, or until it is past its last boundary: then it has all its blocks)."""
         self._arrival_cut = bool(self.policy.admits_on_arrival)
         """Whether a decode run stops at the step that reaches the next arrival (not static
         batching, whose arrivals wait for the batch: the reference's ``_decode_run``)."""
@@ -284,6 +279,8 @@ class FastEngine(Engine):
             m = self._m[i] = max(self._cap_blocks - blocks - int(t.shared_blocks[i]), 0)
             if m == 0:
                 pass  # holds its window's blocks already: never grows, never counted
+            elif n0 < self._Xa and self._cut:
+                self._late[i] = n0  # joins behind the blocks a cut decode run allocated ahead
             elif n0 <= self._Xa:
                 self._activate_capped(i, n0)
             else:
@@ -334,8 +331,10 @@ class FastEngine(Engine):
         off, d0, _, _, n0, lt, _ = self._info.pop(i)
         clock = self._D
         self._sum_off -= off
-        if self._cap_blocks is not None:
-            m = self._m.pop(i)
+        m = self._m.pop(i) if self._cap_blocks is not None else 0
+        if self._late and i in self._late:
+            del self._late[i]
+        elif self._cap_blocks is not None:
             if m == 0:
                 pass
             elif n0 > self._Xa:
@@ -346,8 +345,6 @@ class FastEngine(Engine):
                     self._cnt[n0 % self.cfg.block_size] -= 1
                     self._n_active -= 1
                     self._caps.remove((last, i))
-        elif self._late and i in self._late:
-            del self._late[i]
         elif n0 <= self._Xa:
             self._cnt[n0 % self.cfg.block_size] -= 1
             self._n_active -= 1
@@ -401,9 +398,23 @@ class FastEngine(Engine):
 
     def _late_growth(self, upto: int) -> int:
         """Blocks the requests behind a cut run's blocks (:attr:`_late`) gain up to clock ``upto``:
-        their boundaries ``b``, ``b + block_size``, ... before it."""
+        their boundaries ``b``, ``b + block_size``, ... before it (with a KV cap, up to their
+        last boundary: :meth:`_last_boundary`)."""
         bs = self.cfg.block_size
-        return sum(-(-(upto - b) // bs) for b in self._late.values() if b < upto)
+        if self._cap_blocks is None:
+            return sum(-(-(upto - b) // bs) for b in self._late.values() if b < upto)
+        g = 0
+        for i, b in self._late.items():
+            if b < upto:
+                k = -(-(upto - b) // bs)
+                most = (self._last_boundary(i) - b) // bs + 1
+                g += k if k < most else most
+        return g
+
+    def _last_boundary(self, i: int) -> int:
+        """With a KV cap: the clock of decoding request ``i``'s last block boundary (where it gains
+        its last block: ``m`` boundaries from its first, ``n0``)."""
+        return self._info[i][4] + (self._m[i] - 1) * self.cfg.block_size
 
     def _late_alloc(self, upto: int) -> None:
         """After allocating up to clock ``upto``: move each request behind a cut run's blocks to
@@ -412,11 +423,21 @@ class FastEngine(Engine):
         bs = self.cfg.block_size
         xa = upto if upto > self._Xa else self._Xa
         late = self._late
+        capped = self._cap_blocks is not None
         for i, b in list(late.items()):
             if b < upto:
                 b += -(-(upto - b) // bs) * bs
                 late[i] = b
-            if b >= xa:
+            if capped:
+                last = self._last_boundary(i)
+                if b > last:
+                    del late[i]  # past its last boundary: it has all its blocks, counted nowhere
+                elif b >= xa:
+                    del late[i]
+                    self._cnt[b % bs] += 1
+                    self._n_active += 1
+                    insort(self._caps, (last, i))
+            elif b >= xa:
                 del late[i]
                 self._cnt[b % bs] += 1
                 self._n_active += 1

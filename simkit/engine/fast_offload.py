@@ -24,18 +24,19 @@ import numpy as np
 import simpy
 
 from simkit.engine.fast import FastEngine, stand_in_contexts, stand_in_step
-from simkit.engine.offload_fast import PREFIX_ON_LINKS, SWAPS_ON_LINKS
+from simkit.engine.offload_fast import HANDOFFS_ON_LINKS, PREFIX_ON_LINKS, SWAPS_ON_LINKS
 
 
-def fast_offload_reason(event_reason: str | None, gpu_batch_size: int | None, max_num_seqs: int) -> str | None:
+def fast_offload_reason(event_reason: str | None, gpu_batch_size: int | None, step_seqs: int) -> str | None:
     """None when :class:`OffloadFastEngine` runs an offloaded plan the fast path otherwise
     covers, else why the reference engine does. ``event_reason``: why the steps run event by
     event (``offload_fast.closed_form_reason``; None: in closed form); ``offloading`` where that
-    is anything but the replica's own prefix fetches or swaps on the step's links (the engine
-    path names why the steps run event by event)."""
-    if event_reason is not None and event_reason not in (PREFIX_ON_LINKS, SWAPS_ON_LINKS):
+    is anything but other traffic of the replica on the step's links (prefix fetches, swaps, KV
+    hand-offs; the engine path names why the steps run event by event). ``step_seqs``: the
+    most sequences a step holds (``max_num_seqs``, a static batch's size)."""
+    if event_reason is not None and event_reason not in (PREFIX_ON_LINKS, SWAPS_ON_LINKS, HANDOFFS_ON_LINKS):
         return "offloading"
-    if gpu_batch_size is not None and gpu_batch_size < max_num_seqs:
+    if gpu_batch_size is not None and gpu_batch_size < step_seqs:
         return "offloading with several GPU batches per step"
     return None
 

@@ -48,8 +48,10 @@ direction after its earlier one (its join times are then known)."""
 
 PREFIX_ON_LINKS = "prefix caching moves KV over the same links"
 SWAPS_ON_LINKS = "swap preemption moves KV over the same links"
+HANDOFFS_ON_LINKS = "KV hand-offs over the same links"
 """The reasons :func:`closed_form_reason` gives for the plans whose steps run event by event
-only because the replica's own prefix fetches, demotions or swaps contend for the step's links
+only because other traffic of the replica (its own prefix fetches, demotions or swaps, or
+disaggregated serving's KV hand-offs) may contend for the step's links
 (``fast_offload.fast_offload_reason`` lets the fast engine run those steps)."""
 
 
@@ -73,7 +75,7 @@ def closed_form_reason(
     if preemption == "swap":
         return SWAPS_ON_LINKS
     if disaggregated:
-        return "KV hand-offs over the same links"
+        return HANDOFFS_ON_LINKS
     if cpu_attention and replicas > 1:
         return "replicas share the host CPU"
     if cpu_attention and layout.pageable_factor < 1.0:
