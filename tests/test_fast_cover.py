@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simkit.engine.fast import FastEngine
-from simkit.engine.offload_fast import PREFIX_ON_LINKS, SWAPS_ON_LINKS
+from simkit.engine.offload_fast import HANDOFFS_ON_LINKS, PREFIX_ON_LINKS, SWAPS_ON_LINKS
 from simkit.errors import SimkitError
 from simkit.policies.batching import with_policy
 from simkit.scenario import scenario_from_dict
@@ -203,10 +203,11 @@ def _offload(draw: st.DrawFn, seqs: int) -> dict:
     return off
 
 
-def _same_offloaded(data: dict, reason: str) -> dict:
+def _same_offloaded(data: dict, *reasons: str) -> dict:
     """Run ``data`` on the reference engine and on the fast path: the fast engine ran the steps
-    event by event for ``reason`` (or, for a plan that does not fit, both refused it alike) and
-    every output is the same bits. Returns the fast path's summary (None when refused)."""
+    event by event for one of ``reasons`` (or, for a plan that does not fit, both refused it
+    alike) and every output is the same bits. Returns the fast path's summary (empty when
+    refused)."""
     try:
         ref = simulate(scenario_from_dict(data), engine="reference")
     except SimkitError:
@@ -215,7 +216,7 @@ def _same_offloaded(data: dict, reason: str) -> dict:
         return {}
     got = simulate(scenario_from_dict(data))
     path = got.summary["engine_path"]
-    assert path == f"{_OFFLOADED}{reason})" or "offload" not in path, path  # all on the GPU: not offloaded
+    assert path in [f"{_OFFLOADED}{r})" for r in reasons] or "offload" not in path, path  # all on the GPU: not offloaded
     assert_same_outputs(ref, got)
     return got.summary
 
@@ -397,3 +398,99 @@ def test_sliding_window_hand_offs_cut_runs_and_join_behind_capped_blocks(tmp_pat
         preempted += s["preemptions"]
     assert seen["late_capped"] > 0, seen
     assert preempted > 0
+
+
+@settings(max_examples=_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    pp=st.integers(2, 3),
+    cut=st.sampled_from([0, 1, 7]),
+    pools=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    routing=st.sampled_from(["round_robin", "least_outstanding", "prefix_aware"]),
+    link=st.sampled_from(["network", "nvlink"]),
+    scale=st.sampled_from([1.0, 0.01, 0.001]),
+    seqs=st.integers(1, 48),
+    n=st.integers(1, 40),
+    rate=st.floats(1.0, 300.0),
+    inp=st.tuples(st.integers(1, 300), st.integers(0, 1500)),
+    out=st.tuples(st.integers(1, 40), st.integers(0, 200)),
+    blocks=st.sampled_from([None, 150, 600]),
+    preemption=st.sampled_from(["recompute", "swap"]),
+    prefix=st.booleans(),
+)
+def test_disaggregated_pipelined_replicas_equal_reference(pp, cut, pools, routing, link, scale, seqs, n, rate, inp, out,
+                                                          blocks, preemption, prefix):  # fmt: skip
+    """Prefill and decode pools of pipelined replicas (two DGX H100 nodes when they need more than
+    one's eight GPUs), the hand-off on a link slowed down to a queue."""
+    key = "network" if link == "network" else "gpu_to_gpu"
+    nodes = 1 if sum(pools) * pp <= 8 else 2
+    data = make_scenario(hardware={"preset": "dgx-h100", "num_nodes": nodes, "bandwidth_scale": {key: scale}},
+                         workload=uniform_workload(n, rate, (inp[0], inp[0] + inp[1]), (out[0], out[0] + out[1])))  # fmt: skip
+    par: dict = {"replicas": sum(pools), "pp": pp}
+    split = _split(pp, cut)
+    if split is not None:
+        par["layer_split"] = split
+    kv: dict = {"preemption": preemption} | ({"num_blocks": blocks} if blocks is not None else {})
+    data["plan"].update({
+        "batching": {"policy": "disaggregated", "prefill_replicas": pools[0], "kv_transfer_link": link,
+                     "max_num_seqs": seqs, "max_num_batched_tokens": 4096},
+        "parallel": par, "routing": routing, "kv_cache": kv, "prefix_cache": {"enabled": prefix},
+    })  # fmt: skip
+    _same_pipelined(data)
+
+
+@settings(max_examples=_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.data(),
+    replicas=st.integers(1, 2),
+    batch=st.integers(1, 8),
+    n=st.integers(1, 30),
+    rate=st.sampled_from([0.5, 5.0, 50.0]),
+    inp_lo=st.integers(8, 400),
+    out_lo=st.integers(1, 60),
+    blocks=st.sampled_from([None, 80, 400]),
+)
+def test_static_offloaded_replicas_equal_reference(data, replicas, batch, n, rate, inp_lo, out_lo, blocks):
+    """Static batches of at most one GPU batch on offloaded replicas (steps in closed form, or
+    event by event where the replicas share the host CPU): the fast engine's."""
+    off = data.draw(_offload(batch))
+    kv: dict = {} if blocks is None else {"num_blocks": blocks}
+    sc = _offloaded_scenario(off, uniform_workload(n, rate, (inp_lo, inp_lo + 400), (out_lo, out_lo + 60)),
+                             {"policy": "static", "batch_size": batch}, replicas, kv, None)  # fmt: skip
+    try:
+        ref = simulate(scenario_from_dict(sc), engine="reference")
+    except SimkitError:
+        with pytest.raises(SimkitError):
+            simulate(scenario_from_dict(sc))
+        return
+    got = simulate(scenario_from_dict(sc))
+    path = got.summary["engine_path"]
+    assert path.startswith(("fast; offloaded steps in closed form", "reference (offloading); offloaded steps event by event (")) \
+        or "offload" not in path, path  # fmt: skip
+    assert_same_outputs(ref, got)
+
+
+@settings(max_examples=_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.data(),
+    pools=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    routing=st.sampled_from(["round_robin", "least_outstanding"]),
+    link=st.sampled_from(["network", "nvlink"]),
+    seqs=st.integers(1, 8),
+    n=st.integers(1, 24),
+    rate=st.sampled_from([0.5, 5.0, 50.0]),
+    inp_lo=st.integers(8, 400),
+    out_lo=st.integers(1, 60),
+    preemption=st.sampled_from(["recompute", "swap"]),
+)
+def test_disaggregated_offloaded_replicas_equal_reference(data, pools, routing, link, seqs, n, rate, inp_lo, out_lo,
+                                                          preemption):  # fmt: skip
+    """Prefill and decode pools of offloaded replicas: the steps event by event (the hand-offs may
+    share their links), on the fast engine."""
+    off = data.draw(_offload(seqs))
+    off["hardware"] = "h100-pcie-cxl-server"  # several GPUs, NVLink or the network between them
+    batching = {"policy": "disaggregated", "prefill_replicas": pools[0], "kv_transfer_link": link, "max_num_seqs": seqs,
+                "max_num_batched_tokens": 4096}  # fmt: skip
+    sc = _offloaded_scenario(off, uniform_workload(n, rate, (inp_lo, inp_lo + 400), (out_lo, out_lo + 60)), batching,
+                             sum(pools), {"preemption": preemption}, None)  # fmt: skip
+    sc["plan"]["routing"] = routing
+    _same_offloaded(sc, HANDOFFS_ON_LINKS, SWAPS_ON_LINKS)
