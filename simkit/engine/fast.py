@@ -50,18 +50,25 @@ Everything else is the reference engine's own code (the policies, the event loop
 the cost model calls with the same arguments), so per-request times are bit-for-bit those of
 :class:`Engine`; ``tests/test_fast_engine.py`` checks that on random scenarios. Plans the fast
 path does not cover run on the reference engine, and ``summary.json`` says which path ran and
-why (``engine_path``). Covered: ``continuous`` and ``chunked_prefill`` batching, any number of
-replicas and any routing, recompute preemption; prefix caching, swap preemption and
-sliding-window models on replicas that are neither pipelined nor offloaded; ``static`` batching
-on such replicas (the policy's ``fast_step``; a decode run is not cut at an arrival, which waits
-for the batch, as in the reference); disaggregated serving on such replicas, for models without
-a sliding window (below); pipeline parallelism
-with the stages in closed form (``PipelineFastEngine``, engine/pipeline_fast.py) and offloaded
-plans whose steps run in closed form as one GPU batch (``OffloadFastEngine``,
-engine/fast_offload.py). Not covered (reference engine): static batching or disaggregated
-serving on pipelined or offloaded replicas, disaggregated serving of a sliding-window model,
-KV spill, other offloaded plans, layer-by-layer execution, Chrome traces, and prefix caching,
-swaps or sliding windows on pipelined or offloaded replicas.
+why (``engine_path``). Covered: ``continuous``, ``chunked_prefill`` and ``static`` batching
+and disaggregated serving, any number of replicas and any routing, recompute and swap
+preemption, prefix caching (``static``: the policy's ``fast_step``; a decode run is not cut at
+an arrival, which waits for the batch, as in the reference); sliding-window models on replicas
+that are neither pipelined nor offloaded, disaggregated serving of them included (below);
+pipeline parallelism with the stages in closed form (``PipelineFastEngine``,
+engine/pipeline_fast.py: a step waits for its prefix fetches and swaps as the reference's does,
+and those cross other links than the stages' activations); offloaded plans whose steps are one
+GPU batch and run in closed form, or event by event only because the replica's own prefix
+fetches, swaps or KV hand-offs may share their links (``OffloadFastEngine``,
+engine/fast_offload.py). Not covered (reference engine): KV spill, layer-by-layer execution,
+Chrome traces, sliding-window models on pipelined or offloaded replicas, offloaded steps of
+several GPU batches or run event by event for another reason, and a pipelined run whose
+micro-batches overtake (repeated with the stages event by event).
+
+Disaggregated serving of a sliding-window model: a request that joins a decode replica behind a
+cut run's blocks (:attr:`FastEngine._late`, below) is allocated on its own up to its last block
+boundary (its window's blocks) and joins the residue buckets only if it has boundaries left
+past the allocation clock.
 
 Disaggregated serving runs in SimPy's loop (the KV hand-off is the cluster's process over the
 replica's :class:`Link`, contended as the reference's, in the same events): a prefill replica's

@@ -29,10 +29,16 @@ stage's ``mixed_step_time`` is its body and head tables of the batch, its share 
 times one attention term ``max(flops, bytes) + overhead`` and its host time, and that term
 (the stages and the replica share its constants) is computed once, with the same operations in
 the same order, for the stages and for the replica-wide step time the first inter-token gap is
-measured against. Continuous and chunked-prefill plans with recompute preemption run
-:class:`PipelineFastEngine` (the fast engine's running totals, engine/fast.py), the others
-:class:`PipelineEngine` (the reference engine's arrays); a repeated run takes the reference
-engine.
+measured against. Plans on the fast path (continuous, chunked-prefill and static batching,
+disaggregated serving, prefix caching, swap preemption) run :class:`PipelineFastEngine` (the
+fast engine's running totals, engine/fast.py), the others :class:`PipelineEngine` (the
+reference engine's arrays); a repeated run takes the reference engine. Prefix-cache fetches
+and demotions and swaps cross the host and storage links, never a pipeline link, so they leave
+the stages' schedule as it is: :class:`PipelineFastEngine` waits for them where the reference's
+steps do (a step's swaps before it is submitted, its admissions' fetches with its stages), so
+its submissions are at the reference's instants; :class:`PipelineEngine`'s decode iterations
+do not wait for fetches, so a reference-engine plan with a prefix cache or swaps runs its stages
+event by event (:func:`closed_form_reason`).
 """
 
 from __future__ import annotations
