@@ -1,12 +1,16 @@
 """The fast path on the plans that fell back to the reference engine until issue 16's eighth
 round, against the reference engine (the oracle): prefix caching and swap preemption on
 pipelined replicas (``PipelineFastEngine``, stages in closed form, waiting for the fetches and
-swaps as the reference's steps do). Random Mooncake-style traces whose requests share
-prefix-block hashes (caches from a few entries to ample, HBM alone or with DRAM and SSD below
-it), random synthetic workloads under memory pressure that forces swaps (swap space from none
-to ample), pipeline degrees 2-4 with even or uneven layer splits, one or several replicas
-behind every router, continuous and chunked batching. Every per-request column, iteration
-row, link busy period and summary figure must be the same bits
+swaps as the reference's steps do) and on offloaded replicas (``OffloadFastEngine``, the steps
+event by event); disaggregated serving of sliding-window models (decode runs cut by hand-offs,
+requests joining behind the blocks a cut run allocated, capped at the window's); static
+batching and disaggregated serving on pipelined and offloaded replicas. Random Mooncake-style
+traces whose requests share prefix-block hashes (caches from a few entries to ample, HBM alone
+or with DRAM and SSD below it), random synthetic workloads under memory pressure that forces
+swaps (swap space from none to ample), pipeline degrees 2-4 with even or uneven layer splits,
+random offload plans of a T4 and an H100 with CXL, windows of 64-1,024 tokens, hand-off links
+slowed down to a queue, pool sizes, routers, continuous, chunked and static batching. Every
+per-request column, iteration row, link busy period and summary figure must be the same bits
 (``conftest.assert_same_outputs``)."""
 
 from __future__ import annotations
