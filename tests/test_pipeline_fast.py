@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from simkit.scenario import scenario_from_dict
 from simkit.simulate import simulate
 from tests.conftest import assert_same_outputs, make_scenario
+from tests.test_prefix_fast import _sw_model
 
 _PATH = "fast; pipeline stages"
 _REPEATED = "reference (pipeline parallelism); pipeline stages event by event (replica 0 at t="
@@ -102,15 +103,16 @@ def test_disaggregated_pipelines_identical(kv_link: str):
         ({"kv_cache": {"preemption": "swap"}}, "swap preemption waits for KV transfers"),
     ],
 )
-def test_fallbacks_say_why(over: dict, reason: str):
-    """The reference engine's pipelined replicas (here static batching's) run the stages event by
-    event with a prefix cache or swaps (the fast engine's run them in closed form:
+def test_fallbacks_say_why(tmp_path, over: dict, reason: str):
+    """The reference engine's pipelined replicas (here a sliding-window model's) run the stages
+    event by event with a prefix cache or swaps (the fast engine's run them in closed form:
     tests/test_fast_cover.py)."""
-    data = _sc("dgx-h100", 2, 1, None, {"policy": "static", "batch_size": 4}, {"process": "all_at_once"}, 6,
+    data = _sc("dgx-h100", 2, 1, None, {"policy": "continuous", "max_num_seqs": 8}, {"process": "all_at_once"}, 6,
                (32, 64), (2, 6))
+    data["model"] = _sw_model(tmp_path, 512)
     data["plan"].update(over)
     ref, got = _pair(data)
-    assert got.summary["engine_path"].endswith(f"pipeline stages event by event ({reason})")
+    assert got.summary["engine_path"] == f"reference (sliding-window model); pipeline stages event by event ({reason})"
     assert_same_outputs(ref, got)
 
 
