@@ -11,10 +11,11 @@ count, sum and maximum (:func:`stand_in_step`), which is all the step's cost rea
 and dequantisation, ``IterationModel.decode_context``) when the step is one GPU batch and no
 KV spills. The deployment uses it where the fast path covers the plan, no step can hold more
 sequences than ``gpu_batch_size`` and the offloaded steps run in closed form, or event by event
-only because the replica's own prefix fetches and demotions or swaps use the step's links
-(``fast_offload_reason``): then each step is the executor's event path
-(:meth:`OffloadExecutor.run_step`, which reads the same count, sum and maximum of the contexts
-through the same cost calls), waiting for the fetches and swaps as the reference's steps do;
+only because other traffic of the replica may use the step's links (its own prefix fetches and
+demotions or swaps, disaggregated serving's KV hand-offs: ``fast_offload_reason``): then each
+step is the executor's event path (:meth:`OffloadExecutor.run_step`, which reads the same
+count, sum and maximum of the contexts through the same cost calls), waiting for the fetches
+and swaps as the reference's steps do;
 elsewhere an offloaded plan runs on the reference engine.
 """
 
@@ -43,7 +44,7 @@ def fast_offload_reason(event_reason: str | None, gpu_batch_size: int | None, st
 
 class OffloadFastEngine(FastEngine):
     """A :class:`FastEngine` whose steps run through its offload executor (in closed form, or
-    event by event with a prefix cache or swaps: see the module docstring)."""
+    event by event with a prefix cache, swaps or KV hand-offs: see the module docstring)."""
 
     def _loop(self):  # type: ignore[no-untyped-def]
         """:meth:`FastEngine._loop` with each step (one iteration) timed by the executor, as
