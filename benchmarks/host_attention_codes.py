@@ -8,8 +8,11 @@ rate was measured on the T4 VM. This script checks those relative costs by runni
 PyTorch on this machine's CPU, the tensor operations each code performs for one layer and one
 decode step (read from the systems' sources; docs/offloading.md names them):
 
-- ``flexgen``: FlexGen's mha_gen CPU branch: an fp16 cache laid out (positions, batch x heads,
-  head dim), the filled prefix upcast to fresh fp32 copies, two ``bmm`` over strided views.
+- ``flexgen``: FlexGen's CPU attention (``--cpu-cache-compute``): an fp16 cache laid out
+  (positions, batch x heads, head dim); its filled prefix is upcast into a preallocated fp32
+  workspace (flex_opt.py ``load_cache`` path 1, ``next_attention_compute_workspace``: two
+  buffers allocated once per run), on which mha_gen's ``.float()`` is a no-op; two ``bmm`` over
+  strided views.
 - ``zero-opt``: ZeRO-Inference's OPT fork: an fp32 host buffer (batch, heads, max length, head
   dim), the filled slice viewed as (batch x heads, length, head dim) and read in place by ``bmm``.
 - ``zero-llama``: ZeRO-Inference's LLaMA fork: an fp32 buffer of the KV heads; ``repeat_kv``
@@ -20,9 +23,11 @@ decode step (read from the systems' sources; docs/offloading.md names them):
 
 It prints, per code, nanoseconds per cached element and query head (the minimum over rounds,
 every code run once per round, interleaved) split by operation, the ratio to FlexGen's code and
-the ratio simkit's byte model gives; and the cost of writing a freshly allocated tensor (each
-large temporary above is one: glibc serves allocations above 32 MiB with mmap, so every first
-write page-faults and the kernel zero-fills the page) against writing a reused one.
+the ratio simkit's byte model gives (without the fresh temporaries' cost: simkit adds that at
+the node's measured first-touch rate, ``plan.offload.host_temporaries``); and the cost of
+writing a freshly allocated tensor (the forks' upcast and repeat_kv copies above are each one:
+glibc serves allocations above 32 MiB with mmap, so every first write page-faults and the kernel
+zero-fills the page) against writing a reused one (FlexGen's workspace).
 The machine is whatever runs this (measured figures are noisy on a shared machine; the ratios
 within one run are the figures to read).
 """
@@ -79,11 +84,13 @@ def make_step(code: str, shape: Shape, seed: int = 0) -> Callable[[], tuple[dict
         vc = v.permute(2, 0, 1, 3).reshape(smax, b * nh, d).half().contiguous()
         qf = q.reshape(b * nh, 1, d)
         keep = torch.ones(b, 1, 1, s, dtype=torch.bool)
+        kw = torch.zeros(smax, b * nh, d)  # the reused fp32 workspace (written once here: faulted in)
+        vw = torch.zeros(smax, b * nh, d)
 
         def step() -> tuple[dict[str, float], Any]:
             t: dict[str, float] = {}
-            t["k upcast"], kk = _timed(lambda: kc[:s].float())
-            t["v upcast"], vv = _timed(lambda: vc[:s].float())
+            t["k upcast"], kk = _timed(lambda: kw[:s].copy_(kc[:s]))
+            t["v upcast"], vv = _timed(lambda: vw[:s].copy_(vc[:s]))
             t["q.k"], w = _timed(lambda: torch.bmm(qf, kk.permute(1, 2, 0).reshape(b * nh, d, s)) * scale)
             t["softmax"], p = _timed(
                 lambda: F.softmax(torch.where(keep, w.view(b, nh, 1, s), -1e4).view(b * nh, 1, s), dim=2)

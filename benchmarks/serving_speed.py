@@ -280,7 +280,7 @@ def _measure(script: Path, case: str, env: dict[str, str], cold: bool, cli: bool
             env["SIMKIT_CACHE_DIR"] = empty
         if cli:
             return _run_cli(case, env, warm=not cold)
-        elif case != "synthetic-1m":
+        elif not cold and case != "synthetic-1m":
             subprocess.run(cmd, capture_output=True, env=env, check=False)  # warm the table cache
         cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()

@@ -4,8 +4,9 @@
         --ffn 4864 --vocab 12000 --layers 4 --cells 2/64,5/400,8/64 --dtype bf16 [--phase prefill]
 
 Runs the decode steps of `simkit validate`'s model (the same ``TorchLlama.forward``, the same
-kernels) for each batch/context cell, with every kernel call timed in place (thread CPU time, one
-thread; the timer adds about a microsecond per call), and prints per operator the time per step
+kernels) for each batch/context cell, with every kernel call timed in place (thread CPU time at
+one thread, wall clock with ``--threads`` above 1; the timer adds about a microsecond per call),
+and prints per operator the time per step
 measured inside the step and each profile's prediction for it (``predict_step``, the validation's
 prediction). Where `simkit validate` says a step is off, this says which operators are: an
 operator timed alone in a loop of itself can run several times faster than inside a step
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     from simkit.errors import SimkitError
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("profiles", nargs="+", help="CPU profile folders (one thread, as `simkit calibrate --threads 1 --clock cpu`)")
+    ap.add_argument("profiles", nargs="+", help="CPU profile folders (measured at --threads threads)")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--hidden", type=int, required=True)
     ap.add_argument("--heads", type=int, required=True)
@@ -107,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="decode: one new token per sequence over CONTEXT cached ones; prefill: CONTEXT tokens per sequence from an empty cache")
     ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
     ap.add_argument("--seconds", type=float, default=2.0, help="seconds of steps per cell (at least 5 steps)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads; above 1 every time is wall-clock (a kernel's threads run on other cores)")
     a = ap.parse_args(argv)
     try:
         cells = _cells(a.cells)
@@ -116,19 +119,23 @@ def main(argv: list[str] | None = None) -> int:
             raise SimkitError(f"--hidden {a.hidden} must be --heads {a.heads} x an even head size, and --heads a multiple of --kv-heads {a.kv_heads}")
         profs = [load_profile(p) for p in a.profiles]
         torch = bench.require_torch()
-        bench.set_threads(1)
+        if a.threads < 1:
+            raise SimkitError(f"--threads must be >= 1 (got {a.threads})")
+        bench.set_threads(a.threads)
+        now = time.thread_time if a.threads == 1 else time.perf_counter
         bench.tune_allocator()
         cfg = ValidationConfig(layers=a.layers, hidden=a.hidden, heads=a.heads, kv_heads=a.kv_heads, ffn=a.ffn, vocab=a.vocab)
         model = TorchLlama(cfg, a.dtype, max(c for _, c in cells) + 1)
         spec = model_spec(cfg)
-        tap = StepTap(a.layers)
+        tap = StepTap(a.layers, now=now)
         F = torch.nn.functional
         model.torch = types.SimpleNamespace(nn=types.SimpleNamespace(functional=types.SimpleNamespace(linear=tap.timed(tap.linear_name, F.linear))))
         kernels = {"k_embedding": "embedding", "k_rope": "rope", "k_attention": f"attn_{a.phase}", "k_add": "residual_add",
                    "k_silu_mul": "mlp_act", "k_sampling": "sampling"}  # fmt: skip
         saved = {k: getattr(bench, k) for k in (*kernels, "k_rmsnorm")}
         print(f"{a.dtype} {a.phase} steps, layers {a.layers} hidden {a.hidden} heads {a.heads}/{a.kv_heads} ffn {a.ffn} vocab {a.vocab}; "
-              f"ms per step, thread CPU time; predictions: {', '.join(p.name for p in profs)}")  # fmt: skip
+              f"ms per step, {'thread CPU time' if a.threads == 1 else f'{a.threads} threads, wall clock'}; "
+              f"predictions: {', '.join(p.name for p in profs)}")  # fmt: skip
         try:
             for k, name in kernels.items():
                 setattr(bench, k, tap.timed(name, saved[k]))
@@ -147,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                     t_end = time.perf_counter() + a.seconds
                     while time.perf_counter() < t_end or len(steps) < 5:
                         tap.start_step()
-                        s0 = time.thread_time()
+                        s0 = now()
                         model.forward(ids, pos, cache)
-                        steps.append(time.thread_time() - s0)
+                        steps.append(now() - s0)
                     q, ctx = step_batch(a.phase, b, c)
                     preds = [predict_step(spec, q, ctx, compute_device(p), p, a.dtype) for p in profs]
                     _report(a.phase, b, c, steps, tap.times, preds)

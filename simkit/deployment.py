@@ -163,6 +163,29 @@ def resolve_compute(sc: Scenario, node: Node) -> tuple[bool, ComputeDevice, Effi
     return use_cpu, device, eff, cal_info, cal_warn
 
 
+def check_host_temporaries(sc: Scenario, node: Node, need_cpu_attention: bool) -> None:
+    """Refuse ``plan.offload.host_temporaries: fresh`` where it cannot take effect: without CPU
+    attention (``need_cpu_attention``: a plan as written; the optimiser searches both) or on a node
+    whose preset gives no first-touch rate (measured.host_first_touch_bandwidth)."""
+    off = sc.plan.offload
+    if off.host_temporaries != "fresh":
+        return
+    if need_cpu_attention and not off.cpu_attention:
+        raise ScenarioError(
+            "host_temporaries: fresh prices the host attention code's copies; it needs cpu_attention: true",
+            where=sc.source,
+            key="plan.offload.host_temporaries",
+        )
+    m = node.spec.measured
+    if m is None or m.host_first_touch_bandwidth is None:
+        raise ScenarioError(
+            f"host_temporaries: fresh needs the host's first-touch write rate, which node {node.name!r} does not give "
+            "(measured.host_first_touch_bandwidth in its preset)",
+            where=sc.source,
+            key="plan.offload.host_temporaries",
+        )
+
+
 def plan_replica_memory(
     sc: Scenario, model: ModelSpec, node: Node, device: ComputeDevice, eff: EfficiencyModel, prec: Precision,
     layout: Layout, use_cpu: bool,
@@ -176,6 +199,7 @@ def plan_replica_memory(
         return plan_memory(sc, model, device, prec, tp, layout.layer_split, plan.parallel.ep), None, None
     lm = measured_links(eff, plan.offload.io_block_size, plan.offload.io_queue_depth)
     pageable = lm["h2d_pageable"][0] / lm["h2d"][0] if "h2d_pageable" in lm and "h2d" in lm else None
+    check_host_temporaries(sc, node, need_cpu_attention=True)
     if use_cpu and plan.offload.host_kv_dtype == "fp32":
         raise ScenarioError(
             "host_kv_dtype: fp32 describes a GPU run's KV cache held in host DRAM; this plan computes on the CPU",
@@ -634,6 +658,8 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
     # no iteration holds more tokens than the whole workload's prompts plus one token per request
     reserve = min(most, int(reqs.input_tokens.sum()) + len(reqs))
     cost.reserve(reserve)
+    for stage in stage_costs or ():
+        stage.reserve(reserve)  # the replica's table, read back from the cache (one key for all stages)
     bad_lines = (reqs.meta.get("bad_lines") or {}).get("count", 0)
     if bad_lines:
         shown = ", ".join(str(x) for x in reqs.meta["bad_lines"].get("lines", []))

@@ -262,6 +262,8 @@ class Offload(_S):
     """Store the KV cache as group-wise int4."""
     host_kv_dtype: Literal["kv_cache", "fp32"] = "kv_cache"
     """Element type of the KV cache held in host DRAM: ``kv_cache``, plan.precision.kv_cache; ``fp32``, 4 bytes (ZeRO-Inference's Hugging Face fork allocates its host cache in fp32: host capacity x2, CPU attention reads it without an upcast: docs/offloading.md). fp32 needs ``cpu_attention`` and the off-GPU KV in DRAM only."""
+    host_temporaries: Literal["workspace", "fresh"] = "workspace"
+    """Where the host attention code writes its fp32 and per-query-head copies of the cached KV (cpu_attention): workspace, buffers allocated once and reused (FlexGen's attention_compute_workspace); fresh, new tensors every layer and step (the Hugging Face forks ZeRO-Inference ships: ``.float()``, ``repeat_kv``), which the host faults in and zero-fills at its measured first-touch rate (measured.host_first_touch_bandwidth: docs/offloading.md)."""
     dequant: Literal["fused", "unfused"] = "fused"
     """How int4 values are (de)compressed on the GPU: fused, one elementwise pass; unfused, FlexGen's PyTorch path (separate unpack, scale and offset kernels: docs/offloading.md)."""
     lm_head_copy: bool = False

@@ -165,6 +165,94 @@ def test_the_search_refuses_an_fp32_host_kv_cache():
         optimize(sc, prompt_len=512, gen_len=4)
 
 
+def _fresh_oc(kv_heads: int, rate: float | None = 20e9) -> OffloadCompute:
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(num_heads=64, num_kv_heads=kv_heads, d_head=128)
+    cost = SimpleNamespace(model=model, precision=SimpleNamespace(kv_bytes=2.0))
+    measured = SimpleNamespace(cpu_attention_flops=None, host_first_touch_bandwidth=rate)
+    return OffloadCompute(cost, None, measured, 100e9)  # type: ignore[arg-type]
+
+
+def test_fresh_host_temporaries_cost_their_written_bytes_at_the_first_touch_rate():
+    mha, gqa = _fresh_oc(64), _fresh_oc(8)
+    kv = 96 * 528.0  # LLaMA-2-70B's b=96 at prompt 512: copies of GBs, far above glibc's mmap threshold
+    # BLOOM's fork upcasts an fp16 cache into new fp32 tensors (4 bytes per element), LLaMA's
+    # repeat_kv writes 4 per query head; OPT's fork reads its fp32 buffer in place (none)
+    assert mha.host_attention_fresh_bytes(2.0, kv) == 4.0
+    assert gqa.host_attention_fresh_bytes(4.0, kv) == 4.0
+    assert mha.host_attention_fresh_bytes(4.0, kv) == 0.0
+    assert gqa.host_attention_fresh_bytes(2.0, kv) == pytest.approx(4 / 8 + 4)
+    for oc, cache in ((mha, 2.0), (gqa, 4.0)):
+        fp32 = cache == 4.0
+        extra = oc.cpu_decode_attention(96, kv, fp32, True) - oc.cpu_decode_attention(96, kv, fp32)
+        assert extra == pytest.approx(2 * 64 * 128 * kv * 4.0 / 20e9)
+    # the workspace code (FlexGen's) is priced as before, the in-place one gets nothing more
+    assert mha.cpu_decode_attention(96, kv, True, True) == mha.cpu_decode_attention(96, kv, True)
+    # copies below glibc's 32 MiB mmap threshold are reused from the heap: not fresh
+    small = 32 * 2**20 / (64 * 128 * 4.0) * 0.99
+    assert mha.host_attention_fresh_bytes(2.0, small) == 0.0
+    assert gqa.host_attention_fresh_bytes(4.0, small) == 0.0  # repeat_kv's copy: 64 query heads' worth
+    assert gqa.host_attention_fresh_bytes(4.0, 2 * small) == 4.0
+    # an fp16 grouped-query cache: its upcast copy (8 KV heads) stays below the threshold longer
+    assert gqa.host_attention_fresh_bytes(2.0, 2 * small) == 4.0
+    with pytest.raises(ValueError, match="host_first_touch_bandwidth"):
+        _fresh_oc(64, None).cpu_decode_attention(96, kv, False, True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(kv_heads=st.sampled_from([1, 8, 64]), kv=st.floats(1.0, 1e6), more=st.floats(1.0, 10.0), fp32=st.booleans())
+def test_fresh_temporaries_never_make_host_attention_faster(kv_heads, kv, more, fp32):
+    oc = _fresh_oc(kv_heads)
+    base, fresh = oc.cpu_decode_attention(8, kv, fp32), oc.cpu_decode_attention(8, kv, fp32, True)
+    assert fresh >= base
+    # a longer cache never has fewer fresh bytes per element (copies only cross the mmap threshold upwards)
+    cache = 4.0 if fp32 else 2.0
+    assert oc.host_attention_fresh_bytes(cache, kv * more) >= oc.host_attention_fresh_bytes(cache, kv)
+
+
+def _a6000_fresh(temporaries: str, cpu_attention: bool = True, hardware: str = "lambda-a6000-workstation") -> dict:
+    off = {"weights": {"gpu": 0.0, "cpu": 1.0}, "kv_cache": {"gpu": 0.0, "cpu": 1.0}, "gpu_batch_size": 16,
+           "cpu_attention": cpu_attention, "pinned": False, "host_temporaries": temporaries}
+    return _sc(off, hardware=hardware, model="opt-30b", n=16, inp=512, out=4)
+
+
+def test_fresh_host_temporaries_slow_the_simulation_and_the_lp_alike(monkeypatch):
+    ws = simulate(scenario_from_dict(_a6000_fresh("workspace")))
+    fr = simulate(scenario_from_dict(_a6000_fresh("fresh")))
+    cw, cf = ws.summary["offload_compute_s"]["cpu_attention"], fr.summary["offload_compute_s"]["cpu_attention"]
+    assert cf > cw
+    assert fr.summary["output_tokens_per_s"] < ws.summary["output_tokens_per_s"]
+    # the LP prices the same option through the same OffloadCompute call
+    seen: list[bool] = []
+    real = OffloadCompute.cpu_decode_attention
+
+    def spy(self, batch, kv_tokens, fp32_cache=False, fresh_temporaries=False):
+        seen.append(fresh_temporaries)
+        return real(self, batch, kv_tokens, fp32_cache, fresh_temporaries)
+
+    monkeypatch.setattr(OffloadCompute, "cpu_decode_attention", spy)
+    cands = optimize(scenario_from_dict(_a6000_fresh("fresh")), prompt_len=512, gen_len=4, top=40, confirm=0)
+    assert True in seen and all(seen)
+    # the plans attending on the CPU carry the setting to the simulation; the others run no host code
+    assert {c.cpu_attention for c in cands} == {True, False}
+    assert all(c.offload_dict()["host_temporaries"] == ("fresh" if c.cpu_attention else "workspace") for c in cands)
+    monkeypatch.undo()
+    for c in (next(c for c in cands if c.cpu_attention), next(c for c in cands if not c.cpu_attention)):
+        sim = confirm_by_simulation(scenario_from_dict(_a6000_fresh("fresh")), c, 512, 4)
+        assert sim.get("output_tokens_per_s"), sim
+
+
+def test_fresh_host_temporaries_are_refused_where_they_cannot_take_effect():
+    with pytest.raises(SimkitError, match="host_temporaries.*cpu_attention"):
+        simulate(scenario_from_dict(_a6000_fresh("fresh", cpu_attention=False)))
+    # the T4 VM's preset gives no first-touch rate
+    with pytest.raises(SimkitError, match="host_first_touch_bandwidth"):
+        simulate(scenario_from_dict(_a6000_fresh("fresh", hardware="gcp-t4-vm")))
+    with pytest.raises(SimkitError, match="host_first_touch_bandwidth"):
+        optimize(scenario_from_dict(_a6000_fresh("fresh", hardware="gcp-t4-vm")), prompt_len=512, gen_len=4)
+
+
 # ---- memory: what a static offloaded run may use ------------------------------------------------------
 def test_static_offloaded_run_uses_gpu_memory_less_cuda_context():
     kv = KVCache()
@@ -341,6 +429,11 @@ def test_benchmark_runs_the_a6000_rows_as_published():
     bloom = bench.a6000_offload({"policy": "no weight quant, KV offload; weights offloaded to disk", "workload": {"batch": 32},
                                  "system": "ZeRO-Inference", "model": {"name": "BLOOM-176B"}})
     assert "host_kv_dtype" not in bloom
+    # the fork's attention allocates its copies per step; FlexGen's writes into a workspace
+    assert zero["host_temporaries"] == bloom["host_temporaries"] == "fresh"
+    assert "host_temporaries" not in bench.a6000_offload(
+        {"policy": "no weight quant, KV offload; weights offloaded to cpu", "workload": {"batch": 200}, "system": "FlexGen",
+         "model": {"name": "OPT-30B"}})
     row = {"id": "zeroinf_a6000_zero_4-bit_weights_no_KV_offload_opt-30b", "model": {"name": "OPT-30B"}, "system": "ZeRO-Inference",
            "policy": "4-bit weights, no KV offload; weights offloaded to cpu", "workload": {"prompt_len": 512, "gen_len": 32, "batch": 24}}
     got = bench.simulate_row(row)
@@ -516,3 +609,19 @@ def test_offload_plan_refuses_lengths_beyond_the_context(tmp_path, capsys, flag)
     assert main(["offload-plan", str(path), flag, "99999999999999999999", "--confirm", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(path) in err and "context" in err, err
+
+
+def test_rows_a_rate_was_inferred_from_exist_and_are_reported_apart():
+    """The summary's held-out line names rows of the published data (a typo would silently hold
+    nothing out) and leaves exactly those rows out."""
+    import yaml
+
+    bench = _bench()
+    ids = {r["id"] for r in yaml.safe_load(bench.DATA.read_text())["rows"]}
+    assert set(bench.INFERRED_FROM) <= ids
+    err = {i: 0.5 if i in bench.INFERRED_FROM else 0.1 for i in ids}
+    out = [{"id": i, "system": "s", "published": k + 1.0, "simkit": (k + 1.0) * (1 + err[i]), "error": err[i], "plan": ""}
+           for k, i in enumerate(sorted(ids))]
+    last = bench.render(out).splitlines()[-1]
+    assert last.startswith("rows no rate was inferred from")
+    assert f"n={len(ids) - len(bench.INFERRED_FROM):2d}" in last and "p90 |error|   10.0%" in last

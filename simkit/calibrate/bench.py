@@ -1269,8 +1269,82 @@ def openmp_env_note(device: dict[str, Any], threads: int, name: str) -> str | No
     diff = [f"{k}: profile {rec.get(k, 'unset')}, now {now[k]}" for k in OPENMP_ENV if str(rec.get(k, "unset")) != now[k]]
     if not diff:
         return None
+    wake = " and its thread wake-up term (docs/calibration.md)" if isinstance(device.get("thread_wakeup"), dict) else ""
     return (f"WARNING: calibration profile {name!r} was measured with other OpenMP settings ({'; '.join(diff)}): with "
-            f"{threads} threads they change every kernel's time; run with the profile's settings")
+            f"{threads} threads they change every kernel's time{wake}; run with the profile's settings")
+
+
+def thread_wakeup_note(device: dict[str, Any], threads: int, name: str) -> str | None:
+    """A note when CPU profile ``name`` (its ``device`` section) predicts more than one thread
+    without a measured thread wake-up (``device.thread_wakeup``, simkit.cost.threads: profiles
+    measured before 2026-11-30 20:00 UTC): its steps carry no wake-up time, which under libgomp's
+    default wait policy they pay; None otherwise."""
+    if threads <= 1 or device.get("kind") != "cpu" or "thread_wakeup" in device:
+        return None
+    return (f"note: calibration profile {name!r} has no measured thread wake-up (measured before the term existed): "
+            f"its {threads}-thread steps are predicted without the time worker threads take to wake after a serial "
+            f"stretch; re-measure with `simkit calibrate --device cpu --quick --threads {threads}`")
+
+
+WAKE_GAPS_S = (0.0, 25e-6, 50e-6, 100e-6, 200e-6, 400e-6, 800e-6, 1.6e-3, 3.2e-3)
+"""The serial gaps (seconds) after which :func:`measure_thread_wakeup` times a parallel region:
+from back to back to well past libgomp's default spin (300,000 spins; its length in seconds is
+what the ladder finds)."""
+
+WAKE_ROUNDS = 40
+"""Timed regions per gap and thread count (interleaved over the gaps, in a shuffled order per round)."""
+
+
+def _region_after_gaps(torch: Any, gaps: Sequence[float], rounds: int, rng: random.Random) -> list[float]:
+    """Median wall seconds of one small parallel region (a two-input add over 4 x GRAIN_SIZE fp32
+    elements: split over the team at more than one thread) after each serial gap of the calling
+    thread (a busy Python loop: the thread stays on its core, as between a step's kernels)."""
+    from simkit.cost.threads import GRAIN_SIZE
+
+    n = 4 * GRAIN_SIZE
+    x, y, z = torch.randn(n), torch.randn(n), torch.empty(n)
+    for _ in range(50):
+        torch.add(x, y, out=z)
+    per: list[list[float]] = [[] for _ in gaps]
+    clock = time.perf_counter
+    for _ in range(rounds):
+        order = list(range(len(gaps)))
+        rng.shuffle(order)
+        for i in order:
+            end = clock() + gaps[i]
+            while clock() < end:
+                pass
+            t0 = clock()
+            torch.add(x, y, out=z)
+            per[i].append(clock() - t0)
+    return [float(np.median(v)) for v in per]
+
+
+def measure_thread_wakeup(threads: int, rounds: int = WAKE_ROUNDS, seed: int = 0) -> dict[str, Any]:
+    """The OpenMP wake-up curve at ``threads`` threads (simkit.cost.threads): a small parallel
+    region timed after each serial gap of :data:`WAKE_GAPS_S` at ``threads`` threads and at one,
+    the excess of the first over the second against back to back (``wakeup_curve``). Recorded as
+    ``device.thread_wakeup`` with the OpenMP settings in force; about 0.5 s."""
+    from simkit.cost.threads import wakeup_curve
+
+    torch = require_torch()
+    rng = random.Random(seed)
+    multi = _region_after_gaps(torch, WAKE_GAPS_S, rounds, rng)
+    torch.set_num_threads(1)
+    try:
+        single = _region_after_gaps(torch, WAKE_GAPS_S, rounds, rng)
+    finally:
+        torch.set_num_threads(threads)
+    excess = wakeup_curve(WAKE_GAPS_S, multi, single)
+    return {
+        "threads": int(threads),
+        "openmp_env": openmp_env(),
+        "gaps_s": [float(g) for g in WAKE_GAPS_S],
+        "excess_s": [round(e, 9) for e in excess],
+        "region_s": round(multi[0], 9),
+        "median_after_gap_s": [round(m, 9) for m in multi],
+        "median_after_gap_1_thread_s": [round(m, 9) for m in single],
+    }
 
 
 def device_facts(device: str, threads: int) -> dict[str, Any]:
@@ -1564,6 +1638,17 @@ def measure_suite(
         prog.group_done(name, count, time.perf_counter() - t0)
     df = pd.DataFrame(bench.rows, columns=[*SAMPLE_COLUMNS, *OPTIONAL_COLUMNS])
     facts.update(roofline_facts(df, dts))
+    if device == "cpu" and nthreads > 1:
+        t0 = time.perf_counter()
+        facts["thread_wakeup"] = measure_thread_wakeup(nthreads, seed=seed)
+        wk = facts["thread_wakeup"]
+        out(f"thread wake-up ({nthreads} threads, OMP_WAIT_POLICY {wk['openmp_env']['OMP_WAIT_POLICY']}): "
+            f"{1e6 * wk['excess_s'][-1]:.1f} us after a {1e3 * WAKE_GAPS_S[-1]:.1f} ms serial gap "
+            f"({time.perf_counter() - t0:.1f} s)")  # fmt: skip
+        if wk["region_s"] > 2.0 * wk["median_after_gap_1_thread_s"][0]:
+            out(f"warning: a small parallel region took {1e6 * wk['region_s']:.0f} us at {nthreads} threads against "
+                f"{1e6 * wk['median_after_gap_1_thread_s'][0]:.0f} us at one: the worker threads were waiting for a "
+                "core (other load), so the thread wake-up (and every sample at this thread count) measured that load")  # fmt: skip
     probe1 = drift_probe(device, clock)
     facts["speed_probe_s"] = float(0.5 * (probe0 + probe1))
     facts["speed_probe_start_end_s"] = [float(probe0), float(probe1)]

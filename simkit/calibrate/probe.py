@@ -223,8 +223,16 @@ def startup_check(profile: Profile) -> list[str]:
         return [_DONE[key]] if _DONE[key] else []
     msg = None
     match = fingerprint_check(profile, None)
-    if (match is not None and not match.hardware_differs() and os.environ.get(PROBE_ENV, "1") != "0"
-            and importlib.util.find_spec("torch") is not None):  # fmt: skip
+    same = match is not None and not match.hardware_differs()
+    if same and os.environ.get(PROBE_ENV, "1") != "0" and importlib.util.find_spec("torch") is not None:
         msg = speed_probe(profile).message()
+    # a profile measured at more than one thread under other OpenMP wait settings than this
+    # process runs with (active against libgomp's default, or the reverse) times other kernels
+    omp = None
+    if same:
+        from simkit.calibrate.bench import openmp_env_note
+
+        omp = openmp_env_note(profile.device, int(profile.device.get("threads") or 1), profile.name)
+    msg = "\n".join(m for m in (msg, omp) if m) or None
     _DONE[key] = msg
     return [msg] if msg else []

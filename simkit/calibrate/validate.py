@@ -364,6 +364,7 @@ def run_validation(
         openmp_env_note,
         require_torch,
         set_threads,
+        thread_wakeup_note,
         tune_allocator,
     )
     from simkit.calibrate.probe import fingerprint_check, mismatch_message, speed_probe
@@ -394,6 +395,9 @@ def run_validation(
     omp_note = openmp_env_note(dict(profile_device(profile)), threads, str(getattr(profile, "name", "")))
     if omp_note:
         out(omp_note)
+    wake_note = thread_wakeup_note(dict(profile_device(profile)), threads, str(getattr(profile, "name", "")))
+    if wake_note:
+        out(wake_note)
     device = compute_device(profile)
     spec = model_spec(cfg)
     max_ctx = max(cfg.context_lens)
@@ -478,6 +482,7 @@ def run_validation(
         "gemm_timing_note": note,
         "openmp_env": openmp_env(),
         "openmp_env_note": omp_note,
+        "thread_wakeup_note": wake_note,
         "fingerprint": {"matches": mismatch is None, "differs": [list(d) for d in match.differs] if match else None,
                         "forced": bool(mismatch and cfg.force)},
         # the profile's predicted / measured time of GEMMs in each dtype (> 1: this machine is faster)

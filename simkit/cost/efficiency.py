@@ -24,6 +24,7 @@ from simkit.specs.calibration import HostOverhead
 
 if TYPE_CHECKING:
     from simkit.cost.collectives import CollectiveFit
+    from simkit.cost.threads import ThreadWakeup
 
 OP_CLASSES = ("gemm", "attn_prefill", "attn_decode", "elementwise")
 
@@ -44,7 +45,10 @@ class EfficiencyModel(Protocol):
         peak_bw: float,
         dtype: str,
     ) -> np.ndarray:
-        """Fraction (0, 1] of the ideal roofline speed achieved, per operator."""
+        """Fraction (0, 1] of the ideal roofline speed achieved, per operator. Each operator's
+        value depends on its own numbers alone, never on the others in the call: the cost
+        tables evaluate token counts and operators in whatever grouping is cheapest
+        (cost/iteration.py) and rely on getting the same floats."""
         ...
 
     def launch_overhead(self, op_class: str) -> float:
@@ -87,6 +91,11 @@ class EfficiencyModel(Protocol):
 
     def host_overhead(self) -> HostOverhead | None:
         """Host seconds per engine iteration, when this model knows them."""
+        ...
+
+    def thread_wakeup(self) -> ThreadWakeup | None:
+        """The measured cost of waking OpenMP worker threads before a parallel region
+        (simkit.cost.threads), or None: nothing to add (one thread, or not measured)."""
         ...
 
     @property
@@ -181,6 +190,9 @@ class DatasheetEfficiency(EfficiencyModel):
         return {}
 
     def host_overhead(self) -> HostOverhead | None:
+        return None
+
+    def thread_wakeup(self) -> ThreadWakeup | None:
         return None
 
     @property

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from simkit.cost.device import ComputeDevice
 from simkit.cost.efficiency import EfficiencyModel
-from simkit.cost.ops import Op, Precision, forward_ops, prefill_attention_sums, token_ops
+from simkit.cost.ops import OP_NAMES, Op, Precision, forward_ops, prefill_attention_sums, token_ops
 from simkit.cost.roofline import OpTime, time_ops
-from simkit.cost.tables import op_tables
+from simkit.cost.tables import SparseRows, Tables, op_tables
+from simkit.cost.threads import runs_parallel, wakeup_extra
 from simkit.specs.model import ModelSpec
 
 NON_LAYER_OPS = ("embedding", "final_norm", "lm_head", "sampling")
@@ -73,23 +75,100 @@ def _class_time(
     return np.where(flops + byts > 0, t, 0.0)
 
 
-def compute_op_tables(cost: IterationModel, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+DENSE_TOKENS = 8192
+"""The tables hold every token count up to the largest asked so far (growing by half again)
+while that stays below this, or below what :meth:`IterationModel.reserve` asked for; a count
+beyond (a static batch's whole-batch prefill: tens of thousands of tokens) is evaluated alone
+and remembered (:class:`simkit.cost.tables.SparseRows`), to the same float a dense row has."""
+
+
+def _ops_time_arrays(ops: list[Op], cost: IterationModel, n: int) -> list[np.ndarray]:
+    """:func:`_op_time_arrays` of each of ``ops`` (their numbers arrays of ``n`` token counts).
+    For a few token counts (rows beyond the dense tables) the operators of one fitted class are
+    evaluated in one call of the efficiency model (a call's fixed cost, not its rows, dominates
+    there); each operator's efficiency is its own (:meth:`EfficiencyModel.efficiency`), and the
+    rest is :func:`_class_time`'s array arithmetic on the operator's rows, so every float is the
+    one the operator alone gives."""
+    eff, dev, dtype = cost.efficiency, cost.device, cost.dtype
+    out: list[np.ndarray | None] = [None] * len(ops)
+    if n < 64:
+        pf, bw = dev.peak_flops(dtype), dev.mem_bandwidth
+        by_class: dict[str, list[int]] = {}
+        for i, op in enumerate(ops):
+            if np.ndim(op.flops) and eff.roofline_time(op.op_class, np.zeros(1), np.ones(1), pf, bw) is None:
+                by_class.setdefault(op.op_class, []).append(i)
+        for op_class, idx in by_class.items():
+            if len(idx) < 2:
+                continue
+            F = [np.broadcast_to(np.asarray(ops[i].flops, dtype=np.float64), (n,)) for i in idx]
+            B = [np.broadcast_to(np.asarray(ops[i].weight_bytes + ops[i].act_bytes + ops[i].kv_bytes, dtype=np.float64), (n,))
+                 for i in idx]  # fmt: skip
+            keys = sorted({k for i in idx for k in ops[i].shape})
+            # a key an operator lacks reads as absent (the profile's features treat NaN so)
+            shape: dict[str, np.ndarray] = {
+                k: np.concatenate([np.broadcast_to(np.asarray(ops[i].shape.get(k, np.nan), dtype=np.float64), (n,)) for i in idx])
+                for k in keys
+            }
+            shape["op"] = np.repeat(np.array([ops[i].kernel_name for i in idx], dtype=object), n)
+            e_all = eff.efficiency(op_class, np.concatenate(F), np.concatenate(B), shape, pf, bw, dtype)
+            for j, i in enumerate(idx):
+                flops, byts = F[j], B[j]
+                ideal = np.maximum(flops / pf, byts / bw)
+                e = np.minimum(np.maximum(e_all[j * n:(j + 1) * n], 1e-4), 1.0)
+                t = ideal / e + eff.launch_overhead(op_class)
+                out[i] = np.where(flops + byts > 0, t, 0.0)
+    return [t if t is not None else _op_time_arrays(op, dev, eff, dtype) for op, t in zip(ops, out)]
+
+
+def compute_op_tables(cost: IterationModel, size: int) -> Tables:
     """(per-layer, non-layer, head) seconds of the token-dependent operators for 0..size-1 tokens,
     collectives excluded (they are added by the caller)."""
-    T = np.arange(size, dtype=np.float64)
+    return op_tables_at(cost, np.arange(size, dtype=np.float64))
+
+
+def op_tables_at(cost: IterationModel, T: np.ndarray) -> Tables:
+    """:func:`compute_op_tables`'s rows at the token counts ``T`` (float64). Every operation is
+    elementwise over the token counts, so a row is the same float whichever counts are
+    evaluated with it (tests/test_cold_tables.py checks it bit for bit)."""
     ops = token_ops(cost.model, T, T, cost.tp, cost.precision, cost.ep, cost.ep_share)
     L = cost.model.num_layers
+    size = len(T)
     per_layer = np.zeros(size)
     nonlayer = np.zeros(size)
     head = np.zeros(size)
-    for op in ops:
-        t = _op_time_arrays(op, cost.device, cost.efficiency, cost.dtype) * op.count
+    times = _ops_time_arrays(ops, cost, size)
+    for op, t1 in zip(ops, times):
+        t = t1 * op.count
         if op.name in ("lm_head", "sampling"):
             head += t
         elif op.name in NON_LAYER_OPS:
             nonlayer += t
         else:
             per_layer += t / L
+    wake = cost.efficiency.thread_wakeup()
+    if wake is not None:
+        # the OpenMP wake-up before each parallel region (simkit.cost.threads), walked in
+        # forward_ops' order with the attention (a parallel region, priced elsewhere) after RoPE;
+        # the LM head's gap is priced with as many rows as tokens (a decode step's)
+        order = {n: i for i, n in enumerate(OP_NAMES)}
+        seq = sorted(range(len(ops)), key=lambda i: order[ops[i].name])
+        at = next((j for j, i in enumerate(seq) if order[ops[i].name] > order["attn_decode"]), len(seq))
+        par = [runs_parallel(ops[i].op_class, ops[i].shape) for i in seq]
+        tim: list[Any] = [times[i] for i in seq]
+        cnt = [ops[i].count for i in seq]
+        par.insert(at, np.asarray(True))
+        tim.insert(at, 0.0)
+        cnt.insert(at, L)
+        extra = wakeup_extra(par, tim, wake, cnt)
+        per_layer += extra.pop(at)
+        for i, x in zip(seq, extra):
+            op = ops[i]
+            if op.name in ("lm_head", "sampling"):
+                head += x * op.count
+            elif op.name in NON_LAYER_OPS:
+                nonlayer += x * op.count
+            else:
+                per_layer += x * op.count / L
     return per_layer, nonlayer, head
 
 
@@ -126,13 +205,19 @@ class IterationModel:
         self._head = np.zeros(1)  # head[R]: seconds of lm_head + sampling for R rows
         self._layer = np.zeros(1)  # layer[T]: per-layer seconds (for layer-by-layer execution)
         self._comm = np.zeros(1)  # comm[T]: seconds of collectives in one pass of the stage
+        self._raw: Tables = (np.zeros(0), np.zeros(0), np.zeros(0))  # op tables behind them (rows 0..)
+        self._far: dict[int, tuple[np.float64, np.float64, np.float64, np.float64]] = {}
+        """(body, head, layer, comm) of token counts beyond the dense tables (see DENSE_TOKENS)."""
+        self._sparse: SparseRows | None = None
         self._peaks = (self.device.peak_flops(self.dtype), self.device.mem_bandwidth)
         self._dec1: dict[int, tuple] = {}  # batch -> constants of _decode_attention1
         self._fixed1: dict[int, float] = {}  # batch -> fixed_step_time
         self.scalar_tables: tuple[list[float], list[float]] = ([], [])
         """The body and head tables as lists (``body[T]``, ``head[R]``: what :meth:`mixed_step_time`
         reads for T tokens and R logits rows), for a caller that inlines it (engine/lean.py);
-        every growth of the tables replaces them (read them again after any call that may grow)."""
+        every growth of the tables replaces them (read them again after any call that may grow).
+        They hold the dense tables only: a count at or beyond their length (past DENSE_TOKENS)
+        is priced by :meth:`body_time` / :meth:`head_time`."""
         self._pre_roof: tuple[float, ...] | None = None  # prefill_constants (() if none)
 
     # ---- tables ------------------------------------------------------------------------------
@@ -141,13 +226,32 @@ class IterationModel:
         self._grow(n, exact=True)
 
     def _grow(self, n: int, exact: bool = False) -> None:
+        """Tabulate every token count up to ``n`` (``exact``: up to ``n`` only; else with room,
+        up to DENSE_TOKENS), evaluating only the rows not tabulated yet."""
         if n < len(self._body):
             return
-        size = n + 1 if exact else max(64, int((n + 1) * 1.5), len(self._body) * 2)
-        T = np.arange(size, dtype=np.float64)
+        size = n + 1 if exact else max(n + 1, min(max(64, int((n + 1) * 1.5), len(self._body) * 2), DENSE_TOKENS))
+        have = self._raw
+        old = len(have[0])
+
+        def extend(cost: IterationModel, size: int) -> Tables:
+            new = op_tables_at(cost, np.arange(old, size, dtype=np.float64))
+            return tuple(np.concatenate([h, x]) for h, x in zip(have, new)) if old else new  # type: ignore[return-value]
+
+        self._raw = op_tables(self, size, extend)
+        self._body, self._head, self._layer, self._comm = self._finish(np.arange(size, dtype=np.float64), *self._raw)
+        self._dec1 = {}  # these read the tables
+        self._fixed1 = {}
+        self.scalar_tables = (self._body.tolist(), self._head.tolist())
+
+    def _finish(
+        self, T: np.ndarray, per_layer: np.ndarray, nonlayer: np.ndarray, head: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(body, head, per-layer, collectives) seconds at token counts ``T`` from the operator
+        tables' rows there: the one place both the dense tables and the rows beyond them are
+        finished, so a row is the same float either way."""
         L = self.model.num_layers
-        per_layer, nonlayer, head = op_tables(self, size, compute_op_tables)
-        comm = np.zeros(size)
+        comm = np.zeros(len(T))
         if self.allreduce_time is not None and self.tp > 1:
             act = T * self.model.hidden_size * self.precision.a_bytes
             comm += 2.0 * np.where(T > 0, self.allreduce_time(act), 0.0)
@@ -156,36 +260,89 @@ class IterationModel:
             m = self.model.moe
             a2a = T * m.top_k * self.model.hidden_size * self.precision.a_bytes / self.ep
             comm += 2.0 * np.where(T > 0, self.alltoall_time(a2a), 0.0) * self.model.num_moe_layers / L
-        per_layer += comm
-        comm[0] = 0.0
-        self._comm = comm * self.layers
-        per_layer[0] = nonlayer[0] = head[0] = 0.0
-        self._layer = per_layer
+        per_layer = per_layer + comm
+        empty = T == 0
+        if empty.any():
+            comm[empty] = per_layer[empty] = 0.0
+            nonlayer = np.where(empty, 0.0, nonlayer)
+            head = np.where(empty, 0.0, head)
         # the embedding (and the tiny final norm) are charged to the first stage
-        self._body = per_layer * self.layers + (nonlayer if self.first_stage else 0.0)
-        self._head = head if self.last_stage else np.zeros(size)
-        self._dec1 = {}  # these read the tables
-        self._fixed1 = {}
-        self.scalar_tables = (self._body.tolist(), self._head.tolist())
+        body = per_layer * self.layers + (nonlayer if self.first_stage else 0.0)
+        return body, (head if self.last_stage else np.zeros(len(T))), per_layer, comm * self.layers
+
+    def _dense(self, n: int) -> bool:
+        """Whether token count ``n`` is in the dense tables (grown to it when it is within
+        DENSE_TOKENS); else it is looked up with :meth:`_far_rows`."""
+        if n < len(self._body):
+            return True
+        if n < DENSE_TOKENS:
+            self._grow(n)
+            return True
+        return False
+
+    def _far_rows(self, tokens: list[int]) -> None:
+        """Evaluate the token counts ``tokens`` (beyond the dense tables) not evaluated yet, in
+        one block, into ``_far``."""
+        missing = sorted({t for t in tokens if t not in self._far})
+        if not missing:
+            return
+        if self._sparse is None:
+            self._sparse = SparseRows(self)
+        T = np.array(missing, dtype=np.float64)
+        cols = self._finish(T, *self._sparse.rows(missing, op_tables_at))
+        for i, t in enumerate(missing):
+            self._far[t] = (cols[0][i], cols[1][i], cols[2][i], cols[3][i])
+
+    def _far_row(self, k: int) -> tuple[np.float64, np.float64, np.float64, np.float64]:
+        """(body, head, per-layer, collectives) at token count ``k`` beyond the dense tables."""
+        row = self._far.get(k)
+        if row is None:
+            self._far_rows([k])
+            row = self._far[k]
+        return row
+
+    def _lookup(self, col: int, idx: np.ndarray) -> np.ndarray:
+        """Column ``col`` (0 body, 1 head, 2 per-layer, 3 collectives) at the token counts
+        ``idx`` (an int64 array, any shape), dense or beyond."""
+        top = int(idx.max()) if idx.size else 0
+        if self._dense(top):
+            return (self._body, self._head, self._layer, self._comm)[col][idx]
+        if idx.ndim == 0:
+            return self._far_row(int(idx))[col]
+        far = idx >= len(self._body)
+        self._far_rows(idx[far].tolist())
+        out = np.empty(idx.shape)
+        out[~far] = (self._body, self._head, self._layer, self._comm)[col][idx[~far]]
+        out[far] = [self._far[k][col] for k in idx[far].tolist()]
+        return out
+
+    def _body_head(self, k: int) -> tuple[np.float64, np.float64]:
+        """(body, head) seconds at token count (and logits rows) ``k``."""
+        if k < len(self._body) or self._dense(k):
+            return self._body[k], self._head[k]
+        row = self._far_row(k)
+        return row[0], row[1]
 
     def body_time(self, tokens: np.ndarray | int) -> np.ndarray:
-        t = np.asarray(tokens, dtype=np.int64)
-        self._grow(int(t.max()) if t.size else 0)
-        return self._body[t]
+        if type(tokens) is int and 0 <= tokens < len(self._body):
+            return self._body[tokens]  # the usual scalar case, without the array detour
+        return self._lookup(0, np.asarray(tokens, dtype=np.int64))
 
     def comm_time(self, tokens: int) -> float:
         """Seconds of collectives (TP all-reduces, EP all-to-alls) in one pass of ``tokens``."""
-        self._grow(tokens)
-        return float(self._comm[tokens])
+        if tokens < len(self._comm) or self._dense(tokens):
+            return float(self._comm[tokens])
+        return float(self._far_row(tokens)[3])
 
     def head_time(self, rows: np.ndarray | int) -> np.ndarray:
-        r = np.asarray(rows, dtype=np.int64)
-        self._grow(int(r.max()) if r.size else 0)
-        return self._head[r]
+        if type(rows) is int and 0 <= rows < len(self._head):
+            return self._head[rows]
+        return self._lookup(1, np.asarray(rows, dtype=np.int64))
 
     def layer_time(self, tokens: int) -> float:
-        self._grow(tokens)
-        return float(self._layer[tokens])
+        if tokens < len(self._layer) or self._dense(tokens):
+            return float(self._layer[tokens])
+        return float(self._far_row(tokens)[2])
 
     # ---- attention ---------------------------------------------------------------------------
     def _attn_consts(self) -> tuple[float, float, float, float, float]:
@@ -290,9 +447,8 @@ class IterationModel:
         """The part of a decode step of ``batch`` sequences that does not depend on context."""
         t = self._fixed1.get(batch)
         if t is None:
-            if batch >= len(self._body):
-                self._grow(batch)
-            t = self._fixed1[batch] = float(self._body[batch] + self._head[batch]) + self.host_time(batch)
+            body, head = self._body_head(batch)
+            t = self._fixed1[batch] = float(body + head) + self.host_time(batch)
         return t
 
     def decode_steps(
@@ -315,9 +471,8 @@ class IterationModel:
             kv = cs[n_unc] + n_unc * steps + (batch - n_unc) * float(w)
             if longest is not None:
                 longest = np.minimum(longest, float(w))
-        if batch >= len(self._body):
-            self._grow(batch)
-        fixed = float(self._body[batch] + self._head[batch]) + self.host_time(batch)
+        body, head = self._body_head(batch)
+        fixed = float(body + head) + self.host_time(batch)
         return fixed + self.decode_attention(batch, kv, longest)
 
     # ---- scalar forms for the fast engine path (the same arithmetic on Python floats) --------
@@ -332,8 +487,6 @@ class IterationModel:
             roof = self.efficiency.roofline_coeffs("attn_decode", self._peaks[0], self._peaks[1])
             if roof is None:
                 return None
-            if batch >= len(self._body):
-                self._grow(batch)
             sms = self.device.sm_count
             heads, kvh, d, ab, kb = self._attn_consts()
             ratio = sms / kvh if sms > 0 and batch * kvh >= 0.8 * sms else None

@@ -37,6 +37,13 @@ measured 0.0123 TFLOP/s on the T4 VM for its code, 2 FLOPs per cached element an
 HOST_ATTENTION_REF_BYTES bytes moved, i.e. 61.5 GB/s of the VM's 100 GB/s (gcp-t4-vm's DRAM).
 Used where neither the node preset nor a calibration profile measured the host's attention."""
 
+MMAP_THRESHOLD_MAX = 32 * 2**20
+"""glibc's malloc serves an allocation above this (DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: its
+dynamic mmap threshold never rises above it) with a new mmap and unmaps it when freed, so every
+page of such a host tensor is faulted in and zero-filled by the kernel on first write; smaller
+ones are reused from the heap once the threshold has risen past them. PyTorch's CPU allocator
+takes its memory from malloc (c10 alloc_cpu: posix_memalign)."""
+
 UNFUSED_DEQUANT_BYTES_PER_ELEM_EXTRA = 3.0
 """FlexGen's group-wise int4 decompression (flexgen/compression.py ``decompress``) runs six
 elementwise kernels per tensor: a right shift and a mask of the packed bytes (each reads and writes
@@ -119,13 +126,47 @@ class OffloadCompute:
             b += f / g + f
         return b
 
-    def cpu_decode_attention(self, batch: int, kv_tokens: float, fp32_cache: bool = False) -> float:
+    def host_attention_fresh_bytes(self, cache_bytes: float, kv_tokens: float) -> float:
+        """Bytes per cached element and query head that a host attention code allocating its
+        temporaries per call (``host_temporaries: fresh``) writes into new memory, over a host cache
+        of ``cache_bytes`` per element and ``kv_tokens`` cached tokens: the fp32 copies of a 16-bit
+        cache (4 per KV head) and ``repeat_kv``'s copies (4 per query head), each counted where
+        one copy of the keys (or values) exceeds MMAP_THRESHOLD_MAX (:meth:`host_attention_bytes`
+        counts the same writes as traffic)."""
+        m = self.cost.model
+        g = m.num_heads / m.num_kv_heads if m.num_kv_heads < m.num_heads else 1.0
+        f = HOST_ATTENTION_COMPUTE_BYTES
+        kv_copy = kv_tokens * m.num_kv_heads * m.d_head * f
+        b = 0.0
+        if cache_bytes != f and kv_copy > MMAP_THRESHOLD_MAX:
+            b += f / g
+        if g > 1.0 and kv_copy * g > MMAP_THRESHOLD_MAX:
+            b += f
+        return b
+
+    def cpu_decode_attention(
+        self, batch: int, kv_tokens: float, fp32_cache: bool = False, fresh_temporaries: bool = False
+    ) -> float:
         """Seconds of one layer's decode attention on the host CPU over ``kv_tokens`` cached tokens
         (``fp32_cache``: the host holds the cache in fp32). Host attention is memory-bound (FlexGen's
         measured rate is 0.6% of the T4 VM's CPU peak), so its time is the bytes it moves
-        (:meth:`host_attention_bytes`) at the rate measured for FlexGen's code."""
-        flops = 4.0 * self.cost.model.num_heads * self.cost.model.d_head * kv_tokens
+        (:meth:`host_attention_bytes`) at the rate measured for FlexGen's code, which writes into a
+        reused workspace; ``fresh_temporaries``: the code writes its copies into new tensors every
+        call, whose first-touch cost (:meth:`host_attention_fresh_bytes` at the node's
+        ``measured.host_first_touch_bandwidth``) comes on top."""
         cache = HOST_ATTENTION_COMPUTE_BYTES if fp32_cache else self.cost.precision.kv_bytes
+        t = self._cpu_attention_traffic(batch, kv_tokens, cache)
+        if fresh_temporaries:
+            rate = self.measured.host_first_touch_bandwidth if self.measured is not None else None
+            if not rate:
+                raise ValueError("fresh host temporaries need the node's measured.host_first_touch_bandwidth")
+            per_head = 2.0 * self.cost.model.num_heads * self.cost.model.d_head * kv_tokens
+            t += per_head * self.host_attention_fresh_bytes(cache, kv_tokens) / rate
+        return t
+
+    def _cpu_attention_traffic(self, batch: int, kv_tokens: float, cache: float) -> float:
+        """Seconds of the host attention's memory traffic over a cache of ``cache`` bytes per element."""
+        flops = 4.0 * self.cost.model.num_heads * self.cost.model.d_head * kv_tokens
         traffic = self.host_attention_bytes(cache) / HOST_ATTENTION_REF_BYTES
         if self.measured is not None and self.measured.cpu_attention_flops:
             return flops * traffic / self.measured.cpu_attention_flops

@@ -15,11 +15,12 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from simkit.cost.efficiency import OP_CLASSES, DatasheetEfficiency, EfficiencyModel, FitQuality
+from simkit.cost.threads import ThreadWakeup, parse_thread_wakeup
 from simkit.errors import CalibrationError
 from simkit.specs.calibration import (
     PROFILE_FILE,
@@ -33,6 +34,8 @@ from simkit.specs.calibration import (
     profiles_dir,
 )
 from simkit.specs.hardware import DTYPE_FALLBACK
+
+_T = TypeVar("_T")
 
 # Elementwise kernel kinds: operators that run the same kernel share a kind. The canonical names
 # stand for the Llama-style kernels; the kernels simkit.cost.ops.elementwise_kernels selects from a
@@ -63,6 +66,13 @@ def elementwise_kind(op: str, kinds: Sequence[str] | None = None) -> str:
     if kinds is not None and kind not in kinds:
         return ELEMENTWISE_KIND.get(canon, canon)
     return kind
+
+
+def per_distinct(values: Iterable[Any], fn: Callable[[Any], _T]) -> list[_T]:
+    """``[fn(v) for v in values]`` calling ``fn`` once per distinct value (a cost table's rows
+    repeat one operator name or dtype thousands of times)."""
+    seen: dict[Any, _T] = {}
+    return [seen[v] if v in seen else seen.setdefault(v, fn(v)) for v in values]
 
 
 def _catalog_peaks(peak_flops: Any) -> dict[str, float]:
@@ -100,13 +110,7 @@ class Roof:
         return float(max(self.peak_flops.values()))
 
     def peaks(self, dtypes: Sequence[str] | np.ndarray) -> np.ndarray:
-        cache: dict[str, float] = {}
-        out = np.empty(len(dtypes))
-        for i, d in enumerate(dtypes):
-            if d not in cache:
-                cache[d] = self.peak(d)
-            out[i] = cache[d]
-        return out
+        return np.array(per_distinct(dtypes, self.peak), dtype=np.float64)
 
     def ideal(self, flops: np.ndarray, bytes_: np.ndarray, peak: np.ndarray | float) -> np.ndarray:
         return np.maximum(np.asarray(flops) / peak, np.asarray(bytes_) / self.mem_bandwidth)
@@ -243,7 +247,8 @@ def features(
         ops = shape.get("op")
         cols = []
         if kinds:
-            kind_of = np.array([elementwise_kind(str(o), kinds) for o in (ops if ops is not None else [""] * n)], dtype=object)
+            kind_of = np.array(per_distinct(ops if ops is not None else [""] * n, lambda o: elementwise_kind(str(o), kinds)),
+                               dtype=object)
             for kd in kinds:
                 cols.append((kind_of == kd).astype(np.float64))
         cols += [_lg(numel), lpeak]
@@ -323,6 +328,7 @@ class Forest:
     _left: np.ndarray = field(init=False, repr=False)
     _right: np.ndarray = field(init=False, repr=False)
     _child: np.ndarray = field(init=False, repr=False)
+    _cuts: list[tuple[int, np.ndarray]] | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         leaf = self.feature < 0
@@ -333,14 +339,47 @@ class Forest:
         self._left = np.where(leaf, idx, self.left).astype(np.intp)
         self._right = np.where(leaf, idx, self.right).astype(np.intp)
         self._child = np.stack([self._left, self._right], axis=1).ravel()  # node k: 2k left, 2k+1 right
+        self._cuts = None  # per feature a split reads, its thresholds sorted: see _split_points
+
+    def _split_points(self) -> list[tuple[int, np.ndarray]]:
+        """(feature, its thresholds sorted) for every feature a split reads (made on first use:
+        only a call of many rows needs them)."""
+        if self._cuts is None:
+            split = self.feature >= 0
+            self._cuts = [(int(f), np.unique(self.threshold[split & (self.feature == f)])) for f in np.unique(self.feature[split])]
+        return self._cuts
 
     BLOCK_ROWS = 2048
     """Rows walked through the trees at a time: the (rows x trees) node arrays of a block stay in
-    the CPU's caches (about 4x faster than one pass over 10^5 rows, the cost tables of a static
-    batch's long prefills; each row's result is the same either way)."""
+    the CPU's caches (about 4x faster than one pass over 10^5 rows; each row's result is the
+    same either way)."""
+
+    GROUP_ROWS = 256
+    """From this many rows on, :meth:`predict` walks one row per run of consecutive rows that
+    every split of every tree sends the same way (see there)."""
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         X = np.ascontiguousarray(np.nan_to_num(np.asarray(X, dtype=np.float64), nan=0.0, posinf=1e30, neginf=-1e30))
+        n = X.shape[0]
+        cuts = self._split_points() if n >= self.GROUP_ROWS else []
+        if cuts:
+            # A split sends a row right when its feature exceeds the threshold. Two rows that lie
+            # between the same two consecutive thresholds of every feature the trees split on
+            # (the same count of thresholds below the value, per feature) take the same branch at
+            # every node, so they reach the same leaves and get the same sum, bit for bit: of a
+            # run of consecutive such rows only the first is walked. A cost table's rows (one
+            # per token count, the features smooth functions of it) form far fewer runs than rows.
+            codes = np.empty((n, len(cuts)), dtype=np.int32)
+            for j, (f, c) in enumerate(cuts):
+                codes[:, j] = np.searchsorted(c, X[:, f], side="left")
+            new_run = np.ones(n, dtype=bool)
+            np.any(codes[1:] != codes[:-1], axis=1, out=new_run[1:])
+            starts = np.flatnonzero(new_run)
+            if 2 * len(starts) <= n:
+                return np.repeat(self._predict_rows(X[starts]), np.diff(np.append(starts, n)))
+        return self._predict_rows(X)
+
+    def _predict_rows(self, X: np.ndarray) -> np.ndarray:
         n = X.shape[0]
         if n <= self.BLOCK_ROWS:
             return self._predict_block(X) if n else np.zeros(0)
@@ -515,6 +554,9 @@ class ClassModel:
     _eff_memo: dict[tuple[Any, ...], float] = field(default_factory=dict, init=False, repr=False)
 
     MEMO_MAX = 200_000
+    MEMO_ROWS = 256
+    """Calls of at least this many operators (a cost table's token counts, all distinct) are
+    computed directly: memoising them would only cost a key and a lookup per row."""
 
     def base_time(self, flops: np.ndarray, bytes_: np.ndarray, peak: np.ndarray, dts: Sequence[str]) -> np.ndarray:
         """The roofline base's time of each operator (the base of its dtype, if fitted)."""
@@ -563,17 +605,19 @@ class ClassModel:
                               peak: np.ndarray, with_tokens: bool) -> np.ndarray:  # fmt: skip
         n = len(flops)
         ops = shape.get("op")
-        names = [str(o) for o in np.broadcast_to(np.asarray(ops, dtype=object).reshape(-1), (n,))] if ops is not None else [""] * n
+        names = np.broadcast_to(np.asarray(ops, dtype=object).reshape(-1), (n,)) if ops is not None else [""] * n
         X = features("elementwise", flops, bytes_, shape, peak, self.roof, self.kinds, with_tokens)
         r = forest.predict(X)
-        known = np.array([elementwise_kind(o, self.kinds) in self.kinds for o in names], dtype=bool)
+        known = np.array(per_distinct(names, lambda o: elementwise_kind(str(o), self.kinds) in self.kinds), dtype=bool)
         if self.kinds and not known.all():
             # an operator whose kernel was never measured: the mean over the measured kinds
             nk = len(self.kinds)
             idx = np.flatnonzero(~known)
-            Xu = np.repeat(X[idx], nk, axis=0)
-            Xu[:, :nk] = np.tile(np.eye(nk), (len(idx), 1))
-            r[idx] = forest.predict(Xu).reshape(len(idx), nk).mean(axis=1)
+            # kind-major (each kind's rows together, as the table's rows come: runs of rows
+            # Forest.predict walks once), each operator's kinds then made contiguous for the mean
+            Xu = np.tile(X[idx], (nk, 1))
+            Xu[:, :nk] = np.repeat(np.eye(nk), len(idx), axis=0)
+            r[idx] = np.ascontiguousarray(forest.predict(Xu).reshape(nk, len(idx)).T).mean(axis=1)
         return r
 
     def _keys(self, F: np.ndarray, B: np.ndarray, shape: Mapping[str, Any], dts: list[str]) -> list[tuple[Any, ...]]:
@@ -606,7 +650,7 @@ class ClassModel:
         B = np.atleast_1d(np.asarray(bytes_, dtype=np.float64))
         n = F.shape[0]
         dts = [str(dtype)] * n if isinstance(dtype, str) else [str(d) for d in dtype]
-        if not memo:
+        if not memo or n >= self.MEMO_ROWS:
             return self._raw_time(F, B, self._subset(shape, np.arange(n), n), self.roof.peaks(dts), dts)
         def compute(mi: np.ndarray) -> np.ndarray:
             sub = [dts[i] for i in mi]
@@ -642,6 +686,8 @@ class ClassModel:
             with np.errstate(invalid="ignore", divide="ignore"):
                 return np.clip(np.where(ideal > 0, ideal / busy, 1.0), 1e-6, 1.0)
 
+        if n >= self.MEMO_ROWS:
+            return compute(np.arange(n))
         return self._memoised(self._eff_memo, self._keys(F, B, shape, dts), compute)
 
     # ---- persistence -------------------------------------------------------------------------
@@ -738,6 +784,7 @@ class Profile(EfficiencyModel):
     host: HostOverhead | None = None
     """Host time per engine iteration (``host_overhead`` in the YAML); None: not in the profile."""
     _default: DatasheetEfficiency = field(default_factory=DatasheetEfficiency, repr=False)
+    _wakeup: tuple[Any, ThreadWakeup] | None = field(default=None, repr=False, compare=False)
 
     # ---- EfficiencyModel ---------------------------------------------------------------------
     def is_measured(self, op_class: str) -> bool:
@@ -814,6 +861,16 @@ class Profile(EfficiencyModel):
     def host_overhead(self) -> HostOverhead | None:
         return self.host
 
+    def thread_wakeup(self) -> ThreadWakeup | None:
+        """``device.thread_wakeup`` (simkit.cost.threads), parsed once; None when the profile has
+        none (measured at one thread, or before 2026-11-30 20:00 UTC: nothing is added)."""
+        raw = self.device.get("thread_wakeup")
+        if raw is None:
+            return None
+        if self._wakeup is None or self._wakeup[0] is not raw:
+            self._wakeup = (raw, parse_thread_wakeup(raw, str(self.path or self.name)))
+        return self._wakeup[1]
+
     def fit_quality(self) -> dict[str, FitQuality] | None:
         return {c: FitQuality(dict(cm.fit_error), dict(self.cross_validation.get(c) or {})) for c, cm in self.models.items()}
 
@@ -870,6 +927,8 @@ class Profile(EfficiencyModel):
             raise CalibrationError(f"expected gpu or cpu, got {kind!r}", where=where, key="device.kind")
         if "fingerprint" in device:
             device = {**device, "fingerprint": parse_fingerprint(device["fingerprint"], kind, where)}
+        if "thread_wakeup" in device:
+            parse_thread_wakeup(device["thread_wakeup"], where)
         host = parse_host_overhead(data["host_overhead"], where) if "host_overhead" in data else None
         source = str(need(data, "source", ""))
         lic = str(need(data, "license", ""))

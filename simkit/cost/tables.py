@@ -2,14 +2,21 @@
 their on-disk cache.
 
 Building the tables evaluates every token-dependent operator (with a calibration profile: the
-fitted trees) at every token count up to the largest a batch can have, which costs most of a
-cold start. The result depends only on the model, the compute device (its peaks and bandwidth,
+fitted trees) at every token count up to the largest a batch can have (the serving budget),
+which costs most of a cold start. Token counts beyond (a static batch's whole-batch prefill)
+are evaluated one block at a time as a run asks for them and kept in a sparse log
+(:class:`SparseRows`). The result depends only on the model, the compute device (its peaks and bandwidth,
 what-if scales included), the efficiency model (a profile's fitted models, or the datasheet
 defaults), the precision, the tensor/expert-parallel layout, the table size and the software
-(simkit and numpy versions, and the source of the code that computes them). The cache key is
+(simkit and numpy versions, the source of the code that computes them, and the processor kind
+numpy's loops are compiled for: :func:`machine`). The cache key is
 a SHA-256 over all of those, taken from the objects themselves and the source text (not file
 names or dates), so a cached table is never stale: changing any input, or any line of
-``simkit/cost``, gives another key. Entries are written atomically and verified (key and size) on load.
+``simkit/cost`` (or of the spec modules it reads: :data:`DIGESTED`), gives another key. Dense
+entries are written atomically (two processes building the same table both write it whole;
+the last rename wins) and verified (key and size; a damaged file is rebuilt) on load. A sparse
+log only grows by whole records appended in one write each, every record checksummed with the
+key, so a torn or foreign record is skipped (and the log rewritten without it), never used.
 
 Where: ``tables/`` under the cache folder (:mod:`simkit.cachedir`: ``$SIMKIT_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/simkit``, else ``~/.cache/simkit``; ``SIMKIT_CACHE_DIR=`` (empty) turns it
@@ -23,13 +30,16 @@ import dataclasses
 import functools
 import hashlib
 import io
+import os
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from simkit.cachedir import cache_root, touch, write_atomic
+from simkit.cachedir import MAX_FOLDER_BYTES, cache_root, prune, touch, write_atomic
 
 if TYPE_CHECKING:
     from simkit.cost.iteration import IterationModel
@@ -37,7 +47,7 @@ if TYPE_CHECKING:
 Tables = tuple[np.ndarray, np.ndarray, np.ndarray]
 """(per-layer, non-layer, head) seconds per token count."""
 
-FORMAT = 1
+FORMAT = 2
 """Bumped whenever what the tables contain or how they are computed changes."""
 
 _SKIP_FIELDS = frozenset({"samples", "path", "notes", "cross_validation", "fit_error"})
@@ -84,24 +94,49 @@ def _feed(h: Any, x: Any) -> None:
         raise _Unfingerprintable(type(x).__name__)
 
 
+DIGESTED = ("specs/model.py", "specs/hardware.py", "specs/node.py", "specs/calibration.py")
+"""The modules outside ``simkit/cost`` whose source the tables' key covers: every simkit module
+the cost code imports that can change a number (the model's derived sizes, the dtype fallbacks of
+peak FLOP/s, the node's links, the profile's parsed form); tests/test_cold_tables.py checks the
+cost modules import no other."""
+
+
 @functools.cache
 def code_digest() -> str | None:
     """SHA-256 of the source of the code that computes the tables (every module of
-    ``simkit.cost`` and the model spec), so that a changed formula misses the cache even when
+    ``simkit.cost`` and :data:`DIGESTED`), so that a changed formula misses the cache even when
     nobody bumped :data:`FORMAT` or the version (a source checkout being edited); None when the
     source cannot be read (then nothing is cached)."""
     cost_dir = Path(__file__).resolve().parent
     h = hashlib.sha256()
     try:
-        for p in [*sorted(cost_dir.glob("*.py")), cost_dir.parent / "specs" / "model.py"]:
+        for p in [*sorted(cost_dir.glob("*.py")), *(cost_dir.parent / d for d in DIGESTED)]:
             h.update(p.name.encode() + b"\0" + p.read_bytes())
     except OSError:
         return None
     return h.hexdigest()
 
 
-def table_key(cost: IterationModel, size: int) -> str | None:
-    """The cache key of ``cost``'s operator tables of ``size`` entries; None if not cacheable."""
+@functools.cache
+def machine() -> str:
+    """The processor architecture and the SIMD features numpy dispatches its loops on: numpy's
+    vectorised exp, log and power may round differently on another instruction set, so a cache
+    folder shared by different machines (a network home) keeps one entry per kind."""
+    import platform
+
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as feats  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__ as feats
+        except ImportError:
+            feats = {}
+    return platform.machine() + ":" + ",".join(sorted(k for k, v in feats.items() if v))
+
+
+def table_key(cost: IterationModel, size: int | None) -> str | None:
+    """The cache key of ``cost``'s operator tables of ``size`` entries (None: its sparse log of
+    rows at any token count); None if not cacheable."""
     from simkit import __version__
 
     code = code_digest()
@@ -110,7 +145,7 @@ def table_key(cost: IterationModel, size: int) -> str | None:
     h = hashlib.sha256()
     try:
         for part in (
-            FORMAT, code, __version__, np.__version__, size, cost.model, cost.device, cost.efficiency, cost.precision,
+            FORMAT, code, __version__, np.__version__, machine(), "sparse" if size is None else size, cost.model, cost.device, cost.efficiency, cost.precision,
             cost.tp, cost.ep, cost.ep_share,
         ):
             _feed(h, part)
@@ -135,10 +170,89 @@ def op_tables(
                 hit = z["per_layer"].copy(), z["nonlayer"].copy(), z["head"].copy()
                 touch(path)
                 return hit
-    except (OSError, KeyError, ValueError):
-        pass  # missing, partial or foreign: rebuild
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        pass  # missing, partial, damaged or foreign: rebuild
     tables = compute(cost, size)
     buf = io.BytesIO()
     np.savez(buf, key=np.array(key), per_layer=tables[0], nonlayer=tables[1], head=tables[2])
     write_atomic(path, buf.getvalue())  # a read-only or full cache folder only costs the rebuild next time
     return tables
+
+
+_RECORD = np.dtype([("tokens", "<i8"), ("rows", "<f8", (3,)), ("check", "<u4"), ("pad", "<u4")])
+"""One row of a sparse log: the token count, its (per-layer, non-layer, head) seconds and a
+CRC-32 of the key and those 32 bytes."""
+
+
+class SparseRows:
+    """Operator-table rows of one :class:`~simkit.cost.iteration.IterationModel` at scattered
+    token counts (those beyond its dense tables that a run asks for), memoised, and appended to
+    a log on disk (``<key>.rows`` next to the dense tables, :func:`table_key` with size None) that
+    the next run with the same key reads back."""
+
+    def __init__(self, cost: IterationModel) -> None:
+        self._cost = cost
+        self._rows: dict[int, tuple[float, float, float]] = {}
+        folder = cache_dir()
+        key = table_key(cost, None) if folder is not None else None
+        self._path = folder / f"{key}.rows" if folder is not None and key is not None else None
+        self._salt = (key or "").encode()
+        if self._path is not None:
+            self._read()
+
+    def _check(self, rec: np.ndarray) -> np.ndarray:
+        """The CRC-32 of each record's key and first 32 bytes."""
+        raw = rec.view(np.uint8).reshape(len(rec), _RECORD.itemsize)[:, :32]
+        return np.array([zlib.crc32(r.tobytes(), zlib.crc32(self._salt)) for r in raw], dtype=np.uint32)
+
+    def _read(self) -> None:
+        assert self._path is not None
+        try:
+            data = self._path.read_bytes()
+        except OSError:
+            return
+        whole = len(data) // _RECORD.itemsize
+        rec = np.frombuffer(data[: whole * _RECORD.itemsize], dtype=_RECORD)
+        ok = rec["check"] == self._check(rec)
+        for t, r in zip(rec["tokens"][ok].tolist(), rec["rows"][ok].tolist()):
+            self._rows.setdefault(t, tuple(r))
+        if not ok.all():
+            # a damaged record (another file's bytes, or records shifted by a write a crash tore):
+            # keep the good ones. A partial record at the end is left alone: it may be another
+            # process's append in flight
+            write_atomic(self._path, rec[ok].tobytes())
+        else:
+            touch(self._path)
+
+    def rows(self, tokens: list[int], compute_at: Callable[[IterationModel, np.ndarray], Tables]) -> Tables:
+        """(per-layer, non-layer, head) at the token counts ``tokens``: those not known yet from
+        ``compute_at(cost, T)`` (:func:`simkit.cost.iteration.op_tables_at`) in one block."""
+        missing = [t for t in tokens if t not in self._rows]
+        if missing:
+            got = compute_at(self._cost, np.array(missing, dtype=np.float64))
+            rec = np.zeros(len(missing), dtype=_RECORD)
+            rec["tokens"] = missing
+            rec["rows"] = np.column_stack(got)
+            for t, r in zip(missing, rec["rows"].tolist()):
+                self._rows[t] = tuple(r)
+            if self._path is not None:
+                rec["check"] = self._check(rec)
+                self._append(rec.tobytes())
+        return tuple(np.array([self._rows[t][c] for t in tokens], dtype=np.float64) for c in range(3))  # type: ignore[return-value]
+
+    def _append(self, data: bytes) -> None:
+        """One write in append mode (whole records, never interleaved with another process's);
+        an unwritable folder only costs the evaluation next time."""
+        assert self._path is not None
+        try:
+            new = not self._path.exists()
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        except OSError:
+            return
+        if new:
+            prune(self._path.parent, MAX_FOLDER_BYTES, keep=self._path)

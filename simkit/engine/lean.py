@@ -35,6 +35,14 @@ heap). :func:`run_fused` makes the same decisions, in the same order, on local v
   (``prefill_constants``, ``decode_constants``, ``scalar_tables``; the same operations in the
   same order), else as the fast engine prices it (``FastEngine._step_time``: a one-token chunk
   over a cache, a step beyond the tables, no closed form), memoised for one prompt alone;
+- a chunk run (chunked prefill): after a step that chunks one prompt alone by the whole budget
+  the decode set leaves, without completing it, priced inline, the next steps are that prompt's
+  chunks of the same size while the decode set keeps its size and the remainder exceeds the
+  budget (nothing else is chunked or admitted: no budget is left); an inner loop makes them
+  (the decode set's next blocks, the price with what depends only on the batch size and the
+  chunk taken from the first step, the step's bookkeeping) while each ends strictly before the
+  earliest scheduled event, and leaves to the next pass the first that does not, that would
+  preempt, or that a finish in the decode set ends;
 - the KV level is integrated at the instants the block manager would integrate it, and the
   inter-token gaps (one histogram for all replicas) go through its buffer flushed at the same
   points, in the same order across replicas.
@@ -245,6 +253,11 @@ def _replica(
     without the closed form; fixed_step_time(batch))."""
     prefilling: list[int] = []
     """Admitted requests whose prompt is not all prefilled (chunked), in admission order."""
+    run_i = -1
+    """The prompt of a step that may start a chunk run (chunked; -1: none): chunked alone, its
+    chunk filling the budget without completing it, priced by the inline form, with the tables
+    ``run_tabs``."""
+    run_tabs: tuple = ()
 
     heappush, heappop = heapq.heappush, heapq.heappop
     nrun = 0
@@ -379,13 +392,11 @@ def _replica(
                 pre.append(i)
                 q.append(c)
                 budget -= c
-        else:
+        elif waiting and nrun < max_seqs:
             # ContinuousBatching._decide: whole prompts, first come first served, within the
             # token budget and the batch limit (FastEngine.admit)
-            pre = q = []
-            if waiting and nrun < max_seqs:
-                pre = []
-                q = []
+            pre = []
+            q = []
             budget = max_tokens
             while waiting and nrun < max_seqs:
                 i = waiting[0]
@@ -412,6 +423,8 @@ def _replica(
                     break
             if pre:
                 nb = 0  # a prefill step decodes nothing: decodes run only when nothing is admitted
+        else:
+            pre = q = []  # (continuous batching with nothing to admit)
 
         start = now
         if pre:
@@ -473,11 +486,10 @@ def _replica(
                             pairs += qk * (qk + 1) // 2
                 dec_sum = longest = 0
                 if nb:
-                    while True:
-                        neg, i = long_heap[0]
-                        if i in info:
-                            break
+                    neg, i = long_heap[0]
+                    while i not in info:
                         heappop(long_heap)
+                        neg, i = long_heap[0]
                     longest = D - neg
                     dec_sum = sum_off + nb * D
                     if longest + 1 > mc_dec:
@@ -491,10 +503,11 @@ def _replica(
                     body, head = cost.scalar_tables
                     consts = None
                     if nb:
-                        memo = dec_memo.get(nb)
-                        if memo is None:
+                        try:
+                            consts = dec_memo[nb][0]
+                        except KeyError:
                             memo = dec_memo[nb] = _dec_memo(cost, nb)
-                        consts = memo[0]
+                            consts = memo[0]
                     if pre_c is not None and not one_tok and len(body) > T and len(head) > rows_ and (consts or not nb):
                         f4p, heads, kvh, d, ab, kb, cf, cb, ov = pre_c
                         t = body[T] + head[rows_]
@@ -519,6 +532,9 @@ def _replica(
                         bc = byts * cb
                         total += ((bc if bc > fc else fc) + ov) * layers
                         dur = t + total + (host_fixed + host_seq * (n_pq + nb))
+                        if chunked and n_pq == 1 and not done1 and ntok == chunk_budget - nb and ntok > 1:
+                            run_i = pre[0]
+                            run_tabs = cost.scalar_tables
                     else:
                         if chunked and n_pq == 1:
                             kv_pre = [c0]
@@ -542,11 +558,10 @@ def _replica(
             # the first to finish (no stale entries: a request leaves the heap when it finishes,
             # and never joins the decode set again without a preemption)
             s = fin_heap[0][0] - D
-            while True:
-                neg, i = long_heap[0]
-                if i in info:
-                    break
+            neg, i = long_heap[0]
+            while i not in info:
                 heappop(long_heap)
+                neg, i = long_heap[0]
             longest = D - neg
             if nb * (s // bs + 1) > free and _growth(D + s, Xa, n_active, cnt, pending, bs) > free:
                 lo, hi = 1, s
@@ -557,21 +572,17 @@ def _replica(
                     else:
                         hi = mid - 1
                 s = lo
-            memo = dec_memo.get(nb)
-            if memo is None:
-                memo = dec_memo[nb] = _dec_memo(cost, nb)
-            consts, fixed_step = memo
+            try:
+                consts, fixed_step = dec_memo[nb]
+            except KeyError:
+                consts, fixed_step = dec_memo[nb] = _dec_memo(cost, nb)
             ta = nxt - now
-            if ta < INF and fixed_step > 0:
-                cut = int(ta / fixed_step) + 2  # min(s, max(cut, 1)), without the calls
-                if cut < 1:
-                    cut = 1
-                if cut < s:
-                    s = cut
             kv0 = float(sum_off + nb * D)
             fb = float(nb)
             if consts is not None:
-                # IterationModel.decode_step_times, inlined (the same operations in the same order)
+                # IterationModel.decode_step_times, inlined (the same operations in the same order),
+                # ending at the step that reaches the next arrival (each step takes at least
+                # fixed_step, so the bound the array form below takes from it never binds here)
                 f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov, fixed, _ = consts
                 base = kv0 + nb
                 lo_ = longest + 1.0
@@ -604,7 +615,14 @@ def _replica(
                 s = len(times)
                 dur = acc
             else:
-                # a fitted decode-attention efficiency: FastEngine's array form
+                # a fitted decode-attention efficiency: FastEngine's array form, over no more steps
+                # than reach the next arrival
+                if ta < INF and fixed_step > 0:
+                    cut = int(ta / fixed_step) + 2  # min(s, max(cut, 1)), without the calls
+                    if cut < 1:
+                        cut = 1
+                    if cut < s:
+                        s = cut
                 times_a = decode_steps(nb, kv0, s, float(longest))
                 if s == 1:
                     dur = float(times_a[0])
@@ -722,6 +740,15 @@ def _replica(
                         vals, wts = hist._vals, hist._wts
                     vals.append(now - last_dec)
                     wts.append(float(nb))
+                elif len(fresh) == 1 and len(vals) + 2 <= BUF:
+                    # one group joined since (no flush on the way): _tbt_fresh's values inline
+                    lt, c = fresh[0]
+                    fresh = []
+                    if nb > c:
+                        vals.append(now - last_dec)
+                        wts.append(float(nb - c))
+                    vals.append(now - lt)
+                    wts.append(float(c))
                 else:
                     vals, wts = _tbt_fresh(hist, vals, wts, now, last_dec, nb, fresh)
                     fresh = []
@@ -775,6 +802,94 @@ def _replica(
                 t_mark = now
                 marks += 1
                 used -= freed
+            if run_i >= 0:
+                # ---- a chunk run: while the decode set keeps its size (no finish at the next step:
+                # no sequence joins during a run) and the prompt's remainder exceeds the same budget,
+                # the next step chunks that prompt alone by the same number of tokens (nothing else
+                # is chunked or admitted: no budget is left), so what the step's price takes from
+                # the batch size and the chunk is this step's, and only the cached tokens, the decode
+                # set's contexts and the clock move. The steps are made here while each ends
+                # strictly before the earliest scheduled event; the first that does not (or would
+                # preempt) is left to the next pass, which makes it as any step
+                i = run_i
+                run_i = -1
+                if len(info) == nb and inp[i] - kvp[i] > ntok and fin_heap[0][0] > D + 1 and cost.scalar_tables is run_tabs:
+                    tri = ntok * (ntok + 1) // 2
+                    b1 = 2.0 * ntok * heads * d * ab
+                    b3 = 2.0 * ntok * kvh * d * kb
+                    host = host_fixed + host_seq * (n_pq + nb)
+                    comm = comm_time(ntok + nb) if tp > 1 else 0.0
+                    fb = float(nb)
+                    n_rows = n_pq + nb
+                    f4, c1, c3, ratio, kvh_, d_, kb_, cf_, cb_, ov_, _, _ = consts
+                    while True:
+                        # ChunkedPrefill._decide: the decode set's next step's blocks (checked here,
+                        # reserved once the step is known to end in this pass)
+                        free = num_blocks - used
+                        if nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
+                            break
+                        # IterationModel.mixed_step_time inlined as above
+                        c0 = kvp[i]
+                        top = c0 + ntok
+                        # the longest context: the heap's top is current (no sequence has left the
+                        # decode set since the first step's pricing read it)
+                        longest = D - long_heap[0][0]
+                        kv = sum_off + nb * D + nb
+                        if ratio is not None:
+                            y = (longest + 1.0) * ratio
+                            if y > kv:
+                                kv = y
+                        a = f4 * kv * cf_
+                        b = (c1 + 2.0 * kv * kvh_ * d_ * kb_ + c3) * cb_
+                        total = 0.0
+                        total += ((b if b > a else a) + ov_) * layers
+                        fc = f4p * (ntok * c0 + tri) * cf
+                        bc = (b1 + 2.0 * top * kvh * d * kb + b3) * cb
+                        total += ((bc if bc > fc else fc) + ov) * layers
+                        dur = t + total + host
+                        end = now + dur
+                        if end >= peek:
+                            break
+                        upto = D + 1
+                        total = cnt[Xa % bs] if upto == Xa + 1 else _growth(upto, Xa, n_active, cnt, pending, bs)
+                        if total:
+                            area += (now - t_mark) * used
+                            t_mark = now
+                            marks += 1
+                            used += total
+                            if used > peak:
+                                peak = used
+                        if upto > Xa:
+                            Xa = upto
+                            if pending and pending[0][0] <= upto:
+                                kq = 0
+                                while kq < len(pending) and pending[kq][0] <= upto:
+                                    cnt[pending[kq][0] % bs] += 1
+                                    kq += 1
+                                n_active += kq
+                                del pending[:kq]
+                        if longest + 1 > mc_dec:
+                            mc_dec = longest + 1
+                        if top > mc_pre:
+                            mc_pre = top
+                        stage_comm += comm
+                        # the step (FastEngine._advance, _mixed_end)
+                        start = now
+                        now = end
+                        busy += dur
+                        busy_gpu += dur * gpus
+                        if log_on:
+                            add_row((index, start, now, 1, ntok, nb, n_rows, used))
+                        kvp[i] = top
+                        if len(vals) >= BUF:
+                            hist.flush()
+                            vals, wts = hist._vals, hist._wts
+                        vals.append(now - last_dec)
+                        wts.append(fb)
+                        D += 1
+                        last_dec = now
+                        if inp[i] - top <= ntok or fin_heap[0][0] <= D + 1:
+                            break
             continue
 
         # ---- FastEngine._decode_end ------------------------------------------------------------
@@ -793,6 +908,20 @@ def _replica(
             vals += times
             vals[k] = gap_end - last_dec
             wts += [fb] * s
+        elif len(fresh) == 1 and len(vals) + s + 1 <= BUF:
+            # one group joined since the last decode step (the prefill step before this run), and
+            # no flush on the way: _tbt_fresh's values (the older sequences' gap, the newcomers'),
+            # then the later steps' times, as above
+            lt, c = fresh[0]
+            fresh = []
+            if nb > c:
+                vals.append(gap_end - last_dec)
+                wts.append(float(nb - c))
+            k = len(vals)
+            vals += times
+            vals[k] = gap_end - lt
+            wts.append(float(c))
+            wts += [fb] * (s - 1)
         else:
             if not fresh:
                 if len(vals) >= BUF:

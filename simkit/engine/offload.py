@@ -275,7 +275,9 @@ class OffloadExecutor:
                     # the spilled positions are attended where they live
                     g = 1.0 - lay.spilled_tokens(ctx[is_dec]) / max(kv, 1.0)
                 attn_dev += full * g
-                cpu = oc.cpu_decode_attention(nd, kv, lay.plan.host_kv_dtype == "fp32") * (1.0 - g)
+                cpu = oc.cpu_decode_attention(
+                    nd, kv, lay.plan.host_kv_dtype == "fp32", lay.plan.host_temporaries == "fresh"
+                ) * (1.0 - g)
             else:
                 attn_dev += full
         extra = 0.0

@@ -62,6 +62,8 @@ class Candidate:
     share a decode step dequantises)."""
     lm_head_copy: bool = False
     """plan.offload.lm_head_copy of the scenario searched (the runtime's own copy of a tied LM head)."""
+    host_temporaries: str = "workspace"
+    """plan.offload.host_temporaries of the scenario searched (where the host attention code writes its copies)."""
     sim: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -81,6 +83,7 @@ class Candidate:
             "dequant": self.dequant,
             "kv_dequant": self.kv_dequant,
             "lm_head_copy": self.lm_head_copy,
+            "host_temporaries": self.host_temporaries,
             "overlap": True,
             "decode_overlap": self.decode_overlap,
             # an all-GPU plan still runs layer by layer in the offloading runtime (as FlexGen runs
@@ -120,6 +123,7 @@ def solve_candidate(
     kv_dequant: str = "filled",
     kv_watermark: float = 0.01,
     lm_head_copy: bool = False,
+    host_temporaries: str = "workspace",
 ) -> Candidate | None:
     from scipy.optimize import linprog
 
@@ -143,7 +147,11 @@ def solve_candidate(
     oc = compute or OffloadCompute(cost, cpu_cost)
     lin_d = oc.linear(gbs, decode=True) * ngb
     att_d = oc.decode_attention(gbs, gbs * (ctx_avg + 1)) * ngb
-    cpu_att_d = oc.cpu_decode_attention(gbs, gbs * (ctx_avg + 1)) * ngb if cpu_attention else 0.0
+    cpu_att_d = (
+        oc.cpu_decode_attention(gbs, gbs * (ctx_avg + 1), fresh_temporaries=host_temporaries == "fresh") * ngb
+        if cpu_attention
+        else 0.0
+    )
     lin_p = oc.linear(gbs * prompt_len, decode=False) * ngb
     att_p = oc.prefill_attention(np.full(gbs, prompt_len), np.zeros(gbs)) * ngb
     # compressed weights are dequantised for every GPU batch (the simulator's rule, same cost)
@@ -318,6 +326,7 @@ def solve_candidate(
     bott = labels[max(dec_rows, key=lambda k: slack[k])][0] if dec_rows else "compute"
     return Candidate(
         gbs, ngb, cpu_attention, compress, fr, total, bls * gen_len / total if total > 0 else 0.0, bott, L, dequant, decode_overlap,
-        compress_kv, kv_dequant, lm_head_copy,
+        # only a plan attending on the CPU runs the host attention code whose copies it prices
+        compress_kv, kv_dequant, lm_head_copy, host_temporaries if cpu_attention else "workspace",
     )
 

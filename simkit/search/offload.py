@@ -57,7 +57,7 @@ def optimize(
     not attend on the CPU, so CPU attention is searched with a 16-bit cache only. ``max_batch``
     drops the plans whose batch (``gbs x ngb`` sequences) is larger (a workload of that many
     prompts cannot fill them: :func:`workload_batch_limit`)."""
-    from simkit.deployment import calibrated_device
+    from simkit.deployment import calibrated_device, check_host_temporaries
     from simkit.specs.catalog import load_model
     from simkit.specs.node import resolve_node
 
@@ -101,6 +101,7 @@ def optimize(
             where=sc.source,
             key="plan.offload.host_kv_dtype",
         )
+    check_host_temporaries(sc, node, need_cpu_attention=False)
     oc = offload_compute(node, cost, cpu_cost, False)
     lm = measured_links(eff, sc.plan.offload.io_block_size, sc.plan.offload.io_queue_depth)
     # the candidates run as static batches (confirm_by_simulation): the same memory rule
@@ -113,7 +114,7 @@ def optimize(
             model, node, cost, cpu_cost, prec, prompt_len, gen_len, gbs, ngb, catt, comp, usable, oc, lm, sc.plan.offload.dequant,
             sc.plan.offload.decode_overlap, ckv, sc.plan.kv_cache.block_size,
             sc.plan.kv_cache.activation_reserve, sc.plan.offload.kv_dequant, sc.plan.kv_cache.watermark,
-            sc.plan.offload.lm_head_copy,
+            sc.plan.offload.lm_head_copy, sc.plan.offload.host_temporaries,
         )
         if c is not None:
             cands.append(c)

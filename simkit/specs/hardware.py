@@ -222,6 +222,10 @@ class NodeMeasured(Frozen):
     gpu_attention_flops_decode: FlopRate | None = Field(default=None, gt=0)
     cpu_attention_flops: FlopRate | None = Field(default=None, gt=0)
     """Achieved FLOP/s of decode attention computed on the host CPU (offloaded KV)."""
+    host_first_touch_bandwidth: Bandwidth | None = Field(default=None, gt=0)
+    """Bytes/s at which the host's threads write freshly allocated memory beyond writing reused memory
+    (page faults and the kernel's zero-fill of every new page; offloaded attention codes that allocate
+    their temporaries per step pay it: plan.offload.host_temporaries)."""
 
 
 class NodeSpec(Frozen):

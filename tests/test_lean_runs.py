@@ -1,0 +1,155 @@
+"""The fused loop's shortcuts across steps (engine/lean.py) against the stepping fast path and the
+reference engine, bit for bit (tests/conftest.py ``assert_same_outputs``): chunk runs (a prompt
+chunked alone over several steps, each chunk filling the budget), interrupted by arrivals, by
+finishes in the decode set, by a pool too small for the next step (preemption), on one replica
+or several, with the histogram buffer flushing inside them and tables that grow under them; the
+newcomers' inter-token gaps pushed inline; finishes while a queue waits (batch or memory limits
+at a finish, admission the step after)."""
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simkit.engine.state import TBTHistogram
+from simkit.scenario import scenario_from_dict
+from tests.conftest import native_trace_workload, uniform_workload
+from tests.test_lean import FUSED, ROUTINGS, _data, fast_path_of, run_three
+
+EXAMPLES = int(os.environ.get("SIMKIT_HYPOTHESIS_EXAMPLES", "25"))
+
+
+def full_chunk_runs(rows: list, budget: int) -> int:
+    """Steps of the iteration log that chunk one prompt by the whole budget left by the decode set
+    (a prefill of ``budget - decodes`` tokens, one sequence more than the decodes) right after
+    another such step of the same replica with as many decodes: the steps a chunk run makes."""
+    last: dict[int, tuple] = {}
+    k = 0
+    for row in rows:
+        rep, _, _, _, pre, nb, seqs, _ = row
+        full = pre > 1 and pre == budget - nb and seqs == nb + 1 and nb > 0
+        prev = last.get(rep)
+        if full and prev is not None and prev[0] and prev[1] == nb:
+            k += 1
+        last[rep] = (full, nb)
+    return k
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(2, 60),
+    rate=st.floats(0.5, 400.0),
+    inp=st.tuples(st.integers(200, 1500), st.integers(0, 4000)),
+    out=st.tuples(st.integers(1, 30), st.integers(0, 300)),
+    seed=st.integers(0, 10_000),
+    seqs=st.integers(1, 48),
+    chunk=st.integers(16, 400),
+    blocks=st.integers(300, 3000),
+    block_size=st.sampled_from([1, 8, 16, 32]),
+    watermark=st.sampled_from([0.0, 0.01, 0.05]),
+    calibration=st.sampled_from(["none", "auto"]),
+    tp=st.sampled_from([1, 2]),
+    replicas=st.integers(1, 3),
+    routing=st.sampled_from(ROUTINGS),
+)
+def test_chunk_runs_equal_stepping_and_reference(n, rate, inp, out, seed, seqs, chunk, blocks, block_size, watermark,
+                                                 calibration, tp, replicas, routing):  # fmt: skip
+    """Chunked prefill of prompts several chunks long (200-5,500 tokens, budgets of 17-448), so
+    that most steps chunk one prompt by the whole budget: runs that arrivals interrupt (idle to
+    hundreds of requests a second), that finishes in the decode set end (short outputs), that
+    meet a pool too small for the next decode step (the fused loop stops: the run steps), on one
+    to three replicas behind every router, tp 1 and 2."""
+    kv = {"num_blocks": blocks, "block_size": block_size, "watermark": watermark}
+    data = _data(uniform_workload(n * replicas, rate * replicas, (inp[0], inp[0] + inp[1]), (out[0], out[0] + out[1])),
+                 seed, seqs, 8192, kv, calibration, tp, "chunked_prefill", seqs + chunk, replicas, routing)  # fmt: skip
+    fused, stepping = run_three(scenario_from_dict(data))
+    assert fused["engine_path"] == fast_path_of(stepping["preemptions"])
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(20, 150),
+    rate=st.floats(20.0, 3000.0),
+    inp=st.tuples(st.integers(1, 400), st.integers(0, 1500)),
+    out=st.tuples(st.integers(1, 20), st.integers(0, 200)),
+    seed=st.integers(0, 10_000),
+    seqs=st.integers(1, 24),
+    tokens=st.integers(256, 4096),
+    blocks=st.integers(100, 1500),
+    block_size=st.sampled_from([1, 16]),
+    watermark=st.sampled_from([0.0, 0.05, 0.3]),
+    policy=st.sampled_from(["continuous", "chunked_prefill"]),
+    replicas=st.integers(1, 3),
+)
+def test_finishes_while_a_queue_waits(n, rate, inp, out, seed, seqs, tokens, blocks, block_size, watermark, policy,
+                                      replicas):  # fmt: skip
+    """Bursts beyond what the batch limit or the pool admits: decode runs end at finishes with a
+    queue waiting, the head admitted at the next step when the finish frees its batch slot or
+    its blocks, else the run goes on (a watermark up to 30%, pools from nearly full, so some runs
+    stop at preemption and step)."""
+    kv = {"num_blocks": blocks, "block_size": block_size, "watermark": watermark}
+    data = _data(uniform_workload(n * replicas, rate, (inp[0], inp[0] + inp[1]), (out[0], out[0] + out[1])), seed, seqs,
+                 tokens, kv, "none", 1, policy, seqs + 256, replicas, "least_outstanding")  # fmt: skip
+    fused, stepping = run_three(scenario_from_dict(data))
+    assert fused["engine_path"] == fast_path_of(stepping["preemptions"])
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_long_chunk_runs(replicas):
+    """Prompts of 3,000-6,000 tokens chunked by the 200 tokens a step left by a decode set, arrivals rare
+    enough for runs of many steps: over a hundred steps are a chunk run's, all equal to the stepping
+    path's and the reference engine's."""
+    data = _data(uniform_workload(80 * replicas, 2.0 * replicas, (3000, 6000), (20, 400)), 4, 16, 8192,
+                 {"num_blocks": 7000}, policy="chunked_prefill", chunk=200, replicas=replicas,
+                 routing="least_outstanding")  # fmt: skip
+    sc = scenario_from_dict(data)
+    fused, _ = run_three(sc)
+    assert fused["engine_path"] == FUSED
+    from simkit.simulate import simulate
+
+    assert full_chunk_runs(simulate(sc).iterations, 200) > 100
+
+
+@pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
+def test_histogram_buffer_flushes_inside_runs(monkeypatch, policy):
+    """A 16-gap buffer: flushes fall inside chunk runs and next to the newcomers' gaps pushed
+    inline (one group joined), at the stepping path's points."""
+    monkeypatch.setattr(TBTHistogram, "BUF", 16)
+    data = _data(uniform_workload(120, 6.0, (300, 2500), (2, 150)), 8, 24, 8192, {"num_blocks": 7000}, policy=policy,
+                 chunk=150)  # fmt: skip
+    fused, _ = run_three(scenario_from_dict(data))
+    assert fused["engine_path"] == FUSED
+
+
+def test_chunk_runs_with_tables_growing(monkeypatch):
+    """Tables not reserved up front: a step priced by ``mixed_step_time`` grows them between the
+    steps of a run, which then reads the new ones (a run ends where the tables it priced with are
+    replaced)."""
+    from simkit.cost.iteration import IterationModel
+
+    monkeypatch.setattr(IterationModel, "reserve", lambda self, n: None)
+    data = _data(uniform_workload(80, 4.0, (200, 3000), (1, 120)), 12, 16, 8192, {"num_blocks": 7000},
+                 policy="chunked_prefill", chunk=300)  # fmt: skip
+    fused, _ = run_three(scenario_from_dict(data), reference=False)
+    assert fused["engine_path"] == FUSED
+
+
+def test_a_chunk_run_meets_a_full_pool(tmp_path):
+    """Eight sequences decoding (one block a token each) while a 3,000-token prompt is chunked
+    101 tokens a step: for pools that admit the prompt with little to spare, the decode set's
+    growth exhausts the pool at some step of the chunk run; the fused loop stops there (the
+    stepping path preempts) and the run is stepped, identical to the stepping path's."""
+    times = np.array([0.0] * 8 + [0.2])
+    inp = np.array([10] * 8 + [3000])
+    out = np.array([300] * 8 + [5])
+    stopped = 0
+    for blocks in range(3300, 3560, 20):
+        data = _data({}, 0, 9, 8192, {"num_blocks": blocks, "block_size": 1, "watermark": 0.0}, policy="chunked_prefill",
+                     chunk=109)  # fmt: skip
+        data["workload"] = native_trace_workload(tmp_path / "pool.csv", times, inp, out)
+        fused, stepping = run_three(scenario_from_dict(data))
+        assert fused["engine_path"] == fast_path_of(stepping["preemptions"])
+        stopped += fused["engine_path"] != FUSED
+    assert stopped >= 5
