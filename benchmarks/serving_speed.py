@@ -18,6 +18,14 @@ and the engine path that ran. By default a case runs ``simulate()`` (no outputs 
 (Parquet tables and all) and ends as a user's run does (no interpreter teardown).
 ``--cold`` points the cost-table cache at an empty folder (a new model or GPU);
 by default the user's cache is used, warmed by a first untimed run of the case.
+
+The eighth round's cases (issue 16, the plans that left the reference engine; compare
+``--engine reference`` with the default on the same tree): ``pp-prefix-swap`` (the Mooncake
+trace with prefix caching and swap preemption on 4 pipelined replicas, PP 2), ``offload-prefix``
+(300 Mooncake requests with prefix caching on an offloaded T4), ``disaggregated-sliding`` (the
+``disaggregated`` case with Llama-3-8B given a 1,024-token sliding window: a model YAML written
+to the temporary folder), ``disaggregated-pp2`` (the ``disaggregated`` case on replicas of PP 2);
+``offload-static`` moved to the fast path too.
 """
 
 from __future__ import annotations
@@ -168,6 +176,32 @@ CASES: dict[str, dict] = {
         },
         "plan": {"batching": {"policy": "static", "max_num_seqs": 32}},
     },
+    # issue 16, eighth round: plans that left the reference engine (see the module docstring)
+    "pp-prefix-swap": {
+        "name": "pp-prefix-swap",
+        "hardware": "dgx-h100",
+        "model": "llama-3.1-8b",
+        "workload": {"trace": {"path": str(TRACES / "mooncake_synthetic_trace.jsonl"), "format": "mooncake"}},
+        "plan": {
+            "batching": {"policy": "chunked_prefill", "chunk_size": 2048, "max_num_seqs": 128},
+            "prefix_cache": {"enabled": True},
+            "kv_cache": {"preemption": "swap"},
+            "parallel": {"replicas": 4, "pp": 2},
+            "routing": "prefix_aware",
+        },
+    },
+    "offload-prefix": {
+        "name": "offload-prefix",
+        "hardware": "gcp-t4-vm",
+        "model": "llama-2-7b",
+        "workload": {"trace": {"path": str(TRACES / "mooncake_synthetic_trace.jsonl"), "format": "mooncake"}, "limit": 300},
+        "plan": {
+            "batching": {"policy": "continuous", "max_num_seqs": 8},
+            "prefix_cache": {"enabled": True, "tiers": ["hbm", "dram"]},
+            "offload": {"weights": {"gpu": 0.5, "cpu": 0.5}, "kv_cache": {"gpu": 1.0}},
+        },
+        "calibration": "none",
+    },
     # disaggregated serving: 1 prefill + 3 decode replicas, the KV handed off over NVLink
     # (workloads/scenarios/disaggregated.yaml's deployment under the Azure conversation lengths)
     "disaggregated": {
@@ -186,6 +220,29 @@ CASES: dict[str, dict] = {
                  "parallel": {"replicas": 4}, "routing": "least_outstanding"},
     },
 }
+CASES["disaggregated-sliding"] = CASES["disaggregated"] | {
+    "name": "disaggregated-sliding", "model": {"catalog": "llama-3-8b", "sliding_window": 1024},
+}
+CASES["disaggregated-pp2"] = CASES["disaggregated"] | {
+    "name": "disaggregated-pp2",
+    "plan": CASES["disaggregated"]["plan"] | {"parallel": {"replicas": 4, "pp": 2}},
+}
+
+
+def _case_data(case: str) -> dict:
+    """``case``'s scenario data; a model given as ``{"catalog": NAME, "sliding_window": N}`` is
+    the catalog model with that window, written as a model YAML to the temporary folder."""
+    data = dict(CASES[case])
+    model = data["model"]
+    if isinstance(model, dict):
+        import yaml
+
+        spec = yaml.safe_load((ROOT / "workloads" / "models" / f"{model['catalog']}.yaml").read_text())
+        spec.update({"name": f"{model['catalog']}-sw{model['sliding_window']}", "sliding_window": model["sliding_window"]})
+        path = Path(tempfile.gettempdir()) / f"simkit-bench-{spec['name']}.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        data["model"] = str(path)
+    return data
 
 
 def _child(case: str) -> None:
@@ -195,7 +252,7 @@ def _child(case: str) -> None:
 
     import_s = time.perf_counter() - t0
     big = case == "synthetic-1m"
-    data = dict(CASES[case])
+    data = _case_data(case)
     if len(sys.argv) > 3:
         data["calibration"] = sys.argv[3]
     res = simulate(scenario_from_dict(data), record_iterations=not big, engine=os.environ.get("SIMKIT_BENCH_ENGINE", "auto"))
@@ -244,7 +301,7 @@ def _run_cli(case: str, env: dict[str, str], warm: bool) -> tuple[float, float, 
 
     with tempfile.TemporaryDirectory() as tmp:
         scenario = Path(tmp) / f"{case}.yaml"
-        scenario.write_text(yaml.safe_dump(CASES[case], sort_keys=False))
+        scenario.write_text(yaml.safe_dump(_case_data(case), sort_keys=False))
         out = Path(tmp) / "out"
         cmd = [sys.executable, "-m", "simkit.cli", "run", str(scenario), "--out", str(out)]
         if env.get("SIMKIT_BENCH_ENGINE", "auto") != "auto":

@@ -40,7 +40,7 @@ from simkit.engine.pipeline_fast import closed_form_reason as pipeline_reason
 from simkit.engine.replica import Replica
 from simkit.engine.resources import Link
 from simkit.errors import CapacityError, ScenarioError, SimkitError
-from simkit.policies.batching import build_policy
+from simkit.policies.batching import StaticOptions, build_policy
 from simkit.policies.offload import (
     OffloadLayout,
     build_offload_layout,
@@ -49,7 +49,7 @@ from simkit.policies.offload import (
 )
 from simkit.policies.parallel import Layout, check_parallel, expert_group_shares
 from simkit.policies.routing import ROUTING_POLICIES
-from simkit.scenario import Scenario, apply_overrides, scenario_from_dict
+from simkit.scenario import BatchingOptions, Plan, Scenario, apply_overrides, scenario_from_dict
 from simkit.specs.calibration import NO_HOST_OVERHEAD, HostOverhead
 from simkit.specs.catalog import load_model
 from simkit.specs.hardware import DTYPE_FALLBACK, GPUSpec
@@ -749,12 +749,11 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
         )
         closed = off_why is None
     slow_reason = "requested" if engine == "reference" else fast_path_reason(
-        policy_name, pc.enabled, plan.kv_cache.preemption,
-        plan.execution.mode == "layer_by_layer", off_layout is not None and off_layout.spill_after is not None, trace,
-        model.sliding_window is not None, off_layout is not None or par.pp > 1,
+        policy_name, plan.execution.mode == "layer_by_layer", off_layout is not None and off_layout.spill_after is not None, trace,
+        model.sliding_window is not None, par.pp > 1, off_layout is not None,
     )
     if slow_reason is None and off_layout is not None:
-        slow_reason = fast_offload_reason(closed, plan.offload.gpu_batch_size, bat.max_num_seqs)  # type: ignore[union-attr]
+        slow_reason = fast_offload_reason(off_why, plan.offload.gpu_batch_size, _step_seqs(plan))
     engine_cls: type[Engine] = Engine if slow_reason else OffloadFastEngine if off_layout is not None else FastEngine
     engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
     # the fused loop keeps no prefix cache, swaps nothing and caps no sequence's KV (sliding
@@ -772,11 +771,27 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
             engine_path += f", event by event for steps of more sequences than gpu_batch_size ({gbs})"
     pipe = False
     if stage_costs is not None:
-        why = "requested" if engine == "reference" else pipeline_reason(trace, pc.enabled, plan.kv_cache.preemption)
+        why = "requested" if engine == "reference" else pipeline_reason(
+            trace, pc.enabled, plan.kv_cache.preemption, issubclass(engine_cls, FastEngine))
         pipe = why is None
         engine_path += "; pipeline stages in closed form" if pipe else f"; pipeline stages event by event ({why})"
     return Deployment(scenario, sc, model, prec, use_cpu, groups, off_layout, off_mem, stage_costs, cpu_cost, reqs, adm,
                       group_shares, cross_tp, engine_cls, engine_path, warn, closed, pipe, fused)
+
+
+def _static_options(plan: Plan) -> BatchingOptions:
+    """``plan.batching``, with an offloaded static plan's default batch (``gpu_batch_size`` x
+    ``num_gpu_batches``) filled in: the options its policy is built with."""
+    bat, off = plan.batching, plan.offload
+    if not off.is_trivial and bat.policy == "static" and bat.batch_size is None and off.gpu_batch_size:
+        return bat.model_copy(update={"batch_size": off.gpu_batch_size * off.num_gpu_batches})
+    return bat
+
+
+def _step_seqs(plan: Plan) -> int:
+    """The most sequences one step of ``plan`` holds: a static batch's size, else ``max_num_seqs``."""
+    opts = _static_options(plan)
+    return (opts.batch_size or opts.max_num_seqs) if isinstance(opts, StaticOptions) else opts.max_num_seqs
 
 
 def without_pipeline_closed_form(dep: Deployment, conflict: PipelineConflict) -> Deployment:
@@ -804,7 +819,6 @@ def build_replicas(dep: Deployment, cluster: Cluster) -> list[OffloadExecutor]:
     disagg = policy_name == "disaggregated"
     hash_tokens = dep.reqs.prefix_block_tokens
     off_layout, off_mem, stage_costs, cpu_cost = dep.off_layout, dep.off_mem, dep.stage_costs, dep.cpu_cost
-    offloaded = not plan.offload.is_trivial
     cpu_stream = simpy.Resource(env, capacity=1) if cpu_cost is not None else None
     n_rep = dep.n_rep
     rep_group = dep.rep_group
@@ -871,10 +885,7 @@ def build_replicas(dep: Deployment, cluster: Cluster) -> list[OffloadExecutor]:
             executors.append(executor)
         engines = par.pp if stages is not None else 1
         for v in range(engines):
-            opts = bat
-            if offloaded and bat.policy == "static" and bat.batch_size is None and plan.offload.gpu_batch_size:
-                opts = bat.model_copy(update={"batch_size": plan.offload.gpu_batch_size * plan.offload.num_gpu_batches})
-            policy = build_policy(opts, role)
+            policy = build_policy(_static_options(plan), role)
             cls = dep.engine_cls
             if pipe is not None:
                 cls = PipelineFastEngine if issubclass(cls, FastEngine) else PipelineEngine

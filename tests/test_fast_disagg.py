@@ -6,7 +6,6 @@ preempt, swaps, a prefix cache on the prefill side), and the plans that still fa
 import os
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +13,6 @@ from simkit.engine.fast import FastEngine
 from simkit.scenario import load_scenario, scenario_from_dict
 from simkit.simulate import simulate
 from tests.conftest import assert_same_outputs, make_scenario, uniform_workload
-from tests.test_prefix_fast import _sw_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,24 +123,14 @@ def test_slow_contended_link_cuts_decode_runs_and_requests_join_behind_their_blo
     assert preempted > 0
 
 
-@pytest.mark.parametrize(
-    ("change", "reason"),
-    [
-        ({"parallel": {"replicas": 2, "pp": 2}}, "disaggregated serving on pipelined or offloaded replicas"),
-        ({"model": "sliding-window"}, "disaggregated serving of a sliding-window model"),
-    ],
-)
-def test_uncovered_disaggregated_plans_fall_back_and_say_so(tmp_path, change, reason):
+def test_uncovered_disaggregated_plans_fall_back_and_say_so():
+    """(Sliding-window models and pipelined or offloaded replicas are on the fast path:
+    tests/test_fast_cover.py.)"""
     data = make_scenario(workload=uniform_workload(40, 30.0, (32, 600), (2, 80)))
     data["plan"].update({"batching": {"policy": "disaggregated", "prefill_replicas": 1, "kv_transfer_link": "nvlink"},
-                         "parallel": {"replicas": 2}})  # fmt: skip
-    if change.get("model"):
-        data["model"] = _sw_model(tmp_path, 512)
-    else:
-        data["plan"].update(change)
+                         "parallel": {"replicas": 2}, "execution": {"mode": "layer_by_layer"}})  # fmt: skip
     sc = scenario_from_dict(data)
     ref = simulate(sc, engine="reference")
     fast = simulate(sc)
     assert_same_outputs(ref, fast)
-    # (a pipelined plan adds how its stages ran)
-    assert fast.summary["engine_path"].startswith(f"reference ({reason})")
+    assert fast.summary["engine_path"] == "reference (layer-by-layer execution)"

@@ -101,11 +101,12 @@ def test_fixed_batch_and_a_pool_that_refuses_some():
     assert ref["requests_rejected"] > 0 and ref["requests_completed"] > 0
 
 
-def test_pipelined_static_plans_fall_back_and_say_so():
+def test_pipelined_static_plans_run_the_fast_engine():
+    """(Random pipelined static plans: tests/test_pipeline_fast.py.)"""
     data = make_scenario(workload=uniform_workload(40, 30.0, (32, 600), (2, 80)))
     data["plan"].update({"batching": {"policy": "static", "max_num_seqs": 8}, "parallel": {"pp": 2}})
     sc = scenario_from_dict(data)
     ref = simulate(sc, engine="reference")
     fast = simulate(sc)
     assert_same_outputs(ref, fast)
-    assert fast.summary["engine_path"].startswith("reference (batching policy static)")
+    assert fast.summary["engine_path"] == "fast; pipeline stages in closed form"

@@ -44,7 +44,7 @@ def test_shipped_offload_scenario_is_closed_form_and_identical():
     sc = load_scenario("workloads/scenarios/opt175b-t4-offload.yaml")
     ref = simulate(sc, engine="reference")
     got = simulate(sc)
-    assert got.summary["engine_path"] == "reference (batching policy static); offloaded steps in closed form"
+    assert got.summary["engine_path"] == "fast; offloaded steps in closed form"
     assert ref.summary["engine_path"].endswith("offloaded steps event by event (requested)")
     assert_same_outputs(ref, got)
 

@@ -2,8 +2,8 @@
 per-request times, iteration rows, link busy periods and the whole summary equal bit for bit on
 random pipelined plans, including the runs where a micro-batch overtakes another (repeated
 event by event). Continuous and chunked batching with recompute preemption run the fast
-engine's running totals (``PipelineFastEngine``), the other plans the reference engine's
-arrays (``PipelineEngine``)."""
+engine's running totals (``PipelineFastEngine``), as static batching does since the eighth
+round (tests/test_fast_cover.py); the reference engine's plans its arrays (``PipelineEngine``)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from simkit.scenario import scenario_from_dict
 from simkit.simulate import simulate
 from tests.conftest import assert_same_outputs, make_scenario
+from tests.test_prefix_fast import _sw_model
 
 _PATH = "fast; pipeline stages"
 _REPEATED = "reference (pipeline parallelism); pipeline stages event by event (replica 0 at t="
@@ -102,12 +103,16 @@ def test_disaggregated_pipelines_identical(kv_link: str):
         ({"kv_cache": {"preemption": "swap"}}, "swap preemption waits for KV transfers"),
     ],
 )
-def test_fallbacks_say_why(over: dict, reason: str):
+def test_fallbacks_say_why(tmp_path, over: dict, reason: str):
+    """The reference engine's pipelined replicas (here a sliding-window model's) run the stages
+    event by event with a prefix cache or swaps (the fast engine's run them in closed form:
+    tests/test_fast_cover.py)."""
     data = _sc("dgx-h100", 2, 1, None, {"policy": "continuous", "max_num_seqs": 8}, {"process": "all_at_once"}, 6,
                (32, 64), (2, 6))
+    data["model"] = _sw_model(tmp_path, 512)
     data["plan"].update(over)
     ref, got = _pair(data)
-    assert got.summary["engine_path"].endswith(f"pipeline stages event by event ({reason})")
+    assert got.summary["engine_path"] == f"reference (sliding-window model); pipeline stages event by event ({reason})"
     assert_same_outputs(ref, got)
 
 
@@ -165,11 +170,8 @@ def _plans(draw: st.DrawFn) -> dict:
 def test_random_pipelined_plans_identical(data: dict):
     ref, got = _pair(data)
     path = got.summary["engine_path"]
-    if data["plan"]["batching"]["policy"] == "static":
-        assert path.startswith("reference (batching policy static); pipeline stages "), path
-    else:
-        # a conflict names the replica it happened on: any of the plan's replicas
-        replicas = data["plan"]["parallel"].get("replicas", 1)
-        repeated = [_REPEATED.replace("replica 0 ", f"replica {r} ") for r in range(replicas)]
-        assert path == f"{_PATH} in closed form" or path.startswith(tuple(repeated)), path
+    # a conflict names the replica it happened on: any of the plan's replicas
+    replicas = data["plan"]["parallel"].get("replicas", 1)
+    repeated = [_REPEATED.replace("replica 0 ", f"replica {r} ") for r in range(replicas)]
+    assert path == f"{_PATH} in closed form" or path.startswith(tuple(repeated)), path
     assert_same_outputs(ref, got)

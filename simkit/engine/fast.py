@@ -50,18 +50,25 @@ Everything else is the reference engine's own code (the policies, the event loop
 the cost model calls with the same arguments), so per-request times are bit-for-bit those of
 :class:`Engine`; ``tests/test_fast_engine.py`` checks that on random scenarios. Plans the fast
 path does not cover run on the reference engine, and ``summary.json`` says which path ran and
-why (``engine_path``). Covered: ``continuous`` and ``chunked_prefill`` batching, any number of
-replicas and any routing, recompute preemption; prefix caching, swap preemption and
-sliding-window models on replicas that are neither pipelined nor offloaded; ``static`` batching
-on such replicas (the policy's ``fast_step``; a decode run is not cut at an arrival, which waits
-for the batch, as in the reference); disaggregated serving on such replicas, for models without
-a sliding window (below); pipeline parallelism
-with the stages in closed form (``PipelineFastEngine``, engine/pipeline_fast.py) and offloaded
-plans whose steps run in closed form as one GPU batch (``OffloadFastEngine``,
-engine/fast_offload.py). Not covered (reference engine): static batching or disaggregated
-serving on pipelined or offloaded replicas, disaggregated serving of a sliding-window model,
-KV spill, other offloaded plans, layer-by-layer execution, Chrome traces, and prefix caching,
-swaps or sliding windows on pipelined or offloaded replicas.
+why (``engine_path``). Covered: ``continuous``, ``chunked_prefill`` and ``static`` batching
+and disaggregated serving, any number of replicas and any routing, recompute and swap
+preemption, prefix caching (``static``: the policy's ``fast_step``; a decode run is not cut at
+an arrival, which waits for the batch, as in the reference); sliding-window models on replicas
+that are neither pipelined nor offloaded, disaggregated serving of them included (below);
+pipeline parallelism with the stages in closed form (``PipelineFastEngine``,
+engine/pipeline_fast.py: a step waits for its prefix fetches and swaps as the reference's does,
+and those cross other links than the stages' activations); offloaded plans whose steps are one
+GPU batch and run in closed form, or event by event only because the replica's own prefix
+fetches, swaps or KV hand-offs may share their links (``OffloadFastEngine``,
+engine/fast_offload.py). Not covered (reference engine): KV spill, layer-by-layer execution,
+Chrome traces, sliding-window models on pipelined or offloaded replicas, offloaded steps of
+several GPU batches or run event by event for another reason, and a pipelined run whose
+micro-batches overtake (repeated with the stages event by event).
+
+Disaggregated serving of a sliding-window model: a request that joins a decode replica behind a
+cut run's blocks (:attr:`FastEngine._late`, below) is allocated on its own up to its last block
+boundary (its window's blocks) and joins the residue buckets only if it has boundaries left
+past the allocation clock.
 
 Disaggregated serving runs in SimPy's loop (the KV hand-off is the cluster's process over the
 replica's :class:`Link`, contended as the reference's, in the same events): a prefill replica's
@@ -148,34 +155,28 @@ def stand_in_step(pq: list[int], kv_pre: list[int], nb: int, dec_sum: int, longe
 
 def fast_path_reason(
     policy: str,
-    prefix_cache: bool,
-    preemption: str,
     layerwise: bool,
     spill: bool,
     trace: bool,
     sliding_window: bool = False,
-    staged: bool = False,
+    pipelined: bool = False,
+    offloaded: bool = False,
 ) -> str | None:
     """None when the fast path covers the plan, else why it runs on the reference engine. A
     pipelined plan it covers runs its stages in closed form (engine/pipeline_fast.py,
     ``PipelineFastEngine``; a run whose micro-batches would overtake is repeated on the
     reference engine with the stages event by event); an offloaded one runs
-    ``OffloadFastEngine`` where ``fast_offload.fast_offload_reason`` also accepts it. Prefix
-    caching, swap preemption and sliding-window models are covered on replicas that are neither
-    pipelined nor offloaded (``staged``: those engines time their stages or steps in closed form,
-    which the links' fetches and swaps rule out). Disaggregated serving is covered on replicas
-    neither pipelined nor offloaded, for models without a sliding window (the prefill and decode
+    ``OffloadFastEngine`` where ``fast_offload.fast_offload_reason`` also accepts it (with a
+    prefix cache or swaps, its steps event by event). Prefix caching and swap preemption are
+    covered on any replica (a pipelined replica's fetches and swaps cross other links than its
+    stages' activations: the stages' closed form holds, and a step waits for its fetches and
+    swaps as the reference's does); sliding-window models on replicas neither pipelined nor
+    offloaded (those engines price their steps on stand-in contexts). Disaggregated serving is covered on replicas neither
+    pipelined nor offloaded, for models without a sliding window (the prefill and decode
     pools' fast engines in SimPy's loop, the KV hand-off on the reference's own link)."""
-    if policy not in ("static", "continuous", "chunked_prefill", "disaggregated") or (policy == "static" and staged):
+    staged = pipelined or offloaded
+    if policy not in ("static", "continuous", "chunked_prefill", "disaggregated"):
         return f"batching policy {policy}"
-    if policy == "disaggregated" and staged:
-        return "disaggregated serving on pipelined or offloaded replicas"
-    if policy == "disaggregated" and sliding_window:
-        return "disaggregated serving of a sliding-window model"
-    if prefix_cache and staged:
-        return "prefix caching"
-    if preemption != "recompute" and staged:
-        return f"{preemption} preemption"
     if layerwise:
         return "layer-by-layer execution"
     if spill:
@@ -227,12 +228,11 @@ class FastEngine(Engine):
         that did not fit for want of blocks."""
         if cfg.spill_after is not None or kv.watermark_blocks < 0:
             raise AssertionError("the fast path has no KV spill or negative watermark")
-        if cfg.role != "both" and cfg.kv_cap_tokens is not None:
-            raise AssertionError("the fast path has no disaggregated serving of a sliding-window model")
         self._late: dict[int, int] = {}
         """Decoding requests whose next block boundary is behind the allocation clock (they joined
         after a decode run was cut short by a KV hand-off, which keeps the blocks allocated for the
-        whole run): request -> that boundary, each allocated on its own until it reaches ``_Xa``."""
+        whole run): request -> that boundary, each allocated on its own until it reaches ``_Xa``
+        (with a KV cap, or until it is past its last boundary: then it has all its blocks)."""
         self._arrival_cut = bool(self.policy.admits_on_arrival)
         """Whether a decode run stops at the step that reaches the next arrival (not static
         batching, whose arrivals wait for the batch: the reference's ``_decode_run``)."""
@@ -286,6 +286,8 @@ class FastEngine(Engine):
             m = self._m[i] = max(self._cap_blocks - blocks - int(t.shared_blocks[i]), 0)
             if m == 0:
                 pass  # holds its window's blocks already: never grows, never counted
+            elif n0 < self._Xa and self._cut:
+                self._late[i] = n0  # joins behind the blocks a cut decode run allocated ahead
             elif n0 <= self._Xa:
                 self._activate_capped(i, n0)
             else:
@@ -336,8 +338,10 @@ class FastEngine(Engine):
         off, d0, _, _, n0, lt, _ = self._info.pop(i)
         clock = self._D
         self._sum_off -= off
-        if self._cap_blocks is not None:
-            m = self._m.pop(i)
+        m = self._m.pop(i) if self._cap_blocks is not None else 0
+        if self._late and i in self._late:
+            del self._late[i]
+        elif self._cap_blocks is not None:
             if m == 0:
                 pass
             elif n0 > self._Xa:
@@ -348,8 +352,6 @@ class FastEngine(Engine):
                     self._cnt[n0 % self.cfg.block_size] -= 1
                     self._n_active -= 1
                     self._caps.remove((last, i))
-        elif self._late and i in self._late:
-            del self._late[i]
         elif n0 <= self._Xa:
             self._cnt[n0 % self.cfg.block_size] -= 1
             self._n_active -= 1
@@ -403,9 +405,23 @@ class FastEngine(Engine):
 
     def _late_growth(self, upto: int) -> int:
         """Blocks the requests behind a cut run's blocks (:attr:`_late`) gain up to clock ``upto``:
-        their boundaries ``b``, ``b + block_size``, ... before it."""
+        their boundaries ``b``, ``b + block_size``, ... before it (with a KV cap, up to their
+        last boundary: :meth:`_last_boundary`)."""
         bs = self.cfg.block_size
-        return sum(-(-(upto - b) // bs) for b in self._late.values() if b < upto)
+        if self._cap_blocks is None:
+            return sum(-(-(upto - b) // bs) for b in self._late.values() if b < upto)
+        g = 0
+        for i, b in self._late.items():
+            if b < upto:
+                k = -(-(upto - b) // bs)
+                most = (self._last_boundary(i) - b) // bs + 1
+                g += k if k < most else most
+        return g
+
+    def _last_boundary(self, i: int) -> int:
+        """With a KV cap: the clock of decoding request ``i``'s last block boundary (where it gains
+        its last block: ``m`` boundaries from its first, ``n0``)."""
+        return self._info[i][4] + (self._m[i] - 1) * self.cfg.block_size
 
     def _late_alloc(self, upto: int) -> None:
         """After allocating up to clock ``upto``: move each request behind a cut run's blocks to
@@ -414,11 +430,21 @@ class FastEngine(Engine):
         bs = self.cfg.block_size
         xa = upto if upto > self._Xa else self._Xa
         late = self._late
+        capped = self._cap_blocks is not None
         for i, b in list(late.items()):
             if b < upto:
                 b += -(-(upto - b) // bs) * bs
                 late[i] = b
-            if b >= xa:
+            if capped:
+                last = self._last_boundary(i)
+                if b > last:
+                    del late[i]  # past its last boundary: it has all its blocks, counted nowhere
+                elif b >= xa:
+                    del late[i]
+                    self._cnt[b % bs] += 1
+                    self._n_active += 1
+                    insort(self._caps, (last, i))
+            elif b >= xa:
                 del late[i]
                 self._cnt[b % bs] += 1
                 self._n_active += 1

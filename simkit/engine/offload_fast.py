@@ -46,6 +46,15 @@ LANE_ORDER: tuple[str, ...] = ("nvme_read", "cxl_read", "d2h", "h2d", "nvme_writ
 direction after its earlier one (its join times are then known)."""
 
 
+PREFIX_ON_LINKS = "prefix caching moves KV over the same links"
+SWAPS_ON_LINKS = "swap preemption moves KV over the same links"
+HANDOFFS_ON_LINKS = "KV hand-offs over the same links"
+"""The reasons :func:`closed_form_reason` gives for the plans whose steps run event by event
+only because other traffic of the replica (its own prefix fetches, demotions or swaps, or
+disaggregated serving's KV hand-offs) may contend for the step's links
+(``fast_offload.fast_offload_reason`` lets the fast engine run those steps)."""
+
+
 def closed_form_reason(
     layout: Placement, cpu_attention: bool, replicas: int, trace: bool, prefix_cache: bool, preemption: str,
     disaggregated: bool, pp: int, overlap: bool, gpu_batches: int,
@@ -62,11 +71,11 @@ def closed_form_reason(
     if any(f > 0 for t, f in layout.act_frac.items() if t != "gpu"):
         return "activations off the GPU"
     if prefix_cache:
-        return "prefix caching moves KV over the same links"
+        return PREFIX_ON_LINKS
     if preemption == "swap":
-        return "swap preemption moves KV over the same links"
+        return SWAPS_ON_LINKS
     if disaggregated:
-        return "KV hand-offs over the same links"
+        return HANDOFFS_ON_LINKS
     if cpu_attention and replicas > 1:
         return "replicas share the host CPU"
     if cpu_attention and layout.pageable_factor < 1.0:

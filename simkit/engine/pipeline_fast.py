@@ -29,10 +29,16 @@ stage's ``mixed_step_time`` is its body and head tables of the batch, its share 
 times one attention term ``max(flops, bytes) + overhead`` and its host time, and that term
 (the stages and the replica share its constants) is computed once, with the same operations in
 the same order, for the stages and for the replica-wide step time the first inter-token gap is
-measured against. Continuous and chunked-prefill plans with recompute preemption run
-:class:`PipelineFastEngine` (the fast engine's running totals, engine/fast.py), the others
-:class:`PipelineEngine` (the reference engine's arrays); a repeated run takes the reference
-engine.
+measured against. Plans on the fast path (continuous, chunked-prefill and static batching,
+disaggregated serving, prefix caching, swap preemption) run :class:`PipelineFastEngine` (the
+fast engine's running totals, engine/fast.py), the others :class:`PipelineEngine` (the
+reference engine's arrays); a repeated run takes the reference engine. Prefix-cache fetches
+and demotions and swaps cross the host and storage links, never a pipeline link, so they leave
+the stages' schedule as it is: :class:`PipelineFastEngine` waits for them where the reference's
+steps do (a step's swaps before it is submitted, its admissions' fetches with its stages), so
+its submissions are at the reference's instants; :class:`PipelineEngine`'s decode iterations
+do not wait for fetches, so a reference-engine plan with a prefix cache or swaps runs its stages
+event by event (:func:`closed_form_reason`).
 """
 
 from __future__ import annotations
@@ -66,15 +72,18 @@ class PipelineConflict(Exception):  # noqa: N818 (a control-flow signal, not an 
         return f"replica {self.replica} at t={self.now:.6g} s: {self.what}; the run was repeated event by event"
 
 
-def closed_form_reason(trace: bool, prefix_cache: bool, preemption: str) -> str | None:
+def closed_form_reason(trace: bool, prefix_cache: bool, preemption: str, fast_engine: bool = False) -> str | None:
     """None when :class:`PipelineSchedule` computes a pipelined plan's stages, else why they run
     event by event (the disaggregated KV hand-off crosses the network or NVLink, never a
-    pipeline link, so it does not matter here)."""
+    pipeline link, so it does not matter here). ``fast_engine``: the replicas run
+    :class:`PipelineFastEngine`, whose steps wait for prefix-cache fetches and swaps as the
+    reference's do (those cross the host and storage links, never a pipeline link, so the
+    stages' schedule is the same); :class:`PipelineEngine` does not wait for them."""
     if trace:
         return "Chrome trace output"
-    if prefix_cache:
+    if prefix_cache and not fast_engine:
         return "prefix-cache fetches overlap the stages"
-    if preemption == "swap":
+    if preemption == "swap" and not fast_engine:
         return "swap preemption waits for KV transfers"
     return None
 
@@ -396,16 +405,30 @@ class PipelineFastEngine(FastEngine):
         fast_step = self.policy.fast_step  # type: ignore[attr-defined]
         pipe = self.pipe
         while True:
-            if not self.running and not self.waiting:
+            if not self.running and not self.waiting and not self.swapped:
                 yield from self._idle_wait()
             pre, q, nb = fast_step(self)
+            if not pre and not nb:
+                if self._reject_never_fitting():
+                    continue
+                if self.pending_fetch or self.pending_swap:
+                    # the reference's wait for the transfers an empty step left in flight
+                    yield simpy.AllOf(env, self.pending_fetch + self.pending_swap)
+                    self.pending_fetch = []
+                    self.pending_swap = []
+                    continue
+                yield from self._idle_wait()
+                continue
+            if self.pending_swap:
+                # the step's swaps run before its forward pass (the reference's wait in its loop)
+                yield simpy.AllOf(env, self.pending_swap)
+                self.pending_swap = []
             start = env._now
             if pre:
                 kv_pre, rows, dec_sum, longest = self._mixed_gather(pre, q, nb)
                 qa, ctx = stand_in_step(q, kv_pre, nb, dec_sum, longest)
-                yield pipe.submit(self, [(qa, ctx, rows)])
-                self._mixed_end(start, pre, q, nb)
-            elif nb:
+                done = pipe.submit(self, [(qa, ctx, rows)])
+            else:
                 # FastEngine._decode_begin of one step: the decode set's context sum and longest
                 # context, its blocks for one more token
                 dec_sum, longest = self._decode_shape(nb)
@@ -414,9 +437,14 @@ class PipelineFastEngine(FastEngine):
                 done = pipe.submit_decode(self, nb, dec_sum, longest)
                 first = pipe.decode_first(self, nb, dec_sum, longest)
                 self._run = (nb, 1, None, first)
-                yield done
-                self._decode_end(start, first)
+            if self.pending_fetch:
+                # the stages overlap the prefix fetches the step's admissions started (the
+                # reference's ``_wait_fetch``: the same events in the same order)
+                pending, self.pending_fetch = self.pending_fetch, []
+                yield simpy.AllOf(env, [done, *pending])
             else:
-                if self._reject_never_fitting():
-                    continue
-                yield from self._idle_wait()
+                yield done
+            if pre:
+                self._mixed_end(start, pre, q, nb)
+            else:
+                self._decode_end(start, first)
