@@ -784,6 +784,16 @@ class FastEngine(Engine):
         return np.fromiter((e[0] for e in self._info.values()), dtype=np.int64, count=len(self._info)) + self._D
 
     # ---- the loop ----------------------------------------------------------------------------
+    def _wait_empty_step(self):  # type: ignore[no-untyped-def]
+        """What an empty step waits for (the reference's loop does the same): the prefix fetches
+        and swaps a decision left in flight, else something to arrive or finish elsewhere."""
+        if self.pending_fetch or self.pending_swap:
+            yield simpy.AllOf(self.env, self.pending_fetch + self.pending_swap)
+            self.pending_fetch = []
+            self.pending_swap = []
+        else:
+            yield from self._idle_wait()
+
     def _loop(self):  # type: ignore[no-untyped-def]
         """The reference's loop (:meth:`Engine._loop`) with the policy's ``fast_step`` hook
         (plain values, no :class:`Step`) and the step's work in plain calls around the one
@@ -805,13 +815,7 @@ class FastEngine(Engine):
             if not pre and not nb:
                 if self._reject_never_fitting():
                     continue
-                if self.pending_fetch or self.pending_swap:
-                    yield simpy.AllOf(env, self.pending_fetch + self.pending_swap)
-                    self.pending_fetch = []
-                    self.pending_swap = []
-                    continue
-                # waiting for something to arrive or finish elsewhere
-                yield from self._idle_wait()
+                yield from self._wait_empty_step()
                 continue
             if self.pending_swap:
                 # the step's swaps run before its forward pass, on the same stream (the step is

@@ -66,12 +66,7 @@ class OffloadFastEngine(FastEngine):
             if not pre and not nb:
                 if self._reject_never_fitting():
                     continue
-                if self.pending_fetch or self.pending_swap:
-                    yield simpy.AllOf(env, self.pending_fetch + self.pending_swap)
-                    self.pending_fetch = []
-                    self.pending_swap = []
-                    continue
-                yield from self._idle_wait()
+                yield from self._wait_empty_step()
                 continue
             if self.pending_swap:
                 yield simpy.AllOf(env, self.pending_swap)

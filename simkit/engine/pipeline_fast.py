@@ -411,13 +411,7 @@ class PipelineFastEngine(FastEngine):
             if not pre and not nb:
                 if self._reject_never_fitting():
                     continue
-                if self.pending_fetch or self.pending_swap:
-                    # the reference's wait for the transfers an empty step left in flight
-                    yield simpy.AllOf(env, self.pending_fetch + self.pending_swap)
-                    self.pending_fetch = []
-                    self.pending_swap = []
-                    continue
-                yield from self._idle_wait()
+                yield from self._wait_empty_step()
                 continue
             if self.pending_swap:
                 # the step's swaps run before its forward pass (the reference's wait in its loop)
