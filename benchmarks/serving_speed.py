@@ -177,19 +177,6 @@ CASES: dict[str, dict] = {
         "plan": {"batching": {"policy": "static", "max_num_seqs": 32}},
     },
     # issue 16, eighth round: plans that left the reference engine (see the module docstring)
-    "pp-prefix-swap": {
-        "name": "pp-prefix-swap",
-        "hardware": "dgx-h100",
-        "model": "llama-3.1-8b",
-        "workload": {"trace": {"path": str(TRACES / "mooncake_synthetic_trace.jsonl"), "format": "mooncake"}},
-        "plan": {
-            "batching": {"policy": "chunked_prefill", "chunk_size": 2048, "max_num_seqs": 128},
-            "prefix_cache": {"enabled": True},
-            "kv_cache": {"preemption": "swap"},
-            "parallel": {"replicas": 4, "pp": 2},
-            "routing": "prefix_aware",
-        },
-    },
     "offload-prefix": {
         "name": "offload-prefix",
         "hardware": "gcp-t4-vm",
@@ -219,6 +206,10 @@ CASES: dict[str, dict] = {
                               "max_num_seqs": 128, "max_num_batched_tokens": 8192},
                  "parallel": {"replicas": 4}, "routing": "least_outstanding"},
     },
+}
+CASES["pp-prefix-swap"] = CASES["mooncake-prefix"] | {
+    "name": "pp-prefix-swap",
+    "plan": CASES["mooncake-prefix"]["plan"] | {"kv_cache": {"preemption": "swap"}, "parallel": {"replicas": 4, "pp": 2}},
 }
 CASES["disaggregated-sliding"] = CASES["disaggregated"] | {
     "name": "disaggregated-sliding", "model": {"catalog": "llama-3-8b", "sliding_window": 1024},
