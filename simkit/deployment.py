@@ -30,7 +30,7 @@ from simkit.cost.profile import Profile
 from simkit.engine.cluster import Admission, Cluster, HandOff
 from simkit.engine.engine import Engine, EngineConfig, Stage
 from simkit.engine.fast import FastEngine, fast_path_reason
-from simkit.engine.fast_offload import OffloadFastEngine, fast_offload_reason
+from simkit.engine.fast_offload import OffloadFastEngine
 from simkit.engine.kvcache import KVBlockManager, PrefixCache, watermark_blocks
 from simkit.engine.lean import fused_loop_reason
 from simkit.engine.offload import OffloadExecutor
@@ -749,11 +749,8 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
         )
         closed = off_why is None
     slow_reason = "requested" if engine == "reference" else fast_path_reason(
-        policy_name, plan.execution.mode == "layer_by_layer", off_layout is not None and off_layout.spill_after is not None, trace,
-        model.sliding_window is not None, par.pp > 1, off_layout is not None,
+        policy_name, plan.execution.mode == "layer_by_layer", trace, model.sliding_window is not None, par.pp > 1,
     )
-    if slow_reason is None and off_layout is not None:
-        slow_reason = fast_offload_reason(off_why, plan.offload.gpu_batch_size, _step_seqs(plan))
     engine_cls: type[Engine] = Engine if slow_reason else OffloadFastEngine if off_layout is not None else FastEngine
     engine_path = f"reference ({slow_reason})" if slow_reason else "fast"
     # the fused loop keeps no prefix cache, swaps nothing and caps no sequence's KV (sliding
@@ -786,12 +783,6 @@ def _static_options(plan: Plan) -> BatchingOptions:
     if not off.is_trivial and bat.policy == "static" and bat.batch_size is None and off.gpu_batch_size:
         return bat.model_copy(update={"batch_size": off.gpu_batch_size * off.num_gpu_batches})
     return bat
-
-
-def _step_seqs(plan: Plan) -> int:
-    """The most sequences one step of ``plan`` holds: a static batch's size, else ``max_num_seqs``."""
-    opts = _static_options(plan)
-    return (opts.batch_size or opts.max_num_seqs) if isinstance(opts, StaticOptions) else opts.max_num_seqs
 
 
 def without_pipeline_closed_form(dep: Deployment, conflict: PipelineConflict) -> Deployment:

@@ -314,17 +314,16 @@ def test_offloaded_prefix_fetches_and_swaps_exactly(tmp_path, tiers):
     assert s["preemptions"] > s["swaps"] > 0  # swapped, and recomputed where a request shared prefix blocks
 
 
-def test_several_gpu_batches_still_fall_back():
+def test_several_gpu_batches_with_swaps_on_the_fast_engine():
     """A step of more sequences than gpu_batch_size splits them into GPU batches (the reference's
-    per-batch contexts): with swaps it stays on the reference engine, and says so."""
+    per-batch contexts: the fast engine hands the executor the real ones, in the reference's
+    order): with swaps, the steps event by event on the fast engine."""
     off = {"hardware": "gcp-t4-vm", "weights": {"gpu": 0.5, "cpu": 0.5}, "gpu_batch_size": 2}
     data = _offloaded_scenario(off, uniform_workload(8, 20.0, (32, 128), (2, 8)), {"policy": "continuous", "max_num_seqs": 4},
                                1, {"preemption": "swap"}, None)  # fmt: skip
     ref = simulate(scenario_from_dict(data), engine="reference")
     got = simulate(scenario_from_dict(data))
-    assert got.summary["engine_path"] == (
-        f"reference (offloading with several GPU batches per step); offloaded steps event by event ({SWAPS_ON_LINKS})"
-    )
+    assert got.summary["engine_path"] == f"fast; offloaded steps event by event ({SWAPS_ON_LINKS})"
     assert_same_outputs(ref, got)
 
 
@@ -468,7 +467,7 @@ def test_static_offloaded_replicas_equal_reference(data, replicas, batch, n, rat
         return
     got = simulate(scenario_from_dict(sc))
     path = got.summary["engine_path"]
-    assert path.startswith(("fast; offloaded steps in closed form", "reference (offloading); offloaded steps event by event (")) \
+    assert path.startswith(("fast; offloaded steps in closed form", "fast; offloaded steps event by event (")) \
         or "offload" not in path, path  # fmt: skip
     assert_same_outputs(ref, got)
 

@@ -64,13 +64,13 @@ def test_fallbacks_say_why(offload: dict, reason: str):
     assert_same_outputs(ref, got)
 
 
-def test_shipped_kv_spill_scenario_is_closed_form_and_identical():
+def test_shipped_kv_spill_scenario_is_fast_closed_form_and_identical():
     from simkit.scenario import load_scenario
 
     sc = load_scenario("workloads/scenarios/cxl-long-context.yaml", {"workload.synthetic.num_requests": 6})
     ref = simulate(sc, engine="reference")
     got = simulate(sc)
-    assert got.summary["engine_path"] == "reference (KV spill); offloaded steps in closed form"
+    assert got.summary["engine_path"] == "fast; offloaded steps in closed form"
     assert_same_outputs(ref, got)
 
 
@@ -78,14 +78,14 @@ def test_several_gpu_batches_with_prefetch_run_event_by_event_and_match():
     # FlexGen's zig-zag block schedule is not in closed form: those steps take the event path
     off = {"weights": {"gpu": 0.0, "cpu": 1.0}, "kv_cache": {"gpu": 0.0, "cpu": 1.0}, "gpu_batch_size": 2, "num_gpu_batches": 2}
     ref, got = _pair(_sc(off, "gcp-t4-vm", 4, 64, 4, {"policy": "static"}))
-    assert got.summary["engine_path"].endswith(
-        "offloaded steps event by event (several GPU batches per layer: FlexGen's zig-zag block schedule)"
+    assert got.summary["engine_path"] == (
+        "fast; offloaded steps event by event (several GPU batches per layer: FlexGen's zig-zag block schedule)"
     )
     assert_same_outputs(ref, got)
     # serving with a GPU batch smaller than the batch: the larger steps run event by event
     off = {"weights": {"gpu": 0.5, "cpu": 0.5}, "gpu_batch_size": 2}
     ref, got = _pair(_sc(off, "gcp-t4-vm", 6, 64, 4, {"policy": "continuous", "max_num_seqs": 4}, rate=50.0))
-    assert got.summary["engine_path"].endswith("offloaded steps in closed form, event by event for steps of more sequences than gpu_batch_size (2)")
+    assert got.summary["engine_path"] == "fast; offloaded steps in closed form, event by event for steps of more sequences than gpu_batch_size (2)"
     assert_same_outputs(ref, got)
 
 
@@ -172,7 +172,7 @@ def test_several_replicas(cpu_attention: bool, closed: bool):
     data["plan"]["parallel"] = {"replicas": 3}
     data["plan"]["routing"] = "round_robin"  # identical replicas: steps that end at the same instants
     ref, got = _pair(data)
-    want = "fast; offloaded steps in closed form" if closed else "reference (offloading); offloaded steps event by event (replicas share the host CPU)"
+    want = "fast; offloaded steps in closed form" if closed else "fast; offloaded steps event by event (replicas share the host CPU)"
     assert got.summary["engine_path"] == want
     assert_same_outputs(ref, got)
 

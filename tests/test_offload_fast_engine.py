@@ -60,11 +60,11 @@ def test_several_replicas_kv_and_weights_streamed_identical():
 @pytest.mark.parametrize(
     ("extra", "path"),
     [
-        ({"gpu_batch_size": 2}, "reference (offloading with several GPU batches per step); offloaded steps in closed form"),
-        ({"activations": {"gpu": 0.5, "cpu": 0.5}}, "reference (offloading); offloaded steps event by event (activations off the GPU)"),
+        ({"gpu_batch_size": 2}, "fast; offloaded steps in closed form, event by event for steps of more sequences than gpu_batch_size (2)"),
+        ({"activations": {"gpu": 0.5, "cpu": 0.5}}, "fast; offloaded steps event by event (activations off the GPU)"),
     ],
 )
-def test_fallbacks_say_why(extra: dict, path: str):
+def test_event_path_plans_on_the_fast_engine_say_why(extra: dict, path: str):
     off = {"weights": {"gpu": 0.5, "cpu": 0.5}} | extra
     ref, got = _pair(_sc(off, {"policy": "continuous", "max_num_seqs": 4}, 8, 20.0, (32, 128), (2, 8)))
     assert got.summary["engine_path"].startswith(path)
@@ -116,7 +116,7 @@ def test_random_offloaded_serving_identical(data: dict):
     if "offloaded steps in closed form" in path:
         assert path.startswith(_FAST), path
     elif "offloaded steps" in path:
-        assert path.startswith("reference (offloading); offloaded steps event by event ("), path
+        assert path.startswith("fast; offloaded steps event by event ("), path
     else:  # everything on the GPU: not an offloaded plan
         assert "offload" not in path, path
     assert_same_outputs(ref, got)

@@ -156,34 +156,29 @@ def stand_in_step(pq: list[int], kv_pre: list[int], nb: int, dec_sum: int, longe
 def fast_path_reason(
     policy: str,
     layerwise: bool,
-    spill: bool,
     trace: bool,
     sliding_window: bool = False,
     pipelined: bool = False,
-    offloaded: bool = False,
 ) -> str | None:
     """None when the fast path covers the plan, else why it runs on the reference engine. A
     pipelined plan it covers runs its stages in closed form (engine/pipeline_fast.py,
     ``PipelineFastEngine``; a run whose micro-batches would overtake is repeated on the
     reference engine with the stages event by event); an offloaded one runs
-    ``OffloadFastEngine`` where ``fast_offload.fast_offload_reason`` also accepts it (with a
-    prefix cache or swaps, its steps event by event). Prefix caching and swap preemption are
-    covered on any replica (a pipelined replica's fetches and swaps cross other links than its
-    stages' activations: the stages' closed form holds, and a step waits for its fetches and
-    swaps as the reference's does); sliding-window models on replicas neither pipelined nor
-    offloaded (those engines price their steps on stand-in contexts). Disaggregated serving is covered on replicas neither
-    pipelined nor offloaded, for models without a sliding window (the prefill and decode
-    pools' fast engines in SimPy's loop, the KV hand-off on the reference's own link)."""
-    staged = pipelined or offloaded
+    ``OffloadFastEngine`` (engine/fast_offload.py: its steps in closed form, or event by event
+    through the reference's executor, whatever the reason). Prefix caching and swap preemption
+    are covered on any replica (a pipelined replica's fetches and swaps cross other links than
+    its stages' activations: the stages' closed form holds, and a step waits for its fetches and
+    swaps as the reference's does); sliding-window models on replicas that are not pipelined (a
+    pipelined step is priced on stand-in contexts; an offloaded one on the real contexts where
+    the window needs them). Disaggregated serving is covered on any replica (the prefill and
+    decode pools' fast engines in SimPy's loop, the KV hand-off on the reference's own link)."""
     if policy not in ("static", "continuous", "chunked_prefill", "disaggregated"):
         return f"batching policy {policy}"
     if layerwise:
         return "layer-by-layer execution"
-    if spill:
-        return "KV spill"
     if trace:
         return "Chrome trace output"
-    if sliding_window and staged:
+    if sliding_window and pipelined:
         return "sliding-window model"
     return None
 
@@ -226,8 +221,8 @@ class FastEngine(Engine):
         self._no_fit: tuple[int, int | None, int] | None = None
         """(request, reserve_tokens, most blocks in use at which it fits) of the last admission
         that did not fit for want of blocks."""
-        if cfg.spill_after is not None or kv.watermark_blocks < 0:
-            raise AssertionError("the fast path has no KV spill or negative watermark")
+        if kv.watermark_blocks < 0:
+            raise AssertionError("the fast path has no negative watermark")
         self._late: dict[int, int] = {}
         """Decoding requests whose next block boundary is behind the allocation clock (they joined
         after a decode run was cut short by a KV hand-off, which keeps the blocks allocated for the
@@ -242,9 +237,14 @@ class FastEngine(Engine):
         """A prefill replica of disaggregated serving: a completed prompt leaves for a decode replica."""
         self._ends: Any = None
         """The running sums of the times of the decode run in progress (to cut it at a hand-off)."""
-        self._cap_blocks = None if cfg.kv_cap_tokens is None else -(-cfg.kv_cap_tokens // bs)
-        """A sliding-window model: the most blocks a sequence holds (its window's, as the
-        reference's ``_growth`` caps the tokens), else None."""
+        caps = [c for c in (cfg.kv_cap_tokens, cfg.spill_after) if c is not None]
+        self._cap_blocks = -(-min(caps) // bs) if caps else None
+        """A sliding-window model or a KV spill tier: the most blocks a sequence holds (its
+        window's, or those of its positions before the spill threshold, as the reference's
+        ``_growth`` caps the tokens; the blocks of the lesser cap), else None."""
+        self._spill = cfg.spill_after is not None
+        """A KV spill tier: admission reserves the positions past the threshold there (the
+        reference's own admission, :meth:`_admit_reference`) and a finishing request frees them."""
         self._window = self.cost.model.sliding_window is not None
         """A sliding-window model: decode attention reads every context (:meth:`_contexts`)."""
         self._m: dict[int, int] = {}
@@ -564,15 +564,16 @@ class FastEngine(Engine):
 
     # ---- overrides of the reference engine ---------------------------------------------------
     def admit(self, i: int, reserve_tokens: int | None = None) -> bool:
-        # The reference's admit without a prefix cache, a spill tier or a KV cap (none is on the
-        # fast path): the request's blocks are those of its tokens, and it fails only on the
+        # The reference's admit without a prefix cache or a spill tier (those take the
+        # reference's own, _admit_reference): the request's blocks are those of its tokens
+        # (capped at a sliding window's), and it fails only on the
         # block count (``kv.can_admit``: free - need < watermark, checked before anything is
         # touched; with a watermark >= 0 it implies ``kv.make_room``, which without a cache only
         # integrates the KV level up to now, as ``kv.alloc`` does at the same instant). A waiting
         # request's need does not change: it fails again while the blocks in use stay above the
         # level at which it would fit, so those checks are skipped.
-        if self._cached:
-            return self._admit_cached(i, reserve_tokens)
+        if self._cached or self._spill:
+            return self._admit_reference(i, reserve_tokens)
         if self._refused_from_memory(i, reserve_tokens):
             return False
         kv = self.kv
@@ -601,9 +602,10 @@ class FastEngine(Engine):
         self._dec_cache = None
         return True
 
-    def _admit_cached(self, i: int, reserve_tokens: int | None) -> bool:
-        """Admission with a prefix cache: the reference's own (its lookups, pins, evictions and
-        demotions, fetches), then the request joins the decode set if its KV is all here."""
+    def _admit_reference(self, i: int, reserve_tokens: int | None) -> bool:
+        """Admission with a prefix cache or a KV spill tier: the reference's own (its lookups,
+        pins, evictions and demotions, fetches; its spill reservation), then the request joins
+        the decode set if its KV is all here."""
         if not Engine.admit(self, i, reserve_tokens):
             return False
         t = self.table
@@ -670,6 +672,7 @@ class FastEngine(Engine):
         # of their sum integrates and peaks the same
         freed = 0
         cache = self.kv.cache
+        spill_held = self.spill_held
         for i in ids:
             run.discard(i)  # type: ignore[attr-defined]
             t.finish[i] = now
@@ -681,6 +684,9 @@ class FastEngine(Engine):
                 for h in self.shared.pop(i, ()):
                     cache.unpin(h)
                 t.shared_blocks[i] = 0
+            if spill_held:
+                # and free its spill reservation (the same subtractions in the same order)
+                self.spill_used -= spill_held.pop(i, 0.0)
         self.outstanding -= len(ids)
         self.kv.release(freed)
 

@@ -1,22 +1,22 @@
 """The fast engine on offloaded plans: :class:`FastEngine`'s decisions and running totals, each
-step timed by the offloaded layer pipeline in closed form (engine/offload_fast.py).
+step timed by the offload executor, in closed form (engine/offload_fast.py) or event by event.
 
 An offloaded step runs one iteration (the reference engine's decode runs are one step long
 when a plan is offloaded: transfers contend). :class:`OffloadFastEngine` takes the policy's
 decision through its ``fast_step`` hook, keeps the decode set as running totals, and hands the
 step to the executor as the reference engine does (``Engine._offloaded`` in a SimPy process,
-so the events are the same): with the decoding requests' contexts as stand-ins of the same
-count, sum and maximum (:func:`stand_in_step`), which is all the step's cost reads of them
-(``IterationModel.split_layers``'s attention, the executor's per-GPU-batch attention, KV bytes
-and dequantisation, ``IterationModel.decode_context``) when the step is one GPU batch and no
-KV spills. The deployment uses it where the fast path covers the plan, no step can hold more
-sequences than ``gpu_batch_size`` and the offloaded steps run in closed form, or event by event
-only because other traffic of the replica may use the step's links (its own prefix fetches and
-demotions or swaps, disaggregated serving's KV hand-offs: ``fast_offload_reason``): then each
-step is the executor's event path (:meth:`OffloadExecutor.run_step`, which reads the same
-count, sum and maximum of the contexts through the same cost calls), waiting for the fetches
-and swaps as the reference's steps do;
-elsewhere an offloaded plan runs on the reference engine.
+so the events are the same). The decoding requests' contexts it hands over are stand-ins of
+the same count, sum and maximum (:func:`stand_in_step`), which is all the step's cost reads of
+them (``IterationModel.split_layers``'s attention, the executor's per-GPU-batch attention, KV
+bytes and dequantisation, ``IterationModel.decode_context``) when the step is one GPU batch of a
+model without a sliding window; otherwise (several GPU batches: the executor splits the
+sequences into consecutive GPU batches of ``gpu_batch_size``, each priced on its own contexts;
+a sliding window: each sequence attends at most the window) the real contexts, in the
+reference's order (:meth:`OffloadFastEngine._real_contexts`). The executor is the reference's
+own, so every plan the fast path otherwise covers runs here, whether its steps run in closed
+form or event by event (FlexGen's zig-zag block schedule of several GPU batches, activations off
+the GPU, a host CPU shared by replicas, links shared with the replica's prefix fetches, swaps or
+KV hand-offs), and a step waits for the fetches and swaps as the reference's steps do.
 """
 
 from __future__ import annotations
@@ -25,26 +25,37 @@ import numpy as np
 import simpy
 
 from simkit.engine.fast import FastEngine, stand_in_contexts, stand_in_step
-from simkit.engine.offload_fast import HANDOFFS_ON_LINKS, PREFIX_ON_LINKS, SWAPS_ON_LINKS
-
-
-def fast_offload_reason(event_reason: str | None, gpu_batch_size: int | None, step_seqs: int) -> str | None:
-    """None when :class:`OffloadFastEngine` runs an offloaded plan the fast path otherwise
-    covers, else why the reference engine does. ``event_reason``: why the steps run event by
-    event (``offload_fast.closed_form_reason``; None: in closed form); ``offloading`` where that
-    is anything but other traffic of the replica on the step's links (prefix fetches, swaps, KV
-    hand-offs; the engine path names why the steps run event by event). ``step_seqs``: the
-    most sequences a step holds (``max_num_seqs``, a static batch's size)."""
-    if event_reason is not None and event_reason not in (PREFIX_ON_LINKS, SWAPS_ON_LINKS, HANDOFFS_ON_LINKS):
-        return "offloading"
-    if gpu_batch_size is not None and gpu_batch_size < step_seqs:
-        return "offloading with several GPU batches per step"
-    return None
 
 
 class OffloadFastEngine(FastEngine):
     """A :class:`FastEngine` whose steps run through its offload executor (in closed form, or
-    event by event with a prefix cache, swaps or KV hand-offs: see the module docstring)."""
+    event by event: see the module docstring)."""
+
+    def _init_state(self) -> None:
+        super()._init_state()
+        self._batch_rows: int | None = 0 if self._window or self._spill else self.offload.gpu_batch_size
+        """The most sequences a step may hold to be priced on stand-in contexts (one GPU batch;
+        None: any number); 0 for a sliding-window model (each sequence attends at most the
+        window) or a KV spill tier (each sequence's positions past the threshold are read and
+        written where they live): always the real contexts."""
+
+    def _real_contexts(self) -> np.ndarray:
+        """The decoding requests' contexts in the reference's order: the running set's (admission
+        order, as the reference's ``running`` list and so its ``decode_ready``), those decoding."""
+        info = self._info
+        clock = self._D
+        ctx = np.fromiter((info[i][0] for i in self.running if i in info), dtype=np.int64, count=len(info))
+        ctx += clock
+        return ctx
+
+    def _step_arrays(self, q: np.ndarray, ctx: np.ndarray, nb: int) -> np.ndarray:
+        """``ctx`` (a step's contexts, its ``nb`` decodes' stand-ins last) with the decodes' real
+        contexts where the step's cost reads more of them than their count, sum and maximum."""
+        most = self._batch_rows
+        if nb and most is not None and len(q) > most:
+            ctx = ctx.copy()
+            ctx[len(q) - nb :] = self._real_contexts()
+        return ctx
 
     def _loop(self):  # type: ignore[no-untyped-def]
         """:meth:`FastEngine._loop` with each step (one iteration) timed by the executor, as
@@ -77,6 +88,7 @@ class OffloadFastEngine(FastEngine):
                 if cost.tp > 1:
                     self.stage_comm[0] += cost.comm_time(int(sum(q)) + nb)
                 qa, ctx = stand_in_step(q, kv_pre, nb, dec_sum, longest)
+                ctx = self._step_arrays(qa, ctx, nb)
             else:
                 # FastEngine._decode_begin of one step: the decode set's context sum and longest
                 # context, its blocks for one more token, the replica-wide step time (the first
@@ -85,12 +97,12 @@ class OffloadFastEngine(FastEngine):
                 if self._Xa < self._D + 1:
                     self._alloc_to(self._D + 1)
                 one = cost.decode_step_times(nb, float(dec_sum), 1, float(longest))
-                first = one[1][0] if one is not None else float(cost.decode_steps(nb, float(dec_sum), 1, float(longest))[0])
+                first = one[1][0] if one is not None else float(cost.decode_steps(nb, float(dec_sum), 1, float(longest), self._contexts())[0])
                 if cost.tp > 1:
                     self.stage_comm[0] += cost.comm_time(nb) * 1
                 self._run = (nb, 1, None, first)
                 qa = np.ones(nb, dtype=np.int64)
-                ctx = stand_in_contexts(nb, dec_sum, longest)
+                ctx = self._step_arrays(qa, stand_in_contexts(nb, dec_sum, longest), nb)
                 rows = nb
             busy0 = ex.busy_compute
             compute = env.process(self._offloaded([(qa, ctx, rows)]))

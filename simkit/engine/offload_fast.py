@@ -51,8 +51,7 @@ SWAPS_ON_LINKS = "swap preemption moves KV over the same links"
 HANDOFFS_ON_LINKS = "KV hand-offs over the same links"
 """The reasons :func:`closed_form_reason` gives for the plans whose steps run event by event
 only because other traffic of the replica (its own prefix fetches, demotions or swaps, or
-disaggregated serving's KV hand-offs) may contend for the step's links
-(``fast_offload.fast_offload_reason`` lets the fast engine run those steps)."""
+disaggregated serving's KV hand-offs) may contend for the step's links."""
 
 
 def closed_form_reason(
