@@ -40,7 +40,7 @@ from simkit.engine.pipeline_fast import closed_form_reason as pipeline_reason
 from simkit.engine.replica import Replica
 from simkit.engine.resources import Link
 from simkit.errors import CapacityError, ScenarioError, SimkitError
-from simkit.policies.batching import StaticOptions, build_policy
+from simkit.policies.batching import build_policy
 from simkit.policies.offload import (
     OffloadLayout,
     build_offload_layout,
