@@ -749,7 +749,7 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
         )
         closed = off_why is None
     slow_reason = "requested" if engine == "reference" else fast_path_reason(
-        policy_name, plan.execution.mode == "layer_by_layer", trace, model.sliding_window is not None, par.pp > 1,
+        policy_name, plan.execution.mode == "layer_by_layer", trace,
     )
     engine_cls: type[Engine] = Engine if slow_reason else OffloadFastEngine if off_layout is not None else FastEngine
     engine_path = f"reference ({slow_reason})" if slow_reason else "fast"

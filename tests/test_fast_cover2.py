@@ -2,8 +2,8 @@
 round, against the reference engine (the oracle): offloaded steps of several GPU batches
 (FlexGen-style block schedules, with and without prefetch, and serving steps of more sequences
 than ``gpu_batch_size``), offloaded steps that need their events for another reason (activations
-off the GPU, a host CPU shared by replicas, pageable copies with CPU attention), KV spill and
-sliding-window models on offloaded replicas. Random offload plans of a T4, an A6000
+off the GPU, a host CPU shared by replicas, pageable copies with CPU attention), KV spill, and
+sliding-window models on offloaded and on pipelined replicas. Random offload plans of a T4, an A6000
 workstation and an H100 with CXL (weights, KV and activations split between the GPU and DRAM,
 disk or CXL), GPU batch sizes and counts, prefetch, pinned or pageable copies, CPU attention,
 compression, static, continuous and chunked batching, one or two replicas, random lengths and
@@ -27,6 +27,7 @@ from tests.conftest import assert_same_outputs, make_scenario, uniform_workload
 from tests.test_prefix_fast import _sw_model
 
 _EXAMPLES = int(os.environ.get("SIMKIT_HYPOTHESIS_EXAMPLES", "25"))
+_REPEATED = "reference (pipeline parallelism); pipeline stages event by event (replica "
 _HARDWARE = {
     "gcp-t4-vm": ["cpu", "disk"],
     "lambda-a6000-workstation": ["cpu", "disk"],
@@ -197,6 +198,43 @@ def test_kv_spill_equals_reference(off, after, policy, seqs, n, rate, inp, out, 
     if blocks is not None:
         data["plan"]["kv_cache"] = {"num_blocks": blocks}
     _same_fast(data)
+
+
+@settings(max_examples=_EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
+@given(
+    window=st.sampled_from([64, 200, 1024]),
+    pp=st.integers(2, 4),
+    policy=st.sampled_from(["continuous", "chunked_prefill", "static", "disaggregated"]),
+    seqs=st.integers(1, 16),
+    n=st.integers(2, 30),
+    rate=st.sampled_from([1.0, 20.0, 200.0]),
+    inp=st.integers(8, 1500),
+    out=st.integers(1, 300),
+    blocks=st.sampled_from([None, 200]),
+)
+def test_sliding_window_on_pipelined_replicas_equals_reference(tmp_path, window, pp, policy, seqs, n, rate, inp, out,
+                                                               blocks):  # fmt: skip
+    """A sliding-window model on PP 2-4 replicas (stages in closed form, each priced on the real
+    contexts), under memory pressure, with disaggregated pools of such replicas too."""
+    batching: dict = {"policy": policy, "max_num_seqs": seqs, "max_num_batched_tokens": 4096}
+    if policy == "chunked_prefill":
+        batching["chunk_size"] = 256
+    elif policy == "static":
+        batching = {"policy": "static", "batch_size": seqs}
+    elif policy == "disaggregated":
+        batching["prefill_replicas"] = 1
+    replicas = 2 if policy == "disaggregated" else 1
+    workload = uniform_workload(n, rate, (inp, inp + 600), (out, out + 100))
+    data = make_scenario(hardware="dgx-h100", model=_sw_model(tmp_path, window), workload=workload)
+    data["plan"].update({"batching": batching, "parallel": {"pp": pp, "replicas": replicas}})
+    if blocks is not None:
+        data["plan"]["kv_cache"] = {"num_blocks": blocks}
+    ref = simulate(scenario_from_dict(data), engine="reference")
+    got = simulate(scenario_from_dict(data))
+    path = got.summary["engine_path"]
+    assert path == "fast; pipeline stages in closed form" or path.startswith(_REPEATED), path
+    assert_same_outputs(ref, got)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from simkit.scenario import scenario_from_dict
 from simkit.simulate import simulate
 from tests.conftest import assert_same_outputs, make_scenario
-from tests.test_prefix_fast import _sw_model
 
 _PATH = "fast; pipeline stages"
 _REPEATED = "reference (pipeline parallelism); pipeline stages event by event (replica 0 at t="
@@ -25,8 +24,6 @@ def _pair(data: dict) -> tuple:
     ref = simulate(scenario_from_dict(data), engine="reference")
     got = simulate(scenario_from_dict(data))
     return ref, got
-
-
 
 
 def _sc(
@@ -103,16 +100,16 @@ def test_disaggregated_pipelines_identical(kv_link: str):
         ({"kv_cache": {"preemption": "swap"}}, "swap preemption waits for KV transfers"),
     ],
 )
-def test_fallbacks_say_why(tmp_path, over: dict, reason: str):
-    """The reference engine's pipelined replicas (here a sliding-window model's) run the stages
-    event by event with a prefix cache or swaps (the fast engine's run them in closed form:
-    tests/test_fast_cover.py)."""
+def test_fallbacks_say_why(over: dict, reason: str):
+    """The reference engine's pipelined replicas (here for layer-by-layer execution) run the
+    stages event by event with a prefix cache or swaps (the fast engine's run them in closed
+    form: tests/test_fast_cover.py)."""
     data = _sc("dgx-h100", 2, 1, None, {"policy": "continuous", "max_num_seqs": 8}, {"process": "all_at_once"}, 6,
                (32, 64), (2, 6))
-    data["model"] = _sw_model(tmp_path, 512)
     data["plan"].update(over)
+    data["plan"]["execution"] = {"mode": "layer_by_layer"}
     ref, got = _pair(data)
-    assert got.summary["engine_path"] == f"reference (sliding-window model); pipeline stages event by event ({reason})"
+    assert got.summary["engine_path"] == f"reference (layer-by-layer execution); pipeline stages event by event ({reason})"
     assert_same_outputs(ref, got)
 
 

@@ -153,33 +153,25 @@ def stand_in_step(pq: list[int], kv_pre: list[int], nb: int, dec_sum: int, longe
     return q, ctx
 
 
-def fast_path_reason(
-    policy: str,
-    layerwise: bool,
-    trace: bool,
-    sliding_window: bool = False,
-    pipelined: bool = False,
-) -> str | None:
+def fast_path_reason(policy: str, layerwise: bool, trace: bool) -> str | None:
     """None when the fast path covers the plan, else why it runs on the reference engine. A
     pipelined plan it covers runs its stages in closed form (engine/pipeline_fast.py,
     ``PipelineFastEngine``; a run whose micro-batches would overtake is repeated on the
     reference engine with the stages event by event); an offloaded one runs
     ``OffloadFastEngine`` (engine/fast_offload.py: its steps in closed form, or event by event
-    through the reference's executor, whatever the reason). Prefix caching and swap preemption
-    are covered on any replica (a pipelined replica's fetches and swaps cross other links than
-    its stages' activations: the stages' closed form holds, and a step waits for its fetches and
-    swaps as the reference's does); sliding-window models on replicas that are not pipelined (a
-    pipelined step is priced on stand-in contexts; an offloaded one on the real contexts where
-    the window needs them). Disaggregated serving is covered on any replica (the prefill and
-    decode pools' fast engines in SimPy's loop, the KV hand-off on the reference's own link)."""
+    through the reference's executor, whatever the reason; a KV spill tier too). Prefix caching
+    and swap preemption are covered on any replica (a pipelined replica's fetches and swaps
+    cross other links than its stages' activations: the stages' closed form holds, and a step
+    waits for its fetches and swaps as the reference's does), and so are sliding-window models
+    (priced on the real contexts: each sequence attends at most the window) and disaggregated
+    serving (the prefill and decode pools' fast engines in SimPy's loop, the KV hand-off on the
+    reference's own link)."""
     if policy not in ("static", "continuous", "chunked_prefill", "disaggregated"):
         return f"batching policy {policy}"
     if layerwise:
         return "layer-by-layer execution"
     if trace:
         return "Chrome trace output"
-    if sliding_window and pipelined:
-        return "sliding-window model"
     return None
 
 

@@ -184,20 +184,22 @@ class PipelineSchedule:
             first = False
         return self._done(req)
 
-    def submit_decode(self, eng: Engine, nb: int, dec_sum: int, longest: int) -> simpy.Event:
+    def submit_decode(
+        self, eng: Engine, nb: int, dec_sum: int, longest: int, contexts: np.ndarray | None = None
+    ) -> simpy.Event:
         """:meth:`submit` of one iteration decoding ``nb`` sequences whose contexts (each > 0)
-        sum to ``dec_sum``, the longest being ``longest``; its stage times as
-        :meth:`_decode_times` gives them."""
+        sum to ``dec_sum``, the longest being ``longest`` (a sliding-window model: the
+        ``contexts`` themselves); its stage times as :meth:`_decode_times` gives them."""
         now = self.env._now
-        durs, comms = self._decode_times(eng, nb, dec_sum, longest)
+        durs, comms = self._decode_times(eng, nb, dec_sum, longest, contexts)
         return self._done(self._through(eng, now, now, True, nb, durs, comms))
 
-    def decode_first(self, eng: Engine, nb: int, dec_sum: int, longest: int) -> float:
+    def decode_first(self, eng: Engine, nb: int, dec_sum: int, longest: int, contexts: np.ndarray | None = None) -> float:
         """The replica-wide time of one decode iteration (``eng.cost``'s
-        ``decode_steps(nb, dec_sum, 1, longest)[0]``), which the first inter-token gap of a
-        pipelined decode iteration is measured against; from the iteration's shared attention
-        term where :meth:`_decode_times` has just priced it (bit-identical), else from the
-        cost model."""
+        ``decode_steps(nb, dec_sum, 1, longest, contexts)[0]``; ``contexts``: a sliding-window
+        model's), which the first inter-token gap of a pipelined decode iteration is measured
+        against; from the iteration's shared attention term where :meth:`_decode_times` has
+        just priced it (bit-identical), else from the cost model."""
         got = self._last_decode
         if got is not None and got[0] == nb and got[1] == dec_sum and got[2] == longest:
             return got[3]
@@ -205,7 +207,7 @@ class PipelineSchedule:
         one = cost.decode_step_times(nb, float(dec_sum), 1, float(longest))
         if one is not None:
             return one[1][0]
-        return float(cost.decode_steps(nb, float(dec_sum), 1, float(longest))[0])
+        return float(cost.decode_steps(nb, float(dec_sum), 1, float(longest), contexts)[0])
 
     def _decode_terms(self, eng: Engine, nb: int) -> tuple | None:
         """Per batch size: the decode-attention constants every distinct stage and the replica's
@@ -238,17 +240,21 @@ class PipelineSchedule:
         memo[nb] = got
         return got
 
-    def _decode_times(self, eng: Engine, nb: int, dec_sum: int, longest: int) -> tuple[list[float], list[float]]:
+    def _decode_times(
+        self, eng: Engine, nb: int, dec_sum: int, longest: int, contexts: np.ndarray | None = None
+    ) -> tuple[list[float], list[float]]:
         """Each stage's time and collective seconds for one iteration decoding ``nb`` sequences:
         :meth:`IterationModel.mixed_step_time`'s operations in its order, with the attention
         term ``(max(a, b) + overhead)`` computed once for every stage (the stages and the
         replica share its constants), and the replica-wide time as ``decode_step_times`` forms
-        it (kept for :meth:`decode_first`)."""
+        it (kept for :meth:`decode_first`). ``contexts``: a sliding-window model's (each
+        sequence attends at most the window; no shared scalar terms then), else stand-ins of
+        the same count, sum and maximum are all the stages read."""
         terms = self._decode_terms(eng, nb)
         self._last_decode = None
         if terms is None:
             q = np.ones(nb, dtype=np.int64)
-            ctx = stand_in_contexts(nb, dec_sum, longest)
+            ctx = stand_in_contexts(nb, dec_sum, longest) if contexts is None else contexts
             return self._times(q, ctx, nb, (dec_sum, longest)), self._comms(nb)
         (f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov), stages, comms, fixed, rep_layers = terms
         # _decode_attention1(nb, float(dec_sum + nb), longest + 1.0) up to its factor of layers
@@ -421,6 +427,8 @@ class PipelineFastEngine(FastEngine):
             if pre:
                 kv_pre, rows, dec_sum, longest = self._mixed_gather(pre, q, nb)
                 qa, ctx = stand_in_step(q, kv_pre, nb, dec_sum, longest)
+                if nb and self._window:
+                    ctx[len(q) :] = self._contexts()  # a sliding window: the real contexts
                 done = pipe.submit(self, [(qa, ctx, rows)])
             else:
                 # FastEngine._decode_begin of one step: the decode set's context sum and longest
@@ -428,8 +436,9 @@ class PipelineFastEngine(FastEngine):
                 dec_sum, longest = self._decode_shape(nb)
                 if self._Xa < self._D + 1:
                     self._alloc_to(self._D + 1)
-                done = pipe.submit_decode(self, nb, dec_sum, longest)
-                first = pipe.decode_first(self, nb, dec_sum, longest)
+                ctxs = self._contexts()  # a sliding-window model's, else None
+                done = pipe.submit_decode(self, nb, dec_sum, longest, ctxs)
+                first = pipe.decode_first(self, nb, dec_sum, longest, ctxs)
                 self._run = (nb, 1, None, first)
             if self.pending_fetch:
                 # the stages overlap the prefix fetches the step's admissions started (the
