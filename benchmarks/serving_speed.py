@@ -26,6 +26,14 @@ trace with prefix caching and swap preemption on 4 pipelined replicas, PP 2), ``
 ``disaggregated`` case with Llama-3-8B given a 1,024-token sliding window: a model YAML written
 to the temporary folder), ``disaggregated-pp2`` (the ``disaggregated`` case on replicas of PP 2);
 ``offload-static`` moved to the fast path too.
+
+The ninth round's cases (offloaded plans that left the reference engine; compare
+``--engine reference`` with the default on the same tree): ``offload-flexgen`` (FlexGen's block
+schedule on the T4 VM: OPT-30B, 128 prompts of 256 tokens in 4 GPU batches of 32, weights 10%
+on the GPU and 90% in DRAM, KV in DRAM, CPU attention; the zig-zag steps event by event),
+``offload-gbs`` (``offload-serving`` with GPU batches of 4 sequences and no prefetch: steps of
+up to 16 sequences in closed form) and ``kv-spill`` (workloads/scenarios/cxl-long-context.yaml:
+Llama-3.1-8B, 40 prompts of 16-60k tokens, the KV past 16k tokens spilled to CXL).
 """
 
 from __future__ import annotations
@@ -213,6 +221,36 @@ CASES["pp-prefix-swap"] = CASES["mooncake-prefix"] | {
 }
 CASES["disaggregated-sliding"] = CASES["disaggregated"] | {
     "name": "disaggregated-sliding", "model": {"catalog": "llama-3-8b", "sliding_window": 1024},
+}
+# issue 16, ninth round: offloaded plans that left the reference engine (see the module docstring)
+CASES["offload-flexgen"] = {
+    "name": "offload-flexgen",
+    "hardware": "gcp-t4-vm",
+    "model": "opt-30b",
+    "workload": {"batch": {"num_prompts": 128, "input_tokens": 256, "output_tokens": 32}},
+    "plan": {
+        "batching": {"policy": "static"},
+        "offload": {"weights": {"gpu": 0.1, "cpu": 0.9}, "kv_cache": {"gpu": 0.0, "cpu": 1.0},
+                    "gpu_batch_size": 32, "num_gpu_batches": 4, "cpu_attention": True},
+    },
+    "calibration": "none",
+}
+CASES["offload-gbs"] = CASES["offload-serving"] | {
+    "name": "offload-gbs",
+    "plan": {"batching": {"policy": "continuous", "max_num_seqs": 16},
+             "offload": {"weights": {"gpu": 0.3, "cpu": 0.7}, "kv_cache": {"gpu": 1.0}, "gpu_batch_size": 4,
+                         "overlap": False}},
+}
+CASES["kv-spill"] = {
+    "name": "kv-spill",
+    "hardware": "h100-pcie-cxl-server",
+    "model": "llama-3.1-8b",
+    "workload": {"synthetic": {"num_requests": 40, "arrival": {"process": "poisson", "rate": 0.5},
+                               "lengths": {"input": {"dist": "uniform", "low": 16000, "high": 60000},
+                                           "output": {"dist": "fixed", "value": 128}}}},
+    "plan": {"batching": {"policy": "chunked_prefill", "chunk_size": 4096, "max_num_batched_tokens": 8192,
+                          "max_num_seqs": 32},
+             "offload": {"kv_spill": {"after_tokens": 16384, "tier": "cxl"}}},
 }
 CASES["disaggregated-pp2"] = CASES["disaggregated"] | {
     "name": "disaggregated-pp2",

@@ -34,7 +34,7 @@ from simkit.engine.fast_offload import OffloadFastEngine
 from simkit.engine.kvcache import KVBlockManager, PrefixCache, watermark_blocks
 from simkit.engine.lean import fused_loop_reason
 from simkit.engine.offload import OffloadExecutor
-from simkit.engine.offload_fast import ClosedFormStep, closed_form_reason
+from simkit.engine.offload_fast import ClosedFormStep, blocked_reason, closed_form_reason
 from simkit.engine.pipeline_fast import PipelineConflict, PipelineEngine, PipelineFastEngine, PipelineSchedule
 from simkit.engine.pipeline_fast import closed_form_reason as pipeline_reason
 from simkit.engine.replica import Replica
@@ -763,8 +763,10 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
     if off_layout is not None:
         engine_path += "; offloaded steps in closed form" if closed else f"; offloaded steps event by event ({off_why})"
         gbs = plan.offload.gpu_batch_size
-        if closed and plan.offload.overlap and gbs is not None and not (policy_name == "static" and bat.batch_size is None):
-            # a step of more sequences than a GPU batch runs the zig-zag block schedule
+        if (closed and plan.offload.overlap and gbs is not None and not (policy_name == "static" and bat.batch_size is None)
+                and blocked_reason(off_layout, cpu_cost is not None) is not None):
+            # a step of more sequences than a GPU batch runs the zig-zag block schedule, event by
+            # event where it reads KV from another tier or writes it through a staging buffer
             engine_path += f", event by event for steps of more sequences than gpu_batch_size ({gbs})"
     pipe = False
     if stage_costs is not None:

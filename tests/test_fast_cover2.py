@@ -240,7 +240,10 @@ def test_sliding_window_on_pipelined_replicas_equals_reference(tmp_path, window,
 @pytest.mark.parametrize(
     ("extra", "why"),
     [
-        ({"num_gpu_batches": 4, "gpu_batch_size": 2}, "several GPU batches per layer: FlexGen's zig-zag block schedule"),
+        ({"num_gpu_batches": 4, "gpu_batch_size": 2},
+         "several GPU batches per layer reading KV from another tier: FlexGen's zig-zag block schedule"),
+        ({"num_gpu_batches": 4, "gpu_batch_size": 2, "kv_cache": {"gpu": 0.0, "disk": 1.0}, "cpu_attention": True},
+         "several GPU batches per layer reading KV from another tier: FlexGen's zig-zag block schedule"),
         ({"activations": {"gpu": 0.0, "cpu": 1.0}}, "activations off the GPU"),
         ({"pinned": False, "cpu_attention": True}, "pageable copies staged by the host thread that runs CPU attention"),
     ],
@@ -252,6 +255,27 @@ def test_event_path_reasons_run_on_the_fast_engine(extra: dict, why: str):
     assert s["engine_path"] == f"fast; offloaded steps event by event ({why})"
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"kv_cache": {"gpu": 1.0}},
+        {"kv_cache": {"gpu": 0.5, "cpu": 0.5}, "cpu_attention": True},
+        {"kv_cache": {"gpu": 0.0, "cpu": 1.0}, "cpu_attention": True, "decode_overlap": False},
+        {"kv_cache": {"gpu": 1.0}, "pinned": False, "weights": {"gpu": 0.0, "cpu": 0.5, "disk": 0.5}},
+    ],
+)
+def test_block_schedule_in_closed_form(extra: dict):
+    """FlexGen's zig-zag block schedule in closed form (no KV read from another tier, none
+    written through a staging buffer): weights streamed layer by layer under the GPU batches'
+    compute, each step waiting for the stores of the step before last (KV written to DRAM
+    share the device-to-host link), gated decode copies, pageable copies, disk reads."""
+    off = {"hardware": "gcp-t4-vm", "weights": {"gpu": 0.0, "cpu": 1.0}, "gpu_batch_size": 3, "num_gpu_batches": 3} | extra
+    s = _same_fast(_scenario(off, uniform_workload(18, 20.0, (32, 400), (4, 24)), {"policy": "static"}, 1))
+    assert s["engine_path"] == "fast; offloaded steps in closed form"
+    s = _same_fast(_scenario(off, uniform_workload(30, 5.0, (32, 400), (4, 24)), {"policy": "continuous", "max_num_seqs": 9}, 1))
+    assert s["engine_path"] == "fast; offloaded steps in closed form"
+
+
 def test_replicas_sharing_the_host_cpu_run_on_the_fast_engine():
     off = {"hardware": "h100-pcie-cxl-server", "weights": {"gpu": 0.5, "cpu": 0.5}, "kv_cache": {"gpu": 0.0, "cpu": 1.0},
            "cpu_attention": True, "gpu_batch_size": 2}  # fmt: skip
@@ -261,7 +285,8 @@ def test_replicas_sharing_the_host_cpu_run_on_the_fast_engine():
 
 
 def test_shipped_flexgen_scenario_with_several_gpu_batches(tmp_path: Path):
-    """The shipped OPT-175B T4 plan with FlexGen's block of 4 GPU batches of 8 (a few prompts)."""
+    """The shipped OPT-175B T4 plan with FlexGen's block of 4 GPU batches of 8 (a few prompts):
+    KV in DRAM attended on the CPU, weights from DRAM and disk: the block schedule in closed form."""
     from simkit.scenario import load_scenario
 
     over = {"workload.batch.num_prompts": 32, "workload.batch.output_tokens": 4,
@@ -269,7 +294,5 @@ def test_shipped_flexgen_scenario_with_several_gpu_batches(tmp_path: Path):
     sc = load_scenario("workloads/scenarios/opt175b-t4-offload.yaml", over)
     ref = simulate(sc, engine="reference")
     got = simulate(sc)
-    assert got.summary["engine_path"] == (
-        "fast; offloaded steps event by event (several GPU batches per layer: FlexGen's zig-zag block schedule)"
-    )
+    assert got.summary["engine_path"] == "fast; offloaded steps in closed form"
     assert_same_outputs(ref, got)

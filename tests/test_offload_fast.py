@@ -79,14 +79,18 @@ def test_several_gpu_batches_with_prefetch_run_event_by_event_and_match():
     off = {"weights": {"gpu": 0.0, "cpu": 1.0}, "kv_cache": {"gpu": 0.0, "cpu": 1.0}, "gpu_batch_size": 2, "num_gpu_batches": 2}
     ref, got = _pair(_sc(off, "gcp-t4-vm", 4, 64, 4, {"policy": "static"}))
     assert got.summary["engine_path"] == (
-        "fast; offloaded steps event by event (several GPU batches per layer: FlexGen's zig-zag block schedule)"
+        "fast; offloaded steps event by event (several GPU batches per layer reading KV from another tier: FlexGen's zig-zag "
+        "block schedule)"
     )
     assert_same_outputs(ref, got)
-    # serving with a GPU batch smaller than the batch: the larger steps run event by event
-    off = {"weights": {"gpu": 0.5, "cpu": 0.5}, "gpu_batch_size": 2}
-    ref, got = _pair(_sc(off, "gcp-t4-vm", 6, 64, 4, {"policy": "continuous", "max_num_seqs": 4}, rate=50.0))
-    assert got.summary["engine_path"] == "fast; offloaded steps in closed form, event by event for steps of more sequences than gpu_batch_size (2)"
-    assert_same_outputs(ref, got)
+    # serving with a GPU batch smaller than the batch: the larger steps run event by event where
+    # they read KV from another tier, else the block schedule in closed form too
+    for kv, path in (({"gpu": 0.5, "cpu": 0.5}, ", event by event for steps of more sequences than gpu_batch_size (2)"),
+                     ({"gpu": 1.0}, "")):  # fmt: skip
+        off = {"weights": {"gpu": 0.5, "cpu": 0.5}, "kv_cache": kv, "gpu_batch_size": 2}
+        ref, got = _pair(_sc(off, "gcp-t4-vm", 6, 64, 4, {"policy": "continuous", "max_num_seqs": 4}, rate=50.0))
+        assert got.summary["engine_path"] == "fast; offloaded steps in closed form" + path
+        assert_same_outputs(ref, got)
 
 
 def test_wake_at_lands_exactly():

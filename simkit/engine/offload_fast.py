@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 
 import numpy as np
 import simpy
 
-from simkit.engine.offload import Hop, OffloadExecutor, Placement, Share
+from simkit.engine.offload import GroupCost, Hop, OffloadExecutor, Placement, Share
 from simkit.engine.resources import Link
-from simkit.specs.tiers import CPU_READ_PATH
+from simkit.specs.tiers import CPU_READ_PATH, STAGED_TIERS
 
 LANE_ORDER: tuple[str, ...] = ("nvme_read", "cxl_read", "d2h", "h2d", "nvme_write", "cxl_write")
 """The order in which a step's link directions are replayed: a staged share's later hop is on a
@@ -65,8 +66,8 @@ def closed_form_reason(
         return "Chrome trace output"
     if pp > 1:
         return "pipeline stages"
-    if overlap and gpu_batches > 1:
-        return "several GPU batches per layer: FlexGen's zig-zag block schedule"
+    if overlap and gpu_batches > 1 and (why := blocked_reason(layout, cpu_attention)) is not None:
+        return why
     if any(f > 0 for t, f in layout.act_frac.items() if t != "gpu"):
         return "activations off the GPU"
     if prefix_cache:
@@ -90,6 +91,19 @@ def closed_form_reason(
     writes = {h for t in tiers for h in layout.write_path(t)}
     if reads & writes:
         return "reads and writes share a link direction"
+    return None
+
+
+def blocked_reason(layout: Placement, cpu_attention: bool) -> str | None:
+    """None when :meth:`ClosedFormStep._blocked` times FlexGen's zig-zag block schedule (several
+    GPU batches per layer with prefetch) of this placement: no KV is read from another tier
+    (it stays on the GPU, or is attended on the CPU where it lies in DRAM) and none is written
+    through a staging buffer; else why those steps run event by event."""
+    off = [t for t, f in layout.kv_frac.items() if t != "gpu" and f > 0]
+    if layout.spill_after is not None or any(CPU_READ_PATH[t] or not cpu_attention for t in off):
+        return "several GPU batches per layer reading KV from another tier: FlexGen's zig-zag block schedule"
+    if any(t in STAGED_TIERS and len(layout.write_path(t)) > 1 for t in off):
+        return "several GPU batches per layer writing KV through a staging buffer: FlexGen's zig-zag block schedule"
     return None
 
 
@@ -212,6 +226,20 @@ class _Lane:
 
 def _remaining(f: _Flow) -> float:
     return f.remaining
+
+
+def _landed(lane: _Lane, flow: _Flow) -> float:
+    """When ``flow`` lands, replaying ``lane`` up to then (no flow joins the lane before: the
+    caller waits for it before anything else is issued)."""
+    if flow.done != flow.done:  # NaN: not landed yet
+        lone = lane.lone
+        if lone is not None and lone[1] is flow:
+            lane.lone = None
+            lane._close(*lone)
+        else:
+            while flow.done != flow.done:
+                lane._fire()
+    return flow.done
 
 
 Compiled = list[tuple[int, Link, list[tuple[float, float, list[Hop], bool]]]]
@@ -351,13 +379,15 @@ class ClosedFormStep:
     def run(self, now: float, q: np.ndarray, ctx: np.ndarray, rows: int) -> float | None:
         """The end time of the step that starts at ``now``, with the executor's counters and the
         links' updated as the event path updates them; None (nothing changed) when the step needs
-        the event path (several GPU batches with prefetch: the zig-zag block schedule)."""
+        the event path (several GPU batches with prefetch, the zig-zag block schedule, that read
+        KV from another tier or write it through a staging buffer: :meth:`_blocked`)."""
         ex = self.ex
         c = ex.cost
         lay = ex.layout
         q, ctx, groups, cpu_attention, before, after = ex.step_setup(q, ctx, rows)
         prefetch = ex.overlap
-        if prefetch and len(groups) > 1:
+        blocked = prefetch and len(groups) > 1
+        if blocked and ex._needs_kv(groups, cpu_attention):
             return None
         on_cpu = ex.cpu_stream is not None
         parts = ex.compute_parts
@@ -367,6 +397,8 @@ class ClosedFormStep:
             ex._plan_move(lay.kv_write_bytes(float(gq.sum())), True, "kv_write") + ex._plan_move(lay.spill_write_bytes(gq, gc), True, "kv_write")
             for gq, gc in groups
         ]
+        if blocked and any(staged for w in writes_of for *_, staged in w):
+            return None
         kv_plan: list[Share] = []
         for _, gc in groups:
             kv_plan += ex._plan_move(lay.kv_read_bytes(float(gc.sum())), False, "kv_read", to_host=cpu_attention)
@@ -419,12 +451,14 @@ class ClosedFormStep:
         t = now + before
         ex.busy_compute += before
         parts["embedding_and_head"] += before + after
+        decode_only = bool(((q == 1) & (ctx > 0)).all())
+        gated = decode_only and (lay.pageable_factor < 1.0 or not lay.plan.decode_overlap)
+        if blocked:
+            return self._blocked(now, t, costs, writes_of, after, gated, fetch)
         if prefetch:
             # one GPU batch: the reader streams the layers that need data into BUFFERS staging
             # buffers; a decode step's host-to-GPU copies may wait for the previous layer (gated)
             dev, cpu, attn, _, _ = cost = costs[0]
-            decode_only = bool(((q == 1) & (ctx > 0)).all())
-            gated = decode_only and (lay.pageable_factor < 1.0 or not lay.plan.decode_overlap)
             kv_moves = ex._needs_kv(groups, cpu_attention)
             needing = list(range(c.layers)) if kv_moves else self._streamed
             index = {li: k for k, li in enumerate(needing)}
@@ -486,6 +520,80 @@ class ClosedFormStep:
                     t = max(t, _solve(writes, [(t, _compile(w), None)]))
         t = t + after
         ex.busy_compute += after
+        return t
+
+    def _blocked(
+        self, now: float, t: float, costs: list[GroupCost], writes_of: list[list[Share]], after: float, gated: bool,
+        fetch: Callable[[int, float, float | None], float],
+    ) -> float:
+        """The end of a step of several GPU batches with prefetch (FlexGen's zig-zag block
+        schedule, :meth:`OffloadExecutor.run_step`'s ``blocked``) that reads no KV from another
+        tier and writes none through a staging buffer, from ``t`` (its layers' start, ``now`` +
+        the time before them). The reader streams the layers' weights alone on the read links (one
+        fetch at a time, ``fetch``): a layer's weights once the layer ``BUFFERS`` places earlier
+        has computed and the previous layer's last GPU batch has started (a decode step's gated
+        host-to-GPU copies once the previous layer has computed); each (layer, GPU batch) step
+        starts once its layer's weights are in and the stores of the step before last have
+        landed, computes, then issues its stores. The stores share the write links with each
+        other (``_Lane``, Link's arithmetic, replayed as they are issued: a store that a step
+        waits for lands before any later one is issued)."""
+        ex = self.ex
+        parts = ex.compute_parts
+        by_kind = ex.bytes_by_kind
+        assert parts is not None and by_kind is not None
+        on_cpu = ex.cpu_stream is not None
+        needing = self._streamed
+        index = {li: k for k, li in enumerate(needing)}
+        buffers = ex.BUFFERS
+        lanes: dict[str, _Lane] = {}
+        steps: list[list[tuple[_Lane, _Flow]]] = []
+        """The store flows of every (layer, GPU batch) step so far."""
+        computed: list[float] = []
+        last = len(costs) - 1
+        started_last = t
+        r = now
+        for layer in range(ex.cost.layers):
+            k = index.get(layer)
+            if k is not None:
+                if k >= buffers:
+                    x = computed[needing[k - buffers]]
+                    if x > r:
+                        r = x
+                if layer > 0 and started_last > r:
+                    r = started_last
+                x = fetch(layer, r, computed[layer - 1] if gated and layer > 0 else None)
+                if x > r:
+                    r = x
+                if r > t:
+                    t = r
+            for gi, cost in enumerate(costs):
+                if len(steps) >= 2 and steps[-2]:
+                    x = max(_landed(lane, f) for lane, f in steps[-2])
+                    if x > t:
+                        t = x
+                if gi == last:
+                    started_last = t
+                t = self._compute(t, cost[0], cost[1], cost[2], on_cpu)
+                ex.add_parts(cost)
+                flows: list[tuple[_Lane, _Flow]] = []
+                for kind, _, nbytes, hops, _ in writes_of[gi]:
+                    by_kind[kind] += nbytes
+                    for name, link, b in hops:
+                        lane = lanes.get(name)
+                        if lane is None:
+                            lane = lanes[name] = _Lane(link)
+                        lat = link.latency
+                        flows.append((lane, lane.add(t + lat if lat else t, b)))
+                steps.append(flows)
+            computed.append(t)
+        t = t + after
+        ex.busy_compute += after
+        for lane in lanes.values():
+            lane.drain()
+        for flows in steps:
+            for _, f in flows:
+                if f.done > t:
+                    t = f.done
         return t
 
     def _weights(self) -> list[tuple[tuple[tuple[str, float], ...], list[Share]]]:
