@@ -28,8 +28,9 @@ When every replica is served by one fast engine (no hand-off), SimPy's loop itse
 on a plain heap, the arrival process as plain calls, each engine's loop resumed directly, so a
 step or an arrival costs a heap entry instead of a SimPy event and a generator resume, and on
 one replica most steps need neither. Admission is the reference's without the prefix-cache and
-spill branches (spill is not on the fast path), and one that failed for want of blocks is not
-re-checked until enough blocks are free; a sliding-window model caps a sequence's blocks at the
+spill branches (with a prefix cache or a KV spill tier, the reference's own), and one that
+failed for want of blocks is not re-checked until enough blocks are free; a KV spill tier caps a
+sequence's blocks at the threshold's as a window does (below); a sliding-window model caps a sequence's blocks at the
 window's (admission reserves at most those; a decoding request leaves the residue buckets at
 its last block boundary, and counts over a span subtract the boundaries past it) and its decode
 attention is priced on the real contexts (sums of integers: the same in any order); with a prefix cache, admission is
@@ -57,13 +58,13 @@ an arrival, which waits for the batch, as in the reference); sliding-window mode
 that are neither pipelined nor offloaded, disaggregated serving of them included (below);
 pipeline parallelism with the stages in closed form (``PipelineFastEngine``,
 engine/pipeline_fast.py: a step waits for its prefix fetches and swaps as the reference's does,
-and those cross other links than the stages' activations); offloaded plans whose steps are one
-GPU batch and run in closed form, or event by event only because the replica's own prefix
-fetches, swaps or KV hand-offs may share their links (``OffloadFastEngine``,
-engine/fast_offload.py). Not covered (reference engine): KV spill, layer-by-layer execution,
-Chrome traces, sliding-window models on pipelined or offloaded replicas, offloaded steps of
-several GPU batches or run event by event for another reason, and a pipelined run whose
-micro-batches overtake (repeated with the stages event by event).
+and those cross other links than the stages' activations; a sliding-window model's stages are
+priced on the real contexts); offloaded plans (``OffloadFastEngine``, engine/fast_offload.py:
+the steps in closed form, or event by event through the reference's executor whatever the
+reason, priced on the real contexts where the step's cost reads more than their count, sum and
+maximum: several GPU batches, a window, a KV spill tier). Not covered (reference engine):
+layer-by-layer execution, Chrome traces, and a pipelined run whose micro-batches overtake
+(repeated with the stages event by event).
 
 Disaggregated serving of a sliding-window model: a request that joins a decode replica behind a
 cut run's blocks (:attr:`FastEngine._late`, below) is allocated on its own up to its last block

@@ -22,9 +22,11 @@ never met such a tie; the lane's own test checks the bound (relative 1e-12) wher
 Covered: weights and KV on any tier (disk staged through DRAM, CXL streamed), KV spilled beyond
 a length (``kv_spill``), resident layers, CPU attention, ``decode_overlap: false``, int4
 compression, pinned copies and pageable ones without CPU attention, one GPU batch per step with
-prefetch (``overlap: true``) and any number without. Run event by event
-(:func:`closed_form_reason`): FlexGen's zig-zag block schedule (several GPU batches per step
-with prefetch; in a serving run only the steps that have several), activations off the GPU,
+prefetch (``overlap: true``) and any number without, and FlexGen's zig-zag block schedule
+(several GPU batches per step with prefetch) where no KV is read from another tier and none is
+written through a staging buffer (:meth:`ClosedFormStep._blocked`). Run event by event
+(:func:`closed_form_reason`): the block schedule otherwise (:func:`blocked_reason`; in a serving
+run only the steps that have several GPU batches), activations off the GPU,
 pageable copies with CPU attention (the host thread that stages them also runs CPU attention),
 Chrome traces, and plans where anything else uses the links or the host CPU during a step.
 """
