@@ -54,8 +54,8 @@ path does not cover run on the reference engine, and ``summary.json`` says which
 why (``engine_path``). Covered: ``continuous``, ``chunked_prefill`` and ``static`` batching
 and disaggregated serving, any number of replicas and any routing, recompute and swap
 preemption, prefix caching (``static``: the policy's ``fast_step``; a decode run is not cut at
-an arrival, which waits for the batch, as in the reference); sliding-window models on replicas
-that are neither pipelined nor offloaded, disaggregated serving of them included (below);
+an arrival, which waits for the batch, as in the reference); sliding-window models,
+disaggregated serving of them included (below);
 pipeline parallelism with the stages in closed form (``PipelineFastEngine``,
 engine/pipeline_fast.py: a step waits for its prefix fetches and swaps as the reference's does,
 and those cross other links than the stages' activations; a sliding-window model's stages are
