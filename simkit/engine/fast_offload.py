@@ -9,9 +9,10 @@ so the events are the same). The decoding requests' contexts it hands over are s
 the same count, sum and maximum (:func:`stand_in_step`), which is all the step's cost reads of
 them (``IterationModel.split_layers``'s attention, the executor's per-GPU-batch attention, KV
 bytes and dequantisation, ``IterationModel.decode_context``) when the step is one GPU batch of a
-model without a sliding window; otherwise (several GPU batches: the executor splits the
-sequences into consecutive GPU batches of ``gpu_batch_size``, each priced on its own contexts;
-a sliding window: each sequence attends at most the window) the real contexts, in the
+model without a sliding window and no KV spills; otherwise (several GPU batches: the executor
+splits the sequences into consecutive GPU batches of ``gpu_batch_size``, each priced on its own
+contexts; a sliding window: each sequence attends at most the window; a KV spill tier: each
+sequence's positions past the threshold are read and written there) the real contexts, in the
 reference's order (:meth:`OffloadFastEngine._real_contexts`). The executor is the reference's
 own, so every plan the fast path otherwise covers runs here, whether its steps run in closed
 form or event by event (FlexGen's zig-zag block schedule of several GPU batches, activations off
