@@ -22,7 +22,6 @@ elsewhere an offloaded plan runs on the reference engine.
 from __future__ import annotations
 
 import numpy as np
-import simpy
 
 from simkit.engine.fast import FastEngine, stand_in_contexts, stand_in_step
 from simkit.engine.offload_fast import HANDOFFS_ON_LINKS, PREFIX_ON_LINKS, SWAPS_ON_LINKS
@@ -69,7 +68,7 @@ class OffloadFastEngine(FastEngine):
                 yield from self._wait_empty_step()
                 continue
             if self.pending_swap:
-                yield simpy.AllOf(env, self.pending_swap)
+                yield env.all_of(self.pending_swap)
                 self.pending_swap = []
             start = env._now
             if pre:
@@ -96,7 +95,7 @@ class OffloadFastEngine(FastEngine):
             compute = env.process(self._offloaded([(qa, ctx, rows)]))
             if self.pending_fetch:
                 pending, self.pending_fetch = self.pending_fetch, []
-                yield simpy.AllOf(env, [compute, *pending])
+                yield env.all_of([compute, *pending])
             else:
                 yield compute
             took = ex.busy_compute - busy0
