@@ -41,11 +41,12 @@ from __future__ import annotations
 import json
 import os
 import resource
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+# (subprocess and tempfile are imported by the functions of the measuring process that use them:
+# the measured child imports only what simkit needs, as a user's process would)
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT / "workloads" / "traces"
@@ -264,6 +265,8 @@ def _case_data(case: str) -> dict:
     data = dict(CASES[case])
     model = data["model"]
     if isinstance(model, dict):
+        import tempfile
+
         import yaml
 
         spec = yaml.safe_load((ROOT / "workloads" / "models" / f"{model['catalog']}.yaml").read_text())
@@ -299,6 +302,9 @@ def _measure(script: Path, case: str, env: dict[str, str], cold: bool, cli: bool
     """(wall s, CPU s, the child's report) of one fresh process running ``case`` with ``script``
     (a checkout's copy of this file, which imports that checkout's simkit through ``env``);
     ``cli``: ``simkit run`` itself on the case written as a scenario YAML (see :func:`_run_cli`)."""
+    import subprocess
+    import tempfile
+
     cmd = [sys.executable, str(script), "--child", case]
     with tempfile.TemporaryDirectory() as empty:
         env = dict(env)
@@ -326,6 +332,9 @@ def _run_cli(case: str, env: dict[str, str], warm: bool) -> tuple[float, float, 
     """``python -m simkit.cli run CASE.yaml --out DIR`` as a user runs it: the command line, the
     run folder written (summary.json, the Parquet tables, scenario.yaml, provenance.json) and the
     process's exit. The report is read from the run folder (import time not known: "-")."""
+    import subprocess
+    import tempfile
+
     import yaml
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import simpy
 
 from simkit.cost.device import ComputeDevice
 from simkit.cost.efficiency import DatasheetEfficiency, EfficiencyModel
@@ -57,6 +56,11 @@ from simkit.specs.model import ModelSpec
 from simkit.specs.node import Node, gpu_swap, resolve_node
 from simkit.units import fmt_bytes
 from simkit.workload.base import Requests
+
+if TYPE_CHECKING:
+    import simpy
+
+    from simkit.engine.clock import PlainClock
 
 
 def _trace_path(sc: Scenario, path: str, key: str) -> Path:
@@ -364,7 +368,7 @@ _LINK_NAMES = {"h2d": "PCIe H2D", "d2h": "PCIe D2H", "nvme_read": "NVMe read", "
 
 
 def _links(
-    env: simpy.Environment, node: Node, gpus: int, trace: bool, measured: dict[str, tuple[float, float]] | None = None
+    env: simpy.Environment | PlainClock, node: Node, gpus: int, trace: bool, measured: dict[str, tuple[float, float]] | None = None
 ) -> dict[str, Link]:
     """Per-replica link directions (link_rates), as engine links."""
     out: dict[str, Link] = {}
@@ -812,6 +816,8 @@ def build_replicas(dep: Deployment, cluster: Cluster) -> list[OffloadExecutor]:
     disagg = policy_name == "disaggregated"
     hash_tokens = dep.reqs.prefix_block_tokens
     off_layout, off_mem, stage_costs, cpu_cost = dep.off_layout, dep.off_mem, dep.stage_costs, dep.cpu_cost
+    if cpu_cost is not None or stage_costs is not None:
+        import simpy  # (only such worlds queue for a resource: SimPy's loop runs them)
     cpu_stream = simpy.Resource(env, capacity=1) if cpu_cost is not None else None
     n_rep = dep.n_rep
     rep_group = dep.rep_group

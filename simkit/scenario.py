@@ -540,14 +540,18 @@ def scenario_from_dict(data: Any, where: str | None = None) -> Scenario:
             err = format_validation_error(e, where, Scenario)
             raise ScenarioError(err.message, where=where, key=err.key) from None
 
+    # the validated scenario of this data is kept on disk (specs/validated.py) where that spares
+    # building the scenario's validator: in `simkit run`, and in a process that has not built it
+    # (one run from a script; a miss builds it, so a process writes one entry at most); a process
+    # that has (a study, a search) validates: cheaper than an entry per run, each write scanning
+    # the folder
     try:
-        key = json.dumps(data, allow_nan=False) if in_one_run() else None
+        key = json.dumps(data, allow_nan=False) if in_one_run() or not Scenario.__pydantic_complete__ else None
     except (TypeError, ValueError):  # not JSON data (a YAML date, a non-string key): validated each time
         key = None
     if key is None:
         sc = validate()
     else:
-        # `simkit run`: the validated scenario of this data, kept on disk (specs/validated.py): no validator built
         sc = cached("scenarios", key, (Scenario,), validate, lambda v: type(v) is Scenario)
     sc._source = where
     sc._raw = json.loads(json.dumps(data))

@@ -24,6 +24,7 @@ from simkit.deployment import (
     plan_replica_memory,
     without_pipeline_closed_form,
 )
+from simkit.engine.clock import PlainClock
 from simkit.engine.cluster import Cluster
 from simkit.engine.pipeline_fast import PipelineConflict
 from simkit.engine.state import RequestTable
@@ -67,7 +68,8 @@ def _collector_paused() -> Iterator[None]:
 
 def _simulate(sc: Scenario, record_iterations: bool, trace: bool, engine: str, wall0: float) -> Result:
     dep = build_deployment(sc, engine, trace)
-    cluster = Cluster(RequestTable(dep.reqs), record_iterations, trace)
+    # the fused loop (and FastWorld, where it stops) runs no SimPy loop: a plain clock, no SimPy
+    cluster = Cluster(RequestTable(dep.reqs), record_iterations, trace, PlainClock() if dep.fused_loop else None)
     executors = build_replicas(dep, cluster)
     try:
         stopped = cluster.run(fused=dep.fused_loop)

@@ -905,7 +905,7 @@ class Profile(EfficiencyModel):
         except OSError:  # not a usable path (e.g. too long): load_yaml names it
             f = p
         where = str(f)
-        data = load_yaml(f, error=CalibrationError)
+        data = load_yaml(f, error=CalibrationError, lasting=True)  # (every run reads its profile)
         if not isinstance(data, dict):
             raise CalibrationError("expected a mapping at the top level", where=where)
 

@@ -88,8 +88,13 @@ def _feed(h: Any, x: Any) -> None:
         h.update(b"]")
     elif x is None or isinstance(x, str | bool | int | float | np.integer | np.floating):
         h.update(f"{type(x).__name__}:{x!r};".encode())
-    elif hasattr(x, "model_dump_json"):
-        h.update(f"<{type(x).__qualname__}>".encode() + x.model_dump_json().encode())
+    elif hasattr(x, "__pydantic_fields__"):
+        # a spec (pydantic model): its fields as a dataclass's, without building its serializer
+        # (that would build the class's schema, and pydantic's plugin look-up, in every run)
+        h.update(f"<{type(x).__module__}.{type(x).__qualname__}>".encode())
+        for name in type(x).__pydantic_fields__:
+            h.update(name.encode())
+            _feed(h, x.__dict__[name])
     else:
         raise _Unfingerprintable(type(x).__name__)
 

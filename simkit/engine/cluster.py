@@ -9,10 +9,9 @@ from __future__ import annotations
 import heapq
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import simpy
 
 from simkit.engine.engine import IterationLog
 from simkit.engine.fast import FastEngine
@@ -20,6 +19,11 @@ from simkit.engine.lean import run_fused
 from simkit.engine.replica import Replica
 from simkit.engine.resources import settle_clock
 from simkit.engine.state import REJECT_REASONS, RequestTable, TBTHistogram
+
+if TYPE_CHECKING:
+    import simpy
+
+    from simkit.engine.clock import PlainClock
 
 
 class Router(Protocol):
@@ -97,13 +101,20 @@ class Tracer:
 
 
 
+def _simpy_environment() -> simpy.Environment:
+    import simpy  # imported only by a world that runs SimPy's loop (engine/clock.py)
+
+    return simpy.Environment()
+
+
 class Cluster:
     """One SimPy world serving ``table``'s requests: build replicas into it (``env``, ``tbt``,
     ``log``, ``tracer``, :meth:`next_arrival` and :meth:`on_prefilled` are what engines are
     built with), :meth:`serve` them, then :meth:`run`."""
 
-    def __init__(self, table: RequestTable, record_iterations: bool, trace: bool) -> None:
-        self.env = simpy.Environment()
+    def __init__(self, table: RequestTable, record_iterations: bool, trace: bool, clock: PlainClock | None = None) -> None:
+        # ``clock``: a fused-loop world's (engine/clock.py), which SimPy's loop never runs
+        self.env: simpy.Environment | PlainClock = clock if clock is not None else _simpy_environment()
         self.table = table
         self.tbt = TBTHistogram()
         self.log = IterationLog(record_iterations)

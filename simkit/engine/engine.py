@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import simpy
 
 from simkit.cost.iteration import IterationModel
 from simkit.engine.interfaces import BatchingPolicy, Step
@@ -26,6 +25,8 @@ from simkit.engine.state import RequestTable, TBTHistogram
 from simkit.specs.tiers import tier_path
 
 if TYPE_CHECKING:
+    import simpy
+
     from simkit.engine.pipeline_fast import PipelineSchedule
 
 
@@ -478,7 +479,7 @@ class Engine:
                 if self._reject_never_fitting():
                     continue
                 if self.pending_fetch or self.pending_swap:
-                    yield simpy.AllOf(env, self.pending_fetch + self.pending_swap)
+                    yield env.all_of(self.pending_fetch + self.pending_swap)
                     self.pending_fetch = []
                     self.pending_swap = []
                     continue
@@ -490,7 +491,7 @@ class Engine:
                 continue
             if self.pending_swap:
                 # the step's swaps run before its forward pass, on the same stream
-                yield simpy.AllOf(env, self.pending_swap)
+                yield env.all_of(self.pending_swap)
                 self.pending_swap = []
             if not step.prefill_ids and len(step.decode_ids) > 0:
                 yield from self._decode_run(step.decode_ids)
@@ -515,7 +516,7 @@ class Engine:
         else:
             compute = env.timeout(duration)
         if pending:
-            yield simpy.AllOf(env, [compute, *pending])
+            yield env.all_of([compute, *pending])
         else:
             yield compute
         if self.offload is not None:
@@ -713,9 +714,11 @@ class Engine:
             start = env.now
             dur = float(ends[-1])
             self._fast_forward = s > 1 and self.cfg.role == "decode"
+            from simpy import Interrupt  # (SimPy is imported only by a world that runs its loop)
+
             try:
                 yield env.timeout(dur)
-            except simpy.Interrupt:
+            except Interrupt:
                 # a KV hand-off arrived: finish the iteration in progress, then stop
                 s = min(int(np.searchsorted(ends, env.now - start, side="left")) + 1, s)
                 ends = ends[:s]

@@ -94,7 +94,6 @@ from bisect import insort
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import simpy
 
 from simkit.engine.engine import Engine
 from simkit.engine.resources import Link
@@ -787,7 +786,7 @@ class FastEngine(Engine):
         """What an empty step waits for (the reference's loop does the same): the prefix fetches
         and swaps a decision left in flight, else something to arrive or finish elsewhere."""
         if self.pending_fetch or self.pending_swap:
-            yield simpy.AllOf(self.env, self.pending_fetch + self.pending_swap)
+            yield self.env.all_of(self.pending_fetch + self.pending_swap)
             self.pending_fetch = []
             self.pending_swap = []
         else:
@@ -819,7 +818,7 @@ class FastEngine(Engine):
             if self.pending_swap:
                 # the step's swaps run before its forward pass, on the same stream (the step is
                 # priced after them, as the reference prices it)
-                yield simpy.AllOf(env, self.pending_swap)
+                yield env.all_of(self.pending_swap)
                 self.pending_swap = []
             dur = self._mixed_begin(pre, q, nb) if pre else self._decode_begin(nb)
             start = env._now
@@ -827,7 +826,7 @@ class FastEngine(Engine):
                 # the step's compute overlaps the prefix fetches its admissions started
                 # (Engine._wait_fetch: the same events in the same order)
                 pending, self.pending_fetch = self.pending_fetch, []
-                yield simpy.AllOf(env, [env.timeout(dur), *pending])
+                yield env.all_of([env.timeout(dur), *pending])
             elif not self._advance(dur):
                 if self._cut and not pre and self._run[1] > 1:
                     # a decode replica's run: a KV hand-off may cut it short (the reference's interrupt)
@@ -846,11 +845,13 @@ class FastEngine(Engine):
         """Wait for a decode run of several steps that a KV hand-off may cut short, as the
         reference's ``_decode_run`` (``cut_fast_forward`` interrupts it): then the run ends with
         the step in progress (its blocks stay allocated for the whole run); returns its seconds."""
+        from simpy import Interrupt  # (SimPy is imported only by a world that runs its loop)
+
         env = self.env
         self._fast_forward = True
         try:
             yield env.timeout(dur)
-        except simpy.Interrupt:
+        except Interrupt:
             nb, s, times, first = self._run
             ends = self._ends
             s = min(int(np.searchsorted(ends, env._now - start, side="left")) + 1, s)

@@ -23,7 +23,6 @@ KV hand-offs), and a step waits for the fetches and swaps as the reference's ste
 from __future__ import annotations
 
 import numpy as np
-import simpy
 
 from simkit.engine.fast import FastEngine, stand_in_contexts, stand_in_step
 
@@ -81,7 +80,7 @@ class OffloadFastEngine(FastEngine):
                 yield from self._wait_empty_step()
                 continue
             if self.pending_swap:
-                yield simpy.AllOf(env, self.pending_swap)
+                yield env.all_of(self.pending_swap)
                 self.pending_swap = []
             start = env._now
             if pre:
@@ -109,7 +108,7 @@ class OffloadFastEngine(FastEngine):
             compute = env.process(self._offloaded([(qa, ctx, rows)]))
             if self.pending_fetch:
                 pending, self.pending_fetch = self.pending_fetch, []
-                yield simpy.AllOf(env, [compute, *pending])
+                yield env.all_of([compute, *pending])
             else:
                 yield compute
             took = ex.busy_compute - busy0

@@ -24,15 +24,17 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
-import simpy
 
 from simkit.cost.iteration import IterationModel
 from simkit.cost.offload import OffloadCompute
 from simkit.engine.resources import Link
 from simkit.specs.tiers import CPU_READ_PATH, STAGED_TIERS
+
+if TYPE_CHECKING:
+    import simpy
 
 COMPUTE_PARTS = ("linear", "gpu_attention", "dequant", "cpu_attention", "embedding_and_head")
 """What an offloaded run's compute time is made of: the layers' linear operators, attention on
@@ -206,7 +208,7 @@ class OffloadExecutor:
             if gate is not None:
                 yield gate
             rest = [self._transfer(h, link, b, tag) for h, link, b in hops if h == "h2d"]
-            yield simpy.AllOf(self.env, first + rest)
+            yield self.env.all_of(first + rest)
             return
         for h, link, b in hops:
             if h == "h2d" and gate is not None:
@@ -367,7 +369,7 @@ class OffloadExecutor:
             else:
                 evs = self._fetch(layer, groups, cpu_attention)
                 if evs:
-                    yield simpy.AllOf(env, evs)
+                    yield env.all_of(evs)
             for gi, (gq, gc) in enumerate(groups):
                 T = float(gq.sum())
                 if blocked:
@@ -375,12 +377,12 @@ class OffloadExecutor:
                         yield kv_ready[layer, gi]
                     if len(step_writes) >= 2 and step_writes[-2]:
                         # the stores issued after the batch before last were synchronised
-                        yield simpy.AllOf(env, step_writes[-2])
+                        yield env.all_of(step_writes[-2])
                     started[layer, gi].succeed()
                 if act_off:
                     ev = self._move({t: T * h_bytes * f for t, f in act_off.items()}, False, f"L{layer} act", "act_read")
                     if ev:
-                        yield simpy.AllOf(env, ev)
+                        yield env.all_of(ev)
                 dev, cpu, attn_dev = self._group_compute(gq, gc, cpu_attention)
                 ls = env.now
                 if cpu > 0 and self.cpu_stream is not None:
@@ -388,7 +390,7 @@ class OffloadExecutor:
                     # CPU's share runs alongside the GPU's share of the heads, not alongside the
                     # linear layers that produce its input and consume its output
                     yield env.timeout(dev - attn_dev)
-                    yield simpy.AllOf(env, [env.timeout(attn_dev), env.process(self._on_cpu(cpu))])
+                    yield env.all_of([env.timeout(attn_dev), env.process(self._on_cpu(cpu))])
                 else:
                     yield env.timeout(dev)
                 self.busy_compute += dev
@@ -406,13 +408,13 @@ class OffloadExecutor:
                 if self.overlap:
                     pending_writes += w
                 elif w:
-                    yield simpy.AllOf(env, w)
+                    yield env.all_of(w)
             if layer in computed:
                 computed[layer].succeed()
         yield env.timeout(after)
         self.busy_compute += after
         if pending_writes:
-            yield simpy.AllOf(env, pending_writes)
+            yield env.all_of(pending_writes)
 
     BUFFERS = 2
     """Staging buffers for streamed layers (double buffering; check_offload_capacity reserves them)."""
@@ -437,7 +439,7 @@ class OffloadExecutor:
                 yield started[prev]
             evs = self._fetch(layer, groups[gi : gi + 1], cpu_attention, weights=False)
             if evs:
-                yield simpy.AllOf(self.env, evs)
+                yield self.env.all_of(evs)
             kv_ready[layer, gi].succeed()
 
     def _reader(self, needing, groups, cpu_attention, ready, computed, gated=False, started=None):  # type: ignore[no-untyped-def]
@@ -453,7 +455,7 @@ class OffloadExecutor:
             gate = computed[layer - 1] if gated and layer > 0 else None
             evs = self._fetch(layer, groups, cpu_attention, gate)
             if evs:
-                yield simpy.AllOf(env, evs)
+                yield env.all_of(evs)
             ready[layer].succeed()
 
     def _on_cpu(self, seconds: float) -> Generator[simpy.Event, Any, None]:

@@ -36,13 +36,16 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import simpy
 
 from simkit.engine.offload import GroupCost, Hop, OffloadExecutor, Placement, Share
 from simkit.engine.resources import Link
 from simkit.specs.tiers import CPU_READ_PATH, STAGED_TIERS
+
+if TYPE_CHECKING:
+    import simpy
 
 LANE_ORDER: tuple[str, ...] = ("nvme_read", "cxl_read", "d2h", "h2d", "nvme_write", "cxl_write")
 """The order in which a step's link directions are replayed: a staged share's later hop is on a
@@ -637,5 +640,7 @@ def wake_at(env: simpy.Environment, end: float) -> simpy.Event:
     ev = env.event()
     ev._ok = True
     ev._value = None
-    heapq.heappush(env._queue, (end, simpy.events.NORMAL, next(env._eid), ev))  # type: ignore[attr-defined]
+    from simpy.events import NORMAL  # (SimPy is imported only by a world that runs its loop)
+
+    heapq.heappush(env._queue, (end, NORMAL, next(env._eid), ev))  # type: ignore[attr-defined]
     return ev

@@ -46,13 +46,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-import simpy
 
 from simkit.engine.engine import Engine
 from simkit.engine.fast import FastEngine, stand_in_contexts, stand_in_step
 from simkit.engine.offload_fast import wake_at
 
 if TYPE_CHECKING:
+    import simpy
+
     from simkit.cost.iteration import IterationModel
     from simkit.engine.engine import Stage
     from simkit.engine.resources import Link
@@ -421,7 +422,7 @@ class PipelineFastEngine(FastEngine):
                 continue
             if self.pending_swap:
                 # the step's swaps run before its forward pass (the reference's wait in its loop)
-                yield simpy.AllOf(env, self.pending_swap)
+                yield env.all_of(self.pending_swap)
                 self.pending_swap = []
             start = env._now
             if pre:
@@ -444,7 +445,7 @@ class PipelineFastEngine(FastEngine):
                 # the stages overlap the prefix fetches the step's admissions started (the
                 # reference's ``_wait_fetch``: the same events in the same order)
                 pending, self.pending_fetch = self.pending_fetch, []
-                yield simpy.AllOf(env, [done, *pending])
+                yield env.all_of([done, *pending])
             else:
                 yield done
             if pre:

@@ -15,12 +15,16 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from operator import attrgetter
-
-import simpy
-from simpy.events import URGENT
+from typing import TYPE_CHECKING
 
 from simkit.errors import CapacityError
 from simkit.units import fmt_bytes
+
+if TYPE_CHECKING:  # SimPy is imported where a world runs its event loop (Cluster), not at import
+    import simpy
+
+URGENT = 0
+"""SimPy's priority of an urgent event (``simpy.events.URGENT``; tested equal)."""
 
 
 @dataclass(slots=True)
@@ -38,7 +42,7 @@ def _urgent(env: simpy.Environment, callback: Callable[[simpy.Event], None]) -> 
     """Call ``callback`` where a new process would take its first step: an urgent event now (what
     ``env.process`` schedules), so that the link's events keep the places in SimPy's queue that a
     process per transfer and per wake-up gave them, without a generator and a process's events."""
-    ev = simpy.Event(env)
+    ev = env.event()
     ev._ok = True
     ev._value = None
     ev.callbacks.append(callback)
@@ -62,7 +66,7 @@ class _Transfer:
     def begin(self, _ev: simpy.Event) -> None:
         link = self.link
         if link.latency:
-            simpy.Timeout(link.env, link.latency).callbacks.append(self.arrive)  # type: ignore[union-attr]
+            link.env.timeout(link.latency).callbacks.append(self.arrive)  # type: ignore[union-attr]
         else:
             self._enter(at_timeout=False)
 
@@ -73,7 +77,7 @@ class _Transfer:
         link = self.link
         inner = None
         if self.done is not None:
-            inner = simpy.Event(link.env)
+            inner = link.env.event()
             inner.callbacks.append(self.finish)  # type: ignore[union-attr]
         link._advance()
         link._flows.append(_Flow(self.nbytes, inner, self))
@@ -117,7 +121,7 @@ class _Posts:
         if link._posts is self:
             link._posts = None  # started: a later post at this instant starts after this one
         if link.latency:
-            simpy.Timeout(link.env, link.latency).callbacks.append(self.arrive)  # type: ignore[union-attr]
+            link.env.timeout(link.latency).callbacks.append(self.arrive)  # type: ignore[union-attr]
         else:
             self._enter(at_timeout=False)
 
@@ -164,7 +168,7 @@ class _Wake:
         self.target = target
 
     def arm(self, _ev: simpy.Event | None) -> None:
-        simpy.Timeout(self.link.env, self.delay).callbacks.append(self.fire)  # type: ignore[union-attr]
+        self.link.env.timeout(self.delay).callbacks.append(self.fire)  # type: ignore[union-attr]
 
     def fire(self, _ev: simpy.Event) -> None:
         link = self.link
@@ -186,7 +190,7 @@ class _Wake:
                 queued = True
                 f.done.succeed()
             elif queued:
-                ev = simpy.Event(link.env)
+                ev = link.env.event()
                 ev.callbacks.append(f.xfer.finish)  # type: ignore[union-attr]
                 ev.succeed()
             else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import difflib
 import re
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -246,6 +245,8 @@ def known_keys(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str]
 
 
 def _did_you_mean(value: str, choices: list[str]) -> str:
+    import difflib  # (only an error needs it)
+
     close = difflib.get_close_matches(value, choices, n=3, cutoff=0.6)
     return f"; did you mean {', '.join(close)}?" if close else ""
 
@@ -288,6 +289,8 @@ def format_validation_error(err: ValidationError, where: str | None, model: type
         else:
             msg = "unknown key" if grouped == 1 else f"unknown keys: {', '.join(names)}"
             known = known_keys(model, raw_loc[:-1])
+            import difflib
+
             hints = [f"{n} -> {', '.join(c)}" if grouped > 1 else ", ".join(c)
                      for n in names if (c := difflib.get_close_matches(n, known, n=3, cutoff=0.6))]
             if hints:

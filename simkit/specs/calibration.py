@@ -260,7 +260,7 @@ def find_profiles(device_kind: str, catalog_name: str) -> list[tuple[Path, dict[
     for f in sorted(root.glob(f"*/{PROFILE_FILE}")):
         try:
             head = _device_block(f)
-            dev = (load_text(head) or {}).get("device") or {}
+            dev = (load_text(head, lasting=True) or {}).get("device") or {}  # (every run reads the profiles)
         except (OSError, ValueError, AttributeError):
             continue
         if str(dev.get("catalog")) == str(catalog_name) and str(dev.get("kind", device_kind)) == str(device_kind):

@@ -11,7 +11,6 @@ wheel carries as package data (``simkit/_data``, see ``setup.py``).
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from collections.abc import Callable
@@ -125,6 +124,8 @@ class Catalog:
         try:
             return self.items[kind][name]
         except KeyError:
+            import difflib  # (only an unknown name needs it)
+
             known = self.names(kind)
             close = difflib.get_close_matches(name, known, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -139,6 +140,8 @@ class Catalog:
         """Look a name up in every kind (for ``simkit catalog show NAME``)."""
         hits = [(k, v[name]) for k, v in self.items.items() if name in v]
         if not hits:
+            import difflib
+
             every = [n for v in self.items.values() for n in v]
             close = difflib.get_close_matches(name, every, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""

@@ -88,16 +88,18 @@ def check_data(data: Any, where: str | None = None, *, error: type[Exception] = 
     return data
 
 
-def load_yaml(path: str | Path, *, error: type[Exception] = SpecError) -> Any:
+def load_yaml(path: str | Path, *, error: type[Exception] = SpecError, lasting: bool = False) -> Any:
     """Read one YAML document; malformed YAML, a missing or non-UTF-8 file, an alias bomb or an
     out-of-range integer raises ``error`` naming the file. Within :func:`simkit.cachedir.one_run`
     a document is parsed once per text: it is kept in ``yaml/`` under
     :func:`simkit.cachedir.cache_root`, keyed by a SHA-256 of the text and of PyYAML's files
-    (:func:`yaml_key`), when JSON gives it back with every type."""
-    return _load_yaml(path, error=error, keep=True)
+    (:func:`yaml_key`), when JSON gives it back with every type. ``lasting``: the file is one
+    of a few that every run reads (a calibration profile), not one per run, so its parse is
+    kept in every process (entries grow with the files' versions, not with the runs)."""
+    return _load_yaml(path, error=error, keep=True, lasting=lasting)
 
 
-def _load_yaml(path: str | Path, *, error: type[Exception], keep: bool) -> Any:
+def _load_yaml(path: str | Path, *, error: type[Exception], keep: bool, lasting: bool = False) -> Any:
     """:func:`load_yaml`; ``keep``: through the parse cache (not for :func:`load_yaml_files`,
     which keeps a set of files as one entry)."""
     p = Path(path)
@@ -110,7 +112,7 @@ def _load_yaml(path: str | Path, *, error: type[Exception], keep: bool) -> Any:
         raise error(f"line {line}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})", where=str(p)) from None
     except OSError as e:
         raise error(f"cannot read file ({e.strerror or e.__class__.__name__})", where=str(p)) from None
-    entry = _text_entry(text) if keep else None
+    entry = _text_entry(text, lasting) if keep else None
     found = _read_entry(entry)
     if found is not _MISS:
         return found
@@ -133,14 +135,15 @@ def _load_yaml(path: str | Path, *, error: type[Exception], keep: bool) -> Any:
 _MISS = object()
 
 
-def _text_entry(text: str) -> Path | None:
+def _text_entry(text: str, lasting: bool) -> Path | None:
     """The parse-cache entry of one document's text (``yaml/`` under
-    :func:`simkit.cachedir.cache_root`), or None when caching is off."""
+    :func:`simkit.cachedir.cache_root`), or None when caching is off (outside
+    :func:`simkit.cachedir.one_run`, unless the text is ``lasting``: see :func:`load_yaml`)."""
     import hashlib
 
     from simkit.cachedir import cache_root, in_one_run
 
-    root = cache_root() if in_one_run() else None
+    root = cache_root() if lasting or in_one_run() else None
     if root is None:
         return None
     h = hashlib.sha256(f"text;{CACHE_FORMAT};{yaml_key()}\0".encode() + text.encode("utf-8", "surrogatepass"))
@@ -222,11 +225,11 @@ def _from_pairs(v: Any) -> Any:
     return v
 
 
-def load_text(text: str) -> Any:
+def load_text(text: str, *, lasting: bool = False) -> Any:
     """One YAML document's text parsed with :func:`loader`, through the parse cache of
-    :func:`load_yaml` (within :func:`simkit.cachedir.one_run`); malformed YAML raises ValueError
-    (PyYAML's error as its cause)."""
-    entry = _text_entry(text)
+    :func:`load_yaml` (within :func:`simkit.cachedir.one_run`, or in every process where the
+    text is ``lasting``); malformed YAML raises ValueError (PyYAML's error as its cause)."""
+    entry = _text_entry(text, lasting)
     found = _read_entry(entry)
     if found is not _MISS:
         return found
