@@ -105,6 +105,7 @@ def flexgen_policy_offload(pol: dict[str, Any], num_layers: int) -> dict[str, An
         "kv_dequant": "allocated",
         "lm_head_copy": True,
         "decode_overlap": False,
+        "disk_relay": "fp16",
     }
     if wg == 1.0:
         off["resident_layers"] = num_layers
@@ -175,6 +176,9 @@ def a6000_offload(row: dict[str, Any]) -> dict[str, Any]:
         # and holds its own copy of OPT's tied LM head
         "kv_dequant": "allocated" if flexgen else "filled",
         "lm_head_copy": flexgen,
+        # FlexGen's copy threads relay disk reads through fp16 buffers (copy_worker_func);
+        # DeepSpeed's swap buffers keep the tensors' own type
+        "disk_relay": "fp16" if flexgen else "native",
         # FlexGen's decode step copies the next layer after computing this one (its cost model,
         # fitted to its runs: T_gen = ctog + max(other terms)); ZeRO-Inference prefetches
         "decode_overlap": not flexgen,
@@ -217,9 +221,10 @@ def simulate_row(row: dict[str, Any]) -> dict[str, Any]:
         # FlexGen (de)compresses int4 with its PyTorch kernels (plan.offload.dequant: unfused)
         # and its decode step copies the next layer after computing this one (decode_overlap)
         # and decompresses its whole GPU-resident KV cache at every decode step (kv_dequant), holds its
-        # own copy of OPT's tied LM head (lm_head_copy) and ran on CUDA 11.6 (FLEXGEN_T4_EXECUTION)
+        # own copy of OPT's tied LM head (lm_head_copy), relays disk reads through fp16 buffers
+        # (disk_relay) and ran on CUDA 11.6 (FLEXGEN_T4_EXECUTION)
         data["plan"]["offload"] = {"weights": {"gpu": 0.0, "cpu": 1.0}, "dequant": "unfused", "kv_dequant": "allocated",
-                                   "lm_head_copy": True, "decode_overlap": False}
+                                   "lm_head_copy": True, "decode_overlap": False, "disk_relay": "fp16"}
         data["plan"]["execution"] = dict(FLEXGEN_T4_EXECUTION)
         sc = scenario_from_dict(data, where=f"<{row['id']}>")
         # FlexGen (c): the KV cache compressed, the weights as the search finds best (every

@@ -44,6 +44,7 @@ from simkit.policies.offload import (
     OffloadLayout,
     build_offload_layout,
     check_offload_capacity,
+    measured_pageable_ratio,
     offload_gpu_usable,
 )
 from simkit.policies.parallel import Layout, check_parallel, expert_group_shares
@@ -203,7 +204,7 @@ def plan_replica_memory(
     if plan.offload.is_trivial:
         return plan_memory(sc, model, device, prec, tp, layout.layer_split, plan.parallel.ep), None, None
     lm = measured_links(eff, plan.offload.io_block_size, plan.offload.io_queue_depth)
-    pageable = lm["h2d_pageable"][0] / lm["h2d"][0] if "h2d_pageable" in lm and "h2d" in lm else None
+    pageable = measured_pageable_ratio(lm)
     check_host_temporaries(sc, node, need_cpu_attention=True)
     if use_cpu and plan.offload.host_kv_dtype == "fp32":
         raise ScenarioError(

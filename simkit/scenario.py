@@ -268,6 +268,8 @@ class Offload(_S):
     """Where the host attention code writes its fp32 and per-query-head copies of the cached KV (cpu_attention): workspace, buffers allocated once and reused (FlexGen's attention_compute_workspace); fresh, new tensors every layer and step (the Hugging Face forks ZeRO-Inference ships: ``.float()``, ``repeat_kv``), which the host faults in and zero-fills at its measured first-touch rate (measured.host_first_touch_bandwidth: docs/offloading.md)."""
     dequant: Literal["fused", "unfused"] = "fused"
     """How int4 values are (de)compressed on the GPU: fused, one elementwise pass; unfused, FlexGen's PyTorch path (separate unpack, scale and offset kernels: docs/offloading.md)."""
+    disk_relay: Literal["native", "fp16"] = "native"
+    """How a disk share reaches the GPU: native, staged through pinned DRAM in its own element type (DeepSpeed's swap buffers); fp16, through FlexGen's fp16 relay buffers, which widen group-wise int4 data read from disk and narrow it back on the host into a pageable tensor before the PCIe copy (docs/offloading.md). Affects only int4 (compress_weights / compress_kv) shares read from disk."""
     lm_head_copy: bool = False
     """Hold the LM head as its own copy where the model ties it to the token embedding (FlexGen's OutputEmbed loads decoder.embed_tokens.weight as a second tensor: docs/offloading.md); placed with the embedding. No effect on a model with an untied head."""
     kv_dequant: Literal["filled", "allocated"] = "filled"

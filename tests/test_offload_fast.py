@@ -139,6 +139,7 @@ def _plans(draw: st.DrawFn) -> dict:
         "cpu_attention": draw(st.booleans()),
         "compress_weights": draw(st.booleans()),
         "compress_kv": draw(st.booleans()),
+        "disk_relay": draw(st.sampled_from(["native", "fp16"])),
     }
     if spill:
         off["kv_spill"] = {"after_tokens": draw(st.sampled_from([8, 64, 200])), "tier": draw(st.sampled_from(tiers))}

@@ -181,6 +181,16 @@ class OffloadCompute:
             return float(c.decode_attention(batch, kv_tokens)) / c.layers
         return 0.0
 
+    def host_copy_bandwidth(self) -> float:
+        """Bytes/s a host-side elementwise pass over large tensors moves (read plus written): the rate
+        FlexGen's own host code reached on this node where it was measured
+        (``measured.cpu_attention_flops``: its upcast copies and fp32 matmuls, HOST_ATTENTION_REF_BYTES
+        per 2 FLOPs), else the host DRAM's sustained bandwidth x HOST_ATTENTION_BW_EFFICIENCY."""
+        m = self.measured
+        if m is not None and m.cpu_attention_flops:
+            return m.cpu_attention_flops * HOST_ATTENTION_REF_BYTES / 2.0
+        return self.host_dram_bandwidth * HOST_ATTENTION_BW_EFFICIENCY
+
     def dequant(self, elems: float, unfused: bool = False, quantise: bool = False) -> float:
         """GPU seconds to dequantise ``elems`` group-wise int4 values into 16-bit (``quantise``:
         to quantise them): fused, one elementwise pass reading the packed values and writing the
@@ -199,6 +209,30 @@ class OffloadCompute:
         return float(
             _class_time("elementwise", "dequantize", np.asarray(4.0 * elems), np.asarray(byts), {"numel": elems}, c.device, c.efficiency, c.dtype)
         )
+
+
+RELAY_NARROW_BYTES = 3.0
+"""Host bytes per packed int4 byte of the narrowing pass of FlexGen's fp16 relay: ATen converts a
+blocking host-to-device copy between dtypes on the host (copy_kernel_cuda: ``src.to(dst dtype)``,
+then a same-dtype copy), reading the 2-byte relay values and writing 1-byte ones into a new
+pageable tensor."""
+
+
+def fp16_relay_h2d_factor(int4_bytes_per_elem: float, pageable_ratio: float, pinned_factor: float, h2d_bandwidth: float,
+                          host_bandwidth: float) -> float:
+    """Host-to-GPU link bytes per stored byte of a group-wise int4 tensor that FlexGen's copy threads
+    read from disk to the GPU (``plan.offload.disk_relay: fp16``). Its relay buffer is fp16
+    (flexgen/pytorch_backend.py copy_worker_func: ``cpu_buf = torch.empty((1 * GB,),
+    dtype=torch.float16, pin_memory=True)``, viewed to the source's shape): the packed uint8 data
+    (0.5 bytes of the ``int4_bytes_per_elem``) is widened into it as it is read from the memory map,
+    then ``dst_data.copy_(tmp_cpu_buf)`` narrows it back on the host into a new pageable tensor
+    (RELAY_NARROW_BYTES at ``host_bandwidth``) that crosses PCIe pageable (``pageable_ratio`` of
+    ``h2d_bandwidth``); both are the copy call's time, counted on the link as the pageable factor
+    counts a pageable copy's host staging. The fp16 scales and minima keep the plan's pinning
+    (``pinned_factor``: 1, or the pageable factor of a pageable plan)."""
+    data = 0.5 / int4_bytes_per_elem
+    narrow = RELAY_NARROW_BYTES * h2d_bandwidth / host_bandwidth if host_bandwidth > 0 else 0.0
+    return data * (1.0 / pageable_ratio + narrow) + (1.0 - data) / pinned_factor
 
 
 def offload_compute(node: Node, cost: IterationModel, cpu_cost: IterationModel | None, plain: bool) -> OffloadCompute:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import numpy as np
 
 from simkit.cost.iteration import IterationModel
-from simkit.cost.offload import OffloadCompute
+from simkit.cost.offload import OffloadCompute, fp16_relay_h2d_factor
 from simkit.engine.resources import Link
 from simkit.specs.tiers import CPU_READ_PATH, STAGED_TIERS
 
@@ -62,6 +62,8 @@ class OffloadSettings(Protocol):
     def dequant(self) -> str: ...
     @property
     def decode_overlap(self) -> bool: ...
+    @property
+    def disk_relay(self) -> str: ...
 
 
 class Placement(Protocol):
@@ -77,6 +79,12 @@ class Placement(Protocol):
     def act_frac(self) -> dict[str, float]: ...
     @property
     def pageable_factor(self) -> float: ...
+    @property
+    def pageable_ratio(self) -> float: ...
+    @property
+    def layer_weight_bytes(self) -> float: ...
+    @property
+    def kv_bytes_per_token_layer(self) -> float: ...
     @property
     def spill_after(self) -> int | None: ...
     @property
@@ -138,6 +146,19 @@ class OffloadExecutor:
         self.compute_parts = dict.fromkeys(COMPUTE_PARTS, 0.0)
         if self.compute is None:
             self.compute = OffloadCompute(self.cost, self.cpu_cost)
+        # int4 shares read from disk through FlexGen's fp16 relay (plan.offload.disk_relay): bytes
+        # on the host-to-GPU link per stored byte, by kind (cost/offload.fp16_relay_h2d_factor)
+        self.relay_h2d: dict[str, float] = {}
+        lay, h2d = self.layout, self.links.get("h2d")
+        if lay.plan.disk_relay == "fp16" and h2d is not None:
+            host = self.compute.host_copy_bandwidth()
+            if lay.plan.compress_weights and lay.layer_weight_elems > 0:
+                self.relay_h2d["weights"] = fp16_relay_h2d_factor(
+                    lay.layer_weight_bytes / lay.layer_weight_elems, lay.pageable_ratio, lay.pageable_factor, h2d.bandwidth, host)
+            if lay.plan.compress_kv and lay.kv_elems_per_token_layer > 0:
+                self.relay_h2d["kv_read"] = fp16_relay_h2d_factor(
+                    lay.kv_bytes_per_token_layer / lay.kv_elems_per_token_layer, lay.pageable_ratio, lay.pageable_factor,
+                    h2d.bandwidth, host)
 
     # ---- transfers ---------------------------------------------------------------------------
     def _plan_move(self, by_tier: dict[str, float], write: bool, kind: str, to_host: bool = False) -> list[Share]:
@@ -161,7 +182,11 @@ class OffloadExecutor:
                 link = self.links.get(hop)
                 if link is None:
                     continue
-                eff_bytes = nbytes / self.layout.pageable_factor if hop in ("h2d", "d2h") else nbytes
+                relay = self.relay_h2d.get(kind) if hop == "h2d" and tier == "disk" else None
+                if relay is not None:
+                    eff_bytes = nbytes * relay
+                else:
+                    eff_bytes = nbytes / self.layout.pageable_factor if hop in ("h2d", "d2h") else nbytes
                 if kind == "kv_write" and self.kv_store_slowdown:
                     eff_bytes *= self.kv_store_slowdown.get(hop, 1.0)
                 hops.append((hop, link, eff_bytes))

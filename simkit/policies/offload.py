@@ -80,6 +80,8 @@ class OffloadPlan(Protocol):
     @property
     def kv_dequant(self) -> str: ...
     @property
+    def disk_relay(self) -> str: ...
+    @property
     def num_gpu_batches(self) -> int: ...
     @property
     def lm_head_copy(self) -> bool: ...
@@ -100,6 +102,10 @@ class KVCachePlan(Protocol):
         ...
 
 
+PAGEABLE_RATIO_DEFAULT = 0.6
+"""Pageable/pinned host-device copy rate where no calibration profile measured it."""
+
+
 @dataclass(frozen=True)
 class OffloadLayout:
     """Bytes per layer per tier, derived from a plan, a model and a precision (per replica,
@@ -118,6 +124,10 @@ class OffloadLayout:
     """Stored KV bytes of one token in one layer (compressed if compress_kv)."""
     compute_on_cpu: bool
     pageable_factor: float = 1.0
+    """Rate of the plan's host-device copies relative to pinned ones (1: pinned)."""
+    pageable_ratio: float = PAGEABLE_RATIO_DEFAULT
+    """The node's pageable/pinned copy rate, whatever the plan's pinning (copies a runtime makes
+    from pageable memory of its own: ``disk_relay: fp16``)."""
     spill_after: int | None = None
     """Positions >= this spill to ``spill_tier`` (None: no positional spill)."""
     spill_tier: str = "cpu"
@@ -180,6 +190,12 @@ def _fracs(share: object) -> dict[str, float]:
     return {t: float(getattr(share, t)) for t in PLACES}
 
 
+def measured_pageable_ratio(rates: Mapping[str, tuple[float, float]]) -> float | None:
+    """The pageable/pinned host-to-GPU rate a calibration profile measured (``rates``: cost/links
+    measured_links), else None."""
+    return rates["h2d_pageable"][0] / rates["h2d"][0] if "h2d_pageable" in rates and "h2d" in rates else None
+
+
 def build_offload_layout(
     plan: OffloadPlan, model: ModelSpec, prec: Precision, tp: int, compute_on_cpu: bool, pageable_factor: float | None = None,
     kv_alloc_tokens: int | None = None,
@@ -212,7 +228,8 @@ def build_offload_layout(
         af,
         kv_tok_layer,
         compute_on_cpu,
-        1.0 if plan.pinned else (pageable_factor if pageable_factor is not None else 0.6),
+        1.0 if plan.pinned else (pageable_factor if pageable_factor is not None else PAGEABLE_RATIO_DEFAULT),
+        pageable_factor if pageable_factor is not None else PAGEABLE_RATIO_DEFAULT,
         plan.kv_spill.after_tokens if plan.kv_spill is not None else None,
         plan.kv_spill.tier if plan.kv_spill is not None else "cpu",
         model.kv_bytes_per_token(1.0, tp, layers=1) * tp,  # elements: one byte each

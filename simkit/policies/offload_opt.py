@@ -21,9 +21,15 @@ import numpy as np
 from simkit.cost.dtypes import bytes_per_element
 from simkit.cost.iteration import IterationModel
 from simkit.cost.memory import activation_bytes
-from simkit.cost.offload import OffloadCompute
+from simkit.cost.offload import OffloadCompute, fp16_relay_h2d_factor
 from simkit.cost.ops import Precision
-from simkit.policies.offload import embedding_head_bytes, placed_bytes, static_kv_blocks
+from simkit.policies.offload import (
+    PAGEABLE_RATIO_DEFAULT,
+    embedding_head_bytes,
+    measured_pageable_ratio,
+    placed_bytes,
+    static_kv_blocks,
+)
 from simkit.specs.model import ModelSpec
 from simkit.specs.node import Node
 from simkit.specs.tiers import OFF_GPU, PLACES, TIER_OF
@@ -64,6 +70,8 @@ class Candidate:
     """plan.offload.lm_head_copy of the scenario searched (the runtime's own copy of a tied LM head)."""
     host_temporaries: str = "workspace"
     """plan.offload.host_temporaries of the scenario searched (where the host attention code writes its copies)."""
+    disk_relay: str = "native"
+    """plan.offload.disk_relay of the scenario searched (how a disk share reaches the GPU)."""
     sim: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -84,6 +92,7 @@ class Candidate:
             "kv_dequant": self.kv_dequant,
             "lm_head_copy": self.lm_head_copy,
             "host_temporaries": self.host_temporaries,
+            "disk_relay": self.disk_relay,
             "overlap": True,
             "decode_overlap": self.decode_overlap,
             # an all-GPU plan still runs layer by layer in the offloading runtime (as FlexGen runs
@@ -124,6 +133,7 @@ def solve_candidate(
     kv_watermark: float = 0.01,
     lm_head_copy: bool = False,
     host_temporaries: str = "workspace",
+    disk_relay: str = "native",
 ) -> Candidate | None:
     from scipy.optimize import linprog
 
@@ -171,6 +181,16 @@ def solve_candidate(
         alloc = prompt_len + gen_len - 1
         deq_kv_gpu = (oc.dequant(gbs * alloc * kve, unf) - oc.dequant(gbs * ctx_avg * kve, unf)) * ngb
     bw = _bw(node, measured_links)
+    # int4 shares read from disk through FlexGen's fp16 relay (disk_relay: fp16): host-to-GPU bytes
+    # per stored byte, as the simulator prices them (engine/offload.py, same function); the LP
+    # plans pinned copies
+    relay = {"w": 1.0, "c": 1.0}
+    if disk_relay == "fp16" and "h2d" in bw:
+        ratio = measured_pageable_ratio(measured_links or {})
+        ratio = PAGEABLE_RATIO_DEFAULT if ratio is None else ratio
+        for v, on, b in (("w", compress, wb), ("c", compress_kv, kvb)):
+            if on:
+                relay[v] = fp16_relay_h2d_factor(b, ratio, 1.0, bw["h2d"], oc.host_copy_bandwidth())
     # KV stores at their own measured rate where the machine has one (cost/links.kv_store_slowdown)
     kv_slow = kv_store_slowdown(link_rates(node, 1, measured_links))
     # variable index: 12 fractions then T_pre, T_dec
@@ -213,10 +233,10 @@ def solve_candidate(
             comp[idx["c", "gpu"]] = comp.get(idx["c", "gpu"], 0.0) + deq_kv_gpu
         comp_const = lin + deq + deq_kv + (0.0 if cpu_att else att)
         row(comp, comp_const, which, "compute")
-        h2d = {idx["w", t]: W / bw.get("h2d", np.inf) for t in OFF_GPU}
+        h2d = {idx["w", t]: W * (relay["w"] if t == "disk" else 1.0) / bw.get("h2d", np.inf) for t in OFF_GPU}
         for t in OFF_GPU:
             if not cpu_att:
-                h2d[idx["c", t]] = h2d.get(idx["c", t], 0.0) + KVr / bw.get("h2d", np.inf)
+                h2d[idx["c", t]] = h2d.get(idx["c", t], 0.0) + KVr * (relay["c"] if t == "disk" else 1.0) / bw.get("h2d", np.inf)
             h2d[idx["h", t]] = h2d.get(idx["h", t], 0.0) + H / bw.get("h2d", np.inf)
         row(h2d, 0.0, which, "h2d")
         d2h = {idx["c", t]: KVw * kv_slow.get("d2h", 1.0) / bw.get("d2h", np.inf) for t in OFF_GPU}
@@ -239,7 +259,7 @@ def solve_candidate(
             # flex_opt.py syncs after every (layer, batch) step): the next layer's weights load
             # alongside one batch's compute only, so the other batches' compute follows the load
             zig = (ngb - 1) / ngb
-            w_load = {idx["w", t]: W / bw.get("h2d", np.inf) for t in OFF_GPU}
+            w_load = {idx["w", t]: W * (relay["w"] if t == "disk" else 1.0) / bw.get("h2d", np.inf) for t in OFF_GPU}
             if "nvme_read" in bw:
                 w_load[idx["w", "disk"]] += W / bw["nvme_read"]  # staged through DRAM: read, then copy
             row(plus(w_load, {k: v * zig for k, v in comp.items()}), comp_const * zig, which, "weights+compute")
@@ -327,6 +347,6 @@ def solve_candidate(
     return Candidate(
         gbs, ngb, cpu_attention, compress, fr, total, bls * gen_len / total if total > 0 else 0.0, bott, L, dequant, decode_overlap,
         # only a plan attending on the CPU runs the host attention code whose copies it prices
-        compress_kv, kv_dequant, lm_head_copy, host_temporaries if cpu_attention else "workspace",
+        compress_kv, kv_dequant, lm_head_copy, host_temporaries if cpu_attention else "workspace", disk_relay,
     )
 

@@ -114,7 +114,7 @@ def optimize(
             model, node, cost, cpu_cost, prec, prompt_len, gen_len, gbs, ngb, catt, comp, usable, oc, lm, sc.plan.offload.dequant,
             sc.plan.offload.decode_overlap, ckv, sc.plan.kv_cache.block_size,
             sc.plan.kv_cache.activation_reserve, sc.plan.offload.kv_dequant, sc.plan.kv_cache.watermark,
-            sc.plan.offload.lm_head_copy, sc.plan.offload.host_temporaries,
+            sc.plan.offload.lm_head_copy, sc.plan.offload.host_temporaries, sc.plan.offload.disk_relay,
         )
         if c is not None:
             cands.append(c)
