@@ -182,10 +182,12 @@ def check_host_temporaries(sc: Scenario, node: Node, need_cpu_attention: bool) -
     cpu_eff = resolve_calibration(sc, cpu_dev)[0]
     ft = host_first_touch(node.spec.measured, cpu_eff)
     if ft is None:
+        prof = (f"its calibration profile {cpu_eff.name!r} has no device.host_first_touch" if cpu_eff.measured_device()
+                else "no calibration profile of it is used")
         raise ScenarioError(
-            f"host_temporaries: fresh needs the host's first-touch write rate, which neither node {node.name!r} "
-            "(measured.host_first_touch_bandwidth in its preset) nor the host CPU's calibration "
-            f"({cpu_eff.name}: device.host_first_touch, measured by `simkit calibrate --device cpu` on the machine) gives",
+            f"host_temporaries: fresh needs the host's first-touch write rate, which node {node.name!r} does not give "
+            f"(measured.host_first_touch_bandwidth in its preset), nor its CPU {node.cpu.name!r} ({prof}; "
+            "`simkit calibrate --device cpu` on the machine measures it)",
             where=sc.source,
             key="plan.offload.host_temporaries",
         )

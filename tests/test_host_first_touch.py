@@ -12,8 +12,10 @@ import pytest
 
 from simkit.calibrate.host_memory import describe_first_touch, fit_first_touch, thp_mode, time_first_touch
 from simkit.cost.offload import OffloadCompute, host_first_touch
+from simkit.cost.profile import Profile
 from simkit.errors import CalibrationError, SimkitError
 from simkit.scenario import scenario_from_dict
+from simkit.search.offload import optimize
 from simkit.simulate import simulate
 from tests.conftest import make_scenario
 
@@ -158,8 +160,20 @@ def test_a_run_names_where_its_first_touch_rate_comes_from():
     data["calibration"] = "auto"
     res = simulate(scenario_from_dict(data))
     assert "from calibration profile 'ci-vm-cpu' (device.host_first_touch" in res.summary["calibration"]
-    cw = res.summary["offload_compute_s"]["cpu_attention"]
-    assert cw > 0
+    assert res.summary["offload_compute_s"]["cpu_attention"] > pre.summary["offload_compute_s"]["cpu_attention"]
+    # the placement optimiser prices the plans it ranks at the same rate
+    seen: list[tuple[float, str] | None] = []
+    real = OffloadCompute.first_touch
+
+    def spy(self: OffloadCompute) -> tuple[float, str] | None:
+        seen.append(real(self))
+        return seen[-1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(OffloadCompute, "first_touch", spy)
+        optimize(scenario_from_dict(data), prompt_len=512, gen_len=4, top=5, confirm=0)
+    rate = Profile.load("calibration/profiles/ci-vm-cpu").device["host_first_touch"]["bandwidth"]
+    assert seen and all(r is not None and r[0] == rate and "'ci-vm-cpu'" in r[1] for r in seen)
     # a run without fresh temporaries says nothing of the rate
     ws = {**data, "plan": {**data["plan"], "offload": dict(data["plan"]["offload"])}}
     ws["plan"]["offload"]["host_temporaries"] = "workspace"
@@ -168,8 +182,17 @@ def test_a_run_names_where_its_first_touch_rate_comes_from():
 
 def test_fresh_temporaries_are_refused_without_a_rate_and_on_a_cpu_plan():
     # the T4 VM's preset gives none and no calibration profile of its CPU measured one
-    with pytest.raises(SimkitError, match="host_first_touch_bandwidth.*device.host_first_touch"):
+    with pytest.raises(SimkitError, match="host_first_touch_bandwidth.*no calibration profile"):
         simulate(scenario_from_dict(_fresh_run("gcp-t4-vm")))
+    # a profile of the CPU without the measurement (the CI VM's, with its rate taken out)
+    prof = Profile.load("calibration/profiles/ci-vm-cpu")
+    dev = {k: v for k, v in prof.device.items() if k != "host_first_touch"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Profile, "measured_device", lambda self: dev)
+        data = _fresh_run({"preset": "gcp-t4-vm", "cpu": "generic-2core-vm"})
+        data["calibration"] = "auto"
+        with pytest.raises(SimkitError, match="profile 'ci-vm-cpu' has no device.host_first_touch"):
+            simulate(scenario_from_dict(data))
     cpu_plan = _fresh_run("lambda-a6000-workstation", model="opt-6.7b")
     cpu_plan["plan"]["execution"] = {"device": "cpu"}
     with pytest.raises(SimkitError, match="computes on the CPU"):
