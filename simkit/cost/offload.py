@@ -49,7 +49,6 @@ ones are reused from the heap once the threshold has risen past them. PyTorch's 
 takes its memory from malloc (c10 alloc_cpu: posix_memalign)."""
 
 
-
 def host_first_touch(measured: NodeMeasured | None, cpu_eff: EfficiencyModel | None) -> tuple[float, str] | None:
     """(bytes/s, where it comes from) of the host's first-touch cost (writing freshly mapped pages
     beyond writing reused ones: page faults, the kernel's zero-fill, the unmap on free), the one
