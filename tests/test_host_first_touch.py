@@ -12,7 +12,7 @@ import pytest
 
 from simkit.calibrate.host_memory import describe_first_touch, fit_first_touch, thp_mode, time_first_touch
 from simkit.cost.offload import OffloadCompute, host_first_touch
-from simkit.cost.profile import Profile
+from simkit.cost.profile import Profile, efficiency_sources
 from simkit.errors import CalibrationError, SimkitError
 from simkit.scenario import scenario_from_dict
 from simkit.search.offload import optimize
@@ -160,6 +160,8 @@ def test_a_run_names_where_its_first_touch_rate_comes_from():
     data["calibration"] = "auto"
     res = simulate(scenario_from_dict(data))
     assert "from calibration profile 'ci-vm-cpu' (device.host_first_touch" in res.summary["calibration"]
+    # the note names no second efficiency source (studies and searches read the text: efficiency_sources)
+    assert efficiency_sources(res.summary["calibration"]) == [(None, "datasheet defaults")]
     assert res.summary["offload_compute_s"]["cpu_attention"] > pre.summary["offload_compute_s"]["cpu_attention"]
     # the placement optimiser prices the plans it ranks at the same rate
     seen: list[tuple[float, str] | None] = []
