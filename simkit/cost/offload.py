@@ -60,7 +60,7 @@ def host_first_touch(measured: NodeMeasured | None, cpu_eff: EfficiencyModel | N
     dev = cpu_eff.measured_device() if cpu_eff is not None else None
     ft = dev.get("host_first_touch") if dev else None
     if ft is not None:
-        where = str(getattr(cpu_eff, "path", None) or getattr(cpu_eff, "name", "calibration profile"))
+        where = f"calibration profile {cpu_eff.name}"  # type: ignore[union-attr]
         bw = ft.get("bandwidth") if isinstance(ft, Mapping) else None
         if isinstance(bw, bool) or not isinstance(bw, int | float) or not math.isfinite(bw) or bw <= 0:
             raise CalibrationError(
