@@ -23,7 +23,7 @@ from simkit.cost.efficiency import DatasheetEfficiency, EfficiencyModel
 from simkit.cost.iteration import IterationModel
 from simkit.cost.links import comm_fn, group_link, kv_store_slowdown, link_rates, measured_links
 from simkit.cost.memory import activation_bytes
-from simkit.cost.offload import offload_compute
+from simkit.cost.offload import host_first_touch, offload_compute
 from simkit.cost.ops import Precision, elementwise_kernels
 from simkit.cost.profile import Profile
 from simkit.engine.cluster import Admission, Cluster, HandOff
@@ -171,8 +171,9 @@ def resolve_compute(sc: Scenario, node: Node) -> tuple[bool, ComputeDevice, Effi
 
 def check_host_temporaries(sc: Scenario, node: Node, need_cpu_attention: bool) -> None:
     """Refuse ``plan.offload.host_temporaries: fresh`` where it cannot take effect: without CPU
-    attention (``need_cpu_attention``: a plan as written; the optimiser searches both) or on a node
-    whose preset gives no first-touch rate (measured.host_first_touch_bandwidth)."""
+    attention (``need_cpu_attention``: a plan as written; the optimiser searches both) or where
+    neither the host CPU's calibration profile (device.host_first_touch) nor the node preset
+    (measured.host_first_touch_bandwidth) gives a first-touch rate (cost/offload.host_first_touch)."""
     off = sc.plan.offload
     if off.host_temporaries != "fresh":
         return
@@ -182,11 +183,16 @@ def check_host_temporaries(sc: Scenario, node: Node, need_cpu_attention: bool) -
             where=sc.source,
             key="plan.offload.host_temporaries",
         )
-    m = node.spec.measured
-    if m is None or m.host_first_touch_bandwidth is None:
+    cpu_dev = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
+    cpu_eff = resolve_calibration(sc, cpu_dev)[0]
+    ft = host_first_touch(node.spec.measured, cpu_eff)
+    if ft is None:
+        prof = (f"its calibration profile {cpu_eff.name!r} has no device.host_first_touch" if cpu_eff.measured_device()
+                else "no calibration profile of it is used")
         raise ScenarioError(
             f"host_temporaries: fresh needs the host's first-touch write rate, which node {node.name!r} does not give "
-            "(measured.host_first_touch_bandwidth in its preset)",
+            f"(measured.host_first_touch_bandwidth in its preset), nor its CPU {node.cpu.name!r} ({prof}; "
+            "`simkit calibrate --device cpu` on the machine measures it)",
             where=sc.source,
             key="plan.offload.host_temporaries",
         )
@@ -206,6 +212,12 @@ def plan_replica_memory(
     lm = measured_links(eff, plan.offload.io_block_size, plan.offload.io_queue_depth)
     pageable = measured_pageable_ratio(lm)
     check_host_temporaries(sc, node, need_cpu_attention=True)
+    if use_cpu and plan.offload.host_temporaries == "fresh":
+        raise ScenarioError(
+            "host_temporaries: fresh prices a GPU run's host attention copies; this plan computes on the CPU",
+            where=sc.source,
+            key="plan.offload.host_temporaries",
+        )
     if use_cpu and plan.offload.host_kv_dtype == "fp32":
         raise ScenarioError(
             "host_kv_dtype: fp32 describes a GPU run's KV cache held in host DRAM; this plan computes on the CPU",
@@ -730,6 +742,9 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
         cpu_dev = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
         cpu_dev, cpu_eff, _, _ = calibrated_device(sc, cpu_dev, node)
         cpu_cost = IterationModel(model, cpu_dev, cpu_eff, prec, tp=1)
+        if plan.offload.host_temporaries == "fresh" and (ft := host_first_touch(node.spec.measured, cpu_eff)) is not None:
+            # the run output names the rate the fresh host temporaries are priced at, and its source
+            cal_info += f"; host first-touch rate {ft[0] / 1e9:.3g} GB/s from {ft[1]}"
 
     swap_bytes = plan.kv_cache.swap_space if plan.kv_cache.swap_space is not None else 4 * 2**30 * gpus_per_replica
     groups = [Group(scenario.plan.fleet[0].gpu if fleet_sc else "", n_rep, node, layout, device, eff, cal_info, mem, cost,

@@ -12,7 +12,10 @@
 * ``mem_bw`` (stream copy/read/write of the device memory), ``copy`` (host memcpy; on CUDA also
   device-to-device and host<->device pinned and pageable, both directions), ``launch`` (the fixed
   cost of a tiny operator of each class) and, with ``ssd_dir``, ``ssd_read``/``ssd_write``/``ssd_seq_read``
-  (:mod:`simkit.calibrate.ssd`).
+  (:mod:`simkit.calibrate.ssd`);
+* on a CPU, the host's first-touch rate (writing freshly allocated memory beyond writing reused
+  memory, at 1 thread and at the suite's threads: ``device.host_first_touch``,
+  :mod:`simkit.calibrate.host_memory`).
 
 Every sample row carries ``flops`` and ``bytes_moved`` counted by :mod:`simkit.cost.ops` for the
 same shape (the row's shape columns are those ops.py puts in ``Op.shape``), so that a fitted
@@ -1649,6 +1652,17 @@ def measure_suite(
             out(f"warning: a small parallel region took {1e6 * wk['region_s']:.0f} us at {nthreads} threads against "
                 f"{1e6 * wk['median_after_gap_1_thread_s'][0]:.0f} us at one: the worker threads were waiting for a "
                 "core (other load), so the thread wake-up (and every sample at this thread count) measured that load")  # fmt: skip
+    if device == "cpu":
+        from simkit.calibrate.host_memory import describe_first_touch, measure_first_touch
+
+        t0 = time.perf_counter()
+        try:
+            facts["host_first_touch"] = measure_first_touch(
+                torch, size.name, nthreads, facts["allocator"], time.thread_time if clock == "cpu" else time.perf_counter
+            )
+            out(f"{describe_first_touch(facts['host_first_touch'])} ({time.perf_counter() - t0:.1f} s)")
+        except CalibrationError as e:
+            out(f"warning: host first-touch rate not recorded: {e}")
     probe1 = drift_probe(device, clock)
     facts["speed_probe_s"] = float(0.5 * (probe0 + probe1))
     facts["speed_probe_start_end_s"] = [float(probe0), float(probe1)]

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="simkit calibrate",
         description="Run the torch microbenchmark suite on this machine (GEMM, attention, elementwise, "
-        "memory/copy bandwidth, launch overhead, optionally SSD) and fit a calibration profile.",
+        "memory/copy bandwidth, launch overhead, on a CPU the host first-touch rate, optionally SSD) and fit a calibration profile.",
     )
     p.add_argument("--device", choices=["cpu", "cuda"], required=True, help="what to measure")
     size = p.add_mutually_exclusive_group()

@@ -16,11 +16,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from simkit.cost.efficiency import EfficiencyModel
 from simkit.cost.iteration import IterationModel, _class_time
+from simkit.errors import CalibrationError
 from simkit.specs.hardware import NodeMeasured
 from simkit.specs.node import Node
 
@@ -43,6 +47,33 @@ dynamic mmap threshold never rises above it) with a new mmap and unmaps it when 
 page of such a host tensor is faulted in and zero-filled by the kernel on first write; smaller
 ones are reused from the heap once the threshold has risen past them. PyTorch's CPU allocator
 takes its memory from malloc (c10 alloc_cpu: posix_memalign)."""
+
+
+def host_first_touch(measured: NodeMeasured | None, cpu_eff: EfficiencyModel | None) -> tuple[float, str] | None:
+    """(bytes/s, where it comes from) of the host's first-touch cost (writing freshly mapped pages
+    beyond writing reused ones: page faults, the kernel's zero-fill, the unmap on free), the one
+    home of this rate for the simulator, the placement optimiser and the refusal of
+    ``host_temporaries: fresh``: the host CPU's calibration profile (``device.host_first_touch``,
+    measured on the machine by ``simkit calibrate --device cpu``) where it has one, else the node
+    preset's ``measured.host_first_touch_bandwidth``, else None. A profile whose entry is not a
+    positive bandwidth raises CalibrationError naming the file and key."""
+    dev = cpu_eff.measured_device() if cpu_eff is not None else None
+    ft = dev.get("host_first_touch") if dev else None
+    if ft is not None:
+        where = f"calibration profile {cpu_eff.name}"  # type: ignore[union-attr]
+        bw = ft.get("bandwidth") if isinstance(ft, Mapping) else None
+        if isinstance(bw, bool) or not isinstance(bw, int | float) or not math.isfinite(bw) or bw <= 0:
+            raise CalibrationError(
+                f"expected a positive number of bytes/s (measured by `simkit calibrate --device cpu`), got {bw!r}",
+                where=where, key="device.host_first_touch.bandwidth",
+            )
+        threads = ft.get("threads")
+        at = f", {threads} thread(s)" if threads else ""
+        return float(bw), f"calibration profile {cpu_eff.name!r} (device.host_first_touch{at})"  # type: ignore[union-attr]
+    if measured is not None and measured.host_first_touch_bandwidth:
+        return float(measured.host_first_touch_bandwidth), "node preset (measured.host_first_touch_bandwidth)"
+    return None
+
 
 UNFUSED_DEQUANT_BYTES_PER_ELEM_EXTRA = 3.0
 """FlexGen's group-wise int4 decompression (flexgen/compression.py ``decompress``) runs six
@@ -68,6 +99,14 @@ class OffloadCompute:
     """Rates measured on this node (hardware preset ``measured:``)."""
     host_dram_bandwidth: float = 0.0
     """Sustained bandwidth of the host's DRAM, bytes/s (for HOST_ATTENTION_BW_EFFICIENCY)."""
+    _first_touch: tuple[tuple[float, str] | None] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def first_touch(self) -> tuple[float, str] | None:
+        """:func:`host_first_touch` of this node's preset and host CPU's calibration (resolved once)."""
+        if self._first_touch is None:
+            eff = self.cpu_cost.efficiency if self.cpu_cost is not None else None
+            self._first_touch = (host_first_touch(self.measured, eff),)
+        return self._first_touch[0]
 
     @property
     def _attn_width(self) -> float:
@@ -152,14 +191,18 @@ class OffloadCompute:
         measured rate is 0.6% of the T4 VM's CPU peak), so its time is the bytes it moves
         (:meth:`host_attention_bytes`) at the rate measured for FlexGen's code, which writes into a
         reused workspace; ``fresh_temporaries``: the code writes its copies into new tensors every
-        call, whose first-touch cost (:meth:`host_attention_fresh_bytes` at the node's
-        ``measured.host_first_touch_bandwidth``) comes on top."""
+        call, whose first-touch cost (:meth:`host_attention_fresh_bytes` at the host's first-touch
+        rate, :meth:`first_touch`) comes on top."""
         cache = HOST_ATTENTION_COMPUTE_BYTES if fp32_cache else self.cost.precision.kv_bytes
         t = self._cpu_attention_traffic(batch, kv_tokens, cache)
         if fresh_temporaries:
-            rate = self.measured.host_first_touch_bandwidth if self.measured is not None else None
-            if not rate:
-                raise ValueError("fresh host temporaries need the node's measured.host_first_touch_bandwidth")
+            ft = self.first_touch()
+            if ft is None:
+                raise ValueError(
+                    "fresh host temporaries need the host's first-touch rate: the CPU calibration profile's "
+                    "device.host_first_touch or the node's measured.host_first_touch_bandwidth"
+                )
+            rate = ft[0]
             per_head = 2.0 * self.cost.model.num_heads * self.cost.model.d_head * kv_tokens
             t += per_head * self.host_attention_fresh_bytes(cache, kv_tokens) / rate
         return t
