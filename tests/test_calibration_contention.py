@@ -124,3 +124,21 @@ def test_bench_measure_goes_through_the_check() -> None:
     facts = b.contention.facts()
     assert facts == {"margin_cores": 0.25, "spare_cores": 0, "samples_checked": 1, "contended": 1, "remeasured": 1,
                      "still_contended": 0, "retry_s": 0.5}  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "expected"), [(["--rounds", "1"], "--rounds must be >= 2"), (["--threads", "1"], "--threads takes 2..")])
+def test_thread_speedup_refuses_bad_options(args: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import load_benchmark
+
+    mod = load_benchmark("thread_speedup")
+    assert mod.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and expected in err
+
+
+def test_validate_warns_about_a_profile_that_kept_contended_samples() -> None:
+    c = {"samples_checked": 803, "contended": 777, "remeasured": 67, "still_contended": 777, "retry_s": 15.0}
+    note = bench.contention_note({"kind": "cpu", "contention": c}, "busy")
+    assert note is not None and "'busy' kept 777 of 803 samples" in note and "--threads 1 --clock cpu" in note
+    assert bench.contention_note({"kind": "cpu", "contention": {**c, "still_contended": 0}}, "ok") is None
+    assert bench.contention_note({"kind": "cpu"}, "old") is None  # measured before the check

@@ -1649,6 +1649,19 @@ def _own_cpu_s() -> float:
     return t.user + t.system
 
 
+def contention_note(device: dict[str, Any], name: str) -> str | None:
+    """A warning when CPU profile ``name`` (its ``device`` section) kept samples that were measured
+    while other work took a core they needed (``device.contention.still_contended``): its
+    predictions carry that load; None otherwise (and for profiles measured before the check)."""
+    c = device.get("contention")
+    if not isinstance(c, dict) or not c.get("still_contended"):
+        return None
+    n, of = int(c["still_contended"]), int(c.get("samples_checked") or 0)
+    return (f"WARNING: calibration profile {name!r} kept {n} of {of} samples measured while other work took a core "
+            "they needed: its predictions include that load (too slow for an idle machine); re-measure on an idle "
+            "machine, or with `--threads 1 --clock cpu`")
+
+
 def _contention_report(check: ContentionCheck, out: ProgressFn) -> dict[str, Any]:
     """The per-sample contention check's counts as device facts; a line on ``out`` when any
     sample was contended."""
