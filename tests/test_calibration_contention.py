@@ -142,3 +142,25 @@ def test_validate_warns_about_a_profile_that_kept_contended_samples() -> None:
     assert note is not None and "'busy' kept 777 of 803 samples" in note and "--threads 1 --clock cpu" in note
     assert bench.contention_note({"kind": "cpu", "contention": {**c, "still_contended": 0}}, "ok") is None
     assert bench.contention_note({"kind": "cpu"}, "old") is None  # measured before the check
+
+
+def test_the_speed_sentinel_reads_every_few_seconds_and_reports_its_spread() -> None:
+    wall = [0.0]
+    clock = [0.0]
+    speed = iter([1.0] + [1.0] * 3 + [1.3] * 3 + [1.0] * 3)  # warm-up, then 3 calls per reading
+
+    def gemm() -> None:
+        clock[0] += 1e-3 * next(speed)
+
+    s = bench.SpeedSentinel({"bf16_gemm": gemm}, now=lambda: clock[0], every_s=2.0, wall=lambda: wall[0])
+    for t in (0.0, 0.5, 1.9, 2.1, 3.0, 4.5):
+        wall[0] = t
+        s.tick()
+    assert s.readings["bf16_gemm"] == pytest.approx([1e-3, 1.3e-3, 1e-3])  # at 0.0, 2.1 and 4.5 s
+    f = s.facts()
+    assert f["bf16_gemm"]["readings"] == 3 and f["bf16_gemm"]["median_s"] == pytest.approx(1e-3)
+    assert f["bf16_gemm"]["spread"] == pytest.approx(1.24e-3 / 1e-3 - 1.0, abs=1e-3)
+    lines: list[str] = []
+    bench._sentinel_report(s, lines.append)
+    assert lines[0].startswith("machine speed over the run") and "bf16 24.0% over 3" in lines[0]
+    assert lines[1].startswith("warning: the machine's speed moved by 24%")

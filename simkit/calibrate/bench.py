@@ -648,6 +648,8 @@ class Bench:
     contention: ContentionCheck | None = None
     """Set for wall-clock CPU measurements: every sample is checked for other load (and measured
     again while contended)."""
+    sentinel: SpeedSentinel | None = None
+    """Set for CPU runs: the machine's speed read every few seconds, before a sample."""
 
     def take(self, shape: Sequence[int], dtype: str, slot: str) -> Any:
         """A random tensor of ``shape``: a view of a per-(dtype, slot) pool of random data that
@@ -667,6 +669,8 @@ class Bench:
             self.torch.cuda.synchronize()
 
     def measure(self, fn: Callable[[], Any], **kw: Any) -> Measurement:
+        if self.sentinel is not None:
+            self.sentinel.tick()
         if self.contention is not None:
             return self.contention.measure(lambda: self.timer.measure(fn, **kw))
         return self.timer.measure(fn, **kw)
@@ -1649,6 +1653,82 @@ def _own_cpu_s() -> float:
     return t.user + t.system
 
 
+SENTINEL_EVERY_S = 2.0
+"""Wall seconds between two readings of the speed sentinel during a CPU calibration."""
+SENTINEL_SHAPE = (192, 1024, 2048)
+"""(rows, k, n) of the sentinel GEMM: compute-bound, weights warm, a few ms on the CI VM."""
+SENTINEL_SPREAD_WARN = 0.10
+"""A sentinel whose p90 / p10 - 1 over the run exceeds this prints a warning."""
+
+
+@dataclass
+class SpeedSentinel:
+    """The machine's speed over a CPU calibration run: every :data:`SENTINEL_EVERY_S` of wall time
+    (checked before each sample) the same GEMM per dtype is timed (median of 3 calls, the suite's
+    clock). Each sample carries the machine state of its moment; this series says how much that
+    state moved over the run, which no load counter shows when the host (not another process)
+    moves it (docs/fidelity.md, "22:40-23:00 UTC": the same GEMM 0.77-1.20 of its predicted time
+    within 20 s on an idle VM). Recorded as ``device.speed_sentinel``; reported, not corrected:
+    which kernels such a change moves differs from run to run."""
+
+    kernels: dict[str, Callable[[], Any]]
+    now: Callable[[], float]
+    every_s: float = SENTINEL_EVERY_S
+    wall: Callable[[], float] = time.perf_counter
+    readings: dict[str, list[float]] = field(default_factory=dict)
+    last: float = -math.inf
+
+    def tick(self) -> None:
+        """Take a reading when the last one is at least ``every_s`` old."""
+        if self.wall() - self.last < self.every_s:
+            return
+        for name, fn in self.kernels.items():
+            if name not in self.readings:
+                fn()  # warm-up: the first call packs and allocates
+            times = []
+            for _ in range(3):
+                t0 = self.now()
+                fn()
+                times.append(self.now() - t0)
+            self.readings.setdefault(name, []).append(float(np.median(times)))
+        self.last = self.wall()
+
+    def facts(self) -> dict[str, Any]:
+        """Per kernel: readings, median, p10, p90 (seconds) and spread = p90 / p10 - 1."""
+        out: dict[str, Any] = {"every_s": self.every_s, "shape_mkn": list(SENTINEL_SHAPE)}
+        for name, v in self.readings.items():
+            p10, p90 = float(np.percentile(v, 10)), float(np.percentile(v, 90))
+            out[name] = {"readings": len(v), "median_s": float(np.median(v)), "p10_s": p10, "p90_s": p90,
+                         "spread": round(p90 / p10 - 1.0, 4) if p10 > 0 else None}  # fmt: skip
+        return out
+
+
+def _sentinel_kernels(torch: Any, dtypes: Sequence[str]) -> dict[str, Callable[[], Any]]:
+    m, k, n = SENTINEL_SHAPE
+    g = torch.Generator(device="cpu").manual_seed(4321)
+    out: dict[str, Callable[[], Any]] = {}
+    for dt in dtypes:
+        a = torch.randn(m, k, generator=g).to(torch_dtype(dt))
+        w = torch.randn(n, k, generator=g).to(torch_dtype(dt))
+        out[f"{dt}_gemm"] = lambda a=a, w=w: torch.nn.functional.linear(a, w)
+    return out
+
+
+def _sentinel_report(sentinel: SpeedSentinel, out: ProgressFn) -> dict[str, Any]:
+    f = sentinel.facts()
+    parts = [f"{k.split('_')[0]} {100 * v['spread']:.1f}% over {v['readings']}" for k, v in f.items()
+             if isinstance(v, dict) and v.get("spread") is not None]  # fmt: skip
+    if parts:
+        out(f"machine speed over the run (sentinel GEMM {'x'.join(map(str, SENTINEL_SHAPE))} every {sentinel.every_s:.0f} s, "
+            f"p90/p10 - 1): {', '.join(parts)}")  # fmt: skip
+    worst = max((v["spread"] for v in f.values() if isinstance(v, dict) and v.get("spread") is not None), default=0.0)
+    if worst > SENTINEL_SPREAD_WARN:
+        out(f"warning: the machine's speed moved by {100 * worst:.0f}% while measuring (the sentinel GEMM): the samples "
+            "carry the speed of their moment; a second calibration may fit other speeds (compare both with "
+            "`python benchmarks/repredict_validation.py`)")  # fmt: skip
+    return f
+
+
 def contention_note(device: dict[str, Any], name: str) -> str | None:
     """A warning when CPU profile ``name`` (its ``device`` section) kept samples that were measured
     while other work took a core they needed (``device.contention.still_contended``): its
@@ -1739,6 +1819,8 @@ def measure_suite(
     if device == "cpu" and clock == "wall":
         bench.contention = ContentionCheck(int(facts.get("logical_cpus") or os.cpu_count() or 1), nthreads,
                                            CONTENTION_RETRY_BUDGET_S[size.name])  # fmt: skip
+    if device == "cpu":
+        bench.sentinel = SpeedSentinel(_sentinel_kernels(torch, dts), timer.now)
     torch.manual_seed(seed)
 
     groups: list[tuple[str, float, Callable[[], int]]] = []
@@ -1792,6 +1874,8 @@ def measure_suite(
                 "core (other load), so the thread wake-up (and every sample at this thread count) measured that load")  # fmt: skip
     if bench.contention is not None:
         facts["contention"] = _contention_report(bench.contention, out)
+    if bench.sentinel is not None:
+        facts["speed_sentinel"] = _sentinel_report(bench.sentinel, out)
     probe1 = drift_probe(device, clock)
     facts["speed_probe_s"] = float(0.5 * (probe0 + probe1))
     facts["speed_probe_start_end_s"] = [float(probe0), float(probe1)]
