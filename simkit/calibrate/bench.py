@@ -1606,7 +1606,7 @@ class ContentionCheck:
             if attempt:
                 self.remeasured += 1
                 self.spent_s += end[0] - start[0]
-            if other < best_other:
+            if not contended or other < best_other:  # an uncontended try is kept whatever the others read
                 best, best_other = meas, other
                 best.other_cores = other
             if not contended:
