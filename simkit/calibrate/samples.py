@@ -32,7 +32,7 @@ SAMPLE_COLUMNS = (
     "source",
     "tp",
 )
-OPTIONAL_COLUMNS = ("block_size", "queue_depth", "pinned", "direction", "num_gpus", "threads", "raw_times")
+OPTIONAL_COLUMNS = ("block_size", "queue_depth", "pinned", "direction", "num_gpus", "threads", "raw_times", "other_cores")
 
 
 @dataclass
@@ -40,6 +40,9 @@ class Measurement:
     times: list[float]
     """Seconds per call, one value per repetition."""
     inner: int = 1
+    other_cores: float | None = None
+    """Cores' worth of CPU time other processes and the hypervisor's steal took while it was
+    measured (``simkit.calibrate.bench.ContentionCheck``); None where not checked."""
 
     @property
     def median(self) -> float:
@@ -96,6 +99,8 @@ def make_row(
         tp=1,
         raw_times=meas.raw(),
     )
+    if meas.other_cores is not None:
+        row["other_cores"] = round(float(meas.other_cores), 3)
     for key, val in (shape or {}).items():
         if key in row:
             row[key] = float(val)

@@ -359,6 +359,7 @@ def run_validation(
     """Measure every (phase, batch, context) of ``cfg`` and compare with the prediction."""
     from simkit.calibrate.bench import (
         LoadMonitor,
+        contention_note,
         gemm_timing_note,
         openmp_env,
         openmp_env_note,
@@ -398,6 +399,9 @@ def run_validation(
     wake_note = thread_wakeup_note(dict(profile_device(profile)), threads, str(getattr(profile, "name", "")))
     if wake_note:
         out(wake_note)
+    busy_note = contention_note(dict(profile_device(profile)), str(getattr(profile, "name", "")))
+    if busy_note:
+        out(busy_note)
     device = compute_device(profile)
     spec = model_spec(cfg)
     max_ctx = max(cfg.context_lens)
@@ -483,6 +487,7 @@ def run_validation(
         "openmp_env": openmp_env(),
         "openmp_env_note": omp_note,
         "thread_wakeup_note": wake_note,
+        "contention_note": busy_note,
         "fingerprint": {"matches": mismatch is None, "differs": [list(d) for d in match.differs] if match else None,
                         "forced": bool(mismatch and cfg.force)},
         # the profile's predicted / measured time of GEMMs in each dtype (> 1: this machine is faster)
