@@ -185,7 +185,9 @@ def _cell(med: float, p90: float) -> str:
 
 def gpu_fidelity_report(progress: bool = True) -> tuple[str, dict[str, Any]]:
     """The GPU sections of docs/fidelity.md: (markdown text, results dict)."""
+    from simkit.calibrate.fit import leave_one_out_summary
     from simkit.calibrate.vidur import LINEAR
+    from simkit.cost.profile import roof_from_device
 
     t0 = time.perf_counter()
     out: list[str] = []
@@ -202,7 +204,8 @@ def gpu_fidelity_report(progress: bool = True) -> tuple[str, dict[str, Any]]:
     for _gpu, catalog in GPUS:
         t1 = time.perf_counter()
         samples, device = load_vidur_profile(catalog)
-        lin = lomo(samples, device, "gemm", LINEAR).set_index("group")
+        lin_pred = lomo_predictions(samples, device, LINEAR)
+        lin = leave_one_out_summary(lin_pred, "gemm", roof_from_device(device, samples=samples), datasheet=True).set_index("group")
         ew = lomo(samples, device, "elementwise", None).set_index("group")
         res["lomo"][catalog] = {}
         for model in lin.index:
@@ -224,7 +227,7 @@ def gpu_fidelity_report(progress: bool = True) -> tuple[str, dict[str, Any]]:
             print(f"[fidelity] {catalog}: leave-one-model-out in {time.perf_counter() - t1:.0f} s", file=sys.stderr, flush=True)
         coll = collective_fidelity(samples)
         res["collectives"][catalog] = coll
-        res["linear_breakdown"][catalog] = linear_error_breakdown(lomo_predictions(samples, device, LINEAR))
+        res["linear_breakdown"][catalog] = linear_error_breakdown(lin_pred)
         res["linear_floor"][catalog] = linear_floor(samples, LINEAR)
     n_ok = sum(v["goal_met"] for g in res["lomo"].values() for v in g.values())
     n_all = sum(len(g) for g in res["lomo"].values())

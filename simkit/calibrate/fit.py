@@ -304,10 +304,14 @@ def leave_one_out(
 
     ``ops`` restricts the scored rows (the fit always uses every row of the class); ``datasheet``
     adds the error of :class:`~simkit.cost.efficiency.DatasheetEfficiency` on the same rows."""
+    pred = leave_one_out_predictions(samples, group_col, op_class=op_class, device=device, ops=ops, groups=groups)
+    return leave_one_out_summary(pred, op_class, roof_from_device(device or {}, samples=samples), datasheet=datasheet)
+
+
+def leave_one_out_summary(pred: Any, op_class: str, roof: Roof, *, datasheet: bool = False) -> Any:
+    """The per-group errors of :func:`leave_one_out_predictions` rows (the table of :func:`leave_one_out`)."""
     import pandas as pd
 
-    pred = leave_one_out_predictions(samples, group_col, op_class=op_class, device=device, ops=ops, groups=groups)
-    roof = roof_from_device(device or {}, samples=samples)
     rows = []
     for g, te in pred.groupby("group", sort=False):
         row: dict[str, Any] = {"group": g, **ape_stats(te.pred.values, te.time_s.values)}
