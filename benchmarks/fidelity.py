@@ -235,7 +235,7 @@ def gpu_fidelity_report(progress: bool = True) -> tuple[str, dict[str, Any]]:
     out.append("### Linear layers: where the held-out error is, and what the measurements allow\n")
     out.append(
         "Left: the table's held-out linear rows split by the distance of their (n, k) to the nearest training "
-        f"(n, k) (`same`: a training model has it; `near`: <= {NEAR_OCTAVES} octave; `far`: farther); cells "
+        f"(n, k) (`same`: a training model has it; `near`: <= {NEAR_OCTAVES} octave; `far`: farther); cells: "
         "rows: median / p90, signed median. Right: the measurements against themselves (`linear_floor`): rows "
         "measured twice, the same (m, n, k) in another model, the best time-non-decreasing-in-tokens fit of "
         f"each curve to its own rows, and the rows > {DROP:.0%} slower than a larger token count of their curve.\n"
