@@ -118,7 +118,8 @@ def _stats(e: np.ndarray) -> tuple[float, float]:
 def linear_error_breakdown(pred: Any) -> dict[str, dict[str, Any]]:
     """Where the held-out linear-layer error is, per left-out model: ``pred`` is the output of
     :func:`simkit.calibrate.fit.leave_one_out_predictions` (column ``group`` = left-out model).
-    Rows are split by the distance of their (n, k) to the nearest (n, k) of the training models in
+    Rows are split by the distance of their (n, k) to the nearest (n, k) of the other groups' rows
+    (the training models' shapes when every GEMM operator is scored, as for the Vidur models), in
     octaves of (n, k): ``same`` (0), ``near`` (<= NEAR_OCTAVES), ``far``; per class: rows, median and
     p90 |error|, median signed error (predicted / measured - 1)."""
     out: dict[str, dict[str, Any]] = {}
