@@ -59,6 +59,16 @@ def lomo(samples: Any, device: dict[str, Any], op_class: str, ops: tuple[str, ..
     return lomo_table(samples, device, op_class, ops)
 
 
+def lomo_predictions(samples: Any, device: dict[str, Any], ops: tuple[str, ...]) -> Any:
+    """Held-out GEMM predictions per left-out model (column ``group``; see leave_one_out_predictions)."""
+    from simkit.calibrate.fit import leave_one_out_predictions
+    from simkit.calibrate.vidur import model_of
+
+    df = samples[samples.op_class == "gemm"]
+    df = df.assign(model=df.source.astype(str).map(model_of))
+    return leave_one_out_predictions(df, "model", op_class="gemm", device=device, ops=ops)
+
+
 def _held_out(op: str, p: int, S: np.ndarray, T: np.ndarray, train: np.ndarray, test: np.ndarray, bands: bool) -> np.ndarray:
     """|error| on ``test`` of a fit on ``train`` (one band, or the profiles' size bands)."""
     from simkit.cost.collectives import DEFAULT_BAND_EDGES, collective_time, fit_collective
@@ -95,13 +105,94 @@ def collective_fidelity(samples: Any, seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
+NEAR_OCTAVES = 0.3
+"""Distance in (log2 n, log2 k) under which a left-out GEMM shape counts as near a training shape."""
+DROP = 0.08
+"""A row counts as a kernel-choice inversion when it is this much slower than a larger token count of its shape."""
+
+
+def _stats(e: np.ndarray) -> tuple[float, float]:
+    return (float(np.median(e)), float(np.quantile(e, 0.9))) if len(e) else (float("nan"), float("nan"))
+
+
+def linear_error_breakdown(pred: Any) -> dict[str, dict[str, Any]]:
+    """Where the held-out linear-layer error is, per left-out model: ``pred`` is the output of
+    :func:`simkit.calibrate.fit.leave_one_out_predictions` (column ``group`` = left-out model).
+    Rows are split by the distance of their (n, k) to the nearest (n, k) of the other groups' rows
+    (the training models' shapes when every GEMM operator is scored, as for the Vidur models), in
+    octaves of (n, k): ``same`` (0), ``near`` (<= NEAR_OCTAVES), ``far``; per class: rows, median and
+    p90 |error|, median signed error (predicted / measured - 1)."""
+    out: dict[str, dict[str, Any]] = {}
+    for g, te in pred.groupby("group", sort=True):
+        tr = pred[pred.group != g]
+        train_nk = np.unique(np.log2(tr[["n", "k"]].to_numpy(float)), axis=0)
+        X = np.log2(te[["n", "k"]].to_numpy(float))
+        dist = np.sqrt(((X[:, None, :] - train_nk[None, :, :]) ** 2).sum(-1)).min(axis=1) if len(train_nk) else np.full(len(X), np.inf)
+        r = te.pred.to_numpy(float) / te.time_s.to_numpy(float) - 1.0
+        cls = np.where(dist < 1e-9, "same", np.where(dist <= NEAR_OCTAVES, "near", "far"))
+        out[str(g)] = {}
+        for c in ("same", "near", "far"):
+            sel = cls == c
+            med, p90 = _stats(np.abs(r[sel]))
+            out[str(g)][c] = {"n": int(sel.sum()), "median_ape": med, "p90_ape": p90,
+                              "signed_median": float(np.median(r[sel])) if sel.any() else float("nan")}
+    return out
+
+
+def linear_floor(samples: Any, ops: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """What the measurements themselves allow, per model (its ``ops`` GEMM rows; median / p90 of
+    |a / b - 1| unless stated): ``repeat`` the rows Vidur measured twice (same tokens, TP and
+    operator: 2048 and 4096 tokens) against each other; ``other_model`` rows against the rows of
+    another model with the same (m, n, k); ``monotone`` the error of the best fit of each
+    (operator, TP) curve that is non-decreasing in the token count (isotonic regression of log
+    time, fitted on the rows themselves: a lower bound for any predictor whose time never falls
+    as tokens grow); ``inverted`` the share of rows more than DROP slower than a larger token count
+    of the same curve (cuBLAS picked a slower kernel: wave quantisation only ever adds time)."""
+    from sklearn.isotonic import IsotonicRegression
+
+    from simkit.calibrate.vidur import model_of
+
+    df = samples[(samples.op_class == "gemm") & samples.op.isin(list(ops))]
+    df = df.assign(model=df.source.astype(str).map(model_of))
+    out: dict[str, dict[str, Any]] = {}
+    for model, g in df.groupby("model", sort=True):
+        rep, mono, inv = [], [], []
+        for _, h in g.groupby(["op", "tp"], sort=True):
+            t_by_m = h.groupby("tokens").time_s
+            twice = t_by_m.agg(["min", "max", "count"])
+            twice = twice[twice["count"] == 2]
+            rep.append((twice["max"] / twice["min"] - 1.0).to_numpy(float))
+            t = t_by_m.median().sort_index().to_numpy(float)
+            fit = IsotonicRegression().fit_transform(np.arange(len(t)), np.log(t))
+            mono.append(np.abs(np.exp(fit) / t - 1.0))
+            later_min = np.r_[np.minimum.accumulate(t[::-1])[::-1][1:], np.inf]
+            inv.append(t / later_min - 1.0 > DROP)
+        others = df[df.model != model].groupby(["m", "n", "k"]).time_s.median()
+        mine = g.groupby(["m", "n", "k"]).time_s.median()
+        both = mine.to_frame("a").join(others.rename("b"), how="inner")
+        cross = np.abs(both.a.to_numpy(float) / both.b.to_numpy(float) - 1.0)
+        out[str(model)] = {
+            "repeat": (*_stats(np.concatenate(rep)), int(sum(len(x) for x in rep))),
+            "other_model": (*_stats(cross), int(len(cross))),
+            "monotone": _stats(np.concatenate(mono)),
+            "inverted": float(np.mean(np.concatenate(inv))),
+        }
+    return out
+
+
+def _cell(med: float, p90: float) -> str:
+    return "-" if not np.isfinite(med) else f"{100 * med:.1f}% / {100 * p90:.1f}%"
+
+
 def gpu_fidelity_report(progress: bool = True) -> tuple[str, dict[str, Any]]:
     """The GPU sections of docs/fidelity.md: (markdown text, results dict)."""
+    from simkit.calibrate.fit import leave_one_out_summary
     from simkit.calibrate.vidur import LINEAR
+    from simkit.cost.profile import roof_from_device
 
     t0 = time.perf_counter()
     out: list[str] = []
-    res: dict[str, Any] = {"lomo": {}, "collectives": {}}
+    res: dict[str, Any] = {"lomo": {}, "collectives": {}, "linear_breakdown": {}, "linear_floor": {}}
     out.append("## (a) GPU operators: leave-one-model-out (Vidur measurements, fp16)\n")
     out.append(
         "Fit on four models, predict every row of the fifth (all token counts 1..4096, all TP degrees). "
@@ -114,7 +205,8 @@ def gpu_fidelity_report(progress: bool = True) -> tuple[str, dict[str, Any]]:
     for _gpu, catalog in GPUS:
         t1 = time.perf_counter()
         samples, device = load_vidur_profile(catalog)
-        lin = lomo(samples, device, "gemm", LINEAR).set_index("group")
+        lin_pred = lomo_predictions(samples, device, LINEAR)
+        lin = leave_one_out_summary(lin_pred, "gemm", roof_from_device(device, samples=samples), datasheet=True).set_index("group")
         ew = lomo(samples, device, "elementwise", None).set_index("group")
         res["lomo"][catalog] = {}
         for model in lin.index:
@@ -136,9 +228,33 @@ def gpu_fidelity_report(progress: bool = True) -> tuple[str, dict[str, Any]]:
             print(f"[fidelity] {catalog}: leave-one-model-out in {time.perf_counter() - t1:.0f} s", file=sys.stderr, flush=True)
         coll = collective_fidelity(samples)
         res["collectives"][catalog] = coll
+        res["linear_breakdown"][catalog] = linear_error_breakdown(lin_pred)
+        res["linear_floor"][catalog] = linear_floor(samples, LINEAR)
     n_ok = sum(v["goal_met"] for g in res["lomo"].values() for v in g.values())
     n_all = sum(len(g) for g in res["lomo"].values())
     out.append(f"\nLinear-layer goal met for {n_ok} of {n_all} (GPU, left-out model) pairs.\n")
+    out.append("### Linear layers: where the held-out error is, and what the measurements allow\n")
+    out.append(
+        "Left: the table's held-out linear rows split by the distance of their (n, k) to the nearest training "
+        f"(n, k) (`same`: a training model has it; `near`: <= {NEAR_OCTAVES} octave; `far`: farther); cells: "
+        "rows: median / p90, signed median. Right: the measurements against themselves (`linear_floor`): rows "
+        "measured twice, the same (m, n, k) in another model, the best time-non-decreasing-in-tokens fit of "
+        f"each curve to its own rows, and the rows > {DROP:.0%} slower than a larger token count of their curve.\n"
+    )
+    out.append("| GPU | left-out model | same (n, k) | near | far | measured twice | same (m, n, k), other model "
+               "| best monotone fit | inverted rows |")
+    out.append("|---|---|---|---|---|---|---|---|---:|")
+    for catalog, per in res["linear_breakdown"].items():
+        for model, b in per.items():
+            fl = res["linear_floor"][catalog][model]
+            cells = [f"{b[c]['n']}: {_cell(b[c]['median_ape'], b[c]['p90_ape'])}, {100 * b[c]['signed_median']:+.1f}%"
+                     if b[c]["n"] else "-" for c in ("same", "near", "far")]  # fmt: skip
+            out.append(
+                f"| {catalog} | {model} | {' | '.join(cells)} | {_cell(*fl['repeat'][:2])} (n={fl['repeat'][2]}) | "
+                f"{_cell(*fl['other_model'][:2])} (n={fl['other_model'][2]}) | {_cell(*fl['monotone'])} | "
+                f"{100 * fl['inverted']:.1f}% |"
+            )
+    out.append("")
 
     out.append("## (b) Collectives: alpha-beta fits on held-out message sizes (Vidur NCCL timings)\n")
     out.append(

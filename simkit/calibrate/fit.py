@@ -256,6 +256,39 @@ def fit_class(
     return cm
 
 
+def leave_one_out_predictions(
+    samples: Any,
+    group_col: str = "source",
+    *,
+    op_class: str = "gemm",
+    device: Mapping[str, Any] | None = None,
+    ops: Iterable[str] | None = None,
+    groups: Iterable[str] | None = None,
+) -> Any:
+    """The held-out predictions behind :func:`leave_one_out`: for each group, fit ``op_class`` on
+    every other group and predict the group's rows (only ``ops`` rows when given). Returns the
+    prepared rows (see :func:`prepare`) of every scored group, with ``group`` and ``pred``
+    (predicted seconds) columns, groups in order."""
+    import pandas as pd
+
+    df = prepare(samples, op_class)
+    roof = roof_from_device(device or {}, samples=samples)
+    parts = []
+    want = list(groups) if groups is not None else sorted(df[group_col].astype(str).unique())
+    for g in want:
+        te_mask = (df[group_col].astype(str) == g).to_numpy(copy=True)
+        if ops is not None:
+            te_mask &= df.op.isin(list(ops)).to_numpy()
+        tr = df[(df[group_col].astype(str) != g).values]
+        te = df[te_mask]
+        if len(te) == 0 or len(tr) == 0:
+            continue
+        cm = fit_class(tr, op_class, roof, score=False, fallback=False)
+        pred = cm.predict_time(te.flops.values, te.bytes_moved.values, _shape_of(te, op_class), list(te.dtype.values), memo=False)
+        parts.append(te.assign(group=g, pred=pred))
+    return pd.concat(parts) if parts else df.iloc[:0].assign(group="", pred=0.0)
+
+
 def leave_one_out(
     samples: Any,
     group_col: str = "source",
@@ -271,23 +304,17 @@ def leave_one_out(
 
     ``ops`` restricts the scored rows (the fit always uses every row of the class); ``datasheet``
     adds the error of :class:`~simkit.cost.efficiency.DatasheetEfficiency` on the same rows."""
+    pred = leave_one_out_predictions(samples, group_col, op_class=op_class, device=device, ops=ops, groups=groups)
+    return leave_one_out_summary(pred, op_class, roof_from_device(device or {}, samples=samples), datasheet=datasheet)
+
+
+def leave_one_out_summary(pred: Any, op_class: str, roof: Roof, *, datasheet: bool = False) -> Any:
+    """The per-group errors of :func:`leave_one_out_predictions` rows (the table of :func:`leave_one_out`)."""
     import pandas as pd
 
-    df = prepare(samples, op_class)
-    roof = roof_from_device(device or {}, samples=samples)
     rows = []
-    want = list(groups) if groups is not None else sorted(df[group_col].astype(str).unique())
-    for g in want:
-        te_mask = (df[group_col].astype(str) == g).to_numpy(copy=True)
-        if ops is not None:
-            te_mask &= df.op.isin(list(ops)).to_numpy()
-        tr = df[(df[group_col].astype(str) != g).values]
-        te = df[te_mask]
-        if len(te) == 0 or len(tr) == 0:
-            continue
-        cm = fit_class(tr, op_class, roof, score=False, fallback=False)
-        pred = cm.predict_time(te.flops.values, te.bytes_moved.values, _shape_of(te, op_class), list(te.dtype.values), memo=False)
-        row: dict[str, Any] = {"group": g, **ape_stats(pred, te.time_s.values)}
+    for g, te in pred.groupby("group", sort=False):
+        row: dict[str, Any] = {"group": g, **ape_stats(te.pred.values, te.time_s.values)}
         if datasheet:
             row.update(datasheet_error(te, op_class, roof))
         rows.append(row)
