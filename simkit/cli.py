@@ -252,17 +252,19 @@ def cmd_offload_plan(a: argparse.Namespace) -> int:
         print(f"# 4-bit {' and '.join(not_searched)} not searched (16-bit as plan.precision says; "
               f"{' / '.join(f for f, c in (('--compress-weights', comp_w), ('--compress-kv', comp_kv)) if True not in c)} "
               "to search the quality trade)")
-    hdr = f"{'rank':>4} {'gbs':>5} {'ngb':>4} {'cpu_attn':>8} {'int4_w':>6} {'int4_kv':>7}  {'weights g/c/x/d':<22} {'kv g/c/x/d':<22} {'LP tok/s':>10} {'sim tok/s':>10}  bottleneck"
+    hdr = f"{'rank':>4} {'gbs':>5} {'ngb':>4} {'cpu_attn':>8} {'int4_w':>6} {'int4_kv':>7}  {'weights g/c/x/d':<22} {'kv g/c/x/d':<22} {'act g/c/x/d':<22} {'LP tok/s':>10} {'sim tok/s':>10}  bottleneck"
     print(hdr)
     for k, c in enumerate(cands, 1):
         f = c.fractions
-        w, kv = _fractions_text(f["w"]), _fractions_text(f["c"])
+        w, kv, act = _fractions_text(f["w"]), _fractions_text(f["c"]), _fractions_text(f["h"])
         sim = c.sim.get("output_tokens_per_s")
         bott = c.sim.get("bottleneck", c.lp_bottleneck) if c.sim else c.lp_bottleneck
         err = c.sim.get("error") if c.sim else None
         print(f"{k:>4} {c.gpu_batch_size:>5} {c.num_gpu_batches:>4} {str(c.cpu_attention):>8} {str(c.compress_weights):>6} {str(c.compress_kv):>7}  "
-              f"{w:<22} {kv:<22} {c.lp_throughput:>10.3f} {(f'{sim:.3f}' if sim else '-'):>10}  {bott}"
+              f"{w:<22} {kv:<22} {act:<22} {c.lp_throughput:>10.3f} {(f'{sim:.3f}' if sim else '-'):>10}  {bott}"
               + (f"  (simulation: {err})" if err else ""))
+    print("# fractions above are rounded to 2 decimals; a plan's exact plan.offload (the placement simulated, to put in a "
+          "scenario for `simkit run`) is what --json FILE writes")
     batch = sc.workload.batch
     if batch is not None and any(c.gpu_batch_size * c.num_gpu_batches != batch.num_prompts for c in cands):
         warn_line(f"the workload is a fixed batch of {batch.num_prompts} prompts, but the tok/s above are for each plan's "

@@ -180,18 +180,21 @@ def test_offload_plan_prints_no_negative_fractions(tmp_path, capsys):
     assert main(["offload-plan", str(path), "--confirm", "0"]) == 0
     out, err = capsys.readouterr()
     assert out.splitlines()[1].startswith("# 4-bit weights and KV cache not searched")
-    rows = out.splitlines()[3:]
+    assert out.splitlines()[2].split()[6:9] == ["weights", "g/c/x/d", "kv"] and "act g/c/x/d" in out.splitlines()[2]
+    assert out.splitlines()[-1].startswith("# fractions above are rounded to 2 decimals")
+    rows = out.splitlines()[3:-1]
     batches = [int(line.split()[1]) * int(line.split()[2]) for line in rows]
     # a fixed batch of 32 prompts cannot fill a plan of more sequences: none is ranked; the best 8 run all 32
     assert batches == [32] * 8 and "fixed batch" not in err
     for line in rows:
         fields = line.split()
-        shares = [float(x) for x in (*fields[6].split("/"), *fields[7].split("/"))]
+        shares = [float(x) for x in (*fields[6].split("/"), *fields[7].split("/"), *fields[8].split("/"))]
+        assert len(shares) == 12
         assert all(x >= 0 for x in shares) and "-0.00" not in line
     # further down, plans of fewer sequences are ranked by tok/s at their own batch: the command says so
     assert main(["offload-plan", str(path), "--confirm", "0", "--top", "60"]) == 0
     out, err = capsys.readouterr()
-    batches = [int(line.split()[1]) * int(line.split()[2]) for line in out.splitlines()[3:]]
+    batches = [int(line.split()[1]) * int(line.split()[2]) for line in out.splitlines()[3:-1]]
     assert max(batches) == 32 and min(batches) < 32
     assert "warning: the workload is a fixed batch of 32 prompts, but the tok/s above are for each plan's own batch" in err
 
