@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import threading
 from pathlib import Path
 
 import numpy as np
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # (imported by tests as well as run)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from disk_read_paths import drop_cache  # noqa: E402  (one home for the page-cache eviction)
 
 Faults = dict[int, tuple[int, int]]
 """OS thread id -> (minor, major) page faults."""
@@ -50,14 +55,6 @@ def make_file(path: Path, size: int) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def drop_cache(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
 
