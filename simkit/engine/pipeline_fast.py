@@ -43,6 +43,8 @@ event by event (:func:`closed_form_reason`).
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -89,6 +91,90 @@ def closed_form_reason(trace: bool, prefix_cache: bool, preemption: str, fast_en
     return None
 
 
+_URGENT, _NORMAL, _ROOT = 0, 1, 2
+"""SimPy's priorities (``simpy.events``; tested equal), and a submission's own place."""
+
+_SUBMITS = itertools.count()
+"""Submissions in the order they are made (the order their engines' resumptions are processed)."""
+
+
+class _At:
+    """One event of the event path's schedule of a micro-batch, never made: its time, priority,
+    its place among the events its parent scheduled (``seq``) and its parent (the event in whose
+    processing it was scheduled; None: forgotten). A submission's own place is a root
+    (``prio`` ``_ROOT``, ``seq`` its submission number, no parent). SimPy processes the events of
+    one time in (priority, scheduling order) order, so where two of these events share a time
+    their order follows from their parents' (:func:`_before`)."""
+
+    __slots__ = ("t", "prio", "seq", "parent", "peer", "ahead")
+
+    def __init__(self, t: float, prio: int, seq: int, parent: _At | None) -> None:
+        self.t = t
+        self.prio = prio
+        self.seq = seq
+        self.parent = parent
+        self.peer: _At | None = None
+        """The last event it was found in order with (:func:`_before`), and whether it is first."""
+        self.ahead = False
+
+
+class _Undecided(Exception):  # noqa: N818 (a control-flow signal, not an error)
+    """Two events' order does not follow from what :class:`_At` keeps."""
+
+
+def _before(a: _At, b: _At) -> bool:
+    """Whether SimPy processes event ``a`` before event ``b`` (distinct events): by time; at one
+    time, a normal event's place is its scheduling order, so two of one priority go in their
+    parents' order (their own order in one parent's); an urgent one (scheduled at that time)
+    goes right after its parent, before every normal event not yet processed. Every pair of
+    events the walk goes through is in the same order as the first: each remembers it (its
+    ``peer``), so a later walk that reaches the pair stops there. Raises :class:`_Undecided`
+    where the order needs what is not kept (a forgotten parent, or a submission against another
+    micro-batch's event of its instant)."""
+    seen: list[tuple[_At, _At]] = []
+    while True:
+        if a.t != b.t:
+            first = a.t < b.t
+            break
+        if a.peer is b:
+            first = a.ahead
+            break
+        if a is b:
+            raise _Undecided
+        pa, pb = a.prio, b.prio
+        if pa == pb and (pa == _ROOT or (a.parent is b.parent and a.parent is not None)):
+            first = a.seq < b.seq
+            break
+        seen.append((a, b))
+        if pa == pb:
+            a, b = a.parent, b.parent  # type: ignore[assignment]
+        elif pa == _URGENT and pb == _NORMAL:
+            if a.parent is b:
+                first = False
+                break
+            a = a.parent  # type: ignore[assignment]
+        elif pa == _NORMAL and pb == _URGENT:
+            if b.parent is a:
+                first = True
+                break
+            b = b.parent  # type: ignore[assignment]
+        else:
+            raise _Undecided
+        if a is None or b is None:
+            raise _Undecided
+    for x, y in seen:
+        x.peer, x.ahead, y.peer, y.ahead = y, first, x, not first
+    return first
+
+
+_ENDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per world, per end time: the micro-batches of every replica whose stages end then, not yet
+resumed (each ``(its end event's place, the event to fire)``)."""
+
+_KEEP = 16
+"""Submissions of a replica whose events' places are kept (older ones' parents are forgotten)."""
+
+
 class PipelineSchedule:
     """The stage streams and inter-stage links of one pipelined replica, as clocks (see the
     module docstring). Shared by the replica's virtual engines."""
@@ -115,6 +201,19 @@ class PipelineSchedule:
         self._hop_memo: dict[int, tuple[float, list[tuple[int, Link | None, float, float]]]] = {}
         self._last_decode: tuple[int, int, int, float] | None = None
         """(batch, context sum, longest, replica-wide time) of the last decode iteration priced."""
+        self.e_at: list[_At | None] = [None] * n
+        """The place of the event path's timeout of each stage's last holder (see :class:`_At`)."""
+        self._rq: _At | None = None
+        self._qseq = 0
+        """The event in whose processing the current micro-batch makes its next request, and its
+        place among the events that one schedules."""
+        self._kept: list[list[_At]] = []
+        """The places made by the last :data:`_KEEP` submissions."""
+        self.resumed_by: _At | None = None
+        """Set by the engine before a submission: the end event of its last micro-batch where
+        that resumed it and it waited for nothing since (the submission's parent), else None."""
+        self.last_end: _At | None = None
+        """The place of the last submission's end event (what :meth:`_done` resumes with)."""
 
     def _times(self, q: np.ndarray, ctx: np.ndarray, rows: int, decode: tuple[int, int] | None = None) -> list[float]:
         """Each stage's ``step_time(q, ctx, logits_rows=rows)``, in its scalar form where it has
@@ -177,6 +276,7 @@ class PipelineSchedule:
         form does not hold (the run is then abandoned, so nothing needs undoing). ``decode``:
         as :meth:`_times` takes it (one iteration that only decodes)."""
         now = self.env.now
+        self._begin(now)
         req = now
         first = True
         for q, ctx, rows in steps:
@@ -192,6 +292,7 @@ class PipelineSchedule:
         sum to ``dec_sum``, the longest being ``longest`` (a sliding-window model: the
         ``contexts`` themselves); its stage times as :meth:`_decode_times` gives them."""
         now = self.env._now
+        self._begin(now)
         durs, comms = self._decode_times(eng, nb, dec_sum, longest, contexts)
         return self._done(self._through(eng, now, now, True, nb, durs, comms))
 
@@ -298,6 +399,9 @@ class PipelineSchedule:
         ``comms``), requested at ``req``: the stages' and links' clocks, the engine's and links'
         accounting; returns when its last stage (or transfer) is done."""
         free_at, last_req, link_end = self.free_at, self.last_req, self.link_end
+        e_at, rq, qseq = self.e_at, self._rq, self._qseq
+        assert rq is not None
+        made = self._kept[-1]
         act_bytes, hops = self._hops(eng, qsum)
         stage_busy, stage_comm = eng.stage_busy, eng.stage_comm
         busy, busy_gpu = eng.busy_time, eng.busy_gpu_s  # summed in the event path's order, stored below
@@ -310,13 +414,32 @@ class PipelineSchedule:
             dur = durs[k]
             f = free_at[k]
             start = req if req >= f else f
+            # the places of the stage's grant and timeout: granted in the processing of the
+            # request where the stream is free then, else in that of the holder's release
+            ep = e_at[k]
+            if ep is None or req > f or (req == f and self._free_first(ep, rq, now)):
+                qa = _At(start, _NORMAL, qseq, rq)
+            else:
+                rel = _At(f, _NORMAL, 0, ep)
+                made.append(rel)
+                qa = _At(start, _NORMAL, 0, rel)
             stage_busy[k] += dur
             stage_comm[k] += comms[k]
             end = start + dur
             free_at[k] = end
+            ea = e_at[k] = _At(end, _NORMAL, 0, qa)
+            made += (qa, ea)
             busy += dur
             busy_gpu += dur * tp
-            if link is None or act_bytes <= 0:
+            if link is None:
+                # the next request in the timeout's processing, after the release
+                rq, qseq = ea, 1
+                req = end
+                continue
+            if act_bytes <= 0:
+                # no bytes: the transfer's event is scheduled at once, after the release
+                rq, qseq = _At(end, _NORMAL, 1, ea), 0
+                made.append(rq)
                 req = end
                 continue
             enter = end + lat if lat else end
@@ -336,16 +459,83 @@ class PipelineSchedule:
                     log.append([enter, land])
             link._last = land
             link.bytes_moved += act_bytes
+            # Link.transfer's start (urgent, after the release), its latency's timeout or (none)
+            # its wake-up's arming (urgent), the wake-up, the flow's end, the transfer's end
+            u1 = _At(end, _URGENT, 1, ea)
+            arm = _At(enter, _NORMAL, 0, u1) if lat else _At(end, _URGENT, 0, u1)
+            wk = _At(land, _NORMAL, 0, arm)
+            inner = _At(land, _NORMAL, 0, wk)
+            rq, qseq = _At(land, _NORMAL, 0, inner), 0
+            made += (u1, arm, wk, inner, rq)
             req = land
         eng.busy_time, eng.busy_gpu_s = busy, busy_gpu
+        self._rq, self._qseq = rq, qseq
         return req
+
+    def _begin(self, now: float) -> None:
+        """A submission at ``now``: its process's start (urgent, in the processing of the
+        engine's resumption: a root), where its first request is made; the places of the
+        submission :data:`_KEEP` back forget their parents."""
+        parent = self.resumed_by
+        self.resumed_by = None
+        root = _At(now, _ROOT, next(_SUBMITS), None) if parent is None else parent
+        self._rq, self._qseq = _At(now, _URGENT, 0, root), 0
+        kept = self._kept
+        kept.append([root, self._rq])
+        if len(kept) > _KEEP:
+            for a in kept.pop(0):
+                a.parent = None
+
+    def _free_first(self, ep: _At, rq: _At, now: float) -> bool:
+        """Whether the last holder's timeout ``ep`` is processed before the request's event
+        ``rq`` (the same instant): then the stream is free at the request."""
+        try:
+            return _before(ep, rq)
+        except _Undecided:
+            raise PipelineConflict(self.replica, now, "a stage is requested at the instant it is released, in an order not followed") from None
 
     def _done(self, end: float) -> simpy.Event:
         """An event that fires one event after the timeout ending at ``end`` (as the event
-        path's process resumes its engine)."""
-        done = self.env.event()
-        wake_at(self.env, end).callbacks.append(lambda _ev: done.succeed())
+        path's process resumes its engine). Where several replicas' micro-batches end at one
+        instant, the timeouts fire in the order they were scheduled here (at the submissions)
+        but the event path's last events were scheduled later, each where its last stage was
+        granted: each of these timeouts resumes the micro-batch whose end event SimPy would
+        process first (:func:`_before` on their places), or the run is repeated event by event
+        where that order does not follow from the places kept."""
+        env = self.env
+        done = env.event()
+        rq = self._rq
+        assert rq is not None
+        # the process's end event, scheduled where its last request would be made
+        at = self.last_end = _At(end, _NORMAL, self._qseq, rq)
+        self._kept[-1].append(at)
+        ends = _ENDS.get(env)
+        if ends is None:
+            ends = _ENDS[env] = {}
+        group = ends.get(end)
+        if group is None:
+            ends[end] = [(at, done)]
+        else:
+            group.append((at, done))
+        wake_at(env, end).callbacks.append(lambda _ev: self._fire(ends, end))
         return done
+
+    def _fire(self, ends: dict, end: float) -> None:
+        """One of the timeouts ending at ``end`` fired: resume the first micro-batch in SimPy's
+        order of those ending then (see :meth:`_done`)."""
+        group = ends[end]
+        if len(group) == 1:
+            del ends[end]
+            group[0][1].succeed()
+            return
+        best = 0
+        try:
+            for j in range(1, len(group)):
+                if _before(group[j][0], group[best][0]):
+                    best = j
+        except _Undecided:
+            raise PipelineConflict(self.replica, end, "micro-batches of two replicas end at one instant in an order not followed") from None
+        group.pop(best)[1].succeed()
 
 
 class PipelineEngine(Engine):
@@ -411,19 +601,24 @@ class PipelineFastEngine(FastEngine):
         env = self.env
         fast_step = self.policy.fast_step  # type: ignore[attr-defined]
         pipe = self.pipe
+        resumed_by = None  # the end event that resumed this loop, while it waited for nothing else
         while True:
             if not self.running and not self.waiting and not self.swapped:
                 yield from self._idle_wait()
+                resumed_by = None
             pre, q, nb = fast_step(self)
             if not pre and not nb:
                 if self._reject_never_fitting():
                     continue
                 yield from self._wait_empty_step()
+                resumed_by = None
                 continue
             if self.pending_swap:
                 # the step's swaps run before its forward pass (the reference's wait in its loop)
                 yield env.all_of(self.pending_swap)
                 self.pending_swap = []
+                resumed_by = None
+            pipe.resumed_by = resumed_by
             start = env._now
             if pre:
                 kv_pre, rows, dec_sum, longest = self._mixed_gather(pre, q, nb)
@@ -446,7 +641,9 @@ class PipelineFastEngine(FastEngine):
                 # reference's ``_wait_fetch``: the same events in the same order)
                 pending, self.pending_fetch = self.pending_fetch, []
                 yield env.all_of([done, *pending])
+                resumed_by = None
             else:
+                resumed_by = pipe.last_end
                 yield done
             if pre:
                 self._mixed_end(start, pre, q, nb)
