@@ -253,11 +253,6 @@ def _replica(
     without the closed form; fixed_step_time(batch))."""
     prefilling: list[int] = []
     """Admitted requests whose prompt is not all prefilled (chunked), in admission order."""
-    run_i = -1
-    """The prompt of a step that may start a chunk run (chunked; -1: none): chunked alone, its
-    chunk filling the budget without completing it, priced by the inline form, with the tables
-    ``run_tabs``."""
-    run_tabs: tuple = ()
 
     heappush, heappop = heapq.heappush, heapq.heappop
     nrun = 0
@@ -334,6 +329,9 @@ def _replica(
 
         # ---- the policy's decision -------------------------------------------------------------
         nb = len(info)
+        fast = False
+        """(chunked) The step chunks the first admitted prompt alone, ``i``: ``c0`` of its tokens
+        cached, ``ntok`` taken."""
         if chunked:
             pre: list[int] = []
             q: list[int] = []
@@ -362,36 +360,48 @@ def _replica(
                         n_active += kq
                         del pending[:kq]
             budget = chunk_budget - nb
-            for i in prefilling:
-                if budget <= 0:
-                    break
-                rem = inp[i] - kvp[i]
-                if rem > 0:
-                    c = rem if rem <= budget else budget
+            if prefilling and nb and budget > 0:
+                # the usual step: the first admitted prompt's chunk alone (it takes the whole budget,
+                # or completes with nothing else to chunk and nothing to admit), as below
+                i = prefilling[0]
+                c0 = kvp[i]
+                rem = inp[i] - c0
+                if rem >= budget or (rem > 0 and len(prefilling) == 1 and (not waiting or nrun >= max_seqs)):
+                    ntok = rem if rem <= budget else budget
+                    pre = [i]
+                    q = [ntok]
+                    fast = True
+            if not fast:
+                for i in prefilling:
+                    if budget <= 0:
+                        break
+                    rem = inp[i] - kvp[i]
+                    if rem > 0:
+                        c = rem if rem <= budget else budget
+                        pre.append(i)
+                        q.append(c)
+                        budget -= c
+                while budget > 0 and waiting and nrun < max_seqs:
+                    i = waiting[0]
+                    need = inp[i]
+                    nblk = -(-(need + 1) // bs)
+                    if used > num_blocks - nblk - wm:
+                        break
+                    area += (now - t_mark) * used
+                    t_mark = now
+                    marks += 1
+                    used += nblk
+                    if used > peak:
+                        peak = used
+                    blocks_at_admit[i] = nblk
+                    sched[i] = now
+                    nrun += 1
+                    waiting.popleft()
+                    prefilling.append(i)
+                    c = need if need <= budget else budget
                     pre.append(i)
                     q.append(c)
                     budget -= c
-            while budget > 0 and waiting and nrun < max_seqs:
-                i = waiting[0]
-                need = inp[i]
-                nblk = -(-(need + 1) // bs)
-                if used > num_blocks - nblk - wm:
-                    break
-                area += (now - t_mark) * used
-                t_mark = now
-                marks += 1
-                used += nblk
-                if used > peak:
-                    peak = used
-                blocks_at_admit[i] = nblk
-                sched[i] = now
-                nrun += 1
-                waiting.popleft()
-                prefilling.append(i)
-                c = need if need <= budget else budget
-                pre.append(i)
-                q.append(c)
-                budget -= c
         elif waiting and nrun < max_seqs:
             # ContinuousBatching._decide: whole prompts, first come first served, within the
             # token budget and the batch limit (FastEngine.admit)
@@ -430,7 +440,48 @@ def _replica(
         if pre:
             # ---- a step of prefill chunks (and, chunked, one decode step): FastEngine._mixed_begin
             n_pq = len(pre)
-            if not chunked and n_pq == 1:
+            if fast:
+                body, head = cost.scalar_tables
+                fast = pre_c is not None and (ntok > 1 or not c0) and len(body) > ntok + nb and len(head) > nb + 1
+            if fast:
+                # the first admitted prompt's chunk alone with the decode set: the n_pq == 1 case of the
+                # inline form below (the same operations in the same order), on what the decision took
+                top = c0 + ntok
+                done1 = top >= inp[i]
+                neg, j = long_heap[0]
+                while j not in info:
+                    heappop(long_heap)
+                    neg, j = long_heap[0]
+                longest = D - neg
+                if longest + 1 > mc_dec:
+                    mc_dec = longest + 1
+                if top > mc_pre:
+                    mc_pre = top
+                try:
+                    consts = dec_memo[nb][0]
+                except KeyError:
+                    memo = dec_memo[nb] = _dec_memo(cost, nb)
+                    consts = memo[0]
+                    fast = consts is not None
+            if fast:
+                f4p, heads, kvh, d, ab, kb, cf, cb, ov = pre_c
+                t = body[ntok + nb] + head[nb + done1]
+                f4, c1, c3, ratio, kvh_, d_, kb_, cf_, cb_, ov_, _, _ = consts
+                kv = sum_off + nb * D + nb
+                if ratio is not None:
+                    y = (longest + 1.0) * ratio
+                    if y > kv:
+                        kv = y
+                a = f4 * kv * cf_
+                b = (c1 + 2.0 * kv * kvh_ * d_ * kb_ + c3) * cb_
+                total = 0.0 + ((b if b > a else a) + ov_) * layers
+                fc = f4p * (ntok * c0 + ntok * (ntok + 1) // 2) * cf
+                bc = (2.0 * ntok * heads * d * ab + 2.0 * top * kvh * d * kb + 2.0 * ntok * kvh * d * kb) * cb
+                total += ((bc if bc > fc else fc) + ov) * layers
+                dur = t + total + (host_fixed + host_seq * (1 + nb))
+                if tp > 1:
+                    stage_comm += comm_time(ntok + nb)
+            elif not chunked and n_pq == 1:
                 # one whole prompt, nothing cached, one logits row (the usual prefill step of
                 # continuous batching): memoised by its length, as FastEngine memoises
                 # (tokens, 0, 1)
@@ -532,9 +583,6 @@ def _replica(
                         bc = byts * cb
                         total += ((bc if bc > fc else fc) + ov) * layers
                         dur = t + total + (host_fixed + host_seq * (n_pq + nb))
-                        if chunked and n_pq == 1 and not done1 and ntok == chunk_budget - nb and ntok > 1:
-                            run_i = pre[0]
-                            run_tabs = cost.scalar_tables
                     else:
                         if chunked and n_pq == 1:
                             kv_pre = [c0]
@@ -802,94 +850,6 @@ def _replica(
                 t_mark = now
                 marks += 1
                 used -= freed
-            if run_i >= 0:
-                # ---- a chunk run: while the decode set keeps its size (no finish at the next step:
-                # no sequence joins during a run) and the prompt's remainder exceeds the same budget,
-                # the next step chunks that prompt alone by the same number of tokens (nothing else
-                # is chunked or admitted: no budget is left), so what the step's price takes from
-                # the batch size and the chunk is this step's, and only the cached tokens, the decode
-                # set's contexts and the clock move. The steps are made here while each ends
-                # strictly before the earliest scheduled event; the first that does not (or would
-                # preempt) is left to the next pass, which makes it as any step
-                i = run_i
-                run_i = -1
-                if len(info) == nb and inp[i] - kvp[i] > ntok and fin_heap[0][0] > D + 1 and cost.scalar_tables is run_tabs:
-                    tri = ntok * (ntok + 1) // 2
-                    b1 = 2.0 * ntok * heads * d * ab
-                    b3 = 2.0 * ntok * kvh * d * kb
-                    host = host_fixed + host_seq * (n_pq + nb)
-                    comm = comm_time(ntok + nb) if tp > 1 else 0.0
-                    fb = float(nb)
-                    n_rows = n_pq + nb
-                    f4, c1, c3, ratio, kvh_, d_, kb_, cf_, cb_, ov_, _, _ = consts
-                    while True:
-                        # ChunkedPrefill._decide: the decode set's next step's blocks (checked here,
-                        # reserved once the step is known to end in this pass)
-                        free = num_blocks - used
-                        if nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
-                            break
-                        # IterationModel.mixed_step_time inlined as above
-                        c0 = kvp[i]
-                        top = c0 + ntok
-                        # the longest context: the heap's top is current (no sequence has left the
-                        # decode set since the first step's pricing read it)
-                        longest = D - long_heap[0][0]
-                        kv = sum_off + nb * D + nb
-                        if ratio is not None:
-                            y = (longest + 1.0) * ratio
-                            if y > kv:
-                                kv = y
-                        a = f4 * kv * cf_
-                        b = (c1 + 2.0 * kv * kvh_ * d_ * kb_ + c3) * cb_
-                        total = 0.0
-                        total += ((b if b > a else a) + ov_) * layers
-                        fc = f4p * (ntok * c0 + tri) * cf
-                        bc = (b1 + 2.0 * top * kvh * d * kb + b3) * cb
-                        total += ((bc if bc > fc else fc) + ov) * layers
-                        dur = t + total + host
-                        end = now + dur
-                        if end >= peek:
-                            break
-                        upto = D + 1
-                        total = cnt[Xa % bs] if upto == Xa + 1 else _growth(upto, Xa, n_active, cnt, pending, bs)
-                        if total:
-                            area += (now - t_mark) * used
-                            t_mark = now
-                            marks += 1
-                            used += total
-                            if used > peak:
-                                peak = used
-                        if upto > Xa:
-                            Xa = upto
-                            if pending and pending[0][0] <= upto:
-                                kq = 0
-                                while kq < len(pending) and pending[kq][0] <= upto:
-                                    cnt[pending[kq][0] % bs] += 1
-                                    kq += 1
-                                n_active += kq
-                                del pending[:kq]
-                        if longest + 1 > mc_dec:
-                            mc_dec = longest + 1
-                        if top > mc_pre:
-                            mc_pre = top
-                        stage_comm += comm
-                        # the step (FastEngine._advance, _mixed_end)
-                        start = now
-                        now = end
-                        busy += dur
-                        busy_gpu += dur * gpus
-                        if log_on:
-                            add_row((index, start, now, 1, ntok, nb, n_rows, used))
-                        kvp[i] = top
-                        if len(vals) >= BUF:
-                            hist.flush()
-                            vals, wts = hist._vals, hist._wts
-                        vals.append(now - last_dec)
-                        wts.append(fb)
-                        D += 1
-                        last_dec = now
-                        if inp[i] - top <= ntok or fin_heap[0][0] <= D + 1:
-                            break
             continue
 
         # ---- FastEngine._decode_end ------------------------------------------------------------
