@@ -336,8 +336,10 @@ def _replica(
             pre: list[int] = []
             q: list[int] = []
             # ChunkedPrefill._decide: the decode set, its next step's blocks reserved
-            # (FastEngine.decode_ready), then chunks of the admitted prompts, then admissions
-            if nb:
+            # (FastEngine.decode_ready), then chunks of the admitted prompts, then admissions; with
+            # nothing to prefill, the decode run below reserves them with its later steps' (at the
+            # same instant: the KV integral gains (now - now) * used = 0.0 from the second change)
+            if nb and (prefilling or waiting):
                 free = num_blocks - used
                 if nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
                     return PREEMPTION
@@ -360,17 +362,39 @@ def _replica(
                         n_active += kq
                         del pending[:kq]
             budget = chunk_budget - nb
-            if prefilling and nb and budget > 0:
-                # the usual step: the first admitted prompt's chunk alone (it takes the whole budget,
-                # or completes with nothing else to chunk and nothing to admit), as below
-                i = prefilling[0]
-                c0 = kvp[i]
-                rem = inp[i] - c0
-                if rem >= budget or (rem > 0 and len(prefilling) == 1 and (not waiting or nrun >= max_seqs)):
+            if nb and budget > 0:
+                # the usual steps, as below: the first admitted prompt's chunk alone (it takes the
+                # whole budget, or completes with nothing else to chunk and nothing to admit), or,
+                # with none admitted, the first waiting prompt's chunk alone (it takes the whole
+                # budget, or nothing else waits or could be admitted)
+                if prefilling:
+                    i = prefilling[0]
+                    c0 = kvp[i]
+                    rem = inp[i] - c0
+                    fast = rem >= budget or (rem > 0 and len(prefilling) == 1 and (not waiting or nrun >= max_seqs))
+                elif waiting and nrun < max_seqs:
+                    i = waiting[0]
+                    rem = inp[i]
+                    if rem >= budget or len(waiting) == 1 or nrun + 1 >= max_seqs:
+                        nblk = -(-(rem + 1) // bs)
+                        if used <= num_blocks - nblk - wm:
+                            area += (now - t_mark) * used
+                            t_mark = now
+                            marks += 1
+                            used += nblk
+                            if used > peak:
+                                peak = used
+                            blocks_at_admit[i] = nblk
+                            sched[i] = now
+                            nrun += 1
+                            waiting.popleft()
+                            prefilling.append(i)
+                            c0 = 0
+                            fast = True
+                if fast:
                     ntok = rem if rem <= budget else budget
                     pre = [i]
                     q = [ntok]
-                    fast = True
             if not fast:
                 for i in prefilling:
                     if budget <= 0:
@@ -601,7 +625,7 @@ def _replica(
         elif nb:
             # ---- a decode run of the whole decode set (FastEngine.decode_ready, _decode_begin) --
             free = num_blocks - used
-            if not chunked and nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
+            if nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
                 return PREEMPTION
             # the first to finish (no stale entries: a request leaves the heap when it finishes,
             # and never joins the decode set again without a preemption)
