@@ -256,6 +256,8 @@ def _replica(
 
     heappush, heappop = heapq.heappush, heapq.heappop
     nrun = 0
+    chain_out = False
+    """A chunk chain ended the step it priced (the next decision is the next pass's)."""
 
     # SimPy's clock is a numpy float from the first time a wait of the arrival process fires
     # (FastWorld schedules it as SimPy does: ``np.float64``), and so is every time a replica
@@ -489,22 +491,195 @@ def _replica(
                     fast = consts is not None
             if fast:
                 f4p, heads, kvh, d, ab, kb, cf, cb, ov = pre_c
-                t = body[ntok + nb] + head[nb + done1]
-                f4, c1, c3, ratio, kvh_, d_, kb_, cf_, cb_, ov_, _, _ = consts
-                kv = sum_off + nb * D + nb
-                if ratio is not None:
-                    y = (longest + 1.0) * ratio
-                    if y > kv:
-                        kv = y
-                a = f4 * kv * cf_
-                b = (c1 + 2.0 * kv * kvh_ * d_ * kb_ + c3) * cb_
-                total = 0.0 + ((b if b > a else a) + ov_) * layers
-                fc = f4p * (ntok * c0 + ntok * (ntok + 1) // 2) * cf
-                bc = (2.0 * ntok * heads * d * ab + 2.0 * top * kvh * d * kb + 2.0 * ntok * kvh * d * kb) * cb
-                total += ((bc if bc > fc else fc) + ov) * layers
-                dur = t + total + (host_fixed + host_seq * (1 + nb))
-                if tp > 1:
-                    stage_comm += comm_time(ntok + nb)
+                nb_q = q_tok = 0
+                while True:
+                    if nb != nb_q:
+                        # what depends on the decode set's size alone
+                        nb_q = nb
+                        f4, c1, c3, ratio, kvh_, d_, kb_, cf_, cb_, ov_, _, _ = consts
+                        host = host_fixed + host_seq * (1 + nb)
+                        fb = float(nb)
+                        q_tok = 0
+                    if ntok != q_tok:
+                        # what depends on the chunk alone (the same products, in the same order)
+                        q_tok = ntok
+                        tri = ntok * (ntok + 1) // 2
+                        b1 = 2.0 * ntok * heads * d * ab
+                        b3 = 2.0 * ntok * kvh * d * kb
+                    t = body[ntok + nb] + head[nb + done1]
+                    kv = sum_off + nb * D + nb
+                    if ratio is not None:
+                        y = (longest + 1.0) * ratio
+                        if y > kv:
+                            kv = y
+                    a = f4 * kv * cf_
+                    b = (c1 + 2.0 * kv * kvh_ * d_ * kb_ + c3) * cb_
+                    total = 0.0 + ((b if b > a else a) + ov_) * layers
+                    fc = f4p * (ntok * c0 + tri) * cf
+                    bc = (b1 + 2.0 * top * kvh * d * kb + b3) * cb
+                    total += ((bc if bc > fc else fc) + ov) * layers
+                    dur = t + total + host
+                    if tp > 1:
+                        stage_comm += comm_time(ntok + nb)
+                    # ---- a chunk chain: a step that ends strictly before the earliest scheduled
+                    # event ends here (FastEngine._advance, _mixed_end, as below), and while the next
+                    # is again one prompt's chunk alone with the decode set (the same decision as
+                    # above) it is decided and priced here; the step that does not end first goes on
+                    # below as any step, and a decision that is not such a step is made by the next
+                    # pass (its blocks already reserved here, the decision's reservation adds none)
+                    end = now + dur
+                    if end >= peek:
+                        break
+                    start = now
+                    now = end
+                    busy += dur
+                    busy_gpu += dur * gpus
+                    if log_on:
+                        add_row((index, start, now, 1, ntok, nb, 1 + nb, used))
+                    kvp[i] = top
+                    if done1:
+                        first_tok[i] = now
+                        del prefilling[0]  # (i: the first)
+                    n_fin = 0
+                    if not fresh:
+                        if len(vals) >= BUF:
+                            hist.flush()
+                            vals, wts = hist._vals, hist._wts
+                        vals.append(now - last_dec)
+                        wts.append(fb)
+                    else:
+                        vals, wts = _tbt_fresh(hist, vals, wts, now, last_dec, nb, fresh)
+                        fresh = []
+                    D += 1
+                    last_dec = now
+                    if fin_heap[0][0] <= D:
+                        # FastEngine._pop_finished
+                        freed = 0
+                        while fin_heap and fin_heap[0][0] <= D:
+                            j = heappop(fin_heap)[1]
+                            off, n0, nblk = info.pop(j)
+                            sum_off -= off
+                            if n0 <= Xa:
+                                cnt[n0 % bs] -= 1
+                                n_active -= 1
+                            else:
+                                pending.remove((n0, j))
+                            x_ = Xa - n0
+                            freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
+                            finish[j] = now
+                            n_fin += 1
+                    if done1:
+                        if out[i] <= 1:
+                            finish[i] = now
+                            if not n_fin:
+                                freed = 0
+                            freed += blocks_at_admit[i]
+                            n_fin += 1
+                        else:
+                            # FastEngine._join with kv = the prompt, one token generated
+                            off = inp[i] - D
+                            nblk = blocks_at_admit[i]
+                            n0 = nblk * bs - off
+                            info[i] = (off, n0, nblk)
+                            sum_off += off
+                            heappush(fin_heap, (D + out[i] - 1, i))
+                            heappush(long_heap, (-off, i))
+                            if n0 <= Xa:
+                                cnt[n0 % bs] += 1
+                                n_active += 1
+                            else:
+                                insort(pending, (n0, i))
+                            if len(long_heap) > 2 * len(info) + 64:
+                                long_heap[:] = [(-e[0], r) for r, e in info.items()]
+                                heapq.heapify(long_heap)
+                            fresh.append([now, 1])
+                    if n_fin:
+                        # FastEngine._finish: the blocks of all of them released in one call
+                        nrun -= n_fin
+                        outst[ri] -= n_fin
+                        area += (now - t_mark) * used
+                        t_mark = now
+                        marks += 1
+                        used -= freed
+                    # the next step's decision (as above): one prompt's chunk alone, else the next pass
+                    nb = len(info)
+                    budget = chunk_budget - nb
+                    chain_out = True
+                    if not nb or budget <= 0:
+                        break
+                    if prefilling:
+                        i = prefilling[0]
+                        c0 = kvp[i]
+                        rem = inp[i] - c0
+                        if rem < budget and (len(prefilling) > 1 or (waiting and nrun < max_seqs)):
+                            break
+                        admit = False
+                    elif waiting and nrun < max_seqs:
+                        i = waiting[0]
+                        rem = inp[i]
+                        if rem < budget and len(waiting) > 1 and nrun + 1 < max_seqs:
+                            break
+                        c0 = 0
+                        admit = True
+                    else:
+                        break  # (a decode run)
+                    ntok = rem if rem <= budget else budget
+                    if ntok == 1 and c0:
+                        break
+                    memo = dec_memo.get(nb)
+                    if memo is None or memo[0] is None or len(body) <= ntok + nb or len(head) <= nb + 1:
+                        break
+                    consts = memo[0]
+                    free = num_blocks - used
+                    if nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
+                        return PREEMPTION
+                    upto = D + 1
+                    total = cnt[Xa % bs] if upto == Xa + 1 else _growth(upto, Xa, n_active, cnt, pending, bs)
+                    if total:
+                        area += (now - t_mark) * used
+                        t_mark = now
+                        marks += 1
+                        used += total
+                        if used > peak:
+                            peak = used
+                    if upto > Xa:
+                        Xa = upto
+                        if pending and pending[0][0] <= upto:
+                            kq = 0
+                            while kq < len(pending) and pending[kq][0] <= upto:
+                                cnt[pending[kq][0] % bs] += 1
+                                kq += 1
+                            n_active += kq
+                            del pending[:kq]
+                    if admit:
+                        nblk = -(-(rem + 1) // bs)
+                        if used > num_blocks - nblk - wm:
+                            break
+                        area += (now - t_mark) * used
+                        t_mark = now
+                        marks += 1
+                        used += nblk
+                        if used > peak:
+                            peak = used
+                        blocks_at_admit[i] = nblk
+                        sched[i] = now
+                        nrun += 1
+                        waiting.popleft()
+                        prefilling.append(i)
+                    chain_out = False
+                    pre = [i]
+                    start = now
+                    top = c0 + ntok
+                    done1 = top >= inp[i]
+                    neg, j = long_heap[0]
+                    while j not in info:
+                        heappop(long_heap)
+                        neg, j = long_heap[0]
+                    longest = D - neg
+                    if longest + 1 > mc_dec:
+                        mc_dec = longest + 1
+                    if top > mc_pre:
+                        mc_pre = top
             elif not chunked and n_pq == 1:
                 # one whole prompt, nothing cached, one logits row (the usual prefill step of
                 # continuous batching): memoised by its length, as FastEngine memoises
@@ -738,6 +913,11 @@ def _replica(
             i = waiting.popleft()
             never_fits.append(i)
             outst[ri] -= 1
+            continue
+
+        if chain_out:
+            # a chunk chain ended its last step and left the next decision to this pass
+            chain_out = False
             continue
 
         # ---- the step runs from ``start`` to ``end`` (FastEngine._advance) ----------------------
