@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from simkit.engine.state import TBTHistogram
@@ -153,3 +153,45 @@ def test_a_chunk_run_meets_a_full_pool(tmp_path):
         assert fused["engine_path"] == fast_path_of(stepping["preemptions"])
         stopped += fused["engine_path"] != FUSED
     assert stopped >= 5
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    decoders=st.integers(1, 8),
+    dec_out=st.lists(st.integers(1, 400), min_size=8, max_size=8),
+    chunk=st.integers(2, 40),
+    prompts=st.lists(st.tuples(st.integers(0, 12), st.sampled_from([-1, 0, 1, 2]), st.integers(1, 12),
+                               st.sampled_from([0.0, 0.0, 0.003, 0.02, 0.1, 0.4])), min_size=1, max_size=12),  # fmt: skip
+    seqs_extra=st.integers(0, 6),
+    block_size=st.sampled_from([1, 4, 16]),
+    blocks=st.sampled_from([400, 5000]),
+    replicas=st.integers(1, 2),
+)
+@example(decoders=5, dec_out=[400] * 4 + [10] * 4, chunk=20, prompts=[(2, 2, 5, 0.4), (0, 1, 3, 0.0), (0, 1, 3, 0.0)],
+         seqs_extra=2, block_size=16, blocks=5000, replicas=1)  # fmt: skip
+# (above: four decoders left, a prompt that a chain completes by the whole budget, two one-token prompts waiting: both
+# are admitted at the next step)
+def test_chunk_chains_at_the_budget_edges(tmp_path_factory, decoders, dec_out, chunk, prompts, seqs_extra, block_size,
+                                          blocks, replicas):  # fmt: skip
+    """Chunk chains (engine/lean.py: steps that chunk one prompt alone ended and the next decided
+    inline) where the decode set's size fixes the budget: prompts of exactly a multiple of the
+    budget left by the decoders, one token more or less, or two more (one- and two-token
+    remainders), outputs of one token (finished at the first token), decoders finishing in the
+    middle of a prompt's chunks (the budget widens), prompts arriving together (an admission
+    or a second prompt takes what a completing chunk leaves) or apart, a batch limit that stops
+    admissions, pools that run short (preemption: the run steps), one or two replicas."""
+    seqs = decoders + 1 + seqs_extra
+    left = max(chunk, 1 + seqs_extra)  # the budget the decoders leave (a budget is at least the batch limit)
+    times, inp, out = [0.0] * decoders, [3] * decoders, [dec_out[k] for k in range(decoders)]
+    t = 0.001
+    for mult, delta, o, gap in prompts:
+        t += gap
+        times.append(t)
+        inp.append(max(1, mult * left + delta))
+        out.append(o)
+    path = tmp_path_factory.mktemp("chains") / "trace.csv"
+    data = _data({}, 0, seqs, 8192, {"num_blocks": blocks, "block_size": block_size, "watermark": 0.0},
+                 policy="chunked_prefill", chunk=decoders + left, replicas=replicas, routing="round_robin")  # fmt: skip
+    data["workload"] = native_trace_workload(path, np.array(times), np.array(inp), np.array(out))
+    fused, stepping = run_three(scenario_from_dict(data))
+    assert fused["engine_path"] == fast_path_of(stepping["preemptions"])
