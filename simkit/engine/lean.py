@@ -528,10 +528,33 @@ def _replica(
                     # below as any step, and a decision that is not such a step is made by the next
                     # pass (its blocks already reserved here, the decision's reservation adds none)
                     end = now + dur
-                    if end >= peek:
-                        break
                     start = now
-                    now = end
+                    if end < peek:
+                        now = end
+                    elif alone:
+                        # the arrival process runs during the step (as below)
+                        first_wait = True
+                        while aw < end or (first_wait and aw == end):
+                            first_wait = False
+                            now = aw
+                            nxt = at[ak + 1]
+                            if not codes[ak]:
+                                waiting.append(ids[ak])
+                            ak += 1
+                            aw = INF
+                            while ak < n:
+                                dt = at[ak] - now
+                                if dt > 0:
+                                    aw = now + dt
+                                    break
+                                nxt = at[ak + 1]
+                                if not codes[ak]:
+                                    waiting.append(ids[ak])
+                                ak += 1
+                        peek = aw
+                        now = end
+                    else:
+                        break
                     busy += dur
                     busy_gpu += dur * gpus
                     if log_on:
@@ -540,7 +563,6 @@ def _replica(
                     if done1:
                         first_tok[i] = now
                         del prefilling[0]  # (i: the first)
-                    n_fin = 0
                     if not fresh:
                         if len(vals) >= BUF:
                             hist.flush()
@@ -552,84 +574,105 @@ def _replica(
                         fresh = []
                     D += 1
                     last_dec = now
-                    if fin_heap[0][0] <= D:
-                        # FastEngine._pop_finished
-                        freed = 0
-                        while fin_heap and fin_heap[0][0] <= D:
-                            j = heappop(fin_heap)[1]
-                            off, n0, nblk = info.pop(j)
-                            sum_off -= off
-                            if n0 <= Xa:
-                                cnt[n0 % bs] -= 1
-                                n_active -= 1
-                            else:
-                                pending.remove((n0, j))
-                            x_ = Xa - n0
-                            freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
-                            finish[j] = now
-                            n_fin += 1
-                    if done1:
-                        if out[i] <= 1:
-                            finish[i] = now
-                            if not n_fin:
-                                freed = 0
-                            freed += blocks_at_admit[i]
-                            n_fin += 1
-                        else:
-                            # FastEngine._join with kv = the prompt, one token generated
-                            off = inp[i] - D
-                            nblk = blocks_at_admit[i]
-                            n0 = nblk * bs - off
-                            info[i] = (off, n0, nblk)
-                            sum_off += off
-                            heappush(fin_heap, (D + out[i] - 1, i))
-                            heappush(long_heap, (-off, i))
-                            if n0 <= Xa:
-                                cnt[n0 % bs] += 1
-                                n_active += 1
-                            else:
-                                insort(pending, (n0, i))
-                            if len(long_heap) > 2 * len(info) + 64:
-                                long_heap[:] = [(-e[0], r) for r, e in info.items()]
-                                heapq.heapify(long_heap)
-                            fresh.append([now, 1])
-                    if n_fin:
-                        # FastEngine._finish: the blocks of all of them released in one call
-                        nrun -= n_fin
-                        outst[ri] -= n_fin
-                        area += (now - t_mark) * used
-                        t_mark = now
-                        marks += 1
-                        used -= freed
-                    # the next step's decision (as above): one prompt's chunk alone, else the next pass
-                    nb = len(info)
-                    budget = chunk_budget - nb
-                    chain_out = True
-                    if not nb or budget <= 0:
-                        break
-                    if prefilling:
-                        i = prefilling[0]
-                        c0 = kvp[i]
+                    if fin_heap[0][0] > D and not done1:
+                        # nothing left the decode set or joined it: the next step, if it is this
+                        # prompt's next chunk alone, has the same budget (the heap's top is current)
+                        c0 = top
                         rem = inp[i] - c0
+                        chain_out = True
                         if rem < budget and (len(prefilling) > 1 or (waiting and nrun < max_seqs)):
                             break
-                        admit = False
-                    elif waiting and nrun < max_seqs:
-                        i = waiting[0]
-                        rem = inp[i]
-                        if rem < budget and len(waiting) > 1 and nrun + 1 < max_seqs:
+                        ntok = rem if rem <= budget else budget
+                        if ntok == 1:
                             break
-                        c0 = 0
-                        admit = True
+                        admit = False
+                        longest = D - long_heap[0][0]
                     else:
-                        break  # (a decode run)
-                    ntok = rem if rem <= budget else budget
-                    if ntok == 1 and c0:
-                        break
-                    memo = dec_memo.get(nb)
-                    if memo is None or memo[0] is None or len(body) <= ntok + nb or len(head) <= nb + 1:
-                        break
-                    consts = memo[0]
+                        n_fin = 0
+                        if fin_heap[0][0] <= D:
+                            # FastEngine._pop_finished
+                            freed = 0
+                            while fin_heap and fin_heap[0][0] <= D:
+                                j = heappop(fin_heap)[1]
+                                off, n0, nblk = info.pop(j)
+                                sum_off -= off
+                                if n0 <= Xa:
+                                    cnt[n0 % bs] -= 1
+                                    n_active -= 1
+                                else:
+                                    pending.remove((n0, j))
+                                x_ = Xa - n0
+                                freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
+                                finish[j] = now
+                                n_fin += 1
+                        if done1:
+                            if out[i] <= 1:
+                                finish[i] = now
+                                if not n_fin:
+                                    freed = 0
+                                freed += blocks_at_admit[i]
+                                n_fin += 1
+                            else:
+                                # FastEngine._join with kv = the prompt, one token generated
+                                off = inp[i] - D
+                                nblk = blocks_at_admit[i]
+                                n0 = nblk * bs - off
+                                info[i] = (off, n0, nblk)
+                                sum_off += off
+                                heappush(fin_heap, (D + out[i] - 1, i))
+                                heappush(long_heap, (-off, i))
+                                if n0 <= Xa:
+                                    cnt[n0 % bs] += 1
+                                    n_active += 1
+                                else:
+                                    insort(pending, (n0, i))
+                                if len(long_heap) > 2 * len(info) + 64:
+                                    long_heap[:] = [(-e[0], r) for r, e in info.items()]
+                                    heapq.heapify(long_heap)
+                                fresh.append([now, 1])
+                        if n_fin:
+                            # FastEngine._finish: the blocks of all of them released in one call
+                            nrun -= n_fin
+                            outst[ri] -= n_fin
+                            area += (now - t_mark) * used
+                            t_mark = now
+                            marks += 1
+                            used -= freed
+                        # the next step's decision (as above): one prompt's chunk alone, else the next pass
+                        nb = len(info)
+                        budget = chunk_budget - nb
+                        chain_out = True
+                        if not nb or budget <= 0:
+                            break
+                        if prefilling:
+                            i = prefilling[0]
+                            c0 = kvp[i]
+                            rem = inp[i] - c0
+                            if rem < budget and (len(prefilling) > 1 or (waiting and nrun < max_seqs)):
+                                break
+                            admit = False
+                        elif waiting and nrun < max_seqs:
+                            i = waiting[0]
+                            rem = inp[i]
+                            if rem < budget and len(waiting) > 1 and nrun + 1 < max_seqs:
+                                break
+                            c0 = 0
+                            admit = True
+                        else:
+                            break  # (a decode run)
+                        ntok = rem if rem <= budget else budget
+                        if ntok == 1 and c0:
+                            break
+                        memo = dec_memo.get(nb)
+                        if memo is None or memo[0] is None or len(body) <= ntok + nb or len(head) <= nb + 1:
+                            break
+                        consts = memo[0]
+                        pre = [i]
+                        neg, j = long_heap[0]
+                        while j not in info:
+                            heappop(long_heap)
+                            neg, j = long_heap[0]
+                        longest = D - neg
                     free = num_blocks - used
                     if nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
                         return PREEMPTION
@@ -667,15 +710,9 @@ def _replica(
                         waiting.popleft()
                         prefilling.append(i)
                     chain_out = False
-                    pre = [i]
                     start = now
                     top = c0 + ntok
                     done1 = top >= inp[i]
-                    neg, j = long_heap[0]
-                    while j not in info:
-                        heappop(long_heap)
-                        neg, j = long_heap[0]
-                    longest = D - neg
                     if longest + 1 > mc_dec:
                         mc_dec = longest + 1
                     if top > mc_pre:
