@@ -256,8 +256,8 @@ def _replica(
 
     heappush, heappop = heapq.heappush, heapq.heappop
     nrun = 0
-    chain_out = False
-    """A chunk chain ended the step it priced (the next decision is the next pass's)."""
+    top = 0
+    """(chunked) Tokens of the chunked prompt cached at the end of the step."""
 
     # SimPy's clock is a numpy float from the first time a wait of the arrival process fires
     # (FastWorld schedules it as SimPy does: ``np.float64``), and so is every time a replica
@@ -332,11 +332,252 @@ def _replica(
         # ---- the policy's decision -------------------------------------------------------------
         nb = len(info)
         fast = False
-        """(chunked) The step chunks the first admitted prompt alone, ``i``: ``c0`` of its tokens
-        cached, ``ntok`` taken."""
-        if chunked:
-            pre: list[int] = []
-            q: list[int] = []
+        """A chunk chain decided and priced the step (it ends below as any step)."""
+        if chunked and nb and (prefilling or waiting) and pre_c is not None:
+            # ---- a chunk chain: while the step is the first admitted prompt's chunk alone with the
+            # decode set (it takes the whole budget, or completes with nothing else to chunk and
+            # nothing to admit) or, with none admitted, the first waiting prompt's (it takes the
+            # whole budget, or nothing else waits or could be admitted): ChunkedPrefill._decide,
+            # the inline price of the step (IterationModel.mixed_step_time's operations in the
+            # same order, as below), and, while it ends strictly before the earliest scheduled
+            # event (or, alone, with the arrival process run during it as below),
+            # FastEngine._advance and _mixed_end; a step that does not end first goes on below
+            # as any step, and a decision that is not such a step is made below (with the decode
+            # set's blocks already reserved here, the decision's reservation adds none)
+            f4p, heads, kvh, d, ab, kb, cf, cb, ov = pre_c
+            body, head = cost.scalar_tables
+            nb_q = q_tok = 0
+            cont = False
+            """The step is the same prompt's next chunk unless it ends the prompt (the last step
+            ended nothing: the decode set and the budget are the same)."""
+            while True:
+                if not cont:
+                    budget = chunk_budget - nb
+                    if budget <= 0:
+                        break
+                    if prefilling:
+                        i = prefilling[0]
+                        c0 = kvp[i]
+                        rem = inp[i] - c0
+                        if rem < budget and (len(prefilling) > 1 or (waiting and nrun < max_seqs)):
+                            break
+                        admit = False
+                    elif waiting and nrun < max_seqs:
+                        i = waiting[0]
+                        rem = inp[i]
+                        if rem < budget and len(waiting) > 1 and nrun + 1 < max_seqs:
+                            break
+                        c0 = 0
+                        admit = True
+                    else:
+                        break  # (a decode run)
+                    ntok = rem if rem <= budget else budget
+                    if ntok == 1 and c0:
+                        break
+                    memo = dec_memo.get(nb)
+                    if memo is None or memo[0] is None or len(body) <= ntok + nb or len(head) <= nb + 1:
+                        break  # (below: the memo made, the tables grown, or no closed form)
+                    consts = memo[0]
+                    neg, j = long_heap[0]
+                    while j not in info:
+                        heappop(long_heap)
+                        neg, j = long_heap[0]
+                    longest = D - neg
+                else:
+                    c0 = top
+                    rem = inp[i] - c0
+                    if rem < budget and (len(prefilling) > 1 or (waiting and nrun < max_seqs)):
+                        break
+                    ntok = rem if rem <= budget else budget
+                    if ntok == 1:
+                        break  # (a one-token chunk over a cache: priced as a decode, below)
+                    admit = False
+                    longest = D - long_heap[0][0]  # (no sequence has left: the heap's top is current)
+                # the decode set's next step's blocks (FastEngine.decode_ready), then the admission
+                free = num_blocks - used
+                if nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
+                    return PREEMPTION
+                upto = D + 1
+                total = cnt[Xa % bs] if upto == Xa + 1 else _growth(upto, Xa, n_active, cnt, pending, bs)
+                if total:
+                    area += (now - t_mark) * used
+                    t_mark = now
+                    marks += 1
+                    used += total
+                    if used > peak:
+                        peak = used
+                if upto > Xa:
+                    Xa = upto
+                    if pending and pending[0][0] <= upto:
+                        kq = 0
+                        while kq < len(pending) and pending[kq][0] <= upto:
+                            cnt[pending[kq][0] % bs] += 1
+                            kq += 1
+                        n_active += kq
+                        del pending[:kq]
+                if admit:
+                    nblk = -(-(rem + 1) // bs)
+                    if used > num_blocks - nblk - wm:
+                        break
+                    area += (now - t_mark) * used
+                    t_mark = now
+                    marks += 1
+                    used += nblk
+                    if used > peak:
+                        peak = used
+                    blocks_at_admit[i] = nblk
+                    sched[i] = now
+                    nrun += 1
+                    waiting.popleft()
+                    prefilling.append(i)
+                top = c0 + ntok
+                done1 = top >= inp[i]
+                if longest + 1 > mc_dec:
+                    mc_dec = longest + 1
+                if top > mc_pre:
+                    mc_pre = top
+                # the price (FastEngine._step_time: IterationModel.mixed_step_time inlined, as below)
+                if nb != nb_q:
+                    # what depends on the decode set's size alone
+                    nb_q = nb
+                    f4, c1, c3, ratio, kvh_, d_, kb_, cf_, cb_, ov_, _, _ = consts
+                    host = host_fixed + host_seq * (1 + nb)
+                    fb = float(nb)
+                if ntok != q_tok:
+                    # what depends on the chunk alone (the same products, in the same order)
+                    q_tok = ntok
+                    tri = ntok * (ntok + 1) // 2
+                    b1 = 2.0 * ntok * heads * d * ab
+                    b3 = 2.0 * ntok * kvh * d * kb
+                t = body[ntok + nb] + head[nb + done1]
+                kv = sum_off + nb * D + nb
+                if ratio is not None:
+                    y = (longest + 1.0) * ratio
+                    if y > kv:
+                        kv = y
+                a = f4 * kv * cf_
+                b = (c1 + 2.0 * kv * kvh_ * d_ * kb_ + c3) * cb_
+                total = 0.0 + ((b if b > a else a) + ov_) * layers
+                fc = f4p * (ntok * c0 + tri) * cf
+                bc = (b1 + 2.0 * top * kvh * d * kb + b3) * cb
+                total += ((bc if bc > fc else fc) + ov) * layers
+                dur = t + total + host
+                if tp > 1:
+                    stage_comm += comm_time(ntok + nb)
+                # the step (FastEngine._advance)
+                start = now
+                end = now + dur
+                if end < peek:
+                    now = end
+                elif alone:
+                    # the arrival process runs during the step (as below)
+                    first_wait = True
+                    while aw < end or (first_wait and aw == end):
+                        first_wait = False
+                        now = aw
+                        nxt = at[ak + 1]
+                        if not codes[ak]:
+                            waiting.append(ids[ak])
+                        ak += 1
+                        aw = INF
+                        while ak < n:
+                            dt = at[ak] - now
+                            if dt > 0:
+                                aw = now + dt
+                                break
+                            nxt = at[ak + 1]
+                            if not codes[ak]:
+                                waiting.append(ids[ak])
+                            ak += 1
+                    peek = aw
+                    now = end
+                else:
+                    fast = True
+                    pre = [i]
+                    break
+                busy += dur
+                busy_gpu += dur * gpus
+                # FastEngine._mixed_end
+                if log_on:
+                    add_row((index, start, now, 1, ntok, nb, 1 + nb, used))
+                kvp[i] = top
+                if done1:
+                    first_tok[i] = now
+                    del prefilling[0]  # (i: the first)
+                if not fresh:
+                    if len(vals) >= BUF:
+                        hist.flush()
+                        vals, wts = hist._vals, hist._wts
+                    vals.append(now - last_dec)
+                    wts.append(fb)
+                else:
+                    vals, wts = _tbt_fresh(hist, vals, wts, now, last_dec, nb, fresh)
+                    fresh = []
+                D += 1
+                last_dec = now
+                cont = fin_heap[0][0] > D and not done1
+                if cont:
+                    continue
+                n_fin = 0
+                if fin_heap[0][0] <= D:
+                    # FastEngine._pop_finished
+                    freed = 0
+                    while fin_heap and fin_heap[0][0] <= D:
+                        j = heappop(fin_heap)[1]
+                        off, n0, nblk = info.pop(j)
+                        sum_off -= off
+                        if n0 <= Xa:
+                            cnt[n0 % bs] -= 1
+                            n_active -= 1
+                        else:
+                            pending.remove((n0, j))
+                        x_ = Xa - n0
+                        freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
+                        finish[j] = now
+                        n_fin += 1
+                if done1:
+                    if out[i] <= 1:
+                        finish[i] = now
+                        if not n_fin:
+                            freed = 0
+                        freed += blocks_at_admit[i]
+                        n_fin += 1
+                    else:
+                        # FastEngine._join with kv = the prompt, one token generated
+                        off = inp[i] - D
+                        nblk = blocks_at_admit[i]
+                        n0 = nblk * bs - off
+                        info[i] = (off, n0, nblk)
+                        sum_off += off
+                        heappush(fin_heap, (D + out[i] - 1, i))
+                        heappush(long_heap, (-off, i))
+                        if n0 <= Xa:
+                            cnt[n0 % bs] += 1
+                            n_active += 1
+                        else:
+                            insort(pending, (n0, i))
+                        if len(long_heap) > 2 * len(info) + 64:
+                            long_heap[:] = [(-e[0], r) for r, e in info.items()]
+                            heapq.heapify(long_heap)
+                        fresh.append([now, 1])
+                if n_fin:
+                    # FastEngine._finish: the blocks of all of them released in one call
+                    nrun -= n_fin
+                    outst[ri] -= n_fin
+                    area += (now - t_mark) * used
+                    t_mark = now
+                    marks += 1
+                    used -= freed
+                nb = len(info)
+                if not nb:
+                    break
+            if not fast and not nrun and not waiting:
+                continue  # (idle: as at the top)
+        if fast:
+            n_pq = 1  # (the chain's step)
+        elif chunked:
+            pre = []
+            q = []
             # ChunkedPrefill._decide: the decode set, its next step's blocks reserved
             # (FastEngine.decode_ready), then chunks of the admitted prompts, then admissions; with
             # nothing to prefill, the decode run below reserves them with its later steps' (at the
@@ -364,70 +605,36 @@ def _replica(
                         n_active += kq
                         del pending[:kq]
             budget = chunk_budget - nb
-            if nb and budget > 0:
-                # the usual steps, as below: the first admitted prompt's chunk alone (it takes the
-                # whole budget, or completes with nothing else to chunk and nothing to admit), or,
-                # with none admitted, the first waiting prompt's chunk alone (it takes the whole
-                # budget, or nothing else waits or could be admitted)
-                if prefilling:
-                    i = prefilling[0]
-                    c0 = kvp[i]
-                    rem = inp[i] - c0
-                    fast = rem >= budget or (rem > 0 and len(prefilling) == 1 and (not waiting or nrun >= max_seqs))
-                elif waiting and nrun < max_seqs:
-                    i = waiting[0]
-                    rem = inp[i]
-                    if rem >= budget or len(waiting) == 1 or nrun + 1 >= max_seqs:
-                        nblk = -(-(rem + 1) // bs)
-                        if used <= num_blocks - nblk - wm:
-                            area += (now - t_mark) * used
-                            t_mark = now
-                            marks += 1
-                            used += nblk
-                            if used > peak:
-                                peak = used
-                            blocks_at_admit[i] = nblk
-                            sched[i] = now
-                            nrun += 1
-                            waiting.popleft()
-                            prefilling.append(i)
-                            c0 = 0
-                            fast = True
-                if fast:
-                    ntok = rem if rem <= budget else budget
-                    pre = [i]
-                    q = [ntok]
-            if not fast:
-                for i in prefilling:
-                    if budget <= 0:
-                        break
-                    rem = inp[i] - kvp[i]
-                    if rem > 0:
-                        c = rem if rem <= budget else budget
-                        pre.append(i)
-                        q.append(c)
-                        budget -= c
-                while budget > 0 and waiting and nrun < max_seqs:
-                    i = waiting[0]
-                    need = inp[i]
-                    nblk = -(-(need + 1) // bs)
-                    if used > num_blocks - nblk - wm:
-                        break
-                    area += (now - t_mark) * used
-                    t_mark = now
-                    marks += 1
-                    used += nblk
-                    if used > peak:
-                        peak = used
-                    blocks_at_admit[i] = nblk
-                    sched[i] = now
-                    nrun += 1
-                    waiting.popleft()
-                    prefilling.append(i)
-                    c = need if need <= budget else budget
+            for i in prefilling:
+                if budget <= 0:
+                    break
+                rem = inp[i] - kvp[i]
+                if rem > 0:
+                    c = rem if rem <= budget else budget
                     pre.append(i)
                     q.append(c)
                     budget -= c
+            while budget > 0 and waiting and nrun < max_seqs:
+                i = waiting[0]
+                need = inp[i]
+                nblk = -(-(need + 1) // bs)
+                if used > num_blocks - nblk - wm:
+                    break
+                area += (now - t_mark) * used
+                t_mark = now
+                marks += 1
+                used += nblk
+                if used > peak:
+                    peak = used
+                blocks_at_admit[i] = nblk
+                sched[i] = now
+                nrun += 1
+                waiting.popleft()
+                prefilling.append(i)
+                c = need if need <= budget else budget
+                pre.append(i)
+                q.append(c)
+                budget -= c
         elif waiting and nrun < max_seqs:
             # ContinuousBatching._decide: whole prompts, first come first served, within the
             # token budget and the batch limit (FastEngine.admit)
@@ -463,261 +670,12 @@ def _replica(
             pre = q = []  # (continuous batching with nothing to admit)
 
         start = now
-        if pre:
+        if fast:
+            pass  # (priced by the chain)
+        elif pre:
             # ---- a step of prefill chunks (and, chunked, one decode step): FastEngine._mixed_begin
             n_pq = len(pre)
-            if fast:
-                body, head = cost.scalar_tables
-                fast = pre_c is not None and (ntok > 1 or not c0) and len(body) > ntok + nb and len(head) > nb + 1
-            if fast:
-                # the first admitted prompt's chunk alone with the decode set: the n_pq == 1 case of the
-                # inline form below (the same operations in the same order), on what the decision took
-                top = c0 + ntok
-                done1 = top >= inp[i]
-                neg, j = long_heap[0]
-                while j not in info:
-                    heappop(long_heap)
-                    neg, j = long_heap[0]
-                longest = D - neg
-                if longest + 1 > mc_dec:
-                    mc_dec = longest + 1
-                if top > mc_pre:
-                    mc_pre = top
-                try:
-                    consts = dec_memo[nb][0]
-                except KeyError:
-                    memo = dec_memo[nb] = _dec_memo(cost, nb)
-                    consts = memo[0]
-                    fast = consts is not None
-            if fast:
-                f4p, heads, kvh, d, ab, kb, cf, cb, ov = pre_c
-                nb_q = q_tok = 0
-                while True:
-                    if nb != nb_q:
-                        # what depends on the decode set's size alone
-                        nb_q = nb
-                        f4, c1, c3, ratio, kvh_, d_, kb_, cf_, cb_, ov_, _, _ = consts
-                        host = host_fixed + host_seq * (1 + nb)
-                        fb = float(nb)
-                        q_tok = 0
-                    if ntok != q_tok:
-                        # what depends on the chunk alone (the same products, in the same order)
-                        q_tok = ntok
-                        tri = ntok * (ntok + 1) // 2
-                        b1 = 2.0 * ntok * heads * d * ab
-                        b3 = 2.0 * ntok * kvh * d * kb
-                    t = body[ntok + nb] + head[nb + done1]
-                    kv = sum_off + nb * D + nb
-                    if ratio is not None:
-                        y = (longest + 1.0) * ratio
-                        if y > kv:
-                            kv = y
-                    a = f4 * kv * cf_
-                    b = (c1 + 2.0 * kv * kvh_ * d_ * kb_ + c3) * cb_
-                    total = 0.0 + ((b if b > a else a) + ov_) * layers
-                    fc = f4p * (ntok * c0 + tri) * cf
-                    bc = (b1 + 2.0 * top * kvh * d * kb + b3) * cb
-                    total += ((bc if bc > fc else fc) + ov) * layers
-                    dur = t + total + host
-                    if tp > 1:
-                        stage_comm += comm_time(ntok + nb)
-                    # ---- a chunk chain: a step that ends strictly before the earliest scheduled
-                    # event ends here (FastEngine._advance, _mixed_end, as below), and while the next
-                    # is again one prompt's chunk alone with the decode set (the same decision as
-                    # above) it is decided and priced here; the step that does not end first goes on
-                    # below as any step, and a decision that is not such a step is made by the next
-                    # pass (its blocks already reserved here, the decision's reservation adds none)
-                    end = now + dur
-                    start = now
-                    if end < peek:
-                        now = end
-                    elif alone:
-                        # the arrival process runs during the step (as below)
-                        first_wait = True
-                        while aw < end or (first_wait and aw == end):
-                            first_wait = False
-                            now = aw
-                            nxt = at[ak + 1]
-                            if not codes[ak]:
-                                waiting.append(ids[ak])
-                            ak += 1
-                            aw = INF
-                            while ak < n:
-                                dt = at[ak] - now
-                                if dt > 0:
-                                    aw = now + dt
-                                    break
-                                nxt = at[ak + 1]
-                                if not codes[ak]:
-                                    waiting.append(ids[ak])
-                                ak += 1
-                        peek = aw
-                        now = end
-                    else:
-                        break
-                    busy += dur
-                    busy_gpu += dur * gpus
-                    if log_on:
-                        add_row((index, start, now, 1, ntok, nb, 1 + nb, used))
-                    kvp[i] = top
-                    if done1:
-                        first_tok[i] = now
-                        del prefilling[0]  # (i: the first)
-                    if not fresh:
-                        if len(vals) >= BUF:
-                            hist.flush()
-                            vals, wts = hist._vals, hist._wts
-                        vals.append(now - last_dec)
-                        wts.append(fb)
-                    else:
-                        vals, wts = _tbt_fresh(hist, vals, wts, now, last_dec, nb, fresh)
-                        fresh = []
-                    D += 1
-                    last_dec = now
-                    if fin_heap[0][0] > D and not done1:
-                        # nothing left the decode set or joined it: the next step, if it is this
-                        # prompt's next chunk alone, has the same budget (the heap's top is current)
-                        c0 = top
-                        rem = inp[i] - c0
-                        chain_out = True
-                        if rem < budget and (len(prefilling) > 1 or (waiting and nrun < max_seqs)):
-                            break
-                        ntok = rem if rem <= budget else budget
-                        if ntok == 1:
-                            break
-                        admit = False
-                        longest = D - long_heap[0][0]
-                    else:
-                        n_fin = 0
-                        if fin_heap[0][0] <= D:
-                            # FastEngine._pop_finished
-                            freed = 0
-                            while fin_heap and fin_heap[0][0] <= D:
-                                j = heappop(fin_heap)[1]
-                                off, n0, nblk = info.pop(j)
-                                sum_off -= off
-                                if n0 <= Xa:
-                                    cnt[n0 % bs] -= 1
-                                    n_active -= 1
-                                else:
-                                    pending.remove((n0, j))
-                                x_ = Xa - n0
-                                freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
-                                finish[j] = now
-                                n_fin += 1
-                        if done1:
-                            if out[i] <= 1:
-                                finish[i] = now
-                                if not n_fin:
-                                    freed = 0
-                                freed += blocks_at_admit[i]
-                                n_fin += 1
-                            else:
-                                # FastEngine._join with kv = the prompt, one token generated
-                                off = inp[i] - D
-                                nblk = blocks_at_admit[i]
-                                n0 = nblk * bs - off
-                                info[i] = (off, n0, nblk)
-                                sum_off += off
-                                heappush(fin_heap, (D + out[i] - 1, i))
-                                heappush(long_heap, (-off, i))
-                                if n0 <= Xa:
-                                    cnt[n0 % bs] += 1
-                                    n_active += 1
-                                else:
-                                    insort(pending, (n0, i))
-                                if len(long_heap) > 2 * len(info) + 64:
-                                    long_heap[:] = [(-e[0], r) for r, e in info.items()]
-                                    heapq.heapify(long_heap)
-                                fresh.append([now, 1])
-                        if n_fin:
-                            # FastEngine._finish: the blocks of all of them released in one call
-                            nrun -= n_fin
-                            outst[ri] -= n_fin
-                            area += (now - t_mark) * used
-                            t_mark = now
-                            marks += 1
-                            used -= freed
-                        # the next step's decision (as above): one prompt's chunk alone, else the next pass
-                        nb = len(info)
-                        budget = chunk_budget - nb
-                        chain_out = True
-                        if not nb or budget <= 0:
-                            break
-                        if prefilling:
-                            i = prefilling[0]
-                            c0 = kvp[i]
-                            rem = inp[i] - c0
-                            if rem < budget and (len(prefilling) > 1 or (waiting and nrun < max_seqs)):
-                                break
-                            admit = False
-                        elif waiting and nrun < max_seqs:
-                            i = waiting[0]
-                            rem = inp[i]
-                            if rem < budget and len(waiting) > 1 and nrun + 1 < max_seqs:
-                                break
-                            c0 = 0
-                            admit = True
-                        else:
-                            break  # (a decode run)
-                        ntok = rem if rem <= budget else budget
-                        if ntok == 1 and c0:
-                            break
-                        memo = dec_memo.get(nb)
-                        if memo is None or memo[0] is None or len(body) <= ntok + nb or len(head) <= nb + 1:
-                            break
-                        consts = memo[0]
-                        pre = [i]
-                        neg, j = long_heap[0]
-                        while j not in info:
-                            heappop(long_heap)
-                            neg, j = long_heap[0]
-                        longest = D - neg
-                    free = num_blocks - used
-                    if nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
-                        return PREEMPTION
-                    upto = D + 1
-                    total = cnt[Xa % bs] if upto == Xa + 1 else _growth(upto, Xa, n_active, cnt, pending, bs)
-                    if total:
-                        area += (now - t_mark) * used
-                        t_mark = now
-                        marks += 1
-                        used += total
-                        if used > peak:
-                            peak = used
-                    if upto > Xa:
-                        Xa = upto
-                        if pending and pending[0][0] <= upto:
-                            kq = 0
-                            while kq < len(pending) and pending[kq][0] <= upto:
-                                cnt[pending[kq][0] % bs] += 1
-                                kq += 1
-                            n_active += kq
-                            del pending[:kq]
-                    if admit:
-                        nblk = -(-(rem + 1) // bs)
-                        if used > num_blocks - nblk - wm:
-                            break
-                        area += (now - t_mark) * used
-                        t_mark = now
-                        marks += 1
-                        used += nblk
-                        if used > peak:
-                            peak = used
-                        blocks_at_admit[i] = nblk
-                        sched[i] = now
-                        nrun += 1
-                        waiting.popleft()
-                        prefilling.append(i)
-                    chain_out = False
-                    start = now
-                    top = c0 + ntok
-                    done1 = top >= inp[i]
-                    if longest + 1 > mc_dec:
-                        mc_dec = longest + 1
-                    if top > mc_pre:
-                        mc_pre = top
-            elif not chunked and n_pq == 1:
+            if not chunked and n_pq == 1:
                 # one whole prompt, nothing cached, one logits row (the usual prefill step of
                 # continuous batching): memoised by its length, as FastEngine memoises
                 # (tokens, 0, 1)
@@ -950,11 +908,6 @@ def _replica(
             i = waiting.popleft()
             never_fits.append(i)
             outst[ri] -= 1
-            continue
-
-        if chain_out:
-            # a chunk chain ended its last step and left the next decision to this pass
-            chain_out = False
             continue
 
         # ---- the step runs from ``start`` to ``end`` (FastEngine._advance) ----------------------
