@@ -1,6 +1,6 @@
 """The fused loop's shortcuts across steps (engine/lean.py) against the stepping fast path and the
-reference engine, bit for bit (tests/conftest.py ``assert_same_outputs``): chunk runs (a prompt
-chunked alone over several steps, each chunk filling the budget), interrupted by arrivals, by
+reference engine, bit for bit (tests/conftest.py ``assert_same_outputs``): chunk chains (steps
+that chunk one prompt alone, ended and the next decided inline), cut by arrivals, by
 finishes in the decode set, by a pool too small for the next step (preemption), on one replica
 or several, with the histogram buffer flushing inside them and tables that grow under them; the
 newcomers' inter-token gaps pushed inline; finishes while a queue waits (batch or memory limits
@@ -24,7 +24,7 @@ EXAMPLES = int(os.environ.get("SIMKIT_HYPOTHESIS_EXAMPLES", "25"))
 def full_chunk_runs(rows: list, budget: int) -> int:
     """Steps of the iteration log that chunk one prompt by the whole budget left by the decode set
     (a prefill of ``budget - decodes`` tokens, one sequence more than the decodes) right after
-    another such step of the same replica with as many decodes: the steps a chunk run makes."""
+    another such step of the same replica with as many decodes: steps a chunk chain continues."""
     last: dict[int, tuple] = {}
     k = 0
     for row in rows:
@@ -99,7 +99,7 @@ def test_finishes_while_a_queue_waits(n, rate, inp, out, seed, seqs, tokens, blo
 @pytest.mark.parametrize("replicas", [1, 3])
 def test_long_chunk_runs(replicas):
     """Prompts of 3,000-6,000 tokens chunked by the 200 tokens a step left by a decode set, arrivals rare
-    enough for runs of many steps: over a hundred steps are a chunk run's, all equal to the stepping
+    enough for chains of many steps: over a hundred steps continue a chunk chain, all equal to the stepping
     path's and the reference engine's."""
     data = _data(uniform_workload(80 * replicas, 2.0 * replicas, (3000, 6000), (20, 400)), 4, 16, 8192,
                  {"num_blocks": 7000}, policy="chunked_prefill", chunk=200, replicas=replicas,
@@ -114,7 +114,7 @@ def test_long_chunk_runs(replicas):
 
 @pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
 def test_histogram_buffer_flushes_inside_runs(monkeypatch, policy):
-    """A 16-gap buffer: flushes fall inside chunk runs and next to the newcomers' gaps pushed
+    """A 16-gap buffer: flushes fall inside chunk chains and next to the newcomers' gaps pushed
     inline (one group joined), at the stepping path's points."""
     monkeypatch.setattr(TBTHistogram, "BUF", 16)
     data = _data(uniform_workload(120, 6.0, (300, 2500), (2, 150)), 8, 24, 8192, {"num_blocks": 7000}, policy=policy,
@@ -124,9 +124,9 @@ def test_histogram_buffer_flushes_inside_runs(monkeypatch, policy):
 
 
 def test_chunk_runs_with_tables_growing(monkeypatch):
-    """Tables not reserved up front: a step priced by ``mixed_step_time`` grows them between the
-    steps of a run, which then reads the new ones (a run ends where the tables it priced with are
-    replaced)."""
+    """Tables not reserved up front: a step priced by ``mixed_step_time`` grows them between
+    chunk chains, which read the tables current when they start (a chain leaves a step beyond
+    them to that pricing)."""
     from simkit.cost.iteration import IterationModel
 
     monkeypatch.setattr(IterationModel, "reserve", lambda self, n: None)
@@ -139,7 +139,7 @@ def test_chunk_runs_with_tables_growing(monkeypatch):
 def test_a_chunk_run_meets_a_full_pool(tmp_path):
     """Eight sequences decoding (one block a token each) while a 3,000-token prompt is chunked
     101 tokens a step: for pools that admit the prompt with little to spare, the decode set's
-    growth exhausts the pool at some step of the chunk run; the fused loop stops there (the
+    growth exhausts the pool at some step of the chunk chain; the fused loop stops there (the
     stepping path preempts) and the run is stepped, identical to the stepping path's."""
     times = np.array([0.0] * 8 + [0.2])
     inp = np.array([10] * 8 + [3000])

@@ -35,14 +35,18 @@ heap). :func:`run_fused` makes the same decisions, in the same order, on local v
   (``prefill_constants``, ``decode_constants``, ``scalar_tables``; the same operations in the
   same order), else as the fast engine prices it (``FastEngine._step_time``: a one-token chunk
   over a cache, a step beyond the tables, no closed form), memoised for one prompt alone;
-- a chunk run (chunked prefill): after a step that chunks one prompt alone by the whole budget
-  the decode set leaves, without completing it, priced inline, the next steps are that prompt's
-  chunks of the same size while the decode set keeps its size and the remainder exceeds the
-  budget (nothing else is chunked or admitted: no budget is left); an inner loop makes them
-  (the decode set's next blocks, the price with what depends only on the batch size and the
-  chunk taken from the first step, the step's bookkeeping) while each ends strictly before the
-  earliest scheduled event, and leaves to the next pass the first that does not, that would
-  preempt, or that a finish in the decode set ends;
+- a chunk chain (chunked prefill): while the step is one prompt's chunk alone with the decode
+  set (the first admitted prompt's, taking the whole budget or completing with nothing else to
+  chunk or admit; with none admitted, the first waiting prompt's, admitted alone), one inner
+  loop decides it (the decode set's blocks, the chunk, the admission), prices it (the inline
+  form above, with what depends only on the decode set's size or the chunk computed once) and,
+  while it ends strictly before the earliest scheduled event (on a replica alone, with the
+  arrival process run during it), ends it (finishes in the decode set, the prompt's first token
+  and its joining the decode set); the next step's decision then continues the chain (with
+  nothing ended, the same prompt's next chunk, without the general decision), and a step that
+  does not end first (several replicas) or a decision the chain does not make (two prompts'
+  chunks, a decode run, a one-token chunk over a cache, a batch size not yet memoised) goes to
+  the general code;
 - the KV level is integrated at the instants the block manager would integrate it, and the
   inter-token gaps (one histogram for all replicas) go through its buffer flushed at the same
   points, in the same order across replicas.
@@ -393,28 +397,27 @@ def _replica(
                         break  # (a one-token chunk over a cache: priced as a decode, below)
                     admit = False
                     longest = D - long_heap[0][0]  # (no sequence has left: the heap's top is current)
-                # the decode set's next step's blocks (FastEngine.decode_ready), then the admission
-                free = num_blocks - used
-                if nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
-                    return PREEMPTION
-                upto = D + 1
-                total = cnt[Xa % bs] if upto == Xa + 1 else _growth(upto, Xa, n_active, cnt, pending, bs)
+                # the decode set's next step's blocks (FastEngine.decode_ready: at a decision the
+                # blocks are allocated up to the decode clock, Xa == D, so the step's are those of
+                # the residue D, _growth(D + 1) as above), then the admission
+                total = cnt[D % bs]
                 if total:
+                    if total > num_blocks - used:
+                        return PREEMPTION
                     area += (now - t_mark) * used
                     t_mark = now
                     marks += 1
                     used += total
                     if used > peak:
                         peak = used
-                if upto > Xa:
-                    Xa = upto
-                    if pending and pending[0][0] <= upto:
-                        kq = 0
-                        while kq < len(pending) and pending[kq][0] <= upto:
-                            cnt[pending[kq][0] % bs] += 1
-                            kq += 1
-                        n_active += kq
-                        del pending[:kq]
+                Xa = D + 1
+                if pending and pending[0][0] <= Xa:
+                    kq = 0
+                    while kq < len(pending) and pending[kq][0] <= Xa:
+                        cnt[pending[kq][0] % bs] += 1
+                        kq += 1
+                    n_active += kq
+                    del pending[:kq]
                 if admit:
                     nblk = -(-(rem + 1) // bs)
                     if used > num_blocks - nblk - wm:
