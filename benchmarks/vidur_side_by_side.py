@@ -54,6 +54,22 @@ TRACE_DATE = "simkit"
 # tokens, makes tables of millions of rows that only the KV-parallel plans need)
 MAX_TOKENS = 4096
 _PREDICTOR = "--random_forrest_execution_time_predictor_config_"
+# The training run's hyper-parameter grid. Vidur's default searches 27 random-forest settings with
+# 10-fold cross-validation for each of its 12 operator models: over an hour on this 2-core
+# machine. "quick" searches one setting (250 trees, depth 32, split 2: the grid's fewest trees
+# and deepest trees) with the same folds; the predictor cache's key (Vidur's hash of the
+# predictor config) does not include the grid, so later runs with Vidur's defaults load it.
+GRIDS: dict[str, tuple[str, ...]] = {
+    "vidur": (),
+    "quick": (_PREDICTOR + "num_estimators", "250", _PREDICTOR + "max_depth", "32",
+              _PREDICTOR + "min_samples_split", "2"),
+}
+# The timed Vidur runs: its default (Python execution-time lookups) and its C++ predictor
+# (0.0.26's _native module, off by default), each loading the cached predictor
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "vidur": (),
+    "vidur-native": (_PREDICTOR + "use_native_execution_time_predictor",),
+}
 
 
 class BenchError(Exception):
@@ -91,6 +107,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help=f"Vidur's inputs and caches (default {DEFAULT_WORKDIR})")
     p.add_argument("--profiles", type=Path, default=DEFAULT_PROFILES, help=f"Vidur's profiling data (default {DEFAULT_PROFILES})")
     p.add_argument("--cold", action="store_true", help="first time Vidur with an empty predictor cache (it trains)")
+    p.add_argument("--grid", choices=list(GRIDS), default="quick",
+                   help="the training run's hyper-parameter grid (default quick: one setting; vidur: Vidur's 27)")
     a = p.parse_args(argv)
     for c in a.cases:
         if c not in CASES:
@@ -233,10 +251,12 @@ def prepare(case: Case, workdir: Path, profiles: Path, vidur_python: Path) -> Pr
 # ---- runs ----------------------------------------------------------------------------------
 
 
-def vidur_command(vidur_python: Path, case: Case, trace: Path, num_blocks: int, cache_dir: Path, out_dir: Path) -> list[str]:
+def vidur_command(vidur_python: Path, case: Case, trace: Path, num_blocks: int, cache_dir: Path, out_dir: Path,
+                  grid: tuple[str, ...] = ()) -> list[str]:
     """``python -m vidur.main`` on ``case``: one replica of Llama-2-7B on an H100 at TP 1, the
     requests of ``trace`` replayed, simkit's KV blocks, the random-forest predictor (Vidur's
-    default) reading the local datasets, and its optional outputs off where a flag allows."""
+    default; ``grid``: its hyper-parameter flags, see GRIDS) reading the local datasets, and its
+    optional outputs off where a flag allows."""
     return [
         str(vidur_python), "-m", "vidur.main",
         "--seed", "0", "--log_level", "info",
@@ -262,6 +282,7 @@ def vidur_command(vidur_python: Path, case: Case, trace: Path, num_blocks: int, 
         _PREDICTOR + "cache_dir", str(cache_dir),
         _PREDICTOR + "prediction_max_tokens_per_request", str(MAX_TOKENS),
         _PREDICTOR + "prediction_max_prefill_chunk_size", str(MAX_TOKENS),
+        *grid,
         "--metrics_config_output_dir", str(out_dir),
         "--no-metrics_config_store_plots",
         "--no-metrics_config_enable_chrome_trace",
@@ -282,6 +303,28 @@ def ended_at(log: str) -> float:
     if not m:
         raise BenchError("Vidur's log has no 'Simulation ended at' line")
     return float(m[-1])
+
+
+_STAMP = re.compile(r"^[A-Z]+ \d\d-\d\d (\d\d):(\d\d):(\d\d) ", re.M)
+
+
+def phases(log: str, wall: float) -> tuple[float, float, float]:
+    """(start-up and teardown, simulation loop, output) wall seconds of a Vidur run of ``wall``
+    seconds, from its log's time stamps (1 s resolution): "Starting simulation" to "Simulation
+    ended at" is the loop, from there to "Metrics written" the output, the rest of ``wall`` is
+    the interpreter, imports, configuration, the predictor's loading and teardown."""
+
+    def at(marker: str) -> float:
+        i = log.find(marker)
+        m = _STAMP.match(log, log.rfind("\n", 0, i) + 1) if i >= 0 else None
+        if m is None:
+            raise BenchError(f"Vidur's log has no time-stamped {marker!r} line")
+        h, mi, se = (int(x) for x in m.groups())
+        return h * 3600.0 + mi * 60.0 + se
+
+    start, end, written = at("Starting simulation"), at("Simulation ended at"), at("Metrics written")
+    loop, output = (end - start) % 86400.0, (written - end) % 86400.0
+    return max(wall - loop - output, 0.0), loop, output
 
 
 def vidur_summary(metrics_csv: Path, arrival_s: list[float], output_tokens: list[int]) -> dict[str, float]:
@@ -320,12 +363,13 @@ def run_vidur(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, fl
     return wall, usage.ru_utime + usage.ru_stime, text
 
 
-def _vidur_once(vidur_python: Path, case: Case, prep: Prepared, cache: Path, out: Path) -> tuple[float, float, dict[str, float]]:
+def _vidur_once(vidur_python: Path, case: Case, prep: Prepared, cache: Path, out: Path,
+                grid: tuple[str, ...] = ()) -> tuple[float, float, dict[str, float], tuple[float, float, float]]:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    wall, cpu, log = run_vidur(vidur_command(vidur_python, case, prep.trace, prep.num_blocks, cache, out / "metrics"),
+    wall, cpu, log = run_vidur(vidur_command(vidur_python, case, prep.trace, prep.num_blocks, cache, out / "metrics", grid),
                                vidur_env(dict(os.environ)), out)
     c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     # wait4 counts the process and its reaped children; RUSAGE_CHILDREN adds nothing twice
@@ -337,7 +381,7 @@ def _vidur_once(vidur_python: Path, case: Case, prep: Prepared, cache: Path, out
     lines = prep.trace.read_text().splitlines()[1:]
     arrival = [float(x.split(",")[0]) for x in lines]
     outs = [int(x.split(",")[3]) for x in lines]
-    return wall, cpu, vidur_summary(metrics, arrival, outs)
+    return wall, cpu, vidur_summary(metrics, arrival, outs), phases(log, wall)
 
 
 def main(argv: list[str]) -> int:
@@ -364,23 +408,28 @@ def main(argv: list[str]) -> int:
                 link.symlink_to(args.workdir / "profiling_data")
             print(f"{name}: {prep.requests:,} requests, {prep.admitted:,} admitted by simkit and given to Vidur; "
                   f"KV blocks {prep.num_blocks:,}")
-            print(f"{'run':<14}{'wall s':>9}{'CPU s':>9}   TTFT p50 s  e2e p50 s  req/s  out tok/s")
-            vid_sum: dict[str, float] = {}
+            print(f"{'run':<14}{'wall s':>9}{'CPU s':>9}")
+            sums: dict[str, dict[str, float]] = {"simkit": prep.simkit}
             if args.cold or not (vidur_cache / "predictors").exists():
-                wall, cpu, vid_sum = _vidur_once(vidur_python, case, prep, vidur_cache, args.workdir / "run")
-                print(f"{'vidur cold':<14}{wall:>9.2f}{cpu:>9.2f}   (trains and caches its predictor)")
-            best = {"simkit": float("inf"), "vidur": float("inf")}
+                wall, cpu, sums["vidur"], ph = _vidur_once(vidur_python, case, prep, vidur_cache, args.workdir / "run",
+                                                           GRIDS[args.grid])
+                print(f"{'vidur cold':<14}{wall:>9.2f}{cpu:>9.2f}   trains and caches its predictor ({args.grid} grid); "
+                      f"wall s: start-up {ph[0]:.0f}, loop {ph[1]:.0f}, output {ph[2]:.0f}")
+            best = {"simkit": float("inf")} | {v: float("inf") for v in VARIANTS}
             for _ in range(args.repeat):
                 wall, cpu, r = _measure(script, case.simkit_case, env, False, False)
                 best["simkit"] = min(best["simkit"], cpu)
-                print(f"{'simkit':<14}{wall:>9.2f}{cpu:>9.2f}   ({r['engine_path']})")
-                wall, cpu, vid_sum = _vidur_once(vidur_python, case, prep, vidur_cache, args.workdir / "run")
-                best["vidur"] = min(best["vidur"], cpu)
-                print(f"{'vidur warm':<14}{wall:>9.2f}{cpu:>9.2f}")
-            print(f"  {name}: least CPU s of {args.repeat}: simkit {best['simkit']:.2f}, Vidur {best['vidur']:.2f}; "
-                  f"Vidur / simkit: {best['vidur'] / best['simkit']:.1f}x")
-            for label, s in (("simkit", prep.simkit), ("vidur", vid_sum)):
-                print(f"  {label:<7} TTFT p50 {s['ttft_p50_s']:.3f} s, e2e p50 {s['e2e_p50_s']:.2f} s, "
+                print(f"{'simkit':<14}{wall:>9.2f}{cpu:>9.2f}   {r['engine_path']}; simulate() {r['sim_wall_s']:.2f} s")
+                for variant, flags in VARIANTS.items():
+                    wall, cpu, sums[variant], ph = _vidur_once(vidur_python, case, prep, vidur_cache, args.workdir / "run",
+                                                               flags)
+                    best[variant] = min(best[variant], cpu)
+                    print(f"{variant:<14}{wall:>9.2f}{cpu:>9.2f}   wall s: start-up {ph[0]:.0f}, loop {ph[1]:.0f}, "
+                          f"output {ph[2]:.0f}")
+            print(f"  {name}: least CPU s of {args.repeat}: " + ", ".join(f"{k} {v:.2f}" for k, v in best.items())
+                  + "; " + ", ".join(f"{v} / simkit {best[v] / best['simkit']:.1f}x" for v in VARIANTS))
+            for label, s in sums.items():
+                print(f"  {label:<13} TTFT p50 {s['ttft_p50_s']:.3f} s, e2e p50 {s['e2e_p50_s']:.2f} s, "
                       f"{s['requests_per_s']:.2f} req/s, {s['output_tokens_per_s']:,.0f} output tok/s, "
                       f"{s['requests_completed']:,.0f} completed, makespan {s['makespan_s']:,.1f} s")
     except BenchError as e:

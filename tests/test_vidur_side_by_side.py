@@ -126,6 +126,10 @@ def test_vidur_command_matches_the_case() -> None:
     for off in ("--no-metrics_config_store_plots", "--no-metrics_config_enable_chrome_trace",
                 "--no-metrics_config_write_json_trace"):
         assert off in cmd
+    native = vs.vidur_command(py, vs.CASES["azure16k-continuous"], Path("/t.csv"), 1, Path("/c"), Path("/o"),
+                              vs.VARIANTS["vidur-native"])
+    assert native[-len(vs.VARIANTS["vidur-native"]):] != list(vs.VARIANTS["vidur-native"])  # outputs flags last
+    assert set(vs.VARIANTS["vidur-native"]) <= set(native) and not set(vs.VARIANTS["vidur-native"]) & set(cmd)
     chunked = vs.vidur_command(py, vs.CASES["azure16k-chunked"], Path("/t.csv"), 1, Path("/c"), Path("/o"))
     assert chunked[chunked.index("--replica_scheduler_config_type") + 1] == "sarathi"
     assert chunked[chunked.index("--sarathi_scheduler_config_chunk_size") + 1] == "512"
@@ -154,3 +158,14 @@ def test_vidur_summary_from_request_metrics(tmp_path: Path) -> None:
     assert s["requests_per_s"] == pytest.approx(3 / 6.0)
     assert s["output_tokens_per_s"] == pytest.approx(19 / 6.0)
     assert s["requests_completed"] == 3.0
+
+
+def test_phases_from_the_log_time_stamps() -> None:
+    log = ("INFO 12-01 23:59:50 config.py:1] config\n"
+           "INFO 12-01 23:59:58 simulator.py:57] Starting simulation with cluster: C and 10 requests\n"
+           "INFO 12-02 00:00:40 simulator.py:79] Simulation ended at: 99.5s\n"
+           "INFO 12-02 00:00:40 simulator.py:84] Writing output\n"
+           "INFO 12-02 00:00:43 simulator.py:87] Metrics written\n")
+    assert vs.phases(log, 60.0) == (60.0 - 42.0 - 3.0, 42.0, 3.0)  # across midnight
+    with pytest.raises(vs.BenchError, match="Metrics written"):
+        vs.phases(log.replace("Metrics written", "done"), 60.0)
