@@ -82,6 +82,9 @@ class Case:
     """The case of benchmarks/serving_speed.py."""
     scheduler: tuple[str, ...]
     """Vidur's replica-scheduler flags."""
+    replicas: int = 1
+    global_scheduler: str = "round_robin"
+    """Vidur's router over the replicas ("lor": least outstanding requests)."""
 
 
 CASES: dict[str, Case] = {
@@ -95,12 +98,19 @@ CASES: dict[str, Case] = {
         ("--replica_scheduler_config_type", "sarathi", "--sarathi_scheduler_config_batch_size_cap", "128",
          "--sarathi_scheduler_config_chunk_size", "512"),
     ),
+    "azure16k-3replicas": Case(
+        "azure16k-3replicas",
+        ("--replica_scheduler_config_type", "vllm", "--vllm_scheduler_config_batch_size_cap", "128",
+         "--vllm_scheduler_config_max_tokens_in_batch", "4096"),
+        replicas=3,
+        global_scheduler="lor",
+    ),
 }
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="vidur_side_by_side.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("cases", nargs="*", default=list(CASES), help=f"cases (default all): {', '.join(CASES)}")
+    p.add_argument("cases", nargs="*", default=list(CASES)[:2], help=f"cases (default the first two): {', '.join(CASES)}")
     p.add_argument("--vidur-python", default=os.environ.get("SIMKIT_VIDUR_PYTHON"),
                    help="the Python of Vidur's virtual environment (default $SIMKIT_VIDUR_PYTHON)")
     p.add_argument("--repeat", type=int, default=1, help="alternating runs of each simulator per case (default 1)")
@@ -260,7 +270,8 @@ def vidur_command(vidur_python: Path, case: Case, trace: Path, num_blocks: int, 
     return [
         str(vidur_python), "-m", "vidur.main",
         "--seed", "0", "--log_level", "info",
-        "--cluster_config_num_replicas", "1",
+        "--cluster_config_num_replicas", str(case.replicas),
+        "--global_scheduler_config_type", case.global_scheduler,
         "--replica_config_model_name", VIDUR_MODEL,
         "--replica_config_device", VIDUR_DEVICE,
         "--replica_config_network_device", VIDUR_NETWORK,
