@@ -102,8 +102,10 @@ CASES: dict[str, Case] = {
         "azure16k-3replicas",
         ("--replica_scheduler_config_type", "vllm", "--vllm_scheduler_config_batch_size_cap", "128",
          "--vllm_scheduler_config_max_tokens_in_batch", "4096"),
+        # simkit routes to the least outstanding replica; Vidur 0.0.26's "lor" router stops with an
+        # AssertionError on this case (request.py: _num_stage_processed_tokens <= total_tokens)
         replicas=3,
-        global_scheduler="lor",
+        global_scheduler="round_robin",
     ),
 }
 
