@@ -32,7 +32,6 @@ import json
 import lzma
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -372,7 +371,7 @@ def run_vidur(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, fl
     if os.waitstatus_to_exitcode(status) != 0:
         tail = text.strip().splitlines()[-1] if text.strip() else "no output"
         raise BenchError(f"Vidur failed (log {cwd / 'vidur.log'}): {tail}")
-    # grandchildren (joblib workers while training) are reaped into RUSAGE_CHILDREN
+    # wait4's usage includes the descendants the process reaped (joblib's workers while training)
     return wall, usage.ru_utime + usage.ru_stime, text
 
 
@@ -381,13 +380,9 @@ def _vidur_once(vidur_python: Path, case: Case, prep: Prepared, cache: Path, out
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall, cpu, log = run_vidur(vidur_command(vidur_python, case, prep.trace, prep.num_blocks, cache, out / "metrics", grid),
                                vidur_env(dict(os.environ)), out)
-    c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    # wait4 counts the process and its reaped children; RUSAGE_CHILDREN adds nothing twice
-    cpu = max(cpu, (c1.ru_utime - c0.ru_utime) + (c1.ru_stime - c0.ru_stime))
-    ended_at(log)
+    ended_at(log)  # the simulation ran to its end
     metrics = next((out / "metrics").rglob("request_metrics.csv"), None)
     if metrics is None:
         raise BenchError(f"Vidur wrote no request_metrics.csv under {out / 'metrics'}")
