@@ -136,6 +136,8 @@ def test_vidur_command_matches_the_case() -> None:
     three = vs.vidur_command(py, vs.CASES["azure16k-3replicas"], Path("/t.csv"), 1, Path("/c"), Path("/o"))
     assert three[three.index("--cluster_config_num_replicas") + 1] == "3"
     assert three[three.index("--global_scheduler_config_type") + 1] == "round_robin"
+    assert vs.CASES["azure16k-3replicas"].variants == ("vidur",)
+    assert set(vs.CASES["azure16k-continuous"].variants) == set(vs.VARIANTS)
 
 
 def test_vidur_env_is_offline_and_without_simkit() -> None:
