@@ -71,6 +71,17 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _serving_speed() -> Any:
+    """benchmarks/serving_speed.py (its cases and its fresh-process child), importable with
+    this checkout's simkit."""
+    for path in (str(ROOT), str(Path(__file__).resolve().parent)):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    import serving_speed  # type: ignore[import-not-found]
+
+    return serving_speed
+
+
 class BenchError(Exception):
     """A one-line reason the benchmark cannot run (printed, exit 2)."""
 
@@ -221,9 +232,7 @@ class Prepared:
 def prepare(case: Case, workdir: Path, profiles: Path, vidur_python: Path) -> Prepared:
     """Vidur's inputs for ``case`` under ``workdir`` (see the module docstring), and simkit's
     summary of the same case."""
-    sys.path.insert(0, str(ROOT))
-    from serving_speed import _case_data  # type: ignore[import-not-found]
-
+    _case_data = _serving_speed()._case_data
     from simkit.deployment import build_deployment
     from simkit.scenario import scenario_from_dict
     from simkit.simulate import simulate
@@ -400,9 +409,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
         vidur_python = check_vidur_python(args.vidur_python)
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from serving_speed import _measure  # type: ignore[import-not-found]
-
+        _measure = _serving_speed()._measure
         script = Path(__file__).resolve().parent / "serving_speed.py"
         env = dict(os.environ) | {"PYTHONPATH": str(ROOT)}
         vidur_cache = args.workdir / "profiling_cache"
