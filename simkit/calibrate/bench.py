@@ -1989,6 +1989,28 @@ def run_suite(
     )
     profile = fit_profile(samples, facts, name=prof_name, source=source, license=license)
     out(f"fitted profile {prof_name!r} in {time.perf_counter() - t0:.1f} s")
+    if device == "cpu" and not tiny:
+        from simkit.calibrate.composition import describe_composition, measure_step_composition
+        from simkit.cost.threads import COMPOSITION_BOUNDS
+
+        t0 = time.perf_counter()
+        load = LoadMonitor()
+        comp = measure_step_composition(profile, list(facts.get("dtypes") or profile.dtypes()), int(facts["threads"]), clock)
+        other = load.other_cores()
+        if other is not None:
+            comp["other_cores"] = round(other, 3)
+        out(f"{describe_composition(comp)} ({time.perf_counter() - t0:.1f} s)")
+        if other is not None and other > 0.25:
+            out(f"warning: other processes kept {other:.2f} cores busy while the step composition was measured: "
+                "it measured that load (calibrate again on an idle machine)")
+        lo, hi = COMPOSITION_BOUNDS
+        off = {dt: f for dt, f in comp["factor"].items() if not lo <= f <= hi}
+        if off:
+            out(f"warning: step composition not recorded: the synthetic step took {', '.join(f'{dt} x{f:.2f}' for dt, f in off.items())} "
+                f"its predicted time (outside x{lo}-x{hi}: the machine changed, not the composition); predictions price "
+                "the operators as timed alone")  # fmt: skip
+        else:
+            profile.device["step_composition"] = comp
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         from simkit.calibrate.store import save_profile
