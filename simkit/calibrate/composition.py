@@ -83,10 +83,10 @@ def measure_step_composition(
                 cache = model.make_cache(b)
                 if phase == "prefill":
                     ids = torch.randint(0, cfg.vocab, (b, c))
-                    steps.append(lambda ids=ids, cache=cache: model.forward(ids, 0, cache))
+                    steps.append(lambda m=model, ids=ids, cache=cache: m.forward(ids, 0, cache))
                 else:
                     ids = torch.randint(0, cfg.vocab, (b, 1))
-                    steps.append(lambda ids=ids, c=c, cache=cache: model.forward(ids, c, cache))
+                    steps.append(lambda m=model, ids=ids, c=c, cache=cache: m.forward(ids, c, cache))
             for fn in steps:  # warm-up
                 fn()
             times: list[list[float]] = [[] for _ in steps]
@@ -105,7 +105,6 @@ def measure_step_composition(
                 rows.append({"dtype": dt, "phase": phase, "batch": b, "context": c, "measured_s": round(m, 9),
                              "predicted_s": round(p, 9), "ratio": round(m / p, 4)})  # fmt: skip
             factor[dt] = round(composition_factor(meas, pred), 4)
-            del model
     return {
         "threads": int(threads),
         "clock": clock,

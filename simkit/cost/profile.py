@@ -20,7 +20,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from simkit.cost.efficiency import OP_CLASSES, DatasheetEfficiency, EfficiencyModel, FitQuality
-from simkit.cost.threads import STEP_CLASSES, StepComposition, ThreadWakeup, parse_step_composition, parse_thread_wakeup
+from simkit.cost.threads import (
+    STEP_CLASSES,
+    StepComposition,
+    ThreadWakeup,
+    parse_step_composition,
+    parse_thread_wakeup,
+)
 from simkit.errors import CalibrationError
 from simkit.specs.calibration import (
     PROFILE_FILE,
