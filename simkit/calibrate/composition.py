@@ -2,9 +2,9 @@
 
 The calibration times every operator alone, back to back in a loop of itself; a real step runs
 them one after another, each on the outputs of the one before, with other weights and
-activations in between. On the 2-vCPU CI VM at 2 threads the two disagree: in the same minute the
-start-up GEMM probe (operators alone) ran 5-19% faster than the profile predicts while whole
-steps ran 2-14% slower (docs/fidelity.md, "2026-12-01"), and at 1 thread both moved together.
+activations in between. On the 2-vCPU CI VM the two disagree: in the same minutes, whole bf16
+steps took x0.98-1.20 at 2 threads (x1.1 typical) and x0.99-1.09 at 1 thread of what the GEMM
+speed probe (operators alone) said the machine ran at (docs/fidelity.md, "2026-12-01").
 So after fitting, the suite times a few steps of a 1-layer Llama-3.2-1B-shaped model (dimensions
 the GEMM grid samples, none of the held-out validation sets) and records, per dtype, the median of
 measured step / predicted step as ``device.step_composition``; the cost model divides the step
