@@ -123,3 +123,30 @@ def test_suite_measurement_is_a_profile_section(tmp_path: Path) -> None:
     scaled = _profile_with(tmp_path, {"threads": 1, "factor": {"fp32": 1.0}})
     with pytest.raises(ValueError):
         measure_step_composition(scaled, ["fp32"], 1, "cpu", cfg=tiny, cells=cells, repeats=1)
+
+
+def test_series_reads_along_a_run_and_tops_up() -> None:
+    pytest.importorskip("torch")
+    import time
+
+    from simkit.calibrate.composition import StepSeries, composition_section
+
+    tiny = ValidationConfig(layers=1, hidden=64, heads=4, kv_heads=2, ffn=128, vocab=256)
+    cells = (("prefill", 1, 8), ("decode", 2, 8))
+    clock = [0.0]
+    series = StepSeries.build(["fp32", "bf16"], time.thread_time, cfg=tiny, cells=cells, every_s=10.0)
+    series.wall = lambda: clock[0]
+    series.tick()  # the first reading is due at once
+    series.tick()  # the next one not before every_s of wall time
+    assert [len(t) for t in series.times] == [1, 1, 1, 1]
+    clock[0] = 10.0
+    series.tick()
+    assert [len(t) for t in series.times] == [2, 2, 2, 2]
+    series.top_up(3)
+    r = series.readings()
+    assert r["cells"] == [["fp32", "prefill", 1, 8], ["fp32", "decode", 2, 8], ["bf16", "prefill", 1, 8], ["bf16", "decode", 2, 8]]
+    assert [len(t) for t in r["times"]] == [3, 3, 3, 3] and r["model"]["ffn"] == 128 and r["every_s"] == 10.0
+    sec = composition_section(r, Profile.load(SHIPPED, with_samples=False), 1, "cpu")
+    assert set(sec["factor"]) == {"fp32", "bf16"} and all(row["readings"] == 3 for row in sec["rows"])
+    fp32 = [row for row in sec["rows"] if row["dtype"] == "fp32"]
+    assert sec["factor"]["fp32"] == pytest.approx(composition_factor([x["measured_s"] for x in fp32], [x["predicted_s"] for x in fp32]), rel=1e-3)

@@ -653,6 +653,9 @@ class Bench:
     again while contended)."""
     sentinel: SpeedSentinel | None = None
     """Set for CPU runs: the machine's speed read every few seconds, before a sample."""
+    steps: Any = None
+    """Set for CPU runs but ``--tiny``: the synthetic steps of the step composition
+    (``simkit.calibrate.composition.StepSeries``), read every few seconds, before a sample."""
 
     def take(self, shape: Sequence[int], dtype: str, slot: str) -> Any:
         """A random tensor of ``shape``: a view of a per-(dtype, slot) pool of random data that
@@ -674,6 +677,8 @@ class Bench:
     def measure(self, fn: Callable[[], Any], **kw: Any) -> Measurement:
         if self.sentinel is not None:
             self.sentinel.tick()
+        if self.steps is not None:
+            self.steps.tick()
         if self.contention is not None:
             return self.contention.measure(lambda: self.timer.measure(fn, **kw))
         return self.timer.measure(fn, **kw)
@@ -1824,6 +1829,10 @@ def measure_suite(
                                            CONTENTION_RETRY_BUDGET_S[size.name])  # fmt: skip
     if device == "cpu":
         bench.sentinel = SpeedSentinel(_sentinel_kernels(torch, dts), timer.now)
+    if device == "cpu" and not tiny:
+        from simkit.calibrate.composition import StepSeries
+
+        bench.steps = StepSeries.build(dts, timer.now)
     torch.manual_seed(seed)
 
     groups: list[tuple[str, float, Callable[[], int]]] = []
@@ -1879,6 +1888,12 @@ def measure_suite(
         facts["contention"] = _contention_report(bench.contention, out)
     if bench.sentinel is not None:
         facts["speed_sentinel"] = _sentinel_report(bench.sentinel, out)
+    if bench.steps is not None:
+        from simkit.calibrate.composition import COMPOSITION_REPEATS
+
+        bench.steps.top_up(COMPOSITION_REPEATS)
+        # plain readings: run_suite turns them into device.step_composition after the fit
+        facts["step_composition_readings"] = bench.steps.readings()
     if device == "cpu":
         from simkit.calibrate.host_memory import describe_first_touch, measure_first_touch
 
@@ -1987,22 +2002,15 @@ def run_suite(
         f"measured with `simkit calibrate --device {device}{flags}` on {facts.get('name')} "
         f"({facts['threads']} torch thread(s), {clock} clock, torch {facts['torch_version']}), {time.strftime('%Y-%m-%d')}"
     )
+    readings = facts.pop("step_composition_readings", None)
     profile = fit_profile(samples, facts, name=prof_name, source=source, license=license)
     out(f"fitted profile {prof_name!r} in {time.perf_counter() - t0:.1f} s")
-    if device == "cpu" and not tiny:
-        from simkit.calibrate.composition import describe_composition, measure_step_composition
+    if readings is not None:
+        from simkit.calibrate.composition import composition_section, describe_composition
         from simkit.cost.threads import COMPOSITION_BOUNDS
 
-        t0 = time.perf_counter()
-        load = LoadMonitor()
-        comp = measure_step_composition(profile, list(facts.get("dtypes") or profile.dtypes()), int(facts["threads"]), clock)
-        other = load.other_cores()
-        if other is not None:
-            comp["other_cores"] = round(other, 3)
-        out(f"{describe_composition(comp)} ({time.perf_counter() - t0:.1f} s)")
-        if other is not None and other > 0.25:
-            out(f"warning: other processes kept {other:.2f} cores busy while the step composition was measured: "
-                "it measured that load (calibrate again on an idle machine)")
+        comp = composition_section(readings, profile, int(facts["threads"]), clock)
+        out(describe_composition(comp))
         lo, hi = COMPOSITION_BOUNDS
         off = {dt: f for dt, f in comp["factor"].items() if not lo <= f <= hi}
         if off:
