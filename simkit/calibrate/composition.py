@@ -5,9 +5,10 @@ them one after another, each on the outputs of the one before, with other weight
 activations in between. On the 2-vCPU CI VM the two disagree: in the same minutes, whole bf16
 steps took x0.98-1.20 at 2 threads (x1.1 typical) and x0.99-1.09 at 1 thread of what the GEMM
 speed probe (operators alone) said the machine ran at (docs/fidelity.md, "2026-12-01").
-So after fitting, the suite times a few steps of a 1-layer Llama-3.2-1B-shaped model (dimensions
-the GEMM grid samples, none of the held-out validation sets) and records, per dtype, the median of
-measured step / predicted step as ``device.step_composition``; the cost model divides the step
+So along the calibration run (a reading every few seconds, like the speed sentinel) the suite
+times a few steps of a 1-layer Llama-3.2-1B-shaped model (dimensions the GEMM grid samples, none
+of the held-out validation sets) and, after fitting, records per dtype the median over the cells
+of measured step / predicted step as ``device.step_composition``; the cost model divides the step
 operators' efficiency by it (``Profile.efficiency``). It is one number per dtype and thread
 count, measured, never fitted to validation rows. Profiles without the section (older ones, the
 shipped ``ci-vm-cpu``, ``--tiny`` runs) price operators as timed alone, exactly as before.
@@ -41,7 +42,8 @@ COMPOSITION_CELLS: tuple[tuple[str, int, int], ...] = (("prefill", 1, 64), ("pre
 (all on the GEMM grid's row counts)."""
 
 COMPOSITION_REPEATS = 5
-"""Timed repetitions per cell, interleaved round-robin over the cells (after one warm-up each)."""
+"""Readings (one repetition of every cell each, after one warm-up) per cell at least: a run that
+took fewer along the way is topped up at its end."""
 
 
 def composition_factor(measured_s: Sequence[float], predicted_s: Sequence[float]) -> float:
