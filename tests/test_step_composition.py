@@ -107,7 +107,8 @@ def test_synthetic_model_is_not_a_validation_set() -> None:
 
 def test_suite_measurement_is_a_profile_section(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    from simkit.calibrate.composition import describe_composition, measure_step_composition
+    from simkit.calibrate.bench import describe_step_composition
+    from simkit.calibrate.composition import measure_step_composition
 
     prof = Profile.load(SHIPPED, with_samples=False)
     tiny = ValidationConfig(layers=1, hidden=64, heads=4, kv_heads=2, ffn=128, vocab=256)
@@ -118,7 +119,7 @@ def test_suite_measurement_is_a_profile_section(tmp_path: Path) -> None:
     assert [(r["phase"], r["batch"], r["context"]) for r in rows] == list(cells)
     assert all(r["measured_s"] > 0 and r["predicted_s"] > 0 for r in rows)
     assert sec["factor"]["fp32"] == pytest.approx(composition_factor([r["measured_s"] for r in rows], [r["predicted_s"] for r in rows]), rel=1e-3)
-    assert "fp32 x" in describe_composition(sec)
+    assert "fp32 x" in describe_step_composition(sec) and "1+ readings per cell" in describe_step_composition(sec)
     # measuring against a profile that already carries one is refused (it would compound)
     scaled = _profile_with(tmp_path, {"threads": 1, "factor": {"fp32": 1.0}})
     with pytest.raises(ValueError):
@@ -150,3 +151,47 @@ def test_series_reads_along_a_run_and_tops_up() -> None:
     assert set(sec["factor"]) == {"fp32", "bf16"} and all(row["readings"] == 3 for row in sec["rows"])
     fp32 = [row for row in sec["rows"] if row["dtype"] == "fp32"]
     assert sec["factor"]["fp32"] == pytest.approx(composition_factor([x["measured_s"] for x in fp32], [x["predicted_s"] for x in fp32]), rel=1e-3)
+
+
+def test_bench_reads_the_steps_before_every_sample() -> None:
+    import random
+
+    from simkit.calibrate import bench
+    from simkit.calibrate.samples import Measurement
+
+    class FakeTimer:
+        def measure(self, fn: object, **kw: object) -> Measurement:
+            return Measurement([1.0])
+
+    class Ticks:
+        n = 0
+
+        def tick(self) -> None:
+            self.n += 1
+
+        def top_up(self) -> None:
+            pass
+
+        def readings(self) -> dict:
+            return {}
+
+    b = bench.Bench(None, "cpu", bench.SIZES["tiny"], FakeTimer(), "test", random.Random(0))  # type: ignore[arg-type]
+    b.steps = Ticks()
+    b.measure(lambda: None)
+    b.measure(lambda: None)
+    assert b.steps.n == 2
+
+
+def test_calibrate_cli_passes_the_composition_to_the_suite(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from simkit.calibrate import bench, cli_calibrate
+    from simkit.calibrate.composition import StepSeries, composition_section
+
+    seen: dict = {}
+
+    def fake_run_suite(**kw: object) -> object:
+        seen.update(kw)
+        return Profile.load(SHIPPED, with_samples=False)
+
+    monkeypatch.setattr(bench, "run_suite", fake_run_suite)
+    assert cli_calibrate.main(["--device", "cpu", "--quick", "--out", str(tmp_path / "p")]) == 0
+    assert seen["steps"] == StepSeries.build and seen["composition"] is composition_section

@@ -113,7 +113,7 @@ class StepSeries:
         if self.wall() - self.last >= self.every_s:
             self.read()
 
-    def top_up(self, repeats: int) -> None:
+    def top_up(self, repeats: int = COMPOSITION_REPEATS) -> None:
         """Readings until every cell has at least ``repeats`` (a run shorter than the readings need)."""
         while min(len(t) for t in self.times) < repeats:
             self.read()
@@ -177,11 +177,3 @@ def measure_step_composition(
     series = StepSeries.build(dtypes, now, cfg=cfg, cells=cells)
     series.top_up(repeats)
     return composition_section(series.readings(), profile, threads, clock)
-
-
-def describe_composition(section: dict[str, Any]) -> str:
-    """One line for the calibration's output."""
-    parts = ", ".join(f"{dt} x{f:.3f}" for dt, f in sorted(section["factor"].items()))
-    ratios = [float(r["ratio"]) for r in section["rows"]]
-    return (f"step composition ({section['threads']} thread(s), synthetic 1-layer step of hidden {section['model']['hidden']}): "
-            f"measured / predicted {parts} (cells x{min(ratios):.2f}-x{max(ratios):.2f})")  # fmt: skip
