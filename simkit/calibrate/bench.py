@@ -1890,6 +1890,13 @@ def measure_suite(
             out(f"{describe_first_touch(facts['host_first_touch'])} ({time.perf_counter() - t0:.1f} s)")
         except CalibrationError as e:
             out(f"warning: host first-touch rate not recorded: {e}")
+    if device == "cuda":
+        from simkit.calibrate.host_gap import measure_host_gap
+
+        t0 = time.perf_counter()
+        facts["host_gap"] = measure_host_gap(torch, "cuda", seed=seed)
+        gaps = ", ".join(f"{1e6 * r['gap_s']:.0f} us at batch {r['batch']}" for r in facts["host_gap"])
+        out(f"host gap per iteration of a synchronous decode loop: {gaps} ({time.perf_counter() - t0:.1f} s)")
     probe1 = drift_probe(device, clock)
     facts["speed_probe_s"] = float(0.5 * (probe0 + probe1))
     facts["speed_probe_start_end_s"] = [float(probe0), float(probe1)]
@@ -1988,6 +1995,11 @@ def run_suite(
         f"({facts['threads']} torch thread(s), {clock} clock, torch {facts['torch_version']}), {time.strftime('%Y-%m-%d')}"
     )
     profile = fit_profile(samples, facts, name=prof_name, source=source, license=license)
+    if facts.get("host_gap"):
+        from simkit.calibrate.host_gap import fit_host_overhead, measured_source
+
+        rows = facts["host_gap"]
+        profile.host = fit_host_overhead(rows, measured_source(str(facts.get("name")), str(facts.get("torch_version")), rows))
     out(f"fitted profile {prof_name!r} in {time.perf_counter() - t0:.1f} s")
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
