@@ -56,7 +56,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from simkit.calibrate.samples import OPTIONAL_COLUMNS, SAMPLE_COLUMNS, Measurement, make_row
+from simkit.calibrate.samples import OPTIONAL_COLUMNS, SAMPLE_COLUMNS, Measurement, make_row, require_torch
 from simkit.errors import CalibrationError
 from simkit.specs.calibration import KERNEL_ISA_FLAGS, make_fingerprint
 
@@ -80,18 +80,6 @@ ProgressFn = Callable[[str], None]
 # ---------------------------------------------------------------------------------------------
 # torch access
 # ---------------------------------------------------------------------------------------------
-def require_torch() -> Any:
-    """Import torch or raise a CalibrationError that says how to get it."""
-    try:
-        import torch
-    except ImportError:
-        raise CalibrationError(
-            "calibration needs PyTorch, which is not installed: install simkit[calibrate] "
-            "(pip install 'simkit[calibrate]')"
-        ) from None
-    return torch
-
-
 TORCH_DTYPES = {
     "fp32": "float32",
     "tf32": "float32",

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from simkit.calibrate.samples import require_torch
 from simkit.cost.profile import sig
 from simkit.errors import CalibrationError, SimkitError
 from simkit.specs.calibration import HostOverhead
@@ -190,8 +191,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--vocab", type=int, default=HOST_GAP_VOCAB, help="the loop model's vocabulary (LM head rows)")
     p.add_argument("--batch-sizes", default=",".join(map(str, HOST_GAP_BATCHES)), help="comma-separated, e.g. 1,8,64")
     args = p.parse_args(argv)
-    from simkit.calibrate.bench import require_torch
-
     try:
         batches = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
     except ValueError:
