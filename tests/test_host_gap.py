@@ -111,3 +111,5 @@ def test_cli_prints_the_fit_and_refuses_bad_input(capsys):
     assert "batch   2:" in out and "per iteration +" in out
     assert host_gap.main(["--device", "cpu", "--iterations", "0"]) == 2
     assert "iterations >= 1" in capsys.readouterr().err
+    assert host_gap.main(["--device", "cpu", "--threads", "0"]) == 2
+    assert "--threads: expected >= 1" in capsys.readouterr().err

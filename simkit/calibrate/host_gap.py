@@ -189,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=HOST_GAP_ITERATIONS)
     p.add_argument("--hidden", type=int, default=HOST_GAP_HIDDEN, help="the loop model's hidden size")
     p.add_argument("--vocab", type=int, default=HOST_GAP_VOCAB, help="the loop model's vocabulary (LM head rows)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads on a CPU (default 1: on a shared machine, "
+                   "threads waiting for a core would time the machine's load)")
     p.add_argument("--batch-sizes", default=",".join(map(str, HOST_GAP_BATCHES)), help="comma-separated, e.g. 1,8,64")
     args = p.parse_args(argv)
     try:
@@ -199,6 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch = require_torch()
         if args.device == "cuda" and not torch.cuda.is_available():
             raise CalibrationError("--device cuda but torch sees no CUDA GPU (torch.cuda.is_available() is False)")
+        if args.threads < 1:
+            raise CalibrationError(f"--threads: expected >= 1, got {args.threads}")
+        if args.device == "cpu":
+            torch.set_num_threads(args.threads)
         rows = measure_host_gap(torch, args.device, batches, args.iterations, args.hidden, args.vocab)
     except SimkitError as e:
         print(f"error: {e}", file=sys.stderr)
