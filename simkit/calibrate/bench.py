@@ -15,7 +15,9 @@
   (:mod:`simkit.calibrate.ssd`);
 * on a CPU, the host's first-touch rate (writing freshly allocated memory beyond writing reused
   memory, at 1 thread and at the suite's threads: ``device.host_first_touch``,
-  :mod:`simkit.calibrate.host_memory`).
+  :mod:`simkit.calibrate.host_memory`);
+* on a GPU, the host gap per iteration of a minimal synchronous decode loop (``device.host_gap``,
+  fitted into the profile's ``host_overhead`` by :func:`run_suite`; :mod:`simkit.calibrate.host_gap`).
 
 Every sample row carries ``flops`` and ``bytes_moved`` counted by :mod:`simkit.cost.ops` for the
 same shape (the row's shape columns are those ops.py puts in ``Op.shape``), so that a fitted
