@@ -227,6 +227,9 @@ class Prepared:
     admitted: int
     simkit: dict[str, float]
     """simkit's summary figures of the case (one in-process run of the same inputs)."""
+    data_changed: bool
+    """Vidur's input datasets were (re)written: its predictor cache, keyed by the dataset's
+    name and not its contents, must be emptied (e.g. after simkit's calibration changed)."""
 
 
 def prepare(case: Case, workdir: Path, profiles: Path, vidur_python: Path) -> Prepared:
@@ -254,22 +257,26 @@ def prepare(case: Case, workdir: Path, profiles: Path, vidur_python: Path) -> Pr
 
     data = workdir / "profiling_data"
     marker = data / "made-by-simkit.json"
-    if not marker.is_file():
-        m = dep.model
-        att = attention_csv(g.cost, attention_grid(vidur_python), m.num_heads, m.num_kv_heads, m.hidden_size)
-        xz = lzma.compress
-        compute = {"mlp.csv.xz": xz(mlp.read_bytes()), "attention.csv.xz": xz(att.encode()),
-                   "config.json": json.dumps({"model": VIDUR_MODEL, "device_sku": VIDUR_DEVICE}).encode()}
-        network = {"all_reduce.csv.xz": xz((net / "all_reduce.csv").read_bytes()),
-                   "send_recv.csv.xz": xz((net / "send_recv.csv").read_bytes()),
-                   "config.json": json.dumps({"sku": VIDUR_NETWORK}).encode()}
+    m = dep.model
+    att = attention_csv(g.cost, attention_grid(vidur_python), m.num_heads, m.num_kv_heads, m.hidden_size)
+    xz = lzma.compress
+    compute = {"mlp.csv.xz": xz(mlp.read_bytes()), "attention.csv.xz": xz(att.encode()),
+               "config.json": json.dumps({"model": VIDUR_MODEL, "device_sku": VIDUR_DEVICE}).encode()}
+    network = {"all_reduce.csv.xz": xz((net / "all_reduce.csv").read_bytes()),
+               "send_recv.csv.xz": xz((net / "send_recv.csv").read_bytes()),
+               "config.json": json.dumps({"sku": VIDUR_NETWORK}).encode()}
+    digest = hashlib.sha1(b"".join(lzma.decompress(v) if k.endswith(".xz") else v
+                                   for d in (compute, network) for k, v in sorted(d.items()))).hexdigest()
+    stamp = json.dumps({"attention_from": g.cal_info, "sha1": digest})
+    changed = not marker.is_file() or marker.read_text() != stamp
+    if changed:
         # Vidur looks for the datasets under <its cache dir>/profiling_data/{compute,network}
         hf_dataset(data / "compute", COMPUTE_DATASET, compute)
         hf_dataset(data / "network", NETWORK_DATASET, network)
-        marker.write_text(json.dumps({"attention_from": g.cal_info}))
+        marker.write_text(stamp)
     s = simulate(sc, record_iterations=False).summary
     keys = ("ttft_p50_s", "e2e_p50_s", "requests_per_s", "output_tokens_per_s", "makespan_s", "requests_completed")
-    return Prepared(trace, num_blocks, len(reqs), int(ok.sum()), {k: float(s[k]) for k in keys})
+    return Prepared(trace, num_blocks, len(reqs), int(ok.sum()), {k: float(s[k]) for k in keys}, changed)
 
 
 # ---- runs ----------------------------------------------------------------------------------
@@ -418,7 +425,7 @@ def main(argv: list[str]) -> int:
             prep = prepare(case, args.workdir, args.profiles, vidur_python)
             # Vidur reads the datasets from <cache_dir>/profiling_data: the predictor cache and
             # the datasets share the folder (a cold run starts from the datasets alone)
-            if args.cold and (vidur_cache / "predictors").exists():
+            if (args.cold or prep.data_changed) and (vidur_cache / "predictors").exists():
                 for sub in ("predictors", "predictions", "training_predictions"):
                     shutil.rmtree(vidur_cache / sub, ignore_errors=True)
             vidur_cache.mkdir(parents=True, exist_ok=True)
