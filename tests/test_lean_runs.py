@@ -1,6 +1,6 @@
 """The fused loop's shortcuts across steps (engine/lean.py) against the stepping fast path and the
-reference engine, bit for bit (tests/conftest.py ``assert_same_outputs``): chunk runs (a prompt
-chunked alone over several steps, each chunk filling the budget), interrupted by arrivals, by
+reference engine, bit for bit (tests/conftest.py ``assert_same_outputs``): chunk chains (steps
+that chunk one prompt alone, ended and the next decided inline), cut by arrivals, by
 finishes in the decode set, by a pool too small for the next step (preemption), on one replica
 or several, with the histogram buffer flushing inside them and tables that grow under them; the
 newcomers' inter-token gaps pushed inline; finishes while a queue waits (batch or memory limits
@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from simkit.engine.state import TBTHistogram
@@ -24,7 +24,7 @@ EXAMPLES = int(os.environ.get("SIMKIT_HYPOTHESIS_EXAMPLES", "25"))
 def full_chunk_runs(rows: list, budget: int) -> int:
     """Steps of the iteration log that chunk one prompt by the whole budget left by the decode set
     (a prefill of ``budget - decodes`` tokens, one sequence more than the decodes) right after
-    another such step of the same replica with as many decodes: the steps a chunk run makes."""
+    another such step of the same replica with as many decodes: steps a chunk chain continues."""
     last: dict[int, tuple] = {}
     k = 0
     for row in rows:
@@ -99,7 +99,7 @@ def test_finishes_while_a_queue_waits(n, rate, inp, out, seed, seqs, tokens, blo
 @pytest.mark.parametrize("replicas", [1, 3])
 def test_long_chunk_runs(replicas):
     """Prompts of 3,000-6,000 tokens chunked by the 200 tokens a step left by a decode set, arrivals rare
-    enough for runs of many steps: over a hundred steps are a chunk run's, all equal to the stepping
+    enough for chains of many steps: over a hundred steps continue a chunk chain, all equal to the stepping
     path's and the reference engine's."""
     data = _data(uniform_workload(80 * replicas, 2.0 * replicas, (3000, 6000), (20, 400)), 4, 16, 8192,
                  {"num_blocks": 7000}, policy="chunked_prefill", chunk=200, replicas=replicas,
@@ -114,7 +114,7 @@ def test_long_chunk_runs(replicas):
 
 @pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
 def test_histogram_buffer_flushes_inside_runs(monkeypatch, policy):
-    """A 16-gap buffer: flushes fall inside chunk runs and next to the newcomers' gaps pushed
+    """A 16-gap buffer: flushes fall inside chunk chains and next to the newcomers' gaps pushed
     inline (one group joined), at the stepping path's points."""
     monkeypatch.setattr(TBTHistogram, "BUF", 16)
     data = _data(uniform_workload(120, 6.0, (300, 2500), (2, 150)), 8, 24, 8192, {"num_blocks": 7000}, policy=policy,
@@ -124,9 +124,9 @@ def test_histogram_buffer_flushes_inside_runs(monkeypatch, policy):
 
 
 def test_chunk_runs_with_tables_growing(monkeypatch):
-    """Tables not reserved up front: a step priced by ``mixed_step_time`` grows them between the
-    steps of a run, which then reads the new ones (a run ends where the tables it priced with are
-    replaced)."""
+    """Tables not reserved up front: a step priced by ``mixed_step_time`` grows them between
+    chunk chains, which read the tables current when they start (a chain leaves a step beyond
+    them to that pricing)."""
     from simkit.cost.iteration import IterationModel
 
     monkeypatch.setattr(IterationModel, "reserve", lambda self, n: None)
@@ -139,7 +139,7 @@ def test_chunk_runs_with_tables_growing(monkeypatch):
 def test_a_chunk_run_meets_a_full_pool(tmp_path):
     """Eight sequences decoding (one block a token each) while a 3,000-token prompt is chunked
     101 tokens a step: for pools that admit the prompt with little to spare, the decode set's
-    growth exhausts the pool at some step of the chunk run; the fused loop stops there (the
+    growth exhausts the pool at some step of the chunk chain; the fused loop stops there (the
     stepping path preempts) and the run is stepped, identical to the stepping path's."""
     times = np.array([0.0] * 8 + [0.2])
     inp = np.array([10] * 8 + [3000])
@@ -153,3 +153,45 @@ def test_a_chunk_run_meets_a_full_pool(tmp_path):
         assert fused["engine_path"] == fast_path_of(stepping["preemptions"])
         stopped += fused["engine_path"] != FUSED
     assert stopped >= 5
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    decoders=st.integers(1, 8),
+    dec_out=st.lists(st.integers(1, 400), min_size=8, max_size=8),
+    chunk=st.integers(2, 40),
+    prompts=st.lists(st.tuples(st.integers(0, 12), st.sampled_from([-1, 0, 1, 2]), st.integers(1, 12),
+                               st.sampled_from([0.0, 0.0, 0.003, 0.02, 0.1, 0.4])), min_size=1, max_size=12),  # fmt: skip
+    seqs_extra=st.integers(0, 6),
+    block_size=st.sampled_from([1, 4, 16]),
+    blocks=st.sampled_from([400, 5000]),
+    replicas=st.integers(1, 2),
+)
+@example(decoders=5, dec_out=[400] * 4 + [10] * 4, chunk=20, prompts=[(2, 2, 5, 0.4), (0, 1, 3, 0.0), (0, 1, 3, 0.0)],
+         seqs_extra=2, block_size=16, blocks=5000, replicas=1)  # fmt: skip
+# (above: four decoders left, a prompt that a chain completes by the whole budget, two one-token prompts waiting: both
+# are admitted at the next step)
+def test_chunk_chains_at_the_budget_edges(tmp_path_factory, decoders, dec_out, chunk, prompts, seqs_extra, block_size,
+                                          blocks, replicas):  # fmt: skip
+    """Chunk chains (engine/lean.py: steps that chunk one prompt alone ended and the next decided
+    inline) where the decode set's size fixes the budget: prompts of exactly a multiple of the
+    budget left by the decoders, one token more or less, or two more (one- and two-token
+    remainders), outputs of one token (finished at the first token), decoders finishing in the
+    middle of a prompt's chunks (the budget widens), prompts arriving together (an admission
+    or a second prompt takes what a completing chunk leaves) or apart, a batch limit that stops
+    admissions, pools that run short (preemption: the run steps), one or two replicas."""
+    seqs = decoders + 1 + seqs_extra
+    left = max(chunk, 1 + seqs_extra)  # the budget the decoders leave (a budget is at least the batch limit)
+    times, inp, out = [0.0] * decoders, [3] * decoders, [dec_out[k] for k in range(decoders)]
+    t = 0.001
+    for mult, delta, o, gap in prompts:
+        t += gap
+        times.append(t)
+        inp.append(max(1, mult * left + delta))
+        out.append(o)
+    path = tmp_path_factory.mktemp("chains") / "trace.csv"
+    data = _data({}, 0, seqs, 8192, {"num_blocks": blocks, "block_size": block_size, "watermark": 0.0},
+                 policy="chunked_prefill", chunk=decoders + left, replicas=replicas, routing="round_robin")  # fmt: skip
+    data["workload"] = native_trace_workload(path, np.array(times), np.array(inp), np.array(out))
+    fused, stepping = run_three(scenario_from_dict(data))
+    assert fused["engine_path"] == fast_path_of(stepping["preemptions"])

@@ -20,7 +20,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from simkit.cost.efficiency import OP_CLASSES, DatasheetEfficiency, EfficiencyModel, FitQuality
-from simkit.cost.threads import ThreadWakeup, parse_thread_wakeup
+from simkit.cost.threads import (
+    STEP_CLASSES,
+    StepComposition,
+    ThreadWakeup,
+    parse_step_composition,
+    parse_thread_wakeup,
+)
 from simkit.errors import CalibrationError
 from simkit.specs.calibration import (
     PROFILE_FILE,
@@ -520,6 +526,9 @@ def _read_forests(mf: Path, wanted: Mapping[str, str], profile_name: str) -> dic
 # ---------------------------------------------------------------------------------------------
 # One op class
 # ---------------------------------------------------------------------------------------------
+BASE_INPUTS = ("flops_and_bytes", "bytes")
+"""``base_inputs`` of a class model: what its roofline base's time depends on (default: both)."""
+
 SHAPE_KEYS = {
     "gemm": ("m", "n", "k"),
     "elementwise": ("numel", "tokens"),
@@ -549,6 +558,12 @@ class ClassModel:
     runs other attention kernels per dtype: bf16 decode attention at about 1% of the bf16 GEMM
     peak, fp32 at several times that; docs/calibration.md); other dtypes use ``base``. The
     residual trees are shared and fitted on ``log(time / base of the sample's dtype)``."""
+    base_bytes_only: bool = False
+    """The base's time is ``launch + bytes / (bandwidth x memory efficiency)``, FLOPs left out
+    (``base_inputs: bytes`` in the profile; its compute efficiency and sharpness are then unused
+    and stored as 1). GPU elementwise profiles: those kernels are memory-bound, and a FLOP count
+    per element (notional for a norm, an activation or RoPE) would make an unmeasured kernel's
+    time depend on it (docs/fidelity.md, elementwise)."""
     fit_error: dict[str, float] = field(default_factory=dict)
     _memo: dict[tuple[Any, ...], float] = field(default_factory=dict, init=False, repr=False)
     _eff_memo: dict[tuple[Any, ...], float] = field(default_factory=dict, init=False, repr=False)
@@ -560,6 +575,8 @@ class ClassModel:
 
     def base_time(self, flops: np.ndarray, bytes_: np.ndarray, peak: np.ndarray, dts: Sequence[str]) -> np.ndarray:
         """The roofline base's time of each operator (the base of its dtype, if fitted)."""
+        if self.base_bytes_only:
+            flops = np.zeros(np.shape(flops))
         t = self.base.time(flops, bytes_, peak, self.roof.mem_bandwidth)
         if self.base_by_dtype:
             dt = np.asarray(dts, dtype=object)
@@ -698,6 +715,8 @@ class ClassModel:
             else "roofline base",
             "base": self.base.to_dict(),
         }
+        if self.base_bytes_only:
+            d["base_inputs"] = "bytes"
         if self.base_by_dtype:
             d["base_by_dtype"] = {k: b.to_dict() for k, b in sorted(self.base_by_dtype.items())}
         if self.forest is not None:
@@ -785,6 +804,7 @@ class Profile(EfficiencyModel):
     """Host time per engine iteration (``host_overhead`` in the YAML); None: not in the profile."""
     _default: DatasheetEfficiency = field(default_factory=DatasheetEfficiency, repr=False)
     _wakeup: tuple[Any, ThreadWakeup] | None = field(default=None, repr=False, compare=False)
+    _composition: tuple[Any, StepComposition] | None = field(default=None, repr=False, compare=False)
 
     # ---- EfficiencyModel ---------------------------------------------------------------------
     def is_measured(self, op_class: str) -> bool:
@@ -807,11 +827,20 @@ class Profile(EfficiencyModel):
         """Fraction of the ideal roofline speed achieved. For measured classes the fitted model's
         predicted time (minus the launch overhead) is turned into an efficiency against the
         profile's own roofline (``device.peak_flops``/``device.mem_bandwidth``), so a caller whose
-        catalog peaks are those gets the fitted time back exactly; another dtype's peak scales it."""
+        catalog peaks are those gets the fitted time back exactly; another dtype's peak scales it.
+
+        With a measured step composition (``device.step_composition``, a CPU profile's synthetic
+        step against the sum of its operators) the operators of a forward pass run that factor
+        slower than alone: their efficiency is divided by it (callers clip at 1, so no operator is
+        predicted faster than the profile's roofline). :meth:`predict_time` (an operator alone, what
+        the speed probe compares with) is not scaled."""
         cm = self.models.get(op_class)
         if cm is None:
             return self._default.efficiency(op_class, flops, bytes_, shape, peak_flops, peak_bw, dtype)
-        return cm.efficiency(flops, bytes_, shape, dtype)
+        e = cm.efficiency(flops, bytes_, shape, dtype)
+        comp = self.step_composition()
+        f = comp.factor(str(dtype)) if comp is not None and op_class in STEP_CLASSES else None
+        return e if f is None else e / f
 
     def roofline_time(self, op_class: str, flops: Any, bytes_: Any, peak_flops: float, peak_bw: float) -> Any:
         """Closed-form seconds for classes this profile did not measure (the datasheet defaults);
@@ -871,6 +900,17 @@ class Profile(EfficiencyModel):
             self._wakeup = (raw, parse_thread_wakeup(raw, str(self.path or self.name)))
         return self._wakeup[1]
 
+    def step_composition(self) -> StepComposition | None:
+        """``device.step_composition`` (simkit.cost.threads), parsed once; None when the profile
+        has none (measured before 2026-12-01, with ``--tiny``, or a GPU profile: operators are
+        priced as timed alone, as before)."""
+        raw = self.device.get("step_composition")
+        if raw is None:
+            return None
+        if self._composition is None or self._composition[0] is not raw:
+            self._composition = (raw, parse_step_composition(raw, str(self.path or self.name)))
+        return self._composition[1]
+
     def fit_quality(self) -> dict[str, FitQuality] | None:
         return {c: FitQuality(dict(cm.fit_error), dict(self.cross_validation.get(c) or {})) for c, cm in self.models.items()}
 
@@ -929,6 +969,8 @@ class Profile(EfficiencyModel):
             device = {**device, "fingerprint": parse_fingerprint(device["fingerprint"], kind, where)}
         if "thread_wakeup" in device:
             parse_thread_wakeup(device["thread_wakeup"], where)
+        if "step_composition" in device:
+            parse_step_composition(device["step_composition"], where)
         host = parse_host_overhead(data["host_overhead"], where) if "host_overhead" in data else None
         source = str(need(data, "source", ""))
         lic = str(need(data, "license", ""))
@@ -984,6 +1026,10 @@ class Profile(EfficiencyModel):
             except (TypeError, ValueError) as e:
                 raise CalibrationError(f"expected numbers ({e})", where=where, key=f"efficiency.{c}.model.base") from None
             by_dtype = _bases_by_dtype(model.get("base_by_dtype"), where, f"efficiency.{c}.model.base_by_dtype")
+            base_inputs = model.get("base_inputs", "flops_and_bytes")
+            if base_inputs not in BASE_INPUTS:
+                raise CalibrationError(f"expected one of {', '.join(BASE_INPUTS)}, got {base_inputs!r}", where=where,
+                                       key=f"efficiency.{c}.model.base_inputs")  # fmt: skip
             res = model.get("residual") or {}
             res_tok = model.get("residual_with_tokens") or {}
             res_many = model.get("residual_many_rows") or {}
@@ -1003,6 +1049,7 @@ class Profile(EfficiencyModel):
                     )
             cm = ClassModel(c, roof, base, forests.get(str(res.get("key", c))) if res else None, kinds)
             cm.base_by_dtype = by_dtype
+            cm.base_bytes_only = base_inputs == "bytes"
             if res_tok:
                 cm.forest_tokens = forests.get(str(res_tok.get("key", f"{c}_tokens")))
             if res_many:

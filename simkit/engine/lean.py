@@ -35,14 +35,18 @@ heap). :func:`run_fused` makes the same decisions, in the same order, on local v
   (``prefill_constants``, ``decode_constants``, ``scalar_tables``; the same operations in the
   same order), else as the fast engine prices it (``FastEngine._step_time``: a one-token chunk
   over a cache, a step beyond the tables, no closed form), memoised for one prompt alone;
-- a chunk run (chunked prefill): after a step that chunks one prompt alone by the whole budget
-  the decode set leaves, without completing it, priced inline, the next steps are that prompt's
-  chunks of the same size while the decode set keeps its size and the remainder exceeds the
-  budget (nothing else is chunked or admitted: no budget is left); an inner loop makes them
-  (the decode set's next blocks, the price with what depends only on the batch size and the
-  chunk taken from the first step, the step's bookkeeping) while each ends strictly before the
-  earliest scheduled event, and leaves to the next pass the first that does not, that would
-  preempt, or that a finish in the decode set ends;
+- a chunk chain (chunked prefill): while the step is one prompt's chunk alone with the decode
+  set (the first admitted prompt's, taking the whole budget or completing with nothing else to
+  chunk or admit; with none admitted, the first waiting prompt's, admitted alone), one inner
+  loop decides it (the decode set's blocks, the chunk, the admission), prices it (the inline
+  form above, with what depends only on the decode set's size or the chunk computed once) and,
+  while it ends strictly before the earliest scheduled event (on a replica alone, with the
+  arrival process run during it), ends it (finishes in the decode set, the prompt's first token
+  and its joining the decode set); the next step's decision then continues the chain (with
+  nothing ended, the same prompt's next chunk, without the general decision), and a step that
+  does not end first (several replicas) or a decision the chain does not make (two prompts'
+  chunks, a decode run, a one-token chunk over a cache, a batch size not yet memoised) goes to
+  the general code;
 - the KV level is integrated at the instants the block manager would integrate it, and the
   inter-token gaps (one histogram for all replicas) go through its buffer flushed at the same
   points, in the same order across replicas.
@@ -253,14 +257,11 @@ def _replica(
     without the closed form; fixed_step_time(batch))."""
     prefilling: list[int] = []
     """Admitted requests whose prompt is not all prefilled (chunked), in admission order."""
-    run_i = -1
-    """The prompt of a step that may start a chunk run (chunked; -1: none): chunked alone, its
-    chunk filling the budget without completing it, priced by the inline form, with the tables
-    ``run_tabs``."""
-    run_tabs: tuple = ()
 
     heappush, heappop = heapq.heappush, heapq.heappop
     nrun = 0
+    top = 0
+    """(chunked) Tokens of the chunked prompt cached at the end of the step."""
 
     # SimPy's clock is a numpy float from the first time a wait of the arrival process fires
     # (FastWorld schedules it as SimPy does: ``np.float64``), and so is every time a replica
@@ -334,12 +335,257 @@ def _replica(
 
         # ---- the policy's decision -------------------------------------------------------------
         nb = len(info)
-        if chunked:
-            pre: list[int] = []
-            q: list[int] = []
+        fast = False
+        """A chunk chain decided and priced the step (it ends below as any step)."""
+        if chunked and nb and (prefilling or waiting) and pre_c is not None:
+            # ---- a chunk chain: while the step is the first admitted prompt's chunk alone with the
+            # decode set (it takes the whole budget, or completes with nothing else to chunk and
+            # nothing to admit) or, with none admitted, the first waiting prompt's (it takes the
+            # whole budget, or nothing else waits or could be admitted): ChunkedPrefill._decide,
+            # the inline price of the step (IterationModel.mixed_step_time's operations in the
+            # same order, as below), and, while it ends strictly before the earliest scheduled
+            # event (or, alone, with the arrival process run during it as below),
+            # FastEngine._advance and _mixed_end; a step that does not end first goes on below
+            # as any step, and a decision that is not such a step is made below (with the decode
+            # set's blocks already reserved here, the decision's reservation adds none)
+            f4p, heads, kvh, d, ab, kb, cf, cb, ov = pre_c
+            body, head = cost.scalar_tables
+            nb_q = q_tok = 0
+            cont = False
+            """The step is the same prompt's next chunk unless it ends the prompt (the last step
+            ended nothing: the decode set and the budget are the same)."""
+            while True:
+                if not cont:
+                    budget = chunk_budget - nb
+                    if budget <= 0:
+                        break
+                    if prefilling:
+                        i = prefilling[0]
+                        c0 = kvp[i]
+                        rem = inp[i] - c0
+                        if rem < budget and (len(prefilling) > 1 or (waiting and nrun < max_seqs)):
+                            break
+                        admit = False
+                    elif waiting and nrun < max_seqs:
+                        i = waiting[0]
+                        rem = inp[i]
+                        if rem < budget and len(waiting) > 1 and nrun + 1 < max_seqs:
+                            break
+                        c0 = 0
+                        admit = True
+                    else:
+                        break  # (a decode run)
+                    ntok = rem if rem <= budget else budget
+                    if ntok == 1 and c0:
+                        break
+                    memo = dec_memo.get(nb)
+                    if memo is None or memo[0] is None or len(body) <= ntok + nb or len(head) <= nb + 1:
+                        break  # (below: the memo made, the tables grown, or no closed form)
+                    consts = memo[0]
+                    neg, j = long_heap[0]
+                    while j not in info:
+                        heappop(long_heap)
+                        neg, j = long_heap[0]
+                    longest = D - neg
+                else:
+                    c0 = top
+                    rem = inp[i] - c0
+                    if rem < budget and (len(prefilling) > 1 or (waiting and nrun < max_seqs)):
+                        break
+                    ntok = rem if rem <= budget else budget
+                    if ntok == 1:
+                        break  # (a one-token chunk over a cache: priced as a decode, below)
+                    admit = False
+                    longest = D - long_heap[0][0]  # (no sequence has left: the heap's top is current)
+                # the decode set's next step's blocks (FastEngine.decode_ready: at a decision the
+                # blocks are allocated up to the decode clock, Xa == D, so the step's are those of
+                # the residue D, _growth(D + 1) as above), then the admission
+                total = cnt[D % bs]
+                if total:
+                    if total > num_blocks - used:
+                        return PREEMPTION
+                    area += (now - t_mark) * used
+                    t_mark = now
+                    marks += 1
+                    used += total
+                    if used > peak:
+                        peak = used
+                Xa = D + 1
+                if pending and pending[0][0] <= Xa:
+                    kq = 0
+                    while kq < len(pending) and pending[kq][0] <= Xa:
+                        cnt[pending[kq][0] % bs] += 1
+                        kq += 1
+                    n_active += kq
+                    del pending[:kq]
+                if admit:
+                    nblk = -(-(rem + 1) // bs)
+                    if used > num_blocks - nblk - wm:
+                        break
+                    area += (now - t_mark) * used
+                    t_mark = now
+                    marks += 1
+                    used += nblk
+                    if used > peak:
+                        peak = used
+                    blocks_at_admit[i] = nblk
+                    sched[i] = now
+                    nrun += 1
+                    waiting.popleft()
+                    prefilling.append(i)
+                top = c0 + ntok
+                done1 = top >= inp[i]
+                if longest + 1 > mc_dec:
+                    mc_dec = longest + 1
+                if top > mc_pre:
+                    mc_pre = top
+                # the price (FastEngine._step_time: IterationModel.mixed_step_time inlined, as below)
+                if nb != nb_q:
+                    # what depends on the decode set's size alone
+                    nb_q = nb
+                    f4, c1, c3, ratio, kvh_, d_, kb_, cf_, cb_, ov_, _, _ = consts
+                    host = host_fixed + host_seq * (1 + nb)
+                    fb = float(nb)
+                if ntok != q_tok:
+                    # what depends on the chunk alone (the same products, in the same order)
+                    q_tok = ntok
+                    tri = ntok * (ntok + 1) // 2
+                    b1 = 2.0 * ntok * heads * d * ab
+                    b3 = 2.0 * ntok * kvh * d * kb
+                t = body[ntok + nb] + head[nb + done1]
+                kv = sum_off + nb * D + nb
+                if ratio is not None:
+                    y = (longest + 1.0) * ratio
+                    if y > kv:
+                        kv = y
+                a = f4 * kv * cf_
+                b = (c1 + 2.0 * kv * kvh_ * d_ * kb_ + c3) * cb_
+                total = 0.0 + ((b if b > a else a) + ov_) * layers
+                fc = f4p * (ntok * c0 + tri) * cf
+                bc = (b1 + 2.0 * top * kvh * d * kb + b3) * cb
+                total += ((bc if bc > fc else fc) + ov) * layers
+                dur = t + total + host
+                if tp > 1:
+                    stage_comm += comm_time(ntok + nb)
+                # the step (FastEngine._advance)
+                start = now
+                end = now + dur
+                if end < peek:
+                    now = end
+                elif alone:
+                    # the arrival process runs during the step (as below)
+                    first_wait = True
+                    while aw < end or (first_wait and aw == end):
+                        first_wait = False
+                        now = aw
+                        nxt = at[ak + 1]
+                        if not codes[ak]:
+                            waiting.append(ids[ak])
+                        ak += 1
+                        aw = INF
+                        while ak < n:
+                            dt = at[ak] - now
+                            if dt > 0:
+                                aw = now + dt
+                                break
+                            nxt = at[ak + 1]
+                            if not codes[ak]:
+                                waiting.append(ids[ak])
+                            ak += 1
+                    peek = aw
+                    now = end
+                else:
+                    fast = True
+                    pre = [i]
+                    break
+                busy += dur
+                busy_gpu += dur * gpus
+                # FastEngine._mixed_end
+                if log_on:
+                    add_row((index, start, now, 1, ntok, nb, 1 + nb, used))
+                kvp[i] = top
+                if done1:
+                    first_tok[i] = now
+                    del prefilling[0]  # (i: the first)
+                if not fresh:
+                    if len(vals) >= BUF:
+                        hist.flush()
+                        vals, wts = hist._vals, hist._wts
+                    vals.append(now - last_dec)
+                    wts.append(fb)
+                else:
+                    vals, wts = _tbt_fresh(hist, vals, wts, now, last_dec, nb, fresh)
+                    fresh = []
+                D += 1
+                last_dec = now
+                cont = fin_heap[0][0] > D and not done1
+                if cont:
+                    continue
+                n_fin = 0
+                if fin_heap[0][0] <= D:
+                    # FastEngine._pop_finished
+                    freed = 0
+                    while fin_heap and fin_heap[0][0] <= D:
+                        j = heappop(fin_heap)[1]
+                        off, n0, nblk = info.pop(j)
+                        sum_off -= off
+                        if n0 <= Xa:
+                            cnt[n0 % bs] -= 1
+                            n_active -= 1
+                        else:
+                            pending.remove((n0, j))
+                        x_ = Xa - n0
+                        freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
+                        finish[j] = now
+                        n_fin += 1
+                if done1:
+                    if out[i] <= 1:
+                        finish[i] = now
+                        if not n_fin:
+                            freed = 0
+                        freed += blocks_at_admit[i]
+                        n_fin += 1
+                    else:
+                        # FastEngine._join with kv = the prompt, one token generated
+                        off = inp[i] - D
+                        nblk = blocks_at_admit[i]
+                        n0 = nblk * bs - off
+                        info[i] = (off, n0, nblk)
+                        sum_off += off
+                        heappush(fin_heap, (D + out[i] - 1, i))
+                        heappush(long_heap, (-off, i))
+                        if n0 <= Xa:
+                            cnt[n0 % bs] += 1
+                            n_active += 1
+                        else:
+                            insort(pending, (n0, i))
+                        if len(long_heap) > 2 * len(info) + 64:
+                            long_heap[:] = [(-e[0], r) for r, e in info.items()]
+                            heapq.heapify(long_heap)
+                        fresh.append([now, 1])
+                if n_fin:
+                    # FastEngine._finish: the blocks of all of them released in one call
+                    nrun -= n_fin
+                    outst[ri] -= n_fin
+                    area += (now - t_mark) * used
+                    t_mark = now
+                    marks += 1
+                    used -= freed
+                nb = len(info)
+                if not nb:
+                    break
+            if not fast and not nrun and not waiting:
+                continue  # (idle: as at the top)
+        if fast:
+            n_pq = 1  # (the chain's step)
+        elif chunked:
+            pre = []
+            q = []
             # ChunkedPrefill._decide: the decode set, its next step's blocks reserved
-            # (FastEngine.decode_ready), then chunks of the admitted prompts, then admissions
-            if nb:
+            # (FastEngine.decode_ready), then chunks of the admitted prompts, then admissions; with
+            # nothing to prefill, the decode run below reserves them with its later steps' (at the
+            # same instant: the KV integral gains (now - now) * used = 0.0 from the second change)
+            if nb and (prefilling or waiting):
                 free = num_blocks - used
                 if nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
                     return PREEMPTION
@@ -427,7 +673,9 @@ def _replica(
             pre = q = []  # (continuous batching with nothing to admit)
 
         start = now
-        if pre:
+        if fast:
+            pass  # (priced by the chain)
+        elif pre:
             # ---- a step of prefill chunks (and, chunked, one decode step): FastEngine._mixed_begin
             n_pq = len(pre)
             if not chunked and n_pq == 1:
@@ -532,9 +780,6 @@ def _replica(
                         bc = byts * cb
                         total += ((bc if bc > fc else fc) + ov) * layers
                         dur = t + total + (host_fixed + host_seq * (n_pq + nb))
-                        if chunked and n_pq == 1 and not done1 and ntok == chunk_budget - nb and ntok > 1:
-                            run_i = pre[0]
-                            run_tabs = cost.scalar_tables
                     else:
                         if chunked and n_pq == 1:
                             kv_pre = [c0]
@@ -553,7 +798,7 @@ def _replica(
         elif nb:
             # ---- a decode run of the whole decode set (FastEngine.decode_ready, _decode_begin) --
             free = num_blocks - used
-            if not chunked and nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
+            if nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
                 return PREEMPTION
             # the first to finish (no stale entries: a request leaves the heap when it finishes,
             # and never joins the decode set again without a preemption)
@@ -802,94 +1047,6 @@ def _replica(
                 t_mark = now
                 marks += 1
                 used -= freed
-            if run_i >= 0:
-                # ---- a chunk run: while the decode set keeps its size (no finish at the next step:
-                # no sequence joins during a run) and the prompt's remainder exceeds the same budget,
-                # the next step chunks that prompt alone by the same number of tokens (nothing else
-                # is chunked or admitted: no budget is left), so what the step's price takes from
-                # the batch size and the chunk is this step's, and only the cached tokens, the decode
-                # set's contexts and the clock move. The steps are made here while each ends
-                # strictly before the earliest scheduled event; the first that does not (or would
-                # preempt) is left to the next pass, which makes it as any step
-                i = run_i
-                run_i = -1
-                if len(info) == nb and inp[i] - kvp[i] > ntok and fin_heap[0][0] > D + 1 and cost.scalar_tables is run_tabs:
-                    tri = ntok * (ntok + 1) // 2
-                    b1 = 2.0 * ntok * heads * d * ab
-                    b3 = 2.0 * ntok * kvh * d * kb
-                    host = host_fixed + host_seq * (n_pq + nb)
-                    comm = comm_time(ntok + nb) if tp > 1 else 0.0
-                    fb = float(nb)
-                    n_rows = n_pq + nb
-                    f4, c1, c3, ratio, kvh_, d_, kb_, cf_, cb_, ov_, _, _ = consts
-                    while True:
-                        # ChunkedPrefill._decide: the decode set's next step's blocks (checked here,
-                        # reserved once the step is known to end in this pass)
-                        free = num_blocks - used
-                        if nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
-                            break
-                        # IterationModel.mixed_step_time inlined as above
-                        c0 = kvp[i]
-                        top = c0 + ntok
-                        # the longest context: the heap's top is current (no sequence has left the
-                        # decode set since the first step's pricing read it)
-                        longest = D - long_heap[0][0]
-                        kv = sum_off + nb * D + nb
-                        if ratio is not None:
-                            y = (longest + 1.0) * ratio
-                            if y > kv:
-                                kv = y
-                        a = f4 * kv * cf_
-                        b = (c1 + 2.0 * kv * kvh_ * d_ * kb_ + c3) * cb_
-                        total = 0.0
-                        total += ((b if b > a else a) + ov_) * layers
-                        fc = f4p * (ntok * c0 + tri) * cf
-                        bc = (b1 + 2.0 * top * kvh * d * kb + b3) * cb
-                        total += ((bc if bc > fc else fc) + ov) * layers
-                        dur = t + total + host
-                        end = now + dur
-                        if end >= peek:
-                            break
-                        upto = D + 1
-                        total = cnt[Xa % bs] if upto == Xa + 1 else _growth(upto, Xa, n_active, cnt, pending, bs)
-                        if total:
-                            area += (now - t_mark) * used
-                            t_mark = now
-                            marks += 1
-                            used += total
-                            if used > peak:
-                                peak = used
-                        if upto > Xa:
-                            Xa = upto
-                            if pending and pending[0][0] <= upto:
-                                kq = 0
-                                while kq < len(pending) and pending[kq][0] <= upto:
-                                    cnt[pending[kq][0] % bs] += 1
-                                    kq += 1
-                                n_active += kq
-                                del pending[:kq]
-                        if longest + 1 > mc_dec:
-                            mc_dec = longest + 1
-                        if top > mc_pre:
-                            mc_pre = top
-                        stage_comm += comm
-                        # the step (FastEngine._advance, _mixed_end)
-                        start = now
-                        now = end
-                        busy += dur
-                        busy_gpu += dur * gpus
-                        if log_on:
-                            add_row((index, start, now, 1, ntok, nb, n_rows, used))
-                        kvp[i] = top
-                        if len(vals) >= BUF:
-                            hist.flush()
-                            vals, wts = hist._vals, hist._wts
-                        vals.append(now - last_dec)
-                        wts.append(fb)
-                        D += 1
-                        last_dec = now
-                        if inp[i] - top <= ntok or fin_heap[0][0] <= D + 1:
-                            break
             continue
 
         # ---- FastEngine._decode_end ------------------------------------------------------------
