@@ -101,12 +101,12 @@ def closed_form_reason(
 
 def blocked_reason(layout: Placement, cpu_attention: bool) -> str | None:
     """None when :meth:`ClosedFormStep._blocked` times FlexGen's zig-zag block schedule (several
-    GPU batches per layer with prefetch) of this placement: no KV is read from another tier
-    (it stays on the GPU, or is attended on the CPU where it lies in DRAM) and none is written
-    through a staging buffer; else why those steps run event by event."""
+    GPU batches per layer with prefetch) of this placement: KV read from its tiers (not spilled
+    past a threshold) and none written through a staging buffer; else why those steps run event
+    by event."""
+    if layout.spill_after is not None:
+        return "several GPU batches per layer reading spilled KV: FlexGen's zig-zag block schedule"
     off = [t for t, f in layout.kv_frac.items() if t != "gpu" and f > 0]
-    if layout.spill_after is not None or any(CPU_READ_PATH[t] or not cpu_attention for t in off):
-        return "several GPU batches per layer reading KV from another tier: FlexGen's zig-zag block schedule"
     if any(t in STAGED_TIERS and len(layout.write_path(t)) > 1 for t in off):
         return "several GPU batches per layer writing KV through a staging buffer: FlexGen's zig-zag block schedule"
     return None
@@ -392,8 +392,6 @@ class ClosedFormStep:
         q, ctx, groups, cpu_attention, before, after = ex.step_setup(q, ctx, rows)
         prefetch = ex.overlap
         blocked = prefetch and len(groups) > 1
-        if blocked and ex._needs_kv(groups, cpu_attention):
-            return None
         on_cpu = ex.cpu_stream is not None
         parts = ex.compute_parts
         assert parts is not None
@@ -404,10 +402,14 @@ class ClosedFormStep:
         ]
         if blocked and any(staged for w in writes_of for *_, staged in w):
             return None
-        kv_plan: list[Share] = []
-        for _, gc in groups:
-            kv_plan += ex._plan_move(lay.kv_read_bytes(float(gc.sum())), False, "kv_read", to_host=cpu_attention)
-            kv_plan += ex._plan_move(lay.spill_read_bytes(gc), False, "kv_read", to_host=cpu_attention)
+        kv_of = [
+            ex._plan_move(lay.kv_read_bytes(float(gc.sum())), False, "kv_read", to_host=cpu_attention)
+            + ex._plan_move(lay.spill_read_bytes(gc), False, "kv_read", to_host=cpu_attention)
+            for _, gc in groups
+        ]
+        # one GPU batch (or none with prefetch): a layer's fetch brings the KV of every batch; the
+        # block schedule reads each batch's KV on its own (_blocked)
+        kv_plan: list[Share] = [] if blocked else [s for p in kv_of for s in p]
         reads: dict[str, _Lane] = {}
         writes: dict[str, _Lane] = {}
         fetch_plans: dict[tuple[tuple[str, float], ...], tuple[list[Share], list[Lone] | None, Compiled]] = {}
@@ -459,7 +461,7 @@ class ClosedFormStep:
         decode_only = bool(((q == 1) & (ctx > 0)).all())
         gated = decode_only and (lay.pageable_factor < 1.0 or not lay.plan.decode_overlap)
         if blocked:
-            return self._blocked(now, t, costs, writes_of, after, gated, fetch)
+            return self._blocked(now, t, costs, writes_of, kv_of, after, gated, fetch, reads)
         if prefetch:
             # one GPU batch: the reader streams the layers that need data into BUFFERS staging
             # buffers; a decode step's host-to-GPU copies may wait for the previous layer (gated)
@@ -528,20 +530,26 @@ class ClosedFormStep:
         return t
 
     def _blocked(
-        self, now: float, t: float, costs: list[GroupCost], writes_of: list[list[Share]], after: float, gated: bool,
-        fetch: Callable[[int, float, float | None], float],
+        self, now: float, t: float, costs: list[GroupCost], writes_of: list[list[Share]], kv_of: list[list[Share]], after: float,
+        gated: bool, fetch: Callable[[int, float, float | None], float], reads: dict[str, _Lane],
     ) -> float:
         """The end of a step of several GPU batches with prefetch (FlexGen's zig-zag block
-        schedule, :meth:`OffloadExecutor.run_step`'s ``blocked``) that reads no KV from another
-        tier and writes none through a staging buffer, from ``t`` (its layers' start, ``now`` +
-        the time before them). The reader streams the layers' weights alone on the read links (one
-        fetch at a time, ``fetch``): a layer's weights once the layer ``BUFFERS`` places earlier
-        has computed and the previous layer's last GPU batch has started (a decode step's gated
-        host-to-GPU copies once the previous layer has computed); each (layer, GPU batch) step
-        starts once its layer's weights are in and the stores of the step before last have
-        landed, computes, then issues its stores. The stores share the write links with each
-        other (``_Lane``, Link's arithmetic, replayed as they are issued: a store that a step
-        waits for lands before any later one is issued)."""
+        schedule, :meth:`OffloadExecutor.run_step`'s ``blocked``) that writes no KV through a
+        staging buffer, from ``t`` (its layers' start, ``now`` + the time before them).
+
+        The reads: the weights' reader streams each layer's weights once the layer ``BUFFERS``
+        places earlier has computed and the previous layer's last GPU batch has started (a decode
+        step's gated host-to-GPU copies once the previous layer has computed); the KV reader
+        brings the KV of (layer, GPU batch) ``kv_of`` once the step before it has started. So
+        the reads are issued in bursts: at ``now`` the first step's KV, then the first layer's
+        weights; when a step starts, the next step's KV, after the next layer's weights where the
+        step is its layer's last. Each burst has landed before the next is issued (the next
+        step waits for what it brought), so a burst is replayed alone on the read lanes
+        (:func:`_solve`, Link's arithmetic; the joins of one instant in the event path's order:
+        :meth:`_burst`). Each (layer, GPU batch) step starts once its burst has landed and the
+        stores of the step before last have landed, computes, then issues its stores. The
+        stores share the write links with each other (``_Lane``, Link's arithmetic, replayed as
+        they are issued: a store that a step waits for lands before any later one is issued)."""
         ex = self.ex
         parts = ex.compute_parts
         by_kind = ex.bytes_by_kind
@@ -550,6 +558,7 @@ class ClosedFormStep:
         needing = self._streamed
         index = {li: k for k, li in enumerate(needing)}
         buffers = ex.BUFFERS
+        wplans = self._weights()
         lanes: dict[str, _Lane] = {}
         steps: list[list[tuple[_Lane, _Flow]]] = []
         """The store flows of every (layer, GPU batch) step so far."""
@@ -557,9 +566,19 @@ class ClosedFormStep:
         last = len(costs) - 1
         started_last = t
         r = now
+        kv_any = any(kv_of)
+        # the burst at ``now``: the first step's KV (the KV reader was started first), then the
+        # first layer's weights where it streams them; what the step waits for
+        ready = now
+        if kv_any:
+            first = wplans[0][1] if index.get(0) == 0 else []
+            ready = self._burst(reads, now, kv_of[0], first, None, kv_first=True)
+            if first:
+                r = ready
         for layer in range(ex.cost.layers):
             k = index.get(layer)
-            if k is not None:
+            if k is not None and not kv_any:
+                # no KV read: the weights' reader alone on the read lanes
                 if k >= buffers:
                     x = computed[needing[k - buffers]]
                     if x > r:
@@ -572,13 +591,33 @@ class ClosedFormStep:
                 if r > t:
                     t = r
             for gi, cost in enumerate(costs):
+                if ready > t:
+                    t = ready
                 if len(steps) >= 2 and steps[-2]:
                     x = max(_landed(lane, f) for lane, f in steps[-2])
                     if x > t:
                         t = x
                 if gi == last:
                     started_last = t
+                s0 = t
                 t = self._compute(t, cost[0], cost[1], cost[2], on_cpu)
+                if kv_any:
+                    # the burst this step's start issues: the next step's KV, after the next
+                    # layer's weights where this step is its layer's last
+                    if gi < last:
+                        ready = self._burst(reads, s0, kv_of[gi + 1], [], None, kv_first=False)
+                    elif layer + 1 < ex.cost.layers:
+                        nxt = layer + 1
+                        wp: list[Share] = []
+                        if nxt in index:
+                            kk = index[nxt]
+                            # the reader's other conditions hold by now (its previous fetch and
+                            # the layer BUFFERS places back are done before this layer started)
+                            assert (kk < buffers or computed[needing[kk - buffers]] <= s0) and r <= s0
+                            wp = wplans[nxt][1]
+                        ready = self._burst(reads, s0, kv_of[0], wp, t if gated else None, kv_first=False)
+                        if wp:
+                            r = ready
                 ex.add_parts(cost)
                 flows: list[tuple[_Lane, _Flow]] = []
                 for kind, _, nbytes, hops, _ in writes_of[gi]:
@@ -600,6 +639,34 @@ class ClosedFormStep:
                 if f.done > t:
                     t = f.done
         return t
+
+    def _burst(
+        self, reads: dict[str, _Lane], at: float, kv: list[Share], weights: list[Share], gate: float | None, kv_first: bool,
+    ) -> float:
+        """When the reads issued together at ``at`` in the block schedule have all landed: one
+        GPU batch's KV ``kv`` and a layer's weights ``weights`` (the latter's host-to-GPU hops
+        not before ``gate``), their bytes counted. They join in the event path's order: the
+        transfers each reader starts itself, the reader that resumes first (``kv_first``) first,
+        then those it hands to a process of their own (a share staged through DRAM, or gated),
+        in the order those processes were made."""
+        by_kind = self.ex.bytes_by_kind
+        assert by_kind is not None
+        plans = [(kv, None), (weights, gate)] if kv_first else [(weights, gate), (kv, None)]
+        direct: list[Share] = []
+        later: list[Issued] = []
+        for plan, g in plans:
+            own: list[Share] = []
+            for share in plan:
+                by_kind[share[0]] += share[2]
+                if share[4] or (g is not None and any(h == "h2d" for h, _, _ in share[3])):
+                    own.append(share)
+                else:
+                    direct.append(share)
+            if own:
+                later.append((at, _compile(own), g))
+        issued: list[Issued] = [(at, _compile(direct), None)] if direct else []
+        done = _solve(reads, issued + later) if issued or later else at
+        return done if done > at else at
 
     def _weights(self) -> list[tuple[tuple[tuple[str, float], ...], list[Share]]]:
         """(key, shares) of every layer's streamed weights (the same in every step)."""
