@@ -73,7 +73,9 @@ def closed_form_reason(
         return "pipeline stages"
     if overlap and gpu_batches > 1 and (why := blocked_reason(layout, cpu_attention)) is not None:
         return why
-    if any(f > 0 for t, f in layout.act_frac.items() if t != "gpu"):
+    if act_off_gpu(layout) and overlap and (gpu_batches == 1 or gated_copies(layout)):
+        # with prefetch, only the block schedule's steps time activations off the GPU
+        # (ClosedFormStep._blocked), and only where no host-to-GPU copy waits for compute
         return "activations off the GPU"
     if prefix_cache:
         return PREFIX_ON_LINKS
@@ -99,6 +101,18 @@ def closed_form_reason(
     return None
 
 
+def act_off_gpu(layout: Placement) -> bool:
+    """Whether some of the activations live off the GPU (read before and written after every
+    layer of every GPU batch)."""
+    return any(f > 0 for t, f in layout.act_frac.items() if t != "gpu")
+
+
+def gated_copies(layout: Placement) -> bool:
+    """Whether a decode step's host-to-GPU copies wait for the previous layer's compute
+    (pageable copies, or ``decode_overlap: false``: :meth:`OffloadExecutor.run_step`)."""
+    return layout.pageable_factor < 1.0 or not layout.plan.decode_overlap
+
+
 def blocked_reason(layout: Placement, cpu_attention: bool) -> str | None:
     """None when :meth:`ClosedFormStep._blocked` times FlexGen's zig-zag block schedule (several
     GPU batches per layer with prefetch) of this placement: KV read from its tiers (not spilled
@@ -109,6 +123,9 @@ def blocked_reason(layout: Placement, cpu_attention: bool) -> str | None:
     off = [t for t, f in layout.kv_frac.items() if t != "gpu" and f > 0]
     if any(t in STAGED_TIERS and len(layout.write_path(t)) > 1 for t in off):
         return "several GPU batches per layer writing KV through a staging buffer: FlexGen's zig-zag block schedule"
+    act = [t for t, f in layout.act_frac.items() if t != "gpu" and f > 0]
+    if any(t in STAGED_TIERS and len(layout.write_path(t)) > 1 for t in act):
+        return "several GPU batches per layer writing activations through a staging buffer: FlexGen's zig-zag block schedule"
     return None
 
 
@@ -269,15 +286,16 @@ def _compile(plan: list[Share]) -> Compiled:
     return [(k, link, entries) for k, (link, entries) in sorted(by.items())]
 
 
-def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
-    """When the last share of ``issued`` has arrived. The link directions are replayed one after
-    the other (LANE_ORDER): each one's sharing depends only on when its flows join, and a staged
-    share's next hop joins when the previous one (on an earlier direction) has landed. Joins at
-    one instant keep their issue order."""
-    slots: list[tuple[Link, list[tuple[float, int, float, list[Hop], float | None]]] | None] = [None] * len(LANE_ORDER)
+def _solve(lanes: dict[str, _Lane], issued: list[Issued], each: list[float] | None = None) -> float:
+    """When the last share of ``issued`` has arrived (``each``, where given: also when the last
+    share of each one has, in its place, no earlier than its value there). The link directions
+    are replayed one after the other (LANE_ORDER): each one's sharing depends only on when its
+    flows join, and a staged share's next hop joins when the previous one (on an earlier
+    direction) has landed. Joins at one instant keep their issue order."""
+    slots: list[tuple[Link, list[tuple[float, int, float, list[Hop], float | None, int]]] | None] = [None] * len(LANE_ORDER)
     seq = 0
     last = -math.inf
-    for at, comp, gate in issued:
+    for item, (at, comp, gate) in enumerate(issued):
         gated = gate is not None and gate > at
         for k, link, entries in comp:
             slot = slots[k]
@@ -287,7 +305,7 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
             for lat, nbytes, rest, h2d in entries:
                 a = gate if h2d and gated else at
                 seq += 1
-                js.append((a + lat if lat else a, seq, nbytes, rest, gate))  # type: ignore[arg-type]
+                js.append((a + lat if lat else a, seq, nbytes, rest, gate, item))  # type: ignore[arg-type]
     for k, slot in enumerate(slots):
         if slot is None:
             continue
@@ -298,7 +316,7 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
             lane = lanes[name] = _Lane(link)
         if len(js) > 1:
             js.sort()  # by (join time, issue order): the issue order is unique, so nothing after it is compared
-        landed: list[tuple[float, list[Hop], float | None]] = []
+        landed: list[tuple[float, list[Hop], float | None, int]] = []
         n = len(js)
         i = 0
         if not lane.flows and lane.lone is None:
@@ -308,7 +326,7 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
             link = lane.link
             log = link.busy_log
             while i < n:
-                at, _, nbytes, after, g = js[i]
+                at, _, nbytes, after, g, it = js[i]
                 done = at + (0.0 if nbytes < 0.0 else nbytes) * 1 / bw  # max(nbytes, 0.0), without a call
                 if i + 1 < n and js[i + 1][0] < done:
                     break
@@ -323,17 +341,19 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
                             log.append([at, done])
                 lane.last = done
                 link.bytes_moved += nbytes
-                landed.append((done, after, g))
+                landed.append((done, after, g, it))
                 i += 1
         if i < n:
             # the rest overlap: fair sharing, as Link replays it
-            flows = [(lane.add(at, nbytes), after, g) for at, _, nbytes, after, g in js[i:]]
+            flows = [(lane.add(at, nbytes), after, g, it) for at, _, nbytes, after, g, it in js[i:]]
             lane.drain()
-            landed += [(f.done, after, g) for f, after, g in flows]
-        for f_done, rest, gate in landed:
+            landed += [(f.done, after, g, it) for f, after, g, it in flows]
+        for f_done, rest, gate, it in landed:
             if not rest:
                 if f_done > last:
                     last = f_done
+                if each is not None and f_done > each[it]:
+                    each[it] = f_done
                 continue
             # a staged share's next hop leaves once this one has landed
             nxt, nlink, nbytes = rest[0]
@@ -345,7 +365,7 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
             if slot2 is None:
                 slot2 = slots[k2] = (nlink, [])
             seq += 1
-            slot2[1].append((a + nlink.latency if nlink.latency else a, seq, nbytes, rest[1:], gate))
+            slot2[1].append((a + nlink.latency if nlink.latency else a, seq, nbytes, rest[1:], gate, it))
     return last
 
 
@@ -392,6 +412,10 @@ class ClosedFormStep:
         q, ctx, groups, cpu_attention, before, after = ex.step_setup(q, ctx, rows)
         prefetch = ex.overlap
         blocked = prefetch and len(groups) > 1
+        act = {t: f for t, f in lay.act_frac.items() if t != "gpu" and f > 0}
+        if act and prefetch and not blocked:
+            # activations off the GPU with prefetch: timed only in the block schedule
+            return None
         on_cpu = ex.cpu_stream is not None
         parts = ex.compute_parts
         assert parts is not None
@@ -400,6 +424,15 @@ class ClosedFormStep:
             ex._plan_move(lay.kv_write_bytes(float(gq.sum())), True, "kv_write") + ex._plan_move(lay.spill_write_bytes(gq, gc), True, "kv_write")
             for gq, gc in groups
         ]
+        acts_of: list[list[Share]] = []
+        if act:
+            # each GPU batch's activations are read before each layer and written after it
+            h_bytes = c.model.hidden_size * c.precision.a_bytes
+            for gi, (gq, _) in enumerate(groups):
+                T = float(gq.sum())
+                by_tier = {t: T * h_bytes * f for t, f in act.items()}
+                acts_of.append(ex._plan_move(by_tier, False, "act_read"))
+                writes_of[gi] = writes_of[gi] + ex._plan_move(by_tier, True, "act_write")
         if blocked and any(staged for w in writes_of for *_, staged in w):
             return None
         kv_of = [
@@ -461,7 +494,7 @@ class ClosedFormStep:
         decode_only = bool(((q == 1) & (ctx > 0)).all())
         gated = decode_only and (lay.pageable_factor < 1.0 or not lay.plan.decode_overlap)
         if blocked:
-            return self._blocked(now, t, costs, writes_of, kv_of, after, gated, fetch, reads)
+            return self._blocked(now, t, costs, writes_of, kv_of, acts_of, after, gated, fetch, reads)
         if prefetch:
             # one GPU batch: the reader streams the layers that need data into BUFFERS staging
             # buffers; a decode step's host-to-GPU copies may wait for the previous layer (gated)
@@ -519,7 +552,11 @@ class ClosedFormStep:
             return t
         for layer in range(c.layers):
             t = max(t, fetch(layer, t, None))
-            for cost, w in zip(costs, writes_of, strict=True):
+            for gi, (cost, w) in enumerate(zip(costs, writes_of, strict=True)):
+                if acts_of and acts_of[gi]:
+                    # nothing else is in flight: the activations cross alone, then compute
+                    ex.count(acts_of[gi])
+                    t = max(t, _solve(reads, [(t, _compile(acts_of[gi]), None)]))
                 t = self._compute(t, cost[0], cost[1], cost[2], on_cpu)
                 ex.add_parts(cost)
                 if w:
@@ -530,8 +567,9 @@ class ClosedFormStep:
         return t
 
     def _blocked(
-        self, now: float, t: float, costs: list[GroupCost], writes_of: list[list[Share]], kv_of: list[list[Share]], after: float,
-        gated: bool, fetch: Callable[[int, float, float | None], float], reads: dict[str, _Lane],
+        self, now: float, t: float, costs: list[GroupCost], writes_of: list[list[Share]], kv_of: list[list[Share]],
+        acts_of: list[list[Share]], after: float, gated: bool, fetch: Callable[[int, float, float | None], float],
+        reads: dict[str, _Lane],
     ) -> float:
         """The end of a step of several GPU batches with prefetch (FlexGen's zig-zag block
         schedule, :meth:`OffloadExecutor.run_step`'s ``blocked``) that writes no KV through a
@@ -549,7 +587,12 @@ class ClosedFormStep:
         :meth:`_burst`). Each (layer, GPU batch) step starts once its burst has landed and the
         stores of the step before last have landed, computes, then issues its stores. The
         stores share the write links with each other (``_Lane``, Link's arithmetic, replayed as
-        they are issued: a store that a step waits for lands before any later one is issued)."""
+        they are issued: a store that a step waits for lands before any later one is issued).
+
+        Activations off the GPU (``acts_of``: each GPU batch's reads; their writes are among its
+        stores): a step reads its activations once it has started, before the readers it wakes
+        issue theirs, and computes once they have landed (in the same burst as those reads;
+        ``gated`` is then false: no host-to-GPU copy waits for compute)."""
         ex = self.ex
         parts = ex.compute_parts
         by_kind = ex.bytes_by_kind
@@ -566,13 +609,14 @@ class ClosedFormStep:
         last = len(costs) - 1
         started_last = t
         r = now
-        kv_any = any(kv_of)
+        kv_any = any(kv_of) or any(acts_of)
+        assert not (acts_of and gated)
         # the burst at ``now``: the first step's KV (the KV reader was started first), then the
         # first layer's weights where it streams them; what the step waits for
         ready = now
         if kv_any:
             first = wplans[0][1] if index.get(0) == 0 else []
-            ready = self._burst(reads, now, kv_of[0], first, None, kv_first=True)
+            ready = self._burst(reads, now, [], kv_of[0], first, None, kv_first=True)[1]
             if first:
                 r = ready
         for layer in range(ex.cost.layers):
@@ -600,24 +644,35 @@ class ClosedFormStep:
                 if gi == last:
                     started_last = t
                 s0 = t
-                t = self._compute(t, cost[0], cost[1], cost[2], on_cpu)
                 if kv_any:
-                    # the burst this step's start issues: the next step's KV, after the next
-                    # layer's weights where this step is its layer's last
+                    # the burst this step's start issues: its own activations, then the next
+                    # step's KV, after the next layer's weights where this step is its layer's
+                    # last; the step computes once its activations are in (gated: after its
+                    # compute, the next layer's weights' host-to-GPU hops: no activations)
+                    av = acts_of[gi] if acts_of else []
+                    kv: list[Share] = []
+                    wp: list[Share] = []
                     if gi < last:
-                        ready = self._burst(reads, s0, kv_of[gi + 1], [], None, kv_first=False)
+                        kv = kv_of[gi + 1]
                     elif layer + 1 < ex.cost.layers:
                         nxt = layer + 1
-                        wp: list[Share] = []
+                        kv = kv_of[0]
                         if nxt in index:
                             kk = index[nxt]
                             # the reader's other conditions hold by now (its previous fetch and
                             # the layer BUFFERS places back are done before this layer started)
                             assert (kk < buffers or computed[needing[kk - buffers]] <= s0) and r <= s0
                             wp = wplans[nxt][1]
-                        ready = self._burst(reads, s0, kv_of[0], wp, t if gated else None, kv_first=False)
-                        if wp:
-                            r = ready
+                    gate = None
+                    if gated:
+                        gate = t = self._compute(t, cost[0], cost[1], cost[2], on_cpu)
+                    a, ready = self._burst(reads, s0, av, kv, wp, gate, kv_first=False)
+                    if wp:
+                        r = ready
+                    if not gated:
+                        t = self._compute(a if a > t else t, cost[0], cost[1], cost[2], on_cpu)
+                else:
+                    t = self._compute(t, cost[0], cost[1], cost[2], on_cpu)
                 ex.add_parts(cost)
                 flows: list[tuple[_Lane, _Flow]] = []
                 for kind, _, nbytes, hops, _ in writes_of[gi]:
@@ -641,17 +696,28 @@ class ClosedFormStep:
         return t
 
     def _burst(
-        self, reads: dict[str, _Lane], at: float, kv: list[Share], weights: list[Share], gate: float | None, kv_first: bool,
-    ) -> float:
-        """When the reads issued together at ``at`` in the block schedule have all landed: one
-        GPU batch's KV ``kv`` and a layer's weights ``weights`` (the latter's host-to-GPU hops
-        not before ``gate``), their bytes counted. They join in the event path's order: the
-        transfers each reader starts itself, the reader that resumes first (``kv_first``) first,
-        then those it hands to a process of their own (a share staged through DRAM, or gated),
-        in the order those processes were made."""
+        self, reads: dict[str, _Lane], at: float, act: list[Share], kv: list[Share], weights: list[Share], gate: float | None,
+        kv_first: bool,
+    ) -> tuple[float, float]:
+        """When the reads issued together at ``at`` in the block schedule have landed: (a step's
+        activations ``act``, the rest: one GPU batch's KV ``kv`` and a layer's weights
+        ``weights``, the latter's host-to-GPU hops not before ``gate``), their bytes counted.
+        They join in the event path's order: the activations (the step issues them before the
+        readers it wakes resume: those transfers it starts itself, then those it hands to a
+        process), then the transfers each reader starts itself, the reader that resumes first
+        (``kv_first``) first, then those it hands to a process of their own (a share staged
+        through DRAM, or gated), in the order those processes were made."""
         by_kind = self.ex.bytes_by_kind
         assert by_kind is not None
         plans = [(kv, None), (weights, gate)] if kv_first else [(weights, gate), (kv, None)]
+        first: list[Issued] = []
+        if act:
+            for share in act:
+                by_kind[share[0]] += share[2]
+            own = [share for share in act if share[4]]
+            first.append((at, _compile([share for share in act if not share[4]]), None))
+            if own:
+                first.append((at, _compile(own), None))
         direct: list[Share] = []
         later: list[Issued] = []
         for plan, g in plans:
@@ -665,8 +731,13 @@ class ClosedFormStep:
             if own:
                 later.append((at, _compile(own), g))
         issued: list[Issued] = [(at, _compile(direct), None)] if direct else []
-        done = _solve(reads, issued + later) if issued or later else at
-        return done if done > at else at
+        rest = issued + later
+        if not first:
+            done = _solve(reads, rest) if rest else at
+            return at, done if done > at else at
+        each = [at] * (len(first) + len(rest))
+        _solve(reads, first + rest, each)
+        return max(each[: len(first)]), max(each[len(first) :], default=at)
 
     def _weights(self) -> list[tuple[tuple[tuple[str, float], ...], list[Share]]]:
         """(key, shares) of every layer's streamed weights (the same in every step)."""
