@@ -144,6 +144,20 @@ def engine_path(run: Run, limit: int) -> str:
             return f"error: {e.__class__.__name__}"
 
 
+def _recording(real: Any, run: Run, seen: list[tuple[Run, str]]) -> Any:
+    """``simulate`` that also appends each run's engine path to ``seen`` (offload-plan's
+    confirmations of ``run``'s plans)."""
+
+    def recording(sc: Any, record_iterations: bool = True, trace: bool = False, engine: str = "auto") -> Any:
+        res = real(sc, record_iterations=record_iterations, trace=trace, engine=engine)
+        plan = sc.plan.offload
+        label = f"gpu_batch_size={plan.gpu_batch_size}, num_gpu_batches={plan.num_gpu_batches}"
+        seen.append((Run(f"offload-plan {run.source.split()[-1]} [{label}]", {}, run.where), str(res.summary["engine_path"])))
+        return res
+
+    return recording
+
+
 def offload_plan_paths(runs: list[Run], top: int) -> Iterator[tuple[Run, str]]:
     """The engine paths of the runs ``simkit offload-plan --top TOP --confirm TOP`` simulates
     for each offloaded scenario of ``runs`` (its own confirmation runs, recorded as they happen)."""
@@ -157,15 +171,7 @@ def offload_plan_paths(runs: list[Run], top: int) -> Iterator[tuple[Run, str]]:
         if not (run.data.get("plan") or {}).get("offload"):
             continue
         seen: list[tuple[Run, str]] = []
-
-        def recording(sc: Any, record_iterations: bool = True, trace: bool = False, engine: str = "auto") -> Any:
-            res = real(sc, record_iterations=record_iterations, trace=trace, engine=engine)
-            plan = sc.plan.offload
-            label = f"gpu_batch_size={plan.gpu_batch_size}, num_gpu_batches={plan.num_gpu_batches}"
-            seen.append((Run(f"offload-plan {run.source.split()[-1]} [{label}]", {}, run.where), str(res.summary["engine_path"])))
-            return res
-
-        simmod.simulate = recording  # type: ignore[assignment]
+        simmod.simulate = _recording(real, run, seen)  # type: ignore[assignment]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

@@ -42,7 +42,7 @@ import numpy as np
 
 from simkit.engine.offload import GroupCost, Hop, OffloadExecutor, Placement, Share
 from simkit.engine.resources import Link
-from simkit.specs.tiers import CPU_READ_PATH, STAGED_TIERS
+from simkit.specs.tiers import CPU_READ_PATH
 
 if TYPE_CHECKING:
     import simpy
@@ -115,17 +115,10 @@ def gated_copies(layout: Placement) -> bool:
 
 def blocked_reason(layout: Placement, cpu_attention: bool) -> str | None:
     """None when :meth:`ClosedFormStep._blocked` times FlexGen's zig-zag block schedule (several
-    GPU batches per layer with prefetch) of this placement: KV read from its tiers (not spilled
-    past a threshold) and none written through a staging buffer; else why those steps run event
-    by event."""
+    GPU batches per layer with prefetch) of this placement: KV read from and written to any
+    tier, not spilled past a threshold; else why those steps run event by event."""
     if layout.spill_after is not None:
         return "several GPU batches per layer reading spilled KV: FlexGen's zig-zag block schedule"
-    off = [t for t, f in layout.kv_frac.items() if t != "gpu" and f > 0]
-    if any(t in STAGED_TIERS and len(layout.write_path(t)) > 1 for t in off):
-        return "several GPU batches per layer writing KV through a staging buffer: FlexGen's zig-zag block schedule"
-    act = [t for t, f in layout.act_frac.items() if t != "gpu" and f > 0]
-    if any(t in STAGED_TIERS and len(layout.write_path(t)) > 1 for t in act):
-        return "several GPU batches per layer writing activations through a staging buffer: FlexGen's zig-zag block schedule"
     return None
 
 
@@ -246,22 +239,121 @@ class _Lane:
             self._fire()
 
 
-def _remaining(f: _Flow) -> float:
-    return f.remaining
+class _Chain:
+    """One store's hops: the one in flight (``lane``, ``flow``), the ones after it (a share staged
+    through DRAM), and when the last landed (NaN until then)."""
+
+    __slots__ = ("done", "flow", "lane", "rest")
+
+    def __init__(self, lane: _Lane, flow: _Flow, rest: list[Hop]) -> None:
+        self.lane = lane
+        self.flow = flow
+        self.rest = rest
+        self.done = math.nan
 
 
-def _landed(lane: _Lane, flow: _Flow) -> float:
-    """When ``flow`` lands, replaying ``lane`` up to then (no flow joins the lane before: the
-    caller waits for it before anything else is issued)."""
-    if flow.done != flow.done:  # NaN: not landed yet
+class _Stores:
+    """The block schedule's stores on the write lanes, replayed in time order across the lanes:
+    a share staged through DRAM (to disk) sends its next hop once the previous one has landed
+    (store and forward: :meth:`OffloadExecutor._hops`), so a completion on one lane may add a
+    flow to another. Stores are issued in time order (:meth:`issue`); before a store joins, every
+    completion and every next hop due no later than its join has been replayed (a wake-up at the
+    same instant comes first, as in ``_Lane.add``)."""
+
+    __slots__ = ("due", "lanes", "owner", "seq")
+
+    def __init__(self) -> None:
+        self.lanes: dict[str, _Lane] = {}
+        self.owner: dict[int, _Chain] = {}
+        self.due: list[tuple[float, int, _Chain]] = []
+        """Next hops to join: (join time, order, chain whose ``rest[0]`` joins)."""
+        self.seq = 0
+
+    def _join(self, at: float, name: str, link: Link, nbytes: float, rest: list[Hop], chain: _Chain | None) -> _Chain:
+        lane = self.lanes.get(name)
+        if lane is None:
+            lane = self.lanes[name] = _Lane(link)
+        flow = lane.add(at, nbytes)
+        if chain is None:
+            chain = _Chain(lane, flow, rest)
+        else:
+            chain.lane, chain.flow, chain.rest = lane, flow, rest
+        self.owner[id(flow)] = chain
+        return chain
+
+    def issue(self, at: float, hops: list[Hop], staged: bool) -> list[_Chain]:
+        """The chains of one share issued at ``at``: its hops one after the other where
+        ``staged``, else all at once (each joins after its link's latency)."""
+        out = []
+        for name, link, nbytes in hops[:1] if staged else hops:
+            lat = link.latency
+            j = at + lat if lat else at
+            self._until(j)
+            out.append(self._join(j, name, link, nbytes, hops[1:] if staged else [], None))
+        return out
+
+    def _next(self) -> tuple[float, _Lane | None]:
+        """The earliest pending event: a lane's completion (the lane) or a next hop's join (None);
+        a completion first at the same instant."""
+        best, lane = math.inf, None
+        for ln in self.lanes.values():
+            lone = ln.lone
+            w = lone[2] if lone is not None else ln.wake if ln.flows else math.inf
+            if w < best:
+                best, lane = w, ln
+        if self.due and self.due[0][0] < best:
+            return self.due[0][0], None
+        return best, lane
+
+    def _step(self, lane: _Lane | None) -> None:
+        if lane is None:
+            at, _, chain = heapq.heappop(self.due)
+            name, link, nbytes = chain.rest[0]
+            self._until(at)
+            self._join(at, name, link, nbytes, chain.rest[1:], chain)
+            return
         lone = lane.lone
-        if lone is not None and lone[1] is flow:
+        if lone is not None:
             lane.lone = None
             lane._close(*lone)
+            finished = [lone[1]]
         else:
-            while flow.done != flow.done:
-                lane._fire()
-    return flow.done
+            before = lane.flows
+            lane._fire()
+            finished = [f for f in before if f.done == f.done]
+        for f in finished:
+            chain = self.owner.pop(id(f))
+            if chain.rest:
+                link = chain.rest[0][1]
+                lat = link.latency
+                self.seq += 1
+                heapq.heappush(self.due, (f.done + lat if lat else f.done, self.seq, chain))
+            else:
+                chain.done = f.done
+
+    def _until(self, at: float) -> None:
+        """Replay every completion and next hop due no later than ``at``."""
+        while True:
+            t, lane = self._next()
+            if t > at:
+                return
+            self._step(lane)
+
+    def landed(self, chains: list[_Chain]) -> float:
+        """When the last of ``chains`` has landed (nothing else is issued before)."""
+        for c in chains:
+            while c.done != c.done:
+                self._step(self._next()[1])
+        return max(c.done for c in chains)
+
+    def drain(self) -> None:
+        """Complete every store."""
+        while self.owner or self.due:
+            self._step(self._next()[1])
+
+
+def _remaining(f: _Flow) -> float:
+    return f.remaining
 
 
 Compiled = list[tuple[int, Link, list[tuple[float, float, list[Hop], bool]]]]
@@ -433,8 +525,6 @@ class ClosedFormStep:
                 by_tier = {t: T * h_bytes * f for t, f in act.items()}
                 acts_of.append(ex._plan_move(by_tier, False, "act_read"))
                 writes_of[gi] = writes_of[gi] + ex._plan_move(by_tier, True, "act_write")
-        if blocked and any(staged for w in writes_of for *_, staged in w):
-            return None
         kv_of = [
             ex._plan_move(lay.kv_read_bytes(float(gc.sum())), False, "kv_read", to_host=cpu_attention)
             + ex._plan_move(lay.spill_read_bytes(gc), False, "kv_read", to_host=cpu_attention)
@@ -602,8 +692,8 @@ class ClosedFormStep:
         index = {li: k for k, li in enumerate(needing)}
         buffers = ex.BUFFERS
         wplans = self._weights()
-        lanes: dict[str, _Lane] = {}
-        steps: list[list[tuple[_Lane, _Flow]]] = []
+        stores = _Stores()
+        steps: list[list[_Chain]] = []
         """The store flows of every (layer, GPU batch) step so far."""
         computed: list[float] = []
         last = len(costs) - 1
@@ -638,7 +728,7 @@ class ClosedFormStep:
                 if ready > t:
                     t = ready
                 if len(steps) >= 2 and steps[-2]:
-                    x = max(_landed(lane, f) for lane, f in steps[-2])
+                    x = stores.landed(steps[-2])
                     if x > t:
                         t = x
                 if gi == last:
@@ -674,25 +764,19 @@ class ClosedFormStep:
                 else:
                     t = self._compute(t, cost[0], cost[1], cost[2], on_cpu)
                 ex.add_parts(cost)
-                flows: list[tuple[_Lane, _Flow]] = []
-                for kind, _, nbytes, hops, _ in writes_of[gi]:
+                chains: list[_Chain] = []
+                for kind, _, nbytes, hops, staged in writes_of[gi]:
                     by_kind[kind] += nbytes
-                    for name, link, b in hops:
-                        lane = lanes.get(name)
-                        if lane is None:
-                            lane = lanes[name] = _Lane(link)
-                        lat = link.latency
-                        flows.append((lane, lane.add(t + lat if lat else t, b)))
-                steps.append(flows)
+                    chains += stores.issue(t, hops, staged)
+                steps.append(chains)
             computed.append(t)
         t = t + after
         ex.busy_compute += after
-        for lane in lanes.values():
-            lane.drain()
-        for flows in steps:
-            for _, f in flows:
-                if f.done > t:
-                    t = f.done
+        stores.drain()
+        for chains in steps:
+            for ch in chains:
+                if ch.done > t:
+                    t = ch.done
         return t
 
     def _burst(
