@@ -245,7 +245,7 @@ class _Chain:
 
     __slots__ = ("done", "flow", "lane", "rest")
 
-    def __init__(self, lane: _Lane, flow: _Flow, rest: list[Hop]) -> None:
+    def __init__(self, lane: _Lane | None, flow: _Flow | None, rest: list[Hop]) -> None:
         self.lane = lane
         self.flow = flow
         self.rest = rest
@@ -285,11 +285,18 @@ class _Stores:
         """The chains of one share issued at ``at``: its hops one after the other where
         ``staged``, else all at once (each joins after its link's latency)."""
         out = []
-        for name, link, nbytes in hops[:1] if staged else hops:
-            lat = link.latency
-            j = at + lat if lat else at
-            self._until(j)
-            out.append(self._join(j, name, link, nbytes, hops[1:] if staged else [], None))
+        for hop in hops[:1] if staged else hops:
+            rest = hops[1:] if staged else []
+            lat = hop[1].latency
+            if lat:
+                # joins after the latency, in time order with the rest (a next hop's join)
+                chain = _Chain(None, None, [hop, *rest])
+                self.seq += 1
+                heapq.heappush(self.due, (at + lat, self.seq, chain))
+                out.append(chain)
+            else:
+                self._until(at)
+                out.append(self._join(at, hop[0], hop[1], hop[2], rest, None))
         return out
 
     def _next(self) -> tuple[float, _Lane | None]:
@@ -307,9 +314,9 @@ class _Stores:
 
     def _step(self, lane: _Lane | None) -> None:
         if lane is None:
+            # no completion is due before it (_next), and the joins due with it follow it
             at, _, chain = heapq.heappop(self.due)
             name, link, nbytes = chain.rest[0]
-            self._until(at)
             self._join(at, name, link, nbytes, chain.rest[1:], chain)
             return
         lone = lane.lone
