@@ -491,6 +491,40 @@ def _lone_hops(lanes: dict[str, _Lane], plan: list[Share]) -> list[Lone] | None:
     return out
 
 
+_NO_SHARES: list[Share] = []
+"""No shares (one list, so that its ``id`` keys a burst's memo)."""
+Burst = tuple[list[tuple[str, float]], int, list[tuple[Compiled, bool]]]
+"""A burst of reads compiled (:func:`_burst_plan`): the bytes by kind, how many of the items are
+the activations', and the items in join order (compiled shares, whether the gate applies)."""
+
+
+def _burst_plan(act: list[Share], kv: list[Share], weights: list[Share], gated: bool, kv_first: bool) -> Burst:
+    """The join order of :meth:`ClosedFormStep._burst`'s reads, compiled."""
+    counts = [(share[0], share[2]) for share in act]
+    items: list[tuple[Compiled, bool]] = []
+    if act:
+        items.append((_compile([share for share in act if not share[4]]), False))
+        staged = [share for share in act if share[4]]
+        if staged:
+            items.append((_compile(staged), False))
+    n_first = len(items)
+    direct: list[Share] = []
+    later: list[tuple[Compiled, bool]] = []
+    for plan, g in ([(kv, False), (weights, gated)] if kv_first else [(weights, gated), (kv, False)]):
+        own: list[Share] = []
+        for share in plan:
+            counts.append((share[0], share[2]))
+            if share[4] or (g and any(h == "h2d" for h, _, _ in share[3])):
+                own.append(share)
+            else:
+                direct.append(share)
+        if own:
+            later.append((_compile(own), g))
+    if direct:
+        items.append((_compile(direct), False))
+    return counts, n_first, items + later
+
+
 class ClosedFormStep:
     """The end time of an offloaded step, as :meth:`OffloadExecutor.run_step` produces it."""
 
@@ -707,13 +741,15 @@ class ClosedFormStep:
         started_last = t
         r = now
         kv_any = any(kv_of) or any(acts_of)
+        memo: dict[tuple[int, int, object, bool, bool], Burst] = {}
         assert not (acts_of and gated)
         # the burst at ``now``: the first step's KV (the KV reader was started first), then the
         # first layer's weights where it streams them; what the step waits for
         ready = now
         if kv_any:
-            first = wplans[0][1] if index.get(0) == 0 else []
-            ready = self._burst(reads, now, [], kv_of[0], first, None, kv_first=True)[1]
+            w0 = wplans[0] if index.get(0) == 0 else ((), _NO_SHARES)
+            first = w0[1]
+            ready = self._burst(reads, now, _NO_SHARES, kv_of[0], first, None, True, memo, w0[0])[1]
             if first:
                 r = ready
         for layer in range(ex.cost.layers):
@@ -746,9 +782,10 @@ class ClosedFormStep:
                     # step's KV, after the next layer's weights where this step is its layer's
                     # last; the step computes once its activations are in (gated: after its
                     # compute, the next layer's weights' host-to-GPU hops: no activations)
-                    av = acts_of[gi] if acts_of else []
-                    kv: list[Share] = []
-                    wp: list[Share] = []
+                    av = acts_of[gi] if acts_of else _NO_SHARES
+                    kv = _NO_SHARES
+                    wp = _NO_SHARES
+                    wkey: object = ()
                     if gi < last:
                         kv = kv_of[gi + 1]
                     elif layer + 1 < ex.cost.layers:
@@ -759,11 +796,11 @@ class ClosedFormStep:
                             # the reader's other conditions hold by now (its previous fetch and
                             # the layer BUFFERS places back are done before this layer started)
                             assert (kk < buffers or computed[needing[kk - buffers]] <= s0) and r <= s0
-                            wp = wplans[nxt][1]
+                            wkey, wp = wplans[nxt]
                     gate = None
                     if gated:
                         gate = t = self._compute(t, cost[0], cost[1], cost[2], on_cpu)
-                    a, ready = self._burst(reads, s0, av, kv, wp, gate, kv_first=False)
+                    a, ready = self._burst(reads, s0, av, kv, wp, gate, False, memo, wkey)
                     if wp:
                         r = ready
                     if not gated:
@@ -788,7 +825,7 @@ class ClosedFormStep:
 
     def _burst(
         self, reads: dict[str, _Lane], at: float, act: list[Share], kv: list[Share], weights: list[Share], gate: float | None,
-        kv_first: bool,
+        kv_first: bool, memo: dict[tuple[int, int, object, bool, bool], Burst], wkey: object,
     ) -> tuple[float, float]:
         """When the reads issued together at ``at`` in the block schedule have landed: (a step's
         activations ``act``, the rest: one GPU batch's KV ``kv`` and a layer's weights
@@ -797,38 +834,28 @@ class ClosedFormStep:
         readers it wakes resume: those transfers it starts itself, then those it hands to a
         process), then the transfers each reader starts itself, the reader that resumes first
         (``kv_first``) first, then those it hands to a process of their own (a share staged
-        through DRAM, or gated), in the order those processes were made."""
+        through DRAM, or gated), in the order those processes were made. ``memo``: the step's
+        bursts so far, compiled (the same shares recur in every layer), keyed by ``act`` and
+        ``kv`` (lists that live as long as the step, or :data:`_NO_SHARES`) and ``wkey``, the
+        weights' bytes by tier."""
+        key = (id(act), id(kv), wkey, gate is None, kv_first)
+        got = memo.get(key)
+        if got is None:
+            got = memo[key] = _burst_plan(act, kv, weights, gate is not None, kv_first)
+        counts, n_first, comps = got
         by_kind = self.ex.bytes_by_kind
         assert by_kind is not None
-        plans = [(kv, None), (weights, gate)] if kv_first else [(weights, gate), (kv, None)]
-        first: list[Issued] = []
-        if act:
-            for share in act:
-                by_kind[share[0]] += share[2]
-            own = [share for share in act if share[4]]
-            first.append((at, _compile([share for share in act if not share[4]]), None))
-            if own:
-                first.append((at, _compile(own), None))
-        direct: list[Share] = []
-        later: list[Issued] = []
-        for plan, g in plans:
-            own: list[Share] = []
-            for share in plan:
-                by_kind[share[0]] += share[2]
-                if share[4] or (g is not None and any(h == "h2d" for h, _, _ in share[3])):
-                    own.append(share)
-                else:
-                    direct.append(share)
-            if own:
-                later.append((at, _compile(own), g))
-        issued: list[Issued] = [(at, _compile(direct), None)] if direct else []
-        rest = issued + later
-        if not first:
-            done = _solve(reads, rest) if rest else at
+        for kind, nbytes in counts:
+            by_kind[kind] += nbytes
+        if not comps:
+            return at, at
+        issued: list[Issued] = [(at, comp, gate if gated else None) for comp, gated in comps]
+        if not n_first:
+            done = _solve(reads, issued)
             return at, done if done > at else at
-        each = [at] * (len(first) + len(rest))
-        _solve(reads, first + rest, each)
-        return max(each[: len(first)]), max(each[len(first) :], default=at)
+        each = [at] * len(issued)
+        _solve(reads, issued, each)
+        return max(each[:n_first]), max(each[n_first:], default=at)
 
     def _weights(self) -> list[tuple[tuple[tuple[str, float], ...], list[Share]]]:
         """(key, shares) of every layer's streamed weights (the same in every step)."""
