@@ -786,7 +786,7 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
         if (closed and plan.offload.overlap and gbs is not None and not (policy_name == "static" and bat.batch_size is None)
                 and blocked_reason(off_layout, cpu_cost is not None) is not None):
             # a step of more sequences than a GPU batch runs the zig-zag block schedule, event by
-            # event where it reads KV from another tier or writes it through a staging buffer
+            # event where it reads spilled KV
             engine_path += f", event by event for steps of more sequences than gpu_batch_size ({gbs})"
         if closed and plan.offload.overlap and act_off_gpu(off_layout):
             # with prefetch, only the block schedule times activations off the GPU: a step of one

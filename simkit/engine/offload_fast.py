@@ -23,12 +23,16 @@ Covered: weights and KV on any tier (disk staged through DRAM, CXL streamed), KV
 a length (``kv_spill``), resident layers, CPU attention, ``decode_overlap: false``, int4
 compression, pinned copies and pageable ones without CPU attention, one GPU batch per step with
 prefetch (``overlap: true``) and any number without, and FlexGen's zig-zag block schedule
-(several GPU batches per step with prefetch) where no KV is read from another tier and none is
-written through a staging buffer (:meth:`ClosedFormStep._blocked`). Run event by event
-(:func:`closed_form_reason`): the block schedule otherwise (:func:`blocked_reason`; in a serving
-run only the steps that have several GPU batches), activations off the GPU,
-pageable copies with CPU attention (the host thread that stages them also runs CPU attention),
-Chrome traces, and plans where anything else uses the links or the host CPU during a step.
+(several GPU batches per step with prefetch: :meth:`ClosedFormStep._blocked`), KV read from any
+tier and KV and activations written to any (stores staged through DRAM replayed across the
+write lanes: :class:`_Stores`). Activations off the GPU: without prefetch, and in the block
+schedule where no host-to-GPU copy waits for compute (pinned copies, ``decode_overlap``); a
+step of one GPU batch with prefetch then runs its events. Run event by event
+(:func:`closed_form_reason`): the block schedule with KV spilled past a threshold
+(:func:`blocked_reason`; in a serving run only the steps that have several GPU batches),
+activations off the GPU otherwise, pageable copies with CPU attention (the host thread that
+stages them also runs CPU attention), Chrome traces, and plans where anything else uses the
+links or the host CPU during a step.
 """
 
 from __future__ import annotations
@@ -537,8 +541,7 @@ class ClosedFormStep:
     def run(self, now: float, q: np.ndarray, ctx: np.ndarray, rows: int) -> float | None:
         """The end time of the step that starts at ``now``, with the executor's counters and the
         links' updated as the event path updates them; None (nothing changed) when the step needs
-        the event path (several GPU batches with prefetch, the zig-zag block schedule, that read
-        KV from another tier or write it through a staging buffer: :meth:`_blocked`)."""
+        the event path (one GPU batch with prefetch and activations off the GPU)."""
         ex = self.ex
         c = ex.cost
         lay = ex.layout
