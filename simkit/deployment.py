@@ -33,7 +33,7 @@ from simkit.engine.fast_offload import OffloadFastEngine
 from simkit.engine.kvcache import KVBlockManager, PrefixCache, watermark_blocks
 from simkit.engine.lean import fused_loop_reason
 from simkit.engine.offload import OffloadExecutor
-from simkit.engine.offload_fast import ClosedFormStep, blocked_reason, closed_form_reason
+from simkit.engine.offload_fast import ClosedFormStep, act_off_gpu, blocked_reason, closed_form_reason
 from simkit.engine.pipeline_fast import PipelineConflict, PipelineEngine, PipelineFastEngine, PipelineSchedule
 from simkit.engine.pipeline_fast import closed_form_reason as pipeline_reason
 from simkit.engine.replica import Replica
@@ -786,8 +786,12 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
         if (closed and plan.offload.overlap and gbs is not None and not (policy_name == "static" and bat.batch_size is None)
                 and blocked_reason(off_layout, cpu_cost is not None) is not None):
             # a step of more sequences than a GPU batch runs the zig-zag block schedule, event by
-            # event where it reads KV from another tier or writes it through a staging buffer
+            # event where it reads spilled KV
             engine_path += f", event by event for steps of more sequences than gpu_batch_size ({gbs})"
+        if closed and plan.offload.overlap and act_off_gpu(off_layout):
+            # with prefetch, only the block schedule times activations off the GPU: a step of one
+            # GPU batch (at most gpu_batch_size sequences) runs its events
+            engine_path += ", event by event for steps of one GPU batch (activations off the GPU)"
     pipe = False
     if stage_costs is not None:
         why = "requested" if engine == "reference" else pipeline_reason(
