@@ -1728,6 +1728,7 @@ def _sentinel_report(sentinel: SpeedSentinel, out: ProgressFn) -> dict[str, Any]
     if worst > SENTINEL_SPREAD_WARN:
         out(f"warning: the machine's speed moved by {100 * worst:.0f}% while measuring (the sentinel GEMM): the samples "
             "carry the speed of their moment; a second calibration may fit other speeds (compare both with "
+            "`simkit validate --profile DIR --json FILE` each, or in a source checkout "
             "`python benchmarks/repredict_validation.py`)")  # fmt: skip
     return f
 
