@@ -190,3 +190,28 @@ def test_print_summary_without_wall_time_keeps_the_note(tmp_path, capsys):
     print_summary(summary)
     out = capsys.readouterr().out
     assert "  engine path      reference (requested)" in out and "slower path" in out
+
+
+def test_a_profile_of_other_dtypes_says_so(tmp_path):
+    """A CPU profile of fp32 alone used for a bf16 plan (another kernel family at another peak)
+    was silent; now the run warns, naming both dtypes and the command that measures the missing one.
+    A dtype of the same peak (fp16 for bf16 on a GPU) and a measured one stay quiet."""
+    from simkit.scenario import load_scenario
+    from simkit.simulate import simulate
+
+    p = edited_profile(tmp_path, {"dtypes": ["fp32"]})
+    s = tmp_path / "s.yaml"
+    s.write_text(SCENARIO.replace("plan: {", "plan: {precision: {weights: bf16, activations: bf16, kv_cache: bf16}, ")
+                 + f"calibration: {p}\n")  # fmt: skip
+    warns = [w for w in simulate(load_scenario(str(s))).warnings if "measured fp32 only" in w]
+    assert len(warns) == 1 and "matmuls run in bf16" in warns[0] and "--device cpu --dtypes bf16" in warns[0]
+    s.write_text(SCENARIO.replace("plan: {", "plan: {precision: {weights: fp32, activations: fp32, kv_cache: fp32}, ")
+                 .replace("llama-2-7b", "phi-2") + f"calibration: {p}\n")  # fmt: skip
+    assert not [w for w in simulate(load_scenario(str(s))).warnings if "only, and this plan" in w]
+    gpu = SCENARIO.replace(", execution: {device: cpu}", "").replace("ci-vm", "dgx-h100") + "calibration: auto\n"
+    for act, warned in (("bf16", False), ("fp16", False)):
+        s.write_text(gpu.replace("plan: {", f"plan: {{precision: {{weights: {act}, activations: {act}, kv_cache: {act}}}, "))
+        assert bool([w for w in simulate(load_scenario(str(s))).warnings if "only, and this plan" in w]) == warned
+    s.write_text(gpu.replace("plan: {", "plan: {precision: {weights: fp8, activations: fp8, kv_cache: fp16}, "))
+    warns = [w for w in simulate(load_scenario(str(s))).warnings if "only, and this plan" in w]
+    assert len(warns) == 1 and "'h100-sxm-vidur' measured fp16 only" in warns[0] and "--dtypes fp8" in warns[0]
