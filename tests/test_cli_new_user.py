@@ -215,3 +215,18 @@ def test_a_profile_of_other_dtypes_says_so(tmp_path):
     s.write_text(gpu.replace("plan: {", "plan: {precision: {weights: fp8, activations: fp8, kv_cache: fp16}, "))
     warns = [w for w in simulate(load_scenario(str(s))).warnings if "only, and this plan" in w]
     assert len(warns) == 1 and "'h100-sxm-vidur' measured fp16 only" in warns[0] and "--dtypes fp8" in warns[0]
+
+
+def test_validate_finds_the_shipped_profile_from_any_folder(tmp_path, monkeypatch):
+    """`simkit validate --device cpu` (default --profile calibration/profiles/ci-vm-cpu) failed with
+    "not found" outside a checkout; a relative profile path now falls back to simkit's data folder."""
+    from simkit.calibrate.validate import DEFAULT_PROFILE, load_profile
+
+    monkeypatch.chdir(tmp_path)
+    prof = load_profile(DEFAULT_PROFILE)
+    assert prof.name == "ci-vm-cpu" and Path(prof.path).resolve().parent == CPU_PROFILE.resolve()
+    mine = edited_profile(tmp_path, {}, name="calibration")  # a folder of the working dir wins
+    assert Path(load_profile("calibration").path).resolve().parent == mine.resolve()
+    with pytest.raises(CalibrationError) as e:
+        load_profile("calibration/profiles/nowhere")
+    assert "not found here or in simkit's data folder" in str(e.value)
