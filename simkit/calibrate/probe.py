@@ -241,9 +241,10 @@ def startup_check(profile: Profile) -> list[str]:
         res = speed_probe(profile)
         msg = res.message()
         speeds = ", ".join(f"{d} GEMM x{g:.2f}" for d, g in res.by_dtype().items())
+        took = time.perf_counter() - t0
         _NOTES.append(f"speed probe of calibration profile {profile.name!r} on this machine: {speeds} of the speed it "
-                      f"predicts (x1.00 = as predicted, x0.50 = twice as slow); the probe took {time.perf_counter() - t0:.2f} s of this run's "
-                      f"wall time, importing torch included ({PROBE_ENV}=0 skips it; docs/calibration.md)")  # fmt: skip
+                      f"predicts (x1.00 = as predicted, x0.50 = twice as slow); the probe took {took:.2f} s of this "
+                      f"run's wall time, importing torch included ({PROBE_ENV}=0 skips it; docs/calibration.md)")  # fmt: skip
     # a profile measured at more than one thread under other OpenMP wait settings than this
     # process runs with (active against libgomp's default, or the reverse) times other kernels
     omp = None

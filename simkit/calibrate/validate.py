@@ -242,7 +242,6 @@ def repredict(result: Mapping[str, Any], profile: Any) -> dict[str, Any]:
 
 def load_profile(path: str | Path) -> Any:
     from simkit.cost.profile import Profile
-
     from simkit.specs.catalog import repo_path
 
     p = Path(path)
