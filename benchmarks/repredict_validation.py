@@ -3,6 +3,7 @@
     python benchmarks/repredict_validation.py RESULT.json PROFILE [PROFILE ...]
     python benchmarks/repredict_validation.py RESULT.json PROFILE --drop-op row_length
     python benchmarks/repredict_validation.py RESULT.json PROFILE --shared-attn-base
+    python benchmarks/repredict_validation.py RESULT.json PROFILE --without-composition
 
 Each PROFILE is a profile folder. ``--drop-op OP`` also refits each profile's own samples without
 the sample rows of operator OP (e.g. ``row_length``, the CPU suite's few-row GEMMs over a grid of
@@ -10,13 +11,17 @@ row lengths) and scores that fit too, which isolates what those samples change f
 drift between runs (docs/fidelity.md, CPU validation). ``--shared-attn-base`` also refits each
 profile's own samples with one roofline base for every dtype of the attention classes (as profiles
 were fitted before 2026-11-30; simkit.calibrate.fit.BASE_PER_DTYPE_CLASSES) and scores that fit:
-what the per-dtype attention bases change on the same measurements. Prints one line per profile:
+what the per-dtype attention bases change on the same measurements. ``--without-composition`` also
+scores each profile that carries a step composition (``device.step_composition``,
+simkit.calibrate.composition) without it: the same fit pricing operators as timed alone, i.e.
+what the composition changes on the same measured steps. Prints one line per profile:
 median and p90 absolute error and the signed error per configuration.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -36,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("result", help="a `simkit validate --json` file")
     ap.add_argument("profiles", nargs="+", help="profile folders")
     ap.add_argument("--drop-op", default=None, help="also refit each profile without the samples of this operator")
+    ap.add_argument("--without-composition", action="store_true",
+                    help="also score each profile without its measured step composition")
     ap.add_argument("--shared-attn-base", action="store_true",
                     help="also refit each profile with one attention roofline base for all dtypes")
     a = ap.parse_args(argv)
@@ -66,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                                              license=prof.license)))  # fmt: skip
                 finally:
                     fit.BASE_PER_DTYPE_CLASSES = per_dtype
+            if a.without_composition and prof.step_composition() is not None:
+                dev = {k: v for k, v in prof.device.items() if k != "step_composition"}
+                fits.append((f"{path} without its step composition", dataclasses.replace(prof, device=dev)))
             for label, p in fits:
                 r = repredict(result, p)
                 errs = ", ".join(f"{c} {100 * e:+.0f}" for c, e in zip(cells, r["errors"]))

@@ -23,8 +23,10 @@ LAYERS: dict[str, int] = {
     "simkit.scenario": 6, "simkit.metrics": 6,
     "simkit.deployment": 7, "simkit.simulate": 7, "simkit.summary": 7, "simkit.outputs": 7, "simkit.schema_doc": 7,
     "simkit.study": 8, "simkit.search": 8, "simkit.report": 8,
-    # the calibration's validation runs the simulator on this machine's measurements
-    "simkit.calibrate.validate": 8, "simkit.calibrate.validate_offload": 8,
+    # the offload validation runs the simulator on this machine's measurements; the step
+    # validation (calibrate.validate) prices steps with cost/ alone, and the suite's step
+    # composition (calibrate.composition) runs its model, so it stays in calibrate's layer
+    "simkit.calibrate.validate_offload": 8,
     "simkit.cli": 9, "simkit.calibrate.cli_calibrate": 9, "simkit.study.cli": 9,
 }
 

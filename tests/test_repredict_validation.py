@@ -89,3 +89,26 @@ def test_script_refits_with_one_attention_base(tmp_path: Path, capsys: pytest.Ca
     r = repredict(_result(1.0), shared)
     assert lines[1].startswith(f"{CPU} refitted, one attention base for all dtypes: median {100 * r['median_ape']:.1f}%, "
                                f"p90 {100 * r['p90_ape']:.1f}%")  # fmt: skip
+
+
+def test_script_scores_a_profile_without_its_step_composition(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--without-composition: the same fit without device.step_composition scores the steps as
+    the operators alone predict them (here exactly, the steps being those predictions)."""
+    import shutil
+
+    import yaml
+
+    dst = tmp_path / "prof"
+    shutil.copytree(CPU, dst)
+    data = yaml.safe_load((dst / "profile.yaml").read_text())
+    data["device"]["step_composition"] = {"threads": 1, "factor": {"fp32": 1.25}}
+    (dst / "profile.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    res = tmp_path / "r.json"
+    res.write_text(json.dumps(_result(1.0)))
+    mod = load_benchmark("repredict_validation")
+    assert mod.main([str(res), str(dst), "--without-composition"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and "without its step composition: median 0.0%, p90 0.0%" in lines[1]
+    assert "median 0.0%" not in lines[0]  # with it, every step is predicted slower
+    assert mod.main([str(res), str(CPU), "--without-composition"]) == 0  # none: one line
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1

@@ -52,7 +52,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -653,6 +653,9 @@ class Bench:
     again while contended)."""
     sentinel: SpeedSentinel | None = None
     """Set for CPU runs: the machine's speed read every few seconds, before a sample."""
+    steps: StepReadings | None = None
+    """Set for CPU runs but ``--tiny`` when the caller passes them: the synthetic steps of the
+    step composition, read every few seconds, before a sample."""
 
     def take(self, shape: Sequence[int], dtype: str, slot: str) -> Any:
         """A random tensor of ``shape``: a view of a per-(dtype, slot) pool of random data that
@@ -674,6 +677,8 @@ class Bench:
     def measure(self, fn: Callable[[], Any], **kw: Any) -> Measurement:
         if self.sentinel is not None:
             self.sentinel.tick()
+        if self.steps is not None:
+            self.steps.tick()
         if self.contention is not None:
             return self.contention.measure(lambda: self.timer.measure(fn, **kw))
         return self.timer.measure(fn, **kw)
@@ -1706,6 +1711,37 @@ class SpeedSentinel:
         return out
 
 
+class StepReadings(Protocol):
+    """What a CPU calibration reads along its run besides the sentinel: the synthetic steps of
+    the step composition (``simkit.calibrate.composition.StepSeries``, which the caller passes
+    in: this module does not import it, the composition's model being built from it)."""
+
+    def tick(self) -> None:
+        """Take a reading when one is due (called before every sample)."""
+
+    def top_up(self) -> None:
+        """Take readings until every cell has enough (at the end of the run)."""
+
+    def readings(self) -> dict[str, Any]:
+        """The measurements as plain data."""
+
+
+StepReadingsFactory = Callable[[Sequence[str], Callable[[], float]], StepReadings]
+"""Builds the step readings of a run from its dtypes and its clock (``Timer.now``)."""
+CompositionFn = Callable[[dict[str, Any], Any, int, str], dict[str, Any]]
+"""The ``device.step_composition`` section from the readings, the fitted profile, the thread
+count and the clock (``simkit.calibrate.composition.composition_section``)."""
+
+
+def describe_step_composition(section: dict[str, Any]) -> str:
+    """One line for the calibration's output: the factor per dtype and the cells' spread."""
+    parts = ", ".join(f"{dt} x{f:.3f}" for dt, f in sorted(section["factor"].items()))
+    ratios = [float(r["ratio"]) for r in section["rows"]]
+    reads = min(int(r.get("readings", 0)) for r in section["rows"])
+    return (f"step composition ({section['threads']} thread(s), synthetic 1-layer step of hidden {section['model']['hidden']}, "
+            f"{reads}+ readings per cell): measured / predicted {parts} (cells x{min(ratios):.2f}-x{max(ratios):.2f})")  # fmt: skip
+
+
 def _sentinel_kernels(torch: Any, dtypes: Sequence[str]) -> dict[str, Callable[[], Any]]:
     m, k, n = SENTINEL_SHAPE
     g = torch.Generator(device="cpu").manual_seed(4321)
@@ -1781,8 +1817,11 @@ def measure_suite(
     catalog: str | None = None,
     clock: str = "wall",
     seed: int = 0,
+    steps: StepReadingsFactory | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Run the benchmarks; return (samples DataFrame, device facts). Nothing is fitted here.
+    ``steps`` (CPU, not ``--tiny``): the step composition's readings, taken along the run and
+    returned as ``facts["step_composition_readings"]``.
 
     ``clock="cpu"`` times the calling thread's CPU time instead of wall time: on a machine that
     other processes share it excludes the time they take the CPU away; it needs ``threads=1``."""
@@ -1825,6 +1864,8 @@ def measure_suite(
                                            CONTENTION_RETRY_BUDGET_S[size.name])  # fmt: skip
     if device == "cpu":
         bench.sentinel = SpeedSentinel(_sentinel_kernels(torch, dts), timer.now)
+    if device == "cpu" and not tiny and steps is not None:
+        bench.steps = steps(dts, timer.now)
     torch.manual_seed(seed)
 
     groups: list[tuple[str, float, Callable[[], int]]] = []
@@ -1880,6 +1921,10 @@ def measure_suite(
         facts["contention"] = _contention_report(bench.contention, out)
     if bench.sentinel is not None:
         facts["speed_sentinel"] = _sentinel_report(bench.sentinel, out)
+    if bench.steps is not None:
+        bench.steps.top_up()
+        # plain readings: run_suite turns them into device.step_composition after the fit
+        facts["step_composition_readings"] = bench.steps.readings()
     if device == "cpu":
         from simkit.calibrate.host_memory import describe_first_touch, measure_first_touch
 
@@ -1972,12 +2017,16 @@ def run_suite(
     name: str | None = None,
     license: str = DEFAULT_PROFILE_LICENSE,
     clock: str = "wall",
+    steps: StepReadingsFactory | None = None,
+    composition: CompositionFn | None = None,
 ) -> Any:
     """Measure, fit every op class (``simkit.calibrate.fit.fit_profile``) and, with ``out_dir``,
-    save ``profile.yaml`` + ``samples.csv`` there. Returns the Profile."""
+    save ``profile.yaml`` + ``samples.csv`` there. Returns the Profile. With ``steps`` and
+    ``composition`` (CPU, not ``--tiny``; ``simkit calibrate`` passes
+    ``simkit.calibrate.composition``'s) the profile records ``device.step_composition``."""
     samples, facts = measure_suite(
         device, quick=quick, tiny=tiny, ssd_dir=ssd_dir, dtypes=dtypes, threads=threads,
-        progress=progress, catalog=catalog, clock=clock,
+        progress=progress, catalog=catalog, clock=clock, steps=steps if composition is not None else None,
     )
     from simkit.calibrate.fit import fit_profile
 
@@ -1992,8 +2041,22 @@ def run_suite(
         f"measured with `simkit calibrate --device {device}{flags}` on {facts.get('name')} "
         f"({facts['threads']} torch thread(s), {clock} clock, torch {facts['torch_version']}), {time.strftime('%Y-%m-%d')}"
     )
+    readings = facts.pop("step_composition_readings", None)
     profile = fit_profile(samples, facts, name=prof_name, source=source, license=license)
     out(f"fitted profile {prof_name!r} in {time.perf_counter() - t0:.1f} s")
+    if readings is not None and composition is not None:
+        from simkit.cost.threads import COMPOSITION_BOUNDS
+
+        comp = composition(readings, profile, int(facts["threads"]), clock)
+        out(describe_step_composition(comp))
+        lo, hi = COMPOSITION_BOUNDS
+        off = {dt: f for dt, f in comp["factor"].items() if not lo <= f <= hi}
+        if off:
+            out(f"warning: step composition not recorded: the synthetic step took {', '.join(f'{dt} x{f:.2f}' for dt, f in off.items())} "
+                f"its predicted time (outside x{lo}-x{hi}: the machine changed, not the composition); predictions price "
+                "the operators as timed alone")  # fmt: skip
+        else:
+            profile.device["step_composition"] = comp
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         from simkit.calibrate.store import save_profile

@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from simkit.calibrate.bench import run_suite
+    from simkit.calibrate.composition import StepSeries, composition_section
 
     t0 = time.perf_counter()
     try:
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             catalog=args.catalog,
             name=args.name,
             clock=args.clock,
+            steps=StepSeries.build,
+            composition=composition_section,
         )
     except SimkitError as e:
         print(f"error: {e}", file=sys.stderr)

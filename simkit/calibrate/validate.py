@@ -499,6 +499,9 @@ def run_validation(
         # the profile's predicted / measured time of GEMMs in each dtype (> 1: this machine is faster)
         "speed_probe": probe.to_dict(),
         "speed_probe_end": probe_end.to_dict(),
+        # the profile's measured step / predicted step of its synthetic step in this dtype, which
+        # every prediction above includes (docs/calibration.md, "Step composition"); None: none
+        "step_composition": _composition_factor(profile, dtype),
         "date": time.strftime("%Y-%m-%d"),
         "rows": [
             {
@@ -521,6 +524,12 @@ def run_validation(
         ],
     }
     return result
+
+
+def _composition_factor(profile: Any, dtype: str) -> float | None:
+    getter = getattr(profile, "step_composition", None)
+    comp = getter() if callable(getter) else None
+    return None if comp is None else comp.factor(dtype)
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -553,6 +562,9 @@ def format_table(result: dict[str, Any]) -> str:
             f"machine speed vs profile prediction (GEMM probe, > 1 faster): {per}; other processes kept "
             f"{result.get('other_load_cores')} cores busy (hypervisor steal {result.get('steal_cores')})"
         )
+    if result.get("step_composition") is not None:
+        lines.append(f"predictions include the profile's step composition x{result['step_composition']:.3f} "
+                     "(its synthetic step against the sum of its operators)")
     fp = result.get("fingerprint")
     if fp and fp.get("forced"):
         lines.append("WARNING: the profile's device fingerprint differs from this machine (validated with --force)")

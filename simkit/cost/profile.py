@@ -20,7 +20,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from simkit.cost.efficiency import OP_CLASSES, DatasheetEfficiency, EfficiencyModel, FitQuality
-from simkit.cost.threads import ThreadWakeup, parse_thread_wakeup
+from simkit.cost.threads import (
+    STEP_CLASSES,
+    StepComposition,
+    ThreadWakeup,
+    parse_step_composition,
+    parse_thread_wakeup,
+)
 from simkit.errors import CalibrationError
 from simkit.specs.calibration import (
     PROFILE_FILE,
@@ -786,6 +792,7 @@ class Profile(EfficiencyModel):
     """Host time per engine iteration (``host_overhead`` in the YAML); None: not in the profile."""
     _default: DatasheetEfficiency = field(default_factory=DatasheetEfficiency, repr=False)
     _wakeup: tuple[Any, ThreadWakeup] | None = field(default=None, repr=False, compare=False)
+    _composition: tuple[Any, StepComposition] | None = field(default=None, repr=False, compare=False)
 
     # ---- EfficiencyModel ---------------------------------------------------------------------
     def is_measured(self, op_class: str) -> bool:
@@ -808,11 +815,20 @@ class Profile(EfficiencyModel):
         """Fraction of the ideal roofline speed achieved. For measured classes the fitted model's
         predicted time (minus the launch overhead) is turned into an efficiency against the
         profile's own roofline (``device.peak_flops``/``device.mem_bandwidth``), so a caller whose
-        catalog peaks are those gets the fitted time back exactly; another dtype's peak scales it."""
+        catalog peaks are those gets the fitted time back exactly; another dtype's peak scales it.
+
+        With a measured step composition (``device.step_composition``, a CPU profile's synthetic
+        step against the sum of its operators) the operators of a forward pass run that factor
+        slower than alone: their efficiency is divided by it (callers clip at 1, so no operator is
+        predicted faster than the profile's roofline). :meth:`predict_time` (an operator alone, what
+        the speed probe compares with) is not scaled."""
         cm = self.models.get(op_class)
         if cm is None:
             return self._default.efficiency(op_class, flops, bytes_, shape, peak_flops, peak_bw, dtype)
-        return cm.efficiency(flops, bytes_, shape, dtype)
+        e = cm.efficiency(flops, bytes_, shape, dtype)
+        comp = self.step_composition()
+        f = comp.factor(str(dtype)) if comp is not None and op_class in STEP_CLASSES else None
+        return e if f is None else e / f
 
     def roofline_time(self, op_class: str, flops: Any, bytes_: Any, peak_flops: float, peak_bw: float) -> Any:
         """Closed-form seconds for classes this profile did not measure (the datasheet defaults);
@@ -871,6 +887,17 @@ class Profile(EfficiencyModel):
         if self._wakeup is None or self._wakeup[0] is not raw:
             self._wakeup = (raw, parse_thread_wakeup(raw, str(self.path or self.name)))
         return self._wakeup[1]
+
+    def step_composition(self) -> StepComposition | None:
+        """``device.step_composition`` (simkit.cost.threads), parsed once; None when the profile
+        has none (measured before 2026-12-01, with ``--tiny``, or a GPU profile: operators are
+        priced as timed alone, as before)."""
+        raw = self.device.get("step_composition")
+        if raw is None:
+            return None
+        if self._composition is None or self._composition[0] is not raw:
+            self._composition = (raw, parse_step_composition(raw, str(self.path or self.name)))
+        return self._composition[1]
 
     def fit_quality(self) -> dict[str, FitQuality] | None:
         return {c: FitQuality(dict(cm.fit_error), dict(self.cross_validation.get(c) or {})) for c, cm in self.models.items()}
@@ -931,6 +958,8 @@ class Profile(EfficiencyModel):
             device = {**device, "fingerprint": parse_fingerprint(device["fingerprint"], kind, where)}
         if "thread_wakeup" in device:
             parse_thread_wakeup(device["thread_wakeup"], where)
+        if "step_composition" in device:
+            parse_step_composition(device["step_composition"], where)
         host = parse_host_overhead(data["host_overhead"], where) if "host_overhead" in data else None
         source = str(need(data, "source", ""))
         lic = str(need(data, "license", ""))

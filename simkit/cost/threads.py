@@ -173,3 +173,53 @@ def wakeup_extra(parallel: Sequence[Any], times: Sequence[Any], wake: ThreadWake
             out[i] = e
         gap = np.where(par[i], 0.0, gap + ts[i])
     return out
+
+
+STEP_CLASSES = frozenset({"gemm", "attn_prefill", "attn_decode", "elementwise"})
+"""Operator classes of a forward pass that :class:`StepComposition` scales (the classes its
+synthetic step is made of; copies, memory streams and collectives are not scaled)."""
+
+COMPOSITION_BOUNDS = (0.5, 2.0)
+"""Factors outside these bounds are refused when a profile is loaded: a synthetic step taking
+half or twice the sum of its operators measured a machine that changed, not a composition cost."""
+
+
+@dataclass(frozen=True)
+class StepComposition:
+    """How much longer a forward pass takes than the sum of its operators timed alone
+    (``device.step_composition``): per dtype, the measured time of a short synthetic step at
+    calibration dimensions over the freshly fitted profile's prediction for it, at the profile's
+    thread count (``simkit.calibrate.composition``)."""
+
+    threads: int
+    factors: tuple[tuple[str, float], ...]
+    """(dtype, factor) pairs, sorted by dtype."""
+
+    def factor(self, dtype: str) -> float | None:
+        """The factor of ``dtype``; None when it was not measured for that dtype."""
+        return next((f for d, f in self.factors if d == dtype), None)
+
+
+def parse_step_composition(raw: Any, where: str) -> StepComposition:
+    """``device.step_composition`` of a profile checked; CalibrationError naming the key."""
+    key = "device.step_composition"
+    if not isinstance(raw, Mapping):
+        raise CalibrationError("expected a mapping with threads and factor", where=where, key=key)
+    for k in ("threads", "factor"):
+        if k not in raw:
+            raise CalibrationError("required key is missing", where=where, key=f"{key}.{k}")
+    threads = raw["threads"]
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise CalibrationError(f"expected an integer >= 1, got {threads!r}", where=where, key=f"{key}.threads")
+    fac = raw["factor"]
+    if not isinstance(fac, Mapping) or not fac:
+        raise CalibrationError("expected a mapping of dtype to factor (measured step / predicted step)", where=where,
+                               key=f"{key}.factor")  # fmt: skip
+    lo, hi = COMPOSITION_BOUNDS
+    out: list[tuple[str, float]] = []
+    for dt, v in fac.items():
+        if isinstance(v, bool) or not isinstance(v, int | float) or not (lo <= float(v) <= hi):
+            raise CalibrationError(f"expected a number from {lo} to {hi} (measured step / predicted step), got {v!r}",
+                                   where=where, key=f"{key}.factor.{dt}")  # fmt: skip
+        out.append((str(dt), float(v)))
+    return StepComposition(int(threads), tuple(sorted(out)))
