@@ -53,12 +53,6 @@ def load_vidur_profile(catalog: str) -> tuple[Any, dict[str, Any]]:
     return samples, dict(head["device"])
 
 
-def lomo(samples: Any, device: dict[str, Any], op_class: str, ops: tuple[str, ...] | None) -> Any:
-    from simkit.calibrate.vidur import lomo_table
-
-    return lomo_table(samples, device, op_class, ops)
-
-
 def lomo_predictions(samples: Any, device: dict[str, Any], ops: tuple[str, ...]) -> Any:
     """Held-out GEMM predictions per left-out model (column ``group``; see leave_one_out_predictions)."""
     from simkit.calibrate.fit import leave_one_out_predictions
@@ -139,6 +133,47 @@ def linear_error_breakdown(pred: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+EW_KINDS = ("norm", "act", "rope", "add", "embedding")
+"""Canonical elementwise operator kinds of the breakdown (a model's own kernels, e.g. phi-2's LayerNorm
+and GELU, are counted under the operator they implement)."""
+
+
+def elementwise_predictions(samples: Any, device: dict[str, Any]) -> Any:
+    """Held-out elementwise predictions per left-out model (column ``group``; see leave_one_out_predictions)."""
+    from simkit.calibrate.fit import leave_one_out_predictions
+    from simkit.calibrate.vidur import model_of
+
+    df = samples[samples.op_class == "elementwise"]
+    df = df.assign(model=df.source.astype(str).map(model_of))
+    return leave_one_out_predictions(df, "model", op_class="elementwise", device=device)
+
+
+def elementwise_error_breakdown(pred: Any) -> dict[str, dict[str, Any]]:
+    """Where the held-out elementwise error is, per left-out model (``pred``: see
+    :func:`elementwise_predictions`): per canonical operator kind (EW_KINDS; norms, activation,
+    RoPE, residual add, embedding, whatever kernel the model runs for it) the rows, median and p90
+    |error| and the median signed error (predicted / measured - 1), over all rows and over the rows
+    of at most 64 tokens (the latency-bound kernels of decode)."""
+    from simkit.cost.profile import elementwise_kind
+
+    out: dict[str, dict[str, Any]] = {}
+    for g, te in pred.groupby("group", sort=True):
+        kind = np.array([elementwise_kind(str(o)) for o in te.op], dtype=object)
+        r = te.pred.to_numpy(float) / te.time_s.to_numpy(float) - 1.0
+        few = te.tokens.to_numpy(float) <= 64
+        out[str(g)] = {}
+        for k in EW_KINDS:
+            sel = kind == k
+            med, p90 = _stats(np.abs(r[sel]))
+            sf = sel & few
+            out[str(g)][k] = {
+                "n": int(sel.sum()), "median_ape": med, "p90_ape": p90,
+                "signed_median": float(np.median(r[sel])) if sel.any() else float("nan"),
+                "signed_median_few_tokens": float(np.median(r[sf])) if sf.any() else float("nan"),
+            }  # fmt: skip
+    return out
+
+
 def linear_floor(samples: Any, ops: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """What the measurements themselves allow, per model (its ``ops`` GEMM rows; median / p90 of
     |a / b - 1| unless stated): ``repeat`` the rows Vidur measured twice (same tokens, TP and
@@ -192,7 +227,7 @@ def gpu_fidelity_report(progress: bool = True) -> tuple[str, dict[str, Any]]:
 
     t0 = time.perf_counter()
     out: list[str] = []
-    res: dict[str, Any] = {"lomo": {}, "collectives": {}, "linear_breakdown": {}, "linear_floor": {}}
+    res: dict[str, Any] = {"lomo": {}, "collectives": {}, "linear_breakdown": {}, "linear_floor": {}, "elementwise_breakdown": {}}
     out.append("## (a) GPU operators: leave-one-model-out (Vidur measurements, fp16)\n")
     out.append(
         "Fit on four models, predict every row of the fifth (all token counts 1..4096, all TP degrees). "
@@ -207,7 +242,9 @@ def gpu_fidelity_report(progress: bool = True) -> tuple[str, dict[str, Any]]:
         samples, device = load_vidur_profile(catalog)
         lin_pred = lomo_predictions(samples, device, LINEAR)
         lin = leave_one_out_summary(lin_pred, "gemm", roof_from_device(device, samples=samples), datasheet=True).set_index("group")
-        ew = lomo(samples, device, "elementwise", None).set_index("group")
+        ew_pred = elementwise_predictions(samples, device)
+        ew_roof = roof_from_device(device, samples=samples[samples.op_class == "elementwise"])
+        ew = leave_one_out_summary(ew_pred, "elementwise", ew_roof, datasheet=True).set_index("group")
         res["lomo"][catalog] = {}
         for model in lin.index:
             a, e = lin.loc[model], ew.loc[model]
@@ -230,6 +267,7 @@ def gpu_fidelity_report(progress: bool = True) -> tuple[str, dict[str, Any]]:
         res["collectives"][catalog] = coll
         res["linear_breakdown"][catalog] = linear_error_breakdown(lin_pred)
         res["linear_floor"][catalog] = linear_floor(samples, LINEAR)
+        res["elementwise_breakdown"][catalog] = elementwise_error_breakdown(ew_pred)
     n_ok = sum(v["goal_met"] for g in res["lomo"].values() for v in g.values())
     n_all = sum(len(g) for g in res["lomo"].values())
     out.append(f"\nLinear-layer goal met for {n_ok} of {n_all} (GPU, left-out model) pairs.\n")
@@ -254,6 +292,19 @@ def gpu_fidelity_report(progress: bool = True) -> tuple[str, dict[str, Any]]:
                 f"{_cell(*fl['other_model'][:2])} (n={fl['other_model'][2]}) | {_cell(*fl['monotone'])} | "
                 f"{100 * fl['inverted']:.1f}% |"
             )
+    out.append("")
+    out.append("### Elementwise: where the held-out error is\n")
+    out.append(
+        "The table's held-out elementwise rows per operator kind (the kernel the left-out model runs for it): "
+        "median / p90 |error|, median signed error over all rows and over the rows of at most 64 tokens.\n"
+    )
+    out.append("| GPU | left-out model | " + " | ".join(EW_KINDS) + " |")
+    out.append("|---|---|" + "---|" * len(EW_KINDS))
+    for catalog, per in res["elementwise_breakdown"].items():
+        for model, b in per.items():
+            cells = [f"{_cell(b[k]['median_ape'], b[k]['p90_ape'])}, {100 * b[k]['signed_median']:+.0f}% "
+                     f"(<= 64: {100 * b[k]['signed_median_few_tokens']:+.0f}%)" if b[k]["n"] else "-" for k in EW_KINDS]  # fmt: skip
+            out.append(f"| {catalog} | {model} | {' | '.join(cells)} |")
     out.append("")
 
     out.append("## (b) Collectives: alpha-beta fits on held-out message sizes (Vidur NCCL timings)\n")

@@ -529,3 +529,38 @@ def test_malformed_base_by_dtype_is_a_clear_error(tmp_path: Path):
 def test_profiles_fitted_before_per_dtype_bases_predict_as_before():
     cpu = Profile.load(PROFILES / "ci-vm-cpu", with_samples=False)
     assert all(not cm.base_by_dtype for cm in cpu.models.values())
+
+
+def test_gpu_elementwise_base_counts_bytes_only(synthetic_profile: Profile, saved: Path):
+    """GPU elementwise: the base is launch + bytes / (bandwidth x efficiency), so the FLOPs counted
+    for a kernel do not move its time; a CPU profile (and every other class) keeps both terms."""
+    cm = synthetic_profile.models["elementwise"]
+    assert cm.base_bytes_only and not synthetic_profile.models["gemm"].base_bytes_only
+    assert cm.base.compute_efficiency == cm.base.sharpness == 1.0
+    # the synthetic curve is 2 us + B / (0.6 BW): the base recovers it
+    assert cm.base.memory_efficiency == pytest.approx(0.6, rel=0.02) and cm.base.launch_s == pytest.approx(2e-6, rel=0.05)
+    shape = {"numel": np.array([4096.0 * 64]), "tokens": np.array([64.0]), "op": np.array(["input_norm"], dtype=object)}
+    B = np.array([4.0 * 4096 * 64])
+    t_few = cm.predict_time(np.array([1.0]), B, shape, "fp16", memo=False)
+    t_many = cm.predict_time(np.array([1e12]), B, shape, "fp16", memo=False)
+    assert t_few == t_many
+    doc = yaml.safe_load((saved / "profile.yaml").read_text())
+    assert doc["efficiency"]["elementwise"]["model"]["base_inputs"] == "bytes"
+    assert "base_inputs" not in doc["efficiency"]["gemm"]["model"]
+    assert Profile.load(saved).models["elementwise"].base_bytes_only
+    assert fit.bytes_only_base("elementwise", {"kind": "gpu"}) and fit.bytes_only_base("elementwise", {})
+    assert not fit.bytes_only_base("elementwise", {"kind": "cpu"}) and not fit.bytes_only_base("gemm", {"kind": "gpu"})
+    cpu = Profile.load(PROFILES / "ci-vm-cpu", with_samples=False)
+    assert not any(m.base_bytes_only for m in cpu.models.values())
+    assert all(Profile.load(p, with_samples=False).models["elementwise"].base_bytes_only for p in VIDUR.values())
+
+
+def test_unknown_base_inputs_is_a_clear_error(saved: Path, tmp_path: Path):
+    shutil.copytree(saved, tmp_path / "p")
+    path = tmp_path / "p" / "profile.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["efficiency"]["elementwise"]["model"]["base_inputs"] = "flops"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(CalibrationError, match="expected one of flops_and_bytes, bytes, got 'flops'") as e:
+        Profile.load(tmp_path / "p")
+    assert "efficiency.elementwise.model.base_inputs" in str(e.value) and str(path) in str(e.value)

@@ -85,3 +85,26 @@ def test_floor_measures_repeats_other_models_and_inversions():
     c = _gemm_rows("c", [(1, 1), (4096, 4096)], tokens, smooth)[len(tokens):]
     fc = fid.linear_floor(pd.DataFrame(c), ("o_proj",))["c"]
     assert fc["inverted"] == 0.0 and fc["monotone"] == pytest.approx((0.0, 0.0), abs=1e-12) and fc["repeat"][2] == 0 and fc["other_model"][2] == 0
+
+
+def test_elementwise_breakdown_per_operator_kind_and_few_tokens():
+    fid = load_benchmark("fidelity")
+    rows = []
+    for model, kern in (("a", ""), ("b", "layernorm")):
+        for op in ("input_norm", "post_attn_norm", "mlp_act"):
+            for tok in (1, 64, 512, 4096):
+                rows.append({"op_class": "elementwise", "op": op, "kernel": kern if op != "mlp_act" else "", "dtype": "fp16",
+                             "numel": tok * 4096.0, "tokens": float(tok), "flops": 5.0 * tok * 4096, "bytes_moved": 4.0 * tok * 4096,
+                             "time_s": 1e-5, "group": model})  # fmt: skip
+    pred = pd.DataFrame(rows)
+    # a: every norm 10% too slow; b: its LayerNorm 20% too fast up to 64 tokens, 40% too slow above
+    slow = np.where(pred.tokens <= 64, 0.8, 1.4)
+    pred["pred"] = pred.time_s * np.where(pred.group == "a", 1.1, np.where(pred.op == "mlp_act", 1.0, slow))
+    out = fid.elementwise_error_breakdown(pred)
+    assert set(out) == {"a", "b"} and list(out["a"]) == list(fid.EW_KINDS)
+    na = out["a"]["norm"]
+    assert na["n"] == 8 and na["median_ape"] == pytest.approx(0.1) and na["signed_median"] == pytest.approx(0.1)
+    nb = out["b"]["norm"]  # a kernel of its own (layernorm) counts under the operator it implements
+    assert nb["n"] == 8 and nb["signed_median_few_tokens"] == pytest.approx(-0.2) and nb["p90_ape"] == pytest.approx(0.4)
+    assert out["b"]["act"]["median_ape"] == 0.0 and out["b"]["rope"]["n"] == 0
+    assert np.isnan(out["b"]["rope"]["median_ape"]) and np.isnan(out["b"]["rope"]["signed_median"])

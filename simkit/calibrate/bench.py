@@ -15,7 +15,9 @@
   (:mod:`simkit.calibrate.ssd`);
 * on a CPU, the host's first-touch rate (writing freshly allocated memory beyond writing reused
   memory, at 1 thread and at the suite's threads: ``device.host_first_touch``,
-  :mod:`simkit.calibrate.host_memory`).
+  :mod:`simkit.calibrate.host_memory`);
+* on a GPU, the host gap per iteration of a minimal synchronous decode loop (``device.host_gap``,
+  fitted into the profile's ``host_overhead`` by :func:`run_suite`; :mod:`simkit.calibrate.host_gap`).
 
 Every sample row carries ``flops`` and ``bytes_moved`` counted by :mod:`simkit.cost.ops` for the
 same shape (the row's shape columns are those ops.py puts in ``Op.shape``), so that a fitted
@@ -56,7 +58,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from simkit.calibrate.samples import OPTIONAL_COLUMNS, SAMPLE_COLUMNS, Measurement, make_row
+from simkit.calibrate.samples import OPTIONAL_COLUMNS, SAMPLE_COLUMNS, Measurement, make_row, require_torch
 from simkit.errors import CalibrationError
 from simkit.specs.calibration import KERNEL_ISA_FLAGS, make_fingerprint
 
@@ -80,18 +82,6 @@ ProgressFn = Callable[[str], None]
 # ---------------------------------------------------------------------------------------------
 # torch access
 # ---------------------------------------------------------------------------------------------
-def require_torch() -> Any:
-    """Import torch or raise a CalibrationError that says how to get it."""
-    try:
-        import torch
-    except ImportError:
-        raise CalibrationError(
-            "calibration needs PyTorch, which is not installed: install simkit[calibrate] "
-            "(pip install 'simkit[calibrate]')"
-        ) from None
-    return torch
-
-
 TORCH_DTYPES = {
     "fp32": "float32",
     "tf32": "float32",
@@ -1936,6 +1926,13 @@ def measure_suite(
             out(f"{describe_first_touch(facts['host_first_touch'])} ({time.perf_counter() - t0:.1f} s)")
         except CalibrationError as e:
             out(f"warning: host first-touch rate not recorded: {e}")
+    if device == "cuda":
+        from simkit.calibrate.host_gap import measure_host_gap
+
+        t0 = time.perf_counter()
+        facts["host_gap"] = measure_host_gap(torch, "cuda", seed=seed)
+        gaps = ", ".join(f"{1e6 * r['gap_s']:.0f} us at batch {r['batch']}" for r in facts["host_gap"])
+        out(f"host gap per iteration of a synchronous decode loop: {gaps} ({time.perf_counter() - t0:.1f} s)")
     probe1 = drift_probe(device, clock)
     facts["speed_probe_s"] = float(0.5 * (probe0 + probe1))
     facts["speed_probe_start_end_s"] = [float(probe0), float(probe1)]
@@ -2043,6 +2040,11 @@ def run_suite(
     )
     readings = facts.pop("step_composition_readings", None)
     profile = fit_profile(samples, facts, name=prof_name, source=source, license=license)
+    if facts.get("host_gap"):
+        from simkit.calibrate.host_gap import fit_host_overhead, measured_source
+
+        rows = facts["host_gap"]
+        profile.host = fit_host_overhead(rows, measured_source(str(facts.get("name")), str(facts.get("torch_version")), rows))
     out(f"fitted profile {prof_name!r} in {time.perf_counter() - t0:.1f} s")
     if readings is not None and composition is not None:
         from simkit.cost.threads import COMPOSITION_BOUNDS

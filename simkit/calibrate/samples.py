@@ -1,5 +1,6 @@
 """Sample rows and timing results shared by the benchmarks (simkit.calibrate.bench, .ssd): the
-samples.csv columns (schema in simkit.specs.calibration) and one measurement's repetitions."""
+samples.csv columns (schema in simkit.specs.calibration), one measurement's repetitions, and the
+lazy torch import every benchmark starts with."""
 
 from __future__ import annotations
 
@@ -7,6 +8,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from simkit.errors import CalibrationError
+
+
+def require_torch() -> Any:
+    """Import torch or raise a CalibrationError that says how to get it."""
+    try:
+        import torch
+    except ImportError:
+        raise CalibrationError(
+            "calibration needs PyTorch, which is not installed: install simkit[calibrate] "
+            "(pip install 'simkit[calibrate]')"
+        ) from None
+    return torch
 
 SAMPLE_COLUMNS = (
     "op_class",

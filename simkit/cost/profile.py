@@ -527,6 +527,9 @@ def _read_forests(mf: Path, wanted: Mapping[str, str], profile_name: str) -> dic
 # ---------------------------------------------------------------------------------------------
 # One op class
 # ---------------------------------------------------------------------------------------------
+BASE_INPUTS = ("flops_and_bytes", "bytes")
+"""``base_inputs`` of a class model: what its roofline base's time depends on (default: both)."""
+
 SHAPE_KEYS = {
     "gemm": ("m", "n", "k"),
     "elementwise": ("numel", "tokens"),
@@ -556,6 +559,12 @@ class ClassModel:
     runs other attention kernels per dtype: bf16 decode attention at about 1% of the bf16 GEMM
     peak, fp32 at several times that; docs/calibration.md); other dtypes use ``base``. The
     residual trees are shared and fitted on ``log(time / base of the sample's dtype)``."""
+    base_bytes_only: bool = False
+    """The base's time is ``launch + bytes / (bandwidth x memory efficiency)``, FLOPs left out
+    (``base_inputs: bytes`` in the profile; its compute efficiency and sharpness are then unused
+    and stored as 1). GPU elementwise profiles: those kernels are memory-bound, and a FLOP count
+    per element (notional for a norm, an activation or RoPE) would make an unmeasured kernel's
+    time depend on it (docs/fidelity.md, elementwise)."""
     fit_error: dict[str, float] = field(default_factory=dict)
     _memo: dict[tuple[Any, ...], float] = field(default_factory=dict, init=False, repr=False)
     _eff_memo: dict[tuple[Any, ...], float] = field(default_factory=dict, init=False, repr=False)
@@ -567,6 +576,8 @@ class ClassModel:
 
     def base_time(self, flops: np.ndarray, bytes_: np.ndarray, peak: np.ndarray, dts: Sequence[str]) -> np.ndarray:
         """The roofline base's time of each operator (the base of its dtype, if fitted)."""
+        if self.base_bytes_only:
+            flops = np.zeros(np.shape(flops))
         t = self.base.time(flops, bytes_, peak, self.roof.mem_bandwidth)
         if self.base_by_dtype:
             dt = np.asarray(dts, dtype=object)
@@ -705,6 +716,8 @@ class ClassModel:
             else "roofline base",
             "base": self.base.to_dict(),
         }
+        if self.base_bytes_only:
+            d["base_inputs"] = "bytes"
         if self.base_by_dtype:
             d["base_by_dtype"] = {k: b.to_dict() for k, b in sorted(self.base_by_dtype.items())}
         if self.forest is not None:
@@ -1015,6 +1028,10 @@ class Profile(EfficiencyModel):
             except (TypeError, ValueError) as e:
                 raise CalibrationError(f"expected numbers ({e})", where=where, key=f"efficiency.{c}.model.base") from None
             by_dtype = _bases_by_dtype(model.get("base_by_dtype"), where, f"efficiency.{c}.model.base_by_dtype")
+            base_inputs = model.get("base_inputs", "flops_and_bytes")
+            if base_inputs not in BASE_INPUTS:
+                raise CalibrationError(f"expected one of {', '.join(BASE_INPUTS)}, got {base_inputs!r}", where=where,
+                                       key=f"efficiency.{c}.model.base_inputs")  # fmt: skip
             res = model.get("residual") or {}
             res_tok = model.get("residual_with_tokens") or {}
             res_many = model.get("residual_many_rows") or {}
@@ -1034,6 +1051,7 @@ class Profile(EfficiencyModel):
                     )
             cm = ClassModel(c, roof, base, forests.get(str(res.get("key", c))) if res else None, kinds)
             cm.base_by_dtype = by_dtype
+            cm.base_bytes_only = base_inputs == "bytes"
             if res_tok:
                 cm.forest_tokens = forests.get(str(res_tok.get("key", f"{c}_tokens")))
             if res_many:

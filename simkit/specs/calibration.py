@@ -24,6 +24,7 @@ A profile is a folder::
         measured: true
         model: {kind, base: {launch_s, compute_efficiency, memory_efficiency, sharpness},
                 base_by_dtype: {DTYPE: {launch_s, ...}},   # optional (attention classes)
+                base_inputs: bytes,                        # optional (GPU elementwise: FLOPs left out)
                 residual: {file, key, trees, features, ...}}
         fit_error: {median_ape: 0.03, p90_ape: 0.09, n: 16576}     # fractions, in-sample
         cross_validation: {method: leave-one-model-out, ...}       # optional
@@ -60,6 +61,8 @@ validate`` only when it agrees with the machine it runs on (:func:`compare_finge
 ``host_overhead`` is the host time of one engine iteration (scheduling, sampling, detokenisation,
 Python), ``per_iteration_s + per_sequence_s x sequences in the batch``, added once per iteration
 (simkit.cost.iteration); profiles without it use :data:`DEFAULT_HOST_OVERHEAD` per device kind.
+``simkit calibrate --device cuda`` measures it (:mod:`simkit.calibrate.host_gap`, ``source:
+measured ...``); the Vidur profiles carry a published value.
 
 This module is the schema (file names, fingerprints, finding profile files); the cost model reads
 and evaluates profiles in :mod:`simkit.cost.profile`, ``simkit calibrate`` measures, fits and
