@@ -25,7 +25,7 @@ from simkit.cost.links import comm_fn, group_link, kv_store_slowdown, link_rates
 from simkit.cost.memory import activation_bytes
 from simkit.cost.offload import host_first_touch, offload_compute
 from simkit.cost.ops import Precision, elementwise_kernels
-from simkit.cost.profile import Profile
+from simkit.cost.profile import Profile, roof_from_device
 from simkit.engine.cluster import Admission, Cluster, HandOff
 from simkit.engine.engine import Engine, EngineConfig, Stage
 from simkit.engine.fast import FastEngine, fast_path_reason
@@ -490,6 +490,26 @@ def unmeasured_kernel_warning(eff: EfficiencyModel, model: ModelSpec) -> str | N
             "a profile fitted on samples of them predicts them (docs/calibration.md, elementwise kernel kinds)")
 
 
+def unmeasured_dtype_warning(eff: EfficiencyModel, dtype: str) -> str | None:
+    """A warning when the calibration profile measured none of the dtypes with the peak the plan's
+    matmuls run at (e.g. a CPU profile of fp32 only for a bf16 plan, an fp16 GPU profile for an fp8
+    one): its efficiencies are then carried to another kernel family; None otherwise (no profile,
+    a profile that lists no dtypes, or one that measured this dtype or one of the same peak, such as
+    fp16 for bf16 on a GPU)."""
+    if not isinstance(eff, Profile):
+        return None
+    measured = eff.dtypes()
+    if not measured or dtype in measured:
+        return None
+    roof = roof_from_device(eff.device)
+    if any(roof.peak(d) == roof.peak(dtype) for d in measured):
+        return None
+    dev = "cuda" if eff.device.get("kind") == "gpu" else "cpu"
+    return (f"calibration profile {eff.name!r} measured {', '.join(measured)} only, and this plan's matmuls run in {dtype} "
+            f"(another peak, {roof.peak(dtype) / 1e12:.4g} TFLOP/s): its {dtype} operators are predicted from the "
+            f"{'/'.join(measured)} efficiencies, not measured; `simkit calibrate --device {dev} --dtypes {dtype}` measures them")
+
+
 def calibration_provenance(sc: Scenario, eff: EfficiencyModel, description: str) -> dict[str, Any]:
     """What provenance.json records of the calibration: the scenario's setting, the description
     summary.json carries, and for a profile its name, file and measured fidelity per operator
@@ -631,6 +651,8 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
     prec = Precision(precision.weights, precision.activations, precision.kv_cache, precision.group_size)
     if not use_cpu and node.gpu is not None and (path_warn := matmul_path_warning(node.gpu, prec)):
         _warn(warn, path_warn)
+    if dtype_warn := unmeasured_dtype_warning(eff, prec.compute):
+        _warn(warn, dtype_warn)
     tp = par.tp
     with _in_group(scenario, 0):
         mem, off_layout, off_mem = plan_replica_memory(sc, model, node, device, eff, prec, layout, use_cpu)
