@@ -33,7 +33,9 @@ schedule on the T4 VM: OPT-30B, 128 prompts of 256 tokens in 4 GPU batches of 32
 on the GPU and 90% in DRAM, KV in DRAM, CPU attention; the zig-zag steps event by event),
 ``offload-gbs`` (``offload-serving`` with GPU batches of 4 sequences and no prefetch: steps of
 up to 16 sequences in closed form) and ``kv-spill`` (workloads/scenarios/cxl-long-context.yaml:
-Llama-3.1-8B, 40 prompts of 16-60k tokens, the KV past 16k tokens spilled to CXL).
+Llama-3.1-8B, 40 prompts of 16-60k tokens, the KV past 16k tokens spilled to CXL). Tenth round:
+``offload-disk-block`` (``offload-flexgen`` placed as ``simkit offload-plan`` places it: weights
+over DRAM and disk, KV and activations on disk, staged through DRAM both ways).
 """
 
 from __future__ import annotations
@@ -235,6 +237,15 @@ CASES["offload-flexgen"] = {
                     "gpu_batch_size": 32, "num_gpu_batches": 4, "cpu_attention": True},
     },
     "calibration": "none",
+}
+CASES["offload-disk-block"] = CASES["offload-flexgen"] | {
+    "name": "offload-disk-block",
+    "plan": {
+        "batching": {"policy": "static"},
+        "offload": {"weights": {"gpu": 0.1, "cpu": 0.6, "disk": 0.3}, "kv_cache": {"gpu": 0.0, "disk": 1.0},
+                    "activations": {"gpu": 0.0, "disk": 1.0}, "gpu_batch_size": 32, "num_gpu_batches": 4,
+                    "cpu_attention": True},
+    },
 }
 CASES["offload-gbs"] = CASES["offload-serving"] | {
     "name": "offload-gbs",

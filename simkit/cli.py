@@ -57,6 +57,26 @@ def print_summary(s: dict[str, Any], out: Any = None, wall_s: float | None = Non
         w(f"  simulated in     {wall_s:.3f} s wall, engine path: {s['engine_path']}\n")
     else:
         w(f"  engine path      {s['engine_path']}\n")
+    if note := slow_path_note(str(s.get("engine_path", ""))):
+        w(f"  slower path      {note}\n")
+
+
+def slow_path_note(path: str) -> str | None:
+    """``engine_path`` in words for a run that left the fast path (the reference engine, or
+    offloaded steps / pipeline stages simulated event by event); None on the fast path."""
+    import re
+
+    parts = []
+    if path.startswith("reference ("):
+        parts.append(f"the reference engine ran the serving loop ({path[len('reference ('):].split(')')[0]})")
+    for what, why in re.findall(r"; (offloaded steps|pipeline stages) event by event \((.*?)\)(?:;|,|$)", path):
+        parts.append(f"{what} were simulated event by event ({why})")
+    for n in re.findall(r", event by event for steps of more sequences than gpu_batch_size \((\d+)\)", path):
+        parts.append(f"offloaded steps of more than gpu_batch_size ({n}) sequences were simulated event by event")
+    if not parts:
+        return None
+    return ("; ".join(parts) + ": the same results as the fast path, only slower to simulate "
+            "(docs/metrics.md, engine_path, says what runs where)")
 
 
 # ---- subcommands -------------------------------------------------------------------------------
@@ -86,6 +106,9 @@ def cmd_run(a: argparse.Namespace) -> int:
         res = simulate(sc, trace=a.trace_out is not None, engine=a.engine)
         for wmsg in res.warnings:
             warn_line(wmsg)
+        if "simkit.calibrate.probe" in sys.modules:  # a start-up speed probe ran (a CPU profile of this machine)
+            for note in sys.modules["simkit.calibrate.probe"].take_notes():
+                print(f"note: {note}", file=sys.stderr)
         out = a.out or os.path.join("reports", sc.name)
         paths = write_outputs(res, out, a.trace_out, command=_command_line(a))
     print_summary(res.summary, wall_s=res.sim_wall_s)
@@ -440,12 +463,14 @@ _SHOWN: set[str] = set()
 
 
 def warn_line(message: str) -> None:
-    """Print a warning as ``warning: <message>`` on stderr, unless this command printed it already
-    (a deployment warning is both a Python warning and a line of the result's warnings)."""
+    """Print a warning as ``warning: <message>`` on stderr (a message that starts ``WARNING: ``
+    as it is), unless this command printed it already (a deployment warning is both a Python
+    warning and a line of the result's warnings)."""
     if message in _SHOWN:
         return
     _SHOWN.add(message)
-    print(f"warning: {message}", file=sys.stderr)
+    # a loud warning (``WARNING: ...``) keeps its capitals, without a second prefix
+    print(message if message.startswith("WARNING: ") else f"warning: {message}", file=sys.stderr)
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

@@ -25,7 +25,7 @@ from simkit.cost.links import comm_fn, group_link, kv_store_slowdown, link_rates
 from simkit.cost.memory import activation_bytes
 from simkit.cost.offload import host_first_touch, offload_compute
 from simkit.cost.ops import Precision, elementwise_kernels
-from simkit.cost.profile import Profile
+from simkit.cost.profile import Profile, roof_from_device
 from simkit.engine.cluster import Admission, Cluster, HandOff
 from simkit.engine.engine import Engine, EngineConfig, Stage
 from simkit.engine.fast import FastEngine, fast_path_reason
@@ -33,7 +33,7 @@ from simkit.engine.fast_offload import OffloadFastEngine
 from simkit.engine.kvcache import KVBlockManager, PrefixCache, watermark_blocks
 from simkit.engine.lean import fused_loop_reason
 from simkit.engine.offload import OffloadExecutor
-from simkit.engine.offload_fast import ClosedFormStep, blocked_reason, closed_form_reason
+from simkit.engine.offload_fast import ClosedFormStep, act_off_gpu, blocked_reason, closed_form_reason
 from simkit.engine.pipeline_fast import PipelineConflict, PipelineEngine, PipelineFastEngine, PipelineSchedule
 from simkit.engine.pipeline_fast import closed_form_reason as pipeline_reason
 from simkit.engine.replica import Replica
@@ -490,6 +490,26 @@ def unmeasured_kernel_warning(eff: EfficiencyModel, model: ModelSpec) -> str | N
             "a profile fitted on samples of them predicts them (docs/calibration.md, elementwise kernel kinds)")
 
 
+def unmeasured_dtype_warning(eff: EfficiencyModel, dtype: str) -> str | None:
+    """A warning when the calibration profile measured none of the dtypes with the peak the plan's
+    matmuls run at (e.g. a CPU profile of fp32 only for a bf16 plan, an fp16 GPU profile for an fp8
+    one): its efficiencies are then carried to another kernel family; None otherwise (no profile,
+    a profile that lists no dtypes, or one that measured this dtype or one of the same peak, such as
+    fp16 for bf16 on a GPU)."""
+    if not isinstance(eff, Profile):
+        return None
+    measured = eff.dtypes()
+    if not measured or dtype in measured:
+        return None
+    roof = roof_from_device(eff.device)
+    if any(roof.peak(d) == roof.peak(dtype) for d in measured):
+        return None
+    dev = "cuda" if eff.device.get("kind") == "gpu" else "cpu"
+    return (f"calibration profile {eff.name!r} measured {', '.join(measured)} only, and this plan's matmuls run in {dtype} "
+            f"(another peak, {roof.peak(dtype) / 1e12:.4g} TFLOP/s): its {dtype} operators are predicted from the "
+            f"{'/'.join(measured)} efficiencies, not measured; `simkit calibrate --device {dev} --dtypes {dtype}` measures them")
+
+
 def calibration_provenance(sc: Scenario, eff: EfficiencyModel, description: str) -> dict[str, Any]:
     """What provenance.json records of the calibration: the scenario's setting, the description
     summary.json carries, and for a profile its name, file and measured fidelity per operator
@@ -631,6 +651,8 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
     prec = Precision(precision.weights, precision.activations, precision.kv_cache, precision.group_size)
     if not use_cpu and node.gpu is not None and (path_warn := matmul_path_warning(node.gpu, prec)):
         _warn(warn, path_warn)
+    if dtype_warn := unmeasured_dtype_warning(eff, prec.compute):
+        _warn(warn, dtype_warn)
     tp = par.tp
     with _in_group(scenario, 0):
         mem, off_layout, off_mem = plan_replica_memory(sc, model, node, device, eff, prec, layout, use_cpu)
@@ -786,8 +808,12 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
         if (closed and plan.offload.overlap and gbs is not None and not (policy_name == "static" and bat.batch_size is None)
                 and blocked_reason(off_layout, cpu_cost is not None) is not None):
             # a step of more sequences than a GPU batch runs the zig-zag block schedule, event by
-            # event where it reads KV from another tier or writes it through a staging buffer
+            # event where it reads spilled KV
             engine_path += f", event by event for steps of more sequences than gpu_batch_size ({gbs})"
+        if closed and plan.offload.overlap and act_off_gpu(off_layout):
+            # with prefetch, only the block schedule times activations off the GPU: a step of one
+            # GPU batch (at most gpu_batch_size sequences) runs its events
+            engine_path += ", event by event for steps of one GPU batch (activations off the GPU)"
     pipe = False
     if stage_costs is not None:
         why = "requested" if engine == "reference" else pipeline_reason(

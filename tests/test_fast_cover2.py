@@ -240,11 +240,11 @@ def test_sliding_window_on_pipelined_replicas_equals_reference(tmp_path, window,
 @pytest.mark.parametrize(
     ("extra", "why"),
     [
-        ({"num_gpu_batches": 4, "gpu_batch_size": 2},
-         "several GPU batches per layer reading KV from another tier: FlexGen's zig-zag block schedule"),
-        ({"num_gpu_batches": 4, "gpu_batch_size": 2, "kv_cache": {"gpu": 0.0, "disk": 1.0}, "cpu_attention": True},
-         "several GPU batches per layer reading KV from another tier: FlexGen's zig-zag block schedule"),
+        ({"num_gpu_batches": 4, "gpu_batch_size": 2, "kv_cache": {"gpu": 1.0}, "kv_spill": {"after_tokens": 40, "tier": "cpu"}},
+         "several GPU batches per layer reading spilled KV: FlexGen's zig-zag block schedule"),
         ({"activations": {"gpu": 0.0, "cpu": 1.0}}, "activations off the GPU"),
+        ({"num_gpu_batches": 2, "gpu_batch_size": 4, "activations": {"gpu": 0.0, "cpu": 1.0}, "pinned": False},
+         "activations off the GPU"),
         ({"pinned": False, "cpu_attention": True}, "pageable copies staged by the host thread that runs CPU attention"),
     ],
 )
@@ -265,10 +265,10 @@ def test_event_path_reasons_run_on_the_fast_engine(extra: dict, why: str):
     ],
 )
 def test_block_schedule_in_closed_form(extra: dict):
-    """FlexGen's zig-zag block schedule in closed form (no KV read from another tier, none
-    written through a staging buffer): weights streamed layer by layer under the GPU batches'
-    compute, each step waiting for the stores of the step before last (KV written to DRAM
-    share the device-to-host link), gated decode copies, pageable copies, disk reads."""
+    """FlexGen's zig-zag block schedule in closed form (here no KV read from another tier;
+    tests/test_block_schedule_fast.py reads it): weights streamed layer by layer under the GPU
+    batches' compute, each step waiting for the stores of the step before last (KV written to
+    DRAM share the device-to-host link), gated decode copies, pageable copies, disk reads."""
     off = {"hardware": "gcp-t4-vm", "weights": {"gpu": 0.0, "cpu": 1.0}, "gpu_batch_size": 3, "num_gpu_batches": 3} | extra
     s = _same_fast(_scenario(off, uniform_workload(18, 20.0, (32, 400), (4, 24)), {"policy": "static"}, 1))
     assert s["engine_path"] == "fast; offloaded steps in closed form"

@@ -74,20 +74,20 @@ def test_shipped_kv_spill_scenario_is_fast_closed_form_and_identical():
     assert_same_outputs(ref, got)
 
 
-def test_several_gpu_batches_with_prefetch_run_event_by_event_and_match():
-    # FlexGen's zig-zag block schedule is not in closed form: those steps take the event path
+def test_several_gpu_batches_with_prefetch_in_closed_form_and_match():
+    # FlexGen's zig-zag block schedule reading KV from DRAM: in closed form since issue 16's tenth round
     off = {"weights": {"gpu": 0.0, "cpu": 1.0}, "kv_cache": {"gpu": 0.0, "cpu": 1.0}, "gpu_batch_size": 2, "num_gpu_batches": 2}
     ref, got = _pair(_sc(off, "gcp-t4-vm", 4, 64, 4, {"policy": "static"}))
-    assert got.summary["engine_path"] == (
-        "fast; offloaded steps event by event (several GPU batches per layer reading KV from another tier: FlexGen's zig-zag "
-        "block schedule)"
-    )
+    assert got.summary["engine_path"] == "fast; offloaded steps in closed form"
     assert_same_outputs(ref, got)
-    # serving with a GPU batch smaller than the batch: the larger steps run event by event where
-    # they read KV from another tier, else the block schedule in closed form too
-    for kv, path in (({"gpu": 0.5, "cpu": 0.5}, ", event by event for steps of more sequences than gpu_batch_size (2)"),
-                     ({"gpu": 1.0}, "")):  # fmt: skip
+    # serving with a GPU batch smaller than the batch: the larger steps run the block schedule in
+    # closed form too, except where KV spills past a threshold (those steps run event by event)
+    for kv, spill, path in (({"gpu": 0.5, "cpu": 0.5}, None, ""), ({"gpu": 1.0}, None, ""),
+                            ({"gpu": 1.0}, {"after_tokens": 40, "tier": "cpu"},
+                             ", event by event for steps of more sequences than gpu_batch_size (2)")):  # fmt: skip
         off = {"weights": {"gpu": 0.5, "cpu": 0.5}, "kv_cache": kv, "gpu_batch_size": 2}
+        if spill is not None:
+            off["kv_spill"] = spill
         ref, got = _pair(_sc(off, "gcp-t4-vm", 6, 64, 4, {"policy": "continuous", "max_num_seqs": 4}, rate=50.0))
         assert got.summary["engine_path"] == "fast; offloaded steps in closed form" + path
         assert_same_outputs(ref, got)

@@ -60,8 +60,7 @@ def test_several_replicas_kv_and_weights_streamed_identical():
 @pytest.mark.parametrize(
     ("extra", "path"),
     [
-        ({"gpu_batch_size": 2, "kv_cache": {"gpu": 0.5, "cpu": 0.5}},
-         "fast; offloaded steps in closed form, event by event for steps of more sequences than gpu_batch_size (2)"),
+        ({"gpu_batch_size": 2, "kv_cache": {"gpu": 0.5, "cpu": 0.5}}, "fast; offloaded steps in closed form"),
         ({"gpu_batch_size": 2}, "fast; offloaded steps in closed form"),
         ({"activations": {"gpu": 0.5, "cpu": 0.5}}, "fast; offloaded steps event by event (activations off the GPU)"),
     ],

@@ -1754,6 +1754,7 @@ def _sentinel_report(sentinel: SpeedSentinel, out: ProgressFn) -> dict[str, Any]
     if worst > SENTINEL_SPREAD_WARN:
         out(f"warning: the machine's speed moved by {100 * worst:.0f}% while measuring (the sentinel GEMM): the samples "
             "carry the speed of their moment; a second calibration may fit other speeds (compare both with "
+            "`simkit validate --profile DIR --json FILE` each, or in a source checkout "
             "`python benchmarks/repredict_validation.py`)")  # fmt: skip
     return f
 
@@ -1942,8 +1943,12 @@ def measure_suite(
     if other is not None:
         facts["other_load_cores"] = round(other, 2)
         if other > 0.25:
-            out(f"warning: other processes kept {other:.1f} CPU cores busy while measuring; "
-                f"wall-clock samples are inflated{' (consider --threads 1 --clock cpu)' if clock == 'wall' else ''}")
+            if clock == "wall":
+                out(f"warning: other processes kept {other:.1f} CPU cores busy while measuring; "
+                    "wall-clock samples are inflated (consider --threads 1 --clock cpu)")
+            else:  # the thread's CPU clock leaves out the others' time, not their use of caches and memory
+                out(f"note: other processes kept {other:.1f} CPU cores busy while measuring; the samples are on this "
+                    "thread's CPU clock, which leaves out their time but not their share of caches and memory bandwidth")
     facts["suite"] = size.name
     if device == "cpu":
         facts["gemm_timing"] = GEMM_TIMING

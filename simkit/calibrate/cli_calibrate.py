@@ -111,7 +111,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"calibration profile {getattr(profile, 'name', out)!r} written to {out} in {time.perf_counter() - t0:.0f} s")
+    for line in next_steps(out, args.device, args.catalog):
+        print(line)
     return 0
+
+
+def next_steps(out: str, device: str, catalog: str | None) -> list[str]:
+    """What to do with a new profile: how to check it (CPU) and how a scenario uses it, and
+    whether ``calibration: auto`` can find it (only in simkit's data folder, and only with a
+    catalog name)."""
+    from simkit.specs.calibration import profiles_dir
+
+    where = Path(out).resolve()
+    lines = []
+    if device == "cpu":
+        lines.append(f"  check it:  simkit validate --device cpu --profile {out}")
+    lines.append(f"  use it:    calibration: {where}   (a scenario key; or `simkit run SCENARIO --set calibration={where}`)")
+    root = profiles_dir().resolve()
+    if catalog is None:
+        lines.append("  note:      `calibration: auto` never picks this profile: it names no catalog device "
+                     "(re-run with --catalog NAME, `simkit catalog list`); name its path as above")
+    elif where.parent != root:
+        lines.append(f"  note:      `calibration: auto` looks only in {root} (SIMKIT_HOME moves it), not here; "
+                     "name its path as above")
+    return lines
 
 
 if __name__ == "__main__":

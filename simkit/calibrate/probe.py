@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from simkit.cost.profile import Profile
+from simkit.cost.profile import Profile, calibrate_command
 from simkit.errors import CalibrationError
 from simkit.specs.calibration import FingerprintMatch, compare_fingerprints
 
@@ -209,12 +209,24 @@ def speed_probe(profile: Profile, *, threads: int | None = None, clock: str | No
 
 
 _DONE: dict[str, str | None] = {}
+_NOTES: list[str] = []
+"""What the start-up probes of this process measured and what they cost, not yet shown
+(:func:`take_notes`)."""
+
+
+def take_notes() -> list[str]:
+    """The start-up probes' notes since the last call (``simkit run`` prints them on stderr: the
+    probe's time is part of the run's wall time, and a passing probe prints no warning)."""
+    out = _NOTES[:]
+    _NOTES.clear()
+    return out
 
 
 def startup_check(profile: Profile) -> list[str]:
     """The checks ``simkit run`` makes when a scenario computes on a CPU whose profile was
     measured on this very machine (its hardware fingerprint matches): the speed probe, once per
-    process and profile, when torch is installed and ``SIMKIT_SPEED_PROBE`` is not ``0``.
+    process and profile, when torch is installed and ``SIMKIT_SPEED_PROBE`` is not ``0``; and,
+    for a profile whose hardware fingerprint is another machine's, a warning saying so.
     Returns the warnings (empty when the machine matches or the checks do not apply)."""
     import importlib.util
 
@@ -225,7 +237,14 @@ def startup_check(profile: Profile) -> list[str]:
     match = fingerprint_check(profile, None)
     same = match is not None and not match.hardware_differs()
     if same and os.environ.get(PROBE_ENV, "1") != "0" and importlib.util.find_spec("torch") is not None:
-        msg = speed_probe(profile).message()
+        t0 = time.perf_counter()
+        res = speed_probe(profile)
+        msg = res.message()
+        speeds = ", ".join(f"{d} GEMM x{g:.2f}" for d, g in res.by_dtype().items())
+        took = time.perf_counter() - t0
+        _NOTES.append(f"speed probe of calibration profile {profile.name!r} on this machine: {speeds} of the speed it "
+                      f"predicts (x1.00 = as predicted, x0.50 = twice as slow); the probe took {took:.2f} s of this "
+                      f"run's wall time, importing torch included ({PROBE_ENV}=0 skips it; docs/calibration.md)")  # fmt: skip
     # a profile measured at more than one thread under other OpenMP wait settings than this
     # process runs with (active against libgomp's default, or the reverse) times other kernels
     omp = None
@@ -233,6 +252,16 @@ def startup_check(profile: Profile) -> list[str]:
         from simkit.calibrate.bench import openmp_env_note
 
         omp = openmp_env_note(profile.device, int(profile.device.get("threads") or 1), profile.name)
-    msg = "\n".join(m for m in (msg, omp) if m) or None
+    other = None
+    if match is not None and match.hardware_differs():
+        # simulating that CPU from here is fine; predicting this machine with it is not (a newer
+        # CPU ran the shipped profile's bf16 steps 2x faster than it predicts), and nothing else
+        # in the run's output shows it
+        diff = FingerprintMatch(match.hardware_differs(), (), ()).describe()
+        other = (f"calibration profile {profile.name!r} was measured on another CPU than this machine ({diff}): its "
+                 "predictions describe that CPU, which is right when the scenario is about that machine; to predict this "
+                 f"one, measure it (`{calibrate_command('cpu', str(profile.device.get('catalog') or 'CATALOG'))}`) and set "
+                 "`calibration:` to the new profile's folder")  # fmt: skip
+    msg = "\n".join(m for m in (msg, omp, other) if m) or None
     _DONE[key] = msg
     return [msg] if msg else []

@@ -242,12 +242,18 @@ def repredict(result: Mapping[str, Any], profile: Any) -> dict[str, Any]:
 
 def load_profile(path: str | Path) -> Any:
     from simkit.cost.profile import Profile
+    from simkit.specs.catalog import repo_path
 
     p = Path(path)
+    if not p.exists() and not p.is_absolute() and repo_path(*p.parts).exists():
+        # a relative path not under the working folder: simkit's own data folder (the shipped
+        # profiles of an installed simkit, e.g. the default calibration/profiles/ci-vm-cpu)
+        p = repo_path(*p.parts)
     if not p.exists():
         raise CalibrationError(
-            "calibration profile not found (run `simkit calibrate --device cpu --out DIR` first)", where=str(p)
-        )
+            f"calibration profile not found here or in simkit's data folder ({repo_path()}); run "
+            "`simkit calibrate --device cpu --out DIR` first", where=str(p),
+        )  # fmt: skip
     return Profile.load(p)
 
 

@@ -33,6 +33,7 @@ from simkit.specs.calibration import (
     PROFILE_VERSION,
     HostOverhead,
     catalog_fingerprint,
+    check_device_numbers,
     compare_fingerprints,
     find_profiles,
     parse_fingerprint,
@@ -965,6 +966,7 @@ class Profile(EfficiencyModel):
         kind = need(device, "kind", "device.")
         if kind not in ("gpu", "cpu"):
             raise CalibrationError(f"expected gpu or cpu, got {kind!r}", where=where, key="device.kind")
+        check_device_numbers(device, where)
         if "fingerprint" in device:
             device = {**device, "fingerprint": parse_fingerprint(device["fingerprint"], kind, where)}
         if "thread_wakeup" in device:

@@ -15,9 +15,9 @@ contexts; a sliding window: each sequence attends at most the window; a KV spill
 sequence's positions past the threshold are read and written there) the real contexts, in the
 reference's order (:meth:`OffloadFastEngine._real_contexts`). The executor is the reference's
 own, so every plan the fast path otherwise covers runs here, whether its steps run in closed
-form or event by event (FlexGen's zig-zag block schedule of several GPU batches, activations off
-the GPU, a host CPU shared by replicas, links shared with the replica's prefix fetches, swaps or
-KV hand-offs), and a step waits for the fetches and swaps as the reference's steps do.
+form or event by event (activations off the GPU outside FlexGen's zig-zag block schedule, a
+host CPU shared by replicas, links shared with the replica's prefix fetches, swaps or KV
+hand-offs), and a step waits for the fetches and swaps as the reference's steps do.
 """
 
 from __future__ import annotations

@@ -23,12 +23,16 @@ Covered: weights and KV on any tier (disk staged through DRAM, CXL streamed), KV
 a length (``kv_spill``), resident layers, CPU attention, ``decode_overlap: false``, int4
 compression, pinned copies and pageable ones without CPU attention, one GPU batch per step with
 prefetch (``overlap: true``) and any number without, and FlexGen's zig-zag block schedule
-(several GPU batches per step with prefetch) where no KV is read from another tier and none is
-written through a staging buffer (:meth:`ClosedFormStep._blocked`). Run event by event
-(:func:`closed_form_reason`): the block schedule otherwise (:func:`blocked_reason`; in a serving
-run only the steps that have several GPU batches), activations off the GPU,
-pageable copies with CPU attention (the host thread that stages them also runs CPU attention),
-Chrome traces, and plans where anything else uses the links or the host CPU during a step.
+(several GPU batches per step with prefetch: :meth:`ClosedFormStep._blocked`), KV read from any
+tier and KV and activations written to any (stores staged through DRAM replayed across the
+write lanes: :class:`_Stores`). Activations off the GPU: without prefetch, and in the block
+schedule where no host-to-GPU copy waits for compute (pinned copies, ``decode_overlap``); a
+step of one GPU batch with prefetch then runs its events. Run event by event
+(:func:`closed_form_reason`): the block schedule with KV spilled past a threshold
+(:func:`blocked_reason`; in a serving run only the steps that have several GPU batches),
+activations off the GPU otherwise, pageable copies with CPU attention (the host thread that
+stages them also runs CPU attention), Chrome traces, and plans where anything else uses the
+links or the host CPU during a step.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import numpy as np
 
 from simkit.engine.offload import GroupCost, Hop, OffloadExecutor, Placement, Share
 from simkit.engine.resources import Link
-from simkit.specs.tiers import CPU_READ_PATH, STAGED_TIERS
+from simkit.specs.tiers import CPU_READ_PATH
 
 if TYPE_CHECKING:
     import simpy
@@ -73,7 +77,9 @@ def closed_form_reason(
         return "pipeline stages"
     if overlap and gpu_batches > 1 and (why := blocked_reason(layout, cpu_attention)) is not None:
         return why
-    if any(f > 0 for t, f in layout.act_frac.items() if t != "gpu"):
+    if act_off_gpu(layout) and overlap and (gpu_batches == 1 or gated_copies(layout)):
+        # with prefetch, only the block schedule's steps time activations off the GPU
+        # (ClosedFormStep._blocked), and only where no host-to-GPU copy waits for compute
         return "activations off the GPU"
     if prefix_cache:
         return PREFIX_ON_LINKS
@@ -99,16 +105,24 @@ def closed_form_reason(
     return None
 
 
+def act_off_gpu(layout: Placement) -> bool:
+    """Whether some of the activations live off the GPU (read before and written after every
+    layer of every GPU batch)."""
+    return any(f > 0 for t, f in layout.act_frac.items() if t != "gpu")
+
+
+def gated_copies(layout: Placement) -> bool:
+    """Whether a decode step's host-to-GPU copies wait for the previous layer's compute
+    (pageable copies, or ``decode_overlap: false``: :meth:`OffloadExecutor.run_step`)."""
+    return layout.pageable_factor < 1.0 or not layout.plan.decode_overlap
+
+
 def blocked_reason(layout: Placement, cpu_attention: bool) -> str | None:
     """None when :meth:`ClosedFormStep._blocked` times FlexGen's zig-zag block schedule (several
-    GPU batches per layer with prefetch) of this placement: no KV is read from another tier
-    (it stays on the GPU, or is attended on the CPU where it lies in DRAM) and none is written
-    through a staging buffer; else why those steps run event by event."""
-    off = [t for t, f in layout.kv_frac.items() if t != "gpu" and f > 0]
-    if layout.spill_after is not None or any(CPU_READ_PATH[t] or not cpu_attention for t in off):
-        return "several GPU batches per layer reading KV from another tier: FlexGen's zig-zag block schedule"
-    if any(t in STAGED_TIERS and len(layout.write_path(t)) > 1 for t in off):
-        return "several GPU batches per layer writing KV through a staging buffer: FlexGen's zig-zag block schedule"
+    GPU batches per layer with prefetch) of this placement: KV read from and written to any
+    tier, not spilled past a threshold; else why those steps run event by event."""
+    if layout.spill_after is not None:
+        return "several GPU batches per layer reading spilled KV: FlexGen's zig-zag block schedule"
     return None
 
 
@@ -229,22 +243,128 @@ class _Lane:
             self._fire()
 
 
-def _remaining(f: _Flow) -> float:
-    return f.remaining
+class _Chain:
+    """One store's hops: the one in flight (``lane``, ``flow``), the ones after it (a share staged
+    through DRAM), and when the last landed (NaN until then)."""
+
+    __slots__ = ("done", "flow", "lane", "rest")
+
+    def __init__(self, lane: _Lane | None, flow: _Flow | None, rest: list[Hop]) -> None:
+        self.lane = lane
+        self.flow = flow
+        self.rest = rest
+        self.done = math.nan
 
 
-def _landed(lane: _Lane, flow: _Flow) -> float:
-    """When ``flow`` lands, replaying ``lane`` up to then (no flow joins the lane before: the
-    caller waits for it before anything else is issued)."""
-    if flow.done != flow.done:  # NaN: not landed yet
+class _Stores:
+    """The block schedule's stores on the write lanes, replayed in time order across the lanes:
+    a share staged through DRAM (to disk) sends its next hop once the previous one has landed
+    (store and forward: :meth:`OffloadExecutor._hops`), so a completion on one lane may add a
+    flow to another. Stores are issued in time order (:meth:`issue`); before a store joins, every
+    completion and every next hop due no later than its join has been replayed (a wake-up at the
+    same instant comes first, as in ``_Lane.add``)."""
+
+    __slots__ = ("due", "lanes", "owner", "seq")
+
+    def __init__(self) -> None:
+        self.lanes: dict[str, _Lane] = {}
+        self.owner: dict[int, _Chain] = {}
+        self.due: list[tuple[float, int, _Chain]] = []
+        """Next hops to join: (join time, order, chain whose ``rest[0]`` joins)."""
+        self.seq = 0
+
+    def _join(self, at: float, name: str, link: Link, nbytes: float, rest: list[Hop], chain: _Chain | None) -> _Chain:
+        lane = self.lanes.get(name)
+        if lane is None:
+            lane = self.lanes[name] = _Lane(link)
+        flow = lane.add(at, nbytes)
+        if chain is None:
+            chain = _Chain(lane, flow, rest)
+        else:
+            chain.lane, chain.flow, chain.rest = lane, flow, rest
+        self.owner[id(flow)] = chain
+        return chain
+
+    def issue(self, at: float, hops: list[Hop], staged: bool) -> list[_Chain]:
+        """The chains of one share issued at ``at``: its hops one after the other where
+        ``staged``, else all at once (each joins after its link's latency)."""
+        out = []
+        for hop in hops[:1] if staged else hops:
+            rest = hops[1:] if staged else []
+            lat = hop[1].latency
+            if lat:
+                # joins after the latency, in time order with the rest (a next hop's join)
+                chain = _Chain(None, None, [hop, *rest])
+                self.seq += 1
+                heapq.heappush(self.due, (at + lat, self.seq, chain))
+                out.append(chain)
+            else:
+                self._until(at)
+                out.append(self._join(at, hop[0], hop[1], hop[2], rest, None))
+        return out
+
+    def _next(self) -> tuple[float, _Lane | None]:
+        """The earliest pending event: a lane's completion (the lane) or a next hop's join (None);
+        a completion first at the same instant."""
+        best, lane = math.inf, None
+        for ln in self.lanes.values():
+            lone = ln.lone
+            w = lone[2] if lone is not None else ln.wake if ln.flows else math.inf
+            if w < best:
+                best, lane = w, ln
+        if self.due and self.due[0][0] < best:
+            return self.due[0][0], None
+        return best, lane
+
+    def _step(self, lane: _Lane | None) -> None:
+        if lane is None:
+            # no completion is due before it (_next), and the joins due with it follow it
+            at, _, chain = heapq.heappop(self.due)
+            name, link, nbytes = chain.rest[0]
+            self._join(at, name, link, nbytes, chain.rest[1:], chain)
+            return
         lone = lane.lone
-        if lone is not None and lone[1] is flow:
+        if lone is not None:
             lane.lone = None
             lane._close(*lone)
+            finished = [lone[1]]
         else:
-            while flow.done != flow.done:
-                lane._fire()
-    return flow.done
+            before = lane.flows
+            lane._fire()
+            finished = [f for f in before if f.done == f.done]
+        for f in finished:
+            chain = self.owner.pop(id(f))
+            if chain.rest:
+                link = chain.rest[0][1]
+                lat = link.latency
+                self.seq += 1
+                heapq.heappush(self.due, (f.done + lat if lat else f.done, self.seq, chain))
+            else:
+                chain.done = f.done
+
+    def _until(self, at: float) -> None:
+        """Replay every completion and next hop due no later than ``at``."""
+        while True:
+            t, lane = self._next()
+            if t > at:
+                return
+            self._step(lane)
+
+    def landed(self, chains: list[_Chain]) -> float:
+        """When the last of ``chains`` has landed (nothing else is issued before)."""
+        for c in chains:
+            while c.done != c.done:
+                self._step(self._next()[1])
+        return max(c.done for c in chains)
+
+    def drain(self) -> None:
+        """Complete every store."""
+        while self.owner or self.due:
+            self._step(self._next()[1])
+
+
+def _remaining(f: _Flow) -> float:
+    return f.remaining
 
 
 Compiled = list[tuple[int, Link, list[tuple[float, float, list[Hop], bool]]]]
@@ -269,15 +389,16 @@ def _compile(plan: list[Share]) -> Compiled:
     return [(k, link, entries) for k, (link, entries) in sorted(by.items())]
 
 
-def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
-    """When the last share of ``issued`` has arrived. The link directions are replayed one after
-    the other (LANE_ORDER): each one's sharing depends only on when its flows join, and a staged
-    share's next hop joins when the previous one (on an earlier direction) has landed. Joins at
-    one instant keep their issue order."""
-    slots: list[tuple[Link, list[tuple[float, int, float, list[Hop], float | None]]] | None] = [None] * len(LANE_ORDER)
+def _solve(lanes: dict[str, _Lane], issued: list[Issued], each: list[float] | None = None) -> float:
+    """When the last share of ``issued`` has arrived (``each``, where given: also when the last
+    share of each one has, in its place, no earlier than its value there). The link directions
+    are replayed one after the other (LANE_ORDER): each one's sharing depends only on when its
+    flows join, and a staged share's next hop joins when the previous one (on an earlier
+    direction) has landed. Joins at one instant keep their issue order."""
+    slots: list[tuple[Link, list[tuple[float, int, float, list[Hop], float | None, int]]] | None] = [None] * len(LANE_ORDER)
     seq = 0
     last = -math.inf
-    for at, comp, gate in issued:
+    for item, (at, comp, gate) in enumerate(issued):
         gated = gate is not None and gate > at
         for k, link, entries in comp:
             slot = slots[k]
@@ -287,7 +408,7 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
             for lat, nbytes, rest, h2d in entries:
                 a = gate if h2d and gated else at
                 seq += 1
-                js.append((a + lat if lat else a, seq, nbytes, rest, gate))  # type: ignore[arg-type]
+                js.append((a + lat if lat else a, seq, nbytes, rest, gate, item))  # type: ignore[arg-type]
     for k, slot in enumerate(slots):
         if slot is None:
             continue
@@ -298,7 +419,7 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
             lane = lanes[name] = _Lane(link)
         if len(js) > 1:
             js.sort()  # by (join time, issue order): the issue order is unique, so nothing after it is compared
-        landed: list[tuple[float, list[Hop], float | None]] = []
+        landed: list[tuple[float, list[Hop], float | None, int]] = []
         n = len(js)
         i = 0
         if not lane.flows and lane.lone is None:
@@ -308,7 +429,7 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
             link = lane.link
             log = link.busy_log
             while i < n:
-                at, _, nbytes, after, g = js[i]
+                at, _, nbytes, after, g, it = js[i]
                 done = at + (0.0 if nbytes < 0.0 else nbytes) * 1 / bw  # max(nbytes, 0.0), without a call
                 if i + 1 < n and js[i + 1][0] < done:
                     break
@@ -323,17 +444,19 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
                             log.append([at, done])
                 lane.last = done
                 link.bytes_moved += nbytes
-                landed.append((done, after, g))
+                landed.append((done, after, g, it))
                 i += 1
         if i < n:
             # the rest overlap: fair sharing, as Link replays it
-            flows = [(lane.add(at, nbytes), after, g) for at, _, nbytes, after, g in js[i:]]
+            flows = [(lane.add(at, nbytes), after, g, it) for at, _, nbytes, after, g, it in js[i:]]
             lane.drain()
-            landed += [(f.done, after, g) for f, after, g in flows]
-        for f_done, rest, gate in landed:
+            landed += [(f.done, after, g, it) for f, after, g, it in flows]
+        for f_done, rest, gate, it in landed:
             if not rest:
                 if f_done > last:
                     last = f_done
+                if each is not None and f_done > each[it]:
+                    each[it] = f_done
                 continue
             # a staged share's next hop leaves once this one has landed
             nxt, nlink, nbytes = rest[0]
@@ -345,7 +468,7 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued]) -> float:
             if slot2 is None:
                 slot2 = slots[k2] = (nlink, [])
             seq += 1
-            slot2[1].append((a + nlink.latency if nlink.latency else a, seq, nbytes, rest[1:], gate))
+            slot2[1].append((a + nlink.latency if nlink.latency else a, seq, nbytes, rest[1:], gate, it))
     return last
 
 
@@ -372,6 +495,40 @@ def _lone_hops(lanes: dict[str, _Lane], plan: list[Share]) -> list[Lone] | None:
     return out
 
 
+_NO_SHARES: list[Share] = []
+"""No shares (one list, so that its ``id`` keys a burst's memo)."""
+Burst = tuple[list[tuple[str, float]], int, list[tuple[Compiled, bool]]]
+"""A burst of reads compiled (:func:`_burst_plan`): the bytes by kind, how many of the items are
+the activations', and the items in join order (compiled shares, whether the gate applies)."""
+
+
+def _burst_plan(act: list[Share], kv: list[Share], weights: list[Share], gated: bool, kv_first: bool) -> Burst:
+    """The join order of :meth:`ClosedFormStep._burst`'s reads, compiled."""
+    counts = [(share[0], share[2]) for share in act]
+    items: list[tuple[Compiled, bool]] = []
+    if act:
+        items.append((_compile([share for share in act if not share[4]]), False))
+        staged = [share for share in act if share[4]]
+        if staged:
+            items.append((_compile(staged), False))
+    n_first = len(items)
+    direct: list[Share] = []
+    later: list[tuple[Compiled, bool]] = []
+    for plan, g in ([(kv, False), (weights, gated)] if kv_first else [(weights, gated), (kv, False)]):
+        own: list[Share] = []
+        for share in plan:
+            counts.append((share[0], share[2]))
+            if share[4] or (g and any(h == "h2d" for h, _, _ in share[3])):
+                own.append(share)
+            else:
+                direct.append(share)
+        if own:
+            later.append((_compile(own), g))
+    if direct:
+        items.append((_compile(direct), False))
+    return counts, n_first, items + later
+
+
 class ClosedFormStep:
     """The end time of an offloaded step, as :meth:`OffloadExecutor.run_step` produces it."""
 
@@ -384,15 +541,16 @@ class ClosedFormStep:
     def run(self, now: float, q: np.ndarray, ctx: np.ndarray, rows: int) -> float | None:
         """The end time of the step that starts at ``now``, with the executor's counters and the
         links' updated as the event path updates them; None (nothing changed) when the step needs
-        the event path (several GPU batches with prefetch, the zig-zag block schedule, that read
-        KV from another tier or write it through a staging buffer: :meth:`_blocked`)."""
+        the event path (one GPU batch with prefetch and activations off the GPU)."""
         ex = self.ex
         c = ex.cost
         lay = ex.layout
         q, ctx, groups, cpu_attention, before, after = ex.step_setup(q, ctx, rows)
         prefetch = ex.overlap
         blocked = prefetch and len(groups) > 1
-        if blocked and ex._needs_kv(groups, cpu_attention):
+        act = {t: f for t, f in lay.act_frac.items() if t != "gpu" and f > 0}
+        if act and prefetch and not blocked:
+            # activations off the GPU with prefetch: timed only in the block schedule
             return None
         on_cpu = ex.cpu_stream is not None
         parts = ex.compute_parts
@@ -402,12 +560,23 @@ class ClosedFormStep:
             ex._plan_move(lay.kv_write_bytes(float(gq.sum())), True, "kv_write") + ex._plan_move(lay.spill_write_bytes(gq, gc), True, "kv_write")
             for gq, gc in groups
         ]
-        if blocked and any(staged for w in writes_of for *_, staged in w):
-            return None
-        kv_plan: list[Share] = []
-        for _, gc in groups:
-            kv_plan += ex._plan_move(lay.kv_read_bytes(float(gc.sum())), False, "kv_read", to_host=cpu_attention)
-            kv_plan += ex._plan_move(lay.spill_read_bytes(gc), False, "kv_read", to_host=cpu_attention)
+        acts_of: list[list[Share]] = []
+        if act:
+            # each GPU batch's activations are read before each layer and written after it
+            h_bytes = c.model.hidden_size * c.precision.a_bytes
+            for gi, (gq, _) in enumerate(groups):
+                T = float(gq.sum())
+                by_tier = {t: T * h_bytes * f for t, f in act.items()}
+                acts_of.append(ex._plan_move(by_tier, False, "act_read"))
+                writes_of[gi] = writes_of[gi] + ex._plan_move(by_tier, True, "act_write")
+        kv_of = [
+            ex._plan_move(lay.kv_read_bytes(float(gc.sum())), False, "kv_read", to_host=cpu_attention)
+            + ex._plan_move(lay.spill_read_bytes(gc), False, "kv_read", to_host=cpu_attention)
+            for _, gc in groups
+        ]
+        # one GPU batch (or none with prefetch): a layer's fetch brings the KV of every batch; the
+        # block schedule reads each batch's KV on its own (_blocked)
+        kv_plan: list[Share] = [] if blocked else [s for p in kv_of for s in p]
         reads: dict[str, _Lane] = {}
         writes: dict[str, _Lane] = {}
         fetch_plans: dict[tuple[tuple[str, float], ...], tuple[list[Share], list[Lone] | None, Compiled]] = {}
@@ -459,7 +628,7 @@ class ClosedFormStep:
         decode_only = bool(((q == 1) & (ctx > 0)).all())
         gated = decode_only and (lay.pageable_factor < 1.0 or not lay.plan.decode_overlap)
         if blocked:
-            return self._blocked(now, t, costs, writes_of, after, gated, fetch)
+            return self._blocked(now, t, costs, writes_of, kv_of, acts_of, after, gated, fetch, reads)
         if prefetch:
             # one GPU batch: the reader streams the layers that need data into BUFFERS staging
             # buffers; a decode step's host-to-GPU copies may wait for the previous layer (gated)
@@ -517,7 +686,11 @@ class ClosedFormStep:
             return t
         for layer in range(c.layers):
             t = max(t, fetch(layer, t, None))
-            for cost, w in zip(costs, writes_of, strict=True):
+            for gi, (cost, w) in enumerate(zip(costs, writes_of, strict=True)):
+                if acts_of and acts_of[gi]:
+                    # nothing else is in flight: the activations cross alone, then compute
+                    ex.count(acts_of[gi])
+                    t = max(t, _solve(reads, [(t, _compile(acts_of[gi]), None)]))
                 t = self._compute(t, cost[0], cost[1], cost[2], on_cpu)
                 ex.add_parts(cost)
                 if w:
@@ -528,20 +701,32 @@ class ClosedFormStep:
         return t
 
     def _blocked(
-        self, now: float, t: float, costs: list[GroupCost], writes_of: list[list[Share]], after: float, gated: bool,
-        fetch: Callable[[int, float, float | None], float],
+        self, now: float, t: float, costs: list[GroupCost], writes_of: list[list[Share]], kv_of: list[list[Share]],
+        acts_of: list[list[Share]], after: float, gated: bool, fetch: Callable[[int, float, float | None], float],
+        reads: dict[str, _Lane],
     ) -> float:
         """The end of a step of several GPU batches with prefetch (FlexGen's zig-zag block
-        schedule, :meth:`OffloadExecutor.run_step`'s ``blocked``) that reads no KV from another
-        tier and writes none through a staging buffer, from ``t`` (its layers' start, ``now`` +
-        the time before them). The reader streams the layers' weights alone on the read links (one
-        fetch at a time, ``fetch``): a layer's weights once the layer ``BUFFERS`` places earlier
-        has computed and the previous layer's last GPU batch has started (a decode step's gated
-        host-to-GPU copies once the previous layer has computed); each (layer, GPU batch) step
-        starts once its layer's weights are in and the stores of the step before last have
-        landed, computes, then issues its stores. The stores share the write links with each
-        other (``_Lane``, Link's arithmetic, replayed as they are issued: a store that a step
-        waits for lands before any later one is issued)."""
+        schedule, :meth:`OffloadExecutor.run_step`'s ``blocked``) that writes no KV through a
+        staging buffer, from ``t`` (its layers' start, ``now`` + the time before them).
+
+        The reads: the weights' reader streams each layer's weights once the layer ``BUFFERS``
+        places earlier has computed and the previous layer's last GPU batch has started (a decode
+        step's gated host-to-GPU copies once the previous layer has computed); the KV reader
+        brings the KV of (layer, GPU batch) ``kv_of`` once the step before it has started. So
+        the reads are issued in bursts: at ``now`` the first step's KV, then the first layer's
+        weights; when a step starts, the next step's KV, after the next layer's weights where the
+        step is its layer's last. Each burst has landed before the next is issued (the next
+        step waits for what it brought), so a burst is replayed alone on the read lanes
+        (:func:`_solve`, Link's arithmetic; the joins of one instant in the event path's order:
+        :meth:`_burst`). Each (layer, GPU batch) step starts once its burst has landed and the
+        stores of the step before last have landed, computes, then issues its stores. The
+        stores share the write links with each other (``_Lane``, Link's arithmetic, replayed as
+        they are issued: a store that a step waits for lands before any later one is issued).
+
+        Activations off the GPU (``acts_of``: each GPU batch's reads; their writes are among its
+        stores): a step reads its activations once it has started, before the readers it wakes
+        issue theirs, and computes once they have landed (in the same burst as those reads;
+        ``gated`` is then false: no host-to-GPU copy waits for compute)."""
         ex = self.ex
         parts = ex.compute_parts
         by_kind = ex.bytes_by_kind
@@ -550,16 +735,30 @@ class ClosedFormStep:
         needing = self._streamed
         index = {li: k for k, li in enumerate(needing)}
         buffers = ex.BUFFERS
-        lanes: dict[str, _Lane] = {}
-        steps: list[list[tuple[_Lane, _Flow]]] = []
+        wplans = self._weights()
+        stores = _Stores()
+        steps: list[list[_Chain]] = []
         """The store flows of every (layer, GPU batch) step so far."""
         computed: list[float] = []
         last = len(costs) - 1
         started_last = t
         r = now
+        kv_any = any(kv_of) or any(acts_of)
+        memo: dict[tuple[int, int, object, bool, bool], Burst] = {}
+        assert not (acts_of and gated)
+        # the burst at ``now``: the first step's KV (the KV reader was started first), then the
+        # first layer's weights where it streams them; what the step waits for
+        ready = now
+        if kv_any:
+            w0 = wplans[0] if index.get(0) == 0 else ((), _NO_SHARES)
+            first = w0[1]
+            ready = self._burst(reads, now, _NO_SHARES, kv_of[0], first, None, True, memo, w0[0])[1]
+            if first:
+                r = ready
         for layer in range(ex.cost.layers):
             k = index.get(layer)
-            if k is not None:
+            if k is not None and not kv_any:
+                # no KV read: the weights' reader alone on the read lanes
                 if k >= buffers:
                     x = computed[needing[k - buffers]]
                     if x > r:
@@ -572,34 +771,94 @@ class ClosedFormStep:
                 if r > t:
                     t = r
             for gi, cost in enumerate(costs):
+                if ready > t:
+                    t = ready
                 if len(steps) >= 2 and steps[-2]:
-                    x = max(_landed(lane, f) for lane, f in steps[-2])
+                    x = stores.landed(steps[-2])
                     if x > t:
                         t = x
                 if gi == last:
                     started_last = t
-                t = self._compute(t, cost[0], cost[1], cost[2], on_cpu)
+                s0 = t
+                if kv_any:
+                    # the burst this step's start issues: its own activations, then the next
+                    # step's KV, after the next layer's weights where this step is its layer's
+                    # last; the step computes once its activations are in (gated: after its
+                    # compute, the next layer's weights' host-to-GPU hops: no activations)
+                    av = acts_of[gi] if acts_of else _NO_SHARES
+                    kv = _NO_SHARES
+                    wp = _NO_SHARES
+                    wkey: object = ()
+                    if gi < last:
+                        kv = kv_of[gi + 1]
+                    elif layer + 1 < ex.cost.layers:
+                        nxt = layer + 1
+                        kv = kv_of[0]
+                        if nxt in index:
+                            kk = index[nxt]
+                            # the reader's other conditions hold by now (its previous fetch and
+                            # the layer BUFFERS places back are done before this layer started)
+                            assert (kk < buffers or computed[needing[kk - buffers]] <= s0) and r <= s0
+                            wkey, wp = wplans[nxt]
+                    gate = None
+                    if gated:
+                        gate = t = self._compute(t, cost[0], cost[1], cost[2], on_cpu)
+                    a, ready = self._burst(reads, s0, av, kv, wp, gate, False, memo, wkey)
+                    if wp:
+                        r = ready
+                    if not gated:
+                        t = self._compute(a if a > t else t, cost[0], cost[1], cost[2], on_cpu)
+                else:
+                    t = self._compute(t, cost[0], cost[1], cost[2], on_cpu)
                 ex.add_parts(cost)
-                flows: list[tuple[_Lane, _Flow]] = []
-                for kind, _, nbytes, hops, _ in writes_of[gi]:
+                chains: list[_Chain] = []
+                for kind, _, nbytes, hops, staged in writes_of[gi]:
                     by_kind[kind] += nbytes
-                    for name, link, b in hops:
-                        lane = lanes.get(name)
-                        if lane is None:
-                            lane = lanes[name] = _Lane(link)
-                        lat = link.latency
-                        flows.append((lane, lane.add(t + lat if lat else t, b)))
-                steps.append(flows)
+                    chains += stores.issue(t, hops, staged)
+                steps.append(chains)
             computed.append(t)
         t = t + after
         ex.busy_compute += after
-        for lane in lanes.values():
-            lane.drain()
-        for flows in steps:
-            for _, f in flows:
-                if f.done > t:
-                    t = f.done
+        stores.drain()
+        for chains in steps:
+            for ch in chains:
+                if ch.done > t:
+                    t = ch.done
         return t
+
+    def _burst(
+        self, reads: dict[str, _Lane], at: float, act: list[Share], kv: list[Share], weights: list[Share], gate: float | None,
+        kv_first: bool, memo: dict[tuple[int, int, object, bool, bool], Burst], wkey: object,
+    ) -> tuple[float, float]:
+        """When the reads issued together at ``at`` in the block schedule have landed: (a step's
+        activations ``act``, the rest: one GPU batch's KV ``kv`` and a layer's weights
+        ``weights``, the latter's host-to-GPU hops not before ``gate``), their bytes counted.
+        They join in the event path's order: the activations (the step issues them before the
+        readers it wakes resume: those transfers it starts itself, then those it hands to a
+        process), then the transfers each reader starts itself, the reader that resumes first
+        (``kv_first``) first, then those it hands to a process of their own (a share staged
+        through DRAM, or gated), in the order those processes were made. ``memo``: the step's
+        bursts so far, compiled (the same shares recur in every layer), keyed by ``act`` and
+        ``kv`` (lists that live as long as the step, or :data:`_NO_SHARES`) and ``wkey``, the
+        weights' bytes by tier."""
+        key = (id(act), id(kv), wkey, gate is None, kv_first)
+        got = memo.get(key)
+        if got is None:
+            got = memo[key] = _burst_plan(act, kv, weights, gate is not None, kv_first)
+        counts, n_first, comps = got
+        by_kind = self.ex.bytes_by_kind
+        assert by_kind is not None
+        for kind, nbytes in counts:
+            by_kind[kind] += nbytes
+        if not comps:
+            return at, at
+        issued: list[Issued] = [(at, comp, gate if gated else None) for comp, gated in comps]
+        if not n_first:
+            done = _solve(reads, issued)
+            return at, done if done > at else at
+        each = [at] * len(issued)
+        _solve(reads, issued, each)
+        return max(each[:n_first]), max(each[n_first:], default=at)
 
     def _weights(self) -> list[tuple[tuple[tuple[str, float], ...], list[Share]]]:
         """(key, shares) of every layer's streamed weights (the same in every step)."""

@@ -172,10 +172,14 @@ class FingerprintMatch:
         return tuple(d for d in self.differs if d[0] not in RUN_KEYS)
 
     def describe(self, other: str = "this machine") -> str:
-        def show(v: Any) -> str:
-            return ",".join(v) if isinstance(v, list) else str(v)
+        def show(k: str, a: Any, b: Any) -> str:
+            if isinstance(a, list) and isinstance(b, list):  # ISA flags: name only those on one side
+                sides = [(f"only the profile has {','.join(sorted(set(a) - set(b)))}" if set(a) - set(b) else ""),
+                         (f"only {other} has {','.join(sorted(set(b) - set(a)))}" if set(b) - set(a) else "")]
+                return f"{k}: {', '.join(x for x in sides if x)}"
+            return f"{k}: profile {a}, {other} {b}"
 
-        return "; ".join(f"{k}: profile {show(a)}, {other} {show(b)}" for k, a, b in self.differs)
+        return "; ".join(show(k, a, b) for k, a, b in self.differs)
 
 
 def compare_fingerprints(profile_fp: Mapping[str, Any], other_fp: Mapping[str, Any],
@@ -206,6 +210,42 @@ def catalog_fingerprint(kind: str, item: Any) -> dict[str, Any]:
     if kind == "gpu":
         return {"sm_count": int(item.sm_count), "memory_bytes": int(item.memory)}
     return {"logical_cpus": int(item.threads)}
+
+
+DEVICE_NUMBERS = ("mem_bandwidth", "dram_bandwidth", "llc_bytes")
+"""Device facts the predictions or the speed probe read as a positive number (bytes/s, bytes)."""
+DEVICE_COUNTS = ("sm_count", "threads", "logical_cpus")
+"""Device facts read as a whole number >= 1."""
+
+
+def check_device_numbers(device: Mapping[str, Any], where: str) -> None:
+    """The numeric device facts a profile's predictions rest on (``peak_flops.<dtype>``,
+    :data:`DEVICE_NUMBERS`, :data:`DEVICE_COUNTS`) and ``clock``, checked where present:
+    CalibrationError naming the key and what it takes (a hand-edited or damaged profile.yaml
+    must not give a traceback or, with a negative rate, a silently wrong roofline)."""
+    import math
+
+    def positive(v: Any) -> bool:
+        return not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v) and v > 0
+
+    peaks = device.get("peak_flops")
+    if peaks is not None:
+        if not isinstance(peaks, Mapping):
+            raise CalibrationError("expected a mapping of dtype to FLOP/s", where=where, key="device.peak_flops")
+        for dt, v in peaks.items():
+            if not positive(v):
+                raise CalibrationError(f"expected FLOP/s > 0, got {v!r}", where=where, key=f"device.peak_flops.{dt}")
+    for k in DEVICE_NUMBERS:
+        if device.get(k) is not None and not positive(device[k]):
+            raise CalibrationError(f"expected a number > 0, got {device[k]!r}", where=where, key=f"device.{k}")
+    for k in DEVICE_COUNTS:
+        v = device.get(k)
+        if v is not None and not (positive(v) and float(v) == int(v)):
+            raise CalibrationError(f"expected a whole number >= 1, got {v!r}", where=where, key=f"device.{k}")
+    clock = device.get("clock")
+    if clock is not None and clock not in ("wall", "cpu"):
+        raise CalibrationError(f"expected wall or cpu (the clock the samples were timed on), got {clock!r}",
+                               where=where, key="device.clock")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
