@@ -126,3 +126,19 @@ def load_benchmark(name: str):  # type: ignore[no-untyped-def]
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def shipped_cpu_profile_with(dst: Path, device_key: str, value: object) -> Path:
+    """A copy of the shipped CPU profile (calibration/profiles/ci-vm-cpu) in ``dst`` with
+    ``device.<device_key>`` set to ``value`` (left as shipped when ``value`` is None); its path."""
+    import shutil
+
+    import yaml
+
+    shutil.copytree(Path(__file__).resolve().parents[1] / "calibration" / "profiles" / "ci-vm-cpu", dst)
+    f = dst / "profile.yaml"
+    if value is not None:
+        data = yaml.safe_load(f.read_text())
+        data["device"][device_key] = value
+        f.write_text(yaml.safe_dump(data, sort_keys=False))
+    return dst

@@ -18,7 +18,7 @@ from simkit.calibrate.validate import (
     repredict,
     step_batch,
 )
-from tests.conftest import load_benchmark
+from tests.conftest import load_benchmark, shipped_cpu_profile_with
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = ROOT / "calibration" / "profiles" / "ci-vm-cpu"
@@ -94,15 +94,7 @@ def test_script_refits_with_one_attention_base(tmp_path: Path, capsys: pytest.Ca
 def test_script_scores_a_profile_without_its_step_composition(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--without-composition: the same fit without device.step_composition scores the steps as
     the operators alone predict them (here exactly, the steps being those predictions)."""
-    import shutil
-
-    import yaml
-
-    dst = tmp_path / "prof"
-    shutil.copytree(CPU, dst)
-    data = yaml.safe_load((dst / "profile.yaml").read_text())
-    data["device"]["step_composition"] = {"threads": 1, "factor": {"fp32": 1.25}}
-    (dst / "profile.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    dst = shipped_cpu_profile_with(tmp_path / "prof", "step_composition", {"threads": 1, "factor": {"fp32": 1.25}})
     res = tmp_path / "r.json"
     res.write_text(json.dumps(_result(1.0)))
     mod = load_benchmark("repredict_validation")

@@ -4,12 +4,10 @@ suite's measurement on a tiny model. Deterministic: no timing asserted."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from simkit.calibrate.composition import COMPOSITION_CELLS, COMPOSITION_MODEL, composition_factor
 from simkit.calibrate.validate import ValidationConfig, compute_device, model_spec
@@ -19,20 +17,14 @@ from simkit.cost.profile import Profile
 from simkit.cost.roofline import time_ops, total_time
 from simkit.cost.threads import StepComposition, parse_step_composition
 from simkit.errors import CalibrationError
+from tests.conftest import shipped_cpu_profile_with
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "calibration" / "profiles" / "ci-vm-cpu"
 
 
 def _profile_with(tmp_path: Path, comp: dict | None) -> Profile:
-    dst = tmp_path / "prof"
-    shutil.copytree(SHIPPED, dst)
-    f = dst / "profile.yaml"
-    data = yaml.safe_load(f.read_text())
-    if comp is not None:
-        data["device"]["step_composition"] = comp
-    f.write_text(yaml.safe_dump(data, sort_keys=False))
-    return Profile.load(dst, with_samples=False)
+    return Profile.load(shipped_cpu_profile_with(tmp_path / "prof", "step_composition", comp), with_samples=False)
 
 
 def test_shipped_profile_has_none_and_prices_as_before() -> None:

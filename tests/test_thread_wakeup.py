@@ -4,12 +4,10 @@ step tables and by time_ops. Deterministic: no timing."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from simkit.calibrate.validate import ValidationConfig, compute_device, model_spec
 from simkit.cost.iteration import IterationModel, compute_op_tables
@@ -25,6 +23,7 @@ from simkit.cost.threads import (
     wakeup_extra,
 )
 from simkit.errors import CalibrationError
+from tests.conftest import shipped_cpu_profile_with
 
 ROOT = Path(__file__).resolve().parents[1]
 GAPS = (0.0, 1e-4, 4e-4, 1.6e-3)
@@ -100,14 +99,7 @@ def test_a_bad_section_names_its_key(raw: object, key: str) -> None:
 
 
 def _profile_with_wakeup(tmp_path: Path, wake: dict | None) -> Profile:
-    dst = tmp_path / "prof"
-    shutil.copytree(ROOT / "calibration" / "profiles" / "ci-vm-cpu", dst)
-    f = dst / "profile.yaml"
-    data = yaml.safe_load(f.read_text())
-    if wake is not None:
-        data["device"]["thread_wakeup"] = wake
-    f.write_text(yaml.safe_dump(data, sort_keys=False))
-    return Profile.load(dst, with_samples=False)
+    return Profile.load(shipped_cpu_profile_with(tmp_path / "prof", "thread_wakeup", wake), with_samples=False)
 
 
 def test_a_profile_without_the_section_adds_nothing(tmp_path: Path) -> None:
