@@ -65,6 +65,23 @@ def _private_table_cache(tmp_path_factory):
         os.environ["SIMKIT_CACHE_DIR"] = old
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_user_profiles(tmp_path_factory):
+    """`calibration: auto` searches SIMKIT_PROFILE_PATH and the per-user folder before the shipped
+    profiles: the tests see the shipped ones only, never the profiles of whoever runs them."""
+    import os
+
+    old = {k: os.environ.get(k) for k in ("SIMKIT_PROFILE_PATH", "XDG_DATA_HOME")}
+    os.environ.pop("SIMKIT_PROFILE_PATH", None)
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("xdg-data"))
+    yield
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 RESULT_COLUMNS = ("first_token", "finish", "scheduled", "last_token", "gen", "kv_len", "target", "blocks", "shared_blocks",
                   "cached", "preemptions", "swaps", "rejected", "reject_reason", "replica", "hit_tier_tokens")  # fmt: skip
 """Every per-request column of a result table the differential tests compare."""

@@ -70,7 +70,7 @@ def fingerprint_check(profile: Profile, threads: int | None) -> FingerprintMatch
 def mismatch_message(profile: Profile, match: FingerprintMatch | None) -> str | None:
     """What is wrong when the profile's fingerprint differs from this machine's (or is missing),
     naming what differs and the command that calibrates; None when it matches."""
-    cmd = "simkit calibrate --device cpu --quick --out calibration/profiles/local-cpu"
+    cmd = "simkit calibrate --device cpu --quick"  # (its default --out: the per-user folder auto searches)
     if match is None:
         return (f"calibration profile {profile.name!r} has no device fingerprint, so nothing shows it describes this "
                 f"machine; measure this machine with `{cmd}`")  # fmt: skip
@@ -260,8 +260,8 @@ def startup_check(profile: Profile) -> list[str]:
         diff = FingerprintMatch(match.hardware_differs(), (), ()).describe()
         other = (f"calibration profile {profile.name!r} was measured on another CPU than this machine ({diff}): its "
                  "predictions describe that CPU, which is right when the scenario is about that machine; to predict this "
-                 f"one, measure it (`{calibrate_command('cpu', str(profile.device.get('catalog') or 'CATALOG'))}`) and set "
-                 "`calibration:` to the new profile's folder")  # fmt: skip
+                 f"one, measure it (`{calibrate_command('cpu', str(profile.device.get('catalog') or 'CATALOG'))}`: "
+                 "`calibration: auto` then picks the new profile, from the per-user folder it searches first)")  # fmt: skip
     msg = "\n".join(m for m in (msg, omp, other) if m) or None
     _DONE[key] = msg
     return [msg] if msg else []

@@ -31,14 +31,15 @@ from simkit.errors import CalibrationError
 from simkit.specs.calibration import (
     PROFILE_FILE,
     PROFILE_VERSION,
+    SHIPPED_FOLDER,
     HostOverhead,
     catalog_fingerprint,
     check_device_numbers,
     compare_fingerprints,
-    find_profiles,
     parse_fingerprint,
     parse_host_overhead,
-    profiles_dir,
+    profile_search_path,
+    search_profiles,
 )
 from simkit.specs.hardware import DTYPE_FALLBACK
 
@@ -1126,7 +1127,7 @@ def load_cached(path: str | Path) -> Profile:
 def calibrate_command(device_kind: str, catalog_name: str) -> str:
     """The command that measures a profile of ``catalog_name`` on the machine it runs on."""
     dev = "cuda" if device_kind == "gpu" else "cpu"
-    return f"simkit calibrate --device {dev} --catalog {catalog_name} --out calibration/profiles/{catalog_name}-local"
+    return f"simkit calibrate --device {dev} --catalog {catalog_name}"  # (its default --out is where auto looks)
 
 
 def _catalog_facts(device_kind: str, catalog_name: str) -> dict[str, Any]:
@@ -1142,46 +1143,59 @@ def _catalog_facts(device_kind: str, catalog_name: str) -> dict[str, Any]:
 def resolve_calibration(setting: str, device_kind: str, catalog_name: str) -> tuple[EfficiencyModel, str, str | None]:
     """The scenario key ``calibration: auto | none | <path>`` -> (model, description, warning).
 
-    ``auto``: the first shipped/user profile (name order) of this catalog device whose
+    ``auto``: the first profile of this catalog device, in the order of
+    :func:`simkit.specs.calibration.list_profiles` (``SIMKIT_PROFILE_PATH``, the per-user folder,
+    the shipped profiles; within a folder the newest ``device.measured_at``), whose
     ``device.fingerprint`` agrees with what the catalog says about the device (GPU: SM count and
     memory; CPU: hardware threads); a profile whose fingerprint differs, or that has none, is not
-    used: the datasheet defaults are, with a warning naming what differs and the command that
-    calibrates. ``none``: the datasheet defaults. A path: that profile (errors if it is missing or
-    corrupt, or if it was measured on another device kind; warns if its catalog name or
+    used, nor is one of ``simkit calibrate --tiny`` (``device.suite: tiny``): the datasheet
+    defaults are, with a warning naming what differs and the command that calibrates, unless a
+    later profile matches (then a warning names the profiles passed over). A profile.yaml that cannot be read is skipped with
+    a warning naming it. ``none``: the datasheet defaults. A path: that profile (errors if it is
+    missing or corrupt, or if it was measured on another device kind; warns if its catalog name or
     fingerprint disagrees with the scenario's device)."""
     s = str(setting).strip()
     if s == "none":
         return DatasheetEfficiency(), "datasheet defaults (calibration: none)", None
     if s == "auto":
-        found = find_profiles(device_kind, catalog_name)
+        found, skipped = search_profiles(device_kind, catalog_name)
         if not found:
+            where = ", ".join(str(f.path) for f in profile_search_path())
             return (
                 DatasheetEfficiency(),
                 "datasheet defaults (no calibration profile matches)",
-                f"no calibration profile for {device_kind} {catalog_name!r} in {profiles_dir()}: using datasheet "
-                f"default efficiencies (accuracy ~30%); run `{calibrate_command(device_kind, catalog_name)}` "
-                "or pass calibration: <path>",
-            )
+                "; ".join([f"no calibration profile for {device_kind} {catalog_name!r} in {where}: using datasheet "
+                           f"default efficiencies (accuracy ~30%); run `{calibrate_command(device_kind, catalog_name)}` "
+                           "or pass calibration: <path>", *skipped]),
+            )  # fmt: skip
         target = _catalog_facts(device_kind, catalog_name)
         rejected = []
-        for f, dev in found:
+        for p in found:
+            f, dev = p.file, p.device
+            label = f.parent.name if p.origin == SHIPPED_FOLDER else str(f.parent)
+            if dev.get("suite") == "tiny":  # `simkit calibrate --tiny`: a smoke test of the command, not for use
+                rejected.append(f"{label} was measured by the --tiny smoke-test suite (not for predictions)")
+                continue
             raw = dev.get("fingerprint")
             if not isinstance(raw, Mapping):
-                rejected.append(f"{f.parent.name} has no device fingerprint")
+                rejected.append(f"{label} has no device fingerprint")
                 continue
             fp = parse_fingerprint(raw, device_kind, str(f))
             m = compare_fingerprints(fp, target)
             if m.matches:
                 prof = load_cached(f)
-                return prof, _describe(prof), None
-            rejected.append(f"{f.parent.name} differs from catalog {catalog_name} ({m.describe(f'catalog {catalog_name}')})")
+                passed = ([f"calibration: auto passed over {'; '.join(rejected)}, and uses {label} (found after them in "
+                           "the profile search path; `simkit calibrate list` shows the order)"] if rejected else [])  # fmt: skip
+                return prof, _describe(prof), "; ".join([*passed, *skipped]) or None
+            rejected.append(f"{label} differs from catalog {catalog_name} ({m.describe(f'catalog {catalog_name}')})")
         return (
             DatasheetEfficiency(),
             "datasheet defaults (no calibration profile's fingerprint matches)",
-            f"WARNING: no calibration profile of {device_kind} {catalog_name!r} matches its device fingerprint: "
-            f"{'; '.join(rejected)}. Using datasheet default efficiencies (accuracy ~30%). Measure the device with "
-            f"`{calibrate_command(device_kind, catalog_name)}`, or pass calibration: <path> to use a profile anyway",
-        )
+            "; ".join([f"WARNING: no calibration profile of {device_kind} {catalog_name!r} matches its device "
+                       f"fingerprint: {'; '.join(rejected)}. Using datasheet default efficiencies (accuracy ~30%). Measure "
+                       f"the device with `{calibrate_command(device_kind, catalog_name)}`, or pass calibration: <path> to "
+                       "use a profile anyway", *skipped]),
+        )  # fmt: skip
     prof = load_cached(s)
     dev_kind = prof.device.get("kind")
     if dev_kind != device_kind:

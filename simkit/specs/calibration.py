@@ -285,34 +285,174 @@ def parse_host_overhead(raw: Any, where: str) -> HostOverhead:
 # ---------------------------------------------------------------------------------------------
 # Finding profile files
 # ---------------------------------------------------------------------------------------------
+PROFILE_PATH_ENV = "SIMKIT_PROFILE_PATH"
+"""Folders of calibration profiles (``os.pathsep``-separated) searched before the per-user
+folder and the shipped profiles."""
+USER_FOLDER = "user"
+SHIPPED_FOLDER = "shipped"
+
+
 def profiles_dir() -> Path:
+    """The shipped profiles: ``calibration/profiles`` of simkit's data folder (the checkout, the
+    installed package's data, or ``SIMKIT_HOME``)."""
     from simkit.specs.catalog import repo_path
 
     return repo_path("calibration", "profiles")
 
 
-def find_profiles(device_kind: str, catalog_name: str) -> list[tuple[Path, dict[str, Any]]]:
-    """Every profile.yaml under calibration/profiles/*/ whose device.kind and device.catalog
-    match, in name order, with its device facts (read without parsing the fitted models)."""
+def user_profiles_dir() -> Path | None:
+    """The per-user profile folder: ``$XDG_DATA_HOME/simkit/profiles``, by default
+    ``~/.local/share/simkit/profiles`` (a relative ``XDG_DATA_HOME`` is ignored, as the XDG
+    specification says); None when there is no home folder to put it in."""
+    import os
+
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "simkit" / "profiles"
+    try:
+        return Path.home() / ".local" / "share" / "simkit" / "profiles"
+    except RuntimeError:  # no HOME and no password entry
+        return None
+
+
+@dataclass(frozen=True)
+class ProfileFolder:
+    """One folder ``calibration: auto`` searches: its path and where it comes from
+    (:data:`PROFILE_PATH_ENV`, :data:`USER_FOLDER` or :data:`SHIPPED_FOLDER`)."""
+
+    path: Path
+    origin: str
+
+
+def profile_search_path() -> list[ProfileFolder]:
+    """The folders ``calibration: auto`` searches, in order: each folder of ``SIMKIT_PROFILE_PATH``,
+    the per-user folder (:func:`user_profiles_dir`, whether or not it exists yet), the shipped
+    profiles (:func:`profiles_dir`); a folder given twice is searched once, at its first place.
+    A ``SIMKIT_PROFILE_PATH`` entry that is not an existing folder is a CalibrationError (a typo
+    there must not silently leave the run with other profiles)."""
+    import os
+
+    out: list[ProfileFolder] = []
+    for entry in os.environ.get(PROFILE_PATH_ENV, "").split(os.pathsep):
+        if not entry.strip():
+            continue
+        p = Path(entry).expanduser()
+        if not p.is_dir():
+            what = "a file" if p.exists() else "missing"
+            raise CalibrationError(f"{entry!r} is {what}: expected existing folders of calibration profiles "
+                                   f"(NAME/profile.yaml), separated by {os.pathsep!r}", where=PROFILE_PATH_ENV)  # fmt: skip
+        out.append(ProfileFolder(p, PROFILE_PATH_ENV))
+    user = user_profiles_dir()
+    if user is not None:
+        out.append(ProfileFolder(user, USER_FOLDER))
+    out.append(ProfileFolder(profiles_dir(), SHIPPED_FOLDER))
+    seen: set[str] = set()
+    unique = []
+    for f in out:
+        key = str(f.path.resolve())
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+@dataclass(frozen=True)
+class FoundProfile:
+    """A profile.yaml ``calibration: auto`` can see: its file, its device facts (read without the
+    fitted models), the folder of the search path it was found in and that folder's origin."""
+
+    file: Path
+    device: dict[str, Any]
+    folder: Path
+    origin: str
+
+    @property
+    def measured_at(self) -> Any:
+        return _measured_at(self.device.get("measured_at"))
+
+
+def _measured_at(v: Any) -> Any:
+    """``device.measured_at`` as an aware datetime (UTC when it names no zone), or None when it is
+    missing or not a date and time."""
+    from datetime import UTC, datetime
+
+    if isinstance(v, str):
+        try:
+            v = datetime.fromisoformat(v.strip())
+        except ValueError:
+            return None
+    if not isinstance(v, datetime):
+        return None
+    return v if v.tzinfo is not None else v.replace(tzinfo=UTC)
+
+
+def _profile_files(folder: Path) -> list[Path]:
+    """The profile.yaml files of one searched folder: ``folder/*/profile.yaml``, or
+    ``folder/profile.yaml`` when the folder is itself a profile."""
+    if (folder / PROFILE_FILE).is_file():
+        return [folder / PROFILE_FILE]
+    try:
+        return sorted(folder.glob(f"*/{PROFILE_FILE}"))
+    except OSError:
+        return []
+
+
+def list_profiles() -> tuple[list[FoundProfile], list[str]]:
+    """Every profile ``calibration: auto`` can see, in the order it tries them, and one warning per
+    profile.yaml it skips (unreadable, malformed YAML, or no ``device`` mapping: the file and the
+    problem). Order: the folders of :func:`profile_search_path` in turn; within one folder the
+    newest ``device.measured_at`` first (profiles without one after those with one), then by
+    folder name."""
     from simkit.specs.yamlio import load_text
 
-    root = profiles_dir()
-    if not root.is_dir():
-        return []
-    out = []
-    for f in sorted(root.glob(f"*/{PROFILE_FILE}")):
-        try:
-            head = _device_block(f)
-            dev = (load_text(head, lasting=True) or {}).get("device") or {}  # (every run reads the profiles)
-        except (OSError, ValueError, AttributeError):
+    found: list[FoundProfile] = []
+    skipped: list[str] = []
+    for folder in profile_search_path():
+        if not folder.path.is_dir():
             continue
-        if str(dev.get("catalog")) == str(catalog_name) and str(dev.get("kind", device_kind)) == str(device_kind):
-            out.append((f, dict(dev)))
-    return out
+        here = []
+        for f in _profile_files(folder.path):
+            try:
+                head = _device_block(f)
+                data = load_text(head, lasting=True)  # (every run reads the profiles)
+            except (OSError, UnicodeDecodeError) as e:
+                skipped.append(f"calibration profile {f} skipped: unreadable ({e.strerror or e.__class__.__name__})")
+                continue
+            except ValueError as e:
+                mark = getattr(e.__cause__, "problem_mark", None)
+                what = (f"malformed YAML at line {mark.line + 1}: {getattr(e.__cause__, 'problem', '')}" if mark is not None
+                        else str(e).splitlines()[0])  # fmt: skip
+                skipped.append(f"calibration profile {f} skipped: {what}")
+                continue
+            dev = data.get("device") if isinstance(data, Mapping) else None
+            if not isinstance(dev, Mapping):
+                skipped.append(f"calibration profile {f} skipped: device: expected a mapping of device facts "
+                               f"(kind, catalog, fingerprint, ...), got {type(dev).__name__}")  # fmt: skip
+                continue
+            here.append(FoundProfile(f, dict(dev), folder.path, folder.origin))
+        # newest first: sort by name, then (stable) by time, newest first, undated last
+        here.sort(key=lambda p: p.file.parent.name)
+        dated = sorted((p for p in here if p.measured_at is not None), key=lambda p: p.measured_at, reverse=True)
+        found += dated + [p for p in here if p.measured_at is None]
+    return found, skipped
+
+
+def search_profiles(device_kind: str, catalog_name: str) -> tuple[list[FoundProfile], list[str]]:
+    """The profiles of :func:`list_profiles` whose ``device.kind`` and ``device.catalog`` match,
+    in the same order, and the warnings about skipped files."""
+    found, skipped = list_profiles()
+    keep = [p for p in found if str(p.device.get("catalog")) == str(catalog_name)
+            and str(p.device.get("kind", device_kind)) == str(device_kind)]  # fmt: skip
+    return keep, skipped
+
+
+def find_profiles(device_kind: str, catalog_name: str) -> list[tuple[Path, dict[str, Any]]]:
+    """(profile.yaml, device facts) of :func:`search_profiles`, in the order ``auto`` tries them."""
+    return [(p.file, p.device) for p in search_profiles(device_kind, catalog_name)[0]]
 
 
 def find_profile(device_kind: str, catalog_name: str) -> Path | None:
-    """The first profile.yaml (name order) of :func:`find_profiles`, or None."""
+    """The first profile.yaml of :func:`find_profiles`, or None."""
     found = find_profiles(device_kind, catalog_name)
     return found[0][0] if found else None
 
@@ -327,5 +467,3 @@ def _device_block(f: Path) -> str:
                 break
             lines.append(line)
     return "".join(lines)
-
-

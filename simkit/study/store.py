@@ -65,20 +65,22 @@ _FINGERPRINTS: dict[tuple[str, ...], str] = {}
 
 def inputs_fingerprint() -> str:
     """sha256 over the simkit version and every catalog file (``hw_specs``, models,
-    ``SIMKIT_CATALOG_PATH``) and calibration profile file a run could read; computed once per
+    ``SIMKIT_CATALOG_PATH``) and calibration profile file a run could read (every folder of the
+    profile search path: ``SIMKIT_PROFILE_PATH``, the per-user folder, the shipped profiles); computed once per
     process for a given set of folders."""
     from simkit import __version__
-    from simkit.specs.calibration import profiles_dir
+    from simkit.specs.calibration import profile_search_path
     from simkit.specs.catalog import _folders
 
-    roots = (*(str(f) for f in _folders()), str(profiles_dir()))
+    catalogs = tuple(str(f) for f in _folders())
+    roots = (*catalogs, *(str(f.path) for f in profile_search_path()))  # every folder `calibration: auto` searches
     if roots not in _FINGERPRINTS:
         h = hashlib.sha256(f"simkit {__version__}".encode())
         for i, root in enumerate(roots):
             folder = Path(root)
             if not folder.is_dir():
                 continue
-            pattern = "*" if i == len(roots) - 1 else "*.yaml"
+            pattern = "*" if i >= len(catalogs) else "*.yaml"
             for f in sorted(folder.rglob(pattern)):
                 if f.is_file():
                     h.update(canonical_json(_file_key(f)).encode("utf-8"))
