@@ -439,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--report", metavar="FILE.html", help="also write an HTML report of the search here")
     se.set_defaults(func=cmd_search)
 
-    sub.add_parser("calibrate", help="run microbenchmarks (see simkit calibrate --help) or import-profiles", add_help=False)
+    sub.add_parser("calibrate", help="run microbenchmarks (see simkit calibrate --help), `calibrate list` (the profiles "
+                   "`calibration: auto` sees) or import-profiles", add_help=False)
     sub.add_parser("validate", help="compare real torch runs with predictions (see simkit validate --help)", add_help=False)
     sub.add_parser("study", help="run a what-if study YAML, or `study show DIR` (see simkit study --help)", add_help=False)
     return p
