@@ -1,5 +1,9 @@
 """The serving-engine launch settings a simulated plan corresponds to, where they map: vLLM
-``serve`` flags. A hint, not a guarantee (docs/search.md lists what maps and what does not)."""
+``serve`` flags. A hint, not a guarantee (docs/search.md lists what maps and what does not).
+
+A plan that computes on the CPU maps to vLLM's CPU backend, which sizes its KV cache with the
+``VLLM_CPU_KVCACHE_SPACE`` environment variable (GiB) and has no GPU memory: no
+``--gpu-memory-utilization``, ``--swap-space`` or ``--cpu-offload-gb`` for it."""
 
 from __future__ import annotations
 
@@ -9,9 +13,53 @@ _DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 GIB = 2**30
 
 
+def computes_on_cpu(sc: Scenario) -> bool:
+    """The plan runs its forward passes on the CPU (``plan.execution.device: cpu``, or a node
+    without a GPU), as :func:`simkit.deployment.resolve_compute` decides."""
+    if sc.plan.execution.device == "cpu":
+        return True
+    from simkit.specs.node import resolve_node
+
+    try:
+        return resolve_node(sc.hardware, where=sc.source).gpu is None
+    except Exception:  # noqa: BLE001 - a hint must never fail the search
+        return False
+
+
+def cpu_kv_cache_gib(sc: Scenario) -> float | None:
+    """The KV cache the simulated CPU plan holds (its blocks x block bytes), in GiB; None if it
+    cannot be worked out."""
+    try:
+        from simkit.cost.device import ComputeDevice
+        from simkit.cost.ops import Precision
+        from simkit.deployment import plan_memory
+        from simkit.specs.catalog import load_model
+        from simkit.specs.node import resolve_node
+
+        node = resolve_node(sc.hardware, where=sc.source)
+        model = load_model(sc.model, where=sc.source)
+        prec = sc.plan.precision
+        pr = Precision(prec.weights, prec.activations, prec.kv_cache, prec.group_size)
+        device = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
+        mem = plan_memory(sc, model, device, pr, 1, (model.num_layers,))
+        return float(mem.num_blocks * mem.block_bytes / GIB)
+    except Exception:  # noqa: BLE001 - a hint must never fail the search
+        return None
+
+
+def vllm_env(sc: Scenario) -> list[str]:
+    """Environment settings the ``vllm serve`` line needs: for a CPU plan, the KV cache size
+    (``VLLM_CPU_KVCACHE_SPACE``, whole GiB, at least 1)."""
+    if not computes_on_cpu(sc):
+        return []
+    gib = cpu_kv_cache_gib(sc)
+    return [f"VLLM_CPU_KVCACHE_SPACE={max(1, int(gib))}"] if gib is not None else []
+
+
 def vllm_flags(sc: Scenario) -> tuple[list[str], list[str]]:
     """(flags, notes): ``vllm serve`` flags for the plan, and what has no vLLM equivalent."""
     p = sc.plan
+    on_cpu = computes_on_cpu(sc)
     par, bat, prec, kv = p.parallel, p.batching, p.precision, p.kv_cache
     flags: list[str] = [f"--tensor-parallel-size {par.tp}", f"--pipeline-parallel-size {par.pp}"]
     notes: list[str] = []
@@ -57,9 +105,18 @@ def vllm_flags(sc: Scenario) -> tuple[list[str], list[str]]:
         flags.append("--kv-cache-dtype fp8")
     if prec.kv_cache == "int4":
         notes.append("int4 KV cache has no vLLM flag")
-    flags.append(f"--gpu-memory-utilization {kv.gpu_memory_utilization}")
+    if on_cpu:
+        gib = cpu_kv_cache_gib(sc)
+        size = (f"VLLM_CPU_KVCACHE_SPACE={max(1, int(gib))} (GiB; the plan's KV cache is {gib:.2f} GiB)" if gib is not None
+                else "VLLM_CPU_KVCACHE_SPACE (GiB)")
+        notes.append(f"the plan computes on the CPU: vLLM's CPU backend (a CPU build of vLLM), whose KV cache size is "
+                     f"{size}, not --gpu-memory-utilization")  # fmt: skip
+    else:
+        flags.append(f"--gpu-memory-utilization {kv.gpu_memory_utilization}")
     flags.append(f"--block-size {kv.block_size}")
-    if kv.preemption == "swap":
+    if kv.preemption == "swap" and on_cpu:
+        notes.append("preemption: swap has no CPU-backend equivalent (the KV cache is already in host memory)")
+    elif kv.preemption == "swap":
         swap = kv.swap_space if kv.swap_space is not None else 4 * GIB * par.tp * par.pp
         flags.append(f"--swap-space {swap / GIB / max(par.tp * par.pp, 1):g}")
     if p.prefix_cache.enabled:
@@ -70,7 +127,7 @@ def vllm_flags(sc: Scenario) -> tuple[list[str], list[str]]:
     else:
         flags.append("--no-enable-prefix-caching")
     off = p.offload
-    if not off.is_trivial:
+    if not off.is_trivial and not on_cpu:
         if off.compress_weights:
             notes.append(f"weights stored as group-wise int4 (plan.offload.compress_weights; group size {prec.group_size}): "
                          "serve an AWQ or GPTQ checkpoint (--quantization awq|gptq)")
@@ -102,7 +159,7 @@ def vllm_hint(sc: Scenario) -> str:
     lines = [
         "# vLLM launch settings equivalent to the best plan, where they map (a hint: check them",
         "# against your vLLM version; simkit simulated the plan, it did not run vLLM)",
-        f"vllm serve {repo or f'<Hugging Face id of {sc.model}>'} \\",
+        f"{''.join(e + ' ' for e in vllm_env(sc))}vllm serve {repo or f'<Hugging Face id of {sc.model}>'} \\",
     ]
     if repo is None:
         notes.append(f"model {sc.model} names no Hugging Face repository (hf_repo in its model file)")
