@@ -89,18 +89,39 @@ def test_a_loud_warning_is_not_prefixed_twice(capsys):
     assert capsys.readouterr().err.splitlines() == ["WARNING: loud", "warning: quiet"]
 
 
-def test_calibrate_says_how_to_use_the_new_profile(tmp_path):
-    """From an installed simkit, `calibration: auto` looks only in simkit's data folder: a profile
-    written elsewhere (or without --catalog) is used by naming its path, and the command says so."""
+def test_calibrate_says_how_to_use_the_new_profile(tmp_path, monkeypatch):
+    """A profile written outside the folders `calibration: auto` searches (or without --catalog)
+    is used by naming its path, and the command says so and why."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     out = str(tmp_path / "mine")
     lines = next_steps(out, "cpu", None)
     assert lines[0] == f"  check it:  simkit validate --device cpu --profile {out}"
     assert f"calibration: {Path(out).resolve()}" in lines[1]
     assert "never picks this profile" in lines[2] and "--catalog" in lines[2]
     lines = next_steps(out, "cpu", "generic-2core-vm")
-    assert len(lines) == 3 and f"looks only in {profiles_dir().resolve()}" in lines[2]
-    inside = next_steps(str(profiles_dir() / "x-local"), "cuda", "h100-sxm")
-    assert len(inside) == 1 and inside[0].startswith("  use it:")
+    assert len(lines) == 3 and f"does not search {tmp_path.resolve()}" in lines[2]
+    assert str(tmp_path / "xdg" / "simkit" / "profiles") in lines[2] and str(profiles_dir().resolve()) in lines[2]
+
+
+def test_a_new_users_profile_is_found_from_any_folder(tmp_path, monkeypatch, capsys):
+    """From a wheel, `simkit calibrate --device cpu --catalog NAME` wrote its profile under the
+    working folder, where `calibration: auto` never looked: a run used the shipped profile of
+    another machine. Its default --out is now the per-user folder, which auto searches first,
+    from any working folder; the run names the profile it used."""
+    from simkit.calibrate.cli_calibrate import build_parser, check_args
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    work = tmp_path / "project"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    out, _ = check_args(build_parser().parse_args(["--device", "cpu", "--quick", "--catalog", "generic-2core-vm"]))
+    assert Path(out) == tmp_path / "xdg" / "simkit" / "profiles" / "generic-2core-vm-local"
+    mine = edited_profile(Path(out).parent, {"measured_at": "2026-12-01T09:00:00+0000"}, name=Path(out).name)
+    assert next_steps(out, "cpu", "generic-2core-vm")[1].startswith("  use it:    calibration: auto   (it picks this")
+    (work / "s.yaml").write_text(SCENARIO + "calibration: auto\n")
+    monkeypatch.setenv("SIMKIT_SPEED_PROBE", "0")
+    assert main(["run", "s.yaml", "--out", "out"]) == 0
+    assert f"calibration      profile ci-vm-cpu ({mine / 'profile.yaml'}): measured" in capsys.readouterr().out  # (a copy)
 
 
 def test_a_fingerprint_names_only_the_isa_flags_that_differ():
