@@ -291,3 +291,40 @@ def test_the_vllm_hint_of_a_cpu_plan_has_no_gpu_flags():
     # a node without a GPU computes on its CPU too; a GPU plan keeps its GPU flags and no CPU setting
     gpu = scenario_from_dict({**data, "hardware": "dgx-h100", "plan": {"batching": {"policy": "continuous"}}})
     assert "--gpu-memory-utilization 0.9" in vllm_flags(gpu)[0] and "VLLM_CPU" not in vllm_hint(gpu)
+
+
+def test_calibrate_without_catalog_says_so_before_measuring(tmp_path, user_dir, monkeypatch, capsys):
+    """The note comes before the minutes of measuring, not only after them."""
+    import simkit.calibrate.bench as bench
+    from simkit.errors import SimkitError
+
+    def stop(**_kw: object) -> None:
+        raise SimkitError("stopped before measuring")
+
+    monkeypatch.setattr(bench, "run_suite", stop)
+    monkeypatch.setattr(bench, "local_cpu_fingerprint", lambda _t: {"logical_cpus": 2})
+    assert cli_calibrate.main(["--device", "cpu", "--quick"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("note: without --catalog, `calibration: auto` will not pick this profile (pass --catalog")
+    assert "generic-2core-vm" in err[0] and err[1] == "error: stopped before measuring"
+    assert cli_calibrate.main(["--device", "cpu", "--tiny"]) == 2  # a smoke test: no note
+    assert capsys.readouterr().err.splitlines() == ["error: stopped before measuring"]
+
+
+def test_validate_defaults_to_this_machines_newest_profile(user_dir, monkeypatch):
+    """`simkit validate --device cpu` without --profile validated the shipped profile even after
+    the user calibrated; it now takes the first profile of this machine's CPU that auto would see."""
+    import simkit.calibrate.bench as bench
+    from simkit.calibrate.validate import DEFAULT_PROFILE, machine_profile
+
+    shipped_fp = Profile.load(CPU_PROFILE, with_samples=False).fingerprint
+    monkeypatch.setattr(bench, "local_cpu_fingerprint", lambda _t: dict(shipped_fp))
+    assert Path(machine_profile()).resolve() == CPU_PROFILE.resolve()
+    profile_copy(user_dir / "tiny", suite="tiny", measured_at="2099-01-01T00:00:00+0000")  # never a --tiny one
+    other = profile_copy(user_dir / "other", fingerprint={**shipped_fp, "cpu_family": "999"}, measured_at="2098-01-01T00:00:00")
+    mine = profile_copy(user_dir / "mine", fingerprint={**shipped_fp, "threads": 2})  # another thread count: same CPU
+    assert machine_profile() == str(mine)
+    monkeypatch.setattr(bench, "local_cpu_fingerprint", lambda _t: {**shipped_fp, "cpu_family": "999"})
+    assert machine_profile() == str(other)
+    monkeypatch.setattr(bench, "local_cpu_fingerprint", lambda _t: {**shipped_fp, "cpu_family": "1"})
+    assert machine_profile() == DEFAULT_PROFILE

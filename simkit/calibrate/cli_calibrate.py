@@ -143,10 +143,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _catalog_hint(device: str) -> str:
-    """``: re-run with --catalog NAME`` naming the catalog CPUs a CPU profile of this machine would
+    """`` (pass --catalog NAME ...)`` naming the catalog CPUs a CPU profile of this machine would
     match (the catalog's hardware threads = this machine's logical CPUs: what auto compares)."""
     if device != "cpu":
-        return " (re-run with --catalog NAME, `simkit catalog list --kind gpu`)"
+        return " (pass --catalog NAME, `simkit catalog list --kind gpu`)"
     from simkit.calibrate.bench import local_cpu_fingerprint
     from simkit.specs.catalog import default_catalog
 
@@ -154,10 +154,10 @@ def _catalog_hint(device: str) -> str:
     cat = default_catalog()
     fits = [n for n in cat.names("cpu") if cat.get("cpu", n).threads == cpus]
     if fits:
-        return (f" (re-run with --catalog NAME; catalog CPUs with this machine's {cpus} hardware threads: "
+        return (f" (pass --catalog NAME; catalog CPUs with this machine's {cpus} hardware threads: "
                 f"{', '.join(fits)})")  # fmt: skip
-    return (f" (no catalog CPU has this machine's {cpus} hardware threads: add one in a folder of SIMKIT_CATALOG_PATH, "
-            "docs/hardware.md, and re-run with --catalog NAME)")  # fmt: skip
+    return (f" (no catalog CPU has this machine's {cpus} hardware threads: add one (a CPU YAML like hw_specs/cpus/*.yaml) in a folder of SIMKIT_CATALOG_PATH "
+            "and pass --catalog NAME)")  # fmt: skip
 
 
 def auto_choice(kind: str, catalog: str) -> tuple[Path | None, str | None]:

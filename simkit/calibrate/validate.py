@@ -240,6 +240,28 @@ def repredict(result: Mapping[str, Any], profile: Any) -> dict[str, Any]:
     return {"median_ape": float(np.median(ape)), "p90_ape": float(np.percentile(ape, 90)), "errors": errors}
 
 
+def machine_profile() -> str:
+    """``--profile``'s default: the first CPU profile (in the order ``calibration: auto`` tries
+    them: ``SIMKIT_PROFILE_PATH``, the per-user folder, the shipped ones; newest first within a
+    folder) whose hardware fingerprint is this machine's CPU, not a ``--tiny`` one; else
+    :data:`DEFAULT_PROFILE`."""
+    from simkit.calibrate.bench import local_cpu_fingerprint
+    from simkit.specs.calibration import compare_fingerprints, list_profiles, parse_fingerprint
+
+    here = local_cpu_fingerprint(None)
+    for p in list_profiles()[0]:
+        raw = p.device.get("fingerprint")
+        if p.device.get("kind") != "cpu" or p.device.get("suite") == "tiny" or not isinstance(raw, dict):
+            continue
+        try:
+            fp = parse_fingerprint(raw, "cpu", str(p.file))
+        except SimkitError:
+            continue
+        if not compare_fingerprints(fp, here).hardware_differs():
+            return str(p.file.parent)
+    return DEFAULT_PROFILE
+
+
 def load_profile(path: str | Path) -> Any:
     from simkit.cost.profile import Profile
     from simkit.specs.catalog import repo_path
@@ -599,7 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--batch-sizes", type=_ints, default=(1, 4, 16), help="comma-separated (default 1,4,16)")
     p.add_argument("--context-lens", type=_ints, default=(128, 512), help="comma-separated (default 128,512)")
-    p.add_argument("--profile", default=DEFAULT_PROFILE, help=f"profile folder or profile.yaml (default {DEFAULT_PROFILE})")
+    p.add_argument("--profile", default=None, help="profile folder or profile.yaml (default: the first CPU profile of this "
+                   "machine's CPU in the order `calibration: auto` searches, `simkit calibrate list`; else "
+                   f"{DEFAULT_PROFILE})")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="default: bf16 if the profile has it, else fp32")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: the profile's; a different count is an error)")
@@ -673,7 +697,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = config_from_args(args)
-        profile = load_profile(args.profile)
+        path = args.profile
+        if path is None:
+            path = machine_profile()
+            why = ("the first profile of this machine's CPU in the profile search path" if path != DEFAULT_PROFILE
+                   else "no profile in the profile search path was measured on this CPU: the shipped one")
+            print(f"validating calibration profile {path} (--profile not given: {why})", file=sys.stderr)
+        profile = load_profile(path)
         result = run_validation(cfg, profile)
     except SimkitError as e:
         print(f"error: {e}", file=sys.stderr)
