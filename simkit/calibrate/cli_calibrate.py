@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="simkit calibrate",
         description="Run the torch microbenchmark suite on this machine (GEMM, attention, elementwise, "
         "memory/copy bandwidth, launch overhead, on a CPU the host first-touch rate, optionally SSD) and fit a calibration profile.",
+        epilog="`simkit calibrate list [SCENARIO]` prints the profiles `calibration: auto` can see, in the order it tries "
+        "them, and the one each compute device of SCENARIO uses (docs/calibration.md, \"Where profiles are found\").",
     )
     p.add_argument("--device", choices=["cpu", "cuda"], required=True, help="what to measure")
     size = p.add_mutually_exclusive_group()
@@ -219,11 +221,15 @@ def main_list(argv: list[str]) -> int:
     p.add_argument("scenario", nargs="?", help="a scenario YAML or the name of a shipped scenario")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a dotted key, e.g. hardware=ci-vm")
     a = p.parse_args(argv)
-    for line in list_lines():
-        print(line)
-    if a.scenario is not None:
-        for line in scenario_lines(a.scenario, a.set or []):
+    try:
+        lines = list_lines()
+        if a.scenario is not None:
+            lines += scenario_lines(a.scenario, a.set or [])
+        for line in lines:
             print(line)
+    except SimkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
