@@ -495,6 +495,46 @@ def _lone_hops(lanes: dict[str, _Lane], plan: list[Share]) -> list[Lone] | None:
     return out
 
 
+StorePlan = tuple[Compiled, float]
+"""One step's stores compiled (:func:`_compile`), and a bound on how long after their issue
+the last of them has landed when they are alone on the write lanes (:func:`_store_plan`)."""
+Pending = tuple[int, float, list[Share], StorePlan]
+"""(index among the steps, issue time, shares, plan) of stores not yet replayed."""
+_NO_CHAINS: list[_Chain] = []
+
+
+def _store_plan(plan: list[Share]) -> StorePlan | None:
+    """``plan``'s stores compiled, with a bound on how long they take alone on idle write lanes,
+    or None where replaying them lane by lane (:func:`_solve`) might not join two hops of one
+    instant on a lane in the order ``_Stores`` does: where a lane receives the next hops of
+    shares whose previous hops crossed different lanes (``_Stores`` orders the completions of
+    one instant on different lanes by when the lanes first carried a flow, ``_solve`` by
+    LANE_ORDER).
+
+    The bound: a lane is busy whenever it carries a flow (fair sharing is work-conserving), so
+    all its flows have landed by its latest join plus its bytes over its bandwidth; a hop joins
+    at most its latency after the previous hop's lane has landed everything. Summed over the
+    lanes: the longest latency of each and its bytes over its bandwidth, with a margin far
+    beyond the float rounding of the replay (relative 1e-6, and 1 us)."""
+    came: dict[str, str] = {}
+    lat: dict[str, float] = {}
+    load: dict[str, float] = {}
+    bw: dict[str, float] = {}
+    for _, _, _, hops, staged in plan:
+        prev = None
+        for name, link, nbytes in hops:
+            if staged and prev is not None and came.setdefault(name, prev) != prev:
+                return None
+            lat[name] = max(lat.get(name, 0.0), link.latency)
+            load[name] = load.get(name, 0.0) + max(nbytes, 0.0)
+            bw[name] = link.bandwidth
+            prev = name
+    span = sum(lat[n] + load[n] / bw[n] for n in lat)
+    if not math.isfinite(span):
+        return None
+    return _compile(plan), span * (1.0 + 1e-6) + 1e-6
+
+
 _NO_SHARES: list[Share] = []
 """No shares (one list, so that its ``id`` keys a burst's memo)."""
 Burst = tuple[list[tuple[str, float]], int, list[tuple[Compiled, bool]]]
@@ -737,8 +777,18 @@ class ClosedFormStep:
         buffers = ex.BUFFERS
         wplans = self._weights()
         stores = _Stores()
-        steps: list[list[_Chain]] = []
-        """The store flows of every (layer, GPU batch) step so far."""
+        steps: list[float | list[_Chain]] = []
+        """The stores of every (layer, GPU batch) step so far: their flows (replayed among the
+        rest by ``_Stores``), or when the last landed (replayed alone, :meth:`_settle`)."""
+        pend: Pending | None = None
+        """The latest step's stores, issued on quiet write lanes, not yet replayed."""
+        plans: dict[int, tuple[list[Share], StorePlan | None]] = {}
+
+        def store_plan(w: list[Share]) -> StorePlan | None:
+            got = plans.get(id(w))
+            if got is None:
+                got = plans[id(w)] = (w, _store_plan(w))
+            return got[1]
         computed: list[float] = []
         last = len(costs) - 1
         started_last = t
@@ -773,8 +823,10 @@ class ClosedFormStep:
             for gi, cost in enumerate(costs):
                 if ready > t:
                     t = ready
-                if len(steps) >= 2 and steps[-2]:
-                    x = stores.landed(steps[-2])
+                if len(steps) >= 2:
+                    st = steps[-2]
+                    # a step's stores are settled once the next step has issued its own
+                    x = st if isinstance(st, float) else stores.landed(st) if st else -math.inf
                     if x > t:
                         t = x
                 if gi == last:
@@ -811,20 +863,55 @@ class ClosedFormStep:
                 else:
                     t = self._compute(t, cost[0], cost[1], cost[2], on_cpu)
                 ex.add_parts(cost)
-                chains: list[_Chain] = []
-                for kind, _, nbytes, hops, staged in writes_of[gi]:
+                w = writes_of[gi]
+                for kind, _, nbytes, _, _ in w:
                     by_kind[kind] += nbytes
-                    chains += stores.issue(t, hops, staged)
-                steps.append(chains)
+                if pend is not None:
+                    self._settle(stores, steps, pend, t)
+                    pend = None
+                if w:
+                    # replay what is due by now: on quiet lanes, this step's stores wait (pend)
+                    # until the next step's issue shows whether they land alone
+                    stores._until(t)
+                    if not stores.owner and not stores.due and (sp := store_plan(w)) is not None:
+                        pend = (len(steps), t, w, sp)
+                        steps.append(math.nan)
+                    else:
+                        chains: list[_Chain] = []
+                        for _, _, _, hops, staged in w:
+                            chains += stores.issue(t, hops, staged)
+                        steps.append(chains)
+                else:
+                    steps.append(_NO_CHAINS)
             computed.append(t)
         t = t + after
         ex.busy_compute += after
+        if pend is not None:
+            self._settle(stores, steps, pend, math.inf)
         stores.drain()
-        for chains in steps:
-            for ch in chains:
+        for st in steps:
+            if isinstance(st, float):
+                if st > t:
+                    t = st
+                continue
+            for ch in st:
                 if ch.done > t:
                     t = ch.done
         return t
+
+    @staticmethod
+    def _settle(stores: _Stores, steps: list[float | list[_Chain]], pend: Pending, nxt: float) -> None:
+        """Replay the pending stores of one step (issued on quiet write lanes) before the next
+        step's stores, issued at ``nxt``: in one go (:func:`_solve`, lane by lane) where they have
+        surely landed by ``nxt`` (:func:`_store_plan`'s bound), else among the rest (``_Stores``)."""
+        k, at, w, (comp, span) = pend
+        if at + span < nxt and not stores.owner and not stores.due:
+            steps[k] = _solve(stores.lanes, [(at, comp, None)])
+            return
+        chains: list[_Chain] = []
+        for _, _, _, hops, staged in w:
+            chains += stores.issue(at, hops, staged)
+        steps[k] = chains
 
     def _burst(
         self, reads: dict[str, _Lane], at: float, act: list[Share], kv: list[Share], weights: list[Share], gate: float | None,
