@@ -207,3 +207,40 @@ def test_store_plan_refuses_next_hops_from_different_lanes():
             ("kv_write", "disk", 8.0, [("cxl_write", links["cxl_write"], 8.0), ("nvme_write", links["nvme_write"], 8.0)], True)]  # fmt: skip
     assert of._store_plan(plan) is None
     assert of._store_plan(plan[:1]) is not None
+
+
+@settings(max_examples=4 * _EXAMPLES, deadline=None)
+@given(
+    sizes=st.lists(st.sampled_from([1e-300, 1.0, 3.0, 4096.0, 458752.0, 458752.0, 2478244.71849866, 4559143.587628866, 3e7]), min_size=2, max_size=5),
+    j=st.sampled_from([0.0, 1e-3, 0.37, 168.74877438267907, 5000.1, 1e12]),
+    bw=st.sampled_from([12e9, 2e9, 1.6e10 / 3]),
+    logged=st.booleans(),
+)
+def test_flows_joining_at_one_instant_equal_lane(sizes, j, bw, logged):
+    """``_together`` (flows that join an idle direction at one instant, replayed on local
+    state) against ``_Lane.add`` of each then ``drain``: the same landing times and link
+    counters, bit for bit; and ``_solve`` takes it only where its joins are as ``_Lane``'s
+    (every wake-up after the instant: not for 1e-300 bytes at a late instant)."""
+    from simkit.engine import offload_fast as of
+    from simkit.engine.resources import Link
+
+    a, b = Link(None, "h2d", bw), Link(None, "h2d", bw)  # type: ignore[arg-type]
+    if logged:
+        a.busy_log, b.busy_log = [[j - 1.0, j]], [[j - 1.0, j]]
+    lane_a = of._Lane(a)
+    flows = [lane_a.add(j, x) for x in sizes]
+    lane_a.drain()
+    if j + min(sizes) * 1 / bw > j:
+        lane_b = of._Lane(b)
+        got = of._together(lane_b, sizes, j)
+        assert got == [f.done for f in flows]
+        assert (a.busy_time, a.bytes_moved, a.busy_log) == (b.busy_time, b.bytes_moved, b.busy_log)
+        assert lane_b.last == lane_a.last
+    # through _solve (which decides whether _together applies), the same again
+    c = Link(None, "h2d", bw)  # type: ignore[arg-type]
+    if logged:
+        c.busy_log = [[j - 1.0, j]]
+    each = [j] * len(sizes)
+    of._solve({}, [(j, [(of._INDEX["h2d"], c, [(0.0, x, [], False)])], None) for x in sizes], each)
+    assert each == [max(f.done, j) for f in flows]
+    assert (a.busy_time, a.bytes_moved, a.busy_log) == (c.busy_time, c.bytes_moved, c.busy_log)

@@ -448,9 +448,19 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued], each: list[float] | No
                 i += 1
         if i < n:
             # the rest overlap: fair sharing, as Link replays it
-            flows = [(lane.add(at, nbytes), after, g, it) for at, _, nbytes, after, g, it in js[i:]]
-            lane.drain()
-            landed += [(f.done, after, g, it) for f, after, g, it in flows]
+            j = js[i][0]
+            sizes = [e[2] for e in js[i:]]
+            least = min(sizes)
+            if (
+                n - i > 1 and js[-1][0] == j and least > 0 and j + least * 1 / lane.bw > j
+                and not lane.flows and lane.lone is None
+            ):
+                # all of them join the idle direction at one instant, each wake-up after it
+                landed += [(d, e[3], e[4], e[5]) for d, e in zip(_together(lane, sizes, j), js[i:], strict=True)]
+            else:
+                flows = [(lane.add(at, nbytes), after, g, it) for at, _, nbytes, after, g, it in js[i:]]
+                lane.drain()
+                landed += [(f.done, after, g, it) for f, after, g, it in flows]
         for f_done, rest, gate, it in landed:
             if not rest:
                 if f_done > last:
@@ -470,6 +480,59 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued], each: list[float] | No
             seq += 1
             slot2[1].append((a + nlink.latency if nlink.latency else a, seq, nbytes, rest[1:], gate, it))
     return last
+
+
+def _together(lane: _Lane, sizes: list[float], j: float) -> list[float]:
+    """When each of the flows of ``sizes`` bytes that join the idle ``lane`` at the instant
+    ``j``, in that order, lands: ``lane.add(j, size)`` of each, then ``lane.drain()``, with the
+    same float operations in the same order on the link's counters. The caller checks that the
+    joins leave the lane as ``_Lane`` would: every size positive, and the wake-up each join
+    arms later than ``j`` (so that none fires between two joins: ``j + min(sizes) * 1 / bw >
+    j``, and a later join's wake-up, ``j + least * m / bw``, is no earlier). After the joins the
+    lane holds every flow, its clock at ``j``; then each wake-up is ``_Lane._fire``: advance
+    (each remaining less the fair share), complete the target and those within the slack, and
+    arm the next for the first least remaining."""
+    bw = lane.bw
+    link = lane.link
+    log = link.busy_log
+    rem = list(sizes)
+    alive = list(range(len(sizes)))
+    done = [math.nan] * len(sizes)
+    key = rem.__getitem__
+    tgt = min(alive, key=key)
+    wake = j + max(rem[tgt], 0.0) * len(alive) / bw
+    last = j
+    while alive:
+        now = wake
+        dt = now - last
+        m = len(alive)
+        if dt > 0:
+            share = bw * dt / m
+            for x in alive:
+                rem[x] -= share
+            link.busy_time += dt
+            if log is not None:
+                if log and log[-1][1] == last:
+                    log[-1][1] = now
+                else:
+                    log.append([last, now])
+        last = now
+        slack = bw / m * 1e-9
+        keep = []
+        for x in alive:
+            if x == tgt or rem[x] <= slack:
+                done[x] = now
+                link.bytes_moved += sizes[x]
+            else:
+                keep.append(x)
+        alive = keep
+        if alive:
+            tgt = min(alive, key=key)
+            wake = now + max(rem[tgt], 0.0) * len(alive) / bw
+    lane.last = last
+    lane.wake = math.inf
+    lane.target = None
+    return done
 
 
 Lone = tuple[_Lane, float, float, float, bool]
