@@ -25,9 +25,11 @@ compression, pinned copies and pageable ones without CPU attention, one GPU batc
 prefetch (``overlap: true``) and any number without, and FlexGen's zig-zag block schedule
 (several GPU batches per step with prefetch: :meth:`ClosedFormStep._blocked`), KV read from any
 tier and KV and activations written to any (stores staged through DRAM replayed across the
-write lanes: :class:`_Stores`). Activations off the GPU: without prefetch, and in the block
-schedule where no host-to-GPU copy waits for compute (pinned copies, ``decode_overlap``); a
-step of one GPU batch with prefetch then runs its events. Run event by event
+write lanes: :class:`_Stores`; a step's stores that surely land before the next step issues
+its own, lane by lane in one go: :meth:`ClosedFormStep._settle`). Activations off the GPU:
+without prefetch, and in the block schedule where no host-to-GPU copy waits for compute (pinned
+copies, ``decode_overlap``); a step of one GPU batch with prefetch then runs its events. Run
+event by event
 (:func:`closed_form_reason`): the block schedule with KV spilled past a threshold
 (:func:`blocked_reason`; in a serving run only the steps that have several GPU batches),
 activations off the GPU otherwise, pageable copies with CPU attention (the host thread that
