@@ -29,8 +29,7 @@ write lanes: :class:`_Stores`; a step's stores that surely land before the next 
 its own, lane by lane in one go: :meth:`ClosedFormStep._settle`). Activations off the GPU:
 without prefetch, and in the block schedule where no host-to-GPU copy waits for compute (pinned
 copies, ``decode_overlap``); a step of one GPU batch with prefetch then runs its events. Run
-event by event
-(:func:`closed_form_reason`): the block schedule with KV spilled past a threshold
+event by event (:func:`closed_form_reason`): the block schedule with KV spilled past a threshold
 (:func:`blocked_reason`; in a serving run only the steps that have several GPU batches),
 activations off the GPU otherwise, pageable copies with CPU attention (the host thread that
 stages them also runs CPU attention), Chrome traces, and plans where anything else uses the
