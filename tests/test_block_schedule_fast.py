@@ -111,3 +111,136 @@ def test_a6000_search_winner_equals_reference():
     got = simulate(scenario_from_dict(data))
     assert got.summary["engine_path"] == _CLOSED + _ONE_BATCH
     assert_same_outputs(ref, got)
+
+
+def test_offload_plans_best_plan_stores_replayed_alone_and_among_the_rest(monkeypatch):
+    """The stores of one (layer, GPU batch) step are replayed in one go, lane by lane, where a
+    bound shows they land before the next step issues its own (``ClosedFormStep._settle``), and
+    among the rest (``_Stores``) where it does not: the best-plan shape above takes both, and
+    every output is the reference engine's."""
+    from simkit.engine import offload_fast
+
+    taken = {"alone": 0, "among": 0}
+    settle = offload_fast.ClosedFormStep._settle
+
+    def counted(stores, steps, pend, nxt):  # type: ignore[no-untyped-def]
+        settle(stores, steps, pend, nxt)
+        taken["alone" if isinstance(steps[pend[0]], float) else "among"] += 1
+
+    monkeypatch.setattr(offload_fast.ClosedFormStep, "_settle", staticmethod(counted))
+    off = {"hardware": "gcp-t4-vm", "weights": {"gpu": 0.01, "cpu": 0.63, "disk": 0.36},
+           "kv_cache": {"gpu": 0.0, "disk": 1.0}, "activations": {"gpu": 0.0, "disk": 1.0},
+           "cpu_attention": True, "gpu_batch_size": 8, "num_gpu_batches": 4}  # fmt: skip
+    s = _same_fast(_scenario(off, uniform_workload(32, 50.0, (256, 300), (8, 12)), {"policy": "static"}, 1))
+    assert s["engine_path"] == _CLOSED + _ONE_BATCH
+    assert taken["alone"] > 0 and taken["among"] > 0, taken
+
+
+_LANES = [("d2h", 12e9, 5e-6), ("nvme_write", 2e9, 1e-4), ("cxl_write", 30e9, 0.0)]
+
+
+@st.composite
+def _stores(draw: st.DrawFn) -> list:
+    """One step's stores: shares written straight to a lane, or staged (d2h, then nvme_write)."""
+    out = []
+    for _ in range(draw(st.integers(1, 4))):
+        nbytes = draw(st.sampled_from([1.0, 4096.0, 458752.0, 4559143.587628866, 3e7]))
+        if draw(st.booleans()):
+            scale = draw(st.sampled_from([1.0, 0.5435, 2.0]))
+            out.append(("d2h", nbytes, "nvme_write", nbytes * scale))
+        else:
+            out.append((draw(st.sampled_from([n for n, _, _ in _LANES])), nbytes))
+    return out
+
+
+def _links(scale: float) -> dict:
+    from simkit.engine.resources import Link
+
+    links = {n: Link(None, n, bw * scale, lat) for n, bw, lat in _LANES}  # type: ignore[arg-type]
+    for link in links.values():
+        link.busy_log = []
+    return links
+
+
+def _shares(spec: list, links: dict) -> list:
+    out = []
+    for s in spec:
+        if len(s) == 4:
+            out.append(("kv_write", "disk", s[1], [(s[0], links[s[0]], s[1]), (s[2], links[s[2]], s[3])], True))
+        else:
+            out.append(("act_write", "cxl", s[1], [(s[0], links[s[0]], s[1])], False))
+    return out
+
+
+@settings(max_examples=4 * _EXAMPLES, deadline=None)
+@given(spec=_stores(), at=st.sampled_from([0.0, 1e-3, 0.37, 168.74877438267907, 5000.1]), scale=st.sampled_from([1.0, 0.013, 7.0]))
+def test_stores_alone_replayed_lane_by_lane_equal_stores(spec, at, scale):
+    """One step's stores alone on idle write lanes: replayed lane by lane (``_solve``, as
+    ``ClosedFormStep._settle`` does) they land when ``_Stores`` lands them, with the same link
+    counters (busy time, busy periods, bytes), and no later than ``_store_plan``'s bound."""
+    from simkit.engine import offload_fast as of
+
+    a, b = _links(scale), _links(scale)
+    plan_a, plan_b = _shares(spec, a), _shares(spec, b)
+    stores = of._Stores()
+    chains = [c for _, _, _, hops, staged in plan_a for c in stores.issue(at, hops, staged)]
+    stores.drain()
+    want = max(c.done for c in chains)
+    got_plan = of._store_plan(plan_b)
+    assert got_plan is not None
+    comp, span = got_plan
+    got = of._solve({}, [(at, comp, None)])
+    assert got == want
+    assert want <= at + span
+    for n in a:
+        assert (a[n].busy_time, a[n].bytes_moved, a[n].busy_log) == (b[n].busy_time, b[n].bytes_moved, b[n].busy_log)
+
+
+def test_store_plan_refuses_next_hops_from_different_lanes():
+    """Where a lane takes the next hops of shares whose previous hops crossed different lanes,
+    the replay lane by lane might order two joins of one instant otherwise than ``_Stores``:
+    ``_store_plan`` refuses (the stores stay among the rest)."""
+    from simkit.engine import offload_fast as of
+
+    links = _links(1.0)
+    plan = [("kv_write", "disk", 8.0, [("d2h", links["d2h"], 8.0), ("nvme_write", links["nvme_write"], 8.0)], True),
+            ("kv_write", "disk", 8.0, [("cxl_write", links["cxl_write"], 8.0), ("nvme_write", links["nvme_write"], 8.0)], True)]  # fmt: skip
+    assert of._store_plan(plan) is None
+    assert of._store_plan(plan[:1]) is not None
+
+
+@settings(max_examples=4 * _EXAMPLES, deadline=None)
+@given(
+    sizes=st.lists(st.sampled_from([1e-300, 1.0, 3.0, 4096.0, 458752.0, 458752.0, 2478244.71849866, 4559143.587628866, 3e7]), min_size=2, max_size=5),
+    j=st.sampled_from([0.0, 1e-3, 0.37, 168.74877438267907, 5000.1, 1e12]),
+    bw=st.sampled_from([12e9, 2e9, 1.6e10 / 3]),
+    logged=st.booleans(),
+)
+def test_flows_joining_at_one_instant_equal_lane(sizes, j, bw, logged):
+    """``_together`` (flows that join an idle direction at one instant, replayed on local
+    state) against ``_Lane.add`` of each then ``drain``: the same landing times and link
+    counters, bit for bit; and ``_solve`` takes it only where its joins are as ``_Lane``'s
+    (every wake-up after the instant: not for 1e-300 bytes at a late instant)."""
+    from simkit.engine import offload_fast as of
+    from simkit.engine.resources import Link
+
+    a, b = Link(None, "h2d", bw), Link(None, "h2d", bw)  # type: ignore[arg-type]
+    if logged:
+        a.busy_log, b.busy_log = [[j - 1.0, j]], [[j - 1.0, j]]
+    lane_a = of._Lane(a)
+    flows = [lane_a.add(j, x) for x in sizes]
+    lane_a.drain()
+    if j + min(sizes) * 1 / bw > j:
+        lane_b = of._Lane(b)
+        got = of._together(lane_b, sizes, j)
+        assert got == [f.done for f in flows]
+        assert (a.busy_time, a.bytes_moved, a.busy_log) == (b.busy_time, b.bytes_moved, b.busy_log)
+        assert lane_b.last == lane_a.last
+    # through _solve (which decides whether _together applies), the same again
+    c = Link(None, "h2d", bw)  # type: ignore[arg-type]
+    if logged:
+        c.busy_log = [[j - 1.0, j]]
+    each = [j] * len(sizes)
+    of._solve({}, [(j, [(of._INDEX["h2d"], c, [(0.0, x, [], False)])], None) for x in sizes], each)
+    assert each == [max(f.done, j) for f in flows]
+    assert (a.busy_time, a.bytes_moved, a.busy_log) == (c.busy_time, c.bytes_moved, c.busy_log)

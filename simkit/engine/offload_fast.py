@@ -25,10 +25,11 @@ compression, pinned copies and pageable ones without CPU attention, one GPU batc
 prefetch (``overlap: true``) and any number without, and FlexGen's zig-zag block schedule
 (several GPU batches per step with prefetch: :meth:`ClosedFormStep._blocked`), KV read from any
 tier and KV and activations written to any (stores staged through DRAM replayed across the
-write lanes: :class:`_Stores`). Activations off the GPU: without prefetch, and in the block
-schedule where no host-to-GPU copy waits for compute (pinned copies, ``decode_overlap``); a
-step of one GPU batch with prefetch then runs its events. Run event by event
-(:func:`closed_form_reason`): the block schedule with KV spilled past a threshold
+write lanes: :class:`_Stores`; a step's stores that surely land before the next step issues
+its own, lane by lane in one go: :meth:`ClosedFormStep._settle`). Activations off the GPU:
+without prefetch, and in the block schedule where no host-to-GPU copy waits for compute (pinned
+copies, ``decode_overlap``); a step of one GPU batch with prefetch then runs its events. Run
+event by event (:func:`closed_form_reason`): the block schedule with KV spilled past a threshold
 (:func:`blocked_reason`; in a serving run only the steps that have several GPU batches),
 activations off the GPU otherwise, pageable copies with CPU attention (the host thread that
 stages them also runs CPU attention), Chrome traces, and plans where anything else uses the
@@ -448,9 +449,19 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued], each: list[float] | No
                 i += 1
         if i < n:
             # the rest overlap: fair sharing, as Link replays it
-            flows = [(lane.add(at, nbytes), after, g, it) for at, _, nbytes, after, g, it in js[i:]]
-            lane.drain()
-            landed += [(f.done, after, g, it) for f, after, g, it in flows]
+            j = js[i][0]
+            sizes = [e[2] for e in js[i:]]
+            least = min(sizes)
+            if (
+                n - i > 1 and js[-1][0] == j and least > 0 and j + least * 1 / lane.bw > j
+                and not lane.flows and lane.lone is None
+            ):
+                # all of them join the idle direction at one instant, each wake-up after it
+                landed += [(d, e[3], e[4], e[5]) for d, e in zip(_together(lane, sizes, j), js[i:], strict=True)]
+            else:
+                flows = [(lane.add(at, nbytes), after, g, it) for at, _, nbytes, after, g, it in js[i:]]
+                lane.drain()
+                landed += [(f.done, after, g, it) for f, after, g, it in flows]
         for f_done, rest, gate, it in landed:
             if not rest:
                 if f_done > last:
@@ -470,6 +481,59 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued], each: list[float] | No
             seq += 1
             slot2[1].append((a + nlink.latency if nlink.latency else a, seq, nbytes, rest[1:], gate, it))
     return last
+
+
+def _together(lane: _Lane, sizes: list[float], j: float) -> list[float]:
+    """When each of the flows of ``sizes`` bytes that join the idle ``lane`` at the instant
+    ``j``, in that order, lands: ``lane.add(j, size)`` of each, then ``lane.drain()``, with the
+    same float operations in the same order on the link's counters. The caller checks that the
+    joins leave the lane as ``_Lane`` would: every size positive, and the wake-up each join
+    arms later than ``j`` (so that none fires between two joins: ``j + min(sizes) * 1 / bw >
+    j``, and a later join's wake-up, ``j + least * m / bw``, is no earlier). After the joins the
+    lane holds every flow, its clock at ``j``; then each wake-up is ``_Lane._fire``: advance
+    (each remaining less the fair share), complete the target and those within the slack, and
+    arm the next for the first least remaining."""
+    bw = lane.bw
+    link = lane.link
+    log = link.busy_log
+    rem = list(sizes)
+    alive = list(range(len(sizes)))
+    done = [math.nan] * len(sizes)
+    key = rem.__getitem__
+    tgt = min(alive, key=key)
+    wake = j + max(rem[tgt], 0.0) * len(alive) / bw
+    last = j
+    while alive:
+        now = wake
+        dt = now - last
+        m = len(alive)
+        if dt > 0:
+            share = bw * dt / m
+            for x in alive:
+                rem[x] -= share
+            link.busy_time += dt
+            if log is not None:
+                if log and log[-1][1] == last:
+                    log[-1][1] = now
+                else:
+                    log.append([last, now])
+        last = now
+        slack = bw / m * 1e-9
+        keep = []
+        for x in alive:
+            if x == tgt or rem[x] <= slack:
+                done[x] = now
+                link.bytes_moved += sizes[x]
+            else:
+                keep.append(x)
+        alive = keep
+        if alive:
+            tgt = min(alive, key=key)
+            wake = now + max(rem[tgt], 0.0) * len(alive) / bw
+    lane.last = last
+    lane.wake = math.inf
+    lane.target = None
+    return done
 
 
 Lone = tuple[_Lane, float, float, float, bool]
@@ -493,6 +557,46 @@ def _lone_hops(lanes: dict[str, _Lane], plan: list[Share]) -> list[Lone] | None:
             # Link._reschedule's delay for a lone flow: max(remaining, 0) * 1 / bandwidth
             out.append((lane, link.latency, nbytes, max(nbytes, 0.0) * 1 / lane.bw, name == "h2d"))
     return out
+
+
+StorePlan = tuple[Compiled, float]
+"""One step's stores compiled (:func:`_compile`), and a bound on how long after their issue
+the last of them has landed when they are alone on the write lanes (:func:`_store_plan`)."""
+Pending = tuple[int, float, list[Share], StorePlan]
+"""(index among the steps, issue time, shares, plan) of stores not yet replayed."""
+_NO_CHAINS: list[_Chain] = []
+
+
+def _store_plan(plan: list[Share]) -> StorePlan | None:
+    """``plan``'s stores compiled, with a bound on how long they take alone on idle write lanes,
+    or None where replaying them lane by lane (:func:`_solve`) might not join two hops of one
+    instant on a lane in the order ``_Stores`` does: where a lane receives the next hops of
+    shares whose previous hops crossed different lanes (``_Stores`` orders the completions of
+    one instant on different lanes by when the lanes first carried a flow, ``_solve`` by
+    LANE_ORDER).
+
+    The bound: a lane is busy whenever it carries a flow (fair sharing is work-conserving), so
+    all its flows have landed by its latest join plus its bytes over its bandwidth; a hop joins
+    at most its latency after the previous hop's lane has landed everything. Summed over the
+    lanes: the longest latency of each and its bytes over its bandwidth, with a margin far
+    beyond the float rounding of the replay (relative 1e-6, and 1 us)."""
+    came: dict[str, str] = {}
+    lat: dict[str, float] = {}
+    load: dict[str, float] = {}
+    bw: dict[str, float] = {}
+    for _, _, _, hops, staged in plan:
+        prev = None
+        for name, link, nbytes in hops:
+            if staged and prev is not None and came.setdefault(name, prev) != prev:
+                return None
+            lat[name] = max(lat.get(name, 0.0), link.latency)
+            load[name] = load.get(name, 0.0) + max(nbytes, 0.0)
+            bw[name] = link.bandwidth
+            prev = name
+    span = sum(lat[n] + load[n] / bw[n] for n in lat)
+    if not math.isfinite(span):
+        return None
+    return _compile(plan), span * (1.0 + 1e-6) + 1e-6
 
 
 _NO_SHARES: list[Share] = []
@@ -737,8 +841,18 @@ class ClosedFormStep:
         buffers = ex.BUFFERS
         wplans = self._weights()
         stores = _Stores()
-        steps: list[list[_Chain]] = []
-        """The store flows of every (layer, GPU batch) step so far."""
+        steps: list[float | list[_Chain]] = []
+        """The stores of every (layer, GPU batch) step so far: their flows (replayed among the
+        rest by ``_Stores``), or when the last landed (replayed alone, :meth:`_settle`)."""
+        pend: Pending | None = None
+        """The latest step's stores, issued on quiet write lanes, not yet replayed."""
+        plans: dict[int, tuple[list[Share], StorePlan | None]] = {}
+
+        def store_plan(w: list[Share]) -> StorePlan | None:
+            got = plans.get(id(w))
+            if got is None:
+                got = plans[id(w)] = (w, _store_plan(w))
+            return got[1]
         computed: list[float] = []
         last = len(costs) - 1
         started_last = t
@@ -773,8 +887,10 @@ class ClosedFormStep:
             for gi, cost in enumerate(costs):
                 if ready > t:
                     t = ready
-                if len(steps) >= 2 and steps[-2]:
-                    x = stores.landed(steps[-2])
+                if len(steps) >= 2:
+                    st = steps[-2]
+                    # a step's stores are settled once the next step has issued its own
+                    x = st if isinstance(st, float) else stores.landed(st) if st else -math.inf
                     if x > t:
                         t = x
                 if gi == last:
@@ -811,20 +927,55 @@ class ClosedFormStep:
                 else:
                     t = self._compute(t, cost[0], cost[1], cost[2], on_cpu)
                 ex.add_parts(cost)
-                chains: list[_Chain] = []
-                for kind, _, nbytes, hops, staged in writes_of[gi]:
+                w = writes_of[gi]
+                for kind, _, nbytes, _, _ in w:
                     by_kind[kind] += nbytes
-                    chains += stores.issue(t, hops, staged)
-                steps.append(chains)
+                if pend is not None:
+                    self._settle(stores, steps, pend, t)
+                    pend = None
+                if w:
+                    # replay what is due by now: on quiet lanes, this step's stores wait (pend)
+                    # until the next step's issue shows whether they land alone
+                    stores._until(t)
+                    if not stores.owner and not stores.due and (sp := store_plan(w)) is not None:
+                        pend = (len(steps), t, w, sp)
+                        steps.append(math.nan)
+                    else:
+                        chains: list[_Chain] = []
+                        for _, _, _, hops, staged in w:
+                            chains += stores.issue(t, hops, staged)
+                        steps.append(chains)
+                else:
+                    steps.append(_NO_CHAINS)
             computed.append(t)
         t = t + after
         ex.busy_compute += after
+        if pend is not None:
+            self._settle(stores, steps, pend, math.inf)
         stores.drain()
-        for chains in steps:
-            for ch in chains:
+        for st in steps:
+            if isinstance(st, float):
+                if st > t:
+                    t = st
+                continue
+            for ch in st:
                 if ch.done > t:
                     t = ch.done
         return t
+
+    @staticmethod
+    def _settle(stores: _Stores, steps: list[float | list[_Chain]], pend: Pending, nxt: float) -> None:
+        """Replay the pending stores of one step (issued on quiet write lanes) before the next
+        step's stores, issued at ``nxt``: in one go (:func:`_solve`, lane by lane) where they have
+        surely landed by ``nxt`` (:func:`_store_plan`'s bound), else among the rest (``_Stores``)."""
+        k, at, w, (comp, span) = pend
+        if at + span < nxt and not stores.owner and not stores.due:
+            steps[k] = _solve(stores.lanes, [(at, comp, None)])
+            return
+        chains: list[_Chain] = []
+        for _, _, _, hops, staged in w:
+            chains += stores.issue(at, hops, staged)
+        steps[k] = chains
 
     def _burst(
         self, reads: dict[str, _Lane], at: float, act: list[Share], kv: list[Share], weights: list[Share], gate: float | None,
