@@ -127,10 +127,32 @@ def _growth(upto: int, xa: int, n_active: int, cnt: list[int], pending: list[tup
 
 def _dec_memo(cost: IterationModel, nb: int) -> tuple:
     """What the loop memoises per decode batch size: (IterationModel.decode_constants(nb) and
-    fixed_step_time(nb), or None without the closed form; fixed_step_time(nb))."""
+    fixed_step_time(nb), or None without the closed form; fixed_step_time(nb); whether the
+    attention's memory term is never below its compute term, :func:`_memory_bound`)."""
     c0 = cost.decode_constants(nb)
     fixed = cost.fixed_step_time(nb)
-    return (None if c0 is None else (*c0, fixed), fixed)
+    return (None if c0 is None else (*c0, fixed), fixed, c0 is not None and _memory_bound(c0))
+
+
+def _memory_bound(c: tuple) -> bool:
+    """Whether decode attention with the constants ``c`` (IterationModel.decode_constants) has
+    ``b >= a`` in floats for every attended-token count ``kv >= 0``, where
+    ``a = f4 * kv * cf`` (compute) and ``b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb`` (memory),
+    so that ``b if b > a else a`` is ``b`` (equal floats being the same bits).
+
+    Sufficient: every factor finite and non-negative and ``2 kvh d kb cb >= f4 cf (1 + 1e-9)``.
+    Then, ``u = 2**-53`` being the unit roundoff and rounding being monotone, the float ``b`` is at
+    least ``(2 kv kvh d kb)(1-u)**3 cb (1-u) >= kv * 2 kvh d kb cb (1-u)**4`` (adding ``c1, c3 >= 0``
+    does not lower it) and the float ``a`` at most ``kv f4 cf (1+u)**2``; the margin 1e-9 (which
+    also covers this test's own roundings) exceeds the ~6u between them. Tokens counts are at
+    least 1 and the constants far from the subnormal range, where relative bounds would fail."""
+    f4, c1, c3, ratio, kvh, d, kb, cf, cb = c[:9]
+    for v in (f4, c1, c3, kvh, d, kb, cf, cb):
+        if not (0.0 <= v < INF):
+            return False
+    if ratio is not None and not (0.0 <= ratio < INF):
+        return False
+    return 2.0 * kvh * d * kb * cb >= f4 * cf * (1.0 + 1e-9)
 
 
 def _tbt_fresh(hist: TBTHistogram, vals: list[float], wts: list[float], t: float, last_dec: float, nb: int,
@@ -818,9 +840,9 @@ def _replica(
                         hi = mid - 1
                 s = lo
             try:
-                consts, fixed_step = dec_memo[nb]
+                consts, fixed_step, mem_bound = dec_memo[nb]
             except KeyError:
-                consts, fixed_step = dec_memo[nb] = _dec_memo(cost, nb)
+                consts, fixed_step, mem_bound = dec_memo[nb] = _dec_memo(cost, nb)
             ta = nxt - now
             kv0 = float(sum_off + nb * D)
             fb = float(nb)
@@ -834,7 +856,23 @@ def _replica(
                 times: list[float] = []
                 add_time = times.append
                 acc = 0.0
-                if ratio is not None:
+                if mem_bound and (ratio is None or (lo_ + (s - 1)) * ratio <= base):
+                    # the same steps where neither max changes the value: the longest context's
+                    # floor ``y`` never exceeds ``kv`` (y grows with j, and its last value is at
+                    # most the first kv, kv only growing) and the memory term ``b`` is never below
+                    # the compute term ``a`` (_memory_bound), so ``kv`` stays ``base + fb * j`` and
+                    # ``b if b > a else a`` is ``b``: neither ``y`` nor ``a`` is computed; ``kv``
+                    # (``base + fb * j`` there) is kept as a running sum, the same value: whole
+                    # numbers of tokens, far below 2**53, are added exactly in floats
+                    kv = base
+                    for _ in range(s):
+                        x = fixed + ((c1 + 2.0 * kv * kvh * d * kb + c3) * cb + ov) * layers
+                        acc += x
+                        add_time(x)
+                        if acc >= ta:
+                            break
+                        kv += fb
+                elif ratio is not None:
                     for j in range(s):
                         kv = base + fb * j
                         y = (lo_ + j) * ratio
