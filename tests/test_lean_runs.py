@@ -288,3 +288,18 @@ def test_decode_runs_at_the_compute_bound_edge(monkeypatch, n, rate, inp, out, s
     monkeypatch.setattr(dep_mod, "DatasheetEfficiency", lambda: DatasheetEfficiency(compute=compute))
     fused, stepping = run_three(scenario_from_dict(data))
     assert fused["engine_path"] == fast_path_of(stepping["preemptions"])
+
+
+@settings(max_examples=max(EXAMPLES * 8, 200), deadline=None)
+@given(xs=st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(2**60), 2**60),
+                             st.floats(-1e300, 1e300).map(np.float64)), max_size=300))  # fmt: skip
+def test_histogram_buffer_packed_as_numpy_converts_it(xs):
+    """The inter-token histogram's buffer becomes an array by ``struct`` (engine/state.py
+    ``_doubles``): the same bits as ``np.array(xs, dtype=np.float64)`` for Python floats (NaN,
+    infinities, -0.0, subnormals), integers and numpy floats."""
+    from simkit.engine.state import _doubles
+
+    a = _doubles(xs)
+    b = np.array(xs, dtype=np.float64)
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert a.tobytes() == b.tobytes()
