@@ -466,6 +466,7 @@ def _replica(
                     # what depends on the decode set's size alone
                     nb_q = nb
                     f4, c1, c3, ratio, kvh_, d_, kb_, cf_, cb_, ov_, _, _ = consts
+                    mb = memo[2]  # (the memo of this nb: a new size comes with a new decision)
                     host = host_fixed + host_seq * (1 + nb)
                     fb = float(nb)
                 if ntok != q_tok:
@@ -480,9 +481,13 @@ def _replica(
                     y = (longest + 1.0) * ratio
                     if y > kv:
                         kv = y
-                a = f4 * kv * cf_
-                b = (c1 + 2.0 * kv * kvh_ * d_ * kb_ + c3) * cb_
-                total = 0.0 + ((b if b > a else a) + ov_) * layers
+                if mb:
+                    # the memory term is never below the compute term (_memory_bound): ``b``
+                    total = 0.0 + ((c1 + 2.0 * kv * kvh_ * d_ * kb_ + c3) * cb_ + ov_) * layers
+                else:
+                    a = f4 * kv * cf_
+                    b = (c1 + 2.0 * kv * kvh_ * d_ * kb_ + c3) * cb_
+                    total = 0.0 + ((b if b > a else a) + ov_) * layers
                 fc = f4p * (ntok * c0 + tri) * cf
                 bc = (b1 + 2.0 * top * kvh * d * kb + b3) * cb
                 total += ((bc if bc > fc else fc) + ov) * layers
