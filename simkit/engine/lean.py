@@ -28,8 +28,11 @@ heap). :func:`run_fused` makes the same decisions, in the same order, on local v
   finishing clocks, a heap of offsets for the longest context, block growth counted per residue
   of each request's first block boundary);
 - a decode run is priced by the scalar loop of :meth:`IterationModel.decode_step_times`
-  inlined (the same operations in the same order; with a fitted decode-attention efficiency, by
-  :meth:`IterationModel.decode_steps` as the stepping path does), cut at the step that reaches
+  inlined (the same operations in the same order, less those that cannot change a value: the
+  compute term where it is never above the memory term, :func:`_memory_bound`, and the longest
+  context's floor where its last value is at most the first step's tokens; with a fitted
+  decode-attention efficiency, by :meth:`IterationModel.decode_steps` as the stepping path
+  does), cut at the step that reaches
   the next arrival (whichever replica it goes to), a step with prefill chunks by
   :meth:`IterationModel.mixed_step_time` inlined on the constants it exposes
   (``prefill_constants``, ``decode_constants``, ``scalar_tables``; the same operations in the
