@@ -195,3 +195,119 @@ def test_chunk_chains_at_the_budget_edges(tmp_path_factory, decoders, dec_out, c
     data["workload"] = native_trace_workload(path, np.array(times), np.array(inp), np.array(out))
     fused, stepping = run_three(scenario_from_dict(data))
     assert fused["engine_path"] == fast_path_of(stepping["preemptions"])
+
+
+@settings(max_examples=max(EXAMPLES * 8, 200), deadline=None)
+@given(
+    f4=st.floats(1.0, 1e6),
+    cf=st.floats(1e-16, 1e-9),
+    kvh=st.integers(1, 128),
+    d=st.sampled_from([64.0, 80.0, 128.0, 256.0]),
+    kb=st.sampled_from([0.5, 1.0, 2.0, 4.0]),
+    c1=st.floats(0.0, 1e9),
+    c3=st.floats(0.0, 1e9),
+    margin=st.sampled_from([-1e-6, -1e-12, 0.0, 1e-15, 1e-12, 1e-9, 1.0000001e-9, 2e-9, 1e-6, 1.0]),
+    kvs=st.lists(st.integers(0, 2**40), min_size=1, max_size=20),
+)
+def test_memory_bound_means_b_at_least_a(f4, cf, kvh, d, kb, c1, c3, margin, kvs):
+    """engine/lean.py's decode runs skip the compute term where ``_memory_bound`` holds: then, for
+    every token count, the memory term in floats is at least the compute term (so ``b if b > a
+    else a`` is ``b``), at and just past the margin the test requires."""
+    from simkit.engine.lean import _memory_bound
+
+    cb = f4 * cf * (1.0 + margin) / (2.0 * kvh * d * kb)
+    c = (f4, c1, c3, None, float(kvh), d, kb, cf, cb, 4e-6, 1e-3)
+    if not _memory_bound(c):
+        return
+    for kv in [*kvs, 0, 1, 2**53 - 1]:
+        kv = float(kv)
+        a = f4 * kv * cf
+        b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb
+        assert b >= a, (kv, a, b)
+
+
+def test_memory_bound_rejects_what_it_cannot_bound():
+    """Negative, infinite or NaN factors, and a compute term above the memory term, keep the full
+    form."""
+    from simkit.engine.lean import _memory_bound
+
+    ok = (4.0, 1.0, 1.0, 4.1, 8.0, 128.0, 2.0, 1e-15, 1e-12, 4e-6, 1e-3)
+    assert _memory_bound(ok)
+    for k, bad in [(0, -1.0), (1, -1.0), (2, float("nan")), (3, -1.0), (4, float("inf")), (7, float("nan")),
+                   (8, -1e-12), (8, 1e-30)]:  # fmt: skip
+        c = list(ok)
+        c[k] = bad
+        assert not _memory_bound(tuple(c)), (k, bad)
+    # near the subnormal range (a factor or product below 1e-150) the proof's relative bounds fail
+    for k, tiny in [(7, 1e-160), (8, 1e-200), (0, 5e-324)]:
+        c = list(ok)
+        c[k] = tiny
+        assert not _memory_bound(tuple(c)), (k, tiny)
+    c = list(ok)
+    c[7], c[8] = 0.0, 1e-12  # no compute term at all: memory-bound, no claim needed on tiny values
+    assert _memory_bound(tuple(c))
+
+
+def _slopes(data: dict) -> float:
+    """The compute term's slope over the memory term's (per attended token) of one decode step of
+    ``data``'s plan with the datasheet efficiency."""
+    from simkit.deployment import build_deployment
+
+    f4, _, _, _, kvh, d, kb, cf, cb = build_deployment(scenario_from_dict(data)).groups[0].cost.decode_constants(1)[:9]
+    return f4 * cf / (2.0 * kvh * d * kb * cb)
+
+
+@settings(max_examples=EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(
+    n=st.integers(2, 50),
+    rate=st.floats(0.5, 400.0),
+    inp=st.tuples(st.integers(1, 3000), st.integers(0, 6000)),
+    out=st.tuples(st.integers(1, 40), st.integers(0, 400)),
+    seed=st.integers(0, 10_000),
+    seqs=st.integers(1, 12),
+    slope=st.sampled_from([0.0, 0.5, 0.99, 0.999, 1.0, 1.0005, 1.002, 1.01, 1.1, 3.0]),
+    policy=st.sampled_from(["continuous", "chunked_prefill"]),
+    replicas=st.integers(1, 2),
+)
+def test_decode_runs_at_the_compute_bound_edge(monkeypatch, n, rate, inp, out, seed, seqs, slope, policy, replicas):
+    """Decode runs priced without the compute term and the longest context's floor (where neither
+    can bind, engine/lean.py) against the full form: decode attention's compute efficiency set
+    so that its compute term grows ``slope`` times as fast as its memory term (memory-bound at
+    every context below 1, crossing at ~2 / (slope - 1) tokens a sequence above it, so that some
+    runs cross within their steps; 0: no compute term), batches of 1-12 on Llama-2-7B / H100
+    (the floor ``longest * sms / kv_heads`` applies from 4 sequences: one long prompt among
+    short ones makes it bind), one or two replicas; every output equal to the stepping path's
+    and the reference engine's."""
+    import simkit.deployment as dep_mod
+    from simkit.cost.efficiency import DatasheetEfficiency
+
+    monkeypatch.setenv("SIMKIT_CACHE_DIR", "")
+    data = _data(uniform_workload(n * replicas, rate * replicas, (inp[0], inp[0] + inp[1]), (out[0], out[0] + out[1])),
+                 seed, seqs, 8192, {"num_blocks": 7000}, "none", 1, policy, seqs + 256, replicas, "round_robin")  # fmt: skip
+    monkeypatch.setattr(dep_mod, "DatasheetEfficiency", DatasheetEfficiency)
+    base = DatasheetEfficiency()
+    ec = base.compute["attn_decode"]
+    if slope > 0:
+        ec *= _slopes(data) / slope
+    else:
+        ec = 1e300  # (a compute term of ~0)
+    compute = dict(base.compute, attn_decode=ec)
+    monkeypatch.setattr(dep_mod, "DatasheetEfficiency", lambda: DatasheetEfficiency(compute=compute))
+    fused, stepping = run_three(scenario_from_dict(data))
+    assert fused["engine_path"] == fast_path_of(stepping["preemptions"])
+
+
+@settings(max_examples=max(EXAMPLES * 8, 200), deadline=None)
+@given(xs=st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(2**60), 2**60),
+                             st.floats(-1e300, 1e300).map(np.float64)), max_size=300))  # fmt: skip
+def test_histogram_buffer_packed_as_numpy_converts_it(xs):
+    """The inter-token histogram's buffer becomes an array by ``struct`` (engine/state.py
+    ``_doubles``): the same bits as ``np.array(xs, dtype=np.float64)`` for Python floats (NaN,
+    infinities, -0.0, subnormals), integers and numpy floats."""
+    from simkit.engine.state import _doubles
+
+    a = _doubles(xs)
+    b = np.array(xs, dtype=np.float64)
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert a.tobytes() == b.tobytes()

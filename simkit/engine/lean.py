@@ -28,8 +28,11 @@ heap). :func:`run_fused` makes the same decisions, in the same order, on local v
   finishing clocks, a heap of offsets for the longest context, block growth counted per residue
   of each request's first block boundary);
 - a decode run is priced by the scalar loop of :meth:`IterationModel.decode_step_times`
-  inlined (the same operations in the same order; with a fitted decode-attention efficiency, by
-  :meth:`IterationModel.decode_steps` as the stepping path does), cut at the step that reaches
+  inlined (the same operations in the same order, less those that cannot change a value: the
+  compute term where it is never above the memory term, :func:`_memory_bound`, and the longest
+  context's floor where its last value is at most the first step's tokens; with a fitted
+  decode-attention efficiency, by :meth:`IterationModel.decode_steps` as the stepping path
+  does), cut at the step that reaches
   the next arrival (whichever replica it goes to), a step with prefill chunks by
   :meth:`IterationModel.mixed_step_time` inlined on the constants it exposes
   (``prefill_constants``, ``decode_constants``, ``scalar_tables``; the same operations in the
@@ -127,10 +130,42 @@ def _growth(upto: int, xa: int, n_active: int, cnt: list[int], pending: list[tup
 
 def _dec_memo(cost: IterationModel, nb: int) -> tuple:
     """What the loop memoises per decode batch size: (IterationModel.decode_constants(nb) and
-    fixed_step_time(nb), or None without the closed form; fixed_step_time(nb))."""
+    fixed_step_time(nb), or None without the closed form; fixed_step_time(nb); whether the
+    attention's memory term is never below its compute term, :func:`_memory_bound`)."""
     c0 = cost.decode_constants(nb)
     fixed = cost.fixed_step_time(nb)
-    return (None if c0 is None else (*c0, fixed), fixed)
+    return (None if c0 is None else (*c0, fixed), fixed, c0 is not None and _memory_bound(c0))
+
+
+def _memory_bound(c: tuple) -> bool:
+    """Whether decode attention with the constants ``c`` (IterationModel.decode_constants) has
+    ``b >= a`` in floats for every attended-token count ``kv >= 0``, where
+    ``a = f4 * kv * cf`` (compute) and ``b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb`` (memory),
+    so that ``b if b > a else a`` is ``b`` (equal floats being the same bits).
+
+    Sufficient: every factor finite and non-negative and ``2 kvh d kb cb >= f4 cf (1 + 1e-9)``.
+    Then, ``u = 2**-53`` being the unit roundoff and rounding being monotone, the float ``b`` is at
+    least ``(2 kv kvh d kb)(1-u)**3 cb (1-u) >= kv * 2 kvh d kb cb (1-u)**4`` (adding ``c1, c3 >= 0``
+    does not lower it) and the float ``a`` at most ``kv f4 cf (1+u)**2``; the margin 1e-9 (which
+    also covers this test's own roundings) exceeds the ~6u between them. Tokens counts are at
+    least 1 and the constants far from the subnormal range, where relative bounds would fail
+    (checked: a nonzero factor or product below :data:`_TINY` is refused)."""
+    f4, c1, c3, ratio, kvh, d, kb, cf, cb = c[:9]
+    for v in (f4, c1, c3, kvh, d, kb, cf, cb):
+        if not (0.0 <= v < INF):
+            return False
+    if ratio is not None and not (0.0 <= ratio < INF):
+        return False
+    mem, comp = 2.0 * kvh * d * kb * cb, f4 * cf
+    for v in (f4, kvh, d, kb, cf, cb, mem, comp):
+        if 0.0 < v < _TINY:  # near the subnormal range relative error bounds fail: no claim
+            return False
+    return mem >= comp * (1.0 + 1e-9)
+
+
+_TINY = 1e-150
+"""Nonzero factors and products of :func:`_memory_bound` below this are refused: any product of
+two of them stays a normal float (> 1e-300), so the relative rounding bounds of its proof hold."""
 
 
 def _tbt_fresh(hist: TBTHistogram, vals: list[float], wts: list[float], t: float, last_dec: float, nb: int,
@@ -444,6 +479,7 @@ def _replica(
                     # what depends on the decode set's size alone
                     nb_q = nb
                     f4, c1, c3, ratio, kvh_, d_, kb_, cf_, cb_, ov_, _, _ = consts
+                    mb = memo[2]  # (the memo of this nb: a new size comes with a new decision)
                     host = host_fixed + host_seq * (1 + nb)
                     fb = float(nb)
                 if ntok != q_tok:
@@ -458,9 +494,13 @@ def _replica(
                     y = (longest + 1.0) * ratio
                     if y > kv:
                         kv = y
-                a = f4 * kv * cf_
-                b = (c1 + 2.0 * kv * kvh_ * d_ * kb_ + c3) * cb_
-                total = 0.0 + ((b if b > a else a) + ov_) * layers
+                if mb:
+                    # the memory term is never below the compute term (_memory_bound): ``b``
+                    total = 0.0 + ((c1 + 2.0 * kv * kvh_ * d_ * kb_ + c3) * cb_ + ov_) * layers
+                else:
+                    a = f4 * kv * cf_
+                    b = (c1 + 2.0 * kv * kvh_ * d_ * kb_ + c3) * cb_
+                    total = 0.0 + ((b if b > a else a) + ov_) * layers
                 fc = f4p * (ntok * c0 + tri) * cf
                 bc = (b1 + 2.0 * top * kvh * d * kb + b3) * cb
                 total += ((bc if bc > fc else fc) + ov) * layers
@@ -818,9 +858,9 @@ def _replica(
                         hi = mid - 1
                 s = lo
             try:
-                consts, fixed_step = dec_memo[nb]
+                consts, fixed_step, mem_bound = dec_memo[nb]
             except KeyError:
-                consts, fixed_step = dec_memo[nb] = _dec_memo(cost, nb)
+                consts, fixed_step, mem_bound = dec_memo[nb] = _dec_memo(cost, nb)
             ta = nxt - now
             kv0 = float(sum_off + nb * D)
             fb = float(nb)
@@ -834,7 +874,23 @@ def _replica(
                 times: list[float] = []
                 add_time = times.append
                 acc = 0.0
-                if ratio is not None:
+                if mem_bound and (ratio is None or (lo_ + (s - 1)) * ratio <= base):
+                    # the same steps where neither max changes the value: the longest context's
+                    # floor ``y`` never exceeds ``kv`` (y grows with j, and its last value is at
+                    # most the first kv, kv only growing) and the memory term ``b`` is never below
+                    # the compute term ``a`` (_memory_bound), so ``kv`` stays ``base + fb * j`` and
+                    # ``b if b > a else a`` is ``b``: neither ``y`` nor ``a`` is computed; ``kv``
+                    # (``base + fb * j`` there) is kept as a running sum, the same value: whole
+                    # numbers of tokens, far below 2**53, are added exactly in floats
+                    kv = base
+                    for _ in range(s):
+                        x = fixed + ((c1 + 2.0 * kv * kvh * d * kb + c3) * cb + ov) * layers
+                        acc += x
+                        add_time(x)
+                        if acc >= ta:
+                            break
+                        kv += fb
+                elif ratio is not None:
                     for j in range(s):
                         kv = base + fb * j
                         y = (lo_ + j) * ratio

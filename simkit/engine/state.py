@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
 from simkit.workload.base import Requests
@@ -69,6 +71,13 @@ class RequestTable:
         self.reject_reason[i] = REJECT_REASONS.index(reason)
 
 
+def _doubles(xs: list[float]) -> np.ndarray:
+    """``np.array(xs, dtype=np.float64)`` (the same values) for a list of Python numbers, packed
+    by ``struct`` (~90 instructions an element against numpy's ~280: numpy inspects each element
+    for its type and shape first)."""
+    return np.frombuffer(struct.pack(f"{len(xs)}d", *xs), dtype=np.float64)
+
+
 class TBTHistogram:
     """Inter-token gaps aggregated in fine log-spaced bins (1% wide), so that percentiles of
     millions of gaps cost constant memory. Percentiles are exact to within one bin (1%)."""
@@ -107,8 +116,8 @@ class TBTHistogram:
 
     def flush(self) -> None:
         if self._vals:
-            v = np.array(self._vals, dtype=np.float64)
-            w = np.array(self._wts, dtype=np.float64)
+            v = _doubles(self._vals)
+            w = _doubles(self._wts)
             self._vals = []
             self._wts = []
             self.add(v, w)
