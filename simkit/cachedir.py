@@ -12,9 +12,15 @@ modification time) when a new entry is written; deleting the folder only costs t
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MAX_FOLDER_BYTES = 1 << 30
 """Most bytes one cache folder (``tables/``, ``yaml/``, ``traces/``, ``forests/``, ``docs/``, ``catalog/``,
@@ -107,3 +113,52 @@ def prune(folder: Path, max_bytes: int, keep: Path | None = None) -> None:
         total -= size
         if total <= max_bytes:
             return
+
+
+def pack_arrays(head: dict[str, Any], arrays: Mapping[str, np.ndarray]) -> bytes | None:
+    """A cache entry of plain-number arrays: the CRC-32 of the rest (8 hex digits and a newline),
+    one JSON line (``head``, with the arrays' dtypes, shapes and byte ranges under ``"arrays"``),
+    then the arrays' raw bytes, in order. Read
+    back by :func:`unpack_arrays` with numpy alone (an ``.npz`` is a zip archive: ``np.load``
+    imports :mod:`zipfile` and parses a Python-literal header per array). None when an array is
+    not plain numbers (nothing is written then)."""
+    import numpy as np
+
+    layout: dict[str, list[Any]] = {}
+    parts: list[bytes] = []
+    at = 0
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf":
+            return None
+        b = np.ascontiguousarray(a).tobytes()
+        layout[name] = [a.dtype.str, list(a.shape), at, at + len(b)]
+        parts.append(b)
+        at += len(b)
+    rest = json.dumps({**head, "arrays": layout}).encode() + b"\n" + b"".join(parts)
+    return b"%08x\n" % zlib.crc32(rest) + rest
+
+
+def unpack_arrays(blob: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """(header, arrays) of an entry :func:`pack_arrays` wrote (fresh, writable arrays); None when
+    it is damaged or not such an entry."""
+    import numpy as np
+
+    try:
+        if len(blob) < 9 or blob[8:9] != b"\n" or int(blob[:8], 16) != zlib.crc32(memoryview(blob)[9:]):
+            return None  # damaged (a flipped byte, a partial write) or not such an entry
+        head_end = blob.index(b"\n", 9)
+        head = json.loads(blob[9:head_end])
+        body = memoryview(blob)[head_end + 1 :]
+        arrays: dict[str, np.ndarray] = {}
+        end = 0
+        for name, (dtype, shape, start, stop) in head["arrays"].items():
+            dt = np.dtype(dtype)
+            if start != end or stop > len(body) or dt.kind not in "biuf":
+                return None
+            arrays[name] = np.frombuffer(body[start:stop], dtype=dt).reshape(shape).copy()
+            end = stop
+        if end != len(body):
+            return None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return head, arrays

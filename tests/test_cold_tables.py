@@ -212,14 +212,14 @@ def test_damaged_dense_entry_is_rebuilt(h100_cost, tmp_path, monkeypatch, damage
     monkeypatch.setenv("SIMKIT_CACHE_DIR", str(tmp_path))
     fresh = compute_op_tables(h100_cost, 500)
     tables.op_tables(h100_cost, 500, compute_op_tables)
-    path = tmp_path / "tables" / f"{tables.table_key(h100_cost, 500)}.npz"
+    path = tmp_path / "tables" / f"{tables.table_key(h100_cost, 500)}.bin"
     data = bytearray(path.read_bytes())
     if damage == "truncate":
         data = data[: len(data) // 2]
     elif damage == "flip":
         data[len(data) // 2] ^= 0xFF
     else:
-        data = bytearray(b"PK\x03\x04" + bytes(200))
+        data = bytearray(b"{\"key\": 1}\n" + bytes(200))
     path.write_bytes(bytes(data))
     got = tables.op_tables(h100_cost, 500, compute_op_tables)
     assert all(_same(x, y) for x, y in zip(got, fresh))

@@ -247,7 +247,7 @@ def test_table_cache_hit_is_identical_and_keys_cover_every_input(tmp_path, monke
     base = _cost("auto")
     fresh = compute_op_tables(base, 300)
     first = tables.op_tables(base, 300, compute_op_tables)  # miss: computed and stored
-    assert len(list((tmp_path / "tables").glob("*.npz"))) == 1
+    assert len(list((tmp_path / "tables").glob("*.bin"))) == 1
     again = tables.op_tables(_cost("auto"), 300, compute_op_tables)  # hit, from a new but equal cost model
     for x, y, z in zip(fresh, first, again):
         assert np.array_equal(x, y) and np.array_equal(x, z)
@@ -317,7 +317,7 @@ def test_table_cache_can_be_turned_off_and_survives_a_bad_entry(tmp_path, monkey
     cost = _cost("none")
     key = tables.table_key(cost, 100)
     (tmp_path / "tables").mkdir()
-    (tmp_path / "tables" / f"{key}.npz").write_bytes(b"not an npz file")
+    (tmp_path / "tables" / f"{key}.bin").write_bytes(b"not an entry")
     got = tables.op_tables(cost, 100, compute_op_tables)
     for x, y in zip(got, compute_op_tables(cost, 100)):
         assert np.array_equal(x, y)

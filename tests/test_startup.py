@@ -243,7 +243,9 @@ def test_percentile_outside_0_100_is_refused_as_numpy_refuses_it() -> None:
 
 def test_a_run_imports_no_numpy_ma(tmp_path: Path) -> None:
     """A run's summary does not go through np.percentile or np.median (in numpy 2 they import
-    numpy.ma: np.unique's and the median's NaN checks, ~12 ms of every run). Measured on a warm
+    numpy.ma: np.unique's and the median's NaN checks, ~12 ms of every run), and the cached cost
+    tables and fitted trees are read without ``np.load`` (an ``.npz`` is a zip archive: zipfile's
+    import and a Python-literal header per array). Measured on a warm
     cost-table cache of its own (what every run after the first sees; the first run of a new
     model or GPU builds its tables, which may import it), so the outcome does not depend on
     which tests ran before."""
@@ -254,13 +256,53 @@ def test_a_run_imports_no_numpy_ma(tmp_path: Path) -> None:
     code = ("import sys\nfrom simkit.scenario import load_scenario\nfrom simkit.simulate import simulate\n"
             "sc = load_scenario(sys.argv[1], ['workload.synthetic.num_requests=300'])\n"
             "s = simulate(sc).summary\nassert s['ttft_p90_s'] > 0 and s['queue_growth'] == s['queue_growth']\n"
-            "print('numpy.ma' in sys.modules)")
+            "print('numpy.ma' in sys.modules, 'zipfile' in sys.modules)")
     scenario = str(ROOT / "workloads" / "scenarios" / "quickstart.yaml")
     env = {**os.environ, "SIMKIT_CACHE_DIR": str(tmp_path / "cache")}
     subprocess.run([sys.executable, "-c", code, scenario], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
     out = subprocess.run([sys.executable, "-c", code, scenario], capture_output=True, text=True, check=True, cwd=ROOT,
                          env=env)  # fmt: skip
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"
+    assert list((tmp_path / "cache" / "tables").glob("*.npz")) == [] and list((tmp_path / "cache" / "tables").glob("*.bin"))
+
+
+def test_packed_arrays_come_back_exactly_and_damage_is_refused() -> None:
+    """cachedir.pack_arrays / unpack_arrays (the cost tables' and fitted trees' cache entries):
+    every plain-number dtype and shape back bit for bit, as fresh writable arrays; anything but
+    plain numbers is not packed; a damaged entry unpacks to None."""
+    import zlib
+
+    from simkit.cachedir import pack_arrays, unpack_arrays
+
+    arrays = {
+        "f": np.array([0.1, -0.0, np.inf, np.nan, 5e-324]), "i": np.arange(-3, 9, dtype=np.int64).reshape(3, 4),
+        "u": np.array([1, 2], dtype=np.uint32), "b": np.array([True, False]), "s": np.array(2.5), "e": np.zeros(0, dtype=">i2"),
+        "t": np.arange(6.0).reshape(2, 3).T,  # not contiguous
+    }
+    blob = pack_arrays({"key": "k"}, arrays)
+    assert blob is not None
+    got = unpack_arrays(blob)
+    assert got is not None
+    head, back = got
+    assert head["key"] == "k" and list(back) == list(arrays)
+    for name, a in arrays.items():
+        b = back[name]
+        assert b.dtype == a.dtype and b.shape == a.shape and b.tobytes() == np.ascontiguousarray(a).tobytes()
+        assert b.flags.writeable and b.flags.owndata
+    assert pack_arrays({}, {"o": np.array(["x"], dtype=object)}) is None
+    assert pack_arrays({}, {"s": np.array(["x"])}) is None
+    assert pack_arrays({}, {"x": 1.0}) is None  # type: ignore[dict-item]
+    def framed(rest: bytes) -> bytes:  # with a right CRC: the layout checks must refuse it
+        return b"%08x\n" % zlib.crc32(rest) + rest
+
+    flipped = bytearray(blob)
+    flipped[len(blob) // 2] ^= 1
+    assert unpack_arrays(framed(blob[9:])) is not None
+    for bad in (b"", b"garbage", blob[: len(blob) - 1], blob + b"x", bytes(flipped), framed(b"[1]\n"), framed(b"{\"arrays\": 1}\n"),
+                framed(b'{"arrays": {"a": ["<f8", [2], 0, 16]}}\n' + bytes(8)), framed(b'{"arrays": {"a": ["O", [1], 0, 8]}}\n' + bytes(8)),
+                framed(b'{"arrays": {"a": ["<f8", [3], 0, 16]}}\n' + bytes(16)),
+                framed(b'{"arrays": {"a": ["<f8", [2], 8, 24]}}\n' + bytes(24)), framed(b"no newline")):
+        assert unpack_arrays(bad) is None, bad
 
 
 def _requests_data(r: Any) -> dict[str, Any]:
@@ -391,7 +433,7 @@ def test_profile_forest_cache_gives_what_the_json_gives_and_is_never_stale(tmp_p
     assert len(fresh) >= 3
     monkeypatch.setenv("SIMKIT_CACHE_DIR", str(tmp_path / "cache"))
     cold = _forests_data(P.Profile.load(prof_dir, with_samples=False))
-    assert len(list(entries.glob("*.npz"))) == 1
+    assert len(list(entries.glob("*.bin"))) == 1
     with monkeypatch.context() as m:  # a hit parses no JSON trees
         m.setattr(P.Forest, "from_json", lambda d: pytest.fail("trees parsed on a cache hit"))
         warm = _forests_data(P.Profile.load(prof_dir, with_samples=False))
@@ -402,11 +444,11 @@ def test_profile_forest_cache_gives_what_the_json_gives_and_is_never_stale(tmp_p
     raw[key]["baseline"] += 1.0
     (prof_dir / "models.json").write_text(json.dumps(raw))
     edited = _forests_data(P.Profile.load(prof_dir, with_samples=False))
-    assert edited != fresh and len(list(entries.glob("*.npz"))) == 2
+    assert edited != fresh and len(list(entries.glob("*.bin"))) == 2
     monkeypatch.setattr(P, "FOREST_CACHE_FORMAT", P.FOREST_CACHE_FORMAT + 1)  # another key: rebuilt
     assert _forests_data(P.Profile.load(prof_dir, with_samples=False)) == edited
-    assert len(list(entries.glob("*.npz"))) == 3
-    for e in entries.glob("*.npz"):
+    assert len(list(entries.glob("*.bin"))) == 3
+    for e in entries.glob("*.bin"):
         e.write_bytes(b"damaged")
     assert _forests_data(P.Profile.load(prof_dir, with_samples=False)) == edited  # rebuilt
     # a broken models file raises on every read, cached or not
@@ -452,3 +494,27 @@ def test_run_command_collector_state(tmp_path: Path, own_process: bool, collecti
     assert lines[0] == f"imports: enabled {collecting and not own_process}"
     assert lines[1] == f"run: enabled {collecting} frozen {own_process}"
     assert (tmp_path / "out" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("size", [3, 7, 64, 1 << 24])
+def test_utf8_check_names_the_line_across_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    """A trace's UTF-8 check counts the lines of earlier blocks only when a later block follows
+    (a file of one block, every shipped trace, counts none): the line it names is the same with
+    blocks of any size, bare CRs and CRLFs counted as pandas counts them."""
+    from simkit.errors import TraceError
+    from simkit.workload import traces
+
+    real = traces._blocks
+    monkeypatch.setattr(traces, "_blocks", lambda path: real(path, size))
+    head = b"a,b\nc\r\nd\re,\xc3\xa9\n" * 5  # 3 lines per copy (\n, \r\n, bare \r, \n: 4 line ends)
+    # (the column is counted within the block that holds the bad byte: right for one block only)
+    cases = [(head + b"x,\xff\n", "line 21", "byte 0xff at column 3" if size > len(head) else "byte 0xff"),
+             (head + b"ok\n\xc3", "line 22", "ends inside")]
+    for data, line, what in cases:
+        p = tmp_path / "t.csv"
+        p.write_bytes(data)
+        with pytest.raises(TraceError, match=what) as exc:
+            traces._check_utf8(p)
+        assert exc.value.key == line
+    p.write_bytes(head)
+    traces._check_utf8(p)  # valid: no error

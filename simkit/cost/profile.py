@@ -455,8 +455,9 @@ class Forest:
 
 
 
-FOREST_CACHE_FORMAT = 1
-"""Bumped whenever what the on-disk cache of :func:`_read_forests` holds changes."""
+FOREST_CACHE_FORMAT = 2
+"""Bumped whenever what the on-disk cache of :func:`_read_forests` holds changes (2:
+:func:`simkit.cachedir.pack_arrays` instead of ``.npz``)."""
 _FOREST_ARRAYS = ("feature", "threshold", "left", "right", "value", "roots")
 
 
@@ -468,9 +469,8 @@ def _read_forests(mf: Path, wanted: Mapping[str, str], profile_name: str) -> dic
     0.5 MB of JSON trees cost ~15 ms of every run, even when the cost tables come from their
     cache. A file that fails to parse is never cached (its error is raised on every read)."""
     import hashlib
-    import io
 
-    from simkit.cachedir import cache_root, touch, write_atomic
+    from simkit.cachedir import cache_root, pack_arrays, touch, unpack_arrays, write_atomic
 
     try:
         data = mf.read_bytes()
@@ -490,15 +490,21 @@ def _read_forests(mf: Path, wanted: Mapping[str, str], profile_name: str) -> dic
             h = hashlib.sha256(f"{FOREST_CACHE_FORMAT};{np.__version__};{json.dumps(keys)};{len(code)};{len(data)}\0".encode())
             h.update(code)
             h.update(data)
-            entry = root / "forests" / f"{h.hexdigest()}.npz"
+            entry = root / "forests" / f"{h.hexdigest()}.bin"
             try:
-                with np.load(entry, allow_pickle=False) as z:
+                unpacked = unpack_arrays(entry.read_bytes())
+            except OSError:
+                unpacked = None  # missing: parse
+            if unpacked is not None:
+                z = unpacked[1]
+                try:
                     hit = {k: Forest(*(z[f"{i}.{a}"] for a in _FOREST_ARRAYS), float(z[f"{i}.baseline"]), int(z[f"{i}.depth"]))
                            for i, k in enumerate(keys)}
-                touch(entry)
-                return hit
-            except (OSError, KeyError, ValueError, TypeError):
-                pass  # missing, partial or foreign: parse
+                except (KeyError, ValueError, TypeError, IndexError):
+                    pass  # partial or foreign: parse
+                else:
+                    touch(entry)
+                    return hit
     try:
         raw = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -518,10 +524,10 @@ def _read_forests(mf: Path, wanted: Mapping[str, str], profile_name: str) -> dic
         for i, k in enumerate(keys):
             fo = forests[k]
             arrays.update({f"{i}.{a}": getattr(fo, a) for a in _FOREST_ARRAYS})
-            arrays.update({f"{i}.baseline": np.float64(fo.baseline), f"{i}.depth": np.int64(fo.depth)})
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)
-        write_atomic(entry, buf.getvalue())
+            arrays.update({f"{i}.baseline": np.array(fo.baseline, dtype=np.float64), f"{i}.depth": np.array(fo.depth, dtype=np.int64)})
+        blob = pack_arrays({}, arrays)
+        if blob is not None:
+            write_atomic(entry, blob)
     return forests
 
 

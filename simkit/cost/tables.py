@@ -29,9 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import io
 import os
-import zipfile
 import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -39,7 +37,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from simkit.cachedir import MAX_FOLDER_BYTES, cache_root, prune, touch, write_atomic
+from simkit.cachedir import (
+    MAX_FOLDER_BYTES,
+    cache_root,
+    pack_arrays,
+    prune,
+    touch,
+    unpack_arrays,
+    write_atomic,
+)
 
 if TYPE_CHECKING:
     from simkit.cost.iteration import IterationModel
@@ -47,8 +53,9 @@ if TYPE_CHECKING:
 Tables = tuple[np.ndarray, np.ndarray, np.ndarray]
 """(per-layer, non-layer, head) seconds per token count."""
 
-FORMAT = 2
-"""Bumped whenever what the tables contain or how they are computed changes."""
+FORMAT = 3
+"""Bumped whenever what the tables contain or how they are computed changes, or how an entry is
+stored (3: :func:`simkit.cachedir.pack_arrays` instead of ``.npz``)."""
 
 _SKIP_FIELDS = frozenset({"samples", "path", "notes", "cross_validation", "fit_error"})
 """Profile fields that do not change a prediction (raw samples, where it was read from, prose)."""
@@ -168,19 +175,21 @@ def op_tables(
     key = table_key(cost, size) if folder is not None else None
     if folder is None or key is None:
         return compute(cost, size)
-    path = folder / f"{key}.npz"
+    path = folder / f"{key}.bin"
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["key"]) == key and z["per_layer"].shape == (size,):
-                hit = z["per_layer"].copy(), z["nonlayer"].copy(), z["head"].copy()
-                touch(path)
-                return hit
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-        pass  # missing, partial, damaged or foreign: rebuild
+        entry = unpack_arrays(path.read_bytes())
+    except OSError:
+        entry = None  # missing or unreadable: rebuild
+    if entry is not None:  # (a damaged or foreign entry unpacks to None or fails the checks: rebuild)
+        head, arrays = entry
+        hit = arrays.get("per_layer"), arrays.get("nonlayer"), arrays.get("head")
+        if head.get("key") == key and all(a is not None and a.shape == (size,) for a in hit):
+            touch(path)
+            return hit  # type: ignore[return-value]
     tables = compute(cost, size)
-    buf = io.BytesIO()
-    np.savez(buf, key=np.array(key), per_layer=tables[0], nonlayer=tables[1], head=tables[2])
-    write_atomic(path, buf.getvalue())  # a read-only or full cache folder only costs the rebuild next time
+    blob = pack_arrays({"key": key}, {"per_layer": tables[0], "nonlayer": tables[1], "head": tables[2]})
+    if blob is not None:
+        write_atomic(path, blob)  # a read-only or full cache folder only costs the rebuild next time
     return tables
 
 

@@ -1199,7 +1199,10 @@ def _check_utf8(path: Path) -> None:
 
     dec = codecs.getincrementaldecoder("utf-8")()
     lines_before = 0
+    done = b""  # the block before this one: its lines are counted only once another block follows
     for block in _blocks(path):
+        if done:
+            lines_before += len(_line_ends(np.frombuffer(done, dtype=np.uint8)))
         try:
             dec.decode(block)
         except UnicodeDecodeError as e:
@@ -1213,10 +1216,11 @@ def _check_utf8(path: Path) -> None:
                 where=str(path),
                 key=f"line {lines_before + len(ends) + 1}",
             ) from None
-        lines_before += len(_line_ends(np.frombuffer(block, dtype=np.uint8)))
+        done = block
     try:
         dec.decode(b"", final=True)
     except UnicodeDecodeError:
+        lines_before += len(_line_ends(np.frombuffer(done, dtype=np.uint8)))
         raise TraceError(
             "not UTF-8 text (the file ends inside a multi-byte character)", where=str(path), key=f"line {lines_before + 1}"
         ) from None
