@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -310,12 +309,23 @@ def test_efficiency_call_is_fast_when_repeated(h100: Profile):
              "k": np.array([8192.0, 8192.0, 8192.0, 28672.0]), "op": np.array(["qkv_proj", "o_proj", "mlp_up", "mlp_down"])}  # fmt: skip
     F = 2 * shape["m"] * shape["n"] * shape["k"]
     B = 2 * (shape["n"] * shape["k"] + shape["m"] * (shape["n"] + shape["k"]))
-    h100.efficiency("gemm", F, B, shape, 989.4e12, 3.35e12, "fp16")
-    t0 = time.perf_counter()
-    for _ in range(200):
-        h100.efficiency("gemm", F, B, shape, 989.4e12, 3.35e12, "fp16")
-    per_call = (time.perf_counter() - t0) / 200
-    assert per_call < 200e-6  # ~15-30 us on an idle core; generous for a loaded CI machine
+    first = h100.efficiency("gemm", F, B, shape, 989.4e12, 3.35e12, "fp16")
+    # a repeated call is a dictionary lookup per operator: the fitted model is not evaluated again
+    # (what makes it fast; checked by its mechanism, not a clock: timed tests flake on loaded machines)
+    cm = h100.models["gemm"]
+
+    def evaluated(*_a, **_k):
+        raise AssertionError("the repeated call evaluated the fitted model")
+
+    cm._raw_time = evaluated  # instance attribute: shadows the method for this object only
+    try:
+        for _ in range(3):
+            again = h100.efficiency("gemm", F, B, shape, 989.4e12, 3.35e12, "fp16")
+            assert again.tobytes() == first.tobytes()
+        with pytest.raises(AssertionError, match="evaluated the fitted model"):  # a new shape does evaluate it
+            h100.efficiency("gemm", F, B, {**shape, "m": shape["m"] + 1.0}, 989.4e12, 3.35e12, "fp16")
+    finally:
+        del cm._raw_time
 
 
 def test_profile_copy_loads_elsewhere(tmp_path: Path):
