@@ -62,6 +62,7 @@ def test_samples_of_a_slow_stretch_are_measured_again_at_the_steady_speed() -> N
         assert r["time_s"] == pytest.approx(base_of(r["i"]), rel=1e-9)
         assert r["slowdown"] <= 1.0 + bench.SLOW_MOMENT_THRESHOLD
     assert f["reference_s"]["bf16_gemm"] == pytest.approx(1e-3)
+    assert f["replaced_time_ratio"]["p90"] <= 1.0 and f["replaced_time_ratio"]["p10"] == pytest.approx(1 / 1.3, rel=1e-3)
     lines: list[str] = []
     bench.slow_stretch_report(f, lines.append)
     assert len(lines) == 1 and f"{f['flagged']} of 200 samples" in lines[0] and "0 kept slow" in lines[0]
@@ -74,7 +75,7 @@ def test_samples_at_steady_moments_are_left_alone() -> None:
     f = slow.run(rows)
     assert (f["flagged"], f["remeasured"], f["replaced"], f["kept_slow"]) == (0, 0, 0, 0)
     assert [r["time_s"] for r in rows] == [r["time_s"] for r in before]
-    assert all(r["slowdown"] == 1.0 for r in rows)
+    assert all(r["slowdown"] == 1.0 for r in rows) and f["replaced_time_ratio"] is None
 
 
 def test_a_machine_still_slow_at_the_end_keeps_its_samples_and_warns() -> None:
