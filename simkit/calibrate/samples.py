@@ -47,7 +47,7 @@ SAMPLE_COLUMNS = (
     "source",
     "tp",
 )
-OPTIONAL_COLUMNS = ("block_size", "queue_depth", "pinned", "direction", "num_gpus", "threads", "raw_times", "other_cores")
+OPTIONAL_COLUMNS = ("block_size", "queue_depth", "pinned", "direction", "num_gpus", "threads", "raw_times", "other_cores", "t_s", "slowdown")
 
 
 @dataclass

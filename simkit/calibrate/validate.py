@@ -393,6 +393,7 @@ def run_validation(
         openmp_env_note,
         require_torch,
         set_threads,
+        speed_note,
         thread_wakeup_note,
         tune_allocator,
     )
@@ -430,6 +431,9 @@ def run_validation(
     busy_note = contention_note(dict(profile_device(profile)), str(getattr(profile, "name", "")))
     if busy_note:
         out(busy_note)
+    slow_note = speed_note(dict(profile_device(profile)), str(getattr(profile, "name", "")))
+    if slow_note:
+        out(slow_note)
     device = compute_device(profile)
     spec = model_spec(cfg)
     max_ctx = max(cfg.context_lens)
@@ -516,6 +520,7 @@ def run_validation(
         "openmp_env_note": omp_note,
         "thread_wakeup_note": wake_note,
         "contention_note": busy_note,
+        "speed_note": slow_note,
         "fingerprint": {"matches": mismatch is None, "differs": [list(d) for d in match.differs] if match else None,
                         "forced": bool(mismatch and cfg.force)},
         # the profile's predicted / measured time of GEMMs in each dtype (> 1: this machine is faster)
