@@ -12,7 +12,9 @@ with simkit's run isolates the scheduler.
 For each batch it also writes one row to ``BATCHES_CSV``: the batch's size, new tokens, prefill
 sequences, and both simulators' time of that batch split by component (milliseconds, all
 layers): Vidur's own prediction (its random forests on Vidur's ``mlp.csv`` and the attention
-table the side-by-side script wrote) and simkit's ``breakdown`` of the same batch. Vidur's
+table the side-by-side script wrote) and simkit's ``breakdown`` of the same batch; and the total
+of Vidur's C++ predictor (``use_native_execution_time_predictor``, on the same prediction
+tables) for that batch, ``vidur_native_ms``. Vidur's
 ``num_kv_tokens`` of a sequence counts the batch's new tokens too; simkit's context is the tokens
 cached before the step, so simkit is given ``num_kv_tokens - num_q_tokens``.
 
@@ -79,10 +81,13 @@ def main(argv: list[str]) -> None:
     f = out_csv.open("w", newline="")
     w = csv.writer(f)
     w.writerow(["batch", "tokens", "prefills", "kv_sum", *(f"vidur_{c}" for c in COLS), "vidur_ms",
-                *(f"simkit_{c}" for c in COLS), "simkit_ms"])
+                *(f"simkit_{c}" for c in COLS), "simkit_ms", "vidur_native_ms"])
 
     def priced(self: Any, batch: Any, pipeline_stage: int) -> Any:
         v = own(self, batch, pipeline_stage)
+        if self._native_execution_time_predictor is None:  # Vidur's C++ predictor, on the same tables
+            self._native_execution_time_predictor = self._init_native_execution_time_predictor()
+        native_ms = self.get_execution_time_native(batch, pipeline_stage).total_time * 1e3
         q = np.asarray(batch.num_q_tokens, dtype=np.int64)
         ctx = np.asarray(batch.num_kv_tokens, dtype=np.int64) - q
         s_ms = cost.step_time(q, ctx) * 1e3
@@ -106,7 +111,7 @@ def main(argv: list[str]) -> None:
         sg["host"] = cost.host_time(len(q)) * 1e3
         sg["other"] += s_ms - sum(sg.values())  # what the breakdown does not show (0 up to rounding)
         w.writerow([len(q), int(q.sum()), int((q > 1).sum()), int(ctx.sum()), *(f"{vg[c]:.6g}" for c in COLS),
-                    f"{v.total_time * 1e3:.6g}", *(f"{sg[c]:.6g}" for c in COLS), f"{s_ms:.6g}"])
+                    f"{v.total_time * 1e3:.6g}", *(f"{sg[c]:.6g}" for c in COLS), f"{s_ms:.6g}", f"{native_ms:.6g}"])
         # the whole step in one term (Vidur's model_time = block time x layers, in ms)
         return ExecutionTimeC(layers, 0.0, 0.0, 0.0, s_ms / layers, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
