@@ -296,15 +296,21 @@ HOST_OFF = "0 s"
 its operators' time only (no scheduling, sampling or other host time per iteration)."""
 
 
-def simkit_without_host(case: Case) -> dict[str, float]:
-    """simkit's summary figures of ``case`` with its host overhead per iteration off."""
+def simkit_without_host(case: Case) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """simkit's summary figures of ``case`` with its host overhead per iteration off, and its
+    admitted requests' ``e2e`` and ``ttft`` seconds and ``output`` tokens (in the order of the
+    trace given to Vidur: Vidur's request ids)."""
     from simkit.scenario import scenario_from_dict
     from simkit.simulate import simulate
 
     data = copy.deepcopy(_serving_speed()._case_data(case.simkit_case))  # a copy: the case's own stays as it is
     data["plan"].setdefault("execution", {})["iteration_overhead"] = HOST_OFF
-    s = simulate(scenario_from_dict(data), record_iterations=False).summary
-    return {k: float(s[k]) for k in SUMMARY_KEYS}
+    r = simulate(scenario_from_dict(data), record_iterations=False)
+    t = r.table
+    ok = ~t.rejected
+    per = {"e2e": (t.finish - t.arrival)[ok].tolist(), "ttft": (t.first_token - t.arrival)[ok].tolist(),
+           "output": t.output[ok].astype(float).tolist()}
+    return {k: float(r.summary[k]) for k in SUMMARY_KEYS}, per
 
 
 # ---- runs ----------------------------------------------------------------------------------
@@ -452,8 +458,10 @@ def priced_command(vidur_python: Path, case: Case, host: str, batches_csv: Path,
     return [str(vidur_python), str(PRICES_SCRIPT), case.simkit_case, host, str(batches_csv), "--", *vidur_cmd[3:]]
 
 
-def _vidur_priced(vidur_python: Path, case: Case, prep: Prepared, cache: Path, out: Path, host: str) -> dict[str, float]:
-    """Vidur's summary figures of ``case`` with simkit's step prices (host overhead ``host``)."""
+def _vidur_priced(vidur_python: Path, case: Case, prep: Prepared, cache: Path, out: Path,
+                  host: str) -> tuple[dict[str, float], Path]:
+    """Vidur's summary figures of ``case`` with simkit's step prices (host overhead ``host``),
+    and its ``request_metrics.csv``."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -466,7 +474,41 @@ def _vidur_priced(vidur_python: Path, case: Case, prep: Prepared, cache: Path, o
     if metrics is None:
         raise BenchError(f"Vidur wrote no request_metrics.csv under {out / 'metrics'}")
     lines = prep.trace.read_text().splitlines()[1:]
-    return vidur_summary(metrics, [float(x.split(",")[0]) for x in lines], [int(x.split(",")[3]) for x in lines])
+    return vidur_summary(metrics, [float(x.split(",")[0]) for x in lines], [int(x.split(",")[3]) for x in lines]), metrics
+
+
+def vidur_per_request(metrics_csv: Path, n: int) -> dict[str, list[float]]:
+    """``e2e`` and ``ttft`` seconds of Vidur's requests 0..n-1 (``request_metrics.csv``)."""
+    import csv
+
+    e2e, ttft = [float("nan")] * n, [float("nan")] * n
+    with metrics_csv.open() as f:
+        for row in csv.DictReader(f):
+            i = int(float(row["Request Id"]))
+            e2e[i], ttft[i] = float(row["request_e2e_time"]), float(row["prefill_e2e_time"])
+    return {"e2e": e2e, "ttft": ttft}
+
+
+BANDS = ((1, 50), (50, 200), (200, 500), (500, None))
+"""Output-length bands (tokens, upper bound excluded) of the per-request comparison."""
+
+
+def per_request_ratios(simkit: dict[str, list[float]], vidur: dict[str, list[float]]) -> list[tuple[str, int, float, float]]:
+    """(band, requests, median of simkit / Vidur e2e, of TTFT) per output-length band of
+    :data:`BANDS`, request by request (the same requests in the same order)."""
+    import statistics
+
+    if len(simkit["e2e"]) != len(vidur["e2e"]):
+        raise BenchError(f"simkit admitted {len(simkit['e2e']):,} requests, Vidur reported {len(vidur['e2e']):,}")
+    out = []
+    for lo, hi in BANDS:
+        idx = [i for i, o in enumerate(simkit["output"]) if o >= lo and (hi is None or o < hi)]
+        if not idx:
+            continue
+        label = f"output {lo}-{hi - 1}" if hi is not None else f"output {lo}+"
+        out.append((label, len(idx), statistics.median(simkit["e2e"][i] / vidur["e2e"][i] for i in idx),
+                    statistics.median(simkit["ttft"][i] / vidur["ttft"][i] for i in idx)))
+    return out
 
 
 FACTORS = ("host", "scheduler", "pricing")
@@ -575,15 +617,19 @@ def main(argv: list[str]) -> int:
                       f"{s['requests_per_s']:.2f} req/s, {s['output_tokens_per_s']:,.0f} output tok/s, "
                       f"{s['requests_completed']:,.0f} completed, makespan {s['makespan_s']:,.1f} s")
             if args.decompose:
-                no_host = simkit_without_host(case)
-                priced = {h: _vidur_priced(vidur_python, case, prep, vidur_cache, args.workdir / f"priced-{i}", h)
-                          for i, h in enumerate((HOST_OFF, "-"))}
+                no_host, no_host_per = simkit_without_host(case)
+                priced, files = {}, {}
+                for i, h in enumerate((HOST_OFF, "-")):
+                    priced[h], files[h] = _vidur_priced(vidur_python, case, prep, vidur_cache, args.workdir / f"priced-{i}", h)
                 print(f"  {name}: decomposition of the medians' gap (Vidur's default predictor)")
                 rows = {"simkit": sums["simkit"], f"simkit, host {HOST_OFF}": no_host,
                         "Vidur's scheduler, simkit's prices": priced["-"],
                         f"  the same, host {HOST_OFF}": priced[HOST_OFF], "vidur": sums["vidur"]}
                 print_decomposition(rows, decomposition(sums["simkit"], no_host, priced[HOST_OFF], sums["vidur"]),
                                     component_totals(args.workdir / "priced-0" / "batches.csv"))
+                print(f"  request by request, host {HOST_OFF}, median of simkit / Vidur's scheduler at simkit's prices:")
+                for band, n, e2e, ttft in per_request_ratios(no_host_per, vidur_per_request(files[HOST_OFF], prep.admitted)):
+                    print(f"    {band:<14} {n:>7,} requests: e2e {e2e:.4f}, TTFT {ttft:.4f}")
     except BenchError as e:
         print(f"vidur_side_by_side: {e}", file=sys.stderr)
         return 2

@@ -245,10 +245,25 @@ def test_simkit_without_host_turns_the_host_term_off() -> None:
 
     data = vs._serving_speed()._case_data("quickstart")
     with_host = simulate(scenario_from_dict(data), record_iterations=False).summary
-    without = vs.simkit_without_host(vs.Case("quickstart", ()))
+    without, per = vs.simkit_without_host(vs.Case("quickstart", ()))
     assert set(without) == set(vs.SUMMARY_KEYS)
+    assert len(per["e2e"]) == len(per["ttft"]) == len(per["output"]) == without["requests_completed"]
+    assert all(e >= t > 0 for e, t in zip(per["e2e"], per["ttft"], strict=True))
     assert without["requests_completed"] == with_host["requests_completed"]
     # the shipped H100 profile's 4 ms per iteration, gone: every request finishes sooner
     assert without["e2e_p50_s"] < with_host["e2e_p50_s"] and without["ttft_p50_s"] < with_host["ttft_p50_s"]
     # and the benchmark's own case is left as it was
     assert "execution" not in vs._serving_speed()._case_data("quickstart")["plan"]
+
+
+def test_per_request_ratios_by_output_band(tmp_path: Path) -> None:
+    f = tmp_path / "request_metrics.csv"
+    f.write_text("Request Id,request_e2e_time,prefill_e2e_time\n2,8.0,0.5\n0,1.0,0.1\n1,4.0,0.2\n")
+    vidur = vs.vidur_per_request(f, 3)
+    assert vidur == {"e2e": [1.0, 4.0, 8.0], "ttft": [0.1, 0.2, 0.5]}
+    simkit = {"e2e": [2.0, 4.0, 4.0], "ttft": [0.1, 0.4, 0.5], "output": [10.0, 60.0, 700.0]}
+    rows = vs.per_request_ratios(simkit, vidur)
+    assert [r[:2] for r in rows] == [("output 1-49", 1), ("output 50-199", 1), ("output 500+", 1)]
+    assert [r[2] for r in rows] == [2.0, 1.0, 0.5] and [r[3] for r in rows] == pytest.approx([1.0, 2.0, 1.0])
+    with pytest.raises(vs.BenchError, match="admitted 2 requests, Vidur reported 3"):
+        vs.per_request_ratios({"e2e": [1.0, 1.0], "ttft": [1.0, 1.0], "output": [1.0, 1.0]}, vidur)
