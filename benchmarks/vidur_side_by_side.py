@@ -22,11 +22,21 @@ never simkit's: Vidur is no dependency of simkit). For each case the script
 3. prints both simulators' medians (TTFT, end-to-end latency) and throughput on the same
    requests: a sanity cross-check of the set-up, not a fidelity claim (the attention times are
    simkit's, the scheduler semantics differ; docs/performance.md, "Vidur side by side").
+
+``--decompose`` then splits the gap between the two medians (docs/fidelity.md, "Why simkit's
+latency medians differ from Vidur's"): simkit again with its host overhead per iteration off
+(``plan.execution.iteration_overhead: 0 s``; Vidur 0.0.26 models no host time), and Vidur's
+scheduler with every batch priced by simkit's cost model (``vidur_simkit_prices.py``, run in
+Vidur's venv with this checkout on its path) with and without that overhead. simkit - Vidur =
+host (simkit - simkit without host) + scheduler (simkit without host - Vidur's scheduler at
+simkit's prices without host) + step pricing (the latter - Vidur), exactly; it also prints both
+simulators' time of Vidur's batches per component (linear layers, attention, ...).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import lzma
@@ -135,6 +145,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--cold", action="store_true", help="first time Vidur with an empty predictor cache (it trains)")
     p.add_argument("--grid", choices=list(GRIDS), default="quick",
                    help="the training run's hyper-parameter grid (default quick: one setting; vidur: Vidur's 27)")
+    p.add_argument("--decompose", action="store_true",
+                   help="also split the medians' gap into host overhead, scheduler and step pricing (three more runs per case)")
     a = p.parse_args(argv)
     for c in a.cases:
         if c not in CASES:
@@ -275,8 +287,30 @@ def prepare(case: Case, workdir: Path, profiles: Path, vidur_python: Path) -> Pr
         hf_dataset(data / "network", NETWORK_DATASET, network)
         marker.write_text(stamp)
     s = simulate(sc, record_iterations=False).summary
-    keys = ("ttft_p50_s", "e2e_p50_s", "requests_per_s", "output_tokens_per_s", "makespan_s", "requests_completed")
-    return Prepared(trace, num_blocks, len(reqs), int(ok.sum()), {k: float(s[k]) for k in keys}, changed)
+    return Prepared(trace, num_blocks, len(reqs), int(ok.sum()), {k: float(s[k]) for k in SUMMARY_KEYS}, changed)
+
+
+SUMMARY_KEYS = ("ttft_p50_s", "e2e_p50_s", "requests_per_s", "output_tokens_per_s", "makespan_s", "requests_completed")
+HOST_OFF = "0 s"
+"""``plan.execution.iteration_overhead`` of the like-for-like runs: Vidur 0.0.26 prices a batch as
+its operators' time only (no scheduling, sampling or other host time per iteration)."""
+
+
+def simkit_without_host(case: Case) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """simkit's summary figures of ``case`` with its host overhead per iteration off, and its
+    admitted requests' ``e2e`` and ``ttft`` seconds and ``output`` tokens (in the order of the
+    trace given to Vidur: Vidur's request ids)."""
+    from simkit.scenario import scenario_from_dict
+    from simkit.simulate import simulate
+
+    data = copy.deepcopy(_serving_speed()._case_data(case.simkit_case))  # a copy: the case's own stays as it is
+    data["plan"].setdefault("execution", {})["iteration_overhead"] = HOST_OFF
+    r = simulate(scenario_from_dict(data), record_iterations=False)
+    t = r.table
+    ok = ~t.rejected
+    per = {"e2e": (t.finish - t.arrival)[ok].tolist(), "ttft": (t.first_token - t.arrival)[ok].tolist(),
+           "output": t.output[ok].astype(float).tolist()}
+    return {k: float(r.summary[k]) for k in SUMMARY_KEYS}, per
 
 
 # ---- runs ----------------------------------------------------------------------------------
@@ -412,6 +446,130 @@ def _vidur_once(vidur_python: Path, case: Case, prep: Prepared, cache: Path, out
     return wall, cpu, vidur_summary(metrics, arrival, outs), phases(log, wall)
 
 
+PRICES_SCRIPT = Path(__file__).resolve().parent / "vidur_simkit_prices.py"
+
+
+def priced_command(vidur_python: Path, case: Case, host: str, batches_csv: Path, vidur_cmd: list[str]) -> list[str]:
+    """Vidur's run ``vidur_cmd`` (see :func:`vidur_command`) with every batch priced by simkit's
+    cost model of ``case`` at host overhead ``host`` (``-``: the profile's), each batch's two
+    prices written to ``batches_csv`` (``vidur_simkit_prices.py``)."""
+    if vidur_cmd[1:3] != ["-m", "vidur.main"]:
+        raise ValueError("expected a `python -m vidur.main ...` command")
+    return [str(vidur_python), str(PRICES_SCRIPT), case.simkit_case, host, str(batches_csv), "--", *vidur_cmd[3:]]
+
+
+def _vidur_priced(vidur_python: Path, case: Case, prep: Prepared, cache: Path, out: Path,
+                  host: str) -> tuple[dict[str, float], Path]:
+    """Vidur's summary figures of ``case`` with simkit's step prices (host overhead ``host``),
+    and its ``request_metrics.csv``."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    cmd = priced_command(vidur_python, case, host, out / "batches.csv",
+                         vidur_command(vidur_python, case, prep.trace, prep.num_blocks, cache, out / "metrics"))
+    # simkit importable in Vidur's venv (this checkout), the rest as Vidur's own runs
+    _, _, log = run_vidur(cmd, vidur_env(dict(os.environ)) | {"PYTHONPATH": str(ROOT)}, out)
+    ended_at(log)
+    metrics = next((out / "metrics").rglob("request_metrics.csv"), None)
+    if metrics is None:
+        raise BenchError(f"Vidur wrote no request_metrics.csv under {out / 'metrics'}")
+    lines = prep.trace.read_text().splitlines()[1:]
+    return vidur_summary(metrics, [float(x.split(",")[0]) for x in lines], [int(x.split(",")[3]) for x in lines]), metrics
+
+
+def vidur_per_request(metrics_csv: Path, n: int) -> dict[str, list[float]]:
+    """``e2e`` and ``ttft`` seconds of Vidur's requests 0..n-1 (``request_metrics.csv``)."""
+    import csv
+
+    e2e, ttft = [float("nan")] * n, [float("nan")] * n
+    with metrics_csv.open() as f:
+        for row in csv.DictReader(f):
+            i = int(float(row["Request Id"]))
+            e2e[i], ttft[i] = float(row["request_e2e_time"]), float(row["prefill_e2e_time"])
+    return {"e2e": e2e, "ttft": ttft}
+
+
+BANDS = ((1, 50), (50, 200), (200, 500), (500, None))
+"""Output-length bands (tokens, upper bound excluded) of the per-request comparison."""
+
+
+def per_request_ratios(simkit: dict[str, list[float]], vidur: dict[str, list[float]]) -> list[tuple[str, int, float, float]]:
+    """(band, requests, median of simkit / Vidur e2e, of TTFT) per output-length band of
+    :data:`BANDS`, request by request (the same requests in the same order)."""
+    import statistics
+
+    if len(simkit["e2e"]) != len(vidur["e2e"]):
+        raise BenchError(f"simkit admitted {len(simkit['e2e']):,} requests, Vidur reported {len(vidur['e2e']):,}")
+    out = []
+    for lo, hi in BANDS:
+        idx = [i for i, o in enumerate(simkit["output"]) if o >= lo and (hi is None or o < hi)]
+        if not idx:
+            continue
+        label = f"output {lo}-{hi - 1}" if hi is not None else f"output {lo}+"
+        out.append((label, len(idx), statistics.median(simkit["e2e"][i] / vidur["e2e"][i] for i in idx),
+                    statistics.median(simkit["ttft"][i] / vidur["ttft"][i] for i in idx)))
+    return out
+
+
+FACTORS = ("host", "scheduler", "pricing")
+
+
+def decomposition(simkit: dict[str, float], simkit_no_host: dict[str, float], vidur_simkit_prices_no_host: dict[str, float],
+                  vidur: dict[str, float]) -> dict[str, dict[str, float]]:
+    """For the TTFT and end-to-end medians: the gap simkit - Vidur and its three parts, which sum
+    to it exactly: ``host`` (simkit - simkit without host overhead), ``scheduler`` (simkit
+    without host - Vidur's scheduler at simkit's prices without host), ``pricing`` (the latter -
+    Vidur). A chain: each part is measured with the parts before it removed."""
+    out: dict[str, dict[str, float]] = {}
+    for k in ("ttft_p50_s", "e2e_p50_s"):
+        a, b, c, d = simkit[k], simkit_no_host[k], vidur_simkit_prices_no_host[k], vidur[k]
+        out[k] = {"gap": a - d, "host": a - b, "scheduler": b - c, "pricing": c - d}
+    return out
+
+
+COMPONENTS = ("linear", "attn_prefill", "attn_decode", "norm_act_add", "head", "comm", "host", "other")
+"""The columns of ``vidur_simkit_prices.py``'s batches CSV (its COLS)."""
+
+
+def component_totals(batches_csv: Path) -> dict[str, dict[str, float]]:
+    """Sums over the batches of ``batches_csv`` (``vidur_simkit_prices.py``'s rows) of each
+    simulator's milliseconds per component and in all (``vidur_ms``, ``simkit_ms``), and the
+    number of batches (``batches``), for all batches (``all``), those of decodes only
+    (``decode``: no sequence with more than one new token) and the rest (``prefill``)."""
+    import csv
+
+    sums: dict[str, dict[str, float]] = {g: {} for g in ("all", "decode", "prefill")}
+    with batches_csv.open() as f:
+        for row in csv.DictReader(f):
+            kind = "decode" if int(row["prefills"]) == 0 else "prefill"
+            for g in ("all", kind):
+                d = sums[g]
+                d["batches"] = d.get("batches", 0.0) + 1.0
+                for k, v in row.items():
+                    if k.startswith(("vidur_", "simkit_")):
+                        d[k] = d.get(k, 0.0) + float(v)
+    return sums
+
+
+def print_decomposition(rows: dict[str, dict[str, float]], parts: dict[str, dict[str, float]],
+                        totals: dict[str, dict[str, float]]) -> None:
+    for label, s in rows.items():
+        print(f"  {label:<34} TTFT p50 {s['ttft_p50_s']:.4f} s, e2e p50 {s['e2e_p50_s']:.3f} s, "
+              f"makespan {s['makespan_s']:,.1f} s")
+    for k, name in (("ttft_p50_s", "TTFT p50"), ("e2e_p50_s", "e2e p50")):
+        p = parts[k]
+        print(f"  {name} gap simkit - Vidur {p['gap']:+.4f} s = "
+              + " + ".join(f"{f} {p[f]:+.4f} s ({p[f] / p['gap'] * 100:+.0f}%)" if p["gap"] else f"{f} {p[f]:+.4f} s"
+                           for f in FACTORS))
+    print("  Vidur's batches (its scheduler, no host overhead) priced by both, ms summed over the batches:")
+    print(f"  {'batches':<9}{'count':>8}  " + "".join(f"{c:>22}" for c in (*COMPONENTS, "total")))
+    for g, d in totals.items():
+        if not d:
+            continue
+        cells = "".join(f"{d['vidur_' + c]:>10,.0f}/{d['simkit_' + c]:<11,.0f}" for c in COMPONENTS)
+        print(f"  {g:<9}{d['batches']:>8,.0f}  {cells}{d['vidur_ms']:>10,.0f}/{d['simkit_ms']:<11,.0f}  (Vidur/simkit)")
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
@@ -458,6 +616,20 @@ def main(argv: list[str]) -> int:
                 print(f"  {label:<13} TTFT p50 {s['ttft_p50_s']:.3f} s, e2e p50 {s['e2e_p50_s']:.2f} s, "
                       f"{s['requests_per_s']:.2f} req/s, {s['output_tokens_per_s']:,.0f} output tok/s, "
                       f"{s['requests_completed']:,.0f} completed, makespan {s['makespan_s']:,.1f} s")
+            if args.decompose:
+                no_host, no_host_per = simkit_without_host(case)
+                priced, files = {}, {}
+                for i, h in enumerate((HOST_OFF, "-")):
+                    priced[h], files[h] = _vidur_priced(vidur_python, case, prep, vidur_cache, args.workdir / f"priced-{i}", h)
+                print(f"  {name}: decomposition of the medians' gap (Vidur's default predictor)")
+                rows = {"simkit": sums["simkit"], f"simkit, host {HOST_OFF}": no_host,
+                        "Vidur's scheduler, simkit's prices": priced["-"],
+                        f"  the same, host {HOST_OFF}": priced[HOST_OFF], "vidur": sums["vidur"]}
+                print_decomposition(rows, decomposition(sums["simkit"], no_host, priced[HOST_OFF], sums["vidur"]),
+                                    component_totals(args.workdir / "priced-0" / "batches.csv"))
+                print(f"  request by request, host {HOST_OFF}, median of simkit / Vidur's scheduler at simkit's prices:")
+                for band, n, e2e, ttft in per_request_ratios(no_host_per, vidur_per_request(files[HOST_OFF], prep.admitted)):
+                    print(f"    {band:<14} {n:>7,} requests: e2e {e2e:.4f}, TTFT {ttft:.4f}")
     except BenchError as e:
         print(f"vidur_side_by_side: {e}", file=sys.stderr)
         return 2

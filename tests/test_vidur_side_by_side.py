@@ -174,3 +174,96 @@ def test_phases_from_the_log_time_stamps() -> None:
     assert vs.phases(log, 60.0) == (60.0 - 42.0 - 3.0, 42.0, 3.0)  # across midnight
     with pytest.raises(vs.BenchError, match="Metrics written"):
         vs.phases(log.replace("Metrics written", "done"), 60.0)
+
+
+def test_decompose_is_off_by_default() -> None:
+    assert not vs.parse_args([]).decompose
+    assert vs.parse_args(["--decompose", "azure16k-chunked"]).decompose
+
+
+def test_decomposition_parts_sum_to_the_gap() -> None:
+    simkit = {"ttft_p50_s": 0.041, "e2e_p50_s": 4.97}
+    no_host = {"ttft_p50_s": 0.031, "e2e_p50_s": 2.78}
+    priced = {"ttft_p50_s": 0.030, "e2e_p50_s": 3.10}
+    vidur = {"ttft_p50_s": 0.032, "e2e_p50_s": 3.32}
+    parts = vs.decomposition(simkit, no_host, priced, vidur)
+    e = parts["e2e_p50_s"]
+    assert e["gap"] == pytest.approx(4.97 - 3.32)
+    assert (e["host"], e["scheduler"], e["pricing"]) == pytest.approx((4.97 - 2.78, 2.78 - 3.10, 3.10 - 3.32))
+    for k in ("ttft_p50_s", "e2e_p50_s"):
+        assert sum(parts[k][f] for f in vs.FACTORS) == pytest.approx(parts[k]["gap"], abs=1e-15)
+    assert parts["ttft_p50_s"]["pricing"] == pytest.approx(0.030 - 0.032)
+
+
+def test_component_totals_split_decode_and_prefill_batches(tmp_path: Path) -> None:
+    prices = load_benchmark("vidur_simkit_prices")
+    assert vs.COMPONENTS == prices.COLS
+    head = ["batch", "tokens", "prefills", "kv_sum", *(f"vidur_{c}" for c in vs.COMPONENTS), "vidur_ms",
+            *(f"simkit_{c}" for c in vs.COMPONENTS), "simkit_ms"]
+
+    def row(batch: int, prefills: int, v: float, s: float) -> str:
+        cells = [batch, batch, prefills, 0, v, *[0] * (len(vs.COMPONENTS) - 1), v, s, *[0] * (len(vs.COMPONENTS) - 1), s]
+        return ",".join(str(x) for x in cells)
+
+    f = tmp_path / "batches.csv"
+    f.write_text("\n".join([",".join(head), row(4, 0, 1.0, 2.0), row(8, 0, 3.0, 5.0), row(1, 1, 10.0, 20.0)]) + "\n")
+    t = vs.component_totals(f)
+    assert t["decode"]["batches"] == 2 and t["prefill"]["batches"] == 1 and t["all"]["batches"] == 3
+    assert t["decode"]["vidur_linear"] == 4.0 and t["decode"]["simkit_ms"] == 7.0
+    assert t["prefill"]["vidur_ms"] == 10.0 and t["all"]["simkit_linear"] == 27.0
+
+
+def test_priced_command_wraps_vidurs_arguments() -> None:
+    py = Path("/v/bin/python")
+    case = vs.CASES["azure16k-chunked"]
+    inner = vs.vidur_command(py, case, Path("/t.csv"), 7537, Path("/c"), Path("/o"))
+    cmd = vs.priced_command(py, case, "0 s", Path("/b.csv"), inner)
+    assert cmd[:6] == [str(py), str(vs.PRICES_SCRIPT), "azure16k-chunked", "0 s", "/b.csv", "--"]
+    assert cmd[6:] == inner[3:]
+    with pytest.raises(ValueError, match="vidur.main"):
+        vs.priced_command(py, case, "0 s", Path("/b.csv"), [str(py), "x.py"])
+
+
+def test_simkit_prices_group_every_operator() -> None:
+    from simkit.cost.ops import OP_NAMES
+
+    prices = load_benchmark("vidur_simkit_prices")
+    assert set(prices.GROUPS) == set(OP_NAMES)
+    assert {prices._group(n) for n in OP_NAMES} <= set(prices.COLS) - {"other", "host", "comm"}
+    assert prices._group("no_such_op") == "other"
+
+
+def test_simkit_prices_usage_without_separator() -> None:
+    prices = load_benchmark("vidur_simkit_prices")
+    with pytest.raises(SystemExit, match="BATCHES_CSV"):
+        prices.main(["azure16k-continuous", "0 s", "/tmp/b.csv", "--seed", "0"])
+
+
+def test_simkit_without_host_turns_the_host_term_off() -> None:
+    from simkit.scenario import scenario_from_dict
+    from simkit.simulate import simulate
+
+    data = vs._serving_speed()._case_data("quickstart")
+    with_host = simulate(scenario_from_dict(data), record_iterations=False).summary
+    without, per = vs.simkit_without_host(vs.Case("quickstart", ()))
+    assert set(without) == set(vs.SUMMARY_KEYS)
+    assert len(per["e2e"]) == len(per["ttft"]) == len(per["output"]) == without["requests_completed"]
+    assert all(e >= t > 0 for e, t in zip(per["e2e"], per["ttft"], strict=True))
+    assert without["requests_completed"] == with_host["requests_completed"]
+    # the shipped H100 profile's 4 ms per iteration, gone: every request finishes sooner
+    assert without["e2e_p50_s"] < with_host["e2e_p50_s"] and without["ttft_p50_s"] < with_host["ttft_p50_s"]
+    # and the benchmark's own case is left as it was
+    assert "execution" not in vs._serving_speed()._case_data("quickstart")["plan"]
+
+
+def test_per_request_ratios_by_output_band(tmp_path: Path) -> None:
+    f = tmp_path / "request_metrics.csv"
+    f.write_text("Request Id,request_e2e_time,prefill_e2e_time\n2,8.0,0.5\n0,1.0,0.1\n1,4.0,0.2\n")
+    vidur = vs.vidur_per_request(f, 3)
+    assert vidur == {"e2e": [1.0, 4.0, 8.0], "ttft": [0.1, 0.2, 0.5]}
+    simkit = {"e2e": [2.0, 4.0, 4.0], "ttft": [0.1, 0.4, 0.5], "output": [10.0, 60.0, 700.0]}
+    rows = vs.per_request_ratios(simkit, vidur)
+    assert [r[:2] for r in rows] == [("output 1-49", 1), ("output 50-199", 1), ("output 500+", 1)]
+    assert [r[2] for r in rows] == [2.0, 1.0, 0.5] and [r[3] for r in rows] == pytest.approx([1.0, 2.0, 1.0])
+    with pytest.raises(vs.BenchError, match="admitted 2 requests, Vidur reported 3"):
+        vs.per_request_ratios({"e2e": [1.0, 1.0], "ttft": [1.0, 1.0], "output": [1.0, 1.0]}, vidur)
