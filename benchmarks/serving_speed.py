@@ -270,10 +270,19 @@ CASES["disaggregated-pp2"] = CASES["disaggregated"] | {
 }
 
 
+def _copied(v: object) -> object:
+    """A deep copy of plain data (dicts, lists, scalars) without importing ``copy``."""
+    if isinstance(v, dict):
+        return {k: _copied(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_copied(x) for x in v]
+    return v
+
+
 def _case_data(case: str) -> dict:
     """``case``'s scenario data; a model given as ``{"catalog": NAME, "sliding_window": N}`` is
     the catalog model with that window, written as a model YAML to the temporary folder."""
-    data = dict(CASES[case])
+    data: dict = _copied(CASES[case])  # type: ignore[assignment]  # a caller may edit the plan: never the shared case
     model = data["model"]
     if isinstance(model, dict):
         import tempfile
