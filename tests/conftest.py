@@ -145,6 +145,17 @@ def load_benchmark(name: str):  # type: ignore[no-untyped-def]
     return mod
 
 
+CPU_SCENARIO = """\
+name: s
+hardware: ci-vm
+model: llama-2-7b
+workload: {batch: {num_prompts: 2, input_tokens: 64, output_tokens: 4}}
+plan: {batching: {policy: static}, execution: {device: cpu}}
+"""
+"""A two-prompt static run of Llama-2-7B on the CI VM's CPU, without a calibration key (tests of
+profiles and new users' runs add theirs)."""
+
+
 def shipped_cpu_profile_with(dst: Path, device_key: str, value: object) -> Path:
     """A copy of the shipped CPU profile (calibration/profiles/ci-vm-cpu) in ``dst`` with
     ``device.<device_key>`` set to ``value`` (left as shipped when ``value`` is None); its path."""

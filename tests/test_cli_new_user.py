@@ -17,15 +17,10 @@ from simkit.cost.profile import Profile
 from simkit.errors import CalibrationError
 from simkit.specs.calibration import compare_fingerprints, profiles_dir
 from simkit.specs.catalog import repo_path
+from tests.conftest import CPU_SCENARIO
 
 CPU_PROFILE = repo_path("calibration", "profiles", "ci-vm-cpu")
-SCENARIO = """\
-name: s
-hardware: ci-vm
-model: llama-2-7b
-workload: {batch: {num_prompts: 2, input_tokens: 64, output_tokens: 4}}
-plan: {batching: {policy: static}, execution: {device: cpu}}
-"""
+SCENARIO = CPU_SCENARIO
 
 
 def edited_profile(tmp_path: Path, edit: dict[str, object], name: str = "p") -> Path:

@@ -19,18 +19,12 @@ from simkit.cost.efficiency import DatasheetEfficiency
 from simkit.cost.profile import Profile, resolve_calibration
 from simkit.errors import CalibrationError
 from simkit.specs.catalog import repo_path
+from tests.conftest import CPU_SCENARIO
 
 PROFILES = repo_path("calibration", "profiles")
 CPU_PROFILE = PROFILES / "ci-vm-cpu"
 CATALOG = "generic-2core-vm"
-SCENARIO = """\
-name: s
-hardware: ci-vm
-model: llama-2-7b
-workload: {batch: {num_prompts: 2, input_tokens: 64, output_tokens: 4}}
-plan: {batching: {policy: static}, execution: {device: cpu}}
-calibration: auto
-"""
+SCENARIO = CPU_SCENARIO + "calibration: auto\n"
 
 
 @pytest.fixture
