@@ -121,3 +121,20 @@ def test_the_sentinel_records_its_time_series() -> None:
     f = s.facts()["fp32_gemm"]
     assert f["readings"] == 4 and f["t_s"] == pytest.approx([0.0, 2.0, 4.0, 6.0], abs=0.021)
     assert f["series_s"] == pytest.approx([1e-3, 1e-3, 2e-3, 1e-3])
+
+
+def test_a_few_percent_slower_is_re_measured_but_does_not_call_the_profile_untrustworthy() -> None:
+    """A stretch 7% slow (above the 5% re-measurement threshold, below the warning's 10%) still slow
+    at the end: its samples are kept and counted, and neither the calibration nor validate warns."""
+    m = Machine([(10.0, 20.0, 1.07)])
+    slow, rows = suite(m, 200, budget_s=100.0)
+    m.slow.append((m.t, 1e9, 1.07))
+    f = slow.run(rows)
+    assert f["kept_slow"] > 0.1 * f["samples"] and f["kept_much_slower"] == 0
+    lines: list[str] = []
+    bench.slow_stretch_report(f, lines.append)
+    assert len(lines) == 1 and lines[0].startswith("slow stretches:")
+    assert bench.speed_note({"speed_sentinel": {"slow_stretches": f}}, "steady enough") is None
+    # a profile written before the warning had its own level: every kept sample counts
+    old = {k: v for k, v in f.items() if k not in ("kept_much_slower", "warn_slowdown")}
+    assert bench.speed_note({"speed_sentinel": {"slow_stretches": old}}, "older") is not None

@@ -1694,8 +1694,14 @@ idle quick suite takes 85-92 s, so it stays under 2 minutes)."""
 SLOW_REMEASURE_TRIES = 3
 """Re-measurements of one sample at most (the budget permitting)."""
 SLOW_KEPT_WARN = 0.10
-"""A profile whose samples kept at a slow moment exceed this fraction of the re-measurable ones
-prints a warning that it is not trustworthy."""
+"""A profile whose samples kept at a much slower moment (:data:`SLOW_WARN_SLOWDOWN`) exceed this
+fraction of the re-measurable ones prints a warning that it is not trustworthy."""
+SLOW_WARN_SLOWDOWN = 0.10
+"""How much slower than the run's median the sentinel must have read around a kept sample for it
+to count towards the warning. Larger than :data:`SLOW_MOMENT_THRESHOLD`: a slowdown is the larger
+of two noisy readings, so on a steady machine (idle 1-thread run 2026-12-01 10:18 UTC, sentinel
+spread 6%) a third of the samples read over 1.05 and 133 of 790 were kept there, none over 1.10;
+the same day's 2-thread run whose sentinel moved 32% kept 89 of 789 over 1.10."""
 
 
 @dataclass
@@ -1860,10 +1866,12 @@ class SlowStretches:
                 if r.slowdown > 1.0 + self.threshold and r.tries < SLOW_REMEASURE_TRIES:
                     left.append(r)
             todo = left
-        kept = sum(1 for index, _, _, _ in self.entries
-                   if float(rows[index].get("slowdown") or 0.0) > 1.0 + self.threshold)  # fmt: skip
+        kept_sd = [float(rows[index].get("slowdown") or 0.0) for index, _, _, _ in self.entries]
+        kept = sum(1 for sd in kept_sd if sd > 1.0 + self.threshold)
+        much = sum(1 for sd in kept_sd if sd > 1.0 + SLOW_WARN_SLOWDOWN)
         self.facts_ = {"threshold": self.threshold, "samples": len(self.entries), "flagged": flagged,
                        "remeasured": remeasured, "replaced": replaced, "kept_slow": kept,
+                       "warn_slowdown": SLOW_WARN_SLOWDOWN, "kept_much_slower": much,
                        "budget_s": self.budget_s, "spent_s": round(spent, 2),
                        # new / first time of the replaced samples (< 1: the re-measurement ran faster)
                        "replaced_time_ratio": {"median": round(float(np.median(ratios)), 4),
@@ -1871,6 +1879,15 @@ class SlowStretches:
                                                "p90": round(float(np.percentile(ratios, 90)), 4)} if ratios else None,
                        "reference_s": {k: float(f"{v:.4g}") for k, v in sorted(self.reference.items())}}  # fmt: skip
         return self.facts_
+
+
+def _kept_much_slower(f: dict[str, Any]) -> tuple[int, float]:
+    """(samples kept at a moment more than the warning's slowdown slower, that slowdown) of
+    :meth:`SlowStretches.run`'s facts; facts written before the warning had its own level count
+    every kept sample at their re-measurement threshold."""
+    if "kept_much_slower" in f:
+        return int(f["kept_much_slower"] or 0), float(f.get("warn_slowdown", SLOW_WARN_SLOWDOWN))
+    return int(f.get("kept_slow") or 0), float(f.get("threshold", SLOW_MOMENT_THRESHOLD))
 
 
 def slow_stretch_report(f: dict[str, Any], out: ProgressFn) -> None:
@@ -1881,9 +1898,10 @@ def slow_stretch_report(f: dict[str, Any], out: ProgressFn) -> None:
         f"(budget {f['budget_s']:.0f} s), {f['replaced']} replaced, {f['kept_slow']} kept slow"
         + (f" (replaced: new / first time median x{r['median']:.3f}, p10-p90 x{r['p10']:.3f}-x{r['p90']:.3f})"
            if (r := f.get("replaced_time_ratio")) else ""))  # fmt: skip
-    if f["samples"] and f["kept_slow"] > SLOW_KEPT_WARN * f["samples"]:
-        out(f"WARNING: this profile is not trustworthy: {f['kept_slow']} of {f['samples']} samples "
-            f"({100 * f['kept_slow'] / f['samples']:.0f}%) were measured only while the machine ran more than {thr:.0f}% "
+    much, warn = _kept_much_slower(f)
+    if f["samples"] and much > SLOW_KEPT_WARN * f["samples"]:
+        out(f"WARNING: this profile is not trustworthy: {much} of {f['samples']} samples "
+            f"({100 * much / f['samples']:.0f}%) were measured only while the machine ran more than {100 * warn:.0f}% "
             "slower than its usual speed (see `slowdown` in samples.csv); calibrate again when the machine is steadier, "
             "or with the full suite (a larger re-measurement budget), and check it with `simkit validate`")  # fmt: skip
 
@@ -1896,11 +1914,12 @@ def speed_note(device: dict[str, Any], name: str) -> str | None:
     f = s.get("slow_stretches") if isinstance(s, dict) else None
     if not isinstance(f, dict) or not f.get("samples"):
         return None
-    n, of = int(f.get("kept_slow") or 0), int(f["samples"])
+    n, warn = _kept_much_slower(f)
+    of = int(f["samples"])
     if n <= SLOW_KEPT_WARN * of:
         return None
     return (f"WARNING: calibration profile {name!r} kept {n} of {of} samples measured while the machine ran more than "
-            f"{100 * float(f['threshold']):.0f}% slower than its usual speed: its predictions carry that slowness; "
+            f"{100 * warn:.0f}% slower than its usual speed: its predictions carry that slowness; "
             "calibrate again when the machine is steadier")  # fmt: skip
 
 
