@@ -184,6 +184,29 @@ def test_non_utf8_trace_names_line_and_column(tmp_path, mode):
         read_trace(q, on_bad_line=mode)
 
 
+@pytest.mark.parametrize("block_size", [3, 5, 7, 16, 1 << 24])
+def test_non_utf8_column_counts_across_block_boundaries(tmp_path, block_size):
+    """The column of the first bad byte counts from the line's start, whatever block of the file
+    it falls in (the check reads 16 MiB blocks; a line can cross one)."""
+    from simkit.workload.traces import _check_utf8
+
+    p = tmp_path / "t.csv"
+    p.write_bytes(b"ab\r\ncd\xc3\xa9efghij\rklmnop\xffq\n")  # line 3, column 7
+    with pytest.raises(TraceError, match=r"line 3: not UTF-8 text \(byte 0xff at column 7\)"):
+        _check_utf8(p, block_size)
+    q = tmp_path / "u.csv"
+    q.write_bytes(b"x\nabcdefgh\xe9\n")  # a lead byte followed by a line end: line 2, column 9
+    with pytest.raises(TraceError, match=r"line 2: not UTF-8 text \(byte 0xe9 at column 9\)"):
+        _check_utf8(q, block_size)
+    r = tmp_path / "v.csv"
+    r.write_bytes(b"x\ny\n\xe2\x82")  # the file ends inside a character
+    with pytest.raises(TraceError, match="line 3: not UTF-8 text \\(the file ends"):
+        _check_utf8(r, block_size)
+    ok = tmp_path / "w.csv"
+    ok.write_bytes("ab\r\nc\u00e9\u20ac\U0001f600\n".encode())
+    _check_utf8(ok, block_size)
+
+
 def test_out_of_range_first_timestamp_is_a_bad_line(tmp_path):
     p = _azure(tmp_path, b"9999-11-16 18:15:46.68,374,44\r\n2023-11-16 18:15:47.68,375,45\r\n")
     with pytest.raises(TraceError, match="line 2: expected a timestamp between years"):

@@ -1193,34 +1193,34 @@ def _blocks(path: Path, size: int = 1 << 24) -> Iterator[bytes]:
             yield block
 
 
-def _check_utf8(path: Path) -> None:
-    """Refuse a file that is not UTF-8 text, naming the line and column of the first bad byte."""
+def _check_utf8(path: Path, block_size: int = 1 << 24) -> None:
+    """Refuse a file that is not UTF-8 text, naming the line and column of the first bad byte
+    (columns count bytes from the line's start, across block boundaries)."""
     import codecs
 
     dec = codecs.getincrementaldecoder("utf-8")()
-    lines_before = 0
-    done = b""  # the block before this one: its lines are counted only once another block follows
-    for block in _blocks(path):
-        if done:
-            lines_before += len(_line_ends(np.frombuffer(done, dtype=np.uint8)))
+    lines_before = 0  # line ends in the blocks before this one
+    col_before = 0  # bytes of the current line that lie in the blocks before this one
+    for block in _blocks(path, block_size):
         try:
             dec.decode(block)
         except UnicodeDecodeError as e:
-            # e.start indexes into the decoder's buffer: earlier undecoded bytes plus this block
-            start = max(e.start - (len(e.object) - len(block)), 0)
-            b = np.frombuffer(block[:start], dtype=np.uint8)
-            ends = _line_ends(b)
-            col = start - (int(ends[-1]) + 1 if len(ends) else 0) + 1
+            # e.start indexes into the decoder's buffer: earlier undecoded bytes (the start of a
+            # multi-byte character cut by the block boundary, no line end among them) plus this block
+            start = e.start - (len(e.object) - len(block))
+            ends = _line_ends(np.frombuffer(block[: max(start, 0)], dtype=np.uint8))
+            col = start - (int(ends[-1]) + 1) + 1 if len(ends) else col_before + start + 1
             raise TraceError(
-                f"not UTF-8 text (byte {block[start]:#04x} at column {col}); save the trace as UTF-8",
+                f"not UTF-8 text (byte {e.object[e.start]:#04x} at column {col}); save the trace as UTF-8",
                 where=str(path),
                 key=f"line {lines_before + len(ends) + 1}",
             ) from None
-        done = block
+        ends = _line_ends(np.frombuffer(block, dtype=np.uint8))
+        lines_before += len(ends)
+        col_before = len(block) - (int(ends[-1]) + 1) if len(ends) else col_before + len(block)
     try:
         dec.decode(b"", final=True)
     except UnicodeDecodeError:
-        lines_before += len(_line_ends(np.frombuffer(done, dtype=np.uint8)))
         raise TraceError(
             "not UTF-8 text (the file ends inside a multi-byte character)", where=str(path), key=f"line {lines_before + 1}"
         ) from None
