@@ -518,3 +518,166 @@ def test_utf8_check_names_the_line_across_blocks(tmp_path: Path, monkeypatch: py
         assert exc.value.key == line
     p.write_bytes(head)
     traces._check_utf8(p)  # valid: no error
+
+
+_ROW = st.tuples(st.integers(0, 7), st.floats(allow_nan=True), st.floats(allow_nan=True), st.integers(1, 10**6),
+                 st.integers(0, 2**62), st.integers(-5, 300), st.integers(0, 300), st.integers(-(2**63), 2**63 - 1))
+
+
+def _per_column(rows: list[tuple[Any, ...]]) -> dict[str, np.ndarray]:
+    """iteration_columns' general path: a pass per column through numpy's conversion."""
+    from operator import itemgetter
+
+    from simkit.engine.engine import IterationLog
+
+    return {name: np.fromiter(map(itemgetter(k), rows), dtype=np.float64 if name.endswith("_s") else np.int64, count=len(rows))
+            for k, name in enumerate(IterationLog.COLS)}
+
+
+def _same_columns(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    assert list(got) == list(want)
+    for name, w in want.items():
+        g = got[name]
+        assert g.dtype == w.dtype and g.dtype.isnative and g.flags.c_contiguous and g.flags.writeable, name
+        assert g.tobytes() == w.tobytes(), name  # every bit (NaN payloads and -0.0 included)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(_ROW, max_size=40), block=st.integers(1, 9))
+def test_packed_iteration_columns_are_the_per_column_conversions(rows: list[tuple[Any, ...]], block: int,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rows packed by ``struct`` a block at a time give the columns numpy's per-value
+    conversion gives, bit for bit, whatever the block size (blocks of 1-9 rows here)."""
+    from simkit import outputs
+
+    with monkeypatch.context() as m:
+        m.setattr(outputs, "_PACK_ROWS", block)
+        if rows:
+            assert outputs._packed_columns(rows) is not None
+        _same_columns(outputs.iteration_columns(rows), _per_column(rows))
+
+
+@pytest.mark.parametrize("odd", [
+    (0, 1.0, 2.0, 3.5, 4, 5, 6, 7),  # a float count: numpy truncates it, struct refuses it
+    (0, 1.0, 2.0, 3, 4, 5, 6, np.float64(7.0)),
+    (np.int64(1), np.float32(0.1), 2, True, np.int32(4), 5, 6, 7),  # numpy scalars, an int time, a bool count
+    (0, "1.5", 2.0, 3, 4, 5, 6, 7),  # a string time: numpy parses it
+    (0, None, 2.0, 3, 4, 5, 6, 7),  # None: numpy's NaN
+    (0, 1.0, 2.0, 3, 4, 5, 6, 7, 8),  # a longer row: the per-column pass reads its first eight values
+])
+def test_iteration_columns_of_odd_rows_are_the_per_column_conversions(odd: tuple[Any, ...]) -> None:
+    """Rows the packer refuses fall back to the per-column conversion (the same values as
+    before); rows it takes give the same values as that conversion."""
+    from simkit.outputs import iteration_columns
+
+    rows = [(0, 0.5, 0.75, 1, 12, 3, 4, 9), odd, (1, 0.75, 1.0, 20, 0, 4, 4, 11)]
+    _same_columns(iteration_columns(rows), _per_column(rows))
+
+
+@pytest.mark.parametrize("bad", [(0, 1.0, 2.0, 3, 4, 5, 6, 2**63), (0, 1.0, 2.0, 3, 4), (0, 1.0, 2.0, 3, 4, "x", 6, 7)])
+def test_iteration_columns_of_rows_numpy_refuses_raise_numpys_error(bad: tuple[Any, ...]) -> None:
+    from simkit.outputs import iteration_columns
+
+    rows = [(0, 0.5, 0.75, 1, 12, 3, 4, 9), bad]
+    with pytest.raises(Exception) as want:
+        _per_column(rows)
+    with pytest.raises(type(want.value)) as got:
+        iteration_columns(rows)
+    assert str(got.value) == str(want.value)
+
+
+def _tables() -> dict[str, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(5)
+    n = 3000
+    f = rng.exponential(size=n)
+    f[::7] = np.nan
+    return {
+        "mixed": {
+            "i64": np.arange(n, dtype=np.int64) % 13, "i32": rng.integers(-3, 9, n).astype(np.int32), "f": f,
+            "g": rng.normal(size=n), "b": rng.random(n) < 0.3,
+            "s": np.asarray(["", "never_fits", "exceeds_max_context", "é"], dtype=object)[rng.integers(0, 4, n)],
+        },
+        "empty": {"replica": np.zeros(0, dtype=np.int64), "link": np.array([], dtype=object),
+                  "start_s": np.zeros(0), "end_s": np.zeros(0)},
+        "one": {"x": np.array([1.5]), "y": np.array([2], dtype=np.int64)},
+    }
+
+
+@pytest.mark.parametrize("name", ["mixed", "empty", "one"])
+def test_parquet_tables_are_pyarrow_parquet_write_tables_bytes(tmp_path: Path, name: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run folder's tables are written through pyarrow's Parquet writer class (without
+    importing ``pyarrow.parquet``): the same bytes as ``pyarrow.parquet.write_table`` with the
+    same dictionary choice, and the same bytes again where that class does not take the
+    arguments (another pyarrow: the public function writes)."""
+    import pyarrow._parquet
+    import pyarrow.parquet as pq
+
+    from simkit import outputs
+
+    cols = _tables()[name]
+    outputs._write_parquet(cols, tmp_path / "ours.parquet")
+    table = pq.read_table(tmp_path / "ours.parquet")
+    dictionary = [k for k, v in cols.items() if v.dtype.kind != "f"]
+    pq.write_table(table, tmp_path / "public.parquet", use_dictionary=dictionary)
+    assert (tmp_path / "ours.parquet").read_bytes() == (tmp_path / "public.parquet").read_bytes()
+
+    with monkeypatch.context() as m:  # a writer class that does not know one of the options
+        m.setitem(outputs._WRITE_TABLE_OPTIONS, "an_option_of_another_version", True)
+        with pytest.raises(TypeError):
+            pyarrow._parquet.ParquetWriter(str(tmp_path / "x"), table.schema, **outputs._WRITE_TABLE_OPTIONS)
+        outputs._write_parquet(cols, tmp_path / "fallback.parquet")
+    assert (tmp_path / "fallback.parquet").read_bytes() == (tmp_path / "public.parquet").read_bytes()
+
+
+def test_a_failed_parquet_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow._parquet
+
+    from simkit import outputs
+
+    class Breaks(pyarrow._parquet.ParquetWriter):  # type: ignore[misc]
+        def write_table(self, *a: Any, **k: Any) -> None:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pyarrow._parquet, "ParquetWriter", Breaks)
+    with pytest.raises(OSError, match="No space left"):
+        outputs._write_parquet(_tables()["one"], tmp_path / "t.parquet")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_process_writes_its_tables_without_pyarrow_parquet_and_with_the_system_allocator(tmp_path: Path) -> None:
+    """`simkit run` in its own process writes the Parquet tables through pyarrow's writer class
+    (no ``pyarrow.parquet``, ``pyarrow.fs``, ``ssl``) with pyarrow's memory from the C
+    allocator (unless the user chose a pool); called in a longer-lived process it leaves the
+    allocator alone. The tables are the same bytes either way."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\nimport simkit.cli as cli\n"
+        "summary = cli.print_summary\n"
+        "def after_run(*a, **k):\n"
+        "    import pyarrow as pa\n"
+        "    print(sorted(m for m in ('pyarrow.parquet', 'pyarrow.fs', 'ssl', 'pandas') if m in sys.modules),"
+        " pa.default_memory_pool().backend_name, flush=True)\n"
+        "    summary(*a, **k)\n"
+        "cli.print_summary = after_run\n"
+        "args = ['run', sys.argv[1], '--out', sys.argv[2], '--set', 'workload.synthetic.num_requests=40']\n"
+        "if sys.argv[3] == 'own':\n    sys.argv = ['simkit', *args]\n    cli.main()\n"
+        "else:\n    sys.exit(cli.main(args))\n"
+    )
+    scenario = str(ROOT / "workloads" / "scenarios" / "quickstart.yaml")
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    seen = {}
+    for how, pool in (("own", None), ("own", "jemalloc"), ("call", None)):
+        run_env = env if pool is None else {**env, "ARROW_DEFAULT_MEMORY_POOL": pool}
+        out = subprocess.run([sys.executable, "-c", code, scenario, str(tmp_path / f"{how}{pool}"), how],
+                             capture_output=True, text=True, cwd=ROOT, env=run_env)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        seen[how, pool] = out.stdout.splitlines()[0]
+        for t in ("requests", "iterations", "links"):
+            assert (tmp_path / f"{how}{pool}" / f"{t}.parquet").read_bytes() == (tmp_path / "ownNone" / f"{t}.parquet").read_bytes()
+    assert seen["own", None] == "[] system"
+    assert seen["own", "jemalloc"] == "[] jemalloc"
+    assert seen["call", None].startswith("[] ") and seen["call", None] != "[] system"
