@@ -122,8 +122,8 @@ def cmd_run(a: argparse.Namespace) -> int:
 def _system_allocator_for_arrow() -> None:
     """pyarrow's memory from the C library's allocator in a `simkit run` process (unless the
     user chose one: ``ARROW_DEFAULT_MEMORY_POOL``): its default, mimalloc, keeps ~17 MB more
-    resident while the run folder's Parquet tables are written (the 16k case: peak RSS 120 ->
-    104 MB), for a few short-lived buffers; the bytes written do not depend on the allocator.
+    resident while the run folder's Parquet tables are written (the 16k case: peak RSS 118-120
+    -> 98-101 MB), for a few short-lived buffers; the bytes written do not depend on the allocator.
     Read by pyarrow when it first allocates, so set before it is imported (the outputs import
     it); ``pyarrow.set_memory_pool`` would not do: the Parquet writer's own buffers come from
     Arrow's C++ default pool, which only the variable chooses. Only in the run's own process,

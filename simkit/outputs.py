@@ -299,7 +299,7 @@ def _write_table(table: Any, path: Path, dictionary: list[str]) -> None:
     """``pyarrow.parquet.write_table(table, path, use_dictionary=dictionary)``, the same bytes,
     through the writer it wraps (``pyarrow._parquet.ParquetWriter``) with the same options, so
     that a run does not import ``pyarrow.parquet``: its ``pyarrow.fs`` (with ``ssl`` and the
-    cloud file systems) is ~0.04 G instructions of `simkit run`'s process (about 1.4% of the 16k
+    cloud file systems) is ~0.034 G instructions of `simkit run`'s process (1.3% of the 16k
     case), for a local path that needs none of it. Where this pyarrow's writer does not take
     these arguments (a private class: another version), the public function writes the file. As
     ``write_table`` does, a file left by a failed write is removed."""
