@@ -409,3 +409,61 @@ def test_shared_equals_lane(flows, j, bw, logged):
     assert got == [f.done for f in want]
     assert (a.busy_time, a.bytes_moved, a.busy_log) == (b.busy_time, b.bytes_moved, b.busy_log)
     assert lane_a.last == lane_b.last
+
+
+@settings(max_examples=8 * _EXAMPLES, deadline=None)
+@given(
+    lanes=st.sampled_from([("d2h", "nvme_write"), ("nvme_read", "h2d"), ("nvme_read", "nvme_write"), ("cxl_read", "h2d")]),
+    shares=st.tuples(*[st.tuples(st.sampled_from(_SIZES), st.sampled_from([1.0, 0.5435, 2.0, 1e-300]), st.booleans())] * 2),
+    one_item=st.booleans(),
+    at=st.sampled_from([0.0, 1e-3, 0.37, 168.74877438267907, 5000.1, 1e12]),
+    scale=st.sampled_from([1.0, 0.013, 7.0]),
+    lat=st.booleans(),
+    logged=st.booleans(),
+    split=st.integers(0, 2),
+    busy=st.sampled_from([None, None, 0, 1]),
+)
+def test_pair_equals_solve(lanes, shares, one_item, at, scale, lat, logged, split, busy):
+    """The commonest program (two first hops on one direction, the staged ones' later hops on a
+    second: a step's stores, a burst's activations and KV) runs ``_run_pair``: against
+    ``_solve``, the same landing times and link counters, bit for bit; where a direction is busy
+    (a flow already on it) or the two cannot join together (1e-300 bytes late, zero bytes) it
+    must decline (nothing changed) and ``_run_program`` replays it as ``_solve`` does."""
+    from simkit.engine import offload_fast as of
+
+    items = [[(nb, [lanes[0], lanes[1]] if staged else [lanes[0]], staged)] for nb, _, staged in shares]
+    if one_item:
+        items = [items[0] + items[1]]
+    out = []
+    for links in (_all_links(scale, lat, at if logged else None) for _ in range(2)):
+        comps = []
+        for it in items:
+            shares_ = [("kv_read", "disk", nb, [(n, links[n], nb * (f if k else 1.0)) for k, n in enumerate(hops)], st_)
+                       for (nb, hops, st_), (_, f, _) in zip(it, shares, strict=False)]  # fmt: skip
+            comps.append(of._compile(shares_))
+        lanes_: dict = {}
+        if busy is not None:
+            # a flow already on one of the directions (issued before, not yet landed)
+            lane = lanes_[lanes[busy]] = of._Lane(links[lanes[busy]])
+            lane.add(at - 1e-3, 1e6)
+        out.append((links, comps, lanes_))
+    (a, comps_a, lanes_a), (b, comps_b, lanes_b) = out
+    prog = of._program(comps_b)
+    assert prog is not None
+    if any(staged for _, _, staged in shares):
+        assert prog[2] is not None  # a pair
+    each = [at] * len(items)
+    want = of._solve(lanes_a, [(at, c, None) for c in comps_a], each)
+    split = min(split, len(items))
+    first, rest = of._run_program(lanes_b, at, prog, split)
+    assert first == max(each[:split], default=at)
+    assert max(rest, at) == max(each[split:], default=at)
+    if split == 0:
+        assert rest == want
+    for lane in (*lanes_a.values(), *lanes_b.values()):
+        lane.drain()
+    for n in a:
+        assert (a[n].busy_time, a[n].bytes_moved, a[n].busy_log) == (b[n].busy_time, b[n].bytes_moved, b[n].busy_log)
+    assert sorted(lanes_a) == sorted(lanes_b)
+    for n in lanes_a:
+        assert lanes_a[n].last == lanes_b[n].last

@@ -659,11 +659,17 @@ def _together(lane: _Lane, sizes: list[float], j: float) -> list[float]:
 Chain = tuple[int, float, float, "Chain | None"] | None
 """A staged share's later hops, compiled: (LANE_ORDER index, latency, bytes, the hops after), or
 None where none follows."""
-Program = tuple[list[tuple[int, str, Link, float, list[tuple[float, Chain, int]], list[float], float, bool]], int]
+Pair = tuple[str, Link, float, float, float, int, int, "tuple[float, float] | None", "tuple[float, float] | None", str, Link, float]
+"""The commonest program (a step's two stores staged through DRAM; a burst's activations staged
+and its KV straight): two first hops on one direction, the later hops of the staged ones on a
+second: (name, link, latency of the first; the two sizes and items; (latency, bytes) of each
+one's later hop or None; name, link and least size of the second)."""
+Program = tuple[list[tuple[int, str, Link, float, list[tuple[float, Chain, int]], list[float], float, bool]], int, Pair | None]
 """Shares issued together at one instant with no gate, compiled for :func:`_run_program`: for
 each link direction that carries any of them, in LANE_ORDER, (LANE_ORDER index, name, link,
 latency, the first hops that join it: (bytes, the hops after, item), their sizes, the least,
-whether later hops of staged shares join it too); and how many first hops there are."""
+whether later hops of staged shares join it too); how many first hops there are; and the
+program as a :data:`Pair` where it is one."""
 
 
 def _program(comps: list[Compiled]) -> Program | None:
@@ -698,7 +704,15 @@ def _program(comps: list[Compiled]) -> Program | None:
             return None
         sizes = [f[0] for f in fs]
         out.append((k, LANE_ORDER[k], link, lat, fs, sizes, min(sizes, default=math.inf), k in later))
-    return out, count
+    pair: Pair | None = None
+    if len(out) == 2 and len(out[0][4]) == 2 and not out[0][7] and not out[1][4] and out[1][7]:
+        (_, na, la, lat, fs, sizes, least, _), (kb, nb, lb, _, _, _, _, _) = out
+        (s0, c0, i0), (s1, c1, i1) = fs
+        if all(c is None or (c[0] == kb and c[3] is None) for c in (c0, c1)):
+            h0 = None if c0 is None else (c0[1], c0[2])
+            h1 = None if c1 is None else (c1[1], c1[2])
+            pair = (na, la, lat, s0, s1, i0, i1, h0, h1, nb, lb, least)
+    return out, count, pair
 
 
 def _run_program(lanes: dict[str, _Lane], at: float, prog: Program, split: int = 0) -> tuple[float, float]:
@@ -712,10 +726,12 @@ def _run_program(lanes: dict[str, _Lane], at: float, prog: Program, split: int =
     while it lands no later than the next joins); anything else is :func:`_replay_lane` itself,
     with the joins :func:`_solve` would make, in its order (a later hop joins after every first
     hop of its instant: ``seq``)."""
+    lanes_, seq, pair = prog
+    if pair is not None and (got := _run_pair(lanes, at, pair, split)) is not None:
+        return got
     first = at
     last = -math.inf
     nx: list[list[tuple[float, int, float, Chain, None, int]] | None] = [None] * len(LANE_ORDER)
-    lanes_, seq = prog
     for k, name, link, lat, firsts, sizes, least, receives in lanes_:
         pend = nx[k] if receives else None
         if pend is None and not firsts:
@@ -801,6 +817,97 @@ def _run_program(lanes: dict[str, _Lane], at: float, prog: Program, split: int =
                 q = nx[k2] = []
             q.append((f_done + nlat if nlat else f_done, seq, nbytes, after, None, it))
             seq += 1
+    return first, last
+
+
+def _run_pair(lanes: dict[str, _Lane], at: float, pair: Pair, split: int) -> tuple[float, float] | None:
+    """:func:`_run_program` of a :data:`Pair` written out, where both directions are idle and
+    the two first hops join together (:func:`_together2`; else None, nothing changed): the later
+    hops join the second direction in :func:`_solve`'s order (landing time, then the first's
+    first), each alone while it lands no later than the next joins (else :func:`_replay_lane`)."""
+    na, la, lat, s0, s1, i0, i1, h0, h1, nb, lb, least = pair
+    a = lanes.get(na)
+    b = lanes.get(nb)
+    j = at + lat if lat else at
+    if (
+        (a is not None and (a.flows or a.lone is not None)) or (b is not None and (b.flows or b.lone is not None))
+        or not (least > 0 and j + least * 1 / (la.bandwidth if a is None else a.bw) > j)  # (a new lane's bw: its link's)
+    ):
+        return None
+    if a is None:
+        a = lanes[na] = _Lane(la)
+    if b is None:
+        b = lanes[nb] = _Lane(lb)
+    d0, d1 = _together2(a, s0, s1, j)
+    first = at
+    last = -math.inf
+    if h0 is None or h1 is None:
+        # one later hop, alone on the idle direction; the other landed
+        if h0 is None:
+            d, it, (hl, nbytes), dd, ii = d1, i1, h1, d0, i0  # type: ignore[misc]
+        else:
+            d, it, (hl, nbytes), dd, ii = d0, i0, h0, d1, i1
+        if ii < split:
+            if dd > first:
+                first = dd
+        elif dd > last:
+            last = dd
+        t = d + hl if hl else d
+        done = t + (0.0 if nbytes < 0.0 else nbytes) * 1 / b.bw
+        link = b.link
+        dt = done - t
+        if dt > 0:
+            link.busy_time += dt
+            log = link.busy_log
+            if log is not None:
+                if log and log[-1][1] == t:
+                    log[-1][1] = done
+                else:
+                    log.append([t, done])
+        b.last = done
+        link.bytes_moved += nbytes
+        if it < split:
+            if done > first:
+                first = done
+        elif done > last:
+            last = done
+        return first, last
+    # both staged: their later hops in join order (time, then the first's first)
+    t0 = d0 + h0[0] if h0[0] else d0
+    t1 = d1 + h1[0] if h1[0] else d1
+    if t1 < t0:
+        ta, na_, ia, tb, nb_, ib = t1, h1[1], i1, t0, h0[1], i0
+    else:
+        ta, na_, ia, tb, nb_, ib = t0, h0[1], i0, t1, h1[1], i1
+    bw = b.bw
+    done_a = ta + (0.0 if na_ < 0.0 else na_) * 1 / bw
+    if tb < done_a:
+        # they overlap: fair sharing
+        seqs = (1, 0) if t1 < t0 else (0, 1)
+        landed = _replay_lane(b, [(ta, seqs[0], na_, None, None, ia), (tb, seqs[1], nb_, None, None, ib)])  # type: ignore[list-item]
+        ends = [(x[0], x[3]) for x in landed]
+    else:
+        link = b.link
+        log = link.busy_log
+        done_b = tb + (0.0 if nb_ < 0.0 else nb_) * 1 / bw
+        for t, done, nbytes in ((ta, done_a, na_), (tb, done_b, nb_)):
+            dt = done - t
+            if dt > 0:
+                link.busy_time += dt
+                if log is not None:
+                    if log and log[-1][1] == t:
+                        log[-1][1] = done
+                    else:
+                        log.append([t, done])
+            b.last = done
+            link.bytes_moved += nbytes
+        ends = [(done_a, ia), (done_b, ib)]
+    for done, it in ends:
+        if it < split:
+            if done > first:
+                first = done
+        elif done > last:
+            last = done
     return first, last
 
 
