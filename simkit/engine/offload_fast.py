@@ -1321,6 +1321,7 @@ class ClosedFormStep:
                 if r > t:
                     t = r
             for gi, cost in enumerate(costs):
+                dev, cpu, attn, _, _ = cost
                 if ready > t:
                     t = ready
                 if len(steps) >= 2:
@@ -1354,15 +1355,31 @@ class ClosedFormStep:
                             wkey, wp = wplans[nxt]
                     gate = None
                     if gated:
-                        gate = t = self._compute(t, cost[0], cost[1], cost[2], on_cpu)
+                        gate = t = self._compute(t, dev, cpu, attn, on_cpu)
                     a, ready = self._burst(reads, s0, av, kv, wp, gate, False, memo, wkey)
                     if wp:
                         r = ready
                     if not gated:
-                        t = self._compute(a if a > t else t, cost[0], cost[1], cost[2], on_cpu)
+                        if a > t:
+                            t = a
+                        # self._compute(t, dev, cpu, attn, on_cpu), inlined
+                        ex.busy_compute += dev
+                        if cpu > 0 and on_cpu:
+                            t1 = t + (dev - attn)
+                            ex.busy_cpu += cpu
+                            x = t1 + attn
+                            t = t1 + cpu
+                            if not t > x:  # max(t1 + attn, t1 + cpu)
+                                t = x
+                        else:
+                            t = t + dev
                 else:
-                    t = self._compute(t, cost[0], cost[1], cost[2], on_cpu)
-                ex.add_parts(cost)
+                    t = self._compute(t, dev, cpu, attn, on_cpu)
+                # ex.add_parts(cost), inlined
+                parts["linear"] += cost[3]
+                parts["gpu_attention"] += attn
+                parts["dequant"] += cost[4]
+                parts["cpu_attention"] += cpu
                 w = writes_of[gi]
                 for kind, _, nbytes, _, _ in w:
                     by_kind[kind] += nbytes
@@ -1442,7 +1459,9 @@ class ClosedFormStep:
             return at, at
         if prog is not None and gate is None:
             # issued together, no gate: the same replay without _solve's per-call bookkeeping
-            a, done = _run_program(reads, at, prog, n_first)
+            pair = prog[2]
+            got2 = None if pair is None else _run_pair(reads, at, pair, n_first)
+            a, done = got2 if got2 is not None else _run_program(reads, at, prog, n_first)
             return a, done if done > at else at
         issued: list[Issued] = [(at, comp, gate if gated else None) for comp, gated in comps]
         if not n_first:
