@@ -26,7 +26,9 @@ prefetch (``overlap: true``) and any number without, and FlexGen's zig-zag block
 (several GPU batches per step with prefetch: :meth:`ClosedFormStep._blocked`), KV read from any
 tier and KV and activations written to any (stores staged through DRAM replayed across the
 write lanes: :class:`_Stores`; a step's stores that surely land before the next step issues
-its own, lane by lane in one go: :meth:`ClosedFormStep._settle`). Activations off the GPU:
+its own, lane by lane in one go: :meth:`ClosedFormStep._settle`; a burst's reads and a step's
+stores, issued at one instant, are compiled once per step and replayed without :func:`_solve`'s
+per-call bookkeeping: :func:`_run_program`, :func:`_run_pair`). Activations off the GPU:
 without prefetch, and in the block schedule where no host-to-GPU copy waits for compute (pinned
 copies, ``decode_overlap``); a step of one GPU batch with prefetch then runs its events. Run
 event by event (:func:`closed_form_reason`): the block schedule with KV spilled past a threshold
