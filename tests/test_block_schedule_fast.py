@@ -188,7 +188,7 @@ def test_stores_alone_replayed_lane_by_lane_equal_stores(spec, at, scale):
     want = max(c.done for c in chains)
     got_plan = of._store_plan(plan_b)
     assert got_plan is not None
-    comp, span = got_plan
+    comp, span, prog = got_plan
     got = of._solve({}, [(at, comp, None)])
     assert got == want
     assert want <= at + span
@@ -244,3 +244,226 @@ def test_flows_joining_at_one_instant_equal_lane(sizes, j, bw, logged):
     of._solve({}, [(j, [(of._INDEX["h2d"], c, [(0.0, x, [], False)])], None) for x in sizes], each)
     assert each == [max(f.done, j) for f in flows]
     assert (a.busy_time, a.bytes_moved, a.busy_log) == (c.busy_time, c.bytes_moved, c.busy_log)
+
+
+# issue 16, branch offload11: shares issued at one instant replayed by _run_program (no _solve
+# bookkeeping), two flows together written out (_together2), an idle direction's staggered joins
+# on local state (_shared): each against what it replaces, bit for bit
+
+_READ_LANES = [("nvme_read", 2e9, 1e-4), ("cxl_read", 30e9, 0.0), ("d2h", 12e9, 5e-6), ("h2d", 12e9, 5e-6),
+               ("nvme_write", 2e9, 1e-4), ("cxl_write", 30e9, 0.0)]  # fmt: skip
+_SIZES = [0.0, 1e-300, 1.0, 4096.0, 458752.0, 458752.0, 2478244.71849866, 4559143.587628866, 3e7]
+
+
+def _all_links(scale: float, lat: bool, logged: float | None) -> dict:
+    from simkit.engine.resources import Link
+
+    links = {n: Link(None, n, bw * scale, la if lat else 0.0) for n, bw, la in _READ_LANES}  # type: ignore[arg-type]
+    for link in links.values():
+        link.busy_log = [] if logged is None else [[logged - 1.0, logged]]
+    return links
+
+
+@st.composite
+def _items(draw: st.DrawFn) -> list:
+    """Items issued together: each a few shares, straight to one direction or staged along
+    increasing directions (as a burst's or a step's stores are)."""
+    names = [n for n, _, _ in _READ_LANES]
+    out = []
+    for _ in range(draw(st.integers(1, 4))):
+        item = []
+        for _ in range(draw(st.integers(0, 3))):
+            nbytes = draw(st.sampled_from(_SIZES))
+            hops = sorted(draw(st.sets(st.integers(0, len(names) - 1), min_size=1, max_size=3)))
+            staged = len(hops) > 1 and draw(st.booleans())
+            item.append((nbytes, [names[k] for k in hops], staged))
+        out.append(item)
+    return out
+
+
+def _item_shares(item: list, links: dict) -> list:
+    return [("kv_read", "disk", nb, [(n, links[n], nb) for n in hops], staged) for nb, hops, staged in item]
+
+
+@settings(max_examples=8 * _EXAMPLES, deadline=None)
+@given(
+    items=_items(),
+    at=st.sampled_from([0.0, 1e-3, 0.37, 168.74877438267907, 5000.1, 1e12]),
+    scale=st.sampled_from([1.0, 0.013, 7.0]),
+    lat=st.booleans(),
+    logged=st.booleans(),
+    split=st.integers(0, 4),
+)
+def test_program_equals_solve(items, at, scale, lat, logged, split):
+    """``_run_program`` (a burst's reads, or a step's stores, issued at one instant, no gate)
+    against ``_solve`` of the same items: the same landing times (and ``each``), link counters
+    (busy time, bytes, busy periods) and lane clocks, bit for bit; including the shapes where it
+    must fall back to ``_replay_lane`` (zero and 1e-300 bytes at late instants, several joins at
+    different times on one direction) and where ``_program`` refuses (none here: one link per
+    direction)."""
+    from simkit.engine import offload_fast as of
+
+    a = _all_links(scale, lat, at if logged else None)
+    b = _all_links(scale, lat, at if logged else None)
+    comps_a = [of._compile(_item_shares(it, a)) for it in items]
+    comps_b = [of._compile(_item_shares(it, b)) for it in items]
+    prog = of._program(comps_b)
+    assert prog is not None
+    lanes_a: dict = {}
+    lanes_b: dict = {}
+    each = [at] * len(items)
+    want = of._solve(lanes_a, [(at, c, None) for c in comps_a], each)
+    first, rest = of._run_program(lanes_b, at, prog, split)
+    # the last of the items before ``split`` and of the others (_burst's: its activations' and
+    # the rest), and the last of all (_settle's: split 0)
+    assert first == max(each[:split], default=at)
+    assert max(rest, at) == max(each[split:], default=at)
+    c = _all_links(scale, lat, at if logged else None)
+    prog_c = of._program([of._compile(_item_shares(it, c)) for it in items])
+    assert prog_c is not None
+    assert of._run_program({}, at, prog_c) == (at, want)
+    for n in a:
+        assert (a[n].busy_time, a[n].bytes_moved, a[n].busy_log) == (c[n].busy_time, c[n].bytes_moved, c[n].busy_log)
+    for n in a:
+        assert (a[n].busy_time, a[n].bytes_moved, a[n].busy_log) == (b[n].busy_time, b[n].bytes_moved, b[n].busy_log)
+    assert sorted(lanes_a) == sorted(lanes_b)
+    for n in lanes_a:
+        assert (lanes_a[n].last, lanes_a[n].flows, lanes_a[n].lone) == (lanes_b[n].last, [], None)
+
+
+def test_program_refuses_what_solve_would_order_otherwise():
+    """``_program`` refuses two links (or latencies) on one direction and a staged share whose
+    later hop is on an earlier direction (``_solve`` raises there); it accepts the rest."""
+    from simkit.engine import offload_fast as of
+    from simkit.engine.resources import Link
+
+    links = _all_links(1.0, True, None)
+    other = Link(None, "h2d", 12e9, 5e-6)  # type: ignore[arg-type]
+    one = of._compile([("kv_read", "disk", 8.0, [("h2d", links["h2d"], 8.0)], False)])
+    two = of._compile([("kv_read", "disk", 8.0, [("h2d", other, 8.0)], False)])
+    assert of._program([one]) is not None and of._program([one, one]) is not None
+    assert of._program([one, two]) is None
+    later = of._compile([("kv_read", "disk", 8.0, [("nvme_read", links["nvme_read"], 8.0), ("h2d", other, 8.0)], True)])
+    assert of._program([one, later]) is None
+    backwards = of._compile([("kv_read", "disk", 8.0, [("h2d", links["h2d"], 8.0), ("nvme_read", links["nvme_read"], 8.0)], True)])
+    assert of._program([backwards]) is None
+
+
+@settings(max_examples=4 * _EXAMPLES, deadline=None)
+@given(
+    s0=st.sampled_from(_SIZES[2:]),
+    s1=st.sampled_from(_SIZES[2:]),
+    j=st.sampled_from([0.0, 1e-3, 0.37, 168.74877438267907, 5000.1, 1e12]),
+    bw=st.sampled_from([12e9, 2e9, 1.6e10 / 3]),
+    logged=st.booleans(),
+)
+def test_together2_equals_together(s0, s1, j, bw, logged):
+    """``_together2`` against ``_together`` of two flows (which the tests above check against
+    ``_Lane``): the same landing times, link counters and lane clock."""
+    from simkit.engine import offload_fast as of
+    from simkit.engine.resources import Link
+
+    a, b = Link(None, "h2d", bw), Link(None, "h2d", bw)  # type: ignore[arg-type]
+    if logged:
+        a.busy_log, b.busy_log = [[j - 1.0, j]], [[j - 1.0, j]]
+    if not j + min(s0, s1) * 1 / bw > j:
+        return  # outside both functions' condition (the callers check it)
+    lane_a, lane_b = of._Lane(a), of._Lane(b)
+    assert list(of._together2(lane_b, s0, s1, j)) == of._together(lane_a, [s0, s1], j)
+    assert (a.busy_time, a.bytes_moved, a.busy_log) == (b.busy_time, b.bytes_moved, b.busy_log)
+    assert lane_a.last == lane_b.last
+
+
+@settings(max_examples=8 * _EXAMPLES, deadline=None)
+@given(
+    flows=st.lists(st.tuples(st.sampled_from([0.0, 0.0, 1e-9, 1e-4, 2.3e-4, 1e-3, 0.01]), st.sampled_from(_SIZES)), min_size=1, max_size=6),
+    j=st.sampled_from([0.0, 0.37, 168.74877438267907, 1e12]),
+    bw=st.sampled_from([12e9, 2e9, 1.6e10 / 3]),
+    logged=st.booleans(),
+)
+def test_shared_equals_lane(flows, j, bw, logged):
+    """``_shared`` (flows joining an idle direction at times in order: the lone flow kept aside,
+    closed alone or joined, wake-ups due before each join fired first) against ``_Lane.add`` of
+    each then ``drain``: the same landing times, link counters and lane clock, bit for bit
+    (joins at one instant, zero and 1e-300 bytes, flows landing exactly at a later join)."""
+    from simkit.engine import offload_fast as of
+    from simkit.engine.resources import Link
+
+    joins = []
+    t = j
+    for gap, _ in flows:
+        t = t + gap
+        joins.append(t)
+    sizes = [s for _, s in flows]
+    if len(flows) > 1:
+        # a flow that lands exactly when the next joins
+        joins[1] = joins[0] + sizes[0] * 1 / bw if flows[1][0] == 1e-9 else joins[1]
+        joins = sorted(joins)
+    a, b = Link(None, "h2d", bw), Link(None, "h2d", bw)  # type: ignore[arg-type]
+    if logged:
+        a.busy_log, b.busy_log = [[j - 1.0, j]], [[j - 1.0, j]]
+    lane_a, lane_b = of._Lane(a), of._Lane(b)
+    want = [lane_a.add(x, s) for x, s in zip(joins, sizes, strict=True)]
+    lane_a.drain()
+    got = of._shared(lane_b, joins, sizes)
+    assert got == [f.done for f in want]
+    assert (a.busy_time, a.bytes_moved, a.busy_log) == (b.busy_time, b.bytes_moved, b.busy_log)
+    assert lane_a.last == lane_b.last
+
+
+@settings(max_examples=8 * _EXAMPLES, deadline=None)
+@given(
+    lanes=st.sampled_from([("d2h", "nvme_write"), ("nvme_read", "h2d"), ("nvme_read", "nvme_write"), ("cxl_read", "h2d")]),
+    shares=st.tuples(*[st.tuples(st.sampled_from(_SIZES), st.sampled_from([1.0, 0.5435, 2.0, 1e-300]), st.booleans())] * 2),
+    one_item=st.booleans(),
+    at=st.sampled_from([0.0, 1e-3, 0.37, 168.74877438267907, 5000.1, 1e12]),
+    scale=st.sampled_from([1.0, 0.013, 7.0]),
+    lat=st.booleans(),
+    logged=st.booleans(),
+    split=st.integers(0, 2),
+    busy=st.sampled_from([None, None, 0, 1]),
+)
+def test_pair_equals_solve(lanes, shares, one_item, at, scale, lat, logged, split, busy):
+    """The commonest program (two first hops on one direction, the staged ones' later hops on a
+    second: a step's stores, a burst's activations and KV) runs ``_run_pair``: against
+    ``_solve``, the same landing times and link counters, bit for bit; where a direction is busy
+    (a flow already on it) or the two cannot join together (1e-300 bytes late, zero bytes) it
+    must decline (nothing changed) and ``_run_program`` replays it as ``_solve`` does."""
+    from simkit.engine import offload_fast as of
+
+    items = [[(nb, [lanes[0], lanes[1]] if staged else [lanes[0]], staged)] for nb, _, staged in shares]
+    if one_item:
+        items = [items[0] + items[1]]
+    out = []
+    for links in (_all_links(scale, lat, at if logged else None) for _ in range(2)):
+        comps = []
+        for it in items:
+            shares_ = [("kv_read", "disk", nb, [(n, links[n], nb * (f if k else 1.0)) for k, n in enumerate(hops)], st_)
+                       for (nb, hops, st_), (_, f, _) in zip(it, shares, strict=False)]  # fmt: skip
+            comps.append(of._compile(shares_))
+        lanes_: dict = {}
+        if busy is not None:
+            # a flow already on one of the directions (issued before, not yet landed)
+            lane = lanes_[lanes[busy]] = of._Lane(links[lanes[busy]])
+            lane.add(at - 1e-3, 1e6)
+        out.append((links, comps, lanes_))
+    (a, comps_a, lanes_a), (b, comps_b, lanes_b) = out
+    prog = of._program(comps_b)
+    assert prog is not None
+    if any(staged for _, _, staged in shares):
+        assert prog[2] is not None  # a pair
+    each = [at] * len(items)
+    want = of._solve(lanes_a, [(at, c, None) for c in comps_a], each)
+    split = min(split, len(items))
+    first, rest = of._run_program(lanes_b, at, prog, split)
+    assert first == max(each[:split], default=at)
+    assert max(rest, at) == max(each[split:], default=at)
+    if split == 0:
+        assert rest == want
+    for lane in (*lanes_a.values(), *lanes_b.values()):
+        lane.drain()
+    for n in a:
+        assert (a[n].busy_time, a[n].bytes_moved, a[n].busy_log) == (b[n].busy_time, b[n].bytes_moved, b[n].busy_log)
+    assert sorted(lanes_a) == sorted(lanes_b)
+    for n in lanes_a:
+        assert lanes_a[n].last == lanes_b[n].last

@@ -26,7 +26,9 @@ prefetch (``overlap: true``) and any number without, and FlexGen's zig-zag block
 (several GPU batches per step with prefetch: :meth:`ClosedFormStep._blocked`), KV read from any
 tier and KV and activations written to any (stores staged through DRAM replayed across the
 write lanes: :class:`_Stores`; a step's stores that surely land before the next step issues
-its own, lane by lane in one go: :meth:`ClosedFormStep._settle`). Activations off the GPU:
+its own, lane by lane in one go: :meth:`ClosedFormStep._settle`; a burst's reads and a step's
+stores, issued at one instant, are compiled once per step and replayed without :func:`_solve`'s
+per-call bookkeeping: :func:`_run_program`, :func:`_run_pair`). Activations off the GPU:
 without prefetch, and in the block schedule where no host-to-GPU copy waits for compute (pinned
 copies, ``decode_overlap``); a step of one GPU batch with prefetch then runs its events. Run
 event by event (:func:`closed_form_reason`): the block schedule with KV spilled past a threshold
@@ -418,50 +420,7 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued], each: list[float] | No
         lane = lanes.get(name)
         if lane is None:
             lane = lanes[name] = _Lane(link)
-        if len(js) > 1:
-            js.sort()  # by (join time, issue order): the issue order is unique, so nothing after it is compared
-        landed: list[tuple[float, list[Hop], float | None, int]] = []
-        n = len(js)
-        i = 0
-        if not lane.flows and lane.lone is None:
-            # flows alone on the idle direction, each landing no later than the next joins:
-            # Link's join and wake-up, replayed in one go
-            bw = lane.bw
-            link = lane.link
-            log = link.busy_log
-            while i < n:
-                at, _, nbytes, after, g, it = js[i]
-                done = at + (0.0 if nbytes < 0.0 else nbytes) * 1 / bw  # max(nbytes, 0.0), without a call
-                if i + 1 < n and js[i + 1][0] < done:
-                    break
-                # lane.close(at, done, nbytes), inlined
-                dt = done - at
-                if dt > 0:
-                    link.busy_time += dt
-                    if log is not None:
-                        if log and log[-1][1] == at:
-                            log[-1][1] = done
-                        else:
-                            log.append([at, done])
-                lane.last = done
-                link.bytes_moved += nbytes
-                landed.append((done, after, g, it))
-                i += 1
-        if i < n:
-            # the rest overlap: fair sharing, as Link replays it
-            j = js[i][0]
-            sizes = [e[2] for e in js[i:]]
-            least = min(sizes)
-            if (
-                n - i > 1 and js[-1][0] == j and least > 0 and j + least * 1 / lane.bw > j
-                and not lane.flows and lane.lone is None
-            ):
-                # all of them join the idle direction at one instant, each wake-up after it
-                landed += [(d, e[3], e[4], e[5]) for d, e in zip(_together(lane, sizes, j), js[i:], strict=True)]
-            else:
-                flows = [(lane.add(at, nbytes), after, g, it) for at, _, nbytes, after, g, it in js[i:]]
-                lane.drain()
-                landed += [(f.done, after, g, it) for f, after, g, it in flows]
+        landed = _replay_lane(lane, js)
         for f_done, rest, gate, it in landed:
             if not rest:
                 if f_done > last:
@@ -481,6 +440,169 @@ def _solve(lanes: dict[str, _Lane], issued: list[Issued], each: list[float] | No
             seq += 1
             slot2[1].append((a + nlink.latency if nlink.latency else a, seq, nbytes, rest[1:], gate, it))
     return last
+
+
+def _replay_lane(lane: _Lane, js: list[tuple[float, int, float, list[Hop], float | None, int]]) -> list[tuple[float, list[Hop], float | None, int]]:
+    """The flows ``js`` (join time, issue order, bytes, the hops after, gate, item) on one link
+    direction, replayed as Link replays them: (landing time, the hops after, gate, item) of each,
+    in join order."""
+    if len(js) > 1:
+        js.sort()  # by (join time, issue order): the issue order is unique, so nothing after it is compared
+    landed: list[tuple[float, list[Hop], float | None, int]] = []
+    n = len(js)
+    i = 0
+    if not lane.flows and lane.lone is None:
+        # flows alone on the idle direction, each landing no later than the next joins:
+        # Link's join and wake-up, replayed in one go
+        bw = lane.bw
+        link = lane.link
+        log = link.busy_log
+        while i < n:
+            at, _, nbytes, after, g, it = js[i]
+            done = at + (0.0 if nbytes < 0.0 else nbytes) * 1 / bw  # max(nbytes, 0.0), without a call
+            if i + 1 < n and js[i + 1][0] < done:
+                break
+            # lane.close(at, done, nbytes), inlined
+            dt = done - at
+            if dt > 0:
+                link.busy_time += dt
+                if log is not None:
+                    if log and log[-1][1] == at:
+                        log[-1][1] = done
+                    else:
+                        log.append([at, done])
+            lane.last = done
+            link.bytes_moved += nbytes
+            landed.append((done, after, g, it))
+            i += 1
+    if i < n:
+        # the rest overlap: fair sharing, as Link replays it
+        j = js[i][0]
+        sizes = [e[2] for e in js[i:]]
+        least = min(sizes)
+        if (
+            n - i > 1 and js[-1][0] == j and least > 0 and j + least * 1 / lane.bw > j
+            and not lane.flows and lane.lone is None
+        ):
+            # all of them join the idle direction at one instant, each wake-up after it
+            landed += [(d, e[3], e[4], e[5]) for d, e in zip(_together(lane, sizes, j), js[i:], strict=True)]
+        elif not lane.flows and lane.lone is None:
+            # the idle direction: _Lane.add of each, then drain, on local state
+            rest = js[i:]
+            landed += [(d, e[3], e[4], e[5]) for d, e in zip(_shared(lane, [e[0] for e in rest], sizes), rest, strict=True)]
+        else:
+            flows = [(lane.add(at, nbytes), after, g, it) for at, _, nbytes, after, g, it in js[i:]]
+            lane.drain()
+            landed += [(f.done, after, g, it) for f, after, g, it in flows]
+    return landed
+
+
+def _shared(lane: _Lane, joins: list[float], sizes: list[float]) -> list[float]:
+    """When each of the flows of ``sizes`` bytes that join the idle ``lane`` at ``joins`` (in
+    time order) lands: ``_Lane.add`` of each, then ``_Lane.drain``, with the same float
+    operations in the same order on the link's counters, on local state (no ``_Flow`` objects,
+    no method per event). A flow that finds the lane empty is kept aside alone (``lone``: its
+    join and landing) until the next join: if it has landed by then it is closed alone, else it
+    joins the fair sharing at its own join time; at each join the wake-ups due by then fire
+    first; each wake-up advances every flow by the fair share, completes the target and those
+    within the slack, and arms the next for the first of the least remaining."""
+    bw = lane.bw
+    link = lane.link
+    log = link.busy_log
+    n = len(sizes)
+    rem = list(sizes)
+    done = [math.nan] * n
+    alive: list[int] = []
+    key = rem.__getitem__
+    lone: tuple[float, int, float] | None = None
+    last = lane.last
+    wake = math.inf
+    tgt = -1
+    for i in range(n + 1):
+        at = joins[i] if i < n else math.inf
+        if lone is not None:
+            a0, x, w0 = lone
+            lone = None
+            if i == n or w0 <= at:
+                # _Lane._close (drain closes it whenever): the lone flow alone from its join to its wake-up
+                dt = w0 - a0
+                if dt > 0:
+                    link.busy_time += dt
+                    if log is not None:
+                        if log and log[-1][1] == a0:
+                            log[-1][1] = w0
+                        else:
+                            log.append([a0, w0])
+                last = w0
+                link.bytes_moved += sizes[x]
+                done[x] = w0
+            else:
+                # _Lane._join at its own join time: nothing else on the lane
+                last = a0
+                alive.append(x)
+                tgt = x
+                r = rem[x]
+                wake = a0 + (0.0 if r < 0.0 else r) * 1 / bw
+        while alive and (i == n or wake <= at):
+            # _Lane._fire (drain fires them all)
+            now = wake
+            dt = now - last
+            m = len(alive)
+            if dt > 0:
+                share = bw * dt / m
+                for x in alive:
+                    rem[x] -= share
+                link.busy_time += dt
+                if log is not None:
+                    if log and log[-1][1] == last:
+                        log[-1][1] = now
+                    else:
+                        log.append([last, now])
+            last = now
+            slack = bw / m * 1e-9
+            keep = []
+            for x in alive:
+                if x == tgt or rem[x] <= slack:
+                    done[x] = now
+                    link.bytes_moved += sizes[x]
+                else:
+                    keep.append(x)
+            alive = keep
+            if alive:
+                tgt = min(alive, key=key)
+                r = rem[tgt]
+                wake = now + (0.0 if r < 0.0 else r) * len(alive) / bw
+            else:
+                wake = math.inf
+        if i == n:
+            break
+        if alive:
+            # _Lane._join: advance to the join, then the flow shares the lane
+            dt = at - last
+            if dt > 0:
+                m = len(alive)
+                share = bw * dt / m
+                for x in alive:
+                    rem[x] -= share
+                link.busy_time += dt
+                if log is not None:
+                    if log and log[-1][1] == last:
+                        log[-1][1] = at
+                    else:
+                        log.append([last, at])
+            last = at
+            alive.append(i)
+            tgt = min(alive, key=key)
+            r = rem[tgt]
+            wake = at + (0.0 if r < 0.0 else r) * len(alive) / bw
+        else:
+            last = at
+            r = sizes[i]
+            lone = (at, i, at + (0.0 if r < 0.0 else r) * 1 / bw)
+    lane.last = last
+    lane.wake = math.inf
+    lane.target = None
+    return done
 
 
 def _together(lane: _Lane, sizes: list[float], j: float) -> list[float]:
@@ -536,6 +658,318 @@ def _together(lane: _Lane, sizes: list[float], j: float) -> list[float]:
     return done
 
 
+Chain = tuple[int, float, float, "Chain | None"] | None
+"""A staged share's later hops, compiled: (LANE_ORDER index, latency, bytes, the hops after), or
+None where none follows."""
+Pair = tuple[str, Link, float, float, float, int, int, "tuple[float, float] | None", "tuple[float, float] | None", str, Link, float]
+"""The commonest program (a step's two stores staged through DRAM; a burst's activations staged
+and its KV straight): two first hops on one direction, the later hops of the staged ones on a
+second: (name, link, latency of the first; the two sizes and items; (latency, bytes) of each
+one's later hop or None; name, link and least size of the second)."""
+Program = tuple[list[tuple[int, str, Link, float, list[tuple[float, Chain, int]], list[float], float, bool]], int, Pair | None]
+"""Shares issued together at one instant with no gate, compiled for :func:`_run_program`: for
+each link direction that carries any of them, in LANE_ORDER, (LANE_ORDER index, name, link,
+latency, the first hops that join it: (bytes, the hops after, item), their sizes, the least,
+whether later hops of staged shares join it too); how many first hops there are; and the
+program as a :data:`Pair` where it is one."""
+
+
+def _program(comps: list[Compiled]) -> Program | None:
+    """The shares of ``comps`` (one item each, all issued at one instant, none gated) compiled
+    for :func:`_run_program`, or None where it would not replay them as :func:`_solve` does (two
+    links or latencies on one direction, a later hop on an earlier direction): :func:`_solve`
+    then."""
+    firsts: dict[int, tuple[Link, float, list[tuple[float, Chain, int]]]] = {}
+    later: dict[int, Link] = {}
+    count = 0
+    for item, comp in enumerate(comps):
+        for k, link, entries in comp:
+            for lat, nbytes, rest, _ in entries:
+                got = firsts.setdefault(k, (link, lat, []))
+                if got[0] is not link or got[1] != lat:
+                    return None
+                prev = k
+                for name, nlink, _ in rest:
+                    k2 = _INDEX[name]
+                    if k2 <= prev or later.setdefault(k2, nlink) is not nlink:
+                        return None
+                    prev = k2
+                chain: Chain = None
+                for name, nlink, nb in reversed(rest):
+                    chain = (_INDEX[name], nlink.latency, nb, chain)
+                got[2].append((nbytes, chain, item))
+                count += 1
+    out = []
+    for k in sorted(set(firsts) | set(later)):
+        link, lat, fs = firsts.get(k, (later.get(k), 0.0, []))  # type: ignore[arg-type]
+        if k in later and later[k] is not link:
+            return None
+        sizes = [f[0] for f in fs]
+        out.append((k, LANE_ORDER[k], link, lat, fs, sizes, min(sizes, default=math.inf), k in later))
+    pair: Pair | None = None
+    if len(out) == 2 and len(out[0][4]) == 2 and not out[0][7] and not out[1][4] and out[1][7]:
+        (_, na, la, lat, fs, sizes, least, _), (kb, nb, lb, _, _, _, _, _) = out
+        (s0, c0, i0), (s1, c1, i1) = fs
+        if all(c is None or (c[0] == kb and c[3] is None) for c in (c0, c1)):
+            h0 = None if c0 is None else (c0[1], c0[2])
+            h1 = None if c1 is None else (c1[1], c1[2])
+            pair = (na, la, lat, s0, s1, i0, i1, h0, h1, nb, lb, least)
+    return out, count, pair
+
+
+def _run_program(lanes: dict[str, _Lane], at: float, prog: Program, split: int = 0) -> tuple[float, float]:
+    """When the items before ``split`` have landed (no earlier than ``at``), and when the last of
+    the others has (-inf where none): :func:`_solve` of the shares :func:`_program` compiled, all issued at ``at``, with the
+    same float operations in the same order: a direction's first hops all join at ``at`` plus
+    its latency, in issue order, so where nothing else joins it and it is idle they are one
+    flow alone (Link's join and wake-up in one go) or flows that join together
+    (:func:`_together`, under the condition :func:`_replay_lane` checks); where only later hops
+    of staged shares join the idle direction, :func:`_replay_lane`'s first loop (each alone
+    while it lands no later than the next joins); anything else is :func:`_replay_lane` itself,
+    with the joins :func:`_solve` would make, in its order (a later hop joins after every first
+    hop of its instant: ``seq``)."""
+    lanes_, seq, pair = prog
+    if pair is not None and (got := _run_pair(lanes, at, pair, split)) is not None:
+        return got
+    first = at
+    last = -math.inf
+    nx: list[list[tuple[float, int, float, Chain, None, int]] | None] = [None] * len(LANE_ORDER)
+    for k, name, link, lat, firsts, sizes, least, receives in lanes_:
+        pend = nx[k] if receives else None
+        if pend is None and not firsts:
+            continue
+        lane = lanes.get(name)
+        if lane is None:
+            lane = lanes[name] = _Lane(link)
+        landed: list[tuple[float, Chain, int]]
+        idle = not lane.flows and lane.lone is None
+        if pend is None:
+            j = at + lat if lat else at
+            if idle and len(firsts) == 1:
+                # alone on the idle direction: Link's join and wake-up (_replay_lane's first loop)
+                nbytes, nxt, it = firsts[0]
+                done = j + (0.0 if nbytes < 0.0 else nbytes) * 1 / lane.bw
+                ln = lane.link
+                dt = done - j
+                if dt > 0:
+                    ln.busy_time += dt
+                    log = ln.busy_log
+                    if log is not None:
+                        if log and log[-1][1] == j:
+                            log[-1][1] = done
+                        else:
+                            log.append([j, done])
+                lane.last = done
+                ln.bytes_moved += nbytes
+                landed = [(done, nxt, it)]
+            elif idle and least > 0 and j + least * 1 / lane.bw > j:
+                if len(firsts) == 2:
+                    d0, d1 = _together2(lane, sizes[0], sizes[1], j)
+                    landed = [(d0, firsts[0][1], firsts[0][2]), (d1, firsts[1][1], firsts[1][2])]
+                else:
+                    landed = [(d, f[1], f[2]) for d, f in zip(_together(lane, sizes, j), firsts, strict=True)]
+            else:
+                landed = [(d, nxt, it) for d, nxt, _, it in _replay_lane(lane, [(j, s, f[0], f[1], None, f[2]) for s, f in enumerate(firsts)])]
+        elif not firsts and idle:
+            # only later hops of staged shares, on the idle direction: _replay_lane's first loop,
+            # then _replay_lane of the rest (its first loop stops at once where this one stopped)
+            if len(pend) > 1:
+                pend.sort()
+            n = len(pend)
+            i = 0
+            bw = lane.bw
+            ln = lane.link
+            log = ln.busy_log
+            landed = []
+            while i < n:
+                a, _, nbytes, nxt, _, it = pend[i]
+                done = a + (0.0 if nbytes < 0.0 else nbytes) * 1 / bw
+                if i + 1 < n and pend[i + 1][0] < done:
+                    landed += [(d, nxt, it) for d, nxt, _, it in _replay_lane(lane, pend[i:])]  # type: ignore[arg-type]
+                    break
+                dt = done - a
+                if dt > 0:
+                    ln.busy_time += dt
+                    if log is not None:
+                        if log and log[-1][1] == a:
+                            log[-1][1] = done
+                        else:
+                            log.append([a, done])
+                lane.last = done
+                ln.bytes_moved += nbytes
+                landed.append((done, nxt, it))
+                i += 1
+        else:
+            j = at + lat if lat else at
+            js = [(j, s, f[0], f[1], None, f[2]) for s, f in enumerate(firsts)] + pend
+            landed = [(d, nxt, it) for d, nxt, _, it in _replay_lane(lane, js)]  # type: ignore[arg-type]
+        for f_done, nxt, it in landed:
+            if nxt is None:
+                # (_solve's ``last`` and ``each``: the greatest of the landing times)
+                if it < split:
+                    if f_done > first:
+                        first = f_done
+                elif f_done > last:
+                    last = f_done
+                continue
+            # a staged share's next hop leaves once this one has landed
+            k2, nlat, nbytes, after = nxt
+            q = nx[k2]
+            if q is None:
+                q = nx[k2] = []
+            q.append((f_done + nlat if nlat else f_done, seq, nbytes, after, None, it))
+            seq += 1
+    return first, last
+
+
+def _run_pair(lanes: dict[str, _Lane], at: float, pair: Pair, split: int) -> tuple[float, float] | None:
+    """:func:`_run_program` of a :data:`Pair` written out, where both directions are idle and
+    the two first hops join together (:func:`_together2`; else None, nothing changed): the later
+    hops join the second direction in :func:`_solve`'s order (landing time, then the first's
+    first), each alone while it lands no later than the next joins (else :func:`_replay_lane`)."""
+    na, la, lat, s0, s1, i0, i1, h0, h1, nb, lb, least = pair
+    a = lanes.get(na)
+    b = lanes.get(nb)
+    j = at + lat if lat else at
+    if (
+        (a is not None and (a.flows or a.lone is not None)) or (b is not None and (b.flows or b.lone is not None))
+        or not (least > 0 and j + least * 1 / (la.bandwidth if a is None else a.bw) > j)  # (a new lane's bw: its link's)
+    ):
+        return None
+    if a is None:
+        a = lanes[na] = _Lane(la)
+    if b is None:
+        b = lanes[nb] = _Lane(lb)
+    d0, d1 = _together2(a, s0, s1, j)
+    first = at
+    last = -math.inf
+    if h0 is None or h1 is None:
+        # one later hop, alone on the idle direction; the other landed
+        if h0 is None:
+            d, it, (hl, nbytes), dd, ii = d1, i1, h1, d0, i0  # type: ignore[misc]
+        else:
+            d, it, (hl, nbytes), dd, ii = d0, i0, h0, d1, i1
+        if ii < split:
+            if dd > first:
+                first = dd
+        elif dd > last:
+            last = dd
+        t = d + hl if hl else d
+        done = t + (0.0 if nbytes < 0.0 else nbytes) * 1 / b.bw
+        link = b.link
+        dt = done - t
+        if dt > 0:
+            link.busy_time += dt
+            log = link.busy_log
+            if log is not None:
+                if log and log[-1][1] == t:
+                    log[-1][1] = done
+                else:
+                    log.append([t, done])
+        b.last = done
+        link.bytes_moved += nbytes
+        if it < split:
+            if done > first:
+                first = done
+        elif done > last:
+            last = done
+        return first, last
+    # both staged: their later hops in join order (time, then the first's first)
+    t0 = d0 + h0[0] if h0[0] else d0
+    t1 = d1 + h1[0] if h1[0] else d1
+    if t1 < t0:
+        ta, na_, ia, tb, nb_, ib = t1, h1[1], i1, t0, h0[1], i0
+    else:
+        ta, na_, ia, tb, nb_, ib = t0, h0[1], i0, t1, h1[1], i1
+    bw = b.bw
+    done_a = ta + (0.0 if na_ < 0.0 else na_) * 1 / bw
+    if tb < done_a:
+        # they overlap: fair sharing
+        seqs = (1, 0) if t1 < t0 else (0, 1)
+        landed = _replay_lane(b, [(ta, seqs[0], na_, None, None, ia), (tb, seqs[1], nb_, None, None, ib)])  # type: ignore[list-item]
+        ends = [(x[0], x[3]) for x in landed]
+    else:
+        link = b.link
+        log = link.busy_log
+        done_b = tb + (0.0 if nb_ < 0.0 else nb_) * 1 / bw
+        for t, done, nbytes in ((ta, done_a, na_), (tb, done_b, nb_)):
+            dt = done - t
+            if dt > 0:
+                link.busy_time += dt
+                if log is not None:
+                    if log and log[-1][1] == t:
+                        log[-1][1] = done
+                    else:
+                        log.append([t, done])
+            b.last = done
+            link.bytes_moved += nbytes
+        ends = [(done_a, ia), (done_b, ib)]
+    for done, it in ends:
+        if it < split:
+            if done > first:
+                first = done
+        elif done > last:
+            last = done
+    return first, last
+
+
+def _together2(lane: _Lane, s0: float, s1: float, j: float) -> tuple[float, float]:
+    """:func:`_together` of two flows (``[s0, s1]``), written out: the same float operations in
+    the same order (the caller checks its conditions: both sizes positive, the wake-up after
+    ``j``)."""
+    bw = lane.bw
+    link = lane.link
+    log = link.busy_log
+    r0, r1 = s0, s1
+    # the target: min(alive, key=rem.__getitem__), the first of the least
+    first = r1 < r0
+    now = j + (r1 if first else r0) * 2 / bw  # max(rem, 0.0) * len(alive) / bw: rem is positive
+    dt = now - j
+    if dt > 0:
+        share = bw * dt / 2
+        r0 -= share
+        r1 -= share
+        link.busy_time += dt
+        if log is not None:
+            if log and log[-1][1] == j:
+                log[-1][1] = now
+            else:
+                log.append([j, now])
+    slack = bw / 2 * 1e-9
+    end0 = not first or r0 <= slack
+    end1 = first or r1 <= slack
+    d0 = d1 = math.nan
+    if end0:
+        d0 = now
+        link.bytes_moved += s0
+    if end1:
+        d1 = now
+        link.bytes_moved += s1
+    if not (end0 and end1):
+        # the other alone: the next wake-up, which completes it
+        r = r1 if end0 else r0
+        wake = now + (0.0 if r < 0.0 else r) * 1 / bw
+        dt = wake - now
+        if dt > 0:
+            link.busy_time += dt
+            if log is not None:
+                if log and log[-1][1] == now:
+                    log[-1][1] = wake
+                else:
+                    log.append([now, wake])
+        now = wake
+        if end0:
+            d1 = now
+            link.bytes_moved += s1
+        else:
+            d0 = now
+            link.bytes_moved += s0
+    lane.last = now
+    lane.wake = math.inf
+    lane.target = None
+    return d0, d1
+
+
 Lone = tuple[_Lane, float, float, float, bool]
 
 
@@ -559,9 +993,10 @@ def _lone_hops(lanes: dict[str, _Lane], plan: list[Share]) -> list[Lone] | None:
     return out
 
 
-StorePlan = tuple[Compiled, float]
-"""One step's stores compiled (:func:`_compile`), and a bound on how long after their issue
-the last of them has landed when they are alone on the write lanes (:func:`_store_plan`)."""
+StorePlan = tuple[Compiled, float, "Program | None"]
+"""One step's stores compiled (:func:`_compile`), a bound on how long after their issue the
+last of them has landed when they are alone on the write lanes (:func:`_store_plan`), and the
+same for :func:`_run_program` (None: :func:`_solve`)."""
 Pending = tuple[int, float, list[Share], StorePlan]
 """(index among the steps, issue time, shares, plan) of stores not yet replayed."""
 _NO_CHAINS: list[_Chain] = []
@@ -596,14 +1031,16 @@ def _store_plan(plan: list[Share]) -> StorePlan | None:
     span = sum(lat[n] + load[n] / bw[n] for n in lat)
     if not math.isfinite(span):
         return None
-    return _compile(plan), span * (1.0 + 1e-6) + 1e-6
+    comp = _compile(plan)
+    return comp, span * (1.0 + 1e-6) + 1e-6, _program([comp])
 
 
 _NO_SHARES: list[Share] = []
 """No shares (one list, so that its ``id`` keys a burst's memo)."""
-Burst = tuple[list[tuple[str, float]], int, list[tuple[Compiled, bool]]]
+Burst = tuple[list[tuple[str, float]], int, list[tuple[Compiled, bool]], "Program | None"]
 """A burst of reads compiled (:func:`_burst_plan`): the bytes by kind, how many of the items are
-the activations', and the items in join order (compiled shares, whether the gate applies)."""
+the activations', the items in join order (compiled shares, whether the gate applies), and,
+where no gate applies, the items for :func:`_run_program` (None: :func:`_solve`)."""
 
 
 def _burst_plan(act: list[Share], kv: list[Share], weights: list[Share], gated: bool, kv_first: bool) -> Burst:
@@ -630,7 +1067,8 @@ def _burst_plan(act: list[Share], kv: list[Share], weights: list[Share], gated: 
             later.append((_compile(own), g))
     if direct:
         items.append((_compile(direct), False))
-    return counts, n_first, items + later
+    items += later
+    return counts, n_first, items, None if gated else _program([comp for comp, _ in items])
 
 
 class ClosedFormStep:
@@ -885,6 +1323,7 @@ class ClosedFormStep:
                 if r > t:
                     t = r
             for gi, cost in enumerate(costs):
+                dev, cpu, attn, _, _ = cost
                 if ready > t:
                     t = ready
                 if len(steps) >= 2:
@@ -918,15 +1357,31 @@ class ClosedFormStep:
                             wkey, wp = wplans[nxt]
                     gate = None
                     if gated:
-                        gate = t = self._compute(t, cost[0], cost[1], cost[2], on_cpu)
+                        gate = t = self._compute(t, dev, cpu, attn, on_cpu)
                     a, ready = self._burst(reads, s0, av, kv, wp, gate, False, memo, wkey)
                     if wp:
                         r = ready
                     if not gated:
-                        t = self._compute(a if a > t else t, cost[0], cost[1], cost[2], on_cpu)
+                        if a > t:
+                            t = a
+                        # self._compute(t, dev, cpu, attn, on_cpu), inlined
+                        ex.busy_compute += dev
+                        if cpu > 0 and on_cpu:
+                            t1 = t + (dev - attn)
+                            ex.busy_cpu += cpu
+                            x = t1 + attn
+                            t = t1 + cpu
+                            if not t > x:  # max(t1 + attn, t1 + cpu)
+                                t = x
+                        else:
+                            t = t + dev
                 else:
-                    t = self._compute(t, cost[0], cost[1], cost[2], on_cpu)
-                ex.add_parts(cost)
+                    t = self._compute(t, dev, cpu, attn, on_cpu)
+                # ex.add_parts(cost), inlined
+                parts["linear"] += cost[3]
+                parts["gpu_attention"] += attn
+                parts["dequant"] += cost[4]
+                parts["cpu_attention"] += cpu
                 w = writes_of[gi]
                 for kind, _, nbytes, _, _ in w:
                     by_kind[kind] += nbytes
@@ -936,7 +1391,8 @@ class ClosedFormStep:
                 if w:
                     # replay what is due by now: on quiet lanes, this step's stores wait (pend)
                     # until the next step's issue shows whether they land alone
-                    stores._until(t)
+                    if stores.owner or stores.due:
+                        stores._until(t)  # (else nothing is in flight on the write lanes)
                     if not stores.owner and not stores.due and (sp := store_plan(w)) is not None:
                         pend = (len(steps), t, w, sp)
                         steps.append(math.nan)
@@ -968,9 +1424,9 @@ class ClosedFormStep:
         """Replay the pending stores of one step (issued on quiet write lanes) before the next
         step's stores, issued at ``nxt``: in one go (:func:`_solve`, lane by lane) where they have
         surely landed by ``nxt`` (:func:`_store_plan`'s bound), else among the rest (``_Stores``)."""
-        k, at, w, (comp, span) = pend
+        k, at, w, (comp, span, prog) = pend
         if at + span < nxt and not stores.owner and not stores.due:
-            steps[k] = _solve(stores.lanes, [(at, comp, None)])
+            steps[k] = _solve(stores.lanes, [(at, comp, None)]) if prog is None else _run_program(stores.lanes, at, prog)[1]
             return
         chains: list[_Chain] = []
         for _, _, _, hops, staged in w:
@@ -996,13 +1452,19 @@ class ClosedFormStep:
         got = memo.get(key)
         if got is None:
             got = memo[key] = _burst_plan(act, kv, weights, gate is not None, kv_first)
-        counts, n_first, comps = got
+        counts, n_first, comps, prog = got
         by_kind = self.ex.bytes_by_kind
         assert by_kind is not None
         for kind, nbytes in counts:
             by_kind[kind] += nbytes
         if not comps:
             return at, at
+        if prog is not None and gate is None:
+            # issued together, no gate: the same replay without _solve's per-call bookkeeping
+            pair = prog[2]
+            got2 = None if pair is None else _run_pair(reads, at, pair, n_first)
+            a, done = got2 if got2 is not None else _run_program(reads, at, prog, n_first)
+            return a, done if done > at else at
         issued: list[Issued] = [(at, comp, gate if gated else None) for comp, gated in comps]
         if not n_first:
             done = _solve(reads, issued)
