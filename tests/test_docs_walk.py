@@ -1,0 +1,79 @@
+"""What a new user's walk through README.md and docs/ from an installed wheel met (branch
+newuser12, 2026-12-01; docs/walkthrough.md): summary.json keys that docs/metrics.md did not
+define, and the traces doc's Python examples, which pass a shipped trace as a ``pathlib.Path``."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simkit.cli import main
+from simkit.errors import ScenarioError
+from simkit.specs.catalog import repo_path
+from simkit.workload.synthetic import make_synthetic
+from simkit.workload.traces import read_trace
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def _defined_in_metrics_doc(key: str, doc: str) -> bool:
+    """``key`` is named in backticks, or belongs to a family written as `prefix_*`."""
+    return f"`{key}`" in doc or f"`{key.split('_')[0]}_*`" in doc
+
+
+@pytest.mark.parametrize("scenario", ["quickstart", "opt175b-t4-offload"])
+def test_every_summary_key_is_defined_in_the_metrics_doc(tmp_path, monkeypatch, capsys, scenario):
+    """docs/metrics.md says it defines every number in summary.json; the walk found eight
+    top-level keys it never named (the offload keys, measured_links, the run's identity)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", scenario, "--out", "out"]) == 0
+    capsys.readouterr()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    doc = (DOCS / "metrics.md").read_text()
+    missing = [k for k in summary if not _defined_in_metrics_doc(k, doc)]
+    assert missing == [], f"summary.json keys not defined in docs/metrics.md: {missing}"
+    if scenario == "opt175b-t4-offload":  # the offload keys carry what the doc says they do
+        assert set(summary["offload_bytes"]) == {"weights", "kv_read", "kv_write", "act_read", "act_write"}
+        assert summary["offload_bytes"]["weights"] > 0
+        assert set(summary["offload_compute_s"]) == {"linear", "gpu_attention", "dequant", "cpu_attention", "embedding_and_head"}
+
+
+def test_the_check_of_the_metrics_doc_can_fail():
+    doc = "- `ttft_p90_s` and `e2e_*`"
+    assert _defined_in_metrics_doc("ttft_p90_s", doc) and _defined_in_metrics_doc("e2e_p99_s", doc)
+    assert not _defined_in_metrics_doc("offload_bytes", doc)
+
+
+def test_make_synthetic_takes_a_shipped_trace_as_a_path():
+    """docs/traces.md's example passes ``repo_path(...)`` (a ``pathlib.Path``); it was refused
+    with 'expected a trace file path, got PosixPath(...)'."""
+    path = repo_path("workloads", "traces", "azure_conv_2023_sample.csv")
+    assert isinstance(path, Path)
+    arrival = {"process": "poisson", "rate": 5.0}
+    by_path = make_synthetic(500, arrival, {"trace": {"path": path, "format": "azure"}}, seed=3)
+    by_str = make_synthetic(500, arrival, {"trace": {"path": str(path), "format": "azure"}}, seed=3)
+    assert np.array_equal(by_path.input_tokens, by_str.input_tokens)
+    assert np.array_equal(by_path.output_tokens, by_str.output_tokens)
+    assert np.array_equal(by_path.arrival_s, by_str.arrival_s)
+    t = read_trace(path)
+    pairs = set(zip(t.input_tokens.tolist(), t.output_tokens.tolist(), strict=True))
+    assert all(p in pairs for p in zip(by_path.input_tokens.tolist(), by_path.output_tokens.tolist(), strict=True))
+
+
+@pytest.mark.parametrize("bad", [None, "", 3, ["a.csv"]])
+def test_make_synthetic_still_refuses_what_is_not_a_path(bad):
+    with pytest.raises(ScenarioError, match=r"workload\.synthetic\.lengths\.trace\.path.*expected a trace file path"):
+        make_synthetic(10, {"process": "poisson", "rate": 1.0}, {"trace": {"path": bad}})
+
+
+def test_the_traces_doc_python_examples_name_shipped_traces_by_repo_path():
+    """Run from an installed wheel in an empty folder, ``read_trace("workloads/traces/...")``
+    finds nothing: the doc's examples of shipped traces go through ``repo_path``."""
+    doc = (DOCS / "traces.md").read_text()
+    code = "\n".join(re.findall(r"^```python\n(.*?)^```$", doc, re.S | re.M))
+    assert "repo_path(\"workloads\", \"traces\", \"azure_conv_2023.csv\")" in code
+    assert "\"workloads/traces/" not in code
