@@ -77,3 +77,47 @@ def test_the_traces_doc_python_examples_name_shipped_traces_by_repo_path():
     code = "\n".join(re.findall(r"^```python\n(.*?)^```$", doc, re.S | re.M))
     assert "repo_path(\"workloads\", \"traces\", \"azure_conv_2023.csv\")" in code
     assert "\"workloads/traces/" not in code
+
+
+SEARCH = "space:\n  plan.parallel.tp: [1, 2]\nconstraints: {ttft_p90_s: {max: 0.5}}\nobjective: {minimize: usd_per_million_output_tokens}\n"
+STUDY = "axes:\n  grid:\n    plan.parallel.tp: [1, 2]\n"
+
+
+@pytest.mark.parametrize("kind", ["search", "study"])
+def test_a_base_named_like_a_shipped_scenario_is_found_from_any_folder(tmp_path, monkeypatch, kind):
+    """A search or study file copied out of the examples (`base: ../scenarios/quickstart.yaml`)
+    stopped with 'base scenario not found' outside a checkout; `base: quickstart` names the
+    shipped scenario as `simkit run quickstart` does."""
+    from simkit.scenario import find_scenario
+    from simkit.search.spec import load_spec
+    from simkit.study.spec import load_study
+
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / f"{kind}.yaml"
+    f.write_text("base: quickstart\n" + (SEARCH if kind == "search" else STUDY))
+    shipped = find_scenario("quickstart")
+    if kind == "search":
+        spec = load_spec(f)
+        assert Path(spec.where) == shipped
+    else:
+        study = load_study(f)
+        assert Path(study.base_source) == shipped
+    # a file of that name beside the search or study file still comes first
+    (tmp_path / "quickstart").write_text((shipped.read_text()).replace("limit: 200", "limit: 20"))
+    if kind == "search":
+        assert Path(load_spec(f).where) == tmp_path / "quickstart"
+    else:
+        assert Path(load_study(f).base_source) == tmp_path / "quickstart"
+
+
+@pytest.mark.parametrize("kind", ["search", "study"])
+@pytest.mark.parametrize("base", ["nope", "../scenarios/quickstart.yaml"])
+def test_a_base_found_nowhere_is_one_error_naming_the_shipped_scenarios(tmp_path, monkeypatch, capsys, kind, base):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    f = tmp_path / "sub" / f"{kind}.yaml"
+    f.write_text(f"base: {base}\n" + (SEARCH if kind == "search" else STUDY))
+    assert main([kind, str(f), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "base: base scenario not found" in err and "a bare name is a shipped scenario" in err and "quickstart" in err
+    assert "Traceback" not in err
