@@ -121,3 +121,35 @@ def test_a_base_found_nowhere_is_one_error_naming_the_shipped_scenarios(tmp_path
     err = capsys.readouterr().err
     assert "base: base scenario not found" in err and "a bare name is a shipped scenario" in err and "quickstart" in err
     assert "Traceback" not in err
+
+
+def test_a_studys_warnings_say_which_runs_gave_them():
+    """`simkit study` printed each distinct warning bare ('warning: the run is overloaded: ...'),
+    so the reader of a 20-run study could not tell which point was overloaded."""
+    from simkit.study.cli import warning_lines
+
+    over = "the run is overloaded: ..."
+    rej = "3 of 200 requests were rejected"
+    rows = [
+        {"rate": r, "variant": v, "repeat": 0, "run_id": f"{r}{v}",
+         "warnings": json.dumps([rej] + ([over] if r == 40 and v == "tp2" else []))}
+        for r in (2, 40) for v in ("tp2", "tp4")
+    ]
+    rows.append({"rate": 40, "variant": "tp2", "repeat": 1, "run_id": "x", "warnings": "[]"})
+    lines = warning_lines(rows, ["rate"], shown=3)
+    assert lines == [
+        f"warning (4 of 5 runs: tp2, rate=2; tp4, rate=2; tp2, rate=40; 1 more): {rej}",
+        f"warning (1 of 5 runs: tp2, rate=40): {over}",
+    ]
+    assert warning_lines([{"variant": "", "run_id": "abc", "warnings": json.dumps([over])}], []) == [
+        f"warning (1 of 1 runs: abc): {over}"]
+    assert warning_lines(rows[-1:], ["rate"]) == []
+
+
+def test_simkit_study_prints_the_runs_of_each_warning(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["study", "rate-tp-prefix", "--out", "out", "--jobs", "1", "--no-progress",
+                 "--set", "workload.limit=60"]) == 0
+    err = capsys.readouterr().err
+    warned = [x for x in err.splitlines() if x.startswith("warning")]
+    assert warned and all(re.match(r"warning \(\d+ of 20 runs: [^)]*workload\.trace\.rate_scale=", x) for x in warned), err
