@@ -595,7 +595,12 @@ def find_shipped(path: str | Path, folder: str, what: str, error: type[SimkitErr
         cand = repo_path(*parts)
         if cand.is_file():
             return cand
-    raise error(f"{what} not found (shipped {folder}: {', '.join(shipped(folder))})", where=str(p))
+    import difflib
+
+    names = shipped(folder)
+    close = difflib.get_close_matches(p.stem, names, n=1) if len(parts) == 1 else []
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise error(f"{what} not found (shipped {folder}: {', '.join(names)}){hint}", where=str(p))
 
 
 def find_base_scenario(base: str, folder: Path, error: type[SimkitError], where: str) -> Path:

@@ -153,3 +153,20 @@ def test_simkit_study_prints_the_runs_of_each_warning(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err
     warned = [x for x in err.splitlines() if x.startswith("warning")]
     assert warned and all(re.match(r"warning \(\d+ of 20 runs: [^)]*workload\.trace\.rate_scale=", x) for x in warned), err
+
+
+@pytest.mark.parametrize(("argv", "hint"), [
+    (["run", "quikstart"], "; did you mean quickstart?"),
+    (["search", "cheapest-llama"], "; did you mean cheapest-llama7b?"),
+    (["study", "rate-tp"], "; did you mean rate-tp-prefix?"),
+    (["run", "zzzz"], None),
+])
+def test_a_mistyped_shipped_example_name_suggests_the_closest(tmp_path, monkeypatch, capsys, argv, hint):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "not found (shipped " in err and "Traceback" not in err
+    if hint:
+        assert err.rstrip().endswith(hint), err
+    else:
+        assert "did you mean" not in err
