@@ -595,7 +595,33 @@ def find_shipped(path: str | Path, folder: str, what: str, error: type[SimkitErr
         cand = repo_path(*parts)
         if cand.is_file():
             return cand
-    raise error(f"{what} not found (shipped {folder}: {', '.join(shipped(folder))})", where=str(p))
+    import difflib
+
+    names = shipped(folder)
+    close = difflib.get_close_matches(p.stem, names, n=1) if len(parts) == 1 else []
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise error(f"{what} not found (shipped {folder}: {', '.join(names)}){hint}", where=str(p))
+
+
+def find_base_scenario(base: str, folder: Path, error: type[SimkitError], where: str) -> Path:
+    """A search's or study's ``base:`` scenario: a path relative to the file's ``folder`` (or
+    absolute); else, for a bare name, the shipped scenario of that name (``base: quickstart``,
+    as ``simkit run quickstart``), so a search or study file copied out of simkit's examples
+    works from any folder; else ``error`` naming the path tried and the shipped scenarios."""
+    from simkit.specs.catalog import repo_path
+
+    p = Path(base)
+    if not p.is_absolute():
+        p = folder / p
+    if p.exists():
+        return p
+    name = Path(base)
+    if len(name.parts) == 1:
+        for cand in (repo_path("workloads", "scenarios", name.name), repo_path("workloads", "scenarios", name.name + ".yaml")):
+            if cand.is_file():
+                return cand
+    raise error(f"base scenario not found: {p} (a path is relative to this file; a bare name is a shipped scenario: "
+                f"{', '.join(shipped('scenarios'))})", where=where, key="base")
 
 
 def find_scenario(path: str | Path) -> Path:

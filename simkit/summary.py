@@ -255,9 +255,14 @@ def run_warnings(summary: dict[str, Any]) -> list[str]:
             "they count as missing the SLO (requests table: reject_reason)"
         )
     if summary["overloaded"] and summary["queue_growth"] > OVERLOAD_GROWTH:
+        # the time in the system can shrink while the wait grows (the later requests are served
+        # faster once admitted, e.g. a warmer prefix cache): say so instead of "grows by -0.21 s"
+        q = f"the wait for admission grows by {summary['queue_growth']:.2f} s"
+        grow = (f"{q} and the time in the system by {summary['e2e_growth']:.2f} s per second of arrivals" if summary["e2e_growth"] > 0 else
+                f"{q} per second of arrivals and the time in the system does not ({summary['e2e_growth']:.2f} s: the later "
+                "requests are served faster once admitted)")
         out.append(
-            f"the run is overloaded: the wait for admission grows by {summary['queue_growth']:.2f} s and the time in "
-            f"the system by {summary['e2e_growth']:.2f} s per second of arrivals (more requests arrive than the deployment serves, so the backlog grows without bound and "
+            f"the run is overloaded: {grow} (more requests arrive than the deployment serves, so the backlog grows without bound and "
             "latency percentiles depend on how long the trace is); add capacity or lower the rate"
         )
     elif summary["overloaded"]:

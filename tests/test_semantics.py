@@ -594,3 +594,11 @@ def test_overload_warning_names_which_delay_grows():
     s |= {"queue_growth": 0.8, "e2e_growth": 0.7}
     (w,) = run_warnings(s)
     assert "the wait for admission grows by 0.80 s" in w and "without bound" in w
+    assert "the time in the system by 0.70 s per second of arrivals" in w
+    # the wait grows while the time in the system shrinks (a study's run with a prefix cache
+    # printed "the time in the system by -0.21 s"): no "grows by" a negative number
+    s |= {"queue_growth": 0.24, "e2e_growth": -0.21}
+    (w,) = run_warnings(s)
+    assert "the wait for admission grows by 0.24 s" in w and "without bound" in w
+    assert ("grows by 0.24 s per second of arrivals and the time in the system does not (-0.21 s: the later requests "
+            "are served faster once admitted)") in w

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from simkit.errors import SimkitError
-from simkit.scenario import Scenario, apply_overrides, load_scenario_data
+from simkit.scenario import Scenario, apply_overrides, find_base_scenario, load_scenario_data
 from simkit.search.metrics import known_metrics
 from simkit.specs.yamlio import load_yaml
 
@@ -349,11 +349,7 @@ def parse_spec(data: Any, where: str | None = None, base_dir: str | Path | None 
         raise SearchError("missing: give a base scenario (a path relative to this file, or an inline scenario)", where=w, key="base")
     b = data["base"]
     if isinstance(b, str):
-        p = Path(b)
-        if not p.is_absolute():
-            p = folder / p
-        if not p.exists():
-            raise SearchError(f"base scenario not found: {p}", where=w, key="base")
+        p = find_base_scenario(b, folder, SearchError, w)
         base = load_scenario_data(p)
         base_where = str(p)
     elif isinstance(b, dict):

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 
 def _jobs(text: str) -> int:
@@ -85,9 +86,8 @@ def main(argv: Sequence[str]) -> int:
                     progress=not a.no_progress, overrides=a.set)
     st = res.stats
     errors = [r for r in res.rows if r["status"] != "ok"]
-    warns = sorted({w for r in res.rows for w in json.loads(r.get("warnings") or "[]")})
-    for w in warns:
-        print(f"warning: {w}", file=sys.stderr)
+    for line in warning_lines(res.rows, res.study.axis_keys):
+        print(line, file=sys.stderr)
     from simkit.study.show import render
 
     sys.stdout.write(render(res.folder, a.format, _metrics(a.metrics)))
@@ -101,3 +101,28 @@ def main(argv: Sequence[str]) -> int:
 
         print(f"  report           {write_report([res.folder], a.report)}")
     return 0
+
+
+def _run_label(row: dict[str, Any], axis_keys: list[str]) -> str:
+    """One run of a study in words: its variant, axis values and repeat (``tp2, rate_scale=40``)."""
+    parts = [str(row["variant"])] if row.get("variant") else []
+    parts += [f"{k}={row.get(k)}" for k in axis_keys]
+    if row.get("repeat"):
+        parts.append(f"repeat {row['repeat']}")
+    return ", ".join(parts) or str(row.get("run_id", "?"))
+
+
+def warning_lines(rows: list[dict[str, Any]], axis_keys: list[str], shown: int = 3) -> list[str]:
+    """Each distinct warning of a study's runs once, naming how many runs gave it and which
+    (the first ``shown``); a bare warning did not say which of the study's runs it was about."""
+    by_text: dict[str, list[str]] = {}
+    for r in rows:
+        for w in json.loads(r.get("warnings") or "[]"):
+            by_text.setdefault(w, []).append(_run_label(r, axis_keys))
+    out = []
+    for w in sorted(by_text):
+        runs = by_text[w]
+        more = f"; {len(runs) - shown} more" if len(runs) > shown else ""
+        out.append(f"warning ({len(runs)} of {len(rows)} runs: {'; '.join(runs[:shown])}{more}): {w}")
+    return out
+

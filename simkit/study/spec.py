@@ -498,7 +498,7 @@ def _absolute_paths(data: dict[str, Any], sc: Any) -> dict[str, Any]:
 def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
     """Read and check a study file (the runs are expanded and validated by :meth:`Study.tasks`).
     ``overrides`` (``["workload.limit=50"]``, the CLI's ``--set``) are added to its ``set:``."""
-    from simkit.scenario import find_shipped, load_scenario_data
+    from simkit.scenario import find_base_scenario, find_shipped, load_scenario_data
     from simkit.specs.yamlio import load_yaml
 
     p = find_shipped(path, "studies", "study file", StudyError)
@@ -521,10 +521,8 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
         err = format_validation_error(e, str(p))
         raise StudyError(err.message, where=str(p), key=err.key) from None
     if isinstance(spec.base, str):
-        bp = Path(spec.base)
-        if not bp.is_absolute():
-            bp = p.parent / bp
         try:
+            bp = find_base_scenario(spec.base, p.parent, StudyError, str(p))
             base = load_scenario_data(bp)
         except SimkitError as e:
             raise StudyError(e.message, where=str(p), key="base") from None

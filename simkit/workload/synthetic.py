@@ -33,6 +33,7 @@ spawned from ``seed``: changing the length distributions does not move the arriv
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from numbers import Integral, Real
 from typing import Any
@@ -222,6 +223,8 @@ def _lengths_from_trace(
     d = _mapping(spec, key)
     _check_keys(d, _TRACE_KEYS, key, "a trace length source")
     path = d.get("path")
+    if isinstance(path, os.PathLike):  # a pathlib.Path from Python, e.g. repo_path(...)
+        path = os.fspath(path)
     if not isinstance(path, str) or not path:
         raise ScenarioError(f"expected a trace file path, got {path!r}", key=f"{key}.path")
     fmt = d.get("format", "auto")
