@@ -25,10 +25,16 @@ def _fmt_ms(x: Any) -> str:
     return "-" if v != v else f"{v * 1e3:,.1f} ms"
 
 
+def _pp_part(s: dict[str, Any]) -> str:
+    """`` pp=N`` where the plan is pipelined (pp > 1), else nothing."""
+    pp = s.get("pp")
+    return f" pp={pp}" if isinstance(pp, int) and pp > 1 else ""
+
+
 def print_summary(s: dict[str, Any], out: Any = None, wall_s: float | None = None) -> None:
     w = (out or sys.stdout).write
     w(f"simkit: {s.get('model')} on {s.get('hardware')} ({s.get('device')}), policy {s.get('policy')}, "
-      f"tp={s.get('tp')} replicas={s.get('replicas')}\n")
+      f"tp={s.get('tp')}{_pp_part(s)} replicas={s.get('replicas')}\n")
     w(f"  calibration      {s.get('calibration')}\n")
     for g in s.get("fleet_groups") or []:
         w(f"  fleet group      {g['replicas']} x {g['gpu']} (tp={g['tp']}): {g['requests_completed']} requests, "

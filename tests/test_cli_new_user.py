@@ -246,3 +246,13 @@ def test_validate_finds_the_shipped_profile_from_any_folder(tmp_path, monkeypatc
     with pytest.raises(CalibrationError) as e:
         load_profile("calibration/profiles/nowhere")
     assert "not found here or in simkit's data folder" in str(e.value)
+
+
+def test_print_summary_names_pipeline_stages(tmp_path, capsys):
+    """Found by the new-user walk (docs/walkthrough.md): the header said `tp=4 replicas=1` for the
+    shipped TP 4 x PP 2 plan; a pipelined plan now shows its stages, a plan without them does not."""
+    assert main(["run", "llama70b-tp4pp2", "--out", str(tmp_path / "a"), "--set", "workload.limit=20"]) == 0
+    assert " tp=4 pp=2 replicas=1\n" in capsys.readouterr().out
+    assert main(["run", "llama70b-tp4pp2", "--out", str(tmp_path / "b"), "--set", "workload.limit=20",
+                 "--set", "plan.parallel.pp=1"]) == 0
+    assert " tp=4 replicas=1\n" in capsys.readouterr().out
