@@ -311,3 +311,61 @@ def test_histogram_buffer_packed_as_numpy_converts_it(xs):
     b = np.array(xs, dtype=np.float64)
     assert a.dtype == b.dtype and a.shape == b.shape
     assert a.tobytes() == b.tobytes()
+
+
+def _decode_rows_shorter_than_a_block(rows: list, block_size: int) -> int:
+    """Decode runs of the iteration log of 2 to ``block_size - 1`` steps (no prefill tokens): the
+    runs whose block growth the fused loop counts inline (engine/lean.py, FastEngine._alloc_to)."""
+    return sum(1 for row in rows if row[4] == 0 and 1 < row[3] < block_size)
+
+
+def _steps_completing_prompts(rows: list) -> int:
+    """Steps of the iteration log chunking two prompts or more (sequences beyond the decodes)."""
+    return sum(1 for row in rows if row[4] > 0 and row[6] - row[5] >= 2)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(10, 120),
+    rate=st.floats(5.0, 600.0),
+    inp=st.tuples(st.integers(1, 200), st.integers(0, 900)),
+    out=st.tuples(st.integers(1, 20), st.integers(0, 120)),
+    seed=st.integers(0, 10_000),
+    seqs=st.integers(2, 40),
+    chunk=st.integers(16, 1200),
+    pool=st.integers(2_000, 60_000),
+    block_size=st.sampled_from([2, 8, 16, 32, 64]),
+    policy=st.sampled_from(["continuous", "chunked_prefill"]),
+    replicas=st.integers(1, 2),
+)
+def test_short_decode_runs_and_several_prompts_a_step(n, rate, inp, out, seed, seqs, chunk, pool, block_size, policy,
+                                                      replicas):  # fmt: skip
+    """Decode runs shorter than a block (arrivals and finishes every few steps; blocks of 2-64
+    tokens, so a run's residues wrap past the block's end or not, and sequences that joined with
+    room left in their last block are still pending, below or beyond the run's end), whose block
+    growth the fused loop counts inline; chunked steps of several short prompts (a budget of up
+    to 1,200 tokens), the completed ones leaving the prefilling list as its first entries; pools
+    from short (preemption: the run steps) to ample, one or two replicas."""
+    kv = {"num_blocks": pool // block_size, "block_size": block_size, "watermark": 0.0}  # (a pool of ``pool`` tokens)
+    data = _data(uniform_workload(n * replicas, rate * replicas, (inp[0], inp[0] + inp[1]), (out[0], out[0] + out[1])),
+                 seed, seqs, 8192, kv, "none", 1, policy, max(chunk, seqs), replicas, "least_outstanding")  # fmt: skip
+    fused, stepping = run_three(scenario_from_dict(data))
+    assert fused["engine_path"] == fast_path_of(stepping["preemptions"])
+
+
+@pytest.mark.parametrize("block_size", [8, 32, 64])
+def test_short_decode_runs_are_exercised(block_size):
+    """The scenario shape above, fixed: it has decode runs shorter than a block and chunked steps of
+    several prompts (so the inline block growth and the prefix removal run), equal to the stepping
+    path's and the reference engine's."""
+    from simkit.simulate import simulate
+
+    data = _data(uniform_workload(150, 60.0, (20, 400), (2, 60)), 3, 24, 8192,
+                 {"num_blocks": 64_000 // block_size, "block_size": block_size, "watermark": 0.0}, policy="chunked_prefill",
+                 chunk=600)  # fmt: skip
+    sc = scenario_from_dict(data)
+    fused, _ = run_three(sc)
+    assert fused["engine_path"] == FUSED
+    rows = simulate(sc).iterations
+    assert _decode_rows_shorter_than_a_block(rows, block_size) >= 20
+    assert _steps_completing_prompts(rows) >= 20
