@@ -64,8 +64,11 @@ def test_chunk_runs_equal_stepping_and_reference(n, rate, inp, out, seed, seqs, 
     kv = {"num_blocks": blocks, "block_size": block_size, "watermark": watermark}
     data = _data(uniform_workload(n * replicas, rate * replicas, (inp[0], inp[0] + inp[1]), (out[0], out[0] + out[1])),
                  seed, seqs, 8192, kv, calibration, tp, "chunked_prefill", seqs + chunk, replicas, routing)  # fmt: skip
-    fused, stepping = run_three(scenario_from_dict(data))
+    sc = scenario_from_dict(data)
+    fused, stepping = run_three(sc)
     assert fused["engine_path"] == fast_path_of(stepping["preemptions"])
+    if fused["engine_path"] == FUSED:
+        assert_same_gaps(sc)
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -92,8 +95,11 @@ def test_finishes_while_a_queue_waits(n, rate, inp, out, seed, seqs, tokens, blo
     kv = {"num_blocks": blocks, "block_size": block_size, "watermark": watermark}
     data = _data(uniform_workload(n * replicas, rate, (inp[0], inp[0] + inp[1]), (out[0], out[0] + out[1])), seed, seqs,
                  tokens, kv, "none", 1, policy, seqs + 256, replicas, "least_outstanding")  # fmt: skip
-    fused, stepping = run_three(scenario_from_dict(data))
+    sc = scenario_from_dict(data)
+    fused, stepping = run_three(sc)
     assert fused["engine_path"] == fast_path_of(stepping["preemptions"])
+    if fused["engine_path"] == FUSED:
+        assert_same_gaps(sc)
 
 
 @pytest.mark.parametrize("replicas", [1, 3])
@@ -193,8 +199,11 @@ def test_chunk_chains_at_the_budget_edges(tmp_path_factory, decoders, dec_out, c
     data = _data({}, 0, seqs, 8192, {"num_blocks": blocks, "block_size": block_size, "watermark": 0.0},
                  policy="chunked_prefill", chunk=decoders + left, replicas=replicas, routing="round_robin")  # fmt: skip
     data["workload"] = native_trace_workload(path, np.array(times), np.array(inp), np.array(out))
-    fused, stepping = run_three(scenario_from_dict(data))
+    sc = scenario_from_dict(data)
+    fused, stepping = run_three(sc)
     assert fused["engine_path"] == fast_path_of(stepping["preemptions"])
+    if fused["engine_path"] == FUSED:
+        assert_same_gaps(sc)
 
 
 @settings(max_examples=max(EXAMPLES * 8, 200), deadline=None)
