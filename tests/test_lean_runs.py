@@ -64,8 +64,11 @@ def test_chunk_runs_equal_stepping_and_reference(n, rate, inp, out, seed, seqs, 
     kv = {"num_blocks": blocks, "block_size": block_size, "watermark": watermark}
     data = _data(uniform_workload(n * replicas, rate * replicas, (inp[0], inp[0] + inp[1]), (out[0], out[0] + out[1])),
                  seed, seqs, 8192, kv, calibration, tp, "chunked_prefill", seqs + chunk, replicas, routing)  # fmt: skip
-    fused, stepping = run_three(scenario_from_dict(data))
+    sc = scenario_from_dict(data)
+    fused, stepping = run_three(sc)
     assert fused["engine_path"] == fast_path_of(stepping["preemptions"])
+    if fused["engine_path"] == FUSED:
+        assert_same_gaps(sc)
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -92,8 +95,11 @@ def test_finishes_while_a_queue_waits(n, rate, inp, out, seed, seqs, tokens, blo
     kv = {"num_blocks": blocks, "block_size": block_size, "watermark": watermark}
     data = _data(uniform_workload(n * replicas, rate, (inp[0], inp[0] + inp[1]), (out[0], out[0] + out[1])), seed, seqs,
                  tokens, kv, "none", 1, policy, seqs + 256, replicas, "least_outstanding")  # fmt: skip
-    fused, stepping = run_three(scenario_from_dict(data))
+    sc = scenario_from_dict(data)
+    fused, stepping = run_three(sc)
     assert fused["engine_path"] == fast_path_of(stepping["preemptions"])
+    if fused["engine_path"] == FUSED:
+        assert_same_gaps(sc)
 
 
 @pytest.mark.parametrize("replicas", [1, 3])
@@ -193,8 +199,11 @@ def test_chunk_chains_at_the_budget_edges(tmp_path_factory, decoders, dec_out, c
     data = _data({}, 0, seqs, 8192, {"num_blocks": blocks, "block_size": block_size, "watermark": 0.0},
                  policy="chunked_prefill", chunk=decoders + left, replicas=replicas, routing="round_robin")  # fmt: skip
     data["workload"] = native_trace_workload(path, np.array(times), np.array(inp), np.array(out))
-    fused, stepping = run_three(scenario_from_dict(data))
+    sc = scenario_from_dict(data)
+    fused, stepping = run_three(sc)
     assert fused["engine_path"] == fast_path_of(stepping["preemptions"])
+    if fused["engine_path"] == FUSED:
+        assert_same_gaps(sc)
 
 
 @settings(max_examples=max(EXAMPLES * 8, 200), deadline=None)
@@ -311,3 +320,108 @@ def test_histogram_buffer_packed_as_numpy_converts_it(xs):
     b = np.array(xs, dtype=np.float64)
     assert a.dtype == b.dtype and a.shape == b.shape
     assert a.tobytes() == b.tobytes()
+
+
+def _decode_rows_shorter_than_a_block(rows: list, block_size: int) -> int:
+    """Decode runs of the iteration log of 2 to ``block_size - 1`` steps (no prefill tokens): the
+    runs whose block growth the fused loop counts inline (engine/lean.py, FastEngine._alloc_to)."""
+    return sum(1 for row in rows if row[4] == 0 and 1 < row[3] < block_size)
+
+
+def _steps_completing_prompts(rows: list) -> int:
+    """Steps of the iteration log chunking two prompts or more (sequences beyond the decodes)."""
+    return sum(1 for row in rows if row[4] > 0 and row[6] - row[5] >= 2)
+
+
+def _tbt_gaps(sc, engine: str) -> tuple[bytes, bytes]:
+    """Every inter-token gap and its weight, in the order the run's histogram took them in (all of
+    them pass through ``TBTHistogram.add``), as bytes: the summary's TBT figures are read from
+    bins and would not show a gap off by less than a bin."""
+    from simkit.simulate import simulate
+
+    vals: list[np.ndarray] = []
+    wts: list[np.ndarray] = []
+    add = TBTHistogram.add
+
+    def recording(self, values, weight=1.0):  # type: ignore[no-untyped-def]
+        v = np.array(values, dtype=np.float64)
+        vals.append(v)
+        wts.append(np.broadcast_to(np.asarray(weight, dtype=np.float64), v.shape).copy())
+        return add(self, values, weight)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TBTHistogram, "add", recording)
+        simulate(sc, engine=engine)
+    return np.concatenate(vals or [np.zeros(0)]).tobytes(), np.concatenate(wts or [np.zeros(0)]).tobytes()
+
+
+def assert_same_gaps(sc) -> None:
+    """The fused loop pushes the same gaps with the same weights in the same order as the stepping
+    path (the histogram's sum, not in the summary, then has the same bits)."""
+    assert _tbt_gaps(sc, "auto") == _tbt_gaps(sc, "stepping")
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(10, 120),
+    rate=st.floats(5.0, 600.0),
+    inp=st.tuples(st.integers(1, 200), st.integers(0, 900)),
+    out=st.tuples(st.integers(1, 20), st.integers(0, 120)),
+    seed=st.integers(0, 10_000),
+    seqs=st.integers(2, 40),
+    chunk=st.integers(16, 1200),
+    pool=st.integers(2_000, 60_000),
+    block_size=st.sampled_from([2, 8, 16, 32, 64]),
+    policy=st.sampled_from(["continuous", "chunked_prefill"]),
+    replicas=st.integers(1, 2),
+)
+def test_short_decode_runs_and_several_prompts_a_step(n, rate, inp, out, seed, seqs, chunk, pool, block_size, policy,
+                                                      replicas):  # fmt: skip
+    """Decode runs shorter than a block (arrivals and finishes every few steps; blocks of 2-64
+    tokens, so a run's residues wrap past the block's end or not, and sequences that joined with
+    room left in their last block are still pending, below or beyond the run's end), whose block
+    growth the fused loop counts inline; chunked steps of several short prompts (a budget of up
+    to 1,200 tokens), the completed ones leaving the prefilling list as its first entries; pools
+    from short (preemption: the run steps) to ample, one or two replicas."""
+    kv = {"num_blocks": pool // block_size, "block_size": block_size, "watermark": 0.0}  # (a pool of ``pool`` tokens)
+    data = _data(uniform_workload(n * replicas, rate * replicas, (inp[0], inp[0] + inp[1]), (out[0], out[0] + out[1])),
+                 seed, seqs, 8192, kv, "none", 1, policy, max(chunk, seqs), replicas, "least_outstanding")  # fmt: skip
+    sc = scenario_from_dict(data)
+    fused, stepping = run_three(sc)
+    assert fused["engine_path"] == fast_path_of(stepping["preemptions"])
+    if fused["engine_path"] == FUSED:
+        assert_same_gaps(sc)
+
+
+@pytest.mark.parametrize("block_size", [8, 32, 64])
+def test_short_decode_runs_are_exercised(block_size):
+    """The scenario shape above, fixed: it has decode runs shorter than a block and chunked steps of
+    several prompts (so the inline block growth and the prefix removal run), equal to the stepping
+    path's and the reference engine's."""
+    from simkit.simulate import simulate
+
+    data = _data(uniform_workload(150, 60.0, (20, 400), (2, 60)), 3, 24, 8192,
+                 {"num_blocks": 64_000 // block_size, "block_size": block_size, "watermark": 0.0}, policy="chunked_prefill",
+                 chunk=600)  # fmt: skip
+    sc = scenario_from_dict(data)
+    fused, _ = run_three(sc)
+    assert fused["engine_path"] == FUSED
+    rows = simulate(sc).iterations
+    assert _decode_rows_shorter_than_a_block(rows, block_size) >= 20
+    assert _steps_completing_prompts(rows) >= 20
+    assert_same_gaps(sc)
+
+
+@pytest.mark.parametrize("policy", ["continuous", "chunked_prefill"])
+@pytest.mark.parametrize("buf", [16, 1 << 16])
+def test_gaps_pushed_as_the_stepping_path_pushes_them(monkeypatch, policy, buf):
+    """Every inter-token gap and weight, bit for bit and in order (the chain's and the decode
+    runs' newcomers pushed inline, the general step's, through ``_tbt_fresh``), with flushes inside
+    chains and runs (a 16-gap buffer) or none before the end."""
+    monkeypatch.setattr(TBTHistogram, "BUF", buf)
+    data = _data(uniform_workload(120, 6.0, (300, 2500), (2, 150)), 8, 24, 8192, {"num_blocks": 7000}, policy=policy,
+                 chunk=150)  # fmt: skip
+    sc = scenario_from_dict(data)
+    fused, _ = run_three(sc, reference=False)
+    assert fused["engine_path"] == FUSED
+    assert_same_gaps(sc)

@@ -239,7 +239,10 @@ def _replica(
     num_blocks = kvm.num_blocks
     bs = kvm.block_size
     wm = kvm.watermark_blocks
-    gpus = engine.cfg.num_gpus
+    # the integer factors every step multiplies by, as the floats float arithmetic converts them
+    # to (float * int converts the int exactly as float() does): the same products, without
+    # int-float mixed operations (CPython's slow path for them) in the loop
+    gpus = float(engine.cfg.num_gpus)
     index = ri = engine.index
     tp = cost.tp
     comm_time = cost.comm_time
@@ -249,7 +252,7 @@ def _replica(
     host_fixed = cost.iteration_overhead
     host_seq = cost.per_seq_overhead
     decode_steps = cost.decode_steps
-    layers = cost.layers
+    layers = float(cost.layers)
     log_on = engine.log.enabled
     add_row = rows.append
 
@@ -489,7 +492,9 @@ def _replica(
                     b1 = 2.0 * ntok * heads * d * ab
                     b3 = 2.0 * ntok * kvh * d * kb
                 t = body[ntok + nb] + head[nb + done1]
-                kv = sum_off + nb * D + nb
+                # the attended tokens (an integer below 2**53) plus fb = float(nb): the float the
+                # stepping path's integer converts to, without a mixed compare and product below
+                kv = sum_off + nb * D + fb
                 if ratio is not None:
                     y = (longest + 1.0) * ratio
                     if y > kv:
@@ -553,6 +558,15 @@ def _replica(
                         vals, wts = hist._vals, hist._wts
                     vals.append(now - last_dec)
                     wts.append(fb)
+                elif len(fresh) == 1 and len(vals) + 2 <= BUF:
+                    # one group joined since (no flush on the way): _tbt_fresh's values inline
+                    lt, c = fresh[0]
+                    fresh = []
+                    if nb > c:
+                        vals.append(now - last_dec)
+                        wts.append(float(nb - c))
+                    vals.append(now - lt)
+                    wts.append(float(c))
                 else:
                     vals, wts = _tbt_fresh(hist, vals, wts, now, last_dec, nb, fresh)
                     fresh = []
@@ -939,8 +953,17 @@ def _replica(
                 times = times_a.tolist()
             upto = D + s
             if upto > Xa:
-                # FastEngine._alloc_to
-                total = cnt[Xa % bs] if upto == Xa + 1 else _growth(upto, Xa, n_active, cnt, pending, bs)
+                # FastEngine._alloc_to: _growth(upto), inline where the run is shorter than a block
+                # and no sequence's first boundary is below it (then the residues' counts alone)
+                span = upto - Xa
+                if span == 1:
+                    total = cnt[Xa % bs]
+                elif span < bs and not (pending and pending[0][0] < upto):
+                    lo = Xa % bs
+                    hi = lo + span
+                    total = sum(cnt[lo:hi]) if hi <= bs else sum(cnt[lo:]) + sum(cnt[: hi - bs])
+                else:
+                    total = _growth(upto, Xa, n_active, cnt, pending, bs)
                 if total:
                     area += (now - t_mark) * used
                     t_mark = now
@@ -1025,8 +1048,11 @@ def _replica(
                     if completes[kk]:
                         done_pre.append(i)
                 if done_pre:
-                    gone = set(done_pre)
-                    prefilling = [i for i in prefilling if i not in gone]
+                    # every chunk but the last takes its prompt's whole remainder (else the budget
+                    # would be spent), and the chunks are prefilling's first prompts in order (each
+                    # has tokens left: a prompt leaves it when complete), then the admitted ones
+                    # (appended to it): the completed prompts are its first len(done_pre)
+                    del prefilling[: len(done_pre)]
             else:
                 done_pre = pre
             for i in done_pre:
