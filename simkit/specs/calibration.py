@@ -415,7 +415,11 @@ def list_profiles() -> tuple[list[FoundProfile], list[str]]:
             try:
                 head = _device_block(f)
                 data = load_text(head, lasting=True)  # (every run reads the profiles)
-            except (OSError, UnicodeDecodeError) as e:
+            except UnicodeDecodeError as e:  # (an OSError's strerror it has not)
+                skipped.append(f"calibration profile {f} skipped: not UTF-8 text (byte {e.object[e.start]:#04x} at "
+                               f"offset {e.start} of its device section)")  # fmt: skip
+                continue
+            except OSError as e:
                 skipped.append(f"calibration profile {f} skipped: unreadable ({e.strerror or e.__class__.__name__})")
                 continue
             except ValueError as e:
