@@ -318,3 +318,49 @@ def test_a_symlink_loop_named_by_a_scenario_is_a_clean_error(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(p / "profile.yaml") in err[0], err
+
+
+@pytest.mark.parametrize(
+    "path, value",
+    [("device.speed_sentinel.slow_stretches.samples", "x"), ("device.speed_sentinel.slow_stretches.kept_much_slower", float("nan")),
+     ("device.speed_sentinel.slow_stretches.warn_slowdown", -0.1), ("device.speed_sentinel.slow_stretches", [1]),
+     ("device.speed_sentinel", 5), ("device.contention.still_contended", "x"), ("device.contention.samples_checked", -3),
+     ("device.contention", "busy"), ("device.openmp_env", [1])],
+)
+def test_malformed_run_records_are_refused(tmp_path, path, value):
+    """`simkit validate` warns from these records (bench.speed_note, contention_note): a string
+    count was a ValueError traceback, a NaN count silently no warning."""
+    p = _copy(tmp_path)
+    _edit(p, "device.speed_sentinel", {"slow_stretches": {"samples": 790, "kept_much_slower": 3, "warn_slowdown": 0.1}})
+    _edit(p, "device.contention", {"samples_checked": 790, "still_contended": 2})
+    Profile.load(p, with_samples=False)
+    _edit(p, path, value)
+    _refused(p, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# calibrate / validate command lines: what would only fail after minutes of measuring
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("opt", ["--out", "--ssd-dir"])
+def test_calibrate_refuses_an_empty_folder_option(opt, capsys, tmp_path, monkeypatch):
+    """Before: `--out ''` silently wrote to the per-user default, `--ssd-dir ''` measured the
+    working folder's disk."""
+    from simkit.calibrate.cli_calibrate import main
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert main(["--device", "cpu", opt, ""]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and opt in err[0] and "empty" in err[0], err
+
+
+@pytest.mark.parametrize("where", ["", "@/", "@/f.txt/v.json"])
+def test_validate_checks_its_json_path_before_measuring(where, capsys, tmp_path):
+    """Before: a folder, or a path below a file, failed with a traceback after the whole
+    validation (minutes of measuring); an empty one wrote nothing, silently."""
+    from simkit.calibrate.validate import main
+
+    (tmp_path / "f.txt").write_text("x")
+    path = where.replace("@", str(tmp_path))
+    assert main(["--profile", str(SHIPPED / "ci-vm-cpu"), "--json", path]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--json" in err[0], err

@@ -35,6 +35,7 @@ from simkit.specs.calibration import (
     HostOverhead,
     catalog_fingerprint,
     check_device_numbers,
+    check_run_records,
     compare_fingerprints,
     parse_fingerprint,
     parse_host_overhead,
@@ -1101,6 +1102,7 @@ class Profile(EfficiencyModel):
         if kind not in ("gpu", "cpu"):
             raise CalibrationError(f"expected gpu or cpu, got {kind!r}", where=where, key="device.kind")
         check_device_numbers(device, where)
+        check_run_records(device, where)
         if "fingerprint" in device:
             device = {**device, "fingerprint": parse_fingerprint(device["fingerprint"], kind, where)}
         if "thread_wakeup" in device:
