@@ -1073,7 +1073,7 @@ plan: {batching: {policy: static}}
 """
 PROFILE_NUMBERS = ("device.peak_flops.", "device.mem_bandwidth", "device.dram_bandwidth", "device.llc_bytes",
                    "device.threads", "device.logical_cpus", "device.sm_count", "launch_overhead.", "host_overhead.",
-                   "threads")  # fmt: skip
+                   "threads", "device.speed_sentinel.slow_stretches.", "device.contention.")  # fmt: skip
 """Profile keys (prefixes) whose numbers the predictions read: a NaN, inf, negative, boolean or
 string there must be refused, not run with."""
 PROFILE_BASE_KEYS = ("launch_s", "compute_efficiency", "memory_efficiency", "sharpness")
@@ -1111,6 +1111,18 @@ INVALID_ARG_VALUES = {"0", "-1", "-2", "-3", "-5", "-64", "x", "nan", "", "1e3",
 """Command-line values that are clearly wrong for the options above (a count, a size, a list of them)."""
 
 
+RUN_RECORDS: dict[str, Any] = {
+    "device.speed_sentinel": {"every_s": 5.0, "slow_stretches": {"samples": 790, "flagged": 40, "remeasured": 38, "replaced": 30,
+                                                                 "kept_slow": 10, "kept_much_slower": 3, "threshold": 0.05,
+                                                                 "warn_slowdown": 0.1, "spent_s": 12.0, "budget_s": 30.0}},
+    "device.contention": {"samples_checked": 790, "contended": 12, "remeasured": 12, "still_contended": 2, "retry_s": 4.0},
+    "device.openmp_env": {"OMP_WAIT_POLICY": "unset", "OMP_PROC_BIND": "unset", "GOMP_SPINCOUNT": "unset"},
+    "device.thread_wakeup": {"threads": 2, "gaps_s": [0.0, 1e-4, 1e-3], "excess_s": [0.0, 1e-6, 2e-5]},
+}
+"""Sections a CPU calibration of the last rounds writes into ``device`` (the shipped CPU profile
+predates them): a profile case may add them so that their readers are fuzzed too."""
+
+
 def _profile_mutation(rng: random.Random, data: dict, notes: list[str]) -> tuple[str, Any]:
     """A dotted key of profile.yaml and the value to give it (DELETE to delete it): mostly the keys
     predictions read, the fingerprint and the device facts; any key now and then."""
@@ -1135,7 +1147,12 @@ def _profile_mutation(rng: random.Random, data: dict, notes: list[str]) -> tuple
                            "host_overhead.per_iteration_s", "host_overhead.per_sequence_s", "threads", "simkit_profile",
                            "name", "samples", "models", "efficiency", "device", "links", "memory", "ssd", "collectives",
                            "device.mem_bandwidth", "device.dram_bandwidth", "device.llc_bytes", "device.logical_cpus",
-                           "device.sm_count", "device.thread_wakeup", "device.step_composition", "device.fingerprint"])  # fmt: skip
+                           "device.sm_count", "device.thread_wakeup", "device.step_composition", "device.fingerprint",
+                           "device.speed_sentinel", "device.speed_sentinel.slow_stretches",
+                           "device.speed_sentinel.slow_stretches.samples", "device.speed_sentinel.slow_stretches.kept_much_slower",
+                           "device.speed_sentinel.slow_stretches.warn_slowdown", "device.contention",
+                           "device.contention.still_contended", "device.contention.samples_checked", "device.openmp_env",
+                           "device.thread_wakeup.threads", "device.thread_wakeup.excess_s", "device.gemm_timing"])  # fmt: skip
     else:
         path = rng.choice(paths)
     value: Any = "<deleted>" if rng.random() < 0.15 else copy.deepcopy(rng.choice(BAD_VALUES))  # (cases are pickled: no sentinel object)
@@ -1209,6 +1226,10 @@ def _profile_case(rng: random.Random) -> dict:
         if rng.random() < 0.85:
             more, invalid = _profile_corruptions(rng, data, notes)
             steps += more
+        if src == "ci-vm-cpu" and rng.random() < 0.4:  # the run records newer CPU profiles carry (before any mutation)
+            for path, value in RUN_RECORDS.items():
+                steps.insert(1, {"pcorrupt": "p/profile.yaml", "op": "key", "path": path, "value": copy.deepcopy(value)})
+            notes.append("with run records")
         if rng.random() < 0.15:  # a profile of another device: the catalog's fingerprint disagrees
             steps.append({"pcorrupt": "p/profile.yaml", "op": "key", "path": "device.fingerprint.logical_cpus", "value": 64})
             notes.append("fingerprint of another CPU")
@@ -1275,15 +1296,25 @@ def _would_measure(*args: Any, **kwargs: Any) -> Any:
     raise _WouldMeasure
 
 
+def _no_probe(profile: Any, *, threads: int | None = None, clock: str | None = None, **kwargs: Any) -> Any:
+    """The validation's speed probe without timing anything (no rows: "as predicted"), so that what
+    the validation reads of the profile after it (its notes on the run records) is fuzzed too."""
+    from simkit.calibrate.probe import ProbeResult
+
+    return ProbeResult((), int(threads or 1), str(clock or "wall"), 0.0)
+
+
 @contextlib.contextmanager
 def _no_measuring() -> Any:
-    """``simkit calibrate`` and ``simkit validate`` stop where they would start measuring."""
+    """``simkit calibrate`` and ``simkit validate`` stop where they would start measuring (the
+    validation's speed probe reads "as predicted" without timing)."""
     import simkit.calibrate.bench as bench
     import simkit.calibrate.probe as probe
     import simkit.calibrate.validate as validate
 
     saved = (bench.run_suite, probe.speed_probe, validate.TorchLlama)
-    bench.run_suite = probe.speed_probe = validate.TorchLlama = _would_measure  # type: ignore[assignment]
+    bench.run_suite = validate.TorchLlama = _would_measure  # type: ignore[assignment]
+    probe.speed_probe = _no_probe  # type: ignore[assignment]
     try:
         yield
     finally:
@@ -1578,6 +1609,7 @@ def run_face_case(case: dict, workdir: Path, out: dict) -> None:
             stack.enter_context(_environment(case["env"], workdir))
         for step in case["steps"]:
             if "pcopy" in step:
+                shutil.rmtree(workdir / step["to"], ignore_errors=True)  # (a folder a case of the same index left)
                 shutil.copytree(PROFILES / step["pcopy"], workdir / step["to"])
             elif "pcorrupt" in step:
                 _corrupt_profile(workdir, step)
