@@ -364,3 +364,14 @@ def test_validate_checks_its_json_path_before_measuring(where, capsys, tmp_path)
     assert main(["--profile", str(SHIPPED / "ci-vm-cpu"), "--json", path]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--json" in err[0], err
+
+
+@pytest.mark.parametrize("path, value", [("device.dtypes", -1e30), ("device.dtypes", "bf16"), ("device.dtypes", [1, 2]),
+                                         ("device.memory_bytes", "x"), ("device.memory_bytes", -5)])
+def test_malformed_device_dtypes_or_memory_are_refused(tmp_path, path, value):
+    """Before: ``dtypes: -1e30`` was a TypeError when a run checked its compute dtype was measured
+    (deployment.unmeasured_dtype_warning); ``dtypes: bf16`` read as the dtypes b, f, 1, 6;
+    ``memory_bytes: x`` a ValueError in simkit validate."""
+    p = _copy(tmp_path)
+    _edit(p, path, value)
+    _refused(p, path)

@@ -212,7 +212,7 @@ def catalog_fingerprint(kind: str, item: Any) -> dict[str, Any]:
     return {"logical_cpus": int(item.threads)}
 
 
-DEVICE_NUMBERS = ("mem_bandwidth", "dram_bandwidth", "llc_bytes")
+DEVICE_NUMBERS = ("mem_bandwidth", "dram_bandwidth", "llc_bytes", "memory_bytes")
 """Device facts the predictions or the speed probe read as a positive number (bytes/s, bytes)."""
 DEVICE_COUNTS = ("sm_count", "threads", "logical_cpus")
 """Device facts read as a whole number >= 1."""
@@ -242,6 +242,10 @@ def check_device_numbers(device: Mapping[str, Any], where: str) -> None:
         v = device.get(k)
         if v is not None and not (positive(v) and float(v) == int(v)):
             raise CalibrationError(f"expected a whole number >= 1, got {v!r}", where=where, key=f"device.{k}")
+    dtypes = device.get("dtypes")
+    if dtypes is not None and not (isinstance(dtypes, list) and all(isinstance(d, str) and d.strip() for d in dtypes)):
+        raise CalibrationError(f"expected a list of dtype names (the dtypes the samples measured), got {dtypes!r}"[:200],
+                               where=where, key="device.dtypes")  # fmt: skip
     clock = device.get("clock")
     if clock is not None and clock not in ("wall", "cpu"):
         raise CalibrationError(f"expected wall or cpu (the clock the samples were timed on), got {clock!r}",
