@@ -505,7 +505,7 @@ def test_utf8_check_names_the_line_across_blocks(tmp_path: Path, monkeypatch: py
     from simkit.workload import traces
 
     real = traces._blocks
-    monkeypatch.setattr(traces, "_blocks", lambda path, _size=None: real(path, size))  # (_check_utf8 passes its block size)
+    monkeypatch.setattr(traces, "_blocks", lambda path: real(path, size))
     head = b"a,b\nc\r\nd\re,\xc3\xa9\n" * 5  # 3 lines per copy (\n, \r\n, bare \r, \n: 4 line ends)
     # (the column is counted within the block that holds the bad byte: right for one block only)
     cases = [(head + b"x,\xff\n", "line 21", "byte 0xff at column 3" if size > len(head) else "byte 0xff"),
