@@ -1054,11 +1054,360 @@ def _report_case(rng: random.Random) -> dict:
     return {"kind": "report", "files": {}, "steps": steps, "invalid": False, "notes": notes}
 
 
+# ---- calibration profiles (--kinds profile) ------------------------------------------------------
+PROFILES = ROOT / "calibration" / "profiles"
+CPU_SCENARIO_TEXT = """\
+name: fuzz-cpu
+hardware: ci-vm
+model: llama-2-7b
+workload: {batch: {num_prompts: 2, input_tokens: 64, output_tokens: 4}}
+plan: {batching: {policy: static}, execution: {device: cpu}}
+"""
+"""A two-prompt run on the CI VM's CPU (catalog generic-2core-vm: the shipped ci-vm-cpu profile's)."""
+GPU_SCENARIO_TEXT = """\
+name: fuzz-gpu
+hardware: dgx-h100
+model: llama-2-7b
+workload: {batch: {num_prompts: 2, input_tokens: 64, output_tokens: 4}}
+plan: {batching: {policy: static}}
+"""
+PROFILE_NUMBERS = ("device.peak_flops.", "device.mem_bandwidth", "device.dram_bandwidth", "device.llc_bytes",
+                   "device.threads", "device.logical_cpus", "device.sm_count", "launch_overhead.", "host_overhead.",
+                   "threads", "device.speed_sentinel.slow_stretches.", "device.contention.")  # fmt: skip
+"""Profile keys (prefixes) whose numbers the predictions read: a NaN, inf, negative, boolean or
+string there must be refused, not run with."""
+PROFILE_BASE_KEYS = ("launch_s", "compute_efficiency", "memory_efficiency", "sharpness")
+PROFILE_FILES = ["profile.yaml"] * 6 + ["models.json"] * 2 + ["samples.csv"]
+PROFILE_OPS = ["key"] * 10 + ["unknown-key", "truncate", "empty", "garbage", "latin1", "dir", "delete",
+               "dangling", "loop", "json-kind"]  # fmt: skip
+PROFILE_PATH_FORMS = ["@DIR@/p", "@DIR@/p/profile.yaml", "@DIR@/p/", "p", "@DIR@/p/models.json", "@DIR@/none",
+                      "@DIR@/scenario.yaml", "@DIR@", ""]  # fmt: skip
+VALIDATE_ARGS: dict[str, list[str]] = {
+    "--layers": ["1", "2", "0", "-1", "x", "1e3", str(2**63)],
+    "--hidden": ["128", "256", "100", "0", "-64", "x", "1000000000"],
+    "--heads": ["2", "4", "3", "0", "-2", "x"],
+    "--kv-heads": ["1", "2", "3", "0", "-1"],
+    "--ffn": ["64", "352", "0", "-1", "nan"],
+    "--vocab": ["256", "0", "-5", "10000000000"],
+    "--batch-sizes": ["1", "1,3", "0", "-1", "1,,2", "", "x", "1e3", "1000000"],
+    "--context-lens": ["16", "16,96", "0", "-3", "a,b", "100000000"],
+    "--threads": ["1", "2", "0", "-1", "999", "x"],
+    "--repeats": ["1", "0", "-1", "x"],
+    "--phases": ["prefill", "decode", "prefill,decode", "", "bogus", "prefill,bogus"],
+    "--dtype": ["fp32", "bf16", "fp16", "int8", ""],
+    "--clock": ["wall", "cpu", "gpu"],
+    "--json": ["@DIR@/v.json", "@DIR@", "@DIR@/scenario.yaml/v.json"],
+}
+CALIBRATE_ARGS: dict[str, list[str]] = {
+    "--threads": ["1", "2", "0", "-1", "999", "x", "1.5"],
+    "--dtypes": ["fp32", "bf16", "fp32,bf16", "fp16", "int8", "", ",", "fp32,,bf16", "FP32"],
+    "--catalog": ["generic-2core-vm", "bogus", "h100-sxm", ""],
+    "--name": ["mine", "", "   ", "x" * 300],
+    "--out": ["@DIR@/cal", "@DIR@/scenario.yaml", "@DIR@/scenario.yaml/sub", ""],
+    "--ssd-dir": ["@DIR@", "@DIR@/none", "@DIR@/scenario.yaml", ""],
+    "--clock": ["wall", "cpu", "gpu"],
+}
+INVALID_ARG_VALUES = {"0", "-1", "-2", "-3", "-5", "-64", "x", "nan", "", "1e3", "a,b", "1,,2", "999", str(2**63), "1.5"}
+"""Command-line values that are clearly wrong for the options above (a count, a size, a list of them)."""
+
+
+RUN_RECORDS: dict[str, Any] = {
+    "device.speed_sentinel": {"every_s": 5.0, "slow_stretches": {"samples": 790, "flagged": 40, "remeasured": 38, "replaced": 30,
+                                                                 "kept_slow": 10, "kept_much_slower": 3, "threshold": 0.05,
+                                                                 "warn_slowdown": 0.1, "spent_s": 12.0, "budget_s": 30.0}},
+    "device.contention": {"samples_checked": 790, "contended": 12, "remeasured": 12, "still_contended": 2, "retry_s": 4.0},
+    "device.openmp_env": {"OMP_WAIT_POLICY": "unset", "OMP_PROC_BIND": "unset", "GOMP_SPINCOUNT": "unset"},
+    "device.thread_wakeup": {"threads": 2, "gaps_s": [0.0, 1e-4, 1e-3], "excess_s": [0.0, 1e-6, 2e-5]},
+}
+"""Sections a CPU calibration of the last rounds writes into ``device`` (the shipped CPU profile
+predates them): a profile case may add them so that their readers are fuzzed too."""
+
+
+def _profile_mutation(rng: random.Random, data: dict, notes: list[str]) -> tuple[str, Any]:
+    """A dotted key of profile.yaml and the value to give it (DELETE to delete it): mostly the keys
+    predictions read, the fingerprint and the device facts; any key now and then."""
+    paths = _paths(data)
+    r = rng.random()
+    if r < 0.3:
+        cls = rng.choice(["gemm", "attn_prefill", "attn_decode", "elementwise"])
+        path = f"efficiency.{cls}." + rng.choice([f"model.base.{k}" for k in PROFILE_BASE_KEYS]
+                                                 + ["measured", "model", "model.base", "fit_error", "model.residual.key",
+                                                    "model.residual.features", "model.base_by_dtype", "model.base_inputs"])  # fmt: skip
+    elif r < 0.5:
+        path = rng.choice([p for p in paths if p.startswith(("device.fingerprint", "device.peak_flops", "device.kind",
+                                                             "device.catalog", "device.threads", "device.clock",
+                                                             "device.measured_at", "device.suite", "device.dtypes"))]  # fmt: skip
+                          or paths)
+    elif r < 0.7:
+        path = rng.choice([p for p in paths if p.startswith(("links.", "memory.", "ssd.", "collectives.", "device.host_first_touch",
+                                                             "device.thread_wakeup", "device.step_composition", "device.ssd"))]  # fmt: skip
+                          or paths)
+    elif r < 0.85:
+        path = rng.choice(["launch_overhead", "launch_overhead.gemm", "launch_overhead.attn_decode", "host_overhead",
+                           "host_overhead.per_iteration_s", "host_overhead.per_sequence_s", "threads", "simkit_profile",
+                           "name", "samples", "models", "efficiency", "device", "links", "memory", "ssd", "collectives",
+                           "device.mem_bandwidth", "device.dram_bandwidth", "device.llc_bytes", "device.logical_cpus",
+                           "device.sm_count", "device.thread_wakeup", "device.step_composition", "device.fingerprint",
+                           "device.speed_sentinel", "device.speed_sentinel.slow_stretches",
+                           "device.speed_sentinel.slow_stretches.samples", "device.speed_sentinel.slow_stretches.kept_much_slower",
+                           "device.speed_sentinel.slow_stretches.warn_slowdown", "device.contention",
+                           "device.contention.still_contended", "device.contention.samples_checked", "device.openmp_env",
+                           "device.thread_wakeup.threads", "device.thread_wakeup.excess_s", "device.gemm_timing"])  # fmt: skip
+    else:
+        path = rng.choice(paths)
+    value: Any = "<deleted>" if rng.random() < 0.15 else copy.deepcopy(rng.choice(BAD_VALUES))  # (cases are pickled: no sentinel object)
+    if path == "host_overhead" and value != "<deleted>" and rng.random() < 0.5:
+        value = {"per_iteration_s": rng.choice([1e-4, -1e-4, float("nan"), "1 ms"]), "per_sequence_s": 0.0}
+    notes.append(f"{path}={value if value == '<deleted>' else repr(value)[:30]}")
+    return path, value
+
+
+def _profile_corruptions(rng: random.Random, data: dict, notes: list[str]) -> tuple[list[dict], bool]:
+    steps, invalid = [], False
+    for _ in range(rng.choice([1, 1, 1, 2])):
+        target = rng.choice(PROFILE_FILES)
+        op = rng.choice(PROFILE_OPS)
+        step: dict[str, Any] = {"pcorrupt": f"p/{target}", "op": op}
+        if op in ("key", "unknown-key"):
+            if target == "profile.yaml":
+                if op == "unknown-key":
+                    where = rng.choice(["", "device.", "device.fingerprint.", "efficiency.gemm.", "host_overhead.",
+                                        "efficiency.gemm.model.base."])  # fmt: skip
+                    step["path"], step["value"] = where + rng.choice(["bogus", "peak_flop", "fingerprints"]), 1
+                    notes.append(f"unknown key {step['path']}")
+                else:
+                    step["path"], step["value"] = _profile_mutation(rng, data, notes)
+                    old = _get(data, step["path"]) if _has(data, step["path"]) else None
+                    if step["path"].startswith(PROFILE_NUMBERS) or step["path"].split(".")[-1] in PROFILE_BASE_KEYS:
+                        invalid |= step["value"] != "<deleted>" and _clearly_invalid(old, step["value"])
+            elif target == "models.json":
+                step["path"] = rng.choice(["gemm.baseline", "gemm.depth", "gemm.trees", "gemm.trees.0", "attn_decode",
+                                           "elementwise.trees.0.value", "gemm.trees.0.feature", "gemm.trees.0.left"])  # fmt: skip
+                step["value"] = copy.deepcopy(rng.choice([*BAD_VALUES, "<deleted>"]))
+                notes.append(f"models.json {step['path']}")
+            else:
+                step["column"] = rng.choice(["time_s", "op_class", "m", "dtype"])
+                step["value"] = rng.choice(["", "nan", "-1", "abc", "<deleted>"])
+                notes.append(f"samples.csv {step['column']}={step['value']}")
+        elif op == "json-kind":
+            step["value"] = rng.choice(["[]", "{}", "null", "5", '"x"', "NaN", "simkit_profile: 1\n", "- a\n- b\n"])
+            notes.append(f"{target} := {step['value']!r}")
+        else:
+            notes.append(f"{op} {target}")
+        steps.append(step)
+    return steps, invalid
+
+
+def _has(data: Any, path: str) -> bool:
+    try:
+        _get(data, path)
+        return True
+    except (KeyError, IndexError, ValueError, TypeError):
+        return False
+
+
+def _profile_case(rng: random.Random) -> dict:
+    """A shipped profile folder copied to ``p``, corrupted (or not), then used: by ``simkit run``
+    with ``calibration: <path>`` or ``auto`` (``SIMKIT_PROFILE_PATH`` and ``XDG_DATA_HOME``
+    varied), by ``simkit calibrate list``, by ``simkit validate --profile`` (stopped where it
+    would start timing torch); or a ``simkit calibrate``/``validate`` argument line (stopped where
+    it would start measuring)."""
+    notes: list[str] = []
+    steps: list[dict] = []
+    files = {"scenario.yaml": CPU_SCENARIO_TEXT.encode(), "gpu.yaml": GPU_SCENARIO_TEXT.encode()}
+    invalid = False
+    src = rng.choice(["ci-vm-cpu"] * 4 + ["h100-sxm-vidur"])
+    use = rng.choices(["run", "auto", "list", "validate", "validate-args", "calibrate-args"], [30, 20, 10, 15, 13, 12])[0]
+    notes.append(f"{use} {src}")
+    env: dict[str, str | None] = {"SIMKIT_PROFILE_PATH": None, "XDG_DATA_HOME": "@DIR@/xdg", "SIMKIT_SPEED_PROBE": "0"}
+    if use not in ("validate-args", "calibrate-args"):
+        steps.append({"pcopy": src, "to": "p"})
+        data = yaml.safe_load((PROFILES / src / "profile.yaml").read_text())
+        if rng.random() < 0.85:
+            more, invalid = _profile_corruptions(rng, data, notes)
+            steps += more
+        if src == "ci-vm-cpu" and rng.random() < 0.4:  # the run records newer CPU profiles carry (before any mutation)
+            for path, value in RUN_RECORDS.items():
+                steps.insert(1, {"pcorrupt": "p/profile.yaml", "op": "key", "path": path, "value": copy.deepcopy(value)})
+            notes.append("with run records")
+        if rng.random() < 0.15:  # a profile of another device: the catalog's fingerprint disagrees
+            steps.append({"pcorrupt": "p/profile.yaml", "op": "key", "path": "device.fingerprint.logical_cpus", "value": 64})
+            notes.append("fingerprint of another CPU")
+    scen = "@DIR@/gpu.yaml" if src != "ci-vm-cpu" and rng.random() < 0.7 else "@DIR@/scenario.yaml"
+    if use == "run":
+        where = rng.choice(PROFILE_PATH_FORMS)
+        invalid = invalid and where in ("@DIR@/p", "@DIR@/p/profile.yaml", "@DIR@/p/", "p")
+        steps.append({"argv": ["run", scen, "--out", "@DIR@/out", "--set", f"calibration={where}"]})
+    elif use in ("auto", "list"):
+        invalid = False  # auto may pass the profile over: nothing says it was used
+        sep = os.pathsep
+        env["SIMKIT_PROFILE_PATH"] = rng.choice(["@DIR@", "@DIR@/p", "", " ", "rel", f"@DIR@{sep}@DIR@/none", f"@DIR@{sep}{sep}@DIR@",
+                                                 "@DIR@/none", "@DIR@/scenario.yaml", f"{sep}", "~/no-such-simkit-folder", None])  # fmt: skip
+        env["XDG_DATA_HOME"] = rng.choice(["@DIR@/xdg", "@DIR@/xdg", "rel-xdg", "", "@DIR@/scenario.yaml", "@DIR@"])
+        notes.append(f"SIMKIT_PROFILE_PATH={env['SIMKIT_PROFILE_PATH']!r} XDG_DATA_HOME={env['XDG_DATA_HOME']!r}")
+        if env["XDG_DATA_HOME"] == "@DIR@":
+            steps.append({"pcopy": src, "to": "simkit/profiles/q"})
+        if use == "auto":
+            steps.append({"argv": ["run", scen, "--out", "@DIR@/out", "--set", "calibration=auto"]})
+        else:
+            steps.append({"argv": ["calibrate", "list", *rng.choice([[], [scen], ["@DIR@/none.yaml"], [scen, "--set", "hardware=bogus"]])]})
+    elif use == "validate":
+        argv = ["validate", "--profile", rng.choice(PROFILE_PATH_FORMS[:5] + ["@DIR@/none"]), "--layers", "1", "--hidden", "128",
+                "--heads", "2", "--kv-heads", "1", "--ffn", "256", "--vocab", "256", "--batch-sizes", "1",
+                "--context-lens", "16", "--repeats", "1", "--phases", "decode"]  # fmt: skip
+        if rng.random() < 0.7:
+            argv.append("--force")
+        if rng.random() < 0.5:
+            argv += ["--dtype", rng.choice(["fp32", "bf16"])]
+        invalid = invalid and argv[2] != "@DIR@/none"
+        steps.append({"argv": argv, "measures": True})
+    elif use == "validate-args":
+        argv = ["validate", "--profile", str(PROFILES / "ci-vm-cpu"), "--force"]
+        for opt, vals in VALIDATE_ARGS.items():
+            if rng.random() < 0.3:
+                v = rng.choice(vals)
+                argv += [opt, v]
+                invalid |= v in INVALID_ARG_VALUES and opt not in ("--json", "--phases")
+        if rng.random() < 0.1:
+            argv.append(rng.choice(["--bogus", "--device=cuda", "--layers"]))
+        notes.append(" ".join(argv[4:])[:120])
+        steps.append({"argv": argv, "measures": True})
+    else:
+        argv = ["calibrate", "--device", rng.choice(["cpu", "cpu", "cpu", "cuda", "gpu", ""])]
+        for opt, vals in CALIBRATE_ARGS.items():
+            if rng.random() < 0.3:
+                v = rng.choice(vals)
+                argv += [opt, v]
+                invalid |= v in INVALID_ARG_VALUES and opt in ("--threads", "--dtypes")
+        if rng.random() < 0.3:
+            argv.append(rng.choice(["--quick", "--tiny", "--quick --tiny"]))
+            argv[-1:] = argv[-1].split()
+        notes.append(" ".join(argv[1:])[:120])
+        steps.append({"argv": argv, "measures": True})
+    return {"kind": "profile", "files": files, "steps": steps, "env": env, "invalid": invalid, "notes": notes}
+
+
+class _WouldMeasure(Exception):
+    """Raised by the stand-ins of ``run_suite`` and the validation's speed probe: the command line
+    and the profile were accepted and simkit would now start timing torch (not done in the fuzzer)."""
+
+
+def _would_measure(*args: Any, **kwargs: Any) -> Any:
+    raise _WouldMeasure
+
+
+def _no_probe(profile: Any, *, threads: int | None = None, clock: str | None = None, **kwargs: Any) -> Any:
+    """The validation's speed probe without timing anything (no rows: "as predicted"), so that what
+    the validation reads of the profile after it (its notes on the run records) is fuzzed too."""
+    from simkit.calibrate.probe import ProbeResult
+
+    return ProbeResult((), int(threads or 1), str(clock or "wall"), 0.0)
+
+
+@contextlib.contextmanager
+def _no_measuring() -> Any:
+    """``simkit calibrate`` and ``simkit validate`` stop where they would start measuring (the
+    validation's speed probe reads "as predicted" without timing)."""
+    import simkit.calibrate.bench as bench
+    import simkit.calibrate.probe as probe
+    import simkit.calibrate.validate as validate
+
+    saved = (bench.run_suite, probe.speed_probe, validate.TorchLlama)
+    bench.run_suite = validate.TorchLlama = _would_measure  # type: ignore[assignment]
+    probe.speed_probe = _no_probe  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        bench.run_suite, probe.speed_probe, validate.TorchLlama = saved  # type: ignore[assignment]
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str | None], workdir: Path) -> Any:
+    saved = {k: os.environ.get(k) for k in env}
+    try:
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = _subst(v, workdir)
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _corrupt_profile(workdir: Path, step: dict) -> None:
+    """Apply one corruption to a copied profile folder's file."""
+    p = workdir / step["pcorrupt"]
+    op = step["op"]
+    if not p.is_file():
+        return
+    raw = p.read_bytes()
+    if op == "truncate":
+        p.write_bytes(raw[: len(raw) // 2])
+    elif op == "empty":
+        p.write_bytes(b"")
+    elif op == "garbage":
+        p.write_bytes(b"\x00\xff\xfegarbage: [\n" + raw[:7])
+    elif op == "latin1":  # a non-UTF-8 byte in the middle
+        p.write_bytes(raw[: len(raw) // 3] + b"\xe9\xff" + raw[len(raw) // 3:])
+    elif op == "dir":
+        p.unlink()
+        p.mkdir()
+    elif op == "delete":
+        p.unlink()
+    elif op == "dangling":
+        p.unlink()
+        p.symlink_to(workdir / "no-such-target")
+    elif op == "loop":
+        p.unlink()
+        p.symlink_to(p)
+    elif op == "json-kind":
+        p.write_text(step["value"])
+    elif op in ("key", "unknown-key"):
+        if p.suffix == ".csv":
+            import csv
+            import io
+
+            rows = list(csv.reader(io.StringIO(raw.decode())))
+            if not rows or step["column"] not in rows[0]:
+                return
+            i = rows[0].index(step["column"])
+            if step["value"] == "<deleted>":
+                rows = [r[:i] + r[i + 1:] for r in rows]
+            else:
+                for r in rows[1::2]:
+                    if i < len(r):
+                        r[i] = step["value"]
+            buf = io.StringIO()
+            csv.writer(buf, lineterminator="\n").writerows(rows)
+            p.write_text(buf.getvalue())
+            return
+        try:
+            data = yaml.safe_load(raw.decode()) if p.suffix == ".yaml" else json.loads(raw)
+        except (ValueError, yaml.YAMLError, UnicodeDecodeError):
+            return
+        if not isinstance(data, dict):
+            return
+        _set(data, step["path"], DELETE if step["value"] == "<deleted>" else step["value"])
+        if p.suffix == ".yaml":
+            p.write_text(yaml.safe_dump(data, sort_keys=False))
+        else:
+            p.write_text(json.dumps(data))
+
+
 FACE_KINDS = ("study", "search", "offload", "report")
 INPUT_KINDS = ("scenario", "trace", "model", "yaml", "cli")
-KIND_SETS = ("inputs", "faces", "all")
+PROFILE_KINDS = ("profile",)
+KIND_SETS = ("inputs", "faces", "profile", "all")
 FACES_SHARE = 0.3
 """Share of face cases in a run of all kinds."""
+PROFILE_SHARE = 0.1
+"""Share of profile cases among the other cases of a run of all kinds (drawn from a stream of
+their own, so the face cases of earlier runs of all kinds keep their indices)."""
 
 
 def _face_case(seed: int, index: int) -> dict:
@@ -1229,16 +1578,18 @@ def _subst(x: str, workdir: Path) -> str:
     return x.replace("@DIR@", str(workdir))
 
 
-def _named(message: str, workdir: Path, argv: list[str]) -> bool:
+def _named(message: str, workdir: Path, argv: list[str], also: tuple[str, ...] = ()) -> bool:
     """A clean error names a file (the case's own, a shipped one, one on the command line), an
-    option, or what it was given (a token of the command line, quoted or not)."""
+    option, or what it was given (a token of the command line, quoted or not); ``also``: other
+    names that count (a profile case's environment variables, a profile folder's file names
+    given relative to the working folder)."""
     last = [ln for ln in message.strip().splitlines() if ln.strip()][-1:] or [""]
     line = last[0]
     given = {t for a in argv[1:] for t in (a, str(Path(a))) if len(t.strip()) > 2}
     if "" in argv and line.startswith("simkit: error: .:"):  # an empty path is the current folder
         return True
     quoted = {f"'{a}'" for a in argv[1:] if a}
-    return any(s in line for s in (str(workdir), str(ROOT), "--", "argument ", *given, *quoted))
+    return any(s in line for s in (str(workdir), str(ROOT), "--", "argument ", *given, *quoted, *also))
 
 
 def run_face_case(case: dict, workdir: Path, out: dict) -> None:
@@ -1252,9 +1603,17 @@ def run_face_case(case: dict, workdir: Path, out: dict) -> None:
     os.chdir(workdir)
     codes: list[int] = []
     unnamed = []
+    stack = contextlib.ExitStack()
     try:
+        if "env" in case:
+            stack.enter_context(_environment(case["env"], workdir))
         for step in case["steps"]:
-            if "copy" in step:
+            if "pcopy" in step:
+                shutil.rmtree(workdir / step["to"], ignore_errors=True)  # (a folder a case of the same index left)
+                shutil.copytree(PROFILES / step["pcopy"], workdir / step["to"])
+            elif "pcorrupt" in step:
+                _corrupt_profile(workdir, step)
+            elif "copy" in step:
                 shutil.copytree(_base_folder(step["copy"], bases), workdir / step["to"], ignore=shutil.ignore_patterns(".complete"))
             elif "corrupt" in step:
                 _corrupt(workdir, step)
@@ -1264,7 +1623,14 @@ def run_face_case(case: dict, workdir: Path, out: dict) -> None:
                 (workdir / step["write"]).write_text(step["data"])
             else:
                 argv = [_subst(x, workdir) for x in step["argv"]]
-                code, text = _cli(argv)
+                if step.get("measures"):
+                    try:
+                        with _no_measuring():
+                            code, text = _cli(argv)
+                    except _WouldMeasure:
+                        code, text = 0, "accepted: simkit would start measuring now"
+                else:
+                    code, text = _cli(argv)
                 codes.append(code)
                 shown = " ".join(a.replace(str(workdir) + "/", "").replace(str(workdir), ".") for a in argv[:3])
                 if "internal error" in text:  # a study or search run that failed with a bug (recorded, not raised)
@@ -1280,9 +1646,11 @@ def run_face_case(case: dict, workdir: Path, out: dict) -> None:
                     return
                 if code == 2:
                     out["message"] = text.strip()[-300:]
-                    if not _named(text, workdir, argv):
+                    also = (*case.get("env", {}), "p/profile.yaml", "p/models.json", "p/samples.csv") if "env" in case else ()
+                    if not _named(text, workdir, argv, also):
                         unnamed.append(text.strip()[-200:])
     finally:
+        stack.close()
         os.chdir(cwd)
     if 2 in codes:
         out["outcome"] = "clean"
@@ -1299,12 +1667,18 @@ def make_case(seed: int, index: int, kinds: str = "all") -> dict:
     """Case ``index`` of the run seeded ``seed`` (deterministic). ``kinds``: ``inputs`` (scenarios,
     traces, model files, scenario text, command lines: the case streams of earlier runs,
     unchanged), ``faces`` (study and search files, offload-plan command lines, report folders),
-    or ``all`` (a face case with probability FACES_SHARE, drawn from its own random stream, else
-    the inputs case of that index)."""
+    ``profile`` (calibration profile folders, where they are found, ``calibrate``/``validate``
+    command lines), or ``all`` (a face case with probability FACES_SHARE, drawn from its own
+    random stream, else a profile case with probability PROFILE_SHARE, from another, else the
+    inputs case of that index)."""
     if kinds not in KIND_SETS:
         raise ValueError(f"kinds: expected one of {', '.join(KIND_SETS)}, got {kinds!r}")
     if kinds == "faces" or (kinds == "all" and random.Random(f"simkit-fuzz-pick-{seed}-{index}").random() < FACES_SHARE):
         return _face_case(seed, index)
+    if kinds == "profile" or (kinds == "all" and random.Random(f"simkit-fuzz-pick-profile-{seed}-{index}").random() < PROFILE_SHARE):
+        case = _profile_case(random.Random(f"simkit-fuzz-profile-{seed}-{index}"))
+        case["index"] = index
+        return case
     return _input_case(seed, index)
 
 
@@ -1477,7 +1851,7 @@ def run_case(case: dict, workdir: Path, timeout_s: float = 20.0) -> dict:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if case["kind"] in FACE_KINDS:
+            if case["kind"] in FACE_KINDS or case["kind"] in PROFILE_KINDS:
                 run_face_case(case, workdir, out)
                 return out
             if case["kind"] == "cli":
@@ -1662,7 +2036,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=20.0, help="seconds per case before it counts as a hang")
     ap.add_argument("--kinds", choices=KIND_SETS, default="all",
                     help="inputs: the cases of earlier runs (scenarios, traces, models, scenario text, command lines); "
-                    "faces: study and search files, offload-plan, report folders; all: both (default)")
+                    "faces: study and search files, offload-plan, report folders; profile: calibration profile folders, "
+                    "SIMKIT_PROFILE_PATH, calibrate/validate command lines; all: every kind (default)")
     ap.add_argument("--case", type=int, help="run this one case here and print everything about it")
     ap.add_argument("--json", help="write the report (and every non-clean outcome) here")
     ap.add_argument("--unnamed", type=int, default=0, help="also print this many clean errors that name nothing")

@@ -141,7 +141,11 @@ def resolve_calibration(sc: Scenario, device: ComputeDevice) -> tuple[Efficiency
     setting = sc.calibration
     if setting != "auto":
         # absolute, so the description (in summary.json) does not depend on how the path is spelt
-        setting = str(sc.resolve_path(setting).resolve())
+        path = sc.resolve_path(setting)
+        try:
+            setting = str(path.resolve())
+        except RuntimeError:  # a symlink loop (Path.resolve): the profile's loading names the file
+            setting = str(path.absolute())
     return _resolve(setting, device.kind, device.name)
 
 

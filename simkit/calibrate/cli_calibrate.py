@@ -73,6 +73,9 @@ def default_out(device: str, catalog: str | None, tiny: bool = False) -> str:
 def check_args(args: argparse.Namespace) -> tuple[str, list[str] | None]:
     """Every option's range, checked before anything is imported or measured -> (out, dtypes).
     Raises CalibrationError naming the option and what it takes."""
+    for opt, v in (("--out", args.out), ("--ssd-dir", args.ssd_dir)):
+        if v is not None and not v.strip():  # "" is not "the default" (nor the working folder)
+            raise CalibrationError(f"{opt} takes a folder, got an empty string")
     out = args.out or default_out(args.device, args.catalog, args.tiny)
     if Path(out).exists() and not Path(out).is_dir():
         raise CalibrationError(f"--out {out!r} is a file; it takes a folder (created if missing)")

@@ -660,6 +660,8 @@ def config_from_args(a: argparse.Namespace) -> ValidationConfig:
     cpus = os.cpu_count() or 1
     if a.threads is not None and not 1 <= a.threads <= cpus:
         raise CalibrationError(f"--threads takes 1..{cpus} (this machine's logical CPUs), got {a.threads}")
+    if a.json_path is not None:
+        _check_json_path(a.json_path)
     # the real model holds its weights, a KV cache of the largest batch x context and a prefill's
     # activations in memory: refuse a run that cannot fit instead of swapping or being killed
     need = _validation_bytes(a)
@@ -674,6 +676,21 @@ def config_from_args(a: argparse.Namespace) -> ValidationConfig:
         batch_sizes=tuple(a.batch_sizes), context_lens=tuple(a.context_lens), dtype=a.dtype,
         repeats=a.repeats, threads=a.threads, phases=phases, clock=a.clock, force=a.force,
     )
+
+
+def _check_json_path(path: str) -> None:
+    """``--json``'s file can be written: checked before the minutes of measuring, not after
+    (an empty path wrote nothing, a folder or a path below a file failed at the end)."""
+    if not path.strip():
+        raise CalibrationError("--json takes a file name, got an empty string")
+    p = Path(path)
+    if p.is_dir():
+        raise CalibrationError(f"--json {path!r} is a folder; it takes a file name (the folders above it are created)")
+    for up in p.parents:
+        if up.exists():
+            if not up.is_dir():
+                raise CalibrationError(f"--json {path!r}: {str(up)!r} is a file, not a folder")
+            break
 
 
 def _validation_bytes(a: argparse.Namespace) -> float:

@@ -35,6 +35,7 @@ from simkit.specs.calibration import (
     HostOverhead,
     catalog_fingerprint,
     check_device_numbers,
+    check_run_records,
     compare_fingerprints,
     parse_fingerprint,
     parse_host_overhead,
@@ -430,16 +431,27 @@ class Forest:
     def from_json(cls, d: Mapping[str, Any]) -> Forest:
         feats, thr, left, right, val, roots = [], [], [], [], [], []
         off = 0
-        for t in d["trees"]:
+        depth = d["depth"]
+        if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= MAX_TREE_DEPTH:
+            raise ValueError(f"depth: expected a whole number 0..{MAX_TREE_DEPTH}, got {depth!r}")
+        baseline = d["baseline"]
+        if isinstance(baseline, bool) or not isinstance(baseline, int | float) or not math.isfinite(baseline):
+            raise ValueError(f"baseline: expected a finite number, got {baseline!r}")
+        if not isinstance(d["trees"], list):
+            raise ValueError(f"trees: expected a list of trees, got {type(d['trees']).__name__}")
+        for i, t in enumerate(d["trees"]):
             k = len(t["feature"])
-            if not (len(t["threshold"]) == len(t["left"]) == len(t["right"]) == len(t["value"]) == k):
-                raise ValueError("tree arrays of unequal length")
+            if not k or not (len(t["threshold"]) == len(t["left"]) == len(t["right"]) == len(t["value"]) == k):
+                raise ValueError(f"tree {i}: arrays empty or of unequal length")
+            f_, th, lf, rt, v = (np.asarray(t[a], dtype=dt) for a, dt in (
+                ("feature", np.int64), ("threshold", np.float64), ("left", np.int64), ("right", np.int64), ("value", np.float64)))
+            _check_tree(i, f_, th, lf, rt, v, depth)
             roots.append(off)
-            feats.append(np.asarray(t["feature"], dtype=np.int64))
-            thr.append(np.asarray(t["threshold"], dtype=np.float64))
-            left.append(np.asarray(t["left"], dtype=np.int64) + off)
-            right.append(np.asarray(t["right"], dtype=np.int64) + off)
-            val.append(np.asarray(t["value"], dtype=np.float64))
+            feats.append(f_)
+            thr.append(th)
+            left.append(lf + off)
+            right.append(rt + off)
+            val.append(v)
             off += k
         cat = np.concatenate
         return cls(
@@ -449,10 +461,40 @@ class Forest:
             cat(right) if right else np.zeros(0, np.int64),
             cat(val) if val else np.zeros(0),
             np.asarray(roots, dtype=np.int64),
-            float(d["baseline"]),
-            int(d["depth"]),
+            float(baseline),
+            int(depth),
         )
 
+
+
+MAX_TREE_DEPTH = 64
+"""Deepest residual tree a profile may hold (simkit fits depth 8): each prediction steps ``depth``
+times through every tree, so a corrupted depth of 10^9 would never finish."""
+
+
+def _check_tree(i: int, feature: np.ndarray, threshold: np.ndarray, left: np.ndarray, right: np.ndarray,
+                value: np.ndarray, depth: int) -> None:  # fmt: skip
+    """One tree of a models.json (indices relative to the tree): every split's children inside the
+    tree, finite thresholds and values, and every leaf within ``depth`` steps of the root (a
+    corrupted child index would read another tree's node or loop, and a row would stop at a split
+    instead of a leaf: a silently wrong time). ValueError naming the tree and the array."""
+    k = len(feature)
+    split = feature >= 0
+    if not (np.all(np.isfinite(value)) and np.all(np.isfinite(threshold[split]))):
+        raise ValueError(f"tree {i}: a threshold or value is not a finite number")
+    for name, child in (("left", left), ("right", right)):
+        if split.any() and not (np.all(child[split] >= 0) and np.all(child[split] < k)):
+            raise ValueError(f"tree {i}: {name} child index outside the tree's {k} nodes")
+    frontier = np.zeros(1, dtype=np.int64)
+    for _ in range(depth):
+        frontier = frontier[split[frontier]]
+        if not len(frontier):
+            return
+        frontier = np.concatenate([left[frontier], right[frontier]])
+        if len(frontier) > 2 * k:  # (children revisited: a cycle)
+            raise ValueError(f"tree {i}: its children form a cycle")
+    if split[frontier].any():
+        raise ValueError(f"tree {i}: a split deeper than the forest's depth {depth} (or a cycle)")
 
 
 FOREST_CACHE_FORMAT = 2
@@ -765,6 +807,97 @@ class ClassModel:
 
 
 
+BASE_RANGES = {"launch_s": ">= 0", "compute_efficiency": "> 0", "memory_efficiency": "> 0", "sharpness": "> 0"}
+"""What each number of a roofline base takes: a launch time of 0 is a kernel without fixed cost; an
+efficiency or sharpness of 0 divides by zero (a negative one predicts negative times)."""
+
+
+def _number_ok(v: Any, rule: str) -> bool:
+    """``v`` is a finite number (not a boolean) and ``rule`` (``"> 0"`` or ``">= 0"``) holds."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        return False
+    return v > 0 if rule == "> 0" else v >= 0
+
+
+def _checked_base(d: Mapping[str, Any], where: str, key: str) -> RooflineBase:
+    """``RooflineBase.from_dict`` of a profile's base mapping, every number checked: CalibrationError
+    naming the key and what it takes (a NaN or negative efficiency gave a traceback deep in the
+    cost tables, or silently negative or infinite step times)."""
+    for k, rule in BASE_RANGES.items():
+        if k not in d:
+            raise CalibrationError("required key is missing", where=where, key=f"{key}.{k}")
+        if not _number_ok(d[k], rule):
+            raise CalibrationError(f"expected a number {rule}, got {d[k]!r}", where=where, key=f"{key}.{k}")
+    return RooflineBase.from_dict(d)
+
+
+def _check_rates(node: Any, where: str, key: str) -> None:
+    """The ``links``, ``memory`` and ``ssd`` sections: mappings whose ``*bandwidth`` numbers are
+    > 0 and ``*latency`` numbers >= 0, at any depth (``ssd.read.by_block_and_depth``)."""
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            sub = f"{key}.{k}"
+            if isinstance(v, Mapping | list):
+                _check_rates(v, where, sub)
+            elif str(k).endswith("bandwidth") and not _number_ok(v, "> 0"):
+                raise CalibrationError(f"expected bytes/s > 0, got {v!r}", where=where, key=sub)
+            elif str(k).endswith("latency") and not _number_ok(v, ">= 0"):
+                raise CalibrationError(f"expected seconds >= 0, got {v!r}", where=where, key=sub)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_rates(v, where, f"{key}.{i}")
+
+
+def _check_entries(section: Mapping[str, Any], where: str, key: str) -> None:
+    """Each entry of ``links``, ``memory`` or ``ssd`` is a mapping; an SSD entry's
+    ``by_block_and_depth`` a list of {block_size, queue_depth, bandwidth, latency} (the links of
+    an offloaded run pick the closest measured block size from it)."""
+    for name, entry in section.items():
+        if not isinstance(entry, Mapping):
+            raise CalibrationError("expected a mapping {bandwidth, latency, ...}", where=where, key=f"{key}.{name}")
+        table = entry.get("by_block_and_depth")
+        if key != "ssd" or table is None:
+            continue
+        if not isinstance(table, list):
+            raise CalibrationError("expected a list of {block_size, queue_depth, bandwidth, latency}", where=where,
+                                   key=f"{key}.{name}.by_block_and_depth")  # fmt: skip
+        for i, row in enumerate(table):
+            at = f"{key}.{name}.by_block_and_depth.{i}"
+            if not isinstance(row, Mapping):
+                raise CalibrationError("expected a mapping {block_size, queue_depth, bandwidth, latency}", where=where, key=at)
+            for k in ("block_size", "queue_depth", "bandwidth"):
+                v = row.get(k)
+                if not _number_ok(v, "> 0") or (k != "bandwidth" and float(v) != int(v)):
+                    what = "bytes/s > 0" if k == "bandwidth" else "a whole number >= 1"
+                    raise CalibrationError(f"expected {what}, got {v!r}", where=where, key=f"{at}.{k}")
+
+
+def _check_errors(raw: Any, where: str, key: str) -> None:
+    """A fit error mapping (``median_ape``, ``p90_ape`` as fractions >= 0, ``n`` a count) as
+    provenance.json reports it."""
+    if not isinstance(raw, Mapping):
+        raise CalibrationError("expected a mapping {median_ape, p90_ape, n}", where=where, key=key)
+    for k, v in raw.items():
+        if str(k).endswith("_ape") and v is not None and not _number_ok(v, ">= 0"):  # (None: not known)
+            raise CalibrationError(f"expected a fraction >= 0, got {v!r}", where=where, key=f"{key}.{k}")
+        if k == "n" and not (_number_ok(v, ">= 0") and float(v) == int(v)):
+            raise CalibrationError(f"expected a whole number >= 0, got {v!r}", where=where, key=f"{key}.{k}")
+
+
+def _check_cross_validation(raw: Any, where: str, key: str) -> None:
+    """``efficiency.<class>.cross_validation``: a mapping whose ``per_model`` maps model names to
+    fit error mappings (provenance.json reads their ranges)."""
+    if not isinstance(raw, Mapping):
+        raise CalibrationError("expected a mapping {method, scored, per_model}", where=where, key=key)
+    per = raw.get("per_model")
+    if per is None:
+        return
+    if not isinstance(per, Mapping):
+        raise CalibrationError("expected a mapping of model name -> {median_ape, p90_ape, n}", where=where, key=f"{key}.per_model")
+    for m, errs in per.items():
+        _check_errors(errs, where, f"{key}.per_model.{m}")
+
+
 def _bases_by_dtype(raw: Any, where: str, key: str) -> dict[str, RooflineBase]:
     """``model.base_by_dtype`` of a profile class ({dtype: base mapping}; absent: none)."""
     if raw is None:
@@ -777,12 +910,7 @@ def _bases_by_dtype(raw: Any, where: str, key: str) -> dict[str, RooflineBase]:
         if not isinstance(d, dict):
             raise CalibrationError("expected a mapping {launch_s, compute_efficiency, memory_efficiency, sharpness}",
                                    where=where, key=f"{key}.{dt}")  # fmt: skip
-        try:
-            out[str(dt)] = RooflineBase.from_dict(d)
-        except KeyError as e:
-            raise CalibrationError("required key is missing", where=where, key=f"{key}.{dt}.{e.args[0]}") from None
-        except (TypeError, ValueError) as e:
-            raise CalibrationError(f"expected numbers ({e})", where=where, key=f"{key}.{dt}") from None
+        out[str(dt)] = _checked_base(d, where, f"{key}.{dt}")
     return out
 
 
@@ -974,6 +1102,7 @@ class Profile(EfficiencyModel):
         if kind not in ("gpu", "cpu"):
             raise CalibrationError(f"expected gpu or cpu, got {kind!r}", where=where, key="device.kind")
         check_device_numbers(device, where)
+        check_run_records(device, where)
         if "fingerprint" in device:
             device = {**device, "fingerprint": parse_fingerprint(device["fingerprint"], kind, where)}
         if "thread_wakeup" in device:
@@ -987,6 +1116,19 @@ class Profile(EfficiencyModel):
         overhead = data.get("launch_overhead") or {}
         if not isinstance(overhead, dict):
             raise CalibrationError("expected a mapping of op class to seconds", where=where, key="launch_overhead")
+        for k, v in overhead.items():
+            if not _number_ok(v, ">= 0"):
+                raise CalibrationError(f"expected seconds >= 0, got {v!r}", where=where, key=f"launch_overhead.{k}")
+        for sect in ("links", "memory", "ssd", "collectives"):
+            if data.get(sect) is not None and not isinstance(data[sect], dict):
+                raise CalibrationError(f"expected a mapping, got {type(data[sect]).__name__}", where=where, key=sect)
+            if sect != "collectives":
+                _check_rates(data.get(sect), where, sect)
+                _check_entries(data.get(sect) or {}, where, sect)
+        threads = data.get("threads")
+        if threads is not None and not (_number_ok(threads, "> 0") and float(threads) == int(threads)):
+            raise CalibrationError(f"expected a whole number >= 1 (the torch threads of the samples), got {threads!r}",
+                                   where=where, key="threads")  # fmt: skip
         samples = None
         samples_rel = need(data, "samples", "", str)
         if with_samples:
@@ -1023,22 +1165,29 @@ class Profile(EfficiencyModel):
             m = need(entry, "measured", f"efficiency.{c}.", bool)
             notes[c] = str(entry.get("note", ""))
             if "cross_validation" in entry:
+                _check_cross_validation(entry["cross_validation"], where, f"efficiency.{c}.cross_validation")
                 cv[c] = entry["cross_validation"]
             if not m:
                 continue
             model = need(entry, "model", f"efficiency.{c}.", dict)
             base_d = need(model, "base", f"efficiency.{c}.model.", dict)
-            try:
-                base = RooflineBase.from_dict(base_d)
-            except KeyError as e:
-                raise CalibrationError("required key is missing", where=where, key=f"efficiency.{c}.model.base.{e.args[0]}") from None
-            except (TypeError, ValueError) as e:
-                raise CalibrationError(f"expected numbers ({e})", where=where, key=f"efficiency.{c}.model.base") from None
+            base = _checked_base(base_d, where, f"efficiency.{c}.model.base")
             by_dtype = _bases_by_dtype(model.get("base_by_dtype"), where, f"efficiency.{c}.model.base_by_dtype")
             base_inputs = model.get("base_inputs", "flops_and_bytes")
             if base_inputs not in BASE_INPUTS:
                 raise CalibrationError(f"expected one of {', '.join(BASE_INPUTS)}, got {base_inputs!r}", where=where,
                                        key=f"efficiency.{c}.model.base_inputs")  # fmt: skip
+            for sect in ("residual", "residual_with_tokens", "residual_many_rows"):
+                sec = model.get(sect)
+                if sec is None:
+                    continue
+                if not isinstance(sec, dict):
+                    raise CalibrationError(f"expected a mapping (file, key, trees, features, ...), got {sec!r}"[:200],
+                                           where=where, key=f"efficiency.{c}.model.{sect}")  # fmt: skip
+                for k in ("features", "kernel_kinds"):
+                    if k in sec and not (isinstance(sec[k], list) and all(isinstance(x, str) for x in sec[k])):
+                        raise CalibrationError(f"expected a list of names, got {sec[k]!r}"[:200], where=where,
+                                               key=f"efficiency.{c}.model.{sect}.{k}")  # fmt: skip
             res = model.get("residual") or {}
             res_tok = model.get("residual_with_tokens") or {}
             res_many = model.get("residual_many_rows") or {}
@@ -1056,6 +1205,13 @@ class Profile(EfficiencyModel):
                         where=where,
                         key=f"efficiency.{c}.model.{sect}.features",
                     )
+            for sec, tok, dflt in ((res, False, c), (res_tok, True, f"{c}_tokens"), (res_many, False, f"{c}_many_rows")):
+                fo = forests.get(str(sec.get("key", dflt))) if sec else None
+                n_feat = len(feature_names(c, kinds, tok))
+                if fo is not None and len(fo.feature) and int(fo.feature.max()) >= n_feat:
+                    raise CalibrationError(f"a split reads feature {int(fo.feature.max())}, but the class has {n_feat} "
+                                           "features: refit the profile", where=str(f.parent / str(models_rel)),
+                                           key=str(sec.get("key", dflt)))  # fmt: skip
             cm = ClassModel(c, roof, base, forests.get(str(res.get("key", c))) if res else None, kinds)
             cm.base_by_dtype = by_dtype
             cm.base_bytes_only = base_inputs == "bytes"
@@ -1065,6 +1221,7 @@ class Profile(EfficiencyModel):
                 cm.forest_many_rows = forests.get(str(res_many.get("key", f"{c}_many_rows")))
             cm.launch_overhead = float(overhead.get(c, base.launch_s))
             fe = need(entry, "fit_error", f"efficiency.{c}.", dict)
+            _check_errors(fe, where, f"efficiency.{c}.fit_error")
             cm.fit_error = dict(fe)
             models[c] = cm
         prof = cls(
@@ -1080,7 +1237,7 @@ class Profile(EfficiencyModel):
             memory=dict(data.get("memory") or {}),
             ssd=dict(data.get("ssd") or {}),
             collectives=dict(data.get("collectives") or {}),
-            threads=data.get("threads"),
+            threads=threads,
             cross_validation=cv,
             path=f,
             host=host,
@@ -1121,7 +1278,7 @@ def load_cached(path: str | Path) -> Profile:
         f = p
     try:
         key = (str(f.resolve()), f.stat().st_mtime)
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Path.resolve): Profile.load names the file
         return Profile.load(f, with_samples=False)
     prof = _CACHE.get(key)
     if prof is None:

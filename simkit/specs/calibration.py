@@ -212,7 +212,7 @@ def catalog_fingerprint(kind: str, item: Any) -> dict[str, Any]:
     return {"logical_cpus": int(item.threads)}
 
 
-DEVICE_NUMBERS = ("mem_bandwidth", "dram_bandwidth", "llc_bytes")
+DEVICE_NUMBERS = ("mem_bandwidth", "dram_bandwidth", "llc_bytes", "memory_bytes")
 """Device facts the predictions or the speed probe read as a positive number (bytes/s, bytes)."""
 DEVICE_COUNTS = ("sm_count", "threads", "logical_cpus")
 """Device facts read as a whole number >= 1."""
@@ -242,10 +242,53 @@ def check_device_numbers(device: Mapping[str, Any], where: str) -> None:
         v = device.get(k)
         if v is not None and not (positive(v) and float(v) == int(v)):
             raise CalibrationError(f"expected a whole number >= 1, got {v!r}", where=where, key=f"device.{k}")
+    dtypes = device.get("dtypes")
+    if dtypes is not None and not (isinstance(dtypes, list) and all(isinstance(d, str) and d.strip() for d in dtypes)):
+        raise CalibrationError(f"expected a list of dtype names (the dtypes the samples measured), got {dtypes!r}"[:200],
+                               where=where, key="device.dtypes")  # fmt: skip
     clock = device.get("clock")
     if clock is not None and clock not in ("wall", "cpu"):
         raise CalibrationError(f"expected wall or cpu (the clock the samples were timed on), got {clock!r}",
                                where=where, key="device.clock")  # fmt: skip
+
+
+RUN_RECORD_COUNTS = {
+    "speed_sentinel.slow_stretches": ("samples", "flagged", "remeasured", "replaced", "kept_slow", "kept_much_slower"),
+    "contention": ("samples_checked", "contended", "remeasured", "still_contended"),
+}
+"""Counts of a CPU calibration's run records (``device.<section>.<key>``) that ``simkit validate``
+compares to warn about an untrustworthy profile."""
+RUN_RECORD_FRACTIONS = {"speed_sentinel.slow_stretches": ("threshold", "warn_slowdown")}
+
+
+def check_run_records(device: Mapping[str, Any], where: str) -> None:
+    """The run records of a CPU calibration, where present: ``device.speed_sentinel`` (its
+    ``slow_stretches``), ``device.contention`` and ``device.openmp_env`` are mappings, their counts
+    whole numbers >= 0 and their slowdown thresholds fractions >= 0. CalibrationError naming the
+    key (a string there was a traceback in ``simkit validate``, a NaN count silently no warning)."""
+    import math
+
+    for name in ("speed_sentinel", "contention", "openmp_env"):
+        if device.get(name) is not None and not isinstance(device[name], Mapping):
+            raise CalibrationError(f"expected a mapping, got {device[name]!r}"[:160], where=where, key=f"device.{name}")
+    for sect, keys in RUN_RECORD_COUNTS.items():
+        node: Any = device
+        for part in sect.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if node is None:
+            continue
+        if not isinstance(node, Mapping):
+            raise CalibrationError(f"expected a mapping, got {node!r}"[:160], where=where, key=f"device.{sect}")
+        for k in keys:
+            v = node.get(k)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0 or v != int(v):
+                raise CalibrationError(f"expected a whole number >= 0, got {v!r}", where=where, key=f"device.{sect}.{k}")
+        for k in RUN_RECORD_FRACTIONS.get(sect, ()):
+            v = node.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0):
+                raise CalibrationError(f"expected a fraction >= 0, got {v!r}", where=where, key=f"device.{sect}.{k}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,7 +458,11 @@ def list_profiles() -> tuple[list[FoundProfile], list[str]]:
             try:
                 head = _device_block(f)
                 data = load_text(head, lasting=True)  # (every run reads the profiles)
-            except (OSError, UnicodeDecodeError) as e:
+            except UnicodeDecodeError as e:  # (an OSError's strerror it has not)
+                skipped.append(f"calibration profile {f} skipped: not UTF-8 text (byte {e.object[e.start]:#04x} at "
+                               f"offset {e.start} of its device section)")  # fmt: skip
+                continue
+            except OSError as e:
                 skipped.append(f"calibration profile {f} skipped: unreadable ({e.strerror or e.__class__.__name__})")
                 continue
             except ValueError as e:
