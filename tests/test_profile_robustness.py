@@ -375,3 +375,16 @@ def test_malformed_device_dtypes_or_memory_are_refused(tmp_path, path, value):
     p = _copy(tmp_path)
     _edit(p, path, value)
     _refused(p, path)
+
+
+def test_a_tiny_profile_named_explicitly_warns(tmp_path):
+    """`calibration: auto` never picks a `simkit calibrate --tiny` profile; one named by its path
+    was used without a word (robust12's --tiny run predicted steps ~160x off). Now the run warns."""
+    from simkit.cost.profile import resolve_calibration
+
+    folder = _copy(tmp_path)
+    _, _, warn = resolve_calibration(str(folder / "profile.yaml"), "cpu", "ci-vm")
+    assert warn is None or "--tiny" not in warn
+    _edit(folder, "device.suite", "tiny")
+    _, _, warn = resolve_calibration(str(folder / "profile.yaml"), "cpu", "ci-vm")
+    assert warn is not None and "simkit calibrate --tiny" in warn and "not for predictions" in warn

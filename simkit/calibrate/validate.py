@@ -434,6 +434,10 @@ def run_validation(
     slow_note = speed_note(dict(profile_device(profile)), str(getattr(profile, "name", "")))
     if slow_note:
         out(slow_note)
+    if profile_device(profile).get("suite") == "tiny":
+        out(f"WARNING: calibration profile {getattr(profile, 'name', '')!r} was measured by `simkit calibrate --tiny`, "
+            "a smoke test of the command (a few samples per class, not for predictions): expect errors of orders of "
+            "magnitude; validate a --quick or full profile")  # fmt: skip
     device = compute_device(profile)
     spec = model_spec(cfg)
     max_ctx = max(cfg.context_lens)

@@ -1377,6 +1377,11 @@ def resolve_calibration(setting: str, device_kind: str, catalog_name: str) -> tu
             warn = (f"WARNING: calibration profile {prof.name!r} describes another {device_kind} than catalog "
                     f"{catalog_name} ({m.describe(f'catalog {catalog_name}')}); measure it with "
                     f"`{calibrate_command(device_kind, catalog_name)}`")  # fmt: skip
+    if prof.device.get("suite") == "tiny":
+        tiny = (f"WARNING: calibration profile {prof.name!r} was measured by `simkit calibrate --tiny`, a smoke test "
+                "of the command (a few samples per class, not for predictions): its times can be off by orders of "
+                f"magnitude; measure the device with `{calibrate_command(device_kind, catalog_name)}` (or --quick)")  # fmt: skip
+        warn = f"{tiny}; {warn}" if warn else tiny
     return prof, _describe(prof), warn
 
 
