@@ -1339,6 +1339,20 @@ def _environment(env: dict[str, str | None], workdir: Path) -> Any:
                 os.environ[k] = v
 
 
+def _overwrite(p: Path, raw: bytes, op: str, garbage: bytes) -> bool:
+    """The corruptions every folder kind shares: ``truncate`` (the first half of ``raw``),
+    ``empty``, ``garbage`` (``garbage`` then the first 7 bytes). False for any other ``op``."""
+    if op == "truncate":
+        p.write_bytes(raw[: len(raw) // 2])
+    elif op == "empty":
+        p.write_bytes(b"")
+    elif op == "garbage":
+        p.write_bytes(garbage + raw[:7])
+    else:
+        return False
+    return True
+
+
 def _corrupt_profile(workdir: Path, step: dict) -> None:
     """Apply one corruption to a copied profile folder's file."""
     p = workdir / step["pcorrupt"]
@@ -1346,12 +1360,8 @@ def _corrupt_profile(workdir: Path, step: dict) -> None:
     if not p.is_file():
         return
     raw = p.read_bytes()
-    if op == "truncate":
-        p.write_bytes(raw[: len(raw) // 2])
-    elif op == "empty":
-        p.write_bytes(b"")
-    elif op == "garbage":
-        p.write_bytes(b"\x00\xff\xfegarbage: [\n" + raw[:7])
+    if _overwrite(p, raw, op, b"\x00\xff\xfegarbage: [\n"):
+        pass
     elif op == "latin1":  # a non-UTF-8 byte in the middle
         p.write_bytes(raw[: len(raw) // 3] + b"\xe9\xff" + raw[len(raw) // 3:])
     elif op == "dir":
@@ -1507,12 +1517,8 @@ def _corrupt(workdir: Path, step: dict) -> str:
     raw = p.read_bytes()
     if op == "delete":
         p.unlink()
-    elif op == "truncate":
-        p.write_bytes(raw[: len(raw) // 2])
-    elif op == "empty":
-        p.write_bytes(b"")
-    elif op == "garbage":
-        p.write_bytes(b"\x00\xff\xfegarbage,{[\n" + raw[:7])
+    elif _overwrite(p, raw, op, b"\x00\xff\xfegarbage,{[\n"):
+        pass
     elif op == "json-kind":
         p.write_text(step["value"])
     elif op == "dir":

@@ -546,7 +546,7 @@ def _shared(lane: _Lane, joins: list[float], sizes: list[float]) -> list[float]:
         while alive and (i == n or wake <= at):
             # _Lane._fire (drain fires them all). The same loop as _together's, written out in
             # both: factored into one function (2026-12-01) it cost +4% of simulate()'s
-            # instructions on offload-disk-block (4.174 G against 4.095 G, cachegrind), for the call.
+            # instructions on offload-disk-block (a process of four runs: 4.174 G against 4.095 G).
             now = wake
             dt = now - last
             m = len(alive)
