@@ -462,9 +462,10 @@ def test_profile_forest_cache_gives_what_the_json_gives_and_is_never_stale(tmp_p
 @pytest.mark.parametrize("own_process, collecting", [(True, True), (True, False), (False, True)])
 def test_run_command_collector_state(tmp_path: Path, own_process: bool, collecting: bool) -> None:
     """`simkit run` in its own process turns the garbage collector off while it imports the run's
-    modules, then freezes the import-time heap and runs with the collector as it was (on unless
-    the process turned it off); called in a longer-lived process (``cli.main(argv)``), it leaves
-    the collector and the heap alone."""
+    modules, freezes the import-time heap, keeps the collector off through the run and its
+    outputs (the process ends with them) and resumes it as it was (on unless the process turned
+    it off) for --report; called in a longer-lived process (``cli.main(argv)``), it leaves the
+    collector and the heap alone."""
     import subprocess
     import sys
 
@@ -482,7 +483,11 @@ def test_run_command_collector_state(tmp_path: Path, own_process: bool, collecti
         "    print('run: enabled', gc.isenabled(), 'frozen', gc.get_freeze_count() > 0, flush=True)\n"
         "    summary(*a, **k)\n"
         "cli.print_summary = after_run\n"
-        "args = ['run', sys.argv[1], '--out', sys.argv[2], '--set', 'workload.synthetic.num_requests=20']\n"
+        "def report(dirs, out):\n"  # notes the state when the report would be rendered
+        "    print('report: enabled', gc.isenabled(), 'frozen', gc.get_freeze_count() > 0, flush=True)\n"
+        "cli._write_report = report\n"
+        "args = ['run', sys.argv[1], '--out', sys.argv[2], '--set', 'workload.synthetic.num_requests=20',\n"
+        "        '--report', sys.argv[2] + '.html']\n"
         f"if {own_process}:\n    sys.argv = ['simkit', *args]\n    cli.main()\n"
         "else:\n    sys.exit(cli.main(args))\n"
     )
@@ -492,7 +497,8 @@ def test_run_command_collector_state(tmp_path: Path, own_process: bool, collecti
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == f"imports: enabled {collecting and not own_process}"
-    assert lines[1] == f"run: enabled {collecting} frozen {own_process}"
+    assert lines[1] == f"run: enabled {collecting and not own_process} frozen {own_process}"
+    assert lines[-1] == f"report: enabled {collecting} frozen {own_process}"
     assert (tmp_path / "out" / "summary.json").is_file()
 
 
