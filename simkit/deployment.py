@@ -23,19 +23,13 @@ from simkit.cost.efficiency import DatasheetEfficiency, EfficiencyModel
 from simkit.cost.iteration import IterationModel
 from simkit.cost.links import comm_fn, group_link, kv_store_slowdown, link_rates, measured_links
 from simkit.cost.memory import activation_bytes
-from simkit.cost.offload import host_first_touch, offload_compute
 from simkit.cost.ops import Precision, elementwise_kernels
 from simkit.cost.profile import Profile, roof_from_device
 from simkit.engine.cluster import Admission, Cluster, HandOff
 from simkit.engine.engine import Engine, EngineConfig, Stage
 from simkit.engine.fast import FastEngine, fast_path_reason
-from simkit.engine.fast_offload import OffloadFastEngine
 from simkit.engine.kvcache import KVBlockManager, PrefixCache, watermark_blocks
 from simkit.engine.lean import fused_loop_reason
-from simkit.engine.offload import OffloadExecutor
-from simkit.engine.offload_fast import ClosedFormStep, act_off_gpu, blocked_reason, closed_form_reason
-from simkit.engine.pipeline_fast import PipelineConflict, PipelineEngine, PipelineFastEngine, PipelineSchedule
-from simkit.engine.pipeline_fast import closed_form_reason as pipeline_reason
 from simkit.engine.replica import Replica
 from simkit.engine.resources import Link
 from simkit.errors import CapacityError, ScenarioError, SimkitError
@@ -58,10 +52,14 @@ from simkit.specs.node import Node, gpu_swap, resolve_node
 from simkit.units import fmt_bytes
 from simkit.workload.base import Requests
 
+# the offloaded and pipelined plans' modules (engine.offload, offload_fast, fast_offload,
+# pipeline_fast, cost.offload) are imported where such a plan is built: a plain run uses none
 if TYPE_CHECKING:
     import simpy
 
     from simkit.engine.clock import PlainClock
+    from simkit.engine.offload import OffloadExecutor
+    from simkit.engine.pipeline_fast import PipelineConflict
 
 
 def _trace_path(sc: Scenario, path: str, key: str) -> Path:
@@ -187,6 +185,8 @@ def check_host_temporaries(sc: Scenario, node: Node, need_cpu_attention: bool) -
             where=sc.source,
             key="plan.offload.host_temporaries",
         )
+    from simkit.cost.offload import host_first_touch
+
     cpu_dev = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
     cpu_eff = resolve_calibration(sc, cpu_dev)[0]
     ft = host_first_touch(node.spec.measured, cpu_eff)
@@ -765,6 +765,8 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
     link_meas = measured_links(eff, plan.offload.io_block_size, plan.offload.io_queue_depth)
     cpu_cost = None
     if offloaded and plan.offload.cpu_attention and not use_cpu:
+        from simkit.cost.offload import host_first_touch
+
         cpu_dev = ComputeDevice.from_cpu(node.cpu, node.dram, node.sockets, node.dram_capacity)
         cpu_dev, cpu_eff, _, _ = calibrated_device(sc, cpu_dev, node)
         cpu_cost = IterationModel(model, cpu_dev, cpu_eff, prec, tp=1)
@@ -788,6 +790,9 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
     closed = False
     off_why = None
     if off_layout is not None:
+        from simkit.engine.fast_offload import OffloadFastEngine
+        from simkit.engine.offload_fast import act_off_gpu, blocked_reason, closed_form_reason
+
         # an offloaded step's layer pipeline: in closed form unless something else uses its links
         off_why = "requested" if engine == "reference" else closed_form_reason(
             off_layout, cpu_cost is not None, sum(g.replicas for g in groups), trace, pc.enabled, plan.kv_cache.preemption,
@@ -820,6 +825,8 @@ def build_deployment(scenario: Scenario, engine: str = "auto", trace: bool = Fal
             engine_path += ", event by event for steps of one GPU batch (activations off the GPU)"
     pipe = False
     if stage_costs is not None:
+        from simkit.engine.pipeline_fast import closed_form_reason as pipeline_reason
+
         why = "requested" if engine == "reference" else pipeline_reason(
             trace, pc.enabled, plan.kv_cache.preemption, issubclass(engine_cls, FastEngine))
         pipe = why is None
@@ -864,6 +871,11 @@ def build_replicas(dep: Deployment, cluster: Cluster) -> list[OffloadExecutor]:
     off_layout, off_mem, stage_costs, cpu_cost = dep.off_layout, dep.off_mem, dep.stage_costs, dep.cpu_cost
     if cpu_cost is not None or stage_costs is not None:
         import simpy  # (only such worlds queue for a resource: SimPy's loop runs them)
+    if off_layout is not None or stage_costs is not None:
+        from simkit.cost.offload import offload_compute
+        from simkit.engine.offload import OffloadExecutor
+        from simkit.engine.offload_fast import ClosedFormStep
+        from simkit.engine.pipeline_fast import PipelineEngine, PipelineFastEngine, PipelineSchedule
     cpu_stream = simpy.Resource(env, capacity=1) if cpu_cost is not None else None
     n_rep = dep.n_rep
     rep_group = dep.rep_group

@@ -14,6 +14,7 @@ import gc
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from simkit.cost.links import link_rates
 from simkit.deployment import (
@@ -26,12 +27,14 @@ from simkit.deployment import (
 )
 from simkit.engine.clock import PlainClock
 from simkit.engine.cluster import Cluster
-from simkit.engine.pipeline_fast import PipelineConflict
 from simkit.engine.state import RequestTable
 from simkit.errors import ScenarioError
 from simkit.outputs import Result, write_outputs
 from simkit.scenario import Scenario
 from simkit.summary import summarize_run
+
+if TYPE_CHECKING:
+    from simkit.engine.pipeline_fast import PipelineConflict
 
 # re-exported from their homes, for code that imports them from here
 __all__ = ["Result", "link_rates", "plan_memory", "plan_replica_memory", "simulate", "write_outputs"]
@@ -66,6 +69,14 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _pipeline_conflict() -> type[PipelineConflict]:
+    """The exception the pipeline stages' closed form raises: its module
+    (engine/pipeline_fast.py) is imported only where a run raised (a plain run does not import it)."""
+    from simkit.engine.pipeline_fast import PipelineConflict
+
+    return PipelineConflict
+
+
 def _simulate(sc: Scenario, record_iterations: bool, trace: bool, engine: str, wall0: float) -> Result:
     dep = build_deployment(sc, engine, trace)
     # the fused loop (and FastWorld, where it stops) runs no SimPy loop: a plain clock, no SimPy
@@ -73,7 +84,7 @@ def _simulate(sc: Scenario, record_iterations: bool, trace: bool, engine: str, w
     executors = build_replicas(dep, cluster)
     try:
         stopped = cluster.run(fused=dep.fused_loop)
-    except PipelineConflict as exc:
+    except _pipeline_conflict() as exc:  # (evaluated only when the run raised)
         # a micro-batch overtook another or shared a link with it: the stages' closed form does
         # not hold for this run, so it runs again with the stages event by event (exact)
         dep = without_pipeline_closed_form(dep, exc)

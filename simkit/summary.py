@@ -6,7 +6,7 @@ not miss. Definitions in docs/metrics.md."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -14,9 +14,11 @@ from simkit.cost.efficiency import EfficiencyModel
 from simkit.cost.links import group_link
 from simkit.deployment import Deployment, Group
 from simkit.engine.cluster import Cluster
-from simkit.engine.offload import COMPUTE_PARTS, OffloadExecutor
 from simkit.engine.replica import Replica
 from simkit.metrics import OVERLOAD_GROWTH, CostInputs, run_makespan, run_window, summarize
+
+if TYPE_CHECKING:
+    from simkit.engine.offload import OffloadExecutor
 
 
 def summarize_run(
@@ -38,6 +40,8 @@ def summarize_run(
     policy_name = plan.batching.policy
     model, engine_path, group_shares, cross_tp = dep.model, dep.engine_path, dep.group_shares, dep.cross_tp
     cpu_cost, off_mem = dep.cpu_cost, dep.off_mem
+    if executors:  # an offloaded run's (a plain run does not import engine.offload)
+        from simkit.engine.offload import COMPUTE_PARTS
     bad_lines = (dep.reqs.meta.get("bad_lines") or {}).get("count", 0)
     warn = list(dep.warnings)
 

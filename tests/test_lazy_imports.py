@@ -123,3 +123,43 @@ def test_the_first_scenario_of_a_process_is_read_without_building_the_validator(
     ), SIMKIT_CACHE_DIR=str(tmp_path))
     assert "BUILT False\nOK" in out, out
     assert len(list((tmp_path / "scenarios").glob("*.json"))) == 1
+
+
+_OFFLOAD_AND_PIPELINE = ("simkit.cost.offload", "simkit.engine.offload", "simkit.engine.offload_fast",
+                         "simkit.engine.fast_offload", "simkit.engine.pipeline_fast")
+
+
+def test_a_plain_run_imports_no_offload_or_pipeline_module_and_those_plans_still_run_the_same() -> None:
+    """A plan that offloads nothing and has one pipeline stage imports none of the offloaded and
+    pipelined plans' modules, on any engine; an offloaded and a pipelined plan, run after it in
+    the same process (which imports them where the plan is built), give the same summaries as in
+    a process that imported them all first."""
+    code = (
+        "import importlib, json, sys\n"
+        "if sys.argv[1] == 'first':\n"
+        f"    for m in {_OFFLOAD_AND_PIPELINE!r}:\n"
+        "        importlib.import_module(m)\n"
+        "from simkit.scenario import find_scenario, load_scenario\n"
+        "from simkit.simulate import simulate\n"
+        "for engine in ('auto', 'stepping', 'reference'):\n"
+        "    simulate(load_scenario(find_scenario('quickstart')), engine=engine)\n"
+        f"    print('LOADED', engine, sorted(m for m in {_OFFLOAD_AND_PIPELINE!r} if m in sys.modules))\n"
+        "for name in ('opt175b-t4-offload', 'llama70b-tp4pp2'):\n"
+        "    res = simulate(load_scenario(find_scenario(name), ['workload.limit=40']))\n"
+        "    print('SUMMARY', json.dumps(res.summary, sort_keys=True, default=str))\n"
+    )
+
+    def run(mode: str) -> str:
+        full = dict(os.environ, PYTHONPATH=str(ROOT))
+        out = subprocess.run([sys.executable, "-c", code, mode], cwd=ROOT, env=full, capture_output=True, text=True,
+                             check=False)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out.stdout
+
+    lazy, first = run("lazy"), run("first")
+    for engine in ("auto", "stepping", "reference"):
+        assert f"LOADED {engine} []\n" in lazy, lazy
+    summaries = [ln for ln in lazy.splitlines() if ln.startswith("SUMMARY")]
+    assert len(summaries) == 2
+    assert "offloaded steps" in summaries[0] and "pipeline stages" in summaries[1], summaries
+    assert summaries == [ln for ln in first.splitlines() if ln.startswith("SUMMARY")]

@@ -16,17 +16,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from simkit.cost.device import ComputeDevice
 from simkit.cost.efficiency import EfficiencyModel
 from simkit.cost.ops import OP_NAMES, Op, Precision, forward_ops, prefill_attention_sums, token_ops
-from simkit.cost.roofline import OpTime, time_ops
 from simkit.cost.tables import SparseRows, Tables, op_tables
 from simkit.cost.threads import runs_parallel, wakeup_extra
 from simkit.specs.model import ModelSpec
+
+if TYPE_CHECKING:
+    from simkit.cost.roofline import OpTime
 
 NON_LAYER_OPS = ("embedding", "final_norm", "lm_head", "sampling")
 
@@ -634,6 +636,8 @@ class IterationModel:
     def breakdown(self, q: np.ndarray, ctx: np.ndarray) -> list[OpTime]:
         """Per-operator times for one iteration (for `simkit estimate ops` and reports)."""
         ops = forward_ops(self.model, q, ctx, tp=self.tp, precision=self.precision)
+        from simkit.cost.roofline import time_ops  # (a breakdown's: a run's tables do not need it)
+
         return time_ops(ops, self.device, self.efficiency, self.dtype)
 
     def split_layers(self, q: np.ndarray, ctx: np.ndarray, logits_rows: int | None = None) -> tuple[float, float, float]:

@@ -18,7 +18,6 @@ import numpy as np
 from simkit.cost.iteration import IterationModel
 from simkit.engine.interfaces import BatchingPolicy, Step
 from simkit.engine.kvcache import TIER_INDEX, KVBlockManager
-from simkit.engine.offload_fast import wake_at
 from simkit.engine.replica import Replica
 from simkit.engine.resources import Link
 from simkit.engine.state import RequestTable, TBTHistogram
@@ -533,6 +532,8 @@ class Engine:
     def _offloaded(self, steps: list[tuple[np.ndarray, np.ndarray, int]]):  # type: ignore[no-untyped-def]
         """Run offloaded iterations: in closed form where the plan allows it (engine/offload_fast.py),
         else layer by layer and transfer by transfer."""
+        from simkit.engine.offload_fast import wake_at  # (an offloaded plan's module: a plain run needs none)
+
         assert self.offload is not None
         closed = self.offload.closed_form
         for q, ctx, rows in steps:
