@@ -6,8 +6,6 @@ A scenario is a nested mapping with top-level keys ``hardware``, ``model``, ``wo
 before validation, so studies and sweeps are thin layers over the same call.
 """
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -94,7 +92,7 @@ class Lengths(_S):
     """Resample (input, output) pairs jointly from this trace instead."""
 
     @model_validator(mode="after")
-    def _one(self) -> Lengths:
+    def _one(self) -> "Lengths":
         if self.trace is None and (self.input is None or self.output is None):
             raise ValueError("give lengths.input and lengths.output, or lengths.trace")
         return self
@@ -109,7 +107,7 @@ class Arrival(_S):
     """Coefficient of variation of inter-arrival gaps (gamma only; 1 = Poisson)."""
 
     @model_validator(mode="after")
-    def _rate(self) -> Arrival:
+    def _rate(self) -> "Arrival":
         if self.process != "all_at_once" and self.rate is None:
             raise ValueError(f"arrival.rate is required for process {self.process!r}")
         if self.process == "gamma" and self.cv is None:
@@ -164,7 +162,7 @@ class Workload(_S):
     """Keep the first N requests."""
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> Workload:
+    def _exactly_one(self) -> "Workload":
         given = [k for k in ("batch", "synthetic", "trace") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of workload.batch, workload.synthetic, workload.trace (got {given or 'none'})")
@@ -225,7 +223,7 @@ class OffloadShare(_S):
     """Fraction on NVMe SSD."""
 
     @model_validator(mode="after")
-    def _sum(self) -> OffloadShare:
+    def _sum(self) -> "OffloadShare":
         s = self.gpu + self.cpu + self.cxl + self.disk
         if abs(s - 1.0) > 1e-6:
             raise ValueError(f"fractions gpu+cpu+cxl+disk must sum to 1 (got {s:g})")
@@ -294,19 +292,19 @@ class Offload(_S):
         )
 
     @model_validator(mode="after")
-    def _spill(self) -> Offload:
+    def _spill(self) -> "Offload":
         if self.kv_spill is not None and self.kv_cache.gpu != 1.0:
             raise ValueError("kv_spill splits KV by position; combine it with kv_cache: {gpu: 1} (head-wise split) only")
         return self
 
     @model_validator(mode="after")
-    def _head_copy(self) -> Offload:
+    def _head_copy(self) -> "Offload":
         if self.lm_head_copy and self.is_trivial:
             raise ValueError("lm_head_copy accounts an offloading runtime's memory (FlexGen's); it needs a non-trivial plan.offload")
         return self
 
     @model_validator(mode="after")
-    def _host_kv(self) -> Offload:
+    def _host_kv(self) -> "Offload":
         if self.host_kv_dtype == "fp32" and not (
             self.cpu_attention and self.kv_cache.cpu > 0 and self.kv_cache.cxl == 0 and self.kv_cache.disk == 0
             and not self.compress_kv and self.kv_spill is None
@@ -399,7 +397,7 @@ class Plan(_S):
         return v
 
     @model_validator(mode="after")
-    def _fleet(self) -> Plan:
+    def _fleet(self) -> "Plan":
         if self.fleet is None:
             return self
         if not self.fleet:

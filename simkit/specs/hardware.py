@@ -5,8 +5,6 @@ carries a ``sources`` map from field name to where the number comes from (datash
 measurement); ``simkit catalog show`` prints it.
 """
 
-from __future__ import annotations
-
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -163,7 +161,7 @@ class LinkSpec(Frozen):
     sources: dict[str, str]
 
     @model_validator(mode="after")
-    def _achieved_le_theoretical(self) -> LinkSpec:
+    def _achieved_le_theoretical(self) -> "LinkSpec":
         if self.achieved_bandwidth > self.bandwidth * 1.0001:
             raise ValueError("achieved_bandwidth exceeds the theoretical bandwidth")
         if self.type == "nvlink" and self.fabric is None:
@@ -249,7 +247,7 @@ class NodeSpec(Frozen):
     sources: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _gpu_consistency(self) -> NodeSpec:
+    def _gpu_consistency(self) -> "NodeSpec":
         if (self.gpu is None) != (self.num_gpus == 0):
             raise ValueError("give both 'gpu' and 'num_gpus' > 0, or neither (a CPU-only node)")
         if self.gpu is not None and self.links.host_to_gpu is None:

@@ -1,7 +1,5 @@
 """Model architecture specs and the arithmetic that follows from them (parameters, KV bytes)."""
 
-from __future__ import annotations
-
 from functools import cached_property
 from typing import Literal
 
@@ -21,7 +19,7 @@ class MoESpec(Frozen):
     """Leading layers with a dense MLP of ``ffn_size`` (DeepSeek-MoE style)."""
 
     @model_validator(mode="after")
-    def _topk(self) -> MoESpec:
+    def _topk(self) -> "MoESpec":
         if self.top_k > self.num_experts:
             raise ValueError("top_k exceeds num_experts")
         return self
@@ -67,7 +65,7 @@ class ModelSpec(Frozen):
     named in the vLLM launch hint of `simkit search`; None where the weights are not on the Hub."""
 
     @model_validator(mode="after")
-    def _heads(self) -> ModelSpec:
+    def _heads(self) -> "ModelSpec":
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
