@@ -126,12 +126,13 @@ def test_the_first_scenario_of_a_process_is_read_without_building_the_validator(
 
 
 _OFFLOAD_AND_PIPELINE = ("simkit.cost.offload", "simkit.engine.offload", "simkit.engine.offload_fast",
-                         "simkit.engine.fast_offload", "simkit.engine.pipeline_fast")
+                         "simkit.engine.fast_offload", "simkit.engine.pipeline_fast",
+                         "simkit.cost.roofline")  # (the last: per-operator breakdowns only)
 
 
 def test_a_plain_run_imports_no_offload_or_pipeline_module_and_those_plans_still_run_the_same() -> None:
     """A plan that offloads nothing and has one pipeline stage imports none of the offloaded and
-    pipelined plans' modules, on any engine; an offloaded and a pipelined plan, run after it in
+    pipelined plans' modules (nor cost.roofline, for breakdowns), on any engine; an offloaded and a pipelined plan, run after it in
     the same process (which imports them where the plan is built), give the same summaries as in
     a process that imported them all first."""
     code = (
