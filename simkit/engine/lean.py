@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import heapq
 from array import array
-from bisect import insort
 from collections import deque
 from collections.abc import Generator
 from typing import TYPE_CHECKING
@@ -91,6 +90,7 @@ if TYPE_CHECKING:
 INF = float("inf")
 
 PREEMPTION = "a decode step short of KV blocks (preemption)"
+BEYOND = "a sequence joining with its first block boundary beyond a block past the allocated clock"
 
 ROUTERS = {"round_robin": False, "least_outstanding": True, "prefix_aware": True}
 """The routing policies the fused loop runs -> whether it picks the least outstanding replica
@@ -108,9 +108,10 @@ def fused_loop_reason(policy: str, routing: str) -> str | None:
     return None
 
 
-def _growth(upto: int, xa: int, n_active: int, cnt: list[int], pending: list[tuple[int, int]], bs: int) -> int:
+def _growth(upto: int, xa: int, n_active: int, cnt: list[int], pend: int, bs: int) -> int:
     """Blocks the decode set gains from clock ``xa`` (allocated up to) to ``upto``
-    (FastEngine._growth_to on the loop's state)."""
+    (FastEngine._growth_to on the loop's state: ``pend`` sequences whose first block boundary is
+    ``xa + bs``, the others counted by residue, see ``pend`` in :func:`_replica`)."""
     if upto <= xa:
         return 0
     L = upto - xa
@@ -121,20 +122,58 @@ def _growth(upto: int, xa: int, n_active: int, cnt: list[int], pending: list[tup
         lo = xa % bs
         hi = lo + r
         g += sum(cnt[lo:hi]) if hi <= bs else sum(cnt[lo:]) + sum(cnt[: hi - bs])
-    for n0, _ in pending:
-        if n0 >= upto:
-            break
-        g += -(-(upto - n0) // bs)
+    if pend and upto > xa + bs:
+        # FastEngine's pending requests: -(-(upto - n0) // bs) each, n0 = xa + bs below upto
+        g += pend * -(-(L - bs) // bs)
     return g
 
 
 def _dec_memo(cost: IterationModel, nb: int) -> tuple:
     """What the loop memoises per decode batch size: (IterationModel.decode_constants(nb) and
     fixed_step_time(nb), or None without the closed form; fixed_step_time(nb); whether the
-    attention's memory term is never below its compute term, :func:`_memory_bound`)."""
+    attention's memory term is never below its compute term, :func:`_memory_bound`; where it is
+    and the memory term has an integer form (:func:`_integral`), what a decode run's steps are
+    priced with then: ``(c1 + c3, 2.0 * kvh * d * kb, ratio, cb, ov, fixed)``, else None)."""
     c0 = cost.decode_constants(nb)
     fixed = cost.fixed_step_time(nb)
-    return (None if c0 is None else (*c0, fixed), fixed, c0 is not None and _memory_bound(c0))
+    if c0 is None:
+        return None, fixed, False, None
+    mb = _memory_bound(c0)
+    ik = _integral(c0) if mb else None
+    lin = None if ik is None else (*ik, c0[3], c0[8], c0[9], fixed)
+    return (*c0, fixed), fixed, mb, lin
+
+
+_EXACT = 9007199254740992.0
+"""2**53: every whole number below it is a float, and a sum or product of two such whole numbers
+with a result below it is exact."""
+
+
+def _integral(c: tuple) -> tuple[float, float] | None:
+    """``(c1 + c3, 2.0 * kvh * d * kb)`` when decode attention's memory term with the constants
+    ``c`` (IterationModel.decode_constants), ``(c1 + 2.0 * kv * kvh * d * kb + c3) * cb``, is a
+    sum of whole numbers for whole ``kv``: ``c1``, ``c3``, ``kvh``, ``d`` and ``kb`` whole,
+    non-negative and finite (and ``2.0 * kvh * d * kb`` below 2**53); else None.
+
+    Then, for a whole ``kv >= 0`` with ``U = c1 + c3 + kv * K`` (``K`` the second value) below
+    2**53, every intermediate of ``c1 + 2.0 * kv * kvh * d * kb + c3`` is a whole number from 0 to
+    ``U`` (each factor is 0 or at least 1, so a partial product is at most the whole product, or
+    0 from a zero factor on), hence exact, and the sum is ``U``; ``(c1 + c3) + kv * K`` is ``U``
+    too, and so is a running sum ``U0 + j * (fb * K)`` of such whole numbers below 2**53: the loop
+    keeps ``U`` for a decode run's steps and multiplies it by ``cb`` (the same float as the
+    original expression's parenthesis, then the same operations). The caller checks the run's
+    last ``U`` against 2**53 (rounding is monotone: a true value at or above 2**53 never rounds
+    below it, one below it is exact)."""
+    c1, c3 = c[1], c[2]
+    kvh, d, kb = c[4:7]
+    for v in (c1, c3, kvh, d, kb):
+        if not (0 <= v < _EXACT) or not float(v).is_integer():
+            return None
+    k = 2.0 * kvh * d * kb
+    c13 = c1 + c3
+    if not (k < _EXACT and c13 < _EXACT):
+        return None
+    return c13, k
 
 
 def _memory_bound(c: tuple) -> bool:
@@ -282,7 +321,17 @@ def _replica(
     long_heap: list[tuple[int, int]] = []
     cnt = [0] * bs
     n_active = 0
-    pending: list[tuple[int, int]] = []
+    pend = 0
+    """Sequences of the decode set whose first block boundary ``n0`` is ``Xa + bs`` (FastEngine's
+    ``_pending``, less those it holds with ``n0 < Xa + bs``: those are counted in ``cnt`` at once).
+    FastEngine counts a sequence by the residue ``n0 % bs`` from ``Xa >= n0`` on, and before that
+    adds ``-(-(upto - n0) // bs)`` (its boundaries in ``[n0, upto)``) to the growth up to ``upto``;
+    the residue's count is the boundaries ``x = n0 (mod bs)`` in ``[Xa, upto)``, the same ones
+    when ``n0 - bs < Xa`` (the first such ``x`` is ``n0`` itself), and ``Xa`` only grows. A
+    sequence joins with ``n0 - D`` in ``[1, bs]`` (its blocks hold its prompt and one token more)
+    and ``Xa >= D``, so only ``n0 = Xa + bs`` waits: for the first advance of ``Xa``, which moves
+    all of them (of one residue, ``Xa % bs``) into ``cnt``; a sequence is counted in ``cnt`` iff
+    ``n0 < Xa + bs``."""
     fresh: list[list] = []
     """[last-token time, count] of the requests that joined since the last decode step."""
     last_dec = 0.0
@@ -448,14 +497,12 @@ def _replica(
                     used += total
                     if used > peak:
                         peak = used
+                if pend:
+                    # Xa advances (from D): the sequences waiting at D + bs are counted
+                    cnt[Xa % bs] += pend
+                    n_active += pend
+                    pend = 0
                 Xa = D + 1
-                if pending and pending[0][0] <= Xa:
-                    kq = 0
-                    while kq < len(pending) and pending[kq][0] <= Xa:
-                        cnt[pending[kq][0] % bs] += 1
-                        kq += 1
-                    n_active += kq
-                    del pending[:kq]
                 if admit:
                     nblk = -(-(rem + 1) // bs)
                     if used > num_blocks - nblk - wm:
@@ -519,24 +566,25 @@ def _replica(
                     now = end
                 elif alone:
                     # the arrival process runs during the step (as below)
-                    first_wait = True
-                    while aw < end or (first_wait and aw == end):
-                        first_wait = False
-                        now = aw
-                        nxt = at[ak + 1]
-                        if not codes[ak]:
-                            waiting.append(ids[ak])
-                        ak += 1
-                        aw = INF
-                        while ak < n:
-                            dt = at[ak] - now
-                            if dt > 0:
-                                aw = now + dt
-                                break
+                    if aw <= end:
+                        while True:
+                            now = aw
                             nxt = at[ak + 1]
                             if not codes[ak]:
                                 waiting.append(ids[ak])
                             ak += 1
+                            aw = INF
+                            while ak < n:
+                                dt = at[ak] - now
+                                if dt > 0:
+                                    aw = now + dt
+                                    break
+                                nxt = at[ak + 1]
+                                if not codes[ak]:
+                                    waiting.append(ids[ak])
+                                ak += 1
+                            if not aw < end:
+                                break
                     peek = aw
                     now = end
                 else:
@@ -583,11 +631,11 @@ def _replica(
                         j = heappop(fin_heap)[1]
                         off, n0, nblk = info.pop(j)
                         sum_off -= off
-                        if n0 <= Xa:
+                        if n0 < Xa + bs:
                             cnt[n0 % bs] -= 1
                             n_active -= 1
                         else:
-                            pending.remove((n0, j))
+                            pend -= 1
                         x_ = Xa - n0
                         freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
                         finish[j] = now
@@ -608,11 +656,13 @@ def _replica(
                         sum_off += off
                         heappush(fin_heap, (D + out[i] - 1, i))
                         heappush(long_heap, (-off, i))
-                        if n0 <= Xa:
+                        if n0 < Xa + bs:
                             cnt[n0 % bs] += 1
                             n_active += 1
+                        elif n0 == Xa + bs:
+                            pend += 1
                         else:
-                            insort(pending, (n0, i))
+                            return BEYOND
                         if len(long_heap) > 2 * len(info) + 64:
                             long_heap[:] = [(-e[0], r) for r, e in info.items()]
                             heapq.heapify(long_heap)
@@ -632,7 +682,7 @@ def _replica(
                 continue  # (idle: as at the top)
         if fast:
             n_pq = 1  # (the chain's step)
-        elif chunked:
+        elif chunked and (prefilling or waiting):
             pre = []
             q = []
             # ChunkedPrefill._decide: the decode set, its next step's blocks reserved
@@ -641,10 +691,10 @@ def _replica(
             # same instant: the KV integral gains (now - now) * used = 0.0 from the second change)
             if nb and (prefilling or waiting):
                 free = num_blocks - used
-                if nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
+                if nb > free and _growth(D + 1, Xa, n_active, cnt, pend, bs) > free:
                     return PREEMPTION
                 upto = D + 1
-                total = cnt[Xa % bs] if upto == Xa + 1 else _growth(upto, Xa, n_active, cnt, pending, bs)
+                total = cnt[Xa % bs] if upto == Xa + 1 else _growth(upto, Xa, n_active, cnt, pend, bs)
                 if total:
                     area += (now - t_mark) * used
                     t_mark = now
@@ -653,14 +703,11 @@ def _replica(
                     if used > peak:
                         peak = used
                 if upto > Xa:
+                    if pend:
+                        cnt[Xa % bs] += pend
+                        n_active += pend
+                        pend = 0
                     Xa = upto
-                    if pending and pending[0][0] <= upto:
-                        kq = 0
-                        while kq < len(pending) and pending[kq][0] <= upto:
-                            cnt[pending[kq][0] % bs] += 1
-                            kq += 1
-                        n_active += kq
-                        del pending[:kq]
             budget = chunk_budget - nb
             for i in prefilling:
                 if budget <= 0:
@@ -724,7 +771,7 @@ def _replica(
             if pre:
                 nb = 0  # a prefill step decodes nothing: decodes run only when nothing is admitted
         else:
-            pre = q = []  # (continuous batching with nothing to admit)
+            pre = q = ()  # (nothing to admit or chunk)
 
         start = now
         if fast:
@@ -851,30 +898,33 @@ def _replica(
                     stage_comm += comm_time(ntok + nb)
         elif nb:
             # ---- a decode run of the whole decode set (FastEngine.decode_ready, _decode_begin) --
-            free = num_blocks - used
-            if nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
-                return PREEMPTION
             # the first to finish (no stale entries: a request leaves the heap when it finishes,
             # and never joins the decode set again without a preemption)
             s = fin_heap[0][0] - D
+            free = num_blocks - used
+            # the run's blocks: a bound first (at most one block per sequence and bs steps, and
+            # s >= 1, so that a first step short of blocks, nb > free, is within it)
+            if nb * (s // bs + 1) > free:
+                if nb > free and _growth(D + 1, Xa, n_active, cnt, pend, bs) > free:
+                    return PREEMPTION
+                if _growth(D + s, Xa, n_active, cnt, pend, bs) > free:
+                    lo, hi = 1, s
+                    while lo < hi:
+                        mid = (lo + hi + 1) // 2
+                        if _growth(D + mid, Xa, n_active, cnt, pend, bs) <= free:
+                            lo = mid
+                        else:
+                            hi = mid - 1
+                    s = lo
             neg, i = long_heap[0]
             while i not in info:
                 heappop(long_heap)
                 neg, i = long_heap[0]
             longest = D - neg
-            if nb * (s // bs + 1) > free and _growth(D + s, Xa, n_active, cnt, pending, bs) > free:
-                lo, hi = 1, s
-                while lo < hi:
-                    mid = (lo + hi + 1) // 2
-                    if _growth(D + mid, Xa, n_active, cnt, pending, bs) <= free:
-                        lo = mid
-                    else:
-                        hi = mid - 1
-                s = lo
             try:
-                consts, fixed_step, mem_bound = dec_memo[nb]
+                consts, fixed_step, mem_bound, lin = dec_memo[nb]
             except KeyError:
-                consts, fixed_step, mem_bound = dec_memo[nb] = _dec_memo(cost, nb)
+                consts, fixed_step, mem_bound, lin = dec_memo[nb] = _dec_memo(cost, nb)
             ta = nxt - now
             kv0 = float(sum_off + nb * D)
             fb = float(nb)
@@ -882,13 +932,26 @@ def _replica(
                 # IterationModel.decode_step_times, inlined (the same operations in the same order),
                 # ending at the step that reaches the next arrival (each step takes at least
                 # fixed_step, so the bound the array form below takes from it never binds here)
-                f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov, fixed, _ = consts
                 base = kv0 + nb
-                lo_ = longest + 1.0
                 times: list[float] = []
                 add_time = times.append
                 acc = 0.0
-                if mem_bound and (ratio is None or (lo_ + (s - 1)) * ratio <= base):
+                if (lin is not None and (lin[2] is None or (longest + 1.0 + (s - 1)) * lin[2] <= base)
+                        and lin[0] + (base + fb * (s - 1)) * lin[1] < _EXACT):  # fmt: skip
+                    # as the first form below (the memory term never below the compute term, the
+                    # floor never binding), with the memory term's parenthesis as a running sum
+                    # of whole numbers below 2**53 (_integral): the same float at every step
+                    c13, k, _, cb, ov, fixed = lin
+                    u = c13 + base * k
+                    du = fb * k
+                    for _ in range(s):
+                        x = fixed + (u * cb + ov) * layers
+                        acc += x
+                        add_time(x)
+                        if acc >= ta:
+                            break
+                        u += du
+                elif mem_bound and ((ratio := consts[3]) is None or (longest + 1.0 + (s - 1)) * ratio <= base):
                     # the same steps where neither max changes the value: the longest context's
                     # floor ``y`` never exceeds ``kv`` (y grows with j, and its last value is at
                     # most the first kv, kv only growing) and the memory term ``b`` is never below
@@ -896,6 +959,7 @@ def _replica(
                     # ``b if b > a else a`` is ``b``: neither ``y`` nor ``a`` is computed; ``kv``
                     # (``base + fb * j`` there) is kept as a running sum, the same value: whole
                     # numbers of tokens, far below 2**53, are added exactly in floats
+                    f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov, fixed, _ = consts
                     kv = base
                     for _ in range(s):
                         x = fixed + ((c1 + 2.0 * kv * kvh * d * kb + c3) * cb + ov) * layers
@@ -904,29 +968,32 @@ def _replica(
                         if acc >= ta:
                             break
                         kv += fb
-                elif ratio is not None:
-                    for j in range(s):
-                        kv = base + fb * j
-                        y = (lo_ + j) * ratio
-                        if y > kv:
-                            kv = y
-                        a = f4 * kv * cf
-                        b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb
-                        x = fixed + ((b if b > a else a) + ov) * layers
-                        acc += x
-                        add_time(x)
-                        if acc >= ta:
-                            break
                 else:
-                    for j in range(s):
-                        kv = base + fb * j
-                        a = f4 * kv * cf
-                        b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb
-                        x = fixed + ((b if b > a else a) + ov) * layers
-                        acc += x
-                        add_time(x)
-                        if acc >= ta:
-                            break
+                    f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov, fixed, _ = consts
+                    if ratio is not None:
+                        lo_ = longest + 1.0
+                        for j in range(s):
+                            kv = base + fb * j
+                            y = (lo_ + j) * ratio
+                            if y > kv:
+                                kv = y
+                            a = f4 * kv * cf
+                            b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb
+                            x = fixed + ((b if b > a else a) + ov) * layers
+                            acc += x
+                            add_time(x)
+                            if acc >= ta:
+                                break
+                    else:
+                        for j in range(s):
+                            kv = base + fb * j
+                            a = f4 * kv * cf
+                            b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb
+                            x = fixed + ((b if b > a else a) + ov) * layers
+                            acc += x
+                            add_time(x)
+                            if acc >= ta:
+                                break
                 s = len(times)
                 dur = acc
             else:
@@ -954,16 +1021,16 @@ def _replica(
             upto = D + s
             if upto > Xa:
                 # FastEngine._alloc_to: _growth(upto), inline where the run is shorter than a block
-                # and no sequence's first boundary is below it (then the residues' counts alone)
+                # (then the residues' counts alone: the sequences waiting at Xa + bs gain nothing)
                 span = upto - Xa
                 if span == 1:
                     total = cnt[Xa % bs]
-                elif span < bs and not (pending and pending[0][0] < upto):
+                elif span < bs:
                     lo = Xa % bs
                     hi = lo + span
                     total = sum(cnt[lo:hi]) if hi <= bs else sum(cnt[lo:]) + sum(cnt[: hi - bs])
                 else:
-                    total = _growth(upto, Xa, n_active, cnt, pending, bs)
+                    total = _growth(upto, Xa, n_active, cnt, pend, bs)
                 if total:
                     area += (now - t_mark) * used
                     t_mark = now
@@ -971,14 +1038,11 @@ def _replica(
                     used += total
                     if used > peak:
                         peak = used
+                if pend:
+                    cnt[Xa % bs] += pend
+                    n_active += pend
+                    pend = 0
                 Xa = upto
-                if pending and pending[0][0] <= upto:
-                    kq = 0
-                    while kq < len(pending) and pending[kq][0] <= upto:
-                        cnt[pending[kq][0] % bs] += 1
-                        kq += 1
-                    n_active += kq
-                    del pending[:kq]
             if longest + s > mc_dec:
                 mc_dec = longest + s
             if tp > 1:
@@ -999,24 +1063,26 @@ def _replica(
         elif alone:
             # the arrival process runs during the step: its pending wake comes first even at an
             # equal time (scheduled before the step's end), later ones only when strictly earlier
-            first_wait = True
-            while aw < end or (first_wait and aw == end):
-                first_wait = False
-                now = aw
-                nxt = at[ak + 1]
-                if not codes[ak]:
-                    waiting.append(ids[ak])
-                ak += 1
-                aw = INF
-                while ak < n:
-                    dt = at[ak] - now
-                    if dt > 0:
-                        aw = now + dt
-                        break
+            # (the first wake at or before the end, then each one strictly before it)
+            if aw <= end:
+                while True:
+                    now = aw
                     nxt = at[ak + 1]
                     if not codes[ak]:
                         waiting.append(ids[ak])
                     ak += 1
+                    aw = INF
+                    while ak < n:
+                        dt = at[ak] - now
+                        if dt > 0:
+                            aw = now + dt
+                            break
+                        nxt = at[ak + 1]
+                        if not codes[ak]:
+                            waiting.append(ids[ak])
+                        ak += 1
+                    if not aw < end:
+                        break
             peek = aw
             now = end
         else:
@@ -1086,11 +1152,11 @@ def _replica(
                     i = heappop(fin_heap)[1]
                     off, n0, nblk = info.pop(i)
                     sum_off -= off
-                    if n0 <= Xa:
+                    if n0 < Xa + bs:
                         cnt[n0 % bs] -= 1
                         n_active -= 1
                     else:
-                        pending.remove((n0, i))
+                        pend -= 1
                     x_ = Xa - n0
                     freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
                     finish[i] = now
@@ -1110,11 +1176,13 @@ def _replica(
                 sum_off += off
                 heappush(fin_heap, (D + out[i] - 1, i))
                 heappush(long_heap, (-off, i))
-                if n0 <= Xa:
+                if n0 < Xa + bs:
                     cnt[n0 % bs] += 1
                     n_active += 1
+                elif n0 == Xa + bs:
+                    pend += 1
                 else:
-                    insort(pending, (n0, i))
+                    return BEYOND
                 joined += 1
             if joined:
                 if len(long_heap) > 2 * len(info) + 64:
@@ -1192,11 +1260,11 @@ def _replica(
                 i = heappop(fin_heap)[1]
                 off, n0, nblk = info.pop(i)
                 sum_off -= off
-                if n0 <= Xa:
+                if n0 < Xa + bs:
                     cnt[n0 % bs] -= 1
                     n_active -= 1
                 else:
-                    pending.remove((n0, i))
+                    pend -= 1
                 x_ = Xa - n0
                 freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
                 finish[i] = now
