@@ -317,7 +317,13 @@ def _replica(
     info: dict[int, tuple[int, int, int]] = {}
     """request -> (offset, n0, blocks at join)."""
     sum_off = 0
-    fin_heap: list[tuple[int, int]] = []
+    fin_heap: list[int] = []
+    fin_at: dict[int, list[int]] = {}
+    """The decode set's finishing clocks, each once (a heap of ints: FastEngine's heap of
+    (clock, request) pairs without the pairs' comparisons), and each one's requests in the order
+    they joined; the requests finishing at one clock are handled in that order instead of by
+    request index: each adds integers to the step's sums and writes its own row, so the order
+    changes no value."""
     long_heap: list[tuple[int, int]] = []
     cnt = [0] * bs
     n_active = 0
@@ -395,7 +401,7 @@ def _replica(
                     aw = INF
                     while ak < n:
                         dt = at[ak] - now
-                        if dt > 0:
+                        if dt > 0.0:
                             aw = now + dt
                             break
                         nxt = at[ak + 1]
@@ -576,7 +582,7 @@ def _replica(
                             aw = INF
                             while ak < n:
                                 dt = at[ak] - now
-                                if dt > 0:
+                                if dt > 0.0:
                                     aw = now + dt
                                     break
                                 nxt = at[ak + 1]
@@ -620,26 +626,26 @@ def _replica(
                     fresh = []
                 D += 1
                 last_dec = now
-                cont = fin_heap[0][0] > D and not done1
+                cont = fin_heap[0] > D and not done1
                 if cont:
                     continue
                 n_fin = 0
-                if fin_heap[0][0] <= D:
+                if fin_heap[0] <= D:
                     # FastEngine._pop_finished
                     freed = 0
-                    while fin_heap and fin_heap[0][0] <= D:
-                        j = heappop(fin_heap)[1]
-                        off, n0, nblk = info.pop(j)
-                        sum_off -= off
-                        if n0 < Xa + bs:
-                            cnt[n0 % bs] -= 1
-                            n_active -= 1
-                        else:
-                            pend -= 1
-                        x_ = Xa - n0
-                        freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
-                        finish[j] = now
-                        n_fin += 1
+                    while fin_heap and fin_heap[0] <= D:
+                        for j in fin_at.pop(heappop(fin_heap)):
+                            off, n0, nblk = info.pop(j)
+                            sum_off -= off
+                            if n0 < Xa + bs:
+                                cnt[n0 % bs] -= 1
+                                n_active -= 1
+                            else:
+                                pend -= 1
+                            x_ = Xa - n0
+                            freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
+                            finish[j] = now
+                            n_fin += 1
                 if done1:
                     if out[i] <= 1:
                         finish[i] = now
@@ -654,7 +660,12 @@ def _replica(
                         n0 = nblk * bs - off
                         info[i] = (off, n0, nblk)
                         sum_off += off
-                        heappush(fin_heap, (D + out[i] - 1, i))
+                        c = D + out[i] - 1
+                        if c in fin_at:
+                            fin_at[c].append(i)
+                        else:
+                            fin_at[c] = [i]
+                            heappush(fin_heap, c)
                         heappush(long_heap, (-off, i))
                         if n0 < Xa + bs:
                             cnt[n0 % bs] += 1
@@ -900,7 +911,7 @@ def _replica(
             # ---- a decode run of the whole decode set (FastEngine.decode_ready, _decode_begin) --
             # the first to finish (no stale entries: a request leaves the heap when it finishes,
             # and never joins the decode set again without a preemption)
-            s = fin_heap[0][0] - D
+            s = fin_heap[0] - D
             free = num_blocks - used
             # the run's blocks: a bound first (at most one block per sequence and bs steps, and
             # s >= 1, so that a first step short of blocks, nb > free, is within it)
@@ -1074,7 +1085,7 @@ def _replica(
                     aw = INF
                     while ak < n:
                         dt = at[ak] - now
-                        if dt > 0:
+                        if dt > 0.0:
                             aw = now + dt
                             break
                         nxt = at[ak + 1]
@@ -1148,19 +1159,19 @@ def _replica(
                 D += 1
                 last_dec = now
                 # FastEngine._pop_finished
-                while fin_heap and fin_heap[0][0] <= D:
-                    i = heappop(fin_heap)[1]
-                    off, n0, nblk = info.pop(i)
-                    sum_off -= off
-                    if n0 < Xa + bs:
-                        cnt[n0 % bs] -= 1
-                        n_active -= 1
-                    else:
-                        pend -= 1
-                    x_ = Xa - n0
-                    freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
-                    finish[i] = now
-                    n_fin += 1
+                while fin_heap and fin_heap[0] <= D:
+                    for i in fin_at.pop(heappop(fin_heap)):
+                        off, n0, nblk = info.pop(i)
+                        sum_off -= off
+                        if n0 < Xa + bs:
+                            cnt[n0 % bs] -= 1
+                            n_active -= 1
+                        else:
+                            pend -= 1
+                        x_ = Xa - n0
+                        freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
+                        finish[i] = now
+                        n_fin += 1
             joined = 0
             for i in done_pre:
                 if out[i] <= 1:
@@ -1174,7 +1185,12 @@ def _replica(
                 n0 = nblk * bs - off
                 info[i] = (off, n0, nblk)
                 sum_off += off
-                heappush(fin_heap, (D + out[i] - 1, i))
+                c = D + out[i] - 1
+                if c in fin_at:
+                    fin_at[c].append(i)
+                else:
+                    fin_at[c] = [i]
+                    heappush(fin_heap, c)
                 heappush(long_heap, (-off, i))
                 if n0 < Xa + bs:
                     cnt[n0 % bs] += 1
@@ -1252,23 +1268,23 @@ def _replica(
                     wts.extend([fb] * m)
         D += s
         last_dec = now
-        if fin_heap[0][0] <= D:
+        if fin_heap[0] <= D:
             # FastEngine._pop_finished, then _finish (blocks released in one call)
             n_fin = 0
             freed = 0
-            while fin_heap and fin_heap[0][0] <= D:
-                i = heappop(fin_heap)[1]
-                off, n0, nblk = info.pop(i)
-                sum_off -= off
-                if n0 < Xa + bs:
-                    cnt[n0 % bs] -= 1
-                    n_active -= 1
-                else:
-                    pend -= 1
-                x_ = Xa - n0
-                freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
-                finish[i] = now
-                n_fin += 1
+            while fin_heap and fin_heap[0] <= D:
+                for i in fin_at.pop(heappop(fin_heap)):
+                    off, n0, nblk = info.pop(i)
+                    sum_off -= off
+                    if n0 < Xa + bs:
+                        cnt[n0 % bs] -= 1
+                        n_active -= 1
+                    else:
+                        pend -= 1
+                    x_ = Xa - n0
+                    freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
+                    finish[i] = now
+                    n_fin += 1
             nrun -= n_fin
             outst[ri] -= n_fin
             area += (now - t_mark) * used
@@ -1421,7 +1437,7 @@ def run_fused(engines: list[FastEngine], cluster: Cluster) -> str | None:
         while ak < n:
             if not first:
                 dt = at[ak] - now
-                if dt > 0:
+                if dt > 0.0:
                     ticket += 1
                     aw = now + dt
                     a_ticket = ticket
