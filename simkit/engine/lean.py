@@ -133,15 +133,16 @@ def _dec_memo(cost: IterationModel, nb: int) -> tuple:
     fixed_step_time(nb), or None without the closed form; fixed_step_time(nb); whether the
     attention's memory term is never below its compute term, :func:`_memory_bound`; where it is
     and the memory term has an integer form (:func:`_integral`), what a decode run's steps are
-    priced with then: ``(c1 + c3, 2.0 * kvh * d * kb, ratio, cb, ov, fixed)``, else None)."""
+    priced with then: ``(c1 + c3, 2.0 * kvh * d * kb, ratio, cb, ov, fixed)``, else None;
+    float(nb))."""
     c0 = cost.decode_constants(nb)
     fixed = cost.fixed_step_time(nb)
     if c0 is None:
-        return None, fixed, False, None
+        return None, fixed, False, None, float(nb)
     mb = _memory_bound(c0)
     ik = _integral(c0) if mb else None
     lin = None if ik is None else (*ik, c0[3], c0[8], c0[9], fixed)
-    return (*c0, fixed), fixed, mb, lin
+    return (*c0, fixed), fixed, mb, lin, float(nb)
 
 
 _EXACT = 9007199254740992.0
@@ -933,17 +934,17 @@ def _replica(
                 neg, i = long_heap[0]
             longest = D - neg
             try:
-                consts, fixed_step, mem_bound, lin = dec_memo[nb]
+                consts, fixed_step, mem_bound, lin, fb = dec_memo[nb]
             except KeyError:
-                consts, fixed_step, mem_bound, lin = dec_memo[nb] = _dec_memo(cost, nb)
+                consts, fixed_step, mem_bound, lin, fb = dec_memo[nb] = _dec_memo(cost, nb)
             ta = nxt - now
-            kv0 = float(sum_off + nb * D)
-            fb = float(nb)
             if consts is not None:
                 # IterationModel.decode_step_times, inlined (the same operations in the same order),
                 # ending at the step that reaches the next arrival (each step takes at least
-                # fixed_step, so the bound the array form below takes from it never binds here)
-                base = kv0 + nb
+                # fixed_step, so the bound the array form below takes from it never binds here);
+                # its ``kv0 + batch``, kv0 = float(sum_off + nb * D), is the float of the integer
+                # sum (whole numbers below 2**53 add exactly)
+                base = float(sum_off + nb * (D + 1))
                 times: list[float] = []
                 add_time = times.append
                 acc = 0.0
@@ -1016,7 +1017,7 @@ def _replica(
                         cut = 1
                     if cut < s:
                         s = cut
-                times_a = decode_steps(nb, kv0, s, float(longest))
+                times_a = decode_steps(nb, float(sum_off + nb * D), s, float(longest))
                 if s == 1:
                     dur = float(times_a[0])
                 else:
@@ -1038,8 +1039,13 @@ def _replica(
                     total = cnt[Xa % bs]
                 elif span < bs:
                     lo = Xa % bs
-                    hi = lo + span
-                    total = sum(cnt[lo:hi]) if hi <= bs else sum(cnt[lo:]) + sum(cnt[: hi - bs])
+                    if span == 2:
+                        # the residues lo and lo + 1 (mod bs, bs > 2): the index lo + 1 - bs is
+                        # lo + 1 or, for the last residue, 0 (a negative index counts from the end)
+                        total = cnt[lo] + cnt[lo + 1 - bs]
+                    else:
+                        hi = lo + span
+                        total = sum(cnt[lo:hi]) if hi <= bs else sum(cnt[lo:]) + sum(cnt[: hi - bs])
                 else:
                     total = _growth(upto, Xa, n_active, cnt, pend, bs)
                 if total:
