@@ -444,6 +444,7 @@ def _replica(
             # set's blocks already reserved here, the decision's reservation adds none)
             f4p, heads, kvh, d, ab, kb, cf, cb, ov = pre_c
             body, head = cost.scalar_tables
+            n_body, n_head = len(body), len(head)  # (the chain computes no step that grows them)
             nb_q = q_tok = 0
             cont = False
             """The step is the same prompt's next chunk unless it ends the prompt (the last step
@@ -473,7 +474,7 @@ def _replica(
                     if ntok == 1 and c0:
                         break
                     memo = dec_memo.get(nb)
-                    if memo is None or memo[0] is None or len(body) <= ntok + nb or len(head) <= nb + 1:
+                    if memo is None or memo[0] is None or n_body <= ntok + nb or n_head <= nb + 1:
                         break  # (below: the memo made, the tables grown, or no closed form)
                     consts = memo[0]
                     neg, j = long_heap[0]
@@ -538,7 +539,7 @@ def _replica(
                     f4, c1, c3, ratio, kvh_, d_, kb_, cf_, cb_, ov_, _, _ = consts
                     mb = memo[2]  # (the memo of this nb: a new size comes with a new decision)
                     host = host_fixed + host_seq * (1 + nb)
-                    fb = float(nb)
+                    fb = memo[4]  # float(nb)
                 if ntok != q_tok:
                     # what depends on the chunk alone (the same products, in the same order)
                     q_tok = ntok
@@ -599,7 +600,8 @@ def _replica(
                     pre = [i]
                     break
                 busy += dur
-                busy_gpu += dur * gpus
+                if gpus != 1.0:
+                    busy_gpu += dur * gpus
                 # FastEngine._mixed_end
                 if log_on:
                     add_row((index, start, now, 1, ntok, nb, 1 + nb, used))
@@ -1109,7 +1111,8 @@ def _replica(
             vals = hist._vals
             wts = hist._wts
         busy += dur
-        busy_gpu += dur * gpus
+        if gpus != 1.0:
+            busy_gpu += dur * gpus
 
         if pre:
             # ---- FastEngine._mixed_end -------------------------------------------------------------
@@ -1305,7 +1308,8 @@ def _replica(
         area, t_mark = np.float64(area), np.float64(t_mark)
     kvm.used, kvm.peak, kvm._area, kvm._t = used, peak, area, t_mark
     engine.busy_time += busy
-    engine.busy_gpu_s += busy_gpu
+    # one GPU: dur * 1.0 is dur, so the sum of them is busy's (the same additions in the same order)
+    engine.busy_gpu_s += busy if gpus == 1.0 else busy_gpu
     engine.stage_busy[0] += busy
     engine.stage_comm[0] += stage_comm
     mc = engine.max_context
