@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from simkit.cost.efficiency import DatasheetEfficiency
 from simkit.cost.iteration import IterationModel
 from simkit.cost.ops import Precision
-from simkit.engine.lean import _EXACT, _dec_memo, _growth, _integral
+from simkit.engine.lean import _EXACT, _dec_memo, _growth, _integral, _kv_max
 from simkit.scenario import scenario_from_dict
 from tests.conftest import native_trace_workload, uniform_workload
 from tests.test_lean import FUSED, _data, fast_path_of, run_three
@@ -53,9 +53,9 @@ def _consts(c1: float, c3: float, kvh: float, d: float, kb: float) -> tuple:
     cb=st.floats(1e-15, 1e-6),
 )
 def test_integral_form_is_the_expression(c1, c3, kvh, d, kb, base, nb, steps, cb):
-    """Where the loop takes the integer form (``_integral`` gives it and the run's last sum is
-    below 2**53), every step's memory term is the bits of the expression it replaces; where the last
-    sum is not below 2**53 the loop keeps the expression (nothing to compare)."""
+    """Where the loop takes the integer form (``_integral`` gives it and the run's last attended
+    tokens are at most ``_kv_max``), every step's memory term is the bits of the expression it
+    replaces; past that bound the loop keeps the expression (nothing to compare)."""
     c = _consts(float(c1), float(c3), float(kvh), float(d), float(kb))
     lin = _integral(c)
     if c1 + c3 >= 2**53:
@@ -65,8 +65,12 @@ def test_integral_form_is_the_expression(c1, c3, kvh, d, kb, base, nb, steps, cb
     c13, k = lin
     fb = float(nb)
     b0 = float(base + nb)
-    if not c13 + (b0 + fb * (steps - 1)) * k < _EXACT:
-        return  # (the loop's guard: the expression below, as before)
+    kv_max = _kv_max(c13, k)
+    # the bound is the largest whole kv whose sum is below 2**53 (in integers)
+    assert kv_max == float("inf") if k == 0 else (int(c13) + int(kv_max) * int(k) < 2**53
+                                                  <= int(c13) + (int(kv_max) + 1) * int(k))  # fmt: skip
+    if not b0 + fb * (steps - 1) <= kv_max:
+        return  # (the loop's guard: the expression, as before)
     u = c13 + b0 * k
     du = fb * k
     kv = b0
@@ -84,6 +88,7 @@ def test_the_guard_at_2_53_is_needed():
     c13, k = _integral(_consts(c1, c3, kvh, d, kb))
     assert c1 + 2.0 * kv * kvh * d * kb + c3 != c13 + kv * k
     assert not c13 + kv * k < _EXACT
+    assert kv > _kv_max(c13, k)
 
 
 @pytest.mark.parametrize("bad", [0.5, 0.53125, -1.0, float("inf"), float("nan"), 2.0**53, 1e300])

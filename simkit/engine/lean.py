@@ -133,21 +133,31 @@ def _dec_memo(cost: IterationModel, nb: int) -> tuple:
     fixed_step_time(nb), or None without the closed form; fixed_step_time(nb); whether the
     attention's memory term is never below its compute term, :func:`_memory_bound`; where it is
     and the memory term has an integer form (:func:`_integral`), what a decode run's steps are
-    priced with then: ``(c1 + c3, 2.0 * kvh * d * kb, ratio, cb, ov, fixed)``, else None;
-    float(nb))."""
+    priced with then: ``(c1 + c3, K = 2.0 * kvh * d * kb, ratio, cb, ov, fixed, float(nb) * K, the
+    most attended tokens kv with c1 + c3 + kv * K below 2**53)``, else None; float(nb))."""
     c0 = cost.decode_constants(nb)
     fixed = cost.fixed_step_time(nb)
     if c0 is None:
         return None, fixed, False, None, float(nb)
     mb = _memory_bound(c0)
     ik = _integral(c0) if mb else None
-    lin = None if ik is None else (*ik, c0[3], c0[8], c0[9], fixed)
+    if ik is None:
+        lin = None
+    else:
+        c13, k = ik
+        lin = (c13, k, c0[3], c0[8], c0[9], fixed, float(nb) * k, _kv_max(c13, k))
     return (*c0, fixed), fixed, mb, lin, float(nb)
 
 
 _EXACT = 9007199254740992.0
 """2**53: every whole number below it is a float, and a sum or product of two such whole numbers
 with a result below it is exact."""
+
+
+def _kv_max(c13: float, k: float) -> float:
+    """The most attended tokens ``kv`` (whole) with ``c13 + kv * k`` below 2**53, for the whole
+    numbers :func:`_integral` returns (computed in integers: exact); inf where ``k`` is 0."""
+    return INF if k == 0.0 else float((2**53 - 1 - int(c13)) // int(k))
 
 
 def _integral(c: tuple) -> tuple[float, float] | None:
@@ -350,6 +360,9 @@ def _replica(
     """batch -> (IterationModel.decode_constants(batch) and fixed_step_time(batch), or None
     without the closed form; fixed_step_time(batch))."""
     prefilling: list[int] = []
+    fast = False
+    """A chunk chain decided and priced the step (it ends below as any step); set only there, and
+    reset where the step reads it last (so false at every decision without a write per step)."""
     """Admitted requests whose prompt is not all prefilled (chunked), in admission order."""
 
     heappush, heappop = heapq.heappush, heapq.heappop
@@ -429,8 +442,6 @@ def _replica(
 
         # ---- the policy's decision -------------------------------------------------------------
         nb = len(info)
-        fast = False
-        """A chunk chain decided and priced the step (it ends below as any step)."""
         if chunked and nb and (prefilling or waiting) and pre_c is not None:
             # ---- a chunk chain: while the step is the first admitted prompt's chunk alone with the
             # decode set (it takes the whole budget, or completes with nothing else to chunk and
@@ -636,7 +647,7 @@ def _replica(
                 if fin_heap[0] <= D:
                     # FastEngine._pop_finished
                     freed = 0
-                    while fin_heap and fin_heap[0] <= D:
+                    while True:
                         for j in fin_at.pop(heappop(fin_heap)):
                             off, n0, nblk = info.pop(j)
                             sum_off -= off
@@ -649,6 +660,8 @@ def _replica(
                             freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
                             finish[j] = now
                             n_fin += 1
+                        if not (fin_heap and fin_heap[0] <= D):
+                            break
                 if done1:
                     if out[i] <= 1:
                         finish[i] = now
@@ -789,7 +802,7 @@ def _replica(
 
         start = now
         if fast:
-            pass  # (priced by the chain)
+            fast = False  # (priced by the chain; reset where it is read last)
         elif pre:
             # ---- a step of prefill chunks (and, chunked, one decode step): FastEngine._mixed_begin
             n_pq = len(pre)
@@ -951,13 +964,14 @@ def _replica(
                 add_time = times.append
                 acc = 0.0
                 if (lin is not None and (lin[2] is None or (longest + 1.0 + (s - 1)) * lin[2] <= base)
-                        and lin[0] + (base + fb * (s - 1)) * lin[1] < _EXACT):  # fmt: skip
+                        and base + fb * (s - 1) <= lin[7]):  # fmt: skip
                     # as the first form below (the memory term never below the compute term, the
                     # floor never binding), with the memory term's parenthesis as a running sum
-                    # of whole numbers below 2**53 (_integral): the same float at every step
-                    c13, k, _, cb, ov, fixed = lin
+                    # of whole numbers below 2**53 (_integral; the run's last attended tokens are at
+                    # most the memo's bound, whole numbers below 2**53 computed exactly): the same
+                    # float at every step
+                    c13, k, _, cb, ov, fixed, du, _ = lin
                     u = c13 + base * k
-                    du = fb * k
                     for _ in range(s):
                         x = fixed + (u * cb + ov) * layers
                         acc += x
@@ -1118,7 +1132,9 @@ def _replica(
             # ---- FastEngine._mixed_end -------------------------------------------------------------
             if log_on:
                 add_row((index, start, now, 1, ntok, nb, n_pq + nb, used))
-            if chunked and n_pq == 1:
+            if not chunked:
+                done_pre = pre
+            elif n_pq == 1:
                 i = pre[0]
                 kvp[i] = top
                 if done1:
@@ -1126,7 +1142,7 @@ def _replica(
                     prefilling.remove(i)  # (the reference keeps the others in order)
                 else:
                     done_pre = []
-            elif chunked:
+            else:
                 done_pre = []
                 for kk in range(n_pq):
                     i = pre[kk]
@@ -1139,10 +1155,8 @@ def _replica(
                     # has tokens left: a prompt leaves it when complete), then the admitted ones
                     # (appended to it): the completed prompts are its first len(done_pre)
                     del prefilling[: len(done_pre)]
-            else:
-                done_pre = pre
-            for i in done_pre:
-                first_tok[i] = now
+            # (their first-token times are written in the loop that joins them, below: no value
+            # in between reads them)
             n_fin = 0
             freed = 0
             if nb:
@@ -1183,6 +1197,7 @@ def _replica(
                         n_fin += 1
             joined = 0
             for i in done_pre:
+                first_tok[i] = now
                 if out[i] <= 1:
                     finish[i] = now
                     freed += blocks_at_admit[i]
@@ -1281,7 +1296,7 @@ def _replica(
             # FastEngine._pop_finished, then _finish (blocks released in one call)
             n_fin = 0
             freed = 0
-            while fin_heap and fin_heap[0] <= D:
+            while True:
                 for i in fin_at.pop(heappop(fin_heap)):
                     off, n0, nblk = info.pop(i)
                     sum_off -= off
@@ -1294,6 +1309,8 @@ def _replica(
                     freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
                     finish[i] = now
                     n_fin += 1
+                if not (fin_heap and fin_heap[0] <= D):
+                    break
             nrun -= n_fin
             outst[ri] -= n_fin
             area += (now - t_mark) * used
