@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import heapq
 from array import array
-from bisect import insort
 from collections import deque
 from collections.abc import Generator
 from typing import TYPE_CHECKING
@@ -91,6 +90,7 @@ if TYPE_CHECKING:
 INF = float("inf")
 
 PREEMPTION = "a decode step short of KV blocks (preemption)"
+BEYOND = "a sequence joining with its first block boundary beyond a block past the allocated clock"
 
 ROUTERS = {"round_robin": False, "least_outstanding": True, "prefix_aware": True}
 """The routing policies the fused loop runs -> whether it picks the least outstanding replica
@@ -108,9 +108,10 @@ def fused_loop_reason(policy: str, routing: str) -> str | None:
     return None
 
 
-def _growth(upto: int, xa: int, n_active: int, cnt: list[int], pending: list[tuple[int, int]], bs: int) -> int:
+def _growth(upto: int, xa: int, n_active: int, cnt: list[int], pend: int, bs: int) -> int:
     """Blocks the decode set gains from clock ``xa`` (allocated up to) to ``upto``
-    (FastEngine._growth_to on the loop's state)."""
+    (FastEngine._growth_to on the loop's state: ``pend`` sequences whose first block boundary is
+    ``xa + bs``, the others counted by residue, see ``pend`` in :func:`_replica`)."""
     if upto <= xa:
         return 0
     L = upto - xa
@@ -121,20 +122,69 @@ def _growth(upto: int, xa: int, n_active: int, cnt: list[int], pending: list[tup
         lo = xa % bs
         hi = lo + r
         g += sum(cnt[lo:hi]) if hi <= bs else sum(cnt[lo:]) + sum(cnt[: hi - bs])
-    for n0, _ in pending:
-        if n0 >= upto:
-            break
-        g += -(-(upto - n0) // bs)
+    if pend and upto > xa + bs:
+        # FastEngine's pending requests: -(-(upto - n0) // bs) each, n0 = xa + bs below upto
+        g += pend * -(-(L - bs) // bs)
     return g
 
 
 def _dec_memo(cost: IterationModel, nb: int) -> tuple:
     """What the loop memoises per decode batch size: (IterationModel.decode_constants(nb) and
     fixed_step_time(nb), or None without the closed form; fixed_step_time(nb); whether the
-    attention's memory term is never below its compute term, :func:`_memory_bound`)."""
+    attention's memory term is never below its compute term, :func:`_memory_bound`; where it is
+    and the memory term has an integer form (:func:`_integral`), what a decode run's steps are
+    priced with then: ``(c1 + c3, K = 2.0 * kvh * d * kb, ratio, cb, ov, fixed, float(nb) * K, the
+    most attended tokens kv with c1 + c3 + kv * K below 2**53)``, else None; float(nb))."""
     c0 = cost.decode_constants(nb)
     fixed = cost.fixed_step_time(nb)
-    return (None if c0 is None else (*c0, fixed), fixed, c0 is not None and _memory_bound(c0))
+    if c0 is None:
+        return None, fixed, False, None, float(nb)
+    mb = _memory_bound(c0)
+    ik = _integral(c0) if mb else None
+    if ik is None:
+        lin = None
+    else:
+        c13, k = ik
+        lin = (c13, k, c0[3], c0[8], c0[9], fixed, float(nb) * k, _kv_max(c13, k))
+    return (*c0, fixed), fixed, mb, lin, float(nb)
+
+
+_EXACT = 9007199254740992.0
+"""2**53: every whole number below it is a float, and a sum or product of two such whole numbers
+with a result below it is exact."""
+
+
+def _kv_max(c13: float, k: float) -> float:
+    """The most attended tokens ``kv`` (whole) with ``c13 + kv * k`` below 2**53, for the whole
+    numbers :func:`_integral` returns (computed in integers: exact); inf where ``k`` is 0."""
+    return INF if k == 0.0 else float((2**53 - 1 - int(c13)) // int(k))
+
+
+def _integral(c: tuple) -> tuple[float, float] | None:
+    """``(c1 + c3, 2.0 * kvh * d * kb)`` when decode attention's memory term with the constants
+    ``c`` (IterationModel.decode_constants), ``(c1 + 2.0 * kv * kvh * d * kb + c3) * cb``, is a
+    sum of whole numbers for whole ``kv``: ``c1``, ``c3``, ``kvh``, ``d`` and ``kb`` whole,
+    non-negative and finite (and ``2.0 * kvh * d * kb`` below 2**53); else None.
+
+    Then, for a whole ``kv >= 0`` with ``U = c1 + c3 + kv * K`` (``K`` the second value) below
+    2**53, every intermediate of ``c1 + 2.0 * kv * kvh * d * kb + c3`` is a whole number from 0 to
+    ``U`` (each factor is 0 or at least 1, so a partial product is at most the whole product, or
+    0 from a zero factor on), hence exact, and the sum is ``U``; ``(c1 + c3) + kv * K`` is ``U``
+    too, and so is a running sum ``U0 + j * (fb * K)`` of such whole numbers below 2**53: the loop
+    keeps ``U`` for a decode run's steps and multiplies it by ``cb`` (the same float as the
+    original expression's parenthesis, then the same operations). The caller checks the run's
+    last ``U`` against 2**53 (rounding is monotone: a true value at or above 2**53 never rounds
+    below it, one below it is exact)."""
+    c1, c3 = c[1], c[2]
+    kvh, d, kb = c[4:7]
+    for v in (c1, c3, kvh, d, kb):
+        if not (0 <= v < _EXACT) or not float(v).is_integer():
+            return None
+    k = 2.0 * kvh * d * kb
+    c13 = c1 + c3
+    if not (k < _EXACT and c13 < _EXACT):
+        return None
+    return c13, k
 
 
 def _memory_bound(c: tuple) -> bool:
@@ -278,11 +328,27 @@ def _replica(
     info: dict[int, tuple[int, int, int]] = {}
     """request -> (offset, n0, blocks at join)."""
     sum_off = 0
-    fin_heap: list[tuple[int, int]] = []
+    fin_heap: list[int] = []
+    fin_at: dict[int, list[int]] = {}
+    """The decode set's finishing clocks, each once (a heap of ints: FastEngine's heap of
+    (clock, request) pairs without the pairs' comparisons), and each one's requests in the order
+    they joined; the requests finishing at one clock are handled in that order instead of by
+    request index: each adds integers to the step's sums and writes its own row, so the order
+    changes no value."""
     long_heap: list[tuple[int, int]] = []
     cnt = [0] * bs
     n_active = 0
-    pending: list[tuple[int, int]] = []
+    pend = 0
+    """Sequences of the decode set whose first block boundary ``n0`` is ``Xa + bs`` (FastEngine's
+    ``_pending``, less those it holds with ``n0 < Xa + bs``: those are counted in ``cnt`` at once).
+    FastEngine counts a sequence by the residue ``n0 % bs`` from ``Xa >= n0`` on, and before that
+    adds ``-(-(upto - n0) // bs)`` (its boundaries in ``[n0, upto)``) to the growth up to ``upto``;
+    the residue's count is the boundaries ``x = n0 (mod bs)`` in ``[Xa, upto)``, the same ones
+    when ``n0 - bs < Xa`` (the first such ``x`` is ``n0`` itself), and ``Xa`` only grows. A
+    sequence joins with ``n0 - D`` in ``[1, bs]`` (its blocks hold its prompt and one token more)
+    and ``Xa >= D``, so only ``n0 = Xa + bs`` waits: for the first advance of ``Xa``, which moves
+    all of them (of one residue, ``Xa % bs``) into ``cnt``; a sequence is counted in ``cnt`` iff
+    ``n0 < Xa + bs``."""
     fresh: list[list] = []
     """[last-token time, count] of the requests that joined since the last decode step."""
     last_dec = 0.0
@@ -294,6 +360,9 @@ def _replica(
     """batch -> (IterationModel.decode_constants(batch) and fixed_step_time(batch), or None
     without the closed form; fixed_step_time(batch))."""
     prefilling: list[int] = []
+    fast = False
+    """A chunk chain decided and priced the step (it ends below as any step); set only there, and
+    reset where the step reads it last (so false at every decision without a write per step)."""
     """Admitted requests whose prompt is not all prefilled (chunked), in admission order."""
 
     heappush, heappop = heapq.heappush, heapq.heappop
@@ -346,7 +415,7 @@ def _replica(
                     aw = INF
                     while ak < n:
                         dt = at[ak] - now
-                        if dt > 0:
+                        if dt > 0.0:
                             aw = now + dt
                             break
                         nxt = at[ak + 1]
@@ -373,8 +442,6 @@ def _replica(
 
         # ---- the policy's decision -------------------------------------------------------------
         nb = len(info)
-        fast = False
-        """A chunk chain decided and priced the step (it ends below as any step)."""
         if chunked and nb and (prefilling or waiting) and pre_c is not None:
             # ---- a chunk chain: while the step is the first admitted prompt's chunk alone with the
             # decode set (it takes the whole budget, or completes with nothing else to chunk and
@@ -388,6 +455,7 @@ def _replica(
             # set's blocks already reserved here, the decision's reservation adds none)
             f4p, heads, kvh, d, ab, kb, cf, cb, ov = pre_c
             body, head = cost.scalar_tables
+            n_body, n_head = len(body), len(head)  # (the chain computes no step that grows them)
             nb_q = q_tok = 0
             cont = False
             """The step is the same prompt's next chunk unless it ends the prompt (the last step
@@ -417,7 +485,7 @@ def _replica(
                     if ntok == 1 and c0:
                         break
                     memo = dec_memo.get(nb)
-                    if memo is None or memo[0] is None or len(body) <= ntok + nb or len(head) <= nb + 1:
+                    if memo is None or memo[0] is None or n_body <= ntok + nb or n_head <= nb + 1:
                         break  # (below: the memo made, the tables grown, or no closed form)
                     consts = memo[0]
                     neg, j = long_heap[0]
@@ -448,14 +516,12 @@ def _replica(
                     used += total
                     if used > peak:
                         peak = used
+                if pend:
+                    # Xa advances (from D): the sequences waiting at D + bs are counted
+                    cnt[Xa % bs] += pend
+                    n_active += pend
+                    pend = 0
                 Xa = D + 1
-                if pending and pending[0][0] <= Xa:
-                    kq = 0
-                    while kq < len(pending) and pending[kq][0] <= Xa:
-                        cnt[pending[kq][0] % bs] += 1
-                        kq += 1
-                    n_active += kq
-                    del pending[:kq]
                 if admit:
                     nblk = -(-(rem + 1) // bs)
                     if used > num_blocks - nblk - wm:
@@ -484,7 +550,7 @@ def _replica(
                     f4, c1, c3, ratio, kvh_, d_, kb_, cf_, cb_, ov_, _, _ = consts
                     mb = memo[2]  # (the memo of this nb: a new size comes with a new decision)
                     host = host_fixed + host_seq * (1 + nb)
-                    fb = float(nb)
+                    fb = memo[4]  # float(nb)
                 if ntok != q_tok:
                     # what depends on the chunk alone (the same products, in the same order)
                     q_tok = ntok
@@ -519,24 +585,25 @@ def _replica(
                     now = end
                 elif alone:
                     # the arrival process runs during the step (as below)
-                    first_wait = True
-                    while aw < end or (first_wait and aw == end):
-                        first_wait = False
-                        now = aw
-                        nxt = at[ak + 1]
-                        if not codes[ak]:
-                            waiting.append(ids[ak])
-                        ak += 1
-                        aw = INF
-                        while ak < n:
-                            dt = at[ak] - now
-                            if dt > 0:
-                                aw = now + dt
-                                break
+                    if aw <= end:
+                        while True:
+                            now = aw
                             nxt = at[ak + 1]
                             if not codes[ak]:
                                 waiting.append(ids[ak])
                             ak += 1
+                            aw = INF
+                            while ak < n:
+                                dt = at[ak] - now
+                                if dt > 0.0:
+                                    aw = now + dt
+                                    break
+                                nxt = at[ak + 1]
+                                if not codes[ak]:
+                                    waiting.append(ids[ak])
+                                ak += 1
+                            if not aw < end:
+                                break
                     peek = aw
                     now = end
                 else:
@@ -544,7 +611,8 @@ def _replica(
                     pre = [i]
                     break
                 busy += dur
-                busy_gpu += dur * gpus
+                if gpus != 1.0:
+                    busy_gpu += dur * gpus
                 # FastEngine._mixed_end
                 if log_on:
                     add_row((index, start, now, 1, ntok, nb, 1 + nb, used))
@@ -572,26 +640,28 @@ def _replica(
                     fresh = []
                 D += 1
                 last_dec = now
-                cont = fin_heap[0][0] > D and not done1
+                cont = fin_heap[0] > D and not done1
                 if cont:
                     continue
                 n_fin = 0
-                if fin_heap[0][0] <= D:
+                if fin_heap[0] <= D:
                     # FastEngine._pop_finished
                     freed = 0
-                    while fin_heap and fin_heap[0][0] <= D:
-                        j = heappop(fin_heap)[1]
-                        off, n0, nblk = info.pop(j)
-                        sum_off -= off
-                        if n0 <= Xa:
-                            cnt[n0 % bs] -= 1
-                            n_active -= 1
-                        else:
-                            pending.remove((n0, j))
-                        x_ = Xa - n0
-                        freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
-                        finish[j] = now
-                        n_fin += 1
+                    while True:
+                        for j in fin_at.pop(heappop(fin_heap)):
+                            off, n0, nblk = info.pop(j)
+                            sum_off -= off
+                            if n0 < Xa + bs:
+                                cnt[n0 % bs] -= 1
+                                n_active -= 1
+                            else:
+                                pend -= 1
+                            x_ = Xa - n0
+                            freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
+                            finish[j] = now
+                            n_fin += 1
+                        if not (fin_heap and fin_heap[0] <= D):
+                            break
                 if done1:
                     if out[i] <= 1:
                         finish[i] = now
@@ -606,13 +676,20 @@ def _replica(
                         n0 = nblk * bs - off
                         info[i] = (off, n0, nblk)
                         sum_off += off
-                        heappush(fin_heap, (D + out[i] - 1, i))
+                        c = D + out[i] - 1
+                        if c in fin_at:
+                            fin_at[c].append(i)
+                        else:
+                            fin_at[c] = [i]
+                            heappush(fin_heap, c)
                         heappush(long_heap, (-off, i))
-                        if n0 <= Xa:
+                        if n0 < Xa + bs:
                             cnt[n0 % bs] += 1
                             n_active += 1
+                        elif n0 == Xa + bs:
+                            pend += 1
                         else:
-                            insort(pending, (n0, i))
+                            return BEYOND
                         if len(long_heap) > 2 * len(info) + 64:
                             long_heap[:] = [(-e[0], r) for r, e in info.items()]
                             heapq.heapify(long_heap)
@@ -632,7 +709,7 @@ def _replica(
                 continue  # (idle: as at the top)
         if fast:
             n_pq = 1  # (the chain's step)
-        elif chunked:
+        elif chunked and (prefilling or waiting):
             pre = []
             q = []
             # ChunkedPrefill._decide: the decode set, its next step's blocks reserved
@@ -641,10 +718,10 @@ def _replica(
             # same instant: the KV integral gains (now - now) * used = 0.0 from the second change)
             if nb and (prefilling or waiting):
                 free = num_blocks - used
-                if nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
+                if nb > free and _growth(D + 1, Xa, n_active, cnt, pend, bs) > free:
                     return PREEMPTION
                 upto = D + 1
-                total = cnt[Xa % bs] if upto == Xa + 1 else _growth(upto, Xa, n_active, cnt, pending, bs)
+                total = cnt[Xa % bs] if upto == Xa + 1 else _growth(upto, Xa, n_active, cnt, pend, bs)
                 if total:
                     area += (now - t_mark) * used
                     t_mark = now
@@ -653,14 +730,11 @@ def _replica(
                     if used > peak:
                         peak = used
                 if upto > Xa:
+                    if pend:
+                        cnt[Xa % bs] += pend
+                        n_active += pend
+                        pend = 0
                     Xa = upto
-                    if pending and pending[0][0] <= upto:
-                        kq = 0
-                        while kq < len(pending) and pending[kq][0] <= upto:
-                            cnt[pending[kq][0] % bs] += 1
-                            kq += 1
-                        n_active += kq
-                        del pending[:kq]
             budget = chunk_budget - nb
             for i in prefilling:
                 if budget <= 0:
@@ -724,11 +798,11 @@ def _replica(
             if pre:
                 nb = 0  # a prefill step decodes nothing: decodes run only when nothing is admitted
         else:
-            pre = q = []  # (continuous batching with nothing to admit)
+            pre = q = ()  # (nothing to admit or chunk)
 
         start = now
         if fast:
-            pass  # (priced by the chain)
+            fast = False  # (priced by the chain; reset where it is read last)
         elif pre:
             # ---- a step of prefill chunks (and, chunked, one decode step): FastEngine._mixed_begin
             n_pq = len(pre)
@@ -851,44 +925,61 @@ def _replica(
                     stage_comm += comm_time(ntok + nb)
         elif nb:
             # ---- a decode run of the whole decode set (FastEngine.decode_ready, _decode_begin) --
-            free = num_blocks - used
-            if nb > free and _growth(D + 1, Xa, n_active, cnt, pending, bs) > free:
-                return PREEMPTION
             # the first to finish (no stale entries: a request leaves the heap when it finishes,
             # and never joins the decode set again without a preemption)
-            s = fin_heap[0][0] - D
+            s = fin_heap[0] - D
+            free = num_blocks - used
+            # the run's blocks: a bound first (at most one block per sequence and bs steps, and
+            # s >= 1, so that a first step short of blocks, nb > free, is within it)
+            if nb * (s // bs + 1) > free:
+                if nb > free and _growth(D + 1, Xa, n_active, cnt, pend, bs) > free:
+                    return PREEMPTION
+                if _growth(D + s, Xa, n_active, cnt, pend, bs) > free:
+                    lo, hi = 1, s
+                    while lo < hi:
+                        mid = (lo + hi + 1) // 2
+                        if _growth(D + mid, Xa, n_active, cnt, pend, bs) <= free:
+                            lo = mid
+                        else:
+                            hi = mid - 1
+                    s = lo
             neg, i = long_heap[0]
             while i not in info:
                 heappop(long_heap)
                 neg, i = long_heap[0]
             longest = D - neg
-            if nb * (s // bs + 1) > free and _growth(D + s, Xa, n_active, cnt, pending, bs) > free:
-                lo, hi = 1, s
-                while lo < hi:
-                    mid = (lo + hi + 1) // 2
-                    if _growth(D + mid, Xa, n_active, cnt, pending, bs) <= free:
-                        lo = mid
-                    else:
-                        hi = mid - 1
-                s = lo
             try:
-                consts, fixed_step, mem_bound = dec_memo[nb]
+                consts, fixed_step, mem_bound, lin, fb = dec_memo[nb]
             except KeyError:
-                consts, fixed_step, mem_bound = dec_memo[nb] = _dec_memo(cost, nb)
+                consts, fixed_step, mem_bound, lin, fb = dec_memo[nb] = _dec_memo(cost, nb)
             ta = nxt - now
-            kv0 = float(sum_off + nb * D)
-            fb = float(nb)
             if consts is not None:
                 # IterationModel.decode_step_times, inlined (the same operations in the same order),
                 # ending at the step that reaches the next arrival (each step takes at least
-                # fixed_step, so the bound the array form below takes from it never binds here)
-                f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov, fixed, _ = consts
-                base = kv0 + nb
-                lo_ = longest + 1.0
+                # fixed_step, so the bound the array form below takes from it never binds here);
+                # its ``kv0 + batch``, kv0 = float(sum_off + nb * D), is the float of the integer
+                # sum (whole numbers below 2**53 add exactly)
+                base = float(sum_off + nb * (D + 1))
                 times: list[float] = []
                 add_time = times.append
                 acc = 0.0
-                if mem_bound and (ratio is None or (lo_ + (s - 1)) * ratio <= base):
+                if (lin is not None and (lin[2] is None or (longest + 1.0 + (s - 1)) * lin[2] <= base)
+                        and base + fb * (s - 1) <= lin[7]):  # fmt: skip
+                    # as the first form below (the memory term never below the compute term, the
+                    # floor never binding), with the memory term's parenthesis as a running sum
+                    # of whole numbers below 2**53 (_integral; the run's last attended tokens are at
+                    # most the memo's bound, whole numbers below 2**53 computed exactly): the same
+                    # float at every step
+                    c13, k, _, cb, ov, fixed, du, _ = lin
+                    u = c13 + base * k
+                    for _ in range(s):
+                        x = fixed + (u * cb + ov) * layers
+                        acc += x
+                        add_time(x)
+                        if acc >= ta:
+                            break
+                        u += du
+                elif mem_bound and ((ratio := consts[3]) is None or (longest + 1.0 + (s - 1)) * ratio <= base):
                     # the same steps where neither max changes the value: the longest context's
                     # floor ``y`` never exceeds ``kv`` (y grows with j, and its last value is at
                     # most the first kv, kv only growing) and the memory term ``b`` is never below
@@ -896,6 +987,7 @@ def _replica(
                     # ``b if b > a else a`` is ``b``: neither ``y`` nor ``a`` is computed; ``kv``
                     # (``base + fb * j`` there) is kept as a running sum, the same value: whole
                     # numbers of tokens, far below 2**53, are added exactly in floats
+                    f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov, fixed, _ = consts
                     kv = base
                     for _ in range(s):
                         x = fixed + ((c1 + 2.0 * kv * kvh * d * kb + c3) * cb + ov) * layers
@@ -904,29 +996,32 @@ def _replica(
                         if acc >= ta:
                             break
                         kv += fb
-                elif ratio is not None:
-                    for j in range(s):
-                        kv = base + fb * j
-                        y = (lo_ + j) * ratio
-                        if y > kv:
-                            kv = y
-                        a = f4 * kv * cf
-                        b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb
-                        x = fixed + ((b if b > a else a) + ov) * layers
-                        acc += x
-                        add_time(x)
-                        if acc >= ta:
-                            break
                 else:
-                    for j in range(s):
-                        kv = base + fb * j
-                        a = f4 * kv * cf
-                        b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb
-                        x = fixed + ((b if b > a else a) + ov) * layers
-                        acc += x
-                        add_time(x)
-                        if acc >= ta:
-                            break
+                    f4, c1, c3, ratio, kvh, d, kb, cf, cb, ov, fixed, _ = consts
+                    if ratio is not None:
+                        lo_ = longest + 1.0
+                        for j in range(s):
+                            kv = base + fb * j
+                            y = (lo_ + j) * ratio
+                            if y > kv:
+                                kv = y
+                            a = f4 * kv * cf
+                            b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb
+                            x = fixed + ((b if b > a else a) + ov) * layers
+                            acc += x
+                            add_time(x)
+                            if acc >= ta:
+                                break
+                    else:
+                        for j in range(s):
+                            kv = base + fb * j
+                            a = f4 * kv * cf
+                            b = (c1 + 2.0 * kv * kvh * d * kb + c3) * cb
+                            x = fixed + ((b if b > a else a) + ov) * layers
+                            acc += x
+                            add_time(x)
+                            if acc >= ta:
+                                break
                 s = len(times)
                 dur = acc
             else:
@@ -938,7 +1033,7 @@ def _replica(
                         cut = 1
                     if cut < s:
                         s = cut
-                times_a = decode_steps(nb, kv0, s, float(longest))
+                times_a = decode_steps(nb, float(sum_off + nb * D), s, float(longest))
                 if s == 1:
                     dur = float(times_a[0])
                 else:
@@ -954,16 +1049,21 @@ def _replica(
             upto = D + s
             if upto > Xa:
                 # FastEngine._alloc_to: _growth(upto), inline where the run is shorter than a block
-                # and no sequence's first boundary is below it (then the residues' counts alone)
+                # (then the residues' counts alone: the sequences waiting at Xa + bs gain nothing)
                 span = upto - Xa
                 if span == 1:
                     total = cnt[Xa % bs]
-                elif span < bs and not (pending and pending[0][0] < upto):
+                elif span < bs:
                     lo = Xa % bs
-                    hi = lo + span
-                    total = sum(cnt[lo:hi]) if hi <= bs else sum(cnt[lo:]) + sum(cnt[: hi - bs])
+                    if span == 2:
+                        # the residues lo and lo + 1 (mod bs, bs > 2): the index lo + 1 - bs is
+                        # lo + 1 or, for the last residue, 0 (a negative index counts from the end)
+                        total = cnt[lo] + cnt[lo + 1 - bs]
+                    else:
+                        hi = lo + span
+                        total = sum(cnt[lo:hi]) if hi <= bs else sum(cnt[lo:]) + sum(cnt[: hi - bs])
                 else:
-                    total = _growth(upto, Xa, n_active, cnt, pending, bs)
+                    total = _growth(upto, Xa, n_active, cnt, pend, bs)
                 if total:
                     area += (now - t_mark) * used
                     t_mark = now
@@ -971,14 +1071,11 @@ def _replica(
                     used += total
                     if used > peak:
                         peak = used
+                if pend:
+                    cnt[Xa % bs] += pend
+                    n_active += pend
+                    pend = 0
                 Xa = upto
-                if pending and pending[0][0] <= upto:
-                    kq = 0
-                    while kq < len(pending) and pending[kq][0] <= upto:
-                        cnt[pending[kq][0] % bs] += 1
-                        kq += 1
-                    n_active += kq
-                    del pending[:kq]
             if longest + s > mc_dec:
                 mc_dec = longest + s
             if tp > 1:
@@ -999,24 +1096,26 @@ def _replica(
         elif alone:
             # the arrival process runs during the step: its pending wake comes first even at an
             # equal time (scheduled before the step's end), later ones only when strictly earlier
-            first_wait = True
-            while aw < end or (first_wait and aw == end):
-                first_wait = False
-                now = aw
-                nxt = at[ak + 1]
-                if not codes[ak]:
-                    waiting.append(ids[ak])
-                ak += 1
-                aw = INF
-                while ak < n:
-                    dt = at[ak] - now
-                    if dt > 0:
-                        aw = now + dt
-                        break
+            # (the first wake at or before the end, then each one strictly before it)
+            if aw <= end:
+                while True:
+                    now = aw
                     nxt = at[ak + 1]
                     if not codes[ak]:
                         waiting.append(ids[ak])
                     ak += 1
+                    aw = INF
+                    while ak < n:
+                        dt = at[ak] - now
+                        if dt > 0.0:
+                            aw = now + dt
+                            break
+                        nxt = at[ak + 1]
+                        if not codes[ak]:
+                            waiting.append(ids[ak])
+                        ak += 1
+                    if not aw < end:
+                        break
             peek = aw
             now = end
         else:
@@ -1026,13 +1125,16 @@ def _replica(
             vals = hist._vals
             wts = hist._wts
         busy += dur
-        busy_gpu += dur * gpus
+        if gpus != 1.0:
+            busy_gpu += dur * gpus
 
         if pre:
             # ---- FastEngine._mixed_end -------------------------------------------------------------
             if log_on:
                 add_row((index, start, now, 1, ntok, nb, n_pq + nb, used))
-            if chunked and n_pq == 1:
+            if not chunked:
+                done_pre = pre
+            elif n_pq == 1:
                 i = pre[0]
                 kvp[i] = top
                 if done1:
@@ -1040,7 +1142,7 @@ def _replica(
                     prefilling.remove(i)  # (the reference keeps the others in order)
                 else:
                     done_pre = []
-            elif chunked:
+            else:
                 done_pre = []
                 for kk in range(n_pq):
                     i = pre[kk]
@@ -1053,10 +1155,8 @@ def _replica(
                     # has tokens left: a prompt leaves it when complete), then the admitted ones
                     # (appended to it): the completed prompts are its first len(done_pre)
                     del prefilling[: len(done_pre)]
-            else:
-                done_pre = pre
-            for i in done_pre:
-                first_tok[i] = now
+            # (their first-token times are written in the loop that joins them, below: no value
+            # in between reads them)
             n_fin = 0
             freed = 0
             if nb:
@@ -1082,21 +1182,22 @@ def _replica(
                 D += 1
                 last_dec = now
                 # FastEngine._pop_finished
-                while fin_heap and fin_heap[0][0] <= D:
-                    i = heappop(fin_heap)[1]
-                    off, n0, nblk = info.pop(i)
-                    sum_off -= off
-                    if n0 <= Xa:
-                        cnt[n0 % bs] -= 1
-                        n_active -= 1
-                    else:
-                        pending.remove((n0, i))
-                    x_ = Xa - n0
-                    freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
-                    finish[i] = now
-                    n_fin += 1
+                while fin_heap and fin_heap[0] <= D:
+                    for i in fin_at.pop(heappop(fin_heap)):
+                        off, n0, nblk = info.pop(i)
+                        sum_off -= off
+                        if n0 < Xa + bs:
+                            cnt[n0 % bs] -= 1
+                            n_active -= 1
+                        else:
+                            pend -= 1
+                        x_ = Xa - n0
+                        freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
+                        finish[i] = now
+                        n_fin += 1
             joined = 0
             for i in done_pre:
+                first_tok[i] = now
                 if out[i] <= 1:
                     finish[i] = now
                     freed += blocks_at_admit[i]
@@ -1108,13 +1209,20 @@ def _replica(
                 n0 = nblk * bs - off
                 info[i] = (off, n0, nblk)
                 sum_off += off
-                heappush(fin_heap, (D + out[i] - 1, i))
+                c = D + out[i] - 1
+                if c in fin_at:
+                    fin_at[c].append(i)
+                else:
+                    fin_at[c] = [i]
+                    heappush(fin_heap, c)
                 heappush(long_heap, (-off, i))
-                if n0 <= Xa:
+                if n0 < Xa + bs:
                     cnt[n0 % bs] += 1
                     n_active += 1
+                elif n0 == Xa + bs:
+                    pend += 1
                 else:
-                    insort(pending, (n0, i))
+                    return BEYOND
                 joined += 1
             if joined:
                 if len(long_heap) > 2 * len(info) + 64:
@@ -1184,23 +1292,25 @@ def _replica(
                     wts.extend([fb] * m)
         D += s
         last_dec = now
-        if fin_heap[0][0] <= D:
+        if fin_heap[0] <= D:
             # FastEngine._pop_finished, then _finish (blocks released in one call)
             n_fin = 0
             freed = 0
-            while fin_heap and fin_heap[0][0] <= D:
-                i = heappop(fin_heap)[1]
-                off, n0, nblk = info.pop(i)
-                sum_off -= off
-                if n0 <= Xa:
-                    cnt[n0 % bs] -= 1
-                    n_active -= 1
-                else:
-                    pending.remove((n0, i))
-                x_ = Xa - n0
-                freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
-                finish[i] = now
-                n_fin += 1
+            while True:
+                for i in fin_at.pop(heappop(fin_heap)):
+                    off, n0, nblk = info.pop(i)
+                    sum_off -= off
+                    if n0 < Xa + bs:
+                        cnt[n0 % bs] -= 1
+                        n_active -= 1
+                    else:
+                        pend -= 1
+                    x_ = Xa - n0
+                    freed += nblk + (-(-x_ // bs) if x_ > 0 else 0)
+                    finish[i] = now
+                    n_fin += 1
+                if not (fin_heap and fin_heap[0] <= D):
+                    break
             nrun -= n_fin
             outst[ri] -= n_fin
             area += (now - t_mark) * used
@@ -1215,7 +1325,8 @@ def _replica(
         area, t_mark = np.float64(area), np.float64(t_mark)
     kvm.used, kvm.peak, kvm._area, kvm._t = used, peak, area, t_mark
     engine.busy_time += busy
-    engine.busy_gpu_s += busy_gpu
+    # one GPU: dur * 1.0 is dur, so the sum of them is busy's (the same additions in the same order)
+    engine.busy_gpu_s += busy if gpus == 1.0 else busy_gpu
     engine.stage_busy[0] += busy
     engine.stage_comm[0] += stage_comm
     mc = engine.max_context
@@ -1353,7 +1464,7 @@ def run_fused(engines: list[FastEngine], cluster: Cluster) -> str | None:
         while ak < n:
             if not first:
                 dt = at[ak] - now
-                if dt > 0:
+                if dt > 0.0:
                     ticket += 1
                     aw = now + dt
                     a_ticket = ticket
