@@ -89,8 +89,10 @@ RESULT_COLUMNS = ("first_token", "finish", "scheduled", "last_token", "gen", "kv
 
 def assert_same_outputs(a, b, skip=("sim_wall_s", "engine_path")) -> None:  # type: ignore[no-untyped-def]
     """Two simulation results are the same bits: every per-request column (same dtype), the
-    iteration log, the links' busy periods and every summary figure but ``skip`` (the differential
-    tests' oracle check: the reference engine against a fast path)."""
+    iteration log, the links' busy periods, every summary figure but ``skip`` and every
+    inter-token gap the TBT histogram took (:func:`assert_same_gaps`: in order, or as a multiset
+    between the fast and the reference engine) (the differential tests' oracle check: the
+    reference engine against a fast path, the fused loop against the stepping path)."""
     for col in RESULT_COLUMNS:
         x, y = getattr(a.table, col), getattr(b.table, col)
         assert x.dtype == y.dtype, col
@@ -100,6 +102,117 @@ def assert_same_outputs(a, b, skip=("sim_wall_s", "engine_path")) -> None:  # ty
     sa = _plain({k: v for k, v in a.summary.items() if k not in skip})
     sb = _plain({k: v for k, v in b.summary.items() if k not in skip})
     assert repr(sa) == repr(sb), _first_difference(sa, sb)
+    for r in (a, b):
+        assert hasattr(r, "tbt_gaps"), "a run made without record_tbt_gaps() (tests/conftest.py): its gaps cannot be compared"
+    assert_same_gaps(a, b)
+
+
+def engine_family(res) -> str:  # type: ignore[no-untyped-def]
+    """``reference`` for a run of the reference engine, ``fast`` for one of the fast engine (the
+    fused loop, stepped, offloaded or pipelined), from ``summary["engine_path"]``."""
+    return "reference" if res.summary["engine_path"].startswith("reference") else "fast"
+
+
+def assert_same_gaps(a, b) -> None:  # type: ignore[no-untyped-def]
+    """The two runs' histograms took the same inter-token gaps (recorded by
+    :func:`record_tbt_gaps`; the summary's TBT figures are read from 1%-wide bins and would not
+    show a gap off by less than a bin).
+
+    - Runs of the same engine family (the fused loop against the stepping path, or any two fast
+      or two reference runs): every gap and its weight in the same order, as bytes.
+    - The fast engine against the reference engine: the same multiset of gaps, each counted by its
+      weight (whole numbers: sequences), as sorted bytes. The order legitimately differs: the fast
+      engine pushes a group of equal gaps once, weighted by the group's size, where the reference
+      pushes each sequence's gap with weight 1 (``FastEngine._tbt_groups``, the pipelined and
+      offloaded steps), and within one step it pushes the sequences whose last token came at the
+      last step first, then the newcomers by the time of their last token, where the reference
+      takes the decode set's order (e.g. tests/test_fast_disagg.py's slow contended link, nvlink
+      x0.05, 150 blocks, 200 req/s: two gaps of one step swapped, first at gap 1,467 of 68,378).
+      The histogram's bins, total weight and maximum do not depend on the order (whole-number
+      weights add exactly); only its running ``sum`` (not in the summary) is summed in another
+      order (docs/performance.md, "Exactness of the inter-token gaps")."""
+    (va, wa), (vb, wb) = a.tbt_gaps, b.tbt_gaps
+    fa, fb = engine_family(a), engine_family(b)
+    if fa == fb:
+        if va.tobytes() != vb.tobytes() or wa.tobytes() != wb.tobytes():
+            n = min(len(va), len(vb))
+            d = np.flatnonzero((va[:n] != vb[:n]) | (wa[:n] != wb[:n]))
+            k = int(d[0]) if len(d) else n
+            got = [(float(v[k]), float(w[k])) if k < len(v) else None for v, w in ((va, wa), (vb, wb))]
+            raise AssertionError(f"inter-token gaps ({fa} runs, {len(va)} and {len(vb)} pushed) first differ at gap {k}: "
+                                 f"(gap, weight) {got[0]!r} != {got[1]!r}")  # fmt: skip
+        return
+    for w in (wa, wb):
+        assert np.array_equal(w, np.floor(w)) and (w >= 1).all(), "gap weights are not whole numbers >= 1"
+    ea, eb = np.sort(np.repeat(va, wa.astype(np.int64))), np.sort(np.repeat(vb, wb.astype(np.int64)))
+    if ea.tobytes() != eb.tobytes():
+        n = min(len(ea), len(eb))
+        d = np.flatnonzero(ea[:n] != eb[:n])
+        k = int(d[0]) if len(d) else n
+        raise AssertionError(f"inter-token gaps (fast against reference, as sorted multisets of {len(ea)} and {len(eb)}) "
+                             f"first differ at the {k}-th smallest: "
+                             f"{float(ea[k]) if k < len(ea) else None!r} != {float(eb[k]) if k < len(eb) else None!r}")  # fmt: skip
+
+
+def record_tbt_gaps() -> None:
+    """Record every inter-token gap a run's histogram takes (all of them pass through
+    ``TBTHistogram.add``), in order, with its weight, on the run's :class:`Result` as
+    ``tbt_gaps`` (two float64 arrays): patches ``simulate``'s body, the histogram's ``add``, a new
+    ``Cluster`` (a pipeline conflict's rerun starts the recording again) and the fused loop (one
+    that stops wrote nothing: its gaps are dropped). Idempotent; the state lives on the patched
+    functions (pytest imports this file both as ``conftest`` and ``tests.conftest``)."""
+    import simkit.engine.cluster as cluster_mod
+    import simkit.simulate as simulate_mod
+    from simkit.engine.state import TBTHistogram
+
+    if getattr(TBTHistogram.add, "gap_log", None) is not None:
+        return
+    log: list[tuple[list[np.ndarray], list[np.ndarray]]] = []
+    """One (gaps, weights) per ``simulate`` call in progress (innermost last)."""
+    add, init, fused, inner = TBTHistogram.add, cluster_mod.Cluster.__init__, cluster_mod.run_fused, simulate_mod._simulate
+
+    def recording_add(self, values, weight=1.0):  # type: ignore[no-untyped-def]
+        if log:
+            v = np.array(values, dtype=np.float64).ravel()
+            log[-1][0].append(v)
+            log[-1][1].append(np.broadcast_to(np.asarray(weight, dtype=np.float64), v.shape).copy())
+        return add(self, values, weight)
+
+    def recording_init(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if log:
+            log[-1][0].clear()
+            log[-1][1].clear()
+        init(self, *args, **kwargs)
+
+    def recording_fused(*args, **kwargs):  # type: ignore[no-untyped-def]
+        mark = (len(log[-1][0]), len(log[-1][1])) if log else None
+        stopped = fused(*args, **kwargs)
+        if stopped is not None and mark is not None:
+            del log[-1][0][mark[0]:], log[-1][1][mark[1]:]
+        return stopped
+
+    def recording_simulate(*args, **kwargs):  # type: ignore[no-untyped-def]
+        log.append(([], []))
+        try:
+            res = inner(*args, **kwargs)
+        finally:
+            vals, wts = log.pop()
+        res.tbt_gaps = (np.concatenate(vals) if vals else np.zeros(0), np.concatenate(wts) if wts else np.zeros(0))
+        return res
+
+    recording_add.gap_log = log  # type: ignore[attr-defined]
+    TBTHistogram.add = recording_add  # type: ignore[method-assign]
+    cluster_mod.Cluster.__init__ = recording_init  # type: ignore[method-assign]
+    cluster_mod.run_fused = recording_fused
+    simulate_mod._simulate = recording_simulate
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _recorded_tbt_gaps():
+    """Every run of the test session records its inter-token gaps (:func:`record_tbt_gaps`), which
+    :func:`assert_same_outputs` compares."""
+    record_tbt_gaps()
+    yield
 
 
 def _plain(x):  # type: ignore[no-untyped-def]

@@ -29,7 +29,7 @@ def test_calibrate_rejects_bad_options(extra: list[str], expected: str, capsys: 
     rc = cli_calibrate.main(["--device", "cpu", "--tiny", "--out", str(tmp_path / "p"), *extra])
     err = capsys.readouterr().err
     assert rc == 2
-    assert err.startswith("error: ") and expected in err
+    assert err.startswith("simkit calibrate: error: ") and expected in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "p").exists()  # nothing measured or written
 
@@ -69,8 +69,35 @@ def test_validate_rejects_bad_options(extra: list[str], expected: str, capsys: p
     rc = validate.main(["--device", "cpu", "--profile", "/nonexistent-profile", *extra])
     err = capsys.readouterr().err
     assert rc == 2
-    assert err.startswith("error: ") and expected in err, err
+    assert err.startswith("simkit validate: error: ") and expected in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "prefix", "expected"),
+    [
+        (["validate", "--profile", "/nonexistent-profile"], "simkit validate", "calibration profile not found"),
+        (["calibrate", "--device", "cpu", "--tiny", "--threads", "0"], "simkit calibrate", "--threads takes 1.."),
+        (["calibrate", "list", "/nonexistent-scenario.yaml"], "simkit calibrate list", "file not found"),
+        (["calibrate", "import-profiles", "--root", "/nonexistent", "--gpu", "h900", "--out", "/nonexistent-out"],
+         "simkit calibrate import-profiles", "unknown GPU 'h900'"),
+    ],
+)
+def test_calibrate_and_validate_errors_carry_their_commands_prefix(argv: list[str], prefix: str, expected: str,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """Through ``simkit``'s own entry point, an error of ``calibrate`` or ``validate`` is one line
+    prefixed as argparse prefixes the same command's usage errors (``simkit validate: error:``),
+    as every other command's are (``simkit: error:``), never a bare ``error:``."""
+    from simkit.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{prefix}: error: ") and expected in err, err
+    assert len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--no-such-option"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"{prefix}: error: unrecognized arguments")
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "1,x", ""])

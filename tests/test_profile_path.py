@@ -300,9 +300,9 @@ def test_calibrate_without_catalog_says_so_before_measuring(tmp_path, user_dir, 
     assert cli_calibrate.main(["--device", "cpu", "--quick"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("note: without --catalog, `calibration: auto` will not pick this profile (pass --catalog")
-    assert "generic-2core-vm" in err[0] and err[1] == "error: stopped before measuring"
+    assert "generic-2core-vm" in err[0] and err[1] == "simkit calibrate: error: stopped before measuring"
     assert cli_calibrate.main(["--device", "cpu", "--tiny"]) == 2  # a smoke test: no note
-    assert capsys.readouterr().err.splitlines() == ["error: stopped before measuring"]
+    assert capsys.readouterr().err.splitlines() == ["simkit calibrate: error: stopped before measuring"]
 
 
 def test_validate_defaults_to_this_machines_newest_profile(user_dir, monkeypatch):

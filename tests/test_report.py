@@ -7,6 +7,7 @@ import base64
 import csv
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -413,3 +414,34 @@ def test_search_json_that_simkit_did_not_write(folders, tmp_path, capsys, key):
     assert main(["report", str(d), "-o", str(tmp_path / "o.html")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"search.json: {key}: expected" in err, err
+
+
+def test_workload_line_names_a_shipped_trace_by_its_file_name(tmp_path):
+    """An installed simkit (its data under site-packages; here SIMKIT_HOME) writes a shipped
+    trace into the run folder's scenario.yaml as a path relative to the run folder, through
+    site-packages: the report names it by its bare file name (the name a scenario uses for it
+    from any folder), and a user's own trace by the path scenario.yaml gives."""
+    home = tmp_path / "site-packages" / "simkit" / "_data"
+    (home / "workloads" / "traces").mkdir(parents=True)
+    for d in ("hw_specs", "calibration", "workloads/models"):
+        (home / d).symlink_to(ROOT / d)
+    rows = "arrival_s,input_tokens,output_tokens\n0.0,100,10\n0.5,200,20\n1.0,50,5\n"
+    (home / "workloads" / "traces" / "tiny_shipped.csv").write_text(rows)
+    user = tmp_path / "user"
+    (user / "data").mkdir(parents=True)
+    (user / "data" / "t.csv").write_text(rows)
+    for name, path in (("shipped", "tiny_shipped.csv"), ("own", "data/t.csv")):
+        (user / f"{name}.yaml").write_text(f"name: {name}\nhardware: dgx-h100\nmodel: llama-2-7b\n"
+                                           f"workload:\n  trace: {{path: {path}, format: native}}\n")  # fmt: skip
+    code = ("import sys\nfrom simkit.cli import main\n"
+            "for name in ('shipped', 'own'):\n"
+            "    assert main(['run', name + '.yaml', '--out', 'runs/' + name, '--report', name + '.html']) == 0\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIMKIT_")}
+    env.update(PYTHONPATH=str(ROOT), SIMKIT_HOME=str(home), SIMKIT_CACHE_DIR=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-c", code], cwd=user, env=env, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    written = (user / "runs" / "shipped" / "scenario.yaml").read_text()
+    assert "path: ../../../site-packages/simkit/_data/workloads/traces/tiny_shipped.csv" in written, written
+    assert "<dt>workload</dt><dd>trace tiny_shipped.csv (shipped, native)</dd>" in (user / "shipped.html").read_text()
+    assert "path: ../../data/t.csv" in (user / "runs" / "own" / "scenario.yaml").read_text()
+    assert "<dt>workload</dt><dd>trace ../../data/t.csv (native)</dd>" in (user / "own.html").read_text()

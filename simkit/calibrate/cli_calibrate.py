@@ -110,11 +110,12 @@ def check_args(args: argparse.Namespace) -> tuple[str, list[str] | None]:
 def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "list":
         return main_list(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         out, dtypes = check_args(args)
     except SimkitError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     if args.catalog is None and not args.tiny:  # said before the minutes of measuring, not only after
         print(f"note: without --catalog, `calibration: auto` will not pick this profile{_catalog_hint(args.device)}",
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             composition=composition_section,
         )
     except SimkitError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     print(f"calibration profile {getattr(profile, 'name', out)!r} written to {out} in {time.perf_counter() - t0:.0f} s")
     for line in next_steps(out, args.device, args.catalog, tiny=args.tiny):
@@ -231,7 +232,7 @@ def main_list(argv: list[str]) -> int:
         for line in lines:
             print(line)
     except SimkitError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 2
     return 0
 

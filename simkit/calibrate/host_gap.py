@@ -207,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         rows = measure_host_gap(torch, args.device, batches, args.iterations, args.hidden, args.vocab)
     except SimkitError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 2
     print(describe(rows, fit_host_overhead(rows, "this run")))
     return 0

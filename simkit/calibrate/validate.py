@@ -720,7 +720,8 @@ def _available_bytes() -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)
         path = args.profile
@@ -732,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
         profile = load_profile(path)
         result = run_validation(cfg, profile)
     except SimkitError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     print(format_table(result))
     if args.json_path:

@@ -1108,7 +1108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
     if args_in and args_in[0] == "--offload":
         args_in = args_in[1:]
-    args = build_parser().parse_args(args_in)
+    parser = build_parser()
+    args = parser.parse_args(args_in)
     try:
         if args.from_json:
             result = json.loads(Path(args.from_json).read_text())
@@ -1122,7 +1123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = run_offload_validation(cfg, args.profile, keep_file=args.keep_file, ssd_check=not args.no_ssd_check)
             result["command"] = "simkit validate --offload " + " ".join(args_in)
     except SimkitError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     print(format_table(result))
     if args.json_path:

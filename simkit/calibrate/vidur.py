@@ -350,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main_import_profiles(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
     gpus = list(GPU_CATALOG) if args.gpu == "all" else [g.strip() for g in args.gpu.split(",") if g.strip()]
     try:
         for g in gpus:
@@ -359,7 +360,7 @@ def main_import_profiles(argv: Sequence[str] | None = None) -> int:
             out = Path(args.out) / f"{GPU_CATALOG[g]}-vidur" if args.gpu == "all" or len(gpus) > 1 else Path(args.out)
             import_vidur(args.root, g, out, cross_validate=not args.no_cv)
     except SimkitError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     return 0
 

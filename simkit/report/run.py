@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,23 @@ RESOURCE_NAMES = {
     "cpu_attention": "CPU attention",
     "collectives": "collectives (TP all-reduce, EP all-to-all)",
 }
+
+def trace_name(sc: Any, path: str) -> tuple[str, bool]:
+    """(how the report names a trace, whether it is a shipped one): a shipped trace
+    (``workloads/traces/``) by its bare file name, the name a scenario uses for it from any folder
+    (docs/scenario.md); any other trace by the path the run's scenario.yaml gives (``path``; a
+    relative one is relative to the run folder, where ``simkit run DIR/scenario.yaml`` reads it).
+    The run folder's scenario.yaml holds a shipped trace as a path relative to the run folder,
+    which for an installed simkit runs through site-packages."""
+    from simkit.specs.catalog import repo_path
+
+    try:
+        f = Path(sc.resolve_path(path)).resolve()
+        shipped = f.is_file() and f.parent == repo_path("workloads", "traces").resolve()
+    except OSError:  # not a usable path: shown as written
+        return path, False
+    return (f.name, True) if shipped else (path, False)
+
 
 def rname(key: Any, summary: dict[str, Any] | None = None) -> str:
     """A resource's name in words; compute is the CPUs' when the run computed on them."""
@@ -190,7 +208,9 @@ def scenario_rows(run: Run) -> list[tuple[str, str]]:
             wl = f"synthetic: {w.synthetic.num_requests} requests, {a.process}" + (f" at {a.rate:g} req/s" if a.rate else "")
         else:
             assert w.trace is not None
-            wl = f"trace {w.trace.path} ({w.trace.format})" + (f", rate x{w.trace.rate_scale:g}" if w.trace.rate_scale != 1 else "")
+            name, shipped = trace_name(sc, w.trace.path)
+            wl = (f"trace {name} ({'shipped, ' if shipped else ''}{w.trace.format})"
+                  + (f", rate x{w.trace.rate_scale:g}" if w.trace.rate_scale != 1 else ""))
         if w.limit:
             wl += f", first {w.limit}"
         rows.append(("workload", wl))
