@@ -672,20 +672,22 @@ def measure(
 # Profile and prediction
 # ---------------------------------------------------------------------------------------------
 def read_profile_facts(profile: str | os.PathLike[str] | None) -> dict[str, Any] | None:
-    """The profile's device facts (threads, dtypes, ssd) straight from profile.yaml, or None
-    when there is no profile there."""
+    """The profile's device facts (threads, dtypes, ssd), with ``_path`` (its profile.yaml) and
+    ``_name``; None for no profile (``None`` or ``none``: datasheet defaults). The profile is
+    read as ``simkit validate`` reads it (:func:`simkit.calibrate.validate.load_profile`): a
+    relative path not under the working folder is looked up in simkit's data folder (the default
+    ``calibration/profiles/ci-vm-cpu`` of an installed simkit), and a profile named but not found,
+    or one that does not load, is refused (CalibrationError naming the file and key) rather than
+    replaced by datasheet defaults."""
     if profile is None or str(profile) == "none":
         return None
-    p = Path(profile)
-    f = p / "profile.yaml" if p.is_dir() else p
-    if not f.exists():
-        return None
-    import yaml
+    from simkit.calibrate.validate import load_profile, profile_device
 
-    data = yaml.safe_load(f.read_text()) or {}
-    dev = dict(data.get("device") or {})
+    prof = load_profile(profile)
+    dev = dict(profile_device(prof))
+    f = Path(prof.path) if prof.path is not None else Path(profile)
     dev["_path"] = str(f)
-    dev["_name"] = data.get("name") or p.name
+    dev["_name"] = prof.name or f.parent.name
     return dev
 
 
@@ -810,12 +812,10 @@ def run_offload_validation(
     from simkit.calibrate.bench import LoadMonitor, require_torch, set_threads
 
     cfg.check()
+    facts = read_profile_facts(profile)  # (a profile named but not there is refused before anything is measured)
     torch = require_torch()
     out = progress or _log
-    facts = read_profile_facts(profile)
     if facts is None:
-        if profile not in (None, "none"):
-            out(f"WARNING: no calibration profile at {profile}: predicting with `calibration: none` (datasheet defaults)")
         calibration = "none"
     else:
         calibration = str(Path(facts["_path"]).parent.resolve())
