@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from simkit.errors import SimkitError
+from simkit.units import comma_items
 
 
 def _fmt_ms(x: Any) -> str:
@@ -171,7 +172,7 @@ def cmd_schema(a: argparse.Namespace) -> int:
 
 def _parse_tokens(text: str) -> list[int]:
     try:
-        vals = [int(x) for x in text.split(",") if x.strip()]
+        vals = [int(x) for x in comma_items(text)]
     except ValueError:
         raise SimkitError(f"--tokens: expected a comma-separated list of integers, got {text!r}") from None
     if not vals or any(v < 1 for v in vals):

@@ -22,6 +22,16 @@ _NUM = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
 _RE = re.compile(rf"^\s*{_NUM}\s*([A-Za-z/%$]*(?:/[A-Za-z]+)?)\s*$")
 
 
+def comma_items(text: str) -> list[str]:
+    """The items of a comma-separated list typed on a command line (``--batch-sizes 1,4,16``),
+    each stripped of spaces. ValueError when any item is empty (``1,,2``, ``1,``, ``,`` or
+    nothing): a typo is refused, not read as a shorter list."""
+    items = [x.strip() for x in text.split(",")]
+    if any(not x for x in items):
+        raise ValueError(f"an empty item in {text!r}")
+    return items
+
+
 def _split(text: str, kind: str) -> tuple[float, str]:
     if not isinstance(text, str):
         raise UnitError(f"cannot read {text!r} as a {kind} (expected a number followed by a unit)")

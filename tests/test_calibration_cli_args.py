@@ -100,12 +100,39 @@ def test_calibrate_and_validate_errors_carry_their_commands_prefix(argv: list[st
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"{prefix}: error: unrecognized arguments")
 
 
-@pytest.mark.parametrize("value", ["0", "-3", "1,x", ""])
+@pytest.mark.parametrize("value", ["0", "-3", "1,x", "", "1,,2", "1,2,", ",4", " , "])
 def test_validate_rejects_bad_lists(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """An empty item (``1,,2``: a typo) is refused, not read as a shorter list (a fuzzer case)."""
     with pytest.raises(SystemExit) as e:
         validate.main(["--batch-sizes", value])
     assert e.value.code == 2
     assert "--batch-sizes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["1,,2", "1,", ""])
+def test_every_comma_list_refuses_empty_items(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same rule (simkit.units.comma_items) on every comma-separated option of the commands."""
+    from simkit.calibrate import validate_offload
+    from simkit.cli import _parse_tokens
+    from simkit.errors import SimkitError
+
+    with pytest.raises(SystemExit) as e:
+        validate_offload.main(["--batch-sizes", value])
+    assert e.value.code == 2 and "--batch-sizes" in capsys.readouterr().err
+    with pytest.raises(SimkitError, match="--tokens"):
+        _parse_tokens(value)
+    v = validate.build_parser().parse_args(["--phases", value.replace("1", "prefill").replace("2", "decode")])
+    with pytest.raises(SimkitError, match="--phases"):
+        validate.config_from_args(v)
+
+
+def test_comma_items() -> None:
+    from simkit.units import comma_items
+
+    assert comma_items("1, 4 ,16") == ["1", "4", "16"] and comma_items("bf16") == ["bf16"]
+    for bad in ("1,,2", "1,", ",", "", "  "):
+        with pytest.raises(ValueError, match="an empty item"):
+            comma_items(bad)
 
 
 def test_validate_memory_estimate_grows_with_the_largest_step() -> None:

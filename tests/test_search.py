@@ -480,6 +480,18 @@ def test_spec_errors_are_search_errors(tmp_path: Path) -> None:
         spec_of(tmp_path, space={"precision": ["fp9"]})
 
 
+def test_true_false_bounds_only_on_true_false_metrics(tmp_path: Path) -> None:
+    """A bound of true/false is read as 1/0 on slo_met and overloaded (``overloaded: {max:
+    false}``); on a numeric metric it is a mistake, refused with the file and key (the fuzzer's
+    ``cost_per_hour_usd: {max: true}`` was read as ``<= 1``)."""
+    spec = spec_of(tmp_path, constraints={"overloaded": {"max": False}, "slo_met": {"min": True}})
+    assert sorted((c.metric, c.bound, c.value) for c in spec.constraints) == [("overloaded", "max", 0.0), ("slo_met", "min", 1.0)]
+    for value in (True, False):
+        with pytest.raises(SearchError, match="expected a number, got (True|False)") as e:
+            spec_of(tmp_path, constraints={"cost_per_hour_usd": {"max": value}})
+        assert e.value.key == "constraints.cost_per_hour_usd.max" and "search.yaml" in str(e.value)
+
+
 def test_example_search_file_parses() -> None:
     from simkit.search import load_spec
 

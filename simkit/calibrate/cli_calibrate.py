@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from simkit.errors import CalibrationError, SimkitError
+from simkit.units import comma_items
 
 DTYPES = {"cpu": ("fp32", "bf16"), "cuda": ("fp16", "bf16", "tf32", "fp32", "fp8")}
 """The dtypes the suite can measure on each device (whether this one is fast is checked later)."""
@@ -86,7 +87,10 @@ def check_args(args: argparse.Namespace) -> tuple[str, list[str] | None]:
         )
     dtypes = None
     if args.dtypes is not None:
-        dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+        try:
+            dtypes = comma_items(args.dtypes)
+        except ValueError:
+            dtypes = []
         known = DTYPES[args.device]
         bad = [d for d in dtypes if d not in known]
         if not dtypes or bad:

@@ -40,6 +40,7 @@ from simkit.calibrate.samples import require_torch
 from simkit.cost.profile import sig
 from simkit.errors import CalibrationError, SimkitError
 from simkit.specs.calibration import HostOverhead
+from simkit.units import comma_items
 
 HOST_GAP_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 HOST_GAP_ITERATIONS = 40
@@ -194,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-sizes", default=",".join(map(str, HOST_GAP_BATCHES)), help="comma-separated, e.g. 1,8,64")
     args = p.parse_args(argv)
     try:
-        batches = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
+        batches = [int(x) for x in comma_items(args.batch_sizes)]
     except ValueError:
         p.error(f"--batch-sizes: expected comma-separated integers, got {args.batch_sizes!r}")
     try:

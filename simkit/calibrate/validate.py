@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from simkit.errors import CalibrationError, SimkitError
+from simkit.units import comma_items
 
 DEFAULT_PROFILE = "calibration/profiles/ci-vm-cpu"
 FIDELITY_DATE = "2026-11-22"
@@ -607,7 +608,7 @@ def format_table(result: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 def _ints(text: str) -> tuple[int, ...]:
     try:
-        vals = tuple(int(v) for v in text.split(",") if v.strip())
+        vals = tuple(int(v) for v in comma_items(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
     if not vals or any(v < 1 for v in vals):
@@ -648,7 +649,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(a: argparse.Namespace) -> ValidationConfig:
-    phases = tuple(x.strip() for x in a.phases.split(",") if x.strip())
+    try:
+        phases = tuple(comma_items(a.phases))
+    except ValueError:
+        phases = ()
     bad = [x for x in phases if x not in ("prefill", "decode")]
     if bad or not phases:
         raise CalibrationError(f"--phases takes prefill and/or decode (got {a.phases!r})")

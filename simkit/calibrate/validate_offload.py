@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from simkit.errors import CalibrationError, SimkitError
+from simkit.units import comma_items
 
 ALIGN = 4096
 """Alignment of every layer's region in the weight file (and of the O_DIRECT reads)."""
@@ -1040,7 +1041,7 @@ def markdown_table(result: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------
 def _ints(text: str, low: int = 1) -> tuple[int, ...]:
     try:
-        vals = tuple(int(v) for v in text.split(",") if v.strip())
+        vals = tuple(int(v) for v in comma_items(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
     if not vals or any(v < low for v in vals):

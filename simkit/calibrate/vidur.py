@@ -53,6 +53,7 @@ import numpy as np
 
 from simkit.errors import CalibrationError, SimkitError
 from simkit.specs.calibration import HostOverhead, make_fingerprint
+from simkit.units import comma_items
 
 GPU_CATALOG = {"h100": "h100-sxm", "a100": "a100-80gb-sxm", "a40": "a40"}
 GPU_DEVICE_NAME = {"h100": "NVIDIA H100 80GB HBM3", "a100": "NVIDIA A100-SXM4-80GB", "a40": "NVIDIA A40"}
@@ -352,7 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main_import_profiles(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
-    gpus = list(GPU_CATALOG) if args.gpu == "all" else [g.strip() for g in args.gpu.split(",") if g.strip()]
+    try:
+        gpus = list(GPU_CATALOG) if args.gpu == "all" else comma_items(args.gpu)
+    except ValueError:
+        parser.error(f"--gpu takes a comma-separated list of {', '.join(GPU_CATALOG)} or all, got {args.gpu!r}")
     try:
         for g in gpus:
             if g not in GPU_CATALOG:

@@ -58,6 +58,10 @@ SUMMARY_METRICS: dict[str, bool | None] = {
 }
 
 # metrics the search derives from summary.json (docs/search.md defines them)
+BOOLEAN_METRICS = frozenset({"slo_met", "overloaded"})
+"""The summary's true/false metrics: a constraint on one may be written ``{max: false}`` (read as
+0) or ``{min: true}`` (1); a true/false bound on any other metric is refused."""
+
 DERIVED_METRICS: dict[str, bool | None] = {
     "output_tokens_per_s_per_gpu": True,
     "goodput_output_tokens_per_s_per_gpu": True,

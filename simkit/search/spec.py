@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from simkit.errors import SimkitError
 from simkit.scenario import Scenario, apply_overrides, find_base_scenario, load_scenario_data
-from simkit.search.metrics import known_metrics
+from simkit.search.metrics import BOOLEAN_METRICS, known_metrics
 from simkit.specs.yamlio import load_yaml
 
 
@@ -414,6 +414,9 @@ def parse_spec(data: Any, where: str | None = None, base_dir: str | Path | None 
             raise SearchError("expected {max: X} and/or {min: X}", where=w, key=f"constraints.{m}")
         for kind, val in c.items():
             if isinstance(val, bool):
+                if str(m) not in BOOLEAN_METRICS:
+                    raise SearchError(f"expected a number, got {val!r} (true/false bounds only {' and '.join(sorted(BOOLEAN_METRICS))})",
+                                      where=w, key=f"constraints.{m}.{kind}")  # fmt: skip
                 val = float(val)
             if not isinstance(val, int | float) or not math.isfinite(val):
                 raise SearchError(f"expected a number, got {val!r}", where=w, key=f"constraints.{m}.{kind}")
